@@ -1,0 +1,110 @@
+//! The wire protocol of the admin chimod (pool `1.0`), known to every client.
+//!
+//! The admin module's tasks take and return exactly these types, so any client — the
+//! generated `create` of every module included — can reach them without depending on
+//! the admin crate. The admin crate's tests pin its manifest ids to the constants here.
+use crate::client::{Client, Pending};
+use crate::codec::{decode, encode, ByRef};
+use crate::error::TaskError;
+use crate::ids::{MethodId, PoolId};
+use crate::query::PoolQuery;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// `kGetOrCreatePool`.
+pub const GET_OR_CREATE_POOL: MethodId = 10;
+/// `kDestroyPool`.
+pub const DESTROY_POOL: MethodId = 11;
+/// `kStopRuntime`.
+pub const STOP_RUNTIME: MethodId = 12;
+/// `kFlush`.
+pub const FLUSH: MethodId = 13;
+
+/// A request to get the pool `pool_name`, creating it if absent.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct CreatePoolRequest {
+    /// Name of the module (`module_name` of its manifest).
+    pub module: String,
+    /// Unique name of the pool.
+    pub pool_name: String,
+    /// Number of containers (at least 1).
+    pub containers: u32,
+    /// The archived input of the module's `create` task.
+    pub params: Vec<u8>,
+}
+
+/// A pool as the admin describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct PoolInfo {
+    /// Its id.
+    pub id: PoolId,
+    /// Its unique name.
+    pub name: String,
+    /// Its module.
+    pub module: String,
+    /// Its number of containers.
+    pub containers: u32,
+    /// Tasks queued on its lanes when this was taken.
+    pub queued: u64,
+}
+
+/// How a pool is laid out when created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Number of containers (all on this node for now).
+    pub containers: u32,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions { containers: 1 }
+    }
+}
+
+impl PoolOptions {
+    /// A pool of `containers` containers.
+    pub fn containers(containers: u32) -> Self {
+        PoolOptions { containers }
+    }
+}
+
+fn call<T>(
+    client: &Client,
+    method: MethodId,
+    query: PoolQuery,
+    input: crate::codec::Bytes,
+    decode_output: fn(&[u8]) -> Result<T, TaskError>,
+) -> Result<T, TaskError> {
+    let completion = client.submit(PoolId::ADMIN, method, query, input, None)?;
+    Pending::new(completion, decode_output).wait()
+}
+
+/// Gets or creates a pool through the admin chimod.
+pub fn get_or_create_pool(
+    client: &Client,
+    query: PoolQuery,
+    module: &str,
+    pool_name: &str,
+    options: PoolOptions,
+    params: &[u8],
+) -> Result<PoolInfo, TaskError> {
+    let request = CreatePoolRequest {
+        module: module.to_owned(),
+        pool_name: pool_name.to_owned(),
+        containers: options.containers,
+        params: params.to_vec(),
+    };
+    let input = encode(&(ByRef(&request),))?;
+    call(client, GET_OR_CREATE_POOL, query, input, |bytes| {
+        decode::<(PoolInfo,)>(bytes, "output").map(|out| out.0)
+    })
+}
+
+/// Destroys a pool through the admin chimod.
+pub fn destroy_pool(client: &Client, pool: PoolId) -> Result<(), TaskError> {
+    let input = encode(&(ByRef(&pool),))?;
+    call(client, DESTROY_POOL, PoolQuery::Local, input, |bytes| {
+        decode::<((),)>(bytes, "output").map(|_| ())
+    })
+}

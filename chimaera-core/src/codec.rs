@@ -1,0 +1,149 @@
+//! rkyv encoding of task inputs and outputs.
+//!
+//! A task's inputs travel as the rkyv archive of a tuple of its arguments' owned forms
+//! (`&str` → `String`, `&[T]` → `Vec<T>`, `&T`/`&mut T`/`T` → `T`); its outputs as the
+//! archive of `(return value, in-out values…)`. Using tuples of the argument types (not
+//! generated structs) means two crates that agree on the argument types agree on the
+//! layout, checked by the type system.
+//!
+//! The client side never copies a borrowed argument into an owned value first: the
+//! wrappers [`StrRef`], [`SliceRef`] and [`ByRef`] archive *borrowed* data with exactly
+//! the archived type of the owned form (`ArchivedString`, `ArchivedVec<T::Archived>`,
+//! `T::Archived`), so `(StrRef(s), ByRef(&n))` and `(String, u32)` have one layout.
+//!
+//! Reading: [`access`] validates bytes with rkyv's checked access (bytecheck) before any
+//! field is read; the runtime never reads an archive it has not validated.
+use crate::error::TaskError;
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::rancor::{Fallible, Source};
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::{Allocator, Writer};
+use rkyv::string::{ArchivedString, StringResolver};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Place, Portable, Serialize, SerializeUnsized};
+
+/// The bytes of one archive, aligned so any archived type can be read in place.
+pub type Bytes = rkyv::util::AlignedVec;
+
+/// The error type rkyv reports through; converted to [`TaskError::Malformed`] at the edge.
+pub type CodecError = rkyv::rancor::Error;
+
+/// Archives `value` into fresh aligned bytes.
+pub fn encode<T>(value: &T) -> Result<Bytes, TaskError>
+where
+    T: for<'a> Serialize<HighSerializer<Bytes, ArenaHandle<'a>, CodecError>>,
+{
+    rkyv::to_bytes::<CodecError>(value).map_err(|e| TaskError::malformed("input", e))
+}
+
+/// Validates `bytes` as an archived `T` and returns a reference into them.
+///
+/// `what` names the bytes in the error (`"input"`, `"output"`).
+pub fn access<'b, T>(bytes: &'b [u8], what: &str) -> Result<&'b T, TaskError>
+where
+    T: Portable + for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, CodecError>>,
+{
+    rkyv::access::<T, CodecError>(bytes).map_err(|e| TaskError::malformed(what, e))
+}
+
+/// Deserializes an already validated archived value into its owned form.
+pub fn deserialize<T, A>(archived: &A, what: &str) -> Result<T, TaskError>
+where
+    A: rkyv::Deserialize<T, HighDeserializer<CodecError>>,
+{
+    rkyv::deserialize::<T, CodecError>(archived).map_err(|e| TaskError::malformed(what, e))
+}
+
+/// Validates and deserializes `bytes` as an archived `T`.
+pub fn decode<T>(bytes: &[u8], what: &str) -> Result<T, TaskError>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, CodecError>>
+        + rkyv::Deserialize<T, HighDeserializer<CodecError>>,
+{
+    deserialize(access::<T::Archived>(bytes, what)?, what)
+}
+
+/// Archives a borrowed `&str` as an `ArchivedString`, the archived form of `String`.
+pub struct StrRef<'a>(pub &'a str);
+
+impl Archive for StrRef<'_> {
+    type Archived = ArchivedString;
+    type Resolver = StringResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedString::resolve_from_str(self.0, resolver, out);
+    }
+}
+
+impl<S: Fallible + ?Sized> Serialize<S> for StrRef<'_>
+where
+    S::Error: Source,
+    str: SerializeUnsized<S>,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        ArchivedString::serialize_from_str(self.0, serializer)
+    }
+}
+
+/// Archives a borrowed `&[T]` as an `ArchivedVec<T::Archived>`, the archived form of `Vec<T>`.
+pub struct SliceRef<'a, T>(pub &'a [T]);
+
+impl<T: Archive> Archive for SliceRef<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::resolve_from_slice(self.0, resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for SliceRef<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+/// Archives a borrowed `&T` exactly as `T` would be archived.
+pub struct ByRef<'a, T>(pub &'a T);
+
+impl<T: Archive> Archive for ByRef<'_, T> {
+    type Archived = T::Archived;
+    type Resolver = T::Resolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        self.0.resolve(resolver, out);
+    }
+}
+
+impl<T: Serialize<S>, S: Fallible + ?Sized> Serialize<S> for ByRef<'_, T> {
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_wrappers_archive_like_owned_values() {
+        let text = "hello, chimod";
+        let payload = [1u8, 2, 3, 250];
+        let borrowed = encode(&(StrRef(text), SliceRef(&payload[..]), ByRef(&42u32))).unwrap();
+        let owned: (String, Vec<u8>, u32) = decode(&borrowed, "input").unwrap();
+        assert_eq!(owned, (text.to_owned(), payload.to_vec(), 42));
+    }
+
+    #[test]
+    fn garbage_is_a_malformed_error() {
+        let mut bytes = Bytes::new();
+        bytes.extend_from_slice(&[0xff; 7]);
+        let err = decode::<(String, u32)>(&bytes, "input").unwrap_err();
+        assert!(matches!(err, TaskError::Malformed { ref what, .. } if what == "input"));
+    }
+}

@@ -1,0 +1,87 @@
+//! [`RunContext`]: a task's view of the runtime while it runs.
+//!
+//! Per-task state lives here, never in thread-locals: a task's coroutine may resume on
+//! another worker thread after any wait. A context is created by the worker for one run
+//! of one task and dropped after it.
+use crate::client::Client;
+use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
+use crate::pool::Pool;
+use crate::runtime::{RuntimeHandle, Shared};
+use crate::task::TaskHeader;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a running task knows about itself and can do with the runtime.
+pub struct RunContext {
+    header: TaskHeader,
+    pool: Arc<Pool>,
+    shared: Arc<Shared>,
+}
+
+impl RunContext {
+    pub(crate) fn new(header: TaskHeader, pool: Arc<Pool>, shared: Arc<Shared>) -> Self {
+        RunContext {
+            header,
+            pool,
+            shared,
+        }
+    }
+
+    /// The pool this task runs in.
+    pub fn pool_id(&self) -> PoolId {
+        self.header.pool
+    }
+
+    /// The pool's name.
+    pub fn pool_name(&self) -> &str {
+        self.pool.name()
+    }
+
+    /// The container running this task.
+    pub fn container_id(&self) -> ContainerId {
+        self.header.container
+    }
+
+    /// How many containers the pool has.
+    pub fn containers(&self) -> u32 {
+        self.pool.container_count()
+    }
+
+    /// The method being run.
+    pub fn method(&self) -> MethodId {
+        self.header.method
+    }
+
+    /// The task's id, unique within the runtime.
+    pub fn task_id(&self) -> u64 {
+        self.header.id
+    }
+
+    /// The task's group and depth (see [`TaskNode`]).
+    pub fn task_node(&self) -> TaskNode {
+        self.header.node
+    }
+
+    /// A client whose tasks are subtasks of this one: same TaskNode group, one level
+    /// deeper. Waiting on them parks this task's coroutine, not the worker.
+    pub fn client(&self) -> Client {
+        Client::in_process(self.shared.clone(), Some(self.header.node))
+    }
+
+    /// Parks this task for `duration`; the worker runs other tasks meanwhile.
+    pub fn sleep(&self, duration: Duration) {
+        if !duration.is_zero() {
+            may::coroutine::sleep(duration);
+        }
+    }
+
+    /// Lets other tasks of this worker run before this one goes on.
+    pub fn yield_now(&self) {
+        may::coroutine::yield_now();
+    }
+
+    /// The runtime itself, for modules that manage it (the admin chimod).
+    pub fn runtime(&self) -> RuntimeHandle {
+        RuntimeHandle::new(self.shared.clone())
+    }
+}

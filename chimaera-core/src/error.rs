@@ -1,0 +1,117 @@
+//! The error a task (or a call to one) ends with.
+//!
+//! [`TaskError`] has an rkyv layout: it travels back to the caller the same way a result
+//! does, whether the caller is a thread of this process or, later, another process or
+//! node. Every variant says what went wrong and, where it can, what to do about it.
+use crate::ids::{ContainerId, MethodId, NodeId, PoolId};
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Why a task did not produce its output.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum TaskError {
+    /// The handler returned an error of its own.
+    #[error("task failed: {message}")]
+    Failed {
+        /// The handler's explanation.
+        message: String,
+    },
+    /// No pool has this id (never created, or destroyed).
+    #[error("no pool {pool} in this runtime; create it first (get-or-create by name)")]
+    UnknownPool {
+        /// The id that was asked for.
+        pool: PoolId,
+    },
+    /// No pool has this name.
+    #[error("no pool named `{name}` in this runtime")]
+    UnknownPoolName {
+        /// The name that was asked for.
+        name: String,
+    },
+    /// The pool's module has no task with this method id.
+    #[error("module `{module}` has no method {method}; see its chimaera_mod.yaml")]
+    UnknownMethod {
+        /// The module of the pool.
+        module: String,
+        /// The method id that was asked for.
+        method: MethodId,
+    },
+    /// The runtime has no module linked under this name.
+    #[error("no module named `{module}` is linked into this runtime; enable its cargo feature or register it")]
+    UnknownModule {
+        /// The module name that was asked for.
+        module: String,
+    },
+    /// The query named a container the pool does not have.
+    #[error("pool {pool} has {containers} container(s); container {container} does not exist")]
+    NoSuchContainer {
+        /// The pool queried.
+        pool: PoolId,
+        /// The container asked for.
+        container: ContainerId,
+        /// How many the pool has.
+        containers: u32,
+    },
+    /// The query named a node that is not part of this runtime's cluster.
+    #[error("node {node} is not part of this cluster")]
+    NoSuchNode {
+        /// The node asked for.
+        node: NodeId,
+    },
+    /// The query resolved to no container at all (for example `Range` with count 0).
+    #[error("the pool query selects no container")]
+    EmptyQuery,
+    /// The pool was destroyed while the task waited to run.
+    #[error("pool {pool} was destroyed before the task ran")]
+    PoolDestroyed {
+        /// The destroyed pool.
+        pool: PoolId,
+    },
+    /// An existing pool of this name was created with other parameters.
+    #[error("pool `{name}` already exists with different {what}; destroy it first or open it with the same {what}")]
+    PoolMismatch {
+        /// The pool's name.
+        name: String,
+        /// What differs: `module`, `create parameters` or `container count`.
+        what: String,
+    },
+    /// The handler panicked; the runtime caught it and goes on.
+    #[error("task panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// Task input or output bytes are malformed.
+    #[error("malformed task {what}: {detail}")]
+    Malformed {
+        /// `input`, `output` or `create parameters`.
+        what: String,
+        /// What the validator found.
+        detail: String,
+    },
+    /// The runtime is stopping or stopped; the task was not run.
+    #[error("the runtime is not running (stopped or stopping)")]
+    RuntimeStopped,
+    /// The runtime dropped the task without running it (out of resources, or torn down).
+    #[error("the task was dropped without running; the runtime is out of resources or shutting down")]
+    NotRun,
+    /// The task was cancelled before it completed (a periodic task's handle was cancelled).
+    #[error("the task was cancelled")]
+    Cancelled,
+}
+
+impl TaskError {
+    /// A handler's own failure with a message.
+    pub fn failed(message: impl Into<String>) -> Self {
+        TaskError::Failed {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn malformed(what: &str, detail: impl ToString) -> Self {
+        TaskError::Malformed {
+            what: what.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The chimaera-rs runtime.
+//!
+//! A runtime hosts **pools**: named instances of a chimod (a module written with
+//! `#[chimod]`), each made of one or more **containers**. Clients send **tasks** (a method
+//! id plus rkyv-encoded inputs) to a pool; a [`PoolQuery`] says which containers run them.
+//! Each container owns a local queue of **lanes**; every lane is served by one **worker**,
+//! and each task runs as a `may` coroutine taken from that worker's pool of reused
+//! coroutines, so a task may wait (on a [`CoMutex`], a subtask, a timer) without blocking
+//! the worker thread.
+//!
+//! Layers only look down: [`codec`] and [`ids`] know nothing of tasks; [`task`] and
+//! [`lock`] know nothing of pools; [`worker`] runs tasks without knowing what they do;
+//! [`pool`] and [`runtime`] tie them together; [`client`] is the public face. The core
+//! never names a chimod: the admin chimod reaches the runtime through [`RuntimeHandle`].
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod admin_api;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod ids;
+pub mod lock;
+pub mod module;
+pub mod pool;
+pub mod query;
+pub mod runtime;
+pub mod task;
+pub mod worker;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use client::{Client, Pending, TaskHandle};
+pub use config::RuntimeConfig;
+pub use context::RunContext;
+pub use error::TaskError;
+pub use ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
+pub use lock::{CoMutex, CoMutexGuard, CoRwLock, CoRwLockReadGuard, CoRwLockWriteGuard};
+pub use module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
+pub use query::PoolQuery;
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeHandle, StartError};
+pub use task::Schedule;
+pub use worker::LanePriority;

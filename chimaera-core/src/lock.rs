@@ -1,0 +1,392 @@
+//! Coroutine-aware locks: [`CoMutex`] and [`CoRwLock`].
+//!
+//! A task that must wait for a lock parks *its coroutine* (a `may` blocker); the worker
+//! thread goes on running other tasks. Waiters are served first-come first-served:
+//! a release hands the lock directly to the waiter at the front of the queue (no
+//! barging), so no waiter starves.
+//!
+//! **TaskNode groups.** A lock is held by a *group* — the `root` of the holder's
+//! [`TaskNode`](crate::TaskNode) — with a count of holds. A task whose group already
+//! holds the lock gets it at once, even while others wait. So when a lock holder waits on
+//! a subtask that needs the same lock, the subtask (same root) goes through instead of
+//! deadlocking — the original's TaskNode rule.
+//!
+//! **Why the guards give `&T`, never `&mut T`.** Tasks of one group may hold the same
+//! lock at once, and may run on different worker threads. Handing each a `&mut T` would
+//! create aliasing mutable references — undefined behaviour in Rust. So, as
+//! `std::sync::ReentrantLock` does, guards deref to `&T` only and `T: Sync` is required:
+//! put atomics, or small `std::sync::Mutex`-protected fields never held across a wait,
+//! inside the lock. The lock then orders *which groups* touch the data; the data's own
+//! types keep each access sound.
+//!
+//! The queue of waiters is guarded by a `std::sync::Mutex` held only for a few
+//! instructions, never across a park.
+use crate::context::RunContext;
+use crate::task::lock;
+use may::sync::Blocker;
+use std::collections::VecDeque;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One parked task waiting for a lock.
+struct Waiter {
+    group: u64,
+    mode: Mode,
+    granted: Arc<AtomicBool>,
+    blocker: Arc<Blocker>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Shared,
+    Exclusive,
+}
+
+impl Waiter {
+    fn grant(self) {
+        self.granted.store(true, Ordering::Release);
+        self.blocker.unpark();
+    }
+}
+
+/// Parks the current coroutine (or thread) until `granted` is set.
+fn park_until(granted: &AtomicBool, blocker: &Blocker) {
+    while !granted.load(Ordering::Acquire) {
+        // A spurious return re-checks the flag.
+        let _ = blocker.park(None);
+    }
+}
+
+/// Queues a waiter and returns what it parks on.
+fn enqueue(
+    waiters: &mut VecDeque<Waiter>,
+    group: u64,
+    mode: Mode,
+) -> (Arc<AtomicBool>, Arc<Blocker>) {
+    let granted = Arc::new(AtomicBool::new(false));
+    let blocker = Blocker::current();
+    waiters.push_back(Waiter {
+        group,
+        mode,
+        granted: granted.clone(),
+        blocker: blocker.clone(),
+    });
+    (granted, blocker)
+}
+
+struct MutexState {
+    holder: Option<u64>,
+    holds: u32,
+    waiters: VecDeque<Waiter>,
+}
+
+/// A mutual-exclusion lock for tasks; see the [module docs](self).
+pub struct CoMutex<T: ?Sized = ()> {
+    state: Mutex<MutexState>,
+    data: T,
+}
+
+/// Proof that a task's group holds a [`CoMutex`]; releases it when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct CoMutexGuard<'a, T: ?Sized> {
+    mutex: &'a CoMutex<T>,
+}
+
+impl<T> CoMutex<T> {
+    /// A new, unlocked mutex around `data`.
+    pub fn new(data: T) -> Self {
+        CoMutex {
+            state: Mutex::new(MutexState {
+                holder: None,
+                holds: 0,
+                waiters: VecDeque::new(),
+            }),
+            data,
+        }
+    }
+}
+
+impl<T: ?Sized + Sync> CoMutex<T> {
+    /// Acquires the lock for the calling task's group, parking the task until then.
+    pub fn lock(&self, ctx: &RunContext) -> CoMutexGuard<'_, T> {
+        self.lock_for_group(ctx.task_node().root)
+    }
+
+    /// Acquires the lock if no other group holds it.
+    pub fn try_lock(&self, ctx: &RunContext) -> Option<CoMutexGuard<'_, T>> {
+        let group = ctx.task_node().root;
+        let mut state = lock(&self.state);
+        if state.holder.is_none() || state.holder == Some(group) {
+            state.holder = Some(group);
+            state.holds += 1;
+            Some(CoMutexGuard { mutex: self })
+        } else {
+            None
+        }
+    }
+
+    fn lock_for_group(&self, group: u64) -> CoMutexGuard<'_, T> {
+        let (granted, blocker) = {
+            let mut state = lock(&self.state);
+            if state.holder.is_none() || state.holder == Some(group) {
+                state.holder = Some(group);
+                state.holds += 1;
+                return CoMutexGuard { mutex: self };
+            }
+            enqueue(&mut state.waiters, group, Mode::Exclusive)
+        };
+        park_until(&granted, &blocker);
+        CoMutexGuard { mutex: self }
+    }
+
+    /// The number of tasks parked waiting for this lock.
+    pub fn waiting(&self) -> usize {
+        lock(&self.state).waiters.len()
+    }
+}
+
+impl<T: ?Sized> Deref for CoMutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.mutex.data
+    }
+}
+
+impl<T: ?Sized> Drop for CoMutexGuard<'_, T> {
+    fn drop(&mut self) {
+        unlock_mutex_state(&self.mutex.state);
+    }
+}
+
+/// Releases one hold; the last hold of a group hands the lock to the front waiter and
+/// the rest of that waiter's group.
+fn unlock_mutex_state(state_lock: &Mutex<MutexState>) {
+    let mut granted = Vec::new();
+    {
+        let mut state = lock(state_lock);
+        state.holds -= 1;
+        if state.holds > 0 {
+            return;
+        }
+        state.holder = None;
+        if let Some(next) = state.waiters.pop_front() {
+            let group = next.group;
+            state.holder = Some(group);
+            state.holds = 1;
+            granted.push(next);
+            let mut index = 0;
+            while index < state.waiters.len() {
+                if state.waiters[index].group == group {
+                    if let Some(waiter) = state.waiters.remove(index) {
+                        state.holds += 1;
+                        granted.push(waiter);
+                    }
+                } else {
+                    index += 1;
+                }
+            }
+        }
+    }
+    granted.into_iter().for_each(Waiter::grant);
+}
+
+struct RwState {
+    writer: Option<u64>,
+    writer_holds: u32,
+    /// Groups holding the lock shared, with their hold counts.
+    readers: Vec<(u64, u32)>,
+    waiters: VecDeque<Waiter>,
+}
+
+impl RwState {
+    fn reading(&self, group: u64) -> bool {
+        self.readers.iter().any(|(g, _)| *g == group)
+    }
+
+    /// Whether `group` may take the lock in `mode` now, ignoring queued waiters.
+    fn compatible(&self, group: u64, mode: Mode) -> bool {
+        if self.writer == Some(group) {
+            return true;
+        }
+        if self.writer.is_some() {
+            return false;
+        }
+        match mode {
+            Mode::Shared => true,
+            Mode::Exclusive => self.readers.iter().all(|(g, _)| *g == group),
+        }
+    }
+
+    fn take(&mut self, group: u64, mode: Mode) {
+        match mode {
+            Mode::Exclusive => {
+                self.writer = Some(group);
+                self.writer_holds += 1;
+            }
+            Mode::Shared if self.writer == Some(group) => self.writer_holds += 1,
+            Mode::Shared => match self.readers.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, count)) => *count += 1,
+                None => self.readers.push((group, 1)),
+            },
+        }
+    }
+}
+
+/// A reader-writer lock for tasks; see the [module docs](self).
+pub struct CoRwLock<T: ?Sized = ()> {
+    state: Mutex<RwState>,
+    data: T,
+}
+
+/// Shared access to a [`CoRwLock`]; released when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct CoRwLockReadGuard<'a, T: ?Sized> {
+    lock: &'a CoRwLock<T>,
+    group: u64,
+    counted_as_writer: bool,
+}
+
+/// Exclusive (per group) access to a [`CoRwLock`]; released when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct CoRwLockWriteGuard<'a, T: ?Sized> {
+    lock: &'a CoRwLock<T>,
+}
+
+impl<T> CoRwLock<T> {
+    /// A new, unlocked reader-writer lock around `data`.
+    pub fn new(data: T) -> Self {
+        CoRwLock {
+            state: Mutex::new(RwState {
+                writer: None,
+                writer_holds: 0,
+                readers: Vec::new(),
+                waiters: VecDeque::new(),
+            }),
+            data,
+        }
+    }
+}
+
+impl<T: ?Sized + Sync> CoRwLock<T> {
+    /// Shared access: many groups read at once; waits while another group writes or a
+    /// writer is queued ahead (so writers do not starve).
+    pub fn read(&self, ctx: &RunContext) -> CoRwLockReadGuard<'_, T> {
+        let group = ctx.task_node().root;
+        let (granted, blocker, counted_as_writer) = {
+            let mut state = lock(&self.state);
+            let counted_as_writer = state.writer == Some(group);
+            let may_pass = state.compatible(group, Mode::Shared)
+                && (state.waiters.is_empty() || counted_as_writer || state.reading(group));
+            if may_pass {
+                state.take(group, Mode::Shared);
+                return CoRwLockReadGuard {
+                    lock: self,
+                    group,
+                    counted_as_writer,
+                };
+            }
+            let (granted, blocker) = enqueue(&mut state.waiters, group, Mode::Shared);
+            (granted, blocker, false)
+        };
+        park_until(&granted, &blocker);
+        // A queued reader is granted only as a reader (see `release_and_grant`).
+        CoRwLockReadGuard {
+            lock: self,
+            group,
+            counted_as_writer,
+        }
+    }
+
+    /// Exclusive access for the calling task's group.
+    pub fn write(&self, ctx: &RunContext) -> CoRwLockWriteGuard<'_, T> {
+        let group = ctx.task_node().root;
+        let (granted, blocker) = {
+            let mut state = lock(&self.state);
+            let may_pass = state.compatible(group, Mode::Exclusive)
+                && (state.waiters.is_empty() || state.writer == Some(group));
+            if may_pass {
+                state.take(group, Mode::Exclusive);
+                return CoRwLockWriteGuard { lock: self };
+            }
+            enqueue(&mut state.waiters, group, Mode::Exclusive)
+        };
+        park_until(&granted, &blocker);
+        CoRwLockWriteGuard { lock: self }
+    }
+}
+
+impl<T: ?Sized> CoRwLock<T> {
+    /// Applies `release` to the state, then grants queued waiters in order while they are
+    /// compatible with the holders.
+    fn release_and_grant(&self, release: impl FnOnce(&mut RwState)) {
+        let mut granted = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            release(&mut state);
+            while let Some(front) = state.waiters.front() {
+                if !state.compatible(front.group, front.mode) {
+                    break;
+                }
+                if let Some(waiter) = state.waiters.pop_front() {
+                    // A queued reader counts as a reader even if its group now writes;
+                    // its guard releases a reader hold.
+                    match waiter.mode {
+                        Mode::Shared => match state.readers.iter_mut().find(|(g, _)| *g == waiter.group) {
+                            Some((_, count)) => *count += 1,
+                            None => state.readers.push((waiter.group, 1)),
+                        },
+                        Mode::Exclusive => state.take(waiter.group, Mode::Exclusive),
+                    }
+                    granted.push(waiter);
+                }
+            }
+        }
+        granted.into_iter().for_each(Waiter::grant);
+    }
+}
+
+impl<T: ?Sized> Deref for CoRwLockReadGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.lock.data
+    }
+}
+
+impl<T: ?Sized> Drop for CoRwLockReadGuard<'_, T> {
+    fn drop(&mut self) {
+        let group = self.group;
+        let as_writer = self.counted_as_writer;
+        self.lock.release_and_grant(|state| {
+            if as_writer {
+                state.writer_holds -= 1;
+                if state.writer_holds == 0 {
+                    state.writer = None;
+                }
+            } else if let Some(index) = state.readers.iter().position(|(g, _)| *g == group) {
+                state.readers[index].1 -= 1;
+                if state.readers[index].1 == 0 {
+                    state.readers.swap_remove(index);
+                }
+            }
+        });
+    }
+}
+
+impl<T: ?Sized> Deref for CoRwLockWriteGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.lock.data
+    }
+}
+
+impl<T: ?Sized> Drop for CoRwLockWriteGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.release_and_grant(|state| {
+            state.writer_holds -= 1;
+            if state.writer_holds == 0 {
+                state.writer = None;
+            }
+        });
+    }
+}

@@ -1,0 +1,548 @@
+//! The runtime: modules, pools, workers, and their life cycle.
+//!
+//! [`Runtime`] owns a [`Shared`] state that every client, context and worker points to.
+//! Life cycle: `Running` → `Draining` (a stop was asked: outside clients are refused,
+//! subtasks of running tasks are still accepted, in-flight tasks get the grace period to
+//! finish) → `Stopped` (workers end; what is still queued fails with `RuntimeStopped`;
+//! pools are destroyed). A stop never aborts the process.
+//!
+//! Accounting: `inflight` counts task replicas submitted and not yet finished (a
+//! periodic task counts only while it runs, not while it sleeps between periods). Flush
+//! and stop wait on it.
+use crate::admin_api::{CreatePoolRequest, PoolInfo};
+use crate::client::Client;
+use crate::codec::Bytes;
+use crate::config::RuntimeConfig;
+use crate::context::RunContext;
+use crate::error::TaskError;
+use crate::ids::{NodeId, PoolId, TaskNode};
+use crate::module::{ChiMod, ModuleEntry};
+use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
+use crate::task::{lock, Task, TaskHeader};
+use crate::worker::{LanePriority, Lane, TaskRunner, Worker, WorkerShared};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// Why a runtime did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No module named `admin` was registered; every runtime needs it for pool 1.0.
+    #[error("no `admin` module registered; start from chimaera::builder(), which links it, or register chimaera_admin::Admin")]
+    NoAdmin,
+    /// Two modules share a name.
+    #[error("two modules are registered under the name `{0}`")]
+    DuplicateModule(String),
+    /// The admin pool could not be created.
+    #[error("cannot create the admin pool: {0}")]
+    Admin(TaskError),
+}
+
+/// State shared by the runtime, its workers, contexts and in-process clients.
+pub struct Shared {
+    pub(crate) config: RuntimeConfig,
+    pub(crate) node: NodeId,
+    modules: HashMap<&'static str, ModuleEntry>,
+    pub(crate) pools: PoolTable,
+    workers: Mutex<Vec<Worker>>,
+    worker_states: OnceLock<Vec<Arc<WorkerShared>>>,
+    next_lane: [AtomicUsize; 2],
+    next_task_id: AtomicU64,
+    inflight: AtomicU64,
+    completed: AtomicU64,
+    state: AtomicU8,
+    stopped: (Mutex<bool>, Condvar),
+}
+
+impl Shared {
+    pub(crate) fn is_running(&self) -> bool {
+        self.state.load(Ordering::Acquire) == RUNNING
+    }
+
+    /// Whether a task with this parent may be submitted now.
+    pub(crate) fn accepts(&self, parent: Option<TaskNode>) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => true,
+            DRAINING => parent.is_some(),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn next_task_id(&self) -> u64 {
+        self.next_task_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn task_started(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn task_finished(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A new lane of `priority` on the next worker of its class (round robin).
+    fn new_lane(&self, priority: LanePriority) -> Arc<Lane> {
+        let workers = self.worker_states.get().map(Vec::as_slice).unwrap_or(&[]);
+        let low = self.config.workers_low_latency.max(1);
+        let (class, range) = match priority {
+            LanePriority::HighLatency if workers.len() > low => (1, low..workers.len()),
+            _ => (0, 0..low.min(workers.len())),
+        };
+        let n = self.next_lane[class].fetch_add(1, Ordering::Relaxed) % range.len().max(1);
+        WorkerShared::new_lane(&workers[range.start + n], priority)
+    }
+
+    fn run_once(self: &Arc<Self>, task: &Task) -> Result<Bytes, TaskError> {
+        if task.pool.is_destroyed() {
+            return Err(TaskError::PoolDestroyed {
+                pool: task.header.pool,
+            });
+        }
+        let Some(container) = task.pool.container(task.header.container) else {
+            return Err(TaskError::NoSuchContainer {
+                pool: task.header.pool,
+                container: task.header.container,
+                containers: task.pool.container_count(),
+            });
+        };
+        let object = container.object.clone();
+        let mut ctx = RunContext::new(task.header, task.pool.clone(), self.clone());
+        catch_unwind(AssertUnwindSafe(|| {
+            object.run(&mut ctx, task.header.method, &task.input)
+        }))
+        .unwrap_or_else(|panic| Err(panic_error(panic)))
+    }
+
+    fn periodic_goes_on(&self, task: &Task) -> bool {
+        let cancelled = task
+            .cancel
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Acquire));
+        !cancelled && !task.pool.is_destroyed() && self.is_running()
+    }
+
+    /// Gets or creates a pool (the admin's `GetOrCreatePool`).
+    pub(crate) fn get_or_create_pool(
+        self: &Arc<Self>,
+        parent: &RunContext,
+        request: &CreatePoolRequest,
+    ) -> Result<PoolInfo, TaskError> {
+        let containers = request.containers.max(1);
+        if let Lookup::Existing(pool) = self.pools.by_name(&request.pool_name) {
+            check_reopen(&pool, &request.module, containers, &request.params)?;
+            return Ok(pool.info());
+        }
+        let module = *self
+            .modules
+            .get(request.module.as_str())
+            .ok_or_else(|| TaskError::UnknownModule {
+                module: request.module.clone(),
+            })?;
+        let id = if request.module == "admin" && request.pool_name == "admin" {
+            PoolId::ADMIN
+        } else {
+            self.pools.fresh_id()
+        };
+        let mut params = Bytes::with_capacity(request.params.len());
+        params.extend_from_slice(&request.params);
+        // Containers are built first, then the pool is published in one step.
+        let mut slots = Vec::with_capacity(containers as usize);
+        let mut pool = Arc::new(Pool {
+            id,
+            name: request.pool_name.clone(),
+            module,
+            params: request.params.clone(),
+            containers: Vec::new(),
+            destroyed: Default::default(),
+        });
+        for container in 0..containers {
+            let header = TaskHeader {
+                id: parent.task_id(),
+                pool: id,
+                method: 0,
+                container,
+                query: crate::query::PoolQuery::DirectId(container),
+                node: parent.task_node(),
+                period: None,
+            };
+            let mut ctx = RunContext::new(header, pool.clone(), self.clone());
+            let object = catch_unwind(AssertUnwindSafe(|| (module.create)(&mut ctx, &params)))
+                .unwrap_or_else(|panic| Err(panic_error(panic)))?;
+            let lanes = module
+                .info
+                .lanes
+                .iter()
+                .map(|priority| self.new_lane(*priority))
+                .collect();
+            slots.push(ContainerSlot { object, lanes });
+        }
+        match Arc::get_mut(&mut pool) {
+            Some(pool) => pool.containers = slots,
+            None => {
+                // A create handler kept its context's pool handle: rebuild the pool.
+                pool = Arc::new(Pool {
+                    id,
+                    name: request.pool_name.clone(),
+                    module,
+                    params: request.params.clone(),
+                    containers: slots,
+                    destroyed: Default::default(),
+                });
+            }
+        }
+        match self.pools.publish(pool) {
+            Ok(pool) => Ok(pool.info()),
+            Err(existing) => {
+                check_reopen(&existing, &request.module, containers, &request.params)?;
+                Ok(existing.info())
+            }
+        }
+    }
+
+    /// Destroys a pool (the admin's `DestroyPool`): queued tasks fail with
+    /// `PoolDestroyed`, running ones finish, each container's `kDestroy` runs.
+    pub(crate) fn destroy_pool(self: &Arc<Self>, parent: &RunContext, id: PoolId) -> Result<(), TaskError> {
+        if id == PoolId::ADMIN {
+            return Err(TaskError::failed(
+                "the admin pool cannot be destroyed; stop the runtime instead",
+            ));
+        }
+        let pool = self.pools.remove(id).ok_or(TaskError::UnknownPool { pool: id })?;
+        let mut first_error = None;
+        for (index, container) in pool.containers.iter().enumerate() {
+            let header = TaskHeader {
+                id: parent.task_id(),
+                pool: id,
+                method: 1,
+                container: index as u32,
+                query: crate::query::PoolQuery::DirectId(index as u32),
+                node: parent.task_node(),
+                period: None,
+            };
+            let mut ctx = RunContext::new(header, pool.clone(), self.clone());
+            let result = catch_unwind(AssertUnwindSafe(|| container.object.destroy(&mut ctx)))
+                .unwrap_or_else(|panic| Err(panic_error(panic)));
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Waits until at most `allowed` tasks are in flight, or `deadline` passes; returns
+    /// whether it got there. Parks a coroutine caller in short sleeps.
+    pub(crate) fn wait_inflight_at_most(&self, allowed: u64, deadline: Option<Instant>) -> bool {
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if self.inflight.load(Ordering::Acquire) <= allowed {
+                return true;
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return false;
+            }
+            may::coroutine::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the runtime: drain for up to `grace`, then fail what is left and end.
+    /// `own_tasks` is how many in-flight tasks belong to the caller itself.
+    pub(crate) fn stop(self: &Arc<Self>, grace: Duration, own_tasks: u64) {
+        if self
+            .state
+            .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.wait_stopped();
+            return;
+        }
+        let drained = self.wait_inflight_at_most(own_tasks, Some(Instant::now() + grace));
+        if !drained {
+            tracing::warn!(
+                inflight = self.inflight.load(Ordering::Acquire),
+                "stop: grace period over, failing the tasks still queued"
+            );
+        }
+        self.state.store(STOPPED, Ordering::Release);
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for worker in workers {
+            worker.shutdown();
+        }
+        let pools = self.pools.clear();
+        drop(pools);
+        let (done, signal) = &self.stopped;
+        *lock(done) = true;
+        signal.notify_all();
+    }
+
+    fn wait_stopped(&self) {
+        let (done, signal) = &self.stopped;
+        let mut stopped = lock(done);
+        while !*stopped {
+            stopped = signal
+                .wait(stopped)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// The task runner the workers call: runs tasks with access to the shared state.
+struct Runner(OnceLock<std::sync::Weak<Shared>>);
+
+impl TaskRunner for Runner {
+    fn run(&self, task: Task) {
+        let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+            task.complete(Err(TaskError::RuntimeStopped));
+            return;
+        };
+        loop {
+            let result = shared.run_once(&task);
+            match task.header.period {
+                None => {
+                    task.complete(result);
+                    shared.task_finished();
+                    return;
+                }
+                Some(period) => {
+                    if let Err(err) = result {
+                        tracing::warn!(task = task.header.id, "periodic task failed: {err}");
+                    }
+                    shared.task_finished();
+                    if shared.periodic_goes_on(&task) {
+                        may::coroutine::sleep(period);
+                    }
+                    if !shared.periodic_goes_on(&task) {
+                        return;
+                    }
+                    shared.task_started();
+                }
+            }
+        }
+    }
+
+    fn reject(&self, task: Task) {
+        task.complete(Err(TaskError::RuntimeStopped));
+        if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
+            shared.task_finished();
+        }
+    }
+}
+
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> TaskError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned());
+    TaskError::Panicked { message }
+}
+
+/// Configures a runtime and the modules it hosts.
+#[derive(Default)]
+pub struct RuntimeBuilder {
+    config: RuntimeConfig,
+    modules: Vec<ModuleEntry>,
+}
+
+impl RuntimeBuilder {
+    /// A builder with the default configuration and no module.
+    pub fn new() -> Self {
+        RuntimeBuilder::default()
+    }
+
+    /// Uses `config`.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Links chimod `M` into the runtime.
+    pub fn module<M: ChiMod>(self) -> Self {
+        self.module_entry(ModuleEntry::of::<M>())
+    }
+
+    /// Links a module by its registry entry.
+    pub fn module_entry(mut self, entry: ModuleEntry) -> Self {
+        self.modules.push(entry);
+        self
+    }
+
+    /// Starts the workers and creates the admin pool (`1.0`).
+    pub fn start(self) -> Result<Runtime, StartError> {
+        let mut modules = HashMap::new();
+        for entry in self.modules {
+            if modules.insert(entry.info.name, entry).is_some() {
+                return Err(StartError::DuplicateModule(entry.info.name.to_owned()));
+            }
+        }
+        if !modules.contains_key("admin") {
+            return Err(StartError::NoAdmin);
+        }
+        let config = self.config;
+        configure_scheduler(&config);
+        let shared = Arc::new(Shared {
+            node: 0,
+            modules,
+            pools: PoolTable::new(),
+            workers: Mutex::new(Vec::new()),
+            worker_states: OnceLock::new(),
+            next_lane: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            next_task_id: AtomicU64::new(1),
+            inflight: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            state: AtomicU8::new(RUNNING),
+            stopped: (Mutex::new(false), Condvar::new()),
+            config,
+        });
+        let runner = Arc::new(Runner(OnceLock::new()));
+        let _ = runner.0.set(Arc::downgrade(&shared));
+        let workers: Vec<Worker> = (0..shared.config.workers())
+            .map(|id| Worker::start(id, shared.config.stack_size, runner.clone()))
+            .collect();
+        let _ = shared
+            .worker_states
+            .set(workers.iter().map(|w| w.shared().clone()).collect());
+        *lock(&shared.workers) = workers;
+
+        let runtime = Runtime { shared };
+        let admin = crate::admin_api::get_or_create_pool(
+            &runtime.client(),
+            crate::query::PoolQuery::Local,
+            "admin",
+            "admin",
+            Default::default(),
+            &crate::codec::encode(&())
+                .map_err(StartError::Admin)?,
+        );
+        match admin {
+            Ok(info) if info.id == PoolId::ADMIN => Ok(runtime),
+            Ok(info) => Err(StartError::Admin(TaskError::failed(format!(
+                "admin pool got id {} instead of 1.0",
+                info.id
+            )))),
+            Err(err) => Err(StartError::Admin(err)),
+        }
+    }
+}
+
+/// Sizes may's process-wide scheduler; only the first call in a process has effect.
+fn configure_scheduler(config: &RuntimeConfig) {
+    static CONFIGURED: OnceLock<()> = OnceLock::new();
+    CONFIGURED.get_or_init(|| {
+        may::config()
+            .set_workers(config.workers())
+            .set_stack_size(config.stack_size / std::mem::size_of::<usize>())
+            .set_worker_pin(config.pin_workers);
+    });
+}
+
+/// A running runtime. Dropping it stops it (with the configured grace period).
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl Runtime {
+    /// A builder; link modules with [`RuntimeBuilder::module`].
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::new()
+    }
+
+    /// A client of this runtime in this process.
+    pub fn client(&self) -> Client {
+        Client::in_process(self.shared.clone(), None)
+    }
+
+    /// A handle to manage the runtime.
+    pub fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle::new(self.shared.clone())
+    }
+
+    /// Blocks until the runtime has been stopped (by an admin `StopRuntime` task).
+    pub fn wait(&self) {
+        self.shared.wait_stopped();
+    }
+
+    /// Stops the runtime: in-flight tasks get the grace period, then what is left fails.
+    pub fn stop(self) {
+        let grace = self.shared.config.stop_grace_period;
+        self.shared.stop(grace, 0);
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let grace = self.shared.config.stop_grace_period;
+        self.shared.stop(grace, 0);
+    }
+}
+
+/// Management access to a runtime, for the admin chimod and for tools.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    shared: Arc<Shared>,
+}
+
+impl RuntimeHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        RuntimeHandle { shared }
+    }
+
+    /// Gets the pool named in `request`, or creates it (its containers are built by the
+    /// module's `create` task, run from `ctx`'s task).
+    pub fn get_or_create_pool(
+        &self,
+        ctx: &RunContext,
+        request: &CreatePoolRequest,
+    ) -> Result<PoolInfo, TaskError> {
+        self.shared.get_or_create_pool(ctx, request)
+    }
+
+    /// Destroys a pool.
+    pub fn destroy_pool(&self, ctx: &RunContext, pool: PoolId) -> Result<(), TaskError> {
+        self.shared.destroy_pool(ctx, pool)
+    }
+
+    /// Starts a clean stop on another thread and returns at once; in-flight tasks get
+    /// `grace` to finish (the caller's own task, at `ctx`'s depth, is not waited for).
+    pub fn stop_from_task(&self, ctx: &RunContext, grace: Duration) {
+        let shared = self.shared.clone();
+        let own = u64::from(ctx.task_node().depth) + 1;
+        std::thread::spawn(move || shared.stop(grace, own));
+    }
+
+    /// Waits until no task but the caller's own (`ctx`, and the tasks it is nested in)
+    /// is in flight; returns how many tasks completed meanwhile.
+    pub fn flush(&self, ctx: &RunContext) -> u64 {
+        let before = self.shared.completed.load(Ordering::Acquire);
+        let own = u64::from(ctx.task_node().depth) + 1;
+        self.shared.wait_inflight_at_most(own, None);
+        self.shared.completed.load(Ordering::Acquire) - before
+    }
+
+    /// Task replicas in flight now.
+    pub fn inflight(&self) -> u64 {
+        self.shared.inflight.load(Ordering::Acquire)
+    }
+
+    /// Task replicas completed since start.
+    pub fn completed(&self) -> u64 {
+        self.shared.completed.load(Ordering::Acquire)
+    }
+
+    /// Every live pool.
+    pub fn pools(&self) -> Vec<PoolInfo> {
+        self.shared.pools.list().iter().map(|p| p.info()).collect()
+    }
+
+    /// Whether the runtime still accepts tasks from clients.
+    pub fn is_running(&self) -> bool {
+        self.shared.is_running()
+    }
+}

@@ -1,0 +1,152 @@
+//! Tasks in flight and the completions their callers wait on.
+//!
+//! A [`Task`] is owned by exactly one place at a time: the submitter builds it, a lane
+//! holds it, a worker's coroutine runs it and then drops it (Rust's `Drop` is the
+//! original's `Del`: the input bytes are freed when the task is). Its result goes to the
+//! [`Completion`] it points to, shared with the caller through an `Arc`.
+//!
+//! A completion expects one result per replica (a `Broadcast` has one per container).
+//! Invariants: each replica stores exactly one result, then decrements `remaining` with
+//! `Release`; a waiter that reads `remaining == 0` with `Acquire` sees every result.
+//! A waiter spins briefly, then parks on a `may` blocker (which parks a coroutine when
+//! called from one and the thread otherwise); the last replica unparks it. The blocker is
+//! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
+//! lost.
+use crate::codec::Bytes;
+use crate::error::TaskError;
+use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
+use crate::pool::Pool;
+use crate::query::PoolQuery;
+use may::sync::Blocker;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a task submitted with a client's `spawn_*` method runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Schedule {
+    /// Run once; nobody waits for the result, the runtime frees the task when done.
+    FireAndForget,
+    /// Run now and again every `period` after each run ends, until cancelled through
+    /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
+    Periodic(Duration),
+}
+
+/// What a worker needs to know to run a task, besides its input.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskHeader {
+    /// Unique within the runtime.
+    pub id: u64,
+    /// The pool the task was sent to.
+    pub pool: PoolId,
+    /// The method to run.
+    pub method: MethodId,
+    /// The container of `pool` that runs this replica.
+    pub container: ContainerId,
+    /// The query the task was submitted with.
+    pub query: PoolQuery,
+    /// The group of the task (for coroutine locks) and its nesting depth.
+    pub node: TaskNode,
+    /// Re-run every `period` after each run, if set.
+    pub period: Option<Duration>,
+}
+
+/// One replica of a task, queued on a lane or running on a worker.
+pub struct Task {
+    /// Routing and identity.
+    pub header: TaskHeader,
+    /// The pool it runs in (held, so a destroyed pool lives until its tasks are done).
+    pub pool: Arc<Pool>,
+    /// The rkyv archive of the method's input tuple.
+    pub input: Bytes,
+    /// Where the result goes; `None` for fire-and-forget and periodic tasks.
+    pub reply: Option<Arc<Completion>>,
+    /// Set to stop a periodic task.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Task {
+    /// Delivers `result` to whoever waits for this task, if anyone.
+    pub fn complete(mut self, result: Result<Bytes, TaskError>) {
+        if let Some(reply) = self.reply.take() {
+            reply.deliver(self.header.container, result);
+        }
+    }
+}
+
+impl Drop for Task {
+    /// A task dropped without a result (its coroutine could not be spawned, its queue was
+    /// torn down) still answers its caller, so no waiter hangs.
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            reply.deliver(self.header.container, Err(TaskError::NotRun));
+        }
+    }
+}
+
+/// Results of one task's replicas, and the caller waiting for them.
+pub struct Completion {
+    remaining: AtomicU32,
+    results: Mutex<Vec<(ContainerId, Result<Bytes, TaskError>)>>,
+    waiter: Mutex<Option<Arc<Blocker>>>,
+}
+
+/// Spins before parking: a reply from a busy runtime arrives in well under this many
+/// iterations, and parking costs a context switch.
+const SPINS_BEFORE_PARK: u32 = 4_000;
+
+impl Completion {
+    /// A completion expecting `replicas` results.
+    pub fn new(replicas: u32) -> Arc<Self> {
+        Arc::new(Completion {
+            remaining: AtomicU32::new(replicas),
+            results: Mutex::new(Vec::with_capacity(replicas as usize)),
+            waiter: Mutex::new(None),
+        })
+    }
+
+    /// Stores one replica's result and wakes the waiter after the last one.
+    pub fn deliver(&self, container: ContainerId, result: Result<Bytes, TaskError>) {
+        lock(&self.results).push((container, result));
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(waiter) = lock(&self.waiter).take() {
+                waiter.unpark();
+            }
+        }
+    }
+
+    /// Whether every replica has delivered.
+    pub fn is_done(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until every replica has delivered, then returns the results sorted by
+    /// container. Parks the calling coroutine (or thread) rather than spinning long.
+    pub fn wait(&self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
+        let mut spins = 0;
+        while !self.is_done() {
+            if spins < SPINS_BEFORE_PARK {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let blocker = Blocker::current();
+            *lock(&self.waiter) = Some(blocker.clone());
+            if self.is_done() {
+                break;
+            }
+            // A timeout-free park: `deliver` unparks after the last result. A spurious
+            // return is harmless, the loop re-checks.
+            let _ = blocker.park(None);
+        }
+        let mut results = std::mem::take(&mut *lock(&self.results));
+        results.sort_by_key(|(container, _)| *container);
+        results
+    }
+}
+
+/// Locks a mutex that guards plain data; a panic while holding it cannot leave the data
+/// half-written (every critical section is a single push or take), so poison is ignored.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

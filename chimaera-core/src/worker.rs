@@ -1,0 +1,320 @@
+//! Workers, lanes and the reused coroutines tasks run on.
+//!
+//! **Lanes.** A container's local queue is a set of [`Lane`]s, each with a
+//! [`LanePriority`] and bound for life to one worker. A lane is a FIFO of tasks plus a
+//! `scheduled` flag: the push that turns the flag on also puts the lane on its worker's
+//! ready list (low-latency lanes on a list the worker always serves first). So a worker
+//! touches only lanes that have work, and a lane is on a ready list at most once.
+//!
+//! **Workers.** A worker is a long-lived `may` coroutine (the *poller*) on one of may's
+//! scheduler threads. It drains ready lanes in batches and hands each task to a *task
+//! coroutine* from its idle pool, spawning one only when the pool is empty — so the hot
+//! path is a hand-off (a slot write and an unpark onto the same scheduler thread), not a
+//! spawn. A task coroutine runs one task at a time, then returns itself to the pool;
+//! a task that waits (lock, subtask, timer) keeps its coroutine, and the worker goes on
+//! with other tasks meanwhile. Idle pools are capped; surplus coroutines end.
+//!
+//! **Sleeping.** With nothing ready, a poller yields a few rounds, then announces
+//! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
+//! with `SeqCst` before the final re-check of the ready lists, and read with `SeqCst`
+//! after a push, so either the poller sees the task or the pusher sees the flag.
+//! An idle runtime therefore has no polling loop running.
+//!
+//! Workers know how to run a task only through the [`TaskRunner`] they are given; they
+//! know nothing of pools or modules.
+use crate::task::{lock, Task};
+use crossbeam_queue::SegQueue;
+use may::coroutine;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Latency class of a lane, and of the workers that serve it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LanePriority {
+    /// Short tasks where latency matters; served first.
+    LowLatency,
+    /// Long or bulk tasks; served after low-latency lanes.
+    HighLatency,
+}
+
+/// Runs one task to completion (delivering its result); implemented by the runtime.
+pub trait TaskRunner: Send + Sync + 'static {
+    /// Runs `task` on the current task coroutine.
+    fn run(&self, task: Task);
+    /// Fails `task` without running it (the runtime is shutting down).
+    fn reject(&self, task: Task);
+}
+
+/// A FIFO of tasks for one worker.
+pub struct Lane {
+    queue: SegQueue<Task>,
+    scheduled: AtomicBool,
+    priority: LanePriority,
+    worker: Arc<WorkerShared>,
+}
+
+impl Lane {
+    /// Queues `task` and makes sure the lane's worker will look at it.
+    pub fn push(self: &Arc<Self>, task: Task) {
+        self.queue.push(task);
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            self.worker.make_ready(self.clone());
+        }
+    }
+
+    /// The number of tasks waiting in this lane.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no task waits in this lane.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The lane's latency class.
+    pub fn priority(&self) -> LanePriority {
+        self.priority
+    }
+}
+
+/// The state of one worker that lanes and task coroutines share.
+pub struct WorkerShared {
+    id: usize,
+    ready_low_latency: SegQueue<Arc<Lane>>,
+    ready_high_latency: SegQueue<Arc<Lane>>,
+    sleeping: AtomicBool,
+    poller: Mutex<Option<coroutine::Coroutine>>,
+    idle: Mutex<Vec<Arc<TaskSlot>>>,
+    shutdown: AtomicBool,
+    tasks_run: AtomicU64,
+    stack_size: usize,
+}
+
+/// A parked task coroutine waiting for its next task.
+struct TaskSlot {
+    job: Mutex<Option<Task>>,
+    coroutine: coroutine::Coroutine,
+}
+
+/// Ready lanes drained before a poller yields to the task coroutines it woke.
+const LANES_PER_ROUND: usize = 16;
+/// Tasks taken from one lane before moving on, so one busy lane cannot starve others.
+const TASKS_PER_LANE: usize = 32;
+/// Empty rounds (each a yield to other coroutines) before a poller parks.
+const IDLE_ROUNDS_BEFORE_PARK: u32 = 64;
+/// Idle task coroutines a worker keeps; more end when their task is done.
+const MAX_IDLE_COROUTINES: usize = 1024;
+
+impl WorkerShared {
+    fn make_ready(&self, lane: Arc<Lane>) {
+        match lane.priority {
+            LanePriority::LowLatency => self.ready_low_latency.push(lane),
+            LanePriority::HighLatency => self.ready_high_latency.push(lane),
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            if let Some(poller) = lock(&self.poller).as_ref() {
+                poller.unpark();
+            }
+        }
+    }
+
+    fn next_ready(&self) -> Option<Arc<Lane>> {
+        self.ready_low_latency
+            .pop()
+            .or_else(|| self.ready_high_latency.pop())
+    }
+
+    fn has_ready(&self) -> bool {
+        !self.ready_low_latency.is_empty() || !self.ready_high_latency.is_empty()
+    }
+
+    /// A new lane served by this worker.
+    pub fn new_lane(self: &Arc<Self>, priority: LanePriority) -> Arc<Lane> {
+        Arc::new(Lane {
+            queue: SegQueue::new(),
+            scheduled: AtomicBool::new(false),
+            priority,
+            worker: self.clone(),
+        })
+    }
+
+    /// Tasks this worker has handed to coroutines since it started.
+    pub fn tasks_run(&self) -> u64 {
+        self.tasks_run.load(Ordering::Relaxed)
+    }
+
+    /// This worker's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+}
+
+/// A running worker: its poller coroutine and the state it shares.
+pub struct Worker {
+    shared: Arc<WorkerShared>,
+    poller: Option<coroutine::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts worker `id`, whose task coroutines get `stack_size` bytes of stack.
+    pub fn start(id: usize, stack_size: usize, runner: Arc<dyn TaskRunner>) -> Worker {
+        let shared = Arc::new(WorkerShared {
+            id,
+            ready_low_latency: SegQueue::new(),
+            ready_high_latency: SegQueue::new(),
+            sleeping: AtomicBool::new(false),
+            poller: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            shutdown: AtomicBool::new(false),
+            tasks_run: AtomicU64::new(0),
+            stack_size,
+        });
+        let poller_state = shared.clone();
+        let builder = coroutine::Builder::new()
+            .name(format!("chimaera-worker-{id}"))
+            .stack_size(stack_size);
+        // SAFETY: `may` requires that a coroutine not touch thread-local storage that
+        // could move with it between threads. The poller only uses the shared state it
+        // owns through `Arc`s and the runner; task code is forbidden `thread_local!` by
+        // the chimod contract (see the crate docs).
+        let handle = unsafe { builder.spawn(move || poll_lanes(poller_state, runner)) };
+        let handle = match handle {
+            Ok(handle) => handle,
+            Err(err) => panic!("cannot spawn worker coroutine: {err}"),
+        };
+        *lock(&shared.poller) = Some(handle.coroutine().clone());
+        // The poller may have parked before its handle was stored; wake it to re-check.
+        shared.sleeping.store(true, Ordering::SeqCst);
+        shared.wake();
+        Worker {
+            shared,
+            poller: Some(handle),
+        }
+    }
+
+    /// The state shared with lanes (for statistics).
+    pub fn shared(&self) -> &Arc<WorkerShared> {
+        &self.shared
+    }
+
+    /// Tells the poller to finish: it rejects what is still queued, ends its idle task
+    /// coroutines and returns. Waits for it.
+    pub fn shutdown(mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        self.shared.wake();
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+    }
+}
+
+fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>) {
+    let mut idle_rounds = 0u32;
+    loop {
+        let mut dispatched = 0usize;
+        for _ in 0..LANES_PER_ROUND {
+            let Some(lane) = worker.next_ready() else {
+                break;
+            };
+            for _ in 0..TASKS_PER_LANE {
+                let Some(task) = lane.queue.pop() else {
+                    break;
+                };
+                dispatched += 1;
+                if worker.shutdown.load(Ordering::Relaxed) {
+                    runner.reject(task);
+                } else {
+                    hand_off(&worker, &runner, task);
+                }
+            }
+            lane.scheduled.store(false, Ordering::SeqCst);
+            if !lane.queue.is_empty() && !lane.scheduled.swap(true, Ordering::AcqRel) {
+                worker.make_ready(lane);
+            }
+        }
+        if dispatched > 0 {
+            worker
+                .tasks_run
+                .fetch_add(dispatched as u64, Ordering::Relaxed);
+            idle_rounds = 0;
+            // Let the task coroutines just woken on this thread run.
+            coroutine::yield_now();
+            continue;
+        }
+        if worker.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        if idle_rounds < IDLE_ROUNDS_BEFORE_PARK {
+            idle_rounds += 1;
+            coroutine::yield_now();
+            continue;
+        }
+        worker.sleeping.store(true, Ordering::SeqCst);
+        if worker.has_ready() || worker.shutdown.load(Ordering::SeqCst) {
+            worker.sleeping.store(false, Ordering::SeqCst);
+            continue;
+        }
+        coroutine::park();
+        idle_rounds = 0;
+    }
+    for slot in lock(&worker.idle).drain(..) {
+        slot.coroutine.unpark();
+    }
+}
+
+/// Gives `task` to an idle task coroutine, or to a new one if none is idle.
+fn hand_off(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>, task: Task) {
+    let idle = lock(&worker.idle).pop();
+    match idle {
+        Some(slot) => {
+            *lock(&slot.job) = Some(task);
+            slot.coroutine.unpark();
+        }
+        None => spawn_task_coroutine(worker, runner, task),
+    }
+}
+
+fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>, first: Task) {
+    let worker = worker.clone();
+    let runner = runner.clone();
+    let stack_size = worker.stack_size;
+    let body = move || {
+        runner.run(first);
+        let slot = Arc::new(TaskSlot {
+            job: Mutex::new(None),
+            coroutine: coroutine::current(),
+        });
+        loop {
+            {
+                let mut idle = lock(&worker.idle);
+                if idle.len() >= MAX_IDLE_COROUTINES || worker.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                idle.push(slot.clone());
+            }
+            // Woken either with a job in the slot or, at shutdown, without one.
+            loop {
+                coroutine::park();
+                if let Some(task) = lock(&slot.job).take() {
+                    runner.run(task);
+                    break;
+                }
+                if worker.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        }
+    };
+    let builder = coroutine::Builder::new().stack_size(stack_size);
+    // SAFETY: as for the poller: task coroutines reach shared state only through `Arc`s,
+    // and chimod code must not use `thread_local!` (documented contract).
+    if let Err(err) = unsafe { builder.spawn(body) } {
+        tracing::error!("cannot spawn a task coroutine: {err}");
+    }
+}

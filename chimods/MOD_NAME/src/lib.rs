@@ -1,0 +1,157 @@
+//! # MOD_NAME — the template chimod
+//!
+//! Copy this crate to start a module of your own. A chimod is three things:
+//!
+//! 1. **A manifest**, `chimaera_mod.yaml` next to `Cargo.toml`: the module's name and
+//!    namespace, and one `kName: id` line per task. Ids 0–9 are inherited (`kCreate: 0`
+//!    builds a container; `-1` means "not implemented"); your own tasks start at 10.
+//!    The manifest is *checked*: if it and the code disagree, the build fails and
+//!    points at the line of code at fault.
+//! 2. **A container struct** marked `#[chimod(name = "…")]`: the state of one container
+//!    of a pool. Tasks may run concurrently on several workers, so the state is `Sync`:
+//!    atomics, or data behind a [`CoMutex`] / [`CoRwLock`], whose waits park the task's
+//!    coroutine instead of blocking a worker thread.
+//! 3. **An `impl` block** marked `#[chimod]` whose `#[task(method = N)]` methods are the
+//!    tasks. Arguments are the task's inputs (`&str` and `&[u8]` are handed to you
+//!    straight from the received bytes, without a copy), the return value is its output,
+//!    a `Result<_, TaskError>` carries a failure, and `&mut` arguments are in-out. The
+//!    `create` task (method 0) has no `self` and returns `Result<Self, TaskError>`.
+//!
+//! From that the macros generate, at compile time: the method table
+//! ([`mod_name_tasks::CUSTOM`] …), the dispatch the runtime calls (`Run`, `Monitor`,
+//! `SaveIn`/`LoadIn`/`SaveOut`/`LoadOut`, `NewCopy`), the rkyv layout of each task's
+//! inputs and outputs, and a typed client, [`ModNameClient`]:
+//!
+//! ```no_run
+//! use chimaera_core::{Client, PoolQuery};
+//! use chimaera_mod_name::{CreateParams, ModNameClient};
+//! # fn demo(chi: &Client) -> Result<(), chimaera_core::TaskError> {
+//! let m = ModNameClient::create(chi, PoolQuery::local(), "my_pool", CreateParams::default())?;
+//! assert_eq!(m.custom(PoolQuery::local(), "hello", 0)?, "hello");
+//! let pending = m.async_custom(PoolQuery::dynamic(), "x", 1)?;
+//! assert_eq!(pending.wait()?, "x");
+//! # Ok(()) }
+//! ```
+//!
+//! Inside a task, [`RunContext`] is the task's view of the runtime: its pool and
+//! container, [`RunContext::sleep`] (parks the coroutine), and [`RunContext::client`] to
+//! call other tasks — [`ModName::wait_test`] calls itself that way, waiting on its
+//! subtask without blocking the worker.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use chimaera_core::{CoMutex, CoRwLock, PoolQuery, RunContext, TaskError};
+use chimaera_macros::chimod;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Parameters of `kCreate`, sent once per pool and checked when the pool is re-opened.
+#[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CreateParams {
+    /// Free text kept by each container; [`ModName::custom`] prefixes nothing with it,
+    /// it only shows how create parameters reach a container.
+    pub label: String,
+}
+
+/// How many tasks are inside a lock's critical section right now.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    readers: AtomicU32,
+    writers: AtomicU32,
+}
+
+/// State of one MOD_NAME container.
+#[chimod(name = "MOD_NAME")]
+pub struct ModName {
+    label: String,
+    custom_calls: AtomicU64,
+    mutex: CoMutex<Occupancy>,
+    rwlock: CoRwLock<Occupancy>,
+}
+
+#[chimod]
+impl ModName {
+    /// `kCreate`: builds one container from the pool's create parameters.
+    #[task(method = 0)]
+    fn create(_ctx: &mut RunContext, params: CreateParams) -> Result<Self, TaskError> {
+        Ok(ModName {
+            label: params.label,
+            custom_calls: AtomicU64::new(0),
+            mutex: CoMutex::new(Occupancy::default()),
+            rwlock: CoRwLock::new(Occupancy::default()),
+        })
+    }
+
+    /// `kCustom`: echoes `data` back unchanged.
+    #[task(method = 10)]
+    fn custom(&self, _ctx: &mut RunContext, data: &str, operation_id: u32) -> String {
+        let _ = operation_id;
+        self.custom_calls.fetch_add(1, Ordering::Relaxed);
+        data.to_owned()
+    }
+
+    /// `kCoMutexTest`: holds the container's mutex for `hold_ms`, parked (not spinning),
+    /// and returns how many tasks were inside the critical section, itself included —
+    /// always 1 unless two tasks share a TaskNode.
+    #[task(method = 20)]
+    fn co_mutex_test(&self, ctx: &mut RunContext, test_id: u32, hold_ms: u32) -> u32 {
+        let _ = test_id;
+        let guard = self.mutex.lock(ctx);
+        let inside = guard.writers.fetch_add(1, Ordering::SeqCst) + 1;
+        ctx.sleep(Duration::from_millis(u64::from(hold_ms)));
+        guard.writers.fetch_sub(1, Ordering::SeqCst);
+        inside
+    }
+
+    /// `kCoRwLockTest`: holds the container's reader-writer lock (for writing if
+    /// `write`) for `hold_ms`; returns the number of readers and writers inside when it
+    /// entered, itself included.
+    #[task(method = 21)]
+    fn co_rw_lock_test(
+        &self,
+        ctx: &mut RunContext,
+        test_id: u32,
+        hold_ms: u32,
+        write: bool,
+    ) -> (u32, u32) {
+        let _ = test_id;
+        let hold = Duration::from_millis(u64::from(hold_ms));
+        if write {
+            let guard = self.rwlock.write(ctx);
+            let writers = guard.writers.fetch_add(1, Ordering::SeqCst) + 1;
+            let readers = guard.readers.load(Ordering::SeqCst);
+            ctx.sleep(hold);
+            guard.writers.fetch_sub(1, Ordering::SeqCst);
+            (readers, writers)
+        } else {
+            let guard = self.rwlock.read(ctx);
+            let readers = guard.readers.fetch_add(1, Ordering::SeqCst) + 1;
+            let writers = guard.writers.load(Ordering::SeqCst);
+            ctx.sleep(hold);
+            guard.readers.fetch_sub(1, Ordering::SeqCst);
+            (readers, writers)
+        }
+    }
+
+    /// `kWaitTest`: calls itself with `depth - 1` from inside the runtime and waits for
+    /// it (parking this task's coroutine, not the worker); returns the depth reached.
+    #[task(method = 23)]
+    fn wait_test(&self, ctx: &mut RunContext, depth: u32) -> Result<u32, TaskError> {
+        if depth <= 1 {
+            return Ok(depth);
+        }
+        let this_pool = ModNameClient::attach(&ctx.client(), ctx.pool_id());
+        Ok(this_pool.wait_test(PoolQuery::local(), depth - 1)? + 1)
+    }
+}
+
+impl ModName {
+    /// The label this container was created with.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// How many `custom` tasks this container ran.
+    pub fn custom_calls(&self) -> u64 {
+        self.custom_calls.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,50 @@
+//! # chimaera — ChiMods in Rust
+//!
+//! Write a module with `#[chimod]` and `#[task(method = N)]`, check it against its
+//! `chimaera_mod.yaml` at compile time, link it into a runtime, call it through the
+//! generated typed client.
+//!
+//! ```no_run
+//! use chimaera::prelude::*;
+//! use chimaera::mod_name::{CreateParams, ModNameClient};
+//!
+//! let runtime = chimaera::builder().start()?;          // admin + the enabled modules
+//! let chi = runtime.client();
+//! let m = ModNameClient::create(&chi, PoolQuery::local(), "my_pool", CreateParams::default())?;
+//! assert_eq!(m.custom(PoolQuery::local(), "hello", 0)?, "hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! This crate re-exports [`chimaera_core`] (the runtime), the macros, the admin chimod
+//! (always linked) and the chimods enabled by cargo features (`mod_name`).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub use chimaera_core::*;
+pub use chimaera_macros::{chimod, task};
+
+/// The admin chimod: pool lifecycle, flush, stop (always linked).
+pub use chimaera_admin as admin;
+/// The MOD_NAME template chimod.
+#[cfg(feature = "mod_name")]
+pub use chimaera_mod_name as mod_name;
+
+/// A runtime builder with the admin chimod and every chimod enabled by cargo features;
+/// add your own with [`RuntimeBuilder::module`].
+pub fn builder() -> RuntimeBuilder {
+    let builder = Runtime::builder().module::<admin::Admin>();
+    #[cfg(feature = "mod_name")]
+    let builder = builder.module::<mod_name::ModName>();
+    builder
+}
+
+/// What a chimod or a client needs in scope.
+pub mod prelude {
+    pub use crate::admin::AdminClient;
+    pub use chimaera_core::admin_api::PoolOptions;
+    pub use chimaera_core::{
+        ChiMod, Client, CoMutex, CoRwLock, ContainerId, LaneChoice, LanePriority, MethodId,
+        Pending, PoolId, PoolQuery, RunContext, Runtime, RuntimeConfig, Schedule, TaskError,
+        TaskHandle, TaskNode,
+    };
+    pub use chimaera_macros::{chimod, task};
+}
