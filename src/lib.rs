@@ -24,6 +24,8 @@ pub use chimaera_macros::{chimod, task};
 
 /// The admin chimod: pool lifecycle, flush, stop (always linked).
 pub use chimaera_admin as admin;
+pub use admin::AdminClient;
+
 /// The MOD_NAME template chimod.
 #[cfg(feature = "mod_name")]
 pub use chimaera_mod_name as mod_name;

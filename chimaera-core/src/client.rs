@@ -127,7 +127,10 @@ impl Client {
                 slot.object.monitor(method, &input)
             }))
             .unwrap_or_default();
-            let lane = &slot.lanes[lane_choice.resolve(module.info.lanes).min(slot.lanes.len() - 1)];
+            let lane_index = lane_choice
+                .resolve(module.info.lanes)
+                .min(slot.lanes.len().saturating_sub(1));
+            let lane = &slot.lanes[lane_index];
             shared.task_started();
             lane.push(Task {
                 header: TaskHeader {
@@ -135,6 +138,7 @@ impl Client {
                     pool: pool_id,
                     method,
                     container,
+                    lane: lane_index as u32,
                     query,
                     node,
                     period,

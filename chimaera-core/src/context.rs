@@ -42,6 +42,11 @@ impl RunContext {
         self.header.container
     }
 
+    /// The lane of the container's local queue this task was queued on.
+    pub fn lane(&self) -> u32 {
+        self.header.lane
+    }
+
     /// How many containers the pool has.
     pub fn containers(&self) -> u32 {
         self.pool.container_count()

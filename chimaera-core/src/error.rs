@@ -3,6 +3,8 @@
 //! [`TaskError`] has an rkyv layout: it travels back to the caller the same way a result
 //! does, whether the caller is a thread of this process or, later, another process or
 //! node. Every variant says what went wrong and, where it can, what to do about it.
+// rkyv's derive emits resolver types whose fields cannot carry docs.
+#![allow(missing_docs)]
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId};
 use rkyv::{Archive, Deserialize, Serialize};
 

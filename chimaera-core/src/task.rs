@@ -43,6 +43,8 @@ pub struct TaskHeader {
     pub method: MethodId,
     /// The container of `pool` that runs this replica.
     pub container: ContainerId,
+    /// The lane of the container's local queue it was queued on (its `Monitor` choice).
+    pub lane: u32,
     /// The query the task was submitted with.
     pub query: PoolQuery,
     /// The group of the task (for coroutine locks) and its nesting depth.

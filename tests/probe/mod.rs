@@ -1,0 +1,118 @@
+//! The probe chimod: tasks whose answers tell a test where and how they ran.
+//! Used by the runtime tests; its manifest sits next to this file.
+use chimaera::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Containers destroyed so far, across all probe pools of the process.
+pub static DESTROYED: AtomicU64 = AtomicU64::new(0);
+
+#[chimod(name = "probe", manifest = "chimaera_mod.yaml", lanes(low = 2, high = 1))]
+pub struct Probe {
+    container: u32,
+    ticks: AtomicU64,
+    guard: CoMutex,
+}
+
+#[chimod(manifest = "chimaera_mod.yaml")]
+impl Probe {
+    #[task(method = 0)]
+    fn create(ctx: &mut RunContext) -> Self {
+        Probe {
+            container: ctx.container_id(),
+            ticks: AtomicU64::new(0),
+            guard: CoMutex::new(()),
+        }
+    }
+
+    #[task(method = 1)]
+    fn destroy(&self, _ctx: &mut RunContext) {
+        DESTROYED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The container that ran the task, as the container itself knows it.
+    #[task(method = 10)]
+    fn who_am_i(&self, ctx: &mut RunContext) -> u32 {
+        assert_eq!(ctx.container_id(), self.container);
+        self.container
+    }
+
+    /// The lane the task was queued on; `key` picks it (see `lane_by_key`).
+    #[task(method = 11, route = lane_by_key)]
+    fn lane_of(&self, ctx: &mut RunContext, key: u32) -> u32 {
+        let _ = key;
+        ctx.lane()
+    }
+
+    /// The container that ran the task; `Dynamic` queries go to the container `pick` names.
+    #[task(method = 12, dynamic = pick_container)]
+    fn picked(&self, ctx: &mut RunContext, pick: u32) -> u32 {
+        let _ = pick;
+        ctx.container_id()
+    }
+
+    /// Panics: the task must fail alone.
+    #[task(method = 13)]
+    fn explode(&self, message: &str) -> u32 {
+        panic!("{message}")
+    }
+
+    /// Parks for `ms` milliseconds, then returns `ms`.
+    #[task(method = 14)]
+    fn nap(&self, ctx: &mut RunContext, ms: u64) -> u64 {
+        ctx.sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    /// Adds `by` to the in-out `counter`; returns the old value.
+    #[task(method = 15)]
+    fn bump(&self, counter: &mut u64, by: u64) -> u64 {
+        let old = *counter;
+        *counter += by;
+        old
+    }
+
+    /// Counts one tick.
+    #[task(method = 16)]
+    fn tick(&self) {
+        self.ticks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ticks counted by this container.
+    #[task(method = 17)]
+    fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::SeqCst)
+    }
+
+    /// Sum of the bytes, wrapping.
+    #[task(method = 18)]
+    fn checksum(&self, data: &[u8]) -> u64 {
+        data.iter().map(|b| u64::from(*b)).sum()
+    }
+
+    /// Holds the container's mutex while a subtask takes the same mutex: the subtask
+    /// shares the TaskNode group, so it must get through.
+    #[task(method = 19)]
+    fn lock_then_subtask(&self, ctx: &mut RunContext) -> Result<u32, TaskError> {
+        let _held = self.guard.lock(ctx);
+        let me = ProbeClient::attach(&ctx.client(), ctx.pool_id());
+        me.locked_leaf(PoolQuery::local())
+    }
+
+    /// Takes the container's mutex and returns 7.
+    #[task(method = 20)]
+    fn locked_leaf(&self, ctx: &mut RunContext) -> u32 {
+        let _held = self.guard.lock(ctx);
+        7
+    }
+}
+
+impl Probe {
+    fn lane_by_key(&self, input: &probe_tasks::ArchivedLaneOfIn) -> LaneChoice {
+        LaneChoice::Lane(input.0.to_native())
+    }
+
+    fn pick_container(input: &probe_tasks::ArchivedPickedIn, containers: u32) -> ContainerId {
+        input.0.to_native() % containers
+    }
+}

@@ -1,0 +1,435 @@
+//! The in-process runtime, end to end: real workers, real coroutines, real chimods
+//! (admin, MOD_NAME and the probe chimod of `tests/probe`). No timing assertions.
+mod probe;
+
+use chimaera::admin_api::{self, CreatePoolRequest, PoolInfo, PoolOptions};
+use chimaera::mod_name::{mod_name_tasks, CreateParams, ModName, ModNameClient};
+use chimaera::prelude::*;
+use chimaera::{admin::admin_tasks, admin::Admin, codec};
+use probe::{Probe, ProbeClient};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn start() -> Runtime {
+    chimaera::builder()
+        .module::<Probe>()
+        .start()
+        .expect("runtime starts")
+}
+
+fn mod_name(chi: &Client, name: &str) -> ModNameClient {
+    ModNameClient::create(chi, PoolQuery::local(), name, CreateParams::default()).expect("create")
+}
+
+fn probe_pool(chi: &Client, name: &str, containers: u32) -> ProbeClient {
+    ProbeClient::create_with(chi, PoolQuery::local(), name, PoolOptions::containers(containers))
+        .expect("create probe pool")
+}
+
+#[test]
+fn custom_round_trip_returns_its_input() {
+    let rt = start();
+    let m = mod_name(&rt.client(), "echo");
+    for text in ["hello", "", "ünïcødé and a longer string past the inline size"] {
+        assert_eq!(m.custom(PoolQuery::local(), text, 7).unwrap(), text);
+    }
+    let pending: Vec<_> = (0..100)
+        .map(|i| m.async_custom(PoolQuery::dynamic(), &i.to_string(), i).unwrap())
+        .collect();
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.wait().unwrap(), i.to_string());
+    }
+}
+
+#[test]
+fn get_or_create_by_name_is_idempotent_and_checks_params() {
+    let rt = start();
+    let chi = rt.client();
+    let first = mod_name(&chi, "same");
+    let second = mod_name(&chi, "same");
+    assert_eq!(first.pool_id(), second.pool_id());
+    let other = mod_name(&chi, "other");
+    assert_ne!(first.pool_id(), other.pool_id());
+
+    let different = CreateParams {
+        label: "another label".into(),
+    };
+    let err = ModNameClient::create(&chi, PoolQuery::local(), "same", different).unwrap_err();
+    assert!(matches!(err, TaskError::PoolMismatch { ref what, .. } if what == "create parameters"), "{err}");
+    let err = ProbeClient::create(&chi, PoolQuery::local(), "same").unwrap_err();
+    assert!(matches!(err, TaskError::PoolMismatch { ref what, .. } if what == "module"), "{err}");
+}
+
+#[test]
+fn unknown_pool_method_and_module_are_typed_errors() {
+    let rt = start();
+    let chi = rt.client();
+    let m = mod_name(&chi, "typed_errors");
+
+    let ghost = ModNameClient::attach(&chi, PoolId::new(999, 0));
+    assert_eq!(
+        ghost.custom(PoolQuery::local(), "x", 0).unwrap_err(),
+        TaskError::UnknownPool { pool: PoolId::new(999, 0) }
+    );
+
+    let input = codec::encode(&(codec::StrRef("x"), codec::ByRef(&0u32))).unwrap();
+    let err = chi.submit(m.pool_id(), 77, PoolQuery::local(), input, None).unwrap_err();
+    assert_eq!(
+        err,
+        TaskError::UnknownMethod { module: "MOD_NAME".into(), method: 77 }
+    );
+
+    let err = admin_api::get_or_create_pool(
+        &chi,
+        PoolQuery::local(),
+        "no_such_module",
+        "p",
+        PoolOptions::default(),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err, TaskError::UnknownModule { module: "no_such_module".into() });
+}
+
+#[test]
+fn malformed_input_fails_alone() {
+    let rt = start();
+    let chi = rt.client();
+    let m = mod_name(&chi, "malformed");
+    let mut garbage = codec::Bytes::new();
+    garbage.extend_from_slice(&[0xAB; 5]);
+    let completion = chi
+        .submit(m.pool_id(), mod_name_tasks::CUSTOM, PoolQuery::local(), garbage, None)
+        .unwrap();
+    let results = completion.wait();
+    assert!(matches!(results[0].1, Err(TaskError::Malformed { .. })));
+    assert_eq!(m.custom(PoolQuery::local(), "still here", 1).unwrap(), "still here");
+}
+
+#[test]
+fn wait_test_recurses_inside_the_runtime() {
+    let rt = start();
+    let m = mod_name(&rt.client(), "waits");
+    for depth in [1, 3, 5, 10] {
+        assert_eq!(m.wait_test(PoolQuery::local(), depth).unwrap(), depth);
+    }
+    // 1,000 nested tasks, each parked on its child: coroutines, not threads.
+    assert_eq!(m.wait_test(PoolQuery::local(), 1000).unwrap(), 1000);
+}
+
+#[test]
+fn co_mutex_holders_never_overlap() {
+    let rt = start();
+    let m = mod_name(&rt.client(), "mutex");
+    let pending: Vec<_> = (0..32)
+        .map(|i| m.async_co_mutex_test(PoolQuery::local(), i, 2).unwrap())
+        .collect();
+    let inside: Vec<u32> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
+    assert_eq!(inside.iter().max(), Some(&1), "holders overlapped: {inside:?}");
+}
+
+#[test]
+fn ten_thousand_tasks_parked_on_one_co_mutex_all_complete() {
+    let rt = start();
+    let m = mod_name(&rt.client(), "crowd");
+    let holder = m.async_co_mutex_test(PoolQuery::local(), 0, 300).unwrap();
+    let waiters: Vec<_> = (1..=10_000)
+        .map(|i| m.async_co_mutex_test(PoolQuery::local(), i, 0).unwrap())
+        .collect();
+    assert_eq!(holder.wait().unwrap(), 1);
+    for w in waiters {
+        assert_eq!(w.wait().unwrap(), 1);
+    }
+}
+
+#[test]
+fn co_rw_lock_readers_overlap_and_writers_are_alone() {
+    let rt = start();
+    let m = mod_name(&rt.client(), "rw");
+    let readers: Vec<_> = (0..8)
+        .map(|i| m.async_co_rw_lock_test(PoolQuery::local(), i, 100, false).unwrap())
+        .collect();
+    let seen: Vec<(u32, u32)> = readers.into_iter().map(|p| p.wait().unwrap()).collect();
+    assert!(seen.iter().all(|(_, writers)| *writers == 0), "{seen:?}");
+    assert!(seen.iter().any(|(readers, _)| *readers > 1), "readers never overlapped: {seen:?}");
+
+    let mixed: Vec<_> = (0..24)
+        .map(|i| m.async_co_rw_lock_test(PoolQuery::local(), i, 3, i % 3 == 0).unwrap())
+        .collect();
+    for (i, p) in mixed.into_iter().enumerate() {
+        let (readers, writers) = p.wait().unwrap();
+        if i % 3 == 0 {
+            assert_eq!((readers, writers), (0, 1), "writer {i} was not alone");
+        } else {
+            assert_eq!(writers, 0, "reader {i} overlapped a writer");
+        }
+    }
+}
+
+#[test]
+fn subtasks_of_a_lock_holder_pass_its_lock() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "tasknode", 1);
+    assert_eq!(p.lock_then_subtask(PoolQuery::local()).unwrap(), 7);
+}
+
+#[test]
+fn flush_returns_after_in_flight_tasks_are_done() {
+    let rt = start();
+    let chi = rt.client();
+    let p = probe_pool(&chi, "flush", 2);
+    let pending: Vec<_> = (0..64)
+        .map(|i| p.async_nap(PoolQuery::direct_hash(i), 20).unwrap())
+        .collect();
+    let completed = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+        .flush(PoolQuery::local())
+        .unwrap();
+    assert!(pending.iter().all(Pending::is_done), "flush returned with tasks in flight");
+    assert!(completed >= 64, "flush counted {completed} completions");
+    for p in pending {
+        assert_eq!(p.wait().unwrap(), 20);
+    }
+}
+
+#[test]
+fn a_panicking_task_fails_alone() {
+    let rt = start();
+    let chi = rt.client();
+    let p = probe_pool(&chi, "panics", 1);
+    let err = p.explode(PoolQuery::local(), "boom").unwrap_err();
+    assert_eq!(err, TaskError::Panicked { message: "boom".into() });
+    assert_eq!(p.who_am_i(PoolQuery::local()).unwrap(), 0);
+    assert_eq!(mod_name(&chi, "after_panic").custom(PoolQuery::local(), "ok", 0).unwrap(), "ok");
+}
+
+#[test]
+fn every_pool_query_mode_routes_as_documented() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "routing", 4);
+    let containers = |pending: Pending<u32>| -> Vec<u32> {
+        pending.wait_all().into_iter().map(|(c, r)| {
+            assert_eq!(r.as_ref().ok(), Some(&c), "replica of container {c} answered {r:?}");
+            c
+        }).collect()
+    };
+    assert_eq!(p.who_am_i(PoolQuery::local()).unwrap(), 0);
+    assert_eq!(p.who_am_i(PoolQuery::direct_id(2)).unwrap(), 2);
+    assert_eq!(p.who_am_i(PoolQuery::direct_hash(7)).unwrap(), 3);
+    assert_eq!(containers(p.async_who_am_i(PoolQuery::range(1, 2)).unwrap()), vec![1, 2]);
+    assert_eq!(containers(p.async_who_am_i(PoolQuery::broadcast()).unwrap()), vec![0, 1, 2, 3]);
+    assert_eq!(p.who_am_i(PoolQuery::physical(0)).unwrap(), 0);
+    assert_eq!(p.picked(PoolQuery::dynamic(), 6).unwrap(), 2);
+    assert_eq!(p.who_am_i(PoolQuery::dynamic()).unwrap(), 0, "no dynamic hook: as Local");
+
+    assert!(matches!(p.who_am_i(PoolQuery::direct_id(4)), Err(TaskError::NoSuchContainer { container: 4, .. })));
+    assert!(matches!(p.who_am_i(PoolQuery::range(3, 2)), Err(TaskError::NoSuchContainer { .. })));
+    assert_eq!(p.who_am_i(PoolQuery::physical(1)), Err(TaskError::NoSuchNode { node: 1 }));
+    // A broadcast's single answer is the lowest container's.
+    assert_eq!(p.who_am_i(PoolQuery::broadcast()).unwrap(), 0);
+}
+
+#[test]
+fn monitor_routes_to_the_lane_the_chimod_picks() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "lanes", 1);
+    for key in 0..6 {
+        assert_eq!(p.lane_of(PoolQuery::local(), key).unwrap(), key % 3);
+    }
+    assert_eq!(p.who_am_i(PoolQuery::local()).unwrap(), 0);
+}
+
+#[test]
+fn in_out_and_borrowed_bytes_arguments() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "args", 1);
+    let mut counter = 40;
+    assert_eq!(p.bump(PoolQuery::local(), &mut counter, 2).unwrap(), 40);
+    assert_eq!(counter, 42);
+    let data: Vec<u8> = (0..=255).collect();
+    assert_eq!(p.checksum(PoolQuery::local(), &data).unwrap(), 255 * 256 / 2);
+}
+
+#[test]
+fn fire_and_forget_and_periodic_tasks_run() {
+    let rt = start();
+    let chi = rt.client();
+    let p = probe_pool(&chi, "ticks", 1);
+    for _ in 0..10 {
+        p.spawn_tick(PoolQuery::local(), Schedule::FireAndForget).unwrap();
+    }
+    chimaera::AdminClient::attach(&chi, PoolId::ADMIN).flush(PoolQuery::local()).unwrap();
+    assert_eq!(p.ticks(PoolQuery::local()).unwrap(), 10);
+
+    let periodic = p
+        .spawn_tick(PoolQuery::local(), Schedule::Periodic(Duration::from_millis(2)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.ticks(PoolQuery::local()).unwrap() < 13 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(p.ticks(PoolQuery::local()).unwrap() >= 13, "periodic task did not repeat");
+    periodic.cancel();
+    // After cancel the task ends at its next wake-up; then the count stays put.
+    std::thread::sleep(Duration::from_millis(20));
+    let settled = p.ticks(PoolQuery::local()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(p.ticks(PoolQuery::local()).unwrap(), settled);
+}
+
+#[test]
+fn destroy_pool_fails_or_finishes_in_flight_tasks_cleanly() {
+    let rt = start();
+    let chi = rt.client();
+    let p = probe_pool(&chi, "doomed", 2);
+    let survivor = mod_name(&chi, "survivor");
+    let before = probe::DESTROYED.load(Ordering::SeqCst);
+    let pending: Vec<_> = (0..200)
+        .map(|i| p.async_nap(PoolQuery::direct_hash(i), 10).unwrap())
+        .collect();
+    p.destroy_pool().unwrap();
+    assert!(probe::DESTROYED.load(Ordering::SeqCst) >= before + 2, "kDestroy ran per container");
+    for pending in pending {
+        match pending.wait() {
+            Ok(10) | Err(TaskError::PoolDestroyed { .. }) => {}
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(p.who_am_i(PoolQuery::local()), Err(TaskError::UnknownPool { pool: p.pool_id() }));
+    assert_eq!(survivor.custom(PoolQuery::local(), "alive", 0).unwrap(), "alive");
+    // The name is free again.
+    let again = probe_pool(&chi, "doomed", 1);
+    assert_ne!(again.pool_id(), p.pool_id());
+}
+
+#[test]
+fn stop_runtime_drains_then_refuses_new_tasks() {
+    let rt = start();
+    let chi = rt.client();
+    let p = probe_pool(&chi, "stop", 1);
+    let naps: Vec<_> = (0..20).map(|_| p.async_nap(PoolQuery::local(), 30).unwrap()).collect();
+    chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+        .stop_runtime(PoolQuery::local(), 5_000)
+        .unwrap();
+    rt.wait();
+    for nap in naps {
+        assert_eq!(nap.wait().unwrap(), 30, "in-flight tasks are drained, not dropped");
+    }
+    assert_eq!(p.who_am_i(PoolQuery::local()), Err(TaskError::RuntimeStopped));
+}
+
+#[test]
+fn save_and_load_round_trip_every_mod_name_task() {
+    use mod_name_tasks::{TaskIn, TaskOut};
+    let params = CreateParams { label: "l".into() };
+    let inputs = [
+        TaskIn::Create((params.clone(),)),
+        TaskIn::Custom(("data".into(), 9)),
+        TaskIn::CoMutexTest((1, 2)),
+        TaskIn::CoRwLockTest((3, 4, true)),
+        TaskIn::WaitTest((5,)),
+    ];
+    let methods = [
+        mod_name_tasks::CREATE,
+        mod_name_tasks::CUSTOM,
+        mod_name_tasks::CO_MUTEX_TEST,
+        mod_name_tasks::CO_RW_LOCK_TEST,
+        mod_name_tasks::WAIT_TEST,
+    ];
+    for (input, method) in inputs.iter().zip(methods) {
+        let bytes = ModName::save_in(input).unwrap();
+        let copy = ModName::new_copy(method, &bytes).unwrap();
+        assert_eq!(&bytes[..], &copy[..]);
+        let loaded = ModName::load_in(method, &copy).unwrap();
+        let same = match (input, &loaded) {
+            (TaskIn::Create(a), TaskIn::Create(b)) => a == b,
+            (TaskIn::Custom(a), TaskIn::Custom(b)) => a == b,
+            (TaskIn::CoMutexTest(a), TaskIn::CoMutexTest(b)) => a == b,
+            (TaskIn::CoRwLockTest(a), TaskIn::CoRwLockTest(b)) => a == b,
+            (TaskIn::WaitTest(a), TaskIn::WaitTest(b)) => a == b,
+            _ => false,
+        };
+        assert!(same, "input of method {method} did not round-trip");
+    }
+    let outputs = [
+        (mod_name_tasks::CUSTOM, TaskOut::Custom(("echo".into(),))),
+        (mod_name_tasks::CO_MUTEX_TEST, TaskOut::CoMutexTest((1,))),
+        (mod_name_tasks::CO_RW_LOCK_TEST, TaskOut::CoRwLockTest(((2, 0),))),
+        (mod_name_tasks::WAIT_TEST, TaskOut::WaitTest((10,))),
+    ];
+    for (method, output) in outputs {
+        let bytes = ModName::save_out(&output).unwrap();
+        let loaded = ModName::load_out(method, &bytes).unwrap();
+        let same = match (&output, &loaded) {
+            (TaskOut::Custom(a), TaskOut::Custom(b)) => a == b,
+            (TaskOut::CoMutexTest(a), TaskOut::CoMutexTest(b)) => a == b,
+            (TaskOut::CoRwLockTest(a), TaskOut::CoRwLockTest(b)) => a == b,
+            (TaskOut::WaitTest(a), TaskOut::WaitTest(b)) => a == b,
+            _ => false,
+        };
+        assert!(same, "output of method {method} did not round-trip");
+    }
+    assert!(matches!(ModName::load_in(99, &[]), Err(TaskError::UnknownMethod { method: 99, .. })));
+}
+
+#[test]
+fn save_and_load_round_trip_every_admin_task() {
+    use admin_tasks::{TaskIn, TaskOut};
+    let request = CreatePoolRequest {
+        module: "MOD_NAME".into(),
+        pool_name: "p".into(),
+        containers: 3,
+        params: vec![1, 2, 3],
+    };
+    let inputs = [
+        (admin_tasks::CREATE, TaskIn::Create(())),
+        (admin_tasks::GET_OR_CREATE_POOL, TaskIn::GetOrCreatePool((request.clone(),))),
+        (admin_tasks::DESTROY_POOL, TaskIn::DestroyPool((PoolId::new(4, 0),))),
+        (admin_tasks::STOP_RUNTIME, TaskIn::StopRuntime((250,))),
+        (admin_tasks::FLUSH, TaskIn::Flush(())),
+    ];
+    for (method, input) in &inputs {
+        let bytes = Admin::save_in(input).unwrap();
+        let loaded = Admin::load_in(*method, &Admin::new_copy(*method, &bytes).unwrap()).unwrap();
+        let same = match (input, &loaded) {
+            (TaskIn::Create(a), TaskIn::Create(b)) => a == b,
+            (TaskIn::GetOrCreatePool(a), TaskIn::GetOrCreatePool(b)) => a == b,
+            (TaskIn::DestroyPool(a), TaskIn::DestroyPool(b)) => a == b,
+            (TaskIn::StopRuntime(a), TaskIn::StopRuntime(b)) => a == b,
+            (TaskIn::Flush(a), TaskIn::Flush(b)) => a == b,
+            _ => false,
+        };
+        assert!(same, "input of admin method {method} did not round-trip");
+    }
+    let info = PoolInfo {
+        id: PoolId::new(4, 0),
+        name: "p".into(),
+        module: "MOD_NAME".into(),
+        containers: 3,
+        queued: 0,
+    };
+    let outputs = [
+        (admin_tasks::GET_OR_CREATE_POOL, TaskOut::GetOrCreatePool((info,))),
+        (admin_tasks::DESTROY_POOL, TaskOut::DestroyPool(((),))),
+        (admin_tasks::STOP_RUNTIME, TaskOut::StopRuntime(((),))),
+        (admin_tasks::FLUSH, TaskOut::Flush((12,))),
+    ];
+    for (method, output) in &outputs {
+        let loaded = Admin::load_out(*method, &Admin::save_out(output).unwrap()).unwrap();
+        let same = match (output, &loaded) {
+            (TaskOut::GetOrCreatePool(a), TaskOut::GetOrCreatePool(b)) => a == b,
+            (TaskOut::DestroyPool(a), TaskOut::DestroyPool(b)) => a == b,
+            (TaskOut::StopRuntime(a), TaskOut::StopRuntime(b)) => a == b,
+            (TaskOut::Flush(a), TaskOut::Flush(b)) => a == b,
+            _ => false,
+        };
+        assert!(same, "output of admin method {method} did not round-trip");
+    }
+}
+
+#[test]
+fn admin_manifest_ids_match_the_core_protocol() {
+    assert_eq!(admin_tasks::GET_OR_CREATE_POOL, admin_api::GET_OR_CREATE_POOL);
+    assert_eq!(admin_tasks::DESTROY_POOL, admin_api::DESTROY_POOL);
+    assert_eq!(admin_tasks::STOP_RUNTIME, admin_api::STOP_RUNTIME);
+    assert_eq!(admin_tasks::FLUSH, admin_api::FLUSH);
+}
