@@ -1,14 +1,81 @@
-//! Runtime configuration.
+//! Runtime configuration: one YAML file, or built-in defaults that work on a laptop.
 //!
-//! Built-in defaults work on a laptop; every field is honoured. Worker threads are `may`
-//! scheduler threads, which are process-wide: the first runtime started in a process
-//! sizes them (later runtimes in the same process share them and only add their own
-//! pollers).
+//! [`RuntimeConfig::from_env`] reads the file named by `CHI_SERVER_CONF` (unset or empty:
+//! no file, defaults), then applies `CHI_INSTANCE` if set and not empty. Clients load the same config to
+//! find their runtime: the instance name picks the files in `/dev/shm`.
+//!
+//! # Keys
+//!
+//! Every key is optional; every key that exists is honoured. Sizes are a whole number of
+//! bytes or a string with a unit ([`parse_size`]: `256KiB`, `64MiB`, `1GB`, …).
+//!
+//! ```yaml
+//! instance: default          # which runtime: 1-64 chars of [A-Za-z0-9_.-]; CHI_INSTANCE overrides
+//! workers:
+//!   low_latency: 1           # workers serving low-latency lanes (1..=1024)
+//!   high_latency: 1          # workers for high-latency lanes (0..=1024; 0: low-latency workers serve them)
+//! coroutine_stack_size: 256KiB  # stack of each task coroutine (16KiB..=256MiB)
+//! queue_depth: 256           # task slots (and ring entries) per client: a power of two, 1..=65536
+//! max_clients: 64            # client processes attached at once (1..=4096)
+//! shm:
+//!   main_size: 8MiB          # queues, task slots, headers (4KiB..=1TiB, as are the next two)
+//!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer)
+//!   runtime_data_size: 8MiB  # buffers the runtime allocates for outputs
+//! idle:
+//!   spin_rounds: 2048        # polls (with a spin hint) an idle worker makes before yielding
+//!   yield_rounds: 16         # polls with a thread yield after that, before sleeping on a futex
+//! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them
+//! pin_workers: false         # pin worker threads to cores
+//! compose:                   # pools created at boot, in this order
+//!   - module: chimaera_bdev  # the chimod's name
+//!     name: ram0             # the pool's unique name
+//!     containers: 1          # 1..=65536; default 1
+//!     params:                # free-form mapping the module interprets (default: empty)
+//!       kind: ram
+//!       size: 1GiB
+//! ```
+//!
+//! The segments are fully reserved at start (see [`crate::shm::segment`]), so the three
+//! `shm` sizes are memory the runtime commits; the defaults (48 MiB) fit a laptop and a
+//! container's default 64 MiB `/dev/shm`.
+//!
+//! # Invariants
+//!
+//! A [`RuntimeConfig`] made by the loaders here has passed [`RuntimeConfig::validate`]:
+//! every value lies in the range above, pool names are unique and each pool's `params`
+//! is a mapping. One built by hand can be checked with the same call.
+//!
+//! # Failure modes
+//!
+//! An unknown key, a value of the wrong type or a bad size is a [`ConfigError::Parse`]
+//! naming the key with its line and column; a value out of range is a
+//! [`ConfigError::Invalid`] naming the key path (`workers.low_latency`,
+//! `compose[2].containers`); an unreadable file is [`ConfigError::Read`]; a bad
+//! `CHI_INSTANCE` is [`ConfigError::Env`].
+//!
+//! Worker threads are `may` scheduler threads, which are process-wide: the first runtime
+//! started in a process sizes them (later runtimes in the same process share them and only
+//! add their own pollers).
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::shm::InstanceName;
+
+/// Environment variable naming the config file.
+pub const CONF_ENV: &str = "CHI_SERVER_CONF";
+/// Environment variable overriding the `instance` key.
+pub const INSTANCE_ENV: &str = "CHI_INSTANCE";
 
 /// How a runtime is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
+    /// Which runtime: names its files in `/dev/shm`; clients use it to find the runtime.
+    pub instance: InstanceName,
     /// Workers serving low-latency lanes (at least 1).
     pub workers_low_latency: usize,
     /// Workers serving high-latency lanes; with 0, high-latency lanes go to the
@@ -21,16 +88,72 @@ pub struct RuntimeConfig {
     pub pin_workers: bool,
     /// How long a stop waits for in-flight tasks before failing them.
     pub stop_grace_period: Duration,
+    /// Task slots (and submission-ring entries) per client: a power of two.
+    pub queue_depth: u32,
+    /// Client processes that may be attached at once.
+    pub max_clients: u32,
+    /// Sizes of the shared-memory segments.
+    pub shm: ShmSizes,
+    /// How idle workers wait for work.
+    pub idle: IdlePolicy,
+    /// Pools created at boot, in order.
+    pub compose: Vec<PoolSpec>,
+}
+
+/// Sizes, in bytes, of the three shared-memory segments of a runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmSizes {
+    /// The main segment: queues, task slots, headers.
+    pub main_size: usize,
+    /// The client-data segment: buffers clients allocate for bulk data.
+    pub client_data_size: usize,
+    /// The runtime-data segment: buffers the runtime allocates for outputs.
+    pub runtime_data_size: usize,
+}
+
+/// How an idle worker waits: spin, then yield, then sleep on a futex until woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// Polls with a spin hint before yielding.
+    pub spin_rounds: u32,
+    /// Polls with a thread yield after spinning, before sleeping.
+    pub yield_rounds: u32,
+}
+
+/// A pool to create at boot (an entry of `compose:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Name of the chimod the pool runs.
+    pub module: String,
+    /// Unique name of the pool.
+    pub name: String,
+    /// Number of containers (at least 1).
+    pub containers: u32,
+    /// Module-specific parameters: always a YAML mapping (empty when not given).
+    pub params: serde_yaml::Value,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
+            instance: InstanceName::default(),
             workers_low_latency: 1,
             workers_high_latency: 1,
-            stack_size: 256 * 1024,
+            stack_size: 256 * KIB as usize,
             pin_workers: false,
             stop_grace_period: Duration::from_secs(5),
+            queue_depth: 256,
+            max_clients: 64,
+            shm: ShmSizes {
+                main_size: 8 * MIB as usize,
+                client_data_size: 32 * MIB as usize,
+                runtime_data_size: 8 * MIB as usize,
+            },
+            idle: IdlePolicy {
+                spin_rounds: 2048,
+                yield_rounds: 16,
+            },
+            compose: Vec::new(),
         }
     }
 }
@@ -39,5 +162,760 @@ impl RuntimeConfig {
     /// Total number of workers.
     pub fn workers(&self) -> usize {
         self.workers_low_latency.max(1) + self.workers_high_latency
+    }
+
+    /// The config from the file in `CHI_SERVER_CONF` (defaults if unset or empty), with
+    /// `CHI_INSTANCE` applied.
+    pub fn from_env() -> Result<RuntimeConfig, ConfigError> {
+        Self::from_vars(|var| std::env::var(var).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<RuntimeConfig, ConfigError> {
+        let mut config = match var(CONF_ENV).filter(|path| !path.is_empty()) {
+            Some(path) => Self::from_file(path)?,
+            None => RuntimeConfig::default(),
+        };
+        if let Some(instance) = var(INSTANCE_ENV).filter(|name| !name.is_empty()) {
+            config.instance = InstanceName::new(&instance).map_err(|err| ConfigError::Env {
+                var: INSTANCE_ENV,
+                value: instance,
+                problem: err.to_string(),
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// The config in the YAML file at `path`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<RuntimeConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The config in YAML `text` (an empty document means all defaults).
+    pub fn from_yaml_str(text: &str) -> Result<RuntimeConfig, ConfigError> {
+        Self::parse(text, "text")
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<RuntimeConfig, ConfigError> {
+        let file: Option<FileConfig> =
+            serde_yaml::from_str(text).map_err(|err| ConfigError::Parse {
+                origin: origin.to_owned(),
+                line: err.location().map(|l| l.line()),
+                column: err.location().map(|l| l.column()),
+                message: err.to_string(),
+            })?;
+        let config = file.unwrap_or_default().into_config(origin)?;
+        config.validate().map_err(|err| err.with_origin(origin))?;
+        Ok(config)
+    }
+
+    /// Checks every value against its allowed range (the loaders call this).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| {
+            Err(ConfigError::Invalid {
+                origin: String::new(),
+                key: key.to_owned(),
+                problem,
+            })
+        };
+        if !(1..=MAX_WORKERS).contains(&self.workers_low_latency) {
+            return invalid(
+                "workers.low_latency",
+                format!("is {}; use 1 to {MAX_WORKERS}", self.workers_low_latency),
+            );
+        }
+        if self.workers_high_latency > MAX_WORKERS {
+            return invalid(
+                "workers.high_latency",
+                format!("is {}; use 0 to {MAX_WORKERS}", self.workers_high_latency),
+            );
+        }
+        let stack = self.stack_size as u64;
+        if !(MIN_STACK..=MAX_STACK).contains(&stack) {
+            return invalid(
+                "coroutine_stack_size",
+                format!("is {stack} bytes; use 16KiB to 256MiB"),
+            );
+        }
+        if !self.queue_depth.is_power_of_two() || self.queue_depth > MAX_QUEUE_DEPTH {
+            return invalid(
+                "queue_depth",
+                format!(
+                    "is {}; use a power of two from 1 to {MAX_QUEUE_DEPTH}",
+                    self.queue_depth
+                ),
+            );
+        }
+        if !(1..=MAX_CLIENTS).contains(&self.max_clients) {
+            return invalid(
+                "max_clients",
+                format!("is {}; use 1 to {MAX_CLIENTS}", self.max_clients),
+            );
+        }
+        for (key, size) in [
+            ("shm.main_size", self.shm.main_size),
+            ("shm.client_data_size", self.shm.client_data_size),
+            ("shm.runtime_data_size", self.shm.runtime_data_size),
+        ] {
+            if !(MIN_SEGMENT..=MAX_SEGMENT).contains(&(size as u64)) {
+                return invalid(key, format!("is {size} bytes; use 4KiB to 1TiB"));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, pool) in self.compose.iter().enumerate() {
+            let key = |field: &str| format!("compose[{i}].{field}");
+            if pool.module.trim().is_empty() {
+                return invalid(&key("module"), "is empty; name the chimod".to_owned());
+            }
+            if pool.name.trim().is_empty() {
+                return invalid(&key("name"), "is empty; give the pool a name".to_owned());
+            }
+            if !names.insert(pool.name.as_str()) {
+                return invalid(
+                    &key("name"),
+                    format!(
+                        "is `{}`, the name of an earlier pool too; pool names must be unique",
+                        pool.name
+                    ),
+                );
+            }
+            if !(1..=MAX_CONTAINERS).contains(&pool.containers) {
+                return invalid(
+                    &key("containers"),
+                    format!("is {}; use 1 to {MAX_CONTAINERS}", pool.containers),
+                );
+            }
+            if !pool.params.is_mapping() {
+                return invalid(
+                    &key("params"),
+                    "must be a mapping of parameter names to values".to_owned(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error(
+        "cannot read config file {}: {source}; fix the path in {CONF_ENV} or unset it to use \
+         the defaults",
+        path.display()
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown key, or a value of the wrong type.
+    #[error("bad config ({origin}): {message}")]
+    Parse {
+        /// The file (or "text").
+        origin: String,
+        /// serde_yaml's message: names the key, with line and column when known.
+        message: String,
+        /// 1-based line of the fault, when known.
+        line: Option<usize>,
+        /// 1-based column of the fault, when known.
+        column: Option<usize>,
+    },
+    /// A value is out of its allowed range.
+    #[error("bad config{}: `{key}` {problem}", origin_suffix(origin))]
+    Invalid {
+        /// The file (or "text"; empty when validating a config built in code).
+        origin: String,
+        /// Path of the key, e.g. `workers.low_latency`.
+        key: String,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("bad environment variable {var}={value:?}: {problem}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    fn with_origin(self, new_origin: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid { key, problem, .. } => ConfigError::Invalid {
+                origin: new_origin.to_owned(),
+                key,
+                problem,
+            },
+            other => other,
+        }
+    }
+}
+
+fn origin_suffix(origin: &str) -> String {
+    if origin.is_empty() {
+        String::new()
+    } else {
+        format!(" ({origin})")
+    }
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+const MAX_WORKERS: usize = 1024;
+const MIN_STACK: u64 = 16 * KIB;
+const MAX_STACK: u64 = 256 * MIB;
+const MAX_QUEUE_DEPTH: u32 = 65536;
+const MAX_CLIENTS: u32 = 4096;
+const MIN_SEGMENT: u64 = 4 * KIB;
+const MAX_SEGMENT: u64 = TIB;
+const MAX_CONTAINERS: u32 = 65536;
+
+/// Why a size could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No digits where the number should be.
+    #[error("`{text}` is not a size: write a whole number of bytes, optionally with a unit, like `64MiB`")]
+    NotANumber {
+        /// The text.
+        text: String,
+    },
+    /// An unknown unit.
+    #[error(
+        "`{text}` is not a size: unknown unit `{unit}`; use B, KiB, MiB, GiB, TiB (powers of \
+         1024; K, M, G, T mean the same) or KB, MB, GB, TB (powers of 1000)"
+    )]
+    UnknownUnit {
+        /// The text.
+        text: String,
+        /// The unit found.
+        unit: String,
+    },
+    /// More than `u64::MAX` bytes.
+    #[error("`{text}` is too large a size")]
+    Overflow {
+        /// The text.
+        text: String,
+    },
+}
+
+/// Parses a size: a whole number of bytes with an optional unit, case-insensitive:
+/// `B`; `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (powers of 1024); `KB`, `MB`, `GB`,
+/// `TB` (powers of 1000). Spaces around the number and unit are allowed.
+///
+/// ```
+/// use chimaera_core::config::parse_size;
+/// assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+/// assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+/// assert_eq!(parse_size("4096"), Ok(4096));
+/// assert!(parse_size("12 parsecs").is_err());
+/// ```
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(SizeError::NotANumber {
+            text: text.to_owned(),
+        });
+    }
+    let unit = unit.trim();
+    let multiplier = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => KIB,
+        "m" | "mib" => MIB,
+        "g" | "gib" => GIB,
+        "t" | "tib" => TIB,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(SizeError::UnknownUnit {
+                text: text.to_owned(),
+                unit: unit.to_owned(),
+            })
+        }
+    };
+    let overflow = || SizeError::Overflow {
+        text: text.to_owned(),
+    };
+    digits
+        .parse::<u64>()
+        .map_err(|_| overflow())?
+        .checked_mul(multiplier)
+        .ok_or_else(overflow)
+}
+
+/// A size in the YAML: an integer number of bytes or a string for [`parse_size`].
+#[derive(Debug, Clone, Copy)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Size, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes or a string like `64MiB`")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("{v} is negative; a size is at least 0")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// The file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename = "config")]
+struct FileConfig {
+    instance: Option<String>,
+    workers: Option<FileWorkers>,
+    coroutine_stack_size: Option<Size>,
+    queue_depth: Option<u32>,
+    max_clients: Option<u32>,
+    shm: Option<FileShm>,
+    idle: Option<FileIdle>,
+    stop_grace_period_ms: Option<u64>,
+    pin_workers: Option<bool>,
+    compose: Option<Vec<FilePool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "workers")]
+struct FileWorkers {
+    low_latency: Option<usize>,
+    high_latency: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "shm")]
+struct FileShm {
+    main_size: Option<Size>,
+    client_data_size: Option<Size>,
+    runtime_data_size: Option<Size>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "idle")]
+struct FileIdle {
+    spin_rounds: Option<u32>,
+    yield_rounds: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "pool")]
+struct FilePool {
+    module: String,
+    name: String,
+    #[serde(default = "one")]
+    containers: u32,
+    #[serde(default)]
+    params: serde_yaml::Value,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl FileConfig {
+    fn into_config(self, origin: &str) -> Result<RuntimeConfig, ConfigError> {
+        let mut config = RuntimeConfig::default();
+        let too_large = |key: &str, size: u64| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            problem: format!("is {size} bytes, more than this machine can address"),
+        };
+        let to_usize =
+            |key: &str, size: Size| usize::try_from(size.0).map_err(|_| too_large(key, size.0));
+        if let Some(instance) = self.instance {
+            config.instance = InstanceName::new(&instance).map_err(|_| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: "instance".to_owned(),
+                problem: format!(
+                    "is `{instance}`; use 1 to 64 characters from A-Z, a-z, 0-9, `_`, `.` and `-`"
+                ),
+            })?;
+        }
+        if let Some(workers) = self.workers {
+            if let Some(low) = workers.low_latency {
+                config.workers_low_latency = low;
+            }
+            if let Some(high) = workers.high_latency {
+                config.workers_high_latency = high;
+            }
+        }
+        if let Some(stack) = self.coroutine_stack_size {
+            config.stack_size = to_usize("coroutine_stack_size", stack)?;
+        }
+        if let Some(depth) = self.queue_depth {
+            config.queue_depth = depth;
+        }
+        if let Some(max) = self.max_clients {
+            config.max_clients = max;
+        }
+        if let Some(shm) = self.shm {
+            if let Some(size) = shm.main_size {
+                config.shm.main_size = to_usize("shm.main_size", size)?;
+            }
+            if let Some(size) = shm.client_data_size {
+                config.shm.client_data_size = to_usize("shm.client_data_size", size)?;
+            }
+            if let Some(size) = shm.runtime_data_size {
+                config.shm.runtime_data_size = to_usize("shm.runtime_data_size", size)?;
+            }
+        }
+        if let Some(idle) = self.idle {
+            if let Some(spin) = idle.spin_rounds {
+                config.idle.spin_rounds = spin;
+            }
+            if let Some(yields) = idle.yield_rounds {
+                config.idle.yield_rounds = yields;
+            }
+        }
+        if let Some(ms) = self.stop_grace_period_ms {
+            config.stop_grace_period = Duration::from_millis(ms);
+        }
+        if let Some(pin) = self.pin_workers {
+            config.pin_workers = pin;
+        }
+        if let Some(pools) = self.compose {
+            config.compose = pools
+                .into_iter()
+                .map(|pool| PoolSpec {
+                    module: pool.module,
+                    name: pool.name,
+                    containers: pool.containers,
+                    params: match pool.params {
+                        serde_yaml::Value::Null => {
+                            serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
+                        }
+                        params => params,
+                    },
+                })
+                .collect();
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = "\
+instance: lab-1
+workers:
+  low_latency: 3
+  high_latency: 0
+coroutine_stack_size: 512KiB
+queue_depth: 1024
+max_clients: 8
+shm:
+  main_size: 16MiB
+  client_data_size: 1GB
+  runtime_data_size: 65536
+idle:
+  spin_rounds: 100
+  yield_rounds: 2
+stop_grace_period_ms: 250
+pin_workers: true
+compose:
+  - module: chimaera_bdev
+    name: ram0
+    containers: 2
+    params:
+      kind: ram
+      size: 1GiB
+  - module: chimaera_mod_name
+    name: demo
+";
+
+    #[test]
+    fn defaults_work_on_a_laptop() {
+        let config = RuntimeConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.instance.as_str(), "default");
+        assert_eq!(config.workers(), 2);
+        assert_eq!(config.stack_size, 256 * 1024);
+        assert_eq!(config.stop_grace_period, Duration::from_secs(5));
+        assert!(!config.pin_workers);
+        assert_eq!(config.queue_depth, 256);
+        assert_eq!(config.max_clients, 64);
+        assert!(config.compose.is_empty());
+        let total =
+            config.shm.main_size + config.shm.client_data_size + config.shm.runtime_data_size;
+        assert!(total < 64 << 20);
+        assert_eq!(RuntimeConfig::from_yaml_str("").unwrap(), config);
+        assert_eq!(RuntimeConfig::from_yaml_str("# nothing\n").unwrap(), config);
+        assert_eq!(RuntimeConfig::from_yaml_str("{}").unwrap(), config);
+    }
+
+    #[test]
+    fn a_full_file_sets_every_key() {
+        let config = RuntimeConfig::from_yaml_str(FULL).unwrap();
+        assert_eq!(config.instance.as_str(), "lab-1");
+        assert_eq!(config.workers_low_latency, 3);
+        assert_eq!(config.workers_high_latency, 0);
+        assert_eq!(config.workers(), 3);
+        assert_eq!(config.stack_size, 512 * 1024);
+        assert_eq!(config.queue_depth, 1024);
+        assert_eq!(config.max_clients, 8);
+        assert_eq!(
+            config.shm,
+            ShmSizes {
+                main_size: 16 << 20,
+                client_data_size: 1_000_000_000,
+                runtime_data_size: 65536,
+            }
+        );
+        assert_eq!(
+            config.idle,
+            IdlePolicy {
+                spin_rounds: 100,
+                yield_rounds: 2
+            }
+        );
+        assert_eq!(config.stop_grace_period, Duration::from_millis(250));
+        assert!(config.pin_workers);
+        assert_eq!(config.compose.len(), 2);
+        let ram = &config.compose[0];
+        assert_eq!(
+            (ram.module.as_str(), ram.name.as_str(), ram.containers),
+            ("chimaera_bdev", "ram0", 2)
+        );
+        assert_eq!(ram.params["kind"].as_str(), Some("ram"));
+        assert_eq!(
+            parse_size(ram.params["size"].as_str().unwrap()),
+            Ok(1 << 30)
+        );
+        let demo = &config.compose[1];
+        assert_eq!(demo.containers, 1);
+        assert_eq!(demo.params, serde_yaml::Value::Mapping(Default::default()));
+    }
+
+    #[test]
+    fn partial_groups_keep_the_other_defaults() {
+        let config =
+            RuntimeConfig::from_yaml_str("workers: { high_latency: 4 }\nshm: { main_size: 1MiB }")
+                .unwrap();
+        assert_eq!(config.workers_low_latency, 1);
+        assert_eq!(config.workers_high_latency, 4);
+        assert_eq!(config.shm.main_size, 1 << 20);
+        assert_eq!(
+            config.shm.client_data_size,
+            RuntimeConfig::default().shm.client_data_size
+        );
+    }
+
+    fn parse_err(yaml: &str) -> (String, Option<usize>) {
+        match RuntimeConfig::from_yaml_str(yaml).unwrap_err() {
+            ConfigError::Parse { message, line, .. } => (message, line),
+            other => panic!("expected a parse error for {yaml:?}, got {other}"),
+        }
+    }
+
+    fn invalid_key(yaml: &str) -> (String, String) {
+        match RuntimeConfig::from_yaml_str(yaml).unwrap_err() {
+            err @ ConfigError::Invalid { .. } => {
+                let ConfigError::Invalid { ref key, .. } = err else {
+                    unreachable!()
+                };
+                (key.clone(), err.to_string())
+            }
+            other => panic!("expected an invalid-value error for {yaml:?}, got {other}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let (message, line) = parse_err("queue_depth: 8\nqueue_dpeth: 8\n");
+        assert!(message.contains("unknown field `queue_dpeth`"), "{message}");
+        assert_eq!(line, Some(2));
+        let (message, line) = parse_err("workers:\n  low_latency: 1\n  medium: 2\n");
+        assert!(message.contains("unknown field `medium`"), "{message}");
+        assert!(message.contains("low_latency"), "{message}");
+        assert_eq!(line, Some(3));
+        let (message, _) = parse_err("compose:\n  - module: m\n    name: n\n    contaners: 2\n");
+        assert!(message.contains("unknown field `contaners`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_sizes_are_named() {
+        let (message, _) = parse_err("pin_workers: maybe\n");
+        assert!(message.contains("pin_workers"), "{message}");
+        let (message, _) = parse_err("queue_depth: -4\n");
+        assert!(message.contains("queue_depth"), "{message}");
+        let (message, line) = parse_err("shm:\n  main_size: 64XB\n");
+        assert!(message.contains("shm.main_size"), "{message}");
+        assert!(message.contains("unknown unit `XB`"), "{message}");
+        assert_eq!(line, Some(2));
+        let (message, _) = parse_err("coroutine_stack_size: -1\n");
+        assert!(message.contains("negative"), "{message}");
+        let (message, _) = parse_err("compose:\n  - name: n\n");
+        assert!(message.contains("missing field `module`"), "{message}");
+        let (message, _) = parse_err("workers: [1, 2]\n");
+        assert!(message.contains("workers"), "{message}");
+        let (message, _) = parse_err("instance: [unclosed\n");
+        assert!(!message.is_empty());
+    }
+
+    #[test]
+    fn values_out_of_range_are_named() {
+        let cases = [
+            ("instance: 'a b'", "instance"),
+            ("workers: { low_latency: 0 }", "workers.low_latency"),
+            ("workers: { high_latency: 5000 }", "workers.high_latency"),
+            ("coroutine_stack_size: 1KiB", "coroutine_stack_size"),
+            ("queue_depth: 100", "queue_depth"),
+            ("queue_depth: 0", "queue_depth"),
+            ("queue_depth: 131072", "queue_depth"),
+            ("max_clients: 0", "max_clients"),
+            ("shm: { main_size: 0 }", "shm.main_size"),
+            ("shm: { client_data_size: 2TiB }", "shm.client_data_size"),
+            ("compose: [{ module: '', name: a }]", "compose[0].module"),
+            (
+                "compose: [{ module: m, name: a }, { module: m, name: a }]",
+                "compose[1].name",
+            ),
+            (
+                "compose: [{ module: m, name: a, containers: 0 }]",
+                "compose[0].containers",
+            ),
+            (
+                "compose: [{ module: m, name: a, params: [1] }]",
+                "compose[0].params",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let (found, message) = invalid_key(yaml);
+            assert_eq!(found, key, "{yaml}: {message}");
+            assert!(message.contains(&format!("`{key}`")), "{message}");
+        }
+        let (_, message) = invalid_key("queue_depth: 100");
+        assert!(message.contains("power of two"), "{message}");
+        let built = RuntimeConfig {
+            max_clients: 0,
+            ..RuntimeConfig::default()
+        };
+        let err = built.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad config: `max_clients` is 0; use 1 to 4096"
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size(" 256KiB "), Ok(256 * 1024));
+        assert_eq!(parse_size("256 kib"), Ok(256 * 1024));
+        assert_eq!(parse_size("2K"), Ok(2048));
+        assert_eq!(parse_size("3m"), Ok(3 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_size("5kB"), Ok(5000));
+        assert_eq!(parse_size("7MB"), Ok(7_000_000));
+        assert_eq!(parse_size("2TB"), Ok(2_000_000_000_000));
+        assert_eq!(parse_size("12B"), Ok(12));
+        assert!(matches!(parse_size(""), Err(SizeError::NotANumber { .. })));
+        assert!(matches!(
+            parse_size("MiB"),
+            Err(SizeError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            parse_size("-3"),
+            Err(SizeError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            parse_size("1.5GiB"),
+            Err(SizeError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("9 parsecs"),
+            Err(SizeError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("99999999999999999999"),
+            Err(SizeError::Overflow { .. })
+        ));
+        assert!(matches!(
+            parse_size("17000000TiB"),
+            Err(SizeError::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn environment_picks_the_file_and_the_instance() {
+        let dir = std::env::temp_dir().join(format!("chimaera-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("conf.yaml");
+        std::fs::write(&path, FULL).unwrap();
+        let path_text = path.to_str().unwrap().to_owned();
+
+        let none = |_: &str| None;
+        assert_eq!(
+            RuntimeConfig::from_vars(none).unwrap(),
+            RuntimeConfig::default()
+        );
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(
+            RuntimeConfig::from_vars(empty).unwrap(),
+            RuntimeConfig::default()
+        );
+
+        let file_only = |var: &str| (var == CONF_ENV).then(|| path_text.clone());
+        let config = RuntimeConfig::from_vars(file_only).unwrap();
+        assert_eq!(config, RuntimeConfig::from_file(&path).unwrap());
+        assert_eq!(config.instance.as_str(), "lab-1");
+
+        let both = |var: &str| match var {
+            CONF_ENV => Some(path_text.clone()),
+            INSTANCE_ENV => Some("other".to_owned()),
+            _ => None,
+        };
+        let config = RuntimeConfig::from_vars(both).unwrap();
+        assert_eq!(config.instance.as_str(), "other");
+        assert_eq!(config.queue_depth, 1024);
+
+        let bad_instance = |var: &str| (var == INSTANCE_ENV).then(|| "a/b".to_owned());
+        let err = RuntimeConfig::from_vars(bad_instance).unwrap_err();
+        assert!(err.to_string().contains("CHI_INSTANCE"), "{err}");
+
+        let missing =
+            |var: &str| (var == CONF_ENV).then(|| "/nonexistent/chimaera.yaml".to_owned());
+        let err = RuntimeConfig::from_vars(missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("CHI_SERVER_CONF"), "{err}");
+
+        std::fs::write(&path, "max_clients: 0\n").unwrap();
+        let err = RuntimeConfig::from_file(&path).unwrap_err();
+        assert!(err.to_string().contains(&path_text), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

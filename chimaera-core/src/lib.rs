@@ -27,6 +27,7 @@ pub mod module;
 pub mod pool;
 pub mod query;
 pub mod runtime;
+pub mod shm;
 pub mod task;
 pub mod worker;
 

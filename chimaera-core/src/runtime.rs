@@ -440,8 +440,11 @@ fn configure_scheduler(config: &RuntimeConfig) {
     CONFIGURED.get_or_init(|| {
         may::config()
             .set_workers(config.workers())
-            .set_stack_size(config.stack_size / std::mem::size_of::<usize>())
+            .set_stack_size(crate::worker::stack_words(config.stack_size))
             .set_worker_pin(config.pin_workers);
+        // may's scheduler threads wake from epoll every `timeout` even when idle; the
+        // runtime does not use may's I/O timeouts, so make that rare (idle CPU).
+        may::config().set_timeout_ns(1_000_000_000);
     });
 }
 

@@ -125,7 +125,13 @@ impl Completion {
     /// Waits until every replica has delivered, then returns the results sorted by
     /// container. Parks the calling coroutine (or thread) rather than spinning long.
     pub fn wait(&self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
-        let mut spins = 0;
+        // A coroutine parks at once: spinning would hold its worker thread, which may be
+        // the very thread that has to run the task being waited for.
+        let mut spins = if may::coroutine::is_coroutine() {
+            SPINS_BEFORE_PARK
+        } else {
+            0
+        };
         while !self.is_done() {
             if spins < SPINS_BEFORE_PARK {
                 spins += 1;

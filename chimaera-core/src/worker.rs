@@ -88,6 +88,7 @@ pub struct WorkerShared {
     idle: Mutex<Vec<Arc<TaskSlot>>>,
     shutdown: AtomicBool,
     tasks_run: AtomicU64,
+    /// Task coroutine stack, in may's unit (words).
     stack_size: usize,
 }
 
@@ -163,6 +164,7 @@ pub struct Worker {
 impl Worker {
     /// Starts worker `id`, whose task coroutines get `stack_size` bytes of stack.
     pub fn start(id: usize, stack_size: usize, runner: Arc<dyn TaskRunner>) -> Worker {
+        let stack_size = stack_words(stack_size);
         let shared = Arc::new(WorkerShared {
             id,
             ready_low_latency: SegQueue::new(),
@@ -212,6 +214,12 @@ impl Worker {
             let _ = poller.join();
         }
     }
+}
+
+/// may sizes stacks in machine words, and an odd count turns on its stack-usage
+/// tracing; convert bytes to an even number of words.
+pub fn stack_words(bytes: usize) -> usize {
+    (bytes / std::mem::size_of::<usize>()) & !1
 }
 
 fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>) {
