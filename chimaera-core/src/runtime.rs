@@ -131,9 +131,10 @@ impl Shared {
     /// Gets or creates a pool (the admin's `GetOrCreatePool`).
     pub(crate) fn get_or_create_pool(
         self: &Arc<Self>,
-        parent: &RunContext,
+        parent: (u64, TaskNode),
         request: &CreatePoolRequest,
     ) -> Result<PoolInfo, TaskError> {
+        let (parent_task, parent_node) = parent;
         let containers = request.containers.max(1);
         if let Lookup::Existing(pool) = self.pools.by_name(&request.pool_name) {
             check_reopen(&pool, &request.module, containers, &request.params)?;
@@ -164,13 +165,13 @@ impl Shared {
         });
         for container in 0..containers {
             let header = TaskHeader {
-                id: parent.task_id(),
+                id: parent_task,
                 pool: id,
                 method: 0,
                 container,
                 lane: 0,
                 query: crate::query::PoolQuery::DirectId(container),
-                node: parent.task_node(),
+                node: parent_node,
                 period: None,
             };
             let mut ctx = RunContext::new(header, pool.clone(), self.clone());
@@ -414,15 +415,19 @@ impl RuntimeBuilder {
         *lock(&shared.workers) = workers;
 
         let runtime = Runtime { shared };
-        let admin = crate::admin_api::get_or_create_pool(
-            &runtime.client(),
-            crate::query::PoolQuery::Local,
-            "admin",
-            "admin",
-            Default::default(),
-            &crate::codec::encode(&())
-                .map_err(StartError::Admin)?,
-        );
+        // The admin pool cannot be created by an admin task: build it directly, on this
+        // thread, as the root of its own task group.
+        let bootstrap = CreatePoolRequest {
+            module: "admin".to_owned(),
+            pool_name: "admin".to_owned(),
+            containers: 1,
+            params: crate::codec::encode(&())
+                .map_err(StartError::Admin)?
+                .to_vec(),
+        };
+        let admin = runtime
+            .shared
+            .get_or_create_pool((0, TaskNode::default()), &bootstrap);
         match admin {
             Ok(info) if info.id == PoolId::ADMIN => Ok(runtime),
             Ok(info) => Err(StartError::Admin(TaskError::failed(format!(
@@ -506,7 +511,8 @@ impl RuntimeHandle {
         ctx: &RunContext,
         request: &CreatePoolRequest,
     ) -> Result<PoolInfo, TaskError> {
-        self.shared.get_or_create_pool(ctx, request)
+        self.shared
+            .get_or_create_pool((ctx.task_id(), ctx.task_node()), request)
     }
 
     /// Destroys a pool.

@@ -93,6 +93,14 @@ pub struct Completion {
     waiter: Mutex<Option<Arc<Blocker>>>,
 }
 
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completion")
+            .field("remaining", &self.remaining.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Spins before parking: a reply from a busy runtime arrives in well under this many
 /// iterations, and parking costs a context switch.
 const SPINS_BEFORE_PARK: u32 = 4_000;
