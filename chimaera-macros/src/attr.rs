@@ -37,6 +37,8 @@ pub struct TaskArgs {
     pub method: Option<(LitInt, u32)>,
     pub route: Option<Path>,
     pub dynamic: Option<Path>,
+    /// Some key was misspelled or had a bad value (already reported; `method` may be it).
+    pub had_bad_key: bool,
 }
 
 const STRUCT_KEYS: &str = "`name`, `manifest`, `lanes`";
@@ -63,7 +65,10 @@ pub fn struct_args(cx: &Ctxt, args: TokenStream) -> StructArgs {
             let lit = meta.value()?.parse::<LitStr>()?;
             set_once(cx, &meta, "chimod", &mut parsed.manifest, lit);
         } else if meta.path.is_ident("lanes") {
-            parsed.lanes.span = meta.path.get_ident().map_or(Span::call_site(), |i| i.span());
+            parsed.lanes.span = meta
+                .path
+                .get_ident()
+                .map_or(Span::call_site(), |i| i.span());
             meta.parse_nested_meta(|lane| {
                 let count = lane.value()?.parse::<LitInt>()?.base10_parse::<u32>()?;
                 if lane.path.is_ident("low") {
@@ -126,6 +131,7 @@ pub fn task_args(cx: &Ctxt, attr: &Attribute) -> TaskArgs {
         method: None,
         route: None,
         dynamic: None,
+        had_bad_key: false,
     };
     if let syn::Meta::Path(_) = attr.meta {
         return parsed;
@@ -138,12 +144,18 @@ pub fn task_args(cx: &Ctxt, attr: &Attribute) -> TaskArgs {
                     lit: Lit::Int(lit), ..
                 }) => match lit.base10_parse::<u32>() {
                     Ok(id) => set_once(cx, &meta, "task", &mut parsed.method, (lit.clone(), id)),
-                    Err(_) => cx.error_spanned_by(lit, "a method id must fit in a `u32`"),
+                    Err(_) => {
+                        parsed.had_bad_key = true;
+                        cx.error_spanned_by(lit, "a method id must fit in a `u32`");
+                    }
                 },
-                _ => cx.error_spanned_by(
-                    &expr,
-                    "`method` takes a non-negative integer literal, e.g. `method = 10`",
-                ),
+                _ => {
+                    parsed.had_bad_key = true;
+                    cx.error_spanned_by(
+                        &expr,
+                        "`method` takes a non-negative integer literal, e.g. `method = 10`",
+                    );
+                }
             }
         } else if meta.path.is_ident("route") {
             let path = meta.value()?.parse::<Path>()?;
@@ -153,6 +165,7 @@ pub fn task_args(cx: &Ctxt, attr: &Attribute) -> TaskArgs {
             set_once(cx, &meta, "task", &mut parsed.dynamic, path);
         } else {
             unknown_key(cx, &meta, "#[task]", TASK_KEYS);
+            parsed.had_bad_key = true;
             skip_value(&meta)?;
         }
         Ok(())

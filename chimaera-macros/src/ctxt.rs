@@ -42,6 +42,11 @@ impl Ctxt {
             .push(error);
     }
 
+    /// How many errors were reported so far.
+    pub fn len(&self) -> usize {
+        self.errors.borrow().as_ref().map_or(0, Vec::len)
+    }
+
     /// Consumes the collector: all errors combined into one, if any.
     pub fn check(self) -> Result<(), syn::Error> {
         let errors = self.errors.borrow_mut().take().unwrap_or_default();

@@ -10,7 +10,6 @@ use crate::attr::{self, ImplArgs, StructArgs, TaskArgs};
 use crate::ctxt::Ctxt;
 use crate::names;
 use proc_macro2::Ident;
-use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, GenericParam, ImplItem, ImplItemFn, ItemImpl, ItemStruct,
     LitInt, Pat, Path, PathArguments, ReturnType, Signature, Type, TypeReference,
@@ -142,10 +141,10 @@ impl<'a> ChimodImpl<'a> {
                 cx.error_spanned_by(extra, "a method takes one `#[task(…)]`; merge them");
             }
             let task_args = attr::task_args(cx, task_attr);
-            let errors_before = ErrorCount::of(cx);
+            let errors_before = cx.len();
             let task = Task::from_syn(cx, function, task_attr, task_args);
             match task {
-                Some(task) if !errors_before.grew(cx) => tasks.push(task),
+                Some(task) if cx.len() == errors_before => tasks.push(task),
                 _ => broken.push(names::manifest_entry(&names::unraw(&function.sig.ident))),
             }
         }
@@ -176,19 +175,6 @@ impl<'a> ChimodImpl<'a> {
     }
 }
 
-/// Counts a [`Ctxt`]'s errors by checking it into a probe; see [`ErrorCount::grew`].
-struct ErrorCount(usize);
-
-impl ErrorCount {
-    fn of(cx: &Ctxt) -> Self {
-        ErrorCount(cx.len())
-    }
-
-    fn grew(&self, cx: &Ctxt) -> bool {
-        cx.len() > self.0
-    }
-}
-
 impl<'a> Task<'a> {
     fn from_syn(
         cx: &Ctxt,
@@ -199,6 +185,9 @@ impl<'a> Task<'a> {
         let sig = &function.sig;
         let name = names::unraw(&sig.ident);
         let Some((method, id)) = args.method else {
+            if args.had_bad_key {
+                return None;
+            }
             cx.error_spanned_by(
                 task_attr,
                 format!(
@@ -236,6 +225,11 @@ impl<'a> Task<'a> {
         };
         task.check_role(cx);
         Some(task)
+    }
+
+    /// The span of the id literal.
+    pub fn id_span(&self) -> proc_macro2::Span {
+        self.method.span()
     }
 
     pub fn is_create(&self) -> bool {
@@ -288,10 +282,15 @@ impl<'a> Task<'a> {
                 );
             }
         }
-        if (self.route.is_some() || self.dynamic.is_some()) && (self.is_create() || self.is_destroy()) {
+        if (self.route.is_some() || self.dynamic.is_some())
+            && (self.is_create() || self.is_destroy())
+        {
             cx.error_spanned_by(
                 &self.method,
-                format!("`{}` is not routed like other tasks; remove `route`/`dynamic`", self.name),
+                format!(
+                    "`{}` is not routed like other tasks; remove `route`/`dynamic`",
+                    self.name
+                ),
             );
         }
     }
@@ -491,9 +490,77 @@ impl Ret {
     }
 }
 
-/// The span of a task's id literal.
-impl Task<'_> {
-    pub fn id_span(&self) -> proc_macro2::Span {
-        self.method.span()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_model(item: ItemImpl, check: impl FnOnce(&ChimodImpl)) -> Result<(), syn::Error> {
+        let cx = Ctxt::new();
+        let model = ChimodImpl::from_syn(&cx, &item, ImplArgs { manifest: None });
+        if let Some(model) = &model {
+            check(model);
+        }
+        cx.check()
+    }
+
+    #[test]
+    fn arguments_get_their_wire_roles() {
+        let item: ItemImpl = syn::parse_quote! {
+            impl Demo {
+                #[task(method = 10)]
+                fn all<'a>(&self, ctx: &mut RunContext, s: &'a str, b: &[u8], v: &[u32],
+                           r: &Point, n: u32, io: &mut Vec<u8>) -> Result<u8, TaskError> {}
+                fn helper(&self) {}
+            }
+        };
+        with_model(item, |model| {
+            let task = &model.tasks[0];
+            let kinds: Vec<&str> = task
+                .args
+                .iter()
+                .map(|a| match &a.kind {
+                    ArgKind::Context => "ctx",
+                    ArgKind::In => "in",
+                    ArgKind::Borrowed(Borrow::Str) => "str",
+                    ArgKind::Borrowed(Borrow::Bytes(_)) => "bytes",
+                    ArgKind::Borrowed(Borrow::Slice(_)) => "slice",
+                    ArgKind::Borrowed(Borrow::Ref(_)) => "ref",
+                    ArgKind::InOut(_) => "in-out",
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                ["ctx", "str", "bytes", "slice", "ref", "in", "in-out"]
+            );
+            assert_eq!(task.wire_args().count(), 6);
+            assert!(task.ret.fallible && task.ret.ty.is_some());
+            assert_eq!((task.entry.as_str(), task.id), ("kAll", 10));
+            assert_eq!(model.tasks.len(), 1, "non-#[task] methods are not tasks");
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn broken_tasks_are_reported_and_set_aside() {
+        let item: ItemImpl = syn::parse_quote! {
+            impl Demo {
+                #[task(method = 10)]
+                async fn bad<T>(&mut self, (a, b): (u8, u8)) {}
+                #[task(method = 11)]
+                fn good(&self) {}
+            }
+        };
+        let mut broken = Vec::new();
+        let error = with_model(item, |model| {
+            broken = model.broken.clone();
+            assert_eq!(model.tasks.len(), 1);
+        })
+        .unwrap_err();
+        assert_eq!(broken, ["kBad"]);
+        assert_eq!(
+            error.into_iter().count(),
+            4,
+            "async, generic, receiver, pattern"
+        );
     }
 }
