@@ -46,7 +46,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{n} sync round trips, {per_call:?} each");
 
     let admin = AdminClient::attach(&chi, PoolId::ADMIN);
-    println!("flush: {} task(s) completed while flushing", admin.flush(PoolQuery::local())?);
+    println!(
+        "flush: {} task(s) completed while flushing",
+        admin.flush(PoolQuery::local())?
+    );
     runtime.stop();
     println!("runtime stopped cleanly");
     Ok(())

@@ -22,9 +22,9 @@
 pub use chimaera_core::*;
 pub use chimaera_macros::{chimod, task};
 
+pub use admin::AdminClient;
 /// The admin chimod: pool lifecycle, flush, stop (always linked).
 pub use chimaera_admin as admin;
-pub use admin::AdminClient;
 
 /// The MOD_NAME template chimod.
 #[cfg(feature = "mod_name")]

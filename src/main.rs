@@ -15,7 +15,10 @@ fn main() -> ExitCode {
             for info in infos {
                 println!("{} ({} {})", info.name, info.namespace, info.version);
                 for method in info.methods {
-                    println!("  {:>3}  {:<20} fn {}", method.id, method.name, method.function);
+                    println!(
+                        "  {:>3}  {:<20} fn {}",
+                        method.id, method.name, method.function
+                    );
                 }
             }
             ExitCode::SUCCESS

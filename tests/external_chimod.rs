@@ -17,6 +17,12 @@ fn external_repository_builds_and_runs_its_chimod() {
         .expect("cargo runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "external chimod failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("kvstore: ok"), "unexpected output:\n{stdout}");
+    assert!(
+        output.status.success(),
+        "external chimod failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("kvstore: ok"),
+        "unexpected output:\n{stdout}"
+    );
 }

@@ -22,19 +22,31 @@ fn mod_name(chi: &Client, name: &str) -> ModNameClient {
 }
 
 fn probe_pool(chi: &Client, name: &str, containers: u32) -> ProbeClient {
-    ProbeClient::create_with(chi, PoolQuery::local(), name, PoolOptions::containers(containers))
-        .expect("create probe pool")
+    ProbeClient::create_with(
+        chi,
+        PoolQuery::local(),
+        name,
+        PoolOptions::containers(containers),
+    )
+    .expect("create probe pool")
 }
 
 #[test]
 fn custom_round_trip_returns_its_input() {
     let rt = start();
     let m = mod_name(&rt.client(), "echo");
-    for text in ["hello", "", "ünïcødé and a longer string past the inline size"] {
+    for text in [
+        "hello",
+        "",
+        "ünïcødé and a longer string past the inline size",
+    ] {
         assert_eq!(m.custom(PoolQuery::local(), text, 7).unwrap(), text);
     }
     let pending: Vec<_> = (0..100)
-        .map(|i| m.async_custom(PoolQuery::dynamic(), &i.to_string(), i).unwrap())
+        .map(|i| {
+            m.async_custom(PoolQuery::dynamic(), &i.to_string(), i)
+                .unwrap()
+        })
         .collect();
     for (i, p) in pending.into_iter().enumerate() {
         assert_eq!(p.wait().unwrap(), i.to_string());
@@ -55,9 +67,15 @@ fn get_or_create_by_name_is_idempotent_and_checks_params() {
         label: "another label".into(),
     };
     let err = ModNameClient::create(&chi, PoolQuery::local(), "same", different).unwrap_err();
-    assert!(matches!(err, TaskError::PoolMismatch { ref what, .. } if what == "create parameters"), "{err}");
+    assert!(
+        matches!(err, TaskError::PoolMismatch { ref what, .. } if what == "create parameters"),
+        "{err}"
+    );
     let err = ProbeClient::create(&chi, PoolQuery::local(), "same").unwrap_err();
-    assert!(matches!(err, TaskError::PoolMismatch { ref what, .. } if what == "module"), "{err}");
+    assert!(
+        matches!(err, TaskError::PoolMismatch { ref what, .. } if what == "module"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -69,14 +87,21 @@ fn unknown_pool_method_and_module_are_typed_errors() {
     let ghost = ModNameClient::attach(&chi, PoolId::new(999, 0));
     assert_eq!(
         ghost.custom(PoolQuery::local(), "x", 0).unwrap_err(),
-        TaskError::UnknownPool { pool: PoolId::new(999, 0) }
+        TaskError::UnknownPool {
+            pool: PoolId::new(999, 0)
+        }
     );
 
     let input = codec::encode(&(codec::StrRef("x"), codec::ByRef(&0u32))).unwrap();
-    let err = chi.submit(m.pool_id(), 77, PoolQuery::local(), input, None).unwrap_err();
+    let err = chi
+        .submit(m.pool_id(), 77, PoolQuery::local(), input, None)
+        .unwrap_err();
     assert_eq!(
         err,
-        TaskError::UnknownMethod { module: "MOD_NAME".into(), method: 77 }
+        TaskError::UnknownMethod {
+            module: "MOD_NAME".into(),
+            method: 77
+        }
     );
 
     let err = admin_api::get_or_create_pool(
@@ -88,7 +113,12 @@ fn unknown_pool_method_and_module_are_typed_errors() {
         &[],
     )
     .unwrap_err();
-    assert_eq!(err, TaskError::UnknownModule { module: "no_such_module".into() });
+    assert_eq!(
+        err,
+        TaskError::UnknownModule {
+            module: "no_such_module".into()
+        }
+    );
 }
 
 #[test]
@@ -99,11 +129,20 @@ fn malformed_input_fails_alone() {
     let mut garbage = codec::Bytes::new();
     garbage.extend_from_slice(&[0xAB; 5]);
     let completion = chi
-        .submit(m.pool_id(), mod_name_tasks::CUSTOM, PoolQuery::local(), garbage, None)
+        .submit(
+            m.pool_id(),
+            mod_name_tasks::CUSTOM,
+            PoolQuery::local(),
+            garbage,
+            None,
+        )
         .unwrap();
     let results = completion.wait();
     assert!(matches!(results[0].1, Err(TaskError::Malformed { .. })));
-    assert_eq!(m.custom(PoolQuery::local(), "still here", 1).unwrap(), "still here");
+    assert_eq!(
+        m.custom(PoolQuery::local(), "still here", 1).unwrap(),
+        "still here"
+    );
 }
 
 #[test]
@@ -125,7 +164,11 @@ fn co_mutex_holders_never_overlap() {
         .map(|i| m.async_co_mutex_test(PoolQuery::local(), i, 2).unwrap())
         .collect();
     let inside: Vec<u32> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
-    assert_eq!(inside.iter().max(), Some(&1), "holders overlapped: {inside:?}");
+    assert_eq!(
+        inside.iter().max(),
+        Some(&1),
+        "holders overlapped: {inside:?}"
+    );
 }
 
 #[test]
@@ -147,14 +190,23 @@ fn co_rw_lock_readers_overlap_and_writers_are_alone() {
     let rt = start();
     let m = mod_name(&rt.client(), "rw");
     let readers: Vec<_> = (0..8)
-        .map(|i| m.async_co_rw_lock_test(PoolQuery::local(), i, 100, false).unwrap())
+        .map(|i| {
+            m.async_co_rw_lock_test(PoolQuery::local(), i, 100, false)
+                .unwrap()
+        })
         .collect();
     let seen: Vec<(u32, u32)> = readers.into_iter().map(|p| p.wait().unwrap()).collect();
     assert!(seen.iter().all(|(_, writers)| *writers == 0), "{seen:?}");
-    assert!(seen.iter().any(|(readers, _)| *readers > 1), "readers never overlapped: {seen:?}");
+    assert!(
+        seen.iter().any(|(readers, _)| *readers > 1),
+        "readers never overlapped: {seen:?}"
+    );
 
     let mixed: Vec<_> = (0..24)
-        .map(|i| m.async_co_rw_lock_test(PoolQuery::local(), i, 3, i % 3 == 0).unwrap())
+        .map(|i| {
+            m.async_co_rw_lock_test(PoolQuery::local(), i, 3, i % 3 == 0)
+                .unwrap()
+        })
         .collect();
     for (i, p) in mixed.into_iter().enumerate() {
         let (readers, writers) = p.wait().unwrap();
@@ -184,7 +236,10 @@ fn flush_returns_after_in_flight_tasks_are_done() {
     let completed = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
         .flush(PoolQuery::local())
         .unwrap();
-    assert!(pending.iter().all(Pending::is_done), "flush returned with tasks in flight");
+    assert!(
+        pending.iter().all(Pending::is_done),
+        "flush returned with tasks in flight"
+    );
     assert!(completed >= 64, "flush counted {completed} completions");
     for p in pending {
         assert_eq!(p.wait().unwrap(), 20);
@@ -197,9 +252,19 @@ fn a_panicking_task_fails_alone() {
     let chi = rt.client();
     let p = probe_pool(&chi, "panics", 1);
     let err = p.explode(PoolQuery::local(), "boom").unwrap_err();
-    assert_eq!(err, TaskError::Panicked { message: "boom".into() });
+    assert_eq!(
+        err,
+        TaskError::Panicked {
+            message: "boom".into()
+        }
+    );
     assert_eq!(p.who_am_i(PoolQuery::local()).unwrap(), 0);
-    assert_eq!(mod_name(&chi, "after_panic").custom(PoolQuery::local(), "ok", 0).unwrap(), "ok");
+    assert_eq!(
+        mod_name(&chi, "after_panic")
+            .custom(PoolQuery::local(), "ok", 0)
+            .unwrap(),
+        "ok"
+    );
 }
 
 #[test]
@@ -207,23 +272,50 @@ fn every_pool_query_mode_routes_as_documented() {
     let rt = start();
     let p = probe_pool(&rt.client(), "routing", 4);
     let containers = |pending: Pending<u32>| -> Vec<u32> {
-        pending.wait_all().into_iter().map(|(c, r)| {
-            assert_eq!(r.as_ref().ok(), Some(&c), "replica of container {c} answered {r:?}");
-            c
-        }).collect()
+        pending
+            .wait_all()
+            .into_iter()
+            .map(|(c, r)| {
+                assert_eq!(
+                    r.as_ref().ok(),
+                    Some(&c),
+                    "replica of container {c} answered {r:?}"
+                );
+                c
+            })
+            .collect()
     };
     assert_eq!(p.who_am_i(PoolQuery::local()).unwrap(), 0);
     assert_eq!(p.who_am_i(PoolQuery::direct_id(2)).unwrap(), 2);
     assert_eq!(p.who_am_i(PoolQuery::direct_hash(7)).unwrap(), 3);
-    assert_eq!(containers(p.async_who_am_i(PoolQuery::range(1, 2)).unwrap()), vec![1, 2]);
-    assert_eq!(containers(p.async_who_am_i(PoolQuery::broadcast()).unwrap()), vec![0, 1, 2, 3]);
+    assert_eq!(
+        containers(p.async_who_am_i(PoolQuery::range(1, 2)).unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        containers(p.async_who_am_i(PoolQuery::broadcast()).unwrap()),
+        vec![0, 1, 2, 3]
+    );
     assert_eq!(p.who_am_i(PoolQuery::physical(0)).unwrap(), 0);
     assert_eq!(p.picked(PoolQuery::dynamic(), 6).unwrap(), 2);
-    assert_eq!(p.who_am_i(PoolQuery::dynamic()).unwrap(), 0, "no dynamic hook: as Local");
+    assert_eq!(
+        p.who_am_i(PoolQuery::dynamic()).unwrap(),
+        0,
+        "no dynamic hook: as Local"
+    );
 
-    assert!(matches!(p.who_am_i(PoolQuery::direct_id(4)), Err(TaskError::NoSuchContainer { container: 4, .. })));
-    assert!(matches!(p.who_am_i(PoolQuery::range(3, 2)), Err(TaskError::NoSuchContainer { .. })));
-    assert_eq!(p.who_am_i(PoolQuery::physical(1)), Err(TaskError::NoSuchNode { node: 1 }));
+    assert!(matches!(
+        p.who_am_i(PoolQuery::direct_id(4)),
+        Err(TaskError::NoSuchContainer { container: 4, .. })
+    ));
+    assert!(matches!(
+        p.who_am_i(PoolQuery::range(3, 2)),
+        Err(TaskError::NoSuchContainer { .. })
+    ));
+    assert_eq!(
+        p.who_am_i(PoolQuery::physical(1)),
+        Err(TaskError::NoSuchNode { node: 1 })
+    );
     // A broadcast's single answer is the lowest container's.
     assert_eq!(p.who_am_i(PoolQuery::broadcast()).unwrap(), 0);
 }
@@ -246,7 +338,10 @@ fn in_out_and_borrowed_bytes_arguments() {
     assert_eq!(p.bump(PoolQuery::local(), &mut counter, 2).unwrap(), 40);
     assert_eq!(counter, 42);
     let data: Vec<u8> = (0..=255).collect();
-    assert_eq!(p.checksum(PoolQuery::local(), &data).unwrap(), 255 * 256 / 2);
+    assert_eq!(
+        p.checksum(PoolQuery::local(), &data).unwrap(),
+        255 * 256 / 2
+    );
 }
 
 #[test]
@@ -255,19 +350,28 @@ fn fire_and_forget_and_periodic_tasks_run() {
     let chi = rt.client();
     let p = probe_pool(&chi, "ticks", 1);
     for _ in 0..10 {
-        p.spawn_tick(PoolQuery::local(), Schedule::FireAndForget).unwrap();
+        p.spawn_tick(PoolQuery::local(), Schedule::FireAndForget)
+            .unwrap();
     }
-    chimaera::AdminClient::attach(&chi, PoolId::ADMIN).flush(PoolQuery::local()).unwrap();
+    chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+        .flush(PoolQuery::local())
+        .unwrap();
     assert_eq!(p.ticks(PoolQuery::local()).unwrap(), 10);
 
     let periodic = p
-        .spawn_tick(PoolQuery::local(), Schedule::Periodic(Duration::from_millis(2)))
+        .spawn_tick(
+            PoolQuery::local(),
+            Schedule::Periodic(Duration::from_millis(2)),
+        )
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while p.ticks(PoolQuery::local()).unwrap() < 13 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert!(p.ticks(PoolQuery::local()).unwrap() >= 13, "periodic task did not repeat");
+    assert!(
+        p.ticks(PoolQuery::local()).unwrap() >= 13,
+        "periodic task did not repeat"
+    );
     periodic.cancel();
     // After cancel the task ends at its next wake-up; then the count stays put.
     std::thread::sleep(Duration::from_millis(20));
@@ -287,15 +391,24 @@ fn destroy_pool_fails_or_finishes_in_flight_tasks_cleanly() {
         .map(|i| p.async_nap(PoolQuery::direct_hash(i), 10).unwrap())
         .collect();
     p.destroy_pool().unwrap();
-    assert!(probe::DESTROYED.load(Ordering::SeqCst) >= before + 2, "kDestroy ran per container");
+    assert!(
+        probe::DESTROYED.load(Ordering::SeqCst) >= before + 2,
+        "kDestroy ran per container"
+    );
     for pending in pending {
         match pending.wait() {
             Ok(10) | Err(TaskError::PoolDestroyed { .. }) => {}
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert_eq!(p.who_am_i(PoolQuery::local()), Err(TaskError::UnknownPool { pool: p.pool_id() }));
-    assert_eq!(survivor.custom(PoolQuery::local(), "alive", 0).unwrap(), "alive");
+    assert_eq!(
+        p.who_am_i(PoolQuery::local()),
+        Err(TaskError::UnknownPool { pool: p.pool_id() })
+    );
+    assert_eq!(
+        survivor.custom(PoolQuery::local(), "alive", 0).unwrap(),
+        "alive"
+    );
     // The name is free again.
     let again = probe_pool(&chi, "doomed", 1);
     assert_ne!(again.pool_id(), p.pool_id());
@@ -306,15 +419,24 @@ fn stop_runtime_drains_then_refuses_new_tasks() {
     let rt = start();
     let chi = rt.client();
     let p = probe_pool(&chi, "stop", 1);
-    let naps: Vec<_> = (0..20).map(|_| p.async_nap(PoolQuery::local(), 30).unwrap()).collect();
+    let naps: Vec<_> = (0..20)
+        .map(|_| p.async_nap(PoolQuery::local(), 30).unwrap())
+        .collect();
     chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
         .stop_runtime(PoolQuery::local(), 5_000)
         .unwrap();
     rt.wait();
     for nap in naps {
-        assert_eq!(nap.wait().unwrap(), 30, "in-flight tasks are drained, not dropped");
+        assert_eq!(
+            nap.wait().unwrap(),
+            30,
+            "in-flight tasks are drained, not dropped"
+        );
     }
-    assert_eq!(p.who_am_i(PoolQuery::local()), Err(TaskError::RuntimeStopped));
+    assert_eq!(
+        p.who_am_i(PoolQuery::local()),
+        Err(TaskError::RuntimeStopped)
+    );
 }
 
 #[test]
@@ -353,7 +475,10 @@ fn save_and_load_round_trip_every_mod_name_task() {
     let outputs = [
         (mod_name_tasks::CUSTOM, TaskOut::Custom(("echo".into(),))),
         (mod_name_tasks::CO_MUTEX_TEST, TaskOut::CoMutexTest((1,))),
-        (mod_name_tasks::CO_RW_LOCK_TEST, TaskOut::CoRwLockTest(((2, 0),))),
+        (
+            mod_name_tasks::CO_RW_LOCK_TEST,
+            TaskOut::CoRwLockTest(((2, 0),)),
+        ),
         (mod_name_tasks::WAIT_TEST, TaskOut::WaitTest((10,))),
     ];
     for (method, output) in outputs {
@@ -368,7 +493,10 @@ fn save_and_load_round_trip_every_mod_name_task() {
         };
         assert!(same, "output of method {method} did not round-trip");
     }
-    assert!(matches!(ModName::load_in(99, &[]), Err(TaskError::UnknownMethod { method: 99, .. })));
+    assert!(matches!(
+        ModName::load_in(99, &[]),
+        Err(TaskError::UnknownMethod { method: 99, .. })
+    ));
 }
 
 #[test]
@@ -382,8 +510,14 @@ fn save_and_load_round_trip_every_admin_task() {
     };
     let inputs = [
         (admin_tasks::CREATE, TaskIn::Create(())),
-        (admin_tasks::GET_OR_CREATE_POOL, TaskIn::GetOrCreatePool((request.clone(),))),
-        (admin_tasks::DESTROY_POOL, TaskIn::DestroyPool((PoolId::new(4, 0),))),
+        (
+            admin_tasks::GET_OR_CREATE_POOL,
+            TaskIn::GetOrCreatePool((request.clone(),)),
+        ),
+        (
+            admin_tasks::DESTROY_POOL,
+            TaskIn::DestroyPool((PoolId::new(4, 0),)),
+        ),
         (admin_tasks::STOP_RUNTIME, TaskIn::StopRuntime((250,))),
         (admin_tasks::FLUSH, TaskIn::Flush(())),
     ];
@@ -408,7 +542,10 @@ fn save_and_load_round_trip_every_admin_task() {
         queued: 0,
     };
     let outputs = [
-        (admin_tasks::GET_OR_CREATE_POOL, TaskOut::GetOrCreatePool((info,))),
+        (
+            admin_tasks::GET_OR_CREATE_POOL,
+            TaskOut::GetOrCreatePool((info,)),
+        ),
         (admin_tasks::DESTROY_POOL, TaskOut::DestroyPool(((),))),
         (admin_tasks::STOP_RUNTIME, TaskOut::StopRuntime(((),))),
         (admin_tasks::FLUSH, TaskOut::Flush((12,))),
@@ -428,7 +565,10 @@ fn save_and_load_round_trip_every_admin_task() {
 
 #[test]
 fn admin_manifest_ids_match_the_core_protocol() {
-    assert_eq!(admin_tasks::GET_OR_CREATE_POOL, admin_api::GET_OR_CREATE_POOL);
+    assert_eq!(
+        admin_tasks::GET_OR_CREATE_POOL,
+        admin_api::GET_OR_CREATE_POOL
+    );
     assert_eq!(admin_tasks::DESTROY_POOL, admin_api::DESTROY_POOL);
     assert_eq!(admin_tasks::STOP_RUNTIME, admin_api::STOP_RUNTIME);
     assert_eq!(admin_tasks::FLUSH, admin_api::FLUSH);

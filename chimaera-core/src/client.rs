@@ -19,6 +19,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// What queuing a task hands back: the completion to wait on (none for fire-and-forget
+/// and periodic tasks) and the cancel flag of a periodic task.
+type Enqueued = (Option<Arc<Completion>>, Option<Arc<AtomicBool>>);
+
 /// A connection to a runtime, cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -72,7 +76,7 @@ impl Client {
         query: PoolQuery,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<(Option<Arc<Completion>>, Option<Arc<AtomicBool>>), TaskError> {
+    ) -> Result<Enqueued, TaskError> {
         let shared = &self.shared;
         if !shared.accepts(self.parent) {
             return Err(TaskError::RuntimeStopped);
@@ -123,10 +127,9 @@ impl Client {
             let Some(slot) = pool.container(container) else {
                 continue;
             };
-            let lane_choice = catch_unwind(AssertUnwindSafe(|| {
-                slot.object.monitor(method, &input)
-            }))
-            .unwrap_or_default();
+            let lane_choice =
+                catch_unwind(AssertUnwindSafe(|| slot.object.monitor(method, &input)))
+                    .unwrap_or_default();
             let lane_index = lane_choice
                 .resolve(module.info.lanes)
                 .min(slot.lanes.len().saturating_sub(1));

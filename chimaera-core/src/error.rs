@@ -95,7 +95,9 @@ pub enum TaskError {
     #[error("the runtime is not running (stopped or stopping)")]
     RuntimeStopped,
     /// The runtime dropped the task without running it (out of resources, or torn down).
-    #[error("the task was dropped without running; the runtime is out of resources or shutting down")]
+    #[error(
+        "the task was dropped without running; the runtime is out of resources or shutting down"
+    )]
     NotRun,
     /// The task was cancelled before it completed (a periodic task's handle was cancelled).
     #[error("the task was cancelled")]

@@ -15,7 +15,18 @@ pub type NodeId = u32;
 
 /// The identity of a pool: `major.minor`.
 #[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Archive, Serialize, Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Debug,
+    Default,
+    Archive,
+    Serialize,
+    Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub struct PoolId {

@@ -332,10 +332,12 @@ impl<T: ?Sized> CoRwLock<T> {
                     // A queued reader counts as a reader even if its group now writes;
                     // its guard releases a reader hold.
                     match waiter.mode {
-                        Mode::Shared => match state.readers.iter_mut().find(|(g, _)| *g == waiter.group) {
-                            Some((_, count)) => *count += 1,
-                            None => state.readers.push((waiter.group, 1)),
-                        },
+                        Mode::Shared => {
+                            match state.readers.iter_mut().find(|(g, _)| *g == waiter.group) {
+                                Some((_, count)) => *count += 1,
+                                None => state.readers.push((waiter.group, 1)),
+                            }
+                        }
                         Mode::Exclusive => state.take(waiter.group, Mode::Exclusive),
                     }
                     granted.push(waiter);

@@ -148,13 +148,16 @@ impl<M: ChiMod> Container for M {
     }
 }
 
+/// Builds one container of a module from the archived create input.
+pub type CreateContainer = fn(&mut RunContext, &[u8]) -> Result<Arc<dyn Container>, TaskError>;
+
 /// A linked module, as the runtime's registry holds it.
 #[derive(Clone, Copy)]
 pub struct ModuleEntry {
     /// Name, namespace, methods, lanes.
     pub info: &'static ModuleInfo,
     /// Builds one container.
-    pub create: fn(&mut RunContext, &[u8]) -> Result<Arc<dyn Container>, TaskError>,
+    pub create: CreateContainer,
     /// Resolves `PoolQuery::Dynamic`.
     pub dynamic_container: fn(MethodId, &[u8], u32) -> Option<ContainerId>,
     /// Copies an input for another replica.

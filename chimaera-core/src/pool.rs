@@ -74,7 +74,11 @@ impl Pool {
             name: self.name.clone(),
             module: self.module.info.name.to_owned(),
             containers: self.container_count(),
-            queued: self.containers.iter().map(ContainerSlot::queued).sum::<usize>() as u64,
+            queued: self
+                .containers
+                .iter()
+                .map(ContainerSlot::queued)
+                .sum::<usize>() as u64,
         }
     }
 }
@@ -129,7 +133,11 @@ impl PoolTable {
     /// now registered under the name.
     pub(crate) fn publish(&self, pool: Arc<Pool>) -> Result<Arc<Pool>, Arc<Pool>> {
         let mut tables = write(&self.tables);
-        if let Some(existing) = tables.by_name.get(&pool.name).and_then(|id| tables.by_id.get(id)) {
+        if let Some(existing) = tables
+            .by_name
+            .get(&pool.name)
+            .and_then(|id| tables.by_id.get(id))
+        {
             return Err(existing.clone());
         }
         tables.by_name.insert(pool.name.clone(), pool.id);
@@ -192,5 +200,6 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

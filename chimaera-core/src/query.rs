@@ -152,7 +152,9 @@ mod tests {
             Err(TaskError::NoSuchContainer { container: 4, .. })
         ));
         assert!(PoolQuery::range(3, 2).resolve(P, 4, 0, None).is_err());
-        assert!(PoolQuery::range(u32::MAX, 2).resolve(P, 4, 0, None).is_err());
+        assert!(PoolQuery::range(u32::MAX, 2)
+            .resolve(P, 4, 0, None)
+            .is_err());
         assert_eq!(
             PoolQuery::range(0, 0).resolve(P, 4, 0, None),
             Err(TaskError::EmptyQuery)

@@ -19,7 +19,7 @@ use crate::ids::{NodeId, PoolId, TaskNode};
 use crate::module::{ChiMod, ModuleEntry};
 use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
 use crate::task::{lock, Task, TaskHeader};
-use crate::worker::{LanePriority, Lane, TaskRunner, Worker, WorkerShared};
+use crate::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -140,12 +140,13 @@ impl Shared {
             check_reopen(&pool, &request.module, containers, &request.params)?;
             return Ok(pool.info());
         }
-        let module = *self
-            .modules
-            .get(request.module.as_str())
-            .ok_or_else(|| TaskError::UnknownModule {
-                module: request.module.clone(),
-            })?;
+        let module =
+            *self
+                .modules
+                .get(request.module.as_str())
+                .ok_or_else(|| TaskError::UnknownModule {
+                    module: request.module.clone(),
+                })?;
         let id = if request.module == "admin" && request.pool_name == "admin" {
             PoolId::ADMIN
         } else {
@@ -210,13 +211,20 @@ impl Shared {
 
     /// Destroys a pool (the admin's `DestroyPool`): queued tasks fail with
     /// `PoolDestroyed`, running ones finish, each container's `kDestroy` runs.
-    pub(crate) fn destroy_pool(self: &Arc<Self>, parent: &RunContext, id: PoolId) -> Result<(), TaskError> {
+    pub(crate) fn destroy_pool(
+        self: &Arc<Self>,
+        parent: &RunContext,
+        id: PoolId,
+    ) -> Result<(), TaskError> {
         if id == PoolId::ADMIN {
             return Err(TaskError::failed(
                 "the admin pool cannot be destroyed; stop the runtime instead",
             ));
         }
-        let pool = self.pools.remove(id).ok_or(TaskError::UnknownPool { pool: id })?;
+        let pool = self
+            .pools
+            .remove(id)
+            .ok_or(TaskError::UnknownPool { pool: id })?;
         let mut first_error = None;
         for (index, container) in pool.containers.iter().enumerate() {
             let header = TaskHeader {

@@ -164,5 +164,7 @@ impl Completion {
 /// Locks a mutex that guards plain data; a panic while holding it cannot leave the data
 /// half-written (every critical section is a single push or take), so poison is ignored.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

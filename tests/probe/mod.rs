@@ -7,7 +7,11 @@ use std::time::Duration;
 /// Containers destroyed so far, across all probe pools of the process.
 pub static DESTROYED: AtomicU64 = AtomicU64::new(0);
 
-#[chimod(name = "probe", manifest = "chimaera_mod.yaml", lanes(low = 2, high = 1))]
+#[chimod(
+    name = "probe",
+    manifest = "chimaera_mod.yaml",
+    lanes(low = 2, high = 1)
+)]
 pub struct Probe {
     container: u32,
     ticks: AtomicU64,

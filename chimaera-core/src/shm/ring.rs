@@ -217,7 +217,7 @@ impl Ring {
     fn locate(region: &ShmRegion, capacity: u32) -> Result<Ring, RingError> {
         let need = RingLayout::size(capacity)?;
         let absolute = region.segment().base() as usize + region.offset();
-        if region.len() < need || absolute % RingLayout::ALIGN != 0 {
+        if region.len() < need || !absolute.is_multiple_of(RingLayout::ALIGN) {
             return Err(RingError::BadRegion {
                 capacity,
                 need,

@@ -439,7 +439,7 @@ impl Segment {
         self.check_range(offset, len)?;
         // The mapping starts on a page boundary, so the offset's alignment is the
         // address's.
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return Err(AccessError::Misaligned { offset, align });
         }
         // `wrapping_add` keeps this safe; the range check above keeps it in the mapping.
