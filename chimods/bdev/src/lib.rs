@@ -1,0 +1,273 @@
+//! # bdev — block devices served by the runtime
+//!
+//! A bdev pool is one block device: a **file** (the pool name is its path) or a region
+//! of **RAM**. Clients allocate blocks on it, write and read them, free them, and ask
+//! for measured statistics — all as tasks, so a device is shared by every client of the
+//! runtime, and file I/O never blocks a runtime worker.
+//!
+//! ```no_run
+//! use chimaera_bdev::{BdevClient, BdevParams, BdevType};
+//! use chimaera_core::{Client, PoolQuery};
+//! # fn demo(chi: &Client) -> Result<(), chimaera_core::TaskError> {
+//! let local = PoolQuery::local();
+//! // A 64 MiB RAM device (a file device: BdevType::File, the pool name is the path).
+//! let params = BdevParams { bdev_type: BdevType::Ram, total_size: 64 << 20, ..BdevParams::default() };
+//! let bdev = BdevClient::create(chi, local, "ram-dev", params)?;
+//! let blocks = bdev.allocate_blocks(local, 4096)?;          // one 4 KiB block
+//! assert_eq!(bdev.write(local, blocks[0], b"hello")?, 5);
+//! assert_eq!(bdev.read(local, blocks[0], 5)?, b"hello");
+//! bdev.free_blocks(local, blocks)?;
+//! let stats = bdev.get_stats(local)?;
+//! assert_eq!((stats.write.ops, stats.read.ops), (1, 1));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Tasks (`chimaera_mod.yaml`)
+//!
+//! | id | task | does |
+//! |---|---|---|
+//! | 0 | `create(params: BdevParams)` | opens the device; see [`BdevParams`] |
+//! | 1 | `destroy` | syncs a file device and closes it; later I/O fails |
+//! | 10 | `allocate_blocks(size) -> Vec<Block>` | blocks covering `size` bytes: 128 KiB pieces plus the remainder rounded up to a class (256 B, 1 KiB, 4 KiB, 64 KiB, 128 KiB); all or nothing |
+//! | 11 | `free_blocks(blocks)` | returns blocks; double frees and foreign blocks are refused, all or nothing |
+//! | 12 | `write(block, data) -> u64` | writes `data` at the block's start; bytes written |
+//! | 13 | `read(block, len) -> Vec<u8>` | reads min(`len`, block size) bytes from the block's start |
+//! | 14 | `get_stats -> BdevStats` | measured ops, bytes, mean latency, bandwidth and IOPS per direction, and the exact remaining space |
+//! | 15 | `sync` | `fdatasync`: written data survives a crash (no-op on RAM) |
+//!
+//! ## Guarantees
+//!
+//! * **Allocation** ([`allocator`]): blocks are disjoint and aligned to their own size
+//!   (so to min(size, alignment); 4 KiB blocks are 4 KiB-aligned); freed space is
+//!   reused and coalesced, so a device filled with small blocks and freed serves large
+//!   ones again; a failed request changes nothing. The allocator sits behind a
+//!   [`short_lock::ShortLock`] held only for its bookkeeping.
+//! * **Bounds**: a block that is not inside the device, or data longer than its block,
+//!   fails with an error and moves 0 bytes; nothing panics on a bad block.
+//! * **No blocked workers** ([`backend`]): RAM I/O is a copy in the task; file I/O runs
+//!   on the device's I/O threads, at most `io_depth` operations in flight, while the
+//!   task's coroutine is parked. `O_DIRECT` is honoured with bounce buffers where the
+//!   caller's buffer, offset or length is not aligned.
+//! * **Zero-copy ready**: the I/O core ([`BlockDevice::write_at`] /
+//!   [`BlockDevice::read_into`]) takes plain byte slices and copies (or hands the kernel)
+//!   the caller's memory directly, wherever it lives.
+//!
+//! Reads and writes do not check that a block is currently allocated (only that it lies
+//! in the device): like a disk, the device serves any in-range block it is given.
+//! A pool should have one container per node: several containers of one pool on one
+//! node would each open the same file with an allocator of its own.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod allocator;
+pub mod backend;
+pub mod error;
+pub mod short_lock;
+pub mod stats;
+
+pub use allocator::{Block, BlockAllocator, BLOCK_CLASSES, MAX_BLOCK_SIZE};
+pub use backend::{BdevType, BlockDevice, CreateError, IoError};
+pub use error::BdevError;
+pub use stats::{BdevStats, OpStats};
+
+use backend::{FileDevice, FileOptions, RamDevice};
+use chimaera_core::RunContext;
+use chimaera_macros::chimod;
+use short_lock::ShortLock;
+use stats::DeviceStats;
+use std::time::Instant;
+
+/// Parameters of `Create`, sent once per pool (a re-open must pass the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct BdevParams {
+    /// File (default; the pool name is the path) or RAM.
+    pub bdev_type: BdevType,
+    /// Bytes. File: 0 = the existing file's size; an absent file is created with this
+    /// size, a shorter one extended. RAM: must be > 0.
+    pub total_size: u64,
+    /// File: operations in flight at most (default 32); at least 1.
+    pub io_depth: u32,
+    /// A power of two (default 4096); with `direct`, at least 512: buffers, offsets and
+    /// lengths of `O_DIRECT` I/O are aligned to it and the capacity rounded down to it.
+    pub alignment: u32,
+    /// File: open with `O_DIRECT` (bypass the page cache). Ignored for RAM.
+    pub direct: bool,
+}
+
+impl Default for BdevParams {
+    fn default() -> Self {
+        BdevParams {
+            bdev_type: BdevType::File,
+            total_size: 0,
+            io_depth: 32,
+            alignment: 4096,
+            direct: false,
+        }
+    }
+}
+
+/// Opens the device `params` describe; `name` is the pool name (a file device's path).
+pub fn open_device(name: &str, params: &BdevParams) -> Result<Box<dyn BlockDevice>, CreateError> {
+    let direct = params.direct && params.bdev_type == BdevType::File;
+    backend::check_alignment(params.alignment, direct)?;
+    if params.io_depth == 0 {
+        return Err(CreateError::BadIoDepth);
+    }
+    Ok(match params.bdev_type {
+        BdevType::Ram => Box::new(RamDevice::new(params.total_size)?),
+        BdevType::File => Box::new(FileDevice::open(
+            name,
+            FileOptions {
+                total_size: params.total_size,
+                io_depth: params.io_depth,
+                direct,
+                alignment: params.alignment,
+            },
+        )?),
+    })
+}
+
+/// One bdev container: a device, its allocator and its statistics.
+#[chimod(name = "bdev")]
+pub struct Bdev {
+    device: Box<dyn BlockDevice>,
+    allocator: ShortLock<BlockAllocator>,
+    stats: DeviceStats,
+}
+
+#[chimod]
+impl Bdev {
+    /// `kCreate`: opens the device (a file's calls run on its I/O thread).
+    #[task(method = 0)]
+    fn create(ctx: &mut RunContext, params: BdevParams) -> Result<Self, BdevError> {
+        Ok(Bdev::with_device(open_device(ctx.pool_name(), &params)?))
+    }
+
+    /// `kDestroy`: makes written data durable and closes the device.
+    #[task(method = 1)]
+    fn destroy(&self) -> Result<(), BdevError> {
+        Ok(self.device.close()?)
+    }
+
+    /// `kAllocateBlocks`: blocks covering `size` bytes, all or nothing.
+    #[task(method = 10)]
+    fn allocate_blocks(&self, size: u64) -> Result<Vec<Block>, BdevError> {
+        let mut allocator = self.allocator.lock();
+        let blocks = allocator.allocate(size);
+        self.stats.set_remaining(allocator.remaining());
+        Ok(blocks?)
+    }
+
+    /// `kFreeBlocks`: returns `blocks`, all or nothing.
+    #[task(method = 11)]
+    fn free_blocks(&self, blocks: Vec<Block>) -> Result<(), BdevError> {
+        let mut allocator = self.allocator.lock();
+        let freed = allocator.free(&blocks);
+        self.stats.set_remaining(allocator.remaining());
+        Ok(freed?)
+    }
+
+    /// `kWrite`: writes `data` at the start of `block`; returns the bytes written.
+    #[task(method = 12)]
+    fn write(&self, block: Block, data: &[u8]) -> Result<u64, BdevError> {
+        self.write_block(&block, data)
+    }
+
+    /// `kRead`: reads min(`len`, block size) bytes from the start of `block`.
+    #[task(method = 13)]
+    fn read(&self, block: Block, len: u64) -> Result<Vec<u8>, BdevError> {
+        let len = len.min(block.size);
+        self.check_block(&block)
+            .inspect_err(|_| self.stats.record_failed_read())?;
+        // At most one block (128 KiB): `check_block` refused anything larger.
+        let mut data = vec![0u8; len as usize];
+        self.read_block(&block, &mut data)?;
+        Ok(data)
+    }
+
+    /// `kGetStats`: measured statistics since the device was created.
+    #[task(method = 14)]
+    fn get_stats(&self) -> BdevStats {
+        self.stats.snapshot()
+    }
+
+    /// `kSync`: makes every completed write durable (`fdatasync`; no-op on RAM).
+    #[task(method = 15)]
+    fn sync(&self) -> Result<(), BdevError> {
+        Ok(self.device.sync()?)
+    }
+}
+
+impl Bdev {
+    /// A container around an open device, all of it free.
+    pub fn with_device(device: Box<dyn BlockDevice>) -> Self {
+        let allocator = BlockAllocator::new(device.capacity());
+        let stats = DeviceStats::new(allocator.capacity());
+        Bdev {
+            device,
+            allocator: ShortLock::new(allocator),
+            stats,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &dyn BlockDevice {
+        &*self.device
+    }
+
+    fn check_block(&self, block: &Block) -> Result<(), BdevError> {
+        if block.size > MAX_BLOCK_SIZE {
+            return Err(BdevError::BlockTooLarge { block: *block });
+        }
+        let capacity = self.device.capacity();
+        match block.end() {
+            Some(end) if end <= capacity => Ok(()),
+            _ => Err(BdevError::BlockOutsideDevice {
+                block: *block,
+                capacity,
+            }),
+        }
+    }
+
+    /// Writes `data` at the start of `block`, measured; the I/O core of `Write`.
+    pub fn write_block(&self, block: &Block, data: &[u8]) -> Result<u64, BdevError> {
+        let checked = self.check_block(block).and_then(|()| {
+            if data.len() as u64 > block.size {
+                return Err(BdevError::LongerThanBlock {
+                    len: data.len() as u64,
+                    block_size: block.size,
+                    offset: block.offset,
+                });
+            }
+            Ok(())
+        });
+        let started = Instant::now();
+        let result = checked.and_then(|()| Ok(self.device.write_at(block.offset, data)?));
+        match result {
+            Ok(written) => self.stats.record_write(written, started.elapsed()),
+            Err(_) => self.stats.record_failed_write(),
+        }
+        result
+    }
+
+    /// Fills `buf` from the start of `block`, measured; the I/O core of `Read`.
+    pub fn read_block(&self, block: &Block, buf: &mut [u8]) -> Result<u64, BdevError> {
+        let checked = self.check_block(block).and_then(|()| {
+            if buf.len() as u64 > block.size {
+                return Err(BdevError::LongerThanBlock {
+                    len: buf.len() as u64,
+                    block_size: block.size,
+                    offset: block.offset,
+                });
+            }
+            Ok(())
+        });
+        let started = Instant::now();
+        let result = checked.and_then(|()| Ok(self.device.read_into(block.offset, buf)?));
+        match result {
+            Ok(read) => self.stats.record_read(read, started.elapsed()),
+            Err(_) => self.stats.record_failed_read(),
+        }
+        result
+    }
+}
