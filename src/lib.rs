@@ -17,6 +17,9 @@
 //!
 //! This crate re-exports [`chimaera_core`] (the runtime), the macros, the admin chimod
 //! (always linked) and the chimods enabled by cargo features (`mod_name`).
+//! [`cli`] is the `chimaera` command line (`runtime start|stop|status`, `compose`,
+//! `modules`, `repo check`); a runtime binary with modules of your own gets it from a
+//! one-line `main`: `chimaera::cli::main_with(chimaera::builder().module::<MyMod>())`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use chimaera_core::*;
@@ -30,12 +33,21 @@ pub use chimaera_admin as admin;
 #[cfg(feature = "mod_name")]
 pub use chimaera_mod_name as mod_name;
 
-/// A runtime builder with the admin chimod and every chimod enabled by cargo features;
-/// add your own with [`RuntimeBuilder::module`].
+/// The bdev chimod: file and RAM block devices.
+#[cfg(feature = "bdev")]
+pub use chimaera_bdev as bdev;
+
+pub mod cli;
+
+/// A runtime builder with the admin chimod and every chimod enabled by cargo features
+/// (MOD_NAME composable from YAML); add your own with [`RuntimeBuilder::module`], or
+/// [`RuntimeBuilder::composable_module`] for one that `compose:` entries can create.
 pub fn builder() -> RuntimeBuilder {
     let builder = Runtime::builder().module::<admin::Admin>();
     #[cfg(feature = "mod_name")]
-    let builder = builder.module::<mod_name::ModName>();
+    let builder = builder.composable_module::<mod_name::ModName>();
+    #[cfg(feature = "bdev")]
+    let builder = builder.module::<bdev::Bdev>();
     builder
 }
 

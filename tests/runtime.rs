@@ -2,7 +2,9 @@
 //! (admin, MOD_NAME and the probe chimod of `tests/probe`). No timing assertions.
 mod probe;
 
-use chimaera::admin_api::{self, CreatePoolRequest, PoolInfo, PoolOptions};
+use chimaera::admin_api::{
+    self, CreatePoolRequest, PoolInfo, PoolOptions, RuntimeStatus, WorkerStatus,
+};
 use chimaera::mod_name::{mod_name_tasks, CreateParams, ModName, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::{admin::admin_tasks, admin::Admin, codec};
@@ -520,6 +522,7 @@ fn save_and_load_round_trip_every_admin_task() {
         ),
         (admin_tasks::STOP_RUNTIME, TaskIn::StopRuntime((250,))),
         (admin_tasks::FLUSH, TaskIn::Flush(())),
+        (admin_tasks::STATUS, TaskIn::Status(())),
     ];
     for (method, input) in &inputs {
         let bytes = Admin::save_in(input).unwrap();
@@ -530,6 +533,7 @@ fn save_and_load_round_trip_every_admin_task() {
             (TaskIn::DestroyPool(a), TaskIn::DestroyPool(b)) => a == b,
             (TaskIn::StopRuntime(a), TaskIn::StopRuntime(b)) => a == b,
             (TaskIn::Flush(a), TaskIn::Flush(b)) => a == b,
+            (TaskIn::Status(a), TaskIn::Status(b)) => a == b,
             _ => false,
         };
         assert!(same, "input of admin method {method} did not round-trip");
@@ -541,6 +545,24 @@ fn save_and_load_round_trip_every_admin_task() {
         containers: 3,
         queued: 0,
     };
+    let status = RuntimeStatus {
+        pid: 42,
+        instance: "lab-1".into(),
+        workers: vec![
+            WorkerStatus {
+                id: 0,
+                tasks_run: 7,
+            },
+            WorkerStatus {
+                id: 1,
+                tasks_run: 0,
+            },
+        ],
+        pools: vec![info.clone()],
+        inflight: 1,
+        completed: 99,
+        clients: 3,
+    };
     let outputs = [
         (
             admin_tasks::GET_OR_CREATE_POOL,
@@ -549,6 +571,7 @@ fn save_and_load_round_trip_every_admin_task() {
         (admin_tasks::DESTROY_POOL, TaskOut::DestroyPool(((),))),
         (admin_tasks::STOP_RUNTIME, TaskOut::StopRuntime(((),))),
         (admin_tasks::FLUSH, TaskOut::Flush((12,))),
+        (admin_tasks::STATUS, TaskOut::Status((status,))),
     ];
     for (method, output) in &outputs {
         let loaded = Admin::load_out(*method, &Admin::save_out(output).unwrap()).unwrap();
@@ -557,6 +580,7 @@ fn save_and_load_round_trip_every_admin_task() {
             (TaskOut::DestroyPool(a), TaskOut::DestroyPool(b)) => a == b,
             (TaskOut::StopRuntime(a), TaskOut::StopRuntime(b)) => a == b,
             (TaskOut::Flush(a), TaskOut::Flush(b)) => a == b,
+            (TaskOut::Status(a), TaskOut::Status(b)) => a == b,
             _ => false,
         };
         assert!(same, "output of admin method {method} did not round-trip");
@@ -572,4 +596,34 @@ fn admin_manifest_ids_match_the_core_protocol() {
     assert_eq!(admin_tasks::DESTROY_POOL, admin_api::DESTROY_POOL);
     assert_eq!(admin_tasks::STOP_RUNTIME, admin_api::STOP_RUNTIME);
     assert_eq!(admin_tasks::FLUSH, admin_api::FLUSH);
+    assert_eq!(admin_tasks::STATUS, admin_api::STATUS);
+}
+
+#[test]
+fn status_reports_pools_workers_and_task_counts() {
+    let runtime = start();
+    let chi = runtime.client();
+    let m = mod_name(&chi, "status_pool");
+    for i in 0..10 {
+        m.custom(PoolQuery::local(), "x", i).unwrap();
+    }
+    let status = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .unwrap();
+    assert_eq!(status.pid, std::process::id());
+    assert_eq!(status.instance, RuntimeConfig::default().instance.as_str());
+    assert_eq!(status.workers.len(), RuntimeConfig::default().workers());
+    let ids: Vec<u32> = status.workers.iter().map(|w| w.id).collect();
+    assert_eq!(ids, (0..status.workers.len() as u32).collect::<Vec<_>>());
+    let run: u64 = status.workers.iter().map(|w| w.tasks_run).sum();
+    assert!(run >= 10, "workers ran {run} tasks: {status:?}");
+    assert!(status.completed >= 10, "{status:?}");
+    assert!(status.inflight >= 1, "the status task itself is in flight");
+    let pool = status
+        .pools
+        .iter()
+        .find(|p| p.name == "status_pool")
+        .expect("the pool is listed");
+    assert_eq!((pool.id, pool.module.as_str()), (m.pool_id(), "MOD_NAME"));
+    assert!(status.pools.iter().any(|p| p.id == PoolId::ADMIN));
 }

@@ -24,8 +24,8 @@ pub fn submit<T>(
     input: Bytes,
     decode: fn(&[u8]) -> Result<T, TaskError>,
 ) -> Result<Pending<T>, TaskError> {
-    let completion = client.submit(pool, method, query, input, None)?;
-    Ok(Pending::new(completion, decode))
+    let raw = client.submit(pool, method, query, input, None)?;
+    Ok(Pending::new(raw, decode))
 }
 
 /// Submits an archived input as a fire-and-forget or periodic task.

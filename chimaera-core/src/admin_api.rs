@@ -18,6 +18,8 @@ pub const DESTROY_POOL: MethodId = 11;
 pub const STOP_RUNTIME: MethodId = 12;
 /// `kFlush`.
 pub const FLUSH: MethodId = 13;
+/// `kStatus`.
+pub const STATUS: MethodId = 16;
 
 /// A request to get the pool `pool_name`, creating it if absent.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -49,6 +51,36 @@ pub struct PoolInfo {
     pub queued: u64,
 }
 
+/// One worker as the admin's `Status` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct WorkerStatus {
+    /// Its index among the runtime's workers.
+    pub id: u32,
+    /// Tasks it has run since start.
+    pub tasks_run: u64,
+}
+
+/// A runtime as the admin's `Status` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct RuntimeStatus {
+    /// The runtime's process id.
+    pub pid: u32,
+    /// Its instance name (the `instance` config key).
+    pub instance: String,
+    /// Every worker, in id order.
+    pub workers: Vec<WorkerStatus>,
+    /// Every live pool, the admin pool included.
+    pub pools: Vec<PoolInfo>,
+    /// Task replicas in flight when this was taken (the `Status` task itself included).
+    pub inflight: u64,
+    /// Task replicas completed since start.
+    pub completed: u64,
+    /// Client processes attached over shared memory.
+    pub clients: u32,
+}
+
 /// How a pool is laid out when created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolOptions {
@@ -76,8 +108,8 @@ fn call<T>(
     input: crate::codec::Bytes,
     decode_output: fn(&[u8]) -> Result<T, TaskError>,
 ) -> Result<T, TaskError> {
-    let completion = client.submit(PoolId::ADMIN, method, query, input, None)?;
-    Pending::new(completion, decode_output).wait()
+    let raw = client.submit(PoolId::ADMIN, method, query, input, None)?;
+    Pending::new(raw, decode_output).wait()
 }
 
 /// Gets or creates a pool through the admin chimod.

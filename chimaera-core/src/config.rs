@@ -18,7 +18,7 @@
 //! queue_depth: 256           # task slots (and ring entries) per client: a power of two, 1..=65536
 //! max_clients: 64            # client processes attached at once (1..=4096)
 //! shm:
-//!   main_size: 8MiB          # queues, task slots, headers (4KiB..=1TiB, as are the next two)
+//!   main_size: 20MiB         # queues, task slots (up to 1 KiB each), headers (4KiB..=1TiB, as are the next two)
 //!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer)
 //!   runtime_data_size: 8MiB  # buffers the runtime allocates for outputs
 //! idle:
@@ -36,7 +36,7 @@
 //! ```
 //!
 //! The segments are fully reserved at start (see [`crate::shm::segment`]), so the three
-//! `shm` sizes are memory the runtime commits; the defaults (48 MiB) fit a laptop and a
+//! `shm` sizes are memory the runtime commits; the defaults (60 MiB) fit a laptop and a
 //! container's default 64 MiB `/dev/shm`.
 //!
 //! # Invariants
@@ -145,7 +145,7 @@ impl Default for RuntimeConfig {
             queue_depth: 256,
             max_clients: 64,
             shm: ShmSizes {
-                main_size: 8 * MIB as usize,
+                main_size: 20 * MIB as usize,
                 client_data_size: 32 * MIB as usize,
                 runtime_data_size: 8 * MIB as usize,
             },

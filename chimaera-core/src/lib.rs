@@ -18,6 +18,7 @@
 pub mod admin_api;
 pub mod client;
 pub mod codec;
+pub mod compose;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -43,5 +44,6 @@ pub use lock::{CoMutex, CoMutexGuard, CoRwLock, CoRwLockReadGuard, CoRwLockWrite
 pub use module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
 pub use query::PoolQuery;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeHandle, StartError};
+pub use shm::connection::ConnectError;
 pub use task::Schedule;
 pub use worker::LanePriority;

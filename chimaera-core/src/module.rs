@@ -151,6 +151,9 @@ impl<M: ChiMod> Container for M {
 /// Builds one container of a module from the archived create input.
 pub type CreateContainer = fn(&mut RunContext, &[u8]) -> Result<Arc<dyn Container>, TaskError>;
 
+/// Turns a compose entry's YAML `params` into a module's archived create input.
+pub type ComposeInput = fn(&serde_yaml::Value) -> Result<Bytes, TaskError>;
+
 /// A linked module, as the runtime's registry holds it.
 #[derive(Clone, Copy)]
 pub struct ModuleEntry {
@@ -162,6 +165,9 @@ pub struct ModuleEntry {
     pub dynamic_container: fn(MethodId, &[u8], u32) -> Option<ContainerId>,
     /// Copies an input for another replica.
     pub new_copy: fn(MethodId, &[u8]) -> Result<Bytes, TaskError>,
+    /// Turns YAML create parameters into the archived create input, for modules that
+    /// implement [`Composable`](crate::compose::Composable); `None` for the others.
+    pub compose: Option<ComposeInput>,
 }
 
 impl ModuleEntry {
@@ -172,6 +178,16 @@ impl ModuleEntry {
             create: |ctx, input| Ok(Arc::new(M::create(ctx, input)?) as Arc<dyn Container>),
             dynamic_container: M::dynamic_container,
             new_copy: M::new_copy,
+            compose: None,
+        }
+    }
+
+    /// The registry entry of chimod `M`, which pools can also be composed of (created
+    /// from YAML parameters).
+    pub fn composable<M: crate::compose::Composable>() -> Self {
+        ModuleEntry {
+            compose: Some(M::create_input),
+            ..Self::of::<M>()
         }
     }
 }

@@ -15,13 +15,17 @@ use crate::codec::Bytes;
 use crate::config::RuntimeConfig;
 use crate::context::RunContext;
 use crate::error::TaskError;
+use crate::ids::MethodId;
 use crate::ids::{NodeId, PoolId, TaskNode};
 use crate::module::{ChiMod, ModuleEntry};
 use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
-use crate::task::{lock, Task, TaskHeader};
+use crate::query::PoolQuery;
+use crate::shm::server::{Ingress, ServeError, ServeSizes, ShmServer};
+use crate::task::{lock, Completion, ReplySink, Schedule, Task, TaskHeader};
 use crate::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -39,10 +43,17 @@ pub enum StartError {
     /// Two modules share a name.
     #[error("two modules are registered under the name `{0}`")]
     DuplicateModule(String),
+    /// The shared-memory transport could not start.
+    #[error("cannot serve over shared memory: {0}")]
+    Serve(#[from] ServeError),
     /// The admin pool could not be created.
     #[error("cannot create the admin pool: {0}")]
     Admin(TaskError),
 }
+
+/// What queuing a task hands back: the completion to wait on (none for fire-and-forget
+/// and periodic tasks) and the cancel flag of a periodic task.
+pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<AtomicBool>>);
 
 /// State shared by the runtime, its workers, contexts and in-process clients.
 pub struct Shared {
@@ -58,6 +69,8 @@ pub struct Shared {
     completed: AtomicU64,
     state: AtomicU8,
     stopped: (Mutex<bool>, Condvar),
+    /// The shared-memory transport, when the runtime serves other processes.
+    shm: OnceLock<Arc<ShmServer>>,
 }
 
 impl Shared {
@@ -97,6 +110,106 @@ impl Shared {
         };
         let n = self.next_lane[class].fetch_add(1, Ordering::Relaxed) % range.len().max(1);
         WorkerShared::new_lane(&workers[range.start + n], priority)
+    }
+
+    /// Queues one task: resolves the query, makes one replica per container (all inputs
+    /// exist before any replica is queued), asks each container's `Monitor` for a lane.
+    /// `sink` receives the results instead of a local waiter; `cancel` stops a periodic
+    /// task (a fresh flag is made when `None`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn enqueue(
+        &self,
+        parent: Option<TaskNode>,
+        pool_id: PoolId,
+        method: MethodId,
+        query: PoolQuery,
+        input: Bytes,
+        schedule: Option<Schedule>,
+        sink: Option<Box<dyn ReplySink>>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Enqueued, TaskError> {
+        if !self.accepts(parent) {
+            return Err(TaskError::RuntimeStopped);
+        }
+        let pool = self
+            .pools
+            .get(pool_id)
+            .ok_or(TaskError::UnknownPool { pool: pool_id })?;
+        let module = pool.module;
+        if module.info.method(method).is_none() {
+            return Err(TaskError::UnknownMethod {
+                module: module.info.name.to_owned(),
+                method,
+            });
+        }
+        let containers = pool.container_count();
+        let dynamic = match query {
+            PoolQuery::Dynamic => catch_unwind(AssertUnwindSafe(|| {
+                (module.dynamic_container)(method, &input, containers)
+            }))
+            .ok()
+            .flatten(),
+            _ => None,
+        };
+        let targets = query.resolve(pool_id, containers, self.node, dynamic)?;
+
+        let replicas = targets.len();
+        let mut inputs = Vec::with_capacity(replicas);
+        for _ in 1..replicas {
+            inputs.push((module.new_copy)(method, &input)?);
+        }
+        inputs.push(input);
+
+        let id = self.next_task_id();
+        let node = match parent {
+            Some(parent) => parent.child(),
+            None => TaskNode { root: id, depth: 0 },
+        };
+        let (completion, period, cancel) = match schedule {
+            None => {
+                let completion = match sink {
+                    Some(sink) => Completion::with_sink(replicas as u32, sink),
+                    None => Completion::new(replicas as u32),
+                };
+                (Some(completion), None, None)
+            }
+            Some(Schedule::FireAndForget) => (None, None, None),
+            Some(Schedule::Periodic(period)) => (
+                None,
+                Some(period),
+                Some(cancel.unwrap_or_else(|| Arc::new(AtomicBool::new(false)))),
+            ),
+        };
+        for (container, input) in targets.zip(inputs) {
+            let Some(slot) = pool.container(container) else {
+                continue;
+            };
+            let lane_choice =
+                catch_unwind(AssertUnwindSafe(|| slot.object.monitor(method, &input)))
+                    .unwrap_or_default();
+            let lane_index = lane_choice
+                .resolve(module.info.lanes)
+                .min(slot.lanes.len().saturating_sub(1));
+            let lane = &slot.lanes[lane_index];
+            self.task_started();
+            lane.push(Task {
+                header: TaskHeader {
+                    id,
+                    pool: pool_id,
+                    method,
+                    container,
+                    lane: lane_index as u32,
+                    query,
+                    node,
+                    period,
+                },
+                pool: pool.clone(),
+                input,
+                reply: completion.clone(),
+                cancel: cancel.clone(),
+            });
+        }
+        Ok((completion, cancel))
     }
 
     fn run_once(self: &Arc<Self>, task: &Task) -> Result<Bytes, TaskError> {
@@ -286,6 +399,9 @@ impl Shared {
         for worker in workers {
             worker.shutdown();
         }
+        if let Some(server) = self.shm.get() {
+            server.shutdown();
+        }
         let pools = self.pools.clear();
         drop(pools);
         let (done, signal) = &self.stopped;
@@ -317,8 +433,12 @@ impl TaskRunner for Runner {
             let result = shared.run_once(&task);
             match task.header.period {
                 None => {
+                    // Counted before the caller hears back, so a caller that then asks
+                    // for the count sees its task in it; in flight until after, so a
+                    // flush does not return before the result is delivered.
+                    shared.completed.fetch_add(1, Ordering::Relaxed);
                     task.complete(result);
-                    shared.task_finished();
+                    shared.inflight.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
                 Some(period) => {
@@ -342,6 +462,50 @@ impl TaskRunner for Runner {
         task.complete(Err(TaskError::RuntimeStopped));
         if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
             shared.task_finished();
+        }
+    }
+
+    fn ingest(&self, worker: usize) -> usize {
+        let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+            return 0;
+        };
+        match shared.shm.get() {
+            Some(server) if worker < server.workers() => server.ingest(worker, shared.as_ref()),
+            _ => 0,
+        }
+    }
+
+    fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool {
+        let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+            return false;
+        };
+        match shared.shm.get() {
+            Some(server) if worker < server.workers() => server.set_sleeping(worker, sleeping),
+            _ => false,
+        }
+    }
+}
+
+impl Ingress for Shared {
+    fn enqueue(
+        &self,
+        pool: PoolId,
+        method: u32,
+        query: PoolQuery,
+        input: Bytes,
+        schedule: Option<Schedule>,
+        reply: Option<Box<dyn ReplySink>>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<(), TaskError> {
+        Shared::enqueue(
+            self, None, pool, method, query, input, schedule, reply, cancel,
+        )
+        .map(|_| ())
+    }
+
+    fn wake_worker(&self, worker: usize) {
+        if let Some(state) = self.worker_states.get().and_then(|w| w.get(worker)) {
+            state.wake();
         }
     }
 }
@@ -385,8 +549,30 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Starts the workers and creates the admin pool (`1.0`).
+    /// Links chimod `M`, which can also be created from YAML parameters (a `compose:`
+    /// entry of the config, or `chimaera compose FILE`).
+    pub fn composable_module<M: crate::compose::Composable>(self) -> Self {
+        self.module_entry(ModuleEntry::composable::<M>())
+    }
+
+    /// The modules registered so far, in registration order.
+    pub fn modules(&self) -> impl Iterator<Item = &ModuleEntry> {
+        self.modules.iter()
+    }
+
+    /// Starts the runtime, serving this process only: workers, then the admin pool
+    /// (`1.0`).
     pub fn start(self) -> Result<Runtime, StartError> {
+        self.launch(false)
+    }
+
+    /// Starts the runtime and serves client processes over shared memory, for the
+    /// configured instance (see [`crate::shm`]). Fails if another runtime serves it.
+    pub fn serve(self) -> Result<Runtime, StartError> {
+        self.launch(true)
+    }
+
+    fn launch(self, serve: bool) -> Result<Runtime, StartError> {
         let mut modules = HashMap::new();
         for entry in self.modules {
             if modules.insert(entry.info.name, entry).is_some() {
@@ -397,6 +583,19 @@ impl RuntimeBuilder {
             return Err(StartError::NoAdmin);
         }
         let config = self.config;
+        let server = if serve {
+            let sizes = ServeSizes {
+                main: config.shm.main_size,
+                client_data: config.shm.client_data_size,
+                runtime_data: config.shm.runtime_data_size,
+                max_clients: config.max_clients,
+                slots: config.queue_depth,
+                workers: config.workers_low_latency.max(1) as u32,
+            };
+            Some(ShmServer::create(&config.instance, sizes)?)
+        } else {
+            None
+        };
         configure_scheduler(&config);
         let shared = Arc::new(Shared {
             node: 0,
@@ -410,12 +609,20 @@ impl RuntimeBuilder {
             completed: AtomicU64::new(0),
             state: AtomicU8::new(RUNNING),
             stopped: (Mutex::new(false), Condvar::new()),
+            shm: OnceLock::new(),
             config,
         });
+        if let Some(server) = server {
+            let _ = shared.shm.set(server.clone());
+            server.start_threads(shared.clone());
+        }
         let runner = Arc::new(Runner(OnceLock::new()));
         let _ = runner.0.set(Arc::downgrade(&shared));
         let workers: Vec<Worker> = (0..shared.config.workers())
-            .map(|id| Worker::start(id, shared.config.stack_size, runner.clone()))
+            .map(|id| {
+                let idle_rounds = shared.config.idle.spin_rounds + shared.config.idle.yield_rounds;
+                Worker::start(id, shared.config.stack_size, idle_rounds, runner.clone())
+            })
             .collect();
         let _ = shared
             .worker_states
@@ -563,5 +770,31 @@ impl RuntimeHandle {
     /// Whether the runtime still accepts tasks from clients.
     pub fn is_running(&self) -> bool {
         self.shared.is_running()
+    }
+
+    /// Every worker with the number of tasks it has run, in id order.
+    pub fn workers(&self) -> Vec<crate::admin_api::WorkerStatus> {
+        let workers = self.shared.worker_states.get().map(Vec::as_slice);
+        workers
+            .unwrap_or(&[])
+            .iter()
+            .map(|worker| crate::admin_api::WorkerStatus {
+                id: worker.id() as u32,
+                tasks_run: worker.tasks_run(),
+            })
+            .collect()
+    }
+
+    /// The instance name this runtime was configured with.
+    pub fn instance(&self) -> &crate::shm::InstanceName {
+        &self.shared.config.instance
+    }
+
+    /// Client processes attached over shared memory.
+    pub fn clients(&self) -> u32 {
+        self.shared
+            .shm
+            .get()
+            .map_or(0, |server| server.clients_active())
     }
 }

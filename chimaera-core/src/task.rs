@@ -86,11 +86,19 @@ impl Drop for Task {
     }
 }
 
+/// Where the results of a task go when its caller is not a thread of this process
+/// (a client process over shared memory, later another node).
+pub trait ReplySink: Send + Sync {
+    /// Receives every replica's result, sorted by container, once.
+    fn complete(&self, results: Vec<(ContainerId, Result<Bytes, TaskError>)>);
+}
+
 /// Results of one task's replicas, and the caller waiting for them.
 pub struct Completion {
     remaining: AtomicU32,
     results: Mutex<Vec<(ContainerId, Result<Bytes, TaskError>)>>,
     waiter: Mutex<Option<Arc<Blocker>>>,
+    sink: Option<Box<dyn ReplySink>>,
 }
 
 impl std::fmt::Debug for Completion {
@@ -108,21 +116,42 @@ const SPINS_BEFORE_PARK: u32 = 4_000;
 impl Completion {
     /// A completion expecting `replicas` results.
     pub fn new(replicas: u32) -> Arc<Self> {
+        Self::build(replicas, None)
+    }
+
+    /// A completion that hands the results to `sink` instead of a waiter.
+    pub fn with_sink(replicas: u32, sink: Box<dyn ReplySink>) -> Arc<Self> {
+        Self::build(replicas, Some(sink))
+    }
+
+    fn build(replicas: u32, sink: Option<Box<dyn ReplySink>>) -> Arc<Self> {
         Arc::new(Completion {
             remaining: AtomicU32::new(replicas),
             results: Mutex::new(Vec::with_capacity(replicas as usize)),
             waiter: Mutex::new(None),
+            sink,
         })
     }
 
-    /// Stores one replica's result and wakes the waiter after the last one.
+    /// Stores one replica's result; after the last one, wakes the waiter or feeds the sink.
     pub fn deliver(&self, container: ContainerId, result: Result<Bytes, TaskError>) {
         lock(&self.results).push((container, result));
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(waiter) = lock(&self.waiter).take() {
-                waiter.unpark();
+            match &self.sink {
+                Some(sink) => sink.complete(self.take_results()),
+                None => {
+                    if let Some(waiter) = lock(&self.waiter).take() {
+                        waiter.unpark();
+                    }
+                }
             }
         }
+    }
+
+    fn take_results(&self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
+        let mut results = std::mem::take(&mut *lock(&self.results));
+        results.sort_by_key(|(container, _)| *container);
+        results
     }
 
     /// Whether every replica has delivered.
@@ -155,9 +184,7 @@ impl Completion {
             // return is harmless, the loop re-checks.
             let _ = blocker.park(None);
         }
-        let mut results = std::mem::take(&mut *lock(&self.results));
-        results.sort_by_key(|(container, _)| *container);
-        results
+        self.take_results()
     }
 }
 

@@ -43,6 +43,18 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn run(&self, task: Task);
     /// Fails `task` without running it (the runtime is shutting down).
     fn reject(&self, task: Task);
+    /// Takes tasks from sources outside the process (client rings) into lanes; returns
+    /// how many. Called by worker `worker` on every round.
+    fn ingest(&self, worker: usize) -> usize {
+        let _ = worker;
+        0
+    }
+    /// Announces that `worker` is about to sleep (`true`) or woke (`false`); returns
+    /// whether an outside source has work, in which case the worker stays up.
+    fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool {
+        let _ = (worker, sleeping);
+        false
+    }
 }
 
 /// A FIFO of tasks for one worker.
@@ -102,8 +114,6 @@ struct TaskSlot {
 const LANES_PER_ROUND: usize = 16;
 /// Tasks taken from one lane before moving on, so one busy lane cannot starve others.
 const TASKS_PER_LANE: usize = 32;
-/// Empty rounds (each a yield to other coroutines) before a poller parks.
-const IDLE_ROUNDS_BEFORE_PARK: u32 = 64;
 /// Idle task coroutines a worker keeps; more end when their task is done.
 const MAX_IDLE_COROUTINES: usize = 1024;
 
@@ -116,7 +126,8 @@ impl WorkerShared {
         self.wake();
     }
 
-    fn wake(&self) {
+    /// Unparks the poller if it sleeps.
+    pub fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             if let Some(poller) = lock(&self.poller).as_ref() {
                 poller.unpark();
@@ -163,7 +174,14 @@ pub struct Worker {
 
 impl Worker {
     /// Starts worker `id`, whose task coroutines get `stack_size` bytes of stack.
-    pub fn start(id: usize, stack_size: usize, runner: Arc<dyn TaskRunner>) -> Worker {
+    /// An idle poller polls `idle_rounds` times (yielding to other coroutines in between)
+    /// before it parks.
+    pub fn start(
+        id: usize,
+        stack_size: usize,
+        idle_rounds: u32,
+        runner: Arc<dyn TaskRunner>,
+    ) -> Worker {
         let stack_size = stack_words(stack_size);
         let shared = Arc::new(WorkerShared {
             id,
@@ -184,7 +202,8 @@ impl Worker {
         // could move with it between threads. The poller only uses the shared state it
         // owns through `Arc`s and the runner; task code is forbidden `thread_local!` by
         // the chimod contract (see the crate docs).
-        let handle = unsafe { builder.spawn(move || poll_lanes(poller_state, runner)) };
+        let handle =
+            unsafe { builder.spawn(move || poll_lanes(poller_state, runner, idle_rounds)) };
         let handle = match handle {
             Ok(handle) => handle,
             Err(err) => panic!("cannot spawn worker coroutine: {err}"),
@@ -222,10 +241,10 @@ pub fn stack_words(bytes: usize) -> usize {
     (bytes / std::mem::size_of::<usize>()) & !1
 }
 
-fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>) {
+fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_rounds_max: u32) {
     let mut idle_rounds = 0u32;
     loop {
-        let mut dispatched = 0usize;
+        let mut dispatched = runner.ingest(worker.id);
         for _ in 0..LANES_PER_ROUND {
             let Some(lane) = worker.next_ready() else {
                 break;
@@ -258,17 +277,20 @@ fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>) {
         if worker.shutdown.load(Ordering::SeqCst) {
             break;
         }
-        if idle_rounds < IDLE_ROUNDS_BEFORE_PARK {
+        if idle_rounds < idle_rounds_max {
             idle_rounds += 1;
             coroutine::yield_now();
             continue;
         }
         worker.sleeping.store(true, Ordering::SeqCst);
-        if worker.has_ready() || worker.shutdown.load(Ordering::SeqCst) {
+        let outside_work = runner.set_sleeping(worker.id, true);
+        if outside_work || worker.has_ready() || worker.shutdown.load(Ordering::SeqCst) {
             worker.sleeping.store(false, Ordering::SeqCst);
+            runner.set_sleeping(worker.id, false);
             continue;
         }
         coroutine::park();
+        runner.set_sleeping(worker.id, false);
         idle_rounds = 0;
     }
     for slot in lock(&worker.idle).drain(..) {

@@ -33,11 +33,15 @@
 //! and iceoryx2 (RouDi's lock file; iceoryx2's node monitoring and dead-node cleanup); the
 //! code is our own.
 
+pub mod arena;
+pub mod connection;
 pub mod futex;
+pub mod layout;
 pub mod liveness;
 pub mod naming;
 pub mod ring;
 pub mod segment;
+pub mod server;
 
 pub use futex::WaitOutcome;
 pub use liveness::{

@@ -39,13 +39,28 @@
 //! subtask without blocking the worker.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use chimaera_core::{CoMutex, CoRwLock, PoolQuery, RunContext, TaskError};
+use chimaera_core::codec::Bytes;
+use chimaera_core::compose::{params_from_yaml, Composable};
+use chimaera_core::{ChiMod, CoMutex, CoRwLock, PoolQuery, RunContext, TaskError};
 use chimaera_macros::chimod;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Parameters of `kCreate`, sent once per pool and checked when the pool is re-opened.
-#[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+///
+/// In a `compose:` entry they are the `params` mapping (`label: …`, optional); any other
+/// key is an error.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Deserialize,
+)]
+#[serde(default, deny_unknown_fields)]
 pub struct CreateParams {
     /// Free text kept by each container; [`ModName::custom`] prefixes nothing with it,
     /// it only shows how create parameters reach a container.
@@ -141,6 +156,14 @@ impl ModName {
         }
         let this_pool = ModNameClient::attach(&ctx.client(), ctx.pool_id());
         Ok(this_pool.wait_test(PoolQuery::local(), depth - 1)? + 1)
+    }
+}
+
+/// Pools of MOD_NAME can be composed from YAML: `params` are [`CreateParams`].
+impl Composable for ModName {
+    fn create_input(params: &serde_yaml::Value) -> Result<Bytes, TaskError> {
+        let params: CreateParams = params_from_yaml(Self::info().name, params)?;
+        <Self as ChiMod>::save_in(&mod_name_tasks::TaskIn::Create((params,)))
     }
 }
 

@@ -9,12 +9,13 @@
 //! | 11 | `destroy_pool` | removes a pool: tasks still queued for it fail with `PoolDestroyed`, running ones finish, each container's `kDestroy` runs |
 //! | 12 | `stop_runtime` | a clean stop: in-flight tasks get `grace_period_ms` to finish, what is left fails with `RuntimeStopped`, the runtime ends (the original aborted) |
 //! | 13 | `flush` | returns when no task other than the caller's own is in flight, with the number of tasks completed meanwhile |
+//! | 16 | `status` | the runtime's pid, instance, workers and their task counts, pools, tasks in flight and completed, attached clients |
 //!
 //! The wire types are those of [`chimaera_core::admin_api`], so every client can reach
 //! these tasks without depending on this crate; the tests pin the ids to it.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use chimaera_core::admin_api::{CreatePoolRequest, PoolInfo};
+use chimaera_core::admin_api::{CreatePoolRequest, PoolInfo, RuntimeStatus};
 use chimaera_core::{CoMutex, PoolId, RunContext, TaskError};
 use chimaera_macros::chimod;
 use std::time::Duration;
@@ -66,5 +67,20 @@ impl Admin {
     #[task(method = 13)]
     fn flush(&self, ctx: &mut RunContext) -> u64 {
         ctx.runtime().flush(ctx)
+    }
+
+    /// `kStatus`: a snapshot of the runtime (what `chimaera runtime status` prints).
+    #[task(method = 16)]
+    fn status(&self, ctx: &mut RunContext) -> RuntimeStatus {
+        let runtime = ctx.runtime();
+        RuntimeStatus {
+            pid: std::process::id(),
+            instance: runtime.instance().to_string(),
+            workers: runtime.workers(),
+            pools: runtime.pools(),
+            inflight: runtime.inflight(),
+            completed: runtime.completed(),
+            clients: runtime.clients(),
+        }
     }
 }

@@ -65,7 +65,7 @@ pub mod short_lock;
 pub mod stats;
 
 pub use allocator::{Block, BlockAllocator, BLOCK_CLASSES, MAX_BLOCK_SIZE};
-pub use backend::{BdevType, BlockDevice, CreateError, IoError};
+pub use backend::{BdevType, BlockDevice, CreateError, IoEngine, IoError};
 pub use error::BdevError;
 pub use stats::{BdevStats, OpStats};
 
@@ -122,6 +122,7 @@ pub fn open_device(name: &str, params: &BdevParams) -> Result<Box<dyn BlockDevic
                 io_depth: params.io_depth,
                 direct,
                 alignment: params.alignment,
+                ..FileOptions::default()
             },
         )?),
     })

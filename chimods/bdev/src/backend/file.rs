@@ -1,22 +1,34 @@
-//! The file device: a file, or a block device node, read and written through an
-//! [`IoPool`] so that no worker thread ever blocks in a system call.
+//! The file device: a file, or a block device node, read and written without ever
+//! blocking a worker thread.
 //!
-//! **Opening** (done on an I/O thread too): the pool name is the path. A missing parent
+//! **Engines** ([`IoEngine`]). Reads, writes and syncs go through an `io_uring`
+//! ([`UringQueue`]: the task submits without waiting and parks, a reaper thread wakes it
+//! on completion) where the kernel allows one, else through an [`IoPool`] of I/O threads
+//! that run `pread`/`pwrite` for parked tasks. [`IoEngine::Auto`] (the default) picks
+//! `io_uring` and falls back to the threads when it cannot be set up; the environment
+//! variable `CHIMAERA_BDEV_IO=threads` forces the threads (for comparisons). Either way
+//! at most `io_depth` operations are in flight per device. The I/O thread pool is there
+//! in both cases for what `io_uring` does not do here: opening and sizing the file, and
+//! the read-modify-write of partly covered `O_DIRECT` sectors (below).
+//!
+//! **Opening** (done on an I/O thread): the pool name is the path. A missing parent
 //! directory, a directory, or an empty path is [`CreateError::BadPath`]. With
 //! `total_size` 0 the device is the existing file's size (an absent or empty file is an
 //! error); otherwise an absent file is created, a shorter regular file is extended with
 //! `set_len` (never truncated: a longer file keeps its tail, the device uses only the
 //! first `total_size` bytes), and a block device node must be large enough.
 //!
-//! **Buffered** (`direct: false`): `pread`/`pwrite` straight from and into the caller's
-//! buffer, any offset and length.
+//! **Buffered** (`direct: false`): straight from and into the caller's buffer, any
+//! offset and length.
 //!
 //! **Direct** (`direct: true`, `O_DIRECT`): the kernel needs the buffer address, the
 //! offset and the length all to be multiples of `alignment`. The capacity is rounded
-//! down to a multiple of it. An access that is fully aligned goes to the kernel with
-//! the caller's own buffer; any other goes through an aligned bounce buffer of the I/O
-//! thread: reads read the covering sectors and copy the wanted bytes out; writes that
-//! cover part of a sector read-modify-write it.
+//! down to a multiple of it. An access whose offset and length are aligned goes to the
+//! kernel with the caller's own buffer when that is aligned too, else through an aligned
+//! bounce buffer (one copy; the device keeps at most `io_depth` of them for reuse). A
+//! read with an unaligned offset or length reads the covering sectors into a bounce
+//! buffer and copies the wanted bytes out. A write with an unaligned offset or length
+//! read-modify-writes the sectors it covers partly, on an I/O thread.
 //!
 //! **Invariant for read-modify-write.** A sector partly covered by a write may hold
 //! bytes of other blocks (blocks smaller than the alignment share sectors), and two such
@@ -28,16 +40,40 @@
 //! as the alignment own their sectors whole (the allocator aligns every block to its
 //! size), so aligned writes need no lock.
 use super::io_pool::{IoPool, Scratch};
+use super::uring::{self, Permit, UringQueue};
 use super::{check_alignment, check_range, BdevType, BlockDevice, CreateError, IoError};
+use crate::short_lock::ShortLock;
+use std::alloc::{self, Layout};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Mutexes that serialize read-modify-writes of partly written sectors.
 pub const SECTOR_LOCKS: usize = 64;
+
+/// Bounce buffers larger than this are not kept: such accesses go to an I/O thread.
+const MAX_BOUNCE: usize = 4 << 20;
+
+/// The environment variable that forces the I/O thread engine (`threads`).
+pub const ENGINE_ENV: &str = "CHIMAERA_BDEV_IO";
+
+/// How a file device moves its bytes; see the [module docs](self).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// `io_uring` if it can be set up here (and `CHIMAERA_BDEV_IO` is not `threads`),
+    /// else I/O threads.
+    #[default]
+    Auto,
+    /// `io_uring`, or fail to open.
+    Uring,
+    /// A pool of I/O threads running `pread`/`pwrite`.
+    Threads,
+}
 
 /// How to open a file device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +86,8 @@ pub struct FileOptions {
     pub direct: bool,
     /// Alignment of buffers, offsets and lengths for `O_DIRECT`: a power of two ≥ 512.
     pub alignment: u32,
+    /// `io_uring` or I/O threads.
+    pub engine: IoEngine,
 }
 
 impl Default for FileOptions {
@@ -59,6 +97,91 @@ impl Default for FileOptions {
             io_depth: 32,
             direct: false,
             alignment: 4096,
+            engine: IoEngine::Auto,
+        }
+    }
+}
+
+/// A heap buffer aligned to `align`, for `O_DIRECT` bounce copies.
+struct AlignedBuf {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: an owned heap allocation, like `Box<[u8]>`.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn new(len: usize, align: usize) -> Option<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(1), align).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })?;
+        Some(AlignedBuf { ptr, layout })
+    }
+
+    fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    fn as_mut_slice(&mut self, len: usize) -> &mut [u8] {
+        assert!(len <= self.len());
+        // SAFETY: `len` bytes of this initialized (zeroed) allocation, borrowed mutably
+        // through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated by the global allocator with `layout`, once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Bounce buffers kept for reuse: at most one per operation in flight.
+struct BouncePool {
+    free: ShortLock<Vec<AlignedBuf>>,
+    align: usize,
+}
+
+/// A bounce buffer lent to one operation; goes back to its pool when dropped.
+struct Bounce<'a> {
+    buf: Option<AlignedBuf>,
+    pool: &'a BouncePool,
+}
+
+impl BouncePool {
+    /// A buffer of at least `len` bytes (≤ [`MAX_BOUNCE`]) aligned to the device's
+    /// alignment, reused when one is free.
+    fn take(&self, len: usize) -> Option<Bounce<'_>> {
+        if len > MAX_BOUNCE {
+            return None;
+        }
+        let reused = self.free.lock().pop();
+        let buf = match reused {
+            Some(buf) if buf.len() >= len => buf,
+            _ => AlignedBuf::new(len.max(128 << 10).next_multiple_of(self.align), self.align)?,
+        };
+        Some(Bounce {
+            buf: Some(buf),
+            pool: self,
+        })
+    }
+}
+
+impl Bounce<'_> {
+    fn slice(&mut self, len: usize) -> &mut [u8] {
+        self.buf
+            .as_mut()
+            .expect("a lent bounce buffer is present until dropped")
+            .as_mut_slice(len)
+    }
+}
+
+impl Drop for Bounce<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.free.lock().push(buf);
         }
     }
 }
@@ -71,6 +194,9 @@ pub struct FileDevice {
     /// The alignment, when opened with `O_DIRECT`.
     direct: Option<u64>,
     pool: IoPool,
+    /// The `io_uring` engine, if used.
+    uring: Option<UringQueue>,
+    bounces: BouncePool,
     closed: AtomicBool,
     sector_locks: [Mutex<()>; SECTOR_LOCKS],
 }
@@ -90,12 +216,41 @@ impl FileDevice {
                     path: path.to_owned(),
                     source: io::Error::other(err),
                 })??;
+        let forced_threads = std::env::var(ENGINE_ENV).is_ok_and(|v| v == "threads");
+        let uring = match options.engine {
+            IoEngine::Threads => None,
+            IoEngine::Auto if forced_threads => None,
+            IoEngine::Auto | IoEngine::Uring => {
+                match uring::probe().and_then(|()| {
+                    UringQueue::new("bdev", options.io_depth).map_err(|e| e.to_string())
+                }) {
+                    Ok(queue) => Some(queue),
+                    Err(reason) if options.engine == IoEngine::Auto => {
+                        tracing::info!(
+                            "io_uring unavailable ({reason}); `{path}` uses I/O threads"
+                        );
+                        None
+                    }
+                    Err(reason) => {
+                        return Err(CreateError::UringUnavailable {
+                            path: path.to_owned(),
+                            reason,
+                        })
+                    }
+                }
+            }
+        };
         Ok(FileDevice {
             file,
             path: path.to_owned(),
             capacity,
             direct: options.direct.then_some(u64::from(options.alignment)),
             pool,
+            uring,
+            bounces: BouncePool {
+                free: ShortLock::new(Vec::new()),
+                align: options.alignment as usize,
+            },
             closed: AtomicBool::new(false),
             sector_locks: std::array::from_fn(|_| Mutex::new(())),
         })
@@ -114,6 +269,121 @@ impl FileDevice {
     /// The bound on operations in flight.
     pub fn io_depth(&self) -> usize {
         self.pool.depth()
+    }
+
+    /// The engine in use: [`IoEngine::Uring`] or [`IoEngine::Threads`].
+    pub fn engine(&self) -> IoEngine {
+        if self.uring.is_some() {
+            IoEngine::Uring
+        } else {
+            IoEngine::Threads
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// A write through the ring (`permit` is this operation's slot in the depth bound).
+    fn uring_write(
+        &self,
+        ring: &UringQueue,
+        permit: &Permit<'_>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), IoError> {
+        let len = data.len();
+        let io = |source| IoError::Io {
+            offset,
+            len: len as u64,
+            source,
+        };
+        match self.direct {
+            None => ring
+                .write_all_at(permit, self.fd(), data, offset)
+                .map_err(io),
+            Some(align) if is_aligned(offset, align) && is_aligned(len as u64, align) => {
+                if is_aligned(data.as_ptr() as u64, align) {
+                    return ring
+                        .write_all_at(permit, self.fd(), data, offset)
+                        .map_err(io);
+                }
+                match self.bounces.take(len) {
+                    Some(mut bounce) => {
+                        let aligned = bounce.slice(len);
+                        aligned.copy_from_slice(data);
+                        ring.write_all_at(permit, self.fd(), aligned, offset)
+                            .map_err(io)
+                    }
+                    None => self.pool_write(offset, data, align),
+                }
+            }
+            Some(align) => self.pool_write(offset, data, align),
+        }
+    }
+
+    /// A read through the ring; see [`uring_write`](Self::uring_write).
+    fn uring_read(
+        &self,
+        ring: &UringQueue,
+        permit: &Permit<'_>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), IoError> {
+        let len = buf.len() as u64;
+        let io = |source| IoError::Io {
+            offset,
+            len,
+            source,
+        };
+        let Some(align) = self.direct else {
+            return ring
+                .read_exact_at(permit, self.fd(), buf, offset)
+                .map_err(io);
+        };
+        if is_aligned(offset, align)
+            && is_aligned(len, align)
+            && is_aligned(buf.as_ptr() as u64, align)
+        {
+            return ring
+                .read_exact_at(permit, self.fd(), buf, offset)
+                .map_err(io);
+        }
+        let first = offset - offset % align;
+        let last = (offset + len).div_ceil(align) * align;
+        let span = (last - first) as usize;
+        let Some(mut bounce) = self.bounces.take(span) else {
+            return self.pool_read(offset, buf, align);
+        };
+        let covering = bounce.slice(span);
+        ring.read_exact_at(permit, self.fd(), covering, first)
+            .map_err(io)?;
+        let at = (offset - first) as usize;
+        buf.copy_from_slice(&covering[at..at + buf.len()]);
+        Ok(())
+    }
+
+    /// An `O_DIRECT` write on an I/O thread (read-modify-write of partial sectors).
+    fn pool_write(&self, offset: u64, data: &[u8], align: u64) -> Result<(), IoError> {
+        self.pool
+            .run(|scratch| self.direct_write(scratch, offset, data, align))?
+            .map_err(|source| IoError::Io {
+                offset,
+                len: data.len() as u64,
+                source,
+            })
+    }
+
+    /// An `O_DIRECT` read on an I/O thread.
+    fn pool_read(&self, offset: u64, buf: &mut [u8], align: u64) -> Result<(), IoError> {
+        let len = buf.len() as u64;
+        self.pool
+            .run(|scratch| self.direct_read(scratch, offset, buf, align))?
+            .map_err(|source| IoError::Io {
+                offset,
+                len,
+                source,
+            })
     }
 
     fn check_open(&self) -> Result<(), IoError> {
@@ -232,6 +502,11 @@ impl BlockDevice for FileDevice {
         if data.is_empty() {
             return Ok(0);
         }
+        if let Some(ring) = &self.uring {
+            let permit = ring.permit();
+            self.uring_write(ring, &permit, offset, data)?;
+            return Ok(data.len() as u64);
+        }
         self.pool
             .run(|scratch| match self.direct {
                 None => self.file.write_all_at(data, offset),
@@ -252,6 +527,11 @@ impl BlockDevice for FileDevice {
             return Ok(0);
         }
         let len = buf.len() as u64;
+        if let Some(ring) = &self.uring {
+            let permit = ring.permit();
+            self.uring_read(ring, &permit, offset, buf)?;
+            return Ok(len);
+        }
         self.pool
             .run(|scratch| match self.direct {
                 None => self.file.read_exact_at(buf, offset),
@@ -267,18 +547,25 @@ impl BlockDevice for FileDevice {
 
     fn sync(&self) -> Result<(), IoError> {
         self.check_open()?;
-        self.pool
-            .run(|_| self.file.sync_data())?
-            .map_err(|source| IoError::Sync { source })
+        self.sync_data()
     }
 
     fn close(&self) -> Result<(), IoError> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.pool
-            .run(|_| self.file.sync_data())?
-            .map_err(|source| IoError::Sync { source })
+        self.sync_data()
+    }
+}
+
+impl FileDevice {
+    /// `fdatasync` through the engine.
+    fn sync_data(&self) -> Result<(), IoError> {
+        let synced = match &self.uring {
+            Some(ring) => ring.sync_data(&ring.permit(), self.fd()),
+            None => self.pool.run(|_| self.file.sync_data())?,
+        };
+        synced.map_err(|source| IoError::Sync { source })
     }
 }
 
@@ -288,6 +575,7 @@ impl std::fmt::Debug for FileDevice {
             .field("path", &self.path)
             .field("capacity", &self.capacity)
             .field("direct", &self.direct)
+            .field("engine", &self.engine())
             .field("pool", &self.pool)
             .finish_non_exhaustive()
     }

@@ -2,9 +2,11 @@
 //!
 //! * [`RamDevice`]: a zeroed heap buffer; a read or write is a copy done right in the
 //!   calling task, no system call, no hand-off.
-//! * [`FileDevice`]: a file (or a block device node) read and written with
-//!   `pread`/`pwrite` on a small pool of I/O threads ([`io_pool`]), so no blocking system
-//!   call ever runs on a runtime worker; optionally with `O_DIRECT`.
+//! * [`FileDevice`]: a file (or a block device node) read and written through
+//!   `io_uring` ([`uring`]: the task submits and parks, a reaper thread wakes it) or,
+//!   where `io_uring` is unavailable, with `pread`/`pwrite` on a small pool of I/O
+//!   threads ([`io_pool`]); either way no blocking system call ever runs on a runtime
+//!   worker. Optionally with `O_DIRECT`.
 //!
 //! **The I/O core is independent of where the caller's bytes live.** Both backends take
 //! a plain `&[u8]` to write and a `&mut [u8]` to fill, and copy straight between that
@@ -23,8 +25,9 @@
 pub mod file;
 pub mod io_pool;
 pub mod ram;
+pub mod uring;
 
-pub use file::{FileDevice, FileOptions};
+pub use file::{FileDevice, FileOptions, IoEngine};
 pub use ram::RamDevice;
 
 use std::io;
@@ -134,6 +137,14 @@ pub enum CreateError {
         path: String,
         /// The system's error.
         source: io::Error,
+    },
+    /// `io_uring` was asked for explicitly ([`IoEngine::Uring`]) but cannot be used.
+    #[error("cannot use io_uring for `{path}`: {reason}; use IoEngine::Auto or Threads")]
+    UringUnavailable {
+        /// The file's path.
+        path: String,
+        /// Why (for instance a seccomp filter, or a kernel without it).
+        reason: String,
     },
     /// No I/O thread could be started.
     #[error("cannot start an I/O thread for `{path}`: {source}")]

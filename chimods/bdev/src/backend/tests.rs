@@ -28,35 +28,41 @@ impl Drop for TempDir {
 
 const SIZE: u64 = 1 << 20;
 
-/// Every backend, freshly created with `SIZE` bytes, with a name for messages.
+/// Every backend, freshly created with `SIZE` bytes, with a name for messages: RAM, and
+/// a file buffered and direct through each engine (`io_uring` where it works here).
 fn devices(dir: &TempDir) -> Vec<(&'static str, Box<dyn BlockDevice>)> {
-    let mut all: Vec<(&'static str, Box<dyn BlockDevice>)> = vec![
-        ("ram", Box::new(RamDevice::new(SIZE).unwrap())),
-        (
-            "file",
-            Box::new(
-                FileDevice::open(
-                    &dir.file("buffered"),
-                    FileOptions {
-                        total_size: SIZE,
-                        ..FileOptions::default()
-                    },
-                )
-                .unwrap(),
-            ),
-        ),
-    ];
-    let direct = FileOptions {
-        total_size: SIZE,
-        direct: true,
-        ..FileOptions::default()
-    };
-    match FileDevice::open(&dir.file("direct"), direct) {
-        Ok(device) => all.push(("direct", Box::new(device))),
-        Err(err @ CreateError::DirectUnsupported { .. }) => {
-            println!("note: skipping the O_DIRECT variant: {err}");
+    let mut all: Vec<(&'static str, Box<dyn BlockDevice>)> =
+        vec![("ram", Box::new(RamDevice::new(SIZE).unwrap()))];
+    let mut engines = vec![("threads", IoEngine::Threads)];
+    match uring::probe() {
+        Ok(()) => engines.push(("uring", IoEngine::Uring)),
+        Err(reason) => println!("note: io_uring unavailable here ({reason}); threads only"),
+    }
+    for (engine_name, engine) in engines {
+        for direct in [false, true] {
+            let name: &'static str = match (engine_name, direct) {
+                ("threads", false) => "file/threads",
+                ("threads", true) => "direct/threads",
+                (_, false) => "file/uring",
+                (_, true) => "direct/uring",
+            };
+            let options = FileOptions {
+                total_size: SIZE,
+                direct,
+                engine,
+                ..FileOptions::default()
+            };
+            match FileDevice::open(&dir.file(&name.replace('/', "-")), options) {
+                Ok(device) => {
+                    assert_eq!(device.engine(), engine, "{name}");
+                    all.push((name, Box::new(device)));
+                }
+                Err(err @ CreateError::DirectUnsupported { .. }) => {
+                    println!("note: skipping the O_DIRECT variant: {err}");
+                }
+                Err(err) => panic!("cannot open the {name} device: {err}"),
+            }
         }
-        Err(err) => panic!("cannot open the O_DIRECT device: {err}"),
     }
     all
 }
@@ -201,6 +207,41 @@ fn concurrent_small_writes_in_shared_sectors_do_not_clobber_each_other() {
                     "{name}: block {t}/{slot} clobbered"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn many_coroutines_write_and_read_their_own_blocks() {
+    // More coroutines than the depth (32): they park waiting for a slot, then for their
+    // I/O, on may's worker threads; buffers alternately aligned (no bounce) and not.
+    let dir = TempDir::new("coroutines");
+    for (name, device) in devices(&dir) {
+        let device: Arc<dyn BlockDevice> = Arc::from(device);
+        let coroutines: Vec<_> = (0..64u64)
+            .map(|c| {
+                let device = device.clone();
+                // SAFETY: the coroutine uses no thread-local storage.
+                unsafe {
+                    may::coroutine::spawn(move || {
+                        let mut raw = vec![0u8; 3 * 4096];
+                        let at = raw.as_ptr().align_offset(4096);
+                        for round in 0..8u64 {
+                            let offset = c * 16384 + (round % 4) * 4096;
+                            let data = pattern(c * 100 + round, 4096);
+                            let buf = &mut raw[at + (round as usize % 2)..][..4096];
+                            buf.copy_from_slice(&data);
+                            device.write_at(offset, buf).unwrap();
+                            buf.fill(0);
+                            device.read_into(offset, buf).unwrap();
+                            assert!(*buf == data[..], "{offset}");
+                        }
+                    })
+                }
+            })
+            .collect();
+        for coroutine in coroutines {
+            assert!(coroutine.join().is_ok(), "{name}: a coroutine failed");
         }
     }
 }

@@ -1,0 +1,506 @@
+//! bdev benchmark: the file and RAM devices through the runtime, against fio and a bare
+//! memory copy, in one run (about a minute and a half).
+//!
+//! * **File device**, a 256 MiB file under `target/` opened with `O_DIRECT` (filled with
+//!   data first, so reads really read): random 4 KiB writes, then reads, of blocks
+//!   allocated on the device, at queue depth 1 (sync calls) and 32 (a window of 32 async
+//!   calls), each against fio on the same file with the same flags (`--direct=1
+//!   --bs=4k`, `psync` at depth 1, `io_uring` at depth 32, same duration). fio missing:
+//!   a note, and its figures are 0.
+//! * **RAM device** of 256 MiB: random 4 KiB writes, then reads, at depth 32; the
+//!   physical floor for that (one thread copying random 4 KiB blocks into and out of a
+//!   256 MiB buffer); the original's shape (one client thread, sync: allocate 4 KiB,
+//!   write it, free it = one op).
+//!
+//! The measured client is a separate process's runtime (`chimaera runtime start` with a
+//! unique `CHI_INSTANCE`, reached with `Client::connect`, stopped with `chimaera runtime
+//! stop` at the end) when that works, else the in-process runtime; an in-process run of
+//! the same measurements is printed too. Each `*_iops` figure of the last line is the
+//! mean of the write and read rates. Last line:
+//! `bdev: qd1_iops=<n> fio_qd1_iops=<n> qd32_iops=<n> fio_qd32_iops=<n> ratio_qd32=<r>
+//! ram_qd32_iops=<n> ram_floor_ops=<n> ram_ratio=<r> ram_alloc_write_free_ops=<n>`
+//!
+//! Run: `cargo bench --bench bdev`. `BDEV_BENCH_SECS` sets the seconds per phase
+//! (default 2).
+use chimaera::bdev::{BdevClient, BdevParams, BdevType, Block};
+use chimaera::prelude::*;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const DEVICE_SIZE: u64 = 256 * MIB;
+const BLOCK: u64 = 4 * KIB;
+const DEPTH: usize = 32;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// xorshift64*: random block indices without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn local() -> PoolQuery {
+    PoolQuery::local()
+}
+
+/// Write and read rates of one configuration, ops per second.
+#[derive(Clone, Copy, Default)]
+struct Rates {
+    write: f64,
+    read: f64,
+}
+
+impl Rates {
+    fn mean(&self) -> f64 {
+        (self.write + self.read) / 2.0
+    }
+}
+
+impl std::fmt::Display for Rates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "write {:>9.0}  read {:>9.0}  mean {:>9.0} ops/s",
+            self.write,
+            self.read,
+            self.mean()
+        )
+    }
+}
+
+/// Every 4 KiB block of the device, allocated one request at a time.
+fn allocate_all(bdev: &BdevClient) -> Result<Vec<Block>> {
+    let mut blocks = Vec::with_capacity((DEVICE_SIZE / BLOCK) as usize);
+    let mut window = VecDeque::with_capacity(DEPTH);
+    for _ in 0..DEVICE_SIZE / BLOCK {
+        if window.len() == DEPTH {
+            let got: Vec<Block> = Pending::wait(window.pop_front().expect("full window"))?;
+            blocks.extend(got);
+        }
+        window.push_back(bdev.async_allocate_blocks(local(), BLOCK)?);
+    }
+    for pending in window {
+        blocks.extend(pending.wait()?);
+    }
+    Ok(blocks)
+}
+
+/// Sync random writes (`write`) or reads for `secs`: ops per second.
+fn run_qd1(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> Result<f64> {
+    let data = vec![0xa5u8; BLOCK as usize];
+    let mut rng = Rng(0x1234_5678 + u64::from(write));
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < secs {
+        for _ in 0..16 {
+            let block = blocks[rng.below(blocks.len())];
+            if write {
+                bdev.write(local(), block, &data)?;
+            } else {
+                let got = bdev.read(local(), block, BLOCK)?;
+                debug_assert_eq!(got.len() as u64, BLOCK);
+            }
+            ops += 1;
+        }
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Random writes or reads with `DEPTH` async calls in flight for `secs`: ops per second.
+fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> Result<f64> {
+    let data = vec![0x5au8; BLOCK as usize];
+    let mut rng = Rng(0x8765_4321 + u64::from(write));
+    let mut writes = VecDeque::with_capacity(DEPTH);
+    let mut reads = VecDeque::with_capacity(DEPTH);
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < secs {
+        for _ in 0..64 {
+            let block = blocks[rng.below(blocks.len())];
+            if write {
+                if writes.len() == DEPTH {
+                    Pending::wait(writes.pop_front().expect("full window"))?;
+                    ops += 1;
+                }
+                writes.push_back(bdev.async_write(local(), block, &data)?);
+            } else {
+                if reads.len() == DEPTH {
+                    let got: Vec<u8> = Pending::wait(reads.pop_front().expect("full window"))?;
+                    debug_assert_eq!(got.len() as u64, BLOCK);
+                    ops += 1;
+                }
+                reads.push_back(bdev.async_read(local(), block, BLOCK)?);
+            }
+        }
+    }
+    for pending in writes {
+        pending.wait()?;
+        ops += 1;
+    }
+    for pending in reads {
+        pending.wait()?;
+        ops += 1;
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The original's shape: allocate 4 KiB, write it, free it, sync, one thread.
+fn run_alloc_write_free(bdev: &BdevClient, secs: Duration) -> Result<f64> {
+    let data = vec![0x3cu8; BLOCK as usize];
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < secs {
+        for _ in 0..256 {
+            let blocks = bdev.allocate_blocks(local(), BLOCK)?;
+            bdev.write(local(), blocks[0], &data)?;
+            bdev.free_blocks(local(), blocks)?;
+            ops += 1;
+        }
+    }
+    Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Figures of one client (in-process or from another process).
+#[derive(Default)]
+struct Figures {
+    qd1: Rates,
+    qd32: Rates,
+    ram_qd32: Rates,
+    ram_awf: f64,
+}
+
+/// Every runtime measurement through `chi`; the file device is the file at `file`.
+fn measure(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<Figures> {
+    let (qd1, qd32) = if only_ram() {
+        (Rates::default(), Rates::default())
+    } else {
+        measure_file(chi, label, file, secs)?
+    };
+    if only_file() {
+        return Ok(Figures {
+            qd1,
+            qd32,
+            ..Figures::default()
+        });
+    }
+    let ram_params = BdevParams {
+        bdev_type: BdevType::Ram,
+        total_size: DEVICE_SIZE,
+        ..BdevParams::default()
+    };
+    let ram = BdevClient::create(chi, local(), &format!("bdev-bench-ram-{label}"), ram_params)?;
+    let ram_awf = run_alloc_write_free(&ram, secs)?;
+    println!("[{label}] RAM allocate+write+free (sync, 1 thread): {ram_awf:.0} ops/s");
+    let blocks = allocate_all(&ram)?;
+    let ram_qd32 = Rates {
+        write: run_qd32(&ram, &blocks, true, secs)?,
+        read: run_qd32(&ram, &blocks, false, secs)?,
+    };
+    println!("[{label}] RAM qd32: {ram_qd32}");
+    ram.destroy_pool()?;
+    Ok(Figures {
+        qd1,
+        qd32,
+        ram_qd32,
+        ram_awf,
+    })
+}
+
+/// `BDEV_BENCH_ONLY=ram`: skip the file device and fio (for profiling the RAM path).
+fn only_ram() -> bool {
+    std::env::var("BDEV_BENCH_ONLY").is_ok_and(|v| v == "ram")
+}
+
+/// `BDEV_BENCH_ONLY=file`: skip the RAM device and the floor.
+fn only_file() -> bool {
+    std::env::var("BDEV_BENCH_ONLY").is_ok_and(|v| v == "file")
+}
+
+/// The file device at depth 1 and 32: (qd1, qd32).
+fn measure_file(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<(Rates, Rates)> {
+    let path = file.to_string_lossy().into_owned();
+    let params = BdevParams {
+        bdev_type: BdevType::File,
+        total_size: DEVICE_SIZE,
+        io_depth: DEPTH as u32,
+        alignment: 4096,
+        direct: true,
+    };
+    let bdev = BdevClient::create(chi, local(), &path, params)?;
+    let blocks = allocate_all(&bdev)?;
+    let qd1 = Rates {
+        write: run_qd1(&bdev, &blocks, true, secs)?,
+        read: run_qd1(&bdev, &blocks, false, secs)?,
+    };
+    println!("[{label}] file O_DIRECT qd1:  {qd1}");
+    let qd32 = Rates {
+        write: run_qd32(&bdev, &blocks, true, secs)?,
+        read: run_qd32(&bdev, &blocks, false, secs)?,
+    };
+    println!("[{label}] file O_DIRECT qd32: {qd32}");
+    bdev.destroy_pool()?;
+    Ok((qd1, qd32))
+}
+
+/// One thread copying random 4 KiB blocks into (write) and out of (read) a 256 MiB
+/// buffer: ops per second, the mean of both directions.
+fn memcpy_floor(secs: Duration) -> Rates {
+    let mut device = vec![0u8; DEVICE_SIZE as usize];
+    // Touch every page first, as the RAM device's buffer is after its warm-up writes.
+    device.iter_mut().step_by(4096).for_each(|b| *b = 1);
+    let blocks = (DEVICE_SIZE / BLOCK) as usize;
+    let mut rng = Rng(0x0bad_cafe);
+    let mut buf = vec![0x77u8; BLOCK as usize];
+    let mut run = |write: bool| {
+        let start = Instant::now();
+        let mut ops = 0u64;
+        while start.elapsed() < secs {
+            for _ in 0..1024 {
+                let at = rng.below(blocks) * BLOCK as usize;
+                let block = &mut device[at..at + BLOCK as usize];
+                if write {
+                    block.copy_from_slice(std::hint::black_box(&buf));
+                } else {
+                    buf.copy_from_slice(std::hint::black_box(block));
+                }
+                std::hint::black_box(&mut buf);
+            }
+            ops += 1024;
+        }
+        ops as f64 / start.elapsed().as_secs_f64()
+    };
+    Rates {
+        write: run(true),
+        read: run(false),
+    }
+}
+
+/// fio on `file` with the bench's flags: ops per second, or `None` if fio is missing
+/// or failed.
+fn fio(file: &Path, depth: usize, write: bool, secs: Duration) -> Option<f64> {
+    let engine = if depth == 1 { "psync" } else { "io_uring" };
+    let output = Command::new("fio")
+        .args([
+            "--name=bdev",
+            &format!("--filename={}", file.display()),
+            &format!("--size={DEVICE_SIZE}"),
+            "--bs=4k",
+            &format!("--rw={}", if write { "randwrite" } else { "randread" }),
+            "--direct=1",
+            &format!("--ioengine={engine}"),
+            &format!("--iodepth={depth}"),
+            &format!("--runtime={}", secs.as_secs().max(1)),
+            "--time_based",
+            "--output-format=terse",
+            "--terse-version=3",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    // Terse v3: field 8 is read IOPS, field 49 write IOPS (1-based).
+    let line = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = line.trim().split(';').collect();
+    let at = if write { 48 } else { 7 };
+    fields.get(at)?.parse().ok()
+}
+
+fn fio_available() -> bool {
+    Command::new("fio")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Writes the whole file with data (so reads read the disk, not holes), then syncs.
+fn fill_file(file: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::fs::File::create(file)?;
+    let chunk = vec![0xc3u8; MIB as usize];
+    for _ in 0..DEVICE_SIZE / MIB {
+        out.write_all(&chunk)?;
+    }
+    out.sync_all()?;
+    Ok(())
+}
+
+/// A runtime in another process, stopped (and waited for) when dropped.
+struct RuntimeProcess {
+    child: Child,
+    instance: String,
+}
+
+impl RuntimeProcess {
+    fn start(instance: &str) -> Result<(RuntimeProcess, Client)> {
+        let exe = env!("CARGO_BIN_EXE_chimaera");
+        let child = Command::new(exe)
+            .args(["runtime", "start"])
+            .env("CHI_INSTANCE", instance)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut process = RuntimeProcess {
+            child,
+            instance: instance.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let config = RuntimeConfig {
+                instance: instance.parse()?,
+                ..RuntimeConfig::default()
+            };
+            match Client::connect_to(&config) {
+                Ok(client) => return Ok((process, client)),
+                Err(err) => {
+                    if let Some(status) = process.child.try_wait()? {
+                        return Err(format!("the runtime exited ({status}): {err}").into());
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("cannot connect to the runtime: {err}").into());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        let stopped = Command::new(env!("CARGO_BIN_EXE_chimaera"))
+            .args(["runtime", "stop"])
+            .env("CHI_INSTANCE", &self.instance)
+            .stdout(Stdio::null())
+            .status();
+        if !stopped.is_ok_and(|s| s.success()) {
+            eprintln!("note: `chimaera runtime stop` failed; killing the runtime");
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes the bench's directory when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn main() -> Result<()> {
+    let secs = Duration::from_secs(
+        std::env::var("BDEV_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2),
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let scratch = Scratch(target.join(format!("bdev-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0)?;
+    let file = scratch.0.join("device");
+    let file = std::fs::canonicalize(&scratch.0)?.join(file.file_name().expect("a file name"));
+    fill_file(&file)?;
+    println!(
+        "bdev bench: {} s per phase, 4 KiB random I/O, file {} (O_DIRECT)",
+        secs.as_secs(),
+        file.display()
+    );
+
+    // fio first on the freshly filled file, then the runtime on the same file.
+    let (fio_qd1, fio_qd32) = if only_ram() {
+        (Rates::default(), Rates::default())
+    } else if fio_available() {
+        let qd1 = Rates {
+            write: fio(&file, 1, true, secs).unwrap_or(0.0),
+            read: fio(&file, 1, false, secs).unwrap_or(0.0),
+        };
+        let qd32 = Rates {
+            write: fio(&file, DEPTH, true, secs).unwrap_or(0.0),
+            read: fio(&file, DEPTH, false, secs).unwrap_or(0.0),
+        };
+        println!("[fio] psync qd1:     {qd1}");
+        println!("[fio] io_uring qd32: {qd32}");
+        (qd1, qd32)
+    } else {
+        println!("note: fio is not installed (apt-get install -y fio): its figures are 0");
+        (Rates::default(), Rates::default())
+    };
+
+    let floor = if only_file() {
+        Rates::default()
+    } else {
+        memcpy_floor(secs)
+    };
+    println!("[floor] memcpy of random 4 KiB blocks in 256 MiB: {floor}");
+
+    let runtime = chimaera::builder().start()?;
+    let in_process = measure(&runtime.client(), "in-process", &file, secs)?;
+    runtime.stop();
+
+    let instance = format!("bdev-bench-{}", std::process::id());
+    let remote = if std::env::var("BDEV_BENCH_REMOTE").is_ok_and(|v| v == "0") {
+        None
+    } else {
+        match RuntimeProcess::start(&instance) {
+            Ok((process, chi)) => {
+                let figures = measure(&chi, "client process", &file, secs);
+                drop(chi);
+                drop(process);
+                match figures {
+                    Ok(figures) => Some(figures),
+                    Err(err) => {
+                        println!("note: the client-process run failed ({err})");
+                        None
+                    }
+                }
+            }
+            Err(err) => {
+                println!("note: no runtime process ({err}); reporting in-process figures");
+                None
+            }
+        }
+    };
+    let (shown, how) = match &remote {
+        Some(figures) => (figures, "client process"),
+        None => (&in_process, "in-process"),
+    };
+    drop(scratch);
+
+    let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { ours / theirs } else { 0.0 };
+    println!("last line: {how} figures; each *_iops is the mean of write and read");
+    println!(
+        "bdev: qd1_iops={:.0} fio_qd1_iops={:.0} qd32_iops={:.0} fio_qd32_iops={:.0} ratio_qd32={:.2} ram_qd32_iops={:.0} ram_floor_ops={:.0} ram_ratio={:.2} ram_alloc_write_free_ops={:.0}",
+        shown.qd1.mean(),
+        fio_qd1.mean(),
+        shown.qd32.mean(),
+        fio_qd32.mean(),
+        ratio(shown.qd32.mean(), fio_qd32.mean()),
+        shown.ram_qd32.mean(),
+        floor.mean(),
+        ratio(shown.ram_qd32.mean(), floor.mean()),
+        shown.ram_awf,
+    );
+    Ok(())
+}

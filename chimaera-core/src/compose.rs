@@ -1,0 +1,199 @@
+//! Compose: pools described in YAML, created through the admin chimod.
+//!
+//! A `compose:` entry of the config (see [`crate::config`]) or of a file given to
+//! `chimaera compose FILE` names a module, a pool name, a container count and free-form
+//! `params`. The module turns those params into the archived input of its `create` task
+//! by implementing [`Composable`]; the pool is then got-or-created through the admin
+//! chimod like any other, so composing the same file twice is harmless and composing a
+//! name that exists with other params is a [`TaskError::PoolMismatch`].
+//!
+//! The conversion happens in the process that reads the YAML (the runtime at boot, or
+//! the `chimaera compose` client), with the modules *it* links: [`prepare`] converts every
+//! entry before any pool is created, so a typo in the last entry creates nothing.
+//!
+//! A module opts in by implementing [`Composable`] and being registered with
+//! [`RuntimeBuilder::composable_module`](crate::RuntimeBuilder::composable_module); the
+//! admin module is never composed (the runtime creates its pool itself).
+//!
+//! # Failure modes
+//!
+//! Every failure is a [`ComposeError`] naming the pool and the module: a module not
+//! linked, one that is not composable, params it rejects (an unknown key, a value of the
+//! wrong type), or the admin refusing the pool.
+use crate::admin_api::{self, PoolInfo, PoolOptions};
+use crate::client::Client;
+use crate::codec::Bytes;
+use crate::config::PoolSpec;
+use crate::error::TaskError;
+use crate::module::{ChiMod, ModuleEntry};
+use crate::query::PoolQuery;
+use serde::de::DeserializeOwned;
+
+/// A chimod whose pools can be created from YAML parameters.
+///
+/// Implement it by deserializing the params into the module's create parameters (with
+/// [`params_from_yaml`], which names the module in its errors) and archiving them as the
+/// `create` task's input with the generated `save_in`; see the MOD_NAME chimod.
+pub trait Composable: ChiMod {
+    /// The archived input of the `create` task for these params (a YAML mapping, empty
+    /// when the entry gave none).
+    fn create_input(params: &serde_yaml::Value) -> Result<Bytes, TaskError>;
+}
+
+/// Deserializes the `params` of a compose entry of `module` into `T`; a failure is a
+/// [`TaskError::Failed`] naming the module and the offending key.
+pub fn params_from_yaml<T: DeserializeOwned>(
+    module: &str,
+    params: &serde_yaml::Value,
+) -> Result<T, TaskError> {
+    let params = match params {
+        serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+        other => other.clone(),
+    };
+    serde_yaml::from_value(params)
+        .map_err(|err| TaskError::failed(format!("bad `params` for module `{module}`: {err}")))
+}
+
+/// Why a compose entry could not be turned into a pool.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// No module of that name is linked into this binary.
+    #[error(
+        "pool `{pool}`: no module named `{module}` is linked into this binary (linked: \
+         {linked}); fix `module:` or link the module"
+    )]
+    UnknownModule {
+        /// The pool's name.
+        pool: String,
+        /// The module named by the entry.
+        module: String,
+        /// The linked modules, comma-separated.
+        linked: String,
+    },
+    /// The entry names the admin module.
+    #[error(
+        "pool `{pool}`: the admin pool is created by the runtime itself and cannot be composed; \
+         remove this entry"
+    )]
+    Admin {
+        /// The pool's name.
+        pool: String,
+    },
+    /// The module is linked but does not implement [`Composable`].
+    #[error(
+        "pool `{pool}`: module `{module}` cannot be composed from YAML; implement \
+         chimaera::compose::Composable for it and register it with \
+         RuntimeBuilder::composable_module"
+    )]
+    NotComposable {
+        /// The pool's name.
+        pool: String,
+        /// The module.
+        module: String,
+    },
+    /// The module rejected the entry's params.
+    #[error("pool `{pool}`: {}", failure_text(source))]
+    Params {
+        /// The pool's name.
+        pool: String,
+        /// The module.
+        module: String,
+        /// What the module said.
+        #[source]
+        source: TaskError,
+    },
+    /// The admin chimod could not get or create the pool.
+    #[error("pool `{pool}` (module `{module}`) was not created: {source}")]
+    Create {
+        /// The pool's name.
+        pool: String,
+        /// The module.
+        module: String,
+        /// What the runtime said.
+        #[source]
+        source: TaskError,
+    },
+}
+
+/// What a failure says, without the "task failed" prefix of a plain failure (the
+/// module's own message already says what failed).
+fn failure_text(error: &TaskError) -> String {
+    match error {
+        TaskError::Failed { message } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A compose entry whose params were converted: ready to be created.
+#[derive(Debug)]
+pub struct PreparedPool {
+    spec: PoolSpec,
+    create_input: Bytes,
+}
+
+impl PreparedPool {
+    /// The entry this pool comes from.
+    pub fn spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+
+    /// Gets or creates the pool through the admin chimod of `client`'s runtime.
+    pub fn create(&self, client: &Client) -> Result<PoolInfo, ComposeError> {
+        admin_api::get_or_create_pool(
+            client,
+            PoolQuery::Local,
+            &self.spec.module,
+            &self.spec.name,
+            PoolOptions::containers(self.spec.containers),
+            &self.create_input,
+        )
+        .map_err(|source| ComposeError::Create {
+            pool: self.spec.name.clone(),
+            module: self.spec.module.clone(),
+            source,
+        })
+    }
+}
+
+/// Converts every entry of `specs` with the modules in `modules`; fails on the first
+/// entry that cannot be converted, before anything is created.
+pub fn prepare<'m>(
+    modules: impl IntoIterator<Item = &'m ModuleEntry>,
+    specs: &[PoolSpec],
+) -> Result<Vec<PreparedPool>, ComposeError> {
+    let modules: Vec<&ModuleEntry> = modules.into_iter().collect();
+    specs
+        .iter()
+        .map(|spec| {
+            let pool = || spec.name.clone();
+            if spec.module == "admin" {
+                return Err(ComposeError::Admin { pool: pool() });
+            }
+            let entry = modules
+                .iter()
+                .find(|entry| entry.info.name == spec.module)
+                .ok_or_else(|| ComposeError::UnknownModule {
+                    pool: pool(),
+                    module: spec.module.clone(),
+                    linked: modules
+                        .iter()
+                        .map(|entry| entry.info.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            let compose = entry.compose.ok_or_else(|| ComposeError::NotComposable {
+                pool: pool(),
+                module: spec.module.clone(),
+            })?;
+            let create_input = compose(&spec.params).map_err(|source| ComposeError::Params {
+                pool: pool(),
+                module: spec.module.clone(),
+                source,
+            })?;
+            Ok(PreparedPool {
+                spec: spec.clone(),
+                create_input,
+            })
+        })
+        .collect()
+}

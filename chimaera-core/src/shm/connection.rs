@@ -1,0 +1,631 @@
+//! A client process's end of the shared-memory transport.
+//!
+//! [`ShmConnection::connect`] checks that a runtime holds the instance, maps its
+//! segments, takes a client area (its liveness lock first, then the area's state from
+//! `FREE` to `ACTIVE`; an area still being reclaimed is skipped), and attaches as the
+//! producer of the area's ring.
+//!
+//! **A call**: take a free slot (the slot is the client's until it consumes the result),
+//! write the task header and the input (in the slot's payload, or in a buffer of the
+//! client's data share when larger), push the slot index, and ring the worker's doorbell
+//! only if it announced it sleeps. Then wait: spin on the slot state for a while, then
+//! announce `waiting` and sleep on the slot's futex in short timed waits; each timeout
+//! checks that the runtime still holds its lock, so a dead runtime fails the call with
+//! `RuntimeStopped` within about 100 ms instead of hanging.
+//!
+//! **Backpressure**: the ring has one entry per slot, so it never overflows; when every
+//! slot is taken, a submission waits for one to free (a slot whose call was dropped
+//! unanswered frees when its result arrives).
+use super::arena::{Arena, Extent};
+use super::futex;
+use super::layout::{self, slot, Geometry, Header, SlotView};
+use super::liveness::{runtime_alive, ClientLock, ClientLockError};
+use super::naming::{InstanceName, ShmName, ROLE_CLIENT_DATA, ROLE_MAIN, ROLE_RUNTIME_DATA};
+use super::ring::Ring;
+use super::segment::{Segment, SegmentError};
+use super::server::encode_query;
+use crate::codec::{decode, Bytes};
+use crate::error::TaskError;
+use crate::ids::{ContainerId, MethodId, PoolId};
+use crate::query::PoolQuery;
+use crate::task::{lock, Schedule};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a waiting client sleeps between checks that the runtime is alive.
+const LIVENESS_CHECK: Duration = Duration::from_millis(100);
+/// Spins on a slot before sleeping on it: covers a busy runtime's reply time.
+const SPINS_BEFORE_SLEEP: u32 = 20_000;
+
+/// Why a client could not attach to a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No runtime holds the instance.
+    #[error("no chimaera runtime is running for instance `{instance}`; start one with `chimaera runtime start` (same CHI_SERVER_CONF / CHI_INSTANCE)")]
+    NotRunning {
+        /// The instance looked for.
+        instance: String,
+    },
+    /// The configuration could not be read.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Every client area is taken.
+    #[error("all {max_clients} client slots of instance `{instance}` are taken; raise max_clients in the runtime's config")]
+    Full {
+        /// The instance.
+        instance: String,
+        /// Its client areas.
+        max_clients: u32,
+    },
+    /// The segments are not what this client understands.
+    #[error("the runtime of instance `{instance}` speaks another layout (version {found}, this client {expected}); use the same chimaera version on both sides")]
+    Incompatible {
+        /// The instance.
+        instance: String,
+        /// Version found.
+        found: u32,
+        /// Version of this client.
+        expected: u32,
+    },
+    /// The runtime is starting or stopping; try again.
+    #[error("the runtime of instance `{instance}` is not ready (starting or stopping)")]
+    NotReady {
+        /// The instance.
+        instance: String,
+    },
+    /// Mapping or locking failed.
+    #[error("cannot attach to the runtime of instance `{instance}`: {detail}")]
+    Io {
+        /// The instance.
+        instance: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+struct Producer {
+    ring: Ring,
+}
+
+/// An attached client area.
+pub struct ShmConnection {
+    instance: InstanceName,
+    geometry: Geometry,
+    main: Segment,
+    client_data: Segment,
+    runtime_data: Segment,
+    header: Header,
+    client: u32,
+    data_start: usize,
+    producer: Mutex<Producer>,
+    free_slots: Mutex<Vec<u32>>,
+    /// Slots whose call was dropped before its result arrived.
+    abandoned: Mutex<Vec<(u32, Option<Extent>)>>,
+    slot_freed: Condvar,
+    data: Mutex<Arena>,
+    dead: AtomicBool,
+    _lock: ClientLock,
+}
+
+impl ShmConnection {
+    /// Attaches to the runtime of `instance`.
+    pub fn connect(instance: &InstanceName) -> Result<Arc<ShmConnection>, ConnectError> {
+        let io = |detail: String| ConnectError::Io {
+            instance: instance.to_string(),
+            detail,
+        };
+        if !runtime_alive(instance) {
+            return Err(ConnectError::NotRunning {
+                instance: instance.to_string(),
+            });
+        }
+        let name = |role| ShmName::segment(instance, role).map_err(|e| io(e.to_string()));
+        let open = |role| match Segment::open(&name(role)?) {
+            Ok(segment) => Ok(segment),
+            Err(SegmentError::NotFound { .. }) => Err(ConnectError::NotReady {
+                instance: instance.to_string(),
+            }),
+            Err(err) => Err(io(err.to_string())),
+        };
+        let main = open(ROLE_MAIN)?;
+        let header = Header::new(main.clone());
+        let (magic, version) = header.identity();
+        if magic != layout::MAGIC || version != layout::VERSION {
+            return Err(ConnectError::Incompatible {
+                instance: instance.to_string(),
+                found: version,
+                expected: layout::VERSION,
+            });
+        }
+        if header.state().load(Ordering::Acquire) != layout::STATE_READY {
+            return Err(ConnectError::NotReady {
+                instance: instance.to_string(),
+            });
+        }
+        let geometry = header.geometry();
+        if main.len() < geometry.segment_size() || geometry.slots == 0 || geometry.workers == 0 {
+            return Err(io("the main segment is smaller than its header says".into()));
+        }
+        let client_data = open(ROLE_CLIENT_DATA)?;
+        let runtime_data = open(ROLE_RUNTIME_DATA)?;
+
+        let (lock, client) = Self::claim_area(instance, &header, &geometry)?;
+        let (ring_offset, ring_len) = geometry.ring_range(client);
+        let region = main
+            .region(ring_offset, ring_len)
+            .map_err(|e| io(e.to_string()))?;
+        let ring = Ring::attach(&region, geometry.slots).map_err(|e| io(e.to_string()))?;
+        let data_share = (client_data.len() / geometry.max_clients as usize) & !4095;
+        let control = header
+            .control(&geometry, client)
+            .map_err(|e| io(e.to_string()))?;
+        control.pid.store(std::process::id(), Ordering::Relaxed);
+        Ok(Arc::new(ShmConnection {
+            instance: instance.clone(),
+            geometry,
+            client_data,
+            runtime_data,
+            header,
+            client,
+            data_start: client as usize * data_share,
+            producer: Mutex::new(Producer { ring }),
+            free_slots: Mutex::new((0..geometry.slots).rev().collect()),
+            abandoned: Mutex::new(Vec::new()),
+            slot_freed: Condvar::new(),
+            data: Mutex::new(Arena::new(data_share)),
+            dead: AtomicBool::new(false),
+            main,
+            _lock: lock,
+        }))
+    }
+
+    fn claim_area(
+        instance: &InstanceName,
+        header: &Header,
+        geometry: &Geometry,
+    ) -> Result<(ClientLock, u32), ConnectError> {
+        for client in 0..geometry.max_clients {
+            let lock = match ClientLock::acquire(instance, client) {
+                Ok(lock) => lock,
+                Err(ClientLockError::SlotTaken { .. }) => continue,
+                Err(err) => {
+                    return Err(ConnectError::Io {
+                        instance: instance.to_string(),
+                        detail: err.to_string(),
+                    })
+                }
+            };
+            let Ok(control) = header.control(geometry, client) else {
+                continue;
+            };
+            // An area whose dead owner is not reclaimed yet stays with the runtime.
+            if control
+                .state
+                .compare_exchange(
+                    layout::CLIENT_FREE,
+                    layout::CLIENT_ACTIVE,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return Ok((lock, client));
+            }
+        }
+        Err(ConnectError::Full {
+            instance: instance.to_string(),
+            max_clients: geometry.max_clients,
+        })
+    }
+
+    /// The client area this connection holds.
+    pub fn client_index(&self) -> u32 {
+        self.client
+    }
+
+    /// The instance.
+    pub fn instance(&self) -> &InstanceName {
+        &self.instance
+    }
+
+    fn runtime_gone(&self) -> bool {
+        if self.dead.load(Ordering::Acquire) {
+            return true;
+        }
+        let gone = !runtime_alive(&self.instance) || !self.main.still_linked();
+        if gone {
+            self.dead.store(true, Ordering::Release);
+        }
+        gone
+    }
+
+    fn take_slot(&self) -> Result<u32, TaskError> {
+        let mut free = lock(&self.free_slots);
+        loop {
+            if self.dead.load(Ordering::Acquire) {
+                return Err(TaskError::RuntimeStopped);
+            }
+            if let Some(slot_index) = free.pop() {
+                return Ok(slot_index);
+            }
+            drop(free);
+            self.sweep_abandoned();
+            free = lock(&self.free_slots);
+            if !free.is_empty() {
+                continue;
+            }
+            let (guard, timeout) = self
+                .slot_freed
+                .wait_timeout(free, Duration::from_millis(2))
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            free = guard;
+            if timeout.timed_out() && free.is_empty() {
+                drop(free);
+                if self.runtime_gone() {
+                    return Err(TaskError::RuntimeStopped);
+                }
+                free = lock(&self.free_slots);
+            }
+        }
+    }
+
+    fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
+        if let Some(extent) = input {
+            self.free_data(extent);
+        }
+        if let Ok(view) = self.view(slot_index) {
+            view.word(slot::WAITING).store(0, Ordering::Relaxed);
+            view.word(slot::STATE)
+                .store(layout::SLOT_FREE, Ordering::Relaxed);
+        }
+        lock(&self.free_slots).push(slot_index);
+        self.slot_freed.notify_one();
+    }
+
+    /// Frees the slots of dropped calls whose results have arrived.
+    fn sweep_abandoned(&self) {
+        let done: Vec<_> = {
+            let mut abandoned = lock(&self.abandoned);
+            let (done, waiting): (Vec<_>, Vec<_>) = abandoned.drain(..).partition(|(s, _)| {
+                self.view(*s)
+                    .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == layout::SLOT_DONE)
+            });
+            *abandoned = waiting;
+            done
+        };
+        for (slot_index, input) in done {
+            self.release_slot(slot_index, input);
+        }
+    }
+
+    fn view(&self, slot_index: u32) -> Result<SlotView, TaskError> {
+        SlotView::new(&self.main, &self.geometry, self.client, slot_index)
+            .map_err(|e| TaskError::malformed("slot", e))
+    }
+
+    fn alloc_data(&self, len: usize) -> Option<Extent> {
+        let mut arena = lock(&self.data);
+        let extent = arena.alloc(len, 64);
+        self.publish_data_in_use(&arena);
+        extent
+    }
+
+    fn free_data(&self, extent: Extent) {
+        let mut arena = lock(&self.data);
+        arena.free(extent);
+        self.publish_data_in_use(&arena);
+    }
+
+    fn publish_data_in_use(&self, arena: &Arena) {
+        if let Ok(control) = self.header.control(&self.geometry, self.client) {
+            control
+                .data_in_use
+                .store(arena.in_use() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a task; the returned call is waited on with [`ShmCall::wait`].
+    pub fn submit(
+        self: &Arc<Self>,
+        pool: PoolId,
+        method: MethodId,
+        query: PoolQuery,
+        input: &[u8],
+        schedule: Option<Schedule>,
+    ) -> Result<ShmCall, TaskError> {
+        if self.dead.load(Ordering::Acquire) {
+            return Err(TaskError::RuntimeStopped);
+        }
+        let slot_index = self.take_slot()?;
+        let view = self.view(slot_index)?;
+        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        let (kind, period) = match schedule {
+            None => (layout::KIND_CALL, 0),
+            Some(Schedule::FireAndForget) => (layout::KIND_FIRE_AND_FORGET, 0),
+            Some(Schedule::Periodic(period)) => (
+                layout::KIND_PERIODIC,
+                u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1),
+            ),
+        };
+        let (tag, a, b) = encode_query(query);
+        set(slot::POOL_MAJOR, pool.major);
+        set(slot::POOL_MINOR, pool.minor);
+        set(slot::METHOD, method);
+        set(slot::KIND, kind);
+        set(slot::QUERY_TAG, tag);
+        set(slot::QUERY_A, a);
+        view.word64(slot::QUERY_B).store(b, Ordering::Relaxed);
+        view.word64(slot::PERIOD_NS)
+            .store(period, Ordering::Relaxed);
+        set(slot::INPUT_LEN, input.len() as u32);
+        let mut input_extent = None;
+        if input.len() <= view.payload_len() {
+            view.write_payload(input)
+                .map_err(|e| TaskError::malformed("input", e))?;
+            set(slot::INPUT_WHERE, layout::IN_SLOT);
+        } else {
+            let Some(extent) = self.alloc_data(input.len()) else {
+                self.release_slot(slot_index, None);
+                return Err(TaskError::failed(format!(
+                    "the task's input ({} bytes) does not fit this client's share of the client-data segment; raise shm.client_data_size",
+                    input.len()
+                )));
+            };
+            if let Err(err) = self
+                .client_data
+                .write_bytes(self.data_start + extent.offset, input)
+            {
+                self.release_slot(slot_index, Some(extent));
+                return Err(TaskError::malformed("input", err));
+            }
+            set(slot::INPUT_WHERE, layout::IN_CLIENT_DATA);
+            view.word64(slot::INPUT_OFFSET)
+                .store(extent.offset as u64, Ordering::Relaxed);
+            input_extent = Some(extent);
+        }
+        set(slot::WAITING, 0);
+        set(slot::STATE, layout::SLOT_SUBMITTED);
+        if !self.queue(slot_index) {
+            // Cannot happen while the runtime keeps one ring entry per slot; treat it as a
+            // broken runtime rather than lose the task silently.
+            self.release_slot(slot_index, input_extent);
+            return Err(TaskError::failed(
+                "the submission ring is full although a slot was free",
+            ));
+        }
+        Ok(ShmCall {
+            connection: self.clone(),
+            slot: slot_index,
+            input: input_extent,
+            finished: false,
+        })
+    }
+}
+
+/// A deliberately broken submission, as a faulty or hostile client could write it.
+/// For tests of the runtime's defences; not for applications.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum Forgery {
+    /// The input claims to lie at `offset..offset + len` of the client's data share.
+    InputInClientData {
+        /// Claimed offset.
+        offset: u64,
+        /// Claimed length.
+        len: u32,
+    },
+    /// The input claims `len` bytes in the slot (more than the payload holds).
+    InputLength(u32),
+    /// An unknown query tag.
+    QueryTag(u32),
+    /// An unknown task kind.
+    Kind(u32),
+    /// An unknown input location.
+    InputWhere(u32),
+}
+
+impl ShmConnection {
+    /// Submits a call with a valid input, then breaks its header as `forgery` says
+    /// before queuing it. Test support.
+    #[doc(hidden)]
+    pub fn submit_forged(
+        self: &Arc<Self>,
+        pool: PoolId,
+        method: MethodId,
+        input: &[u8],
+        forgery: Forgery,
+    ) -> Result<ShmCall, TaskError> {
+        let slot_index = self.take_slot()?;
+        let view = self.view(slot_index)?;
+        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        set(slot::POOL_MAJOR, pool.major);
+        set(slot::POOL_MINOR, pool.minor);
+        set(slot::METHOD, method);
+        set(slot::KIND, layout::KIND_CALL);
+        set(slot::QUERY_TAG, 0);
+        set(slot::INPUT_LEN, input.len() as u32);
+        set(slot::INPUT_WHERE, layout::IN_SLOT);
+        let _ = view.write_payload(&input[..input.len().min(view.payload_len())]);
+        match forgery {
+            Forgery::InputInClientData { offset, len } => {
+                set(slot::INPUT_WHERE, layout::IN_CLIENT_DATA);
+                set(slot::INPUT_LEN, len);
+                view.word64(slot::INPUT_OFFSET)
+                    .store(offset, Ordering::Relaxed);
+            }
+            Forgery::InputLength(len) => set(slot::INPUT_LEN, len),
+            Forgery::QueryTag(tag) => set(slot::QUERY_TAG, tag),
+            Forgery::Kind(kind) => set(slot::KIND, kind),
+            Forgery::InputWhere(location) => set(slot::INPUT_WHERE, location),
+        }
+        set(slot::WAITING, 0);
+        set(slot::STATE, layout::SLOT_SUBMITTED);
+        self.queue(slot_index);
+        Ok(ShmCall {
+            connection: self.clone(),
+            slot: slot_index,
+            input: None,
+            finished: false,
+        })
+    }
+
+    /// Queues a slot index the runtime must reject (out of range). Test support.
+    #[doc(hidden)]
+    pub fn queue_raw_index(&self, index: u32) {
+        self.queue(index);
+    }
+
+    /// Pushes a slot index and rings the worker's doorbell if it sleeps.
+    fn queue(&self, slot_index: u32) -> bool {
+        let pushed = lock(&self.producer).ring.push(slot_index).is_ok();
+        fence(Ordering::SeqCst);
+        let worker = self.client % self.geometry.workers;
+        let (bell, sleeping) = self.header.doorbell(worker);
+        if sleeping.load(Ordering::SeqCst) != 0 {
+            bell.fetch_add(1, Ordering::AcqRel);
+            futex::wake(bell, 1);
+        }
+        pushed
+    }
+}
+
+impl Drop for ShmConnection {
+    fn drop(&mut self) {
+        // A clean detach: the runtime reclaims the area as for a dead client, once the
+        // liveness lock (dropped with `self`) is free.
+        if let Ok(control) = self.header.control(&self.geometry, self.client) {
+            control.pid.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A task submitted over shared memory, not yet answered.
+pub struct ShmCall {
+    connection: Arc<ShmConnection>,
+    slot: u32,
+    input: Option<Extent>,
+    finished: bool,
+}
+
+impl ShmCall {
+    /// Whether the answer is there.
+    pub fn is_done(&self) -> bool {
+        self.connection
+            .view(self.slot)
+            .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == layout::SLOT_DONE)
+    }
+
+    /// Waits for the answer and returns each replica's result (one for most queries).
+    pub fn wait(mut self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
+        let outcome = self.wait_done();
+        self.finished = true;
+        let results = match outcome {
+            Ok(view) => self.read_results(&view),
+            Err(err) => {
+                // The runtime is gone: the slot will never be answered; keep it out of use.
+                return vec![(0, Err(err))];
+            }
+        };
+        self.connection.release_slot(self.slot, self.input.take());
+        results
+    }
+
+    fn wait_done(&self) -> Result<SlotView, TaskError> {
+        let view = self.connection.view(self.slot)?;
+        let state = view.word(slot::STATE);
+        for _ in 0..SPINS_BEFORE_SLEEP {
+            if state.load(Ordering::Acquire) == layout::SLOT_DONE {
+                return Ok(view);
+            }
+            std::hint::spin_loop();
+        }
+        let started = Instant::now();
+        loop {
+            view.word(slot::WAITING).store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if state.load(Ordering::SeqCst) == layout::SLOT_DONE {
+                return Ok(view);
+            }
+            futex::wait(state, layout::SLOT_SUBMITTED, Some(LIVENESS_CHECK));
+            if state.load(Ordering::Acquire) == layout::SLOT_DONE {
+                return Ok(view);
+            }
+            if started.elapsed() >= LIVENESS_CHECK && self.connection.runtime_gone() {
+                return Err(TaskError::RuntimeStopped);
+            }
+        }
+    }
+
+    fn read_results(&self, view: &SlotView) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
+        let load = |field| view.word(field).load(Ordering::Relaxed);
+        let status = load(slot::STATUS);
+        let len = load(slot::OUTPUT_LEN) as usize;
+        let mut bytes = Bytes::with_capacity(len);
+        bytes.resize(len, 0);
+        let copied = match load(slot::OUTPUT_WHERE) {
+            layout::IN_SLOT => view.read_payload(&mut bytes).is_ok(),
+            layout::IN_RUNTIME_DATA => {
+                let offset = view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed);
+                usize::try_from(offset).is_ok_and(|offset| {
+                    self.connection
+                        .runtime_data
+                        .read_bytes(offset, &mut bytes)
+                        .is_ok()
+                })
+            }
+            _ => false,
+        };
+        if !copied {
+            return vec![(
+                0,
+                Err(TaskError::malformed(
+                    "output",
+                    "the runtime's reply lies outside its segments",
+                )),
+            )];
+        }
+        match status {
+            layout::STATUS_OK => vec![(0, Ok(bytes))],
+            layout::STATUS_ERROR => {
+                vec![(
+                    0,
+                    Err(decode::<TaskError>(&bytes, "error").unwrap_or_else(|e| e)),
+                )]
+            }
+            layout::STATUS_REPLICAS => {
+                match decode::<Vec<(u32, Result<Vec<u8>, TaskError>)>>(&bytes, "output") {
+                    Ok(replicas) => replicas
+                        .into_iter()
+                        .map(|(container, result)| {
+                            (
+                                container,
+                                result.map(|raw| {
+                                    let mut aligned = Bytes::with_capacity(raw.len());
+                                    aligned.extend_from_slice(&raw);
+                                    aligned
+                                }),
+                            )
+                        })
+                        .collect(),
+                    Err(err) => vec![(0, Err(err))],
+                }
+            }
+            other => vec![(
+                0,
+                Err(TaskError::malformed(
+                    "output",
+                    format!("unknown status {other}"),
+                )),
+            )],
+        }
+    }
+}
+
+impl Drop for ShmCall {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(&self.connection.abandoned).push((self.slot, self.input.take()));
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! An `io_uring` queue: file I/O submitted by parked tasks, issued and completed by one
+//! I/O thread per device.
+//!
+//! **Path of one operation** ([`UringQueue::read_exact_at`],
+//! [`write_all_at`](UringQueue::write_all_at), [`sync_data`](UringQueue::sync_data)):
+//!
+//! 1. The caller takes a permit ([`UringQueue::permit`]) of a coroutine-aware counting
+//!    semaphore: at most `depth` operations in flight; waiting for one parks the
+//!    coroutine.
+//! 2. It puts a submission entry on the ring (a few stores under a short lock; no system
+//!    call) and, only if the I/O thread is asleep, rings its doorbell (an `eventfd`
+//!    write, which never blocks). Then it parks its coroutine (a `may` blocker; a plain
+//!    thread parks on a condition variable), and the worker runs other tasks.
+//! 3. The queue's **I/O thread** loops on one `io_uring_enter(to_submit, GETEVENTS)`:
+//!    it hands every queued entry to the kernel and sleeps until a completion arrives —
+//!    an I/O, or the doorbell (a read of the `eventfd` it keeps armed on the ring). It
+//!    stores each I/O's result in the caller's slot and unparks the caller.
+//!
+//! Why the I/O thread issues the entries, not the tasks: the kernel completes an
+//! `io_uring` request in the context of the thread that submitted it (it interrupts that
+//! thread to post the completion). Submitting from the I/O thread keeps that work — and
+//! those interruptions — off the runtime's workers, and lets one system call issue a
+//! whole batch under load, as fio does.
+//!
+//! No allocation per operation besides the blocker's `Arc`; the caller's slot lives on
+//! its own stack.
+//!
+//! **Soundness of borrowed buffers.** The kernel reads or writes the caller's buffer and
+//! slot until the completion arrives, so a caller must not return earlier. It does not:
+//! once its entry is on the ring, the caller loops on its slot's `done` flag, and nothing
+//! in that loop can panic or be cancelled (the blocker ignores coroutine cancellation).
+//! Every entry on the ring is issued: the I/O thread reads the queue length after
+//! announcing that it sleeps, and a submitter checks for that announcement after
+//! publishing its entry (both with `SeqCst` fences), so either the thread sees the entry
+//! or the submitter rings the doorbell. The I/O thread clones the blocker's `Arc`
+//! *before* marking the slot done, so it never touches the slot after the caller may
+//! have left.
+//!
+//! **Shutdown.** Dropping the queue (no operation can be in flight then: each borrows
+//! the queue until it completes) queues a no-op with a reserved tag; the I/O thread then
+//! completes its doorbell read, waits for it, and exits; the queue joins it.
+//!
+//! [`probe`] tells whether `io_uring` can be used here at all (it may be compiled out of
+//! the kernel, disabled by `kernel.io_uring_disabled`, or refused by a seccomp filter).
+use crate::short_lock::ShortLock;
+use io_uring::{opcode, squeue, types, IoUring};
+use may::sync::{Blocker, Semphore};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+/// `user_data` of the no-op that stops the I/O thread (slots are never at address 0).
+const SHUTDOWN: u64 = 0;
+/// `user_data` of the doorbell read (slots are aligned, never at address 1).
+const DOORBELL: u64 = 1;
+/// Stack of the I/O thread: it only moves entries and completions.
+const IO_THREAD_STACK: usize = 128 * 1024;
+/// `io_uring_enter` flag: wait for completions (from `<linux/io_uring.h>`).
+const IORING_ENTER_GETEVENTS: u32 = 1;
+/// Completions taken from the ring per batch.
+const BATCH: usize = 64;
+
+/// Whether an `io_uring` instance can be created in this process (tested once).
+///
+/// `Err` carries the reason (for instance `EPERM` under a seccomp filter, `ENOSYS` on a
+/// kernel built without it).
+pub fn probe() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| IoUring::new(2).map(drop).map_err(|e| e.to_string()))
+        .clone()
+}
+
+/// Where the I/O thread puts one operation's result, on the waiting caller's stack.
+struct Slot {
+    /// The completion's `res`: bytes transferred, or `-errno`.
+    result: AtomicI32,
+    done: AtomicBool,
+    blocker: Arc<Blocker>,
+}
+
+/// One operation's right to be in flight (see [`UringQueue::permit`]); given back when
+/// dropped.
+pub struct Permit<'a>(&'a Semphore);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.post();
+    }
+}
+
+/// What the submitters and the I/O thread share.
+struct Shared {
+    ring: IoUring,
+    /// Guards the submission side of `ring` (pushes, and reading its length).
+    submit: ShortLock<()>,
+    /// Set by the I/O thread before it may sleep in `io_uring_enter`.
+    sleeping: AtomicBool,
+    /// The doorbell: an `eventfd` the I/O thread keeps a read armed on.
+    doorbell: OwnedFd,
+}
+
+impl Shared {
+    /// Puts `entry` on the submission queue (not yet issued).
+    fn push(&self, entry: &squeue::Entry) {
+        let _guard = self.submit.lock();
+        // SAFETY: the `submit` lock makes this the only submission-queue handle.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        // SAFETY: the entry's buffers outlive its completion (`submit_wait`'s contract).
+        // The ring has room: permits + the doorbell read + the shutdown no-op ≤ entries.
+        if unsafe { sq.push(entry) }.is_err() {
+            unreachable!("the submission queue has more room than permits");
+        }
+        // Dropping `sq` publishes the new tail (Release).
+    }
+
+    /// Entries pushed and not yet taken by the kernel.
+    fn queued(&self) -> usize {
+        let _guard = self.submit.lock();
+        // SAFETY: as in `push`.
+        unsafe { self.ring.submission_shared() }.len()
+    }
+
+    /// Wakes the I/O thread if it announced that it sleeps.
+    fn ring_doorbell(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to an eventfd we own; an eventfd
+            // write only fails if the counter would overflow, which a few wake-ups cannot.
+            let _ = unsafe { libc::write(self.doorbell.as_raw_fd(), one.as_ptr().cast(), 8) };
+        }
+    }
+}
+
+/// A ring, its I/O thread and its depth bound; see the [module docs](self).
+pub struct UringQueue {
+    shared: Arc<Shared>,
+    permits: Semphore,
+    depth: usize,
+    io_thread: Option<JoinHandle<()>>,
+}
+
+impl UringQueue {
+    /// A ring for at most `depth` operations in flight (`depth` 0 counts as 1), with its
+    /// I/O thread named `name`.
+    pub fn new(name: &str, depth: u32) -> io::Result<Self> {
+        let depth = depth.max(1) as usize;
+        // Room for the doorbell read and the shutdown no-op too; completions have twice
+        // the room.
+        let entries = u32::try_from(depth + 2)
+            .unwrap_or(u32::MAX)
+            .next_power_of_two()
+            .min(32_768);
+        let ring = IoUring::new(entries)?;
+        // SAFETY: plain eventfd creation; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor that nothing else owns.
+        let doorbell = unsafe { OwnedFd::from_raw_fd(efd) };
+        let shared = Arc::new(Shared {
+            ring,
+            submit: ShortLock::new(()),
+            sleeping: AtomicBool::new(false),
+            doorbell,
+        });
+        let thread_shared = shared.clone();
+        let io_thread = std::thread::Builder::new()
+            .name(format!("{name}-uring"))
+            .stack_size(IO_THREAD_STACK)
+            .spawn(move || serve(&thread_shared))?;
+        Ok(UringQueue {
+            shared,
+            permits: Semphore::new(depth.min(entries as usize - 2)),
+            depth,
+            io_thread: Some(io_thread),
+        })
+    }
+
+    /// The bound on operations in flight.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Takes a permit for one operation in flight, parking the coroutine meanwhile.
+    /// Callers that run an operation outside the ring (on an I/O thread) hold one too, so
+    /// the device's bound covers both.
+    pub fn permit(&self) -> Permit<'_> {
+        self.permits.wait();
+        Permit(&self.permits)
+    }
+
+    /// Reads into `buf` from `offset` of `fd`: bytes read (0 at end of file).
+    fn read_at(&self, fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
+            .offset(offset)
+            .build();
+        // SAFETY: `buf` is exclusively borrowed for the whole call, and `submit_wait`
+        // does not return before the kernel is done with it; `len` ≤ its length.
+        let res = unsafe { self.submit_wait(entry) }?;
+        Ok(res as usize)
+    }
+
+    /// Writes from `buf` at `offset` of `fd`: bytes written.
+    fn write_at(&self, fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len)
+            .offset(offset)
+            .build();
+        // SAFETY: as in `read_at`; the kernel only reads `buf`.
+        let res = unsafe { self.submit_wait(entry) }?;
+        Ok(res as usize)
+    }
+
+    /// `fdatasync(fd)`.
+    fn fdatasync(&self, fd: RawFd) -> io::Result<()> {
+        let entry = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        // SAFETY: no buffer is involved.
+        unsafe { self.submit_wait(entry) }.map(drop)
+    }
+
+    /// Reads all of `buf` from `offset`, resubmitting after short reads. `permit` is
+    /// the caller's slot in the depth bound.
+    pub fn read_exact_at(
+        &self,
+        _permit: &Permit<'_>,
+        fd: RawFd,
+        mut buf: &mut [u8],
+        mut offset: u64,
+    ) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(fd, buf, offset)? {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file ended before the range read",
+                    ))
+                }
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `offset`, resubmitting after short writes; `permit` as
+    /// for [`read_exact_at`](Self::read_exact_at).
+    pub fn write_all_at(
+        &self,
+        _permit: &Permit<'_>,
+        fd: RawFd,
+        mut buf: &[u8],
+        mut offset: u64,
+    ) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write_at(fd, buf, offset)? {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the file took no byte of the write",
+                    ))
+                }
+                n => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `fdatasync(fd)`; `permit` as for [`read_exact_at`](Self::read_exact_at).
+    pub fn sync_data(&self, _permit: &Permit<'_>, fd: RawFd) -> io::Result<()> {
+        self.fdatasync(fd)
+    }
+
+    /// Submits `entry` and waits for its completion: its non-negative result, or the
+    /// error it reports. The caller holds a permit.
+    ///
+    /// # Safety
+    /// Every buffer `entry` points to must stay valid (and, for reads, unaliased) for the
+    /// whole call; this function returns only after the kernel has completed the entry.
+    unsafe fn submit_wait(&self, entry: squeue::Entry) -> io::Result<i32> {
+        let slot = Slot {
+            result: AtomicI32::new(0),
+            done: AtomicBool::new(false),
+            // Ignores cancellation: this wait must not end before the completion.
+            blocker: Arc::new(Blocker::new(true)),
+        };
+        let entry = entry.user_data(&slot as *const Slot as u64);
+        self.shared.push(&entry);
+        self.shared.ring_doorbell();
+        while !slot.done.load(Ordering::Acquire) {
+            // A spurious or early return re-checks the flag.
+            let _ = slot.blocker.park(None);
+        }
+        let res = slot.result.load(Ordering::Acquire);
+        if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res)
+        }
+    }
+}
+
+impl Drop for UringQueue {
+    fn drop(&mut self) {
+        let stop = opcode::Nop::new().build().user_data(SHUTDOWN);
+        self.shared.push(&stop);
+        self.shared.ring_doorbell();
+        if let Some(io_thread) = self.io_thread.take() {
+            let _ = io_thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for UringQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringQueue")
+            .field("depth", &self.depth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The I/O thread: issues queued entries and hands completions to their slots, until
+/// the shutdown no-op completes.
+fn serve(shared: &Shared) {
+    let ring = &shared.ring;
+    // The doorbell read's buffer: lives until its last read completed (below).
+    let mut bell = Box::new(0u64);
+    let mut bell_armed = false;
+    let mut stopping = false;
+    let mut taken: Vec<(u64, i32)> = Vec::with_capacity(BATCH);
+    loop {
+        // Hand out every completion there is.
+        loop {
+            taken.clear();
+            {
+                // SAFETY: the I/O thread is the only user of the completion queue.
+                let cq = unsafe { ring.completion_shared() };
+                taken.extend(cq.take(BATCH).map(|cqe| (cqe.user_data(), cqe.result())));
+            }
+            if taken.is_empty() {
+                break;
+            }
+            for &(user_data, result) in &taken {
+                match user_data {
+                    SHUTDOWN => {
+                        stopping = true;
+                        if bell_armed {
+                            // Complete the armed read, so its buffer can go.
+                            let one = 1u64.to_ne_bytes();
+                            // SAFETY: as in `ring_doorbell`.
+                            let _ = unsafe {
+                                libc::write(shared.doorbell.as_raw_fd(), one.as_ptr().cast(), 8)
+                            };
+                        }
+                    }
+                    DOORBELL => bell_armed = false,
+                    _ => {
+                        // SAFETY: every other tag is the address of a `Slot` whose caller
+                        // waits until `done` is set; it is alive now.
+                        let slot = unsafe { &*(user_data as *const Slot) };
+                        let blocker = slot.blocker.clone();
+                        slot.result.store(result, Ordering::Relaxed);
+                        slot.done.store(true, Ordering::Release);
+                        // From here on the slot may be gone; only our clone is used.
+                        blocker.unpark();
+                    }
+                }
+            }
+        }
+        if stopping && !bell_armed {
+            return;
+        }
+        // (Re-)arm the doorbell before sleeping.
+        if !bell_armed && !stopping {
+            let read = opcode::Read::new(
+                types::Fd(shared.doorbell.as_raw_fd()),
+                (&mut *bell as *mut u64).cast(),
+                8,
+            )
+            .build()
+            .user_data(DOORBELL);
+            shared.push(&read);
+            bell_armed = true;
+        }
+        // Announce the sleep, then look for entries: a submitter that publishes after
+        // this look sees the announcement and rings the doorbell.
+        shared.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let queued = shared.queued();
+        // SAFETY: the completion queue is ours (see above); a read-only look.
+        let ready = !unsafe { ring.completion_shared() }.is_empty();
+        let (wait, flags) = if ready {
+            (0, 0)
+        } else {
+            (1, IORING_ENTER_GETEVENTS)
+        };
+        if queued > 0 || wait > 0 {
+            // SAFETY: issues `queued` entries (all published, with live buffers) and
+            // waits for one completion; no argument.
+            let entered = unsafe {
+                ring.submitter()
+                    .enter::<libc::sigset_t>(queued as u32, wait, flags, None)
+            };
+            match entered {
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(err) => {
+                    // Cannot happen with a valid ring; entries cannot be taken back (their
+                    // buffers belong to parked callers), so keep trying.
+                    tracing::error!("io_uring_enter failed ({err}); retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        shared.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn queue(depth: u32) -> Option<UringQueue> {
+        match probe() {
+            Ok(()) => Some(UringQueue::new("test", depth).unwrap()),
+            Err(reason) => {
+                println!("note: io_uring unavailable here ({reason}); test skipped");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn threads_and_coroutines_write_and_read_through_the_ring() {
+        let Some(queue) = queue(4) else { return };
+        let queue = Arc::new(queue);
+        let dir = super::super::tests::TempDir::new("uring-queue");
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.file("f"))
+                .unwrap(),
+        );
+        let fd = file.as_raw_fd();
+        let coroutines: Vec<_> = (0..16u8)
+            .map(|i| {
+                let queue = queue.clone();
+                // SAFETY: the coroutine uses no thread-local storage.
+                unsafe {
+                    may::coroutine::spawn(move || {
+                        let data = [i; 512];
+                        let permit = queue.permit();
+                        queue
+                            .write_all_at(&permit, fd, &data, u64::from(i) * 512)
+                            .unwrap();
+                        let mut back = [0u8; 512];
+                        queue
+                            .read_exact_at(&permit, fd, &mut back, u64::from(i) * 512)
+                            .unwrap();
+                        assert_eq!(back, data);
+                    })
+                }
+            })
+            .collect();
+        let threads: Vec<_> = (16..20u8)
+            .map(|i| {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    let data = [i; 512];
+                    let permit = queue.permit();
+                    queue
+                        .write_all_at(&permit, fd, &data, u64::from(i) * 512)
+                        .unwrap();
+                    queue.sync_data(&permit, fd).unwrap();
+                })
+            })
+            .collect();
+        coroutines.into_iter().for_each(|c| c.join().unwrap());
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let bytes = std::fs::read(dir.file("f")).unwrap();
+        for (i, chunk) in bytes.chunks(512).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8), "chunk {i}");
+        }
+        // Past the end of the file: end of file, not a hang.
+        let mut past = [0u8; 8];
+        assert_eq!(queue.read_at(fd, &mut past, 1 << 20).unwrap(), 0);
+        let permit = queue.permit();
+        let err = queue
+            .read_exact_at(&permit, fd, &mut past, 1 << 20)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // A bad descriptor is an error from the completion.
+        assert!(queue.write_at(-1, &past, 0).is_err());
+    }
+}

@@ -1,0 +1,261 @@
+//! `chimaera runtime start|stop|status`.
+//!
+//! `start` serves in the foreground: it loads the config, creates the `compose:` pools,
+//! prints one `… serving (pid N)` line on stdout, and blocks until the runtime is
+//! stopped — by `runtime stop` (an admin `StopRuntime` from another process), or by
+//! SIGINT/SIGTERM, which it turns into the same admin `StopRuntime` so every stop takes
+//! one path: drain for the grace period, fail what is left, remove the shared memory. A
+//! second signal during that stop exits at once, leaving the segments to the next start
+//! (which detects and replaces them).
+//!
+//! `stop` and `status` find the runtime by instance name; whether one is up comes from
+//! its liveness lock ([`runtime_alive`]), never from a pid file.
+use super::{fail, BAD_INPUT, FAILED};
+use crate::admin::AdminClient;
+use crate::RuntimeBuilder;
+use chimaera_core::admin_api::{PoolInfo, RuntimeStatus};
+use chimaera_core::shm::liveness::runtime_alive;
+use chimaera_core::ConnectError;
+use chimaera_core::{compose, Client, PoolId, PoolQuery, RuntimeConfig, TaskError};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::Write;
+use std::process::ExitCode;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long `stop` waits past the grace period for the runtime process to be gone.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
+/// How often `stop` looks whether the runtime is gone.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// The config from the environment, or the exit code after saying what is wrong.
+pub(super) fn load_config() -> Result<RuntimeConfig, ExitCode> {
+    RuntimeConfig::from_env().map_err(|err| fail(BAD_INPUT, err))
+}
+
+/// A client of the running runtime of `config`'s instance, or the exit code after
+/// saying why there is none.
+pub(super) fn connect(config: &RuntimeConfig) -> Result<Client, ExitCode> {
+    match Client::connect_to(config) {
+        Ok(client) => Ok(client),
+        Err(ConnectError::NotRunning { .. }) => Err(not_running(config)),
+        Err(err) => Err(fail(FAILED, err)),
+    }
+}
+
+fn not_running(config: &RuntimeConfig) -> ExitCode {
+    fail(
+        FAILED,
+        format!(
+            "no runtime of instance `{}` is running; start one with `chimaera runtime start`",
+            config.instance
+        ),
+    )
+}
+
+/// `chimaera runtime start`.
+pub(super) fn start(builder: RuntimeBuilder) -> ExitCode {
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let pools = match compose::prepare(builder.modules(), &config.compose) {
+        Ok(pools) => pools,
+        Err(err) => return fail(BAD_INPUT, format!("bad `compose:` in the config: {err}")),
+    };
+    // Registered before serving, so a signal that comes while the runtime starts waits
+    // for the stop thread instead of killing the process mid-start.
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(err) => return fail(FAILED, format!("cannot handle SIGINT/SIGTERM: {err}")),
+    };
+    let instance = config.instance.clone();
+    let grace = config.stop_grace_period;
+    let runtime = match builder.config(config).serve() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(FAILED, format!("runtime `{instance}` did not start: {err}")),
+    };
+    let stopper = StopOnSignal::spawn(signals, runtime.client(), grace);
+
+    let client = runtime.client();
+    for pool in &pools {
+        match pool.create(&client) {
+            Ok(info) => tracing::info!(
+                pool = %info.name, id = %info.id, module = %info.module,
+                containers = info.containers, "composed pool"
+            ),
+            Err(err) => {
+                drop(client);
+                runtime.stop();
+                stopper.close();
+                return fail(
+                    FAILED,
+                    format!("compose at boot failed, runtime stopped: {err}"),
+                );
+            }
+        }
+    }
+    drop(client);
+
+    tracing::info!(%instance, "serving");
+    println!(
+        "chimaera runtime `{instance}` serving (pid {})",
+        std::process::id()
+    );
+    let _ = std::io::stdout().flush();
+    runtime.wait();
+    runtime.stop();
+    stopper.close();
+    tracing::info!(%instance, "stopped");
+    ExitCode::SUCCESS
+}
+
+/// The thread that turns SIGINT/SIGTERM into an admin `StopRuntime`.
+struct StopOnSignal {
+    handle: signal_hook::iterator::Handle,
+    thread: JoinHandle<()>,
+}
+
+impl StopOnSignal {
+    fn spawn(mut signals: Signals, client: Client, grace: Duration) -> StopOnSignal {
+        let handle = signals.handle();
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let thread = std::thread::spawn(move || {
+            let mut stopping = false;
+            for signal in signals.forever() {
+                if stopping {
+                    eprintln!(
+                        "chimaera: signal {signal} during stop: exiting without a clean stop"
+                    );
+                    std::process::exit(i32::from(FAILED));
+                }
+                stopping = true;
+                tracing::info!(signal, grace_ms, "signal received: stopping");
+                let admin = AdminClient::attach(&client, PoolId::ADMIN);
+                match admin.stop_runtime(PoolQuery::Local, grace_ms) {
+                    Ok(()) | Err(TaskError::RuntimeStopped) => {}
+                    Err(err) => tracing::error!("stop on signal {signal} failed: {err}"),
+                }
+            }
+        });
+        StopOnSignal { handle, thread }
+    }
+
+    /// Ends the thread.
+    fn close(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
+
+/// `chimaera runtime stop`.
+pub(super) fn stop(grace_ms: Option<u64>) -> ExitCode {
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let instance = &config.instance;
+    if !runtime_alive(instance) {
+        return not_running(&config);
+    }
+    let grace_ms = grace_ms
+        .unwrap_or_else(|| u64::try_from(config.stop_grace_period.as_millis()).unwrap_or(u64::MAX));
+    let client = match connect(&config) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let asked =
+        AdminClient::attach(&client, PoolId::ADMIN).stop_runtime(PoolQuery::Local, grace_ms);
+    drop(client);
+    match asked {
+        // Already stopping: wait for it like for our own stop.
+        Ok(()) | Err(TaskError::RuntimeStopped) => {}
+        Err(err) => {
+            return fail(
+                FAILED,
+                format!("runtime `{instance}` refused to stop: {err}"),
+            )
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(grace_ms) + STOP_MARGIN;
+    while runtime_alive(instance) {
+        if Instant::now() >= deadline {
+            return fail(
+                FAILED,
+                format!(
+                    "runtime `{instance}` was asked to stop but is still running after {} s",
+                    (Duration::from_millis(grace_ms) + STOP_MARGIN).as_secs()
+                ),
+            );
+        }
+        std::thread::sleep(STOP_POLL);
+    }
+    println!("chimaera runtime `{instance}` stopped");
+    ExitCode::SUCCESS
+}
+
+/// `chimaera runtime status`.
+pub(super) fn status() -> ExitCode {
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if !runtime_alive(&config.instance) {
+        println!("chimaera runtime `{}` is not running", config.instance);
+        return ExitCode::from(FAILED);
+    }
+    let client = match connect(&config) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match AdminClient::attach(&client, PoolId::ADMIN).status(PoolQuery::Local) {
+        Ok(status) => {
+            print_status(&status);
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(
+            FAILED,
+            format!("runtime `{}` did not answer: {err}", config.instance),
+        ),
+    }
+}
+
+fn print_status(status: &RuntimeStatus) {
+    println!(
+        "chimaera runtime `{}` is up (pid {})",
+        status.instance, status.pid
+    );
+    println!(
+        "tasks: {} in flight, {} completed; clients attached: {}",
+        status.inflight, status.completed, status.clients
+    );
+    println!("workers: {}", status.workers.len());
+    for worker in &status.workers {
+        println!("  {:>3}  {} tasks run", worker.id, worker.tasks_run);
+    }
+    println!("pools: {}", status.pools.len());
+    let width = |column: fn(&PoolInfo) -> String| {
+        status
+            .pools
+            .iter()
+            .map(|pool| column(pool).len())
+            .max()
+            .unwrap_or(0)
+    };
+    let (ids, names, modules) = (
+        width(|pool| pool.id.to_string()),
+        width(|pool| pool.name.clone()),
+        width(|pool| pool.module.clone()),
+    );
+    for pool in &status.pools {
+        println!(
+            "  {:>ids$}  {:<names$}  {:<modules$}  {} container(s), {} queued",
+            pool.id.to_string(),
+            pool.name,
+            pool.module,
+            pool.containers,
+            pool.queued
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! Client processes and a runtime process over shared memory: real processes (the
+//! `chimaera` binary, and this test binary re-run as client children), real `/dev/shm`
+//! segments, real SIGKILLs. Each test runs its own runtime instance. No timing
+//! assertions: deadlines below only bound how long a broken build can hang.
+use chimaera::mod_name::{CreateParams, ModNameClient};
+use chimaera::prelude::*;
+use chimaera::shm::connection::Forgery;
+use chimaera::shm::server::{usage, ShmUsage};
+use chimaera::shm::InstanceName;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "CHI_TEST_ROLE";
+
+/// A runtime child process, killed and cleaned up if the test ends early.
+struct RuntimeProcess {
+    child: Option<Child>,
+    config: RuntimeConfig,
+    config_path: PathBuf,
+}
+
+fn config_for(test: &str, extra_yaml: &str) -> (RuntimeConfig, PathBuf) {
+    let instance = format!("t{}-{test}", std::process::id());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("{instance}.yaml"));
+    std::fs::write(&path, format!("instance: {instance}\n{extra_yaml}")).unwrap();
+    (
+        RuntimeConfig::from_file(&path).expect("test config is valid"),
+        path,
+    )
+}
+
+impl RuntimeProcess {
+    fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
+        let (config, config_path) = config_for(test, extra_yaml);
+        let mut runtime = RuntimeProcess {
+            child: None,
+            config,
+            config_path,
+        };
+        runtime.spawn();
+        runtime
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_chimaera"))
+            .args(["runtime", "start"])
+            .env("CHI_SERVER_CONF", &self.config_path)
+            .env_remove("CHI_INSTANCE")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the runtime");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match Client::connect_to(&self.config) {
+                Ok(_) => return,
+                Err(err) if Instant::now() > deadline => panic!("runtime never came up: {err}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect_to(&self.config).expect("connect")
+    }
+
+    fn instance(&self) -> &InstanceName {
+        &self.config.instance
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn usage(&self) -> ShmUsage {
+        usage(self.instance()).expect("segments readable")
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if let Ok(files) = chimaera::shm::naming::instance_files(self.instance()) {
+            for file in files {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Runs this test binary again as a client child with `role`.
+fn client_child(runtime: &RuntimeProcess, role: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "client_child_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, role)
+        .env("CHI_SERVER_CONF", &runtime.config_path)
+        .env_remove("CHI_INSTANCE")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn a client child")
+}
+
+fn wait_for_line(child: &mut Child, wanted: &str) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line.expect("child output").contains(wanted) {
+            // Keep draining in the background so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return;
+        }
+    }
+    panic!("child exited before printing {wanted:?}");
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The entry point of client children; only runs when a test starts it.
+#[test]
+#[ignore = "entry point of client child processes, started by the tests in this file"]
+fn client_child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let chi = Client::connect().expect("child connects");
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default())
+        .expect("child opens the pool");
+    let mut parts = role.split(':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("echo"), Some(id), Some(count)) => {
+            let count: u32 = count.parse().unwrap();
+            let mut window = std::collections::VecDeque::new();
+            for i in 0..count {
+                let text = format!("c{id}-{i}");
+                if i % 3 == 0 {
+                    assert_eq!(m.custom(PoolQuery::local(), &text, i).unwrap(), text);
+                } else {
+                    window.push_back((
+                        text.clone(),
+                        m.async_custom(PoolQuery::dynamic(), &text, i).unwrap(),
+                    ));
+                    if window.len() > 32 {
+                        let (expected, pending) = window.pop_front().unwrap();
+                        assert_eq!(pending.wait().unwrap(), expected);
+                    }
+                }
+            }
+            for (expected, pending) in window {
+                assert_eq!(pending.wait().unwrap(), expected);
+            }
+            println!("echo {id} done");
+        }
+        (Some("victim"), _, _) => {
+            // Keep tasks in flight, with large inputs and outputs, until killed.
+            let big = "v".repeat(64 * 1024);
+            println!("victim ready");
+            loop {
+                let pending: Vec<_> = (0..16)
+                    .map(|i| {
+                        m.async_custom(PoolQuery::local(), if i % 2 == 0 { &big } else { "x" }, i)
+                            .unwrap()
+                    })
+                    .collect();
+                let _holder = m.async_co_mutex_test(PoolQuery::local(), 0, 5).unwrap();
+                drop(pending);
+            }
+        }
+        other => panic!("unknown role {other:?}"),
+    }
+}
+
+#[test]
+fn four_client_processes_get_every_result_right() {
+    let runtime = RuntimeProcess::start("four", "");
+    let mut children: Vec<Child> = (0..4)
+        .map(|id| client_child(&runtime, &format!("echo:{id}:10000")))
+        .collect();
+    for child in &mut children {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a client child failed: {status}");
+    }
+}
+
+#[test]
+fn a_killed_client_disturbs_no_one_and_is_reclaimed() {
+    let runtime = RuntimeProcess::start("victim", "");
+    let observer = runtime.client();
+    let m = ModNameClient::create(
+        &observer,
+        PoolQuery::local(),
+        "shared",
+        CreateParams::default(),
+    )
+    .unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "warm", 0).unwrap(), "warm");
+    let baseline = runtime.usage();
+
+    let mut victim = client_child(&runtime, "victim");
+    wait_for_line(&mut victim, "victim ready");
+    let mut others: Vec<Child> = (0..2)
+        .map(|id| client_child(&runtime, &format!("echo:{id}:3000")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    for child in &mut others {
+        assert!(child.wait().unwrap().success(), "a bystander client failed");
+    }
+    wait_until("the runtime to reclaim the dead client", || {
+        runtime.usage() == baseline
+    });
+    assert_eq!(m.custom(PoolQuery::local(), "after", 1).unwrap(), "after");
+}
+
+#[test]
+fn a_killed_runtime_fails_waiting_calls_and_a_new_one_takes_over() {
+    let mut runtime = RuntimeProcess::start("phoenix", "");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let _holder = m
+        .async_co_mutex_test(PoolQuery::local(), 0, 60_000)
+        .unwrap();
+    let waiting = m.async_co_mutex_test(PoolQuery::local(), 1, 0).unwrap();
+    runtime.kill();
+    assert_eq!(waiting.wait(), Err(TaskError::RuntimeStopped));
+    assert_eq!(
+        m.custom(PoolQuery::local(), "x", 0),
+        Err(TaskError::RuntimeStopped)
+    );
+
+    runtime.spawn();
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "again", 0).unwrap(), "again");
+}
+
+#[test]
+fn malformed_tasks_fail_alone_and_the_runtime_goes_on() {
+    let runtime = RuntimeProcess::start("malformed", "");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let pool = m.pool_id();
+    let custom = chimaera::mod_name::mod_name_tasks::CUSTOM;
+    let connection = chi.shm_connection().expect("shared-memory client").clone();
+
+    let mut garbage = chimaera::codec::Bytes::new();
+    garbage.extend_from_slice(&[0xEE; 40]);
+    let result = chi
+        .submit(pool, custom, PoolQuery::local(), garbage, None)
+        .unwrap()
+        .wait();
+    assert!(
+        matches!(result[0].1, Err(TaskError::Malformed { .. })),
+        "{result:?}"
+    );
+
+    let good =
+        chimaera::codec::encode(&(chimaera::codec::StrRef("ok"), chimaera::codec::ByRef(&1u32)))
+            .unwrap();
+    for forgery in [
+        Forgery::InputInClientData {
+            offset: u64::MAX - 3,
+            len: 64,
+        },
+        Forgery::InputInClientData {
+            offset: 1 << 40,
+            len: 16,
+        },
+        Forgery::InputLength(1 << 30),
+        Forgery::QueryTag(99),
+        Forgery::Kind(7),
+        Forgery::InputWhere(42),
+    ] {
+        let result = connection
+            .submit_forged(pool, custom, &good, forgery)
+            .unwrap()
+            .wait();
+        assert!(
+            matches!(result[0].1, Err(TaskError::Malformed { .. })),
+            "{forgery:?}: {result:?}"
+        );
+    }
+    connection.queue_raw_index(u32::MAX);
+    connection.queue_raw_index(1_000_000);
+
+    assert_eq!(
+        ModNameClient::attach(&chi, PoolId::new(4242, 0)).custom(PoolQuery::local(), "x", 0),
+        Err(TaskError::UnknownPool {
+            pool: PoolId::new(4242, 0)
+        })
+    );
+    let unknown = chi
+        .submit(pool, 99, PoolQuery::local(), good.clone(), None)
+        .unwrap()
+        .wait();
+    assert!(matches!(
+        unknown[0].1,
+        Err(TaskError::UnknownMethod { method: 99, .. })
+    ));
+    assert_eq!(
+        m.custom(PoolQuery::local(), "still serving", 2).unwrap(),
+        "still serving"
+    );
+}
+
+#[test]
+fn a_tiny_queue_applies_backpressure_and_loses_nothing() {
+    let runtime = RuntimeProcess::start("tiny", "queue_depth: 2\n");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let admin = AdminClient::attach(&chi, PoolId::ADMIN);
+    let before = admin.status(PoolQuery::local()).unwrap().completed;
+    let per_thread = 300u32;
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let m = m.clone();
+            scope.spawn(move || {
+                for i in 0..per_thread {
+                    let text = format!("{t}-{i}");
+                    if i % 2 == 0 {
+                        assert_eq!(m.custom(PoolQuery::local(), &text, i).unwrap(), text);
+                    } else {
+                        let a = m.async_custom(PoolQuery::local(), &text, i).unwrap();
+                        let b = m.async_custom(PoolQuery::local(), &text, i).unwrap();
+                        assert_eq!(a.wait().unwrap(), text);
+                        assert_eq!(b.wait().unwrap(), text);
+                    }
+                }
+            });
+        }
+    });
+    let after = admin.status(PoolQuery::local()).unwrap().completed;
+    // Every task ran exactly once: the ones above, plus the first status call.
+    let issued = u64::from(4 * (per_thread / 2 + 2 * (per_thread / 2)));
+    assert_eq!(after - before, issued + 1);
+}
+
+#[test]
+fn a_clean_stop_exits_zero_and_leaves_no_segment() {
+    let mut runtime = RuntimeProcess::start("stop", "");
+    let chi = runtime.client();
+    ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    drop(chi);
+    let stop = Command::new(env!("CARGO_BIN_EXE_chimaera"))
+        .args(["runtime", "stop"])
+        .env("CHI_SERVER_CONF", &runtime.config_path)
+        .env_remove("CHI_INSTANCE")
+        .output()
+        .unwrap();
+    assert!(
+        stop.status.success(),
+        "stop failed: {}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let status = runtime.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "the runtime exited with {status}");
+    let left = chimaera::shm::naming::instance_files(runtime.instance()).unwrap();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
