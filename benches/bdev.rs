@@ -21,7 +21,8 @@
 //! ram_qd32_iops=<n> ram_floor_ops=<n> ram_ratio=<r> ram_alloc_write_free_ops=<n>`
 //!
 //! Run: `cargo bench --bench bdev`. `BDEV_BENCH_SECS` sets the seconds per phase
-//! (default 2).
+//! (default 2); `BDEV_BENCH_ONLY=awf,ram` (say) runs only those parts (`fio`, `file`,
+//! `floor`, `awf`, `ram`, `remote`), for profiling.
 use chimaera::bdev::{BdevClient, BdevParams, BdevType, Block};
 use chimaera::prelude::*;
 use std::collections::VecDeque;
@@ -185,32 +186,31 @@ struct Figures {
 
 /// Every runtime measurement through `chi`; the file device is the file at `file`.
 fn measure(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<Figures> {
-    let (qd1, qd32) = if only_ram() {
-        (Rates::default(), Rates::default())
-    } else {
+    let (qd1, qd32) = if enabled("file") {
         measure_file(chi, label, file, secs)?
+    } else {
+        (Rates::default(), Rates::default())
     };
-    if only_file() {
-        return Ok(Figures {
-            qd1,
-            qd32,
-            ..Figures::default()
-        });
-    }
     let ram_params = BdevParams {
         bdev_type: BdevType::Ram,
         total_size: DEVICE_SIZE,
         ..BdevParams::default()
     };
     let ram = BdevClient::create(chi, local(), &format!("bdev-bench-ram-{label}"), ram_params)?;
-    let ram_awf = run_alloc_write_free(&ram, secs)?;
-    println!("[{label}] RAM allocate+write+free (sync, 1 thread): {ram_awf:.0} ops/s");
-    let blocks = allocate_all(&ram)?;
-    let ram_qd32 = Rates {
-        write: run_qd32(&ram, &blocks, true, secs)?,
-        read: run_qd32(&ram, &blocks, false, secs)?,
-    };
-    println!("[{label}] RAM qd32: {ram_qd32}");
+    let mut ram_awf = 0.0;
+    if enabled("awf") {
+        ram_awf = run_alloc_write_free(&ram, secs)?;
+        println!("[{label}] RAM allocate+write+free (sync, 1 thread): {ram_awf:.0} ops/s");
+    }
+    let mut ram_qd32 = Rates::default();
+    if enabled("ram") {
+        let blocks = allocate_all(&ram)?;
+        ram_qd32 = Rates {
+            write: run_qd32(&ram, &blocks, true, secs)?,
+            read: run_qd32(&ram, &blocks, false, secs)?,
+        };
+        println!("[{label}] RAM qd32: {ram_qd32}");
+    }
     ram.destroy_pool()?;
     Ok(Figures {
         qd1,
@@ -220,14 +220,10 @@ fn measure(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<Fig
     })
 }
 
-/// `BDEV_BENCH_ONLY=ram`: skip the file device and fio (for profiling the RAM path).
-fn only_ram() -> bool {
-    std::env::var("BDEV_BENCH_ONLY").is_ok_and(|v| v == "ram")
-}
-
-/// `BDEV_BENCH_ONLY=file`: skip the RAM device and the floor.
-fn only_file() -> bool {
-    std::env::var("BDEV_BENCH_ONLY").is_ok_and(|v| v == "file")
+/// Whether a part of the bench runs: all of them, unless `BDEV_BENCH_ONLY` lists some
+/// (comma-separated: `fio`, `file`, `floor`, `awf`, `ram`, `remote`), for profiling.
+fn enabled(part: &str) -> bool {
+    std::env::var("BDEV_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p == part))
 }
 
 /// The file device at depth 1 and 32: (qd1, qd32).
@@ -421,7 +417,9 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&scratch.0)?;
     let file = scratch.0.join("device");
     let file = std::fs::canonicalize(&scratch.0)?.join(file.file_name().expect("a file name"));
-    fill_file(&file)?;
+    if enabled("fio") || enabled("file") {
+        fill_file(&file)?;
+    }
     println!(
         "bdev bench: {} s per phase, 4 KiB random I/O, file {} (O_DIRECT)",
         secs.as_secs(),
@@ -429,7 +427,7 @@ fn main() -> Result<()> {
     );
 
     // fio first on the freshly filled file, then the runtime on the same file.
-    let (fio_qd1, fio_qd32) = if only_ram() {
+    let (fio_qd1, fio_qd32) = if !enabled("fio") {
         (Rates::default(), Rates::default())
     } else if fio_available() {
         let qd1 = Rates {
@@ -448,10 +446,10 @@ fn main() -> Result<()> {
         (Rates::default(), Rates::default())
     };
 
-    let floor = if only_file() {
-        Rates::default()
-    } else {
+    let floor = if enabled("floor") {
         memcpy_floor(secs)
+    } else {
+        Rates::default()
     };
     println!("[floor] memcpy of random 4 KiB blocks in 256 MiB: {floor}");
 
@@ -460,7 +458,7 @@ fn main() -> Result<()> {
     runtime.stop();
 
     let instance = format!("bdev-bench-{}", std::process::id());
-    let remote = if std::env::var("BDEV_BENCH_REMOTE").is_ok_and(|v| v == "0") {
+    let remote = if !enabled("remote") {
         None
     } else {
         match RuntimeProcess::start(&instance) {

@@ -31,8 +31,9 @@
 //! stopped with `chimaera runtime stop` and must exit 0.
 //!
 //! (a), (b) and (c) are sampled in turn, one sample of each per round, so that a change in
-//! the machine's state during the run hits all three alike; between its samples a peer
-//! child blocks on its stdin (no CPU) until the coordinator writes `go`.
+//! the machine's state during the run hits all three alike (the median of the per-round
+//! ratios is printed as a cross-check); between its samples a peer child blocks on its
+//! stdin (no CPU) until the coordinator writes `go`.
 //!
 //! # Files
 //!
@@ -41,7 +42,8 @@
 //! At the end the coordinator fails if any file of the runtime instance, of the floor
 //! mapping or of iceoryx2 is left, except the one iceoryx2 keeps by design (its global
 //! management segment, `…global_mgmt`), which it removes along with the directory. On an
-//! early error the same files are removed by drop guards.
+//! early error the same files are removed by drop guards; what a killed coordinator left
+//! (no guard ran) is removed by the next run, for pids that no longer exist.
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use iceoryx2::prelude::*;
@@ -102,6 +104,7 @@ fn coordinator() -> Res<()> {
     let instance = format!("ipcbench-{pid}");
     let floor_path = PathBuf::from(format!("/dev/shm/chimaera-ipcbench-{pid}-floor"));
     let iox_files = IoxFiles::for_pid(pid, true);
+    remove_stale_runs();
 
     let mut floor = FloorPeer::start(&floor_path)?;
     let mut iox = IoxPeer::start(&iox_files, &format!("chimaera-ipcbench-{pid}"))?;
@@ -136,6 +139,10 @@ fn coordinator() -> Res<()> {
     }
     floor.finish()?;
     iox.finish()?;
+    let per_round = |peer: &[f64]| -> f64 {
+        percentiles(ours_ns.iter().zip(peer).map(|(a, b)| a / b).collect()).0
+    };
+    let (round_ratio, round_floor_ratio) = (per_round(&iox_ns), per_round(&floor_ns));
     let (floor_ns, floor_p10, floor_p90) = percentiles(floor_ns);
     println!(
         "(c) floor, cache-line ping-pong: median {floor_ns:.0} ns per round trip \
@@ -150,6 +157,11 @@ fn coordinator() -> Res<()> {
     println!(
         "(a) ours, sync empty task: median {rtt_ns:.0} ns per round trip \
          (p10 {rtt_p10:.0}, p90 {rtt_p90:.0})"
+    );
+
+    println!(
+        "    cross-check, median of the 31 per-round ratios: ours/iceoryx2 {round_ratio:.2}, \
+         ours/floor {round_floor_ratio:.2}"
     );
 
     let tps_1 = throughput(&instance, 1)?;
@@ -816,8 +828,7 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Res<Option<ExitStatus>> {
     }
 }
 
-/// The `chimaera runtime start` child serving `instance`; on drop (unless stopped) it gets
-/// SIGTERM, then SIGKILL after 5 s.
+/// The `chimaera runtime start` child serving `instance`; see its `Drop` for an early exit.
 struct RuntimeProcess {
     instance: String,
     child: Option<Child>,
@@ -899,6 +910,8 @@ impl RuntimeProcess {
 }
 
 impl Drop for RuntimeProcess {
+    /// On an early exit: SIGTERM (a clean stop), SIGKILL after 5 s; then remove whatever
+    /// the runtime left of the instance, which is this run's alone.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill() with a pid we spawned and have not reaped.
@@ -909,6 +922,9 @@ impl Drop for RuntimeProcess {
             ) {
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            for file in instance_files(&self.instance) {
+                let _ = std::fs::remove_file(file);
             }
         }
     }
@@ -927,18 +943,76 @@ fn check_residue(instance: &str, floor: &Path, iox: &IoxFiles) -> Res<()> {
         .filter(|f| !f.to_string_lossy().ends_with(".global_mgmt"))
         .collect();
     iox.remove();
-    for entry in std::fs::read_dir("/dev/shm")?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Our files are `chimaera-{user}-{instance}.lock` and `chimaera-{user}-{instance}@…`.
-        let ours =
-            name.ends_with(&format!("-{instance}.lock")) || name.contains(&format!("-{instance}@"));
-        if ours || entry.path() == floor {
-            left.push(entry.path());
-        }
+    left.extend(instance_files(instance));
+    if floor.exists() {
+        left.push(floor.to_owned());
     }
     if left.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("files left behind: {left:?}").into())
+        return Ok(());
     }
+    // Reported, then removed: they are this run's alone.
+    for file in &left {
+        let _ = std::fs::remove_file(file);
+    }
+    Err(format!("files left behind (now removed): {left:?}").into())
+}
+
+/// Removes what earlier runs left when their coordinator was killed before its guards ran
+/// (e.g. by Ctrl-C): `/dev/shm/chimaera-…ipcbench-<pid>{-floor,.lock,@…}`,
+/// `/dev/shm/iox2_chibench<pid>_…` and `/tmp/chimaera-ipcbench-<pid>-iceoryx2`, for pids
+/// that no longer exist. (Their runtimes got SIGTERM when the coordinator died.)
+fn remove_stale_runs() {
+    // The pid at the start of `rest` if whatever follows it is one of `after`.
+    let pid_of = |rest: &str, after: &[char]| -> Option<u32> {
+        let end = rest.find(|c: char| !c.is_ascii_digit())?;
+        after
+            .contains(&rest[end..].chars().next()?)
+            .then(|| rest[..end].parse().ok())?
+    };
+    let stale = |pid: Option<u32>| {
+        pid.is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+    };
+    for dir in ["/dev/shm", "/tmp"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = if dir == "/tmp" {
+                name.strip_prefix("chimaera-ipcbench-")
+                    .filter(|rest| rest.ends_with("-iceoryx2"))
+                    .and_then(|rest| pid_of(rest, &['-']))
+            } else if let Some(rest) = name.strip_prefix("iox2_chibench") {
+                pid_of(rest, &['_'])
+            } else if name.starts_with("chimaera-") {
+                name.split_once("ipcbench-")
+                    .and_then(|(_, rest)| pid_of(rest, &['-', '.', '@']))
+            } else {
+                None
+            };
+            if stale(pid) {
+                let path = entry.path();
+                let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+            }
+        }
+    }
+}
+
+/// The runtime instance's files in `/dev/shm`: `chimaera-{user}-{instance}.lock` and
+/// `chimaera-{user}-{instance}@…`.
+fn instance_files(instance: &str) -> Vec<PathBuf> {
+    let (lock, segment) = (format!("-{instance}.lock"), format!("-{instance}@"));
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with("chimaera-") && (name.ends_with(&lock) || name.contains(&segment))
+        })
+        .map(|entry| entry.path())
+        .collect()
 }

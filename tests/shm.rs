@@ -212,7 +212,12 @@ fn a_killed_client_disturbs_no_one_and_is_reclaimed() {
     )
     .unwrap();
     assert_eq!(m.custom(PoolQuery::local(), "warm", 0).unwrap(), "warm");
+    // Only this observer is attached (the readiness probe's area is reclaimed too).
+    wait_until("a settled baseline", || {
+        runtime.usage().client_areas_in_use == 1
+    });
     let baseline = runtime.usage();
+    assert_eq!(baseline.slots_in_use, 0);
 
     let mut victim = client_child(&runtime, "victim");
     wait_for_line(&mut victim, "victim ready");

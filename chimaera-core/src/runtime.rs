@@ -644,7 +644,12 @@ impl RuntimeBuilder {
             .shared
             .get_or_create_pool((0, TaskNode::default()), &bootstrap);
         match admin {
-            Ok(info) if info.id == PoolId::ADMIN => Ok(runtime),
+            Ok(info) if info.id == PoolId::ADMIN => {
+                if let Some(server) = runtime.shared.shm.get() {
+                    server.publish_ready();
+                }
+                Ok(runtime)
+            }
             Ok(info) => Err(StartError::Admin(TaskError::failed(format!(
                 "admin pool got id {} instead of 1.0",
                 info.id

@@ -29,6 +29,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::task::{lock, Schedule};
+use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -100,8 +101,8 @@ pub struct ShmConnection {
     data_start: usize,
     producer: Mutex<Producer>,
     free_slots: Mutex<Vec<u32>>,
-    /// Slots whose call was dropped before its result arrived.
-    abandoned: Mutex<Vec<(u32, Option<Extent>)>>,
+    /// Calls holding a slot, by slot index.
+    holding: Mutex<HashMap<u32, Arc<CallState>>>,
     slot_freed: Condvar,
     data: Mutex<Arena>,
     dead: AtomicBool,
@@ -171,7 +172,7 @@ impl ShmConnection {
             data_start: client as usize * data_share,
             producer: Mutex::new(Producer { ring }),
             free_slots: Mutex::new((0..geometry.slots).rev().collect()),
-            abandoned: Mutex::new(Vec::new()),
+            holding: Mutex::new(HashMap::new()),
             slot_freed: Condvar::new(),
             data: Mutex::new(Arena::new(data_share)),
             dead: AtomicBool::new(false),
@@ -250,14 +251,16 @@ impl ShmConnection {
                 return Ok(slot_index);
             }
             drop(free);
-            self.sweep_abandoned();
+            // Every slot holds a call: move the answered ones' results out of shared
+            // memory, so results nobody collected yet do not hold the queue.
+            self.harvest();
             free = lock(&self.free_slots);
             if !free.is_empty() {
                 continue;
             }
             let (guard, timeout) = self
                 .slot_freed
-                .wait_timeout(free, Duration::from_millis(2))
+                .wait_timeout(free, Duration::from_micros(200))
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             free = guard;
             if timeout.timed_out() && free.is_empty() {
@@ -270,7 +273,32 @@ impl ShmConnection {
         }
     }
 
+    /// Copies the results of answered calls out of their slots and frees the slots.
+    fn harvest(&self) {
+        let calls: Vec<Arc<CallState>> = lock(&self.holding).values().cloned().collect();
+        for call in calls {
+            let mut held = lock(&call.slot);
+            let Some((slot_index, input)) = *held else {
+                continue;
+            };
+            let Ok(view) = self.view(slot_index) else {
+                continue;
+            };
+            if view.word(slot::STATE).load(Ordering::Acquire) != layout::SLOT_DONE {
+                continue;
+            }
+            let results = self.read_results(&view);
+            if !call.abandoned.load(Ordering::Acquire) {
+                *lock(&call.harvested) = Some(results);
+            }
+            *held = None;
+            drop(held);
+            self.release_slot(slot_index, input);
+        }
+    }
+
     fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
+        lock(&self.holding).remove(&slot_index);
         if let Some(extent) = input {
             self.free_data(extent);
         }
@@ -283,22 +311,6 @@ impl ShmConnection {
         self.slot_freed.notify_one();
     }
 
-    /// Frees the slots of dropped calls whose results have arrived.
-    fn sweep_abandoned(&self) {
-        let done: Vec<_> = {
-            let mut abandoned = lock(&self.abandoned);
-            let (done, waiting): (Vec<_>, Vec<_>) = abandoned.drain(..).partition(|(s, _)| {
-                self.view(*s)
-                    .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == layout::SLOT_DONE)
-            });
-            *abandoned = waiting;
-            done
-        };
-        for (slot_index, input) in done {
-            self.release_slot(slot_index, input);
-        }
-    }
-
     fn view(&self, slot_index: u32) -> Result<SlotView, TaskError> {
         SlotView::new(&self.main, &self.geometry, self.client, slot_index)
             .map_err(|e| TaskError::malformed("slot", e))
@@ -309,6 +321,28 @@ impl ShmConnection {
         let extent = arena.alloc(len, 64);
         self.publish_data_in_use(&arena);
         extent
+    }
+
+    /// Allocates in the data share; while it is full of inputs of calls in flight, frees
+    /// the buffers of answered calls and waits for more answers. `None` only when the
+    /// input cannot fit even with no call in flight.
+    fn alloc_data_waiting(&self, len: usize) -> Option<Extent> {
+        loop {
+            if let Some(extent) = self.alloc_data(len) {
+                return Some(extent);
+            }
+            self.harvest();
+            if let Some(extent) = self.alloc_data(len) {
+                return Some(extent);
+            }
+            let waiting_on_others = lock(&self.holding)
+                .values()
+                .any(|call| lock(&call.slot).is_some_and(|(_, input)| input.is_some()));
+            if !waiting_on_others || self.runtime_gone() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn free_data(&self, extent: Extent) {
@@ -365,7 +399,7 @@ impl ShmConnection {
                 .map_err(|e| TaskError::malformed("input", e))?;
             set(slot::INPUT_WHERE, layout::IN_SLOT);
         } else {
-            let Some(extent) = self.alloc_data(input.len()) else {
+            let Some(extent) = self.alloc_data_waiting(input.len()) else {
                 self.release_slot(slot_index, None);
                 return Err(TaskError::failed(format!(
                     "the task's input ({} bytes) does not fit this client's share of the client-data segment; raise shm.client_data_size",
@@ -386,20 +420,17 @@ impl ShmConnection {
         }
         set(slot::WAITING, 0);
         set(slot::STATE, layout::SLOT_SUBMITTED);
+        let call = self.hold(slot_index, input_extent);
         if !self.queue(slot_index) {
             // Cannot happen while the runtime keeps one ring entry per slot; treat it as a
             // broken runtime rather than lose the task silently.
+            lock(&call.state.slot).take();
             self.release_slot(slot_index, input_extent);
             return Err(TaskError::failed(
                 "the submission ring is full although a slot was free",
             ));
         }
-        Ok(ShmCall {
-            connection: self.clone(),
-            slot: slot_index,
-            input: input_extent,
-            finished: false,
-        })
+        Ok(call)
     }
 }
 
@@ -461,13 +492,24 @@ impl ShmConnection {
         }
         set(slot::WAITING, 0);
         set(slot::STATE, layout::SLOT_SUBMITTED);
+        let call = self.hold(slot_index, None);
         self.queue(slot_index);
-        Ok(ShmCall {
+        Ok(call)
+    }
+
+    /// Records that a new call holds `slot_index`.
+    fn hold(self: &Arc<Self>, slot_index: u32, input: Option<Extent>) -> ShmCall {
+        let state = Arc::new(CallState {
+            slot: Mutex::new(Some((slot_index, input))),
+            harvested: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
+        });
+        lock(&self.holding).insert(slot_index, state.clone());
+        ShmCall {
             connection: self.clone(),
-            slot: slot_index,
-            input: None,
+            state,
             finished: false,
-        })
+        }
     }
 
     /// Queues a slot index the runtime must reject (out of range). Test support.
@@ -500,64 +542,103 @@ impl Drop for ShmConnection {
     }
 }
 
+type Results = Vec<(ContainerId, Result<Bytes, TaskError>)>;
+
+/// A call's hold on its slot, shared with the connection (which may harvest it).
+struct CallState {
+    /// The slot and the client-data buffer of the input, while held.
+    slot: Mutex<Option<(u32, Option<Extent>)>>,
+    /// Results moved out of the slot by a harvest.
+    harvested: Mutex<Option<Results>>,
+    /// The caller dropped the call: results are discarded.
+    abandoned: AtomicBool,
+}
+
 /// A task submitted over shared memory, not yet answered.
 pub struct ShmCall {
     connection: Arc<ShmConnection>,
-    slot: u32,
-    input: Option<Extent>,
+    state: Arc<CallState>,
     finished: bool,
 }
 
 impl ShmCall {
     /// Whether the answer is there.
     pub fn is_done(&self) -> bool {
-        self.connection
-            .view(self.slot)
-            .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == layout::SLOT_DONE)
+        match *lock(&self.state.slot) {
+            Some((slot_index, _)) => self
+                .connection
+                .view(slot_index)
+                .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == layout::SLOT_DONE),
+            None => true,
+        }
     }
 
     /// Waits for the answer and returns each replica's result (one for most queries).
-    pub fn wait(mut self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
-        let outcome = self.wait_done();
+    pub fn wait(mut self) -> Results {
         self.finished = true;
-        let results = match outcome {
-            Ok(view) => self.read_results(&view),
-            Err(err) => {
-                // The runtime is gone: the slot will never be answered; keep it out of use.
+        loop {
+            let held = *lock(&self.state.slot);
+            let Some((slot_index, _)) = held else {
+                if let Some(results) = lock(&self.state.harvested).take() {
+                    return results;
+                }
+                return vec![(0, Err(TaskError::NotRun))];
+            };
+            if let Err(err) = self.connection.wait_done(slot_index, &self.state) {
+                // The runtime is gone: the slot will never be answered.
                 return vec![(0, Err(err))];
             }
-        };
-        self.connection.release_slot(self.slot, self.input.take());
-        results
+            let mut held = lock(&self.state.slot);
+            if let Some((slot_index, input)) = held.take() {
+                drop(held);
+                let results = match self.connection.view(slot_index) {
+                    Ok(view) => self.connection.read_results(&view),
+                    Err(err) => vec![(0, Err(err))],
+                };
+                self.connection.release_slot(slot_index, input);
+                return results;
+            }
+        }
     }
+}
 
-    fn wait_done(&self) -> Result<SlotView, TaskError> {
-        let view = self.connection.view(self.slot)?;
+impl ShmConnection {
+    /// Waits until `slot_index` is answered, or `call` no longer holds it (a harvest
+    /// took the answer; the slot may already serve another call).
+    fn wait_done(&self, slot_index: u32, call: &CallState) -> Result<(), TaskError> {
+        let view = self.view(slot_index)?;
         let state = view.word(slot::STATE);
-        for _ in 0..SPINS_BEFORE_SLEEP {
+        let released = || lock(&call.slot).is_none();
+        for spin in 0..SPINS_BEFORE_SLEEP {
             if state.load(Ordering::Acquire) == layout::SLOT_DONE {
-                return Ok(view);
+                return Ok(());
+            }
+            if spin % 256 == 255 && released() {
+                return Ok(());
             }
             std::hint::spin_loop();
         }
         let started = Instant::now();
         loop {
+            if released() {
+                return Ok(());
+            }
             view.word(slot::WAITING).store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if state.load(Ordering::SeqCst) == layout::SLOT_DONE {
-                return Ok(view);
+            if state.load(Ordering::SeqCst) == layout::SLOT_DONE || released() {
+                return Ok(());
             }
             futex::wait(state, layout::SLOT_SUBMITTED, Some(LIVENESS_CHECK));
             if state.load(Ordering::Acquire) == layout::SLOT_DONE {
-                return Ok(view);
+                return Ok(());
             }
-            if started.elapsed() >= LIVENESS_CHECK && self.connection.runtime_gone() {
+            if started.elapsed() >= LIVENESS_CHECK && self.runtime_gone() {
                 return Err(TaskError::RuntimeStopped);
             }
         }
     }
 
-    fn read_results(&self, view: &SlotView) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
+    fn read_results(&self, view: &SlotView) -> Results {
         let load = |field| view.word(field).load(Ordering::Relaxed);
         let status = load(slot::STATUS);
         let len = load(slot::OUTPUT_LEN) as usize;
@@ -567,12 +648,8 @@ impl ShmCall {
             layout::IN_SLOT => view.read_payload(&mut bytes).is_ok(),
             layout::IN_RUNTIME_DATA => {
                 let offset = view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed);
-                usize::try_from(offset).is_ok_and(|offset| {
-                    self.connection
-                        .runtime_data
-                        .read_bytes(offset, &mut bytes)
-                        .is_ok()
-                })
+                usize::try_from(offset)
+                    .is_ok_and(|offset| self.runtime_data.read_bytes(offset, &mut bytes).is_ok())
             }
             _ => false,
         };
@@ -625,7 +702,8 @@ impl ShmCall {
 impl Drop for ShmCall {
     fn drop(&mut self) {
         if !self.finished {
-            lock(&self.connection.abandoned).push((self.slot, self.input.take()));
+            // The slot frees when its answer arrives (see `harvest`).
+            self.state.abandoned.store(true, Ordering::Release);
         }
     }
 }

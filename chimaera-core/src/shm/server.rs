@@ -2,7 +2,8 @@
 //!
 //! [`ShmServer::create`] takes the instance's runtime lock (so a second runtime for the
 //! same instance is refused), removes what a dead runtime left, creates the three
-//! segments and lays out every client area, then publishes `READY`.
+//! segments and lays out every client area; [`ShmServer::publish_ready`] then lets
+//! clients attach, once the runtime has its admin pool.
 //!
 //! **Ingest.** Each shm-serving worker polls the rings of the client areas assigned to it
 //! (`client % workers`). A popped slot index is bounds-checked; the slot's header words
@@ -204,11 +205,15 @@ impl ShmServer {
             threads: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
         });
-        server
-            .header
+        Ok(server)
+    }
+
+    /// Lets clients attach: called once the runtime can serve them (its admin pool
+    /// exists).
+    pub fn publish_ready(&self) {
+        self.header
             .state()
             .store(layout::STATE_READY, Ordering::Release);
-        Ok(server)
     }
 
     /// Starts the doorbell threads (one per worker) and the housekeeping thread.
@@ -254,7 +259,10 @@ impl ShmServer {
                         if client_alive(&self.instance, client) {
                             active += 1;
                         } else {
-                            tracing::info!(client, "client died; reclaiming its slots and buffers");
+                            tracing::debug!(
+                                client,
+                                "client detached or died; reclaiming its slots and buffers"
+                            );
                             lock(&self.clients[client as usize].gone)
                                 .store(true, Ordering::Release);
                             control
@@ -308,7 +316,7 @@ impl ShmServer {
             tracing::warn!(client, "cannot remove a dead client's lock file: {err}");
         }
         control.state.store(layout::CLIENT_FREE, Ordering::Release);
-        tracing::info!(client, "client area reclaimed");
+        tracing::debug!(client, "client area reclaimed");
     }
 
     /// Workers that poll client rings.

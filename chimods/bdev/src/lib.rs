@@ -180,9 +180,15 @@ impl Bdev {
         let len = len.min(block.size);
         self.check_block(&block)
             .inspect_err(|_| self.stats.record_failed_read())?;
-        // At most one block (128 KiB): `check_block` refused anything larger.
-        let mut data = vec![0u8; len as usize];
-        self.read_block(&block, &mut data)?;
+        // At most one block (128 KiB): `check_block` refused anything larger. Filled
+        // by the device without zeroing it first.
+        let len = len as usize;
+        let mut data = Vec::with_capacity(len);
+        self.measure_read(&block, len, |device| {
+            device.read_into_uninit(block.offset, &mut data.spare_capacity_mut()[..len])
+        })?;
+        // SAFETY: the read succeeded, so the device initialized all `len` bytes.
+        unsafe { data.set_len(len) };
         Ok(data)
     }
 
@@ -253,10 +259,21 @@ impl Bdev {
 
     /// Fills `buf` from the start of `block`, measured; the I/O core of `Read`.
     pub fn read_block(&self, block: &Block, buf: &mut [u8]) -> Result<u64, BdevError> {
+        let offset = block.offset;
+        self.measure_read(block, buf.len(), |device| device.read_into(offset, buf))
+    }
+
+    /// Checks that `len` bytes fit `block`, runs `read` and counts it.
+    fn measure_read(
+        &self,
+        block: &Block,
+        len: usize,
+        read: impl FnOnce(&dyn BlockDevice) -> Result<u64, IoError>,
+    ) -> Result<u64, BdevError> {
         let checked = self.check_block(block).and_then(|()| {
-            if buf.len() as u64 > block.size {
+            if len as u64 > block.size {
                 return Err(BdevError::LongerThanBlock {
-                    len: buf.len() as u64,
+                    len: len as u64,
                     block_size: block.size,
                     offset: block.offset,
                 });
@@ -264,11 +281,171 @@ impl Bdev {
             Ok(())
         });
         let started = Instant::now();
-        let result = checked.and_then(|()| Ok(self.device.read_into(block.offset, buf)?));
+        let result = checked.and_then(|()| Ok(read(&*self.device)?));
         match result {
             Ok(read) => self.stats.record_read(read, started.elapsed()),
             Err(_) => self.stats.record_failed_read(),
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod costs {
+    //! What the bdev side costs per operation, without the runtime: the handlers alone,
+    //! then with the encoding and validation the generated code and client do around
+    //! them (one thread, RAM device). `cargo test --release -p chimaera-bdev --lib
+    //! costs -- --ignored --nocapture`.
+    use super::*;
+    use chimaera_core::codec::{access, decode, deserialize, encode, ByRef, SliceRef};
+    use rkyv::Archived;
+
+    fn per_op(label: &str, ops: u32, run: impl FnMut(u32)) {
+        let mut run = run;
+        for i in 0..ops / 10 {
+            run(i);
+        }
+        let start = Instant::now();
+        for i in 0..ops {
+            run(i);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / f64::from(ops);
+        println!("{label:<48} {ns:>8.0} ns/op");
+    }
+
+    #[test]
+    #[ignore = "a measurement; run with --ignored --nocapture"]
+    fn bdev_side_costs() {
+        let bdev = Bdev::with_device(Box::new(RamDevice::new(256 << 20).unwrap()));
+        let data = vec![0x5au8; 4096];
+        let ops = 300_000;
+        per_op("handlers: allocate + write + free", ops, |_| {
+            let blocks = bdev.allocate_blocks(4096).unwrap();
+            bdev.write(blocks[0], &data).unwrap();
+            bdev.free_blocks(blocks).unwrap();
+        });
+        per_op("handlers + codec: allocate + write + free", ops, |_| {
+            // allocate
+            let input = encode(&(ByRef(&4096u64),)).unwrap();
+            let args = access::<Archived<(u64,)>>(&input, "input").unwrap();
+            let size: u64 = deserialize(&args.0, "input").unwrap();
+            let ret = bdev.allocate_blocks(size).unwrap();
+            let output = encode(&(ByRef(&ret),)).unwrap();
+            let (blocks,): (Vec<Block>,) = decode(&output, "output").unwrap();
+            // write
+            let input = encode(&(ByRef(&blocks[0]), SliceRef(&data[..]))).unwrap();
+            let args = access::<Archived<(Block, Vec<u8>)>>(&input, "input").unwrap();
+            let block: Block = deserialize(&args.0, "input").unwrap();
+            let ret = bdev.write(block, args.1.as_slice()).unwrap();
+            let output = encode(&(ByRef(&ret),)).unwrap();
+            let (written,): (u64,) = decode(&output, "output").unwrap();
+            assert_eq!(written, 4096);
+            // free
+            let input = encode(&(SliceRef(&blocks[..]),)).unwrap();
+            let args = access::<Archived<(Vec<Block>,)>>(&input, "input").unwrap();
+            let blocks: Vec<Block> = deserialize(&args.0, "input").unwrap();
+            bdev.free_blocks(blocks).unwrap();
+            let output = encode(&(ByRef(&()),)).unwrap();
+            let _: ((),) = decode(&output, "output").unwrap();
+        });
+        let blocks = bdev.allocate_blocks(64 << 20).unwrap();
+        let n = blocks.len() as u32;
+        per_op("handler: write 4 KiB (random 128 KiB block)", ops, |i| {
+            let block = blocks[(i.wrapping_mul(2_654_435_761) % n) as usize];
+            bdev.write(block, &data).unwrap();
+        });
+        per_op("handler: read 4 KiB (random 128 KiB block)", ops, |i| {
+            let block = blocks[(i.wrapping_mul(2_654_435_761) % n) as usize];
+            assert_eq!(bdev.read(block, 4096).unwrap().len(), 4096);
+        });
+        per_op("handler + codec: read 4 KiB", ops, |i| {
+            let block = blocks[(i.wrapping_mul(2_654_435_761) % n) as usize];
+            let input = encode(&(ByRef(&block), ByRef(&4096u64))).unwrap();
+            let args = access::<Archived<(Block, u64)>>(&input, "input").unwrap();
+            let block: Block = deserialize(&args.0, "input").unwrap();
+            let ret = bdev.read(block, args.1.to_native()).unwrap();
+            let output = encode(&(ByRef(&ret),)).unwrap();
+            let (back,): (Vec<u8>,) = decode(&output, "output").unwrap();
+            assert_eq!(back.len(), 4096);
+        });
+        let mut buf = vec![0u8; 4096];
+        let mut floor = vec![0u8; 256 << 20];
+        per_op("floor: memcpy 4 KiB in and out of 256 MiB", ops, |i| {
+            let at = (i.wrapping_mul(2_654_435_761) % 65536) as usize * 4096;
+            floor[at..at + 4096].copy_from_slice(std::hint::black_box(&data));
+            buf.copy_from_slice(std::hint::black_box(&floor[at..at + 4096]));
+        });
+    }
+}
+
+#[cfg(test)]
+mod file_costs {
+    //! Latency of one O_DIRECT 4 KiB write through each engine at depth 1, from a `may`
+    //! coroutine and from a thread, against `pwrite` itself (no runtime).
+    //! `cargo test --release -p chimaera-bdev --lib file_costs -- --ignored --nocapture`.
+    use super::backend::{FileDevice, FileOptions, IoEngine};
+    use super::*;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::sync::Arc;
+
+    fn per_op(label: &str, ops: u32, mut run: impl FnMut(u32)) {
+        for i in 0..ops / 10 {
+            run(i);
+        }
+        let start = Instant::now();
+        for i in 0..ops {
+            run(i);
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(ops);
+        println!("{label:<40} {us:>8.1} us/op");
+    }
+
+    #[test]
+    #[ignore = "a measurement; run with --ignored --nocapture"]
+    fn file_qd1_latency() {
+        let dir = std::env::temp_dir().join(format!("bdev-file-costs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f").to_string_lossy().into_owned();
+        std::fs::write(&path, vec![1u8; 64 << 20]).unwrap();
+        let ops = 3000;
+        let slot = |i: u32| u64::from(i.wrapping_mul(2_654_435_761) % 16384) * 4096;
+        {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .unwrap();
+            let mut raw = vec![7u8; 8192];
+            let at = raw.as_ptr().align_offset(4096);
+            let buf = &mut raw[at..at + 4096];
+            per_op("pwrite O_DIRECT, thread", ops, |i| {
+                file.write_all_at(buf, slot(i)).unwrap();
+            });
+        }
+        for engine in [IoEngine::Threads, IoEngine::Uring] {
+            let options = FileOptions {
+                direct: true,
+                engine,
+                ..FileOptions::default()
+            };
+            let device = Arc::new(FileDevice::open(&path, options).unwrap());
+            let data = vec![9u8; 4096];
+            per_op(&format!("{engine:?}, thread caller"), ops, |i| {
+                device.write_at(slot(i), &data).unwrap();
+            });
+            let d = device.clone();
+            // SAFETY: the coroutine uses no thread-local storage.
+            let co = unsafe {
+                may::coroutine::spawn(move || {
+                    let data = vec![9u8; 4096];
+                    per_op(&format!("{engine:?}, coroutine caller"), ops, |i| {
+                        d.write_at(slot(i), &data).unwrap();
+                    });
+                })
+            };
+            co.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

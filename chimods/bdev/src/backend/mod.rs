@@ -31,6 +31,7 @@ pub use file::{FileDevice, FileOptions, IoEngine};
 pub use ram::RamDevice;
 
 use std::io;
+use std::mem::MaybeUninit;
 
 /// Which kind of device a pool is.
 #[derive(
@@ -64,6 +65,19 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<u64, IoError>;
     /// Fills all of `buf` from `offset`; returns the number of bytes read.
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<u64, IoError>;
+    /// Like [`read_into`](Self::read_into) into memory that may be uninitialized: on
+    /// success every byte of `buf` is initialized. The default zeroes `buf` first; a
+    /// backend that copies (RAM) writes it once.
+    fn read_into_uninit(&self, offset: u64, buf: &mut [MaybeUninit<u8>]) -> Result<u64, IoError> {
+        for byte in buf.iter_mut() {
+            byte.write(0);
+        }
+        // SAFETY: every byte was just initialized; `MaybeUninit<u8>` and `u8` have the
+        // same layout.
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len()) };
+        self.read_into(offset, buf)
+    }
     /// Makes every completed write durable (`fdatasync`); a no-op where nothing is
     /// durable (RAM).
     fn sync(&self) -> Result<(), IoError>;

@@ -24,6 +24,7 @@
 //! [`CreateError::OutOfMemory`], not an abort.
 use super::{check_range, BdevType, BlockDevice, CreateError, IoError};
 use std::alloc::{self, Layout};
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -73,16 +74,18 @@ impl Buffer {
         }
     }
 
-    /// Copies from byte `offset` into `buf`.
+    /// Copies from byte `offset` into `buf` (whose bytes may be uninitialized; all are
+    /// written).
     ///
     /// # Safety
     /// As for [`copy_in`](Self::copy_in).
-    unsafe fn copy_out(&self, offset: usize, buf: &mut [u8]) {
-        // SAFETY: as in `copy_in`; `buf` is an exclusive slice outside the allocation.
+    unsafe fn copy_out(&self, offset: usize, buf: &mut [MaybeUninit<u8>]) {
+        // SAFETY: as in `copy_in`; `buf` is an exclusive slice outside the allocation,
+        // and `MaybeUninit<u8>` has the layout of `u8`.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.ptr.as_ptr().add(offset),
-                buf.as_mut_ptr(),
+                buf.as_mut_ptr().cast::<u8>(),
                 buf.len(),
             );
         }
@@ -220,6 +223,15 @@ impl BlockDevice for RamDevice {
     }
 
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<u64, IoError> {
+        // SAFETY: `u8` and `MaybeUninit<u8>` have one layout, and `read_into_uninit`
+        // only writes initialized bytes.
+        let uninit = unsafe {
+            std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<MaybeUninit<u8>>(), buf.len())
+        };
+        self.read_into_uninit(offset, uninit)
+    }
+
+    fn read_into_uninit(&self, offset: u64, buf: &mut [MaybeUninit<u8>]) -> Result<u64, IoError> {
         self.check_open()?;
         check_range(offset, buf.len(), self.capacity)?;
         if buf.is_empty() {

@@ -119,8 +119,13 @@ impl Shared {
     /// Entries pushed and not yet taken by the kernel.
     fn queued(&self) -> usize {
         let _guard = self.submit.lock();
-        // SAFETY: as in `push`.
-        unsafe { self.ring.submission_shared() }.len()
+        // SAFETY: as in `push`. The handle must be dropped (it stores the tail back)
+        // before the guard: a `let`, not a tail expression, whose temporaries would
+        // outlive the guard.
+        let sq = unsafe { self.ring.submission_shared() };
+        let len = sq.len();
+        drop(sq);
+        len
     }
 
     /// Wakes the I/O thread if it announced that it sleeps.
@@ -511,5 +516,55 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         // A bad descriptor is an error from the completion.
         assert!(queue.write_at(-1, &past, 0).is_err());
+    }
+
+    #[test]
+    fn many_callers_keep_the_ring_busy_without_losing_a_wake_up() {
+        // More callers than the depth, coroutines and threads, each op waiting on the
+        // I/O thread: a lost entry or wake-up hangs here.
+        let Some(queue) = queue(8) else { return };
+        let queue = Arc::new(queue);
+        let dir = super::super::tests::TempDir::new("uring-stress");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.file("f"))
+            .unwrap();
+        file.set_len(64 * 4096).unwrap();
+        let fd = file.as_raw_fd();
+        let callers: Vec<_> = (0..64u64)
+            .map(|i| {
+                let queue = queue.clone();
+                let body = move || {
+                    let mut buf = [i as u8; 4096];
+                    for round in 0..400u64 {
+                        let permit = queue.permit();
+                        if round % 2 == 0 {
+                            queue.write_all_at(&permit, fd, &buf, i * 4096).unwrap();
+                        } else {
+                            buf.fill(0);
+                            queue
+                                .read_exact_at(&permit, fd, &mut buf, i * 4096)
+                                .unwrap();
+                            assert!(buf.iter().all(|&b| b == i as u8));
+                        }
+                    }
+                };
+                if i % 8 == 0 {
+                    Err(std::thread::spawn(body))
+                } else {
+                    // SAFETY: the coroutine uses no thread-local storage.
+                    Ok(unsafe { may::coroutine::spawn(body) })
+                }
+            })
+            .collect();
+        for caller in callers {
+            match caller {
+                Ok(coroutine) => coroutine.join().unwrap(),
+                Err(thread) => thread.join().unwrap(),
+            }
+        }
     }
 }
