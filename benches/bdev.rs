@@ -243,6 +243,12 @@ fn measure_file(chi: &Client, label: &str, file: &Path, secs: Duration) -> Resul
         read: run_qd1(&bdev, &blocks, false, secs)?,
     };
     println!("[{label}] file O_DIRECT qd1:  {qd1}");
+    let stats = bdev.get_stats(local())?;
+    println!(
+        "[{label}]   device-measured mean latency at qd1: write {:.1} us, read {:.1} us",
+        stats.write.mean_latency_ns as f64 / 1e3,
+        stats.read.mean_latency_ns as f64 / 1e3
+    );
     let qd32 = Rates {
         write: run_qd32(&bdev, &blocks, true, secs)?,
         read: run_qd32(&bdev, &blocks, false, secs)?,

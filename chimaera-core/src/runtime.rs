@@ -421,7 +421,7 @@ impl Shared {
 }
 
 /// The task runner the workers call: runs tasks with access to the shared state.
-struct Runner(OnceLock<std::sync::Weak<Shared>>);
+struct Runner(OnceLock<std::sync::Weak<Shared>>, OnceLock<Arc<ShmServer>>);
 
 impl TaskRunner for Runner {
     fn run(&self, task: Task) {
@@ -466,12 +466,17 @@ impl TaskRunner for Runner {
     }
 
     fn ingest(&self, worker: usize) -> usize {
-        let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+        // Polled on every round of every worker: look at the rings first, and touch the
+        // runtime's shared counters (the upgrade) only when there is work.
+        let Some(server) = self.1.get() else {
             return 0;
         };
-        match shared.shm.get() {
-            Some(server) if worker < server.workers() => server.ingest(worker, shared.as_ref()),
-            _ => 0,
+        if worker >= server.workers() || !server.has_work(worker) {
+            return 0;
+        }
+        match self.0.get().and_then(std::sync::Weak::upgrade) {
+            Some(shared) => server.ingest(worker, shared.as_ref()),
+            None => 0,
         }
     }
 
@@ -616,8 +621,11 @@ impl RuntimeBuilder {
             let _ = shared.shm.set(server.clone());
             server.start_threads(shared.clone());
         }
-        let runner = Arc::new(Runner(OnceLock::new()));
+        let runner = Arc::new(Runner(OnceLock::new(), OnceLock::new()));
         let _ = runner.0.set(Arc::downgrade(&shared));
+        if let Some(server) = shared.shm.get() {
+            let _ = runner.1.set(server.clone());
+        }
         let workers: Vec<Worker> = (0..shared.config.workers())
             .map(|id| {
                 let idle_rounds = shared.config.idle.spin_rounds + shared.config.idle.yield_rounds;

@@ -211,6 +211,8 @@ impl ShmConnection {
                 )
                 .is_ok()
             {
+                header.attach_epoch().fetch_add(1, Ordering::AcqRel);
+                futex::wake_all(header.attach_epoch());
                 return Ok((lock, client));
             }
         }

@@ -50,6 +50,7 @@ mod header {
     pub const CLIENTS_ACTIVE: usize = 36;
     pub const RDATA_IN_USE: usize = 40;
     pub const TASKS_DONE: usize = 48;
+    pub const ATTACH_EPOCH: usize = 56;
 }
 
 const HEADER_SIZE: usize = 4096;
@@ -313,6 +314,19 @@ impl Header {
     /// Tasks completed for shared-memory clients.
     pub fn tasks_done(&self) -> &AtomicU64 {
         self.word64(header::TASKS_DONE)
+    }
+
+    /// Bumped (and futex-woken) whenever a client area changes hands: a client attached,
+    /// or the runtime began or finished reclaiming one.
+    pub fn attach_epoch(&self) -> &AtomicU32 {
+        self.word(header::ATTACH_EPOCH)
+    }
+
+    /// The state word of a client's control line.
+    pub fn client_state(&self, geometry: &Geometry, client: u32) -> Option<&AtomicU32> {
+        self.segment
+            .atomic_u32(geometry.client_offset(client) + control::STATE)
+            .ok()
     }
 
     /// Worker `w`'s doorbell (a futex word clients bump) and its sleeping flag.

@@ -51,7 +51,7 @@ const MAX_SLOT: u32 = 1024;
 /// Tasks one ingest call takes from one client before moving to the next.
 const INGEST_BUDGET: usize = 64;
 /// How often the housekeeping thread looks for dead clients.
-const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(50);
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(200);
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,12 @@ struct ClientEntry {
     gone: Mutex<Arc<AtomicBool>>,
 }
 
+/// The clients a worker polls, refreshed when the attach epoch moves.
+struct PollList {
+    epoch: u32,
+    clients: Vec<u32>,
+}
+
 /// The runtime's end of the transport.
 pub struct ShmServer {
     instance: InstanceName,
@@ -118,6 +124,8 @@ pub struct ShmServer {
     data_share: usize,
     clients: Vec<ClientEntry>,
     runtime_arena: Mutex<Arena>,
+    /// Per worker: the attached clients it polls, as of an attach epoch.
+    poll_lists: Vec<Mutex<PollList>>,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<RuntimeLock>>,
@@ -201,6 +209,14 @@ impl ShmServer {
             data_share,
             clients,
             runtime_arena: Mutex::new(Arena::new(sizes.runtime_data)),
+            poll_lists: (0..geometry.workers)
+                .map(|_| {
+                    Mutex::new(PollList {
+                        epoch: u32::MAX,
+                        clients: Vec::new(),
+                    })
+                })
+                .collect(),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
@@ -243,18 +259,21 @@ impl ShmServer {
         while !self.stopping.load(Ordering::Acquire) {
             let seen = bell.load(Ordering::Acquire);
             ingress.wake_worker(worker as usize);
-            futex::wait(bell, seen, Some(Duration::from_secs(1)));
+            // No timeout: clients bump the word, and shutdown bumps it to end the thread.
+            futex::wait(bell, seen, None);
         }
     }
 
     fn housekeeping(&self) {
         while !self.stopping.load(Ordering::Acquire) {
+            let epoch = self.header.attach_epoch().load(Ordering::Acquire);
             let mut active = 0;
+            let mut reclaiming = 0;
             for client in 0..self.geometry.max_clients {
-                let Ok(control) = self.header.control(&self.geometry, client) else {
+                let Some(state) = self.header.client_state(&self.geometry, client) else {
                     continue;
                 };
-                match control.state.load(Ordering::Acquire) {
+                match state.load(Ordering::Acquire) {
                     layout::CLIENT_ACTIVE => {
                         if client_alive(&self.instance, client) {
                             active += 1;
@@ -265,30 +284,45 @@ impl ShmServer {
                             );
                             lock(&self.clients[client as usize].gone)
                                 .store(true, Ordering::Release);
-                            control
-                                .state
-                                .store(layout::CLIENT_RECLAIMING, Ordering::Release);
+                            state.store(layout::CLIENT_RECLAIMING, Ordering::Release);
+                            self.bump_epoch();
+                            reclaiming += 1;
                         }
                     }
-                    layout::CLIENT_RECLAIMING => self.try_reclaim(client),
+                    layout::CLIENT_RECLAIMING => {
+                        if !self.try_reclaim(client) {
+                            reclaiming += 1;
+                        }
+                    }
                     _ => {}
                 }
             }
             self.header
                 .clients_active()
                 .store(active, Ordering::Relaxed);
-            std::thread::sleep(HOUSEKEEPING_PERIOD);
+            if active == 0 && reclaiming == 0 {
+                // Nobody to watch: sleep until a client attaches (or shutdown).
+                futex::wait(self.header.attach_epoch(), epoch, None);
+            } else {
+                std::thread::sleep(HOUSEKEEPING_PERIOD);
+            }
         }
     }
 
-    /// Frees a dead client's area once none of its tasks is in flight.
-    fn try_reclaim(&self, client: u32) {
+    fn bump_epoch(&self) {
+        self.header.attach_epoch().fetch_add(1, Ordering::AcqRel);
+        futex::wake_all(self.header.attach_epoch());
+    }
+
+    /// Frees a dead client's area once none of its tasks is in flight; returns whether
+    /// it did.
+    fn try_reclaim(&self, client: u32) -> bool {
         let entry = &self.clients[client as usize];
         if entry.inflight.load(Ordering::Acquire) != 0 {
-            return;
+            return false;
         }
         let Ok(control) = self.header.control(&self.geometry, client) else {
-            return;
+            return false;
         };
         lock(&entry.ring).reset();
         for slot_index in 0..self.geometry.slots {
@@ -316,7 +350,9 @@ impl ShmServer {
             tracing::warn!(client, "cannot remove a dead client's lock file: {err}");
         }
         control.state.store(layout::CLIENT_FREE, Ordering::Release);
+        self.bump_epoch();
         tracing::debug!(client, "client area reclaimed");
+        true
     }
 
     /// Workers that poll client rings.
@@ -338,7 +374,8 @@ impl ShmServer {
             return false;
         }
         fence(Ordering::SeqCst);
-        self.assigned(worker).any(|client| {
+        let list = self.poll_list(worker);
+        list.clients.iter().any(|&client| {
             self.active(client)
                 && self.clients[client as usize]
                     .ring
@@ -354,15 +391,41 @@ impl ShmServer {
 
     fn active(&self, client: u32) -> bool {
         self.header
-            .control(&self.geometry, client)
-            .is_ok_and(|c| c.state.load(Ordering::Acquire) == layout::CLIENT_ACTIVE)
+            .client_state(&self.geometry, client)
+            .is_some_and(|state| state.load(Ordering::Acquire) == layout::CLIENT_ACTIVE)
+    }
+
+    /// The attached clients `worker` polls (rescanned only when the epoch moved).
+    fn poll_list(&self, worker: usize) -> std::sync::MutexGuard<'_, PollList> {
+        let mut list = lock(&self.poll_lists[worker]);
+        let epoch = self.header.attach_epoch().load(Ordering::Acquire);
+        if list.epoch != epoch {
+            list.epoch = epoch;
+            list.clients = self
+                .assigned(worker)
+                .filter(|client| self.active(*client))
+                .collect();
+        }
+        list
+    }
+
+    /// Whether a ring polled by `worker` has a task (cheap: a look at each ring's tail).
+    pub fn has_work(&self, worker: usize) -> bool {
+        let list = self.poll_list(worker);
+        list.clients.iter().any(|&client| {
+            self.clients[client as usize]
+                .ring
+                .try_lock()
+                .is_ok_and(|ring| !ring.is_empty())
+        })
     }
 
     /// Takes queued tasks from the rings of `worker`'s clients into the runtime; returns
     /// how many.
     pub fn ingest(self: &Arc<Self>, worker: usize, ingress: &dyn Ingress) -> usize {
         let mut taken = 0;
-        for client in self.assigned(worker) {
+        let list = self.poll_list(worker);
+        for &client in &list.clients {
             if !self.active(client) {
                 continue;
             }
@@ -640,6 +703,7 @@ impl ShmServer {
             bell.fetch_add(1, Ordering::AcqRel);
             futex::wake_all(bell);
         }
+        self.bump_epoch();
         let threads = std::mem::take(&mut *lock(&self.threads));
         for thread in threads {
             let _ = thread.join();
