@@ -44,10 +44,12 @@
 //!   [`short_lock::ShortLock`] held only for its bookkeeping.
 //! * **Bounds**: a block that is not inside the device, or data longer than its block,
 //!   fails with an error and moves 0 bytes; nothing panics on a bad block.
-//! * **No blocked workers** ([`backend`]): RAM I/O is a copy in the task; file I/O runs
-//!   on the device's I/O threads, at most `io_depth` operations in flight, while the
-//!   task's coroutine is parked. `O_DIRECT` is honoured with bounce buffers where the
-//!   caller's buffer, offset or length is not aligned.
+//! * **No blocked workers** ([`backend`]): RAM I/O is a copy in the task; file I/O goes
+//!   through `io_uring` (the task queues its request and parks; the device's I/O thread
+//!   issues it and wakes the task on completion), or through the device's I/O threads
+//!   where `io_uring` is unavailable — at most `io_depth` operations in flight either
+//!   way. `O_DIRECT` is honoured with bounce buffers where the caller's buffer, offset or
+//!   length is not aligned.
 //! * **Zero-copy ready**: the I/O core ([`BlockDevice::write_at`] /
 //!   [`BlockDevice::read_into`]) takes plain byte slices and copies (or hands the kernel)
 //!   the caller's memory directly, wherever it lives.

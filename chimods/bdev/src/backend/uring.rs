@@ -59,19 +59,6 @@ const DOORBELL: u64 = 1;
 const IO_THREAD_STACK: usize = 128 * 1024;
 /// `io_uring_enter` flag: wait for completions (from `<linux/io_uring.h>`).
 const IORING_ENTER_GETEVENTS: u32 = 1;
-/// How long a waiting coroutine yields (staying on its worker's run queue) before it
-/// parks; see [`UringQueue::submit_wait`].
-fn yield_wait() -> std::time::Duration {
-    static WAIT: OnceLock<std::time::Duration> = OnceLock::new();
-    *WAIT.get_or_init(|| {
-        std::time::Duration::from_micros(
-            std::env::var("CHIMAERA_BDEV_YIELD_US")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(300),
-        )
-    })
-}
 /// Completions taken from the ring per batch.
 const BATCH: usize = 64;
 
@@ -317,14 +304,7 @@ impl UringQueue {
         let entry = entry.user_data(&slot as *const Slot as u64);
         self.shared.push(&entry);
         self.shared.ring_doorbell();
-        let coroutine = may::coroutine::is_coroutine();
-        let waiting = std::time::Instant::now();
-        let yield_wait = yield_wait();
         while !slot.done.load(Ordering::Acquire) {
-            if coroutine && waiting.elapsed() < yield_wait {
-                may::coroutine::yield_now();
-                continue;
-            }
             // A spurious or early return re-checks the flag.
             let _ = slot.blocker.park(None);
         }
