@@ -290,9 +290,8 @@ impl ShmServer {
                         }
                     }
                     layout::CLIENT_RECLAIMING => {
-                        if !self.try_reclaim(client) {
-                            reclaiming += 1;
-                        }
+                        let reclaimed = self.try_reclaim(client);
+                        reclaiming += u32::from(!reclaimed);
                     }
                     _ => {}
                 }
