@@ -374,7 +374,7 @@ fn fire_and_forget_and_periodic_tasks_run() {
         p.ticks(PoolQuery::local()).unwrap() >= 13,
         "periodic task did not repeat"
     );
-    periodic.cancel();
+    periodic.cancel().unwrap();
     // After cancel the task ends at its next wake-up; then the count stays put.
     std::thread::sleep(Duration::from_millis(20));
     let settled = p.ticks(PoolQuery::local()).unwrap();

@@ -381,3 +381,42 @@ fn a_clean_stop_exits_zero_and_leaves_no_segment() {
     let left = chimaera::shm::naming::instance_files(runtime.instance()).unwrap();
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
+
+#[test]
+fn fire_and_forget_and_periodic_tasks_from_a_client_process() {
+    let runtime = RuntimeProcess::start("spawn", "");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let admin = AdminClient::attach(&chi, PoolId::ADMIN);
+    let completed = || admin.status(PoolQuery::local()).unwrap().completed;
+
+    let before = completed();
+    for i in 0..10 {
+        m.spawn_custom(PoolQuery::local(), Schedule::FireAndForget, "ff", i)
+            .unwrap();
+    }
+    admin.flush(PoolQuery::local()).unwrap();
+    // The ten tasks, the flush and the first status call.
+    assert!(completed() >= before + 12);
+
+    let periodic = m
+        .spawn_custom(
+            PoolQuery::local(),
+            Schedule::Periodic(Duration::from_millis(2)),
+            "tick",
+            0,
+        )
+        .unwrap();
+    let start = completed();
+    wait_until("the periodic task to repeat", || completed() >= start + 20);
+    periodic.cancel().unwrap();
+    assert!(
+        matches!(periodic.cancel(), Err(TaskError::Failed { .. })),
+        "cancelled twice"
+    );
+    // Once cancelled, only this test's own status calls complete.
+    std::thread::sleep(Duration::from_millis(30));
+    let settled = completed();
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(completed(), settled + 1);
+}

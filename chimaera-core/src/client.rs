@@ -139,15 +139,27 @@ impl Client {
                     None,
                     None,
                 )?;
-                Ok(TaskHandle { cancel })
+                Ok(TaskHandle {
+                    cancel: cancel.map(Cancel::Local),
+                })
             }
             Transport::SharedMemory(connection) => {
-                // The runtime acknowledges that the task was queued (or says why not).
+                // The runtime acknowledges that the task was queued (or says why not);
+                // a periodic task's acknowledgement carries its id, to cancel it by.
                 let call = connection.submit(pool, method, query, &input, Some(schedule))?;
+                let mut ack = None;
                 for (_, result) in call.wait() {
-                    result?;
+                    ack = Some(result?);
                 }
-                Ok(TaskHandle { cancel: None })
+                let cancel = match schedule {
+                    Schedule::Periodic(_) => {
+                        let bytes = ack.ok_or(TaskError::NotRun)?;
+                        let id = crate::codec::decode::<u64>(&bytes, "acknowledgement")?;
+                        Some(Cancel::Remote(connection.clone(), id))
+                    }
+                    Schedule::FireAndForget => None,
+                };
+                Ok(TaskHandle { cancel })
             }
         }
     }
@@ -230,20 +242,37 @@ impl<T> Pending<T> {
     }
 }
 
+/// How a periodic task is stopped.
+enum Cancel {
+    Local(Arc<AtomicBool>),
+    Remote(Arc<ShmConnection>, u64),
+}
+
 /// A fire-and-forget or periodic task in the runtime.
-#[derive(Debug)]
 pub struct TaskHandle {
-    cancel: Option<Arc<AtomicBool>>,
+    cancel: Option<Cancel>,
+}
+
+impl std::fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("periodic", &self.cancel.is_some())
+            .finish()
+    }
 }
 
 impl TaskHandle {
     /// Stops a periodic task after its current run (no effect on fire-and-forget tasks).
-    /// Over shared memory a periodic task ends when its client detaches or dies, its
-    /// pool is destroyed or the runtime stops; cancelling it from the client is not
-    /// supported yet.
-    pub fn cancel(&self) {
-        if let Some(flag) = &self.cancel {
-            flag.store(true, Ordering::Release);
+    /// A periodic task also ends when its pool is destroyed, the runtime stops, or — for
+    /// a client process — when that client detaches or dies.
+    pub fn cancel(&self) -> Result<(), TaskError> {
+        match &self.cancel {
+            Some(Cancel::Local(flag)) => {
+                flag.store(true, Ordering::Release);
+                Ok(())
+            }
+            Some(Cancel::Remote(connection, id)) => connection.cancel_periodic(*id),
+            None => Ok(()),
         }
     }
 }

@@ -499,6 +499,24 @@ impl ShmConnection {
         Ok(call)
     }
 
+    /// Cancels this client's periodic task `id` (as acknowledged by the runtime).
+    pub fn cancel_periodic(self: &Arc<Self>, id: u64) -> Result<(), TaskError> {
+        let slot_index = self.take_slot()?;
+        let view = self.view(slot_index)?;
+        view.word(slot::KIND)
+            .store(layout::KIND_CANCEL, Ordering::Relaxed);
+        view.word64(slot::QUERY_B).store(id, Ordering::Relaxed);
+        view.word(slot::WAITING).store(0, Ordering::Relaxed);
+        view.word(slot::STATE)
+            .store(layout::SLOT_SUBMITTED, Ordering::Relaxed);
+        let call = self.hold(slot_index, None);
+        self.queue(slot_index);
+        for (_, result) in call.wait() {
+            result?;
+        }
+        Ok(())
+    }
+
     /// Records that a new call holds `slot_index`.
     fn hold(self: &Arc<Self>, slot_index: u32, input: Option<Extent>) -> ShmCall {
         let state = Arc::new(CallState {

@@ -94,8 +94,10 @@ pub const IN_RUNTIME_DATA: u32 = 2;
 pub const KIND_CALL: u32 = 0;
 /// Fire-and-forget.
 pub const KIND_FIRE_AND_FORGET: u32 = 1;
-/// Periodic (period in `period_ns`).
+/// Periodic (period in `period_ns`); acknowledged with the task's id (a `u64` archive).
 pub const KIND_PERIODIC: u32 = 2;
+/// Cancels the client's periodic task whose id is in `QUERY_B`.
+pub const KIND_CANCEL: u32 = 3;
 
 /// Slot header offsets.
 pub mod slot {

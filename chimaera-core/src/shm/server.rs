@@ -41,6 +41,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
 use crate::task::{lock, ReplySink, Schedule};
+use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -103,8 +104,8 @@ struct ClientEntry {
     inflight: AtomicU64,
     /// Runtime-data blocks holding outputs of this client's slots, freed on slot reuse.
     overflow: Mutex<Vec<Option<Extent>>>,
-    /// Set when the owner is found dead: cancels its periodic tasks.
-    gone: Mutex<Arc<AtomicBool>>,
+    /// Cancel flags of the owner's periodic tasks, by id; all set when the owner dies.
+    periodic: Mutex<HashMap<u64, Arc<AtomicBool>>>,
 }
 
 /// The clients a worker polls, refreshed when the attach epoch moves.
@@ -124,6 +125,7 @@ pub struct ShmServer {
     data_share: usize,
     clients: Vec<ClientEntry>,
     runtime_arena: Mutex<Arena>,
+    next_periodic: AtomicU64,
     /// Per worker: the attached clients it polls, as of an attach epoch.
     poll_lists: Vec<Mutex<PollList>>,
     stopping: AtomicBool,
@@ -195,7 +197,7 @@ impl ShmServer {
                 ring: Mutex::new(ring),
                 inflight: AtomicU64::new(0),
                 overflow: Mutex::new(vec![None; geometry.slots as usize]),
-                gone: Mutex::new(Arc::new(AtomicBool::new(false))),
+                periodic: Mutex::new(HashMap::new()),
             });
         }
         let data_share = (sizes.client_data / geometry.max_clients as usize) & !4095;
@@ -209,6 +211,7 @@ impl ShmServer {
             data_share,
             clients,
             runtime_arena: Mutex::new(Arena::new(sizes.runtime_data)),
+            next_periodic: AtomicU64::new(1),
             poll_lists: (0..geometry.workers)
                 .map(|_| {
                     Mutex::new(PollList {
@@ -282,8 +285,10 @@ impl ShmServer {
                                 client,
                                 "client detached or died; reclaiming its slots and buffers"
                             );
-                            lock(&self.clients[client as usize].gone)
-                                .store(true, Ordering::Release);
+                            for (_, cancel) in lock(&self.clients[client as usize].periodic).drain()
+                            {
+                                cancel.store(true, Ordering::Release);
+                            }
                             state.store(layout::CLIENT_RECLAIMING, Ordering::Release);
                             self.bump_epoch();
                             reclaiming += 1;
@@ -341,7 +346,7 @@ impl ShmServer {
                 .runtime_data_in_use()
                 .store(arena.in_use() as u64, Ordering::Relaxed);
         }
-        *lock(&entry.gone) = Arc::new(AtomicBool::new(false));
+        lock(&entry.periodic).clear();
         control.data_in_use.store(0, Ordering::Relaxed);
         control.pid.store(0, Ordering::Relaxed);
         control.generation.fetch_add(1, Ordering::AcqRel);
@@ -488,20 +493,50 @@ impl ShmServer {
             generation,
         };
         entry.inflight.fetch_add(1, Ordering::AcqRel);
+        if view.word(slot::KIND).load(Ordering::Relaxed) == layout::KIND_CANCEL {
+            let id = view.word64(slot::QUERY_B).load(Ordering::Relaxed);
+            let result = match lock(&entry.periodic).remove(&id) {
+                Some(cancel) => {
+                    cancel.store(true, Ordering::Release);
+                    Ok(Bytes::new())
+                }
+                None => Err(TaskError::failed(format!(
+                    "this client has no periodic task {id} (cancelled already?)"
+                ))),
+            };
+            self.write_result(client, slot_index, generation, result);
+            return;
+        }
         match self.decode_slot(&view, client) {
             Ok((pool, method, query, input, schedule)) => {
+                let mut periodic_id = None;
                 let (sink, cancel): (Option<Box<dyn ReplySink>>, _) = match schedule {
                     None => (Some(Box::new(reply)), None),
                     Some(Schedule::FireAndForget) => (None, None),
-                    Some(Schedule::Periodic(_)) => (None, Some(lock(&entry.gone).clone())),
+                    Some(Schedule::Periodic(_)) => {
+                        let id = self.next_periodic.fetch_add(1, Ordering::Relaxed);
+                        let cancel = Arc::new(AtomicBool::new(false));
+                        lock(&entry.periodic).insert(id, cancel.clone());
+                        periodic_id = Some(id);
+                        (None, Some(cancel))
+                    }
                 };
                 let acknowledge = sink.is_none();
                 match ingress.enqueue(pool, method, query, input, schedule, sink, cancel) {
                     Ok(()) if acknowledge => {
-                        self.write_result(client, slot_index, generation, Ok(Bytes::new()))
+                        let ack = match periodic_id {
+                            Some(id) => encode(&id),
+                            None => Ok(Bytes::new()),
+                        };
+                        self.write_result(client, slot_index, generation, ack)
                     }
                     Ok(()) => {}
-                    Err(err) => self.write_result(client, slot_index, generation, Err(err)),
+                    Err(err) => {
+                        if let Some(id) = periodic_id {
+                            lock(&entry.periodic).remove(&id);
+                        }
+                        self.write_result(client, slot_index, generation, Err(err))
+                    }
                 }
             }
             Err(err) => reply.complete(vec![(0, Err(err))]),
