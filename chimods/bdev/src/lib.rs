@@ -447,6 +447,34 @@ mod file_costs {
                 })
             };
             co.join().unwrap();
+            // Depth 32: 32 coroutines, random writes then reads, no runtime around them.
+            for write in [true, false] {
+                let start = Instant::now();
+                let per = 2000u32;
+                let coroutines: Vec<_> = (0..32u32)
+                    .map(|c| {
+                        let d = device.clone();
+                        // SAFETY: the coroutine uses no thread-local storage.
+                        unsafe {
+                            may::coroutine::spawn(move || {
+                                let mut data = vec![9u8; 4096];
+                                for i in 0..per {
+                                    let at = slot(c * per + i);
+                                    if write {
+                                        d.write_at(at, &data).unwrap();
+                                    } else {
+                                        d.read_into(at, &mut data).unwrap();
+                                    }
+                                }
+                            })
+                        }
+                    })
+                    .collect();
+                coroutines.into_iter().for_each(|c| c.join().unwrap());
+                let iops = f64::from(32 * per) / start.elapsed().as_secs_f64();
+                let what = if write { "writes" } else { "reads" };
+                println!("{engine:?}, 32 coroutines, {what}: {iops:>8.0} IOPS");
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -40,7 +40,7 @@
 //! as the alignment own their sectors whole (the allocator aligns every block to its
 //! size), so aligned writes need no lock.
 use super::io_pool::{IoPool, Scratch};
-use super::uring::{self, Permit, UringQueue};
+use super::uring::{Permit, UringQueue};
 use super::{check_alignment, check_range, BdevType, BlockDevice, CreateError, IoError};
 use crate::short_lock::ShortLock;
 use std::alloc::{self, Layout};
@@ -221,9 +221,7 @@ impl FileDevice {
             IoEngine::Threads => None,
             IoEngine::Auto if forced_threads => None,
             IoEngine::Auto | IoEngine::Uring => {
-                match uring::probe().and_then(|()| {
-                    UringQueue::new("bdev", options.io_depth).map_err(|e| e.to_string())
-                }) {
+                match UringQueue::new("bdev", options.io_depth).map_err(|e| e.to_string()) {
                     Ok(queue) => Some(queue),
                     Err(reason) if options.engine == IoEngine::Auto => {
                         tracing::info!(

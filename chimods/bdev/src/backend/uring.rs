@@ -14,7 +14,11 @@
 //! 3. The queue's **I/O thread** loops on one `io_uring_enter(to_submit, GETEVENTS)`:
 //!    it hands every queued entry to the kernel and sleeps until a completion arrives —
 //!    an I/O, or the doorbell (a read of the `eventfd` it keeps armed on the ring). It
-//!    stores each I/O's result in the caller's slot and unparks the caller.
+//!    stores each I/O's result in the caller's slot and wakes the caller: a thread
+//!    directly; coroutines through the queue's *dispatcher* coroutine, which it wakes
+//!    once per batch of completions and which unparks each of them from inside the
+//!    scheduler (a run-queue push) — one cross-thread wake-up per batch instead of one
+//!    per completion.
 //!
 //! Why the I/O thread issues the entries, not the tasks: the kernel completes an
 //! `io_uring` request in the context of the thread that submitted it (it interrupts that
@@ -38,11 +42,13 @@
 //!
 //! **Shutdown.** Dropping the queue (no operation can be in flight then: each borrows
 //! the queue until it completes) queues a no-op with a reserved tag; the I/O thread then
-//! completes its doorbell read, waits for it, and exits; the queue joins it.
+//! completes its doorbell read, waits for it, and exits; the queue joins it, then stops
+//! and joins the dispatcher.
 //!
 //! [`probe`] tells whether `io_uring` can be used here at all (it may be compiled out of
 //! the kernel, disabled by `kernel.io_uring_disabled`, or refused by a seccomp filter).
 use crate::short_lock::ShortLock;
+use crossbeam_queue::SegQueue;
 use io_uring::{opcode, squeue, types, IoUring};
 use may::sync::{Blocker, Semphore};
 use std::io;
@@ -66,10 +72,16 @@ const BATCH: usize = 64;
 ///
 /// `Err` carries the reason (for instance `EPERM` under a seccomp filter, `ENOSYS` on a
 /// kernel built without it).
+/// The test ring is made on a thread of its own: a thread that created a ring is
+/// interrupted when the ring is torn down, which a runtime worker should not be.
 pub fn probe() -> Result<(), String> {
     static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
     PROBE
-        .get_or_init(|| IoUring::new(2).map(drop).map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            std::thread::spawn(|| IoUring::new(2).map(drop).map_err(|e| e.to_string()))
+                .join()
+                .unwrap_or_else(|_| Err("the probe thread panicked".into()))
+        })
         .clone()
 }
 
@@ -79,6 +91,37 @@ struct Slot {
     result: AtomicI32,
     done: AtomicBool,
     blocker: Arc<Blocker>,
+    /// Whether the caller is a coroutine (woken through the dispatcher).
+    coroutine: bool,
+}
+
+/// Wakes parked coroutines from inside the scheduler: the I/O thread hands it the
+/// blockers of a whole batch of completions and wakes it once, and it unparks each on
+/// its own scheduler thread (a queue push) — instead of the I/O thread waking every
+/// coroutine from outside (a system call and often a thread wake-up each).
+struct Dispatcher {
+    woken: SegQueue<Arc<Blocker>>,
+    /// Set while the dispatcher has been told to run and has not drained yet.
+    notified: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Dispatcher {
+    /// The dispatcher coroutine's loop.
+    fn run(&self) {
+        loop {
+            self.notified.store(false, Ordering::SeqCst);
+            while let Some(blocker) = self.woken.pop() {
+                blocker.unpark();
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if self.woken.is_empty() {
+                may::coroutine::park();
+            }
+        }
+    }
 }
 
 /// One operation's right to be in flight (see [`UringQueue::permit`]); given back when
@@ -100,9 +143,42 @@ struct Shared {
     sleeping: AtomicBool,
     /// The doorbell: an `eventfd` the I/O thread keeps a read armed on.
     doorbell: OwnedFd,
+    dispatcher: Arc<Dispatcher>,
+    /// The dispatcher coroutine, to unpark it.
+    dispatcher_co: may::coroutine::Coroutine,
 }
 
 impl Shared {
+    /// A ring of `entries` submission entries and its doorbell; called on the I/O thread.
+    fn new(
+        entries: u32,
+        dispatcher: Arc<Dispatcher>,
+        dispatcher_co: may::coroutine::Coroutine,
+    ) -> io::Result<Shared> {
+        // Only the I/O thread issues requests, and it enters the kernel after every batch
+        // of completions it hands out: the kernel need not interrupt it to post a
+        // completion (an IPI, costly in a VM). Kernels before 5.19 lack the flag.
+        let ring = match IoUring::builder().setup_coop_taskrun().build(entries) {
+            Ok(ring) => ring,
+            Err(_) => IoUring::new(entries)?,
+        };
+        // SAFETY: plain eventfd creation; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor that nothing else owns.
+        let doorbell = unsafe { OwnedFd::from_raw_fd(efd) };
+        Ok(Shared {
+            ring,
+            submit: ShortLock::new(()),
+            sleeping: AtomicBool::new(false),
+            doorbell,
+            dispatcher,
+            dispatcher_co,
+        })
+    }
+
     /// Puts `entry` on the submission queue (not yet issued).
     fn push(&self, entry: &squeue::Entry) {
         let _guard = self.submit.lock();
@@ -146,6 +222,7 @@ pub struct UringQueue {
     permits: Semphore,
     depth: usize,
     io_thread: Option<JoinHandle<()>>,
+    dispatcher: Option<may::coroutine::JoinHandle<()>>,
 }
 
 impl UringQueue {
@@ -159,30 +236,68 @@ impl UringQueue {
             .unwrap_or(u32::MAX)
             .next_power_of_two()
             .min(32_768);
-        let ring = IoUring::new(entries)?;
-        // SAFETY: plain eventfd creation; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `efd` is a fresh descriptor that nothing else owns.
-        let doorbell = unsafe { OwnedFd::from_raw_fd(efd) };
-        let shared = Arc::new(Shared {
-            ring,
-            submit: ShortLock::new(()),
-            sleeping: AtomicBool::new(false),
-            doorbell,
+        let dispatcher = Arc::new(Dispatcher {
+            woken: SegQueue::new(),
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
         });
-        let thread_shared = shared.clone();
-        let io_thread = std::thread::Builder::new()
+        let runs = dispatcher.clone();
+        // SAFETY: the dispatcher uses no thread-local storage.
+        let dispatcher_handle = unsafe {
+            may::coroutine::Builder::new()
+                .name(format!("{name}-uring-wake"))
+                .stack_size(0x8000)
+                .spawn(move || runs.run())
+        }?;
+        let stop_dispatcher = |handle: may::coroutine::JoinHandle<()>| {
+            dispatcher.stop.store(true, Ordering::SeqCst);
+            handle.coroutine().unpark();
+            let _ = handle.join();
+        };
+        // The I/O thread creates the ring itself, so the kernel ties the ring to that
+        // thread alone: it never signals a runtime worker about it (it interrupts the
+        // tasks registered with a ring when the ring is torn down, for instance).
+        let (sent, received) = may::sync::mpsc::channel::<io::Result<Arc<Shared>>>();
+        let parts = (dispatcher.clone(), dispatcher_handle.coroutine().clone());
+        let spawned = std::thread::Builder::new()
             .name(format!("{name}-uring"))
             .stack_size(IO_THREAD_STACK)
-            .spawn(move || serve(&thread_shared))?;
+            .spawn(move || match Shared::new(entries, parts.0, parts.1) {
+                Ok(shared) => {
+                    let shared = Arc::new(shared);
+                    if sent.send(Ok(shared.clone())).is_ok() {
+                        serve(&shared);
+                    }
+                }
+                Err(err) => {
+                    let _ = sent.send(Err(err));
+                }
+            });
+        let io_thread = match spawned {
+            Ok(thread) => thread,
+            Err(err) => {
+                stop_dispatcher(dispatcher_handle);
+                return Err(err);
+            }
+        };
+        // Parks the calling coroutine (a thread blocks) for the ring's setup.
+        let shared = match received.recv() {
+            Ok(Ok(shared)) => shared,
+            failed => {
+                let _ = io_thread.join();
+                stop_dispatcher(dispatcher_handle);
+                return Err(match failed {
+                    Ok(Err(err)) => err,
+                    _ => io::Error::other("the io_uring thread ended during setup"),
+                });
+            }
+        };
         Ok(UringQueue {
             shared,
             permits: Semphore::new(depth.min(entries as usize - 2)),
             depth,
             io_thread: Some(io_thread),
+            dispatcher: Some(dispatcher_handle),
         })
     }
 
@@ -300,6 +415,7 @@ impl UringQueue {
             done: AtomicBool::new(false),
             // Ignores cancellation: this wait must not end before the completion.
             blocker: Arc::new(Blocker::new(true)),
+            coroutine: may::coroutine::is_coroutine(),
         };
         let entry = entry.user_data(&slot as *const Slot as u64);
         self.shared.push(&entry);
@@ -324,6 +440,11 @@ impl Drop for UringQueue {
         self.shared.ring_doorbell();
         if let Some(io_thread) = self.io_thread.take() {
             let _ = io_thread.join();
+        }
+        self.shared.dispatcher.stop.store(true, Ordering::SeqCst);
+        self.shared.dispatcher_co.unpark();
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = dispatcher.join();
         }
     }
 }
@@ -376,12 +497,22 @@ fn serve(shared: &Shared) {
                         // waits until `done` is set; it is alive now.
                         let slot = unsafe { &*(user_data as *const Slot) };
                         let blocker = slot.blocker.clone();
+                        let coroutine = slot.coroutine;
                         slot.result.store(result, Ordering::Relaxed);
                         slot.done.store(true, Ordering::Release);
                         // From here on the slot may be gone; only our clone is used.
-                        blocker.unpark();
+                        if coroutine {
+                            shared.dispatcher.woken.push(blocker);
+                        } else {
+                            blocker.unpark();
+                        }
                     }
                 }
+            }
+            if !shared.dispatcher.woken.is_empty()
+                && !shared.dispatcher.notified.swap(true, Ordering::SeqCst)
+            {
+                shared.dispatcher_co.unpark();
             }
         }
         if stopping && !bell_armed {
