@@ -1,5 +1,5 @@
 //! bdev benchmark: the file and RAM devices through the runtime, against fio and a bare
-//! memory copy, in one run (about a minute and a half).
+//! memory copy, in one run (about 45 s once built).
 //!
 //! * **File device**, a 256 MiB file under `target/` opened with `O_DIRECT` (filled with
 //!   data first, so reads really read): random 4 KiB writes, then reads, of blocks
