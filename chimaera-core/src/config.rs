@@ -22,8 +22,8 @@
 //!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer)
 //!   runtime_data_size: 8MiB  # buffers the runtime allocates for outputs
 //! idle:
-//!   spin_rounds: 2048        # polls (with a spin hint) an idle worker makes before yielding
-//!   yield_rounds: 16         # polls with a thread yield after that, before sleeping on a futex
+//!   spin_rounds: 2048        # polls an idle worker makes (each a yield to its other coroutines)
+//!   yield_rounds: 16         # more such polls; a worker parks after spin_rounds + yield_rounds empty polls
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them
 //! pin_workers: false         # pin worker threads to cores
 //! compose:                   # pools created at boot, in this order

@@ -8,10 +8,16 @@
 //! coroutines, so a task may wait (on a [`CoMutex`], a subtask, a timer) without blocking
 //! the worker thread.
 //!
-//! Layers only look down: [`codec`] and [`ids`] know nothing of tasks; [`task`] and
-//! [`lock`] know nothing of pools; [`worker`] runs tasks without knowing what they do;
-//! [`pool`] and [`runtime`] tie them together; [`client`] is the public face. The core
-//! never names a chimod: the admin chimod reaches the runtime through [`RuntimeHandle`].
+//! Client processes reach a runtime over shared memory ([`shm`]): their tasks arrive in
+//! per-client rings that the workers poll, and their results go back into the same
+//! client areas; a crashed client's area is reclaimed by the runtime.
+//!
+//! Layers look down: [`codec`] and [`ids`] know nothing of tasks; [`lock`] knows nothing
+//! of pools; [`worker`] runs tasks without knowing what they do (a task does carry its
+//! `Arc<Pool>`, to spare a table lookup per task); [`shm`]'s building blocks know nothing
+//! of tasks, its server and connection sit on them; [`pool`] and [`runtime`] tie
+//! everything together; [`client`] is the public face. The core never names a chimod:
+//! the admin chimod reaches the runtime through [`RuntimeHandle`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
