@@ -47,7 +47,7 @@ pub fn builder() -> RuntimeBuilder {
     #[cfg(feature = "mod_name")]
     let builder = builder.composable_module::<mod_name::ModName>();
     #[cfg(feature = "bdev")]
-    let builder = builder.module::<bdev::Bdev>();
+    let builder = builder.composable_module::<bdev::Bdev>();
     builder
 }
 

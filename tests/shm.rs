@@ -420,3 +420,35 @@ fn fire_and_forget_and_periodic_tasks_from_a_client_process() {
     std::thread::sleep(Duration::from_millis(30));
     assert_eq!(completed(), settled + 1);
 }
+
+#[test]
+fn a_bdev_pool_composed_at_boot_serves_a_client_process() {
+    use chimaera::bdev::{BdevClient, BdevParams, BdevType};
+    let runtime = RuntimeProcess::start(
+        "bdev",
+        "compose:\n  - module: bdev\n    name: ram0\n    params: { bdev_type: ram, capacity: 64MiB }\n",
+    );
+    let chi = runtime.client();
+    let params = BdevParams {
+        bdev_type: BdevType::Ram,
+        total_size: 64 << 20,
+        ..BdevParams::default()
+    };
+    // Re-opening with the composed parameters yields the composed pool.
+    let bdev = BdevClient::create(&chi, PoolQuery::local(), "ram0", params).unwrap();
+    let blocks = bdev.allocate_blocks(PoolQuery::local(), 300 << 10).unwrap();
+    let sizes: Vec<u64> = blocks.iter().map(|b| b.size).collect();
+    assert_eq!(sizes, vec![128 << 10, 128 << 10, 64 << 10]);
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(
+        bdev.write(PoolQuery::local(), blocks[2], &pattern).unwrap(),
+        4096
+    );
+    assert_eq!(
+        bdev.read(PoolQuery::local(), blocks[2], 4096).unwrap(),
+        pattern
+    );
+    bdev.free_blocks(PoolQuery::local(), blocks).unwrap();
+    let mismatch = BdevClient::create(&chi, PoolQuery::local(), "ram0", BdevParams::default());
+    assert!(matches!(mismatch, Err(TaskError::PoolMismatch { .. })));
+}

@@ -27,12 +27,12 @@
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them
 //! pin_workers: false         # pin worker threads to cores
 //! compose:                   # pools created at boot, in this order
-//!   - module: chimaera_bdev  # the chimod's name
+//!   - module: bdev           # the chimod's name
 //!     name: ram0             # the pool's unique name
 //!     containers: 1          # 1..=65536; default 1
 //!     params:                # free-form mapping the module interprets (default: empty)
-//!       kind: ram
-//!       size: 1GiB
+//!       bdev_type: ram
+//!       capacity: 1GiB
 //! ```
 //!
 //! The segments are fully reserved at start (see [`crate::shm::segment`]), so the three

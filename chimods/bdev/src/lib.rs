@@ -62,6 +62,7 @@
 
 pub mod allocator;
 pub mod backend;
+pub mod compose;
 pub mod error;
 pub mod short_lock;
 pub mod stats;
