@@ -97,7 +97,12 @@ impl Drop for RuntimeProcess {
 
 /// Runs this test binary again as a client child with `role`.
 fn client_child(runtime: &RuntimeProcess, role: &str) -> Child {
+    client_child_with(runtime, role, &[])
+}
+
+fn client_child_with(runtime: &RuntimeProcess, role: &str, env: &[(&str, &str)]) -> Child {
     Command::new(std::env::current_exe().unwrap())
+        .envs(env.iter().copied())
         .args([
             "--exact",
             "client_child_entry",
@@ -183,6 +188,47 @@ fn client_child_entry() {
                 let _holder = m.async_co_mutex_test(PoolQuery::local(), 0, 5).unwrap();
                 drop(pending);
             }
+        }
+        (Some("bdev"), Some(id), Some(count)) => {
+            use chimaera::bdev::{BdevClient, BdevParams};
+            let path = std::env::var("CHI_TEST_BDEV").expect("device path");
+            let params = BdevParams {
+                total_size: 32 << 20,
+                ..BdevParams::default()
+            };
+            let bdev = BdevClient::create(&chi, PoolQuery::local(), &path, params).unwrap();
+            let blocks: Vec<_> = (0..16)
+                .map(|_| bdev.allocate_blocks(PoolQuery::local(), 4096).unwrap()[0])
+                .collect();
+            let mut written: Vec<Option<Vec<u8>>> = vec![None; blocks.len()];
+            let mut seed: u64 = id.parse::<u64>().unwrap() * 7919 + 1;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for _ in 0..count.parse::<u32>().unwrap() {
+                let k = (next() % blocks.len() as u64) as usize;
+                if next() % 2 == 0 {
+                    let fill = next();
+                    let data: Vec<u8> = (0..4096)
+                        .map(|i| (fill >> (i % 8 * 8)) as u8 ^ i as u8)
+                        .collect();
+                    assert_eq!(
+                        bdev.write(PoolQuery::local(), blocks[k], &data).unwrap(),
+                        4096
+                    );
+                    written[k] = Some(data);
+                } else if let Some(expected) = &written[k] {
+                    assert_eq!(
+                        &bdev.read(PoolQuery::local(), blocks[k], 4096).unwrap(),
+                        expected,
+                        "client {id} block {k}"
+                    );
+                }
+            }
+            println!("bdev {id} done");
         }
         other => panic!("unknown role {other:?}"),
     }
@@ -451,4 +497,54 @@ fn a_bdev_pool_composed_at_boot_serves_a_client_process() {
     bdev.free_blocks(PoolQuery::local(), blocks).unwrap();
     let mismatch = BdevClient::create(&chi, PoolQuery::local(), "ram0", BdevParams::default());
     assert!(matches!(mismatch, Err(TaskError::PoolMismatch { .. })));
+}
+
+#[test]
+fn four_client_processes_check_their_own_blocks_on_a_file_device() {
+    let runtime = RuntimeProcess::start("bdev4", "");
+    let path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", runtime.instance()));
+    let _ = std::fs::remove_file(&path);
+    let path_text = path.to_str().unwrap().to_owned();
+    let mut children: Vec<Child> = (0..4)
+        .map(|id| {
+            client_child_with(
+                &runtime,
+                &format!("bdev:{id}:2000"),
+                &[("CHI_TEST_BDEV", &path_text)],
+            )
+        })
+        .collect();
+    for child in &mut children {
+        assert!(child.wait().unwrap().success(), "a bdev client failed");
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn synced_data_survives_a_killed_runtime() {
+    use chimaera::bdev::{BdevClient, BdevParams};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut runtime = RuntimeProcess::start("durable", "");
+    let path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", runtime.instance()));
+    let _ = std::fs::remove_file(&path);
+    let chi = runtime.client();
+    let params = BdevParams {
+        total_size: 8 << 20,
+        ..BdevParams::default()
+    };
+    let bdev =
+        BdevClient::create(&chi, PoolQuery::local(), path.to_str().unwrap(), params).unwrap();
+    let block = bdev.allocate_blocks(PoolQuery::local(), 4096).unwrap()[0];
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 13 % 256) as u8).collect();
+    bdev.write(PoolQuery::local(), block, &pattern).unwrap();
+    bdev.sync(PoolQuery::local()).unwrap();
+    runtime.kill();
+    let mut file = std::fs::File::open(&path).unwrap();
+    file.seek(SeekFrom::Start(block.offset)).unwrap();
+    let mut on_disk = vec![0u8; 4096];
+    file.read_exact(&mut on_disk).unwrap();
+    assert_eq!(on_disk, pattern);
+    let _ = std::fs::remove_file(&path);
 }
