@@ -68,25 +68,9 @@ pub enum RuntimeLockError {
         /// The holder's pid, when it could be read from the lock file.
         pid: Option<u32>,
     },
-    /// The lock file belongs to another user, is open to others, or may not be opened.
-    #[error("permission denied on lock file {}: {reason}; remove it or run as its owner", path.display())]
-    Permission {
-        /// The lock file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Any other I/O failure.
-    #[error("{action} {} failed: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The system error.
-        #[source]
-        source: io::Error,
-    },
+    /// The lock file could not be used (permission, or another I/O failure).
+    #[error(transparent)]
+    File(#[from] LockFileError),
 }
 
 /// Why a client lock could not be taken or removed.
@@ -111,6 +95,14 @@ pub enum ClientLockError {
         /// How many slots there are.
         max_clients: u32,
     },
+    /// The lock file could not be used (permission, or another I/O failure).
+    #[error(transparent)]
+    File(#[from] LockFileError),
+}
+
+/// Why a lock file (of the runtime or of a client) could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockFileError {
     /// The lock file belongs to another user, is open to others, or may not be opened.
     #[error("permission denied on lock file {}: {reason}; remove it or run as its owner", path.display())]
     Permission {
@@ -130,57 +122,6 @@ pub enum ClientLockError {
         #[source]
         source: io::Error,
     },
-}
-
-/// A failure of the shared lock-file machinery, before it is named for the caller.
-enum LockFileError {
-    Permission {
-        path: PathBuf,
-        reason: String,
-    },
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-impl From<LockFileError> for RuntimeLockError {
-    fn from(err: LockFileError) -> Self {
-        match err {
-            LockFileError::Permission { path, reason } => {
-                RuntimeLockError::Permission { path, reason }
-            }
-            LockFileError::Io {
-                action,
-                path,
-                source,
-            } => RuntimeLockError::Io {
-                action,
-                path,
-                source,
-            },
-        }
-    }
-}
-
-impl From<LockFileError> for ClientLockError {
-    fn from(err: LockFileError) -> Self {
-        match err {
-            LockFileError::Permission { path, reason } => {
-                ClientLockError::Permission { path, reason }
-            }
-            LockFileError::Io {
-                action,
-                path,
-                source,
-            } => ClientLockError::Io {
-                action,
-                path,
-                source,
-            },
-        }
-    }
 }
 
 /// A held exclusive lock on a lock file; unlinks the file and unlocks on drop.
@@ -237,7 +178,7 @@ impl RuntimeLock {
         held.file
             .set_len(0)
             .and_then(|()| held.file.write_all_at(pid.as_bytes(), 0))
-            .map_err(|source| RuntimeLockError::Io {
+            .map_err(|source| LockFileError::Io {
                 action: "writing the pid into",
                 path: held.path.clone(),
                 source,
@@ -257,7 +198,7 @@ impl RuntimeLock {
     /// and every client lock file no live client holds (a client of the dead runtime that
     /// still runs keeps its slot until it notices and exits). Returns the removed paths.
     pub fn remove_stale(&self) -> Result<Vec<PathBuf>, RuntimeLockError> {
-        let files = instance_files(&self.instance).map_err(|source| RuntimeLockError::Io {
+        let files = instance_files(&self.instance).map_err(|source| LockFileError::Io {
             action: "listing",
             path: PathBuf::from(super::naming::SHM_DIR),
             source,
@@ -274,11 +215,12 @@ impl RuntimeLock {
                     Ok(()) => true,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => false,
                     Err(source) => {
-                        return Err(RuntimeLockError::Io {
+                        return Err(LockFileError::Io {
                             action: "removing stale",
                             path,
                             source,
-                        })
+                        }
+                        .into())
                     }
                 },
             };
@@ -581,7 +523,13 @@ mod tests {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .unwrap();
         let err = RuntimeLock::acquire(&inst).unwrap_err();
-        assert!(matches!(err, RuntimeLockError::Permission { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RuntimeLockError::File(LockFileError::Permission { .. })
+            ),
+            "{err}"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -45,8 +45,8 @@ pub mod server;
 
 pub use futex::WaitOutcome;
 pub use liveness::{
-    client_alive, remove_client_lock, runtime_alive, ClientLock, ClientLockError, RuntimeLock,
-    RuntimeLockError,
+    client_alive, remove_client_lock, runtime_alive, ClientLock, ClientLockError, LockFileError,
+    RuntimeLock, RuntimeLockError,
 };
 pub use naming::{InstanceName, NameError, ShmName};
 pub use ring::{Full, Ring, RingCorrupt, RingError, RingLayout};
