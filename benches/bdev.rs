@@ -102,7 +102,9 @@ fn allocate_all(bdev: &BdevClient) -> Result<Vec<Block>> {
 
 /// Sync random writes (`write`) or reads for `secs`: ops per second.
 fn run_qd1(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> Result<f64> {
-    let data = vec![0xa5u8; BLOCK as usize];
+    // A buffer of the client's data share: passed by reference, not copied.
+    let mut data = bdev.client().allocate_buffer(BLOCK as usize)?;
+    data.fill(0xa5);
     let mut rng = Rng(0x1234_5678 + u64::from(write));
     let start = Instant::now();
     let mut ops = 0u64;
@@ -112,8 +114,8 @@ fn run_qd1(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> 
             if write {
                 bdev.write(local(), block, &data)?;
             } else {
-                let got = bdev.read(local(), block, BLOCK)?;
-                debug_assert_eq!(got.len() as u64, BLOCK);
+                let got = bdev.read(local(), block, &mut data)?;
+                debug_assert_eq!(got, BLOCK);
             }
             ops += 1;
         }
@@ -123,7 +125,13 @@ fn run_qd1(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> 
 
 /// Random writes or reads with `DEPTH` async calls in flight for `secs`: ops per second.
 fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> Result<f64> {
-    let data = vec![0x5au8; BLOCK as usize];
+    // One 4 KiB slice of a shared buffer per call in flight (reads into one range at
+    // once would be refused: the runtime never lends a range to two writers).
+    let mut data = bdev
+        .client()
+        .allocate_buffer(BLOCK as usize * (DEPTH + 1))?;
+    data.fill(0x5a);
+    let mut next_slice = 0usize;
     let mut rng = Rng(0x8765_4321 + u64::from(write));
     let mut writes = VecDeque::with_capacity(DEPTH);
     let mut reads = VecDeque::with_capacity(DEPTH);
@@ -132,19 +140,21 @@ fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) ->
     while start.elapsed() < secs {
         for _ in 0..64 {
             let block = blocks[rng.below(blocks.len())];
+            next_slice = (next_slice + 1) % (DEPTH + 1);
+            let slice = &data[next_slice * BLOCK as usize..][..BLOCK as usize];
             if write {
                 if writes.len() == DEPTH {
                     Pending::wait(writes.pop_front().expect("full window"))?;
                     ops += 1;
                 }
-                writes.push_back(bdev.async_write(local(), block, &data)?);
+                writes.push_back(bdev.async_write(local(), block, slice)?);
             } else {
                 if reads.len() == DEPTH {
-                    let got: Vec<u8> = Pending::wait(reads.pop_front().expect("full window"))?;
-                    debug_assert_eq!(got.len() as u64, BLOCK);
+                    let (got, _) = Pending::wait(reads.pop_front().expect("full window"))?;
+                    debug_assert_eq!(got, BLOCK);
                     ops += 1;
                 }
-                reads.push_back(bdev.async_read(local(), block, BLOCK)?);
+                reads.push_back(bdev.async_read(local(), block, slice)?);
             }
         }
     }
@@ -161,7 +171,8 @@ fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) ->
 
 /// The original's shape: allocate 4 KiB, write it, free it, sync, one thread.
 fn run_alloc_write_free(bdev: &BdevClient, secs: Duration) -> Result<f64> {
-    let data = vec![0x3cu8; BLOCK as usize];
+    let mut data = bdev.client().allocate_buffer(BLOCK as usize)?;
+    data.fill(0x3c);
     let start = Instant::now();
     let mut ops = 0u64;
     while start.elapsed() < secs {

@@ -175,7 +175,11 @@ fn client_child_entry() {
             println!("echo {id} done");
         }
         (Some("victim"), _, _) => {
-            // Keep tasks in flight, with large inputs and outputs, until killed.
+            // Keep tasks in flight, with large inputs and outputs, until killed, and
+            // hold buffers in the data share.
+            let _buffers: Vec<_> = (0..3)
+                .map(|_| chi.allocate_buffer(64 * 1024).unwrap())
+                .collect();
             let big = "v".repeat(64 * 1024);
             println!("victim ready");
             loop {
@@ -201,7 +205,14 @@ fn client_child_entry() {
                 .map(|_| bdev.allocate_blocks(PoolQuery::local(), 4096).unwrap()[0])
                 .collect();
             let mut written: Vec<Option<Vec<u8>>> = vec![None; blocks.len()];
-            let mut seed: u64 = id.parse::<u64>().unwrap() * 7919 + 1;
+            let id_number = id.parse::<u64>().unwrap();
+            // Even clients pass buffers of their data share (by reference, zero-copy),
+            // odd ones ordinary heap slices (carried inline).
+            let zero_copy = id_number % 2 == 0;
+            let mut out = chi.allocate_buffer(4096).unwrap();
+            let mut back = chi.allocate_buffer(4096).unwrap();
+            let (mut heap_out, mut heap_back) = (vec![0u8; 4096], vec![0u8; 4096]);
+            let mut seed: u64 = id_number * 7919 + 1;
             let mut next = || {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
@@ -212,20 +223,23 @@ fn client_child_entry() {
                 let k = (next() % blocks.len() as u64) as usize;
                 if next() % 2 == 0 {
                     let fill = next();
-                    let data: Vec<u8> = (0..4096)
-                        .map(|i| (fill >> (i % 8 * 8)) as u8 ^ i as u8)
-                        .collect();
+                    let data: &mut [u8] = if zero_copy { &mut out } else { &mut heap_out };
+                    for (i, byte) in data.iter_mut().enumerate() {
+                        *byte = (fill >> (i % 8 * 8)) as u8 ^ i as u8;
+                    }
                     assert_eq!(
-                        bdev.write(PoolQuery::local(), blocks[k], &data).unwrap(),
+                        bdev.write(PoolQuery::local(), blocks[k], data).unwrap(),
                         4096
                     );
-                    written[k] = Some(data);
+                    written[k] = Some(data.to_vec());
                 } else if let Some(expected) = &written[k] {
+                    let data: &mut [u8] = if zero_copy { &mut back } else { &mut heap_back };
+                    data.fill(0);
                     assert_eq!(
-                        &bdev.read(PoolQuery::local(), blocks[k], 4096).unwrap(),
-                        expected,
-                        "client {id} block {k}"
+                        bdev.read(PoolQuery::local(), blocks[k], data).unwrap(),
+                        4096
                     );
+                    assert!(data == &expected[..], "client {id} block {k}");
                 }
             }
             println!("bdev {id} done");
@@ -490,9 +504,51 @@ fn a_bdev_pool_composed_at_boot_serves_a_client_process() {
         bdev.write(PoolQuery::local(), blocks[2], &pattern).unwrap(),
         4096
     );
+    let mut read_back = vec![0u8; 4096];
+    bdev.read(PoolQuery::local(), blocks[2], &mut read_back)
+        .unwrap();
+    assert_eq!(read_back, pattern);
+
+    // Zero-copy: a buffer of the client's data share travels as a reference both ways.
+    let mut buffer = chi.allocate_buffer(8192).unwrap();
+    assert!(buffer.is_shared());
+    assert!(chi.bulk_ref(&buffer[4096..]).is_shared());
+    buffer[..4096].copy_from_slice(&pattern);
     assert_eq!(
-        bdev.read(PoolQuery::local(), blocks[2], 4096).unwrap(),
-        pattern
+        bdev.write(PoolQuery::local(), blocks[0], &buffer[..4096])
+            .unwrap(),
+        4096
+    );
+    let (read, returned) = bdev
+        .async_read(PoolQuery::local(), blocks[0], &buffer[4096..])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(read, 4096);
+    assert!(
+        returned.is_shared(),
+        "the output carries no bytes: the runtime wrote the client's buffer"
+    );
+    assert_eq!(&buffer[4096..], &pattern[..]);
+    drop(buffer);
+
+    // A reference outside the client's share fails that task alone.
+    let forged = chimaera::codec::encode(&(
+        blocks[0],
+        chimaera::bulk::Bulk::Shared {
+            offset: u64::MAX - 8,
+            len: 4096,
+        },
+    ))
+    .unwrap();
+    let write = chimaera::bdev::bdev_tasks::WRITE;
+    let result = chi
+        .submit(bdev.pool_id(), write, PoolQuery::local(), forged, None)
+        .unwrap()
+        .wait();
+    assert!(
+        matches!(result[0].1, Err(TaskError::Malformed { .. })),
+        "{result:?}"
     );
     bdev.free_blocks(PoolQuery::local(), blocks).unwrap();
     let mismatch = BdevClient::create(&chi, PoolQuery::local(), "ram0", BdevParams::default());

@@ -2,6 +2,9 @@
 //! in any release. Generated code reaches everything through this one module, by full
 //! path, so it never depends on what the user has imported.
 pub use crate::admin_api::PoolOptions;
+pub use crate::bulk::{
+    write_back as bulk_write_back, ArchivedBulk, Bulk, BulkIn, BulkMut, BulkShare,
+};
 pub use crate::client::{Client, Pending, TaskHandle};
 pub use crate::codec::{access, decode, deserialize, encode, ByRef, Bytes, SliceRef, StrRef};
 pub use crate::context::RunContext;

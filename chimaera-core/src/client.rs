@@ -15,14 +15,15 @@
 //! A client made by `RunContext::client` submits *subtasks*: they inherit the parent's
 //! TaskNode group, which the coroutine locks use to let them through a lock their parent
 //! holds.
-use crate::codec::Bytes;
+use crate::bulk::{Buffer, BulkRef, BulkWire};
+use crate::codec::{Bytes, SliceRef};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::query::PoolQuery;
 use crate::runtime::Shared;
 use crate::shm::connection::{ConnectError, ShmCall, ShmConnection};
-use crate::task::{Completion, Schedule};
+use crate::task::{Completion, Origin, Schedule};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -94,6 +95,30 @@ impl Client {
         matches!(self.transport, Transport::SharedMemory(_))
     }
 
+    /// A zeroed, 4 KiB-aligned byte buffer whose bytes travel by reference when passed
+    /// as a `&[u8]` or `&mut [u8]` task argument (see [`Buffer`]).
+    ///
+    /// Over shared memory it lies in this client's share of the runtime's client-data
+    /// segment (`shm.client_data_size / max_clients` bytes; the call waits while inputs
+    /// of calls in flight fill it, and fails when the buffer cannot fit at all). Through
+    /// an in-process client it is heap memory, and arguments backed by it are copied
+    /// like any other slice.
+    pub fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+        match &self.transport {
+            Transport::InProcess { .. } => Buffer::heap(len),
+            Transport::SharedMemory(connection) => connection.allocate_buffer(len),
+        }
+    }
+
+    /// How `bytes` travels as a bulk argument of a task sent through this client.
+    #[doc(hidden)]
+    pub fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
+        match &self.transport {
+            Transport::InProcess { .. } => BulkWire::Inline(SliceRef(bytes)),
+            Transport::SharedMemory(connection) => connection.bulk_ref(bytes),
+        }
+    }
+
     /// Submits one task; wait on the returned handle for every replica's output bytes.
     pub fn submit(
         &self,
@@ -105,8 +130,15 @@ impl Client {
     ) -> Result<RawPending, TaskError> {
         match &self.transport {
             Transport::InProcess { shared, parent } => {
-                let (completion, _) =
-                    shared.enqueue(*parent, pool, method, query, input, schedule, None, None)?;
+                let (completion, _) = shared.enqueue(
+                    *parent,
+                    pool,
+                    method,
+                    query,
+                    input,
+                    schedule,
+                    Origin::default(),
+                )?;
                 completion
                     .map(|c| RawPending(PendingInner::InProcess(c)))
                     .ok_or(TaskError::NotRun)
@@ -136,8 +168,7 @@ impl Client {
                     query,
                     input,
                     Some(schedule),
-                    None,
-                    None,
+                    Origin::default(),
                 )?;
                 Ok(TaskHandle {
                     cancel: cancel.map(Cancel::Local),

@@ -3,6 +3,7 @@
 //! Per-task state lives here, never in thread-locals: a task's coroutine may resume on
 //! another worker thread after any wait. A context is created by the worker for one run
 //! of one task and dropped after it.
+use crate::bulk::BulkShare;
 use crate::client::Client;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::pool::Pool;
@@ -16,6 +17,7 @@ pub struct RunContext {
     header: TaskHeader,
     pool: Arc<Pool>,
     shared: Arc<Shared>,
+    bulk: Option<Arc<BulkShare>>,
 }
 
 impl RunContext {
@@ -24,7 +26,21 @@ impl RunContext {
             header,
             pool,
             shared,
+            bulk: None,
         }
+    }
+
+    /// Lets the task's bulk arguments reference `share` (its client's data share).
+    pub(crate) fn with_bulk(mut self, share: Option<Arc<BulkShare>>) -> Self {
+        self.bulk = share;
+        self
+    }
+
+    /// The data share of the client process that submitted this task, if any: where
+    /// its bulk (`&[u8]` / `&mut [u8]`) arguments passed by reference lie.
+    #[doc(hidden)]
+    pub fn bulk_share(&self) -> Option<Arc<BulkShare>> {
+        self.bulk.clone()
     }
 
     /// The pool this task runs in.

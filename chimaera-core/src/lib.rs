@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod admin_api;
+pub mod bulk;
 pub mod client;
 pub mod codec;
 pub mod compose;
@@ -41,6 +42,7 @@ pub mod worker;
 #[doc(hidden)]
 pub mod __private;
 
+pub use bulk::Buffer;
 pub use client::{Client, Pending, TaskHandle};
 pub use config::RuntimeConfig;
 pub use context::RunContext;

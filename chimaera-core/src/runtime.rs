@@ -21,7 +21,7 @@ use crate::module::{ChiMod, ModuleEntry};
 use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
 use crate::query::PoolQuery;
 use crate::shm::server::{Ingress, ServeError, ServeSizes, ShmServer};
-use crate::task::{lock, Completion, ReplySink, Schedule, Task, TaskHeader};
+use crate::task::{lock, Completion, Origin, Schedule, Task, TaskHeader};
 use crate::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -125,9 +125,13 @@ impl Shared {
         query: PoolQuery,
         input: Bytes,
         schedule: Option<Schedule>,
-        sink: Option<Box<dyn ReplySink>>,
-        cancel: Option<Arc<AtomicBool>>,
+        origin: Origin,
     ) -> Result<Enqueued, TaskError> {
+        let Origin {
+            reply: sink,
+            cancel,
+            bulk,
+        } = origin;
         if !self.accepts(parent) {
             return Err(TaskError::RuntimeStopped);
         }
@@ -207,6 +211,7 @@ impl Shared {
                 input,
                 reply: completion.clone(),
                 cancel: cancel.clone(),
+                bulk: bulk.clone(),
             });
         }
         Ok((completion, cancel))
@@ -226,7 +231,8 @@ impl Shared {
             });
         };
         let object = container.object.clone();
-        let mut ctx = RunContext::new(task.header, task.pool.clone(), self.clone());
+        let mut ctx = RunContext::new(task.header, task.pool.clone(), self.clone())
+            .with_bulk(task.bulk.clone());
         catch_unwind(AssertUnwindSafe(|| {
             object.run(&mut ctx, task.header.method, &task.input)
         }))
@@ -499,13 +505,9 @@ impl Ingress for Shared {
         query: PoolQuery,
         input: Bytes,
         schedule: Option<Schedule>,
-        reply: Option<Box<dyn ReplySink>>,
-        cancel: Option<Arc<AtomicBool>>,
+        origin: Origin,
     ) -> Result<(), TaskError> {
-        Shared::enqueue(
-            self, None, pool, method, query, input, schedule, reply, cancel,
-        )
-        .map(|_| ())
+        Shared::enqueue(self, None, pool, method, query, input, schedule, origin).map(|_| ())
     }
 
     fn wake_worker(&self, worker: usize) {

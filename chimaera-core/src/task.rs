@@ -12,6 +12,7 @@
 //! called from one and the thread otherwise); the last replica unparks it. The blocker is
 //! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
 //! lost.
+use crate::bulk::BulkShare;
 use crate::codec::Bytes;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
@@ -65,6 +66,19 @@ pub struct Task {
     pub reply: Option<Arc<Completion>>,
     /// Set to stop a periodic task.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The submitting client's data share, which bulk arguments may reference.
+    pub bulk: Option<Arc<BulkShare>>,
+}
+
+/// What the transport that queues a task attaches to it besides its input.
+#[derive(Default)]
+pub struct Origin {
+    /// Receives a call's results when its caller is not a thread of this process.
+    pub reply: Option<Box<dyn ReplySink>>,
+    /// Stops a periodic task (the runtime makes one when absent).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// The submitting client's data share, for bulk arguments passed by reference.
+    pub bulk: Option<Arc<BulkShare>>,
 }
 
 impl Task {

@@ -71,13 +71,26 @@ pub enum ArgKind {
     Borrowed(Borrow),
     /// `&mut T`: travels as `T` in the input and comes back in the output.
     InOut(Type),
+    /// `&mut [u8]`: a bulk buffer, written in place when it lies in the client's data
+    /// share, else carried in the input and back in the output (as `Bulk`).
+    BulkMut,
+}
+
+impl ArgKind {
+    /// Comes back in the output.
+    pub fn is_in_out(&self) -> bool {
+        matches!(self, ArgKind::InOut(_) | ArgKind::BulkMut)
+    }
 }
 
 /// A borrowed parameter.
 pub enum Borrow {
     /// `&str` → `String`; the handler borrows the received bytes.
     Str,
-    /// `&[u8]` / `&[i8]` → `Vec<_>`; the handler borrows the received bytes.
+    /// `&[u8]` → `Bulk`: a reference into the client's data share, or the bytes inline;
+    /// the handler borrows them either way.
+    Bulk,
+    /// `&[i8]` → `Vec<i8>`; the handler borrows the received bytes.
     Bytes(Type),
     /// `&[T]` → `Vec<T>`; deserialized, then lent.
     Slice(Type),
@@ -256,18 +269,23 @@ impl<'a> Task<'a> {
             .filter(|a| !matches!(a.kind, ArgKind::Context))
     }
 
-    /// The in-out parameters, in order; their values follow the return value in the output.
-    pub fn in_out_args(&self) -> impl Iterator<Item = (&Arg<'a>, &Type)> {
-        self.args.iter().filter_map(|a| match &a.kind {
-            ArgKind::InOut(inner) => Some((a, inner)),
-            _ => None,
-        })
+    /// The in-out parameters (`&mut T`, `&mut [u8]`), in order; their values follow the
+    /// return value in the output.
+    pub fn in_out_args(&self) -> impl Iterator<Item = &Arg<'a>> {
+        self.args.iter().filter(|a| a.kind.is_in_out())
+    }
+
+    /// Whether an argument may reference the client's data share.
+    pub fn has_bulk_args(&self) -> bool {
+        self.args
+            .iter()
+            .any(|a| matches!(a.kind, ArgKind::BulkMut | ArgKind::Borrowed(Borrow::Bulk)))
     }
 
     /// Rules that depend on which inherited task this is.
     fn check_role(&self, cx: &Ctxt) {
         if self.is_create() {
-            if let Some((arg, _)) = self.in_out_args().next() {
+            if let Some(arg) = self.in_out_args().next() {
                 cx.error_spanned_by(
                     arg.ty,
                     "`create` has no output to return an in-out argument in; take it by value or by `&`",
@@ -409,10 +427,13 @@ fn classify_reference(cx: &Ctxt, reference: &TypeReference) -> Option<ArgKind> {
     }
     let unsized_inner = is_str(inner) || matches!(inner, Type::Slice(_));
     if reference.mutability.is_some() {
+        if matches!(inner, Type::Slice(slice) if is_u8(&slice.elem)) {
+            return Some(ArgKind::BulkMut);
+        }
         if unsized_inner {
             cx.error_spanned_by(
                 reference,
-                "in-out arguments need an owned type: use `&mut String` or `&mut Vec<T>`",
+                "in-out arguments need an owned type: use `&mut String` or `&mut Vec<T>` (`&mut [u8]` is the one unsized exception: a byte buffer)",
             );
             return None;
         }
@@ -420,6 +441,7 @@ fn classify_reference(cx: &Ctxt, reference: &TypeReference) -> Option<ArgKind> {
     }
     let borrow = match inner {
         inner if is_str(inner) => Borrow::Str,
+        Type::Slice(slice) if is_u8(&slice.elem) => Borrow::Bulk,
         Type::Slice(slice) if is_byte(&slice.elem) => Borrow::Bytes((*slice.elem).clone()),
         Type::Slice(slice) => Borrow::Slice((*slice.elem).clone()),
         other => Borrow::Ref(other.clone()),
@@ -453,6 +475,10 @@ fn is_run_context(ty: &Type) -> bool {
 
 fn is_str(ty: &Type) -> bool {
     matches!(ty, Type::Path(path) if path.qself.is_none() && path.path.is_ident("str"))
+}
+
+fn is_u8(ty: &Type) -> bool {
+    matches!(peel(ty), Type::Path(path) if path.qself.is_none() && path.path.is_ident("u8"))
 }
 
 /// `u8` and `i8` archive as themselves, so `&[u8]` can borrow the received bytes.
@@ -509,7 +535,8 @@ mod tests {
             impl Demo {
                 #[task(method = 10)]
                 fn all<'a>(&self, ctx: &mut RunContext, s: &'a str, b: &[u8], v: &[u32],
-                           r: &Point, n: u32, io: &mut Vec<u8>) -> Result<u8, TaskError> {}
+                           r: &Point, n: u32, io: &mut Vec<u8>, i: &[i8],
+                           buf: &mut [u8]) -> Result<u8, TaskError> {}
                 fn helper(&self) {}
             }
         };
@@ -522,17 +549,19 @@ mod tests {
                     ArgKind::Context => "ctx",
                     ArgKind::In => "in",
                     ArgKind::Borrowed(Borrow::Str) => "str",
+                    ArgKind::Borrowed(Borrow::Bulk) => "bulk",
                     ArgKind::Borrowed(Borrow::Bytes(_)) => "bytes",
                     ArgKind::Borrowed(Borrow::Slice(_)) => "slice",
                     ArgKind::Borrowed(Borrow::Ref(_)) => "ref",
                     ArgKind::InOut(_) => "in-out",
+                    ArgKind::BulkMut => "bulk-mut",
                 })
                 .collect();
             assert_eq!(
                 kinds,
-                ["ctx", "str", "bytes", "slice", "ref", "in", "in-out"]
+                ["ctx", "str", "bulk", "slice", "ref", "in", "in-out", "bytes", "bulk-mut"]
             );
-            assert_eq!(task.wire_args().count(), 6);
+            assert_eq!(task.wire_args().count(), 8);
             assert!(task.ret.fallible && task.ret.ty.is_some());
             assert_eq!((task.entry.as_str(), task.id), ("kAll", 10));
             assert_eq!(model.tasks.len(), 1, "non-#[task] methods are not tasks");

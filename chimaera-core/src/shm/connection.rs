@@ -24,12 +24,14 @@ use super::naming::{InstanceName, ShmName, ROLE_CLIENT_DATA, ROLE_MAIN, ROLE_RUN
 use super::ring::Ring;
 use super::segment::{Segment, SegmentError};
 use super::server::encode_query;
-use crate::codec::{decode, Bytes};
+use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
+use crate::codec::{decode, Bytes, SliceRef};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::task::{lock, Schedule};
 use std::collections::HashMap;
+use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -99,6 +101,7 @@ pub struct ShmConnection {
     header: Header,
     client: u32,
     data_start: usize,
+    data_share: usize,
     producer: Mutex<Producer>,
     free_slots: Mutex<Vec<u32>>,
     /// Calls holding a slot, by slot index.
@@ -170,6 +173,7 @@ impl ShmConnection {
             header,
             client,
             data_start: client as usize * data_share,
+            data_share,
             producer: Mutex::new(Producer { ring }),
             free_slots: Mutex::new((0..geometry.slots).rev().collect()),
             holding: Mutex::new(HashMap::new()),
@@ -329,12 +333,16 @@ impl ShmConnection {
     /// the buffers of answered calls and waits for more answers. `None` only when the
     /// input cannot fit even with no call in flight.
     fn alloc_data_waiting(&self, len: usize) -> Option<Extent> {
+        self.alloc_waiting(|| self.alloc_data(len))
+    }
+
+    fn alloc_waiting(&self, alloc: impl Fn() -> Option<Extent>) -> Option<Extent> {
         loop {
-            if let Some(extent) = self.alloc_data(len) {
+            if let Some(extent) = alloc() {
                 return Some(extent);
             }
             self.harvest();
-            if let Some(extent) = self.alloc_data(len) {
+            if let Some(extent) = alloc() {
                 return Some(extent);
             }
             let waiting_on_others = lock(&self.holding)
@@ -344,6 +352,71 @@ impl ShmConnection {
                 return None;
             }
             std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// A zeroed, page-aligned buffer of `len` bytes in this client's data share, which
+    /// bulk arguments reference instead of copying (see [`crate::bulk`]). Waits while the
+    /// share is full of inputs of calls in flight.
+    pub fn allocate_buffer(self: &Arc<Self>, len: usize) -> Result<Buffer, TaskError> {
+        if self.dead.load(Ordering::Acquire) {
+            return Err(TaskError::RuntimeStopped);
+        }
+        let share = self.share_len();
+        let extent = (len <= share)
+            .then(|| self.alloc_buffer_waiting(len))
+            .flatten()
+            .ok_or_else(|| {
+                TaskError::failed(format!(
+                    "no room for a {len}-byte buffer in this client's {share}-byte share of the client-data segment ({} bytes in use); drop unused buffers or raise shm.client_data_size",
+                    lock(&self.data).in_use()
+                ))
+            })?;
+        let start = self.data_start + extent.offset;
+        if let Err(err) = self.client_data.check_range(start, extent.len) {
+            self.free_data(extent);
+            return Err(TaskError::failed(err.to_string()));
+        }
+        // SAFETY: `check_range` proved the extent inside the mapping, so the pointer is in
+        // bounds and non-null.
+        let ptr = unsafe { NonNull::new_unchecked(self.client_data.base().add(start)) };
+        let connection = self.clone();
+        let free = Box::new(move || connection.free_data(extent));
+        // SAFETY: the arena gave this extent to nobody else until `free` returns it, and
+        // the mapping lives while `free` holds the connection.
+        Ok(unsafe { Buffer::in_share(ptr, len, free) })
+    }
+
+    fn alloc_buffer_waiting(&self, len: usize) -> Option<Extent> {
+        self.alloc_waiting(|| {
+            let mut arena = lock(&self.data);
+            let extent = arena.alloc(len, BUFFER_ALIGN);
+            self.publish_data_in_use(&arena);
+            extent
+        })
+    }
+
+    fn share_len(&self) -> usize {
+        self.data_share
+    }
+
+    /// How `bytes` travels as a bulk argument: by reference when it lies in this
+    /// client's data share (a [`Buffer`] of this connection), inline otherwise.
+    pub fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
+        let share_start = self.client_data.base() as usize + self.data_start;
+        let offset = (bytes.as_ptr() as usize).wrapping_sub(share_start);
+        let in_share = !bytes.is_empty()
+            && (bytes.as_ptr() as usize) >= share_start
+            && offset
+                .checked_add(bytes.len())
+                .is_some_and(|end| end <= self.share_len());
+        if in_share {
+            BulkWire::Shared {
+                offset: offset as u64,
+                len: bytes.len() as u64,
+            }
+        } else {
+            BulkWire::Inline(SliceRef(bytes))
         }
     }
 

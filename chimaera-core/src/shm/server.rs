@@ -36,11 +36,12 @@ use super::liveness::{client_alive, remove_client_lock, RuntimeLock};
 use super::naming::{InstanceName, ShmName, ROLE_CLIENT_DATA, ROLE_MAIN, ROLE_RUNTIME_DATA};
 use super::ring::Ring;
 use super::segment::Segment;
+use crate::bulk::BulkShare;
 use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
-use crate::task::{lock, ReplySink, Schedule};
+use crate::task::{lock, Origin, ReplySink, Schedule};
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,9 +81,8 @@ pub enum ServeError {
 
 /// What the transport needs from the runtime: queue a task, wake a worker.
 pub trait Ingress: Send + Sync {
-    /// Queues a task decoded from a client slot. `reply` receives the results of a call;
-    /// `cancel` stops a periodic task.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues a task decoded from a client slot; `origin` carries the reply sink of a
+    /// call, the cancel flag of a periodic task and the client's data share.
     fn enqueue(
         &self,
         pool: PoolId,
@@ -90,8 +90,7 @@ pub trait Ingress: Send + Sync {
         query: PoolQuery,
         input: Bytes,
         schedule: Option<Schedule>,
-        reply: Option<Box<dyn ReplySink>>,
-        cancel: Option<Arc<AtomicBool>>,
+        origin: Origin,
     ) -> Result<(), TaskError>;
 
     /// Unparks worker `worker` if it sleeps.
@@ -106,6 +105,28 @@ struct ClientEntry {
     overflow: Mutex<Vec<Option<Extent>>>,
     /// Cancel flags of the owner's periodic tasks, by id; all set when the owner dies.
     periodic: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    /// The area's data share, handed to its tasks for bulk arguments; the area is
+    /// reclaimed only while this is the last reference.
+    bulk: Arc<BulkShare>,
+}
+
+/// Client `client`'s share of the client-data segment, as bulk arguments see it.
+fn bulk_share(
+    client_data: &Segment,
+    client: u32,
+    data_share: usize,
+    mapping: &Arc<dyn Send + Sync>,
+) -> Result<BulkShare, ServeError> {
+    let start = client as usize * data_share;
+    client_data
+        .check_range(start, data_share)
+        .map_err(|e| ServeError::Layout(e.to_string()))?;
+    // SAFETY: `check_range` proved `start..start + data_share` inside the mapping, so the
+    // pointer is in bounds and non-null.
+    let base = unsafe { std::ptr::NonNull::new_unchecked(client_data.base().add(start)) };
+    // SAFETY: the range is mapped read-write while `mapping` (a handle on the same
+    // segment) lives, and shares of different clients are disjoint (`data_share` apart).
+    Ok(unsafe { BulkShare::new(base, data_share, mapping.clone()) })
 }
 
 /// The clients a worker polls, refreshed when the attach epoch moves.
@@ -185,6 +206,8 @@ impl ShmServer {
 
         let header = Header::new(main.clone());
         header.init(&geometry, std::process::id());
+        let data_share = (sizes.client_data / geometry.max_clients as usize) & !4095;
+        let mapping: Arc<dyn Send + Sync> = Arc::new(client_data.clone());
         let mut clients = Vec::with_capacity(geometry.max_clients as usize);
         for client in 0..geometry.max_clients {
             let (offset, len) = geometry.ring_range(client);
@@ -198,9 +221,9 @@ impl ShmServer {
                 inflight: AtomicU64::new(0),
                 overflow: Mutex::new(vec![None; geometry.slots as usize]),
                 periodic: Mutex::new(HashMap::new()),
+                bulk: Arc::new(bulk_share(&client_data, client, data_share, &mapping)?),
             });
         }
-        let data_share = (sizes.client_data / geometry.max_clients as usize) & !4095;
         let server = Arc::new(ShmServer {
             instance: instance.clone(),
             geometry,
@@ -322,7 +345,9 @@ impl ShmServer {
     /// it did.
     fn try_reclaim(&self, client: u32) -> bool {
         let entry = &self.clients[client as usize];
-        if entry.inflight.load(Ordering::Acquire) != 0 {
+        // A running task (fire-and-forget and periodic ones included) may still use the
+        // share through a bulk argument.
+        if entry.inflight.load(Ordering::Acquire) != 0 || Arc::strong_count(&entry.bulk) > 1 {
             return false;
         }
         let Ok(control) = self.header.control(&self.geometry, client) else {
@@ -522,7 +547,12 @@ impl ShmServer {
                     }
                 };
                 let acknowledge = sink.is_none();
-                match ingress.enqueue(pool, method, query, input, schedule, sink, cancel) {
+                let origin = Origin {
+                    reply: sink,
+                    cancel,
+                    bulk: Some(entry.bulk.clone()),
+                };
+                match ingress.enqueue(pool, method, query, input, schedule, origin) {
                     Ok(()) if acknowledge => {
                         let ack = match periodic_id {
                             Some(id) => encode(&id),

@@ -37,7 +37,7 @@ pub fn expand(
         let params = task.wire_args().map(|arg| param(arg, false));
         let params_again = task.wire_args().map(|arg| param(arg, false));
         let forwarded = task.wire_args().map(|arg| arg.ident);
-        let encoded = encode(names, task);
+        let encoded = encode(names, task, &quote!(#chi));
         quote! {
             /// Gets or creates the pool `pool_name` with default options; see
             /// [`create_with`](Self::create_with).
@@ -144,12 +144,13 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
         Some(ty) => quote!(#ty),
         None => quote!(()),
     };
-    let in_outs: Vec<&Arg> = task.in_out_args().map(|(arg, _)| arg).collect();
+    let in_outs: Vec<&Arg> = task.in_out_args().collect();
     let forwarded = task.wire_args().map(|arg| {
         let ident = arg.ident;
-        match arg.kind {
-            ArgKind::InOut(_) => quote!(&*#ident),
-            _ => quote!(#ident),
+        if arg.kind.is_in_out() {
+            quote!(&*#ident)
+        } else {
+            quote!(#ident)
         }
     });
     let (pending, decoded, sync_body) = if in_outs.is_empty() {
@@ -162,7 +163,10 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
         let write_back = in_outs.iter().enumerate().map(|(i, arg)| {
             let ident = arg.ident;
             let field = syn::Index::from(i + 1);
-            quote!(*#ident = #out.#field;)
+            match arg.kind {
+                ArgKind::BulkMut => quote!(#private::bulk_write_back(#ident, #out.#field)?;),
+                _ => quote!(*#ident = #out.#field;),
+            }
         });
         (
             quote!(#module::#output),
@@ -174,7 +178,7 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
             },
         )
     };
-    let encoded = encode(names, task);
+    let encoded = encode(names, task, &quote!(&self.client));
     let docs = task.attrs.iter().filter(|a| a.path().is_ident("doc"));
     let entry = &task.entry;
     let sync_doc = format!("Runs `{entry}` and waits for its output.");
@@ -231,7 +235,7 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
 fn param(arg: &Arg, shared: bool) -> TokenStream {
     let ident = arg.ident;
     match (&arg.kind, arg.ty) {
-        (ArgKind::InOut(_), Type::Reference(reference)) if shared => {
+        (ArgKind::InOut(_) | ArgKind::BulkMut, Type::Reference(reference)) if shared => {
             let shared_ty = Type::Reference(TypeReference {
                 mutability: None,
                 ..reference.clone()
@@ -243,13 +247,17 @@ fn param(arg: &Arg, shared: bool) -> TokenStream {
 }
 
 /// `encode(&(StrRef(a), ByRef(&b), …))?`: the task's input archived from the client's
-/// parameters in place.
-fn encode(names: &Names, task: &Task) -> TokenStream {
+/// parameters in place; byte buffers go through `client.bulk_ref`, which sends a
+/// reference instead of the bytes when they lie in the client's data share.
+fn encode(names: &Names, task: &Task, client: &TokenStream) -> TokenStream {
     let private = &names.private;
     let wrapped = task.wire_args().map(|arg| {
         let ident: &Ident = arg.ident;
         match &arg.kind {
             ArgKind::Borrowed(Borrow::Str) => quote!(#private::StrRef(#ident)),
+            ArgKind::Borrowed(Borrow::Bulk) | ArgKind::BulkMut => {
+                quote!(#private::Client::bulk_ref(#client, #ident))
+            }
             ArgKind::Borrowed(Borrow::Bytes(_) | Borrow::Slice(_)) => {
                 quote!(#private::SliceRef(#ident))
             }

@@ -285,11 +285,20 @@ fn run_arm(
     let (bindings, result) = handler_call(names, task, self_ty, &value, ctx);
     let ret = local("ret");
     let out_values = in_out_locals(task);
+    let bulk_outputs = task
+        .wire_args()
+        .enumerate()
+        .filter(|(_, a)| matches!(a.kind, ArgKind::BulkMut))
+        .map(|(i, _)| {
+            let local = local(&format!("arg{i}"));
+            quote!(let #local = #private::BulkMut::into_wire(#local);)
+        });
     quote! {
         #module::#id => {
             let #value = #private::access::<#module::#archived>(#input, "input")?;
             #bindings
             let #ret = #result?;
+            #(#bulk_outputs)*
             #private::encode(&(#private::ByRef(&#ret), #(#private::ByRef(&#out_values),)*))
         }
     }
@@ -300,7 +309,7 @@ fn run_arm(
 fn in_out_locals(task: &Task) -> Vec<Ident> {
     task.wire_args()
         .enumerate()
-        .filter(|(_, a)| matches!(a.kind, ArgKind::InOut(_)))
+        .filter(|(_, a)| a.kind.is_in_out())
         .map(|(i, _)| local(&format!("arg{i}")))
         .collect()
 }
@@ -317,12 +326,24 @@ fn handler_call(
     let private = &names.private;
     let mut bindings = Vec::new();
     let mut passed = Vec::new();
+    let share = local("bulk_share");
+    if task.has_bulk_args() {
+        bindings.push(quote!(let #share = #private::RunContext::bulk_share(#ctx);));
+    }
     for (i, arg) in task.wire_args().enumerate() {
         let field = Index::from(i);
         let local = local(&format!("arg{i}"));
         let deserialize = |ty: TokenStream| quote!(let #local: #ty = #private::deserialize(&#value.#field, "input")?;);
         match &arg.kind {
             ArgKind::Borrowed(Borrow::Str) => passed.push(quote!(#value.#field.as_str())),
+            ArgKind::Borrowed(Borrow::Bulk) => {
+                bindings.push(quote!(let #local = #private::BulkIn::open(::core::option::Option::as_deref(&#share), &#value.#field)?;));
+                passed.push(quote!(#private::BulkIn::as_slice(&#local)));
+            }
+            ArgKind::BulkMut => {
+                bindings.push(quote!(let mut #local = #private::BulkMut::open(::core::option::Option::as_deref(&#share), &#value.#field)?;));
+                passed.push(quote!(#private::BulkMut::as_mut_slice(&mut #local)));
+            }
             ArgKind::Borrowed(Borrow::Bytes(_)) => {
                 passed.push(quote!(#value.#field.as_slice()));
             }

@@ -86,6 +86,7 @@ fn wire_types(names: &Names, task: &Task, outer: &Outer) -> TokenStream {
     let inputs = task.wire_args().map(|arg| {
         let owned = match &arg.kind {
             ArgKind::Borrowed(Borrow::Str) => quote!(::std::string::String),
+            ArgKind::Borrowed(Borrow::Bulk) | ArgKind::BulkMut => quote!(#private::Bulk),
             ArgKind::Borrowed(Borrow::Bytes(elem) | Borrow::Slice(elem)) => {
                 let elem = outer.rewrite(elem);
                 quote!(::std::vec::Vec<#elem>)
@@ -120,9 +121,12 @@ fn wire_types(names: &Names, task: &Task, outer: &Outer) -> TokenStream {
             }
             None => quote!(()),
         };
-        let in_outs = task.in_out_args().map(|(_, inner)| {
-            let inner = outer.rewrite(inner);
-            quote!(#inner,)
+        let in_outs = task.in_out_args().map(|arg| match &arg.kind {
+            ArgKind::InOut(inner) => {
+                let inner = outer.rewrite(inner);
+                quote!(#inner,)
+            }
+            _ => quote!(#private::Bulk,),
         });
         let output_doc =
             format!("Output of `{entry}`: its return value, then its in-out arguments.");

@@ -14,8 +14,13 @@
 //! let params = BdevParams { bdev_type: BdevType::Ram, total_size: 64 << 20, ..BdevParams::default() };
 //! let bdev = BdevClient::create(chi, local, "ram-dev", params)?;
 //! let blocks = bdev.allocate_blocks(local, 4096)?;          // one 4 KiB block
-//! assert_eq!(bdev.write(local, blocks[0], b"hello")?, 5);
-//! assert_eq!(bdev.read(local, blocks[0], 5)?, b"hello");
+//! // Buffers in the client's shared memory travel by reference, not by copy.
+//! let mut buffer = chi.allocate_buffer(4096)?;
+//! buffer[..5].copy_from_slice(b"hello");
+//! assert_eq!(bdev.write(local, blocks[0], &buffer[..5])?, 5);
+//! buffer.fill(0);
+//! assert_eq!(bdev.read(local, blocks[0], &mut buffer[..5])?, 5);  // filled in place
+//! assert_eq!(&buffer[..5], b"hello");
 //! bdev.free_blocks(local, blocks)?;
 //! let stats = bdev.get_stats(local)?;
 //! assert_eq!((stats.write.ops, stats.read.ops), (1, 1));
@@ -30,8 +35,8 @@
 //! | 1 | `destroy` | syncs a file device and closes it; later I/O fails |
 //! | 10 | `allocate_blocks(size) -> Vec<Block>` | blocks covering `size` bytes: 128 KiB pieces plus the remainder rounded up to a class (256 B, 1 KiB, 4 KiB, 64 KiB, 128 KiB); all or nothing |
 //! | 11 | `free_blocks(blocks)` | returns blocks; double frees and foreign blocks are refused, all or nothing |
-//! | 12 | `write(block, data) -> u64` | writes `data` at the block's start; bytes written |
-//! | 13 | `read(block, len) -> Vec<u8>` | reads min(`len`, block size) bytes from the block's start |
+//! | 12 | `write(block, data: &[u8]) -> u64` | writes `data` at the block's start; bytes written |
+//! | 13 | `read(block, data: &mut [u8]) -> u64` | fills min(`data.len()`, block size) bytes of `data` from the block's start; bytes read |
 //! | 14 | `get_stats -> BdevStats` | measured ops, bytes, mean latency, bandwidth and IOPS per direction, and the exact remaining space |
 //! | 15 | `sync` | `fdatasync`: written data survives a crash (no-op on RAM) |
 //!
@@ -50,9 +55,12 @@
 //!   where `io_uring` is unavailable — at most `io_depth` operations in flight either
 //!   way. `O_DIRECT` is honoured with bounce buffers where the caller's buffer, offset or
 //!   length is not aligned.
-//! * **Zero-copy ready**: the I/O core ([`BlockDevice::write_at`] /
-//!   [`BlockDevice::read_into`]) takes plain byte slices and copies (or hands the kernel)
-//!   the caller's memory directly, wherever it lives.
+//! * **Zero-copy**: `write`'s `data` and `read`'s `data` are bulk arguments: a buffer
+//!   from `Client::allocate_buffer` reaches the handler as a slice of the client's shared
+//!   memory, and the I/O core ([`BlockDevice::write_at`] / [`BlockDevice::read_into`])
+//!   copies from it (RAM) or hands it to the kernel (file) directly. The one copy left
+//!   is the device's own (RAM memcpy, or the kernel's page-cache copy without
+//!   `O_DIRECT`).
 //!
 //! Reads and writes do not check that a block is currently allocated (only that it lies
 //! in the device): like a disk, the device serves any in-range block it is given.
@@ -177,22 +185,14 @@ impl Bdev {
         self.write_block(&block, data)
     }
 
-    /// `kRead`: reads min(`len`, block size) bytes from the start of `block`.
+    /// `kRead`: fills the first min(`data.len()`, block size) bytes of `data` from the
+    /// start of `block`; returns the bytes read. A `data` buffer from
+    /// `Client::allocate_buffer` is filled in place (the device reads straight into the
+    /// client's shared memory); any other comes back in the output.
     #[task(method = 13)]
-    fn read(&self, block: Block, len: u64) -> Result<Vec<u8>, BdevError> {
-        let len = len.min(block.size);
-        self.check_block(&block)
-            .inspect_err(|_| self.stats.record_failed_read())?;
-        // At most one block (128 KiB): `check_block` refused anything larger. Filled
-        // by the device without zeroing it first.
-        let len = len as usize;
-        let mut data = Vec::with_capacity(len);
-        self.measure_read(&block, len, |device| {
-            device.read_into_uninit(block.offset, &mut data.spare_capacity_mut()[..len])
-        })?;
-        // SAFETY: the read succeeded, so the device initialized all `len` bytes.
-        unsafe { data.set_len(len) };
-        Ok(data)
+    fn read(&self, block: Block, data: &mut [u8]) -> Result<u64, BdevError> {
+        let len = (data.len() as u64).min(block.size) as usize;
+        self.read_block(&block, &mut data[..len])
     }
 
     /// `kGetStats`: measured statistics since the device was created.

@@ -74,6 +74,15 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Reads up to `len` bytes of `block` into a fresh vector (an ordinary heap slice, so
+/// the bytes come back in the output), cut to what was read.
+fn read_vec(bdev: &BdevClient, block: Block, len: usize) -> Result<Vec<u8>, TaskError> {
+    let mut data = vec![0u8; len];
+    let read = bdev.read(local(), block, &mut data)?;
+    data.truncate(read as usize);
+    Ok(data)
+}
+
 fn failure_message(err: &TaskError) -> &str {
     match err {
         TaskError::Failed { message } => message,
@@ -208,15 +217,25 @@ fn round_trip(bdev: &BdevClient) {
         }
     }
     for (block, data) in &written {
-        let back = bdev.read(local(), *block, data.len() as u64).unwrap();
+        let back = read_vec(bdev, *block, data.len()).unwrap();
         assert!(back == *data, "block {block:?} read back different bytes");
     }
     // A read longer than the block is cut to the block.
     let (block, _) = written[0];
     assert_eq!(
-        bdev.read(local(), block, u64::MAX).unwrap().len() as u64,
+        read_vec(bdev, block, block.size as usize + 4096)
+            .unwrap()
+            .len() as u64,
         block.size
     );
+    // A buffer of the client: filled in place.
+    let (block, data) = &written[1];
+    let mut buffer = bdev.client().allocate_buffer(data.len()).unwrap();
+    assert_eq!(
+        bdev.read(local(), *block, &mut buffer).unwrap(),
+        data.len() as u64
+    );
+    assert!(buffer[..] == data[..]);
 }
 
 #[test]
@@ -299,7 +318,7 @@ fn ram_out_of_bounds_is_an_error_and_moves_no_bytes() {
     for block in outside {
         let err = bdev.write(local(), block, &[1u8; 4096]).unwrap_err();
         assert!(failure_message(&err).contains("out of bounds"), "{err}");
-        let err = bdev.read(local(), block, 4096).unwrap_err();
+        let err = read_vec(&bdev, block, 4096).unwrap_err();
         assert!(failure_message(&err).contains("out of bounds"), "{err}");
     }
     let err = bdev
@@ -322,12 +341,12 @@ fn ram_out_of_bounds_is_an_error_and_moves_no_bytes() {
         size: MIB,
         block_type: 4,
     };
-    let err = bdev.read(local(), huge, MIB).unwrap_err();
+    let err = read_vec(&bdev, huge, MIB as usize).unwrap_err();
     assert!(
         failure_message(&err).contains("larger than the largest block"),
         "{err}"
     );
-    assert_eq!(bdev.read(local(), last, 4096).unwrap(), vec![5u8; 4096]);
+    assert_eq!(read_vec(&bdev, last, 4096).unwrap(), vec![5u8; 4096]);
     let stats = bdev.get_stats(local()).unwrap();
     assert_eq!(
         (stats.write.ops, stats.write.bytes, stats.write.failed),
@@ -407,7 +426,7 @@ fn stats_count_the_operations_issued() {
         bdev.write(local(), block, &pattern(i, 1000)).unwrap();
     }
     for _ in 0..7 {
-        bdev.read(local(), block, 500).unwrap();
+        read_vec(&bdev, block, 500).unwrap();
     }
     let stats = bdev.get_stats(local()).unwrap();
     assert_eq!(
@@ -459,10 +478,14 @@ fn concurrent_clients(rt: &Runtime, bdev: &BdevClient) {
                     }
                     let reads: Vec<_> = blocks
                         .iter()
-                        .map(|b| bdev.async_read(local(), *b, 4096).unwrap())
+                        .map(|b| bdev.async_read(local(), *b, &[0u8; 4096]).unwrap())
                         .collect();
                     for (i, pending) in reads.into_iter().enumerate() {
-                        let data = pending.wait().unwrap();
+                        let (read, returned) = pending.wait().unwrap();
+                        assert_eq!(read, 4096);
+                        let chimaera_core::bulk::Bulk::Inline(data) = returned else {
+                            panic!("an in-process read comes back inline");
+                        };
                         match last[i] {
                             Some(seed) => assert!(
                                 data == pattern(seed, 4096),

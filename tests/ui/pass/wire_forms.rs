@@ -1,7 +1,8 @@
 //! Every argument form on the wire, end to end through a runtime: `&str` and `&[u8]`
 //! borrowed from the received bytes, `&[T]` and `&T` deserialized then lent, `T` by
 //! value, `&mut T` in-out (written back by the sync client method), explicit
-//! lifetimes, no arguments, `()` returns, and `Result` errors.
+//! lifetimes, no arguments, `()` returns, `Result` errors, `&[i8]` borrowed, and a
+//! `&mut [u8]` byte buffer filled in place (inline through an in-process client).
 use chimaera::prelude::*;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -80,6 +81,12 @@ impl WireForms {
         Err(TaskError::failed(why))
     }
 
+    #[task(method = 18)]
+    fn fill(&self, buffer: &mut [u8], signed: &[i8], byte: u8) -> usize {
+        buffer.fill(byte);
+        buffer.len() + signed.len()
+    }
+
     pub fn helper_is_left_alone(&self) -> usize {
         self.prefix.len()
     }
@@ -119,6 +126,15 @@ fn main() {
     let (left, right) = (String::from("ab"), String::from("cd"));
     assert_eq!(client.join(q, &left, &right).unwrap(), "abcd");
     assert!(client.fail(q, "on purpose").is_err());
+    let mut buffer = chi.allocate_buffer(5).unwrap();
+    assert!(!buffer.is_shared(), "in-process buffers are heap memory");
+    assert_eq!(client.fill(q, &mut buffer, &[-1, 1], 7).unwrap(), 7);
+    assert_eq!(&buffer[..], &[7; 5]);
+    let mut plain = [0u8; 3];
+    assert_eq!(client.fill(q, &mut plain, &[], 9).unwrap(), 3);
+    assert_eq!(plain, [9; 3]);
+    let (filled, returned) = client.async_fill(q, &plain, &[], 1).unwrap().wait().unwrap();
+    assert_eq!((filled, returned), (3, chimaera::bulk::Bulk::Inline(vec![1; 3])));
     client
         .spawn_echo(q, Schedule::FireAndForget, "spawned")
         .unwrap();
@@ -129,7 +145,7 @@ fn main() {
         ("wire_forms", "chimaera", "0.3.0")
     );
     let ids: Vec<_> = info.methods.iter().map(|m| m.id).collect();
-    assert_eq!(ids, [0, 1, 10, 11, 12, 13, 14, 15, 16, 17]);
+    assert_eq!(ids, [0, 1, 10, 11, 12, 13, 14, 15, 16, 17, 18]);
     assert_eq!(info.method(13).unwrap().name, "kAppend");
     assert_eq!(wire_forms_tasks::APPEND, 13);
 
