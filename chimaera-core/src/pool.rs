@@ -15,6 +15,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::module::{Container, ModuleEntry};
 use crate::worker::Lane;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
@@ -85,7 +86,10 @@ impl Pool {
 
 #[derive(Default)]
 struct Tables {
-    by_id: HashMap<PoolId, Arc<Pool>>,
+    /// Looked up on every task, so hashed with Fx rather than SipHash: the keys stored
+    /// are ids the runtime assigned, which no client can pick to collide.
+    by_id: FxHashMap<PoolId, Arc<Pool>>,
+    /// Names come from clients: keep the DoS-resistant default hasher.
     by_name: HashMap<String, PoolId>,
 }
 

@@ -21,7 +21,7 @@ use crate::module::{ChiMod, ModuleEntry};
 use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
 use crate::query::PoolQuery;
 use crate::shm::server::{Ingress, ServeError, ServeSizes, ShmServer};
-use crate::task::{lock, Completion, Origin, Schedule, Task, TaskHeader};
+use crate::task::{lock, Completion, Origin, Reply, Schedule, Task, TaskHeader};
 use crate::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -131,6 +131,7 @@ impl Shared {
             reply: sink,
             cancel,
             bulk,
+            local_worker,
         } = origin;
         if !self.accepts(parent) {
             return Err(TaskError::RuntimeStopped);
@@ -158,24 +159,31 @@ impl Shared {
         let targets = query.resolve(pool_id, containers, self.node, dynamic)?;
 
         let replicas = targets.len();
-        let mut inputs = Vec::with_capacity(replicas);
+        // No allocation for the common single replica.
+        let mut copies = Vec::with_capacity(replicas.saturating_sub(1));
         for _ in 1..replicas {
-            inputs.push((module.new_copy)(method, &input)?);
+            copies.push((module.new_copy)(method, &input)?);
         }
-        inputs.push(input);
+        let inputs = copies.into_iter().chain(std::iter::once(input));
 
         let id = self.next_task_id();
         let node = match parent {
             Some(parent) => parent.child(),
             None => TaskNode { root: id, depth: 0 },
         };
+        // A single replica answering a sink needs no completion to gather results in.
+        let mut direct = None;
         let (completion, period, cancel) = match schedule {
             None => {
                 let completion = match sink {
-                    Some(sink) => Completion::with_sink(replicas as u32, sink),
-                    None => Completion::new(replicas as u32),
+                    Some(sink) if replicas == 1 => {
+                        direct = Some(sink);
+                        None
+                    }
+                    Some(sink) => Some(Completion::with_sink(replicas as u32, sink)),
+                    None => Some(Completion::new(replicas as u32)),
                 };
-                (Some(completion), None, None)
+                (completion, None, None)
             }
             Some(Schedule::FireAndForget) => (None, None, None),
             Some(Schedule::Periodic(period)) => (
@@ -196,7 +204,7 @@ impl Shared {
                 .min(slot.lanes.len().saturating_sub(1));
             let lane = &slot.lanes[lane_index];
             self.task_started();
-            lane.push(Task {
+            let task = Task {
                 header: TaskHeader {
                     id,
                     pool: pool_id,
@@ -209,10 +217,21 @@ impl Shared {
                 },
                 pool: pool.clone(),
                 input,
-                reply: completion.clone(),
+                reply: match direct.take() {
+                    Some(sink) => Some(Reply::Sink(sink)),
+                    None => completion.clone().map(Reply::Waiter),
+                },
                 cancel: cancel.clone(),
                 bulk: bulk.clone(),
-            });
+            };
+            match local_worker {
+                Some(worker) => lane.push_from_worker(task, worker),
+                None => lane.push(task),
+            }
+        }
+        if let Some(sink) = direct {
+            // Its one target had no container: answer rather than leave the caller waiting.
+            sink.complete_one(0, Err(TaskError::NotRun));
         }
         Ok((completion, cancel))
     }

@@ -2,8 +2,10 @@
 //!
 //! A [`Task`] is owned by exactly one place at a time: the submitter builds it, a lane
 //! holds it, a worker's coroutine runs it and then drops it (Rust's `Drop` is the
-//! original's `Del`: the input bytes are freed when the task is). Its result goes to the
-//! [`Completion`] it points to, shared with the caller through an `Arc`.
+//! original's `Del`: the input bytes are freed when the task is). Its result goes to its
+//! [`Reply`]: a [`Completion`] shared with the caller through an `Arc`, or — for the
+//! single replica of a call from a client process — straight to that call's
+//! [`ReplySink`], with nothing to gather.
 //!
 //! A completion expects one result per replica (a `Broadcast` has one per container).
 //! Invariants: each replica stores exactly one result, then decrements `remaining` with
@@ -63,7 +65,7 @@ pub struct Task {
     /// The rkyv archive of the method's input tuple.
     pub input: Bytes,
     /// Where the result goes; `None` for fire-and-forget and periodic tasks.
-    pub reply: Option<Arc<Completion>>,
+    pub reply: Option<Reply>,
     /// Set to stop a periodic task.
     pub cancel: Option<Arc<AtomicBool>>,
     /// The submitting client's data share, which bulk arguments may reference.
@@ -79,6 +81,26 @@ pub struct Origin {
     pub cancel: Option<Arc<AtomicBool>>,
     /// The submitting client's data share, for bulk arguments passed by reference.
     pub bulk: Option<Arc<BulkShare>>,
+    /// The worker whose poller queues the task (ingesting a client ring): a task for an
+    /// idle lane of that worker is handed to a coroutine at once.
+    pub local_worker: Option<usize>,
+}
+
+/// Where a task replica's result goes.
+pub enum Reply {
+    /// A completion gathering the results of every replica, with a waiter or a sink.
+    Waiter(Arc<Completion>),
+    /// The one replica of a call from outside the process: straight to the sink.
+    Sink(Box<dyn ReplySink>),
+}
+
+impl Reply {
+    fn deliver(self, container: ContainerId, result: Result<Bytes, TaskError>) {
+        match self {
+            Reply::Waiter(completion) => completion.deliver(container, result),
+            Reply::Sink(sink) => sink.complete_one(container, result),
+        }
+    }
 }
 
 impl Task {
@@ -105,6 +127,11 @@ impl Drop for Task {
 pub trait ReplySink: Send + Sync {
     /// Receives every replica's result, sorted by container, once.
     fn complete(&self, results: Vec<(ContainerId, Result<Bytes, TaskError>)>);
+
+    /// Receives the result of a task with a single replica (no gathering needed).
+    fn complete_one(&self, container: ContainerId, result: Result<Bytes, TaskError>) {
+        self.complete(vec![(container, result)]);
+    }
 }
 
 /// Results of one task's replicas, and the caller waiting for them.

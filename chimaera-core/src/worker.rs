@@ -14,6 +14,12 @@
 //! a task that waits (lock, subtask, timer) keeps its coroutine, and the worker goes on
 //! with other tasks meanwhile. Idle pools are capped; surplus coroutines end.
 //!
+//! **Direct hand-off.** A poller ingesting a task from a client ring for one of its own
+//! lanes that is idle (empty, not on the ready list) hands it to a task coroutine at
+//! once ([`Lane::push_from_worker`]): the same thing the next round would do, minus two
+//! queue round trips. A lane with anything queued takes the task behind it, so a lane
+//! still starts its tasks in arrival order.
+//!
 //! **Sleeping.** With nothing ready, a poller yields a few rounds, then announces
 //! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
 //! with `SeqCst` before the final re-check of the ready lists, and read with `SeqCst`
@@ -26,7 +32,7 @@ use crate::task::{lock, Task};
 use crossbeam_queue::SegQueue;
 use may::coroutine;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Latency class of a lane, and of the workers that serve it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,6 +80,27 @@ impl Lane {
         }
     }
 
+    /// Queues `task` on behalf of worker `worker`'s own poller (which is ingesting it
+    /// from a client ring). When this lane is that worker's and holds nothing, the task
+    /// goes straight to a task coroutine — what the poller would do with it right after
+    /// the push — skipping the queue and the ready list. With an earlier task still
+    /// queued, it is queued behind it, so a lane still starts its tasks in order.
+    pub fn push_from_worker(self: &Arc<Self>, task: Task, worker: usize) {
+        let shared = &self.worker;
+        if shared.id == worker
+            && !self.scheduled.load(Ordering::Acquire)
+            && self.queue.is_empty()
+            && !shared.shutdown.load(Ordering::Relaxed)
+        {
+            if let Some(runner) = shared.runner.get() {
+                shared.tasks_run.fetch_add(1, Ordering::Relaxed);
+                hand_off(shared, runner, task);
+                return;
+            }
+        }
+        self.push(task);
+    }
+
     /// The number of tasks waiting in this lane.
     pub fn len(&self) -> usize {
         self.queue.len()
@@ -102,6 +129,8 @@ pub struct WorkerShared {
     tasks_run: AtomicU64,
     /// Task coroutine stack, in may's unit (words).
     stack_size: usize,
+    /// Runs the tasks; set once when the worker starts.
+    runner: OnceLock<Arc<dyn TaskRunner>>,
 }
 
 /// A parked task coroutine waiting for its next task.
@@ -193,7 +222,9 @@ impl Worker {
             shutdown: AtomicBool::new(false),
             tasks_run: AtomicU64::new(0),
             stack_size,
+            runner: OnceLock::new(),
         });
+        let _ = shared.runner.set(runner.clone());
         let poller_state = shared.clone();
         let builder = coroutine::Builder::new()
             .name(format!("chimaera-worker-{id}"))
@@ -244,7 +275,9 @@ pub fn stack_words(bytes: usize) -> usize {
 fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_rounds_max: u32) {
     let mut idle_rounds = 0u32;
     loop {
-        let mut dispatched = runner.ingest(worker.id);
+        // Ingested tasks are queued on lanes or handed off directly (and counted there).
+        let ingested = runner.ingest(worker.id);
+        let mut dispatched = 0;
         for _ in 0..LANES_PER_ROUND {
             let Some(lane) = worker.next_ready() else {
                 break;
@@ -265,7 +298,7 @@ fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_round
                 worker.make_ready(lane);
             }
         }
-        if dispatched > 0 {
+        if dispatched + ingested > 0 {
             worker
                 .tasks_run
                 .fetch_add(dispatched as u64, Ordering::Relaxed);

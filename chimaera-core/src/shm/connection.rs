@@ -32,7 +32,7 @@ use crate::query::PoolQuery;
 use crate::task::{lock, Schedule};
 use std::collections::HashMap;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,9 @@ pub struct ShmConnection {
     /// Calls holding a slot, by slot index.
     holding: Mutex<HashMap<u32, Arc<CallState>>>,
     slot_freed: Condvar,
+    /// Submitters blocked on `slot_freed`; changed under the `free_slots` lock, so a
+    /// release that sees 0 there skips the notify (a futex syscall) safely.
+    slot_waiters: AtomicUsize,
     data: Mutex<Arena>,
     dead: AtomicBool,
     _lock: ClientLock,
@@ -178,6 +181,7 @@ impl ShmConnection {
             free_slots: Mutex::new((0..geometry.slots).rev().collect()),
             holding: Mutex::new(HashMap::new()),
             slot_freed: Condvar::new(),
+            slot_waiters: AtomicUsize::new(0),
             data: Mutex::new(Arena::new(data_share)),
             dead: AtomicBool::new(false),
             main,
@@ -264,11 +268,13 @@ impl ShmConnection {
             if !free.is_empty() {
                 continue;
             }
+            self.slot_waiters.fetch_add(1, Ordering::Relaxed);
             let (guard, timeout) = self
                 .slot_freed
                 .wait_timeout(free, Duration::from_micros(200))
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             free = guard;
+            self.slot_waiters.fetch_sub(1, Ordering::Relaxed);
             if timeout.timed_out() && free.is_empty() {
                 drop(free);
                 if self.runtime_gone() {
@@ -313,8 +319,14 @@ impl ShmConnection {
             view.word(slot::STATE)
                 .store(layout::SLOT_FREE, Ordering::Relaxed);
         }
-        lock(&self.free_slots).push(slot_index);
-        self.slot_freed.notify_one();
+        let mut free = lock(&self.free_slots);
+        free.push(slot_index);
+        // Read under the lock: a submitter that will wait has not looked at the list yet
+        // and will find this slot; one that waits already has counted itself.
+        if self.slot_waiters.load(Ordering::Relaxed) > 0 {
+            self.slot_freed.notify_one();
+        }
+        drop(free);
     }
 
     fn view(&self, slot_index: u32) -> Result<SlotView, TaskError> {

@@ -466,7 +466,7 @@ impl ShmServer {
                 match ring.pop() {
                     Ok(Some(slot_index)) => {
                         taken += 1;
-                        self.ingest_slot(client, slot_index, ingress);
+                        self.ingest_slot(worker, client, slot_index, ingress);
                     }
                     Ok(None) => break,
                     Err(corrupt) => {
@@ -487,7 +487,13 @@ impl ShmServer {
         taken
     }
 
-    fn ingest_slot(self: &Arc<Self>, client: u32, slot_index: u32, ingress: &dyn Ingress) {
+    fn ingest_slot(
+        self: &Arc<Self>,
+        worker: usize,
+        client: u32,
+        slot_index: u32,
+        ingress: &dyn Ingress,
+    ) {
         if slot_index >= self.geometry.slots {
             tracing::warn!(
                 client,
@@ -551,6 +557,7 @@ impl ShmServer {
                     reply: sink,
                     cancel,
                     bulk: Some(entry.bulk.clone()),
+                    local_worker: Some(worker),
                 };
                 match ingress.enqueue(pool, method, query, input, schedule, origin) {
                     Ok(()) if acknowledge => {
@@ -795,6 +802,11 @@ pub struct ShmReply {
 }
 
 impl ReplySink for ShmReply {
+    fn complete_one(&self, _container: ContainerId, result: Result<Bytes, TaskError>) {
+        self.server
+            .write_result(self.client, self.slot, self.generation, result);
+    }
+
     fn complete(&self, mut results: Vec<(ContainerId, Result<Bytes, TaskError>)>) {
         if results.len() == 1 {
             let (_, result) = results.remove(0);
