@@ -251,8 +251,12 @@ impl<T> Pending<T> {
     /// Waits for the result. With several replicas the first error (by container) wins,
     /// else the result of the lowest container is returned.
     pub fn wait(self) -> Result<T, TaskError> {
+        let raw = match self.raw.0 {
+            PendingInner::SharedMemory(call) => return call.wait_decoded(self.decode),
+            inner => RawPending(inner),
+        };
         let mut first_output = None;
-        for (_, result) in self.raw.wait() {
+        for (_, result) in raw.wait() {
             let bytes = result?;
             first_output.get_or_insert(bytes);
         }

@@ -30,7 +30,6 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::task::{lock, Schedule};
-use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -104,8 +103,8 @@ pub struct ShmConnection {
     data_share: usize,
     producer: Mutex<Producer>,
     free_slots: Mutex<Vec<u32>>,
-    /// Calls holding a slot, by slot index.
-    holding: Mutex<HashMap<u32, Arc<CallState>>>,
+    /// Calls holding a slot, indexed by slot (slots are dense, so no hashing).
+    holding: Mutex<Vec<Option<Arc<CallState>>>>,
     slot_freed: Condvar,
     /// Submitters blocked on `slot_freed`; changed under the `free_slots` lock, so a
     /// release that sees 0 there skips the notify (a futex syscall) safely.
@@ -179,7 +178,7 @@ impl ShmConnection {
             data_share,
             producer: Mutex::new(Producer { ring }),
             free_slots: Mutex::new((0..geometry.slots).rev().collect()),
-            holding: Mutex::new(HashMap::new()),
+            holding: Mutex::new(vec![None; geometry.slots as usize]),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
             data: Mutex::new(Arena::new(data_share)),
@@ -287,7 +286,7 @@ impl ShmConnection {
 
     /// Copies the results of answered calls out of their slots and frees the slots.
     fn harvest(&self) {
-        let calls: Vec<Arc<CallState>> = lock(&self.holding).values().cloned().collect();
+        let calls: Vec<Arc<CallState>> = lock(&self.holding).iter().flatten().cloned().collect();
         for call in calls {
             let mut held = lock(&call.slot);
             let Some((slot_index, input)) = *held else {
@@ -310,7 +309,9 @@ impl ShmConnection {
     }
 
     fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
-        lock(&self.holding).remove(&slot_index);
+        if let Some(held) = lock(&self.holding).get_mut(slot_index as usize) {
+            *held = None;
+        }
         if let Some(extent) = input {
             self.free_data(extent);
         }
@@ -358,7 +359,8 @@ impl ShmConnection {
                 return Some(extent);
             }
             let waiting_on_others = lock(&self.holding)
-                .values()
+                .iter()
+                .flatten()
                 .any(|call| lock(&call.slot).is_some_and(|(_, input)| input.is_some()));
             if !waiting_on_others || self.runtime_gone() {
                 return None;
@@ -609,7 +611,9 @@ impl ShmConnection {
             harvested: Mutex::new(None),
             abandoned: AtomicBool::new(false),
         });
-        lock(&self.holding).insert(slot_index, state.clone());
+        if let Some(held) = lock(&self.holding).get_mut(slot_index as usize) {
+            *held = Some(state.clone());
+        }
         ShmCall {
             connection: self.clone(),
             state,
@@ -649,6 +653,18 @@ impl Drop for ShmConnection {
 
 type Results = Vec<(ContainerId, Result<Bytes, TaskError>)>;
 
+/// Outputs up to this size are decoded from a copy on the stack.
+const SMALL_OUTPUT: usize = 256;
+
+/// A stack buffer aligned for any archived type rkyv reads in place.
+#[repr(C, align(16))]
+struct SmallOutput([u8; SMALL_OUTPUT]);
+
+/// The error a runtime sent, or why its bytes are not one.
+fn decode_error(bytes: &[u8]) -> TaskError {
+    decode::<TaskError>(bytes, "error").unwrap_or_else(|e| e)
+}
+
 /// A call's hold on its slot, shared with the connection (which may harvest it).
 struct CallState {
     /// The slot and the client-data buffer of the input, while held.
@@ -679,7 +695,42 @@ impl ShmCall {
     }
 
     /// Waits for the answer and returns each replica's result (one for most queries).
-    pub fn wait(mut self) -> Results {
+    pub fn wait(self) -> Results {
+        self.wait_with(|connection, view| connection.read_results(view))
+    }
+
+    /// Waits for a single-replica result and decodes it with `decode`. A small output in
+    /// the slot is copied to the stack and decoded there (no allocation); anything else
+    /// takes the general path of [`wait`](Self::wait).
+    pub fn wait_decoded<T>(
+        self,
+        decode: fn(&[u8]) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
+        let mut decoded = None;
+        let results =
+            self.wait_with(
+                |connection, view| match connection.read_small_output(view, decode) {
+                    Some(result) => {
+                        decoded = Some(result);
+                        Vec::new()
+                    }
+                    None => connection.read_results(view),
+                },
+            );
+        if let Some(result) = decoded {
+            return result;
+        }
+        let mut first_output = None;
+        for (_, result) in results {
+            first_output.get_or_insert(result?);
+        }
+        match first_output {
+            Some(bytes) => decode(&bytes),
+            None => Err(TaskError::EmptyQuery),
+        }
+    }
+
+    fn wait_with(mut self, read: impl FnOnce(&ShmConnection, &SlotView) -> Results) -> Results {
         self.finished = true;
         loop {
             let held = *lock(&self.state.slot);
@@ -697,7 +748,7 @@ impl ShmCall {
             if let Some((slot_index, input)) = held.take() {
                 drop(held);
                 let results = match self.connection.view(slot_index) {
-                    Ok(view) => self.connection.read_results(&view),
+                    Ok(view) => read(&self.connection, &view),
                     Err(err) => vec![(0, Err(err))],
                 };
                 self.connection.release_slot(slot_index, input);
@@ -743,6 +794,32 @@ impl ShmConnection {
         }
     }
 
+    /// Decodes a result or error that lies in the slot and fits [`SmallOutput`]; `None`
+    /// for any other reply (left for [`read_results`](Self::read_results)).
+    fn read_small_output<T>(
+        &self,
+        view: &SlotView,
+        decode: fn(&[u8]) -> Result<T, TaskError>,
+    ) -> Option<Result<T, TaskError>> {
+        let load = |field| view.word(field).load(Ordering::Relaxed);
+        let status = load(slot::STATUS);
+        let len = load(slot::OUTPUT_LEN) as usize;
+        let small = load(slot::OUTPUT_WHERE) == layout::IN_SLOT
+            && len <= SMALL_OUTPUT
+            && matches!(status, layout::STATUS_OK | layout::STATUS_ERROR);
+        if !small {
+            return None;
+        }
+        let mut buffer = SmallOutput([0; SMALL_OUTPUT]);
+        let bytes = &mut buffer.0[..len];
+        view.read_payload(bytes).ok()?;
+        Some(if status == layout::STATUS_OK {
+            decode(bytes)
+        } else {
+            Err(decode_error(bytes))
+        })
+    }
+
     fn read_results(&self, view: &SlotView) -> Results {
         let load = |field| view.word(field).load(Ordering::Relaxed);
         let status = load(slot::STATUS);
@@ -769,12 +846,7 @@ impl ShmConnection {
         }
         match status {
             layout::STATUS_OK => vec![(0, Ok(bytes))],
-            layout::STATUS_ERROR => {
-                vec![(
-                    0,
-                    Err(decode::<TaskError>(&bytes, "error").unwrap_or_else(|e| e)),
-                )]
-            }
+            layout::STATUS_ERROR => vec![(0, Err(decode_error(&bytes)))],
             layout::STATUS_REPLICAS => {
                 match decode::<Vec<(u32, Result<Vec<u8>, TaskError>)>>(&bytes, "output") {
                     Ok(replicas) => replicas
