@@ -1,7 +1,9 @@
 //! rkyv encoding of task inputs and outputs.
 //!
 //! A task's inputs travel as the rkyv archive of a tuple of its arguments' owned forms
-//! (`&str` → `String`, `&[T]` → `Vec<T>`, `&T`/`&mut T`/`T` → `T`); its outputs as the
+//! (`&str` → `String`, `&[u8]`/`&mut [u8]` → [`Bulk`](crate::bulk::Bulk) (the bytes, or
+//! a reference into the client's shared memory), `&[T]` → `Vec<T>`, `&T`/`&mut T`/`T` →
+//! `T`); its outputs as the
 //! archive of `(return value, in-out values…)`. Using tuples of the argument types (not
 //! generated structs) means two crates that agree on the argument types agree on the
 //! layout, checked by the type system.

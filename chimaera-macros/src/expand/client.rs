@@ -7,7 +7,10 @@
 //! `spawn_x` (fire-and-forget or periodic). Parameters keep the handler's names and
 //! types (`&mut T` in-out arguments are `&T` for `async_x`/`spawn_x`, and written back
 //! by `x`), and borrowed arguments are archived in place through `StrRef`, `SliceRef`
-//! and `ByRef`, never copied into owned values first.
+//! and `ByRef`, never copied into owned values first. `&[u8]` / `&mut [u8]` go through
+//! `Client::bulk_ref`: a reference when they lie in the client's data share (a buffer
+//! from `allocate_buffer`), else the bytes inline; `x` copies a `&mut [u8]` that came
+//! back inline into the caller's slice.
 use crate::expand::{local, Names, TaskNames};
 use crate::model::{Arg, ArgKind, Borrow, ChimodImpl, Task};
 use proc_macro2::{Ident, TokenStream};

@@ -1,9 +1,12 @@
 //! `impl ChiMod for Foo`: the entry points the runtime calls.
 //!
 //! Each entry point is a dense `match` on the method id consts of `foo_tasks`. Inputs
-//! are validated (`access`, bytecheck) before any field is read; `&str` and `&[u8]`
-//! arguments borrow the validated bytes, every other argument is deserialized into its
-//! owned form first. A handler's `Err(e)` becomes `e.into()`; an unknown id (and
+//! are validated (`access`, bytecheck) before any field is read; `&str` and `&[i8]`
+//! arguments borrow the validated bytes; `&[u8]` / `&mut [u8]` (bulk) arguments borrow
+//! them too, or are resolved against the submitting client's data share (`BulkIn` /
+//! `BulkMut`: bounds-checked and claimed for the handler's run), and a `&mut [u8]` goes
+//! back as a reference or its bytes; every other argument is deserialized into its owned
+//! form first. A handler's `Err(e)` becomes `e.into()`; an unknown id (and
 //! `create`/`destroy`, which have their own entry points) answers `unknown_method` from
 //! `run`, `load_in`, `load_out` and `new_copy`, and the default lane / no container from
 //! `monitor` / `dynamic_container`.

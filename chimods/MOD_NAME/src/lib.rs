@@ -13,8 +13,10 @@
 //!    coroutine instead of blocking a worker thread.
 //! 3. **An `impl` block** marked `#[chimod]` whose `#[task(method = N)]` methods are the
 //!    tasks. Arguments are the task's inputs (`&str` and `&[u8]` are handed to you
-//!    straight from the received bytes, without a copy), the return value is its output,
-//!    a `Result<_, TaskError>` carries a failure, and `&mut` arguments are in-out. The
+//!    straight from the received bytes, without a copy; a `&[u8]` or `&mut [u8]` in a
+//!    client's `allocate_buffer` memory is the client's memory itself), the return value
+//!    is its output, a `Result<_, TaskError>` carries a failure, and `&mut` arguments are
+//!    in-out. The
 //!    `create` task (method 0) has no `self` and returns `Result<Self, TaskError>`.
 //!
 //! From that the macros generate, at compile time: the method table
