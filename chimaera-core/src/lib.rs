@@ -37,6 +37,7 @@ pub mod query;
 pub mod runtime;
 pub mod shm;
 pub mod task;
+pub mod wake;
 pub mod worker;
 
 #[doc(hidden)]

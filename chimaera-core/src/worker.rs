@@ -24,11 +24,14 @@
 //! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
 //! with `SeqCst` before the final re-check of the ready lists, and read with `SeqCst`
 //! after a push, so either the poller sees the task or the pusher sees the flag.
-//! An idle runtime therefore has no polling loop running.
+//! An idle runtime therefore has no polling loop running. A spinning poller also
+//! unparks, each round, the coroutines threads outside the scheduler asked it to
+//! ([`crate::wake`]): `may` would otherwise leave them waiting until the poller sleeps.
 //!
 //! Workers know how to run a task only through the [`TaskRunner`] they are given; they
 //! know nothing of pools or modules.
 use crate::task::{lock, Task};
+use crate::wake;
 use crossbeam_queue::SegQueue;
 use may::coroutine;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -143,6 +146,8 @@ struct TaskSlot {
 const LANES_PER_ROUND: usize = 16;
 /// Tasks taken from one lane before moving on, so one busy lane cannot starve others.
 const TASKS_PER_LANE: usize = 32;
+/// Idle rounds between two yields of the worker's thread to the OS scheduler.
+const OS_YIELD_EVERY: u32 = 64;
 /// Idle task coroutines a worker keeps; more end when their task is done.
 const MAX_IDLE_COROUTINES: usize = 1024;
 
@@ -274,7 +279,10 @@ pub fn stack_words(bytes: usize) -> usize {
 
 fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_rounds_max: u32) {
     let mut idle_rounds = 0u32;
+    wake::start_spinning();
     loop {
+        // Coroutines woken by threads outside the scheduler (see `wake`).
+        let woken = wake::drain();
         // Ingested tasks are queued on lanes or handed off directly (and counted there).
         let ingested = runner.ingest(worker.id);
         let mut dispatched = 0;
@@ -298,7 +306,7 @@ fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_round
                 worker.make_ready(lane);
             }
         }
-        if dispatched + ingested > 0 {
+        if dispatched + ingested + woken > 0 {
             worker
                 .tasks_run
                 .fetch_add(dispatched as u64, Ordering::Relaxed);
@@ -312,6 +320,11 @@ fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_round
         }
         if idle_rounds < idle_rounds_max {
             idle_rounds += 1;
+            if idle_rounds.is_multiple_of(OS_YIELD_EVERY) {
+                // Let a kernel thread this CPU owes time to (an io_uring worker finishing
+                // a write, say) run now rather than after the spin.
+                std::thread::yield_now();
+            }
             coroutine::yield_now();
             continue;
         }
@@ -322,10 +335,13 @@ fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_round
             runner.set_sleeping(worker.id, false);
             continue;
         }
+        wake::stop_spinning();
         coroutine::park();
+        wake::start_spinning();
         runner.set_sleeping(worker.id, false);
         idle_rounds = 0;
     }
+    wake::stop_spinning();
     for slot in lock(&worker.idle).drain(..) {
         slot.coroutine.unpark();
     }

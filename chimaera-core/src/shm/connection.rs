@@ -769,8 +769,13 @@ impl ShmConnection {
             if state.load(Ordering::Acquire) == layout::SLOT_DONE {
                 return Ok(());
             }
-            if spin % 256 == 255 && released() {
-                return Ok(());
+            if spin % 256 == 255 {
+                if released() {
+                    return Ok(());
+                }
+                // Give the CPU to a runnable thread that may be the one we wait for
+                // (on a small machine, the runtime's worker or a kernel I/O thread).
+                std::thread::yield_now();
             }
             std::hint::spin_loop();
         }

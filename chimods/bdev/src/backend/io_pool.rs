@@ -69,15 +69,18 @@ impl Scratch {
 struct Slot<R> {
     result: Mutex<Option<R>>,
     done: AtomicBool,
-    blocker: Blocker,
+    blocker: Arc<Blocker>,
 }
 
 impl<R> Slot<R> {
     /// Stores the result (`None`: the job failed), then wakes the caller. Called once.
     fn fill(&self, result: Option<R>) {
+        // Cloned first: once `done` is set the caller may return and free the slot.
+        let blocker = self.blocker.clone();
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = result;
         self.done.store(true, Ordering::Release);
-        self.blocker.unpark();
+        // From here on only the clone is used.
+        chimaera_core::wake::unpark_from_outside(blocker);
     }
 }
 
@@ -184,7 +187,7 @@ impl IoPool {
             result: Mutex::new(None),
             done: AtomicBool::new(false),
             // Ignores cancellation: this wait must not end before the job is gone.
-            blocker: Blocker::new(true),
+            blocker: Arc::new(Blocker::new(true)),
         });
         let job: Box<dyn Job + 'env> = Box::new(ScopedJob {
             work: Some(work),

@@ -14,11 +14,10 @@
 //! 3. The queue's **I/O thread** loops on one `io_uring_enter(to_submit, GETEVENTS)`:
 //!    it hands every queued entry to the kernel and sleeps until a completion arrives —
 //!    an I/O, or the doorbell (a read of the `eventfd` it keeps armed on the ring). It
-//!    stores each I/O's result in the caller's slot and wakes the caller: a thread
-//!    directly; coroutines through the queue's *dispatcher* coroutine, which it wakes
-//!    once per batch of completions and which unparks each of them from inside the
-//!    scheduler (a run-queue push) — one cross-thread wake-up per batch instead of one
-//!    per completion.
+//!    stores each I/O's result in the caller's slot and wakes the caller with
+//!    [`chimaera_core::wake::unpark_from_outside`]: a spinning worker unparks it from
+//!    inside the scheduler at once (a plain `unpark` from this thread would sit in
+//!    `may`'s global queue until that worker's poller slept).
 //!
 //! Why the I/O thread issues the entries, not the tasks: the kernel completes an
 //! `io_uring` request in the context of the thread that submitted it (it interrupts that
@@ -42,13 +41,11 @@
 //!
 //! **Shutdown.** Dropping the queue (no operation can be in flight then: each borrows
 //! the queue until it completes) queues a no-op with a reserved tag; the I/O thread then
-//! completes its doorbell read, waits for it, and exits; the queue joins it, then stops
-//! and joins the dispatcher.
+//! completes its doorbell read, waits for it, and exits; the queue joins it.
 //!
 //! [`probe`] tells whether `io_uring` can be used here at all (it may be compiled out of
 //! the kernel, disabled by `kernel.io_uring_disabled`, or refused by a seccomp filter).
 use crate::short_lock::ShortLock;
-use crossbeam_queue::SegQueue;
 use io_uring::{opcode, squeue, types, IoUring};
 use may::sync::{Blocker, Semphore};
 use std::io;
@@ -91,37 +88,6 @@ struct Slot {
     result: AtomicI32,
     done: AtomicBool,
     blocker: Arc<Blocker>,
-    /// Whether the caller is a coroutine (woken through the dispatcher).
-    coroutine: bool,
-}
-
-/// Wakes parked coroutines from inside the scheduler: the I/O thread hands it the
-/// blockers of a whole batch of completions and wakes it once, and it unparks each on
-/// its own scheduler thread (a queue push) — instead of the I/O thread waking every
-/// coroutine from outside (a system call and often a thread wake-up each).
-struct Dispatcher {
-    woken: SegQueue<Arc<Blocker>>,
-    /// Set while the dispatcher has been told to run and has not drained yet.
-    notified: AtomicBool,
-    stop: AtomicBool,
-}
-
-impl Dispatcher {
-    /// The dispatcher coroutine's loop.
-    fn run(&self) {
-        loop {
-            self.notified.store(false, Ordering::SeqCst);
-            while let Some(blocker) = self.woken.pop() {
-                blocker.unpark();
-            }
-            if self.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            if self.woken.is_empty() {
-                may::coroutine::park();
-            }
-        }
-    }
 }
 
 /// One operation's right to be in flight (see [`UringQueue::permit`]); given back when
@@ -143,18 +109,11 @@ struct Shared {
     sleeping: AtomicBool,
     /// The doorbell: an `eventfd` the I/O thread keeps a read armed on.
     doorbell: OwnedFd,
-    dispatcher: Arc<Dispatcher>,
-    /// The dispatcher coroutine, to unpark it.
-    dispatcher_co: may::coroutine::Coroutine,
 }
 
 impl Shared {
     /// A ring of `entries` submission entries and its doorbell; called on the I/O thread.
-    fn new(
-        entries: u32,
-        dispatcher: Arc<Dispatcher>,
-        dispatcher_co: may::coroutine::Coroutine,
-    ) -> io::Result<Shared> {
+    fn new(entries: u32) -> io::Result<Shared> {
         // Only the I/O thread issues requests, and it enters the kernel after every batch
         // of completions it hands out: the kernel need not interrupt it to post a
         // completion (an IPI, costly in a VM). Kernels before 5.19 lack the flag.
@@ -174,8 +133,6 @@ impl Shared {
             submit: ShortLock::new(()),
             sleeping: AtomicBool::new(false),
             doorbell,
-            dispatcher,
-            dispatcher_co,
         })
     }
 
@@ -222,7 +179,6 @@ pub struct UringQueue {
     permits: Semphore,
     depth: usize,
     io_thread: Option<JoinHandle<()>>,
-    dispatcher: Option<may::coroutine::JoinHandle<()>>,
 }
 
 impl UringQueue {
@@ -236,33 +192,14 @@ impl UringQueue {
             .unwrap_or(u32::MAX)
             .next_power_of_two()
             .min(32_768);
-        let dispatcher = Arc::new(Dispatcher {
-            woken: SegQueue::new(),
-            notified: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        });
-        let runs = dispatcher.clone();
-        // SAFETY: the dispatcher uses no thread-local storage.
-        let dispatcher_handle = unsafe {
-            may::coroutine::Builder::new()
-                .name(format!("{name}-uring-wake"))
-                .stack_size(0x8000)
-                .spawn(move || runs.run())
-        }?;
-        let stop_dispatcher = |handle: may::coroutine::JoinHandle<()>| {
-            dispatcher.stop.store(true, Ordering::SeqCst);
-            handle.coroutine().unpark();
-            let _ = handle.join();
-        };
         // The I/O thread creates the ring itself, so the kernel ties the ring to that
         // thread alone: it never signals a runtime worker about it (it interrupts the
         // tasks registered with a ring when the ring is torn down, for instance).
         let (sent, received) = may::sync::mpsc::channel::<io::Result<Arc<Shared>>>();
-        let parts = (dispatcher.clone(), dispatcher_handle.coroutine().clone());
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-uring"))
             .stack_size(IO_THREAD_STACK)
-            .spawn(move || match Shared::new(entries, parts.0, parts.1) {
+            .spawn(move || match Shared::new(entries) {
                 Ok(shared) => {
                     let shared = Arc::new(shared);
                     if sent.send(Ok(shared.clone())).is_ok() {
@@ -273,19 +210,12 @@ impl UringQueue {
                     let _ = sent.send(Err(err));
                 }
             });
-        let io_thread = match spawned {
-            Ok(thread) => thread,
-            Err(err) => {
-                stop_dispatcher(dispatcher_handle);
-                return Err(err);
-            }
-        };
+        let io_thread = spawned?;
         // Parks the calling coroutine (a thread blocks) for the ring's setup.
         let shared = match received.recv() {
             Ok(Ok(shared)) => shared,
             failed => {
                 let _ = io_thread.join();
-                stop_dispatcher(dispatcher_handle);
                 return Err(match failed {
                     Ok(Err(err)) => err,
                     _ => io::Error::other("the io_uring thread ended during setup"),
@@ -297,7 +227,6 @@ impl UringQueue {
             permits: Semphore::new(depth.min(entries as usize - 2)),
             depth,
             io_thread: Some(io_thread),
-            dispatcher: Some(dispatcher_handle),
         })
     }
 
@@ -415,7 +344,6 @@ impl UringQueue {
             done: AtomicBool::new(false),
             // Ignores cancellation: this wait must not end before the completion.
             blocker: Arc::new(Blocker::new(true)),
-            coroutine: may::coroutine::is_coroutine(),
         };
         let entry = entry.user_data(&slot as *const Slot as u64);
         self.shared.push(&entry);
@@ -440,11 +368,6 @@ impl Drop for UringQueue {
         self.shared.ring_doorbell();
         if let Some(io_thread) = self.io_thread.take() {
             let _ = io_thread.join();
-        }
-        self.shared.dispatcher.stop.store(true, Ordering::SeqCst);
-        self.shared.dispatcher_co.unpark();
-        if let Some(dispatcher) = self.dispatcher.take() {
-            let _ = dispatcher.join();
         }
     }
 }
@@ -497,22 +420,12 @@ fn serve(shared: &Shared) {
                         // waits until `done` is set; it is alive now.
                         let slot = unsafe { &*(user_data as *const Slot) };
                         let blocker = slot.blocker.clone();
-                        let coroutine = slot.coroutine;
                         slot.result.store(result, Ordering::Relaxed);
                         slot.done.store(true, Ordering::Release);
                         // From here on the slot may be gone; only our clone is used.
-                        if coroutine {
-                            shared.dispatcher.woken.push(blocker);
-                        } else {
-                            blocker.unpark();
-                        }
+                        chimaera_core::wake::unpark_from_outside(blocker);
                     }
                 }
-            }
-            if !shared.dispatcher.woken.is_empty()
-                && !shared.dispatcher.notified.swap(true, Ordering::SeqCst)
-            {
-                shared.dispatcher_co.unpark();
             }
         }
         if stopping && !bell_armed {
