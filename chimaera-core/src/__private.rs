@@ -6,7 +6,9 @@ pub use crate::bulk::{
     write_back as bulk_write_back, ArchivedBulk, Bulk, BulkIn, BulkMut, BulkShare,
 };
 pub use crate::client::{Client, Pending, TaskHandle};
-pub use crate::codec::{access, decode, deserialize, encode, ByRef, Bytes, SliceRef, StrRef};
+pub use crate::codec::{
+    access, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef, StrRef,
+};
 pub use crate::context::RunContext;
 pub use crate::error::TaskError;
 pub use crate::ids::{ContainerId, MethodId, PoolId};

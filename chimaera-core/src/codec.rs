@@ -38,6 +38,68 @@ where
     rkyv::to_bytes::<CodecError>(value).map_err(|e| TaskError::malformed("input", e))
 }
 
+/// Where a task coroutine archives its tasks' outputs: the bytes and rkyv's scratch
+/// arena, kept from one task to the next so that archiving an output allocates nothing
+/// once they have grown to fit (a buffer that grew past [`OutputBuffer::KEEP`] is let go
+/// after its task).
+pub struct OutputBuffer {
+    bytes: Bytes,
+    arena: rkyv::ser::allocator::Arena,
+}
+
+impl Default for OutputBuffer {
+    fn default() -> Self {
+        OutputBuffer {
+            bytes: Bytes::with_capacity(256),
+            arena: rkyv::ser::allocator::Arena::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for OutputBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputBuffer")
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutputBuffer {
+    /// Capacity kept between tasks; a larger buffer is freed once its task is done.
+    pub const KEEP: usize = 64 * 1024;
+
+    /// Replaces the contents with the archive of `value`.
+    pub fn encode<T>(&mut self, value: &T) -> Result<(), TaskError>
+    where
+        T: for<'a> Serialize<HighSerializer<Bytes, ArenaHandle<'a>, CodecError>>,
+    {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        let archived = rkyv::api::high::to_bytes_in_with_alloc::<_, _, CodecError>(
+            value,
+            bytes,
+            self.arena.acquire(),
+        );
+        self.bytes = archived.map_err(|e| TaskError::malformed("output", e))?;
+        Ok(())
+    }
+
+    /// The archive last encoded.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Lets go of memory a large output made the buffer grow to.
+    pub fn trim(&mut self) {
+        if self.bytes.capacity() > Self::KEEP {
+            self.bytes = Bytes::with_capacity(256);
+        }
+        if self.arena.capacity() > Self::KEEP {
+            self.arena.shrink();
+        }
+    }
+}
+
 /// Validates `bytes` as an archived `T` and returns a reference into them.
 ///
 /// `what` names the bytes in the error (`"input"`, `"output"`).
@@ -139,6 +201,23 @@ mod tests {
         let borrowed = encode(&(StrRef(text), SliceRef(&payload[..]), ByRef(&42u32))).unwrap();
         let owned: (String, Vec<u8>, u32) = decode(&borrowed, "input").unwrap();
         assert_eq!(owned, (text.to_owned(), payload.to_vec(), 42));
+    }
+
+    #[test]
+    fn an_output_buffer_is_reused_and_trimmed() {
+        let mut out = OutputBuffer::default();
+        out.encode(&(7u64, String::from("seven"))).unwrap();
+        let decoded: (u64, String) = decode(out.as_slice(), "output").unwrap();
+        assert_eq!(decoded, (7, "seven".to_owned()));
+        out.encode(&vec![1u8; 100_000]).unwrap();
+        assert_eq!(
+            decode::<Vec<u8>>(out.as_slice(), "output").unwrap().len(),
+            100_000
+        );
+        out.trim();
+        assert!(out.bytes.capacity() <= OutputBuffer::KEEP);
+        out.encode(&3u32).unwrap();
+        assert_eq!(decode::<u32>(out.as_slice(), "output").unwrap(), 3);
     }
 
     #[test]

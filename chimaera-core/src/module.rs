@@ -18,7 +18,7 @@
 //!
 //! Every entry point that reads bytes validates them first and answers a bad archive or an
 //! unknown method id with a [`TaskError`], never a panic.
-use crate::codec::Bytes;
+use crate::codec::{Bytes, OutputBuffer};
 use crate::context::RunContext;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId};
@@ -101,9 +101,14 @@ pub trait ChiMod: Sized + Send + Sync + 'static {
     fn create(ctx: &mut RunContext, input: &[u8]) -> Result<Self, TaskError>;
     /// `kDestroy`: the container is being destroyed (default: nothing to do).
     fn destroy(&self, ctx: &mut RunContext) -> Result<(), TaskError>;
-    /// `Run`: runs `method` on its archived `input`, returning the archived output.
-    fn run(&self, ctx: &mut RunContext, method: MethodId, input: &[u8])
-        -> Result<Bytes, TaskError>;
+    /// `Run`: runs `method` on its archived `input` and archives the output into `out`.
+    fn run(
+        &self,
+        ctx: &mut RunContext,
+        method: MethodId,
+        input: &[u8],
+        out: &mut OutputBuffer,
+    ) -> Result<(), TaskError>;
     /// `Monitor(kLocalSchedule)`: the lane a task goes to.
     fn monitor(&self, method: MethodId, input: &[u8]) -> LaneChoice;
     /// The container a `PoolQuery::Dynamic` task goes to, if the method has a hook.
@@ -123,8 +128,13 @@ pub trait ChiMod: Sized + Send + Sync + 'static {
 /// A container as the runtime holds it: the object-safe part of [`ChiMod`].
 pub trait Container: Send + Sync {
     /// See [`ChiMod::run`].
-    fn run(&self, ctx: &mut RunContext, method: MethodId, input: &[u8])
-        -> Result<Bytes, TaskError>;
+    fn run(
+        &self,
+        ctx: &mut RunContext,
+        method: MethodId,
+        input: &[u8],
+        out: &mut OutputBuffer,
+    ) -> Result<(), TaskError>;
     /// See [`ChiMod::monitor`].
     fn monitor(&self, method: MethodId, input: &[u8]) -> LaneChoice;
     /// See [`ChiMod::destroy`].
@@ -137,8 +147,9 @@ impl<M: ChiMod> Container for M {
         ctx: &mut RunContext,
         method: MethodId,
         input: &[u8],
-    ) -> Result<Bytes, TaskError> {
-        ChiMod::run(self, ctx, method, input)
+        out: &mut OutputBuffer,
+    ) -> Result<(), TaskError> {
+        ChiMod::run(self, ctx, method, input, out)
     }
     fn monitor(&self, method: MethodId, input: &[u8]) -> LaneChoice {
         ChiMod::monitor(self, method, input)

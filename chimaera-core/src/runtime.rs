@@ -11,7 +11,7 @@
 //! and stop wait on it.
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
 use crate::client::Client;
-use crate::codec::Bytes;
+use crate::codec::{Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::context::RunContext;
 use crate::error::TaskError;
@@ -236,7 +236,7 @@ impl Shared {
         Ok((completion, cancel))
     }
 
-    fn run_once(self: &Arc<Self>, task: &Task) -> Result<Bytes, TaskError> {
+    fn run_once(self: &Arc<Self>, task: &Task, out: &mut OutputBuffer) -> Result<(), TaskError> {
         if task.pool.is_destroyed() {
             return Err(TaskError::PoolDestroyed {
                 pool: task.header.pool,
@@ -253,7 +253,7 @@ impl Shared {
         let mut ctx = RunContext::new(task.header, task.pool.clone(), self.clone())
             .with_bulk(task.bulk.clone());
         catch_unwind(AssertUnwindSafe(|| {
-            object.run(&mut ctx, task.header.method, &task.input)
+            object.run(&mut ctx, task.header.method, &task.input, out)
         }))
         .unwrap_or_else(|panic| Err(panic_error(panic)))
     }
@@ -449,21 +449,22 @@ impl Shared {
 struct Runner(OnceLock<std::sync::Weak<Shared>>, OnceLock<Arc<ShmServer>>);
 
 impl TaskRunner for Runner {
-    fn run(&self, task: Task) {
+    fn run(&self, task: Task, out: &mut OutputBuffer) {
         let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
         };
         loop {
-            let result = shared.run_once(&task);
+            let result = shared.run_once(&task, out);
             match task.header.period {
                 None => {
                     // Counted before the caller hears back, so a caller that then asks
                     // for the count sees its task in it; in flight until after, so a
                     // flush does not return before the result is delivered.
                     shared.completed.fetch_add(1, Ordering::Relaxed);
-                    task.complete(result);
+                    task.complete(result.map(|()| out.as_slice()));
                     shared.inflight.fetch_sub(1, Ordering::AcqRel);
+                    out.trim();
                     return;
                 }
                 Some(period) => {

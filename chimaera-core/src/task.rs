@@ -76,7 +76,7 @@ pub struct Task {
 #[derive(Default)]
 pub struct Origin {
     /// Receives a call's results when its caller is not a thread of this process.
-    pub reply: Option<Box<dyn ReplySink>>,
+    pub reply: Option<ReplyTo>,
     /// Stops a periodic task (the runtime makes one when absent).
     pub cancel: Option<Arc<AtomicBool>>,
     /// The submitting client's data share, for bulk arguments passed by reference.
@@ -91,21 +91,28 @@ pub enum Reply {
     /// A completion gathering the results of every replica, with a waiter or a sink.
     Waiter(Arc<Completion>),
     /// The one replica of a call from outside the process: straight to the sink.
-    Sink(Box<dyn ReplySink>),
+    Sink(ReplyTo),
 }
 
 impl Reply {
-    fn deliver(self, container: ContainerId, result: Result<Bytes, TaskError>) {
+    fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
         match self {
-            Reply::Waiter(completion) => completion.deliver(container, result),
-            Reply::Sink(sink) => sink.complete_one(container, result),
+            Reply::Waiter(completion) => completion.deliver(container, result.map(owned)),
+            Reply::Sink(to) => to.complete_one(container, result),
         }
     }
 }
 
+/// An owned, aligned copy of archived bytes.
+fn owned(bytes: &[u8]) -> Bytes {
+    let mut copy = Bytes::with_capacity(bytes.len());
+    copy.extend_from_slice(bytes);
+    copy
+}
+
 impl Task {
-    /// Delivers `result` to whoever waits for this task, if anyone.
-    pub fn complete(mut self, result: Result<Bytes, TaskError>) {
+    /// Delivers `result` (the archived output) to whoever waits for this task, if anyone.
+    pub fn complete(mut self, result: Result<&[u8], TaskError>) {
         if let Some(reply) = self.reply.take() {
             reply.deliver(self.header.container, result);
         }
@@ -123,14 +130,41 @@ impl Drop for Task {
 }
 
 /// Where the results of a task go when its caller is not a thread of this process
-/// (a client process over shared memory, later another node).
+/// (a client process over shared memory, later another node). One sink serves many
+/// callers; a [`ReplyKey`] says which.
 pub trait ReplySink: Send + Sync {
-    /// Receives every replica's result, sorted by container, once.
-    fn complete(&self, results: Vec<(ContainerId, Result<Bytes, TaskError>)>);
+    /// Receives every replica's result for caller `key`, sorted by container, once.
+    fn complete(&self, key: ReplyKey, results: Vec<(ContainerId, Result<Bytes, TaskError>)>);
 
     /// Receives the result of a task with a single replica (no gathering needed).
-    fn complete_one(&self, container: ContainerId, result: Result<Bytes, TaskError>) {
-        self.complete(vec![(container, result)]);
+    fn complete_one(
+        &self,
+        key: ReplyKey,
+        container: ContainerId,
+        result: Result<&[u8], TaskError>,
+    ) {
+        self.complete(key, vec![(container, result.map(owned))]);
+    }
+}
+
+/// Which caller of a [`ReplySink`] a result is for; the sink gives the words meaning (a
+/// shared-memory server: client area, slot, generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyKey(pub [u32; 3]);
+
+/// A sink and the caller it answers: cloned per task without allocating.
+#[derive(Clone)]
+pub struct ReplyTo {
+    /// The sink.
+    pub sink: Arc<dyn ReplySink>,
+    /// The caller.
+    pub key: ReplyKey,
+}
+
+impl ReplyTo {
+    /// Delivers the result of a single-replica task.
+    pub fn complete_one(&self, container: ContainerId, result: Result<&[u8], TaskError>) {
+        self.sink.complete_one(self.key, container, result);
     }
 }
 
@@ -139,7 +173,7 @@ pub struct Completion {
     remaining: AtomicU32,
     results: Mutex<Vec<(ContainerId, Result<Bytes, TaskError>)>>,
     waiter: Mutex<Option<Arc<Blocker>>>,
-    sink: Option<Box<dyn ReplySink>>,
+    sink: Option<ReplyTo>,
 }
 
 impl std::fmt::Debug for Completion {
@@ -161,11 +195,11 @@ impl Completion {
     }
 
     /// A completion that hands the results to `sink` instead of a waiter.
-    pub fn with_sink(replicas: u32, sink: Box<dyn ReplySink>) -> Arc<Self> {
+    pub fn with_sink(replicas: u32, sink: ReplyTo) -> Arc<Self> {
         Self::build(replicas, Some(sink))
     }
 
-    fn build(replicas: u32, sink: Option<Box<dyn ReplySink>>) -> Arc<Self> {
+    fn build(replicas: u32, sink: Option<ReplyTo>) -> Arc<Self> {
         Arc::new(Completion {
             remaining: AtomicU32::new(replicas),
             results: Mutex::new(Vec::with_capacity(replicas as usize)),
@@ -179,7 +213,7 @@ impl Completion {
         lock(&self.results).push((container, result));
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             match &self.sink {
-                Some(sink) => sink.complete(self.take_results()),
+                Some(to) => to.sink.complete(to.key, self.take_results()),
                 None => {
                     if let Some(waiter) = lock(&self.waiter).take() {
                         waiter.unpark();

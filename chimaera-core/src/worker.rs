@@ -30,6 +30,7 @@
 //!
 //! Workers know how to run a task only through the [`TaskRunner`] they are given; they
 //! know nothing of pools or modules.
+use crate::codec::OutputBuffer;
 use crate::task::{lock, Task};
 use crate::wake;
 use crossbeam_queue::SegQueue;
@@ -48,8 +49,9 @@ pub enum LanePriority {
 
 /// Runs one task to completion (delivering its result); implemented by the runtime.
 pub trait TaskRunner: Send + Sync + 'static {
-    /// Runs `task` on the current task coroutine.
-    fn run(&self, task: Task);
+    /// Runs `task` on the current task coroutine, archiving its output into `out` (the
+    /// coroutine's own buffer, reused from task to task).
+    fn run(&self, task: Task, out: &mut OutputBuffer);
     /// Fails `task` without running it (the runtime is shutting down).
     fn reject(&self, task: Task);
     /// Takes tasks from sources outside the process (client rings) into lanes; returns
@@ -364,7 +366,8 @@ fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>
     let runner = runner.clone();
     let stack_size = worker.stack_size;
     let body = move || {
-        runner.run(first);
+        let mut out = OutputBuffer::default();
+        runner.run(first, &mut out);
         let slot = Arc::new(TaskSlot {
             job: Mutex::new(None),
             coroutine: coroutine::current(),
@@ -381,7 +384,7 @@ fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>
             loop {
                 coroutine::park();
                 if let Some(task) = lock(&slot.job).take() {
-                    runner.run(task);
+                    runner.run(task, &mut out);
                     break;
                 }
                 if worker.shutdown.load(Ordering::SeqCst) {

@@ -12,7 +12,8 @@
 //! what gets checked and run). Anything wrong fails that one task with a typed error
 //! written back into its slot.
 //!
-//! **Replies.** A task from a client carries a [`ShmReply`]; when it completes, the
+//! **Replies.** A task from a client carries a [`ReplyTo`] naming the server and its
+//! slot (`[client, slot, generation]`, no allocation); when it completes, the
 //! output (or error) goes into the slot's payload — or, when larger, into a block of
 //! the runtime-data segment that the runtime frees when the client reuses the slot —
 //! then the slot's state turns `DONE` (`Release`), and the client is woken through the
@@ -41,7 +42,7 @@ use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
-use crate::task::{lock, Origin, ReplySink, Schedule};
+use crate::task::{lock, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -517,11 +518,9 @@ impl ShmServer {
                 .runtime_data_in_use()
                 .store(arena.in_use() as u64, Ordering::Relaxed);
         }
-        let reply = ShmReply {
-            server: self.clone(),
-            client,
-            slot: slot_index,
-            generation,
+        let reply = ReplyTo {
+            sink: self.clone(),
+            key: ReplyKey([client, slot_index, generation]),
         };
         entry.inflight.fetch_add(1, Ordering::AcqRel);
         if view.word(slot::KIND).load(Ordering::Relaxed) == layout::KIND_CANCEL {
@@ -529,7 +528,7 @@ impl ShmServer {
             let result = match lock(&entry.periodic).remove(&id) {
                 Some(cancel) => {
                     cancel.store(true, Ordering::Release);
-                    Ok(Bytes::new())
+                    Ok(&[][..])
                 }
                 None => Err(TaskError::failed(format!(
                     "this client has no periodic task {id} (cancelled already?)"
@@ -541,8 +540,8 @@ impl ShmServer {
         match self.decode_slot(&view, client) {
             Ok((pool, method, query, input, schedule)) => {
                 let mut periodic_id = None;
-                let (sink, cancel): (Option<Box<dyn ReplySink>>, _) = match schedule {
-                    None => (Some(Box::new(reply)), None),
+                let (sink, cancel) = match schedule {
+                    None => (Some(reply), None),
                     Some(Schedule::FireAndForget) => (None, None),
                     Some(Schedule::Periodic(_)) => {
                         let id = self.next_periodic.fetch_add(1, Ordering::Relaxed);
@@ -565,7 +564,12 @@ impl ShmServer {
                             Some(id) => encode(&id),
                             None => Ok(Bytes::new()),
                         };
-                        self.write_result(client, slot_index, generation, ack)
+                        self.write_result(
+                            client,
+                            slot_index,
+                            generation,
+                            ack.as_deref().map_err(Clone::clone),
+                        )
                     }
                     Ok(()) => {}
                     Err(err) => {
@@ -576,7 +580,7 @@ impl ShmServer {
                     }
                 }
             }
-            Err(err) => reply.complete(vec![(0, Err(err))]),
+            Err(err) => self.write_result(client, slot_index, generation, Err(err)),
         }
     }
 
@@ -651,13 +655,17 @@ impl ShmServer {
         client: u32,
         slot_index: u32,
         generation: u32,
-        result: Result<Bytes, TaskError>,
+        result: Result<&[u8], TaskError>,
     ) {
-        let (status, bytes) = match result {
-            Ok(bytes) => (layout::STATUS_OK, bytes),
-            Err(err) => (layout::STATUS_ERROR, encode_error(&err)),
-        };
-        self.write_output(client, slot_index, generation, status, &bytes);
+        match result {
+            Ok(bytes) => {
+                self.write_output(client, slot_index, generation, layout::STATUS_OK, bytes)
+            }
+            Err(err) => {
+                let bytes = encode_error(&err);
+                self.write_output(client, slot_index, generation, layout::STATUS_ERROR, &bytes);
+            }
+        }
     }
 
     fn write_output(
@@ -793,25 +801,28 @@ impl ShmServer {
     }
 }
 
-/// Where a shared-memory client's task answers.
-pub struct ShmReply {
-    server: Arc<ShmServer>,
-    client: u32,
-    slot: u32,
-    generation: u32,
-}
-
-impl ReplySink for ShmReply {
-    fn complete_one(&self, _container: ContainerId, result: Result<Bytes, TaskError>) {
-        self.server
-            .write_result(self.client, self.slot, self.generation, result);
+/// Answers the tasks of client processes; a key is `[client, slot, generation]`.
+impl ReplySink for ShmServer {
+    fn complete_one(
+        &self,
+        key: ReplyKey,
+        _container: ContainerId,
+        result: Result<&[u8], TaskError>,
+    ) {
+        let ReplyKey([client, slot, generation]) = key;
+        self.write_result(client, slot, generation, result);
     }
 
-    fn complete(&self, mut results: Vec<(ContainerId, Result<Bytes, TaskError>)>) {
+    fn complete(&self, key: ReplyKey, mut results: Vec<(ContainerId, Result<Bytes, TaskError>)>) {
+        let ReplyKey([client, slot, generation]) = key;
         if results.len() == 1 {
             let (_, result) = results.remove(0);
-            self.server
-                .write_result(self.client, self.slot, self.generation, result);
+            self.write_result(
+                client,
+                slot,
+                generation,
+                result.as_deref().map_err(Clone::clone),
+            );
             return;
         }
         let replicas: Vec<(u32, Result<Vec<u8>, TaskError>)> = results
@@ -822,8 +833,7 @@ impl ReplySink for ShmReply {
             Ok(bytes) => (layout::STATUS_REPLICAS, bytes),
             Err(err) => (layout::STATUS_ERROR, encode_error(&err)),
         };
-        self.server
-            .write_output(self.client, self.slot, self.generation, status, &bytes);
+        self.write_output(client, slot, generation, status, &bytes);
     }
 }
 

@@ -21,11 +21,12 @@ pub fn expand(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifes
     let private = &names.private;
     let module = &names.module;
     let self_ty = &model.item.self_ty;
-    let (ctx, method, input, bytes) = (
+    let (ctx, method, input, bytes, out) = (
         local("ctx"),
         local("method"),
         local("input"),
         local("bytes"),
+        local("out"),
     );
     let tasks = model.tasks_by_id();
     let unknown = quote! {
@@ -67,7 +68,7 @@ pub fn expand(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifes
     let run_arms = tasks
         .iter()
         .filter(|t| !t.is_create() && !t.is_destroy())
-        .map(|task| run_arm(names, task, self_ty, &ctx, &input));
+        .map(|task| run_arm(names, task, self_ty, &ctx, &input, &out));
     let monitor_arms = tasks.iter().filter_map(|task| {
         let hook = task.route.as_ref()?;
         let TaskNames { id, archived, .. } = TaskNames::of(task);
@@ -168,10 +169,11 @@ pub fn expand(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifes
                 #ctx: &mut #private::RunContext,
                 #method: #private::MethodId,
                 #input: &[u8],
-            ) -> ::core::result::Result<#private::Bytes, #private::TaskError> {
+                #out: &mut #private::OutputBuffer,
+            ) -> ::core::result::Result<(), #private::TaskError> {
                 match #method {
                     #(#run_arms)*
-                    _ => { let _ = (#ctx, #input); #unknown }
+                    _ => { let _ = (#ctx, #input, #out); #unknown }
                 }
             }
 
@@ -273,13 +275,14 @@ fn exhaustive_match(scrutinee: TokenStream, arms: Vec<TokenStream>) -> TokenStre
     }
 }
 
-/// `FOO => { validate; bind args; call; encode (ret, in-outs…) }`.
+/// `FOO => { validate; bind args; call; archive (ret, in-outs…) into out }`.
 fn run_arm(
     names: &Names,
     task: &Task,
     self_ty: &syn::Type,
     ctx: &Ident,
     input: &Ident,
+    out: &Ident,
 ) -> TokenStream {
     let private = &names.private;
     let module = &names.module;
@@ -302,7 +305,7 @@ fn run_arm(
             #bindings
             let #ret = #result?;
             #(#bulk_outputs)*
-            #private::encode(&(#private::ByRef(&#ret), #(#private::ByRef(&#out_values),)*))
+            #private::OutputBuffer::encode(#out, &(#private::ByRef(&#ret), #(#private::ByRef(&#out_values),)*))
         }
     }
 }
