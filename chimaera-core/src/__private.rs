@@ -33,6 +33,20 @@ pub fn submit<T>(
     Ok(Pending::new(raw, decode))
 }
 
+/// Submits a task whose input `encode` archives into a buffer the client reuses; the
+/// returned [`Pending`] decodes the output with `decode`.
+pub fn submit_with<T>(
+    client: &Client,
+    pool: PoolId,
+    method: MethodId,
+    query: PoolQuery,
+    encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+    decode: fn(&[u8]) -> Result<T, TaskError>,
+) -> Result<Pending<T>, TaskError> {
+    let raw = client.submit_with(pool, method, query, encode)?;
+    Ok(Pending::new(raw, decode))
+}
+
 /// Submits an archived input as a fire-and-forget or periodic task.
 pub fn spawn(
     client: &Client,

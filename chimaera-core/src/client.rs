@@ -16,7 +16,7 @@
 //! TaskNode group, which the coroutine locks use to let them through a lock their parent
 //! holds.
 use crate::bulk::{Buffer, BulkRef, BulkWire};
-use crate::codec::{Bytes, SliceRef};
+use crate::codec::{Bytes, OutputBuffer, SliceRef};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
@@ -116,6 +116,30 @@ impl Client {
         match &self.transport {
             Transport::InProcess { .. } => BulkWire::Inline(SliceRef(bytes)),
             Transport::SharedMemory(connection) => connection.bulk_ref(bytes),
+        }
+    }
+
+    /// Submits one task whose input `encode` archives: over shared memory into a buffer
+    /// this connection reuses, copied from there into the task's slot (no allocation);
+    /// in process into fresh bytes the task owns.
+    #[doc(hidden)]
+    pub fn submit_with(
+        &self,
+        pool: PoolId,
+        method: MethodId,
+        query: PoolQuery,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+    ) -> Result<RawPending, TaskError> {
+        match &self.transport {
+            Transport::InProcess { .. } => {
+                let mut buffer = OutputBuffer::default();
+                encode(&mut buffer)?;
+                self.submit(pool, method, query, buffer.into_bytes(), None)
+            }
+            Transport::SharedMemory(connection) => {
+                let call = connection.submit_with(pool, method, query, encode)?;
+                Ok(RawPending(PendingInner::SharedMemory(call)))
+            }
         }
     }
 

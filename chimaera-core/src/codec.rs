@@ -89,6 +89,11 @@ impl OutputBuffer {
         &self.bytes
     }
 
+    /// The archive last encoded, taking the buffer's bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
     /// Lets go of memory a large output made the buffer grow to.
     pub fn trim(&mut self) {
         if self.bytes.capacity() > Self::KEEP {

@@ -25,7 +25,7 @@ use super::ring::Ring;
 use super::segment::{Segment, SegmentError};
 use super::server::encode_query;
 use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
-use crate::codec::{decode, Bytes, SliceRef};
+use crate::codec::{decode, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
@@ -110,6 +110,8 @@ pub struct ShmConnection {
     /// release that sees 0 there skips the notify (a futex syscall) safely.
     slot_waiters: AtomicUsize,
     data: Mutex<Arena>,
+    /// Where typed clients archive inputs before they are copied into a slot.
+    encode_buffer: Mutex<OutputBuffer>,
     dead: AtomicBool,
     _lock: ClientLock,
 }
@@ -182,6 +184,7 @@ impl ShmConnection {
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
             data: Mutex::new(Arena::new(data_share)),
+            encode_buffer: Mutex::new(OutputBuffer::default()),
             dead: AtomicBool::new(false),
             main,
             _lock: lock,
@@ -446,6 +449,22 @@ impl ShmConnection {
                 .data_in_use
                 .store(arena.in_use() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Queues a task whose input `encode` archives into this connection's reusable
+    /// buffer (see [`submit`](Self::submit)).
+    pub fn submit_with(
+        self: &Arc<Self>,
+        pool: PoolId,
+        method: MethodId,
+        query: PoolQuery,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+    ) -> Result<ShmCall, TaskError> {
+        let mut buffer = lock(&self.encode_buffer);
+        encode(&mut buffer)?;
+        let call = self.submit(pool, method, query, buffer.as_slice(), None);
+        buffer.trim();
+        call
     }
 
     /// Queues a task; the returned call is waited on with [`ShmCall::wait`].

@@ -182,6 +182,8 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
         )
     };
     let encoded = encode(names, task, &quote!(&self.client));
+    let tuple = wire_tuple(names, task, &quote!(&self.client));
+    let buffer = local("buffer");
     let docs = task.attrs.iter().filter(|a| a.path().is_ident("doc"));
     let entry = &task.entry;
     let sync_doc = format!("Runs `{entry}` and waits for its output.");
@@ -212,12 +214,12 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
             #query: #private::PoolQuery,
             #(#shared_params,)*
         ) -> ::core::result::Result<#private::Pending<#pending>, #private::TaskError> #where_clause {
-            #private::submit(
+            #private::submit_with(
                 &self.client,
                 self.pool,
                 #module::#id,
                 #query,
-                #encoded,
+                &mut |#buffer: &mut #private::OutputBuffer| #private::OutputBuffer::encode(#buffer, &#tuple),
                 |#bytes: &[u8]| #decoded,
             )
         }
@@ -254,6 +256,13 @@ fn param(arg: &Arg, shared: bool) -> TokenStream {
 /// reference instead of the bytes when they lie in the client's data share.
 fn encode(names: &Names, task: &Task, client: &TokenStream) -> TokenStream {
     let private = &names.private;
+    let tuple = wire_tuple(names, task, client);
+    quote!(#private::encode(&#tuple)?)
+}
+
+/// `(StrRef(a), ByRef(&b), …)`: the value whose archive is the task's input.
+fn wire_tuple(names: &Names, task: &Task, client: &TokenStream) -> TokenStream {
+    let private = &names.private;
     let wrapped = task.wire_args().map(|arg| {
         let ident: &Ident = arg.ident;
         match &arg.kind {
@@ -271,5 +280,5 @@ fn encode(names: &Names, task: &Task, client: &TokenStream) -> TokenStream {
             ArgKind::Context => unreachable!("wire_args skips the context"),
         }
     });
-    quote!(#private::encode(&(#(#wrapped,)*))?)
+    quote!((#(#wrapped,)*))
 }
