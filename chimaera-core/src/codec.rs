@@ -44,14 +44,16 @@ where
 /// after its task).
 pub struct OutputBuffer {
     bytes: Bytes,
-    arena: rkyv::ser::allocator::Arena,
+    /// Own scratch space, or `None` to borrow rkyv's shared one (a one-off buffer).
+    arena: Option<rkyv::ser::allocator::Arena>,
 }
 
 impl Default for OutputBuffer {
+    /// A one-off buffer: allocates nothing until it encodes.
     fn default() -> Self {
         OutputBuffer {
-            bytes: Bytes::with_capacity(256),
-            arena: rkyv::ser::allocator::Arena::new(),
+            bytes: Bytes::new(),
+            arena: None,
         }
     }
 }
@@ -68,6 +70,14 @@ impl OutputBuffer {
     /// Capacity kept between tasks; a larger buffer is freed once its task is done.
     pub const KEEP: usize = 64 * 1024;
 
+    /// A buffer to reuse for many archives: with room and scratch space of its own.
+    pub fn reusable() -> Self {
+        OutputBuffer {
+            bytes: Bytes::with_capacity(256),
+            arena: Some(rkyv::ser::allocator::Arena::new()),
+        }
+    }
+
     /// Replaces the contents with the archive of `value`.
     pub fn encode<T>(&mut self, value: &T) -> Result<(), TaskError>
     where
@@ -75,11 +85,14 @@ impl OutputBuffer {
     {
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.clear();
-        let archived = rkyv::api::high::to_bytes_in_with_alloc::<_, _, CodecError>(
-            value,
-            bytes,
-            self.arena.acquire(),
-        );
+        let archived = match &mut self.arena {
+            Some(arena) => rkyv::api::high::to_bytes_in_with_alloc::<_, _, CodecError>(
+                value,
+                bytes,
+                arena.acquire(),
+            ),
+            None => rkyv::api::high::to_bytes_in::<_, CodecError>(value, bytes),
+        };
         self.bytes = archived.map_err(|e| TaskError::malformed("output", e))?;
         Ok(())
     }
@@ -99,8 +112,10 @@ impl OutputBuffer {
         if self.bytes.capacity() > Self::KEEP {
             self.bytes = Bytes::with_capacity(256);
         }
-        if self.arena.capacity() > Self::KEEP {
-            self.arena.shrink();
+        if let Some(arena) = &mut self.arena {
+            if arena.capacity() > Self::KEEP {
+                arena.shrink();
+            }
         }
     }
 }
@@ -210,7 +225,7 @@ mod tests {
 
     #[test]
     fn an_output_buffer_is_reused_and_trimmed() {
-        let mut out = OutputBuffer::default();
+        let mut out = OutputBuffer::reusable();
         out.encode(&(7u64, String::from("seven"))).unwrap();
         let decoded: (u64, String) = decode(out.as_slice(), "output").unwrap();
         assert_eq!(decoded, (7, "seven".to_owned()));
@@ -223,6 +238,12 @@ mod tests {
         assert!(out.bytes.capacity() <= OutputBuffer::KEEP);
         out.encode(&3u32).unwrap();
         assert_eq!(decode::<u32>(out.as_slice(), "output").unwrap(), 3);
+        let mut one_off = OutputBuffer::default();
+        one_off.encode(&(1u8, 2u16)).unwrap();
+        assert_eq!(
+            decode::<(u8, u16)>(&one_off.into_bytes(), "output").unwrap(),
+            (1, 2)
+        );
     }
 
     #[test]

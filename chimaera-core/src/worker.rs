@@ -366,7 +366,7 @@ fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>
     let runner = runner.clone();
     let stack_size = worker.stack_size;
     let body = move || {
-        let mut out = OutputBuffer::default();
+        let mut out = OutputBuffer::reusable();
         runner.run(first, &mut out);
         let slot = Arc::new(TaskSlot {
             job: Mutex::new(None),

@@ -184,7 +184,7 @@ impl ShmConnection {
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
             data: Mutex::new(Arena::new(data_share)),
-            encode_buffer: Mutex::new(OutputBuffer::default()),
+            encode_buffer: Mutex::new(OutputBuffer::reusable()),
             dead: AtomicBool::new(false),
             main,
             _lock: lock,
