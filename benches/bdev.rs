@@ -12,6 +12,10 @@
 //!   256 MiB buffer); the original's shape (one client thread, sync: allocate 4 KiB,
 //!   write it, free it = one op).
 //!
+//! Writes and reads pass 4 KiB slices of a buffer from `Client::allocate_buffer`, one
+//! slice per call in flight: over shared memory they travel by reference (the device
+//! copies straight from and into the client's memory); in process they are copied.
+//!
 //! The measured client is a separate process's runtime (`chimaera runtime start` with a
 //! unique `CHI_INSTANCE`, reached with `Client::connect`, stopped with `chimaera runtime
 //! stop` at the end) when that works, else the in-process runtime; an in-process run of
