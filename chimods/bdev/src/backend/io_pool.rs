@@ -75,12 +75,11 @@ struct Slot<R> {
 impl<R> Slot<R> {
     /// Stores the result (`None`: the job failed), then wakes the caller. Called once.
     fn fill(&self, result: Option<R>) {
-        // Cloned first: once `done` is set the caller may return and free the slot.
-        let blocker = self.blocker.clone();
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = result;
         self.done.store(true, Ordering::Release);
-        // From here on only the clone is used.
-        chimaera_core::wake::unpark_from_outside(blocker);
+        // Through the spinning pollers: a plain unpark from this pool thread would wait
+        // in may's global queue until the worker's poller sleeps.
+        chimaera_core::wake::unpark_from_outside(self.blocker.clone());
     }
 }
 
