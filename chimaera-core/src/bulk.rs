@@ -339,7 +339,9 @@ pub fn write_back(dst: &mut [u8], out: Bulk) -> Result<(), TaskError> {
 /// returns to the share when the buffer is dropped.
 ///
 /// While a task that was given the buffer is in flight, the runtime may read or write it:
-/// do not touch it until the task's result is in.
+/// do not touch it — nor drop it, which would hand its memory to the next buffer — until
+/// the task's result is in. (A `Pending` does not borrow the buffer, so the compiler
+/// cannot enforce this; the runtime stays safe either way, only the bytes would be wrong.)
 pub struct Buffer {
     ptr: NonNull<u8>,
     len: usize,

@@ -337,6 +337,13 @@ impl Header {
         (self.word(base), self.word(base + 64))
     }
 
+    /// A client area's generation word alone (read on every task, so without building the
+    /// whole [`Control`]).
+    pub fn generation(&self, geometry: &Geometry, client: u32) -> Result<&AtomicU32, AccessError> {
+        self.segment
+            .atomic_u32(geometry.client_offset(client) + control::GENERATION)
+    }
+
     /// A client's control line: state, generation, pid, data bytes in use.
     pub fn control(&self, geometry: &Geometry, client: u32) -> Result<Control<'_>, AccessError> {
         let base = geometry.client_offset(client);

@@ -506,10 +506,10 @@ impl ShmServer {
         let Ok(view) = SlotView::new(&self.main, &self.geometry, client, slot_index) else {
             return;
         };
-        let Ok(control) = self.header.control(&self.geometry, client) else {
+        let Ok(generation) = self.header.generation(&self.geometry, client) else {
             return;
         };
-        let generation = control.generation.load(Ordering::Acquire);
+        let generation = generation.load(Ordering::Acquire);
         let entry = &self.clients[client as usize];
         if let Some(extent) = lock(&entry.overflow)[slot_index as usize].take() {
             let mut arena = lock(&self.runtime_arena);
@@ -677,10 +677,10 @@ impl ShmServer {
         bytes: &[u8],
     ) {
         let entry = &self.clients[client as usize];
-        let Ok(control) = self.header.control(&self.geometry, client) else {
+        let Ok(current_generation) = self.header.generation(&self.geometry, client) else {
             return;
         };
-        let current = control.generation.load(Ordering::Acquire) == generation;
+        let current = current_generation.load(Ordering::Acquire) == generation;
         if current {
             if let Ok(view) = SlotView::new(&self.main, &self.geometry, client, slot_index) {
                 self.store_output(entry, &view, slot_index, status, bytes);
