@@ -828,7 +828,8 @@ impl ShmConnection {
         let load = |field| view.word(field).load(Ordering::Relaxed);
         let status = load(slot::STATUS);
         let len = load(slot::OUTPUT_LEN) as usize;
-        let small = load(slot::OUTPUT_WHERE) == layout::IN_SLOT
+        let place = load(slot::OUTPUT_WHERE);
+        let small = matches!(place, layout::IN_LINE | layout::IN_SLOT)
             && len <= SMALL_OUTPUT
             && matches!(status, layout::STATUS_OK | layout::STATUS_ERROR);
         if !small {
@@ -836,7 +837,11 @@ impl ShmConnection {
         }
         let mut buffer = SmallOutput([0; SMALL_OUTPUT]);
         let bytes = &mut buffer.0[..len];
-        view.read_payload(bytes).ok()?;
+        if place == layout::IN_LINE {
+            view.read_inline(bytes).ok()?;
+        } else {
+            view.read_payload(bytes).ok()?;
+        }
         Some(if status == layout::STATUS_OK {
             decode(bytes)
         } else {
@@ -851,6 +856,7 @@ impl ShmConnection {
         let mut bytes = Bytes::with_capacity(len);
         bytes.resize(len, 0);
         let copied = match load(slot::OUTPUT_WHERE) {
+            layout::IN_LINE => view.read_inline(&mut bytes).is_ok(),
             layout::IN_SLOT => view.read_payload(&mut bytes).is_ok(),
             layout::IN_RUNTIME_DATA => {
                 let offset = view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed);

@@ -9,8 +9,9 @@
 //!               submission ring (client → runtime, slot indices)          RingLayout::size(slots)
 //!               task slots                                                slots × slot_size
 //!
-//! task slot:    header (state, waiting, target, query, input/output descriptors)  128 B
-//!               payload: the input archive, then the output archive     slot_size - 128
+//! task slot:    reply line (state, waiting, output descriptor, ≤ 32 B output)   64 B
+//!               request line (target, kind, query, input descriptor)             64 B
+//!               payload: the input archive, then a larger output archive  slot_size - 128
 //! ```
 //!
 //! The runtime writes the geometry once, before publishing `state = READY`; a client
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "CHIMAERA" in ASCII, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"CHIMAERA");
 /// Bumped whenever this layout changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The segment is being laid out.
 pub const STATE_INIT: u32 = 0;
@@ -89,6 +90,8 @@ pub const IN_SLOT: u32 = 0;
 pub const IN_CLIENT_DATA: u32 = 1;
 /// In the runtime-data segment (outputs).
 pub const IN_RUNTIME_DATA: u32 = 2;
+/// In the slot's reply line (outputs of at most [`slot::INLINE_OUTPUT_LEN`] bytes).
+pub const IN_LINE: u32 = 3;
 
 /// Task kinds.
 pub const KIND_CALL: u32 = 0;
@@ -100,41 +103,51 @@ pub const KIND_PERIODIC: u32 = 2;
 pub const KIND_CANCEL: u32 = 3;
 
 /// Slot header offsets.
+///
+/// Two cache lines. The first is the *reply line*: the state the client spins on, the
+/// output's status and place, and room for a small output — so a client waiting for a
+/// short answer reads a single line written by the runtime. The second is the *request
+/// line*, written by the client and read by the runtime, which never reads the first
+/// line when it takes a task.
 pub mod slot {
     /// Slot state, and the client's futex word.
     pub const STATE: usize = 0;
     /// Non-zero while the client sleeps on `STATE`.
     pub const WAITING: usize = 4;
-    /// Target pool, major.
-    pub const POOL_MAJOR: usize = 8;
-    /// Target pool, minor.
-    pub const POOL_MINOR: usize = 12;
-    /// Method id.
-    pub const METHOD: usize = 16;
-    /// Task kind.
-    pub const KIND: usize = 20;
-    /// Query tag.
-    pub const QUERY_TAG: usize = 24;
-    /// Query word a.
-    pub const QUERY_A: usize = 28;
-    /// Query word b.
-    pub const QUERY_B: usize = 32;
-    /// Period of a periodic task, ns.
-    pub const PERIOD_NS: usize = 40;
-    /// Input length.
-    pub const INPUT_LEN: usize = 48;
-    /// Input location (`IN_SLOT` / `IN_CLIENT_DATA`).
-    pub const INPUT_WHERE: usize = 52;
-    /// Input offset in the client's data share.
-    pub const INPUT_OFFSET: usize = 56;
     /// Output status.
-    pub const STATUS: usize = 64;
+    pub const STATUS: usize = 8;
     /// Output length.
-    pub const OUTPUT_LEN: usize = 68;
-    /// Output location (`IN_SLOT` / `IN_RUNTIME_DATA`).
-    pub const OUTPUT_WHERE: usize = 72;
+    pub const OUTPUT_LEN: usize = 12;
+    /// Output location (`IN_LINE` / `IN_SLOT` / `IN_RUNTIME_DATA`).
+    pub const OUTPUT_WHERE: usize = 16;
     /// Output offset in the runtime-data segment.
-    pub const OUTPUT_OFFSET: usize = 80;
+    pub const OUTPUT_OFFSET: usize = 24;
+    /// A small output, in the reply line itself.
+    pub const INLINE_OUTPUT: usize = 32;
+    /// Bytes of [`INLINE_OUTPUT`].
+    pub const INLINE_OUTPUT_LEN: usize = 32;
+    /// Target pool, major.
+    pub const POOL_MAJOR: usize = 64;
+    /// Target pool, minor.
+    pub const POOL_MINOR: usize = 68;
+    /// Method id.
+    pub const METHOD: usize = 72;
+    /// Task kind.
+    pub const KIND: usize = 76;
+    /// Query tag.
+    pub const QUERY_TAG: usize = 80;
+    /// Query word a.
+    pub const QUERY_A: usize = 84;
+    /// Query word b.
+    pub const QUERY_B: usize = 88;
+    /// Period of a periodic task, ns.
+    pub const PERIOD_NS: usize = 96;
+    /// Input length.
+    pub const INPUT_LEN: usize = 104;
+    /// Input location (`IN_SLOT` / `IN_CLIENT_DATA`).
+    pub const INPUT_WHERE: usize = 108;
+    /// Input offset in the client's data share.
+    pub const INPUT_OFFSET: usize = 112;
 }
 
 /// Client control-line offsets.
@@ -420,6 +433,32 @@ impl SlotView {
         self.segment
             .atomic_u64(self.offset + field)
             .unwrap_or_else(|_| unreachable_word64())
+    }
+
+    /// Copies `src` (at most [`slot::INLINE_OUTPUT_LEN`] bytes) into the reply line.
+    pub fn write_inline(&self, src: &[u8]) -> Result<(), AccessError> {
+        if src.len() > slot::INLINE_OUTPUT_LEN {
+            return Err(AccessError::OutOfBounds {
+                offset: slot::INLINE_OUTPUT,
+                len: src.len(),
+                size: slot::INLINE_OUTPUT_LEN,
+            });
+        }
+        self.segment
+            .write_bytes(self.offset + slot::INLINE_OUTPUT, src)
+    }
+
+    /// Copies the first `dst.len()` bytes of the reply line's output into `dst`.
+    pub fn read_inline(&self, dst: &mut [u8]) -> Result<(), AccessError> {
+        if dst.len() > slot::INLINE_OUTPUT_LEN {
+            return Err(AccessError::OutOfBounds {
+                offset: slot::INLINE_OUTPUT,
+                len: dst.len(),
+                size: slot::INLINE_OUTPUT_LEN,
+            });
+        }
+        self.segment
+            .read_bytes(self.offset + slot::INLINE_OUTPUT, dst)
     }
 
     /// Payload capacity.

@@ -705,6 +705,12 @@ impl ShmServer {
         bytes: &[u8],
     ) {
         let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        if bytes.len() <= slot::INLINE_OUTPUT_LEN && view.write_inline(bytes).is_ok() {
+            set(slot::STATUS, status);
+            set(slot::OUTPUT_LEN, bytes.len() as u32);
+            set(slot::OUTPUT_WHERE, layout::IN_LINE);
+            return;
+        }
         if bytes.len() <= view.payload_len() && view.write_payload(bytes).is_ok() {
             set(slot::STATUS, status);
             set(slot::OUTPUT_LEN, bytes.len() as u32);
