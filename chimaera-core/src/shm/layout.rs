@@ -24,6 +24,7 @@
 //! words once into locals and validates them before use.
 use super::ring::RingLayout;
 use super::segment::{AccessError, Segment};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// "CHIMAERA" in ASCII, little-endian.
@@ -397,10 +398,20 @@ pub struct Control<'a> {
 /// A view of one task slot.
 #[derive(Clone, Debug)]
 pub struct SlotView {
+    /// Keeps the mapping alive; `base` points into it.
     segment: Segment,
     offset: usize,
+    /// The slot's first byte: in the mapping, 8-aligned, with at least `SLOT_HEADER`
+    /// bytes after it (checked in `new`), so header words need no further checks.
+    base: NonNull<u8>,
     payload: usize,
 }
+
+// SAFETY: `base` points into the mapping `segment` keeps alive, reached only through
+// atomics or bounds-checked copies; a `SlotView` is as shareable as its `Segment`.
+unsafe impl Send for SlotView {}
+// SAFETY: as above.
+unsafe impl Sync for SlotView {}
 
 impl SlotView {
     /// The view of `slot` of `client`; checks the whole slot lies in the segment.
@@ -411,28 +422,44 @@ impl SlotView {
         slot: u32,
     ) -> Result<SlotView, AccessError> {
         let offset = geometry.slot_offset(client, slot);
-        segment.check_range(offset, geometry.slot_size as usize)?;
+        let slot_size = geometry.slot_size as usize;
+        // The geometry may come from a header a peer wrote: a slot too small for its
+        // header, or not 8-aligned, is refused here so that `word` needs no checks.
+        if slot_size < SLOT_HEADER || !offset.is_multiple_of(8) {
+            return Err(AccessError::Misaligned { offset, align: 8 });
+        }
+        segment.check_range(offset, slot_size)?;
+        // In bounds: checked just above; the mapping's base is not null.
+        let base = NonNull::new(segment.base().wrapping_add(offset))
+            .ok_or(AccessError::Misaligned { offset, align: 8 })?;
         Ok(SlotView {
             segment: segment.clone(),
             offset,
-            payload: geometry.payload(),
+            base,
+            payload: slot_size - SLOT_HEADER,
         })
     }
 
-    /// A 32-bit word of the slot header.
+    /// A 32-bit word of the slot header (`field` is one of [`slot`]'s offsets).
     pub fn word(&self, field: usize) -> &AtomicU32 {
-        // In range and aligned: the slot range was checked at construction and every
-        // header field offset is below SLOT_HEADER and 4-aligned.
-        self.segment
-            .atomic_u32(self.offset + field)
-            .unwrap_or_else(|_| unreachable_word())
+        assert!(
+            field + 4 <= SLOT_HEADER && field.is_multiple_of(4),
+            "slot field {field}"
+        );
+        // SAFETY: `base..base + SLOT_HEADER` lies in the mapping `self.segment` keeps
+        // alive and `base` is 8-aligned (both checked in `new`); `field` is in range and
+        // 4-aligned (asserted, and constant at every call site, so the check folds away).
+        unsafe { &*self.base.as_ptr().add(field).cast::<AtomicU32>() }
     }
 
     /// A 64-bit word of the slot header.
     pub fn word64(&self, field: usize) -> &AtomicU64 {
-        self.segment
-            .atomic_u64(self.offset + field)
-            .unwrap_or_else(|_| unreachable_word64())
+        assert!(
+            field + 8 <= SLOT_HEADER && field.is_multiple_of(8),
+            "slot field {field}"
+        );
+        // SAFETY: as for `word`, with 8-byte alignment.
+        unsafe { &*self.base.as_ptr().add(field).cast::<AtomicU64>() }
     }
 
     /// Copies `src` (at most [`slot::INLINE_OUTPUT_LEN`] bytes) into the reply line.
