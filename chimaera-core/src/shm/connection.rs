@@ -103,7 +103,8 @@ pub struct ShmConnection {
     data_share: usize,
     producer: Mutex<Producer>,
     free_slots: Mutex<Vec<u32>>,
-    /// Calls holding a slot, indexed by slot (slots are dense, so no hashing).
+    /// The state of the latest call of each slot, indexed by slot (slots are dense, so
+    /// no hashing); it holds the slot while its `slot` field is `Some`.
     holding: Mutex<Vec<Option<Arc<CallState>>>>,
     slot_freed: Condvar,
     /// Submitters blocked on `slot_freed`; changed under the `free_slots` lock, so a
@@ -312,9 +313,8 @@ impl ShmConnection {
     }
 
     fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
-        if let Some(held) = lock(&self.holding).get_mut(slot_index as usize) {
-            *held = None;
-        }
+        // The table keeps the call's state (its `slot` is already `None`) for `hold` to
+        // reuse once the call is dropped.
         if let Some(extent) = input {
             self.free_data(extent);
         }
@@ -625,14 +625,29 @@ impl ShmConnection {
 
     /// Records that a new call holds `slot_index`.
     fn hold(self: &Arc<Self>, slot_index: u32, input: Option<Extent>) -> ShmCall {
-        let state = Arc::new(CallState {
-            slot: Mutex::new(Some((slot_index, input))),
-            harvested: Mutex::new(None),
-            abandoned: AtomicBool::new(false),
-        });
-        if let Some(held) = lock(&self.holding).get_mut(slot_index as usize) {
-            *held = Some(state.clone());
-        }
+        let mut holding = lock(&self.holding);
+        let state = match holding.get(slot_index as usize) {
+            // The slot's previous call is gone (only this table holds its state, and
+            // clones are made under this lock): reuse the state instead of allocating.
+            Some(Some(previous)) if Arc::strong_count(previous) == 1 => {
+                *lock(&previous.slot) = Some((slot_index, input));
+                *lock(&previous.harvested) = None;
+                previous.abandoned.store(false, Ordering::Relaxed);
+                previous.clone()
+            }
+            _ => {
+                let state = Arc::new(CallState {
+                    slot: Mutex::new(Some((slot_index, input))),
+                    harvested: Mutex::new(None),
+                    abandoned: AtomicBool::new(false),
+                });
+                if let Some(held) = holding.get_mut(slot_index as usize) {
+                    *held = Some(state.clone());
+                }
+                state
+            }
+        };
+        drop(holding);
         ShmCall {
             connection: self.clone(),
             state,
