@@ -333,7 +333,7 @@ impl ShmConnection {
         drop(free);
     }
 
-    fn view(&self, slot_index: u32) -> Result<SlotView, TaskError> {
+    fn view(&self, slot_index: u32) -> Result<SlotView<'_>, TaskError> {
         SlotView::new(&self.main, &self.geometry, self.client, slot_index)
             .map_err(|e| TaskError::malformed("slot", e))
     }

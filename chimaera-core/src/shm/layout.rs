@@ -395,11 +395,12 @@ pub struct Control<'a> {
     pub data_in_use: &'a AtomicU64,
 }
 
-/// A view of one task slot.
-#[derive(Clone, Debug)]
-pub struct SlotView {
-    /// Keeps the mapping alive; `base` points into it.
-    segment: Segment,
+/// A view of one task slot (borrowing its segment, so making one costs no reference
+/// count).
+#[derive(Clone, Copy, Debug)]
+pub struct SlotView<'a> {
+    /// The mapping `base` points into, alive while borrowed.
+    segment: &'a Segment,
     offset: usize,
     /// The slot's first byte: in the mapping, 8-aligned, with at least `SLOT_HEADER`
     /// bytes after it (checked in `new`), so header words need no further checks.
@@ -409,18 +410,18 @@ pub struct SlotView {
 
 // SAFETY: `base` points into the mapping `segment` keeps alive, reached only through
 // atomics or bounds-checked copies; a `SlotView` is as shareable as its `Segment`.
-unsafe impl Send for SlotView {}
+unsafe impl Send for SlotView<'_> {}
 // SAFETY: as above.
-unsafe impl Sync for SlotView {}
+unsafe impl Sync for SlotView<'_> {}
 
-impl SlotView {
+impl<'a> SlotView<'a> {
     /// The view of `slot` of `client`; checks the whole slot lies in the segment.
     pub fn new(
-        segment: &Segment,
+        segment: &'a Segment,
         geometry: &Geometry,
         client: u32,
         slot: u32,
-    ) -> Result<SlotView, AccessError> {
+    ) -> Result<SlotView<'a>, AccessError> {
         let offset = geometry.slot_offset(client, slot);
         let slot_size = geometry.slot_size as usize;
         // The geometry may come from a header a peer wrote: a slot too small for its
@@ -433,7 +434,7 @@ impl SlotView {
         let base = NonNull::new(segment.base().wrapping_add(offset))
             .ok_or(AccessError::Misaligned { offset, align: 8 })?;
         Ok(SlotView {
-            segment: segment.clone(),
+            segment,
             offset,
             base,
             payload: slot_size - SLOT_HEADER,
