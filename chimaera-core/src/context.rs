@@ -13,15 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What a running task knows about itself and can do with the runtime.
-pub struct RunContext {
+///
+/// It borrows what the running task holds (its pool, the runtime, its client's data
+/// share) for the handler's call, so making one per run costs no reference counting.
+/// Handlers take it as `ctx: &mut RunContext`.
+pub struct RunContext<'t> {
     header: TaskHeader,
-    pool: Arc<Pool>,
-    shared: Arc<Shared>,
-    bulk: Option<Arc<BulkShare>>,
+    pool: &'t Arc<Pool>,
+    shared: &'t Arc<Shared>,
+    bulk: Option<&'t Arc<BulkShare>>,
 }
 
-impl RunContext {
-    pub(crate) fn new(header: TaskHeader, pool: Arc<Pool>, shared: Arc<Shared>) -> Self {
+impl<'t> RunContext<'t> {
+    pub(crate) fn new(header: TaskHeader, pool: &'t Arc<Pool>, shared: &'t Arc<Shared>) -> Self {
         RunContext {
             header,
             pool,
@@ -31,16 +35,18 @@ impl RunContext {
     }
 
     /// Lets the task's bulk arguments reference `share` (its client's data share).
-    pub(crate) fn with_bulk(mut self, share: Option<Arc<BulkShare>>) -> Self {
+    pub(crate) fn with_bulk(mut self, share: Option<&'t Arc<BulkShare>>) -> Self {
         self.bulk = share;
         self
     }
 
     /// The data share of the client process that submitted this task, if any: where
     /// its bulk (`&[u8]` / `&mut [u8]`) arguments passed by reference lie.
+    /// Borrowed for `'t`, not for the borrow of `self`: the handler can still take the
+    /// context mutably while its bulk arguments lie in the share.
     #[doc(hidden)]
-    pub fn bulk_share(&self) -> Option<Arc<BulkShare>> {
-        self.bulk.clone()
+    pub fn bulk_share(&self) -> Option<&'t BulkShare> {
+        self.bulk.map(|share| &**share)
     }
 
     /// The pool this task runs in.

@@ -249,11 +249,11 @@ impl Shared {
                 containers: task.pool.container_count(),
             });
         };
-        let object = container.object.clone();
-        let mut ctx = RunContext::new(task.header, task.pool.clone(), self.clone())
-            .with_bulk(task.bulk.clone());
+        let mut ctx = RunContext::new(task.header, &task.pool, self).with_bulk(task.bulk.as_ref());
         catch_unwind(AssertUnwindSafe(|| {
-            object.run(&mut ctx, task.header.method, &task.input, out)
+            container
+                .object
+                .run(&mut ctx, task.header.method, &task.input, out)
         }))
         .unwrap_or_else(|panic| Err(panic_error(panic)))
     }
@@ -313,7 +313,7 @@ impl Shared {
                 node: parent_node,
                 period: None,
             };
-            let mut ctx = RunContext::new(header, pool.clone(), self.clone());
+            let mut ctx = RunContext::new(header, &pool, self);
             let object = catch_unwind(AssertUnwindSafe(|| (module.create)(&mut ctx, &params)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)))?;
             let lanes = module
@@ -375,7 +375,7 @@ impl Shared {
                 node: parent.task_node(),
                 period: None,
             };
-            let mut ctx = RunContext::new(header, pool.clone(), self.clone());
+            let mut ctx = RunContext::new(header, &pool, self);
             let result = catch_unwind(AssertUnwindSafe(|| container.object.destroy(&mut ctx)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)));
             if let Err(err) = result {

@@ -343,11 +343,14 @@ fn handler_call(
         match &arg.kind {
             ArgKind::Borrowed(Borrow::Str) => passed.push(quote!(#value.#field.as_str())),
             ArgKind::Borrowed(Borrow::Bulk) => {
-                bindings.push(quote!(let #local = #private::BulkIn::open(::core::option::Option::as_deref(&#share), &#value.#field)?;));
+                bindings
+                    .push(quote!(let #local = #private::BulkIn::open(#share, &#value.#field)?;));
                 passed.push(quote!(#private::BulkIn::as_slice(&#local)));
             }
             ArgKind::BulkMut => {
-                bindings.push(quote!(let mut #local = #private::BulkMut::open(::core::option::Option::as_deref(&#share), &#value.#field)?;));
+                bindings.push(
+                    quote!(let mut #local = #private::BulkMut::open(#share, &#value.#field)?;),
+                );
                 passed.push(quote!(#private::BulkMut::as_mut_slice(&mut #local)));
             }
             ArgKind::Borrowed(Borrow::Bytes(_)) => {
