@@ -7,7 +7,7 @@ pub use crate::bulk::{
 };
 pub use crate::client::{Client, Pending, TaskHandle};
 pub use crate::codec::{
-    access, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef, StrRef,
+    access, aligned_copy, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef, StrRef,
 };
 pub use crate::context::RunContext;
 pub use crate::error::TaskError;
@@ -19,19 +19,6 @@ pub use crate::worker::LanePriority;
 pub use rkyv;
 
 use crate::admin_api;
-
-/// Submits an archived input; the returned [`Pending`] decodes the output with `decode`.
-pub fn submit<T>(
-    client: &Client,
-    pool: PoolId,
-    method: MethodId,
-    query: PoolQuery,
-    input: Bytes,
-    decode: fn(&[u8]) -> Result<T, TaskError>,
-) -> Result<Pending<T>, TaskError> {
-    let raw = client.submit(pool, method, query, input, None)?;
-    Ok(Pending::new(raw, decode))
-}
 
 /// Submits a task whose input `encode` archives into a buffer the client reuses; the
 /// returned [`Pending`] decodes the output with `decode`.

@@ -184,18 +184,37 @@ impl BulkShare {
             claims.swap_remove(index);
         }
     }
-
-    fn ptr(&self, claim: Claim) -> *mut u8 {
-        // SAFETY: `claim` was bounds-checked against `len`, so the offset stays inside
-        // the share's allocation.
-        unsafe { self.base.as_ptr().add(claim.start) }
-    }
 }
 
 /// A claimed range of a share, released when the handler's run ends.
 struct Held<'s> {
     share: &'s BulkShare,
     claim: Claim,
+}
+
+impl<'s> Held<'s> {
+    /// Claims `offset..offset + len` of `share` (the submitting client's share, if the
+    /// task came from one).
+    fn take(
+        share: Option<&'s BulkShare>,
+        offset: u64,
+        len: u64,
+        exclusive: bool,
+    ) -> Result<Self, TaskError> {
+        let share = share.ok_or_else(no_share)?;
+        let claim = share.claim(offset, len, exclusive)?;
+        Ok(Held { share, claim })
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        // SAFETY: the claim was bounds-checked against the share's length, so the offset
+        // stays inside the share's mapping.
+        unsafe { self.share.base.as_ptr().add(self.claim.start) }
+    }
+
+    fn len(&self) -> usize {
+        self.claim.end - self.claim.start
+    }
 }
 
 impl Drop for Held<'_> {
@@ -220,17 +239,14 @@ impl<'a> BulkIn<'a> {
                 _held: None,
             }),
             ArchivedBulkWire::Shared { offset, len } => {
-                let share = share.ok_or_else(no_share)?;
-                let claim = share.claim(offset.to_native(), len.to_native(), false)?;
+                let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
                 // SAFETY: the claim is in bounds of the mapped share, which outlives
                 // `'a` (the task holds the share); no running task holds an overlapping
-                // exclusive claim until this one is released with `self`.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(share.ptr(claim), claim.end - claim.start)
-                };
+                // exclusive claim until this one is released with `held`.
+                let bytes = unsafe { std::slice::from_raw_parts(held.ptr(), held.len()) };
                 Ok(BulkIn {
                     bytes,
-                    _held: Some(Held { share, claim }),
+                    _held: Some(held),
                 })
             }
         }
@@ -265,18 +281,15 @@ impl<'a> BulkMut<'a> {
                 Ok(BulkMut(MutBytes::Owned(bytes.as_slice().to_vec())))
             }
             ArchivedBulkWire::Shared { offset, len } => {
-                let share = share.ok_or_else(no_share)?;
-                let claim = share.claim(offset.to_native(), len.to_native(), true)?;
+                let held = Held::take(share, offset.to_native(), len.to_native(), true)?;
                 // SAFETY: in bounds of the mapped share, which outlives `'a`; the claim is
                 // exclusive, so no other slice of these bytes exists in the runtime until
-                // it is released with `self`.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(share.ptr(claim), claim.end - claim.start)
-                };
+                // it is released with `held`.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(held.ptr(), held.len()) };
                 Ok(BulkMut(MutBytes::Shared {
                     bytes,
                     offset: offset.to_native(),
-                    _held: Held { share, claim },
+                    _held: held,
                 }))
             }
         }

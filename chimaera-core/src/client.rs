@@ -275,18 +275,9 @@ impl<T> Pending<T> {
     /// Waits for the result. With several replicas the first error (by container) wins,
     /// else the result of the lowest container is returned.
     pub fn wait(self) -> Result<T, TaskError> {
-        let raw = match self.raw.0 {
-            PendingInner::SharedMemory(call) => return call.wait_decoded(self.decode),
-            inner => RawPending(inner),
-        };
-        let mut first_output = None;
-        for (_, result) in raw.wait() {
-            let bytes = result?;
-            first_output.get_or_insert(bytes);
-        }
-        match first_output {
-            Some(bytes) => (self.decode)(&bytes),
-            None => Err(TaskError::EmptyQuery),
+        match self.raw.0 {
+            PendingInner::SharedMemory(call) => call.wait_decoded(self.decode),
+            PendingInner::InProcess(completion) => decode_first(completion.wait(), self.decode),
         }
     }
 
@@ -298,6 +289,22 @@ impl<T> Pending<T> {
             .into_iter()
             .map(|(container, result)| (container, result.and_then(|bytes| decode(&bytes))))
             .collect()
+    }
+}
+
+/// The result of a task from its replicas' outputs: the first error (by container)
+/// wins, else the lowest container's output is decoded.
+pub(crate) fn decode_first<T>(
+    results: Vec<(ContainerId, Result<Bytes, TaskError>)>,
+    decode: fn(&[u8]) -> Result<T, TaskError>,
+) -> Result<T, TaskError> {
+    let mut first_output = None;
+    for (_, result) in results {
+        first_output.get_or_insert(result?);
+    }
+    match first_output {
+        Some(bytes) => decode(&bytes),
+        None => Err(TaskError::EmptyQuery),
     }
 }
 

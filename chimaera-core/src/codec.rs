@@ -38,10 +38,10 @@ where
     rkyv::to_bytes::<CodecError>(value).map_err(|e| TaskError::malformed("input", e))
 }
 
-/// Where a task coroutine archives its tasks' outputs: the bytes and rkyv's scratch
-/// arena, kept from one task to the next so that archiving an output allocates nothing
-/// once they have grown to fit (a buffer that grew past [`OutputBuffer::KEEP`] is let go
-/// after its task).
+/// Where a task coroutine archives its tasks' outputs (and a shared-memory connection
+/// its calls' inputs): the bytes and rkyv's scratch arena, kept from one archive to the
+/// next so that archiving allocates nothing once they have grown to fit (a buffer that
+/// grew past [`OutputBuffer::KEEP`] is let go after its use).
 pub struct OutputBuffer {
     bytes: Bytes,
     /// Own scratch space, or `None` to borrow rkyv's shared one (a one-off buffer).
@@ -93,7 +93,7 @@ impl OutputBuffer {
             ),
             None => rkyv::api::high::to_bytes_in::<_, CodecError>(value, bytes),
         };
-        self.bytes = archived.map_err(|e| TaskError::malformed("output", e))?;
+        self.bytes = archived.map_err(|e| TaskError::malformed("archive", e))?;
         Ok(())
     }
 
@@ -118,6 +118,13 @@ impl OutputBuffer {
             }
         }
     }
+}
+
+/// An owned copy of archived bytes, aligned so they can be read in place.
+pub fn aligned_copy(bytes: &[u8]) -> Bytes {
+    let mut copy = Bytes::with_capacity(bytes.len());
+    copy.extend_from_slice(bytes);
+    copy
 }
 
 /// Validates `bytes` as an archived `T` and returns a reference into them.

@@ -11,7 +11,7 @@
 //! and stop wait on it.
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
 use crate::client::Client;
-use crate::codec::{Bytes, OutputBuffer};
+use crate::codec::{aligned_copy, Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::context::RunContext;
 use crate::error::TaskError;
@@ -290,8 +290,7 @@ impl Shared {
         } else {
             self.pools.fresh_id()
         };
-        let mut params = Bytes::with_capacity(request.params.len());
-        params.extend_from_slice(&request.params);
+        let params = aligned_copy(&request.params);
         // Containers are built first, then the pool is published in one step.
         let mut slots = Vec::with_capacity(containers as usize);
         let mut pool = Arc::new(Pool {

@@ -15,7 +15,7 @@
 //! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
 //! lost.
 use crate::bulk::BulkShare;
-use crate::codec::Bytes;
+use crate::codec::{aligned_copy, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::pool::Pool;
@@ -97,17 +97,10 @@ pub enum Reply {
 impl Reply {
     fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
         match self {
-            Reply::Waiter(completion) => completion.deliver(container, result.map(owned)),
+            Reply::Waiter(completion) => completion.deliver(container, result.map(aligned_copy)),
             Reply::Sink(to) => to.complete_one(container, result),
         }
     }
-}
-
-/// An owned, aligned copy of archived bytes.
-fn owned(bytes: &[u8]) -> Bytes {
-    let mut copy = Bytes::with_capacity(bytes.len());
-    copy.extend_from_slice(bytes);
-    copy
 }
 
 impl Task {
@@ -137,14 +130,7 @@ pub trait ReplySink: Send + Sync {
     fn complete(&self, key: ReplyKey, results: Vec<(ContainerId, Result<Bytes, TaskError>)>);
 
     /// Receives the result of a task with a single replica (no gathering needed).
-    fn complete_one(
-        &self,
-        key: ReplyKey,
-        container: ContainerId,
-        result: Result<&[u8], TaskError>,
-    ) {
-        self.complete(key, vec![(container, result.map(owned))]);
-    }
+    fn complete_one(&self, key: ReplyKey, container: ContainerId, result: Result<&[u8], TaskError>);
 }
 
 /// Which caller of a [`ReplySink`] a result is for; the sink gives the words meaning (a

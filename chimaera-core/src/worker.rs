@@ -36,7 +36,7 @@ use crate::wake;
 use crossbeam_queue::SegQueue;
 use may::coroutine;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Latency class of a lane, and of the workers that serve it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,11 +97,9 @@ impl Lane {
             && self.queue.is_empty()
             && !shared.shutdown.load(Ordering::Relaxed)
         {
-            if let Some(runner) = shared.runner.get() {
-                shared.tasks_run.fetch_add(1, Ordering::Relaxed);
-                hand_off(shared, runner, task);
-                return;
-            }
+            shared.tasks_run.fetch_add(1, Ordering::Relaxed);
+            hand_off(shared, &shared.runner, task);
+            return;
         }
         self.push(task);
     }
@@ -134,8 +132,8 @@ pub struct WorkerShared {
     tasks_run: AtomicU64,
     /// Task coroutine stack, in may's unit (words).
     stack_size: usize,
-    /// Runs the tasks; set once when the worker starts.
-    runner: OnceLock<Arc<dyn TaskRunner>>,
+    /// Runs the tasks.
+    runner: Arc<dyn TaskRunner>,
 }
 
 /// A parked task coroutine waiting for its next task.
@@ -229,9 +227,8 @@ impl Worker {
             shutdown: AtomicBool::new(false),
             tasks_run: AtomicU64::new(0),
             stack_size,
-            runner: OnceLock::new(),
+            runner,
         });
-        let _ = shared.runner.set(runner.clone());
         let poller_state = shared.clone();
         let builder = coroutine::Builder::new()
             .name(format!("chimaera-worker-{id}"))
@@ -240,8 +237,7 @@ impl Worker {
         // could move with it between threads. The poller only uses the shared state it
         // owns through `Arc`s and the runner; task code is forbidden `thread_local!` by
         // the chimod contract (see the crate docs).
-        let handle =
-            unsafe { builder.spawn(move || poll_lanes(poller_state, runner, idle_rounds)) };
+        let handle = unsafe { builder.spawn(move || poll_lanes(poller_state, idle_rounds)) };
         let handle = match handle {
             Ok(handle) => handle,
             Err(err) => panic!("cannot spawn worker coroutine: {err}"),
@@ -279,7 +275,8 @@ pub fn stack_words(bytes: usize) -> usize {
     (bytes / std::mem::size_of::<usize>()) & !1
 }
 
-fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_rounds_max: u32) {
+fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
+    let runner = &worker.runner;
     let mut idle_rounds = 0u32;
     wake::start_spinning();
     loop {
@@ -300,7 +297,7 @@ fn poll_lanes(worker: Arc<WorkerShared>, runner: Arc<dyn TaskRunner>, idle_round
                 if worker.shutdown.load(Ordering::Relaxed) {
                     runner.reject(task);
                 } else {
-                    hand_off(&worker, &runner, task);
+                    hand_off(&worker, runner, task);
                 }
             }
             lane.scheduled.store(false, Ordering::SeqCst);

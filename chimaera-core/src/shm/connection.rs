@@ -25,12 +25,12 @@ use super::ring::Ring;
 use super::segment::{Segment, SegmentError};
 use super::server::encode_query;
 use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
-use crate::codec::{decode, Bytes, OutputBuffer, SliceRef};
+use crate::client::decode_first;
+use crate::codec::{aligned_copy, decode, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::task::{lock, Schedule};
-use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -379,7 +379,7 @@ impl ShmConnection {
         if self.dead.load(Ordering::Acquire) {
             return Err(TaskError::RuntimeStopped);
         }
-        let share = self.share_len();
+        let share = self.data_share;
         let extent = (len <= share)
             .then(|| self.alloc_buffer_waiting(len))
             .flatten()
@@ -389,14 +389,17 @@ impl ShmConnection {
                     lock(&self.data).in_use()
                 ))
             })?;
-        let start = self.data_start + extent.offset;
-        if let Err(err) = self.client_data.check_range(start, extent.len) {
-            self.free_data(extent);
-            return Err(TaskError::failed(err.to_string()));
-        }
-        // SAFETY: `check_range` proved the extent inside the mapping, so the pointer is in
-        // bounds and non-null.
-        let ptr = unsafe { NonNull::new_unchecked(self.client_data.base().add(start)) };
+        let ptr = match self.client_data.range_ptr(
+            self.data_start + extent.offset,
+            extent.len,
+            BUFFER_ALIGN,
+        ) {
+            Ok(ptr) => ptr,
+            Err(err) => {
+                self.free_data(extent);
+                return Err(TaskError::failed(err.to_string()));
+            }
+        };
         let connection = self.clone();
         let free = Box::new(move || connection.free_data(extent));
         // SAFETY: the arena gave this extent to nobody else until `free` returns it, and
@@ -413,27 +416,19 @@ impl ShmConnection {
         })
     }
 
-    fn share_len(&self) -> usize {
-        self.data_share
-    }
-
     /// How `bytes` travels as a bulk argument: by reference when it lies in this
     /// client's data share (a [`Buffer`] of this connection), inline otherwise.
     pub fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
         let share_start = self.client_data.base() as usize + self.data_start;
-        let offset = (bytes.as_ptr() as usize).wrapping_sub(share_start);
-        let in_share = !bytes.is_empty()
-            && (bytes.as_ptr() as usize) >= share_start
-            && offset
-                .checked_add(bytes.len())
-                .is_some_and(|end| end <= self.share_len());
-        if in_share {
-            BulkWire::Shared {
+        let in_share = (bytes.as_ptr() as usize)
+            .checked_sub(share_start)
+            .filter(|offset| !bytes.is_empty() && offset + bytes.len() <= self.data_share);
+        match in_share {
+            Some(offset) => BulkWire::Shared {
                 offset: offset as u64,
                 len: bytes.len() as u64,
-            }
-        } else {
-            BulkWire::Inline(SliceRef(bytes))
+            },
+            None => BulkWire::Inline(SliceRef(bytes)),
         }
     }
 
@@ -730,63 +725,56 @@ impl ShmCall {
 
     /// Waits for the answer and returns each replica's result (one for most queries).
     pub fn wait(self) -> Results {
-        self.wait_with(|connection, view| connection.read_results(view))
+        self.wait_with(
+            |connection, view| connection.read_results(view),
+            |results| results,
+        )
     }
 
-    /// Waits for a single-replica result and decodes it with `decode`. A small output in
-    /// the slot is copied to the stack and decoded there (no allocation); anything else
-    /// takes the general path of [`wait`](Self::wait).
+    /// Waits for the answer and decodes it with `decode` (see [`decode_first`]). A small
+    /// output is decoded from a copy on the stack (no allocation).
     pub fn wait_decoded<T>(
         self,
         decode: fn(&[u8]) -> Result<T, TaskError>,
     ) -> Result<T, TaskError> {
-        let mut decoded = None;
-        let results =
-            self.wait_with(
-                |connection, view| match connection.read_small_output(view, decode) {
-                    Some(result) => {
-                        decoded = Some(result);
-                        Vec::new()
-                    }
-                    None => connection.read_results(view),
-                },
-            );
-        if let Some(result) = decoded {
-            return result;
-        }
-        let mut first_output = None;
-        for (_, result) in results {
-            first_output.get_or_insert(result?);
-        }
-        match first_output {
-            Some(bytes) => decode(&bytes),
-            None => Err(TaskError::EmptyQuery),
-        }
+        self.wait_with(
+            |connection, view| {
+                connection
+                    .read_small_output(view, decode)
+                    .unwrap_or_else(|| decode_first(connection.read_results(view), decode))
+            },
+            |results| decode_first(results, decode),
+        )
     }
 
-    fn wait_with(mut self, read: impl FnOnce(&ShmConnection, &SlotView) -> Results) -> Results {
+    /// Waits, then `read`s the answer from the slot — or, when there is no slot to read
+    /// (a harvest took the answer, or the runtime is gone), makes the value `from`
+    /// the results at hand.
+    fn wait_with<R>(
+        mut self,
+        read: impl FnOnce(&ShmConnection, &SlotView) -> R,
+        from: impl FnOnce(Results) -> R,
+    ) -> R {
         self.finished = true;
         loop {
             let held = *lock(&self.state.slot);
             let Some((slot_index, _)) = held else {
-                if let Some(results) = lock(&self.state.harvested).take() {
-                    return results;
-                }
-                return vec![(0, Err(TaskError::NotRun))];
+                let harvested = lock(&self.state.harvested).take();
+                return from(harvested.unwrap_or_else(|| vec![(0, Err(TaskError::NotRun))]));
             };
             if let Err(err) = self.connection.wait_done(slot_index, &self.state) {
                 // The runtime is gone: the slot will never be answered.
-                return vec![(0, Err(err))];
+                return from(vec![(0, Err(err))]);
             }
             let mut held = lock(&self.state.slot);
             if let Some((slot_index, input)) = held.take() {
                 drop(held);
-                let results = match self.connection.view(slot_index) {
+                let answer = match self.connection.view(slot_index) {
                     Ok(view) => read(&self.connection, &view),
-                    Err(err) => vec![(0, Err(err))],
+                    Err(err) => from(vec![(0, Err(err))]),
                 };
                 self.connection.release_slot(slot_index, input);
-                return results;
+                return answer;
             }
         }
     }
@@ -833,29 +821,22 @@ impl ShmConnection {
         }
     }
 
-    /// Decodes a result or error that lies in the slot and fits [`SmallOutput`]; `None`
-    /// for any other reply (left for [`read_results`](Self::read_results)).
+    /// Decodes a result or error that fits [`SmallOutput`] from a copy on the stack;
+    /// `None` for any other reply (left for [`read_results`](Self::read_results)).
     fn read_small_output<T>(
         &self,
         view: &SlotView,
         decode: fn(&[u8]) -> Result<T, TaskError>,
     ) -> Option<Result<T, TaskError>> {
-        let load = |field| view.word(field).load(Ordering::Relaxed);
-        let status = load(slot::STATUS);
-        let len = load(slot::OUTPUT_LEN) as usize;
-        let place = load(slot::OUTPUT_WHERE);
-        let small = matches!(place, layout::IN_LINE | layout::IN_SLOT)
-            && len <= SMALL_OUTPUT
-            && matches!(status, layout::STATUS_OK | layout::STATUS_ERROR);
-        if !small {
+        let status = view.word(slot::STATUS).load(Ordering::Relaxed);
+        let len = view.word(slot::OUTPUT_LEN).load(Ordering::Relaxed) as usize;
+        if len > SMALL_OUTPUT || !matches!(status, layout::STATUS_OK | layout::STATUS_ERROR) {
             return None;
         }
         let mut buffer = SmallOutput([0; SMALL_OUTPUT]);
         let bytes = &mut buffer.0[..len];
-        if place == layout::IN_LINE {
-            view.read_inline(bytes).ok()?;
-        } else {
-            view.read_payload(bytes).ok()?;
+        if let Err(err) = self.read_output(view, bytes) {
+            return Some(Err(err));
         }
         Some(if status == layout::STATUS_OK {
             decode(bytes)
@@ -864,30 +845,31 @@ impl ShmConnection {
         })
     }
 
-    fn read_results(&self, view: &SlotView) -> Results {
-        let load = |field| view.word(field).load(Ordering::Relaxed);
-        let status = load(slot::STATUS);
-        let len = load(slot::OUTPUT_LEN) as usize;
-        let mut bytes = Bytes::with_capacity(len);
-        bytes.resize(len, 0);
-        let copied = match load(slot::OUTPUT_WHERE) {
-            layout::IN_LINE => view.read_inline(&mut bytes).is_ok(),
-            layout::IN_SLOT => view.read_payload(&mut bytes).is_ok(),
+    /// Copies the reply's output bytes, wherever the runtime put them, into `dst`
+    /// (`dst.len()` is the output length the slot gives).
+    fn read_output(&self, view: &SlotView, dst: &mut [u8]) -> Result<(), TaskError> {
+        let copied = match view.word(slot::OUTPUT_WHERE).load(Ordering::Relaxed) {
+            layout::IN_LINE => view.read_inline(dst).is_ok(),
+            layout::IN_SLOT => view.read_payload(dst).is_ok(),
             layout::IN_RUNTIME_DATA => {
                 let offset = view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed);
                 usize::try_from(offset)
-                    .is_ok_and(|offset| self.runtime_data.read_bytes(offset, &mut bytes).is_ok())
+                    .is_ok_and(|offset| self.runtime_data.read_bytes(offset, dst).is_ok())
             }
             _ => false,
         };
-        if !copied {
-            return vec![(
-                0,
-                Err(TaskError::malformed(
-                    "output",
-                    "the runtime's reply lies outside its segments",
-                )),
-            )];
+        copied.then_some(()).ok_or_else(|| {
+            TaskError::malformed("output", "the runtime's reply lies outside its segments")
+        })
+    }
+
+    fn read_results(&self, view: &SlotView) -> Results {
+        let status = view.word(slot::STATUS).load(Ordering::Relaxed);
+        let len = view.word(slot::OUTPUT_LEN).load(Ordering::Relaxed) as usize;
+        let mut bytes = Bytes::with_capacity(len);
+        bytes.resize(len, 0);
+        if let Err(err) = self.read_output(view, &mut bytes) {
+            return vec![(0, Err(err))];
         }
         match status {
             layout::STATUS_OK => vec![(0, Ok(bytes))],
@@ -897,14 +879,7 @@ impl ShmConnection {
                     Ok(replicas) => replicas
                         .into_iter()
                         .map(|(container, result)| {
-                            (
-                                container,
-                                result.map(|raw| {
-                                    let mut aligned = Bytes::with_capacity(raw.len());
-                                    aligned.extend_from_slice(&raw);
-                                    aligned
-                                }),
-                            )
+                            (container, result.map(|raw| aligned_copy(&raw)))
                         })
                         .collect(),
                     Err(err) => vec![(0, Err(err))],

@@ -426,13 +426,14 @@ impl<'a> SlotView<'a> {
         let slot_size = geometry.slot_size as usize;
         // The geometry may come from a header a peer wrote: a slot too small for its
         // header, or not 8-aligned, is refused here so that `word` needs no checks.
-        if slot_size < SLOT_HEADER || !offset.is_multiple_of(8) {
-            return Err(AccessError::Misaligned { offset, align: 8 });
+        if slot_size < SLOT_HEADER {
+            return Err(AccessError::OutOfBounds {
+                offset,
+                len: SLOT_HEADER,
+                size: slot_size,
+            });
         }
-        segment.check_range(offset, slot_size)?;
-        // In bounds: checked just above; the mapping's base is not null.
-        let base = NonNull::new(segment.base().wrapping_add(offset))
-            .ok_or(AccessError::Misaligned { offset, align: 8 })?;
+        let base = segment.range_ptr(offset, slot_size, 8)?;
         Ok(SlotView {
             segment,
             offset,
@@ -465,28 +466,14 @@ impl<'a> SlotView<'a> {
 
     /// Copies `src` (at most [`slot::INLINE_OUTPUT_LEN`] bytes) into the reply line.
     pub fn write_inline(&self, src: &[u8]) -> Result<(), AccessError> {
-        if src.len() > slot::INLINE_OUTPUT_LEN {
-            return Err(AccessError::OutOfBounds {
-                offset: slot::INLINE_OUTPUT,
-                len: src.len(),
-                size: slot::INLINE_OUTPUT_LEN,
-            });
-        }
-        self.segment
-            .write_bytes(self.offset + slot::INLINE_OUTPUT, src)
+        let at = self.area(slot::INLINE_OUTPUT, slot::INLINE_OUTPUT_LEN, src.len())?;
+        self.segment.write_bytes(at, src)
     }
 
     /// Copies the first `dst.len()` bytes of the reply line's output into `dst`.
     pub fn read_inline(&self, dst: &mut [u8]) -> Result<(), AccessError> {
-        if dst.len() > slot::INLINE_OUTPUT_LEN {
-            return Err(AccessError::OutOfBounds {
-                offset: slot::INLINE_OUTPUT,
-                len: dst.len(),
-                size: slot::INLINE_OUTPUT_LEN,
-            });
-        }
-        self.segment
-            .read_bytes(self.offset + slot::INLINE_OUTPUT, dst)
+        let at = self.area(slot::INLINE_OUTPUT, slot::INLINE_OUTPUT_LEN, dst.len())?;
+        self.segment.read_bytes(at, dst)
     }
 
     /// Payload capacity.
@@ -496,26 +483,27 @@ impl<'a> SlotView<'a> {
 
     /// Copies `src` into the payload (`src.len() <= payload_len()`).
     pub fn write_payload(&self, src: &[u8]) -> Result<(), AccessError> {
-        if src.len() > self.payload {
-            return Err(AccessError::OutOfBounds {
-                offset: SLOT_HEADER,
-                len: src.len(),
-                size: self.payload,
-            });
-        }
-        self.segment.write_bytes(self.offset + SLOT_HEADER, src)
+        let at = self.area(SLOT_HEADER, self.payload, src.len())?;
+        self.segment.write_bytes(at, src)
     }
 
     /// Copies the first `dst.len()` payload bytes into `dst`.
     pub fn read_payload(&self, dst: &mut [u8]) -> Result<(), AccessError> {
-        if dst.len() > self.payload {
+        let at = self.area(SLOT_HEADER, self.payload, dst.len())?;
+        self.segment.read_bytes(at, dst)
+    }
+
+    /// The segment offset of `len` bytes at `start` of this slot, in an area of
+    /// `capacity` bytes.
+    fn area(&self, start: usize, capacity: usize, len: usize) -> Result<usize, AccessError> {
+        if len > capacity {
             return Err(AccessError::OutOfBounds {
-                offset: SLOT_HEADER,
-                len: dst.len(),
-                size: self.payload,
+                offset: start,
+                len,
+                size: capacity,
             });
         }
-        self.segment.read_bytes(self.offset + SLOT_HEADER, dst)
+        Ok(self.offset + start)
     }
 }
 

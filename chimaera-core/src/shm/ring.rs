@@ -413,9 +413,7 @@ mod tests {
             producer.push(value).unwrap();
             assert_eq!(consumer.pop(), Ok(Some(value)));
         }
-        // A scribbled `last` naming the count being popped but another value: only a
-        // word the producer wrote for this count is taken, so here the entry is read
-        // when the count does not match.
+        // A scribbled `last` naming another count: it is ignored and the entry is read.
         producer.push(10).unwrap();
         region
             .atomic_u64(LAST)

@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
+use std::ptr::NonNull;
 
 use super::naming::ShmName;
 
@@ -331,6 +332,23 @@ impl Segment {
     /// Checks that `offset..offset + len` lies in the segment.
     pub fn check_range(&self, offset: usize, len: usize) -> Result<(), AccessError> {
         check_range(self.len(), offset, len)
+    }
+
+    /// A pointer to `offset..offset + len`, checked to lie in the segment and to be
+    /// aligned to `align`; valid while the segment is mapped.
+    pub fn range_ptr(
+        &self,
+        offset: usize,
+        len: usize,
+        align: usize,
+    ) -> Result<NonNull<u8>, AccessError> {
+        let ptr = self.checked_ptr(offset, len, align)?;
+        // A mapping never starts at address 0.
+        NonNull::new(ptr).ok_or(AccessError::OutOfBounds {
+            offset,
+            len,
+            size: self.len(),
+        })
     }
 
     /// The `AtomicU32` at `offset` (4-byte aligned, in bounds).

@@ -118,15 +118,12 @@ fn bulk_share(
     data_share: usize,
     mapping: &Arc<dyn Send + Sync>,
 ) -> Result<BulkShare, ServeError> {
-    let start = client as usize * data_share;
-    client_data
-        .check_range(start, data_share)
+    let base = client_data
+        .range_ptr(client as usize * data_share, data_share, 1)
         .map_err(|e| ServeError::Layout(e.to_string()))?;
-    // SAFETY: `check_range` proved `start..start + data_share` inside the mapping, so the
-    // pointer is in bounds and non-null.
-    let base = unsafe { std::ptr::NonNull::new_unchecked(client_data.base().add(start)) };
-    // SAFETY: the range is mapped read-write while `mapping` (a handle on the same
-    // segment) lives, and shares of different clients are disjoint (`data_share` apart).
+    // SAFETY: `range_ptr` proved the range inside the mapping, which is read-write and
+    // lives while `mapping` (a handle on the same segment) does; shares of different
+    // clients are disjoint (`data_share` apart).
     Ok(unsafe { BulkShare::new(base, data_share, mapping.clone()) })
 }
 
@@ -534,7 +531,7 @@ impl ShmServer {
                     "this client has no periodic task {id} (cancelled already?)"
                 ))),
             };
-            self.write_result(client, slot_index, generation, result);
+            self.write_result(client, slot_index, generation, result.as_ref().map(|b| *b));
             return;
         }
         match self.decode_slot(&view, client) {
@@ -564,23 +561,18 @@ impl ShmServer {
                             Some(id) => encode(&id),
                             None => Ok(Bytes::new()),
                         };
-                        self.write_result(
-                            client,
-                            slot_index,
-                            generation,
-                            ack.as_deref().map_err(Clone::clone),
-                        )
+                        self.write_result(client, slot_index, generation, ack.as_deref())
                     }
                     Ok(()) => {}
                     Err(err) => {
                         if let Some(id) = periodic_id {
                             lock(&entry.periodic).remove(&id);
                         }
-                        self.write_result(client, slot_index, generation, Err(err))
+                        self.write_result(client, slot_index, generation, Err(&err))
                     }
                 }
             }
-            Err(err) => self.write_result(client, slot_index, generation, Err(err)),
+            Err(err) => self.write_result(client, slot_index, generation, Err(&err)),
         }
     }
 
@@ -655,14 +647,14 @@ impl ShmServer {
         client: u32,
         slot_index: u32,
         generation: u32,
-        result: Result<&[u8], TaskError>,
+        result: Result<&[u8], &TaskError>,
     ) {
         match result {
             Ok(bytes) => {
                 self.write_output(client, slot_index, generation, layout::STATUS_OK, bytes)
             }
             Err(err) => {
-                let bytes = encode_error(&err);
+                let bytes = encode_error(err);
                 self.write_output(client, slot_index, generation, layout::STATUS_ERROR, &bytes);
             }
         }
@@ -704,18 +696,19 @@ impl ShmServer {
         status: u32,
         bytes: &[u8],
     ) {
-        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
-        if bytes.len() <= slot::INLINE_OUTPUT_LEN && view.write_inline(bytes).is_ok() {
-            set(slot::STATUS, status);
-            set(slot::OUTPUT_LEN, bytes.len() as u32);
-            set(slot::OUTPUT_WHERE, layout::IN_LINE);
-            return;
+        // The output descriptor: status, length and where the bytes lie.
+        let describe = |status: u32, len: usize, place: u32| {
+            view.word(slot::STATUS).store(status, Ordering::Relaxed);
+            view.word(slot::OUTPUT_LEN)
+                .store(len as u32, Ordering::Relaxed);
+            view.word(slot::OUTPUT_WHERE)
+                .store(place, Ordering::Relaxed);
+        };
+        if view.write_inline(bytes).is_ok() {
+            return describe(status, bytes.len(), layout::IN_LINE);
         }
-        if bytes.len() <= view.payload_len() && view.write_payload(bytes).is_ok() {
-            set(slot::STATUS, status);
-            set(slot::OUTPUT_LEN, bytes.len() as u32);
-            set(slot::OUTPUT_WHERE, layout::IN_SLOT);
-            return;
+        if view.write_payload(bytes).is_ok() {
+            return describe(status, bytes.len(), layout::IN_SLOT);
         }
         let extent = {
             let mut arena = lock(&self.runtime_arena);
@@ -728,11 +721,9 @@ impl ShmServer {
         match extent {
             Some(extent) if self.runtime_data.write_bytes(extent.offset, bytes).is_ok() => {
                 lock(&entry.overflow)[slot_index as usize] = Some(extent);
-                set(slot::STATUS, status);
-                set(slot::OUTPUT_LEN, bytes.len() as u32);
-                set(slot::OUTPUT_WHERE, layout::IN_RUNTIME_DATA);
                 view.word64(slot::OUTPUT_OFFSET)
                     .store(extent.offset as u64, Ordering::Relaxed);
+                describe(status, bytes.len(), layout::IN_RUNTIME_DATA);
             }
             other => {
                 if let Some(extent) = other {
@@ -743,9 +734,7 @@ impl ShmServer {
                     bytes.len()
                 )));
                 let _ = view.write_payload(&err);
-                set(slot::STATUS, layout::STATUS_ERROR);
-                set(slot::OUTPUT_LEN, err.len() as u32);
-                set(slot::OUTPUT_WHERE, layout::IN_SLOT);
+                describe(layout::STATUS_ERROR, err.len(), layout::IN_SLOT);
             }
         }
     }
@@ -756,10 +745,10 @@ impl ShmServer {
             if !self.active(client) {
                 continue;
             }
-            let Ok(control) = self.header.control(&self.geometry, client) else {
+            let Ok(generation) = self.header.generation(&self.geometry, client) else {
                 continue;
             };
-            let generation = control.generation.load(Ordering::Acquire);
+            let generation = generation.load(Ordering::Acquire);
             let entry = &self.clients[client as usize];
             let mut ring = lock(&entry.ring);
             while let Ok(Some(slot_index)) = ring.pop() {
@@ -769,7 +758,7 @@ impl ShmServer {
                         client,
                         slot_index,
                         generation,
-                        Err(TaskError::RuntimeStopped),
+                        Err(&TaskError::RuntimeStopped),
                     );
                 }
             }
@@ -816,19 +805,14 @@ impl ReplySink for ShmServer {
         result: Result<&[u8], TaskError>,
     ) {
         let ReplyKey([client, slot, generation]) = key;
-        self.write_result(client, slot, generation, result);
+        self.write_result(client, slot, generation, result.as_ref().map(|b| *b));
     }
 
     fn complete(&self, key: ReplyKey, mut results: Vec<(ContainerId, Result<Bytes, TaskError>)>) {
         let ReplyKey([client, slot, generation]) = key;
         if results.len() == 1 {
             let (_, result) = results.remove(0);
-            self.write_result(
-                client,
-                slot,
-                generation,
-                result.as_deref().map_err(Clone::clone),
-            );
+            self.write_result(client, slot, generation, result.as_deref());
             return;
         }
         let replicas: Vec<(u32, Result<Vec<u8>, TaskError>)> = results

@@ -135,7 +135,6 @@ pub fn expand(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifes
         let TaskNames { id, archived, .. } = TaskNames::of(task);
         quote!(#module::#id => { #private::access::<#module::#archived>(#input, "input")?; })
     });
-    let copy = local("copy");
     let save_in = exhaustive_match(quote!(*#input), save_in_arms.collect());
     let save_out = exhaustive_match(quote!(*#input), save_out_arms.collect());
 
@@ -235,9 +234,7 @@ pub fn expand(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifes
                     #(#copy_arms)*
                     _ => return #unknown,
                 }
-                let mut #copy = #private::Bytes::with_capacity(#input.len());
-                #copy.extend_from_slice(#input);
-                ::core::result::Result::Ok(#copy)
+                ::core::result::Result::Ok(#private::aligned_copy(#input))
             }
         }
     }
