@@ -44,6 +44,12 @@ pub(super) fn connect(config: &RuntimeConfig) -> Result<Client, ExitCode> {
     }
 }
 
+/// Whether the runtime of `config`'s instance is up, or the exit code after saying why
+/// its lock file cannot be checked (a link, a FIFO, another user's file at its name).
+fn alive(config: &RuntimeConfig) -> Result<bool, ExitCode> {
+    runtime_alive(&config.instance).map_err(|err| fail(FAILED, err))
+}
+
 fn not_running(config: &RuntimeConfig) -> ExitCode {
     fail(
         FAILED,
@@ -156,8 +162,10 @@ pub(super) fn stop(grace_ms: Option<u64>) -> ExitCode {
         Err(code) => return code,
     };
     let instance = &config.instance;
-    if !runtime_alive(instance) {
-        return not_running(&config);
+    match alive(&config) {
+        Ok(true) => {}
+        Ok(false) => return not_running(&config),
+        Err(code) => return code,
     }
     let grace_ms = grace_ms
         .unwrap_or_else(|| u64::try_from(config.stop_grace_period.as_millis()).unwrap_or(u64::MAX));
@@ -179,7 +187,12 @@ pub(super) fn stop(grace_ms: Option<u64>) -> ExitCode {
         }
     }
     let deadline = Instant::now() + Duration::from_millis(grace_ms) + STOP_MARGIN;
-    while runtime_alive(instance) {
+    loop {
+        match alive(&config) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(code) => return code,
+        }
         if Instant::now() >= deadline {
             return fail(
                 FAILED,
@@ -201,9 +214,13 @@ pub(super) fn status() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    if !runtime_alive(&config.instance) {
-        println!("chimaera runtime `{}` is not running", config.instance);
-        return ExitCode::from(FAILED);
+    match alive(&config) {
+        Ok(true) => {}
+        Ok(false) => {
+            println!("chimaera runtime `{}` is not running", config.instance);
+            return ExitCode::from(FAILED);
+        }
+        Err(code) => return code,
     }
     let client = match connect(&config) {
         Ok(client) => client,

@@ -124,10 +124,14 @@ impl ShmConnection {
             instance: instance.to_string(),
             detail,
         };
-        if !runtime_alive(instance) {
-            return Err(ConnectError::NotRunning {
-                instance: instance.to_string(),
-            });
+        match runtime_alive(instance) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ConnectError::NotRunning {
+                    instance: instance.to_string(),
+                })
+            }
+            Err(err) => return Err(io(err.to_string())),
         }
         let name = |role| ShmName::segment(instance, role).map_err(|e| io(e.to_string()));
         let open = |role| match Segment::open(&name(role)?) {
@@ -247,7 +251,8 @@ impl ShmConnection {
         if self.dead.load(Ordering::Acquire) {
             return true;
         }
-        let gone = !runtime_alive(&self.instance) || !self.main.still_linked();
+        // A lock file that can no longer be checked means no runtime we can trust.
+        let gone = !runtime_alive(&self.instance).unwrap_or(false) || !self.main.still_linked();
         if gone {
             self.dead.store(true, Ordering::Release);
         }

@@ -1,48 +1,60 @@
 //! Who is alive: liveness from `flock` locks the kernel releases when a process dies.
 //!
-//! The runtime holds an exclusive `flock` on `chimaera-{user}-{instance}.lock` for its
-//! whole life ([`RuntimeLock`]); each client process holds one on
-//! `chimaera-{user}-{instance}@client-{slot}.lock` ([`ClientLock`]). A process killed by
-//! SIGKILL, or crashing at any instruction, loses its locks at once because the kernel
-//! closes its files. A prober ([`runtime_alive`], [`client_alive`]) tries a shared lock
-//! without blocking: if it gets it, nobody holds the exclusive one and the owner is dead.
-//! Unlike a pid written in a file, this cannot be fooled by pid reuse.
+//! The runtime holds an exclusive `flock` on `{instance}.lock` in the user directory for
+//! its whole life ([`RuntimeLock`]); each client process holds one on
+//! `{instance}@client-{slot}.lock` ([`ClientLock`]). A process killed by SIGKILL, or
+//! crashing at any instruction, loses its locks at once because the kernel closes its
+//! files. A prober ([`runtime_alive`], [`client_alive`]) tries a shared lock without
+//! blocking: if it gets it, nobody holds the exclusive one and the owner is dead. Unlike a
+//! pid written in a file, this cannot be fooled by pid reuse.
 //!
 //! # Invariants
 //!
+//! * **Lock files are opened like every file of an instance**: through
+//!   [`RuntimeDir`], relative to the verified `0700` user directory, with
+//!   `O_NOFOLLOW | O_NONBLOCK` (and `O_CREAT | O_EXCL` when creating), and checked with
+//!   `fstat` to be a regular file with one link, owned by the effective user and closed to
+//!   others *before* anything is locked, read or written. A symlink, FIFO or foreign file
+//!   at a lock's name is a [`LockFileError`] naming it: never followed, never waited on,
+//!   never truncated. The runtime truncates its lock file (to write its pid) only after
+//!   those checks and after it holds the lock.
 //! * **Only a holder unlinks a lock file.** Whoever removes a lock file (its owner on a
 //!   clean exit, the runtime reclaiming a dead client's slot) first holds the exclusive
-//!   lock on it. An acquirer, after locking, checks that the path still names the file
+//!   lock on it. An acquirer, after locking, checks that the name still names the file
 //!   it locked and starts over if not. Together these make "holds the lock on the file the
-//!   path names" exclusive even while files are removed and re-created concurrently.
+//!   name names" exclusive even while files are removed and re-created concurrently.
+//!   Removal is `unlinkat` of the name in the directory the lock was taken in.
 //! * The runtime lock file holds the holder's pid in decimal, for messages only; nothing
 //!   decides liveness from it.
-//! * Lock files are created with mode `0600`; a lock file owned by another user or open to
-//!   others is refused (another user could otherwise hold it to keep us from starting).
 //! * The runtime lock protects the instance's other files: [`RuntimeLock::remove_stale`]
-//!   is only reachable while holding it.
+//!   is only reachable while holding it, and removes only regular files and sockets of
+//!   ours; anything else at an instance's name is reported, not swept away.
 //!
 //! # Failure modes
 //!
 //! * A prober's shared lock lasts microseconds, but an acquirer that tries at that moment
 //!   would see the lock busy; acquirers retry a few times over a few milliseconds before
 //!   reporting [`RuntimeLockError::AlreadyRunning`] or [`ClientLockError::SlotTaken`].
-//! * A lock file that cannot be opened for another reason makes the probes answer "not
-//!   alive": for a client that means "no runtime I can reach".
+//! * [`runtime_alive`] answers `Ok(false)` when there is no lock file and an error when
+//!   what sits at its name cannot be trusted, so `chimaera runtime status` and
+//!   `Client::connect` say what is wrong instead of "not running" (or hanging).
+//!   [`client_alive`], the runtime's probe of its clients, counts such a file as a dead
+//!   client (and logs it): reclaiming the slot is the safe side.
 //! * "Alive" means "some process of this user holds the lock". A client that outlived a
 //!   runtime must also check that its segments are still the current ones
 //!   ([`crate::shm::Segment::still_linked`]): after a restart the lock is held again, by
 //!   the new runtime.
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
-use super::naming::{client_lock_slot, instance_files, InstanceName, ShmName};
+use super::dir::{file_identity, Access, DirError, FileError, RuntimeDir};
+use super::naming::{client_lock_slot, InstanceName, ShmName};
 
 /// How often an acquirer retries a busy lock before believing it is held for good.
 const BUSY_RETRIES: u32 = 5;
@@ -51,6 +63,8 @@ const BUSY_PAUSE: Duration = Duration::from_millis(2);
 /// Bound on start-overs when lock files are replaced under an acquirer (each needs a
 /// concurrent remove and re-create, so a handful is plenty).
 const REPLACED_RETRIES: u32 = 100;
+/// Longest pid text read back from a lock file.
+const PID_TEXT_MAX: usize = 16;
 
 /// Why the runtime lock could not be taken (or stale files not removed).
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +82,7 @@ pub enum RuntimeLockError {
         /// The holder's pid, when it could be read from the lock file.
         pid: Option<u32>,
     },
-    /// The lock file could not be used (permission, or another I/O failure).
+    /// The lock file, or a stale file, could not be used.
     #[error(transparent)]
     File(#[from] LockFileError),
 }
@@ -95,7 +109,7 @@ pub enum ClientLockError {
         /// How many slots there are.
         max_clients: u32,
     },
-    /// The lock file could not be used (permission, or another I/O failure).
+    /// The lock file could not be used.
     #[error(transparent)]
     File(#[from] LockFileError),
 }
@@ -103,15 +117,14 @@ pub enum ClientLockError {
 /// Why a lock file (of the runtime or of a client) could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LockFileError {
-    /// The lock file belongs to another user, is open to others, or may not be opened.
-    #[error("permission denied on lock file {}: {reason}; remove it or run as its owner", path.display())]
-    Permission {
-        /// The lock file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Any other I/O failure.
+    /// The user directory cannot be used.
+    #[error(transparent)]
+    Dir(#[from] DirError),
+    /// Something other than a lock file of ours sits at the name (a link, a FIFO, a file
+    /// of another user or open to others, …).
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Locking or writing failed.
     #[error("{action} {} failed: {source}", path.display())]
     Io {
         /// What was being done.
@@ -128,22 +141,34 @@ pub enum LockFileError {
 #[derive(Debug)]
 struct HeldLock {
     file: File,
-    path: PathBuf,
+    dir: RuntimeDir,
+    name: ShmName,
 }
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
-        // We hold the lock, so by the protocol nobody else may unlink or replace the file:
-        // if the path still names our file, removing it is ours to do. Closing the file
-        // (after this) releases the lock.
-        if names_file(&self.path, &self.file) {
-            if let Err(err) = std::fs::remove_file(&self.path) {
-                if err.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!("could not remove lock file {}: {err}", self.path.display());
-                }
-            }
+        // Closing the file (after this) releases the lock.
+        unlink_held(&self.dir, &self.name, &self.file);
+    }
+}
+
+/// Removes the lock file `name`, whose exclusive lock we hold through `file`. By the
+/// protocol nobody else may unlink or replace it meanwhile: if the name still names our
+/// file, removing it is ours to do (if it does not, our file is gone anyway).
+fn unlink_held(dir: &RuntimeDir, name: &ShmName, file: &File) {
+    if names_file(dir, name, file) {
+        if let Err(err) = dir.remove(name) {
+            tracing::warn!("could not remove lock file {name}: {err}");
         }
     }
+}
+
+/// What an attempt at an exclusive lock found.
+enum Attempt {
+    /// We hold it.
+    Held(HeldLock),
+    /// A live process holds it; the file is kept to read the holder's pid from.
+    Busy(File),
 }
 
 /// The runtime's liveness lock for one instance, held for the runtime's life.
@@ -158,21 +183,25 @@ impl Drop for HeldLock {
 /// ```
 #[derive(Debug)]
 pub struct RuntimeLock {
-    _held: HeldLock,
+    held: HeldLock,
     instance: InstanceName,
 }
 
 impl RuntimeLock {
     /// Takes the instance's runtime lock and writes our pid into it; fails with
     /// [`RuntimeLockError::AlreadyRunning`] if a live process holds it. A lock file left
-    /// by a dead runtime is simply taken over.
+    /// by a dead runtime is taken over (after the checks in the module docs).
     pub fn acquire(instance: &InstanceName) -> Result<RuntimeLock, RuntimeLockError> {
+        let dir = RuntimeDir::for_user().map_err(LockFileError::from)?;
         let name = ShmName::runtime_lock(instance);
-        let Some(held) = lock_exclusive(&name.path())? else {
-            return Err(RuntimeLockError::AlreadyRunning {
-                instance: instance.clone(),
-                pid: read_pid(&name.path()),
-            });
+        let held = match lock_exclusive(dir, &name)? {
+            Attempt::Held(held) => held,
+            Attempt::Busy(file) => {
+                return Err(RuntimeLockError::AlreadyRunning {
+                    instance: instance.clone(),
+                    pid: read_pid(&file),
+                })
+            }
         };
         let pid = format!("{}\n", std::process::id());
         held.file
@@ -180,11 +209,11 @@ impl RuntimeLock {
             .and_then(|()| held.file.write_all_at(pid.as_bytes(), 0))
             .map_err(|source| LockFileError::Io {
                 action: "writing the pid into",
-                path: held.path.clone(),
+                path: held.dir.path_of(&name),
                 source,
             })?;
         Ok(RuntimeLock {
-            _held: held,
+            held,
             instance: instance.clone(),
         })
     }
@@ -194,38 +223,25 @@ impl RuntimeLock {
         &self.instance
     }
 
-    /// Removes what a dead runtime of this instance left in `/dev/shm`: every segment,
-    /// and every client lock file no live client holds (a client of the dead runtime that
-    /// still runs keeps its slot until it notices and exits). Returns the removed paths.
+    /// Removes what a dead runtime of this instance left in the user directory: every
+    /// segment, its socket, and every client lock file no live client holds (a client of
+    /// the dead runtime that still runs keeps its slot until it notices and exits).
+    /// Returns the removed paths. Anything at an instance's name that is not a regular
+    /// file or socket of ours (a link, a FIFO, a directory, another user's file) is an
+    /// error, and stays for the user to inspect.
     pub fn remove_stale(&self) -> Result<Vec<PathBuf>, RuntimeLockError> {
-        let files = instance_files(&self.instance).map_err(|source| LockFileError::Io {
-            action: "listing",
-            path: PathBuf::from(super::naming::SHM_DIR),
-            source,
-        })?;
+        let dir = &self.held.dir;
         let mut removed = Vec::new();
-        for path in files {
-            let file_name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            let gone = match client_lock_slot(&self.instance, file_name) {
-                Some(_) => remove_if_unheld(&path)?,
-                None => match std::fs::remove_file(&path) {
-                    Ok(()) => true,
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => false,
-                    Err(source) => {
-                        return Err(LockFileError::Io {
-                            action: "removing stale",
-                            path,
-                            source,
-                        }
-                        .into())
-                    }
-                },
+        for name in dir
+            .instance_files(&self.instance)
+            .map_err(LockFileError::from)?
+        {
+            let gone = match client_lock_slot(&self.instance, name.as_str()) {
+                Some(_) => remove_if_unheld(dir, &name)?,
+                None => dir.remove_own(&name).map_err(LockFileError::from)?,
             };
             if gone {
-                removed.push(path);
+                removed.push(dir.path_of(&name));
             }
         }
         Ok(removed)
@@ -233,19 +249,19 @@ impl RuntimeLock {
 }
 
 /// Whether a runtime of `instance` is alive (holds its runtime lock). Never blocks.
-pub fn runtime_alive(instance: &InstanceName) -> bool {
-    is_held(&ShmName::runtime_lock(instance).path())
+/// `Ok(false)` if there is no lock file; an error if something untrustworthy sits at its
+/// name (see the module docs).
+pub fn runtime_alive(instance: &InstanceName) -> Result<bool, LockFileError> {
+    let dir = RuntimeDir::for_user()?;
+    Ok(probe(&dir, &ShmName::runtime_lock(instance))?.is_some())
 }
 
 /// The pid the runtime of `instance` wrote into its lock file, if one is alive and the
-/// file is readable. For messages; liveness comes from [`runtime_alive`].
+/// file is usable. For messages; liveness comes from [`runtime_alive`].
 pub fn runtime_pid(instance: &InstanceName) -> Option<u32> {
-    let path = ShmName::runtime_lock(instance).path();
-    if is_held(&path) {
-        read_pid(&path)
-    } else {
-        None
-    }
+    let dir = RuntimeDir::for_user().ok()?;
+    let file = probe(&dir, &ShmName::runtime_lock(instance)).ok()??;
+    read_pid(&file)
 }
 
 /// A client process's liveness lock on its slot, held for the client's life.
@@ -260,14 +276,14 @@ impl ClientLock {
     /// Takes the lock of `slot`; fails with [`ClientLockError::SlotTaken`] if a live
     /// process holds it. A lock file left by a dead client is taken over.
     pub fn acquire(instance: &InstanceName, slot: u32) -> Result<ClientLock, ClientLockError> {
-        let path = ShmName::client_lock(instance, slot).path();
-        match lock_exclusive(&path)? {
-            Some(held) => Ok(ClientLock {
+        let dir = RuntimeDir::for_user().map_err(LockFileError::from)?;
+        match lock_exclusive(dir, &ShmName::client_lock(instance, slot))? {
+            Attempt::Held(held) => Ok(ClientLock {
                 _held: held,
                 instance: instance.clone(),
                 slot,
             }),
-            None => Err(ClientLockError::SlotTaken {
+            Attempt::Busy(_) => Err(ClientLockError::SlotTaken {
                 instance: instance.clone(),
                 slot,
             }),
@@ -302,111 +318,101 @@ impl ClientLock {
     }
 }
 
-/// Whether a live client holds `slot` of `instance`. Never blocks.
+/// Whether a live client holds `slot` of `instance`. Never blocks. A lock file that
+/// cannot be trusted counts as a dead client (logged; see the module docs).
 pub fn client_alive(instance: &InstanceName, slot: u32) -> bool {
-    is_held(&ShmName::client_lock(instance, slot).path())
+    let name = ShmName::client_lock(instance, slot);
+    let held = RuntimeDir::for_user()
+        .map_err(LockFileError::from)
+        .and_then(|dir| probe(&dir, &name));
+    match held {
+        Ok(held) => held.is_some(),
+        Err(err) => {
+            tracing::warn!(
+                slot,
+                "client lock unusable, counting the client as dead: {err}"
+            );
+            false
+        }
+    }
 }
 
 /// Removes the lock file of `slot` unless a live client holds it. Returns whether the
 /// slot is now free of a lock file (true also when there was none).
 pub fn remove_client_lock(instance: &InstanceName, slot: u32) -> Result<bool, ClientLockError> {
+    let dir = RuntimeDir::for_user().map_err(LockFileError::from)?;
     Ok(remove_if_unheld(
-        &ShmName::client_lock(instance, slot).path(),
+        &dir,
+        &ShmName::client_lock(instance, slot),
     )?)
 }
 
-/// Removes the lock file at `path` unless someone holds it; true if it is gone.
-fn remove_if_unheld(path: &Path) -> Result<bool, LockFileError> {
-    let file = match open_existing(path) {
-        Ok(Some(file)) => file,
-        Ok(None) => return Ok(true),
-        Err(source) => {
-            return Err(LockFileError::Io {
-                action: "opening",
-                path: path.to_owned(),
-                source,
-            })
-        }
+/// Removes the lock file `name` unless someone holds it; true if it is gone.
+fn remove_if_unheld(dir: &RuntimeDir, name: &ShmName) -> Result<bool, LockFileError> {
+    let file = match dir.open_file(name, Access::ReadOnly) {
+        Ok(file) => file,
+        Err(FileError::NotFound { .. }) => return Ok(true),
+        Err(err) => return Err(err.into()),
     };
-    if !try_flock(&file, FlockOperation::NonBlockingLockExclusive, path)? {
+    if !try_flock(&file, FlockOperation::NonBlockingLockExclusive, dir, name)? {
         return Ok(false);
     }
-    // Holding the lock: by the protocol the file is ours to unlink (HeldLock's drop does
-    // it if the path still names this file; if it does not, the old file is gone anyway).
-    drop(HeldLock {
-        file,
-        path: path.to_owned(),
-    });
+    unlink_held(dir, name, &file);
     Ok(true)
 }
 
-/// Takes an exclusive lock on the file at `path` (creating it, mode 0600), making sure the
-/// path still names the locked file. `Ok(None)` if a live process holds it.
-fn lock_exclusive(path: &Path) -> Result<Option<HeldLock>, LockFileError> {
+/// Takes an exclusive lock on the file `name` in `dir` (creating it, mode 0600), making
+/// sure the name still names the locked file.
+fn lock_exclusive(dir: RuntimeDir, name: &ShmName) -> Result<Attempt, LockFileError> {
     let mut busy = 0;
     for _ in 0..REPLACED_RETRIES {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| open_error(path, source))?;
-        let meta = file.metadata().map_err(|source| LockFileError::Io {
-            action: "inspecting",
-            path: path.to_owned(),
-            source,
-        })?;
-        check_owner(&meta, path)?;
-        if !try_flock(&file, FlockOperation::NonBlockingLockExclusive, path)? {
+        let file = dir.open_or_create_file(name)?;
+        if !try_flock(&file, FlockOperation::NonBlockingLockExclusive, &dir, name)? {
             busy += 1;
             if busy > BUSY_RETRIES {
-                return Ok(None);
+                return Ok(Attempt::Busy(file));
             }
             std::thread::sleep(BUSY_PAUSE);
             continue;
         }
-        if names_file(path, &file) {
-            return Ok(Some(HeldLock {
+        if names_file(&dir, name, &file) {
+            return Ok(Attempt::Held(HeldLock {
                 file,
-                path: path.to_owned(),
+                dir,
+                name: name.clone(),
             }));
         }
         // The file was unlinked (and maybe re-created) between our open and our lock:
-        // its remover held the lock. Start over on whatever the path names now.
+        // its remover held the lock. Start over on whatever the name names now.
     }
     Err(LockFileError::Io {
         action: "locking",
-        path: path.to_owned(),
+        path: dir.path_of(name),
         source: io::Error::other("the lock file kept being replaced while we locked it"),
     })
 }
 
-/// Whether some process holds an exclusive lock on the file at `path`.
-fn is_held(path: &Path) -> bool {
-    let Ok(Some(file)) = open_existing(path) else {
-        return false;
+/// The lock file `name` if some process holds an exclusive lock on it; `None` if there
+/// is no such file or nobody holds it.
+fn probe(dir: &RuntimeDir, name: &ShmName) -> Result<Option<File>, LockFileError> {
+    let file = match dir.open_file(name, Access::ReadOnly) {
+        Ok(file) => file,
+        Err(FileError::NotFound { .. }) => return Ok(None),
+        Err(err) => return Err(err.into()),
     };
-    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
-        // We got it, so nobody holds it exclusively; closing the file releases ours.
-        Ok(()) => false,
-        Err(Errno::WOULDBLOCK) => true,
-        Err(_) => false,
-    }
-}
-
-/// Opens an existing lock file read-only; `Ok(None)` if it does not exist.
-fn open_existing(path: &Path) -> io::Result<Option<File>> {
-    match File::open(path) {
-        Ok(file) => Ok(Some(file)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err),
-    }
+    // Getting the shared lock means nobody holds it exclusively; closing the file (on
+    // return) releases ours.
+    let free = try_flock(&file, FlockOperation::NonBlockingLockShared, dir, name)?;
+    Ok((!free).then_some(file))
 }
 
 /// Tries a non-blocking `flock`; false if another holder blocks it.
-fn try_flock(file: &File, op: FlockOperation, path: &Path) -> Result<bool, LockFileError> {
+fn try_flock(
+    file: &File,
+    op: FlockOperation,
+    dir: &RuntimeDir,
+    name: &ShmName,
+) -> Result<bool, LockFileError> {
     loop {
         match rustix::fs::flock(file, op) {
             Ok(()) => return Ok(true),
@@ -415,7 +421,7 @@ fn try_flock(file: &File, op: FlockOperation, path: &Path) -> Result<bool, LockF
             Err(errno) => {
                 return Err(LockFileError::Io {
                     action: "locking",
-                    path: path.to_owned(),
+                    path: dir.path_of(name),
                     source: errno.into(),
                 })
             }
@@ -423,49 +429,16 @@ fn try_flock(file: &File, op: FlockOperation, path: &Path) -> Result<bool, LockF
     }
 }
 
-/// Whether `path` currently names the same file as `file`.
-fn names_file(path: &Path, file: &File) -> bool {
-    match (std::fs::metadata(path), file.metadata()) {
-        (Ok(at_path), Ok(ours)) => (at_path.dev(), at_path.ino()) == (ours.dev(), ours.ino()),
-        _ => false,
-    }
+/// Whether `name` in `dir` currently names the same file as `file`.
+fn names_file(dir: &RuntimeDir, name: &ShmName, file: &File) -> bool {
+    file_identity(file).is_ok_and(|ours| dir.identity_of(name) == Some(ours))
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn open_error(path: &Path, source: io::Error) -> LockFileError {
-    if source.kind() == io::ErrorKind::PermissionDenied {
-        LockFileError::Permission {
-            path: path.to_owned(),
-            reason: format!("cannot open it ({source})"),
-        }
-    } else {
-        LockFileError::Io {
-            action: "opening",
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-fn check_owner(meta: &std::fs::Metadata, path: &Path) -> Result<(), LockFileError> {
-    let me = rustix::process::geteuid().as_raw();
-    let reason = if meta.uid() != me {
-        format!("it is owned by uid {}, not by you (uid {me})", meta.uid())
-    } else if meta.mode() & 0o077 != 0 {
-        format!(
-            "its mode is {:o}, open to other users (want 600)",
-            meta.mode() & 0o777
-        )
-    } else {
-        return Ok(());
-    };
-    Err(LockFileError::Permission {
-        path: path.to_owned(),
-        reason,
-    })
+/// The pid at the start of a lock file, read from its (checked) descriptor.
+fn read_pid(file: &File) -> Option<u32> {
+    let mut text = [0u8; PID_TEXT_MAX];
+    let len = file.read_at(&mut text, 0).ok()?;
+    std::str::from_utf8(&text[..len]).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -475,14 +448,15 @@ mod tests {
     use crate::shm::segment::Segment;
     use crate::shm::test_util::instance;
     use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::OpenOptionsExt;
     use std::process::{Command, Stdio};
 
     #[test]
     fn the_runtime_lock_is_exclusive_and_released_on_drop() {
         let inst = instance("rtlock");
-        assert!(!runtime_alive(&inst));
+        assert!(!runtime_alive(&inst).unwrap());
         let lock = RuntimeLock::acquire(&inst).unwrap();
-        assert!(runtime_alive(&inst));
+        assert!(runtime_alive(&inst).unwrap());
         assert_eq!(runtime_pid(&inst), Some(std::process::id()));
 
         // A second open file description cannot take it, even in the same process.
@@ -497,7 +471,7 @@ mod tests {
 
         drop(lock);
         assert!(!ShmName::runtime_lock(&inst).path().exists());
-        assert!(!runtime_alive(&inst));
+        assert!(!runtime_alive(&inst).unwrap());
         assert_eq!(runtime_pid(&inst), None);
         drop(RuntimeLock::acquire(&inst).unwrap());
     }
@@ -509,7 +483,7 @@ mod tests {
         std::fs::write(&path, "999999\n").unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        assert!(!runtime_alive(&inst));
+        assert!(!runtime_alive(&inst).unwrap());
         let lock = RuntimeLock::acquire(&inst).unwrap();
         assert_eq!(runtime_pid(&inst), Some(std::process::id()));
         drop(lock);
@@ -526,7 +500,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                RuntimeLockError::File(LockFileError::Permission { .. })
+                RuntimeLockError::File(LockFileError::File(FileError::OpenToOthers { .. }))
             ),
             "{err}"
         );
@@ -569,7 +543,7 @@ mod tests {
             .any(|line| line.contains("locked"));
         assert!(locked, "the child never took the lock");
 
-        assert!(runtime_alive(&inst));
+        assert!(runtime_alive(&inst).unwrap());
         match RuntimeLock::acquire(&inst) {
             Err(RuntimeLockError::AlreadyRunning { pid, .. }) => assert_eq!(pid, Some(child.id())),
             other => panic!("expected AlreadyRunning, got {other:?}"),
@@ -578,7 +552,7 @@ mod tests {
         child.kill().unwrap(); // SIGKILL: no destructor runs, the lock file stays
         child.wait().unwrap();
         assert!(ShmName::runtime_lock(&inst).path().exists());
-        assert!(!runtime_alive(&inst));
+        assert!(!runtime_alive(&inst).unwrap());
         drop(RuntimeLock::acquire(&inst).unwrap());
     }
 
@@ -663,5 +637,170 @@ mod tests {
         drop(live);
         assert!(lock.remove_stale().unwrap().is_empty());
         Segment::unlink(&other).unwrap();
+    }
+    /// A victim file with known content, outside the user directory but on the same file
+    /// system (so it can also be hard-linked in).
+    fn victim(tag: &str) -> PathBuf {
+        let path = PathBuf::from(format!(
+            "{}/chimaera-ut-victim-{}-{tag}",
+            crate::shm::naming::parent_dir().display(),
+            std::process::id()
+        ));
+        std::fs::write(&path, "precious").unwrap();
+        path
+    }
+
+    fn lock_file_error(err: &RuntimeLockError) -> &FileError {
+        match err {
+            RuntimeLockError::File(LockFileError::File(file)) => file,
+            other => panic!("expected a lock file error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_symlink_at_a_lock_name_is_never_followed() {
+        let inst = instance("locklink");
+        let victim = victim("locklink");
+        let runtime = ShmName::runtime_lock(&inst).path();
+        let client = ShmName::client_lock(&inst, 0).path();
+        std::os::unix::fs::symlink(&victim, &runtime).unwrap();
+        std::os::unix::fs::symlink(&victim, &client).unwrap();
+
+        let err = RuntimeLock::acquire(&inst).unwrap_err();
+        assert!(
+            matches!(lock_file_error(&err), FileError::Symlink { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&*runtime.to_string_lossy()),
+            "{err}"
+        );
+        let err = runtime_alive(&inst).unwrap_err();
+        assert!(
+            matches!(err, LockFileError::File(FileError::Symlink { .. })),
+            "{err}"
+        );
+        assert_eq!(runtime_pid(&inst), None);
+
+        let err = ClientLock::acquire(&inst, 0).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientLockError::File(LockFileError::File(FileError::Symlink { .. }))
+            ),
+            "{err}"
+        );
+        assert!(!client_alive(&inst, 0));
+        assert!(remove_client_lock(&inst, 0).is_err());
+
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        for path in [&runtime, &client] {
+            assert!(std::fs::symlink_metadata(path).unwrap().is_symlink());
+            std::fs::remove_file(path).unwrap();
+        }
+        std::fs::remove_file(victim).unwrap();
+    }
+
+    #[test]
+    fn a_hard_link_at_the_runtime_lock_is_not_truncated() {
+        let inst = instance("lockhard");
+        let victim = victim("lockhard");
+        let runtime = ShmName::runtime_lock(&inst).path();
+        std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::hard_link(&victim, &runtime).unwrap();
+        let err = RuntimeLock::acquire(&inst).unwrap_err();
+        assert!(
+            matches!(
+                lock_file_error(&err),
+                FileError::HardLinked { links: 2, .. }
+            ),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_file(runtime).unwrap();
+        std::fs::remove_file(victim).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_at_a_lock_name_is_refused_without_blocking() {
+        let inst = instance("lockfifo");
+        let runtime = ShmName::runtime_lock(&inst).path();
+        let client = ShmName::client_lock(&inst, 1).path();
+        for path in [&runtime, &client] {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                path,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from(0o600),
+                0,
+            )
+            .unwrap();
+        }
+        let err = RuntimeLock::acquire(&inst).unwrap_err();
+        assert!(
+            matches!(lock_file_error(&err), FileError::WrongKind { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        assert!(runtime_alive(&inst).is_err());
+        assert_eq!(runtime_pid(&inst), None);
+        assert!(ClientLock::acquire(&inst, 1).is_err());
+        assert!(!client_alive(&inst, 1));
+        assert!(remove_client_lock(&inst, 1).is_err());
+        for path in [&runtime, &client] {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_lock_file_of_another_user_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to give a file to uid 65534");
+            return;
+        }
+        let inst = instance("lockowner");
+        let path = ShmName::runtime_lock(&inst).path();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let err = RuntimeLock::acquire(&inst).unwrap_err();
+        assert!(
+            matches!(
+                lock_file_error(&err),
+                FileError::NotOwned { owner: 65534, .. }
+            ),
+            "{err}"
+        );
+        assert!(runtime_alive(&inst).is_err());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "the file was written"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn remove_stale_refuses_what_it_did_not_make_and_follows_nothing() {
+        let inst = instance("sweeplink");
+        let victim = victim("sweeplink");
+        let lock = RuntimeLock::acquire(&inst).unwrap();
+        let main = ShmName::segment(&inst, ROLE_MAIN).unwrap();
+        std::os::unix::fs::symlink(&victim, main.path()).unwrap();
+        let err = lock.remove_stale().unwrap_err();
+        assert!(
+            matches!(lock_file_error(&err), FileError::Symlink { .. }),
+            "{err}"
+        );
+        assert!(std::fs::symlink_metadata(main.path()).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_file(main.path()).unwrap();
+        std::fs::remove_file(victim).unwrap();
+        assert!(lock.remove_stale().unwrap().is_empty());
     }
 }

@@ -3,12 +3,14 @@
 //! This is the lowest layer of the client ↔ runtime transport. It knows nothing of tasks,
 //! pools or clients; it offers:
 //!
-//! * [`naming`]: the file names of everything an instance keeps in `/dev/shm`
-//!   (`chimaera-{user}-{instance}@{role}`, plus lock files), and the validated
-//!   [`InstanceName`];
-//! * [`segment`]: a named, mapped file in `/dev/shm` ([`Segment`]) and checked views into
-//!   it ([`ShmRegion`]): every access is by offset, bounds- and alignment-checked, and
-//!   returns an error instead of panicking;
+//! * [`naming`]: the names of everything an instance keeps on disk (`{instance}@{role}`,
+//!   lock files, the socket) in the per-user directory `/dev/shm/chimaera-{user}`, and the
+//!   validated [`InstanceName`];
+//! * [`dir`]: that directory ([`RuntimeDir`]), verified to be ours and mode `0700`, and
+//!   the only way files in it are opened, created and removed;
+//! * [`segment`]: a named, mapped file in that directory ([`Segment`]) and checked views
+//!   into it ([`ShmRegion`]): every access is by offset, bounds- and alignment-checked,
+//!   and returns an error instead of panicking;
 //! * [`liveness`]: who is alive, from `flock` locks the kernel drops when a process dies
 //!   (even by SIGKILL), robust against pid reuse;
 //! * [`futex`]: process-shared futex wait/wake on a word of a shared mapping;
@@ -19,9 +21,14 @@
 //!
 //! * Nothing in shared memory is a pointer: structures are found by offset from the start
 //!   of a segment, and every offset read from shared memory is checked before use.
-//! * Segments and lock files are created with mode `0600` and must be owned by the
-//!   effective user; a file owned by anyone else is refused, so another user can neither
-//!   read our tasks nor feed us bytes.
+//! * Every file lives in the per-user directory, which must be a real directory (not a
+//!   link) owned by the effective user with mode `0700`. Files are created with
+//!   `O_CREAT | O_EXCL` and mode `0600`, opened with `O_NOFOLLOW | O_NONBLOCK` relative
+//!   to the directory's descriptor, and must then be regular files with one link, owned
+//!   by the effective user and closed to others. A symlink, FIFO or foreign file at a
+//!   name is a typed error naming it: nothing is followed, truncated or waited on, so
+//!   another user can neither read our tasks, nor feed us bytes, nor make us write
+//!   through a link ([`dir`] has the details).
 //! * A peer process may die at any instruction or write any byte it can reach. The blocks
 //!   here never panic on such input and never loop on it forever: they report errors
 //!   (`Corrupt`, `OutOfBounds`, …) and leave the decision to the caller.
@@ -35,6 +42,7 @@
 
 pub mod arena;
 pub mod connection;
+pub mod dir;
 pub mod futex;
 pub mod layout;
 pub mod liveness;
@@ -43,6 +51,7 @@ pub mod ring;
 pub mod segment;
 pub mod server;
 
+pub use dir::{Access, DirError, FileError, RuntimeDir};
 pub use futex::WaitOutcome;
 pub use liveness::{
     client_alive, remove_client_lock, runtime_alive, ClientLock, ClientLockError, LockFileError,
@@ -58,7 +67,9 @@ pub(crate) mod test_util {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A fresh instance name for one test: unique across parallel tests and test runs.
+    /// Also makes sure the user directory exists, for tests that plant files in it.
     pub(crate) fn instance(tag: &str) -> InstanceName {
+        super::RuntimeDir::for_user().expect("the user directory is usable");
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         InstanceName::new(&format!("ut-{}-{n}-{tag}", std::process::id()))

@@ -1,40 +1,53 @@
-//! Names of the files an instance keeps in `/dev/shm`.
+//! Names and places of the files an instance keeps on disk.
 //!
-//! One runtime **instance** (a name from the config, so several runtimes and parallel tests
-//! can coexist) owns these files, all in [`SHM_DIR`]:
+//! Every file of every instance of one user lives in one directory, the **user
+//! directory** `{parent}/chimaera-{user}` (mode `0700`; [`crate::shm::dir`] creates and
+//! verifies it and is the only way files in it are opened). `{parent}` is `/dev/shm` (a
+//! tmpfs on every Linux system), or the directory named by the environment variable
+//! [`PARENT_DIR_ENV`] (`CHI_SHM_DIR`), read once per process: a runtime and its clients
+//! must agree on it. One runtime **instance** (a name from the config, so several runtimes
+//! and parallel tests can coexist) owns these files in it:
 //!
 //! | file | what |
 //! | --- | --- |
-//! | `chimaera-{user}-{instance}.lock` | the runtime's liveness lock ([`crate::shm::liveness`]) |
-//! | `chimaera-{user}-{instance}@{role}` | a segment: roles [`ROLE_MAIN`], [`ROLE_CLIENT_DATA`], [`ROLE_RUNTIME_DATA`], … |
-//! | `chimaera-{user}-{instance}@client-{slot}.lock` | the liveness lock of the client in `slot` |
+//! | `{instance}.lock` | the runtime's liveness lock ([`crate::shm::liveness`]) |
+//! | `{instance}@{role}` | a segment: roles [`ROLE_MAIN`], [`ROLE_CLIENT_DATA`], [`ROLE_RUNTIME_DATA`], … |
+//! | `{instance}@client-{slot}.lock` | the liveness lock of the client in `slot` |
+//! | `{instance}.sock` | the runtime's Unix domain socket ([`ShmName::socket`]) |
 //!
 //! `{user}` is the effective user's login name when it is made of `[A-Za-z0-9_]` only, else
-//! the numeric uid; it keeps two users' runtimes of the same instance name apart (and the
-//! files are mode `0600` anyway).
+//! the numeric uid; it keeps two users' directories apart.
 //!
 //! # Invariants
 //!
 //! * An [`InstanceName`] matches `[A-Za-z0-9_.-]{1,64}`; a role matches `[a-z0-9-]{1,32}`.
-//! * The map from (user, instance, role) to file name is one-to-one. That is why the
-//!   segment and client-lock names put an `@` (never part of an instance name) after the
-//!   instance rather than a `-`: with `-`, instance `a`'s client-3 lock
-//!   (`chimaera-u-a-client-3.lock`) would be instance `a-client-3`'s runtime lock, and
-//!   removing instance `a`'s stale files would delete another instance's. For the same
-//!   reason `{user}` never contains `-`. [`instance_files`] relies on this to list exactly
-//!   one instance's files.
+//!   No file name contains `/`, and none is `.` or `..`: a name always means one entry of
+//!   the user directory.
+//! * The map from (instance, role) to file name is one-to-one. That is why the segment and
+//!   client-lock names put an `@` (never part of an instance name) after the instance:
+//!   with `-`, instance `a`'s client-3 lock (`a-client-3.lock`) would be instance
+//!   `a-client-3`'s runtime lock, and removing instance `a`'s stale files would delete
+//!   another instance's. The socket `{instance}.sock` never ends in `.lock` and holds no
+//!   `@`, so it is no other instance's file either. [`is_instance_file`] relies on this to
+//!   pick exactly one instance's files out of the user directory.
 //!
 //! # Failure modes
 //!
-//! Bad instance or role names are a [`NameError`] saying which characters are allowed;
-//! nothing here touches the file system except [`instance_files`] (a directory listing).
+//! Bad instance or role names are a [`NameError`] saying which characters are allowed.
+//! Nothing here touches the file system except [`instance_files`] (a listing, through
+//! [`RuntimeDir`]) and the one-time lookup of the login name in `/etc/passwd`.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// Where segments and lock files live (a tmpfs on every Linux system).
-pub const SHM_DIR: &str = "/dev/shm";
+use super::dir::{DirError, RuntimeDir};
+
+/// Where the user directory lives unless [`PARENT_DIR_ENV`] says otherwise.
+pub const DEFAULT_PARENT_DIR: &str = "/dev/shm";
+/// Environment variable naming another parent for the user directory (a tmpfs with more
+/// room, or a test's own directory). Unset or empty: [`DEFAULT_PARENT_DIR`].
+pub const PARENT_DIR_ENV: &str = "CHI_SHM_DIR";
 /// Role of the main segment: queues, task slots, runtime header.
 pub const ROLE_MAIN: &str = "main";
 /// Role of the client-data segment: buffers clients allocate for bulk data.
@@ -118,7 +131,8 @@ impl FromStr for InstanceName {
     }
 }
 
-/// The file name (in [`SHM_DIR`]) of one segment or lock file of an instance.
+/// The name of one file of an instance in the user directory (a segment, a lock file,
+/// the socket).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ShmName {
     file: String,
@@ -126,7 +140,7 @@ pub struct ShmName {
 }
 
 impl ShmName {
-    /// `chimaera-{user}-{instance}@{role}`: a segment of `instance`.
+    /// `{instance}@{role}`: a segment of `instance`.
     pub fn segment(instance: &InstanceName, role: &str) -> Result<ShmName, NameError> {
         let ok = (1..=MAX_ROLE_LEN).contains(&role.len())
             && role
@@ -143,18 +157,38 @@ impl ShmName {
         })
     }
 
-    /// `chimaera-{user}-{instance}.lock`: the runtime's liveness lock.
+    /// `{instance}.lock`: the runtime's liveness lock.
     pub fn runtime_lock(instance: &InstanceName) -> ShmName {
         ShmName {
-            file: format!("chimaera-{}-{instance}.lock", user_tag()),
+            file: format!("{instance}.lock"),
             instance: instance.clone(),
         }
     }
 
-    /// `chimaera-{user}-{instance}@client-{slot}.lock`: the lock of the client in `slot`.
+    /// `{instance}@client-{slot}.lock`: the lock of the client in `slot`.
     pub fn client_lock(instance: &InstanceName, slot: u32) -> ShmName {
         ShmName {
             file: format!("{}client-{slot}.lock", instance_prefix(instance)),
+            instance: instance.clone(),
+        }
+    }
+
+    /// `{instance}.sock`: the runtime's Unix domain socket. The runtime binds it after
+    /// [`crate::shm::RuntimeLock::remove_stale`] (which removes a dead runtime's socket);
+    /// a client checks it with [`RuntimeDir::check_socket`] before connecting. Its path
+    /// must fit `sockaddr_un` (107 bytes): with the default parent that leaves room for
+    /// a user tag and an instance name of up to 80 bytes together.
+    pub fn socket(instance: &InstanceName) -> ShmName {
+        ShmName {
+            file: format!("{instance}.sock"),
+            instance: instance.clone(),
+        }
+    }
+
+    /// A name found in the user directory that [`is_instance_file`] said is `instance`'s.
+    pub(crate) fn listed(instance: &InstanceName, file: String) -> ShmName {
+        ShmName {
+            file,
             instance: instance.clone(),
         }
     }
@@ -169,20 +203,23 @@ impl ShmName {
         &self.instance
     }
 
-    /// The full path, in [`SHM_DIR`].
+    /// The full path, in the user directory ([`user_dir`]). For messages, tests and
+    /// system calls that take only a path (`bind`, `connect`); files are opened through
+    /// [`RuntimeDir`], never by this path.
     pub fn path(&self) -> PathBuf {
-        Path::new(SHM_DIR).join(&self.file)
+        user_dir().join(&self.file)
     }
 }
 
 impl fmt::Display for ShmName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{SHM_DIR}/{}", self.file)
+        write!(f, "{}", self.path().display())
     }
 }
 
-/// The tag that stands for the effective user in file names: the login name when it is
-/// made of `[A-Za-z0-9_]` only, else the numeric uid. Computed once per process.
+/// The tag that stands for the effective user in the user directory's name: the login
+/// name when it is made of `[A-Za-z0-9_]` only, else the numeric uid. Computed once per
+/// process.
 pub fn user_tag() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
     TAG.get_or_init(|| {
@@ -193,6 +230,28 @@ pub fn user_tag() -> &'static str {
             })
             .unwrap_or_else(|| uid.to_string())
     })
+}
+
+/// The directory the user directory lives in: `CHI_SHM_DIR` if set and not empty, else
+/// `/dev/shm`. Read once per process.
+pub fn parent_dir() -> &'static Path {
+    static PARENT: OnceLock<PathBuf> = OnceLock::new();
+    PARENT.get_or_init(|| {
+        std::env::var_os(PARENT_DIR_ENV)
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PARENT_DIR))
+    })
+}
+
+/// `chimaera-{user}`: the name of the user directory in its parent.
+pub fn user_dir_name() -> String {
+    format!("chimaera-{}", user_tag())
+}
+
+/// `{parent}/chimaera-{user}`: where every file of every instance of this user lives.
+pub fn user_dir() -> PathBuf {
+    parent_dir().join(user_dir_name())
 }
 
 /// The login name of `uid` from `/etc/passwd`, if it is listed there.
@@ -206,29 +265,28 @@ fn login_name(uid: u32) -> Option<String> {
     })
 }
 
-/// `chimaera-{user}-{instance}@`: the start of every segment and client-lock file name of
-/// `instance`, and of no other instance's files.
+/// `{instance}@`: the start of every segment and client-lock file name of `instance`, and
+/// of no other instance's files.
 fn instance_prefix(instance: &InstanceName) -> String {
-    format!("chimaera-{}-{instance}@", user_tag())
+    format!("{instance}@")
 }
 
-/// Every segment and client-lock file of `instance` now in [`SHM_DIR`] (not the runtime
-/// lock). A missing or unreadable directory yields an error.
-pub fn instance_files(instance: &InstanceName) -> std::io::Result<Vec<PathBuf>> {
-    let prefix = instance_prefix(instance);
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(SHM_DIR)? {
-        let entry = entry?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.starts_with(&prefix))
-        {
-            found.push(entry.path());
-        }
-    }
-    found.sort();
-    Ok(found)
+/// Whether `file` (a name in the user directory) is one of `instance`'s segments, client
+/// locks or its socket: every file of the instance but its runtime lock.
+pub(crate) fn is_instance_file(instance: &InstanceName, file: &str) -> bool {
+    file.starts_with(&instance_prefix(instance)) || file == ShmName::socket(instance).as_str()
+}
+
+/// Every segment, client-lock file and socket of `instance` now in the user directory
+/// (not the runtime lock), sorted. For tests and tools; the runtime's own clean-up goes
+/// through [`crate::shm::RuntimeLock::remove_stale`].
+pub fn instance_files(instance: &InstanceName) -> Result<Vec<PathBuf>, DirError> {
+    let dir = RuntimeDir::for_user()?;
+    Ok(dir
+        .instance_files(instance)?
+        .iter()
+        .map(|name| dir.path_of(name))
+        .collect())
 }
 
 /// The slot of a client-lock file name of `instance`, if `file` is one.
@@ -260,24 +318,22 @@ mod tests {
     fn names_follow_the_scheme() {
         let inst = InstanceName::new("t-1").unwrap();
         let user = user_tag();
-        assert!(!user.is_empty() && !user.contains('-'));
+        assert!(!user.is_empty() && !user.contains('-') && !user.contains('/'));
+        assert_eq!(user_dir_name(), format!("chimaera-{user}"));
         assert_eq!(
             ShmName::segment(&inst, ROLE_MAIN).unwrap().as_str(),
-            format!("chimaera-{user}-t-1@main")
+            "t-1@main"
         );
-        assert_eq!(
-            ShmName::runtime_lock(&inst).as_str(),
-            format!("chimaera-{user}-t-1.lock")
-        );
+        assert_eq!(ShmName::runtime_lock(&inst).as_str(), "t-1.lock");
+        assert_eq!(ShmName::socket(&inst).as_str(), "t-1.sock");
         let client = ShmName::client_lock(&inst, 7);
-        assert_eq!(
-            client.as_str(),
-            format!("chimaera-{user}-t-1@client-7.lock")
-        );
+        assert_eq!(client.as_str(), "t-1@client-7.lock");
         assert_eq!(client_lock_slot(&inst, client.as_str()), Some(7));
-        assert_eq!(client.path(), Path::new("/dev/shm").join(client.as_str()));
+        assert_eq!(client.path(), user_dir().join("t-1@client-7.lock"));
+        assert_eq!(client.to_string(), client.path().display().to_string());
         assert!(ShmName::segment(&inst, "Main").is_err());
         assert!(ShmName::segment(&inst, "").is_err());
+        assert!(ShmName::segment(&inst, "a/b").is_err());
     }
 
     #[test]
@@ -293,9 +349,27 @@ mod tests {
             None
         );
         let c = InstanceName::new("a-main").unwrap();
-        assert!(!ShmName::segment(&c, "data")
-            .unwrap()
-            .as_str()
-            .starts_with(&instance_prefix(&a)));
+        assert!(!is_instance_file(
+            &a,
+            ShmName::segment(&c, "data").unwrap().as_str()
+        ));
+        // `a.sock` is instance `a`'s socket, and no file of instance `a.sock`.
+        let d = InstanceName::new("a.sock").unwrap();
+        for name in [
+            ShmName::runtime_lock(&d),
+            ShmName::socket(&d),
+            ShmName::segment(&d, ROLE_MAIN).unwrap(),
+            ShmName::client_lock(&d, 0),
+        ] {
+            assert!(!is_instance_file(&a, name.as_str()), "{name}");
+            assert_ne!(name.as_str(), ShmName::socket(&a).as_str());
+        }
+        assert!(is_instance_file(&a, ShmName::socket(&a).as_str()));
+        assert!(!is_instance_file(&a, ShmName::runtime_lock(&a).as_str()));
+        // No instance's file is `.` or `..`.
+        let dots = InstanceName::new("..").unwrap();
+        for name in [ShmName::runtime_lock(&dots), ShmName::socket(&dots)] {
+            assert!(name.as_str() != "." && name.as_str() != "..");
+        }
     }
 }

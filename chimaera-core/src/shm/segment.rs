@@ -1,4 +1,4 @@
-//! Named shared-memory segments: files in `/dev/shm`, mapped read-write and shared.
+//! Named shared-memory segments: files in the user directory, mapped read-write and shared.
 //!
 //! The runtime [`Segment::create`]s each segment of its instance (main, client data,
 //! runtime data); clients [`Segment::open`] them by name. Everything inside a segment is
@@ -8,17 +8,23 @@
 //!
 //! # Invariants
 //!
-//! * A segment file is created with `O_CREAT|O_EXCL` and mode `0600`, and its whole length
-//!   is reserved with `fallocate` before it is mapped: a full `/dev/shm` fails here with
-//!   [`SegmentError::NoSpace`] instead of killing a process with SIGBUS at its first touch
-//!   of a page. New segments read as zeros.
-//! * [`Segment::open`] refuses files not owned by the effective user or readable by
-//!   others, so another user cannot plant a segment for our clients to trust.
+//! * Segment files live in the verified user directory `/dev/shm/chimaera-{user}` (mode
+//!   `0700`) and are created and opened only through [`RuntimeDir`]: created with
+//!   `O_CREAT | O_EXCL | O_NOFOLLOW`, mode `0600`; opened with `O_NOFOLLOW | O_NONBLOCK`
+//!   and then checked with `fstat` to be a regular file with one link, owned by the
+//!   effective user and closed to others. A symlink, FIFO, directory or foreign file at
+//!   a segment's name is a [`SegmentError::File`] naming it; nothing is followed or
+//!   waited on, so another user cannot plant a segment for our clients to trust or make
+//!   them write through a link.
+//! * A new segment's whole length is reserved with `fallocate` before it is mapped: a
+//!   full `/dev/shm` fails here with [`SegmentError::NoSpace`] instead of killing a
+//!   process with SIGBUS at its first touch of a page. New segments read as zeros.
 //! * The mapping lives as long as any clone of the [`Segment`] handle (or a region, or a
 //!   ring built on it), so references it hands out never dangle. Its length never changes.
 //! * Only the creator removes the file on drop, only if asked
-//!   ([`Segment::remove_on_drop`]), and only if the path still names the file it created
-//!   (a newer runtime's segment of the same name is left alone).
+//!   ([`Segment::remove_on_drop`]), and only if the name still names the file it created
+//!   (a newer runtime's segment of the same name is left alone); removal is `unlinkat` in
+//!   the directory the handle was opened in, which never follows a link.
 //!
 //! # Failure modes
 //!
@@ -31,17 +37,16 @@
 //! Plain byte ranges a peer may be writing are read by copying ([`Segment::read_bytes`])
 //! or through the `unsafe` [`Segment::bytes`], whose caller promises that no one writes
 //! the range while the slice lives (for example a task's buffer while the task runs).
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
 use std::ptr::NonNull;
 
+use super::dir::{file_identity, Access, DirError, FileError, RuntimeDir};
 use super::naming::ShmName;
-
 /// Why a segment could not be created, opened or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -66,17 +71,13 @@ pub enum SegmentError {
         /// The segment.
         name: ShmName,
     },
-    /// The file belongs to another user, is open to others, or may not be opened.
-    #[error(
-        "permission denied on shared-memory segment {name}: {reason}; remove the file or run \
-         as the user who started the runtime"
-    )]
-    Permission {
-        /// The segment.
-        name: ShmName,
-        /// What is wrong with it.
-        reason: String,
-    },
+    /// The user directory cannot be used.
+    #[error(transparent)]
+    Dir(#[from] DirError),
+    /// Something other than a segment of ours sits at the name (a link, a FIFO, a file
+    /// of another user, …).
+    #[error(transparent)]
+    File(FileError),
     /// The segment is shorter than needed (or a zero length was asked for).
     #[error(
         "shared-memory segment {name} has {len} bytes but {need} are needed: the runtime may \
@@ -157,6 +158,9 @@ pub struct Segment {
 #[derive(Debug)]
 struct Inner {
     map: MmapRaw,
+    /// The directory the file was found in: removal and [`Segment::still_linked`] look
+    /// there, never through a path.
+    dir: RuntimeDir,
     name: ShmName,
     creator: bool,
     remove_on_drop: AtomicBool,
@@ -167,13 +171,11 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.creator && self.remove_on_drop.load(Ordering::Relaxed) && self.still_linked() {
-            if let Err(err) = std::fs::remove_file(self.name.path()) {
-                if err.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(
-                        "could not remove shared-memory segment {}: {err}",
-                        self.name
-                    );
-                }
+            if let Err(err) = self.dir.remove(&self.name) {
+                tracing::warn!(
+                    "could not remove shared-memory segment {}: {err}",
+                    self.name
+                );
             }
         }
     }
@@ -181,14 +183,13 @@ impl Drop for Inner {
 
 impl Inner {
     fn still_linked(&self) -> bool {
-        std::fs::metadata(self.name.path())
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity)
+        self.dir.identity_of(&self.name) == Some(self.identity)
     }
 }
 
 impl Segment {
     /// Creates the segment `name` of `len` bytes (mode `0600`, zero-filled, fully
-    /// reserved) and maps it. Fails with [`SegmentError::Exists`] if the file is there.
+    /// reserved) and maps it. Fails with [`SegmentError::Exists`] if anything has the name.
     pub fn create(name: &ShmName, len: usize) -> Result<Segment, SegmentError> {
         if len == 0 {
             return Err(SegmentError::TooSmall {
@@ -197,32 +198,18 @@ impl Segment {
                 need: 1,
             });
         }
-        let path = name.path();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::AlreadyExists => SegmentError::Exists { name: name.clone() },
-                io::ErrorKind::PermissionDenied => SegmentError::Permission {
-                    name: name.clone(),
-                    reason: format!("cannot create it ({source})"),
-                },
-                _ => SegmentError::Io {
-                    action: "creating",
-                    name: name.clone(),
-                    source,
-                },
-            })?;
-        let segment = reserve(&file, name, len as u64).and_then(|()| map(file, name, len, true));
-        if segment.is_err() {
+        let dir = RuntimeDir::for_user()?;
+        let file = dir.create_file(name).map_err(|err| match err {
+            FileError::Exists { .. } => SegmentError::Exists { name: name.clone() },
+            other => SegmentError::File(other),
+        })?;
+        if let Err(err) = reserve(&file, name, len as u64) {
             // Best effort: the file is ours and useless; a failure here leaves a stale
             // file the next start replaces.
-            let _ = std::fs::remove_file(&path);
+            let _ = dir.remove(name);
+            return Err(err);
         }
-        segment
+        map(file, dir, name, len, true)
     }
 
     /// Opens and maps the existing segment `name`, whatever its length (at least 1).
@@ -233,61 +220,42 @@ impl Segment {
     /// Opens and maps the existing segment `name`, which must hold at least `min_len`
     /// bytes.
     pub fn open_at_least(name: &ShmName, min_len: usize) -> Result<Segment, SegmentError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(name.path())
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => SegmentError::NotFound { name: name.clone() },
-                io::ErrorKind::PermissionDenied => SegmentError::Permission {
-                    name: name.clone(),
-                    reason: format!("cannot open it ({source})"),
-                },
-                _ => SegmentError::Io {
-                    action: "opening",
-                    name: name.clone(),
-                    source,
-                },
+        let dir = RuntimeDir::for_user()?;
+        let file = dir
+            .open_file(name, Access::ReadWrite)
+            .map_err(|err| match err {
+                FileError::NotFound { .. } => SegmentError::NotFound { name: name.clone() },
+                other => SegmentError::File(other),
             })?;
-        let meta = file.metadata().map_err(|source| SegmentError::Io {
+        let size = file.metadata().map_err(|source| SegmentError::Io {
             action: "inspecting",
             name: name.clone(),
             source,
         })?;
-        check_owner(&meta, name)?;
+        let size = size.len();
         let need = min_len.max(1) as u64;
-        if meta.len() < need {
+        if size < need {
             return Err(SegmentError::TooSmall {
                 name: name.clone(),
-                len: meta.len(),
+                len: size,
                 need,
             });
         }
-        let len = usize::try_from(meta.len()).map_err(|_| SegmentError::TooLarge {
+        let len = usize::try_from(size).map_err(|_| SegmentError::TooLarge {
             name: name.clone(),
-            len: meta.len(),
+            len: size,
         })?;
-        map(file, name, len, false)
+        map(file, dir, name, len, false)
     }
 
-    /// Removes the segment file `name`; a missing file is not an error. Processes that
-    /// mapped it keep their mapping until they drop it.
+    /// Removes the name `name` (whatever it names: `unlinkat` never follows a link); a
+    /// missing file is not an error. Processes that mapped it keep their mapping until
+    /// they drop it.
     pub fn unlink(name: &ShmName) -> Result<(), SegmentError> {
-        match std::fs::remove_file(name.path()) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
-                Err(SegmentError::Permission {
-                    name: name.clone(),
-                    reason: format!("cannot remove it ({source})"),
-                })
-            }
-            Err(source) => Err(SegmentError::Io {
-                action: "removing",
-                name: name.clone(),
-                source,
-            }),
-        }
+        RuntimeDir::for_user()?
+            .remove(name)
+            .map(drop)
+            .map_err(SegmentError::File)
     }
 
     /// Whether the file is removed when the last handle drops. Only the creator's handles
@@ -570,50 +538,33 @@ fn reserve(file: &File, name: &ShmName, len: u64) -> Result<(), SegmentError> {
     }
 }
 
-fn map(file: File, name: &ShmName, len: usize, creator: bool) -> Result<Segment, SegmentError> {
-    let meta = file.metadata().map_err(|source| SegmentError::Io {
-        action: "inspecting",
+fn map(
+    file: File,
+    dir: RuntimeDir,
+    name: &ShmName,
+    len: usize,
+    creator: bool,
+) -> Result<Segment, SegmentError> {
+    let io = |action, source| SegmentError::Io {
+        action,
         name: name.clone(),
         source,
-    })?;
+    };
+    let identity = file_identity(&file).map_err(|source| io("inspecting", source))?;
     let map = MmapOptions::new()
         .len(len)
         .map_raw(&file)
-        .map_err(|source| SegmentError::Io {
-            action: "mapping",
-            name: name.clone(),
-            source,
-        })?;
+        .map_err(|source| io("mapping", source))?;
     Ok(Segment {
         inner: Arc::new(Inner {
             map,
+            dir,
             name: name.clone(),
             creator,
             remove_on_drop: AtomicBool::new(false),
-            identity: (meta.dev(), meta.ino()),
+            identity,
         }),
     })
-}
-
-/// Refuses a file that another user owns or that others may read or write.
-fn check_owner(meta: &std::fs::Metadata, name: &ShmName) -> Result<(), SegmentError> {
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(SegmentError::Permission {
-            name: name.clone(),
-            reason: format!("it is owned by uid {}, not by you (uid {me})", meta.uid()),
-        });
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(SegmentError::Permission {
-            name: name.clone(),
-            reason: format!(
-                "its mode is {:o}, open to other users (want 600)",
-                meta.mode() & 0o777
-            ),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -621,6 +572,7 @@ mod tests {
     use super::*;
     use crate::shm::naming::ROLE_MAIN;
     use crate::shm::test_util::instance;
+    use std::os::unix::fs::MetadataExt;
 
     fn fresh(tag: &str) -> ShmName {
         ShmName::segment(&instance(tag), ROLE_MAIN).unwrap()
@@ -728,8 +680,80 @@ mod tests {
         seg.remove_on_drop(true);
         std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = Segment::open(&name).unwrap_err();
-        assert!(matches!(err, SegmentError::Permission { .. }), "{err}");
+        assert!(
+            matches!(err, SegmentError::File(FileError::OpenToOthers { .. })),
+            "{err}"
+        );
         assert!(err.to_string().contains("644"), "{err}");
+    }
+
+    /// A victim file outside the user directory, 0600, with known content.
+    fn victim(tag: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("chimaera-ut-victim-{}-{tag}", std::process::id()));
+        std::fs::write(&path, "precious").unwrap();
+        path
+    }
+
+    #[test]
+    fn a_symlink_at_a_segment_name_is_not_followed() {
+        let name = fresh("link");
+        RuntimeDir::for_user().unwrap();
+        let victim = victim("seglink");
+        std::os::unix::fs::symlink(&victim, name.path()).unwrap();
+        let err = Segment::open(&name).unwrap_err();
+        assert!(
+            matches!(err, SegmentError::File(FileError::Symlink { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&name.to_string()), "{err}");
+        let err = Segment::create(&name, 4096).unwrap_err();
+        assert!(matches!(err, SegmentError::Exists { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        Segment::unlink(&name).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_file(victim).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_at_a_segment_name_is_refused_without_blocking() {
+        let name = fresh("fifo");
+        let dir = RuntimeDir::for_user().unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &dir.path_of(&name),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from(0o600),
+            0,
+        )
+        .unwrap();
+        let err = Segment::open(&name).unwrap_err();
+        assert!(
+            matches!(err, SegmentError::File(FileError::WrongKind { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        Segment::unlink(&name).unwrap();
+    }
+
+    #[test]
+    fn a_segment_of_another_user_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to give a file to uid 65534");
+            return;
+        }
+        let name = fresh("owner");
+        drop(Segment::create(&name, 4096).unwrap());
+        std::os::unix::fs::chown(name.path(), Some(65534), Some(65534)).unwrap();
+        let err = Segment::open(&name).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SegmentError::File(FileError::NotOwned { owner: 65534, .. })
+            ),
+            "{err}"
+        );
+        Segment::unlink(&name).unwrap();
     }
 
     #[test]
