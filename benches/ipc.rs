@@ -958,7 +958,8 @@ fn check_residue(instance: &str, floor: &Path, iox: &IoxFiles) -> Res<()> {
 }
 
 /// Removes what earlier runs left when their coordinator was killed before its guards ran
-/// (e.g. by Ctrl-C): `/dev/shm/chimaera-…ipcbench-<pid>{-floor,.lock,@…}`,
+/// (e.g. by Ctrl-C): `/dev/shm/chimaera-ipcbench-<pid>-floor`, the instance's files
+/// `ipcbench-<pid>{.lock,.sock,@…}` in the user directory,
 /// `/dev/shm/iox2_chibench<pid>_…` and `/tmp/chimaera-ipcbench-<pid>-iceoryx2`, for pids
 /// that no longer exist. (Their runtimes got SIGTERM when the coordinator died.)
 fn remove_stale_runs() {
@@ -974,13 +975,17 @@ fn remove_stale_runs() {
             pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
         })
     };
-    for dir in ["/dev/shm", "/tmp"] {
+    let user_dir = chimaera::shm::naming::user_dir();
+    for dir in [Path::new("/dev/shm"), Path::new("/tmp"), &user_dir] {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = if dir == "/tmp" {
+            let pid = if dir == user_dir {
+                name.strip_prefix("ipcbench-")
+                    .and_then(|rest| pid_of(rest, &['.', '@']))
+            } else if dir == Path::new("/tmp") {
                 name.strip_prefix("chimaera-ipcbench-")
                     .filter(|rest| rest.ends_with("-iceoryx2"))
                     .and_then(|rest| pid_of(rest, &['-']))
@@ -1000,18 +1005,18 @@ fn remove_stale_runs() {
     }
 }
 
-/// The runtime instance's files in `/dev/shm`: `chimaera-{user}-{instance}.lock` and
-/// `chimaera-{user}-{instance}@…`.
+/// The runtime instance's files in the user directory (`/dev/shm/chimaera-{user}`):
+/// `{instance}.lock`, `{instance}.sock` and `{instance}@…`.
 fn instance_files(instance: &str) -> Vec<PathBuf> {
-    let (lock, segment) = (format!("-{instance}.lock"), format!("-{instance}@"));
-    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+    let (dot, at) = (format!("{instance}."), format!("{instance}@"));
+    let Ok(entries) = std::fs::read_dir(chimaera::shm::naming::user_dir()) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            name.starts_with("chimaera-") && (name.ends_with(&lock) || name.contains(&segment))
+            name.starts_with(&dot) || name.starts_with(&at)
         })
         .map(|entry| entry.path())
         .collect()

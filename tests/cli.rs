@@ -109,14 +109,16 @@ impl Instance {
         }
     }
 
-    /// Files of this instance left in `/dev/shm`.
+    /// Files of this instance left in the user directory (`/dev/shm/chimaera-{user}`):
+    /// its lock, segments, client locks and socket.
     fn shm_files(&self) -> Vec<String> {
-        std::fs::read_dir("/dev/shm")
+        let (dot, at) = (format!("{}.", self.name), format!("{}@", self.name));
+        std::fs::read_dir(chimaera::shm::naming::user_dir())
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
                     .filter_map(|entry| entry.file_name().into_string().ok())
-                    .filter(|name| name.starts_with("chimaera-") && name.contains(&self.name))
+                    .filter(|name| name.starts_with(&dot) || name.starts_with(&at))
                     .collect()
             })
             .unwrap_or_default()
