@@ -241,6 +241,14 @@ fn mkfifo(path: &Path) {
     .unwrap();
 }
 
+/// Why a client cannot attach to `config`'s runtime; fails the test if it can.
+fn connect_error(config: &RuntimeConfig) -> String {
+    match Client::connect_to(config) {
+        Ok(_) => panic!("a client attached to `{}`", config.instance),
+        Err(err) => err.to_string(),
+    }
+}
+
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -261,10 +269,8 @@ fn a_symlink_at_the_lock_is_refused_by_start_and_status_and_not_followed() {
     instance
         .run(&["runtime", "stop"])
         .fails_saying(&["symbolic link", &lock]);
-    let err = Client::connect_to(&instance.config())
-        .err()
-        .expect("connect fails");
-    assert!(err.to_string().contains("symbolic link"), "{err}");
+    let err = connect_error(&instance.config());
+    assert!(err.contains("symbolic link"), "{err}");
 
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     assert!(std::fs::symlink_metadata(instance.lock())
@@ -278,10 +284,8 @@ fn a_fifo_at_the_lock_is_refused_without_hanging() {
     mkfifo(&instance.lock());
     instance.run(&["runtime", "status"]).fails_saying(&["FIFO"]);
     instance.run(&["runtime", "start"]).fails_saying(&["FIFO"]);
-    let err = Client::connect_to(&instance.config())
-        .err()
-        .expect("connect fails");
-    assert!(err.to_string().contains("FIFO"), "{err}");
+    let err = connect_error(&instance.config());
+    assert!(err.contains("FIFO"), "{err}");
 }
 
 #[test]
@@ -330,7 +334,7 @@ fn a_client_refuses_a_planted_segment_of_a_live_runtime() {
     let main = instance.segment(ROLE_MAIN);
     std::fs::remove_file(&main).unwrap();
     std::os::unix::fs::symlink(&victim, &main).unwrap();
-    let err = Client::connect_to(&config).err().expect("connect fails");
+    let err = connect_error(&config);
     let text = err.to_string();
     assert!(
         text.contains("symbolic link") && text.contains(&*main.to_string_lossy()),
@@ -344,8 +348,8 @@ fn a_client_refuses_a_planted_segment_of_a_live_runtime() {
     // Then for a FIFO: refused, and nobody waits for a writer.
     std::fs::remove_file(&main).unwrap();
     mkfifo(&main);
-    let err = Client::connect_to(&config).err().expect("connect fails");
-    assert!(err.to_string().contains("FIFO"), "{err}");
+    let err = connect_error(&config);
+    assert!(err.contains("FIFO"), "{err}");
 
     // No client can reach the runtime now, so stop it by SIGTERM (the same clean stop):
     // it serves on, stops, and removes every name it owns, the planted one included.

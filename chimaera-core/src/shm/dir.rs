@@ -492,6 +492,7 @@ impl RuntimeDir {
                 mode: permissions(&stat),
             });
         }
+        #[allow(clippy::useless_conversion)] // `st_nlink` is a u32 on some targets
         let links = u64::from(stat.st_nlink);
         if links != 1 {
             return Err(FileError::HardLinked {

@@ -721,7 +721,7 @@ mod tests {
         let dir = RuntimeDir::for_user().unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &dir.path_of(&name),
+            dir.path_of(&name),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from(0o600),
             0,
