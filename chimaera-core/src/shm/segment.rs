@@ -91,10 +91,11 @@ pub enum SegmentError {
         /// The length needed.
         need: u64,
     },
-    /// `/dev/shm` has no room for the segment.
+    /// The file system of the user directory (`/dev/shm` unless `CHI_SHM_DIR` says
+    /// otherwise) has no room for the segment.
     #[error(
-        "no room in /dev/shm for segment {name} of {len} bytes: lower the `shm:` sizes in the \
-         config or free space in /dev/shm"
+        "no room for segment {name} of {len} bytes: lower the `shm:` sizes in the config, \
+         free space on its file system, or point CHI_SHM_DIR at a larger tmpfs"
     )]
     NoSpace {
         /// The segment.
