@@ -9,11 +9,11 @@
 //!
 //! # Invariants
 //!
-//! * **The parent is safe to hold it**: owned by root or by the effective user, and if
-//!   others may write it, sticky (like `/dev/shm`, mode `1777`). Then no other user can
-//!   rename or replace our directory in it, which is why a path into a verified
-//!   directory ([`RuntimeDir::path_of`]) may be handed to calls that only take paths
-//!   (`bind`, `connect` of a Unix socket).
+//! * **The parent is safe to hold it**: an absolute path, owned by root or by the
+//!   effective user, and if others may write it, sticky (like `/dev/shm`, mode `1777`).
+//!   Then no other user can rename or replace our directory in it, which is why a path
+//!   into a verified directory ([`RuntimeDir::path_of`]) may be handed to calls that only
+//!   take paths (`bind`, `connect` of a Unix socket).
 //! * **The directory is ours and closed**: opened with `O_DIRECTORY | O_NOFOLLOW` (a
 //!   symlink at its name is an error, never followed), then checked with `fstat` on that
 //!   descriptor: a directory, owned by the effective uid, mode exactly `0700`. Only a
@@ -553,14 +553,23 @@ fn identity(stat: &Stat) -> (u64, u64) {
     (stat.st_dev, stat.st_ino)
 }
 
-/// Opens `parent` (following links: its path is the administrator's choice) and checks
-/// that no other user can replace entries in it.
+/// Opens `parent` (an absolute path; following links: it is the administrator's choice)
+/// and checks that no other user can replace entries in it.
 fn open_parent(parent: &Path) -> Result<OwnedFd, DirError> {
     let io = |action, errno: Errno| DirError::Io {
         action,
         path: parent.to_owned(),
         source: errno.into(),
     };
+    if !parent.is_absolute() {
+        // A runtime and its clients may run in different working directories.
+        return Err(DirError::UnsafeParent {
+            path: parent.to_owned(),
+            reason: "it is a relative path, which processes in other working directories \
+                     would resolve elsewhere"
+                .to_owned(),
+        });
+    }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd =
         rustix::fs::open(parent, flags, Mode::empty()).map_err(|errno| io("opening", errno))?;
@@ -756,6 +765,9 @@ mod tests {
         assert!(!parent.user_dir().exists());
         set_mode(&parent.0, 0o1777);
         RuntimeDir::open_in(&parent.0).unwrap();
+        let err = RuntimeDir::open_in(Path::new("relative/dir")).unwrap_err();
+        assert!(matches!(err, DirError::UnsafeParent { .. }), "{err}");
+        assert!(err.to_string().contains("relative"), "{err}");
         if can_chown() {
             set_mode(&parent.0, 0o755);
             std::os::unix::fs::chown(&parent.0, Some(NOBODY), None).unwrap();
