@@ -174,12 +174,14 @@ enum Attempt {
 /// The runtime's liveness lock for one instance, held for the runtime's life.
 ///
 /// ```no_run
-/// use chimaera_core::shm::{InstanceName, RuntimeLock};
+/// use chimaera_core::shm::{InstanceName, RuntimeLock, ShmName};
 /// let instance = InstanceName::new("demo").unwrap();
 /// let lock = RuntimeLock::acquire(&instance)?;
-/// lock.remove_stale()?; // segments a dead runtime left
+/// lock.remove_stale()?; // segments and the socket a dead runtime left
+/// let socket = lock.dir().path_of(&ShmName::socket(&instance));
+/// let listener = std::os::unix::net::UnixListener::bind(&socket)?;
 /// // ... create fresh segments, serve ...
-/// # Ok::<(), chimaera_core::shm::RuntimeLockError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
 pub struct RuntimeLock {
@@ -221,6 +223,12 @@ impl RuntimeLock {
     /// The instance this lock is for.
     pub fn instance(&self) -> &InstanceName {
         &self.instance
+    }
+
+    /// The verified user directory the lock was taken in: where the instance's other
+    /// files go while the lock is held (its socket: `dir().path_of(&ShmName::socket(..))`).
+    pub fn dir(&self) -> &RuntimeDir {
+        &self.held.dir
     }
 
     /// Removes what a dead runtime of this instance left in the user directory: every
@@ -626,9 +634,13 @@ mod tests {
             .open(&dead)
             .unwrap();
 
+        // A dead runtime's socket: the file stays after its listener is gone.
+        let socket = ShmName::socket(&inst);
+        drop(std::os::unix::net::UnixListener::bind(lock.dir().path_of(&socket)).unwrap());
+
         let mut removed = lock.remove_stale().unwrap();
         removed.sort();
-        let mut expected = vec![main.path(), data.path(), dead];
+        let mut expected = vec![main.path(), data.path(), dead, socket.path()];
         expected.sort();
         assert_eq!(removed, expected);
         assert!(client_alive(&inst, 0));
