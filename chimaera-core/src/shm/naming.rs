@@ -28,7 +28,7 @@
 //!   with `-`, instance `a`'s client-3 lock (`a-client-3.lock`) would be instance
 //!   `a-client-3`'s runtime lock, and removing instance `a`'s stale files would delete
 //!   another instance's. The socket `{instance}.sock` never ends in `.lock` and holds no
-//!   `@`, so it is no other instance's file either. [`is_instance_file`] relies on this to
+//!   `@`, so it is no other instance's file either. `is_instance_file` relies on this to
 //!   pick exactly one instance's files out of the user directory.
 //!
 //! # Failure modes
