@@ -277,7 +277,7 @@ fn a_killed_client_disturbs_no_one_and_is_reclaimed() {
         runtime.usage().client_areas_in_use == 1
     });
     let baseline = runtime.usage();
-    assert_eq!(baseline.slots_in_use, 0);
+    assert_eq!(baseline.tasks_in_flight, 0);
 
     let mut victim = client_child(&runtime, "victim");
     wait_for_line(&mut victim, "victim ready");

@@ -25,6 +25,15 @@
 //!   spin_rounds: 2048        # polls an idle worker makes (each a yield to its other coroutines)
 //!   yield_rounds: 16         # more such polls; a worker parks after spin_rounds + yield_rounds empty polls
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them
+//! access:                    # who else may connect (the runtime's own uid always may)
+//!   uids: [1001]             # further uids (each 0..=4294967294; at most 1024 per list)
+//!   gids: [100]              # primary gids (as SO_PEERCRED reports them)
+//!   admin_uids: [1002]       # uids that may also StopRuntime, DestroyPool, Flush
+//! quotas:
+//!   tasks_in_flight: 1024    # tasks one client may have running or queued, fire-and-forget
+//!                            # and periodic ones included (1..=1048576); over it a task fails
+//!                            # with QuotaExceeded. A client's output bytes are bounded by its
+//!                            # output space: shm.runtime_data_size / max_clients
 //! pin_workers: false         # pin worker threads to cores
 //! compose:                   # pools created at boot, in this order
 //!   - module: bdev           # the chimod's name
@@ -98,7 +107,39 @@ pub struct RuntimeConfig {
     pub idle: IdlePolicy,
     /// Pools created at boot, in order.
     pub compose: Vec<PoolSpec>,
+    /// Who besides the runtime's own uid may connect and administer (`access:`).
+    pub access: AccessConfig,
+    /// Tasks one client may have in flight (`quotas.tasks_in_flight`).
+    pub client_tasks_in_flight: u32,
 }
+
+// --- added on branch `isolation`: who may connect, and per-client quotas ---
+/// Who besides the runtime's own effective uid may connect (`access:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "access")]
+pub struct AccessConfig {
+    /// Further uids allowed to connect.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Primary gids allowed to connect.
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    /// Uids allowed to connect and to use admin methods.
+    #[serde(default)]
+    pub admin_uids: Vec<u32>,
+}
+
+/// Most entries one `access` list may have.
+const MAX_ACCESS_ENTRIES: usize = 1024;
+/// Largest `quotas.tasks_in_flight`.
+const MAX_TASKS_IN_FLIGHT: u32 = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "quotas")]
+struct FileQuotas {
+    tasks_in_flight: Option<u32>,
+}
+// --- end of the `isolation` addition ---
 
 /// Sizes, in bytes, of the three shared-memory segments of a runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +195,8 @@ impl Default for RuntimeConfig {
                 yield_rounds: 16,
             },
             compose: Vec::new(),
+            access: AccessConfig::default(),
+            client_tasks_in_flight: 1024,
         }
     }
 }
@@ -264,6 +307,36 @@ impl RuntimeConfig {
             if !(MIN_SEGMENT..=MAX_SEGMENT).contains(&(size as u64)) {
                 return invalid(key, format!("is {size} bytes; use 4KiB to 1TiB"));
             }
+        }
+        for (key, list) in [
+            ("access.uids", &self.access.uids),
+            ("access.gids", &self.access.gids),
+            ("access.admin_uids", &self.access.admin_uids),
+        ] {
+            if list.len() > MAX_ACCESS_ENTRIES {
+                return invalid(
+                    key,
+                    format!(
+                        "has {} entries; list at most {MAX_ACCESS_ENTRIES}",
+                        list.len()
+                    ),
+                );
+            }
+            if list.contains(&u32::MAX) {
+                return invalid(
+                    key,
+                    "contains 4294967295 (-1), which is no user or group; remove it".to_owned(),
+                );
+            }
+        }
+        if !(1..=MAX_TASKS_IN_FLIGHT).contains(&self.client_tasks_in_flight) {
+            return invalid(
+                "quotas.tasks_in_flight",
+                format!(
+                    "is {}; use 1 to {MAX_TASKS_IN_FLIGHT}",
+                    self.client_tasks_in_flight
+                ),
+            );
         }
         let mut names = HashSet::new();
         for (i, pool) in self.compose.iter().enumerate() {
@@ -504,6 +577,8 @@ struct FileConfig {
     stop_grace_period_ms: Option<u64>,
     pin_workers: Option<bool>,
     compose: Option<Vec<FilePool>>,
+    access: Option<AccessConfig>,
+    quotas: Option<FileQuotas>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -589,6 +664,12 @@ impl FileConfig {
             if let Some(size) = shm.runtime_data_size {
                 config.shm.runtime_data_size = to_usize("shm.runtime_data_size", size)?;
             }
+        }
+        if let Some(access) = self.access {
+            config.access = access;
+        }
+        if let Some(tasks) = self.quotas.and_then(|quotas| quotas.tasks_in_flight) {
+            config.client_tasks_in_flight = tasks;
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {

@@ -34,12 +34,15 @@
 //! code is our own.
 
 pub mod arena;
+pub mod client_area;
 pub mod connection;
 pub mod futex;
+pub mod handshake;
 pub mod layout;
 pub mod liveness;
 pub mod naming;
 pub mod ring;
+pub mod runtime_page;
 pub mod segment;
 pub mod server;
 

@@ -270,6 +270,32 @@ impl Segment {
         map(file, name, len, false)
     }
 
+    // --- added on branch `isolation` (per-client memory handed over a Unix socket) ---
+    /// Maps the whole of `file`, an anonymous memory file (a memfd) this process made or
+    /// received over a Unix socket; `name` only labels errors. Nothing is removed on drop
+    /// (a memfd has no path), and [`still_linked`](Self::still_linked) is always false.
+    pub fn from_memfd(file: File, name: &ShmName) -> Result<Segment, SegmentError> {
+        let len = file
+            .metadata()
+            .map_err(|source| SegmentError::Io {
+                action: "inspecting",
+                name: name.clone(),
+                source,
+            })?
+            .len();
+        let len =
+            usize::try_from(len)
+                .ok()
+                .filter(|len| *len > 0)
+                .ok_or(SegmentError::TooSmall {
+                    name: name.clone(),
+                    len,
+                    need: 1,
+                })?;
+        map(file, name, len, false)
+    }
+    // --- end of the `isolation` addition ---
+
     /// Removes the segment file `name`; a missing file is not an error. Processes that
     /// mapped it keep their mapping until they drop it.
     pub fn unlink(name: &ShmName) -> Result<(), SegmentError> {
