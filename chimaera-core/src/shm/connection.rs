@@ -601,6 +601,21 @@ pub enum Forgery {
     InputWhere(u32),
 }
 
+/// A word of its own area a faulty or hostile client overwrites. For tests of the
+/// runtime's defences; not for applications.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum Scribble {
+    /// The ring's magic word.
+    RingMagic(u32),
+    /// The ring's capacity word.
+    RingCapacity(u32),
+    /// The ring's tail counter (a value far ahead of the head is a corrupt ring).
+    RingTail(u32),
+    /// The control line's state word.
+    ControlState(u32),
+}
+
 impl ShmConnection {
     /// Submits a call with a valid input, then breaks its header as `forgery` says
     /// before queuing it. Test support.
@@ -690,6 +705,25 @@ impl ShmConnection {
             state,
             finished: false,
         }
+    }
+
+    /// Writes `scribble` into this client's own area, as a faulty or hostile client
+    /// could, then writes the worker's doorbell. Test support.
+    #[doc(hidden)]
+    pub fn scribble(&self, scribble: Scribble) {
+        let (ring, _) = self.geometry.ring_range();
+        // Ring offsets, from `ring.rs`'s layout: magic and capacity on the consumer
+        // line, tail on the producer line.
+        let (offset, value) = match scribble {
+            Scribble::RingMagic(value) => (ring + 4, value),
+            Scribble::RingCapacity(value) => (ring + 8, value),
+            Scribble::RingTail(value) => (ring + 128, value),
+            Scribble::ControlState(value) => (CONTROL_STATE, value),
+        };
+        if let Ok(word) = self.main.atomic_u32(offset) {
+            word.store(value, Ordering::SeqCst);
+        }
+        let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
     }
 
     /// Queues a slot index the runtime must reject (out of range). Test support.

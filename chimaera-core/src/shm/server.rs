@@ -304,49 +304,57 @@ impl ShmServer {
 
     /// The sessions thread: accepts clients, notices the ones that hang up.
     fn sessions(&self) {
+        let period = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: HOUSEKEEPING_PERIOD.as_nanos() as i64,
+        };
         while !self.stopping.load(Ordering::Acquire) {
-            let streams: Vec<(u32, UnixStream)> = lock(&self.table)
-                .iter()
-                .enumerate()
-                .filter_map(|(client, session)| {
-                    let session = session.as_ref()?;
-                    Some((client as u32, session.stream.try_clone().ok()?))
-                })
-                .collect();
-            let mut fds = Vec::with_capacity(streams.len() + 2);
-            fds.push(PollFd::new(&self.listener, PollFlags::IN));
-            fds.push(PollFd::new(&self.sessions_bell, PollFlags::IN));
-            for (_, stream) in &streams {
-                fds.push(PollFd::new(stream, PollFlags::IN));
-            }
             let draining = !lock(&self.draining).is_empty();
-            let timeout = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: HOUSEKEEPING_PERIOD.as_nanos() as i64,
-            };
-            if let Err(err) = rustix::event::poll(&mut fds, draining.then_some(&timeout)) {
-                if err != rustix::io::Errno::INTR {
-                    tracing::warn!("polling client sockets failed: {err}");
-                    std::thread::sleep(HOUSEKEEPING_PERIOD);
-                }
-                continue;
-            }
-            let accept = !fds[0].revents().is_empty();
-            let gone: Vec<u32> = streams
-                .iter()
-                .zip(&fds[2..])
-                .filter(|(_, fd)| !fd.revents().is_empty())
-                .map(|((client, _), _)| *client)
-                .collect();
-            drop(fds);
+            let accept = self.poll_sessions(draining.then_some(&period));
             if accept {
                 self.accept_all();
             }
-            for client in gone {
-                self.end_session(client);
-            }
-            self.prune_draining();
         }
+    }
+
+    /// Waits (at most `timeout`; `None`: until something happens) for a connection or a
+    /// hang-up, ends the sessions of clients that hung up, and returns whether a
+    /// connection waits to be accepted.
+    fn poll_sessions(&self, timeout: Option<&rustix::event::Timespec>) -> bool {
+        let streams: Vec<(u32, UnixStream)> = lock(&self.table)
+            .iter()
+            .enumerate()
+            .filter_map(|(client, session)| {
+                let session = session.as_ref()?;
+                Some((client as u32, session.stream.try_clone().ok()?))
+            })
+            .collect();
+        let mut fds = Vec::with_capacity(streams.len() + 2);
+        fds.push(PollFd::new(&self.listener, PollFlags::IN));
+        fds.push(PollFd::new(&self.sessions_bell, PollFlags::IN));
+        for (_, stream) in &streams {
+            fds.push(PollFd::new(stream, PollFlags::IN));
+        }
+        if let Err(err) = rustix::event::poll(&mut fds, timeout) {
+            if err != rustix::io::Errno::INTR {
+                tracing::warn!("polling client sockets failed: {err}");
+                std::thread::sleep(HOUSEKEEPING_PERIOD);
+            }
+            return false;
+        }
+        let accept = !fds[0].revents().is_empty();
+        let gone: Vec<u32> = streams
+            .iter()
+            .zip(&fds[2..])
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|((client, _), _)| *client)
+            .collect();
+        drop(fds);
+        for client in gone {
+            self.end_session(client);
+        }
+        self.prune_draining();
+        accept
     }
 
     fn accept_all(&self) {
@@ -401,14 +409,28 @@ impl ShmServer {
         }
     }
 
-    fn attach(&self, stream: UnixStream, peer: handshake::PeerCred, rights: handshake::Rights) {
-        let mut table = lock(&self.table);
+    /// A free area index, if the clients attached and draining leave one.
+    fn free_index(&self, table: &[Option<Session>]) -> Option<u32> {
         let draining = lock(&self.draining).len();
         let attached = table.iter().flatten().count();
-        let free = table.iter().position(Option::is_none);
-        let client = match free {
-            Some(client) if attached + draining < self.max_clients as usize => client as u32,
-            _ => {
+        let free = table.iter().position(Option::is_none)?;
+        (attached + draining < self.max_clients as usize).then_some(free as u32)
+    }
+
+    fn attach(&self, stream: UnixStream, peer: handshake::PeerCred, rights: handshake::Rights) {
+        if self.free_index(&lock(&self.table)).is_none() {
+            // Before refusing: a client that just left (perhaps this one, reconnecting)
+            // may not have been noticed yet.
+            let now = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            self.poll_sessions(Some(&now));
+        }
+        let mut table = lock(&self.table);
+        let client = match self.free_index(&table) {
+            Some(client) => client,
+            None => {
                 drop(table);
                 let _ = handshake::answer(
                     &stream,
@@ -491,11 +513,11 @@ impl ShmServer {
         lock(&self.draining).push(session.area);
     }
 
-    /// Forgets gone clients' areas that no task holds any more (their memory is unmapped
-    /// with the last reference).
+    /// Forgets gone clients' areas none of whose tasks runs any more (every task holds
+    /// the area's data share). The memory is unmapped with the last reference, once the
+    /// workers' poll lists moved on too.
     fn prune_draining(&self) {
-        lock(&self.draining)
-            .retain(|area| Arc::strong_count(area) > 1 || area.tasks_in_flight() > 0);
+        lock(&self.draining).retain(|area| area.tasks_in_flight() > 0);
     }
 
     /// Workers that poll client rings.
