@@ -719,9 +719,27 @@ fn pushing_a_slot_again_leaks_no_output_space_and_starves_no_one() {
     let o =
         ModNameClient::create(&honest, PoolQuery::local(), "p", CreateParams::default()).unwrap();
     let connection = hostile.shm_connection().unwrap().clone();
+    let admin = AdminClient::attach(&honest, PoolId::ADMIN);
+    // A fresh connection's first call takes slot 0. Pushing that index again while its
+    // task runs (it sleeps 100 ms) must not run the task again.
+    let before = admin.status(PoolQuery::local()).unwrap().completed;
+    let slow = h.async_co_mutex_test(PoolQuery::local(), 0, 100).unwrap();
+    for _ in 0..20 {
+        connection.queue_raw_index(0);
+    }
+    slow.wait().unwrap();
+    wait_until("the hostile client's tasks to settle", || {
+        runtime.usage().tasks_in_flight == 0
+    });
+    let after = admin.status(PoolQuery::local()).unwrap().completed;
+    assert_eq!(
+        after - before,
+        2,
+        "the first status call and the task, once"
+    );
+    // Push the slot of a large output again and again, while it is in flight and after
+    // it was answered: each answer's output block is freed before the next is taken.
     let big = "d".repeat(6000);
-    // A fresh connection's first call takes slot 0; push that index again and again,
-    // while it is in flight and after it was answered.
     let pending = h.async_custom(PoolQuery::local(), &big, 0).unwrap();
     for _ in 0..200 {
         connection.queue_raw_index(0);
@@ -781,6 +799,9 @@ fn a_forged_input_length_costs_the_runtime_no_memory() {
 #[test]
 fn a_client_that_breaks_its_own_ring_and_leaves_harms_no_later_client() {
     let runtime = RuntimeProcess::start("poison", "max_clients: 1\n");
+    wait_until("the readiness probe to leave", || {
+        runtime.usage().client_areas_in_use == 0
+    });
     {
         let chi = runtime.client();
         let connection = chi.shm_connection().unwrap().clone();
@@ -788,6 +809,9 @@ fn a_client_that_breaks_its_own_ring_and_leaves_harms_no_later_client() {
         connection.scribble(Scribble::RingCapacity(u32::MAX));
         connection.scribble(Scribble::ControlState(u32::MAX));
     }
+    wait_until("the poisoner to be gone", || {
+        runtime.usage().client_areas_in_use == 0
+    });
     for attempt in 0..5 {
         let chi = within_a_minute("connect", {
             let config = runtime.config.clone();

@@ -866,6 +866,42 @@ compose:
         assert!(!message.is_empty());
     }
 
+    // --- added on branch `isolation` ---
+    #[test]
+    fn access_and_quota_keys_are_read_and_checked() {
+        let config = RuntimeConfig::from_yaml_str(
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.access,
+            AccessConfig {
+                uids: vec![1001],
+                gids: vec![100],
+                admin_uids: vec![1002],
+            }
+        );
+        assert_eq!(config.client_tasks_in_flight, 8);
+        let defaults = RuntimeConfig::default();
+        assert_eq!(defaults.access, AccessConfig::default());
+        assert_eq!(defaults.client_tasks_in_flight, 1024);
+        for (yaml, key) in [
+            ("quotas: { tasks_in_flight: 0 }", "quotas.tasks_in_flight"),
+            (
+                "quotas: { tasks_in_flight: 2000000 }",
+                "quotas.tasks_in_flight",
+            ),
+            ("access: { uids: [4294967295] }", "access.uids"),
+            ("access: { admin_uids: [4294967295] }", "access.admin_uids"),
+        ] {
+            let (found, message) = invalid_key(yaml);
+            assert_eq!(found, key, "{yaml}: {message}");
+        }
+        let (message, _) = parse_err("access: { users: [1] }");
+        assert!(message.contains("users"), "{message}");
+    }
+    // --- end of the `isolation` addition ---
+
     #[test]
     fn values_out_of_range_are_named() {
         let cases = [

@@ -300,7 +300,7 @@ impl ClientArea {
         }
     }
 
-    /// Takes up to [`INGEST_BUDGET`] queued tasks into the runtime; returns how many
+    /// Takes up to `INGEST_BUDGET` queued tasks into the runtime; returns how many
     /// indices it popped.
     pub fn ingest(self: &Arc<Self>, worker: usize, ingress: &dyn Ingress) -> usize {
         if self.is_disowned() {

@@ -1,37 +1,60 @@
 //! Raw shared memory and the fixed-layout building blocks on top of it.
 //!
-//! This is the lowest layer of the client ↔ runtime transport. It knows nothing of tasks,
-//! pools or clients; it offers:
+//! This is the lowest layer of the client ↔ runtime transport. It knows nothing of pools
+//! or modules; it offers:
 //!
 //! * [`naming`]: the file names of everything an instance keeps in `/dev/shm`
 //!   (`chimaera-{user}-{instance}@{role}`, plus lock files), and the validated
 //!   [`InstanceName`];
-//! * [`segment`]: a named, mapped file in `/dev/shm` ([`Segment`]) and checked views into
-//!   it ([`ShmRegion`]): every access is by offset, bounds- and alignment-checked, and
+//! * [`segment`]: a mapped file or memfd ([`Segment`]) and checked views into it
+//!   ([`ShmRegion`]): every access is by offset, bounds- and alignment-checked, and
 //!   returns an error instead of panicking;
-//! * [`liveness`]: who is alive, from `flock` locks the kernel drops when a process dies
-//!   (even by SIGKILL), robust against pid reuse;
+//! * [`liveness`]: whether the runtime of an instance is alive, from a `flock` lock the
+//!   kernel drops when the process dies (even by SIGKILL), robust against pid reuse;
 //! * [`futex`]: process-shared futex wait/wake on a word of a shared mapping;
 //! * [`ring`]: a single-producer single-consumer ring of `u32` in shared memory whose
-//!   consumer does not trust its producer.
+//!   consumer does not trust its producer;
+//! * [`layout`]: the layout of one client's area (ring, slots, data share, output space)
+//!   and volatile copies in and out of peer-writable memory;
+//! * [`handshake`]: the instance's Unix socket — who may attach (`SO_PEERCRED` against
+//!   the config's `access:`), and the area memfd passed with `SCM_RIGHTS`;
+//! * [`runtime_page`]: the one page every client reads (workers' sleeping flags), sealed
+//!   so no client can map it writable;
+//! * [`client_area`]: the runtime's side of one client — its memory and the runtime's
+//!   private truth about it (slots in flight, output blocks, quotas, rights);
+//! * [`server`] and [`connection`]: the runtime's and a client's end of the transport.
 //!
 //! # Invariants shared by every block
 //!
-//! * Nothing in shared memory is a pointer: structures are found by offset from the start
-//!   of a segment, and every offset read from shared memory is checked before use.
-//! * Segments and lock files are created with mode `0600` and must be owned by the
-//!   effective user; a file owned by anyone else is refused, so another user can neither
-//!   read our tasks nor feed us bytes.
+//! * **Each client's memory is its own.** A client's ring, slots, data share and output
+//!   space live in a memfd the runtime makes for that client and passes to it alone over
+//!   a Unix socket; no file names it, no other client maps it. What is shared by all
+//!   clients (the runtime page) is sealed read-only for them. A client can therefore only
+//!   ever hurt itself: replay its own slots, corrupt its own ring, fill its own output
+//!   space.
+//! * **What a client writes is a request, never the truth.** The runtime's truth — which
+//!   slots are in flight, which output blocks are whose, quotas, who sleeps, geometry,
+//!   rights — lives in runtime-private memory and is never read back from shared memory.
+//! * **No Rust reference into peer-writable bytes.** The runtime reads words through
+//!   atomics and byte ranges through volatile copies ([`layout::copy_from_shared`]) into
+//!   its own memory, then validates the copy; lengths are checked against where the bytes
+//!   claim to lie before anything is allocated for them.
+//! * Nothing in shared memory is a pointer: structures are found by offset, and every
+//!   offset read from shared memory is checked before use.
+//! * Liveness is the client's socket: a client that exits or is killed hangs up (the
+//!   kernel closes its end), and the runtime ends its session at once; a runtime that
+//!   dies or disowns a client hangs up too, and the client's calls fail with a typed
+//!   error instead of blocking.
 //! * A peer process may die at any instruction or write any byte it can reach. The blocks
 //!   here never panic on such input and never loop on it forever: they report errors
 //!   (`Corrupt`, `OutOfBounds`, …) and leave the decision to the caller.
 //!
 //! # Lineage
 //!
-//! The layering (raw segment → fixed-layout blocks → concepts) and liveness by file lock
-//! with cleanup of a dead peer's resources by whoever notices follow the ideas of iceoryx
-//! and iceoryx2 (RouDi's lock file; iceoryx2's node monitoring and dead-node cleanup); the
-//! code is our own.
+//! The layering (raw segment → fixed-layout blocks → concepts) follows iceoryx and
+//! iceoryx2; handing each peer its own memfd over a Unix socket after checking
+//! `SO_PEERCRED`, and sealing what is shared, is how Wayland compositors and systemd's
+//! memfd users isolate peers. The code is our own.
 
 pub mod arena;
 pub mod client_area;
