@@ -113,6 +113,9 @@ pub struct ClientArea {
     rights: Rights,
     pid: i32,
     memfd: OwnedFd,
+    /// The client's own doorbell (an eventfd): no other client holds it, so nobody can
+    /// drain, block or shut another client's wake-ups.
+    bell: OwnedFd,
     memory: Segment,
     geometry: AreaGeometry,
     ring: Mutex<Ring>,
@@ -206,11 +209,17 @@ impl ClientArea {
             .atomic_u32(CONTROL_STATE)
             .map_err(|e| AreaError(e.to_string()))?
             .store(layout::AREA_ACTIVE, Ordering::Release);
+        let bell = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| area_error("eventfd")(e.into()))?;
         Ok(ClientArea {
             client: spec.client,
             rights: spec.rights,
             pid: spec.pid,
             memfd,
+            bell,
             memory,
             geometry,
             ring: Mutex::new(ring),
@@ -233,6 +242,11 @@ impl ClientArea {
     /// The memfd to hand to the client.
     pub fn memfd(&self) -> BorrowedFd<'_> {
         self.memfd.as_fd()
+    }
+
+    /// The client's doorbell eventfd (to hand to the client, and to watch).
+    pub fn bell(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
     }
 
     /// The area's index.

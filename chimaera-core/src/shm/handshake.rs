@@ -6,14 +6,15 @@
 //! its [`AccessPolicy`]; then it answers with one [`Reply`]:
 //!
 //! * [`Reply::Attached`]: the client's own area (a memfd no other process has), the
-//!   sealed runtime page and the eventfd of the worker that serves it, passed with
+//!   sealed runtime page and its own doorbell eventfd, passed with
 //!   `SCM_RIGHTS`, plus the [`Grant`] that says how the area is laid out. The socket then
 //!   stays open for the client's whole life: its hang-up is how the runtime learns the
 //!   client is gone (even after SIGKILL), and the runtime's hang-up is how the client
 //!   learns the runtime is gone or disowned it.
 //! * [`Reply::Denied`], [`Reply::Full`], [`Reply::NotReady`]: typed refusals.
 //! * [`Reply::Usage`] answers [`Request::Usage`] (`chimaera runtime status`, tests) from
-//!   the runtime's private counters: nothing a client wrote is read for it.
+//!   the runtime's private counters (nothing a client wrote is read for it), to a peer
+//!   that may connect.
 //!
 //! Every message is one fixed-size frame of little-endian words (`FRAME` bytes), made
 //! and read by the one `encode`/`decode` pair here; a frame that is short, has the wrong
@@ -361,7 +362,7 @@ pub struct AttachFds<'a> {
     pub area: BorrowedFd<'a>,
     /// The sealed runtime page.
     pub page: BorrowedFd<'a>,
-    /// The serving worker's doorbell eventfd.
+    /// The client's own doorbell eventfd.
     pub doorbell: BorrowedFd<'a>,
 }
 

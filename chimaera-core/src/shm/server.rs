@@ -22,10 +22,14 @@
 //! checked per task.
 //!
 //! **Waking.** An idle worker sets its sleeping flag in the runtime page (read-only to
-//! clients) before parking; a client that pushes and sees it writes the worker's eventfd.
-//! One doorbell thread per worker blocks reading that eventfd and unparks the worker. A
-//! client can write the eventfd at will: the worst it causes is a spurious wake-up. The
-//! hot path pays no syscall while the worker is awake.
+//! clients) before parking; a client that pushes and sees it writes *its own* doorbell
+//! eventfd. One doorbell thread per worker waits in `epoll` on the doorbells of that
+//! worker's clients (edge-triggered, so the runtime never reads them: a read could block
+//! on a descriptor whose flags a client controls) and unparks the worker. Why one eventfd
+//! per client rather than one per worker: a shared one could be drained (`read`) by a
+//! hostile client, stealing every other client's wake-ups. A client can write its own
+//! at will: the worst it causes is spurious wake-ups. The hot path pays no syscall while
+//! the worker is awake.
 //!
 //! **Status.** [`usage`] asks the runtime over the socket; the answer comes from the
 //! runtime's private counters, never from memory a client can write.
@@ -41,9 +45,10 @@ use crate::error::TaskError;
 use crate::ids::PoolId;
 use crate::query::PoolQuery;
 use crate::task::{lock, Origin, Schedule};
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::event::{epoll, EventfdFlags, PollFd, PollFlags};
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -142,6 +147,30 @@ struct PollList {
     areas: Vec<Arc<ClientArea>>,
 }
 
+/// What a worker's doorbell thread waits on: its clients' doorbells, and its own stop
+/// bell (never shared).
+struct Doorbells {
+    epoll: OwnedFd,
+    stop: OwnedFd,
+}
+
+/// The epoll key of the stop bell (client keys are area indices).
+const STOP_KEY: u64 = u64::MAX;
+
+impl Doorbells {
+    fn new() -> std::io::Result<Doorbells> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let stop = eventfd()?;
+        epoll::add(
+            &epoll,
+            &stop,
+            epoll::EventData::new_u64(STOP_KEY),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
+        Ok(Doorbells { epoll, stop })
+    }
+}
+
 /// An attached client: its area and its socket.
 struct Session {
     area: Arc<ClientArea>,
@@ -156,7 +185,7 @@ pub struct ShmServer {
     workers: u32,
     access: ServeAccess,
     page: RuntimePage,
-    doorbells: Vec<OwnedFd>,
+    doorbells: Vec<Doorbells>,
     listener: UnixListener,
     socket_path: PathBuf,
     /// Wakes the sessions thread (shutdown).
@@ -228,7 +257,7 @@ impl ShmServer {
             .map_err(socket_error)?;
         listener.set_nonblocking(true).map_err(socket_error)?;
         let doorbells = (0..workers)
-            .map(|_| eventfd())
+            .map(|_| Doorbells::new())
             .collect::<Result<Vec<_>, _>>()
             .map_err(socket_error)?;
         let sessions_bell = eventfd().map_err(socket_error)?;
@@ -291,18 +320,20 @@ impl ShmServer {
     }
 
     fn ring_doorbell(&self, worker: usize, ingress: &dyn Ingress) {
-        let bell = &self.doorbells[worker];
-        let mut count = [0u8; 8];
+        let bells = &self.doorbells[worker];
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 16];
         while !self.stopping.load(Ordering::Acquire) {
             ingress.wake_worker(worker);
-            // Blocks until a client (or shutdown) writes the eventfd.
-            if rustix::io::read(bell, &mut count).is_err() {
-                std::thread::sleep(HOUSEKEEPING_PERIOD);
+            // Blocks until a client of this worker (or shutdown) rings.
+            if let Err(err) = epoll::wait(&bells.epoll, &mut events, None) {
+                if err != rustix::io::Errno::INTR {
+                    tracing::warn!(worker, "waiting for doorbells failed: {err}");
+                    std::thread::sleep(HOUSEKEEPING_PERIOD);
+                }
             }
         }
     }
 
-    /// The sessions thread: accepts clients, notices the ones that hang up.
     fn sessions(&self) {
         let period = rustix::event::Timespec {
             tv_sec: 0,
@@ -388,21 +419,22 @@ impl ShmServer {
                 return;
             }
         };
-        let reply = match request {
-            Request::Usage => Reply::Usage(self.usage()),
-            Request::Attach => {
-                match self.access.policy.rights(peer) {
-                    None => {
-                        tracing::info!(uid = peer.uid, gid = peer.gid, pid = peer.pid, "refused a client: its uid and gid are not in the config's access lists");
-                        Reply::Denied {
-                            uid: peer.uid,
-                            gid: peer.gid,
-                        }
-                    }
-                    Some(_) if !self.ready.load(Ordering::Acquire) => Reply::NotReady,
-                    Some(rights) => return self.attach(stream, peer, rights),
+        let reply = match (self.access.policy.rights(peer), request) {
+            (None, _) => {
+                tracing::info!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid,
+                    "refused a peer: its uid and gid are not in the config's access lists"
+                );
+                Reply::Denied {
+                    uid: peer.uid,
+                    gid: peer.gid,
                 }
             }
+            (Some(_), Request::Usage) => Reply::Usage(self.usage()),
+            (Some(_), Request::Attach) if !self.ready.load(Ordering::Acquire) => Reply::NotReady,
+            (Some(rights), Request::Attach) => return self.attach(stream, peer, rights),
         };
         if let Err(err) = handshake::answer(&stream, &reply, None) {
             tracing::debug!(pid = peer.pid, "could not answer a peer: {err}");
@@ -466,16 +498,30 @@ impl ShmServer {
             worker,
             geometry: self.geometry,
         };
+        let watched = epoll::add(
+            &self.doorbells[worker as usize].epoll,
+            area.bell(),
+            epoll::EventData::new_u64(u64::from(client)),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        );
+        if let Err(err) = watched {
+            tracing::warn!(pid = peer.pid, "cannot watch a client's doorbell: {err}");
+            drop(table);
+            let _ = handshake::answer(&stream, &Reply::NotReady, None);
+            return;
+        }
         let fds = AttachFds {
             area: area.memfd(),
             page: self.page.fd(),
-            doorbell: self.doorbells[worker as usize].as_fd(),
+            doorbell: area.bell(),
         };
         if let Err(err) = handshake::answer(&stream, &Reply::Attached(grant), Some(fds)) {
             tracing::debug!(pid = peer.pid, "a client left during its handshake: {err}");
+            self.unwatch(&area);
             return;
         }
         if stream.set_nonblocking(true).is_err() {
+            self.unwatch(&area);
             return;
         }
         tracing::debug!(client, uid = peer.uid, pid = peer.pid, "client attached");
@@ -509,8 +555,16 @@ impl ShmServer {
             "client detached or died; its tasks finish, then its memory goes"
         );
         session.area.cancel_periodic();
+        self.unwatch(&session.area);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         lock(&self.draining).push(session.area);
+    }
+
+    /// Stops watching a gone client's doorbell (explicitly: the client may have passed
+    /// its descriptor on, which would keep the registration alive).
+    fn unwatch(&self, area: &ClientArea) {
+        let worker = (area.client() % self.workers) as usize;
+        let _ = epoll::delete(&self.doorbells[worker].epoll, area.bell());
     }
 
     /// Forgets gone clients' areas none of whose tasks runs any more (every task holds
@@ -610,8 +664,8 @@ impl ShmServer {
         self.ready.store(false, Ordering::Release);
         self.fail_queued();
         self.stopping.store(true, Ordering::Release);
-        for bell in &self.doorbells {
-            ring_bell(bell);
+        for bells in &self.doorbells {
+            ring_bell(&bells.stop);
         }
         ring_bell(&self.sessions_bell);
         let threads = std::mem::take(&mut *lock(&self.threads));
