@@ -1,6 +1,8 @@
 //! Client processes and a runtime process over shared memory: real processes (the
-//! `chimaera` binary, and this test binary re-run as client children), real `/dev/shm`
-//! segments, real SIGKILLs. Each test runs its own runtime instance. No timing
+//! `chimaera` binary, and this test binary re-run as client children, some as uid
+//! `nobody`), real memfds handed over a real Unix socket, real SIGKILLs. Each test runs
+//! its own runtime instance. Hostile clients are played through hidden test hooks that
+//! write what a faulty client could (`Forgery`, `Scribble`, raw slot indices). No timing
 //! assertions: deadlines below only bound how long a broken build can hang.
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;

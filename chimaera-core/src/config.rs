@@ -18,9 +18,9 @@
 //! queue_depth: 256           # task slots (and ring entries) per client: a power of two, 1..=65536
 //! max_clients: 64            # client processes attached at once (1..=4096)
 //! shm:
-//!   main_size: 20MiB         # queues, task slots (up to 1 KiB each), headers (4KiB..=1TiB, as are the next two)
-//!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer)
-//!   runtime_data_size: 8MiB  # buffers the runtime allocates for outputs
+//!   main_size: 20MiB         # queues and task slots (up to 1 KiB each) of all clients; each gets / max_clients (4KiB..=1TiB, as are the next two)
+//!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer); each client gets / max_clients
+//!   runtime_data_size: 8MiB  # outputs larger than a slot; each client gets / max_clients (its output-bytes quota)
 //! idle:
 //!   spin_rounds: 2048        # polls an idle worker makes (each a yield to its other coroutines)
 //!   yield_rounds: 16         # more such polls; a worker parks after spin_rounds + yield_rounds empty polls
@@ -44,9 +44,9 @@
 //!       capacity: 1GiB
 //! ```
 //!
-//! The segments are fully reserved at start (see [`crate::shm::segment`]), so the three
-//! `shm` sizes are memory the runtime commits; the defaults (60 MiB) fit a laptop and a
-//! container's default 64 MiB `/dev/shm`.
+//! Each client's share of the three `shm` sizes is its own memory (a memfd, see
+//! [`crate::shm::client_area`]), fully reserved when it connects: with every client
+//! attached the runtime commits the three sizes (the defaults, 60 MiB, fit a laptop).
 //!
 //! # Invariants
 //!
