@@ -4,7 +4,10 @@
 //! new memfd, laid out fresh by the runtime (see [`crate::shm::layout`]). Nothing a
 //! dead or hostile client wrote survives into another client's area, and no client maps
 //! anyone else's. The memfd is sealed against shrinking and growing before it is handed
-//! over, so a client cannot `ftruncate` it to make the runtime fault on its pages.
+//! over, so a client cannot `ftruncate` it to make the runtime fault on its pages. (It
+//! can still punch holes with `fallocate`: the pages then read as zeros and are
+//! allocated again on the runtime's next touch — memfds live on the kernel's internal
+//! tmpfs, which has no size limit to run into — so that too only hurts the client.)
 //!
 //! # Runtime-private truth
 //!

@@ -785,3 +785,40 @@ pub fn decode_query(tag: u32, a: u32, b: u64) -> Result<PoolQuery, TaskError> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The doorbell design relies on this: an edge-triggered eventfd that is never read
+    /// still reports every later write.
+    #[test]
+    fn an_unread_edge_triggered_doorbell_reports_every_ring() {
+        let bells = Doorbells::new().unwrap();
+        let client_bell = eventfd().unwrap();
+        epoll::add(
+            &bells.epoll,
+            &client_bell,
+            epoll::EventData::new_u64(7),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )
+        .unwrap();
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 4];
+        let keys = |events: &mut [MaybeUninit<epoll::Event>; 4]| -> Vec<u64> {
+            let (ready, _) = epoll::wait(&bells.epoll, events, Some(&now)).unwrap();
+            ready.iter().map(|event| event.data.u64()).collect()
+        };
+        assert!(keys(&mut events).is_empty());
+        for _ in 0..3 {
+            ring_bell(&client_bell);
+            assert_eq!(keys(&mut events), vec![7]);
+            assert!(keys(&mut events).is_empty(), "reported once per ring");
+        }
+        ring_bell(&bells.stop);
+        assert_eq!(keys(&mut events), vec![STOP_KEY]);
+    }
+}
