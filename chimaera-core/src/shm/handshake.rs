@@ -11,7 +11,9 @@
 //!   stays open for the client's whole life: its hang-up is how the runtime learns the
 //!   client is gone (even after SIGKILL), and the runtime's hang-up is how the client
 //!   learns the runtime is gone or disowned it.
-//! * [`Reply::Denied`], [`Reply::Full`], [`Reply::NotReady`]: typed refusals.
+//! * [`Reply::Denied`], [`Reply::Full`], [`Reply::NotReady`]: typed refusals. A peer
+//!   the policy refuses is answered `Denied` before its request is even read, so it
+//!   cannot hold the runtime's sessions thread for the handshake timeout.
 //! * [`Reply::Usage`] answers [`Request::Usage`] (`chimaera runtime status`, tests) from
 //!   the runtime's private counters (nothing a client wrote is read for it), to a peer
 //!   that may connect.

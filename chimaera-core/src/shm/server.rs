@@ -407,34 +407,37 @@ impl ShmServer {
             .set_nonblocking(false)
             .and_then(|()| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
             .and_then(|()| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
-        let peer = setup.and_then(|()| handshake::peer_cred(&stream));
-        let (peer, request) = match peer.map(|peer| (peer, handshake::read_request(&stream))) {
-            Ok((peer, Ok(request))) => (peer, request),
-            Ok((peer, Err(err))) => {
-                tracing::debug!(pid = peer.pid, "a peer failed its handshake: {err}");
-                return;
-            }
+        let peer = match setup.and_then(|()| handshake::peer_cred(&stream)) {
+            Ok(peer) => peer,
             Err(err) => {
                 tracing::debug!("a peer's credentials are unreadable: {err}");
                 return;
             }
         };
-        let reply = match (self.access.policy.rights(peer), request) {
-            (None, _) => {
-                tracing::info!(
-                    uid = peer.uid,
-                    gid = peer.gid,
-                    pid = peer.pid,
-                    "refused a peer: its uid and gid are not in the config's access lists"
-                );
-                Reply::Denied {
-                    uid: peer.uid,
-                    gid: peer.gid,
-                }
+        // Refused before anything is read: a peer that may not connect cannot hold this
+        // thread for the handshake timeout.
+        let Some(rights) = self.access.policy.rights(peer) else {
+            tracing::info!(
+                uid = peer.uid,
+                gid = peer.gid,
+                pid = peer.pid,
+                "refused a peer: its uid and gid are not in the config's access lists"
+            );
+            let denied = Reply::Denied {
+                uid: peer.uid,
+                gid: peer.gid,
+            };
+            let _ = handshake::answer(&stream, &denied, None);
+            return;
+        };
+        let reply = match handshake::read_request(&stream) {
+            Err(err) => {
+                tracing::debug!(pid = peer.pid, "a peer failed its handshake: {err}");
+                return;
             }
-            (Some(_), Request::Usage) => Reply::Usage(self.usage()),
-            (Some(_), Request::Attach) if !self.ready.load(Ordering::Acquire) => Reply::NotReady,
-            (Some(rights), Request::Attach) => return self.attach(stream, peer, rights),
+            Ok(Request::Usage) => Reply::Usage(self.usage()),
+            Ok(Request::Attach) if !self.ready.load(Ordering::Acquire) => Reply::NotReady,
+            Ok(Request::Attach) => return self.attach(stream, peer, rights),
         };
         if let Err(err) = handshake::answer(&stream, &reply, None) {
             tracing::debug!(pid = peer.pid, "could not answer a peer: {err}");
