@@ -141,14 +141,15 @@ struct FileQuotas {
 }
 // --- end of the `isolation` addition ---
 
-/// Sizes, in bytes, of the three shared-memory segments of a runtime.
+/// Sizes, in bytes, of the shared memory of a runtime's clients (each client gets
+/// `1 / max_clients` of each, in its own memfd).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShmSizes {
-    /// The main segment: queues, task slots, headers.
+    /// Queues and task slots.
     pub main_size: usize,
-    /// The client-data segment: buffers clients allocate for bulk data.
+    /// Data shares: buffers clients allocate for bulk data.
     pub client_data_size: usize,
-    /// The runtime-data segment: buffers the runtime allocates for outputs.
+    /// Output spaces: outputs larger than a slot (each client's is its output quota).
     pub runtime_data_size: usize,
 }
 

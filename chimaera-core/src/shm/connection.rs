@@ -765,7 +765,7 @@ fn decode_error(bytes: &[u8]) -> TaskError {
 
 /// A call's hold on its slot, shared with the connection (which may harvest it).
 struct CallState {
-    /// The slot and the client-data buffer of the input, while held.
+    /// The slot and the data-share buffer of the input, while held.
     slot: Mutex<Option<(u32, Option<Extent>)>>,
     /// Results moved out of the slot by a harvest.
     harvested: Mutex<Option<Results>>,

@@ -63,7 +63,7 @@ pub const STATUS_REPLICAS: u32 = 2;
 
 /// Where a byte range of a slot lives.
 pub const IN_SLOT: u32 = 0;
-/// In the client's share of the client-data segment (inputs).
+/// In the client's data share (inputs).
 pub const IN_CLIENT_DATA: u32 = 1;
 /// In the area's output space (outputs larger than the slot).
 pub const IN_OUTPUT_SPACE: u32 = 2;
