@@ -1,10 +1,12 @@
 //! Client processes and a runtime process over shared memory: real processes (the
-//! `chimaera` binary, and this test binary re-run as client children), real `/dev/shm`
-//! segments, real SIGKILLs. Each test runs its own runtime instance. No timing
+//! `chimaera` binary, and this test binary re-run as client children, some as uid
+//! `nobody`), real memfds handed over a real Unix socket, real SIGKILLs. Each test runs
+//! its own runtime instance. Hostile clients are played through hidden test hooks that
+//! write what a faulty client could (`Forgery`, `Scribble`, raw slot indices). No timing
 //! assertions: deadlines below only bound how long a broken build can hang.
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
-use chimaera::shm::connection::Forgery;
+use chimaera::shm::connection::{Forgery, Scribble};
 use chimaera::shm::server::{usage, ShmUsage};
 use chimaera::shm::InstanceName;
 use std::io::{BufRead, BufReader};
@@ -146,9 +148,43 @@ fn client_child_entry() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
     };
+    if role == "refused" {
+        // Runs as uid 65534, which the runtime's config does not list.
+        match Client::connect() {
+            Err(chimaera::ConnectError::PermissionDenied { uid: 65534, .. }) => {
+                println!("refused as expected");
+                return;
+            }
+            Err(other) => panic!("expected PermissionDenied, got {other}"),
+            Ok(_) => panic!("a uid the config does not list was served"),
+        }
+    }
     let chi = Client::connect().expect("child connects");
     let m = ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default())
         .expect("child opens the pool");
+    if role == "granted" {
+        // Runs as uid 65534, listed in `access.uids` but not in `access.admin_uids`.
+        assert_eq!(m.custom(PoolQuery::local(), "hi", 0).unwrap(), "hi");
+        let admin = AdminClient::attach(&chi, PoolId::ADMIN);
+        let denied = |result: Result<(), TaskError>, action: &str| match result {
+            Err(TaskError::PermissionDenied {
+                action: refused,
+                uid: 65534,
+            }) => {
+                assert_eq!(refused, action)
+            }
+            other => panic!("{action}: expected PermissionDenied, got {other:?}"),
+        };
+        denied(admin.flush(PoolQuery::local()).map(|_| ()), "Flush");
+        denied(
+            admin.destroy_pool(PoolQuery::local(), m.pool_id()),
+            "DestroyPool",
+        );
+        denied(admin.stop_runtime(PoolQuery::local(), 0), "StopRuntime");
+        assert_eq!(m.custom(PoolQuery::local(), "still", 1).unwrap(), "still");
+        println!("granted checks done");
+        return;
+    }
     let mut parts = role.split(':');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("echo"), Some(id), Some(count)) => {
@@ -277,7 +313,7 @@ fn a_killed_client_disturbs_no_one_and_is_reclaimed() {
         runtime.usage().client_areas_in_use == 1
     });
     let baseline = runtime.usage();
-    assert_eq!(baseline.slots_in_use, 0);
+    assert_eq!(baseline.tasks_in_flight, 0);
 
     let mut victim = client_child(&runtime, "victim");
     wait_for_line(&mut victim, "victim ready");
@@ -603,4 +639,271 @@ fn synced_data_survives_a_killed_runtime() {
     file.read_exact(&mut on_disk).unwrap();
     assert_eq!(on_disk, pattern);
     let _ = std::fs::remove_file(&path);
+}
+
+/// Runs this test binary as a client child with `role`, as uid and gid 65534 (`nobody`):
+/// the test runs as root in CI, which may drop privileges.
+fn client_child_as_nobody(runtime: &RuntimeProcess, role: &str) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "client_child_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, role)
+        .env("CHI_SERVER_CONF", &runtime.config_path)
+        .env("CHI_RUNTIME_USER", chimaera::shm::naming::user_tag())
+        .env_remove("CHI_INSTANCE")
+        .stdout(Stdio::piped())
+        .uid(65534)
+        .gid(65534);
+    command.spawn().expect("spawn a client child as nobody")
+}
+
+/// Runs `call` on a thread and returns its result; a call that never returns fails the
+/// test instead of hanging it (the bound is for a broken build, not a timing check).
+fn within_a_minute<T: Send + 'static>(what: &str, call: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(call());
+    });
+    receiver
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} never returned"))
+}
+
+#[test]
+fn no_client_can_reach_another_clients_memory() {
+    let runtime = RuntimeProcess::start("private", "");
+    let first = runtime.client();
+    let second = runtime.client();
+    let a =
+        ModNameClient::create(&first, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let b =
+        ModNameClient::create(&second, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    assert_eq!(a.custom(PoolQuery::local(), "a", 0).unwrap(), "a");
+    assert_eq!(b.custom(PoolQuery::local(), "b", 0).unwrap(), "b");
+    // Each client's memory is a memfd handed to it alone: the instance has no file a
+    // process could open to map clients' rings, slots or data (only the runtime's lock
+    // and its socket).
+    let files = chimaera::shm::naming::instance_files(runtime.instance()).unwrap();
+    let mappable: Vec<_> = files
+        .iter()
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            !name.ends_with(".lock") && !name.ends_with(".sock")
+        })
+        .collect();
+    assert!(
+        mappable.is_empty(),
+        "files any client could map: {mappable:?}"
+    );
+    let first_area = first.shm_connection().unwrap().client_index();
+    let second_area = second.shm_connection().unwrap().client_index();
+    assert_ne!(first_area, second_area);
+}
+
+#[test]
+fn pushing_a_slot_again_leaks_no_output_space_and_starves_no_one() {
+    // Per client: 64 KiB of output space; the old shared runtime-data segment was 256 KiB.
+    let runtime = RuntimeProcess::start(
+        "duplicate",
+        "max_clients: 4\nshm:\n  runtime_data_size: 256KiB\n",
+    );
+    let hostile = runtime.client();
+    let honest = runtime.client();
+    let h =
+        ModNameClient::create(&hostile, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let o =
+        ModNameClient::create(&honest, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let connection = hostile.shm_connection().unwrap().clone();
+    let admin = AdminClient::attach(&honest, PoolId::ADMIN);
+    // A fresh connection's first call takes slot 0. Pushing that index again while its
+    // task runs (it sleeps 100 ms) must not run the task again.
+    let before = admin.status(PoolQuery::local()).unwrap().completed;
+    let slow = h.async_co_mutex_test(PoolQuery::local(), 0, 100).unwrap();
+    for _ in 0..20 {
+        connection.queue_raw_index(0);
+    }
+    slow.wait().unwrap();
+    wait_until("the hostile client's tasks to settle", || {
+        runtime.usage().tasks_in_flight == 0
+    });
+    let after = admin.status(PoolQuery::local()).unwrap().completed;
+    assert_eq!(
+        after - before,
+        2,
+        "the first status call and the task, once"
+    );
+    // Push the slot of a large output again and again, while it is in flight and after
+    // it was answered: each answer's output block is freed before the next is taken.
+    let big = "d".repeat(6000);
+    let pending = h.async_custom(PoolQuery::local(), &big, 0).unwrap();
+    for _ in 0..200 {
+        connection.queue_raw_index(0);
+    }
+    assert_eq!(pending.wait().unwrap(), big);
+    wait_until("the hostile client's tasks to settle", || {
+        runtime.usage().tasks_in_flight == 0
+    });
+    let usage = runtime.usage();
+    assert!(
+        usage.output_bytes_in_use <= 64 << 10,
+        "output space in use beyond one client's share: {usage:?}"
+    );
+    let honest_text = "k".repeat(8 << 10);
+    assert_eq!(
+        o.custom(PoolQuery::local(), &honest_text, 1).unwrap(),
+        honest_text
+    );
+}
+
+#[test]
+fn a_forged_input_length_costs_the_runtime_no_memory() {
+    let runtime = RuntimeProcess::start("huge", "");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let good =
+        chimaera::codec::encode(&(chimaera::codec::StrRef("ok"), chimaera::codec::ByRef(&1u32)))
+            .unwrap();
+    let result = chi
+        .shm_connection()
+        .unwrap()
+        .submit_forged(
+            m.pool_id(),
+            chimaera::mod_name::mod_name_tasks::CUSTOM,
+            &good,
+            Forgery::InputLength(1 << 31),
+        )
+        .unwrap()
+        .wait();
+    assert!(
+        matches!(result[0].1, Err(TaskError::Malformed { .. })),
+        "{result:?}"
+    );
+    // The length was refused before anything was allocated for it: the runtime's peak
+    // resident memory stayed far below the 2 GiB the header claimed.
+    let pid = runtime.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    assert!(peak_kib < 1 << 20, "the runtime peaked at {peak_kib} KiB");
+    assert_eq!(m.custom(PoolQuery::local(), "after", 0).unwrap(), "after");
+}
+
+#[test]
+fn a_client_that_breaks_its_own_ring_and_leaves_harms_no_later_client() {
+    let runtime = RuntimeProcess::start("poison", "max_clients: 1\n");
+    wait_until("the readiness probe to leave", || {
+        runtime.usage().client_areas_in_use == 0
+    });
+    {
+        let chi = runtime.client();
+        let connection = chi.shm_connection().unwrap().clone();
+        connection.scribble(Scribble::RingMagic(0xdead));
+        connection.scribble(Scribble::RingCapacity(u32::MAX));
+        connection.scribble(Scribble::ControlState(u32::MAX));
+    }
+    wait_until("the poisoner to be gone", || {
+        runtime.usage().client_areas_in_use == 0
+    });
+    for attempt in 0..5 {
+        let chi = within_a_minute("connect", {
+            let config = runtime.config.clone();
+            move || Client::connect_to(&config)
+        })
+        .unwrap_or_else(|err| panic!("connect {attempt} after a poisoned area: {err}"));
+        let m =
+            ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+        assert_eq!(
+            m.custom(PoolQuery::local(), "fine", attempt).unwrap(),
+            "fine"
+        );
+    }
+    assert!(runtime.usage().client_areas_in_use <= 1);
+}
+
+#[test]
+fn a_client_the_runtime_disowns_gets_a_typed_error_not_a_hang() {
+    let runtime = RuntimeProcess::start("disown", "");
+    let bystander = runtime.client();
+    let b = ModNameClient::create(&bystander, PoolQuery::local(), "p", CreateParams::default())
+        .unwrap();
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "ok", 0).unwrap(), "ok");
+    // A call that will still be waiting when the runtime gives up on the client.
+    let _holder = m
+        .async_co_mutex_test(PoolQuery::local(), 0, 60_000)
+        .unwrap();
+    let waiting = m.async_co_mutex_test(PoolQuery::local(), 1, 0).unwrap();
+    // A tail far ahead of the head: the runtime finds the ring corrupt.
+    chi.shm_connection()
+        .unwrap()
+        .scribble(Scribble::RingTail(1 << 30));
+    let waited = within_a_minute("the waiting call", move || waiting.wait());
+    assert_eq!(waited, Err(TaskError::Disowned));
+    let next = within_a_minute("the next call", move || {
+        m.custom(PoolQuery::local(), "x", 1)
+    });
+    assert_eq!(next, Err(TaskError::Disowned));
+    assert_eq!(b.custom(PoolQuery::local(), "on", 2).unwrap(), "on");
+}
+
+#[test]
+fn only_listed_uids_connect_and_only_admins_administer() {
+    let closed = RuntimeProcess::start("closed", "");
+    let mut refused = client_child_as_nobody(&closed, "refused");
+    wait_for_line(&mut refused, "refused as expected");
+    assert!(refused.wait().unwrap().success());
+
+    let open = RuntimeProcess::start("granted", "access:\n  uids: [65534]\n");
+    let mut granted = client_child_as_nobody(&open, "granted");
+    wait_for_line(&mut granted, "granted checks done");
+    assert!(granted.wait().unwrap().success());
+    // The owner still administers a runtime that served the refused calls.
+    let chi = open.client();
+    let admin = AdminClient::attach(&chi, PoolId::ADMIN);
+    admin.flush(PoolQuery::local()).unwrap();
+}
+
+#[test]
+fn a_client_over_its_quotas_fails_alone() {
+    let runtime = RuntimeProcess::start(
+        "quota",
+        "max_clients: 4\nshm:\n  runtime_data_size: 64KiB\nquotas:\n  tasks_in_flight: 4\n",
+    );
+    let greedy = runtime.client();
+    let other = runtime.client();
+    let g =
+        ModNameClient::create(&greedy, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let o =
+        ModNameClient::create(&other, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    // Outputs larger than the client's 16 KiB output space.
+    let large = "q".repeat(32 << 10);
+    assert!(matches!(
+        g.custom(PoolQuery::local(), &large, 0),
+        Err(TaskError::QuotaExceeded { .. })
+    ));
+    // Four fire-and-forget tasks that queue on one lock stay in flight for seconds.
+    for id in 0..4 {
+        g.spawn_co_mutex_test(PoolQuery::local(), Schedule::FireAndForget, id, 1000)
+            .unwrap();
+    }
+    assert!(matches!(
+        g.custom(PoolQuery::local(), "one more", 1),
+        Err(TaskError::QuotaExceeded { limit: 4, .. })
+    ));
+    assert_eq!(o.custom(PoolQuery::local(), "other", 2).unwrap(), "other");
+    wait_until("the greedy client's tasks to end", || {
+        runtime.usage().tasks_in_flight == 0
+    });
+    assert_eq!(g.custom(PoolQuery::local(), "again", 3).unwrap(), "again");
 }

@@ -9,7 +9,7 @@
 //! `/dev/shm/chimaera-{user}`. Tests that hand a file to uid 65534 need root (CI runs as
 //! root) and say so when skipped.
 use chimaera::prelude::*;
-use chimaera::shm::naming::{user_dir, user_dir_name, ShmName, ROLE_MAIN, ROLE_RUNTIME_DATA};
+use chimaera::shm::naming::{user_dir, user_dir_name, ShmName};
 use chimaera::shm::{InstanceName, RuntimeDir};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -77,11 +77,10 @@ impl Instance {
         self.path(&ShmName::runtime_lock(&self.name))
     }
 
-    fn segment(&self, role: &str) -> PathBuf {
-        self.path(&ShmName::segment(&self.name, role).unwrap())
+    fn socket(&self) -> PathBuf {
+        self.path(&ShmName::socket(&self.name))
     }
 
-    /// A file outside the user directory holding `precious`.
     fn victim(&self) -> PathBuf {
         let path = self.scratch.join("victim");
         std::fs::write(&path, "precious").unwrap();
@@ -269,8 +268,9 @@ fn a_symlink_at_the_lock_is_refused_by_start_and_status_and_not_followed() {
     instance
         .run(&["runtime", "stop"])
         .fails_saying(&["symbolic link", &lock]);
+    // No runtime started, so a client finds none; it never touches the lock file.
     let err = connect_error(&instance.config());
-    assert!(err.contains("symbolic link"), "{err}");
+    assert!(err.contains("no chimaera runtime is running"), "{err}");
 
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     assert!(std::fs::symlink_metadata(instance.lock())
@@ -285,7 +285,7 @@ fn a_fifo_at_the_lock_is_refused_without_hanging() {
     instance.run(&["runtime", "status"]).fails_saying(&["FIFO"]);
     instance.run(&["runtime", "start"]).fails_saying(&["FIFO"]);
     let err = connect_error(&instance.config());
-    assert!(err.contains("FIFO"), "{err}");
+    assert!(err.contains("no chimaera runtime is running"), "{err}");
 }
 
 #[test]
@@ -323,33 +323,32 @@ fn a_lock_file_of_another_user_is_refused() {
 }
 
 #[test]
-fn a_client_refuses_a_planted_segment_of_a_live_runtime() {
-    let instance = Instance::new("segment");
+fn a_client_refuses_a_planted_socket_of_a_live_runtime() {
+    let instance = Instance::new("socket");
     let serving = instance.serve();
     let config = instance.config();
     Client::connect_to(&config).expect("a client attaches to the healthy runtime");
 
-    // Another process of the user swaps the main segment for a link to a victim file.
+    // Another process of the user swaps the socket for a link to a victim file.
     let victim = instance.victim();
-    let main = instance.segment(ROLE_MAIN);
-    std::fs::remove_file(&main).unwrap();
-    std::os::unix::fs::symlink(&victim, &main).unwrap();
+    let socket = instance.socket();
+    std::fs::remove_file(&socket).unwrap();
+    std::os::unix::fs::symlink(&victim, &socket).unwrap();
     let err = connect_error(&config);
-    let text = err.to_string();
     assert!(
-        text.contains("symbolic link") && text.contains(&*main.to_string_lossy()),
-        "{text}"
+        err.contains("not a socket") && err.contains(&*socket.to_string_lossy()),
+        "{err}"
     );
     instance
         .run(&["runtime", "status"])
-        .fails_saying(&["symbolic link"]);
+        .fails_saying(&["not a socket"]);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 
     // Then for a FIFO: refused, and nobody waits for a writer.
-    std::fs::remove_file(&main).unwrap();
-    mkfifo(&main);
+    std::fs::remove_file(&socket).unwrap();
+    mkfifo(&socket);
     let err = connect_error(&config);
-    assert!(err.contains("FIFO"), "{err}");
+    assert!(err.contains("not a socket"), "{err}");
 
     // No client can reach the runtime now, so stop it by SIGTERM (the same clean stop):
     // it serves on, stops, and removes every name it owns, the planted one included.
@@ -369,21 +368,21 @@ fn a_client_refuses_a_planted_segment_of_a_live_runtime() {
 fn a_killed_runtimes_files_are_replaced_but_a_planted_link_stops_the_next_start() {
     let instance = Instance::new("stale");
     let mut serving = instance.serve();
-    serving.0.kill().unwrap(); // SIGKILL: the lock file and the segments stay
+    serving.0.kill().unwrap(); // SIGKILL: the lock file and the socket stay
     serving.0.wait().unwrap();
-    assert!(instance.segment(ROLE_MAIN).exists());
+    assert!(instance.socket().exists());
 
     let victim = instance.victim();
-    let rdata = instance.segment(ROLE_RUNTIME_DATA);
-    std::fs::remove_file(&rdata).unwrap();
-    std::os::unix::fs::symlink(&victim, &rdata).unwrap();
+    let socket = instance.socket();
+    std::fs::remove_file(&socket).unwrap();
+    std::os::unix::fs::symlink(&victim, &socket).unwrap();
     instance
         .run(&["runtime", "start"])
-        .fails_saying(&["symbolic link", &rdata.to_string_lossy()]);
+        .fails_saying(&["symbolic link", &socket.to_string_lossy()]);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 
     // Once the link is gone, the next start replaces the dead runtime's files.
-    std::fs::remove_file(&rdata).unwrap();
+    std::fs::remove_file(&socket).unwrap();
     let serving = instance.serve();
     Client::connect_to(&instance.config()).expect("attaches to the new runtime");
     instance.stop(serving);
@@ -396,7 +395,7 @@ fn the_user_directory_goes_where_chi_shm_dir_says_and_holds_nothing_after_a_stop
     let meta = std::fs::symlink_metadata(instance.user_dir()).unwrap();
     assert!(meta.is_dir());
     assert_eq!(meta.mode() & 0o7777, 0o700);
-    assert!(instance.lock().exists() && instance.segment(ROLE_MAIN).exists());
+    assert!(instance.lock().exists() && instance.socket().exists());
     let status = instance.run(&["runtime", "status"]);
     assert!(status.status.success(), "{status:?}");
     assert!(status.stdout.contains("is up"), "{status:?}");

@@ -18,13 +18,22 @@
 //! queue_depth: 256           # task slots (and ring entries) per client: a power of two, 1..=65536
 //! max_clients: 64            # client processes attached at once (1..=4096)
 //! shm:
-//!   main_size: 20MiB         # queues, task slots (up to 1 KiB each), headers (4KiB..=1TiB, as are the next two)
-//!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer)
-//!   runtime_data_size: 8MiB  # buffers the runtime allocates for outputs
+//!   main_size: 20MiB         # queues and task slots (up to 1 KiB each) of all clients; each gets / max_clients (4KiB..=1TiB, as are the next two)
+//!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer); each client gets / max_clients
+//!   runtime_data_size: 8MiB  # outputs larger than a slot; each client gets / max_clients (its output-bytes quota)
 //! idle:
 //!   spin_rounds: 2048        # polls an idle worker makes (each a yield to its other coroutines)
 //!   yield_rounds: 16         # more such polls; a worker parks after spin_rounds + yield_rounds empty polls
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them
+//! access:                    # who else may connect (the runtime's own uid always may)
+//!   uids: [1001]             # further uids (each 0..=4294967294; at most 1024 per list)
+//!   gids: [100]              # primary gids (as SO_PEERCRED reports them)
+//!   admin_uids: [1002]       # uids that may also StopRuntime, DestroyPool, Flush
+//! quotas:
+//!   tasks_in_flight: 1024    # tasks one client may have running or queued, fire-and-forget
+//!                            # and periodic ones included (1..=1048576); over it a task fails
+//!                            # with QuotaExceeded. A client's output bytes are bounded by its
+//!                            # output space: shm.runtime_data_size / max_clients
 //! pin_workers: false         # pin worker threads to cores
 //! compose:                   # pools created at boot, in this order
 //!   - module: bdev           # the chimod's name
@@ -35,9 +44,9 @@
 //!       capacity: 1GiB
 //! ```
 //!
-//! The segments are fully reserved at start (see [`crate::shm::segment`]), so the three
-//! `shm` sizes are memory the runtime commits; the defaults (60 MiB) fit a laptop and a
-//! container's default 64 MiB `/dev/shm`.
+//! Each client's share of the three `shm` sizes is its own memory (a memfd, see
+//! [`crate::shm::client_area`]), fully reserved when it connects: with every client
+//! attached the runtime commits the three sizes (the defaults, 60 MiB, fit a laptop).
 //!
 //! # Invariants
 //!
@@ -98,16 +107,49 @@ pub struct RuntimeConfig {
     pub idle: IdlePolicy,
     /// Pools created at boot, in order.
     pub compose: Vec<PoolSpec>,
+    /// Who besides the runtime's own uid may connect and administer (`access:`).
+    pub access: AccessConfig,
+    /// Tasks one client may have in flight (`quotas.tasks_in_flight`).
+    pub client_tasks_in_flight: u32,
 }
 
-/// Sizes, in bytes, of the three shared-memory segments of a runtime.
+// --- added on branch `isolation`: who may connect, and per-client quotas ---
+/// Who besides the runtime's own effective uid may connect (`access:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "access")]
+pub struct AccessConfig {
+    /// Further uids allowed to connect.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Primary gids allowed to connect.
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    /// Uids allowed to connect and to use admin methods.
+    #[serde(default)]
+    pub admin_uids: Vec<u32>,
+}
+
+/// Most entries one `access` list may have.
+const MAX_ACCESS_ENTRIES: usize = 1024;
+/// Largest `quotas.tasks_in_flight`.
+const MAX_TASKS_IN_FLIGHT: u32 = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "quotas")]
+struct FileQuotas {
+    tasks_in_flight: Option<u32>,
+}
+// --- end of the `isolation` addition ---
+
+/// Sizes, in bytes, of the shared memory of a runtime's clients (each client gets
+/// `1 / max_clients` of each, in its own memfd).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShmSizes {
-    /// The main segment: queues, task slots, headers.
+    /// Queues and task slots.
     pub main_size: usize,
-    /// The client-data segment: buffers clients allocate for bulk data.
+    /// Data shares: buffers clients allocate for bulk data.
     pub client_data_size: usize,
-    /// The runtime-data segment: buffers the runtime allocates for outputs.
+    /// Output spaces: outputs larger than a slot (each client's is its output quota).
     pub runtime_data_size: usize,
 }
 
@@ -154,6 +196,8 @@ impl Default for RuntimeConfig {
                 yield_rounds: 16,
             },
             compose: Vec::new(),
+            access: AccessConfig::default(),
+            client_tasks_in_flight: 1024,
         }
     }
 }
@@ -264,6 +308,36 @@ impl RuntimeConfig {
             if !(MIN_SEGMENT..=MAX_SEGMENT).contains(&(size as u64)) {
                 return invalid(key, format!("is {size} bytes; use 4KiB to 1TiB"));
             }
+        }
+        for (key, list) in [
+            ("access.uids", &self.access.uids),
+            ("access.gids", &self.access.gids),
+            ("access.admin_uids", &self.access.admin_uids),
+        ] {
+            if list.len() > MAX_ACCESS_ENTRIES {
+                return invalid(
+                    key,
+                    format!(
+                        "has {} entries; list at most {MAX_ACCESS_ENTRIES}",
+                        list.len()
+                    ),
+                );
+            }
+            if list.contains(&u32::MAX) {
+                return invalid(
+                    key,
+                    "contains 4294967295 (-1), which is no user or group; remove it".to_owned(),
+                );
+            }
+        }
+        if !(1..=MAX_TASKS_IN_FLIGHT).contains(&self.client_tasks_in_flight) {
+            return invalid(
+                "quotas.tasks_in_flight",
+                format!(
+                    "is {}; use 1 to {MAX_TASKS_IN_FLIGHT}",
+                    self.client_tasks_in_flight
+                ),
+            );
         }
         let mut names = HashSet::new();
         for (i, pool) in self.compose.iter().enumerate() {
@@ -504,6 +578,8 @@ struct FileConfig {
     stop_grace_period_ms: Option<u64>,
     pin_workers: Option<bool>,
     compose: Option<Vec<FilePool>>,
+    access: Option<AccessConfig>,
+    quotas: Option<FileQuotas>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -589,6 +665,12 @@ impl FileConfig {
             if let Some(size) = shm.runtime_data_size {
                 config.shm.runtime_data_size = to_usize("shm.runtime_data_size", size)?;
             }
+        }
+        if let Some(access) = self.access {
+            config.access = access;
+        }
+        if let Some(tasks) = self.quotas.and_then(|quotas| quotas.tasks_in_flight) {
+            config.client_tasks_in_flight = tasks;
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {
@@ -784,6 +866,42 @@ compose:
         let (message, _) = parse_err("instance: [unclosed\n");
         assert!(!message.is_empty());
     }
+
+    // --- added on branch `isolation` ---
+    #[test]
+    fn access_and_quota_keys_are_read_and_checked() {
+        let config = RuntimeConfig::from_yaml_str(
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.access,
+            AccessConfig {
+                uids: vec![1001],
+                gids: vec![100],
+                admin_uids: vec![1002],
+            }
+        );
+        assert_eq!(config.client_tasks_in_flight, 8);
+        let defaults = RuntimeConfig::default();
+        assert_eq!(defaults.access, AccessConfig::default());
+        assert_eq!(defaults.client_tasks_in_flight, 1024);
+        for (yaml, key) in [
+            ("quotas: { tasks_in_flight: 0 }", "quotas.tasks_in_flight"),
+            (
+                "quotas: { tasks_in_flight: 2000000 }",
+                "quotas.tasks_in_flight",
+            ),
+            ("access: { uids: [4294967295] }", "access.uids"),
+            ("access: { admin_uids: [4294967295] }", "access.admin_uids"),
+        ] {
+            let (found, message) = invalid_key(yaml);
+            assert_eq!(found, key, "{yaml}: {message}");
+        }
+        let (message, _) = parse_err("access: { users: [1] }");
+        assert!(message.contains("users"), "{message}");
+    }
+    // --- end of the `isolation` addition ---
 
     #[test]
     fn values_out_of_range_are_named() {

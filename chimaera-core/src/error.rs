@@ -102,6 +102,29 @@ pub enum TaskError {
     /// The task was cancelled before it completed (a periodic task's handle was cancelled).
     #[error("the task was cancelled")]
     Cancelled,
+    // --- added on branch `isolation` (client isolation, access control, quotas) ---
+    /// The client's uid may not do this (admin methods need the runtime owner's uid or a
+    /// grant in the config's `access.admin_uids`).
+    #[error("permission denied: uid {uid} may not {action}; run it as the runtime's owner or list the uid in the runtime config's access.admin_uids")]
+    PermissionDenied {
+        /// What was refused (`StopRuntime`, `DestroyPool`, `Flush`).
+        action: String,
+        /// The client's uid, as the kernel reported it.
+        uid: u32,
+    },
+    /// The client reached one of its quotas; its other tasks and other clients go on.
+    #[error("this client's quota of {limit} {what} is used up; wait for its tasks to finish (or cancel periodic ones) or raise the quota in the runtime config")]
+    QuotaExceeded {
+        /// Which quota: `tasks in flight` or `output bytes`.
+        what: String,
+        /// The quota.
+        limit: u64,
+    },
+    /// The runtime disowned this client (it found its shared memory broken, e.g. a
+    /// corrupt ring) and serves it no more.
+    #[error("the runtime disowned this client after its shared memory broke the protocol; drop this Client and connect again")]
+    Disowned,
+    // --- end of the `isolation` addition ---
 }
 
 impl TaskError {

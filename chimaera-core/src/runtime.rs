@@ -20,7 +20,8 @@ use crate::ids::{NodeId, PoolId, TaskNode};
 use crate::module::{ChiMod, ModuleEntry};
 use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
 use crate::query::PoolQuery;
-use crate::shm::server::{Ingress, ServeError, ServeSizes, ShmServer};
+use crate::shm::handshake::AccessPolicy;
+use crate::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
 use crate::task::{lock, Completion, Origin, Reply, Schedule, Task, TaskHeader};
 use crate::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
 use std::collections::HashMap;
@@ -618,7 +619,17 @@ impl RuntimeBuilder {
                 slots: config.queue_depth,
                 workers: config.workers_low_latency.max(1) as u32,
             };
-            Some(ShmServer::create(&config.instance, sizes)?)
+            // isolation: who may connect, and each client's quota of tasks in flight.
+            let access = ServeAccess {
+                policy: AccessPolicy {
+                    owner: rustix::process::geteuid().as_raw(),
+                    uids: config.access.uids.clone(),
+                    gids: config.access.gids.clone(),
+                    admin_uids: config.access.admin_uids.clone(),
+                },
+                tasks_in_flight: config.client_tasks_in_flight,
+            };
+            Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {
             None
         };

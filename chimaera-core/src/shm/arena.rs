@@ -1,9 +1,8 @@
 //! A first-fit allocator of byte ranges, for buffers in a shared segment.
 //!
 //! The bookkeeping lives in the memory of the one process that allocates from the range
-//! (the runtime for its runtime-data segment, a client for its share of the client-data
-//! segment), never in shared memory, so a peer cannot corrupt it. Only offsets go into
-//! shared memory.
+//! (the runtime for a client's output space, a client for its data share), never in
+//! shared memory, so a peer cannot corrupt it. Only offsets go into shared memory.
 //!
 //! Invariants: free extents never overlap nor touch (freeing merges neighbours), every
 //! allocation is aligned to its requested power-of-two alignment, and `in_use` is the

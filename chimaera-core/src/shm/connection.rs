@@ -1,28 +1,35 @@
 //! A client process's end of the shared-memory transport.
 //!
-//! [`ShmConnection::connect`] checks that a runtime holds the instance, maps its
-//! segments, takes a client area (its liveness lock first, then the area's state from
-//! `FREE` to `ACTIVE`; an area still being reclaimed is skipped), and attaches as the
-//! producer of the area's ring.
+//! [`ShmConnection::connect`] connects to the runtime's Unix socket and receives an area
+//! of its own (a memfd no other client maps), the sealed runtime page and its worker's
+//! doorbell eventfd ([`super::handshake`]); it maps the area and attaches as the
+//! producer of the area's ring. The socket stays open: it is this client's liveness to
+//! the runtime, and the runtime's to this client.
 //!
 //! **A call**: take a free slot (the slot is the client's until it consumes the result),
 //! write the task header and the input (in the slot's payload, or in a buffer of the
-//! client's data share when larger), push the slot index, and ring the worker's doorbell
-//! only if it announced it sleeps. Then wait: spin on the slot state for a while, then
-//! announce `waiting` and sleep on the slot's futex in short timed waits; each timeout
-//! checks that the runtime still holds its lock, so a dead runtime fails the call with
-//! `RuntimeStopped` within about 100 ms instead of hanging.
+//! client's data share when larger), push the slot index, and write the worker's eventfd
+//! only if the runtime page says that worker sleeps. Then wait: spin on the slot state
+//! for a while, then announce `waiting` and sleep on the slot's futex in short timed
+//! waits; each timeout checks the socket, so a dead runtime fails the call with
+//! `RuntimeStopped`, and a runtime that disowned this client fails it with `Disowned`,
+//! within about 100 ms instead of hanging.
+//!
+//! **Disowned**: a runtime that finds this client's memory broken stores `AREA_DISOWNED`
+//! in the control line, wakes every slot and hangs up. Every submission checks that word
+//! (one load), so the next call fails with [`TaskError::Disowned`].
 //!
 //! **Backpressure**: the ring has one entry per slot, so it never overflows; when every
 //! slot is taken, a submission waits for one to free (a slot whose call was dropped
 //! unanswered frees when its result arrives).
 use super::arena::{Arena, Extent};
 use super::futex;
-use super::layout::{self, slot, Geometry, Header, SlotView};
-use super::liveness::{runtime_alive, ClientLock, ClientLockError};
-use super::naming::{InstanceName, ShmName, ROLE_CLIENT_DATA, ROLE_MAIN, ROLE_RUNTIME_DATA};
+use super::handshake::{self, Grant, HandshakeError, Reply, Request};
+use super::layout::{self, read_shared, slot, write_shared, AreaGeometry, SlotView, CONTROL_STATE};
+use super::naming::{InstanceName, ShmName};
 use super::ring::Ring;
-use super::segment::{Segment, SegmentError};
+use super::runtime_page::RuntimePageView;
+use super::segment::Segment;
 use super::server::encode_query;
 use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
 use crate::client::decode_first;
@@ -31,7 +38,11 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::task::{lock, Schedule};
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use rustix::event::{PollFd, PollFlags};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +50,8 @@ use std::time::{Duration, Instant};
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 /// Spins on a slot before sleeping on it: covers a busy runtime's reply time.
 const SPINS_BEFORE_SLEEP: u32 = 20_000;
+/// How long the runtime may take to answer the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a client could not attach to a runtime.
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +73,32 @@ pub enum ConnectError {
         /// Its client areas.
         max_clients: u32,
     },
-    /// The segments are not what this client understands.
-    #[error("the runtime of instance `{instance}` speaks another layout (version {found}, this client {expected}); use the same chimaera version on both sides")]
+    /// The runtime does not serve this user.
+    #[error("the runtime of instance `{instance}` refuses uid {uid} (gid {gid}); ask its owner to list the uid or gid under `access:` in the runtime's config")]
+    PermissionDenied {
+        /// The instance.
+        instance: String,
+        /// This process's uid, as the runtime saw it.
+        uid: u32,
+        /// This process's gid, as the runtime saw it.
+        gid: u32,
+    },
+    /// What is at the runtime's socket cannot be trusted (a planted link or file, a
+    /// directory others may write, or a process of another user listening there).
+    #[error("refusing to attach to instance `{instance}`: {detail}")]
+    Untrusted {
+        /// The instance.
+        instance: String,
+        /// What was found.
+        detail: String,
+    },
+    /// The runtime speaks another handshake.
+    #[error("the runtime of instance `{instance}` answered in a way this client does not understand ({detail}); use the same chimaera version on both sides")]
     Incompatible {
         /// The instance.
         instance: String,
-        /// Version found.
-        found: u32,
-        /// Version of this client.
-        expected: u32,
+        /// What was wrong.
+        detail: String,
     },
     /// The runtime is starting or stopping; try again.
     #[error("the runtime of instance `{instance}` is not ready (starting or stopping)")]
@@ -76,7 +106,7 @@ pub enum ConnectError {
         /// The instance.
         instance: String,
     },
-    /// Mapping or locking failed.
+    /// The socket or a mapping failed.
     #[error("cannot attach to the runtime of instance `{instance}`: {detail}")]
     Io {
         /// The instance.
@@ -93,14 +123,12 @@ struct Producer {
 /// An attached client area.
 pub struct ShmConnection {
     instance: InstanceName,
-    geometry: Geometry,
+    geometry: AreaGeometry,
+    grant: Grant,
     main: Segment,
-    client_data: Segment,
-    runtime_data: Segment,
-    header: Header,
-    client: u32,
-    data_start: usize,
-    data_share: usize,
+    page: RuntimePageView,
+    doorbell: OwnedFd,
+    socket: UnixStream,
     producer: Mutex<Producer>,
     free_slots: Mutex<Vec<u32>>,
     /// The state of the latest call of each slot, indexed by slot (slots are dense, so
@@ -113,8 +141,9 @@ pub struct ShmConnection {
     data: Mutex<Arena>,
     /// Where typed clients archive inputs before they are copied into a slot.
     encode_buffer: Mutex<OutputBuffer>,
-    dead: AtomicBool,
-    _lock: ClientLock,
+    /// The runtime is gone (`RuntimeStopped`) or disowned us (`Disowned`).
+    dead: Mutex<Option<TaskError>>,
+    dead_flag: AtomicBool,
 }
 
 impl ShmConnection {
@@ -124,122 +153,122 @@ impl ShmConnection {
             instance: instance.to_string(),
             detail,
         };
-        match runtime_alive(instance) {
-            Ok(true) => {}
-            Ok(false) => {
+        let path = handshake::client_socket_path(instance);
+        let runtime_uid =
+            handshake::expected_runtime_uid(instance).map_err(|err| ConnectError::Untrusted {
+                instance: instance.to_string(),
+                detail: err.to_string(),
+            })?;
+        let socket = match UnixStream::connect(&path) {
+            Ok(socket) => socket,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 return Err(ConnectError::NotRunning {
                     instance: instance.to_string(),
                 })
             }
-            Err(err) => return Err(io(err.to_string())),
-        }
-        let name = |role| ShmName::segment(instance, role).map_err(|e| io(e.to_string()));
-        let open = |role| match Segment::open(&name(role)?) {
-            Ok(segment) => Ok(segment),
-            Err(SegmentError::NotFound { .. }) => Err(ConnectError::NotReady {
-                instance: instance.to_string(),
-            }),
-            Err(err) => Err(io(err.to_string())),
+            // The runtime's directory is closed to this user: a runtime that grants no
+            // other user keeps it `0700`, so the refusal comes from the file system.
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(ConnectError::PermissionDenied {
+                    instance: instance.to_string(),
+                    uid: rustix::process::geteuid().as_raw(),
+                    gid: rustix::process::getegid().as_raw(),
+                })
+            }
+            Err(err) => return Err(io(format!("{}: {err}", path.display()))),
         };
-        let main = open(ROLE_MAIN)?;
-        let header = Header::new(main.clone());
-        let (magic, version) = header.identity();
-        if magic != layout::MAGIC || version != layout::VERSION {
-            return Err(ConnectError::Incompatible {
+        handshake::check_runtime_peer(&socket, runtime_uid).map_err(|err| {
+            ConnectError::Untrusted {
                 instance: instance.to_string(),
-                found: version,
-                expected: layout::VERSION,
-            });
-        }
-        if header.state().load(Ordering::Acquire) != layout::STATE_READY {
-            return Err(ConnectError::NotReady {
+                detail: err.to_string(),
+            }
+        })?;
+        socket
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(|e| io(e.to_string()))?;
+        let (reply, fds) = handshake::ask(&socket, Request::Attach).map_err(|err| match err {
+            HandshakeError::Malformed(detail) => ConnectError::Incompatible {
                 instance: instance.to_string(),
-            });
+                detail: detail.into(),
+            },
+            HandshakeError::Io(err) => io(err.to_string()),
+        })?;
+        let grant = match reply {
+            Reply::Attached(grant) => grant,
+            Reply::Denied { uid, gid } => {
+                return Err(ConnectError::PermissionDenied {
+                    instance: instance.to_string(),
+                    uid,
+                    gid,
+                })
+            }
+            Reply::Full { max_clients } => {
+                return Err(ConnectError::Full {
+                    instance: instance.to_string(),
+                    max_clients,
+                })
+            }
+            Reply::NotReady => {
+                return Err(ConnectError::NotReady {
+                    instance: instance.to_string(),
+                })
+            }
+            Reply::Usage(_) => {
+                return Err(ConnectError::Incompatible {
+                    instance: instance.to_string(),
+                    detail: "a usage report instead of an area".into(),
+                })
+            }
+        };
+        let [area, page, doorbell]: [OwnedFd; 3] = fds
+            .try_into()
+            .map_err(|_| io("the runtime sent the wrong number of descriptors".into()))?;
+        let geometry = grant.geometry;
+        let total = geometry
+            .checked_total_len()
+            .ok_or_else(|| io("the runtime sent an impossible geometry".into()))?;
+        let name = ShmName::segment(instance, "area").map_err(|e| io(e.to_string()))?;
+        let main = Segment::from_memfd(File::from(area), &name).map_err(|e| io(e.to_string()))?;
+        if main.len() < total {
+            return Err(io(format!(
+                "the area has {} bytes but its geometry needs {total}",
+                main.len()
+            )));
         }
-        let geometry = header.geometry();
-        if main.len() < geometry.segment_size() || geometry.slots == 0 || geometry.workers == 0 {
-            return Err(io("the main segment is smaller than its header says".into()));
-        }
-        let client_data = open(ROLE_CLIENT_DATA)?;
-        let runtime_data = open(ROLE_RUNTIME_DATA)?;
-
-        let (lock, client) = Self::claim_area(instance, &header, &geometry)?;
-        let (ring_offset, ring_len) = geometry.ring_range(client);
+        let page = RuntimePageView::map(page).map_err(|e| io(e.to_string()))?;
+        let (ring_offset, ring_len) = geometry.ring_range();
         let region = main
             .region(ring_offset, ring_len)
             .map_err(|e| io(e.to_string()))?;
         let ring = Ring::attach(&region, geometry.slots).map_err(|e| io(e.to_string()))?;
-        let data_share = (client_data.len() / geometry.max_clients as usize) & !4095;
-        let control = header
-            .control(&geometry, client)
-            .map_err(|e| io(e.to_string()))?;
-        control.pid.store(std::process::id(), Ordering::Relaxed);
         Ok(Arc::new(ShmConnection {
             instance: instance.clone(),
             geometry,
-            client_data,
-            runtime_data,
-            header,
-            client,
-            data_start: client as usize * data_share,
-            data_share,
+            grant,
+            page,
+            doorbell,
+            socket,
             producer: Mutex::new(Producer { ring }),
             free_slots: Mutex::new((0..geometry.slots).rev().collect()),
             holding: Mutex::new(vec![None; geometry.slots as usize]),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
-            data: Mutex::new(Arena::new(data_share)),
+            data: Mutex::new(Arena::new(geometry.data_len)),
             encode_buffer: Mutex::new(OutputBuffer::reusable()),
-            dead: AtomicBool::new(false),
+            dead: Mutex::new(None),
+            dead_flag: AtomicBool::new(false),
             main,
-            _lock: lock,
         }))
-    }
-
-    fn claim_area(
-        instance: &InstanceName,
-        header: &Header,
-        geometry: &Geometry,
-    ) -> Result<(ClientLock, u32), ConnectError> {
-        for client in 0..geometry.max_clients {
-            let lock = match ClientLock::acquire(instance, client) {
-                Ok(lock) => lock,
-                Err(ClientLockError::SlotTaken { .. }) => continue,
-                Err(err) => {
-                    return Err(ConnectError::Io {
-                        instance: instance.to_string(),
-                        detail: err.to_string(),
-                    })
-                }
-            };
-            let Ok(control) = header.control(geometry, client) else {
-                continue;
-            };
-            // An area whose dead owner is not reclaimed yet stays with the runtime.
-            if control
-                .state
-                .compare_exchange(
-                    layout::CLIENT_FREE,
-                    layout::CLIENT_ACTIVE,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
-                header.attach_epoch().fetch_add(1, Ordering::AcqRel);
-                futex::wake_all(header.attach_epoch());
-                return Ok((lock, client));
-            }
-        }
-        Err(ConnectError::Full {
-            instance: instance.to_string(),
-            max_clients: geometry.max_clients,
-        })
     }
 
     /// The client area this connection holds.
     pub fn client_index(&self) -> u32 {
-        self.client
+        self.grant.client
     }
 
     /// The instance.
@@ -247,23 +276,66 @@ impl ShmConnection {
         &self.instance
     }
 
-    fn runtime_gone(&self) -> bool {
-        if self.dead.load(Ordering::Acquire) {
-            return true;
+    /// The grant the runtime gave this client (its area index and serving worker).
+    pub fn grant(&self) -> Grant {
+        self.grant
+    }
+
+    fn control_state(&self) -> &AtomicU32 {
+        // The control line starts the area, whose length was checked at connect.
+        self.main
+            .atomic_u32(CONTROL_STATE)
+            .unwrap_or_else(|_| unreachable_word())
+    }
+
+    /// Marks the connection dead with `err` (the first reason wins) and returns it.
+    fn set_dead(&self, err: TaskError) -> TaskError {
+        let mut dead = lock(&self.dead);
+        let err = dead.get_or_insert(err).clone();
+        self.dead_flag.store(true, Ordering::Release);
+        err
+    }
+
+    /// Why calls fail, if they do: checked on every submission (a flag and the control
+    /// word, no syscall).
+    fn failure(&self) -> Option<TaskError> {
+        if self.dead_flag.load(Ordering::Acquire) {
+            return lock(&self.dead).clone();
         }
-        // A lock file that can no longer be checked means no runtime we can trust.
-        let gone = !runtime_alive(&self.instance).unwrap_or(false) || !self.main.still_linked();
-        if gone {
-            self.dead.store(true, Ordering::Release);
+        if self.control_state().load(Ordering::Acquire) == layout::AREA_DISOWNED {
+            return Some(self.set_dead(TaskError::Disowned));
         }
-        gone
+        None
+    }
+
+    /// [`failure`](Self::failure), and whether the runtime hung up our socket (a poll
+    /// that does not block): for the slow paths only.
+    fn runtime_gone(&self) -> Option<TaskError> {
+        if let Some(err) = self.failure() {
+            return Some(err);
+        }
+        let mut fds = [PollFd::new(&self.socket, PollFlags::IN)];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let hung_up = rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|ready| ready > 0);
+        if !hung_up {
+            return None;
+        }
+        // The runtime never writes after the handshake: readable means it hung up. Look
+        // at the control word again: a disowning runtime stores it before hanging up.
+        Some(
+            self.failure()
+                .unwrap_or_else(|| self.set_dead(TaskError::RuntimeStopped)),
+        )
     }
 
     fn take_slot(&self) -> Result<u32, TaskError> {
         let mut free = lock(&self.free_slots);
         loop {
-            if self.dead.load(Ordering::Acquire) {
-                return Err(TaskError::RuntimeStopped);
+            if let Some(err) = self.failure() {
+                return Err(err);
             }
             if let Some(slot_index) = free.pop() {
                 return Ok(slot_index);
@@ -285,8 +357,8 @@ impl ShmConnection {
             self.slot_waiters.fetch_sub(1, Ordering::Relaxed);
             if timeout.timed_out() && free.is_empty() {
                 drop(free);
-                if self.runtime_gone() {
-                    return Err(TaskError::RuntimeStopped);
+                if let Some(err) = self.runtime_gone() {
+                    return Err(err);
                 }
                 free = lock(&self.free_slots);
             }
@@ -339,15 +411,12 @@ impl ShmConnection {
     }
 
     fn view(&self, slot_index: u32) -> Result<SlotView<'_>, TaskError> {
-        SlotView::new(&self.main, &self.geometry, self.client, slot_index)
+        SlotView::new(&self.main, &self.geometry, slot_index)
             .map_err(|e| TaskError::malformed("slot", e))
     }
 
     fn alloc_data(&self, len: usize) -> Option<Extent> {
-        let mut arena = lock(&self.data);
-        let extent = arena.alloc(len, 64);
-        self.publish_data_in_use(&arena);
-        extent
+        lock(&self.data).alloc(len, 64)
     }
 
     /// Allocates in the data share; while it is full of inputs of calls in flight, frees
@@ -370,7 +439,7 @@ impl ShmConnection {
                 .iter()
                 .flatten()
                 .any(|call| lock(&call.slot).is_some_and(|(_, input)| input.is_some()));
-            if !waiting_on_others || self.runtime_gone() {
+            if !waiting_on_others || self.runtime_gone().is_some() {
                 return None;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -381,21 +450,21 @@ impl ShmConnection {
     /// bulk arguments reference instead of copying (see [`crate::bulk`]). Waits while the
     /// share is full of inputs of calls in flight.
     pub fn allocate_buffer(self: &Arc<Self>, len: usize) -> Result<Buffer, TaskError> {
-        if self.dead.load(Ordering::Acquire) {
-            return Err(TaskError::RuntimeStopped);
+        if let Some(err) = self.failure() {
+            return Err(err);
         }
-        let share = self.data_share;
+        let share = self.geometry.data_len;
         let extent = (len <= share)
             .then(|| self.alloc_buffer_waiting(len))
             .flatten()
             .ok_or_else(|| {
                 TaskError::failed(format!(
-                    "no room for a {len}-byte buffer in this client's {share}-byte share of the client-data segment ({} bytes in use); drop unused buffers or raise shm.client_data_size",
+                    "no room for a {len}-byte buffer in this client's {share}-byte data share ({} bytes in use); drop unused buffers or raise shm.client_data_size",
                     lock(&self.data).in_use()
                 ))
             })?;
-        let ptr = match self.client_data.range_ptr(
-            self.data_start + extent.offset,
+        let ptr = match self.main.range_ptr(
+            self.geometry.data_offset() + extent.offset,
             extent.len,
             BUFFER_ALIGN,
         ) {
@@ -413,21 +482,16 @@ impl ShmConnection {
     }
 
     fn alloc_buffer_waiting(&self, len: usize) -> Option<Extent> {
-        self.alloc_waiting(|| {
-            let mut arena = lock(&self.data);
-            let extent = arena.alloc(len, BUFFER_ALIGN);
-            self.publish_data_in_use(&arena);
-            extent
-        })
+        self.alloc_waiting(|| lock(&self.data).alloc(len, BUFFER_ALIGN))
     }
 
     /// How `bytes` travels as a bulk argument: by reference when it lies in this
     /// client's data share (a [`Buffer`] of this connection), inline otherwise.
     pub fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
-        let share_start = self.client_data.base() as usize + self.data_start;
+        let share_start = self.main.base() as usize + self.geometry.data_offset();
         let in_share = (bytes.as_ptr() as usize)
             .checked_sub(share_start)
-            .filter(|offset| !bytes.is_empty() && offset + bytes.len() <= self.data_share);
+            .filter(|offset| !bytes.is_empty() && offset + bytes.len() <= self.geometry.data_len);
         match in_share {
             Some(offset) => BulkWire::Shared {
                 offset: offset as u64,
@@ -438,17 +502,22 @@ impl ShmConnection {
     }
 
     fn free_data(&self, extent: Extent) {
-        let mut arena = lock(&self.data);
-        arena.free(extent);
-        self.publish_data_in_use(&arena);
+        lock(&self.data).free(extent);
     }
 
-    fn publish_data_in_use(&self, arena: &Arena) {
-        if let Ok(control) = self.header.control(&self.geometry, self.client) {
-            control
-                .data_in_use
-                .store(arena.in_use() as u64, Ordering::Relaxed);
+    /// Copies `bytes` to `offset` of the data share.
+    fn write_data(&self, offset: usize, bytes: &[u8]) -> Result<(), super::segment::AccessError> {
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.geometry.data_len)
+        {
+            return Err(super::segment::AccessError::OutOfBounds {
+                offset,
+                len: bytes.len(),
+                size: self.geometry.data_len,
+            });
         }
+        write_shared(&self.main, self.geometry.data_offset() + offset, bytes)
     }
 
     /// Queues a task whose input `encode` archives into this connection's reusable
@@ -476,8 +545,8 @@ impl ShmConnection {
         input: &[u8],
         schedule: Option<Schedule>,
     ) -> Result<ShmCall, TaskError> {
-        if self.dead.load(Ordering::Acquire) {
-            return Err(TaskError::RuntimeStopped);
+        if let Some(err) = self.failure() {
+            return Err(err);
         }
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
@@ -510,14 +579,11 @@ impl ShmConnection {
             let Some(extent) = self.alloc_data_waiting(input.len()) else {
                 self.release_slot(slot_index, None);
                 return Err(TaskError::failed(format!(
-                    "the task's input ({} bytes) does not fit this client's share of the client-data segment; raise shm.client_data_size",
+                    "the task's input ({} bytes) does not fit this client's data share; raise shm.client_data_size",
                     input.len()
                 )));
             };
-            if let Err(err) = self
-                .client_data
-                .write_bytes(self.data_start + extent.offset, input)
-            {
+            if let Err(err) = self.write_data(extent.offset, input) {
                 self.release_slot(slot_index, Some(extent));
                 return Err(TaskError::malformed("input", err));
             }
@@ -562,6 +628,21 @@ pub enum Forgery {
     Kind(u32),
     /// An unknown input location.
     InputWhere(u32),
+}
+
+/// A word of its own area a faulty or hostile client overwrites. For tests of the
+/// runtime's defences; not for applications.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum Scribble {
+    /// The ring's magic word.
+    RingMagic(u32),
+    /// The ring's capacity word.
+    RingCapacity(u32),
+    /// The ring's tail counter (a value far ahead of the head is a corrupt ring).
+    RingTail(u32),
+    /// The control line's state word.
+    ControlState(u32),
 }
 
 impl ShmConnection {
@@ -655,6 +736,25 @@ impl ShmConnection {
         }
     }
 
+    /// Writes `scribble` into this client's own area, as a faulty or hostile client
+    /// could, then writes the worker's doorbell. Test support.
+    #[doc(hidden)]
+    pub fn scribble(&self, scribble: Scribble) {
+        let (ring, _) = self.geometry.ring_range();
+        // Ring offsets, from `ring.rs`'s layout: magic and capacity on the consumer
+        // line, tail on the producer line.
+        let (offset, value) = match scribble {
+            Scribble::RingMagic(value) => (ring + 4, value),
+            Scribble::RingCapacity(value) => (ring + 8, value),
+            Scribble::RingTail(value) => (ring + 128, value),
+            Scribble::ControlState(value) => (CONTROL_STATE, value),
+        };
+        if let Ok(word) = self.main.atomic_u32(offset) {
+            word.store(value, Ordering::SeqCst);
+        }
+        let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
+    }
+
     /// Queues a slot index the runtime must reject (out of range). Test support.
     #[doc(hidden)]
     pub fn queue_raw_index(&self, index: u32) {
@@ -665,24 +765,17 @@ impl ShmConnection {
     fn queue(&self, slot_index: u32) -> bool {
         let pushed = lock(&self.producer).ring.push(slot_index).is_ok();
         fence(Ordering::SeqCst);
-        let worker = self.client % self.geometry.workers;
-        let (bell, sleeping) = self.header.doorbell(worker);
-        if sleeping.load(Ordering::SeqCst) != 0 {
-            bell.fetch_add(1, Ordering::AcqRel);
-            futex::wake(bell, 1);
+        if self.page.is_sleeping(self.grant.worker as usize) {
+            let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
         }
         pushed
     }
 }
 
-impl Drop for ShmConnection {
-    fn drop(&mut self) {
-        // A clean detach: the runtime reclaims the area as for a dead client, once the
-        // liveness lock (dropped with `self`) is free.
-        if let Ok(control) = self.header.control(&self.geometry, self.client) {
-            control.pid.store(0, Ordering::Relaxed);
-        }
-    }
+#[cold]
+fn unreachable_word() -> &'static AtomicU32 {
+    static SPARE: AtomicU32 = AtomicU32::new(0);
+    &SPARE
 }
 
 type Results = Vec<(ContainerId, Result<Bytes, TaskError>)>;
@@ -701,7 +794,7 @@ fn decode_error(bytes: &[u8]) -> TaskError {
 
 /// A call's hold on its slot, shared with the connection (which may harvest it).
 struct CallState {
-    /// The slot and the client-data buffer of the input, while held.
+    /// The slot and the data-share buffer of the input, while held.
     slot: Mutex<Option<(u32, Option<Extent>)>>,
     /// Results moved out of the slot by a harvest.
     harvested: Mutex<Option<Results>>,
@@ -820,8 +913,13 @@ impl ShmConnection {
             if state.load(Ordering::Acquire) == layout::SLOT_DONE {
                 return Ok(());
             }
-            if started.elapsed() >= LIVENESS_CHECK && self.runtime_gone() {
-                return Err(TaskError::RuntimeStopped);
+            if let Some(err) = self.failure() {
+                return Err(err);
+            }
+            if started.elapsed() >= LIVENESS_CHECK {
+                if let Some(err) = self.runtime_gone() {
+                    return Err(err);
+                }
             }
         }
     }
@@ -856,21 +954,39 @@ impl ShmConnection {
         let copied = match view.word(slot::OUTPUT_WHERE).load(Ordering::Relaxed) {
             layout::IN_LINE => view.read_inline(dst).is_ok(),
             layout::IN_SLOT => view.read_payload(dst).is_ok(),
-            layout::IN_RUNTIME_DATA => {
+            layout::IN_OUTPUT_SPACE => {
                 let offset = view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed);
-                usize::try_from(offset)
-                    .is_ok_and(|offset| self.runtime_data.read_bytes(offset, dst).is_ok())
+                let space = self.geometry.output_len;
+                usize::try_from(offset).is_ok_and(|offset| {
+                    offset
+                        .checked_add(dst.len())
+                        .is_some_and(|end| end <= space)
+                        && read_shared(&self.main, self.geometry.output_offset() + offset, dst)
+                            .is_ok()
+                })
             }
             _ => false,
         };
         copied.then_some(()).ok_or_else(|| {
-            TaskError::malformed("output", "the runtime's reply lies outside its segments")
+            TaskError::malformed(
+                "output",
+                "the runtime's reply lies outside this client's area",
+            )
         })
     }
 
     fn read_results(&self, view: &SlotView) -> Results {
         let status = view.word(slot::STATUS).load(Ordering::Relaxed);
         let len = view.word(slot::OUTPUT_LEN).load(Ordering::Relaxed) as usize;
+        if len > self.geometry.output_len.max(view.payload_len()) {
+            return vec![(
+                0,
+                Err(TaskError::malformed(
+                    "output",
+                    format!("a {len}-byte output is larger than any place it can lie in"),
+                )),
+            )];
+        }
         let mut bytes = Bytes::with_capacity(len);
         bytes.resize(len, 0);
         if let Err(err) = self.read_output(view, &mut bytes) {

@@ -16,9 +16,11 @@
 //!   take paths (`bind`, `connect` of a Unix socket).
 //! * **The directory is ours and closed**: opened with `O_DIRECTORY | O_NOFOLLOW` (a
 //!   symlink at its name is an error, never followed), then checked with `fstat` on that
-//!   descriptor: a directory, owned by the effective uid, mode exactly `0700`. Only a
-//!   directory we have just created ourselves is given mode `0700` (the umask may have
-//!   taken bits away). **A wrong mode on an existing directory is refused, not
+//!   descriptor: a directory, owned by the effective uid, mode `0700` — or `0711`, set
+//!   by a runtime whose config grants other users access ([`RuntimeDir::open_to_search`]):
+//!   search only, so they can reach its socket by exact name but list, create or remove
+//!   nothing, every file in it being `0600`. Only a directory we have just created
+//!   ourselves is given mode `0700` (the umask may have taken bits away). **A wrong mode on an existing directory is refused, not
 //!   repaired**: while it was open to others anything may have been planted in it (a hard
 //!   link to one of our files, say), and mending the mode would bless that. The error
 //!   says to remove the directory; the next start creates it afresh.
@@ -57,6 +59,9 @@ use super::naming::{self, InstanceName, ShmName};
 
 /// Mode of the user directory.
 const DIR_MODE: u32 = 0o700;
+/// Mode of the user directory of a runtime that serves other users: they may search it
+/// (reach the socket by name), nothing more.
+const DIR_MODE_SEARCHABLE: u32 = 0o711;
 /// Mode of every file created in it.
 const FILE_MODE: u32 = 0o600;
 /// Flags of every open in the user directory.
@@ -104,9 +109,9 @@ pub enum DirError {
         /// The effective uid.
         me: u32,
     },
-    /// The directory's mode is not `0700`.
+    /// The directory's mode is neither `0700` nor `0711`.
     #[error(
-        "{} has mode {mode:03o}, not 700: while it was open to others anything may have \
+        "{} has mode {mode:03o}, not 700 (or 711): while it was open to others anything may have \
          been planted in it, so chimaera does not repair it. Remove it (`rm -r {}`; stop \
          this user's runtimes first): the next start creates it with mode 700",
         path.display(), path.display()
@@ -309,13 +314,29 @@ impl RuntimeDir {
                 me,
             });
         }
-        if permissions(&stat) != DIR_MODE {
+        if !matches!(permissions(&stat), DIR_MODE | DIR_MODE_SEARCHABLE) {
             return Err(DirError::BadMode {
                 path,
                 mode: permissions(&stat),
             });
         }
         Ok(RuntimeDir { fd, path })
+    }
+
+    /// Lets other users search the directory (mode `0711`) or not (`0700`): a runtime
+    /// whose config grants other uids or gids access opens it so they can reach its
+    /// socket by exact name; they still cannot list it, nor create or remove anything.
+    pub fn open_to_search(&self, others: bool) -> Result<(), DirError> {
+        let mode = if others {
+            DIR_MODE_SEARCHABLE
+        } else {
+            DIR_MODE
+        };
+        rustix::fs::fchmod(&self.fd, Mode::from(mode)).map_err(|errno| DirError::Io {
+            action: "setting the mode of",
+            path: self.path.clone(),
+            source: errno.into(),
+        })
     }
 
     /// The directory's path (for messages, and for calls that take only a path).

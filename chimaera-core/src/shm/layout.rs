@@ -1,75 +1,51 @@
-//! The layout of a runtime's main segment, and typed views of its parts.
+//! The layout of one client's memory (its *area*), and typed views of its parts.
+//!
+//! Every client gets an area of its own: a memfd the runtime creates, lays out and hands
+//! to that client alone over the instance's Unix socket ([`crate::shm::handshake`]). No
+//! other client maps it, so nothing one client writes can reach another.
 //!
 //! ```text
-//! 0       header (magic, version, state, geometry, counters)            4 KiB
-//! 4 KiB   doorbells: per shm worker, a futex word and a "sleeping" flag  4 KiB
-//! 8 KiB   client area 0 | client area 1 | …                              max_clients × area
-//!
-//! client area:  control line (state, generation, pid, data in use)       128 B
-//!               submission ring (client → runtime, slot indices)          RingLayout::size(slots)
-//!               task slots                                                slots × slot_size
+//! 0        control line: the area's state, written by the runtime only     128 B
+//! 128      submission ring (client → runtime, slot indices)                RingLayout::size(slots)
+//!          task slots                                                      slots × slot_size
+//!          data share (page-aligned): buffers the client allocates         data_len
+//!          output space (page-aligned): outputs larger than a slot         output_len
 //!
 //! task slot:    reply line (state, waiting, output descriptor, ≤ 32 B output)   64 B
 //!               request line (target, kind, query, input descriptor)             64 B
 //!               payload: the input archive, then a larger output archive  slot_size - 128
 //! ```
 //!
-//! The runtime writes the geometry once, before publishing `state = READY`; a client
-//! reads it from the header (never from its own config), so both sides agree. Every
-//! view here is created from checked offsets; a [`SlotView`] keeps its segment mapped and
-//! reaches its words through pointers whose range was checked when the view was made.
+//! The [`AreaGeometry`] is the runtime's: it travels in the handshake message, never
+//! through shared memory, and the runtime never reads it back from anywhere a client can
+//! write. Each side reaches words through views built from checked offsets.
 //!
-//! Who writes what: a client writes its control line's `pid`, and the header and payload
-//! of its free slots; the runtime writes everything else. Each side reads the other's
-//! words once into locals and validates them before use.
+//! Who writes what: the client writes the request line and payload of slots it submits,
+//! the ring's producer line and its data share; the runtime writes everything else. The
+//! runtime reads the client's words once into locals (atomics, or the volatile copies of
+//! [`copy_from_shared`]) and validates the copy; it keeps its own truth (which slots are
+//! in flight, which output blocks are whose) in its own memory
+//! ([`crate::shm::client_area`]).
+//!
+//! The *runtime page* is one more memfd, shared by all clients but sealed against writable
+//! mappings ([`crate::shm::runtime_page`]): it holds each worker's "sleeping" flag, the
+//! only runtime state every client needs to read.
 use super::ring::RingLayout;
 use super::segment::{AccessError, Segment};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-/// "CHIMAERA" in ASCII, little-endian.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"CHIMAERA");
-/// Bumped whenever this layout changes.
-pub const VERSION: u32 = 2;
-
-/// The segment is being laid out.
-pub const STATE_INIT: u32 = 0;
-/// The runtime serves clients.
-pub const STATE_READY: u32 = 1;
-/// The runtime is stopping; no new client may attach.
-pub const STATE_STOPPING: u32 = 2;
-
-/// Header offsets.
-mod header {
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 8;
-    pub const STATE: usize = 12;
-    pub const MAX_CLIENTS: usize = 16;
-    pub const SLOTS: usize = 20;
-    pub const SLOT_SIZE: usize = 24;
-    pub const WORKERS: usize = 28;
-    pub const PID: usize = 32;
-    pub const CLIENTS_ACTIVE: usize = 36;
-    pub const RDATA_IN_USE: usize = 40;
-    pub const TASKS_DONE: usize = 48;
-    pub const ATTACH_EPOCH: usize = 56;
-}
-
-const HEADER_SIZE: usize = 4096;
-const DOORBELL_STRIDE: usize = 128;
-/// Most shm-serving workers a layout has doorbells for.
+/// Most shm-serving workers (each has a doorbell eventfd and a sleeping flag).
 pub const MAX_DOORBELLS: usize = 32;
-const CLIENTS_START: usize = HEADER_SIZE + MAX_DOORBELLS * DOORBELL_STRIDE;
 const CONTROL_SIZE: usize = 128;
 /// Bytes of a slot before its payload.
 pub const SLOT_HEADER: usize = 128;
 
-/// Control-line states of a client area.
-pub const CLIENT_FREE: u32 = 0;
-/// A live client owns the area.
-pub const CLIENT_ACTIVE: u32 = 1;
-/// The runtime found the owner dead and is reclaiming the area.
-pub const CLIENT_RECLAIMING: u32 = 2;
+/// Control-line state: the runtime serves the area's client.
+pub const AREA_ACTIVE: u32 = 1;
+/// Control-line state: the runtime disowned the client (it broke the protocol); the
+/// client's calls fail with [`crate::error::TaskError::Disowned`].
+pub const AREA_DISOWNED: u32 = 2;
 
 /// Slot states (the slot's futex word).
 pub const SLOT_FREE: u32 = 0;
@@ -87,10 +63,10 @@ pub const STATUS_REPLICAS: u32 = 2;
 
 /// Where a byte range of a slot lives.
 pub const IN_SLOT: u32 = 0;
-/// In the client's share of the client-data segment (inputs).
+/// In the client's data share (inputs).
 pub const IN_CLIENT_DATA: u32 = 1;
-/// In the runtime-data segment (outputs).
-pub const IN_RUNTIME_DATA: u32 = 2;
+/// In the area's output space (outputs larger than the slot).
+pub const IN_OUTPUT_SPACE: u32 = 2;
 /// In the slot's reply line (outputs of at most [`slot::INLINE_OUTPUT_LEN`] bytes).
 pub const IN_LINE: u32 = 3;
 
@@ -119,9 +95,9 @@ pub mod slot {
     pub const STATUS: usize = 8;
     /// Output length.
     pub const OUTPUT_LEN: usize = 12;
-    /// Output location (`IN_LINE` / `IN_SLOT` / `IN_RUNTIME_DATA`).
+    /// Output location (`IN_LINE` / `IN_SLOT` / `IN_OUTPUT_SPACE`).
     pub const OUTPUT_WHERE: usize = 16;
-    /// Output offset in the runtime-data segment.
+    /// Output offset in the area's output space.
     pub const OUTPUT_OFFSET: usize = 24;
     /// A small output, in the reply line itself.
     pub const INLINE_OUTPUT: usize = 32;
@@ -151,248 +127,159 @@ pub mod slot {
     pub const INPUT_OFFSET: usize = 112;
 }
 
-/// Client control-line offsets.
-mod control {
-    pub const STATE: usize = 0;
-    pub const GENERATION: usize = 4;
-    pub const PID: usize = 8;
-    pub const DATA_IN_USE: usize = 16;
-}
+/// Offset of the control line's state word (`AREA_*`).
+pub const CONTROL_STATE: usize = 0;
 
-/// The geometry of a main segment.
+/// The geometry of one client area: decided by the runtime, sent in the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    /// Client areas.
-    pub max_clients: u32,
-    /// Task slots (and ring entries) per client: a power of two.
+pub struct AreaGeometry {
+    /// Task slots (and ring entries): a power of two.
     pub slots: u32,
     /// Bytes per slot, a multiple of 128, more than [`SLOT_HEADER`].
     pub slot_size: u32,
-    /// Workers that poll client rings (each has a doorbell).
-    pub workers: u32,
+    /// Bytes of the data share.
+    pub data_len: usize,
+    /// Bytes of the output space.
+    pub output_len: usize,
 }
 
-impl Geometry {
-    fn ring_offset() -> usize {
-        CONTROL_SIZE
-    }
+const PAGE: usize = 4096;
 
-    fn ring_size(&self) -> usize {
-        RingLayout::size(self.slots)
-            .unwrap_or(usize::MAX / 4)
-            .next_multiple_of(128)
-    }
-
-    fn slots_offset(&self) -> usize {
-        Self::ring_offset() + self.ring_size()
-    }
-
-    /// Bytes of one client area.
-    pub fn client_area_size(&self) -> usize {
-        self.slots_offset() + self.slots as usize * self.slot_size as usize
-    }
-
-    /// Bytes the whole main segment needs.
-    pub fn segment_size(&self) -> usize {
-        CLIENTS_START + self.max_clients as usize * self.client_area_size()
-    }
-
-    /// Payload bytes of a slot.
-    pub fn payload(&self) -> usize {
-        self.slot_size as usize - SLOT_HEADER
-    }
-
-    /// The largest slot that lets `max_clients × slots` slots fit in `segment_len` bytes,
-    /// capped at `max_slot`; `None` if not even a 256-byte slot fits.
+impl AreaGeometry {
+    /// The geometry for `slots` slots of at most `max_slot` bytes within `queue_bytes`
+    /// (control line, ring and slots), plus the two data spaces; `None` if not even a
+    /// 256-byte slot fits or a size overflows.
     pub fn fit(
-        segment_len: usize,
-        max_clients: u32,
+        queue_bytes: usize,
         slots: u32,
-        workers: u32,
         max_slot: u32,
-    ) -> Option<Geometry> {
-        let mut geometry = Geometry {
-            max_clients,
-            slots,
-            slot_size: 256,
-            workers,
-        };
-        let fixed = CLIENTS_START + max_clients as usize * geometry.slots_offset();
-        let per_slot = segment_len.checked_sub(fixed)? / (max_clients as usize * slots as usize);
+        data_len: usize,
+        output_len: usize,
+    ) -> Option<AreaGeometry> {
+        let ring = RingLayout::size(slots).ok()?.next_multiple_of(128);
+        let per_slot = queue_bytes.checked_sub(CONTROL_SIZE + ring)? / slots as usize;
         let size = (per_slot.min(max_slot as usize) / 128) * 128;
         if size < 256 {
             return None;
         }
-        geometry.slot_size = size as u32;
-        Some(geometry)
+        let geometry = AreaGeometry {
+            slots,
+            slot_size: size as u32,
+            data_len: data_len.next_multiple_of(PAGE),
+            output_len: output_len.next_multiple_of(PAGE),
+        };
+        geometry.checked_total_len().map(|_| geometry)
     }
 
-    fn client_offset(&self, client: u32) -> usize {
-        CLIENTS_START + client as usize * self.client_area_size()
+    fn ring_size(&self) -> Option<usize> {
+        Some(RingLayout::size(self.slots).ok()?.next_multiple_of(128))
     }
 
-    /// Offset and length of a client's ring.
-    pub fn ring_range(&self, client: u32) -> (usize, usize) {
-        (
-            self.client_offset(client) + Self::ring_offset(),
-            self.ring_size(),
-        )
+    fn slots_offset(&self) -> usize {
+        CONTROL_SIZE
     }
 
-    /// Offset of a slot.
-    pub fn slot_offset(&self, client: u32, slot: u32) -> usize {
-        self.client_offset(client) + self.slots_offset() + slot as usize * self.slot_size as usize
-    }
-}
-
-/// The header of a main segment.
-#[derive(Clone, Debug)]
-pub struct Header {
-    segment: Segment,
-}
-
-impl Header {
-    /// A view of the header of `segment`.
-    pub fn new(segment: Segment) -> Self {
-        Header { segment }
+    /// Offset and length of the ring.
+    pub fn ring_range(&self) -> (usize, usize) {
+        (CONTROL_SIZE, self.ring_size().unwrap_or(0))
     }
 
-    fn word(&self, offset: usize) -> &AtomicU32 {
-        // The header lies in the first 4 KiB of a segment at least that large (checked
-        // by `Layout` before any Header is used), at 4-aligned offsets.
-        self.segment
-            .atomic_u32(offset)
-            .unwrap_or_else(|_| unreachable_word())
+    /// Offset of slot `slot`.
+    pub fn slot_offset(&self, slot: u32) -> usize {
+        self.slots_offset()
+            + self.ring_size().unwrap_or(0)
+            + slot as usize * self.slot_size as usize
     }
 
-    fn word64(&self, offset: usize) -> &AtomicU64 {
-        self.segment
-            .atomic_u64(offset)
-            .unwrap_or_else(|_| unreachable_word64())
+    /// Payload bytes of a slot.
+    pub fn payload(&self) -> usize {
+        (self.slot_size as usize).saturating_sub(SLOT_HEADER)
     }
 
-    /// Magic and version, as written.
-    pub fn identity(&self) -> (u64, u32) {
-        (
-            self.word64(header::MAGIC)
-                .load(std::sync::atomic::Ordering::Acquire),
-            self.word(header::VERSION)
-                .load(std::sync::atomic::Ordering::Acquire),
-        )
+    /// Offset of the data share (page-aligned).
+    pub fn data_offset(&self) -> usize {
+        self.slot_offset(self.slots).next_multiple_of(PAGE)
     }
 
-    /// Writes magic, version and geometry (runtime, before READY).
-    pub fn init(&self, geometry: &Geometry, pid: u32) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.word(header::MAX_CLIENTS)
-            .store(geometry.max_clients, Relaxed);
-        self.word(header::SLOTS).store(geometry.slots, Relaxed);
-        self.word(header::SLOT_SIZE)
-            .store(geometry.slot_size, Relaxed);
-        self.word(header::WORKERS).store(geometry.workers, Relaxed);
-        self.word(header::PID).store(pid, Relaxed);
-        self.word(header::VERSION).store(VERSION, Relaxed);
-        self.word64(header::MAGIC).store(MAGIC, Relaxed);
+    /// Offset of the output space (page-aligned).
+    pub fn output_offset(&self) -> usize {
+        self.data_offset() + self.data_len
     }
 
-    /// The geometry as written by the runtime.
-    pub fn geometry(&self) -> Geometry {
-        use std::sync::atomic::Ordering::Acquire;
-        Geometry {
-            max_clients: self.word(header::MAX_CLIENTS).load(Acquire),
-            slots: self.word(header::SLOTS).load(Acquire),
-            slot_size: self.word(header::SLOT_SIZE).load(Acquire),
-            workers: self.word(header::WORKERS).load(Acquire),
+    /// Bytes of the whole area; `None` if the geometry is not one [`fit`](Self::fit)
+    /// could make (a message from a runtime is checked with this).
+    pub fn checked_total_len(&self) -> Option<usize> {
+        self.ring_size()?;
+        if self.slot_size < 256 || !self.slot_size.is_multiple_of(128) {
+            return None;
         }
-    }
-
-    /// Segment state (`STATE_*`).
-    pub fn state(&self) -> &AtomicU32 {
-        self.word(header::STATE)
-    }
-
-    /// The runtime's pid.
-    pub fn pid(&self) -> u32 {
-        self.word(header::PID)
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Clients attached.
-    pub fn clients_active(&self) -> &AtomicU32 {
-        self.word(header::CLIENTS_ACTIVE)
-    }
-
-    /// Bytes of the runtime-data segment in use.
-    pub fn runtime_data_in_use(&self) -> &AtomicU64 {
-        self.word64(header::RDATA_IN_USE)
-    }
-
-    /// Tasks completed for shared-memory clients.
-    pub fn tasks_done(&self) -> &AtomicU64 {
-        self.word64(header::TASKS_DONE)
-    }
-
-    /// Bumped (and futex-woken) whenever a client area changes hands: a client attached,
-    /// or the runtime began or finished reclaiming one.
-    pub fn attach_epoch(&self) -> &AtomicU32 {
-        self.word(header::ATTACH_EPOCH)
-    }
-
-    /// The state word of a client's control line.
-    pub fn client_state(&self, geometry: &Geometry, client: u32) -> Option<&AtomicU32> {
-        self.segment
-            .atomic_u32(geometry.client_offset(client) + control::STATE)
-            .ok()
-    }
-
-    /// Worker `w`'s doorbell (a futex word clients bump) and its sleeping flag.
-    pub fn doorbell(&self, worker: u32) -> (&AtomicU32, &AtomicU32) {
-        let base = HEADER_SIZE + (worker as usize % MAX_DOORBELLS) * DOORBELL_STRIDE;
-        (self.word(base), self.word(base + 64))
-    }
-
-    /// A client area's generation word alone (read on every task, so without building the
-    /// whole [`Control`]).
-    pub fn generation(&self, geometry: &Geometry, client: u32) -> Result<&AtomicU32, AccessError> {
-        self.segment
-            .atomic_u32(geometry.client_offset(client) + control::GENERATION)
-    }
-
-    /// A client's control line: state, generation, pid, data bytes in use.
-    pub fn control(&self, geometry: &Geometry, client: u32) -> Result<Control<'_>, AccessError> {
-        let base = geometry.client_offset(client);
-        Ok(Control {
-            state: self.segment.atomic_u32(base + control::STATE)?,
-            generation: self.segment.atomic_u32(base + control::GENERATION)?,
-            pid: self.segment.atomic_u32(base + control::PID)?,
-            data_in_use: self.segment.atomic_u64(base + control::DATA_IN_USE)?,
-        })
+        let slots = (self.slots as usize).checked_mul(self.slot_size as usize)?;
+        CONTROL_SIZE
+            .checked_add(self.ring_size()?)?
+            .checked_add(slots)?
+            .checked_next_multiple_of(PAGE)?
+            .checked_add(self.data_len)?
+            .checked_add(self.output_len)
     }
 }
 
-#[cold]
-fn unreachable_word() -> &'static AtomicU32 {
-    static SPARE: AtomicU32 = AtomicU32::new(0);
-    &SPARE
+/// Copies `dst.len()` bytes from `src`, memory another process may write meanwhile, with
+/// volatile loads: no Rust reference is ever made over the shared bytes, and the compiler
+/// may neither elide nor repeat a load (so a value checked is the value used). A peer
+/// writing meanwhile makes the copy's content unspecified, never unsafe.
+///
+/// # Safety
+///
+/// `src..src + dst.len()` must lie in a mapping that stays mapped during the call.
+pub unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
+    let len = dst.len();
+    let mut i = 0;
+    // Byte loads up to an 8-aligned source address, then aligned 8-byte loads.
+    while i < len && !(src as usize + i).is_multiple_of(8) {
+        // SAFETY: `src + i` lies in the mapping (caller's promise, `i < len`).
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
+    while i + 8 <= len {
+        // SAFETY: 8 bytes from `src + i` lie in the mapping, and the address is 8-aligned.
+        let word = unsafe { std::ptr::read_volatile(src.add(i).cast::<u64>()) };
+        dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: as above, `i < len`.
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
 }
 
-#[cold]
-fn unreachable_word64() -> &'static AtomicU64 {
-    static SPARE: AtomicU64 = AtomicU64::new(0);
-    &SPARE
-}
-
-/// The words of a client's control line.
-#[derive(Clone, Copy, Debug)]
-pub struct Control<'a> {
-    /// `CLIENT_*`.
-    pub state: &'a AtomicU32,
-    /// Bumped by the runtime each time it reclaims the area.
-    pub generation: &'a AtomicU32,
-    /// The owning client's pid (informational).
-    pub pid: &'a AtomicU32,
-    /// Bytes of the client's data share in use (written by the client).
-    pub data_in_use: &'a AtomicU64,
+/// Copies `src` to `dst`, memory another process may read or write meanwhile, with
+/// volatile stores (the counterpart of [`copy_from_shared`]).
+///
+/// # Safety
+///
+/// `dst..dst + src.len()` must lie in a writable mapping that stays mapped during the
+/// call.
+pub unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
+    let len = src.len();
+    let mut i = 0;
+    while i < len && !(dst as usize + i).is_multiple_of(8) {
+        // SAFETY: `dst + i` lies in the writable mapping (caller's promise, `i < len`).
+        unsafe { std::ptr::write_volatile(dst.add(i), src[i]) };
+        i += 1;
+    }
+    while i + 8 <= len {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&src[i..i + 8]);
+        // SAFETY: 8 bytes from `dst + i` lie in the mapping, and the address is 8-aligned.
+        unsafe { std::ptr::write_volatile(dst.add(i).cast::<u64>(), u64::from_ne_bytes(word)) };
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: as above, `i < len`.
+        unsafe { std::ptr::write_volatile(dst.add(i), src[i]) };
+        i += 1;
+    }
 }
 
 /// A view of one task slot (borrowing its segment, so making one costs no reference
@@ -415,18 +302,16 @@ unsafe impl Send for SlotView<'_> {}
 unsafe impl Sync for SlotView<'_> {}
 
 impl<'a> SlotView<'a> {
-    /// The view of `slot` of `client`; checks the whole slot lies in the segment.
+    /// The view of slot `slot` of the area in `segment`; checks the whole slot lies in
+    /// the segment.
     pub fn new(
         segment: &'a Segment,
-        geometry: &Geometry,
-        client: u32,
+        geometry: &AreaGeometry,
         slot: u32,
     ) -> Result<SlotView<'a>, AccessError> {
-        let offset = geometry.slot_offset(client, slot);
+        let offset = geometry.slot_offset(slot);
         let slot_size = geometry.slot_size as usize;
-        // The geometry may come from a header a peer wrote: a slot too small for its
-        // header, or not 8-aligned, is refused here so that `word` needs no checks.
-        if slot_size < SLOT_HEADER {
+        if slot_size < SLOT_HEADER || slot >= geometry.slots {
             return Err(AccessError::OutOfBounds {
                 offset,
                 len: SLOT_HEADER,
@@ -467,13 +352,13 @@ impl<'a> SlotView<'a> {
     /// Copies `src` (at most [`slot::INLINE_OUTPUT_LEN`] bytes) into the reply line.
     pub fn write_inline(&self, src: &[u8]) -> Result<(), AccessError> {
         let at = self.area(slot::INLINE_OUTPUT, slot::INLINE_OUTPUT_LEN, src.len())?;
-        self.segment.write_bytes(at, src)
+        self.write_at(at, src)
     }
 
     /// Copies the first `dst.len()` bytes of the reply line's output into `dst`.
     pub fn read_inline(&self, dst: &mut [u8]) -> Result<(), AccessError> {
         let at = self.area(slot::INLINE_OUTPUT, slot::INLINE_OUTPUT_LEN, dst.len())?;
-        self.segment.read_bytes(at, dst)
+        self.read_at(at, dst)
     }
 
     /// Payload capacity.
@@ -484,13 +369,21 @@ impl<'a> SlotView<'a> {
     /// Copies `src` into the payload (`src.len() <= payload_len()`).
     pub fn write_payload(&self, src: &[u8]) -> Result<(), AccessError> {
         let at = self.area(SLOT_HEADER, self.payload, src.len())?;
-        self.segment.write_bytes(at, src)
+        self.write_at(at, src)
     }
 
     /// Copies the first `dst.len()` payload bytes into `dst`.
     pub fn read_payload(&self, dst: &mut [u8]) -> Result<(), AccessError> {
         let at = self.area(SLOT_HEADER, self.payload, dst.len())?;
-        self.segment.read_bytes(at, dst)
+        self.read_at(at, dst)
+    }
+
+    fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
+        read_shared(self.segment, offset, dst)
+    }
+
+    fn write_at(&self, offset: usize, src: &[u8]) -> Result<(), AccessError> {
+        write_shared(self.segment, offset, src)
     }
 
     /// The segment offset of `len` bytes at `start` of this slot, in an area of
@@ -507,19 +400,76 @@ impl<'a> SlotView<'a> {
     }
 }
 
+/// Copies `dst.len()` bytes at `offset` of `segment` with [`copy_from_shared`].
+pub fn read_shared(segment: &Segment, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
+    let src = segment.range_ptr(offset, dst.len(), 1)?;
+    // SAFETY: `range_ptr` proved the range inside the mapping, which `segment` keeps alive.
+    unsafe { copy_from_shared(src.as_ptr(), dst) };
+    Ok(())
+}
+
+/// Copies `src` to `offset` of `segment` with [`copy_to_shared`].
+pub fn write_shared(segment: &Segment, offset: usize, src: &[u8]) -> Result<(), AccessError> {
+    let dst = segment.range_ptr(offset, src.len(), 1)?;
+    // SAFETY: `range_ptr` proved the range inside the (writable) mapping `segment` keeps
+    // alive.
+    unsafe { copy_to_shared(src, dst.as_ptr()) };
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn default_geometry_fits_and_slots_do_not_overlap() {
-        let g = Geometry::fit(20 << 20, 64, 256, 1, 1024).unwrap();
+    fn default_geometry_fits_and_parts_do_not_overlap() {
+        let g = AreaGeometry::fit(320 << 10, 256, 1024, 512 << 10, 128 << 10).unwrap();
         assert_eq!(g.slot_size, 1024);
-        assert!(g.segment_size() <= 20 << 20);
-        let a = g.slot_offset(0, 255) + g.slot_size as usize;
-        assert!(a <= g.ring_range(1).0);
-        assert_eq!(g.slot_offset(3, 7) % 128, 0);
-        assert_eq!(g.ring_range(5).0 % 64, 0);
-        assert!(Geometry::fit(1 << 20, 64, 256, 1, 1024).is_none());
+        let (ring, ring_len) = g.ring_range();
+        assert!(ring + ring_len <= g.slot_offset(0));
+        assert_eq!(g.slot_offset(7) % 128, 0);
+        assert!(g.slot_offset(255) + g.slot_size as usize <= g.data_offset());
+        assert_eq!(g.data_offset() % 4096, 0);
+        assert_eq!(g.output_offset(), g.data_offset() + g.data_len);
+        assert_eq!(
+            g.checked_total_len(),
+            Some(g.output_offset() + g.output_len)
+        );
+        assert!(AreaGeometry::fit(4096, 256, 1024, 0, 0).is_none());
+    }
+
+    #[test]
+    fn a_geometry_no_runtime_would_make_is_refused() {
+        let g = AreaGeometry::fit(320 << 10, 256, 1024, 4096, 4096).unwrap();
+        for bad in [
+            AreaGeometry { slots: 3, ..g },
+            AreaGeometry {
+                slot_size: 100,
+                ..g
+            },
+            AreaGeometry {
+                data_len: usize::MAX,
+                ..g
+            },
+        ] {
+            assert_eq!(bad.checked_total_len(), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shared_copies_round_trip_at_every_alignment() {
+        let mut memory = vec![0u64; 64];
+        let base = memory.as_mut_ptr().cast::<u8>();
+        let src: Vec<u8> = (0..200u8).collect();
+        for start in 0..9 {
+            for len in [0, 1, 7, 8, 9, 100, 200 - 9] {
+                // SAFETY: `start + len <= 200 < 512` bytes of `memory`.
+                unsafe { copy_to_shared(&src[..len], base.add(start)) };
+                let mut back = vec![0u8; len];
+                // SAFETY: as above.
+                unsafe { copy_from_shared(base.add(start), &mut back) };
+                assert_eq!(back, src[..len]);
+            }
+        }
     }
 }

@@ -1,28 +1,54 @@
 //! Raw shared memory and the fixed-layout building blocks on top of it.
 //!
-//! This is the lowest layer of the client ↔ runtime transport. It knows nothing of tasks,
-//! pools or clients; it offers:
+//! This is the lowest layer of the client ↔ runtime transport. It knows nothing of pools
+//! or modules; it offers:
 //!
-//! * [`naming`]: the names of everything an instance keeps on disk (`{instance}@{role}`,
-//!   lock files, the socket) in the per-user directory `/dev/shm/chimaera-{user}`, and the
-//!   validated [`InstanceName`];
-//! * [`dir`]: that directory ([`RuntimeDir`]), verified to be ours and mode `0700`, and
-//!   the only way files in it are opened, created and removed;
-//! * [`segment`]: a named, mapped file in that directory ([`Segment`]) and checked views
-//!   into it ([`ShmRegion`]): every access is by offset, bounds- and alignment-checked,
-//!   and returns an error instead of panicking;
-//! * [`liveness`]: who is alive, from `flock` locks the kernel drops when a process dies
-//!   (even by SIGKILL), robust against pid reuse;
+//! * [`naming`]: the names of everything an instance keeps on disk (its lock file and
+//!   its socket) in the per-user directory `/dev/shm/chimaera-{user}`, and the validated
+//!   [`InstanceName`];
+//! * [`dir`]: that directory ([`RuntimeDir`]), verified to be ours and closed to others,
+//!   and the only way files in it are opened, created and removed;
+//! * [`segment`]: a mapped file or memfd ([`Segment`]) and checked views into it
+//!   ([`ShmRegion`]): every access is by offset, bounds- and alignment-checked, and
+//!   returns an error instead of panicking;
+//! * [`liveness`]: whether the runtime of an instance is alive, from a `flock` lock the
+//!   kernel drops when the process dies (even by SIGKILL), robust against pid reuse;
 //! * [`futex`]: process-shared futex wait/wake on a word of a shared mapping;
 //! * [`ring`]: a single-producer single-consumer ring of `u32` in shared memory whose
-//!   consumer does not trust its producer.
+//!   consumer does not trust its producer;
+//! * [`layout`]: the layout of one client's area (ring, slots, data share, output space)
+//!   and volatile copies in and out of peer-writable memory;
+//! * [`handshake`]: the instance's Unix socket — who may attach (`SO_PEERCRED` against
+//!   the config's `access:`), and the area memfd passed with `SCM_RIGHTS`;
+//! * [`runtime_page`]: the one page every client reads (workers' sleeping flags), sealed
+//!   so no client can map it writable;
+//! * [`client_area`]: the runtime's side of one client — its memory and the runtime's
+//!   private truth about it (slots in flight, output blocks, quotas, rights);
+//! * [`server`] and [`connection`]: the runtime's and a client's end of the transport.
 //!
 //! # Invariants shared by every block
 //!
-//! * Nothing in shared memory is a pointer: structures are found by offset from the start
-//!   of a segment, and every offset read from shared memory is checked before use.
+//! * **Each client's memory is its own.** A client's ring, slots, data share and output
+//!   space live in a memfd the runtime makes for that client and passes to it alone over
+//!   a Unix socket; no file names it, no other client maps it. What is shared by all
+//!   clients (the runtime page) is sealed read-only for them. A client can therefore only
+//!   ever hurt itself: replay its own slots, corrupt its own ring, fill its own output
+//!   space.
+//! * **What a client writes is a request, never the truth.** The runtime's truth — which
+//!   slots are in flight, which output blocks are whose, quotas, who sleeps, geometry,
+//!   rights — lives in runtime-private memory and is never read back from shared memory.
+//! * **No Rust reference into peer-writable bytes.** The runtime reads words through
+//!   atomics and byte ranges through volatile copies ([`layout::copy_from_shared`]) into
+//!   its own memory, then validates the copy; lengths are checked against where the bytes
+//!   claim to lie before anything is allocated for them.
+//! * Nothing in shared memory is a pointer: structures are found by offset, and every
+//!   offset read from shared memory is checked before use.
+//! * Liveness is the client's socket: a client that exits or is killed hangs up (the
+//!   kernel closes its end), and the runtime ends its session at once; a runtime that
+//!   dies or disowns a client hangs up too, and the client's calls fail with a typed
+//!   error instead of blocking.
 //! * Every file lives in the per-user directory, which must be a real directory (not a
-//!   link) owned by the effective user with mode `0700`. Files are created with
+//!   link) owned by the effective user, writable by nobody else. Files are created with
 //!   `O_CREAT | O_EXCL` and mode `0600`, opened with `O_NOFOLLOW | O_NONBLOCK` relative
 //!   to the directory's descriptor, and must then be regular files with one link, owned
 //!   by the effective user and closed to others. A symlink, FIFO or foreign file at a
@@ -35,19 +61,22 @@
 //!
 //! # Lineage
 //!
-//! The layering (raw segment → fixed-layout blocks → concepts) and liveness by file lock
-//! with cleanup of a dead peer's resources by whoever notices follow the ideas of iceoryx
-//! and iceoryx2 (RouDi's lock file; iceoryx2's node monitoring and dead-node cleanup); the
-//! code is our own.
+//! The layering (raw segment → fixed-layout blocks → concepts) follows iceoryx and
+//! iceoryx2; handing each peer its own memfd over a Unix socket after checking
+//! `SO_PEERCRED`, and sealing what is shared, is how Wayland compositors and systemd's
+//! memfd users isolate peers. The code is our own.
 
 pub mod arena;
+pub mod client_area;
 pub mod connection;
 pub mod dir;
 pub mod futex;
+pub mod handshake;
 pub mod layout;
 pub mod liveness;
 pub mod naming;
 pub mod ring;
+pub mod runtime_page;
 pub mod segment;
 pub mod server;
 

@@ -160,8 +160,8 @@ pub struct Segment {
 struct Inner {
     map: MmapRaw,
     /// The directory the file was found in: removal and [`Segment::still_linked`] look
-    /// there, never through a path.
-    dir: RuntimeDir,
+    /// there, never through a path. `None` for a memfd, which has no name.
+    dir: Option<RuntimeDir>,
     name: ShmName,
     creator: bool,
     remove_on_drop: AtomicBool,
@@ -171,8 +171,9 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        let Some(dir) = &self.dir else { return };
         if self.creator && self.remove_on_drop.load(Ordering::Relaxed) && self.still_linked() {
-            if let Err(err) = self.dir.remove(&self.name) {
+            if let Err(err) = dir.remove(&self.name) {
                 tracing::warn!(
                     "could not remove shared-memory segment {}: {err}",
                     self.name
@@ -184,7 +185,9 @@ impl Drop for Inner {
 
 impl Inner {
     fn still_linked(&self) -> bool {
-        self.dir.identity_of(&self.name) == Some(self.identity)
+        self.dir
+            .as_ref()
+            .is_some_and(|dir| dir.identity_of(&self.name) == Some(self.identity))
     }
 }
 
@@ -247,6 +250,30 @@ impl Segment {
             len: size,
         })?;
         map(file, dir, name, len, false)
+    }
+
+    /// Maps the whole of `file`, an anonymous memory file (a memfd) this process made or
+    /// received over a Unix socket; `name` only labels errors. Nothing is removed on drop
+    /// (a memfd has no path), and [`still_linked`](Self::still_linked) is always false.
+    pub fn from_memfd(file: File, name: &ShmName) -> Result<Segment, SegmentError> {
+        let len = file
+            .metadata()
+            .map_err(|source| SegmentError::Io {
+                action: "inspecting",
+                name: name.clone(),
+                source,
+            })?
+            .len();
+        let len =
+            usize::try_from(len)
+                .ok()
+                .filter(|len| *len > 0)
+                .ok_or(SegmentError::TooSmall {
+                    name: name.clone(),
+                    len,
+                    need: 1,
+                })?;
+        map_anonymous(file, name, len)
     }
 
     /// Removes the name `name` (whatever it names: `unlinkat` never follows a link); a
@@ -559,9 +586,33 @@ fn map(
     Ok(Segment {
         inner: Arc::new(Inner {
             map,
-            dir,
+            dir: Some(dir),
             name: name.clone(),
             creator,
+            remove_on_drop: AtomicBool::new(false),
+            identity,
+        }),
+    })
+}
+
+/// Maps all of a memfd: no directory, nothing to remove, never "linked".
+fn map_anonymous(file: File, name: &ShmName, len: usize) -> Result<Segment, SegmentError> {
+    let io = |action, source| SegmentError::Io {
+        action,
+        name: name.clone(),
+        source,
+    };
+    let identity = file_identity(&file).map_err(|source| io("inspecting", source))?;
+    let map = MmapOptions::new()
+        .len(len)
+        .map_raw(&file)
+        .map_err(|source| io("mapping", source))?;
+    Ok(Segment {
+        inner: Arc::new(Inner {
+            map,
+            dir: None,
+            name: name.clone(),
+            creator: false,
             remove_on_drop: AtomicBool::new(false),
             identity,
         }),

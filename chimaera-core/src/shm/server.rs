@@ -1,60 +1,68 @@
 //! The runtime's end of the shared-memory transport.
 //!
 //! [`ShmServer::create`] takes the instance's runtime lock (so a second runtime for the
-//! same instance is refused), removes what a dead runtime left, creates the three
-//! segments and lays out every client area; [`ShmServer::publish_ready`] then lets
-//! clients attach, once the runtime has its admin pool.
+//! same instance is refused), removes what a dead runtime left, makes the sealed
+//! [runtime page](super::runtime_page), one doorbell eventfd per shm-serving worker, and
+//! listens on the instance's Unix socket ([`super::handshake::socket_path`]);
+//! [`ShmServer::publish_ready`] then lets clients attach, once the runtime has its admin
+//! pool.
 //!
-//! **Ingest.** Each shm-serving worker polls the rings of the client areas assigned to it
-//! (`client % workers`). A popped slot index is bounds-checked; the slot's header words
-//! are read once into locals and the input bytes are *copied* out of shared memory before
-//! anything is validated (a client may scribble on its slot at any time; the copy is
-//! what gets checked and run). Anything wrong fails that one task with a typed error
-//! written back into its slot.
+//! **Sessions.** One thread (`chimaera-sessions`) polls the listening socket and every
+//! attached client's socket. A new connection is checked with `SO_PEERCRED` against the
+//! access policy and gets a fresh [`ClientArea`] (its own memfd) — see
+//! [`super::handshake`]. A client socket that hangs up (the client exited or was killed:
+//! the kernel closes its end) or sends anything after the handshake ends the session:
+//! the area leaves the table at once, its periodic tasks are cancelled, and its memory
+//! goes when the last of its tasks does (they hold it by reference count). There is no
+//! reclaim step that could race with a worker: a new client never gets an old area.
 //!
-//! **Replies.** A task from a client carries a [`ReplyTo`] naming the server and its
-//! slot (`[client, slot, generation]`, no allocation); when it completes, the
-//! output (or error) goes into the slot's payload — or, when larger, into a block of
-//! the runtime-data segment that the runtime frees when the client reuses the slot —
-//! then the slot's state turns `DONE` (`Release`), and the client is woken through the
-//! slot's futex word only if it said it sleeps (`SeqCst` on both sides, Dekker-style).
-//! A reply checks the area's generation first: an area reclaimed meanwhile is not
-//! written.
+//! **Ingest.** Each shm-serving worker polls the areas assigned to it (`client %
+//! workers`), from a per-worker list of `Arc<ClientArea>` refreshed only when the table
+//! changes (an epoch), so ingesting takes no lock per task. See [`ClientArea`] for what is
+//! checked per task.
 //!
-//! **Crashes.** A housekeeping thread notices dead clients (their liveness lock is free),
-//! marks the area `RECLAIMING`, cancels its periodic tasks, waits until none of its
-//! tasks is in flight, then resets the ring and slots, frees its runtime-data blocks,
-//! bumps the generation and frees the area. A client never has to be trusted to clean
-//! up after itself.
+//! **Waking.** An idle worker sets its sleeping flag in the runtime page (read-only to
+//! clients) before parking; a client that pushes and sees it writes *its own* doorbell
+//! eventfd. One doorbell thread per worker waits in `epoll` on the doorbells of that
+//! worker's clients (edge-triggered, so the runtime never reads them: a read could block
+//! on a descriptor whose flags a client controls) and unparks the worker. Why one eventfd
+//! per client rather than one per worker: a shared one could be drained (`read`) by a
+//! hostile client, stealing every other client's wake-ups. A client can write its own
+//! at will: the worst it causes is spurious wake-ups. The hot path pays no syscall while
+//! the worker is awake.
 //!
-//! **Waking.** An idle worker sets its doorbell's `sleeping` flag before parking; a
-//! client that pushes and sees it bumps the doorbell word and futex-wakes it. One
-//! doorbell thread per worker sleeps on that word and unparks the worker.
-use super::arena::{Arena, Extent};
-use super::futex;
-use super::layout::{self, slot, Geometry, Header, SlotView};
-use super::liveness::{client_alive, remove_client_lock, RuntimeLock};
-use super::naming::{InstanceName, ShmName, ROLE_CLIENT_DATA, ROLE_MAIN, ROLE_RUNTIME_DATA};
-use super::ring::Ring;
-use super::segment::Segment;
-use crate::bulk::BulkShare;
-use crate::codec::{encode, Bytes};
+//! **Status.** [`usage`] asks the runtime over the socket; the answer comes from the
+//! runtime's private counters, never from memory a client can write.
+use super::client_area::{AreaSpec, ClientArea, ServerCounters};
+pub use super::handshake::ShmUsage;
+use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
+use super::layout::{self, AreaGeometry};
+use super::liveness::RuntimeLock;
+use super::naming::{InstanceName, ShmName};
+use super::runtime_page::RuntimePage;
+use crate::codec::Bytes;
 use crate::error::TaskError;
-use crate::ids::{ContainerId, PoolId};
+use crate::ids::PoolId;
 use crate::query::PoolQuery;
-use crate::task::{lock, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
-use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use crate::task::{lock, Origin, Schedule};
+use rustix::event::{epoll, EventfdFlags, PollFd, PollFlags};
+use std::io::Read;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Largest slot the runtime lays out; bigger inputs and outputs use the data segments.
+/// Largest slot the runtime lays out; bigger inputs and outputs use the data spaces.
 const MAX_SLOT: u32 = 1024;
-/// Tasks one ingest call takes from one client before moving to the next.
-const INGEST_BUDGET: usize = 64;
-/// How often the housekeeping thread looks for dead clients.
+/// How often the sessions thread looks at areas of gone clients whose tasks still run.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(200);
+/// How long a connecting peer may take to send its request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +70,7 @@ pub enum ServeError {
     /// Another runtime holds the instance, or its lock file is unusable.
     #[error(transparent)]
     Lock(#[from] super::liveness::RuntimeLockError),
-    /// A segment could not be created.
-    #[error(transparent)]
-    Segment(#[from] super::segment::SegmentError),
-    /// The configured main segment cannot hold the client areas.
+    /// The configured sizes cannot hold a client's queue.
     #[error("shm.main_size {main_size} is too small for {max_clients} clients × {slots} slots; raise shm.main_size or lower max_clients/queue_depth")]
     MainTooSmall {
         /// Configured size.
@@ -75,9 +80,21 @@ pub enum ServeError {
         /// Configured slots per client.
         slots: u32,
     },
-    /// Something else in the layout failed.
-    #[error("cannot lay out shared memory: {0}")]
-    Layout(String),
+    /// The user directory could not be opened to granted users.
+    #[error(transparent)]
+    Dir(#[from] super::dir::DirError),
+    /// The runtime page could not be made.
+    #[error(transparent)]
+    RuntimePage(#[from] super::runtime_page::RuntimePageError),
+    /// The socket or an eventfd could not be made.
+    #[error("cannot listen on {path}: {source}; remove a stale file there or check the directory's permissions")]
+    Socket {
+        /// The socket's path.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the transport needs from the runtime: queue a task, wake a worker.
@@ -98,70 +115,18 @@ pub trait Ingress: Send + Sync {
     fn wake_worker(&self, worker: usize);
 }
 
-/// Runtime-side state of one client area.
-struct ClientEntry {
-    ring: Mutex<Ring>,
-    inflight: AtomicU64,
-    /// Runtime-data blocks holding outputs of this client's slots, freed on slot reuse.
-    overflow: Mutex<Vec<Option<Extent>>>,
-    /// Cancel flags of the owner's periodic tasks, by id; all set when the owner dies.
-    periodic: Mutex<HashMap<u64, Arc<AtomicBool>>>,
-    /// The area's data share, handed to its tasks for bulk arguments; the area is
-    /// reclaimed only while this is the last reference.
-    bulk: Arc<BulkShare>,
-}
-
-/// Client `client`'s share of the client-data segment, as bulk arguments see it.
-fn bulk_share(
-    client_data: &Segment,
-    client: u32,
-    data_share: usize,
-    mapping: &Arc<dyn Send + Sync>,
-) -> Result<BulkShare, ServeError> {
-    let base = client_data
-        .range_ptr(client as usize * data_share, data_share, 1)
-        .map_err(|e| ServeError::Layout(e.to_string()))?;
-    // SAFETY: `range_ptr` proved the range inside the mapping, which is read-write and
-    // lives while `mapping` (a handle on the same segment) does; shares of different
-    // clients are disjoint (`data_share` apart).
-    Ok(unsafe { BulkShare::new(base, data_share, mapping.clone()) })
-}
-
-/// The clients a worker polls, refreshed when the attach epoch moves.
-struct PollList {
-    epoch: u32,
-    clients: Vec<u32>,
-}
-
-/// The runtime's end of the transport.
-pub struct ShmServer {
-    instance: InstanceName,
-    geometry: Geometry,
-    main: Segment,
-    client_data: Segment,
-    runtime_data: Segment,
-    header: Header,
-    data_share: usize,
-    clients: Vec<ClientEntry>,
-    runtime_arena: Mutex<Arena>,
-    next_periodic: AtomicU64,
-    /// Per worker: the attached clients it polls, as of an attach epoch.
-    poll_lists: Vec<Mutex<PollList>>,
-    stopping: AtomicBool,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    lock: Mutex<Option<RuntimeLock>>,
-}
-
 /// Sizes the runtime asks for.
 #[derive(Clone, Copy, Debug)]
 pub struct ServeSizes {
-    /// Main segment bytes.
+    /// Bytes for all clients' queues (control line, ring, slots): each client's queue
+    /// gets `main / max_clients`.
     pub main: usize,
-    /// Client-data segment bytes.
+    /// Bytes of data shares over all clients: each gets `client_data / max_clients`.
     pub client_data: usize,
-    /// Runtime-data segment bytes.
+    /// Bytes of output spaces over all clients: each gets `runtime_data / max_clients`,
+    /// its quota of output bytes.
     pub runtime_data: usize,
-    /// Client areas.
+    /// Client areas at once.
     pub max_clients: u32,
     /// Slots per client (power of two).
     pub slots: u32,
@@ -169,11 +134,92 @@ pub struct ServeSizes {
     pub workers: u32,
 }
 
+/// Who may connect and what each client may hold.
+#[derive(Clone, Debug)]
+pub struct ServeAccess {
+    /// Who may connect and administer.
+    pub policy: AccessPolicy,
+    /// Quota: task replicas in flight per client (fire-and-forget and periodic
+    /// included).
+    pub tasks_in_flight: u32,
+}
+
+/// The areas a worker polls, as of a table epoch.
+struct PollList {
+    epoch: u32,
+    areas: Vec<Arc<ClientArea>>,
+}
+
+/// What a worker's doorbell thread waits on: its clients' doorbells, and its own stop
+/// bell (never shared).
+struct Doorbells {
+    epoll: OwnedFd,
+    stop: OwnedFd,
+}
+
+/// The epoll key of the stop bell (client keys are area indices).
+const STOP_KEY: u64 = u64::MAX;
+
+impl Doorbells {
+    fn new() -> std::io::Result<Doorbells> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let stop = eventfd()?;
+        epoll::add(
+            &epoll,
+            &stop,
+            epoll::EventData::new_u64(STOP_KEY),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
+        Ok(Doorbells { epoll, stop })
+    }
+}
+
+/// An attached client: its area and its socket.
+struct Session {
+    area: Arc<ClientArea>,
+    stream: UnixStream,
+}
+
+/// The runtime's end of the transport.
+pub struct ShmServer {
+    instance: InstanceName,
+    geometry: AreaGeometry,
+    max_clients: u32,
+    workers: u32,
+    access: ServeAccess,
+    page: RuntimePage,
+    doorbells: Vec<Doorbells>,
+    listener: UnixListener,
+    /// Wakes the sessions thread (shutdown).
+    sessions_bell: OwnedFd,
+    /// Attached clients, by area index.
+    table: Mutex<Vec<Option<Session>>>,
+    /// Areas of gone clients whose tasks still run (they count against `max_clients`).
+    draining: Mutex<Vec<Arc<ClientArea>>>,
+    /// Bumped whenever `table` changes.
+    epoch: AtomicU32,
+    poll_lists: Vec<Mutex<PollList>>,
+    counters: Arc<ServerCounters>,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    lock: Mutex<Option<RuntimeLock>>,
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(0, EventfdFlags::CLOEXEC)?)
+}
+
+fn ring_bell(fd: &OwnedFd) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
 impl ShmServer {
-    /// Creates the instance's segments and lays them out (see the module docs).
+    /// Takes the instance, makes the runtime page and doorbells, and listens.
     pub fn create(
         instance: &InstanceName,
         sizes: ServeSizes,
+        access: ServeAccess,
     ) -> Result<Arc<ShmServer>, ServeError> {
         let lock = RuntimeLock::acquire(instance)?;
         let removed = lock.remove_stale()?;
@@ -181,256 +227,417 @@ impl ShmServer {
             tracing::info!(instance = %instance, files = removed.len(), "removed what a dead runtime left in /dev/shm");
         }
         let workers = sizes.workers.clamp(1, layout::MAX_DOORBELLS as u32);
-        let geometry = Geometry::fit(
-            sizes.main,
-            sizes.max_clients,
-            sizes.slots,
-            workers,
-            MAX_SLOT,
-        )
-        .ok_or(ServeError::MainTooSmall {
+        let clients = sizes.max_clients.max(1) as usize;
+        let too_small = ServeError::MainTooSmall {
             main_size: sizes.main,
             max_clients: sizes.max_clients,
             slots: sizes.slots,
-        })?;
-        let name =
-            |role| ShmName::segment(instance, role).map_err(|e| ServeError::Layout(e.to_string()));
-        let main = Segment::create(&name(ROLE_MAIN)?, geometry.segment_size())?;
-        main.remove_on_drop(true);
-        let client_data = Segment::create(&name(ROLE_CLIENT_DATA)?, sizes.client_data)?;
-        client_data.remove_on_drop(true);
-        let runtime_data = Segment::create(&name(ROLE_RUNTIME_DATA)?, sizes.runtime_data)?;
-        runtime_data.remove_on_drop(true);
-
-        let header = Header::new(main.clone());
-        header.init(&geometry, std::process::id());
-        let data_share = (sizes.client_data / geometry.max_clients as usize) & !4095;
-        let mapping: Arc<dyn Send + Sync> = Arc::new(client_data.clone());
-        let mut clients = Vec::with_capacity(geometry.max_clients as usize);
-        for client in 0..geometry.max_clients {
-            let (offset, len) = geometry.ring_range(client);
-            let region = main
-                .region(offset, len)
-                .map_err(|e| ServeError::Layout(e.to_string()))?;
-            let ring = Ring::init(&region, geometry.slots)
-                .map_err(|e| ServeError::Layout(e.to_string()))?;
-            clients.push(ClientEntry {
-                ring: Mutex::new(ring),
-                inflight: AtomicU64::new(0),
-                overflow: Mutex::new(vec![None; geometry.slots as usize]),
-                periodic: Mutex::new(HashMap::new()),
-                bulk: Arc::new(bulk_share(&client_data, client, data_share, &mapping)?),
-            });
+        };
+        let geometry = AreaGeometry::fit(
+            sizes.main / clients,
+            sizes.slots,
+            MAX_SLOT,
+            (sizes.client_data / clients) & !4095,
+            (sizes.runtime_data / clients) & !4095,
+        )
+        .ok_or(too_small)?;
+        let socket_name = ShmName::socket(instance);
+        let socket_path = lock.dir().path_of(&socket_name);
+        let socket_error = |source| ServeError::Socket {
+            path: socket_path.clone(),
+            source,
+        };
+        // Under the runtime lock: what `remove_stale` left at the name is not ours to take.
+        if lock.dir().identity_of(&socket_name).is_some() {
+            return Err(socket_error(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "something that is not a dead runtime's socket has the socket's name; remove it",
+            )));
         }
-        let server = Arc::new(ShmServer {
+        // Granted users reach the socket through the directory by name (mode 0711).
+        let others = !access.policy.uids.is_empty() || !access.policy.gids.is_empty();
+        lock.dir().open_to_search(others)?;
+        let listener = UnixListener::bind(&socket_path).map_err(socket_error)?;
+        // Anyone who reaches the socket may connect; SO_PEERCRED decides who is served
+        // (see handshake).
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o666))
+            .map_err(socket_error)?;
+        listener.set_nonblocking(true).map_err(socket_error)?;
+        let doorbells = (0..workers)
+            .map(|_| Doorbells::new())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(socket_error)?;
+        let sessions_bell = eventfd().map_err(socket_error)?;
+        Ok(Arc::new(ShmServer {
             instance: instance.clone(),
             geometry,
-            main,
-            client_data,
-            runtime_data,
-            header,
-            data_share,
-            clients,
-            runtime_arena: Mutex::new(Arena::new(sizes.runtime_data)),
-            next_periodic: AtomicU64::new(1),
-            poll_lists: (0..geometry.workers)
+            max_clients: sizes.max_clients,
+            workers,
+            access,
+            page: RuntimePage::create()?,
+            doorbells,
+            listener,
+            sessions_bell,
+            table: Mutex::new((0..sizes.max_clients).map(|_| None).collect()),
+            draining: Mutex::new(Vec::new()),
+            epoch: AtomicU32::new(0),
+            poll_lists: (0..workers)
                 .map(|_| {
                     Mutex::new(PollList {
                         epoch: u32::MAX,
-                        clients: Vec::new(),
+                        areas: Vec::new(),
                     })
                 })
                 .collect(),
+            counters: Arc::new(ServerCounters::default()),
+            ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
-        });
-        Ok(server)
+        }))
     }
 
     /// Lets clients attach: called once the runtime can serve them (its admin pool
     /// exists).
     pub fn publish_ready(&self) {
-        self.header
-            .state()
-            .store(layout::STATE_READY, Ordering::Release);
+        self.ready.store(true, Ordering::Release);
     }
 
-    /// Starts the doorbell threads (one per worker) and the housekeeping thread.
+    /// Starts the doorbell threads (one per worker) and the sessions thread.
     pub fn start_threads(self: &Arc<Self>, ingress: Arc<dyn Ingress>) {
         let mut threads = lock(&self.threads);
-        for worker in 0..self.geometry.workers {
+        for worker in 0..self.workers {
             let server = self.clone();
             let ingress = ingress.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("chimaera-doorbell-{worker}"))
-                    .spawn(move || server.ring_doorbell(worker, ingress.as_ref()))
+                    .spawn(move || server.ring_doorbell(worker as usize, ingress.as_ref()))
                     .expect("spawn doorbell thread"),
             );
         }
         let server = self.clone();
         threads.push(
             std::thread::Builder::new()
-                .name("chimaera-housekeeping".into())
-                .spawn(move || server.housekeeping())
-                .expect("spawn housekeeping thread"),
+                .name("chimaera-sessions".into())
+                .spawn(move || server.sessions())
+                .expect("spawn sessions thread"),
         );
     }
 
-    fn ring_doorbell(&self, worker: u32, ingress: &dyn Ingress) {
-        let (bell, _) = self.header.doorbell(worker);
+    fn ring_doorbell(&self, worker: usize, ingress: &dyn Ingress) {
+        let bells = &self.doorbells[worker];
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 16];
         while !self.stopping.load(Ordering::Acquire) {
-            let seen = bell.load(Ordering::Acquire);
-            ingress.wake_worker(worker as usize);
-            // No timeout: clients bump the word, and shutdown bumps it to end the thread.
-            futex::wait(bell, seen, None);
-        }
-    }
-
-    fn housekeeping(&self) {
-        while !self.stopping.load(Ordering::Acquire) {
-            let epoch = self.header.attach_epoch().load(Ordering::Acquire);
-            let mut active = 0;
-            let mut reclaiming = 0;
-            for client in 0..self.geometry.max_clients {
-                let Some(state) = self.header.client_state(&self.geometry, client) else {
-                    continue;
-                };
-                match state.load(Ordering::Acquire) {
-                    layout::CLIENT_ACTIVE => {
-                        if client_alive(&self.instance, client) {
-                            active += 1;
-                        } else {
-                            tracing::debug!(
-                                client,
-                                "client detached or died; reclaiming its slots and buffers"
-                            );
-                            for (_, cancel) in lock(&self.clients[client as usize].periodic).drain()
-                            {
-                                cancel.store(true, Ordering::Release);
-                            }
-                            state.store(layout::CLIENT_RECLAIMING, Ordering::Release);
-                            self.bump_epoch();
-                            reclaiming += 1;
-                        }
-                    }
-                    layout::CLIENT_RECLAIMING => {
-                        let reclaimed = self.try_reclaim(client);
-                        reclaiming += u32::from(!reclaimed);
-                    }
-                    _ => {}
+            ingress.wake_worker(worker);
+            // Blocks until a client of this worker (or shutdown) rings.
+            if let Err(err) = epoll::wait(&bells.epoll, &mut events, None) {
+                if err != rustix::io::Errno::INTR {
+                    tracing::warn!(worker, "waiting for doorbells failed: {err}");
+                    std::thread::sleep(HOUSEKEEPING_PERIOD);
                 }
             }
-            self.header
-                .clients_active()
-                .store(active, Ordering::Relaxed);
-            if active == 0 && reclaiming == 0 {
-                // Nobody to watch: sleep until a client attaches (or shutdown).
-                futex::wait(self.header.attach_epoch(), epoch, None);
-            } else {
+        }
+    }
+
+    fn sessions(&self) {
+        let period = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: HOUSEKEEPING_PERIOD.as_nanos() as i64,
+        };
+        while !self.stopping.load(Ordering::Acquire) {
+            let draining = !lock(&self.draining).is_empty();
+            let accept = self.poll_sessions(draining.then_some(&period));
+            if accept {
+                self.accept_all();
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`; `None`: until something happens) for a connection or a
+    /// hang-up, ends the sessions of clients that hung up, and returns whether a
+    /// connection waits to be accepted.
+    fn poll_sessions(&self, timeout: Option<&rustix::event::Timespec>) -> bool {
+        let streams: Vec<(u32, UnixStream)> = lock(&self.table)
+            .iter()
+            .enumerate()
+            .filter_map(|(client, session)| {
+                let session = session.as_ref()?;
+                Some((client as u32, session.stream.try_clone().ok()?))
+            })
+            .collect();
+        let mut fds = Vec::with_capacity(streams.len() + 2);
+        fds.push(PollFd::new(&self.listener, PollFlags::IN));
+        fds.push(PollFd::new(&self.sessions_bell, PollFlags::IN));
+        for (_, stream) in &streams {
+            fds.push(PollFd::new(stream, PollFlags::IN));
+        }
+        if let Err(err) = rustix::event::poll(&mut fds, timeout) {
+            if err != rustix::io::Errno::INTR {
+                tracing::warn!("polling client sockets failed: {err}");
                 std::thread::sleep(HOUSEKEEPING_PERIOD);
             }
+            return false;
+        }
+        let accept = !fds[0].revents().is_empty();
+        let gone: Vec<u32> = streams
+            .iter()
+            .zip(&fds[2..])
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|((client, _), _)| *client)
+            .collect();
+        drop(fds);
+        for client in gone {
+            self.end_session(client);
+        }
+        self.prune_draining();
+        accept
+    }
+
+    fn accept_all(&self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.handshake(stream),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    tracing::warn!("accepting a client failed: {err}");
+                    return;
+                }
+            }
         }
     }
 
-    fn bump_epoch(&self) {
-        self.header.attach_epoch().fetch_add(1, Ordering::AcqRel);
-        futex::wake_all(self.header.attach_epoch());
-    }
-
-    /// Frees a dead client's area once none of its tasks is in flight; returns whether
-    /// it did.
-    fn try_reclaim(&self, client: u32) -> bool {
-        let entry = &self.clients[client as usize];
-        // A running task (fire-and-forget and periodic ones included) may still use the
-        // share through a bulk argument.
-        if entry.inflight.load(Ordering::Acquire) != 0 || Arc::strong_count(&entry.bulk) > 1 {
-            return false;
-        }
-        let Ok(control) = self.header.control(&self.geometry, client) else {
-            return false;
+    /// Answers one connecting peer (see [`super::handshake`]).
+    fn handshake(&self, stream: UnixStream) {
+        let setup = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
+            .and_then(|()| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
+        let peer = match setup.and_then(|()| handshake::peer_cred(&stream)) {
+            Ok(peer) => peer,
+            Err(err) => {
+                tracing::debug!("a peer's credentials are unreadable: {err}");
+                return;
+            }
         };
-        lock(&entry.ring).reset();
-        for slot_index in 0..self.geometry.slots {
-            if let Ok(view) = SlotView::new(&self.main, &self.geometry, client, slot_index) {
-                view.word(slot::WAITING).store(0, Ordering::Relaxed);
-                view.word(slot::STATE)
-                    .store(layout::SLOT_FREE, Ordering::Relaxed);
+        // Refused before anything is read: a peer that may not connect cannot hold this
+        // thread for the handshake timeout.
+        let Some(rights) = self.access.policy.rights(peer) else {
+            tracing::info!(
+                uid = peer.uid,
+                gid = peer.gid,
+                pid = peer.pid,
+                "refused a peer: its uid and gid are not in the config's access lists"
+            );
+            let denied = Reply::Denied {
+                uid: peer.uid,
+                gid: peer.gid,
+            };
+            let _ = handshake::answer(&stream, &denied, None);
+            return;
+        };
+        let reply = match handshake::read_request(&stream) {
+            Err(err) => {
+                tracing::debug!(pid = peer.pid, "a peer failed its handshake: {err}");
+                return;
+            }
+            Ok(Request::Usage) => Reply::Usage(self.usage()),
+            Ok(Request::Attach) if !self.ready.load(Ordering::Acquire) => Reply::NotReady,
+            Ok(Request::Attach) => return self.attach(stream, peer, rights),
+        };
+        if let Err(err) = handshake::answer(&stream, &reply, None) {
+            tracing::debug!(pid = peer.pid, "could not answer a peer: {err}");
+        }
+    }
+
+    /// A free area index, if the clients attached and draining leave one.
+    fn free_index(&self, table: &[Option<Session>]) -> Option<u32> {
+        let draining = lock(&self.draining).len();
+        let attached = table.iter().flatten().count();
+        let free = table.iter().position(Option::is_none)?;
+        (attached + draining < self.max_clients as usize).then_some(free as u32)
+    }
+
+    fn attach(&self, stream: UnixStream, peer: handshake::PeerCred, rights: handshake::Rights) {
+        if self.free_index(&lock(&self.table)).is_none() {
+            // Before refusing: a client that just left (perhaps this one, reconnecting)
+            // may not have been noticed yet.
+            let now = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            self.poll_sessions(Some(&now));
+        }
+        let mut table = lock(&self.table);
+        let client = match self.free_index(&table) {
+            Some(client) => client,
+            None => {
+                drop(table);
+                let _ = handshake::answer(
+                    &stream,
+                    &Reply::Full {
+                        max_clients: self.max_clients,
+                    },
+                    None,
+                );
+                return;
+            }
+        };
+        let spec = AreaSpec {
+            instance: &self.instance,
+            client,
+            geometry: self.geometry,
+            rights,
+            pid: peer.pid,
+            max_tasks: self.access.tasks_in_flight as usize,
+            socket: stream.try_clone().ok(),
+        };
+        let area = match ClientArea::create(spec, self.counters.clone()) {
+            Ok(area) => Arc::new(area),
+            Err(err) => {
+                tracing::warn!(pid = peer.pid, "{err}");
+                drop(table);
+                let _ = handshake::answer(&stream, &Reply::NotReady, None);
+                return;
+            }
+        };
+        let worker = client % self.workers;
+        let grant = Grant {
+            client,
+            worker,
+            geometry: self.geometry,
+        };
+        let watched = epoll::add(
+            &self.doorbells[worker as usize].epoll,
+            area.bell(),
+            epoll::EventData::new_u64(u64::from(client)),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        );
+        if let Err(err) = watched {
+            tracing::warn!(pid = peer.pid, "cannot watch a client's doorbell: {err}");
+            drop(table);
+            let _ = handshake::answer(&stream, &Reply::NotReady, None);
+            return;
+        }
+        let fds = AttachFds {
+            area: area.memfd(),
+            page: self.page.fd(),
+            doorbell: area.bell(),
+        };
+        if let Err(err) = handshake::answer(&stream, &Reply::Attached(grant), Some(fds)) {
+            tracing::debug!(pid = peer.pid, "a client left during its handshake: {err}");
+            self.unwatch(&area);
+            return;
+        }
+        if stream.set_nonblocking(true).is_err() {
+            self.unwatch(&area);
+            return;
+        }
+        tracing::debug!(client, uid = peer.uid, pid = peer.pid, "client attached");
+        table[client as usize] = Some(Session { area, stream });
+        drop(table);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The client of `client` hung up (or broke the protocol): drop its session.
+    fn end_session(&self, client: u32) {
+        let mut table = lock(&self.table);
+        let Some(session) = table.get_mut(client as usize) else {
+            return;
+        };
+        if let Some(live) = session.as_mut() {
+            // Anything but end-of-file after the handshake breaks the protocol.
+            let mut byte = [0u8; 1];
+            match live.stream.read(&mut byte) {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Ok(0) | Err(_) => {}
+                Ok(_) => live.area.disown("it sent bytes after its handshake"),
             }
         }
-        {
-            let mut overflow = lock(&entry.overflow);
-            let mut arena = lock(&self.runtime_arena);
-            for extent in overflow.iter_mut().filter_map(Option::take) {
-                arena.free(extent);
-            }
-            self.header
-                .runtime_data_in_use()
-                .store(arena.in_use() as u64, Ordering::Relaxed);
-        }
-        lock(&entry.periodic).clear();
-        control.data_in_use.store(0, Ordering::Relaxed);
-        control.pid.store(0, Ordering::Relaxed);
-        control.generation.fetch_add(1, Ordering::AcqRel);
-        if let Err(err) = remove_client_lock(&self.instance, client) {
-            tracing::warn!(client, "cannot remove a dead client's lock file: {err}");
-        }
-        control.state.store(layout::CLIENT_FREE, Ordering::Release);
-        self.bump_epoch();
-        tracing::debug!(client, "client area reclaimed");
-        true
+        let Some(session) = session.take() else {
+            return;
+        };
+        drop(table);
+        tracing::debug!(
+            client,
+            pid = session.area.pid(),
+            "client detached or died; its tasks finish, then its memory goes"
+        );
+        session.area.cancel_periodic();
+        self.unwatch(&session.area);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        lock(&self.draining).push(session.area);
+    }
+
+    /// Stops watching a gone client's doorbell (explicitly: the client may have passed
+    /// its descriptor on, which would keep the registration alive).
+    fn unwatch(&self, area: &ClientArea) {
+        let worker = (area.client() % self.workers) as usize;
+        let _ = epoll::delete(&self.doorbells[worker].epoll, area.bell());
+    }
+
+    /// Forgets gone clients' areas none of whose tasks runs any more (every task holds
+    /// the area's data share). The memory is unmapped with the last reference, once the
+    /// workers' poll lists moved on too.
+    fn prune_draining(&self) {
+        lock(&self.draining).retain(|area| area.tasks_in_flight() > 0);
     }
 
     /// Workers that poll client rings.
     pub fn workers(&self) -> usize {
-        self.geometry.workers as usize
+        self.workers as usize
     }
 
-    /// Clients attached now (as of the last housekeeping round).
+    /// Clients attached now.
     pub fn clients_active(&self) -> u32 {
-        self.header.clients_active().load(Ordering::Relaxed)
+        lock(&self.table).iter().flatten().count() as u32
+    }
+
+    /// The runtime's usage counters, from its private truth.
+    pub fn usage(&self) -> ShmUsage {
+        let mut usage = ShmUsage::default();
+        let mut count = |area: &ClientArea| {
+            usage.client_areas_in_use += 1;
+            usage.tasks_in_flight += area.tasks_in_flight() as u64;
+            usage.output_bytes_in_use += area.output_bytes_in_use() as u64;
+        };
+        for session in lock(&self.table).iter().flatten() {
+            count(&session.area);
+        }
+        self.prune_draining();
+        for area in lock(&self.draining).iter() {
+            count(area);
+        }
+        usage
     }
 
     /// Announces that `worker` is about to sleep (or woke up). Returns whether one of its
     /// rings has work, in which case it should not sleep.
     pub fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool {
-        let (_, flag) = self.header.doorbell(worker as u32);
-        flag.store(u32::from(sleeping), Ordering::SeqCst);
+        self.page
+            .sleeping(worker)
+            .store(u32::from(sleeping), Ordering::SeqCst);
         if !sleeping {
             return false;
         }
         fence(Ordering::SeqCst);
-        let list = self.poll_list(worker);
-        list.clients.iter().any(|&client| {
-            self.active(client)
-                && self.clients[client as usize]
-                    .ring
-                    .try_lock()
-                    .map(|ring| !ring.is_empty())
-                    .unwrap_or(true)
-        })
+        self.poll_list(worker)
+            .areas
+            .iter()
+            .any(|area| area.has_work())
     }
 
-    fn assigned(&self, worker: usize) -> impl Iterator<Item = u32> + '_ {
-        (worker as u32..self.geometry.max_clients).step_by(self.geometry.workers.max(1) as usize)
-    }
-
-    fn active(&self, client: u32) -> bool {
-        self.header
-            .client_state(&self.geometry, client)
-            .is_some_and(|state| state.load(Ordering::Acquire) == layout::CLIENT_ACTIVE)
-    }
-
-    /// The attached clients `worker` polls (rescanned only when the epoch moved).
+    /// The areas `worker` polls (rebuilt only when the table changed).
     fn poll_list(&self, worker: usize) -> std::sync::MutexGuard<'_, PollList> {
         let mut list = lock(&self.poll_lists[worker]);
-        let epoch = self.header.attach_epoch().load(Ordering::Acquire);
+        let epoch = self.epoch.load(Ordering::Acquire);
         if list.epoch != epoch {
             list.epoch = epoch;
-            list.clients = self
-                .assigned(worker)
-                .filter(|client| self.active(*client))
+            list.areas = lock(&self.table)
+                .iter()
+                .flatten()
+                .filter(|session| (session.area.client() % self.workers) as usize == worker)
+                .map(|session| session.area.clone())
                 .collect();
         }
         list
@@ -438,399 +645,102 @@ impl ShmServer {
 
     /// Whether a ring polled by `worker` has a task (cheap: a look at each ring's tail).
     pub fn has_work(&self, worker: usize) -> bool {
-        let list = self.poll_list(worker);
-        list.clients.iter().any(|&client| {
-            self.clients[client as usize]
-                .ring
-                .try_lock()
-                .is_ok_and(|ring| !ring.is_empty())
-        })
+        self.poll_list(worker)
+            .areas
+            .iter()
+            .any(|area| !area.is_disowned() && area.has_work())
     }
 
     /// Takes queued tasks from the rings of `worker`'s clients into the runtime; returns
     /// how many.
-    pub fn ingest(self: &Arc<Self>, worker: usize, ingress: &dyn Ingress) -> usize {
-        let mut taken = 0;
+    pub fn ingest(&self, worker: usize, ingress: &dyn Ingress) -> usize {
         let list = self.poll_list(worker);
-        for &client in &list.clients {
-            if !self.active(client) {
-                continue;
-            }
-            let entry = &self.clients[client as usize];
-            let Ok(mut ring) = entry.ring.try_lock() else {
-                continue;
-            };
-            for _ in 0..INGEST_BUDGET {
-                match ring.pop() {
-                    Ok(Some(slot_index)) => {
-                        taken += 1;
-                        self.ingest_slot(worker, client, slot_index, ingress);
-                    }
-                    Ok(None) => break,
-                    Err(corrupt) => {
-                        tracing::warn!(
-                            client,
-                            "client ring is corrupt ({corrupt}); ignoring the client"
-                        );
-                        if let Ok(control) = self.header.control(&self.geometry, client) {
-                            control
-                                .state
-                                .store(layout::CLIENT_RECLAIMING, Ordering::Release);
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-        taken
-    }
-
-    fn ingest_slot(
-        self: &Arc<Self>,
-        worker: usize,
-        client: u32,
-        slot_index: u32,
-        ingress: &dyn Ingress,
-    ) {
-        if slot_index >= self.geometry.slots {
-            tracing::warn!(
-                client,
-                slot_index,
-                "client queued a slot index out of range"
-            );
-            return;
-        }
-        let Ok(view) = SlotView::new(&self.main, &self.geometry, client, slot_index) else {
-            return;
-        };
-        let Ok(generation) = self.header.generation(&self.geometry, client) else {
-            return;
-        };
-        let generation = generation.load(Ordering::Acquire);
-        let entry = &self.clients[client as usize];
-        if let Some(extent) = lock(&entry.overflow)[slot_index as usize].take() {
-            let mut arena = lock(&self.runtime_arena);
-            arena.free(extent);
-            self.header
-                .runtime_data_in_use()
-                .store(arena.in_use() as u64, Ordering::Relaxed);
-        }
-        let reply = ReplyTo {
-            sink: self.clone(),
-            key: ReplyKey([client, slot_index, generation]),
-        };
-        entry.inflight.fetch_add(1, Ordering::AcqRel);
-        if view.word(slot::KIND).load(Ordering::Relaxed) == layout::KIND_CANCEL {
-            let id = view.word64(slot::QUERY_B).load(Ordering::Relaxed);
-            let result = match lock(&entry.periodic).remove(&id) {
-                Some(cancel) => {
-                    cancel.store(true, Ordering::Release);
-                    Ok(&[][..])
-                }
-                None => Err(TaskError::failed(format!(
-                    "this client has no periodic task {id} (cancelled already?)"
-                ))),
-            };
-            self.write_result(client, slot_index, generation, result.as_ref().map(|b| *b));
-            return;
-        }
-        match self.decode_slot(&view, client) {
-            Ok((pool, method, query, input, schedule)) => {
-                let mut periodic_id = None;
-                let (sink, cancel) = match schedule {
-                    None => (Some(reply), None),
-                    Some(Schedule::FireAndForget) => (None, None),
-                    Some(Schedule::Periodic(_)) => {
-                        let id = self.next_periodic.fetch_add(1, Ordering::Relaxed);
-                        let cancel = Arc::new(AtomicBool::new(false));
-                        lock(&entry.periodic).insert(id, cancel.clone());
-                        periodic_id = Some(id);
-                        (None, Some(cancel))
-                    }
-                };
-                let acknowledge = sink.is_none();
-                let origin = Origin {
-                    reply: sink,
-                    cancel,
-                    bulk: Some(entry.bulk.clone()),
-                    local_worker: Some(worker),
-                };
-                match ingress.enqueue(pool, method, query, input, schedule, origin) {
-                    Ok(()) if acknowledge => {
-                        let ack = match periodic_id {
-                            Some(id) => encode(&id),
-                            None => Ok(Bytes::new()),
-                        };
-                        self.write_result(client, slot_index, generation, ack.as_deref())
-                    }
-                    Ok(()) => {}
-                    Err(err) => {
-                        if let Some(id) = periodic_id {
-                            lock(&entry.periodic).remove(&id);
-                        }
-                        self.write_result(client, slot_index, generation, Err(&err))
-                    }
-                }
-            }
-            Err(err) => self.write_result(client, slot_index, generation, Err(&err)),
-        }
-    }
-
-    /// Reads a slot's task: every header word once, the input copied out.
-    #[allow(clippy::type_complexity)]
-    fn decode_slot(
-        &self,
-        view: &SlotView,
-        client: u32,
-    ) -> Result<(PoolId, u32, PoolQuery, Bytes, Option<Schedule>), TaskError> {
-        let load = |field| view.word(field).load(Ordering::Relaxed);
-        let pool = PoolId::new(load(slot::POOL_MAJOR), load(slot::POOL_MINOR));
-        let method = load(slot::METHOD);
-        let kind = load(slot::KIND);
-        let query = decode_query(
-            load(slot::QUERY_TAG),
-            load(slot::QUERY_A),
-            view.word64(slot::QUERY_B).load(Ordering::Relaxed),
-        )?;
-        let period = view.word64(slot::PERIOD_NS).load(Ordering::Relaxed);
-        let input_len = load(slot::INPUT_LEN) as usize;
-        let input_where = load(slot::INPUT_WHERE);
-        let input_offset = view.word64(slot::INPUT_OFFSET).load(Ordering::Relaxed);
-        let schedule = match kind {
-            layout::KIND_CALL => None,
-            layout::KIND_FIRE_AND_FORGET => Some(Schedule::FireAndForget),
-            layout::KIND_PERIODIC if period > 0 => {
-                Some(Schedule::Periodic(Duration::from_nanos(period)))
-            }
-            other => {
-                return Err(TaskError::malformed(
-                    "task header",
-                    format!("unknown task kind {other} (or a periodic task with period 0)"),
-                ))
-            }
-        };
-        let mut input = Bytes::with_capacity(input_len);
-        input.resize(input_len, 0);
-        match input_where {
-            layout::IN_SLOT => view
-                .read_payload(&mut input)
-                .map_err(|e| TaskError::malformed("input", e))?,
-            layout::IN_CLIENT_DATA => {
-                let share_start = client as usize * self.data_share;
-                let offset = usize::try_from(input_offset).unwrap_or(usize::MAX);
-                let in_share = offset
-                    .checked_add(input_len)
-                    .is_some_and(|end| end <= self.data_share);
-                if !in_share {
-                    return Err(TaskError::malformed(
-                        "input",
-                        format!("buffer {offset}+{input_len} lies outside the client's {}-byte data share", self.data_share),
-                    ));
-                }
-                self.client_data
-                    .read_bytes(share_start + offset, &mut input)
-                    .map_err(|e| TaskError::malformed("input", e))?;
-            }
-            other => {
-                return Err(TaskError::malformed(
-                    "task header",
-                    format!("unknown input location {other}"),
-                ))
-            }
-        }
-        Ok((pool, method, query, input, schedule))
-    }
-
-    /// Writes a single result into a slot and signals the client.
-    fn write_result(
-        &self,
-        client: u32,
-        slot_index: u32,
-        generation: u32,
-        result: Result<&[u8], &TaskError>,
-    ) {
-        match result {
-            Ok(bytes) => {
-                self.write_output(client, slot_index, generation, layout::STATUS_OK, bytes)
-            }
-            Err(err) => {
-                let bytes = encode_error(err);
-                self.write_output(client, slot_index, generation, layout::STATUS_ERROR, &bytes);
-            }
-        }
-    }
-
-    fn write_output(
-        &self,
-        client: u32,
-        slot_index: u32,
-        generation: u32,
-        status: u32,
-        bytes: &[u8],
-    ) {
-        let entry = &self.clients[client as usize];
-        let Ok(current_generation) = self.header.generation(&self.geometry, client) else {
-            return;
-        };
-        let current = current_generation.load(Ordering::Acquire) == generation;
-        if current {
-            if let Ok(view) = SlotView::new(&self.main, &self.geometry, client, slot_index) {
-                self.store_output(entry, &view, slot_index, status, bytes);
-                view.word(slot::STATE)
-                    .store(layout::SLOT_DONE, Ordering::SeqCst);
-                fence(Ordering::SeqCst);
-                if view.word(slot::WAITING).load(Ordering::SeqCst) != 0 {
-                    futex::wake(view.word(slot::STATE), 1);
-                }
-            }
-            self.header.tasks_done().fetch_add(1, Ordering::Relaxed);
-        }
-        entry.inflight.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn store_output(
-        &self,
-        entry: &ClientEntry,
-        view: &SlotView,
-        slot_index: u32,
-        status: u32,
-        bytes: &[u8],
-    ) {
-        // The output descriptor: status, length and where the bytes lie.
-        let describe = |status: u32, len: usize, place: u32| {
-            view.word(slot::STATUS).store(status, Ordering::Relaxed);
-            view.word(slot::OUTPUT_LEN)
-                .store(len as u32, Ordering::Relaxed);
-            view.word(slot::OUTPUT_WHERE)
-                .store(place, Ordering::Relaxed);
-        };
-        if view.write_inline(bytes).is_ok() {
-            return describe(status, bytes.len(), layout::IN_LINE);
-        }
-        if view.write_payload(bytes).is_ok() {
-            return describe(status, bytes.len(), layout::IN_SLOT);
-        }
-        let extent = {
-            let mut arena = lock(&self.runtime_arena);
-            let extent = arena.alloc(bytes.len(), 16);
-            self.header
-                .runtime_data_in_use()
-                .store(arena.in_use() as u64, Ordering::Relaxed);
-            extent
-        };
-        match extent {
-            Some(extent) if self.runtime_data.write_bytes(extent.offset, bytes).is_ok() => {
-                lock(&entry.overflow)[slot_index as usize] = Some(extent);
-                view.word64(slot::OUTPUT_OFFSET)
-                    .store(extent.offset as u64, Ordering::Relaxed);
-                describe(status, bytes.len(), layout::IN_RUNTIME_DATA);
-            }
-            other => {
-                if let Some(extent) = other {
-                    lock(&self.runtime_arena).free(extent);
-                }
-                let err = encode_error(&TaskError::failed(format!(
-                    "the task's output ({} bytes) does not fit the runtime-data segment; raise shm.runtime_data_size or pass a buffer",
-                    bytes.len()
-                )));
-                let _ = view.write_payload(&err);
-                describe(layout::STATUS_ERROR, err.len(), layout::IN_SLOT);
-            }
-        }
+        list.areas
+            .iter()
+            .map(|area| area.ingest(worker, ingress))
+            .sum()
     }
 
     /// Fails every task still queued in a ring (the runtime is stopping).
     pub fn fail_queued(&self) {
-        for client in 0..self.geometry.max_clients {
-            if !self.active(client) {
-                continue;
-            }
-            let Ok(generation) = self.header.generation(&self.geometry, client) else {
-                continue;
-            };
-            let generation = generation.load(Ordering::Acquire);
-            let entry = &self.clients[client as usize];
-            let mut ring = lock(&entry.ring);
-            while let Ok(Some(slot_index)) = ring.pop() {
-                if slot_index < self.geometry.slots {
-                    entry.inflight.fetch_add(1, Ordering::AcqRel);
-                    self.write_result(
-                        client,
-                        slot_index,
-                        generation,
-                        Err(&TaskError::RuntimeStopped),
-                    );
-                }
-            }
+        for session in lock(&self.table).iter().flatten() {
+            session.area.fail_queued();
         }
     }
 
-    /// Stops the threads and removes the segments and the lock.
+    /// Stops the threads, hangs up every client and removes the socket and the lock.
     pub fn shutdown(&self) {
-        self.header
-            .state()
-            .store(layout::STATE_STOPPING, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
         self.fail_queued();
         self.stopping.store(true, Ordering::Release);
-        for worker in 0..self.geometry.workers {
-            let (bell, _) = self.header.doorbell(worker);
-            bell.fetch_add(1, Ordering::AcqRel);
-            futex::wake_all(bell);
+        for bells in &self.doorbells {
+            ring_bell(&bells.stop);
         }
-        self.bump_epoch();
+        ring_bell(&self.sessions_bell);
         let threads = std::mem::take(&mut *lock(&self.threads));
         for thread in threads {
             let _ = thread.join();
         }
-        // Segments go when the last mapping handle drops; unlink now so no client can
-        // attach to a stopped runtime, then release the instance lock.
-        for segment in [&self.main, &self.client_data, &self.runtime_data] {
-            let _ = Segment::unlink(segment.name());
+        for session in lock(&self.table).iter_mut().filter_map(Option::take) {
+            let _ = session.stream.shutdown(std::net::Shutdown::Both);
         }
-        lock(&self.lock).take();
+        if let Some(runtime_lock) = lock(&self.lock).take() {
+            let _ = runtime_lock.dir().remove(&ShmName::socket(&self.instance));
+        }
     }
 
-    /// Bytes in use in the runtime-data segment.
-    pub fn runtime_data_in_use(&self) -> u64 {
-        self.header.runtime_data_in_use().load(Ordering::Relaxed)
+    /// Tasks completed for clients.
+    pub fn tasks_done(&self) -> u64 {
+        self.counters.tasks_done.load(Ordering::Relaxed)
     }
 }
 
-/// Answers the tasks of client processes; a key is `[client, slot, generation]`.
-impl ReplySink for ShmServer {
-    fn complete_one(
-        &self,
-        key: ReplyKey,
-        _container: ContainerId,
-        result: Result<&[u8], TaskError>,
-    ) {
-        let ReplyKey([client, slot, generation]) = key;
-        self.write_result(client, slot, generation, result.as_ref().map(|b| *b));
-    }
-
-    fn complete(&self, key: ReplyKey, mut results: Vec<(ContainerId, Result<Bytes, TaskError>)>) {
-        let ReplyKey([client, slot, generation]) = key;
-        if results.len() == 1 {
-            let (_, result) = results.remove(0);
-            self.write_result(client, slot, generation, result.as_deref());
-            return;
-        }
-        let replicas: Vec<(u32, Result<Vec<u8>, TaskError>)> = results
-            .into_iter()
-            .map(|(container, result)| (container, result.map(|bytes| bytes.to_vec())))
-            .collect();
-        let (status, bytes) = match encode(&replicas) {
-            Ok(bytes) => (layout::STATUS_REPLICAS, bytes),
-            Err(err) => (layout::STATUS_ERROR, encode_error(&err)),
-        };
-        self.write_output(client, slot, generation, status, &bytes);
-    }
+/// Why the usage of an instance could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// No runtime listens for the instance.
+    #[error("no runtime of instance `{instance}` answers on {path}: {source}")]
+    NotRunning {
+        /// The instance.
+        instance: String,
+        /// The socket's path.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime refused or answered something else.
+    #[error("the runtime of instance `{instance}` did not report its usage: {detail}")]
+    Refused {
+        /// The instance.
+        instance: String,
+        /// What it answered.
+        detail: String,
+    },
 }
 
-fn encode_error(err: &TaskError) -> Bytes {
-    encode(err).unwrap_or_else(|_| {
-        encode(&TaskError::failed("an error that could not be encoded")).unwrap_or_default()
-    })
+/// Asks the runtime of `instance` for its usage (for `chimaera runtime status` and
+/// tests).
+pub fn usage(instance: &InstanceName) -> Result<ShmUsage, UsageError> {
+    let path = handshake::client_socket_path(instance);
+    let refused = |detail: String| UsageError::Refused {
+        instance: instance.to_string(),
+        detail,
+    };
+    let runtime_uid =
+        handshake::expected_runtime_uid(instance).map_err(|e| refused(e.to_string()))?;
+    let stream = UnixStream::connect(&path).map_err(|source| UsageError::NotRunning {
+        instance: instance.to_string(),
+        path: path.clone(),
+        source,
+    })?;
+    handshake::check_runtime_peer(&stream, runtime_uid).map_err(|e| refused(e.to_string()))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    match handshake::ask(&stream, Request::Usage) {
+        Ok((Reply::Usage(usage), _)) => Ok(usage),
+        Ok((other, _)) => Err(refused(format!("{other:?}"))),
+        Err(err) => Err(refused(err.to_string())),
+    }
 }
 
 /// Query tags in a slot header.
@@ -889,50 +799,39 @@ pub fn decode_query(tag: u32, a: u32, b: u64) -> Result<PoolQuery, TaskError> {
     })
 }
 
-/// How much of an instance's shared memory is in use, read from its segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ShmUsage {
-    /// Client areas not free (attached, or being reclaimed).
-    pub client_areas_in_use: u32,
-    /// Task slots not free, over all client areas.
-    pub slots_in_use: u32,
-    /// Bytes of the client-data segment clients hold.
-    pub client_data_in_use: u64,
-    /// Bytes of the runtime-data segment holding outputs.
-    pub runtime_data_in_use: u64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Reads the usage of `instance`'s segments (for `chimaera runtime status` and tests).
-pub fn usage(instance: &InstanceName) -> Result<ShmUsage, super::segment::SegmentError> {
-    let name =
-        ShmName::segment(instance, ROLE_MAIN).map_err(|e| super::segment::SegmentError::Io {
-            action: "naming",
-            name: ShmName::runtime_lock(instance),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    let main = Segment::open(&name)?;
-    let header = Header::new(main.clone());
-    let geometry = header.geometry();
-    let mut usage = ShmUsage {
-        runtime_data_in_use: header.runtime_data_in_use().load(Ordering::Relaxed),
-        ..ShmUsage::default()
-    };
-    for client in 0..geometry.max_clients {
-        let Ok(control) = header.control(&geometry, client) else {
-            break;
+    /// The doorbell design relies on this: an edge-triggered eventfd that is never read
+    /// still reports every later write.
+    #[test]
+    fn an_unread_edge_triggered_doorbell_reports_every_ring() {
+        let bells = Doorbells::new().unwrap();
+        let client_bell = eventfd().unwrap();
+        epoll::add(
+            &bells.epoll,
+            &client_bell,
+            epoll::EventData::new_u64(7),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )
+        .unwrap();
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
         };
-        if control.state.load(Ordering::Acquire) == layout::CLIENT_FREE {
-            continue;
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 4];
+        let keys = |events: &mut [MaybeUninit<epoll::Event>; 4]| -> Vec<u64> {
+            let (ready, _) = epoll::wait(&bells.epoll, events, Some(&now)).unwrap();
+            ready.iter().map(|event| event.data.u64()).collect()
+        };
+        assert!(keys(&mut events).is_empty());
+        for _ in 0..3 {
+            ring_bell(&client_bell);
+            assert_eq!(keys(&mut events), vec![7]);
+            assert!(keys(&mut events).is_empty(), "reported once per ring");
         }
-        usage.client_areas_in_use += 1;
-        usage.client_data_in_use += control.data_in_use.load(Ordering::Relaxed);
-        for slot_index in 0..geometry.slots {
-            if let Ok(view) = SlotView::new(&main, &geometry, client, slot_index) {
-                if view.word(slot::STATE).load(Ordering::Relaxed) != layout::SLOT_FREE {
-                    usage.slots_in_use += 1;
-                }
-            }
-        }
+        ring_bell(&bells.stop);
+        assert_eq!(keys(&mut events), vec![STOP_KEY]);
     }
-    Ok(usage)
 }

@@ -1,0 +1,685 @@
+//! One attached client, as the runtime holds it: its memory, and the truth about it.
+//!
+//! A [`ClientArea`] is made for one connection and never reused: a new client gets a
+//! new memfd, laid out fresh by the runtime (see [`crate::shm::layout`]). Nothing a
+//! dead or hostile client wrote survives into another client's area, and no client maps
+//! anyone else's. The memfd is sealed against shrinking and growing before it is handed
+//! over, so a client cannot `ftruncate` it to make the runtime fault on its pages. (It
+//! can still punch holes with `fallocate`: the pages then read as zeros and are
+//! allocated again on the runtime's next touch — memfds live on the kernel's internal
+//! tmpfs, which has no size limit to run into — so that too only hurts the client.)
+//!
+//! # Runtime-private truth
+//!
+//! What a client writes is a request, never the truth. The runtime keeps, in its own
+//! memory:
+//!
+//! * per slot, whether it is in flight ([`SLOT_IDLE`] / [`SLOT_IN_FLIGHT`]): a popped
+//!   index whose slot is in flight is ignored, so pushing a slot twice neither runs its
+//!   task twice nor frees or leaks its output block;
+//! * the output space's allocator and which block holds which slot's output (freed when
+//!   the runtime accepts that slot again; the whole space goes with the area);
+//! * the cancel flags of the client's periodic tasks;
+//! * the client's [`Rights`] (uid, admin), fixed from `SO_PEERCRED` at connect.
+//!
+//! The runtime marks a slot idle *before* it publishes `DONE`, so a client that reuses a
+//! slot as soon as it sees its answer is never ignored.
+//!
+//! # Quotas
+//!
+//! * Tasks in flight, fire-and-forget and periodic ones included: every task replica of
+//!   the client holds a reference to the area's data share ([`BulkShare`]) for its whole
+//!   life, so the count of those references is the count of its live tasks, read with
+//!   one atomic load per task. Over the quota, the task fails with
+//!   [`TaskError::QuotaExceeded`].
+//! * Output bytes: outputs larger than a slot go to the area's own output space, whose
+//!   size is the quota; when it is full the task fails with `QuotaExceeded`.
+//!
+//! # Admin methods
+//!
+//! StopRuntime, DestroyPool and Flush of the admin pool are refused here, at the only
+//! door through which another process's tasks enter, with [`TaskError::PermissionDenied`]
+//! unless the client's rights say admin. Tasks that modules (code linked into the
+//! runtime, trusted) send on their own are not checked.
+//!
+//! # Disowning
+//!
+//! A client whose ring is corrupt is disowned: the runtime stores `AREA_DISOWNED` in the
+//! control line, wakes every slot the client may sleep on and shuts its socket down. The
+//! client's next call (or its current wait) fails with [`TaskError::Disowned`] instead of
+//! blocking.
+//!
+//! # Lifetime
+//!
+//! Each task of the client holds the area (its reply sink) or its data share; the area's
+//! memory is unmapped when the last of them is gone, so a reply never writes freed
+//! memory and a new client never receives an old client's memory.
+use super::arena::{Arena, Extent};
+use super::futex;
+use super::handshake::Rights;
+use super::layout::{self, read_shared, slot, AreaGeometry, SlotView, CONTROL_STATE};
+use super::naming::{InstanceName, ShmName};
+use super::ring::Ring;
+use super::segment::Segment;
+use super::server::Ingress;
+use crate::admin_api;
+use crate::bulk::BulkShare;
+use crate::codec::{encode, Bytes};
+use crate::error::TaskError;
+use crate::ids::{ContainerId, PoolId};
+use crate::query::PoolQuery;
+use crate::task::{lock, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
+use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Runtime truth: the slot holds no task of the client.
+pub const SLOT_IDLE: u32 = 0;
+/// Runtime truth: the slot's task was accepted and not answered yet.
+pub const SLOT_IN_FLIGHT: u32 = 1;
+
+/// Tasks one ingest call takes from one client before moving to the next.
+const INGEST_BUDGET: usize = 64;
+
+/// Counters shared by every area of a server.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    /// Tasks completed for clients.
+    pub tasks_done: AtomicU64,
+    /// Ids of periodic tasks.
+    pub next_periodic: AtomicU64,
+}
+
+/// Why an area could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot make a client area: {0}; lower shm sizes or max_clients, or free memory")]
+pub struct AreaError(String);
+
+fn area_error(what: &str) -> impl FnOnce(std::io::Error) -> AreaError + '_ {
+    move |err| AreaError(format!("{what}: {err}"))
+}
+
+/// Output space of an area: its allocator and the block of each slot's output.
+struct Outputs {
+    arena: Arena,
+    blocks: Vec<Option<Extent>>,
+}
+
+/// One client's area and the runtime's truth about it.
+pub struct ClientArea {
+    client: u32,
+    rights: Rights,
+    pid: i32,
+    memfd: OwnedFd,
+    /// The client's own doorbell (an eventfd): no other client holds it, so nobody can
+    /// drain, block or shut another client's wake-ups.
+    bell: OwnedFd,
+    memory: Segment,
+    geometry: AreaGeometry,
+    ring: Mutex<Ring>,
+    slots: Box<[AtomicU32]>,
+    outputs: Mutex<Outputs>,
+    periodic: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    bulk: Arc<BulkShare>,
+    max_tasks: usize,
+    disowned: AtomicBool,
+    /// A handle on the client's socket, to hang up on a disowned client.
+    socket: Mutex<Option<UnixStream>>,
+    counters: Arc<ServerCounters>,
+}
+
+impl std::fmt::Debug for ClientArea {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArea")
+            .field("client", &self.client)
+            .field("rights", &self.rights)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new area needs to know.
+pub struct AreaSpec<'a> {
+    /// The instance (for names in errors).
+    pub instance: &'a InstanceName,
+    /// The area's index.
+    pub client: u32,
+    /// Its layout.
+    pub geometry: AreaGeometry,
+    /// The client's rights.
+    pub rights: Rights,
+    /// The client's pid (logs).
+    pub pid: i32,
+    /// Quota of tasks in flight.
+    pub max_tasks: usize,
+    /// The client's socket (a clone), to hang up on it when disowned.
+    pub socket: Option<UnixStream>,
+}
+
+impl ClientArea {
+    /// Creates, sizes, seals and lays out a fresh memfd for one client.
+    pub fn create(
+        spec: AreaSpec<'_>,
+        counters: Arc<ServerCounters>,
+    ) -> Result<ClientArea, AreaError> {
+        let geometry = spec.geometry;
+        let len = geometry
+            .checked_total_len()
+            .ok_or_else(|| AreaError("the area's size overflows".into()))?;
+        let memfd = rustix::fs::memfd_create(
+            "chimaera-client-area",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| area_error("memfd_create")(e.into()))?;
+        rustix::fs::ftruncate(&memfd, len as u64).map_err(|e| area_error("sizing")(e.into()))?;
+        // Reserve every page now: a full tmpfs fails this connect, instead of a SIGBUS in
+        // the runtime at its first touch of a page later.
+        rustix::fs::fallocate(&memfd, FallocateFlags::empty(), 0, len as u64)
+            .map_err(|e| area_error("reserving memory")(e.into()))?;
+        // The client gets a read-write descriptor; without these seals it could shrink
+        // the file under the runtime's mapping.
+        rustix::fs::fcntl_add_seals(
+            &memfd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )
+        .map_err(|e| area_error("sealing")(e.into()))?;
+        let name = ShmName::segment(spec.instance, "area").map_err(|e| AreaError(e.to_string()))?;
+        let file = File::from(
+            memfd
+                .try_clone()
+                .map_err(area_error("duplicating the memfd"))?,
+        );
+        let memory = Segment::from_memfd(file, &name).map_err(|e| AreaError(e.to_string()))?;
+        let (ring_offset, ring_len) = geometry.ring_range();
+        let ring_region = memory
+            .region(ring_offset, ring_len)
+            .map_err(|e| AreaError(e.to_string()))?;
+        let ring =
+            Ring::init(&ring_region, geometry.slots).map_err(|e| AreaError(e.to_string()))?;
+        let share = memory
+            .range_ptr(geometry.data_offset(), geometry.data_len.max(1), 1)
+            .map_err(|e| AreaError(e.to_string()))?;
+        let mapping: Arc<dyn Send + Sync> = Arc::new(memory.clone());
+        // SAFETY: `range_ptr` proved the data share inside the read-write mapping, which
+        // lives while `mapping` (a handle on it) does; this area's share is the only
+        // `BulkShare` over it (each area has its own memfd).
+        let bulk = Arc::new(unsafe { BulkShare::new(share, geometry.data_len, mapping) });
+        memory
+            .atomic_u32(CONTROL_STATE)
+            .map_err(|e| AreaError(e.to_string()))?
+            .store(layout::AREA_ACTIVE, Ordering::Release);
+        let bell = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| area_error("eventfd")(e.into()))?;
+        Ok(ClientArea {
+            client: spec.client,
+            rights: spec.rights,
+            pid: spec.pid,
+            memfd,
+            bell,
+            memory,
+            geometry,
+            ring: Mutex::new(ring),
+            slots: (0..geometry.slots)
+                .map(|_| AtomicU32::new(SLOT_IDLE))
+                .collect(),
+            outputs: Mutex::new(Outputs {
+                arena: Arena::new(geometry.output_len),
+                blocks: vec![None; geometry.slots as usize],
+            }),
+            periodic: Mutex::new(HashMap::new()),
+            bulk,
+            max_tasks: spec.max_tasks,
+            disowned: AtomicBool::new(false),
+            socket: Mutex::new(spec.socket),
+            counters,
+        })
+    }
+
+    /// The memfd to hand to the client.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+
+    /// The client's doorbell eventfd (to hand to the client, and to watch).
+    pub fn bell(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+
+    /// The area's index.
+    pub fn client(&self) -> u32 {
+        self.client
+    }
+
+    /// The client's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether the runtime disowned the client.
+    pub fn is_disowned(&self) -> bool {
+        self.disowned.load(Ordering::Acquire)
+    }
+
+    /// Task replicas of this client still alive (each holds the data share).
+    pub fn tasks_in_flight(&self) -> usize {
+        Arc::strong_count(&self.bulk) - 1
+    }
+
+    /// Bytes of the output space holding outputs.
+    pub fn output_bytes_in_use(&self) -> usize {
+        lock(&self.outputs).arena.in_use()
+    }
+
+    /// Whether the ring has a task (a look at its tail; `true` if busy elsewhere).
+    pub fn has_work(&self) -> bool {
+        self.ring
+            .try_lock()
+            .map(|ring| !ring.is_empty())
+            .unwrap_or(true)
+    }
+
+    /// Cancels every periodic task of the client (it is gone).
+    pub fn cancel_periodic(&self) {
+        for (_, cancel) in lock(&self.periodic).drain() {
+            cancel.store(true, Ordering::Release);
+        }
+    }
+
+    /// Stops serving the client: marks the area disowned (the client's calls then fail
+    /// with [`TaskError::Disowned`]), wakes its sleeping calls and hangs up its socket.
+    pub fn disown(&self, why: &str) {
+        if self.disowned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            client = self.client,
+            pid = self.pid,
+            "disowning a client: {why}"
+        );
+        self.cancel_periodic();
+        if let Ok(state) = self.memory.atomic_u32(CONTROL_STATE) {
+            state.store(layout::AREA_DISOWNED, Ordering::SeqCst);
+        }
+        for slot_index in 0..self.geometry.slots {
+            if let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) {
+                futex::wake_all(view.word(slot::STATE));
+            }
+        }
+        if let Some(socket) = lock(&self.socket).take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Takes up to `INGEST_BUDGET` queued tasks into the runtime; returns how many
+    /// indices it popped.
+    pub fn ingest(self: &Arc<Self>, worker: usize, ingress: &dyn Ingress) -> usize {
+        if self.is_disowned() {
+            return 0;
+        }
+        let Ok(mut ring) = self.ring.try_lock() else {
+            return 0;
+        };
+        let mut taken = 0;
+        for _ in 0..INGEST_BUDGET {
+            match ring.pop() {
+                Ok(Some(slot_index)) => {
+                    taken += 1;
+                    self.ingest_slot(worker, slot_index, ingress);
+                }
+                Ok(None) => break,
+                Err(corrupt) => {
+                    drop(ring);
+                    self.disown(&format!("its ring is corrupt ({corrupt})"));
+                    return taken;
+                }
+            }
+        }
+        taken
+    }
+
+    /// Fails every task still queued (the runtime is stopping).
+    pub fn fail_queued(&self) {
+        let mut ring = lock(&self.ring);
+        while let Ok(Some(slot_index)) = ring.pop() {
+            if self.accept(slot_index) {
+                self.write_result(slot_index, Err(&TaskError::RuntimeStopped));
+            }
+        }
+    }
+
+    /// Moves a popped slot from idle to in flight in the runtime's truth; `false` for an
+    /// index out of range or a slot already in flight (a duplicate push, ignored).
+    fn accept(&self, slot_index: u32) -> bool {
+        let Some(state) = self.slots.get(slot_index as usize) else {
+            tracing::debug!(
+                client = self.client,
+                slot_index,
+                "ignored a slot index out of range"
+            );
+            return false;
+        };
+        if state
+            .compare_exchange(
+                SLOT_IDLE,
+                SLOT_IN_FLIGHT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            tracing::debug!(
+                client = self.client,
+                slot_index,
+                "ignored a push of a slot in flight"
+            );
+            return false;
+        }
+        // The slot's previous output was read (or abandoned) by the client, which pushed
+        // the slot again.
+        let mut outputs = lock(&self.outputs);
+        if let Some(extent) = outputs.blocks[slot_index as usize].take() {
+            outputs.arena.free(extent);
+        }
+        true
+    }
+
+    fn ingest_slot(self: &Arc<Self>, worker: usize, slot_index: u32, ingress: &dyn Ingress) {
+        if !self.accept(slot_index) {
+            return;
+        }
+        let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) else {
+            return;
+        };
+        let kind = view.word(slot::KIND).load(Ordering::Relaxed);
+        if kind == layout::KIND_CANCEL {
+            let id = view.word64(slot::QUERY_B).load(Ordering::Relaxed);
+            let result = match lock(&self.periodic).remove(&id) {
+                Some(cancel) => {
+                    cancel.store(true, Ordering::Release);
+                    Ok(&[][..])
+                }
+                None => Err(TaskError::failed(format!(
+                    "this client has no periodic task {id} (cancelled already?)"
+                ))),
+            };
+            self.write_result(slot_index, result.as_ref().map(|b| *b));
+            return;
+        }
+        if self.tasks_in_flight() >= self.max_tasks {
+            let err = TaskError::QuotaExceeded {
+                what: "tasks in flight".into(),
+                limit: self.max_tasks as u64,
+            };
+            self.write_result(slot_index, Err(&err));
+            return;
+        }
+        let (pool, method, query, input, schedule) = match self.decode_slot(&view) {
+            Ok(task) => task,
+            Err(err) => return self.write_result(slot_index, Err(&err)),
+        };
+        if let Err(err) = self.permitted(pool, method) {
+            return self.write_result(slot_index, Err(&err));
+        }
+        let mut periodic_id = None;
+        let (sink, cancel) = match schedule {
+            None => (
+                Some(ReplyTo {
+                    sink: self.clone(),
+                    key: ReplyKey([slot_index, 0, 0]),
+                }),
+                None,
+            ),
+            Some(Schedule::FireAndForget) => (None, None),
+            Some(Schedule::Periodic(_)) => {
+                let id = self.counters.next_periodic.fetch_add(1, Ordering::Relaxed) + 1;
+                let cancel = Arc::new(AtomicBool::new(false));
+                lock(&self.periodic).insert(id, cancel.clone());
+                periodic_id = Some(id);
+                (None, Some(cancel))
+            }
+        };
+        let acknowledge = sink.is_none();
+        let origin = Origin {
+            reply: sink,
+            cancel,
+            bulk: Some(self.bulk.clone()),
+            local_worker: Some(worker),
+        };
+        match ingress.enqueue(pool, method, query, input, schedule, origin) {
+            Ok(()) if acknowledge => {
+                let ack = match periodic_id {
+                    Some(id) => encode(&id),
+                    None => Ok(Bytes::new()),
+                };
+                self.write_result(slot_index, ack.as_deref());
+            }
+            Ok(()) => {}
+            Err(err) => {
+                if let Some(id) = periodic_id {
+                    lock(&self.periodic).remove(&id);
+                }
+                self.write_result(slot_index, Err(&err));
+            }
+        }
+    }
+
+    /// Refuses admin methods to a client without admin rights.
+    fn permitted(&self, pool: PoolId, method: u32) -> Result<(), TaskError> {
+        if pool != PoolId::ADMIN || self.rights.admin {
+            return Ok(());
+        }
+        let action = match method {
+            admin_api::STOP_RUNTIME => "StopRuntime",
+            admin_api::DESTROY_POOL => "DestroyPool",
+            admin_api::FLUSH => "Flush",
+            _ => return Ok(()),
+        };
+        Err(TaskError::PermissionDenied {
+            action: action.into(),
+            uid: self.rights.uid,
+        })
+    }
+
+    /// Reads a slot's task: every header word once, the input copied out (with volatile
+    /// loads) after its length was checked against the place it claims to lie in.
+    #[allow(clippy::type_complexity)]
+    fn decode_slot(
+        &self,
+        view: &SlotView,
+    ) -> Result<(PoolId, u32, PoolQuery, Bytes, Option<Schedule>), TaskError> {
+        let load = |field| view.word(field).load(Ordering::Relaxed);
+        let pool = PoolId::new(load(slot::POOL_MAJOR), load(slot::POOL_MINOR));
+        let method = load(slot::METHOD);
+        let kind = load(slot::KIND);
+        let query = super::server::decode_query(
+            load(slot::QUERY_TAG),
+            load(slot::QUERY_A),
+            view.word64(slot::QUERY_B).load(Ordering::Relaxed),
+        )?;
+        let period = view.word64(slot::PERIOD_NS).load(Ordering::Relaxed);
+        let input_len = load(slot::INPUT_LEN) as usize;
+        let input_where = load(slot::INPUT_WHERE);
+        let input_offset = view.word64(slot::INPUT_OFFSET).load(Ordering::Relaxed);
+        let schedule = match kind {
+            layout::KIND_CALL => None,
+            layout::KIND_FIRE_AND_FORGET => Some(Schedule::FireAndForget),
+            layout::KIND_PERIODIC if period > 0 => {
+                Some(Schedule::Periodic(Duration::from_nanos(period)))
+            }
+            other => {
+                return Err(TaskError::malformed(
+                    "task header",
+                    format!("unknown task kind {other} (or a periodic task with period 0)"),
+                ))
+            }
+        };
+        // The length is checked against where the input claims to lie *before* anything
+        // is allocated for it: a forged length costs the runtime nothing.
+        let source = match input_where {
+            layout::IN_SLOT if input_len <= view.payload_len() => None,
+            layout::IN_SLOT => {
+                return Err(TaskError::malformed(
+                    "input",
+                    format!(
+                        "{input_len} bytes claimed in a slot whose payload holds {}",
+                        view.payload_len()
+                    ),
+                ))
+            }
+            layout::IN_CLIENT_DATA => {
+                let share = self.geometry.data_len;
+                let offset = usize::try_from(input_offset)
+                    .ok()
+                    .filter(|offset| offset.checked_add(input_len).is_some_and(|end| end <= share))
+                    .ok_or_else(|| {
+                        TaskError::malformed(
+                            "input",
+                            format!("buffer {input_offset}+{input_len} lies outside the client's {share}-byte data share"),
+                        )
+                    })?;
+                Some(self.geometry.data_offset() + offset)
+            }
+            other => {
+                return Err(TaskError::malformed(
+                    "task header",
+                    format!("unknown input location {other}"),
+                ))
+            }
+        };
+        let mut input = Bytes::with_capacity(input_len);
+        input.resize(input_len, 0);
+        match source {
+            None => view.read_payload(&mut input),
+            Some(at) => read_shared(&self.memory, at, &mut input),
+        }
+        .map_err(|e| TaskError::malformed("input", e))?;
+        Ok((pool, method, query, input, schedule))
+    }
+
+    fn write_result(&self, slot_index: u32, result: Result<&[u8], &TaskError>) {
+        match result {
+            Ok(bytes) => self.write_output(slot_index, layout::STATUS_OK, bytes),
+            Err(err) => {
+                let bytes = encode_error(err);
+                self.write_output(slot_index, layout::STATUS_ERROR, &bytes);
+            }
+        }
+    }
+
+    /// Writes an answer into an in-flight slot, marks the slot idle in the runtime's
+    /// truth, then publishes `DONE` and wakes the client if it sleeps.
+    fn write_output(&self, slot_index: u32, status: u32, bytes: &[u8]) {
+        let Some(state) = self.slots.get(slot_index as usize) else {
+            return;
+        };
+        if state.load(Ordering::Acquire) != SLOT_IN_FLIGHT {
+            return;
+        }
+        if let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) {
+            self.store_output(&view, slot_index, status, bytes);
+            // Idle before DONE: a client reusing the slot at once is not ignored.
+            state.store(SLOT_IDLE, Ordering::Release);
+            view.word(slot::STATE)
+                .store(layout::SLOT_DONE, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if view.word(slot::WAITING).load(Ordering::SeqCst) != 0 {
+                futex::wake(view.word(slot::STATE), 1);
+            }
+        } else {
+            state.store(SLOT_IDLE, Ordering::Release);
+        }
+        self.counters.tasks_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn store_output(&self, view: &SlotView, slot_index: u32, status: u32, bytes: &[u8]) {
+        let describe = |status: u32, len: usize, place: u32| {
+            view.word(slot::STATUS).store(status, Ordering::Relaxed);
+            view.word(slot::OUTPUT_LEN)
+                .store(len as u32, Ordering::Relaxed);
+            view.word(slot::OUTPUT_WHERE)
+                .store(place, Ordering::Relaxed);
+        };
+        if view.write_inline(bytes).is_ok() {
+            return describe(status, bytes.len(), layout::IN_LINE);
+        }
+        if view.write_payload(bytes).is_ok() {
+            return describe(status, bytes.len(), layout::IN_SLOT);
+        }
+        let extent = lock(&self.outputs).arena.alloc(bytes.len(), 16);
+        let written = extent.filter(|extent| {
+            layout::write_shared(
+                &self.memory,
+                self.geometry.output_offset() + extent.offset,
+                bytes,
+            )
+            .is_ok()
+        });
+        match written {
+            Some(extent) => {
+                let mut outputs = lock(&self.outputs);
+                if let Some(stale) = outputs.blocks[slot_index as usize].replace(extent) {
+                    outputs.arena.free(stale);
+                }
+                drop(outputs);
+                view.word64(slot::OUTPUT_OFFSET)
+                    .store(extent.offset as u64, Ordering::Relaxed);
+                describe(status, bytes.len(), layout::IN_OUTPUT_SPACE);
+            }
+            None => {
+                if let Some(extent) = extent {
+                    lock(&self.outputs).arena.free(extent);
+                }
+                let err = encode_error(&TaskError::QuotaExceeded {
+                    what: format!("output bytes (a {}-byte output did not fit)", bytes.len()),
+                    limit: self.geometry.output_len as u64,
+                });
+                let _ = view.write_payload(&err);
+                describe(layout::STATUS_ERROR, err.len(), layout::IN_SLOT);
+            }
+        }
+    }
+}
+
+/// Answers the calls of this client; a key is `[slot, 0, 0]`.
+impl ReplySink for ClientArea {
+    fn complete_one(
+        &self,
+        key: ReplyKey,
+        _container: ContainerId,
+        result: Result<&[u8], TaskError>,
+    ) {
+        self.write_result(key.0[0], result.as_ref().map(|b| *b));
+    }
+
+    fn complete(&self, key: ReplyKey, mut results: Vec<(ContainerId, Result<Bytes, TaskError>)>) {
+        let slot_index = key.0[0];
+        if results.len() == 1 {
+            let (_, result) = results.remove(0);
+            self.write_result(slot_index, result.as_deref());
+            return;
+        }
+        let replicas: Vec<(u32, Result<Vec<u8>, TaskError>)> = results
+            .into_iter()
+            .map(|(container, result)| (container, result.map(|bytes| bytes.to_vec())))
+            .collect();
+        let (status, bytes) = match encode(&replicas) {
+            Ok(bytes) => (layout::STATUS_REPLICAS, bytes),
+            Err(err) => (layout::STATUS_ERROR, encode_error(&err)),
+        };
+        self.write_output(slot_index, status, &bytes);
+    }
+}
+
+/// An error as archived bytes (a fixed message if even that fails).
+pub fn encode_error(err: &TaskError) -> Bytes {
+    encode(err).unwrap_or_else(|_| {
+        encode(&TaskError::failed("an error that could not be encoded")).unwrap_or_default()
+    })
+}
