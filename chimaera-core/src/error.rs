@@ -102,6 +102,15 @@ pub enum TaskError {
     /// The task was cancelled before it completed (a periodic task's handle was cancelled).
     #[error("the task was cancelled")]
     Cancelled,
+    /// The handler ran past the end of its coroutine's stack. The runtime failed the
+    /// task, released the coroutine locks and bulk buffers it held, and serves on.
+    #[error("method {method} overflowed its {stack_size}-byte coroutine stack; recurse less, keep large values on the heap, or raise `stack_size` in the runtime configuration")]
+    StackOverflow {
+        /// The method whose handler overflowed.
+        method: MethodId,
+        /// The coroutine stack size, in bytes.
+        stack_size: u64,
+    },
 }
 
 impl TaskError {
