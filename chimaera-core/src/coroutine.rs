@@ -763,3 +763,145 @@ fn overflowed(co: &Arc<Co>, body: &mut Option<Generator<'static, (), ()>>) {
         hook();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicUsize;
+
+    fn executor(name: &str) -> Executor {
+        Executor::start(ExecutorOptions {
+            name: name.to_owned(),
+            stack_size: 64 * 1024,
+            cpu: None,
+        })
+        .expect("start an executor")
+    }
+
+    #[test]
+    fn wake_ups_from_other_threads_resume_coroutines_on_their_home_thread() {
+        let (home, other) = (executor("home"), executor("other"));
+        let blockers = Arc::new(Mutex::new(Vec::new()));
+        let parked = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..32)
+            .map(|_| {
+                let (blockers, parked) = (blockers.clone(), parked.clone());
+                home.spawn(move || {
+                    let thread = std::thread::current().id();
+                    for _ in 0..20 {
+                        let blocker = Blocker::current();
+                        crate::task::lock(&blockers).push(blocker.clone());
+                        parked.fetch_add(1, Ordering::SeqCst);
+                        blocker.park(None);
+                        assert_eq!(std::thread::current().id(), thread);
+                        sleep(Duration::from_micros(50));
+                        assert_eq!(std::thread::current().id(), thread);
+                        yield_now();
+                        assert_eq!(std::thread::current().id(), thread);
+                    }
+                    thread
+                })
+            })
+            .collect();
+        // Wake them from a plain thread and from a coroutine of another executor.
+        let waker = |blockers: Arc<Mutex<Vec<Arc<Blocker>>>>| {
+            move || {
+                for _ in 0..10_000 {
+                    let woken: Vec<_> = crate::task::lock(&blockers).drain(..).collect();
+                    woken.iter().for_each(|blocker| blocker.unpark());
+                    std::thread::yield_now();
+                }
+            }
+        };
+        let thread_waker = std::thread::spawn(waker(blockers.clone()));
+        let coroutine_waker = other.spawn(waker(blockers.clone()));
+        let mut threads = HashSet::new();
+        for handle in handles {
+            while !handle.is_finished() {
+                crate::task::lock(&blockers)
+                    .drain(..)
+                    .for_each(|blocker| blocker.unpark());
+                std::thread::yield_now();
+            }
+            threads.insert(handle.join().expect("the coroutine ended"));
+        }
+        thread_waker.join().unwrap();
+        coroutine_waker.join().unwrap();
+        assert_eq!(threads.len(), 1);
+        assert_eq!(parked.load(Ordering::SeqCst), 32 * 20);
+    }
+
+    #[test]
+    fn a_wake_up_before_the_park_is_kept_and_timeouts_end_parks() {
+        let home = executor("tokens");
+        let woken = home
+            .spawn(|| {
+                let blocker = Blocker::current();
+                blocker.unpark();
+                let kept = blocker.park(None);
+                let timed_out = !blocker.park(Some(Duration::from_millis(5)));
+                // A stale timer of that park must not end this one early.
+                let other = Blocker::current();
+                let waker = other.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    waker.unpark();
+                });
+                let unparked = other.park(Some(Duration::from_secs(60)));
+                (kept, timed_out, unparked)
+            })
+            .join();
+        assert_eq!(woken, Ok((true, true, true)));
+    }
+
+    #[test]
+    fn an_overflowing_coroutine_fails_and_releases_what_it_registered() {
+        #[inline(never)]
+        fn deeper(depth: u64) -> u64 {
+            let mut frame = [0u8; 512];
+            frame[(depth % 512) as usize] = depth as u8;
+            std::hint::black_box(&mut frame);
+            if depth == u64::MAX {
+                return 0;
+            }
+            deeper(depth + 1) + u64::from(frame[0])
+        }
+        static RELEASED: AtomicUsize = AtomicUsize::new(0);
+        unsafe fn count(_: *const (), words: [u64; 3]) {
+            RELEASED.fetch_add(words[0] as usize, Ordering::SeqCst);
+        }
+        let home = executor("overflow");
+        let result = home
+            .spawn(|| {
+                hold(Release {
+                    data: std::ptr::null(),
+                    words: [1, 0, 0],
+                    release: count,
+                });
+                // Given back normally: not released again.
+                let returned = Release {
+                    data: std::ptr::null(),
+                    words: [100, 0, 0],
+                    release: count,
+                };
+                hold(returned);
+                let_go(returned);
+                deeper(0)
+            })
+            .join();
+        assert_eq!(result, Err(JoinError::StackOverflow));
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
+        // The executor serves on.
+        assert_eq!(home.spawn(|| 7).join(), Ok(7));
+    }
+
+    #[test]
+    fn stopping_ends_sleeps_and_the_thread() {
+        let home = executor("stop");
+        let sleeper = home.spawn(|| sleep(Duration::from_secs(3600)));
+        home.spawn(|| ()).join().unwrap();
+        home.stop();
+        assert_eq!(sleeper.join(), Ok(()));
+    }
+}

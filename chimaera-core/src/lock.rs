@@ -1,6 +1,6 @@
 //! Coroutine-aware locks: [`CoMutex`] and [`CoRwLock`].
 //!
-//! A task that must wait for a lock parks *its coroutine* (a `may` blocker); the worker
+//! A task that must wait for a lock parks *its coroutine* (a [`Blocker`]); the worker
 //! thread goes on running other tasks. Waiters are served first-come first-served:
 //! a release hands the lock directly to the waiter at the front of the queue (no
 //! barging), so no waiter starves.
