@@ -63,7 +63,8 @@ impl Home {
     /// Queues `co` to run on this home's thread. `co` must have been taken out of
     /// wherever it waited (see the module invariants).
     fn schedule(self: &Arc<Self>, co: Arc<Co>) {
-        let local = LOCAL.with(|local| local.get().cloned());
+        // A thread tearing down its thread-locals has no executor: queue remotely.
+        let local = LOCAL.try_with(|local| local.get().cloned()).ok().flatten();
         if let Some(local) = local {
             if Arc::ptr_eq(&local.home, self) {
                 local.run.borrow_mut().push_back(co);
@@ -155,11 +156,14 @@ thread_local! {
 
 /// The executor of this thread, while a coroutine runs on it.
 fn running() -> Option<(Rc<Local>, *const Co)> {
-    LOCAL.with(|local| {
-        let local = local.get()?;
-        let co = local.current.get();
-        (!co.is_null()).then(|| (local.clone(), co))
-    })
+    LOCAL
+        .try_with(|local| {
+            let local = local.get()?;
+            let co = local.current.get();
+            (!co.is_null()).then(|| (local.clone(), co))
+        })
+        .ok()
+        .flatten()
 }
 
 /// Whether the caller runs on a coroutine (and so must park, not block, to wait).
@@ -269,8 +273,10 @@ impl Blocker {
     }
 
     /// Parks until [`unpark`](Self::unpark) (or a wake-up kept from before), or until
-    /// `timeout` passes. Returns whether it was woken rather than timed out. Call it only
-    /// from the coroutine or thread the blocker was made for.
+    /// `timeout` passes. Returns whether it was woken rather than timed out. Only the
+    /// coroutine or thread the blocker was made for parks on it; called from anywhere
+    /// else, it returns `false` at once (parking there would park the wrong one and lose
+    /// it, as the wake-up goes to the blocker's owner).
     pub fn park(self: &Arc<Self>, timeout: Option<Duration>) -> bool {
         if self
             .state
@@ -280,14 +286,22 @@ impl Blocker {
             return true;
         }
         match &self.owner {
-            Owner::Coroutine(_) => self.park_coroutine(timeout),
-            Owner::Thread(_) => self.park_thread(timeout),
+            Owner::Coroutine(owner) => {
+                let is_owner =
+                    running().is_some_and(|(_, co)| std::ptr::eq(co, Arc::as_ptr(owner)));
+                is_owner && self.park_coroutine(timeout)
+            }
+            Owner::Thread(owner) => {
+                let is_owner = owner.id() == std::thread::current().id() && !is_coroutine();
+                is_owner && self.park_thread(timeout)
+            }
         }
     }
 
+    /// Parks the running coroutine, the blocker's owner.
     fn park_coroutine(self: &Arc<Self>, timeout: Option<Duration>) -> bool {
         let Some((local, _)) = running() else {
-            return self.park_thread(timeout);
+            return false;
         };
         let number = self.park_number.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(timeout) = timeout {
@@ -853,6 +867,11 @@ mod tests {
             })
             .join();
         assert_eq!(woken, Ok((true, true, true)));
+        // A blocker parks only its owner: anyone else returns at once.
+        let made_here = Blocker::current();
+        assert_eq!(home.spawn(move || made_here.park(None)).join(), Ok(false));
+        let made_there = home.spawn(Blocker::current).join().unwrap();
+        assert!(!made_there.park(None));
     }
 
     #[test]
