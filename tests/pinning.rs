@@ -26,17 +26,17 @@ struct RuntimeProcess {
     config_path: PathBuf,
 }
 
-fn config_for(test: &str) -> (RuntimeConfig, PathBuf) {
+fn config_for(test: &str, yaml: &str) -> (RuntimeConfig, PathBuf) {
     let instance = format!("t{}-{test}", std::process::id());
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
-    std::fs::write(&path, format!("instance: {instance}\n{CONFIG}")).unwrap();
+    std::fs::write(&path, format!("instance: {instance}\n{yaml}")).unwrap();
     let config = RuntimeConfig::from_file(&path).expect("test config is valid");
     (config, path)
 }
 
 impl RuntimeProcess {
-    fn start(test: &str) -> RuntimeProcess {
-        let (config, config_path) = config_for(test);
+    fn start(test: &str, yaml: &str) -> RuntimeProcess {
+        let (config, config_path) = config_for(test, yaml);
         let child = Command::new(env!("CARGO_BIN_EXE_chimaera"))
             .args(["runtime", "start"])
             .env("CHI_SERVER_CONF", &config_path)
@@ -171,7 +171,7 @@ fn client_child_entry() {
 
 #[test]
 fn handlers_resume_on_their_own_thread_under_load_from_client_processes() {
-    let runtime = RuntimeProcess::start("affinity");
+    let runtime = RuntimeProcess::start("affinity", CONFIG);
     let chi = runtime.client();
     let m = affinity_pool(&chi);
     let mut children: Vec<Child> = (0..3)
@@ -211,7 +211,7 @@ fn is_overflow<T>(result: &Result<T, TaskError>) -> bool {
 
 #[test]
 fn a_stack_overflow_over_shared_memory_fails_its_task_and_releases_what_it_held() {
-    let mut runtime = RuntimeProcess::start("overflow");
+    let mut runtime = RuntimeProcess::start("overflow", CONFIG);
     let chi = runtime.client();
     let m = affinity_pool(&chi);
     let admin = AdminClient::attach(&chi, PoolId::ADMIN);
@@ -282,7 +282,7 @@ fn a_stack_overflow_over_shared_memory_fails_its_task_and_releases_what_it_held(
 
 #[test]
 fn a_stack_overflow_in_process_fails_its_task_and_the_runtime_stops_cleanly() {
-    let (config, config_path) = config_for("inproc");
+    let (config, config_path) = config_for("inproc", CONFIG);
     let _ = std::fs::remove_file(&config_path);
     let runtime = chimaera::builder()
         .config(config)

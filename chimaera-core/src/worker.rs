@@ -44,7 +44,7 @@ use crate::task::{lock, Task};
 use crossbeam_queue::SegQueue;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Latency class of a lane, and of the workers that serve it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,7 +139,12 @@ pub struct WorkerShared {
     ready_low_latency: SegQueue<Arc<Lane>>,
     ready_high_latency: SegQueue<Arc<Lane>>,
     sleeping: AtomicBool,
-    poller: OnceLock<Arc<Blocker>>,
+    /// What the poller parks on (a new poller replaces one killed by a stack overflow).
+    poller: Mutex<Option<Arc<Blocker>>>,
+    /// Set when the poller has finished (at shutdown, or killed by a stack overflow).
+    poller_done: (Mutex<bool>, Condvar),
+    /// Idle polls before the poller parks.
+    idle_rounds: u32,
     idle: Mutex<Vec<Arc<TaskSlot>>>,
     shutdown: AtomicBool,
     tasks_run: AtomicU64,
@@ -185,7 +190,7 @@ impl WorkerShared {
     /// Unparks the poller if it sleeps.
     pub fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
-            if let Some(poller) = self.poller.get() {
+            if let Some(poller) = lock(&self.poller).as_ref() {
                 poller.unpark();
             }
         }
@@ -225,7 +230,6 @@ impl WorkerShared {
 /// A running worker: its thread, its poller coroutine and the state it shares.
 pub struct Worker {
     shared: Arc<WorkerShared>,
-    poller: Option<coroutine::JoinHandle<()>>,
     executor: Option<Executor>,
 }
 
@@ -250,21 +254,18 @@ impl Worker {
             ready_low_latency: SegQueue::new(),
             ready_high_latency: SegQueue::new(),
             sleeping: AtomicBool::new(false),
-            poller: OnceLock::new(),
+            poller: Mutex::new(None),
+            poller_done: (Mutex::new(false), Condvar::new()),
+            idle_rounds,
             idle: Mutex::new(Vec::new()),
             shutdown: AtomicBool::new(false),
             tasks_run: AtomicU64::new(0),
             spawner: executor.spawner(),
             runner,
         });
-        let poller_state = shared.clone();
-        let poller = executor.spawn(move || {
-            let _ = poller_state.poller.set(Blocker::current());
-            poll_lanes(poller_state, idle_rounds)
-        });
+        spawn_poller(&shared);
         Ok(Worker {
             shared,
-            poller: Some(poller),
             executor: Some(executor),
         })
     }
@@ -280,18 +281,58 @@ impl Worker {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.sleeping.store(true, Ordering::SeqCst);
         self.shared.wake();
-        if let Some(poller) = self.poller.take() {
-            if let Err(err) = poller.join() {
-                tracing::error!(worker = self.shared.id, "worker poller ended badly: {err}");
-            }
+        let (done, signal) = &self.shared.poller_done;
+        let mut finished = lock(done);
+        while !*finished {
+            finished = signal
+                .wait(finished)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+        drop(finished);
         if let Some(executor) = self.executor.take() {
             executor.stop();
         }
     }
 }
 
-fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
+/// Starts the worker's poller coroutine.
+///
+/// Should it die of a stack overflow — chimod code runs on it: the `Monitor` or
+/// `Dynamic` route of a task ingested from a client ring — the worker stops taking
+/// tasks: the shared-memory server holds `std` locks (the worker's poll list, the
+/// client's ring) across that routing, and their guards died unreleased with the
+/// poller's stack, so a new poller would block its thread on them. The overflow is
+/// logged, and a shutdown does not wait for the dead poller. (Routing outside those
+/// locks would let a new poller take over.)
+fn spawn_poller(worker: &Arc<WorkerShared>) {
+    let body_state = worker.clone();
+    let hook_state = worker.clone();
+    worker.spawner.spawn_with(
+        move || {
+            *lock(&body_state.poller) = Some(Blocker::current());
+            poll_lanes(&body_state);
+            body_state.poller_finished();
+        },
+        move || {
+            tracing::error!(
+                worker = hook_state.id,
+                "the worker's poller overflowed its stack in a chimod's route; this worker takes no more tasks"
+            );
+            hook_state.poller_finished();
+        },
+    );
+}
+
+impl WorkerShared {
+    fn poller_finished(&self) {
+        let (done, signal) = &self.poller_done;
+        *lock(done) = true;
+        signal.notify_all();
+    }
+}
+
+fn poll_lanes(worker: &Arc<WorkerShared>) {
+    let idle_rounds_max = worker.idle_rounds;
     let runner = &worker.runner;
     let mut idle_rounds = 0u32;
     loop {
@@ -310,7 +351,7 @@ fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
                 if worker.shutdown.load(Ordering::Relaxed) {
                     runner.reject(task);
                 } else {
-                    hand_off(&worker, runner, task);
+                    hand_off(worker, runner, task);
                 }
             }
             lane.scheduled.store(false, Ordering::SeqCst);
@@ -347,7 +388,8 @@ fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
             runner.set_sleeping(worker.id, false);
             continue;
         }
-        if let Some(blocker) = worker.poller.get() {
+        let blocker = lock(&worker.poller).clone();
+        if let Some(blocker) = blocker {
             blocker.park(None);
         }
         runner.set_sleeping(worker.id, false);
