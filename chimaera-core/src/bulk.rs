@@ -188,7 +188,7 @@ impl BulkShare {
 
 /// A claimed range of a share, released when the handler's run ends — or, if the
 /// handler dies of a stack overflow (its frames never dropped), by the worker through
-/// the release it registered with its coroutine ([`crate::coroutine::hold`]).
+/// the release it registered with its coroutine (`coroutine::hold`).
 struct Held<'s> {
     share: &'s BulkShare,
     claim: Claim,

@@ -35,12 +35,21 @@
 //! the running coroutine and switches straight back to the executor, which sees
 //! `generator::Error::StackErr`. The dead stack cannot be unwound (there is no room left
 //! on it to run destructors), so the executor instead: runs the release actions the
-//! coroutine registered for what it holds ([`hold`]: coroutine locks, bulk claims),
+//! coroutine registered for what it holds (`hold`: coroutine locks, bulk claims),
 //! runs the coroutine's overflow hook (the worker fails the task with
 //! [`TaskError::StackOverflow`](crate::TaskError::StackOverflow) and settles its
 //! accounting), and leaks the stack, never resuming or freeing it. What else lived on
 //! that stack (a `std` lock guard, a heap value owned by a local) is leaked too: its
 //! destructor never runs.
+//!
+//! Why that switch is sound: the handler runs on the thread's alternate signal stack
+//! (`std` gives every thread it spawns one; executors are `std` threads), unblocks the
+//! signal, and jumps to the executor's saved registers on the thread's own stack. The
+//! abandoned handler frame on the alternate stack and the whole coroutine stack are
+//! never returned to; the next signal reuses the alternate stack from its top. No Rust
+//! frame of the dead coroutine runs again, so no reference it held is used again.
+//! A fault that is not a coroutine's guard page goes to the previous handler (`std`'s:
+//! a thread's own stack overflow aborts the process, as usual).
 use crossbeam_queue::SegQueue;
 use generator::{Generator, Gn};
 use std::cell::{Cell, RefCell, UnsafeCell};

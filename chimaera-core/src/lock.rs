@@ -25,7 +25,7 @@
 //!
 //! **A holder that dies of a stack overflow.** Its stack cannot be unwound, so its guards
 //! are never dropped. Each guard therefore registers its release with the running
-//! coroutine ([`crate::coroutine::hold`]); if the coroutine overflows, the worker runs
+//! coroutine (`coroutine::hold`); if the coroutine overflows, the worker runs
 //! the release and the lock goes to the next waiter, as if the guard had been dropped:
 //! waiters never hang. The data may be half-updated, as after a panic; the task that
 //! overflowed failed with `TaskError::StackOverflow`. Guards are `!Send`, so a hold
