@@ -633,7 +633,7 @@ fn spawn_on(
 
 /// `generator` sizes stacks in machine words, and an odd count turns on its stack-usage
 /// tracing; convert bytes to an even number of words.
-pub fn stack_words(bytes: usize) -> usize {
+fn stack_words(bytes: usize) -> usize {
     (bytes / std::mem::size_of::<usize>()) & !1
 }
 
