@@ -186,10 +186,39 @@ impl BulkShare {
     }
 }
 
-/// A claimed range of a share, released when the handler's run ends.
+/// A claimed range of a share, released when the handler's run ends — or, if the
+/// handler dies of a stack overflow (its frames never dropped), by the worker through
+/// the release it registered with its coroutine (`coroutine::hold`).
 struct Held<'s> {
     share: &'s BulkShare,
     claim: Claim,
+}
+
+impl Claim {
+    /// The release action for this claim of `share`.
+    fn release_of(self, share: &BulkShare) -> crate::coroutine::Release {
+        /// # Safety
+        /// `data` is a live `BulkShare` holding the claim `words` describe.
+        unsafe fn release(data: *const (), [start, end, exclusive]: [u64; 3]) {
+            // SAFETY: registered by `release_of` from a `&BulkShare` that the claiming
+            // task keeps alive (its `Arc`) until the release runs.
+            let share = unsafe { &*data.cast::<BulkShare>() };
+            share.release(Claim {
+                start: start as usize,
+                end: end as usize,
+                exclusive: exclusive != 0,
+            });
+        }
+        crate::coroutine::Release {
+            data: (share as *const BulkShare).cast(),
+            words: [
+                self.start as u64,
+                self.end as u64,
+                u64::from(self.exclusive),
+            ],
+            release,
+        }
+    }
 }
 
 impl<'s> Held<'s> {
@@ -203,6 +232,7 @@ impl<'s> Held<'s> {
     ) -> Result<Self, TaskError> {
         let share = share.ok_or_else(no_share)?;
         let claim = share.claim(offset, len, exclusive)?;
+        crate::coroutine::hold(claim.release_of(share));
         Ok(Held { share, claim })
     }
 
@@ -219,6 +249,7 @@ impl<'s> Held<'s> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
+        crate::coroutine::let_go(self.claim.release_of(self.share));
         self.share.release(self.claim);
     }
 }

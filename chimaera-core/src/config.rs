@@ -62,9 +62,9 @@
 //! `compose[2].containers`); an unreadable file is [`ConfigError::Read`]; a bad
 //! `CHI_INSTANCE` is [`ConfigError::Env`].
 //!
-//! Worker threads are `may` scheduler threads, which are process-wide: the first runtime
-//! started in a process sizes them (later runtimes in the same process share them and only
-//! add their own pollers).
+//! Each runtime starts its own worker threads (`workers`), one coroutine executor each
+//! (see [`crate::coroutine`]); `coroutine_stack_size` sizes every task coroutine's stack
+//! and `pin_workers` pins worker `i` to CPU `i` (modulo the CPU count).
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ pub struct RuntimeConfig {
     pub workers_high_latency: usize,
     /// Stack of each task coroutine, in bytes.
     pub stack_size: usize,
-    /// Pin `may` scheduler threads to cores (off by default: on a small shared machine,
+    /// Pin worker threads to cores (off by default: on a small shared machine,
     /// pinning fights the clients for the same cores).
     pub pin_workers: bool,
     /// How long a stop waits for in-flight tasks before failing them.

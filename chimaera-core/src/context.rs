@@ -1,8 +1,10 @@
 //! [`RunContext`]: a task's view of the runtime while it runs.
 //!
-//! Per-task state lives here, never in thread-locals: a task's coroutine may resume on
-//! another worker thread after any wait. A context is created by the worker for one run
-//! of one task and dropped after it.
+//! Per-task state lives here. A task's coroutine never leaves its worker's thread (see
+//! [`crate::coroutine`]), so thread-locals and thread-affine `std` values are sound in a
+//! handler even across waits — but a thread-local is shared by every task of that
+//! worker, so state of *one task* belongs here. A context is created by the worker for
+//! one run of one task and dropped after it.
 use crate::bulk::BulkShare;
 use crate::client::Client;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
@@ -95,16 +97,17 @@ impl<'t> RunContext<'t> {
         Client::in_process(self.shared.clone(), Some(self.header.node))
     }
 
-    /// Parks this task for `duration`; the worker runs other tasks meanwhile.
+    /// Parks this task for `duration`; the worker runs other tasks meanwhile, and the
+    /// task resumes on the same worker thread.
     pub fn sleep(&self, duration: Duration) {
         if !duration.is_zero() {
-            may::coroutine::sleep(duration);
+            crate::coroutine::sleep(duration);
         }
     }
 
     /// Lets other tasks of this worker run before this one goes on.
     pub fn yield_now(&self) {
-        may::coroutine::yield_now();
+        crate::coroutine::yield_now();
     }
 
     /// The runtime itself, for modules that manage it (the admin chimod).

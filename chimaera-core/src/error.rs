@@ -102,7 +102,6 @@ pub enum TaskError {
     /// The task was cancelled before it completed (a periodic task's handle was cancelled).
     #[error("the task was cancelled")]
     Cancelled,
-    // --- added on branch `isolation` (client isolation, access control, quotas) ---
     /// The client's uid may not do this (admin methods need the runtime owner's uid or a
     /// grant in the config's `access.admin_uids`).
     #[error("permission denied: uid {uid} may not {action}; run it as the runtime's owner or list the uid in the runtime config's access.admin_uids")]
@@ -124,7 +123,15 @@ pub enum TaskError {
     /// corrupt ring) and serves it no more.
     #[error("the runtime disowned this client after its shared memory broke the protocol; drop this Client and connect again")]
     Disowned,
-    // --- end of the `isolation` addition ---
+    /// The handler ran past the end of its coroutine's stack. The runtime failed the
+    /// task, released the coroutine locks and bulk buffers it held, and serves on.
+    #[error("method {method} overflowed its {stack_size}-byte coroutine stack; recurse less, keep large values on the heap, or raise `stack_size` in the runtime configuration")]
+    StackOverflow {
+        /// The method whose handler overflowed.
+        method: MethodId,
+        /// The coroutine stack size, in bytes.
+        stack_size: u64,
+    },
 }
 
 impl TaskError {

@@ -4,9 +4,10 @@
 //! `#[chimod]`), each made of one or more **containers**. Clients send **tasks** (a method
 //! id plus rkyv-encoded inputs) to a pool; a [`PoolQuery`] says which containers run them.
 //! Each container owns a local queue of **lanes**; every lane is served by one **worker**,
-//! and each task runs as a `may` coroutine taken from that worker's pool of reused
+//! and each task runs as a stackful coroutine taken from that worker's pool of reused
 //! coroutines, so a task may wait (on a [`CoMutex`], a subtask, a timer) without blocking
-//! the worker thread.
+//! the worker thread. A task's coroutine never leaves its worker's thread
+//! ([`coroutine`]), so `std`'s thread-affine values are sound to hold across its waits.
 //!
 //! Client processes reach a runtime over shared memory ([`shm`]): their tasks arrive in
 //! per-client rings that the workers poll, and their results go back into the same
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod compose;
 pub mod config;
 pub mod context;
+pub mod coroutine;
 pub mod error;
 pub mod ids;
 pub mod lock;
@@ -37,7 +39,6 @@ pub mod query;
 pub mod runtime;
 pub mod shm;
 pub mod task;
-pub mod wake;
 pub mod worker;
 
 #[doc(hidden)]

@@ -1,6 +1,6 @@
 //! Coroutine-aware locks: [`CoMutex`] and [`CoRwLock`].
 //!
-//! A task that must wait for a lock parks *its coroutine* (a `may` blocker); the worker
+//! A task that must wait for a lock parks *its coroutine* (a [`Blocker`]); the worker
 //! thread goes on running other tasks. Waiters are served first-come first-served:
 //! a release hands the lock directly to the waiter at the front of the queue (no
 //! barging), so no waiter starves.
@@ -20,11 +20,21 @@
 //! types keep each access sound.
 //!
 //! The queue of waiters is guarded by a `std::sync::Mutex` held only for a few
-//! instructions, never across a park.
+//! instructions, never across a park. A parked waiter is woken on its own worker thread
+//! (see [`crate::coroutine`]).
+//!
+//! **A holder that dies of a stack overflow.** Its stack cannot be unwound, so its guards
+//! are never dropped. Each guard therefore registers its release with the running
+//! coroutine (`coroutine::hold`); if the coroutine overflows, the worker runs
+//! the release and the lock goes to the next waiter, as if the guard had been dropped:
+//! waiters never hang. The data may be half-updated, as after a panic; the task that
+//! overflowed failed with `TaskError::StackOverflow`. Guards are `!Send`, so a hold
+//! always belongs to the coroutine that registered it.
 use crate::context::RunContext;
+use crate::coroutine::{self, Blocker, Release};
 use crate::task::lock;
-use may::sync::Blocker;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,7 +61,7 @@ impl Waiter {
 }
 
 /// Parks the current coroutine (or thread) until `granted` is set.
-fn park_until(granted: &AtomicBool, blocker: &Blocker) {
+fn park_until(granted: &AtomicBool, blocker: &Arc<Blocker>) {
     while !granted.load(Ordering::Acquire) {
         // A spurious return re-checks the flag.
         let _ = blocker.park(None);
@@ -91,6 +101,34 @@ pub struct CoMutex<T: ?Sized = ()> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct CoMutexGuard<'a, T: ?Sized> {
     mutex: &'a CoMutex<T>,
+    /// `!Send`: the hold is registered with the coroutine that took it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a, T: ?Sized> CoMutexGuard<'a, T> {
+    /// A guard for a hold just taken; registers its release with the coroutine.
+    fn held(mutex: &'a CoMutex<T>) -> Self {
+        coroutine::hold(mutex_release(&mutex.state));
+        CoMutexGuard {
+            mutex,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+fn mutex_release(state: &Mutex<MutexState>) -> Release {
+    /// # Safety
+    /// `data` is a live `Mutex<MutexState>` with a hold to give back.
+    unsafe fn release(data: *const (), _: [u64; 3]) {
+        // SAFETY: registered by `mutex_release` from a `&Mutex<MutexState>` whose lock
+        // outlives its guards (see `coroutine::Release`).
+        unlock_mutex_state(unsafe { &*data.cast::<Mutex<MutexState>>() });
+    }
+    Release {
+        data: (state as *const Mutex<MutexState>).cast(),
+        words: [0; 3],
+        release,
+    }
 }
 
 impl<T> CoMutex<T> {
@@ -120,7 +158,8 @@ impl<T: ?Sized + Sync> CoMutex<T> {
         if state.holder.is_none() || state.holder == Some(group) {
             state.holder = Some(group);
             state.holds += 1;
-            Some(CoMutexGuard { mutex: self })
+            drop(state);
+            Some(CoMutexGuard::held(self))
         } else {
             None
         }
@@ -132,12 +171,13 @@ impl<T: ?Sized + Sync> CoMutex<T> {
             if state.holder.is_none() || state.holder == Some(group) {
                 state.holder = Some(group);
                 state.holds += 1;
-                return CoMutexGuard { mutex: self };
+                drop(state);
+                return CoMutexGuard::held(self);
             }
             enqueue(&mut state.waiters, group, Mode::Exclusive)
         };
         park_until(&granted, &blocker);
-        CoMutexGuard { mutex: self }
+        CoMutexGuard::held(self)
     }
 
     /// The number of tasks parked waiting for this lock.
@@ -155,6 +195,7 @@ impl<T: ?Sized> Deref for CoMutexGuard<'_, T> {
 
 impl<T: ?Sized> Drop for CoMutexGuard<'_, T> {
     fn drop(&mut self) {
+        coroutine::let_go(mutex_release(&self.mutex.state));
         unlock_mutex_state(&self.mutex.state);
     }
 }
@@ -218,6 +259,27 @@ impl RwState {
         }
     }
 
+    /// Gives back one shared hold of `group` (counted as a writer hold if it was taken
+    /// while the group wrote).
+    fn release_read(&mut self, group: u64, as_writer: bool) {
+        if as_writer {
+            self.release_write();
+        } else if let Some(index) = self.readers.iter().position(|(g, _)| *g == group) {
+            self.readers[index].1 -= 1;
+            if self.readers[index].1 == 0 {
+                self.readers.swap_remove(index);
+            }
+        }
+    }
+
+    /// Gives back one exclusive hold.
+    fn release_write(&mut self) {
+        self.writer_holds -= 1;
+        if self.writer_holds == 0 {
+            self.writer = None;
+        }
+    }
+
     fn take(&mut self, group: u64, mode: Mode) {
         match mode {
             Mode::Exclusive => {
@@ -245,12 +307,71 @@ pub struct CoRwLockReadGuard<'a, T: ?Sized> {
     lock: &'a CoRwLock<T>,
     group: u64,
     counted_as_writer: bool,
+    /// `!Send`: the hold is registered with the coroutine that took it.
+    _not_send: PhantomData<*const ()>,
 }
 
 /// Exclusive (per group) access to a [`CoRwLock`]; released when dropped.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct CoRwLockWriteGuard<'a, T: ?Sized> {
     lock: &'a CoRwLock<T>,
+    /// `!Send`: the hold is registered with the coroutine that took it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a, T: ?Sized> CoRwLockReadGuard<'a, T> {
+    /// A guard for a shared hold just taken; registers its release with the coroutine.
+    fn held(lock: &'a CoRwLock<T>, group: u64, counted_as_writer: bool) -> Self {
+        coroutine::hold(read_release(&lock.state, group, counted_as_writer));
+        CoRwLockReadGuard {
+            lock,
+            group,
+            counted_as_writer,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl<'a, T: ?Sized> CoRwLockWriteGuard<'a, T> {
+    /// A guard for an exclusive hold just taken; registers its release with the coroutine.
+    fn held(lock: &'a CoRwLock<T>) -> Self {
+        coroutine::hold(write_release(&lock.state));
+        CoRwLockWriteGuard {
+            lock,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+fn read_release(state: &Mutex<RwState>, group: u64, counted_as_writer: bool) -> Release {
+    /// # Safety
+    /// `data` is a live `Mutex<RwState>` with this shared hold to give back.
+    unsafe fn release(data: *const (), [group, as_writer, _]: [u64; 3]) {
+        // SAFETY: registered by `read_release` from a `&Mutex<RwState>` whose lock
+        // outlives its guards (see `coroutine::Release`).
+        let state = unsafe { &*data.cast::<Mutex<RwState>>() };
+        release_and_grant(state, |state| state.release_read(group, as_writer != 0));
+    }
+    Release {
+        data: (state as *const Mutex<RwState>).cast(),
+        words: [group, u64::from(counted_as_writer), 0],
+        release,
+    }
+}
+
+fn write_release(state: &Mutex<RwState>) -> Release {
+    /// # Safety
+    /// `data` is a live `Mutex<RwState>` with an exclusive hold to give back.
+    unsafe fn release(data: *const (), _: [u64; 3]) {
+        // SAFETY: as in `read_release`.
+        let state = unsafe { &*data.cast::<Mutex<RwState>>() };
+        release_and_grant(state, RwState::release_write);
+    }
+    Release {
+        data: (state as *const Mutex<RwState>).cast(),
+        words: [0, 1, 0],
+        release,
+    }
 }
 
 impl<T> CoRwLock<T> {
@@ -280,22 +401,15 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
                 && (state.waiters.is_empty() || counted_as_writer || state.reading(group));
             if may_pass {
                 state.take(group, Mode::Shared);
-                return CoRwLockReadGuard {
-                    lock: self,
-                    group,
-                    counted_as_writer,
-                };
+                drop(state);
+                return CoRwLockReadGuard::held(self, group, counted_as_writer);
             }
             let (granted, blocker) = enqueue(&mut state.waiters, group, Mode::Shared);
             (granted, blocker, false)
         };
         park_until(&granted, &blocker);
         // A queued reader is granted only as a reader (see `release_and_grant`).
-        CoRwLockReadGuard {
-            lock: self,
-            group,
-            counted_as_writer,
-        }
+        CoRwLockReadGuard::held(self, group, counted_as_writer)
     }
 
     /// Exclusive access for the calling task's group.
@@ -307,45 +421,44 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
                 && (state.waiters.is_empty() || state.writer == Some(group));
             if may_pass {
                 state.take(group, Mode::Exclusive);
-                return CoRwLockWriteGuard { lock: self };
+                drop(state);
+                return CoRwLockWriteGuard::held(self);
             }
             enqueue(&mut state.waiters, group, Mode::Exclusive)
         };
         park_until(&granted, &blocker);
-        CoRwLockWriteGuard { lock: self }
+        CoRwLockWriteGuard::held(self)
     }
 }
 
-impl<T: ?Sized> CoRwLock<T> {
-    /// Applies `release` to the state, then grants queued waiters in order while they are
-    /// compatible with the holders.
-    fn release_and_grant(&self, release: impl FnOnce(&mut RwState)) {
-        let mut granted = Vec::new();
-        {
-            let mut state = lock(&self.state);
-            release(&mut state);
-            while let Some(front) = state.waiters.front() {
-                if !state.compatible(front.group, front.mode) {
-                    break;
-                }
-                if let Some(waiter) = state.waiters.pop_front() {
-                    // A queued reader counts as a reader even if its group now writes;
-                    // its guard releases a reader hold.
-                    match waiter.mode {
-                        Mode::Shared => {
-                            match state.readers.iter_mut().find(|(g, _)| *g == waiter.group) {
-                                Some((_, count)) => *count += 1,
-                                None => state.readers.push((waiter.group, 1)),
-                            }
+/// Applies `release` to the state, then grants queued waiters in order while they are
+/// compatible with the holders.
+fn release_and_grant(state_lock: &Mutex<RwState>, release: impl FnOnce(&mut RwState)) {
+    let mut granted = Vec::new();
+    {
+        let mut state = lock(state_lock);
+        release(&mut state);
+        while let Some(front) = state.waiters.front() {
+            if !state.compatible(front.group, front.mode) {
+                break;
+            }
+            if let Some(waiter) = state.waiters.pop_front() {
+                // A queued reader counts as a reader even if its group now writes;
+                // its guard releases a reader hold.
+                match waiter.mode {
+                    Mode::Shared => {
+                        match state.readers.iter_mut().find(|(g, _)| *g == waiter.group) {
+                            Some((_, count)) => *count += 1,
+                            None => state.readers.push((waiter.group, 1)),
                         }
-                        Mode::Exclusive => state.take(waiter.group, Mode::Exclusive),
                     }
-                    granted.push(waiter);
+                    Mode::Exclusive => state.take(waiter.group, Mode::Exclusive),
                 }
+                granted.push(waiter);
             }
         }
-        granted.into_iter().for_each(Waiter::grant);
     }
+    granted.into_iter().for_each(Waiter::grant);
 }
 
 impl<T: ?Sized> Deref for CoRwLockReadGuard<'_, T> {
@@ -357,20 +470,10 @@ impl<T: ?Sized> Deref for CoRwLockReadGuard<'_, T> {
 
 impl<T: ?Sized> Drop for CoRwLockReadGuard<'_, T> {
     fn drop(&mut self) {
-        let group = self.group;
-        let as_writer = self.counted_as_writer;
-        self.lock.release_and_grant(|state| {
-            if as_writer {
-                state.writer_holds -= 1;
-                if state.writer_holds == 0 {
-                    state.writer = None;
-                }
-            } else if let Some(index) = state.readers.iter().position(|(g, _)| *g == group) {
-                state.readers[index].1 -= 1;
-                if state.readers[index].1 == 0 {
-                    state.readers.swap_remove(index);
-                }
-            }
+        let (group, as_writer) = (self.group, self.counted_as_writer);
+        coroutine::let_go(read_release(&self.lock.state, group, as_writer));
+        release_and_grant(&self.lock.state, |state| {
+            state.release_read(group, as_writer)
         });
     }
 }
@@ -384,11 +487,7 @@ impl<T: ?Sized> Deref for CoRwLockWriteGuard<'_, T> {
 
 impl<T: ?Sized> Drop for CoRwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.release_and_grant(|state| {
-            state.writer_holds -= 1;
-            if state.writer_holds == 0 {
-                state.writer = None;
-            }
-        });
+        coroutine::let_go(write_release(&self.lock.state));
+        release_and_grant(&self.lock.state, RwState::release_write);
     }
 }

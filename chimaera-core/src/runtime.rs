@@ -50,6 +50,9 @@ pub enum StartError {
     /// The admin pool could not be created.
     #[error("cannot create the admin pool: {0}")]
     Admin(TaskError),
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread: {0}; lower `workers` in the configuration or raise the process's thread limit")]
+    Worker(#[source] std::io::Error),
 }
 
 /// What queuing a task hands back: the completion to wait on (none for fire-and-forget
@@ -396,7 +399,7 @@ impl Shared {
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return false;
             }
-            may::coroutine::sleep(pause);
+            crate::coroutine::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
@@ -449,13 +452,13 @@ impl Shared {
 struct Runner(OnceLock<std::sync::Weak<Shared>>, OnceLock<Arc<ShmServer>>);
 
 impl TaskRunner for Runner {
-    fn run(&self, task: Task, out: &mut OutputBuffer) {
+    fn run(&self, task: &mut Task, out: &mut OutputBuffer) {
         let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
         };
         loop {
-            let result = shared.run_once(&task, out);
+            let result = shared.run_once(task, out);
             match task.header.period {
                 None => {
                     // Counted before the caller hears back, so a caller that then asks
@@ -472,10 +475,10 @@ impl TaskRunner for Runner {
                         tracing::warn!(task = task.header.id, "periodic task failed: {err}");
                     }
                     shared.task_finished();
-                    if shared.periodic_goes_on(&task) {
-                        may::coroutine::sleep(period);
+                    if shared.periodic_goes_on(task) {
+                        crate::coroutine::sleep(period);
                     }
-                    if !shared.periodic_goes_on(&task) {
+                    if !shared.periodic_goes_on(task) {
                         return;
                     }
                     shared.task_started();
@@ -484,7 +487,28 @@ impl TaskRunner for Runner {
         }
     }
 
-    fn reject(&self, task: Task) {
+    fn overflowed(&self, mut task: Task) {
+        let stack_size = self
+            .0
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map_or(0, |shared| shared.config.stack_size as u64);
+        tracing::error!(
+            task = task.header.id,
+            method = task.header.method,
+            "a handler overflowed its coroutine stack; its task fails"
+        );
+        task.complete(Err(TaskError::StackOverflow {
+            method: task.header.method,
+            stack_size,
+        }));
+        // The run counted the task in flight (a periodic one too, for this run).
+        if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
+            shared.task_finished();
+        }
+    }
+
+    fn reject(&self, mut task: Task) {
         task.complete(Err(TaskError::RuntimeStopped));
         if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
             shared.task_finished();
@@ -633,7 +657,6 @@ impl RuntimeBuilder {
         } else {
             None
         };
-        configure_scheduler(&config);
         let shared = Arc::new(Shared {
             node: 0,
             modules,
@@ -658,12 +681,27 @@ impl RuntimeBuilder {
         if let Some(server) = shared.shm.get() {
             let _ = runner.1.set(server.clone());
         }
-        let workers: Vec<Worker> = (0..shared.config.workers())
-            .map(|id| {
-                let idle_rounds = shared.config.idle.spin_rounds + shared.config.idle.yield_rounds;
-                Worker::start(id, shared.config.stack_size, idle_rounds, runner.clone())
-            })
-            .collect();
+        let idle_rounds = shared.config.idle.spin_rounds + shared.config.idle.yield_rounds;
+        let mut workers = Vec::with_capacity(shared.config.workers());
+        for id in 0..shared.config.workers() {
+            let cpu = shared.config.pin_workers.then_some(id);
+            match Worker::start(
+                id,
+                shared.config.stack_size,
+                idle_rounds,
+                cpu,
+                runner.clone(),
+            ) {
+                Ok(worker) => workers.push(worker),
+                Err(err) => {
+                    workers.into_iter().for_each(Worker::shutdown);
+                    if let Some(server) = shared.shm.get() {
+                        server.shutdown();
+                    }
+                    return Err(StartError::Worker(err));
+                }
+            }
+        }
         let _ = shared
             .worker_states
             .set(workers.iter().map(|w| w.shared().clone()).collect());
@@ -697,20 +735,6 @@ impl RuntimeBuilder {
             Err(err) => Err(StartError::Admin(err)),
         }
     }
-}
-
-/// Sizes may's process-wide scheduler; only the first call in a process has effect.
-fn configure_scheduler(config: &RuntimeConfig) {
-    static CONFIGURED: OnceLock<()> = OnceLock::new();
-    CONFIGURED.get_or_init(|| {
-        may::config()
-            .set_workers(config.workers())
-            .set_stack_size(crate::worker::stack_words(config.stack_size))
-            .set_worker_pin(config.pin_workers);
-        // may's scheduler threads wake from epoll every `timeout` even when idle; the
-        // runtime does not use may's I/O timeouts, so make that rare (idle CPU).
-        may::config().set_timeout_ns(1_000_000_000);
-    });
 }
 
 /// A running runtime. Dropping it stops it (with the configured grace period).

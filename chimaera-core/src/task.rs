@@ -10,17 +10,17 @@
 //! A completion expects one result per replica (a `Broadcast` has one per container).
 //! Invariants: each replica stores exactly one result, then decrements `remaining` with
 //! `Release`; a waiter that reads `remaining == 0` with `Acquire` sees every result.
-//! A waiter spins briefly, then parks on a `may` blocker (which parks a coroutine when
+//! A waiter spins briefly, then parks on a [`Blocker`] (which parks a coroutine when
 //! called from one and the thread otherwise); the last replica unparks it. The blocker is
 //! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
 //! lost.
 use crate::bulk::BulkShare;
 use crate::codec::{aligned_copy, Bytes};
+use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::pool::Pool;
 use crate::query::PoolQuery;
-use may::sync::Blocker;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,7 +105,8 @@ impl Reply {
 
 impl Task {
     /// Delivers `result` (the archived output) to whoever waits for this task, if anyone.
-    pub fn complete(mut self, result: Result<&[u8], TaskError>) {
+    /// Only the first call delivers: a task has one result.
+    pub fn complete(&mut self, result: Result<&[u8], TaskError>) {
         if let Some(reply) = self.reply.take() {
             reply.deliver(self.header.container, result);
         }
@@ -225,7 +226,7 @@ impl Completion {
     pub fn wait(&self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
         // A coroutine parks at once: spinning would hold its worker thread, which may be
         // the very thread that has to run the task being waited for.
-        let mut spins = if may::coroutine::is_coroutine() {
+        let mut spins = if coroutine::is_coroutine() {
             SPINS_BEFORE_PARK
         } else {
             0

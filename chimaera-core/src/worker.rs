@@ -6,13 +6,16 @@
 //! ready list (low-latency lanes on a list the worker always serves first). So a worker
 //! touches only lanes that have work, and a lane is on a ready list at most once.
 //!
-//! **Workers.** A worker is a long-lived `may` coroutine (the *poller*) on one of may's
-//! scheduler threads. It drains ready lanes in batches and hands each task to a *task
-//! coroutine* from its idle pool, spawning one only when the pool is empty — so the hot
-//! path is a hand-off (a slot write and an unpark onto the same scheduler thread), not a
-//! spawn. A task coroutine runs one task at a time, then returns itself to the pool;
-//! a task that waits (lock, subtask, timer) keeps its coroutine, and the worker goes on
-//! with other tasks meanwhile. Idle pools are capped; surplus coroutines end.
+//! **Workers.** A worker is one OS thread running an [`Executor`]: coroutines that never
+//! leave that thread (see [`crate::coroutine`]). Its long-lived *poller* coroutine drains
+//! ready lanes in batches and hands each task to a *task coroutine* from its idle pool,
+//! spawning one only when the pool is empty — so the hot path is a hand-off (a slot write
+//! and an unpark onto the same thread's run queue), not a spawn. A task coroutine runs
+//! one task at a time, then returns itself to the pool; a task that waits (lock, subtask,
+//! timer, I/O) keeps its coroutine, and the worker goes on with other tasks meanwhile.
+//! Every wake-up of a task, from whatever thread, resumes it on this worker's thread, so
+//! a handler may hold thread-affine `std` values (`stdout().lock()`, a `MutexGuard`, a
+//! thread-local RNG) across its waits. Idle pools are capped; surplus coroutines end.
 //!
 //! **Direct hand-off.** A poller ingesting a task from a client ring for one of its own
 //! lanes that is idle (empty, not on the ready list) hands it to a task coroutine at
@@ -23,20 +26,25 @@
 //! **Sleeping.** With nothing ready, a poller yields a few rounds, then announces
 //! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
 //! with `SeqCst` before the final re-check of the ready lists, and read with `SeqCst`
-//! after a push, so either the poller sees the task or the pusher sees the flag.
-//! An idle runtime therefore has no polling loop running. A spinning poller also
-//! unparks, each round, the coroutines threads outside the scheduler asked it to
-//! ([`crate::wake`]): `may` would otherwise leave them waiting until the poller sleeps.
+//! after a push, so either the poller sees the task or the pusher sees the flag. With
+//! the poller parked and no task ready, the executor's thread sleeps in the kernel: an
+//! idle runtime has no polling loop running.
+//!
+//! **Stack overflow.** The task a coroutine runs sits in its slot (heap), not on the
+//! coroutine's stack, while it runs. A handler that overflows the stack kills its
+//! coroutine (see [`crate::coroutine`]); the slot's task is then failed through
+//! [`TaskRunner::overflowed`], which answers the caller and settles the accounting, and
+//! the worker goes on with a fresh coroutine for the next task.
 //!
 //! Workers know how to run a task only through the [`TaskRunner`] they are given; they
 //! know nothing of pools or modules.
 use crate::codec::OutputBuffer;
+use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
 use crate::task::{lock, Task};
-use crate::wake;
 use crossbeam_queue::SegQueue;
-use may::coroutine;
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Latency class of a lane, and of the workers that serve it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,8 +58,13 @@ pub enum LanePriority {
 /// Runs one task to completion (delivering its result); implemented by the runtime.
 pub trait TaskRunner: Send + Sync + 'static {
     /// Runs `task` on the current task coroutine, archiving its output into `out` (the
-    /// coroutine's own buffer, reused from task to task).
-    fn run(&self, task: Task, out: &mut OutputBuffer);
+    /// coroutine's own buffer, reused from task to task), and delivers its result. The
+    /// task stays in the worker's hands (dropped after) so that a run killed by a stack
+    /// overflow can still be failed through [`overflowed`](Self::overflowed).
+    fn run(&self, task: &mut Task, out: &mut OutputBuffer);
+    /// Fails `task`, whose handler overflowed its coroutine's stack, and settles what
+    /// its run had counted. Called on the worker's thread, once the coroutine is dead.
+    fn overflowed(&self, task: Task);
     /// Fails `task` without running it (the runtime is shutting down).
     fn reject(&self, task: Task);
     /// Takes tasks from sources outside the process (client rings) into lanes; returns
@@ -126,21 +139,35 @@ pub struct WorkerShared {
     ready_low_latency: SegQueue<Arc<Lane>>,
     ready_high_latency: SegQueue<Arc<Lane>>,
     sleeping: AtomicBool,
-    poller: Mutex<Option<coroutine::Coroutine>>,
+    /// What the poller parks on (a new poller replaces one killed by a stack overflow).
+    poller: Mutex<Option<Arc<Blocker>>>,
+    /// Set when the poller has finished (at shutdown, or killed by a stack overflow).
+    poller_done: (Mutex<bool>, Condvar),
+    /// Idle polls before the poller parks.
+    idle_rounds: u32,
     idle: Mutex<Vec<Arc<TaskSlot>>>,
     shutdown: AtomicBool,
     tasks_run: AtomicU64,
-    /// Task coroutine stack, in may's unit (words).
-    stack_size: usize,
+    /// Spawns task coroutines on this worker's thread.
+    spawner: Spawner,
     /// Runs the tasks.
     runner: Arc<dyn TaskRunner>,
 }
 
-/// A parked task coroutine waiting for its next task.
+/// A task coroutine's mailbox: the task it runs (while it runs it, and until it takes
+/// the next), and what wakes it.
 struct TaskSlot {
-    job: Mutex<Option<Task>>,
-    coroutine: coroutine::Coroutine,
+    task: UnsafeCell<Option<Task>>,
+    blocker: OnceLock<Arc<Blocker>>,
 }
+
+// SAFETY: a slot is only used on its worker's thread: the poller fills `task` while the
+// coroutine is parked idle (the slot is then off the idle list, so by one poller only),
+// the coroutine takes it while running, and the overflow hook reads it after the
+// coroutine died; coroutines never leave that thread, so these never overlap.
+unsafe impl Send for TaskSlot {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for TaskSlot {}
 
 /// Ready lanes drained before a poller yields to the task coroutines it woke.
 const LANES_PER_ROUND: usize = 16;
@@ -200,56 +227,47 @@ impl WorkerShared {
     }
 }
 
-/// A running worker: its poller coroutine and the state it shares.
+/// A running worker: its thread, its poller coroutine and the state it shares.
 pub struct Worker {
     shared: Arc<WorkerShared>,
-    poller: Option<coroutine::JoinHandle<()>>,
+    executor: Option<Executor>,
 }
 
 impl Worker {
-    /// Starts worker `id`, whose task coroutines get `stack_size` bytes of stack.
-    /// An idle poller polls `idle_rounds` times (yielding to other coroutines in between)
-    /// before it parks.
+    /// Starts worker `id` on a thread of its own (pinned to a CPU if `cpu` is set),
+    /// whose task coroutines get `stack_size` bytes of stack. An idle poller polls
+    /// `idle_rounds` times (yielding to other coroutines in between) before it parks.
     pub fn start(
         id: usize,
         stack_size: usize,
         idle_rounds: u32,
+        cpu: Option<usize>,
         runner: Arc<dyn TaskRunner>,
-    ) -> Worker {
-        let stack_size = stack_words(stack_size);
+    ) -> std::io::Result<Worker> {
+        let executor = Executor::start(ExecutorOptions {
+            name: format!("chimaera-worker-{id}"),
+            stack_size,
+            cpu,
+        })?;
         let shared = Arc::new(WorkerShared {
             id,
             ready_low_latency: SegQueue::new(),
             ready_high_latency: SegQueue::new(),
             sleeping: AtomicBool::new(false),
             poller: Mutex::new(None),
+            poller_done: (Mutex::new(false), Condvar::new()),
+            idle_rounds,
             idle: Mutex::new(Vec::new()),
             shutdown: AtomicBool::new(false),
             tasks_run: AtomicU64::new(0),
-            stack_size,
+            spawner: executor.spawner(),
             runner,
         });
-        let poller_state = shared.clone();
-        let builder = coroutine::Builder::new()
-            .name(format!("chimaera-worker-{id}"))
-            .stack_size(stack_size);
-        // SAFETY: `may` requires that a coroutine not touch thread-local storage that
-        // could move with it between threads. The poller only uses the shared state it
-        // owns through `Arc`s and the runner; task code is forbidden `thread_local!` by
-        // the chimod contract (see the crate docs).
-        let handle = unsafe { builder.spawn(move || poll_lanes(poller_state, idle_rounds)) };
-        let handle = match handle {
-            Ok(handle) => handle,
-            Err(err) => panic!("cannot spawn worker coroutine: {err}"),
-        };
-        *lock(&shared.poller) = Some(handle.coroutine().clone());
-        // The poller may have parked before its handle was stored; wake it to re-check.
-        shared.sleeping.store(true, Ordering::SeqCst);
-        shared.wake();
-        Worker {
+        spawn_poller(&shared);
+        Ok(Worker {
             shared,
-            poller: Some(handle),
-        }
+            executor: Some(executor),
+        })
     }
 
     /// The state shared with lanes (for statistics).
@@ -258,30 +276,66 @@ impl Worker {
     }
 
     /// Tells the poller to finish: it rejects what is still queued, ends its idle task
-    /// coroutines and returns. Waits for it.
+    /// coroutines and returns. Waits for it, then stops the worker's thread.
     pub fn shutdown(mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.sleeping.store(true, Ordering::SeqCst);
         self.shared.wake();
-        if let Some(poller) = self.poller.take() {
-            let _ = poller.join();
+        let (done, signal) = &self.shared.poller_done;
+        let mut finished = lock(done);
+        while !*finished {
+            finished = signal
+                .wait(finished)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        drop(finished);
+        if let Some(executor) = self.executor.take() {
+            executor.stop();
         }
     }
 }
 
-/// may sizes stacks in machine words, and an odd count turns on its stack-usage
-/// tracing; convert bytes to an even number of words.
-pub fn stack_words(bytes: usize) -> usize {
-    (bytes / std::mem::size_of::<usize>()) & !1
+/// Starts the worker's poller coroutine.
+///
+/// Should it die of a stack overflow — chimod code runs on it: the `Monitor` or
+/// `Dynamic` route of a task ingested from a client ring — the worker stops taking
+/// tasks: the shared-memory server holds `std` locks (the worker's poll list, the
+/// client's ring) across that routing, and their guards died unreleased with the
+/// poller's stack, so a new poller would block its thread on them. The overflow is
+/// logged, and a shutdown does not wait for the dead poller. (Routing outside those
+/// locks would let a new poller take over.)
+fn spawn_poller(worker: &Arc<WorkerShared>) {
+    let body_state = worker.clone();
+    let hook_state = worker.clone();
+    worker.spawner.spawn_with(
+        move || {
+            *lock(&body_state.poller) = Some(Blocker::current());
+            poll_lanes(&body_state);
+            body_state.poller_finished();
+        },
+        move || {
+            tracing::error!(
+                worker = hook_state.id,
+                "the worker's poller overflowed its stack in a chimod's route; this worker takes no more tasks"
+            );
+            hook_state.poller_finished();
+        },
+    );
 }
 
-fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
+impl WorkerShared {
+    fn poller_finished(&self) {
+        let (done, signal) = &self.poller_done;
+        *lock(done) = true;
+        signal.notify_all();
+    }
+}
+
+fn poll_lanes(worker: &Arc<WorkerShared>) {
+    let idle_rounds_max = worker.idle_rounds;
     let runner = &worker.runner;
     let mut idle_rounds = 0u32;
-    wake::start_spinning();
     loop {
-        // Coroutines woken by threads outside the scheduler (see `wake`).
-        let woken = wake::drain();
         // Ingested tasks are queued on lanes or handed off directly (and counted there).
         let ingested = runner.ingest(worker.id);
         let mut dispatched = 0;
@@ -297,7 +351,7 @@ fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
                 if worker.shutdown.load(Ordering::Relaxed) {
                     runner.reject(task);
                 } else {
-                    hand_off(&worker, runner, task);
+                    hand_off(worker, runner, task);
                 }
             }
             lane.scheduled.store(false, Ordering::SeqCst);
@@ -305,7 +359,7 @@ fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
                 worker.make_ready(lane);
             }
         }
-        if dispatched + ingested + woken > 0 {
+        if dispatched + ingested > 0 {
             worker
                 .tasks_run
                 .fetch_add(dispatched as u64, Ordering::Relaxed);
@@ -334,15 +388,17 @@ fn poll_lanes(worker: Arc<WorkerShared>, idle_rounds_max: u32) {
             runner.set_sleeping(worker.id, false);
             continue;
         }
-        wake::stop_spinning();
-        coroutine::park();
-        wake::start_spinning();
+        let blocker = lock(&worker.poller).clone();
+        if let Some(blocker) = blocker {
+            blocker.park(None);
+        }
         runner.set_sleeping(worker.id, false);
         idle_rounds = 0;
     }
-    wake::stop_spinning();
     for slot in lock(&worker.idle).drain(..) {
-        slot.coroutine.unpark();
+        if let Some(blocker) = slot.blocker.get() {
+            blocker.unpark();
+        }
     }
 }
 
@@ -351,25 +407,48 @@ fn hand_off(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>, task: Task
     let idle = lock(&worker.idle).pop();
     match idle {
         Some(slot) => {
-            *lock(&slot.job) = Some(task);
-            slot.coroutine.unpark();
+            // SAFETY: the slot was on the idle list, so its coroutine is parked waiting
+            // for a task and nothing else touches `task` (see `TaskSlot`).
+            unsafe { *slot.task.get() = Some(task) };
+            if let Some(blocker) = slot.blocker.get() {
+                blocker.unpark();
+            }
         }
         None => spawn_task_coroutine(worker, runner, task),
     }
 }
 
 fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>, first: Task) {
+    let slot = Arc::new(TaskSlot {
+        task: UnsafeCell::new(Some(first)),
+        blocker: OnceLock::new(),
+    });
+    let on_overflow = {
+        let slot = slot.clone();
+        let runner = runner.clone();
+        move || {
+            // SAFETY: the coroutine is dead and this runs on its worker's thread (see
+            // `TaskSlot`); the task it ran is still in the slot.
+            if let Some(task) = unsafe { (*slot.task.get()).take() } {
+                runner.overflowed(task);
+            }
+        }
+    };
+    let spawner = &worker.spawner;
     let worker = worker.clone();
     let runner = runner.clone();
-    let stack_size = worker.stack_size;
     let body = move || {
+        let _ = slot.blocker.set(Blocker::current());
         let mut out = OutputBuffer::reusable();
-        runner.run(first, &mut out);
-        let slot = Arc::new(TaskSlot {
-            job: Mutex::new(None),
-            coroutine: coroutine::current(),
-        });
         loop {
+            // SAFETY: this coroutine owns the slot's task between a hand-off and its
+            // return to the idle list; nothing else reads or writes it meanwhile, and the
+            // reference does not outlive the run (see `TaskSlot`).
+            if let Some(task) = unsafe { (*slot.task.get()).as_mut() } {
+                runner.run(task, &mut out);
+            }
+            // SAFETY: as above; the run is over, so the task is dropped here.
+            drop(unsafe { (*slot.task.get()).take() });
             {
                 let mut idle = lock(&worker.idle);
                 if idle.len() >= MAX_IDLE_COROUTINES || worker.shutdown.load(Ordering::SeqCst) {
@@ -377,11 +456,13 @@ fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>
                 }
                 idle.push(slot.clone());
             }
-            // Woken either with a job in the slot or, at shutdown, without one.
+            // Woken either with a task in the slot or, at shutdown, without one.
             loop {
-                coroutine::park();
-                if let Some(task) = lock(&slot.job).take() {
-                    runner.run(task, &mut out);
+                if let Some(blocker) = slot.blocker.get() {
+                    blocker.park(None);
+                }
+                // SAFETY: the poller fills the slot before it unparks us (same thread).
+                if unsafe { (*slot.task.get()).is_some() } {
                     break;
                 }
                 if worker.shutdown.load(Ordering::SeqCst) {
@@ -390,10 +471,5 @@ fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>
             }
         }
     };
-    let builder = coroutine::Builder::new().stack_size(stack_size);
-    // SAFETY: as for the poller: task coroutines reach shared state only through `Arc`s,
-    // and chimod code must not use `thread_local!` (documented contract).
-    if let Err(err) = unsafe { builder.spawn(body) } {
-        tracing::error!("cannot spawn a task coroutine: {err}");
-    }
+    spawner.spawn_with(body, on_overflow);
 }

@@ -46,6 +46,7 @@ use chimaera_core::compose::{params_from_yaml, Composable};
 use chimaera_core::{ChiMod, CoMutex, CoRwLock, PoolQuery, RunContext, TaskError};
 use chimaera_macros::chimod;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Parameters of `kCreate`, sent once per pool and checked when the pool is re-opened.
@@ -159,6 +160,89 @@ impl ModName {
         let this_pool = ModNameClient::attach(&ctx.client(), ctx.pool_id());
         Ok(this_pool.wait_test(PoolQuery::local(), depth - 1)? + 1)
     }
+
+    /// `kAffinityTest`: holds a thread-affine value (a `std` mutex guard) across a
+    /// `ctx.sleep` of `sleep_us` and a wait for a lock shared by every container of the
+    /// process (held `hold_us`), and returns the number of the OS thread it ran on at
+    /// the start, after the sleep and after the lock wait. A task never leaves its
+    /// worker thread, so the three are equal.
+    #[task(method = 30)]
+    fn affinity_test(&self, ctx: &mut RunContext, sleep_us: u32, hold_us: u32) -> (u64, u64, u64) {
+        let affine = std::sync::Mutex::new(0u32);
+        let mut held = affine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let started = thread_number();
+        ctx.sleep(Duration::from_micros(u64::from(sleep_us)));
+        let after_sleep = thread_number();
+        *held += 1;
+        let lock = process_lock().lock(ctx);
+        lock.fetch_add(1, Ordering::SeqCst);
+        let after_lock = thread_number();
+        ctx.sleep(Duration::from_micros(u64::from(hold_us)));
+        drop(lock);
+        *held += 1;
+        drop(held);
+        (started, after_sleep, after_lock)
+    }
+
+    /// `kOverflowTest`: takes the process-wide lock (if `hold_lock`) and the caller's
+    /// `buffer` (exclusively: a bulk claim when it lies in the caller's data share),
+    /// fills the buffer with 1s and parks `hold_ms` holding both; then, if `overflow`,
+    /// recurses without bound. The runtime fails that task with
+    /// `TaskError::StackOverflow`, releases the lock and the claim, and serves on.
+    /// Without `overflow` it returns the buffer's length.
+    #[task(method = 31)]
+    fn overflow_test(
+        &self,
+        ctx: &mut RunContext,
+        buffer: &mut [u8],
+        hold_lock: bool,
+        hold_ms: u32,
+        overflow: bool,
+    ) -> u64 {
+        let _lock = hold_lock.then(|| process_lock().lock(ctx));
+        buffer.fill(1);
+        ctx.sleep(Duration::from_millis(u64::from(hold_ms)));
+        if overflow {
+            recurse(0)
+        } else {
+            buffer.len() as u64
+        }
+    }
+}
+
+/// A lock every MOD_NAME container of the process shares, so that the affinity and
+/// overflow tests wait on (and wake) tasks of other containers, on other workers.
+fn process_lock() -> &'static CoMutex<AtomicU32> {
+    static LOCK: OnceLock<CoMutex<AtomicU32>> = OnceLock::new();
+    LOCK.get_or_init(|| CoMutex::new(AtomicU32::new(0)))
+}
+
+thread_local! {
+    /// A number for the OS thread running the task (thread-locals are sound in handlers:
+    /// a task never leaves its worker thread).
+    static THREAD_NUMBER: u64 = {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+}
+
+fn thread_number() -> u64 {
+    THREAD_NUMBER.with(|number| *number)
+}
+
+/// Recurses until the stack runs out, a frame of 1 KiB at a time (kept by `black_box`
+/// so the optimiser can neither drop the frames nor turn the calls into a loop).
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let mut frame = [0u8; 1024];
+    frame[(depth % 1024) as usize] = depth as u8;
+    std::hint::black_box(&mut frame);
+    if depth == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1) + u64::from(frame[0])
 }
 
 /// Pools of MOD_NAME can be composed from YAML: `params` are [`CreateParams`].

@@ -72,8 +72,11 @@ pub mod allocator;
 pub mod backend;
 pub mod compose;
 pub mod error;
+pub mod permits;
 pub mod short_lock;
 pub mod stats;
+#[cfg(test)]
+mod test_executor;
 
 pub use allocator::{Block, BlockAllocator, BLOCK_CLASSES, MAX_BLOCK_SIZE};
 pub use backend::{BdevType, BlockDevice, CreateError, IoEngine, IoError};

@@ -4,7 +4,7 @@
 //! large request a little longer) and never park, so a coroutine-aware queue of waiters
 //! ([`chimaera_core::CoMutex`]) would cost more than the wait it saves. `ShortLock` is a
 //! `std::sync::Mutex` taken without ever blocking a worker thread: `try_lock`, a short
-//! spin, then `may::coroutine::yield_now` so the worker runs other tasks before trying
+//! spin, then `chimaera_core::coroutine::yield_now` so the worker runs other tasks before trying
 //! again.
 //!
 //! Invariant the users keep: **nothing parks or yields while holding the guard.** So a
@@ -43,7 +43,7 @@ impl<T> ShortLock<T> {
                     spins += 1;
                     std::hint::spin_loop();
                 }
-                Err(TryLockError::WouldBlock) => may::coroutine::yield_now(),
+                Err(TryLockError::WouldBlock) => chimaera_core::coroutine::yield_now(),
             }
         }
     }
@@ -60,14 +60,11 @@ mod tests {
         let coroutines: Vec<_> = (0..8)
             .map(|_| {
                 let counter = counter.clone();
-                // SAFETY: the coroutine uses no thread-local storage.
-                unsafe {
-                    may::coroutine::spawn(move || {
-                        for _ in 0..1000 {
-                            *counter.lock() += 1;
-                        }
-                    })
-                }
+                crate::test_executor::spawn(move || {
+                    for _ in 0..1000 {
+                        *counter.lock() += 1;
+                    }
+                })
             })
             .collect();
         let threads: Vec<_> = (0..2)

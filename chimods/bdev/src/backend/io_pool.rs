@@ -2,12 +2,13 @@
 //!
 //! Runtime workers must never block in a system call: a task that needs `pread`,
 //! `pwrite` or `fdatasync` hands a closure to [`IoPool::run`], which queues it for an
-//! I/O thread and **parks the task's coroutine** (a `may` blocker; the worker goes on
+//! I/O thread and **parks the task's coroutine** (a
+//! [`Blocker`]; the worker goes on
 //! with other tasks) until the closure has run, then returns its result. Called from a
 //! plain thread, the same call parks that thread.
 //!
 //! **Depth.** At most `depth` closures are queued or running at once per pool: a caller
-//! first takes a permit from a coroutine-aware counting semaphore (`may::sync::Semphore`;
+//! first takes a permit from a coroutine-aware counting semaphore ([`Permits`];
 //! waiting for it parks the coroutine) and gives it back when its closure is done.
 //! Threads are started on demand, one more whenever a closure is queued while none is
 //! idle, up to `depth`; so a device kept at depth 32 has 32 system calls in flight (what
@@ -17,16 +18,16 @@
 //! **Borrowed data, soundly.** [`IoPool::run`] lets the closure borrow the caller's
 //! data (the caller's buffer goes to the kernel as it is: no copy), like
 //! `std::thread::scope`: the caller does not return before the closure has been run or
-//! dropped. The wait cannot be cut short: the blocker ignores coroutine cancellation
-//! and nothing in the wait loop can panic. A job signals completion only after the
+//! dropped. The wait cannot be cut short: coroutines are never cancelled, and nothing in the wait loop can panic. A job signals completion only after the
 //! closure (and all it borrowed) is gone. Each thread owns a [`Scratch`] buffer it lends
 //! to the closures it runs (bounce buffers for `O_DIRECT`), so steady-state I/O
 //! allocates no buffers.
 //!
 //! A closure that panics is caught on its I/O thread (which lives on) and its caller
 //! gets [`PoolError::JobFailed`].
-use may::sync::mpmc;
-use may::sync::{Blocker, Semphore};
+use crate::permits::Permits;
+use chimaera_core::coroutine::Blocker;
+use crossbeam_channel as mpmc;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,9 +78,8 @@ impl<R> Slot<R> {
     fn fill(&self, result: Option<R>) {
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = result;
         self.done.store(true, Ordering::Release);
-        // Through the spinning pollers: a plain unpark from this pool thread would wait
-        // in may's global queue until the worker's poller sleeps.
-        chimaera_core::wake::unpark_from_outside(self.blocker.clone());
+        // The waiter resumes on its own worker's thread (its blocker queues it there).
+        self.blocker.unpark();
     }
 }
 
@@ -129,13 +129,13 @@ pub struct IoPool {
     /// Kept to hand a receiver to each new thread.
     queue: mpmc::Receiver<Box<dyn Job>>,
     counters: Arc<Counters>,
-    permits: Semphore,
+    permits: Permits,
     depth: usize,
     name: String,
 }
 
 /// Gives a permit back when dropped, so a caller unwinding still returns it.
-struct Permit<'a>(&'a Semphore);
+struct Permit<'a>(&'a Permits);
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
@@ -148,7 +148,7 @@ impl IoPool {
     /// (`depth` 0 counts as 1). Starts no thread yet.
     pub fn new(name: &str, depth: u32) -> Self {
         let depth = depth.max(1) as usize;
-        let (jobs, queue) = mpmc::channel();
+        let (jobs, queue) = mpmc::unbounded();
         IoPool {
             jobs,
             queue,
@@ -156,7 +156,7 @@ impl IoPool {
                 threads: AtomicUsize::new(0),
                 idle: AtomicUsize::new(0),
             }),
-            permits: Semphore::new(depth),
+            permits: Permits::new(depth),
             depth,
             name: name.to_owned(),
         }
@@ -185,8 +185,7 @@ impl IoPool {
         let slot = Arc::new(Slot {
             result: Mutex::new(None),
             done: AtomicBool::new(false),
-            // Ignores cancellation: this wait must not end before the job is gone.
-            blocker: Arc::new(Blocker::new(true)),
+            blocker: Blocker::current(),
         });
         let job: Box<dyn Job + 'env> = Box::new(ScopedJob {
             work: Some(work),
@@ -196,7 +195,7 @@ impl IoPool {
         // job borrows for 'env is reachable only through its `work`, which is consumed
         // or dropped before the slot is marked done (`ScopedJob::run` and `Drop`). This
         // function does not return before it sees `done`: the loop below cannot panic,
-        // and its blocker ignores coroutine cancellation, so no unwinding can skip it.
+        // and coroutines are never cancelled, so no unwinding can skip it.
         // If the send fails, the job comes back and is dropped right here, which marks
         // `done` too. So no borrow outlives 'env.
         let job: Box<dyn Job + 'static> =
@@ -348,13 +347,10 @@ mod tests {
         let handles: Vec<_> = (0..16u64)
             .map(|i| {
                 let pool = pool.clone();
-                // SAFETY: the coroutine uses no thread-local storage.
-                unsafe {
-                    may::coroutine::spawn(move || {
-                        let local = [i; 4];
-                        pool.run(|_| local.iter().sum::<u64>()).unwrap()
-                    })
-                }
+                crate::test_executor::spawn(move || {
+                    let local = [i; 4];
+                    pool.run(|_| local.iter().sum::<u64>()).unwrap()
+                })
             })
             .collect();
         for (i, handle) in handles.into_iter().enumerate() {

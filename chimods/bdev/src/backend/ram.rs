@@ -153,7 +153,7 @@ fn acquire(lock: &AtomicBool) {
             spins += 1;
             std::hint::spin_loop();
         } else {
-            may::coroutine::yield_now();
+            chimaera_core::coroutine::yield_now();
         }
     }
 }

@@ -214,30 +214,27 @@ fn concurrent_small_writes_in_shared_sectors_do_not_clobber_each_other() {
 #[test]
 fn many_coroutines_write_and_read_their_own_blocks() {
     // More coroutines than the depth (32): they park waiting for a slot, then for their
-    // I/O, on may's worker threads; buffers alternately aligned (no bounce) and not.
+    // I/O, on executor threads; buffers alternately aligned (no bounce) and not.
     let dir = TempDir::new("coroutines");
     for (name, device) in devices(&dir) {
         let device: Arc<dyn BlockDevice> = Arc::from(device);
         let coroutines: Vec<_> = (0..64u64)
             .map(|c| {
                 let device = device.clone();
-                // SAFETY: the coroutine uses no thread-local storage.
-                unsafe {
-                    may::coroutine::spawn(move || {
-                        let mut raw = vec![0u8; 3 * 4096];
-                        let at = raw.as_ptr().align_offset(4096);
-                        for round in 0..8u64 {
-                            let offset = c * 16384 + (round % 4) * 4096;
-                            let data = pattern(c * 100 + round, 4096);
-                            let buf = &mut raw[at + (round as usize % 2)..][..4096];
-                            buf.copy_from_slice(&data);
-                            device.write_at(offset, buf).unwrap();
-                            buf.fill(0);
-                            device.read_into(offset, buf).unwrap();
-                            assert!(*buf == data[..], "{offset}");
-                        }
-                    })
-                }
+                crate::test_executor::spawn(move || {
+                    let mut raw = vec![0u8; 3 * 4096];
+                    let at = raw.as_ptr().align_offset(4096);
+                    for round in 0..8u64 {
+                        let offset = c * 16384 + (round % 4) * 4096;
+                        let data = pattern(c * 100 + round, 4096);
+                        let buf = &mut raw[at + (round as usize % 2)..][..4096];
+                        buf.copy_from_slice(&data);
+                        device.write_at(offset, buf).unwrap();
+                        buf.fill(0);
+                        device.read_into(offset, buf).unwrap();
+                        assert!(*buf == data[..], "{offset}");
+                    }
+                })
             })
             .collect();
         for coroutine in coroutines {

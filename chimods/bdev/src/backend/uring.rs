@@ -9,15 +9,14 @@
 //!    coroutine.
 //! 2. It puts a submission entry on the ring (a few stores under a short lock; no system
 //!    call) and, only if the I/O thread is asleep, rings its doorbell (an `eventfd`
-//!    write, which never blocks). Then it parks its coroutine (a `may` blocker; a plain
-//!    thread parks on a condition variable), and the worker runs other tasks.
+//!    write, which never blocks). Then it parks its coroutine (a
+//!    [`Blocker`]; a plain thread parks), and the worker runs other tasks.
 //! 3. The queue's **I/O thread** loops on one `io_uring_enter(to_submit, GETEVENTS)`:
 //!    it hands every queued entry to the kernel and sleeps until a completion arrives —
 //!    an I/O, or the doorbell (a read of the `eventfd` it keeps armed on the ring). It
-//!    stores each I/O's result in the caller's slot and wakes the caller with
-//!    [`chimaera_core::wake::unpark_from_outside`]: a spinning worker unparks it from
-//!    inside the scheduler at once (a plain `unpark` from this thread would sit in
-//!    `may`'s global queue until that worker's poller slept).
+//!    stores each I/O's result in the caller's slot and unparks the caller, which
+//!    resumes on its own worker's thread (the blocker queues it there and wakes that
+//!    thread only if it sleeps).
 //!
 //! Why the I/O thread issues the entries, not the tasks: the kernel completes an
 //! `io_uring` request in the context of the thread that submitted it (it interrupts that
@@ -31,7 +30,7 @@
 //! **Soundness of borrowed buffers.** The kernel reads or writes the caller's buffer and
 //! slot until the completion arrives, so a caller must not return earlier. It does not:
 //! once its entry is on the ring, the caller loops on its slot's `done` flag, and nothing
-//! in that loop can panic or be cancelled (the blocker ignores coroutine cancellation).
+//! in that loop can panic or be cancelled (coroutines are never cancelled).
 //! Every entry on the ring is issued: the I/O thread reads the queue length after
 //! announcing that it sleeps, and a submitter checks for that announcement after
 //! publishing its entry (both with `SeqCst` fences), so either the thread sees the entry
@@ -45,9 +44,10 @@
 //!
 //! [`probe`] tells whether `io_uring` can be used here at all (it may be compiled out of
 //! the kernel, disabled by `kernel.io_uring_disabled`, or refused by a seccomp filter).
+use crate::permits::Permits;
 use crate::short_lock::ShortLock;
+use chimaera_core::coroutine::Blocker;
 use io_uring::{opcode, squeue, types, IoUring};
-use may::sync::{Blocker, Semphore};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, Ordering};
@@ -82,6 +82,29 @@ pub fn probe() -> Result<(), String> {
         .clone()
 }
 
+/// The ring the I/O thread made (or why it could not), handed to the caller that waits
+/// for the setup.
+struct Setup {
+    ring: std::sync::Mutex<Option<io::Result<Arc<Shared>>>>,
+    blocker: Arc<Blocker>,
+}
+
+impl Setup {
+    fn deliver(&self, made: io::Result<Arc<Shared>>) {
+        *self.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(made);
+        self.blocker.unpark();
+    }
+
+    fn wait(&self) -> io::Result<Arc<Shared>> {
+        loop {
+            if let Some(made) = self.ring.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return made;
+            }
+            self.blocker.park(None);
+        }
+    }
+}
+
 /// Where the I/O thread puts one operation's result, on the waiting caller's stack.
 struct Slot {
     /// The completion's `res`: bytes transferred, or `-errno`.
@@ -92,7 +115,7 @@ struct Slot {
 
 /// One operation's right to be in flight (see [`UringQueue::permit`]); given back when
 /// dropped.
-pub struct Permit<'a>(&'a Semphore);
+pub struct Permit<'a>(&'a Permits);
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
@@ -176,7 +199,7 @@ impl Shared {
 /// A ring, its I/O thread and its depth bound; see the [module docs](self).
 pub struct UringQueue {
     shared: Arc<Shared>,
-    permits: Semphore,
+    permits: Permits,
     depth: usize,
     io_thread: Option<JoinHandle<()>>,
 }
@@ -195,36 +218,34 @@ impl UringQueue {
         // The I/O thread creates the ring itself, so the kernel ties the ring to that
         // thread alone: it never signals a runtime worker about it (it interrupts the
         // tasks registered with a ring when the ring is torn down, for instance).
-        let (sent, received) = may::sync::mpsc::channel::<io::Result<Arc<Shared>>>();
+        let setup = Arc::new(Setup {
+            ring: std::sync::Mutex::new(None),
+            blocker: Blocker::current(),
+        });
+        let thread_setup = setup.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-uring"))
             .stack_size(IO_THREAD_STACK)
-            .spawn(move || match Shared::new(entries) {
-                Ok(shared) => {
-                    let shared = Arc::new(shared);
-                    if sent.send(Ok(shared.clone())).is_ok() {
-                        serve(&shared);
-                    }
-                }
-                Err(err) => {
-                    let _ = sent.send(Err(err));
+            .spawn(move || {
+                let made = Shared::new(entries).map(Arc::new);
+                let serving = made.as_ref().ok().cloned();
+                thread_setup.deliver(made);
+                if let Some(shared) = serving {
+                    serve(&shared);
                 }
             });
         let io_thread = spawned?;
         // Parks the calling coroutine (a thread blocks) for the ring's setup.
-        let shared = match received.recv() {
-            Ok(Ok(shared)) => shared,
-            failed => {
+        let shared = match setup.wait() {
+            Ok(shared) => shared,
+            Err(err) => {
                 let _ = io_thread.join();
-                return Err(match failed {
-                    Ok(Err(err)) => err,
-                    _ => io::Error::other("the io_uring thread ended during setup"),
-                });
+                return Err(err);
             }
         };
         Ok(UringQueue {
             shared,
-            permits: Semphore::new(depth.min(entries as usize - 2)),
+            permits: Permits::new(depth.min(entries as usize - 2)),
             depth,
             io_thread: Some(io_thread),
         })
@@ -342,8 +363,7 @@ impl UringQueue {
         let slot = Slot {
             result: AtomicI32::new(0),
             done: AtomicBool::new(false),
-            // Ignores cancellation: this wait must not end before the completion.
-            blocker: Arc::new(Blocker::new(true)),
+            blocker: Blocker::current(),
         };
         let entry = entry.user_data(&slot as *const Slot as u64);
         self.shared.push(&entry);
@@ -423,7 +443,7 @@ fn serve(shared: &Shared) {
                         slot.result.store(result, Ordering::Relaxed);
                         slot.done.store(true, Ordering::Release);
                         // From here on the slot may be gone; only our clone is used.
-                        chimaera_core::wake::unpark_from_outside(blocker);
+                        blocker.unpark();
                     }
                 }
             }
@@ -514,21 +534,18 @@ mod tests {
         let coroutines: Vec<_> = (0..16u8)
             .map(|i| {
                 let queue = queue.clone();
-                // SAFETY: the coroutine uses no thread-local storage.
-                unsafe {
-                    may::coroutine::spawn(move || {
-                        let data = [i; 512];
-                        let permit = queue.permit();
-                        queue
-                            .write_all_at(&permit, fd, &data, u64::from(i) * 512)
-                            .unwrap();
-                        let mut back = [0u8; 512];
-                        queue
-                            .read_exact_at(&permit, fd, &mut back, u64::from(i) * 512)
-                            .unwrap();
-                        assert_eq!(back, data);
-                    })
-                }
+                crate::test_executor::spawn(move || {
+                    let data = [i; 512];
+                    let permit = queue.permit();
+                    queue
+                        .write_all_at(&permit, fd, &data, u64::from(i) * 512)
+                        .unwrap();
+                    let mut back = [0u8; 512];
+                    queue
+                        .read_exact_at(&permit, fd, &mut back, u64::from(i) * 512)
+                        .unwrap();
+                    assert_eq!(back, data);
+                })
             })
             .collect();
         let threads: Vec<_> = (16..20u8)
@@ -600,7 +617,7 @@ mod tests {
                     Err(std::thread::spawn(body))
                 } else {
                     // SAFETY: the coroutine uses no thread-local storage.
-                    Ok(unsafe { may::coroutine::spawn(body) })
+                    Ok(crate::test_executor::spawn(body))
                 }
             })
             .collect();

@@ -1,0 +1,935 @@
+//! Stackful coroutines that never leave the thread they start on.
+//!
+//! **Why our own scheduler.** Tasks run as stackful coroutines so they can wait (a lock,
+//! a subtask, a timer, I/O) without blocking their worker. A coroutine that could resume
+//! on another OS thread would make ordinary safe code unsound: `stdout().lock()` (a
+//! reentrant lock owned by a *thread id*), `thread_rng()`, a `std::sync::MutexGuard` or
+//! anything else thread-affine held across a wait would be used from a thread that does
+//! not own it. `may` moves coroutines freely (work stealing, wake-ups queued on the waking
+//! thread, timers resumed on its timer thread), so this module schedules the coroutines
+//! itself, on the `generator` crate's stacks (the same stacks `may` uses: mmap'ed, with a
+//! guard page).
+//!
+//! **Invariants.**
+//! * An [`Executor`] is one OS thread. A coroutine is created for one executor (its
+//!   *home*) and is only ever resumed by that executor's thread; nothing else touches its
+//!   stack or its generator. So thread-locals, `std` locks and other thread-affine values
+//!   are sound to hold across any wait.
+//! * A coroutine is in at most one place that will resume it: the home's run queue (local
+//!   `VecDeque`), the home's *remote* queue (a lock-free queue other threads push to), or
+//!   the [`Blocker`] it is parked on. A blocker's state (`EMPTY`, `NOTIFIED`, `PARKED`)
+//!   moves it out of the blocker exactly once: the executor parks it with a
+//!   `EMPTY → PARKED` compare-exchange *after* the coroutine switched out (so it cannot
+//!   be resumed while still running), and whoever swaps `PARKED` away (an unpark, or a
+//!   timer with `PARKED → EMPTY`) is the one that queues it.
+//! * A wake-up from the home thread goes to the local run queue (no atomics beyond the
+//!   blocker's). From any other thread it goes to the remote queue, then wakes the home
+//!   thread only if it announced that it sleeps: the thread stores `sleeping` (`SeqCst`)
+//!   before its last look at the remote queue, the waker reads it (`SeqCst`) after its
+//!   push, so one of them sees the other; a busy executor costs the waker no system call.
+//! * Timers (sleeps, parks with a timeout) are the home thread's own heap; the thread
+//!   sleeps until the next deadline, so an idle executor runs no polling loop.
+//!
+//! **Stack overflow.** A coroutine that runs into its guard page raises `SIGSEGV`;
+//! `generator`'s handler (on the thread's alternate signal stack) recognises the guard of
+//! the running coroutine and switches straight back to the executor, which sees
+//! `generator::Error::StackErr`. The dead stack cannot be unwound (there is no room left
+//! on it to run destructors), so the executor instead: runs the release actions the
+//! coroutine registered for what it holds (`hold`: coroutine locks, bulk claims),
+//! runs the coroutine's overflow hook (the worker fails the task with
+//! [`TaskError::StackOverflow`](crate::TaskError::StackOverflow) and settles its
+//! accounting), and leaks the stack, never resuming or freeing it. What else lived on
+//! that stack (a `std` lock guard, a heap value owned by a local) is leaked too: its
+//! destructor never runs.
+//!
+//! Why that switch is sound: the handler runs on the thread's alternate signal stack
+//! (`std` gives every thread it spawns one; executors are `std` threads), unblocks the
+//! signal, and jumps to the executor's saved registers on the thread's own stack. The
+//! abandoned handler frame on the alternate stack and the whole coroutine stack are
+//! never returned to; the next signal reuses the alternate stack from its top. No Rust
+//! frame of the dead coroutine runs again, so no reference it held is used again.
+//! A fault that is not a coroutine's guard page goes to the previous handler (`std`'s:
+//! a thread's own stack overflow aborts the process, as usual).
+use crossbeam_queue::SegQueue;
+use generator::{Generator, Gn};
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::{BinaryHeap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The part of an executor other threads see: where they queue wake-ups.
+struct Home {
+    remote: SegQueue<Arc<Co>>,
+    sleeping: AtomicBool,
+    stopping: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Home {
+    /// Queues `co` to run on this home's thread. `co` must have been taken out of
+    /// wherever it waited (see the module invariants).
+    fn schedule(self: &Arc<Self>, co: Arc<Co>) {
+        // A thread tearing down its thread-locals has no executor: queue remotely.
+        let local = LOCAL.try_with(|local| local.get().cloned()).ok().flatten();
+        if let Some(local) = local {
+            if Arc::ptr_eq(&local.home, self) {
+                local.run.borrow_mut().push_back(co);
+                return;
+            }
+        }
+        self.remote.push(co);
+        self.wake_thread();
+    }
+
+    fn wake_thread(&self) {
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+}
+
+/// What a coroutine asked for when it switched back to its executor.
+#[derive(Clone, Copy)]
+enum Request {
+    /// Run again after the others queued now.
+    Yield,
+    /// Park on this blocker (it outlives the park: the coroutine holds it meanwhile).
+    Park(*const Blocker),
+}
+
+/// A release action for something a coroutine holds, run if the coroutine dies of a
+/// stack overflow (see [`hold`]). Two are the same hold when `data` and `words` match.
+#[derive(Clone, Copy)]
+pub(crate) struct Release {
+    /// What is held (a lock's state, a share); the action's first argument.
+    pub data: *const (),
+    /// Which hold of it (a group, a range).
+    pub words: [u64; 3],
+    /// Releases the hold.
+    ///
+    /// # Safety
+    /// Called only with `data` and `words` as registered, while `data` is alive.
+    pub release: unsafe fn(*const (), [u64; 3]),
+}
+
+impl Release {
+    fn same_hold(&self, other: &Release) -> bool {
+        self.data == other.data && self.words == other.words
+    }
+}
+
+/// One coroutine: its generator, and what to do if it overflows its stack.
+struct Co {
+    home: Arc<Home>,
+    body: UnsafeCell<Option<Generator<'static, (), ()>>>,
+    on_overflow: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    held: UnsafeCell<Vec<Release>>,
+}
+
+// SAFETY: `body`, `on_overflow` and `held` are only touched on the home thread: by the
+// executor while the coroutine is switched out, and by the coroutine itself while it
+// runs (on that thread). Other threads only hold the `Arc` to queue it on `home`.
+unsafe impl Send for Co {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Co {}
+
+impl Drop for Co {
+    fn drop(&mut self) {
+        // A coroutine parked forever (its blocker dropped) may be dropped on any thread;
+        // it must never be resumed there, so its stack is leaked rather than unwound.
+        if let Some(body) = self.body.get_mut().take() {
+            if !body.is_done() {
+                std::mem::forget(body);
+            }
+        }
+    }
+}
+
+/// The executor state only its own thread touches.
+struct Local {
+    home: Arc<Home>,
+    run: RefCell<VecDeque<Arc<Co>>>,
+    timers: RefCell<BinaryHeap<Timer>>,
+    current: Cell<*const Co>,
+    request: Cell<Option<Request>>,
+}
+
+thread_local! {
+    static LOCAL: std::cell::OnceCell<Rc<Local>> = const { std::cell::OnceCell::new() };
+}
+
+/// The executor of this thread, while a coroutine runs on it.
+fn running() -> Option<(Rc<Local>, *const Co)> {
+    LOCAL
+        .try_with(|local| {
+            let local = local.get()?;
+            let co = local.current.get();
+            (!co.is_null()).then(|| (local.clone(), co))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Whether the caller runs on a coroutine (and so must park, not block, to wait).
+pub fn is_coroutine() -> bool {
+    running().is_some()
+}
+
+/// Switches from the running coroutine back to its executor with `request`.
+fn suspend(local: &Local, request: Request) {
+    local.request.set(Some(request));
+    #[allow(deprecated)] // `yield_with` is the context-based yield (no scope to thread).
+    generator::yield_with(());
+}
+
+/// Lets the other coroutines queued on this thread run first; a plain thread yields to
+/// the OS.
+pub fn yield_now() {
+    match running() {
+        Some((local, _)) => suspend(&local, Request::Yield),
+        None => std::thread::yield_now(),
+    }
+}
+
+/// Parks the calling coroutine (or thread) for `duration`. A coroutine's executor runs
+/// others meanwhile; a stopping executor ends the sleep early.
+pub fn sleep(duration: Duration) {
+    let deadline = Instant::now() + duration;
+    if !is_coroutine() {
+        std::thread::sleep(duration);
+        return;
+    }
+    let blocker = Blocker::current();
+    loop {
+        let now = Instant::now();
+        if now >= deadline || stopping() {
+            return;
+        }
+        blocker.park(Some(deadline - now));
+    }
+}
+
+fn stopping() -> bool {
+    running().is_some_and(|(local, _)| local.home.stopping.load(Ordering::Acquire))
+}
+
+/// Registers a release action for something the running coroutine now holds, so that a
+/// stack overflow (which kills the coroutine without unwinding) still releases it.
+/// Pair with [`let_go`] when the hold ends normally. Outside a coroutine this does
+/// nothing (a thread that overflows its stack aborts the process anyway).
+pub(crate) fn hold(release: Release) {
+    if let Some((_, co)) = running() {
+        // SAFETY: `co` is the coroutine running now, on its home thread, so this is the
+        // only access to its `held` list (the executor reads it only while it is out).
+        unsafe { (*(*co).held.get()).push(release) };
+    }
+}
+
+/// Removes the release action registered with [`hold`] for a hold that ended normally.
+pub(crate) fn let_go(release: Release) {
+    if let Some((_, co)) = running() {
+        // SAFETY: as in `hold`.
+        let held = unsafe { &mut *(*co).held.get() };
+        if let Some(index) = held.iter().rposition(|entry| entry.same_hold(&release)) {
+            held.swap_remove(index);
+        }
+    }
+}
+
+const EMPTY: u8 = 0;
+const NOTIFIED: u8 = 1;
+const PARKED: u8 = 2;
+
+/// What a parked coroutine or thread waits on; [`unpark`](Blocker::unpark) from any
+/// thread wakes it, on its own thread. A wake-up before the park is kept (a token).
+pub struct Blocker {
+    state: AtomicU8,
+    /// Counts the parks of a coroutine blocker, so a timer of an earlier park is ignored.
+    park_number: AtomicU64,
+    owner: Owner,
+}
+
+enum Owner {
+    Coroutine(Arc<Co>),
+    Thread(std::thread::Thread),
+}
+
+impl Blocker {
+    /// A blocker for the calling coroutine, or for the calling thread outside one.
+    pub fn current() -> Arc<Blocker> {
+        let owner = match running() {
+            Some((_, co)) => {
+                // SAFETY: `co` is the running coroutine, alive while it runs; its executor
+                // keeps an `Arc` to it for the duration of the resume.
+                let co = unsafe {
+                    Arc::increment_strong_count(co);
+                    Arc::from_raw(co)
+                };
+                Owner::Coroutine(co)
+            }
+            None => Owner::Thread(std::thread::current()),
+        };
+        Arc::new(Blocker {
+            state: AtomicU8::new(EMPTY),
+            park_number: AtomicU64::new(0),
+            owner,
+        })
+    }
+
+    /// Parks until [`unpark`](Self::unpark) (or a wake-up kept from before), or until
+    /// `timeout` passes. Returns whether it was woken rather than timed out. Only the
+    /// coroutine or thread the blocker was made for parks on it; called from anywhere
+    /// else, it returns `false` at once (parking there would park the wrong one and lose
+    /// it, as the wake-up goes to the blocker's owner).
+    pub fn park(self: &Arc<Self>, timeout: Option<Duration>) -> bool {
+        if self
+            .state
+            .compare_exchange(NOTIFIED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return true;
+        }
+        match &self.owner {
+            Owner::Coroutine(owner) => {
+                let is_owner =
+                    running().is_some_and(|(_, co)| std::ptr::eq(co, Arc::as_ptr(owner)));
+                is_owner && self.park_coroutine(timeout)
+            }
+            Owner::Thread(owner) => {
+                let is_owner = owner.id() == std::thread::current().id() && !is_coroutine();
+                is_owner && self.park_thread(timeout)
+            }
+        }
+    }
+
+    /// Parks the running coroutine, the blocker's owner.
+    fn park_coroutine(self: &Arc<Self>, timeout: Option<Duration>) -> bool {
+        let Some((local, _)) = running() else {
+            return false;
+        };
+        let number = self.park_number.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(timeout) = timeout {
+            local.timers.borrow_mut().push(Timer {
+                deadline: Instant::now() + timeout,
+                blocker: self.clone(),
+                number,
+            });
+        }
+        suspend(&local, Request::Park(Arc::as_ptr(self)));
+        self.state.swap(EMPTY, Ordering::AcqRel) == NOTIFIED
+    }
+
+    fn park_thread(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        loop {
+            if self
+                .state
+                .compare_exchange(NOTIFIED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+            match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+
+    /// Wakes the parked coroutine (on its home thread) or thread; if it is not parked,
+    /// its next park returns at once.
+    pub fn unpark(&self) {
+        let previous = self.state.swap(NOTIFIED, Ordering::AcqRel);
+        match &self.owner {
+            Owner::Coroutine(co) if previous == PARKED => co.home.schedule(co.clone()),
+            Owner::Coroutine(_) => {}
+            Owner::Thread(thread) => thread.unpark(),
+        }
+    }
+
+    /// Called by the executor after the coroutine switched out to park here: parks it,
+    /// or queues it again if a wake-up came first.
+    fn settle_park(&self, local: &Local, co: Arc<Co>) {
+        if self
+            .state
+            .compare_exchange(EMPTY, PARKED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            local.run.borrow_mut().push_back(co);
+        }
+    }
+}
+
+impl std::fmt::Debug for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocker")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A deadline in the executor's timer heap: ends park number `number` of `blocker`,
+/// if that park still holds.
+struct Timer {
+    deadline: Instant,
+    blocker: Arc<Blocker>,
+    number: u64,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        self.deadline == other.deadline
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    /// Earliest deadline first out of the (max-)heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.deadline.cmp(&self.deadline)
+    }
+}
+
+impl Timer {
+    fn fire(self, local: &Local) {
+        // A park that an unpark ended already has a newer number (or its state is no
+        // longer `PARKED`): then this timer is stale and does nothing.
+        let blocker = &self.blocker;
+        if blocker.park_number.load(Ordering::Relaxed) != self.number {
+            return;
+        }
+        if let Owner::Coroutine(co) = &blocker.owner {
+            if blocker
+                .state
+                .compare_exchange(PARKED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                local.run.borrow_mut().push_back(co.clone());
+            }
+        }
+    }
+}
+
+/// Why a coroutine spawned with [`Executor::spawn`] produced no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The coroutine panicked.
+    #[error("the coroutine panicked")]
+    Panicked,
+    /// The coroutine overflowed its stack; raise the stack size in the configuration.
+    #[error("the coroutine overflowed its stack; give coroutines a larger stack")]
+    StackOverflow,
+    /// The executor stopped before the coroutine ended.
+    #[error("the executor stopped before the coroutine ended")]
+    Stopped,
+}
+
+struct JoinState<T> {
+    result: Mutex<Option<Result<T, JoinError>>>,
+    done: AtomicBool,
+    waiter: Mutex<Option<Arc<Blocker>>>,
+}
+
+impl<T> JoinState<T> {
+    fn finish(&self, result: Result<T, JoinError>) {
+        *crate::task::lock(&self.result) = Some(result);
+        self.done.store(true, Ordering::Release);
+        if let Some(waiter) = crate::task::lock(&self.waiter).take() {
+            waiter.unpark();
+        }
+    }
+}
+
+/// Waits for a coroutine started with [`Executor::spawn`].
+pub struct JoinHandle<T> {
+    state: Arc<JoinState<T>>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits (parking a coroutine, blocking a thread) for the coroutine's value.
+    pub fn join(self) -> Result<T, JoinError> {
+        while !self.state.done.load(Ordering::Acquire) {
+            let blocker = Blocker::current();
+            *crate::task::lock(&self.state.waiter) = Some(blocker.clone());
+            if self.state.done.load(Ordering::Acquire) {
+                break;
+            }
+            blocker.park(None);
+        }
+        crate::task::lock(&self.state.result)
+            .take()
+            .unwrap_or(Err(JoinError::Stopped))
+    }
+
+    /// Whether the coroutine has ended.
+    pub fn is_finished(&self) -> bool {
+        self.state.done.load(Ordering::Acquire)
+    }
+}
+
+/// One OS thread running coroutines, each pinned to it for life; see the
+/// [module docs](self).
+pub struct Executor {
+    home: Arc<Home>,
+    stack_words: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How an executor's thread is set up.
+#[derive(Clone, Debug)]
+pub struct ExecutorOptions {
+    /// The thread's name.
+    pub name: String,
+    /// Stack size of its coroutines, in bytes.
+    pub stack_size: usize,
+    /// A CPU to pin the thread to.
+    pub cpu: Option<usize>,
+}
+
+impl Executor {
+    /// Starts an executor thread.
+    pub fn start(options: ExecutorOptions) -> std::io::Result<Executor> {
+        let home = Arc::new(Home {
+            remote: SegQueue::new(),
+            sleeping: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        });
+        let thread_home = home.clone();
+        let cpu = options.cpu;
+        let thread = std::thread::Builder::new()
+            .name(options.name)
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to_cpu(cpu);
+                }
+                run_executor(thread_home)
+            })?;
+        let _ = home.thread.set(thread.thread().clone());
+        Ok(Executor {
+            home,
+            stack_words: stack_words(options.stack_size),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `body` as a coroutine on this executor's thread.
+    pub fn spawn<T, F>(&self, body: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let state = Arc::new(JoinState {
+            result: Mutex::new(None),
+            done: AtomicBool::new(false),
+            waiter: Mutex::new(None),
+        });
+        let on_overflow = {
+            let state = state.clone();
+            move || state.finish(Err(JoinError::StackOverflow))
+        };
+        let body = {
+            let state = state.clone();
+            move || {
+                let result = catch_unwind(AssertUnwindSafe(body)).map_err(|_| JoinError::Panicked);
+                state.finish(result);
+            }
+        };
+        self.spawn_with(body, on_overflow);
+        JoinHandle { state }
+    }
+
+    /// Runs `body` as a coroutine on this executor's thread; `on_overflow` runs there
+    /// instead if it overflows its stack. `body` must not unwind.
+    pub(crate) fn spawn_with(
+        &self,
+        body: impl FnOnce() + Send + 'static,
+        on_overflow: impl FnOnce() + Send + 'static,
+    ) {
+        spawn_on(&self.home, self.stack_words, body, Box::new(on_overflow));
+    }
+
+    /// A handle that spawns onto this executor (from its own coroutines, say).
+    pub(crate) fn spawner(&self) -> Spawner {
+        Spawner {
+            home: self.home.clone(),
+            stack_words: self.stack_words,
+        }
+    }
+
+    /// Stops the thread once no coroutine is ready to run, and waits for it. Sleeping
+    /// coroutines are woken early (their sleeps return); coroutines parked on a blocker
+    /// nobody will unpark are leaked with their stacks.
+    pub fn stop(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.home.stopping.store(true, Ordering::Release);
+        self.home.sleeping.store(true, Ordering::SeqCst);
+        self.home.wake_thread();
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// Spawns coroutines onto one executor; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Spawner {
+    home: Arc<Home>,
+    stack_words: usize,
+}
+
+impl Spawner {
+    /// As [`Executor::spawn_with`].
+    pub(crate) fn spawn_with(
+        &self,
+        body: impl FnOnce() + Send + 'static,
+        on_overflow: impl FnOnce() + Send + 'static,
+    ) {
+        spawn_on(&self.home, self.stack_words, body, Box::new(on_overflow));
+    }
+}
+
+fn spawn_on(
+    home: &Arc<Home>,
+    stack_words: usize,
+    body: impl FnOnce() + Send + 'static,
+    on_overflow: Box<dyn FnOnce() + Send>,
+) {
+    let generator = Gn::<()>::new_opt(stack_words, body);
+    let co = Arc::new(Co {
+        home: home.clone(),
+        body: UnsafeCell::new(Some(generator)),
+        on_overflow: UnsafeCell::new(Some(on_overflow)),
+        held: UnsafeCell::new(Vec::new()),
+    });
+    home.schedule(co);
+}
+
+/// `generator` sizes stacks in machine words, and an odd count turns on its stack-usage
+/// tracing; convert bytes to an even number of words.
+fn stack_words(bytes: usize) -> usize {
+    (bytes / std::mem::size_of::<usize>()) & !1
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    set.set(cpu % cpus.min(rustix::thread::CpuSet::MAX_CPU));
+    if let Err(err) = rustix::thread::sched_setaffinity(None, &set) {
+        tracing::warn!("cannot pin a worker thread to CPU {cpu}: {err}");
+    }
+}
+
+/// The executor thread's loop: run what is ready, fire due timers, take wake-ups from
+/// other threads, and sleep when there is nothing to do.
+fn run_executor(home: Arc<Home>) {
+    let local = Rc::new(Local {
+        home: home.clone(),
+        run: RefCell::new(VecDeque::new()),
+        timers: RefCell::new(BinaryHeap::new()),
+        current: Cell::new(std::ptr::null()),
+        request: Cell::new(None),
+    });
+    LOCAL.with(|cell| {
+        let _ = cell.set(local.clone());
+    });
+    loop {
+        while let Some(co) = home.remote.pop() {
+            local.run.borrow_mut().push_back(co);
+        }
+        let stopping = home.stopping.load(Ordering::Acquire);
+        fire_timers(&local, stopping);
+        let next = local.run.borrow_mut().pop_front();
+        if let Some(co) = next {
+            resume(&local, co);
+            continue;
+        }
+        if stopping {
+            break;
+        }
+        idle(&local);
+    }
+    // Parked coroutines stay parked: they belong to their blockers, and are leaked if
+    // nobody unparks them (see `Co`'s `Drop`). One unparked later is queued on a
+    // thread that no longer runs, and leaked the same way.
+}
+
+fn fire_timers(local: &Local, all: bool) {
+    if local.timers.borrow().is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    loop {
+        let due = {
+            let mut timers = local.timers.borrow_mut();
+            match timers.peek() {
+                Some(timer) if all || timer.deadline <= now => timers.pop(),
+                _ => None,
+            }
+        };
+        match due {
+            Some(timer) => timer.fire(local),
+            None => return,
+        }
+    }
+}
+
+/// Sleeps the thread until a wake-up from another thread or the next deadline.
+fn idle(local: &Local) {
+    let home = &local.home;
+    home.sleeping.store(true, Ordering::SeqCst);
+    if !home.remote.is_empty() || home.stopping.load(Ordering::SeqCst) {
+        home.sleeping.store(false, Ordering::SeqCst);
+        return;
+    }
+    let next_deadline = local.timers.borrow().peek().map(|timer| timer.deadline);
+    match next_deadline {
+        None => std::thread::park(),
+        Some(deadline) => {
+            let now = Instant::now();
+            if deadline > now {
+                std::thread::park_timeout(deadline - now);
+            }
+        }
+    }
+    home.sleeping.store(false, Ordering::SeqCst);
+}
+
+/// Runs `co` until it switches out, then files it where its request says.
+fn resume(local: &Local, co: Arc<Co>) {
+    local.current.set(Arc::as_ptr(&co));
+    local.request.set(None);
+    // SAFETY: only the home thread touches `body`, and the coroutine is not running (it
+    // is being resumed by us, from the run queue, where it was exactly once).
+    let body = unsafe { &mut *co.body.get() };
+    let Some(generator) = body.as_mut() else {
+        local.current.set(std::ptr::null());
+        return;
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| generator.resume()));
+    local.current.set(std::ptr::null());
+    match outcome {
+        Err(payload) => {
+            if payload
+                .downcast_ref::<generator::Error>()
+                .is_some_and(|err| *err == generator::Error::StackErr)
+            {
+                overflowed(&co, body);
+            } else {
+                // Bodies catch their own panics; one escaping ends the coroutine.
+                tracing::error!("a coroutine body panicked outside its task");
+                if let Some(generator) = body.take() {
+                    if !generator.is_done() {
+                        std::mem::forget(generator);
+                    }
+                }
+            }
+        }
+        Ok(_) if generator.is_done() => {
+            *body = None;
+        }
+        Ok(_) => match local.request.take() {
+            Some(Request::Park(blocker)) => {
+                // SAFETY: the coroutine switched out inside `Blocker::park` on
+                // `blocker`, which it borrows until the park returns; it cannot return
+                // before we queue the coroutine again.
+                let blocker = unsafe { &*blocker };
+                blocker.settle_park(local, co);
+            }
+            Some(Request::Yield) | None => local.run.borrow_mut().push_back(co),
+        },
+    }
+}
+
+/// A coroutine died on its guard page: release what it registered, run its overflow
+/// hook, and leak its stack (see the module docs).
+fn overflowed(co: &Arc<Co>, body: &mut Option<Generator<'static, (), ()>>) {
+    if let Some(generator) = body.take() {
+        std::mem::forget(generator);
+    }
+    // SAFETY: home thread, coroutine dead: no other access to these cells.
+    let held = std::mem::take(unsafe { &mut *co.held.get() });
+    for release in held.into_iter().rev() {
+        // SAFETY: registered by the coroutine for a hold it had not given up; what it
+        // points to outlives the hold (a lock's state, a share its task keeps alive) and
+        // the dead stack it might lie on is leaked, never freed.
+        unsafe { (release.release)(release.data, release.words) };
+    }
+    // SAFETY: as above.
+    if let Some(hook) = unsafe { (*co.on_overflow.get()).take() } {
+        hook();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicUsize;
+
+    fn executor(name: &str) -> Executor {
+        Executor::start(ExecutorOptions {
+            name: name.to_owned(),
+            stack_size: 64 * 1024,
+            cpu: None,
+        })
+        .expect("start an executor")
+    }
+
+    #[test]
+    fn wake_ups_from_other_threads_resume_coroutines_on_their_home_thread() {
+        let (home, other) = (executor("home"), executor("other"));
+        let blockers = Arc::new(Mutex::new(Vec::new()));
+        let parked = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..32)
+            .map(|_| {
+                let (blockers, parked) = (blockers.clone(), parked.clone());
+                home.spawn(move || {
+                    let thread = std::thread::current().id();
+                    for _ in 0..20 {
+                        let blocker = Blocker::current();
+                        crate::task::lock(&blockers).push(blocker.clone());
+                        parked.fetch_add(1, Ordering::SeqCst);
+                        blocker.park(None);
+                        assert_eq!(std::thread::current().id(), thread);
+                        sleep(Duration::from_micros(50));
+                        assert_eq!(std::thread::current().id(), thread);
+                        yield_now();
+                        assert_eq!(std::thread::current().id(), thread);
+                    }
+                    thread
+                })
+            })
+            .collect();
+        // Wake them from a plain thread and from a coroutine of another executor.
+        let waker = |blockers: Arc<Mutex<Vec<Arc<Blocker>>>>| {
+            move || {
+                for _ in 0..10_000 {
+                    let woken: Vec<_> = crate::task::lock(&blockers).drain(..).collect();
+                    woken.iter().for_each(|blocker| blocker.unpark());
+                    std::thread::yield_now();
+                }
+            }
+        };
+        let thread_waker = std::thread::spawn(waker(blockers.clone()));
+        let coroutine_waker = other.spawn(waker(blockers.clone()));
+        let mut threads = HashSet::new();
+        for handle in handles {
+            while !handle.is_finished() {
+                crate::task::lock(&blockers)
+                    .drain(..)
+                    .for_each(|blocker| blocker.unpark());
+                std::thread::yield_now();
+            }
+            threads.insert(handle.join().expect("the coroutine ended"));
+        }
+        thread_waker.join().unwrap();
+        coroutine_waker.join().unwrap();
+        assert_eq!(threads.len(), 1);
+        assert_eq!(parked.load(Ordering::SeqCst), 32 * 20);
+    }
+
+    #[test]
+    fn a_wake_up_before_the_park_is_kept_and_timeouts_end_parks() {
+        let home = executor("tokens");
+        let woken = home
+            .spawn(|| {
+                let blocker = Blocker::current();
+                blocker.unpark();
+                let kept = blocker.park(None);
+                let timed_out = !blocker.park(Some(Duration::from_millis(5)));
+                // A stale timer of that park must not end this one early.
+                let other = Blocker::current();
+                let waker = other.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    waker.unpark();
+                });
+                let unparked = other.park(Some(Duration::from_secs(60)));
+                (kept, timed_out, unparked)
+            })
+            .join();
+        assert_eq!(woken, Ok((true, true, true)));
+        // A blocker parks only its owner: anyone else returns at once.
+        let made_here = Blocker::current();
+        assert_eq!(home.spawn(move || made_here.park(None)).join(), Ok(false));
+        let made_there = home.spawn(Blocker::current).join().unwrap();
+        assert!(!made_there.park(None));
+    }
+
+    #[test]
+    fn an_overflowing_coroutine_fails_and_releases_what_it_registered() {
+        #[inline(never)]
+        fn deeper(depth: u64) -> u64 {
+            let mut frame = [0u8; 512];
+            frame[(depth % 512) as usize] = depth as u8;
+            std::hint::black_box(&mut frame);
+            if depth == u64::MAX {
+                return 0;
+            }
+            deeper(depth + 1) + u64::from(frame[0])
+        }
+        static RELEASED: AtomicUsize = AtomicUsize::new(0);
+        unsafe fn count(_: *const (), words: [u64; 3]) {
+            RELEASED.fetch_add(words[0] as usize, Ordering::SeqCst);
+        }
+        let home = executor("overflow");
+        let result = home
+            .spawn(|| {
+                hold(Release {
+                    data: std::ptr::null(),
+                    words: [1, 0, 0],
+                    release: count,
+                });
+                // Given back normally: not released again.
+                let returned = Release {
+                    data: std::ptr::null(),
+                    words: [100, 0, 0],
+                    release: count,
+                };
+                hold(returned);
+                let_go(returned);
+                deeper(0)
+            })
+            .join();
+        assert_eq!(result, Err(JoinError::StackOverflow));
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
+        // The executor serves on.
+        assert_eq!(home.spawn(|| 7).join(), Ok(7));
+    }
+
+    #[test]
+    fn stopping_ends_sleeps_and_the_thread() {
+        let home = executor("stop");
+        let sleeper = home.spawn(|| sleep(Duration::from_secs(3600)));
+        home.spawn(|| ()).join().unwrap();
+        home.stop();
+        assert_eq!(sleeper.join(), Ok(()));
+    }
+}
