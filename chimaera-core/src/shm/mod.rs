@@ -12,6 +12,8 @@
 //! * [`liveness`]: who is alive, from `flock` locks the kernel drops when a process dies
 //!   (even by SIGKILL), robust against pid reuse;
 //! * [`futex`]: process-shared futex wait/wake on a word of a shared mapping;
+//! * [`atomic_copy`]: copies in and out of memory a peer may write concurrently
+//!   (relaxed atomic words, never a plain `memcpy` or a reference into it);
 //! * [`ring`]: a single-producer single-consumer ring of `u32` in shared memory whose
 //!   consumer does not trust its producer.
 //!
@@ -34,6 +36,7 @@
 //! code is our own.
 
 pub mod arena;
+pub mod atomic_copy;
 pub mod connection;
 pub mod futex;
 pub mod layout;
