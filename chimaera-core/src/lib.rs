@@ -43,7 +43,7 @@ pub mod worker;
 #[doc(hidden)]
 pub mod __private;
 
-pub use bulk::Buffer;
+pub use bulk::{Buffer, BulkIn, BulkOut, BulkRangeError};
 pub use client::{Client, Pending, TaskHandle};
 pub use config::RuntimeConfig;
 pub use context::RunContext;
