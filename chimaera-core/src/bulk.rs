@@ -313,12 +313,13 @@ impl<'a> BulkIn<'a> {
         }
     }
 
-    /// A view of `len` bytes of shared memory at `ptr`.
+    /// A view of `len` bytes at `ptr` of memory another process may write (a shared
+    /// mapping): every copy of it is atomic.
     ///
     /// # Safety
     /// `ptr..ptr + len` must stay mapped and readable for `'a`, no reference to it may
     /// exist in this process, and nothing in this process may write it during `'a`.
-    pub(crate) unsafe fn shared(ptr: *const u8, len: usize) -> Self {
+    pub unsafe fn from_raw_shared(ptr: *const u8, len: usize) -> Self {
         BulkIn {
             ptr,
             len,
@@ -435,12 +436,13 @@ impl<'a> BulkOut<'a> {
         }
     }
 
-    /// A view of `len` bytes of shared memory at `ptr`.
+    /// A view of `len` bytes at `ptr` of memory another process may access (a shared
+    /// mapping): every copy of it is atomic.
     ///
     /// # Safety
     /// `ptr..ptr + len` must stay mapped and writable for `'a`, no reference to it may
     /// exist in this process, and nothing else in this process may access it during `'a`.
-    pub(crate) unsafe fn shared(ptr: *mut u8, len: usize) -> Self {
+    pub unsafe fn from_raw_shared(ptr: *mut u8, len: usize) -> Self {
         BulkOut {
             ptr,
             len,
@@ -535,6 +537,24 @@ impl<'a> BulkOut<'a> {
         })
     }
 
+    /// The first min(`len`, `self.len()`) bytes, as the view itself.
+    pub fn truncated(self, len: usize) -> BulkOut<'a> {
+        BulkOut {
+            len: len.min(self.len),
+            ..self
+        }
+    }
+
+    /// The same bytes for a shorter borrow, so the view can be passed on and used again.
+    pub fn reborrow(&mut self) -> BulkOut<'_> {
+        BulkOut {
+            ptr: self.ptr,
+            len: self.len,
+            shared: self.shared,
+            _bytes: PhantomData,
+        }
+    }
+
     /// The address of the first byte, for the kernel to read `len()` bytes from.
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr
@@ -619,7 +639,7 @@ impl<'a> BulkInArg<'a> {
                 // `'a` (the task holds the share); the runtime makes no reference into
                 // shares, and no task writes this range until the claim is released with
                 // `held`, which lives as long as the view can.
-                let view = unsafe { BulkIn::shared(held.ptr(), held.len()) };
+                let view = unsafe { BulkIn::from_raw_shared(held.ptr(), held.len()) };
                 Ok(BulkInArg {
                     view,
                     _held: Some(held),
@@ -703,7 +723,7 @@ impl<'a> BulkOutArg<'a> {
                 // SAFETY: in bounds of the mapped share, which outlives `'a`; the claim
                 // is exclusive and lives as long as the view can (it borrows `self`),
                 // and the runtime makes no reference into shares.
-                unsafe { BulkOut::shared(held.ptr(), held.len()) }
+                unsafe { BulkOut::from_raw_shared(held.ptr(), held.len()) }
             }
         }
     }
@@ -1023,6 +1043,8 @@ mod tests {
             })
         );
         assert!(out.write_at(usize::MAX, b"x").is_err());
+        assert_eq!(out.reborrow().truncated(99).len(), 10);
+        assert_eq!(out.reborrow().truncated(4).to_vec(), b"0123");
         let mut part = out.subslice_mut(2, 3).unwrap();
         part.fill(b'-');
         assert!(part.subslice_mut(1, 3).is_err());

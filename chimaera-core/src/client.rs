@@ -254,41 +254,181 @@ impl RawPending {
     }
 }
 
-/// A submitted task whose result is not yet collected.
-#[must_use = "a pending task does nothing unless waited for; use spawn_* for fire-and-forget"]
-pub struct Pending<T> {
-    raw: RawPending,
-    decode: fn(&[u8]) -> Result<T, TaskError>,
+/// Client buffers lent to a call: the `&mut [u8]` its handler writes (filled from the
+/// output when it came back inline), and whether dropping the call must wait for it.
+///
+/// Made by generated clients (`async_*` methods); the buffers' lifetime `'a` is the
+/// [`Pending`]'s, so the caller can neither touch nor free them while the call is in
+/// flight.
+#[doc(hidden)]
+pub struct Lent<'a> {
+    outs: LentOuts<'a>,
+    /// The runtime may access the client's memory until the call completes.
+    wait_on_drop: bool,
 }
 
-impl<T> Pending<T> {
+enum LentOuts<'a> {
+    None,
+    One(&'a mut [u8]),
+    Many(Vec<&'a mut [u8]>),
+}
+
+impl<'a> LentOuts<'a> {
+    fn as_slices(&mut self) -> &mut [&'a mut [u8]] {
+        match self {
+            LentOuts::None => &mut [],
+            LentOuts::One(out) => std::slice::from_mut(out),
+            LentOuts::Many(outs) => outs,
+        }
+    }
+}
+
+impl<'a> Lent<'a> {
+    /// Nothing lent: a call without bulk arguments.
+    pub fn nothing() -> Lent<'static> {
+        Lent {
+            outs: LentOuts::None,
+            wait_on_drop: false,
+        }
+    }
+
+    /// A call with bulk arguments sent through `client`, whose handler writes `outs`.
+    /// Over shared memory such arguments may travel by reference, so the call is waited
+    /// for if its `Pending` is dropped early; in process they are always copied.
+    pub fn buffers<const N: usize>(client: &Client, outs: [&'a mut [u8]; N]) -> Lent<'a> {
+        let outs = match outs.len() {
+            0 => LentOuts::None,
+            1 => match outs.into_iter().next() {
+                Some(out) => LentOuts::One(out),
+                None => LentOuts::None,
+            },
+            _ => LentOuts::Many(Vec::from(outs)),
+        };
+        Lent {
+            outs,
+            wait_on_drop: client.is_remote(),
+        }
+    }
+}
+
+/// How a [`Pending`] turns output bytes into its result.
+enum Decode<T> {
+    Plain(fn(&[u8]) -> Result<T, TaskError>),
+    /// Also copies bulk outputs that came back inline into the lent buffers.
+    WritingBack(fn(&[u8], &mut [&mut [u8]]) -> Result<T, TaskError>),
+}
+
+impl<T> Decode<T> {
+    fn run(&self, bytes: &[u8], outs: &mut LentOuts<'_>) -> Result<T, TaskError> {
+        match self {
+            Decode::Plain(decode) => decode(bytes),
+            Decode::WritingBack(decode) => decode(bytes, outs.as_slices()),
+        }
+    }
+}
+
+/// A submitted task whose result is not yet collected.
+///
+/// It borrows, for `'a`, the client buffers the call's bulk arguments came from — mutably
+/// those its handler writes — so they can be neither touched nor freed before the result
+/// is in: the runtime may be reading or writing them. `wait` fills the lent `&mut [u8]`
+/// buffers (in place, or from an inline output) and returns the task's value.
+///
+/// **Dropping** a `Pending` whose call lent buffers over shared memory **waits for the
+/// call to complete** (the runtime must be done with the memory before the borrow ends);
+/// any other `Pending` is dropped at once and its result discarded.
+#[must_use = "a pending task does nothing unless waited for; use spawn_* for fire-and-forget"]
+pub struct Pending<'a, T> {
+    /// `None` once waited for.
+    raw: Option<RawPending>,
+    decode: Decode<T>,
+    lent: Lent<'a>,
+}
+
+impl<T> Pending<'static, T> {
     /// Wraps raw results whose output bytes `decode` turns into `T`.
     pub fn new(raw: RawPending, decode: fn(&[u8]) -> Result<T, TaskError>) -> Self {
-        Pending { raw, decode }
+        Pending {
+            raw: Some(raw),
+            decode: Decode::Plain(decode),
+            lent: Lent::nothing(),
+        }
+    }
+}
+
+impl<'a, T> Pending<'a, T> {
+    /// Wraps raw results of a call that borrowed `lent`; `decode` also writes bulk
+    /// outputs into the lent buffers.
+    #[doc(hidden)]
+    pub fn lending(
+        raw: RawPending,
+        decode: fn(&[u8], &mut [&mut [u8]]) -> Result<T, TaskError>,
+        lent: Lent<'a>,
+    ) -> Self {
+        Pending {
+            raw: Some(raw),
+            decode: Decode::WritingBack(decode),
+            lent,
+        }
     }
 
     /// Whether every replica has answered (waiting would not block).
     pub fn is_done(&self) -> bool {
-        self.raw.is_done()
+        self.raw.as_ref().is_none_or(RawPending::is_done)
     }
 
     /// Waits for the result. With several replicas the first error (by container) wins,
     /// else the result of the lowest container is returned.
-    pub fn wait(self) -> Result<T, TaskError> {
-        match self.raw.0 {
-            PendingInner::SharedMemory(call) => call.wait_decoded(self.decode),
-            PendingInner::InProcess(completion) => decode_first(completion.wait(), self.decode),
+    pub fn wait(mut self) -> Result<T, TaskError> {
+        let raw = self.raw.take().ok_or(TaskError::NotRun)?;
+        let (decode, outs) = (&self.decode, &mut self.lent.outs);
+        match raw.0 {
+            PendingInner::SharedMemory(call) => {
+                let outs = std::cell::RefCell::new(outs);
+                call.wait_decoded(&|bytes| decode.run(bytes, &mut outs.borrow_mut()))
+            }
+            PendingInner::InProcess(completion) => {
+                decode_first(completion.wait(), |bytes| decode.run(bytes, outs))
+            }
         }
     }
 
     /// Waits for every replica and returns each one's result, by container.
-    pub fn wait_all(self) -> Vec<(ContainerId, Result<T, TaskError>)> {
-        let decode = self.decode;
-        self.raw
-            .wait()
+    pub fn wait_all(mut self) -> Vec<(ContainerId, Result<T, TaskError>)> {
+        let Some(raw) = self.raw.take() else {
+            return vec![(0, Err(TaskError::NotRun))];
+        };
+        let (decode, outs) = (&self.decode, &mut self.lent.outs);
+        raw.wait()
             .into_iter()
-            .map(|(container, result)| (container, result.and_then(|bytes| decode(&bytes))))
+            .map(|(container, result)| {
+                (
+                    container,
+                    result.and_then(|bytes| decode.run(&bytes, outs)),
+                )
+            })
             .collect()
+    }
+}
+
+impl<T> Drop for Pending<'_, T> {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            if self.lent.wait_on_drop {
+                // The runtime may still read or write the lent buffers: keep them
+                // borrowed until it is done (the result itself is discarded).
+                drop(raw.wait());
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Pending<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("done", &self.is_done())
+            .field("waits_on_drop", &self.lent.wait_on_drop)
+            .finish()
     }
 }
 
@@ -296,7 +436,7 @@ impl<T> Pending<T> {
 /// wins, else the lowest container's output is decoded.
 pub(crate) fn decode_first<T>(
     results: Vec<(ContainerId, Result<Bytes, TaskError>)>,
-    decode: fn(&[u8]) -> Result<T, TaskError>,
+    decode: impl FnOnce(&[u8]) -> Result<T, TaskError>,
 ) -> Result<T, TaskError> {
     let mut first_output = None;
     for (_, result) in results {
