@@ -3,8 +3,8 @@
 //! path, so it never depends on what the user has imported.
 pub use crate::admin_api::PoolOptions;
 pub use crate::bulk::{
-    copy_in as bulk_copy_in, write_back as bulk_write_back, ArchivedBulk, Bulk, BulkIn,
-    BulkInArg, BulkOut, BulkOutArg, BulkShare,
+    copy_in as bulk_copy_in, write_back as bulk_write_back, ArchivedBulk, Bulk, BulkIn, BulkInArg,
+    BulkOut, BulkOutArg, BulkShare,
 };
 pub use crate::client::{Client, Lent, Pending, TaskHandle};
 pub use crate::codec::{

@@ -42,9 +42,9 @@
 //! trusts none of them, so the runtime stays sound, only the task's data is garbage.
 //! The typed client makes that impossible in safe code: the `Pending` of a call borrows
 //! its bulk arguments until the call completes (see [`crate::client::Pending`]).
-use crate::codec::SliceRef;
 #[cfg(test)]
 use crate::codec::Bytes;
+use crate::codec::SliceRef;
 use crate::error::TaskError;
 use std::alloc::Layout;
 use std::borrow::Cow;
@@ -960,7 +960,10 @@ mod tests {
         let arg = BulkInArg::open(Some(&share), wire).unwrap();
         assert_eq!(arg.view().len(), 64);
         assert!(arg.view().is_shared());
-        assert!(BulkInArg::open(None, wire).is_err(), "no share, no reference");
+        assert!(
+            BulkInArg::open(None, wire).is_err(),
+            "no share, no reference"
+        );
     }
 
     #[test]
@@ -1004,7 +1007,10 @@ mod tests {
         arg.as_mut_slice().copy_from_slice(b"written!");
         let reader_bytes = super::tests::wire(0, 64);
         let whole = access::<ArchivedBulk>(&reader_bytes, "input").unwrap();
-        assert!(BulkInArg::open(Some(&share), whole).is_err(), "still claimed");
+        assert!(
+            BulkInArg::open(Some(&share), whole).is_err(),
+            "still claimed"
+        );
         assert_eq!(arg.into_wire(), Bulk::Shared { offset: 8, len: 8 });
         let after = copy_in(Some(&share), whole).unwrap();
         assert_eq!(&after[8..16], b"written!");
@@ -1026,7 +1032,10 @@ mod tests {
         assert!(!view_arg.view().is_shared());
         view_arg.view().write_at(2, &[7]).unwrap();
         assert_eq!(view_arg.into_wire(), Bulk::Inline(vec![1, 2, 7]));
-        assert!(matches!(copy_in(None, wire).unwrap(), Cow::Borrowed(&[1, 2, 3])));
+        assert!(matches!(
+            copy_in(None, wire).unwrap(),
+            Cow::Borrowed(&[1, 2, 3])
+        ));
     }
 
     #[test]

@@ -402,10 +402,7 @@ impl<'a, T> Pending<'a, T> {
         raw.wait()
             .into_iter()
             .map(|(container, result)| {
-                (
-                    container,
-                    result.and_then(|bytes| decode.run(&bytes, outs)),
-                )
+                (container, result.and_then(|bytes| decode.run(&bytes, outs)))
             })
             .collect()
     }

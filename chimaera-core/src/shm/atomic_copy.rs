@@ -108,7 +108,9 @@ mod tests {
     /// is touched.
     #[test]
     fn copies_of_every_alignment_round_trip() {
-        let source: Vec<u8> = (0..64u8).map(|b| b.wrapping_mul(37).wrapping_add(1)).collect();
+        let source: Vec<u8> = (0..64u8)
+            .map(|b| b.wrapping_mul(37).wrapping_add(1))
+            .collect();
         for start in 0..WORD * 2 {
             for len in 0..40 {
                 let mut shared = vec![0xeeu8; 64];

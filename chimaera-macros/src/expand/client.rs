@@ -168,10 +168,7 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
     } else {
         quote!('static)
     };
-    let sync_params: Vec<_> = task
-        .wire_args()
-        .map(|arg| param(arg, Form::Sync))
-        .collect();
+    let sync_params: Vec<_> = task.wire_args().map(|arg| param(arg, Form::Sync)).collect();
     let async_params: Vec<_> = task
         .wire_args()
         .map(|arg| param(arg, Form::Async(&call)))
@@ -211,7 +208,10 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
     } else {
         let types = yielded.iter().map(|(_, ty, _)| ty);
         let fields = yielded.iter().map(|(_, _, field)| field);
-        (quote!((#ret, #(#types),*)), quote!((#out.0, #(#out.#fields),*)))
+        (
+            quote!((#ret, #(#types),*)),
+            quote!((#out.0, #(#out.#fields),*)),
+        )
     };
     let decode = quote! {
         |#bytes: &[u8], #outs: &mut [&mut [u8]]| -> ::core::result::Result<#pending, #private::TaskError> {

@@ -354,9 +354,8 @@ fn handler_call(
                 writes: false,
                 view: true,
             }) => {
-                bindings.push(
-                    quote!(let #local = #private::BulkInArg::open(#share, &#value.#field)?;),
-                );
+                bindings
+                    .push(quote!(let #local = #private::BulkInArg::open(#share, &#value.#field)?;));
                 passed.push(quote!(#private::BulkInArg::view(&#local)));
             }
             ArgKind::Bulk(BulkArg {

@@ -71,7 +71,8 @@ impl Buffer {
         // SAFETY: the range lies inside the allocation (caller's contract), which is
         // private to this device, and the page locks make this the only access to those
         // bytes right now, so a short-lived `&mut [u8]` over them is sound.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), data.len()) };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), data.len()) };
         // The view copies atomically when its bytes lie in a client's shared memory;
         // the lengths match, so this cannot fail.
         let _ = data.read_at(0, dst);

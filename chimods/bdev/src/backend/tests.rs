@@ -181,7 +181,10 @@ fn written_bytes_read_back_at_any_offset_and_length() {
             for misalign in [0, 3] {
                 let mut shared = SharedMapping::new(len + 4096);
                 let reversed: Vec<u8> = data.iter().rev().copied().collect();
-                shared.view_mut(misalign, len).write_at(0, &reversed).unwrap();
+                shared
+                    .view_mut(misalign, len)
+                    .write_at(0, &reversed)
+                    .unwrap();
                 let written = device.write_at(offset, shared.view(misalign, len));
                 assert_eq!(written.unwrap(), len as u64, "{name} shared {offset}");
                 shared.view_mut(misalign, len).fill(0);

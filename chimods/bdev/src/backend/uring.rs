@@ -250,7 +250,13 @@ impl UringQueue {
     /// # Safety
     /// `buf..buf + len` must be writable memory that nothing in this process accesses
     /// until the call returns (the kernel writes it; another process may too).
-    unsafe fn read_at(&self, fd: RawFd, buf: *mut u8, len: usize, offset: u64) -> io::Result<usize> {
+    unsafe fn read_at(
+        &self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         let entry = opcode::Read::new(types::Fd(fd), buf, len)
             .offset(offset)
@@ -265,7 +271,13 @@ impl UringQueue {
     ///
     /// # Safety
     /// `buf..buf + len` must be readable memory that stays mapped until the call returns.
-    unsafe fn write_at(&self, fd: RawFd, buf: *const u8, len: usize, offset: u64) -> io::Result<usize> {
+    unsafe fn write_at(
+        &self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         let entry = opcode::Write::new(types::Fd(fd), buf, len)
             .offset(offset)
@@ -543,7 +555,12 @@ mod tests {
                             .unwrap();
                         let mut back = [0u8; 512];
                         queue
-                            .read_exact_at(&permit, fd, BulkOut::from(&mut back[..]), u64::from(i) * 512)
+                            .read_exact_at(
+                                &permit,
+                                fd,
+                                BulkOut::from(&mut back[..]),
+                                u64::from(i) * 512,
+                            )
                             .unwrap();
                         assert_eq!(back, data);
                     })
