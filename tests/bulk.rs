@@ -28,7 +28,8 @@ struct RuntimeProcess {
 impl RuntimeProcess {
     fn start(test: &str) -> RuntimeProcess {
         let instance = format!("b{}-{test}", std::process::id());
-        let config_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
+        let config_path =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
         std::fs::write(&config_path, format!("instance: {instance}\n")).unwrap();
         let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
         let child = Command::new(std::env::current_exe().unwrap())
@@ -114,7 +115,10 @@ fn handlers_read_shared_buffers_through_views_and_private_copies() {
     // Whole and at odd offsets and lengths (unaligned words at both ends of the copy).
     for (at, len) in [(0, 10_000), (3, 4093), (4095, 9), (9_999, 1)] {
         let part = &buffer[at..at + len];
-        assert!(chi.bulk_ref(part).is_shared(), "{at}+{len} travels by reference");
+        assert!(
+            chi.bulk_ref(part).is_shared(),
+            "{at}+{len} travels by reference"
+        );
         assert_eq!(
             probe.sum_plain(q, part).unwrap(),
             (sum(part), len as u64),
@@ -145,7 +149,10 @@ fn written_buffers_come_back_in_place_or_inline() {
     // `&mut [u8]`: the handler sees a private copy of what the buffer held, and its
     // writes are copied back into the client's buffer.
     let before = sum(&buffer[100..4196]);
-    assert_eq!(probe.fill_plain(q, &mut buffer[100..4196], 7).unwrap(), before);
+    assert_eq!(
+        probe.fill_plain(q, &mut buffer[100..4196], 7).unwrap(),
+        before
+    );
     assert_eq!(&buffer[100..4196], &pattern(7, 4096)[..]);
     assert_eq!(&buffer[..100], &pattern(1, 8192)[..100], "nothing before");
     assert_eq!(&buffer[4196..], &pattern(1, 8192)[4196..], "nothing after");
@@ -154,12 +161,18 @@ fn written_buffers_come_back_in_place_or_inline() {
     assert!(probe.fill_view(q, &mut buffer[5..8000], 3).unwrap());
     assert_eq!(&buffer[5..8000], &pattern(3, 7995)[..]);
     let pending = probe.async_fill_view(q, &mut buffer, 4).unwrap();
-    assert!(pending.wait().unwrap(), "in place: the output carries no bytes");
+    assert!(
+        pending.wait().unwrap(),
+        "in place: the output carries no bytes"
+    );
     assert_eq!(&buffer[..], &pattern(4, 8192)[..]);
 
     // Heap slices: inline both ways, written back by the client.
     let mut heap = pattern(2, 3000);
-    assert_eq!(probe.fill_plain(q, &mut heap, 8).unwrap(), sum(&pattern(2, 3000)));
+    assert_eq!(
+        probe.fill_plain(q, &mut heap, 8).unwrap(),
+        sum(&pattern(2, 3000))
+    );
     assert_eq!(heap, pattern(8, 3000));
     assert!(!probe.fill_view(q, &mut heap, 9).unwrap());
     assert_eq!(heap, pattern(9, 3000));

@@ -311,11 +311,15 @@ impl<'a> Lent<'a> {
     }
 }
 
+/// Decodes a call's output bytes and writes the byte-buffer outputs that came back
+/// inline into the lent buffers (in the order of the task's arguments).
+pub type DecodeWritingBack<T> = fn(&[u8], &mut [&mut [u8]]) -> Result<T, TaskError>;
+
 /// How a [`Pending`] turns output bytes into its result.
 enum Decode<T> {
     Plain(fn(&[u8]) -> Result<T, TaskError>),
     /// Also copies bulk outputs that came back inline into the lent buffers.
-    WritingBack(fn(&[u8], &mut [&mut [u8]]) -> Result<T, TaskError>),
+    WritingBack(DecodeWritingBack<T>),
 }
 
 impl<T> Decode<T> {
@@ -360,11 +364,7 @@ impl<'a, T> Pending<'a, T> {
     /// Wraps raw results of a call that borrowed `lent`; `decode` also writes bulk
     /// outputs into the lent buffers.
     #[doc(hidden)]
-    pub fn lending(
-        raw: RawPending,
-        decode: fn(&[u8], &mut [&mut [u8]]) -> Result<T, TaskError>,
-        lent: Lent<'a>,
-    ) -> Self {
+    pub fn lending(raw: RawPending, decode: DecodeWritingBack<T>, lent: Lent<'a>) -> Self {
         Pending {
             raw: Some(raw),
             decode: Decode::WritingBack(decode),
@@ -380,6 +380,25 @@ impl<'a, T> Pending<'a, T> {
     /// Waits for the result. With several replicas the first error (by container) wins,
     /// else the result of the lowest container is returned.
     pub fn wait(mut self) -> Result<T, TaskError> {
+        self.collect()
+    }
+
+    /// Waits like [`wait`](Self::wait), then hands back the `&mut [u8]` buffers the call
+    /// borrowed (filled, in the order of the task's arguments), so the caller can lend
+    /// them to another call: a window of calls in flight over a fixed set of buffers.
+    pub fn wait_and_return_buffers(mut self) -> (Result<T, TaskError>, ReturnedBuffers<'a>) {
+        let result = self.collect();
+        let outs = std::mem::replace(&mut self.lent.outs, LentOuts::None);
+        let returned = match outs {
+            LentOuts::None => ReturnedBuffers::None,
+            LentOuts::One(out) => ReturnedBuffers::One(out),
+            LentOuts::Many(outs) => ReturnedBuffers::Many(outs.into_iter()),
+        };
+        (result, returned)
+    }
+
+    /// Waits for the call (once) and decodes its result.
+    fn collect(&mut self) -> Result<T, TaskError> {
         let raw = self.raw.take().ok_or(TaskError::NotRun)?;
         let (decode, outs) = (&self.decode, &mut self.lent.outs);
         match raw.0 {
@@ -405,6 +424,34 @@ impl<'a, T> Pending<'a, T> {
                 (container, result.and_then(|bytes| decode.run(&bytes, outs)))
             })
             .collect()
+    }
+}
+
+/// The `&mut [u8]` buffers a completed call hands back
+/// ([`Pending::wait_and_return_buffers`]).
+#[derive(Debug)]
+pub enum ReturnedBuffers<'a> {
+    /// The call borrowed none.
+    None,
+    /// The one it borrowed.
+    One(&'a mut [u8]),
+    /// Those it borrowed, in order.
+    Many(std::vec::IntoIter<&'a mut [u8]>),
+}
+
+impl<'a> Iterator for ReturnedBuffers<'a> {
+    type Item = &'a mut [u8];
+
+    fn next(&mut self) -> Option<&'a mut [u8]> {
+        match std::mem::replace(self, ReturnedBuffers::None) {
+            ReturnedBuffers::None => None,
+            ReturnedBuffers::One(out) => Some(out),
+            ReturnedBuffers::Many(mut outs) => {
+                let next = outs.next();
+                *self = ReturnedBuffers::Many(outs);
+                next
+            }
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub mod worker;
 pub mod __private;
 
 pub use bulk::{Buffer, BulkIn, BulkOut, BulkRangeError};
-pub use client::{Client, Pending, TaskHandle};
+pub use client::{Client, Pending, ReturnedBuffers, TaskHandle};
 pub use config::RuntimeConfig;
 pub use context::RunContext;
 pub use error::TaskError;

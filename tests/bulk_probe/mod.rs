@@ -27,10 +27,7 @@ impl BulkProbe {
     /// The sum and length of a private copy of `data`.
     #[task(method = 10)]
     fn sum_plain(&self, data: &[u8]) -> (u64, u64) {
-        (
-            data.iter().map(|&b| u64::from(b)).sum(),
-            data.len() as u64,
-        )
+        (data.iter().map(|&b| u64::from(b)).sum(), data.len() as u64)
     }
 
     /// The sum of `data` read through the view, and whether it lay in shared memory.

@@ -462,14 +462,14 @@ fn concurrent_clients(rt: &Runtime, bdev: &BdevClient) {
                     // The writes' bytes live until their calls complete: each `Pending`
                     // borrows its buffer.
                     let mut sources = Vec::new();
-                    for i in 0..blocks.len() {
+                    for (i, last) in last.iter_mut().enumerate() {
                         state = state
                             .wrapping_mul(6364136223846793005)
                             .wrapping_add(1442695040888963407);
                         if state >> 63 == 0 {
                             let seed = t << 32 | round << 16 | i as u64;
                             sources.push((i, pattern(seed, 4096)));
-                            last[i] = Some(seed);
+                            *last = Some(seed);
                         }
                     }
                     let writes: Vec<_> = sources
