@@ -41,7 +41,13 @@
 //! flight uses it. The handler then sees whichever bytes are there; it reads copies and
 //! trusts none of them, so the runtime stays sound, only the task's data is garbage.
 //! The typed client makes that impossible in safe code: the `Pending` of a call borrows
-//! its bulk arguments until the call completes (see [`crate::client::Pending`]).
+//! its bulk arguments until the call completes, and waits for the call when dropped
+//! (see [`crate::client::Pending`]); `spawn_*` and `create` send copies. Two ways
+//! remain, both affecting only the client that takes them: leaking a `Pending`
+//! (`mem::forget` skips the wait of its drop), and a raw [`Client::submit`] whose
+//! hand-made input references the client's own buffers.
+//!
+//! [`Client::submit`]: crate::Client::submit
 #[cfg(test)]
 use crate::codec::Bytes;
 use crate::codec::SliceRef;

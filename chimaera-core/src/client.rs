@@ -341,6 +341,11 @@ impl<T> Decode<T> {
 /// **Dropping** a `Pending` whose call lent buffers over shared memory **waits for the
 /// call to complete** (the runtime must be done with the memory before the borrow ends);
 /// any other `Pending` is dropped at once and its result discarded.
+///
+/// Leaking one (`std::mem::forget`) skips that wait, as for any guard: the borrow ends
+/// while the runtime may still use the buffers. The runtime stays sound (it copies and
+/// trusts nothing), but this client's buffer may then change under it. Do not leak a
+/// `Pending` that lent buffers.
 #[must_use = "a pending task does nothing unless waited for; use spawn_* for fire-and-forget"]
 pub struct Pending<'a, T> {
     /// `None` once waited for.
