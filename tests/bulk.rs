@@ -210,6 +210,33 @@ fn a_dropped_pending_keeps_its_buffer_until_the_runtime_is_done() {
     );
 }
 
+/// A leaked `Pending` skips the wait of its drop: its buffer, dropped while the call is
+/// in flight, keeps its memory out of the share (leaked), so the runtime's late write
+/// never lands in a new buffer.
+#[test]
+fn a_leaked_pending_never_lets_its_buffer_memory_be_reused() {
+    let runtime = RuntimeProcess::start("leak");
+    let (chi, probe) = runtime.probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(4096).unwrap();
+    std::mem::forget(probe.async_fill_later(q, &mut buffer, 300).unwrap());
+    drop(buffer);
+    let fresh = chi.allocate_buffer(4096).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe.finished(q).unwrap() < 1 {
+        assert!(Instant::now() < deadline, "the task never finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        fresh.iter().all(|&b| b == 0),
+        "a buffer passed to no task was written"
+    );
+    // A buffer dropped after its calls are over gives its memory back as before.
+    let reused = fresh.as_ptr();
+    drop(fresh);
+    assert_eq!(chi.allocate_buffer(4096).unwrap().as_ptr(), reused);
+}
+
 /// A hostile client: tasks reference a buffer (by a hand-made reference, as raw
 /// submissions can) while the client rewrites it without pause. The runtime copies
 /// atomically and trusts none of the bytes: every task answers, and the runtime serves

@@ -54,9 +54,10 @@ use crate::codec::SliceRef;
 use crate::error::TaskError;
 use std::alloc::Layout;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 pub use wire::{ArchivedBulkWire, BulkWire};
 
@@ -868,6 +869,99 @@ impl Buffer {
     /// reference) rather than on the heap.
     pub fn is_shared(&self) -> bool {
         matches!(self.owner, BufferOwner::Share(_))
+    }
+}
+
+impl Buffer {
+    /// Makes this shared buffer known to `table` (its memory starts at `offset` of the
+    /// share): from now on, dropping it while a call has it lent gives the memory back
+    /// only once the last such call is over.
+    pub(crate) fn track_lending(mut self, table: &Arc<LendingTable>, offset: u64) -> Buffer {
+        let BufferOwner::Share(free) =
+            std::mem::replace(&mut self.owner, BufferOwner::Heap(Layout::new::<u8>()))
+        else {
+            return self;
+        };
+        let state = Arc::new(LendState::default());
+        crate::task::lock(&table.buffers).insert(offset, (self.len as u64, Arc::downgrade(&state)));
+        let table = table.clone();
+        self.owner = BufferOwner::Share(Box::new(move || {
+            state.free_when_returned(Box::new(move || {
+                // The entry is this buffer's until its memory goes back: no other buffer
+                // can start at `offset` before `free` runs.
+                crate::task::lock(&table.buffers).remove(&offset);
+                free();
+            }));
+        }));
+        self
+    }
+}
+
+/// The shared buffers of one client connection, by where they start in its share, so
+/// that a call can mark the buffers its arguments lie in as lent.
+///
+/// Why: a `Pending` that borrowed a buffer waits for its call when dropped, but one that
+/// is leaked (`mem::forget`) does not, and its buffer may then be dropped while the
+/// runtime still writes it. A buffer dropped while lent keeps its memory out of the
+/// share until every call that has it lent is over — forever, for a leaked call — so
+/// the runtime's late write never lands in another buffer.
+#[derive(Default)]
+pub(crate) struct LendingTable {
+    /// Start offset → (length, lending state of the live buffer there).
+    buffers: Mutex<BTreeMap<u64, (u64, Weak<LendState>)>>,
+}
+
+impl LendingTable {
+    /// The lending state of the live buffer holding `offset..offset + len`, marked lent
+    /// once more.
+    pub(crate) fn lend(&self, offset: u64, len: u64) -> Option<Arc<LendState>> {
+        let buffers = crate::task::lock(&self.buffers);
+        let (start, (buffer_len, state)) = buffers.range(..=offset).next_back()?;
+        let end = offset.checked_add(len)?;
+        if end > start.checked_add(*buffer_len)? {
+            return None;
+        }
+        let state = state.upgrade()?;
+        crate::task::lock(&state.inner).lent += 1;
+        Some(state)
+    }
+}
+
+/// How many calls in flight have a buffer lent, and what to do once none has.
+#[derive(Default)]
+pub(crate) struct LendState {
+    inner: Mutex<LendInner>,
+}
+
+#[derive(Default)]
+struct LendInner {
+    lent: u32,
+    /// The buffer was dropped while lent: this gives its memory back.
+    deferred_free: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl LendState {
+    /// One call that had the buffer lent is over.
+    pub(crate) fn give_back(&self) {
+        let mut inner = crate::task::lock(&self.inner);
+        inner.lent = inner.lent.saturating_sub(1);
+        if inner.lent == 0 {
+            if let Some(free) = inner.deferred_free.take() {
+                drop(inner);
+                free();
+            }
+        }
+    }
+
+    /// The buffer was dropped: `free` runs now, or once no call has it lent.
+    fn free_when_returned(&self, free: Box<dyn FnOnce() + Send + Sync>) {
+        let mut inner = crate::task::lock(&self.inner);
+        if inner.lent == 0 {
+            drop(inner);
+            free();
+        } else {
+            inner.deferred_free = Some(free);
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 //! A client made by `RunContext::client` submits *subtasks*: they inherit the parent's
 //! TaskNode group, which the coroutine locks use to let them through a lock their parent
 //! holds.
-use crate::bulk::{Buffer, BulkRef, BulkWire};
+use crate::bulk::{Buffer, BulkRef, BulkWire, LendState, LendingTable};
 use crate::codec::{Bytes, OutputBuffer, SliceRef};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
@@ -33,7 +33,11 @@ enum Transport {
         shared: Arc<Shared>,
         parent: Option<TaskNode>,
     },
-    SharedMemory(Arc<ShmConnection>),
+    SharedMemory {
+        connection: Arc<ShmConnection>,
+        /// This connection's buffers, for calls to mark as lent.
+        lending: Arc<LendingTable>,
+    },
 }
 
 /// A connection to a runtime, cheap to clone.
@@ -50,7 +54,7 @@ impl std::fmt::Debug for Client {
                 .field("transport", &"in-process")
                 .field("parent", parent)
                 .finish(),
-            Transport::SharedMemory(connection) => f
+            Transport::SharedMemory { connection, .. } => f
                 .debug_struct("Client")
                 .field("transport", &"shared memory")
                 .field("instance", &connection.instance().as_str())
@@ -77,7 +81,10 @@ impl Client {
     pub fn connect_to(config: &RuntimeConfig) -> Result<Client, ConnectError> {
         let connection = ShmConnection::connect(&config.instance)?;
         Ok(Client {
-            transport: Transport::SharedMemory(connection),
+            transport: Transport::SharedMemory {
+                connection,
+                lending: Arc::default(),
+            },
         })
     }
 
@@ -85,14 +92,14 @@ impl Client {
     #[doc(hidden)]
     pub fn shm_connection(&self) -> Option<&Arc<ShmConnection>> {
         match &self.transport {
-            Transport::SharedMemory(connection) => Some(connection),
+            Transport::SharedMemory { connection, .. } => Some(connection),
             Transport::InProcess { .. } => None,
         }
     }
 
     /// Whether this client talks to its runtime over shared memory.
     pub fn is_remote(&self) -> bool {
-        matches!(self.transport, Transport::SharedMemory(_))
+        matches!(self.transport, Transport::SharedMemory { .. })
     }
 
     /// A zeroed, 4 KiB-aligned byte buffer whose bytes travel by reference when passed
@@ -106,7 +113,16 @@ impl Client {
     pub fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
         match &self.transport {
             Transport::InProcess { .. } => Buffer::heap(len),
-            Transport::SharedMemory(connection) => connection.allocate_buffer(len),
+            Transport::SharedMemory {
+                connection,
+                lending,
+            } => {
+                let buffer = connection.allocate_buffer(len)?;
+                Ok(match connection.bulk_ref(&buffer) {
+                    BulkWire::Shared { offset, .. } => buffer.track_lending(lending, offset),
+                    BulkWire::Inline(_) => buffer,
+                })
+            }
         }
     }
 
@@ -115,7 +131,7 @@ impl Client {
     pub fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
         match &self.transport {
             Transport::InProcess { .. } => BulkWire::Inline(SliceRef(bytes)),
-            Transport::SharedMemory(connection) => connection.bulk_ref(bytes),
+            Transport::SharedMemory { connection, .. } => connection.bulk_ref(bytes),
         }
     }
 
@@ -136,7 +152,7 @@ impl Client {
                 encode(&mut buffer)?;
                 self.submit(pool, method, query, buffer.into_bytes(), None)
             }
-            Transport::SharedMemory(connection) => {
+            Transport::SharedMemory { connection, .. } => {
                 let call = connection.submit_with(pool, method, query, encode)?;
                 Ok(RawPending(PendingInner::SharedMemory(call)))
             }
@@ -167,7 +183,7 @@ impl Client {
                     .map(|c| RawPending(PendingInner::InProcess(c)))
                     .ok_or(TaskError::NotRun)
             }
-            Transport::SharedMemory(connection) => {
+            Transport::SharedMemory { connection, .. } => {
                 let call = connection.submit(pool, method, query, &input, schedule)?;
                 Ok(RawPending(PendingInner::SharedMemory(call)))
             }
@@ -198,7 +214,7 @@ impl Client {
                     cancel: cancel.map(Cancel::Local),
                 })
             }
-            Transport::SharedMemory(connection) => {
+            Transport::SharedMemory { connection, .. } => {
                 // The runtime acknowledges that the task was queued (or says why not);
                 // a periodic task's acknowledgement carries its id, to cancel it by.
                 let call = connection.submit(pool, method, query, &input, Some(schedule))?;
@@ -265,6 +281,9 @@ pub struct Lent<'a> {
     outs: LentOuts<'a>,
     /// The runtime may access the client's memory until the call completes.
     wait_on_drop: bool,
+    /// The shared buffers the call's arguments lie in, marked lent until this is
+    /// dropped (after the call completed, or never if the `Pending` is leaked).
+    _marked: Marked,
 }
 
 enum LentOuts<'a> {
@@ -283,19 +302,64 @@ impl<'a> LentOuts<'a> {
     }
 }
 
+/// Buffers marked lent by one call (no allocation for a call with one).
+#[derive(Default)]
+struct Marked {
+    first: Option<Arc<LendState>>,
+    rest: Vec<Arc<LendState>>,
+}
+
+impl Marked {
+    fn push(&mut self, state: Arc<LendState>) {
+        match self.first {
+            None => self.first = Some(state),
+            Some(_) => self.rest.push(state),
+        }
+    }
+}
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        for state in self.first.iter().chain(&self.rest) {
+            state.give_back();
+        }
+    }
+}
+
 impl<'a> Lent<'a> {
     /// Nothing lent: a call without bulk arguments.
     pub fn nothing() -> Lent<'static> {
         Lent {
             outs: LentOuts::None,
             wait_on_drop: false,
+            _marked: Marked::default(),
         }
     }
 
-    /// A call with bulk arguments sent through `client`, whose handler writes `outs`.
-    /// Over shared memory such arguments may travel by reference, so the call is waited
-    /// for if its `Pending` is dropped early; in process they are always copied.
-    pub fn buffers<const N: usize>(client: &Client, outs: [&'a mut [u8]; N]) -> Lent<'a> {
+    /// A call with bulk arguments `ins` (read) and `outs` (written) sent through
+    /// `client`. Over shared memory such arguments may travel by reference: the call is
+    /// waited for if its `Pending` is dropped early, and the buffers they lie in are
+    /// marked lent meanwhile. In process they are always copied.
+    pub fn buffers<const M: usize, const N: usize>(
+        client: &Client,
+        ins: [&[u8]; M],
+        outs: [&'a mut [u8]; N],
+    ) -> Lent<'a> {
+        let mut marked = Marked::default();
+        if let Transport::SharedMemory {
+            connection,
+            lending,
+        } = &client.transport
+        {
+            let written = outs.iter().map(|out| &**out);
+            for bytes in ins.into_iter().chain(written) {
+                if let BulkWire::Shared { offset, len } = connection.bulk_ref(bytes) {
+                    if let Some(state) = lending.lend(offset, len) {
+                        marked.push(state);
+                    }
+                }
+            }
+        }
         let outs = match outs.len() {
             0 => LentOuts::None,
             1 => match outs.into_iter().next() {
@@ -307,6 +371,7 @@ impl<'a> Lent<'a> {
         Lent {
             outs,
             wait_on_drop: client.is_remote(),
+            _marked: marked,
         }
     }
 }

@@ -244,8 +244,12 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
         }
     };
     let lent = if lends {
+        let bulk_ins = task
+            .wire_args()
+            .filter(|arg| matches!(arg.kind, ArgKind::Bulk(_)) && !arg.kind.is_bulk_out())
+            .map(|arg| arg.ident);
         let bulk_outs = task.bulk_out_args().map(|arg| arg.ident);
-        quote!(#private::Lent::buffers(&self.client, [#(#bulk_outs),*]))
+        quote!(#private::Lent::buffers(&self.client, [#(#bulk_ins),*], [#(#bulk_outs),*]))
     } else {
         quote!(#private::Lent::nothing())
     };
