@@ -42,10 +42,13 @@
 //! trusts none of them, so the runtime stays sound, only the task's data is garbage.
 //! The typed client makes that impossible in safe code: the `Pending` of a call borrows
 //! its bulk arguments until the call completes, and waits for the call when dropped
-//! (see [`crate::client::Pending`]); `spawn_*` and `create` send copies. Two ways
-//! remain, both affecting only the client that takes them: leaking a `Pending`
-//! (`mem::forget` skips the wait of its drop), and a raw [`Client::submit`] whose
-//! hand-made input references the client's own buffers.
+//! (see [`crate::client::Pending`]); `spawn_*` and `create` send copies. A buffer
+//! dropped while a call has it lent (possible only by leaking that call's `Pending`)
+//! keeps its memory out of the share until the call is over ([`Buffer`]'s lending
+//! table), so a call never writes another buffer. Two ways remain, both affecting only
+//! the client that takes them: touching a live buffer after leaking the `Pending` that
+//! borrowed it, and a raw [`Client::submit`] whose hand-made input references the
+//! client's own buffers.
 //!
 //! [`Client::submit`]: crate::Client::submit
 #[cfg(test)]
@@ -807,7 +810,9 @@ pub fn write_back(dst: &mut [u8], out: Bulk) -> Result<(), TaskError> {
 /// The typed client's `async_*` methods return a `Pending` that borrows the buffer
 /// (mutably where the handler writes) until the call completes, and dropping that
 /// `Pending` waits for the call, so safe code can neither touch nor free the buffer
-/// meanwhile. `spawn_*` methods send a copy of the bytes instead.
+/// meanwhile. `spawn_*` methods send a copy of the bytes instead. A buffer dropped while
+/// a call still has it lent (its `Pending` leaked) gives its memory back only once that
+/// call is over — never, for a leaked call — so no call ever writes another buffer.
 pub struct Buffer {
     ptr: NonNull<u8>,
     len: usize,

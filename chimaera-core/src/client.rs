@@ -408,9 +408,11 @@ impl<T> Decode<T> {
 /// any other `Pending` is dropped at once and its result discarded.
 ///
 /// Leaking one (`std::mem::forget`) skips that wait, as for any guard: the borrow ends
-/// while the runtime may still use the buffers. The runtime stays sound (it copies and
-/// trusts nothing), but this client's buffer may then change under it. Do not leak a
-/// `Pending` that lent buffers.
+/// while the runtime may still use the buffers. A shared buffer dropped meanwhile keeps
+/// its memory out of the share for good (it was lent to a call that never ended, as far
+/// as this client knows), so no new buffer is ever written by that call; but a buffer
+/// still alive may change under the caller. The runtime stays sound either way. Do not
+/// leak a `Pending` that lent buffers.
 #[must_use = "a pending task does nothing unless waited for; use spawn_* for fire-and-forget"]
 pub struct Pending<'a, T> {
     /// `None` once waited for.
