@@ -861,8 +861,9 @@ impl Buffer {
         len: usize,
         free: Box<dyn FnOnce() + Send + Sync>,
     ) -> Buffer {
-        // SAFETY: the caller hands over `len` writable bytes at `ptr`.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        // SAFETY: the caller hands over `len` writable bytes at `ptr`; shared memory, so
+        // zeroed with atomic stores like every other access the runtime side may race.
+        unsafe { crate::shm::atomic_copy::fill(ptr.as_ptr(), len, 0) };
         Buffer {
             ptr,
             len,
@@ -1195,6 +1196,50 @@ mod tests {
         .unwrap();
         assert_eq!(&all[..3], &[0; 3], "nothing before the range");
         assert_eq!(&all[23..], &[0; 41], "nothing after the range");
+    }
+
+    /// A buffer dropped while lent gives its memory back once the last call that has
+    /// it lent is over; a range not inside one live buffer is lent by no buffer.
+    #[test]
+    fn a_buffer_dropped_while_lent_is_freed_when_given_back() {
+        let table = Arc::new(LendingTable::default());
+        let freed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut memory = vec![0u8; 8192];
+        let base = memory.as_mut_ptr();
+        let buffer_at = |offset: usize| {
+            let freed = freed.clone();
+            // SAFETY: `offset` is 0 or 4096, inside `memory`.
+            let ptr = NonNull::new(unsafe { base.add(offset) }).unwrap();
+            // SAFETY: 4096 bytes of `memory`, which outlives the buffers, given to one
+            // buffer each.
+            let buffer = unsafe {
+                Buffer::in_share(
+                    ptr,
+                    4096,
+                    Box::new(move || {
+                        freed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }),
+                )
+            };
+            buffer.track_lending(&table, offset as u64)
+        };
+        let (first, second) = (buffer_at(0), buffer_at(4096));
+        assert!(table.lend(4000, 200).is_none(), "spans two buffers");
+        assert!(table.lend(8000, 200).is_none(), "runs past the last one");
+        let lent_twice = (table.lend(10, 20).unwrap(), table.lend(0, 4096).unwrap());
+        drop(first);
+        let count = || freed.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(count(), 0, "still lent");
+        lent_twice.0.give_back();
+        assert_eq!(count(), 0, "still lent once");
+        lent_twice.1.give_back();
+        assert_eq!(count(), 1, "freed with the last give-back");
+        assert!(
+            table.lend(0, 10).is_none(),
+            "the freed buffer left the table"
+        );
+        drop(second);
+        assert_eq!(count(), 2, "never lent: freed at once");
     }
 
     #[test]
