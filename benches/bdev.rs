@@ -135,40 +135,51 @@ fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) ->
         .client()
         .allocate_buffer(BLOCK as usize * (DEPTH + 1))?;
     data.fill(0x5a);
-    let mut next_slice = 0usize;
     let mut rng = Rng(0x8765_4321 + u64::from(write));
-    let mut writes = VecDeque::with_capacity(DEPTH);
-    let mut reads = VecDeque::with_capacity(DEPTH);
     let start = Instant::now();
     let mut ops = 0u64;
-    while start.elapsed() < secs {
-        for _ in 0..64 {
-            let block = blocks[rng.below(blocks.len())];
-            next_slice = (next_slice + 1) % (DEPTH + 1);
-            let slice = &data[next_slice * BLOCK as usize..][..BLOCK as usize];
-            if write {
+    if write {
+        let mut next_slice = 0usize;
+        let mut writes = VecDeque::with_capacity(DEPTH);
+        while start.elapsed() < secs {
+            for _ in 0..64 {
+                let block = blocks[rng.below(blocks.len())];
+                next_slice = (next_slice + 1) % (DEPTH + 1);
+                let slice = &data[next_slice * BLOCK as usize..][..BLOCK as usize];
                 if writes.len() == DEPTH {
                     Pending::wait(writes.pop_front().expect("full window"))?;
                     ops += 1;
                 }
                 writes.push_back(bdev.async_write(local(), block, slice)?);
-            } else {
+            }
+        }
+        for pending in writes {
+            pending.wait()?;
+            ops += 1;
+        }
+    } else {
+        // A read borrows its slice mutably until it completes (the runtime fills it in
+        // place), then hands it back for the next read.
+        let mut free: VecDeque<&mut [u8]> = data.chunks_mut(BLOCK as usize).collect();
+        let mut reads = VecDeque::with_capacity(DEPTH);
+        while start.elapsed() < secs {
+            for _ in 0..64 {
+                let block = blocks[rng.below(blocks.len())];
                 if reads.len() == DEPTH {
-                    let (got, _) = Pending::wait(reads.pop_front().expect("full window"))?;
-                    debug_assert_eq!(got, BLOCK);
+                    let pending: Pending<'_, u64> = reads.pop_front().expect("full window");
+                    let (got, slices) = pending.wait_and_return_buffers();
+                    debug_assert_eq!(got?, BLOCK);
+                    free.extend(slices);
                     ops += 1;
                 }
+                let slice = free.pop_front().expect("one slice more than the window");
                 reads.push_back(bdev.async_read(local(), block, slice)?);
             }
         }
-    }
-    for pending in writes {
-        pending.wait()?;
-        ops += 1;
-    }
-    for pending in reads {
-        pending.wait()?;
-        ops += 1;
+        for pending in reads {
+            pending.wait()?;
+            ops += 1;
+        }
     }
     Ok(ops as f64 / start.elapsed().as_secs_f64())
 }

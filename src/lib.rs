@@ -56,9 +56,9 @@ pub mod prelude {
     pub use crate::admin::AdminClient;
     pub use chimaera_core::admin_api::PoolOptions;
     pub use chimaera_core::{
-        ChiMod, Client, CoMutex, CoRwLock, ContainerId, LaneChoice, LanePriority, MethodId,
-        Pending, PoolId, PoolQuery, RunContext, Runtime, RuntimeConfig, Schedule, TaskError,
-        TaskHandle, TaskNode,
+        BulkIn, BulkOut, ChiMod, Client, CoMutex, CoRwLock, ContainerId, LaneChoice, LanePriority,
+        MethodId, Pending, PoolId, PoolQuery, RunContext, Runtime, RuntimeConfig, Schedule,
+        TaskError, TaskHandle, TaskNode,
     };
     pub use chimaera_macros::{chimod, task};
 }

@@ -11,4 +11,5 @@ fn ui() {
     cases.compile_fail("tests/ui/ids/*.rs");
     cases.compile_fail("tests/ui/manifest/*.rs");
     cases.compile_fail("tests/ui/signature/*.rs");
+    cases.compile_fail("tests/ui/borrow/*.rs");
 }

@@ -3,9 +3,10 @@
 //! path, so it never depends on what the user has imported.
 pub use crate::admin_api::PoolOptions;
 pub use crate::bulk::{
-    write_back as bulk_write_back, ArchivedBulk, Bulk, BulkIn, BulkMut, BulkShare,
+    copy_in as bulk_copy_in, write_back as bulk_write_back, ArchivedBulk, Bulk, BulkIn, BulkInArg,
+    BulkOut, BulkOutArg, BulkShare,
 };
-pub use crate::client::{Client, Pending, TaskHandle};
+pub use crate::client::{Client, Lent, Pending, TaskHandle};
 pub use crate::codec::{
     access, aligned_copy, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef, StrRef,
 };
@@ -19,19 +20,27 @@ pub use crate::worker::LanePriority;
 pub use rkyv;
 
 use crate::admin_api;
+use crate::bulk::{BulkRef, BulkWire};
 
-/// Submits a task whose input `encode` archives into a buffer the client reuses; the
-/// returned [`Pending`] decodes the output with `decode`.
-pub fn submit_with<T>(
-    client: &Client,
-    pool: PoolId,
-    method: MethodId,
-    query: PoolQuery,
-    encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
-    decode: fn(&[u8]) -> Result<T, TaskError>,
-) -> Result<Pending<T>, TaskError> {
-    let raw = client.submit_with(pool, method, query, encode)?;
-    Ok(Pending::new(raw, decode))
+/// A byte buffer copied into the input archive (never a reference into shared memory).
+pub fn bulk_inline(bytes: &[u8]) -> BulkRef<'_> {
+    BulkWire::Inline(SliceRef(bytes))
+}
+
+/// Writes output `out` of the `index`-th lent `&mut [u8]` of a call into that buffer
+/// (see [`bulk_write_back`]).
+pub fn bulk_write_back_at(
+    outs: &mut [&mut [u8]],
+    index: usize,
+    out: Bulk,
+) -> Result<(), TaskError> {
+    match outs.get_mut(index) {
+        Some(dst) => bulk_write_back(dst, out),
+        None => Err(TaskError::malformed(
+            "output",
+            format!("no lent buffer {index} to write a byte buffer output into"),
+        )),
+    }
 }
 
 /// Submits an archived input as a fire-and-forget or periodic task.

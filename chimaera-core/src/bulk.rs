@@ -1,12 +1,28 @@
-//! Bulk byte buffers: `&[u8]` and `&mut [u8]` task arguments that travel by reference.
+//! Bulk byte buffers: task arguments that may travel by reference into a client's
+//! shared memory, and the views handlers read and write them through.
 //!
 //! A client process allocates a [`Buffer`] in its share of the client-data segment
-//! ([`Client::allocate_buffer`](crate::Client::allocate_buffer)). When a `&[u8]` or
-//! `&mut [u8]` argument lies inside that share, the typed client sends only its offset and
-//! length ([`BulkWire::Shared`]); the handler gets a slice of the runtime's mapping of the
-//! same memory, so the bytes are copied by neither side. Any other slice travels inline in
-//! the input archive ([`BulkWire::Inline`]) and, for `&mut [u8]`, comes back inline in the
-//! output. Handlers see a plain slice either way.
+//! ([`Client::allocate_buffer`](crate::Client::allocate_buffer)). When a bulk argument
+//! lies inside that share, the typed client sends only its offset and length
+//! ([`BulkWire::Shared`]); any other slice travels inline in the input archive
+//! ([`BulkWire::Inline`]) and, when the handler writes it, comes back inline in the
+//! output.
+//!
+//! **No reference into memory another process can write.** The client may rewrite its
+//! share at any moment, so the runtime never makes a `&[u8]` / `&mut [u8]` over it
+//! (under Rust's rules that is a data race: the compiler may read a byte twice and see
+//! two values). A handler declares what it wants:
+//!
+//! * `&[u8]` / `&mut [u8]`: **one copy** each way. A shared reference is copied into
+//!   runtime-private memory before the handler runs, and a `&mut [u8]`'s bytes are
+//!   copied back out to the client's buffer after it (or returned inline) — both copies
+//!   atomic on the shared side ([`crate::shm::atomic_copy`]). Simple and safe.
+//! * [`BulkIn`] / [`BulkOut`]: **zero-copy views**. Their API never hands out a
+//!   reference into the bytes: length, copies into and out of private slices at an
+//!   offset (atomic on shared memory, plain on private memory), and a raw pointer for
+//!   the kernel (`io_uring`, `pwrite`), which copies from or into client memory
+//!   directly. An inline argument (and every argument of an in-process client) gives the
+//!   same views over runtime-private bytes, so one handler signature serves both.
 //!
 //! Invariants, runtime side:
 //! * a shared reference is resolved only against the share of the client that submitted
@@ -14,19 +30,37 @@
 //! * the share stays mapped and is not given to another client while a task holds it:
 //!   the task keeps an `Arc<BulkShare>`, and the server reclaims a dead client's area only
 //!   once it holds the last reference;
-//! * inside the runtime no two running tasks (nor two arguments of one task) hold
-//!   overlapping ranges of a share when either may write: each range is claimed for the
-//!   handler's run — exclusively for `&mut [u8]`, shared for `&[u8]` — and a conflicting
-//!   claim fails that task with a clear error instead of aliasing a `&mut`.
+//! * inside the runtime no two running tasks (nor two arguments of one task) use
+//!   overlapping ranges of a share when either may write: each range is claimed — for the
+//!   handler's run for views and `&mut [u8]`, for the copy-in only for `&[u8]` —
+//!   exclusively for writers, shared for readers, and a conflicting claim fails that task
+//!   with a clear error. So this process never races with itself on a share, and never
+//!   mixes access sizes on a range being written.
 //!
 //! What no runtime can prevent: the client process writing its buffer while a task in
-//! flight uses it. The handler then sees whichever bytes are there; it reads plain bytes
-//! and trusts none of them, so the runtime stays sound, only the task's data is garbage.
+//! flight uses it. The handler then sees whichever bytes are there; it reads copies and
+//! trusts none of them, so the runtime stays sound, only the task's data is garbage.
+//! The typed client makes that impossible in safe code: the `Pending` of a call borrows
+//! its bulk arguments until the call completes, and waits for the call when dropped
+//! (see [`crate::client::Pending`]); `spawn_*` and `create` send copies. A buffer
+//! dropped while a call has it lent (possible only by leaking that call's `Pending`)
+//! keeps its memory out of the share until the call is over ([`Buffer`]'s lending
+//! table), so a call never writes another buffer. Two ways remain, both affecting only
+//! the client that takes them: touching a live buffer after leaking the `Pending` that
+//! borrowed it, and a raw [`Client::submit`] whose hand-made input references the
+//! client's own buffers.
+//!
+//! [`Client::submit`]: crate::Client::submit
+#[cfg(test)]
+use crate::codec::Bytes;
 use crate::codec::SliceRef;
 use crate::error::TaskError;
 use std::alloc::Layout;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 pub use wire::{ArchivedBulkWire, BulkWire};
 
@@ -254,95 +288,516 @@ impl Drop for Held<'_> {
     }
 }
 
-/// A `&[u8]` argument resolved for the handler.
+/// Why a view access did not happen: the range does not lie inside the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{len} bytes at offset {offset} do not fit in a {available}-byte bulk buffer; keep offset + len within len()")]
+pub struct BulkRangeError {
+    /// Offset asked for.
+    pub offset: usize,
+    /// Length asked for.
+    pub len: usize,
+    /// The view's length.
+    pub available: usize,
+}
+
+impl From<BulkRangeError> for TaskError {
+    fn from(err: BulkRangeError) -> Self {
+        TaskError::failed(err.to_string())
+    }
+}
+
+/// Checks `offset..offset + len` against `available` bytes.
+fn check_range(offset: usize, len: usize, available: usize) -> Result<(), BulkRangeError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= available => Ok(()),
+        _ => Err(BulkRangeError {
+            offset,
+            len,
+            available,
+        }),
+    }
+}
+
+/// Bytes a handler reads without copying them first: a task argument declared as
+/// `data: BulkIn<'_>` (the client passes a `&[u8]`).
+///
+/// The bytes may lie in a client's shared memory, which that client can rewrite at any
+/// moment, so the view never hands out a reference into them: read them with
+/// [`read_at`](Self::read_at) / [`to_vec`](Self::to_vec) / [`get`](Self::get) (atomic
+/// copies on shared memory, plain ones on private memory), or give the kernel
+/// [`as_ptr`](Self::as_ptr). Validate what you copied, not the view: the next read may
+/// differ.
+#[derive(Clone, Copy)]
 pub struct BulkIn<'a> {
-    bytes: &'a [u8],
+    ptr: *const u8,
+    len: usize,
+    /// Another process may write the bytes: copies are atomic.
+    shared: bool,
+    _bytes: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: a `BulkIn` only reads its range, like a `&[u8]` (which is `Send` and `Sync`);
+// reads of shared memory are atomic, so reading from several threads is no data race.
+unsafe impl Send for BulkIn<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for BulkIn<'_> {}
+
+impl<'a> BulkIn<'a> {
+    /// A view of private bytes (what an inline argument gives, and what tests and
+    /// callers outside a task pass).
+    pub fn from_slice(bytes: &'a [u8]) -> Self {
+        BulkIn {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            shared: false,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// A view of `len` bytes at `ptr` of memory another process may write (a shared
+    /// mapping): every copy of it is atomic.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay mapped and readable for `'a`, no reference to it may
+    /// exist in this process, and nothing in this process may write it during `'a`.
+    pub unsafe fn from_raw_shared(ptr: *const u8, len: usize) -> Self {
+        BulkIn {
+            ptr,
+            len,
+            shared: true,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes lie in a client's shared memory (rather than the runtime's).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` into `dst`.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), BulkRangeError> {
+        check_range(offset, dst.len(), self.len)?;
+        // SAFETY: the range was checked against the view, which is valid for reads for
+        // `'a`; `dst` is the caller's own memory, not part of the view (a `&mut [u8]`
+        // cannot alias shared memory, nor private bytes the view borrows immutably).
+        unsafe { read_raw(self.ptr.add(offset), dst, self.shared) };
+        Ok(())
+    }
+
+    /// The byte at `index`, if there is one.
+    pub fn get(&self, index: usize) -> Option<u8> {
+        let mut byte = [0u8];
+        self.read_at(index, &mut byte).ok().map(|()| byte[0])
+    }
+
+    /// A private copy of all the bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut copy = vec![0u8; self.len];
+        // SAFETY: the whole view, into a fresh vector of its length.
+        unsafe { read_raw(self.ptr, &mut copy, self.shared) };
+        copy
+    }
+
+    /// The `len` bytes at `offset`, as a view of their own.
+    pub fn subslice(&self, offset: usize, len: usize) -> Result<BulkIn<'a>, BulkRangeError> {
+        check_range(offset, len, self.len)?;
+        Ok(BulkIn {
+            // SAFETY: `offset <= self.len`, so the pointer stays inside (or one past)
+            // the view's range.
+            ptr: unsafe { self.ptr.add(offset) },
+            len,
+            ..*self
+        })
+    }
+
+    /// The address of the first byte, for the kernel (`io_uring`, `pwrite`) to read
+    /// `len()` bytes from. Never make a reference from it: another process may write
+    /// the bytes meanwhile.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+}
+
+impl<'a> From<&'a [u8]> for BulkIn<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        BulkIn::from_slice(bytes)
+    }
+}
+
+impl std::fmt::Debug for BulkIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkIn")
+            .field("len", &self.len)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+/// Bytes a handler writes in place, and may read: a task argument declared as
+/// `data: BulkOut<'_>` (the client passes a `&mut [u8]`, which holds the result when
+/// the call returns).
+///
+/// As with [`BulkIn`], no reference into the bytes is ever handed out: write with
+/// [`write_at`](Self::write_at) / [`fill`](Self::fill), read with
+/// [`read_at`](Self::read_at), or give the kernel [`as_mut_ptr`](Self::as_mut_ptr) to
+/// fill. Shared bytes are claimed exclusively for the handler's run, so no other task of
+/// this runtime touches them meanwhile.
+pub struct BulkOut<'a> {
+    ptr: *mut u8,
+    len: usize,
+    shared: bool,
+    _bytes: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: a `BulkOut` is the runtime's only handle on its range, like a `&mut [u8]`
+// (`Send`, and `Sync` since `&BulkOut` only reads); shared memory is accessed atomically.
+unsafe impl Send for BulkOut<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for BulkOut<'_> {}
+
+impl<'a> BulkOut<'a> {
+    /// A view of private bytes (what an inline argument gives, and what tests and
+    /// callers outside a task pass).
+    pub fn from_slice(bytes: &'a mut [u8]) -> Self {
+        BulkOut {
+            ptr: bytes.as_mut_ptr(),
+            len: bytes.len(),
+            shared: false,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// A view of `len` bytes at `ptr` of memory another process may access (a shared
+    /// mapping): every copy of it is atomic.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay mapped and writable for `'a`, no reference to it may
+    /// exist in this process, and nothing else in this process may access it during `'a`.
+    pub unsafe fn from_raw_shared(ptr: *mut u8, len: usize) -> Self {
+        BulkOut {
+            ptr,
+            len,
+            shared: true,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes lie in a client's shared memory (rather than the runtime's).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// A read-only view of the same bytes, for as long as this one is borrowed.
+    pub fn as_in(&self) -> BulkIn<'_> {
+        BulkIn {
+            ptr: self.ptr,
+            len: self.len,
+            shared: self.shared,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` into `dst`.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<(), BulkRangeError> {
+        self.as_in().read_at(offset, dst)
+    }
+
+    /// The byte at `index`, if there is one.
+    pub fn get(&self, index: usize) -> Option<u8> {
+        self.as_in().get(index)
+    }
+
+    /// A private copy of all the bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.as_in().to_vec()
+    }
+
+    /// Copies `src` into the bytes starting at `offset`.
+    pub fn write_at(&mut self, offset: usize, src: &[u8]) -> Result<(), BulkRangeError> {
+        check_range(offset, src.len(), self.len)?;
+        // SAFETY: checked range of a view valid for writes for `'a`, which `&mut self`
+        // makes this the only user of; `src` cannot alias it (it is a live `&[u8]`,
+        // and the view's bytes are reached through no reference).
+        unsafe {
+            let dst = self.ptr.add(offset);
+            if self.shared {
+                crate::shm::atomic_copy::store(dst, src);
+            } else {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets every byte to `value`.
+    pub fn fill(&mut self, value: u8) {
+        // SAFETY: the whole view, valid for writes, used by nobody else (`&mut self`).
+        unsafe {
+            if self.shared {
+                crate::shm::atomic_copy::fill(self.ptr, self.len, value);
+            } else {
+                std::ptr::write_bytes(self.ptr, value, self.len);
+            }
+        }
+    }
+
+    /// The `len` bytes at `offset`, as a view of their own for as long as this one is
+    /// borrowed.
+    pub fn subslice_mut(
+        &mut self,
+        offset: usize,
+        len: usize,
+    ) -> Result<BulkOut<'_>, BulkRangeError> {
+        check_range(offset, len, self.len)?;
+        Ok(BulkOut {
+            // SAFETY: `offset <= self.len`: inside (or one past) the view's range.
+            ptr: unsafe { self.ptr.add(offset) },
+            len,
+            shared: self.shared,
+            _bytes: PhantomData,
+        })
+    }
+
+    /// The first min(`len`, `self.len()`) bytes, as the view itself.
+    pub fn truncated(self, len: usize) -> BulkOut<'a> {
+        BulkOut {
+            len: len.min(self.len),
+            ..self
+        }
+    }
+
+    /// The same bytes for a shorter borrow, so the view can be passed on and used again.
+    pub fn reborrow(&mut self) -> BulkOut<'_> {
+        BulkOut {
+            ptr: self.ptr,
+            len: self.len,
+            shared: self.shared,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// The address of the first byte, for the kernel to read `len()` bytes from.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    /// The address of the first byte, for the kernel (`io_uring`, `pread`) to write
+    /// `len()` bytes to. Never make a reference from it: another process may access
+    /// the bytes meanwhile.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl<'a> From<&'a mut [u8]> for BulkOut<'a> {
+    fn from(bytes: &'a mut [u8]) -> Self {
+        BulkOut::from_slice(bytes)
+    }
+}
+
+impl std::fmt::Debug for BulkOut<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkOut")
+            .field("len", &self.len)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+/// Copies from a view's memory at `src` into `dst`: atomically when `shared`.
+///
+/// # Safety
+/// `src..src + dst.len()` must be readable and not part of `dst`.
+unsafe fn read_raw(src: *const u8, dst: &mut [u8], shared: bool) {
+    if shared {
+        // SAFETY: the caller's promise.
+        unsafe { crate::shm::atomic_copy::load(src, dst) };
+    } else {
+        // SAFETY: the caller's promise; private bytes nobody writes while the view lives.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+    }
+}
+
+/// A `&[u8]` handler argument: the bytes in runtime-private memory. Inline bytes are
+/// borrowed from the validated input (itself a private copy); a shared reference is
+/// claimed, copied once (atomically), and released.
+pub fn copy_in<'a>(
+    share: Option<&BulkShare>,
+    wire: &'a ArchivedBulk,
+) -> Result<Cow<'a, [u8]>, TaskError> {
+    match wire {
+        ArchivedBulkWire::Inline(bytes) => Ok(Cow::Borrowed(bytes.as_slice())),
+        ArchivedBulkWire::Shared { offset, len } => {
+            let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
+            let mut copy = vec![0u8; held.len()];
+            // SAFETY: the claim is in bounds of the mapped share, which the task keeps
+            // mapped; no task of this runtime writes it while the claim is held.
+            unsafe { crate::shm::atomic_copy::load(held.ptr(), &mut copy) };
+            Ok(Cow::Owned(copy))
+        }
+    }
+}
+
+/// A [`BulkIn`] argument resolved for the handler: the bytes, and the claim on them
+/// when they lie in the client's share.
+pub struct BulkInArg<'a> {
+    view: BulkIn<'a>,
     _held: Option<Held<'a>>,
 }
 
-impl<'a> BulkIn<'a> {
-    /// Resolves `wire`: inline bytes are borrowed from the validated input, a shared
-    /// reference from `share` (the submitting client's share, if the task came from one).
+impl<'a> BulkInArg<'a> {
+    /// Resolves `wire`: inline bytes are viewed in the validated input, a shared
+    /// reference in `share` (the submitting client's share, if the task came from one).
     pub fn open(share: Option<&'a BulkShare>, wire: &'a ArchivedBulk) -> Result<Self, TaskError> {
         match wire {
-            ArchivedBulkWire::Inline(bytes) => Ok(BulkIn {
-                bytes: bytes.as_slice(),
+            ArchivedBulkWire::Inline(bytes) => Ok(BulkInArg {
+                view: BulkIn::from_slice(bytes.as_slice()),
                 _held: None,
             }),
             ArchivedBulkWire::Shared { offset, len } => {
                 let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
                 // SAFETY: the claim is in bounds of the mapped share, which outlives
-                // `'a` (the task holds the share); no running task holds an overlapping
-                // exclusive claim until this one is released with `held`.
-                let bytes = unsafe { std::slice::from_raw_parts(held.ptr(), held.len()) };
-                Ok(BulkIn {
-                    bytes,
+                // `'a` (the task holds the share); the runtime makes no reference into
+                // shares, and no task writes this range until the claim is released with
+                // `held`, which lives as long as the view can.
+                let view = unsafe { BulkIn::from_raw_shared(held.ptr(), held.len()) };
+                Ok(BulkInArg {
+                    view,
                     _held: Some(held),
                 })
             }
         }
     }
 
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        self.bytes
+    /// The view the handler gets.
+    pub fn view(&self) -> BulkIn<'_> {
+        self.view
     }
 }
 
-/// A `&mut [u8]` argument resolved for the handler.
-pub struct BulkMut<'a>(MutBytes<'a>);
+/// A `&mut [u8]` or [`BulkOut`] argument resolved for the handler.
+pub struct BulkOutArg<'a>(OutBytes<'a>);
 
-enum MutBytes<'a> {
+enum OutBytes<'a> {
     /// Arrived inline: the handler writes this vector, which goes back in the output.
     Owned(Vec<u8>),
-    /// Lies in the client's share: the handler writes it in place.
+    /// Lies in the client's share, claimed exclusively.
     Shared {
-        bytes: &'a mut [u8],
+        held: Held<'a>,
         /// Offset in the share, echoed in the output.
         offset: u64,
-        _held: Held<'a>,
+        /// For a `&mut [u8]` handler: the private copy it writes, copied back out when
+        /// the handler is done. `None` for a view, which writes in place.
+        copy: Option<Vec<u8>>,
     },
 }
 
-impl<'a> BulkMut<'a> {
-    /// Resolves `wire` for writing (see [`BulkIn::open`]).
-    pub fn open(share: Option<&'a BulkShare>, wire: &ArchivedBulk) -> Result<Self, TaskError> {
+impl<'a> BulkOutArg<'a> {
+    /// Resolves `wire` for a [`BulkOut`] handler argument: shared bytes are written in
+    /// place (see [`BulkInArg::open`]).
+    pub fn open_view(share: Option<&'a BulkShare>, wire: &ArchivedBulk) -> Result<Self, TaskError> {
+        Self::open(share, wire, false)
+    }
+
+    /// Resolves `wire` for a `&mut [u8]` handler argument: shared bytes are copied into
+    /// private memory now and back out by [`into_wire`](Self::into_wire).
+    pub fn open_copy(share: Option<&'a BulkShare>, wire: &ArchivedBulk) -> Result<Self, TaskError> {
+        Self::open(share, wire, true)
+    }
+
+    fn open(
+        share: Option<&'a BulkShare>,
+        wire: &ArchivedBulk,
+        private_copy: bool,
+    ) -> Result<Self, TaskError> {
         match wire {
             ArchivedBulkWire::Inline(bytes) => {
-                Ok(BulkMut(MutBytes::Owned(bytes.as_slice().to_vec())))
+                Ok(BulkOutArg(OutBytes::Owned(bytes.as_slice().to_vec())))
             }
             ArchivedBulkWire::Shared { offset, len } => {
                 let held = Held::take(share, offset.to_native(), len.to_native(), true)?;
-                // SAFETY: in bounds of the mapped share, which outlives `'a`; the claim is
-                // exclusive, so no other slice of these bytes exists in the runtime until
-                // it is released with `held`.
-                let bytes = unsafe { std::slice::from_raw_parts_mut(held.ptr(), held.len()) };
-                Ok(BulkMut(MutBytes::Shared {
-                    bytes,
+                let copy = private_copy.then(|| {
+                    let mut copy = vec![0u8; held.len()];
+                    // SAFETY: in bounds of the mapped share; claimed exclusively.
+                    unsafe { crate::shm::atomic_copy::load(held.ptr(), &mut copy) };
+                    copy
+                });
+                Ok(BulkOutArg(OutBytes::Shared {
+                    held,
                     offset: offset.to_native(),
-                    _held: held,
+                    copy,
                 }))
             }
         }
     }
 
-    /// The bytes the handler writes.
+    /// The view a [`BulkOut`] handler gets.
+    pub fn view(&mut self) -> BulkOut<'_> {
+        match &mut self.0 {
+            OutBytes::Owned(bytes) => BulkOut::from_slice(bytes),
+            OutBytes::Shared {
+                copy: Some(copy), ..
+            } => BulkOut::from_slice(copy),
+            OutBytes::Shared {
+                held, copy: None, ..
+            } => {
+                // SAFETY: in bounds of the mapped share, which outlives `'a`; the claim
+                // is exclusive and lives as long as the view can (it borrows `self`),
+                // and the runtime makes no reference into shares.
+                unsafe { BulkOut::from_raw_shared(held.ptr(), held.len()) }
+            }
+        }
+    }
+
+    /// The private bytes a `&mut [u8]` handler gets (opened with
+    /// [`open_copy`](Self::open_copy)).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.0 {
-            MutBytes::Owned(bytes) => bytes,
-            MutBytes::Shared { bytes, .. } => bytes,
+            OutBytes::Owned(bytes)
+            | OutBytes::Shared {
+                copy: Some(bytes), ..
+            } => bytes,
+            // Opened for a view: there are no private bytes to lend.
+            OutBytes::Shared { copy: None, .. } => &mut [],
         }
     }
 
     /// What goes back in the output: the bytes when they came inline, else only the
-    /// reference (the client's buffer already holds the result).
+    /// reference, once a private copy has been copied back into the client's buffer.
     pub fn into_wire(self) -> Bulk {
         match self.0 {
-            MutBytes::Owned(bytes) => BulkWire::Inline(bytes),
-            MutBytes::Shared { bytes, offset, .. } => BulkWire::Shared {
-                offset,
-                len: bytes.len() as u64,
-            },
+            OutBytes::Owned(bytes) => BulkWire::Inline(bytes),
+            OutBytes::Shared { held, offset, copy } => {
+                if let Some(copy) = copy {
+                    // SAFETY: the claimed range, exclusively ours, of the mapped share;
+                    // `copy` has its length.
+                    unsafe { crate::shm::atomic_copy::store(held.ptr(), &copy) };
+                }
+                BulkWire::Shared {
+                    offset,
+                    len: held.len() as u64,
+                }
+            }
         }
     }
 }
@@ -382,10 +837,13 @@ pub fn write_back(dst: &mut [u8], out: Bulk) -> Result<(), TaskError> {
 /// heap memory and arguments are copied as any slice. New buffers are zeroed. The memory
 /// returns to the share when the buffer is dropped.
 ///
-/// While a task that was given the buffer is in flight, the runtime may read or write it:
-/// do not touch it — nor drop it, which would hand its memory to the next buffer — until
-/// the task's result is in. (A `Pending` does not borrow the buffer, so the compiler
-/// cannot enforce this; the runtime stays safe either way, only the bytes would be wrong.)
+/// While a task that was given the buffer is in flight, the runtime may read or write it.
+/// The typed client's `async_*` methods return a `Pending` that borrows the buffer
+/// (mutably where the handler writes) until the call completes, and dropping that
+/// `Pending` waits for the call, so safe code can neither touch nor free the buffer
+/// meanwhile. `spawn_*` methods send a copy of the bytes instead. A buffer dropped while
+/// a call still has it lent (its `Pending` leaked) gives its memory back only once that
+/// call is over — never, for a leaked call — so no call ever writes another buffer.
 pub struct Buffer {
     ptr: NonNull<u8>,
     len: usize,
@@ -434,8 +892,9 @@ impl Buffer {
         len: usize,
         free: Box<dyn FnOnce() + Send + Sync>,
     ) -> Buffer {
-        // SAFETY: the caller hands over `len` writable bytes at `ptr`.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        // SAFETY: the caller hands over `len` writable bytes at `ptr`; shared memory, so
+        // zeroed with atomic stores like every other access the runtime side may race.
+        unsafe { crate::shm::atomic_copy::fill(ptr.as_ptr(), len, 0) };
         Buffer {
             ptr,
             len,
@@ -447,6 +906,99 @@ impl Buffer {
     /// reference) rather than on the heap.
     pub fn is_shared(&self) -> bool {
         matches!(self.owner, BufferOwner::Share(_))
+    }
+}
+
+impl Buffer {
+    /// Makes this shared buffer known to `table` (its memory starts at `offset` of the
+    /// share): from now on, dropping it while a call has it lent gives the memory back
+    /// only once the last such call is over.
+    pub(crate) fn track_lending(mut self, table: &Arc<LendingTable>, offset: u64) -> Buffer {
+        let BufferOwner::Share(free) =
+            std::mem::replace(&mut self.owner, BufferOwner::Heap(Layout::new::<u8>()))
+        else {
+            return self;
+        };
+        let state = Arc::new(LendState::default());
+        crate::task::lock(&table.buffers).insert(offset, (self.len as u64, Arc::downgrade(&state)));
+        let table = table.clone();
+        self.owner = BufferOwner::Share(Box::new(move || {
+            state.free_when_returned(Box::new(move || {
+                // The entry is this buffer's until its memory goes back: no other buffer
+                // can start at `offset` before `free` runs.
+                crate::task::lock(&table.buffers).remove(&offset);
+                free();
+            }));
+        }));
+        self
+    }
+}
+
+/// The shared buffers of one client connection, by where they start in its share, so
+/// that a call can mark the buffers its arguments lie in as lent.
+///
+/// Why: a `Pending` that borrowed a buffer waits for its call when dropped, but one that
+/// is leaked (`mem::forget`) does not, and its buffer may then be dropped while the
+/// runtime still writes it. A buffer dropped while lent keeps its memory out of the
+/// share until every call that has it lent is over — forever, for a leaked call — so
+/// the runtime's late write never lands in another buffer.
+#[derive(Default)]
+pub(crate) struct LendingTable {
+    /// Start offset → (length, lending state of the live buffer there).
+    buffers: Mutex<BTreeMap<u64, (u64, Weak<LendState>)>>,
+}
+
+impl LendingTable {
+    /// The lending state of the live buffer holding `offset..offset + len`, marked lent
+    /// once more.
+    pub(crate) fn lend(&self, offset: u64, len: u64) -> Option<Arc<LendState>> {
+        let buffers = crate::task::lock(&self.buffers);
+        let (start, (buffer_len, state)) = buffers.range(..=offset).next_back()?;
+        let end = offset.checked_add(len)?;
+        if end > start.checked_add(*buffer_len)? {
+            return None;
+        }
+        let state = state.upgrade()?;
+        crate::task::lock(&state.inner).lent += 1;
+        Some(state)
+    }
+}
+
+/// How many calls in flight have a buffer lent, and what to do once none has.
+#[derive(Default)]
+pub(crate) struct LendState {
+    inner: Mutex<LendInner>,
+}
+
+#[derive(Default)]
+struct LendInner {
+    lent: u32,
+    /// The buffer was dropped while lent: this gives its memory back.
+    deferred_free: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl LendState {
+    /// One call that had the buffer lent is over.
+    pub(crate) fn give_back(&self) {
+        let mut inner = crate::task::lock(&self.inner);
+        inner.lent = inner.lent.saturating_sub(1);
+        if inner.lent == 0 {
+            if let Some(free) = inner.deferred_free.take() {
+                drop(inner);
+                free();
+            }
+        }
+    }
+
+    /// The buffer was dropped: `free` runs now, or once no call has it lent.
+    fn free_when_returned(&self, free: Box<dyn FnOnce() + Send + Sync>) {
+        let mut inner = crate::task::lock(&self.inner);
+        if inner.lent == 0 {
+            drop(inner);
+            free();
+        } else {
+            inner.deferred_free = Some(free);
+        }
     }
 }
 
@@ -506,9 +1058,13 @@ mod tests {
         let mut memory = vec![0u8; len];
         let base = NonNull::new(memory.as_mut_ptr()).unwrap();
         // SAFETY: the vector outlives the share in every test (returned together, and
-        // its heap block does not move).
+        // its heap block does not move); the tests reach it only through the share.
         let share = unsafe { BulkShare::new(base, len, Arc::new(())) };
         (memory, share)
+    }
+
+    fn wire(offset: u64, len: u64) -> Bytes {
+        encode(&Bulk::Shared { offset, len }).unwrap()
     }
 
     #[test]
@@ -526,61 +1082,195 @@ mod tests {
     fn shared_references_are_bounds_checked() {
         let (_memory, share) = share(64);
         for (offset, len) in [(60, 8), (u64::MAX, 2), (0, u64::MAX), (65, 0)] {
-            let bytes = encode(&Bulk::Shared { offset, len }).unwrap();
+            let bytes = wire(offset, len);
             let wire = access::<ArchivedBulk>(&bytes, "input").unwrap();
-            let err = BulkIn::open(Some(&share), wire).err().unwrap();
+            let err = BulkInArg::open(Some(&share), wire).err().unwrap();
             assert!(
                 matches!(err, TaskError::Malformed { .. }),
                 "{offset}+{len}: {err}"
             );
+            assert!(copy_in(Some(&share), wire).is_err());
+            assert!(BulkOutArg::open_copy(Some(&share), wire).is_err());
         }
-        let bytes = encode(&Bulk::Shared { offset: 0, len: 64 }).unwrap();
+        let bytes = wire(0, 64);
         let wire = access::<ArchivedBulk>(&bytes, "input").unwrap();
-        assert_eq!(
-            BulkIn::open(Some(&share), wire).unwrap().as_slice().len(),
-            64
+        let arg = BulkInArg::open(Some(&share), wire).unwrap();
+        assert_eq!(arg.view().len(), 64);
+        assert!(arg.view().is_shared());
+        assert!(
+            BulkInArg::open(None, wire).is_err(),
+            "no share, no reference"
         );
-        assert!(BulkIn::open(None, wire).is_err(), "no share, no reference");
     }
 
     #[test]
     fn a_written_range_is_exclusive_until_released() {
         let (_memory, share) = share(64);
-        let encoded = |offset, len| encode(&Bulk::Shared { offset, len }).unwrap();
-        let (a_bytes, b_bytes, c_bytes) = (encoded(0, 32), encoded(16, 32), encoded(32, 32));
+        let (a_bytes, b_bytes, c_bytes) = (wire(0, 32), wire(16, 32), wire(32, 32));
         let a = access::<ArchivedBulk>(&a_bytes, "input").unwrap();
         let b = access::<ArchivedBulk>(&b_bytes, "input").unwrap();
         let c = access::<ArchivedBulk>(&c_bytes, "input").unwrap();
-        let mut writer = BulkMut::open(Some(&share), a).unwrap();
-        writer.as_mut_slice().fill(1);
+        let mut writer = BulkOutArg::open_view(Some(&share), a).unwrap();
+        writer.view().fill(1);
         assert!(
-            BulkIn::open(Some(&share), b).is_err(),
+            BulkInArg::open(Some(&share), b).is_err(),
             "overlaps the writer"
         );
+        assert!(copy_in(Some(&share), b).is_err(), "overlaps the writer");
         assert!(
-            BulkMut::open(Some(&share), b).is_err(),
+            BulkOutArg::open_copy(Some(&share), b).is_err(),
             "overlaps the writer"
         );
-        let reader = BulkIn::open(Some(&share), c).unwrap();
-        let second_reader = BulkIn::open(Some(&share), c).unwrap();
-        assert_eq!(reader.as_slice(), second_reader.as_slice());
+        let reader = BulkInArg::open(Some(&share), c).unwrap();
+        let second_reader = BulkInArg::open(Some(&share), c).unwrap();
+        assert_eq!(reader.view().to_vec(), second_reader.view().to_vec());
         assert_eq!(writer.into_wire(), Bulk::Shared { offset: 0, len: 32 });
         drop((reader, second_reader));
-        let reader = BulkIn::open(Some(&share), b).unwrap();
-        assert_eq!(&reader.as_slice()[..16], &[1; 16]);
+        let copied = copy_in(Some(&share), b).unwrap();
+        assert_eq!(&copied[..16], &[1; 16]);
+        drop(copied);
+        assert!(
+            BulkOutArg::open_copy(Some(&share), b).is_ok(),
+            "a copy-in holds its claim only while it copies"
+        );
+    }
+
+    #[test]
+    fn a_private_copy_goes_back_to_the_share_when_the_handler_is_done() {
+        let (_memory, share) = share(64);
+        let bytes = wire(8, 8);
+        let wire = access::<ArchivedBulk>(&bytes, "input").unwrap();
+        let mut arg = BulkOutArg::open_copy(Some(&share), wire).unwrap();
+        arg.as_mut_slice().copy_from_slice(b"written!");
+        let reader_bytes = super::tests::wire(0, 64);
+        let whole = access::<ArchivedBulk>(&reader_bytes, "input").unwrap();
+        assert!(
+            BulkInArg::open(Some(&share), whole).is_err(),
+            "still claimed"
+        );
+        assert_eq!(arg.into_wire(), Bulk::Shared { offset: 8, len: 8 });
+        let after = copy_in(Some(&share), whole).unwrap();
+        assert_eq!(&after[8..16], b"written!");
+        assert_eq!(&after[..8], &[0; 8]);
     }
 
     #[test]
     fn inline_in_out_bytes_come_back_inline() {
         let bytes = encode(&Bulk::Inline(vec![1, 2, 3])).unwrap();
         let wire = access::<ArchivedBulk>(&bytes, "input").unwrap();
-        let mut arg = BulkMut::open(None, wire).unwrap();
+        let mut arg = BulkOutArg::open_copy(None, wire).unwrap();
         arg.as_mut_slice()[0] = 9;
         let out = arg.into_wire();
         let mut dst = [0u8; 3];
         write_back(&mut dst, out).unwrap();
         assert_eq!(dst, [9, 2, 3]);
         assert!(write_back(&mut [0u8; 2], Bulk::Inline(vec![1])).is_err());
+        let mut view_arg = BulkOutArg::open_view(None, wire).unwrap();
+        assert!(!view_arg.view().is_shared());
+        view_arg.view().write_at(2, &[7]).unwrap();
+        assert_eq!(view_arg.into_wire(), Bulk::Inline(vec![1, 2, 7]));
+        assert!(matches!(
+            copy_in(None, wire).unwrap(),
+            Cow::Borrowed(&[1, 2, 3])
+        ));
+    }
+
+    #[test]
+    fn views_check_every_range_and_hand_out_no_reference() {
+        let mut bytes = *b"0123456789";
+        let mut out = BulkOut::from_slice(&mut bytes);
+        out.write_at(8, b"xy").unwrap();
+        assert_eq!(
+            out.write_at(9, b"xy"),
+            Err(BulkRangeError {
+                offset: 9,
+                len: 2,
+                available: 10
+            })
+        );
+        assert!(out.write_at(usize::MAX, b"x").is_err());
+        assert_eq!(out.reborrow().truncated(99).len(), 10);
+        assert_eq!(out.reborrow().truncated(4).to_vec(), b"0123");
+        let mut part = out.subslice_mut(2, 3).unwrap();
+        part.fill(b'-');
+        assert!(part.subslice_mut(1, 3).is_err());
+        let view = out.as_in();
+        assert_eq!(view.to_vec(), b"01---567xy");
+        let mut two = [0u8; 2];
+        view.subslice(3, 4).unwrap().read_at(2, &mut two).unwrap();
+        assert_eq!(&two, b"56");
+        assert_eq!((view.get(9), view.get(10)), (Some(b'y'), None));
+        assert!(view.read_at(9, &mut two).is_err());
+        let in_view = BulkIn::from(&b"abc"[..]);
+        assert_eq!((in_view.len(), in_view.is_shared()), (3, false));
+        assert!(in_view.subslice(4, 0).is_err());
+    }
+
+    #[test]
+    fn shared_views_copy_atomically_and_in_bounds() {
+        let (_memory, share) = share(64);
+        let bytes = wire(3, 20);
+        let wire = access::<ArchivedBulk>(&bytes, "input").unwrap();
+        let mut arg = BulkOutArg::open_view(Some(&share), wire).unwrap();
+        let mut view = arg.view();
+        assert!(view.is_shared());
+        view.fill(5);
+        view.write_at(17, b"end").unwrap();
+        assert!(view.write_at(18, b"end").is_err());
+        assert_eq!(&view.to_vec()[15..], &[5, 5, b'e', b'n', b'd']);
+        drop(arg);
+        let whole = super::tests::wire(0, 64);
+        let all = copy_in(
+            Some(&share),
+            access::<ArchivedBulk>(&whole, "input").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(&all[..3], &[0; 3], "nothing before the range");
+        assert_eq!(&all[23..], &[0; 41], "nothing after the range");
+    }
+
+    /// A buffer dropped while lent gives its memory back once the last call that has
+    /// it lent is over; a range not inside one live buffer is lent by no buffer.
+    #[test]
+    fn a_buffer_dropped_while_lent_is_freed_when_given_back() {
+        let table = Arc::new(LendingTable::default());
+        let freed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut memory = vec![0u8; 8192];
+        let base = memory.as_mut_ptr();
+        let buffer_at = |offset: usize| {
+            let freed = freed.clone();
+            // SAFETY: `offset` is 0 or 4096, inside `memory`.
+            let ptr = NonNull::new(unsafe { base.add(offset) }).unwrap();
+            // SAFETY: 4096 bytes of `memory`, which outlives the buffers, given to one
+            // buffer each.
+            let buffer = unsafe {
+                Buffer::in_share(
+                    ptr,
+                    4096,
+                    Box::new(move || {
+                        freed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }),
+                )
+            };
+            buffer.track_lending(&table, offset as u64)
+        };
+        let (first, second) = (buffer_at(0), buffer_at(4096));
+        assert!(table.lend(4000, 200).is_none(), "spans two buffers");
+        assert!(table.lend(8000, 200).is_none(), "runs past the last one");
+        let lent_twice = (table.lend(10, 20).unwrap(), table.lend(0, 4096).unwrap());
+        drop(first);
+        let count = || freed.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(count(), 0, "still lent");
+        lent_twice.0.give_back();
+        assert_eq!(count(), 0, "still lent once");
+        lent_twice.1.give_back();
+        assert_eq!(count(), 1, "freed with the last give-back");
+        assert!(
+            table.lend(0, 10).is_none(),
+            "the freed buffer left the table"
+        );
+        drop(second);
+        assert_eq!(count(), 2, "never lent: freed at once");
     }
 
     #[test]

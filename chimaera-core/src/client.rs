@@ -15,7 +15,7 @@
 //! A client made by `RunContext::client` submits *subtasks*: they inherit the parent's
 //! TaskNode group, which the coroutine locks use to let them through a lock their parent
 //! holds.
-use crate::bulk::{Buffer, BulkRef, BulkWire};
+use crate::bulk::{Buffer, BulkRef, BulkWire, LendState, LendingTable};
 use crate::codec::{Bytes, OutputBuffer, SliceRef};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
@@ -33,7 +33,11 @@ enum Transport {
         shared: Arc<Shared>,
         parent: Option<TaskNode>,
     },
-    SharedMemory(Arc<ShmConnection>),
+    SharedMemory {
+        connection: Arc<ShmConnection>,
+        /// This connection's buffers, for calls to mark as lent.
+        lending: Arc<LendingTable>,
+    },
 }
 
 /// A connection to a runtime, cheap to clone.
@@ -50,7 +54,7 @@ impl std::fmt::Debug for Client {
                 .field("transport", &"in-process")
                 .field("parent", parent)
                 .finish(),
-            Transport::SharedMemory(connection) => f
+            Transport::SharedMemory { connection, .. } => f
                 .debug_struct("Client")
                 .field("transport", &"shared memory")
                 .field("instance", &connection.instance().as_str())
@@ -77,7 +81,10 @@ impl Client {
     pub fn connect_to(config: &RuntimeConfig) -> Result<Client, ConnectError> {
         let connection = ShmConnection::connect(&config.instance)?;
         Ok(Client {
-            transport: Transport::SharedMemory(connection),
+            transport: Transport::SharedMemory {
+                connection,
+                lending: Arc::default(),
+            },
         })
     }
 
@@ -85,14 +92,14 @@ impl Client {
     #[doc(hidden)]
     pub fn shm_connection(&self) -> Option<&Arc<ShmConnection>> {
         match &self.transport {
-            Transport::SharedMemory(connection) => Some(connection),
+            Transport::SharedMemory { connection, .. } => Some(connection),
             Transport::InProcess { .. } => None,
         }
     }
 
     /// Whether this client talks to its runtime over shared memory.
     pub fn is_remote(&self) -> bool {
-        matches!(self.transport, Transport::SharedMemory(_))
+        matches!(self.transport, Transport::SharedMemory { .. })
     }
 
     /// A zeroed, 4 KiB-aligned byte buffer whose bytes travel by reference when passed
@@ -106,7 +113,16 @@ impl Client {
     pub fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
         match &self.transport {
             Transport::InProcess { .. } => Buffer::heap(len),
-            Transport::SharedMemory(connection) => connection.allocate_buffer(len),
+            Transport::SharedMemory {
+                connection,
+                lending,
+            } => {
+                let buffer = connection.allocate_buffer(len)?;
+                Ok(match connection.bulk_ref(&buffer) {
+                    BulkWire::Shared { offset, .. } => buffer.track_lending(lending, offset),
+                    BulkWire::Inline(_) => buffer,
+                })
+            }
         }
     }
 
@@ -115,7 +131,7 @@ impl Client {
     pub fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
         match &self.transport {
             Transport::InProcess { .. } => BulkWire::Inline(SliceRef(bytes)),
-            Transport::SharedMemory(connection) => connection.bulk_ref(bytes),
+            Transport::SharedMemory { connection, .. } => connection.bulk_ref(bytes),
         }
     }
 
@@ -136,7 +152,7 @@ impl Client {
                 encode(&mut buffer)?;
                 self.submit(pool, method, query, buffer.into_bytes(), None)
             }
-            Transport::SharedMemory(connection) => {
+            Transport::SharedMemory { connection, .. } => {
                 let call = connection.submit_with(pool, method, query, encode)?;
                 Ok(RawPending(PendingInner::SharedMemory(call)))
             }
@@ -167,7 +183,7 @@ impl Client {
                     .map(|c| RawPending(PendingInner::InProcess(c)))
                     .ok_or(TaskError::NotRun)
             }
-            Transport::SharedMemory(connection) => {
+            Transport::SharedMemory { connection, .. } => {
                 let call = connection.submit(pool, method, query, &input, schedule)?;
                 Ok(RawPending(PendingInner::SharedMemory(call)))
             }
@@ -198,7 +214,7 @@ impl Client {
                     cancel: cancel.map(Cancel::Local),
                 })
             }
-            Transport::SharedMemory(connection) => {
+            Transport::SharedMemory { connection, .. } => {
                 // The runtime acknowledges that the task was queued (or says why not);
                 // a periodic task's acknowledgement carries its id, to cancel it by.
                 let call = connection.submit(pool, method, query, &input, Some(schedule))?;
@@ -254,41 +270,281 @@ impl RawPending {
     }
 }
 
-/// A submitted task whose result is not yet collected.
-#[must_use = "a pending task does nothing unless waited for; use spawn_* for fire-and-forget"]
-pub struct Pending<T> {
-    raw: RawPending,
-    decode: fn(&[u8]) -> Result<T, TaskError>,
+/// Client buffers lent to a call: the `&mut [u8]` its handler writes (filled from the
+/// output when it came back inline), and whether dropping the call must wait for it.
+///
+/// Made by generated clients (`async_*` methods); the buffers' lifetime `'a` is the
+/// [`Pending`]'s, so the caller can neither touch nor free them while the call is in
+/// flight.
+#[doc(hidden)]
+pub struct Lent<'a> {
+    outs: LentOuts<'a>,
+    /// The runtime may access the client's memory until the call completes.
+    wait_on_drop: bool,
+    /// The shared buffers the call's arguments lie in, marked lent until this is
+    /// dropped (after the call completed, or never if the `Pending` is leaked).
+    _marked: Marked,
 }
 
-impl<T> Pending<T> {
+enum LentOuts<'a> {
+    None,
+    One(&'a mut [u8]),
+    Many(Vec<&'a mut [u8]>),
+}
+
+impl<'a> LentOuts<'a> {
+    fn as_slices(&mut self) -> &mut [&'a mut [u8]] {
+        match self {
+            LentOuts::None => &mut [],
+            LentOuts::One(out) => std::slice::from_mut(out),
+            LentOuts::Many(outs) => outs,
+        }
+    }
+}
+
+/// Buffers marked lent by one call (no allocation for a call with one).
+#[derive(Default)]
+struct Marked {
+    first: Option<Arc<LendState>>,
+    rest: Vec<Arc<LendState>>,
+}
+
+impl Marked {
+    fn push(&mut self, state: Arc<LendState>) {
+        match self.first {
+            None => self.first = Some(state),
+            Some(_) => self.rest.push(state),
+        }
+    }
+}
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        for state in self.first.iter().chain(&self.rest) {
+            state.give_back();
+        }
+    }
+}
+
+impl<'a> Lent<'a> {
+    /// Nothing lent: a call without bulk arguments.
+    pub fn nothing() -> Lent<'static> {
+        Lent {
+            outs: LentOuts::None,
+            wait_on_drop: false,
+            _marked: Marked::default(),
+        }
+    }
+
+    /// A call with bulk arguments `ins` (read) and `outs` (written) sent through
+    /// `client`. Over shared memory such arguments may travel by reference: the call is
+    /// waited for if its `Pending` is dropped early, and the buffers they lie in are
+    /// marked lent meanwhile. In process they are always copied.
+    pub fn buffers<const M: usize, const N: usize>(
+        client: &Client,
+        ins: [&[u8]; M],
+        outs: [&'a mut [u8]; N],
+    ) -> Lent<'a> {
+        let mut marked = Marked::default();
+        if let Transport::SharedMemory {
+            connection,
+            lending,
+        } = &client.transport
+        {
+            let written = outs.iter().map(|out| &**out);
+            for bytes in ins.into_iter().chain(written) {
+                if let BulkWire::Shared { offset, len } = connection.bulk_ref(bytes) {
+                    if let Some(state) = lending.lend(offset, len) {
+                        marked.push(state);
+                    }
+                }
+            }
+        }
+        let outs = match outs.len() {
+            0 => LentOuts::None,
+            1 => match outs.into_iter().next() {
+                Some(out) => LentOuts::One(out),
+                None => LentOuts::None,
+            },
+            _ => LentOuts::Many(Vec::from(outs)),
+        };
+        Lent {
+            outs,
+            wait_on_drop: client.is_remote(),
+            _marked: marked,
+        }
+    }
+}
+
+/// Decodes a call's output bytes and writes the byte-buffer outputs that came back
+/// inline into the lent buffers (in the order of the task's arguments).
+pub type DecodeWritingBack<T> = fn(&[u8], &mut [&mut [u8]]) -> Result<T, TaskError>;
+
+/// How a [`Pending`] turns output bytes into its result.
+enum Decode<T> {
+    Plain(fn(&[u8]) -> Result<T, TaskError>),
+    /// Also copies bulk outputs that came back inline into the lent buffers.
+    WritingBack(DecodeWritingBack<T>),
+}
+
+impl<T> Decode<T> {
+    fn run(&self, bytes: &[u8], outs: &mut LentOuts<'_>) -> Result<T, TaskError> {
+        match self {
+            Decode::Plain(decode) => decode(bytes),
+            Decode::WritingBack(decode) => decode(bytes, outs.as_slices()),
+        }
+    }
+}
+
+/// A submitted task whose result is not yet collected.
+///
+/// It borrows, for `'a`, the client buffers the call's bulk arguments came from — mutably
+/// those its handler writes — so they can be neither touched nor freed before the result
+/// is in: the runtime may be reading or writing them. `wait` fills the lent `&mut [u8]`
+/// buffers (in place, or from an inline output) and returns the task's value.
+///
+/// **Dropping** a `Pending` whose call lent buffers over shared memory **waits for the
+/// call to complete** (the runtime must be done with the memory before the borrow ends);
+/// any other `Pending` is dropped at once and its result discarded.
+///
+/// Leaking one (`std::mem::forget`) skips that wait, as for any guard: the borrow ends
+/// while the runtime may still use the buffers. A shared buffer dropped meanwhile keeps
+/// its memory out of the share for good (it was lent to a call that never ended, as far
+/// as this client knows), so no new buffer is ever written by that call; but a buffer
+/// still alive may change under the caller. The runtime stays sound either way. Do not
+/// leak a `Pending` that lent buffers.
+#[must_use = "a pending task does nothing unless waited for; use spawn_* for fire-and-forget"]
+pub struct Pending<'a, T> {
+    /// `None` once waited for.
+    raw: Option<RawPending>,
+    decode: Decode<T>,
+    lent: Lent<'a>,
+}
+
+impl<T> Pending<'static, T> {
     /// Wraps raw results whose output bytes `decode` turns into `T`.
     pub fn new(raw: RawPending, decode: fn(&[u8]) -> Result<T, TaskError>) -> Self {
-        Pending { raw, decode }
+        Pending {
+            raw: Some(raw),
+            decode: Decode::Plain(decode),
+            lent: Lent::nothing(),
+        }
+    }
+}
+
+impl<'a, T> Pending<'a, T> {
+    /// Wraps raw results of a call that borrowed `lent`; `decode` also writes bulk
+    /// outputs into the lent buffers.
+    #[doc(hidden)]
+    pub fn lending(raw: RawPending, decode: DecodeWritingBack<T>, lent: Lent<'a>) -> Self {
+        Pending {
+            raw: Some(raw),
+            decode: Decode::WritingBack(decode),
+            lent,
+        }
     }
 
     /// Whether every replica has answered (waiting would not block).
     pub fn is_done(&self) -> bool {
-        self.raw.is_done()
+        self.raw.as_ref().is_none_or(RawPending::is_done)
     }
 
     /// Waits for the result. With several replicas the first error (by container) wins,
     /// else the result of the lowest container is returned.
-    pub fn wait(self) -> Result<T, TaskError> {
-        match self.raw.0 {
-            PendingInner::SharedMemory(call) => call.wait_decoded(self.decode),
-            PendingInner::InProcess(completion) => decode_first(completion.wait(), self.decode),
+    pub fn wait(mut self) -> Result<T, TaskError> {
+        self.collect()
+    }
+
+    /// Waits like [`wait`](Self::wait), then hands back the `&mut [u8]` buffers the call
+    /// borrowed (filled, in the order of the task's arguments), so the caller can lend
+    /// them to another call: a window of calls in flight over a fixed set of buffers.
+    pub fn wait_and_return_buffers(mut self) -> (Result<T, TaskError>, ReturnedBuffers<'a>) {
+        let result = self.collect();
+        let outs = std::mem::replace(&mut self.lent.outs, LentOuts::None);
+        let returned = match outs {
+            LentOuts::None => ReturnedBuffers::None,
+            LentOuts::One(out) => ReturnedBuffers::One(out),
+            LentOuts::Many(outs) => ReturnedBuffers::Many(outs.into_iter()),
+        };
+        (result, returned)
+    }
+
+    /// Waits for the call (once) and decodes its result.
+    fn collect(&mut self) -> Result<T, TaskError> {
+        let raw = self.raw.take().ok_or(TaskError::NotRun)?;
+        let (decode, outs) = (&self.decode, &mut self.lent.outs);
+        match raw.0 {
+            PendingInner::SharedMemory(call) => {
+                let outs = std::cell::RefCell::new(outs);
+                call.wait_decoded(&|bytes| decode.run(bytes, &mut outs.borrow_mut()))
+            }
+            PendingInner::InProcess(completion) => {
+                decode_first(completion.wait(), |bytes| decode.run(bytes, outs))
+            }
         }
     }
 
     /// Waits for every replica and returns each one's result, by container.
-    pub fn wait_all(self) -> Vec<(ContainerId, Result<T, TaskError>)> {
-        let decode = self.decode;
-        self.raw
-            .wait()
+    pub fn wait_all(mut self) -> Vec<(ContainerId, Result<T, TaskError>)> {
+        let Some(raw) = self.raw.take() else {
+            return vec![(0, Err(TaskError::NotRun))];
+        };
+        let (decode, outs) = (&self.decode, &mut self.lent.outs);
+        raw.wait()
             .into_iter()
-            .map(|(container, result)| (container, result.and_then(|bytes| decode(&bytes))))
+            .map(|(container, result)| {
+                (container, result.and_then(|bytes| decode.run(&bytes, outs)))
+            })
             .collect()
+    }
+}
+
+/// The `&mut [u8]` buffers a completed call hands back
+/// ([`Pending::wait_and_return_buffers`]).
+#[derive(Debug)]
+pub enum ReturnedBuffers<'a> {
+    /// The call borrowed none.
+    None,
+    /// The one it borrowed.
+    One(&'a mut [u8]),
+    /// Those it borrowed, in order.
+    Many(std::vec::IntoIter<&'a mut [u8]>),
+}
+
+impl<'a> Iterator for ReturnedBuffers<'a> {
+    type Item = &'a mut [u8];
+
+    fn next(&mut self) -> Option<&'a mut [u8]> {
+        match std::mem::replace(self, ReturnedBuffers::None) {
+            ReturnedBuffers::None => None,
+            ReturnedBuffers::One(out) => Some(out),
+            ReturnedBuffers::Many(mut outs) => {
+                let next = outs.next();
+                *self = ReturnedBuffers::Many(outs);
+                next
+            }
+        }
+    }
+}
+
+impl<T> Drop for Pending<'_, T> {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            if self.lent.wait_on_drop {
+                // The runtime may still read or write the lent buffers: keep them
+                // borrowed until it is done (the result itself is discarded).
+                drop(raw.wait());
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Pending<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("done", &self.is_done())
+            .field("waits_on_drop", &self.lent.wait_on_drop)
+            .finish()
     }
 }
 
@@ -296,7 +552,7 @@ impl<T> Pending<T> {
 /// wins, else the lowest container's output is decoded.
 pub(crate) fn decode_first<T>(
     results: Vec<(ContainerId, Result<Bytes, TaskError>)>,
-    decode: fn(&[u8]) -> Result<T, TaskError>,
+    decode: impl FnOnce(&[u8]) -> Result<T, TaskError>,
 ) -> Result<T, TaskError> {
     let mut first_output = None;
     for (_, result) in results {

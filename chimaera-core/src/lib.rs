@@ -44,8 +44,8 @@ pub mod worker;
 #[doc(hidden)]
 pub mod __private;
 
-pub use bulk::Buffer;
-pub use client::{Client, Pending, TaskHandle};
+pub use bulk::{Buffer, BulkIn, BulkOut, BulkRangeError};
+pub use client::{Client, Pending, ReturnedBuffers, TaskHandle};
 pub use config::RuntimeConfig;
 pub use context::RunContext;
 pub use error::TaskError;

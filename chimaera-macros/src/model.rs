@@ -71,15 +71,33 @@ pub enum ArgKind {
     Borrowed(Borrow),
     /// `&mut T`: travels as `T` in the input and comes back in the output.
     InOut(Type),
-    /// `&mut [u8]`: a bulk buffer, written in place when it lies in the client's data
-    /// share, else carried in the input and back in the output (as `Bulk`).
-    BulkMut,
+    /// A byte buffer (as `Bulk`): a reference into the client's data share, or the bytes
+    /// inline. The client passes `&[u8]`, or `&mut [u8]` when the handler writes.
+    Bulk(BulkArg),
+}
+
+/// How a handler takes a byte buffer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BulkArg {
+    /// `&mut [u8]` / `BulkOut`: the handler writes it; it comes back in the output.
+    pub writes: bool,
+    /// `BulkIn` / `BulkOut`: a zero-copy view; else (`&[u8]` / `&mut [u8]`) the handler
+    /// gets a runtime-private copy.
+    pub view: bool,
 }
 
 impl ArgKind {
     /// Comes back in the output.
     pub fn is_in_out(&self) -> bool {
-        matches!(self, ArgKind::InOut(_) | ArgKind::BulkMut)
+        matches!(
+            self,
+            ArgKind::InOut(_) | ArgKind::Bulk(BulkArg { writes: true, .. })
+        )
+    }
+
+    /// A byte buffer the handler writes.
+    pub fn is_bulk_out(&self) -> bool {
+        matches!(self, ArgKind::Bulk(BulkArg { writes: true, .. }))
     }
 }
 
@@ -87,9 +105,6 @@ impl ArgKind {
 pub enum Borrow {
     /// `&str` → `String`; the handler borrows the received bytes.
     Str,
-    /// `&[u8]` → `Bulk`: a reference into the client's data share, or the bytes inline;
-    /// the handler borrows them either way.
-    Bulk,
     /// `&[i8]` → `Vec<i8>`; the handler borrows the received bytes.
     Bytes(Type),
     /// `&[T]` → `Vec<T>`; deserialized, then lent.
@@ -277,9 +292,12 @@ impl<'a> Task<'a> {
 
     /// Whether an argument may reference the client's data share.
     pub fn has_bulk_args(&self) -> bool {
-        self.args
-            .iter()
-            .any(|a| matches!(a.kind, ArgKind::BulkMut | ArgKind::Borrowed(Borrow::Bulk)))
+        self.args.iter().any(|a| matches!(a.kind, ArgKind::Bulk(_)))
+    }
+
+    /// The byte buffers the handler writes, in order.
+    pub fn bulk_out_args(&self) -> impl Iterator<Item = &Arg<'a>> {
+        self.args.iter().filter(|a| a.kind.is_bulk_out())
     }
 
     /// Rules that depend on which inherited task this is.
@@ -412,6 +430,14 @@ fn classify(cx: &Ctxt, ty: &Type) -> Option<ArgKind> {
             cx.error_spanned_by(ty, "take the task context as `ctx: &mut RunContext`");
             None
         }
+        other if last_segment_is(other, "BulkIn") => Some(ArgKind::Bulk(BulkArg {
+            writes: false,
+            view: true,
+        })),
+        other if last_segment_is(other, "BulkOut") => Some(ArgKind::Bulk(BulkArg {
+            writes: true,
+            view: true,
+        })),
         _ => Some(ArgKind::In),
     }
 }
@@ -425,23 +451,38 @@ fn classify_reference(cx: &Ctxt, reference: &TypeReference) -> Option<ArgKind> {
         }
         return Some(ArgKind::Context);
     }
+    if last_segment_is(inner, "BulkIn") || last_segment_is(inner, "BulkOut") {
+        cx.error_spanned_by(
+            reference,
+            "take a bulk view by value: `data: BulkIn<'_>` (read) or `data: BulkOut<'_>` (written in place)",
+        );
+        return None;
+    }
     let unsized_inner = is_str(inner) || matches!(inner, Type::Slice(_));
     if reference.mutability.is_some() {
         if matches!(inner, Type::Slice(slice) if is_u8(&slice.elem)) {
-            return Some(ArgKind::BulkMut);
+            return Some(ArgKind::Bulk(BulkArg {
+                writes: true,
+                view: false,
+            }));
         }
         if unsized_inner {
             cx.error_spanned_by(
                 reference,
-                "in-out arguments need an owned type: use `&mut String` or `&mut Vec<T>` (`&mut [u8]` is the one unsized exception: a byte buffer)",
+                "in-out arguments need an owned type: use `&mut String` or `&mut Vec<T>`; a byte buffer is `&mut [u8]` (the handler writes a private copy) or `BulkOut<'_>` (written in place, zero-copy)",
             );
             return None;
         }
         return Some(ArgKind::InOut(inner.clone()));
     }
+    if matches!(inner, Type::Slice(slice) if is_u8(&slice.elem)) {
+        return Some(ArgKind::Bulk(BulkArg {
+            writes: false,
+            view: false,
+        }));
+    }
     let borrow = match inner {
         inner if is_str(inner) => Borrow::Str,
-        Type::Slice(slice) if is_u8(&slice.elem) => Borrow::Bulk,
         Type::Slice(slice) if is_byte(&slice.elem) => Borrow::Bytes((*slice.elem).clone()),
         Type::Slice(slice) => Borrow::Slice((*slice.elem).clone()),
         other => Borrow::Ref(other.clone()),
@@ -536,7 +577,8 @@ mod tests {
                 #[task(method = 10)]
                 fn all<'a>(&self, ctx: &mut RunContext, s: &'a str, b: &[u8], v: &[u32],
                            r: &Point, n: u32, io: &mut Vec<u8>, i: &[i8],
-                           buf: &mut [u8]) -> Result<u8, TaskError> {}
+                           buf: &mut [u8], vin: BulkIn<'_>,
+                           vout: chimaera::BulkOut<'a>) -> Result<u8, TaskError> {}
                 fn helper(&self) {}
             }
         };
@@ -549,19 +591,37 @@ mod tests {
                     ArgKind::Context => "ctx",
                     ArgKind::In => "in",
                     ArgKind::Borrowed(Borrow::Str) => "str",
-                    ArgKind::Borrowed(Borrow::Bulk) => "bulk",
                     ArgKind::Borrowed(Borrow::Bytes(_)) => "bytes",
                     ArgKind::Borrowed(Borrow::Slice(_)) => "slice",
                     ArgKind::Borrowed(Borrow::Ref(_)) => "ref",
                     ArgKind::InOut(_) => "in-out",
-                    ArgKind::BulkMut => "bulk-mut",
+                    ArgKind::Bulk(BulkArg {
+                        writes: false,
+                        view: false,
+                    }) => "bulk",
+                    ArgKind::Bulk(BulkArg {
+                        writes: true,
+                        view: false,
+                    }) => "bulk-mut",
+                    ArgKind::Bulk(BulkArg {
+                        writes: false,
+                        view: true,
+                    }) => "bulk-in",
+                    ArgKind::Bulk(BulkArg {
+                        writes: true,
+                        view: true,
+                    }) => "bulk-out",
                 })
                 .collect();
             assert_eq!(
                 kinds,
-                ["ctx", "str", "bulk", "slice", "ref", "in", "in-out", "bytes", "bulk-mut"]
+                [
+                    "ctx", "str", "bulk", "slice", "ref", "in", "in-out", "bytes", "bulk-mut",
+                    "bulk-in", "bulk-out"
+                ]
             );
-            assert_eq!(task.wire_args().count(), 8);
+            assert_eq!(task.wire_args().count(), 10);
+            assert_eq!(task.bulk_out_args().count(), 2);
             assert!(task.ret.fallible && task.ret.ty.is_some());
             assert_eq!((task.entry.as_str(), task.id), ("kAll", 10));
             assert_eq!(model.tasks.len(), 1, "non-#[task] methods are not tasks");

@@ -487,7 +487,7 @@ impl ClientArea {
         })
     }
 
-    /// Reads a slot's task: every header word once, the input copied out (with volatile
+    /// Reads a slot's task: every header word once, the input copied out (with atomic
     /// loads) after its length was checked against the place it claims to lie in.
     #[allow(clippy::type_complexity)]
     fn decode_slot(

@@ -833,7 +833,7 @@ impl ShmCall {
     /// output is decoded from a copy on the stack (no allocation).
     pub fn wait_decoded<T>(
         self,
-        decode: fn(&[u8]) -> Result<T, TaskError>,
+        decode: &dyn Fn(&[u8]) -> Result<T, TaskError>,
     ) -> Result<T, TaskError> {
         self.wait_with(
             |connection, view| {
@@ -929,7 +929,7 @@ impl ShmConnection {
     fn read_small_output<T>(
         &self,
         view: &SlotView,
-        decode: fn(&[u8]) -> Result<T, TaskError>,
+        decode: &dyn Fn(&[u8]) -> Result<T, TaskError>,
     ) -> Option<Result<T, TaskError>> {
         let status = view.word(slot::STATUS).load(Ordering::Relaxed);
         let len = view.word(slot::OUTPUT_LEN).load(Ordering::Relaxed) as usize;

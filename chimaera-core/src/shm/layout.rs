@@ -22,8 +22,8 @@
 //!
 //! Who writes what: the client writes the request line and payload of slots it submits,
 //! the ring's producer line and its data share; the runtime writes everything else. The
-//! runtime reads the client's words once into locals (atomics, or the volatile copies of
-//! [`copy_from_shared`]) and validates the copy; it keeps its own truth (which slots are
+//! runtime reads the client's words once into locals (atomics, or the atomic word copies of
+//! [`read_shared`]) and validates the copy; it keeps its own truth (which slots are
 //! in flight, which output blocks are whose) in its own memory
 //! ([`crate::shm::client_area`]).
 //!
@@ -223,65 +223,6 @@ impl AreaGeometry {
     }
 }
 
-/// Copies `dst.len()` bytes from `src`, memory another process may write meanwhile, with
-/// volatile loads: no Rust reference is ever made over the shared bytes, and the compiler
-/// may neither elide nor repeat a load (so a value checked is the value used). A peer
-/// writing meanwhile makes the copy's content unspecified, never unsafe.
-///
-/// # Safety
-///
-/// `src..src + dst.len()` must lie in a mapping that stays mapped during the call.
-pub unsafe fn copy_from_shared(src: *const u8, dst: &mut [u8]) {
-    let len = dst.len();
-    let mut i = 0;
-    // Byte loads up to an 8-aligned source address, then aligned 8-byte loads.
-    while i < len && !(src as usize + i).is_multiple_of(8) {
-        // SAFETY: `src + i` lies in the mapping (caller's promise, `i < len`).
-        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
-        i += 1;
-    }
-    while i + 8 <= len {
-        // SAFETY: 8 bytes from `src + i` lie in the mapping, and the address is 8-aligned.
-        let word = unsafe { std::ptr::read_volatile(src.add(i).cast::<u64>()) };
-        dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: as above, `i < len`.
-        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
-        i += 1;
-    }
-}
-
-/// Copies `src` to `dst`, memory another process may read or write meanwhile, with
-/// volatile stores (the counterpart of [`copy_from_shared`]).
-///
-/// # Safety
-///
-/// `dst..dst + src.len()` must lie in a writable mapping that stays mapped during the
-/// call.
-pub unsafe fn copy_to_shared(src: &[u8], dst: *mut u8) {
-    let len = src.len();
-    let mut i = 0;
-    while i < len && !(dst as usize + i).is_multiple_of(8) {
-        // SAFETY: `dst + i` lies in the writable mapping (caller's promise, `i < len`).
-        unsafe { std::ptr::write_volatile(dst.add(i), src[i]) };
-        i += 1;
-    }
-    while i + 8 <= len {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&src[i..i + 8]);
-        // SAFETY: 8 bytes from `dst + i` lie in the mapping, and the address is 8-aligned.
-        unsafe { std::ptr::write_volatile(dst.add(i).cast::<u64>(), u64::from_ne_bytes(word)) };
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: as above, `i < len`.
-        unsafe { std::ptr::write_volatile(dst.add(i), src[i]) };
-        i += 1;
-    }
-}
-
 /// A view of one task slot (borrowing its segment, so making one costs no reference
 /// count).
 #[derive(Clone, Copy, Debug)]
@@ -400,21 +341,17 @@ impl<'a> SlotView<'a> {
     }
 }
 
-/// Copies `dst.len()` bytes at `offset` of `segment` with [`copy_from_shared`].
+/// Copies `dst.len()` bytes at `offset` of `segment`, memory a client may write
+/// meanwhile, into `dst` ([`Segment::read_bytes`]: atomic word copies, no reference into
+/// the shared bytes; a racing peer makes the copy's content unspecified, never unsafe).
 pub fn read_shared(segment: &Segment, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
-    let src = segment.range_ptr(offset, dst.len(), 1)?;
-    // SAFETY: `range_ptr` proved the range inside the mapping, which `segment` keeps alive.
-    unsafe { copy_from_shared(src.as_ptr(), dst) };
-    Ok(())
+    segment.read_bytes(offset, dst)
 }
 
-/// Copies `src` to `offset` of `segment` with [`copy_to_shared`].
+/// Copies `src` to `offset` of `segment` ([`Segment::write_bytes`], the counterpart of
+/// [`read_shared`]).
 pub fn write_shared(segment: &Segment, offset: usize, src: &[u8]) -> Result<(), AccessError> {
-    let dst = segment.range_ptr(offset, src.len(), 1)?;
-    // SAFETY: `range_ptr` proved the range inside the (writable) mapping `segment` keeps
-    // alive.
-    unsafe { copy_to_shared(src, dst.as_ptr()) };
-    Ok(())
+    segment.write_bytes(offset, src)
 }
 
 #[cfg(test)]
@@ -453,23 +390,6 @@ mod tests {
             },
         ] {
             assert_eq!(bad.checked_total_len(), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn shared_copies_round_trip_at_every_alignment() {
-        let mut memory = vec![0u64; 64];
-        let base = memory.as_mut_ptr().cast::<u8>();
-        let src: Vec<u8> = (0..200u8).collect();
-        for start in 0..9 {
-            for len in [0, 1, 7, 8, 9, 100, 200 - 9] {
-                // SAFETY: `start + len <= 200 < 512` bytes of `memory`.
-                unsafe { copy_to_shared(&src[..len], base.add(start)) };
-                let mut back = vec![0u8; len];
-                // SAFETY: as above.
-                unsafe { copy_from_shared(base.add(start), &mut back) };
-                assert_eq!(back, src[..len]);
-            }
         }
     }
 }

@@ -14,10 +14,11 @@
 //! * [`liveness`]: whether the runtime of an instance is alive, from a `flock` lock the
 //!   kernel drops when the process dies (even by SIGKILL), robust against pid reuse;
 //! * [`futex`]: process-shared futex wait/wake on a word of a shared mapping;
+//! * [`atomic_copy`]: copies in and out of memory a peer may write concurrently
+//!   (relaxed atomic words, never a plain `memcpy` or a reference into it);
 //! * [`ring`]: a single-producer single-consumer ring of `u32` in shared memory whose
 //!   consumer does not trust its producer;
-//! * [`layout`]: the layout of one client's area (ring, slots, data share, output space)
-//!   and volatile copies in and out of peer-writable memory;
+//! * [`layout`]: the layout of one client's area (ring, slots, data share, output space);
 //! * [`handshake`]: the instance's Unix socket — who may attach (`SO_PEERCRED` against
 //!   the config's `access:`), and the area memfd passed with `SCM_RIGHTS`;
 //! * [`runtime_page`]: the one page every client reads (workers' sleeping flags), sealed
@@ -38,7 +39,7 @@
 //!   slots are in flight, which output blocks are whose, quotas, who sleeps, geometry,
 //!   rights — lives in runtime-private memory and is never read back from shared memory.
 //! * **No Rust reference into peer-writable bytes.** The runtime reads words through
-//!   atomics and byte ranges through volatile copies ([`layout::copy_from_shared`]) into
+//!   atomics and byte ranges through atomic word copies ([`atomic_copy`]) into
 //!   its own memory, then validates the copy; lengths are checked against where the bytes
 //!   claim to lie before anything is allocated for them.
 //! * Nothing in shared memory is a pointer: structures are found by offset, and every
@@ -67,6 +68,7 @@
 //! memfd users isolate peers. The code is our own.
 
 pub mod arena;
+pub mod atomic_copy;
 pub mod client_area;
 pub mod connection;
 pub mod dir;

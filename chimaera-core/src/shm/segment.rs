@@ -386,9 +386,10 @@ impl Segment {
     /// the same time makes the copy's content unspecified, never unsafe for us.
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
         let src = self.checked_ptr(offset, dst.len(), 1)?;
-        // SAFETY: the source range lies in the mapping (checked); `dst` is our own memory
-        // and cannot overlap a shared mapping we only reach through raw pointers.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        // SAFETY: the source range lies in the read-write mapping (checked); `dst` is our
+        // own memory and cannot overlap a shared mapping we only reach through raw
+        // pointers. The copy is atomic on the shared side, so a racing peer is no data race.
+        unsafe { super::atomic_copy::load(src, dst) };
         Ok(())
     }
 
@@ -396,8 +397,9 @@ impl Segment {
     pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), AccessError> {
         let dst = self.checked_ptr(offset, src.len(), 1)?;
         // SAFETY: the destination range lies in the writable mapping (checked); `src` is
-        // process memory that no `&[u8]` into the mapping can alias here.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        // process memory that no `&[u8]` into the mapping can alias here; the copy is
+        // atomic on the shared side.
+        unsafe { super::atomic_copy::store(dst, src) };
         Ok(())
     }
 

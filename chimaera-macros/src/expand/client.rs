@@ -7,16 +7,23 @@
 //! `spawn_x` (fire-and-forget or periodic). Parameters keep the handler's names and
 //! types (`&mut T` in-out arguments are `&T` for `async_x`/`spawn_x`, and written back
 //! by `x`), and borrowed arguments are archived in place through `StrRef`, `SliceRef`
-//! and `ByRef`, never copied into owned values first. `&[u8]` / `&mut [u8]` go through
+//! and `ByRef`, never copied into owned values first.
+//!
+//! Byte buffers (handler `&[u8]` / `BulkIn`, and `&mut [u8]` / `BulkOut` where it
+//! writes) are `&[u8]` / `&mut [u8]` on every method. `x` and `async_x` send them through
 //! `Client::bulk_ref`: a reference when they lie in the client's data share (a buffer
-//! from `allocate_buffer`), else the bytes inline; `x` copies a `&mut [u8]` that came
-//! back inline into the caller's slice.
+//! from `allocate_buffer`), else the bytes inline. So `async_x` ties them to its
+//! `Pending<'__chimaera_call, _>`: the caller cannot touch or free a buffer the runtime
+//! may use in place until the call completes, and the `Pending`'s `wait` copies a
+//! written buffer that came back inline into the caller's slice (a compile error pins
+//! this: `tests/ui/borrow/`). `create` and `spawn_x` copy the bytes into the input,
+//! since nothing holds the buffers for them.
 use crate::expand::{local, Names, TaskNames};
 use crate::model::{Arg, ArgKind, Borrow, ChimodImpl, Task};
-use proc_macro2::{Ident, TokenStream};
+use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 use std::collections::BTreeSet;
-use syn::{Type, TypeReference};
+use syn::{GenericParam, Index, Lifetime, LifetimeParam, Type, TypeReference};
 
 pub fn expand(
     model: &ChimodImpl,
@@ -37,10 +44,14 @@ pub fn expand(
     let create = model.create().map(|task| {
         let generics = &task.sig.generics;
         let where_clause = &generics.where_clause;
-        let params = task.wire_args().map(|arg| param(arg, false));
-        let params_again = task.wire_args().map(|arg| param(arg, false));
+        let params = task.wire_args().map(|arg| param(arg, Form::Sync));
+        let params_again = task.wire_args().map(|arg| param(arg, Form::Sync));
         let forwarded = task.wire_args().map(|arg| arg.ident);
-        let encoded = encode(names, task, &quote!(#chi));
+        let encoded = {
+            let private = &names.private;
+            let tuple = wire_tuple(names, task, &quote!(#chi), BulkForm::Inline);
+            quote!(#private::encode(&#tuple)?)
+        };
         quote! {
             /// Gets or creates the pool `pool_name` with default options; see
             /// [`create_with`](Self::create_with).
@@ -130,72 +141,144 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
     let private = &names.private;
     let module = &names.module;
     let TaskNames { id, output, .. } = TaskNames::of(task);
-    let (query, schedule, out, bytes) = (
+    let (query, schedule, out, bytes, outs, raw, buffer) = (
         local("query"),
         local("schedule"),
         local("out"),
         local("bytes"),
+        local("outs"),
+        local("raw"),
+        local("buffer"),
     );
     let sync_name = &task.sig.ident;
     let async_name = format_ident!("async_{}", task.name, span = sync_name.span());
     let spawn_name = format_ident!("spawn_{}", task.name, span = sync_name.span());
     let generics = &task.sig.generics;
     let where_clause = &generics.where_clause;
-    let sync_params: Vec<_> = task.wire_args().map(|arg| param(arg, false)).collect();
-    let shared_params: Vec<_> = task.wire_args().map(|arg| param(arg, true)).collect();
+    let lends = task.has_bulk_args();
+    let call = Lifetime::new(CALL_LIFETIME, Span::call_site());
+    let mut async_generics = generics.clone();
+    if lends {
+        async_generics
+            .params
+            .insert(0, GenericParam::Lifetime(LifetimeParam::new(call.clone())));
+    }
+    let pending_lifetime = if lends {
+        quote!(#call)
+    } else {
+        quote!('static)
+    };
+    let sync_params: Vec<_> = task.wire_args().map(|arg| param(arg, Form::Sync)).collect();
+    let async_params: Vec<_> = task
+        .wire_args()
+        .map(|arg| param(arg, Form::Async(&call)))
+        .collect();
+    let spawn_params: Vec<_> = task
+        .wire_args()
+        .map(|arg| param(arg, Form::Spawn))
+        .collect();
     let ret = match &task.ret.ty {
         Some(ty) => quote!(#ty),
         None => quote!(()),
     };
-    let in_outs: Vec<&Arg> = task.in_out_args().collect();
-    let forwarded = task.wire_args().map(|arg| {
-        let ident = arg.ident;
-        if arg.kind.is_in_out() {
-            quote!(&*#ident)
-        } else {
-            quote!(#ident)
-        }
-    });
-    let (pending, decoded, sync_body) = if in_outs.is_empty() {
-        (
-            ret.clone(),
-            quote!(::core::result::Result::map(#private::decode::<#module::#output>(#bytes, "output"), |#out| #out.0)),
-            quote!(#private::Pending::wait(self.#async_name(#query, #(#forwarded),*)?)),
-        )
+    // In-out values the `Pending` yields after the return value: the `&mut T` ones (byte
+    // buffers are written back into the lent `&mut [u8]` instead), with their fields in
+    // the output tuple.
+    let in_outs: Vec<(&Arg, Index)> = task
+        .in_out_args()
+        .enumerate()
+        .map(|(i, arg)| (arg, Index::from(i + 1)))
+        .collect();
+    let yielded: Vec<(&Arg, &Type, &Index)> = in_outs
+        .iter()
+        .filter_map(|(arg, field)| match &arg.kind {
+            ArgKind::InOut(inner) => Some((*arg, inner, field)),
+            _ => None,
+        })
+        .collect();
+    let written_back = in_outs
+        .iter()
+        .filter(|(arg, _)| arg.kind.is_bulk_out())
+        .enumerate()
+        .map(|(k, (_, field))| quote!(#private::bulk_write_back_at(#outs, #k, #out.#field)?;));
+    let written_back: Vec<_> = written_back.collect();
+    let ignore_outs = written_back.is_empty().then(|| quote!(let _ = #outs;));
+    let (pending, value) = if yielded.is_empty() {
+        (ret.clone(), quote!(#out.0))
     } else {
-        let write_back = in_outs.iter().enumerate().map(|(i, arg)| {
-            let ident = arg.ident;
-            let field = syn::Index::from(i + 1);
-            match arg.kind {
-                ArgKind::BulkMut => quote!(#private::bulk_write_back(#ident, #out.#field)?;),
-                _ => quote!(*#ident = #out.#field;),
-            }
-        });
+        let types = yielded.iter().map(|(_, ty, _)| ty);
+        let fields = yielded.iter().map(|(_, _, field)| field);
         (
-            quote!(#module::#output),
-            quote!(#private::decode::<#module::#output>(#bytes, "output")),
-            quote! {
-                let #out = #private::Pending::wait(self.#async_name(#query, #(#forwarded),*)?)?;
-                #(#write_back)*
-                ::core::result::Result::Ok(#out.0)
-            },
+            quote!((#ret, #(#types),*)),
+            quote!((#out.0, #(#out.#fields),*)),
         )
     };
-    let encoded = encode(names, task, &quote!(&self.client));
-    let tuple = wire_tuple(names, task, &quote!(&self.client));
-    let buffer = local("buffer");
+    let decode = quote! {
+        |#bytes: &[u8], #outs: &mut [&mut [u8]]| -> ::core::result::Result<#pending, #private::TaskError> {
+            #ignore_outs
+            let #out = #private::decode::<#module::#output>(#bytes, "output")?;
+            #(#written_back)*
+            ::core::result::Result::Ok(#value)
+        }
+    };
+    let forwarded = task.wire_args().map(|arg| {
+        let ident = arg.ident;
+        match &arg.kind {
+            ArgKind::Bulk(_) if arg.kind.is_bulk_out() => quote!(&mut *#ident),
+            ArgKind::InOut(_) => quote!(&*#ident),
+            _ => quote!(#ident),
+        }
+    });
+    let sync_body = if yielded.is_empty() {
+        quote!(#private::Pending::wait(self.#async_name(#query, #(#forwarded),*)?))
+    } else {
+        let assign = yielded.iter().enumerate().map(|(k, (arg, _, _))| {
+            let ident = arg.ident;
+            let field = Index::from(k + 1);
+            quote!(*#ident = #out.#field;)
+        });
+        quote! {
+            let #out = #private::Pending::wait(self.#async_name(#query, #(#forwarded),*)?)?;
+            #(#assign)*
+            ::core::result::Result::Ok(#out.0)
+        }
+    };
+    let lent = if lends {
+        let bulk_ins = task
+            .wire_args()
+            .filter(|arg| matches!(arg.kind, ArgKind::Bulk(_)) && !arg.kind.is_bulk_out())
+            .map(|arg| arg.ident);
+        let bulk_outs = task.bulk_out_args().map(|arg| arg.ident);
+        quote!(#private::Lent::buffers(&self.client, [#(#bulk_ins),*], [#(#bulk_outs),*]))
+    } else {
+        quote!(#private::Lent::nothing())
+    };
+    let by_reference = wire_tuple(names, task, &quote!(&self.client), BulkForm::ByReference);
+    let spawned = encode(names, task, BulkForm::Inline);
     let docs = task.attrs.iter().filter(|a| a.path().is_ident("doc"));
     let entry = &task.entry;
     let sync_doc = format!("Runs `{entry}` and waits for its output.");
     let async_doc = format!(
-        "Submits `{entry}` without waiting; the `Pending` yields {}.",
-        if in_outs.is_empty() {
+        "Submits `{entry}` without waiting; the `Pending` yields {}.{}",
+        if yielded.is_empty() {
             "its return value"
         } else {
             "its return value, then its in-out values"
+        },
+        if lends {
+            " It borrows the byte buffers until the call completes (the runtime may use them in place); `wait` fills the `&mut [u8]` ones, and dropping it early waits for the call."
+        } else {
+            ""
         }
     );
-    let spawn_doc = format!("Submits `{entry}` as a fire-and-forget or periodic task.");
+    let spawn_doc = format!(
+        "Submits `{entry}` as a fire-and-forget or periodic task.{}",
+        if lends {
+            " Byte buffers are sent as copies (nothing waits for the task), and a written one is not written back."
+        } else {
+            ""
+        }
+    );
     quote! {
         #(#docs)*
         #[doc = ""]
@@ -209,19 +292,19 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
         }
 
         #[doc = #async_doc]
-        pub fn #async_name #generics (
+        pub fn #async_name #async_generics (
             &self,
             #query: #private::PoolQuery,
-            #(#shared_params,)*
-        ) -> ::core::result::Result<#private::Pending<#pending>, #private::TaskError> #where_clause {
-            #private::submit_with(
+            #(#async_params,)*
+        ) -> ::core::result::Result<#private::Pending<#pending_lifetime, #pending>, #private::TaskError> #where_clause {
+            let #raw = #private::Client::submit_with(
                 &self.client,
                 self.pool,
                 #module::#id,
                 #query,
-                &mut |#buffer: &mut #private::OutputBuffer| #private::OutputBuffer::encode(#buffer, &#tuple),
-                |#bytes: &[u8]| #decoded,
-            )
+                &mut |#buffer: &mut #private::OutputBuffer| #private::OutputBuffer::encode(#buffer, &#by_reference),
+            )?;
+            ::core::result::Result::Ok(#private::Pending::lending(#raw, #decode, #lent))
         }
 
         #[doc = #spawn_doc]
@@ -229,55 +312,92 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
             &self,
             #query: #private::PoolQuery,
             #schedule: #private::Schedule,
-            #(#shared_params,)*
+            #(#spawn_params,)*
         ) -> ::core::result::Result<#private::TaskHandle, #private::TaskError> #where_clause {
-            #private::spawn(&self.client, self.pool, #module::#id, #query, #schedule, #encoded)
+            #private::spawn(&self.client, self.pool, #module::#id, #query, #schedule, #spawned)
         }
     }
 }
 
-/// `name: Type` as the handler declares it; with `shared`, `&mut T` becomes `&T`.
-fn param(arg: &Arg, shared: bool) -> TokenStream {
+/// The lifetime for which an `async_*` method's `Pending` borrows its byte buffers.
+const CALL_LIFETIME: &str = "'__chimaera_call";
+
+/// Which client method a parameter belongs to.
+#[derive(Clone, Copy)]
+enum Form<'l> {
+    /// `x`: as the handler declares it; byte buffers as `&[u8]` / `&mut [u8]`.
+    Sync,
+    /// `async_x`: `&mut T` becomes `&T`; byte buffers are borrowed for the call's
+    /// lifetime.
+    Async(&'l Lifetime),
+    /// `spawn_x`: `&mut T` becomes `&T`; byte buffers as for `Sync`.
+    Spawn,
+}
+
+/// `name: Type` of a client method's parameter.
+fn param(arg: &Arg, form: Form) -> TokenStream {
     let ident = arg.ident;
-    match (&arg.kind, arg.ty) {
-        (ArgKind::InOut(_) | ArgKind::BulkMut, Type::Reference(reference)) if shared => {
-            let shared_ty = Type::Reference(TypeReference {
-                mutability: None,
-                ..reference.clone()
-            });
-            quote!(#ident: #shared_ty)
+    match (&arg.kind, form) {
+        (ArgKind::Bulk(_), Form::Async(call)) if arg.kind.is_bulk_out() => {
+            quote!(#ident: &#call mut [u8])
         }
-        (_, ty) => quote!(#ident: #ty),
+        (ArgKind::Bulk(_), Form::Async(call)) => quote!(#ident: &#call [u8]),
+        (ArgKind::Bulk(_), _) if arg.kind.is_bulk_out() => quote!(#ident: &mut [u8]),
+        (ArgKind::Bulk(_), _) => quote!(#ident: &[u8]),
+        (ArgKind::InOut(_), Form::Async(_) | Form::Spawn) => match arg.ty {
+            Type::Reference(reference) => {
+                let shared_ty = Type::Reference(TypeReference {
+                    mutability: None,
+                    ..reference.clone()
+                });
+                quote!(#ident: #shared_ty)
+            }
+            ty => quote!(#ident: #ty),
+        },
+        (_, _) => {
+            let ty = arg.ty;
+            quote!(#ident: #ty)
+        }
     }
+}
+
+/// How byte buffers go into an input archive.
+#[derive(Clone, Copy)]
+enum BulkForm {
+    /// Through `Client::bulk_ref`: a reference when they lie in the client's data share
+    /// (the `Pending` then borrows them until the call completes).
+    ByReference,
+    /// Always copied into the archive (`create`, `spawn_*`: nothing holds the buffers).
+    Inline,
 }
 
 /// `encode(&(StrRef(a), ByRef(&b), …))?`: the task's input archived from the client's
-/// parameters in place; byte buffers go through `client.bulk_ref`, which sends a
-/// reference instead of the bytes when they lie in the client's data share.
-fn encode(names: &Names, task: &Task, client: &TokenStream) -> TokenStream {
+/// parameters in place, byte buffers copied in.
+fn encode(names: &Names, task: &Task, form: BulkForm) -> TokenStream {
     let private = &names.private;
-    let tuple = wire_tuple(names, task, client);
+    let tuple = wire_tuple(names, task, &quote!(&self.client), form);
     quote!(#private::encode(&#tuple)?)
 }
 
 /// `(StrRef(a), ByRef(&b), …)`: the value whose archive is the task's input.
-fn wire_tuple(names: &Names, task: &Task, client: &TokenStream) -> TokenStream {
+fn wire_tuple(names: &Names, task: &Task, client: &TokenStream, form: BulkForm) -> TokenStream {
     let private = &names.private;
     let wrapped = task.wire_args().map(|arg| {
         let ident: &Ident = arg.ident;
-        match &arg.kind {
-            ArgKind::Borrowed(Borrow::Str) => quote!(#private::StrRef(#ident)),
-            ArgKind::Borrowed(Borrow::Bulk) | ArgKind::BulkMut => {
-                quote!(#private::Client::bulk_ref(#client, #ident))
+        match (&arg.kind, form) {
+            (ArgKind::Borrowed(Borrow::Str), _) => quote!(#private::StrRef(#ident)),
+            (ArgKind::Bulk(_), BulkForm::ByReference) => {
+                quote!(#private::Client::bulk_ref(#client, &*#ident))
             }
-            ArgKind::Borrowed(Borrow::Bytes(_) | Borrow::Slice(_)) => {
+            (ArgKind::Bulk(_), BulkForm::Inline) => quote!(#private::bulk_inline(&*#ident)),
+            (ArgKind::Borrowed(Borrow::Bytes(_) | Borrow::Slice(_)), _) => {
                 quote!(#private::SliceRef(#ident))
             }
-            ArgKind::Borrowed(Borrow::Ref(_)) | ArgKind::InOut(_) => {
+            (ArgKind::Borrowed(Borrow::Ref(_)) | ArgKind::InOut(_), _) => {
                 quote!(#private::ByRef(#ident))
             }
-            ArgKind::In => quote!(#private::ByRef(&#ident)),
-            ArgKind::Context => unreachable!("wire_args skips the context"),
+            (ArgKind::In, _) => quote!(#private::ByRef(&#ident)),
+            (ArgKind::Context, _) => unreachable!("wire_args skips the context"),
         }
     });
     quote!((#(#wrapped,)*))

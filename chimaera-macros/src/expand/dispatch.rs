@@ -2,17 +2,20 @@
 //!
 //! Each entry point is a dense `match` on the method id consts of `foo_tasks`. Inputs
 //! are validated (`access`, bytecheck) before any field is read; `&str` and `&[i8]`
-//! arguments borrow the validated bytes; `&[u8]` / `&mut [u8]` (bulk) arguments borrow
-//! them too, or are resolved against the submitting client's data share (`BulkIn` /
-//! `BulkMut`: bounds-checked and claimed for the handler's run), and a `&mut [u8]` goes
-//! back as a reference or its bytes; every other argument is deserialized into its owned
-//! form first. A handler's `Err(e)` becomes `e.into()`; an unknown id (and
+//! arguments borrow the validated bytes. Byte buffers (bulk) inline in the input, or
+//! referencing the submitting client's data share (bounds-checked and claimed), reach
+//! the handler as runtime-private bytes — `&[u8]` borrowed from the input or copied out
+//! of the share (`bulk_copy_in`), `&mut [u8]` a private copy written back after the
+//! handler (`BulkOutArg::open_copy`) — or as zero-copy views (`BulkInArg`,
+//! `BulkOutArg::open_view`) that never make a reference into the share; a written buffer
+//! goes back as a reference or its bytes. Every other argument is deserialized into its
+//! owned form first. A handler's `Err(e)` becomes `e.into()`; an unknown id (and
 //! `create`/`destroy`, which have their own entry points) answers `unknown_method` from
 //! `run`, `load_in`, `load_out` and `new_copy`, and the default lane / no container from
 //! `monitor` / `dynamic_container`.
 use crate::expand::{into_task_result, local, Names, TaskNames};
 use crate::manifest::ModuleManifest;
-use crate::model::{ArgKind, Borrow, ChimodImpl, Task};
+use crate::model::{ArgKind, Borrow, BulkArg, ChimodImpl, Task};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 use syn::{Index, Path};
@@ -291,10 +294,10 @@ fn run_arm(
     let bulk_outputs = task
         .wire_args()
         .enumerate()
-        .filter(|(_, a)| matches!(a.kind, ArgKind::BulkMut))
+        .filter(|(_, a)| a.kind.is_bulk_out())
         .map(|(i, _)| {
             let local = local(&format!("arg{i}"));
-            quote!(let #local = #private::BulkMut::into_wire(#local);)
+            quote!(let #local = #private::BulkOutArg::into_wire(#local);)
         });
     quote! {
         #module::#id => {
@@ -339,16 +342,39 @@ fn handler_call(
         let deserialize = |ty: TokenStream| quote!(let #local: #ty = #private::deserialize(&#value.#field, "input")?;);
         match &arg.kind {
             ArgKind::Borrowed(Borrow::Str) => passed.push(quote!(#value.#field.as_str())),
-            ArgKind::Borrowed(Borrow::Bulk) => {
+            ArgKind::Bulk(BulkArg {
+                writes: false,
+                view: false,
+            }) => {
                 bindings
-                    .push(quote!(let #local = #private::BulkIn::open(#share, &#value.#field)?;));
-                passed.push(quote!(#private::BulkIn::as_slice(&#local)));
+                    .push(quote!(let #local = #private::bulk_copy_in(#share, &#value.#field)?;));
+                passed.push(quote!(&*#local));
             }
-            ArgKind::BulkMut => {
+            ArgKind::Bulk(BulkArg {
+                writes: false,
+                view: true,
+            }) => {
+                bindings
+                    .push(quote!(let #local = #private::BulkInArg::open(#share, &#value.#field)?;));
+                passed.push(quote!(#private::BulkInArg::view(&#local)));
+            }
+            ArgKind::Bulk(BulkArg {
+                writes: true,
+                view: false,
+            }) => {
                 bindings.push(
-                    quote!(let mut #local = #private::BulkMut::open(#share, &#value.#field)?;),
+                    quote!(let mut #local = #private::BulkOutArg::open_copy(#share, &#value.#field)?;),
                 );
-                passed.push(quote!(#private::BulkMut::as_mut_slice(&mut #local)));
+                passed.push(quote!(#private::BulkOutArg::as_mut_slice(&mut #local)));
+            }
+            ArgKind::Bulk(BulkArg {
+                writes: true,
+                view: true,
+            }) => {
+                bindings.push(
+                    quote!(let mut #local = #private::BulkOutArg::open_view(#share, &#value.#field)?;),
+                );
+                passed.push(quote!(#private::BulkOutArg::view(&mut #local)));
             }
             ArgKind::Borrowed(Borrow::Bytes(_)) => {
                 passed.push(quote!(#value.#field.as_slice()));

@@ -86,7 +86,7 @@ fn wire_types(names: &Names, task: &Task, outer: &Outer) -> TokenStream {
     let inputs = task.wire_args().map(|arg| {
         let owned = match &arg.kind {
             ArgKind::Borrowed(Borrow::Str) => quote!(::std::string::String),
-            ArgKind::Borrowed(Borrow::Bulk) | ArgKind::BulkMut => quote!(#private::Bulk),
+            ArgKind::Bulk(_) => quote!(#private::Bulk),
             ArgKind::Borrowed(Borrow::Bytes(elem) | Borrow::Slice(elem)) => {
                 let elem = outer.rewrite(elem);
                 quote!(::std::vec::Vec<#elem>)

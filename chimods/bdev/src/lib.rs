@@ -55,12 +55,13 @@
 //!   where `io_uring` is unavailable — at most `io_depth` operations in flight either
 //!   way. `O_DIRECT` is honoured with bounce buffers where the caller's buffer, offset or
 //!   length is not aligned.
-//! * **Zero-copy**: `write`'s `data` and `read`'s `data` are bulk arguments: a buffer
-//!   from `Client::allocate_buffer` reaches the handler as a slice of the client's shared
-//!   memory, and the I/O core ([`BlockDevice::write_at`] / [`BlockDevice::read_into`])
-//!   copies from it (RAM) or hands it to the kernel (file) directly. The one copy left
-//!   is the device's own (RAM memcpy, or the kernel's page-cache copy without
-//!   `O_DIRECT`).
+//! * **Zero-copy, soundly**: `write` takes its `data` as a [`BulkIn`] view and `read` as
+//!   a [`BulkOut`] view: a buffer from `Client::allocate_buffer` reaches the handler as a
+//!   view of the client's shared memory (never a `&[u8]` into memory the client can
+//!   rewrite), and the I/O core ([`BlockDevice::write_at`] / [`BlockDevice::read_into`])
+//!   copies from or into it (RAM, atomic copies) or hands its raw address to the kernel
+//!   (file: `io_uring`, `pwrite`/`pread`). The one copy left is the device's own (the
+//!   RAM copy, or the kernel's page-cache copy without `O_DIRECT`).
 //!
 //! Reads and writes do not check that a block is currently allocated (only that it lies
 //! in the device): like a disk, the device serves any in-range block it is given.
@@ -84,7 +85,7 @@ pub use error::BdevError;
 pub use stats::{BdevStats, OpStats};
 
 use backend::{FileDevice, FileOptions, RamDevice};
-use chimaera_core::RunContext;
+use chimaera_core::{BulkIn, BulkOut, RunContext};
 use chimaera_macros::chimod;
 use short_lock::ShortLock;
 use stats::DeviceStats;
@@ -182,9 +183,11 @@ impl Bdev {
         Ok(freed?)
     }
 
-    /// `kWrite`: writes `data` at the start of `block`; returns the bytes written.
+    /// `kWrite`: writes `data` at the start of `block`; returns the bytes written. A
+    /// `data` buffer from `Client::allocate_buffer` goes from the client's shared memory
+    /// to the device without a copy in between.
     #[task(method = 12)]
-    fn write(&self, block: Block, data: &[u8]) -> Result<u64, BdevError> {
+    fn write(&self, block: Block, data: BulkIn<'_>) -> Result<u64, BdevError> {
         self.write_block(&block, data)
     }
 
@@ -193,9 +196,9 @@ impl Bdev {
     /// `Client::allocate_buffer` is filled in place (the device reads straight into the
     /// client's shared memory); any other comes back in the output.
     #[task(method = 13)]
-    fn read(&self, block: Block, data: &mut [u8]) -> Result<u64, BdevError> {
+    fn read(&self, block: Block, data: BulkOut<'_>) -> Result<u64, BdevError> {
         let len = (data.len() as u64).min(block.size) as usize;
-        self.read_block(&block, &mut data[..len])
+        self.read_block(&block, data.truncated(len))
     }
 
     /// `kGetStats`: measured statistics since the device was created.
@@ -243,7 +246,7 @@ impl Bdev {
     }
 
     /// Writes `data` at the start of `block`, measured; the I/O core of `Write`.
-    pub fn write_block(&self, block: &Block, data: &[u8]) -> Result<u64, BdevError> {
+    pub fn write_block(&self, block: &Block, data: BulkIn<'_>) -> Result<u64, BdevError> {
         let checked = self.check_block(block).and_then(|()| {
             if data.len() as u64 > block.size {
                 return Err(BdevError::LongerThanBlock {
@@ -264,7 +267,7 @@ impl Bdev {
     }
 
     /// Fills `buf` from the start of `block`, measured; the I/O core of `Read`.
-    pub fn read_block(&self, block: &Block, buf: &mut [u8]) -> Result<u64, BdevError> {
+    pub fn read_block(&self, block: &Block, buf: BulkOut<'_>) -> Result<u64, BdevError> {
         let offset = block.offset;
         self.measure_read(block, buf.len(), |device| device.read_into(offset, buf))
     }

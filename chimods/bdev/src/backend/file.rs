@@ -43,6 +43,7 @@ use super::io_pool::{IoPool, Scratch};
 use super::uring::{Permit, UringQueue};
 use super::{check_alignment, check_range, BdevType, BlockDevice, CreateError, IoError};
 use crate::short_lock::ShortLock;
+use chimaera_core::{BulkIn, BulkOut};
 use std::alloc::{self, Layout};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -288,7 +289,7 @@ impl FileDevice {
         ring: &UringQueue,
         permit: &Permit<'_>,
         offset: u64,
-        data: &[u8],
+        data: BulkIn<'_>,
     ) -> Result<(), IoError> {
         let len = data.len();
         let io = |source| IoError::Io {
@@ -309,8 +310,8 @@ impl FileDevice {
                 match self.bounces.take(len) {
                     Some(mut bounce) => {
                         let aligned = bounce.slice(len);
-                        aligned.copy_from_slice(data);
-                        ring.write_all_at(permit, self.fd(), aligned, offset)
+                        copy_in(data, aligned);
+                        ring.write_all_at(permit, self.fd(), BulkIn::from(&aligned[..]), offset)
                             .map_err(io)
                     }
                     None => self.pool_write(offset, data, align),
@@ -326,7 +327,7 @@ impl FileDevice {
         ring: &UringQueue,
         permit: &Permit<'_>,
         offset: u64,
-        buf: &mut [u8],
+        mut buf: BulkOut<'_>,
     ) -> Result<(), IoError> {
         let len = buf.len() as u64;
         let io = |source| IoError::Io {
@@ -354,15 +355,15 @@ impl FileDevice {
             return self.pool_read(offset, buf, align);
         };
         let covering = bounce.slice(span);
-        ring.read_exact_at(permit, self.fd(), covering, first)
+        ring.read_exact_at(permit, self.fd(), BulkOut::from(&mut covering[..]), first)
             .map_err(io)?;
         let at = (offset - first) as usize;
-        buf.copy_from_slice(&covering[at..at + buf.len()]);
+        copy_out(&covering[at..at + buf.len()], &mut buf);
         Ok(())
     }
 
     /// An `O_DIRECT` write on an I/O thread (read-modify-write of partial sectors).
-    fn pool_write(&self, offset: u64, data: &[u8], align: u64) -> Result<(), IoError> {
+    fn pool_write(&self, offset: u64, data: BulkIn<'_>, align: u64) -> Result<(), IoError> {
         self.pool
             .run(|scratch| self.direct_write(scratch, offset, data, align))?
             .map_err(|source| IoError::Io {
@@ -373,10 +374,10 @@ impl FileDevice {
     }
 
     /// An `O_DIRECT` read on an I/O thread.
-    fn pool_read(&self, offset: u64, buf: &mut [u8], align: u64) -> Result<(), IoError> {
+    fn pool_read(&self, offset: u64, buf: BulkOut<'_>, align: u64) -> Result<(), IoError> {
         let len = buf.len() as u64;
         self.pool
-            .run(|scratch| self.direct_read(scratch, offset, buf, align))?
+            .run(move |scratch| self.direct_read(scratch, offset, buf, align))?
             .map_err(|source| IoError::Io {
                 offset,
                 len,
@@ -417,7 +418,7 @@ impl FileDevice {
         &self,
         scratch: &mut Scratch,
         offset: u64,
-        data: &[u8],
+        data: BulkIn<'_>,
         align: u64,
     ) -> io::Result<()> {
         let len = data.len() as u64;
@@ -426,7 +427,7 @@ impl FileDevice {
             && is_aligned(len, align)
             && is_aligned(data.as_ptr() as u64, align)
         {
-            return self.file.write_all_at(data, offset);
+            return pwrite_all(&self.file, data, offset);
         }
         let first = offset - offset % align;
         let last = end.div_ceil(align) * align;
@@ -454,7 +455,7 @@ impl FileDevice {
                 .read_exact_at(&mut bounce[span - a..], tail_sector)?;
         }
         let at = (offset - first) as usize;
-        bounce[at..at + data.len()].copy_from_slice(data);
+        copy_in(data, &mut bounce[at..at + data.len()]);
         self.file.write_all_at(bounce, first)
     }
 
@@ -463,7 +464,7 @@ impl FileDevice {
         &self,
         scratch: &mut Scratch,
         offset: u64,
-        buf: &mut [u8],
+        mut buf: BulkOut<'_>,
         align: u64,
     ) -> io::Result<()> {
         let len = buf.len() as u64;
@@ -471,7 +472,7 @@ impl FileDevice {
             && is_aligned(len, align)
             && is_aligned(buf.as_ptr() as u64, align)
         {
-            return self.file.read_exact_at(buf, offset);
+            return pread_exact(&self.file, buf, offset);
         }
         let first = offset - offset % align;
         let last = (offset + len).div_ceil(align) * align;
@@ -480,7 +481,7 @@ impl FileDevice {
             .ok_or_else(|| io::Error::other("bounce buffer too large"))?;
         self.file.read_exact_at(bounce, first)?;
         let at = (offset - first) as usize;
-        buf.copy_from_slice(&bounce[at..at + buf.len()]);
+        copy_out(&bounce[at..at + buf.len()], &mut buf);
         Ok(())
     }
 }
@@ -494,7 +495,7 @@ impl BlockDevice for FileDevice {
         self.capacity
     }
 
-    fn write_at(&self, offset: u64, data: &[u8]) -> Result<u64, IoError> {
+    fn write_at(&self, offset: u64, data: BulkIn<'_>) -> Result<u64, IoError> {
         self.check_open()?;
         check_range(offset, data.len(), self.capacity)?;
         if data.is_empty() {
@@ -507,7 +508,7 @@ impl BlockDevice for FileDevice {
         }
         self.pool
             .run(|scratch| match self.direct {
-                None => self.file.write_all_at(data, offset),
+                None => pwrite_all(&self.file, data, offset),
                 Some(align) => self.direct_write(scratch, offset, data, align),
             })?
             .map_err(|source| IoError::Io {
@@ -518,7 +519,7 @@ impl BlockDevice for FileDevice {
         Ok(data.len() as u64)
     }
 
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<u64, IoError> {
+    fn read_into(&self, offset: u64, buf: BulkOut<'_>) -> Result<u64, IoError> {
         self.check_open()?;
         check_range(offset, buf.len(), self.capacity)?;
         if buf.is_empty() {
@@ -531,8 +532,8 @@ impl BlockDevice for FileDevice {
             return Ok(len);
         }
         self.pool
-            .run(|scratch| match self.direct {
-                None => self.file.read_exact_at(buf, offset),
+            .run(move |scratch| match self.direct {
+                None => pread_exact(&self.file, buf, offset),
                 Some(align) => self.direct_read(scratch, offset, buf, align),
             })?
             .map_err(|source| IoError::Io {
@@ -577,6 +578,100 @@ impl std::fmt::Debug for FileDevice {
             .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
+}
+
+/// Copies a view's bytes into a private buffer of the same length (atomic copies when
+/// the view lies in a client's shared memory).
+fn copy_in(data: BulkIn<'_>, dst: &mut [u8]) {
+    // The lengths are equal by construction; a mismatch would leave `dst` as it was and
+    // be caught by the caller's tests, never read out of bounds.
+    let _ = data.read_at(0, dst);
+}
+
+/// Copies private bytes into a view of the same length.
+fn copy_out(src: &[u8], buf: &mut BulkOut<'_>) {
+    let _ = buf.write_at(0, src);
+}
+
+/// The file offset `offset` as `pread`/`pwrite` take it.
+fn file_offset(offset: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset beyond off_t"))
+}
+
+/// `pwrite`s all of `data` at `offset`, retrying short writes and interruptions. The
+/// kernel reads straight from the view's memory (no reference is made into it).
+fn pwrite_all(file: &File, data: BulkIn<'_>, mut offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let rest = data.len() - done;
+        // SAFETY: `as_ptr() + done .. + rest` is the unwritten tail of the view, valid
+        // for reads while `data` lives (all of this call); the kernel only reads it.
+        let written = unsafe {
+            libc::pwrite(
+                file.as_raw_fd(),
+                data.as_ptr().add(done).cast(),
+                rest,
+                file_offset(offset)?,
+            )
+        };
+        match written {
+            n if n > 0 => {
+                done += (n as usize).min(rest);
+                offset += n as u64;
+            }
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the file took no byte of the write",
+                ))
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pread`s all of `buf` from `offset`, retrying short reads and interruptions. The
+/// kernel writes straight into the view's memory.
+fn pread_exact(file: &File, mut buf: BulkOut<'_>, mut offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = buf.len() - done;
+        // SAFETY: the unread tail of the view, valid for writes while `buf` lives and
+        // accessed by nothing else in this process (`buf` is held by value here).
+        let read = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(done).cast(),
+                rest,
+                file_offset(offset)?,
+            )
+        };
+        match read {
+            n if n > 0 => {
+                done += (n as usize).min(rest);
+                offset += n as u64;
+            }
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ended before the range read",
+                ))
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `value` is a multiple of `align`, a power of two.

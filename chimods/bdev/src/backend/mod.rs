@@ -9,9 +9,12 @@
 //!   worker. Optionally with `O_DIRECT`.
 //!
 //! **The I/O core is independent of where the caller's bytes live.** Both backends take
-//! a plain `&[u8]` to write and a `&mut [u8]` to fill, and copy straight between that
-//! memory and the device (or hand the very same memory to the kernel): a caller that
-//! owns its bytes in shared memory passes them as they are, without an extra copy.
+//! a [`BulkIn`] to write and a [`BulkOut`] to fill — views that may lie in a client's
+//! shared memory, and that never give a reference into it — and copy straight between
+//! that memory and the device (RAM, atomically on the shared side) or hand the very
+//! same memory to the kernel by raw pointer (file: `io_uring`, `pwrite`/`pread`): a
+//! client's buffer reaches the device without an extra copy. Private bytes are passed
+//! as `BulkIn::from(&bytes[..])` / `BulkOut::from(&mut bytes[..])`.
 //!
 //! **Invariants every backend keeps:**
 //! * An access is checked against the device's capacity before any byte moves: an
@@ -30,8 +33,8 @@ pub mod uring;
 pub use file::{FileDevice, FileOptions, IoEngine};
 pub use ram::RamDevice;
 
+use chimaera_core::{BulkIn, BulkOut};
 use std::io;
-use std::mem::MaybeUninit;
 
 /// Which kind of device a pool is.
 #[derive(
@@ -62,22 +65,9 @@ pub trait BlockDevice: Send + Sync {
     /// Bytes that may be accessed: offsets `0..capacity`.
     fn capacity(&self) -> u64;
     /// Writes all of `data` at `offset`; returns the number of bytes written.
-    fn write_at(&self, offset: u64, data: &[u8]) -> Result<u64, IoError>;
+    fn write_at(&self, offset: u64, data: BulkIn<'_>) -> Result<u64, IoError>;
     /// Fills all of `buf` from `offset`; returns the number of bytes read.
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<u64, IoError>;
-    /// Like [`read_into`](Self::read_into) into memory that may be uninitialized: on
-    /// success every byte of `buf` is initialized. The default zeroes `buf` first; a
-    /// backend that copies (RAM) writes it once.
-    fn read_into_uninit(&self, offset: u64, buf: &mut [MaybeUninit<u8>]) -> Result<u64, IoError> {
-        for byte in buf.iter_mut() {
-            byte.write(0);
-        }
-        // SAFETY: every byte was just initialized; `MaybeUninit<u8>` and `u8` have the
-        // same layout.
-        let buf =
-            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len()) };
-        self.read_into(offset, buf)
-    }
+    fn read_into(&self, offset: u64, buf: BulkOut<'_>) -> Result<u64, IoError>;
     /// Makes every completed write durable (`fdatasync`); a no-op where nothing is
     /// durable (RAM).
     fn sync(&self) -> Result<(), IoError>;

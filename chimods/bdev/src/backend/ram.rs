@@ -1,5 +1,7 @@
-//! The RAM device: a zeroed heap buffer; reads and writes are a plain `memcpy` made by
-//! the calling task itself (no system call, no hand-off to another thread).
+//! The RAM device: a zeroed heap buffer; reads and writes are one copy made by the
+//! calling task itself (no system call, no hand-off to another thread): a plain
+//! `memcpy` for private bytes, word-wise atomic on the side of a caller's view that lies
+//! in a client's shared memory ([`BulkIn`] / [`BulkOut`]).
 //!
 //! **Why page locks.** Tasks on several workers read and write the buffer at once
 //! through `&self`. Blocks handed out by the allocator never overlap, but nothing stops
@@ -23,8 +25,8 @@
 //! lazily) and fallibly: a size the machine cannot hold is
 //! [`CreateError::OutOfMemory`], not an abort.
 use super::{check_range, BdevType, BlockDevice, CreateError, IoError};
+use chimaera_core::{BulkIn, BulkOut};
 use std::alloc::{self, Layout};
-use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -65,30 +67,25 @@ impl Buffer {
     /// # Safety
     /// `offset + data.len()` must not exceed the buffer's size, and the caller must hold
     /// the page locks of that range.
-    unsafe fn copy_in(&self, offset: usize, data: &[u8]) {
-        // SAFETY: the range lies inside the allocation (caller's contract); `data` is a
-        // separate live slice, so the two do not overlap; the page locks make this the
-        // only access to those bytes right now.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len());
-        }
+    unsafe fn copy_in(&self, offset: usize, data: BulkIn<'_>) {
+        // SAFETY: the range lies inside the allocation (caller's contract), which is
+        // private to this device, and the page locks make this the only access to those
+        // bytes right now, so a short-lived `&mut [u8]` over them is sound.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), data.len()) };
+        // The view copies atomically when its bytes lie in a client's shared memory;
+        // the lengths match, so this cannot fail.
+        let _ = data.read_at(0, dst);
     }
 
-    /// Copies from byte `offset` into `buf` (whose bytes may be uninitialized; all are
-    /// written).
+    /// Copies from byte `offset` into `buf`.
     ///
     /// # Safety
-    /// As for [`copy_in`](Self::copy_in).
-    unsafe fn copy_out(&self, offset: usize, buf: &mut [MaybeUninit<u8>]) {
-        // SAFETY: as in `copy_in`; `buf` is an exclusive slice outside the allocation,
-        // and `MaybeUninit<u8>` has the layout of `u8`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                buf.as_mut_ptr().cast::<u8>(),
-                buf.len(),
-            );
-        }
+    /// As for [`copy_in`](Self::copy_in), with `buf.len()` bytes.
+    unsafe fn copy_out(&self, offset: usize, buf: &mut BulkOut<'_>) {
+        // SAFETY: as in `copy_in`; the device's bytes are only read here.
+        let src = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), buf.len()) };
+        let _ = buf.write_at(0, src);
     }
 }
 
@@ -209,7 +206,7 @@ impl BlockDevice for RamDevice {
         self.capacity
     }
 
-    fn write_at(&self, offset: u64, data: &[u8]) -> Result<u64, IoError> {
+    fn write_at(&self, offset: u64, data: BulkIn<'_>) -> Result<u64, IoError> {
         self.check_open()?;
         check_range(offset, data.len(), self.capacity)?;
         if data.is_empty() {
@@ -222,16 +219,7 @@ impl BlockDevice for RamDevice {
         Ok(data.len() as u64)
     }
 
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<u64, IoError> {
-        // SAFETY: `u8` and `MaybeUninit<u8>` have one layout, and `read_into_uninit`
-        // only writes initialized bytes.
-        let uninit = unsafe {
-            std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<MaybeUninit<u8>>(), buf.len())
-        };
-        self.read_into_uninit(offset, uninit)
-    }
-
-    fn read_into_uninit(&self, offset: u64, buf: &mut [MaybeUninit<u8>]) -> Result<u64, IoError> {
+    fn read_into(&self, offset: u64, mut buf: BulkOut<'_>) -> Result<u64, IoError> {
         self.check_open()?;
         check_range(offset, buf.len(), self.capacity)?;
         if buf.is_empty() {
@@ -239,7 +227,7 @@ impl BlockDevice for RamDevice {
         }
         let _pages = self.pages.lock(offset, buf.len() as u64);
         // SAFETY: as in `write_at`.
-        unsafe { self.buffer.copy_out(offset as usize, buf) };
+        unsafe { self.buffer.copy_out(offset as usize, &mut buf) };
         Ok(buf.len() as u64)
     }
 
@@ -263,6 +251,7 @@ impl std::fmt::Debug for RamDevice {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::Slices;
     use super::*;
     use std::sync::Arc;
 
@@ -301,14 +290,14 @@ mod tests {
                 let device = device.clone();
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
-                        device.write_at(8192, &[value; 4096]).unwrap();
+                        device.write_bytes(8192, &[value; 4096]).unwrap();
                     }
                 })
             })
             .collect();
         for _ in 0..2000 {
             let mut seen = [0u8; 4096];
-            device.read_into(8192, &mut seen).unwrap();
+            device.read_bytes(8192, &mut seen).unwrap();
             assert!(
                 seen.iter().all(|&b| b == seen[0]),
                 "a read saw a torn write"

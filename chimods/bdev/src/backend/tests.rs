@@ -1,8 +1,76 @@
 //! Conformance tests written once and run against every backend: RAM, buffered file and
-//! `O_DIRECT` file.
+//! `O_DIRECT` file, each through the `io_uring` and the thread engine; every access goes
+//! through the views, over private bytes and over a real shared mapping.
 use super::*;
+use chimaera_core::{BulkIn, BulkOut};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Plain-slice calls, through views of private bytes.
+pub(crate) trait Slices {
+    fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<u64, IoError>;
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<u64, IoError>;
+}
+
+impl<D: BlockDevice + ?Sized> Slices for D {
+    fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<u64, IoError> {
+        self.write_at(offset, BulkIn::from(data))
+    }
+
+    fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<u64, IoError> {
+        self.read_into(offset, BulkOut::from(buf))
+    }
+}
+
+/// A `MAP_SHARED` mapping — memory another process could map and write, like a client's
+/// buffer — reached only through raw pointers and shared views, never a reference.
+struct SharedMapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl SharedMapping {
+    fn new(len: usize) -> SharedMapping {
+        // SAFETY: a fresh anonymous mapping; no address hint, no file.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap");
+        SharedMapping {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    /// `len` bytes at `at`, to read from.
+    fn view(&self, at: usize, len: usize) -> BulkIn<'_> {
+        assert!(at + len <= self.len);
+        // SAFETY: inside the mapping, which lives as long as the borrow of `self`; no
+        // reference into it exists, and nothing writes it while `&self` is borrowed.
+        unsafe { BulkIn::from_raw_shared(self.ptr.add(at), len) }
+    }
+
+    /// `len` bytes at `at`, to fill.
+    fn view_mut(&mut self, at: usize, len: usize) -> BulkOut<'_> {
+        assert!(at + len <= self.len);
+        // SAFETY: as above, and `&mut self` makes this the only access meanwhile.
+        unsafe { BulkOut::from_raw_shared(self.ptr.add(at), len) }
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no view outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
 
 /// A directory of its own for one test, removed when dropped.
 pub(crate) struct TempDir(pub PathBuf);
@@ -96,21 +164,43 @@ fn written_bytes_read_back_at_any_offset_and_length() {
             let before = {
                 let mut around = vec![0u8; 16];
                 let at = offset.saturating_sub(8).min(SIZE - 16);
-                device.read_into(at, &mut around).unwrap();
+                device.read_bytes(at, &mut around).unwrap();
                 (at, around)
             };
             assert_eq!(
-                device.write_at(offset, &data).unwrap(),
+                device.write_bytes(offset, &data).unwrap(),
                 len as u64,
                 "{name} {offset}"
             );
             let mut back = vec![0u8; len];
-            assert_eq!(device.read_into(offset, &mut back).unwrap(), len as u64);
+            assert_eq!(device.read_bytes(offset, &mut back).unwrap(), len as u64);
             assert!(back == data, "{name}: bytes differ at {offset}+{len}");
+            // The same through views of shared memory, page-aligned (handed to the
+            // kernel as they are) and not (bounced on O_DIRECT), with the device's
+            // bytes rewritten from the shared side first.
+            for misalign in [0, 3] {
+                let mut shared = SharedMapping::new(len + 4096);
+                let reversed: Vec<u8> = data.iter().rev().copied().collect();
+                shared
+                    .view_mut(misalign, len)
+                    .write_at(0, &reversed)
+                    .unwrap();
+                let written = device.write_at(offset, shared.view(misalign, len));
+                assert_eq!(written.unwrap(), len as u64, "{name} shared {offset}");
+                shared.view_mut(misalign, len).fill(0);
+                let read = device.read_into(offset, shared.view_mut(misalign, len));
+                assert_eq!(read.unwrap(), len as u64, "{name} shared {offset}");
+                assert!(
+                    shared.view(misalign, len).to_vec() == reversed,
+                    "{name}: shared bytes differ at {offset}+{len} (+{misalign})"
+                );
+                assert_eq!(shared.view(0, misalign).to_vec(), vec![0; misalign]);
+                device.write_bytes(offset, &data).unwrap();
+            }
             // Bytes just outside the range are unchanged.
             let (at, around) = before;
             let mut now = vec![0u8; 16];
-            device.read_into(at, &mut now).unwrap();
+            device.read_bytes(at, &mut now).unwrap();
             for (i, (old, new)) in around.iter().zip(&now).enumerate() {
                 let pos = at + i as u64;
                 if pos < offset || pos >= offset + len as u64 {
@@ -129,17 +219,17 @@ fn written_bytes_read_back_at_any_offset_and_length() {
 fn out_of_bounds_accesses_fail_and_move_nothing() {
     let dir = TempDir::new("bounds");
     for (name, device) in devices(&dir) {
-        device.write_at(SIZE - 4096, &[7u8; 4096]).unwrap();
+        device.write_bytes(SIZE - 4096, &[7u8; 4096]).unwrap();
         for (offset, len) in [
             (SIZE, 1usize),
             (SIZE - 10, 11),
             (u64::MAX - 2, 4096),
             (SIZE + 4096, 4096),
         ] {
-            let err = device.write_at(offset, &vec![1u8; len]).unwrap_err();
+            let err = device.write_bytes(offset, &vec![1u8; len]).unwrap_err();
             assert!(matches!(err, IoError::OutOfBounds { .. }), "{name}: {err}");
             let mut buf = vec![0xaa; len];
-            let err = device.read_into(offset, &mut buf).unwrap_err();
+            let err = device.read_bytes(offset, &mut buf).unwrap_err();
             assert!(matches!(err, IoError::OutOfBounds { .. }), "{name}: {err}");
             assert!(
                 buf.iter().all(|&b| b == 0xaa),
@@ -147,12 +237,12 @@ fn out_of_bounds_accesses_fail_and_move_nothing() {
             );
         }
         let mut tail = vec![0u8; 4096];
-        device.read_into(SIZE - 4096, &mut tail).unwrap();
+        device.read_bytes(SIZE - 4096, &mut tail).unwrap();
         assert!(
             tail.iter().all(|&b| b == 7),
             "{name}: failed writes changed the device"
         );
-        assert_eq!(device.write_at(SIZE, &[]).unwrap(), 0);
+        assert_eq!(device.write_bytes(SIZE, &[]).unwrap(), 0);
     }
 }
 
@@ -162,11 +252,11 @@ fn closed_devices_refuse_access() {
     for (name, device) in devices(&dir) {
         device.close().unwrap();
         assert!(
-            matches!(device.write_at(0, &[1]), Err(IoError::Closed)),
+            matches!(device.write_bytes(0, &[1]), Err(IoError::Closed)),
             "{name}"
         );
         assert!(
-            matches!(device.read_into(0, &mut [0]), Err(IoError::Closed)),
+            matches!(device.read_bytes(0, &mut [0]), Err(IoError::Closed)),
             "{name}"
         );
         device.close().unwrap();
@@ -188,7 +278,7 @@ fn concurrent_small_writes_in_shared_sectors_do_not_clobber_each_other() {
                         for slot in 0..8u64 {
                             let offset = (slot * 4 + t) * 256;
                             device
-                                .write_at(offset, &pattern(t * 1000 + round, 256))
+                                .write_bytes(offset, &pattern(t * 1000 + round, 256))
                                 .unwrap();
                         }
                     }
@@ -201,7 +291,7 @@ fn concurrent_small_writes_in_shared_sectors_do_not_clobber_each_other() {
         for t in 0..4u64 {
             for slot in 0..8u64 {
                 let mut back = vec![0u8; 256];
-                device.read_into((slot * 4 + t) * 256, &mut back).unwrap();
+                device.read_bytes((slot * 4 + t) * 256, &mut back).unwrap();
                 assert!(
                     back == pattern(t * 1000 + 39, 256),
                     "{name}: block {t}/{slot} clobbered"
@@ -229,9 +319,9 @@ fn many_coroutines_write_and_read_their_own_blocks() {
                         let data = pattern(c * 100 + round, 4096);
                         let buf = &mut raw[at + (round as usize % 2)..][..4096];
                         buf.copy_from_slice(&data);
-                        device.write_at(offset, buf).unwrap();
+                        device.write_bytes(offset, buf).unwrap();
                         buf.fill(0);
-                        device.read_into(offset, buf).unwrap();
+                        device.read_bytes(offset, buf).unwrap();
                         assert!(*buf == data[..], "{offset}");
                     }
                 })
@@ -251,9 +341,9 @@ fn ram_devices_check_their_size() {
         Err(CreateError::OutOfMemory { .. })
     ));
     let odd = RamDevice::new(13).unwrap();
-    odd.write_at(5, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    odd.write_bytes(5, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
     let mut back = [0u8; 13];
-    odd.read_into(0, &mut back).unwrap();
+    odd.read_bytes(0, &mut back).unwrap();
     assert_eq!(back, [0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
@@ -314,7 +404,7 @@ fn file_size_comes_from_the_file_or_grows_it() {
     let device = FileDevice::open(&path, FileOptions::default()).unwrap();
     assert_eq!(device.capacity(), 300_000);
     let mut back = [0u8; 4];
-    device.read_into(299_996, &mut back).unwrap();
+    device.read_bytes(299_996, &mut back).unwrap();
     assert_eq!(back, [9; 4]);
     drop(device);
 
@@ -374,7 +464,7 @@ fn written_file_bytes_are_in_the_file() {
         },
     )
     .unwrap();
-    device.write_at(4096, b"chimaera").unwrap();
+    device.write_bytes(4096, b"chimaera").unwrap();
     device.sync().unwrap();
     let contents = std::fs::read(&path).unwrap();
     assert_eq!(&contents[4096..4104], b"chimaera");

@@ -47,6 +47,7 @@
 use crate::permits::Permits;
 use crate::short_lock::ShortLock;
 use chimaera_core::coroutine::Blocker;
+use chimaera_core::{BulkIn, BulkOut};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -264,22 +265,42 @@ impl UringQueue {
         Permit(&self.permits)
     }
 
-    /// Reads into `buf` from `offset` of `fd`: bytes read (0 at end of file).
-    fn read_at(&self, fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let entry = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
+    /// Reads up to `len` bytes into `buf` from `offset` of `fd`: bytes read (0 at end of
+    /// file).
+    ///
+    /// # Safety
+    /// `buf..buf + len` must be writable memory that nothing in this process accesses
+    /// until the call returns (the kernel writes it; another process may too).
+    unsafe fn read_at(
+        &self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let entry = opcode::Read::new(types::Fd(fd), buf, len)
             .offset(offset)
             .build();
-        // SAFETY: `buf` is exclusively borrowed for the whole call, and `submit_wait`
-        // does not return before the kernel is done with it; `len` ≤ its length.
+        // SAFETY: the caller keeps `buf` valid and untouched for the whole call, and
+        // `submit_wait` does not return before the kernel is done with it.
         let res = unsafe { self.submit_wait(entry) }?;
         Ok(res as usize)
     }
 
-    /// Writes from `buf` at `offset` of `fd`: bytes written.
-    fn write_at(&self, fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len)
+    /// Writes up to `len` bytes from `buf` at `offset` of `fd`: bytes written.
+    ///
+    /// # Safety
+    /// `buf..buf + len` must be readable memory that stays mapped until the call returns.
+    unsafe fn write_at(
+        &self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let entry = opcode::Write::new(types::Fd(fd), buf, len)
             .offset(offset)
             .build();
         // SAFETY: as in `read_at`; the kernel only reads `buf`.
@@ -297,16 +318,22 @@ impl UringQueue {
     }
 
     /// Reads all of `buf` from `offset`, resubmitting after short reads. `permit` is
-    /// the caller's slot in the depth bound.
+    /// the caller's slot in the depth bound. The kernel writes straight into `buf`'s
+    /// memory (a client's shared buffer, zero-copy).
     pub fn read_exact_at(
         &self,
         _permit: &Permit<'_>,
         fd: RawFd,
-        mut buf: &mut [u8],
+        mut buf: BulkOut<'_>,
         mut offset: u64,
     ) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.read_at(fd, buf, offset)? {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = buf.len() - done;
+            let at = buf.as_mut_ptr().wrapping_add(done);
+            // SAFETY: `at..at + rest` is the unread tail of the view, which `buf`
+            // (taken by value, so held by nobody else here) keeps valid for the call.
+            match unsafe { self.read_at(fd, at, rest, offset) }? {
                 0 => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -314,7 +341,7 @@ impl UringQueue {
                     ))
                 }
                 n => {
-                    buf = &mut buf[n..];
+                    done += n.min(rest);
                     offset += n as u64;
                 }
             }
@@ -323,16 +350,20 @@ impl UringQueue {
     }
 
     /// Writes all of `buf` at `offset`, resubmitting after short writes; `permit` as
-    /// for [`read_exact_at`](Self::read_exact_at).
+    /// for [`read_exact_at`](Self::read_exact_at). The kernel reads straight from
+    /// `buf`'s memory.
     pub fn write_all_at(
         &self,
         _permit: &Permit<'_>,
         fd: RawFd,
-        mut buf: &[u8],
+        buf: BulkIn<'_>,
         mut offset: u64,
     ) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.write_at(fd, buf, offset)? {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = buf.len() - done;
+            // SAFETY: the unwritten tail of the view, valid while `buf` lives.
+            match unsafe { self.write_at(fd, buf.as_ptr().wrapping_add(done), rest, offset) }? {
                 0 => {
                     return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -340,7 +371,7 @@ impl UringQueue {
                     ))
                 }
                 n => {
-                    buf = &buf[n..];
+                    done += n.min(rest);
                     offset += n as u64;
                 }
             }
@@ -538,11 +569,16 @@ mod tests {
                     let data = [i; 512];
                     let permit = queue.permit();
                     queue
-                        .write_all_at(&permit, fd, &data, u64::from(i) * 512)
+                        .write_all_at(&permit, fd, BulkIn::from(&data[..]), u64::from(i) * 512)
                         .unwrap();
                     let mut back = [0u8; 512];
                     queue
-                        .read_exact_at(&permit, fd, &mut back, u64::from(i) * 512)
+                        .read_exact_at(
+                            &permit,
+                            fd,
+                            BulkOut::from(&mut back[..]),
+                            u64::from(i) * 512,
+                        )
                         .unwrap();
                     assert_eq!(back, data);
                 })
@@ -555,7 +591,7 @@ mod tests {
                     let data = [i; 512];
                     let permit = queue.permit();
                     queue
-                        .write_all_at(&permit, fd, &data, u64::from(i) * 512)
+                        .write_all_at(&permit, fd, BulkIn::from(&data[..]), u64::from(i) * 512)
                         .unwrap();
                     queue.sync_data(&permit, fd).unwrap();
                 })
@@ -569,14 +605,17 @@ mod tests {
         }
         // Past the end of the file: end of file, not a hang.
         let mut past = [0u8; 8];
-        assert_eq!(queue.read_at(fd, &mut past, 1 << 20).unwrap(), 0);
+        // SAFETY: `past` is ours and untouched during the call.
+        let read = unsafe { queue.read_at(fd, past.as_mut_ptr(), past.len(), 1 << 20) };
+        assert_eq!(read.unwrap(), 0);
         let permit = queue.permit();
         let err = queue
-            .read_exact_at(&permit, fd, &mut past, 1 << 20)
+            .read_exact_at(&permit, fd, BulkOut::from(&mut past[..]), 1 << 20)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         // A bad descriptor is an error from the completion.
-        assert!(queue.write_at(-1, &past, 0).is_err());
+        // SAFETY: `past` is ours and stays alive during the call.
+        assert!(unsafe { queue.write_at(-1, past.as_ptr(), past.len(), 0) }.is_err());
     }
 
     #[test]
@@ -603,11 +642,13 @@ mod tests {
                     for round in 0..400u64 {
                         let permit = queue.permit();
                         if round % 2 == 0 {
-                            queue.write_all_at(&permit, fd, &buf, i * 4096).unwrap();
+                            queue
+                                .write_all_at(&permit, fd, BulkIn::from(&buf[..]), i * 4096)
+                                .unwrap();
                         } else {
                             buf.fill(0);
                             queue
-                                .read_exact_at(&permit, fd, &mut buf, i * 4096)
+                                .read_exact_at(&permit, fd, BulkOut::from(&mut buf[..]), i * 4096)
                                 .unwrap();
                             assert!(buf.iter().all(|&b| b == i as u8));
                         }

@@ -1,0 +1,283 @@
+//! Byte buffers between a client process and a runtime process over shared memory: the
+//! handler gets the right bytes through the zero-copy views and through private copies,
+//! written buffers come back in place (shared) or inline (heap), a dropped `Pending`
+//! keeps its buffer until the runtime is done with it, and a client scribbling on a
+//! buffer while tasks read it harms nothing but its own answers.
+//!
+//! The runtime is this test binary re-run as a child process serving the bulk probe
+//! chimod (`tests/bulk_probe`); the test itself is the client. Each test has its own
+//! instance. No timing assertions.
+mod bulk_probe;
+
+use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
+use chimaera::bulk::Bulk;
+use chimaera::prelude::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "CHI_BULK_TEST_ROLE";
+
+/// A runtime child process serving the bulk probe, killed and cleaned up on drop.
+struct RuntimeProcess {
+    child: Child,
+    config: RuntimeConfig,
+    config_path: PathBuf,
+}
+
+impl RuntimeProcess {
+    fn start(test: &str) -> RuntimeProcess {
+        let instance = format!("b{}-{test}", std::process::id());
+        let config_path =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
+        std::fs::write(&config_path, format!("instance: {instance}\n")).unwrap();
+        let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "runtime_child_entry",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, "runtime")
+            .env("CHI_SERVER_CONF", &config_path)
+            .env_remove("CHI_INSTANCE")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the runtime child");
+        let runtime = RuntimeProcess {
+            child,
+            config,
+            config_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Client::connect_to(&runtime.config).is_err() {
+            assert!(Instant::now() < deadline, "the runtime child never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        runtime
+    }
+
+    fn probe(&self) -> (Client, BulkProbeClient) {
+        let chi = Client::connect_to(&self.config).expect("connect");
+        let probe = BulkProbeClient::create(&chi, PoolQuery::local(), "probe").expect("pool");
+        (chi, probe)
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(files) = chimaera::shm::naming::instance_files(&self.config.instance) {
+            for file in files {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// The runtime child: serves the bulk probe until killed. Only runs when a test starts it.
+#[test]
+#[ignore = "entry point of the runtime child process, started by the tests in this file"]
+fn runtime_child_entry() {
+    if std::env::var(ROLE).is_err() {
+        return;
+    }
+    let config = RuntimeConfig::from_env().expect("config");
+    let runtime = chimaera::builder()
+        .config(config)
+        .module::<BulkProbe>()
+        .serve()
+        .expect("serve");
+    runtime.wait();
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| pattern_byte(seed, i)).collect()
+}
+
+fn sum(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[test]
+fn handlers_read_shared_buffers_through_views_and_private_copies() {
+    let runtime = RuntimeProcess::start("read");
+    let (chi, probe) = runtime.probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(10_000).unwrap();
+    assert!(buffer.is_shared());
+    buffer.copy_from_slice(&pattern(5, 10_000));
+    let expected = sum(&buffer);
+    // Whole and at odd offsets and lengths (unaligned words at both ends of the copy).
+    for (at, len) in [(0, 10_000), (3, 4093), (4095, 9), (9_999, 1)] {
+        let part = &buffer[at..at + len];
+        assert!(
+            chi.bulk_ref(part).is_shared(),
+            "{at}+{len} travels by reference"
+        );
+        assert_eq!(
+            probe.sum_plain(q, part).unwrap(),
+            (sum(part), len as u64),
+            "plain {at}+{len}"
+        );
+        assert_eq!(
+            probe.sum_view(q, part).unwrap(),
+            (sum(part), true),
+            "view {at}+{len}"
+        );
+    }
+    let pending = probe.async_sum_view(q, &buffer).unwrap();
+    assert_eq!(pending.wait().unwrap(), (expected, true));
+    // Heap bytes travel inline: the same handlers see private bytes.
+    let heap = pattern(9, 3000);
+    assert_eq!(probe.sum_view(q, &heap).unwrap(), (sum(&heap), false));
+    assert_eq!(probe.sum_plain(q, &heap).unwrap(), (sum(&heap), 3000));
+}
+
+#[test]
+fn written_buffers_come_back_in_place_or_inline() {
+    let runtime = RuntimeProcess::start("write");
+    let (chi, probe) = runtime.probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(8192).unwrap();
+    buffer.copy_from_slice(&pattern(1, 8192));
+
+    // `&mut [u8]`: the handler sees a private copy of what the buffer held, and its
+    // writes are copied back into the client's buffer.
+    let before = sum(&buffer[100..4196]);
+    assert_eq!(
+        probe.fill_plain(q, &mut buffer[100..4196], 7).unwrap(),
+        before
+    );
+    assert_eq!(&buffer[100..4196], &pattern(7, 4096)[..]);
+    assert_eq!(&buffer[..100], &pattern(1, 8192)[..100], "nothing before");
+    assert_eq!(&buffer[4196..], &pattern(1, 8192)[4196..], "nothing after");
+
+    // `BulkOut`: written in place.
+    assert!(probe.fill_view(q, &mut buffer[5..8000], 3).unwrap());
+    assert_eq!(&buffer[5..8000], &pattern(3, 7995)[..]);
+    let pending = probe.async_fill_view(q, &mut buffer, 4).unwrap();
+    assert!(
+        pending.wait().unwrap(),
+        "in place: the output carries no bytes"
+    );
+    assert_eq!(&buffer[..], &pattern(4, 8192)[..]);
+
+    // Heap slices: inline both ways, written back by the client.
+    let mut heap = pattern(2, 3000);
+    assert_eq!(
+        probe.fill_plain(q, &mut heap, 8).unwrap(),
+        sum(&pattern(2, 3000))
+    );
+    assert_eq!(heap, pattern(8, 3000));
+    assert!(!probe.fill_view(q, &mut heap, 9).unwrap());
+    assert_eq!(heap, pattern(9, 3000));
+    let pending = probe.async_fill_plain(q, &mut heap, 10).unwrap();
+    assert_eq!(pending.wait().unwrap(), sum(&pattern(9, 3000)));
+    assert_eq!(heap, pattern(10, 3000));
+}
+
+/// The reproduction, in the form safe code can still write: a buffer lent to a
+/// call whose handler writes it later, the call's `Pending` dropped, the buffer freed
+/// and a new one allocated. Dropping the `Pending` waits for the call, so the runtime
+/// never writes the new buffer (before, it was filled with `0xab`).
+#[test]
+fn a_dropped_pending_keeps_its_buffer_until_the_runtime_is_done() {
+    let runtime = RuntimeProcess::start("drop");
+    let (chi, probe) = runtime.probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(4096).unwrap();
+    let pending = probe.async_fill_later(q, &mut buffer, 300).unwrap();
+    drop(pending);
+    assert!(
+        buffer.iter().all(|&b| b == 0xab),
+        "the call completed before the drop returned"
+    );
+    drop(buffer);
+    let fresh = chi.allocate_buffer(4096).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe.finished(q).unwrap() < 1 {
+        assert!(Instant::now() < deadline, "the task never finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        fresh.iter().all(|&b| b == 0),
+        "a buffer passed to no task was written"
+    );
+}
+
+/// A leaked `Pending` skips the wait of its drop: its buffer, dropped while the call is
+/// in flight, keeps its memory out of the share (leaked), so the runtime's late write
+/// never lands in a new buffer.
+#[test]
+fn a_leaked_pending_never_lets_its_buffer_memory_be_reused() {
+    let runtime = RuntimeProcess::start("leak");
+    let (chi, probe) = runtime.probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(4096).unwrap();
+    std::mem::forget(probe.async_fill_later(q, &mut buffer, 300).unwrap());
+    drop(buffer);
+    let fresh = chi.allocate_buffer(4096).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe.finished(q).unwrap() < 1 {
+        assert!(Instant::now() < deadline, "the task never finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        fresh.iter().all(|&b| b == 0),
+        "a buffer passed to no task was written"
+    );
+    // A buffer dropped after its calls are over gives its memory back as before.
+    let reused = fresh.as_ptr();
+    drop(fresh);
+    assert_eq!(chi.allocate_buffer(4096).unwrap().as_ptr(), reused);
+}
+
+/// A hostile client: tasks reference a buffer (by a hand-made reference, as raw
+/// submissions can) while the client rewrites it without pause. The runtime copies
+/// atomically and trusts none of the bytes: every task answers, and the runtime serves
+/// on.
+#[test]
+fn a_client_scribbling_on_a_buffer_in_use_harms_only_its_own_answers() {
+    let runtime = RuntimeProcess::start("scribble");
+    let (chi, probe) = runtime.probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(64 * 1024).unwrap();
+    let reference = match chi.bulk_ref(&buffer) {
+        chimaera::bulk::BulkWire::Shared { offset, len } => Bulk::Shared { offset, len },
+        chimaera::bulk::BulkWire::Inline(_) => panic!("a shared buffer travels by reference"),
+    };
+    let input = chimaera::codec::encode(&(reference,)).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let scribbler = scope.spawn(|| {
+            let mut round = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                buffer.fill(round);
+                round = round.wrapping_add(1);
+            }
+        });
+        for method in [
+            bulk_probe::bulk_probe_tasks::SUM_PLAIN,
+            bulk_probe::bulk_probe_tasks::SUM_VIEW,
+        ]
+        .into_iter()
+        .cycle()
+        .take(200)
+        {
+            let results = chi
+                .submit(probe.pool_id(), method, q, input.clone(), None)
+                .unwrap()
+                .wait();
+            assert!(results[0].1.is_ok(), "{results:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        scribbler.join().unwrap();
+    });
+    let heap = pattern(1, 100);
+    assert_eq!(probe.sum_view(q, &heap).unwrap(), (sum(&heap), false));
+}
