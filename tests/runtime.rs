@@ -562,6 +562,7 @@ fn save_and_load_round_trip_every_admin_task() {
         inflight: 1,
         completed: 99,
         clients: 3,
+        periodic: 2,
     };
     let outputs = [
         (

@@ -8,7 +8,7 @@ use crate::client::Client;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::pool::Pool;
 use crate::runtime::{RuntimeHandle, Shared};
-use crate::task::TaskHeader;
+use crate::task::{TaskHeader, MAX_PERIOD};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,10 +95,12 @@ impl<'t> RunContext<'t> {
         Client::in_process(self.shared.clone(), Some(self.header.node))
     }
 
-    /// Parks this task for `duration`; the worker runs other tasks meanwhile.
+    /// Parks this task for `duration`, at most [`MAX_PERIOD`] (a year; longer sleeps
+    /// are cut to it, as may's timers cannot count further); the worker runs other
+    /// tasks meanwhile.
     pub fn sleep(&self, duration: Duration) {
         if !duration.is_zero() {
-            may::coroutine::sleep(duration);
+            may::coroutine::sleep(duration.min(MAX_PERIOD));
         }
     }
 

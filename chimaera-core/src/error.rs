@@ -102,6 +102,35 @@ pub enum TaskError {
     /// The task was cancelled before it completed (a periodic task's handle was cancelled).
     #[error("the task was cancelled")]
     Cancelled,
+    /// A pool was asked for more containers than the runtime allows; nothing was
+    /// allocated.
+    #[error("a pool of {asked} containers was asked for; this runtime allows at most {max} per pool (config key `max_containers_per_pool`)")]
+    TooManyContainers {
+        /// The container count asked for.
+        asked: u32,
+        /// The configured limit.
+        max: u32,
+    },
+    /// A subtask would nest deeper than the runtime allows.
+    #[error("a subtask at nesting depth {depth} was refused; this runtime allows at most {max} (config key `max_task_depth`): recurse less deeply, or loop instead")]
+    TooDeep {
+        /// The depth the subtask would have had.
+        depth: u32,
+        /// The configured limit.
+        max: u32,
+    },
+    /// A periodic task's period is longer than the runtime's timers can sleep.
+    #[error("a period of {period_ms} ms was asked for; the longest is {max_ms} ms (one year): use a shorter period")]
+    PeriodTooLong {
+        /// The period asked for, in milliseconds (saturated at `u64::MAX`).
+        period_ms: u64,
+        /// The longest period, in milliseconds.
+        max_ms: u64,
+    },
+    /// Two task groups holding a [`CoRwLock`](crate::CoRwLock) for reading both asked to
+    /// write: each would wait for the other's read forever, so the later one fails.
+    #[error("another task group that reads this lock already waits to write; two such upgrades would wait for each other forever: drop the read guard before writing, or take the write lock first")]
+    LockUpgradeConflict,
 }
 
 impl TaskError {

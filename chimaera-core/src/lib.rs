@@ -29,6 +29,7 @@ pub mod compose;
 pub mod config;
 pub mod context;
 pub mod error;
+mod flush;
 pub mod ids;
 pub mod lock;
 pub mod module;

@@ -19,9 +19,20 @@
 //! inside the lock. The lock then orders *which groups* touch the data; the data's own
 //! types keep each access sound.
 //!
+//! **Upgrades.** A group that holds a [`CoRwLock`] for reading may ask to write (one of
+//! its tasks reads and waits on a subtask that writes, say). Queued behind another
+//! group's writer, such an upgrade would deadlock: the writer waits for the group's
+//! read, the group's read waits for its upgrade. So an upgrade never queues behind
+//! anyone: it is granted at once when the group holds the only read, and otherwise goes
+//! to the front of the queue, granted the moment the other groups' reads end. Two groups
+//! that both read and both ask to write would each wait for the other's read forever:
+//! the second one's `write` fails with [`LockError::UpgradeConflict`] instead, and its
+//! task can drop its read and let the first one through.
+//!
 //! The queue of waiters is guarded by a `std::sync::Mutex` held only for a few
 //! instructions, never across a park.
 use crate::context::RunContext;
+use crate::error::TaskError;
 use crate::task::lock;
 use may::sync::Blocker;
 use std::collections::VecDeque;
@@ -29,10 +40,29 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Why a lock was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    /// The caller's group reads the [`CoRwLock`], and so does another group that already
+    /// waits to write: both upgrades would wait for each other forever.
+    #[error("another task group that reads this lock already waits to write; two such upgrades would wait for each other forever: drop the read guard before writing, or take the write lock first")]
+    UpgradeConflict,
+}
+
+impl From<LockError> for TaskError {
+    fn from(err: LockError) -> TaskError {
+        match err {
+            LockError::UpgradeConflict => TaskError::LockUpgradeConflict,
+        }
+    }
+}
+
 /// One parked task waiting for a lock.
 struct Waiter {
     group: u64,
     mode: Mode,
+    /// A reader group's request to write, queued ahead of every other group.
+    upgrade: bool,
     granted: Arc<AtomicBool>,
     blocker: Arc<Blocker>,
 }
@@ -58,20 +88,28 @@ fn park_until(granted: &AtomicBool, blocker: &Blocker) {
     }
 }
 
-/// Queues a waiter and returns what it parks on.
+/// Queues a waiter (at the back, or at the front for an upgrade) and returns what it
+/// parks on.
 fn enqueue(
     waiters: &mut VecDeque<Waiter>,
     group: u64,
     mode: Mode,
+    upgrade: bool,
 ) -> (Arc<AtomicBool>, Arc<Blocker>) {
     let granted = Arc::new(AtomicBool::new(false));
     let blocker = Blocker::current();
-    waiters.push_back(Waiter {
+    let waiter = Waiter {
         group,
         mode,
+        upgrade,
         granted: granted.clone(),
         blocker: blocker.clone(),
-    });
+    };
+    if upgrade {
+        waiters.push_front(waiter);
+    } else {
+        waiters.push_back(waiter);
+    }
     (granted, blocker)
 }
 
@@ -134,7 +172,7 @@ impl<T: ?Sized + Sync> CoMutex<T> {
                 state.holds += 1;
                 return CoMutexGuard { mutex: self };
             }
-            enqueue(&mut state.waiters, group, Mode::Exclusive)
+            enqueue(&mut state.waiters, group, Mode::Exclusive, false)
         };
         park_until(&granted, &blocker);
         CoMutexGuard { mutex: self }
@@ -272,7 +310,10 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
     /// Shared access: many groups read at once; waits while another group writes or a
     /// writer is queued ahead (so writers do not starve).
     pub fn read(&self, ctx: &RunContext) -> CoRwLockReadGuard<'_, T> {
-        let group = ctx.task_node().root;
+        self.read_for_group(ctx.task_node().root)
+    }
+
+    fn read_for_group(&self, group: u64) -> CoRwLockReadGuard<'_, T> {
         let (granted, blocker, counted_as_writer) = {
             let mut state = lock(&self.state);
             let counted_as_writer = state.writer == Some(group);
@@ -286,7 +327,7 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
                     counted_as_writer,
                 };
             }
-            let (granted, blocker) = enqueue(&mut state.waiters, group, Mode::Shared);
+            let (granted, blocker) = enqueue(&mut state.waiters, group, Mode::Shared, false);
             (granted, blocker, false)
         };
         park_until(&granted, &blocker);
@@ -298,21 +339,41 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
         }
     }
 
-    /// Exclusive access for the calling task's group.
-    pub fn write(&self, ctx: &RunContext) -> CoRwLockWriteGuard<'_, T> {
-        let group = ctx.task_node().root;
+    /// Exclusive access for the calling task's group. When the group already reads,
+    /// this is an upgrade (see the [module docs](self)): granted at once if the group
+    /// holds the only read, else ahead of every other waiter once the other reads end;
+    /// [`LockError::UpgradeConflict`] if another reading group already waits to write.
+    pub fn write(&self, ctx: &RunContext) -> Result<CoRwLockWriteGuard<'_, T>, LockError> {
+        self.write_for_group(ctx.task_node().root)
+    }
+
+    fn write_for_group(&self, group: u64) -> Result<CoRwLockWriteGuard<'_, T>, LockError> {
         let (granted, blocker) = {
             let mut state = lock(&self.state);
+            let upgrade = state.reading(group) && state.writer != Some(group);
             let may_pass = state.compatible(group, Mode::Exclusive)
-                && (state.waiters.is_empty() || state.writer == Some(group));
+                && (upgrade || state.waiters.is_empty() || state.writer == Some(group));
             if may_pass {
                 state.take(group, Mode::Exclusive);
-                return CoRwLockWriteGuard { lock: self };
+                return Ok(CoRwLockWriteGuard { lock: self });
             }
-            enqueue(&mut state.waiters, group, Mode::Exclusive)
+            let conflict = upgrade
+                && state
+                    .waiters
+                    .iter()
+                    .any(|waiter| waiter.upgrade && waiter.group != group);
+            if conflict {
+                return Err(LockError::UpgradeConflict);
+            }
+            enqueue(&mut state.waiters, group, Mode::Exclusive, upgrade)
         };
         park_until(&granted, &blocker);
-        CoRwLockWriteGuard { lock: self }
+        Ok(CoRwLockWriteGuard { lock: self })
+    }
+
+    /// The number of tasks parked waiting for this lock.
+    pub fn waiting(&self) -> usize {
+        lock(&self.state).waiters.len()
     }
 }
 
@@ -390,5 +451,77 @@ impl<T: ?Sized> Drop for CoRwLockWriteGuard<'_, T> {
                 state.writer = None;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Long enough that only a deadlock (the bug these tests pin) reaches it.
+    const HANG: Duration = Duration::from_secs(30);
+
+    fn wait_for_waiters(lock: &CoRwLock, count: usize) {
+        let deadline = std::time::Instant::now() + HANG;
+        while lock.waiting() < count {
+            assert!(std::time::Instant::now() < deadline, "no waiter queued");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_sole_reader_upgrades_past_a_queued_writer() {
+        let lock = Arc::new(CoRwLock::new(()));
+        let read = lock.read_for_group(1);
+        let writer = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                let _write = lock.write_for_group(2).expect("a plain writer");
+            })
+        };
+        wait_for_waiters(&lock, 1);
+        // Group 1 reads and asks to write while group 2's writer waits for that read.
+        let (done, upgraded) = mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let write = lock.write_for_group(1);
+                done.send(write.is_ok()).unwrap();
+            });
+            assert_eq!(upgraded.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
+        });
+        drop(read);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn the_second_of_two_upgrading_readers_fails_and_the_first_goes_through() {
+        let lock = Arc::new(CoRwLock::new(()));
+        let read_one = lock.read_for_group(1);
+        let read_two = lock.read_for_group(2);
+        let writer = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                let _write = lock.write_for_group(3).expect("a plain writer");
+            })
+        };
+        wait_for_waiters(&lock, 1);
+        let (done, upgraded) = mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let write = lock.write_for_group(1);
+                done.send(write.is_ok()).unwrap();
+            });
+            wait_for_waiters(&lock, 2);
+            assert_eq!(
+                lock.write_for_group(2).err(),
+                Some(LockError::UpgradeConflict)
+            );
+            drop(read_two);
+            assert_eq!(upgraded.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
+        });
+        drop(read_one);
+        writer.join().unwrap();
     }
 }

@@ -42,7 +42,7 @@ use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
-use crate::task::{lock, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
+use crate::task::{lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,7 +105,7 @@ struct ClientEntry {
     /// Runtime-data blocks holding outputs of this client's slots, freed on slot reuse.
     overflow: Mutex<Vec<Option<Extent>>>,
     /// Cancel flags of the owner's periodic tasks, by id; all set when the owner dies.
-    periodic: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    periodic: Mutex<HashMap<u64, Arc<CancelToken>>>,
     /// The area's data share, handed to its tasks for bulk arguments; the area is
     /// reclaimed only while this is the last reference.
     bulk: Arc<BulkShare>,
@@ -308,7 +308,7 @@ impl ShmServer {
                             );
                             for (_, cancel) in lock(&self.clients[client as usize].periodic).drain()
                             {
-                                cancel.store(true, Ordering::Release);
+                                cancel.cancel();
                             }
                             state.store(layout::CLIENT_RECLAIMING, Ordering::Release);
                             self.bump_epoch();
@@ -345,6 +345,10 @@ impl ShmServer {
         let entry = &self.clients[client as usize];
         // A running task (fire-and-forget and periodic ones included) may still use the
         // share through a bulk argument.
+        // Pairs with the fence a periodic task puts between taking the share back and
+        // checking its cancel (runtime.rs, `sleep_between_runs`): either we see its
+        // reference, or it sees the cancel set when the client was found dead.
+        fence(Ordering::SeqCst);
         if entry.inflight.load(Ordering::Acquire) != 0 || Arc::strong_count(&entry.bulk) > 1 {
             return false;
         }
@@ -524,7 +528,7 @@ impl ShmServer {
             let id = view.word64(slot::QUERY_B).load(Ordering::Relaxed);
             let result = match lock(&entry.periodic).remove(&id) {
                 Some(cancel) => {
-                    cancel.store(true, Ordering::Release);
+                    cancel.cancel();
                     Ok(&[][..])
                 }
                 None => Err(TaskError::failed(format!(
@@ -542,7 +546,7 @@ impl ShmServer {
                     Some(Schedule::FireAndForget) => (None, None),
                     Some(Schedule::Periodic(_)) => {
                         let id = self.next_periodic.fetch_add(1, Ordering::Relaxed);
-                        let cancel = Arc::new(AtomicBool::new(false));
+                        let cancel = CancelToken::new();
                         lock(&entry.periodic).insert(id, cancel.clone());
                         periodic_id = Some(id);
                         (None, Some(cancel))
