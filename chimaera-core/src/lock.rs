@@ -458,41 +458,43 @@ impl<T: ?Sized> Drop for CoRwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// Long enough that only a deadlock (the bug these tests pin) reaches it.
     const HANG: Duration = Duration::from_secs(30);
 
     fn wait_for_waiters(lock: &CoRwLock, count: usize) {
-        let deadline = std::time::Instant::now() + HANG;
+        let deadline = Instant::now() + HANG;
         while lock.waiting() < count {
-            assert!(std::time::Instant::now() < deadline, "no waiter queued");
+            assert!(Instant::now() < deadline, "no waiter queued");
             std::thread::yield_now();
         }
+    }
+
+    /// Group `group` asks to write on another thread (which a deadlock leaves parked;
+    /// the test then fails instead of hanging); the receiver gets whether it was
+    /// granted.
+    fn write_elsewhere(lock: &Arc<CoRwLock>, group: u64) -> mpsc::Receiver<bool> {
+        let (done, granted) = mpsc::channel();
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            let write = lock.write_for_group(group);
+            let _ = done.send(write.is_ok());
+        });
+        granted
     }
 
     #[test]
     fn a_sole_reader_upgrades_past_a_queued_writer() {
         let lock = Arc::new(CoRwLock::new(()));
         let read = lock.read_for_group(1);
-        let writer = {
-            let lock = lock.clone();
-            std::thread::spawn(move || {
-                let _write = lock.write_for_group(2).expect("a plain writer");
-            })
-        };
+        let plain_writer = write_elsewhere(&lock, 2);
         wait_for_waiters(&lock, 1);
         // Group 1 reads and asks to write while group 2's writer waits for that read.
-        let (done, upgraded) = mpsc::channel();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                let write = lock.write_for_group(1);
-                done.send(write.is_ok()).unwrap();
-            });
-            assert_eq!(upgraded.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
-        });
+        let upgrade = write_elsewhere(&lock, 1);
+        assert_eq!(upgrade.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
         drop(read);
-        writer.join().unwrap();
+        assert_eq!(plain_writer.recv_timeout(HANG), Ok(true));
     }
 
     #[test]
@@ -500,28 +502,23 @@ mod tests {
         let lock = Arc::new(CoRwLock::new(()));
         let read_one = lock.read_for_group(1);
         let read_two = lock.read_for_group(2);
-        let writer = {
-            let lock = lock.clone();
-            std::thread::spawn(move || {
-                let _write = lock.write_for_group(3).expect("a plain writer");
-            })
-        };
+        let plain_writer = write_elsewhere(&lock, 3);
         wait_for_waiters(&lock, 1);
-        let (done, upgraded) = mpsc::channel();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                let write = lock.write_for_group(1);
-                done.send(write.is_ok()).unwrap();
-            });
-            wait_for_waiters(&lock, 2);
-            assert_eq!(
-                lock.write_for_group(2).err(),
-                Some(LockError::UpgradeConflict)
-            );
-            drop(read_two);
-            assert_eq!(upgraded.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
-        });
+        let first = write_elsewhere(&lock, 1);
+        wait_for_waiters(&lock, 2);
+        let second = write_elsewhere(&lock, 2);
+        assert_eq!(
+            second.recv_timeout(HANG),
+            Ok(false),
+            "the second upgrade must fail, not wait"
+        );
+        assert_eq!(
+            lock.write_for_group(2).err(),
+            Some(LockError::UpgradeConflict)
+        );
+        drop(read_two);
+        assert_eq!(first.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
         drop(read_one);
-        writer.join().unwrap();
+        assert_eq!(plain_writer.recv_timeout(HANG), Ok(true));
     }
 }
