@@ -176,29 +176,31 @@ fn client_child_entry() {
             }
         }
         "hammer" => {
-            // Keep calling, without pause, through a runtime stop; every call must end
-            // with its result or a typed `RuntimeStopped`, never hang.
-            let mut announced = false;
+            // Keep the ring full, without pause, through a runtime stop; every call must
+            // end with its result or a typed `RuntimeStopped`, never hang.
+            let instance = RuntimeConfig::from_env().unwrap().instance;
+            let mut window = std::collections::VecDeque::new();
+            let mut calls = 0u32;
+            let mut stopped_in_a_row = 0u32;
             loop {
-                let pending: Vec<_> = (0..32)
-                    .map(|i| m.async_custom(PoolQuery::local(), "h", i))
-                    .collect();
-                let mut all_stopped = true;
-                for call in pending {
-                    match call.and_then(|call| call.wait()) {
-                        Ok(echo) => {
-                            assert_eq!(echo, "h");
-                            all_stopped = false;
-                        }
-                        Err(TaskError::RuntimeStopped) => {}
-                        Err(other) => panic!("an untyped failure during stop: {other}"),
-                    }
-                }
-                if !announced {
+                window.push_back(m.async_custom(PoolQuery::local(), "h", calls));
+                calls = calls.wrapping_add(1);
+                if calls == 64 {
                     println!("hammering");
-                    announced = true;
                 }
-                if all_stopped && Client::connect().is_err() {
+                if window.len() < 32 {
+                    continue;
+                }
+                let oldest = window.pop_front().unwrap();
+                match oldest.and_then(|call| call.wait()) {
+                    Ok(echo) => {
+                        assert_eq!(echo, "h");
+                        stopped_in_a_row = 0;
+                    }
+                    Err(TaskError::RuntimeStopped) => stopped_in_a_row += 1,
+                    Err(other) => panic!("an untyped failure during stop: {other}"),
+                }
+                if stopped_in_a_row >= 1024 && !chimaera::shm::liveness::runtime_alive(&instance) {
                     println!("the runtime is gone; every failure was RuntimeStopped");
                     return;
                 }
