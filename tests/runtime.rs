@@ -233,8 +233,10 @@ fn flush_returns_after_in_flight_tasks_are_done() {
     let rt = start();
     let chi = rt.client();
     let p = probe_pool(&chi, "flush", 2);
+    // The count covers completions after the flush task starts: naps long enough that
+    // the flush starts first even when the other tests load the shared scheduler.
     let pending: Vec<_> = (0..64)
-        .map(|i| p.async_nap(PoolQuery::direct_hash(i), 20).unwrap())
+        .map(|i| p.async_nap(PoolQuery::direct_hash(i), 300).unwrap())
         .collect();
     let completed = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
         .flush(PoolQuery::local())
@@ -245,7 +247,7 @@ fn flush_returns_after_in_flight_tasks_are_done() {
     );
     assert!(completed >= 64, "flush counted {completed} completions");
     for p in pending {
-        assert_eq!(p.wait().unwrap(), 20);
+        assert_eq!(p.wait().unwrap(), 300);
     }
 }
 
@@ -816,14 +818,16 @@ fn flush_returns_while_another_client_keeps_submitting() {
                 let mut window = std::collections::VecDeque::new();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    window.push_back(p.async_nap(PoolQuery::direct_hash(i), 1).unwrap());
+                    // Naps long enough that the runtime is never idle between two
+                    // submissions: an old flush waiting for an idle runtime never returns.
+                    window.push_back(p.async_nap(PoolQuery::direct_hash(i), 50).unwrap());
                     i = i.wrapping_add(1);
-                    if window.len() > 64 {
-                        assert_eq!(window.pop_front().unwrap().wait().unwrap(), 1);
+                    if window.len() > 16 {
+                        assert_eq!(window.pop_front().unwrap().wait().unwrap(), 50);
                     }
                 }
                 for pending in window {
-                    assert_eq!(pending.wait().unwrap(), 1);
+                    assert_eq!(pending.wait().unwrap(), 50);
                 }
             })
         })
