@@ -6,6 +6,7 @@ use chimaera::admin_api::{self, PoolOptions};
 use chimaera::codec;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
+use chimaera::shm::connection::Forgery;
 use chimaera::shm::server::usage;
 use chimaera::shm::InstanceName;
 use std::io::{BufRead, BufReader};
@@ -27,12 +28,37 @@ struct RuntimeProcess {
 
 impl RuntimeProcess {
     fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
+        Self::start_limited(test, extra_yaml, None)
+    }
+
+    /// Starts the runtime, with its address space limited to `address_space_kib` if
+    /// given (`ulimit -v`), so an allocation the size a client claims fails outright.
+    fn start_limited(
+        test: &str,
+        extra_yaml: &str,
+        address_space_kib: Option<u64>,
+    ) -> RuntimeProcess {
         let instance = format!("b{}-{test}", std::process::id());
         let config_path =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
         std::fs::write(&config_path, format!("instance: {instance}\n{extra_yaml}")).unwrap();
         let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
-        let child = chimaera(&config_path, &["runtime", "start"])
+        let mut command = match address_space_kib {
+            None => chimaera(&config_path, &["runtime", "start"]),
+            Some(kib) => {
+                let mut command = Command::new("sh");
+                command
+                    .args([
+                        "-c",
+                        &format!("ulimit -v {kib} && exec \"$0\" runtime start"),
+                    ])
+                    .arg(env!("CARGO_BIN_EXE_chimaera"))
+                    .env("CHI_SERVER_CONF", &config_path)
+                    .env_remove("CHI_INSTANCE");
+                command
+            }
+        };
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn the runtime");
@@ -289,4 +315,41 @@ fn a_stop_ends_at_its_grace_period_while_clients_keep_calling() {
             "a calling client saw something other than results and RuntimeStopped"
         );
     }
+}
+
+#[test]
+fn client_controlled_lengths_and_periods_are_bounded_before_anything_is_allocated() {
+    // With 2 GiB of address space, allocating a claimed 4 GiB would abort the runtime.
+    let runtime = RuntimeProcess::start_limited("lengths", "", Some(2 << 20));
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let custom = chimaera::mod_name::mod_name_tasks::CUSTOM;
+    let connection = chi.shm_connection().expect("shared-memory client").clone();
+    let good = codec::encode(&(codec::StrRef("ok"), codec::ByRef(&1u32))).unwrap();
+    // Four gigabytes claimed: refused from the length alone, not after allocating it.
+    for forgery in [
+        Forgery::InputLength(u32::MAX),
+        Forgery::InputInClientData {
+            offset: 0,
+            len: u32::MAX,
+        },
+    ] {
+        let result = connection
+            .submit_forged(m.pool_id(), custom, &good, forgery)
+            .unwrap()
+            .wait();
+        assert!(
+            matches!(result[0].1, Err(TaskError::Malformed { .. })),
+            "{forgery:?}: {result:?}"
+        );
+    }
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+    let err = m
+        .spawn_custom(PoolQuery::local(), Schedule::Periodic(ten_years), "x", 0)
+        .unwrap_err();
+    assert!(matches!(err, TaskError::PeriodTooLong { .. }), "{err}");
+    assert_eq!(
+        m.custom(PoolQuery::local(), "still serving", 2).unwrap(),
+        "still serving"
+    );
 }

@@ -613,12 +613,29 @@ impl ShmServer {
                 ))
             }
         };
-        let mut input = Bytes::with_capacity(input_len);
-        input.resize(input_len, 0);
-        match input_where {
-            layout::IN_SLOT => view
-                .read_payload(&mut input)
-                .map_err(|e| TaskError::malformed("input", e))?,
+        // The length is the client's word: checked against the area it claims before
+        // anything is allocated.
+        let zeroed = |len: usize| {
+            let mut input = Bytes::with_capacity(len);
+            input.resize(len, 0);
+            input
+        };
+        let input = match input_where {
+            layout::IN_SLOT => {
+                if input_len > view.payload_len() {
+                    return Err(TaskError::malformed(
+                        "input",
+                        format!(
+                            "{input_len} bytes do not fit the slot's {}-byte payload",
+                            view.payload_len()
+                        ),
+                    ));
+                }
+                let mut input = zeroed(input_len);
+                view.read_payload(&mut input)
+                    .map_err(|e| TaskError::malformed("input", e))?;
+                input
+            }
             layout::IN_CLIENT_DATA => {
                 let share_start = client as usize * self.data_share;
                 let offset = usize::try_from(input_offset).unwrap_or(usize::MAX);
@@ -631,9 +648,11 @@ impl ShmServer {
                         format!("buffer {offset}+{input_len} lies outside the client's {}-byte data share", self.data_share),
                     ));
                 }
+                let mut input = zeroed(input_len);
                 self.client_data
                     .read_bytes(share_start + offset, &mut input)
                     .map_err(|e| TaskError::malformed("input", e))?;
+                input
             }
             other => {
                 return Err(TaskError::malformed(
@@ -641,7 +660,7 @@ impl ShmServer {
                     format!("unknown input location {other}"),
                 ))
             }
-        }
+        };
         Ok((pool, method, query, input, schedule))
     }
 
