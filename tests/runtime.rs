@@ -378,7 +378,7 @@ fn fire_and_forget_and_periodic_tasks_run() {
         "periodic task did not repeat"
     );
     periodic.cancel().unwrap();
-    // After cancel the task ends at its next wake-up; then the count stays put.
+    // After cancel the task ends (at once if it sleeps); then the count stays put.
     std::thread::sleep(Duration::from_millis(20));
     let settled = p.ticks(PoolQuery::local()).unwrap();
     std::thread::sleep(Duration::from_millis(20));
