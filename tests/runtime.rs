@@ -867,3 +867,26 @@ fn concurrent_flushes_do_not_wait_for_each_other() {
         }
     });
 }
+
+#[test]
+fn a_broadcast_copying_too_much_input_is_refused() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "wide", 1024);
+    // 300 KiB to 1,024 containers would copy 300 MiB of input.
+    let data = vec![1u8; 300 << 10];
+    let err = p.checksum(PoolQuery::broadcast(), &data).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TaskError::FanOutTooLarge {
+                replicas: 1024,
+                input_bytes,
+                ..
+            } if input_bytes >= 300 << 10
+        ),
+        "{err}"
+    );
+    // A small input reaches every container.
+    assert_eq!(p.checksum(PoolQuery::broadcast(), &[7]).unwrap(), 7);
+    assert_eq!(p.checksum(PoolQuery::local(), &data).unwrap(), 300 << 10);
+}

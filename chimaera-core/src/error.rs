@@ -127,6 +127,17 @@ pub enum TaskError {
         /// The longest period, in milliseconds.
         max_ms: u64,
     },
+    /// A task sent to many containers would copy its input more than the runtime
+    /// allows (see `MAX_FAN_OUT_COPY_BYTES`).
+    #[error("sending {input_bytes} input bytes to {replicas} containers would copy more than {max_bytes} bytes; send a smaller input (a reference to shared data) or query fewer containers")]
+    FanOutTooLarge {
+        /// Containers the query selected.
+        replicas: u32,
+        /// Size of the task's input.
+        input_bytes: u64,
+        /// The limit on the copies' total.
+        max_bytes: u64,
+    },
     /// Two task groups holding a [`CoRwLock`](crate::CoRwLock) for reading both asked to
     /// write: each would wait for the other's read forever, so the later one fails.
     #[error("another task group that reads this lock already waits to write; two such upgrades would wait for each other forever: drop the read guard before writing, or take the write lock first")]

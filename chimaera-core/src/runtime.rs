@@ -18,8 +18,9 @@
 //!
 //! Bounds on what a client controls: a pool has at most `max_containers_per_pool`
 //! containers (checked before anything is allocated), subtasks nest at most
-//! `max_task_depth` deep, a period is at most [`MAX_PERIOD`]. Each is refused with its
-//! own [`TaskError`] variant; the runtime serves on.
+//! `max_task_depth` deep, a period is at most [`MAX_PERIOD`], the input copies of a
+//! task sent to several containers total at most [`MAX_FAN_OUT_COPY_BYTES`]. Each is
+//! refused with its own [`TaskError`] variant; the runtime serves on.
 //!
 //! Periodic tasks are registered (weakly) with the runtime, so destroying their pool or
 //! stopping the runtime cancels them, waking them if they sleep.
@@ -45,6 +46,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+/// Bytes of input copies one task may make for its replicas (a `Broadcast` or `Range`
+/// makes one per container beyond the first): a large input sent to many containers
+/// fails with `FanOutTooLarge` instead of costing `containers ×` its size.
+pub const MAX_FAN_OUT_COPY_BYTES: usize = 256 << 20;
 
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
@@ -207,6 +213,14 @@ impl Shared {
         let targets = query.resolve(pool_id, containers, self.node, dynamic)?;
 
         let replicas = targets.len();
+        let copied = input.len().saturating_mul(replicas.saturating_sub(1));
+        if copied > MAX_FAN_OUT_COPY_BYTES {
+            return Err(TaskError::FanOutTooLarge {
+                replicas: replicas as u32,
+                input_bytes: input.len() as u64,
+                max_bytes: MAX_FAN_OUT_COPY_BYTES as u64,
+            });
+        }
         // No allocation for the common single replica.
         let mut copies = Vec::with_capacity(replicas.saturating_sub(1));
         for _ in 1..replicas {
