@@ -232,6 +232,18 @@ fn client_child_entry() {
                 }
             }
         }
+        "flooder" => {
+            // A hostile client: pushes slot 0 into its ring again and again, without
+            // ever waiting for an answer, until killed.
+            let connection = chi.shm_connection().expect("shared-memory client").clone();
+            for _ in 0..1024 {
+                connection.queue_raw_index(0);
+            }
+            println!("flooding");
+            loop {
+                connection.queue_raw_index(0);
+            }
+        }
         other => panic!("unknown role {other:?}"),
     }
 }
@@ -352,4 +364,30 @@ fn client_controlled_lengths_and_periods_are_bounded_before_anything_is_allocate
         m.custom(PoolQuery::local(), "still serving", 2).unwrap(),
         "still serving"
     );
+}
+
+#[test]
+fn a_stop_ends_while_a_hostile_client_floods_its_ring() {
+    let mut runtime = RuntimeProcess::start("stop-flood", "");
+    let mut flooders: Vec<Child> = (0..2).map(|_| runtime.client_child("flooder")).collect();
+    for flooder in &mut flooders {
+        wait_for_line(flooder, "flooding");
+    }
+    let mut stop = chimaera(
+        &runtime.config_path,
+        &["runtime", "stop", "--grace-ms", "200"],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("run `chimaera runtime stop`");
+    let stopped = exited(&mut stop, "`chimaera runtime stop`").success();
+    for flooder in &mut flooders {
+        let _ = flooder.kill();
+        let _ = flooder.wait();
+    }
+    assert!(
+        stopped,
+        "the stop did not complete while a client flooded its ring"
+    );
+    assert!(runtime.wait_exit().success(), "the runtime did not exit 0");
 }

@@ -774,7 +774,12 @@ impl ShmServer {
             let generation = generation.load(Ordering::Acquire);
             let entry = &self.clients[client as usize];
             let mut ring = lock(&entry.ring);
-            while let Ok(Some(slot_index)) = ring.pop() {
+            // At most one answer per slot: a client that keeps pushing indices (it can
+            // push one slot again and again) must not hold the stop here.
+            for _ in 0..self.geometry.slots {
+                let Ok(Some(slot_index)) = ring.pop() else {
+                    break;
+                };
                 if slot_index < self.geometry.slots {
                     entry.inflight.fetch_add(1, Ordering::AcqRel);
                     self.write_result(
