@@ -890,3 +890,26 @@ fn a_broadcast_copying_too_much_input_is_refused() {
     assert_eq!(p.checksum(PoolQuery::broadcast(), &[7]).unwrap(), 7);
     assert_eq!(p.checksum(PoolQuery::local(), &data).unwrap(), 300 << 10);
 }
+
+#[test]
+fn max_periodic_tasks_bounds_the_periodic_tasks_alive() {
+    let config = RuntimeConfig::from_yaml_str("max_periodic_tasks: 2").unwrap();
+    let rt = chimaera::builder()
+        .module::<Probe>()
+        .config(config)
+        .start()
+        .unwrap();
+    let p = probe_pool(&rt.client(), "few", 1);
+    let hour = Schedule::Periodic(Duration::from_secs(3600));
+    let first = p.spawn_tick(PoolQuery::local(), hour).unwrap();
+    let _second = p.spawn_tick(PoolQuery::local(), hour).unwrap();
+    assert_eq!(
+        p.spawn_tick(PoolQuery::local(), hour).unwrap_err(),
+        TaskError::TooManyPeriodicTasks { max: 2 }
+    );
+    // Fire-and-forget tasks are not periodic: still accepted.
+    p.spawn_tick(PoolQuery::local(), Schedule::FireAndForget)
+        .unwrap();
+    first.cancel().unwrap();
+    let _third = p.spawn_tick(PoolQuery::local(), hour).unwrap();
+}

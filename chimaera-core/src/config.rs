@@ -31,6 +31,8 @@
 //!                            # more fails that task with TooManyContainers, nothing allocated
 //! max_task_depth: 1024       # subtask nesting: a task at this depth cannot submit subtasks
 //!                            # (1..=65536); a deeper one fails with TooDeep
+//! max_periodic_tasks: 4096   # periodic tasks alive at once, all clients together
+//!                            # (1..=1048576); one more fails with TooManyPeriodicTasks
 //! pin_workers: false         # pin worker threads to cores
 //! compose:                   # pools created at boot, in this order
 //!   - module: bdev           # the chimod's name
@@ -109,6 +111,9 @@ pub struct RuntimeConfig {
     /// Deepest subtask nesting: a task at this depth submitting a subtask gets
     /// [`TaskError::TooDeep`](crate::TaskError::TooDeep) (a client's task has depth 0).
     pub max_task_depth: u32,
+    /// Periodic tasks alive at once (each keeps a coroutine between runs): one more is
+    /// refused with [`TaskError::TooManyPeriodicTasks`](crate::TaskError::TooManyPeriodicTasks).
+    pub max_periodic_tasks: u32,
     /// Pools created at boot, in order.
     pub compose: Vec<PoolSpec>,
 }
@@ -168,6 +173,7 @@ impl Default for RuntimeConfig {
             },
             max_containers_per_pool: 4096,
             max_task_depth: 1024,
+            max_periodic_tasks: 4096,
             compose: Vec::new(),
         }
     }
@@ -295,6 +301,15 @@ impl RuntimeConfig {
                 format!("is {}; use 1 to {MAX_TASK_DEPTH}", self.max_task_depth),
             );
         }
+        if !(1..=MAX_PERIODIC_TASKS).contains(&self.max_periodic_tasks) {
+            return invalid(
+                "max_periodic_tasks",
+                format!(
+                    "is {}; use 1 to {MAX_PERIODIC_TASKS}",
+                    self.max_periodic_tasks
+                ),
+            );
+        }
         let mut names = HashSet::new();
         for (i, pool) in self.compose.iter().enumerate() {
             let key = |field: &str| format!("compose[{i}].{field}");
@@ -417,6 +432,7 @@ const MIN_SEGMENT: u64 = 4 * KIB;
 const MAX_SEGMENT: u64 = TIB;
 const MAX_CONTAINERS: u32 = 65536;
 const MAX_TASK_DEPTH: u32 = 65536;
+const MAX_PERIODIC_TASKS: u32 = 1 << 20;
 
 /// Why a size could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -539,6 +555,7 @@ struct FileConfig {
     pin_workers: Option<bool>,
     max_containers_per_pool: Option<u32>,
     max_task_depth: Option<u32>,
+    max_periodic_tasks: Option<u32>,
     compose: Option<Vec<FilePool>>,
 }
 
@@ -646,6 +663,9 @@ impl FileConfig {
         if let Some(max) = self.max_task_depth {
             config.max_task_depth = max;
         }
+        if let Some(max) = self.max_periodic_tasks {
+            config.max_periodic_tasks = max;
+        }
         if let Some(pools) = self.compose {
             config.compose = pools
                 .into_iter()
@@ -689,6 +709,7 @@ stop_grace_period_ms: 250
 pin_workers: true
 max_containers_per_pool: 16
 max_task_depth: 50
+max_periodic_tasks: 7
 compose:
   - module: chimaera_bdev
     name: ram0
@@ -714,6 +735,7 @@ compose:
         assert_eq!(config.max_containers_per_pool, 4096);
         // Deep enough for MOD_NAME's wait_test at depth 1000 (tests/runtime.rs).
         assert_eq!(config.max_task_depth, 1024);
+        assert_eq!(config.max_periodic_tasks, 4096);
         assert!(config.compose.is_empty());
         let total =
             config.shm.main_size + config.shm.client_data_size + config.shm.runtime_data_size;
@@ -752,6 +774,7 @@ compose:
         assert!(config.pin_workers);
         assert_eq!(config.max_containers_per_pool, 16);
         assert_eq!(config.max_task_depth, 50);
+        assert_eq!(config.max_periodic_tasks, 7);
         assert_eq!(config.compose.len(), 2);
         let ram = &config.compose[0];
         assert_eq!(
@@ -864,6 +887,8 @@ compose:
             ("max_containers_per_pool: 65537", "max_containers_per_pool"),
             ("max_task_depth: 0", "max_task_depth"),
             ("max_task_depth: 65537", "max_task_depth"),
+            ("max_periodic_tasks: 0", "max_periodic_tasks"),
+            ("max_periodic_tasks: 1048577", "max_periodic_tasks"),
             (
                 "max_containers_per_pool: 4\ncompose: [{ module: m, name: a, containers: 5 }]",
                 "compose[0].containers",

@@ -127,6 +127,12 @@ pub enum TaskError {
         /// The longest period, in milliseconds.
         max_ms: u64,
     },
+    /// As many periodic tasks as the runtime allows are alive already.
+    #[error("{max} periodic tasks are alive already, the most this runtime allows (config key `max_periodic_tasks`); cancel some first")]
+    TooManyPeriodicTasks {
+        /// The configured limit.
+        max: u32,
+    },
     /// A task sent to many containers would copy its input more than the runtime
     /// allows (see `MAX_FAN_OUT_COPY_BYTES`).
     #[error("sending {input_bytes} input bytes to {replicas} containers would copy more than {max_bytes} bytes; send a smaller input (a reference to shared data) or query fewer containers")]

@@ -18,7 +18,8 @@
 //!
 //! Bounds on what a client controls: a pool has at most `max_containers_per_pool`
 //! containers (checked before anything is allocated), subtasks nest at most
-//! `max_task_depth` deep, a period is at most [`MAX_PERIOD`], the input copies of a
+//! `max_task_depth` deep, at most `max_periodic_tasks` periodic tasks live at once, a
+//! period is at most [`MAX_PERIOD`], the input copies of a
 //! task sent to several containers total at most [`MAX_FAN_OUT_COPY_BYTES`]. Each is
 //! refused with its own [`TaskError`] variant; the runtime serves on.
 //!
@@ -118,11 +119,17 @@ impl Shared {
         self.next_task_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a periodic task's token, so its pool's destruction or a stop cancels it.
-    fn register_periodic(&self, pool: PoolId, token: &Arc<CancelToken>) {
+    /// Registers a periodic task's token, so its pool's destruction or a stop cancels
+    /// it; refuses it when `max_periodic_tasks` are alive already.
+    fn register_periodic(&self, pool: PoolId, token: &Arc<CancelToken>) -> Result<(), TaskError> {
         let mut periodic = lock(&self.periodic);
-        periodic.retain(|(_, token)| token.strong_count() > 0);
+        periodic.retain(|(_, token)| token.upgrade().is_some_and(|token| !token.is_cancelled()));
+        let max = self.config.max_periodic_tasks;
+        if periodic.len() >= max as usize {
+            return Err(TaskError::TooManyPeriodicTasks { max });
+        }
         periodic.push((pool, Arc::downgrade(token)));
+        Ok(())
     }
 
     /// Cancels the periodic tasks of `pool`, or all of them.
@@ -255,7 +262,7 @@ impl Shared {
             Some(Schedule::FireAndForget) => (None, None, None),
             Some(Schedule::Periodic(period)) => {
                 let token = cancel.unwrap_or_else(CancelToken::new);
-                self.register_periodic(pool_id, &token);
+                self.register_periodic(pool_id, &token)?;
                 (None, Some(period), Some(token))
             }
         };
