@@ -153,6 +153,8 @@ impl ModName {
 
     /// `kWaitTest`: calls itself with `depth - 1` from inside the runtime and waits for
     /// it (parking this task's coroutine, not the worker); returns the depth reached.
+    /// Past the runtime's `max_task_depth` (1,024 nested subtasks by default) the
+    /// deepest call fails with `TooDeep`, and so does every call above it.
     #[task(method = 23)]
     fn wait_test(&self, ctx: &mut RunContext, depth: u32) -> Result<u32, TaskError> {
         if depth <= 1 {
