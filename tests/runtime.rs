@@ -7,6 +7,7 @@ use chimaera::admin_api::{
 };
 use chimaera::mod_name::{mod_name_tasks, CreateParams, ModName, ModNameClient};
 use chimaera::prelude::*;
+use chimaera::task::MAX_PERIOD;
 use chimaera::{admin::admin_tasks, admin::Admin, codec};
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::Ordering;
@@ -232,8 +233,10 @@ fn flush_returns_after_in_flight_tasks_are_done() {
     let rt = start();
     let chi = rt.client();
     let p = probe_pool(&chi, "flush", 2);
+    // The count covers completions after the flush task starts: naps long enough that
+    // the flush starts first even when the other tests load the shared scheduler.
     let pending: Vec<_> = (0..64)
-        .map(|i| p.async_nap(PoolQuery::direct_hash(i), 20).unwrap())
+        .map(|i| p.async_nap(PoolQuery::direct_hash(i), 300).unwrap())
         .collect();
     let completed = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
         .flush(PoolQuery::local())
@@ -244,7 +247,7 @@ fn flush_returns_after_in_flight_tasks_are_done() {
     );
     assert!(completed >= 64, "flush counted {completed} completions");
     for p in pending {
-        assert_eq!(p.wait().unwrap(), 20);
+        assert_eq!(p.wait().unwrap(), 300);
     }
 }
 
@@ -375,7 +378,7 @@ fn fire_and_forget_and_periodic_tasks_run() {
         "periodic task did not repeat"
     );
     periodic.cancel().unwrap();
-    // After cancel the task ends at its next wake-up; then the count stays put.
+    // After cancel the task ends (at once if it sleeps); then the count stays put.
     std::thread::sleep(Duration::from_millis(20));
     let settled = p.ticks(PoolQuery::local()).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -562,6 +565,7 @@ fn save_and_load_round_trip_every_admin_task() {
         inflight: 1,
         completed: 99,
         clients: 3,
+        periodic: 2,
     };
     let outputs = [
         (
@@ -626,4 +630,286 @@ fn status_reports_pools_workers_and_task_counts() {
         .expect("the pool is listed");
     assert_eq!((pool.id, pool.module.as_str()), (m.pool_id(), "MOD_NAME"));
     assert!(status.pools.iter().any(|p| p.id == PoolId::ADMIN));
+}
+
+/// Waits for `done`, failing the test (not hanging it) if a broken build never gets there.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `call` on another thread and returns its result, failing the test if it does not
+/// return within a bound only a hang reaches.
+fn returns<T: Send + 'static>(what: &str, call: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(call());
+    });
+    receiver
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what} never returned"))
+}
+
+#[test]
+fn a_pool_of_u32_max_containers_is_refused_before_anything_is_allocated() {
+    let rt = start();
+    let chi = rt.client();
+    for containers in [u32::MAX, 4097] {
+        let err = admin_api::get_or_create_pool(
+            &chi,
+            PoolQuery::local(),
+            "MOD_NAME",
+            "huge",
+            PoolOptions::containers(containers),
+            &codec::encode(&(CreateParams::default(),)).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            TaskError::TooManyContainers {
+                asked: containers,
+                max: 4096
+            }
+        );
+    }
+    // The runtime serves on, and the name was never taken.
+    assert!(rt.handle().pools().iter().all(|pool| pool.name != "huge"));
+    let m = mod_name(&chi, "after-huge");
+    assert_eq!(m.custom(PoolQuery::local(), "alive", 0).unwrap(), "alive");
+}
+
+#[test]
+fn max_containers_per_pool_is_configurable() {
+    let config = RuntimeConfig::from_yaml_str("max_containers_per_pool: 3").unwrap();
+    let rt = chimaera::builder()
+        .module::<Probe>()
+        .config(config)
+        .start()
+        .unwrap();
+    let chi = rt.client();
+    assert_eq!(probe_pool(&chi, "three", 3).pool_id().minor, 0);
+    let err =
+        ProbeClient::create_with(&chi, PoolQuery::local(), "four", PoolOptions::containers(4))
+            .unwrap_err();
+    assert_eq!(err, TaskError::TooManyContainers { asked: 4, max: 3 });
+}
+
+#[test]
+fn wait_test_at_depth_u32_max_fails_with_too_deep() {
+    let rt = start();
+    let m = mod_name(&rt.client(), "bottomless");
+    let err = returns("wait_test(u32::MAX)", move || {
+        m.wait_test(PoolQuery::local(), u32::MAX)
+    })
+    .unwrap_err();
+    assert_eq!(
+        err,
+        TaskError::TooDeep {
+            depth: 1025,
+            max: 1024
+        }
+    );
+    // Nothing is left in flight but the status task, and the runtime serves on.
+    let m = mod_name(&rt.client(), "bottomless");
+    assert_eq!(m.wait_test(PoolQuery::local(), 5).unwrap(), 5);
+    wait_until("the failed chain to unwind", || rt.handle().inflight() == 0);
+}
+
+#[test]
+fn max_task_depth_bounds_nesting_exactly() {
+    let config = RuntimeConfig::from_yaml_str("max_task_depth: 10").unwrap();
+    let rt = chimaera::builder().config(config).start().unwrap();
+    let m = mod_name(&rt.client(), "shallow");
+    // wait_test(d) nests d - 1 subtasks below the client's task: depth 10 is the last.
+    assert_eq!(m.wait_test(PoolQuery::local(), 11).unwrap(), 11);
+    assert_eq!(
+        m.wait_test(PoolQuery::local(), 12),
+        Err(TaskError::TooDeep { depth: 11, max: 10 })
+    );
+}
+
+#[test]
+fn a_period_too_long_for_the_timers_is_refused() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "forever", 1);
+    for period in [Duration::MAX, MAX_PERIOD + Duration::from_nanos(1)] {
+        let err = p
+            .spawn_tick(PoolQuery::local(), Schedule::Periodic(period))
+            .unwrap_err();
+        assert!(
+            matches!(err, TaskError::PeriodTooLong { max_ms, .. } if max_ms == MAX_PERIOD.as_millis() as u64),
+            "{err}"
+        );
+    }
+    // The longest allowed period is accepted, and the workers are all alive.
+    let longest = p
+        .spawn_tick(PoolQuery::local(), Schedule::Periodic(MAX_PERIOD))
+        .unwrap();
+    wait_until("the first run", || {
+        p.ticks(PoolQuery::local()).unwrap() == 1
+    });
+    longest.cancel().unwrap();
+    for i in 0..32 {
+        assert_eq!(p.who_am_i(PoolQuery::direct_hash(i)).unwrap(), 0);
+    }
+}
+
+#[test]
+fn cancel_wakes_a_periodic_task_sleeping_a_long_period() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "sleeper", 1);
+    let hour = Duration::from_secs(3600);
+    let periodic = p
+        .spawn_tick(PoolQuery::local(), Schedule::Periodic(hour))
+        .unwrap();
+    wait_until("the first run", || {
+        p.ticks(PoolQuery::local()).unwrap() == 1
+    });
+    assert_eq!(rt.handle().periodic_tasks(), 1);
+    periodic.cancel().unwrap();
+    // Asleep for an hour, it must end now, not after its period.
+    wait_until("the cancelled task to end", || {
+        rt.handle().periodic_tasks() == 0
+    });
+    assert_eq!(p.ticks(PoolQuery::local()).unwrap(), 1);
+}
+
+#[test]
+fn destroying_a_pool_or_stopping_ends_its_sleeping_periodic_tasks() {
+    let rt = start();
+    let chi = rt.client();
+    let hour = Duration::from_secs(3600);
+    let doomed = probe_pool(&chi, "doomed-periodic", 2);
+    let kept = probe_pool(&chi, "kept-periodic", 1);
+    let _on_doomed = doomed
+        .spawn_tick(PoolQuery::broadcast(), Schedule::Periodic(hour))
+        .unwrap();
+    let _on_kept = kept
+        .spawn_tick(PoolQuery::local(), Schedule::Periodic(hour))
+        .unwrap();
+    wait_until("three replicas asleep", || {
+        rt.handle().periodic_tasks() == 3
+    });
+    doomed.destroy_pool().unwrap();
+    wait_until("the doomed pool's replicas to end", || {
+        rt.handle().periodic_tasks() == 1
+    });
+    let handle = rt.handle();
+    rt.stop();
+    wait_until("the stop to end the last one", || {
+        handle.periodic_tasks() == 0
+    });
+}
+
+#[test]
+fn flush_returns_while_another_client_keeps_submitting() {
+    let rt = start();
+    let chi = rt.client();
+    let p = probe_pool(&chi, "busy", 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let submitters: Vec<_> = (0..2)
+        .map(|_| {
+            let p = p.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut window = std::collections::VecDeque::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Naps long enough that the runtime is never idle between two
+                    // submissions: an old flush waiting for an idle runtime never returns.
+                    window.push_back(p.async_nap(PoolQuery::direct_hash(i), 50).unwrap());
+                    i = i.wrapping_add(1);
+                    if window.len() > 16 {
+                        assert_eq!(window.pop_front().unwrap().wait().unwrap(), 50);
+                    }
+                }
+                for pending in window {
+                    assert_eq!(pending.wait().unwrap(), 50);
+                }
+            })
+        })
+        .collect();
+    wait_until("the submitters to fill the runtime", || {
+        rt.handle().inflight() > 8
+    });
+    let before: Vec<_> = (0..16)
+        .map(|i| p.async_nap(PoolQuery::direct_hash(i), 20).unwrap())
+        .collect();
+    let admin = chimaera::AdminClient::attach(&chi, PoolId::ADMIN);
+    for _ in 0..3 {
+        let admin = admin.clone();
+        returns("flush under load", move || admin.flush(PoolQuery::local())).unwrap();
+    }
+    assert!(
+        before.iter().all(Pending::is_done),
+        "flush returned before the tasks in flight when it started were done"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for submitter in submitters {
+        submitter.join().unwrap();
+    }
+}
+
+#[test]
+fn concurrent_flushes_do_not_wait_for_each_other() {
+    let rt = start();
+    let chi = rt.client();
+    let admin = chimaera::AdminClient::attach(&chi, PoolId::ADMIN);
+    let flushes: Vec<_> = (0..8)
+        .map(|_| admin.async_flush(PoolQuery::local()).unwrap())
+        .collect();
+    returns("eight concurrent flushes", move || {
+        for flush in flushes {
+            flush.wait().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_broadcast_copying_too_much_input_is_refused() {
+    let rt = start();
+    let p = probe_pool(&rt.client(), "wide", 1024);
+    // 300 KiB to 1,024 containers would copy 300 MiB of input.
+    let data = vec![1u8; 300 << 10];
+    let err = p.checksum(PoolQuery::broadcast(), &data).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TaskError::FanOutTooLarge {
+                replicas: 1024,
+                input_bytes,
+                ..
+            } if input_bytes >= 300 << 10
+        ),
+        "{err}"
+    );
+    // A small input reaches every container.
+    assert_eq!(p.checksum(PoolQuery::broadcast(), &[7]).unwrap(), 7);
+    assert_eq!(p.checksum(PoolQuery::local(), &data).unwrap(), 300 << 10);
+}
+
+#[test]
+fn max_periodic_tasks_bounds_the_periodic_tasks_alive() {
+    let config = RuntimeConfig::from_yaml_str("max_periodic_tasks: 2").unwrap();
+    let rt = chimaera::builder()
+        .module::<Probe>()
+        .config(config)
+        .start()
+        .unwrap();
+    let p = probe_pool(&rt.client(), "few", 1);
+    let hour = Schedule::Periodic(Duration::from_secs(3600));
+    let first = p.spawn_tick(PoolQuery::local(), hour).unwrap();
+    let _second = p.spawn_tick(PoolQuery::local(), hour).unwrap();
+    assert_eq!(
+        p.spawn_tick(PoolQuery::local(), hour).unwrap_err(),
+        TaskError::TooManyPeriodicTasks { max: 2 }
+    );
+    // Fire-and-forget tasks are not periodic: still accepted.
+    p.spawn_tick(PoolQuery::local(), Schedule::FireAndForget)
+        .unwrap();
+    first.cancel().unwrap();
+    let _third = p.spawn_tick(PoolQuery::local(), hour).unwrap();
 }

@@ -79,6 +79,8 @@ pub struct RuntimeStatus {
     pub completed: u64,
     /// Client processes attached over shared memory.
     pub clients: u32,
+    /// Periodic task replicas alive (running, or sleeping until their next run).
+    pub periodic: u64,
 }
 
 /// How a pool is laid out when created.

@@ -23,8 +23,7 @@ use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::query::PoolQuery;
 use crate::runtime::Shared;
 use crate::shm::connection::{ConnectError, ShmCall, ShmConnection};
-use crate::task::{Completion, Origin, Schedule};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::task::{CancelToken, Completion, Origin, Schedule};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -566,7 +565,7 @@ pub(crate) fn decode_first<T>(
 
 /// How a periodic task is stopped.
 enum Cancel {
-    Local(Arc<AtomicBool>),
+    Local(Arc<CancelToken>),
     Remote(Arc<ShmConnection>, u64),
 }
 
@@ -584,13 +583,14 @@ impl std::fmt::Debug for TaskHandle {
 }
 
 impl TaskHandle {
-    /// Stops a periodic task after its current run (no effect on fire-and-forget tasks).
+    /// Stops a periodic task after its current run, or at once if it sleeps between
+    /// runs (no effect on fire-and-forget tasks).
     /// A periodic task also ends when its pool is destroyed, the runtime stops, or — for
     /// a client process — when that client detaches or dies.
     pub fn cancel(&self) -> Result<(), TaskError> {
         match &self.cancel {
-            Some(Cancel::Local(flag)) => {
-                flag.store(true, Ordering::Release);
+            Some(Cancel::Local(token)) => {
+                token.cancel();
                 Ok(())
             }
             Some(Cancel::Remote(connection, id)) => connection.cancel_periodic(*id),

@@ -34,11 +34,20 @@
 //!                            # and periodic ones included (1..=1048576); over it a task fails
 //!                            # with QuotaExceeded. A client's output bytes are bounded by its
 //!                            # output space: shm.runtime_data_size / max_clients
+//! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them;
+//!                            # tasks arriving meanwhile fail with RuntimeStopped (subtasks of
+//!                            # running tasks excepted), and the stop ends when it is over
+//! max_containers_per_pool: 4096 # containers one GetOrCreatePool may ask for (1..=65536);
+//!                            # more fails that task with TooManyContainers, nothing allocated
+//! max_task_depth: 1024       # subtask nesting: a task at this depth cannot submit subtasks
+//!                            # (1..=65536); a deeper one fails with TooDeep
+//! max_periodic_tasks: 4096   # periodic tasks alive at once, all clients together
+//!                            # (1..=1048576); one more fails with TooManyPeriodicTasks
 //! pin_workers: false         # pin worker threads to cores
 //! compose:                   # pools created at boot, in this order
 //!   - module: bdev           # the chimod's name
 //!     name: ram0             # the pool's unique name
-//!     containers: 1          # 1..=65536; default 1
+//!     containers: 1          # 1..=max_containers_per_pool; default 1
 //!     params:                # free-form mapping the module interprets (default: empty)
 //!       bdev_type: ram
 //!       capacity: 1GiB
@@ -105,6 +114,16 @@ pub struct RuntimeConfig {
     pub shm: ShmSizes,
     /// How idle workers wait for work.
     pub idle: IdlePolicy,
+    /// Containers one pool may have: a `GetOrCreatePool` asking for more fails with
+    /// [`TaskError::TooManyContainers`](crate::TaskError::TooManyContainers) before
+    /// anything is allocated.
+    pub max_containers_per_pool: u32,
+    /// Deepest subtask nesting: a task at this depth submitting a subtask gets
+    /// [`TaskError::TooDeep`](crate::TaskError::TooDeep) (a client's task has depth 0).
+    pub max_task_depth: u32,
+    /// Periodic tasks alive at once (each keeps a coroutine between runs): one more is
+    /// refused with [`TaskError::TooManyPeriodicTasks`](crate::TaskError::TooManyPeriodicTasks).
+    pub max_periodic_tasks: u32,
     /// Pools created at boot, in order.
     pub compose: Vec<PoolSpec>,
     /// Who besides the runtime's own uid may connect and administer (`access:`).
@@ -195,6 +214,9 @@ impl Default for RuntimeConfig {
                 spin_rounds: 2048,
                 yield_rounds: 16,
             },
+            max_containers_per_pool: 4096,
+            max_task_depth: 1024,
+            max_periodic_tasks: 4096,
             compose: Vec::new(),
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
@@ -339,6 +361,30 @@ impl RuntimeConfig {
                 ),
             );
         }
+        if !(1..=MAX_CONTAINERS).contains(&self.max_containers_per_pool) {
+            return invalid(
+                "max_containers_per_pool",
+                format!(
+                    "is {}; use 1 to {MAX_CONTAINERS}",
+                    self.max_containers_per_pool
+                ),
+            );
+        }
+        if !(1..=MAX_TASK_DEPTH).contains(&self.max_task_depth) {
+            return invalid(
+                "max_task_depth",
+                format!("is {}; use 1 to {MAX_TASK_DEPTH}", self.max_task_depth),
+            );
+        }
+        if !(1..=MAX_PERIODIC_TASKS).contains(&self.max_periodic_tasks) {
+            return invalid(
+                "max_periodic_tasks",
+                format!(
+                    "is {}; use 1 to {MAX_PERIODIC_TASKS}",
+                    self.max_periodic_tasks
+                ),
+            );
+        }
         let mut names = HashSet::new();
         for (i, pool) in self.compose.iter().enumerate() {
             let key = |field: &str| format!("compose[{i}].{field}");
@@ -357,10 +403,13 @@ impl RuntimeConfig {
                     ),
                 );
             }
-            if !(1..=MAX_CONTAINERS).contains(&pool.containers) {
+            if !(1..=self.max_containers_per_pool).contains(&pool.containers) {
                 return invalid(
                     &key("containers"),
-                    format!("is {}; use 1 to {MAX_CONTAINERS}", pool.containers),
+                    format!(
+                        "is {}; use 1 to {} (max_containers_per_pool)",
+                        pool.containers, self.max_containers_per_pool
+                    ),
                 );
             }
             if !pool.params.is_mapping() {
@@ -457,6 +506,8 @@ const MAX_CLIENTS: u32 = 4096;
 const MIN_SEGMENT: u64 = 4 * KIB;
 const MAX_SEGMENT: u64 = TIB;
 const MAX_CONTAINERS: u32 = 65536;
+const MAX_TASK_DEPTH: u32 = 65536;
+const MAX_PERIODIC_TASKS: u32 = 1 << 20;
 
 /// Why a size could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -577,6 +628,9 @@ struct FileConfig {
     idle: Option<FileIdle>,
     stop_grace_period_ms: Option<u64>,
     pin_workers: Option<bool>,
+    max_containers_per_pool: Option<u32>,
+    max_task_depth: Option<u32>,
+    max_periodic_tasks: Option<u32>,
     compose: Option<Vec<FilePool>>,
     access: Option<AccessConfig>,
     quotas: Option<FileQuotas>,
@@ -686,6 +740,15 @@ impl FileConfig {
         if let Some(pin) = self.pin_workers {
             config.pin_workers = pin;
         }
+        if let Some(max) = self.max_containers_per_pool {
+            config.max_containers_per_pool = max;
+        }
+        if let Some(max) = self.max_task_depth {
+            config.max_task_depth = max;
+        }
+        if let Some(max) = self.max_periodic_tasks {
+            config.max_periodic_tasks = max;
+        }
         if let Some(pools) = self.compose {
             config.compose = pools
                 .into_iter()
@@ -727,6 +790,9 @@ idle:
   yield_rounds: 2
 stop_grace_period_ms: 250
 pin_workers: true
+max_containers_per_pool: 16
+max_task_depth: 50
+max_periodic_tasks: 7
 compose:
   - module: chimaera_bdev
     name: ram0
@@ -749,6 +815,10 @@ compose:
         assert!(!config.pin_workers);
         assert_eq!(config.queue_depth, 256);
         assert_eq!(config.max_clients, 64);
+        assert_eq!(config.max_containers_per_pool, 4096);
+        // Deep enough for MOD_NAME's wait_test at depth 1000 (tests/runtime.rs).
+        assert_eq!(config.max_task_depth, 1024);
+        assert_eq!(config.max_periodic_tasks, 4096);
         assert!(config.compose.is_empty());
         let total =
             config.shm.main_size + config.shm.client_data_size + config.shm.runtime_data_size;
@@ -785,6 +855,9 @@ compose:
         );
         assert_eq!(config.stop_grace_period, Duration::from_millis(250));
         assert!(config.pin_workers);
+        assert_eq!(config.max_containers_per_pool, 16);
+        assert_eq!(config.max_task_depth, 50);
+        assert_eq!(config.max_periodic_tasks, 7);
         assert_eq!(config.compose.len(), 2);
         let ram = &config.compose[0];
         assert_eq!(
@@ -928,6 +1001,16 @@ compose:
             (
                 "compose: [{ module: m, name: a, params: [1] }]",
                 "compose[0].params",
+            ),
+            ("max_containers_per_pool: 0", "max_containers_per_pool"),
+            ("max_containers_per_pool: 65537", "max_containers_per_pool"),
+            ("max_task_depth: 0", "max_task_depth"),
+            ("max_task_depth: 65537", "max_task_depth"),
+            ("max_periodic_tasks: 0", "max_periodic_tasks"),
+            ("max_periodic_tasks: 1048577", "max_periodic_tasks"),
+            (
+                "max_containers_per_pool: 4\ncompose: [{ module: m, name: a, containers: 5 }]",
+                "compose[0].containers",
             ),
         ];
         for (yaml, key) in cases {

@@ -10,7 +10,7 @@ use crate::client::Client;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::pool::Pool;
 use crate::runtime::{RuntimeHandle, Shared};
-use crate::task::TaskHeader;
+use crate::task::{TaskHeader, MAX_PERIOD};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,11 +97,12 @@ impl<'t> RunContext<'t> {
         Client::in_process(self.shared.clone(), Some(self.header.node))
     }
 
-    /// Parks this task for `duration`; the worker runs other tasks meanwhile, and the
-    /// task resumes on the same worker thread.
+    /// Parks this task for `duration`, at most [`MAX_PERIOD`] (a year; longer sleeps
+    /// are cut to it, so no deadline overflows); the worker runs other tasks meanwhile,
+    /// and the task resumes on the same worker thread.
     pub fn sleep(&self, duration: Duration) {
         if !duration.is_zero() {
-            crate::coroutine::sleep(duration);
+            crate::coroutine::sleep(duration.min(MAX_PERIOD));
         }
     }
 

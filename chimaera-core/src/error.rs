@@ -132,6 +132,52 @@ pub enum TaskError {
         /// The coroutine stack size, in bytes.
         stack_size: u64,
     },
+    /// A pool was asked for more containers than the runtime allows; nothing was
+    /// allocated.
+    #[error("a pool of {asked} containers was asked for; this runtime allows at most {max} per pool (config key `max_containers_per_pool`)")]
+    TooManyContainers {
+        /// The container count asked for.
+        asked: u32,
+        /// The configured limit.
+        max: u32,
+    },
+    /// A subtask would nest deeper than the runtime allows.
+    #[error("a subtask at nesting depth {depth} was refused; this runtime allows at most {max} (config key `max_task_depth`): recurse less deeply, or loop instead")]
+    TooDeep {
+        /// The depth the subtask would have had.
+        depth: u32,
+        /// The configured limit.
+        max: u32,
+    },
+    /// A periodic task's period is longer than the runtime's timers can sleep.
+    #[error("a period of {period_ms} ms was asked for; the longest is {max_ms} ms (one year): use a shorter period")]
+    PeriodTooLong {
+        /// The period asked for, in milliseconds (saturated at `u64::MAX`).
+        period_ms: u64,
+        /// The longest period, in milliseconds.
+        max_ms: u64,
+    },
+    /// As many periodic tasks as the runtime allows are alive already.
+    #[error("{max} periodic tasks are alive already, the most this runtime allows (config key `max_periodic_tasks`); cancel some first")]
+    TooManyPeriodicTasks {
+        /// The configured limit.
+        max: u32,
+    },
+    /// A task sent to many containers would copy its input more than the runtime
+    /// allows (see `MAX_FAN_OUT_COPY_BYTES`).
+    #[error("sending {input_bytes} input bytes to {replicas} containers would copy more than {max_bytes} bytes; send a smaller input (a reference to shared data) or query fewer containers")]
+    FanOutTooLarge {
+        /// Containers the query selected.
+        replicas: u32,
+        /// Size of the task's input.
+        input_bytes: u64,
+        /// The limit on the copies' total.
+        max_bytes: u64,
+    },
+    /// Two task groups holding a [`CoRwLock`](crate::CoRwLock) for reading both asked to
+    /// write: each would wait for the other's read forever, so the later one fails.
+    #[error("another task group that reads this lock already waits to write; two such upgrades would wait for each other forever: drop the read guard before writing, or take the write lock first")]
+    LockUpgradeConflict,
 }
 
 impl TaskError {

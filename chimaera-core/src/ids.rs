@@ -58,6 +58,7 @@ impl fmt::Display for PoolId {
 /// task a handler submits through its [`RunContext`](crate::RunContext) inherits `root`
 /// and has `depth + 1`. Coroutine locks let tasks of one group through each other
 /// (see [`lock`](crate::lock)), so a lock holder's subtasks cannot deadlock on it.
+/// `depth` is bounded by the runtime's `max_task_depth`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub struct TaskNode {
@@ -65,15 +66,36 @@ pub struct TaskNode {
     pub root: u64,
     /// Nesting depth: `0` for a task a client submitted.
     pub depth: u32,
+    /// How many tasks of this chain (the task and those it is nested in) are counted in
+    /// each epoch parity of the in-flight counters, so a flush leaves them out (see
+    /// `flush.rs`).
+    pub(crate) chain: [u32; 2],
 }
 
 impl TaskNode {
-    /// The node of a subtask of `self`.
+    /// The node of a subtask of `self` (its own count in `chain` is added when it is
+    /// queued).
     pub const fn child(self) -> TaskNode {
         TaskNode {
             root: self.root,
-            depth: self.depth + 1,
+            depth: self.depth.saturating_add(1),
+            chain: self.chain,
         }
+    }
+
+    /// The node with one more task of its chain counted in `parity`.
+    pub(crate) fn counted_in(mut self, parity: u8) -> TaskNode {
+        let slot = &mut self.chain[usize::from(parity & 1)];
+        *slot = slot.saturating_add(1);
+        self
+    }
+
+    /// The node with one task of its chain moved from parity `from` to `to` (a periodic
+    /// task's next run).
+    pub(crate) fn recounted(mut self, from: u8, to: u8) -> TaskNode {
+        let slot = &mut self.chain[usize::from(from & 1)];
+        *slot = slot.saturating_sub(1);
+        self.counted_in(to)
     }
 }
 

@@ -31,6 +31,7 @@ pub mod config;
 pub mod context;
 pub mod coroutine;
 pub mod error;
+mod flush;
 pub mod ids;
 pub mod lock;
 pub mod module;

@@ -19,6 +19,16 @@
 //! inside the lock. The lock then orders *which groups* touch the data; the data's own
 //! types keep each access sound.
 //!
+//! **Upgrades.** A group that holds a [`CoRwLock`] for reading may ask to write (one of
+//! its tasks reads and waits on a subtask that writes, say). Queued behind another
+//! group's writer, such an upgrade would deadlock: the writer waits for the group's
+//! read, the group's read waits for its upgrade. So an upgrade never queues behind
+//! anyone: it is granted at once when the group holds the only read, and otherwise goes
+//! to the front of the queue, granted the moment the other groups' reads end. Two groups
+//! that both read and both ask to write would each wait for the other's read forever:
+//! the second one's `write` fails with [`LockError::UpgradeConflict`] instead, and its
+//! task can drop its read and let the first one through.
+//!
 //! The queue of waiters is guarded by a `std::sync::Mutex` held only for a few
 //! instructions, never across a park. A parked waiter is woken on its own worker thread
 //! (see [`crate::coroutine`]).
@@ -32,6 +42,7 @@
 //! always belongs to the coroutine that registered it.
 use crate::context::RunContext;
 use crate::coroutine::{self, Blocker, Release};
+use crate::error::TaskError;
 use crate::task::lock;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -39,10 +50,29 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Why a lock was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    /// The caller's group reads the [`CoRwLock`], and so does another group that already
+    /// waits to write: both upgrades would wait for each other forever.
+    #[error("another task group that reads this lock already waits to write; two such upgrades would wait for each other forever: drop the read guard before writing, or take the write lock first")]
+    UpgradeConflict,
+}
+
+impl From<LockError> for TaskError {
+    fn from(err: LockError) -> TaskError {
+        match err {
+            LockError::UpgradeConflict => TaskError::LockUpgradeConflict,
+        }
+    }
+}
+
 /// One parked task waiting for a lock.
 struct Waiter {
     group: u64,
     mode: Mode,
+    /// A reader group's request to write, queued ahead of every other group.
+    upgrade: bool,
     granted: Arc<AtomicBool>,
     blocker: Arc<Blocker>,
 }
@@ -68,20 +98,28 @@ fn park_until(granted: &AtomicBool, blocker: &Arc<Blocker>) {
     }
 }
 
-/// Queues a waiter and returns what it parks on.
+/// Queues a waiter (at the back, or at the front for an upgrade) and returns what it
+/// parks on.
 fn enqueue(
     waiters: &mut VecDeque<Waiter>,
     group: u64,
     mode: Mode,
+    upgrade: bool,
 ) -> (Arc<AtomicBool>, Arc<Blocker>) {
     let granted = Arc::new(AtomicBool::new(false));
     let blocker = Blocker::current();
-    waiters.push_back(Waiter {
+    let waiter = Waiter {
         group,
         mode,
+        upgrade,
         granted: granted.clone(),
         blocker: blocker.clone(),
-    });
+    };
+    if upgrade {
+        waiters.push_front(waiter);
+    } else {
+        waiters.push_back(waiter);
+    }
     (granted, blocker)
 }
 
@@ -174,7 +212,7 @@ impl<T: ?Sized + Sync> CoMutex<T> {
                 drop(state);
                 return CoMutexGuard::held(self);
             }
-            enqueue(&mut state.waiters, group, Mode::Exclusive)
+            enqueue(&mut state.waiters, group, Mode::Exclusive, false)
         };
         park_until(&granted, &blocker);
         CoMutexGuard::held(self)
@@ -393,7 +431,10 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
     /// Shared access: many groups read at once; waits while another group writes or a
     /// writer is queued ahead (so writers do not starve).
     pub fn read(&self, ctx: &RunContext) -> CoRwLockReadGuard<'_, T> {
-        let group = ctx.task_node().root;
+        self.read_for_group(ctx.task_node().root)
+    }
+
+    fn read_for_group(&self, group: u64) -> CoRwLockReadGuard<'_, T> {
         let (granted, blocker, counted_as_writer) = {
             let mut state = lock(&self.state);
             let counted_as_writer = state.writer == Some(group);
@@ -404,7 +445,7 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
                 drop(state);
                 return CoRwLockReadGuard::held(self, group, counted_as_writer);
             }
-            let (granted, blocker) = enqueue(&mut state.waiters, group, Mode::Shared);
+            let (granted, blocker) = enqueue(&mut state.waiters, group, Mode::Shared, false);
             (granted, blocker, false)
         };
         park_until(&granted, &blocker);
@@ -412,22 +453,42 @@ impl<T: ?Sized + Sync> CoRwLock<T> {
         CoRwLockReadGuard::held(self, group, counted_as_writer)
     }
 
-    /// Exclusive access for the calling task's group.
-    pub fn write(&self, ctx: &RunContext) -> CoRwLockWriteGuard<'_, T> {
-        let group = ctx.task_node().root;
+    /// Exclusive access for the calling task's group. When the group already reads,
+    /// this is an upgrade (see the [module docs](self)): granted at once if the group
+    /// holds the only read, else ahead of every other waiter once the other reads end;
+    /// [`LockError::UpgradeConflict`] if another reading group already waits to write.
+    pub fn write(&self, ctx: &RunContext) -> Result<CoRwLockWriteGuard<'_, T>, LockError> {
+        self.write_for_group(ctx.task_node().root)
+    }
+
+    fn write_for_group(&self, group: u64) -> Result<CoRwLockWriteGuard<'_, T>, LockError> {
         let (granted, blocker) = {
             let mut state = lock(&self.state);
+            let upgrade = state.reading(group) && state.writer != Some(group);
             let may_pass = state.compatible(group, Mode::Exclusive)
-                && (state.waiters.is_empty() || state.writer == Some(group));
+                && (upgrade || state.waiters.is_empty() || state.writer == Some(group));
             if may_pass {
                 state.take(group, Mode::Exclusive);
                 drop(state);
-                return CoRwLockWriteGuard::held(self);
+                return Ok(CoRwLockWriteGuard::held(self));
             }
-            enqueue(&mut state.waiters, group, Mode::Exclusive)
+            let conflict = upgrade
+                && state
+                    .waiters
+                    .iter()
+                    .any(|waiter| waiter.upgrade && waiter.group != group);
+            if conflict {
+                return Err(LockError::UpgradeConflict);
+            }
+            enqueue(&mut state.waiters, group, Mode::Exclusive, upgrade)
         };
         park_until(&granted, &blocker);
-        CoRwLockWriteGuard::held(self)
+        Ok(CoRwLockWriteGuard::held(self))
+    }
+
+    /// The number of tasks parked waiting for this lock.
+    pub fn waiting(&self) -> usize {
+        lock(&self.state).waiters.len()
     }
 }
 
@@ -489,5 +550,74 @@ impl<T: ?Sized> Drop for CoRwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
         coroutine::let_go(write_release(&self.lock.state));
         release_and_grant(&self.lock.state, RwState::release_write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// Long enough that only a deadlock (the bug these tests pin) reaches it.
+    const HANG: Duration = Duration::from_secs(30);
+
+    fn wait_for_waiters(lock: &CoRwLock, count: usize) {
+        let deadline = Instant::now() + HANG;
+        while lock.waiting() < count {
+            assert!(Instant::now() < deadline, "no waiter queued");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Group `group` asks to write on another thread (which a deadlock leaves parked;
+    /// the test then fails instead of hanging); the receiver gets whether it was
+    /// granted.
+    fn write_elsewhere(lock: &Arc<CoRwLock>, group: u64) -> mpsc::Receiver<bool> {
+        let (done, granted) = mpsc::channel();
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            let write = lock.write_for_group(group);
+            let _ = done.send(write.is_ok());
+        });
+        granted
+    }
+
+    #[test]
+    fn a_sole_reader_upgrades_past_a_queued_writer() {
+        let lock = Arc::new(CoRwLock::new(()));
+        let read = lock.read_for_group(1);
+        let plain_writer = write_elsewhere(&lock, 2);
+        wait_for_waiters(&lock, 1);
+        // Group 1 reads and asks to write while group 2's writer waits for that read.
+        let upgrade = write_elsewhere(&lock, 1);
+        assert_eq!(upgrade.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
+        drop(read);
+        assert_eq!(plain_writer.recv_timeout(HANG), Ok(true));
+    }
+
+    #[test]
+    fn the_second_of_two_upgrading_readers_fails_and_the_first_goes_through() {
+        let lock = Arc::new(CoRwLock::new(()));
+        let read_one = lock.read_for_group(1);
+        let read_two = lock.read_for_group(2);
+        let plain_writer = write_elsewhere(&lock, 3);
+        wait_for_waiters(&lock, 1);
+        let first = write_elsewhere(&lock, 1);
+        wait_for_waiters(&lock, 2);
+        let second = write_elsewhere(&lock, 2);
+        assert_eq!(
+            second.recv_timeout(HANG),
+            Ok(false),
+            "the second upgrade must fail, not wait"
+        );
+        assert_eq!(
+            lock.write_for_group(2).err(),
+            Some(LockError::UpgradeConflict)
+        );
+        drop(read_two);
+        assert_eq!(first.recv_timeout(HANG), Ok(true), "upgrade deadlocked");
+        drop(read_one);
+        assert_eq!(plain_writer.recv_timeout(HANG), Ok(true));
     }
 }

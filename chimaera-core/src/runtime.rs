@@ -6,15 +6,32 @@
 //! finish) → `Stopped` (workers end; what is still queued fails with `RuntimeStopped`;
 //! pools are destroyed). A stop never aborts the process.
 //!
-//! Accounting: `inflight` counts task replicas submitted and not yet finished (a
-//! periodic task counts only while it runs, not while it sleeps between periods). Flush
-//! and stop wait on it.
+//! A stop's drain ends when the grace period is over, whatever arrives meanwhile:
+//! clients' new tasks are refused with `RuntimeStopped` from the moment the stop begins,
+//! and once it is over workers stop taking tasks from client rings at all (the
+//! transport fails what is still queued there), so a client that keeps calling cannot
+//! hold the stop up.
+//!
+//! Accounting: `inflight` counts task replicas submitted and not yet finished, by epoch
+//! (a periodic task counts only while it runs, not while it sleeps between periods); a
+//! flush waits for the tasks queued before it, a stop for all (see `flush.rs`).
+//!
+//! Bounds on what a client controls: a pool has at most `max_containers_per_pool`
+//! containers (checked before anything is allocated), subtasks nest at most
+//! `max_task_depth` deep, at most `max_periodic_tasks` periodic tasks live at once, a
+//! period is at most [`MAX_PERIOD`], the input copies of a
+//! task sent to several containers total at most [`MAX_FAN_OUT_COPY_BYTES`]. Each is
+//! refused with its own [`TaskError`] variant; the runtime serves on.
+//!
+//! Periodic tasks are registered (weakly) with the runtime, so destroying their pool or
+//! stopping the runtime cancels them, waking them if they sleep.
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
 use crate::client::Client;
 use crate::codec::{aligned_copy, Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::context::RunContext;
 use crate::error::TaskError;
+use crate::flush::InFlight;
 use crate::ids::MethodId;
 use crate::ids::{NodeId, PoolId, TaskNode};
 use crate::module::{ChiMod, ModuleEntry};
@@ -22,14 +39,20 @@ use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
 use crate::query::PoolQuery;
 use crate::shm::handshake::AccessPolicy;
 use crate::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
-use crate::task::{lock, Completion, Origin, Reply, Schedule, Task, TaskHeader};
+use crate::task::{
+    lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskHeader, MAX_PERIOD,
+};
 use crate::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+/// Bytes of input copies one task may make for its replicas (a `Broadcast` or `Range`
+/// makes one per container beyond the first): a large input sent to many containers
+/// fails with `FanOutTooLarge` instead of costing `containers ×` its size.
+pub const MAX_FAN_OUT_COPY_BYTES: usize = 256 << 20;
 
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
@@ -57,7 +80,7 @@ pub enum StartError {
 
 /// What queuing a task hands back: the completion to wait on (none for fire-and-forget
 /// and periodic tasks) and the cancel flag of a periodic task.
-pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<AtomicBool>>);
+pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<CancelToken>>);
 
 /// State shared by the runtime, its workers, contexts and in-process clients.
 pub struct Shared {
@@ -69,8 +92,13 @@ pub struct Shared {
     worker_states: OnceLock<Vec<Arc<WorkerShared>>>,
     next_lane: [AtomicUsize; 2],
     next_task_id: AtomicU64,
-    inflight: AtomicU64,
-    completed: AtomicU64,
+    inflight: InFlight,
+    /// Cancel tokens of the periodic tasks submitted, with their pools: destroying a
+    /// pool or stopping cancels them. Weak, so an ended task's token goes; dead entries
+    /// are pruned when a periodic task is added.
+    periodic: Mutex<Vec<(PoolId, Weak<CancelToken>)>>,
+    /// Periodic task replicas whose coroutine runs or sleeps between runs now.
+    periodic_live: AtomicU64,
     state: AtomicU8,
     stopped: (Mutex<bool>, Condvar),
     /// The shared-memory transport, when the runtime serves other processes.
@@ -95,13 +123,29 @@ impl Shared {
         self.next_task_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn task_started(&self) {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
+    /// Registers a periodic task's token, so its pool's destruction or a stop cancels
+    /// it; refuses it when `max_periodic_tasks` are alive already.
+    fn register_periodic(&self, pool: PoolId, token: &Arc<CancelToken>) -> Result<(), TaskError> {
+        let mut periodic = lock(&self.periodic);
+        periodic.retain(|(_, token)| token.upgrade().is_some_and(|token| !token.is_cancelled()));
+        let max = self.config.max_periodic_tasks;
+        if periodic.len() >= max as usize {
+            return Err(TaskError::TooManyPeriodicTasks { max });
+        }
+        periodic.push((pool, Arc::downgrade(token)));
+        Ok(())
     }
 
-    fn task_finished(&self) {
-        self.completed.fetch_add(1, Ordering::Relaxed);
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    /// Cancels the periodic tasks of `pool`, or all of them.
+    fn cancel_periodic(&self, pool: Option<PoolId>) {
+        let tokens: Vec<_> = lock(&self.periodic)
+            .iter()
+            .filter(|(of, _)| pool.is_none_or(|pool| pool == *of))
+            .filter_map(|(_, token)| token.upgrade())
+            .collect();
+        for token in tokens {
+            token.cancel();
+        }
     }
 
     /// A new lane of `priority` on the next worker of its class (round robin).
@@ -140,6 +184,23 @@ impl Shared {
         if !self.accepts(parent) {
             return Err(TaskError::RuntimeStopped);
         }
+        if let Some(parent) = parent {
+            let max = self.config.max_task_depth;
+            if parent.depth >= max {
+                return Err(TaskError::TooDeep {
+                    depth: parent.depth.saturating_add(1),
+                    max,
+                });
+            }
+        }
+        if let Some(Schedule::Periodic(period)) = schedule {
+            if period > MAX_PERIOD {
+                return Err(TaskError::PeriodTooLong {
+                    period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+                    max_ms: MAX_PERIOD.as_millis() as u64,
+                });
+            }
+        }
         let pool = self
             .pools
             .get(pool_id)
@@ -163,6 +224,14 @@ impl Shared {
         let targets = query.resolve(pool_id, containers, self.node, dynamic)?;
 
         let replicas = targets.len();
+        let copied = input.len().saturating_mul(replicas.saturating_sub(1));
+        if copied > MAX_FAN_OUT_COPY_BYTES {
+            return Err(TaskError::FanOutTooLarge {
+                replicas: replicas as u32,
+                input_bytes: input.len() as u64,
+                max_bytes: MAX_FAN_OUT_COPY_BYTES as u64,
+            });
+        }
         // No allocation for the common single replica.
         let mut copies = Vec::with_capacity(replicas.saturating_sub(1));
         for _ in 1..replicas {
@@ -171,10 +240,15 @@ impl Shared {
         let inputs = copies.into_iter().chain(std::iter::once(input));
 
         let id = self.next_task_id();
+        let parity = self.inflight.parity();
         let node = match parent {
             Some(parent) => parent.child(),
-            None => TaskNode { root: id, depth: 0 },
-        };
+            None => TaskNode {
+                root: id,
+                ..TaskNode::default()
+            },
+        }
+        .counted_in(parity);
         // A single replica answering a sink needs no completion to gather results in.
         let mut direct = None;
         let (completion, period, cancel) = match schedule {
@@ -190,11 +264,11 @@ impl Shared {
                 (completion, None, None)
             }
             Some(Schedule::FireAndForget) => (None, None, None),
-            Some(Schedule::Periodic(period)) => (
-                None,
-                Some(period),
-                Some(cancel.unwrap_or_else(|| Arc::new(AtomicBool::new(false)))),
-            ),
+            Some(Schedule::Periodic(period)) => {
+                let token = cancel.unwrap_or_else(CancelToken::new);
+                self.register_periodic(pool_id, &token)?;
+                (None, Some(period), Some(token))
+            }
         };
         for (container, input) in targets.zip(inputs) {
             let Some(slot) = pool.container(container) else {
@@ -207,7 +281,7 @@ impl Shared {
                 .resolve(module.info.lanes)
                 .min(slot.lanes.len().saturating_sub(1));
             let lane = &slot.lanes[lane_index];
-            self.task_started();
+            self.inflight.started(parity);
             let task = Task {
                 header: TaskHeader {
                     id,
@@ -218,6 +292,7 @@ impl Shared {
                     query,
                     node,
                     period,
+                    parity,
                 },
                 pool: pool.clone(),
                 input,
@@ -266,8 +341,34 @@ impl Shared {
         let cancelled = task
             .cancel
             .as_ref()
-            .is_some_and(|flag| flag.load(Ordering::Acquire));
+            .is_some_and(|token| token.is_cancelled());
         !cancelled && !task.pool.is_destroyed() && self.is_running()
+    }
+
+    /// Sleeps a periodic task between two runs, holding none of its client's memory;
+    /// returns whether it runs again.
+    ///
+    /// The client's data share is held weakly while the task sleeps, so the transport
+    /// can reclaim a dead client's area (it waits until it holds the share's last
+    /// strong reference, after cancelling the client's periodic tasks). On waking the
+    /// share is upgraded *before* the cancel flag is checked, with a `SeqCst` fence in
+    /// between that pairs with the one the transport puts between cancelling and
+    /// counting references: either the transport sees this reference and waits, or
+    /// this task sees the cancel and ends — a reclaimed share is never used.
+    fn sleep_between_runs(&self, task: &mut Task, period: Duration) -> bool {
+        let share = task.bulk.take().map(|share| Arc::downgrade(&share));
+        let token = task.cancel.clone().unwrap_or_default();
+        if !self.periodic_goes_on(task) || !token.sleep(period) {
+            return false;
+        }
+        if let Some(share) = share {
+            match share.upgrade() {
+                Some(share) => task.bulk = Some(share),
+                None => return false,
+            }
+        }
+        fence(Ordering::SeqCst);
+        self.periodic_goes_on(task)
     }
 
     /// Gets or creates a pool (the admin's `GetOrCreatePool`).
@@ -278,6 +379,13 @@ impl Shared {
     ) -> Result<PoolInfo, TaskError> {
         let (parent_task, parent_node) = parent;
         let containers = request.containers.max(1);
+        let max = self.config.max_containers_per_pool;
+        if containers > max {
+            return Err(TaskError::TooManyContainers {
+                asked: containers,
+                max,
+            });
+        }
         if let Lookup::Existing(pool) = self.pools.by_name(&request.pool_name) {
             check_reopen(&pool, &request.module, containers, &request.params)?;
             return Ok(pool.info());
@@ -315,6 +423,7 @@ impl Shared {
                 query: crate::query::PoolQuery::DirectId(container),
                 node: parent_node,
                 period: None,
+                parity: 0,
             };
             let mut ctx = RunContext::new(header, &pool, self);
             let object = catch_unwind(AssertUnwindSafe(|| (module.create)(&mut ctx, &params)))
@@ -366,6 +475,7 @@ impl Shared {
             .pools
             .remove(id)
             .ok_or(TaskError::UnknownPool { pool: id })?;
+        self.cancel_periodic(Some(id));
         let mut first_error = None;
         for (index, container) in pool.containers.iter().enumerate() {
             let header = TaskHeader {
@@ -377,6 +487,7 @@ impl Shared {
                 query: crate::query::PoolQuery::DirectId(index as u32),
                 node: parent.task_node(),
                 period: None,
+                parity: 0,
             };
             let mut ctx = RunContext::new(header, &pool, self);
             let result = catch_unwind(AssertUnwindSafe(|| container.object.destroy(&mut ctx)))
@@ -386,22 +497,6 @@ impl Shared {
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    /// Waits until at most `allowed` tasks are in flight, or `deadline` passes; returns
-    /// whether it got there. Parks a coroutine caller in short sleeps.
-    pub(crate) fn wait_inflight_at_most(&self, allowed: u64, deadline: Option<Instant>) -> bool {
-        let mut pause = Duration::from_micros(50);
-        loop {
-            if self.inflight.load(Ordering::Acquire) <= allowed {
-                return true;
-            }
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return false;
-            }
-            crate::coroutine::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
-        }
     }
 
     /// Stops the runtime: drain for up to `grace`, then fail what is left and end.
@@ -415,14 +510,17 @@ impl Shared {
             self.wait_stopped();
             return;
         }
-        let drained = self.wait_inflight_at_most(own_tasks, Some(Instant::now() + grace));
+        // A grace too long for the clock has no end to wait for.
+        let deadline = Instant::now().checked_add(grace);
+        let drained = self.inflight.wait_at_most(own_tasks, deadline);
         if !drained {
             tracing::warn!(
-                inflight = self.inflight.load(Ordering::Acquire),
+                inflight = self.inflight.total(),
                 "stop: grace period over, failing the tasks still queued"
             );
         }
         self.state.store(STOPPED, Ordering::Release);
+        self.cancel_periodic(None);
         let workers = std::mem::take(&mut *lock(&self.workers));
         for worker in workers {
             worker.shutdown();
@@ -457,42 +555,42 @@ impl TaskRunner for Runner {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
         };
-        loop {
+        let Some(period) = task.header.period else {
             let result = shared.run_once(task, out);
-            match task.header.period {
-                None => {
-                    // Counted before the caller hears back, so a caller that then asks
-                    // for the count sees its task in it; in flight until after, so a
-                    // flush does not return before the result is delivered.
-                    shared.completed.fetch_add(1, Ordering::Relaxed);
-                    task.complete(result.map(|()| out.as_slice()));
-                    shared.inflight.fetch_sub(1, Ordering::AcqRel);
-                    out.trim();
-                    return;
-                }
-                Some(period) => {
-                    if let Err(err) = result {
-                        tracing::warn!(task = task.header.id, "periodic task failed: {err}");
-                    }
-                    shared.task_finished();
-                    if shared.periodic_goes_on(task) {
-                        crate::coroutine::sleep(period);
-                    }
-                    if !shared.periodic_goes_on(task) {
-                        return;
-                    }
-                    shared.task_started();
-                }
+            let parity = task.header.parity;
+            // Counted before the caller hears back, so a caller that then asks for the
+            // count sees its task in it; in flight until after, so a flush does not
+            // return before the result is delivered.
+            shared.inflight.count_completed();
+            task.complete(result.map(|()| out.as_slice()));
+            shared.inflight.uncount(parity);
+            out.trim();
+            return;
+        };
+        shared.periodic_live.fetch_add(1, Ordering::AcqRel);
+        loop {
+            if let Err(err) = shared.run_once(task, out) {
+                tracing::warn!(task = task.header.id, "periodic task failed: {err}");
             }
+            out.trim();
+            shared.inflight.finished(task.header.parity);
+            if !shared.sleep_between_runs(task, period) {
+                break;
+            }
+            let parity = shared.inflight.parity();
+            shared.inflight.started(parity);
+            let header = &mut task.header;
+            header.node = header.node.recounted(header.parity, parity);
+            header.parity = parity;
         }
+        shared.periodic_live.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn overflowed(&self, mut task: Task) {
-        let stack_size = self
-            .0
-            .get()
-            .and_then(std::sync::Weak::upgrade)
-            .map_or(0, |shared| shared.config.stack_size as u64);
+        let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+            task.complete(Err(TaskError::RuntimeStopped));
+            return;
+        };
         tracing::error!(
             task = task.header.id,
             method = task.header.method,
@@ -500,18 +598,20 @@ impl TaskRunner for Runner {
         );
         task.complete(Err(TaskError::StackOverflow {
             method: task.header.method,
-            stack_size,
+            stack_size: shared.config.stack_size as u64,
         }));
-        // The run counted the task in flight (a periodic one too, for this run).
-        if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
-            shared.task_finished();
+        // The run counted the task in flight (a periodic one for this run, and as alive).
+        shared.inflight.finished(task.header.parity);
+        if task.header.period.is_some() {
+            shared.periodic_live.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     fn reject(&self, mut task: Task) {
+        let parity = task.header.parity;
         task.complete(Err(TaskError::RuntimeStopped));
         if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
-            shared.task_finished();
+            shared.inflight.finished(parity);
         }
     }
 
@@ -525,8 +625,13 @@ impl TaskRunner for Runner {
             return 0;
         }
         match self.0.get().and_then(std::sync::Weak::upgrade) {
-            Some(shared) => server.ingest(worker, shared.as_ref()),
-            None => 0,
+            // Once a stop's grace is over, client rings are left to the transport's
+            // shutdown (which fails what they hold): a client that keeps pushing must
+            // not keep the workers busy answering it.
+            Some(shared) if shared.state.load(Ordering::Acquire) != STOPPED => {
+                server.ingest(worker, shared.as_ref())
+            }
+            _ => 0,
         }
     }
 
@@ -665,8 +770,9 @@ impl RuntimeBuilder {
             worker_states: OnceLock::new(),
             next_lane: [AtomicUsize::new(0), AtomicUsize::new(0)],
             next_task_id: AtomicU64::new(1),
-            inflight: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
+            inflight: InFlight::default(),
+            periodic: Mutex::new(Vec::new()),
+            periodic_live: AtomicU64::new(0),
             state: AtomicU8::new(RUNNING),
             stopped: (Mutex::new(false), Condvar::new()),
             shm: OnceLock::new(),
@@ -812,23 +918,29 @@ impl RuntimeHandle {
         std::thread::spawn(move || shared.stop(grace, own));
     }
 
-    /// Waits until no task but the caller's own (`ctx`, and the tasks it is nested in)
-    /// is in flight; returns how many tasks completed meanwhile.
+    /// Waits until every task that was in flight when it was called is done, except the
+    /// caller's own (`ctx`, and the tasks it is nested in) and other flushes; tasks
+    /// submitted meanwhile are not waited for. Returns how many tasks completed
+    /// meanwhile.
     pub fn flush(&self, ctx: &RunContext) -> u64 {
-        let before = self.shared.completed.load(Ordering::Acquire);
-        let own = u64::from(ctx.task_node().depth) + 1;
-        self.shared.wait_inflight_at_most(own, None);
-        self.shared.completed.load(Ordering::Acquire) - before
+        let before = self.shared.inflight.completed();
+        self.shared.inflight.flush(ctx.task_node());
+        self.shared.inflight.completed().saturating_sub(before)
     }
 
     /// Task replicas in flight now.
     pub fn inflight(&self) -> u64 {
-        self.shared.inflight.load(Ordering::Acquire)
+        self.shared.inflight.total()
     }
 
     /// Task replicas completed since start.
     pub fn completed(&self) -> u64 {
-        self.shared.completed.load(Ordering::Acquire)
+        self.shared.inflight.completed()
+    }
+
+    /// Periodic task replicas alive now: running, or sleeping until their next run.
+    pub fn periodic_tasks(&self) -> u64 {
+        self.shared.periodic_live.load(Ordering::Acquire)
     }
 
     /// Every live pool.

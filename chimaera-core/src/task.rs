@@ -14,6 +14,13 @@
 //! called from one and the thread otherwise); the last replica unparks it. The blocker is
 //! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
 //! lost.
+//!
+//! **Periodic tasks** sleep between runs on their [`CancelToken`], which wakes them the
+//! moment it is cancelled (by their handle, their client's death, their pool's
+//! destruction or the runtime's stop), so a cancelled task ends at once rather than
+//! after its period. A period is at most [`MAX_PERIOD`] (may's timers count nanoseconds
+//! in a `u64` from the scheduler's start; a longer one would overflow them): a longer
+//! one is refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
 use crate::codec::{aligned_copy, Bytes};
 use crate::coroutine::{self, Blocker};
@@ -25,6 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The longest period of a periodic task (one year), and the longest
+/// [`RunContext::sleep`](crate::RunContext::sleep).
+pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// How a task submitted with a client's `spawn_*` method runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Schedule {
@@ -32,6 +43,7 @@ pub enum Schedule {
     FireAndForget,
     /// Run now and again every `period` after each run ends, until cancelled through
     /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
+    /// `period` is at most [`MAX_PERIOD`].
     Periodic(Duration),
 }
 
@@ -54,6 +66,9 @@ pub struct TaskHeader {
     pub node: TaskNode,
     /// Re-run every `period` after each run, if set.
     pub period: Option<Duration>,
+    /// The epoch parity the task (or this run of a periodic task) is counted in while in
+    /// flight (see `flush.rs`).
+    pub(crate) parity: u8,
 }
 
 /// One replica of a task, queued on a lane or running on a worker.
@@ -66,9 +81,10 @@ pub struct Task {
     pub input: Bytes,
     /// Where the result goes; `None` for fire-and-forget and periodic tasks.
     pub reply: Option<Reply>,
-    /// Set to stop a periodic task.
-    pub cancel: Option<Arc<AtomicBool>>,
-    /// The submitting client's data share, which bulk arguments may reference.
+    /// Cancelled to stop a periodic task.
+    pub cancel: Option<Arc<CancelToken>>,
+    /// The submitting client's data share, which bulk arguments may reference. A
+    /// periodic task holds it only while it runs, never while it sleeps.
     pub bulk: Option<Arc<BulkShare>>,
 }
 
@@ -78,12 +94,63 @@ pub struct Origin {
     /// Receives a call's results when its caller is not a thread of this process.
     pub reply: Option<ReplyTo>,
     /// Stops a periodic task (the runtime makes one when absent).
-    pub cancel: Option<Arc<AtomicBool>>,
+    pub cancel: Option<Arc<CancelToken>>,
     /// The submitting client's data share, for bulk arguments passed by reference.
     pub bulk: Option<Arc<BulkShare>>,
     /// The worker whose poller queues the task (ingesting a client ring): a task for an
     /// idle lane of that worker is handed to a coroutine at once.
     pub local_worker: Option<usize>,
+}
+
+/// Stops a periodic task, waking its replicas if they sleep between runs.
+///
+/// No wake-up is lost: [`cancel`](Self::cancel) sets the flag before it takes the
+/// sleepers' lock, and a replica checks the flag under that lock before it registers to
+/// sleep.
+#[derive(Debug, Default)]
+pub struct CancelToken {
+    cancelled: AtomicBool,
+    sleepers: Mutex<Vec<Arc<Blocker>>>,
+}
+
+impl CancelToken {
+    /// A token not cancelled yet.
+    pub fn new() -> Arc<CancelToken> {
+        Arc::new(CancelToken::default())
+    }
+
+    /// Cancels: the task runs no more; a replica sleeping between runs wakes now and
+    /// ends.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let sleepers = std::mem::take(&mut *lock(&self.sleepers));
+        for sleeper in sleepers {
+            sleeper.unpark();
+        }
+    }
+
+    /// Whether the token was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Parks the calling coroutine for `period` (at most [`MAX_PERIOD`]) or until
+    /// cancelled; returns whether the task goes on (not cancelled).
+    pub(crate) fn sleep(&self, period: Duration) -> bool {
+        let blocker = Blocker::current();
+        {
+            let mut sleepers = lock(&self.sleepers);
+            if self.is_cancelled() {
+                return false;
+            }
+            sleepers.push(blocker.clone());
+        }
+        // A timeout is the period being over; a wake-up before it is a cancel (the loop
+        // in the caller re-checks the flag either way).
+        let _ = blocker.park(Some(period.min(MAX_PERIOD)));
+        lock(&self.sleepers).retain(|sleeper| !Arc::ptr_eq(sleeper, &blocker));
+        !self.is_cancelled()
+    }
 }
 
 /// Where a task replica's result goes.

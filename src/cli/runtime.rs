@@ -244,8 +244,8 @@ fn print_status(status: &RuntimeStatus) {
         status.instance, status.pid
     );
     println!(
-        "tasks: {} in flight, {} completed; clients attached: {}",
-        status.inflight, status.completed, status.clients
+        "tasks: {} in flight, {} completed, {} periodic; clients attached: {}",
+        status.inflight, status.completed, status.periodic, status.clients
     );
     println!("workers: {}", status.workers.len());
     for worker in &status.workers {

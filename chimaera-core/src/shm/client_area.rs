@@ -68,7 +68,7 @@ use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
-use crate::task::{lock, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
+use crate::task::{lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use std::collections::HashMap;
 use std::fs::File;
@@ -124,7 +124,7 @@ pub struct ClientArea {
     ring: Mutex<Ring>,
     slots: Box<[AtomicU32]>,
     outputs: Mutex<Outputs>,
-    periodic: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    periodic: Mutex<HashMap<u64, Arc<CancelToken>>>,
     bulk: Arc<BulkShare>,
     max_tasks: usize,
     disowned: AtomicBool,
@@ -267,9 +267,12 @@ impl ClientArea {
         self.disowned.load(Ordering::Acquire)
     }
 
-    /// Task replicas of this client still alive (each holds the data share).
+    /// Task replicas of this client still alive: each holds the data share, a periodic
+    /// task between its runs by a weak reference only (so a gone client's memory is not
+    /// kept by a sleeping task, which then ends), and counts against the quota all the
+    /// same.
     pub fn tasks_in_flight(&self) -> usize {
-        Arc::strong_count(&self.bulk) - 1
+        Arc::strong_count(&self.bulk) - 1 + Arc::weak_count(&self.bulk)
     }
 
     /// Bytes of the output space holding outputs.
@@ -288,7 +291,7 @@ impl ClientArea {
     /// Cancels every periodic task of the client (it is gone).
     pub fn cancel_periodic(&self) {
         for (_, cancel) in lock(&self.periodic).drain() {
-            cancel.store(true, Ordering::Release);
+            cancel.cancel();
         }
     }
 
@@ -347,7 +350,13 @@ impl ClientArea {
     /// Fails every task still queued (the runtime is stopping).
     pub fn fail_queued(&self) {
         let mut ring = lock(&self.ring);
-        while let Ok(Some(slot_index)) = ring.pop() {
+        // At most one pop per slot: a client that keeps pushing (one slot again and
+        // again) must not hold the stop here; what it pushes later is answered by the
+        // hang-up that ends its session.
+        for _ in 0..self.slots.len() {
+            let Ok(Some(slot_index)) = ring.pop() else {
+                break;
+            };
             if self.accept(slot_index) {
                 self.write_result(slot_index, Err(&TaskError::RuntimeStopped));
             }
@@ -402,7 +411,7 @@ impl ClientArea {
             let id = view.word64(slot::QUERY_B).load(Ordering::Relaxed);
             let result = match lock(&self.periodic).remove(&id) {
                 Some(cancel) => {
-                    cancel.store(true, Ordering::Release);
+                    cancel.cancel();
                     Ok(&[][..])
                 }
                 None => Err(TaskError::failed(format!(
@@ -439,7 +448,7 @@ impl ClientArea {
             Some(Schedule::FireAndForget) => (None, None),
             Some(Schedule::Periodic(_)) => {
                 let id = self.counters.next_periodic.fetch_add(1, Ordering::Relaxed) + 1;
-                let cancel = Arc::new(AtomicBool::new(false));
+                let cancel = CancelToken::new();
                 lock(&self.periodic).insert(id, cancel.clone());
                 periodic_id = Some(id);
                 (None, Some(cancel))

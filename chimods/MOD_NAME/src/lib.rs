@@ -122,7 +122,9 @@ impl ModName {
 
     /// `kCoRwLockTest`: holds the container's reader-writer lock (for writing if
     /// `write`) for `hold_ms`; returns the number of readers and writers inside when it
-    /// entered, itself included.
+    /// entered, itself included. A write fails with `LockUpgradeConflict` if its group
+    /// reads the lock while another reading group waits to write (see
+    /// [`CoRwLock::write`]).
     #[task(method = 21)]
     fn co_rw_lock_test(
         &self,
@@ -130,28 +132,30 @@ impl ModName {
         test_id: u32,
         hold_ms: u32,
         write: bool,
-    ) -> (u32, u32) {
+    ) -> Result<(u32, u32), TaskError> {
         let _ = test_id;
         let hold = Duration::from_millis(u64::from(hold_ms));
         if write {
-            let guard = self.rwlock.write(ctx);
+            let guard = self.rwlock.write(ctx)?;
             let writers = guard.writers.fetch_add(1, Ordering::SeqCst) + 1;
             let readers = guard.readers.load(Ordering::SeqCst);
             ctx.sleep(hold);
             guard.writers.fetch_sub(1, Ordering::SeqCst);
-            (readers, writers)
+            Ok((readers, writers))
         } else {
             let guard = self.rwlock.read(ctx);
             let readers = guard.readers.fetch_add(1, Ordering::SeqCst) + 1;
             let writers = guard.writers.load(Ordering::SeqCst);
             ctx.sleep(hold);
             guard.readers.fetch_sub(1, Ordering::SeqCst);
-            (readers, writers)
+            Ok((readers, writers))
         }
     }
 
     /// `kWaitTest`: calls itself with `depth - 1` from inside the runtime and waits for
     /// it (parking this task's coroutine, not the worker); returns the depth reached.
+    /// Past the runtime's `max_task_depth` (1,024 nested subtasks by default) the
+    /// deepest call fails with `TooDeep`, and so does every call above it.
     #[task(method = 23)]
     fn wait_test(&self, ctx: &mut RunContext, depth: u32) -> Result<u32, TaskError> {
         if depth <= 1 {

@@ -8,8 +8,8 @@
 //! | 10 | `get_or_create_pool` | returns the pool of that name, creating it (and its containers, through the module's `create`) if absent; a re-open with another module, container count or create parameters is an error |
 //! | 11 | `destroy_pool` | removes a pool: tasks still queued for it fail with `PoolDestroyed`, running ones finish, each container's `kDestroy` runs |
 //! | 12 | `stop_runtime` | a clean stop: in-flight tasks get `grace_period_ms` to finish, what is left fails with `RuntimeStopped`, the runtime ends (the original aborted) |
-//! | 13 | `flush` | returns when no task other than the caller's own is in flight, with the number of tasks completed meanwhile |
-//! | 16 | `status` | the runtime's pid, instance, workers and their task counts, pools, tasks in flight and completed, attached clients |
+//! | 13 | `flush` | returns when every task in flight when it started is done (tasks submitted meanwhile, the caller's own and other flushes are not waited for), with the number of tasks completed meanwhile |
+//! | 16 | `status` | the runtime's pid, instance, workers and their task counts, pools, tasks in flight and completed, attached clients, live periodic tasks |
 //!
 //! The wire types are those of [`chimaera_core::admin_api`], so every client can reach
 //! these tasks without depending on this crate; the tests pin the ids to it.
@@ -63,7 +63,8 @@ impl Admin {
             .stop_from_task(ctx, Duration::from_millis(grace_period_ms));
     }
 
-    /// `kFlush`: waits until no other task is in flight; returns how many completed.
+    /// `kFlush`: waits until the tasks in flight when it started are done; returns how
+    /// many tasks completed meanwhile.
     #[task(method = 13)]
     fn flush(&self, ctx: &mut RunContext) -> u64 {
         ctx.runtime().flush(ctx)
@@ -81,6 +82,7 @@ impl Admin {
             inflight: runtime.inflight(),
             completed: runtime.completed(),
             clients: runtime.clients(),
+            periodic: runtime.periodic_tasks(),
         }
     }
 }

@@ -1,0 +1,224 @@
+//! Counting tasks in flight, and a flush that waits only for the tasks that were in
+//! flight when it started.
+//!
+//! **Epochs.** Time is cut into epochs, numbered from 0. A task replica is counted, from
+//! the moment it is queued until its result is delivered, in the counter of the
+//! *parity* (`epoch % 2`) of the epoch current when it was queued; its header keeps
+//! that parity so it uncounts itself from the same counter. A periodic task is counted
+//! only while it runs, and each run is counted afresh.
+//!
+//! **A flush** started in epoch `E` must see every task queued in an epoch `<= E` done.
+//! At most one epoch drains at a time: when no drain runs (`drained == epoch`), a flush
+//! moves the epoch on (`E → E + 1`, one compare-exchange, so exactly one flush wins) and
+//! waits until the counter of `E`'s parity is empty; new tasks meanwhile land in the
+//! other parity, so the drain waits for a set of tasks that only shrinks — a client
+//! that keeps submitting cannot hold a flush up. Then `drained = E + 1`, and every
+//! flush whose start epoch is below that returns. A flush that arrives while a drain
+//! runs waits for it, then starts the next one if its own epoch still needs it: at most
+//! two drains, each of a finite set.
+//!
+//! **A flush does not wait for itself.** The flushing task and the tasks it is nested
+//! in are in flight and will not finish before it does. Each [`TaskNode`] carries how
+//! many tasks of its chain (itself and its ancestors) are counted in each parity; a
+//! flush takes those out of the counters it drains (`pending`) while it waits, and puts
+//! them back after. So a flush never waits for another flush either: two flushes from
+//! two clients, or one nested inside a task another flush waits for, both return.
+//!
+//! Invariants: `pending[p]` is the tasks counted in parity `p` minus the chains of
+//! flushes waiting now; `epoch ∈ {drained, drained + 1}`; `drained` only grows. A task
+//! that read the epoch just before a flush moved it may land in the parity being
+//! drained: the drain then waits for it too (it is bounded: that task runs like any
+//! other). Limits: a flush from a subtask whose parent no longer waits for it (a
+//! fire-and-forget subtask outliving its parent) takes out a chain part of which has
+//! already finished, and may return before up to that many other tasks of the drained
+//! epoch are done.
+use crate::ids::TaskNode;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Task replicas in flight, by epoch parity, and the flushes waiting on them.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    /// Tasks counted in each parity, minus the chains of waiting flushes.
+    pending: [AtomicI64; 2],
+    /// Tasks taken out of `pending` by waiting flushes (so the total stays exact).
+    quiesced: AtomicU64,
+    /// The epoch new tasks are counted in.
+    epoch: AtomicU64,
+    /// Every epoch below this one has drained.
+    drained: AtomicU64,
+    /// Task replicas (and runs of periodic tasks) finished since start.
+    completed: AtomicU64,
+}
+
+impl InFlight {
+    /// The parity new tasks are counted in now.
+    pub(crate) fn parity(&self) -> u8 {
+        (self.epoch.load(Ordering::SeqCst) % 2) as u8
+    }
+
+    /// One task replica queued, counted in `parity`.
+    pub(crate) fn started(&self, parity: u8) {
+        self.pending[usize::from(parity & 1)].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One task replica counted in `parity` delivered its result; counted as completed.
+    pub(crate) fn finished(&self, parity: u8) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.uncount(parity);
+    }
+
+    /// The count part of [`finished`](Self::finished), for callers that count the
+    /// completion earlier (before answering the caller).
+    pub(crate) fn uncount(&self, parity: u8) {
+        self.pending[usize::from(parity & 1)].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Counts one completion (see [`uncount`](Self::uncount)).
+    pub(crate) fn count_completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Task replicas in flight now (waiting flushes included).
+    pub(crate) fn total(&self) -> u64 {
+        let pending: i64 = self
+            .pending
+            .iter()
+            .map(|count| count.load(Ordering::SeqCst))
+            .sum();
+        (pending.max(0) as u64).saturating_add(self.quiesced.load(Ordering::SeqCst))
+    }
+
+    /// Task replicas finished since start.
+    pub(crate) fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Acquire)
+    }
+
+    /// Waits until at most `allowed` tasks are in flight, or `deadline` passes; returns
+    /// whether it got there. Parks a coroutine caller in short sleeps.
+    pub(crate) fn wait_at_most(&self, allowed: u64, deadline: Option<Instant>) -> bool {
+        let mut pause = Backoff::default();
+        loop {
+            if self.total() <= allowed {
+                return true;
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return false;
+            }
+            pause.sleep();
+        }
+    }
+
+    /// Waits until every task queued before this call is done, except the chain of
+    /// `own` (the flushing task and the tasks it is nested in); see the module docs.
+    pub(crate) fn flush(&self, own: TaskNode) {
+        let chain = own.chain.map(i64::from);
+        let chain_total = own.chain.iter().map(|&n| u64::from(n)).sum::<u64>();
+        self.quiesced.fetch_add(chain_total, Ordering::SeqCst);
+        for (count, mine) in self.pending.iter().zip(chain) {
+            count.fetch_sub(mine, Ordering::SeqCst);
+        }
+        let target = self.epoch.load(Ordering::SeqCst);
+        let mut pause = Backoff::default();
+        while self.drained.load(Ordering::Acquire) <= target {
+            let drained = self.drained.load(Ordering::Acquire);
+            let moved = drained == target
+                && self
+                    .epoch
+                    .compare_exchange(target, target + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+            if moved {
+                // This flush drains `target`: new tasks go to the other parity now.
+                let parity = (target % 2) as usize;
+                let mut drain_pause = Backoff::default();
+                while self.pending[parity].load(Ordering::SeqCst) > 0 {
+                    drain_pause.sleep();
+                }
+                self.drained.store(target + 1, Ordering::Release);
+            } else {
+                // Another flush drains (`target` or the epoch before it).
+                pause.sleep();
+            }
+        }
+        for (count, mine) in self.pending.iter().zip(chain) {
+            count.fetch_add(mine, Ordering::SeqCst);
+        }
+        self.quiesced.fetch_sub(chain_total, Ordering::SeqCst);
+    }
+}
+
+/// Sleeps that start short and grow to a few milliseconds: a wait for other tasks
+/// parks its coroutine (or thread) instead of spinning.
+#[derive(Clone, Copy)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_micros(50))
+    }
+}
+
+impl Backoff {
+    fn sleep(&mut self) {
+        crate::coroutine::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn node(chain: [u32; 2]) -> TaskNode {
+        TaskNode {
+            chain,
+            ..TaskNode::default()
+        }
+    }
+
+    #[test]
+    fn a_flush_waits_for_earlier_tasks_only() {
+        let counts = Arc::new(InFlight::default());
+        let early = counts.parity();
+        counts.started(early);
+        let flusher = {
+            let counts = counts.clone();
+            std::thread::spawn(move || counts.flush(node([0, 0])))
+        };
+        // Tasks queued after the flush moved the epoch do not hold it up, even if they
+        // never finish.
+        while counts.parity() == early {
+            std::thread::yield_now();
+        }
+        for _ in 0..100 {
+            counts.started(counts.parity());
+        }
+        counts.finished(early);
+        flusher.join().unwrap();
+        assert_eq!(counts.total(), 100);
+    }
+
+    #[test]
+    fn a_flush_does_not_wait_for_its_own_chain_or_another_flush() {
+        let counts = Arc::new(InFlight::default());
+        // A parent task and the flush task it waits for, both counted.
+        let parity = counts.parity();
+        counts.started(parity);
+        counts.started(parity);
+        let mut chain = [0, 0];
+        chain[usize::from(parity)] = 2;
+        let nested = {
+            let counts = counts.clone();
+            std::thread::spawn(move || counts.flush(node(chain)))
+        };
+        // A second flush, from a client, counted itself.
+        let second_parity = counts.parity();
+        counts.started(second_parity);
+        let mut own = [0, 0];
+        own[usize::from(second_parity)] = 1;
+        counts.flush(node(own));
+        nested.join().unwrap();
+        assert_eq!(counts.total(), 3);
+    }
+}

@@ -1,0 +1,395 @@
+//! Resource bounds and faults that need real processes: a runtime process, client
+//! processes (this test binary re-run as children) and real SIGKILLs. Each test runs its
+//! own runtime instance. No timing assertions: deadlines only bound how long a broken
+//! build can hang.
+use chimaera::admin_api::{self, PoolOptions};
+use chimaera::codec;
+use chimaera::mod_name::{CreateParams, ModNameClient};
+use chimaera::prelude::*;
+use chimaera::shm::connection::Forgery;
+use chimaera::shm::server::usage;
+use chimaera::shm::InstanceName;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "CHI_TEST_ROLE";
+
+/// How long a broken build may hang before a test gives up.
+const HANG: Duration = Duration::from_secs(30);
+
+/// A runtime child process, killed and its files removed when the test ends.
+struct RuntimeProcess {
+    child: Option<Child>,
+    config: RuntimeConfig,
+    config_path: PathBuf,
+}
+
+impl RuntimeProcess {
+    fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
+        Self::start_limited(test, extra_yaml, None)
+    }
+
+    /// Starts the runtime, with its address space limited to `address_space_kib` if
+    /// given (`ulimit -v`), so an allocation the size a client claims fails outright.
+    fn start_limited(
+        test: &str,
+        extra_yaml: &str,
+        address_space_kib: Option<u64>,
+    ) -> RuntimeProcess {
+        let instance = format!("b{}-{test}", std::process::id());
+        let config_path =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
+        std::fs::write(&config_path, format!("instance: {instance}\n{extra_yaml}")).unwrap();
+        let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
+        let mut command = match address_space_kib {
+            None => chimaera(&config_path, &["runtime", "start"]),
+            Some(kib) => {
+                let mut command = Command::new("sh");
+                command
+                    .args([
+                        "-c",
+                        &format!("ulimit -v {kib} && exec \"$0\" runtime start"),
+                    ])
+                    .arg(env!("CARGO_BIN_EXE_chimaera"))
+                    .env("CHI_SERVER_CONF", &config_path)
+                    .env_remove("CHI_INSTANCE");
+                command
+            }
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the runtime");
+        let runtime = RuntimeProcess {
+            child: Some(child),
+            config,
+            config_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(err) = Client::connect_to(&runtime.config) {
+            assert!(Instant::now() < deadline, "runtime never came up: {err}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        runtime
+    }
+
+    fn client(&self) -> Client {
+        Client::connect_to(&self.config).expect("connect")
+    }
+
+    fn instance(&self) -> &InstanceName {
+        &self.config.instance
+    }
+
+    fn client_areas_in_use(&self) -> u32 {
+        usage(self.instance())
+            .expect("segments readable")
+            .client_areas_in_use
+    }
+
+    /// Runs this test binary again as a client child playing `role`.
+    fn client_child(&self, role: &str) -> Child {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "client_child_entry",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, role)
+            .env("CHI_SERVER_CONF", &self.config_path)
+            .env_remove("CHI_INSTANCE")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a client child")
+    }
+
+    /// Waits for the runtime process to exit on its own.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("runtime started");
+        exited(child, "the runtime process")
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Ok(files) = chimaera::shm::naming::instance_files(self.instance()) {
+            for file in files {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// The `chimaera` binary with `args`, for the instance of the config at `config_path`.
+fn chimaera(config_path: &PathBuf, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chimaera"));
+    command
+        .args(args)
+        .env("CHI_SERVER_CONF", config_path)
+        .env_remove("CHI_INSTANCE");
+    command
+}
+
+/// Waits for `child` to exit, killing it and failing the test if it hangs.
+fn exited(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + HANG;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_line(child: &mut Child, wanted: &str) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line.expect("child output").contains(wanted) {
+            // Keep draining in the background so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return;
+        }
+    }
+    panic!("child exited before printing {wanted:?}");
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "entry point of client child processes, started by the tests in this file"]
+fn client_child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let chi = Client::connect().expect("child connects");
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default())
+        .expect("child opens the pool");
+    match role.as_str() {
+        "periodic-sleeper" => {
+            // A periodic task that sleeps an hour between runs, then this process is
+            // killed: its area must be reclaimed without waiting for the hour.
+            let _periodic = m
+                .spawn_custom(
+                    PoolQuery::local(),
+                    Schedule::Periodic(Duration::from_secs(3600)),
+                    "tick",
+                    0,
+                )
+                .unwrap();
+            println!("periodic started");
+            loop {
+                std::thread::park();
+            }
+        }
+        "hammer" => {
+            // Keep the ring full, without pause, through a runtime stop; every call must
+            // end with its result or a typed `RuntimeStopped`, never hang.
+            let instance = RuntimeConfig::from_env().unwrap().instance;
+            let mut window = std::collections::VecDeque::new();
+            let mut calls = 0u32;
+            let mut stopped_in_a_row = 0u32;
+            loop {
+                window.push_back(m.async_custom(PoolQuery::local(), "h", calls));
+                calls = calls.wrapping_add(1);
+                if calls == 64 {
+                    println!("hammering");
+                }
+                if window.len() < 32 {
+                    continue;
+                }
+                let oldest = window.pop_front().unwrap();
+                match oldest.and_then(|call| call.wait()) {
+                    Ok(echo) => {
+                        assert_eq!(echo, "h");
+                        stopped_in_a_row = 0;
+                    }
+                    Err(TaskError::RuntimeStopped) => stopped_in_a_row += 1,
+                    Err(other) => panic!("an untyped failure during stop: {other}"),
+                }
+                if stopped_in_a_row >= 1024
+                    && !chimaera::shm::liveness::runtime_alive(&instance).unwrap_or(false)
+                {
+                    println!("the runtime is gone; every failure was RuntimeStopped");
+                    return;
+                }
+            }
+        }
+        "flooder" => {
+            // A hostile client: pushes slot 0 into its ring again and again, without
+            // ever waiting for an answer, until killed.
+            let connection = chi.shm_connection().expect("shared-memory client").clone();
+            for _ in 0..1024 {
+                connection.queue_raw_index(0);
+            }
+            println!("flooding");
+            loop {
+                connection.queue_raw_index(0);
+            }
+        }
+        other => panic!("unknown role {other:?}"),
+    }
+}
+
+#[test]
+fn u32_max_containers_from_a_client_process_is_a_typed_error() {
+    let runtime = RuntimeProcess::start("containers", "");
+    let chi = runtime.client();
+    let err = admin_api::get_or_create_pool(
+        &chi,
+        PoolQuery::local(),
+        "MOD_NAME",
+        "huge",
+        PoolOptions::containers(u32::MAX),
+        &codec::encode(&(CreateParams::default(),)).unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        TaskError::TooManyContainers {
+            asked: u32::MAX,
+            max: 4096
+        }
+    );
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "after", CreateParams::default())
+        .expect("the runtime serves on");
+    assert_eq!(m.custom(PoolQuery::local(), "alive", 0).unwrap(), "alive");
+}
+
+#[test]
+fn a_killed_client_with_a_sleeping_periodic_task_is_reclaimed() {
+    let runtime = RuntimeProcess::start("periodic-kill", "");
+    let observer = runtime.client();
+    let m = ModNameClient::create(
+        &observer,
+        PoolQuery::local(),
+        "shared",
+        CreateParams::default(),
+    )
+    .unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "warm", 0).unwrap(), "warm");
+    // Only this observer is attached (the readiness probe's area is reclaimed too).
+    wait_until("a settled baseline", || runtime.client_areas_in_use() == 1);
+
+    let mut sleeper = runtime.client_child("periodic-sleeper");
+    wait_for_line(&mut sleeper, "periodic started");
+    assert_eq!(runtime.client_areas_in_use(), 2);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    // Its periodic task sleeps for an hour: the area comes back only because the task
+    // holds none of the client's memory while it sleeps, and is woken by its cancel.
+    wait_until("the dead client's area to be reclaimed", || {
+        runtime.client_areas_in_use() == 1
+    });
+    assert_eq!(m.custom(PoolQuery::local(), "after", 1).unwrap(), "after");
+}
+
+#[test]
+fn a_stop_ends_at_its_grace_period_while_clients_keep_calling() {
+    let mut runtime = RuntimeProcess::start("stop-hammer", "");
+    let mut hammers: Vec<Child> = (0..2).map(|_| runtime.client_child("hammer")).collect();
+    for hammer in &mut hammers {
+        wait_for_line(hammer, "hammering");
+    }
+    let mut stop = chimaera(
+        &runtime.config_path,
+        &["runtime", "stop", "--grace-ms", "200"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("run `chimaera runtime stop`");
+    assert!(
+        exited(&mut stop, "`chimaera runtime stop`").success(),
+        "the stop did not complete while clients kept calling"
+    );
+    assert!(runtime.wait_exit().success(), "the runtime did not exit 0");
+    for hammer in &mut hammers {
+        assert!(
+            exited(hammer, "a calling client").success(),
+            "a calling client saw something other than results and RuntimeStopped"
+        );
+    }
+}
+
+#[test]
+fn client_controlled_lengths_and_periods_are_bounded_before_anything_is_allocated() {
+    // With 2 GiB of address space, allocating a claimed 4 GiB would abort the runtime.
+    let runtime = RuntimeProcess::start_limited("lengths", "", Some(2 << 20));
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let custom = chimaera::mod_name::mod_name_tasks::CUSTOM;
+    let connection = chi.shm_connection().expect("shared-memory client").clone();
+    let good = codec::encode(&(codec::StrRef("ok"), codec::ByRef(&1u32))).unwrap();
+    // Four gigabytes claimed: refused from the length alone, not after allocating it.
+    for forgery in [
+        Forgery::InputLength(u32::MAX),
+        Forgery::InputInClientData {
+            offset: 0,
+            len: u32::MAX,
+        },
+    ] {
+        let result = connection
+            .submit_forged(m.pool_id(), custom, &good, forgery)
+            .unwrap()
+            .wait();
+        assert!(
+            matches!(result[0].1, Err(TaskError::Malformed { .. })),
+            "{forgery:?}: {result:?}"
+        );
+    }
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+    let err = m
+        .spawn_custom(PoolQuery::local(), Schedule::Periodic(ten_years), "x", 0)
+        .unwrap_err();
+    assert!(matches!(err, TaskError::PeriodTooLong { .. }), "{err}");
+    assert_eq!(
+        m.custom(PoolQuery::local(), "still serving", 2).unwrap(),
+        "still serving"
+    );
+}
+
+#[test]
+fn a_stop_ends_while_a_hostile_client_floods_its_ring() {
+    let mut runtime = RuntimeProcess::start("stop-flood", "");
+    let mut flooders: Vec<Child> = (0..2).map(|_| runtime.client_child("flooder")).collect();
+    for flooder in &mut flooders {
+        wait_for_line(flooder, "flooding");
+    }
+    let mut stop = chimaera(
+        &runtime.config_path,
+        &["runtime", "stop", "--grace-ms", "200"],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("run `chimaera runtime stop`");
+    let stopped = exited(&mut stop, "`chimaera runtime stop`").success();
+    for flooder in &mut flooders {
+        let _ = flooder.kill();
+        let _ = flooder.wait();
+    }
+    assert!(
+        stopped,
+        "the stop did not complete while a client flooded its ring"
+    );
+    assert!(runtime.wait_exit().success(), "the runtime did not exit 0");
+}
