@@ -39,6 +39,9 @@ pub mod query;
 pub mod runtime;
 pub mod shm;
 pub mod task;
+pub mod transport;
+pub(crate) mod transport_inproc;
+pub mod transport_shm;
 pub mod worker;
 
 #[doc(hidden)]

@@ -541,6 +541,30 @@ impl TaskRunner for Runner {
     }
 }
 
+// --- the in-process transport's view of the runtime (see `transport_inproc`) ---
+impl crate::transport_inproc::LocalRuntime for Shared {
+    fn enqueue_local(
+        &self,
+        parent: Option<TaskNode>,
+        route: crate::transport::Route,
+        input: Bytes,
+        schedule: Option<Schedule>,
+    ) -> Result<Enqueued, TaskError> {
+        let crate::transport::Route {
+            pool,
+            method,
+            query,
+        } = route;
+        let origin = Origin::default();
+        self.enqueue(parent, pool, method, query, input, schedule, origin)
+    }
+
+    fn accepts(&self, parent: Option<TaskNode>) -> bool {
+        Shared::accepts(self, parent)
+    }
+}
+// --- end of the in-process transport's view ---
+
 impl Ingress for Shared {
     fn enqueue(
         &self,
@@ -750,7 +774,7 @@ impl Runtime {
 
     /// A client of this runtime in this process.
     pub fn client(&self) -> Client {
-        Client::in_process(self.shared.clone(), None)
+        crate::transport_inproc::client(self.shared.clone(), None)
     }
 
     /// A handle to manage the runtime.
