@@ -24,7 +24,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// What keeps a case's runtime alive.
 enum Host {
     InProcess(Runtime),
-    Process(RuntimeProcess),
+    Process(Box<RuntimeProcess>),
 }
 
 /// A case's runtime and a client of it through the transport under test.
@@ -76,7 +76,7 @@ fn shared_memory() -> Fixture {
     let process = RuntimeProcess::start();
     let chi = Client::connect_to(&process.config).expect("connect");
     Fixture {
-        host: Host::Process(process),
+        host: Host::Process(Box::new(process)),
         chi,
     }
 }
