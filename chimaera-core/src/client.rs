@@ -6,8 +6,9 @@
 //! * **in-process** ([`Runtime::client`](crate::Runtime::client),
 //!   [`RunContext::client`](crate::RunContext::client)): the task is queued straight on
 //!   its container's lane;
-//! * **shared memory** ([`Client::connect`]): the task goes through this process's
-//!   client area of the runtime's segments ([`crate::transport_shm`]).
+//! * **shared memory** ([`Client::connect`], defined with its transport in
+//!   [`crate::transport_shm`], so this file knows no transport): the task goes through
+//!   this process's client area of the runtime's segments.
 //!
 //! Both give the same [`RawPending`] / [`Pending`] API and the same errors. A task the
 //! runtime refuses (unknown pool or method, a query outside the pool, a runtime that
@@ -19,14 +20,12 @@
 //! holds.
 use crate::bulk::{Buffer, BulkRef};
 use crate::codec::{Bytes, OutputBuffer};
-use crate::config::RuntimeConfig;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
-use crate::shm::connection::{ConnectError, ShmConnection};
-use crate::task::Schedule;
-use crate::transport::{CancelPeriodic, LendGuard, PendingCall, Route, Transport, TransportKind};
-use crate::transport_shm::SharedMemory;
+use crate::transport::{
+    CancelPeriodic, LendGuard, PendingCall, Route, Schedule, Transport, TransportKind,
+};
 use std::sync::Arc;
 
 /// A connection to a runtime, cheap to clone.
@@ -49,27 +48,9 @@ impl Client {
         Client { transport }
     }
 
-    /// Attaches to the runtime named by the configuration (`CHI_SERVER_CONF`, then
-    /// `CHI_INSTANCE`; default instance `default`) over shared memory.
-    pub fn connect() -> Result<Client, ConnectError> {
-        Client::connect_to(&RuntimeConfig::from_env()?)
-    }
-
-    /// Attaches to the runtime of `config.instance` over shared memory.
-    pub fn connect_to(config: &RuntimeConfig) -> Result<Client, ConnectError> {
-        let connection = ShmConnection::connect(&config.instance)?;
-        Ok(Client::with_transport(Arc::new(SharedMemory::new(
-            connection,
-        ))))
-    }
-
-    /// The shared-memory connection, for tests that play a faulty client.
-    #[doc(hidden)]
-    pub fn shm_connection(&self) -> Option<&Arc<ShmConnection>> {
-        self.transport
-            .as_any()
-            .downcast_ref::<SharedMemory>()
-            .map(SharedMemory::connection)
+    /// The transport, for the transports' own `impl Client` blocks.
+    pub(crate) fn transport(&self) -> &dyn Transport {
+        &*self.transport
     }
 
     /// Which kind of transport this client uses.

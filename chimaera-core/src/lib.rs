@@ -38,6 +38,7 @@ pub mod pool;
 pub mod query;
 pub mod runtime;
 pub mod shm;
+mod sync;
 pub mod task;
 pub mod transport;
 pub(crate) mod transport_inproc;

@@ -549,18 +549,46 @@ impl crate::transport_inproc::LocalRuntime for Shared {
         route: crate::transport::Route,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<Enqueued, TaskError> {
+    ) -> Result<crate::transport_inproc::Queued, TaskError> {
         let crate::transport::Route {
             pool,
             method,
             query,
         } = route;
         let origin = Origin::default();
-        self.enqueue(parent, pool, method, query, input, schedule, origin)
+        let (completion, cancel) =
+            self.enqueue(parent, pool, method, query, input, schedule, origin)?;
+        Ok((
+            completion.map(|c| Box::new(LocalCall(c)) as Box<dyn crate::transport::PendingCall>),
+            cancel.map(|f| Box::new(LocalCancel(f)) as Box<dyn crate::transport::CancelPeriodic>),
+        ))
     }
 
     fn accepts(&self, parent: Option<TaskNode>) -> bool {
         Shared::accepts(self, parent)
+    }
+}
+
+/// A call queued in process: waited on through its completion.
+struct LocalCall(Arc<Completion>);
+
+impl crate::transport::PendingCall for LocalCall {
+    fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+
+    fn wait(self: Box<Self>) -> crate::transport::Results {
+        self.0.wait()
+    }
+}
+
+/// The cancel flag the workers check before each run of a periodic task.
+struct LocalCancel(Arc<AtomicBool>);
+
+impl crate::transport::CancelPeriodic for LocalCancel {
+    fn cancel(&self) -> Result<(), TaskError> {
+        self.0.store(true, Ordering::Release);
+        Ok(())
     }
 }
 // --- end of the in-process transport's view ---

@@ -33,9 +33,19 @@ use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
-use crate::task::Schedule;
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How a task submitted with a client's `spawn_*` method runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Schedule {
+    /// Run once; nobody waits for the result, the runtime frees the task when done.
+    FireAndForget,
+    /// Run now and again every `period` after each run ends, until cancelled through
+    /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
+    Periodic(Duration),
+}
 
 /// Every replica's output bytes (or error), by container.
 pub type Results = Vec<(ContainerId, Result<Bytes, TaskError>)>;

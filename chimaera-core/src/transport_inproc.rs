@@ -1,5 +1,5 @@
 //! The in-process [`Transport`]: tasks are queued straight on their containers' lanes and
-//! the caller waits on a [`Completion`].
+//! the caller waits on the task's completion.
 //!
 //! It reaches the runtime only through [`LocalRuntime`] (which the runtime implements),
 //! so this file does not depend on `runtime.rs`. Inputs are moved into the task; bulk
@@ -12,21 +12,22 @@ use crate::client::Client;
 use crate::codec::{Bytes, SliceRef};
 use crate::error::TaskError;
 use crate::ids::TaskNode;
-use crate::task::{Completion, Schedule};
 use crate::transport::{
-    CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
+    CancelPeriodic, LendGuard, PendingCall, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// A queued task: the completion of a call, the cancel flag of a periodic task.
-pub(crate) type Queued = (Option<Arc<Completion>>, Option<Arc<AtomicBool>>);
+/// A queued task: the pending call of a call, the cancel handle of a periodic task.
+pub(crate) type Queued = (
+    Option<Box<dyn PendingCall>>,
+    Option<Box<dyn CancelPeriodic>>,
+);
 
-/// What the in-process transport needs from its runtime.
+/// What the in-process transport needs from its runtime (which implements it, so this
+/// file does not depend on the runtime's internals).
 pub(crate) trait LocalRuntime: Send + Sync {
-    /// Queues one task (a subtask of `parent` if any): the completion of a call, and the
-    /// cancel flag of a periodic task.
+    /// Queues one task (a subtask of `parent` if any).
     fn enqueue_local(
         &self,
         parent: Option<TaskNode>,
@@ -76,11 +77,10 @@ impl Transport for InProcess {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<Box<dyn PendingCall>, TaskError> {
-        let (completion, _) = self
+        let (call, _) = self
             .runtime
             .enqueue_local(self.parent, route, input, schedule)?;
-        let completion = completion.ok_or(TaskError::NotRun)?;
-        Ok(Box::new(LocalCall(completion)))
+        call.ok_or(TaskError::NotRun)
     }
 
     fn spawn(
@@ -92,7 +92,7 @@ impl Transport for InProcess {
         let (_, cancel) = self
             .runtime
             .enqueue_local(self.parent, route, input, Some(schedule))?;
-        Ok(cancel.map(|flag| Box::new(LocalCancel(flag)) as Box<dyn CancelPeriodic>))
+        Ok(cancel)
     }
 
     fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
@@ -117,28 +117,5 @@ impl Transport for InProcess {
 
     fn as_any(&self) -> &dyn Any {
         self
-    }
-}
-
-/// A call queued in process.
-struct LocalCall(Arc<Completion>);
-
-impl PendingCall for LocalCall {
-    fn is_done(&self) -> bool {
-        self.0.is_done()
-    }
-
-    fn wait(self: Box<Self>) -> Results {
-        self.0.wait()
-    }
-}
-
-/// The cancel flag the workers check before each run of a periodic task.
-struct LocalCancel(Arc<AtomicBool>);
-
-impl CancelPeriodic for LocalCancel {
-    fn cancel(&self) -> Result<(), TaskError> {
-        self.0.store(true, Ordering::Release);
-        Ok(())
     }
 }

@@ -7,16 +7,43 @@
 //! are marked lent in this client's [`LendingTable`] meanwhile, and a typed `Pending`
 //! that lent them waits for its call when dropped ([`Transport::borrows_caller_memory`]).
 use crate::bulk::{Buffer, BulkRef, BulkWire, LendingTable};
+use crate::client::Client;
 use crate::codec::{decode, Bytes, OutputBuffer};
+use crate::config::RuntimeConfig;
 use crate::error::TaskError;
-use crate::shm::connection::{ShmCall, ShmConnection};
-use crate::task::Schedule;
+use crate::shm::connection::{ConnectError, ShmCall, ShmConnection};
 use crate::transport::{
-    CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
+    CancelPeriodic, LendGuard, PendingCall, Results, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
 use std::cell::RefCell;
 use std::sync::Arc;
+
+/// Clients over shared memory.
+impl Client {
+    /// Attaches to the runtime named by the configuration (`CHI_SERVER_CONF`, then
+    /// `CHI_INSTANCE`; default instance `default`) over shared memory.
+    pub fn connect() -> Result<Client, ConnectError> {
+        Client::connect_to(&RuntimeConfig::from_env()?)
+    }
+
+    /// Attaches to the runtime of `config.instance` over shared memory.
+    pub fn connect_to(config: &RuntimeConfig) -> Result<Client, ConnectError> {
+        let connection = ShmConnection::connect(&config.instance)?;
+        Ok(Client::with_transport(Arc::new(SharedMemory::new(
+            connection,
+        ))))
+    }
+
+    /// The shared-memory connection, for tests that play a faulty client.
+    #[doc(hidden)]
+    pub fn shm_connection(&self) -> Option<&Arc<ShmConnection>> {
+        self.transport()
+            .as_any()
+            .downcast_ref::<SharedMemory>()
+            .map(SharedMemory::connection)
+    }
+}
 
 /// A client process's transport to a runtime over shared memory.
 pub struct SharedMemory {
