@@ -1,7 +1,9 @@
 //! One conformance suite, run over every transport: each case below is written once and
-//! runs through an in-process client of a runtime in this process, and through a
+//! runs through an in-process client of a runtime in this process, through a
 //! shared-memory client of a runtime process (this test binary re-run as a child serving
-//! the probe chimods). A transport passes when every case passes over it.
+//! the probe chimods), and through a transport written outside the core on the public
+//! seam (`Relay`, as a network transport will be). A transport passes when every case
+//! passes over it.
 //!
 //! Real parts only: real workers and coroutines, a real runtime process, real /dev/shm.
 //! Each case has its own runtime (and instance). No timing assertions: deadlines only
@@ -10,12 +12,18 @@ mod bulk_probe;
 mod probe;
 
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
-use chimaera::codec;
+use chimaera::bulk::{Buffer, BulkRef};
+use chimaera::client::RawPending;
+use chimaera::codec::{self, Bytes};
 use chimaera::prelude::*;
+use chimaera::transport::{
+    CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
+};
 use probe::{Probe, ProbeClient};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ROLE: &str = "CHI_TRANSPORT_TEST_ROLE";
@@ -69,6 +77,96 @@ fn in_process() -> Fixture {
     Fixture {
         host: Host::InProcess(runtime),
         chi,
+    }
+}
+
+fn relayed() -> Fixture {
+    let Fixture { host, chi } = in_process();
+    Fixture {
+        host,
+        chi: Client::with_transport(Arc::new(Relay { inner: chi })),
+    }
+}
+
+/// A transport written outside the core, only on the public seam: it relays every
+/// operation through another client's public API. It relays an in-process client, whose
+/// bulk arguments always travel by copy, so it lends nothing.
+#[derive(Debug)]
+struct Relay {
+    inner: Client,
+}
+
+impl Transport for Relay {
+    fn kind(&self) -> TransportKind {
+        self.inner.transport_kind()
+    }
+
+    fn submit(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Option<Schedule>,
+    ) -> Result<Box<dyn PendingCall>, TaskError> {
+        let raw = self
+            .inner
+            .submit(route.pool, route.method, route.query, input, schedule)?;
+        Ok(Box::new(RelayedCall(raw)))
+    }
+
+    fn spawn(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Schedule,
+    ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError> {
+        let handle = self
+            .inner
+            .spawn(route.pool, route.method, route.query, schedule, input)?;
+        Ok(Some(Box::new(RelayedHandle(handle))))
+    }
+
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+        self.inner.allocate_buffer(len)
+    }
+
+    fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
+        self.inner.bulk_ref(bytes)
+    }
+
+    fn lend(&self, _bytes: &[u8]) -> Option<LendGuard> {
+        None
+    }
+
+    fn borrows_caller_memory(&self) -> bool {
+        false
+    }
+
+    fn peer_gone(&self) -> Option<TaskError> {
+        self.inner.runtime_gone()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+struct RelayedCall(RawPending);
+
+impl PendingCall for RelayedCall {
+    fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+
+    fn wait(self: Box<Self>) -> Results {
+        self.0.wait()
+    }
+}
+
+struct RelayedHandle(TaskHandle);
+
+impl CancelPeriodic for RelayedHandle {
+    fn cancel(&self) -> Result<(), TaskError> {
+        self.0.cancel()
     }
 }
 
@@ -155,7 +253,8 @@ fn runtime_child_entry() {
     runtime.wait();
 }
 
-/// Each case, once per transport: `in_process::case` and `shared_memory::case`.
+/// Each case, once per transport: `in_process::case`, `shared_memory::case` and
+/// `relayed::case`.
 macro_rules! over_every_transport {
     ($($case:ident),* $(,)?) => {
         mod in_process {
@@ -168,6 +267,12 @@ macro_rules! over_every_transport {
             $(#[test]
             fn $case() {
                 super::$case(super::shared_memory());
+            })*
+        }
+        mod relayed {
+            $(#[test]
+            fn $case() {
+                super::$case(super::relayed());
             })*
         }
     };
