@@ -281,9 +281,11 @@ impl<T> Decode<T> {
 /// is in: the runtime may be reading or writing them. `wait` fills the lent `&mut [u8]`
 /// buffers (in place, or from an inline output) and returns the task's value.
 ///
-/// **Dropping** a `Pending` whose call lent buffers over shared memory **waits for the
-/// call to complete** (the runtime must be done with the memory before the borrow ends);
-/// any other `Pending` is dropped at once and its result discarded.
+/// **Dropping** a `Pending` whose call lent buffers through a transport that lets the
+/// runtime use caller memory (shared memory;
+/// [`Transport::borrows_caller_memory`]) **waits for the call to complete** (the runtime
+/// must be done with the memory before the borrow ends); any other `Pending` is dropped
+/// at once and its result discarded.
 ///
 /// Leaking one (`std::mem::forget`) skips that wait, as for any guard: the borrow ends
 /// while the runtime may still use the buffers. A shared buffer dropped meanwhile keeps

@@ -137,7 +137,8 @@ pub trait PendingCall: Send {
     /// Waits for every replica's result.
     fn wait(self: Box<Self>) -> Results;
 
-    /// Waits and hands the result of the call (see [`decode_first`]) to `decode`.
+    /// Waits and hands the result of the call to `decode`: the first error by container
+    /// wins, else the lowest container's output is decoded.
     /// Transports override this to decode small outputs without allocating.
     fn wait_first(
         self: Box<Self>,

@@ -4,7 +4,7 @@
 //! Inputs are copied into the task's slot (or the client's data share) before `submit`
 //! returns. Bulk arguments lying in a [`Buffer`] of this connection travel by reference:
 //! the runtime reads and writes that memory until the call is answered, so such buffers
-//! are marked lent in this client's [`LendingTable`] meanwhile, and a typed `Pending`
+//! are marked lent in this client's lending table meanwhile, and a typed `Pending`
 //! that lent them waits for its call when dropped ([`Transport::borrows_caller_memory`]).
 use crate::bulk::{Buffer, BulkRef, BulkWire, LendingTable};
 use crate::client::Client;

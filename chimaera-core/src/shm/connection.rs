@@ -829,7 +829,7 @@ impl ShmCall {
         )
     }
 
-    /// Waits for the answer and decodes it with `decode` (see [`decode_first`]). A small
+    /// Waits for the answer and decodes it with `decode` (the first error by container wins). A small
     /// output is decoded from a copy on the stack (no allocation).
     pub fn wait_decoded<T>(
         self,
