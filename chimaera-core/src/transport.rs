@@ -191,3 +191,36 @@ pub(crate) fn decode_first<T>(
         None => Err(TaskError::EmptyQuery),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::aligned_copy;
+
+    fn ok(byte: u8) -> Result<Bytes, TaskError> {
+        Ok(aligned_copy(&[byte]))
+    }
+
+    #[test]
+    fn the_first_error_by_container_wins_over_any_output() {
+        let results = vec![(0, ok(1)), (1, Err(TaskError::NotRun)), (2, ok(3))];
+        assert_eq!(
+            decode_first(results, |bytes| Ok(bytes[0])),
+            Err(TaskError::NotRun)
+        );
+    }
+
+    #[test]
+    fn the_lowest_container_output_is_decoded() {
+        let results = vec![(0, ok(7)), (1, ok(8))];
+        assert_eq!(decode_first(results, |bytes| Ok(bytes[0])), Ok(7));
+    }
+
+    #[test]
+    fn no_replica_is_an_empty_query() {
+        assert_eq!(
+            decode_first(Vec::new(), |bytes| Ok(bytes.len())),
+            Err(TaskError::EmptyQuery)
+        );
+    }
+}

@@ -16,7 +16,7 @@ use crate::transport::{
     CancelPeriodic, LendGuard, PendingCall, Results, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::sync::Arc;
 
 /// Clients over shared memory.
@@ -181,10 +181,13 @@ impl PendingCall for ShmCall {
         self: Box<Self>,
         decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
     ) -> Result<(), TaskError> {
-        // `wait_decoded` takes a `Fn` (it may decode from a stack copy or from the
-        // results); it calls it at most once.
-        let decode = RefCell::new(decode);
-        ShmCall::wait_decoded(*self, &|bytes| (decode.borrow_mut())(bytes))
+        // `wait_decoded` takes a `Fn` (it decodes from a stack copy or from the results)
+        // and calls it at most once: hand the `FnMut` over on that call.
+        let decode = Cell::new(Some(decode));
+        ShmCall::wait_decoded(*self, &|bytes| match decode.take() {
+            Some(decode) => decode(bytes),
+            None => Err(TaskError::NotRun),
+        })
     }
 }
 
