@@ -306,7 +306,7 @@ fn echo_and_in_out_arguments(fixture: Fixture) {
     assert_eq!(counter, 42, "an in-out argument comes back");
     let data: Vec<u8> = (0..=255).collect();
     assert_eq!(p.checksum(PoolQuery::local(), &data).unwrap(), sum(&data));
-    // Submission order is kept through one client: a pipeline of calls, waited in order.
+    // A pipeline of calls in flight at once, each answered with its own result.
     let pending: Vec<_> = (0..32u64)
         .map(|ms| p.async_nap(PoolQuery::local(), ms % 2).unwrap())
         .collect();

@@ -12,8 +12,10 @@
 //!   outside the pool, a runtime that stopped or disowned this client) never runs; the
 //!   error comes back from [`Transport::submit`] when the transport can tell at once
 //!   (in process), else as the call's answer (a peer decides). Callers treat both alike.
-//! * **Ordering.** Calls through one transport are queued in the order `submit` returns;
-//!   tasks that land on the same lane run in that order. Nothing is promised across lanes.
+//! * **Ordering.** A task submitted after another's `submit` returned (on any thread
+//!   that saw it return) is queued after it; tasks that land on the same lane start in
+//!   queue order. Nothing is promised across lanes, nor about when a task that waits
+//!   (a lock, a subtask, a timer) resumes.
 //! * **Buffers.** The caller owns its input bytes: `submit` has copied (or, in process,
 //!   taken) them when it returns. Bulk arguments lying in a [`Buffer`] of this transport
 //!   ([`Transport::allocate_buffer`], resolved by [`Transport::bulk_ref`]) travel by
