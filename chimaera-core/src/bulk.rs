@@ -198,7 +198,7 @@ impl BulkShare {
             end,
             exclusive,
         };
-        let mut claims = crate::task::lock(&self.claims);
+        let mut claims = crate::sync::lock(&self.claims);
         let conflict = claims.iter().any(|held| {
             (held.exclusive || exclusive) && held.start < end && start < held.end && len > 0
         });
@@ -213,7 +213,7 @@ impl BulkShare {
     }
 
     fn release(&self, claim: Claim) {
-        let mut claims = crate::task::lock(&self.claims);
+        let mut claims = crate::sync::lock(&self.claims);
         if let Some(index) = claims.iter().position(|held| *held == claim) {
             claims.swap_remove(index);
         }
@@ -920,13 +920,13 @@ impl Buffer {
             return self;
         };
         let state = Arc::new(LendState::default());
-        crate::task::lock(&table.buffers).insert(offset, (self.len as u64, Arc::downgrade(&state)));
+        crate::sync::lock(&table.buffers).insert(offset, (self.len as u64, Arc::downgrade(&state)));
         let table = table.clone();
         self.owner = BufferOwner::Share(Box::new(move || {
             state.free_when_returned(Box::new(move || {
                 // The entry is this buffer's until its memory goes back: no other buffer
                 // can start at `offset` before `free` runs.
-                crate::task::lock(&table.buffers).remove(&offset);
+                crate::sync::lock(&table.buffers).remove(&offset);
                 free();
             }));
         }));
@@ -952,14 +952,14 @@ impl LendingTable {
     /// The lending state of the live buffer holding `offset..offset + len`, marked lent
     /// once more.
     pub(crate) fn lend(&self, offset: u64, len: u64) -> Option<Arc<LendState>> {
-        let buffers = crate::task::lock(&self.buffers);
+        let buffers = crate::sync::lock(&self.buffers);
         let (start, (buffer_len, state)) = buffers.range(..=offset).next_back()?;
         let end = offset.checked_add(len)?;
         if end > start.checked_add(*buffer_len)? {
             return None;
         }
         let state = state.upgrade()?;
-        crate::task::lock(&state.inner).lent += 1;
+        crate::sync::lock(&state.inner).lent += 1;
         Some(state)
     }
 }
@@ -980,7 +980,7 @@ struct LendInner {
 impl LendState {
     /// One call that had the buffer lent is over.
     pub(crate) fn give_back(&self) {
-        let mut inner = crate::task::lock(&self.inner);
+        let mut inner = crate::sync::lock(&self.inner);
         inner.lent = inner.lent.saturating_sub(1);
         if inner.lent == 0 {
             if let Some(free) = inner.deferred_free.take() {
@@ -992,7 +992,7 @@ impl LendState {
 
     /// The buffer was dropped: `free` runs now, or once no call has it lent.
     fn free_when_returned(&self, free: Box<dyn FnOnce() + Send + Sync>) {
-        let mut inner = crate::task::lock(&self.inner);
+        let mut inner = crate::sync::lock(&self.inner);
         if inner.lent == 0 {
             drop(inner);
             free();

@@ -1,104 +1,67 @@
 //! Clients: how tasks get into a runtime, and how callers wait for results.
 //!
-//! A [`Client`] reaches its runtime through one of two transports:
+//! A [`Client`] holds one [`Transport`] (`Arc<dyn Transport>`) and never asks which kind
+//! it is; see [`crate::transport`] for what every transport promises. Two exist:
 //!
 //! * **in-process** ([`Runtime::client`](crate::Runtime::client),
 //!   [`RunContext::client`](crate::RunContext::client)): the task is queued straight on
-//!   its container's lane and the caller waits on a [`Completion`];
-//! * **shared memory** ([`Client::connect`]): the task goes through this process's
-//!   client area of the runtime's segments (see [`crate::shm::connection`]).
+//!   its container's lane;
+//! * **shared memory** ([`Client::connect`], defined with its transport in
+//!   [`crate::transport_shm`], so this file knows no transport): the task goes through
+//!   this process's client area of the runtime's segments.
 //!
-//! Both give the same [`RawPending`] / [`Pending`] API and the same errors. Errors that
-//! can be known before queuing (unknown pool or method, a query outside the pool, a
-//! runtime that stopped) come back at once and nothing is queued.
+//! Both give the same [`RawPending`] / [`Pending`] API and the same errors. A task the
+//! runtime refuses (unknown pool or method, a query outside the pool, a runtime that
+//! stopped) never runs; its error comes back from `submit` when the transport can tell
+//! at once (in process), else as the call's result (over shared memory).
 //!
 //! A client made by `RunContext::client` submits *subtasks*: they inherit the parent's
 //! TaskNode group, which the coroutine locks use to let them through a lock their parent
 //! holds.
-use crate::bulk::{Buffer, BulkRef, BulkWire, LendState, LendingTable};
-use crate::codec::{Bytes, OutputBuffer, SliceRef};
-use crate::config::RuntimeConfig;
+use crate::bulk::{Buffer, BulkRef};
+use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
-use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
+use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
-use crate::runtime::Shared;
-use crate::shm::connection::{ConnectError, ShmCall, ShmConnection};
-use crate::task::{CancelToken, Completion, Origin, Schedule};
+use crate::transport::{
+    CancelPeriodic, LendGuard, PendingCall, Route, Schedule, Transport, TransportKind,
+};
 use std::sync::Arc;
-
-#[derive(Clone)]
-enum Transport {
-    InProcess {
-        shared: Arc<Shared>,
-        parent: Option<TaskNode>,
-    },
-    SharedMemory {
-        connection: Arc<ShmConnection>,
-        /// This connection's buffers, for calls to mark as lent.
-        lending: Arc<LendingTable>,
-    },
-}
 
 /// A connection to a runtime, cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    transport: Transport,
+    transport: Arc<dyn Transport>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.transport {
-            Transport::InProcess { parent, .. } => f
-                .debug_struct("Client")
-                .field("transport", &"in-process")
-                .field("parent", parent)
-                .finish(),
-            Transport::SharedMemory { connection, .. } => f
-                .debug_struct("Client")
-                .field("transport", &"shared memory")
-                .field("instance", &connection.instance().as_str())
-                .field("client", &connection.client_index())
-                .finish(),
-        }
+        f.debug_struct("Client")
+            .field("transport", &self.transport)
+            .finish()
     }
 }
 
 impl Client {
-    pub(crate) fn in_process(shared: Arc<Shared>, parent: Option<TaskNode>) -> Self {
-        Client {
-            transport: Transport::InProcess { shared, parent },
-        }
+    /// A client whose tasks travel through `transport`.
+    pub fn with_transport(transport: Arc<dyn Transport>) -> Client {
+        Client { transport }
     }
 
-    /// Attaches to the runtime named by the configuration (`CHI_SERVER_CONF`, then
-    /// `CHI_INSTANCE`; default instance `default`) over shared memory.
-    pub fn connect() -> Result<Client, ConnectError> {
-        Client::connect_to(&RuntimeConfig::from_env()?)
+    /// The transport, for the transports' own `impl Client` blocks.
+    pub(crate) fn transport(&self) -> &dyn Transport {
+        &*self.transport
     }
 
-    /// Attaches to the runtime of `config.instance` over shared memory.
-    pub fn connect_to(config: &RuntimeConfig) -> Result<Client, ConnectError> {
-        let connection = ShmConnection::connect(&config.instance)?;
-        Ok(Client {
-            transport: Transport::SharedMemory {
-                connection,
-                lending: Arc::default(),
-            },
-        })
+    /// Which kind of transport this client uses.
+    pub fn transport_kind(&self) -> TransportKind {
+        self.transport.kind()
     }
 
-    /// The shared-memory connection, for tests that play a faulty client.
-    #[doc(hidden)]
-    pub fn shm_connection(&self) -> Option<&Arc<ShmConnection>> {
-        match &self.transport {
-            Transport::SharedMemory { connection, .. } => Some(connection),
-            Transport::InProcess { .. } => None,
-        }
-    }
-
-    /// Whether this client talks to its runtime over shared memory.
-    pub fn is_remote(&self) -> bool {
-        matches!(self.transport, Transport::SharedMemory { .. })
+    /// Why calls through this client fail, if its runtime is gone (stopped, dead, or
+    /// disowned this client); `None` while it serves.
+    pub fn runtime_gone(&self) -> Option<TaskError> {
+        self.transport.peer_gone()
     }
 
     /// A zeroed, 4 KiB-aligned byte buffer whose bytes travel by reference when passed
@@ -110,28 +73,13 @@ impl Client {
     /// an in-process client it is heap memory, and arguments backed by it are copied
     /// like any other slice.
     pub fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
-        match &self.transport {
-            Transport::InProcess { .. } => Buffer::heap(len),
-            Transport::SharedMemory {
-                connection,
-                lending,
-            } => {
-                let buffer = connection.allocate_buffer(len)?;
-                Ok(match connection.bulk_ref(&buffer) {
-                    BulkWire::Shared { offset, .. } => buffer.track_lending(lending, offset),
-                    BulkWire::Inline(_) => buffer,
-                })
-            }
-        }
+        self.transport.allocate_buffer(len)
     }
 
     /// How `bytes` travels as a bulk argument of a task sent through this client.
     #[doc(hidden)]
     pub fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
-        match &self.transport {
-            Transport::InProcess { .. } => BulkWire::Inline(SliceRef(bytes)),
-            Transport::SharedMemory { connection, .. } => connection.bulk_ref(bytes),
-        }
+        self.transport.bulk_ref(bytes)
     }
 
     /// Submits one task whose input `encode` archives: over shared memory into a buffer
@@ -145,17 +93,12 @@ impl Client {
         query: PoolQuery,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
     ) -> Result<RawPending, TaskError> {
-        match &self.transport {
-            Transport::InProcess { .. } => {
-                let mut buffer = OutputBuffer::default();
-                encode(&mut buffer)?;
-                self.submit(pool, method, query, buffer.into_bytes(), None)
-            }
-            Transport::SharedMemory { connection, .. } => {
-                let call = connection.submit_with(pool, method, query, encode)?;
-                Ok(RawPending(PendingInner::SharedMemory(call)))
-            }
-        }
+        let route = Route {
+            pool,
+            method,
+            query,
+        };
+        self.transport.submit_with(route, encode).map(RawPending)
     }
 
     /// Submits one task; wait on the returned handle for every replica's output bytes.
@@ -167,26 +110,14 @@ impl Client {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<RawPending, TaskError> {
-        match &self.transport {
-            Transport::InProcess { shared, parent } => {
-                let (completion, _) = shared.enqueue(
-                    *parent,
-                    pool,
-                    method,
-                    query,
-                    input,
-                    schedule,
-                    Origin::default(),
-                )?;
-                completion
-                    .map(|c| RawPending(PendingInner::InProcess(c)))
-                    .ok_or(TaskError::NotRun)
-            }
-            Transport::SharedMemory { connection, .. } => {
-                let call = connection.submit(pool, method, query, &input, schedule)?;
-                Ok(RawPending(PendingInner::SharedMemory(call)))
-            }
-        }
+        let route = Route {
+            pool,
+            method,
+            query,
+        };
+        self.transport
+            .submit(route, input, schedule)
+            .map(RawPending)
     }
 
     /// Submits a fire-and-forget or periodic task.
@@ -198,50 +129,18 @@ impl Client {
         schedule: Schedule,
         input: Bytes,
     ) -> Result<TaskHandle, TaskError> {
-        match &self.transport {
-            Transport::InProcess { shared, parent } => {
-                let (_, cancel) = shared.enqueue(
-                    *parent,
-                    pool,
-                    method,
-                    query,
-                    input,
-                    Some(schedule),
-                    Origin::default(),
-                )?;
-                Ok(TaskHandle {
-                    cancel: cancel.map(Cancel::Local),
-                })
-            }
-            Transport::SharedMemory { connection, .. } => {
-                // The runtime acknowledges that the task was queued (or says why not);
-                // a periodic task's acknowledgement carries its id, to cancel it by.
-                let call = connection.submit(pool, method, query, &input, Some(schedule))?;
-                let mut ack = None;
-                for (_, result) in call.wait() {
-                    ack = Some(result?);
-                }
-                let cancel = match schedule {
-                    Schedule::Periodic(_) => {
-                        let bytes = ack.ok_or(TaskError::NotRun)?;
-                        let id = crate::codec::decode::<u64>(&bytes, "acknowledgement")?;
-                        Some(Cancel::Remote(connection.clone(), id))
-                    }
-                    Schedule::FireAndForget => None,
-                };
-                Ok(TaskHandle { cancel })
-            }
-        }
+        let route = Route {
+            pool,
+            method,
+            query,
+        };
+        let cancel = self.transport.spawn(route, input, schedule)?;
+        Ok(TaskHandle { cancel })
     }
 }
 
-enum PendingInner {
-    InProcess(Arc<Completion>),
-    SharedMemory(ShmCall),
-}
-
 /// A submitted task's raw results, not yet collected.
-pub struct RawPending(PendingInner);
+pub struct RawPending(Box<dyn PendingCall>);
 
 impl std::fmt::Debug for RawPending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -254,18 +153,12 @@ impl std::fmt::Debug for RawPending {
 impl RawPending {
     /// Whether every replica has answered.
     pub fn is_done(&self) -> bool {
-        match &self.0 {
-            PendingInner::InProcess(completion) => completion.is_done(),
-            PendingInner::SharedMemory(call) => call.is_done(),
-        }
+        self.0.is_done()
     }
 
     /// Waits for every replica; returns their output bytes (or errors) by container.
     pub fn wait(self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
-        match self.0 {
-            PendingInner::InProcess(completion) => completion.wait(),
-            PendingInner::SharedMemory(call) => call.wait(),
-        }
+        self.0.wait()
     }
 }
 
@@ -301,26 +194,19 @@ impl<'a> LentOuts<'a> {
     }
 }
 
-/// Buffers marked lent by one call (no allocation for a call with one).
+/// Buffers marked lent by one call (no allocation for a call with one); each is given
+/// back when its guard drops.
 #[derive(Default)]
 struct Marked {
-    first: Option<Arc<LendState>>,
-    rest: Vec<Arc<LendState>>,
+    first: Option<LendGuard>,
+    rest: Vec<LendGuard>,
 }
 
 impl Marked {
-    fn push(&mut self, state: Arc<LendState>) {
+    fn push(&mut self, guard: LendGuard) {
         match self.first {
-            None => self.first = Some(state),
-            Some(_) => self.rest.push(state),
-        }
-    }
-}
-
-impl Drop for Marked {
-    fn drop(&mut self) {
-        for state in self.first.iter().chain(&self.rest) {
-            state.give_back();
+            None => self.first = Some(guard),
+            Some(_) => self.rest.push(guard),
         }
     }
 }
@@ -345,18 +231,11 @@ impl<'a> Lent<'a> {
         outs: [&'a mut [u8]; N],
     ) -> Lent<'a> {
         let mut marked = Marked::default();
-        if let Transport::SharedMemory {
-            connection,
-            lending,
-        } = &client.transport
-        {
-            let written = outs.iter().map(|out| &**out);
-            for bytes in ins.into_iter().chain(written) {
-                if let BulkWire::Shared { offset, len } = connection.bulk_ref(bytes) {
-                    if let Some(state) = lending.lend(offset, len) {
-                        marked.push(state);
-                    }
-                }
+        let transport = &client.transport;
+        let written = outs.iter().map(|out| &**out);
+        for bytes in ins.into_iter().chain(written) {
+            if let Some(guard) = transport.lend(bytes) {
+                marked.push(guard);
             }
         }
         let outs = match outs.len() {
@@ -369,7 +248,7 @@ impl<'a> Lent<'a> {
         };
         Lent {
             outs,
-            wait_on_drop: client.is_remote(),
+            wait_on_drop: transport.borrows_caller_memory(),
             _marked: marked,
         }
     }
@@ -402,9 +281,11 @@ impl<T> Decode<T> {
 /// is in: the runtime may be reading or writing them. `wait` fills the lent `&mut [u8]`
 /// buffers (in place, or from an inline output) and returns the task's value.
 ///
-/// **Dropping** a `Pending` whose call lent buffers over shared memory **waits for the
-/// call to complete** (the runtime must be done with the memory before the borrow ends);
-/// any other `Pending` is dropped at once and its result discarded.
+/// **Dropping** a `Pending` whose call lent buffers through a transport that lets the
+/// runtime use caller memory (shared memory;
+/// [`Transport::borrows_caller_memory`]) **waits for the call to complete** (the runtime
+/// must be done with the memory before the borrow ends); any other `Pending` is dropped
+/// at once and its result discarded.
 ///
 /// Leaking one (`std::mem::forget`) skips that wait, as for any guard: the borrow ends
 /// while the runtime may still use the buffers. A shared buffer dropped meanwhile keeps
@@ -472,15 +353,12 @@ impl<'a, T> Pending<'a, T> {
     fn collect(&mut self) -> Result<T, TaskError> {
         let raw = self.raw.take().ok_or(TaskError::NotRun)?;
         let (decode, outs) = (&self.decode, &mut self.lent.outs);
-        match raw.0 {
-            PendingInner::SharedMemory(call) => {
-                let outs = std::cell::RefCell::new(outs);
-                call.wait_decoded(&|bytes| decode.run(bytes, &mut outs.borrow_mut()))
-            }
-            PendingInner::InProcess(completion) => {
-                decode_first(completion.wait(), |bytes| decode.run(bytes, outs))
-            }
-        }
+        let mut value = None;
+        raw.0.wait_first(&mut |bytes| {
+            value = Some(decode.run(bytes, outs)?);
+            Ok(())
+        })?;
+        value.ok_or(TaskError::NotRun)
     }
 
     /// Waits for every replica and returns each one's result, by container.
@@ -547,31 +425,9 @@ impl<T> std::fmt::Debug for Pending<'_, T> {
     }
 }
 
-/// The result of a task from its replicas' outputs: the first error (by container)
-/// wins, else the lowest container's output is decoded.
-pub(crate) fn decode_first<T>(
-    results: Vec<(ContainerId, Result<Bytes, TaskError>)>,
-    decode: impl FnOnce(&[u8]) -> Result<T, TaskError>,
-) -> Result<T, TaskError> {
-    let mut first_output = None;
-    for (_, result) in results {
-        first_output.get_or_insert(result?);
-    }
-    match first_output {
-        Some(bytes) => decode(&bytes),
-        None => Err(TaskError::EmptyQuery),
-    }
-}
-
-/// How a periodic task is stopped.
-enum Cancel {
-    Local(Arc<CancelToken>),
-    Remote(Arc<ShmConnection>, u64),
-}
-
 /// A fire-and-forget or periodic task in the runtime.
 pub struct TaskHandle {
-    cancel: Option<Cancel>,
+    cancel: Option<Box<dyn CancelPeriodic>>,
 }
 
 impl std::fmt::Debug for TaskHandle {
@@ -588,13 +444,8 @@ impl TaskHandle {
     /// A periodic task also ends when its pool is destroyed, the runtime stops, or — for
     /// a client process — when that client detaches or dies.
     pub fn cancel(&self) -> Result<(), TaskError> {
-        match &self.cancel {
-            Some(Cancel::Local(token)) => {
-                token.cancel();
-                Ok(())
-            }
-            Some(Cancel::Remote(connection, id)) => connection.cancel_periodic(*id),
-            None => Ok(()),
-        }
+        self.cancel
+            .as_ref()
+            .map_or(Ok(()), |cancel| cancel.cancel())
     }
 }

@@ -94,7 +94,7 @@ impl<'t> RunContext<'t> {
     /// A client whose tasks are subtasks of this one: same TaskNode group, one level
     /// deeper. Waiting on them parks this task's coroutine, not the worker.
     pub fn client(&self) -> Client {
-        Client::in_process(self.shared.clone(), Some(self.header.node))
+        crate::transport_inproc::client(self.shared.clone(), Some(self.header.node))
     }
 
     /// Parks this task for `duration`, at most [`MAX_PERIOD`] (a year; longer sleeps

@@ -447,9 +447,9 @@ struct JoinState<T> {
 
 impl<T> JoinState<T> {
     fn finish(&self, result: Result<T, JoinError>) {
-        *crate::task::lock(&self.result) = Some(result);
+        *crate::sync::lock(&self.result) = Some(result);
         self.done.store(true, Ordering::Release);
-        if let Some(waiter) = crate::task::lock(&self.waiter).take() {
+        if let Some(waiter) = crate::sync::lock(&self.waiter).take() {
             waiter.unpark();
         }
     }
@@ -465,13 +465,13 @@ impl<T> JoinHandle<T> {
     pub fn join(self) -> Result<T, JoinError> {
         while !self.state.done.load(Ordering::Acquire) {
             let blocker = Blocker::current();
-            *crate::task::lock(&self.state.waiter) = Some(blocker.clone());
+            *crate::sync::lock(&self.state.waiter) = Some(blocker.clone());
             if self.state.done.load(Ordering::Acquire) {
                 break;
             }
             blocker.park(None);
         }
-        crate::task::lock(&self.state.result)
+        crate::sync::lock(&self.state.result)
             .take()
             .unwrap_or(Err(JoinError::Stopped))
     }
@@ -814,7 +814,7 @@ mod tests {
                     let thread = std::thread::current().id();
                     for _ in 0..20 {
                         let blocker = Blocker::current();
-                        crate::task::lock(&blockers).push(blocker.clone());
+                        crate::sync::lock(&blockers).push(blocker.clone());
                         parked.fetch_add(1, Ordering::SeqCst);
                         blocker.park(None);
                         assert_eq!(std::thread::current().id(), thread);
@@ -831,7 +831,7 @@ mod tests {
         let waker = |blockers: Arc<Mutex<Vec<Arc<Blocker>>>>| {
             move || {
                 for _ in 0..10_000 {
-                    let woken: Vec<_> = crate::task::lock(&blockers).drain(..).collect();
+                    let woken: Vec<_> = crate::sync::lock(&blockers).drain(..).collect();
                     woken.iter().for_each(|blocker| blocker.unpark());
                     std::thread::yield_now();
                 }
@@ -842,7 +842,7 @@ mod tests {
         let mut threads = HashSet::new();
         for handle in handles {
             while !handle.is_finished() {
-                crate::task::lock(&blockers)
+                crate::sync::lock(&blockers)
                     .drain(..)
                     .for_each(|blocker| blocker.unpark());
                 std::thread::yield_now();

@@ -17,8 +17,14 @@
 //! of pools; [`worker`] runs tasks without knowing what they do (a task does carry its
 //! `Arc<Pool>`, to spare a table lookup per task); [`shm`]'s building blocks know nothing
 //! of tasks, its server and connection sit on them; [`pool`] and [`runtime`] tie
-//! everything together; [`client`] is the public face. The core never names a chimod:
-//! the admin chimod reaches the runtime through [`RuntimeHandle`].
+//! everything together; [`client`] is the public face, and reaches a runtime only
+//! through the [`transport`] seam (`Arc<dyn Transport>`): the in-process transport gets
+//! what it needs from the runtime through a trait the runtime implements, the
+//! shared-memory one ([`transport_shm`], which also defines `Client::connect`) sits on
+//! [`shm::connection`]. None of client, transports, [`bulk`] or [`coroutine`] imports
+//! the runtime's files, so they stay out of its import cycle (task ↔ pool ↔ module ↔
+//! context ↔ runtime). The core never names a chimod: the admin chimod reaches the
+//! runtime through [`RuntimeHandle`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -39,7 +45,11 @@ pub mod pool;
 pub mod query;
 pub mod runtime;
 pub mod shm;
+mod sync;
 pub mod task;
+pub mod transport;
+pub(crate) mod transport_inproc;
+pub mod transport_shm;
 pub mod worker;
 
 #[doc(hidden)]

@@ -646,6 +646,58 @@ impl TaskRunner for Runner {
     }
 }
 
+// --- the in-process transport's view of the runtime (see `transport_inproc`) ---
+impl crate::transport_inproc::LocalRuntime for Shared {
+    fn enqueue_local(
+        &self,
+        parent: Option<TaskNode>,
+        route: crate::transport::Route,
+        input: Bytes,
+        schedule: Option<Schedule>,
+    ) -> Result<crate::transport_inproc::Queued, TaskError> {
+        let crate::transport::Route {
+            pool,
+            method,
+            query,
+        } = route;
+        let origin = Origin::default();
+        let (completion, cancel) =
+            self.enqueue(parent, pool, method, query, input, schedule, origin)?;
+        Ok((
+            completion.map(|c| Box::new(LocalCall(c)) as Box<dyn crate::transport::PendingCall>),
+            cancel.map(|f| Box::new(LocalCancel(f)) as Box<dyn crate::transport::CancelPeriodic>),
+        ))
+    }
+
+    fn accepts(&self, parent: Option<TaskNode>) -> bool {
+        Shared::accepts(self, parent)
+    }
+}
+
+/// A call queued in process: waited on through its completion.
+struct LocalCall(Arc<Completion>);
+
+impl crate::transport::PendingCall for LocalCall {
+    fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+
+    fn wait(self: Box<Self>) -> crate::transport::Results {
+        self.0.wait()
+    }
+}
+
+/// The cancel token of a periodic task: cancelling wakes it if it sleeps.
+struct LocalCancel(Arc<CancelToken>);
+
+impl crate::transport::CancelPeriodic for LocalCancel {
+    fn cancel(&self) -> Result<(), TaskError> {
+        self.0.cancel();
+        Ok(())
+    }
+}
+// --- end of the in-process transport's view ---
+
 impl Ingress for Shared {
     fn enqueue(
         &self,
@@ -856,7 +908,7 @@ impl Runtime {
 
     /// A client of this runtime in this process.
     pub fn client(&self) -> Client {
-        Client::in_process(self.shared.clone(), None)
+        crate::transport_inproc::client(self.shared.clone(), None)
     }
 
     /// A handle to manage the runtime.

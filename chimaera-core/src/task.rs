@@ -36,16 +36,7 @@ use std::time::Duration;
 /// [`RunContext::sleep`](crate::RunContext::sleep).
 pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// How a task submitted with a client's `spawn_*` method runs.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Schedule {
-    /// Run once; nobody waits for the result, the runtime frees the task when done.
-    FireAndForget,
-    /// Run now and again every `period` after each run ends, until cancelled through
-    /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
-    /// `period` is at most [`MAX_PERIOD`].
-    Periodic(Duration),
-}
+pub use crate::transport::Schedule;
 
 /// What a worker needs to know to run a task, besides its input.
 #[derive(Clone, Copy, Debug)]
@@ -317,10 +308,4 @@ impl Completion {
     }
 }
 
-/// Locks a mutex that guards plain data; a panic while holding it cannot leave the data
-/// half-written (every critical section is a single push or take), so poison is ignored.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub(crate) use crate::sync::lock;

@@ -32,12 +32,12 @@ use super::runtime_page::RuntimePageView;
 use super::segment::Segment;
 use super::server::encode_query;
 use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
-use crate::client::decode_first;
 use crate::codec::{aligned_copy, decode, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
-use crate::task::{lock, Schedule};
+use crate::sync::lock;
+use crate::transport::{decode_first, Schedule};
 use rustix::event::{PollFd, PollFlags};
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -310,7 +310,7 @@ impl ShmConnection {
 
     /// [`failure`](Self::failure), and whether the runtime hung up our socket (a poll
     /// that does not block): for the slow paths only.
-    fn runtime_gone(&self) -> Option<TaskError> {
+    pub(crate) fn runtime_gone(&self) -> Option<TaskError> {
         if let Some(err) = self.failure() {
             return Some(err);
         }
@@ -829,7 +829,7 @@ impl ShmCall {
         )
     }
 
-    /// Waits for the answer and decodes it with `decode` (see [`decode_first`]). A small
+    /// Waits for the answer and decodes it with `decode` (the first error by container wins). A small
     /// output is decoded from a copy on the stack (no allocation).
     pub fn wait_decoded<T>(
         self,

@@ -1,0 +1,121 @@
+//! The in-process [`Transport`]: tasks are queued straight on their containers' lanes and
+//! the caller waits on the task's completion.
+//!
+//! It reaches the runtime only through [`LocalRuntime`] (which the runtime implements),
+//! so this file does not depend on `runtime.rs`. Inputs are moved into the task; bulk
+//! arguments are always copied (a [`Buffer`] here is heap memory), so the runtime never
+//! holds caller memory and a dropped call need not be waited for. A client made inside
+//! a task carries the parent's [`TaskNode`]: its tasks are subtasks, which the coroutine
+//! locks let through a lock their parent holds, and which a draining runtime still takes.
+use crate::bulk::{Buffer, BulkRef, BulkWire};
+use crate::client::Client;
+use crate::codec::{Bytes, SliceRef};
+use crate::error::TaskError;
+use crate::ids::TaskNode;
+use crate::transport::{
+    CancelPeriodic, LendGuard, PendingCall, Route, Schedule, Transport, TransportKind,
+};
+use std::any::Any;
+use std::sync::Arc;
+
+/// A queued task: the pending call of a call, the cancel handle of a periodic task.
+pub(crate) type Queued = (
+    Option<Box<dyn PendingCall>>,
+    Option<Box<dyn CancelPeriodic>>,
+);
+
+/// What the in-process transport needs from its runtime (which implements it, so this
+/// file does not depend on the runtime's internals).
+pub(crate) trait LocalRuntime: Send + Sync {
+    /// Queues one task (a subtask of `parent` if any).
+    fn enqueue_local(
+        &self,
+        parent: Option<TaskNode>,
+        route: Route,
+        input: Bytes,
+        schedule: Option<Schedule>,
+    ) -> Result<Queued, TaskError>;
+
+    /// Whether a task with this parent would be accepted now.
+    fn accepts(&self, parent: Option<TaskNode>) -> bool;
+}
+
+/// Queues tasks on a runtime in this process.
+pub(crate) struct InProcess {
+    runtime: Arc<dyn LocalRuntime>,
+    parent: Option<TaskNode>,
+}
+
+impl InProcess {
+    /// A transport to `runtime`, whose tasks are subtasks of `parent` if any.
+    pub(crate) fn new(runtime: Arc<dyn LocalRuntime>, parent: Option<TaskNode>) -> Self {
+        InProcess { runtime, parent }
+    }
+}
+
+/// A client of `runtime` in this process, whose tasks are subtasks of `parent` if any.
+pub(crate) fn client(runtime: Arc<dyn LocalRuntime>, parent: Option<TaskNode>) -> Client {
+    Client::with_transport(Arc::new(InProcess::new(runtime, parent)))
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("parent", &self.parent)
+            .finish()
+    }
+}
+
+impl Transport for InProcess {
+    fn kind(&self) -> TransportKind {
+        TransportKind::InProcess
+    }
+
+    fn submit(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Option<Schedule>,
+    ) -> Result<Box<dyn PendingCall>, TaskError> {
+        let (call, _) = self
+            .runtime
+            .enqueue_local(self.parent, route, input, schedule)?;
+        call.ok_or(TaskError::NotRun)
+    }
+
+    fn spawn(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Schedule,
+    ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError> {
+        let (_, cancel) = self
+            .runtime
+            .enqueue_local(self.parent, route, input, Some(schedule))?;
+        Ok(cancel)
+    }
+
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+        Buffer::heap(len)
+    }
+
+    fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
+        BulkWire::Inline(SliceRef(bytes))
+    }
+
+    fn lend(&self, _bytes: &[u8]) -> Option<LendGuard> {
+        None
+    }
+
+    fn borrows_caller_memory(&self) -> bool {
+        false
+    }
+
+    fn peer_gone(&self) -> Option<TaskError> {
+        (!self.runtime.accepts(self.parent)).then_some(TaskError::RuntimeStopped)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,204 @@
+//! The shared-memory [`Transport`]: tasks go through this process's client area of the
+//! runtime's segments ([`crate::shm::connection`] holds the protocol).
+//!
+//! Inputs are copied into the task's slot (or the client's data share) before `submit`
+//! returns. Bulk arguments lying in a [`Buffer`] of this connection travel by reference:
+//! the runtime reads and writes that memory until the call is answered, so such buffers
+//! are marked lent in this client's lending table meanwhile, and a typed `Pending`
+//! that lent them waits for its call when dropped ([`Transport::borrows_caller_memory`]).
+use crate::bulk::{Buffer, BulkRef, BulkWire, LendingTable};
+use crate::client::Client;
+use crate::codec::{decode, Bytes, OutputBuffer};
+use crate::config::RuntimeConfig;
+use crate::error::TaskError;
+use crate::shm::connection::{ConnectError, ShmCall, ShmConnection};
+use crate::transport::{
+    CancelPeriodic, LendGuard, PendingCall, Results, Route, Schedule, Transport, TransportKind,
+};
+use std::any::Any;
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// Clients over shared memory.
+impl Client {
+    /// Attaches to the runtime named by the configuration (`CHI_SERVER_CONF`, then
+    /// `CHI_INSTANCE`; default instance `default`) over shared memory.
+    pub fn connect() -> Result<Client, ConnectError> {
+        Client::connect_to(&RuntimeConfig::from_env()?)
+    }
+
+    /// Attaches to the runtime of `config.instance` over shared memory.
+    pub fn connect_to(config: &RuntimeConfig) -> Result<Client, ConnectError> {
+        let connection = ShmConnection::connect(&config.instance)?;
+        Ok(Client::with_transport(Arc::new(SharedMemory::new(
+            connection,
+        ))))
+    }
+
+    /// The shared-memory connection, for tests that play a faulty client.
+    #[doc(hidden)]
+    pub fn shm_connection(&self) -> Option<&Arc<ShmConnection>> {
+        self.transport()
+            .as_any()
+            .downcast_ref::<SharedMemory>()
+            .map(SharedMemory::connection)
+    }
+}
+
+/// A client process's transport to a runtime over shared memory.
+pub struct SharedMemory {
+    connection: Arc<ShmConnection>,
+    /// This connection's buffers, for calls to mark as lent.
+    lending: Arc<LendingTable>,
+}
+
+impl SharedMemory {
+    /// A transport over `connection`.
+    pub fn new(connection: Arc<ShmConnection>) -> Self {
+        SharedMemory {
+            connection,
+            lending: Arc::default(),
+        }
+    }
+
+    /// The connection, for tests that play a faulty client.
+    pub fn connection(&self) -> &Arc<ShmConnection> {
+        &self.connection
+    }
+}
+
+impl std::fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("instance", &self.connection.instance().as_str())
+            .field("client", &self.connection.client_index())
+            .finish()
+    }
+}
+
+impl Transport for SharedMemory {
+    fn kind(&self) -> TransportKind {
+        TransportKind::SharedMemory
+    }
+
+    fn submit(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Option<Schedule>,
+    ) -> Result<Box<dyn PendingCall>, TaskError> {
+        let call =
+            self.connection
+                .submit(route.pool, route.method, route.query, &input, schedule)?;
+        Ok(Box::new(call))
+    }
+
+    fn submit_with(
+        &self,
+        route: Route,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+    ) -> Result<Box<dyn PendingCall>, TaskError> {
+        let call = self
+            .connection
+            .submit_with(route.pool, route.method, route.query, encode)?;
+        Ok(Box::new(call))
+    }
+
+    fn spawn(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Schedule,
+    ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError> {
+        // The runtime acknowledges that the task was queued (or says why not); a periodic
+        // task's acknowledgement carries its id, to cancel it by.
+        let call = self.connection.submit(
+            route.pool,
+            route.method,
+            route.query,
+            &input,
+            Some(schedule),
+        )?;
+        let mut ack = None;
+        for (_, result) in call.wait() {
+            ack = Some(result?);
+        }
+        match schedule {
+            Schedule::Periodic(_) => {
+                let bytes = ack.ok_or(TaskError::NotRun)?;
+                let id = decode::<u64>(&bytes, "acknowledgement")?;
+                Ok(Some(Box::new(RemoteCancel {
+                    connection: self.connection.clone(),
+                    id,
+                })))
+            }
+            Schedule::FireAndForget => Ok(None),
+        }
+    }
+
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+        let buffer = self.connection.allocate_buffer(len)?;
+        Ok(match self.connection.bulk_ref(&buffer) {
+            BulkWire::Shared { offset, .. } => buffer.track_lending(&self.lending, offset),
+            BulkWire::Inline(_) => buffer,
+        })
+    }
+
+    fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
+        self.connection.bulk_ref(bytes)
+    }
+
+    fn lend(&self, bytes: &[u8]) -> Option<LendGuard> {
+        match self.connection.bulk_ref(bytes) {
+            BulkWire::Shared { offset, len } => self.lending.lend(offset, len).map(LendGuard::new),
+            BulkWire::Inline(_) => None,
+        }
+    }
+
+    fn borrows_caller_memory(&self) -> bool {
+        true
+    }
+
+    fn peer_gone(&self) -> Option<TaskError> {
+        self.connection.runtime_gone()
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl PendingCall for ShmCall {
+    fn is_done(&self) -> bool {
+        ShmCall::is_done(self)
+    }
+
+    fn wait(self: Box<Self>) -> Results {
+        ShmCall::wait(*self)
+    }
+
+    fn wait_first(
+        self: Box<Self>,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        // `wait_decoded` takes a `Fn` (it decodes from a stack copy or from the results)
+        // and calls it at most once: hand the `FnMut` over on that call.
+        let decode = Cell::new(Some(decode));
+        ShmCall::wait_decoded(*self, &|bytes| match decode.take() {
+            Some(decode) => decode(bytes),
+            None => Err(TaskError::NotRun),
+        })
+    }
+}
+
+/// Cancels a periodic task by the id the runtime acknowledged.
+struct RemoteCancel {
+    connection: Arc<ShmConnection>,
+    id: u64,
+}
+
+impl CancelPeriodic for RemoteCancel {
+    fn cancel(&self) -> Result<(), TaskError> {
+        self.connection.cancel_periodic(self.id)
+    }
+}

@@ -1,0 +1,546 @@
+//! One conformance suite, run over every transport: each case below is written once and
+//! runs through an in-process client of a runtime in this process, through a
+//! shared-memory client of a runtime process (this test binary re-run as a child serving
+//! the probe chimods), and through a transport written outside the core on the public
+//! seam (`Relay`, as a network transport will be). A transport passes when every case
+//! passes over it.
+//!
+//! Real parts only: real workers and coroutines, a real runtime process, real /dev/shm.
+//! Each case has its own runtime (and instance). No timing assertions: deadlines only
+//! bound how long a broken build can hang.
+mod bulk_probe;
+mod probe;
+
+use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
+use chimaera::bulk::{Buffer, BulkRef};
+use chimaera::client::RawPending;
+use chimaera::codec::{self, Bytes};
+use chimaera::prelude::*;
+use chimaera::transport::{
+    CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
+};
+use probe::{Probe, ProbeClient};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "CHI_TRANSPORT_TEST_ROLE";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// What keeps a case's runtime alive.
+enum Host {
+    InProcess(Runtime),
+    Process(Box<RuntimeProcess>),
+}
+
+/// A case's runtime and a client of it through the transport under test.
+struct Fixture {
+    host: Host,
+    chi: Client,
+}
+
+impl Fixture {
+    fn probe(&self, name: &str, containers: u32) -> ProbeClient {
+        ProbeClient::create_with(
+            &self.chi,
+            PoolQuery::local(),
+            name,
+            chimaera::admin_api::PoolOptions::containers(containers),
+        )
+        .expect("probe pool")
+    }
+
+    fn bulk_probe(&self) -> BulkProbeClient {
+        BulkProbeClient::create(&self.chi, PoolQuery::local(), "bulk").expect("bulk pool")
+    }
+
+    /// Waits until the runtime is gone (a stopped in-process runtime, an exited process).
+    fn wait_runtime_gone(&mut self) {
+        match &mut self.host {
+            Host::InProcess(runtime) => runtime.wait(),
+            Host::Process(process) => {
+                let _ = process.child.wait();
+            }
+        }
+    }
+}
+
+fn in_process() -> Fixture {
+    let runtime = chimaera::builder()
+        .module::<Probe>()
+        .module::<BulkProbe>()
+        .start()
+        .expect("runtime starts");
+    let chi = runtime.client();
+    Fixture {
+        host: Host::InProcess(runtime),
+        chi,
+    }
+}
+
+fn relayed() -> Fixture {
+    let Fixture { host, chi } = in_process();
+    Fixture {
+        host,
+        chi: Client::with_transport(Arc::new(Relay { inner: chi })),
+    }
+}
+
+/// A transport written outside the core, only on the public seam: it relays every
+/// operation through another client's public API. It relays an in-process client, whose
+/// bulk arguments always travel by copy, so it lends nothing.
+#[derive(Debug)]
+struct Relay {
+    inner: Client,
+}
+
+impl Transport for Relay {
+    fn kind(&self) -> TransportKind {
+        self.inner.transport_kind()
+    }
+
+    fn submit(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Option<Schedule>,
+    ) -> Result<Box<dyn PendingCall>, TaskError> {
+        let raw = self
+            .inner
+            .submit(route.pool, route.method, route.query, input, schedule)?;
+        Ok(Box::new(RelayedCall(raw)))
+    }
+
+    fn spawn(
+        &self,
+        route: Route,
+        input: Bytes,
+        schedule: Schedule,
+    ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError> {
+        let handle = self
+            .inner
+            .spawn(route.pool, route.method, route.query, schedule, input)?;
+        Ok(Some(Box::new(RelayedHandle(handle))))
+    }
+
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+        self.inner.allocate_buffer(len)
+    }
+
+    fn bulk_ref<'a>(&self, bytes: &'a [u8]) -> BulkRef<'a> {
+        self.inner.bulk_ref(bytes)
+    }
+
+    fn lend(&self, _bytes: &[u8]) -> Option<LendGuard> {
+        None
+    }
+
+    fn borrows_caller_memory(&self) -> bool {
+        false
+    }
+
+    fn peer_gone(&self) -> Option<TaskError> {
+        self.inner.runtime_gone()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+struct RelayedCall(RawPending);
+
+impl PendingCall for RelayedCall {
+    fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+
+    fn wait(self: Box<Self>) -> Results {
+        self.0.wait()
+    }
+}
+
+struct RelayedHandle(TaskHandle);
+
+impl CancelPeriodic for RelayedHandle {
+    fn cancel(&self) -> Result<(), TaskError> {
+        self.0.cancel()
+    }
+}
+
+fn shared_memory() -> Fixture {
+    let process = RuntimeProcess::start();
+    let chi = Client::connect_to(&process.config).expect("connect");
+    Fixture {
+        host: Host::Process(Box::new(process)),
+        chi,
+    }
+}
+
+/// A runtime child process serving the probe chimods, killed and cleaned up on drop.
+struct RuntimeProcess {
+    child: Child,
+    config: RuntimeConfig,
+    config_path: PathBuf,
+}
+
+impl RuntimeProcess {
+    fn start() -> RuntimeProcess {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let instance = format!("tr{}-{n}", std::process::id());
+        let config_path =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
+        std::fs::write(&config_path, format!("instance: {instance}\n")).unwrap();
+        let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "runtime_child_entry",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, "runtime")
+            .env("CHI_SERVER_CONF", &config_path)
+            .env_remove("CHI_INSTANCE")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the runtime child");
+        let runtime = RuntimeProcess {
+            child,
+            config,
+            config_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Client::connect_to(&runtime.config).is_err() {
+            assert!(Instant::now() < deadline, "the runtime child never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        runtime
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(files) = chimaera::shm::naming::instance_files(&self.config.instance) {
+            for file in files {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// The runtime process of [`shared_memory`]: runs only as a child with the role set.
+#[test]
+#[ignore = "runs only as the runtime child of the shared-memory cases"]
+fn runtime_child_entry() {
+    if std::env::var(ROLE).is_err() {
+        return;
+    }
+    let config = RuntimeConfig::from_env().expect("config");
+    let runtime = chimaera::builder()
+        .config(config)
+        .module::<Probe>()
+        .module::<BulkProbe>()
+        .serve()
+        .expect("serve");
+    runtime.wait();
+}
+
+/// Each case, once per transport: `in_process::case`, `shared_memory::case` and
+/// `relayed::case`.
+macro_rules! over_every_transport {
+    ($($case:ident),* $(,)?) => {
+        mod in_process {
+            $(#[test]
+            fn $case() {
+                super::$case(super::in_process());
+            })*
+        }
+        mod shared_memory {
+            $(#[test]
+            fn $case() {
+                super::$case(super::shared_memory());
+            })*
+        }
+        mod relayed {
+            $(#[test]
+            fn $case() {
+                super::$case(super::relayed());
+            })*
+        }
+    };
+}
+
+over_every_transport!(
+    echo_and_in_out_arguments,
+    bulk_arguments_through_plain_slices_and_views,
+    bulk_arguments_through_transport_buffers,
+    unknown_pool_and_method_are_typed_errors,
+    fire_and_forget_tasks_run,
+    periodic_task_repeats_until_cancelled,
+    a_query_over_several_containers_aggregates_their_replies,
+    a_dropped_pending_never_leaves_a_half_written_buffer,
+    a_stopped_runtime_is_reported_and_refuses_calls,
+);
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| pattern_byte(seed, i)).collect()
+}
+
+fn sum(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+fn echo_and_in_out_arguments(fixture: Fixture) {
+    let p = fixture.probe("echo", 1);
+    assert_eq!(p.who_am_i(PoolQuery::local()).unwrap(), 0);
+    let mut counter = 40;
+    assert_eq!(p.bump(PoolQuery::local(), &mut counter, 2).unwrap(), 40);
+    assert_eq!(counter, 42, "an in-out argument comes back");
+    let data: Vec<u8> = (0..=255).collect();
+    assert_eq!(p.checksum(PoolQuery::local(), &data).unwrap(), sum(&data));
+    // A pipeline of calls in flight at once, each answered with its own result.
+    let pending: Vec<_> = (0..32u64)
+        .map(|ms| p.async_nap(PoolQuery::local(), ms % 2).unwrap())
+        .collect();
+    for (i, call) in pending.into_iter().enumerate() {
+        assert_eq!(call.wait().unwrap(), i as u64 % 2);
+    }
+}
+
+fn bulk_arguments_through_plain_slices_and_views(fixture: Fixture) {
+    let probe = fixture.bulk_probe();
+    let q = PoolQuery::local();
+    // Larger than a slot's payload, so an inline copy must travel through the data share.
+    let input = pattern(3, 64 * 1024);
+    assert_eq!(
+        probe.sum_plain(q, &input).unwrap(),
+        (sum(&input), input.len() as u64)
+    );
+    assert_eq!(probe.sum_view(q, &input).unwrap(), (sum(&input), false));
+    let mut out = vec![1u8; 5000];
+    assert_eq!(probe.fill_plain(q, &mut out, 4).unwrap(), 5000);
+    assert_eq!(out, pattern(4, 5000));
+    let mut out = vec![0u8; 5000];
+    assert!(!probe.fill_view(q, &mut out, 5).unwrap());
+    assert_eq!(out, pattern(5, 5000));
+}
+
+fn bulk_arguments_through_transport_buffers(fixture: Fixture) {
+    let chi = &fixture.chi;
+    let probe = fixture.bulk_probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(3 * 4096).unwrap();
+    assert!(buffer.iter().all(|&b| b == 0), "a new buffer is zeroed");
+    let len = buffer.len();
+    buffer.copy_from_slice(&pattern(6, len));
+    // The handler sees the buffer shared exactly when this transport says it travels
+    // by reference.
+    let by_reference = chi.bulk_ref(&buffer).is_shared();
+    assert_eq!(
+        probe.sum_view(q, &buffer).unwrap(),
+        (sum(&pattern(6, buffer.len())), by_reference)
+    );
+    assert_eq!(
+        probe.sum_plain(q, &buffer[100..200]).unwrap(),
+        (sum(&buffer[100..200]), 100)
+    );
+    assert_eq!(probe.fill_view(q, &mut buffer, 7).unwrap(), by_reference);
+    assert_eq!(&buffer[..], &pattern(7, buffer.len())[..]);
+    probe.fill_plain(q, &mut buffer[4096..8192], 8).unwrap();
+    assert_eq!(&buffer[4096..8192], &pattern(8, 4096)[..]);
+    assert_eq!(
+        &buffer[..4096],
+        &pattern(7, 4096)[..],
+        "outside the argument"
+    );
+    // A window of calls over buffers handed back by each completed call.
+    let mut window = chi.allocate_buffer(4096).unwrap();
+    let (result, mut returned) = probe
+        .async_fill_view(q, &mut window, 9)
+        .unwrap()
+        .wait_and_return_buffers();
+    assert_eq!(result.unwrap(), by_reference);
+    let again = returned.next().expect("the lent buffer comes back");
+    assert_eq!(again, &pattern(9, 4096)[..]);
+}
+
+fn unknown_pool_and_method_are_typed_errors(fixture: Fixture) {
+    let chi = &fixture.chi;
+    let ghost = ProbeClient::attach(chi, PoolId::new(999, 0));
+    assert_eq!(
+        ghost.who_am_i(PoolQuery::local()).unwrap_err(),
+        TaskError::UnknownPool {
+            pool: PoolId::new(999, 0)
+        }
+    );
+    let p = fixture.probe("errors", 1);
+    let input = codec::encode(&()).unwrap();
+    // A transport may refuse at submission or answer the call with the error; either
+    // way the task never runs.
+    let err = chi
+        .submit(p.pool_id(), 77, PoolQuery::local(), input, None)
+        .and_then(|call| {
+            let (_, result) = call.wait().into_iter().next().expect("one reply");
+            result
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        TaskError::UnknownMethod {
+            module: "probe".into(),
+            method: 77
+        }
+    );
+    assert!(matches!(
+        p.who_am_i(PoolQuery::direct_id(4)),
+        Err(TaskError::NoSuchContainer { container: 4, .. })
+    ));
+    // A failing task fails alone.
+    assert_eq!(
+        p.explode(PoolQuery::local(), "boom").unwrap_err(),
+        TaskError::Panicked {
+            message: "boom".into()
+        }
+    );
+    assert_eq!(p.who_am_i(PoolQuery::local()).unwrap(), 0);
+    assert_eq!(chi.runtime_gone(), None);
+}
+
+fn fire_and_forget_tasks_run(fixture: Fixture) {
+    let p = fixture.probe("forget", 1);
+    for _ in 0..10 {
+        let handle = p
+            .spawn_tick(PoolQuery::local(), Schedule::FireAndForget)
+            .unwrap();
+        handle
+            .cancel()
+            .expect("cancelling a fire-and-forget task does nothing");
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while p.ticks(PoolQuery::local()).unwrap() < 10 {
+        assert!(Instant::now() < deadline, "fire-and-forget tasks never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(p.ticks(PoolQuery::local()).unwrap(), 10, "each ran once");
+}
+
+fn periodic_task_repeats_until_cancelled(fixture: Fixture) {
+    let p = fixture.probe("periodic", 1);
+    let periodic = p
+        .spawn_tick(
+            PoolQuery::local(),
+            Schedule::Periodic(Duration::from_millis(2)),
+        )
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while p.ticks(PoolQuery::local()).unwrap() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the periodic task did not repeat"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    periodic.cancel().unwrap();
+    // After cancel the task ends at its next wake-up; then the count stays put.
+    let mut settled = p.ticks(PoolQuery::local()).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = p.ticks(PoolQuery::local()).unwrap();
+        if now == settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cancelled task kept running");
+        settled = now;
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(p.ticks(PoolQuery::local()).unwrap(), settled);
+}
+
+fn a_query_over_several_containers_aggregates_their_replies(fixture: Fixture) {
+    let p = fixture.probe("replicas", 3);
+    let replies: Vec<_> = p
+        .async_who_am_i(PoolQuery::broadcast())
+        .unwrap()
+        .wait_all()
+        .into_iter()
+        .map(|(container, result)| (container, result.unwrap()))
+        .collect();
+    assert_eq!(replies, vec![(0, 0), (1, 1), (2, 2)]);
+    assert_eq!(
+        p.who_am_i(PoolQuery::broadcast()).unwrap(),
+        0,
+        "lowest wins"
+    );
+    let raw = fixture
+        .chi
+        .submit(
+            p.pool_id(),
+            probe::probe_tasks::WHO_AM_I,
+            PoolQuery::range(1, 2),
+            codec::encode(&()).unwrap(),
+            None,
+        )
+        .unwrap()
+        .wait();
+    let containers: Vec<_> = raw.iter().map(|(container, _)| *container).collect();
+    assert_eq!(containers, vec![1, 2]);
+}
+
+/// Dropping a `Pending` whose handler writes a lent buffer later: either the drop waited
+/// (the runtime wrote the caller's memory in place) or the result was discarded (the
+/// runtime wrote a copy); never a half-written buffer, never a write into a buffer
+/// allocated after the drop, and the runtime keeps serving.
+fn a_dropped_pending_never_leaves_a_half_written_buffer(fixture: Fixture) {
+    let chi = &fixture.chi;
+    let probe = fixture.bulk_probe();
+    let q = PoolQuery::local();
+    let mut buffer = chi.allocate_buffer(4096).unwrap();
+    let pending = probe.async_fill_later(q, &mut buffer, 200).unwrap();
+    drop(pending);
+    let filled = buffer.iter().all(|&b| b == 0xab);
+    assert!(
+        filled || buffer.iter().all(|&b| b == 0),
+        "a dropped call left a half-written buffer"
+    );
+    if chi.bulk_ref(&buffer).is_shared() {
+        assert!(filled, "a call writing caller memory was not waited for");
+    }
+    drop(buffer);
+    let fresh = chi.allocate_buffer(4096).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while probe.finished(q).unwrap() < 1 {
+        assert!(Instant::now() < deadline, "the task never finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        fresh.iter().all(|&b| b == 0),
+        "a buffer passed to no task was written"
+    );
+}
+
+fn a_stopped_runtime_is_reported_and_refuses_calls(mut fixture: Fixture) {
+    let p = fixture.probe("stopping", 1);
+    assert_eq!(fixture.chi.runtime_gone(), None);
+    chimaera::AdminClient::attach(&fixture.chi, PoolId::ADMIN)
+        .stop_runtime(PoolQuery::local(), 1_000)
+        .unwrap();
+    fixture.wait_runtime_gone();
+    let deadline = Instant::now() + DEADLINE;
+    while fixture.chi.runtime_gone().is_none() {
+        assert!(Instant::now() < deadline, "the transport never noticed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fixture.chi.runtime_gone(), Some(TaskError::RuntimeStopped));
+    assert_eq!(
+        p.who_am_i(PoolQuery::local()),
+        Err(TaskError::RuntimeStopped)
+    );
+}
