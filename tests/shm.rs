@@ -93,6 +93,9 @@ impl Drop for RuntimeProcess {
                 let _ = std::fs::remove_file(file);
             }
         }
+        // The runtime's lock file too (a killed runtime leaves it; `instance_files`
+        // lists everything else).
+        let _ = std::fs::remove_file(chimaera::shm::ShmName::runtime_lock(self.instance()).path());
         let _ = std::fs::remove_file(&self.config_path);
     }
 }
