@@ -110,7 +110,7 @@ impl Instance {
     }
 
     /// Files of this instance left in the user directory (`/dev/shm/chimaera-{user}`):
-    /// its lock, segments, client locks and socket.
+    /// its lock file, its socket and any named segment.
     fn shm_files(&self) -> Vec<String> {
         let (dot, at) = (format!("{}.", self.name), format!("{}@", self.name));
         std::fs::read_dir(chimaera::shm::naming::user_dir())

@@ -1,5 +1,5 @@
 //! Planted files against the real `chimaera` binary and a real client: a symlink, a FIFO,
-//! a hard link or another user's file where the runtime keeps its lock, segments or
+//! a hard link or another user's file where the runtime keeps its lock, socket or
 //! directory. Each must give a clear error naming the path, and nothing may be followed,
 //! truncated or waited on: every binary run here is bounded by a deadline and a run that
 //! outlives it fails the test as a hang.

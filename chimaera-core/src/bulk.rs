@@ -1,9 +1,9 @@
 //! Bulk byte buffers: task arguments that may travel by reference into a client's
 //! shared memory, and the views handlers read and write them through.
 //!
-//! A client process allocates a [`Buffer`] in its share of the client-data segment
-//! ([`Client::allocate_buffer`](crate::Client::allocate_buffer)). When a bulk argument
-//! lies inside that share, the typed client sends only its offset and length
+//! A client process allocates a [`Buffer`] in its data share, in the memfd the runtime
+//! made for it ([`Client::allocate_buffer`](crate::Client::allocate_buffer)). When a bulk
+//! argument lies inside that share, the typed client sends only its offset and length
 //! ([`BulkWire::Shared`]); any other slice travels inline in the input archive
 //! ([`BulkWire::Inline`]) and, when the handler writes it, comes back inline in the
 //! output.
@@ -68,7 +68,7 @@ pub use wire::{ArchivedBulkWire, BulkWire};
 #[allow(missing_docs)]
 mod wire {
     /// A bulk argument on the wire: the bytes themselves, or where they lie in the
-    /// submitting client's share of the client-data segment.
+    /// submitting client's data share.
     ///
     /// `Bulk` (= `BulkWire<Vec<u8>>`) is the owned form the `TaskIn`/`TaskOut` enums hold;
     /// the typed client archives `BulkWire<SliceRef<u8>>`, which has the same layout, so it
@@ -119,7 +119,7 @@ pub type BulkRef<'a> = BulkWire<SliceRef<'a, u8>>;
 /// The archived form of [`Bulk`], as a handler's input holds it.
 pub type ArchivedBulk = ArchivedBulkWire<Vec<u8>>;
 
-/// One client's share of the client-data segment, as the runtime maps it, and the
+/// One client's data share (in its memfd), as the runtime maps it, and the
 /// ranges of it that running tasks hold.
 pub struct BulkShare {
     base: NonNull<u8>,
@@ -832,7 +832,7 @@ pub fn write_back(dst: &mut [u8], out: Bulk) -> Result<(), TaskError> {
 /// A byte buffer a client can pass as a `&[u8]` / `&mut [u8]` task argument without the
 /// bytes being copied: made by [`Client::allocate_buffer`](crate::Client::allocate_buffer).
 ///
-/// Over shared memory it lies in the client's share of the client-data segment, aligned
+/// Over shared memory it lies in the client's data share (in its own memfd), aligned
 /// to 4 KiB (fit for `O_DIRECT` devices); through an in-process client it is ordinary
 /// heap memory and arguments are copied as any slice. New buffers are zeroed. The memory
 /// returns to the share when the buffer is dropped.

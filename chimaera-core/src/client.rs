@@ -67,8 +67,8 @@ impl Client {
     /// A zeroed, 4 KiB-aligned byte buffer whose bytes travel by reference when passed
     /// as a `&[u8]` or `&mut [u8]` task argument (see [`Buffer`]).
     ///
-    /// Over shared memory it lies in this client's share of the runtime's client-data
-    /// segment (`shm.client_data_size / max_clients` bytes; the call waits while inputs
+    /// Over shared memory it lies in this client's data share, in the memfd the runtime
+    /// made for it (`shm.client_data_size / max_clients` bytes; the call waits while inputs
     /// of calls in flight fill it, and fails when the buffer cannot fit at all). Through
     /// an in-process client it is heap memory, and arguments backed by it are copied
     /// like any other slice.

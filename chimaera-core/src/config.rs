@@ -110,7 +110,7 @@ pub struct RuntimeConfig {
     pub queue_depth: u32,
     /// Client processes that may be attached at once.
     pub max_clients: u32,
-    /// Sizes of the shared-memory segments.
+    /// Sizes of the clients' shared memory (split evenly among `max_clients`).
     pub shm: ShmSizes,
     /// How idle workers wait for work.
     pub idle: IdlePolicy,

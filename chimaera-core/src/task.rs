@@ -18,9 +18,9 @@
 //! **Periodic tasks** sleep between runs on their [`CancelToken`], which wakes them the
 //! moment it is cancelled (by their handle, their client's death, their pool's
 //! destruction or the runtime's stop), so a cancelled task ends at once rather than
-//! after its period. A period is at most [`MAX_PERIOD`] (may's timers count nanoseconds
-//! in a `u64` from the scheduler's start; a longer one would overflow them): a longer
-//! one is refused with `PeriodTooLong` when the task is submitted.
+//! after its period. A period is at most [`MAX_PERIOD`] (the executor's timers are
+//! `Instant` deadlines, which an unbounded duration would overflow): a longer one is
+//! refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
 use crate::codec::{aligned_copy, Bytes};
 use crate::coroutine::{self, Blocker};

@@ -5,8 +5,8 @@
 //! stopped — by `runtime stop` (an admin `StopRuntime` from another process), or by
 //! SIGINT/SIGTERM, which it turns into the same admin `StopRuntime` so every stop takes
 //! one path: drain for the grace period, fail what is left, remove the shared memory. A
-//! second signal during that stop exits at once, leaving the segments to the next start
-//! (which detects and replaces them).
+//! second signal during that stop exits at once, leaving its lock file and socket to the
+//! next start (which detects and replaces them).
 //!
 //! `stop` and `status` find the runtime by instance name; whether one is up comes from
 //! its liveness lock ([`runtime_alive`]), never from a pid file.

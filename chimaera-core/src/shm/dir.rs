@@ -445,7 +445,7 @@ impl RuntimeDir {
         self.lstat(name).ok().flatten().map(|stat| identity(&stat))
     }
 
-    /// The names of `instance`'s files here (segments, client locks, socket; not the
+    /// The names of `instance`'s files here (its socket and any named segment; not the
     /// runtime lock), sorted.
     pub fn instance_files(&self, instance: &InstanceName) -> Result<Vec<ShmName>, DirError> {
         let io = |errno: Errno| DirError::Io {
@@ -999,7 +999,7 @@ mod tests {
         let neighbour = InstanceName::new(&format!("{inst}-x")).unwrap();
         for file in [
             name.clone(),
-            ShmName::client_lock(&inst, 2),
+            ShmName::segment(&inst, "data").unwrap(),
             ShmName::socket(&inst),
             ShmName::runtime_lock(&inst),
             ShmName::segment(&neighbour, "main").unwrap(),
@@ -1016,7 +1016,7 @@ mod tests {
             listed,
             [
                 format!("{inst}.sock"),
-                format!("{inst}@client-2.lock"),
+                format!("{inst}@data"),
                 format!("{inst}@main"),
             ]
         );

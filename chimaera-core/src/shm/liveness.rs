@@ -1,12 +1,12 @@
 //! Who is alive: liveness from `flock` locks the kernel releases when a process dies.
 //!
 //! The runtime holds an exclusive `flock` on `{instance}.lock` in the user directory for
-//! its whole life ([`RuntimeLock`]); each client process holds one on
-//! `{instance}@client-{slot}.lock` ([`ClientLock`]). A process killed by SIGKILL, or
-//! crashing at any instruction, loses its locks at once because the kernel closes its
-//! files. A prober ([`runtime_alive`], [`client_alive`]) tries a shared lock without
-//! blocking: if it gets it, nobody holds the exclusive one and the owner is dead. Unlike a
-//! pid written in a file, this cannot be fooled by pid reuse.
+//! its whole life ([`RuntimeLock`]). A runtime killed by SIGKILL, or crashing at any
+//! instruction, loses its lock at once because the kernel closes its files. A prober
+//! ([`runtime_alive`]) tries a shared lock without blocking: if it gets it, nobody holds
+//! the exclusive one and the runtime is dead. Unlike a pid written in a file, this cannot
+//! be fooled by pid reuse. (Clients need no lock file: each one's liveness is the hang-up
+//! of its Unix socket connection, see [`crate::shm::server`].)
 //!
 //! # Invariants
 //!
@@ -19,8 +19,7 @@
 //!   never truncated. The runtime truncates its lock file (to write its pid) only after
 //!   those checks and after it holds the lock.
 //! * **Only a holder unlinks a lock file.** Whoever removes a lock file (its owner on a
-//!   clean exit, the runtime reclaiming a dead client's slot) first holds the exclusive
-//!   lock on it. An acquirer, after locking, checks that the name still names the file
+//!   clean exit) first holds the exclusive lock on it. An acquirer, after locking, checks that the name still names the file
 //!   it locked and starts over if not. Together these make "holds the lock on the file the
 //!   name names" exclusive even while files are removed and re-created concurrently.
 //!   Removal is `unlinkat` of the name in the directory the lock was taken in.
@@ -34,16 +33,13 @@
 //!
 //! * A prober's shared lock lasts microseconds, but an acquirer that tries at that moment
 //!   would see the lock busy; acquirers retry a few times over a few milliseconds before
-//!   reporting [`RuntimeLockError::AlreadyRunning`] or [`ClientLockError::SlotTaken`].
+//!   reporting [`RuntimeLockError::AlreadyRunning`].
 //! * [`runtime_alive`] answers `Ok(false)` when there is no lock file and an error when
 //!   what sits at its name cannot be trusted, so `chimaera runtime status` and
 //!   `Client::connect` say what is wrong instead of "not running" (or hanging).
-//!   [`client_alive`], the runtime's probe of its clients, counts such a file as a dead
-//!   client (and logs it): reclaiming the slot is the safe side.
-//! * "Alive" means "some process of this user holds the lock". A client that outlived a
-//!   runtime must also check that its segments are still the current ones
-//!   ([`crate::shm::Segment::still_linked`]): after a restart the lock is held again, by
-//!   the new runtime.
+//! * "Alive" means "some process of this user holds the lock": after a restart the lock
+//!   is held again, by the new runtime. A client of the old runtime learns of its death
+//!   from its socket's hang-up, not from this lock.
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -54,7 +50,7 @@ use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
 use super::dir::{file_identity, Access, DirError, FileError, RuntimeDir};
-use super::naming::{client_lock_slot, InstanceName, ShmName};
+use super::naming::{InstanceName, ShmName};
 
 /// How often an acquirer retries a busy lock before believing it is held for good.
 const BUSY_RETRIES: u32 = 5;
@@ -87,34 +83,7 @@ pub enum RuntimeLockError {
     File(#[from] LockFileError),
 }
 
-/// Why a client lock could not be taken or removed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientLockError {
-    /// Another live process holds that slot.
-    #[error("client slot {slot} of instance `{instance}` is held by another live client")]
-    SlotTaken {
-        /// The instance.
-        instance: InstanceName,
-        /// The slot.
-        slot: u32,
-    },
-    /// Every slot is held by a live client.
-    #[error(
-        "all {max_clients} client slots of instance `{instance}` are in use; raise \
-         `max_clients` in the runtime's config or end some clients"
-    )]
-    NoFreeSlot {
-        /// The instance.
-        instance: InstanceName,
-        /// How many slots there are.
-        max_clients: u32,
-    },
-    /// The lock file could not be used.
-    #[error(transparent)]
-    File(#[from] LockFileError),
-}
-
-/// Why a lock file (of the runtime or of a client) could not be used.
+/// Why the runtime's lock file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LockFileError {
     /// The user directory cannot be used.
@@ -177,10 +146,10 @@ enum Attempt {
 /// use chimaera_core::shm::{InstanceName, RuntimeLock, ShmName};
 /// let instance = InstanceName::new("demo").unwrap();
 /// let lock = RuntimeLock::acquire(&instance)?;
-/// lock.remove_stale()?; // segments and the socket a dead runtime left
+/// lock.remove_stale()?; // the socket (and any other file) a dead runtime left
 /// let socket = lock.dir().path_of(&ShmName::socket(&instance));
 /// let listener = std::os::unix::net::UnixListener::bind(&socket)?;
-/// // ... create fresh segments, serve ...
+/// // ... accept clients, serve ...
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
@@ -231,9 +200,8 @@ impl RuntimeLock {
         &self.held.dir
     }
 
-    /// Removes what a dead runtime of this instance left in the user directory: every
-    /// segment, its socket, and every client lock file no live client holds (a client of
-    /// the dead runtime that still runs keeps its slot until it notices and exits).
+    /// Removes what a dead runtime of this instance left in the user directory: its
+    /// socket and any other file of the instance (see [`crate::shm::naming`]).
     /// Returns the removed paths. Anything at an instance's name that is not a regular
     /// file or socket of ours (a link, a FIFO, a directory, another user's file) is an
     /// error, and stays for the user to inspect.
@@ -244,11 +212,7 @@ impl RuntimeLock {
             .instance_files(&self.instance)
             .map_err(LockFileError::from)?
         {
-            let gone = match client_lock_slot(&self.instance, name.as_str()) {
-                Some(_) => remove_if_unheld(dir, &name)?,
-                None => dir.remove_own(&name).map_err(LockFileError::from)?,
-            };
-            if gone {
+            if dir.remove_own(&name).map_err(LockFileError::from)? {
                 removed.push(dir.path_of(&name));
             }
         }
@@ -270,103 +234,6 @@ pub fn runtime_pid(instance: &InstanceName) -> Option<u32> {
     let dir = RuntimeDir::for_user().ok()?;
     let file = probe(&dir, &ShmName::runtime_lock(instance)).ok()??;
     read_pid(&file)
-}
-
-/// A client process's liveness lock on its slot, held for the client's life.
-#[derive(Debug)]
-pub struct ClientLock {
-    _held: HeldLock,
-    instance: InstanceName,
-    slot: u32,
-}
-
-impl ClientLock {
-    /// Takes the lock of `slot`; fails with [`ClientLockError::SlotTaken`] if a live
-    /// process holds it. A lock file left by a dead client is taken over.
-    pub fn acquire(instance: &InstanceName, slot: u32) -> Result<ClientLock, ClientLockError> {
-        let dir = RuntimeDir::for_user().map_err(LockFileError::from)?;
-        match lock_exclusive(dir, &ShmName::client_lock(instance, slot))? {
-            Attempt::Held(held) => Ok(ClientLock {
-                _held: held,
-                instance: instance.clone(),
-                slot,
-            }),
-            Attempt::Busy(_) => Err(ClientLockError::SlotTaken {
-                instance: instance.clone(),
-                slot,
-            }),
-        }
-    }
-
-    /// Takes the lowest free slot below `max_clients`.
-    pub fn acquire_any(
-        instance: &InstanceName,
-        max_clients: u32,
-    ) -> Result<ClientLock, ClientLockError> {
-        for slot in 0..max_clients {
-            match ClientLock::acquire(instance, slot) {
-                Err(ClientLockError::SlotTaken { .. }) => continue,
-                other => return other,
-            }
-        }
-        Err(ClientLockError::NoFreeSlot {
-            instance: instance.clone(),
-            max_clients,
-        })
-    }
-
-    /// The slot this lock holds.
-    pub fn slot(&self) -> u32 {
-        self.slot
-    }
-
-    /// The instance.
-    pub fn instance(&self) -> &InstanceName {
-        &self.instance
-    }
-}
-
-/// Whether a live client holds `slot` of `instance`. Never blocks. A lock file that
-/// cannot be trusted counts as a dead client (logged; see the module docs).
-pub fn client_alive(instance: &InstanceName, slot: u32) -> bool {
-    let name = ShmName::client_lock(instance, slot);
-    let held = RuntimeDir::for_user()
-        .map_err(LockFileError::from)
-        .and_then(|dir| probe(&dir, &name));
-    match held {
-        Ok(held) => held.is_some(),
-        Err(err) => {
-            tracing::warn!(
-                slot,
-                "client lock unusable, counting the client as dead: {err}"
-            );
-            false
-        }
-    }
-}
-
-/// Removes the lock file of `slot` unless a live client holds it. Returns whether the
-/// slot is now free of a lock file (true also when there was none).
-pub fn remove_client_lock(instance: &InstanceName, slot: u32) -> Result<bool, ClientLockError> {
-    let dir = RuntimeDir::for_user().map_err(LockFileError::from)?;
-    Ok(remove_if_unheld(
-        &dir,
-        &ShmName::client_lock(instance, slot),
-    )?)
-}
-
-/// Removes the lock file `name` unless someone holds it; true if it is gone.
-fn remove_if_unheld(dir: &RuntimeDir, name: &ShmName) -> Result<bool, LockFileError> {
-    let file = match dir.open_file(name, Access::ReadOnly) {
-        Ok(file) => file,
-        Err(FileError::NotFound { .. }) => return Ok(true),
-        Err(err) => return Err(err.into()),
-    };
-    if !try_flock(&file, FlockOperation::NonBlockingLockExclusive, dir, name)? {
-        return Ok(false);
-    }
-    unlink_held(dir, name, &file);
-    Ok(true)
 }
 
 /// Takes an exclusive lock on the file `name` in `dir` (creating it, mode 0600), making
@@ -452,12 +319,14 @@ fn read_pid(file: &File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::naming::ROLE_MAIN;
     use crate::shm::segment::Segment;
     use crate::shm::test_util::instance;
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::OpenOptionsExt;
     use std::process::{Command, Stdio};
+
+    /// Role of the named segments these tests plant as a dead runtime's leftovers.
+    const TEST_ROLE: &str = "main";
 
     #[test]
     fn the_runtime_lock_is_exclusive_and_released_on_drop() {
@@ -565,74 +434,17 @@ mod tests {
     }
 
     #[test]
-    fn client_locks_track_slots() {
-        let inst = instance("clients");
-        let first = ClientLock::acquire_any(&inst, 3).unwrap();
-        assert_eq!(first.slot(), 0);
-        assert!(client_alive(&inst, 0));
-        assert!(!client_alive(&inst, 1));
-        assert!(matches!(
-            ClientLock::acquire(&inst, 0),
-            Err(ClientLockError::SlotTaken { slot: 0, .. })
-        ));
-        let second = ClientLock::acquire_any(&inst, 3).unwrap();
-        assert_eq!(second.slot(), 1);
-        let third = ClientLock::acquire_any(&inst, 3).unwrap();
-        let err = ClientLock::acquire_any(&inst, 3).unwrap_err();
-        assert!(
-            matches!(err, ClientLockError::NoFreeSlot { max_clients: 3, .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("max_clients"), "{err}");
-
-        // A live client's lock is never removed.
-        assert!(!remove_client_lock(&inst, 1).unwrap());
-        assert!(client_alive(&inst, 1));
-
-        drop(second);
-        assert!(!client_alive(&inst, 1));
-        assert!(!ShmName::client_lock(&inst, 1).path().exists());
-        assert!(remove_client_lock(&inst, 1).unwrap());
-        assert_eq!(ClientLock::acquire_any(&inst, 3).unwrap().slot(), 1);
-        drop((first, third));
-    }
-
-    #[test]
-    fn a_dead_clients_lock_file_is_removed() {
-        let inst = instance("deadclient");
-        let path = ShmName::client_lock(&inst, 5).path();
-        // What a SIGKILLed client leaves: the file, with no lock on it.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap();
-        assert!(!client_alive(&inst, 5));
-        assert!(remove_client_lock(&inst, 5).unwrap());
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn remove_stale_clears_an_instance_but_spares_live_clients_and_neighbours() {
+    fn remove_stale_clears_an_instance_but_spares_its_neighbours() {
         let inst = instance("sweep");
         let neighbour = InstanceName::new(&format!("{inst}-main")).unwrap();
         let lock = RuntimeLock::acquire(&inst).unwrap();
 
-        let main = ShmName::segment(&inst, ROLE_MAIN).unwrap();
+        let main = ShmName::segment(&inst, TEST_ROLE).unwrap();
         let data = ShmName::segment(&inst, "data").unwrap();
         let other = ShmName::segment(&neighbour, "data").unwrap();
         for name in [&main, &data, &other] {
             drop(Segment::create(name, 4096).unwrap());
         }
-        let live = ClientLock::acquire(&inst, 0).unwrap();
-        let dead = ShmName::client_lock(&inst, 1).path();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&dead)
-            .unwrap();
 
         // A dead runtime's socket: the file stays after its listener is gone.
         let socket = ShmName::socket(&inst);
@@ -640,13 +452,10 @@ mod tests {
 
         let mut removed = lock.remove_stale().unwrap();
         removed.sort();
-        let mut expected = vec![main.path(), data.path(), dead, socket.path()];
+        let mut expected = vec![main.path(), data.path(), socket.path()];
         expected.sort();
         assert_eq!(removed, expected);
-        assert!(client_alive(&inst, 0));
         assert!(other.path().exists());
-
-        drop(live);
         assert!(lock.remove_stale().unwrap().is_empty());
         Segment::unlink(&other).unwrap();
     }
@@ -674,9 +483,7 @@ mod tests {
         let inst = instance("locklink");
         let victim = victim("locklink");
         let runtime = ShmName::runtime_lock(&inst).path();
-        let client = ShmName::client_lock(&inst, 0).path();
         std::os::unix::fs::symlink(&victim, &runtime).unwrap();
-        std::os::unix::fs::symlink(&victim, &client).unwrap();
 
         let err = RuntimeLock::acquire(&inst).unwrap_err();
         assert!(
@@ -694,22 +501,9 @@ mod tests {
         );
         assert_eq!(runtime_pid(&inst), None);
 
-        let err = ClientLock::acquire(&inst, 0).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ClientLockError::File(LockFileError::File(FileError::Symlink { .. }))
-            ),
-            "{err}"
-        );
-        assert!(!client_alive(&inst, 0));
-        assert!(remove_client_lock(&inst, 0).is_err());
-
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
-        for path in [&runtime, &client] {
-            assert!(std::fs::symlink_metadata(path).unwrap().is_symlink());
-            std::fs::remove_file(path).unwrap();
-        }
+        assert!(std::fs::symlink_metadata(&runtime).unwrap().is_symlink());
+        std::fs::remove_file(&runtime).unwrap();
         std::fs::remove_file(victim).unwrap();
     }
 
@@ -738,17 +532,14 @@ mod tests {
     fn a_fifo_at_a_lock_name_is_refused_without_blocking() {
         let inst = instance("lockfifo");
         let runtime = ShmName::runtime_lock(&inst).path();
-        let client = ShmName::client_lock(&inst, 1).path();
-        for path in [&runtime, &client] {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                path,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from(0o600),
-                0,
-            )
-            .unwrap();
-        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &runtime,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from(0o600),
+            0,
+        )
+        .unwrap();
         let err = RuntimeLock::acquire(&inst).unwrap_err();
         assert!(
             matches!(lock_file_error(&err), FileError::WrongKind { .. }),
@@ -757,12 +548,7 @@ mod tests {
         assert!(err.to_string().contains("FIFO"), "{err}");
         assert!(runtime_alive(&inst).is_err());
         assert_eq!(runtime_pid(&inst), None);
-        assert!(ClientLock::acquire(&inst, 1).is_err());
-        assert!(!client_alive(&inst, 1));
-        assert!(remove_client_lock(&inst, 1).is_err());
-        for path in [&runtime, &client] {
-            std::fs::remove_file(path).unwrap();
-        }
+        std::fs::remove_file(&runtime).unwrap();
     }
 
     #[test]
@@ -802,7 +588,7 @@ mod tests {
         let inst = instance("sweeplink");
         let victim = victim("sweeplink");
         let lock = RuntimeLock::acquire(&inst).unwrap();
-        let main = ShmName::segment(&inst, ROLE_MAIN).unwrap();
+        let main = ShmName::segment(&inst, TEST_ROLE).unwrap();
         std::os::unix::fs::symlink(&victim, main.path()).unwrap();
         let err = lock.remove_stale().unwrap_err();
         assert!(

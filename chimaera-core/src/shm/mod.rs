@@ -84,10 +84,7 @@ pub mod server;
 
 pub use dir::{Access, DirError, FileError, RuntimeDir};
 pub use futex::WaitOutcome;
-pub use liveness::{
-    client_alive, remove_client_lock, runtime_alive, ClientLock, ClientLockError, LockFileError,
-    RuntimeLock, RuntimeLockError,
-};
+pub use liveness::{runtime_alive, LockFileError, RuntimeLock, RuntimeLockError};
 pub use naming::{InstanceName, NameError, ShmName};
 pub use ring::{Full, Ring, RingCorrupt, RingError, RingLayout};
 pub use segment::{AccessError, Segment, SegmentError, ShmRegion};

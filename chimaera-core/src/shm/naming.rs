@@ -11,9 +11,11 @@
 //! | file | what |
 //! | --- | --- |
 //! | `{instance}.lock` | the runtime's liveness lock ([`crate::shm::liveness`]) |
-//! | `{instance}@{role}` | a segment: roles [`ROLE_MAIN`], [`ROLE_CLIENT_DATA`], [`ROLE_RUNTIME_DATA`], … |
-//! | `{instance}@client-{slot}.lock` | the liveness lock of the client in `slot` |
 //! | `{instance}.sock` | the runtime's Unix domain socket ([`ShmName::socket`]) |
+//!
+//! The shared memory itself has no name: each client gets its own memfd over the socket
+//! ([`crate::shm::handshake`]). Named segments `{instance}@{role}` ([`ShmName::segment`])
+//! remain as a building block that tests use; the runtime creates none.
 //!
 //! `{user}` is the effective user's login name when it is made of `[A-Za-z0-9_]` only, else
 //! the numeric uid; it keeps two users' directories apart.
@@ -23,12 +25,11 @@
 //! * An [`InstanceName`] matches `[A-Za-z0-9_.-]{1,64}`; a role matches `[a-z0-9-]{1,32}`.
 //!   No file name contains `/`, and none is `.` or `..`: a name always means one entry of
 //!   the user directory.
-//! * The map from (instance, role) to file name is one-to-one. That is why the segment and
-//!   client-lock names put an `@` (never part of an instance name) after the instance:
-//!   with `-`, instance `a`'s client-3 lock (`a-client-3.lock`) would be instance
-//!   `a-client-3`'s runtime lock, and removing instance `a`'s stale files would delete
-//!   another instance's. The socket `{instance}.sock` never ends in `.lock` and holds no
-//!   `@`, so it is no other instance's file either. `is_instance_file` relies on this to
+//! * The map from (instance, role) to file name is one-to-one. That is why segment names
+//!   put an `@` (never part of an instance name) after the instance: with `-`, instance
+//!   `a`'s segment `lock` (`a-lock`) could be instance `a-lock`'s, and removing instance
+//!   `a`'s stale files would delete another instance's. The socket `{instance}.sock`
+//!   never ends in `.lock` and holds no `@`, so it is no other instance's file either. `is_instance_file` relies on this to
 //!   pick exactly one instance's files out of the user directory.
 //!
 //! # Failure modes
@@ -48,12 +49,6 @@ pub const DEFAULT_PARENT_DIR: &str = "/dev/shm";
 /// Environment variable naming another parent for the user directory (a tmpfs with more
 /// room, or a test's own directory). Unset or empty: [`DEFAULT_PARENT_DIR`].
 pub const PARENT_DIR_ENV: &str = "CHI_SHM_DIR";
-/// Role of the main segment: queues, task slots, runtime header.
-pub const ROLE_MAIN: &str = "main";
-/// Role of the client-data segment: buffers clients allocate for bulk data.
-pub const ROLE_CLIENT_DATA: &str = "data";
-/// Role of the runtime-data segment: buffers the runtime allocates for outputs.
-pub const ROLE_RUNTIME_DATA: &str = "rdata";
 
 const MAX_INSTANCE_LEN: usize = 64;
 const MAX_ROLE_LEN: usize = 32;
@@ -165,14 +160,6 @@ impl ShmName {
         }
     }
 
-    /// `{instance}@client-{slot}.lock`: the lock of the client in `slot`.
-    pub fn client_lock(instance: &InstanceName, slot: u32) -> ShmName {
-        ShmName {
-            file: format!("{}client-{slot}.lock", instance_prefix(instance)),
-            instance: instance.clone(),
-        }
-    }
-
     /// `{instance}.sock`: the runtime's Unix domain socket. The runtime binds it after
     /// [`crate::shm::RuntimeLock::remove_stale`] (which removes a dead runtime's socket);
     /// a client checks it with [`RuntimeDir::check_socket`] before connecting. Its path
@@ -265,19 +252,19 @@ fn login_name(uid: u32) -> Option<String> {
     })
 }
 
-/// `{instance}@`: the start of every segment and client-lock file name of `instance`, and
-/// of no other instance's files.
+/// `{instance}@`: the start of every segment name of `instance`, and of no other
+/// instance's files.
 fn instance_prefix(instance: &InstanceName) -> String {
     format!("{instance}@")
 }
 
-/// Whether `file` (a name in the user directory) is one of `instance`'s segments, client
-/// locks or its socket: every file of the instance but its runtime lock.
+/// Whether `file` (a name in the user directory) is one of `instance`'s segments or its
+/// socket: every file of the instance but its runtime lock.
 pub(crate) fn is_instance_file(instance: &InstanceName, file: &str) -> bool {
     file.starts_with(&instance_prefix(instance)) || file == ShmName::socket(instance).as_str()
 }
 
-/// Every segment, client-lock file and socket of `instance` now in the user directory
+/// Every segment and the socket of `instance` now in the user directory
 /// (not the runtime lock), sorted. For tests and tools; the runtime's own clean-up goes
 /// through [`crate::shm::RuntimeLock::remove_stale`].
 pub fn instance_files(instance: &InstanceName) -> Result<Vec<PathBuf>, DirError> {
@@ -287,15 +274,6 @@ pub fn instance_files(instance: &InstanceName) -> Result<Vec<PathBuf>, DirError>
         .iter()
         .map(|name| dir.path_of(name))
         .collect())
-}
-
-/// The slot of a client-lock file name of `instance`, if `file` is one.
-pub(crate) fn client_lock_slot(instance: &InstanceName, file: &str) -> Option<u32> {
-    file.strip_prefix(&instance_prefix(instance))?
-        .strip_prefix("client-")?
-        .strip_suffix(".lock")?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
@@ -320,17 +298,12 @@ mod tests {
         let user = user_tag();
         assert!(!user.is_empty() && !user.contains('-') && !user.contains('/'));
         assert_eq!(user_dir_name(), format!("chimaera-{user}"));
-        assert_eq!(
-            ShmName::segment(&inst, ROLE_MAIN).unwrap().as_str(),
-            "t-1@main"
-        );
+        let segment = ShmName::segment(&inst, "main").unwrap();
+        assert_eq!(segment.as_str(), "t-1@main");
+        assert_eq!(segment.path(), user_dir().join("t-1@main"));
+        assert_eq!(segment.to_string(), segment.path().display().to_string());
         assert_eq!(ShmName::runtime_lock(&inst).as_str(), "t-1.lock");
         assert_eq!(ShmName::socket(&inst).as_str(), "t-1.sock");
-        let client = ShmName::client_lock(&inst, 7);
-        assert_eq!(client.as_str(), "t-1@client-7.lock");
-        assert_eq!(client_lock_slot(&inst, client.as_str()), Some(7));
-        assert_eq!(client.path(), user_dir().join("t-1@client-7.lock"));
-        assert_eq!(client.to_string(), client.path().display().to_string());
         assert!(ShmName::segment(&inst, "Main").is_err());
         assert!(ShmName::segment(&inst, "").is_err());
         assert!(ShmName::segment(&inst, "a/b").is_err());
@@ -339,15 +312,12 @@ mod tests {
     #[test]
     fn names_of_different_instances_never_collide() {
         let a = InstanceName::new("a").unwrap();
-        let b = InstanceName::new("a-client-3").unwrap();
+        let b = InstanceName::new("a-lock").unwrap();
         assert_ne!(
-            ShmName::client_lock(&a, 3).as_str(),
+            ShmName::segment(&a, "lock").unwrap().as_str(),
             ShmName::runtime_lock(&b).as_str()
         );
-        assert_eq!(
-            client_lock_slot(&a, ShmName::runtime_lock(&b).as_str()),
-            None
-        );
+        assert!(!is_instance_file(&a, ShmName::runtime_lock(&b).as_str()));
         let c = InstanceName::new("a-main").unwrap();
         assert!(!is_instance_file(
             &a,
@@ -358,8 +328,7 @@ mod tests {
         for name in [
             ShmName::runtime_lock(&d),
             ShmName::socket(&d),
-            ShmName::segment(&d, ROLE_MAIN).unwrap(),
-            ShmName::client_lock(&d, 0),
+            ShmName::segment(&d, "main").unwrap(),
         ] {
             assert!(!is_instance_file(&a, name.as_str()), "{name}");
             assert_ne!(name.as_str(), ShmName::socket(&a).as_str());

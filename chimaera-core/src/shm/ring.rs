@@ -360,13 +360,12 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::naming::{ShmName, ROLE_MAIN};
+    use crate::shm::naming::ShmName;
     use crate::shm::segment::Segment;
     use crate::shm::test_util::instance;
 
     fn segment(tag: &str, len: usize) -> Segment {
-        let seg =
-            Segment::create(&ShmName::segment(&instance(tag), ROLE_MAIN).unwrap(), len).unwrap();
+        let seg = Segment::create(&ShmName::segment(&instance(tag), "test").unwrap(), len).unwrap();
         seg.remove_on_drop(true);
         seg
     }

@@ -1,10 +1,12 @@
-//! Named shared-memory segments: files in the user directory, mapped read-write and shared.
+//! Shared-memory segments: a memfd, or a named file in the user directory, mapped
+//! read-write and shared.
 //!
-//! The runtime [`Segment::create`]s each segment of its instance (main, client data,
-//! runtime data); clients [`Segment::open`] them by name. Everything inside a segment is
-//! found by offset: a [`Segment`] hands out atomics and byte ranges at offsets it checks,
-//! and [`ShmRegion`] is a checked sub-range to give a fixed-layout block (a ring, a slot
-//! table) its own coordinates.
+//! The runtime makes one memfd segment per client and hands it over the instance's socket
+//! ([`crate::shm::handshake`]). Named segments ([`Segment::create`], [`Segment::open`])
+//! are the same mapping on a file of the user directory; the runtime creates none, tests
+//! build on them. Everything inside a segment is found by offset: a [`Segment`] hands out
+//! atomics and byte ranges at offsets it checks, and [`ShmRegion`] is a checked sub-range
+//! to give a fixed-layout block (a ring, a slot table) its own coordinates.
 //!
 //! # Invariants
 //!
@@ -624,12 +626,11 @@ fn map_anonymous(file: File, name: &ShmName, len: usize) -> Result<Segment, Segm
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::naming::ROLE_MAIN;
     use crate::shm::test_util::instance;
     use std::os::unix::fs::MetadataExt;
 
     fn fresh(tag: &str) -> ShmName {
-        ShmName::segment(&instance(tag), ROLE_MAIN).unwrap()
+        ShmName::segment(&instance(tag), "test").unwrap()
     }
 
     #[test]
