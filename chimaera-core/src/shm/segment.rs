@@ -215,7 +215,7 @@ impl Segment {
             let _ = dir.remove(name);
             return Err(err);
         }
-        map(file, dir, name, len, true)
+        map(file, Some(dir), name, len, true)
     }
 
     /// Opens and maps the existing segment `name`, whatever its length (at least 1).
@@ -251,7 +251,7 @@ impl Segment {
             name: name.clone(),
             len: size,
         })?;
-        map(file, dir, name, len, false)
+        map(file, Some(dir), name, len, false)
     }
 
     /// Maps the whole of `file`, an anonymous memory file (a memfd) this process made or
@@ -275,7 +275,7 @@ impl Segment {
                     len,
                     need: 1,
                 })?;
-        map_anonymous(file, name, len)
+        map(file, None, name, len, false)
     }
 
     /// Removes the name `name` (whatever it names: `unlinkat` never follows a link); a
@@ -570,9 +570,11 @@ fn reserve(file: &File, name: &ShmName, len: u64) -> Result<(), SegmentError> {
     }
 }
 
+/// Maps `len` bytes of `file`: found in `dir` (removed from it on drop if `creator`
+/// asked for that), or a memfd (`dir` is `None`: nothing to remove, never "linked").
 fn map(
     file: File,
-    dir: RuntimeDir,
+    dir: Option<RuntimeDir>,
     name: &ShmName,
     len: usize,
     creator: bool,
@@ -590,33 +592,9 @@ fn map(
     Ok(Segment {
         inner: Arc::new(Inner {
             map,
-            dir: Some(dir),
+            dir,
             name: name.clone(),
             creator,
-            remove_on_drop: AtomicBool::new(false),
-            identity,
-        }),
-    })
-}
-
-/// Maps all of a memfd: no directory, nothing to remove, never "linked".
-fn map_anonymous(file: File, name: &ShmName, len: usize) -> Result<Segment, SegmentError> {
-    let io = |action, source| SegmentError::Io {
-        action,
-        name: name.clone(),
-        source,
-    };
-    let identity = file_identity(&file).map_err(|source| io("inspecting", source))?;
-    let map = MmapOptions::new()
-        .len(len)
-        .map_raw(&file)
-        .map_err(|source| io("mapping", source))?;
-    Ok(Segment {
-        inner: Arc::new(Inner {
-            map,
-            dir: None,
-            name: name.clone(),
-            creator: false,
             remove_on_drop: AtomicBool::new(false),
             identity,
         }),
