@@ -2,109 +2,20 @@
 //! processes (this test binary re-run as children) and real SIGKILLs. Each test runs its
 //! own runtime instance. No timing assertions: deadlines only bound how long a broken
 //! build can hang.
+mod support;
+
 use chimaera::admin_api::{self, PoolOptions};
 use chimaera::codec;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::shm::connection::Forgery;
-use chimaera::shm::server::usage;
-use chimaera::shm::InstanceName;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-const ROLE: &str = "CHI_TEST_ROLE";
-
-/// How long a broken build may hang before a test gives up.
-const HANG: Duration = Duration::from_secs(30);
-
-/// A runtime child process, killed and its files removed when the test ends.
-struct RuntimeProcess {
-    child: Option<Child>,
-    config: RuntimeConfig,
-    config_path: PathBuf,
-}
+use support::{wait_for_line, wait_until, Launch, RuntimeProcess, HANG, ROLE};
 
 impl RuntimeProcess {
-    fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
-        Self::start_limited(test, extra_yaml, None)
-    }
-
-    /// Starts the runtime, with its address space limited to `address_space_kib` if
-    /// given (`ulimit -v`), so an allocation the size a client claims fails outright.
-    fn start_limited(
-        test: &str,
-        extra_yaml: &str,
-        address_space_kib: Option<u64>,
-    ) -> RuntimeProcess {
-        let instance = format!("b{}-{test}", std::process::id());
-        let config_path =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
-        std::fs::write(&config_path, format!("instance: {instance}\n{extra_yaml}")).unwrap();
-        let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
-        let mut command = match address_space_kib {
-            None => chimaera(&config_path, &["runtime", "start"]),
-            Some(kib) => {
-                let mut command = Command::new("sh");
-                command
-                    .args([
-                        "-c",
-                        &format!("ulimit -v {kib} && exec \"$0\" runtime start"),
-                    ])
-                    .arg(env!("CARGO_BIN_EXE_chimaera"))
-                    .env("CHI_SERVER_CONF", &config_path)
-                    .env_remove("CHI_INSTANCE");
-                command
-            }
-        };
-        let child = command
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn the runtime");
-        let runtime = RuntimeProcess {
-            child: Some(child),
-            config,
-            config_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Err(err) = Client::connect_to(&runtime.config) {
-            assert!(Instant::now() < deadline, "runtime never came up: {err}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        runtime
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_to(&self.config).expect("connect")
-    }
-
-    fn instance(&self) -> &InstanceName {
-        &self.config.instance
-    }
-
     fn client_areas_in_use(&self) -> u32 {
-        usage(self.instance())
-            .expect("segments readable")
-            .client_areas_in_use
-    }
-
-    /// Runs this test binary again as a client child playing `role`.
-    fn client_child(&self, role: &str) -> Child {
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "client_child_entry",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, role)
-            .env("CHI_SERVER_CONF", &self.config_path)
-            .env_remove("CHI_INSTANCE")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn a client child")
+        self.usage().client_areas_in_use
     }
 
     /// Waits for the runtime process to exit on its own.
@@ -112,34 +23,6 @@ impl RuntimeProcess {
         let child = self.child.as_mut().expect("runtime started");
         exited(child, "the runtime process")
     }
-}
-
-impl Drop for RuntimeProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(files) = chimaera::shm::naming::instance_files(self.instance()) {
-            for file in files {
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        // The runtime's lock file too (a killed runtime leaves it; `instance_files`
-        // lists everything else).
-        let _ = std::fs::remove_file(chimaera::shm::ShmName::runtime_lock(self.instance()).path());
-        let _ = std::fs::remove_file(&self.config_path);
-    }
-}
-
-/// The `chimaera` binary with `args`, for the instance of the config at `config_path`.
-fn chimaera(config_path: &PathBuf, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chimaera"));
-    command
-        .args(args)
-        .env("CHI_SERVER_CONF", config_path)
-        .env_remove("CHI_INSTANCE");
-    command
 }
 
 /// Waits for `child` to exit, killing it and failing the test if it hangs.
@@ -153,27 +36,6 @@ fn exited(child: &mut Child, what: &str) -> ExitStatus {
             let _ = child.kill();
             panic!("{what} hung");
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_for_line(child: &mut Child, wanted: &str) {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        if line.expect("child output").contains(wanted) {
-            // Keep draining in the background so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return;
-        }
-    }
-    panic!("child exited before printing {wanted:?}");
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -313,14 +175,12 @@ fn a_stop_ends_at_its_grace_period_while_clients_keep_calling() {
     for hammer in &mut hammers {
         wait_for_line(hammer, "hammering");
     }
-    let mut stop = chimaera(
-        &runtime.config_path,
-        &["runtime", "stop", "--grace-ms", "200"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("run `chimaera runtime stop`");
+    let mut stop = runtime
+        .chimaera(&["runtime", "stop", "--grace-ms", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run `chimaera runtime stop`");
     assert!(
         exited(&mut stop, "`chimaera runtime stop`").success(),
         "the stop did not complete while clients kept calling"
@@ -337,7 +197,14 @@ fn a_stop_ends_at_its_grace_period_while_clients_keep_calling() {
 #[test]
 fn client_controlled_lengths_and_periods_are_bounded_before_anything_is_allocated() {
     // With 2 GiB of address space, allocating a claimed 4 GiB would abort the runtime.
-    let runtime = RuntimeProcess::start_limited("lengths", "", Some(2 << 20));
+    let runtime = RuntimeProcess::start_with(
+        "lengths",
+        "",
+        Launch {
+            address_space_kib: Some(2 << 20),
+            ..Launch::CHIMAERA
+        },
+    );
     let chi = runtime.client();
     let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
     let custom = chimaera::mod_name::mod_name_tasks::CUSTOM;
@@ -378,13 +245,11 @@ fn a_stop_ends_while_a_hostile_client_floods_its_ring() {
     for flooder in &mut flooders {
         wait_for_line(flooder, "flooding");
     }
-    let mut stop = chimaera(
-        &runtime.config_path,
-        &["runtime", "stop", "--grace-ms", "200"],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("run `chimaera runtime stop`");
+    let mut stop = runtime
+        .chimaera(&["runtime", "stop", "--grace-ms", "200"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run `chimaera runtime stop`");
     let stopped = exited(&mut stop, "`chimaera runtime stop`").success();
     for flooder in &mut flooders {
         let _ = flooder.kill();

@@ -8,79 +8,24 @@
 //! chimod (`tests/bulk_probe`); the test itself is the client. Each test has its own
 //! instance. No timing assertions.
 mod bulk_probe;
+mod support;
 
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
 use chimaera::bulk::Bulk;
 use chimaera::prelude::*;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{Launch, RuntimeProcess, ROLE};
 
-const ROLE: &str = "CHI_BULK_TEST_ROLE";
-
-/// A runtime child process serving the bulk probe, killed and cleaned up on drop.
-struct RuntimeProcess {
-    child: Child,
-    config: RuntimeConfig,
-    config_path: PathBuf,
+/// Starts a runtime child process serving the bulk probe for the instance of `test`.
+fn start_runtime(test: &str) -> RuntimeProcess {
+    RuntimeProcess::start_with(test, "", Launch::TEST_BINARY)
 }
 
 impl RuntimeProcess {
-    fn start(test: &str) -> RuntimeProcess {
-        let instance = format!("b{}-{test}", std::process::id());
-        let config_path =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
-        std::fs::write(&config_path, format!("instance: {instance}\n")).unwrap();
-        let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "runtime_child_entry",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, "runtime")
-            .env("CHI_SERVER_CONF", &config_path)
-            .env_remove("CHI_INSTANCE")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn the runtime child");
-        let runtime = RuntimeProcess {
-            child,
-            config,
-            config_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Client::connect_to(&runtime.config).is_err() {
-            assert!(Instant::now() < deadline, "the runtime child never came up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        runtime
-    }
-
     fn probe(&self) -> (Client, BulkProbeClient) {
-        let chi = Client::connect_to(&self.config).expect("connect");
+        let chi = self.client();
         let probe = BulkProbeClient::create(&chi, PoolQuery::local(), "probe").expect("pool");
         (chi, probe)
-    }
-}
-
-impl Drop for RuntimeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Ok(files) = chimaera::shm::naming::instance_files(&self.config.instance) {
-            for file in files {
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        // The runtime's lock file too (a killed runtime leaves it; `instance_files`
-        // lists everything else).
-        let _ = std::fs::remove_file(
-            chimaera::shm::ShmName::runtime_lock(&self.config.instance).path(),
-        );
-        let _ = std::fs::remove_file(&self.config_path);
     }
 }
 
@@ -110,7 +55,7 @@ fn sum(bytes: &[u8]) -> u64 {
 
 #[test]
 fn handlers_read_shared_buffers_through_views_and_private_copies() {
-    let runtime = RuntimeProcess::start("read");
+    let runtime = start_runtime("read");
     let (chi, probe) = runtime.probe();
     let q = PoolQuery::local();
     let mut buffer = chi.allocate_buffer(10_000).unwrap();
@@ -145,7 +90,7 @@ fn handlers_read_shared_buffers_through_views_and_private_copies() {
 
 #[test]
 fn written_buffers_come_back_in_place_or_inline() {
-    let runtime = RuntimeProcess::start("write");
+    let runtime = start_runtime("write");
     let (chi, probe) = runtime.probe();
     let q = PoolQuery::local();
     let mut buffer = chi.allocate_buffer(8192).unwrap();
@@ -192,7 +137,7 @@ fn written_buffers_come_back_in_place_or_inline() {
 /// never writes the new buffer (before, it was filled with `0xab`).
 #[test]
 fn a_dropped_pending_keeps_its_buffer_until_the_runtime_is_done() {
-    let runtime = RuntimeProcess::start("drop");
+    let runtime = start_runtime("drop");
     let (chi, probe) = runtime.probe();
     let q = PoolQuery::local();
     let mut buffer = chi.allocate_buffer(4096).unwrap();
@@ -220,7 +165,7 @@ fn a_dropped_pending_keeps_its_buffer_until_the_runtime_is_done() {
 /// never lands in a new buffer.
 #[test]
 fn a_leaked_pending_never_lets_its_buffer_memory_be_reused() {
-    let runtime = RuntimeProcess::start("leak");
+    let runtime = start_runtime("leak");
     let (chi, probe) = runtime.probe();
     let q = PoolQuery::local();
     let mut buffer = chi.allocate_buffer(4096).unwrap();
@@ -248,7 +193,7 @@ fn a_leaked_pending_never_lets_its_buffer_memory_be_reused() {
 /// on.
 #[test]
 fn a_client_scribbling_on_a_buffer_in_use_harms_only_its_own_answers() {
-    let runtime = RuntimeProcess::start("scribble");
+    let runtime = start_runtime("scribble");
     let (chi, probe) = runtime.probe();
     let q = PoolQuery::local();
     let mut buffer = chi.allocate_buffer(64 * 1024).unwrap();

@@ -3,78 +3,31 @@
 //! re-run as children), real `/dev/shm`; and an in-process runtime. Each test runs its
 //! own runtime instance. No timing assertions: the deadlines below only turn a hang
 //! (what the old scheduler did after an overflow) into a failure.
+mod support;
+
 use chimaera::admin_api::PoolOptions;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use support::{within, write_config, Launch, RuntimeProcess, ROLE};
 
-const ROLE: &str = "CHI_TEST_ROLE";
 /// Containers of the affinity pool: spread over every worker.
 const CONTAINERS: u32 = 6;
 /// Runtime settings of these tests: three workers, so tasks wake each other across
 /// threads, and a small coroutine stack, so the overflow comes quickly.
 const CONFIG: &str = "workers:\n  low_latency: 3\n  high_latency: 0\ncoroutine_stack_size: 64KiB\n";
-
-/// A runtime child process, killed and cleaned up if the test ends early.
-struct RuntimeProcess {
-    child: Option<Child>,
-    config: RuntimeConfig,
-    config_path: PathBuf,
-}
-
-fn config_for(test: &str, yaml: &str) -> (RuntimeConfig, PathBuf) {
-    let instance = format!("t{}-{test}", std::process::id());
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
-    std::fs::write(&path, format!("instance: {instance}\n{yaml}")).unwrap();
-    let config = RuntimeConfig::from_file(&path).expect("test config is valid");
-    (config, path)
-}
+/// The runtime process of these tests; its stderr reports the overflows they provoke.
+const QUIET: Launch = Launch {
+    quiet_stderr: true,
+    ..Launch::CHIMAERA
+};
 
 impl RuntimeProcess {
-    fn start(test: &str, yaml: &str) -> RuntimeProcess {
-        let (config, config_path) = config_for(test, yaml);
-        let child = Command::new(env!("CARGO_BIN_EXE_chimaera"))
-            .args(["runtime", "start"])
-            .env("CHI_SERVER_CONF", &config_path)
-            .env_remove("CHI_INSTANCE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the runtime");
-        let runtime = RuntimeProcess {
-            child: Some(child),
-            config,
-            config_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match Client::connect_to(&runtime.config) {
-                Ok(_) => return runtime,
-                Err(err) if Instant::now() > deadline => panic!("runtime never came up: {err}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_to(&self.config).expect("connect")
-    }
-
     /// Runs `chimaera runtime stop` and waits for the runtime to exit; both must end.
     fn stop(&mut self) {
-        let config_path = self.config_path.clone();
-        let stopped = within("`chimaera runtime stop`", move || {
-            Command::new(env!("CARGO_BIN_EXE_chimaera"))
-                .args(["runtime", "stop"])
-                .env("CHI_SERVER_CONF", config_path)
-                .env_remove("CHI_INSTANCE")
-                .output()
-                .unwrap()
-        });
+        let mut stop = self.chimaera(&["runtime", "stop"]);
+        let stopped = within("`chimaera runtime stop`", move || stop.output().unwrap());
         assert!(
             stopped.status.success(),
             "stop failed: {}",
@@ -83,40 +36,6 @@ impl RuntimeProcess {
         let mut child = self.child.take().unwrap();
         let status = within("the runtime's exit", move || child.wait().unwrap());
         assert!(status.success(), "the runtime exited with {status}");
-    }
-}
-
-impl Drop for RuntimeProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Ok(files) = chimaera::shm::naming::instance_files(&self.config.instance) {
-            for file in files {
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        // The runtime's lock file too (a killed runtime leaves it; `instance_files`
-        // lists everything else).
-        let _ = std::fs::remove_file(
-            chimaera::shm::ShmName::runtime_lock(&self.config.instance).path(),
-        );
-        let _ = std::fs::remove_file(&self.config_path);
-    }
-}
-
-/// Runs `work` on a thread and returns its value; fails the test if it has not
-/// finished within a minute (a hang, not a slow machine).
-fn within<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(work());
-    });
-    match result.recv_timeout(Duration::from_secs(60)) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} hangs"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
     }
 }
 
@@ -176,22 +95,13 @@ fn client_child_entry() {
 
 #[test]
 fn handlers_resume_on_their_own_thread_under_load_from_client_processes() {
-    let runtime = RuntimeProcess::start("affinity", CONFIG);
+    let runtime = RuntimeProcess::start_with("affinity", CONFIG, QUIET);
     let chi = runtime.client();
     let m = affinity_pool(&chi);
     let mut children: Vec<Child> = (0..3)
         .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "client_child_entry",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(ROLE, "affinity:600")
-                .env("CHI_SERVER_CONF", &runtime.config_path)
-                .env_remove("CHI_INSTANCE")
+            runtime
+                .client_child_command("affinity:600")
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("spawn a client child")
@@ -216,7 +126,7 @@ fn is_overflow<T>(result: &Result<T, TaskError>) -> bool {
 
 #[test]
 fn a_stack_overflow_over_shared_memory_fails_its_task_and_releases_what_it_held() {
-    let mut runtime = RuntimeProcess::start("overflow", CONFIG);
+    let mut runtime = RuntimeProcess::start_with("overflow", CONFIG, QUIET);
     let chi = runtime.client();
     let m = affinity_pool(&chi);
     let admin = AdminClient::attach(&chi, PoolId::ADMIN);
@@ -287,7 +197,7 @@ fn a_stack_overflow_over_shared_memory_fails_its_task_and_releases_what_it_held(
 
 #[test]
 fn a_stack_overflow_in_process_fails_its_task_and_the_runtime_stops_cleanly() {
-    let (config, config_path) = config_for("inproc", CONFIG);
+    let (config, config_path) = write_config("inproc", CONFIG);
     let _ = std::fs::remove_file(&config_path);
     let runtime = chimaera::builder()
         .config(config)

@@ -4,145 +4,15 @@
 //! its own runtime instance. Hostile clients are played through hidden test hooks that
 //! write what a faulty client could (`Forgery`, `Scribble`, raw slot indices). No timing
 //! assertions: deadlines below only bound how long a broken build can hang.
+mod support;
+
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::shm::connection::{Forgery, Scribble};
-use chimaera::shm::server::{usage, ShmUsage};
-use chimaera::shm::InstanceName;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const ROLE: &str = "CHI_TEST_ROLE";
-
-/// A runtime child process, killed and cleaned up if the test ends early.
-struct RuntimeProcess {
-    child: Option<Child>,
-    config: RuntimeConfig,
-    config_path: PathBuf,
-}
-
-fn config_for(test: &str, extra_yaml: &str) -> (RuntimeConfig, PathBuf) {
-    let instance = format!("t{}-{test}", std::process::id());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join(format!("{instance}.yaml"));
-    std::fs::write(&path, format!("instance: {instance}\n{extra_yaml}")).unwrap();
-    (
-        RuntimeConfig::from_file(&path).expect("test config is valid"),
-        path,
-    )
-}
-
-impl RuntimeProcess {
-    fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
-        let (config, config_path) = config_for(test, extra_yaml);
-        let mut runtime = RuntimeProcess {
-            child: None,
-            config,
-            config_path,
-        };
-        runtime.spawn();
-        runtime
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_chimaera"))
-            .args(["runtime", "start"])
-            .env("CHI_SERVER_CONF", &self.config_path)
-            .env_remove("CHI_INSTANCE")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn the runtime");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match Client::connect_to(&self.config) {
-                Ok(_) => return,
-                Err(err) if Instant::now() > deadline => panic!("runtime never came up: {err}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_to(&self.config).expect("connect")
-    }
-
-    fn instance(&self) -> &InstanceName {
-        &self.config.instance
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn usage(&self) -> ShmUsage {
-        usage(self.instance()).expect("segments readable")
-    }
-}
-
-impl Drop for RuntimeProcess {
-    fn drop(&mut self) {
-        self.kill();
-        if let Ok(files) = chimaera::shm::naming::instance_files(self.instance()) {
-            for file in files {
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        // The runtime's lock file too (a killed runtime leaves it; `instance_files`
-        // lists everything else).
-        let _ = std::fs::remove_file(chimaera::shm::ShmName::runtime_lock(self.instance()).path());
-        let _ = std::fs::remove_file(&self.config_path);
-    }
-}
-
-/// Runs this test binary again as a client child with `role`.
-fn client_child(runtime: &RuntimeProcess, role: &str) -> Child {
-    client_child_with(runtime, role, &[])
-}
-
-fn client_child_with(runtime: &RuntimeProcess, role: &str, env: &[(&str, &str)]) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .envs(env.iter().copied())
-        .args([
-            "--exact",
-            "client_child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, role)
-        .env("CHI_SERVER_CONF", &runtime.config_path)
-        .env_remove("CHI_INSTANCE")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn a client child")
-}
-
-fn wait_for_line(child: &mut Child, wanted: &str) {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        if line.expect("child output").contains(wanted) {
-            // Keep draining in the background so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return;
-        }
-    }
-    panic!("child exited before printing {wanted:?}");
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::process::{Child, Stdio};
+use std::time::Duration;
+use support::{wait_for_line, wait_until, within, RuntimeProcess, ROLE};
 
 /// The entry point of client children; only runs when a test starts it.
 #[test]
@@ -291,7 +161,7 @@ fn client_child_entry() {
 fn four_client_processes_get_every_result_right() {
     let runtime = RuntimeProcess::start("four", "");
     let mut children: Vec<Child> = (0..4)
-        .map(|id| client_child(&runtime, &format!("echo:{id}:10000")))
+        .map(|id| runtime.client_child(&format!("echo:{id}:10000")))
         .collect();
     for child in &mut children {
         let status = child.wait().unwrap();
@@ -318,10 +188,10 @@ fn a_killed_client_disturbs_no_one_and_is_reclaimed() {
     let baseline = runtime.usage();
     assert_eq!(baseline.tasks_in_flight, 0);
 
-    let mut victim = client_child(&runtime, "victim");
+    let mut victim = runtime.client_child("victim");
     wait_for_line(&mut victim, "victim ready");
     let mut others: Vec<Child> = (0..2)
-        .map(|id| client_child(&runtime, &format!("echo:{id}:3000")))
+        .map(|id| runtime.client_child(&format!("echo:{id}:3000")))
         .collect();
     std::thread::sleep(Duration::from_millis(100));
     victim.kill().unwrap();
@@ -464,12 +334,7 @@ fn a_clean_stop_exits_zero_and_leaves_no_segment() {
     let chi = runtime.client();
     ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
     drop(chi);
-    let stop = Command::new(env!("CARGO_BIN_EXE_chimaera"))
-        .args(["runtime", "stop"])
-        .env("CHI_SERVER_CONF", &runtime.config_path)
-        .env_remove("CHI_INSTANCE")
-        .output()
-        .unwrap();
+    let stop = runtime.chimaera(&["runtime", "stop"]).output().unwrap();
     assert!(
         stop.status.success(),
         "stop failed: {}",
@@ -599,11 +464,7 @@ fn four_client_processes_check_their_own_blocks_on_a_file_device() {
     let path_text = path.to_str().unwrap().to_owned();
     let mut children: Vec<Child> = (0..4)
         .map(|id| {
-            client_child_with(
-                &runtime,
-                &format!("bdev:{id}:2000"),
-                &[("CHI_TEST_BDEV", &path_text)],
-            )
+            runtime.client_child_with(&format!("bdev:{id}:2000"), &[("CHI_TEST_BDEV", &path_text)])
         })
         .collect();
     for child in &mut children {
@@ -644,35 +505,14 @@ fn synced_data_survives_a_killed_runtime() {
 /// the test runs as root in CI, which may drop privileges.
 fn client_child_as_nobody(runtime: &RuntimeProcess, role: &str) -> Child {
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "client_child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, role)
-        .env("CHI_SERVER_CONF", &runtime.config_path)
+    runtime
+        .client_child_command(role)
         .env("CHI_RUNTIME_USER", chimaera::shm::naming::user_tag())
-        .env_remove("CHI_INSTANCE")
         .stdout(Stdio::piped())
         .uid(65534)
-        .gid(65534);
-    command.spawn().expect("spawn a client child as nobody")
-}
-
-/// Runs `call` on a thread and returns its result; a call that never returns fails the
-/// test instead of hanging it (the bound is for a broken build, not a timing check).
-fn within_a_minute<T: Send + 'static>(what: &str, call: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(call());
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{what} never returned"))
+        .gid(65534)
+        .spawn()
+        .expect("spawn a client child as nobody")
 }
 
 #[test]
@@ -814,7 +654,7 @@ fn a_client_that_breaks_its_own_ring_and_leaves_harms_no_later_client() {
         runtime.usage().client_areas_in_use == 0
     });
     for attempt in 0..5 {
-        let chi = within_a_minute("connect", {
+        let chi = within("connect", {
             let config = runtime.config.clone();
             move || Client::connect_to(&config)
         })
@@ -847,9 +687,9 @@ fn a_client_the_runtime_disowns_gets_a_typed_error_not_a_hang() {
     chi.shm_connection()
         .unwrap()
         .scribble(Scribble::RingTail(1 << 30));
-    let waited = within_a_minute("the waiting call", move || waiting.wait());
+    let waited = within("the waiting call", move || waiting.wait());
     assert_eq!(waited, Err(TaskError::Disowned));
-    let next = within_a_minute("the next call", move || {
+    let next = within("the next call", move || {
         m.custom(PoolQuery::local(), "x", 1)
     });
     assert_eq!(next, Err(TaskError::Disowned));

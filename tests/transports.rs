@@ -10,6 +10,7 @@
 //! bound how long a broken build can hang.
 mod bulk_probe;
 mod probe;
+mod support;
 
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
 use chimaera::bulk::{Buffer, BulkRef};
@@ -20,13 +21,11 @@ use chimaera::transport::{
     CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
 };
 use probe::{Probe, ProbeClient};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{Launch, RuntimeProcess, ROLE};
 
-const ROLE: &str = "CHI_TRANSPORT_TEST_ROLE";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// What keeps a case's runtime alive.
@@ -61,7 +60,9 @@ impl Fixture {
         match &mut self.host {
             Host::InProcess(runtime) => runtime.wait(),
             Host::Process(process) => {
-                let _ = process.child.wait();
+                if let Some(child) = &mut process.child {
+                    let _ = child.wait();
+                }
             }
         }
     }
@@ -171,73 +172,13 @@ impl CancelPeriodic for RelayedHandle {
 }
 
 fn shared_memory() -> Fixture {
-    let process = RuntimeProcess::start();
-    let chi = Client::connect_to(&process.config).expect("connect");
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let case = NEXT.fetch_add(1, Ordering::Relaxed);
+    let process = RuntimeProcess::start_with(&case.to_string(), "", Launch::TEST_BINARY);
+    let chi = process.client();
     Fixture {
         host: Host::Process(Box::new(process)),
         chi,
-    }
-}
-
-/// A runtime child process serving the probe chimods, killed and cleaned up on drop.
-struct RuntimeProcess {
-    child: Child,
-    config: RuntimeConfig,
-    config_path: PathBuf,
-}
-
-impl RuntimeProcess {
-    fn start() -> RuntimeProcess {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let instance = format!("tr{}-{n}", std::process::id());
-        let config_path =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
-        std::fs::write(&config_path, format!("instance: {instance}\n")).unwrap();
-        let config = RuntimeConfig::from_file(&config_path).expect("test config is valid");
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "runtime_child_entry",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, "runtime")
-            .env("CHI_SERVER_CONF", &config_path)
-            .env_remove("CHI_INSTANCE")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn the runtime child");
-        let runtime = RuntimeProcess {
-            child,
-            config,
-            config_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Client::connect_to(&runtime.config).is_err() {
-            assert!(Instant::now() < deadline, "the runtime child never came up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        runtime
-    }
-}
-
-impl Drop for RuntimeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Ok(files) = chimaera::shm::naming::instance_files(&self.config.instance) {
-            for file in files {
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        // The runtime's lock file too (a killed runtime leaves it; `instance_files`
-        // lists everything else).
-        let _ = std::fs::remove_file(
-            chimaera::shm::ShmName::runtime_lock(&self.config.instance).path(),
-        );
-        let _ = std::fs::remove_file(&self.config_path);
     }
 }
 

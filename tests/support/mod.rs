@@ -1,0 +1,261 @@
+//! The harness shared by the integration tests that start a real runtime process
+//! (included with `mod support;`; cargo does not build `tests/support/` as a test target).
+//!
+//! Invariants:
+//! - Each [`RuntimeProcess`] has its own instance (`t<pid>-<test>`) and its own config
+//!   file, so tests run in parallel and test binaries never share an instance.
+//! - [`RuntimeProcess::start`] returns only once a client can connect: the runtime serves.
+//! - Dropping a [`RuntimeProcess`] kills the runtime and removes every file of its
+//!   instance (the ones `instance_files` lists and the runtime lock a killed runtime
+//!   leaves) and its config file: a test leaves nothing in /dev/shm, even when it fails.
+//! - Deadlines only bound how long a broken build can hang; nothing here asserts timing.
+// Each test file uses a different part of the harness (bulk.rs starts runtimes but no
+// client children, pinning.rs never reads usage, ...), so the parts one file leaves
+// unused must not warn there.
+#![allow(dead_code)]
+
+use chimaera::prelude::*;
+use chimaera::shm::server::{usage, ShmUsage};
+use chimaera::shm::InstanceName;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The environment variable that tells a re-run of a test binary which child it plays.
+pub const ROLE: &str = "CHI_TEST_ROLE";
+
+/// How long a broken build may hang before a test gives up.
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// How long a runtime may take to serve (a loaded machine builds and links slowly).
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// Which program serves as the runtime process.
+#[derive(Clone, Copy, Debug)]
+pub enum Server {
+    /// `chimaera runtime start`.
+    Chimaera,
+    /// The test binary re-run as its `runtime_child_entry` test, with [`ROLE`] set.
+    TestBinary,
+}
+
+/// How to start a runtime process.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    pub server: Server,
+    /// Limits the runtime's address space to this many KiB (`ulimit -v`), so an
+    /// allocation the size a client claims fails outright.
+    pub address_space_kib: Option<u64>,
+    /// Sends the runtime's stderr to /dev/null (for tests whose runtime reports faults
+    /// they provoke on purpose).
+    pub quiet_stderr: bool,
+}
+
+impl Launch {
+    pub const CHIMAERA: Launch = Launch {
+        server: Server::Chimaera,
+        address_space_kib: None,
+        quiet_stderr: false,
+    };
+    pub const TEST_BINARY: Launch = Launch {
+        server: Server::TestBinary,
+        ..Launch::CHIMAERA
+    };
+}
+
+/// Writes the config file of the instance of `test` (`instance:` followed by
+/// `extra_yaml`) and reads it back.
+pub fn write_config(test: &str, extra_yaml: &str) -> (RuntimeConfig, PathBuf) {
+    let instance = format!("t{}-{test}", std::process::id());
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
+    std::fs::write(&path, format!("instance: {instance}\n{extra_yaml}")).unwrap();
+    let config = RuntimeConfig::from_file(&path).expect("test config is valid");
+    (config, path)
+}
+
+/// The test binary re-run as its test `entry` (an ignored test) playing `role`, for the
+/// instance of the config at `config_path`.
+pub fn test_binary_child(config_path: &PathBuf, entry: &str, role: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            entry,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, role)
+        .env("CHI_SERVER_CONF", config_path)
+        .env_remove("CHI_INSTANCE");
+    command
+}
+
+/// A runtime child process, killed and its files removed when the test ends.
+pub struct RuntimeProcess {
+    /// `None` once killed, or taken by a test that waits for the exit itself.
+    pub child: Option<Child>,
+    pub config: RuntimeConfig,
+    pub config_path: PathBuf,
+    launch: Launch,
+}
+
+impl RuntimeProcess {
+    /// Starts `chimaera runtime start` for the instance of `test`.
+    pub fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
+        Self::start_with(test, extra_yaml, Launch::CHIMAERA)
+    }
+
+    pub fn start_with(test: &str, extra_yaml: &str, launch: Launch) -> RuntimeProcess {
+        let (config, config_path) = write_config(test, extra_yaml);
+        let mut runtime = RuntimeProcess {
+            child: None,
+            config,
+            config_path,
+            launch,
+        };
+        runtime.spawn();
+        runtime
+    }
+
+    /// Starts the runtime process (again, after [`RuntimeProcess::kill`]) and waits until
+    /// it serves.
+    pub fn spawn(&mut self) {
+        let mut command = match self.launch.server {
+            Server::Chimaera => self.chimaera(&["runtime", "start"]),
+            Server::TestBinary => {
+                test_binary_child(&self.config_path, "runtime_child_entry", "runtime")
+            }
+        };
+        if let Some(kib) = self.launch.address_space_kib {
+            let program = command.get_program().to_owned();
+            let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+            let mut limited = Command::new("sh");
+            limited
+                .args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")])
+                .arg(program)
+                .args(args);
+            for (key, value) in command.get_envs() {
+                match value {
+                    Some(value) => limited.env(key, value),
+                    None => limited.env_remove(key),
+                };
+            }
+            command = limited;
+        }
+        command.stdout(Stdio::null());
+        if self.launch.quiet_stderr {
+            command.stderr(Stdio::null());
+        }
+        self.child = Some(command.spawn().expect("spawn the runtime"));
+        let deadline = Instant::now() + STARTUP;
+        while let Err(err) = Client::connect_to(&self.config) {
+            assert!(Instant::now() < deadline, "runtime never came up: {err}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect_to(&self.config).expect("connect")
+    }
+
+    pub fn instance(&self) -> &InstanceName {
+        &self.config.instance
+    }
+
+    pub fn usage(&self) -> ShmUsage {
+        usage(self.instance()).expect("segments readable")
+    }
+
+    /// Kills the runtime process (SIGKILL) and reaps it; its files stay until drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The `chimaera` binary with `args`, for this runtime's instance.
+    pub fn chimaera(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chimaera"));
+        command
+            .args(args)
+            .env("CHI_SERVER_CONF", &self.config_path)
+            .env_remove("CHI_INSTANCE");
+        command
+    }
+
+    /// The test binary re-run as its `client_child_entry` test playing `role`, a client
+    /// of this runtime.
+    pub fn client_child_command(&self, role: &str) -> Command {
+        test_binary_child(&self.config_path, "client_child_entry", role)
+    }
+
+    /// Runs a client child playing `role`, its stdout piped (see [`wait_for_line`]).
+    pub fn client_child(&self, role: &str) -> Child {
+        self.client_child_with(role, &[])
+    }
+
+    /// Runs a client child playing `role` with extra environment variables `env`.
+    pub fn client_child_with(&self, role: &str, env: &[(&str, &str)]) -> Child {
+        self.client_child_command(role)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a client child")
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if let Ok(files) = chimaera::shm::naming::instance_files(self.instance()) {
+            for file in files {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        // The runtime's lock file too (a killed runtime leaves it; `instance_files`
+        // lists everything else).
+        let _ = std::fs::remove_file(chimaera::shm::ShmName::runtime_lock(self.instance()).path());
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Reads `child`'s piped stdout until a line contains `wanted`.
+pub fn wait_for_line(child: &mut Child, wanted: &str) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line.expect("child output").contains(wanted) {
+            // Keep draining in the background so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return;
+        }
+    }
+    panic!("child exited before printing {wanted:?}");
+}
+
+/// Polls `done` until it holds; fails the test after [`HANG`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `work` on a thread and returns its value; fails the test if it has not
+/// finished within a minute (a hang, not a slow machine).
+pub fn within<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    match result.recv_timeout(Duration::from_secs(60)) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} hangs"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
