@@ -13,8 +13,7 @@ mod support;
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
 use chimaera::bulk::Bulk;
 use chimaera::prelude::*;
-use std::time::{Duration, Instant};
-use support::{Launch, RuntimeProcess, ROLE};
+use support::{serve_as_runtime_child, wait_until, Launch, RuntimeProcess};
 
 /// Starts a runtime child process serving the bulk probe for the instance of `test`.
 fn start_runtime(test: &str) -> RuntimeProcess {
@@ -33,16 +32,7 @@ impl RuntimeProcess {
 #[test]
 #[ignore = "entry point of the runtime child process, started by the tests in this file"]
 fn runtime_child_entry() {
-    if std::env::var(ROLE).is_err() {
-        return;
-    }
-    let config = RuntimeConfig::from_env().expect("config");
-    let runtime = chimaera::builder()
-        .config(config)
-        .module::<BulkProbe>()
-        .serve()
-        .expect("serve");
-    runtime.wait();
+    serve_as_runtime_child(|builder| builder.module::<BulkProbe>());
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -149,11 +139,7 @@ fn a_dropped_pending_keeps_its_buffer_until_the_runtime_is_done() {
     );
     drop(buffer);
     let fresh = chi.allocate_buffer(4096).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while probe.finished(q).unwrap() < 1 {
-        assert!(Instant::now() < deadline, "the task never finished");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the task to finish", || probe.finished(q).unwrap() >= 1);
     assert!(
         fresh.iter().all(|&b| b == 0),
         "a buffer passed to no task was written"
@@ -172,11 +158,7 @@ fn a_leaked_pending_never_lets_its_buffer_memory_be_reused() {
     std::mem::forget(probe.async_fill_later(q, &mut buffer, 300).unwrap());
     drop(buffer);
     let fresh = chi.allocate_buffer(4096).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while probe.finished(q).unwrap() < 1 {
-        assert!(Instant::now() < deadline, "the task never finished");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the task to finish", || probe.finished(q).unwrap() >= 1);
     assert!(
         fresh.iter().all(|&b| b == 0),
         "a buffer passed to no task was written"

@@ -24,7 +24,7 @@ use probe::{Probe, ProbeClient};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Launch, RuntimeProcess, ROLE};
+use support::{serve_as_runtime_child, Launch, RuntimeProcess};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -186,17 +186,7 @@ fn shared_memory() -> Fixture {
 #[test]
 #[ignore = "runs only as the runtime child of the shared-memory cases"]
 fn runtime_child_entry() {
-    if std::env::var(ROLE).is_err() {
-        return;
-    }
-    let config = RuntimeConfig::from_env().expect("config");
-    let runtime = chimaera::builder()
-        .config(config)
-        .module::<Probe>()
-        .module::<BulkProbe>()
-        .serve()
-        .expect("serve");
-    runtime.wait();
+    serve_as_runtime_child(|builder| builder.module::<Probe>().module::<BulkProbe>());
 }
 
 /// Each case, once per transport: `in_process::case`, `shared_memory::case` and

@@ -17,6 +17,7 @@
 use chimaera::prelude::*;
 use chimaera::shm::server::{usage, ShmUsage};
 use chimaera::shm::InstanceName;
+use chimaera::RuntimeBuilder;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -221,6 +222,20 @@ impl Drop for RuntimeProcess {
         let _ = std::fs::remove_file(chimaera::shm::ShmName::runtime_lock(self.instance()).path());
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+/// The body of a `runtime_child_entry` test: in a runtime child (the role set), serves
+/// the chimods `add_modules` registers for the instance of `CHI_SERVER_CONF` until
+/// killed; in any other run of the test binary, returns at once.
+pub fn serve_as_runtime_child(add_modules: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) {
+    if std::env::var(ROLE).is_err() {
+        return;
+    }
+    let config = RuntimeConfig::from_env().expect("config");
+    let runtime = add_modules(chimaera::builder().config(config))
+        .serve()
+        .expect("serve");
+    runtime.wait();
 }
 
 /// Reads `child`'s piped stdout until a line contains `wanted`.
