@@ -113,8 +113,15 @@ impl Instance {
     /// Runs `chimaera ARGS` to its end within [`DEADLINE`]; a run that does not end is
     /// killed and fails the test as a hang.
     fn run(&self, args: &[&str]) -> Run {
+        self.run_with_env(args, &[])
+    }
+
+    /// [`run`](Self::run) with extra environment variables.
+    fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let log = args.join("-");
-        let mut child = self.command(args, &log).spawn().expect("chimaera runs");
+        let mut command = self.command(args, &log);
+        command.envs(env.iter().copied());
+        let mut child = command.spawn().expect("chimaera runs");
         let deadline = Instant::now() + DEADLINE;
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -447,4 +454,32 @@ fn a_user_directory_of_another_user_is_refused() {
         .run(&["runtime", "start"])
         .fails_saying(&["owned by uid 65534"]);
     assert_eq!(std::fs::read_dir(instance.user_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_directory_named_after_another_user_but_not_theirs_is_not_trusted() {
+    if !is_root() {
+        eprintln!("skipped: needs root (and the user `nobody`, uid {NOBODY})");
+        return;
+    }
+    if chimaera::shm::naming::user_tag_of(NOBODY) != "nobody" {
+        eprintln!("skipped: uid {NOBODY} is not called `nobody` here");
+        return;
+    }
+    let instance = Instance::with_own_parent("trap");
+    let serving = instance.serve();
+    // Someone other than `nobody` (here: us) made `chimaera-nobody` and listens in it,
+    // hoping a client told to reach nobody's runtime hands it its tasks.
+    let parent = instance.parent.clone().unwrap();
+    let trap = parent.join("chimaera-nobody");
+    std::fs::create_dir(&trap).unwrap();
+    set_mode(&trap, 0o711);
+    let socket = trap.join(ShmName::socket(&instance.name).as_str());
+    let _impostor = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+
+    instance
+        .run_with_env(&["runtime", "status"], &[("CHI_RUNTIME_USER", "nobody")])
+        .fails_saying(&["not by the user `nobody`", &trap.to_string_lossy()]);
+    instance.stop(serving);
+    let _ = std::fs::remove_dir_all(&trap);
 }

@@ -150,11 +150,19 @@ pub fn expected_runtime_uid(instance: &InstanceName) -> Result<u32, PeerCheckErr
     }
     let owner = dir_stat.st_uid;
     let me = rustix::process::geteuid().as_raw();
-    let foreign_user = std::env::var(RUNTIME_USER_ENV).is_ok_and(|user| !user.is_empty());
-    if !foreign_user && owner != me {
+    // The user the directory's name claims: the runtime's user as `CHI_RUNTIME_USER`
+    // names it, else this process's own. Whoever made a directory of that name first
+    // (`/dev/shm` lets anyone) must be that user, or it is someone else's trap.
+    let claimed = match std::env::var(RUNTIME_USER_ENV) {
+        Ok(user) if !user.is_empty() => user,
+        _ => super::naming::user_tag().to_owned(),
+    };
+    if super::naming::user_tag_of(owner) != claimed {
         return Err(PeerCheckError::BadDirectory {
             path: dir,
-            reason: format!("owned by uid {owner}, not by you (uid {me})"),
+            reason: format!(
+                "owned by uid {owner}, not by the user `{claimed}` it is named after (you are uid {me})"
+            ),
         });
     }
     let path = client_socket_path(instance);

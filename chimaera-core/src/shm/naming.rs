@@ -209,14 +209,16 @@ impl fmt::Display for ShmName {
 /// process.
 pub fn user_tag() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let uid = rustix::process::geteuid().as_raw();
-        login_name(uid)
-            .filter(|name| {
-                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            })
-            .unwrap_or_else(|| uid.to_string())
-    })
+    TAG.get_or_init(|| user_tag_of(rustix::process::geteuid().as_raw()))
+}
+
+/// The tag of the user `uid` in user directory names (see [`user_tag`]).
+pub fn user_tag_of(uid: u32) -> String {
+    login_name(uid)
+        .filter(|name| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// The directory the user directory lives in: `CHI_SHM_DIR` if set and not empty, else
