@@ -323,19 +323,19 @@ impl RuntimeDir {
         Ok(RuntimeDir { fd, path })
     }
 
-    /// Lets other users search the directory (mode `0711`) or not (`0700`): a runtime
-    /// whose config grants other uids or gids access opens it so they can reach its
-    /// socket by exact name; they still cannot list it, nor create or remove anything.
-    pub fn open_to_search(&self, others: bool) -> Result<(), DirError> {
-        let mode = if others {
-            DIR_MODE_SEARCHABLE
-        } else {
-            DIR_MODE
-        };
-        rustix::fs::fchmod(&self.fd, Mode::from(mode)).map_err(|errno| DirError::Io {
-            action: "setting the mode of",
-            path: self.path.clone(),
-            source: errno.into(),
+    /// Lets other users search the directory (mode `0711`): a runtime whose config grants
+    /// other uids or gids access opens it so they can reach its socket by exact name;
+    /// they still cannot list it, nor create or remove anything. The directory is shared
+    /// by every instance of the user, so it is never closed again by a runtime without
+    /// grants (that would lock out another runtime's granted users); every file in it
+    /// stays `0600` and the socket's gate is `SO_PEERCRED`.
+    pub fn open_to_search(&self) -> Result<(), DirError> {
+        rustix::fs::fchmod(&self.fd, Mode::from(DIR_MODE_SEARCHABLE)).map_err(|errno| {
+            DirError::Io {
+                action: "setting the mode of",
+                path: self.path.clone(),
+                source: errno.into(),
+            }
         })
     }
 

@@ -153,10 +153,7 @@ pub fn expected_runtime_uid(instance: &InstanceName) -> Result<u32, PeerCheckErr
     // The user the directory's name claims: the runtime's user as `CHI_RUNTIME_USER`
     // names it, else this process's own. Whoever made a directory of that name first
     // (`/dev/shm` lets anyone) must be that user, or it is someone else's trap.
-    let claimed = match std::env::var(RUNTIME_USER_ENV) {
-        Ok(user) if !user.is_empty() => user,
-        _ => super::naming::user_tag().to_owned(),
-    };
+    let claimed = runtime_user_tag();
     if super::naming::user_tag_of(owner) != claimed {
         return Err(PeerCheckError::BadDirectory {
             path: dir,
@@ -185,17 +182,23 @@ pub fn expected_runtime_uid(instance: &InstanceName) -> Result<u32, PeerCheckErr
 /// another (granted) user: its login name or uid as in the runtime's file names.
 pub const RUNTIME_USER_ENV: &str = "CHI_RUNTIME_USER";
 
-/// The socket a client of `instance` connects to: the runtime owner's, as
-/// [`RUNTIME_USER_ENV`] names it, else the client's own user's.
-pub fn client_socket_path(instance: &InstanceName) -> PathBuf {
+/// The user tag of the runtime a client connects to: [`RUNTIME_USER_ENV`] when it is
+/// set to a valid tag, else the client's own.
+fn runtime_user_tag() -> String {
     match std::env::var(RUNTIME_USER_ENV) {
         Ok(user)
             if !user.is_empty() && user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
         {
-            socket_path(instance, &user)
+            user
         }
-        _ => socket_path(instance, super::naming::user_tag()),
+        _ => super::naming::user_tag().to_owned(),
     }
+}
+
+/// The socket a client of `instance` connects to: the runtime owner's, as
+/// [`RUNTIME_USER_ENV`] names it, else the client's own user's.
+pub fn client_socket_path(instance: &InstanceName) -> PathBuf {
+    socket_path(instance, &runtime_user_tag())
 }
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CHIS");
@@ -460,7 +463,20 @@ fn write_frame(
 
 /// The client's side: sends `request`, returns the reply and the descriptors it carried.
 pub fn ask(stream: &UnixStream, request: Request) -> Result<(Reply, Vec<OwnedFd>), HandshakeError> {
-    write_frame(stream, &request.encode(), &[])?;
+    // A refused peer is answered before its request is read, and the runtime may have
+    // hung up by the time the request goes out: the refusal is still there to read.
+    if let Err(err) = write_frame(stream, &request.encode(), &[]) {
+        let hung_up = matches!(
+            &err,
+            HandshakeError::Io(io) if matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        );
+        if !hung_up {
+            return Err(err);
+        }
+    }
     let mut fds = Vec::new();
     let words = read_frame(stream, &mut fds)?;
     let reply = Reply::decode(&words)?;

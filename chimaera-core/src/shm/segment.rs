@@ -32,13 +32,13 @@
 //!
 //! Setup failures are a [`SegmentError`] whose message says what to do; a bad offset or
 //! length (often read from memory a peer wrote) is an [`AccessError`], never a panic. A
-//! peer of the same user that truncates the file under us would still make our next touch
-//! of the lost pages fault (SIGBUS): the kernel offers no way to map a file that cannot
-//! shrink, and the runtime and its clients are one user's processes.
+//! peer that truncated a named file under us would make our next touch of the lost pages
+//! fault (SIGBUS); the memfds the runtime hands to clients are sealed against shrinking
+//! and growing for that reason (see `shm::client_area`).
 //!
-//! Plain byte ranges a peer may be writing are read by copying ([`Segment::read_bytes`])
-//! or through the `unsafe` [`Segment::bytes`], whose caller promises that no one writes
-//! the range while the slice lives (for example a task's buffer while the task runs).
+//! Byte ranges a peer may be writing are only ever copied ([`Segment::read_bytes`],
+//! [`Segment::write_bytes`]: atomic word copies); no method returns a `&[u8]` into the
+//! mapping.
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -405,33 +405,6 @@ impl Segment {
         Ok(())
     }
 
-    /// The bytes `offset..offset + len` of the segment, in place.
-    ///
-    /// # Safety
-    ///
-    /// While the slice lives, no thread or process may write those bytes (for example: the
-    /// protocol hands the range to us and its writer waits until we hand it back).
-    pub unsafe fn bytes(&self, offset: usize, len: usize) -> Result<&[u8], AccessError> {
-        let ptr = self.checked_ptr(offset, len, 1)?;
-        // SAFETY: the range lies in the mapping (checked), which outlives `&self`; the
-        // caller promises nobody writes it while the slice lives.
-        Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
-    }
-
-    /// The bytes `offset..offset + len` of the segment, in place and writable.
-    ///
-    /// # Safety
-    ///
-    /// While the slice lives, no thread or process may read or write those bytes by any
-    /// other path (no other slice from this method or [`Segment::bytes`] may overlap it).
-    #[allow(clippy::mut_from_ref)] // the exclusivity is the caller's promise, as documented
-    pub unsafe fn bytes_mut(&self, offset: usize, len: usize) -> Result<&mut [u8], AccessError> {
-        let ptr = self.checked_ptr(offset, len, 1)?;
-        // SAFETY: the range lies in the writable mapping (checked), which outlives
-        // `&self`; the caller promises exclusive access to it while the slice lives.
-        Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
-    }
-
     /// The checked sub-range `offset..offset + len`, with coordinates of its own.
     pub fn region(&self, offset: usize, len: usize) -> Result<ShmRegion, AccessError> {
         self.check_range(offset, len)?;
@@ -640,8 +613,6 @@ mod tests {
         let mut buf = [0u8; 5];
         created.read_bytes(100, &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
-        // SAFETY: nobody writes bytes 100..105 while the slice lives.
-        assert_eq!(unsafe { created.bytes(100, 5) }.unwrap(), b"hello");
 
         assert!(opened.still_linked());
         drop(created);
@@ -820,8 +791,7 @@ mod tests {
         let mut buf = [0u8; 8];
         assert!(seg.read_bytes(4090, &mut buf).is_err());
         assert!(seg.write_bytes(usize::MAX, b"x").is_err());
-        // SAFETY: the range is out of bounds, so no slice is made.
-        assert!(unsafe { seg.bytes(4000, 97) }.is_err());
+        assert!(seg.read_bytes(4000, &mut [0u8; 97]).is_err());
 
         let region = seg.region(1024, 128).unwrap();
         assert!(seg.region(4000, 97).is_err());

@@ -255,8 +255,9 @@ impl ShmServer {
             )));
         }
         // Granted users reach the socket through the directory by name (mode 0711).
-        let others = !access.policy.uids.is_empty() || !access.policy.gids.is_empty();
-        lock.dir().open_to_search(others)?;
+        if !access.policy.uids.is_empty() || !access.policy.gids.is_empty() {
+            lock.dir().open_to_search()?;
+        }
         let listener = UnixListener::bind(&socket_path).map_err(socket_error)?;
         // Anyone who reaches the socket may connect; SO_PEERCRED decides who is served
         // (see handshake).
