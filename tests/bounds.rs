@@ -8,7 +8,7 @@ use chimaera::admin_api::{self, PoolOptions};
 use chimaera::codec;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
-use chimaera::shm::connection::Forgery;
+use chimaera::transport::shm::client::Forgery;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use support::{wait_for_line, wait_until, Launch, RuntimeProcess, HANG, ROLE};

@@ -8,7 +8,7 @@ mod support;
 
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
-use chimaera::shm::connection::{Forgery, Scribble};
+use chimaera::transport::shm::client::{Forgery, Scribble};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;

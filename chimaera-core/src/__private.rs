@@ -10,13 +10,13 @@ pub use crate::client::{Client, Lent, Pending, TaskHandle};
 pub use crate::codec::{
     access, aligned_copy, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef, StrRef,
 };
-pub use crate::context::RunContext;
 pub use crate::error::TaskError;
 pub use crate::ids::{ContainerId, MethodId, PoolId};
-pub use crate::module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
 pub use crate::query::PoolQuery;
-pub use crate::task::Schedule;
-pub use crate::worker::LanePriority;
+pub use crate::runtime::context::RunContext;
+pub use crate::runtime::module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
+pub use crate::runtime::task::Schedule;
+pub use crate::runtime::worker::LanePriority;
 pub use rkyv;
 
 use crate::admin_api;

@@ -7,7 +7,7 @@
 //!   [`RunContext::client`](crate::RunContext::client)): the task is queued straight on
 //!   its container's lane;
 //! * **shared memory** ([`Client::connect`], defined with its transport in
-//!   [`crate::transport_shm`], so this file knows no transport): the task goes through
+//!   [`crate::transport::shm`], so this file knows no transport): the task goes through
 //!   this process's client area of the runtime's segments.
 //!
 //! Both give the same [`RawPending`] / [`Pending`] API and the same errors. A task the

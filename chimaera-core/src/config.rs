@@ -54,7 +54,7 @@
 //! ```
 //!
 //! Each client's share of the three `shm` sizes is its own memory (a memfd, see
-//! [`crate::shm::client_area`]), fully reserved when it connects: with every client
+//! [`crate::transport::shm::client_area`]), fully reserved when it connects: with every client
 //! attached the runtime commits the three sizes (the defaults, 60 MiB, fit a laptop).
 //!
 //! # Invariants

@@ -20,8 +20,8 @@
 //! everything together; [`client`] is the public face, and reaches a runtime only
 //! through the [`transport`] seam (`Arc<dyn Transport>`): the in-process transport gets
 //! what it needs from the runtime through a trait the runtime implements, the
-//! shared-memory one ([`transport_shm`], which also defines `Client::connect`) sits on
-//! [`shm::connection`]. None of client, transports, [`bulk`] or [`coroutine`] imports
+//! shared-memory one ([`transport::shm`], which also defines `Client::connect`) sits on
+//! [`transport::shm::client`]. None of client, transports, [`bulk`] or [`coroutine`] imports
 //! the runtime's files, so they stay out of its import cycle (task ↔ pool ↔ module ↔
 //! context ↔ runtime). The core never names a chimod: the admin chimod reaches the
 //! runtime through [`RuntimeHandle`].
@@ -32,25 +32,18 @@ pub mod admin_api;
 pub mod bulk;
 pub mod client;
 pub mod codec;
-pub mod compose;
 pub mod config;
-pub mod context;
 pub mod coroutine;
 pub mod error;
-mod flush;
 pub mod ids;
 pub mod lock;
-pub mod module;
-pub mod pool;
 pub mod query;
 pub mod runtime;
 pub mod shm;
 mod sync;
-pub mod task;
 pub mod transport;
-pub(crate) mod transport_inproc;
-pub mod transport_shm;
-pub mod worker;
+
+pub use runtime::{compose, context, module, pool, task, worker};
 
 #[doc(hidden)]
 pub mod __private;
@@ -65,6 +58,6 @@ pub use lock::{CoMutex, CoMutexGuard, CoRwLock, CoRwLockReadGuard, CoRwLockWrite
 pub use module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
 pub use query::PoolQuery;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeHandle, StartError};
-pub use shm::connection::ConnectError;
 pub use task::Schedule;
+pub use transport::shm::client::ConnectError;
 pub use worker::LanePriority;

@@ -40,10 +40,10 @@
 //! waiters never hang. The data may be half-updated, as after a panic; the task that
 //! overflowed failed with `TaskError::StackOverflow`. Guards are `!Send`, so a hold
 //! always belongs to the coroutine that registered it.
-use crate::context::RunContext;
 use crate::coroutine::{self, Blocker, Release};
 use crate::error::TaskError;
-use crate::task::lock;
+use crate::runtime::context::RunContext;
+use crate::runtime::task::lock;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::ops::Deref;

@@ -9,9 +9,9 @@ use std::path::Path;
 const ACYCLIC: &[&str] = &[
     "client",
     "transport",
-    "transport_inproc",
-    "transport_shm",
-    "shm::connection",
+    "transport::inproc",
+    "transport::shm",
+    "transport::shm::client",
     "bulk",
     "coroutine",
     "sync",

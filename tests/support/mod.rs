@@ -15,8 +15,8 @@
 #![allow(dead_code)]
 
 use chimaera::prelude::*;
-use chimaera::shm::server::{usage, ShmUsage};
 use chimaera::shm::InstanceName;
+use chimaera::transport::shm::server::{usage, ShmUsage};
 use chimaera::RuntimeBuilder;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 //! ([`runtime_alive`]) tries a shared lock without blocking: if it gets it, nobody holds
 //! the exclusive one and the runtime is dead. Unlike a pid written in a file, this cannot
 //! be fooled by pid reuse. (Clients need no lock file: each one's liveness is the hang-up
-//! of its Unix socket connection, see [`crate::shm::server`].)
+//! of its Unix socket connection, see [`crate::transport::shm::server`].)
 //!
 //! # Invariants
 //!

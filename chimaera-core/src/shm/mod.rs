@@ -1,13 +1,15 @@
 //! Raw shared memory and the fixed-layout building blocks on top of it.
 //!
-//! This is the lowest layer of the client ↔ runtime transport. It knows nothing of pools
-//! or modules; it offers:
+//! This is the lowest layer of the client ↔ runtime transport. It knows nothing of
+//! tasks, pools or modules (nothing here imports a file outside `shm`); the protocol
+//! that sits on it — wire layout, handshake, the runtime's server and a client's end —
+//! is [`crate::transport::shm`]. It offers:
 //!
 //! * [`naming`]: the names of everything an instance keeps on disk (its lock file and
 //!   its socket) in the per-user directory `/dev/shm/chimaera-{user}`, and the validated
 //!   [`InstanceName`];
 //! * [`dir`]: that directory ([`RuntimeDir`]), verified to be ours and closed to others,
-//!   and the only way files in it are opened, created and removed;
+//!   and the only way files in it are opened, created, listed and removed;
 //! * [`segment`]: a mapped file or memfd ([`Segment`]) and checked views into it
 //!   ([`ShmRegion`]): every access is by offset, bounds- and alignment-checked, and
 //!   returns an error instead of panicking;
@@ -18,14 +20,7 @@
 //!   (relaxed atomic words, never a plain `memcpy` or a reference into it);
 //! * [`ring`]: a single-producer single-consumer ring of `u32` in shared memory whose
 //!   consumer does not trust its producer;
-//! * [`layout`]: the layout of one client's area (ring, slots, data share, output space);
-//! * [`handshake`]: the instance's Unix socket — who may attach (`SO_PEERCRED` against
-//!   the config's `access:`), and the area memfd passed with `SCM_RIGHTS`;
-//! * [`runtime_page`]: the one page every client reads (workers' sleeping flags), sealed
-//!   so no client can map it writable;
-//! * [`client_area`]: the runtime's side of one client — its memory and the runtime's
-//!   private truth about it (slots in flight, output blocks, quotas, rights);
-//! * [`server`] and [`connection`]: the runtime's and a client's end of the transport.
+//! * [`arena`]: a first-fit allocator of extents, kept in runtime-private memory.
 //!
 //! # Invariants shared by every block
 //!
@@ -69,18 +64,12 @@
 
 pub mod arena;
 pub mod atomic_copy;
-pub mod client_area;
-pub mod connection;
 pub mod dir;
 pub mod futex;
-pub mod handshake;
-pub mod layout;
 pub mod liveness;
 pub mod naming;
 pub mod ring;
-pub mod runtime_page;
 pub mod segment;
-pub mod server;
 
 pub use dir::{Access, DirError, FileError, RuntimeDir};
 pub use futex::WaitOutcome;

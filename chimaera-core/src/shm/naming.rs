@@ -14,7 +14,7 @@
 //! | `{instance}.sock` | the runtime's Unix domain socket ([`ShmName::socket`]) |
 //!
 //! The shared memory itself has no name: each client gets its own memfd over the socket
-//! ([`crate::shm::handshake`]). Named segments `{instance}@{role}` ([`ShmName::segment`])
+//! ([`crate::transport::shm::handshake`]). Named segments `{instance}@{role}` ([`ShmName::segment`])
 //! remain as a building block that tests use; the runtime creates none.
 //!
 //! `{user}` is the effective user's login name when it is made of `[A-Za-z0-9_]` only, else

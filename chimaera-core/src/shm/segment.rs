@@ -2,7 +2,7 @@
 //! read-write and shared.
 //!
 //! The runtime makes one memfd segment per client and hands it over the instance's socket
-//! ([`crate::shm::handshake`]). Named segments ([`Segment::create`], [`Segment::open`])
+//! ([`crate::transport::shm::handshake`]). Named segments ([`Segment::create`], [`Segment::open`])
 //! are the same mapping on a file of the user directory; the runtime creates none, tests
 //! build on them. Everything inside a segment is found by offset: a [`Segment`] hands out
 //! atomics and byte ranges at offsets it checks, and [`ShmRegion`] is a checked sub-range

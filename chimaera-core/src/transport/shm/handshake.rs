@@ -33,7 +33,7 @@
 //! Connecting needs write permission on the socket file and search permission on the
 //! directories above it. The socket is created with mode `0666`: the file mode is not
 //! the gate, `SO_PEERCRED` is (a file mode cannot express "these uids and that group").
-//! The socket lives in the owner's user directory ([`super::dir`]), which is `0700`;
+//! The socket lives in the owner's user directory ([`crate::shm::dir`]), which is `0700`;
 //! a runtime whose config grants other uids or gids makes it `0711` (search only, no
 //! listing) so a granted user can reach the socket by its exact name but still read no
 //! other file, every other file there being `0600`. [`socket_path`] is the single place
@@ -43,8 +43,8 @@
 //! socket (not a link) in a directory owned by the runtime's user, and after connecting
 //! that the peer's `SO_PEERCRED` uid is that user's ([`expected_runtime_uid`]), so it
 //! never hands its tasks to an impostor.
-use super::layout::AreaGeometry;
-use super::naming::{InstanceName, ShmName};
+use super::wire::AreaGeometry;
+use crate::shm::naming::{InstanceName, ShmName};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -55,13 +55,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-/// The user directory of the user `user_tag` ([`super::naming::user_tag`] for one's own).
+/// The user directory of the user `user_tag` ([`crate::shm::naming::user_tag`] for one's own).
 fn user_dir_of(user_tag: &str) -> PathBuf {
-    super::naming::parent_dir().join(format!("chimaera-{user_tag}"))
+    crate::shm::naming::parent_dir().join(format!("chimaera-{user_tag}"))
 }
 
 /// The socket a runtime of `instance` listens on, for the runtime owned by the user
-/// `user_tag` ([`super::naming::user_tag`] for one's own): `{instance}.sock` in that
+/// `user_tag` ([`crate::shm::naming::user_tag`] for one's own): `{instance}.sock` in that
 /// user's directory. The one function that places the socket.
 pub fn socket_path(instance: &InstanceName, user_tag: &str) -> PathBuf {
     user_dir_of(user_tag).join(ShmName::socket(instance).as_str())
@@ -154,7 +154,7 @@ pub fn expected_runtime_uid(instance: &InstanceName) -> Result<u32, PeerCheckErr
     // names it, else this process's own. Whoever made a directory of that name first
     // (`/dev/shm` lets anyone) must be that user, or it is someone else's trap.
     let claimed = runtime_user_tag();
-    if super::naming::user_tag_of(owner) != claimed {
+    if crate::shm::naming::user_tag_of(owner) != claimed {
         return Err(PeerCheckError::BadDirectory {
             path: dir,
             reason: format!(
@@ -191,7 +191,7 @@ fn runtime_user_tag() -> String {
         {
             user
         }
-        _ => super::naming::user_tag().to_owned(),
+        _ => crate::shm::naming::user_tag().to_owned(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The layout of one client's memory (its *area*), and typed views of its parts.
 //!
 //! Every client gets an area of its own: a memfd the runtime creates, lays out and hands
-//! to that client alone over the instance's Unix socket ([`crate::shm::handshake`]). No
+//! to that client alone over the instance's Unix socket ([`crate::transport::shm::handshake`]). No
 //! other client maps it, so nothing one client writes can reach another.
 //!
 //! ```text
@@ -25,13 +25,13 @@
 //! runtime reads the client's words once into locals (atomics, or the atomic word copies of
 //! [`read_shared`]) and validates the copy; it keeps its own truth (which slots are
 //! in flight, which output blocks are whose) in its own memory
-//! ([`crate::shm::client_area`]).
+//! ([`crate::transport::shm::client_area`]).
 //!
 //! The *runtime page* is one more memfd, shared by all clients but sealed against writable
-//! mappings ([`crate::shm::runtime_page`]): it holds each worker's "sleeping" flag, the
+//! mappings ([`crate::transport::shm::runtime_page`]): it holds each worker's "sleeping" flag, the
 //! only runtime state every client needs to read.
-use super::ring::RingLayout;
-use super::segment::{AccessError, Segment};
+use crate::shm::ring::RingLayout;
+use crate::shm::segment::{AccessError, Segment};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 

@@ -36,15 +36,15 @@
 use super::client_area::{AreaSpec, ClientArea, ServerCounters};
 pub use super::handshake::ShmUsage;
 use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
-use super::layout::{self, AreaGeometry};
-use super::liveness::RuntimeLock;
-use super::naming::{InstanceName, ShmName};
 use super::runtime_page::RuntimePage;
+use super::wire::{self, AreaGeometry};
 use crate::codec::Bytes;
 use crate::error::TaskError;
 use crate::ids::PoolId;
 use crate::query::PoolQuery;
-use crate::task::{lock, Origin, Schedule};
+use crate::runtime::task::{lock, Origin, Schedule};
+use crate::shm::liveness::RuntimeLock;
+use crate::shm::naming::{InstanceName, ShmName};
 use rustix::event::{epoll, EventfdFlags, PollFd, PollFlags};
 use std::io::Read;
 use std::mem::MaybeUninit;
@@ -69,7 +69,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum ServeError {
     /// Another runtime holds the instance, or its lock file is unusable.
     #[error(transparent)]
-    Lock(#[from] super::liveness::RuntimeLockError),
+    Lock(#[from] crate::shm::liveness::RuntimeLockError),
     /// The configured sizes cannot hold a client's queue.
     #[error("shm.main_size {main_size} is too small for {max_clients} clients × {slots} slots; raise shm.main_size or lower max_clients/queue_depth")]
     MainTooSmall {
@@ -82,7 +82,7 @@ pub enum ServeError {
     },
     /// The user directory could not be opened to granted users.
     #[error(transparent)]
-    Dir(#[from] super::dir::DirError),
+    Dir(#[from] crate::shm::dir::DirError),
     /// The runtime page could not be made.
     #[error(transparent)]
     RuntimePage(#[from] super::runtime_page::RuntimePageError),
@@ -226,7 +226,7 @@ impl ShmServer {
         if !removed.is_empty() {
             tracing::info!(instance = %instance, files = removed.len(), "removed what a dead runtime left in /dev/shm");
         }
-        let workers = sizes.workers.clamp(1, layout::MAX_DOORBELLS as u32);
+        let workers = sizes.workers.clamp(1, wire::MAX_DOORBELLS as u32);
         let clients = sizes.max_clients.max(1) as usize;
         let too_small = ServeError::MainTooSmall {
             main_size: sizes.main,

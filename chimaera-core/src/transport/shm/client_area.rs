@@ -1,7 +1,7 @@
 //! One attached client, as the runtime holds it: its memory, and the truth about it.
 //!
 //! A [`ClientArea`] is made for one connection and never reused: a new client gets a
-//! new memfd, laid out fresh by the runtime (see [`crate::shm::layout`]). Nothing a
+//! new memfd, laid out fresh by the runtime (see [`crate::transport::shm::wire`]). Nothing a
 //! dead or hostile client wrote survives into another client's area, and no client maps
 //! anyone else's. The memfd is sealed against shrinking and growing before it is handed
 //! over, so a client cannot `ftruncate` it to make the runtime fault on its pages. (It
@@ -54,21 +54,21 @@
 //! Each task of the client holds the area (its reply sink) or its data share; the area's
 //! memory is unmapped when the last of them is gone, so a reply never writes freed
 //! memory and a new client never receives an old client's memory.
-use super::arena::{Arena, Extent};
-use super::futex;
 use super::handshake::Rights;
-use super::layout::{self, read_shared, slot, AreaGeometry, SlotView, CONTROL_STATE};
-use super::naming::{InstanceName, ShmName};
-use super::ring::Ring;
-use super::segment::Segment;
 use super::server::Ingress;
+use super::wire::{self, read_shared, slot, AreaGeometry, SlotView, CONTROL_STATE};
 use crate::admin_api;
 use crate::bulk::BulkShare;
 use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
-use crate::task::{lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
+use crate::runtime::task::{lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
+use crate::shm::arena::{Arena, Extent};
+use crate::shm::futex;
+use crate::shm::naming::{InstanceName, ShmName};
+use crate::shm::ring::Ring;
+use crate::shm::segment::Segment;
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use std::collections::HashMap;
 use std::fs::File;
@@ -211,7 +211,7 @@ impl ClientArea {
         memory
             .atomic_u32(CONTROL_STATE)
             .map_err(|e| AreaError(e.to_string()))?
-            .store(layout::AREA_ACTIVE, Ordering::Release);
+            .store(wire::AREA_ACTIVE, Ordering::Release);
         let bell = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -308,7 +308,7 @@ impl ClientArea {
         );
         self.cancel_periodic();
         if let Ok(state) = self.memory.atomic_u32(CONTROL_STATE) {
-            state.store(layout::AREA_DISOWNED, Ordering::SeqCst);
+            state.store(wire::AREA_DISOWNED, Ordering::SeqCst);
         }
         for slot_index in 0..self.geometry.slots {
             if let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) {
@@ -407,7 +407,7 @@ impl ClientArea {
             return;
         };
         let kind = view.word(slot::KIND).load(Ordering::Relaxed);
-        if kind == layout::KIND_CANCEL {
+        if kind == wire::KIND_CANCEL {
             let id = view.word64(slot::QUERY_B).load(Ordering::Relaxed);
             let result = match lock(&self.periodic).remove(&id) {
                 Some(cancel) => {
@@ -517,9 +517,9 @@ impl ClientArea {
         let input_where = load(slot::INPUT_WHERE);
         let input_offset = view.word64(slot::INPUT_OFFSET).load(Ordering::Relaxed);
         let schedule = match kind {
-            layout::KIND_CALL => None,
-            layout::KIND_FIRE_AND_FORGET => Some(Schedule::FireAndForget),
-            layout::KIND_PERIODIC if period > 0 => {
+            wire::KIND_CALL => None,
+            wire::KIND_FIRE_AND_FORGET => Some(Schedule::FireAndForget),
+            wire::KIND_PERIODIC if period > 0 => {
                 Some(Schedule::Periodic(Duration::from_nanos(period)))
             }
             other => {
@@ -532,8 +532,8 @@ impl ClientArea {
         // The length is checked against where the input claims to lie *before* anything
         // is allocated for it: a forged length costs the runtime nothing.
         let source = match input_where {
-            layout::IN_SLOT if input_len <= view.payload_len() => None,
-            layout::IN_SLOT => {
+            wire::IN_SLOT if input_len <= view.payload_len() => None,
+            wire::IN_SLOT => {
                 return Err(TaskError::malformed(
                     "input",
                     format!(
@@ -542,7 +542,7 @@ impl ClientArea {
                     ),
                 ))
             }
-            layout::IN_CLIENT_DATA => {
+            wire::IN_CLIENT_DATA => {
                 let share = self.geometry.data_len;
                 let offset = usize::try_from(input_offset)
                     .ok()
@@ -574,10 +574,10 @@ impl ClientArea {
 
     fn write_result(&self, slot_index: u32, result: Result<&[u8], &TaskError>) {
         match result {
-            Ok(bytes) => self.write_output(slot_index, layout::STATUS_OK, bytes),
+            Ok(bytes) => self.write_output(slot_index, wire::STATUS_OK, bytes),
             Err(err) => {
                 let bytes = encode_error(err);
-                self.write_output(slot_index, layout::STATUS_ERROR, &bytes);
+                self.write_output(slot_index, wire::STATUS_ERROR, &bytes);
             }
         }
     }
@@ -596,7 +596,7 @@ impl ClientArea {
             // Idle before DONE: a client reusing the slot at once is not ignored.
             state.store(SLOT_IDLE, Ordering::Release);
             view.word(slot::STATE)
-                .store(layout::SLOT_DONE, Ordering::SeqCst);
+                .store(wire::SLOT_DONE, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if view.word(slot::WAITING).load(Ordering::SeqCst) != 0 {
                 futex::wake(view.word(slot::STATE), 1);
@@ -616,14 +616,14 @@ impl ClientArea {
                 .store(place, Ordering::Relaxed);
         };
         if view.write_inline(bytes).is_ok() {
-            return describe(status, bytes.len(), layout::IN_LINE);
+            return describe(status, bytes.len(), wire::IN_LINE);
         }
         if view.write_payload(bytes).is_ok() {
-            return describe(status, bytes.len(), layout::IN_SLOT);
+            return describe(status, bytes.len(), wire::IN_SLOT);
         }
         let extent = lock(&self.outputs).arena.alloc(bytes.len(), 16);
         let written = extent.filter(|extent| {
-            layout::write_shared(
+            wire::write_shared(
                 &self.memory,
                 self.geometry.output_offset() + extent.offset,
                 bytes,
@@ -639,7 +639,7 @@ impl ClientArea {
                 drop(outputs);
                 view.word64(slot::OUTPUT_OFFSET)
                     .store(extent.offset as u64, Ordering::Relaxed);
-                describe(status, bytes.len(), layout::IN_OUTPUT_SPACE);
+                describe(status, bytes.len(), wire::IN_OUTPUT_SPACE);
             }
             None => {
                 if let Some(extent) = extent {
@@ -650,7 +650,7 @@ impl ClientArea {
                     limit: self.geometry.output_len as u64,
                 });
                 let _ = view.write_payload(&err);
-                describe(layout::STATUS_ERROR, err.len(), layout::IN_SLOT);
+                describe(wire::STATUS_ERROR, err.len(), wire::IN_SLOT);
             }
         }
     }
@@ -679,8 +679,8 @@ impl ReplySink for ClientArea {
             .map(|(container, result)| (container, result.map(|bytes| bytes.to_vec())))
             .collect();
         let (status, bytes) = match encode(&replicas) {
-            Ok(bytes) => (layout::STATUS_REPLICAS, bytes),
-            Err(err) => (layout::STATUS_ERROR, encode_error(&err)),
+            Ok(bytes) => (wire::STATUS_REPLICAS, bytes),
+            Err(err) => (wire::STATUS_ERROR, encode_error(&err)),
         };
         self.write_output(slot_index, status, &bytes);
     }

@@ -8,9 +8,9 @@
 use crate::bulk::BulkShare;
 use crate::client::Client;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
-use crate::pool::Pool;
+use crate::runtime::pool::Pool;
+use crate::runtime::task::{TaskHeader, MAX_PERIOD};
 use crate::runtime::{RuntimeHandle, Shared};
-use crate::task::{TaskHeader, MAX_PERIOD};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ impl<'t> RunContext<'t> {
     /// A client whose tasks are subtasks of this one: same TaskNode group, one level
     /// deeper. Waiting on them parks this task's coroutine, not the worker.
     pub fn client(&self) -> Client {
-        crate::transport_inproc::client(self.shared.clone(), Some(self.header.node))
+        crate::transport::inproc::client(self.shared.clone(), Some(self.header.node))
     }
 
     /// Parks this task for `duration`, at most [`MAX_PERIOD`] (a year; longer sleeps

@@ -22,20 +22,20 @@
 //! **Backpressure**: the ring has one entry per slot, so it never overflows; when every
 //! slot is taken, a submission waits for one to free (a slot whose call was dropped
 //! unanswered frees when its result arrives).
-use super::arena::{Arena, Extent};
-use super::futex;
 use super::handshake::{self, Grant, HandshakeError, Reply, Request};
-use super::layout::{self, read_shared, slot, write_shared, AreaGeometry, SlotView, CONTROL_STATE};
-use super::naming::{InstanceName, ShmName};
-use super::ring::Ring;
 use super::runtime_page::RuntimePageView;
-use super::segment::Segment;
 use super::server::encode_query;
+use super::wire::{self, read_shared, slot, write_shared, AreaGeometry, SlotView, CONTROL_STATE};
 use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
 use crate::codec::{aligned_copy, decode, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
+use crate::shm::arena::{Arena, Extent};
+use crate::shm::futex;
+use crate::shm::naming::{InstanceName, ShmName};
+use crate::shm::ring::Ring;
+use crate::shm::segment::Segment;
 use crate::sync::lock;
 use crate::transport::{decode_first, Schedule};
 use rustix::event::{PollFd, PollFlags};
@@ -302,7 +302,7 @@ impl ShmConnection {
         if self.dead_flag.load(Ordering::Acquire) {
             return lock(&self.dead).clone();
         }
-        if self.control_state().load(Ordering::Acquire) == layout::AREA_DISOWNED {
+        if self.control_state().load(Ordering::Acquire) == wire::AREA_DISOWNED {
             return Some(self.set_dead(TaskError::Disowned));
         }
         None
@@ -376,7 +376,7 @@ impl ShmConnection {
             let Ok(view) = self.view(slot_index) else {
                 continue;
             };
-            if view.word(slot::STATE).load(Ordering::Acquire) != layout::SLOT_DONE {
+            if view.word(slot::STATE).load(Ordering::Acquire) != wire::SLOT_DONE {
                 continue;
             }
             let results = self.read_results(&view);
@@ -398,7 +398,7 @@ impl ShmConnection {
         if let Ok(view) = self.view(slot_index) {
             view.word(slot::WAITING).store(0, Ordering::Relaxed);
             view.word(slot::STATE)
-                .store(layout::SLOT_FREE, Ordering::Relaxed);
+                .store(wire::SLOT_FREE, Ordering::Relaxed);
         }
         let mut free = lock(&self.free_slots);
         free.push(slot_index);
@@ -506,12 +506,16 @@ impl ShmConnection {
     }
 
     /// Copies `bytes` to `offset` of the data share.
-    fn write_data(&self, offset: usize, bytes: &[u8]) -> Result<(), super::segment::AccessError> {
+    fn write_data(
+        &self,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), crate::shm::segment::AccessError> {
         if offset
             .checked_add(bytes.len())
             .is_none_or(|end| end > self.geometry.data_len)
         {
-            return Err(super::segment::AccessError::OutOfBounds {
+            return Err(crate::shm::segment::AccessError::OutOfBounds {
                 offset,
                 len: bytes.len(),
                 size: self.geometry.data_len,
@@ -552,10 +556,10 @@ impl ShmConnection {
         let view = self.view(slot_index)?;
         let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
         let (kind, period) = match schedule {
-            None => (layout::KIND_CALL, 0),
-            Some(Schedule::FireAndForget) => (layout::KIND_FIRE_AND_FORGET, 0),
+            None => (wire::KIND_CALL, 0),
+            Some(Schedule::FireAndForget) => (wire::KIND_FIRE_AND_FORGET, 0),
             Some(Schedule::Periodic(period)) => (
-                layout::KIND_PERIODIC,
+                wire::KIND_PERIODIC,
                 u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1),
             ),
         };
@@ -574,7 +578,7 @@ impl ShmConnection {
         if input.len() <= view.payload_len() {
             view.write_payload(input)
                 .map_err(|e| TaskError::malformed("input", e))?;
-            set(slot::INPUT_WHERE, layout::IN_SLOT);
+            set(slot::INPUT_WHERE, wire::IN_SLOT);
         } else {
             let Some(extent) = self.alloc_data_waiting(input.len()) else {
                 self.release_slot(slot_index, None);
@@ -587,13 +591,13 @@ impl ShmConnection {
                 self.release_slot(slot_index, Some(extent));
                 return Err(TaskError::malformed("input", err));
             }
-            set(slot::INPUT_WHERE, layout::IN_CLIENT_DATA);
+            set(slot::INPUT_WHERE, wire::IN_CLIENT_DATA);
             view.word64(slot::INPUT_OFFSET)
                 .store(extent.offset as u64, Ordering::Relaxed);
             input_extent = Some(extent);
         }
         set(slot::WAITING, 0);
-        set(slot::STATE, layout::SLOT_SUBMITTED);
+        set(slot::STATE, wire::SLOT_SUBMITTED);
         let call = self.hold(slot_index, input_extent);
         if !self.queue(slot_index) {
             // Cannot happen while the runtime keeps one ring entry per slot; treat it as a
@@ -662,14 +666,14 @@ impl ShmConnection {
         set(slot::POOL_MAJOR, pool.major);
         set(slot::POOL_MINOR, pool.minor);
         set(slot::METHOD, method);
-        set(slot::KIND, layout::KIND_CALL);
+        set(slot::KIND, wire::KIND_CALL);
         set(slot::QUERY_TAG, 0);
         set(slot::INPUT_LEN, input.len() as u32);
-        set(slot::INPUT_WHERE, layout::IN_SLOT);
+        set(slot::INPUT_WHERE, wire::IN_SLOT);
         let _ = view.write_payload(&input[..input.len().min(view.payload_len())]);
         match forgery {
             Forgery::InputInClientData { offset, len } => {
-                set(slot::INPUT_WHERE, layout::IN_CLIENT_DATA);
+                set(slot::INPUT_WHERE, wire::IN_CLIENT_DATA);
                 set(slot::INPUT_LEN, len);
                 view.word64(slot::INPUT_OFFSET)
                     .store(offset, Ordering::Relaxed);
@@ -680,7 +684,7 @@ impl ShmConnection {
             Forgery::InputWhere(location) => set(slot::INPUT_WHERE, location),
         }
         set(slot::WAITING, 0);
-        set(slot::STATE, layout::SLOT_SUBMITTED);
+        set(slot::STATE, wire::SLOT_SUBMITTED);
         let call = self.hold(slot_index, None);
         self.queue(slot_index);
         Ok(call)
@@ -691,11 +695,11 @@ impl ShmConnection {
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
         view.word(slot::KIND)
-            .store(layout::KIND_CANCEL, Ordering::Relaxed);
+            .store(wire::KIND_CANCEL, Ordering::Relaxed);
         view.word64(slot::QUERY_B).store(id, Ordering::Relaxed);
         view.word(slot::WAITING).store(0, Ordering::Relaxed);
         view.word(slot::STATE)
-            .store(layout::SLOT_SUBMITTED, Ordering::Relaxed);
+            .store(wire::SLOT_SUBMITTED, Ordering::Relaxed);
         let call = self.hold(slot_index, None);
         self.queue(slot_index);
         for (_, result) in call.wait() {
@@ -816,7 +820,7 @@ impl ShmCall {
             Some((slot_index, _)) => self
                 .connection
                 .view(slot_index)
-                .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == layout::SLOT_DONE),
+                .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE),
             None => true,
         }
     }
@@ -886,7 +890,7 @@ impl ShmConnection {
         let state = view.word(slot::STATE);
         let released = || lock(&call.slot).is_none();
         for spin in 0..SPINS_BEFORE_SLEEP {
-            if state.load(Ordering::Acquire) == layout::SLOT_DONE {
+            if state.load(Ordering::Acquire) == wire::SLOT_DONE {
                 return Ok(());
             }
             if spin % 256 == 255 {
@@ -906,11 +910,11 @@ impl ShmConnection {
             }
             view.word(slot::WAITING).store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if state.load(Ordering::SeqCst) == layout::SLOT_DONE || released() {
+            if state.load(Ordering::SeqCst) == wire::SLOT_DONE || released() {
                 return Ok(());
             }
-            futex::wait(state, layout::SLOT_SUBMITTED, Some(LIVENESS_CHECK));
-            if state.load(Ordering::Acquire) == layout::SLOT_DONE {
+            futex::wait(state, wire::SLOT_SUBMITTED, Some(LIVENESS_CHECK));
+            if state.load(Ordering::Acquire) == wire::SLOT_DONE {
                 return Ok(());
             }
             if let Some(err) = self.failure() {
@@ -933,7 +937,7 @@ impl ShmConnection {
     ) -> Option<Result<T, TaskError>> {
         let status = view.word(slot::STATUS).load(Ordering::Relaxed);
         let len = view.word(slot::OUTPUT_LEN).load(Ordering::Relaxed) as usize;
-        if len > SMALL_OUTPUT || !matches!(status, layout::STATUS_OK | layout::STATUS_ERROR) {
+        if len > SMALL_OUTPUT || !matches!(status, wire::STATUS_OK | wire::STATUS_ERROR) {
             return None;
         }
         let mut buffer = SmallOutput([0; SMALL_OUTPUT]);
@@ -941,7 +945,7 @@ impl ShmConnection {
         if let Err(err) = self.read_output(view, bytes) {
             return Some(Err(err));
         }
-        Some(if status == layout::STATUS_OK {
+        Some(if status == wire::STATUS_OK {
             decode(bytes)
         } else {
             Err(decode_error(bytes))
@@ -952,9 +956,9 @@ impl ShmConnection {
     /// (`dst.len()` is the output length the slot gives).
     fn read_output(&self, view: &SlotView, dst: &mut [u8]) -> Result<(), TaskError> {
         let copied = match view.word(slot::OUTPUT_WHERE).load(Ordering::Relaxed) {
-            layout::IN_LINE => view.read_inline(dst).is_ok(),
-            layout::IN_SLOT => view.read_payload(dst).is_ok(),
-            layout::IN_OUTPUT_SPACE => {
+            wire::IN_LINE => view.read_inline(dst).is_ok(),
+            wire::IN_SLOT => view.read_payload(dst).is_ok(),
+            wire::IN_OUTPUT_SPACE => {
                 let offset = view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed);
                 let space = self.geometry.output_len;
                 usize::try_from(offset).is_ok_and(|offset| {
@@ -993,9 +997,9 @@ impl ShmConnection {
             return vec![(0, Err(err))];
         }
         match status {
-            layout::STATUS_OK => vec![(0, Ok(bytes))],
-            layout::STATUS_ERROR => vec![(0, Err(decode_error(&bytes)))],
-            layout::STATUS_REPLICAS => {
+            wire::STATUS_OK => vec![(0, Ok(bytes))],
+            wire::STATUS_ERROR => vec![(0, Err(decode_error(&bytes)))],
+            wire::STATUS_REPLICAS => {
                 match decode::<Vec<(u32, Result<Vec<u8>, TaskError>)>>(&bytes, "output") {
                     Ok(replicas) => replicas
                         .into_iter()

@@ -19,10 +19,10 @@
 //! Every entry point that reads bytes validates them first and answers a bad archive or an
 //! unknown method id with a [`TaskError`], never a panic.
 use crate::codec::{Bytes, OutputBuffer};
-use crate::context::RunContext;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId};
-use crate::worker::LanePriority;
+use crate::runtime::context::RunContext;
+use crate::runtime::worker::LanePriority;
 use std::sync::Arc;
 
 /// One row of a module's method table.
@@ -177,7 +177,7 @@ pub struct ModuleEntry {
     /// Copies an input for another replica.
     pub new_copy: fn(MethodId, &[u8]) -> Result<Bytes, TaskError>,
     /// Turns YAML create parameters into the archived create input, for modules that
-    /// implement [`Composable`](crate::compose::Composable); `None` for the others.
+    /// implement [`Composable`](crate::runtime::compose::Composable); `None` for the others.
     pub compose: Option<ComposeInput>,
 }
 
@@ -195,7 +195,7 @@ impl ModuleEntry {
 
     /// The registry entry of chimod `M`, which pools can also be composed of (created
     /// from YAML parameters).
-    pub fn composable<M: crate::compose::Composable>() -> Self {
+    pub fn composable<M: crate::runtime::compose::Composable>() -> Self {
         ModuleEntry {
             compose: Some(M::create_input),
             ..Self::of::<M>()

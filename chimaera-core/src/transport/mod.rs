@@ -3,7 +3,7 @@
 //! A [`Transport`] carries tasks to one runtime and their results back. The client holds
 //! one as `Arc<dyn Transport>` and never asks which kind it is: the in-process transport
 //! (`transport_inproc`) queues tasks on the runtime's lanes directly, the
-//! shared-memory one ([`crate::transport_shm`]) writes them into this process's client
+//! shared-memory one ([`crate::transport::shm`]) writes them into this process's client
 //! area. A network transport plugs in here the same way.
 //!
 //! What every transport promises:
@@ -30,6 +30,9 @@
 //!   before the borrow ends.
 //! * **Periodic tasks** are stopped through the [`CancelPeriodic`] handle `spawn` gave;
 //!   they also end with their pool, their runtime or (for a client process) their client.
+pub(crate) mod inproc;
+pub mod shm;
+
 use crate::bulk::{Buffer, BulkRef, LendState};
 use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
@@ -46,7 +49,7 @@ pub enum Schedule {
     FireAndForget,
     /// Run now and again every `period` after each run ends, until cancelled through
     /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
-    /// `period` is at most [`MAX_PERIOD`](crate::task::MAX_PERIOD) (one year); a longer
+    /// `period` is at most [`MAX_PERIOD`](crate::runtime::task::MAX_PERIOD) (one year); a longer
     /// one fails with `PeriodTooLong`.
     Periodic(Duration),
 }

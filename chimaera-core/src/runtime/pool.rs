@@ -13,8 +13,8 @@
 use crate::admin_api::PoolInfo;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
-use crate::module::{Container, ModuleEntry};
-use crate::worker::Lane;
+use crate::runtime::module::{Container, ModuleEntry};
+use crate::runtime::worker::Lane;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

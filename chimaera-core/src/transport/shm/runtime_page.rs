@@ -14,12 +14,12 @@
 //! sleeps. In the earlier layout it lay in a segment every client could write, so one
 //! client could clear it and no client would ever wake that worker again. Sealed, a
 //! client can only read it; waking itself goes through the worker's eventfd (see
-//! [`crate::shm::server`]), which a hostile client can only use for spurious wake-ups.
+//! [`crate::transport::shm::server`]), which a hostile client can only use for spurious wake-ups.
 //!
 //! Ordering: the worker stores the flag (`SeqCst`) and then looks at its rings; a client
 //! pushes to its ring and then loads the flag (`SeqCst`, after a `SeqCst` fence). One of
 //! them sees the other's write (Dekker), so a push is never missed by a sleeping worker.
-use super::layout::MAX_DOORBELLS;
+use super::wire::MAX_DOORBELLS;
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{MemfdFlags, SealFlags};
 use std::fs::File;

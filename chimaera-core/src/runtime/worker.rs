@@ -40,7 +40,7 @@
 //! know nothing of pools or modules.
 use crate::codec::OutputBuffer;
 use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
-use crate::task::{lock, Task};
+use crate::runtime::task::{lock, Task};
 use crossbeam_queue::SegQueue;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -25,8 +25,8 @@ use crate::client::Client;
 use crate::codec::Bytes;
 use crate::config::PoolSpec;
 use crate::error::TaskError;
-use crate::module::{ChiMod, ModuleEntry};
 use crate::query::PoolQuery;
+use crate::runtime::module::{ChiMod, ModuleEntry};
 use serde::de::DeserializeOwned;
 
 /// A chimod whose pools can be created from YAML parameters.

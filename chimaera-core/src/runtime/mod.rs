@@ -25,24 +25,32 @@
 //!
 //! Periodic tasks are registered (weakly) with the runtime, so destroying their pool or
 //! stopping the runtime cancels them, waking them if they sleep.
+pub mod compose;
+pub mod context;
+mod flush;
+pub mod module;
+pub mod pool;
+pub mod task;
+pub mod worker;
+
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
 use crate::client::Client;
 use crate::codec::{aligned_copy, Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
-use crate::context::RunContext;
 use crate::error::TaskError;
-use crate::flush::InFlight;
 use crate::ids::MethodId;
 use crate::ids::{NodeId, PoolId, TaskNode};
-use crate::module::{ChiMod, ModuleEntry};
-use crate::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
 use crate::query::PoolQuery;
-use crate::shm::handshake::AccessPolicy;
-use crate::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
-use crate::task::{
+use crate::runtime::context::RunContext;
+use crate::runtime::flush::InFlight;
+use crate::runtime::module::{ChiMod, ModuleEntry};
+use crate::runtime::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
+use crate::runtime::task::{
     lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskHeader, MAX_PERIOD,
 };
-use crate::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
+use crate::runtime::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
+use crate::transport::shm::handshake::AccessPolicy;
+use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -647,14 +655,14 @@ impl TaskRunner for Runner {
 }
 
 // --- the in-process transport's view of the runtime (see `transport_inproc`) ---
-impl crate::transport_inproc::LocalRuntime for Shared {
+impl crate::transport::inproc::LocalRuntime for Shared {
     fn enqueue_local(
         &self,
         parent: Option<TaskNode>,
         route: crate::transport::Route,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<crate::transport_inproc::Queued, TaskError> {
+    ) -> Result<crate::transport::inproc::Queued, TaskError> {
         let crate::transport::Route {
             pool,
             method,
@@ -759,7 +767,7 @@ impl RuntimeBuilder {
 
     /// Links chimod `M`, which can also be created from YAML parameters (a `compose:`
     /// entry of the config, or `chimaera compose FILE`).
-    pub fn composable_module<M: crate::compose::Composable>(self) -> Self {
+    pub fn composable_module<M: crate::runtime::compose::Composable>(self) -> Self {
         self.module_entry(ModuleEntry::composable::<M>())
     }
 
@@ -908,7 +916,7 @@ impl Runtime {
 
     /// A client of this runtime in this process.
     pub fn client(&self) -> Client {
-        crate::transport_inproc::client(self.shared.clone(), None)
+        crate::transport::inproc::client(self.shared.clone(), None)
     }
 
     /// A handle to manage the runtime.
