@@ -7,7 +7,7 @@ use chimaera::admin_api::{
 };
 use chimaera::mod_name::{mod_name_tasks, CreateParams, ModName, ModNameClient};
 use chimaera::prelude::*;
-use chimaera::task::MAX_PERIOD;
+use chimaera::runtime::header::MAX_PERIOD;
 use chimaera::{admin::admin_tasks, admin::Admin, codec};
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::Ordering;

@@ -342,7 +342,7 @@ fn a_clean_stop_exits_zero_and_leaves_no_segment() {
     );
     let status = runtime.child.take().unwrap().wait().unwrap();
     assert!(status.success(), "the runtime exited with {status}");
-    let left = chimaera::shm::naming::instance_files(runtime.instance()).unwrap();
+    let left = chimaera::shm::dir::instance_files(runtime.instance()).unwrap();
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 
@@ -529,7 +529,7 @@ fn no_client_can_reach_another_clients_memory() {
     // Each client's memory is a memfd handed to it alone: the instance has no file a
     // process could open to map clients' rings, slots or data (only the runtime's lock
     // and its socket).
-    let files = chimaera::shm::naming::instance_files(runtime.instance()).unwrap();
+    let files = chimaera::shm::dir::instance_files(runtime.instance()).unwrap();
     let mappable: Vec<_> = files
         .iter()
         .filter(|path| {

@@ -192,7 +192,7 @@ impl Drop for Instance {
                 ] {
                     let _ = std::fs::remove_file(self.path(&name));
                 }
-                for file in chimaera::shm::naming::instance_files(&self.name).unwrap_or_default() {
+                for file in chimaera::shm::dir::instance_files(&self.name).unwrap_or_default() {
                     let _ = std::fs::remove_file(file);
                 }
             }
@@ -367,7 +367,7 @@ fn a_client_refuses_a_planted_socket_of_a_live_runtime() {
     assert!(sent.success());
     assert!(serving.0.wait().unwrap().success());
     assert!(!instance.lock().exists());
-    let left = chimaera::shm::naming::instance_files(&instance.name).unwrap();
+    let left = chimaera::shm::dir::instance_files(&instance.name).unwrap();
     assert!(left.is_empty(), "left: {left:?}");
 }
 

@@ -14,9 +14,9 @@ pub use crate::error::TaskError;
 pub use crate::ids::{ContainerId, MethodId, PoolId};
 pub use crate::query::PoolQuery;
 pub use crate::runtime::context::RunContext;
+pub use crate::runtime::module::LanePriority;
 pub use crate::runtime::module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
 pub use crate::runtime::task::Schedule;
-pub use crate::runtime::worker::LanePriority;
 pub use rkyv;
 
 use crate::admin_api;

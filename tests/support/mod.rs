@@ -212,7 +212,7 @@ impl RuntimeProcess {
 impl Drop for RuntimeProcess {
     fn drop(&mut self) {
         self.kill();
-        if let Ok(files) = chimaera::shm::naming::instance_files(self.instance()) {
+        if let Ok(files) = chimaera::shm::dir::instance_files(self.instance()) {
             for file in files {
                 let _ = std::fs::remove_file(file);
             }

@@ -40,6 +40,17 @@ pub trait Composable: ChiMod {
     fn create_input(params: &serde_yaml::Value) -> Result<Bytes, TaskError>;
 }
 
+impl ModuleEntry {
+    /// The registry entry of chimod `M`, which pools can also be composed of (created
+    /// from YAML parameters).
+    pub fn composable<M: Composable>() -> Self {
+        ModuleEntry {
+            compose: Some(M::create_input),
+            ..Self::of::<M>()
+        }
+    }
+}
+
 /// Deserializes the `params` of a compose entry of `module` into `T`; a failure is a
 /// [`TaskError::Failed`] naming the module and the offending key.
 pub fn params_from_yaml<T: DeserializeOwned>(

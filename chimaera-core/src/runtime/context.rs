@@ -5,14 +5,59 @@
 //! handler even across waits — but a thread-local is shared by every task of that
 //! worker, so state of *one task* belongs here. A context is created by the worker for
 //! one run of one task and dropped after it.
+//!
+//! What a task may ask of its runtime (subtasks, and for the admin chimod the
+//! [`RuntimeHandle`]) goes through the [`Host`] trait, which the runtime implements: this
+//! file knows the task's header and nothing of pools, workers or the runtime's state,
+//! so the module contract built on it sits below them.
+use crate::admin_api::{CreatePoolRequest, PoolInfo, WorkerStatus};
 use crate::bulk::BulkShare;
 use crate::client::Client;
+use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
-use crate::runtime::pool::Pool;
-use crate::runtime::task::{TaskHeader, MAX_PERIOD};
-use crate::runtime::{RuntimeHandle, Shared};
+use crate::runtime::header::{TaskHeader, MAX_PERIOD};
+use crate::shm::InstanceName;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What running tasks and management tools may ask of the runtime; implemented by the
+/// runtime's shared state.
+pub(crate) trait Host: Send + Sync {
+    /// The host itself, counted (for handles and clients that outlive a borrow).
+    fn me(&self) -> Arc<dyn Host>;
+    /// A client in this process whose tasks are subtasks of `parent` if any.
+    fn client(&self, parent: Option<TaskNode>) -> Client;
+    /// Gets or creates a pool; its containers' create tasks are children of `parent`
+    /// (a task id and its node).
+    fn get_or_create_pool(
+        &self,
+        parent: (u64, TaskNode),
+        request: &CreatePoolRequest,
+    ) -> Result<PoolInfo, TaskError>;
+    /// Destroys a pool; its containers' destroy tasks are children of `parent`.
+    fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError>;
+    /// Stops the runtime (blocking), not waiting for `own_tasks` of the caller's.
+    fn stop(&self, grace: Duration, own_tasks: u64);
+    /// Waits for the tasks in flight now, but `caller`'s own; returns how many tasks
+    /// completed meanwhile.
+    fn flush(&self, caller: TaskNode) -> u64;
+    /// Task replicas in flight now.
+    fn inflight(&self) -> u64;
+    /// Task replicas completed since start.
+    fn completed(&self) -> u64;
+    /// Periodic task replicas alive now.
+    fn periodic_tasks(&self) -> u64;
+    /// Every live pool.
+    fn pools(&self) -> Vec<PoolInfo>;
+    /// Whether the runtime still accepts tasks from clients.
+    fn is_running(&self) -> bool;
+    /// Every worker, in id order.
+    fn workers(&self) -> Vec<WorkerStatus>;
+    /// The instance name the runtime was configured with.
+    fn instance(&self) -> &InstanceName;
+    /// Client processes attached over shared memory.
+    fn clients(&self) -> u32;
+}
 
 /// What a running task knows about itself and can do with the runtime.
 ///
@@ -21,17 +66,26 @@ use std::time::Duration;
 /// Handlers take it as `ctx: &mut RunContext`.
 pub struct RunContext<'t> {
     header: TaskHeader,
-    pool: &'t Arc<Pool>,
-    shared: &'t Arc<Shared>,
+    pool_name: &'t str,
+    containers: u32,
+    host: &'t dyn Host,
     bulk: Option<&'t Arc<BulkShare>>,
 }
 
 impl<'t> RunContext<'t> {
-    pub(crate) fn new(header: TaskHeader, pool: &'t Arc<Pool>, shared: &'t Arc<Shared>) -> Self {
+    /// The context of one run of the task `header`, in the pool `pool_name` of
+    /// `containers` containers.
+    pub(crate) fn new(
+        header: TaskHeader,
+        pool_name: &'t str,
+        containers: u32,
+        host: &'t dyn Host,
+    ) -> Self {
         RunContext {
             header,
-            pool,
-            shared,
+            pool_name,
+            containers,
+            host,
             bulk: None,
         }
     }
@@ -58,7 +112,7 @@ impl<'t> RunContext<'t> {
 
     /// The pool's name.
     pub fn pool_name(&self) -> &str {
-        self.pool.name()
+        self.pool_name
     }
 
     /// The container running this task.
@@ -73,7 +127,7 @@ impl<'t> RunContext<'t> {
 
     /// How many containers the pool has.
     pub fn containers(&self) -> u32 {
-        self.pool.container_count()
+        self.containers
     }
 
     /// The method being run.
@@ -94,7 +148,7 @@ impl<'t> RunContext<'t> {
     /// A client whose tasks are subtasks of this one: same TaskNode group, one level
     /// deeper. Waiting on them parks this task's coroutine, not the worker.
     pub fn client(&self) -> Client {
-        crate::transport::inproc::client(self.shared.clone(), Some(self.header.node))
+        self.host.client(Some(self.header.node))
     }
 
     /// Parks this task for `duration`, at most [`MAX_PERIOD`] (a year; longer sleeps
@@ -113,6 +167,93 @@ impl<'t> RunContext<'t> {
 
     /// The runtime itself, for modules that manage it (the admin chimod).
     pub fn runtime(&self) -> RuntimeHandle {
-        RuntimeHandle::new(self.shared.clone())
+        RuntimeHandle {
+            host: self.host.me(),
+        }
+    }
+}
+
+/// Management access to a runtime, for the admin chimod and for tools.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    host: Arc<dyn Host>,
+}
+
+impl RuntimeHandle {
+    pub(crate) fn new(host: Arc<dyn Host>) -> Self {
+        RuntimeHandle { host }
+    }
+
+    /// Gets the pool named in `request`, or creates it (its containers are built by the
+    /// module's `create` task, run from `ctx`'s task).
+    pub fn get_or_create_pool(
+        &self,
+        ctx: &RunContext,
+        request: &CreatePoolRequest,
+    ) -> Result<PoolInfo, TaskError> {
+        self.host
+            .get_or_create_pool((ctx.task_id(), ctx.task_node()), request)
+    }
+
+    /// Destroys a pool.
+    pub fn destroy_pool(&self, ctx: &RunContext, pool: PoolId) -> Result<(), TaskError> {
+        self.host
+            .destroy_pool((ctx.task_id(), ctx.task_node()), pool)
+    }
+
+    /// Starts a clean stop on another thread and returns at once; in-flight tasks get
+    /// `grace` to finish (the caller's own task, at `ctx`'s depth, is not waited for).
+    pub fn stop_from_task(&self, ctx: &RunContext, grace: Duration) {
+        let host = self.host.clone();
+        let own = u64::from(ctx.task_node().depth) + 1;
+        std::thread::spawn(move || host.stop(grace, own));
+    }
+
+    /// Waits until every task that was in flight when it was called is done, except the
+    /// caller's own (`ctx`, and the tasks it is nested in) and other flushes; tasks
+    /// submitted meanwhile are not waited for. Returns how many tasks completed
+    /// meanwhile.
+    pub fn flush(&self, ctx: &RunContext) -> u64 {
+        self.host.flush(ctx.task_node())
+    }
+
+    /// Task replicas in flight now.
+    pub fn inflight(&self) -> u64 {
+        self.host.inflight()
+    }
+
+    /// Task replicas completed since start.
+    pub fn completed(&self) -> u64 {
+        self.host.completed()
+    }
+
+    /// Periodic task replicas alive now: running, or sleeping until their next run.
+    pub fn periodic_tasks(&self) -> u64 {
+        self.host.periodic_tasks()
+    }
+
+    /// Every live pool.
+    pub fn pools(&self) -> Vec<PoolInfo> {
+        self.host.pools()
+    }
+
+    /// Whether the runtime still accepts tasks from clients.
+    pub fn is_running(&self) -> bool {
+        self.host.is_running()
+    }
+
+    /// Every worker with the number of tasks it has run, in id order.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.host.workers()
+    }
+
+    /// The instance name this runtime was configured with.
+    pub fn instance(&self) -> &InstanceName {
+        self.host.instance()
+    }
+
+    /// Client processes attached over shared memory.
+    pub fn clients(&self) -> u32 {
+        self.host.clients()
     }
 }

@@ -28,10 +28,14 @@
 pub mod compose;
 pub mod context;
 mod flush;
+pub mod header;
 pub mod module;
 pub mod pool;
+pub mod pool_table;
 pub mod task;
 pub mod worker;
+
+pub use context::RuntimeHandle;
 
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
 use crate::client::Client;
@@ -41,14 +45,15 @@ use crate::error::TaskError;
 use crate::ids::MethodId;
 use crate::ids::{NodeId, PoolId, TaskNode};
 use crate::query::PoolQuery;
-use crate::runtime::context::RunContext;
+use crate::runtime::context::{Host, RunContext};
 use crate::runtime::flush::InFlight;
+use crate::runtime::header::{TaskHeader, MAX_PERIOD};
+use crate::runtime::module::LanePriority;
 use crate::runtime::module::{ChiMod, ModuleEntry};
-use crate::runtime::pool::{check_reopen, ContainerSlot, Lookup, Pool, PoolTable};
-use crate::runtime::task::{
-    lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskHeader, MAX_PERIOD,
-};
-use crate::runtime::worker::{Lane, LanePriority, TaskRunner, Worker, WorkerShared};
+use crate::runtime::pool::Pool;
+use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolTable};
+use crate::runtime::task::{lock, CancelToken, Completion, Origin, Reply, Schedule, Task};
+use crate::runtime::worker::{Lane, TaskRunner, Worker, WorkerShared};
 use crate::transport::shm::handshake::AccessPolicy;
 use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
 use std::collections::HashMap;
@@ -92,6 +97,9 @@ pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<CancelToken>>);
 
 /// State shared by the runtime, its workers, contexts and in-process clients.
 pub struct Shared {
+    /// This state's own `Arc` (weak, so it does not keep itself alive): what handles and
+    /// in-process clients made from a `&Shared` hold.
+    me: Weak<Shared>,
     pub(crate) config: RuntimeConfig,
     pub(crate) node: NodeId,
     modules: HashMap<&'static str, ModuleEntry>,
@@ -114,6 +122,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// This state, counted.
+    fn this(&self) -> Arc<Shared> {
+        // Every `&Shared` is borrowed from a live `Arc` (the runtime's, a worker's
+        // runner's, a handle's), so the strong count is not zero here.
+        self.me
+            .upgrade()
+            .expect("a runtime's state is only reached through a live Arc")
+    }
+
     pub(crate) fn is_running(&self) -> bool {
         self.state.load(Ordering::Acquire) == RUNNING
     }
@@ -209,10 +226,11 @@ impl Shared {
                 });
             }
         }
-        let pool = self
+        let entry = self
             .pools
             .get(pool_id)
             .ok_or(TaskError::UnknownPool { pool: pool_id })?;
+        let pool = &entry.pool;
         let module = pool.module;
         if module.info.method(method).is_none() {
             return Err(TaskError::UnknownMethod {
@@ -279,16 +297,14 @@ impl Shared {
             }
         };
         for (container, input) in targets.zip(inputs) {
-            let Some(slot) = pool.container(container) else {
+            let lanes = entry.lanes(container);
+            let (Some(object), false) = (pool.container(container), lanes.is_empty()) else {
                 continue;
             };
-            let lane_choice =
-                catch_unwind(AssertUnwindSafe(|| slot.object.monitor(method, &input)))
-                    .unwrap_or_default();
-            let lane_index = lane_choice
-                .resolve(module.info.lanes)
-                .min(slot.lanes.len().saturating_sub(1));
-            let lane = &slot.lanes[lane_index];
+            let lane_choice = catch_unwind(AssertUnwindSafe(|| object.monitor(method, &input)))
+                .unwrap_or_default();
+            let lane_index = lane_choice.resolve(module.info.lanes).min(lanes.len() - 1);
+            let lane = &lanes[lane_index];
             self.inflight.started(parity);
             let task = Task {
                 header: TaskHeader {
@@ -329,18 +345,18 @@ impl Shared {
                 pool: task.header.pool,
             });
         }
-        let Some(container) = task.pool.container(task.header.container) else {
+        let pool = &task.pool;
+        let Some(container) = pool.container(task.header.container) else {
             return Err(TaskError::NoSuchContainer {
                 pool: task.header.pool,
                 container: task.header.container,
-                containers: task.pool.container_count(),
+                containers: pool.container_count(),
             });
         };
-        let mut ctx = RunContext::new(task.header, &task.pool, self).with_bulk(task.bulk.as_ref());
+        let mut ctx = RunContext::new(task.header, &pool.name, pool.container_count(), &**self)
+            .with_bulk(task.bulk.as_ref());
         catch_unwind(AssertUnwindSafe(|| {
-            container
-                .object
-                .run(&mut ctx, task.header.method, &task.input, out)
+            container.run(&mut ctx, task.header.method, &task.input, out)
         }))
         .unwrap_or_else(|panic| Err(panic_error(panic)))
     }
@@ -381,7 +397,7 @@ impl Shared {
 
     /// Gets or creates a pool (the admin's `GetOrCreatePool`).
     pub(crate) fn get_or_create_pool(
-        self: &Arc<Self>,
+        &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
     ) -> Result<PoolInfo, TaskError> {
@@ -394,9 +410,9 @@ impl Shared {
                 max,
             });
         }
-        if let Lookup::Existing(pool) = self.pools.by_name(&request.pool_name) {
-            check_reopen(&pool, &request.module, containers, &request.params)?;
-            return Ok(pool.info());
+        if let Lookup::Existing(entry) = self.pools.by_name(&request.pool_name) {
+            check_reopen(&entry.pool, &request.module, containers, &request.params)?;
+            return Ok(entry.info());
         }
         let module =
             *self
@@ -412,15 +428,8 @@ impl Shared {
         };
         let params = aligned_copy(&request.params);
         // Containers are built first, then the pool is published in one step.
-        let mut slots = Vec::with_capacity(containers as usize);
-        let mut pool = Arc::new(Pool {
-            id,
-            name: request.pool_name.clone(),
-            module,
-            params: request.params.clone(),
-            containers: Vec::new(),
-            destroyed: Default::default(),
-        });
+        let mut objects = Vec::with_capacity(containers as usize);
+        let mut lanes = Vec::with_capacity(containers as usize);
         for container in 0..containers {
             let header = TaskHeader {
                 id: parent_task,
@@ -433,45 +442,42 @@ impl Shared {
                 period: None,
                 parity: 0,
             };
-            let mut ctx = RunContext::new(header, &pool, self);
+            let mut ctx = RunContext::new(header, &request.pool_name, containers, self);
             let object = catch_unwind(AssertUnwindSafe(|| (module.create)(&mut ctx, &params)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)))?;
-            let lanes = module
-                .info
-                .lanes
-                .iter()
-                .map(|priority| self.new_lane(*priority))
-                .collect();
-            slots.push(ContainerSlot { object, lanes });
+            objects.push(object);
+            lanes.push(
+                module
+                    .info
+                    .lanes
+                    .iter()
+                    .map(|priority| self.new_lane(*priority))
+                    .collect(),
+            );
         }
-        match Arc::get_mut(&mut pool) {
-            Some(pool) => pool.containers = slots,
-            None => {
-                // A create handler kept its context's pool handle: rebuild the pool.
-                pool = Arc::new(Pool {
-                    id,
-                    name: request.pool_name.clone(),
-                    module,
-                    params: request.params.clone(),
-                    containers: slots,
-                    destroyed: Default::default(),
-                });
-            }
-        }
-        match self.pools.publish(pool) {
-            Ok(pool) => Ok(pool.info()),
+        let pool = Arc::new(Pool {
+            id,
+            name: request.pool_name.clone(),
+            module,
+            params: request.params.clone(),
+            containers: objects,
+            destroyed: Default::default(),
+        });
+        match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
+            Ok(entry) => Ok(entry.info()),
             Err(existing) => {
-                check_reopen(&existing, &request.module, containers, &request.params)?;
+                check_reopen(&existing.pool, &request.module, containers, &request.params)?;
                 Ok(existing.info())
             }
         }
     }
 
     /// Destroys a pool (the admin's `DestroyPool`): queued tasks fail with
-    /// `PoolDestroyed`, running ones finish, each container's `kDestroy` runs.
+    /// `PoolDestroyed`, running ones finish, each container's `kDestroy` runs as a child
+    /// of `parent` (a task id and its node).
     pub(crate) fn destroy_pool(
-        self: &Arc<Self>,
-        parent: &RunContext,
+        &self,
+        parent: (u64, TaskNode),
         id: PoolId,
     ) -> Result<(), TaskError> {
         if id == PoolId::ADMIN {
@@ -479,26 +485,27 @@ impl Shared {
                 "the admin pool cannot be destroyed; stop the runtime instead",
             ));
         }
-        let pool = self
+        let entry = self
             .pools
             .remove(id)
             .ok_or(TaskError::UnknownPool { pool: id })?;
+        let pool = &entry.pool;
         self.cancel_periodic(Some(id));
         let mut first_error = None;
         for (index, container) in pool.containers.iter().enumerate() {
             let header = TaskHeader {
-                id: parent.task_id(),
+                id: parent.0,
                 pool: id,
                 method: 1,
                 container: index as u32,
                 lane: 0,
                 query: crate::query::PoolQuery::DirectId(index as u32),
-                node: parent.task_node(),
+                node: parent.1,
                 period: None,
                 parity: 0,
             };
-            let mut ctx = RunContext::new(header, &pool, self);
-            let result = catch_unwind(AssertUnwindSafe(|| container.object.destroy(&mut ctx)))
+            let mut ctx = RunContext::new(header, &pool.name, pool.container_count(), self);
+            let result = catch_unwind(AssertUnwindSafe(|| container.destroy(&mut ctx)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)));
             if let Err(err) = result {
                 first_error.get_or_insert(err);
@@ -509,7 +516,7 @@ impl Shared {
 
     /// Stops the runtime: drain for up to `grace`, then fail what is left and end.
     /// `own_tasks` is how many in-flight tasks belong to the caller itself.
-    pub(crate) fn stop(self: &Arc<Self>, grace: Duration, own_tasks: u64) {
+    pub(crate) fn stop(&self, grace: Duration, own_tasks: u64) {
         if self
             .state
             .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire)
@@ -706,6 +713,78 @@ impl crate::transport::CancelPeriodic for LocalCancel {
 }
 // --- end of the in-process transport's view ---
 
+impl Host for Shared {
+    fn me(&self) -> Arc<dyn Host> {
+        self.this()
+    }
+
+    fn client(&self, parent: Option<TaskNode>) -> Client {
+        crate::transport::inproc::client(self.this(), parent)
+    }
+
+    fn get_or_create_pool(
+        &self,
+        parent: (u64, TaskNode),
+        request: &CreatePoolRequest,
+    ) -> Result<PoolInfo, TaskError> {
+        Shared::get_or_create_pool(self, parent, request)
+    }
+
+    fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError> {
+        Shared::destroy_pool(self, parent, pool)
+    }
+
+    fn stop(&self, grace: Duration, own_tasks: u64) {
+        Shared::stop(self, grace, own_tasks);
+    }
+
+    fn flush(&self, caller: TaskNode) -> u64 {
+        let before = self.inflight.completed();
+        self.inflight.flush(caller);
+        self.inflight.completed().saturating_sub(before)
+    }
+
+    fn inflight(&self) -> u64 {
+        self.inflight.total()
+    }
+
+    fn completed(&self) -> u64 {
+        self.inflight.completed()
+    }
+
+    fn periodic_tasks(&self) -> u64 {
+        self.periodic_live.load(Ordering::Acquire)
+    }
+
+    fn pools(&self) -> Vec<PoolInfo> {
+        self.pools.list().iter().map(|entry| entry.info()).collect()
+    }
+
+    fn is_running(&self) -> bool {
+        Shared::is_running(self)
+    }
+
+    fn workers(&self) -> Vec<crate::admin_api::WorkerStatus> {
+        let workers = self.worker_states.get().map(Vec::as_slice);
+        workers
+            .unwrap_or(&[])
+            .iter()
+            .map(|worker| crate::admin_api::WorkerStatus {
+                id: worker.id() as u32,
+                tasks_run: worker.tasks_run(),
+            })
+            .collect()
+    }
+
+    fn instance(&self) -> &crate::shm::InstanceName {
+        &self.config.instance
+    }
+
+    fn clients(&self) -> u32 {
+        self.shm.get().map_or(0, |server| server.clients_active())
+    }
+}
+
 impl Ingress for Shared {
     fn enqueue(
         &self,
@@ -822,7 +901,8 @@ impl RuntimeBuilder {
         } else {
             None
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
             node: 0,
             modules,
             pools: PoolTable::new(),
@@ -940,102 +1020,5 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let grace = self.shared.config.stop_grace_period;
         self.shared.stop(grace, 0);
-    }
-}
-
-/// Management access to a runtime, for the admin chimod and for tools.
-#[derive(Clone)]
-pub struct RuntimeHandle {
-    shared: Arc<Shared>,
-}
-
-impl RuntimeHandle {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        RuntimeHandle { shared }
-    }
-
-    /// Gets the pool named in `request`, or creates it (its containers are built by the
-    /// module's `create` task, run from `ctx`'s task).
-    pub fn get_or_create_pool(
-        &self,
-        ctx: &RunContext,
-        request: &CreatePoolRequest,
-    ) -> Result<PoolInfo, TaskError> {
-        self.shared
-            .get_or_create_pool((ctx.task_id(), ctx.task_node()), request)
-    }
-
-    /// Destroys a pool.
-    pub fn destroy_pool(&self, ctx: &RunContext, pool: PoolId) -> Result<(), TaskError> {
-        self.shared.destroy_pool(ctx, pool)
-    }
-
-    /// Starts a clean stop on another thread and returns at once; in-flight tasks get
-    /// `grace` to finish (the caller's own task, at `ctx`'s depth, is not waited for).
-    pub fn stop_from_task(&self, ctx: &RunContext, grace: Duration) {
-        let shared = self.shared.clone();
-        let own = u64::from(ctx.task_node().depth) + 1;
-        std::thread::spawn(move || shared.stop(grace, own));
-    }
-
-    /// Waits until every task that was in flight when it was called is done, except the
-    /// caller's own (`ctx`, and the tasks it is nested in) and other flushes; tasks
-    /// submitted meanwhile are not waited for. Returns how many tasks completed
-    /// meanwhile.
-    pub fn flush(&self, ctx: &RunContext) -> u64 {
-        let before = self.shared.inflight.completed();
-        self.shared.inflight.flush(ctx.task_node());
-        self.shared.inflight.completed().saturating_sub(before)
-    }
-
-    /// Task replicas in flight now.
-    pub fn inflight(&self) -> u64 {
-        self.shared.inflight.total()
-    }
-
-    /// Task replicas completed since start.
-    pub fn completed(&self) -> u64 {
-        self.shared.inflight.completed()
-    }
-
-    /// Periodic task replicas alive now: running, or sleeping until their next run.
-    pub fn periodic_tasks(&self) -> u64 {
-        self.shared.periodic_live.load(Ordering::Acquire)
-    }
-
-    /// Every live pool.
-    pub fn pools(&self) -> Vec<PoolInfo> {
-        self.shared.pools.list().iter().map(|p| p.info()).collect()
-    }
-
-    /// Whether the runtime still accepts tasks from clients.
-    pub fn is_running(&self) -> bool {
-        self.shared.is_running()
-    }
-
-    /// Every worker with the number of tasks it has run, in id order.
-    pub fn workers(&self) -> Vec<crate::admin_api::WorkerStatus> {
-        let workers = self.shared.worker_states.get().map(Vec::as_slice);
-        workers
-            .unwrap_or(&[])
-            .iter()
-            .map(|worker| crate::admin_api::WorkerStatus {
-                id: worker.id() as u32,
-                tasks_run: worker.tasks_run(),
-            })
-            .collect()
-    }
-
-    /// The instance name this runtime was configured with.
-    pub fn instance(&self) -> &crate::shm::InstanceName {
-        &self.shared.config.instance
-    }
-
-    /// Client processes attached over shared memory.
-    pub fn clients(&self) -> u32 {
-        self.shared
-            .shm
-            .get()
-            .map_or(0, |server| server.clients_active())
     }
 }

@@ -22,8 +22,16 @@ use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId};
 use crate::runtime::context::RunContext;
-use crate::runtime::worker::LanePriority;
 use std::sync::Arc;
+
+/// Latency class of a lane, and of the workers that serve it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LanePriority {
+    /// Short tasks where latency matters; served first.
+    LowLatency,
+    /// Long or bulk tasks; served after low-latency lanes.
+    HighLatency,
+}
 
 /// One row of a module's method table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,15 +198,6 @@ impl ModuleEntry {
             dynamic_container: M::dynamic_container,
             new_copy: M::new_copy,
             compose: None,
-        }
-    }
-
-    /// The registry entry of chimod `M`, which pools can also be composed of (created
-    /// from YAML parameters).
-    pub fn composable<M: crate::runtime::compose::Composable>() -> Self {
-        ModuleEntry {
-            compose: Some(M::create_input),
-            ..Self::of::<M>()
         }
     }
 }

@@ -25,42 +25,14 @@ use crate::bulk::BulkShare;
 use crate::codec::{aligned_copy, Bytes};
 use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
-use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
-use crate::query::PoolQuery;
+use crate::ids::ContainerId;
+use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::pool::Pool;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The longest period of a periodic task (one year), and the longest
-/// [`RunContext::sleep`](crate::RunContext::sleep).
-pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
 pub use crate::transport::Schedule;
-
-/// What a worker needs to know to run a task, besides its input.
-#[derive(Clone, Copy, Debug)]
-pub struct TaskHeader {
-    /// Unique within the runtime.
-    pub id: u64,
-    /// The pool the task was sent to.
-    pub pool: PoolId,
-    /// The method to run.
-    pub method: MethodId,
-    /// The container of `pool` that runs this replica.
-    pub container: ContainerId,
-    /// The lane of the container's local queue it was queued on (its `Monitor` choice).
-    pub lane: u32,
-    /// The query the task was submitted with.
-    pub query: PoolQuery,
-    /// The group of the task (for coroutine locks) and its nesting depth.
-    pub node: TaskNode,
-    /// Re-run every `period` after each run, if set.
-    pub period: Option<Duration>,
-    /// The epoch parity the task (or this run of a periodic task) is counted in while in
-    /// flight (see `flush.rs`).
-    pub(crate) parity: u8,
-}
 
 /// One replica of a task, queued on a lane or running on a worker.
 pub struct Task {

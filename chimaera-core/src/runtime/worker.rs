@@ -40,20 +40,12 @@
 //! know nothing of pools or modules.
 use crate::codec::OutputBuffer;
 use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
+use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, Task};
 use crossbeam_queue::SegQueue;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-
-/// Latency class of a lane, and of the workers that serve it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LanePriority {
-    /// Short tasks where latency matters; served first.
-    LowLatency,
-    /// Long or bulk tasks; served after low-latency lanes.
-    HighLatency,
-}
 
 /// Runs one task to completion (delivering its result); implemented by the runtime.
 pub trait TaskRunner: Send + Sync + 'static {

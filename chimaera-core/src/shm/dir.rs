@@ -653,6 +653,18 @@ fn describe(kind: FileType) -> &'static str {
     }
 }
 
+/// Every segment and the socket of `instance` now in the user directory
+/// (not the runtime lock), sorted. For tests and tools; the runtime's own clean-up goes
+/// through [`crate::shm::RuntimeLock::remove_stale`].
+pub fn instance_files(instance: &InstanceName) -> Result<Vec<PathBuf>, DirError> {
+    let dir = RuntimeDir::for_user()?;
+    Ok(dir
+        .instance_files(instance)?
+        .iter()
+        .map(|name| dir.path_of(name))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

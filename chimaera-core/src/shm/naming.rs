@@ -42,8 +42,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use super::dir::{DirError, RuntimeDir};
-
 /// Where the user directory lives unless [`PARENT_DIR_ENV`] says otherwise.
 pub const DEFAULT_PARENT_DIR: &str = "/dev/shm";
 /// Environment variable naming another parent for the user directory (a tmpfs with more
@@ -264,18 +262,6 @@ fn instance_prefix(instance: &InstanceName) -> String {
 /// socket: every file of the instance but its runtime lock.
 pub(crate) fn is_instance_file(instance: &InstanceName, file: &str) -> bool {
     file.starts_with(&instance_prefix(instance)) || file == ShmName::socket(instance).as_str()
-}
-
-/// Every segment and the socket of `instance` now in the user directory
-/// (not the runtime lock), sorted. For tests and tools; the runtime's own clean-up goes
-/// through [`crate::shm::RuntimeLock::remove_stale`].
-pub fn instance_files(instance: &InstanceName) -> Result<Vec<PathBuf>, DirError> {
-    let dir = RuntimeDir::for_user()?;
-    Ok(dir
-        .instance_files(instance)?
-        .iter()
-        .map(|name| dir.path_of(name))
-        .collect())
 }
 
 #[cfg(test)]

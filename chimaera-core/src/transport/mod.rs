@@ -49,7 +49,7 @@ pub enum Schedule {
     FireAndForget,
     /// Run now and again every `period` after each run ends, until cancelled through
     /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
-    /// `period` is at most [`MAX_PERIOD`](crate::runtime::task::MAX_PERIOD) (one year); a longer
+    /// `period` is at most [`MAX_PERIOD`](crate::runtime::header::MAX_PERIOD) (one year); a longer
     /// one fails with `PeriodTooLong`.
     Periodic(Duration),
 }

@@ -24,8 +24,10 @@
 //! unanswered frees when its result arrives).
 use super::handshake::{self, Grant, HandshakeError, Reply, Request};
 use super::runtime_page::RuntimePageView;
-use super::server::encode_query;
-use super::wire::{self, read_shared, slot, write_shared, AreaGeometry, SlotView, CONTROL_STATE};
+use super::wire::{
+    self, read_shared, slot, write_shared, AreaGeometry, InputPlace, OutputPlace, ReplyStatus,
+    SlotReply, SlotRequest, SlotView, TaskRequest, CONTROL_STATE,
+};
 use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
 use crate::codec::{aligned_copy, decode, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
@@ -555,30 +557,11 @@ impl ShmConnection {
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
         let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
-        let (kind, period) = match schedule {
-            None => (wire::KIND_CALL, 0),
-            Some(Schedule::FireAndForget) => (wire::KIND_FIRE_AND_FORGET, 0),
-            Some(Schedule::Periodic(period)) => (
-                wire::KIND_PERIODIC,
-                u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1),
-            ),
-        };
-        let (tag, a, b) = encode_query(query);
-        set(slot::POOL_MAJOR, pool.major);
-        set(slot::POOL_MINOR, pool.minor);
-        set(slot::METHOD, method);
-        set(slot::KIND, kind);
-        set(slot::QUERY_TAG, tag);
-        set(slot::QUERY_A, a);
-        view.word64(slot::QUERY_B).store(b, Ordering::Relaxed);
-        view.word64(slot::PERIOD_NS)
-            .store(period, Ordering::Relaxed);
-        set(slot::INPUT_LEN, input.len() as u32);
         let mut input_extent = None;
-        if input.len() <= view.payload_len() {
+        let place = if input.len() <= view.payload_len() {
             view.write_payload(input)
                 .map_err(|e| TaskError::malformed("input", e))?;
-            set(slot::INPUT_WHERE, wire::IN_SLOT);
+            InputPlace::Slot
         } else {
             let Some(extent) = self.alloc_data_waiting(input.len()) else {
                 self.release_slot(slot_index, None);
@@ -591,11 +574,20 @@ impl ShmConnection {
                 self.release_slot(slot_index, Some(extent));
                 return Err(TaskError::malformed("input", err));
             }
-            set(slot::INPUT_WHERE, wire::IN_CLIENT_DATA);
-            view.word64(slot::INPUT_OFFSET)
-                .store(extent.offset as u64, Ordering::Relaxed);
             input_extent = Some(extent);
-        }
+            InputPlace::ClientData {
+                offset: extent.offset as u64,
+            }
+        };
+        SlotRequest::Task(TaskRequest {
+            pool,
+            method,
+            query,
+            schedule,
+            input_len: input.len() as u32,
+            input: place,
+        })
+        .write(&view);
         set(slot::WAITING, 0);
         set(slot::STATE, wire::SLOT_SUBMITTED);
         let call = self.hold(slot_index, input_extent);
@@ -663,14 +655,17 @@ impl ShmConnection {
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
         let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
-        set(slot::POOL_MAJOR, pool.major);
-        set(slot::POOL_MINOR, pool.minor);
-        set(slot::METHOD, method);
-        set(slot::KIND, wire::KIND_CALL);
-        set(slot::QUERY_TAG, 0);
-        set(slot::INPUT_LEN, input.len() as u32);
-        set(slot::INPUT_WHERE, wire::IN_SLOT);
+        SlotRequest::Task(TaskRequest {
+            pool,
+            method,
+            query: PoolQuery::Local,
+            schedule: None,
+            input_len: input.len() as u32,
+            input: InputPlace::Slot,
+        })
+        .write(&view);
         let _ = view.write_payload(&input[..input.len().min(view.payload_len())]);
+        // Then the words a well-behaved writer never produces.
         match forgery {
             Forgery::InputInClientData { offset, len } => {
                 set(slot::INPUT_WHERE, wire::IN_CLIENT_DATA);
@@ -694,9 +689,7 @@ impl ShmConnection {
     pub fn cancel_periodic(self: &Arc<Self>, id: u64) -> Result<(), TaskError> {
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
-        view.word(slot::KIND)
-            .store(wire::KIND_CANCEL, Ordering::Relaxed);
-        view.word64(slot::QUERY_B).store(id, Ordering::Relaxed);
+        SlotRequest::Cancel { periodic: id }.write(&view);
         view.word(slot::WAITING).store(0, Ordering::Relaxed);
         view.word(slot::STATE)
             .store(wire::SLOT_SUBMITTED, Ordering::Relaxed);
@@ -935,17 +928,17 @@ impl ShmConnection {
         view: &SlotView,
         decode: &dyn Fn(&[u8]) -> Result<T, TaskError>,
     ) -> Option<Result<T, TaskError>> {
-        let status = view.word(slot::STATUS).load(Ordering::Relaxed);
-        let len = view.word(slot::OUTPUT_LEN).load(Ordering::Relaxed) as usize;
-        if len > SMALL_OUTPUT || !matches!(status, wire::STATUS_OK | wire::STATUS_ERROR) {
+        let reply = SlotReply::read(view).ok()?;
+        let len = reply.len as usize;
+        if len > SMALL_OUTPUT || reply.status == ReplyStatus::Replicas {
             return None;
         }
         let mut buffer = SmallOutput([0; SMALL_OUTPUT]);
         let bytes = &mut buffer.0[..len];
-        if let Err(err) = self.read_output(view, bytes) {
+        if let Err(err) = self.read_output(view, &reply, bytes) {
             return Some(Err(err));
         }
-        Some(if status == wire::STATUS_OK {
+        Some(if reply.status == ReplyStatus::Ok {
             decode(bytes)
         } else {
             Err(decode_error(bytes))
@@ -953,13 +946,17 @@ impl ShmConnection {
     }
 
     /// Copies the reply's output bytes, wherever the runtime put them, into `dst`
-    /// (`dst.len()` is the output length the slot gives).
-    fn read_output(&self, view: &SlotView, dst: &mut [u8]) -> Result<(), TaskError> {
-        let copied = match view.word(slot::OUTPUT_WHERE).load(Ordering::Relaxed) {
-            wire::IN_LINE => view.read_inline(dst).is_ok(),
-            wire::IN_SLOT => view.read_payload(dst).is_ok(),
-            wire::IN_OUTPUT_SPACE => {
-                let offset = view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed);
+    /// (`dst.len()` is the output length the reply gives).
+    fn read_output(
+        &self,
+        view: &SlotView,
+        reply: &SlotReply,
+        dst: &mut [u8],
+    ) -> Result<(), TaskError> {
+        let copied = match reply.place {
+            OutputPlace::Line => view.read_inline(dst).is_ok(),
+            OutputPlace::Slot => view.read_payload(dst).is_ok(),
+            OutputPlace::OutputSpace { offset } => {
                 let space = self.geometry.output_len;
                 usize::try_from(offset).is_ok_and(|offset| {
                     offset
@@ -969,7 +966,6 @@ impl ShmConnection {
                             .is_ok()
                 })
             }
-            _ => false,
         };
         copied.then_some(()).ok_or_else(|| {
             TaskError::malformed(
@@ -980,8 +976,11 @@ impl ShmConnection {
     }
 
     fn read_results(&self, view: &SlotView) -> Results {
-        let status = view.word(slot::STATUS).load(Ordering::Relaxed);
-        let len = view.word(slot::OUTPUT_LEN).load(Ordering::Relaxed) as usize;
+        let reply = match SlotReply::read(view) {
+            Ok(reply) => reply,
+            Err(err) => return vec![(0, Err(TaskError::malformed("output", err)))],
+        };
+        let len = reply.len as usize;
         if len > self.geometry.output_len.max(view.payload_len()) {
             return vec![(
                 0,
@@ -993,13 +992,13 @@ impl ShmConnection {
         }
         let mut bytes = Bytes::with_capacity(len);
         bytes.resize(len, 0);
-        if let Err(err) = self.read_output(view, &mut bytes) {
+        if let Err(err) = self.read_output(view, &reply, &mut bytes) {
             return vec![(0, Err(err))];
         }
-        match status {
-            wire::STATUS_OK => vec![(0, Ok(bytes))],
-            wire::STATUS_ERROR => vec![(0, Err(decode_error(&bytes)))],
-            wire::STATUS_REPLICAS => {
+        match reply.status {
+            ReplyStatus::Ok => vec![(0, Ok(bytes))],
+            ReplyStatus::Error => vec![(0, Err(decode_error(&bytes)))],
+            ReplyStatus::Replicas => {
                 match decode::<Vec<(u32, Result<Vec<u8>, TaskError>)>>(&bytes, "output") {
                     Ok(replicas) => replicas
                         .into_iter()
@@ -1010,13 +1009,6 @@ impl ShmConnection {
                     Err(err) => vec![(0, Err(err))],
                 }
             }
-            other => vec![(
-                0,
-                Err(TaskError::malformed(
-                    "output",
-                    format!("unknown status {other}"),
-                )),
-            )],
         }
     }
 }

@@ -55,8 +55,10 @@
 //! memory is unmapped when the last of them is gone, so a reply never writes freed
 //! memory and a new client never receives an old client's memory.
 use super::handshake::Rights;
-use super::server::Ingress;
-use super::wire::{self, read_shared, slot, AreaGeometry, SlotView, CONTROL_STATE};
+use super::wire::{
+    self, read_shared, slot, AreaGeometry, InputPlace, OutputPlace, ReplyStatus, SlotReply,
+    SlotRequest, SlotView, TaskRequest, CONTROL_STATE,
+};
 use crate::admin_api;
 use crate::bulk::BulkShare;
 use crate::codec::{encode, Bytes};
@@ -76,7 +78,24 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+/// What the transport needs from the runtime: queue a task, wake a worker.
+pub trait Ingress: Send + Sync {
+    /// Queues a task decoded from a client slot; `origin` carries the reply sink of a
+    /// call, the cancel flag of a periodic task and the client's data share.
+    fn enqueue(
+        &self,
+        pool: PoolId,
+        method: u32,
+        query: PoolQuery,
+        input: Bytes,
+        schedule: Option<Schedule>,
+        origin: Origin,
+    ) -> Result<(), TaskError>;
+
+    /// Unparks worker `worker` if it sleeps.
+    fn wake_worker(&self, worker: usize);
+}
 
 /// Runtime truth: the slot holds no task of the client.
 pub const SLOT_IDLE: u32 = 0;
@@ -406,21 +425,23 @@ impl ClientArea {
         let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) else {
             return;
         };
-        let kind = view.word(slot::KIND).load(Ordering::Relaxed);
-        if kind == wire::KIND_CANCEL {
-            let id = view.word64(slot::QUERY_B).load(Ordering::Relaxed);
-            let result = match lock(&self.periodic).remove(&id) {
-                Some(cancel) => {
-                    cancel.cancel();
-                    Ok(&[][..])
-                }
-                None => Err(TaskError::failed(format!(
-                    "this client has no periodic task {id} (cancelled already?)"
-                ))),
-            };
-            self.write_result(slot_index, result.as_ref().map(|b| *b));
-            return;
-        }
+        let request = match SlotRequest::read(&view) {
+            Ok(SlotRequest::Cancel { periodic: id }) => {
+                let result = match lock(&self.periodic).remove(&id) {
+                    Some(cancel) => {
+                        cancel.cancel();
+                        Ok(&[][..])
+                    }
+                    None => Err(TaskError::failed(format!(
+                        "this client has no periodic task {id} (cancelled already?)"
+                    ))),
+                };
+                self.write_result(slot_index, result.as_ref().map(|b| *b));
+                return;
+            }
+            Ok(SlotRequest::Task(request)) => request,
+            Err(err) => return self.write_result(slot_index, Err(&err.into())),
+        };
         if self.tasks_in_flight() >= self.max_tasks {
             let err = TaskError::QuotaExceeded {
                 what: "tasks in flight".into(),
@@ -429,10 +450,17 @@ impl ClientArea {
             self.write_result(slot_index, Err(&err));
             return;
         }
-        let (pool, method, query, input, schedule) = match self.decode_slot(&view) {
-            Ok(task) => task,
+        let input = match self.read_input(&view, &request) {
+            Ok(input) => input,
             Err(err) => return self.write_result(slot_index, Err(&err)),
         };
+        let TaskRequest {
+            pool,
+            method,
+            query,
+            schedule,
+            ..
+        } = request;
         if let Err(err) = self.permitted(pool, method) {
             return self.write_result(slot_index, Err(&err));
         }
@@ -496,44 +524,14 @@ impl ClientArea {
         })
     }
 
-    /// Reads a slot's task: every header word once, the input copied out (with atomic
-    /// loads) after its length was checked against the place it claims to lie in.
-    #[allow(clippy::type_complexity)]
-    fn decode_slot(
-        &self,
-        view: &SlotView,
-    ) -> Result<(PoolId, u32, PoolQuery, Bytes, Option<Schedule>), TaskError> {
-        let load = |field| view.word(field).load(Ordering::Relaxed);
-        let pool = PoolId::new(load(slot::POOL_MAJOR), load(slot::POOL_MINOR));
-        let method = load(slot::METHOD);
-        let kind = load(slot::KIND);
-        let query = super::server::decode_query(
-            load(slot::QUERY_TAG),
-            load(slot::QUERY_A),
-            view.word64(slot::QUERY_B).load(Ordering::Relaxed),
-        )?;
-        let period = view.word64(slot::PERIOD_NS).load(Ordering::Relaxed);
-        let input_len = load(slot::INPUT_LEN) as usize;
-        let input_where = load(slot::INPUT_WHERE);
-        let input_offset = view.word64(slot::INPUT_OFFSET).load(Ordering::Relaxed);
-        let schedule = match kind {
-            wire::KIND_CALL => None,
-            wire::KIND_FIRE_AND_FORGET => Some(Schedule::FireAndForget),
-            wire::KIND_PERIODIC if period > 0 => {
-                Some(Schedule::Periodic(Duration::from_nanos(period)))
-            }
-            other => {
-                return Err(TaskError::malformed(
-                    "task header",
-                    format!("unknown task kind {other} (or a periodic task with period 0)"),
-                ))
-            }
-        };
-        // The length is checked against where the input claims to lie *before* anything
-        // is allocated for it: a forged length costs the runtime nothing.
-        let source = match input_where {
-            wire::IN_SLOT if input_len <= view.payload_len() => None,
-            wire::IN_SLOT => {
+    /// Copies a task's input out of the client's memory (with atomic loads), after its
+    /// length was checked against the place it claims to lie in — before anything is
+    /// allocated for it, so a forged length costs the runtime nothing.
+    fn read_input(&self, view: &SlotView, request: &TaskRequest) -> Result<Bytes, TaskError> {
+        let input_len = request.input_len as usize;
+        let source = match request.input {
+            InputPlace::Slot if input_len <= view.payload_len() => None,
+            InputPlace::Slot => {
                 return Err(TaskError::malformed(
                     "input",
                     format!(
@@ -542,24 +540,18 @@ impl ClientArea {
                     ),
                 ))
             }
-            wire::IN_CLIENT_DATA => {
+            InputPlace::ClientData { offset } => {
                 let share = self.geometry.data_len;
-                let offset = usize::try_from(input_offset)
+                let start = usize::try_from(offset)
                     .ok()
-                    .filter(|offset| offset.checked_add(input_len).is_some_and(|end| end <= share))
+                    .filter(|start| start.checked_add(input_len).is_some_and(|end| end <= share))
                     .ok_or_else(|| {
                         TaskError::malformed(
                             "input",
-                            format!("buffer {input_offset}+{input_len} lies outside the client's {share}-byte data share"),
+                            format!("buffer {offset}+{input_len} lies outside the client's {share}-byte data share"),
                         )
                     })?;
-                Some(self.geometry.data_offset() + offset)
-            }
-            other => {
-                return Err(TaskError::malformed(
-                    "task header",
-                    format!("unknown input location {other}"),
-                ))
+                Some(self.geometry.data_offset() + start)
             }
         };
         let mut input = Bytes::with_capacity(input_len);
@@ -569,22 +561,22 @@ impl ClientArea {
             Some(at) => read_shared(&self.memory, at, &mut input),
         }
         .map_err(|e| TaskError::malformed("input", e))?;
-        Ok((pool, method, query, input, schedule))
+        Ok(input)
     }
 
     fn write_result(&self, slot_index: u32, result: Result<&[u8], &TaskError>) {
         match result {
-            Ok(bytes) => self.write_output(slot_index, wire::STATUS_OK, bytes),
+            Ok(bytes) => self.write_output(slot_index, ReplyStatus::Ok, bytes),
             Err(err) => {
                 let bytes = encode_error(err);
-                self.write_output(slot_index, wire::STATUS_ERROR, &bytes);
+                self.write_output(slot_index, ReplyStatus::Error, &bytes);
             }
         }
     }
 
     /// Writes an answer into an in-flight slot, marks the slot idle in the runtime's
     /// truth, then publishes `DONE` and wakes the client if it sleeps.
-    fn write_output(&self, slot_index: u32, status: u32, bytes: &[u8]) {
+    fn write_output(&self, slot_index: u32, status: ReplyStatus, bytes: &[u8]) {
         let Some(state) = self.slots.get(slot_index as usize) else {
             return;
         };
@@ -607,19 +599,20 @@ impl ClientArea {
         self.counters.tasks_done.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn store_output(&self, view: &SlotView, slot_index: u32, status: u32, bytes: &[u8]) {
-        let describe = |status: u32, len: usize, place: u32| {
-            view.word(slot::STATUS).store(status, Ordering::Relaxed);
-            view.word(slot::OUTPUT_LEN)
-                .store(len as u32, Ordering::Relaxed);
-            view.word(slot::OUTPUT_WHERE)
-                .store(place, Ordering::Relaxed);
+    fn store_output(&self, view: &SlotView, slot_index: u32, status: ReplyStatus, bytes: &[u8]) {
+        let describe = |status, place| {
+            SlotReply {
+                status,
+                len: bytes.len() as u32,
+                place,
+            }
+            .write(view)
         };
         if view.write_inline(bytes).is_ok() {
-            return describe(status, bytes.len(), wire::IN_LINE);
+            return describe(status, OutputPlace::Line);
         }
         if view.write_payload(bytes).is_ok() {
-            return describe(status, bytes.len(), wire::IN_SLOT);
+            return describe(status, OutputPlace::Slot);
         }
         let extent = lock(&self.outputs).arena.alloc(bytes.len(), 16);
         let written = extent.filter(|extent| {
@@ -637,9 +630,12 @@ impl ClientArea {
                     outputs.arena.free(stale);
                 }
                 drop(outputs);
-                view.word64(slot::OUTPUT_OFFSET)
-                    .store(extent.offset as u64, Ordering::Relaxed);
-                describe(status, bytes.len(), wire::IN_OUTPUT_SPACE);
+                describe(
+                    status,
+                    OutputPlace::OutputSpace {
+                        offset: extent.offset as u64,
+                    },
+                );
             }
             None => {
                 if let Some(extent) = extent {
@@ -650,7 +646,12 @@ impl ClientArea {
                     limit: self.geometry.output_len as u64,
                 });
                 let _ = view.write_payload(&err);
-                describe(wire::STATUS_ERROR, err.len(), wire::IN_SLOT);
+                SlotReply {
+                    status: ReplyStatus::Error,
+                    len: err.len() as u32,
+                    place: OutputPlace::Slot,
+                }
+                .write(view);
             }
         }
     }
@@ -679,8 +680,8 @@ impl ReplySink for ClientArea {
             .map(|(container, result)| (container, result.map(|bytes| bytes.to_vec())))
             .collect();
         let (status, bytes) = match encode(&replicas) {
-            Ok(bytes) => (wire::STATUS_REPLICAS, bytes),
-            Err(err) => (wire::STATUS_ERROR, encode_error(&err)),
+            Ok(bytes) => (ReplyStatus::Replicas, bytes),
+            Err(err) => (ReplyStatus::Error, encode_error(&err)),
         };
         self.write_output(slot_index, status, &bytes);
     }

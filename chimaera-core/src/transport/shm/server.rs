@@ -33,16 +33,13 @@
 //!
 //! **Status.** [`usage`] asks the runtime over the socket; the answer comes from the
 //! runtime's private counters, never from memory a client can write.
+pub use super::client_area::Ingress;
 use super::client_area::{AreaSpec, ClientArea, ServerCounters};
 pub use super::handshake::ShmUsage;
 use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
 use super::runtime_page::RuntimePage;
 use super::wire::{self, AreaGeometry};
-use crate::codec::Bytes;
-use crate::error::TaskError;
-use crate::ids::PoolId;
-use crate::query::PoolQuery;
-use crate::runtime::task::{lock, Origin, Schedule};
+use crate::runtime::task::lock;
 use crate::shm::liveness::RuntimeLock;
 use crate::shm::naming::{InstanceName, ShmName};
 use rustix::event::{epoll, EventfdFlags, PollFd, PollFlags};
@@ -95,24 +92,6 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// What the transport needs from the runtime: queue a task, wake a worker.
-pub trait Ingress: Send + Sync {
-    /// Queues a task decoded from a client slot; `origin` carries the reply sink of a
-    /// call, the cancel flag of a periodic task and the client's data share.
-    fn enqueue(
-        &self,
-        pool: PoolId,
-        method: u32,
-        query: PoolQuery,
-        input: Bytes,
-        schedule: Option<Schedule>,
-        origin: Origin,
-    ) -> Result<(), TaskError>;
-
-    /// Unparks worker `worker` if it sleeps.
-    fn wake_worker(&self, worker: usize);
 }
 
 /// Sizes the runtime asks for.
@@ -742,62 +721,6 @@ pub fn usage(instance: &InstanceName) -> Result<ShmUsage, UsageError> {
         Ok((other, _)) => Err(refused(format!("{other:?}"))),
         Err(err) => Err(refused(err.to_string())),
     }
-}
-
-/// Query tags in a slot header.
-pub mod query_tag {
-    /// `Local`.
-    pub const LOCAL: u32 = 0;
-    /// `DirectId(a)`.
-    pub const DIRECT_ID: u32 = 1;
-    /// `DirectHash(b)`.
-    pub const DIRECT_HASH: u32 = 2;
-    /// `Range { offset: a, count: b }`.
-    pub const RANGE: u32 = 3;
-    /// `Broadcast`.
-    pub const BROADCAST: u32 = 4;
-    /// `Physical(a)`.
-    pub const PHYSICAL: u32 = 5;
-    /// `Dynamic`.
-    pub const DYNAMIC: u32 = 6;
-}
-
-/// A query as the three words of a slot header.
-pub fn encode_query(query: PoolQuery) -> (u32, u32, u64) {
-    use query_tag::*;
-    match query {
-        PoolQuery::Local => (LOCAL, 0, 0),
-        PoolQuery::DirectId(c) => (DIRECT_ID, c, 0),
-        PoolQuery::DirectHash(h) => (DIRECT_HASH, 0, h),
-        PoolQuery::Range { offset, count } => (RANGE, offset, u64::from(count)),
-        PoolQuery::Broadcast => (BROADCAST, 0, 0),
-        PoolQuery::Physical(node) => (PHYSICAL, node, 0),
-        PoolQuery::Dynamic => (DYNAMIC, 0, 0),
-    }
-}
-
-/// The query three slot-header words describe.
-pub fn decode_query(tag: u32, a: u32, b: u64) -> Result<PoolQuery, TaskError> {
-    use query_tag::*;
-    Ok(match tag {
-        LOCAL => PoolQuery::Local,
-        DIRECT_ID => PoolQuery::DirectId(a),
-        DIRECT_HASH => PoolQuery::DirectHash(b),
-        RANGE => PoolQuery::Range {
-            offset: a,
-            count: u32::try_from(b)
-                .map_err(|_| TaskError::malformed("query", "range count exceeds u32"))?,
-        },
-        BROADCAST => PoolQuery::Broadcast,
-        PHYSICAL => PoolQuery::Physical(a),
-        DYNAMIC => PoolQuery::Dynamic,
-        other => {
-            return Err(TaskError::malformed(
-                "query",
-                format!("unknown query tag {other}"),
-            ))
-        }
-    })
 }
 
 #[cfg(test)]

@@ -30,10 +30,15 @@
 //! The *runtime page* is one more memfd, shared by all clients but sealed against writable
 //! mappings ([`crate::transport::shm::runtime_page`]): it holds each worker's "sleeping" flag, the
 //! only runtime state every client needs to read.
+use crate::error::TaskError;
+use crate::ids::{MethodId, PoolId};
+use crate::query::PoolQuery;
 use crate::shm::ring::RingLayout;
 use crate::shm::segment::{AccessError, Segment};
+use crate::transport::Schedule;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Most shm-serving workers (each has a doorbell eventfd and a sleeping flag).
 pub const MAX_DOORBELLS: usize = 32;
@@ -125,6 +130,302 @@ pub mod slot {
     pub const INPUT_WHERE: usize = 108;
     /// Input offset in the client's data share.
     pub const INPUT_OFFSET: usize = 112;
+}
+
+/// Query tags in a slot header.
+mod query_tag {
+    pub(super) const LOCAL: u32 = 0;
+    pub(super) const DIRECT_ID: u32 = 1;
+    pub(super) const DIRECT_HASH: u32 = 2;
+    pub(super) const RANGE: u32 = 3;
+    pub(super) const BROADCAST: u32 = 4;
+    pub(super) const PHYSICAL: u32 = 5;
+    pub(super) const DYNAMIC: u32 = 6;
+}
+
+/// A request or reply line that breaks the protocol: what the reader found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The task kind word names no kind.
+    #[error("unknown task kind {0}")]
+    UnknownKind(u32),
+    /// A periodic task with period 0.
+    #[error("a periodic task with period 0")]
+    ZeroPeriod,
+    /// The query tag names no query.
+    #[error("unknown query tag {0}")]
+    UnknownQueryTag(u32),
+    /// A `Range` query whose count does not fit 32 bits.
+    #[error("range count {0} exceeds u32")]
+    RangeCount(u64),
+    /// The input location word names no place.
+    #[error("unknown input location {0}")]
+    UnknownInputPlace(u32),
+    /// The output status word names no status.
+    #[error("unknown output status {0}")]
+    UnknownStatus(u32),
+    /// The output location word names no place.
+    #[error("unknown output location {0}")]
+    UnknownOutputPlace(u32),
+}
+
+impl From<WireError> for TaskError {
+    fn from(err: WireError) -> TaskError {
+        TaskError::malformed("task slot", err)
+    }
+}
+
+/// Where a task's input lies, as its request line says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputPlace {
+    /// In the slot's payload.
+    Slot,
+    /// At this offset of the client's data share.
+    ClientData {
+        /// Offset in the data share (unchecked: the reader checks it against the share).
+        offset: u64,
+    },
+}
+
+/// A task as a slot's request line describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRequest {
+    /// Target pool.
+    pub pool: PoolId,
+    /// Method id.
+    pub method: MethodId,
+    /// Which containers run it.
+    pub query: PoolQuery,
+    /// A call (`None`), fire-and-forget or periodic.
+    pub schedule: Option<Schedule>,
+    /// Input bytes (unchecked: the reader checks them against the place).
+    pub input_len: u32,
+    /// Where the input lies.
+    pub input: InputPlace,
+}
+
+/// What a slot's request line asks for: written by the client with [`write`], read once
+/// by the runtime with [`read`] — the one description of the request line's words.
+///
+/// [`write`]: SlotRequest::write
+/// [`read`]: SlotRequest::read
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotRequest {
+    /// Run a task.
+    Task(TaskRequest),
+    /// Cancel this client's periodic task with this id.
+    Cancel {
+        /// The id the runtime acknowledged the periodic task with.
+        periodic: u64,
+    },
+}
+
+impl SlotRequest {
+    /// Writes the request line of `view` (relaxed stores: the client publishes the slot
+    /// after, with its state word).
+    pub fn write(&self, view: &SlotView) {
+        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        let set64 = |field, value: u64| view.word64(field).store(value, Ordering::Relaxed);
+        let task = match self {
+            SlotRequest::Cancel { periodic } => {
+                set(slot::KIND, KIND_CANCEL);
+                set64(slot::QUERY_B, *periodic);
+                return;
+            }
+            SlotRequest::Task(task) => task,
+        };
+        let (kind, period_ns) = match task.schedule {
+            None => (KIND_CALL, 0),
+            Some(Schedule::FireAndForget) => (KIND_FIRE_AND_FORGET, 0),
+            Some(Schedule::Periodic(period)) => (
+                KIND_PERIODIC,
+                u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1),
+            ),
+        };
+        let (tag, a, b) = encode_query(task.query);
+        set(slot::POOL_MAJOR, task.pool.major);
+        set(slot::POOL_MINOR, task.pool.minor);
+        set(slot::METHOD, task.method);
+        set(slot::KIND, kind);
+        set(slot::QUERY_TAG, tag);
+        set(slot::QUERY_A, a);
+        set64(slot::QUERY_B, b);
+        set64(slot::PERIOD_NS, period_ns);
+        set(slot::INPUT_LEN, task.input_len);
+        match task.input {
+            InputPlace::Slot => set(slot::INPUT_WHERE, IN_SLOT),
+            InputPlace::ClientData { offset } => {
+                set(slot::INPUT_WHERE, IN_CLIENT_DATA);
+                set64(slot::INPUT_OFFSET, offset);
+            }
+        }
+    }
+
+    /// Reads the request line of `view`, each word once, into a value whose every enum
+    /// is valid; lengths and offsets are left to the caller to check against the place
+    /// they claim (the client may rewrite the words at any moment: only this copy
+    /// counts).
+    pub fn read(view: &SlotView) -> Result<SlotRequest, WireError> {
+        let load = |field| view.word(field).load(Ordering::Relaxed);
+        let load64 = |field| view.word64(field).load(Ordering::Relaxed);
+        let schedule = match load(slot::KIND) {
+            KIND_CANCEL => {
+                return Ok(SlotRequest::Cancel {
+                    periodic: load64(slot::QUERY_B),
+                })
+            }
+            KIND_CALL => None,
+            KIND_FIRE_AND_FORGET => Some(Schedule::FireAndForget),
+            KIND_PERIODIC => match load64(slot::PERIOD_NS) {
+                0 => return Err(WireError::ZeroPeriod),
+                ns => Some(Schedule::Periodic(Duration::from_nanos(ns))),
+            },
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        let query = decode_query(
+            load(slot::QUERY_TAG),
+            load(slot::QUERY_A),
+            load64(slot::QUERY_B),
+        )?;
+        let input = match load(slot::INPUT_WHERE) {
+            IN_SLOT => InputPlace::Slot,
+            IN_CLIENT_DATA => InputPlace::ClientData {
+                offset: load64(slot::INPUT_OFFSET),
+            },
+            other => return Err(WireError::UnknownInputPlace(other)),
+        };
+        Ok(SlotRequest::Task(TaskRequest {
+            pool: PoolId::new(load(slot::POOL_MAJOR), load(slot::POOL_MINOR)),
+            method: load(slot::METHOD),
+            query,
+            schedule,
+            input_len: load(slot::INPUT_LEN),
+            input,
+        }))
+    }
+}
+
+/// What a task's answer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyStatus {
+    /// The output archive.
+    Ok,
+    /// An archived `TaskError`.
+    Error,
+    /// An archived list of replica results.
+    Replicas,
+}
+
+/// Where a task's answer lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputPlace {
+    /// In the reply line (at most [`slot::INLINE_OUTPUT_LEN`] bytes).
+    Line,
+    /// In the slot's payload.
+    Slot,
+    /// At this offset of the area's output space.
+    OutputSpace {
+        /// Offset in the output space (unchecked: the reader checks it).
+        offset: u64,
+    },
+}
+
+/// A slot's reply line (the state word aside): written by the runtime with [`write`],
+/// read by the client with [`read`].
+///
+/// [`write`]: SlotReply::write
+/// [`read`]: SlotReply::read
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotReply {
+    /// What the bytes are.
+    pub status: ReplyStatus,
+    /// How many bytes.
+    pub len: u32,
+    /// Where they lie.
+    pub place: OutputPlace,
+}
+
+impl SlotReply {
+    /// Writes the reply line's descriptor words (relaxed: the runtime publishes the
+    /// answer after, with the slot's state word).
+    pub fn write(&self, view: &SlotView) {
+        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        set(
+            slot::STATUS,
+            match self.status {
+                ReplyStatus::Ok => STATUS_OK,
+                ReplyStatus::Error => STATUS_ERROR,
+                ReplyStatus::Replicas => STATUS_REPLICAS,
+            },
+        );
+        set(slot::OUTPUT_LEN, self.len);
+        let place = match self.place {
+            OutputPlace::Line => IN_LINE,
+            OutputPlace::Slot => IN_SLOT,
+            OutputPlace::OutputSpace { offset } => {
+                view.word64(slot::OUTPUT_OFFSET)
+                    .store(offset, Ordering::Relaxed);
+                IN_OUTPUT_SPACE
+            }
+        };
+        set(slot::OUTPUT_WHERE, place);
+    }
+
+    /// Reads the reply line's descriptor, each word once.
+    pub fn read(view: &SlotView) -> Result<SlotReply, WireError> {
+        let load = |field| view.word(field).load(Ordering::Relaxed);
+        let status = match load(slot::STATUS) {
+            STATUS_OK => ReplyStatus::Ok,
+            STATUS_ERROR => ReplyStatus::Error,
+            STATUS_REPLICAS => ReplyStatus::Replicas,
+            other => return Err(WireError::UnknownStatus(other)),
+        };
+        let place = match load(slot::OUTPUT_WHERE) {
+            IN_LINE => OutputPlace::Line,
+            IN_SLOT => OutputPlace::Slot,
+            IN_OUTPUT_SPACE => OutputPlace::OutputSpace {
+                offset: view.word64(slot::OUTPUT_OFFSET).load(Ordering::Relaxed),
+            },
+            other => return Err(WireError::UnknownOutputPlace(other)),
+        };
+        Ok(SlotReply {
+            status,
+            len: load(slot::OUTPUT_LEN),
+            place,
+        })
+    }
+}
+
+/// A query as the three words of a slot header.
+fn encode_query(query: PoolQuery) -> (u32, u32, u64) {
+    use query_tag::*;
+    match query {
+        PoolQuery::Local => (LOCAL, 0, 0),
+        PoolQuery::DirectId(c) => (DIRECT_ID, c, 0),
+        PoolQuery::DirectHash(h) => (DIRECT_HASH, 0, h),
+        PoolQuery::Range { offset, count } => (RANGE, offset, u64::from(count)),
+        PoolQuery::Broadcast => (BROADCAST, 0, 0),
+        PoolQuery::Physical(node) => (PHYSICAL, node, 0),
+        PoolQuery::Dynamic => (DYNAMIC, 0, 0),
+    }
+}
+
+/// The query three slot-header words describe.
+fn decode_query(tag: u32, a: u32, b: u64) -> Result<PoolQuery, WireError> {
+    use query_tag::*;
+    Ok(match tag {
+        LOCAL => PoolQuery::Local,
+        DIRECT_ID => PoolQuery::DirectId(a),
+        DIRECT_HASH => PoolQuery::DirectHash(b),
+        RANGE => PoolQuery::Range {
+            offset: a,
+            count: u32::try_from(b).map_err(|_| WireError::RangeCount(b))?,
+        },
+        BROADCAST => PoolQuery::Broadcast,
+        PHYSICAL => PoolQuery::Physical(a),
+        DYNAMIC => PoolQuery::Dynamic,
+        other => return Err(WireError::UnknownQueryTag(other)),
+    })
 }
 
 /// Offset of the control line's state word (`AREA_*`).
@@ -391,5 +692,149 @@ mod tests {
         ] {
             assert_eq!(bad.checked_total_len(), None, "{bad:?}");
         }
+    }
+
+    /// One area in a memfd, as the runtime makes it, for the line round trips.
+    fn area(geometry: &AreaGeometry) -> Segment {
+        let len = geometry.checked_total_len().unwrap();
+        let memfd =
+            rustix::fs::memfd_create("wire-test", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+        rustix::fs::ftruncate(&memfd, len as u64).expect("size the memfd");
+        let name = label();
+        Segment::from_memfd(std::fs::File::from(memfd), &name).expect("map the memfd")
+    }
+
+    fn label() -> crate::shm::ShmName {
+        let instance = crate::shm::InstanceName::new("wire-test").unwrap();
+        crate::shm::ShmName::segment(&instance, "area").unwrap()
+    }
+
+    fn geometry() -> AreaGeometry {
+        AreaGeometry::fit(320 << 10, 16, 1024, 4096, 4096).unwrap()
+    }
+
+    #[test]
+    fn every_request_reads_back_as_written() {
+        let geometry = geometry();
+        let segment = area(&geometry);
+        let view = SlotView::new(&segment, &geometry, 3).unwrap();
+        let pool = PoolId::new(7, 2);
+        let queries = [
+            PoolQuery::Local,
+            PoolQuery::DirectId(5),
+            PoolQuery::DirectHash(u64::MAX - 1),
+            PoolQuery::Range {
+                offset: 3,
+                count: u32::MAX,
+            },
+            PoolQuery::Broadcast,
+            PoolQuery::Physical(9),
+            PoolQuery::Dynamic,
+        ];
+        let schedules = [
+            None,
+            Some(Schedule::FireAndForget),
+            Some(Schedule::Periodic(Duration::from_nanos(1))),
+            Some(Schedule::Periodic(Duration::from_secs(3600))),
+        ];
+        let places = [InputPlace::Slot, InputPlace::ClientData { offset: 4088 }];
+        for query in queries {
+            for schedule in schedules {
+                for input in places {
+                    let request = SlotRequest::Task(TaskRequest {
+                        pool,
+                        method: 42,
+                        query,
+                        schedule,
+                        input_len: 17,
+                        input,
+                    });
+                    request.write(&view);
+                    assert_eq!(SlotRequest::read(&view), Ok(request));
+                }
+            }
+        }
+        let cancel = SlotRequest::Cancel { periodic: u64::MAX };
+        cancel.write(&view);
+        assert_eq!(SlotRequest::read(&view), Ok(cancel));
+    }
+
+    #[test]
+    fn every_reply_reads_back_as_written() {
+        let geometry = geometry();
+        let segment = area(&geometry);
+        let view = SlotView::new(&segment, &geometry, 0).unwrap();
+        for status in [ReplyStatus::Ok, ReplyStatus::Error, ReplyStatus::Replicas] {
+            for place in [
+                OutputPlace::Line,
+                OutputPlace::Slot,
+                OutputPlace::OutputSpace { offset: 1 << 40 },
+            ] {
+                let reply = SlotReply {
+                    status,
+                    len: 12345,
+                    place,
+                };
+                reply.write(&view);
+                assert_eq!(SlotReply::read(&view), Ok(reply));
+            }
+        }
+    }
+
+    #[test]
+    fn words_no_writer_makes_are_typed_errors() {
+        let geometry = geometry();
+        let segment = area(&geometry);
+        let view = SlotView::new(&segment, &geometry, 1).unwrap();
+        let valid = SlotRequest::Task(TaskRequest {
+            pool: PoolId::new(2, 0),
+            method: 1,
+            query: PoolQuery::Local,
+            schedule: None,
+            input_len: 0,
+            input: InputPlace::Slot,
+        });
+        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        let cases: [(&dyn Fn(), WireError); 5] = [
+            (&|| set(slot::KIND, 99), WireError::UnknownKind(99)),
+            (
+                &|| {
+                    set(slot::KIND, KIND_PERIODIC);
+                    view.word64(slot::PERIOD_NS).store(0, Ordering::Relaxed);
+                },
+                WireError::ZeroPeriod,
+            ),
+            (&|| set(slot::QUERY_TAG, 77), WireError::UnknownQueryTag(77)),
+            (
+                &|| {
+                    set(slot::QUERY_TAG, query_tag::RANGE);
+                    view.word64(slot::QUERY_B).store(1 << 32, Ordering::Relaxed);
+                },
+                WireError::RangeCount(1 << 32),
+            ),
+            (
+                &|| set(slot::INPUT_WHERE, 5),
+                WireError::UnknownInputPlace(5),
+            ),
+        ];
+        for (forge, expected) in cases {
+            valid.write(&view);
+            forge();
+            assert_eq!(SlotRequest::read(&view), Err(expected));
+        }
+        SlotReply {
+            status: ReplyStatus::Ok,
+            len: 0,
+            place: OutputPlace::Line,
+        }
+        .write(&view);
+        set(slot::STATUS, 9);
+        assert_eq!(SlotReply::read(&view), Err(WireError::UnknownStatus(9)));
+        set(slot::STATUS, STATUS_OK);
+        set(slot::OUTPUT_WHERE, 8);
+        assert_eq!(
+            SlotReply::read(&view),
+            Err(WireError::UnknownOutputPlace(8))
+        );
     }
 }
