@@ -24,7 +24,7 @@ use probe::{Probe, ProbeClient};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{serve_as_runtime_child, Launch, RuntimeProcess};
+use support::{serve_as_runtime_child, within, Launch, RuntimeProcess};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -187,6 +187,37 @@ fn shared_memory() -> Fixture {
 #[ignore = "runs only as the runtime child of the shared-memory cases"]
 fn runtime_child_entry() {
     serve_as_runtime_child(|builder| builder.module::<Probe>().module::<BulkProbe>());
+}
+
+/// A route (chimod code run while a client's task is taken from its ring, on the
+/// worker's poller) that overflows the poller's stack on a client's input fails that
+/// task with a typed error; a new poller takes over, so the worker — the only one —
+/// serves on. Before, the poller died holding the ring's lock: the call never returned.
+#[test]
+fn a_route_that_overflows_the_pollers_stack_fails_its_task_and_the_worker_serves_on() {
+    let config = "workers:\n  low_latency: 1\n  high_latency: 0\ncoroutine_stack_size: 64KiB\n";
+    let launch = Launch {
+        quiet_stderr: true,
+        ..Launch::TEST_BINARY
+    };
+    let process = RuntimeProcess::start_with("route-overflow", config, launch);
+    let chi = process.client();
+    let probe = ProbeClient::create(&chi, PoolQuery::local(), "deep").unwrap();
+    for round in 0..3 {
+        let result = within("a call whose route overflows", {
+            let probe = probe.clone();
+            move || probe.deep_route(PoolQuery::local(), 1_000_000)
+        });
+        assert!(
+            matches!(result, Err(TaskError::StackOverflow { method: 21, .. })),
+            "round {round}: got {result:?}"
+        );
+        let after = within("a call after the overflow", {
+            let probe = probe.clone();
+            move || probe.deep_route(PoolQuery::local(), 3)
+        });
+        assert_eq!(after, Ok(3), "round {round}");
+    }
 }
 
 /// Each case, once per transport: `in_process::case`, `shared_memory::case` and

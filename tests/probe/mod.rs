@@ -109,6 +109,13 @@ impl Probe {
         let _held = self.guard.lock(ctx);
         7
     }
+
+    /// Returns `depth`; its route first recurses `depth` frames of 1 KiB: a route whose
+    /// stack use a client's input decides.
+    #[task(method = 21, route = recurse_then_route)]
+    fn deep_route(&self, depth: u32) -> u32 {
+        depth
+    }
 }
 
 impl Probe {
@@ -118,5 +125,16 @@ impl Probe {
 
     fn pick_container(input: &probe_tasks::ArchivedPickedIn, containers: u32) -> ContainerId {
         input.0.to_native() % containers
+    }
+
+    fn recurse_then_route(&self, input: &probe_tasks::ArchivedDeepRouteIn) -> LaneChoice {
+        fn recurse(depth: u32) -> u32 {
+            let frame = std::hint::black_box([depth as u8; 1024]);
+            match depth {
+                0 => u32::from(frame[0]),
+                _ => recurse(depth - 1).wrapping_add(u32::from(std::hint::black_box(frame)[1023])),
+            }
+        }
+        LaneChoice::Lane(recurse(input.0.to_native()) % 2)
     }
 }

@@ -53,7 +53,7 @@ use crate::runtime::module::{ChiMod, ModuleEntry};
 use crate::runtime::pool::Pool;
 use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolTable};
 use crate::runtime::task::{lock, CancelToken, Completion, Origin, Reply, Schedule, Task};
-use crate::runtime::worker::{Lane, TaskRunner, Worker, WorkerShared};
+use crate::runtime::worker::{Lane, TaskRunner, TaskSource, Worker, WorkerShared};
 use crate::transport::shm::handshake::AccessPolicy;
 use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
 use std::collections::HashMap;
@@ -535,6 +535,9 @@ impl Shared {
             );
         }
         self.state.store(STOPPED, Ordering::Release);
+        if let Some(server) = self.shm.get() {
+            server.stop_taking_tasks();
+        }
         self.cancel_periodic(None);
         let workers = std::mem::take(&mut *lock(&self.workers));
         for worker in workers {
@@ -562,7 +565,7 @@ impl Shared {
 }
 
 /// The task runner the workers call: runs tasks with access to the shared state.
-struct Runner(OnceLock<std::sync::Weak<Shared>>, OnceLock<Arc<ShmServer>>);
+struct Runner(OnceLock<std::sync::Weak<Shared>>);
 
 impl TaskRunner for Runner {
     fn run(&self, task: &mut Task, out: &mut OutputBuffer) {
@@ -627,36 +630,6 @@ impl TaskRunner for Runner {
         task.complete(Err(TaskError::RuntimeStopped));
         if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
             shared.inflight.finished(parity);
-        }
-    }
-
-    fn ingest(&self, worker: usize) -> usize {
-        // Polled on every round of every worker: look at the rings first, and touch the
-        // runtime's shared counters (the upgrade) only when there is work.
-        let Some(server) = self.1.get() else {
-            return 0;
-        };
-        if worker >= server.workers() || !server.has_work(worker) {
-            return 0;
-        }
-        match self.0.get().and_then(std::sync::Weak::upgrade) {
-            // Once a stop's grace is over, client rings are left to the transport's
-            // shutdown (which fails what they hold): a client that keeps pushing must
-            // not keep the workers busy answering it.
-            Some(shared) if shared.state.load(Ordering::Acquire) != STOPPED => {
-                server.ingest(worker, shared.as_ref())
-            }
-            _ => 0,
-        }
-    }
-
-    fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool {
-        let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
-            return false;
-        };
-        match shared.shm.get() {
-            Some(server) if worker < server.workers() => server.set_sleeping(worker, sleeping),
-            _ => false,
         }
     }
 }
@@ -886,6 +859,7 @@ impl RuntimeBuilder {
                 max_clients: config.max_clients,
                 slots: config.queue_depth,
                 workers: config.workers_low_latency.max(1) as u32,
+                stack_size: config.stack_size,
             };
             // isolation: who may connect, and each client's quota of tasks in flight.
             let access = ServeAccess {
@@ -922,11 +896,12 @@ impl RuntimeBuilder {
             let _ = shared.shm.set(server.clone());
             server.start_threads(shared.clone());
         }
-        let runner = Arc::new(Runner(OnceLock::new(), OnceLock::new()));
+        let runner = Arc::new(Runner(OnceLock::new()));
         let _ = runner.0.set(Arc::downgrade(&shared));
-        if let Some(server) = shared.shm.get() {
-            let _ = runner.1.set(server.clone());
-        }
+        let source = shared
+            .shm
+            .get()
+            .map(|server| server.clone() as Arc<dyn TaskSource>);
         let idle_rounds = shared.config.idle.spin_rounds + shared.config.idle.yield_rounds;
         let mut workers = Vec::with_capacity(shared.config.workers());
         for id in 0..shared.config.workers() {
@@ -937,6 +912,7 @@ impl RuntimeBuilder {
                 idle_rounds,
                 cpu,
                 runner.clone(),
+                source.clone(),
             ) {
                 Ok(worker) => workers.push(worker),
                 Err(err) => {

@@ -36,6 +36,11 @@
 //! [`TaskRunner::overflowed`], which answers the caller and settles the accounting, and
 //! the worker goes on with a fresh coroutine for the next task.
 //!
+//! **Sources.** Besides its lanes, a poller polls its [`TaskSource`] (client processes'
+//! rings) itself on every round, and asks it before sleeping whether work is waiting.
+//! Chimod routing code runs inside that poll; a source holds no lock across it, so a
+//! poller killed there by a stack overflow is replaced by a new one.
+//!
 //! Workers know how to run a task only through the [`TaskRunner`] they are given; they
 //! know nothing of pools or modules.
 use crate::codec::OutputBuffer;
@@ -59,18 +64,25 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn overflowed(&self, task: Task);
     /// Fails `task` without running it (the runtime is shutting down).
     fn reject(&self, task: Task);
-    /// Takes tasks from sources outside the process (client rings) into lanes; returns
-    /// how many. Called by worker `worker` on every round.
-    fn ingest(&self, worker: usize) -> usize {
-        let _ = worker;
-        0
-    }
+}
+
+/// Where tasks come from besides the lanes: client processes' rings. A worker's poller
+/// polls its source itself on every round.
+pub trait TaskSource: Send + Sync + 'static {
+    /// Takes tasks meant for worker `worker` into lanes (or straight to its coroutines);
+    /// returns how many. Called by that worker's poller on every round. Chimod code (a
+    /// task's `Monitor` and `Dynamic` routes) runs inside it, on the poller's stack, so
+    /// it must hold no lock while routing: should that code overflow the stack, the
+    /// poller dies there and a new one takes over (see [`poller_died`]).
+    ///
+    /// [`poller_died`]: TaskSource::poller_died
+    fn ingest(&self, worker: usize) -> usize;
     /// Announces that `worker` is about to sleep (`true`) or woke (`false`); returns
-    /// whether an outside source has work, in which case the worker stays up.
-    fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool {
-        let _ = (worker, sleeping);
-        false
-    }
+    /// whether the source has work for it, in which case the worker stays up.
+    fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool;
+    /// Worker `worker`'s poller overflowed its stack inside [`ingest`](Self::ingest): fail
+    /// what it was routing. Called on the worker's thread, once the poller is dead.
+    fn poller_died(&self, worker: usize);
 }
 
 /// A FIFO of tasks for one worker.
@@ -144,6 +156,8 @@ pub struct WorkerShared {
     spawner: Spawner,
     /// Runs the tasks.
     runner: Arc<dyn TaskRunner>,
+    /// Client rings, when the runtime serves other processes.
+    source: Option<Arc<dyn TaskSource>>,
 }
 
 /// A task coroutine's mailbox: the task it runs (while it runs it, and until it takes
@@ -235,6 +249,7 @@ impl Worker {
         idle_rounds: u32,
         cpu: Option<usize>,
         runner: Arc<dyn TaskRunner>,
+        source: Option<Arc<dyn TaskSource>>,
     ) -> std::io::Result<Worker> {
         let executor = Executor::start(ExecutorOptions {
             name: format!("chimaera-worker-{id}"),
@@ -254,6 +269,7 @@ impl Worker {
             tasks_run: AtomicU64::new(0),
             spawner: executor.spawner(),
             runner,
+            source,
         });
         spawn_poller(&shared);
         Ok(Worker {
@@ -290,12 +306,10 @@ impl Worker {
 /// Starts the worker's poller coroutine.
 ///
 /// Should it die of a stack overflow — chimod code runs on it: the `Monitor` or
-/// `Dynamic` route of a task ingested from a client ring — the worker stops taking
-/// tasks: the shared-memory server holds `std` locks (the worker's poll list, the
-/// client's ring) across that routing, and their guards died unreleased with the
-/// poller's stack, so a new poller would block its thread on them. The overflow is
-/// logged, and a shutdown does not wait for the dead poller. (Routing outside those
-/// locks would let a new poller take over.)
+/// `Dynamic` route of a task ingested from a client ring — the task source fails the
+/// task it was routing ([`TaskSource::poller_died`]) and a new poller takes over. That is
+/// sound because the source holds no lock while it routes; what lived on the dead
+/// poller's stack (the routed task's input, references it held) is leaked.
 fn spawn_poller(worker: &Arc<WorkerShared>) {
     let body_state = worker.clone();
     let hook_state = worker.clone();
@@ -308,9 +322,12 @@ fn spawn_poller(worker: &Arc<WorkerShared>) {
         move || {
             tracing::error!(
                 worker = hook_state.id,
-                "the worker's poller overflowed its stack in a chimod's route; this worker takes no more tasks"
+                "the worker's poller overflowed its stack in a chimod's route; the task fails and a new poller takes over"
             );
-            hook_state.poller_finished();
+            if let Some(source) = &hook_state.source {
+                source.poller_died(hook_state.id);
+            }
+            spawn_poller(&hook_state);
         },
     );
 }
@@ -326,10 +343,11 @@ impl WorkerShared {
 fn poll_lanes(worker: &Arc<WorkerShared>) {
     let idle_rounds_max = worker.idle_rounds;
     let runner = &worker.runner;
+    let source = worker.source.as_deref();
     let mut idle_rounds = 0u32;
     loop {
         // Ingested tasks are queued on lanes or handed off directly (and counted there).
-        let ingested = runner.ingest(worker.id);
+        let ingested = source.map_or(0, |source| source.ingest(worker.id));
         let mut dispatched = 0;
         for _ in 0..LANES_PER_ROUND {
             let Some(lane) = worker.next_ready() else {
@@ -374,17 +392,18 @@ fn poll_lanes(worker: &Arc<WorkerShared>) {
             continue;
         }
         worker.sleeping.store(true, Ordering::SeqCst);
-        let outside_work = runner.set_sleeping(worker.id, true);
+        let set_sleeping = |sleeping| source.is_some_and(|s| s.set_sleeping(worker.id, sleeping));
+        let outside_work = set_sleeping(true);
         if outside_work || worker.has_ready() || worker.shutdown.load(Ordering::SeqCst) {
             worker.sleeping.store(false, Ordering::SeqCst);
-            runner.set_sleeping(worker.id, false);
+            set_sleeping(false);
             continue;
         }
         let blocker = lock(&worker.poller).clone();
         if let Some(blocker) = blocker {
             blocker.park(None);
         }
-        runner.set_sleeping(worker.id, false);
+        set_sleeping(false);
         idle_rounds = 0;
     }
     for slot in lock(&worker.idle).drain(..) {

@@ -76,8 +76,58 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// The client task a worker's poller is routing now (its pool's `Monitor` and
+/// `Dynamic` code runs on the poller's stack), so that a poller killed there by a stack
+/// overflow can fail that task rather than leave its client waiting. Written and read
+/// on the worker's own thread only (the read after the poller died), so relaxed
+/// atomics suffice; they are atomics only to be shareable.
+#[derive(Debug, Default)]
+pub struct Routing {
+    /// Whether a task is being routed now.
+    active: AtomicBool,
+    /// The address of its client's area: an identity, never dereferenced (client ids
+    /// are reused, areas are not; the task being routed keeps its area alive).
+    area: AtomicUsize,
+    slot: AtomicU32,
+    method: AtomicU32,
+}
+
+/// A task being routed, as [`Routing::take`] returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routed {
+    /// The address of its client's area (compare with [`Arc::as_ptr`]).
+    pub area: usize,
+    /// The slot of its task.
+    pub slot: u32,
+    /// The task's method.
+    pub method: u32,
+}
+
+impl Routing {
+    fn begin(&self, area: &ClientArea, slot: u32, method: u32) {
+        self.area
+            .store(area as *const ClientArea as usize, Ordering::Relaxed);
+        self.slot.store(slot, Ordering::Relaxed);
+        self.method.store(method, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.active.store(false, Ordering::Relaxed);
+    }
+
+    /// The task being routed, if any, clearing the record.
+    pub fn take(&self) -> Option<Routed> {
+        self.active.swap(false, Ordering::Relaxed).then(|| Routed {
+            area: self.area.load(Ordering::Relaxed),
+            slot: self.slot.load(Ordering::Relaxed),
+            method: self.method.load(Ordering::Relaxed),
+        })
+    }
+}
 
 /// What the transport needs from the runtime: queue a task, wake a worker.
 pub trait Ingress: Send + Sync {
@@ -341,29 +391,42 @@ impl ClientArea {
 
     /// Takes up to `INGEST_BUDGET` queued tasks into the runtime; returns how many
     /// indices it popped.
-    pub fn ingest(self: &Arc<Self>, worker: usize, ingress: &dyn Ingress) -> usize {
+    pub fn ingest(
+        self: &Arc<Self>,
+        worker: usize,
+        ingress: &dyn Ingress,
+        routing: &Routing,
+    ) -> usize {
         if self.is_disowned() {
             return 0;
         }
-        let Ok(mut ring) = self.ring.try_lock() else {
-            return 0;
-        };
         let mut taken = 0;
         for _ in 0..INGEST_BUDGET {
-            match ring.pop() {
+            // The ring's lock is held for the pop only, never while a task is routed
+            // (chimod code, which may overflow the poller's stack and leak a guard).
+            let Ok(mut ring) = self.ring.try_lock() else {
+                return taken;
+            };
+            let popped = ring.pop();
+            drop(ring);
+            match popped {
                 Ok(Some(slot_index)) => {
                     taken += 1;
-                    self.ingest_slot(worker, slot_index, ingress);
+                    self.ingest_slot(worker, slot_index, ingress, routing);
                 }
                 Ok(None) => break,
                 Err(corrupt) => {
-                    drop(ring);
                     self.disown(&format!("its ring is corrupt ({corrupt})"));
                     return taken;
                 }
             }
         }
         taken
+    }
+
+    /// Answers slot `slot_index`, whose routing killed a poller, with `err`.
+    pub fn fail_routed(&self, slot_index: u32, err: &TaskError) {
+        self.write_result(slot_index, Err(err));
     }
 
     /// Fails every task still queued (the runtime is stopping).
@@ -418,7 +481,13 @@ impl ClientArea {
         true
     }
 
-    fn ingest_slot(self: &Arc<Self>, worker: usize, slot_index: u32, ingress: &dyn Ingress) {
+    fn ingest_slot(
+        self: &Arc<Self>,
+        worker: usize,
+        slot_index: u32,
+        ingress: &dyn Ingress,
+        routing: &Routing,
+    ) {
         if !self.accept(slot_index) {
             return;
         }
@@ -489,7 +558,10 @@ impl ClientArea {
             bulk: Some(self.bulk.clone()),
             local_worker: Some(worker),
         };
-        match ingress.enqueue(pool, method, query, input, schedule, origin) {
+        routing.begin(self, slot_index, method);
+        let enqueued = ingress.enqueue(pool, method, query, input, schedule, origin);
+        routing.end();
+        match enqueued {
             Ok(()) if acknowledge => {
                 let ack = match periodic_id {
                     Some(id) => encode(&id),

@@ -34,12 +34,14 @@
 //! **Status.** [`usage`] asks the runtime over the socket; the answer comes from the
 //! runtime's private counters, never from memory a client can write.
 pub use super::client_area::Ingress;
-use super::client_area::{AreaSpec, ClientArea, ServerCounters};
+use super::client_area::{AreaSpec, ClientArea, Routing, ServerCounters};
 pub use super::handshake::ShmUsage;
 use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
 use super::runtime_page::RuntimePage;
 use super::wire::{self, AreaGeometry};
+use crate::error::TaskError;
 use crate::runtime::task::lock;
+use crate::runtime::worker::TaskSource;
 use crate::shm::liveness::RuntimeLock;
 use crate::shm::naming::{InstanceName, ShmName};
 use rustix::event::{epoll, EventfdFlags, PollFd, PollFlags};
@@ -50,7 +52,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -111,6 +113,8 @@ pub struct ServeSizes {
     pub slots: u32,
     /// Workers polling client rings.
     pub workers: u32,
+    /// Bytes of stack each task coroutine gets (reported in errors).
+    pub stack_size: usize,
 }
 
 /// Who may connect and what each client may hold.
@@ -126,7 +130,7 @@ pub struct ServeAccess {
 /// The areas a worker polls, as of a table epoch.
 struct PollList {
     epoch: u32,
-    areas: Vec<Arc<ClientArea>>,
+    areas: Arc<[Arc<ClientArea>]>,
 }
 
 /// What a worker's doorbell thread waits on: its clients' doorbells, and its own stop
@@ -178,6 +182,16 @@ pub struct ShmServer {
     /// Bumped whenever `table` changes.
     epoch: AtomicU32,
     poll_lists: Vec<Mutex<PollList>>,
+    /// Per worker: the client task its poller is routing now.
+    routing: Vec<Routing>,
+    /// Where ingested tasks go (the runtime; weak, as the runtime holds this server).
+    ingress: OnceLock<Weak<dyn Ingress>>,
+    /// Cleared once a stop's grace is over: client rings are then left to `shutdown`
+    /// (which fails what they hold), so a client that keeps pushing does not keep the
+    /// workers busy answering it.
+    taking_tasks: AtomicBool,
+    /// The task coroutines' stack size (reported when a route overflows the poller's).
+    stack_size: usize,
     counters: Arc<ServerCounters>,
     ready: AtomicBool,
     stopping: AtomicBool,
@@ -265,10 +279,14 @@ impl ShmServer {
                 .map(|_| {
                     Mutex::new(PollList {
                         epoch: u32::MAX,
-                        areas: Vec::new(),
+                        areas: Arc::new([]),
                     })
                 })
                 .collect(),
+            routing: (0..workers).map(|_| Routing::default()).collect(),
+            ingress: OnceLock::new(),
+            taking_tasks: AtomicBool::new(true),
+            stack_size: sizes.stack_size,
             counters: Arc::new(ServerCounters::default()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -285,6 +303,7 @@ impl ShmServer {
 
     /// Starts the doorbell threads (one per worker) and the sessions thread.
     pub fn start_threads(self: &Arc<Self>, ingress: Arc<dyn Ingress>) {
+        let _ = self.ingress.set(Arc::downgrade(&ingress));
         let mut threads = lock(&self.threads);
         for worker in 0..self.workers {
             let server = self.clone();
@@ -591,24 +610,9 @@ impl ShmServer {
         usage
     }
 
-    /// Announces that `worker` is about to sleep (or woke up). Returns whether one of its
-    /// rings has work, in which case it should not sleep.
-    pub fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool {
-        self.page
-            .sleeping(worker)
-            .store(u32::from(sleeping), Ordering::SeqCst);
-        if !sleeping {
-            return false;
-        }
-        fence(Ordering::SeqCst);
-        self.poll_list(worker)
-            .areas
-            .iter()
-            .any(|area| area.has_work())
-    }
-
-    /// The areas `worker` polls (rebuilt only when the table changed).
-    fn poll_list(&self, worker: usize) -> std::sync::MutexGuard<'_, PollList> {
+    /// The areas `worker` polls (rebuilt only when the table changed): a snapshot, so
+    /// no lock is held while their tasks are routed.
+    fn poll_list(&self, worker: usize) -> Arc<[Arc<ClientArea>]> {
         let mut list = lock(&self.poll_lists[worker]);
         let epoch = self.epoch.load(Ordering::Acquire);
         if list.epoch != epoch {
@@ -620,25 +624,30 @@ impl ShmServer {
                 .map(|session| session.area.clone())
                 .collect();
         }
-        list
+        list.areas.clone()
     }
 
     /// Whether a ring polled by `worker` has a task (cheap: a look at each ring's tail).
     pub fn has_work(&self, worker: usize) -> bool {
         self.poll_list(worker)
-            .areas
             .iter()
             .any(|area| !area.is_disowned() && area.has_work())
     }
 
-    /// Takes queued tasks from the rings of `worker`'s clients into the runtime; returns
-    /// how many.
-    pub fn ingest(&self, worker: usize, ingress: &dyn Ingress) -> usize {
-        let list = self.poll_list(worker);
-        list.areas
+    /// Ends taking tasks from client rings (a stop's grace is over).
+    pub fn stop_taking_tasks(&self) {
+        self.taking_tasks.store(false, Ordering::Release);
+    }
+
+    /// The area at address `area` (see [`Routing`]), attached or draining.
+    fn area_at(&self, area: usize) -> Option<Arc<ClientArea>> {
+        let is_it = |candidate: &Arc<ClientArea>| Arc::as_ptr(candidate) as usize == area;
+        let attached = lock(&self.table)
             .iter()
-            .map(|area| area.ingest(worker, ingress))
-            .sum()
+            .flatten()
+            .find(|session| is_it(&session.area))
+            .map(|session| session.area.clone());
+        attached.or_else(|| lock(&self.draining).iter().find(|a| is_it(a)).cloned())
     }
 
     /// Fails every task still queued in a ring (the runtime is stopping).
@@ -672,6 +681,59 @@ impl ShmServer {
     /// Tasks completed for clients.
     pub fn tasks_done(&self) -> u64 {
         self.counters.tasks_done.load(Ordering::Relaxed)
+    }
+}
+
+/// Workers poll their clients' rings themselves.
+impl TaskSource for ShmServer {
+    fn ingest(&self, worker: usize) -> usize {
+        // Polled on every round of every worker: look at the rings first, and touch the
+        // runtime (the upgrade) only when there is work.
+        if worker >= self.workers as usize
+            || !self.taking_tasks.load(Ordering::Acquire)
+            || !self.has_work(worker)
+        {
+            return 0;
+        }
+        let Some(ingress) = self.ingress.get().and_then(Weak::upgrade) else {
+            return 0;
+        };
+        let routing = &self.routing[worker];
+        self.poll_list(worker)
+            .iter()
+            .map(|area| area.ingest(worker, ingress.as_ref(), routing))
+            .sum()
+    }
+
+    /// Announces that `worker` is about to sleep (or woke up). Returns whether one of its
+    /// rings has work, in which case it should not sleep.
+    fn set_sleeping(&self, worker: usize, sleeping: bool) -> bool {
+        if worker >= self.workers as usize {
+            return false;
+        }
+        self.page
+            .sleeping(worker)
+            .store(u32::from(sleeping), Ordering::SeqCst);
+        if !sleeping {
+            return false;
+        }
+        fence(Ordering::SeqCst);
+        self.poll_list(worker).iter().any(|area| area.has_work())
+    }
+
+    fn poller_died(&self, worker: usize) {
+        let Some(routed) = self.routing.get(worker).and_then(Routing::take) else {
+            return;
+        };
+        if let Some(area) = self.area_at(routed.area) {
+            area.fail_routed(
+                routed.slot,
+                &TaskError::StackOverflow {
+                    method: routed.method,
+                    stack_size: self.stack_size as u64,
+                },
+            );
+        }
     }
 }
 
