@@ -9,22 +9,35 @@
 //! the worker thread. A task's coroutine never leaves its worker's thread
 //! ([`coroutine`]), so `std`'s thread-affine values are sound to hold across its waits.
 //!
-//! Client processes reach a runtime over shared memory ([`shm`]): their tasks arrive in
-//! per-client rings that the workers poll, and their results go back into the same
-//! client areas; a crashed client's area is reclaimed by the runtime.
+//! Client processes reach a runtime over shared memory ([`transport::shm`]): their tasks
+//! arrive in per-client rings that the workers poll, and their results go back into the
+//! same client areas; a crashed client's area is reclaimed by the runtime.
 //!
-//! Layers look down: [`codec`] and [`ids`] know nothing of tasks; [`lock`] knows nothing
-//! of pools; [`worker`] runs tasks without knowing what they do (a task does carry its
-//! `Arc<Pool>`, to spare a table lookup per task); [`shm`]'s building blocks know nothing
-//! of tasks, its server and connection sit on them; [`pool`] and [`runtime`] tie
-//! everything together; [`client`] is the public face, and reaches a runtime only
-//! through the [`transport`] seam (`Arc<dyn Transport>`): the in-process transport gets
-//! what it needs from the runtime through a trait the runtime implements, the
-//! shared-memory one ([`transport::shm`], which also defines `Client::connect`) sits on
-//! [`transport::shm::client`]. None of client, transports, [`bulk`] or [`coroutine`] imports
-//! the runtime's files, so they stay out of its import cycle (task ↔ pool ↔ module ↔
-//! context ↔ runtime). The core never names a chimod: the admin chimod reaches the
-//! runtime through [`RuntimeHandle`].
+//! # Layers
+//!
+//! Every file imports only files below it: no import cycle anywhere in the core (a test,
+//! `tests/layers.rs`, checks the sources). From the bottom:
+//!
+//! * foundations that know nothing of tasks: [`ids`], [`codec`], [`error`], [`query`],
+//!   [`config`], [`coroutine`] (the pinned per-worker executor), [`lock`] (coroutine
+//!   locks), [`bulk`], and [`shm`]'s building blocks (segment, ring, futex, liveness,
+//!   arena, naming, directory), which import nothing outside `shm`;
+//! * [`client`] and the [`transport`] seam (`Arc<dyn Transport>`): a client never
+//!   matches on a transport kind nor reaches into runtime state;
+//! * the runtime, bottom up: [`runtime::header`] (a task's fixed facts) →
+//!   [`runtime::context`] (what a handler sees; it reaches the runtime through the
+//!   `Host` trait the runtime implements) → [`runtime::module`] (the chimod contract) →
+//!   [`runtime::pool`] (a pool and its containers) → [`runtime::task`] (a task holds its
+//!   pool) → [`runtime::worker`] (lanes, workers, task coroutines; a worker runs tasks
+//!   through a `TaskRunner` and polls its `TaskSource` itself) →
+//!   [`runtime::pool_table`] (pools with their lanes) → [`runtime`] (the state that ties
+//!   them together);
+//! * transports over the runtime: `transport::inproc` (through a trait the runtime
+//!   implements) and [`transport::shm`] (wire layout, handshake, the runtime's server
+//!   and client areas — the server is the workers' task source — and a client's end).
+//!
+//! The core never names a chimod: the admin chimod reaches the runtime through
+//! [`RuntimeHandle`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

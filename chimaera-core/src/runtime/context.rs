@@ -7,7 +7,7 @@
 //! one run of one task and dropped after it.
 //!
 //! What a task may ask of its runtime (subtasks, and for the admin chimod the
-//! [`RuntimeHandle`]) goes through the [`Host`] trait, which the runtime implements: this
+//! [`RuntimeHandle`]) goes through the `Host` trait, which the runtime implements: this
 //! file knows the task's header and nothing of pools, workers or the runtime's state,
 //! so the module contract built on it sits below them.
 use crate::admin_api::{CreatePoolRequest, PoolInfo, WorkerStatus};

@@ -35,8 +35,8 @@
 //! # Failure modes
 //!
 //! Bad instance or role names are a [`NameError`] saying which characters are allowed.
-//! Nothing here touches the file system except [`instance_files`] (a listing, through
-//! [`RuntimeDir`]) and the one-time lookup of the login name in `/etc/passwd`.
+//! Nothing here touches the file system but the one-time lookup of the login name in
+//! `/etc/passwd`; listing and opening files is [`super::dir`]'s.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -160,7 +160,7 @@ impl ShmName {
 
     /// `{instance}.sock`: the runtime's Unix domain socket. The runtime binds it after
     /// [`crate::shm::RuntimeLock::remove_stale`] (which removes a dead runtime's socket);
-    /// a client checks it with [`RuntimeDir::check_socket`] before connecting. Its path
+    /// a client checks it with [`RuntimeDir::check_socket`](super::dir::RuntimeDir::check_socket) before connecting. Its path
     /// must fit `sockaddr_un` (107 bytes): with the default parent that leaves room for
     /// a user tag and an instance name of up to 80 bytes together.
     pub fn socket(instance: &InstanceName) -> ShmName {
@@ -190,7 +190,7 @@ impl ShmName {
 
     /// The full path, in the user directory ([`user_dir`]). For messages, tests and
     /// system calls that take only a path (`bind`, `connect`); files are opened through
-    /// [`RuntimeDir`], never by this path.
+    /// [`RuntimeDir`](super::dir::RuntimeDir), never by this path.
     pub fn path(&self) -> PathBuf {
         user_dir().join(&self.file)
     }
