@@ -45,6 +45,7 @@ pub mod pool;
 pub mod query;
 pub mod runtime;
 pub mod shm;
+pub mod stats;
 mod sync;
 pub mod task;
 pub mod transport;

@@ -14,6 +14,7 @@ use crate::admin_api::PoolInfo;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::module::{Container, ModuleEntry};
+use crate::stats::PoolStats;
 use crate::worker::Lane;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
@@ -41,6 +42,8 @@ pub struct Pool {
     pub(crate) params: Vec<u8>,
     pub(crate) containers: Vec<ContainerSlot>,
     pub(crate) destroyed: AtomicBool,
+    /// Its tasks' counters and latencies, per method.
+    pub(crate) stats: PoolStats,
 }
 
 impl Pool {
@@ -57,6 +60,11 @@ impl Pool {
     /// Number of containers.
     pub fn container_count(&self) -> u32 {
         self.containers.len() as u32
+    }
+
+    /// Its tasks' counters and latencies, per method.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
     }
 
     /// Whether the pool was destroyed.

@@ -106,6 +106,10 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn shm_server(&self) -> Option<&Arc<ShmServer>> {
+        self.shm.get()
+    }
+
     pub(crate) fn is_running(&self) -> bool {
         self.state.load(Ordering::Acquire) == RUNNING
     }
@@ -412,6 +416,7 @@ impl Shared {
             params: request.params.clone(),
             containers: Vec::new(),
             destroyed: Default::default(),
+            stats: crate::stats::PoolStats::new(module.info.methods),
         });
         for container in 0..containers {
             let header = TaskHeader {
@@ -447,6 +452,7 @@ impl Shared {
                     params: request.params.clone(),
                     containers: slots,
                     destroyed: Default::default(),
+                    stats: crate::stats::PoolStats::new(module.info.methods),
                 });
             }
         }
@@ -556,7 +562,9 @@ impl TaskRunner for Runner {
             return;
         };
         let Some(period) = task.header.period else {
+            let timer = task.pool.stats.start(task.header.method);
             let result = shared.run_once(task, out);
+            task.pool.stats.finish(timer, result.is_ok());
             let parity = task.header.parity;
             // Counted before the caller hears back, so a caller that then asks for the
             // count sees its task in it; in flight until after, so a flush does not
@@ -569,7 +577,10 @@ impl TaskRunner for Runner {
         };
         shared.periodic_live.fetch_add(1, Ordering::AcqRel);
         loop {
-            if let Err(err) = shared.run_once(task, out) {
+            let timer = task.pool.stats.start(task.header.method);
+            let result = shared.run_once(task, out);
+            task.pool.stats.finish(timer, result.is_ok());
+            if let Err(err) = result {
                 tracing::warn!(task = task.header.id, "periodic task failed: {err}");
             }
             out.trim();
@@ -602,6 +613,7 @@ impl TaskRunner for Runner {
         }));
         // The run counted the task in flight (a periodic one for this run, and as alive).
         shared.inflight.finished(task.header.parity);
+        task.pool.stats.lost(task.header.method);
         if task.header.period.is_some() {
             shared.periodic_live.fetch_sub(1, Ordering::AcqRel);
         }
@@ -944,6 +956,10 @@ pub struct RuntimeHandle {
 impl RuntimeHandle {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         RuntimeHandle { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Gets the pool named in `request`, or creates it (its containers are built by the
