@@ -388,6 +388,16 @@ fn runtime_clean_removes_what_a_killed_runtime_left() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(stderr(&output).contains("is running"), "{}", text(&output));
     assert!(lock.exists() && socket.exists());
+    // Nor does a second start of the instance touch them.
+    let output = run(&runtime, &["runtime", "start"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        stderr(&output).contains("already running")
+            && stderr(&output).contains("`chimaera runtime stop`"),
+        "{}",
+        text(&output)
+    );
+    assert!(lock.exists() && socket.exists());
 
     runtime.kill();
     assert!(lock.exists() && socket.exists(), "kill -9 leaves its files");

@@ -16,7 +16,7 @@
 use super::{fail, metrics, Context, BAD_INPUT, FAILED};
 use crate::admin::AdminClient;
 use crate::RuntimeBuilder;
-use chimaera_core::shm::liveness::runtime_alive;
+use chimaera_core::shm::liveness::{runtime_alive, runtime_pid};
 use chimaera_core::{compose, Client, PoolId, PoolQuery, RuntimeConfig, TaskError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -52,6 +52,22 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
         Ok(signals) => signals,
         Err(err) => return fail(FAILED, format!("cannot handle SIGINT/SIGTERM: {err}")),
     };
+    // Checked here too (the runtime's own check is the one that holds) so that the
+    // message names this binary and the flags.
+    if let Ok(true) = alive(&config) {
+        let pid =
+            runtime_pid(&config.instance).map_or_else(String::new, |pid| format!(" (pid {pid})"));
+        return fail(
+            FAILED,
+            format!(
+                "a runtime of instance `{}` is already running{pid}; stop it with `{} runtime \
+                 stop`, or pick another instance (--instance, CHI_INSTANCE or `instance:` in \
+                 the config)",
+                config.instance,
+                context.binary().name()
+            ),
+        );
+    }
     let instance = config.instance.clone();
     let grace = config.stop_grace_period;
     let metrics_address = config.metrics_prometheus;
