@@ -88,6 +88,14 @@ fn the_global_flags_show_their_variables_in_help() {
     }
 }
 
+/// Arguments, environment, words the error must name, words it must not.
+type Case<'a> = (
+    &'a [&'a str],
+    &'a [(&'a str, &'a str)],
+    &'a [&'a str],
+    &'a [&'a str],
+);
+
 #[test]
 fn errors_name_where_the_bad_value_came_from() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ops-{}", std::process::id()));
@@ -96,7 +104,7 @@ fn errors_name_where_the_bad_value_came_from() {
     std::fs::write(&list, "- a\n- b\n").unwrap();
     let list = list.to_str().unwrap();
     let missing = "/nonexistent/chimaera.yaml";
-    let cases: [(&[&str], &[(&str, &str)], &[&str], &[&str]); 7] = [
+    let cases: [Case; 7] = [
         // A path from argv is not the variable's.
         (
             &["compose", missing],
