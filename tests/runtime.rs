@@ -584,6 +584,7 @@ fn save_and_load_round_trip_every_admin_task() {
             in_flight: 2,
             latency: admin_api::LatencySummary {
                 count: 11,
+                sum_ns: 16_500,
                 mean_ns: 1_500,
                 p50_ns: 1_000,
                 p90_ns: 2_000,

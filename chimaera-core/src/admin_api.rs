@@ -140,6 +140,8 @@ pub struct MethodStatus {
 pub struct LatencySummary {
     /// Runs measured.
     pub count: u64,
+    /// Their sum (wraps after 2^64 ns: 584 years of run time).
+    pub sum_ns: u64,
     /// Their mean.
     pub mean_ns: u64,
     /// Median.

@@ -229,6 +229,7 @@ pub fn summarize(counts: &[u64], sum_ns: u64) -> LatencySummary {
         .map_or(0, |bucket| bucket_bounds(bucket).1);
     LatencySummary {
         count,
+        sum_ns,
         mean_ns: sum_ns.checked_div(count).unwrap_or(0),
         p50_ns: percentile(0.50),
         p90_ns: percentile(0.90),

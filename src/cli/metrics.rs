@@ -22,7 +22,9 @@
 //! | `chimaera_method_latency_seconds{pool,method,quantile}` | summary | run latency: quantiles 0.5, 0.9, 0.99, with `_sum` and `_count` |
 //!
 //! Pool names come from clients: label values are escaped as the format requires
-//! (`\\`, `\"`, `\n`), so no name can forge a series.
+//! (`\\`, `\"`, `\n`), so no name can forge a series. The endpoint has no
+//! authentication: bind it to a loopback address (`runtime start` warns otherwise) and
+//! let a local Prometheus agent scrape it.
 use chimaera_core::RuntimeHandle;
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -263,7 +265,7 @@ pub(super) fn render(runtime: &RuntimeHandle) -> String {
                     ),
                     format!(
                         "chimaera_method_latency_seconds_sum{{{labels}}} {}",
-                        seconds(latency.mean_ns.saturating_mul(latency.count))
+                        seconds(latency.sum_ns)
                     ),
                     format!(
                         "chimaera_method_latency_seconds_count{{{labels}}} {}",

@@ -102,6 +102,13 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
         Some(address) => match metrics::Exporter::start(address, runtime.handle()) {
             Ok(exporter) => {
                 tracing::info!(%address, "serving Prometheus metrics at /metrics");
+                if !address.ip().is_loopback() {
+                    tracing::warn!(
+                        %address,
+                        "the metrics endpoint has no authentication and is reachable beyond \
+                         this machine; pool names are visible to anyone who can connect"
+                    );
+                }
                 Some(exporter)
             }
             Err(err) => {
