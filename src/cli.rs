@@ -132,13 +132,20 @@ impl Binary {
     }
 }
 
-/// The [`Binary`](crate::cli::Binary) being compiled: its name (`CARGO_BIN_NAME`),
-/// version and description from the calling crate's Cargo metadata.
+/// The [`Binary`](crate::cli::Binary) being compiled: its name (`CARGO_BIN_NAME`; the
+/// package's name outside a binary target), version and description from the calling
+/// crate's Cargo metadata.
 #[macro_export]
 macro_rules! binary {
     () => {
-        $crate::cli::Binary::new(env!("CARGO_BIN_NAME"), env!("CARGO_PKG_VERSION"))
-            .about(env!("CARGO_PKG_DESCRIPTION"))
+        $crate::cli::Binary::new(
+            match option_env!("CARGO_BIN_NAME") {
+                Some(name) => name,
+                None => env!("CARGO_PKG_NAME"),
+            },
+            env!("CARGO_PKG_VERSION"),
+        )
+        .about(env!("CARGO_PKG_DESCRIPTION"))
     };
 }
 
