@@ -10,6 +10,8 @@ use crate::ids::{MethodId, PoolId};
 use crate::query::PoolQuery;
 use rkyv::{Archive, Deserialize, Serialize};
 
+pub use crate::stats::{LatencySummary, MethodStatus};
+
 /// `kGetOrCreatePool`.
 pub const GET_OR_CREATE_POOL: MethodId = 10;
 /// `kDestroyPool`.
@@ -112,46 +114,6 @@ pub struct LaneStatus {
     pub high_latency: bool,
     /// Tasks queued on it when this was taken.
     pub queued: u64,
-}
-
-/// One method of one pool: its tasks and their run latencies since the pool was made.
-#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
-#[rkyv(derive(Debug))]
-pub struct MethodStatus {
-    /// The pool.
-    pub pool: PoolId,
-    /// The method's id.
-    pub method: MethodId,
-    /// The method's manifest name (`kCustom`).
-    pub name: String,
-    /// Runs that succeeded.
-    pub completed: u64,
-    /// Runs that failed (an error, a panic, a stack overflow).
-    pub failed: u64,
-    /// Runs started and not yet done (the `Status` task left out).
-    pub in_flight: u64,
-    /// Latencies of the runs done.
-    pub latency: LatencySummary,
-}
-
-/// Count, mean and percentiles of run latencies, in nanoseconds (each within 12.5 %).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
-#[rkyv(derive(Debug))]
-pub struct LatencySummary {
-    /// Runs measured.
-    pub count: u64,
-    /// Their sum (wraps after 2^64 ns: 584 years of run time).
-    pub sum_ns: u64,
-    /// Their mean.
-    pub mean_ns: u64,
-    /// Median.
-    pub p50_ns: u64,
-    /// 90th percentile.
-    pub p90_ns: u64,
-    /// 99th percentile.
-    pub p99_ns: u64,
-    /// The largest (the upper bound of its bucket).
-    pub max_ns: u64,
 }
 
 /// The clients' shared memory: the configured sizes and what attached clients hold.

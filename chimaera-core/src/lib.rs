@@ -46,6 +46,7 @@ pub mod query;
 pub mod runtime;
 pub mod shm;
 pub mod stats;
+pub mod status;
 mod sync;
 pub mod task;
 pub mod transport;

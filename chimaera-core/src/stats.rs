@@ -1,5 +1,6 @@
 //! Runtime statistics: per pool and method, tasks started, succeeded and failed, and a
-//! latency histogram; and the [`RuntimeStatus`] snapshot built from them.
+//! latency histogram. A leaf of the core: it knows method ids and nothing of the
+//! runtime; [`crate::status`] builds the admin `Status` snapshot from it.
 //!
 //! # What is measured
 //!
@@ -31,16 +32,51 @@
 //! Counters only grow; a reader sees each one at some recent value, so `in_flight`
 //! (started minus done) is clamped at zero when a reader sees a completion before its
 //! start. Nothing here can fail or panic on any task.
-use crate::admin_api::{
-    ContainerStatus, LaneStatus, LatencySummary, MethodStatus, RuntimeStatus, ShmStatus,
-};
-use crate::context::RunContext;
 use crate::ids::{MethodId, PoolId};
 use crate::module::MethodInfo;
-use crate::runtime::RuntimeHandle;
-use crate::worker::LanePriority;
+use rkyv::{Archive, Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+/// One method of one pool: its tasks and their run latencies since the pool was made.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct MethodStatus {
+    /// The pool.
+    pub pool: PoolId,
+    /// The method's id.
+    pub method: MethodId,
+    /// The method's manifest name (`kCustom`).
+    pub name: String,
+    /// Runs that succeeded.
+    pub completed: u64,
+    /// Runs that failed (an error, a panic, a stack overflow).
+    pub failed: u64,
+    /// Runs started and not yet done (the `Status` task left out).
+    pub in_flight: u64,
+    /// Latencies of the runs done.
+    pub latency: LatencySummary,
+}
+
+/// Count, mean and percentiles of run latencies, in nanoseconds (each within 12.5 %).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct LatencySummary {
+    /// Runs measured.
+    pub count: u64,
+    /// Their sum (wraps after 2^64 ns: 584 years of run time).
+    pub sum_ns: u64,
+    /// Their mean.
+    pub mean_ns: u64,
+    /// Median.
+    pub p50_ns: u64,
+    /// 90th percentile.
+    pub p90_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// The largest (the upper bound of its bucket).
+    pub max_ns: u64,
+}
 
 /// Buckets of a latency histogram: four per power of two of a `u64` nanosecond count.
 pub const BUCKETS: usize = 252;
@@ -235,88 +271,6 @@ pub fn summarize(counts: &[u64], sum_ns: u64) -> LatencySummary {
         p90_ns: percentile(0.90),
         p99_ns: percentile(0.99),
         max_ns: max,
-    }
-}
-
-impl RuntimeHandle {
-    /// A snapshot of the runtime for the admin `Status` task running in `ctx`, which
-    /// leaves itself out: its own task is not in flight, and the client that sent it
-    /// over shared memory (and its client area) is not counted among the attached ones.
-    pub fn status(&self, ctx: &RunContext) -> RuntimeStatus {
-        let own_pool = ctx.pool_id();
-        let own_method = ctx.method();
-        let from_shm_client = ctx.bulk_share().is_some();
-        let shared = self.shared();
-        let pools = shared.pools.list();
-        let mut containers = Vec::new();
-        let mut methods = Vec::new();
-        for pool in &pools {
-            for (id, slot) in pool.containers.iter().enumerate() {
-                containers.push(ContainerStatus {
-                    pool: pool.id,
-                    container: id as u32,
-                    lanes: slot
-                        .lanes
-                        .iter()
-                        .map(|lane| LaneStatus {
-                            worker: lane.worker() as u32,
-                            high_latency: lane.priority() == LanePriority::HighLatency,
-                            queued: lane.len() as u64,
-                        })
-                        .collect(),
-                });
-            }
-            let exclude = (pool.id == own_pool).then_some((own_method, 1));
-            methods.extend(pool.stats.snapshot(pool.id, exclude));
-        }
-        let config = &shared.config;
-        let usage = shared.shm_server().map(|server| server.usage());
-        let max_clients = u64::from(config.max_clients);
-        let per_client = [
-            config.shm.main_size,
-            config.shm.client_data_size,
-            config.shm.runtime_data_size,
-        ]
-        .iter()
-        .map(|size| *size as u64 / max_clients.max(1))
-        .sum::<u64>();
-        // The asking client's own area is left out with the client.
-        let areas = usage
-            .map_or(0, |usage| usage.client_areas_in_use)
-            .saturating_sub(u32::from(from_shm_client));
-        RuntimeStatus {
-            pid: std::process::id(),
-            instance: config.instance.to_string(),
-            workers: self.workers(),
-            pools: pools.iter().map(|pool| pool.info()).collect(),
-            inflight: self.inflight().saturating_sub(1),
-            completed: self.completed(),
-            clients: self.clients().saturating_sub(u32::from(from_shm_client)),
-            periodic: self.periodic_tasks(),
-            containers,
-            methods,
-            shm: ShmStatus {
-                serving: usage.is_some(),
-                max_clients: config.max_clients,
-                main_size: config.shm.main_size as u64,
-                client_data_size: config.shm.client_data_size as u64,
-                runtime_data_size: config.shm.runtime_data_size as u64,
-                per_client_bytes: per_client,
-                client_areas_in_use: areas,
-                committed_bytes: per_client.saturating_mul(u64::from(areas)),
-                output_bytes_in_use: usage.map_or(0, |usage| usage.output_bytes_in_use),
-            },
-        }
-    }
-
-    /// Every pool's per-method counters (for exporters; nothing left out).
-    pub fn method_stats(&self) -> Vec<MethodStatus> {
-        self.shared()
-            .pools
-            .list()
-            .iter()
-            .flat_map(|pool| pool.stats.snapshot(pool.id, None))
-            .collect()
     }
 }
 
