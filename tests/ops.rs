@@ -385,6 +385,43 @@ fn pool_list_info_and_destroy() {
     assert!(stdout(&run(&runtime, &["pool", "list"])).contains("kept"));
 }
 
+/// A client names its pool with terminal escapes, a bell, a newline and a bidi override:
+/// the text outputs print them escaped (the operator's terminal is not the client's to
+/// drive), JSON carries the name exactly, and look-ups by the real name still work.
+#[test]
+fn names_a_client_chose_cannot_drive_the_operators_terminal() {
+    let runtime = RuntimeProcess::start("hostile_names", "");
+    let client = runtime.client();
+    let evil = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\nfake line\u{202e}dne";
+    let _pool = pool_with_tasks(&client, evil, 1);
+    let raw = |text: &str| {
+        text.chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}')
+            || text.lines().any(|line| line.starts_with("fake line"))
+    };
+    for args in [
+        &["pool", "list"][..],
+        &["runtime", "status"],
+        &["pool", "info", evil],
+    ] {
+        let output = run(&runtime, args);
+        assert!(output.status.success(), "{}", text(&output));
+        let printed = stdout(&output);
+        assert!(
+            !raw(&printed),
+            "{args:?} printed a raw control character:\n{printed:?}"
+        );
+        assert!(printed.contains("evil\\u{1b}]0;pwned"), "{printed:?}");
+    }
+    let output = run(&runtime, &["runtime", "status", "--json"]);
+    let json: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(array(&json, "pools")
+        .iter()
+        .any(|pool| pool["name"] == evil));
+    let output = run(&runtime, &["pool", "destroy", evil]);
+    assert!(output.status.success(), "{}", text(&output));
+}
+
 #[test]
 fn runtime_clean_removes_what_a_killed_runtime_left() {
     let mut runtime = RuntimeProcess::start("clean", "");

@@ -7,7 +7,7 @@
 //! completed and failed counts since the last refresh), p50 and p99 latency. `q`, `Esc`
 //! or Ctrl-C quit; the terminal is restored on every exit path (ratatui's init installs a
 //! panic hook that restores it too). If the runtime stops, the monitor exits saying so.
-use super::status::{fetch, human_bytes, human_ns};
+use super::status::{fetch, for_display, human_bytes, human_ns};
 use super::{Context, FAILED};
 use chimaera_core::admin_api::RuntimeStatus;
 use chimaera_core::{MethodId, PoolId};
@@ -53,7 +53,7 @@ impl View {
             }
         }
         View {
-            status,
+            status: for_display(status),
             rate,
             method_rates,
         }
@@ -137,6 +137,7 @@ fn restore_and_fail(context: &Context, message: String) -> ExitCode {
     context.fail(FAILED, message)
 }
 
+/// Draws `view`, whose names were made [`shown`](super::status::shown) when it was taken.
 fn draw(frame: &mut Frame, binary: &str, view: &View) {
     let status = &view.status;
     let lanes: usize = status.containers.iter().map(|c| c.lanes.len()).sum();

@@ -4,7 +4,7 @@
 //! `DestroyPool` task for the pool's id, like any client would, so the runtime's rules
 //! apply (tasks queued for the pool fail with `PoolDestroyed`, running ones finish, the
 //! containers' `kDestroy` runs; admin rights are checked for other users).
-use super::status::{fetch, methods_of, print_methods, print_pools};
+use super::status::{fetch, for_display, methods_of, print_methods, print_pools, shown};
 use super::{fail, Context, FAILED};
 use crate::admin::AdminClient;
 use chimaera_core::admin_api::{PoolInfo, RuntimeStatus};
@@ -44,7 +44,7 @@ pub(super) fn list(context: &Context) -> ExitCode {
     match status(context) {
         Ok(status) => {
             println!("pools: {}", status.pools.len());
-            print_pools(&status);
+            print_pools(&for_display(status));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -57,9 +57,15 @@ pub(super) fn info(context: &Context, name: &str) -> ExitCode {
         Ok(status) => status,
         Err(code) => return code,
     };
-    let pool = match find(context, &status, name) {
-        Ok(pool) => pool,
+    let found = match find(context, &status, name) {
+        Ok(pool) => pool.clone(),
         Err(code) => return code,
+    };
+    let status = for_display(status);
+    let pool = &PoolInfo {
+        name: shown(&found.name),
+        module: shown(&found.module),
+        ..found
     };
     println!(
         "pool `{}` ({}): module {}, {} container(s), {} queued",

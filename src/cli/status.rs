@@ -87,7 +87,7 @@ pub(super) fn status(context: &Context, json: bool) -> ExitCode {
     if json {
         print_json(&Running::from(&status));
     } else {
-        print_text(&status);
+        print_text(&for_display(status));
     }
     ExitCode::SUCCESS
 }
@@ -407,6 +407,35 @@ pub(super) fn methods_of(
         .methods
         .iter()
         .filter(move |method| method.pool == pool)
+}
+
+/// `text` (a name a client chose) safe to print on a terminal: control characters (an
+/// escape sequence could rewrite the operator's screen or forge lines) and bidirectional
+/// overrides (which reorder what is shown) are printed escaped, like `\u{1b}`.
+pub(super) fn shown(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || reorders {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
+/// `status` with every name a client may have chosen made [`shown`]: for text output
+/// only (JSON escapes by itself; look-ups by name use the real names).
+pub(super) fn for_display(mut status: RuntimeStatus) -> RuntimeStatus {
+    for pool in &mut status.pools {
+        pool.name = shown(&pool.name);
+        pool.module = shown(&pool.module);
+    }
+    for method in &mut status.methods {
+        method.name = shown(&method.name);
+    }
+    status
 }
 
 /// A duration in nanoseconds, in the unit that suits it (`850ns`, `12.3µs`, `4.1ms`).
