@@ -70,6 +70,10 @@
 //! }
 //! ```
 //!
+//! `runtime status --json` prints a versioned document (`"schema": 1`), documented in
+//! the README ("Operating a runtime") and in `src/cli/status.rs`; the statistics in it
+//! are [`chimaera_core::stats`]'s.
+//!
 //! # Exit codes
 //!
 //! `0` success; `1` ([`FAILED`]) the command failed (no runtime running, a pool not
