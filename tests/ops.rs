@@ -227,7 +227,13 @@ fn array<'a>(value: &'a Value, key: &str) -> &'a Vec<Value> {
 fn status_json_follows_schema_1_and_leaves_itself_out() {
     let runtime = RuntimeProcess::start("status_json", "");
     let client = runtime.client();
-    let _pool = pool_with_tasks(&client, "counted", 25);
+    let pool = pool_with_tasks(&client, "counted", 25);
+    // A run killed by a stack overflow counts as failed, and is no longer in flight.
+    let overflow = pool.overflow_test(PoolQuery::local(), &mut [0u8; 16], false, 0, true);
+    assert!(
+        matches!(overflow, Err(TaskError::StackOverflow { .. })),
+        "{overflow:?}"
+    );
 
     let output = run(&runtime, &["runtime", "status", "--json"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -290,6 +296,19 @@ fn status_json_follows_schema_1_and_leaves_itself_out() {
     assert!(
         0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
         "{latency}"
+    );
+    let overflowed = methods
+        .iter()
+        .find(|method| method["name"] == "kOverflowTest")
+        .expect("kOverflowTest listed");
+    assert_eq!(
+        (
+            &overflowed["completed"],
+            &overflowed["failed"],
+            &overflowed["in_flight"]
+        ),
+        (&Value::from(0), &Value::from(1), &Value::from(0)),
+        "{overflowed}"
     );
     let admin = pools
         .iter()
