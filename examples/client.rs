@@ -9,9 +9,22 @@
 //! `CHI_INSTANCE`; the default instance is `default`).
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
+use std::process::ExitCode;
 use std::time::Instant;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Errors are printed with their message (Display), which says what to do, rather than
+/// the `Debug` form `main` returning `Result` would print.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("client: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let chi = Client::connect()?;
     let m = ModNameClient::create(
         &chi,

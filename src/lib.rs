@@ -17,9 +17,11 @@
 //!
 //! This crate re-exports [`chimaera_core`] (the runtime), the macros, the admin chimod
 //! (always linked) and the chimods enabled by cargo features (`mod_name`).
-//! [`cli`] is the `chimaera` command line (`runtime start|stop|status`, `compose`,
-//! `modules`, `repo check`); a runtime binary with modules of your own gets it from a
-//! one-line `main`: `chimaera::cli::main_with(chimaera::builder().module::<MyMod>())`.
+//! [`cli`] is the `chimaera` command line (`runtime start|stop|status|clean`, `pool
+//! list|info|destroy`, `monitor`, `compose`, `modules`, `repo check`, `completions`); a
+//! runtime binary with modules of your own gets it, under its own name, from a one-line
+//! `main`: `chimaera::cli::main_with(chimaera::binary!(), chimaera::builder().module::<MyMod>())`
+//! (and adds commands of its own with [`cli::main_with_commands`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use chimaera_core::*;

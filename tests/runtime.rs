@@ -566,6 +566,38 @@ fn save_and_load_round_trip_every_admin_task() {
         completed: 99,
         clients: 3,
         periodic: 2,
+        containers: vec![admin_api::ContainerStatus {
+            pool: PoolId::new(4, 0),
+            container: 0,
+            lanes: vec![admin_api::LaneStatus {
+                worker: 1,
+                high_latency: true,
+                queued: 5,
+            }],
+        }],
+        methods: vec![admin_api::MethodStatus {
+            pool: PoolId::new(4, 0),
+            method: 25,
+            name: "kCustom".into(),
+            completed: 10,
+            failed: 1,
+            in_flight: 2,
+            latency: admin_api::LatencySummary {
+                count: 11,
+                sum_ns: 16_500,
+                mean_ns: 1_500,
+                p50_ns: 1_000,
+                p90_ns: 2_000,
+                p99_ns: 3_000,
+                max_ns: 4_095,
+            },
+        }],
+        shm: admin_api::ShmStatus {
+            serving: true,
+            max_clients: 8,
+            per_client_bytes: 4096,
+            ..Default::default()
+        },
     };
     let outputs = [
         (
@@ -622,7 +654,26 @@ fn status_reports_pools_workers_and_task_counts() {
     let run: u64 = status.workers.iter().map(|w| w.tasks_run).sum();
     assert!(run >= 10, "workers ran {run} tasks: {status:?}");
     assert!(status.completed >= 10, "{status:?}");
-    assert!(status.inflight >= 1, "the status task itself is in flight");
+    // The status task leaves itself out.
+    assert_eq!(status.inflight, 0, "{status:?}");
+    let custom = status
+        .methods
+        .iter()
+        .find(|method| method.pool == m.pool_id() && method.name == "kCustom")
+        .expect("the pool's methods are listed");
+    assert_eq!((custom.completed, custom.in_flight), (10, 0));
+    assert_eq!(custom.latency.count, 10);
+    assert!(custom.latency.p50_ns > 0 && custom.latency.p50_ns <= custom.latency.max_ns);
+    let own = status
+        .methods
+        .iter()
+        .find(|method| method.pool == PoolId::ADMIN && method.name == "kStatus")
+        .expect("admin methods are listed");
+    assert_eq!(own.in_flight, 0, "the status task leaves itself out");
+    assert!(status
+        .containers
+        .iter()
+        .any(|container| container.pool == m.pool_id() && !container.lanes.is_empty()));
     let pool = status
         .pools
         .iter()

@@ -10,6 +10,8 @@ use crate::ids::{MethodId, PoolId};
 use crate::query::PoolQuery;
 use rkyv::{Archive, Deserialize, Serialize};
 
+pub use crate::stats::{LatencySummary, MethodStatus};
+
 /// `kGetOrCreatePool`.
 pub const GET_OR_CREATE_POOL: MethodId = 10;
 /// `kDestroyPool`.
@@ -73,14 +75,69 @@ pub struct RuntimeStatus {
     pub workers: Vec<WorkerStatus>,
     /// Every live pool, the admin pool included.
     pub pools: Vec<PoolInfo>,
-    /// Task replicas in flight when this was taken (the `Status` task itself included).
+    /// Task replicas in flight when this was taken (the `Status` task itself left out).
     pub inflight: u64,
     /// Task replicas completed since start.
     pub completed: u64,
-    /// Client processes attached over shared memory.
+    /// Client processes attached over shared memory (the one that asked left out).
     pub clients: u32,
     /// Periodic task replicas alive (running, or sleeping until their next run).
     pub periodic: u64,
+    /// Every container of every pool with its lanes, in pool then container order.
+    pub containers: Vec<ContainerStatus>,
+    /// Every method of every pool with its counters and latencies (see
+    /// [`crate::stats`]), in pool then method order.
+    pub methods: Vec<MethodStatus>,
+    /// The clients' shared memory.
+    pub shm: ShmStatus,
+}
+
+/// One container of a pool and its lanes.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ContainerStatus {
+    /// Its pool.
+    pub pool: PoolId,
+    /// Its id in the pool.
+    pub container: u32,
+    /// Its lanes, in lane order.
+    pub lanes: Vec<LaneStatus>,
+}
+
+/// One lane of a container.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct LaneStatus {
+    /// The worker that serves it.
+    pub worker: u32,
+    /// Whether it is a high-latency lane (else low-latency).
+    pub high_latency: bool,
+    /// Tasks queued on it when this was taken.
+    pub queued: u64,
+}
+
+/// The clients' shared memory: the configured sizes and what attached clients hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ShmStatus {
+    /// Whether the runtime serves other processes at all (`Runtime::serve`).
+    pub serving: bool,
+    /// `max_clients`.
+    pub max_clients: u32,
+    /// `shm.main_size`.
+    pub main_size: u64,
+    /// `shm.client_data_size`.
+    pub client_data_size: u64,
+    /// `shm.runtime_data_size`.
+    pub runtime_data_size: u64,
+    /// Bytes of shared memory each client area gets (the three sizes / `max_clients`).
+    pub per_client_bytes: u64,
+    /// Client areas in use (attached clients, and gone ones whose tasks still run).
+    pub client_areas_in_use: u32,
+    /// Bytes those areas hold (`per_client_bytes` each).
+    pub committed_bytes: u64,
+    /// Bytes of output spaces holding outputs not yet taken.
+    pub output_bytes_in_use: u64,
 }
 
 /// How a pool is laid out when created.

@@ -44,6 +44,9 @@
 //! max_periodic_tasks: 4096   # periodic tasks alive at once, all clients together
 //!                            # (1..=1048576); one more fails with TooManyPeriodicTasks
 //! pin_workers: false         # pin worker threads to cores
+//! metrics:
+//!   prometheus: 127.0.0.1:9464 # serve the runtime's statistics in Prometheus text format at
+//!                            # http://ADDRESS/metrics (off when absent; `runtime start` serves it)
 //! compose:                   # pools created at boot, in this order
 //!   - module: bdev           # the chimod's name
 //!     name: ram0             # the pool's unique name
@@ -130,12 +133,18 @@ pub struct RuntimeConfig {
     pub access: AccessConfig,
     /// Tasks one client may have in flight (`quotas.tasks_in_flight`).
     pub client_tasks_in_flight: u32,
+    /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
+    /// format (`metrics.prometheus`); `None` (the default): nowhere.
+    pub metrics_prometheus: Option<std::net::SocketAddr>,
 }
 
 // --- added on branch `isolation`: who may connect, and per-client quotas ---
 /// Who besides the runtime's own effective uid may connect (`access:`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename = "access")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys uids, gids and admin_uids"
+)]
 pub struct AccessConfig {
     /// Further uids allowed to connect.
     #[serde(default)]
@@ -154,7 +163,10 @@ const MAX_ACCESS_ENTRIES: usize = 1024;
 const MAX_TASKS_IN_FLIGHT: u32 = 1 << 20;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename = "quotas")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the key tasks_in_flight"
+)]
 struct FileQuotas {
     tasks_in_flight: Option<u32>,
 }
@@ -220,6 +232,7 @@ impl Default for RuntimeConfig {
             compose: Vec::new(),
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
+            metrics_prometheus: None,
         }
     }
 }
@@ -238,7 +251,16 @@ impl RuntimeConfig {
 
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<RuntimeConfig, ConfigError> {
         let mut config = match var(CONF_ENV).filter(|path| !path.is_empty()) {
-            Some(path) => Self::from_file(path)?,
+            // The file's own errors name the file and the key; one it cannot even read
+            // is a bad value of the variable that named it.
+            Some(path) => Self::from_file(&path).map_err(|err| match err {
+                ConfigError::Read { .. } => ConfigError::Env {
+                    var: CONF_ENV,
+                    value: path,
+                    problem: format!("{err}; fix the path or unset {CONF_ENV} to use the defaults"),
+                },
+                other => other,
+            })?,
             None => RuntimeConfig::default(),
         };
         if let Some(instance) = var(INSTANCE_ENV).filter(|name| !name.is_empty()) {
@@ -427,11 +449,7 @@ impl RuntimeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error(
-        "cannot read config file {}: {source}; fix the path in {CONF_ENV} or unset it to use \
-         the defaults",
-        path.display()
-    )]
+    #[error("cannot read config file {}: {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -617,7 +635,10 @@ impl<'de> Deserialize<'de> for Size {
 
 /// The file's shape: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename = "config")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of config keys (instance:, workers:, shm:, compose:, ...)"
+)]
 struct FileConfig {
     instance: Option<String>,
     workers: Option<FileWorkers>,
@@ -634,17 +655,30 @@ struct FileConfig {
     compose: Option<Vec<FilePool>>,
     access: Option<AccessConfig>,
     quotas: Option<FileQuotas>,
+    metrics: Option<FileMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename = "workers")]
+#[serde(deny_unknown_fields, expecting = "a mapping with the key prometheus")]
+struct FileMetrics {
+    prometheus: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys low_latency and high_latency"
+)]
 struct FileWorkers {
     low_latency: Option<usize>,
     high_latency: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename = "shm")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys main_size, client_data_size and runtime_data_size"
+)]
 struct FileShm {
     main_size: Option<Size>,
     client_data_size: Option<Size>,
@@ -652,14 +686,20 @@ struct FileShm {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename = "idle")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys spin_rounds and yield_rounds"
+)]
 struct FileIdle {
     spin_rounds: Option<u32>,
     yield_rounds: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename = "pool")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pool: a mapping with the keys module, name, containers and params"
+)]
 struct FilePool {
     module: String,
     name: String,
@@ -736,6 +776,16 @@ impl FileConfig {
         }
         if let Some(ms) = self.stop_grace_period_ms {
             config.stop_grace_period = Duration::from_millis(ms);
+        }
+        if let Some(address) = self.metrics.and_then(|metrics| metrics.prometheus) {
+            let address = address.parse().map_err(|_| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: "metrics.prometheus".to_owned(),
+                problem: format!(
+                    "is `{address}`; give an IP address and port like `127.0.0.1:9464`"
+                ),
+            })?;
+            config.metrics_prometheus = Some(address);
         }
         if let Some(pin) = self.pin_workers {
             config.pin_workers = pin;
@@ -1072,6 +1122,34 @@ compose:
     }
 
     #[test]
+    fn a_list_where_a_mapping_belongs_says_what_belongs_there() {
+        for (yaml, wanted) in [
+            ("- a\n- b\n", "a mapping of config keys"),
+            ("workers: [1, 2]\n", "low_latency and high_latency"),
+            ("compose: [[1]]\n", "a pool: a mapping"),
+        ] {
+            let (message, _) = parse_err(yaml);
+            assert!(message.contains(wanted), "{yaml:?}: {message}");
+            assert!(!message.contains("FileConfig"), "{message}");
+            assert!(!message.contains("struct"), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_prometheus_address_is_off_by_default_and_checked() {
+        assert_eq!(RuntimeConfig::default().metrics_prometheus, None);
+        let config =
+            RuntimeConfig::from_yaml_str("metrics:\n  prometheus: 127.0.0.1:9464\n").unwrap();
+        assert_eq!(
+            config.metrics_prometheus,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let (key, problem) = invalid_key("metrics:\n  prometheus: localhost\n");
+        assert_eq!(key, "metrics.prometheus");
+        assert!(problem.contains("127.0.0.1:9464"), "{problem}");
+    }
+
+    #[test]
     fn environment_picks_the_file_and_the_instance() {
         let dir = std::env::temp_dir().join(format!("chimaera-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1111,8 +1189,15 @@ compose:
         let missing =
             |var: &str| (var == CONF_ENV).then(|| "/nonexistent/chimaera.yaml".to_owned());
         let err = RuntimeConfig::from_vars(missing).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::Env { var: CONF_ENV, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("CHI_SERVER_CONF"), "{err}");
+        // Read directly, the path came from no variable: the message names none.
+        let err = RuntimeConfig::from_file("/nonexistent/chimaera.yaml").unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(!err.to_string().contains("CHI_SERVER_CONF"), "{err}");
 
         std::fs::write(&path, "max_clients: 0\n").unwrap();
         let err = RuntimeConfig::from_file(&path).unwrap_err();

@@ -53,6 +53,7 @@ pub mod lock;
 pub mod query;
 pub mod runtime;
 pub mod shm;
+pub mod stats;
 mod sync;
 pub mod transport;
 

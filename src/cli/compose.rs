@@ -4,20 +4,21 @@
 //! `compose:` list is used). Every entry is converted with this binary's composable
 //! modules before anything is created, so a bad entry creates nothing; pools are then
 //! got-or-created in file order, which makes composing a file twice harmless.
-use super::{fail, runtime, BAD_INPUT, FAILED};
+use super::{fail, Context, BAD_INPUT, FAILED};
 use crate::RuntimeBuilder;
 use chimaera_core::{compose, RuntimeConfig};
 use std::path::Path;
 use std::process::ExitCode;
 
-pub(super) fn compose_file(builder: &RuntimeBuilder, file: &Path) -> ExitCode {
-    let config = match runtime::load_config() {
+pub(super) fn compose_file(context: &Context, builder: &RuntimeBuilder, file: &Path) -> ExitCode {
+    let config = match context.config() {
         Ok(config) => config,
         Err(code) => return code,
     };
+    // The path came from the command line: say so, not the config's variable.
     let specs = match RuntimeConfig::from_file(file) {
         Ok(listed) => listed.compose,
-        Err(err) => return fail(BAD_INPUT, err),
+        Err(err) => return fail(BAD_INPUT, format!("{err} (the FILE argument of `compose`)")),
     };
     if specs.is_empty() {
         return fail(
@@ -32,7 +33,7 @@ pub(super) fn compose_file(builder: &RuntimeBuilder, file: &Path) -> ExitCode {
         Ok(pools) => pools,
         Err(err) => return fail(BAD_INPUT, format!("{}: {err}", file.display())),
     };
-    let client = match runtime::connect(&config) {
+    let client = match context.connect_to(&config) {
         Ok(client) => client,
         Err(code) => return code,
     };

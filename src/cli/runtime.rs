@@ -1,4 +1,4 @@
-//! `chimaera runtime start|stop|status`.
+//! `chimaera runtime start|stop` (`status` and `clean` are in [`super::status`]).
 //!
 //! `start` serves in the foreground: it loads the config, creates the `compose:` pools,
 //! prints one `… serving (pid N)` line on stdout, and blocks until the runtime is
@@ -8,14 +8,15 @@
 //! second signal during that stop exits at once, leaving its lock file and socket to the
 //! next start (which detects and replaces them).
 //!
+//! With `metrics.prometheus` set in the config, `start` also serves the runtime's
+//! statistics at `http://ADDRESS/metrics` ([`super::metrics`]) until it stops.
+//!
 //! `stop` and `status` find the runtime by instance name; whether one is up comes from
 //! its liveness lock ([`runtime_alive`]), never from a pid file.
-use super::{fail, BAD_INPUT, FAILED};
+use super::{fail, metrics, Context, BAD_INPUT, FAILED};
 use crate::admin::AdminClient;
 use crate::RuntimeBuilder;
-use chimaera_core::admin_api::{PoolInfo, RuntimeStatus};
-use chimaera_core::shm::liveness::runtime_alive;
-use chimaera_core::ConnectError;
+use chimaera_core::shm::liveness::{runtime_alive, runtime_pid};
 use chimaera_core::{compose, Client, PoolId, PoolQuery, RuntimeConfig, TaskError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -29,40 +30,15 @@ const STOP_MARGIN: Duration = Duration::from_secs(30);
 /// How often `stop` looks whether the runtime is gone.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
-/// The config from the environment, or the exit code after saying what is wrong.
-pub(super) fn load_config() -> Result<RuntimeConfig, ExitCode> {
-    RuntimeConfig::from_env().map_err(|err| fail(BAD_INPUT, err))
-}
-
-/// A client of the running runtime of `config`'s instance, or the exit code after
-/// saying why there is none.
-pub(super) fn connect(config: &RuntimeConfig) -> Result<Client, ExitCode> {
-    match Client::connect_to(config) {
-        Ok(client) => Ok(client),
-        Err(ConnectError::NotRunning { .. }) => Err(not_running(config)),
-        Err(err) => Err(fail(FAILED, err)),
-    }
-}
-
 /// Whether the runtime of `config`'s instance is up, or the exit code after saying why
 /// its lock file cannot be checked (a link, a FIFO, another user's file at its name).
-fn alive(config: &RuntimeConfig) -> Result<bool, ExitCode> {
+pub(super) fn alive(config: &RuntimeConfig) -> Result<bool, ExitCode> {
     runtime_alive(&config.instance).map_err(|err| fail(FAILED, err))
 }
 
-fn not_running(config: &RuntimeConfig) -> ExitCode {
-    fail(
-        FAILED,
-        format!(
-            "no runtime of instance `{}` is running; start one with `chimaera runtime start`",
-            config.instance
-        ),
-    )
-}
-
 /// `chimaera runtime start`.
-pub(super) fn start(builder: RuntimeBuilder) -> ExitCode {
-    let config = match load_config() {
+pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
+    let config = match context.config() {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -76,8 +52,25 @@ pub(super) fn start(builder: RuntimeBuilder) -> ExitCode {
         Ok(signals) => signals,
         Err(err) => return fail(FAILED, format!("cannot handle SIGINT/SIGTERM: {err}")),
     };
+    // Checked here too (the runtime's own check is the one that holds) so that the
+    // message names this binary and the flags.
+    if let Ok(true) = alive(&config) {
+        let pid =
+            runtime_pid(&config.instance).map_or_else(String::new, |pid| format!(" (pid {pid})"));
+        return fail(
+            FAILED,
+            format!(
+                "a runtime of instance `{}` is already running{pid}; stop it with `{} runtime \
+                 stop`, or pick another instance (--instance, CHI_INSTANCE or `instance:` in \
+                 the config)",
+                config.instance,
+                context.binary().name()
+            ),
+        );
+    }
     let instance = config.instance.clone();
     let grace = config.stop_grace_period;
+    let metrics_address = config.metrics_prometheus;
     let runtime = match builder.config(config).serve() {
         Ok(runtime) => runtime,
         Err(err) => return fail(FAILED, format!("runtime `{instance}` did not start: {err}")),
@@ -104,13 +97,43 @@ pub(super) fn start(builder: RuntimeBuilder) -> ExitCode {
     }
     drop(client);
 
+    let exporter = match metrics_address {
+        None => None,
+        Some(address) => match metrics::Exporter::start(address, runtime.handle()) {
+            Ok(exporter) => {
+                tracing::info!(%address, "serving Prometheus metrics at /metrics");
+                if !address.ip().is_loopback() {
+                    tracing::warn!(
+                        %address,
+                        "the metrics endpoint has no authentication and is reachable beyond \
+                         this machine; pool names are visible to anyone who can connect"
+                    );
+                }
+                Some(exporter)
+            }
+            Err(err) => {
+                runtime.stop();
+                stopper.close();
+                return fail(
+                    FAILED,
+                    format!(
+                        "cannot serve metrics on {address} (`metrics.prometheus` in the \
+                         config): {err}; runtime stopped"
+                    ),
+                );
+            }
+        },
+    };
+
     tracing::info!(%instance, "serving");
     println!(
-        "chimaera runtime `{instance}` serving (pid {})",
+        "{} runtime `{instance}` serving (pid {})",
+        context.binary().name(),
         std::process::id()
     );
     let _ = std::io::stdout().flush();
     runtime.wait();
+    drop(exporter);
     runtime.stop();
     stopper.close();
     tracing::info!(%instance, "stopped");
@@ -156,20 +179,20 @@ impl StopOnSignal {
 }
 
 /// `chimaera runtime stop`.
-pub(super) fn stop(grace_ms: Option<u64>) -> ExitCode {
-    let config = match load_config() {
+pub(super) fn stop(context: &Context, grace_ms: Option<u64>) -> ExitCode {
+    let config = match context.config() {
         Ok(config) => config,
         Err(code) => return code,
     };
     let instance = &config.instance;
     match alive(&config) {
         Ok(true) => {}
-        Ok(false) => return not_running(&config),
+        Ok(false) => return context.not_running(&config),
         Err(code) => return code,
     }
     let grace_ms = grace_ms
         .unwrap_or_else(|| u64::try_from(config.stop_grace_period.as_millis()).unwrap_or(u64::MAX));
-    let client = match connect(&config) {
+    let client = match context.connect_to(&config) {
         Ok(client) => client,
         Err(code) => return code,
     };
@@ -204,75 +227,6 @@ pub(super) fn stop(grace_ms: Option<u64>) -> ExitCode {
         }
         std::thread::sleep(STOP_POLL);
     }
-    println!("chimaera runtime `{instance}` stopped");
+    println!("{} runtime `{instance}` stopped", context.binary().name());
     ExitCode::SUCCESS
-}
-
-/// `chimaera runtime status`.
-pub(super) fn status() -> ExitCode {
-    let config = match load_config() {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    match alive(&config) {
-        Ok(true) => {}
-        Ok(false) => {
-            println!("chimaera runtime `{}` is not running", config.instance);
-            return ExitCode::from(FAILED);
-        }
-        Err(code) => return code,
-    }
-    let client = match connect(&config) {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    match AdminClient::attach(&client, PoolId::ADMIN).status(PoolQuery::Local) {
-        Ok(status) => {
-            print_status(&status);
-            ExitCode::SUCCESS
-        }
-        Err(err) => fail(
-            FAILED,
-            format!("runtime `{}` did not answer: {err}", config.instance),
-        ),
-    }
-}
-
-fn print_status(status: &RuntimeStatus) {
-    println!(
-        "chimaera runtime `{}` is up (pid {})",
-        status.instance, status.pid
-    );
-    println!(
-        "tasks: {} in flight, {} completed, {} periodic; clients attached: {}",
-        status.inflight, status.completed, status.periodic, status.clients
-    );
-    println!("workers: {}", status.workers.len());
-    for worker in &status.workers {
-        println!("  {:>3}  {} tasks run", worker.id, worker.tasks_run);
-    }
-    println!("pools: {}", status.pools.len());
-    let width = |column: fn(&PoolInfo) -> String| {
-        status
-            .pools
-            .iter()
-            .map(|pool| column(pool).len())
-            .max()
-            .unwrap_or(0)
-    };
-    let (ids, names, modules) = (
-        width(|pool| pool.id.to_string()),
-        width(|pool| pool.name.clone()),
-        width(|pool| pool.module.clone()),
-    );
-    for pool in &status.pools {
-        println!(
-            "  {:>ids$}  {:<names$}  {:<modules$}  {} container(s), {} queued",
-            pool.id.to_string(),
-            pool.name,
-            pool.module,
-            pool.containers,
-            pool.queued
-        );
-    }
 }

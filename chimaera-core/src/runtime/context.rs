@@ -10,7 +10,7 @@
 //! [`RuntimeHandle`]) goes through the `Host` trait, which the runtime implements: this
 //! file knows the task's header and nothing of pools, workers or the runtime's state,
 //! so the module contract built on it sits below them.
-use crate::admin_api::{CreatePoolRequest, PoolInfo, WorkerStatus};
+use crate::admin_api::{CreatePoolRequest, MethodStatus, PoolInfo, RuntimeStatus, WorkerStatus};
 use crate::bulk::BulkShare;
 use crate::client::Client;
 use crate::error::TaskError;
@@ -57,6 +57,21 @@ pub(crate) trait Host: Send + Sync {
     fn instance(&self) -> &InstanceName;
     /// Client processes attached over shared memory.
     fn clients(&self) -> u32;
+    /// A snapshot of the runtime for the `Status` task `caller`, which leaves itself out.
+    fn status(&self, caller: StatusCaller) -> RuntimeStatus;
+    /// Every pool's per-method counters.
+    fn method_stats(&self) -> Vec<MethodStatus>;
+}
+
+/// The admin `Status` task asking for a snapshot, which leaves itself out of it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StatusCaller {
+    /// The pool it runs in.
+    pub(crate) pool: PoolId,
+    /// Its method.
+    pub(crate) method: MethodId,
+    /// Whether it came from a client process (whose client and area are left out).
+    pub(crate) from_shm_client: bool,
 }
 
 /// What a running task knows about itself and can do with the runtime.
@@ -255,5 +270,21 @@ impl RuntimeHandle {
     /// Client processes attached over shared memory.
     pub fn clients(&self) -> u32 {
         self.host.clients()
+    }
+
+    /// A snapshot of the runtime for the admin `Status` task running in `ctx`, which
+    /// leaves itself out: its own task is not in flight, and the client that sent it
+    /// over shared memory (and its client area) is not counted among the attached ones.
+    pub fn status(&self, ctx: &RunContext) -> RuntimeStatus {
+        self.host.status(StatusCaller {
+            pool: ctx.pool_id(),
+            method: ctx.method(),
+            from_shm_client: ctx.bulk_share().is_some(),
+        })
+    }
+
+    /// Every pool's per-method counters (for exporters; nothing left out).
+    pub fn method_stats(&self) -> Vec<MethodStatus> {
+        self.host.method_stats()
     }
 }

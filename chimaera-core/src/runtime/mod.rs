@@ -32,6 +32,7 @@ pub mod header;
 pub mod module;
 pub mod pool;
 pub mod pool_table;
+mod status;
 pub mod task;
 pub mod worker;
 
@@ -45,7 +46,7 @@ use crate::error::TaskError;
 use crate::ids::MethodId;
 use crate::ids::{NodeId, PoolId, TaskNode};
 use crate::query::PoolQuery;
-use crate::runtime::context::{Host, RunContext};
+use crate::runtime::context::{Host, RunContext, StatusCaller};
 use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::module::LanePriority;
@@ -129,6 +130,10 @@ impl Shared {
         self.me
             .upgrade()
             .expect("a runtime's state is only reached through a live Arc")
+    }
+
+    pub(crate) fn shm_server(&self) -> Option<&Arc<ShmServer>> {
+        self.shm.get()
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -462,6 +467,7 @@ impl Shared {
             params: request.params.clone(),
             containers: objects,
             destroyed: Default::default(),
+            stats: crate::stats::PoolStats::new(module.info.methods),
         });
         match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
             Ok(entry) => Ok(entry.info()),
@@ -574,7 +580,9 @@ impl TaskRunner for Runner {
             return;
         };
         let Some(period) = task.header.period else {
+            let timer = task.pool.stats.start(task.header.method);
             let result = shared.run_once(task, out);
+            task.pool.stats.finish(timer, result.is_ok());
             let parity = task.header.parity;
             // Counted before the caller hears back, so a caller that then asks for the
             // count sees its task in it; in flight until after, so a flush does not
@@ -587,7 +595,10 @@ impl TaskRunner for Runner {
         };
         shared.periodic_live.fetch_add(1, Ordering::AcqRel);
         loop {
-            if let Err(err) = shared.run_once(task, out) {
+            let timer = task.pool.stats.start(task.header.method);
+            let result = shared.run_once(task, out);
+            task.pool.stats.finish(timer, result.is_ok());
+            if let Err(err) = result {
                 tracing::warn!(task = task.header.id, "periodic task failed: {err}");
             }
             out.trim();
@@ -620,6 +631,7 @@ impl TaskRunner for Runner {
         }));
         // The run counted the task in flight (a periodic one for this run, and as alive).
         shared.inflight.finished(task.header.parity);
+        task.pool.stats.lost(task.header.method);
         if task.header.period.is_some() {
             shared.periodic_live.fetch_sub(1, Ordering::AcqRel);
         }
@@ -755,6 +767,14 @@ impl Host for Shared {
 
     fn clients(&self) -> u32 {
         self.shm.get().map_or(0, |server| server.clients_active())
+    }
+
+    fn status(&self, caller: StatusCaller) -> crate::admin_api::RuntimeStatus {
+        Shared::status(self, caller)
+    }
+
+    fn method_stats(&self) -> Vec<crate::admin_api::MethodStatus> {
+        Shared::method_stats(self)
     }
 }
 

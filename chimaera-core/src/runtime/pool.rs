@@ -11,6 +11,7 @@
 //! table's business, so tasks — which hold pools — never hold queues of tasks.
 use crate::ids::{ContainerId, PoolId};
 use crate::runtime::module::{Container, ModuleEntry};
+use crate::stats::PoolStats;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ pub struct Pool {
     pub(crate) params: Vec<u8>,
     pub(crate) containers: Vec<Arc<dyn Container>>,
     pub(crate) destroyed: AtomicBool,
+    /// Its tasks' counters and latencies, per method.
+    pub(crate) stats: PoolStats,
 }
 
 impl Pool {
@@ -47,6 +50,11 @@ impl Pool {
 
     pub(crate) fn container(&self, id: ContainerId) -> Option<&Arc<dyn Container>> {
         self.containers.get(id as usize)
+    }
+
+    /// Its tasks' counters and latencies, per method.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
     }
 
     /// The name of the module the pool runs.

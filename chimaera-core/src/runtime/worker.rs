@@ -135,6 +135,11 @@ impl Lane {
     pub fn priority(&self) -> LanePriority {
         self.priority
     }
+
+    /// The index of the worker that serves this lane.
+    pub fn worker(&self) -> usize {
+        self.worker.id
+    }
 }
 
 /// The state of one worker that lanes and task coroutines share.

@@ -439,6 +439,15 @@ impl RuntimeDir {
         self.remove(name)
     }
 
+    /// The size in bytes of whatever `name` names now (a link's own size, never its
+    /// target's); `None` if nothing has the name or it cannot be inspected.
+    pub fn size_of(&self, name: &ShmName) -> Option<u64> {
+        self.lstat(name)
+            .ok()
+            .flatten()
+            .map(|stat| u64::try_from(stat.st_size).unwrap_or(0))
+    }
+
     /// (device, inode) of whatever `name` names now, without following a link; `None` if
     /// nothing has the name or it cannot be inspected.
     pub fn identity_of(&self, name: &ShmName) -> Option<(u64, u64)> {

@@ -9,7 +9,7 @@
 //! | 11 | `destroy_pool` | removes a pool: tasks still queued for it fail with `PoolDestroyed`, running ones finish, each container's `kDestroy` runs |
 //! | 12 | `stop_runtime` | a clean stop: in-flight tasks get `grace_period_ms` to finish, what is left fails with `RuntimeStopped`, the runtime ends (the original aborted) |
 //! | 13 | `flush` | returns when every task in flight when it started is done (tasks submitted meanwhile, the caller's own and other flushes are not waited for), with the number of tasks completed meanwhile |
-//! | 16 | `status` | the runtime's pid, instance, workers and their task counts, pools, tasks in flight and completed, attached clients, live periodic tasks |
+//! | 16 | `status` | the runtime's pid, instance, workers and their task counts, pools with their containers and lanes, tasks in flight and completed, per-method counters and latencies, attached clients, live periodic tasks, shared memory (the status task and its client left out) |
 //!
 //! The wire types are those of [`chimaera_core::admin_api`], so every client can reach
 //! these tasks without depending on this crate; the tests pin the ids to it.
@@ -73,16 +73,6 @@ impl Admin {
     /// `kStatus`: a snapshot of the runtime (what `chimaera runtime status` prints).
     #[task(method = 16)]
     fn status(&self, ctx: &mut RunContext) -> RuntimeStatus {
-        let runtime = ctx.runtime();
-        RuntimeStatus {
-            pid: std::process::id(),
-            instance: runtime.instance().to_string(),
-            workers: runtime.workers(),
-            pools: runtime.pools(),
-            inflight: runtime.inflight(),
-            completed: runtime.completed(),
-            clients: runtime.clients(),
-            periodic: runtime.periodic_tasks(),
-        }
+        ctx.runtime().status(ctx)
     }
 }

@@ -1,0 +1,365 @@
+//! Runtime statistics: per pool and method, tasks started, succeeded and failed, and a
+//! latency histogram. A leaf of the core: it knows method ids and nothing of the
+//! runtime; [`crate::status`] builds the admin `Status` snapshot from it.
+//!
+//! # What is measured
+//!
+//! A task's **latency** here is its run: from the moment a worker starts its handler to
+//! the moment its result is ready (waits on locks, subtasks and timers included; time
+//! queued in a lane before that is not). A periodic task counts each run. Tasks in
+//! flight per method are those started and not yet done (queued ones are in the lanes'
+//! depths instead).
+//!
+//! # Cost on the hot path
+//!
+//! Each pool owns one [`PoolStats`], made when the pool is made, with one
+//! [`MethodCounters`] per method of its module (sorted by id: found by a binary search
+//! over a handful of entries). Recording a task is two reads of the monotonic clock and
+//! four relaxed `fetch_add`s (started; succeeded or failed; its latency bucket; the
+//! latency sum): no lock, no allocation. The counters are shared by the workers rather
+//! than kept per worker and merged on read: per-worker copies would multiply the
+//! memory of every pool by the worker count (up to 1024) for the benefit of tasks of one
+//! method of one pool completing on several workers in the same instant.
+//!
+//! # Histogram
+//!
+//! Latencies are nanoseconds in log-linear buckets: four per power of two (values below
+//! 4 ns exact), so a percentile read back is within 12.5 % of a recorded value (the
+//! bucket's midpoint is reported). [`BUCKETS`] covers every `u64`.
+//!
+//! # Invariants
+//!
+//! Counters only grow; a reader sees each one at some recent value, so `in_flight`
+//! (started minus done) is clamped at zero when a reader sees a completion before its
+//! start. Nothing here can fail or panic on any task.
+use crate::ids::{MethodId, PoolId};
+use crate::module::MethodInfo;
+use rkyv::{Archive, Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// One method of one pool: its tasks and their run latencies since the pool was made.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct MethodStatus {
+    /// The pool.
+    pub pool: PoolId,
+    /// The method's id.
+    pub method: MethodId,
+    /// The method's manifest name (`kCustom`).
+    pub name: String,
+    /// Runs that succeeded.
+    pub completed: u64,
+    /// Runs that failed (an error, a panic, a stack overflow).
+    pub failed: u64,
+    /// Runs started and not yet done (the `Status` task left out).
+    pub in_flight: u64,
+    /// Latencies of the runs done.
+    pub latency: LatencySummary,
+}
+
+/// Count, mean and percentiles of run latencies, in nanoseconds (each within 12.5 %).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct LatencySummary {
+    /// Runs measured.
+    pub count: u64,
+    /// Their sum (wraps after 2^64 ns: 584 years of run time).
+    pub sum_ns: u64,
+    /// Their mean.
+    pub mean_ns: u64,
+    /// Median.
+    pub p50_ns: u64,
+    /// 90th percentile.
+    pub p90_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// The largest (the upper bound of its bucket).
+    pub max_ns: u64,
+}
+
+/// Buckets of a latency histogram: four per power of two of a `u64` nanosecond count.
+pub const BUCKETS: usize = 252;
+
+/// The counters of one method of one pool.
+pub struct MethodCounters {
+    id: MethodId,
+    name: &'static str,
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    buckets: Box<[AtomicU64; BUCKETS]>,
+}
+
+impl MethodCounters {
+    fn new(method: &MethodInfo) -> MethodCounters {
+        MethodCounters {
+            id: method.id,
+            name: method.name,
+            started: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            latency_sum_ns: AtomicU64::new(0),
+            buckets: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+
+    /// A copy of the counters now, with `exclude` of its running tasks left out (the
+    /// status task leaves itself out).
+    fn snapshot(&self, pool: PoolId, exclude: u64) -> MethodStatus {
+        let succeeded = self.succeeded.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed);
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .collect();
+        MethodStatus {
+            pool,
+            method: self.id,
+            name: self.name.to_owned(),
+            completed: succeeded,
+            failed,
+            in_flight: started
+                .saturating_sub(succeeded)
+                .saturating_sub(failed)
+                .saturating_sub(exclude),
+            latency: summarize(&counts, self.latency_sum_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The counters of one pool, one entry per method of its module.
+pub struct PoolStats {
+    methods: Box<[MethodCounters]>,
+}
+
+/// A task's run being measured: which method, since when.
+#[must_use = "finish the timer when the task is done"]
+pub struct Timer {
+    index: Option<usize>,
+    started: Instant,
+}
+
+impl PoolStats {
+    /// Counters for every method in `methods`.
+    pub fn new(methods: &[MethodInfo]) -> PoolStats {
+        let mut methods: Vec<MethodCounters> = methods.iter().map(MethodCounters::new).collect();
+        methods.sort_by_key(|method| method.id);
+        methods.dedup_by_key(|method| method.id);
+        PoolStats {
+            methods: methods.into_boxed_slice(),
+        }
+    }
+
+    fn index(&self, method: MethodId) -> Option<usize> {
+        self.methods
+            .binary_search_by_key(&method, |counters| counters.id)
+            .ok()
+    }
+
+    /// Counts a task of `method` as started, and starts its clock.
+    pub fn start(&self, method: MethodId) -> Timer {
+        let index = self.index(method);
+        if let Some(counters) = index.and_then(|i| self.methods.get(i)) {
+            counters.started.fetch_add(1, Ordering::Relaxed);
+        }
+        Timer {
+            index,
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts the task of `timer` as done (`succeeded` or not) and records its latency.
+    pub fn finish(&self, timer: Timer, succeeded: bool) {
+        let Some(counters) = timer.index.and_then(|i| self.methods.get(i)) else {
+            return;
+        };
+        let nanos = u64::try_from(timer.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let outcome = if succeeded {
+            &counters.succeeded
+        } else {
+            &counters.failed
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
+        counters.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+        counters.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Counts a started task of `method` whose timer was lost (its coroutine died of a
+    /// stack overflow) as failed, without a latency.
+    pub fn lost(&self, method: MethodId) {
+        if let Some(counters) = self.index(method).and_then(|i| self.methods.get(i)) {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every method's counters now; `exclude` (a method and a count) leaves that many of
+    /// the method's running tasks out of its `in_flight`.
+    pub fn snapshot(&self, pool: PoolId, exclude: Option<(MethodId, u64)>) -> Vec<MethodStatus> {
+        self.methods
+            .iter()
+            .map(|counters| {
+                let own = match exclude {
+                    Some((method, count)) if method == counters.id => count,
+                    _ => 0,
+                };
+                counters.snapshot(pool, own)
+            })
+            .collect()
+    }
+}
+
+/// The bucket of a latency of `nanos`.
+pub fn bucket_of(nanos: u64) -> usize {
+    if nanos < 4 {
+        return nanos as usize;
+    }
+    let exponent = 63 - nanos.leading_zeros() as usize; // >= 2
+    let mantissa = ((nanos >> (exponent - 2)) & 3) as usize;
+    4 * (exponent - 1) + mantissa
+}
+
+/// The smallest and largest latency of bucket `bucket`.
+pub fn bucket_bounds(bucket: usize) -> (u64, u64) {
+    if bucket < 4 {
+        return (bucket as u64, bucket as u64);
+    }
+    let exponent = bucket / 4 + 1;
+    let mantissa = (bucket % 4) as u64;
+    let low = (4 + mantissa) << (exponent - 2);
+    let width = 1u64 << (exponent - 2);
+    (low, low.saturating_add(width - 1))
+}
+
+/// The midpoint of bucket `bucket`: what a percentile falling in it reports.
+fn bucket_value(bucket: usize) -> u64 {
+    let (low, high) = bucket_bounds(bucket);
+    low + (high - low) / 2
+}
+
+/// Count, mean and percentiles of a histogram of `counts` whose values sum to `sum_ns`.
+pub fn summarize(counts: &[u64], sum_ns: u64) -> LatencySummary {
+    let count: u64 = counts.iter().fold(0u64, |sum, c| sum.saturating_add(*c));
+    let percentile = |fraction: f64| -> u64 {
+        if count == 0 {
+            return 0;
+        }
+        // The rank of the value at `fraction`, 1-based: the smallest bucket whose
+        // cumulative count reaches it.
+        let rank = ((count as f64 * fraction).ceil() as u64).clamp(1, count);
+        let mut seen = 0u64;
+        for (bucket, c) in counts.iter().enumerate() {
+            seen = seen.saturating_add(*c);
+            if seen >= rank {
+                return bucket_value(bucket);
+            }
+        }
+        0
+    };
+    let max = counts
+        .iter()
+        .rposition(|c| *c > 0)
+        .map_or(0, |bucket| bucket_bounds(bucket).1);
+    LatencySummary {
+        count,
+        sum_ns,
+        mean_ns: sum_ns.checked_div(count).unwrap_or(0),
+        p50_ns: percentile(0.50),
+        p90_ns: percentile(0.90),
+        p99_ns: percentile(0.99),
+        max_ns: max,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_every_value_in_order() {
+        let mut last = 0;
+        for nanos in (0..10_000u64).chain([u64::MAX / 3, u64::MAX - 1, u64::MAX]) {
+            let bucket = bucket_of(nanos);
+            assert!(bucket < BUCKETS, "{nanos} -> {bucket}");
+            assert!(bucket >= last, "buckets grow with the value");
+            last = bucket;
+            let (low, high) = bucket_bounds(bucket);
+            assert!(
+                (low..=high).contains(&nanos),
+                "{nanos} not in {low}..={high}"
+            );
+        }
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn a_reported_value_is_within_an_eighth_of_the_recorded_one() {
+        for nanos in [5u64, 100, 999, 1_000, 123_456, 10_000_000_000] {
+            let reported = bucket_value(bucket_of(nanos));
+            let error = reported.abs_diff(nanos) as f64 / nanos as f64;
+            assert!(error <= 0.125, "{nanos} reported as {reported}");
+        }
+    }
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let mut counts = vec![0u64; BUCKETS];
+        // 90 tasks of ~1 µs, 9 of ~1 ms, 1 of ~1 s.
+        counts[bucket_of(1_000)] += 90;
+        counts[bucket_of(1_000_000)] += 9;
+        counts[bucket_of(1_000_000_000)] += 1;
+        let sum = 90 * 1_000 + 9 * 1_000_000 + 1_000_000_000;
+        let summary = summarize(&counts, sum);
+        assert_eq!(summary.count, 100);
+        assert_eq!(summary.mean_ns, sum / 100);
+        assert_eq!(summary.p50_ns, bucket_value(bucket_of(1_000)));
+        assert_eq!(summary.p90_ns, bucket_value(bucket_of(1_000)));
+        assert_eq!(summary.p99_ns, bucket_value(bucket_of(1_000_000)));
+        assert_eq!(summary.max_ns, bucket_bounds(bucket_of(1_000_000_000)).1);
+        let empty = summarize(&vec![0; BUCKETS], 0);
+        assert_eq!((empty.count, empty.p50_ns, empty.max_ns), (0, 0, 0));
+    }
+
+    #[test]
+    fn counters_follow_starts_and_finishes() {
+        static METHODS: [MethodInfo; 2] = [
+            MethodInfo {
+                name: "b",
+                id: 7,
+                function: "b",
+            },
+            MethodInfo {
+                name: "a",
+                id: 3,
+                function: "a",
+            },
+        ];
+        let stats = PoolStats::new(&METHODS);
+        let pool = PoolId::new(9, 0);
+        let first = stats.start(7);
+        let second = stats.start(7);
+        let third = stats.start(3);
+        stats.finish(first, true);
+        stats.finish(third, false);
+        let unknown = stats.start(99);
+        stats.finish(unknown, true);
+        let snapshot = stats.snapshot(pool, None);
+        let ids: Vec<_> = snapshot.iter().map(|m| m.method).collect();
+        assert_eq!(ids, [3, 7]);
+        let b = &snapshot[1];
+        assert_eq!(
+            (b.name.as_str(), b.completed, b.failed, b.in_flight),
+            ("b", 1, 0, 1)
+        );
+        assert_eq!(b.latency.count, 1);
+        let a = &snapshot[0];
+        assert_eq!((a.completed, a.failed, a.in_flight), (0, 1, 0));
+        assert_eq!(stats.snapshot(pool, Some((7, 1)))[1].in_flight, 0);
+        stats.lost(7);
+        drop(second);
+        assert_eq!(stats.snapshot(pool, None)[1].in_flight, 0);
+    }
+}
