@@ -102,6 +102,15 @@ pub enum TaskError {
     /// The task was cancelled before it completed (a periodic task's handle was cancelled).
     #[error("the task was cancelled")]
     Cancelled,
+    /// The call was not answered before its deadline. The caller gave up on it: its
+    /// late reply is discarded (and over shared memory its slot freed at once); the
+    /// handler itself is not stopped and counts against the client's quota of tasks in
+    /// flight until it ends.
+    #[error("no answer within {waited_ms} ms, the call's deadline; its late reply will be discarded. Raise the deadline (`Client::with_deadline`, `Pending::wait_timeout`) or find why the handler takes so long")]
+    DeadlineExceeded {
+        /// The deadline the call was given, in milliseconds (saturated at `u64::MAX`).
+        waited_ms: u64,
+    },
     /// The client's uid may not do this (admin methods need the runtime owner's uid or a
     /// grant in the config's `access.admin_uids`).
     #[error("permission denied: uid {uid} may not {action}; run it as the runtime's owner or list the uid in the runtime config's access.admin_uids")]

@@ -693,6 +693,14 @@ impl crate::transport::PendingCall for LocalCall {
     fn wait(self: Box<Self>) -> crate::transport::Results {
         self.0.wait()
     }
+
+    fn poll_done(&self, waker: &std::task::Waker) -> bool {
+        self.0.poll_done(waker)
+    }
+
+    fn wait_until(&self, deadline: std::time::Instant) -> bool {
+        self.0.wait_until(Some(deadline))
+    }
 }
 
 /// The cancel token of a periodic task: cancelling wakes it if it sleeps.

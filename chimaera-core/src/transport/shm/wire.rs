@@ -5,7 +5,7 @@
 //! other client maps it, so nothing one client writes can reach another.
 //!
 //! ```text
-//! 0        control line: the area's state, written by the runtime only     128 B
+//! 0        control line: the area's state and reply bell, runtime-written   128 B
 //! 128      submission ring (client → runtime, slot indices)                RingLayout::size(slots)
 //!          task slots                                                      slots × slot_size
 //!          data share (page-aligned): buffers the client allocates         data_len
@@ -78,6 +78,17 @@ pub const KIND_FIRE_AND_FORGET: u32 = 1;
 pub const KIND_PERIODIC: u32 = 2;
 /// Cancels the client's periodic task whose id is in `QUERY_B`.
 pub const KIND_CANCEL: u32 = 3;
+/// Abandons the client's call in slot `QUERY_A` (its deadline passed, or its caller
+/// dropped it): if that call is still in flight, the runtime answers it at once with
+/// `Cancelled` and discards the task's late reply; the handler runs on.
+pub const KIND_ABANDON: u32 = 4;
+
+/// Bits of a slot's `WAITING` word, written by the client: a thread sleeps on the
+/// slot's `STATE` (wake it there).
+pub const WAITING_THREAD: u32 = 1;
+/// The client's reply watcher waits for this slot: after answering, bump and wake the
+/// control line's reply bell ([`CONTROL_REPLY_BELL`]).
+pub const WAITING_WATCHER: u32 = 2;
 
 /// Slot header offsets.
 ///
@@ -89,7 +100,8 @@ pub const KIND_CANCEL: u32 = 3;
 pub mod slot {
     /// Slot state, and the client's futex word.
     pub const STATE: usize = 0;
-    /// Non-zero while the client sleeps on `STATE`.
+    /// Who waits for the answer ([`WAITING_THREAD`](super::WAITING_THREAD),
+    /// [`WAITING_WATCHER`](super::WAITING_WATCHER) bits); 0 when nobody sleeps.
     pub const WAITING: usize = 4;
     /// Output status.
     pub const STATUS: usize = 8;
@@ -129,6 +141,11 @@ pub mod slot {
 
 /// Offset of the control line's state word (`AREA_*`).
 pub const CONTROL_STATE: usize = 0;
+/// Offset of the control line's reply bell: a counter the runtime bumps, then wakes (a
+/// futex), after answering a slot whose `WAITING` has [`WAITING_WATCHER`], and when it
+/// disowns the client. One client thread (its reply watcher) sleeps on it, so async
+/// calls need no thread each. Its own cache line: the state word is read per call.
+pub const CONTROL_REPLY_BELL: usize = 64;
 
 /// The geometry of one client area: decided by the runtime, sent in the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
