@@ -109,6 +109,27 @@ impl Probe {
         let _held = self.guard.lock(ctx);
         7
     }
+
+    /// Sleeps `ms` holding the container's mutex (`u64::MAX`: as good as forever, and
+    /// every `locked_leaf` of the container waits that long).
+    #[task(method = 21)]
+    fn nap_locked(&self, ctx: &mut RunContext, ms: u64) -> u64 {
+        let _held = self.guard.lock(ctx);
+        ctx.sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    /// Waits until the container has been ticked `ticks` times; returns the count.
+    #[task(method = 22)]
+    fn await_ticks(&self, ctx: &mut RunContext, ticks: u64) -> u64 {
+        loop {
+            let now = self.ticks.load(Ordering::SeqCst);
+            if now >= ticks {
+                return now;
+            }
+            ctx.sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 impl Probe {

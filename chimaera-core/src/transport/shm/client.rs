@@ -213,17 +213,14 @@ impl Watch {
         }
     }
 
-    /// Wakes (and forgets) the waker of `slot_index`, if its call registered one.
-    fn wake(&self, slot_index: u32) {
+    /// Takes the waker of `slot_index`, if its call registered one.
+    fn take(&self, slot_index: u32) -> Option<Waker> {
         if !self.started.load(Ordering::Acquire) {
-            return;
+            return None;
         }
-        let waker = lock(&self.wakers)
+        lock(&self.wakers)
             .get_mut(slot_index as usize)
-            .and_then(Option::take);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+            .and_then(Option::take)
     }
 }
 
@@ -476,9 +473,13 @@ impl ShmConnection {
             }
             *held = None;
             drop(held);
+            // A polled call whose answer was just moved out of its slot: its waker is
+            // taken before the slot frees (and may get the next call's waker).
+            let waker = self.watch.take(slot_index);
             self.release_slot(slot_index, input);
-            // A polled call whose answer was just moved out of its slot.
-            self.watch.wake(slot_index);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
     }
 

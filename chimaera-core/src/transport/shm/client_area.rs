@@ -436,12 +436,7 @@ impl ClientArea {
         let word = state.load(Ordering::Acquire);
         if word & PHASE_MASK == SLOT_IN_FLIGHT {
             let bytes = encode_error(&TaskError::Cancelled);
-            self.write_output(
-                slot_index,
-                word >> PHASE_BITS,
-                wire::STATUS_ERROR,
-                &bytes,
-            );
+            self.write_output(slot_index, word >> PHASE_BITS, wire::STATUS_ERROR, &bytes);
         }
     }
 
