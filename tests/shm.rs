@@ -736,13 +736,36 @@ fn a_client_over_its_quotas_fails_alone() {
         g.spawn_co_mutex_test(PoolQuery::local(), Schedule::FireAndForget, id, 1000)
             .unwrap();
     }
-    assert!(matches!(
-        g.custom(PoolQuery::local(), "one more", 1),
-        Err(TaskError::QuotaExceeded { limit: 4, .. })
-    ));
+    let over = g.custom(PoolQuery::local(), "one more", 1).unwrap_err();
+    assert!(
+        matches!(&over, TaskError::QuotaExceeded { limit: 4, config_key, .. } if config_key == "quotas.tasks_in_flight"),
+        "{over:?}"
+    );
+    // The message names the limit, its value and the key that raises it.
+    let message = over.to_string();
+    assert!(
+        message.contains("4 tasks in flight") && message.contains("quotas.tasks_in_flight"),
+        "{message}"
+    );
     assert_eq!(o.custom(PoolQuery::local(), "other", 2).unwrap(), "other");
     wait_until("the greedy client's tasks to end", || {
         runtime.usage().tasks_in_flight == 0
     });
     assert_eq!(g.custom(PoolQuery::local(), "again", 3).unwrap(), "again");
+}
+
+#[test]
+fn a_pool_composed_at_boot_opens_by_name() {
+    let runtime = RuntimeProcess::start(
+        "openbooted",
+        "compose:\n  - module: MOD_NAME\n    name: booted\n    params:\n      label: from-boot\n",
+    );
+    let chi = runtime.client();
+    // No create parameters repeated: the name is enough.
+    let m = ModNameClient::open(&chi, "booted").unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "hi", 1).unwrap(), "hi");
+    assert!(matches!(
+        AdminClient::open(&chi, "booted"),
+        Err(chimaera::admin_api::OpenPoolError::OtherModule { .. })
+    ));
 }

@@ -13,6 +13,7 @@ mod probe;
 mod support;
 
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
+use chimaera::admin_api::OpenPoolError;
 use chimaera::bulk::{Buffer, BulkRef};
 use chimaera::client::RawPending;
 use chimaera::codec::{self, Bytes};
@@ -245,6 +246,7 @@ over_every_transport!(
     a_stopped_runtime_is_reported_and_refuses_calls,
     thousands_of_calls_awaited_on_a_tokio_runtime,
     calls_awaited_without_an_executor,
+    an_existing_pool_opens_by_name,
 );
 
 /// The deadline case: over shared memory with a small queue and quota, so that a leaked
@@ -659,4 +661,27 @@ fn a_call_past_its_deadline_is_abandoned_and_the_client_goes_on(fixture: Fixture
         waiting.into_iter().map(Pending::wait).collect::<Vec<_>>()
     });
     assert_eq!(answers, vec![Ok(1); burst as usize - 1]);
+}
+
+/// A typed client opens an existing pool by its name alone; a missing name and a pool
+/// of another module are typed errors.
+fn an_existing_pool_opens_by_name(fixture: Fixture) {
+    let made = fixture.probe("named", 2);
+    let opened = ProbeClient::open(&fixture.chi, "named").expect("the pool exists");
+    assert_eq!(opened.pool_id(), made.pool_id());
+    assert_eq!(opened.who_am_i(PoolQuery::direct_id(1)), Ok(1));
+    assert_eq!(
+        ProbeClient::open(&fixture.chi, "nameless").unwrap_err(),
+        OpenPoolError::NoSuchPool {
+            name: "nameless".into()
+        }
+    );
+    assert_eq!(
+        BulkProbeClient::open(&fixture.chi, "named").unwrap_err(),
+        OpenPoolError::OtherModule {
+            name: "named".into(),
+            module: "probe".into(),
+            expected: "bulk_probe".into(),
+        }
+    );
 }

@@ -121,12 +121,15 @@ pub enum TaskError {
         uid: u32,
     },
     /// The client reached one of its quotas; its other tasks and other clients go on.
-    #[error("this client's quota of {limit} {what} is used up; wait for its tasks to finish (or cancel periodic ones) or raise the quota in the runtime config")]
+    #[error("this client's quota of {limit} {what} is used up; wait for its tasks to finish (or cancel periodic ones), or raise `{config_key}` in the runtime's config")]
     QuotaExceeded {
         /// Which quota: `tasks in flight` or `output bytes`.
         what: String,
         /// The quota.
         limit: u64,
+        /// The runtime config key that sets it (`quotas.tasks_in_flight`,
+        /// `shm.runtime_data_size`).
+        config_key: String,
     },
     /// The runtime disowned this client (it found its shared memory broken, e.g. a
     /// corrupt ring) and serves it no more.

@@ -33,9 +33,10 @@ pub const FIRST_CUSTOM_ID: u32 = 10;
 /// Methods of the generated client that do not come from a task and that no task may
 /// take. (The convenience `destroy_pool` is not among them: a task of that name, like
 /// admin's `kDestroyPool`, replaces it; see `expand::client`.)
-const CLIENT_METHODS: [&str; 7] = [
+const CLIENT_METHODS: [&str; 8] = [
     "create",
     "create_with",
+    "open",
     "attach",
     "pool_id",
     "client",

@@ -1,7 +1,7 @@
 //! `FooClient`: the typed client of a module's pools.
 //!
 //! Fixed methods: `create` / `create_with` (get or create a pool, passing `create`'s
-//! arguments), `attach`, `pool_id`, `client`, `with_deadline` / `without_deadline` (the
+//! arguments), `open` (an existing pool, by name), `attach`, `pool_id`, `client`, `with_deadline` / `without_deadline` (the
 //! same client with another default deadline for its calls), and `destroy_pool` unless
 //! a task has that name (admin's `kDestroyPool`, which destroys any pool, replaces it).
 //! Per task with an id of 10 or more: `x` (submit and wait), `async_x` (submit,
@@ -116,6 +116,22 @@ pub fn expand(
         #[allow(dead_code)]
         impl #client {
             #create
+
+            /// Opens the existing pool named `pool_name` (made by another client, or
+            /// composed at boot), without repeating its create parameters. Fails with
+            /// `OpenPoolError::NoSuchPool` if no pool has that name and
+            /// `OpenPoolError::OtherModule` if it runs another module.
+            pub fn open(
+                #chi: &#private::Client,
+                #pool_name: &str,
+            ) -> ::core::result::Result<Self, #private::OpenPoolError> {
+                let #pool = #private::open_pool(
+                    #chi,
+                    <#self_ty as #private::ChiMod>::info().name,
+                    #pool_name,
+                )?;
+                ::core::result::Result::Ok(Self::attach(#chi, #pool))
+            }
 
             /// A client of the existing pool `pool`.
             pub fn attach(#chi: &#private::Client, #pool: #private::PoolId) -> Self {

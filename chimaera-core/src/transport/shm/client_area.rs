@@ -471,6 +471,7 @@ impl ClientArea {
             let err = TaskError::QuotaExceeded {
                 what: "tasks in flight".into(),
                 limit: self.max_tasks as u64,
+                config_key: "quotas.tasks_in_flight".into(),
             };
             self.write_result(slot_index, generation, Err(&err));
             return;
@@ -718,6 +719,7 @@ impl ClientArea {
                 let err = encode_error(&TaskError::QuotaExceeded {
                     what: format!("output bytes (a {}-byte output did not fit)", bytes.len()),
                     limit: self.geometry.output_len as u64,
+                    config_key: "shm.runtime_data_size (divided among max_clients)".into(),
                 });
                 let _ = view.write_payload(&err);
                 describe(wire::STATUS_ERROR, err.len(), wire::IN_SLOT);
