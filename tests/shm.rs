@@ -375,7 +375,7 @@ fn fire_and_forget_and_periodic_tasks_from_a_client_process() {
     wait_until("the periodic task to repeat", || completed() >= start + 20);
     periodic.cancel().unwrap();
     assert!(
-        matches!(periodic.cancel(), Err(TaskError::Failed { .. })),
+        matches!(periodic.cancel(), Err(TaskError::NoSuchPeriodicTask { .. })),
         "cancelled twice"
     );
     // Once cancelled, only this test's own status calls complete.

@@ -620,11 +620,10 @@ impl ShmConnection {
         let extent = (len <= share)
             .then(|| self.alloc_buffer_waiting(len))
             .flatten()
-            .ok_or_else(|| {
-                TaskError::failed(format!(
-                    "no room for a {len}-byte buffer in this client's {share}-byte data share ({} bytes in use); drop unused buffers or raise shm.client_data_size",
-                    lock(&self.data).in_use()
-                ))
+            .ok_or_else(|| TaskError::DataShareFull {
+                len: len as u64,
+                share: share as u64,
+                in_use: lock(&self.data).in_use() as u64,
             })?;
         let ptr = match self.main.range_ptr(
             self.geometry.data_offset() + extent.offset,
@@ -634,7 +633,7 @@ impl ShmConnection {
             Ok(ptr) => ptr,
             Err(err) => {
                 self.free_data(extent);
-                return Err(TaskError::failed(err.to_string()));
+                return Err(TaskError::malformed("buffer", err));
             }
         };
         let connection = self.clone();
@@ -745,10 +744,10 @@ impl ShmConnection {
         } else {
             let Some(extent) = self.alloc_data_waiting(input.len()) else {
                 self.release_slot(slot_index, None);
-                return Err(TaskError::failed(format!(
-                    "the task's input ({} bytes) does not fit this client's data share; raise shm.client_data_size",
-                    input.len()
-                )));
+                return Err(TaskError::InputTooLarge {
+                    len: input.len() as u64,
+                    share: self.geometry.data_len as u64,
+                });
             };
             if let Err(err) = self.write_data(extent.offset, input) {
                 self.release_slot(slot_index, Some(extent));
@@ -767,8 +766,9 @@ impl ShmConnection {
             // broken runtime rather than lose the task silently.
             lock(&call.state.slot).take();
             self.release_slot(slot_index, input_extent);
-            return Err(TaskError::failed(
-                "the submission ring is full although a slot was free",
+            return Err(TaskError::malformed(
+                "submission ring",
+                "full although a slot was free",
             ));
         }
         Ok(call)
@@ -1175,9 +1175,10 @@ impl ShmConnection {
             // No watcher: polled calls would never be woken. Fail them as a broken
             // connection rather than hang them.
             tracing::warn!("cannot start the reply watcher: {err}");
-            connection.set_dead(TaskError::failed(format!(
-                "this client could not start its reply-watcher thread ({err}); free resources and connect again"
-            )));
+            connection.set_dead(TaskError::ClientThread {
+                thread: "chimaera-reply-watcher".into(),
+                detail: err.to_string(),
+            });
             connection.wake_polled(true);
         }
     }

@@ -455,9 +455,7 @@ impl ClientArea {
                     cancel.cancel();
                     Ok(&[][..])
                 }
-                None => Err(TaskError::failed(format!(
-                    "this client has no periodic task {id} (cancelled already?)"
-                ))),
+                None => Err(TaskError::NoSuchPeriodicTask { id }),
             };
             self.write_result(slot_index, generation, result.as_ref().map(|b| *b));
             return;
