@@ -769,3 +769,47 @@ fn a_pool_composed_at_boot_opens_by_name() {
         Err(chimaera::admin_api::OpenPoolError::OtherModule { .. })
     ));
 }
+
+#[test]
+fn forged_abandon_requests_hurt_only_their_sender() {
+    use chimaera::transport::shm::wire::KIND_ABANDON;
+    let runtime = RuntimeProcess::start("abandonforge", "");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let connection = chi.shm_connection().unwrap();
+    let list = |slots: &mut dyn Iterator<Item = u32>| -> Vec<u8> {
+        slots.flat_map(u32::to_le_bytes).collect()
+    };
+    let cases: [(Vec<u8>, bool); 4] = [
+        // Not a list of u32s.
+        (vec![1, 2, 3], true),
+        // More indices than a slot's payload holds.
+        (list(&mut (0..256)), true),
+        // Every slot, this request's own included (answered first, so the request's own
+        // answer is discarded for a later generation: it reads `Cancelled`).
+        (list(&mut (0..200)), false),
+        // Indices no slot has.
+        (list(&mut [u32::MAX, 1_000_000].into_iter()), false),
+    ];
+    for (input, malformed) in cases {
+        let result = connection
+            .submit_forged(PoolId::ADMIN, 0, &input, Forgery::Kind(KIND_ABANDON))
+            .unwrap()
+            .wait();
+        if malformed {
+            assert!(
+                matches!(result[0].1, Err(TaskError::Malformed { .. })),
+                "{result:?}"
+            );
+        } else {
+            assert!(
+                matches!(result[0].1, Ok(_) | Err(TaskError::Cancelled)),
+                "{result:?}"
+            );
+        }
+    }
+    assert_eq!(m.custom(PoolQuery::local(), "on", 1).unwrap(), "on");
+    let other = runtime.client();
+    let o = ModNameClient::attach(&other, m.pool_id());
+    assert_eq!(o.custom(PoolQuery::local(), "other", 2).unwrap(), "other");
+}

@@ -280,6 +280,24 @@ mod deadlines {
             BURST,
         );
     }
+
+    /// Room in the quota for a queue full of abandoned tasks and a burst after them.
+    const ROOMY: &str = "queue_depth: 16\nquotas:\n  tasks_in_flight: 64\n";
+
+    #[test]
+    fn dropped_in_process() {
+        super::dropped_calls_free_their_places_at_once(super::in_process(), BURST);
+    }
+
+    #[test]
+    fn dropped_relayed() {
+        super::dropped_calls_free_their_places_at_once(super::relayed(), BURST);
+    }
+
+    #[test]
+    fn dropped_shared_memory() {
+        super::dropped_calls_free_their_places_at_once(super::shared_memory_with(ROOMY), BURST);
+    }
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -651,9 +669,20 @@ fn a_call_past_its_deadline_is_abandoned_and_the_client_goes_on(fixture: Fixture
     assert_eq!(waits_for_the_lock, Err(exceeded(100)));
     assert_eq!(overridden, Err(exceeded(50)));
 
-    let p = fixture.probe("burst", 1);
-    assert_eq!(p.who_am_i(PoolQuery::local()), Ok(0), "the client goes on");
+    assert_eq!(
+        fixture.probe("after", 1).who_am_i(PoolQuery::local()),
+        Ok(0),
+        "the client goes on"
+    );
+    a_burst_fits(&fixture, burst);
+}
+
+/// `burst` calls all in flight at once (they wait for a tick sent last) are answered.
+fn a_burst_fits(fixture: &Fixture, burst: u64) {
+    let chi = fixture.chi.clone();
     let answers = within("a burst after abandoned calls", move || {
+        // Made in here: with the client's slots leaked, even this call would wait forever.
+        let p = ProbeClient::create(&chi, PoolQuery::local(), "burst").expect("burst pool");
         let waiting: Vec<_> = (1..burst)
             .map(|_| p.async_await_ticks(PoolQuery::local(), 1).unwrap())
             .collect();
@@ -661,6 +690,18 @@ fn a_call_past_its_deadline_is_abandoned_and_the_client_goes_on(fixture: Fixture
         waiting.into_iter().map(Pending::wait).collect::<Vec<_>>()
     });
     assert_eq!(answers, vec![Ok(1); burst as usize - 1]);
+}
+
+/// Dropping a `Pending` before its answer (what an executor's timeout does to a future)
+/// abandons the call: a queue full of calls whose handlers never finish, all dropped,
+/// leaves room for a burst as large.
+fn dropped_calls_free_their_places_at_once(fixture: Fixture, burst: u64) {
+    let stuck = fixture.probe("stuck", 1);
+    let dropped: Vec<_> = (0..burst)
+        .map(|_| stuck.async_nap(PoolQuery::local(), u64::MAX).unwrap())
+        .collect();
+    drop(dropped);
+    a_burst_fits(&fixture, burst);
 }
 
 /// A typed client opens an existing pool by its name alone; a missing name and a pool

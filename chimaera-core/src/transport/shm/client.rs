@@ -31,9 +31,10 @@
 //! stays the client's until the runtime answers it, but the client asks the runtime to
 //! answer it at once. One slot, the last, is kept out of the free list as this
 //! connection's *control slot* (when the ring has more than one): it carries one
-//! `KIND_ABANDON` request at a time naming an abandoned slot; further abandoned slots
-//! wait their turn in a list, sent as the control slot's previous request is answered
-//! (checked whenever slots are harvested or a call is abandoned). Submissions go through
+//! `KIND_ABANDON` request at a time, whose payload lists abandoned slots (as many as it
+//! holds); slots abandoned meanwhile wait in a list, sent as the control slot's
+//! previous request is answered (checked whenever slots are harvested or a call is
+//! abandoned). Submissions go through
 //! the ring in order, so the runtime has taken the abandoned call before it reads the
 //! request. An abandoned slot is freed once answered and no request naming it is still
 //! in the control slot (a request read late must not abandon the slot's next call).
@@ -185,7 +186,7 @@ pub struct ShmConnection {
 #[derive(Default)]
 struct Abandons {
     waiting: Vec<u32>,
-    sent: Option<u32>,
+    sent: Vec<u32>,
 }
 
 /// What the reply watcher shares with the connection's callers.
@@ -507,7 +508,7 @@ impl ShmConnection {
     /// naming it waits in the control slot (one still waiting to be sent is dropped).
     fn forget_abandon(&self, slot_index: u32) -> bool {
         let mut abandons = lock(&self.abandons);
-        if abandons.sent == Some(slot_index) {
+        if abandons.sent.contains(&slot_index) {
             return false;
         }
         abandons.waiting.retain(|&waiting| waiting != slot_index);
@@ -524,23 +525,31 @@ impl ShmConnection {
             return;
         };
         let mut abandons = lock(&self.abandons);
-        if abandons.sent.is_some() {
+        if !abandons.sent.is_empty() {
             if view.word(slot::STATE).load(Ordering::Acquire) != wire::SLOT_DONE {
                 return;
             }
-            abandons.sent = None;
+            abandons.sent.clear();
         }
-        let Some(slot_index) = abandons.waiting.pop() else {
+        if abandons.waiting.is_empty() {
             return;
-        };
-        view.word(slot::KIND)
-            .store(wire::KIND_ABANDON, Ordering::Relaxed);
-        view.word(slot::QUERY_A)
-            .store(slot_index, Ordering::Relaxed);
-        view.word(slot::WAITING).store(0, Ordering::Relaxed);
-        view.word(slot::STATE)
-            .store(wire::SLOT_SUBMITTED, Ordering::Relaxed);
-        abandons.sent = Some(slot_index);
+        }
+        // As many as the payload holds, as little-endian `u32`s; the rest go next time.
+        let batch = abandons.waiting.len().min(view.payload_len() / 4);
+        let sent: Vec<u32> = abandons.waiting.drain(..batch).collect();
+        let bytes: Vec<u8> = sent.iter().flat_map(|slot| slot.to_le_bytes()).collect();
+        if view.write_payload(&bytes).is_err() {
+            // Cannot happen (the batch fits the payload); the calls then free their slots
+            // when answered.
+            return;
+        }
+        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        set(slot::KIND, wire::KIND_ABANDON);
+        set(slot::INPUT_LEN, bytes.len() as u32);
+        set(slot::INPUT_WHERE, wire::IN_SLOT);
+        set(slot::WAITING, 0);
+        set(slot::STATE, wire::SLOT_SUBMITTED);
+        abandons.sent = sent;
         drop(abandons);
         // The ring has an entry for every slot, the control slot's included.
         self.queue(control);

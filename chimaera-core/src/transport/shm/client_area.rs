@@ -31,8 +31,8 @@
 //!
 //! # Abandoned calls
 //!
-//! A `KIND_ABANDON` request names another slot of the client: if that slot's call is in
-//! flight, the runtime answers it with `Cancelled` at once (so the client can reuse the
+//! A `KIND_ABANDON` request lists other slots of the client in its payload: if a listed
+//! slot's call is in flight, the runtime answers it with `Cancelled` at once (so the client can reuse the
 //! slot) and bumps its generation; the task runs on — the runtime cannot stop a handler
 //! safely in the middle — and its late reply is discarded. It still holds the data
 //! share, so it counts against the quota of tasks in flight until it ends.
@@ -427,6 +427,25 @@ impl ClientArea {
         Some(generation)
     }
 
+    /// Abandons the slots an abandon request lists in its payload (little-endian `u32`s,
+    /// copied out first); indices out of range or of slots not in flight are ignored.
+    fn abandon_listed(&self, view: &SlotView) -> Result<(), TaskError> {
+        let len = view.word(slot::INPUT_LEN).load(Ordering::Relaxed) as usize;
+        if len > view.payload_len() || !len.is_multiple_of(4) {
+            return Err(TaskError::malformed(
+                "abandon request",
+                format!("{len} bytes is not a list of slot indices in a slot payload"),
+            ));
+        }
+        let mut listed = vec![0u8; len];
+        view.read_payload(&mut listed)
+            .map_err(|e| TaskError::malformed("abandon request", e))?;
+        for index in listed.chunks_exact(4) {
+            self.abandon(u32::from_le_bytes([index[0], index[1], index[2], index[3]]));
+        }
+        Ok(())
+    }
+
     /// Answers the client's call in `slot_index` with `Cancelled` if it is still in
     /// flight; the task's own reply, later, is discarded (its generation is past).
     fn abandon(&self, slot_index: u32) {
@@ -461,8 +480,8 @@ impl ClientArea {
             return;
         }
         if kind == wire::KIND_ABANDON {
-            self.abandon(view.word(slot::QUERY_A).load(Ordering::Relaxed));
-            self.write_result(slot_index, generation, Ok(&[]));
+            let result = self.abandon_listed(&view);
+            self.write_result(slot_index, generation, result.as_ref().map(|()| &[][..]));
             return;
         }
         if self.tasks_in_flight() >= self.max_tasks {

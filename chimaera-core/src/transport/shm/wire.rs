@@ -78,9 +78,10 @@ pub const KIND_FIRE_AND_FORGET: u32 = 1;
 pub const KIND_PERIODIC: u32 = 2;
 /// Cancels the client's periodic task whose id is in `QUERY_B`.
 pub const KIND_CANCEL: u32 = 3;
-/// Abandons the client's call in slot `QUERY_A` (its deadline passed, or its caller
-/// dropped it): if that call is still in flight, the runtime answers it at once with
-/// `Cancelled` and discards the task's late reply; the handler runs on.
+/// Abandons the client's calls in the slots its payload lists (`INPUT_LEN` bytes of
+/// little-endian `u32` slot indices; their deadline passed, or their caller dropped
+/// them): each call still in flight is answered at once with `Cancelled` and its task's
+/// late reply discarded; the handler runs on.
 pub const KIND_ABANDON: u32 = 4;
 
 /// Bits of a slot's `WAITING` word, written by the client: a thread sleeps on the
