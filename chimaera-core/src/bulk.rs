@@ -204,7 +204,7 @@ impl BulkShare {
         });
         if conflict {
             return Err(TaskError::BulkBufferBusy {
-                offset: offset as u64,
+                offset,
                 len: len as u64,
                 held_for_writing: !exclusive,
             });
