@@ -9,6 +9,7 @@ mod support;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::transport::shm::client::{Forgery, Scribble};
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -214,7 +215,21 @@ fn a_killed_runtime_fails_waiting_calls_and_a_new_one_takes_over() {
         .async_co_mutex_test(PoolQuery::local(), 0, 60_000)
         .unwrap();
     let waiting = m.async_co_mutex_test(PoolQuery::local(), 1, 0).unwrap();
+    // Polled once, so the connection's reply watcher waits for it.
+    let mut awaited = Box::pin(m.async_co_mutex_test(PoolQuery::local(), 2, 0).unwrap());
+    let polled = support::block_on(std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(awaited.as_mut().poll(cx).is_ready())
+    }));
+    assert!(!polled, "the call waits behind the holder");
     runtime.kill();
+    // Awaited before anything else notices: the watcher finds the dead runtime and
+    // wakes the awaiting task.
+    assert_eq!(
+        within("an awaited call of a killed runtime", move || {
+            support::block_on(awaited)
+        }),
+        Err(TaskError::RuntimeStopped)
+    );
     assert_eq!(waiting.wait(), Err(TaskError::RuntimeStopped));
     assert_eq!(
         m.custom(PoolQuery::local(), "x", 0),

@@ -22,12 +22,11 @@ use chimaera::transport::{
     CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
 };
 use probe::{Probe, ProbeClient};
-use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
-use support::{serve_as_runtime_child, within, Launch, RuntimeProcess};
+use support::{block_on, serve_as_runtime_child, within, Launch, RuntimeProcess};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -592,27 +591,6 @@ fn thousands_of_calls_awaited_on_a_tokio_runtime(fixture: Fixture) {
     for answer in answers {
         let (i, container, napped) = answer.expect("call succeeds");
         assert_eq!((container, napped), (i % 2, u64::from(i % 3)));
-    }
-}
-
-/// Wakes the thread that polls, so a plain thread can await without an executor.
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-fn block_on<F: Future>(future: F) -> F::Output {
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
-            return value;
-        }
-        std::thread::park();
     }
 }
 
