@@ -94,8 +94,8 @@ impl Client {
         }
     }
 
-    /// This client (the same connection) without a default deadline: waits last until
-    /// the answer comes (or the runtime is gone).
+    /// This client (the same connection) without a default deadline: its calls are
+    /// waited for until answered (or until the runtime is gone).
     pub fn without_deadline(&self) -> Client {
         Client {
             transport: self.transport.clone(),
@@ -298,7 +298,7 @@ pub struct Lent<'a> {
     wait_on_drop: bool,
     /// The shared buffers the call's arguments lie in, marked lent until this is
     /// dropped (after the call completed, or never if the `Pending` is leaked).
-    _marked: Marked,
+    marked: Marked,
 }
 
 enum LentOuts<'a> {
@@ -338,7 +338,7 @@ impl<'a> Lent<'a> {
     /// Whether the runtime may use caller memory until the call is answered (a buffer
     /// travelled by reference).
     fn by_reference(&self) -> bool {
-        self.wait_on_drop && self._marked.first.is_some()
+        self.wait_on_drop && self.marked.first.is_some()
     }
 
     /// Nothing lent: a call without bulk arguments.
@@ -346,7 +346,7 @@ impl<'a> Lent<'a> {
         Lent {
             outs: LentOuts::None,
             wait_on_drop: false,
-            _marked: Marked::default(),
+            marked: Marked::default(),
         }
     }
 
@@ -378,7 +378,7 @@ impl<'a> Lent<'a> {
         Lent {
             outs,
             wait_on_drop: transport.borrows_caller_memory(),
-            _marked: marked,
+            marked,
         }
     }
 }

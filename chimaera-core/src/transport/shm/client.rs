@@ -34,11 +34,10 @@
 //! `KIND_ABANDON` request at a time, whose payload lists abandoned slots (as many as it
 //! holds); slots abandoned meanwhile wait in a list, sent as the control slot's
 //! previous request is answered (checked whenever slots are harvested or a call is
-//! abandoned). Submissions go through
-//! the ring in order, so the runtime has taken the abandoned call before it reads the
-//! request. An abandoned slot is freed once answered and no request naming it is still
-//! in the control slot (a request read late must not abandon the slot's next call).
-//! Abandoning never blocks the caller.
+//! abandoned). Submissions go through the ring in order, so the runtime has taken the
+//! abandoned call before it reads the request. An abandoned slot is freed once answered
+//! and no request naming it is still in the control slot (a request read late must not
+//! abandon the slot's next call). Abandoning never blocks the caller.
 //!
 //! **Disowned**: a runtime that finds this client's memory broken stores `AREA_DISOWNED`
 //! in the control line, wakes every slot and hangs up. Every submission checks that word
