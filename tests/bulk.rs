@@ -213,3 +213,43 @@ fn a_client_scribbling_on_a_buffer_in_use_harms_only_its_own_answers() {
     let heap = pattern(1, 100);
     assert_eq!(probe.sum_view(q, &heap).unwrap(), (sum(&heap), false));
 }
+
+/// The data share's limits are typed errors that name their sizes: a buffer larger than
+/// the share, a share full of held buffers, an input larger than the share.
+#[test]
+fn data_share_limits_are_typed_errors() {
+    let runtime = RuntimeProcess::start_with(
+        "sharelimits",
+        "max_clients: 4\nshm:\n  client_data_size: 256KiB\n",
+        Launch::TEST_BINARY,
+    );
+    let (chi, probe) = runtime.probe();
+    let share: u64 = 64 << 10;
+    assert_eq!(
+        chi.allocate_buffer(1 << 20).unwrap_err(),
+        TaskError::DataShareFull {
+            len: 1 << 20,
+            share,
+            in_use: 0
+        }
+    );
+    let held = chi.allocate_buffer(48 << 10).unwrap();
+    assert_eq!(
+        chi.allocate_buffer(32 << 10).unwrap_err(),
+        TaskError::DataShareFull {
+            len: 32 << 10,
+            share,
+            in_use: 48 << 10
+        }
+    );
+    drop(held);
+    let input = vec![1u8; 128 << 10];
+    assert!(matches!(
+        probe.sum_plain(PoolQuery::local(), &input),
+        Err(TaskError::InputTooLarge { share: 65536, .. })
+    ));
+    assert_eq!(
+        probe.sum_plain(PoolQuery::local(), &input[..1000]),
+        Ok((1000, 1000))
+    );
+}

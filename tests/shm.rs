@@ -9,6 +9,7 @@ mod support;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::transport::shm::client::{Forgery, Scribble};
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -214,7 +215,21 @@ fn a_killed_runtime_fails_waiting_calls_and_a_new_one_takes_over() {
         .async_co_mutex_test(PoolQuery::local(), 0, 60_000)
         .unwrap();
     let waiting = m.async_co_mutex_test(PoolQuery::local(), 1, 0).unwrap();
+    // Polled once, so the connection's reply watcher waits for it.
+    let mut awaited = Box::pin(m.async_co_mutex_test(PoolQuery::local(), 2, 0).unwrap());
+    let polled = support::block_on(std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(awaited.as_mut().poll(cx).is_ready())
+    }));
+    assert!(!polled, "the call waits behind the holder");
     runtime.kill();
+    // Awaited before anything else notices: the watcher finds the dead runtime and
+    // wakes the awaiting task.
+    assert_eq!(
+        within("an awaited call of a killed runtime", move || {
+            support::block_on(awaited)
+        }),
+        Err(TaskError::RuntimeStopped)
+    );
     assert_eq!(waiting.wait(), Err(TaskError::RuntimeStopped));
     assert_eq!(
         m.custom(PoolQuery::local(), "x", 0),
@@ -375,7 +390,7 @@ fn fire_and_forget_and_periodic_tasks_from_a_client_process() {
     wait_until("the periodic task to repeat", || completed() >= start + 20);
     periodic.cancel().unwrap();
     assert!(
-        matches!(periodic.cancel(), Err(TaskError::Failed { .. })),
+        matches!(periodic.cancel(), Err(TaskError::NoSuchPeriodicTask { .. })),
         "cancelled twice"
     );
     // Once cancelled, only this test's own status calls complete.
@@ -736,13 +751,80 @@ fn a_client_over_its_quotas_fails_alone() {
         g.spawn_co_mutex_test(PoolQuery::local(), Schedule::FireAndForget, id, 1000)
             .unwrap();
     }
-    assert!(matches!(
-        g.custom(PoolQuery::local(), "one more", 1),
-        Err(TaskError::QuotaExceeded { limit: 4, .. })
-    ));
+    let over = g.custom(PoolQuery::local(), "one more", 1).unwrap_err();
+    assert!(
+        matches!(&over, TaskError::QuotaExceeded { limit: 4, config_key, .. } if config_key == "quotas.tasks_in_flight"),
+        "{over:?}"
+    );
+    // The message names the limit, its value and the key that raises it.
+    let message = over.to_string();
+    assert!(
+        message.contains("4 tasks in flight") && message.contains("quotas.tasks_in_flight"),
+        "{message}"
+    );
     assert_eq!(o.custom(PoolQuery::local(), "other", 2).unwrap(), "other");
     wait_until("the greedy client's tasks to end", || {
         runtime.usage().tasks_in_flight == 0
     });
     assert_eq!(g.custom(PoolQuery::local(), "again", 3).unwrap(), "again");
+}
+
+#[test]
+fn a_pool_composed_at_boot_opens_by_name() {
+    let runtime = RuntimeProcess::start(
+        "openbooted",
+        "compose:\n  - module: MOD_NAME\n    name: booted\n    params:\n      label: from-boot\n",
+    );
+    let chi = runtime.client();
+    // No create parameters repeated: the name is enough.
+    let m = ModNameClient::open(&chi, "booted").unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "hi", 1).unwrap(), "hi");
+    assert!(matches!(
+        AdminClient::open(&chi, "booted"),
+        Err(chimaera::admin_api::OpenPoolError::OtherModule { .. })
+    ));
+}
+
+#[test]
+fn forged_abandon_requests_hurt_only_their_sender() {
+    use chimaera::transport::shm::wire::KIND_ABANDON;
+    let runtime = RuntimeProcess::start("abandonforge", "");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let connection = chi.shm_connection().unwrap();
+    let list = |slots: &mut dyn Iterator<Item = u32>| -> Vec<u8> {
+        slots.flat_map(u32::to_le_bytes).collect()
+    };
+    let cases: [(Vec<u8>, bool); 4] = [
+        // Not a list of u32s.
+        (vec![1, 2, 3], true),
+        // More indices than a slot's payload holds.
+        (list(&mut (0..256)), true),
+        // Every slot, this request's own included (answered first, so the request's own
+        // answer is discarded for a later generation: it reads `Cancelled`).
+        (list(&mut (0..200)), false),
+        // Indices no slot has.
+        (list(&mut [u32::MAX, 1_000_000].into_iter()), false),
+    ];
+    for (input, malformed) in cases {
+        let result = connection
+            .submit_forged(PoolId::ADMIN, 0, &input, Forgery::Kind(KIND_ABANDON))
+            .unwrap()
+            .wait();
+        if malformed {
+            assert!(
+                matches!(result[0].1, Err(TaskError::Malformed { .. })),
+                "{result:?}"
+            );
+        } else {
+            assert!(
+                matches!(result[0].1, Ok(_) | Err(TaskError::Cancelled)),
+                "{result:?}"
+            );
+        }
+    }
+    assert_eq!(m.custom(PoolQuery::local(), "on", 1).unwrap(), "on");
+    let other = runtime.client();
+    let o = ModNameClient::attach(&other, m.pool_id());
+    assert_eq!(o.custom(PoolQuery::local(), "other", 2).unwrap(), "other");
 }

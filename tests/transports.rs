@@ -13,6 +13,7 @@ mod probe;
 mod support;
 
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
+use chimaera::admin_api::OpenPoolError;
 use chimaera::bulk::{Buffer, BulkRef};
 use chimaera::client::RawPending;
 use chimaera::codec::{self, Bytes};
@@ -23,8 +24,9 @@ use chimaera::transport::{
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::{Duration, Instant};
-use support::{serve_as_runtime_child, within, Launch, RuntimeProcess};
+use support::{block_on, serve_as_runtime_child, within, Launch, RuntimeProcess};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -161,6 +163,18 @@ impl PendingCall for RelayedCall {
     fn wait(self: Box<Self>) -> Results {
         self.0.wait()
     }
+
+    fn poll_done(&self, waker: &Waker) -> bool {
+        self.0.poll_done(waker)
+    }
+
+    fn wait_until(&self, deadline: Instant) -> bool {
+        self.0.wait_until(deadline)
+    }
+
+    fn abandon(self: Box<Self>) {
+        self.0.abandon();
+    }
 }
 
 struct RelayedHandle(TaskHandle);
@@ -172,9 +186,14 @@ impl CancelPeriodic for RelayedHandle {
 }
 
 fn shared_memory() -> Fixture {
+    shared_memory_with("")
+}
+
+/// [`shared_memory`] with `config` (YAML) for the runtime.
+fn shared_memory_with(config: &str) -> Fixture {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let case = NEXT.fetch_add(1, Ordering::Relaxed);
-    let process = RuntimeProcess::start_with(&case.to_string(), "", Launch::TEST_BINARY);
+    let process = RuntimeProcess::start_with(&case.to_string(), config, Launch::TEST_BINARY);
     let chi = process.client();
     Fixture {
         host: Host::Process(Box::new(process)),
@@ -209,7 +228,7 @@ fn a_route_that_overflows_the_pollers_stack_fails_its_task_and_the_worker_serves
             move || probe.deep_route(PoolQuery::local(), 1_000_000)
         });
         assert!(
-            matches!(result, Err(TaskError::StackOverflow { method: 21, .. })),
+            matches!(result, Err(TaskError::StackOverflow { method: 23, .. })),
             "round {round}: got {result:?}"
         );
         let after = within("a call after the overflow", {
@@ -255,7 +274,61 @@ over_every_transport!(
     a_query_over_several_containers_aggregates_their_replies,
     a_dropped_pending_never_leaves_a_half_written_buffer,
     a_stopped_runtime_is_reported_and_refuses_calls,
+    thousands_of_calls_awaited_on_a_tokio_runtime,
+    calls_awaited_without_an_executor,
+    an_existing_pool_opens_by_name,
 );
+
+/// The deadline case: over shared memory with a small queue and quota, so that a leaked
+/// slot or quota unit would make its burst hang (`within` turns that into a failure).
+mod deadlines {
+    const CONFIG: &str = "queue_depth: 16\nquotas:\n  tasks_in_flight: 18\n";
+    /// Calls of the burst: the slots left for calls (one is the connection's control
+    /// slot), which is also the quota left beside the three abandoned tasks.
+    const BURST: u64 = 15;
+
+    #[test]
+    fn in_process() {
+        super::a_call_past_its_deadline_is_abandoned_and_the_client_goes_on(
+            super::in_process(),
+            BURST,
+        );
+    }
+
+    #[test]
+    fn relayed() {
+        super::a_call_past_its_deadline_is_abandoned_and_the_client_goes_on(
+            super::relayed(),
+            BURST,
+        );
+    }
+
+    #[test]
+    fn shared_memory() {
+        super::a_call_past_its_deadline_is_abandoned_and_the_client_goes_on(
+            super::shared_memory_with(CONFIG),
+            BURST,
+        );
+    }
+
+    /// Room in the quota for a queue full of abandoned tasks and a burst after them.
+    const ROOMY: &str = "queue_depth: 16\nquotas:\n  tasks_in_flight: 64\n";
+
+    #[test]
+    fn dropped_in_process() {
+        super::dropped_calls_free_their_places_at_once(super::in_process(), BURST);
+    }
+
+    #[test]
+    fn dropped_relayed() {
+        super::dropped_calls_free_their_places_at_once(super::relayed(), BURST);
+    }
+
+    #[test]
+    fn dropped_shared_memory() {
+        super::dropped_calls_free_their_places_at_once(super::shared_memory_with(ROOMY), BURST);
+    }
+}
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| pattern_byte(seed, i)).collect()
@@ -509,5 +582,156 @@ fn a_stopped_runtime_is_reported_and_refuses_calls(mut fixture: Fixture) {
     assert_eq!(
         p.who_am_i(PoolQuery::local()),
         Err(TaskError::RuntimeStopped)
+    );
+}
+
+/// Thousands of calls in flight at once from tasks of a multi-thread tokio runtime, each
+/// awaited (no `spawn_blocking`): every one is answered, with the right value.
+fn thousands_of_calls_awaited_on_a_tokio_runtime(fixture: Fixture) {
+    const CALLS: u32 = 4000;
+    let p = fixture.probe("async", 2);
+    let executor = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_time()
+        .build()
+        .unwrap();
+    let answers = executor.block_on(async move {
+        let calls: Vec<_> = (0..CALLS)
+            .map(|i| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    let container = p.async_who_am_i(PoolQuery::direct_id(i % 2))?.await?;
+                    // Some calls wait in the runtime, so their futures are really woken.
+                    let napped = p.async_nap(PoolQuery::local(), u64::from(i % 3))?.await?;
+                    Ok::<_, TaskError>((i, container, napped))
+                })
+            })
+            .collect();
+        let all = async {
+            let mut answers = Vec::with_capacity(calls.len());
+            for call in calls {
+                answers.push(call.await.expect("the task ran to its end"));
+            }
+            answers
+        };
+        tokio::time::timeout(DEADLINE, all)
+            .await
+            .expect("every awaited call is answered")
+    });
+    assert_eq!(answers.len(), CALLS as usize);
+    for answer in answers {
+        let (i, container, napped) = answer.expect("call succeeds");
+        assert_eq!((container, napped), (i % 2, u64::from(i % 3)));
+    }
+}
+
+/// `.await` needs no executor: plain threads each poll their calls with a waker that
+/// unparks them, several calls in flight per thread.
+fn calls_awaited_without_an_executor(fixture: Fixture) {
+    let p = fixture.probe("plain", 1);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                block_on(async {
+                    let mut sum = 0;
+                    for round in 0..50u64 {
+                        let first = p.async_nap(PoolQuery::local(), (t + round) % 2).unwrap();
+                        let second = p.async_bump(PoolQuery::local(), &round, t).unwrap();
+                        let (old, new) = second.await.unwrap();
+                        assert_eq!((old, new), (round, round + t));
+                        sum += first.await.unwrap();
+                    }
+                    sum
+                })
+            })
+        })
+        .collect();
+    for (t, thread) in threads.into_iter().enumerate() {
+        let t = t as u64;
+        let expected: u64 = (0..50).map(|round| (t + round) % 2).sum();
+        assert_eq!(thread.join().unwrap(), expected);
+    }
+}
+
+/// Calls whose handlers never finish — one sleeps (as good as) forever holding the
+/// container's lock, one waits for that lock — fail with `DeadlineExceeded` in time,
+/// through the client's default deadline and through a per-call `wait_timeout`. The
+/// client goes on, and nothing they held is leaked: a burst of `burst` calls all in
+/// flight at once (they wait for a tick sent last) fits the slots and quota left.
+fn a_call_past_its_deadline_is_abandoned_and_the_client_goes_on(fixture: Fixture, burst: u64) {
+    let stuck = fixture.probe("stuck", 1);
+    let hurried = stuck.with_deadline(Duration::from_millis(100));
+    let exceeded = |waited_ms| TaskError::DeadlineExceeded { waited_ms };
+    let (forever, waits_for_the_lock, overridden) =
+        within("calls past their deadline", move || {
+            let forever = hurried.nap_locked(PoolQuery::local(), u64::MAX);
+            let waits_for_the_lock = hurried.locked_leaf(PoolQuery::local());
+            // No default deadline on `stuck`: a deadline for this call only.
+            let overridden = stuck
+                .async_locked_leaf(PoolQuery::local())
+                .unwrap()
+                .wait_timeout(Duration::from_millis(50));
+            (forever, waits_for_the_lock, overridden)
+        });
+    assert_eq!(forever, Err(exceeded(100)));
+    assert_eq!(waits_for_the_lock, Err(exceeded(100)));
+    assert_eq!(overridden, Err(exceeded(50)));
+
+    assert_eq!(
+        fixture.probe("after", 1).who_am_i(PoolQuery::local()),
+        Ok(0),
+        "the client goes on"
+    );
+    a_burst_fits(&fixture, burst);
+}
+
+/// `burst` calls all in flight at once (they wait for a tick sent last) are answered.
+fn a_burst_fits(fixture: &Fixture, burst: u64) {
+    let chi = fixture.chi.clone();
+    let answers = within("a burst after abandoned calls", move || {
+        // Made in here: with the client's slots leaked, even this call would wait forever.
+        let p = ProbeClient::create(&chi, PoolQuery::local(), "burst").expect("burst pool");
+        let waiting: Vec<_> = (1..burst)
+            .map(|_| p.async_await_ticks(PoolQuery::local(), 1).unwrap())
+            .collect();
+        p.tick(PoolQuery::local()).unwrap();
+        waiting.into_iter().map(Pending::wait).collect::<Vec<_>>()
+    });
+    assert_eq!(answers, vec![Ok(1); burst as usize - 1]);
+}
+
+/// Dropping a `Pending` before its answer (what an executor's timeout does to a future)
+/// abandons the call: a queue full of calls whose handlers never finish, all dropped,
+/// leaves room for a burst as large.
+fn dropped_calls_free_their_places_at_once(fixture: Fixture, burst: u64) {
+    let stuck = fixture.probe("stuck", 1);
+    let dropped: Vec<_> = (0..burst)
+        .map(|_| stuck.async_nap(PoolQuery::local(), u64::MAX).unwrap())
+        .collect();
+    drop(dropped);
+    a_burst_fits(&fixture, burst);
+}
+
+/// A typed client opens an existing pool by its name alone; a missing name and a pool
+/// of another module are typed errors.
+fn an_existing_pool_opens_by_name(fixture: Fixture) {
+    let made = fixture.probe("named", 2);
+    let opened = ProbeClient::open(&fixture.chi, "named").expect("the pool exists");
+    assert_eq!(opened.pool_id(), made.pool_id());
+    assert_eq!(opened.who_am_i(PoolQuery::direct_id(1)), Ok(1));
+    assert_eq!(
+        ProbeClient::open(&fixture.chi, "nameless").unwrap_err(),
+        OpenPoolError::NoSuchPool {
+            name: "nameless".into()
+        }
+    );
+    assert_eq!(
+        BulkProbeClient::open(&fixture.chi, "named").unwrap_err(),
+        OpenPoolError::OtherModule {
+            name: "named".into(),
+            module: "probe".into(),
+            expected: "bulk_probe".into(),
+        }
     );
 }

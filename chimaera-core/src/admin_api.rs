@@ -4,7 +4,7 @@
 //! generated `create` of every module included — can reach them without depending on
 //! the admin crate. The admin crate's tests pin its manifest ids to the constants here.
 use crate::client::{Client, Pending};
-use crate::codec::{decode, encode, ByRef};
+use crate::codec::{decode, encode, ByRef, StrRef};
 use crate::error::TaskError;
 use crate::ids::{MethodId, PoolId};
 use crate::query::PoolQuery;
@@ -22,6 +22,8 @@ pub const STOP_RUNTIME: MethodId = 12;
 pub const FLUSH: MethodId = 13;
 /// `kStatus`.
 pub const STATUS: MethodId = 16;
+/// `kFindPool`.
+pub const FIND_POOL: MethodId = 17;
 
 /// A request to get the pool `pool_name`, creating it if absent.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -198,4 +200,66 @@ pub fn destroy_pool(client: &Client, pool: PoolId) -> Result<(), TaskError> {
     call(client, DESTROY_POOL, PoolQuery::Local, input, |bytes| {
         decode::<((),)>(bytes, "output").map(|_| ())
     })
+}
+
+/// Looks a pool up by name through the admin chimod: `None` if no pool has that name.
+pub fn find_pool(client: &Client, pool_name: &str) -> Result<Option<PoolInfo>, TaskError> {
+    let input = encode(&(StrRef(pool_name),))?;
+    call(client, FIND_POOL, PoolQuery::Local, input, |bytes| {
+        decode::<(Option<PoolInfo>,)>(bytes, "output").map(|out| out.0)
+    })
+}
+
+/// Why an existing pool could not be opened by name ([`open_pool`], and every typed
+/// client's `open`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenPoolError {
+    /// No pool has this name.
+    #[error("no pool named `{name}` in this runtime; create it first (the typed client's `create`), or list it under `compose:` in the runtime's config")]
+    NoSuchPool {
+        /// The name asked for.
+        name: String,
+    },
+    /// The pool runs another module than the client's.
+    #[error("pool `{name}` runs module `{module}`, not `{expected}`; open it with a client of `{module}`")]
+    OtherModule {
+        /// The pool's name.
+        name: String,
+        /// The module the pool runs.
+        module: String,
+        /// The module of the client that tried to open it.
+        expected: String,
+    },
+    /// The lookup itself failed (the runtime is gone, the call's deadline passed, …).
+    #[error("cannot look up pool `{name}`: {source}")]
+    Lookup {
+        /// The name asked for.
+        name: String,
+        /// Why.
+        #[source]
+        source: TaskError,
+    },
+}
+
+/// Opens the existing pool `pool_name`, which must run `module`.
+pub fn open_pool(
+    client: &Client,
+    module: &str,
+    pool_name: &str,
+) -> Result<PoolInfo, OpenPoolError> {
+    let found = find_pool(client, pool_name).map_err(|source| OpenPoolError::Lookup {
+        name: pool_name.to_owned(),
+        source,
+    })?;
+    match found {
+        None => Err(OpenPoolError::NoSuchPool {
+            name: pool_name.to_owned(),
+        }),
+        Some(info) if info.module != module => Err(OpenPoolError::OtherModule {
+            name: info.name,
+            module: info.module,
+            expected: module.to_owned(),
+        }),
+        Some(info) => Ok(info),
+    }
 }

@@ -203,10 +203,11 @@ impl BulkShare {
             (held.exclusive || exclusive) && held.start < end && start < held.end && len > 0
         });
         if conflict {
-            return Err(TaskError::failed(format!(
-                "bulk buffer {offset}+{len} overlaps a buffer another running task (or another argument of this task) holds{}; wait for that task before reusing the buffer",
-                if exclusive { "" } else { " for writing" }
-            )));
+            return Err(TaskError::BulkBufferBusy {
+                offset,
+                len: len as u64,
+                held_for_writing: !exclusive,
+            });
         }
         claims.push(claim);
         Ok(claim)
@@ -302,7 +303,11 @@ pub struct BulkRangeError {
 
 impl From<BulkRangeError> for TaskError {
     fn from(err: BulkRangeError) -> Self {
-        TaskError::failed(err.to_string())
+        TaskError::BulkOutOfRange {
+            offset: err.offset as u64,
+            len: err.len as u64,
+            available: err.available as u64,
+        }
     }
 }
 
@@ -871,10 +876,10 @@ impl Buffer {
     /// A zeroed heap buffer of `len` bytes.
     pub(crate) fn heap(len: usize) -> Result<Buffer, TaskError> {
         let layout = Layout::from_size_align(len.max(1), BUFFER_ALIGN)
-            .map_err(|e| TaskError::failed(format!("cannot allocate a {len}-byte buffer: {e}")))?;
+            .map_err(|_| TaskError::OutOfMemory { len: len as u64 })?;
         // SAFETY: `layout` has a non-zero size.
         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-            .ok_or_else(|| TaskError::failed(format!("out of memory for a {len}-byte buffer")))?;
+            .ok_or(TaskError::OutOfMemory { len: len as u64 })?;
         Ok(Buffer {
             ptr,
             len,

@@ -15,6 +15,23 @@
 //! stopped) never runs; its error comes back from `submit` when the transport can tell
 //! at once (in process), else as the call's result (over shared memory).
 //!
+//! **Waiting.** A [`Pending`] is waited for by a blocked thread ([`Pending::wait`]) or
+//! awaited: it is a [`Future`] (tokio or any other executor, or none — `wait` stays),
+//! woken by the answer itself; submitting does not block except while every slot of a
+//! shared-memory connection is taken (backpressure).
+//!
+//! **Deadlines.** A client may carry a default deadline ([`Client::with_deadline`]; none
+//! by default) that every call submitted through it gets; [`Pending::wait_timeout`]
+//! overrides it for one call. A call not answered in time fails with
+//! [`TaskError::DeadlineExceeded`] and is *abandoned*, not cancelled: the handler runs
+//! on (the runtime cannot stop it safely in the middle) and its late reply is
+//! discarded; over shared memory the call's slot is freed at once, while the task keeps
+//! counting against the client's quota of tasks in flight until it ends. A call that
+//! lent buffers by reference ignores its deadline: the runtime may be writing the
+//! caller's memory until it answers. Awaiting honours no deadline of its own: wrap the
+//! future in the executor's timeout (`tokio::time::timeout`); dropping it abandons the
+//! call the same way.
+//!
 //! A client made by `RunContext::client` submits *subtasks*: they inherit the parent's
 //! TaskNode group, which the coroutine locks use to let them through a lock their parent
 //! holds.
@@ -26,18 +43,25 @@ use crate::query::PoolQuery;
 use crate::transport::{
     CancelPeriodic, LendGuard, PendingCall, Route, Schedule, Transport, TransportKind,
 };
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// A connection to a runtime, cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     transport: Arc<dyn Transport>,
+    /// The deadline every call submitted through this client gets.
+    deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("transport", &self.transport)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -45,7 +69,51 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client whose tasks travel through `transport`.
     pub fn with_transport(transport: Arc<dyn Transport>) -> Client {
-        Client { transport }
+        Client {
+            transport,
+            deadline: None,
+        }
+    }
+
+    /// This client (the same connection) with a default deadline: every call submitted
+    /// through the returned client that is not answered within `deadline` of its
+    /// submission fails with [`TaskError::DeadlineExceeded`] when waited for, and is
+    /// abandoned (see the [module docs](self)). [`Pending::wait_timeout`] overrides it
+    /// per call.
+    ///
+    /// ```no_run
+    /// # use chimaera_core::Client;
+    /// # use std::time::Duration;
+    /// let chi = Client::connect()?.with_deadline(Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_deadline(&self, deadline: Duration) -> Client {
+        Client {
+            transport: self.transport.clone(),
+            deadline: Some(deadline),
+        }
+    }
+
+    /// This client (the same connection) without a default deadline: its calls are
+    /// waited for until answered (or until the runtime is gone).
+    pub fn without_deadline(&self) -> Client {
+        Client {
+            transport: self.transport.clone(),
+            deadline: None,
+        }
+    }
+
+    /// The default deadline of calls submitted through this client, if any.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// The raw handle of a call just submitted, with this client's deadline.
+    fn pending(&self, call: Box<dyn PendingCall>) -> RawPending {
+        RawPending {
+            call,
+            deadline: self.deadline.map(Deadline::from_now),
+        }
     }
 
     /// The transport, for the transports' own `impl Client` blocks.
@@ -98,7 +166,8 @@ impl Client {
             method,
             query,
         };
-        self.transport.submit_with(route, encode).map(RawPending)
+        let call = self.transport.submit_with(route, encode)?;
+        Ok(self.pending(call))
     }
 
     /// Submits one task; wait on the returned handle for every replica's output bytes.
@@ -115,9 +184,8 @@ impl Client {
             method,
             query,
         };
-        self.transport
-            .submit(route, input, schedule)
-            .map(RawPending)
+        let call = self.transport.submit(route, input, schedule)?;
+        Ok(self.pending(call))
     }
 
     /// Submits a fire-and-forget or periodic task.
@@ -139,13 +207,43 @@ impl Client {
     }
 }
 
+/// When a call's wait gives up.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    after: Duration,
+}
+
+impl Deadline {
+    fn from_now(after: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline {
+            // A deadline too far to represent is no deadline in practice: a century.
+            at: now
+                .checked_add(after)
+                .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600)),
+            after,
+        }
+    }
+
+    fn exceeded(&self) -> TaskError {
+        TaskError::DeadlineExceeded {
+            waited_ms: u64::try_from(self.after.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// A submitted task's raw results, not yet collected.
-pub struct RawPending(Box<dyn PendingCall>);
+pub struct RawPending {
+    call: Box<dyn PendingCall>,
+    deadline: Option<Deadline>,
+}
 
 impl std::fmt::Debug for RawPending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawPending")
             .field("done", &self.is_done())
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -153,12 +251,37 @@ impl std::fmt::Debug for RawPending {
 impl RawPending {
     /// Whether every replica has answered.
     pub fn is_done(&self) -> bool {
-        self.0.is_done()
+        self.call.is_done()
     }
 
     /// Waits for every replica; returns their output bytes (or errors) by container.
+    /// Past the client's deadline the call is abandoned and its one result is
+    /// [`TaskError::DeadlineExceeded`].
     pub fn wait(self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
-        self.0.wait()
+        match self.deadline {
+            Some(deadline) if !self.call.wait_until(deadline.at) => {
+                self.call.abandon();
+                vec![(0, Err(deadline.exceeded()))]
+            }
+            _ => self.call.wait(),
+        }
+    }
+
+    /// Whether every replica has answered; if not, `waker` is woken when they have.
+    pub fn poll_done(&self, waker: &std::task::Waker) -> bool {
+        self.call.poll_done(waker)
+    }
+
+    /// Blocks until every replica has answered or `deadline` passed; returns whether
+    /// they have (or the runtime is gone, so waiting would not block).
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        self.call.wait_until(deadline)
+    }
+
+    /// Gives up on the call: its late reply is discarded (see the
+    /// [module docs](self)).
+    pub fn abandon(self) {
+        self.call.abandon();
     }
 }
 
@@ -175,7 +298,7 @@ pub struct Lent<'a> {
     wait_on_drop: bool,
     /// The shared buffers the call's arguments lie in, marked lent until this is
     /// dropped (after the call completed, or never if the `Pending` is leaked).
-    _marked: Marked,
+    marked: Marked,
 }
 
 enum LentOuts<'a> {
@@ -212,12 +335,18 @@ impl Marked {
 }
 
 impl<'a> Lent<'a> {
+    /// Whether the runtime may use caller memory until the call is answered (a buffer
+    /// travelled by reference).
+    fn by_reference(&self) -> bool {
+        self.wait_on_drop && self.marked.first.is_some()
+    }
+
     /// Nothing lent: a call without bulk arguments.
     pub fn nothing() -> Lent<'static> {
         Lent {
             outs: LentOuts::None,
             wait_on_drop: false,
-            _marked: Marked::default(),
+            marked: Marked::default(),
         }
     }
 
@@ -249,7 +378,7 @@ impl<'a> Lent<'a> {
         Lent {
             outs,
             wait_on_drop: transport.borrows_caller_memory(),
-            _marked: marked,
+            marked,
         }
     }
 }
@@ -275,6 +404,19 @@ impl<T> Decode<T> {
 }
 
 /// A submitted task whose result is not yet collected.
+///
+/// Collect it by blocking ([`wait`](Self::wait), [`wait_timeout`](Self::wait_timeout),
+/// [`wait_all`](Self::wait_all)) or by awaiting it: `Pending` is a [`Future`] of the
+/// same result as `wait`, woken by the answer (see the [module docs](self)).
+///
+/// ```no_run
+/// # use chimaera_core::{Client, Pending, TaskError};
+/// # use std::time::Duration;
+/// # async fn demo(pending: Pending<'static, String>, other: Pending<'static, String>) -> Result<(), TaskError> {
+/// let echoed: String = pending.await?;
+/// let in_time: String = other.wait_timeout(Duration::from_millis(200))?;
+/// # Ok(()) }
+/// ```
 ///
 /// It borrows, for `'a`, the client buffers the call's bulk arguments came from — mutably
 /// those its handler writes — so they can be neither touched nor freed before the result
@@ -330,9 +472,36 @@ impl<'a, T> Pending<'a, T> {
     }
 
     /// Waits for the result. With several replicas the first error (by container) wins,
-    /// else the result of the lowest container is returned.
+    /// else the result of the lowest container is returned. Past the client's deadline
+    /// ([`Client::with_deadline`]), if it has one, fails with
+    /// [`TaskError::DeadlineExceeded`].
     pub fn wait(mut self) -> Result<T, TaskError> {
         self.collect()
+    }
+
+    /// Waits like [`wait`](Self::wait), but at most `timeout` from now (instead of the
+    /// client's deadline): if the call is not answered by then, it is abandoned (its
+    /// late reply discarded, see the [module docs](self)) and this fails with
+    /// [`TaskError::DeadlineExceeded`]. A call that lent buffers by reference waits for
+    /// its answer whatever the timeout: the runtime may be using them.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<T, TaskError> {
+        if let Some(raw) = &mut self.raw {
+            raw.deadline = Some(Deadline::from_now(timeout));
+        }
+        self.collect()
+    }
+
+    /// The call, unless its deadline passes first: then it is abandoned and the error
+    /// returned. Calls that lent buffers by reference are never abandoned.
+    fn take_in_time(&mut self) -> Result<RawPending, TaskError> {
+        let raw = self.raw.take().ok_or(TaskError::NotRun)?;
+        match raw.deadline {
+            Some(deadline) if !self.lent.by_reference() && !raw.call.wait_until(deadline.at) => {
+                raw.call.abandon();
+                Err(deadline.exceeded())
+            }
+            _ => Ok(raw),
+        }
     }
 
     /// Waits like [`wait`](Self::wait), then hands back the `&mut [u8]` buffers the call
@@ -351,10 +520,10 @@ impl<'a, T> Pending<'a, T> {
 
     /// Waits for the call (once) and decodes its result.
     fn collect(&mut self) -> Result<T, TaskError> {
-        let raw = self.raw.take().ok_or(TaskError::NotRun)?;
+        let raw = self.take_in_time()?;
         let (decode, outs) = (&self.decode, &mut self.lent.outs);
         let mut value = None;
-        raw.0.wait_first(&mut |bytes| {
+        raw.call.wait_first(&mut |bytes| {
             value = Some(decode.run(bytes, outs)?);
             Ok(())
         })?;
@@ -362,17 +531,41 @@ impl<'a, T> Pending<'a, T> {
     }
 
     /// Waits for every replica and returns each one's result, by container.
+    /// Past the call's deadline, its one result is [`TaskError::DeadlineExceeded`].
     pub fn wait_all(mut self) -> Vec<(ContainerId, Result<T, TaskError>)> {
-        let Some(raw) = self.raw.take() else {
-            return vec![(0, Err(TaskError::NotRun))];
+        let raw = match self.take_in_time() {
+            Ok(raw) => raw,
+            Err(err) => return vec![(0, Err(err))],
         };
         let (decode, outs) = (&self.decode, &mut self.lent.outs);
-        raw.wait()
+        raw.call
+            .wait()
             .into_iter()
             .map(|(container, result)| {
                 (container, result.and_then(|bytes| decode.run(&bytes, outs)))
             })
             .collect()
+    }
+}
+
+/// Awaiting a `Pending` yields what [`Pending::wait`] returns (without the client's
+/// deadline: wrap it in the executor's timeout). The answer wakes the task; polling does
+/// not block, except to copy an answer that has arrived.
+impl<T> Future for Pending<'_, T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // `Pending` is `Unpin` (boxes, function pointers and borrows).
+        let this = self.get_mut();
+        let Some(raw) = &mut this.raw else {
+            return Poll::Ready(Err(TaskError::NotRun));
+        };
+        if !raw.call.poll_done(cx.waker()) {
+            return Poll::Pending;
+        }
+        // Answered: `collect` waits no more, and no deadline applies to awaiting.
+        raw.deadline = None;
+        Poll::Ready(this.collect())
     }
 }
 
@@ -410,7 +603,9 @@ impl<T> Drop for Pending<'_, T> {
             if self.lent.wait_on_drop {
                 // The runtime may still read or write the lent buffers: keep them
                 // borrowed until it is done (the result itself is discarded).
-                drop(raw.wait());
+                drop(raw.call.wait());
+            } else {
+                raw.call.abandon();
             }
         }
     }
@@ -420,6 +615,7 @@ impl<T> std::fmt::Debug for Pending<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
             .field("done", &self.is_done())
+            .field("deadline", &self.raw.as_ref().and_then(|raw| raw.deadline))
             .field("waits_on_drop", &self.lent.wait_on_drop)
             .finish()
     }

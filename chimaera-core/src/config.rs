@@ -15,7 +15,9 @@
 //!   low_latency: 1           # workers serving low-latency lanes (1..=1024)
 //!   high_latency: 1          # workers for high-latency lanes (0..=1024; 0: low-latency workers serve them)
 //! coroutine_stack_size: 256KiB  # stack of each task coroutine (16KiB..=256MiB)
-//! queue_depth: 256           # task slots (and ring entries) per client: a power of two, 1..=65536
+//! queue_depth: 256           # task slots (and ring entries) per client: a power of two, 1..=65536;
+//!                            # one client's calls in flight (queue_depth - 1: one slot carries
+//!                            # abandon requests); more submissions wait for a slot
 //! max_clients: 64            # client processes attached at once (1..=4096)
 //! shm:
 //!   main_size: 20MiB         # queues and task slots (up to 1 KiB each) of all clients; each gets / max_clients (4KiB..=1TiB, as are the next two)
@@ -109,7 +111,9 @@ pub struct RuntimeConfig {
     pub pin_workers: bool,
     /// How long a stop waits for in-flight tasks before failing them.
     pub stop_grace_period: Duration,
-    /// Task slots (and submission-ring entries) per client: a power of two.
+    /// Task slots (and submission-ring entries) per client: a power of two. Bounds one
+    /// client's calls in flight (less one slot, which carries abandon requests);
+    /// submissions past it wait for a slot.
     pub queue_depth: u32,
     /// Client processes that may be attached at once.
     pub max_clients: u32,

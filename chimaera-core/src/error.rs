@@ -102,6 +102,15 @@ pub enum TaskError {
     /// The task was cancelled before it completed (a periodic task's handle was cancelled).
     #[error("the task was cancelled")]
     Cancelled,
+    /// The call was not answered before its deadline. The caller gave up on it: its
+    /// late reply is discarded (and over shared memory its slot freed at once); the
+    /// handler itself is not stopped and counts against the client's quota of tasks in
+    /// flight until it ends.
+    #[error("no answer within {waited_ms} ms, the call's deadline; its late reply will be discarded. Raise the deadline (`Client::with_deadline`, `Pending::wait_timeout`) or find why the handler takes so long")]
+    DeadlineExceeded {
+        /// The deadline the call was given, in milliseconds (saturated at `u64::MAX`).
+        waited_ms: u64,
+    },
     /// The client's uid may not do this (admin methods need the runtime owner's uid or a
     /// grant in the config's `access.admin_uids`).
     #[error("permission denied: uid {uid} may not {action}; run it as the runtime's owner or list the uid in the runtime config's access.admin_uids")]
@@ -112,12 +121,15 @@ pub enum TaskError {
         uid: u32,
     },
     /// The client reached one of its quotas; its other tasks and other clients go on.
-    #[error("this client's quota of {limit} {what} is used up; wait for its tasks to finish (or cancel periodic ones) or raise the quota in the runtime config")]
+    #[error("this client's quota of {limit} {what} is used up; wait for its tasks to finish (or cancel periodic ones), or raise `{config_key}` in the runtime's config")]
     QuotaExceeded {
         /// Which quota: `tasks in flight` or `output bytes`.
         what: String,
         /// The quota.
         limit: u64,
+        /// The runtime config key that sets it (`quotas.tasks_in_flight`,
+        /// `shm.runtime_data_size`).
+        config_key: String,
     },
     /// The runtime disowned this client (it found its shared memory broken, e.g. a
     /// corrupt ring) and serves it no more.
@@ -173,6 +185,68 @@ pub enum TaskError {
         input_bytes: u64,
         /// The limit on the copies' total.
         max_bytes: u64,
+    },
+    /// A buffer of `len` bytes cannot be allocated in this client's data share: it is
+    /// larger than the share, or the share is full of buffers still held.
+    #[error("no room for a {len}-byte buffer in this client's {share}-byte data share ({in_use} bytes held by buffers); drop unused buffers, or raise `shm.client_data_size` (divided among `max_clients`) in the runtime's config")]
+    DataShareFull {
+        /// The buffer's size.
+        len: u64,
+        /// The share's size.
+        share: u64,
+        /// Bytes the client's live buffers hold.
+        in_use: u64,
+    },
+    /// A task's input is larger than any place it can travel in: the client's whole data
+    /// share.
+    #[error("the task's {len}-byte input does not fit this client's {share}-byte data share; send less (a buffer from allocate_buffer travels by reference), or raise `shm.client_data_size` in the runtime's config")]
+    InputTooLarge {
+        /// The input's size.
+        len: u64,
+        /// The share's size.
+        share: u64,
+    },
+    /// The process could not allocate a buffer.
+    #[error("out of memory for a {len}-byte buffer")]
+    OutOfMemory {
+        /// The buffer's size.
+        len: u64,
+    },
+    /// A bulk argument's buffer is held by another running task (or another argument
+    /// of this task) in a way that excludes this use.
+    #[error("bulk buffer {offset}+{len} overlaps a buffer another running task (or another argument of this task) holds{}; wait for that task before reusing the buffer", if *.held_for_writing { " for writing" } else { "" })]
+    BulkBufferBusy {
+        /// Offset of the buffer in the client's data share.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// Whether the holder writes it (this use only reads); else this use writes it
+        /// and any holder conflicts.
+        held_for_writing: bool,
+    },
+    /// A handler read or wrote outside a bulk argument's bytes.
+    #[error("{len} bytes at offset {offset} do not fit in a {available}-byte bulk buffer; keep offset + len within len()")]
+    BulkOutOfRange {
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// The buffer's length.
+        available: u64,
+    },
+    /// A periodic-task cancel named a task this client does not have.
+    #[error("this client has no periodic task {id} (cancelled already, or its pool is gone)")]
+    NoSuchPeriodicTask {
+        /// The id the runtime acknowledged when the task was submitted.
+        id: u64,
+    },
+    /// The client could not start a thread it needs (its reply watcher).
+    #[error("this client could not start its `{thread}` thread ({detail}); free resources (threads, memory) and connect again")]
+    ClientThread {
+        /// The thread's name.
+        thread: String,
+        /// The system error.
+        detail: String,
     },
     /// Two task groups holding a [`CoRwLock`](crate::CoRwLock) for reading both asked to
     /// write: each would wait for the other's read forever, so the later one fails.

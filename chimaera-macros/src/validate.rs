@@ -33,7 +33,16 @@ pub const FIRST_CUSTOM_ID: u32 = 10;
 /// Methods of the generated client that do not come from a task and that no task may
 /// take. (The convenience `destroy_pool` is not among them: a task of that name, like
 /// admin's `kDestroyPool`, replaces it; see `expand::client`.)
-const CLIENT_METHODS: [&str; 5] = ["create", "create_with", "attach", "pool_id", "client"];
+const CLIENT_METHODS: [&str; 8] = [
+    "create",
+    "create_with",
+    "open",
+    "attach",
+    "pool_id",
+    "client",
+    "with_deadline",
+    "without_deadline",
+];
 
 fn inherited_id(entry: &str) -> Option<u32> {
     INHERITED

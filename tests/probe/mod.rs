@@ -110,9 +110,30 @@ impl Probe {
         7
     }
 
+    /// Sleeps `ms` holding the container's mutex (`u64::MAX`: as good as forever, and
+    /// every `locked_leaf` of the container waits that long).
+    #[task(method = 21)]
+    fn nap_locked(&self, ctx: &mut RunContext, ms: u64) -> u64 {
+        let _held = self.guard.lock(ctx);
+        ctx.sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    /// Waits until the container has been ticked `ticks` times; returns the count.
+    #[task(method = 22)]
+    fn await_ticks(&self, ctx: &mut RunContext, ticks: u64) -> u64 {
+        loop {
+            let now = self.ticks.load(Ordering::SeqCst);
+            if now >= ticks {
+                return now;
+            }
+            ctx.sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Returns `depth`; its route first recurses `depth` frames of 1 KiB: a route whose
     /// stack use a client's input decides.
-    #[task(method = 21, route = recurse_then_route)]
+    #[task(method = 23, route = recurse_then_route)]
     fn deep_route(&self, depth: u32) -> u32 {
         depth
     }

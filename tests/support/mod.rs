@@ -18,10 +18,12 @@ use chimaera::prelude::*;
 use chimaera::shm::InstanceName;
 use chimaera::transport::shm::server::{usage, ShmUsage};
 use chimaera::RuntimeBuilder;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 /// The environment variable that tells a re-run of a test binary which child it plays.
@@ -272,5 +274,28 @@ pub fn within<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + '
         Ok(value) => value,
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} hangs"),
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+/// Wakes the thread that polls, so a plain thread can await without an executor.
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `future` to its end on this thread, parking between polls: `.await` with no
+/// executor at all.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
+        std::thread::park();
     }
 }

@@ -87,6 +87,11 @@ pub enum StartError {
     /// The admin pool could not be created.
     #[error("cannot create the admin pool: {0}")]
     Admin(TaskError),
+    /// The admin pool was given another id than 1.0 (a pool was created before it).
+    #[error(
+        "the admin pool got id {0} instead of 1.0; create no pool before the runtime has started"
+    )]
+    AdminPoolId(PoolId),
     /// A worker thread could not be started.
     #[error("cannot start a worker thread: {0}; lower `workers` in the configuration or raise the process's thread limit")]
     Worker(#[source] std::io::Error),
@@ -685,6 +690,14 @@ impl crate::transport::PendingCall for LocalCall {
     fn wait(self: Box<Self>) -> crate::transport::Results {
         self.0.wait()
     }
+
+    fn poll_done(&self, waker: &std::task::Waker) -> bool {
+        self.0.poll_done(waker)
+    }
+
+    fn wait_until(&self, deadline: std::time::Instant) -> bool {
+        self.0.wait_until(Some(deadline))
+    }
 }
 
 /// The cancel token of a periodic task: cancelling wakes it if it sleeps.
@@ -914,7 +927,10 @@ impl RuntimeBuilder {
         });
         if let Some(server) = server {
             let _ = shared.shm.set(server.clone());
-            server.start_threads(shared.clone());
+            if let Err(err) = server.start_threads(shared.clone()) {
+                server.shutdown();
+                return Err(err.into());
+            }
         }
         let runner = Arc::new(Runner(OnceLock::new()));
         let _ = runner.0.set(Arc::downgrade(&shared));
@@ -970,10 +986,7 @@ impl RuntimeBuilder {
                 }
                 Ok(runtime)
             }
-            Ok(info) => Err(StartError::Admin(TaskError::failed(format!(
-                "admin pool got id {} instead of 1.0",
-                info.id
-            )))),
+            Ok(info) => Err(StartError::AdminPoolId(info.id)),
             Err(err) => Err(StartError::Admin(err)),
         }
     }

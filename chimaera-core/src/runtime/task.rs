@@ -13,7 +13,8 @@
 //! A waiter spins briefly, then parks on a [`Blocker`] (which parks a coroutine when
 //! called from one and the thread otherwise); the last replica unparks it. The blocker is
 //! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
-//! lost.
+//! lost. An async caller registers a [`Waker`] the same way instead of a blocker, and
+//! the last replica wakes it: no thread waits for it.
 //!
 //! **Periodic tasks** sleep between runs on their [`CancelToken`], which wakes them the
 //! moment it is cancelled (by their handle, their client's death, their pool's
@@ -30,7 +31,8 @@ use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::pool::Pool;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
 pub use crate::transport::Schedule;
 
@@ -189,8 +191,23 @@ impl ReplyTo {
 pub struct Completion {
     remaining: AtomicU32,
     results: Mutex<Vec<(ContainerId, Result<Bytes, TaskError>)>>,
-    waiter: Mutex<Option<Arc<Blocker>>>,
+    waiter: Mutex<Option<Waiter>>,
     sink: Option<ReplyTo>,
+}
+
+/// Who waits for a [`Completion`]: a parked coroutine or thread, or an async task.
+enum Waiter {
+    Parked(Arc<Blocker>),
+    Polled(Waker),
+}
+
+impl Waiter {
+    fn wake(self) {
+        match self {
+            Waiter::Parked(blocker) => blocker.unpark(),
+            Waiter::Polled(waker) => waker.wake(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Completion {
@@ -233,7 +250,7 @@ impl Completion {
                 Some(to) => to.sink.complete(to.key, self.take_results()),
                 None => {
                     if let Some(waiter) = lock(&self.waiter).take() {
-                        waiter.unpark();
+                        waiter.wake();
                     }
                 }
             }
@@ -254,6 +271,13 @@ impl Completion {
     /// Waits until every replica has delivered, then returns the results sorted by
     /// container. Parks the calling coroutine (or thread) rather than spinning long.
     pub fn wait(&self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
+        self.wait_until(None);
+        self.take_results()
+    }
+
+    /// Waits until every replica has delivered or `deadline` passed; returns whether
+    /// every replica has delivered.
+    pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
         // A coroutine parks at once: spinning would hold its worker thread, which may be
         // the very thread that has to run the task being waited for.
         let mut spins = if coroutine::is_coroutine() {
@@ -267,16 +291,35 @@ impl Completion {
                 std::hint::spin_loop();
                 continue;
             }
+            let timeout = match deadline {
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return self.is_done(),
+                },
+                None => None,
+            };
             let blocker = Blocker::current();
-            *lock(&self.waiter) = Some(blocker.clone());
+            *lock(&self.waiter) = Some(Waiter::Parked(blocker.clone()));
             if self.is_done() {
                 break;
             }
-            // A timeout-free park: `deliver` unparks after the last result. A spurious
-            // return is harmless, the loop re-checks.
-            let _ = blocker.park(None);
+            // `deliver` unparks after the last result. A spurious return or a timeout is
+            // harmless, the loop re-checks.
+            let _ = blocker.park(timeout);
         }
-        self.take_results()
+        true
+    }
+
+    /// Whether every replica has delivered; if not, `waker` is woken when the last one
+    /// does (it replaces the waker of an earlier poll).
+    pub fn poll_done(&self, waker: &Waker) -> bool {
+        if self.is_done() {
+            return true;
+        }
+        *lock(&self.waiter) = Some(Waiter::Polled(waker.clone()));
+        // Re-checked after registering: `deliver` decrements before it takes the waiter,
+        // so either it finds this waker or this load sees its decrement.
+        self.is_done()
     }
 }
 

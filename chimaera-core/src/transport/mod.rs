@@ -24,10 +24,19 @@
 //!   does not give its memory back until the call is over.
 //! * **A pending call** ([`PendingCall`]) is answered exactly once — with the results, or
 //!   with the error that ended it (`RuntimeStopped`, `Disowned`) when the peer is gone; a
-//!   wait never hangs on a dead peer. Dropping it discards the result; if
-//!   [`Transport::borrows_caller_memory`], the typed [`Pending`](crate::Pending) that
-//!   lent buffers waits for the answer when dropped, so the peer is done with them
-//!   before the borrow ends.
+//!   wait never hangs on a dead peer. It can be waited for by a blocked thread (with or
+//!   without a deadline: [`PendingCall::wait_until`]) or polled by an async task
+//!   ([`PendingCall::poll_done`]): the answer itself wakes the task — no thread per call
+//!   and no polling loop (in process the completion wakes it; over shared memory one
+//!   reply-watcher thread per connection, started by the first poll, sleeps on the
+//!   connection's reply bell).
+//! * **Abandoning.** Dropping a pending call, or [`abandon`](PendingCall::abandon)ing it
+//!   when its deadline passed, discards its late reply; a transport that holds a resource
+//!   per call (a shared-memory slot) frees it without waiting for the handler, which is
+//!   not stopped. If [`Transport::borrows_caller_memory`], the typed
+//!   [`Pending`](crate::Pending) that lent buffers by reference is never abandoned: it
+//!   waits for the answer when dropped (and ignores its deadline), so the peer is done
+//!   with the buffers before the borrow ends.
 //! * **Periodic tasks** are stopped through the [`CancelPeriodic`] handle `spawn` gave;
 //!   they also end with their pool, their runtime or (for a client process) their client.
 pub(crate) mod inproc;
@@ -40,7 +49,8 @@ use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
 /// How a task submitted with a client's `spawn_*` method runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -143,6 +153,20 @@ pub trait PendingCall: Send {
 
     /// Waits for every replica's result.
     fn wait(self: Box<Self>) -> Results;
+
+    /// Whether every replica has answered (or the peer is gone, so waiting would not
+    /// block); if not, `waker` is woken when that changes. A later poll's waker replaces
+    /// an earlier one. No thread may be set aside per call to do this.
+    fn poll_done(&self, waker: &Waker) -> bool;
+
+    /// Blocks until every replica has answered (or the peer is gone) or `deadline`
+    /// passed; returns whether waiting would no longer block.
+    fn wait_until(&self, deadline: Instant) -> bool;
+
+    /// Gives up on the call before its answer: the answer, when it comes, is discarded.
+    /// Transports that hold a resource until the answer (a shared-memory slot) release
+    /// it without waiting for the handler. Dropping a pending call abandons it too.
+    fn abandon(self: Box<Self>) {}
 
     /// Waits and hands the result of the call to `decode`: the first error by container
     /// wins, else the lowest container's output is decoded.

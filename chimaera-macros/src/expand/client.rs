@@ -1,12 +1,14 @@
 //! `FooClient`: the typed client of a module's pools.
 //!
 //! Fixed methods: `create` / `create_with` (get or create a pool, passing `create`'s
-//! arguments), `attach`, `pool_id`, `client`, and `destroy_pool` unless a task has that
-//! name (admin's `kDestroyPool`, which destroys any pool, replaces it). Per task with an id of 10
-//! or more: `x` (submit and wait), `async_x` (submit, returning a `Pending`) and
-//! `spawn_x` (fire-and-forget or periodic). Parameters keep the handler's names and
-//! types (`&mut T` in-out arguments are `&T` for `async_x`/`spawn_x`, and written back
-//! by `x`), and borrowed arguments are archived in place through `StrRef`, `SliceRef`
+//! arguments), `open` (an existing pool, by name), `attach`, `pool_id`, `client`, `with_deadline` / `without_deadline` (the
+//! same client with another default deadline for its calls), and `destroy_pool` unless
+//! a task has that name (admin's `kDestroyPool`, which destroys any pool, replaces it).
+//! Per task with an id of 10 or more: `x` (submit and wait), `async_x` (submit,
+//! returning a `Pending`, collected by `.await`, `wait` or `wait_timeout`) and `spawn_x`
+//! (fire-and-forget or periodic). Parameters keep the handler's names and types (`&mut
+//! T` in-out arguments are `&T` for `async_x`/`spawn_x`, and written back by `x`), and
+//! borrowed arguments are archived in place through `StrRef`, `SliceRef`
 //! and `ByRef`, never copied into owned values first.
 //!
 //! Byte buffers (handler `&[u8]` / `BulkIn`, and `&mut [u8]` / `BulkOut` where it
@@ -115,6 +117,22 @@ pub fn expand(
         impl #client {
             #create
 
+            /// Opens the existing pool named `pool_name` (made by another client, or
+            /// composed at boot), without repeating its create parameters. Fails with
+            /// `OpenPoolError::NoSuchPool` if no pool has that name and
+            /// `OpenPoolError::OtherModule` if it runs another module.
+            pub fn open(
+                #chi: &#private::Client,
+                #pool_name: &str,
+            ) -> ::core::result::Result<Self, #private::OpenPoolError> {
+                let #pool = #private::open_pool(
+                    #chi,
+                    <#self_ty as #private::ChiMod>::info().name,
+                    #pool_name,
+                )?;
+                ::core::result::Result::Ok(Self::attach(#chi, #pool))
+            }
+
             /// A client of the existing pool `pool`.
             pub fn attach(#chi: &#private::Client, #pool: #private::PoolId) -> Self {
                 Self { client: ::core::clone::Clone::clone(#chi), pool: #pool }
@@ -128,6 +146,19 @@ pub fn expand(
             /// The runtime client underneath.
             pub fn client(&self) -> &#private::Client {
                 &self.client
+            }
+
+            /// This client with a default deadline for its calls (see
+            /// `Client::with_deadline`): a call not answered in time fails with
+            /// `TaskError::DeadlineExceeded` and is abandoned. For one call:
+            /// `x.with_deadline(d).method(..)`, or `x.async_method(..)?.wait_timeout(d)`.
+            pub fn with_deadline(&self, deadline: ::core::time::Duration) -> Self {
+                Self { client: #private::Client::with_deadline(&self.client, deadline), pool: self.pool }
+            }
+
+            /// This client without a default deadline (see `Client::without_deadline`).
+            pub fn without_deadline(&self) -> Self {
+                Self { client: #private::Client::without_deadline(&self.client), pool: self.pool }
             }
 
             #destroy_pool

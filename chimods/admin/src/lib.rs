@@ -10,6 +10,7 @@
 //! | 12 | `stop_runtime` | a clean stop: in-flight tasks get `grace_period_ms` to finish, what is left fails with `RuntimeStopped`, the runtime ends (the original aborted) |
 //! | 13 | `flush` | returns when every task in flight when it started is done (tasks submitted meanwhile, the caller's own and other flushes are not waited for), with the number of tasks completed meanwhile |
 //! | 16 | `status` | the runtime's pid, instance, workers and their task counts, pools with their containers and lanes, tasks in flight and completed, per-method counters and latencies, attached clients, live periodic tasks, shared memory (the status task and its client left out) |
+//! | 17 | `find_pool` | the pool of that name, if any (what every typed client's `open` asks) |
 //!
 //! The wire types are those of [`chimaera_core::admin_api`], so every client can reach
 //! these tasks without depending on this crate; the tests pin the ids to it.
@@ -74,5 +75,14 @@ impl Admin {
     #[task(method = 16)]
     fn status(&self, ctx: &mut RunContext) -> RuntimeStatus {
         ctx.runtime().status(ctx)
+    }
+
+    /// `kFindPool`: the pool named `name`, if there is one.
+    #[task(method = 17)]
+    fn find_pool(&self, ctx: &mut RunContext, name: &str) -> Option<PoolInfo> {
+        ctx.runtime()
+            .pools()
+            .into_iter()
+            .find(|pool| pool.name == name)
     }
 }

@@ -15,13 +15,40 @@
 //! `RuntimeStopped`, and a runtime that disowned this client fails it with `Disowned`,
 //! within about 100 ms instead of hanging.
 //!
+//! **Async callers** poll instead of sleeping: [`ShmCall::poll_done`] records the task's
+//! waker by slot and sets the slot's `WAITING_WATCHER` bit, then re-checks the slot (the
+//! runtime publishes `DONE` before it reads `WAITING`, the client sets `WAITING` before
+//! it re-reads `DONE`, both `SeqCst`: one of them sees the other). The first poll starts
+//! this connection's one *reply watcher* thread. It sleeps on the control line's reply
+//! bell, which the runtime bumps and wakes after answering a slot with that bit set; it
+//! then wakes the wakers of every answered slot. It reads the bell before scanning the
+//! slots, so a reply posted during the scan makes its next futex wait return at once. It
+//! sleeps in the same short timed waits as a blocked caller, to notice a dead runtime
+//! (then it wakes every waker: the futures fail with `RuntimeStopped`), and on a condvar,
+//! with no timeout, while no call is polled. Sync callers never start it and pay nothing.
+//!
+//! **Abandoning** (a deadline passed, or the caller dropped the call): the call's slot
+//! stays the client's until the runtime answers it, but the client asks the runtime to
+//! answer it at once. One slot, the last, is kept out of the free list as this
+//! connection's *control slot* (when the ring has more than one): it carries one
+//! `KIND_ABANDON` request at a time, whose payload lists abandoned slots (as many as it
+//! holds); slots abandoned meanwhile wait in a list, sent as the control slot's
+//! previous request is answered (checked whenever slots are harvested or a call is
+//! abandoned). Submissions go through the ring in order, so the runtime has taken the
+//! abandoned call before it reads the request. An abandoned slot is freed once answered
+//! and no request naming it is still in the control slot (a request read late must not
+//! abandon the slot's next call). Abandoning never blocks the caller.
+//!
 //! **Disowned**: a runtime that finds this client's memory broken stores `AREA_DISOWNED`
 //! in the control line, wakes every slot and hangs up. Every submission checks that word
 //! (one load), so the next call fails with [`TaskError::Disowned`].
 //!
 //! **Backpressure**: the ring has one entry per slot, so it never overflows; when every
 //! slot is taken, a submission waits for one to free (a slot whose call was dropped
-//! unanswered frees when its result arrives).
+//! unanswered frees when its result arrives). The slots are the runtime's
+//! `queue_depth` (less the control slot): the bound on this client's calls in flight,
+//! besides the runtime's `quotas.tasks_in_flight`, which fails tasks over it with
+//! `QuotaExceeded`.
 use super::handshake::{self, Grant, HandshakeError, Reply, Request};
 use super::runtime_page::RuntimePageView;
 use super::wire::{
@@ -45,7 +72,8 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 /// How long a waiting client sleeps between checks that the runtime is alive.
@@ -146,6 +174,56 @@ pub struct ShmConnection {
     /// The runtime is gone (`RuntimeStopped`) or disowned us (`Disowned`).
     dead: Mutex<Option<TaskError>>,
     dead_flag: AtomicBool,
+    /// The slot that carries abandon requests (`None` with a single slot: abandoned
+    /// calls then free their slot when answered).
+    control_slot: Option<u32>,
+    abandons: Mutex<Abandons>,
+    /// Wakers of polled calls and the reply watcher.
+    watch: Arc<Watch>,
+}
+
+/// Abandoned calls the runtime has not been told about yet, and the one it is being
+/// told about in the control slot.
+#[derive(Default)]
+struct Abandons {
+    waiting: Vec<u32>,
+    sent: Vec<u32>,
+}
+
+/// What the reply watcher shares with the connection's callers.
+struct Watch {
+    /// The waker of each slot's polled call.
+    wakers: Mutex<Vec<Option<Waker>>>,
+    /// Signalled when a waker is registered (an idle watcher sleeps on it) and when the
+    /// connection closes.
+    registered: Condvar,
+    /// The watcher sleeps on `registered` (changed under the `wakers` lock, so a
+    /// registration that sees `false` needs no notify).
+    idle: AtomicBool,
+    closed: AtomicBool,
+    started: AtomicBool,
+}
+
+impl Watch {
+    fn new(slots: u32) -> Watch {
+        Watch {
+            wakers: Mutex::new(vec![None; slots as usize]),
+            registered: Condvar::new(),
+            idle: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes the waker of `slot_index`, if its call registered one.
+    fn take(&self, slot_index: u32) -> Option<Waker> {
+        if !self.started.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.wakers)
+            .get_mut(slot_index as usize)
+            .and_then(Option::take)
+    }
 }
 
 impl ShmConnection {
@@ -248,6 +326,8 @@ impl ShmConnection {
             .region(ring_offset, ring_len)
             .map_err(|e| io(e.to_string()))?;
         let ring = Ring::attach(&region, geometry.slots).map_err(|e| io(e.to_string()))?;
+        let control_slot = (geometry.slots > 1).then(|| geometry.slots - 1);
+        let call_slots = control_slot.unwrap_or(geometry.slots);
         Ok(Arc::new(ShmConnection {
             instance: instance.clone(),
             geometry,
@@ -256,7 +336,7 @@ impl ShmConnection {
             doorbell,
             socket,
             producer: Mutex::new(Producer { ring }),
-            free_slots: Mutex::new((0..geometry.slots).rev().collect()),
+            free_slots: Mutex::new((0..call_slots).rev().collect()),
             holding: Mutex::new(vec![None; geometry.slots as usize]),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
@@ -264,6 +344,9 @@ impl ShmConnection {
             encode_buffer: Mutex::new(OutputBuffer::reusable()),
             dead: Mutex::new(None),
             dead_flag: AtomicBool::new(false),
+            control_slot,
+            abandons: Mutex::new(Abandons::default()),
+            watch: Arc::new(Watch::new(geometry.slots)),
             main,
         }))
     }
@@ -369,6 +452,7 @@ impl ShmConnection {
 
     /// Copies the results of answered calls out of their slots and frees the slots.
     fn harvest(&self) {
+        self.send_abandons();
         let calls: Vec<Arc<CallState>> = lock(&self.holding).iter().flatten().cloned().collect();
         for call in calls {
             let mut held = lock(&call.slot);
@@ -381,14 +465,96 @@ impl ShmConnection {
             if view.word(slot::STATE).load(Ordering::Acquire) != wire::SLOT_DONE {
                 continue;
             }
+            let abandoned = call.abandoned.load(Ordering::Acquire);
+            if abandoned && !self.forget_abandon(slot_index) {
+                continue;
+            }
             let results = self.read_results(&view);
-            if !call.abandoned.load(Ordering::Acquire) {
+            if !abandoned {
                 *lock(&call.harvested) = Some(results);
             }
             *held = None;
             drop(held);
+            // A polled call whose answer was just moved out of its slot: its waker is
+            // taken before the slot frees (and may get the next call's waker).
+            let waker = self.watch.take(slot_index);
             self.release_slot(slot_index, input);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
+    }
+
+    /// Gives up on the call in `slot_index` (held by `call`): its answer will be
+    /// discarded, and the runtime is asked to answer it at once. Never blocks.
+    fn abandon(&self, call: &CallState) {
+        let held = lock(&call.slot);
+        call.abandoned.store(true, Ordering::Release);
+        let Some((slot_index, _)) = *held else {
+            return;
+        };
+        let answered = self
+            .view(slot_index)
+            .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE);
+        drop(held);
+        if answered || self.control_slot.is_none() {
+            // Freed by the next harvest (or, with no control slot, once answered).
+            return;
+        }
+        lock(&self.abandons).waiting.push(slot_index);
+        self.send_abandons();
+    }
+
+    /// Whether the abandoned, answered slot `slot_index` may be freed: no abandon request
+    /// naming it waits in the control slot (one still waiting to be sent is dropped).
+    fn forget_abandon(&self, slot_index: u32) -> bool {
+        let mut abandons = lock(&self.abandons);
+        if abandons.sent.contains(&slot_index) {
+            return false;
+        }
+        abandons.waiting.retain(|&waiting| waiting != slot_index);
+        true
+    }
+
+    /// Sends the next abandon request if the control slot is free (its previous request
+    /// answered).
+    fn send_abandons(&self) {
+        let Some(control) = self.control_slot else {
+            return;
+        };
+        let Ok(view) = self.view(control) else {
+            return;
+        };
+        let mut abandons = lock(&self.abandons);
+        if !abandons.sent.is_empty() {
+            if view.word(slot::STATE).load(Ordering::Acquire) != wire::SLOT_DONE {
+                return;
+            }
+            abandons.sent.clear();
+        }
+        if abandons.waiting.is_empty() {
+            return;
+        }
+        // As many as the payload holds, as little-endian `u32`s; the rest go next time.
+        let batch = abandons.waiting.len().min(view.payload_len() / 4);
+        let sent: Vec<u32> = abandons.waiting.drain(..batch).collect();
+        let bytes: Vec<u8> = sent.iter().flat_map(|slot| slot.to_le_bytes()).collect();
+        if view.write_payload(&bytes).is_err() {
+            // Cannot happen (the batch fits the payload); the calls then free their slots
+            // when answered.
+            return;
+        }
+        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
+        SlotRequest::Abandon {
+            list_len: bytes.len() as u32,
+        }
+        .write(&view);
+        set(slot::WAITING, 0);
+        set(slot::STATE, wire::SLOT_SUBMITTED);
+        abandons.sent = sent;
+        drop(abandons);
+        // The ring has an entry for every slot, the control slot's included.
+        self.queue(control);
     }
 
     fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
@@ -401,6 +567,12 @@ impl ShmConnection {
             view.word(slot::WAITING).store(0, Ordering::Relaxed);
             view.word(slot::STATE)
                 .store(wire::SLOT_FREE, Ordering::Relaxed);
+        }
+        if self.watch.started.load(Ordering::Acquire) {
+            // The waker of the call that held the slot is stale now.
+            if let Some(waker) = lock(&self.watch.wakers).get_mut(slot_index as usize) {
+                *waker = None;
+            }
         }
         let mut free = lock(&self.free_slots);
         free.push(slot_index);
@@ -459,11 +631,10 @@ impl ShmConnection {
         let extent = (len <= share)
             .then(|| self.alloc_buffer_waiting(len))
             .flatten()
-            .ok_or_else(|| {
-                TaskError::failed(format!(
-                    "no room for a {len}-byte buffer in this client's {share}-byte data share ({} bytes in use); drop unused buffers or raise shm.client_data_size",
-                    lock(&self.data).in_use()
-                ))
+            .ok_or_else(|| TaskError::DataShareFull {
+                len: len as u64,
+                share: share as u64,
+                in_use: lock(&self.data).in_use() as u64,
             })?;
         let ptr = match self.main.range_ptr(
             self.geometry.data_offset() + extent.offset,
@@ -473,7 +644,7 @@ impl ShmConnection {
             Ok(ptr) => ptr,
             Err(err) => {
                 self.free_data(extent);
-                return Err(TaskError::failed(err.to_string()));
+                return Err(TaskError::malformed("buffer", err));
             }
         };
         let connection = self.clone();
@@ -565,10 +736,10 @@ impl ShmConnection {
         } else {
             let Some(extent) = self.alloc_data_waiting(input.len()) else {
                 self.release_slot(slot_index, None);
-                return Err(TaskError::failed(format!(
-                    "the task's input ({} bytes) does not fit this client's data share; raise shm.client_data_size",
-                    input.len()
-                )));
+                return Err(TaskError::InputTooLarge {
+                    len: input.len() as u64,
+                    share: self.geometry.data_len as u64,
+                });
             };
             if let Err(err) = self.write_data(extent.offset, input) {
                 self.release_slot(slot_index, Some(extent));
@@ -596,8 +767,9 @@ impl ShmConnection {
             // broken runtime rather than lose the task silently.
             lock(&call.state.slot).take();
             self.release_slot(slot_index, input_extent);
-            return Err(TaskError::failed(
-                "the submission ring is full although a slot was free",
+            return Err(TaskError::malformed(
+                "submission ring",
+                "full although a slot was free",
             ));
         }
         Ok(call)
@@ -818,6 +990,62 @@ impl ShmCall {
         }
     }
 
+    /// Whether the answer is there (or the runtime is gone); if not, `waker` is woken
+    /// when it is, by this connection's reply watcher (started on the first poll).
+    pub fn poll_done(&self, waker: &Waker) -> bool {
+        let held = lock(&self.state.slot);
+        let Some((slot_index, _)) = *held else {
+            // A harvest moved the answer out.
+            return true;
+        };
+        let Ok(view) = self.connection.view(slot_index) else {
+            return true;
+        };
+        let watch = &self.connection.watch;
+        let mut wakers = lock(&watch.wakers);
+        if let Some(registered) = wakers.get_mut(slot_index as usize) {
+            match registered {
+                Some(registered) if registered.will_wake(waker) => {}
+                _ => *registered = Some(waker.clone()),
+            }
+        }
+        let watcher_idle = watch.idle.load(Ordering::Relaxed);
+        drop(wakers);
+        view.word(slot::WAITING)
+            .fetch_or(wire::WAITING_WATCHER, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let done = view.word(slot::STATE).load(Ordering::SeqCst) == wire::SLOT_DONE
+            || self.connection.failure().is_some();
+        drop(held);
+        if !done {
+            if watcher_idle {
+                watch.registered.notify_one();
+            }
+            ShmConnection::start_watcher(&self.connection);
+        }
+        done
+    }
+
+    /// Blocks until the answer is there (or the runtime is gone) or `deadline` passed;
+    /// returns whether waiting would no longer block.
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        let held = *lock(&self.state.slot);
+        let Some((slot_index, _)) = held else {
+            return true;
+        };
+        // An error is a runtime gone: waiting returns it at once.
+        self.connection
+            .wait_done(slot_index, &self.state, Some(deadline))
+            .unwrap_or(true)
+    }
+
+    /// Gives up on the call: its answer is discarded, and the runtime is asked to answer
+    /// it at once so its slot frees (see the module docs). Never blocks.
+    pub fn abandon(mut self) {
+        self.finished = true;
+        self.connection.abandon(&self.state);
+    }
+
     /// Waits for the answer and returns each replica's result (one for most queries).
     pub fn wait(self) -> Results {
         self.wait_with(
@@ -857,7 +1085,7 @@ impl ShmCall {
                 let harvested = lock(&self.state.harvested).take();
                 return from(harvested.unwrap_or_else(|| vec![(0, Err(TaskError::NotRun))]));
             };
-            if let Err(err) = self.connection.wait_done(slot_index, &self.state) {
+            if let Err(err) = self.connection.wait_done(slot_index, &self.state, None) {
                 // The runtime is gone: the slot will never be answered.
                 return from(vec![(0, Err(err))]);
             }
@@ -877,18 +1105,24 @@ impl ShmCall {
 
 impl ShmConnection {
     /// Waits until `slot_index` is answered, or `call` no longer holds it (a harvest
-    /// took the answer; the slot may already serve another call).
-    fn wait_done(&self, slot_index: u32, call: &CallState) -> Result<(), TaskError> {
+    /// took the answer; the slot may already serve another call), or `deadline` passed:
+    /// `Ok(false)` only then.
+    fn wait_done(
+        &self,
+        slot_index: u32,
+        call: &CallState,
+        deadline: Option<Instant>,
+    ) -> Result<bool, TaskError> {
         let view = self.view(slot_index)?;
         let state = view.word(slot::STATE);
         let released = || lock(&call.slot).is_none();
         for spin in 0..SPINS_BEFORE_SLEEP {
             if state.load(Ordering::Acquire) == wire::SLOT_DONE {
-                return Ok(());
+                return Ok(true);
             }
             if spin % 256 == 255 {
                 if released() {
-                    return Ok(());
+                    return Ok(true);
                 }
                 // Give the CPU to a runnable thread that may be the one we wait for
                 // (on a small machine, the runtime's worker or a kernel I/O thread).
@@ -899,16 +1133,24 @@ impl ShmConnection {
         let started = Instant::now();
         loop {
             if released() {
-                return Ok(());
+                return Ok(true);
             }
-            view.word(slot::WAITING).store(1, Ordering::SeqCst);
+            let sleep = match deadline {
+                None => LIVENESS_CHECK,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(LIVENESS_CHECK),
+                    _ => return Ok(false),
+                },
+            };
+            view.word(slot::WAITING)
+                .fetch_or(wire::WAITING_THREAD, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if state.load(Ordering::SeqCst) == wire::SLOT_DONE || released() {
-                return Ok(());
+                return Ok(true);
             }
-            futex::wait(state, wire::SLOT_SUBMITTED, Some(LIVENESS_CHECK));
+            futex::wait(state, wire::SLOT_SUBMITTED, Some(sleep));
             if state.load(Ordering::Acquire) == wire::SLOT_DONE {
-                return Ok(());
+                return Ok(true);
             }
             if let Some(err) = self.failure() {
                 return Err(err);
@@ -921,6 +1163,93 @@ impl ShmConnection {
         }
     }
 
+    /// Starts the reply watcher unless it runs already.
+    fn start_watcher(connection: &Arc<ShmConnection>) {
+        if connection.watch.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let watch = connection.watch.clone();
+        let weak = Arc::downgrade(connection);
+        let spawned = std::thread::Builder::new()
+            .name("chimaera-reply-watcher".into())
+            .spawn(move || watch_replies(&watch, &weak));
+        if let Err(err) = spawned {
+            // No watcher: polled calls would never be woken. Fail them as a broken
+            // connection rather than hang them.
+            tracing::warn!("cannot start the reply watcher: {err}");
+            connection.set_dead(TaskError::ClientThread {
+                thread: "chimaera-reply-watcher".into(),
+                detail: err.to_string(),
+            });
+            connection.wake_polled(true);
+        }
+    }
+
+    /// Wakes the polled calls whose slot is answered (every one if `all`).
+    fn wake_polled(&self, all: bool) {
+        let mut woken = Vec::new();
+        for (slot_index, registered) in lock(&self.watch.wakers).iter_mut().enumerate() {
+            if registered.is_none() {
+                continue;
+            }
+            let answered = all
+                || self.view(slot_index as u32).is_ok_and(|view| {
+                    view.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE
+                });
+            if answered {
+                woken.extend(registered.take());
+            }
+        }
+        // Woken outside the lock: a waker may poll (and register) at once.
+        for waker in woken {
+            waker.wake();
+        }
+    }
+
+    fn reply_bell(&self) -> &AtomicU32 {
+        // The control line starts the area, whose length was checked at connect.
+        self.main
+            .atomic_u32(wire::CONTROL_REPLY_BELL)
+            .unwrap_or_else(|_| unreachable_word())
+    }
+}
+
+/// The reply watcher: wakes polled calls as the runtime answers them (see the module
+/// docs). Holds the connection only while calls are polled, so dropping the last client
+/// closes it (at most one liveness period later).
+fn watch_replies(watch: &Watch, connection: &Weak<ShmConnection>) {
+    loop {
+        let mut wakers = lock(&watch.wakers);
+        while wakers.iter().all(Option::is_none) {
+            if watch.closed.load(Ordering::Acquire) {
+                return;
+            }
+            watch.idle.store(true, Ordering::Relaxed);
+            wakers = watch
+                .registered
+                .wait(wakers)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            watch.idle.store(false, Ordering::Relaxed);
+        }
+        drop(wakers);
+        let Some(connection) = connection.upgrade() else {
+            return;
+        };
+        let bell = connection.reply_bell();
+        let rung = bell.load(Ordering::SeqCst);
+        let failed = connection.failure().is_some();
+        connection.wake_polled(failed);
+        if failed {
+            continue;
+        }
+        let outcome = futex::wait(bell, rung, Some(LIVENESS_CHECK));
+        if outcome == futex::WaitOutcome::TimedOut && connection.runtime_gone().is_some() {
+            connection.wake_polled(true);
+        }
+    }
+}
+
+impl ShmConnection {
     /// Decodes a result or error that fits [`SmallOutput`] from a copy on the stack;
     /// `None` for any other reply (left for [`read_results`](Self::read_results)).
     fn read_small_output<T>(
@@ -1016,8 +1345,18 @@ impl ShmConnection {
 impl Drop for ShmCall {
     fn drop(&mut self) {
         if !self.finished {
-            // The slot frees when its answer arrives (see `harvest`).
-            self.state.abandoned.store(true, Ordering::Release);
+            // The slot frees when its answer arrives (see `harvest`), which the runtime
+            // is asked to send at once.
+            self.connection.abandon(&self.state);
         }
+    }
+}
+
+impl Drop for ShmConnection {
+    fn drop(&mut self) {
+        // Under the lock: the idle watcher either sees `closed` or is woken.
+        let _wakers = lock(&self.watch.wakers);
+        self.watch.closed.store(true, Ordering::Release);
+        self.watch.registered.notify_all();
     }
 }

@@ -14,9 +14,13 @@
 //! What a client writes is a request, never the truth. The runtime keeps, in its own
 //! memory:
 //!
-//! * per slot, whether it is in flight ([`SLOT_IDLE`] / [`SLOT_IN_FLIGHT`]): a popped
-//!   index whose slot is in flight is ignored, so pushing a slot twice neither runs its
-//!   task twice nor frees or leaks its output block;
+//! * per slot, whether it is in flight ([`SLOT_IDLE`] / [`SLOT_IN_FLIGHT`], and
+//!   `ANSWERING` while one answer is being written) and its *generation*, bumped by
+//!   every answer: a popped index whose slot is in flight is ignored, so pushing a slot
+//!   twice neither runs its task twice nor frees or leaks its output block; a task's
+//!   reply carries the generation it was accepted in, so a reply for a call that was
+//!   answered already (abandoned: `KIND_ABANDON`) is discarded and never lands in the
+//!   slot's next call;
 //! * the output space's allocator and which block holds which slot's output (freed when
 //!   the runtime accepts that slot again; the whole space goes with the area);
 //! * the cancel flags of the client's periodic tasks;
@@ -25,9 +29,18 @@
 //! The runtime marks a slot idle *before* it publishes `DONE`, so a client that reuses a
 //! slot as soon as it sees its answer is never ignored.
 //!
+//! # Abandoned calls
+//!
+//! A `KIND_ABANDON` request lists other slots of the client in its payload: if a listed
+//! slot's call is in flight, the runtime answers it with `Cancelled` at once (so the client can reuse the
+//! slot) and bumps its generation; the task runs on — the runtime cannot stop a handler
+//! safely in the middle — and its late reply is discarded. It still holds the data
+//! share, so it counts against the quota of tasks in flight until it ends.
+//!
 //! # Quotas
 //!
-//! * Tasks in flight, fire-and-forget and periodic ones included: every task replica of
+//! * Tasks in flight (config key `quotas.tasks_in_flight`), fire-and-forget,
+//!   periodic and abandoned ones included: every task replica of
 //!   the client holds a reference to the area's data share ([`BulkShare`]) for its whole
 //!   life, so the count of those references is the count of its live tasks, read with
 //!   one atomic load per task. Over the quota, the task fails with
@@ -147,10 +160,20 @@ pub trait Ingress: Send + Sync {
     fn wake_worker(&self, worker: usize);
 }
 
-/// Runtime truth: the slot holds no task of the client.
+/// Runtime truth (the low bits of a slot's word, its generation above them): the slot
+/// holds no task of the client.
 pub const SLOT_IDLE: u32 = 0;
 /// Runtime truth: the slot's task was accepted and not answered yet.
 pub const SLOT_IN_FLIGHT: u32 = 1;
+/// Runtime truth: one answer is being written into the slot (the others are discarded).
+const SLOT_ANSWERING: u32 = 2;
+const PHASE_BITS: u32 = 2;
+const PHASE_MASK: u32 = (1 << PHASE_BITS) - 1;
+
+/// A slot's word: `generation` and `phase`.
+fn slot_word(generation: u32, phase: u32) -> u32 {
+    (generation << PHASE_BITS) | phase
+}
 
 /// Tasks one ingest call takes from one client before moving to the next.
 const INGEST_BUDGET: usize = 64;
@@ -384,6 +407,7 @@ impl ClientArea {
                 futex::wake_all(view.word(slot::STATE));
             }
         }
+        self.ring_reply_bell();
         if let Some(socket) = lock(&self.socket).take() {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
@@ -426,7 +450,13 @@ impl ClientArea {
 
     /// Answers slot `slot_index`, whose routing killed a poller, with `err`.
     pub fn fail_routed(&self, slot_index: u32, err: &TaskError) {
-        self.write_result(slot_index, Err(err));
+        let Some(state) = self.slots.get(slot_index as usize) else {
+            return;
+        };
+        let word = state.load(Ordering::Acquire);
+        if word & PHASE_MASK == SLOT_IN_FLIGHT {
+            self.write_result(slot_index, word >> PHASE_BITS, Err(err));
+        }
     }
 
     /// Fails every task still queued (the runtime is stopping).
@@ -439,38 +469,42 @@ impl ClientArea {
             let Ok(Some(slot_index)) = ring.pop() else {
                 break;
             };
-            if self.accept(slot_index) {
-                self.write_result(slot_index, Err(&TaskError::RuntimeStopped));
+            if let Some(generation) = self.accept(slot_index) {
+                self.write_result(slot_index, generation, Err(&TaskError::RuntimeStopped));
             }
         }
     }
 
-    /// Moves a popped slot from idle to in flight in the runtime's truth; `false` for an
-    /// index out of range or a slot already in flight (a duplicate push, ignored).
-    fn accept(&self, slot_index: u32) -> bool {
+    /// Moves a popped slot from idle to in flight in the runtime's truth and returns the
+    /// generation its answer must carry; `None` for an index out of range or a slot in
+    /// flight (a duplicate push, ignored).
+    fn accept(&self, slot_index: u32) -> Option<u32> {
         let Some(state) = self.slots.get(slot_index as usize) else {
             tracing::debug!(
                 client = self.client,
                 slot_index,
                 "ignored a slot index out of range"
             );
-            return false;
+            return None;
         };
-        if state
-            .compare_exchange(
-                SLOT_IDLE,
-                SLOT_IN_FLIGHT,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
+        let idle = state.load(Ordering::Acquire);
+        let generation = idle >> PHASE_BITS;
+        if idle & PHASE_MASK != SLOT_IDLE
+            || state
+                .compare_exchange(
+                    idle,
+                    slot_word(generation, SLOT_IN_FLIGHT),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
         {
             tracing::debug!(
                 client = self.client,
                 slot_index,
                 "ignored a push of a slot in flight"
             );
-            return false;
+            return None;
         }
         // The slot's previous output was read (or abandoned) by the client, which pushed
         // the slot again.
@@ -478,7 +512,39 @@ impl ClientArea {
         if let Some(extent) = outputs.blocks[slot_index as usize].take() {
             outputs.arena.free(extent);
         }
-        true
+        Some(generation)
+    }
+
+    /// Abandons the slots an abandon request lists in its payload (little-endian `u32`s,
+    /// copied out first); indices out of range or of slots not in flight are ignored.
+    fn abandon_listed(&self, view: &SlotView, list_len: u32) -> Result<(), TaskError> {
+        let len = list_len as usize;
+        if len > view.payload_len() || !len.is_multiple_of(4) {
+            return Err(TaskError::malformed(
+                "abandon request",
+                format!("{len} bytes is not a list of slot indices in a slot payload"),
+            ));
+        }
+        let mut listed = vec![0u8; len];
+        view.read_payload(&mut listed)
+            .map_err(|e| TaskError::malformed("abandon request", e))?;
+        for index in listed.chunks_exact(4) {
+            self.abandon(u32::from_le_bytes([index[0], index[1], index[2], index[3]]));
+        }
+        Ok(())
+    }
+
+    /// Answers the client's call in `slot_index` with `Cancelled` if it is still in
+    /// flight; the task's own reply, later, is discarded (its generation is past).
+    fn abandon(&self, slot_index: u32) {
+        let Some(state) = self.slots.get(slot_index as usize) else {
+            return;
+        };
+        let word = state.load(Ordering::Acquire);
+        if word & PHASE_MASK == SLOT_IN_FLIGHT {
+            let bytes = encode_error(&TaskError::Cancelled);
+            self.write_output(slot_index, word >> PHASE_BITS, ReplyStatus::Error, &bytes);
+        }
     }
 
     fn ingest_slot(
@@ -488,9 +554,9 @@ impl ClientArea {
         ingress: &dyn Ingress,
         routing: &Routing,
     ) {
-        if !self.accept(slot_index) {
+        let Some(generation) = self.accept(slot_index) else {
             return;
-        }
+        };
         let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) else {
             return;
         };
@@ -501,27 +567,31 @@ impl ClientArea {
                         cancel.cancel();
                         Ok(&[][..])
                     }
-                    None => Err(TaskError::failed(format!(
-                        "this client has no periodic task {id} (cancelled already?)"
-                    ))),
+                    None => Err(TaskError::NoSuchPeriodicTask { id }),
                 };
-                self.write_result(slot_index, result.as_ref().map(|b| *b));
+                self.write_result(slot_index, generation, result.as_ref().map(|b| *b));
+                return;
+            }
+            Ok(SlotRequest::Abandon { list_len }) => {
+                let result = self.abandon_listed(&view, list_len);
+                self.write_result(slot_index, generation, result.as_ref().map(|()| &[][..]));
                 return;
             }
             Ok(SlotRequest::Task(request)) => request,
-            Err(err) => return self.write_result(slot_index, Err(&err.into())),
+            Err(err) => return self.write_result(slot_index, generation, Err(&err.into())),
         };
         if self.tasks_in_flight() >= self.max_tasks {
             let err = TaskError::QuotaExceeded {
                 what: "tasks in flight".into(),
                 limit: self.max_tasks as u64,
+                config_key: "quotas.tasks_in_flight".into(),
             };
-            self.write_result(slot_index, Err(&err));
+            self.write_result(slot_index, generation, Err(&err));
             return;
         }
         let input = match self.read_input(&view, &request) {
             Ok(input) => input,
-            Err(err) => return self.write_result(slot_index, Err(&err)),
+            Err(err) => return self.write_result(slot_index, generation, Err(&err)),
         };
         let TaskRequest {
             pool,
@@ -531,14 +601,14 @@ impl ClientArea {
             ..
         } = request;
         if let Err(err) = self.permitted(pool, method) {
-            return self.write_result(slot_index, Err(&err));
+            return self.write_result(slot_index, generation, Err(&err));
         }
         let mut periodic_id = None;
         let (sink, cancel) = match schedule {
             None => (
                 Some(ReplyTo {
                     sink: self.clone(),
-                    key: ReplyKey([slot_index, 0, 0]),
+                    key: ReplyKey([slot_index, generation, 0]),
                 }),
                 None,
             ),
@@ -567,14 +637,14 @@ impl ClientArea {
                     Some(id) => encode(&id),
                     None => Ok(Bytes::new()),
                 };
-                self.write_result(slot_index, ack.as_deref());
+                self.write_result(slot_index, generation, ack.as_deref());
             }
             Ok(()) => {}
             Err(err) => {
                 if let Some(id) = periodic_id {
                     lock(&self.periodic).remove(&id);
                 }
-                self.write_result(slot_index, Err(&err));
+                self.write_result(slot_index, generation, Err(&err));
             }
         }
     }
@@ -636,39 +706,63 @@ impl ClientArea {
         Ok(input)
     }
 
-    fn write_result(&self, slot_index: u32, result: Result<&[u8], &TaskError>) {
+    fn write_result(&self, slot_index: u32, generation: u32, result: Result<&[u8], &TaskError>) {
         match result {
-            Ok(bytes) => self.write_output(slot_index, ReplyStatus::Ok, bytes),
+            Ok(bytes) => self.write_output(slot_index, generation, ReplyStatus::Ok, bytes),
             Err(err) => {
                 let bytes = encode_error(err);
-                self.write_output(slot_index, ReplyStatus::Error, &bytes);
+                self.write_output(slot_index, generation, ReplyStatus::Error, &bytes);
             }
         }
     }
 
-    /// Writes an answer into an in-flight slot, marks the slot idle in the runtime's
-    /// truth, then publishes `DONE` and wakes the client if it sleeps.
-    fn write_output(&self, slot_index: u32, status: ReplyStatus, bytes: &[u8]) {
+    /// Writes an answer into a slot in flight in `generation`, marks the slot idle (in
+    /// the next generation) in the runtime's truth, then publishes `DONE` and wakes the
+    /// client if it sleeps. An answer for another generation, or for a slot another
+    /// answer is being written to, is discarded: the call was answered already.
+    fn write_output(&self, slot_index: u32, generation: u32, status: ReplyStatus, bytes: &[u8]) {
         let Some(state) = self.slots.get(slot_index as usize) else {
             return;
         };
-        if state.load(Ordering::Acquire) != SLOT_IN_FLIGHT {
+        if state
+            .compare_exchange(
+                slot_word(generation, SLOT_IN_FLIGHT),
+                slot_word(generation, SLOT_ANSWERING),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
             return;
         }
+        let next = slot_word(generation.wrapping_add(1), SLOT_IDLE);
         if let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) {
             self.store_output(&view, slot_index, status, bytes);
             // Idle before DONE: a client reusing the slot at once is not ignored.
-            state.store(SLOT_IDLE, Ordering::Release);
+            state.store(next, Ordering::Release);
             view.word(slot::STATE)
                 .store(wire::SLOT_DONE, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if view.word(slot::WAITING).load(Ordering::SeqCst) != 0 {
+            // A hostile value costs the client spurious wake-ups, nothing else.
+            let waiting = view.word(slot::WAITING).load(Ordering::SeqCst);
+            if waiting & wire::WAITING_THREAD != 0 {
                 futex::wake(view.word(slot::STATE), 1);
             }
+            if waiting & wire::WAITING_WATCHER != 0 {
+                self.ring_reply_bell();
+            }
         } else {
-            state.store(SLOT_IDLE, Ordering::Release);
+            state.store(next, Ordering::Release);
         }
         self.counters.tasks_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bumps the control line's reply bell and wakes the client's reply watcher.
+    fn ring_reply_bell(&self) {
+        if let Ok(bell) = self.memory.atomic_u32(wire::CONTROL_REPLY_BELL) {
+            bell.fetch_add(1, Ordering::SeqCst);
+            futex::wake(bell, 1);
+        }
     }
 
     fn store_output(&self, view: &SlotView, slot_index: u32, status: ReplyStatus, bytes: &[u8]) {
@@ -716,6 +810,7 @@ impl ClientArea {
                 let err = encode_error(&TaskError::QuotaExceeded {
                     what: format!("output bytes (a {}-byte output did not fit)", bytes.len()),
                     limit: self.geometry.output_len as u64,
+                    config_key: "shm.runtime_data_size (divided among max_clients)".into(),
                 });
                 let _ = view.write_payload(&err);
                 SlotReply {
@@ -729,7 +824,7 @@ impl ClientArea {
     }
 }
 
-/// Answers the calls of this client; a key is `[slot, 0, 0]`.
+/// Answers the calls of this client; a key is `[slot, generation, 0]`.
 impl ReplySink for ClientArea {
     fn complete_one(
         &self,
@@ -737,14 +832,14 @@ impl ReplySink for ClientArea {
         _container: ContainerId,
         result: Result<&[u8], TaskError>,
     ) {
-        self.write_result(key.0[0], result.as_ref().map(|b| *b));
+        self.write_result(key.0[0], key.0[1], result.as_ref().map(|b| *b));
     }
 
     fn complete(&self, key: ReplyKey, mut results: Vec<(ContainerId, Result<Bytes, TaskError>)>) {
-        let slot_index = key.0[0];
+        let [slot_index, generation, _] = key.0;
         if results.len() == 1 {
             let (_, result) = results.remove(0);
-            self.write_result(slot_index, result.as_deref());
+            self.write_result(slot_index, generation, result.as_deref());
             return;
         }
         let replicas: Vec<(u32, Result<Vec<u8>, TaskError>)> = results
@@ -755,7 +850,7 @@ impl ReplySink for ClientArea {
             Ok(bytes) => (ReplyStatus::Replicas, bytes),
             Err(err) => (ReplyStatus::Error, encode_error(&err)),
         };
-        self.write_output(slot_index, status, &bytes);
+        self.write_output(slot_index, generation, status, &bytes);
     }
 }
 

@@ -200,6 +200,18 @@ impl PendingCall for ShmCall {
         ShmCall::wait(*self)
     }
 
+    fn poll_done(&self, waker: &std::task::Waker) -> bool {
+        ShmCall::poll_done(self, waker)
+    }
+
+    fn wait_until(&self, deadline: std::time::Instant) -> bool {
+        ShmCall::wait_until(self, deadline)
+    }
+
+    fn abandon(self: Box<Self>) {
+        ShmCall::abandon(*self);
+    }
+
     fn wait_first(
         self: Box<Self>,
         decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,

@@ -85,6 +85,15 @@ pub enum ServeError {
     /// The runtime page could not be made.
     #[error(transparent)]
     RuntimePage(#[from] super::runtime_page::RuntimePageError),
+    /// A thread of the transport could not be started.
+    #[error("cannot start thread `{thread}`: {source}; raise the process's thread limit (ulimit -u) or lower `workers`")]
+    Thread {
+        /// The thread's name.
+        thread: String,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The socket or an eventfd could not be made.
     #[error("cannot listen on {path}: {source}; remove a stale file there or check the directory's permissions")]
     Socket {
@@ -301,27 +310,37 @@ impl ShmServer {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Starts the doorbell threads (one per worker) and the sessions thread.
-    pub fn start_threads(self: &Arc<Self>, ingress: Arc<dyn Ingress>) {
+    /// Starts the doorbell threads (one per worker) and the sessions thread. On an
+    /// error, the threads already started run until [`shutdown`](Self::shutdown).
+    pub fn start_threads(self: &Arc<Self>, ingress: Arc<dyn Ingress>) -> Result<(), ServeError> {
         let _ = self.ingress.set(Arc::downgrade(&ingress));
         let mut threads = lock(&self.threads);
+        let spawn_error = |thread: String| {
+            move |source| ServeError::Thread {
+                thread: thread.clone(),
+                source,
+            }
+        };
         for worker in 0..self.workers {
             let server = self.clone();
             let ingress = ingress.clone();
+            let name = format!("chimaera-doorbell-{worker}");
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("chimaera-doorbell-{worker}"))
+                    .name(name.clone())
                     .spawn(move || server.ring_doorbell(worker as usize, ingress.as_ref()))
-                    .expect("spawn doorbell thread"),
+                    .map_err(spawn_error(name))?,
             );
         }
         let server = self.clone();
+        let name = "chimaera-sessions".to_owned();
         threads.push(
             std::thread::Builder::new()
-                .name("chimaera-sessions".into())
+                .name(name.clone())
                 .spawn(move || server.sessions())
-                .expect("spawn sessions thread"),
+                .map_err(spawn_error(name))?,
         );
+        Ok(())
     }
 
     fn ring_doorbell(&self, worker: usize, ingress: &dyn Ingress) {

@@ -5,7 +5,7 @@
 //! other client maps it, so nothing one client writes can reach another.
 //!
 //! ```text
-//! 0        control line: the area's state, written by the runtime only     128 B
+//! 0        control line: the area's state and reply bell, runtime-written   128 B
 //! 128      submission ring (client → runtime, slot indices)                RingLayout::size(slots)
 //!          task slots                                                      slots × slot_size
 //!          data share (page-aligned): buffers the client allocates         data_len
@@ -83,6 +83,18 @@ pub const KIND_FIRE_AND_FORGET: u32 = 1;
 pub const KIND_PERIODIC: u32 = 2;
 /// Cancels the client's periodic task whose id is in `QUERY_B`.
 pub const KIND_CANCEL: u32 = 3;
+/// Abandons the client's calls in the slots its payload lists (`INPUT_LEN` bytes of
+/// little-endian `u32` slot indices; their deadline passed, or their caller dropped
+/// them): each call still in flight is answered at once with `Cancelled` and its task's
+/// late reply discarded; the handler runs on.
+pub const KIND_ABANDON: u32 = 4;
+
+/// Bits of a slot's `WAITING` word, written by the client: a thread sleeps on the
+/// slot's `STATE` (wake it there).
+pub const WAITING_THREAD: u32 = 1;
+/// The client's reply watcher waits for this slot: after answering, bump and wake the
+/// control line's reply bell ([`CONTROL_REPLY_BELL`]).
+pub const WAITING_WATCHER: u32 = 2;
 
 /// Slot header offsets.
 ///
@@ -94,7 +106,8 @@ pub const KIND_CANCEL: u32 = 3;
 pub mod slot {
     /// Slot state, and the client's futex word.
     pub const STATE: usize = 0;
-    /// Non-zero while the client sleeps on `STATE`.
+    /// Who waits for the answer ([`WAITING_THREAD`](super::WAITING_THREAD),
+    /// [`WAITING_WATCHER`](super::WAITING_WATCHER) bits); 0 when nobody sleeps.
     pub const WAITING: usize = 4;
     /// Output status.
     pub const STATUS: usize = 8;
@@ -218,6 +231,12 @@ pub enum SlotRequest {
         /// The id the runtime acknowledged the periodic task with.
         periodic: u64,
     },
+    /// Answer at once the abandoned calls whose slot indices (`u32`, little-endian) the
+    /// payload lists.
+    Abandon {
+        /// Bytes of the list (unchecked: the reader checks them against the payload).
+        list_len: u32,
+    },
 }
 
 impl SlotRequest {
@@ -230,6 +249,12 @@ impl SlotRequest {
             SlotRequest::Cancel { periodic } => {
                 set(slot::KIND, KIND_CANCEL);
                 set64(slot::QUERY_B, *periodic);
+                return;
+            }
+            SlotRequest::Abandon { list_len } => {
+                set(slot::KIND, KIND_ABANDON);
+                set(slot::INPUT_LEN, *list_len);
+                set(slot::INPUT_WHERE, IN_SLOT);
                 return;
             }
             SlotRequest::Task(task) => task,
@@ -272,6 +297,11 @@ impl SlotRequest {
             KIND_CANCEL => {
                 return Ok(SlotRequest::Cancel {
                     periodic: load64(slot::QUERY_B),
+                })
+            }
+            KIND_ABANDON => {
+                return Ok(SlotRequest::Abandon {
+                    list_len: load(slot::INPUT_LEN),
                 })
             }
             KIND_CALL => None,
@@ -430,6 +460,11 @@ fn decode_query(tag: u32, a: u32, b: u64) -> Result<PoolQuery, WireError> {
 
 /// Offset of the control line's state word (`AREA_*`).
 pub const CONTROL_STATE: usize = 0;
+/// Offset of the control line's reply bell: a counter the runtime bumps, then wakes (a
+/// futex), after answering a slot whose `WAITING` has [`WAITING_WATCHER`], and when it
+/// disowns the client. One client thread (its reply watcher) sleeps on it, so async
+/// calls need no thread each. Its own cache line: the state word is read per call.
+pub const CONTROL_REPLY_BELL: usize = 64;
 
 /// The geometry of one client area: decided by the runtime, sent in the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -754,9 +789,13 @@ mod tests {
                 }
             }
         }
-        let cancel = SlotRequest::Cancel { periodic: u64::MAX };
-        cancel.write(&view);
-        assert_eq!(SlotRequest::read(&view), Ok(cancel));
+        for control in [
+            SlotRequest::Cancel { periodic: u64::MAX },
+            SlotRequest::Abandon { list_len: 12 },
+        ] {
+            control.write(&view);
+            assert_eq!(SlotRequest::read(&view), Ok(control));
+        }
     }
 
     #[test]
