@@ -87,7 +87,7 @@ fn chimod_struct(args: TokenStream2, item: &syn::ItemStruct, env: &Env) -> Token
                 .as_ref()
                 .map_or_else(Span::call_site, syn::LitStr::span);
             manifest::read_repo(repo)
-                .map_err(|errors| errors.into_iter().for_each(|e| cx.error_at(at, e)))
+                .map_err(|problems| manifest::report_at(&cx, at, problems))
                 .ok()
         }
         _ => None,
@@ -124,7 +124,7 @@ fn chimod_impl(args: TokenStream2, item: &syn::ItemImpl, env: &Env) -> TokenStre
                 .manifest
                 .as_ref()
                 .map_or_else(Span::call_site, syn::LitStr::span);
-            errors.into_iter().for_each(|e| cx.error_at(at, e));
+            manifest::report_at(&cx, at, errors);
             None
         }
     };
@@ -134,7 +134,7 @@ fn chimod_impl(args: TokenStream2, item: &syn::ItemImpl, env: &Env) -> TokenStre
             let names = Names::new(&runtime, &model.ident);
             let module_name = module
                 .as_ref()
-                .map_or_else(|| model.ident.to_string(), |m| m.module_name.clone());
+                .map_or_else(|| model.ident.to_string(), |m| m.module_name.value.clone());
             let check_span = model.args.manifest.as_ref().map_or_else(
                 || syn::spanned::Spanned::span(&item.self_ty),
                 syn::LitStr::span,

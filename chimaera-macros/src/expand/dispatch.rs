@@ -249,9 +249,9 @@ fn info(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifest>) ->
     let self_ty = &model.item.self_ty;
     let (name, namespace, version) = manifest.map_or(("", "", ""), |m| {
         (
-            m.module_name.as_str(),
-            m.namespace.as_str(),
-            m.version.as_str(),
+            m.module_name.value.as_str(),
+            m.namespace.value.as_str(),
+            m.version.value.as_str(),
         )
     });
     quote! {
