@@ -23,7 +23,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use chimaera_core::*;
-pub use chimaera_macros::{chimod, task};
+pub use chimaera_core::{rkyv, serde};
+pub use chimaera_macros::{chimod, task, wire};
 
 pub use admin::AdminClient;
 /// The admin chimod: pool lifecycle, flush, stop (always linked).
@@ -60,5 +61,5 @@ pub mod prelude {
         MethodId, Pending, PoolId, PoolQuery, RunContext, Runtime, RuntimeConfig, Schedule,
         TaskError, TaskHandle, TaskNode,
     };
-    pub use chimaera_macros::{chimod, task};
+    pub use chimaera_macros::{chimod, task, wire};
 }

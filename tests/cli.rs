@@ -516,7 +516,7 @@ fn spec(module: &str, name: &str, params: &str) -> PoolSpec {
         module: module.into(),
         name: name.into(),
         containers: 1,
-        params: serde_yaml::from_str(params).unwrap(),
+        params: params.parse().unwrap(),
     }
 }
 

@@ -8,8 +8,10 @@ pub use crate::bulk::{
 };
 pub use crate::client::{Client, Lent, Pending, TaskHandle};
 pub use crate::codec::{
-    access, aligned_copy, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef, StrRef,
+    access, aligned_copy, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef,
+    StrRef, Wire,
 };
+pub use crate::compose::{Composable, Params as ComposeParams};
 pub use crate::context::RunContext;
 pub use crate::error::TaskError;
 pub use crate::ids::{ContainerId, MethodId, PoolId};
@@ -18,6 +20,11 @@ pub use crate::query::PoolQuery;
 pub use crate::task::Schedule;
 pub use crate::worker::LanePriority;
 pub use rkyv;
+
+/// The params of a `composable` chimod whose `create` takes none: only an empty mapping.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoComposeParams {}
 
 use crate::admin_api;
 use crate::bulk::{BulkRef, BulkWire};

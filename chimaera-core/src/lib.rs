@@ -68,3 +68,9 @@ pub use runtime::{Runtime, RuntimeBuilder, RuntimeHandle, StartError};
 pub use shm::connection::ConnectError;
 pub use task::Schedule;
 pub use worker::LanePriority;
+
+/// rkyv, the zero-copy format of task inputs and outputs: `#[chimaera::wire]` derives
+/// its traits through this path, so a chimod crate needs no `rkyv` dependency of its own.
+pub use rkyv;
+/// serde, through which `#[wire(compose)]` derives `Deserialize` for compose params.
+pub use serde;

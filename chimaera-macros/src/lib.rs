@@ -30,7 +30,9 @@ mod names;
 mod validate;
 
 use crate::ctxt::Ctxt;
-use crate::expand::{client, dispatch, method_table, struct_items, tracking, user_impl, Names};
+use crate::expand::{
+    client, compose, dispatch, method_table, struct_items, tracking, user_impl, wire, Names,
+};
 use crate::manifest::Env;
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -67,6 +69,24 @@ pub fn task(_args: TokenStream, input: TokenStream) -> TokenStream {
         "`#[task]` only works on methods of a `#[chimod] impl` block; add `#[chimod]` above the impl",
     );
     with_error(input.into(), error).into()
+}
+
+/// Marks a type that travels as a task argument, output or create parameter: derives
+/// its rkyv layout (and with `#[wire(compose)]` serde's `Deserialize`, for params read
+/// from compose YAML) through the runtime crate, so no `rkyv` or `serde` dependency of
+/// your own is needed.
+#[proc_macro_attribute]
+pub fn wire(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let args = attr::wire_args(&cx, args.into());
+    let output = match expand::runtime_crate() {
+        Ok(runtime) => wire::expand(&args, &runtime, input.into()),
+        Err(message) => {
+            cx.error_at(Span::call_site(), message);
+            input.into()
+        }
+    };
+    with_errors(output, cx.check()).into()
 }
 
 fn chimod_struct(args: TokenStream2, item: &syn::ItemStruct, env: &Env) -> TokenStream2 {
@@ -142,6 +162,7 @@ fn chimod_impl(args: TokenStream2, item: &syn::ItemImpl, env: &Env) -> TokenStre
             output.extend(method_table::expand(&model, &names, &module_name));
             output.extend(dispatch::expand(&model, &names, module.as_ref()));
             output.extend(client::expand(&model, &names, &module_name, &skipped));
+            output.extend(compose::expand(&model, &names));
             output.extend(tracking::same_manifest(
                 &names,
                 &item.self_ty,

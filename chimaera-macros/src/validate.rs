@@ -14,7 +14,7 @@
 //! with a generated client method.
 use crate::ctxt::Ctxt;
 use crate::manifest::{ModuleManifest, RepoManifest};
-use crate::model::{ChimodImpl, ChimodStruct, Task};
+use crate::model::{ArgKind, ChimodImpl, ChimodStruct, Task};
 use crate::names;
 use chimaera_manifest::rules::{check_namespace, inherited_id, inherited_list, FIRST_CUSTOM_ID};
 use chimaera_manifest::ProblemKind;
@@ -75,6 +75,7 @@ pub fn check_impl(
     module: Option<&ModuleManifest>,
 ) -> BTreeSet<String> {
     check_create_exists(cx, model);
+    check_composable(cx, model);
     let bad_ids = check_ids(cx, model);
     if let Some(module) = module {
         check_tasks_against_manifest(cx, model, module, &bad_ids);
@@ -88,6 +89,32 @@ fn check_create_exists(cx: &Ctxt, model: &ChimodImpl) {
         cx.error_spanned_by(
             &model.item.self_ty,
             "a chimod needs a `kCreate` task; add `#[task(method = 0)] fn create(ctx: &mut RunContext, …) -> Result<Self, TaskError>`",
+        );
+    }
+}
+
+/// `composable` needs a `create` whose parameters can come from one YAML mapping: none,
+/// or one argument that is not a byte buffer or in-out.
+fn check_composable(cx: &Ctxt, model: &ChimodImpl) {
+    if model.args.composable.is_none() {
+        return;
+    }
+    let Some(create) = model.create() else {
+        return;
+    };
+    let mut args = create.wire_args();
+    let first = args.next();
+    if let Some(second) = args.next() {
+        cx.error_spanned_by(
+            second.ident,
+            "a `composable` chimod's `create` takes its parameters as one argument (compose `params` are one mapping); gather them into one `#[wire(compose)]` struct",
+        );
+    } else if let Some(arg) =
+        first.filter(|arg| matches!(arg.kind, ArgKind::Bulk(_) | ArgKind::InOut(_)))
+    {
+        cx.error_spanned_by(
+            arg.ty,
+            "a `composable` chimod's `create` parameter comes from compose YAML, so it cannot be a byte buffer or `&mut`; take an owned `#[wire(compose)]` struct",
         );
     }
 }

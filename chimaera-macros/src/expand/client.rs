@@ -103,6 +103,7 @@ pub fn expand(
         }
     });
     let doc = format!("Typed client of `{module_name}` pools.");
+    let wire_bounds = crate::expand::wire::bounds(model, names);
     quote! {
         #[doc = #doc]
         #[derive(Clone, Debug)]
@@ -112,7 +113,7 @@ pub fn expand(
         }
 
         #[allow(dead_code)]
-        impl #client {
+        impl #client #wire_bounds {
             #create
 
             /// A client of the existing pool `pool`.

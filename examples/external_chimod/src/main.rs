@@ -4,5 +4,5 @@ use myproject_kvstore::KvStore;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    chimaera::cli::main_with(chimaera::builder().module::<KvStore>())
+    chimaera::cli::main_with(chimaera::builder().composable_module::<KvStore>())
 }
