@@ -15,6 +15,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! New here? [`guide`] writes a first chimod, step by step.
+//!
 //! This crate re-exports [`chimaera_core`] (the runtime), the macros, the admin chimod
 //! (always linked) and the chimods enabled by cargo features (`mod_name`).
 //! [`cli`] is the `chimaera` command line (`runtime start|stop|status`, `compose`,
@@ -39,6 +41,7 @@ pub use chimaera_mod_name as mod_name;
 pub use chimaera_bdev as bdev;
 
 pub mod cli;
+pub mod guide;
 
 /// A runtime builder with the admin chimod and every chimod enabled by cargo features
 /// (MOD_NAME composable from YAML); add your own with [`RuntimeBuilder::module`], or

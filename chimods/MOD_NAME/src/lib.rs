@@ -37,7 +37,7 @@
 //!
 //! Inside a task, [`RunContext`] is the task's view of the runtime: its pool and
 //! container, [`RunContext::sleep`] (parks the coroutine), and [`RunContext::client`] to
-//! call other tasks — [`ModName::wait_test`] calls itself that way, waiting on its
+//! call other tasks — `wait_test` ([`ModNameClient::wait_test`]) calls itself that way, waiting on its
 //! subtask without blocking the worker.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -55,7 +55,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, Default, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CreateParams {
-    /// Free text kept by each container; [`ModName::custom`] prefixes nothing with it,
+    /// Free text kept by each container; `custom` ([`ModNameClient::custom`]) prefixes nothing with it,
     /// it only shows how create parameters reach a container.
     pub label: String,
 }
