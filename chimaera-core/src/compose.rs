@@ -48,18 +48,18 @@ pub trait Composable: ChiMod {
 /// Opaque on purpose — the YAML library is private to chimaera — and read with
 /// [`Params::deserialize`] into any type that derives serde's `Deserialize`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Params(serde_yaml::Value);
+pub struct Params(serde_yaml_ng::Value);
 
 impl Params {
     /// No parameters: an empty mapping.
     pub fn empty() -> Params {
-        Params(serde_yaml::Value::Mapping(serde_yaml::Mapping::new()))
+        Params(serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new()))
     }
 
     /// Deserializes the params into `T` for a pool of `module`; a failure is a
     /// [`TaskError::Failed`] naming the module and the offending key.
     pub fn deserialize<T: DeserializeOwned>(&self, module: &str) -> Result<T, TaskError> {
-        serde_yaml::from_value(self.0.clone())
+        serde_yaml_ng::from_value(self.0.clone())
             .map_err(|err| TaskError::failed(format!("bad `params` for module `{module}`: {err}")))
     }
 
@@ -80,7 +80,7 @@ impl std::str::FromStr for Params {
     type Err = ParamsError;
 
     fn from_str(text: &str) -> Result<Params, ParamsError> {
-        serde_yaml::from_str(text).map_err(|err| ParamsError {
+        serde_yaml_ng::from_str(text).map_err(|err| ParamsError {
             line: err.location().map(|at| at.line()),
             column: err.location().map(|at| at.column()),
             message: err.to_string(),
@@ -90,8 +90,8 @@ impl std::str::FromStr for Params {
 
 impl<'de> serde::Deserialize<'de> for Params {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Params, D::Error> {
-        match serde_yaml::Value::deserialize(deserializer)? {
-            serde_yaml::Value::Null => Ok(Params::empty()),
+        match serde_yaml_ng::Value::deserialize(deserializer)? {
+            serde_yaml_ng::Value::Null => Ok(Params::empty()),
             value => Ok(Params(value)),
         }
     }

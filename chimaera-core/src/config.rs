@@ -268,7 +268,7 @@ impl RuntimeConfig {
 
     fn parse(text: &str, origin: &str) -> Result<RuntimeConfig, ConfigError> {
         let file: Option<FileConfig> =
-            serde_yaml::from_str(text).map_err(|err| ConfigError::Parse {
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
                 origin: origin.to_owned(),
                 line: err.location().map(|l| l.line()),
                 column: err.location().map(|l| l.column()),
@@ -444,7 +444,7 @@ pub enum ConfigError {
     Parse {
         /// The file (or "text").
         origin: String,
-        /// serde_yaml's message: names the key, with line and column when known.
+        /// serde_yaml_ng's message: names the key, with line and column when known.
         message: String,
         /// 1-based line of the fault, when known.
         line: Option<usize>,

@@ -181,3 +181,84 @@ fn is_plain_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A repository in a fresh temporary directory: `files` are (relative path, text).
+    fn repository(tag: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root = std::env::temp_dir().join(format!(
+            "chimaera-manifest-{}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for (path, text) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        root
+    }
+
+    fn shown(root: &Path, problems: impl Iterator<Item = impl ToString>) -> Vec<String> {
+        let prefix = format!("{}/", root.display());
+        problems
+            .map(|problem| problem.to_string().replace(&prefix, ""))
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_of_a_repository_is_placed_at_its_token() {
+        let root = repository(
+            "broken",
+            &[
+                (
+                    "chimaera_repo.yaml",
+                    "namespace: demo\nmodules:\n  - good\n  - ghost\n  - good\n  - [x]\n  - renamed\n",
+                ),
+                (
+                    "chimods/good/chimaera_mod.yaml",
+                    "module_name: good\nnamespace: demo\nversion: 1\nkCreate: 0\n",
+                ),
+                (
+                    "renamed/chimaera_mod.yaml",
+                    "module_name: other\nnamespace: elsewhere\nversion: 1\nkCreate: 0\nkRun: 3\n",
+                ),
+                (
+                    "chimods/stray/chimaera_mod.yaml",
+                    "module_name: stray\nnamespace: demo\nversion: 1\nkCreate: 0\n",
+                ),
+            ],
+        );
+        let report = check_repository(&root);
+        let names: Vec<&str> = report.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["good", "renamed"]);
+        assert!(report.modules[0].problems.is_empty());
+        let problems = shown(&root, report.all_problems());
+        let expected = [
+            "chimaera_repo.yaml:5:5: module `good` is listed twice; list it once",
+            "chimaera_repo.yaml:6:5: `…` is not a module name; list module names, one per line",
+            "chimaera_repo.yaml:4:5: module `ghost` is listed in chimaera_repo.yaml but has no manifest",
+            "chimods/stray/chimaera_mod.yaml: module `stray` is not listed under `modules:`",
+            "renamed/chimaera_mod.yaml:1:14: `module_name: other`, but chimaera_repo.yaml lists this module as `renamed`",
+            "renamed/chimaera_mod.yaml:2:12: namespace `elsewhere` differs from namespace `demo`",
+            "renamed/chimaera_mod.yaml:5:7: custom method `kRun: 3` uses an id below 10",
+        ];
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+        for (problem, expected) in problems.iter().zip(expected) {
+            assert!(problem.starts_with(expected), "{problem}\nexpected {expected}");
+        }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_directory_without_a_repository_manifest_is_one_problem() {
+        let root = repository("empty", &[("README", "")]);
+        let problems = shown(&root, check_repository(&root).all_problems());
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("chimaera_repo.yaml: not found"));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
