@@ -21,6 +21,29 @@ pub use crate::task::Schedule;
 pub use crate::worker::LanePriority;
 pub use rkyv;
 
+/// What `#[chimod(composable)]` reads a `create` parameter with: a method call, so a
+/// type that serde cannot read is one error on the parameter's type, with our message.
+pub trait ReadComposeParams {
+    /// The params as `T`, for a pool of `module`.
+    fn read_as<T: ComposeParam>(&self, module: &str) -> Result<T, TaskError>;
+}
+
+impl ReadComposeParams for ComposeParams {
+    fn read_as<T: ComposeParam>(&self, module: &str) -> Result<T, TaskError> {
+        self.deserialize(module)
+    }
+}
+
+/// A `create` parameter that compose YAML can be read into.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be read from compose params: it does not implement serde's `Deserialize`",
+    label = "the `create` parameter of a `composable` chimod",
+    note = "mark `{Self}` with `#[chimaera::wire(compose)]`, or remove `composable` from the impl's `#[chimod]`"
+)]
+pub trait ComposeParam: serde::de::DeserializeOwned {}
+
+impl<T: serde::de::DeserializeOwned> ComposeParam for T {}
+
 /// The params of a `composable` chimod whose `create` takes none: only an empty mapping.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

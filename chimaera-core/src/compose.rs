@@ -2,8 +2,9 @@
 //!
 //! A `compose:` entry of the config (see [`crate::config`]) or of a file given to
 //! `chimaera compose FILE` names a module, a pool name, a container count and free-form
-//! `params`. The module turns those params into the archived input of its `create` task
-//! by implementing [`Composable`]; the pool is then got-or-created through the admin
+//! `params` (a [`Params`]: opaque, so the YAML library stays private to chimaera). The
+//! module turns those params into the archived input of its `create` task by
+//! implementing [`Composable`]; the pool is then got-or-created through the admin
 //! chimod like any other, so composing the same file twice is harmless and composing a
 //! name that exists with other params is a [`TaskError::PoolMismatch`].
 //!
@@ -11,7 +12,8 @@
 //! the `chimaera compose` client), with the modules *it* links: [`prepare`] converts every
 //! entry before any pool is created, so a typo in the last entry creates nothing.
 //!
-//! A module opts in by implementing [`Composable`] and being registered with
+//! A module opts in by implementing [`Composable`] — `#[chimod(composable)]` generates
+//! it — and being registered with
 //! [`RuntimeBuilder::composable_module`](crate::RuntimeBuilder::composable_module); the
 //! admin module is never composed (the runtime creates its pool itself).
 //!

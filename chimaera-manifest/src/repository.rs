@@ -189,10 +189,8 @@ mod tests {
 
     /// A repository in a fresh temporary directory: `files` are (relative path, text).
     fn repository(tag: &str, files: &[(&str, &str)]) -> PathBuf {
-        let root = std::env::temp_dir().join(format!(
-            "chimaera-manifest-{}-{tag}",
-            std::process::id()
-        ));
+        let root =
+            std::env::temp_dir().join(format!("chimaera-manifest-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for (path, text) in files {
             let path = root.join(path);
@@ -248,7 +246,10 @@ mod tests {
         ];
         assert_eq!(problems.len(), expected.len(), "{problems:#?}");
         for (problem, expected) in problems.iter().zip(expected) {
-            assert!(problem.starts_with(expected), "{problem}\nexpected {expected}");
+            assert!(
+                problem.starts_with(expected),
+                "{problem}\nexpected {expected}"
+            );
         }
         std::fs::remove_dir_all(root).unwrap();
     }

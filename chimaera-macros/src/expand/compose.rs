@@ -7,7 +7,7 @@
 //! accepts only empty params. `validate::check_composable` rejects every other form
 //! before this runs. A parameter type without serde's `Deserialize` fails to compile
 //! with the error on that argument's type.
-use crate::expand::{local, Names};
+use crate::expand::{local, respan, Names};
 use crate::model::{ArgKind, ChimodImpl};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -36,10 +36,11 @@ pub fn expand(model: &ChimodImpl, names: &Names) -> TokenStream {
     }
     let input = match first {
         Some(arg) => {
-            // A method call, so that a missing `Deserialize` is reported on the
-            // method name, which carries the argument type's span.
+            // Every token of the call at the parameter's type, so a type serde cannot
+            // read is reported there (with `ComposeParam`'s message) and nowhere else.
+            let read_as = respan(quote!(#private::ReadComposeParams::read_as), arg.ty.span());
             let read = quote_spanned! {arg.ty.span()=>
-                #params.deserialize(#module_name)?
+                #read_as(#params, #module_name)?
             };
             quote! {
                 let #value = #read;

@@ -120,3 +120,21 @@ pub fn into_task_result(names: &Names, task: &Task, call: TokenStream) -> TokenS
         quote!(::core::result::Result::Ok::<_, #private::TaskError>(#call))
     }
 }
+
+/// `tokens` with every span (inside groups too) set to `span`.
+pub fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
+}

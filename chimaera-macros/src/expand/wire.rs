@@ -63,7 +63,7 @@ pub fn bounds(model: &ChimodImpl, names: &Names) -> TokenStream {
         }
         seen.push(text);
         // Every token at the type, so the error points at the type and nowhere else.
-        let wire = respan(quote!(#private::Wire), ty.span());
+        let wire = crate::expand::respan(quote!(#private::Wire), ty.span());
         predicates.push(quote_spanned!(ty.span()=> #ty: #wire));
     }
     if predicates.is_empty() {
@@ -97,22 +97,4 @@ fn can_bound(ty: &Type) -> bool {
     let mut finder = Finder(true);
     finder.visit_type(ty);
     finder.0
-}
-
-/// `tokens` with every span (inside groups too) set to `span`.
-fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let proc_macro2::TokenTree::Group(group) = &token {
-                let mut inner =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
-                inner.set_span(span);
-                token = proc_macro2::TokenTree::Group(inner);
-            } else {
-                token.set_span(span);
-            }
-            token
-        })
-        .collect()
 }
