@@ -131,8 +131,12 @@ pub fn parse_module(text: &str, path: ManifestPath) -> Result<ModuleManifest, Ve
                 id,
                 place: value.place().clone(),
             }),
+            // An empty value has no token of its own: point at its key.
             Err(written) => problems.push(Problem::new(
-                value.place().clone(),
+                match value {
+                    Node::Scalar(scalar) if scalar.text.is_empty() => key.place.clone(),
+                    other => other.place().clone(),
+                },
                 ProblemKind::BadId {
                     entry: key.text.clone(),
                     value: written,
@@ -179,6 +183,7 @@ fn method_id(value: &Node) -> Result<Option<u32>, String> {
     match scalar.text.parse::<i64>() {
         Ok(-1) if scalar.plain => Ok(None),
         Ok(id) if scalar.plain => u32::try_from(id).map(Some).map_err(|_| scalar.text.clone()),
+        _ if scalar.plain && scalar.text.is_empty() => Err("empty".to_owned()),
         _ if scalar.plain => Err(scalar.text.clone()),
         _ => Err(format!("\"{}\"", scalar.text)),
     }
@@ -227,7 +232,7 @@ mod tests {
 
     #[test]
     fn every_shape_problem_is_reported_at_its_token() {
-        let text = "namespace: chimaera\nversion: [1]\nkFoo: -3\nbar: 1\nkBar: \"10\"\n";
+        let text = "namespace: chimaera\nversion: [1]\nkFoo: -3\nbar: 1\nkBar: \"10\"\nkNone:\n";
         let problems = parse_module(text, path()).unwrap_err();
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -238,6 +243,7 @@ mod tests {
                 "m.yaml:3:7: `kFoo` is `-3`; a method id is 0 or more, or -1 for not implemented",
                 "m.yaml:4:1: unexpected key `bar`; expected `module_name`, `namespace`, `version` or a method entry like `kCustom: 10`",
                 "m.yaml:5:7: `kBar` is `\"10\"`; a method id is 0 or more, or -1 for not implemented",
+                "m.yaml:6:1: `kNone` is `empty`; a method id is 0 or more, or -1 for not implemented",
             ]
         );
     }
