@@ -15,6 +15,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! New here? [`guide`] writes a first chimod, step by step.
+//!
 //! This crate re-exports [`chimaera_core`] (the runtime), the macros, the admin chimod
 //! (always linked) and the chimods enabled by cargo features (`mod_name`).
 //! [`cli`] is the `chimaera` command line (`runtime start|stop|status|clean`, `pool
@@ -25,7 +27,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use chimaera_core::*;
-pub use chimaera_macros::{chimod, task};
+pub use chimaera_core::{rkyv, serde};
+pub use chimaera_macros::{chimod, task, wire};
 
 pub use admin::AdminClient;
 /// The admin chimod: pool lifecycle, flush, stop (always linked).
@@ -40,6 +43,7 @@ pub use chimaera_mod_name as mod_name;
 pub use chimaera_bdev as bdev;
 
 pub mod cli;
+pub mod guide;
 
 /// A runtime builder with the admin chimod and every chimod enabled by cargo features
 /// (MOD_NAME composable from YAML); add your own with [`RuntimeBuilder::module`], or
@@ -62,5 +66,5 @@ pub mod prelude {
         MethodId, Pending, PoolId, PoolQuery, RunContext, Runtime, RuntimeConfig, Schedule,
         TaskError, TaskHandle, TaskNode,
     };
-    pub use chimaera_macros::{chimod, task};
+    pub use chimaera_macros::{chimod, task, wire};
 }

@@ -370,12 +370,12 @@ fn repo_check_reports_every_problem_of_a_broken_repository() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let problems = stderr(&output);
     for expected in [
-        "module `good` is listed twice",
-        "`namespace: other`, but the repository's namespace is `demo`",
-        "stray_ns/chimaera_mod.yaml:5: custom method `kFast: 5` uses an id below 10",
-        "stray_ns/chimaera_mod.yaml:7: `kPut` and `kGet` are both 12",
-        "`kDestroy` is inherited with the fixed id 1, not 3",
-        "module `ghost` is listed in chimaera_repo.yaml but has no manifest",
+        "chimaera_repo.yaml:8:5: module `good` is listed twice",
+        "stray_ns/chimaera_mod.yaml:2:12: namespace `other` differs from namespace `demo`",
+        "stray_ns/chimaera_mod.yaml:5:8: custom method `kFast: 5` uses an id below 10",
+        "stray_ns/chimaera_mod.yaml:7:7: `kPut` and `kGet` are both 12",
+        "stray_ns/chimaera_mod.yaml:8:11: `kDestroy` is inherited with the fixed id 1, not 3",
+        "chimaera_repo.yaml:7:5: module `ghost` is listed in chimaera_repo.yaml but has no manifest",
         "module `unlisted` is not listed",
         "repo check: 7 problem(s) found",
     ] {
@@ -411,9 +411,9 @@ fn repo_check_compares_manifests_with_the_linked_build() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let problems = stderr(&output);
     for expected in [
-        "`kCustom: 11`, but the linked module `MOD_NAME` has `kCustom` at 10",
-        "`kExtra: 30`, but the linked module `MOD_NAME` has no such method",
-        "no enabled `kWaitTest`, but the linked module `MOD_NAME` has it at 23",
+        "chimods/MOD_NAME/chimaera_mod.yaml:5:10: `kCustom: 11`, but the linked module `MOD_NAME` has `kCustom` at 10",
+        "chimods/MOD_NAME/chimaera_mod.yaml:9:9: `kExtra: 30`, but the linked module `MOD_NAME` has no such method",
+        "chimods/MOD_NAME/chimaera_mod.yaml:8:12: no enabled `kWaitTest`, but the linked module `MOD_NAME` has it at 23",
     ] {
         assert!(
             problems.contains(expected),
@@ -516,7 +516,7 @@ fn spec(module: &str, name: &str, params: &str) -> PoolSpec {
         module: module.into(),
         name: name.into(),
         containers: 1,
-        params: serde_yaml::from_str(params).unwrap(),
+        params: params.parse().unwrap(),
     }
 }
 

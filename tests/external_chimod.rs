@@ -1,7 +1,9 @@
 //! A chimod in a user's own repository (examples/external_chimod, namespace
 //! `myproject`) builds against `chimaera` by path and runs: the macros work outside
 //! our tree, against the user's manifests, and the repository's runtime binary gets the
-//! `chimaera` command line with its module linked.
+//! `chimaera` command line with its module linked. Its only dependency is `chimaera`
+//! (no `rkyv`, `serde` or YAML crate): `#[chimaera::wire(compose)]` and
+//! `#[chimod(composable)]` make its pools composable from YAML.
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -35,11 +37,13 @@ fn cargo_run(args: &[&str]) -> String {
 fn external_repository_builds_and_runs_its_chimod() {
     let demo = cargo_run(&["--bin", "demo"]);
     assert!(demo.contains("kvstore: ok"), "unexpected output:\n{demo}");
+    assert!(demo.contains("composed from YAML"), "{demo}");
     let modules = cargo_run(&["--bin", "myproject-kvstore", "--", "modules"]);
     assert!(
         modules.contains("kvstore") && modules.contains("kPut"),
         "{modules}"
     );
+    assert!(modules.contains("composable"), "{modules}");
 }
 
 /// The repository's runtime binary is its own program: `--version`, `--help` and every

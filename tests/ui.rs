@@ -12,4 +12,6 @@ fn ui() {
     cases.compile_fail("tests/ui/manifest/*.rs");
     cases.compile_fail("tests/ui/signature/*.rs");
     cases.compile_fail("tests/ui/borrow/*.rs");
+    cases.compile_fail("tests/ui/compose/*.rs");
+    cases.compile_fail("tests/ui/wire/*.rs");
 }

@@ -8,16 +8,46 @@ pub use crate::bulk::{
 };
 pub use crate::client::{Client, Lent, Pending, TaskHandle};
 pub use crate::codec::{
-    access, aligned_copy, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef, StrRef,
+    access, aligned_copy, decode, deserialize, encode, ByRef, Bytes, OutputBuffer, SliceRef,
+    StrRef, Wire,
 };
 pub use crate::error::TaskError;
 pub use crate::ids::{ContainerId, MethodId, PoolId};
 pub use crate::query::PoolQuery;
+pub use crate::runtime::compose::{Composable, Params as ComposeParams};
 pub use crate::runtime::context::RunContext;
 pub use crate::runtime::module::LanePriority;
 pub use crate::runtime::module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
 pub use crate::runtime::task::Schedule;
 pub use rkyv;
+
+/// What `#[chimod(composable)]` reads a `create` parameter with: a method call, so a
+/// type that serde cannot read is one error on the parameter's type, with our message.
+pub trait ReadComposeParams {
+    /// The params as `T`, for a pool of `module`.
+    fn read_as<T: ComposeParam>(&self, module: &str) -> Result<T, TaskError>;
+}
+
+impl ReadComposeParams for ComposeParams {
+    fn read_as<T: ComposeParam>(&self, module: &str) -> Result<T, TaskError> {
+        self.deserialize(module)
+    }
+}
+
+/// A `create` parameter that compose YAML can be read into.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be read from compose params: it does not implement serde's `Deserialize`",
+    label = "the `create` parameter of a `composable` chimod",
+    note = "mark `{Self}` with `#[chimaera::wire(compose)]`, or remove `composable` from the impl's `#[chimod]`"
+)]
+pub trait ComposeParam: serde::de::DeserializeOwned {}
+
+impl<T: serde::de::DeserializeOwned> ComposeParam for T {}
+
+/// The params of a `composable` chimod whose `create` takes none: only an empty mapping.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoComposeParams {}
 
 use crate::admin_api;
 use crate::bulk::{BulkRef, BulkWire};

@@ -30,6 +30,35 @@ pub type Bytes = rkyv::util::AlignedVec;
 /// The error type rkyv reports through; converted to [`TaskError::Malformed`] at the edge.
 pub type CodecError = rkyv::rancor::Error;
 
+/// A type that can travel in a task: archived, validated and deserialized with rkyv.
+///
+/// Implemented for every type with the rkyv derives (`#[chimaera::wire]` adds them).
+/// The generated `ChiMod` impl and typed client require it of each task's argument and
+/// return types, spanned at the type as written, so a type without the derives is one
+/// error at the argument, naming the type and the fix, instead of a cascade of rkyv
+/// bounds across the generated code.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel in a task: it has no wire layout",
+    label = "a task argument or output of type `{Self}`",
+    note = "mark `{Self}` with `#[chimaera::wire]`, or derive `rkyv::Archive`, `rkyv::Serialize` and `rkyv::Deserialize` on it"
+)]
+pub trait Wire:
+    Sized
+    + Archive<
+        Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, CodecError>>
+                      + rkyv::Deserialize<Self, HighDeserializer<CodecError>>,
+    > + for<'a> Serialize<HighSerializer<Bytes, ArenaHandle<'a>, CodecError>>
+{
+}
+
+impl<T> Wire for T
+where
+    T: Archive + for<'a> Serialize<HighSerializer<Bytes, ArenaHandle<'a>, CodecError>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, CodecError>>
+        + rkyv::Deserialize<T, HighDeserializer<CodecError>>,
+{
+}
+
 /// Archives `value` into fresh aligned bytes.
 pub fn encode<T>(value: &T) -> Result<Bytes, TaskError>
 where

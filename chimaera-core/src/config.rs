@@ -206,8 +206,8 @@ pub struct PoolSpec {
     pub name: String,
     /// Number of containers (at least 1).
     pub containers: u32,
-    /// Module-specific parameters: always a YAML mapping (empty when not given).
-    pub params: serde_yaml::Value,
+    /// Module-specific parameters: a mapping (empty when not given).
+    pub params: crate::compose::Params,
 }
 
 impl Default for RuntimeConfig {
@@ -294,7 +294,7 @@ impl RuntimeConfig {
 
     fn parse(text: &str, origin: &str) -> Result<RuntimeConfig, ConfigError> {
         let file: Option<FileConfig> =
-            serde_yaml::from_str(text).map_err(|err| ConfigError::Parse {
+            serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
                 origin: origin.to_owned(),
                 line: err.location().map(|l| l.line()),
                 column: err.location().map(|l| l.column()),
@@ -466,7 +466,7 @@ pub enum ConfigError {
     Parse {
         /// The file (or "text").
         origin: String,
-        /// serde_yaml's message: names the key, with line and column when known.
+        /// serde_yaml_ng's message: names the key, with line and column when known.
         message: String,
         /// 1-based line of the fault, when known.
         line: Option<usize>,
@@ -710,7 +710,7 @@ struct FilePool {
     #[serde(default = "one")]
     containers: u32,
     #[serde(default)]
-    params: serde_yaml::Value,
+    params: crate::compose::Params,
 }
 
 fn one() -> u32 {
@@ -810,12 +810,7 @@ impl FileConfig {
                     module: pool.module,
                     name: pool.name,
                     containers: pool.containers,
-                    params: match pool.params {
-                        serde_yaml::Value::Null => {
-                            serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
-                        }
-                        params => params,
-                    },
+                    params: pool.params,
                 })
                 .collect();
         }
@@ -918,14 +913,17 @@ compose:
             (ram.module.as_str(), ram.name.as_str(), ram.containers),
             ("chimaera_bdev", "ram0", 2)
         );
-        assert_eq!(ram.params["kind"].as_str(), Some("ram"));
-        assert_eq!(
-            parse_size(ram.params["size"].as_str().unwrap()),
-            Ok(1 << 30)
-        );
+        #[derive(Deserialize)]
+        struct Ram {
+            kind: String,
+            size: String,
+        }
+        let params: Ram = ram.params.deserialize("chimaera_bdev").unwrap();
+        assert_eq!(params.kind, "ram");
+        assert_eq!(parse_size(&params.size), Ok(1 << 30));
         let demo = &config.compose[1];
         assert_eq!(demo.containers, 1);
-        assert_eq!(demo.params, serde_yaml::Value::Mapping(Default::default()));
+        assert_eq!(demo.params, crate::compose::Params::empty());
     }
 
     #[test]

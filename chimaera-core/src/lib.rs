@@ -75,3 +75,9 @@ pub use query::PoolQuery;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeHandle, StartError};
 pub use task::Schedule;
 pub use transport::shm::client::ConnectError;
+
+/// rkyv, the zero-copy format of task inputs and outputs: `#[chimaera::wire]` derives
+/// its traits through this path, so a chimod crate needs no `rkyv` dependency of its own.
+pub use rkyv;
+/// serde, through which `#[wire(compose)]` derives `Deserialize` for compose params.
+pub use serde;

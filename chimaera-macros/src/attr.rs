@@ -26,9 +26,11 @@ pub struct Lanes {
     pub span: Span,
 }
 
-/// Arguments of `#[chimod(manifest = "…")]` on the impl block.
+/// Arguments of `#[chimod(manifest = "…", composable)]` on the impl block.
 pub struct ImplArgs {
     pub manifest: Option<LitStr>,
+    /// `composable`: generate `Composable` (pools from YAML params); the key's span.
+    pub composable: Option<Span>,
 }
 
 /// Arguments of `#[task(method = N, route = f, dynamic = g)]`.
@@ -42,7 +44,7 @@ pub struct TaskArgs {
 }
 
 const STRUCT_KEYS: &str = "`name`, `manifest`, `lanes`";
-const IMPL_KEYS: &str = "`manifest`";
+const IMPL_KEYS: &str = "`manifest`, `composable`";
 const TASK_KEYS: &str = "`method`, `route`, `dynamic`";
 const LANE_KEYS: &str = "`low`, `high`";
 
@@ -94,11 +96,18 @@ pub fn struct_args(cx: &Ctxt, args: TokenStream) -> StructArgs {
 
 /// Parses the arguments of `#[chimod]` on an impl block.
 pub fn impl_args(cx: &Ctxt, args: TokenStream) -> ImplArgs {
-    let mut parsed = ImplArgs { manifest: None };
+    let mut parsed = ImplArgs {
+        manifest: None,
+        composable: None,
+    };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("manifest") {
             let lit = meta.value()?.parse::<LitStr>()?;
             set_once(cx, &meta, "chimod", &mut parsed.manifest, lit);
+        } else if meta.path.is_ident("composable") {
+            let span = syn::spanned::Spanned::span(&meta.path);
+            set_once(cx, &meta, "chimod", &mut parsed.composable, span);
+            skip_value(&meta)?;
         } else if meta.path.is_ident("name") {
             cx.error_spanned_by(
                 &meta.path,
@@ -115,6 +124,32 @@ pub fn impl_args(cx: &Ctxt, args: TokenStream) -> ImplArgs {
         cx.push(error);
     }
     parsed
+}
+
+/// Arguments of `#[wire]` / `#[wire(compose)]`.
+pub struct WireArgs {
+    /// `compose`: also derive serde's `Deserialize`, for compose params.
+    pub compose: bool,
+}
+
+/// Parses the arguments of `#[wire]`.
+pub fn wire_args(cx: &Ctxt, args: TokenStream) -> WireArgs {
+    let mut compose = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("compose") {
+            set_once(cx, &meta, "wire", &mut compose, ());
+        } else {
+            unknown_key(cx, &meta, "#[wire]", "`compose`");
+            skip_value(&meta)?;
+        }
+        Ok(())
+    });
+    if let Err(error) = parser.parse2(args) {
+        cx.push(error);
+    }
+    WireArgs {
+        compose: compose.is_some(),
+    }
 }
 
 /// Whether `attr` is a `#[task]` (or `#[some::path::task]`) attribute.

@@ -563,7 +563,11 @@ mod tests {
 
     fn with_model(item: ItemImpl, check: impl FnOnce(&ChimodImpl)) -> Result<(), syn::Error> {
         let cx = Ctxt::new();
-        let model = ChimodImpl::from_syn(&cx, &item, ImplArgs { manifest: None });
+        let args = ImplArgs {
+            manifest: None,
+            composable: None,
+        };
+        let model = ChimodImpl::from_syn(&cx, &item, args);
         if let Some(model) = &model {
             check(model);
         }

@@ -6,29 +6,20 @@
 //! `name` literal for a module name mismatch. Messages are lower-case, name the manifest
 //! by its display path (never an absolute one) and say how to fix the problem.
 //!
-//! The rules: ids 0–9 are inherited (`INHERITED`), each with a fixed name; custom tasks
-//! use 10 and up; no id twice (in code or manifest); every task is in the manifest with
-//! its id; every enabled entry has a task; `-1` entries are not implemented; `kCreate`
-//! is 0 and implemented; no task name clashes with a generated client method.
+//! The rules of the manifest alone (inherited ids 0–9 with fixed names, custom ids 10 and
+//! up, no id twice, `kCreate` present and enabled) come from `chimaera-manifest`, the
+//! same rule book `chimaera repo check` uses. Here are the rules that need the code:
+//! tasks' ids follow the same table; every task is in the manifest with its id; every
+//! enabled entry has a task; `-1` entries are not implemented; no task name clashes
+//! with a generated client method.
 use crate::ctxt::Ctxt;
 use crate::manifest::{ModuleManifest, RepoManifest};
-use crate::model::{ChimodImpl, ChimodStruct, Task};
+use crate::model::{ArgKind, ChimodImpl, ChimodStruct, Task};
 use crate::names;
+use chimaera_manifest::rules::{check_namespace, inherited_id, inherited_list, FIRST_CUSTOM_ID};
+use chimaera_manifest::ProblemKind;
 use proc_macro2::Span;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The inherited methods: manifest name and fixed id.
-pub const INHERITED: [(&str, u32); 6] = [
-    ("kCreate", 0),
-    ("kDestroy", 1),
-    ("kNodeFailure", 2),
-    ("kRecover", 3),
-    ("kMigrate", 4),
-    ("kUpgrade", 5),
-];
-
-/// The first id a custom method may use.
-pub const FIRST_CUSTOM_ID: u32 = 10;
 
 /// Methods of the generated client that do not come from a task and that no task may
 /// take. (The convenience `destroy_pool` is not among them: a task of that name, like
@@ -43,21 +34,6 @@ const CLIENT_METHODS: [&str; 8] = [
     "with_deadline",
     "without_deadline",
 ];
-
-fn inherited_id(entry: &str) -> Option<u32> {
-    INHERITED
-        .iter()
-        .find(|(name, _)| *name == entry)
-        .map(|(_, id)| *id)
-}
-
-fn inherited_list() -> String {
-    INHERITED
-        .iter()
-        .map(|(name, id)| format!("{name} {id}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Checks the container struct: lanes, module name, namespace against the repository.
 pub fn check_struct(
@@ -77,37 +53,26 @@ pub fn check_struct(
         return;
     };
     if let Some(name) = &model.args.name {
-        if name.value() != module.module_name {
+        if name.value() != module.module_name.value {
             cx.error_spanned_by(
                 name,
                 format!(
                     "`name = \"{}\"` but `{}` says `module_name: {}`; make them agree",
                     name.value(),
-                    module.location.display,
-                    module.module_name
+                    module.module_name.place,
+                    module.module_name.value
                 ),
             );
         }
     }
-    if let Some(repo) = repo {
-        if repo.namespace != module.namespace {
-            let at = model
-                .args
-                .manifest
-                .as_ref()
-                .or(model.args.name.as_ref())
-                .map_or_else(Span::call_site, |lit| lit.span());
-            cx.error_at(
-                at,
-                format!(
-                    "namespace `{}` in `{}` differs from namespace `{}` in `{}`; a module lives in its repository's namespace",
-                    module.namespace,
-                    module.location.display,
-                    repo.namespace,
-                    repo.location.display
-                ),
-            );
-        }
+    if let Some(problem) = repo.and_then(|repo| check_namespace(module, repo)) {
+        let at = model
+            .args
+            .manifest
+            .as_ref()
+            .or(model.args.name.as_ref())
+            .map_or_else(Span::call_site, |lit| lit.span());
+        cx.error_at(at, problem);
     }
 }
 
@@ -119,6 +84,7 @@ pub fn check_impl(
     module: Option<&ModuleManifest>,
 ) -> BTreeSet<String> {
     check_create_exists(cx, model);
+    check_composable(cx, model);
     let bad_ids = check_ids(cx, model);
     if let Some(module) = module {
         check_tasks_against_manifest(cx, model, module, &bad_ids);
@@ -132,6 +98,32 @@ fn check_create_exists(cx: &Ctxt, model: &ChimodImpl) {
         cx.error_spanned_by(
             &model.item.self_ty,
             "a chimod needs a `kCreate` task; add `#[task(method = 0)] fn create(ctx: &mut RunContext, …) -> Result<Self, TaskError>`",
+        );
+    }
+}
+
+/// `composable` needs a `create` whose parameters can come from one YAML mapping: none,
+/// or one argument that is not a byte buffer or in-out.
+fn check_composable(cx: &Ctxt, model: &ChimodImpl) {
+    if model.args.composable.is_none() {
+        return;
+    }
+    let Some(create) = model.create() else {
+        return;
+    };
+    let mut args = create.wire_args();
+    let first = args.next();
+    if let Some(second) = args.next() {
+        cx.error_spanned_by(
+            second.ident,
+            "a `composable` chimod's `create` takes its parameters as one argument (compose `params` are one mapping); gather them into one `#[wire(compose)]` struct",
+        );
+    } else if let Some(arg) =
+        first.filter(|arg| matches!(arg.kind, ArgKind::Bulk(_) | ArgKind::InOut(_)))
+    {
+        cx.error_spanned_by(
+            arg.ty,
+            "a `composable` chimod's `create` parameter comes from compose YAML, so it cannot be a byte buffer or `&mut`; take an owned `#[wire(compose)]` struct",
         );
     }
 }
@@ -186,7 +178,7 @@ fn check_tasks_against_manifest(
     module: &ModuleManifest,
     bad_ids: &BTreeSet<&str>,
 ) {
-    let file = &module.location;
+    let file = &module.path;
     for task in model
         .tasks
         .iter()
@@ -208,7 +200,7 @@ fn check_tasks_against_manifest(
                     format!(
                         "`{}` is -1 (not implemented) in `{}`; set it to `{}` there or remove this task",
                         task.entry,
-                        entry.at(file),
+                        entry.place,
                         task.id
                     ),
                 ),
@@ -217,7 +209,7 @@ fn check_tasks_against_manifest(
                     format!(
                         "`{}` is {id} in `{}` but `method = {}` here; make them agree",
                         task.entry,
-                        entry.at(file),
+                        entry.place,
                         task.id
                     ),
                 ),
@@ -227,92 +219,62 @@ fn check_tasks_against_manifest(
     }
 }
 
+/// The manifest's own rules (from `chimaera-manifest`, as `repo check` applies them),
+/// then every enabled entry against the tasks. All are reported on the impl's self
+/// type, each message led by the entry's `file:line:column`.
 fn check_manifest_entries(cx: &Ctxt, model: &ChimodImpl, module: &ModuleManifest) {
-    let file = &module.location;
     let self_ty = &model.item.self_ty;
+    let has_task_with = |entry: &str, id: u32| {
+        model
+            .tasks
+            .iter()
+            .any(|task| task.entry == entry && task.id == id)
+    };
+    let mut problems = Vec::new();
+    let mut broken_entries = BTreeSet::new();
+    for problem in module.check() {
+        let entry = match &problem.kind {
+            // A task with this id: the task's attribute is the better place, and
+            // `check_ids` reported it there.
+            ProblemKind::InheritedWrongId { entry, id, .. }
+            | ProblemKind::ReservedId { entry, id }
+                if has_task_with(entry, *id) =>
+            {
+                continue
+            }
+            // A `create` task is reported as missing from the manifest already.
+            ProblemKind::CreateMissing if model.create().is_some() => continue,
+            ProblemKind::InheritedWrongId { entry, .. }
+            | ProblemKind::ReservedId { entry, .. }
+            | ProblemKind::DuplicateId { entry, .. } => Some(entry.clone()),
+            _ => None,
+        };
+        broken_entries.extend(entry);
+        problems.push((problem.place.line, problem.to_string()));
+    }
     let implemented: BTreeSet<&str> = model
         .tasks
         .iter()
         .map(|t| t.entry.as_str())
         .chain(model.broken.iter().map(String::as_str))
         .collect();
-    let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
-    let reported_on_task = |entry: &crate::manifest::Entry| {
-        model
-            .tasks
-            .iter()
-            .any(|t| t.entry == entry.name && Some(t.id) == entry.id)
-    };
-    for entry in &module.entries {
-        let at = entry.at(file);
-        let Some(id) = entry.id else {
-            continue;
-        };
-        match inherited_id(&entry.name) {
-            _ if reported_on_task(entry) => {}
-            Some(fixed) if fixed != id => {
-                cx.error_spanned_by(
-                    self_ty,
-                    format!(
-                        "`{}` is inherited with the fixed id {fixed} but `{at}` says {id}; write `{}: {fixed}` (or -1)",
-                        entry.name, entry.name
-                    ),
-                );
-                continue;
-            }
-            None if id < FIRST_CUSTOM_ID => {
-                cx.error_spanned_by(
-                    self_ty,
-                    format!(
-                        "`{}: {id}` in `{at}` uses an id reserved for inherited methods ({}); custom methods use {FIRST_CUSTOM_ID} and up",
-                        entry.name,
-                        inherited_list()
-                    ),
-                );
-                continue;
-            }
-            _ => {}
-        }
-        if let Some(first) = ids.insert(id, &entry.name) {
-            cx.error_spanned_by(
-                self_ty,
+    for (name, id) in module.enabled() {
+        if name != "kCreate" && !implemented.contains(name) && !broken_entries.contains(name) {
+            let entry = module.entry(name).map(|entry| &entry.place);
+            problems.push((
+                entry.map_or(0, |place| place.line),
                 format!(
-                    "`{first}` and `{}` are both {id} in `{}`; give each method its own id",
-                    entry.name, file.display
+                    "`{name}: {id}` in `{}` has no task; add `#[task(method = {id})] fn {}` or set it to -1",
+                    entry.map_or_else(|| module.path.display.clone(), ToString::to_string),
+                    names::function_of_entry(name)
                 ),
-            );
-            continue;
-        }
-        let is_create = entry.name == "kCreate";
-        if !is_create && !implemented.contains(entry.name.as_str()) {
-            cx.error_spanned_by(
-                self_ty,
-                format!(
-                    "`{}: {id}` in `{at}` has no task; add `#[task(method = {id})] fn {}` or set it to -1",
-                    entry.name,
-                    names::function_of_entry(&entry.name)
-                ),
-            );
+            ));
         }
     }
-    match module.entry("kCreate") {
-        Some(entry) if entry.id.is_some() => {}
-        Some(entry) => cx.error_spanned_by(
-            self_ty,
-            format!(
-                "`kCreate` is -1 in `{}`; every module implements it: write `kCreate: 0`",
-                entry.at(file)
-            ),
-        ),
-        // A `create` task is reported as missing from the manifest already.
-        None if model.create().is_some() => {}
-        None => cx.error_spanned_by(
-            self_ty,
-            format!(
-                "`{}` has no `kCreate`; every module implements it: add `kCreate: 0`",
-                file.display
-            ),
-        ),
+    // File order; problems of the file as a whole (line 0) last.
+    problems.sort_by_key(|(line, _)| if *line == 0 { usize::MAX } else { *line });
+    for (_, message) in problems {
+        cx.error_spanned_by(self_ty, message);
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! A `compose:` entry of the config (see [`crate::config`]) or of a file given to
 //! `chimaera compose FILE` names a module, a pool name, a container count and free-form
-//! `params`. The module turns those params into the archived input of its `create` task
-//! by implementing [`Composable`]; the pool is then got-or-created through the admin
+//! `params` (a [`Params`]: opaque, so the YAML library stays private to chimaera). The
+//! module turns those params into the archived input of its `create` task by
+//! implementing [`Composable`]; the pool is then got-or-created through the admin
 //! chimod like any other, so composing the same file twice is harmless and composing a
 //! name that exists with other params is a [`TaskError::PoolMismatch`].
 //!
@@ -11,7 +12,8 @@
 //! the `chimaera compose` client), with the modules *it* links: [`prepare`] converts every
 //! entry before any pool is created, so a typo in the last entry creates nothing.
 //!
-//! A module opts in by implementing [`Composable`] and being registered with
+//! A module opts in by implementing [`Composable`] — `#[chimod(composable)]` generates
+//! it — and being registered with
 //! [`RuntimeBuilder::composable_module`](crate::RuntimeBuilder::composable_module); the
 //! admin module is never composed (the runtime creates its pool itself).
 //!
@@ -31,13 +33,15 @@ use serde::de::DeserializeOwned;
 
 /// A chimod whose pools can be created from YAML parameters.
 ///
-/// Implement it by deserializing the params into the module's create parameters (with
-/// [`params_from_yaml`], which names the module in its errors) and archiving them as the
-/// `create` task's input with the generated `save_in`; see the MOD_NAME chimod.
+/// `#[chimod(composable)]` on the impl block implements it: the entry's `params` are
+/// deserialized into the `create` task's parameter type (which derives serde's
+/// `Deserialize`, e.g. through `#[chimaera::wire(compose)]`) and archived as its input.
+/// Implement it by hand only to convert params in a way serde cannot (bdev accepts
+/// `capacity: 1GB` or a byte count): read them with [`Params::deserialize`] and archive
+/// the input with the generated `save_in`.
 pub trait Composable: ChiMod {
-    /// The archived input of the `create` task for these params (a YAML mapping, empty
-    /// when the entry gave none).
-    fn create_input(params: &serde_yaml::Value) -> Result<Bytes, TaskError>;
+    /// The archived input of the `create` task for these params.
+    fn create_input(params: &Params) -> Result<Bytes, TaskError>;
 }
 
 impl ModuleEntry {
@@ -51,18 +55,71 @@ impl ModuleEntry {
     }
 }
 
-/// Deserializes the `params` of a compose entry of `module` into `T`; a failure is a
-/// [`TaskError::Failed`] naming the module and the offending key.
-pub fn params_from_yaml<T: DeserializeOwned>(
-    module: &str,
-    params: &serde_yaml::Value,
-) -> Result<T, TaskError> {
-    let params = match params {
-        serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
-        other => other.clone(),
-    };
-    serde_yaml::from_value(params)
-        .map_err(|err| TaskError::failed(format!("bad `params` for module `{module}`: {err}")))
+/// The `params` of a compose entry: a mapping of parameter names to values, read from
+/// the YAML of a config or compose file (empty when the entry gave none).
+///
+/// Opaque on purpose — the YAML library is private to chimaera — and read with
+/// [`Params::deserialize`] into any type that derives serde's `Deserialize`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params(serde_yaml_ng::Value);
+
+impl Params {
+    /// No parameters: an empty mapping.
+    pub fn empty() -> Params {
+        Params(serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new()))
+    }
+
+    /// Deserializes the params into `T` for a pool of `module`; a failure is a
+    /// [`TaskError::Failed`] naming the module and the offending key.
+    pub fn deserialize<T: DeserializeOwned>(&self, module: &str) -> Result<T, TaskError> {
+        serde_yaml_ng::from_value(self.0.clone())
+            .map_err(|err| TaskError::failed(format!("bad `params` for module `{module}`: {err}")))
+    }
+
+    /// Whether the params are a mapping (the loaders accept nothing else).
+    pub(crate) fn is_mapping(&self) -> bool {
+        self.0.is_mapping()
+    }
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params::empty()
+    }
+}
+
+/// Params written as YAML text, e.g. `"{ label: demo }"` (empty text: no params).
+impl std::str::FromStr for Params {
+    type Err = ParamsError;
+
+    fn from_str(text: &str) -> Result<Params, ParamsError> {
+        serde_yaml_ng::from_str(text).map_err(|err| ParamsError {
+            line: err.location().map(|at| at.line()),
+            column: err.location().map(|at| at.column()),
+            message: err.to_string(),
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Params, D::Error> {
+        match serde_yaml_ng::Value::deserialize(deserializer)? {
+            serde_yaml_ng::Value::Null => Ok(Params::empty()),
+            value => Ok(Params(value)),
+        }
+    }
+}
+
+/// Why a text is not YAML params.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("params are not valid YAML: {message}; write a mapping like `{{ key: value }}`")]
+pub struct ParamsError {
+    /// The parser's message.
+    pub message: String,
+    /// 1-based line of the fault, when known.
+    pub line: Option<usize>,
+    /// 1-based column of the fault, when known.
+    pub column: Option<usize>,
 }
 
 /// Why a compose entry could not be turned into a pool.

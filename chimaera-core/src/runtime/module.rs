@@ -171,7 +171,7 @@ impl<M: ChiMod> Container for M {
 pub type CreateContainer = fn(&mut RunContext, &[u8]) -> Result<Arc<dyn Container>, TaskError>;
 
 /// Turns a compose entry's YAML `params` into a module's archived create input.
-pub type ComposeInput = fn(&serde_yaml::Value) -> Result<Bytes, TaskError>;
+pub type ComposeInput = fn(&crate::compose::Params) -> Result<Bytes, TaskError>;
 
 /// A linked module, as the runtime's registry holds it.
 #[derive(Clone, Copy)]

@@ -105,6 +105,7 @@ pub fn expand(
         }
     });
     let doc = format!("Typed client of `{module_name}` pools.");
+    let wire_bounds = crate::expand::wire::bounds(model, names);
     quote! {
         #[doc = #doc]
         #[derive(Clone, Debug)]
@@ -114,7 +115,7 @@ pub fn expand(
         }
 
         #[allow(dead_code)]
-        impl #client {
+        impl #client #wire_bounds {
             #create
 
             /// Opens the existing pool named `pool_name` (made by another client, or

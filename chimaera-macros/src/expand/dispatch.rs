@@ -140,11 +140,12 @@ pub fn expand(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifes
     });
     let save_in = exhaustive_match(quote!(*#input), save_in_arms.collect());
     let save_out = exhaustive_match(quote!(*#input), save_out_arms.collect());
+    let wire_bounds = crate::expand::wire::bounds(model, names);
 
     quote! {
         // Two tasks with one id are reported by `validate`; do not add a warning on top.
         #[allow(unreachable_patterns)]
-        impl #private::ChiMod for #self_ty {
+        impl #private::ChiMod for #self_ty #wire_bounds {
             type TaskIn = #module::TaskIn;
             type TaskOut = #module::TaskOut;
 
@@ -249,9 +250,9 @@ fn info(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifest>) ->
     let self_ty = &model.item.self_ty;
     let (name, namespace, version) = manifest.map_or(("", "", ""), |m| {
         (
-            m.module_name.as_str(),
-            m.namespace.as_str(),
-            m.version.as_str(),
+            m.module_name.value.as_str(),
+            m.namespace.value.as_str(),
+            m.version.value.as_str(),
         )
     });
     quote! {

@@ -7,6 +7,8 @@
 //! * [`dispatch`]: `impl ChiMod` — info, create/destroy, run, monitor, dynamic routing,
 //!   save/load, new_copy;
 //! * [`client`]: `FooClient`, the typed client;
+//! * [`compose`]: `impl Composable` for `#[chimod(composable)]`;
+//! * [`wire`]: the derives `#[wire]` adds to a user's argument type;
 //! * [`tracking`]: `include_str!`s that make cargo rebuild when a manifest changes, and
 //!   the check that the struct and the impl read one manifest.
 //!
@@ -15,11 +17,13 @@
 //! its own locals use mixed-site hygiene so they can never capture or shadow the user's
 //! names (a task argument may well be called `query`).
 pub mod client;
+pub mod compose;
 pub mod dispatch;
 pub mod method_table;
 pub mod struct_items;
 pub mod tracking;
 pub mod user_impl;
+pub mod wire;
 
 use crate::model::Task;
 use crate::names;
@@ -115,4 +119,22 @@ pub fn into_task_result(names: &Names, task: &Task, call: TokenStream) -> TokenS
     } else {
         quote!(::core::result::Result::Ok::<_, #private::TaskError>(#call))
     }
+}
+
+/// `tokens` with every span (inside groups too) set to `span`.
+pub fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }

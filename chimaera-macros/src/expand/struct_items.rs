@@ -1,12 +1,12 @@
 //! The container struct as emitted: unchanged, plus hidden associated consts the impl's
 //! expansion reads (`__CHIMAERA_LANES`, the lane table of `ModuleInfo`, and
 //! `__CHIMAERA_MANIFEST`, see [`tracking`](super::tracking)).
-use crate::manifest::Location;
+use crate::manifest::ManifestPath;
 use crate::model::ChimodStruct;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-pub fn expand(model: &ChimodStruct, runtime: &TokenStream, manifest: &Location) -> TokenStream {
+pub fn expand(model: &ChimodStruct, runtime: &TokenStream, manifest: &ManifestPath) -> TokenStream {
     let item = model.item;
     let ident = &item.ident;
     let private = quote!(#runtime::__private);

@@ -6,7 +6,7 @@
 //!   impl's: both attributes must read the same manifest. The comparison is a `const`
 //!   byte loop, so a mismatch is a compile error whose message we choose.
 use crate::expand::Names;
-use crate::manifest::Location;
+use crate::manifest::ManifestPath;
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use std::path::Path;
@@ -29,7 +29,7 @@ pub fn track<'a>(files: impl IntoIterator<Item = &'a Path>) -> TokenStream {
 pub fn same_manifest(
     names: &Names,
     self_ty: &syn::Type,
-    location: &Location,
+    location: &ManifestPath,
     span: Span,
 ) -> TokenStream {
     let Some(path) = location.path.to_str() else {

@@ -37,14 +37,12 @@
 //!
 //! Inside a task, [`RunContext`] is the task's view of the runtime: its pool and
 //! container, [`RunContext::sleep`] (parks the coroutine), and [`RunContext::client`] to
-//! call other tasks — [`ModName::wait_test`] calls itself that way, waiting on its
+//! call other tasks — `wait_test` ([`ModNameClient::wait_test`]) calls itself that way, waiting on its
 //! subtask without blocking the worker.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use chimaera_core::codec::Bytes;
-use chimaera_core::compose::{params_from_yaml, Composable};
-use chimaera_core::{ChiMod, CoMutex, CoRwLock, PoolQuery, RunContext, TaskError};
-use chimaera_macros::chimod;
+use chimaera_core::{CoMutex, CoRwLock, PoolQuery, RunContext, TaskError};
+use chimaera_macros::{chimod, wire};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -53,19 +51,11 @@ use std::time::Duration;
 ///
 /// In a `compose:` entry they are the `params` mapping (`label: …`, optional); any other
 /// key is an error.
-#[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-    serde::Deserialize,
-)]
+#[wire(compose)]
+#[derive(Clone, Debug, Default, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CreateParams {
-    /// Free text kept by each container; [`ModName::custom`] prefixes nothing with it,
+    /// Free text kept by each container; `custom` ([`ModNameClient::custom`]) prefixes nothing with it,
     /// it only shows how create parameters reach a container.
     pub label: String,
 }
@@ -86,7 +76,8 @@ pub struct ModName {
     rwlock: CoRwLock<Occupancy>,
 }
 
-#[chimod]
+/// Composable: a `compose:` entry's `params` are [`CreateParams`].
+#[chimod(composable)]
 impl ModName {
     /// `kCreate`: builds one container from the pool's create parameters.
     #[task(method = 0)]
@@ -247,14 +238,6 @@ fn recurse(depth: u64) -> u64 {
         return 0;
     }
     recurse(depth + 1) + u64::from(frame[0])
-}
-
-/// Pools of MOD_NAME can be composed from YAML: `params` are [`CreateParams`].
-impl Composable for ModName {
-    fn create_input(params: &serde_yaml::Value) -> Result<Bytes, TaskError> {
-        let params: CreateParams = params_from_yaml(Self::info().name, params)?;
-        <Self as ChiMod>::save_in(&mod_name_tasks::TaskIn::Create((params,)))
-    }
 }
 
 impl ModName {

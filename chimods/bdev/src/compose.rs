@@ -14,7 +14,7 @@
 //! optional with the defaults of [`BdevParams`]; unknown keys are errors.
 use crate::{bdev_tasks, Bdev, BdevParams, BdevType};
 use chimaera_core::codec::Bytes;
-use chimaera_core::compose::{params_from_yaml, Composable};
+use chimaera_core::compose::{Composable, Params};
 use chimaera_core::config::parse_size;
 use chimaera_core::{ChiMod, TaskError};
 use serde::Deserialize;
@@ -25,7 +25,7 @@ struct ComposeParams {
     #[serde(default)]
     bdev_type: Option<String>,
     #[serde(default)]
-    capacity: Option<serde_yaml::Value>,
+    capacity: Option<Capacity>,
     #[serde(default)]
     io_depth: Option<u32>,
     #[serde(default)]
@@ -34,13 +34,21 @@ struct ComposeParams {
     direct: Option<bool>,
 }
 
+/// `capacity: 1073741824` or `capacity: 1GiB`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Capacity {
+    Bytes(u64),
+    Text(String),
+}
+
 fn bad(what: String) -> TaskError {
     TaskError::failed(format!("bad `params` for module `bdev`: {what}"))
 }
 
 /// The create parameters a compose entry's `params` describe.
-pub fn params_from_compose(params: &serde_yaml::Value) -> Result<BdevParams, TaskError> {
-    let raw: ComposeParams = params_from_yaml("bdev", params)?;
+pub fn params_from_compose(params: &Params) -> Result<BdevParams, TaskError> {
+    let raw: ComposeParams = params.deserialize("bdev")?;
     let mut out = BdevParams::default();
     if let Some(kind) = raw.bdev_type {
         out.bdev_type = match kind.to_ascii_lowercase().as_str() {
@@ -51,16 +59,9 @@ pub fn params_from_compose(params: &serde_yaml::Value) -> Result<BdevParams, Tas
     }
     if let Some(capacity) = raw.capacity {
         out.total_size = match capacity {
-            serde_yaml::Value::Number(n) => n
-                .as_u64()
-                .ok_or_else(|| bad(format!("`capacity: {n}` is not a byte count")))?,
-            serde_yaml::Value::String(text) => {
+            Capacity::Bytes(bytes) => bytes,
+            Capacity::Text(text) => {
                 parse_size(&text).map_err(|err| bad(format!("`capacity: {text}`: {err}")))?
-            }
-            other => {
-                return Err(bad(format!(
-                    "`capacity: {other:?}`; use bytes or e.g. `1GB`"
-                )))
             }
         };
     }
@@ -77,7 +78,7 @@ pub fn params_from_compose(params: &serde_yaml::Value) -> Result<BdevParams, Tas
 }
 
 impl Composable for Bdev {
-    fn create_input(params: &serde_yaml::Value) -> Result<Bytes, TaskError> {
+    fn create_input(params: &Params) -> Result<Bytes, TaskError> {
         let params = params_from_compose(params)?;
         <Bdev as ChiMod>::save_in(&bdev_tasks::TaskIn::Create((params,)))
     }
@@ -87,8 +88,8 @@ impl Composable for Bdev {
 mod tests {
     use super::*;
 
-    fn yaml(text: &str) -> serde_yaml::Value {
-        serde_yaml::from_str(text).unwrap()
+    fn yaml(text: &str) -> Params {
+        text.parse().unwrap()
     }
 
     #[test]
@@ -102,7 +103,7 @@ mod tests {
             (BdevType::File, 1_000_000_000, 8, true)
         );
         assert_eq!(
-            params_from_compose(&serde_yaml::Value::Null).unwrap(),
+            params_from_compose(&Params::empty()).unwrap(),
             BdevParams::default()
         );
     }

@@ -1,13 +1,17 @@
 //! A key-value store chimod in a repository of its own (namespace `myproject`).
 //!
 //! `src/main.rs` is this repository's runtime binary (the `chimaera` CLI with this module
-//! linked); `src/bin/demo.rs` runs the module in an embedded runtime.
+//! linked, pools composable from YAML); `src/bin/demo.rs` runs the module in an embedded
+//! runtime. The crate depends on `chimaera` alone: `#[chimaera::wire]` derives the
+//! parameter type's wire layout (and, with `compose`, its YAML reading) through it.
 use chimaera::prelude::*;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-/// Create parameters: how many entries one container accepts.
-#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// Create parameters: how many entries one container accepts. In a `compose:` entry:
+/// `params: { capacity: 100 }`.
+#[chimaera::wire(compose)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KvParams {
     pub capacity: u32,
 }
@@ -20,7 +24,7 @@ pub struct KvStore {
     entries: RwLock<HashMap<String, Vec<u8>>>,
 }
 
-#[chimod]
+#[chimod(composable)]
 impl KvStore {
     #[task(method = 0)]
     fn create(_ctx: &mut RunContext, params: KvParams) -> Result<Self, TaskError> {

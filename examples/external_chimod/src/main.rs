@@ -37,7 +37,7 @@ fn run(command: Own, context: &Context) -> ExitCode {
 fn main() -> ExitCode {
     chimaera::cli::main_with_commands(
         chimaera::binary!(),
-        chimaera::builder().module::<KvStore>(),
+        chimaera::builder().composable_module::<KvStore>(),
         run,
     )
 }

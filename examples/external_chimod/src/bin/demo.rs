@@ -26,6 +26,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         full.err().map(|e| e.to_string())
     );
     runtime.stop();
+
+    // The same module composed from YAML, as `runtime start` does with a config's
+    // `compose:` list: `capacity: 1` reaches the container.
+    let specs = RuntimeConfig::from_yaml_str(
+        "compose:\n  - module: kvstore\n    name: kv_yaml\n    params: { capacity: 1 }\n",
+    )?
+    .compose;
+    let builder = chimaera::builder().composable_module::<KvStore>();
+    let pools = chimaera::compose::prepare(builder.modules(), &specs)?;
+    let runtime = builder.start()?;
+    let chi = runtime.client();
+    for pool in &pools {
+        pool.create(&chi)?;
+    }
+    // Same name and params: opens the composed pool.
+    let kv = KvStoreClient::create(&chi, PoolQuery::local(), "kv_yaml", KvParams { capacity: 1 })?;
+    kv.put(PoolQuery::local(), "only", b"1")?;
+    let over = kv.put(PoolQuery::local(), "second", b"2");
+    assert!(matches!(over, Err(TaskError::Failed { .. })), "{over:?}");
+    runtime.stop();
+    println!("kvstore: composed from YAML");
     println!("kvstore: ok");
     Ok(())
 }
