@@ -1,6 +1,6 @@
 //! Runtime statistics: per pool and method, tasks started, succeeded and failed, and a
 //! latency histogram. A leaf of the core: it knows method ids and nothing of the
-//! runtime; [`crate::status`] builds the admin `Status` snapshot from it.
+//! runtime; `runtime/status.rs` builds the admin `Status` snapshot from it.
 //!
 //! # What is measured
 //!
