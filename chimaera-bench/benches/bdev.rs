@@ -24,9 +24,10 @@
 //! `bdev: qd1_iops=<n> fio_qd1_iops=<n> qd32_iops=<n> fio_qd32_iops=<n> ratio_qd32=<r>
 //! ram_qd32_iops=<n> ram_floor_ops=<n> ram_ratio=<r> ram_alloc_write_free_ops=<n>`
 //!
-//! Run: `cargo bench --bench bdev`. `BDEV_BENCH_SECS` sets the seconds per phase
-//! (default 2); `BDEV_BENCH_ONLY=awf,ram` (say) runs only those parts (`fio`, `file`,
-//! `floor`, `awf`, `ram`, `remote`), for profiling.
+//! Run: `cargo bench --manifest-path chimaera-bench/Cargo.toml --bench bdev`.
+//! `BDEV_BENCH_SECS` sets the seconds per phase (default 2); `BDEV_BENCH_ONLY=awf,ram`
+//! (say) runs only those parts (`fio`, `file`, `floor`, `awf`, `ram`, `remote`), for
+//! profiling.
 use chimaera::bdev::{BdevClient, BdevParams, BdevType, Block};
 use chimaera::prelude::*;
 use std::collections::VecDeque;

@@ -4,8 +4,8 @@
 //!   median per call;
 //! * async throughput: 1,000,000 tasks submitted with a window of 1,024 in flight.
 //!
-//! Run: `cargo bench --bench inproc`. Last line:
-//! `inproc: rtt_median_ns=<n> rtt_p10_ns=<n> rtt_p90_ns=<n> tasks_per_s=<n>`.
+//! Run: `cargo bench --manifest-path chimaera-bench/Cargo.toml --bench inproc`. Last
+//! line: `inproc: rtt_median_ns=<n> rtt_p10_ns=<n> rtt_p90_ns=<n> tasks_per_s=<n>`.
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use std::collections::VecDeque;

@@ -16,8 +16,8 @@
 //!   (ns resolution; `utime+stime` of `/proc/<pid>/stat` ticks at 10 ms, i.e. 0.2% of 5 s,
 //!   so it is printed alongside as a cross-check only).
 //!
-//! Run: `cargo bench --bench ipc`. The last line is
-//! `ipc: rtt_median_ns=<n> iceoryx2_rtt_median_ns=<n> floor_rtt_ns=<n> ratio=<ours/iceoryx2>
+//! Run: `cargo bench --manifest-path chimaera-bench/Cargo.toml --bench ipc`. The last
+//! line is `ipc: rtt_median_ns=<n> iceoryx2_rtt_median_ns=<n> floor_rtt_ns=<n> ratio=<ours/iceoryx2>
 //! floor_ratio=<ours/floor> tasks_per_s_1=<n> tasks_per_s_4=<n> idle_cpu_pct=<n>` (one line).
 //!
 //! # Processes
@@ -26,8 +26,8 @@
 //! child (`iox-server`, `floor-echo`, `tput-client`); without it, the coordinator. Children
 //! get `PR_SET_PDEATHSIG` and also poll their parent's pid, so none outlives the
 //! coordinator; the coordinator holds each child in a guard that kills and reaps it on
-//! drop (panic or early error included). The runtime is `CARGO_BIN_EXE_chimaera` (built by
-//! `cargo bench` with the bench profile), serving a fresh instance `ipcbench-<pid>`; it is
+//! drop (panic or early error included). The runtime is `CARGO_BIN_EXE_chimaera` (this
+//! crate's `chimaera` binary, built by `cargo bench` with the bench profile), serving a fresh instance `ipcbench-<pid>`; it is
 //! stopped with `chimaera runtime stop` and must exit 0.
 //!
 //! (a), (b) and (c) are sampled in turn, one sample of each per round, so that a change in
