@@ -130,6 +130,31 @@ pub struct RuntimeConfig {
     pub access: AccessConfig,
     /// Tasks one client may have in flight (`quotas.tasks_in_flight`).
     pub client_tasks_in_flight: u32,
+    /// Where this config came from (not a YAML key): the runtime names it in its
+    /// start-up log.
+    pub source: ConfigSource,
+}
+
+/// Where a [`RuntimeConfig`] came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// [`RuntimeConfig::default`]: no file given.
+    #[default]
+    BuiltInDefaults,
+    /// The YAML file at this path ([`RuntimeConfig::from_file`]).
+    File(PathBuf),
+    /// YAML text handed to [`RuntimeConfig::from_yaml_str`].
+    YamlText,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::BuiltInDefaults => f.write_str("built-in defaults"),
+            ConfigSource::File(path) => write!(f, "file {}", path.display()),
+            ConfigSource::YamlText => f.write_str("YAML text"),
+        }
+    }
 }
 
 // --- added on branch `isolation`: who may connect, and per-client quotas ---
@@ -220,6 +245,7 @@ impl Default for RuntimeConfig {
             compose: Vec::new(),
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
+            source: ConfigSource::BuiltInDefaults,
         }
     }
 }
@@ -258,12 +284,20 @@ impl RuntimeConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let config = Self::parse(&text, &path.display().to_string())?;
+        Ok(RuntimeConfig {
+            source: ConfigSource::File(path.to_owned()),
+            ..config
+        })
     }
 
     /// The config in YAML `text` (an empty document means all defaults).
     pub fn from_yaml_str(text: &str) -> Result<RuntimeConfig, ConfigError> {
-        Self::parse(text, "text")
+        let config = Self::parse(text, "text")?;
+        Ok(RuntimeConfig {
+            source: ConfigSource::YamlText,
+            ..config
+        })
     }
 
     fn parse(text: &str, origin: &str) -> Result<RuntimeConfig, ConfigError> {
@@ -823,9 +857,17 @@ compose:
         let total =
             config.shm.main_size + config.shm.client_data_size + config.shm.runtime_data_size;
         assert!(total < 64 << 20);
-        assert_eq!(RuntimeConfig::from_yaml_str("").unwrap(), config);
-        assert_eq!(RuntimeConfig::from_yaml_str("# nothing\n").unwrap(), config);
-        assert_eq!(RuntimeConfig::from_yaml_str("{}").unwrap(), config);
+        assert_eq!(config.source, ConfigSource::BuiltInDefaults);
+        let from_text = RuntimeConfig {
+            source: ConfigSource::YamlText,
+            ..config
+        };
+        assert_eq!(RuntimeConfig::from_yaml_str("").unwrap(), from_text);
+        assert_eq!(
+            RuntimeConfig::from_yaml_str("# nothing\n").unwrap(),
+            from_text
+        );
+        assert_eq!(RuntimeConfig::from_yaml_str("{}").unwrap(), from_text);
     }
 
     #[test]
@@ -1094,6 +1136,11 @@ compose:
         let config = RuntimeConfig::from_vars(file_only).unwrap();
         assert_eq!(config, RuntimeConfig::from_file(&path).unwrap());
         assert_eq!(config.instance.as_str(), "lab-1");
+        assert_eq!(config.source, ConfigSource::File(path.clone()));
+        assert_eq!(
+            config.source.to_string(),
+            format!("file {}", path.display())
+        );
 
         let both = |var: &str| match var {
             CONF_ENV => Some(path_text.clone()),
