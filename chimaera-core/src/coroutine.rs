@@ -1036,6 +1036,127 @@ mod tests {
         assert_eq!(home.spawn(|| 7).join(), Ok(7));
     }
 
+    /// A subscriber that logs span enters, exits and closes, in order, with marks the
+    /// test adds; spans made under it carry it (so the executor thread needs no
+    /// default subscriber).
+    #[derive(Clone, Default)]
+    struct SpanLog {
+        log: Arc<Mutex<Vec<String>>>,
+        next_id: Arc<AtomicU64>,
+    }
+
+    impl SpanLog {
+        fn push(&self, entry: String) {
+            crate::sync::lock(&self.log).push(entry);
+        }
+
+        fn entries(&self) -> Vec<String> {
+            crate::sync::lock(&self.log).clone()
+        }
+
+        /// A span that reports to this log.
+        fn span(&self) -> tracing::Span {
+            let dispatch = tracing::Dispatch::new(self.clone());
+            tracing::dispatcher::with_default(&dispatch, || tracing::error_span!("task"))
+        }
+    }
+
+    impl tracing::Subscriber for SpanLog {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(self.next_id.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, span: &tracing::span::Id) {
+            self.push(format!("enter {}", span.into_u64()));
+        }
+        fn exit(&self, span: &tracing::span::Id) {
+            self.push(format!("exit {}", span.into_u64()));
+        }
+        fn try_close(&self, span: tracing::span::Id) -> bool {
+            self.push(format!("close {}", span.into_u64()));
+            true
+        }
+    }
+
+    #[test]
+    fn a_coroutine_leaves_its_span_while_switched_out_and_enters_it_again() {
+        let spans = SpanLog::default();
+        let home = executor("spans");
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let (first, second) = (spans.clone(), spans.clone());
+        let waiter = home.spawn({
+            let other_ran = other_ran.clone();
+            move || {
+                let _scope = enter_span(first.span());
+                first.push("A runs".into());
+                while !other_ran.load(Ordering::SeqCst) {
+                    yield_now();
+                }
+                first.push("A resumed".into());
+            }
+        });
+        let other = home.spawn(move || {
+            second.push("B runs".into());
+            other_ran.store(true, Ordering::SeqCst);
+        });
+        waiter.join().unwrap();
+        other.join().unwrap();
+        let entries = spans.entries();
+        // How many times the span is entered just before `mark`.
+        let depth_at = |mark: &str| {
+            let at = entries.iter().position(|e| e == mark).expect(mark);
+            let count = |what: &str| entries[..at].iter().filter(|e| *e == what).count();
+            count("enter 1") as i64 - count("exit 1") as i64
+        };
+        assert_eq!(depth_at("A runs"), 1, "{entries:?}");
+        assert_eq!(depth_at("B runs"), 0, "B ran inside A's span: {entries:?}");
+        assert_eq!(
+            depth_at("A resumed"),
+            1,
+            "A resumed outside its span: {entries:?}"
+        );
+        assert_eq!(entries.last().map(String::as_str), Some("close 1"));
+        assert_eq!(depth_at("close 1"), 0, "{entries:?}");
+        // A disabled span is never stored or entered.
+        let quiet = home.spawn(|| {
+            let _scope = enter_span(tracing::Span::none());
+            yield_now();
+            // SAFETY: on the running coroutine, as in `suspend`.
+            running().map(|(_, co)| unsafe { (*(*co).spans.get()).len() })
+        });
+        assert_eq!(quiet.join(), Ok(Some(0)));
+    }
+
+    #[test]
+    fn an_overflowing_coroutine_exits_and_closes_its_spans() {
+        #[inline(never)]
+        fn deeper(depth: u64) -> u64 {
+            let mut frame = [0u8; 512];
+            frame[(depth % 512) as usize] = depth as u8;
+            std::hint::black_box(&mut frame);
+            if depth == u64::MAX {
+                return 0;
+            }
+            deeper(depth + 1) + u64::from(frame[0])
+        }
+        let spans = SpanLog::default();
+        let home = executor("span-overflow");
+        let inside = spans.clone();
+        let result = home
+            .spawn(move || {
+                let _scope = enter_span(inside.span());
+                deeper(0)
+            })
+            .join();
+        assert_eq!(result, Err(JoinError::StackOverflow));
+        assert_eq!(spans.entries(), ["enter 1", "exit 1", "close 1"]);
+    }
+
     #[test]
     fn stopping_ends_sleeps_and_the_thread() {
         let home = executor("stop");
