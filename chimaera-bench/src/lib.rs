@@ -14,6 +14,7 @@
 //! plot that cannot be written fails the bench after its figures were printed.
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
 
 /// Why a picture could not be written.
@@ -129,11 +130,10 @@ pub fn workloads_svg(
             .x_label_area_size(40)
             .y_label_area_size(300)
             .build_cartesian_2d(0.0..most.max(1.0), (0..count).into_segmented())?;
+        // The y axis counts upwards: the first bar goes at the top.
+        let row = |index: usize| count - 1 - index as u32;
         let label_of = |value: &SegmentValue<u32>| match value {
-            SegmentValue::CenterOf(i) => bars
-                .get(*i as usize)
-                .map(|b| b.0.clone())
-                .unwrap_or_default(),
+            SegmentValue::CenterOf(i) if *i < count => bars[row(*i as usize) as usize].0.clone(),
             _ => String::new(),
         };
         chart
@@ -144,17 +144,26 @@ pub fn workloads_svg(
             .x_label_formatter(&|ops| si(*ops))
             .x_desc("operations per second")
             .draw()?;
-        chart.draw_series(bars.iter().enumerate().map(|(i, (_, party, ops))| {
-            let i = i as u32;
+        chart.draw_series(bars.iter().enumerate().map(|(index, (_, party, ops))| {
+            let at = row(index);
             let mut bar = Rectangle::new(
                 [
-                    (0.0, SegmentValue::Exact(i)),
-                    (*ops, SegmentValue::Exact(i + 1)),
+                    (0.0, SegmentValue::Exact(at)),
+                    (*ops, SegmentValue::Exact(at + 1)),
                 ],
                 PALETTE[party % PALETTE.len()].filled(),
             );
             bar.set_margin(3, 3, 0, 0);
             bar
+        }))?;
+        // Each bar's figure at its end: short bars stay readable beside long ones.
+        chart.draw_series(bars.iter().enumerate().map(|(index, (_, _, ops))| {
+            Text::new(
+                format!(" {}", si(*ops)),
+                (*ops, SegmentValue::CenterOf(row(index))),
+                TextStyle::from(("sans-serif", 12).into_font())
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            )
         }))?;
         Ok(())
     })?;
@@ -167,19 +176,24 @@ fn draw_cdf<DB: DrawingBackend>(
     sample_note: &str,
     parties: &[Distribution<'_>],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    let slowest = parties
-        .iter()
-        .flat_map(|p| p.samples_ns.iter().copied())
-        .fold(0.0, f64::max);
+    let all = || parties.iter().flat_map(|p| p.samples_ns.iter().copied());
+    let slowest = all().fold(1.0, f64::max);
+    let fastest = all().filter(|ns| *ns > 0.0).fold(slowest, f64::min);
+    // Logarithmic time, whole decades (so the axis has labels): the floor, our round trip
+    // and the peer's differ by factors, and a busy machine's tail would squeeze a linear
+    // axis's body into its first tenth.
+    let decade_below = 10f64.powf(fastest.log10().floor());
+    let decade_above = 10f64.powf(slowest.log10().ceil()).max(decade_below * 10.0);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..(slowest * 1.08).max(1.0), 0.0..1.0)?;
+        .build_cartesian_2d((decade_below..decade_above).log_scale(), 0.0..1.0)?;
     chart
         .configure_mesh()
-        .x_desc(format!("ns per round trip ({sample_note})"))
+        .x_label_formatter(&|ns| format!("{ns:.0}"))
+        .x_desc(format!("ns per round trip, log scale ({sample_note})"))
         .y_desc("share of samples at or below")
         .draw()?;
     for (index, party) in parties.iter().enumerate() {
@@ -293,5 +307,86 @@ fn si(value: f64) -> String {
         v if v >= 1e6 => format!("{:.2} M", value / 1e6),
         v if v >= 1e3 => format!("{:.0} K", value / 1e3),
         _ => format!("{value:.0}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svg(path: &Path) -> String {
+        let text = std::fs::read_to_string(path).expect("the picture was written");
+        assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+        text
+    }
+
+    /// Each picture renders from figures shaped like a bench's, with its labels, into
+    /// `CARGO_TARGET_DIR` (set here to a directory of this test's own).
+    #[test]
+    fn every_picture_renders_with_its_labels() {
+        let dir = std::env::temp_dir().join(format!("chimaera-bench-plots-{}", std::process::id()));
+        // SAFETY: this is the only test that reads or writes the environment.
+        unsafe { std::env::set_var("CARGO_TARGET_DIR", &dir) };
+        let ours: Vec<f64> = (0..31).map(|i| 600.0 + f64::from(i)).collect();
+        let theirs: Vec<f64> = (0..31).map(|i| 1100.0 + 3.0 * f64::from(i)).collect();
+        let parties = [
+            Distribution {
+                label: "ours",
+                samples_ns: &ours,
+            },
+            Distribution {
+                label: "peer",
+                samples_ns: &theirs,
+            },
+        ];
+
+        let path = latency_and_throughput_svg(
+            "ipc",
+            "round trip",
+            "31 samples",
+            &parties,
+            &[(1, 1.4e6), (2, 1.3e6), (4, 1.2e6)],
+        )
+        .unwrap();
+        assert_eq!(path, dir.join("bench-plots/ipc.svg"));
+        let text = svg(&path);
+        for label in [
+            "ours (median 615 ns)",
+            "peer (median 1145 ns)",
+            "client processes",
+        ] {
+            assert!(text.contains(label), "{label} missing");
+        }
+
+        let text = svg(&latency_svg("inproc", "in process", "31 samples", &parties[..1]).unwrap());
+        assert!(text.contains("ours (median 615 ns)"));
+
+        let text = svg(&workloads_svg(
+            "bdev",
+            "bdev",
+            &["qd1 write", "qd1 read"],
+            &[
+                Series {
+                    label: "ours",
+                    ops_per_s: &[Some(15e3), Some(16e3)],
+                },
+                Series {
+                    label: "fio",
+                    ops_per_s: &[Some(18e3), None],
+                },
+            ],
+        )
+        .unwrap());
+        for label in ["qd1 write · ours", "qd1 write · fio", "qd1 read · ours"] {
+            assert!(text.contains(label), "{label} missing");
+        }
+        assert!(
+            !text.contains("qd1 read · fio"),
+            "an unmeasured bar is left out"
+        );
+
+        let empty = latency_svg("empty", "nothing", "no samples", &[]);
+        assert!(matches!(empty, Err(PlotError::NoData { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
