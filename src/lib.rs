@@ -5,6 +5,7 @@
 //! generated typed client.
 //!
 //! ```no_run
+//! # #[cfg(feature = "mod_name")] { // (the example needs the default `mod_name` feature)
 //! use chimaera::prelude::*;
 //! use chimaera::mod_name::{CreateParams, ModNameClient};
 //!
@@ -12,6 +13,7 @@
 //! let chi = runtime.client();
 //! let m = ModNameClient::create(&chi, PoolQuery::local(), "my_pool", CreateParams::default())?;
 //! assert_eq!(m.custom(PoolQuery::local(), "hello", 0)?, "hello");
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

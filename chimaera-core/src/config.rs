@@ -140,6 +140,31 @@ pub struct RuntimeConfig {
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
+    /// Where this config came from (not a YAML key): the runtime names it in its
+    /// start-up log.
+    pub source: ConfigSource,
+}
+
+/// Where a [`RuntimeConfig`] came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// [`RuntimeConfig::default`]: no file given.
+    #[default]
+    BuiltInDefaults,
+    /// The YAML file at this path ([`RuntimeConfig::from_file`]).
+    File(PathBuf),
+    /// YAML text handed to [`RuntimeConfig::from_yaml_str`].
+    YamlText,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::BuiltInDefaults => f.write_str("built-in defaults"),
+            ConfigSource::File(path) => write!(f, "file {}", path.display()),
+            ConfigSource::YamlText => f.write_str("YAML text"),
+        }
+    }
 }
 
 // --- added on branch `isolation`: who may connect, and per-client quotas ---
@@ -237,6 +262,7 @@ impl Default for RuntimeConfig {
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
             metrics_prometheus: None,
+            source: ConfigSource::BuiltInDefaults,
         }
     }
 }
@@ -284,12 +310,20 @@ impl RuntimeConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let config = Self::parse(&text, &path.display().to_string())?;
+        Ok(RuntimeConfig {
+            source: ConfigSource::File(path.to_owned()),
+            ..config
+        })
     }
 
     /// The config in YAML `text` (an empty document means all defaults).
     pub fn from_yaml_str(text: &str) -> Result<RuntimeConfig, ConfigError> {
-        Self::parse(text, "text")
+        let config = Self::parse(text, "text")?;
+        Ok(RuntimeConfig {
+            source: ConfigSource::YamlText,
+            ..config
+        })
     }
 
     fn parse(text: &str, origin: &str) -> Result<RuntimeConfig, ConfigError> {
@@ -872,9 +906,17 @@ compose:
         let total =
             config.shm.main_size + config.shm.client_data_size + config.shm.runtime_data_size;
         assert!(total < 64 << 20);
-        assert_eq!(RuntimeConfig::from_yaml_str("").unwrap(), config);
-        assert_eq!(RuntimeConfig::from_yaml_str("# nothing\n").unwrap(), config);
-        assert_eq!(RuntimeConfig::from_yaml_str("{}").unwrap(), config);
+        assert_eq!(config.source, ConfigSource::BuiltInDefaults);
+        let from_text = RuntimeConfig {
+            source: ConfigSource::YamlText,
+            ..config
+        };
+        assert_eq!(RuntimeConfig::from_yaml_str("").unwrap(), from_text);
+        assert_eq!(
+            RuntimeConfig::from_yaml_str("# nothing\n").unwrap(),
+            from_text
+        );
+        assert_eq!(RuntimeConfig::from_yaml_str("{}").unwrap(), from_text);
     }
 
     #[test]
@@ -1174,6 +1216,11 @@ compose:
         let config = RuntimeConfig::from_vars(file_only).unwrap();
         assert_eq!(config, RuntimeConfig::from_file(&path).unwrap());
         assert_eq!(config.instance.as_str(), "lab-1");
+        assert_eq!(config.source, ConfigSource::File(path.clone()));
+        assert_eq!(
+            config.source.to_string(),
+            format!("file {}", path.display())
+        );
 
         let both = |var: &str| match var {
             CONF_ENV => Some(path_text.clone()),

@@ -30,13 +30,24 @@
 //! * Timers (sleeps, parks with a timeout) are the home thread's own heap; the thread
 //!   sleeps until the next deadline, so an idle executor runs no polling loop.
 //!
+//! **Spans.** A task's `tracing` span must be entered exactly while that task runs, but
+//! a coroutine switches out in the middle of it (a wait) and the thread runs others
+//! meanwhile: a span entered with an ordinary guard would stay current for them. So a
+//! running coroutine keeps its spans itself ([`enter_span`]): entered when set, exited
+//! in [`suspend`] just before it switches out, entered again just after it is resumed,
+//! exited and dropped when the [`SpanScope`] ends. The list is touched only by the
+//! coroutine while it runs (and by the executor once it is dead, see below), so the
+//! subscriber's per-thread span stack always holds the spans of the coroutine running
+//! on that thread and no other's. A span no subscriber wants is never stored: a
+//! coroutine without spans pays one length check per switch.
+//!
 //! **Stack overflow.** A coroutine that runs into its guard page raises `SIGSEGV`;
 //! `generator`'s handler (on the thread's alternate signal stack) recognises the guard of
 //! the running coroutine and switches straight back to the executor, which sees
 //! `generator::Error::StackErr`. The dead stack cannot be unwound (there is no room left
 //! on it to run destructors), so the executor instead: runs the release actions the
 //! coroutine registered for what it holds (`hold`: coroutine locks, bulk claims),
-//! runs the coroutine's overflow hook (the worker fails the task with
+//! exits and drops its spans, runs the coroutine's overflow hook (the worker fails the task with
 //! [`TaskError::StackOverflow`](crate::TaskError::StackOverflow) and settles its
 //! accounting), and leaks the stack, never resuming or freeing it. What else lived on
 //! that stack (a `std` lock guard, a heap value owned by a local) is leaked too: its
@@ -54,6 +65,7 @@ use crossbeam_queue::SegQueue;
 use generator::{Generator, Gn};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::{BinaryHeap, VecDeque};
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -123,15 +135,18 @@ impl Release {
     }
 }
 
-/// One coroutine: its generator, and what to do if it overflows its stack.
+/// One coroutine: its generator, what to do if it overflows its stack, and the spans of
+/// what it runs (outermost first; each entered while the coroutine runs, see the
+/// module docs).
 struct Co {
     home: Arc<Home>,
     body: UnsafeCell<Option<Generator<'static, (), ()>>>,
     on_overflow: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     held: UnsafeCell<Vec<Release>>,
+    spans: UnsafeCell<Vec<tracing::Span>>,
 }
 
-// SAFETY: `body`, `on_overflow` and `held` are only touched on the home thread: by the
+// SAFETY: `body`, `on_overflow`, `held` and `spans` are only touched on the home thread: by the
 // executor while the coroutine is switched out, and by the coroutine itself while it
 // runs (on that thread). Other threads only hold the `Arc` to queue it on `home`.
 unsafe impl Send for Co {}
@@ -180,11 +195,99 @@ pub fn is_coroutine() -> bool {
     running().is_some()
 }
 
-/// Switches from the running coroutine back to its executor with `request`.
+/// Switches from the running coroutine back to its executor with `request`; its spans
+/// are exited while it is out.
 fn suspend(local: &Local, request: Request) {
+    let co = local.current.get();
+    // SAFETY: `co` is the coroutine running this code, on its home thread. Its span list
+    // is touched only by itself while it runs (`enter_span`, `SpanScope::drop`, here) and
+    // by the executor after it died; while it is switched out below, nobody touches it.
+    let spans = unsafe { &*(*co).spans.get() };
+    for span in spans.iter().rev() {
+        exit(span);
+    }
     local.request.set(Some(request));
     #[allow(deprecated)] // `yield_with` is the context-based yield (no scope to thread).
     generator::yield_with(());
+    for span in spans {
+        enter(span);
+    }
+}
+
+fn enter(span: &tracing::Span) {
+    span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
+}
+
+fn exit(span: &tracing::Span) {
+    span.with_subscriber(|(id, dispatch)| dispatch.exit(id));
+}
+
+/// Makes `span` current for what runs now on this coroutine (or thread), until the
+/// returned scope drops: entered now, exited whenever the coroutine switches out for a
+/// wait and entered again when it resumes, so events logged after a wait carry it and
+/// other coroutines of the thread never see it. A span no subscriber wants (disabled)
+/// costs nothing further. Scopes nest; drop them in reverse order (as guards do).
+pub fn enter_span(span: tracing::Span) -> SpanScope {
+    if span.is_disabled() {
+        return SpanScope {
+            place: ScopePlace::Nothing,
+            _same_thread: PhantomData,
+        };
+    }
+    enter(&span);
+    let place = match running() {
+        Some((_, co)) => {
+            // SAFETY: `co` is the running coroutine, on its home thread (see `suspend`).
+            unsafe { (*(*co).spans.get()).push(span) };
+            ScopePlace::Coroutine
+        }
+        None => ScopePlace::Thread(span),
+    };
+    SpanScope {
+        place,
+        _same_thread: PhantomData,
+    }
+}
+
+/// A span made current by [`enter_span`]; dropping it exits the span.
+#[must_use = "the span is current only until the scope drops"]
+pub struct SpanScope {
+    place: ScopePlace,
+    /// The scope refers to the coroutine it was made on (not `Send`).
+    _same_thread: PhantomData<*const ()>,
+}
+
+enum ScopePlace {
+    /// The span is disabled: nothing was entered.
+    Nothing,
+    /// Entered on a plain thread, which never switches away from it.
+    Thread(tracing::Span),
+    /// The last of the running coroutine's spans.
+    Coroutine,
+}
+
+impl Drop for SpanScope {
+    fn drop(&mut self) {
+        match &self.place {
+            ScopePlace::Nothing => {}
+            ScopePlace::Thread(span) => exit(span),
+            ScopePlace::Coroutine => {
+                if let Some((_, co)) = running() {
+                    // SAFETY: as in `enter_span`; the scope drops on the coroutine that
+                    // made it (it is not `Send`, and a coroutine never changes thread).
+                    if let Some(span) = unsafe { (*(*co).spans.get()).pop() } {
+                        exit(&span);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SpanScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanScope").finish_non_exhaustive()
+    }
 }
 
 /// Lets the other coroutines queued on this thread run first; a plain thread yields to
@@ -627,6 +730,7 @@ fn spawn_on(
         body: UnsafeCell::new(Some(generator)),
         on_overflow: UnsafeCell::new(Some(on_overflow)),
         held: UnsafeCell::new(Vec::new()),
+        spans: UnsafeCell::new(Vec::new()),
     });
     home.schedule(co);
 }
@@ -773,7 +877,15 @@ fn overflowed(co: &Arc<Co>, body: &mut Option<Generator<'static, (), ()>>) {
     if let Some(generator) = body.take() {
         std::mem::forget(generator);
     }
-    // SAFETY: home thread, coroutine dead: no other access to these cells.
+    // SAFETY: home thread, coroutine dead: no other access to these cells. Its spans
+    // are still entered (it never switched out): exit them so the thread's next
+    // coroutine does not run inside them, and drop them so they close.
+    let spans = std::mem::take(unsafe { &mut *co.spans.get() });
+    for span in spans.iter().rev() {
+        exit(span);
+    }
+    drop(spans);
+    // SAFETY: as above.
     let held = std::mem::take(unsafe { &mut *co.held.get() });
     for release in held.into_iter().rev() {
         // SAFETY: registered by the coroutine for a hold it had not given up; what it
@@ -922,6 +1034,127 @@ mod tests {
         assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
         // The executor serves on.
         assert_eq!(home.spawn(|| 7).join(), Ok(7));
+    }
+
+    /// A subscriber that logs span enters, exits and closes, in order, with marks the
+    /// test adds; spans made under it carry it (so the executor thread needs no
+    /// default subscriber).
+    #[derive(Clone, Default)]
+    struct SpanLog {
+        log: Arc<Mutex<Vec<String>>>,
+        next_id: Arc<AtomicU64>,
+    }
+
+    impl SpanLog {
+        fn push(&self, entry: String) {
+            crate::sync::lock(&self.log).push(entry);
+        }
+
+        fn entries(&self) -> Vec<String> {
+            crate::sync::lock(&self.log).clone()
+        }
+
+        /// A span that reports to this log.
+        fn span(&self) -> tracing::Span {
+            let dispatch = tracing::Dispatch::new(self.clone());
+            tracing::dispatcher::with_default(&dispatch, || tracing::error_span!("task"))
+        }
+    }
+
+    impl tracing::Subscriber for SpanLog {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(self.next_id.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, span: &tracing::span::Id) {
+            self.push(format!("enter {}", span.into_u64()));
+        }
+        fn exit(&self, span: &tracing::span::Id) {
+            self.push(format!("exit {}", span.into_u64()));
+        }
+        fn try_close(&self, span: tracing::span::Id) -> bool {
+            self.push(format!("close {}", span.into_u64()));
+            true
+        }
+    }
+
+    #[test]
+    fn a_coroutine_leaves_its_span_while_switched_out_and_enters_it_again() {
+        let spans = SpanLog::default();
+        let home = executor("spans");
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let (first, second) = (spans.clone(), spans.clone());
+        let waiter = home.spawn({
+            let other_ran = other_ran.clone();
+            move || {
+                let _scope = enter_span(first.span());
+                first.push("A runs".into());
+                while !other_ran.load(Ordering::SeqCst) {
+                    yield_now();
+                }
+                first.push("A resumed".into());
+            }
+        });
+        let other = home.spawn(move || {
+            second.push("B runs".into());
+            other_ran.store(true, Ordering::SeqCst);
+        });
+        waiter.join().unwrap();
+        other.join().unwrap();
+        let entries = spans.entries();
+        // How many times the span is entered just before `mark`.
+        let depth_at = |mark: &str| {
+            let at = entries.iter().position(|e| e == mark).expect(mark);
+            let count = |what: &str| entries[..at].iter().filter(|e| *e == what).count();
+            count("enter 1") as i64 - count("exit 1") as i64
+        };
+        assert_eq!(depth_at("A runs"), 1, "{entries:?}");
+        assert_eq!(depth_at("B runs"), 0, "B ran inside A's span: {entries:?}");
+        assert_eq!(
+            depth_at("A resumed"),
+            1,
+            "A resumed outside its span: {entries:?}"
+        );
+        assert_eq!(entries.last().map(String::as_str), Some("close 1"));
+        assert_eq!(depth_at("close 1"), 0, "{entries:?}");
+        // A disabled span is never stored or entered.
+        let quiet = home.spawn(|| {
+            let _scope = enter_span(tracing::Span::none());
+            yield_now();
+            // SAFETY: on the running coroutine, as in `suspend`.
+            running().map(|(_, co)| unsafe { (*(*co).spans.get()).len() })
+        });
+        assert_eq!(quiet.join(), Ok(Some(0)));
+    }
+
+    #[test]
+    fn an_overflowing_coroutine_exits_and_closes_its_spans() {
+        #[inline(never)]
+        fn deeper(depth: u64) -> u64 {
+            let mut frame = [0u8; 512];
+            frame[(depth % 512) as usize] = depth as u8;
+            std::hint::black_box(&mut frame);
+            if depth == u64::MAX {
+                return 0;
+            }
+            deeper(depth + 1) + u64::from(frame[0])
+        }
+        let spans = SpanLog::default();
+        let home = executor("span-overflow");
+        let inside = spans.clone();
+        let result = home
+            .spawn(move || {
+                let _scope = enter_span(inside.span());
+                deeper(0)
+            })
+            .join();
+        assert_eq!(result, Err(JoinError::StackOverflow));
+        assert_eq!(spans.entries(), ["enter 1", "exit 1", "close 1"]);
     }
 
     #[test]

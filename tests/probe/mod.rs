@@ -1,11 +1,15 @@
 //! The probe chimod: tasks whose answers tell a test where and how they ran.
 //! Used by the runtime tests; its manifest sits next to this file.
 use chimaera::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Containers destroyed so far, across all probe pools of the process.
 pub static DESTROYED: AtomicU64 = AtomicU64::new(0);
+/// Set by `hold_guard` once it holds its container's mutex.
+pub static GUARD_HELD: AtomicBool = AtomicBool::new(false);
+/// `hold_guard` lets its container's mutex go once this is set.
+pub static RELEASE_GUARD: AtomicBool = AtomicBool::new(false);
 
 #[chimod(
     name = "probe",
@@ -136,6 +140,27 @@ impl Probe {
     #[task(method = 23, route = recurse_then_route)]
     fn deep_route(&self, depth: u32) -> u32 {
         depth
+    }
+
+    /// Holds the container's mutex (setting `GUARD_HELD`) until `RELEASE_GUARD` is set,
+    /// parking between looks; logs `probe: releasing the guard` before it lets go.
+    #[task(method = 24)]
+    fn hold_guard(&self, ctx: &mut RunContext) {
+        let _held = self.guard.lock(ctx);
+        GUARD_HELD.store(true, Ordering::SeqCst);
+        while !RELEASE_GUARD.load(Ordering::SeqCst) {
+            ctx.sleep(Duration::from_millis(1));
+        }
+        tracing::info!("probe: releasing the guard");
+    }
+
+    /// Takes the container's mutex (waiting while another task holds it), then logs
+    /// `probe: after the wait` with `note`; returns `note`.
+    #[task(method = 25)]
+    fn log_after_lock(&self, ctx: &mut RunContext, note: u32) -> u32 {
+        let _held = self.guard.lock(ctx);
+        tracing::info!(note, "probe: after the wait");
+        note
     }
 }
 

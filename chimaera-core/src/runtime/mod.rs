@@ -475,11 +475,49 @@ impl Shared {
             stats: crate::stats::PoolStats::new(module.info.methods),
         });
         match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
-            Ok(entry) => Ok(entry.info()),
+            Ok(entry) => {
+                tracing::debug!(
+                    pool = %entry.pool.name(), id = %entry.pool.id, module = %module.info.name,
+                    containers, "pool created"
+                );
+                Ok(entry.info())
+            }
             Err(existing) => {
                 check_reopen(&existing.pool, &request.module, containers, &request.params)?;
                 Ok(existing.info())
             }
+        }
+    }
+
+    /// Says at INFO what the runtime just started with: where its config came from, its
+    /// instance, workers, linked modules and, when it serves client processes, its
+    /// shared-memory sizes.
+    fn log_start(&self) {
+        let config = &self.config;
+        let mut modules: Vec<&str> = self.modules.keys().copied().collect();
+        modules.sort_unstable();
+        tracing::info!(
+            config = %config.source,
+            instance = %config.instance,
+            workers_low_latency = config.workers_low_latency.max(1),
+            workers_high_latency = config.workers_high_latency,
+            coroutine_stack_bytes = config.stack_size,
+            modules = %modules.join(", "),
+            serving_clients = self.shm.get().is_some(),
+            "runtime started"
+        );
+        if self.shm.get().is_some() {
+            let shm = &config.shm;
+            tracing::info!(
+                instance = %config.instance,
+                max_clients = config.max_clients,
+                client_data_bytes_each = shm.client_data_size / config.max_clients.max(1) as usize,
+                client_data_bytes = shm.client_data_size,
+                main_bytes = shm.main_size,
+                runtime_data_bytes = shm.runtime_data_size,
+                queue_depth = config.queue_depth,
+                "shared memory sized"
+            );
         }
     }
 
@@ -522,6 +560,10 @@ impl Shared {
                 first_error.get_or_insert(err);
             }
         }
+        tracing::debug!(
+            pool = %pool.name(), %id, module = %pool.module.info.name,
+            failed = first_error.is_some(), "pool destroyed"
+        );
         first_error.map_or(Ok(()), Err)
     }
 
@@ -580,6 +622,7 @@ struct Runner(OnceLock<std::sync::Weak<Shared>>);
 
 impl TaskRunner for Runner {
     fn run(&self, task: &mut Task, out: &mut OutputBuffer) {
+        let _span = crate::coroutine::enter_span(task.span());
         let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
@@ -984,6 +1027,7 @@ impl RuntimeBuilder {
                 if let Some(server) = runtime.shared.shm.get() {
                     server.publish_ready();
                 }
+                runtime.shared.log_start();
                 Ok(runtime)
             }
             Ok(info) => Err(StartError::AdminPoolId(info.id)),

@@ -136,11 +136,40 @@ impl Reply {
 }
 
 impl Task {
+    /// The task's `tracing` span (target `chimaera::task`, level DEBUG): its pool's name,
+    /// its method's name (or id, for a method the module does not list), its id and
+    /// container. Disabled — and its fields never computed — unless a subscriber wants
+    /// it; the worker makes it current with [`coroutine::enter_span`] for every stretch
+    /// the task runs, waits excluded.
+    pub fn span(&self) -> tracing::Span {
+        tracing::debug_span!(
+            target: "chimaera::task",
+            "task",
+            pool = %self.pool.name(),
+            method = %MethodName(self),
+            task = self.header.id,
+            container = self.header.container,
+        )
+    }
+
     /// Delivers `result` (the archived output) to whoever waits for this task, if anyone.
     /// Only the first call delivers: a task has one result.
     pub fn complete(&mut self, result: Result<&[u8], TaskError>) {
         if let Some(reply) = self.reply.take() {
             reply.deliver(self.header.container, result);
+        }
+    }
+}
+
+/// A task's method by name, as the module's table lists it, else by id.
+struct MethodName<'a>(&'a Task);
+
+impl std::fmt::Display for MethodName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let method = self.0.header.method;
+        match self.0.pool.module.info.method(method) {
+            Some(info) => f.write_str(info.name),
+            None => write!(f, "{method}"),
         }
     }
 }

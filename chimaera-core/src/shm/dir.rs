@@ -524,6 +524,11 @@ impl RuntimeDir {
         }
         #[allow(clippy::useless_conversion)] // `st_nlink` is a u32 on some targets
         let links = u64::from(stat.st_nlink);
+        if links == 0 {
+            // Removed between our open and our look (a runtime stopping removes its lock
+            // file): the same as coming a moment later, not a planted link.
+            return Err(FileError::NotFound { path: path() });
+        }
         if links != 1 {
             return Err(FileError::HardLinked {
                 path: path(),
@@ -955,6 +960,33 @@ mod tests {
             matches!(err, FileError::HardLinked { links: 2, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_file_removed_while_it_is_opened_is_not_found_rather_than_hard_linked() {
+        let (_parent, dir, name) = dir_and_name("racing");
+        let dir = std::sync::Arc::new(dir);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (dir, name, stop) = (dir.clone(), name.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    drop(dir.create_file(&name));
+                    let _ = dir.remove_own(&name);
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            match dir.open_file(&name, Access::ReadOnly) {
+                Ok(_) | Err(FileError::NotFound { .. }) => {}
+                Err(err) => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!("an open racing a removal failed: {err}");
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
     }
 
     #[test]

@@ -24,11 +24,16 @@
 //! `bdev: qd1_iops=<n> fio_qd1_iops=<n> qd32_iops=<n> fio_qd32_iops=<n> ratio_qd32=<r>
 //! ram_qd32_iops=<n> ram_floor_ops=<n> ram_ratio=<r> ram_alloc_write_free_ops=<n>`
 //!
-//! Run: `cargo bench --bench bdev`. `BDEV_BENCH_SECS` sets the seconds per phase
-//! (default 2); `BDEV_BENCH_ONLY=awf,ram` (say) runs only those parts (`fio`, `file`,
-//! `floor`, `awf`, `ram`, `remote`), for profiling.
+//! After the last line, a picture of the same figures (ops/s per workload, ours next to
+//! fio and the memcpy floor): `plot: <target dir>/bench-plots/bdev.svg`.
+//!
+//! Run: `cargo bench --manifest-path chimaera-bench/Cargo.toml --bench bdev`.
+//! `BDEV_BENCH_SECS` sets the seconds per phase (default 2); `BDEV_BENCH_ONLY=awf,ram`
+//! (say) runs only those parts (`fio`, `file`, `floor`, `awf`, `ram`, `remote`), for
+//! profiling.
 use chimaera::bdev::{BdevClient, BdevParams, BdevType, Block};
 use chimaera::prelude::*;
+use chimaera_bench::Series;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -532,5 +537,61 @@ fn main() -> Result<()> {
         ratio(shown.ram_qd32.mean(), floor.mean()),
         shown.ram_awf,
     );
+
+    let measured = |ops: f64| (ops > 0.0).then_some(ops);
+    let workloads = [
+        "file qd1 write",
+        "file qd1 read",
+        "file qd32 write",
+        "file qd32 read",
+        "RAM qd32 write",
+        "RAM qd32 read",
+        "RAM allocate+write+free",
+    ];
+    let ours = [
+        shown.qd1.write,
+        shown.qd1.read,
+        shown.qd32.write,
+        shown.qd32.read,
+        shown.ram_qd32.write,
+        shown.ram_qd32.read,
+        shown.ram_awf,
+    ]
+    .map(measured);
+    let fio = [fio_qd1.write, fio_qd1.read, fio_qd32.write, fio_qd32.read]
+        .map(measured)
+        .into_iter()
+        .chain([None; 3])
+        .collect::<Vec<_>>();
+    let memcpy = [
+        None,
+        None,
+        None,
+        None,
+        measured(floor.write),
+        measured(floor.read),
+        None,
+    ];
+    let ours_label = format!("chimaera ({how})");
+    let plot = chimaera_bench::workloads_svg(
+        "bdev",
+        "bdev: 4 KiB random I/O, ops/s (fio on the same O_DIRECT file; one thread's memcpy)",
+        &workloads,
+        &[
+            Series {
+                label: &ours_label,
+                ops_per_s: &ours,
+            },
+            Series {
+                label: "fio",
+                ops_per_s: &fio,
+            },
+            Series {
+                label: "memcpy floor",
+                ops_per_s: &memcpy,
+            },
+        ],
+    )?;
+    println!("plot: {}", plot.display());
     Ok(())
 }

@@ -9,16 +9,18 @@
 //!   benchmarks do; 31 samples of 20,000 round trips, median;
 //! * (c) the physical floor: this process and a child ping-pong one `AtomicU64` in a
 //!   `/dev/shm` mapping, both spinning; 31 samples of 100,000 round trips, median;
-//! * (d) pipelined throughput: 1, then 4 client processes at once, each keeping a window of
+//! * (d) pipelined throughput: 1, 2, then 4 client processes at once, each keeping a window of
 //!   256 async `custom` tasks in flight (waiting in order) for 1.5 s; the sum of their rates;
 //! * (e) the runtime's CPU use over 5 s with no traffic (this process still connected), as
 //!   % of one core: the runtime's threads' on-CPU time from `/proc/<pid>/task/*/schedstat`
 //!   (ns resolution; `utime+stime` of `/proc/<pid>/stat` ticks at 10 ms, i.e. 0.2% of 5 s,
 //!   so it is printed alongside as a cross-check only).
 //!
-//! Run: `cargo bench --bench ipc`. The last line is
-//! `ipc: rtt_median_ns=<n> iceoryx2_rtt_median_ns=<n> floor_rtt_ns=<n> ratio=<ours/iceoryx2>
-//! floor_ratio=<ours/floor> tasks_per_s_1=<n> tasks_per_s_4=<n> idle_cpu_pct=<n>` (one line).
+//! Run: `cargo bench --manifest-path chimaera-bench/Cargo.toml --bench ipc`. The last
+//! line is `ipc: rtt_median_ns=<n> iceoryx2_rtt_median_ns=<n> floor_rtt_ns=<n> ratio=<ours/iceoryx2>
+//! floor_ratio=<ours/floor> tasks_per_s_1=<n> tasks_per_s_4=<n> idle_cpu_pct=<n>` (one line),
+//! followed by `plot: <target dir>/bench-plots/ipc.svg`: the distributions of the three
+//! round trips' samples beside throughput against client processes.
 //!
 //! # Processes
 //!
@@ -26,8 +28,8 @@
 //! child (`iox-server`, `floor-echo`, `tput-client`); without it, the coordinator. Children
 //! get `PR_SET_PDEATHSIG` and also poll their parent's pid, so none outlives the
 //! coordinator; the coordinator holds each child in a guard that kills and reaps it on
-//! drop (panic or early error included). The runtime is `CARGO_BIN_EXE_chimaera` (built by
-//! `cargo bench` with the bench profile), serving a fresh instance `ipcbench-<pid>`; it is
+//! drop (panic or early error included). The runtime is `CARGO_BIN_EXE_chimaera` (this
+//! crate's `chimaera` binary, built by `cargo bench` with the bench profile), serving a fresh instance `ipcbench-<pid>`; it is
 //! stopped with `chimaera runtime stop` and must exit 0.
 //!
 //! (a), (b) and (c) are sampled in turn, one sample of each per round, so that a change in
@@ -46,6 +48,7 @@
 //! (no guard ran) is removed by the next run, for pids that no longer exist.
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
+use chimaera_bench::Distribution;
 use iceoryx2::prelude::*;
 use std::collections::VecDeque;
 use std::error::Error;
@@ -143,6 +146,7 @@ fn coordinator() -> Res<()> {
         percentiles(ours_ns.iter().zip(peer).map(|(a, b)| a / b).collect()).0
     };
     let (round_ratio, round_floor_ratio) = (per_round(&iox_ns), per_round(&floor_ns));
+    let samples = (ours_ns.clone(), iox_ns.clone(), floor_ns.clone());
     let (floor_ns, floor_p10, floor_p90) = percentiles(floor_ns);
     println!(
         "(c) floor, cache-line ping-pong: median {floor_ns:.0} ns per round trip \
@@ -166,6 +170,8 @@ fn coordinator() -> Res<()> {
 
     let tps_1 = throughput(&instance, 1)?;
     println!("(d) ours, pipelined (window {WINDOW}), 1 client process: {tps_1:.0} tasks/s");
+    let tps_2 = throughput(&instance, 2)?;
+    println!("(d) ours, pipelined (window {WINDOW}), 2 client processes: {tps_2:.0} tasks/s");
     let tps_4 = throughput(&instance, 4)?;
     println!("(d) ours, pipelined (window {WINDOW}), 4 client processes: {tps_4:.0} tasks/s");
 
@@ -189,6 +195,28 @@ fn coordinator() -> Res<()> {
         rtt_ns / iox_ns,
         rtt_ns / floor_ns,
     );
+    let (ours_ns, iox_ns, floor_ns) = samples;
+    let plot = chimaera_bench::latency_and_throughput_svg(
+        "ipc",
+        "sync round trip between processes",
+        "31 samples each, sampled in turn",
+        &[
+            Distribution {
+                label: "chimaera empty task",
+                samples_ns: &ours_ns,
+            },
+            Distribution {
+                label: "iceoryx2 request-response",
+                samples_ns: &iox_ns,
+            },
+            Distribution {
+                label: "cache-line ping-pong (floor)",
+                samples_ns: &floor_ns,
+            },
+        ],
+        &[(1, tps_1), (2, tps_2), (4, tps_4)],
+    )?;
+    println!("plot: {}", plot.display());
     Ok(())
 }
 
