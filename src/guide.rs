@@ -133,7 +133,7 @@
 //! /// 6. Your runtime binary: the `chimaera` command line (`runtime start`, `compose`,
 //! /// `repo check`, …) with your module linked.
 //! fn runtime_main() -> std::process::ExitCode {
-//!     chimaera::cli::main_with(chimaera::builder().composable_module::<Notes>())
+//!     chimaera::cli::main_with(chimaera::binary!(), chimaera::builder().composable_module::<Notes>())
 //! }
 //! ```
 //!

@@ -4,5 +4,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    chimaera::cli::main_with(chimaera::builder())
+    chimaera::cli::main_with(chimaera::binary!(), chimaera::builder())
 }
