@@ -16,10 +16,12 @@
 //! [`MethodCounters`] per method of its module (sorted by id: found by a binary search
 //! over a handful of entries). Recording a task is two reads of the monotonic clock and
 //! four relaxed `fetch_add`s (started; succeeded or failed; its latency bucket; the
-//! latency sum): no lock, no allocation. The counters are shared by the workers rather
-//! than kept per worker and merged on read: per-worker copies would multiply the
-//! memory of every pool by the worker count (up to 1024) for the benefit of tasks of one
-//! method of one pool completing on several workers in the same instant.
+//! latency sum): no lock, no allocation. Each method's counters are sharded: a worker
+//! thread records into its own shard (`worker % shards`, cache-line aligned), so workers
+//! completing tasks of one method at once do not fight over one cache line; a reader
+//! sums the shards. A pool has as many shards as the runtime has workers, at most
+//! [`MAX_SHARDS`] (about 2 KiB each per method), and threads that are not workers
+//! record into shard 0.
 //!
 //! # Histogram
 //!
@@ -35,6 +37,7 @@
 use crate::ids::{MethodId, PoolId};
 use crate::module::MethodInfo;
 use rkyv::{Archive, Deserialize, Serialize};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -81,40 +84,82 @@ pub struct LatencySummary {
 /// Buckets of a latency histogram: four per power of two of a `u64` nanosecond count.
 pub const BUCKETS: usize = 252;
 
-/// The counters of one method of one pool.
-pub struct MethodCounters {
-    id: MethodId,
-    name: &'static str,
+/// Most shards of one method's counters.
+pub const MAX_SHARDS: usize = 8;
+
+thread_local! {
+    /// The shard this thread records into (its worker index; 0 for other threads).
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread record into shard `worker` (modulo the shard count): called once
+/// by each worker thread.
+pub fn set_thread_shard(worker: usize) {
+    SHARD.with(|shard| shard.set(worker));
+}
+
+/// One shard of a method's counters, alone on its cache lines.
+#[repr(align(128))]
+struct Shard {
     started: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     latency_sum_ns: AtomicU64,
-    buckets: Box<[AtomicU64; BUCKETS]>,
+    buckets: [AtomicU64; BUCKETS],
 }
 
-impl MethodCounters {
-    fn new(method: &MethodInfo) -> MethodCounters {
-        MethodCounters {
-            id: method.id,
-            name: method.name,
+impl Shard {
+    fn new() -> Shard {
+        Shard {
             started: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             latency_sum_ns: AtomicU64::new(0),
-            buckets: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+}
+
+/// The counters of one method of one pool.
+pub struct MethodCounters {
+    id: MethodId,
+    name: &'static str,
+    shards: Box<[Shard]>,
+}
+
+impl MethodCounters {
+    fn new(method: &MethodInfo, shards: usize) -> MethodCounters {
+        MethodCounters {
+            id: method.id,
+            name: method.name,
+            shards: (0..shards.clamp(1, MAX_SHARDS))
+                .map(|_| Shard::new())
+                .collect(),
+        }
+    }
+
+    /// This thread's shard.
+    fn shard(&self) -> &Shard {
+        let index = SHARD.with(Cell::get) % self.shards.len();
+        &self.shards[index]
+    }
+
+    /// The sum of one counter over the shards.
+    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| counter(shard).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     /// A copy of the counters now, with `exclude` of its running tasks left out (the
     /// status task leaves itself out).
     fn snapshot(&self, pool: PoolId, exclude: u64) -> MethodStatus {
-        let succeeded = self.succeeded.load(Ordering::Relaxed);
-        let failed = self.failed.load(Ordering::Relaxed);
-        let started = self.started.load(Ordering::Relaxed);
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|bucket| bucket.load(Ordering::Relaxed))
+        let succeeded = self.sum(|shard| &shard.succeeded);
+        let failed = self.sum(|shard| &shard.failed);
+        let started = self.sum(|shard| &shard.started);
+        let counts: Vec<u64> = (0..BUCKETS)
+            .map(|bucket| self.sum(|shard| &shard.buckets[bucket]))
             .collect();
         MethodStatus {
             pool,
@@ -126,7 +171,7 @@ impl MethodCounters {
                 .saturating_sub(succeeded)
                 .saturating_sub(failed)
                 .saturating_sub(exclude),
-            latency: summarize(&counts, self.latency_sum_ns.load(Ordering::Relaxed)),
+            latency: summarize(&counts, self.sum(|shard| &shard.latency_sum_ns)),
         }
     }
 }
@@ -144,9 +189,13 @@ pub struct Timer {
 }
 
 impl PoolStats {
-    /// Counters for every method in `methods`.
-    pub fn new(methods: &[MethodInfo]) -> PoolStats {
-        let mut methods: Vec<MethodCounters> = methods.iter().map(MethodCounters::new).collect();
+    /// Counters for every method in `methods`, in `shards` shards (the runtime's worker
+    /// count; at most [`MAX_SHARDS`]).
+    pub fn new(methods: &[MethodInfo], shards: usize) -> PoolStats {
+        let mut methods: Vec<MethodCounters> = methods
+            .iter()
+            .map(|method| MethodCounters::new(method, shards))
+            .collect();
         methods.sort_by_key(|method| method.id);
         methods.dedup_by_key(|method| method.id);
         PoolStats {
@@ -164,7 +213,7 @@ impl PoolStats {
     pub fn start(&self, method: MethodId) -> Timer {
         let index = self.index(method);
         if let Some(counters) = index.and_then(|i| self.methods.get(i)) {
-            counters.started.fetch_add(1, Ordering::Relaxed);
+            counters.shard().started.fetch_add(1, Ordering::Relaxed);
         }
         Timer {
             index,
@@ -178,21 +227,22 @@ impl PoolStats {
             return;
         };
         let nanos = u64::try_from(timer.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let shard = counters.shard();
         let outcome = if succeeded {
-            &counters.succeeded
+            &shard.succeeded
         } else {
-            &counters.failed
+            &shard.failed
         };
         outcome.fetch_add(1, Ordering::Relaxed);
-        counters.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
-        counters.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
+        shard.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+        shard.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Counts a started task of `method` whose timer was lost (its coroutine died of a
     /// stack overflow) as failed, without a latency.
     pub fn lost(&self, method: MethodId) {
         if let Some(counters) = self.index(method).and_then(|i| self.methods.get(i)) {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
+            counters.shard().failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -337,7 +387,7 @@ mod tests {
                 function: "a",
             },
         ];
-        let stats = PoolStats::new(&METHODS);
+        let stats = PoolStats::new(&METHODS, 3);
         let pool = PoolId::new(9, 0);
         let first = stats.start(7);
         let second = stats.start(7);
@@ -361,5 +411,43 @@ mod tests {
         stats.lost(7);
         drop(second);
         assert_eq!(stats.snapshot(pool, None)[1].in_flight, 0);
+    }
+
+    #[test]
+    fn workers_record_into_their_own_shards_and_readers_see_the_sum() {
+        static METHODS: [MethodInfo; 1] = [MethodInfo {
+            name: "m",
+            id: 5,
+            function: "m",
+        }];
+        let stats = std::sync::Arc::new(PoolStats::new(&METHODS, 4));
+        let threads: Vec<_> = (0..6)
+            .map(|worker| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    set_thread_shard(worker);
+                    for run in 0..100 {
+                        let timer = stats.start(5);
+                        stats.finish(timer, run % 10 != 0);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let method = &stats.snapshot(PoolId::new(1, 0), None)[0];
+        assert_eq!(
+            (method.completed, method.failed, method.in_flight),
+            (540, 60, 0)
+        );
+        assert_eq!(method.latency.count, 600);
+        // Each shard got what its workers recorded, not everything.
+        let per_shard: Vec<u64> = stats.methods[0]
+            .shards
+            .iter()
+            .map(|shard| shard.started.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(per_shard, [200, 200, 100, 100]);
     }
 }

@@ -472,7 +472,7 @@ impl Shared {
             params: request.params.clone(),
             containers: objects,
             destroyed: Default::default(),
-            stats: crate::stats::PoolStats::new(module.info.methods),
+            stats: crate::stats::PoolStats::new(module.info.methods, self.config.workers()),
         });
         match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
             Ok(entry) => {

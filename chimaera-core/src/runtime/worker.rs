@@ -349,6 +349,7 @@ fn poll_lanes(worker: &Arc<WorkerShared>) {
     let idle_rounds_max = worker.idle_rounds;
     let runner = &worker.runner;
     let source = worker.source.as_deref();
+    crate::stats::set_thread_shard(worker.id);
     let mut idle_rounds = 0u32;
     loop {
         // Ingested tasks are queued on lanes or handed off directly (and counted there).
