@@ -34,7 +34,7 @@
 //! a coroutine switches out in the middle of it (a wait) and the thread runs others
 //! meanwhile: a span entered with an ordinary guard would stay current for them. So a
 //! running coroutine keeps its spans itself ([`enter_span`]): entered when set, exited
-//! in [`suspend`] just before it switches out, entered again just after it is resumed,
+//! in `suspend` just before it switches out, entered again just after it is resumed,
 //! exited and dropped when the [`SpanScope`] ends. The list is touched only by the
 //! coroutine while it runs (and by the executor once it is dead, see below), so the
 //! subscriber's per-thread span stack always holds the spans of the coroutine running
