@@ -12,14 +12,14 @@ use syn::{Attribute, Expr, ExprLit, Lit, LitInt, LitStr, Path};
 
 /// Arguments of `#[chimod(name = "…", manifest = "…", lanes(low = N, high = M))]` on the
 /// container struct.
-pub struct StructArgs {
+pub(crate) struct StructArgs {
     pub name: Option<LitStr>,
     pub manifest: Option<LitStr>,
     pub lanes: Lanes,
 }
 
 /// How many lanes of each priority a container's local queue has.
-pub struct Lanes {
+pub(crate) struct Lanes {
     pub low: u32,
     pub high: u32,
     /// The `lanes(...)` tokens, or the attribute when they were not written.
@@ -27,14 +27,14 @@ pub struct Lanes {
 }
 
 /// Arguments of `#[chimod(manifest = "…", composable)]` on the impl block.
-pub struct ImplArgs {
+pub(crate) struct ImplArgs {
     pub manifest: Option<LitStr>,
     /// `composable`: generate `Composable` (pools from YAML params); the key's span.
     pub composable: Option<Span>,
 }
 
 /// Arguments of `#[task(method = N, route = f, dynamic = g)]`.
-pub struct TaskArgs {
+pub(crate) struct TaskArgs {
     /// The id literal and its value.
     pub method: Option<(LitInt, u32)>,
     pub route: Option<Path>,
@@ -49,7 +49,7 @@ const TASK_KEYS: &str = "`method`, `route`, `dynamic`";
 const LANE_KEYS: &str = "`low`, `high`";
 
 /// Parses the arguments of `#[chimod]` on a struct.
-pub fn struct_args(cx: &Ctxt, args: TokenStream) -> StructArgs {
+pub(crate) fn struct_args(cx: &Ctxt, args: TokenStream) -> StructArgs {
     let mut parsed = StructArgs {
         name: None,
         manifest: None,
@@ -95,7 +95,7 @@ pub fn struct_args(cx: &Ctxt, args: TokenStream) -> StructArgs {
 }
 
 /// Parses the arguments of `#[chimod]` on an impl block.
-pub fn impl_args(cx: &Ctxt, args: TokenStream) -> ImplArgs {
+pub(crate) fn impl_args(cx: &Ctxt, args: TokenStream) -> ImplArgs {
     let mut parsed = ImplArgs {
         manifest: None,
         composable: None,
@@ -127,13 +127,13 @@ pub fn impl_args(cx: &Ctxt, args: TokenStream) -> ImplArgs {
 }
 
 /// Arguments of `#[wire]` / `#[wire(compose)]`.
-pub struct WireArgs {
+pub(crate) struct WireArgs {
     /// `compose`: also derive serde's `Deserialize`, for compose params.
     pub compose: bool,
 }
 
 /// Parses the arguments of `#[wire]`.
-pub fn wire_args(cx: &Ctxt, args: TokenStream) -> WireArgs {
+pub(crate) fn wire_args(cx: &Ctxt, args: TokenStream) -> WireArgs {
     let mut compose = None;
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("compose") {
@@ -153,7 +153,7 @@ pub fn wire_args(cx: &Ctxt, args: TokenStream) -> WireArgs {
 }
 
 /// Whether `attr` is a `#[task]` (or `#[some::path::task]`) attribute.
-pub fn is_task(attr: &Attribute) -> bool {
+pub(crate) fn is_task(attr: &Attribute) -> bool {
     attr.path()
         .segments
         .last()
@@ -161,7 +161,7 @@ pub fn is_task(attr: &Attribute) -> bool {
 }
 
 /// Parses one `#[task(...)]` attribute.
-pub fn task_args(cx: &Ctxt, attr: &Attribute) -> TaskArgs {
+pub(crate) fn task_args(cx: &Ctxt, attr: &Attribute) -> TaskArgs {
     let mut parsed = TaskArgs {
         method: None,
         route: None,

@@ -12,29 +12,29 @@ use std::fmt::Display;
 
 /// Collected errors of one macro invocation.
 #[derive(Default)]
-pub struct Ctxt {
+pub(crate) struct Ctxt {
     errors: RefCell<Option<Vec<syn::Error>>>,
 }
 
 impl Ctxt {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Ctxt {
             errors: RefCell::new(Some(Vec::new())),
         }
     }
 
     /// An error spanning the tokens of `at`.
-    pub fn error_spanned_by(&self, at: impl ToTokens, message: impl Display) {
+    pub(crate) fn error_spanned_by(&self, at: impl ToTokens, message: impl Display) {
         self.push(syn::Error::new_spanned(at.into_token_stream(), message));
     }
 
     /// An error at `span`.
-    pub fn error_at(&self, span: Span, message: impl Display) {
+    pub(crate) fn error_at(&self, span: Span, message: impl Display) {
         self.push(syn::Error::new(span, message));
     }
 
     /// An error produced by `syn` while parsing.
-    pub fn push(&self, error: syn::Error) {
+    pub(crate) fn push(&self, error: syn::Error) {
         self.errors
             .borrow_mut()
             .as_mut()
@@ -43,12 +43,12 @@ impl Ctxt {
     }
 
     /// How many errors were reported so far.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.errors.borrow().as_ref().map_or(0, Vec::len)
     }
 
     /// Consumes the collector: all errors combined into one, if any.
-    pub fn check(self) -> Result<(), syn::Error> {
+    pub(crate) fn check(self) -> Result<(), syn::Error> {
         let errors = self.errors.borrow_mut().take().unwrap_or_default();
         let mut errors = errors.into_iter();
         let Some(mut combined) = errors.next() else {

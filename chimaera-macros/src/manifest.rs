@@ -15,13 +15,13 @@ use crate::ctxt::Ctxt;
 use chimaera_manifest::ProblemKind;
 use proc_macro2::Span;
 
-pub use chimaera_manifest::{
+pub(crate) use chimaera_manifest::{
     find_repo, locate, read_module, read_repo, Env, ManifestPath, ModuleManifest, Problem,
     RepoManifest,
 };
 
 /// Reports each problem at `span`.
-pub fn report_at(cx: &Ctxt, span: Span, problems: impl IntoIterator<Item = Problem>) {
+pub(crate) fn report_at(cx: &Ctxt, span: Span, problems: impl IntoIterator<Item = Problem>) {
     for problem in problems {
         match &problem.kind {
             // Here the path comes from the attribute: say which part to fix.

@@ -16,13 +16,13 @@ use syn::{
 };
 
 /// `#[chimod(name = "…")] struct …`.
-pub struct ChimodStruct<'a> {
+pub(crate) struct ChimodStruct<'a> {
     pub item: &'a ItemStruct,
     pub args: StructArgs,
 }
 
 /// `#[chimod] impl … { #[task] fn … }`.
-pub struct ChimodImpl<'a> {
+pub(crate) struct ChimodImpl<'a> {
     pub item: &'a ItemImpl,
     /// The container type's name (the last segment of the impl's self type).
     pub ident: Ident,
@@ -34,7 +34,7 @@ pub struct ChimodImpl<'a> {
 }
 
 /// One `#[task]` method.
-pub struct Task<'a> {
+pub(crate) struct Task<'a> {
     pub sig: &'a Signature,
     pub attrs: &'a [Attribute],
     /// The literal of `method = N`, for spans.
@@ -54,7 +54,7 @@ pub struct Task<'a> {
 }
 
 /// One parameter of a task.
-pub struct Arg<'a> {
+pub(crate) struct Arg<'a> {
     pub ident: &'a Ident,
     /// The type as written.
     pub ty: &'a Type,
@@ -62,7 +62,7 @@ pub struct Arg<'a> {
 }
 
 /// What a parameter is on the wire.
-pub enum ArgKind {
+pub(crate) enum ArgKind {
     /// `&mut RunContext`: not on the wire; the handler gets the task's context.
     Context,
     /// `T`: travels as `T`, handed over by value.
@@ -78,7 +78,7 @@ pub enum ArgKind {
 
 /// How a handler takes a byte buffer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct BulkArg {
+pub(crate) struct BulkArg {
     /// `&mut [u8]` / `BulkOut`: the handler writes it; it comes back in the output.
     pub writes: bool,
     /// `BulkIn` / `BulkOut`: a zero-copy view; else (`&[u8]` / `&mut [u8]`) the handler
@@ -88,7 +88,7 @@ pub struct BulkArg {
 
 impl ArgKind {
     /// Comes back in the output.
-    pub fn is_in_out(&self) -> bool {
+    pub(crate) fn is_in_out(&self) -> bool {
         matches!(
             self,
             ArgKind::InOut(_) | ArgKind::Bulk(BulkArg { writes: true, .. })
@@ -96,13 +96,13 @@ impl ArgKind {
     }
 
     /// A byte buffer the handler writes.
-    pub fn is_bulk_out(&self) -> bool {
+    pub(crate) fn is_bulk_out(&self) -> bool {
         matches!(self, ArgKind::Bulk(BulkArg { writes: true, .. }))
     }
 }
 
 /// A borrowed parameter.
-pub enum Borrow {
+pub(crate) enum Borrow {
     /// `&str` → `String`; the handler borrows the received bytes.
     Str,
     /// `&[i8]` → `Vec<i8>`; the handler borrows the received bytes.
@@ -114,7 +114,7 @@ pub enum Borrow {
 }
 
 /// A task's return value.
-pub struct Ret {
+pub(crate) struct Ret {
     /// The success type (`R` of `R` or `Result<R, E>`); `None` is `()`.
     pub ty: Option<Type>,
     /// Returns a `Result` whose error converts `Into<TaskError>`.
@@ -122,7 +122,7 @@ pub struct Ret {
 }
 
 impl<'a> ChimodStruct<'a> {
-    pub fn from_syn(cx: &Ctxt, item: &'a ItemStruct, args: StructArgs) -> Self {
+    pub(crate) fn from_syn(cx: &Ctxt, item: &'a ItemStruct, args: StructArgs) -> Self {
         if let Some(param) = item.generics.params.first() {
             cx.error_spanned_by(param, "a `#[chimod]` struct cannot be generic");
         }
@@ -137,7 +137,7 @@ impl<'a> ChimodStruct<'a> {
 }
 
 impl<'a> ChimodImpl<'a> {
-    pub fn from_syn(cx: &Ctxt, item: &'a ItemImpl, args: ImplArgs) -> Option<Self> {
+    pub(crate) fn from_syn(cx: &Ctxt, item: &'a ItemImpl, args: ImplArgs) -> Option<Self> {
         if let Some((_, trait_path, _)) = &item.trait_ {
             cx.error_spanned_by(
                 trait_path,
@@ -186,17 +186,17 @@ impl<'a> ChimodImpl<'a> {
     }
 
     /// The `kCreate` task, if implemented.
-    pub fn create(&self) -> Option<&Task<'a>> {
+    pub(crate) fn create(&self) -> Option<&Task<'a>> {
         self.tasks.iter().find(|t| t.is_create())
     }
 
     /// The `kDestroy` task, if implemented.
-    pub fn destroy(&self) -> Option<&Task<'a>> {
+    pub(crate) fn destroy(&self) -> Option<&Task<'a>> {
         self.tasks.iter().find(|t| t.is_destroy())
     }
 
     /// The tasks in id order.
-    pub fn tasks_by_id(&self) -> Vec<&Task<'a>> {
+    pub(crate) fn tasks_by_id(&self) -> Vec<&Task<'a>> {
         let mut sorted: Vec<_> = self.tasks.iter().collect();
         sorted.sort_by_key(|t| t.id);
         sorted
@@ -256,29 +256,29 @@ impl<'a> Task<'a> {
     }
 
     /// The span of the id literal.
-    pub fn id_span(&self) -> proc_macro2::Span {
+    pub(crate) fn id_span(&self) -> proc_macro2::Span {
         self.method.span()
     }
 
-    pub fn is_create(&self) -> bool {
+    pub(crate) fn is_create(&self) -> bool {
         self.name == "create"
     }
 
-    pub fn is_destroy(&self) -> bool {
+    pub(crate) fn is_destroy(&self) -> bool {
         self.name == "destroy"
     }
 
     /// Tasks with ids 10 and up get methods on the typed client.
-    pub fn has_client_methods(&self) -> bool {
+    pub(crate) fn has_client_methods(&self) -> bool {
         self.id >= 10
     }
 
-    pub fn takes_context(&self) -> bool {
+    pub(crate) fn takes_context(&self) -> bool {
         self.args.iter().any(|a| matches!(a.kind, ArgKind::Context))
     }
 
     /// The parameters that travel in the input archive, in order.
-    pub fn wire_args(&self) -> impl Iterator<Item = &Arg<'a>> {
+    pub(crate) fn wire_args(&self) -> impl Iterator<Item = &Arg<'a>> {
         self.args
             .iter()
             .filter(|a| !matches!(a.kind, ArgKind::Context))
@@ -286,17 +286,17 @@ impl<'a> Task<'a> {
 
     /// The in-out parameters (`&mut T`, `&mut [u8]`), in order; their values follow the
     /// return value in the output.
-    pub fn in_out_args(&self) -> impl Iterator<Item = &Arg<'a>> {
+    pub(crate) fn in_out_args(&self) -> impl Iterator<Item = &Arg<'a>> {
         self.args.iter().filter(|a| a.kind.is_in_out())
     }
 
     /// Whether an argument may reference the client's data share.
-    pub fn has_bulk_args(&self) -> bool {
+    pub(crate) fn has_bulk_args(&self) -> bool {
         self.args.iter().any(|a| matches!(a.kind, ArgKind::Bulk(_)))
     }
 
     /// The byte buffers the handler writes, in order.
-    pub fn bulk_out_args(&self) -> impl Iterator<Item = &Arg<'a>> {
+    pub(crate) fn bulk_out_args(&self) -> impl Iterator<Item = &Arg<'a>> {
         self.args.iter().filter(|a| a.kind.is_bulk_out())
     }
 

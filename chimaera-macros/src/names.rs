@@ -6,7 +6,7 @@
 //! (`r#type` is `type`), so raw identifiers map like any other.
 
 /// The name of `ident` without a leading `r#`.
-pub fn unraw(ident: &proc_macro2::Ident) -> String {
+pub(crate) fn unraw(ident: &proc_macro2::Ident) -> String {
     let name = ident.to_string();
     match name.strip_prefix("r#") {
         Some(rest) => rest.to_owned(),
@@ -15,7 +15,7 @@ pub fn unraw(ident: &proc_macro2::Ident) -> String {
 }
 
 /// `co_mutex_test` → `CoMutexTest`.
-pub fn upper_camel(snake: &str) -> String {
+pub(crate) fn upper_camel(snake: &str) -> String {
     snake
         .split('_')
         .filter(|word| !word.is_empty())
@@ -28,7 +28,7 @@ pub fn upper_camel(snake: &str) -> String {
 }
 
 /// `ModName` → `mod_name`, `HTTPServer` → `http_server`.
-pub fn snake_case(camel: &str) -> String {
+pub(crate) fn snake_case(camel: &str) -> String {
     let chars: Vec<char> = camel.chars().collect();
     let mut out = String::with_capacity(camel.len() + 4);
     for (i, &c) in chars.iter().enumerate() {
@@ -52,27 +52,27 @@ pub fn snake_case(camel: &str) -> String {
 }
 
 /// `co_mutex_test` → `CO_MUTEX_TEST`.
-pub fn screaming_snake(snake: &str) -> String {
+pub(crate) fn screaming_snake(snake: &str) -> String {
     snake.to_ascii_uppercase()
 }
 
 /// The manifest entry of a task function: `co_mutex_test` → `kCoMutexTest`.
-pub fn manifest_entry(fn_name: &str) -> String {
+pub(crate) fn manifest_entry(fn_name: &str) -> String {
     format!("k{}", upper_camel(fn_name))
 }
 
 /// The function a manifest entry names: `kCoMutexTest` → `co_mutex_test`.
-pub fn function_of_entry(entry: &str) -> String {
+pub(crate) fn function_of_entry(entry: &str) -> String {
     snake_case(entry.strip_prefix('k').unwrap_or(entry))
 }
 
 /// The typed client of a chimod struct: `ModName` → `ModNameClient`.
-pub fn client_type(struct_name: &str) -> String {
+pub(crate) fn client_type(struct_name: &str) -> String {
     format!("{struct_name}Client")
 }
 
 /// The module of method ids and wire types: `ModName` → `mod_name_tasks`.
-pub fn tasks_module(struct_name: &str) -> String {
+pub(crate) fn tasks_module(struct_name: &str) -> String {
     format!("{}_tasks", snake_case(struct_name))
 }
 

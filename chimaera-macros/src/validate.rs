@@ -36,7 +36,7 @@ const CLIENT_METHODS: [&str; 8] = [
 ];
 
 /// Checks the container struct: lanes, module name, namespace against the repository.
-pub fn check_struct(
+pub(crate) fn check_struct(
     cx: &Ctxt,
     model: &ChimodStruct,
     module: Option<&ModuleManifest>,
@@ -78,7 +78,7 @@ pub fn check_struct(
 
 /// Checks the tasks; returns the names of tasks whose client methods must not be
 /// generated (they clash with other generated names).
-pub fn check_impl(
+pub(crate) fn check_impl(
     cx: &Ctxt,
     model: &ChimodImpl,
     module: Option<&ModuleManifest>,

@@ -27,7 +27,7 @@ pub(crate) enum Node {
 }
 
 impl Node {
-    pub fn place(&self) -> &Place {
+    pub(crate) fn place(&self) -> &Place {
         match self {
             Node::Scalar(scalar) => &scalar.place,
             Node::Sequence(_, place) | Node::Mapping(_, place) => place,

@@ -53,7 +53,7 @@ use serde::Serialize;
 use std::process::ExitCode;
 
 /// The schema number of `runtime status --json`.
-pub const SCHEMA: u32 = 1;
+pub(super) const SCHEMA: u32 = 1;
 
 /// The running runtime's status (the query's own task and client left out), or the exit
 /// code after saying why there is none.

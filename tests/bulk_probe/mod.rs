@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 #[chimod(name = "bulk_probe", manifest = "chimaera_mod.yaml")]
-pub struct BulkProbe {
+pub(crate) struct BulkProbe {
     finished: AtomicU64,
 }
 
 /// The byte at `index` of the pattern `seed` names.
-pub fn pattern_byte(seed: u8, index: usize) -> u8 {
+pub(crate) fn pattern_byte(seed: u8, index: usize) -> u8 {
     (index as u8).wrapping_mul(31) ^ seed
 }
 

@@ -5,18 +5,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Containers destroyed so far, across all probe pools of the process.
-pub static DESTROYED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DESTROYED: AtomicU64 = AtomicU64::new(0);
 /// Set by `hold_guard` once it holds its container's mutex.
-pub static GUARD_HELD: AtomicBool = AtomicBool::new(false);
+pub(crate) static GUARD_HELD: AtomicBool = AtomicBool::new(false);
 /// `hold_guard` lets its container's mutex go once this is set.
-pub static RELEASE_GUARD: AtomicBool = AtomicBool::new(false);
+pub(crate) static RELEASE_GUARD: AtomicBool = AtomicBool::new(false);
 
 #[chimod(
     name = "probe",
     manifest = "chimaera_mod.yaml",
     lanes(low = 2, high = 1)
 )]
-pub struct Probe {
+pub(crate) struct Probe {
     container: u32,
     ticks: AtomicU64,
     guard: CoMutex,

@@ -27,17 +27,17 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 /// The environment variable that tells a re-run of a test binary which child it plays.
-pub const ROLE: &str = "CHI_TEST_ROLE";
+pub(crate) const ROLE: &str = "CHI_TEST_ROLE";
 
 /// How long a broken build may hang before a test gives up.
-pub const HANG: Duration = Duration::from_secs(30);
+pub(crate) const HANG: Duration = Duration::from_secs(30);
 
 /// How long a runtime may take to serve (a loaded machine builds and links slowly).
 const STARTUP: Duration = Duration::from_secs(60);
 
 /// Which program serves as the runtime process.
 #[derive(Clone, Copy, Debug)]
-pub enum Server {
+pub(crate) enum Server {
     /// `chimaera runtime start`.
     Chimaera,
     /// The test binary re-run as its `runtime_child_entry` test, with [`ROLE`] set.
@@ -46,7 +46,7 @@ pub enum Server {
 
 /// How to start a runtime process.
 #[derive(Clone, Copy, Debug)]
-pub struct Launch {
+pub(crate) struct Launch {
     pub server: Server,
     /// Limits the runtime's address space to this many KiB (`ulimit -v`), so an
     /// allocation the size a client claims fails outright.
@@ -57,12 +57,12 @@ pub struct Launch {
 }
 
 impl Launch {
-    pub const CHIMAERA: Launch = Launch {
+    pub(crate) const CHIMAERA: Launch = Launch {
         server: Server::Chimaera,
         address_space_kib: None,
         quiet_stderr: false,
     };
-    pub const TEST_BINARY: Launch = Launch {
+    pub(crate) const TEST_BINARY: Launch = Launch {
         server: Server::TestBinary,
         ..Launch::CHIMAERA
     };
@@ -70,7 +70,7 @@ impl Launch {
 
 /// Writes the config file of the instance of `test` (`instance:` followed by
 /// `extra_yaml`) and reads it back.
-pub fn write_config(test: &str, extra_yaml: &str) -> (RuntimeConfig, PathBuf) {
+pub(crate) fn write_config(test: &str, extra_yaml: &str) -> (RuntimeConfig, PathBuf) {
     let instance = format!("t{}-{test}", std::process::id());
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{instance}.yaml"));
     std::fs::write(&path, format!("instance: {instance}\n{extra_yaml}")).unwrap();
@@ -80,7 +80,7 @@ pub fn write_config(test: &str, extra_yaml: &str) -> (RuntimeConfig, PathBuf) {
 
 /// The test binary re-run as its test `entry` (an ignored test) playing `role`, for the
 /// instance of the config at `config_path`.
-pub fn test_binary_child(config_path: &PathBuf, entry: &str, role: &str) -> Command {
+pub(crate) fn test_binary_child(config_path: &PathBuf, entry: &str, role: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args([
@@ -97,7 +97,7 @@ pub fn test_binary_child(config_path: &PathBuf, entry: &str, role: &str) -> Comm
 }
 
 /// A runtime child process, killed and its files removed when the test ends.
-pub struct RuntimeProcess {
+pub(crate) struct RuntimeProcess {
     /// `None` once killed, or taken by a test that waits for the exit itself.
     pub child: Option<Child>,
     pub config: RuntimeConfig,
@@ -107,11 +107,11 @@ pub struct RuntimeProcess {
 
 impl RuntimeProcess {
     /// Starts `chimaera runtime start` for the instance of `test`.
-    pub fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
+    pub(crate) fn start(test: &str, extra_yaml: &str) -> RuntimeProcess {
         Self::start_with(test, extra_yaml, Launch::CHIMAERA)
     }
 
-    pub fn start_with(test: &str, extra_yaml: &str, launch: Launch) -> RuntimeProcess {
+    pub(crate) fn start_with(test: &str, extra_yaml: &str, launch: Launch) -> RuntimeProcess {
         let (config, config_path) = write_config(test, extra_yaml);
         let mut runtime = RuntimeProcess {
             child: None,
@@ -125,7 +125,7 @@ impl RuntimeProcess {
 
     /// Starts the runtime process (again, after [`RuntimeProcess::kill`]) and waits until
     /// it serves.
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let mut command = match self.launch.server {
             Server::Chimaera => self.chimaera(&["runtime", "start"]),
             Server::TestBinary => {
@@ -160,20 +160,20 @@ impl RuntimeProcess {
         }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::connect_to(&self.config).expect("connect")
     }
 
-    pub fn instance(&self) -> &InstanceName {
+    pub(crate) fn instance(&self) -> &InstanceName {
         &self.config.instance
     }
 
-    pub fn usage(&self) -> ShmUsage {
+    pub(crate) fn usage(&self) -> ShmUsage {
         usage(self.instance()).expect("segments readable")
     }
 
     /// Kills the runtime process (SIGKILL) and reaps it; its files stay until drop.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -181,7 +181,7 @@ impl RuntimeProcess {
     }
 
     /// The `chimaera` binary with `args`, for this runtime's instance.
-    pub fn chimaera(&self, args: &[&str]) -> Command {
+    pub(crate) fn chimaera(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chimaera"));
         command
             .args(args)
@@ -192,17 +192,17 @@ impl RuntimeProcess {
 
     /// The test binary re-run as its `client_child_entry` test playing `role`, a client
     /// of this runtime.
-    pub fn client_child_command(&self, role: &str) -> Command {
+    pub(crate) fn client_child_command(&self, role: &str) -> Command {
         test_binary_child(&self.config_path, "client_child_entry", role)
     }
 
     /// Runs a client child playing `role`, its stdout piped (see [`wait_for_line`]).
-    pub fn client_child(&self, role: &str) -> Child {
+    pub(crate) fn client_child(&self, role: &str) -> Child {
         self.client_child_with(role, &[])
     }
 
     /// Runs a client child playing `role` with extra environment variables `env`.
-    pub fn client_child_with(&self, role: &str, env: &[(&str, &str)]) -> Child {
+    pub(crate) fn client_child_with(&self, role: &str, env: &[(&str, &str)]) -> Child {
         self.client_child_command(role)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -229,7 +229,7 @@ impl Drop for RuntimeProcess {
 /// The body of a `runtime_child_entry` test: in a runtime child (the role set), serves
 /// the chimods `add_modules` registers for the instance of `CHI_SERVER_CONF` until
 /// killed; in any other run of the test binary, returns at once.
-pub fn serve_as_runtime_child(add_modules: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) {
+pub(crate) fn serve_as_runtime_child(add_modules: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) {
     if std::env::var(ROLE).is_err() {
         return;
     }
@@ -241,7 +241,7 @@ pub fn serve_as_runtime_child(add_modules: impl FnOnce(RuntimeBuilder) -> Runtim
 }
 
 /// Reads `child`'s piped stdout until a line contains `wanted`.
-pub fn wait_for_line(child: &mut Child, wanted: &str) {
+pub(crate) fn wait_for_line(child: &mut Child, wanted: &str) {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
@@ -255,7 +255,7 @@ pub fn wait_for_line(child: &mut Child, wanted: &str) {
 }
 
 /// Polls `done` until it holds; fails the test after [`HANG`].
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + HANG;
     while !done() {
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
@@ -265,7 +265,10 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// Runs `work` on a thread and returns its value; fails the test if it has not
 /// finished within a minute (a hang, not a slow machine).
-pub fn within<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn within<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (done, result) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(work());
@@ -288,7 +291,7 @@ impl Wake for ThreadWaker {
 
 /// Polls `future` to its end on this thread, parking between polls: `.await` with no
 /// executor at all.
-pub fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);

@@ -27,7 +27,7 @@ use quote::{format_ident, quote};
 use std::collections::BTreeSet;
 use syn::{GenericParam, Index, Lifetime, LifetimeParam, Type, TypeReference};
 
-pub fn expand(
+pub(crate) fn expand(
     model: &ChimodImpl,
     names: &Names,
     module_name: &str,

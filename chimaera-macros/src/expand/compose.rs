@@ -13,7 +13,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-pub fn expand(model: &ChimodImpl, names: &Names) -> TokenStream {
+pub(crate) fn expand(model: &ChimodImpl, names: &Names) -> TokenStream {
     if model.args.composable.is_none() {
         return TokenStream::new();
     }

@@ -20,7 +20,11 @@ use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 use syn::{Index, Path};
 
-pub fn expand(model: &ChimodImpl, names: &Names, manifest: Option<&ModuleManifest>) -> TokenStream {
+pub(crate) fn expand(
+    model: &ChimodImpl,
+    names: &Names,
+    manifest: Option<&ModuleManifest>,
+) -> TokenStream {
     let private = &names.private;
     let module = &names.module;
     let self_ty = &model.item.self_ty;

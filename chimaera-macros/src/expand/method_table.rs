@@ -16,7 +16,7 @@ use quote::quote;
 use syn::visit_mut::VisitMut;
 use syn::{Path, PathSegment, Type};
 
-pub fn expand(model: &ChimodImpl, names: &Names, module_name: &str) -> TokenStream {
+pub(crate) fn expand(model: &ChimodImpl, names: &Names, module_name: &str) -> TokenStream {
     let private = &names.private;
     let module = &names.module;
     let tasks = model.tasks_by_id();

@@ -16,14 +16,14 @@
 //! `<chimaera or chimaera_core>::__private` ([`Names::private`]) and `::core`/`::std`;
 //! its own locals use mixed-site hygiene so they can never capture or shadow the user's
 //! names (a task argument may well be called `query`).
-pub mod client;
-pub mod compose;
-pub mod dispatch;
-pub mod method_table;
-pub mod struct_items;
-pub mod tracking;
-pub mod user_impl;
-pub mod wire;
+pub(crate) mod client;
+pub(crate) mod compose;
+pub(crate) mod dispatch;
+pub(crate) mod method_table;
+pub(crate) mod struct_items;
+pub(crate) mod tracking;
+pub(crate) mod user_impl;
+pub(crate) mod wire;
 
 use crate::model::Task;
 use crate::names;
@@ -34,7 +34,7 @@ use quote::{format_ident, quote};
 /// The path of the crate generated code goes through: `::chimaera` when the user
 /// depends on the facade (also inside the facade's own tests and examples), else
 /// `::chimaera_core`.
-pub fn runtime_crate() -> Result<TokenStream, String> {
+pub(crate) fn runtime_crate() -> Result<TokenStream, String> {
     let path_of = |found: FoundCrate, own: &str| {
         let name = match found {
             FoundCrate::Itself => own.to_owned(),
@@ -53,7 +53,7 @@ pub fn runtime_crate() -> Result<TokenStream, String> {
 }
 
 /// Names of generated items shared by the generators.
-pub struct Names {
+pub(crate) struct Names {
     /// `::chimaera::__private`.
     pub private: TokenStream,
     /// The container struct.
@@ -65,7 +65,7 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn new(runtime: &TokenStream, container: &Ident) -> Self {
+    pub(crate) fn new(runtime: &TokenStream, container: &Ident) -> Self {
         let base = container.to_string();
         Names {
             private: quote!(#runtime::__private),
@@ -77,7 +77,7 @@ impl Names {
 }
 
 /// Names of the generated items of one task.
-pub struct TaskNames {
+pub(crate) struct TaskNames {
     /// `CUSTOM`: its method id const.
     pub id: Ident,
     /// `Custom`: its variant of `TaskIn`/`TaskOut`.
@@ -91,7 +91,7 @@ pub struct TaskNames {
 }
 
 impl TaskNames {
-    pub fn of(task: &Task) -> Self {
+    pub(crate) fn of(task: &Task) -> Self {
         let span = task.sig.ident.span();
         let camel = names::upper_camel(&task.name);
         TaskNames {
@@ -105,12 +105,12 @@ impl TaskNames {
 }
 
 /// A local of generated code, invisible to the user's code (mixed-site hygiene).
-pub fn local(name: &str) -> Ident {
+pub(crate) fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }
 
 /// The value of a call to a task handler as a `Result<R, TaskError>`.
-pub fn into_task_result(names: &Names, task: &Task, call: TokenStream) -> TokenStream {
+pub(crate) fn into_task_result(names: &Names, task: &Task, call: TokenStream) -> TokenStream {
     let private = &names.private;
     if task.ret.fallible {
         quote! {
@@ -122,7 +122,7 @@ pub fn into_task_result(names: &Names, task: &Task, call: TokenStream) -> TokenS
 }
 
 /// `tokens` with every span (inside groups too) set to `span`.
-pub fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut token| {

@@ -6,7 +6,11 @@ use crate::model::ChimodStruct;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-pub fn expand(model: &ChimodStruct, runtime: &TokenStream, manifest: &ManifestPath) -> TokenStream {
+pub(crate) fn expand(
+    model: &ChimodStruct,
+    runtime: &TokenStream,
+    manifest: &ManifestPath,
+) -> TokenStream {
     let item = model.item;
     let ident = &item.ident;
     let private = quote!(#runtime::__private);

@@ -12,7 +12,7 @@ use quote::{quote, quote_spanned};
 use std::path::Path;
 
 /// `include_str!` of each existing file, so cargo rebuilds when one changes.
-pub fn track<'a>(files: impl IntoIterator<Item = &'a Path>) -> TokenStream {
+pub(crate) fn track<'a>(files: impl IntoIterator<Item = &'a Path>) -> TokenStream {
     files
         .into_iter()
         .filter(|path| path.is_file())
@@ -26,7 +26,7 @@ pub fn track<'a>(files: impl IntoIterator<Item = &'a Path>) -> TokenStream {
 }
 
 /// Fails to compile unless the struct's manifest is `location`.
-pub fn same_manifest(
+pub(crate) fn same_manifest(
     names: &Names,
     self_ty: &syn::Type,
     location: &ManifestPath,

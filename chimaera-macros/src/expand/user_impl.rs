@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::{ImplItem, ItemImpl};
 
-pub fn expand(item: &ItemImpl) -> TokenStream {
+pub(crate) fn expand(item: &ItemImpl) -> TokenStream {
     let mut item = item.clone();
     for impl_item in &mut item.items {
         if let ImplItem::Fn(function) = impl_item {

@@ -22,7 +22,7 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::Type;
 
-pub fn expand(args: &WireArgs, runtime: &TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn expand(args: &WireArgs, runtime: &TokenStream, item: TokenStream) -> TokenStream {
     let rkyv = quote!(#runtime::rkyv);
     let serde = args.compose.then(|| {
         let path = quote!(#runtime::serde).to_string().replace(' ', "");
@@ -41,7 +41,7 @@ pub fn expand(args: &WireArgs, runtime: &TokenStream, item: TokenStream) -> Toke
 
 /// `where T: Wire, …` for every user-written type that travels in a task (empty when
 /// there is none).
-pub fn bounds(model: &ChimodImpl, names: &Names) -> TokenStream {
+pub(crate) fn bounds(model: &ChimodImpl, names: &Names) -> TokenStream {
     let private = &names.private;
     let mut seen = Vec::new();
     let mut predicates = Vec::new();

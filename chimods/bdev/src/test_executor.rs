@@ -21,7 +21,7 @@ fn executors() -> &'static [Executor; 2] {
 }
 
 /// Runs `body` as a coroutine on one of the test executors.
-pub fn spawn<T, F>(body: F) -> JoinHandle<T>
+pub(crate) fn spawn<T, F>(body: F) -> JoinHandle<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,

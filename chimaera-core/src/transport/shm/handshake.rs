@@ -315,13 +315,13 @@ impl Words {
 }
 
 mod tag {
-    pub const ATTACH: u32 = 1;
-    pub const USAGE: u32 = 2;
-    pub const ATTACHED: u32 = 10;
-    pub const DENIED: u32 = 11;
-    pub const FULL: u32 = 12;
-    pub const NOT_READY: u32 = 13;
-    pub const USAGE_REPLY: u32 = 14;
+    pub(super) const ATTACH: u32 = 1;
+    pub(super) const USAGE: u32 = 2;
+    pub(super) const ATTACHED: u32 = 10;
+    pub(super) const DENIED: u32 = 11;
+    pub(super) const FULL: u32 = 12;
+    pub(super) const NOT_READY: u32 = 13;
+    pub(super) const USAGE_REPLY: u32 = 14;
 }
 
 impl Request {
