@@ -694,7 +694,7 @@ impl TaskRunner for Runner {
     }
 }
 
-// --- the in-process transport's view of the runtime (see `transport_inproc`) ---
+// --- the in-process transport's view of the runtime (see `transport::inproc`) ---
 impl crate::transport::inproc::LocalRuntime for Shared {
     fn enqueue_local(
         &self,

@@ -2,7 +2,7 @@
 //! the caller waits on the task's completion.
 //!
 //! It reaches the runtime only through [`LocalRuntime`] (which the runtime implements),
-//! so this file does not depend on `runtime.rs`. Inputs are moved into the task; bulk
+//! so this file does not depend on `runtime/mod.rs`. Inputs are moved into the task; bulk
 //! arguments are always copied (a [`Buffer`] here is heap memory), so the runtime never
 //! holds caller memory and a dropped call need not be waited for. A client made inside
 //! a task carries the parent's [`TaskNode`]: its tasks are subtasks, which the coroutine

@@ -2,7 +2,7 @@
 //!
 //! A [`Transport`] carries tasks to one runtime and their results back. The client holds
 //! one as `Arc<dyn Transport>` and never asks which kind it is: the in-process transport
-//! (`transport_inproc`) queues tasks on the runtime's lanes directly, the
+//! (`inproc`) queues tasks on the runtime's lanes directly, the
 //! shared-memory one ([`crate::transport::shm`]) writes them into this process's client
 //! area. A network transport plugs in here the same way.
 //!
