@@ -448,8 +448,10 @@ impl ClientArea {
         taken
     }
 
-    /// Answers slot `slot_index`, whose routing killed a poller, with `err`.
-    pub fn fail_routed(&self, slot_index: u32, err: &TaskError) {
+    /// Answers the call in slot `slot_index` with `err` if it is still in flight (its
+    /// routing killed a poller, or the client abandoned it); the task's own reply,
+    /// later, is discarded (its generation is past).
+    pub fn fail_in_flight(&self, slot_index: u32, err: &TaskError) {
         let Some(state) = self.slots.get(slot_index as usize) else {
             return;
         };
@@ -529,22 +531,10 @@ impl ClientArea {
         view.read_payload(&mut listed)
             .map_err(|e| TaskError::malformed("abandon request", e))?;
         for index in listed.chunks_exact(4) {
-            self.abandon(u32::from_le_bytes([index[0], index[1], index[2], index[3]]));
+            let slot_index = u32::from_le_bytes([index[0], index[1], index[2], index[3]]);
+            self.fail_in_flight(slot_index, &TaskError::Cancelled);
         }
         Ok(())
-    }
-
-    /// Answers the client's call in `slot_index` with `Cancelled` if it is still in
-    /// flight; the task's own reply, later, is discarded (its generation is past).
-    fn abandon(&self, slot_index: u32) {
-        let Some(state) = self.slots.get(slot_index as usize) else {
-            return;
-        };
-        let word = state.load(Ordering::Acquire);
-        if word & PHASE_MASK == SLOT_IN_FLIGHT {
-            let bytes = encode_error(&TaskError::Cancelled);
-            self.write_output(slot_index, word >> PHASE_BITS, ReplyStatus::Error, &bytes);
-        }
     }
 
     fn ingest_slot(

@@ -646,13 +646,6 @@ impl ShmServer {
         list.areas.clone()
     }
 
-    /// Whether a ring polled by `worker` has a task (cheap: a look at each ring's tail).
-    pub fn has_work(&self, worker: usize) -> bool {
-        self.poll_list(worker)
-            .iter()
-            .any(|area| !area.is_disowned() && area.has_work())
-    }
-
     /// Ends taking tasks from client rings (a stop's grace is over).
     pub fn stop_taking_tasks(&self) {
         self.taking_tasks.store(false, Ordering::Release);
@@ -708,9 +701,14 @@ impl TaskSource for ShmServer {
     fn ingest(&self, worker: usize) -> usize {
         // Polled on every round of every worker: look at the rings first, and touch the
         // runtime (the upgrade) only when there is work.
-        if worker >= self.workers as usize
-            || !self.taking_tasks.load(Ordering::Acquire)
-            || !self.has_work(worker)
+        if worker >= self.workers as usize || !self.taking_tasks.load(Ordering::Acquire) {
+            return 0;
+        }
+        // One snapshot per round: a cheap look at each ring's tail first.
+        let areas = self.poll_list(worker);
+        if !areas
+            .iter()
+            .any(|area| !area.is_disowned() && area.has_work())
         {
             return 0;
         }
@@ -718,7 +716,7 @@ impl TaskSource for ShmServer {
             return 0;
         };
         let routing = &self.routing[worker];
-        self.poll_list(worker)
+        areas
             .iter()
             .map(|area| area.ingest(worker, ingress.as_ref(), routing))
             .sum()
@@ -745,7 +743,7 @@ impl TaskSource for ShmServer {
             return;
         };
         if let Some(area) = self.area_at(routed.area) {
-            area.fail_routed(
+            area.fail_in_flight(
                 routed.slot,
                 &TaskError::StackOverflow {
                     method: routed.method,
