@@ -172,6 +172,10 @@ struct Local {
     timers: RefCell<BinaryHeap<Timer>>,
     current: Cell<*const Co>,
     request: Cell<Option<Request>>,
+    /// The coroutine whose next switch-out first runs `handoff_hook` (see [`arm_handoff`]).
+    handoff_owner: Cell<*const Co>,
+    /// What an armed coroutine runs before it switches out (set once per executor).
+    handoff_hook: RefCell<Option<Rc<dyn Fn()>>>,
 }
 
 thread_local! {
@@ -205,6 +209,14 @@ fn suspend(local: &Local, request: Request) {
     let spans = unsafe { &*(*co).spans.get() };
     for span in spans.iter().rev() {
         exit(span);
+    }
+    if local.handoff_owner.get() == co {
+        // Disarmed first: the hook may spawn or wake coroutines, never re-enter here.
+        local.handoff_owner.set(std::ptr::null());
+        let hook = local.handoff_hook.borrow().clone();
+        if let Some(hook) = hook {
+            hook();
+        }
     }
     local.request.set(Some(request));
     #[allow(deprecated)] // `yield_with` is the context-based yield (no scope to thread).
@@ -297,6 +309,60 @@ pub fn yield_now() {
         Some((local, _)) => suspend(&local, Request::Yield),
         None => std::thread::yield_now(),
     }
+}
+
+/// Sets what an armed coroutine of this executor runs before it first switches out (see
+/// [`arm_handoff`]); returns `false` outside a coroutine. The hook runs on the executor's
+/// thread, inside the switching coroutine: it may wake or spawn coroutines, but must not
+/// switch out itself.
+pub(crate) fn set_handoff_hook(hook: Rc<dyn Fn()>) -> bool {
+    match running() {
+        Some((local, _)) => {
+            *local.handoff_hook.borrow_mut() = Some(hook);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Arms the running coroutine: its next switch-out (a yield, a park, a sleep) first runs
+/// the executor's hand-off hook. A worker arms its polling coroutine while it runs a task
+/// inline, so a task that waits hands the polling role on before it parks.
+pub(crate) fn arm_handoff() {
+    let _ = LOCAL.try_with(|local| {
+        if let Some(local) = local.get() {
+            local.handoff_owner.set(local.current.get());
+        }
+    });
+}
+
+/// Disarms the running coroutine; returns whether it was still armed, that is, whether it
+/// never switched out since [`arm_handoff`] (so the hook did not run).
+pub(crate) fn disarm_handoff() -> bool {
+    LOCAL
+        .try_with(|local| {
+            local.get().is_some_and(|local| {
+                let current = local.current.get();
+                let armed = !current.is_null() && local.handoff_owner.get() == current;
+                local.handoff_owner.set(std::ptr::null());
+                armed
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Whether [`yield_now`] would let something else run: another coroutine is queued on
+/// this executor, a wake-up from another thread waits, or a timer is due. Lets a busy
+/// polling coroutine skip a switch that would come straight back to it.
+pub(crate) fn others_ready() -> bool {
+    let Some((local, _)) = running() else {
+        return false;
+    };
+    if !local.run.borrow().is_empty() || !local.home.remote.is_empty() {
+        return true;
+    }
+    let next_deadline = local.timers.borrow().peek().map(|timer| timer.deadline);
+    next_deadline.is_some_and(|deadline| deadline <= Instant::now())
 }
 
 /// Parks the calling coroutine (or thread) for `duration`. A coroutine's executor runs
@@ -759,6 +825,8 @@ fn run_executor(home: Arc<Home>) {
         timers: RefCell::new(BinaryHeap::new()),
         current: Cell::new(std::ptr::null()),
         request: Cell::new(None),
+        handoff_owner: Cell::new(std::ptr::null()),
+        handoff_hook: RefCell::new(None),
     });
     LOCAL.with(|cell| {
         let _ = cell.set(local.clone());
@@ -827,7 +895,8 @@ fn idle(local: &Local) {
 
 /// Runs `co` until it switches out, then files it where its request says.
 fn resume(local: &Local, co: Arc<Co>) {
-    local.current.set(Arc::as_ptr(&co));
+    let this = Arc::as_ptr(&co);
+    local.current.set(this);
     local.request.set(None);
     // SAFETY: only the home thread touches `body`, and the coroutine is not running (it
     // is being resumed by us, from the run queue, where it was exactly once).
@@ -838,6 +907,14 @@ fn resume(local: &Local, co: Arc<Co>) {
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| generator.resume()));
     local.current.set(std::ptr::null());
+    if local.handoff_owner.get() == this {
+        // It ended armed (died of an overflow, or returned): the next coroutine allocated
+        // at the same address must not inherit the mark.
+        let ended = outcome.is_err() || generator.is_done();
+        if ended {
+            local.handoff_owner.set(std::ptr::null());
+        }
+    }
     match outcome {
         Err(payload) => {
             if payload

@@ -7,21 +7,25 @@
 //! touches only lanes that have work, and a lane is on a ready list at most once.
 //!
 //! **Workers.** A worker is one OS thread running an [`Executor`]: coroutines that never
-//! leave that thread (see [`crate::coroutine`]). Its long-lived *poller* coroutine drains
-//! ready lanes in batches and hands each task to a *task coroutine* from its idle pool,
-//! spawning one only when the pool is empty — so the hot path is a hand-off (a slot write
-//! and an unpark onto the same thread's run queue), not a spawn. A task coroutine runs
-//! one task at a time, then returns itself to the pool; a task that waits (lock, subtask,
-//! timer, I/O) keeps its coroutine, and the worker goes on with other tasks meanwhile.
-//! Every wake-up of a task, from whatever thread, resumes it on this worker's thread, so
-//! a handler may hold thread-affine `std` values (`stdout().lock()`, a `MutexGuard`, a
-//! thread-local RNG) across its waits. Idle pools are capped; surplus coroutines end.
+//! leave that thread (see [`crate::coroutine`]). Exactly one of its coroutines holds the
+//! *polling role* at a time: it polls the task source and the ready lanes, and runs each
+//! task **inline**, on its own stack — a task that never waits costs no coroutine switch
+//! and no hand-off. Before a task it runs inline first switches out (a lock, a subtask,
+//! a timer, I/O: any park or yield), the executor's hand-off hook gives the polling role
+//! to an idle coroutine of the worker (or a new one) and ends the lane turn the poller was
+//! in, so polling goes on at once and the lane's next tasks are not held behind the wait.
+//! The waiting task keeps its coroutine and stack; when it is done, that coroutine idles
+//! until it is handed the role again (idle coroutines are capped; surplus ones end). Every
+//! wake-up of a task, from whatever thread, resumes it on this worker's thread, so a
+//! handler may hold thread-affine `std` values (`stdout().lock()`, a `MutexGuard`, a
+//! thread-local RNG) across its waits.
 //!
-//! **Direct hand-off.** A poller ingesting a task from a client ring for one of its own
-//! lanes that is idle (empty, not on the ready list) hands it to a task coroutine at
-//! once ([`Lane::push_from_worker`]): the same thing the next round would do, minus two
-//! queue round trips. A lane with anything queued takes the task behind it, so a lane
-//! still starts its tasks in arrival order.
+//! **Batches.** A poller ingesting a task from a client ring for one of its own
+//! low-latency lanes that is idle (empty, not on the ready list) puts it in the worker's
+//! batch ([`Lane::push_from_worker`]), which it runs inline right after the ingest, before
+//! any lane: the same order the lane would give, minus two queue round trips. A lane
+//! with anything queued takes the task behind it, so a lane still starts its tasks in
+//! arrival order. High-latency lanes always queue, so low-latency lanes are served first.
 //!
 //! **Sleeping.** With nothing ready, a poller yields a few rounds, then announces
 //! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
@@ -34,7 +38,11 @@
 //! coroutine's stack, while it runs. A handler that overflows the stack kills its
 //! coroutine (see [`crate::coroutine`]); the slot's task is then failed through
 //! [`TaskRunner::overflowed`], which answers the caller and settles the accounting, and
-//! the worker goes on with a fresh coroutine for the next task.
+//! if that coroutine held the polling role a fresh one takes it.
+//!
+//! **Thread confinement.** The batch, the lane in turn and the role holder live in one
+//! `RefCell` that only the worker's own thread reaches: every access compares a
+//! thread-local mark, set when the worker's coroutines start, with the worker.
 //!
 //! **Sources.** Besides its lanes, a poller polls its [`TaskSource`] (client processes'
 //! rings) itself on every round, and asks it before sleeping whether work is waiting.
@@ -48,7 +56,9 @@ use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, Task};
 use crossbeam_queue::SegQueue;
-use std::cell::UnsafeCell;
+use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
@@ -103,20 +113,23 @@ impl Lane {
     }
 
     /// Queues `task` on behalf of worker `worker`'s own poller (which is ingesting it
-    /// from a client ring). When this lane is that worker's and holds nothing, the task
-    /// goes straight to a task coroutine — what the poller would do with it right after
-    /// the push — skipping the queue and the ready list. With an earlier task still
-    /// queued, it is queued behind it, so a lane still starts its tasks in order.
+    /// from a client ring). When this is a low-latency lane of that worker holding
+    /// nothing, and the caller runs on that worker's thread, the task joins the worker's
+    /// batch, which its poller runs inline right after the ingest, before any lane —
+    /// skipping the queue and the ready list. With an earlier task still queued, it is
+    /// queued behind it, so a lane still starts its tasks in order.
     pub fn push_from_worker(self: &Arc<Self>, task: Task, worker: usize) {
         let shared = &self.worker;
         if shared.id == worker
+            && self.priority == LanePriority::LowLatency
             && !self.scheduled.load(Ordering::Acquire)
             && self.queue.is_empty()
             && !shared.shutdown.load(Ordering::Relaxed)
         {
-            shared.tasks_run.fetch_add(1, Ordering::Relaxed);
-            hand_off(shared, &shared.runner, task);
-            return;
+            if let Some(mut local) = shared.local() {
+                local.batch.push_back(task);
+                return;
+            }
         }
         self.push(task);
     }
@@ -142,51 +155,95 @@ impl Lane {
     }
 }
 
-/// The state of one worker that lanes and task coroutines share.
+/// The state of one worker that lanes and its coroutines share.
 pub struct WorkerShared {
     id: usize,
     ready_low_latency: SegQueue<Arc<Lane>>,
     ready_high_latency: SegQueue<Arc<Lane>>,
     sleeping: AtomicBool,
-    /// What the poller parks on (a new poller replaces one killed by a stack overflow).
+    /// What the coroutine holding the polling role parks on when it sleeps.
     poller: Mutex<Option<Arc<Blocker>>>,
-    /// Set when the poller has finished (at shutdown, or killed by a stack overflow).
+    /// Set when the last poller has finished (at shutdown).
     poller_done: (Mutex<bool>, Condvar),
     /// Idle polls before the poller parks.
     idle_rounds: u32,
+    /// Coroutines waiting to be handed the polling role.
     idle: Mutex<Vec<Arc<TaskSlot>>>,
     shutdown: AtomicBool,
     tasks_run: AtomicU64,
-    /// Spawns task coroutines on this worker's thread.
+    /// Spawns coroutines on this worker's thread.
     spawner: Spawner,
     /// Runs the tasks.
     runner: Arc<dyn TaskRunner>,
     /// Client rings, when the runtime serves other processes.
     source: Option<Arc<dyn TaskSource>>,
+    /// What only the worker's thread touches.
+    local: ThreadConfined,
 }
 
-/// A task coroutine's mailbox: the task it runs (while it runs it, and until it takes
-/// the next), and what wakes it.
+/// The worker's state that only its own thread touches, whichever of its coroutines
+/// holds the polling role at the moment.
+#[derive(Default)]
+struct WorkerLocal {
+    /// Tasks ingested for this worker's idle low-latency lanes, run inline in order.
+    batch: VecDeque<Task>,
+    /// The lane whose turn the poller is in: a task that waits ends the turn (so the next
+    /// poller sees the lane again) before it parks.
+    draining: Option<Arc<Lane>>,
+    /// The coroutine holding the polling role.
+    poller: Option<Arc<TaskSlot>>,
+}
+
+/// A [`WorkerLocal`] reachable only from its worker's thread: every access checks that
+/// the calling thread is the one the worker's coroutines run on.
+struct ThreadConfined(RefCell<WorkerLocal>);
+
+// SAFETY: the cell is only borrowed through `WorkerShared::with_local`, which checks that
+// the calling thread is this worker's executor thread (marked by the thread-local
+// `THIS_WORKER` when its first coroutine starts); other threads get `Err` and never
+// touch it, so the `RefCell` is used by one thread only.
+unsafe impl Sync for ThreadConfined {}
+// SAFETY: the `RefCell`'s contents are `Send` (tasks, lanes and slots are); see `Sync`.
+unsafe impl Send for ThreadConfined {}
+
+thread_local! {
+    /// The worker whose executor runs on this thread.
+    static THIS_WORKER: Cell<*const WorkerShared> = const { Cell::new(std::ptr::null()) };
+}
+
+/// A worker coroutine's mailbox: the task it runs inline (while it runs it), what wakes
+/// it, and whether it was handed the polling role.
 struct TaskSlot {
     task: UnsafeCell<Option<Task>>,
     blocker: OnceLock<Arc<Blocker>>,
+    /// Set by the coroutine that hands this idle one the polling role, before it unparks it.
+    called: AtomicBool,
 }
 
-// SAFETY: a slot is only used on its worker's thread: the poller fills `task` while the
-// coroutine is parked idle (the slot is then off the idle list, so by one poller only),
-// the coroutine takes it while running, and the overflow hook reads it after the
-// coroutine died; coroutines never leave that thread, so these never overlap.
+// SAFETY: a slot's `task` is only used on its worker's thread: its coroutine fills it
+// before running the task inline and empties it after, and the overflow hook reads it
+// after the coroutine died; coroutines never leave that thread, so these never overlap.
 unsafe impl Send for TaskSlot {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for TaskSlot {}
 
-/// Ready lanes drained before a poller yields to the task coroutines it woke.
+impl TaskSlot {
+    fn new() -> Arc<TaskSlot> {
+        Arc::new(TaskSlot {
+            task: UnsafeCell::new(None),
+            blocker: OnceLock::new(),
+            called: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Ready lanes drained before a poller looks at its source again.
 const LANES_PER_ROUND: usize = 16;
 /// Tasks taken from one lane before moving on, so one busy lane cannot starve others.
 const TASKS_PER_LANE: usize = 32;
 /// Idle rounds between two yields of the worker's thread to the OS scheduler.
 const OS_YIELD_EVERY: u32 = 64;
-/// Idle task coroutines a worker keeps; more end when their task is done.
+/// Idle coroutines a worker keeps; more end when their task is done.
 const MAX_IDLE_COROUTINES: usize = 1024;
 
 impl WorkerShared {
@@ -227,7 +284,7 @@ impl WorkerShared {
         })
     }
 
-    /// Tasks this worker has handed to coroutines since it started.
+    /// Tasks this worker has run (or started) since it started.
     pub fn tasks_run(&self) -> u64 {
         self.tasks_run.load(Ordering::Relaxed)
     }
@@ -236,9 +293,97 @@ impl WorkerShared {
     pub fn id(&self) -> usize {
         self.id
     }
+
+    /// The worker's thread-local state, when called on the worker's own thread (`None`
+    /// anywhere else). Borrow it briefly: never across a task's run or a switch.
+    fn local(&self) -> Option<RefMut<'_, WorkerLocal>> {
+        if THIS_WORKER.with(Cell::get) != std::ptr::from_ref(self) {
+            return None;
+        }
+        self.local.0.try_borrow_mut().ok()
+    }
+
+    fn next_batched(&self) -> Option<Task> {
+        self.local()?.batch.pop_front()
+    }
+
+    /// Ends the poller's turn on `lane`: clears its flag, and puts it back on the ready
+    /// list if tasks came meanwhile.
+    fn end_turn(&self, lane: Arc<Lane>) {
+        lane.scheduled.store(false, Ordering::SeqCst);
+        if !lane.queue.is_empty() && !lane.scheduled.swap(true, Ordering::AcqRel) {
+            self.make_ready(lane);
+        }
+    }
+
+    /// Run by the polling coroutine when a task it runs inline is about to wait: ends the
+    /// lane turn it was in and gives the polling role to an idle coroutine (or a new one),
+    /// which runs before the waiting task resumes.
+    fn hand_polling_on(self: &Arc<Self>) {
+        let lane = self.local().and_then(|mut local| {
+            local.poller = None;
+            local.draining.take()
+        });
+        if let Some(lane) = lane {
+            self.end_turn(lane);
+        }
+        let idle = lock(&self.idle).pop();
+        match idle {
+            Some(slot) => {
+                slot.called.store(true, Ordering::Relaxed);
+                if let Some(blocker) = slot.blocker.get() {
+                    blocker.unpark();
+                }
+            }
+            None => spawn_worker_coroutine(self),
+        }
+    }
+
+    /// Makes the coroutine of `slot` the poller.
+    fn take_polling(self: &Arc<Self>, slot: &Arc<TaskSlot>) {
+        THIS_WORKER.with(|this| this.set(Arc::as_ptr(self)));
+        if let Some(mut local) = self.local() {
+            local.poller = Some(slot.clone());
+        }
+        *lock(&self.poller) = slot.blocker.get().cloned();
+    }
+
+    fn is_poller(&self, slot: &Arc<TaskSlot>) -> bool {
+        self.local()
+            .is_some_and(|local| local.poller.as_ref().is_some_and(|p| Arc::ptr_eq(p, slot)))
+    }
+
+    /// Parks an idle coroutine until it is handed the polling role (`true`) or the
+    /// worker shuts down, or the idle pool is full (`false`: the coroutine ends).
+    fn wait_for_polling(&self, slot: &Arc<TaskSlot>) -> bool {
+        {
+            let mut idle = lock(&self.idle);
+            if idle.len() >= MAX_IDLE_COROUTINES || self.shutdown.load(Ordering::SeqCst) {
+                return false;
+            }
+            idle.push(slot.clone());
+        }
+        loop {
+            if let Some(blocker) = slot.blocker.get() {
+                blocker.park(None);
+            }
+            if slot.called.swap(false, Ordering::Relaxed) {
+                return true;
+            }
+            if self.shutdown.load(Ordering::SeqCst) {
+                return false;
+            }
+        }
+    }
+
+    fn poller_finished(&self) {
+        let (done, signal) = &self.poller_done;
+        *lock(done) = true;
+        signal.notify_all();
+    }
 }
 
-/// A running worker: its thread, its poller coroutine and the state it shares.
+/// A running worker: its thread, its coroutines and the state they share.
 pub struct Worker {
     shared: Arc<WorkerShared>,
     executor: Option<Executor>,
@@ -246,7 +391,7 @@ pub struct Worker {
 
 impl Worker {
     /// Starts worker `id` on a thread of its own (pinned to a CPU if `cpu` is set),
-    /// whose task coroutines get `stack_size` bytes of stack. An idle poller polls
+    /// whose coroutines get `stack_size` bytes of stack. An idle poller polls
     /// `idle_rounds` times (yielding to other coroutines in between) before it parks.
     pub fn start(
         id: usize,
@@ -275,8 +420,17 @@ impl Worker {
             spawner: executor.spawner(),
             runner,
             source,
+            local: ThreadConfined(RefCell::new(WorkerLocal::default())),
         });
-        spawn_poller(&shared);
+        let hook_state = shared.clone();
+        shared.spawner.spawn_with(
+            move || {
+                let worker = hook_state.clone();
+                coroutine::set_handoff_hook(Rc::new(move || worker.hand_polling_on()));
+                spawn_worker_coroutine(&hook_state);
+            },
+            || {},
+        );
         Ok(Worker {
             shared,
             executor: Some(executor),
@@ -288,7 +442,7 @@ impl Worker {
         &self.shared
     }
 
-    /// Tells the poller to finish: it rejects what is still queued, ends its idle task
+    /// Tells the poller to finish: it rejects what is still queued, ends the idle
     /// coroutines and returns. Waits for it, then stops the worker's thread.
     pub fn shutdown(mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
@@ -308,84 +462,168 @@ impl Worker {
     }
 }
 
-/// Starts the worker's poller coroutine.
+/// Starts a worker coroutine that takes the polling role at once.
 ///
-/// Should it die of a stack overflow — chimod code runs on it: the `Monitor` or
-/// `Dynamic` route of a task ingested from a client ring — the task source fails the
-/// task it was routing ([`TaskSource::poller_died`]) and a new poller takes over. That is
-/// sound because the source holds no lock while it routes; what lived on the dead
-/// poller's stack (the routed task's input, references it held) is leaked.
-fn spawn_poller(worker: &Arc<WorkerShared>) {
-    let body_state = worker.clone();
-    let hook_state = worker.clone();
-    worker.spawner.spawn_with(
+/// Every coroutine of a worker runs the same loop: hold the polling role (poll the
+/// source and the lanes, running each task inline), and when a task it runs waits —
+/// the role then went to another coroutine before the wait — finish that task, then
+/// idle until handed the role again.
+///
+/// Should the coroutine die of a stack overflow, the task it ran inline is failed
+/// ([`TaskRunner::overflowed`]); if it died while routing in the source's ingest (chimod
+/// `Monitor` and `Dynamic` code runs there), the source fails what it was routing
+/// ([`TaskSource::poller_died`]). If it held the polling role, a new coroutine takes it.
+/// What lived on the dead stack is leaked.
+fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
+    let slot = TaskSlot::new();
+    let on_overflow = {
+        let slot = slot.clone();
+        let worker = worker.clone();
         move || {
-            *lock(&body_state.poller) = Some(Blocker::current());
-            poll_lanes(&body_state);
-            body_state.poller_finished();
-        },
-        move || {
-            tracing::error!(
-                worker = hook_state.id,
-                "the worker's poller overflowed its stack in a chimod's route; the task fails and a new poller takes over"
-            );
-            if let Some(source) = &hook_state.source {
-                source.poller_died(hook_state.id);
+            let was_poller = worker.is_poller(&slot);
+            // SAFETY: the coroutine is dead and this runs on its worker's thread (see
+            // `TaskSlot`); the task it ran is still in the slot.
+            let task = unsafe { (*slot.task.get()).take() };
+            match task {
+                Some(task) => worker.runner.overflowed(task),
+                None if was_poller => {
+                    tracing::error!(
+                        worker = worker.id,
+                        "the worker's poller overflowed its stack in a chimod's route; the task fails and a new poller takes over"
+                    );
+                    if let Some(source) = &worker.source {
+                        source.poller_died(worker.id);
+                    }
+                }
+                None => {}
             }
-            spawn_poller(&hook_state);
-        },
-    );
+            if was_poller {
+                let lane = worker.local().and_then(|mut local| {
+                    local.poller = None;
+                    local.draining.take()
+                });
+                if let Some(lane) = lane {
+                    worker.end_turn(lane);
+                }
+                spawn_worker_coroutine(&worker);
+            }
+        }
+    };
+    let body_worker = worker.clone();
+    let body = move || {
+        let worker = body_worker;
+        let _ = slot.blocker.set(Blocker::current());
+        let mut out = OutputBuffer::reusable();
+        loop {
+            worker.take_polling(&slot);
+            if poll(&worker, &slot, &mut out) == Polled::Finished {
+                for idle in lock(&worker.idle).drain(..) {
+                    if let Some(blocker) = idle.blocker.get() {
+                        blocker.unpark();
+                    }
+                }
+                worker.poller_finished();
+                return;
+            }
+            if !worker.wait_for_polling(&slot) {
+                return;
+            }
+        }
+    };
+    worker.spawner.spawn_with(body, on_overflow);
 }
 
-impl WorkerShared {
-    fn poller_finished(&self) {
-        let (done, signal) = &self.poller_done;
-        *lock(done) = true;
-        signal.notify_all();
+/// How a coroutine's turn as the poller ended.
+#[derive(PartialEq, Eq)]
+enum Polled {
+    /// A task it ran inline waited: the role went to another coroutine meanwhile.
+    HandedOn,
+    /// The worker shuts down and nothing is left to reject.
+    Finished,
+}
+
+/// Runs `task` inline on the polling coroutine of `slot`; returns whether the coroutine
+/// still holds the polling role (the task never waited).
+fn run_inline(
+    runner: &Arc<dyn TaskRunner>,
+    slot: &TaskSlot,
+    task: Task,
+    out: &mut OutputBuffer,
+) -> bool {
+    // SAFETY: only this coroutine uses its slot's task while it runs (see `TaskSlot`);
+    // the overflow hook reads it only once the coroutine is dead.
+    unsafe { *slot.task.get() = Some(task) };
+    coroutine::arm_handoff();
+    // SAFETY: as above; the reference does not outlive the run.
+    if let Some(task) = unsafe { (*slot.task.get()).as_mut() } {
+        runner.run(task, out);
     }
+    let still_polling = coroutine::disarm_handoff();
+    // SAFETY: as above; the run is over, so the task is dropped here.
+    drop(unsafe { (*slot.task.get()).take() });
+    still_polling
 }
 
-fn poll_lanes(worker: &Arc<WorkerShared>) {
+/// The polling role: ingest from the source, run batched and queued tasks inline, sleep
+/// when there is nothing to do.
+fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer) -> Polled {
     let idle_rounds_max = worker.idle_rounds;
     let runner = &worker.runner;
     let source = worker.source.as_deref();
     crate::stats::set_thread_shard(worker.id);
     let mut idle_rounds = 0u32;
     loop {
-        // Ingested tasks are queued on lanes or handed off directly (and counted there).
+        let mut dispatched = 0u64;
+        // Tasks ingested earlier (a poller that handed on may have left some).
         let ingested = source.map_or(0, |source| source.ingest(worker.id));
-        let mut dispatched = 0;
+        while let Some(task) = worker.next_batched() {
+            dispatched += 1;
+            if worker.shutdown.load(Ordering::Relaxed) {
+                runner.reject(task);
+            } else if !run_inline(runner, slot, task, out) {
+                worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
+                return Polled::HandedOn;
+            }
+        }
         for _ in 0..LANES_PER_ROUND {
             let Some(lane) = worker.next_ready() else {
                 break;
             };
+            if let Some(mut local) = worker.local() {
+                local.draining = Some(lane);
+            }
             for _ in 0..TASKS_PER_LANE {
-                let Some(task) = lane.queue.pop() else {
+                let task = worker
+                    .local()
+                    .and_then(|local| local.draining.as_ref().and_then(|lane| lane.queue.pop()));
+                let Some(task) = task else {
                     break;
                 };
                 dispatched += 1;
                 if worker.shutdown.load(Ordering::Relaxed) {
                     runner.reject(task);
-                } else {
-                    hand_off(worker, runner, task);
+                } else if !run_inline(runner, slot, task, out) {
+                    worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
+                    return Polled::HandedOn;
                 }
             }
-            lane.scheduled.store(false, Ordering::SeqCst);
-            if !lane.queue.is_empty() && !lane.scheduled.swap(true, Ordering::AcqRel) {
-                worker.make_ready(lane);
+            let lane = worker.local().and_then(|mut local| local.draining.take());
+            if let Some(lane) = lane {
+                worker.end_turn(lane);
             }
         }
-        if dispatched + ingested > 0 {
-            worker
-                .tasks_run
-                .fetch_add(dispatched as u64, Ordering::Relaxed);
+        if dispatched > 0 || ingested > 0 {
+            worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
             idle_rounds = 0;
-            // Let the task coroutines just woken on this thread run.
-            coroutine::yield_now();
+            // Let coroutines woken meanwhile (tasks whose waits ended) run; skip the
+            // switch when nothing else is ready.
+            if coroutine::others_ready() {
+                coroutine::yield_now();
+            }
             continue;
         }
         if worker.shutdown.load(Ordering::SeqCst) {
-            break;
+            return Polled::Finished;
         }
         if idle_rounds < idle_rounds_max {
             idle_rounds += 1;
@@ -405,88 +643,10 @@ fn poll_lanes(worker: &Arc<WorkerShared>) {
             set_sleeping(false);
             continue;
         }
-        let blocker = lock(&worker.poller).clone();
-        if let Some(blocker) = blocker {
+        if let Some(blocker) = slot.blocker.get() {
             blocker.park(None);
         }
         set_sleeping(false);
         idle_rounds = 0;
     }
-    for slot in lock(&worker.idle).drain(..) {
-        if let Some(blocker) = slot.blocker.get() {
-            blocker.unpark();
-        }
-    }
-}
-
-/// Gives `task` to an idle task coroutine, or to a new one if none is idle.
-fn hand_off(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>, task: Task) {
-    let idle = lock(&worker.idle).pop();
-    match idle {
-        Some(slot) => {
-            // SAFETY: the slot was on the idle list, so its coroutine is parked waiting
-            // for a task and nothing else touches `task` (see `TaskSlot`).
-            unsafe { *slot.task.get() = Some(task) };
-            if let Some(blocker) = slot.blocker.get() {
-                blocker.unpark();
-            }
-        }
-        None => spawn_task_coroutine(worker, runner, task),
-    }
-}
-
-fn spawn_task_coroutine(worker: &Arc<WorkerShared>, runner: &Arc<dyn TaskRunner>, first: Task) {
-    let slot = Arc::new(TaskSlot {
-        task: UnsafeCell::new(Some(first)),
-        blocker: OnceLock::new(),
-    });
-    let on_overflow = {
-        let slot = slot.clone();
-        let runner = runner.clone();
-        move || {
-            // SAFETY: the coroutine is dead and this runs on its worker's thread (see
-            // `TaskSlot`); the task it ran is still in the slot.
-            if let Some(task) = unsafe { (*slot.task.get()).take() } {
-                runner.overflowed(task);
-            }
-        }
-    };
-    let spawner = &worker.spawner;
-    let worker = worker.clone();
-    let runner = runner.clone();
-    let body = move || {
-        let _ = slot.blocker.set(Blocker::current());
-        let mut out = OutputBuffer::reusable();
-        loop {
-            // SAFETY: this coroutine owns the slot's task between a hand-off and its
-            // return to the idle list; nothing else reads or writes it meanwhile, and the
-            // reference does not outlive the run (see `TaskSlot`).
-            if let Some(task) = unsafe { (*slot.task.get()).as_mut() } {
-                runner.run(task, &mut out);
-            }
-            // SAFETY: as above; the run is over, so the task is dropped here.
-            drop(unsafe { (*slot.task.get()).take() });
-            {
-                let mut idle = lock(&worker.idle);
-                if idle.len() >= MAX_IDLE_COROUTINES || worker.shutdown.load(Ordering::SeqCst) {
-                    return;
-                }
-                idle.push(slot.clone());
-            }
-            // Woken either with a task in the slot or, at shutdown, without one.
-            loop {
-                if let Some(blocker) = slot.blocker.get() {
-                    blocker.park(None);
-                }
-                // SAFETY: the poller fills the slot before it unparks us (same thread).
-                if unsafe { (*slot.task.get()).is_some() } {
-                    break;
-                }
-                if worker.shutdown.load(Ordering::SeqCst) {
-                    return;
-                }
-            }
-        }
-    };
-    spawner.spawn_with(body, on_overflow);
 }
