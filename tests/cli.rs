@@ -113,7 +113,7 @@ impl Instance {
     /// its lock file, its socket and any named segment.
     fn shm_files(&self) -> Vec<String> {
         let (dot, at) = (format!("{}.", self.name), format!("{}@", self.name));
-        std::fs::read_dir(chimaera::shm::naming::user_dir())
+        std::fs::read_dir(chimaera_core::shm::naming::user_dir())
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
@@ -550,7 +550,7 @@ fn compose_creates_the_pool_the_typed_client_would() {
     ModNameClient::create(&chi, PoolQuery::local(), "d", CreateParams::default()).unwrap();
 }
 
-fn builder_modules() -> Vec<chimaera::module::ModuleEntry> {
+fn builder_modules() -> Vec<chimaera_core::module::ModuleEntry> {
     chimaera::builder().modules().copied().collect()
 }
 

@@ -444,8 +444,8 @@ fn names_a_client_chose_cannot_drive_the_operators_terminal() {
 #[test]
 fn runtime_clean_removes_what_a_killed_runtime_left() {
     let mut runtime = RuntimeProcess::start("clean", "");
-    let lock = chimaera::shm::ShmName::runtime_lock(runtime.instance()).path();
-    let socket = chimaera::shm::ShmName::socket(runtime.instance()).path();
+    let lock = chimaera_core::shm::ShmName::runtime_lock(runtime.instance()).path();
+    let socket = chimaera_core::shm::ShmName::socket(runtime.instance()).path();
 
     // While it runs, clean refuses and removes nothing.
     let output = run(&runtime, &["runtime", "clean"]);
@@ -496,7 +496,7 @@ fn runtime_clean_neither_follows_a_link_nor_removes_a_file_it_does_not_own() {
     let runtime = RuntimeProcess::start("clean_link", "");
     let mut runtime = runtime;
     runtime.kill();
-    let socket = chimaera::shm::ShmName::socket(runtime.instance()).path();
+    let socket = chimaera_core::shm::ShmName::socket(runtime.instance()).path();
     let target =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ops-{}-victim", std::process::id()));
     std::fs::write(&target, "keep me").unwrap();

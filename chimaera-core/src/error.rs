@@ -91,6 +91,14 @@ pub enum TaskError {
         /// What the validator found.
         detail: String,
     },
+    /// The `params` of a compose entry do not fit the create parameters of its module.
+    #[error("bad `params` for module `{module}`: {detail}; fix the entry's `params:` to match the module's create parameters")]
+    BadComposeParams {
+        /// The module the pool was to run.
+        module: String,
+        /// What the YAML reader found (the offending key, a wrong type).
+        detail: String,
+    },
     /// The runtime is stopping or stopped; the task was not run.
     #[error("the runtime is not running (stopped or stopping)")]
     RuntimeStopped,
@@ -196,6 +204,14 @@ pub enum TaskError {
         share: u64,
         /// Bytes the client's live buffers hold.
         in_use: u64,
+    },
+    /// A buffer was asked for that is larger than the client's whole data share.
+    #[error("a {len}-byte buffer is larger than this client's whole {share}-byte data share; allocate smaller buffers, or raise `shm.client_data_size` (divided among `max_clients`) in the runtime's config")]
+    BufferTooLarge {
+        /// The buffer's size.
+        len: u64,
+        /// The share's size.
+        share: u64,
     },
     /// A task's input is larger than any place it can travel in: the client's whole data
     /// share.

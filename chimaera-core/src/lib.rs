@@ -41,41 +41,85 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+/// Declares a module that is crate-private, or public with the unstable `testing`
+/// feature: internals that chimaera's own integration tests drive directly (a faulty
+/// client, raw wire bytes), never API. Its items are `pub` so that the feature can
+/// expose them; without the feature no path outside the crate reaches them, and what
+/// only those tests call is unused — which is why `unreachable_pub` and `dead_code` are
+/// quiet there without the feature (with it, every such item is public, as all of them
+/// were before these modules became private).
+macro_rules! internal_mod {
+    ($(#[$attr:meta])* mod $name:ident;) => {
+        $(#[$attr])*
+        #[cfg(feature = "testing")]
+        #[doc(hidden)]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "testing"))]
+        #[allow(unreachable_pub, dead_code)]
+        pub(crate) mod $name;
+    };
+}
+pub(crate) use internal_mod;
+
 pub mod admin_api;
 pub mod bulk;
 pub mod client;
-pub mod codec;
+internal_mod! {
+    /// rkyv encoding of task inputs and outputs (unstable, for chimaera's own tests).
+    mod codec;
+}
 pub mod config;
-pub mod coroutine;
+internal_mod! {
+    /// The per-worker coroutine executor (unstable, for chimaera's own tests); the waits a
+    /// task may use are in [`wait`].
+    mod coroutine;
+}
 pub mod error;
 pub mod ids;
+pub mod instance;
 pub mod lock;
 pub mod peer;
 pub mod query;
 pub mod runtime;
-pub mod shm;
+internal_mod! {
+    /// Shared-memory building blocks (unstable, for chimaera's own tests).
+    mod shm;
+}
 pub mod stats;
 mod sync;
 pub mod transport;
 
-pub use runtime::{compose, context, module, pool, task, worker};
+pub use runtime::{compose, context, module, pool, task};
+
+/// Waiting inside a task without blocking its worker thread.
+///
+/// A task runs as a coroutine on a worker thread that many tasks share: a handler that
+/// must wait for something outside the runtime (a thread of its own, an I/O completion)
+/// parks its coroutine with a [`Blocker`] instead of blocking the thread, and a handler
+/// that loops for long gives the other tasks a turn with [`yield_now`]. Outside a task
+/// (a plain thread) each of these blocks, sleeps or returns at once, as documented.
+pub mod wait {
+    pub use crate::coroutine::{is_coroutine, sleep, yield_now, Blocker};
+}
 
 #[doc(hidden)]
 pub mod __private;
 
-pub use bulk::{Buffer, BulkIn, BulkOut, BulkRangeError};
+pub use bulk::{Buffer, BufferError, BulkIn, BulkOut, BulkRangeError};
 pub use client::{Client, Pending, ReturnedBuffers, TaskHandle};
+pub use codec::Bytes;
 pub use config::RuntimeConfig;
 pub use context::RunContext;
 pub use error::TaskError;
 pub use ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
-pub use lock::{CoMutex, CoMutexGuard, CoRwLock, CoRwLockReadGuard, CoRwLockWriteGuard};
+pub use lock::{CoMutex, CoMutexGuard, CoRwLock, CoRwLockReadGuard, CoRwLockWriteGuard, LockError};
 pub use module::LanePriority;
 pub use module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
 pub use query::PoolQuery;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeHandle, StartError};
 pub use task::Schedule;
-pub use transport::shm::client::ConnectError;
+pub use transport::shm::ConnectError;
 
 /// rkyv, the zero-copy format of task inputs and outputs: `#[chimaera::wire]` derives
 /// its traits through this path, so a chimod crate needs no `rkyv` dependency of its own.

@@ -34,7 +34,10 @@ pub mod pool;
 pub mod pool_table;
 mod status;
 pub mod task;
-pub mod worker;
+crate::internal_mod! {
+    /// Lanes, workers and task coroutines (unstable, for chimaera's own tests).
+    mod worker;
+}
 
 pub use context::RuntimeHandle;
 
