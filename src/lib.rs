@@ -50,11 +50,11 @@
 //!
 //! The runtime's internals are not reachable from here:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0432
 //! use chimaera::shm::Ring; // shared-memory building blocks are private to the core
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0433
 //! let _ = chimaera::codec::encode(&1u32); // so is the codec
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]

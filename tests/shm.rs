@@ -235,6 +235,10 @@ fn a_killed_runtime_fails_waiting_calls_and_a_new_one_takes_over() {
         m.custom(PoolQuery::local(), "x", 0),
         Err(TaskError::RuntimeStopped)
     );
+    assert_eq!(
+        chi.allocate_buffer(4096).unwrap_err(),
+        BufferError::ConnectionLost(TaskError::RuntimeStopped)
+    );
 
     runtime.spawn();
     let chi = runtime.client();
@@ -712,6 +716,10 @@ fn a_client_the_runtime_disowns_gets_a_typed_error_not_a_hang() {
         m.custom(PoolQuery::local(), "x", 1)
     });
     assert_eq!(next, Err(TaskError::Disowned));
+    assert_eq!(
+        chi.allocate_buffer(4096).unwrap_err(),
+        BufferError::ConnectionLost(TaskError::Disowned)
+    );
     assert_eq!(b.custom(PoolQuery::local(), "on", 2).unwrap(), "on");
 }
 

@@ -16,7 +16,7 @@
 //! * `&[u8]` / `&mut [u8]`: **one copy** each way. A shared reference is copied into
 //!   runtime-private memory before the handler runs, and a `&mut [u8]`'s bytes are
 //!   copied back out to the client's buffer after it (or returned inline) — both copies
-//!   atomic on the shared side ([`crate::shm::atomic_copy`]). Simple and safe.
+//!   atomic on the shared side (`crate::shm::atomic_copy`). Simple and safe.
 //! * [`BulkIn`] / [`BulkOut`]: **zero-copy views**. Their API never hands out a
 //!   reference into the bytes: length, copies into and out of private slices at an
 //!   offset (atomic on shared memory, plain on private memory), and a raw pointer for
@@ -1347,5 +1347,32 @@ mod tests {
         buffer[9_999] = 1;
         assert!(!buffer.is_shared());
         assert_eq!(Buffer::heap(0).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_impossible_heap_buffer_is_a_typed_error() {
+        let len = usize::MAX - 10;
+        let err = Buffer::heap(len).err().expect("no such allocation");
+        assert_eq!(err, BufferError::OutOfMemory { len: len as u64 });
+        assert_eq!(
+            TaskError::from(err),
+            TaskError::OutOfMemory { len: len as u64 }
+        );
+    }
+
+    #[test]
+    fn buffer_errors_keep_their_sizes_as_task_errors() {
+        assert_eq!(
+            TaskError::from(BufferError::TooLarge { len: 9, share: 8 }),
+            TaskError::BufferTooLarge { len: 9, share: 8 }
+        );
+        assert_eq!(
+            TaskError::from(BufferError::ConnectionLost(TaskError::Disowned)),
+            TaskError::Disowned
+        );
+        assert!(matches!(
+            TaskError::from(BufferError::OutsideShare { offset: 4096, len: 8192 }),
+            TaskError::Malformed { what, .. } if what == "buffer"
+        ));
     }
 }

@@ -7,7 +7,7 @@
 //! and each task runs as a stackful coroutine taken from that worker's pool of reused
 //! coroutines, so a task may wait (on a [`CoMutex`], a subtask, a timer) without blocking
 //! the worker thread. A task's coroutine never leaves its worker's thread
-//! ([`coroutine`]), so `std`'s thread-affine values are sound to hold across its waits.
+//! (`coroutine`), so `std`'s thread-affine values are sound to hold across its waits.
 //!
 //! Client processes reach a runtime over shared memory ([`transport::shm`]): their tasks
 //! arrive in per-client rings that the workers poll, and their results go back into the
@@ -18,9 +18,9 @@
 //! Every file imports only files below it: no import cycle anywhere in the core (a test,
 //! `tests/layers.rs`, checks the sources). From the bottom:
 //!
-//! * foundations that know nothing of tasks: [`ids`], [`codec`], [`error`], [`query`],
-//!   [`config`], [`coroutine`] (the pinned per-worker executor), [`lock`] (coroutine
-//!   locks), [`bulk`], [`peer`] (the seam to the other nodes of a cluster), and [`shm`]'s building blocks (segment, ring, futex, liveness,
+//! * foundations that know nothing of tasks: [`ids`], `codec`, [`error`], [`query`],
+//!   [`config`], `coroutine` (the pinned per-worker executor), [`lock`] (coroutine
+//!   locks), [`bulk`], [`peer`] (the seam to the other nodes of a cluster), and `shm`'s building blocks (segment, ring, futex, liveness,
 //!   arena, naming, directory), which import nothing outside `shm`;
 //! * [`client`] and the [`transport`] seam (`Arc<dyn Transport>`): a client never
 //!   matches on a transport kind nor reaches into runtime state;
@@ -28,13 +28,18 @@
 //!   [`runtime::context`] (what a handler sees; it reaches the runtime through the
 //!   `Host` trait the runtime implements) → [`runtime::module`] (the chimod contract) →
 //!   [`runtime::pool`] (a pool and its containers) → [`runtime::task`] (a task holds its
-//!   pool) → [`runtime::worker`] (lanes, workers, task coroutines; a worker runs tasks
+//!   pool) → `runtime::worker` (lanes, workers, task coroutines; a worker runs tasks
 //!   through a `TaskRunner` and polls its `TaskSource` itself) →
 //!   [`runtime::pool_table`] (pools with their lanes) → [`runtime`] (the state that ties
 //!   them together);
 //! * transports over the runtime: `transport::inproc` (through a trait the runtime
 //!   implements) and [`transport::shm`] (wire layout, handshake, the runtime's server
 //!   and client areas — the server is the workers' task source — and a client's end).
+//!
+//! `codec`, `coroutine`, `shm`, `runtime::worker` and the pieces of `transport::shm`
+//! are private to this crate: their public items are reachable only with the unstable
+//! `testing` feature, which chimaera's own integration tests enable to play a faulty
+//! client. What a user of them needs is re-exported: [`Bytes`], [`wait`], [`instance`].
 //!
 //! The core never names a chimod: the admin chimod reaches the runtime through
 //! [`RuntimeHandle`].
@@ -92,15 +97,18 @@ pub mod transport;
 
 pub use runtime::{compose, context, module, pool, task};
 
-/// Waiting inside a task without blocking its worker thread.
-///
-/// A task runs as a coroutine on a worker thread that many tasks share: a handler that
-/// must wait for something outside the runtime (a thread of its own, an I/O completion)
-/// parks its coroutine with a [`Blocker`] instead of blocking the thread, and a handler
-/// that loops for long gives the other tasks a turn with [`yield_now`]. Outside a task
-/// (a plain thread) each of these blocks, sleeps or returns at once, as documented.
 pub mod wait {
-    pub use crate::coroutine::{is_coroutine, sleep, yield_now, Blocker};
+    //! Waiting inside a task without blocking its worker thread.
+    //!
+    //! A task runs as a coroutine on a worker thread that many tasks share: a handler that
+    //! must wait for something outside the runtime (a thread of its own, an I/O completion)
+    //! parks its coroutine with a [`Blocker`] instead of blocking the thread, and a handler
+    //! that loops for long gives the other tasks a turn with [`yield_now`]. Outside a task
+    //! (a plain thread) each of these blocks, sleeps or returns at once, as documented.
+    //! A span of your own entered with [`enter_span`] is current exactly while the task
+    //! runs, across its waits, like the runtime's own `task` span.
+
+    pub use crate::coroutine::{enter_span, is_coroutine, sleep, yield_now, Blocker, SpanScope};
 }
 
 #[doc(hidden)]

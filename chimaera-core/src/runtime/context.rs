@@ -1,7 +1,7 @@
 //! [`RunContext`]: a task's view of the runtime while it runs.
 //!
 //! Per-task state lives here. A task's coroutine never leaves its worker's thread (see
-//! [`crate::coroutine`]), so thread-locals and thread-affine `std` values are sound in a
+//! `crate::coroutine`), so thread-locals and thread-affine `std` values are sound in a
 //! handler even across waits — but a thread-local is shared by every task of that
 //! worker, so state of *one task* belongs here. A context is created by the worker for
 //! one run of one task and dropped after it.

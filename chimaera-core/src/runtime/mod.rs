@@ -914,7 +914,7 @@ impl RuntimeBuilder {
     }
 
     /// Starts the runtime and serves client processes over shared memory, for the
-    /// configured instance (see [`crate::shm`]). Fails if another runtime serves it.
+    /// configured instance (see `crate::shm`). Fails if another runtime serves it.
     pub fn serve(self) -> Result<Runtime, StartError> {
         self.launch(true)
     }

@@ -1,22 +1,22 @@
 //! The shared-memory transport: client processes reach a runtime through memory of their
 //! own, handed over the instance's Unix socket.
 //!
-//! It sits on the building blocks of [`crate::shm`] and is made of:
+//! It sits on the building blocks of `crate::shm` and is made of:
 //!
-//! * [`wire`]: the layout of one client's area (ring, slots, data share, output space)
+//! * `wire`: the layout of one client's area (ring, slots, data share, output space)
 //!   and the words of a slot's request and reply lines;
-//! * [`handshake`]: the instance's Unix socket — who may attach (`SO_PEERCRED` against
+//! * `handshake`: the instance's Unix socket — who may attach (`SO_PEERCRED` against
 //!   the config's `access:`), and the area memfd passed with `SCM_RIGHTS`;
-//! * [`runtime_page`]: the one page every client reads (workers' sleeping flags), sealed
+//! * `runtime_page`: the one page every client reads (workers' sleeping flags), sealed
 //!   so no client can map it writable;
-//! * [`client_area`]: the runtime's side of one client — its memory and the runtime's
+//! * `client_area`: the runtime's side of one client — its memory and the runtime's
 //!   private truth about it (slots in flight, output blocks, quotas, rights);
-//! * [`server`] and [`client`]: the runtime's and a client's end of the transport;
-//! * this file: the [`Transport`] over a [`client`] connection.
+//! * `server` and `client`: the runtime's and a client's end of the transport;
+//! * this file: the [`Transport`] over a `client` connection.
 //!
-//! The invariants every piece keeps against a hostile peer are listed in [`crate::shm`].
+//! The invariants every piece keeps against a hostile peer are listed in `crate::shm`.
 //!
-//! Tasks go through this process's client area ([`client`] holds the protocol).
+//! Tasks go through this process's client area (`client` holds the protocol).
 //! Inputs are copied into the task's slot (or the client's data share) before `submit`
 //! returns. Bulk arguments lying in a [`Buffer`] of this connection travel by reference:
 //! the runtime reads and writes that memory until the call is answered, so such buffers
