@@ -264,6 +264,18 @@ pub enum TaskError {
         /// The system error.
         detail: String,
     },
+    /// The admin pool (1.0) was asked to be destroyed: it lives as long as its runtime.
+    #[error("the admin pool cannot be destroyed; stop the runtime instead")]
+    AdminPoolIndestructible,
+    /// The runtime could not start a thread it needs to carry out the task (the stop
+    /// thread of `StopRuntime`); the task failed and the runtime serves on.
+    #[error("the runtime could not start its `{thread}` thread ({detail}); free resources (threads, memory) on the runtime's host and try again")]
+    RuntimeThread {
+        /// The thread's name.
+        thread: String,
+        /// The system error.
+        detail: String,
+    },
     /// Two task groups holding a [`CoRwLock`](crate::CoRwLock) for reading both asked to
     /// write: each would wait for the other's read forever, so the later one fails.
     #[error("another task group that reads this lock already waits to write; two such upgrades would wait for each other forever: drop the read guard before writing, or take the write lock first")]

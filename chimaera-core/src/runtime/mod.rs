@@ -533,9 +533,7 @@ impl Shared {
         id: PoolId,
     ) -> Result<(), TaskError> {
         if id == PoolId::ADMIN {
-            return Err(TaskError::failed(
-                "the admin pool cannot be destroyed; stop the runtime instead",
-            ));
+            return Err(TaskError::AdminPoolIndestructible);
         }
         let entry = self
             .pools
