@@ -9,7 +9,7 @@ use chimaera::mod_name::{mod_name_tasks, CreateParams, ModName, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::{admin::admin_tasks, admin::Admin};
 use chimaera_core::codec;
-use chimaera_core::runtime::header::MAX_PERIOD;
+use chimaera_core::MAX_PERIOD;
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

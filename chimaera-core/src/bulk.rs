@@ -1352,7 +1352,9 @@ mod tests {
     #[test]
     fn an_impossible_heap_buffer_is_a_typed_error() {
         let len = usize::MAX - 10;
-        let err = Buffer::heap(len).err().expect("no such allocation");
+        let Err(err) = Buffer::heap(len) else {
+            panic!("a heap buffer of {len} bytes cannot exist");
+        };
         assert_eq!(err, BufferError::OutOfMemory { len: len as u64 });
         assert_eq!(
             TaskError::from(err),

@@ -95,7 +95,7 @@ pub mod stats;
 mod sync;
 pub mod transport;
 
-pub use runtime::{compose, context, module, pool, task};
+pub use runtime::{compose, context, module};
 
 pub mod wait {
     //! Waiting inside a task without blocking its worker thread.
@@ -125,9 +125,10 @@ pub use lock::{CoMutex, CoMutexGuard, CoRwLock, CoRwLockReadGuard, CoRwLockWrite
 pub use module::LanePriority;
 pub use module::{ChiMod, LaneChoice, MethodInfo, ModuleInfo};
 pub use query::PoolQuery;
+pub use runtime::header::MAX_PERIOD;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeHandle, StartError};
-pub use task::Schedule;
 pub use transport::shm::ConnectError;
+pub use transport::Schedule;
 
 /// rkyv, the zero-copy format of task inputs and outputs: `#[chimaera::wire]` derives
 /// its traits through this path, so a chimod crate needs no `rkyv` dependency of its own.

@@ -28,12 +28,24 @@
 pub mod compose;
 pub mod context;
 mod flush;
-pub mod header;
+crate::internal_mod! {
+    /// A task's fixed facts (unstable, for chimaera's own tests).
+    mod header;
+}
 pub mod module;
-pub mod pool;
-pub mod pool_table;
+crate::internal_mod! {
+    /// A pool and its containers (unstable, for chimaera's own tests).
+    mod pool;
+}
+crate::internal_mod! {
+    /// Pools with their lanes (unstable, for chimaera's own tests).
+    mod pool_table;
+}
 mod status;
-pub mod task;
+crate::internal_mod! {
+    /// A task in the runtime (unstable, for chimaera's own tests).
+    mod task;
+}
 crate::internal_mod! {
     /// Lanes, workers and task coroutines (unstable, for chimaera's own tests).
     mod worker;
