@@ -24,13 +24,13 @@
 //!   arena, naming, directory), which import nothing outside `shm`;
 //! * [`client`] and the [`transport`] seam (`Arc<dyn Transport>`): a client never
 //!   matches on a transport kind nor reaches into runtime state;
-//! * the runtime, bottom up: [`runtime::header`] (a task's fixed facts) →
+//! * the runtime, bottom up: `runtime::header` (a task's fixed facts) →
 //!   [`runtime::context`] (what a handler sees; it reaches the runtime through the
 //!   `Host` trait the runtime implements) → [`runtime::module`] (the chimod contract) →
-//!   [`runtime::pool`] (a pool and its containers) → [`runtime::task`] (a task holds its
+//!   `runtime::pool` (a pool and its containers) → `runtime::task` (a task holds its
 //!   pool) → `runtime::worker` (lanes, workers, task coroutines; a worker runs tasks
 //!   through a `TaskRunner` and polls its `TaskSource` itself) →
-//!   [`runtime::pool_table`] (pools with their lanes) → [`runtime`] (the state that ties
+//!   `runtime::pool_table` (pools with their lanes) → [`runtime`] (the state that ties
 //!   them together);
 //! * transports over the runtime: `transport::inproc` (through a trait the runtime
 //!   implements) and [`transport::shm`] (wire layout, handshake, the runtime's server
