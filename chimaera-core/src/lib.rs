@@ -36,8 +36,8 @@
 //!   implements) and [`transport::shm`] (wire layout, handshake, the runtime's server
 //!   and client areas — the server is the workers' task source — and a client's end).
 //!
-//! `codec`, `coroutine`, `shm`, `runtime::worker` and the pieces of `transport::shm`
-//! are private to this crate: their public items are reachable only with the unstable
+//! `codec`, `coroutine`, `shm`, the pieces of `transport::shm` and the runtime's
+//! `header`, `pool`, `task`, `worker` and `pool_table` are private to this crate: their public items are reachable only with the unstable
 //! `testing` feature, which chimaera's own integration tests enable to play a faulty
 //! client. What a user of them needs is re-exported: [`Bytes`], [`wait`], [`instance`].
 //!
