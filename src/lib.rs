@@ -33,8 +33,9 @@
 //!   [`BufferError`], [`ReturnedBuffers`]);
 //! * writing a chimod: the macros [`chimod`], [`task`] and [`wire`], the contract they
 //!   implement ([`ChiMod`], [`ModuleInfo`], [`MethodInfo`], [`LaneChoice`],
-//!   [`LanePriority`]), what a handler sees ([`RunContext`], [`BulkIn`], [`BulkOut`],
-//!   [`BulkRangeError`]), coroutine locks ([`CoMutex`], [`CoRwLock`], [`LockError`]),
+//!   [`LanePriority`]; [`Wire`], what argument and output types must be), what a
+//!   handler sees ([`RunContext`], [`BulkIn`], [`BulkOut`], [`BulkRangeError`],
+//!   [`Bytes`]), coroutine locks ([`CoMutex`], [`CoRwLock`], [`LockError`]),
 //!   waits that do not block a worker ([`wait`]) and YAML composition ([`compose`]);
 //! * operating it: the admin chimod ([`admin`], [`AdminClient`]) and its wire types
 //!   ([`admin_api`]: pool options, the status the CLI shows), an instance's files
@@ -59,51 +60,27 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub use chimaera_core::{admin_api, compose, config, instance, wait};
-pub use chimaera_core::{rkyv, serde};
+// Running a runtime.
+pub use chimaera_core::{Runtime, RuntimeBuilder, RuntimeConfig, RuntimeHandle, StartError};
+
+// Calling it.
 pub use chimaera_core::{
-    // Calling it.
-    Buffer,
-    BufferError,
-    // Writing a chimod.
-    BulkIn,
-    BulkOut,
-    BulkRangeError,
-    Bytes,
-    ChiMod,
-    Client,
-    CoMutex,
-    CoMutexGuard,
-    CoRwLock,
-    CoRwLockReadGuard,
-    CoRwLockWriteGuard,
-    ConnectError,
-    // Ids.
-    ContainerId,
-    LaneChoice,
-    LanePriority,
-    LockError,
-    MethodId,
-    MethodInfo,
-    ModuleInfo,
-    NodeId,
-    Pending,
-    PoolId,
-    PoolQuery,
-    ReturnedBuffers,
-    RunContext,
-    Runtime,
-    RuntimeBuilder,
-    // Running a runtime.
-    RuntimeConfig,
-    RuntimeHandle,
-    Schedule,
-    StartError,
-    TaskError,
-    TaskHandle,
-    TaskNode,
+    Buffer, BufferError, Client, ConnectError, Pending, PoolQuery, ReturnedBuffers, Schedule,
+    TaskError, TaskHandle,
+};
+pub use chimaera_core::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
+
+// Writing a chimod.
+pub use chimaera_core::{
+    BulkIn, BulkOut, BulkRangeError, Bytes, ChiMod, CoMutex, CoMutexGuard, CoRwLock,
+    CoRwLockReadGuard, CoRwLockWriteGuard, LaneChoice, LanePriority, LockError, MethodInfo,
+    ModuleInfo, RunContext, Wire,
 };
 pub use chimaera_macros::{chimod, task, wire};
+
+// Modules: the admin wire types, YAML composition, the config, instance files, waits.
+pub use chimaera_core::{admin_api, compose, config, instance, wait};
+pub use chimaera_core::{rkyv, serde};
 
 /// Support for the code `#[chimod]` generates; not an API.
 #[doc(hidden)]

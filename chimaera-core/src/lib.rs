@@ -39,7 +39,7 @@
 //! `codec`, `coroutine`, `shm`, the pieces of `transport::shm` and the runtime's
 //! `header`, `pool`, `task`, `worker` and `pool_table` are private to this crate: their public items are reachable only with the unstable
 //! `testing` feature, which chimaera's own integration tests enable to play a faulty
-//! client. What a user of them needs is re-exported: [`Bytes`], [`wait`], [`instance`].
+//! client. What a user of them needs is re-exported: [`Bytes`], [`Wire`], [`wait`], [`instance`].
 //!
 //! The core never names a chimod: the admin chimod reaches the runtime through
 //! [`RuntimeHandle`].
@@ -116,7 +116,7 @@ pub mod __private;
 
 pub use bulk::{Buffer, BufferError, BulkIn, BulkOut, BulkRangeError};
 pub use client::{Client, Pending, ReturnedBuffers, TaskHandle};
-pub use codec::Bytes;
+pub use codec::{Bytes, Wire};
 pub use config::RuntimeConfig;
 pub use context::RunContext;
 pub use error::TaskError;
