@@ -118,8 +118,15 @@ mod tests {
             ("{capacity: lots}", "capacity"),
             ("{capacty: 1GB}", "capacty"),
         ] {
-            let err = params_from_compose(&yaml(text)).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text}: {err}");
+            let err = params_from_compose(&yaml(text)).unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    TaskError::BadComposeParams { module, detail }
+                        if module == "bdev" && detail.contains(needle)
+                ),
+                "{text}: {err}"
+            );
         }
     }
 }
