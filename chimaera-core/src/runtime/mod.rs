@@ -1,6 +1,6 @@
 //! The runtime: modules, pools, workers, and their life cycle.
 //!
-//! [`Runtime`] owns a [`Shared`] state that every client, context and worker points to.
+//! [`Runtime`] owns a `Shared` state that every client, context and worker points to.
 //! Life cycle: `Running` → `Draining` (a stop was asked: outside clients are refused,
 //! subtasks of running tasks are still accepted, in-flight tasks get the grace period to
 //! finish) → `Stopped` (workers end; what is still queued fails with `RuntimeStopped`;
@@ -117,7 +117,7 @@ pub enum StartError {
 pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<CancelToken>>);
 
 /// State shared by the runtime, its workers, contexts and in-process clients.
-pub struct Shared {
+pub(crate) struct Shared {
     /// This state's own `Arc` (weak, so it does not keep itself alive): what handles and
     /// in-process clients made from a `&Shared` hold.
     me: Weak<Shared>,
