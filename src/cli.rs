@@ -81,7 +81,7 @@
 //! configuration (the message names the key), before anything was started.
 use crate::RuntimeBuilder;
 use chimaera_core::config::{ConfigError, CONF_ENV, INSTANCE_ENV};
-use chimaera_core::shm::InstanceName;
+use chimaera_core::instance::InstanceName;
 use chimaera_core::{Client, ConnectError, RuntimeConfig};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches, Subcommand};

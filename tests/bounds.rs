@@ -5,10 +5,10 @@
 mod support;
 
 use chimaera::admin_api::{self, PoolOptions};
-use chimaera::codec;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
-use chimaera::transport::shm::client::Forgery;
+use chimaera_core::codec;
+use chimaera_core::transport::shm::client::Forgery;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use support::{wait_for_line, wait_until, Launch, RuntimeProcess, HANG, ROLE};
@@ -92,7 +92,7 @@ fn client_child_entry() {
                     Err(other) => panic!("an untyped failure during stop: {other}"),
                 }
                 if stopped_in_a_row >= 1024
-                    && !chimaera::shm::liveness::runtime_alive(&instance).unwrap_or(false)
+                    && !chimaera_core::shm::liveness::runtime_alive(&instance).unwrap_or(false)
                 {
                     println!("the runtime is gone; every failure was RuntimeStopped");
                     return;

@@ -11,8 +11,8 @@ mod bulk_probe;
 mod support;
 
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
-use chimaera::bulk::Bulk;
 use chimaera::prelude::*;
+use chimaera_core::bulk::Bulk;
 use support::{serve_as_runtime_child, wait_until, Launch, RuntimeProcess};
 
 /// Starts a runtime child process serving the bulk probe for the instance of `test`.
@@ -180,10 +180,10 @@ fn a_client_scribbling_on_a_buffer_in_use_harms_only_its_own_answers() {
     let q = PoolQuery::local();
     let mut buffer = chi.allocate_buffer(64 * 1024).unwrap();
     let reference = match chi.bulk_ref(&buffer) {
-        chimaera::bulk::BulkWire::Shared { offset, len } => Bulk::Shared { offset, len },
-        chimaera::bulk::BulkWire::Inline(_) => panic!("a shared buffer travels by reference"),
+        chimaera_core::bulk::BulkWire::Shared { offset, len } => Bulk::Shared { offset, len },
+        chimaera_core::bulk::BulkWire::Inline(_) => panic!("a shared buffer travels by reference"),
     };
-    let input = chimaera::codec::encode(&(reference,)).unwrap();
+    let input = chimaera_core::codec::encode(&(reference,)).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let scribbler = scope.spawn(|| {
@@ -227,15 +227,24 @@ fn data_share_limits_are_typed_errors() {
     let share: u64 = 64 << 10;
     assert_eq!(
         chi.allocate_buffer(1 << 20).unwrap_err(),
-        TaskError::DataShareFull {
+        BufferError::TooLarge {
             len: 1 << 20,
             share,
-            in_use: 0
         }
     );
     let held = chi.allocate_buffer(48 << 10).unwrap();
+    let full = chi.allocate_buffer(32 << 10).unwrap_err();
     assert_eq!(
-        chi.allocate_buffer(32 << 10).unwrap_err(),
+        full,
+        BufferError::ShareFull {
+            len: 32 << 10,
+            share,
+            in_use: 48 << 10
+        }
+    );
+    // `?` in a handler or a function returning `TaskError` keeps the sizes.
+    assert_eq!(
+        TaskError::from(full),
         TaskError::DataShareFull {
             len: 32 << 10,
             share,

@@ -113,7 +113,7 @@ impl Instance {
     /// its lock file, its socket and any named segment.
     fn shm_files(&self) -> Vec<String> {
         let (dot, at) = (format!("{}.", self.name), format!("{}@", self.name));
-        std::fs::read_dir(chimaera::shm::naming::user_dir())
+        std::fs::read_dir(chimaera_core::shm::naming::user_dir())
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
@@ -550,7 +550,7 @@ fn compose_creates_the_pool_the_typed_client_would() {
     ModNameClient::create(&chi, PoolQuery::local(), "d", CreateParams::default()).unwrap();
 }
 
-fn builder_modules() -> Vec<chimaera::module::ModuleEntry> {
+fn builder_modules() -> Vec<chimaera_core::module::ModuleEntry> {
     chimaera::builder().modules().copied().collect()
 }
 
@@ -572,14 +572,32 @@ fn compose_errors_name_the_pool_and_the_module() {
         ComposeError::Admin { .. }
     ));
     let bad = err(spec("MOD_NAME", "p2", "{labl: x}"));
-    assert!(matches!(bad, ComposeError::Params { .. }), "{bad}");
+    assert!(
+        matches!(
+            &bad,
+            ComposeError::Params {
+                source: TaskError::BadComposeParams { module, detail },
+                ..
+            } if module == "MOD_NAME" && detail.contains("labl")
+        ),
+        "{bad}"
+    );
     let message = bad.to_string();
     assert!(
         message.contains("`p2`") && message.contains("MOD_NAME") && message.contains("labl"),
         "{message}"
     );
     let typed = err(spec("MOD_NAME", "p3", "{label: [1, 2]}"));
-    assert!(matches!(typed, ComposeError::Params { .. }), "{typed}");
+    assert!(
+        matches!(
+            typed,
+            ComposeError::Params {
+                source: TaskError::BadComposeParams { .. },
+                ..
+            }
+        ),
+        "{typed}"
+    );
 
     // A module linked without `composable_module` cannot be composed.
     let plain = chimaera::Runtime::builder()

@@ -444,8 +444,8 @@ fn names_a_client_chose_cannot_drive_the_operators_terminal() {
 #[test]
 fn runtime_clean_removes_what_a_killed_runtime_left() {
     let mut runtime = RuntimeProcess::start("clean", "");
-    let lock = chimaera::shm::ShmName::runtime_lock(runtime.instance()).path();
-    let socket = chimaera::shm::ShmName::socket(runtime.instance()).path();
+    let lock = chimaera_core::shm::ShmName::runtime_lock(runtime.instance()).path();
+    let socket = chimaera_core::shm::ShmName::socket(runtime.instance()).path();
 
     // While it runs, clean refuses and removes nothing.
     let output = run(&runtime, &["runtime", "clean"]);
@@ -491,12 +491,53 @@ fn runtime_clean_removes_what_a_killed_runtime_left() {
     assert!(run(&runtime, &["runtime", "status"]).status.success());
 }
 
+/// The public instance API the CLI's `status` and `clean` stand on: liveness from the
+/// lock, the files a killed runtime left (with sizes), and a clean that refuses while the
+/// runtime lives and afterwards removes exactly those files.
+#[test]
+fn the_instance_api_reports_and_cleans_a_killed_runtimes_files() {
+    use chimaera::instance::{self, InstanceFile, RuntimeLockError};
+    let mut runtime = RuntimeProcess::start("instance_api", "");
+    let name = runtime.instance().clone();
+    let lock = instance::user_dir().join(format!("{name}.lock"));
+    let socket = instance::user_dir().join(format!("{name}.sock"));
+
+    assert!(instance::runtime_alive(&name).unwrap());
+    let pid = instance::runtime_pid(&name).expect("the live runtime's pid");
+    match instance::clean(&name) {
+        Err(RuntimeLockError::AlreadyRunning { pid: holder, .. }) => {
+            assert_eq!(holder, Some(pid))
+        }
+        other => panic!("clean of a live runtime: {other:?}"),
+    }
+    assert!(
+        lock.exists() && socket.exists(),
+        "a refused clean removes nothing"
+    );
+
+    runtime.kill();
+    assert!(!instance::runtime_alive(&name).unwrap());
+    assert_eq!(instance::runtime_pid(&name), None);
+    let left = instance::instance_files(&name).unwrap();
+    let paths: Vec<_> = left.iter().map(|file| file.path.clone()).collect();
+    assert_eq!(paths, [lock.clone(), socket.clone()]);
+    assert!(left[0].bytes > 0, "the lock file holds the pid: {left:?}");
+
+    let cleaned = instance::clean(&name).unwrap();
+    let mut expected: Vec<InstanceFile> = left.clone();
+    expected.reverse(); // the socket, then the lock file
+    assert_eq!(cleaned, expected);
+    assert!(!lock.exists() && !socket.exists());
+    assert_eq!(instance::instance_files(&name).unwrap(), []);
+    assert_eq!(instance::clean(&name).unwrap(), []);
+}
+
 #[test]
 fn runtime_clean_neither_follows_a_link_nor_removes_a_file_it_does_not_own() {
     let runtime = RuntimeProcess::start("clean_link", "");
     let mut runtime = runtime;
     runtime.kill();
-    let socket = chimaera::shm::ShmName::socket(runtime.instance()).path();
+    let socket = chimaera_core::shm::ShmName::socket(runtime.instance()).path();
     let target =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ops-{}-victim", std::process::id()));
     std::fs::write(&target, "keep me").unwrap();

@@ -7,8 +7,9 @@ use chimaera::admin_api::{
 };
 use chimaera::mod_name::{mod_name_tasks, CreateParams, ModName, ModNameClient};
 use chimaera::prelude::*;
-use chimaera::runtime::header::MAX_PERIOD;
-use chimaera::{admin::admin_tasks, admin::Admin, codec};
+use chimaera::{admin::admin_tasks, admin::Admin};
+use chimaera_core::codec;
+use chimaera_core::MAX_PERIOD;
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -417,6 +418,14 @@ fn destroy_pool_fails_or_finishes_in_flight_tasks_cleanly() {
     // The name is free again.
     let again = probe_pool(&chi, "doomed", 1);
     assert_ne!(again.pool_id(), p.pool_id());
+    // The admin pool is not: it lives as long as the runtime.
+    assert_eq!(
+        chimaera::admin_api::destroy_pool(&chi, PoolId::ADMIN),
+        Err(TaskError::AdminPoolIndestructible)
+    );
+    assert!(chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .is_ok());
 }
 
 #[test]

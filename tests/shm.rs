@@ -8,7 +8,7 @@ mod support;
 
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
-use chimaera::transport::shm::client::{Forgery, Scribble};
+use chimaera_core::transport::shm::client::{Forgery, Scribble};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -235,6 +235,10 @@ fn a_killed_runtime_fails_waiting_calls_and_a_new_one_takes_over() {
         m.custom(PoolQuery::local(), "x", 0),
         Err(TaskError::RuntimeStopped)
     );
+    assert_eq!(
+        chi.allocate_buffer(4096).unwrap_err(),
+        BufferError::ConnectionLost(TaskError::RuntimeStopped)
+    );
 
     runtime.spawn();
     let chi = runtime.client();
@@ -251,7 +255,7 @@ fn malformed_tasks_fail_alone_and_the_runtime_goes_on() {
     let custom = chimaera::mod_name::mod_name_tasks::CUSTOM;
     let connection = chi.shm_connection().expect("shared-memory client").clone();
 
-    let mut garbage = chimaera::codec::Bytes::new();
+    let mut garbage = chimaera_core::codec::Bytes::new();
     garbage.extend_from_slice(&[0xEE; 40]);
     let result = chi
         .submit(pool, custom, PoolQuery::local(), garbage, None)
@@ -262,9 +266,11 @@ fn malformed_tasks_fail_alone_and_the_runtime_goes_on() {
         "{result:?}"
     );
 
-    let good =
-        chimaera::codec::encode(&(chimaera::codec::StrRef("ok"), chimaera::codec::ByRef(&1u32)))
-            .unwrap();
+    let good = chimaera_core::codec::encode(&(
+        chimaera_core::codec::StrRef("ok"),
+        chimaera_core::codec::ByRef(&1u32),
+    ))
+    .unwrap();
     for forgery in [
         Forgery::InputInClientData {
             offset: u64::MAX - 3,
@@ -357,7 +363,7 @@ fn a_clean_stop_exits_zero_and_leaves_no_segment() {
     );
     let status = runtime.child.take().unwrap().wait().unwrap();
     assert!(status.success(), "the runtime exited with {status}");
-    let left = chimaera::shm::dir::instance_files(runtime.instance()).unwrap();
+    let left = chimaera_core::shm::dir::instance_files(runtime.instance()).unwrap();
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
 
@@ -448,9 +454,9 @@ fn a_bdev_pool_composed_at_boot_serves_a_client_process() {
     drop(buffer);
 
     // A reference outside the client's share fails that task alone.
-    let forged = chimaera::codec::encode(&(
+    let forged = chimaera_core::codec::encode(&(
         blocks[0],
-        chimaera::bulk::Bulk::Shared {
+        chimaera_core::bulk::Bulk::Shared {
             offset: u64::MAX - 8,
             len: 4096,
         },
@@ -522,7 +528,7 @@ fn client_child_as_nobody(runtime: &RuntimeProcess, role: &str) -> Child {
     use std::os::unix::process::CommandExt;
     runtime
         .client_child_command(role)
-        .env("CHI_RUNTIME_USER", chimaera::shm::naming::user_tag())
+        .env("CHI_RUNTIME_USER", chimaera_core::shm::naming::user_tag())
         .stdout(Stdio::piped())
         .uid(65534)
         .gid(65534)
@@ -544,7 +550,7 @@ fn no_client_can_reach_another_clients_memory() {
     // Each client's memory is a memfd handed to it alone: the instance has no file a
     // process could open to map clients' rings, slots or data (only the runtime's lock
     // and its socket).
-    let files = chimaera::shm::dir::instance_files(runtime.instance()).unwrap();
+    let files = chimaera_core::shm::dir::instance_files(runtime.instance()).unwrap();
     let mappable: Vec<_> = files
         .iter()
         .filter(|path| {
@@ -621,9 +627,11 @@ fn a_forged_input_length_costs_the_runtime_no_memory() {
     let runtime = RuntimeProcess::start("huge", "");
     let chi = runtime.client();
     let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
-    let good =
-        chimaera::codec::encode(&(chimaera::codec::StrRef("ok"), chimaera::codec::ByRef(&1u32)))
-            .unwrap();
+    let good = chimaera_core::codec::encode(&(
+        chimaera_core::codec::StrRef("ok"),
+        chimaera_core::codec::ByRef(&1u32),
+    ))
+    .unwrap();
     let result = chi
         .shm_connection()
         .unwrap()
@@ -708,6 +716,10 @@ fn a_client_the_runtime_disowns_gets_a_typed_error_not_a_hang() {
         m.custom(PoolQuery::local(), "x", 1)
     });
     assert_eq!(next, Err(TaskError::Disowned));
+    assert_eq!(
+        chi.allocate_buffer(4096).unwrap_err(),
+        BufferError::ConnectionLost(TaskError::Disowned)
+    );
     assert_eq!(b.custom(PoolQuery::local(), "on", 2).unwrap(), "on");
 }
 
@@ -787,7 +799,7 @@ fn a_pool_composed_at_boot_opens_by_name() {
 
 #[test]
 fn forged_abandon_requests_hurt_only_their_sender() {
-    use chimaera::transport::shm::wire::KIND_ABANDON;
+    use chimaera_core::transport::shm::wire::KIND_ABANDON;
     let runtime = RuntimeProcess::start("abandonforge", "");
     let chi = runtime.client();
     let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();

@@ -9,8 +9,8 @@
 //! `/dev/shm/chimaera-{user}`. Tests that hand a file to uid 65534 need root (CI runs as
 //! root) and say so when skipped.
 use chimaera::prelude::*;
-use chimaera::shm::naming::{user_dir, user_dir_name, ShmName};
-use chimaera::shm::{InstanceName, RuntimeDir};
+use chimaera_core::shm::naming::{user_dir, user_dir_name, ShmName};
+use chimaera_core::shm::{InstanceName, RuntimeDir};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -192,7 +192,8 @@ impl Drop for Instance {
                 ] {
                     let _ = std::fs::remove_file(self.path(&name));
                 }
-                for file in chimaera::shm::dir::instance_files(&self.name).unwrap_or_default() {
+                for file in chimaera_core::shm::dir::instance_files(&self.name).unwrap_or_default()
+                {
                     let _ = std::fs::remove_file(file);
                 }
             }
@@ -367,7 +368,7 @@ fn a_client_refuses_a_planted_socket_of_a_live_runtime() {
     assert!(sent.success());
     assert!(serving.0.wait().unwrap().success());
     assert!(!instance.lock().exists());
-    let left = chimaera::shm::dir::instance_files(&instance.name).unwrap();
+    let left = chimaera_core::shm::dir::instance_files(&instance.name).unwrap();
     assert!(left.is_empty(), "left: {left:?}");
 }
 
@@ -462,7 +463,7 @@ fn a_directory_named_after_another_user_but_not_theirs_is_not_trusted() {
         eprintln!("skipped: needs root (and the user `nobody`, uid {NOBODY})");
         return;
     }
-    if chimaera::shm::naming::user_tag_of(NOBODY) != "nobody" {
+    if chimaera_core::shm::naming::user_tag_of(NOBODY) != "nobody" {
         eprintln!("skipped: uid {NOBODY} is not called `nobody` here");
         return;
     }

@@ -14,11 +14,11 @@ mod support;
 
 use bulk_probe::{pattern_byte, BulkProbe, BulkProbeClient};
 use chimaera::admin_api::OpenPoolError;
-use chimaera::bulk::{Buffer, BulkRef};
-use chimaera::client::RawPending;
-use chimaera::codec::{self, Bytes};
 use chimaera::prelude::*;
-use chimaera::transport::{
+use chimaera_core::bulk::{Buffer, BulkRef};
+use chimaera_core::client::RawPending;
+use chimaera_core::codec::{self, Bytes};
+use chimaera_core::transport::{
     CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
 };
 use probe::{Probe, ProbeClient};
@@ -128,7 +128,7 @@ impl Transport for Relay {
         Ok(Some(Box::new(RelayedHandle(handle))))
     }
 
-    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, BufferError> {
         self.inner.allocate_buffer(len)
     }
 

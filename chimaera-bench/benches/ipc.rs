@@ -1006,7 +1006,7 @@ fn remove_stale_runs() {
             pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
         })
     };
-    let user_dir = chimaera::shm::naming::user_dir();
+    let user_dir = chimaera::instance::user_dir();
     for dir in [Path::new("/dev/shm"), Path::new("/tmp"), &user_dir] {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
@@ -1040,7 +1040,7 @@ fn remove_stale_runs() {
 /// `{instance}.lock`, `{instance}.sock` and `{instance}@…`.
 fn instance_files(instance: &str) -> Vec<PathBuf> {
     let (dot, at) = (format!("{instance}."), format!("{instance}@"));
-    let Ok(entries) = std::fs::read_dir(chimaera::shm::naming::user_dir()) else {
+    let Ok(entries) = std::fs::read_dir(chimaera::instance::user_dir()) else {
         return Vec::new();
     };
     entries

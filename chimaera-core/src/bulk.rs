@@ -16,7 +16,7 @@
 //! * `&[u8]` / `&mut [u8]`: **one copy** each way. A shared reference is copied into
 //!   runtime-private memory before the handler runs, and a `&mut [u8]`'s bytes are
 //!   copied back out to the client's buffer after it (or returned inline) — both copies
-//!   atomic on the shared side ([`crate::shm::atomic_copy`]). Simple and safe.
+//!   atomic on the shared side (`crate::shm::atomic_copy`). Simple and safe.
 //! * [`BulkIn`] / [`BulkOut`]: **zero-copy views**. Their API never hands out a
 //!   reference into the bytes: length, copies into and out of private slices at an
 //!   offset (atomic on shared memory, plain on private memory), and a raw pointer for
@@ -869,17 +869,78 @@ unsafe impl Send for Buffer {}
 // SAFETY: as above; `&Buffer` only gives `&[u8]`.
 unsafe impl Sync for Buffer {}
 
+/// Why [`Client::allocate_buffer`](crate::Client::allocate_buffer) gave no buffer.
+/// Converts into a [`TaskError`], so `?` works in a handler or a function returning one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BufferError {
+    /// The buffer is larger than this client's whole data share: it can never fit.
+    #[error("a {len}-byte buffer is larger than this client's whole {share}-byte data share; allocate smaller buffers, or raise `shm.client_data_size` (divided among `max_clients`) in the runtime's config")]
+    TooLarge {
+        /// The size asked for.
+        len: u64,
+        /// The size of the client's data share.
+        share: u64,
+    },
+    /// The data share has no room left for the buffer: buffers still held fill it.
+    #[error("no room for a {len}-byte buffer in this client's {share}-byte data share ({in_use} bytes held by buffers); drop unused buffers, or raise `shm.client_data_size` (divided among `max_clients`) in the runtime's config")]
+    ShareFull {
+        /// The size asked for.
+        len: u64,
+        /// The size of the client's data share.
+        share: u64,
+        /// Bytes the client's live buffers hold.
+        in_use: u64,
+    },
+    /// The process could not allocate the buffer's memory (an in-process client's
+    /// buffers are heap memory).
+    #[error("out of memory for a {len}-byte buffer")]
+    OutOfMemory {
+        /// The size asked for.
+        len: u64,
+    },
+    /// The extent the allocator chose does not lie in the mapped data share (the
+    /// client's view of its memory is inconsistent); nothing was handed out.
+    #[error("the {len}-byte extent at offset {offset} of the data share is not mapped in this client; drop this Client and connect again")]
+    OutsideShare {
+        /// Offset of the extent in the data share.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The connection is over (the runtime stopped, or disowned this client): no buffer
+    /// could be used with it.
+    #[error("no buffer from a connection that is over: {0}")]
+    ConnectionLost(#[source] TaskError),
+}
+
+impl From<BufferError> for TaskError {
+    fn from(err: BufferError) -> TaskError {
+        match err {
+            BufferError::TooLarge { len, share } => TaskError::BufferTooLarge { len, share },
+            BufferError::ShareFull { len, share, in_use } => {
+                TaskError::DataShareFull { len, share, in_use }
+            }
+            BufferError::OutOfMemory { len } => TaskError::OutOfMemory { len },
+            BufferError::OutsideShare { offset, len } => TaskError::malformed(
+                "buffer",
+                format!("the {len}-byte extent at offset {offset} of the data share is not mapped"),
+            ),
+            BufferError::ConnectionLost(err) => err,
+        }
+    }
+}
+
 /// Alignment of every buffer: a page, so `O_DIRECT` I/O can use it as it is.
 pub const BUFFER_ALIGN: usize = 4096;
 
 impl Buffer {
     /// A zeroed heap buffer of `len` bytes.
-    pub(crate) fn heap(len: usize) -> Result<Buffer, TaskError> {
+    pub(crate) fn heap(len: usize) -> Result<Buffer, BufferError> {
         let layout = Layout::from_size_align(len.max(1), BUFFER_ALIGN)
-            .map_err(|_| TaskError::OutOfMemory { len: len as u64 })?;
+            .map_err(|_| BufferError::OutOfMemory { len: len as u64 })?;
         // SAFETY: `layout` has a non-zero size.
         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-            .ok_or(TaskError::OutOfMemory { len: len as u64 })?;
+            .ok_or(BufferError::OutOfMemory { len: len as u64 })?;
         Ok(Buffer {
             ptr,
             len,
@@ -1286,5 +1347,34 @@ mod tests {
         buffer[9_999] = 1;
         assert!(!buffer.is_shared());
         assert_eq!(Buffer::heap(0).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_impossible_heap_buffer_is_a_typed_error() {
+        let len = usize::MAX - 10;
+        let Err(err) = Buffer::heap(len) else {
+            panic!("a heap buffer of {len} bytes cannot exist");
+        };
+        assert_eq!(err, BufferError::OutOfMemory { len: len as u64 });
+        assert_eq!(
+            TaskError::from(err),
+            TaskError::OutOfMemory { len: len as u64 }
+        );
+    }
+
+    #[test]
+    fn buffer_errors_keep_their_sizes_as_task_errors() {
+        assert_eq!(
+            TaskError::from(BufferError::TooLarge { len: 9, share: 8 }),
+            TaskError::BufferTooLarge { len: 9, share: 8 }
+        );
+        assert_eq!(
+            TaskError::from(BufferError::ConnectionLost(TaskError::Disowned)),
+            TaskError::Disowned
+        );
+        assert!(matches!(
+            TaskError::from(BufferError::OutsideShare { offset: 4096, len: 8192 }),
+            TaskError::Malformed { what, .. } if what == "buffer"
+        ));
     }
 }

@@ -35,7 +35,7 @@
 //! A client made by `RunContext::client` submits *subtasks*: they inherit the parent's
 //! TaskNode group, which the coroutine locks use to let them through a lock their parent
 //! holds.
-use crate::bulk::{Buffer, BulkRef};
+use crate::bulk::{Buffer, BufferError, BulkRef};
 use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
@@ -116,7 +116,9 @@ impl Client {
         }
     }
 
-    /// The transport, for the transports' own `impl Client` blocks.
+    /// The transport, for the transports' own `impl Client` blocks (today only the
+    /// shared-memory one's test hook, `shm_connection`).
+    #[cfg(feature = "testing")]
     pub(crate) fn transport(&self) -> &dyn Transport {
         &*self.transport
     }
@@ -140,7 +142,7 @@ impl Client {
     /// of calls in flight fill it, and fails when the buffer cannot fit at all). Through
     /// an in-process client it is heap memory, and arguments backed by it are copied
     /// like any other slice.
-    pub fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+    pub fn allocate_buffer(&self, len: usize) -> Result<Buffer, BufferError> {
         self.transport.allocate_buffer(len)
     }
 

@@ -59,7 +59,7 @@
 //! ```
 //!
 //! Each client's share of the three `shm` sizes is its own memory (a memfd, see
-//! [`crate::transport::shm::client_area`]), fully reserved when it connects: with every client
+//! `crate::transport::shm::client_area`), fully reserved when it connects: with every client
 //! attached the runtime commits the three sizes (the defaults, 60 MiB, fit a laptop).
 //!
 //! # Invariants
@@ -77,7 +77,7 @@
 //! `CHI_INSTANCE` is [`ConfigError::Env`].
 //!
 //! Each runtime starts its own worker threads (`workers`), one coroutine executor each
-//! (see [`crate::coroutine`]); `coroutine_stack_size` sizes every task coroutine's stack
+//! (see `crate::coroutine`); `coroutine_stack_size` sizes every task coroutine's stack
 //! and `pin_workers` pins worker `i` to CPU `i` (modulo the CPU count).
 use std::collections::HashSet;
 use std::fmt;

@@ -91,6 +91,14 @@ pub enum TaskError {
         /// What the validator found.
         detail: String,
     },
+    /// The `params` of a compose entry do not fit the create parameters of its module.
+    #[error("bad `params` for module `{module}`: {detail}; fix the entry's `params:` to match the module's create parameters")]
+    BadComposeParams {
+        /// The module the pool was to run.
+        module: String,
+        /// What the YAML reader found (the offending key, a wrong type).
+        detail: String,
+    },
     /// The runtime is stopping or stopped; the task was not run.
     #[error("the runtime is not running (stopped or stopping)")]
     RuntimeStopped,
@@ -197,6 +205,14 @@ pub enum TaskError {
         /// Bytes the client's live buffers hold.
         in_use: u64,
     },
+    /// A buffer was asked for that is larger than the client's whole data share.
+    #[error("a {len}-byte buffer is larger than this client's whole {share}-byte data share; allocate smaller buffers, or raise `shm.client_data_size` (divided among `max_clients`) in the runtime's config")]
+    BufferTooLarge {
+        /// The buffer's size.
+        len: u64,
+        /// The share's size.
+        share: u64,
+    },
     /// A task's input is larger than any place it can travel in: the client's whole data
     /// share.
     #[error("the task's {len}-byte input does not fit this client's {share}-byte data share; send less (a buffer from allocate_buffer travels by reference), or raise `shm.client_data_size` in the runtime's config")]
@@ -243,6 +259,18 @@ pub enum TaskError {
     /// The client could not start a thread it needs (its reply watcher).
     #[error("this client could not start its `{thread}` thread ({detail}); free resources (threads, memory) and connect again")]
     ClientThread {
+        /// The thread's name.
+        thread: String,
+        /// The system error.
+        detail: String,
+    },
+    /// The admin pool (1.0) was asked to be destroyed: it lives as long as its runtime.
+    #[error("the admin pool cannot be destroyed; stop the runtime instead")]
+    AdminPoolIndestructible,
+    /// The runtime could not start a thread it needs to carry out the task (the stop
+    /// thread of `StopRuntime`); the task failed and the runtime serves on.
+    #[error("the runtime could not start its `{thread}` thread ({detail}); free resources (threads, memory) on the runtime's host and try again")]
+    RuntimeThread {
         /// The thread's name.
         thread: String,
         /// The system error.

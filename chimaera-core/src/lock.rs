@@ -31,7 +31,7 @@
 //!
 //! The queue of waiters is guarded by a `std::sync::Mutex` held only for a few
 //! instructions, never across a park. A parked waiter is woken on its own worker thread
-//! (see [`crate::coroutine`]).
+//! (see `crate::coroutine`).
 //!
 //! **A holder that dies of a stack overflow.** Its stack cannot be unwound, so its guards
 //! are never dropped. Each guard therefore registers its release with the running

@@ -16,7 +16,7 @@
 use super::{fail, metrics, Context, BAD_INPUT, FAILED};
 use crate::admin::AdminClient;
 use crate::RuntimeBuilder;
-use chimaera_core::shm::liveness::{runtime_alive, runtime_pid};
+use chimaera_core::instance::{runtime_alive, runtime_pid};
 use chimaera_core::{compose, Client, PoolId, PoolQuery, RuntimeConfig, TaskError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;

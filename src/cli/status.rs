@@ -41,13 +41,13 @@
 //!
 //! `clean` takes the instance's runtime lock (so it refuses while a runtime holds it),
 //! removes the instance's files through the verified user directory
-//! ([`RuntimeLock::remove_stale`]: never following a link, refusing what it does not
-//! own), then releases and removes the lock file.
+//! ([`instance::clean`]: never following a link, refusing what it does not own), then
+//! releases and removes the lock file.
 use super::runtime::alive;
 use super::{fail, Context, FAILED};
 use crate::admin::AdminClient;
 use chimaera_core::admin_api::{MethodStatus, PoolInfo, RuntimeStatus};
-use chimaera_core::shm::{RuntimeDir, RuntimeLock, RuntimeLockError, ShmName};
+use chimaera_core::instance::{self, InstanceFile, RuntimeLockError};
 use chimaera_core::{PoolId, PoolQuery, RuntimeConfig};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -110,21 +110,17 @@ struct Leftover {
 
 /// The files of `config`'s instance in the user directory (its lock file included).
 fn leftovers(config: &RuntimeConfig) -> Result<Vec<Leftover>, String> {
-    let dir = RuntimeDir::for_user().map_err(|err| err.to_string())?;
-    let mut names = vec![ShmName::runtime_lock(&config.instance)];
-    names.extend(
-        dir.instance_files(&config.instance)
-            .map_err(|err| err.to_string())?,
-    );
-    Ok(names
-        .iter()
-        .filter_map(|name| {
-            dir.size_of(name).map(|bytes| Leftover {
-                path: dir.path_of(name).display().to_string(),
-                bytes,
-            })
-        })
-        .collect())
+    let files = instance::instance_files(&config.instance).map_err(|err| err.to_string())?;
+    Ok(files.iter().map(Leftover::from).collect())
+}
+
+impl From<&InstanceFile> for Leftover {
+    fn from(file: &InstanceFile) -> Leftover {
+        Leftover {
+            path: file.path.display().to_string(),
+            bytes: file.bytes,
+        }
+    }
 }
 
 fn not_running(context: &Context, config: &RuntimeConfig, json: bool) -> ExitCode {
@@ -171,12 +167,8 @@ pub(super) fn clean(context: &Context) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let before = match leftovers(&config) {
-        Ok(files) => files,
-        Err(err) => return fail(FAILED, err),
-    };
-    let lock = match RuntimeLock::acquire(&config.instance) {
-        Ok(lock) => lock,
+    let cleaned = match instance::clean(&config.instance) {
+        Ok(cleaned) => cleaned,
         Err(RuntimeLockError::AlreadyRunning { pid, .. }) => {
             let pid = pid.map_or_else(String::new, |pid| format!(" (pid {pid})"));
             return fail(
@@ -190,31 +182,17 @@ pub(super) fn clean(context: &Context) -> ExitCode {
         }
         Err(err) => return fail(FAILED, err),
     };
-    let removed = match lock.remove_stale() {
-        Ok(removed) => removed,
-        Err(err) => return fail(FAILED, err),
-    };
-    let lock_path = lock.dir().path_of(&ShmName::runtime_lock(&config.instance));
-    // Releasing the lock removes its file.
-    drop(lock);
-    let lock_was_there = before
-        .iter()
-        .any(|file| file.path == lock_path.display().to_string());
-    let mut count = removed.len();
-    for path in &removed {
-        println!("removed {}", path.display());
+    for file in &cleaned {
+        println!("removed {}", file.path.display());
     }
-    if lock_was_there {
-        println!("removed {}", lock_path.display());
-        count += 1;
-    }
-    let bytes: u64 = before.iter().map(|file| file.bytes).sum();
-    if count == 0 {
+    let bytes: u64 = cleaned.iter().map(|file| file.bytes).sum();
+    if cleaned.is_empty() {
         println!("runtime `{}` left no files", config.instance);
     } else {
         println!(
-            "cleaned runtime `{}`: {count} file(s), {bytes} bytes",
-            config.instance
+            "cleaned runtime `{}`: {} file(s), {bytes} bytes",
+            config.instance,
+            cleaned.len()
         );
     }
     ExitCode::SUCCESS

@@ -15,9 +15,9 @@
 #![allow(dead_code)]
 
 use chimaera::prelude::*;
-use chimaera::shm::InstanceName;
-use chimaera::transport::shm::server::{usage, ShmUsage};
 use chimaera::RuntimeBuilder;
+use chimaera_core::shm::InstanceName;
+use chimaera_core::transport::shm::server::{usage, ShmUsage};
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -214,14 +214,15 @@ impl RuntimeProcess {
 impl Drop for RuntimeProcess {
     fn drop(&mut self) {
         self.kill();
-        if let Ok(files) = chimaera::shm::dir::instance_files(self.instance()) {
+        if let Ok(files) = chimaera_core::shm::dir::instance_files(self.instance()) {
             for file in files {
                 let _ = std::fs::remove_file(file);
             }
         }
         // The runtime's lock file too (a killed runtime leaves it; `instance_files`
         // lists everything else).
-        let _ = std::fs::remove_file(chimaera::shm::ShmName::runtime_lock(self.instance()).path());
+        let _ =
+            std::fs::remove_file(chimaera_core::shm::ShmName::runtime_lock(self.instance()).path());
         let _ = std::fs::remove_file(&self.config_path);
     }
 }

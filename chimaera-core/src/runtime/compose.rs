@@ -70,10 +70,12 @@ impl Params {
     }
 
     /// Deserializes the params into `T` for a pool of `module`; a failure is a
-    /// [`TaskError::Failed`] naming the module and the offending key.
+    /// [`TaskError::BadComposeParams`] naming the module and the offending key.
     pub fn deserialize<T: DeserializeOwned>(&self, module: &str) -> Result<T, TaskError> {
-        serde_yaml_ng::from_value(self.0.clone())
-            .map_err(|err| TaskError::failed(format!("bad `params` for module `{module}`: {err}")))
+        serde_yaml_ng::from_value(self.0.clone()).map_err(|err| TaskError::BadComposeParams {
+            module: module.to_owned(),
+            detail: err.to_string(),
+        })
     }
 
     /// Whether the params are a mapping (the loaders accept nothing else).

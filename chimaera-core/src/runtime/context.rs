@@ -1,7 +1,7 @@
 //! [`RunContext`]: a task's view of the runtime while it runs.
 //!
 //! Per-task state lives here. A task's coroutine never leaves its worker's thread (see
-//! [`crate::coroutine`]), so thread-locals and thread-affine `std` values are sound in a
+//! `crate::coroutine`), so thread-locals and thread-affine `std` values are sound in a
 //! handler even across waits — but a thread-local is shared by every task of that
 //! worker, so state of *one task* belongs here. A context is created by the worker for
 //! one run of one task and dropped after it.
@@ -218,10 +218,20 @@ impl RuntimeHandle {
 
     /// Starts a clean stop on another thread and returns at once; in-flight tasks get
     /// `grace` to finish (the caller's own task, at `ctx`'s depth, is not waited for).
-    pub fn stop_from_task(&self, ctx: &RunContext, grace: Duration) {
+    /// Fails with [`TaskError::RuntimeThread`] (and the runtime serves on) if that
+    /// thread cannot be started.
+    pub fn stop_from_task(&self, ctx: &RunContext, grace: Duration) -> Result<(), TaskError> {
         let host = self.host.clone();
         let own = u64::from(ctx.task_node().depth) + 1;
-        std::thread::spawn(move || host.stop(grace, own));
+        let thread = "chimaera-stop";
+        std::thread::Builder::new()
+            .name(thread.to_owned())
+            .spawn(move || host.stop(grace, own))
+            .map(drop)
+            .map_err(|err| TaskError::RuntimeThread {
+                thread: thread.to_owned(),
+                detail: err.to_string(),
+            })
     }
 
     /// Waits until every task that was in flight when it was called is done, except the

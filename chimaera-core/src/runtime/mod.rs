@@ -1,6 +1,6 @@
 //! The runtime: modules, pools, workers, and their life cycle.
 //!
-//! [`Runtime`] owns a [`Shared`] state that every client, context and worker points to.
+//! [`Runtime`] owns a `Shared` state that every client, context and worker points to.
 //! Life cycle: `Running` → `Draining` (a stop was asked: outside clients are refused,
 //! subtasks of running tasks are still accepted, in-flight tasks get the grace period to
 //! finish) → `Stopped` (workers end; what is still queued fails with `RuntimeStopped`;
@@ -28,13 +28,28 @@
 pub mod compose;
 pub mod context;
 mod flush;
-pub mod header;
+crate::internal_mod! {
+    /// A task's fixed facts (unstable, for chimaera's own tests).
+    mod header;
+}
 pub mod module;
-pub mod pool;
-pub mod pool_table;
+crate::internal_mod! {
+    /// A pool and its containers (unstable, for chimaera's own tests).
+    mod pool;
+}
+crate::internal_mod! {
+    /// Pools with their lanes (unstable, for chimaera's own tests).
+    mod pool_table;
+}
 mod status;
-pub mod task;
-pub mod worker;
+crate::internal_mod! {
+    /// A task in the runtime (unstable, for chimaera's own tests).
+    mod task;
+}
+crate::internal_mod! {
+    /// Lanes, workers and task coroutines (unstable, for chimaera's own tests).
+    mod worker;
+}
 
 pub use context::RuntimeHandle;
 
@@ -102,7 +117,7 @@ pub enum StartError {
 pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<CancelToken>>);
 
 /// State shared by the runtime, its workers, contexts and in-process clients.
-pub struct Shared {
+pub(crate) struct Shared {
     /// This state's own `Arc` (weak, so it does not keep itself alive): what handles and
     /// in-process clients made from a `&Shared` hold.
     me: Weak<Shared>,
@@ -530,9 +545,7 @@ impl Shared {
         id: PoolId,
     ) -> Result<(), TaskError> {
         if id == PoolId::ADMIN {
-            return Err(TaskError::failed(
-                "the admin pool cannot be destroyed; stop the runtime instead",
-            ));
+            return Err(TaskError::AdminPoolIndestructible);
         }
         let entry = self
             .pools
@@ -911,7 +924,7 @@ impl RuntimeBuilder {
     }
 
     /// Starts the runtime and serves client processes over shared memory, for the
-    /// configured instance (see [`crate::shm`]). Fails if another runtime serves it.
+    /// configured instance (see `crate::shm`). Fails if another runtime serves it.
     pub fn serve(self) -> Result<Runtime, StartError> {
         self.launch(true)
     }

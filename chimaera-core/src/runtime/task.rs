@@ -139,7 +139,7 @@ impl Task {
     /// The task's `tracing` span (target `chimaera::task`, level DEBUG): its pool's name,
     /// its method's name (or id, for a method the module does not list), its id and
     /// container. Disabled — and its fields never computed — unless a subscriber wants
-    /// it; the worker makes it current with [`coroutine::enter_span`] for every stretch
+    /// it; the worker makes it current with `coroutine::enter_span` for every stretch
     /// the task runs, waits excluded.
     pub fn span(&self) -> tracing::Span {
         tracing::debug_span!(

@@ -71,12 +71,18 @@ pub mod naming;
 pub mod ring;
 pub mod segment;
 
-pub use dir::{Access, DirError, FileError, RuntimeDir};
-pub use futex::WaitOutcome;
-pub use liveness::{runtime_alive, LockFileError, RuntimeLock, RuntimeLockError};
+pub use dir::{DirError, FileError, RuntimeDir};
+pub use liveness::{LockFileError, RuntimeLock, RuntimeLockError};
 pub use naming::{InstanceName, NameError, ShmName};
-pub use ring::{Full, Ring, RingCorrupt, RingError, RingLayout};
-pub use segment::{AccessError, Segment, SegmentError, ShmRegion};
+/// Short paths for the tests of the `testing` feature; the crate uses the full ones.
+#[cfg(feature = "testing")]
+pub use {
+    dir::Access,
+    futex::WaitOutcome,
+    liveness::runtime_alive,
+    ring::{Full, Ring, RingCorrupt, RingError, RingLayout},
+    segment::{AccessError, Segment, SegmentError, ShmRegion},
+};
 
 #[cfg(test)]
 pub(crate) mod test_util {

@@ -73,7 +73,7 @@ pub enum NameError {
 /// A validated instance name: 1 to 64 characters from `[A-Za-z0-9_.-]`.
 ///
 /// ```
-/// use chimaera_core::shm::InstanceName;
+/// use chimaera_core::instance::InstanceName;
 /// assert!(InstanceName::new("test-42").is_ok());
 /// assert!(InstanceName::new("a/b").is_err());
 /// ```

@@ -7,7 +7,7 @@
 //! holds caller memory and a dropped call need not be waited for. A client made inside
 //! a task carries the parent's [`TaskNode`]: its tasks are subtasks, which the coroutine
 //! locks let through a lock their parent holds, and which a draining runtime still takes.
-use crate::bulk::{Buffer, BulkRef, BulkWire};
+use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire};
 use crate::client::Client;
 use crate::codec::{Bytes, SliceRef};
 use crate::error::TaskError;
@@ -95,7 +95,7 @@ impl Transport for InProcess {
         Ok(cancel)
     }
 
-    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, BufferError> {
         Buffer::heap(len)
     }
 

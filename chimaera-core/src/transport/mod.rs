@@ -42,7 +42,7 @@
 pub(crate) mod inproc;
 pub mod shm;
 
-use crate::bulk::{Buffer, BulkRef, LendState};
+use crate::bulk::{Buffer, BufferError, BulkRef, LendState};
 use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
@@ -125,7 +125,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError>;
 
     /// A zeroed, page-aligned buffer whose bytes travel by reference when they can.
-    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError>;
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, BufferError>;
 
     /// How `bytes` travels as a bulk argument: by reference when it lies in a buffer of
     /// this transport the peer can reach, inline otherwise.

@@ -59,9 +59,9 @@ impl Admin {
 
     /// `kStopRuntime`: answers, then stops the runtime cleanly.
     #[task(method = 12)]
-    fn stop_runtime(&self, ctx: &mut RunContext, grace_period_ms: u64) {
+    fn stop_runtime(&self, ctx: &mut RunContext, grace_period_ms: u64) -> Result<(), TaskError> {
         ctx.runtime()
-            .stop_from_task(ctx, Duration::from_millis(grace_period_ms));
+            .stop_from_task(ctx, Duration::from_millis(grace_period_ms))
     }
 
     /// `kFlush`: waits until the tasks in flight when it started are done; returns how

@@ -13,9 +13,9 @@
 //! `capacity` takes a byte count or a size with a unit (`parse_size`); every key is
 //! optional with the defaults of [`BdevParams`]; unknown keys are errors.
 use crate::{bdev_tasks, Bdev, BdevParams, BdevType};
-use chimaera_core::codec::Bytes;
 use chimaera_core::compose::{Composable, Params};
 use chimaera_core::config::parse_size;
+use chimaera_core::Bytes;
 use chimaera_core::{ChiMod, TaskError};
 use serde::Deserialize;
 
@@ -43,7 +43,10 @@ enum Capacity {
 }
 
 fn bad(what: String) -> TaskError {
-    TaskError::failed(format!("bad `params` for module `bdev`: {what}"))
+    TaskError::BadComposeParams {
+        module: "bdev".to_owned(),
+        detail: what,
+    }
 }
 
 /// The create parameters a compose entry's `params` describe.
@@ -115,8 +118,15 @@ mod tests {
             ("{capacity: lots}", "capacity"),
             ("{capacty: 1GB}", "capacty"),
         ] {
-            let err = params_from_compose(&yaml(text)).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text}: {err}");
+            let err = params_from_compose(&yaml(text)).unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    TaskError::BadComposeParams { module, detail }
+                        if module == "bdev" && detail.contains(needle)
+                ),
+                "{text}: {err}"
+            );
         }
     }
 }

@@ -5,7 +5,7 @@
 //! straight to the longest waiter (no barging), so none starves. The count and the queue
 //! sit under one short `std` mutex, never held across a park; a waiter parks on its own
 //! [`Blocker`] until its `granted` flag is set, so a spurious wake-up re-checks.
-use chimaera_core::coroutine::Blocker;
+use chimaera_core::wait::Blocker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! large request a little longer) and never park, so a coroutine-aware queue of waiters
 //! ([`chimaera_core::CoMutex`]) would cost more than the wait it saves. `ShortLock` is a
 //! `std::sync::Mutex` taken without ever blocking a worker thread: `try_lock`, a short
-//! spin, then `chimaera_core::coroutine::yield_now` so the worker runs other tasks before trying
+//! spin, then `chimaera_core::wait::yield_now` so the worker runs other tasks before trying
 //! again.
 //!
 //! Invariant the users keep: **nothing parks or yields while holding the guard.** So a
@@ -43,7 +43,7 @@ impl<T> ShortLock<T> {
                     spins += 1;
                     std::hint::spin_loop();
                 }
-                Err(TryLockError::WouldBlock) => chimaera_core::coroutine::yield_now(),
+                Err(TryLockError::WouldBlock) => chimaera_core::wait::yield_now(),
             }
         }
     }

@@ -37,7 +37,7 @@ fn main() {
     assert_eq!(info.lanes, [LanePriority::LowLatency]);
     assert_eq!(info.method(PUT).unwrap().function, "put");
 
-    let input: PutIn = ("key".to_owned(), chimaera::bulk::Bulk::Inline(vec![1, 2, 3]));
+    let input: PutIn = ("key".to_owned(), chimaera_core::bulk::Bulk::Inline(vec![1, 2, 3]));
     let bytes = Codec::save_in(&TaskIn::Put(input.clone())).unwrap();
     match Codec::load_in(PUT, &bytes).unwrap() {
         TaskIn::Put(decoded) => assert_eq!(decoded, input),

@@ -74,7 +74,7 @@ fn main() {
             LanePriority::HighLatency
         ]
     );
-    let input = chimaera::codec::encode(&(41u64,)).unwrap();
+    let input = chimaera_core::codec::encode(&(41u64,)).unwrap();
     let container = RawNames;
     assert_eq!(
         container.monitor(raw_names_tasks::PEEK, &input),
@@ -84,7 +84,7 @@ fn main() {
         container.monitor(raw_names_tasks::TYPE, &input),
         LaneChoice::Default
     );
-    let input = chimaera::codec::encode(&(7u32,)).unwrap();
+    let input = chimaera_core::codec::encode(&(7u32,)).unwrap();
     assert_eq!(
         RawNames::dynamic_container(raw_names_tasks::PICK, &input, 4),
         Some(3)

@@ -55,7 +55,7 @@ use super::wire::{
     self, read_shared, slot, write_shared, AreaGeometry, InputPlace, OutputPlace, ReplyStatus,
     SlotReply, SlotRequest, SlotView, TaskRequest, CONTROL_STATE,
 };
-use crate::bulk::{Buffer, BulkRef, BulkWire, BUFFER_ALIGN};
+use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire, BUFFER_ALIGN};
 use crate::codec::{aligned_copy, decode, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
@@ -623,15 +623,20 @@ impl ShmConnection {
     /// A zeroed, page-aligned buffer of `len` bytes in this client's data share, which
     /// bulk arguments reference instead of copying (see [`crate::bulk`]). Waits while the
     /// share is full of inputs of calls in flight.
-    pub fn allocate_buffer(self: &Arc<Self>, len: usize) -> Result<Buffer, TaskError> {
+    pub fn allocate_buffer(self: &Arc<Self>, len: usize) -> Result<Buffer, BufferError> {
         if let Some(err) = self.failure() {
-            return Err(err);
+            return Err(BufferError::ConnectionLost(err));
         }
         let share = self.geometry.data_len;
-        let extent = (len <= share)
-            .then(|| self.alloc_buffer_waiting(len))
-            .flatten()
-            .ok_or_else(|| TaskError::DataShareFull {
+        if len > share {
+            return Err(BufferError::TooLarge {
+                len: len as u64,
+                share: share as u64,
+            });
+        }
+        let extent = self
+            .alloc_buffer_waiting(len)
+            .ok_or_else(|| BufferError::ShareFull {
                 len: len as u64,
                 share: share as u64,
                 in_use: lock(&self.data).in_use() as u64,
@@ -642,9 +647,13 @@ impl ShmConnection {
             BUFFER_ALIGN,
         ) {
             Ok(ptr) => ptr,
-            Err(err) => {
+            Err(_) => {
+                let outside = BufferError::OutsideShare {
+                    offset: extent.offset as u64,
+                    len: extent.len as u64,
+                };
                 self.free_data(extent);
-                return Err(TaskError::malformed("buffer", err));
+                return Err(outside);
             }
         };
         let connection = self.clone();

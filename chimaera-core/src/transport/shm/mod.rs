@@ -1,40 +1,60 @@
 //! The shared-memory transport: client processes reach a runtime through memory of their
 //! own, handed over the instance's Unix socket.
 //!
-//! It sits on the building blocks of [`crate::shm`] and is made of:
+//! It sits on the building blocks of `crate::shm` and is made of:
 //!
-//! * [`wire`]: the layout of one client's area (ring, slots, data share, output space)
+//! * `wire`: the layout of one client's area (ring, slots, data share, output space)
 //!   and the words of a slot's request and reply lines;
-//! * [`handshake`]: the instance's Unix socket — who may attach (`SO_PEERCRED` against
+//! * `handshake`: the instance's Unix socket — who may attach (`SO_PEERCRED` against
 //!   the config's `access:`), and the area memfd passed with `SCM_RIGHTS`;
-//! * [`runtime_page`]: the one page every client reads (workers' sleeping flags), sealed
+//! * `runtime_page`: the one page every client reads (workers' sleeping flags), sealed
 //!   so no client can map it writable;
-//! * [`client_area`]: the runtime's side of one client — its memory and the runtime's
+//! * `client_area`: the runtime's side of one client — its memory and the runtime's
 //!   private truth about it (slots in flight, output blocks, quotas, rights);
-//! * [`server`] and [`client`]: the runtime's and a client's end of the transport;
-//! * this file: the [`Transport`] over a [`client`] connection.
+//! * `server` and `client`: the runtime's and a client's end of the transport;
+//! * this file: the [`Transport`] over a `client` connection.
 //!
-//! The invariants every piece keeps against a hostile peer are listed in [`crate::shm`].
+//! The invariants every piece keeps against a hostile peer are listed in `crate::shm`.
 //!
-//! Tasks go through this process's client area ([`client`] holds the protocol).
+//! Tasks go through this process's client area (`client` holds the protocol).
 //! Inputs are copied into the task's slot (or the client's data share) before `submit`
 //! returns. Bulk arguments lying in a [`Buffer`] of this connection travel by reference:
 //! the runtime reads and writes that memory until the call is answered, so such buffers
 //! are marked lent in this client's lending table meanwhile, and a typed `Pending`
 //! that lent them waits for its call when dropped ([`Transport::borrows_caller_memory`]).
-pub mod client;
-pub mod client_area;
-pub mod handshake;
-pub mod runtime_page;
-pub mod server;
-pub mod wire;
+crate::internal_mod! {
+    /// A client's end of the transport (unstable, for chimaera's own tests).
+    mod client;
+}
+crate::internal_mod! {
+    /// The runtime's side of one client (unstable, for chimaera's own tests).
+    mod client_area;
+}
+crate::internal_mod! {
+    /// The instance's Unix socket protocol (unstable, for chimaera's own tests).
+    mod handshake;
+}
+crate::internal_mod! {
+    /// The page every client reads (unstable, for chimaera's own tests).
+    mod runtime_page;
+}
+crate::internal_mod! {
+    /// The runtime's end of the transport (unstable, for chimaera's own tests).
+    mod server;
+}
+crate::internal_mod! {
+    /// The layout of a client's area (unstable, for chimaera's own tests).
+    mod wire;
+}
 
-use crate::bulk::{Buffer, BulkRef, BulkWire, LendingTable};
+pub use client::ConnectError;
+
+use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire, LendingTable};
 use crate::client::Client;
 use crate::codec::{decode, Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
-use crate::transport::shm::client::{ConnectError, ShmCall, ShmConnection};
+use crate::transport::shm::client::{ShmCall, ShmConnection};
 use crate::transport::{
     CancelPeriodic, LendGuard, PendingCall, Results, Route, Schedule, Transport, TransportKind,
 };
@@ -58,7 +78,9 @@ impl Client {
         ))))
     }
 
-    /// The shared-memory connection, for tests that play a faulty client.
+    /// The shared-memory connection, for tests that play a faulty client (unstable:
+    /// the `testing` feature, for chimaera's own tests).
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn shm_connection(&self) -> Option<&Arc<ShmConnection>> {
         self.transport()
@@ -69,7 +91,7 @@ impl Client {
 }
 
 /// A client process's transport to a runtime over shared memory.
-pub struct SharedMemory {
+pub(crate) struct SharedMemory {
     connection: Arc<ShmConnection>,
     /// This connection's buffers, for calls to mark as lent.
     lending: Arc<LendingTable>,
@@ -77,7 +99,7 @@ pub struct SharedMemory {
 
 impl SharedMemory {
     /// A transport over `connection`.
-    pub fn new(connection: Arc<ShmConnection>) -> Self {
+    pub(crate) fn new(connection: Arc<ShmConnection>) -> Self {
         SharedMemory {
             connection,
             lending: Arc::default(),
@@ -85,7 +107,8 @@ impl SharedMemory {
     }
 
     /// The connection, for tests that play a faulty client.
-    pub fn connection(&self) -> &Arc<ShmConnection> {
+    #[cfg(feature = "testing")]
+    pub(crate) fn connection(&self) -> &Arc<ShmConnection> {
         &self.connection
     }
 }
@@ -159,7 +182,7 @@ impl Transport for SharedMemory {
         }
     }
 
-    fn allocate_buffer(&self, len: usize) -> Result<Buffer, TaskError> {
+    fn allocate_buffer(&self, len: usize) -> Result<Buffer, BufferError> {
         let buffer = self.connection.allocate_buffer(len)?;
         Ok(match self.connection.bulk_ref(&buffer) {
             BulkWire::Shared { offset, .. } => buffer.track_lending(&self.lending, offset),

@@ -26,7 +26,7 @@
 //! A closure that panics is caught on its I/O thread (which lives on) and its caller
 //! gets [`PoolError::JobFailed`].
 use crate::permits::Permits;
-use chimaera_core::coroutine::Blocker;
+use chimaera_core::wait::Blocker;
 use crossbeam_channel as mpmc;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

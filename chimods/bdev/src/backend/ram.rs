@@ -150,7 +150,7 @@ fn acquire(lock: &AtomicBool) {
             spins += 1;
             std::hint::spin_loop();
         } else {
-            chimaera_core::coroutine::yield_now();
+            chimaera_core::wait::yield_now();
         }
     }
 }

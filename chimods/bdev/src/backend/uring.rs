@@ -46,7 +46,7 @@
 //! the kernel, disabled by `kernel.io_uring_disabled`, or refused by a seccomp filter).
 use crate::permits::Permits;
 use crate::short_lock::ShortLock;
-use chimaera_core::coroutine::Blocker;
+use chimaera_core::wait::Blocker;
 use chimaera_core::{BulkIn, BulkOut};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::io;
