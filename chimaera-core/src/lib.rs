@@ -44,6 +44,7 @@
 pub mod admin_api;
 pub mod bulk;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod coroutine;

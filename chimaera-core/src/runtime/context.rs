@@ -14,7 +14,7 @@ use crate::admin_api::{CreatePoolRequest, MethodStatus, PoolInfo, RuntimeStatus,
 use crate::bulk::BulkShare;
 use crate::client::Client;
 use crate::error::TaskError;
-use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
+use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::shm::InstanceName;
 use std::sync::Arc;
@@ -61,6 +61,8 @@ pub(crate) trait Host: Send + Sync {
     fn status(&self, caller: StatusCaller) -> RuntimeStatus;
     /// Every pool's per-method counters.
     fn method_stats(&self) -> Vec<MethodStatus>;
+    /// This runtime's node in its cluster (0 for a single runtime).
+    fn node(&self) -> NodeId;
 }
 
 /// The admin `Status` task asking for a snapshot, which leaves itself out of it.
@@ -138,6 +140,11 @@ impl<'t> RunContext<'t> {
     /// The lane of the container's local queue this task was queued on.
     pub fn lane(&self) -> u32 {
         self.header.lane
+    }
+
+    /// The node this task runs on (0 for a single runtime).
+    pub fn node(&self) -> NodeId {
+        self.host.node()
     }
 
     /// How many containers the pool has.
