@@ -162,6 +162,20 @@ impl Probe {
         tracing::info!(note, "probe: after the wait");
         note
     }
+
+    /// The node and the container that ran the task.
+    #[task(method = 26)]
+    fn where_am_i(&self, ctx: &mut RunContext) -> (u32, u32) {
+        (ctx.node(), ctx.container_id())
+    }
+
+    /// Asks container `container` of this pool, from inside this task (a nested task,
+    /// to another node when the container lives there), where it runs.
+    #[task(method = 27)]
+    fn relay(&self, ctx: &mut RunContext, container: u32) -> Result<(u32, u32), TaskError> {
+        let pool = ProbeClient::attach(&ctx.client(), ctx.pool_id());
+        pool.where_am_i(PoolQuery::direct_id(container))
+    }
 }
 
 impl Probe {

@@ -1,0 +1,400 @@
+//! Many nodes in one process: every node its own runtime (real workers, real
+//! coroutines, the admin and probe chimods), joined by the in-memory network of
+//! `chimaera::cluster::memory`, which can make a node unreachable, slow or gone.
+//! No timing assertions: a fault test checks the typed error and that nothing hangs.
+mod probe;
+
+use chimaera::admin_api::{self, PoolOptions};
+use chimaera::cluster::frame::{decode_answer, Answer};
+use chimaera::cluster::memory::{Fault, MemoryCluster};
+use chimaera::config::{NetworkingConfig, RuntimeConfig};
+use chimaera::mod_name::{CreateParams, ModNameClient};
+use chimaera::peer::PeerNetwork;
+use chimaera::prelude::*;
+use probe::{Probe, ProbeClient};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn node_config(rpc_timeout_ms: u64, neighborhood_size: u32, force_net: bool) -> RuntimeConfig {
+    RuntimeConfig {
+        workers_low_latency: 1,
+        workers_high_latency: 0,
+        stop_grace_period: Duration::from_millis(500),
+        networking: NetworkingConfig {
+            rpc_timeout: Duration::from_millis(rpc_timeout_ms),
+            neighborhood_size,
+            force_net,
+            ..NetworkingConfig::default()
+        },
+        ..RuntimeConfig::default()
+    }
+}
+
+/// A cluster of runtimes in this process. Runtimes are dropped before the wire.
+struct TestCluster {
+    runtimes: Vec<Option<Runtime>>,
+    wire: MemoryCluster,
+    config: RuntimeConfig,
+}
+
+impl TestCluster {
+    fn start(nodes: u32, config: RuntimeConfig) -> TestCluster {
+        let mut cluster = TestCluster {
+            runtimes: Vec::new(),
+            wire: MemoryCluster::new(nodes, 2).expect("the wire's threads start"),
+            config,
+        };
+        // Node 0 first: the others ask it for the cluster's pools as they start.
+        for node in 0..nodes {
+            let runtime = cluster.boot(node);
+            cluster.runtimes.push(Some(runtime));
+        }
+        cluster
+    }
+
+    fn boot(&self, node: u32) -> Runtime {
+        chimaera::builder()
+            .module::<Probe>()
+            .config(self.config.clone())
+            .network(self.wire.endpoint(node))
+            .start()
+            .expect("node starts")
+    }
+
+    fn restart(&mut self, node: u32) {
+        let runtime = self.boot(node);
+        self.runtimes[node as usize] = Some(runtime);
+    }
+
+    fn stop(&mut self, node: u32) {
+        if let Some(runtime) = self.runtimes[node as usize].take() {
+            runtime.stop();
+        }
+    }
+
+    fn client(&self, node: u32) -> Client {
+        self.runtimes[node as usize]
+            .as_ref()
+            .expect("node runs")
+            .client()
+    }
+
+    fn probe(&self, node: u32, name: &str, containers: u32) -> ProbeClient {
+        ProbeClient::create_with(
+            &self.client(node),
+            PoolQuery::local(),
+            name,
+            PoolOptions::containers(containers),
+        )
+        .expect("pool created")
+    }
+}
+
+#[test]
+fn every_query_mode_reaches_the_node_that_holds_its_container() {
+    let cluster = TestCluster::start(4, node_config(2000, 32, false));
+    let created = cluster.probe(0, "modes", 8);
+    // The same pool seen from node 2.
+    let pool = ProbeClient::attach(&cluster.client(2), created.pool_id());
+    for container in 0..8 {
+        assert_eq!(
+            pool.where_am_i(PoolQuery::direct_id(container)).unwrap(),
+            (container % 4, container),
+            "DirectId({container})"
+        );
+    }
+    assert_eq!(pool.where_am_i(PoolQuery::local()).unwrap(), (2, 2));
+    assert_eq!(pool.where_am_i(PoolQuery::physical(3)).unwrap(), (3, 3));
+    assert_eq!(pool.where_am_i(PoolQuery::physical(0)).unwrap(), (0, 0));
+    assert!(matches!(
+        pool.where_am_i(PoolQuery::physical(4)),
+        Err(TaskError::NoSuchNode { node: 4 })
+    ));
+    // Dynamic: the probe's hook picks container `pick % containers`, wherever it lives.
+    assert_eq!(pool.picked(PoolQuery::dynamic(), 13).unwrap(), 5);
+    // DirectHash spreads over every node.
+    let mut nodes_seen = [false; 4];
+    for hash in 0..16u64 {
+        let (node, container) = pool.where_am_i(PoolQuery::direct_hash(hash)).unwrap();
+        assert_eq!(u64::from(container), hash % 8);
+        assert_eq!(node, container % 4);
+        nodes_seen[node as usize] = true;
+    }
+    assert_eq!(nodes_seen, [true; 4]);
+}
+
+#[test]
+fn broadcast_and_range_run_one_replica_per_container_on_its_node() {
+    let cluster = TestCluster::start(4, node_config(2000, 2, false));
+    let pool = cluster.probe(1, "fan", 10);
+    let pool = ProbeClient::attach(&cluster.client(3), pool.pool_id());
+    let replicas = pool
+        .async_where_am_i(PoolQuery::broadcast())
+        .unwrap()
+        .wait_all();
+    let expected: Vec<_> = (0..10).map(|c| (c, Ok((c % 4, c)))).collect();
+    assert_eq!(replicas, expected);
+    // Aggregated: the lowest container's result.
+    assert_eq!(pool.where_am_i(PoolQuery::broadcast()).unwrap(), (0, 0));
+    let range = pool
+        .async_where_am_i(PoolQuery::range(3, 5))
+        .unwrap()
+        .wait_all();
+    let expected: Vec<_> = (3..8).map(|c| (c, Ok((c % 4, c)))).collect();
+    assert_eq!(range, expected);
+    // A replica that fails on its node fails alone, and the aggregate reports it.
+    let exploded = pool
+        .async_explode(PoolQuery::broadcast(), "boom")
+        .unwrap()
+        .wait_all();
+    assert_eq!(exploded.len(), 10);
+    assert!(exploded
+        .iter()
+        .all(|(_, result)| matches!(result, Err(TaskError::Panicked { .. }))));
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(9)).unwrap(), (1, 9));
+}
+
+#[test]
+fn one_name_created_from_two_nodes_at_once_is_one_pool_everywhere_and_destroyed_everywhere() {
+    let cluster = TestCluster::start(4, node_config(2000, 32, false));
+    let (first, second) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| cluster.probe(1, "shared", 4).pool_id());
+        let b = scope.spawn(|| cluster.probe(3, "shared", 4).pool_id());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(first, second);
+    for node in 0..4 {
+        let found = admin_api::find_pool(&cluster.client(node), "shared").unwrap();
+        assert_eq!(found.map(|info| info.id), Some(first), "node {node}");
+    }
+    // Asking for it with another container count is refused, from any node.
+    let mismatch = ProbeClient::create_with(
+        &cluster.client(2),
+        PoolQuery::local(),
+        "shared",
+        PoolOptions::containers(5),
+    );
+    assert!(matches!(mismatch, Err(TaskError::PoolMismatch { .. })));
+
+    admin_api::destroy_pool(&cluster.client(2), first).unwrap();
+    for node in 0..4 {
+        assert_eq!(
+            admin_api::find_pool(&cluster.client(node), "shared").unwrap(),
+            None,
+            "node {node}"
+        );
+    }
+    let gone = ProbeClient::attach(&cluster.client(0), first);
+    assert!(matches!(
+        gone.where_am_i(PoolQuery::direct_id(1)),
+        Err(TaskError::UnknownPool { .. })
+    ));
+    // The name is free again: a new pool with a new id.
+    let again = cluster.probe(2, "shared", 4).pool_id();
+    assert_ne!(again, first);
+}
+
+#[test]
+fn a_node_that_starts_late_gets_the_existing_pools() {
+    let wire_nodes = 4;
+    let mut cluster = TestCluster::start(wire_nodes, node_config(1000, 32, false));
+    cluster.stop(3);
+    let pool = cluster.probe(0, "early", 4);
+    // Container 3's node is not running: its replica fails at once, naming it.
+    assert!(matches!(
+        pool.where_am_i(PoolQuery::direct_id(3)),
+        Err(TaskError::NodeFailed { node: 3, .. })
+    ));
+    cluster.restart(3);
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(3)).unwrap(), (3, 3));
+    let seen_from_3 = admin_api::find_pool(&cluster.client(3), "early").unwrap();
+    assert_eq!(seen_from_3.map(|info| info.id), Some(pool.pool_id()));
+}
+
+#[test]
+fn a_handler_on_one_node_calls_a_container_on_another() {
+    let cluster = TestCluster::start(3, node_config(2000, 32, false));
+    let pool = cluster.probe(0, "nested", 3);
+    // Node 0 → container 1 on node 1, whose handler asks container 2 on node 2.
+    assert_eq!(pool.relay(PoolQuery::direct_id(1), 2).unwrap(), (2, 2));
+    // And back to node 0.
+    assert_eq!(pool.relay(PoolQuery::direct_id(2), 0).unwrap(), (0, 0));
+}
+
+#[test]
+fn an_unreachable_or_stopped_node_fails_its_replicas_with_its_id_and_the_rest_serve() {
+    let mut cluster = TestCluster::start(4, node_config(300, 32, false));
+    let pool = cluster.probe(0, "faults", 4);
+
+    cluster.wire.set_fault(2, Fault::Unreachable);
+    let started = Instant::now();
+    assert!(matches!(
+        pool.where_am_i(PoolQuery::direct_id(2)),
+        Err(TaskError::NodeTimeout { node: 2, .. })
+    ));
+    let replicas = pool
+        .async_where_am_i(PoolQuery::broadcast())
+        .unwrap()
+        .wait_all();
+    for (container, result) in replicas {
+        match container {
+            2 => assert!(
+                matches!(result, Err(TaskError::NodeTimeout { node: 2, .. })),
+                "{result:?}"
+            ),
+            c => assert_eq!(result, Ok((c, c))),
+        }
+    }
+    // Returned at all (not hanging) is the property; the elapsed time is only reported.
+    eprintln!(
+        "two calls to an unreachable node took {:?}",
+        started.elapsed()
+    );
+    cluster.wire.set_fault(2, Fault::None);
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(2)).unwrap(), (2, 2));
+
+    // A slow link within the deadline still answers.
+    cluster
+        .wire
+        .set_fault(1, Fault::Slow(Duration::from_millis(20)));
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(1)).unwrap(), (1, 1));
+    cluster.wire.set_fault(1, Fault::None);
+
+    // Stopped: it told its peers it left.
+    cluster.stop(2);
+    assert!(matches!(
+        pool.where_am_i(PoolQuery::direct_id(2)),
+        Err(TaskError::NodeFailed { node: 2, .. })
+    ));
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(3)).unwrap(), (3, 3));
+    cluster.restart(2);
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(2)).unwrap(), (2, 2));
+}
+
+#[test]
+fn a_peer_sending_garbage_gets_a_malformed_answer_and_the_node_serves_on() {
+    let cluster = TestCluster::start(2, node_config(2000, 32, false));
+    let pool = cluster.probe(0, "garbage", 2);
+    // Node 1's runtime stops; a hostile process takes its place on the wire.
+    let mut cluster = cluster;
+    cluster.stop(1);
+    let hostile = cluster.wire.endpoint(1);
+    let frames: [&[u8]; 3] = [&[], &[0xff; 7], &[0x5a; 300]];
+    for frame in frames {
+        let (send, answer) = mpsc::channel();
+        hostile.call(
+            0,
+            frame.to_vec(),
+            Duration::from_secs(5),
+            Box::new(move |result| {
+                let _ = send.send(result);
+            }),
+        );
+        let bytes = answer.recv().unwrap().expect("node 0 answers");
+        assert!(matches!(
+            decode_answer(&bytes),
+            Ok(Answer::Failed(TaskError::Malformed { .. }))
+        ));
+    }
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(0)).unwrap(), (0, 0));
+    hostile.shutdown();
+}
+
+#[test]
+fn force_net_gives_the_same_results_as_the_direct_path() {
+    let direct = chimaera::builder()
+        .module::<Probe>()
+        .config(node_config(2000, 32, false))
+        .start()
+        .unwrap();
+    let net = TestCluster::start(1, node_config(2000, 32, true));
+    let via_net = net.client(0);
+    let runs = |chi: &Client| {
+        let probe = ProbeClient::create_with(
+            chi,
+            PoolQuery::local(),
+            "both-ways",
+            PoolOptions::containers(3),
+        )
+        .unwrap();
+        let m = ModNameClient::create(
+            chi,
+            PoolQuery::local(),
+            "both-ways-m",
+            CreateParams::default(),
+        )
+        .unwrap();
+        let mut counter = 5u64;
+        let bumped = probe.bump(PoolQuery::direct_id(1), &mut counter, 7);
+        (
+            m.custom(PoolQuery::local(), "hello ünïcødé", 3),
+            m.wait_test(PoolQuery::local(), 5),
+            probe.where_am_i(PoolQuery::direct_id(2)),
+            probe
+                .async_who_am_i(PoolQuery::broadcast())
+                .unwrap()
+                .wait_all(),
+            probe.checksum(PoolQuery::range(1, 2), &[1, 2, 3, 250]),
+            (bumped, counter),
+            probe
+                .explode(PoolQuery::local(), "same failure")
+                .map_err(|e| e.to_string()),
+        )
+    };
+    net.wire.reset_counters();
+    let through_frames = runs(&via_net);
+    assert!(
+        net.wire.frames_sent(0) >= 6,
+        "force-net sent tasks as frames ({} sent)",
+        net.wire.frames_sent(0)
+    );
+    assert_eq!(through_frames, runs(&direct.client()));
+}
+
+/// Builds an `n`-node cluster, creates a pool of one container per node and broadcasts
+/// to it; checks every node answered and no node sent more than `k` frames. Reports
+/// (does not assert) the times.
+fn simulate(n: u32, k: u32) {
+    let started = Instant::now();
+    let cluster = TestCluster::start(n, node_config(30_000, k, false));
+    let booted = started.elapsed();
+    let pool = cluster.probe(n / 2, "sim", n);
+    let created = started.elapsed() - booted;
+    cluster.wire.reset_counters();
+    let broadcast = Instant::now();
+    let replicas = pool
+        .async_where_am_i(PoolQuery::broadcast())
+        .unwrap()
+        .wait_all();
+    let broadcast = broadcast.elapsed();
+    assert_eq!(replicas.len(), n as usize);
+    for (container, result) in &replicas {
+        assert_eq!(*result, Ok((*container, *container)));
+    }
+    let sent: Vec<u64> = (0..n).map(|node| cluster.wire.frames_sent(node)).collect();
+    let origin = sent[(n / 2) as usize];
+    assert!(
+        origin <= u64::from(k),
+        "the originating node sent {origin} frames"
+    );
+    let busiest = *sent.iter().max().unwrap();
+    assert!(busiest <= u64::from(k), "a node sent {busiest} frames");
+    let total: u64 = sent.iter().sum();
+    assert_eq!(total, u64::from(n - 1), "one frame reaches each other node");
+    cluster.wire.reset_counters();
+    let range = pool
+        .async_where_am_i(PoolQuery::range(1, n - 1))
+        .unwrap()
+        .wait_all();
+    assert_eq!(range.len(), (n - 1) as usize);
+    assert!(range.iter().all(|(c, r)| *r == Ok((*c, *c))));
+    eprintln!(
+        "simulation n={n} k={k}: boot {booted:?}, create {created:?}, broadcast {broadcast:?}, frames: origin {origin}, busiest node {busiest}, total {total}"
+    );
+}
+
+#[test]
+fn simulated_clusters_of_10_and_100_nodes_fan_out_through_a_tree() {
+    simulate(10, 3);
+    simulate(100, 8);
+}
