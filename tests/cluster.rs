@@ -5,7 +5,7 @@
 mod probe;
 
 use chimaera::admin_api::{self, PoolOptions};
-use chimaera::cluster::frame::{decode_answer, Answer};
+use chimaera::cluster::frame::{decode_answer, encode_frame, Answer, Frame, RunTask};
 use chimaera::cluster::memory::{Fault, MemoryCluster};
 use chimaera::config::{NetworkingConfig, RuntimeConfig};
 use chimaera::mod_name::{CreateParams, ModNameClient};
@@ -296,6 +296,33 @@ fn a_peer_sending_garbage_gets_a_malformed_answer_and_the_node_serves_on() {
             Ok(Answer::Failed(TaskError::Malformed { .. }))
         ));
     }
+    // A well-formed frame for node 0's own admin pool (StopRuntime) is refused: only
+    // the cluster's pools take tasks from peers.
+    let stop = encode_frame(&Frame::Run(RunTask {
+        pool: PoolId::ADMIN,
+        method: chimaera::admin_api::STOP_RUNTIME,
+        query: PoolQuery::local(),
+        depth: 0,
+        containers: vec![0],
+        fire_and_forget: false,
+        timeout_ms: 1000,
+        input: Vec::new(),
+    }))
+    .unwrap();
+    let (send, answer) = mpsc::channel();
+    hostile.call(
+        0,
+        stop,
+        Duration::from_secs(5),
+        Box::new(move |result| {
+            let _ = send.send(result);
+        }),
+    );
+    let bytes = answer.recv().unwrap().expect("node 0 answers");
+    assert!(matches!(
+        decode_answer(&bytes),
+        Ok(Answer::Failed(TaskError::UnknownPool { .. }))
+    ));
     assert_eq!(pool.where_am_i(PoolQuery::direct_id(0)).unwrap(), (0, 0));
     hostile.shutdown();
 }
@@ -397,4 +424,29 @@ fn simulate(n: u32, k: u32) {
 fn simulated_clusters_of_10_and_100_nodes_fan_out_through_a_tree() {
     simulate(10, 3);
     simulate(100, 8);
+}
+
+/// The simulation at scale: 1,000 runtimes of one worker each in this process.
+#[test]
+fn a_simulated_cluster_of_1000_nodes_keeps_the_originating_node_within_its_neighborhood() {
+    let threads_before = process_threads();
+    simulate(1000, 16);
+    eprintln!(
+        "simulation n=1000: threads before {threads_before:?}, resident {:?}",
+        resident_kib()
+    );
+}
+
+fn status_field(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn process_threads() -> Option<u64> {
+    status_field("Threads:")
+}
+
+fn resident_kib() -> Option<u64> {
+    status_field("VmHWM:")
 }

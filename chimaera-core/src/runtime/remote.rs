@@ -35,6 +35,8 @@
 //!   container the frame was for — missing ones as errors.
 //! * Frames from peers are decoded with validation; a malformed one is answered with
 //!   [`TaskError::Malformed`] and changes nothing.
+//! * Only cluster pools run tasks from peers: a node's admin pool (which can stop it)
+//!   answers to its own clients only.
 //! * Periodic tasks are not sent to other nodes (their cancel handle is local):
 //!   [`TaskError::PeriodicAcrossNodes`].
 use super::{Replica, Shared};
@@ -559,7 +561,9 @@ impl Shared {
                 },
             );
         }
-        let Some(entry) = self.pools.get(task.pool) else {
+        // Only the cluster's pools take tasks from peers: a node's own pools (its admin
+        // pool, which can stop it) answer to its own clients only.
+        let Some(entry) = self.pools.get(task.pool).filter(|entry| entry.pool.clustered) else {
             return fail(respond, TaskError::UnknownPool { pool: task.pool });
         };
         let pool = &entry.pool;
