@@ -450,3 +450,20 @@ fn process_threads() -> Option<u64> {
 fn resident_kib() -> Option<u64> {
     status_field("VmHWM:")
 }
+
+#[test]
+fn a_restarted_node_0_takes_the_pools_back_and_hands_out_no_id_twice() {
+    let mut cluster = TestCluster::start(3, node_config(1000, 32, false));
+    let before = cluster.probe(1, "kept", 3);
+    cluster.stop(0);
+    cluster.restart(0);
+    // Node 0 holds its container again, with the same id everywhere.
+    assert_eq!(before.where_am_i(PoolQuery::direct_id(0)).unwrap(), (0, 0));
+    let found = admin_api::find_pool(&cluster.client(0), "kept").unwrap();
+    assert_eq!(found.map(|info| info.id), Some(before.pool_id()));
+    // Asking node 0 for the name again gets the same pool, and a new name a new id.
+    assert_eq!(cluster.probe(2, "kept", 3).pool_id(), before.pool_id());
+    let fresh = cluster.probe(2, "fresh", 3);
+    assert_ne!(fresh.pool_id(), before.pool_id());
+    assert_eq!(fresh.where_am_i(PoolQuery::direct_id(1)).unwrap(), (1, 1));
+}

@@ -510,17 +510,8 @@ impl Shared {
                     respond_with(respond, &answer);
                 }),
             ),
-            Frame::ListPools if cluster.this_node == 0 => {
-                let records = lock(&cluster.registry)
-                    .values()
-                    .filter_map(|registration| match registration {
-                        Registration::Ready(record) => Some(record.clone()),
-                        Registration::Creating { .. } => None,
-                    })
-                    .collect();
-                respond_with(respond, &Answer::Pools(records));
-            }
-            Frame::CreatePool(_) | Frame::DestroyPool(_) | Frame::ListPools => {
+            Frame::ListPools => respond_with(respond, &Answer::Pools(self.cluster_records())),
+            Frame::CreatePool(_) | Frame::DestroyPool(_) => {
                 respond_with(respond, &not_node_zero());
             }
             Frame::InstallPool(record) => {
@@ -563,7 +554,11 @@ impl Shared {
         }
         // Only the cluster's pools take tasks from peers: a node's own pools (its admin
         // pool, which can stop it) answer to its own clients only.
-        let Some(entry) = self.pools.get(task.pool).filter(|entry| entry.pool.clustered) else {
+        let Some(entry) = self
+            .pools
+            .get(task.pool)
+            .filter(|entry| entry.pool.clustered)
+        else {
             return fail(respond, TaskError::UnknownPool { pool: task.pool });
         };
         let pool = &entry.pool;
@@ -982,45 +977,81 @@ impl Shared {
         }
     }
 
-    /// At start: serve the peers' frames, and (on nodes other than 0) build the pools the
-    /// cluster already has.
+    /// The cluster pools this node holds, as records.
+    fn cluster_records(&self) -> Vec<PoolRecord> {
+        self.pools
+            .list()
+            .iter()
+            .filter(|entry| entry.pool.clustered)
+            .map(|entry| {
+                let pool = &entry.pool;
+                PoolRecord {
+                    id: pool.id,
+                    request: CreatePoolRequest {
+                        module: pool.module_name().to_owned(),
+                        pool_name: pool.name.clone(),
+                        containers: pool.container_count(),
+                        params: pool.params.clone(),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// At start: serve the peers' frames, and build the pools the cluster already has —
+    /// asking node 0, or, on node 0 (restarted), up to `neighborhood_size` other nodes,
+    /// whose pools it takes back into its registry so no id is handed out twice.
     pub(super) fn join_cluster(&self) {
         let Some(cluster) = self.cluster_node() else {
             return;
         };
         cluster.net.serve(Arc::new(NodeHandler(self.me.clone())));
-        if cluster.this_node == 0 {
+        let ask: Vec<NodeId> = if cluster.this_node == 0 {
+            (1..cluster.nodes).take(cluster.neighborhood).collect()
+        } else {
+            vec![0]
+        };
+        if ask.is_empty() {
             return;
         }
-        let rendezvous = Rendezvous::new();
-        let set = rendezvous.clone();
         let frame = match encode_frame(&Frame::ListPools) {
             Ok(frame) => frame,
             Err(error) => {
-                tracing::warn!("cannot ask node 0 for the cluster's pools: {error}");
+                tracing::warn!("cannot ask for the cluster's pools: {error}");
                 return;
             }
         };
-        cluster.net.call(
-            0,
-            frame,
-            cluster.timeout,
-            Box::new(move |answer| set.set(answer)),
-        );
-        let records = match rendezvous
-            .wait()
-            .map(|answer| answer.map(|b| decode_answer(&b)))
-        {
-            Some(Ok(Ok(Answer::Pools(records)))) => records,
-            other => {
-                tracing::warn!(
-                    node = cluster.this_node,
-                    "could not get the cluster's pools from node 0 ({other:?}); this node gets each when it is next asked for it"
-                );
-                return;
-            }
-        };
+        let rendezvous = Rendezvous::new();
+        let round = Round::new(ask.len());
+        let found: Arc<Mutex<Vec<PoolRecord>>> = Arc::default();
+        for node in ask {
+            let (round, found, rendezvous) = (round.clone(), found.clone(), rendezvous.clone());
+            cluster.net.call(
+                node,
+                frame.clone(),
+                cluster.timeout,
+                Box::new(move |answer| {
+                    match answer.map(|bytes| decode_answer(&bytes)) {
+                        Ok(Ok(Answer::Pools(records))) => lock(&found).extend(records),
+                        other => tracing::debug!(node, "no pool list from the node: {other:?}"),
+                    }
+                    if round.answered(None) {
+                        rendezvous.set(());
+                    }
+                }),
+            );
+        }
+        rendezvous.wait();
+        let mut records = std::mem::take(&mut *lock(&found));
+        records.sort_by_key(|record| record.id);
+        records.dedup_by_key(|record| record.id);
         for record in records {
+            if cluster.this_node == 0 {
+                self.pools.reserve(record.id);
+                lock(&cluster.registry)
+                    .entry(record.request.pool_name.clone())
+                    .or_insert_with(|| Registration::Ready(record.clone()));
+            }
             if let Err(error) = self.install(cluster, &record) {
                 tracing::warn!(pool = %record.request.pool_name, "cannot build this node's part of a cluster pool: {error}");
             }
