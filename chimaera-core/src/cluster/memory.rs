@@ -19,6 +19,8 @@
 //! * A frame reaches the handler of the endpoint that serves the node when it is
 //!   delivered; a stopped endpoint's handler is dropped, so a restarted node never
 //!   sees frames meant for its previous run's handler.
+//! * A call made after the [`MemoryCluster`] was dropped is answered at once with
+//!   [`NetError::Left`]; calls still pending when it drops are answered then.
 //! * Counters: [`MemoryCluster::frames_sent`] counts the calls each node made, so a
 //!   test can check a fan-out bound.
 use crate::ids::NodeId;
@@ -423,15 +425,26 @@ impl PeerNetwork for MemoryNetwork {
         }
         self.wire.sent[self.node as usize].fetch_add(1, Ordering::Relaxed);
         let call = self.wire.next_call.fetch_add(1, Ordering::Relaxed);
-        lock(&self.wire.pending).insert(
-            call,
-            PendingCall {
-                reply,
-                from: self.node,
-                to: node,
-                timeout,
-            },
-        );
+        {
+            // Registered under the schedule's lock: either the wire is still running and
+            // its drop (which sets `stop` under this lock first) answers the call, or it
+            // has stopped and the call is answered here.
+            let schedule = lock(&self.wire.schedule);
+            if schedule.stop {
+                drop(schedule);
+                reply(Err(NetError::Left { node: self.node }));
+                return;
+            }
+            lock(&self.wire.pending).insert(
+                call,
+                PendingCall {
+                    reply,
+                    from: self.node,
+                    to: node,
+                    timeout,
+                },
+            );
+        }
         let fail = |error| Job::Answer {
             call,
             result: Err(error),
@@ -546,5 +559,88 @@ impl PeerNetwork for MemoryNetwork {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Echoes a frame back; drops the responder unanswered for an empty frame.
+    struct Echo;
+
+    impl FrameHandler for Echo {
+        fn handle(&self, _from: NodeId, frame: Vec<u8>, respond: Responder) {
+            if !frame.is_empty() {
+                respond.respond(frame);
+            }
+        }
+    }
+
+    fn call(
+        net: &MemoryNetwork,
+        node: NodeId,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, NetError> {
+        let (send, receive) = mpsc::channel();
+        net.call(
+            node,
+            frame.to_vec(),
+            timeout,
+            Box::new(move |result| send.send(result).expect("the test waits")),
+        );
+        let result = receive.recv().expect("answered once");
+        assert!(receive.try_recv().is_err(), "answered only once");
+        result
+    }
+
+    #[test]
+    fn every_call_is_answered_once_whatever_happens_to_the_node() {
+        let cluster = MemoryCluster::new(3, 1).unwrap();
+        let zero = cluster.endpoint(0);
+        let one = cluster.endpoint(1);
+        one.serve(Arc::new(Echo));
+        let long = Duration::from_secs(30);
+        assert_eq!(call(&zero, 1, b"hi", long), Ok(b"hi".to_vec()));
+        // Node 2 has no runtime serving.
+        assert!(matches!(
+            call(&zero, 2, b"hi", long),
+            Err(NetError::Unreachable { node: 2, .. })
+        ));
+        assert!(matches!(
+            call(&zero, 7, b"hi", long),
+            Err(NetError::UnknownNode { node: 7, nodes: 3 })
+        ));
+        // A responder dropped unanswered.
+        assert_eq!(call(&zero, 1, b"", long), Err(NetError::Left { node: 1 }));
+        cluster.set_fault(1, Fault::Unreachable);
+        assert!(matches!(
+            call(&zero, 1, b"lost", Duration::from_millis(20)),
+            Err(NetError::DeadlineExceeded { node: 1, .. })
+        ));
+        assert_eq!(
+            one.peers().iter().map(|p| p.state).collect::<Vec<_>>(),
+            [
+                PeerState::Connecting,
+                PeerState::Local,
+                PeerState::Connecting
+            ]
+        );
+        cluster.set_fault(1, Fault::None);
+        one.shutdown();
+        assert_eq!(call(&zero, 1, b"hi", long), Err(NetError::Left { node: 1 }));
+        assert_eq!(call(&one, 0, b"hi", long), Err(NetError::Left { node: 1 }));
+        // A restart: a new endpoint for node 1 serves again.
+        let one_again = cluster.endpoint(1);
+        one_again.serve(Arc::new(Echo));
+        assert_eq!(call(&zero, 1, b"back", long), Ok(b"back".to_vec()));
+        assert_eq!(cluster.frames_sent(0), 7);
+        drop(cluster);
+        assert_eq!(
+            call(&zero, 1, b"late", long),
+            Err(NetError::Left { node: 0 })
+        );
     }
 }
