@@ -227,6 +227,10 @@ fn an_unreachable_or_stopped_node_fails_its_replicas_with_its_id_and_the_rest_se
     let pool = cluster.probe(0, "faults", 4);
 
     cluster.wire.set_fault(2, Fault::Unreachable);
+    let peers = cluster.runtimes[0].as_ref().unwrap().handle().peers();
+    let states: Vec<_> = peers.iter().map(|peer| peer.state.to_string()).collect();
+    assert_eq!(states, ["local", "up", "down", "up"]);
+    assert_eq!(cluster.runtimes[3].as_ref().unwrap().handle().node(), 3);
     let started = Instant::now();
     assert!(matches!(
         pool.where_am_i(PoolQuery::direct_id(2)),

@@ -974,6 +974,12 @@ impl Host for Shared {
     fn node(&self) -> NodeId {
         self.node
     }
+
+    fn peers(&self) -> Vec<crate::peer::PeerInfo> {
+        self.cluster
+            .as_ref()
+            .map_or_else(Vec::new, |cluster| cluster.net.peers())
+    }
 }
 
 impl Ingress for Shared {
