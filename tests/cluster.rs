@@ -471,3 +471,18 @@ fn a_restarted_node_0_takes_the_pools_back_and_hands_out_no_id_twice() {
     assert_ne!(fresh.pool_id(), before.pool_id());
     assert_eq!(fresh.where_am_i(PoolQuery::direct_id(1)).unwrap(), (1, 1));
 }
+
+#[test]
+fn a_node_cut_off_while_its_pool_was_destroyed_takes_the_new_pool_of_that_name() {
+    let cluster = TestCluster::start(3, node_config(200, 32, false));
+    let old = cluster.probe(0, "reused", 3).pool_id();
+    cluster.wire.set_fault(2, Fault::Unreachable);
+    admin_api::destroy_pool(&cluster.client(0), old).unwrap();
+    cluster.wire.set_fault(2, Fault::None);
+    // Node 2 still holds the old pool; creating the name again replaces it there.
+    let new = cluster.probe(1, "reused", 3);
+    assert_ne!(new.pool_id(), old);
+    assert_eq!(new.where_am_i(PoolQuery::direct_id(2)).unwrap(), (2, 2));
+    let on_2 = admin_api::find_pool(&cluster.client(2), "reused").unwrap();
+    assert_eq!(on_2.map(|info| info.id), Some(new.pool_id()));
+}

@@ -124,7 +124,10 @@ impl Wire {
 
     /// Answers call `call` if nobody has yet.
     fn finish(&self, call: u64, result: Result<Vec<u8>, NetError>) {
-        if let Some(pending) = lock(&self.pending).remove(&call) {
+        // Taken out in a statement of its own, so the table's lock is released before the
+        // reply runs: a reply may well make the next call.
+        let pending = lock(&self.pending).remove(&call);
+        if let Some(pending) = pending {
             (pending.reply)(result);
         }
     }
@@ -552,7 +555,8 @@ impl PeerNetwork for MemoryNetwork {
             if node as NodeId == self.node {
                 continue;
             }
-            if let Some(handler) = lock(slot).handler.clone() {
+            let handler = lock(slot).handler.clone();
+            if let Some(handler) = handler {
                 self.wire.push(Job::Left {
                     to: handler,
                     node: self.node,
@@ -642,5 +646,32 @@ mod tests {
             call(&zero, 1, b"late", long),
             Err(NetError::Left { node: 0 })
         );
+    }
+
+    #[test]
+    fn a_reply_may_make_the_next_call() {
+        let cluster = MemoryCluster::new(2, 1).unwrap();
+        let zero = cluster.endpoint(0);
+        let one = cluster.endpoint(1);
+        one.serve(Arc::new(Echo));
+        let (send, receive) = mpsc::channel();
+        let again = zero.clone();
+        zero.call(
+            1,
+            b"first".to_vec(),
+            Duration::from_secs(30),
+            Box::new(move |first| {
+                // On the delivery thread, inside the first call's answer.
+                again.call(
+                    1,
+                    b"second".to_vec(),
+                    Duration::from_secs(30),
+                    Box::new(move |second| send.send((first, second)).expect("the test waits")),
+                );
+            }),
+        );
+        let (first, second) = receive.recv().expect("both answered");
+        assert_eq!(first, Ok(b"first".to_vec()));
+        assert_eq!(second, Ok(b"second".to_vec()));
     }
 }

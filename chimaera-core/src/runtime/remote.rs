@@ -253,7 +253,8 @@ struct AnswerSink(Mutex<Option<Responder>>);
 
 impl AnswerSink {
     fn send(&self, results: Vec<(ContainerId, Outcome)>) {
-        if let Some(responder) = lock(&self.0).take() {
+        let responder = lock(&self.0).take();
+        if let Some(responder) = responder {
             respond_with(responder, &Answer::Results(results));
         }
     }
@@ -515,7 +516,7 @@ impl Shared {
                 respond_with(respond, &not_node_zero());
             }
             Frame::InstallPool(record) => {
-                let answer = match self.install(cluster, &record) {
+                let answer = match self.install(cluster, &record, true) {
                     Ok(_) => Answer::Done,
                     Err(error) => Answer::Failed(error),
                 };
@@ -711,16 +712,29 @@ impl Shared {
         }
         let record = rendezvous.wait().unwrap_or(Err(TaskError::NotRun))?;
         // Node 0 installed it here before answering, unless this node missed that call.
-        self.install(cluster, &record)
+        self.install(cluster, &record, true)
     }
 
-    /// Builds this node's part of a cluster pool, unless it has it already.
-    fn install(&self, cluster: &ClusterNode, record: &PoolRecord) -> Result<PoolInfo, TaskError> {
+    /// Builds this node's part of a cluster pool, unless it has it already. A record
+    /// from node 0 (`from_node_zero`) is the truth: a cluster pool of the same name and
+    /// another id here is stale (destroyed while this node was cut off) and goes first.
+    fn install(
+        &self,
+        cluster: &ClusterNode,
+        record: &PoolRecord,
+        from_node_zero: bool,
+    ) -> Result<PoolInfo, TaskError> {
         if let Some(entry) = self.pools.get(record.id) {
             return Ok(entry.info());
         }
         let request = &record.request;
         if let Lookup::Existing(entry) = self.pools.by_name(&request.pool_name) {
+            if from_node_zero && entry.pool.clustered {
+                let stale = entry.pool.id;
+                tracing::warn!(pool = %request.pool_name, %stale, id = %record.id, "replacing a stale pool of this name with node 0's");
+                let _ = self.destroy_here((0, TaskNode::default()), stale);
+                return self.install(cluster, record, false);
+            }
             return Err(TaskError::PoolMismatch {
                 name: request.pool_name.clone(),
                 what: format!(
@@ -799,7 +813,7 @@ impl Shared {
         drop(registry);
         // This node first: a module that cannot build its containers fails the pool
         // before any other node builds it.
-        if let Err(error) = self.install(cluster, &record) {
+        if let Err(error) = self.install(cluster, &record, true) {
             return self.finish_creation(cluster, &record, Err(error));
         }
         let others = cluster.nodes.saturating_sub(1) as usize;
@@ -968,7 +982,8 @@ impl Shared {
                 cluster.timeout,
                 Box::new(move |answer| {
                     if round.answered(install_error(node, answer, "destroy")) {
-                        if let Some((done, here)) = lock(&done).take() {
+                        let taken = lock(&done).take();
+                        if let Some((done, here)) = taken {
                             done(here.map_or_else(|| round.result(), Err));
                         }
                     }
@@ -1052,7 +1067,7 @@ impl Shared {
                     .entry(record.request.pool_name.clone())
                     .or_insert_with(|| Registration::Ready(record.clone()));
             }
-            if let Err(error) = self.install(cluster, &record) {
+            if let Err(error) = self.install(cluster, &record, cluster.this_node != 0) {
                 tracing::warn!(pool = %record.request.pool_name, "cannot build this node's part of a cluster pool: {error}");
             }
         }
