@@ -486,3 +486,88 @@ fn a_node_cut_off_while_its_pool_was_destroyed_takes_the_new_pool_of_that_name()
     let on_2 = admin_api::find_pool(&cluster.client(2), "reused").unwrap();
     assert_eq!(on_2.map(|info| info.id), Some(new.pool_id()));
 }
+
+/// Sends `frame` from `from` to node 0 and decodes node 0's answer.
+fn ask_node_0(from: &dyn PeerNetwork, frame: &Frame) -> Answer {
+    let (send, answer) = mpsc::channel();
+    from.call(
+        0,
+        encode_frame(frame).unwrap(),
+        Duration::from_secs(10),
+        Box::new(move |result| {
+            let _ = send.send(result);
+        }),
+    );
+    let bytes = answer.recv().unwrap().expect("node 0 answers");
+    decode_answer(&bytes).expect("node 0's answer is well formed")
+}
+
+#[test]
+fn well_formed_but_hostile_frames_fail_alone_with_typed_errors() {
+    let mut cluster = TestCluster::start(2, node_config(500, 32, false));
+    let pool = cluster.probe(0, "hostile", 2);
+    cluster.stop(1);
+    let hostile = cluster.wire.endpoint(1);
+    let run = |containers: Vec<u32>, method: u32, depth: u32, input: Vec<u8>| {
+        Frame::Run(RunTask {
+            pool: pool.pool_id(),
+            method,
+            query: PoolQuery::broadcast(),
+            depth,
+            containers,
+            fire_and_forget: false,
+            timeout_ms: 500,
+            input,
+        })
+    };
+    let who_am_i = chimaera::codec::encode(&()).unwrap().to_vec();
+    // Repeated, out-of-pool and other nodes' containers: one result each, in order.
+    let answer = ask_node_0(&*hostile, &run(vec![99, 0, 0, 1], 10, 0, who_am_i.clone()));
+    let Answer::Results(results) = answer else {
+        panic!("expected results, got {answer:?}");
+    };
+    let containers: Vec<u32> = results.iter().map(|(c, _)| *c).collect();
+    assert_eq!(containers, [0, 1, 99]);
+    assert!(matches!(
+        results[0].1,
+        chimaera::cluster::frame::Outcome::Output(_)
+    ));
+    assert!(matches!(
+        &results[1].1,
+        chimaera::cluster::frame::Outcome::Failed(TaskError::NodeFailed { node: 1, .. })
+    ));
+    assert!(matches!(
+        &results[2].1,
+        chimaera::cluster::frame::Outcome::Failed(TaskError::NoSuchContainer { container: 99, .. })
+    ));
+    // Too deep, an unknown method, an input that is no archive of the method's inputs.
+    assert!(matches!(
+        ask_node_0(&*hostile, &run(vec![0], 10, u32::MAX, who_am_i.clone())),
+        Answer::Failed(TaskError::TooDeep { .. })
+    ));
+    assert!(matches!(
+        ask_node_0(&*hostile, &run(vec![0], 9999, 0, who_am_i)),
+        Answer::Failed(TaskError::UnknownMethod { method: 9999, .. })
+    ));
+    let Answer::Results(garbage) = ask_node_0(&*hostile, &run(vec![0], 18, 0, vec![0xee; 40]))
+    else {
+        panic!("expected results");
+    };
+    assert!(matches!(
+        &garbage[0].1,
+        chimaera::cluster::frame::Outcome::Failed(TaskError::Malformed { .. })
+    ));
+    // A pool request over the limit; pool requests only node 0 serves.
+    let huge = chimaera::admin_api::CreatePoolRequest {
+        module: "probe".to_owned(),
+        pool_name: "huge".to_owned(),
+        containers: u32::MAX,
+        params: Vec::new(),
+    };
+    assert!(matches!(
+        ask_node_0(&*hostile, &Frame::CreatePool(huge)),
+        Answer::Failed(TaskError::TooManyContainers { .. })
+    ));
+    assert_eq!(pool.where_am_i(PoolQuery::direct_id(0)).unwrap(), (0, 0));
+    hostile.shutdown();
+}
