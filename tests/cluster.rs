@@ -571,3 +571,47 @@ fn well_formed_but_hostile_frames_fail_alone_with_typed_errors() {
     assert_eq!(pool.where_am_i(PoolQuery::direct_id(0)).unwrap(), (0, 0));
     hostile.shutdown();
 }
+
+#[test]
+fn bdev_pools_on_other_nodes_are_written_and_read_back() {
+    use chimaera::bdev::{BdevClient, BdevParams, BdevType};
+    for force_net in [false, true] {
+        let nodes = if force_net { 1 } else { 4 };
+        let cluster = TestCluster::start(nodes, node_config(2000, 32, force_net));
+        let params = BdevParams {
+            bdev_type: BdevType::Ram,
+            total_size: 4 << 20,
+            ..BdevParams::default()
+        };
+        let created = BdevClient::create_with(
+            &cluster.client(0),
+            PoolQuery::local(),
+            "ram-everywhere",
+            PoolOptions::containers(4),
+            params,
+        )
+        .unwrap();
+        // Used from the last node: containers 0..4 live on nodes 0..4.
+        let bdev = BdevClient::attach(&cluster.client(nodes - 1), created.pool_id());
+        for container in 0..4u32 {
+            let query = PoolQuery::direct_id(container);
+            let blocks = bdev.allocate_blocks(query, 8192).unwrap();
+            let pattern: Vec<u8> = (0..8192u32)
+                .map(|i| (i * 31 + container * 7) as u8)
+                .collect();
+            assert_eq!(bdev.write(query, blocks[0], &pattern).unwrap(), 8192);
+            let mut read_back = vec![0u8; 8192];
+            assert_eq!(bdev.read(query, blocks[0], &mut read_back).unwrap(), 8192);
+            assert_eq!(
+                read_back, pattern,
+                "container {container}, force_net {force_net}"
+            );
+        }
+        let per_container = bdev
+            .async_get_stats(PoolQuery::broadcast())
+            .unwrap()
+            .wait_all();
+        assert_eq!(per_container.len(), 4);
+        assert!(per_container.iter().all(|(_, stats)| stats.is_ok()));
+    }
+}
