@@ -112,6 +112,13 @@ fn every_query_mode_reaches_the_node_that_holds_its_container() {
     ));
     // Dynamic: the probe's hook picks container `pick % containers`, wherever it lives.
     assert_eq!(pool.picked(PoolQuery::dynamic(), 13).unwrap(), 5);
+    // A hook that sees the topology sends the task to a node.
+    for node in 0..4 {
+        assert_eq!(
+            pool.on_node(PoolQuery::dynamic(), node).unwrap(),
+            (node, node)
+        );
+    }
     // DirectHash spreads over every node.
     let mut nodes_seen = [false; 4];
     for hash in 0..16u64 {

@@ -12,7 +12,7 @@
 //! | `Range(off, n)` | `off .. off + n` (error if it leaves the pool, or `n == 0`) |
 //! | `Broadcast` | all containers |
 //! | `Physical(node)` | the first container on `node` (error for a node outside the pool) |
-//! | `Dynamic` | the task's `dynamic` hook decides (a container, whose node follows from the placement); without one, as `Local` |
+//! | `Dynamic` | the task's `dynamic` hook decides (it may see the [`PoolTopology`]: which node holds which container); without one, as `Local` |
 //!
 //! A query that selects several containers runs one replica of the task on each, and
 //! the caller sees the replicas' results aggregated (first error wins, else the result of
@@ -178,6 +178,48 @@ impl Placement {
     }
 }
 
+/// What a `Dynamic` hook sees of its pool: how many containers it has and which node
+/// holds each. A hook declared `fn(input, topology: PoolTopology) -> ContainerId` can
+/// send a task to a node (`topology.container_on(node)`); one declared
+/// `fn(input, containers: u32) -> ContainerId` sees the count only.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PoolTopology {
+    /// The pool's containers (`0..containers`).
+    pub containers: u32,
+    /// Which node holds which container, and which node this is.
+    pub placement: Placement,
+}
+
+impl PoolTopology {
+    /// A pool of `containers` containers all on this one node.
+    pub const fn single(containers: u32) -> Self {
+        PoolTopology {
+            containers,
+            placement: Placement::single(0),
+        }
+    }
+
+    /// This node.
+    pub const fn this_node(&self) -> NodeId {
+        self.placement.this_node
+    }
+
+    /// How many nodes the pool spans.
+    pub const fn nodes(&self) -> u32 {
+        self.placement.nodes
+    }
+
+    /// The node holding `container`.
+    pub const fn node_of(&self, container: ContainerId) -> NodeId {
+        self.placement.node_of(container)
+    }
+
+    /// The lowest container on `node`, if it holds any.
+    pub fn container_on(&self, node: NodeId) -> Option<ContainerId> {
+        self.placement.first_container_on(node, self.containers)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +290,13 @@ mod tests {
         assert_eq!(PoolQuery::local().resolve(P, 1, local, None), Ok(0..1));
         assert_eq!(PoolQuery::physical(3).resolve(P, 1, local, None), Ok(0..1));
         assert!(local.is_local(7));
+        let topology = PoolTopology {
+            containers: 6,
+            placement: on(1),
+        };
+        assert_eq!(topology.container_on(3), Some(3));
+        assert_eq!(topology.node_of(5), 1);
+        assert_eq!(topology.this_node(), 1);
+        assert_eq!(PoolTopology::single(3).container_on(0), Some(0));
     }
 }

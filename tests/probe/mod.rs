@@ -176,11 +176,26 @@ impl Probe {
         let pool = ProbeClient::attach(&ctx.client(), ctx.pool_id());
         pool.where_am_i(PoolQuery::direct_id(container))
     }
+
+    /// The node and container that ran the task; `Dynamic` queries go to a container on
+    /// node `node` (the hook sees the pool's topology).
+    #[task(method = 28, dynamic = container_on_node)]
+    fn on_node(&self, ctx: &mut RunContext, node: u32) -> (u32, u32) {
+        let _ = node;
+        (ctx.node(), ctx.container_id())
+    }
 }
 
 impl Probe {
     fn lane_by_key(&self, input: &probe_tasks::ArchivedLaneOfIn) -> LaneChoice {
         LaneChoice::Lane(input.0.to_native())
+    }
+
+    fn container_on_node(
+        input: &probe_tasks::ArchivedOnNodeIn,
+        topology: chimaera::query::PoolTopology,
+    ) -> ContainerId {
+        topology.container_on(input.0.to_native()).unwrap_or(0)
     }
 
     fn pick_container(input: &probe_tasks::ArchivedPickedIn, containers: u32) -> ContainerId {

@@ -274,15 +274,19 @@ impl Shared {
             });
         }
         let containers = pool.container_count();
+        let placement = pool.placement;
         let dynamic = match query {
             PoolQuery::Dynamic => catch_unwind(AssertUnwindSafe(|| {
-                (module.dynamic_container)(method, &input, containers)
+                let topology = crate::query::PoolTopology {
+                    containers,
+                    placement,
+                };
+                (module.dynamic_container)(method, &input, topology)
             }))
             .ok()
             .flatten(),
             _ => None,
         };
-        let placement = pool.placement;
         let targets = query.resolve(pool_id, containers, placement, dynamic)?;
         // A pool spread over nodes (or any cluster pool under force-net) sends the
         // replicas of other nodes' containers as frames; on one node this is `None` and
