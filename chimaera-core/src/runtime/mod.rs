@@ -25,6 +25,14 @@
 //!
 //! Periodic tasks are registered (weakly) with the runtime, so destroying their pool or
 //! stopping the runtime cancels them, waking them if they sleep.
+//!
+//! Many nodes (`remote.rs`): a runtime given a network ([`RuntimeBuilder::network`]) is
+//! one node of a cluster. Its pools (but the admin pool, which is each node's own) span
+//! every node, container `c` on node `c % nodes`; `enqueue` queues the replicas of this
+//! node's containers as above and sends the others as frames, whose answers complete
+//! the same completion. Without a network, `cluster` is `None` and nothing of this runs.
+//! A flush or a stop's drain counts the replicas this node runs, not those it sent to
+//! other nodes (each node drains its own).
 pub mod compose;
 pub mod context;
 mod flush;
