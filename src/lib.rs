@@ -78,6 +78,11 @@ pub use chimaera_core::{
 };
 pub use chimaera_macros::{chimod, task, wire};
 
+// Clusters: hostfile and membership, the in-memory network, the seam a network implements,
+// and what a topology-aware `Dynamic` route sees.
+pub use chimaera_core::query::{Placement, PoolTopology};
+pub use chimaera_core::{cluster, peer};
+
 // Modules: the admin wire types, YAML composition, the config, instance files, waits.
 pub use chimaera_core::{admin_api, compose, config, instance, wait};
 pub use chimaera_core::{rkyv, serde};

@@ -13,7 +13,7 @@ pub use crate::codec::{
 };
 pub use crate::error::TaskError;
 pub use crate::ids::{ContainerId, MethodId, PoolId};
-pub use crate::query::PoolQuery;
+pub use crate::query::{PoolQuery, PoolTopology};
 pub use crate::runtime::compose::{Composable, Params as ComposeParams};
 pub use crate::runtime::context::RunContext;
 pub use crate::runtime::module::LanePriority;
@@ -115,4 +115,45 @@ pub fn unknown_method(module: &str, method: MethodId) -> TaskError {
         module: module.to_owned(),
         method,
     }
+}
+
+/// A `dynamic = hook` of either shape: `fn(input, containers: u32) -> ContainerId` (the
+/// count only) or `fn(input, topology: PoolTopology) -> ContainerId` (which node holds
+/// which container). The marker `M` tells the two impls apart, so the generated code
+/// calls either through [`dynamic_hook`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `dynamic` hook",
+    note = "a dynamic hook is `fn(input: &ArchivedXIn, containers: u32) -> ContainerId` or `fn(input: &ArchivedXIn, topology: PoolTopology) -> ContainerId`"
+)]
+pub trait DynamicHook<Input: ?Sized, M> {
+    /// The container the task goes to.
+    fn pick(&self, input: &Input, topology: PoolTopology) -> ContainerId;
+}
+
+/// Marker: a hook that takes the container count.
+pub enum ByCount {}
+/// Marker: a hook that takes the pool's topology.
+pub enum ByTopology {}
+
+impl<Input: ?Sized, F: Fn(&Input, u32) -> ContainerId> DynamicHook<Input, ByCount> for F {
+    fn pick(&self, input: &Input, topology: PoolTopology) -> ContainerId {
+        self(input, topology.containers)
+    }
+}
+
+impl<Input: ?Sized, F: Fn(&Input, PoolTopology) -> ContainerId> DynamicHook<Input, ByTopology>
+    for F
+{
+    fn pick(&self, input: &Input, topology: PoolTopology) -> ContainerId {
+        self(input, topology)
+    }
+}
+
+/// Calls a `dynamic` hook of either shape.
+pub fn dynamic_hook<Input: ?Sized, M, H: DynamicHook<Input, M>>(
+    hook: H,
+    input: &Input,
+    topology: PoolTopology,
+) -> ContainerId {
+    hook.pick(input, topology)
 }

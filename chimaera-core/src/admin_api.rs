@@ -145,7 +145,7 @@ pub struct ShmStatus {
 /// How a pool is laid out when created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolOptions {
-    /// Number of containers (all on this node for now).
+    /// Number of containers; in a cluster, container `c` lives on node `c % nodes`.
     pub containers: u32,
 }
 

@@ -49,6 +49,18 @@
 //! metrics:
 //!   prometheus: 127.0.0.1:9464 # serve the runtime's statistics in Prometheus text format at
 //!                            # http://ADDRESS/metrics (off when absent; `runtime start` serves it)
+//! networking:                # many nodes (see crate::cluster); without a hostfile: one node, no network
+//!   port: 9513               # the port every node listens on unless its hostfile line names one (1..=65535)
+//!   hostfile: /etc/chimaera/hosts # one host per line: `host`, `host:port`, ranges `node[01-16]`, `#` comments
+//!   node_id: 2               # this node's index in the hostfile (from 0); absent: the first
+//!                            # entry whose address this process can bind
+//!   neighborhood_size: 32    # Broadcast/Range fan out through a tree: no node sends more than
+//!                            # this many frames per task (1..=1024)
+//!   rpc_timeout_ms: 2000     # a task sent to another node fails with a typed error naming the
+//!                            # node when no answer comes within this (1..=3600000)
+//!   force_net: false         # send even this node's own tasks through the network path (tests)
+//!   secret: "long random text" # the cluster secret every node shares (16..=4096 bytes) ...
+//!   secret_file: /etc/chimaera/secret # ... or the file holding it (one of the two, not both)
 //! compose:                   # pools created at boot, in this order
 //!   - module: bdev           # the chimod's name
 //!     name: ram0             # the pool's unique name
@@ -140,9 +152,106 @@ pub struct RuntimeConfig {
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
+    /// Many nodes (`networking:`); the default is one node with no network.
+    pub networking: NetworkingConfig,
     /// Where this config came from (not a YAML key): the runtime names it in its
     /// start-up log.
     pub source: ConfigSource,
+}
+
+/// The port nodes listen on by default (`networking.port`).
+pub const DEFAULT_PORT: u16 = 9513;
+
+/// How this runtime joins a cluster (`networking:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkingConfig {
+    /// The port every node listens on unless its hostfile line names its own.
+    pub port: u16,
+    /// The hostfile listing the cluster's nodes; `None`: this runtime is the only node
+    /// and has no network at all.
+    pub hostfile: Option<PathBuf>,
+    /// This node's index in the hostfile; `None`: the first entry whose address this
+    /// process can bind.
+    pub node_id: Option<u32>,
+    /// The most frames one node sends for one Broadcast or Range task (the fan-out of
+    /// its tree).
+    pub neighborhood_size: u32,
+    /// How long a task sent to another node may take before it fails with an error
+    /// naming that node.
+    pub rpc_timeout: Duration,
+    /// Sends even this node's own tasks through the network path (SaveIn → frame →
+    /// LoadIn), so one node tests that path.
+    pub force_net: bool,
+    /// The secret every node of the cluster shares, checked when peers connect.
+    pub secret: Option<ClusterSecret>,
+}
+
+impl Default for NetworkingConfig {
+    fn default() -> Self {
+        NetworkingConfig {
+            port: DEFAULT_PORT,
+            hostfile: None,
+            node_id: None,
+            neighborhood_size: 32,
+            rpc_timeout: Duration::from_secs(2),
+            force_net: false,
+            secret: None,
+        }
+    }
+}
+
+/// Where the cluster secret comes from. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClusterSecret {
+    /// Written in the config (`networking.secret`).
+    Inline(String),
+    /// The contents of this file (`networking.secret_file`), read when the network
+    /// starts, trailing newline removed.
+    File(PathBuf),
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterSecret::Inline(_) => f.write_str("Inline(<redacted>)"),
+            ClusterSecret::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+/// Shortest cluster secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// Longest cluster secret accepted, in bytes.
+pub const MAX_SECRET_BYTES: usize = 4096;
+
+impl ClusterSecret {
+    /// The secret's bytes (a file's read now); errors name the key.
+    pub fn load(&self) -> Result<Vec<u8>, ConfigError> {
+        let (key, bytes) = match self {
+            ClusterSecret::Inline(text) => ("networking.secret", text.as_bytes().to_vec()),
+            ClusterSecret::File(path) => {
+                let mut bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                ("networking.secret_file", bytes)
+            }
+        };
+        if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&bytes.len()) {
+            return Err(ConfigError::Invalid {
+                origin: String::new(),
+                key: key.to_owned(),
+                problem: format!(
+                    "holds {} bytes; use {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} (a long random text)",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(bytes)
+    }
 }
 
 /// Where a [`RuntimeConfig`] came from.
@@ -262,6 +371,7 @@ impl Default for RuntimeConfig {
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
             metrics_prometheus: None,
+            networking: NetworkingConfig::default(),
             source: ConfigSource::BuiltInDefaults,
         }
     }
@@ -445,6 +555,42 @@ impl RuntimeConfig {
                 ),
             );
         }
+        let net = &self.networking;
+        if net.port == 0 {
+            return invalid("networking.port", "is 0; use 1 to 65535".to_owned());
+        }
+        if !(1..=MAX_NEIGHBORHOOD).contains(&net.neighborhood_size) {
+            return invalid(
+                "networking.neighborhood_size",
+                format!("is {}; use 1 to {MAX_NEIGHBORHOOD}", net.neighborhood_size),
+            );
+        }
+        let timeout_ms = net.rpc_timeout.as_millis();
+        if !(1..=u128::from(MAX_RPC_TIMEOUT_MS)).contains(&timeout_ms) {
+            return invalid(
+                "networking.rpc_timeout_ms",
+                format!("is {timeout_ms}; use 1 to {MAX_RPC_TIMEOUT_MS} (an hour)"),
+            );
+        }
+        if net.hostfile.is_none() {
+            if let Some(node) = net.node_id {
+                return invalid(
+                    "networking.node_id",
+                    format!("is {node} but there is no `networking.hostfile`; a single node is node 0, so name the hostfile or remove node_id"),
+                );
+            }
+        }
+        if let Some(ClusterSecret::Inline(secret)) = &net.secret {
+            if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&secret.len()) {
+                return invalid(
+                    "networking.secret",
+                    format!(
+                        "holds {} bytes; use {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} (a long random text)",
+                        secret.len()
+                    ),
+                );
+            }
+        }
         let mut names = HashSet::new();
         for (i, pool) in self.compose.iter().enumerate() {
             let key = |field: &str| format!("compose[{i}].{field}");
@@ -564,6 +710,8 @@ const MAX_SEGMENT: u64 = TIB;
 const MAX_CONTAINERS: u32 = 65536;
 const MAX_TASK_DEPTH: u32 = 65536;
 const MAX_PERIODIC_TASKS: u32 = 1 << 20;
+const MAX_NEIGHBORHOOD: u32 = 1024;
+const MAX_RPC_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Why a size could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -694,6 +842,23 @@ struct FileConfig {
     access: Option<AccessConfig>,
     quotas: Option<FileQuotas>,
     metrics: Option<FileMetrics>,
+    networking: Option<FileNetworking>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys port, hostfile, node_id, neighborhood_size, rpc_timeout_ms, force_net, secret and secret_file"
+)]
+struct FileNetworking {
+    port: Option<u16>,
+    hostfile: Option<PathBuf>,
+    node_id: Option<u32>,
+    neighborhood_size: Option<u32>,
+    rpc_timeout_ms: Option<u64>,
+    force_net: Option<bool>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -824,6 +989,36 @@ impl FileConfig {
                 ),
             })?;
             config.metrics_prometheus = Some(address);
+        }
+        if let Some(net) = self.networking {
+            let into = &mut config.networking;
+            if let Some(port) = net.port {
+                into.port = port;
+            }
+            into.hostfile = net.hostfile;
+            into.node_id = net.node_id;
+            if let Some(size) = net.neighborhood_size {
+                into.neighborhood_size = size;
+            }
+            if let Some(ms) = net.rpc_timeout_ms {
+                into.rpc_timeout = Duration::from_millis(ms);
+            }
+            if let Some(force) = net.force_net {
+                into.force_net = force;
+            }
+            into.secret = match (net.secret, net.secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.to_owned(),
+                        key: "networking.secret_file".to_owned(),
+                        problem: "is set together with `networking.secret`; give one of the two"
+                            .to_owned(),
+                    })
+                }
+                (Some(secret), None) => Some(ClusterSecret::Inline(secret)),
+                (None, Some(path)) => Some(ClusterSecret::File(path)),
+                (None, None) => None,
+            };
         }
         if let Some(pin) = self.pin_workers {
             config.pin_workers = pin;
@@ -1191,6 +1386,91 @@ compose:
         let (key, problem) = invalid_key("metrics:\n  prometheus: localhost\n");
         assert_eq!(key, "metrics.prometheus");
         assert!(problem.contains("127.0.0.1:9464"), "{problem}");
+    }
+
+    #[test]
+    fn networking_is_one_node_by_default_and_every_key_is_read() {
+        let net = RuntimeConfig::default().networking;
+        assert_eq!(net.hostfile, None);
+        assert_eq!(net.port, DEFAULT_PORT);
+        assert!(!net.force_net);
+        let config = RuntimeConfig::from_yaml_str(
+            "networking:\n  port: 7000\n  hostfile: /etc/hosts.chi\n  node_id: 3\n  neighborhood_size: 4\n  rpc_timeout_ms: 150\n  force_net: true\n  secret: 0123456789abcdef-secret\n",
+        )
+        .unwrap();
+        let net = config.networking;
+        assert_eq!(net.port, 7000);
+        assert_eq!(net.hostfile, Some(PathBuf::from("/etc/hosts.chi")));
+        assert_eq!(net.node_id, Some(3));
+        assert_eq!(net.neighborhood_size, 4);
+        assert_eq!(net.rpc_timeout, Duration::from_millis(150));
+        assert!(net.force_net);
+        let secret = net.secret.unwrap();
+        assert_eq!(secret.load().unwrap(), b"0123456789abcdef-secret");
+        assert!(
+            !format!("{secret:?}").contains("0123"),
+            "Debug shows no secret"
+        );
+    }
+
+    #[test]
+    fn networking_values_are_checked_and_named() {
+        let cases = [
+            ("networking: { port: 0 }", "networking.port"),
+            (
+                "networking: { neighborhood_size: 0 }",
+                "networking.neighborhood_size",
+            ),
+            (
+                "networking: { neighborhood_size: 1025 }",
+                "networking.neighborhood_size",
+            ),
+            (
+                "networking: { rpc_timeout_ms: 0 }",
+                "networking.rpc_timeout_ms",
+            ),
+            (
+                "networking: { rpc_timeout_ms: 3600001 }",
+                "networking.rpc_timeout_ms",
+            ),
+            ("networking: { node_id: 1 }", "networking.node_id"),
+            ("networking: { secret: short }", "networking.secret"),
+            (
+                "networking: { secret: 0123456789abcdef, secret_file: /x }",
+                "networking.secret_file",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let (found, message) = invalid_key(yaml);
+            assert_eq!(found, key, "{yaml}: {message}");
+        }
+        let (message, line) = parse_err("networking:\n  prot: 1\n");
+        assert!(message.contains("prot"), "{message}");
+        assert_eq!(line, Some(2));
+    }
+
+    #[test]
+    fn a_secret_file_is_read_and_its_length_checked() {
+        let dir = std::env::temp_dir().join(format!("chimaera-secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "a-secret-of-enough-length\n").unwrap();
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "tiny").unwrap();
+        assert_eq!(
+            ClusterSecret::File(good).load().unwrap(),
+            b"a-secret-of-enough-length"
+        );
+        let err = ClusterSecret::File(bad).load().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "networking.secret_file"),
+            "{err}"
+        );
+        assert!(matches!(
+            ClusterSecret::File(dir.join("missing")).load(),
+            Err(ConfigError::Read { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

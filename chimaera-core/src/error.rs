@@ -54,8 +54,9 @@ pub enum TaskError {
         /// How many the pool has.
         containers: u32,
     },
-    /// The query named a node that is not part of this runtime's cluster.
-    #[error("node {node} is not part of this cluster")]
+    /// The query named a node that is not part of this runtime's cluster, or one that
+    /// holds none of the pool's containers.
+    #[error("node {node} is not part of this cluster or holds none of the pool's containers")]
     NoSuchNode {
         /// The node asked for.
         node: NodeId,
@@ -280,6 +281,39 @@ pub enum TaskError {
     /// write: each would wait for the other's read forever, so the later one fails.
     #[error("another task group that reads this lock already waits to write; two such upgrades would wait for each other forever: drop the read guard before writing, or take the write lock first")]
     LockUpgradeConflict,
+    /// The node holding a container the task was routed to did not answer within the
+    /// cluster's `networking.rpc_timeout_ms`.
+    #[error("node {node} did not answer within {timeout_ms} ms; check that its runtime runs and is reachable, or raise networking.rpc_timeout_ms")]
+    NodeTimeout {
+        /// The node that was asked.
+        node: NodeId,
+        /// The deadline that passed.
+        timeout_ms: u64,
+    },
+    /// The node holding a container the task was routed to could not be reached, left
+    /// the cluster, or answered with bytes that are no answer.
+    #[error("node {node} failed the task: {reason}")]
+    NodeFailed {
+        /// The node.
+        node: NodeId,
+        /// What the network or the node reported.
+        reason: String,
+    },
+    /// A periodic task cannot run on another node's container: its cancel handle lives
+    /// here.
+    #[error("a periodic task cannot be sent to node {node}; submit it on that node (PoolQuery::physical) or make it a plain task")]
+    PeriodicAcrossNodes {
+        /// The node holding the container.
+        node: NodeId,
+    },
+    /// The task's input does not fit one frame between nodes.
+    #[error("the task's {len}-byte input is over the {max}-byte limit of a frame between nodes; send less per task")]
+    FrameTooLarge {
+        /// The frame's size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 impl TaskError {

@@ -20,7 +20,9 @@
 //!
 //! * foundations that know nothing of tasks: [`ids`], `codec`, [`error`], [`query`],
 //!   [`config`], `coroutine` (the pinned per-worker executor), [`lock`] (coroutine
-//!   locks), [`bulk`], [`peer`] (the seam to the other nodes of a cluster), and `shm`'s building blocks (segment, ring, futex, liveness,
+//!   locks), [`bulk`], [`peer`] (the seam to the other nodes of a cluster), [`cluster`]
+//!   (hostfile, membership, the runtime's frames, the in-memory network), and `shm`'s
+//!   building blocks (segment, ring, futex, liveness,
 //!   arena, naming, directory), which import nothing outside `shm`;
 //! * [`client`] and the [`transport`] seam (`Arc<dyn Transport>`): a client never
 //!   matches on a transport kind nor reaches into runtime state;
@@ -70,6 +72,7 @@ pub(crate) use internal_mod;
 pub mod admin_api;
 pub mod bulk;
 pub mod client;
+pub mod cluster;
 internal_mod! {
     /// rkyv encoding of task inputs and outputs (unstable, for chimaera's own tests).
     mod codec;

@@ -181,7 +181,9 @@ pub fn chimod(args: TokenStream, input: TokenStream) -> TokenStream {
 ///   archived input in place (default: lane 0). A bare name is a function of the
 ///   container (`Self::hook`); a path names any function.
 /// * `dynamic = hook`: the container a `PoolQuery::dynamic()` call goes to:
-///   `fn hook(input: &foo_tasks::ArchivedXIn, containers: u32) -> ContainerId`.
+///   `fn hook(input: &foo_tasks::ArchivedXIn, containers: u32) -> ContainerId`, or, to
+///   see which node holds which container,
+///   `fn hook(input: &foo_tasks::ArchivedXIn, topology: PoolTopology) -> ContainerId`.
 ///
 /// `create` and `destroy` are not routed: they take neither key.
 ///

@@ -162,11 +162,40 @@ impl Probe {
         tracing::info!(note, "probe: after the wait");
         note
     }
+
+    /// The node and the container that ran the task.
+    #[task(method = 26)]
+    fn where_am_i(&self, ctx: &mut RunContext) -> (u32, u32) {
+        (ctx.node(), ctx.container_id())
+    }
+
+    /// Asks container `container` of this pool, from inside this task (a nested task,
+    /// to another node when the container lives there), where it runs.
+    #[task(method = 27)]
+    fn relay(&self, ctx: &mut RunContext, container: u32) -> Result<(u32, u32), TaskError> {
+        let pool = ProbeClient::attach(&ctx.client(), ctx.pool_id());
+        pool.where_am_i(PoolQuery::direct_id(container))
+    }
+
+    /// The node and container that ran the task; `Dynamic` queries go to a container on
+    /// node `node` (the hook sees the pool's topology).
+    #[task(method = 28, dynamic = container_on_node)]
+    fn on_node(&self, ctx: &mut RunContext, node: u32) -> (u32, u32) {
+        let _ = node;
+        (ctx.node(), ctx.container_id())
+    }
 }
 
 impl Probe {
     fn lane_by_key(&self, input: &probe_tasks::ArchivedLaneOfIn) -> LaneChoice {
         LaneChoice::Lane(input.0.to_native())
+    }
+
+    fn container_on_node(
+        input: &probe_tasks::ArchivedOnNodeIn,
+        topology: chimaera::query::PoolTopology,
+    ) -> ContainerId {
+        topology.container_on(input.0.to_native()).unwrap_or(0)
     }
 
     fn pick_container(input: &probe_tasks::ArchivedPickedIn, containers: u32) -> ContainerId {

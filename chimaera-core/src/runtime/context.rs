@@ -14,7 +14,8 @@ use crate::admin_api::{CreatePoolRequest, MethodStatus, PoolInfo, RuntimeStatus,
 use crate::bulk::BulkShare;
 use crate::client::Client;
 use crate::error::TaskError;
-use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
+use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
+use crate::peer::PeerInfo;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::shm::InstanceName;
 use std::sync::Arc;
@@ -61,6 +62,10 @@ pub(crate) trait Host: Send + Sync {
     fn status(&self, caller: StatusCaller) -> RuntimeStatus;
     /// Every pool's per-method counters.
     fn method_stats(&self) -> Vec<MethodStatus>;
+    /// This runtime's node in its cluster (0 for a single runtime).
+    fn node(&self) -> NodeId;
+    /// Every node of the cluster with its link's state; empty for a single runtime.
+    fn peers(&self) -> Vec<PeerInfo>;
 }
 
 /// The admin `Status` task asking for a snapshot, which leaves itself out of it.
@@ -138,6 +143,11 @@ impl<'t> RunContext<'t> {
     /// The lane of the container's local queue this task was queued on.
     pub fn lane(&self) -> u32 {
         self.header.lane
+    }
+
+    /// The node this task runs on (0 for a single runtime).
+    pub fn node(&self) -> NodeId {
+        self.host.node()
     }
 
     /// How many containers the pool has.
@@ -291,6 +301,17 @@ impl RuntimeHandle {
             method: ctx.method(),
             from_shm_client: ctx.bulk_share().is_some(),
         })
+    }
+
+    /// This runtime's node in its cluster (0 for a single runtime).
+    pub fn node(&self) -> NodeId {
+        self.host.node()
+    }
+
+    /// Every node of the cluster and the state of this node's link to it (for `runtime
+    /// status`); empty for a single runtime.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.host.peers()
     }
 
     /// Every pool's per-method counters (for exporters; nothing left out).

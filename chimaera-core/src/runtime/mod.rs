@@ -25,6 +25,14 @@
 //!
 //! Periodic tasks are registered (weakly) with the runtime, so destroying their pool or
 //! stopping the runtime cancels them, waking them if they sleep.
+//!
+//! Many nodes (`remote.rs`): a runtime given a network ([`RuntimeBuilder::network`]) is
+//! one node of a cluster. Its pools (but the admin pool, which is each node's own) span
+//! every node, container `c` on node `c % nodes`; `enqueue` queues the replicas of this
+//! node's containers as above and sends the others as frames, whose answers complete
+//! the same completion. Without a network, `cluster` is `None` and nothing of this runs.
+//! A flush or a stop's drain counts the replicas this node runs, not those it sent to
+//! other nodes (each node drains its own).
 pub mod compose;
 pub mod context;
 mod flush;
@@ -41,6 +49,7 @@ crate::internal_mod! {
     /// Pools with their lanes (unstable, for chimaera's own tests).
     mod pool_table;
 }
+mod remote;
 mod status;
 crate::internal_mod! {
     /// A task in the runtime (unstable, for chimaera's own tests).
@@ -58,9 +67,9 @@ use crate::client::Client;
 use crate::codec::{aligned_copy, Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
-use crate::ids::MethodId;
-use crate::ids::{NodeId, PoolId, TaskNode};
-use crate::query::PoolQuery;
+use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
+use crate::peer::PeerNetwork;
+use crate::query::{Placement, PoolQuery};
 use crate::runtime::context::{Host, RunContext, StatusCaller};
 use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
@@ -107,6 +116,13 @@ pub enum StartError {
         "the admin pool got id {0} instead of 1.0; create no pool before the runtime has started"
     )]
     AdminPoolId(PoolId),
+    /// The config names a hostfile but the runtime was given no network to reach the
+    /// other nodes.
+    #[error("the config names the hostfile {} but no network was given; start the runtime with a network (`RuntimeBuilder::network`, e.g. chimaera-net's), or remove `networking.hostfile`", hostfile.display())]
+    NetworkMissing {
+        /// The configured hostfile.
+        hostfile: std::path::PathBuf,
+    },
     /// A worker thread could not be started.
     #[error("cannot start a worker thread: {0}; lower `workers` in the configuration or raise the process's thread limit")]
     Worker(#[source] std::io::Error),
@@ -115,6 +131,20 @@ pub enum StartError {
 /// What queuing a task hands back: the completion to wait on (none for fire-and-forget
 /// and periodic tasks) and the cancel flag of a periodic task.
 pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<CancelToken>>);
+
+/// What every replica of one task shares, for [`Shared::push_replica`].
+struct Replica<'a> {
+    entry: &'a PoolEntry,
+    id: u64,
+    method: MethodId,
+    query: PoolQuery,
+    node: TaskNode,
+    period: Option<Duration>,
+    parity: u8,
+    cancel: Option<&'a Arc<CancelToken>>,
+    bulk: Option<&'a Arc<crate::bulk::BulkShare>>,
+    local_worker: Option<usize>,
+}
 
 /// State shared by the runtime, its workers, contexts and in-process clients.
 pub(crate) struct Shared {
@@ -140,6 +170,9 @@ pub(crate) struct Shared {
     stopped: (Mutex<bool>, Condvar),
     /// The shared-memory transport, when the runtime serves other processes.
     shm: OnceLock<Arc<ShmServer>>,
+    /// The other nodes, when this runtime is one node of a cluster; `None` for a single
+    /// runtime, which then has no network object on any path.
+    cluster: Option<Box<remote::ClusterNode>>,
 }
 
 impl Shared {
@@ -264,18 +297,41 @@ impl Shared {
             });
         }
         let containers = pool.container_count();
+        let placement = pool.placement;
         let dynamic = match query {
             PoolQuery::Dynamic => catch_unwind(AssertUnwindSafe(|| {
-                (module.dynamic_container)(method, &input, containers)
+                let topology = crate::query::PoolTopology {
+                    containers,
+                    placement,
+                };
+                (module.dynamic_container)(method, &input, topology)
             }))
             .ok()
             .flatten(),
             _ => None,
         };
-        let targets = query.resolve(pool_id, containers, self.node, dynamic)?;
+        let targets = query.resolve(pool_id, containers, placement, dynamic)?;
+        // A pool spread over nodes (or any cluster pool under force-net) sends the
+        // replicas of other nodes' containers as frames; on one node this is `None` and
+        // costs nothing more.
+        let spread = self
+            .cluster
+            .as_deref()
+            .filter(|cluster| pool.clustered && (placement.nodes > 1 || cluster.force_net));
+        let is_remote = |container: &ContainerId| {
+            spread.is_some_and(|cluster| cluster.force_net || !placement.is_local(*container))
+        };
 
         let replicas = targets.len();
-        let copied = input.len().saturating_mul(replicas.saturating_sub(1));
+        let remote: Vec<ContainerId> = match spread {
+            Some(_) => targets.clone().filter(is_remote).collect(),
+            None => Vec::new(),
+        };
+        let local_replicas = replicas - remote.len();
+        if let Some(&first) = remote.first() {
+            remote::check_remote_task(&input, schedule, placement.node_of(first))?;
+        }
+        let copied = input.len().saturating_mul(local_replicas.saturating_sub(1));
         if copied > MAX_FAN_OUT_COPY_BYTES {
             return Err(TaskError::FanOutTooLarge {
                 replicas: replicas as u32,
@@ -284,11 +340,10 @@ impl Shared {
             });
         }
         // No allocation for the common single replica.
-        let mut copies = Vec::with_capacity(replicas.saturating_sub(1));
-        for _ in 1..replicas {
+        let mut copies = Vec::with_capacity(local_replicas.saturating_sub(1));
+        for _ in 1..local_replicas {
             copies.push((module.new_copy)(method, &input)?);
         }
-        let inputs = copies.into_iter().chain(std::iter::once(input));
 
         let id = self.next_task_id();
         let parity = self.inflight.parity();
@@ -321,47 +376,101 @@ impl Shared {
                 (None, Some(period), Some(token))
             }
         };
-        for (container, input) in targets.zip(inputs) {
-            let lanes = entry.lanes(container);
-            let (Some(object), false) = (pool.container(container), lanes.is_empty()) else {
-                continue;
+        if let Some(cluster) = spread.filter(|_| !remote.is_empty()) {
+            // The frames copy the input's bytes, so they go before the input moves into
+            // a local replica.
+            let reply = match (direct.take(), &completion) {
+                (Some(sink), _) => remote::RemoteReply::One(Reply::Sink(sink)),
+                (None, Some(completion)) if replicas == 1 => {
+                    remote::RemoteReply::One(Reply::Waiter(completion.clone()))
+                }
+                (None, Some(completion)) => remote::RemoteReply::Many(completion.clone()),
+                (None, None) => remote::RemoteReply::Nobody,
             };
-            let lane_choice = catch_unwind(AssertUnwindSafe(|| object.monitor(method, &input)))
-                .unwrap_or_default();
-            let lane_index = lane_choice.resolve(module.info.lanes).min(lanes.len() - 1);
-            let lane = &lanes[lane_index];
-            self.inflight.started(parity);
-            let task = Task {
-                header: TaskHeader {
-                    id,
-                    pool: pool_id,
-                    method,
-                    container,
-                    lane: lane_index as u32,
-                    query,
-                    node,
-                    period,
-                    parity,
-                },
-                pool: pool.clone(),
-                input,
-                reply: match direct.take() {
-                    Some(sink) => Some(Reply::Sink(sink)),
-                    None => completion.clone().map(Reply::Waiter),
-                },
-                cancel: cancel.clone(),
-                bulk: bulk.clone(),
+            let task = remote::Outgoing {
+                pool: pool_id,
+                method,
+                query,
+                depth: node.depth,
+                input: &input,
             };
-            match local_worker {
-                Some(worker) => lane.push_from_worker(task, worker),
-                None => lane.push(task),
-            }
+            self.send_remote(cluster, &task, placement, remote, cluster.timeout, reply);
+        }
+        let inputs = copies.into_iter().chain(std::iter::once(input));
+        let local_targets = targets.filter(|container| !is_remote(container));
+        let replica = Replica {
+            entry: &entry,
+            id,
+            method,
+            query,
+            node,
+            period,
+            parity,
+            cancel: cancel.as_ref(),
+            bulk: bulk.as_ref(),
+            local_worker,
+        };
+        for (container, input) in local_targets.zip(inputs) {
+            let reply = match direct.take() {
+                Some(sink) => Some(Reply::Sink(sink)),
+                None => completion.clone().map(Reply::Waiter),
+            };
+            self.push_replica(&replica, container, input, reply);
         }
         if let Some(sink) = direct {
             // Its one target had no container: answer rather than leave the caller waiting.
             sink.complete_one(0, Err(TaskError::NotRun));
         }
         Ok((completion, cancel))
+    }
+
+    /// Queues one replica on `container`'s lane (its `Monitor` picks which); a
+    /// container this node does not hold answers `reply` with `NotRun`.
+    fn push_replica(
+        &self,
+        replica: &Replica<'_>,
+        container: ContainerId,
+        input: Bytes,
+        reply: Option<Reply>,
+    ) {
+        let pool = &replica.entry.pool;
+        let lanes = replica.entry.lanes(container);
+        let (Some(object), false) = (pool.container(container), lanes.is_empty()) else {
+            if let Some(reply) = reply {
+                reply.deliver(container, Err(TaskError::NotRun));
+            }
+            return;
+        };
+        let method = replica.method;
+        let lane_choice =
+            catch_unwind(AssertUnwindSafe(|| object.monitor(method, &input))).unwrap_or_default();
+        let lane_index = lane_choice
+            .resolve(pool.module.info.lanes)
+            .min(lanes.len() - 1);
+        let lane = &lanes[lane_index];
+        self.inflight.started(replica.parity);
+        let task = Task {
+            header: TaskHeader {
+                id: replica.id,
+                pool: pool.id,
+                method,
+                container,
+                lane: lane_index as u32,
+                query: replica.query,
+                node: replica.node,
+                period: replica.period,
+                parity: replica.parity,
+            },
+            pool: pool.clone(),
+            input,
+            reply,
+            cancel: replica.cancel.cloned(),
+            bulk: replica.bulk.cloned(),
+        };
+        match replica.local_worker {
+            Some(worker) => lane.push_from_worker(task, worker),
+            None => lane.push(task),
+        }
     }
 
     fn run_once(self: &Arc<Self>, task: &Task, out: &mut OutputBuffer) -> Result<(), TaskError> {
@@ -420,13 +529,14 @@ impl Shared {
         self.periodic_goes_on(task)
     }
 
-    /// Gets or creates a pool (the admin's `GetOrCreatePool`).
+    /// Gets or creates a pool (the admin's `GetOrCreatePool`): in a cluster through
+    /// node 0, on every node (see `remote.rs`); the admin pool, and every pool of a
+    /// single runtime, on this node.
     pub(crate) fn get_or_create_pool(
         &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
     ) -> Result<PoolInfo, TaskError> {
-        let (parent_task, parent_node) = parent;
         let containers = request.containers.max(1);
         let max = self.config.max_containers_per_pool;
         if containers > max {
@@ -439,6 +549,30 @@ impl Shared {
             check_reopen(&entry.pool, &request.module, containers, &request.params)?;
             return Ok(entry.info());
         }
+        let is_admin = request.module == "admin" && request.pool_name == "admin";
+        if let Some(cluster) = self.cluster.as_deref().filter(|_| !is_admin) {
+            return self.cluster_get_or_create(cluster, request);
+        }
+        let id = if is_admin {
+            PoolId::ADMIN
+        } else {
+            self.pools.fresh_id()
+        };
+        self.build_pool(parent, request, id, Placement::single(self.node), false)
+    }
+
+    /// Builds this node's containers of pool `id` as `request` describes and publishes
+    /// it; if a pool of that name appeared meanwhile, checks it matches and returns it.
+    fn build_pool(
+        &self,
+        parent: (u64, TaskNode),
+        request: &CreatePoolRequest,
+        id: PoolId,
+        placement: Placement,
+        clustered: bool,
+    ) -> Result<PoolInfo, TaskError> {
+        let (parent_task, parent_node) = parent;
+        let containers = request.containers.max(1);
         let module =
             *self
                 .modules
@@ -446,16 +580,16 @@ impl Shared {
                 .ok_or_else(|| TaskError::UnknownModule {
                     module: request.module.clone(),
                 })?;
-        let id = if request.module == "admin" && request.pool_name == "admin" {
-            PoolId::ADMIN
-        } else {
-            self.pools.fresh_id()
-        };
         let params = aligned_copy(&request.params);
         // Containers are built first, then the pool is published in one step.
         let mut objects = Vec::with_capacity(containers as usize);
         let mut lanes = Vec::with_capacity(containers as usize);
         for container in 0..containers {
+            if !placement.is_local(container) {
+                objects.push(None);
+                lanes.push(Vec::new());
+                continue;
+            }
             let header = TaskHeader {
                 id: parent_task,
                 pool: id,
@@ -470,7 +604,7 @@ impl Shared {
             let mut ctx = RunContext::new(header, &request.pool_name, containers, self);
             let object = catch_unwind(AssertUnwindSafe(|| (module.create)(&mut ctx, &params)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)))?;
-            objects.push(object);
+            objects.push(Some(object));
             lanes.push(
                 module
                     .info
@@ -486,6 +620,8 @@ impl Shared {
             module,
             params: request.params.clone(),
             containers: objects,
+            placement,
+            clustered,
             destroyed: Default::default(),
             stats: crate::stats::PoolStats::new(module.info.methods, self.config.workers()),
         });
@@ -493,7 +629,7 @@ impl Shared {
             Ok(entry) => {
                 tracing::debug!(
                     pool = %entry.pool.name(), id = %entry.pool.id, module = %module.info.name,
-                    containers, "pool created"
+                    containers, node = self.node, "pool created"
                 );
                 Ok(entry.info())
             }
@@ -538,7 +674,8 @@ impl Shared {
 
     /// Destroys a pool (the admin's `DestroyPool`): queued tasks fail with
     /// `PoolDestroyed`, running ones finish, each container's `kDestroy` runs as a child
-    /// of `parent` (a task id and its node).
+    /// of `parent` (a task id and its node). A cluster's pool goes on every node,
+    /// through node 0.
     pub(crate) fn destroy_pool(
         &self,
         parent: (u64, TaskNode),
@@ -547,6 +684,14 @@ impl Shared {
         if id == PoolId::ADMIN {
             return Err(TaskError::AdminPoolIndestructible);
         }
+        if let Some(cluster) = self.cluster.as_deref() {
+            return self.cluster_destroy(cluster, id);
+        }
+        self.destroy_here(parent, id)
+    }
+
+    /// Destroys this node's part of pool `id`.
+    fn destroy_here(&self, parent: (u64, TaskNode), id: PoolId) -> Result<(), TaskError> {
         let entry = self
             .pools
             .remove(id)
@@ -554,7 +699,8 @@ impl Shared {
         let pool = &entry.pool;
         self.cancel_periodic(Some(id));
         let mut first_error = None;
-        for (index, container) in pool.containers.iter().enumerate() {
+        let held = pool.containers.iter().enumerate();
+        for (index, container) in held.filter_map(|(i, c)| Some((i, c.as_ref()?))) {
             let header = TaskHeader {
                 id: parent.0,
                 pool: id,
@@ -601,6 +747,10 @@ impl Shared {
             );
         }
         self.state.store(STOPPED, Ordering::Release);
+        if let Some(cluster) = &self.cluster {
+            // Peers hear this node leaves; calls still out are answered with `Left`.
+            cluster.net.shutdown();
+        }
         if let Some(server) = self.shm.get() {
             server.stop_taking_tasks();
         }
@@ -845,6 +995,16 @@ impl Host for Shared {
     fn method_stats(&self) -> Vec<crate::admin_api::MethodStatus> {
         Shared::method_stats(self)
     }
+
+    fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn peers(&self) -> Vec<crate::peer::PeerInfo> {
+        self.cluster
+            .as_ref()
+            .map_or_else(Vec::new, |cluster| cluster.net.peers())
+    }
 }
 
 impl Ingress for Shared {
@@ -881,6 +1041,7 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> TaskError {
 pub struct RuntimeBuilder {
     config: RuntimeConfig,
     modules: Vec<ModuleEntry>,
+    network: Option<Arc<dyn PeerNetwork>>,
 }
 
 impl RuntimeBuilder {
@@ -892,6 +1053,17 @@ impl RuntimeBuilder {
     /// Uses `config`.
     pub fn config(mut self, config: RuntimeConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Makes this runtime one node of a cluster, reaching the others through
+    /// `network` (the gRPC network of `chimaera-net`, or an in-memory
+    /// [`MemoryCluster`](crate::cluster::memory::MemoryCluster)'s endpoint). Its node id
+    /// is the network's; `networking.force_net`, `neighborhood_size` and `rpc_timeout_ms`
+    /// of the config apply. Without one, the runtime is a single node (and a config
+    /// naming a hostfile is refused with [`StartError::NetworkMissing`]).
+    pub fn network(mut self, network: Arc<dyn PeerNetwork>) -> Self {
+        self.network = Some(network);
         self
     }
 
@@ -940,6 +1112,17 @@ impl RuntimeBuilder {
             return Err(StartError::NoAdmin);
         }
         let config = self.config;
+        if self.network.is_none() {
+            if let Some(hostfile) = &config.networking.hostfile {
+                return Err(StartError::NetworkMissing {
+                    hostfile: hostfile.clone(),
+                });
+            }
+        }
+        let cluster = self
+            .network
+            .map(|net| Box::new(remote::ClusterNode::new(net, &config.networking)));
+        let node = cluster.as_ref().map_or(0, |cluster| cluster.this_node);
         let server = if serve {
             let sizes = ServeSizes {
                 main: config.shm.main_size,
@@ -966,7 +1149,8 @@ impl RuntimeBuilder {
         };
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
-            node: 0,
+            node,
+            cluster,
             modules,
             pools: PoolTable::new(),
             workers: Mutex::new(Vec::new()),
@@ -1037,6 +1221,7 @@ impl RuntimeBuilder {
             .get_or_create_pool((0, TaskNode::default()), &bootstrap);
         match admin {
             Ok(info) if info.id == PoolId::ADMIN => {
+                runtime.shared.join_cluster();
                 if let Some(server) = runtime.shared.shm.get() {
                     server.publish_ready();
                 }

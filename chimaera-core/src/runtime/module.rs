@@ -21,6 +21,7 @@
 use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId};
+use crate::query::PoolTopology;
 use crate::runtime::context::RunContext;
 use std::sync::Arc;
 
@@ -119,8 +120,18 @@ pub trait ChiMod: Sized + Send + Sync + 'static {
     ) -> Result<(), TaskError>;
     /// `Monitor(kLocalSchedule)`: the lane a task goes to.
     fn monitor(&self, method: MethodId, input: &[u8]) -> LaneChoice;
-    /// The container a `PoolQuery::Dynamic` task goes to, if the method has a hook.
-    fn dynamic_container(method: MethodId, input: &[u8], containers: u32) -> Option<ContainerId>;
+    /// The container a `PoolQuery::Dynamic` task goes to, if the method has a hook, in a
+    /// pool of `containers` containers on one node.
+    fn dynamic_container(method: MethodId, input: &[u8], containers: u32) -> Option<ContainerId> {
+        Self::dynamic_container_in(method, input, PoolTopology::single(containers))
+    }
+    /// The container a `PoolQuery::Dynamic` task goes to, if the method has a hook, in a
+    /// pool laid out as `topology` (its containers and the nodes that hold them).
+    fn dynamic_container_in(
+        method: MethodId,
+        input: &[u8],
+        topology: PoolTopology,
+    ) -> Option<ContainerId>;
     /// `SaveIn`: archives a typed input.
     fn save_in(input: &Self::TaskIn) -> Result<Bytes, TaskError>;
     /// `LoadIn`: validates and decodes the input of `method`.
@@ -181,7 +192,7 @@ pub struct ModuleEntry {
     /// Builds one container.
     pub create: CreateContainer,
     /// Resolves `PoolQuery::Dynamic`.
-    pub dynamic_container: fn(MethodId, &[u8], u32) -> Option<ContainerId>,
+    pub dynamic_container: fn(MethodId, &[u8], PoolTopology) -> Option<ContainerId>,
     /// Copies an input for another replica.
     pub new_copy: fn(MethodId, &[u8]) -> Result<Bytes, TaskError>,
     /// Turns YAML create parameters into the archived create input, for modules that
@@ -195,7 +206,7 @@ impl ModuleEntry {
         ModuleEntry {
             info: M::info(),
             create: |ctx, input| Ok(Arc::new(M::create(ctx, input)?) as Arc<dyn Container>),
-            dynamic_container: M::dynamic_container,
+            dynamic_container: M::dynamic_container_in,
             new_copy: M::new_copy,
             compose: None,
         }

@@ -9,7 +9,12 @@
 //!
 //! Where a pool's tasks queue (its containers' lanes) is not part of it: that is the
 //! table's business, so tasks — which hold pools — never hold queues of tasks.
+//!
+//! In a cluster a pool spans the nodes ([`Placement`]): every node holds the pool with
+//! the same id, name and container count, but builds only the containers placed on it;
+//! the others are `None` here and run on their nodes.
 use crate::ids::{ContainerId, PoolId};
+use crate::query::Placement;
 use crate::runtime::module::{Container, ModuleEntry};
 use crate::stats::PoolStats;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +26,13 @@ pub struct Pool {
     pub(crate) name: String,
     pub(crate) module: ModuleEntry,
     pub(crate) params: Vec<u8>,
-    pub(crate) containers: Vec<Arc<dyn Container>>,
+    /// `containers[c]`: container `c` if this node holds it.
+    pub(crate) containers: Vec<Option<Arc<dyn Container>>>,
+    /// Which node holds which container.
+    pub(crate) placement: Placement,
+    /// Whether the pool is one of the cluster's (created through node 0 on every node),
+    /// rather than this node's own (the admin pool).
+    pub(crate) clustered: bool,
     pub(crate) destroyed: AtomicBool,
     /// Its tasks' counters and latencies, per method.
     pub(crate) stats: PoolStats,
@@ -49,7 +60,12 @@ impl Pool {
     }
 
     pub(crate) fn container(&self, id: ContainerId) -> Option<&Arc<dyn Container>> {
-        self.containers.get(id as usize)
+        self.containers.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Which node holds which container.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     /// Its tasks' counters and latencies, per method.

@@ -106,6 +106,13 @@ impl PoolTable {
         PoolId::new(self.next_major.fetch_add(1, Ordering::Relaxed), 0)
     }
 
+    /// Makes sure no fresh id is `id` or below it (ids a restarted node 0 learns from
+    /// its peers).
+    pub(crate) fn reserve(&self, id: PoolId) {
+        self.next_major
+            .fetch_max(id.major.saturating_add(1), Ordering::Relaxed);
+    }
+
     /// Publishes `pool` unless a pool of its name appeared meanwhile; returns the pool
     /// now registered under the name.
     pub(crate) fn publish(&self, entry: Arc<PoolEntry>) -> Result<Arc<PoolEntry>, Arc<PoolEntry>> {

@@ -27,7 +27,11 @@ impl Shared {
         let mut methods = Vec::new();
         for entry in &entries {
             let pool = &entry.pool;
+            // Containers held by other nodes have no lanes here.
             for (id, lanes) in entry.lanes.iter().enumerate() {
+                if lanes.is_empty() {
+                    continue;
+                }
                 containers.push(ContainerStatus {
                     pool: pool.id,
                     container: id as u32,

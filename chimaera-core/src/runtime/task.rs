@@ -127,7 +127,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
+    pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
         match self {
             Reply::Waiter(completion) => completion.deliver(container, result.map(aligned_copy)),
             Reply::Sink(to) => to.complete_one(container, result),

@@ -88,12 +88,13 @@ pub(crate) fn expand(
             },
         })
     });
-    let containers = local("containers");
+    let topology = local("topology");
     let dynamic_arms = tasks.iter().filter_map(|task| {
         let hook = task.dynamic.as_ref()?;
         let TaskNames { id, archived, .. } = TaskNames::of(task);
         let value = local("archived");
-        let call = hook_call(hook, self_ty, vec![quote!(#value), quote!(#containers)]);
+        let hook = hook_path(hook, self_ty);
+        let call = quote!(#private::dynamic_hook(#hook, #value, #topology));
         Some(quote! {
             #module::#id => match #private::access::<#module::#archived>(#input, "input") {
                 ::core::result::Result::Ok(#value) => ::core::option::Option::Some(#call),
@@ -191,14 +192,14 @@ pub(crate) fn expand(
                 }
             }
 
-            fn dynamic_container(
+            fn dynamic_container_in(
                 #method: #private::MethodId,
                 #input: &[u8],
-                #containers: u32,
+                #topology: #private::PoolTopology,
             ) -> ::core::option::Option<#private::ContainerId> {
                 match #method {
                     #(#dynamic_arms)*
-                    _ => { let _ = (#input, #containers); ::core::option::Option::None }
+                    _ => { let _ = (#input, #topology); ::core::option::Option::None }
                 }
             }
 
@@ -428,6 +429,14 @@ fn call_expr(
         .chain(context)
         .chain(passed.iter().cloned());
     quote!(<#self_ty>::#function(#(#args),*))
+}
+
+/// A `dynamic` hook as a value: a bare name is an associated function of the container.
+fn hook_path(hook: &Path, self_ty: &syn::Type) -> TokenStream {
+    match hook.get_ident() {
+        Some(name) => quote!(<#self_ty>::#name),
+        None => quote!(#hook),
+    }
 }
 
 /// A `route`/`dynamic` hook: a bare name is an associated function of the container.
