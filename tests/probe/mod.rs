@@ -193,7 +193,7 @@ impl Probe {
 
     fn container_on_node(
         input: &probe_tasks::ArchivedOnNodeIn,
-        topology: chimaera::query::PoolTopology,
+        topology: chimaera::PoolTopology,
     ) -> ContainerId {
         topology.container_on(input.0.to_native()).unwrap_or(0)
     }
