@@ -1,0 +1,211 @@
+//! How a [`TonicNetwork`](crate::TonicNetwork) is set up: [`NetOptions`], plain values the
+//! runtime fills from its `networking:` config, and [`NetSetupError`], why setting up
+//! failed.
+//!
+//! # Invariants
+//!
+//! * [`NetOptions::validate`] runs before anything binds or spawns: a network exists only
+//!   with a node id inside the address list, every address a `host:port`, a non-empty
+//!   secret that fits an HTTP header, and backoff bounds in order.
+//! * The listen address defaults to this node's own entry of the address list, resolved;
+//!   never to the unspecified address (`0.0.0.0`), which would expose the port on every
+//!   interface of the machine.
+
+use chimaera_core::ids::NodeId;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// The settings of one node's network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetOptions {
+    /// This node's id: its index in [`addresses`](Self::addresses).
+    pub this_node: NodeId,
+    /// Every node's address (`host:port`), in node-id order (the hostfile's order).
+    pub addresses: Vec<String>,
+    /// Where this node listens; `None`: its own entry of `addresses`, resolved.
+    pub listen: Option<SocketAddr>,
+    /// The secret every node of the cluster shares; sent with every call and compared in
+    /// constant time. Visible ASCII (it travels as an HTTP/2 header).
+    pub cluster_secret: String,
+    /// How long connecting to a peer may take.
+    pub connect_timeout: Duration,
+    /// The deadline of the calls this network makes on its own (the leave notice).
+    pub rpc_timeout: Duration,
+    /// The longest an incoming call may wait for this node's answer, whatever deadline the
+    /// caller asked for: bounds what a peer that never hangs up can hold.
+    pub max_incoming_call: Duration,
+    /// The wait before the first reconnect to a peer after a failure; it doubles with
+    /// every further failure up to [`backoff_max`](Self::backoff_max).
+    pub backoff_min: Duration,
+    /// The longest wait between two connection attempts to a peer.
+    pub backoff_max: Duration,
+    /// Threads of the network's own tokio runtime.
+    pub threads: usize,
+}
+
+impl NetOptions {
+    /// Options for node `this_node` of the cluster at `addresses`, with the default
+    /// timeouts (connect 1 s, rpc 2 s), backoff (50 ms to 1 s) and two threads.
+    pub fn new(
+        this_node: NodeId,
+        addresses: Vec<String>,
+        cluster_secret: impl Into<String>,
+    ) -> Self {
+        NetOptions {
+            this_node,
+            addresses,
+            listen: None,
+            cluster_secret: cluster_secret.into(),
+            connect_timeout: Duration::from_secs(1),
+            rpc_timeout: Duration::from_secs(2),
+            max_incoming_call: Duration::from_secs(300),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            threads: 2,
+        }
+    }
+
+    /// How many nodes the cluster has.
+    pub fn nodes(&self) -> u32 {
+        u32::try_from(self.addresses.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Checks the options (see the module's invariants).
+    pub fn validate(&self) -> Result<(), NetSetupError> {
+        if self.addresses.is_empty() || self.addresses.len() > u32::MAX as usize {
+            return Err(NetSetupError::NoNodes {
+                count: self.addresses.len(),
+            });
+        }
+        if self.this_node >= self.nodes() {
+            return Err(NetSetupError::ThisNodeOutOfRange {
+                node: self.this_node,
+                nodes: self.nodes(),
+            });
+        }
+        for (node, address) in self.addresses.iter().enumerate() {
+            check_host_port(address).map_err(|reason| NetSetupError::BadAddress {
+                node: node as NodeId,
+                address: address.clone(),
+                reason,
+            })?;
+        }
+        if self.cluster_secret.is_empty() {
+            return Err(NetSetupError::EmptySecret);
+        }
+        if !self
+            .cluster_secret
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic())
+        {
+            return Err(NetSetupError::SecretNotVisibleAscii);
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err(NetSetupError::BackoffBounds {
+                min: self.backoff_min,
+                max: self.backoff_max,
+            });
+        }
+        if self.threads == 0 {
+            return Err(NetSetupError::NoThreads);
+        }
+        Ok(())
+    }
+
+    /// The address to listen on: [`listen`](Self::listen), else this node's entry
+    /// resolved (its first address).
+    pub fn listen_address(&self) -> Result<SocketAddr, NetSetupError> {
+        if let Some(listen) = self.listen {
+            return Ok(listen);
+        }
+        let own = self.addresses.get(self.this_node as usize).ok_or(
+            NetSetupError::ThisNodeOutOfRange {
+                node: self.this_node,
+                nodes: self.nodes(),
+            },
+        )?;
+        let resolve_error = |reason: String| NetSetupError::BadAddress {
+            node: self.this_node,
+            address: own.clone(),
+            reason,
+        };
+        own.to_socket_addrs()
+            .map_err(|error| resolve_error(error.to_string()))?
+            .next()
+            .ok_or_else(|| resolve_error("it resolves to no address".to_owned()))
+    }
+}
+
+/// `address` is `host:port` with a host and a port number.
+fn check_host_port(address: &str) -> Result<(), String> {
+    let authority: http::uri::Authority = address
+        .parse()
+        .map_err(|error: http::uri::InvalidUri| error.to_string())?;
+    if authority.as_str().contains('@') {
+        return Err("user info is not allowed".to_owned());
+    }
+    if authority.port_u16().is_none() {
+        return Err("it has no port (expected host:port)".to_owned());
+    }
+    if authority.host().is_empty() {
+        return Err("it has no host (expected host:port)".to_owned());
+    }
+    Ok(())
+}
+
+/// Why a network could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetSetupError {
+    /// The address list is empty (or longer than node ids reach).
+    #[error("a cluster needs between 1 and 2^32-1 node addresses, not {count}")]
+    NoNodes {
+        /// How many addresses were given.
+        count: usize,
+    },
+    /// This node's id is not an index of the address list.
+    #[error("this node's id {node} is not among the cluster's {nodes} nodes (ids 0..{nodes})")]
+    ThisNodeOutOfRange {
+        /// The id given.
+        node: NodeId,
+        /// How many nodes there are.
+        nodes: u32,
+    },
+    /// A node's address is not `host:port`, or this node's does not resolve.
+    #[error("node {node}'s address `{address}` is unusable: {reason}")]
+    BadAddress {
+        /// The node.
+        node: NodeId,
+        /// Its address as given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No cluster secret.
+    #[error("the cluster secret is empty; give every node the same non-empty secret")]
+    EmptySecret,
+    /// The secret has characters an HTTP/2 header cannot carry.
+    #[error("the cluster secret must be visible ASCII (no spaces or control characters)")]
+    SecretNotVisibleAscii,
+    /// The backoff bounds are zero or out of order.
+    #[error("the reconnect backoff must satisfy 0 < min <= max, not min {min:?}, max {max:?}")]
+    BackoffBounds {
+        /// The lower bound given.
+        min: Duration,
+        /// The upper bound given.
+        max: Duration,
+    },
+    /// Zero threads.
+    #[error("the network needs at least one thread")]
+    NoThreads,
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}; is another runtime using the port?")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The network's tokio runtime could not start.
+    #[error("cannot start the network's threads: {0}")]
+    Runtime(std::io::Error),
+}

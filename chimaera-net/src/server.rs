@@ -1,0 +1,198 @@
+//! The receiving side: the hand-written gRPC service every node serves, with its two
+//! methods (`Call`, `Leave`), its authentication, and the hand-off to the runtime's
+//! [`FrameHandler`].
+//!
+//! # Invariants
+//!
+//! * **Authentication comes before the body.** The cluster secret (compared in constant
+//!   time) and the caller's node id are checked on the request's headers; a request that
+//!   fails is answered `unauthenticated`, logged, and its body is never read, so an
+//!   outsider cannot make this node buffer a frame, and nothing of it reaches the handler.
+//! * **Bounded input.** tonic's decoder refuses a message whose length prefix is over
+//!   [`MAX_FRAME_BYTES`] (over 0 for `Leave`) before buffering it; garbage that is not
+//!   HTTP/2 ends its own connection inside hyper, never the server.
+//! * **One answer per frame.** The handler's [`Responder`] feeds a oneshot channel: its
+//!   answer, its drop (or a panic of the handler) answered [`Reason::Left`], this node's
+//!   shutdown answered [`Reason::Left`] — whichever comes first. A handler that never
+//!   answers holds the call only until the caller's deadline (`grpc-timeout`) or
+//!   [`NetOptions::max_incoming_call`](crate::NetOptions::max_incoming_call).
+
+use crate::network::Shared;
+use crate::wire::{
+    frame_too_large_status, RawFrameCodec, Reason, CALL_PATH, FROM_NODE, LEAVE_PATH, SECRET,
+};
+use chimaera_core::ids::NodeId;
+use chimaera_core::peer::{Responder, MAX_FRAME_BYTES};
+use std::convert::Infallible;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use subtle::ConstantTimeEq;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::{Grpc, UnaryService};
+use tonic::transport::server::TcpConnectInfo;
+use tonic::Status;
+
+/// The service behind this node's port.
+#[derive(Clone)]
+pub(crate) struct PeerService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Service<http::Request<Body>> for PeerService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { Ok(serve_request(shared, request).await) })
+    }
+}
+
+async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> http::Response<Body> {
+    let remote = request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr);
+    let is_call = match request.uri().path() {
+        CALL_PATH => true,
+        LEAVE_PATH => false,
+        other => {
+            tracing::warn!(
+                ?remote,
+                path = other,
+                "refused a request for an unknown method"
+            );
+            return Status::unimplemented(format!("no method {other}")).into_http();
+        }
+    };
+    let from = match authenticate(&shared, request.headers()) {
+        Ok(from) => from,
+        Err(why) => {
+            tracing::warn!(
+                ?remote,
+                why,
+                "refused a peer's call: it failed authentication"
+            );
+            return Reason::Unauthenticated
+                .status(format!("node {} refused the call: {why}", shared.this_node))
+                .into_http();
+        }
+    };
+    if is_call {
+        Grpc::new(RawFrameCodec)
+            .max_decoding_message_size(MAX_FRAME_BYTES)
+            .max_encoding_message_size(MAX_FRAME_BYTES)
+            .unary(CallMethod { shared, from }, request)
+            .await
+    } else {
+        Grpc::new(RawFrameCodec)
+            .max_decoding_message_size(0)
+            .max_encoding_message_size(0)
+            .unary(LeaveMethod { shared, from }, request)
+            .await
+    }
+}
+
+/// The caller's node id, once its secret matched; else why it is refused.
+fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<NodeId, &'static str> {
+    let secret = headers.get(SECRET).ok_or("it sent no cluster secret")?;
+    if !bool::from(secret.as_bytes().ct_eq(shared.secret.as_bytes())) {
+        return Err("its cluster secret is wrong");
+    }
+    let from = headers
+        .get(FROM_NODE)
+        .ok_or("it sent no node id")?
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<NodeId>().ok())
+        .ok_or("its node id is not a number")?;
+    if from >= shared.nodes {
+        return Err("its node id is not in this cluster");
+    }
+    Ok(from)
+}
+
+struct CallMethod {
+    shared: Arc<Shared>,
+    from: NodeId,
+}
+
+impl UnaryService<Vec<u8>> for CallMethod {
+    type Response = Vec<u8>;
+    type Future = BoxFuture<tonic::Response<Vec<u8>>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Vec<u8>>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let from = self.from;
+        Box::pin(async move {
+            answer_call(&shared, from, request.into_inner())
+                .await
+                .map(tonic::Response::new)
+        })
+    }
+}
+
+async fn answer_call(shared: &Shared, from: NodeId, frame: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let this_node = shared.this_node;
+    let mut shutdown = shared.shutdown.subscribe();
+    if *shutdown.borrow() {
+        return Err(Reason::Left.status(format!("node {this_node} is leaving the cluster")));
+    }
+    let Some(handler) = shared.handler.get() else {
+        return Err(Reason::Starting.status(format!("node {this_node} is not serving yet")));
+    };
+    let (send, answer) = tokio::sync::oneshot::channel();
+    let responder = Responder::new(move |answer| {
+        // The caller may have gone (deadline passed): nobody to tell.
+        let _ = send.send(answer);
+    });
+    if catch_unwind(AssertUnwindSafe(|| handler.handle(from, frame, responder))).is_err() {
+        tracing::error!(from, "the frame handler panicked on a peer's frame");
+    }
+    tokio::select! {
+        answer = answer => match answer {
+            Ok(answer) if answer.len() > MAX_FRAME_BYTES => Err(frame_too_large_status(answer.len())),
+            Ok(answer) => Ok(answer),
+            Err(_) => Err(Reason::Left.status(format!(
+                "node {this_node} dropped the frame without answering"
+            ))),
+        },
+        _ = shutdown.wait_for(|down| *down) => {
+            Err(Reason::Left.status(format!("node {this_node} is leaving the cluster")))
+        }
+    }
+}
+
+struct LeaveMethod {
+    shared: Arc<Shared>,
+    from: NodeId,
+}
+
+impl UnaryService<Vec<u8>> for LeaveMethod {
+    type Response = Vec<u8>;
+    type Future = BoxFuture<tonic::Response<Vec<u8>>, Status>;
+
+    fn call(&mut self, _request: tonic::Request<Vec<u8>>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let from = self.from;
+        Box::pin(async move {
+            tracing::info!(node = from, "peer left the cluster");
+            if let Some(link) = shared.links.get(from as usize) {
+                link.mark_left();
+            }
+            if let Some(handler) = shared.handler.get() {
+                if catch_unwind(AssertUnwindSafe(|| handler.peer_left(from))).is_err() {
+                    tracing::error!(from, "the frame handler panicked on a peer's leave notice");
+                }
+            }
+            Ok(tonic::Response::new(Vec::new()))
+        })
+    }
+}
