@@ -1,0 +1,808 @@
+//! `TonicNetwork` over real sockets on 127.0.0.1: networks in this process calling each
+//! other, a peer in a child process killed with SIGKILL and restarted, and hostile
+//! clients (wrong secret, garbage bytes, a stalled handshake, lying length prefixes)
+//! speaking to the port directly.
+//!
+//! Every test binds its own ephemeral ports, so the tests run in parallel. Deadlines only
+//! bound how long a broken build can hang; nothing here asserts timing.
+
+use bytes::Bytes;
+use chimaera_core::ids::NodeId;
+use chimaera_core::peer::{
+    FrameHandler, NetError, PeerNetwork, PeerState, Responder, MAX_FRAME_BYTES,
+};
+use chimaera_net::{NetOptions, TonicNetwork};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "test-cluster-secret";
+/// How long a broken build may hang before a test gives up.
+const HANG: Duration = Duration::from_secs(30);
+/// The deadline of calls that are expected to be answered.
+const ANSWERED: Duration = Duration::from_secs(20);
+/// The environment variable that tells a re-run of this binary it plays a peer node.
+const ROLE: &str = "CHI_NET_TEST_PEER";
+
+/// Answers `[its node, the caller's node, frame...]`; frames starting with `hold` are
+/// kept unanswered until [`Node::release`]; `drop` drops the responder; `panic` panics;
+/// `huge` answers one byte over the frame limit.
+#[derive(Default)]
+struct Node {
+    node: NodeId,
+    frames: AtomicUsize,
+    held: Mutex<Vec<(Vec<u8>, Responder)>>,
+    held_changed: Condvar,
+    left: Mutex<Vec<NodeId>>,
+    /// Hold every frame until this many are held, then answer them all.
+    gate: Option<usize>,
+}
+
+impl Node {
+    fn new(node: NodeId) -> Arc<Node> {
+        Arc::new(Node {
+            node,
+            ..Node::default()
+        })
+    }
+
+    fn answer(&self, from: NodeId, frame: &[u8]) -> Vec<u8> {
+        let mut answer = vec![self.node as u8, from as u8];
+        answer.extend_from_slice(frame);
+        answer
+    }
+
+    /// Waits until `count` frames are held.
+    fn wait_held(&self, count: usize) {
+        let held = self.held.lock().unwrap();
+        let (held, timeout) = self
+            .held_changed
+            .wait_timeout_while(held, HANG, |held| held.len() < count)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "{} frames held, expected {count}",
+            held.len()
+        );
+    }
+}
+
+impl FrameHandler for Node {
+    fn handle(&self, from: NodeId, frame: Vec<u8>, respond: Responder) {
+        self.frames.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = self.gate {
+            let mut held = self.held.lock().unwrap();
+            held.push((frame, respond));
+            if held.len() == gate {
+                for (frame, respond) in held.drain(..) {
+                    respond.respond(self.answer(from, &frame));
+                }
+            }
+            return;
+        }
+        if frame.starts_with(b"hold") {
+            self.held.lock().unwrap().push((frame, respond));
+            self.held_changed.notify_all();
+        } else if frame == b"drop" {
+            drop(respond);
+        } else if frame == b"panic" {
+            panic!("a handler that panics on purpose");
+        } else if frame == b"huge" {
+            respond.respond(vec![0; MAX_FRAME_BYTES + 1]);
+        } else if frame.starts_with(b"later") {
+            let answer = self.answer(from, &frame);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                respond.respond(answer);
+            });
+        } else {
+            respond.respond(self.answer(from, &frame));
+        }
+    }
+
+    fn peer_left(&self, node: NodeId) {
+        self.left.lock().unwrap().push(node);
+    }
+}
+
+fn options(node: NodeId, addresses: &[SocketAddr], secret: &str) -> NetOptions {
+    let mut options = NetOptions::new(
+        node,
+        addresses.iter().map(ToString::to_string).collect(),
+        secret,
+    );
+    options.backoff_min = Duration::from_millis(10);
+    options.backoff_max = Duration::from_millis(200);
+    options
+}
+
+fn ephemeral_listeners(count: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
+    let listeners: Vec<_> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addresses = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    (listeners, addresses)
+}
+
+/// `count` networks on ephemeral ports, each serving its own [`Node`].
+fn cluster(count: usize) -> (Vec<TonicNetwork>, Vec<Arc<Node>>) {
+    cluster_with(count, |_, _| {})
+}
+
+fn cluster_with(
+    count: usize,
+    adjust: impl Fn(NodeId, &mut NetOptions),
+) -> (Vec<TonicNetwork>, Vec<Arc<Node>>) {
+    let (listeners, addresses) = ephemeral_listeners(count);
+    let mut networks = Vec::new();
+    let mut nodes = Vec::new();
+    for (node, listener) in listeners.into_iter().enumerate() {
+        let node = node as NodeId;
+        let mut options = options(node, &addresses, SECRET);
+        adjust(node, &mut options);
+        let network = TonicNetwork::with_listener(options, listener).unwrap();
+        let handler = Node::new(node);
+        network.serve(handler.clone());
+        networks.push(network);
+        nodes.push(handler);
+    }
+    (networks, nodes)
+}
+
+/// Starts a call; its answer arrives on the returned channel.
+fn start_call(
+    network: &TonicNetwork,
+    node: NodeId,
+    frame: &[u8],
+    timeout: Duration,
+) -> mpsc::Receiver<Result<Vec<u8>, NetError>> {
+    let (send, receive) = mpsc::channel();
+    network.call(
+        node,
+        frame.to_vec(),
+        timeout,
+        Box::new(move |answer| {
+            let _ = send.send(answer);
+        }),
+    );
+    receive
+}
+
+fn answer_of(pending: &mpsc::Receiver<Result<Vec<u8>, NetError>>) -> Result<Vec<u8>, NetError> {
+    let answer = pending
+        .recv_timeout(HANG)
+        .expect("the network answers every call");
+    assert!(
+        pending.try_recv().is_err(),
+        "a call is answered exactly once"
+    );
+    answer
+}
+
+fn call(
+    network: &TonicNetwork,
+    node: NodeId,
+    frame: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, NetError> {
+    answer_of(&start_call(network, node, frame, timeout))
+}
+
+fn echoed(node: NodeId, from: NodeId, frame: &[u8]) -> Vec<u8> {
+    let mut answer = vec![node as u8, from as u8];
+    answer.extend_from_slice(frame);
+    answer
+}
+
+/// The node an error names.
+fn node_named(error: &NetError) -> Option<NodeId> {
+    match error {
+        NetError::UnknownNode { node, .. }
+        | NetError::Unreachable { node, .. }
+        | NetError::DeadlineExceeded { node, .. }
+        | NetError::Refused { node, .. }
+        | NetError::Malformed { node, .. }
+        | NetError::Left { node } => Some(*node),
+        NetError::FrameTooLarge { .. } => None,
+    }
+}
+
+#[test]
+fn two_nodes_call_each_other_and_themselves() {
+    let (networks, _) = cluster(2);
+    assert_eq!(
+        call(&networks[0], 1, b"ping", ANSWERED),
+        Ok(echoed(1, 0, b"ping"))
+    );
+    assert_eq!(
+        call(&networks[1], 0, b"pong", ANSWERED),
+        Ok(echoed(0, 1, b"pong"))
+    );
+    // Force-net: a call to this node goes through the same wire.
+    assert_eq!(
+        call(&networks[0], 0, b"self", ANSWERED),
+        Ok(echoed(0, 0, b"self"))
+    );
+    assert_eq!(call(&networks[0], 1, b"", ANSWERED), Ok(echoed(1, 0, b"")));
+    let peers = networks[0].peers();
+    assert_eq!(peers[0].state, PeerState::Local);
+    assert_eq!(peers[1].state, PeerState::Up);
+    assert_eq!(peers[1].address, networks[1].local_addr().to_string());
+}
+
+#[test]
+fn four_nodes_reach_every_node() {
+    let (networks, handlers) = cluster(4);
+    let pending: Vec<_> = (0..4)
+        .flat_map(|from| (0..4).map(move |to| (from, to)))
+        .map(|(from, to)| {
+            let frame = [from as u8 * 4 + to as u8];
+            (
+                from,
+                to,
+                frame,
+                start_call(&networks[from as usize], to, &frame, ANSWERED),
+            )
+        })
+        .collect();
+    for (from, to, frame, answer) in pending {
+        assert_eq!(answer_of(&answer), Ok(echoed(to, from, &frame)));
+    }
+    for handler in handlers {
+        assert_eq!(handler.frames.load(Ordering::SeqCst), 4);
+    }
+}
+
+#[test]
+fn a_handler_may_answer_later_from_another_thread() {
+    let (networks, _) = cluster(2);
+    let pending: Vec<_> = (0..8u8)
+        .map(|i| {
+            start_call(
+                &networks[0],
+                1,
+                &[b'l', b'a', b't', b'e', b'r', i],
+                ANSWERED,
+            )
+        })
+        .collect();
+    for (i, answer) in pending.iter().enumerate() {
+        assert_eq!(
+            answer_of(answer),
+            Ok(echoed(1, 0, &[b'l', b'a', b't', b'e', b'r', i as u8]))
+        );
+    }
+}
+
+#[test]
+fn concurrent_calls_are_all_in_flight_at_once() {
+    // Node 1 answers nothing until it holds all 64 frames: the calls complete only if
+    // the network carries them concurrently, not one after the other.
+    const CALLS: usize = 64;
+    let (listeners, addresses) = ephemeral_listeners(2);
+    let mut listeners = listeners.into_iter();
+    let caller =
+        TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.next().unwrap())
+            .unwrap();
+    let callee =
+        TonicNetwork::with_listener(options(1, &addresses, SECRET), listeners.next().unwrap())
+            .unwrap();
+    callee.serve(Arc::new(Node {
+        node: 1,
+        gate: Some(CALLS),
+        ..Node::default()
+    }));
+    let pending: Vec<_> = (0..CALLS)
+        .map(|i| start_call(&caller, 1, &(i as u32).to_le_bytes(), ANSWERED))
+        .collect();
+    for (i, answer) in pending.iter().enumerate() {
+        assert_eq!(
+            answer_of(answer),
+            Ok(echoed(1, 0, &(i as u32).to_le_bytes()))
+        );
+    }
+}
+
+#[test]
+fn an_unanswered_call_fails_by_its_deadline_naming_the_node() {
+    let (networks, handlers) = cluster(2);
+    let answer = call(&networks[0], 1, b"hold", Duration::from_millis(300));
+    assert_eq!(
+        answer,
+        Err(NetError::DeadlineExceeded {
+            node: 1,
+            timeout_ms: 300
+        })
+    );
+    assert_eq!(handlers[1].held.lock().unwrap().len(), 1);
+    assert_eq!(
+        call(&networks[0], 1, b"after", ANSWERED),
+        Ok(echoed(1, 0, b"after"))
+    );
+}
+
+#[test]
+fn a_dropped_responder_or_a_panicking_handler_answers_left() {
+    let (networks, _) = cluster(2);
+    assert_eq!(
+        call(&networks[0], 1, b"drop", ANSWERED),
+        Err(NetError::Left { node: 1 })
+    );
+    assert_eq!(
+        call(&networks[0], 1, b"panic", ANSWERED),
+        Err(NetError::Left { node: 1 })
+    );
+    assert_eq!(
+        call(&networks[0], 1, b"still", ANSWERED),
+        Ok(echoed(1, 0, b"still"))
+    );
+}
+
+#[test]
+fn unknown_nodes_and_oversized_frames_are_refused_before_sending() {
+    let (networks, handlers) = cluster(2);
+    assert_eq!(
+        call(&networks[0], 7, b"x", ANSWERED),
+        Err(NetError::UnknownNode { node: 7, nodes: 2 })
+    );
+    // Zeroed pages: the frame costs address space, not memory.
+    let (send, receive) = mpsc::channel();
+    networks[0].call(
+        1,
+        vec![0; MAX_FRAME_BYTES + 1],
+        ANSWERED,
+        Box::new(move |answer| send.send(answer).unwrap()),
+    );
+    assert_eq!(
+        answer_of(&receive),
+        Err(NetError::FrameTooLarge {
+            len: MAX_FRAME_BYTES as u64 + 1,
+            max: MAX_FRAME_BYTES as u64
+        })
+    );
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_oversized_answer_is_refused_by_the_answering_node() {
+    let (networks, _) = cluster(2);
+    assert_eq!(
+        call(&networks[0], 1, b"huge", ANSWERED),
+        Err(NetError::FrameTooLarge {
+            len: MAX_FRAME_BYTES as u64 + 1,
+            max: MAX_FRAME_BYTES as u64
+        })
+    );
+    assert_eq!(
+        call(&networks[0], 1, b"next", ANSWERED),
+        Ok(echoed(1, 0, b"next"))
+    );
+}
+
+#[test]
+fn a_node_not_serving_yet_is_unreachable_until_it_serves() {
+    let (listeners, addresses) = ephemeral_listeners(2);
+    let mut listeners = listeners.into_iter();
+    let caller =
+        TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.next().unwrap())
+            .unwrap();
+    let starting =
+        TonicNetwork::with_listener(options(1, &addresses, SECRET), listeners.next().unwrap())
+            .unwrap();
+    match call(&caller, 1, b"early", ANSWERED) {
+        Err(NetError::Unreachable { node: 1, reason }) => {
+            assert!(reason.contains("not started serving"), "{reason}")
+        }
+        other => panic!("expected Unreachable naming node 1, got {other:?}"),
+    }
+    starting.serve(Node::new(1));
+    assert_eq!(call(&caller, 1, b"now", ANSWERED), Ok(echoed(1, 0, b"now")));
+}
+
+#[test]
+fn a_wrong_secret_is_refused_and_never_reaches_the_handler() {
+    let (networks, handlers) = cluster_with(2, |node, options| {
+        if node == 0 {
+            options.cluster_secret = "not-the-cluster-secret".to_owned();
+        }
+    });
+    match call(&networks[0], 1, b"intruder", ANSWERED) {
+        Err(NetError::Refused { node: 1, reason }) => {
+            assert!(reason.contains("secret"), "{reason}")
+        }
+        other => panic!("expected Refused by node 1, got {other:?}"),
+    }
+    let address = networks[1].local_addr();
+    let auth = |secret: Option<&str>, node: &str| {
+        let mut headers = vec![("chimaera-node", node.to_owned())];
+        if let Some(secret) = secret {
+            headers.push(("chimaera-secret", secret.to_owned()));
+        }
+        headers
+    };
+    let frame = grpc_message(b"intruder");
+    for (headers, why) in [
+        (auth(None, "0"), "no secret"),
+        (auth(Some(""), "0"), "empty secret"),
+        (
+            auth(Some("test-cluster-secreT"), "0"),
+            "secret differing in its last byte",
+        ),
+        (
+            auth(Some("test-cluster-secret-and-more"), "0"),
+            "secret with a suffix",
+        ),
+        (auth(Some(SECRET), "99"), "node id outside the cluster"),
+        (auth(Some(SECRET), "-1"), "node id not a number"),
+        (vec![("chimaera-secret", SECRET.to_owned())], "no node id"),
+    ] {
+        let status = raw_grpc_call(address, "/chimaera.Peer/Call", &headers, &[&frame], true);
+        assert_eq!(
+            status.as_deref(),
+            Some("16"),
+            "{why}: expected unauthenticated"
+        );
+    }
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 0);
+    // The right secret still gets through the same port.
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Call",
+        &auth(Some(SECRET), "0"),
+        &[&frame],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("0"));
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn garbage_bytes_and_a_stalled_handshake_do_not_stop_the_server() {
+    let (networks, handlers) = cluster(2);
+    let address = networks[1].local_addr();
+    // A slowloris: half the HTTP/2 preface, then nothing, held open throughout.
+    let mut stalled = TcpStream::connect(address).unwrap();
+    stalled.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let mut garbage_seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..4 {
+        let mut garbage = TcpStream::connect(address).unwrap();
+        let bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                garbage_seed ^= garbage_seed << 13;
+                garbage_seed ^= garbage_seed >> 7;
+                garbage_seed ^= garbage_seed << 17;
+                garbage_seed as u8
+            })
+            .collect();
+        // A valid preface followed by garbage frames, or garbage from the first byte.
+        if round % 2 == 1 {
+            garbage
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .unwrap();
+        }
+        // The server may hang up before it has read everything.
+        let _ = garbage.write_all(&bytes);
+        garbage.set_read_timeout(Some(HANG)).unwrap();
+        let mut sink = Vec::new();
+        // The server closes the connection (EOF or reset), it does not wait for more.
+        let _ = garbage.read_to_end(&mut sink);
+    }
+    assert_eq!(
+        call(&networks[0], 1, b"alive", ANSWERED),
+        Ok(echoed(1, 0, b"alive"))
+    );
+    assert_eq!(
+        call(&networks[1], 0, b"both", ANSWERED),
+        Ok(echoed(0, 1, b"both"))
+    );
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 1);
+    drop(stalled);
+}
+
+#[test]
+fn lying_length_prefixes_from_an_authenticated_peer_never_reach_the_handler() {
+    let (networks, handlers) = cluster(2);
+    let address = networks[1].local_addr();
+    let headers = [
+        ("chimaera-node", "0".to_owned()),
+        ("chimaera-secret", SECRET.to_owned()),
+    ];
+    // A prefix announcing 4 GiB, more than the frame limit: refused by its prefix, with
+    // the stream still open (nothing is buffered waiting for the rest).
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Call",
+        &headers,
+        &[&[0, 0xff, 0xff, 0xff, 0xff]],
+        false,
+    );
+    assert_eq!(status.as_deref(), Some("11"), "expected out of range");
+    // A truncated message: the prefix says 100 bytes, 10 come, then the end.
+    let mut truncated = vec![0, 0, 0, 0, 100];
+    truncated.extend_from_slice(&[7; 10]);
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Call",
+        &headers,
+        &[&truncated],
+        true,
+    );
+    assert_ne!(
+        status.as_deref(),
+        Some("0"),
+        "a truncated frame is an error"
+    );
+    // A compressed flag this server never negotiated.
+    let mut compressed = grpc_message(b"zz");
+    compressed[0] = 1;
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Call",
+        &headers,
+        &[&compressed],
+        true,
+    );
+    assert_ne!(
+        status.as_deref(),
+        Some("0"),
+        "an unnegotiated compressed frame is an error"
+    );
+    // A leave notice with a body.
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Leave",
+        &headers,
+        &[&grpc_message(b"x")],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("11"), "a leave notice has no body");
+    // An unknown method.
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Other",
+        &headers,
+        &[&grpc_message(b"x")],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("12"), "expected unimplemented");
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 0);
+    assert!(handlers[1].left.lock().unwrap().is_empty());
+    assert_eq!(
+        call(&networks[0], 1, b"alive", ANSWERED),
+        Ok(echoed(1, 0, b"alive"))
+    );
+}
+
+#[test]
+fn shutdown_answers_outstanding_calls_left_and_peers_see_it() {
+    let (networks, handlers) = cluster(2);
+    // Node 0 waits on node 1, node 1 waits on node 0.
+    let outgoing = start_call(&networks[0], 1, b"hold-out", ANSWERED);
+    let incoming = start_call(&networks[1], 0, b"hold-in", ANSWERED);
+    handlers[1].wait_held(1);
+    handlers[0].wait_held(1);
+    networks[0].shutdown();
+    assert_eq!(answer_of(&outgoing), Err(NetError::Left { node: 0 }));
+    assert_eq!(answer_of(&incoming), Err(NetError::Left { node: 0 }));
+    assert_eq!(*handlers[1].left.lock().unwrap(), vec![0]);
+    assert_eq!(networks[1].peers()[0].state, PeerState::Left);
+    assert_eq!(
+        call(&networks[0], 1, b"after", ANSWERED),
+        Err(NetError::Left { node: 0 })
+    );
+    assert_eq!(
+        call(&networks[1], 0, b"after", ANSWERED),
+        Err(NetError::Left { node: 0 })
+    );
+    networks[0].shutdown();
+}
+
+#[test]
+fn a_killed_peer_fails_calls_naming_it_and_serves_again_once_restarted() {
+    let (mut listeners, addresses) = ephemeral_listeners(3);
+    // Node 1 lives in a child process on a port of its own.
+    drop(listeners.remove(1));
+    let mut listeners = listeners.into_iter();
+    let caller =
+        TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.next().unwrap())
+            .unwrap();
+    caller.serve(Node::new(0));
+    let bystander =
+        TonicNetwork::with_listener(options(2, &addresses, SECRET), listeners.next().unwrap())
+            .unwrap();
+    bystander.serve(Node::new(2));
+
+    let mut peer = PeerProcess::start(1, &addresses);
+    assert_eq!(call(&caller, 1, b"one", ANSWERED), Ok(echoed(1, 0, b"one")));
+    let in_flight = start_call(&caller, 1, b"hold", ANSWERED);
+    peer.wait_for_line("held");
+    peer.kill();
+
+    match answer_of(&in_flight) {
+        Err(NetError::Unreachable { node: 1, .. }) => {}
+        other => {
+            panic!("expected the in-flight call to fail Unreachable naming node 1, got {other:?}")
+        }
+    }
+    match call(&caller, 1, b"two", Duration::from_secs(1)) {
+        Err(error) => assert_eq!(node_named(&error), Some(1), "{error}"),
+        Ok(answer) => panic!("a killed node answered {answer:?}"),
+    }
+    assert_ne!(caller.peers()[1].state, PeerState::Up);
+    assert_eq!(
+        call(&caller, 2, b"other", ANSWERED),
+        Ok(echoed(2, 0, b"other"))
+    );
+
+    let _restarted = PeerProcess::start(1, &addresses);
+    let start = Instant::now();
+    loop {
+        match call(&caller, 1, b"three", Duration::from_secs(1)) {
+            Ok(answer) => {
+                assert_eq!(answer, echoed(1, 0, b"three"));
+                break;
+            }
+            Err(error) => {
+                assert_eq!(node_named(&error), Some(1), "{error}");
+                assert!(
+                    start.elapsed() < HANG,
+                    "the restarted node never answered: {error}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    assert_eq!(caller.peers()[1].state, PeerState::Up);
+}
+
+/// A peer node in a child process (this test binary re-run as `peer_child_entry`).
+struct PeerProcess {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl PeerProcess {
+    fn start(node: NodeId, addresses: &[SocketAddr]) -> PeerProcess {
+        let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "peer_child_entry",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, format!("{node} {}", addresses.join(",")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut peer = PeerProcess { child, lines };
+        peer.wait_for_line("ready");
+        peer
+    }
+
+    fn wait_for_line(&mut self, wanted: &str) {
+        for line in &mut self.lines {
+            // The harness prints `test peer_child_entry ... ` before the first line.
+            if line.unwrap().ends_with(wanted) {
+                return;
+            }
+        }
+        panic!("the peer process exited before printing {wanted:?}");
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A handler that says on stdout when it holds a frame (the parent kills it then).
+struct ChildNode(Arc<Node>);
+
+impl FrameHandler for ChildNode {
+    fn handle(&self, from: NodeId, frame: Vec<u8>, respond: Responder) {
+        let hold = frame.starts_with(b"hold");
+        self.0.handle(from, frame, respond);
+        if hold {
+            println!("held");
+        }
+    }
+}
+
+#[test]
+#[ignore = "entry point of the peer child process, started by the tests in this file"]
+fn peer_child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let (node, addresses) = role.split_once(' ').unwrap();
+    let node: NodeId = node.parse().unwrap();
+    let addresses: Vec<SocketAddr> = addresses.split(',').map(|a| a.parse().unwrap()).collect();
+    let network = TonicNetwork::new(options(node, &addresses, SECRET)).unwrap();
+    network.serve(Arc::new(ChildNode(Node::new(node))));
+    println!("ready");
+    // Serve until the parent goes away (it holds the other end of stdin).
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// `payload` as one uncompressed gRPC message (flag byte, big-endian length, bytes).
+fn grpc_message(payload: &[u8]) -> Vec<u8> {
+    let mut message = vec![0];
+    message.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    message.extend_from_slice(payload);
+    message
+}
+
+/// Sends one gRPC request over a bare HTTP/2 connection, as a hostile peer could, and
+/// returns the `grpc-status` of the answer (from its headers or its trailers).
+fn raw_grpc_call(
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[&[u8]],
+    end_stream: bool,
+) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{address}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let (response, mut stream) = client
+            .send_request(request.body(()).unwrap(), false)
+            .unwrap();
+        for (i, chunk) in body.iter().enumerate() {
+            let last = end_stream && i + 1 == body.len();
+            // The server may answer (and reset the stream) before reading all of it.
+            let _ = stream.send_data(Bytes::copy_from_slice(chunk), last);
+        }
+        let response = tokio::time::timeout(HANG, response)
+            .await
+            .expect("the server answers")
+            .unwrap();
+        let status_of = |headers: &http::HeaderMap| {
+            headers
+                .get("grpc-status")
+                .map(|value| value.to_str().unwrap().to_owned())
+        };
+        if let Some(status) = status_of(response.headers()) {
+            return Some(status);
+        }
+        let mut body = response.into_body();
+        while let Some(data) = body.data().await {
+            if data.is_err() {
+                return None;
+            }
+        }
+        let trailers = tokio::time::timeout(HANG, body.trailers())
+            .await
+            .expect("the server ends the answer");
+        trailers.ok().flatten().as_ref().and_then(status_of)
+    })
+}
