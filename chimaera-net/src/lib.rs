@@ -24,9 +24,11 @@
 //!
 //! # Limits
 //!
-//! A shared secret proves membership, not identity: any member can claim any node id,
-//! and without TLS the secret and frames cross the wire in clear. Run a cluster on a
-//! trusted network until mutual TLS is added.
+//! A shared secret proves membership, not identity; the source-address check then ties a
+//! claimed node id to its host, but not to its port (nodes sharing a host can claim each
+//! other's ids), and an attacker able to spoof addresses defeats it. Without TLS the
+//! secret and frames cross the wire in clear: run a cluster on a trusted network until
+//! mutual TLS is added.
 
 mod link;
 mod network;

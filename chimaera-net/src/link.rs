@@ -14,6 +14,7 @@
 
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{NetError, PeerState};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -52,13 +53,15 @@ struct LinkState {
 
 impl Link {
     /// The link to `node` at `address` (this node's own, for force-net, reports
-    /// [`PeerState::Local`]).
+    /// [`PeerState::Local`]); connections leave from `local_ip` when given, so that the
+    /// peer sees this node's own address.
     pub(crate) fn new(
         node: NodeId,
         address: String,
         is_this_node: bool,
         connect_timeout: Duration,
         backoff: (Duration, Duration),
+        local_ip: Option<IpAddr>,
     ) -> Result<Link, String> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|error| error.to_string())?
@@ -67,7 +70,8 @@ impl Link {
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .local_address(local_ip);
         Ok(Link {
             node,
             address,

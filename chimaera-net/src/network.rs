@@ -31,7 +31,7 @@ use chimaera_core::peer::{
     FrameHandler, NetError, PeerInfo, PeerNetwork, ReplyFn, MAX_FRAME_BYTES,
 };
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     secret_header: AsciiMetadataValue,
     node_header: AsciiMetadataValue,
     pub(crate) links: Vec<Link>,
+    /// The addresses each node's hostfile entry resolves to; empty for a node whose
+    /// address is not checked (verification off, or the name did not resolve).
+    pub(crate) node_ips: Vec<Vec<IpAddr>>,
     pub(crate) handler: OnceLock<Arc<dyn FrameHandler>>,
     /// `true` once this network shuts down; the server, every outgoing call and every
     /// incoming call watch it.
@@ -117,6 +120,9 @@ impl TonicNetwork {
             source,
         };
         listener.set_nonblocking(true).map_err(bind_error)?;
+        // Leave from the address peers know this node by, so they can check it.
+        let local_ip =
+            Some(local_addr.ip()).filter(|ip| options.verify_peer_address && !ip.is_unspecified());
         let links = options
             .addresses
             .iter()
@@ -129,6 +135,7 @@ impl TonicNetwork {
                     node == options.this_node,
                     options.connect_timeout,
                     (options.backoff_min, options.backoff_max),
+                    local_ip,
                 )
                 .map_err(|reason| NetSetupError::BadAddress {
                     node,
@@ -148,6 +155,7 @@ impl TonicNetwork {
             secret_header: header(&options.cluster_secret)?,
             node_header: MetadataValue::from(options.this_node),
             links,
+            node_ips: resolve_node_ips(&options),
             handler: OnceLock::new(),
             shutdown,
             rpc_timeout: options.rpc_timeout,
@@ -220,6 +228,27 @@ impl TonicNetwork {
             .await;
         });
     }
+}
+
+/// What [`Shared::node_ips`] holds: each node's resolved addresses, when verified.
+fn resolve_node_ips(options: &NetOptions) -> Vec<Vec<IpAddr>> {
+    options
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(node, address)| {
+            if !options.verify_peer_address {
+                return Vec::new();
+            }
+            match address.to_socket_addrs() {
+                Ok(resolved) => resolved.map(|socket| socket.ip().to_canonical()).collect(),
+                Err(error) => {
+                    tracing::warn!(node, address, %error, "a peer's address does not resolve; calls claiming to be it are not checked against it");
+                    Vec::new()
+                }
+            }
+        })
+        .collect()
 }
 
 impl Shared {

@@ -41,11 +41,17 @@ pub struct NetOptions {
     pub backoff_max: Duration,
     /// Threads of the network's own tokio runtime.
     pub threads: usize,
+    /// Refuse a call whose claimed node id belongs to another address than the one it
+    /// comes from: a node connects from its own listen address, and a peer's connection
+    /// must come from one of the addresses its hostfile entry resolves to. Turn off only
+    /// behind address translation (NAT, proxies), where source addresses are rewritten.
+    pub verify_peer_address: bool,
 }
 
 impl NetOptions {
     /// Options for node `this_node` of the cluster at `addresses`, with the default
-    /// timeouts (connect 1 s, rpc 2 s), backoff (50 ms to 1 s) and two threads.
+    /// timeouts (connect 1 s, rpc 2 s), backoff (50 ms to 1 s), two threads, and peer
+    /// addresses verified.
     pub fn new(
         this_node: NodeId,
         addresses: Vec<String>,
@@ -62,6 +68,7 @@ impl NetOptions {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             threads: 2,
+            verify_peer_address: true,
         }
     }
 

@@ -5,7 +5,8 @@
 //! # Invariants
 //!
 //! * **Authentication comes before the body.** The cluster secret (compared in constant
-//!   time) and the caller's node id are checked on the request's headers; a request that
+//!   time), the caller's node id and (unless turned off) that the connection comes from
+//!   an address of that node are checked on the request's headers; a request that
 //!   fails is answered `unauthenticated`, logged, and its body is never read, so an
 //!   outsider cannot make this node buffer a frame, and nothing of it reaches the handler.
 //! * **Bounded input.** tonic's decoder refuses a message whose length prefix is over
@@ -24,6 +25,7 @@ use crate::wire::{
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{Responder, MAX_FRAME_BYTES};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -72,7 +74,7 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
             return Status::unimplemented(format!("no method {other}")).into_http();
         }
     };
-    let from = match authenticate(&shared, request.headers()) {
+    let from = match authenticate(&shared, request.headers(), remote) {
         Ok(from) => from,
         Err(why) => {
             tracing::warn!(
@@ -100,8 +102,13 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
     }
 }
 
-/// The caller's node id, once its secret matched; else why it is refused.
-fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<NodeId, &'static str> {
+/// The caller's node id, once its secret matched and (when verified) its connection comes
+/// from that node's address; else why it is refused.
+fn authenticate(
+    shared: &Shared,
+    headers: &http::HeaderMap,
+    remote: Option<SocketAddr>,
+) -> Result<NodeId, &'static str> {
     let secret = headers.get(SECRET).ok_or("it sent no cluster secret")?;
     if !bool::from(secret.as_bytes().ct_eq(shared.secret.as_bytes())) {
         return Err("its cluster secret is wrong");
@@ -115,6 +122,16 @@ fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<NodeId, &'
         .ok_or("its node id is not a number")?;
     if from >= shared.nodes {
         return Err("its node id is not in this cluster");
+    }
+    let expected = shared
+        .node_ips
+        .get(from as usize)
+        .map_or(&[][..], Vec::as_slice);
+    if !expected.is_empty() {
+        let remote = remote.ok_or("its address is unknown")?.ip().to_canonical();
+        if !expected.contains(&remote) {
+            return Err("it connects from another address than its node id's");
+        }
     }
     Ok(from)
 }

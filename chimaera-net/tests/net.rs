@@ -460,6 +460,86 @@ fn a_wrong_secret_is_refused_and_never_reaches_the_handler() {
 }
 
 #[test]
+fn a_peer_claiming_another_nodes_id_is_refused() {
+    // Three nodes on three loopback addresses: a node id belongs to its address.
+    let listeners: Vec<_> = (1..=3)
+        .map(|host| TcpListener::bind(SocketAddr::from(([127, 0, 0, host], 0))).unwrap())
+        .collect();
+    let addresses: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut networks = Vec::new();
+    let mut handlers = Vec::new();
+    for (node, listener) in listeners.into_iter().enumerate() {
+        let network =
+            TonicNetwork::with_listener(options(node as NodeId, &addresses, SECRET), listener)
+                .unwrap();
+        let handler = Node::new(node as NodeId);
+        network.serve(handler.clone());
+        networks.push(network);
+        handlers.push(handler);
+    }
+    // Every node connects from its own address, so honest calls pass the check.
+    for from in 0..3 {
+        for to in 0..3 {
+            assert_eq!(
+                call(&networks[from as usize], to, b"hi", ANSWERED),
+                Ok(echoed(to, from, b"hi"))
+            );
+        }
+    }
+    // A holder of the secret on 127.0.0.1 (node 0's address) claiming to be node 2.
+    let claim = |node: &str| {
+        [
+            ("chimaera-node", node.to_owned()),
+            ("chimaera-secret", SECRET.to_owned()),
+        ]
+    };
+    let frame = grpc_message(b"impostor");
+    let status = raw_grpc_call(
+        addresses[1],
+        "/chimaera.Peer/Call",
+        &claim("2"),
+        &[&frame],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("16"), "expected unauthenticated");
+    let status = raw_grpc_call(addresses[1], "/chimaera.Peer/Leave", &claim("2"), &[], true);
+    assert_eq!(status.as_deref(), Some("16"), "expected unauthenticated");
+    assert!(handlers[1].left.lock().unwrap().is_empty());
+    assert_eq!(networks[1].peers()[2].state, PeerState::Up);
+    // Claiming its own id passes.
+    let status = raw_grpc_call(
+        addresses[1],
+        "/chimaera.Peer/Call",
+        &claim("0"),
+        &[&frame],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("0"));
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_peer_that_never_speaks_fails_calls_by_their_deadline() {
+    // Node 1's port accepts connections and never says a word: only the caller's own
+    // timer can end the call.
+    let (listeners, addresses) = ephemeral_listeners(2);
+    let mut listeners = listeners.into_iter();
+    let mut options = options(0, &addresses, SECRET);
+    options.connect_timeout = HANG;
+    let caller = TonicNetwork::with_listener(options, listeners.next().unwrap()).unwrap();
+    let black_hole = listeners.next().unwrap();
+    let answer = call(&caller, 1, b"anyone?", Duration::from_millis(200));
+    assert_eq!(
+        answer,
+        Err(NetError::DeadlineExceeded {
+            node: 1,
+            timeout_ms: 200
+        })
+    );
+    drop(black_hole);
+}
+
+#[test]
 fn garbage_bytes_and_a_stalled_handshake_do_not_stop_the_server() {
     let (networks, handlers) = cluster(2);
     let address = networks[1].local_addr();
@@ -760,7 +840,10 @@ fn raw_grpc_call(
         .build()
         .unwrap();
     runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        // From 127.0.0.1 explicitly (the kernel may pick another loopback source).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let tcp = socket.connect(address).await.unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(async move {
             let _ = connection.await;
