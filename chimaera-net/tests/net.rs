@@ -540,6 +540,36 @@ fn a_peer_that_never_speaks_fails_calls_by_their_deadline() {
 }
 
 #[test]
+fn a_peer_whose_port_never_completes_a_connection_fails_calls_by_their_deadline() {
+    // Node 1's accept queue is full and nobody accepts: the kernel drops the caller's
+    // SYNs, so the connection attempt itself hangs (longer than its connect timeout
+    // here); the call's own deadline must still end it.
+    let (listeners, mut addresses) = ephemeral_listeners(1);
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    full.listen(0).unwrap();
+    let full_address = full.local_addr().unwrap().as_socket().unwrap();
+    let queued: Vec<_> = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&full_address, Duration::from_millis(100)).ok())
+        .collect();
+    addresses.push(full_address);
+    let mut options = options(0, &addresses, SECRET);
+    options.connect_timeout = HANG;
+    let caller =
+        TonicNetwork::with_listener(options, listeners.into_iter().next().unwrap()).unwrap();
+    let answer = call(&caller, 1, b"anyone?", Duration::from_millis(200));
+    assert_eq!(
+        answer,
+        Err(NetError::DeadlineExceeded {
+            node: 1,
+            timeout_ms: 200
+        })
+    );
+    drop(queued);
+}
+
+#[test]
 fn garbage_bytes_and_a_stalled_handshake_do_not_stop_the_server() {
     let (networks, handlers) = cluster(2);
     let address = networks[1].local_addr();
