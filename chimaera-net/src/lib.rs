@@ -24,11 +24,12 @@
 //!
 //! # Limits
 //!
-//! A shared secret proves membership, not identity; the source-address check then ties a
-//! claimed node id to its host, but not to its port (nodes sharing a host can claim each
-//! other's ids), and an attacker able to spoof addresses defeats it. Without TLS the
-//! secret and frames cross the wire in clear: run a cluster on a trusted network until
-//! mutual TLS is added.
+//! With [`PeerTls`] every connection is mutual TLS: only holders of a certificate the
+//! cluster's authority signed get a connection at all. Without it the secret and frames
+//! cross the wire in clear; run such a cluster on a trusted network only. Either way the
+//! node id a caller claims is tied to its host by its source address (see
+//! [`NetOptions::verify_peer_address`]), not to its port or its certificate: nodes that
+//! share a host can claim each other's ids.
 
 mod link;
 mod network;
@@ -37,4 +38,4 @@ mod server;
 mod wire;
 
 pub use network::TonicNetwork;
-pub use options::{NetOptions, NetSetupError};
+pub use options::{NetOptions, NetSetupError, PeerTls};

@@ -12,13 +12,15 @@
 //! * **A stale failure never drops a fresh channel**: each channel has a generation, and
 //!   a call reports a broken link with the generation it used.
 
+use crate::options::PeerTls;
+use crate::wire::transport_failure;
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{NetError, PeerState};
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How much data may be in flight on one stream and on one connection before the
 /// receiver acknowledges (both directions use the same windows): large enough that a big frame is not throttled to a trickle.
@@ -62,8 +64,10 @@ impl Link {
         connect_timeout: Duration,
         backoff: (Duration, Duration),
         local_ip: Option<IpAddr>,
+        tls: Option<&PeerTls>,
     ) -> Result<Link, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|error| error.to_string())?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
@@ -72,6 +76,15 @@ impl Link {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .local_address(local_ip);
+        if let Some(tls) = tls {
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .timeout(connect_timeout);
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|error| error_chain(&error))?;
+        }
         Ok(Link {
             node,
             address,
@@ -134,7 +147,7 @@ impl Link {
                 Err(if left {
                     NetError::Left { node: self.node }
                 } else {
-                    self.unreachable(reason)
+                    transport_failure(self.node, reason)
                 })
             }
         }

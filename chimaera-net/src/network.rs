@@ -24,7 +24,8 @@ use crate::link::{
 use crate::options::{NetOptions, NetSetupError};
 use crate::server::PeerService;
 use crate::wire::{
-    duration_ms, status_to_net_error, RawFrameCodec, CALL_PATH, FROM_NODE, LEAVE_PATH, SECRET,
+    duration_ms, status_to_net_error, transport_failure, RawFrameCodec, CALL_PATH, FROM_NODE,
+    LEAVE_PATH, SECRET,
 };
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
@@ -40,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Concurrent calls one peer connection may carry (HTTP/2 streams).
 const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
@@ -136,6 +137,7 @@ impl TonicNetwork {
                     options.connect_timeout,
                     (options.backoff_min, options.backoff_max),
                     local_ip,
+                    options.tls.as_ref(),
                 )
                 .map_err(|reason| NetSetupError::BadAddress {
                     node,
@@ -176,7 +178,17 @@ impl TonicNetwork {
         let service = PeerService {
             shared: Arc::clone(&shared),
         };
-        let server = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = &options.tls {
+            let config = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(Certificate::from_pem(&tls.ca_pem))
+                .timeout(options.connect_timeout);
+            server = server
+                .tls_config(config)
+                .map_err(|error| NetSetupError::Tls(error_chain(&error)))?;
+        }
+        let server = server
             .timeout(options.max_incoming_call)
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
@@ -302,7 +314,7 @@ impl Shared {
             return Err(if left {
                 NetError::Left { node }
             } else {
-                NetError::Unreachable { node, reason }
+                transport_failure(node, reason)
             });
         }
         let path = http::uri::PathAndQuery::from_static(path);

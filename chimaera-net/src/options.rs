@@ -46,12 +46,39 @@ pub struct NetOptions {
     /// must come from one of the addresses its hostfile entry resolves to. Turn off only
     /// behind address translation (NAT, proxies), where source addresses are rewritten.
     pub verify_peer_address: bool,
+    /// Mutual TLS between the nodes; `None`: plain HTTP/2 (the secret and frames cross
+    /// the wire in clear).
+    pub tls: Option<PeerTls>,
+}
+
+/// Mutual TLS between the nodes of a cluster, as PEM text (the runtime reads it from the
+/// files its config names). Every node presents its certificate and accepts only peers
+/// whose certificate the cluster's authority signed; a client checks that the server's
+/// certificate names the host it dialed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    /// The certificate authority that signs every node's certificate.
+    pub ca_pem: Vec<u8>,
+    /// This node's certificate (chain): its subject alternative names must include the
+    /// host of this node's address (a DNS name or an IP address).
+    pub cert_pem: Vec<u8>,
+    /// This node's private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NetOptions {
     /// Options for node `this_node` of the cluster at `addresses`, with the default
     /// timeouts (connect 1 s, rpc 2 s), backoff (50 ms to 1 s), two threads, and peer
-    /// addresses verified.
+    /// addresses verified, without TLS.
     pub fn new(
         this_node: NodeId,
         addresses: Vec<String>,
@@ -69,6 +96,7 @@ impl NetOptions {
             backoff_max: Duration::from_secs(1),
             threads: 2,
             verify_peer_address: true,
+            tls: None,
         }
     }
 
@@ -212,6 +240,11 @@ pub enum NetSetupError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// The TLS certificate, key or authority is unusable.
+    #[error(
+        "the peer TLS settings are unusable: {0}; check the PEM certificate, key and authority"
+    )]
+    Tls(String),
     /// The network's tokio runtime could not start.
     #[error("cannot start the network's threads: {0}")]
     Runtime(std::io::Error),

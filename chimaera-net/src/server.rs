@@ -33,7 +33,7 @@ use subtle::ConstantTimeEq;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::{Grpc, UnaryService};
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
 /// The service behind this node's port.
@@ -58,9 +58,14 @@ impl Service<http::Request<Body>> for PeerService {
 }
 
 async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> http::Response<Body> {
-    let remote = request
-        .extensions()
+    let extensions = request.extensions();
+    let remote = extensions
         .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
         .and_then(TcpConnectInfo::remote_addr);
     let is_call = match request.uri().path() {
         CALL_PATH => true,

@@ -15,6 +15,7 @@
 //!   A status without a reason came from the transport (connection refused, reset,
 //!   protocol error) or from a peer that is not one of ours.
 
+use crate::link::error_chain;
 use bytes::{Buf, BufMut};
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{NetError, MAX_FRAME_BYTES};
@@ -95,6 +96,9 @@ pub(crate) fn frame_too_large_status(len: usize) -> Status {
     status
 }
 
+/// The message of the status tonic reports when a call's `grpc-timeout` passes.
+const TONIC_TIMEOUT_MESSAGE: &str = "Timeout expired";
+
 /// A call's failure as this node reports it.
 pub(crate) struct CallFailure {
     /// What the caller is told.
@@ -142,10 +146,18 @@ pub(crate) fn status_to_net_error(node: NodeId, status: &Status, timeout: Durati
                 reason: status.message().to_owned(),
             })
         }
-        (Code::DeadlineExceeded | Code::Cancelled, None) => plain(NetError::DeadlineExceeded {
+        // tonic's own deadline (the caller's `grpc-timeout`, on either side) reports a
+        // cancellation with this message; other cancellations are a closed connection.
+        (Code::DeadlineExceeded, None) => plain(NetError::DeadlineExceeded {
             node,
             timeout_ms: duration_ms(timeout),
         }),
+        (Code::Cancelled, None) if status.message() == TONIC_TIMEOUT_MESSAGE => {
+            plain(NetError::DeadlineExceeded {
+                node,
+                timeout_ms: duration_ms(timeout),
+            })
+        }
         // Our server never sends these without a reason: the peer speaks another protocol
         // (or an answer over the limit came from a peer that does not check it).
         (Code::OutOfRange | Code::InvalidArgument | Code::Unimplemented | Code::Internal, None) => {
@@ -158,14 +170,33 @@ pub(crate) fn status_to_net_error(node: NodeId, status: &Status, timeout: Durati
                 peer_left: false,
             }
         }
+        // The transport's status says little ("operation was canceled"); its source says
+        // what happened ("connection closed", "invalid peer certificate").
         _ => CallFailure {
-            error: NetError::Unreachable {
-                node,
-                reason: status.message().to_owned(),
-            },
+            error: transport_failure(node, status_reason(status)),
             link_broken: true,
             peer_left: false,
         },
+    }
+}
+
+/// A connection to `node` failed for `reason`: a TLS certificate check (this node's or the
+/// peer's, reported in an alert) is a refusal; anything else leaves it unreachable.
+pub(crate) fn transport_failure(node: NodeId, reason: String) -> NetError {
+    let lowercase = reason.to_ascii_lowercase();
+    if lowercase.contains("certificate") || lowercase.contains("fatal alert") {
+        NetError::Refused { node, reason }
+    } else {
+        NetError::Unreachable { node, reason }
+    }
+}
+
+/// A status's message followed by its sources (not its `Display`, which repeats them in
+/// `Debug` form).
+fn status_reason(status: &Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+        None => status.message().to_owned(),
     }
 }
 

@@ -11,7 +11,7 @@ use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
     FrameHandler, NetError, PeerNetwork, PeerState, Responder, MAX_FRAME_BYTES,
 };
-use chimaera_net::{NetOptions, TonicNetwork};
+use chimaera_net::{NetOptions, PeerTls, TonicNetwork};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -567,6 +567,95 @@ fn a_peer_whose_port_never_completes_a_connection_fails_calls_by_their_deadline(
         })
     );
     drop(queued);
+}
+
+/// A certificate authority made for one test.
+struct TestAuthority {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestAuthority {
+    fn new() -> TestAuthority {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        TestAuthority {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    /// A node's TLS settings: a certificate for 127.0.0.1 signed by this authority.
+    fn node(&self) -> PeerTls {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        PeerTls {
+            ca_pem: self.issuer.pem().into_bytes(),
+            cert_pem: certificate.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        }
+    }
+}
+
+#[test]
+fn mutual_tls_nodes_talk_and_refuse_strangers() {
+    let authority = TestAuthority::new();
+    let stranger_authority = TestAuthority::new();
+    // Node 2 belongs to another authority; node 3 trusts this cluster's authority but its
+    // own certificate is the other's; node 4 speaks no TLS at all.
+    let (networks, handlers) = cluster_with(5, |node, options| {
+        options.tls = match node {
+            0 | 1 => Some(authority.node()),
+            2 => Some(stranger_authority.node()),
+            3 => Some(PeerTls {
+                ca_pem: authority.node().ca_pem,
+                ..stranger_authority.node()
+            }),
+            _ => None,
+        };
+    });
+    assert_eq!(
+        call(&networks[0], 1, b"tls", ANSWERED),
+        Ok(echoed(1, 0, b"tls"))
+    );
+    assert_eq!(
+        call(&networks[1], 0, b"back", ANSWERED),
+        Ok(echoed(0, 1, b"back"))
+    );
+    assert_eq!(
+        call(&networks[1], 1, b"self", ANSWERED),
+        Ok(echoed(1, 1, b"self"))
+    );
+    // Node 2 refuses node 1's certificate, node 0 node 2's.
+    for (from, to) in [(2, 1), (0, 2)] {
+        match call(&networks[from], to, b"let me in", ANSWERED) {
+            Err(NetError::Refused { node, .. }) => assert_eq!(node, to),
+            other => panic!("expected node {from}'s call to {to} refused, got {other:?}"),
+        }
+    }
+    // Node 1 refuses node 3's certificate after node 3 has accepted node 1's; TLS 1.3
+    // tells node 3 only that the connection closed.
+    match call(&networks[3], 1, b"let me in", ANSWERED) {
+        Err(NetError::Refused { node: 1, .. } | NetError::Unreachable { node: 1, .. }) => {}
+        other => panic!("expected node 3's call to 1 refused, got {other:?}"),
+    }
+    match call(&networks[4], 1, b"plain", ANSWERED) {
+        Err(error) => assert_eq!(node_named(&error), Some(1), "{error}"),
+        Ok(answer) => panic!("a node without TLS got through: {answer:?}"),
+    }
+    // Plain bytes on the TLS port end that connection only.
+    let mut plain = TcpStream::connect(networks[1].local_addr()).unwrap();
+    let _ = plain.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n garbage");
+    plain.set_read_timeout(Some(HANG)).unwrap();
+    let _ = plain.read_to_end(&mut Vec::new());
+    assert_eq!(
+        call(&networks[0], 1, b"still", ANSWERED),
+        Ok(echoed(1, 0, b"still"))
+    );
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 3);
+    assert_eq!(handlers[2].frames.load(Ordering::SeqCst), 0);
 }
 
 #[test]
