@@ -14,6 +14,8 @@
 //! * **Shutdown is ordered and idempotent**: leave notices to connected peers first
 //!   (bounded by `rpc_timeout`), then every outstanding call in both directions is
 //!   answered `Left`, then the server closes its port. Later calls are answered `Left`.
+//!   `shutdown` returns once all that is done (each wait bounded), except on one of the
+//!   network's own threads (a reply shutting it down), where it cannot wait for them.
 //! * **No cycle keeps it alive**: tasks hold [`Shared`], never the [`TonicNetwork`] that
 //!   owns the runtime, so dropping the network stops its threads.
 
@@ -31,6 +33,7 @@ use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
     FrameHandler, NetError, PeerInfo, PeerNetwork, ReplyFn, MAX_FRAME_BYTES,
 };
+use std::cell::Cell;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +52,11 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 /// How long shutdown waits for the server to close once its leave notices are out.
 const SERVER_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// Whether this thread is one of a network's runtime threads.
+    static ON_NETWORK_THREAD: Cell<bool> = const { Cell::new(false) };
+}
 
 /// What the network's tasks share: everything but the runtime itself.
 pub(crate) struct Shared {
@@ -165,6 +173,7 @@ impl TonicNetwork {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.threads)
             .thread_name(format!("chimaera-net-{}", options.this_node))
+            .on_thread_start(|| ON_NETWORK_THREAD.with(|flag| flag.set(true)))
             .enable_all()
             .build()
             .map_err(NetSetupError::Runtime)?;
@@ -225,20 +234,28 @@ impl TonicNetwork {
         self.local_addr
     }
 
-    /// Waits for `tasks` for at most `bound`, unless the calling thread is inside a tokio
-    /// runtime (where blocking would stall it or panic): then they finish on their own.
+    /// Waits for `tasks` for at most `bound`; not on one of this network's own threads (a
+    /// reply that shuts the network down), where waiting would hold up the very tasks it
+    /// waits for: there they finish on their own.
     fn wait_bounded(&self, tasks: Vec<JoinHandle<()>>, bound: Duration) {
-        if Handle::try_current().is_ok() {
+        if ON_NETWORK_THREAD.with(Cell::get) {
             return;
         }
-        self.handle.block_on(async move {
+        let wait = async move {
             let _ = tokio::time::timeout(bound, async move {
                 for task in tasks {
                     let _ = task.await;
                 }
             })
             .await;
-        });
+        };
+        if Handle::try_current().is_ok() {
+            // Inside another runtime, `block_on` would panic: wait on a helper thread.
+            let handle = self.handle.clone();
+            let _ = std::thread::spawn(move || handle.block_on(wait)).join();
+        } else {
+            self.handle.block_on(wait);
+        }
     }
 }
 

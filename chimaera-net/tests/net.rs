@@ -800,6 +800,50 @@ fn shutdown_answers_outstanding_calls_left_and_peers_see_it() {
 }
 
 #[test]
+fn shutdown_from_another_runtime_or_from_a_reply_does_not_hang() {
+    let (mut networks, handlers) = cluster(3);
+    // Inside a foreign tokio runtime: shutdown still waits for its leave notices.
+    let first = networks.remove(0);
+    assert_eq!(
+        call(&first, 1, b"hello", ANSWERED),
+        Ok(echoed(1, 0, b"hello"))
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async { first.shutdown() });
+    assert_eq!(*handlers[1].left.lock().unwrap(), vec![0]);
+    // From a reply, on the network's own thread, holding the last handle to it.
+    let second = Arc::new(networks.remove(0));
+    let (send, replied) = mpsc::channel();
+    let handle = Arc::clone(&second);
+    second.call(
+        2,
+        b"bye".to_vec(),
+        ANSWERED,
+        Box::new(move |answer| {
+            handle.shutdown();
+            send.send(answer).unwrap();
+        }),
+    );
+    drop(second);
+    assert_eq!(
+        replied.recv_timeout(HANG).unwrap(),
+        Ok(echoed(2, 1, b"bye"))
+    );
+    // Node 2 keeps serving whatever became of node 1.
+    assert_eq!(
+        call(&networks[0], 2, b"self", ANSWERED),
+        Ok(echoed(2, 2, b"self"))
+    );
+    match call(&networks[0], 1, b"gone?", ANSWERED) {
+        Err(error) => assert_eq!(node_named(&error), Some(1), "{error}"),
+        Ok(answer) => panic!("a node that shut down answered {answer:?}"),
+    }
+}
+
+#[test]
 fn a_killed_peer_fails_calls_naming_it_and_serves_again_once_restarted() {
     let (mut listeners, addresses) = ephemeral_listeners(3);
     // Node 1 lives in a child process on a port of its own.
