@@ -60,20 +60,27 @@ fn main() -> Result<(), BoxError> {
     our_samples.sort_by(f64::total_cmp);
     tonic_samples.sort_by(f64::total_cmp);
     let (rtt, tonic_rtt) = (our_samples[15], tonic_samples[15]);
-    println!("round trip of {SMALL} bytes: ours {rtt:.0} ns, bare tonic {tonic_rtt:.0} ns (medians)");
+    println!(
+        "round trip of {SMALL} bytes: ours {rtt:.0} ns, bare tonic {tonic_rtt:.0} ns (medians)"
+    );
 
     let calls_per_s = |elapsed: Duration, calls: usize| calls as f64 / elapsed.as_secs_f64();
     let frames = 100_000;
     let tasks_per_s = calls_per_s(ours.pipelined(&small, frames, 1024)?, frames);
     let tonic_tasks_per_s = calls_per_s(tonic.pipelined(&small, frames, 1024)?, frames);
-    println!("pipelined: ours {tasks_per_s:.0}/s, bare tonic {tonic_tasks_per_s:.0}/s (window 1024)");
+    println!(
+        "pipelined: ours {tasks_per_s:.0}/s, bare tonic {tonic_tasks_per_s:.0}/s (window 1024)"
+    );
 
     let bulk = vec![9u8; BULK];
     let frames = 256;
-    let mib = |elapsed: Duration| (frames * BULK) as f64 / f64::from(1 << 20) / elapsed.as_secs_f64();
+    let mib =
+        |elapsed: Duration| (frames * BULK) as f64 / f64::from(1 << 20) / elapsed.as_secs_f64();
     let bulk_mib_s = mib(ours.pipelined(&bulk, frames, 8)?);
     let tonic_bulk_mib_s = mib(tonic.pipelined(&bulk, frames, 8)?);
-    println!("bulk 1 MiB frames: ours {bulk_mib_s:.0} MiB/s, bare tonic {tonic_bulk_mib_s:.0} MiB/s");
+    println!(
+        "bulk 1 MiB frames: ours {bulk_mib_s:.0} MiB/s, bare tonic {tonic_bulk_mib_s:.0} MiB/s"
+    );
 
     println!(
         "net: rtt_median_ns={rtt:.0} tonic_rtt_median_ns={tonic_rtt:.0} ratio={:.2} tasks_per_s={tasks_per_s:.0} tonic_tasks_per_s={tonic_tasks_per_s:.0} tput_ratio={:.2} bulk_mib_s={bulk_mib_s:.0} tonic_bulk_mib_s={tonic_bulk_mib_s:.0} bulk_ratio={:.2}",
@@ -123,7 +130,8 @@ fn our_link() -> Result<(OurLink, TonicNetwork), BoxError> {
         .map(|listener| listener.local_addr().map(|a| a.to_string()))
         .collect::<Result<_, _>>()?;
     let [first, second] = listeners;
-    let caller = TonicNetwork::with_listener(NetOptions::new(0, addresses.clone(), "bench"), first)?;
+    let caller =
+        TonicNetwork::with_listener(NetOptions::new(0, addresses.clone(), "bench"), first)?;
     let echo = TonicNetwork::with_listener(NetOptions::new(1, addresses, "bench"), second)?;
     echo.serve(Arc::new(Echo));
     Ok((OurLink { caller }, echo))
@@ -263,13 +271,10 @@ impl BareTonic {
             let _context = server_runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
-        server_runtime.spawn(
-            tonic::transport::Server::builder()
-                .serve_with_incoming(
-                    EchoService,
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                ),
-        );
+        server_runtime.spawn(tonic::transport::Server::builder().serve_with_incoming(
+            EchoService,
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        ));
         let client_runtime = runtime()?;
         let channel = client_runtime.block_on(
             tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
@@ -316,7 +321,10 @@ impl BareTonic {
                         call.await??;
                     }
                 }
-                in_flight.push_back(tokio::spawn(BareTonic::echo(channel.clone(), frame.clone())));
+                in_flight.push_back(tokio::spawn(BareTonic::echo(
+                    channel.clone(),
+                    frame.clone(),
+                )));
             }
             for call in in_flight {
                 call.await??;

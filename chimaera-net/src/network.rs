@@ -50,6 +50,9 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 /// The largest header block a request may send (ours are a few dozen bytes).
 const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// The longest deadline a call gets: `grpc-timeout` has 8 digits (tonic panics on a
+/// longer one), and a caller passing `Duration::MAX` means "no deadline" anyway.
+const LONGEST_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long shutdown waits for the server to close once its leave notices are out.
 const SERVER_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -420,6 +423,7 @@ impl PeerNetwork for TonicNetwork {
             return;
         }
         let shared = Arc::clone(&self.shared);
+        let timeout = timeout.min(LONGEST_DEADLINE);
         self.handle.spawn(async move {
             let outcome = shared.call(node, frame, timeout).await;
             pending.answer(outcome);

@@ -227,6 +227,11 @@ fn two_nodes_call_each_other_and_themselves() {
         Ok(echoed(0, 0, b"self"))
     );
     assert_eq!(call(&networks[0], 1, b"", ANSWERED), Ok(echoed(1, 0, b"")));
+    // No deadline to speak of (more than `grpc-timeout` can express).
+    assert_eq!(
+        call(&networks[0], 1, b"forever", Duration::MAX),
+        Ok(echoed(1, 0, b"forever"))
+    );
     let peers = networks[0].peers();
     assert_eq!(peers[0].state, PeerState::Local);
     assert_eq!(peers[1].state, PeerState::Up);
