@@ -257,3 +257,87 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link::new(
+            1,
+            "127.0.0.1:1".to_owned(),
+            false,
+            Duration::from_secs(1),
+            (Duration::from_millis(50), Duration::from_millis(300)),
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn backoff_after(link: &Link) -> Duration {
+        let retry_at = link.state().retry_at.unwrap();
+        retry_at.saturating_duration_since(Instant::now())
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_and_fails_calls_fast_meanwhile() {
+        let link = link();
+        assert_eq!(link.phase(), PeerState::Connecting);
+        let mut waits = Vec::new();
+        for _ in 0..40 {
+            link.fail(None, "connection refused");
+            waits.push(backoff_after(&link));
+        }
+        assert_eq!(link.phase(), PeerState::Down);
+        assert!(waits[0] <= Duration::from_millis(50));
+        assert!(waits[1] > Duration::from_millis(50) && waits[1] <= Duration::from_millis(100));
+        assert!(waits[2] > Duration::from_millis(100) && waits[2] <= Duration::from_millis(200));
+        assert!(waits[3..]
+            .iter()
+            .all(|wait| *wait <= Duration::from_millis(300)));
+        assert!(waits[39] > Duration::from_millis(200), "{:?}", waits[39]);
+        match link.ready_channel() {
+            Err(NetError::Unreachable { node: 1, reason }) => {
+                assert!(
+                    reason.starts_with("connection refused; next connection attempt in"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected a fast failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stale_failure_keeps_a_newer_channel() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _context = runtime.enter();
+        let link = link();
+        {
+            let mut state = link.state();
+            state.channel = Some((link.endpoint.connect_lazy(), 3));
+            state.phase = PeerState::Up;
+        }
+        // A call on generation 2 fails after the link reconnected as generation 3.
+        assert!(!link.fail(Some(2), "reset"));
+        assert_eq!(link.phase(), PeerState::Up);
+        assert!(link.is_connected());
+        // A failure of the current generation drops it.
+        assert!(!link.fail(Some(3), "reset"));
+        assert_eq!(link.phase(), PeerState::Down);
+        assert!(!link.is_connected());
+    }
+
+    #[test]
+    fn a_peer_that_left_fails_calls_with_left_until_it_is_back() {
+        let link = link();
+        link.mark_left();
+        assert_eq!(link.phase(), PeerState::Left);
+        assert!(link.fail(None, "connection refused"));
+        assert_eq!(link.phase(), PeerState::Left);
+        assert!(matches!(
+            link.ready_channel(),
+            Err(NetError::Left { node: 1 })
+        ));
+    }
+}

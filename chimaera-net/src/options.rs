@@ -249,3 +249,91 @@ pub enum NetSetupError {
     #[error("cannot start the network's threads: {0}")]
     Runtime(std::io::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_nodes() -> NetOptions {
+        NetOptions::new(
+            1,
+            vec!["127.0.0.1:7500".to_owned(), "localhost:7501".to_owned()],
+            "secret",
+        )
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_listen_on_this_nodes_own_address() {
+        let options = two_nodes();
+        options.validate().unwrap();
+        assert_eq!(options.nodes(), 2);
+        let listen = options.listen_address().unwrap();
+        assert_eq!(listen.port(), 7501);
+        assert!(!listen.ip().is_unspecified());
+    }
+
+    #[test]
+    fn every_invalid_setting_is_refused_naming_what_is_wrong() {
+        let with = |change: fn(&mut NetOptions)| {
+            let mut options = two_nodes();
+            change(&mut options);
+            options.validate().unwrap_err()
+        };
+        assert!(matches!(
+            with(|o| o.addresses.clear()),
+            NetSetupError::NoNodes { count: 0 }
+        ));
+        assert!(matches!(
+            with(|o| o.this_node = 2),
+            NetSetupError::ThisNodeOutOfRange { node: 2, nodes: 2 }
+        ));
+        for bad in [
+            "127.0.0.1",
+            "host:",
+            ":7500",
+            "user@host:1",
+            "host:99999",
+            "a b:1",
+        ] {
+            let mut options = two_nodes();
+            options.addresses[0] = bad.to_owned();
+            match options.validate() {
+                Err(NetSetupError::BadAddress {
+                    node: 0, address, ..
+                }) => assert_eq!(address, bad),
+                other => panic!("`{bad}` accepted: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            with(|o| o.cluster_secret.clear()),
+            NetSetupError::EmptySecret
+        ));
+        for bad in ["with space", "tab\t", "caf\u{e9}", "new\nline"] {
+            let mut options = two_nodes();
+            options.cluster_secret = bad.to_owned();
+            assert!(
+                matches!(
+                    options.validate(),
+                    Err(NetSetupError::SecretNotVisibleAscii)
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(matches!(
+            with(|o| o.backoff_min = Duration::ZERO),
+            NetSetupError::BackoffBounds { .. }
+        ));
+        assert!(matches!(
+            with(|o| o.backoff_max = Duration::from_millis(1)),
+            NetSetupError::BackoffBounds { .. }
+        ));
+        assert!(matches!(with(|o| o.threads = 0), NetSetupError::NoThreads));
+    }
+
+    #[test]
+    fn an_explicit_listen_address_wins() {
+        let mut options = two_nodes();
+        options.listen = Some(([127, 0, 0, 9], 9000).into());
+        assert_eq!(options.listen_address().unwrap(), options.listen.unwrap());
+    }
+}
