@@ -31,6 +31,7 @@
 //! [`NetOptions::verify_peer_address`]), not to its port or its certificate: nodes that
 //! share a host can claim each other's ids.
 
+mod guard;
 mod link;
 mod network;
 mod options;

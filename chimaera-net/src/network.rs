@@ -19,6 +19,7 @@
 //! * **No cycle keeps it alive**: tasks hold [`Shared`], never the [`TonicNetwork`] that
 //!   owns the runtime, so dropping the network stops its threads.
 
+use crate::guard::GuardedStream;
 use crate::link::{
     error_chain, Link, CONNECTION_WINDOW_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
     STREAM_WINDOW_BYTES,
@@ -42,6 +43,7 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -185,7 +187,10 @@ impl TonicNetwork {
             let _context = runtime.enter();
             tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
         };
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let admission = options.connect_timeout;
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |accepted| accepted.map(|stream| GuardedStream::new(stream, admission)));
         let mut stopped = shared.shutdown.subscribe();
         let service = PeerService {
             shared: Arc::clone(&shared),

@@ -27,7 +27,8 @@ pub struct NetOptions {
     /// The secret every node of the cluster shares; sent with every call and compared in
     /// constant time. Visible ASCII (it travels as an HTTP/2 header).
     pub cluster_secret: String,
-    /// How long connecting to a peer may take.
+    /// How long connecting to a peer may take; also how long an incoming connection may
+    /// stay open before it carries its first authenticated call (then it is closed).
     pub connect_timeout: Duration,
     /// The deadline of the calls this network makes on its own (the leave notice).
     pub rpc_timeout: Duration,

@@ -9,6 +9,9 @@
 //!   an address of that node are checked on the request's headers; a request that
 //!   fails is answered `unauthenticated`, logged, and its body is never read, so an
 //!   outsider cannot make this node buffer a frame, and nothing of it reaches the handler.
+//! * **Strangers are cut off**: a connection must carry an authenticated call within
+//!   [`NetOptions::connect_timeout`](crate::NetOptions::connect_timeout) or it is closed
+//!   (see [`guard`](crate::guard)).
 //! * **Bounded input.** tonic's decoder refuses a message whose length prefix is over
 //!   [`MAX_FRAME_BYTES`] (over 0 for `Leave`) before buffering it; garbage that is not
 //!   HTTP/2 ends its own connection inside hyper, never the server.
@@ -18,6 +21,7 @@
 //!   answers holds the call only until the caller's deadline (`grpc-timeout`) or
 //!   [`NetOptions::max_incoming_call`](crate::NetOptions::max_incoming_call).
 
+use crate::guard::ConnectionInfo;
 use crate::network::Shared;
 use crate::wire::{
     frame_too_large_status, RawFrameCodec, Reason, CALL_PATH, FROM_NODE, LEAVE_PATH, SECRET,
@@ -33,7 +37,7 @@ use subtle::ConstantTimeEq;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::{Grpc, UnaryService};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TlsConnectInfo;
 use tonic::Status;
 
 /// The service behind this node's port.
@@ -59,14 +63,15 @@ impl Service<http::Request<Body>> for PeerService {
 
 async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> http::Response<Body> {
     let extensions = request.extensions();
-    let remote = extensions
-        .get::<TcpConnectInfo>()
+    let connection = extensions
+        .get::<ConnectionInfo>()
         .or_else(|| {
             extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .get::<TlsConnectInfo<ConnectionInfo>>()
                 .map(TlsConnectInfo::get_ref)
         })
-        .and_then(TcpConnectInfo::remote_addr);
+        .cloned();
+    let remote = connection.as_ref().and_then(ConnectionInfo::remote_addr);
     let is_call = match request.uri().path() {
         CALL_PATH => true,
         LEAVE_PATH => false,
@@ -80,7 +85,12 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
         }
     };
     let from = match authenticate(&shared, request.headers(), remote) {
-        Ok(from) => from,
+        Ok(from) => {
+            if let Some(connection) = &connection {
+                connection.mark_authenticated();
+            }
+            from
+        }
         Err(why) => {
             tracing::warn!(
                 ?remote,

@@ -664,6 +664,57 @@ fn mutual_tls_nodes_talk_and_refuse_strangers() {
 }
 
 #[test]
+fn a_connection_without_an_authenticated_call_is_closed_after_the_connect_timeout() {
+    const ADMISSION: Duration = Duration::from_millis(300);
+    let (networks, handlers) = cluster_with(2, |_, options| options.connect_timeout = ADMISSION);
+    let address = networks[1].local_addr();
+    // A stalled preface: the server hangs up (EOF or reset), the client's own read
+    // timeout (HANG) does not fire.
+    let mut stalled = TcpStream::connect(address).unwrap();
+    stalled.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    stalled.set_read_timeout(Some(HANG)).unwrap();
+    match stalled.read_to_end(&mut Vec::new()) {
+        Ok(_) => {}
+        Err(error) => assert!(
+            !matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the server kept a stalled connection open"
+        ),
+    }
+    let member = [
+        ("chimaera-node", "0".to_owned()),
+        ("chimaera-secret", SECRET.to_owned()),
+    ];
+    let stranger = [
+        ("chimaera-node", "0".to_owned()),
+        ("chimaera-secret", "guess".to_owned()),
+    ];
+    let (first, second) = block_on(async {
+        (
+            two_calls_apart(address, &stranger, &member, ADMISSION * 3).await,
+            two_calls_apart(address, &member, &member, ADMISSION * 3).await,
+        )
+    });
+    // Only refused calls: the connection is gone by the second call.
+    assert_eq!(first, (Some("16".to_owned()), None));
+    // One authenticated call: the connection stays.
+    assert_eq!(second, (Some("0".to_owned()), Some("0".to_owned())));
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 2);
+    // A peer's own channel outlives the deadline too.
+    assert_eq!(
+        call(&networks[0], 1, b"a", ANSWERED),
+        Ok(echoed(1, 0, b"a"))
+    );
+    std::thread::sleep(ADMISSION * 3);
+    assert_eq!(
+        call(&networks[0], 1, b"b", ANSWERED),
+        Ok(echoed(1, 0, b"b"))
+    );
+}
+
+#[test]
 fn garbage_bytes_and_a_stalled_handshake_do_not_stop_the_server() {
     let (networks, handlers) = cluster(2);
     let address = networks[1].local_addr();
@@ -1003,57 +1054,96 @@ fn raw_grpc_call(
     body: &[&[u8]],
     end_stream: bool,
 ) -> Option<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    block_on(async {
+        let mut client = raw_connection(address).await;
+        grpc_request(&mut client, address, path, headers, body, end_stream)
+            .await
+            .unwrap()
+    })
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
-        // From 127.0.0.1 explicitly (the kernel may pick another loopback source).
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
-        let tcp = socket.connect(address).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut client = client.ready().await.unwrap();
-        let mut request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{address}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-        for (name, value) in headers {
-            request = request.header(*name, value.as_str());
+        .unwrap()
+        .block_on(future)
+}
+
+/// An HTTP/2 connection from 127.0.0.1 (explicitly: the kernel may pick another loopback
+/// source).
+async fn raw_connection(address: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let tcp = socket.connect(address).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Two calls on one connection, `pause` apart: the first call's status, and the second's
+/// (`None` if the connection was closed meanwhile).
+async fn two_calls_apart(
+    address: SocketAddr,
+    first: &[(&str, String)],
+    second: &[(&str, String)],
+    pause: Duration,
+) -> (Option<String>, Option<String>) {
+    let frame = grpc_message(b"x");
+    let path = "/chimaera.Peer/Call";
+    let mut client = raw_connection(address).await;
+    let first = grpc_request(&mut client, address, path, first, &[&frame], true).await;
+    tokio::time::sleep(pause).await;
+    let second = grpc_request(&mut client, address, path, second, &[&frame], true).await;
+    (first.unwrap(), second.ok().flatten())
+}
+
+/// One gRPC request on `client`: the answer's `grpc-status`, or the connection's error.
+async fn grpc_request(
+    client: &mut h2::client::SendRequest<Bytes>,
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[&[u8]],
+    end_stream: bool,
+) -> Result<Option<String>, h2::Error> {
+    let mut ready = client.clone().ready().await?;
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let (response, mut stream) = ready.send_request(request.body(()).unwrap(), false)?;
+    *client = ready;
+    for (i, chunk) in body.iter().enumerate() {
+        let last = end_stream && i + 1 == body.len();
+        // The server may answer (and reset the stream) before reading all of it.
+        let _ = stream.send_data(Bytes::copy_from_slice(chunk), last);
+    }
+    let response = tokio::time::timeout(HANG, response)
+        .await
+        .expect("the server answers")?;
+    let status_of = |headers: &http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    if let Some(status) = status_of(response.headers()) {
+        return Ok(Some(status));
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        if data.is_err() {
+            return Ok(None);
         }
-        let (response, mut stream) = client
-            .send_request(request.body(()).unwrap(), false)
-            .unwrap();
-        for (i, chunk) in body.iter().enumerate() {
-            let last = end_stream && i + 1 == body.len();
-            // The server may answer (and reset the stream) before reading all of it.
-            let _ = stream.send_data(Bytes::copy_from_slice(chunk), last);
-        }
-        let response = tokio::time::timeout(HANG, response)
-            .await
-            .expect("the server answers")
-            .unwrap();
-        let status_of = |headers: &http::HeaderMap| {
-            headers
-                .get("grpc-status")
-                .map(|value| value.to_str().unwrap().to_owned())
-        };
-        if let Some(status) = status_of(response.headers()) {
-            return Some(status);
-        }
-        let mut body = response.into_body();
-        while let Some(data) = body.data().await {
-            if data.is_err() {
-                return None;
-            }
-        }
-        let trailers = tokio::time::timeout(HANG, body.trailers())
-            .await
-            .expect("the server ends the answer");
-        trailers.ok().flatten().as_ref().and_then(status_of)
-    })
+    }
+    let trailers = tokio::time::timeout(HANG, body.trailers())
+        .await
+        .expect("the server ends the answer");
+    Ok(trailers.ok().flatten().as_ref().and_then(status_of))
 }

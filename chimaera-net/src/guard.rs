@@ -1,0 +1,126 @@
+//! Incoming connections that must authenticate in time: a [`GuardedStream`] fails its
+//! reads once its deadline passes unless a call on it has passed authentication.
+//!
+//! # Invariants
+//!
+//! * **Strangers cannot park connections.** A connection that has not carried one
+//!   authenticated call within the deadline (garbage, a stalled HTTP/2 preface or TLS
+//!   handshake, only refused calls) reads an error, and hyper closes it: an outsider
+//!   holds a socket of this node for at most the deadline.
+//! * **Members keep theirs.** The first authenticated call marks the connection
+//!   ([`ConnectionInfo::mark_authenticated`]); from then on the deadline is never polled
+//!   again, so a peer's long-lived channel lives as long as the peer keeps it.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// An accepted connection with its authentication deadline.
+pub(crate) struct GuardedStream {
+    inner: TcpStream,
+    authenticated: Arc<AtomicBool>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl GuardedStream {
+    /// Guards `inner`: it must authenticate within `deadline` (must run on a runtime).
+    pub(crate) fn new(inner: TcpStream, deadline: Duration) -> GuardedStream {
+        GuardedStream {
+            inner,
+            authenticated: Arc::new(AtomicBool::new(false)),
+            deadline: Box::pin(tokio::time::sleep(deadline)),
+        }
+    }
+
+    /// Whether the deadline passed without authentication (registers the waker of `cx`
+    /// with the deadline while it has not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        !self.authenticated.load(Ordering::Acquire) && self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// What the service learns about a request's connection.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionInfo {
+    tcp: TcpConnectInfo,
+    authenticated: Arc<AtomicBool>,
+}
+
+impl ConnectionInfo {
+    /// The peer's address.
+    pub(crate) fn remote_addr(&self) -> Option<SocketAddr> {
+        self.tcp.remote_addr()
+    }
+
+    /// A call on this connection passed authentication: the connection may stay.
+    pub(crate) fn mark_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Release);
+    }
+}
+
+impl Connected for GuardedStream {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            tcp: self.inner.connect_info(),
+            authenticated: Arc::clone(&self.authenticated),
+        }
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection made no authenticated call in time",
+            )));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
