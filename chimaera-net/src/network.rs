@@ -19,7 +19,7 @@
 //! * **No cycle keeps it alive**: tasks hold [`Shared`], never the [`TonicNetwork`] that
 //!   owns the runtime, so dropping the network stops its threads.
 
-use crate::guard::GuardedStream;
+use crate::guard::Admission;
 use crate::link::{
     error_chain, Link, CONNECTION_WINDOW_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
     STREAM_WINDOW_BYTES,
@@ -187,10 +187,10 @@ impl TonicNetwork {
             let _context = runtime.enter();
             tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
         };
-        let admission = options.connect_timeout;
+        let admission = Admission::new(options.max_pending_connections, options.connect_timeout);
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .map(move |accepted| accepted.map(|stream| GuardedStream::new(stream, admission)));
+            .map(move |accepted| accepted.and_then(|stream| admission.admit(stream)));
         let mut stopped = shared.shutdown.subscribe();
         let service = PeerService {
             shared: Arc::clone(&shared),

@@ -47,6 +47,9 @@ pub struct NetOptions {
     /// must come from one of the addresses its hostfile entry resolves to. Turn off only
     /// behind address translation (NAT, proxies), where source addresses are rewritten.
     pub verify_peer_address: bool,
+    /// How many incoming connections may wait for their first authenticated call at once;
+    /// more are closed as soon as they are accepted.
+    pub max_pending_connections: usize,
     /// Mutual TLS between the nodes; `None`: plain HTTP/2 (the secret and frames cross
     /// the wire in clear).
     pub tls: Option<PeerTls>,
@@ -97,6 +100,7 @@ impl NetOptions {
             backoff_max: Duration::from_secs(1),
             threads: 2,
             verify_peer_address: true,
+            max_pending_connections: 256,
             tls: None,
         }
     }
@@ -144,6 +148,9 @@ impl NetOptions {
         }
         if self.threads == 0 {
             return Err(NetSetupError::NoThreads);
+        }
+        if self.max_pending_connections == 0 {
+            return Err(NetSetupError::NoPendingConnections);
         }
         Ok(())
     }
@@ -233,6 +240,9 @@ pub enum NetSetupError {
     /// Zero threads.
     #[error("the network needs at least one thread")]
     NoThreads,
+    /// No incoming connection could ever be admitted.
+    #[error("max_pending_connections must be at least 1, or no peer could ever connect")]
+    NoPendingConnections,
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}; is another runtime using the port?")]
     Bind {
@@ -329,6 +339,10 @@ mod tests {
             NetSetupError::BackoffBounds { .. }
         ));
         assert!(matches!(with(|o| o.threads = 0), NetSetupError::NoThreads));
+        assert!(matches!(
+            with(|o| o.max_pending_connections = 0),
+            NetSetupError::NoPendingConnections
+        ));
     }
 
     #[test]

@@ -715,6 +715,48 @@ fn a_connection_without_an_authenticated_call_is_closed_after_the_connect_timeou
 }
 
 #[test]
+fn a_flood_of_connections_is_closed_at_once_and_members_keep_theirs() {
+    let (networks, _) = cluster_with(2, |_, options| {
+        options.max_pending_connections = 2;
+        options.connect_timeout = HANG;
+    });
+    let address = networks[1].local_addr();
+    // Node 0's connection authenticates and gives its slot back.
+    assert_eq!(
+        call(&networks[0], 1, b"in", ANSWERED),
+        Ok(echoed(1, 0, b"in"))
+    );
+    let parked: Vec<_> = (0..2)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    // Both slots are taken (for up to HANG): the next connection is closed at once.
+    let mut flood = TcpStream::connect(address).unwrap();
+    flood.set_read_timeout(Some(HANG)).unwrap();
+    let closed = match flood.read_to_end(&mut Vec::new()) {
+        Ok(_) => true,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(closed, "a connection over the limit was kept");
+    // The parked ones (accepted before it) are still open: node 0's slot came back.
+    for mut connection in parked.iter() {
+        connection.set_nonblocking(true).unwrap();
+        // The server's HTTP/2 settings, or nothing yet; not the end of the stream.
+        match connection.read(&mut [0; 64]) {
+            Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock),
+            Ok(read) => assert_ne!(read, 0, "a parked connection within the limit was closed"),
+        }
+    }
+    assert_eq!(
+        call(&networks[0], 1, b"still", ANSWERED),
+        Ok(echoed(1, 0, b"still"))
+    );
+    drop(parked);
+}
+
+#[test]
 fn garbage_bytes_and_a_stalled_handshake_do_not_stop_the_server() {
     let (networks, handlers) = cluster(2);
     let address = networks[1].local_addr();
