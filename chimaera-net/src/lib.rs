@@ -4,7 +4,7 @@
 //! Each node serves one gRPC service with two unary methods: `Call` carries a frame (the
 //! runtime's SaveIn/SaveOut archives, opaque here) and brings back the answer, `Leave`
 //! tells a peer this node stops. Frames are the gRPC message bytes as they are — no
-//! protobuf schema, no protoc at build time (see [`wire`](self) for the codec). Each peer
+//! protobuf schema, no protoc at build time (a hand-written codec and service). Each peer
 //! is reached over one long-lived HTTP/2 connection that every call multiplexes on,
 //! opened on first use and reopened with bounded exponential backoff after a failure.
 //!
@@ -17,7 +17,11 @@
 //!   peer that never answers cannot hold a caller past it;
 //! * every call carries the cluster secret and the caller's node id as metadata; the
 //!   server checks both (the secret in constant time) on the headers, before it reads the
-//!   body, and refuses a failure with `unauthenticated` — logged, never handed on;
+//!   body, and refuses a failure with `unauthenticated` — logged, never handed on; the
+//!   claimed node id must also come from that node's address;
+//! * an incoming connection must carry an authenticated call within the connect timeout
+//!   or it is closed, and only a bounded number wait for that at once: garbage, stalled
+//!   handshakes and connection floods cost a bounded number of sockets for a bounded time;
 //! * frames over [`MAX_FRAME_BYTES`](chimaera_core::peer::MAX_FRAME_BYTES) are refused
 //!   before they are sent and, by their length prefix, before they are buffered;
 //! * the network runs on its own small tokio runtime; the core runtime stays synchronous.
