@@ -238,11 +238,6 @@ impl Link {
         state.retry_at = None;
         state.last_error = "it left the cluster".to_owned();
     }
-
-    /// Whether a connection to the peer is open (worth a leave notice).
-    pub(crate) fn is_connected(&self) -> bool {
-        self.state().channel.is_some()
-    }
 }
 
 /// An error and its sources, one line (tonic's transport errors put the useful part,
@@ -321,11 +316,11 @@ mod tests {
         // A call on generation 2 fails after the link reconnected as generation 3.
         assert!(!link.fail(Some(2), "reset"));
         assert_eq!(link.phase(), PeerState::Up);
-        assert!(link.is_connected());
+        assert!(link.state().channel.is_some());
         // A failure of the current generation drops it.
         assert!(!link.fail(Some(3), "reset"));
         assert_eq!(link.phase(), PeerState::Down);
-        assert!(!link.is_connected());
+        assert!(link.state().channel.is_none());
     }
 
     #[test]

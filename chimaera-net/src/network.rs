@@ -11,7 +11,8 @@
 //!   of its failure, with [`NetError::DeadlineExceeded`] when the local timer fires (the
 //!   peer need not cooperate), or with [`NetError::Left`] when this network shuts down —
 //!   and, should its task be dropped unpolled (the runtime going away), by its `Drop`.
-//! * **Shutdown is ordered and idempotent**: leave notices to connected peers first
+//! * **Shutdown is ordered and idempotent**: leave notices to every peer first (those
+//!   that left already excepted; ones that cannot be reached fail fast or time out)
 //!   (bounded by `rpc_timeout`), then every outstanding call in both directions is
 //!   answered `Left`, then the server closes its port. Later calls are answered `Left`.
 //!   `shutdown` returns once all that is done (each wait bounded), except on one of the
@@ -32,7 +33,7 @@ use crate::wire::{
 };
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
-    FrameHandler, NetError, PeerInfo, PeerNetwork, ReplyFn, MAX_FRAME_BYTES,
+    FrameHandler, NetError, PeerInfo, PeerNetwork, PeerState, ReplyFn, MAX_FRAME_BYTES,
 };
 use std::cell::Cell;
 use std::fmt;
@@ -456,7 +457,7 @@ impl PeerNetwork for TonicNetwork {
             .shared
             .links
             .iter()
-            .filter(|link| link.node != self.shared.this_node && link.is_connected())
+            .filter(|link| !matches!(link.phase(), PeerState::Local | PeerState::Left))
             .map(|link| {
                 let shared = Arc::clone(&self.shared);
                 let node = link.node;

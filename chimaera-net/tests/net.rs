@@ -875,7 +875,7 @@ fn lying_length_prefixes_from_an_authenticated_peer_never_reach_the_handler() {
 
 #[test]
 fn shutdown_answers_outstanding_calls_left_and_peers_see_it() {
-    let (networks, handlers) = cluster(2);
+    let (networks, handlers) = cluster(3);
     // Node 0 waits on node 1, node 1 waits on node 0.
     let outgoing = start_call(&networks[0], 1, b"hold-out", ANSWERED);
     let incoming = start_call(&networks[1], 0, b"hold-in", ANSWERED);
@@ -886,6 +886,9 @@ fn shutdown_answers_outstanding_calls_left_and_peers_see_it() {
     assert_eq!(answer_of(&incoming), Err(NetError::Left { node: 0 }));
     assert_eq!(*handlers[1].left.lock().unwrap(), vec![0]);
     assert_eq!(networks[1].peers()[0].state, PeerState::Left);
+    // Node 2 never exchanged a frame with node 0 and is told too.
+    assert_eq!(*handlers[2].left.lock().unwrap(), vec![0]);
+    assert_eq!(networks[2].peers()[0].state, PeerState::Left);
     assert_eq!(
         call(&networks[0], 1, b"after", ANSWERED),
         Err(NetError::Left { node: 0 })
