@@ -26,7 +26,7 @@ use crate::link::{
     STREAM_WINDOW_BYTES,
 };
 use crate::options::{NetOptions, NetSetupError};
-use crate::server::PeerService;
+use crate::server::{PeerService, RefusalLog};
 use crate::wire::{
     duration_ms, status_to_net_error, transport_failure, RawFrameCodec, CALL_PATH, FROM_NODE,
     LEAVE_PATH, SECRET,
@@ -80,6 +80,7 @@ pub(crate) struct Shared {
     /// incoming call watch it.
     pub(crate) shutdown: watch::Sender<bool>,
     rpc_timeout: Duration,
+    pub(crate) refusals: RefusalLog,
 }
 
 /// A [`PeerNetwork`] over gRPC (tonic, HTTP/2): frames travel as raw message bytes on one
@@ -175,6 +176,7 @@ impl TonicNetwork {
             handler: OnceLock::new(),
             shutdown,
             rpc_timeout: options.rpc_timeout,
+            refusals: RefusalLog::default(),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.threads)

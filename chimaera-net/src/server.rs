@@ -31,8 +31,9 @@ use chimaera_core::peer::{Responder, MAX_FRAME_BYTES};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service};
@@ -92,11 +93,7 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
             from
         }
         Err(why) => {
-            tracing::warn!(
-                ?remote,
-                why,
-                "refused a peer's call: it failed authentication"
-            );
+            shared.refusals.record(remote, why);
             return Reason::Unauthenticated
                 .status(format!("node {} refused the call: {why}", shared.this_node))
                 .into_http();
@@ -149,6 +146,46 @@ fn authenticate(
         }
     }
     Ok(from)
+}
+
+/// Logs refused calls without letting a stranger flood the log: the first at once, then
+/// at most one line per [`REFUSAL_LOG_INTERVAL`] with the count of those not logged.
+#[derive(Default)]
+pub(crate) struct RefusalLog {
+    state: Mutex<RefusalLogState>,
+}
+
+#[derive(Default)]
+struct RefusalLogState {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+/// The least time between two log lines about refused calls.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl RefusalLog {
+    fn record(&self, remote: Option<SocketAddr>, why: &str) {
+        // Plain counters: a panic elsewhere cannot leave them half-written.
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if state
+            .last_logged
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
+        {
+            state.unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut state.unlogged);
+        state.last_logged = Some(now);
+        drop(state);
+        tracing::warn!(
+            ?remote,
+            why,
+            refused_since_last_line = unlogged,
+            "refused a peer's call: it failed authentication"
+        );
+    }
 }
 
 struct CallMethod {
@@ -226,5 +263,21 @@ impl UnaryService<Vec<u8>> for LeaveMethod {
             }
             Ok(tonic::Response::new(Vec::new()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_refusals_logs_one_line_and_counts_the_rest() {
+        let log = RefusalLog::default();
+        for _ in 0..100 {
+            log.record(None, "its cluster secret is wrong");
+        }
+        let state = log.state.lock().unwrap();
+        assert!(state.last_logged.is_some());
+        assert_eq!(state.unlogged, 99);
     }
 }
