@@ -1,0 +1,46 @@
+//! The network between chimaera-rs runtimes: [`TonicNetwork`], a
+//! [`PeerNetwork`](chimaera_core::peer::PeerNetwork) on gRPC (tonic, HTTP/2).
+//!
+//! Each node serves one gRPC service with two unary methods: `Call` carries a frame (the
+//! runtime's SaveIn/SaveOut archives, opaque here) and brings back the answer, `Leave`
+//! tells a peer this node stops. Frames are the gRPC message bytes as they are — no
+//! protobuf schema, no protoc at build time (a hand-written codec and service). Each peer
+//! is reached over one long-lived HTTP/2 connection that every call multiplexes on,
+//! opened on first use and reopened with bounded exponential backoff after a failure.
+//!
+//! # Invariants
+//!
+//! The contract of [`chimaera_core::peer`] (one answer per call by its deadline, bounded
+//! opaque frames, authenticated peers, never blocking), kept as follows:
+//!
+//! * a call's deadline is both sent (`grpc-timeout`) and enforced by a local timer, so a
+//!   peer that never answers cannot hold a caller past it;
+//! * every call carries the cluster secret and the caller's node id as metadata; the
+//!   server checks both (the secret in constant time) on the headers, before it reads the
+//!   body, and refuses a failure with `unauthenticated` — logged, never handed on; the
+//!   claimed node id must also come from that node's address;
+//! * an incoming connection must carry an authenticated call within the connect timeout
+//!   or it is closed, and only a bounded number wait for that at once: garbage, stalled
+//!   handshakes and connection floods cost a bounded number of sockets for a bounded time;
+//! * frames over [`MAX_FRAME_BYTES`](chimaera_core::peer::MAX_FRAME_BYTES) are refused
+//!   before they are sent and, by their length prefix, before they are buffered;
+//! * the network runs on its own small tokio runtime; the core runtime stays synchronous.
+//!
+//! # Limits
+//!
+//! With [`PeerTls`] every connection is mutual TLS: only holders of a certificate the
+//! cluster's authority signed get a connection at all. Without it the secret and frames
+//! cross the wire in clear; run such a cluster on a trusted network only. Either way the
+//! node id a caller claims is tied to its host by its source address (see
+//! [`NetOptions::verify_peer_address`]), not to its port or its certificate: nodes that
+//! share a host can claim each other's ids.
+
+mod guard;
+mod link;
+mod network;
+mod options;
+mod server;
+mod wire;
+
+pub use network::TonicNetwork;
+pub use options::{NetOptions, NetSetupError, PeerTls};
