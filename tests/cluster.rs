@@ -5,12 +5,12 @@
 mod probe;
 
 use chimaera::admin_api::{self, PoolOptions};
-use chimaera_core::cluster::frame::{decode_answer, encode_frame, Answer, Frame, RunTask};
 use chimaera::cluster::memory::{Fault, MemoryCluster};
 use chimaera::config::{NetworkingConfig, RuntimeConfig};
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::peer::PeerNetwork;
 use chimaera::prelude::*;
+use chimaera_core::cluster::frame::{decode_answer, encode_frame, Answer, Frame, RunTask};
 use probe::{Probe, ProbeClient};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -545,7 +545,10 @@ fn well_formed_but_hostile_frames_fail_alone_with_typed_errors() {
     ));
     assert!(matches!(
         &results[2].1,
-        chimaera_core::cluster::frame::Outcome::Failed(TaskError::NoSuchContainer { container: 99, .. })
+        chimaera_core::cluster::frame::Outcome::Failed(TaskError::NoSuchContainer {
+            container: 99,
+            ..
+        })
     ));
     // Too deep, an unknown method, an input that is no archive of the method's inputs.
     assert!(matches!(

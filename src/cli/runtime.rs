@@ -8,6 +8,12 @@
 //! second signal during that stop exits at once, leaving its lock file and socket to the
 //! next start (which detects and replaces them).
 //!
+//! With `networking.hostfile` set, `start` makes the runtime that node of the cluster:
+//! the network comes from the config through `chimaera_net::attach` (the one mapping
+//! of `networking:` onto the network), or, in a binary built without the `net` feature,
+//! the start is refused naming the feature. A clean stop tells the peers this node
+//! leaves (the runtime shuts its network down as it stops).
+//!
 //! With `metrics.prometheus` set in the config, `start` also serves the runtime's
 //! statistics at `http://ADDRESS/metrics` ([`super::metrics`]) until it stops.
 //!
@@ -71,7 +77,16 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
     let instance = config.instance.clone();
     let grace = config.stop_grace_period;
     let metrics_address = config.metrics_prometheus;
-    let runtime = match builder.config(config).serve() {
+    let builder = match with_network(builder, config) {
+        Ok(builder) => builder,
+        Err(err) => {
+            return fail(
+                BAD_INPUT,
+                format!("runtime `{instance}` did not start: {err}"),
+            )
+        }
+    };
+    let runtime = match builder.serve() {
         Ok(runtime) => runtime,
         Err(err) => return fail(FAILED, format!("runtime `{instance}` did not start: {err}")),
     };
@@ -138,6 +153,29 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
     stopper.close();
     tracing::info!(%instance, "stopped");
     ExitCode::SUCCESS
+}
+
+/// `builder` with `config` and the cluster network it describes (none without a hostfile).
+#[cfg(feature = "net")]
+fn with_network(
+    builder: RuntimeBuilder,
+    config: RuntimeConfig,
+) -> Result<RuntimeBuilder, chimaera_net::NetConfigError> {
+    chimaera_net::attach(builder, config)
+}
+
+/// `builder` with `config`; a hostfile is refused, this binary having no network.
+#[cfg(not(feature = "net"))]
+fn with_network(builder: RuntimeBuilder, config: RuntimeConfig) -> Result<RuntimeBuilder, String> {
+    match &config.networking.hostfile {
+        Some(hostfile) => Err(format!(
+            "the config names the hostfile {} but this binary was built without chimaera's \
+             `net` cargo feature, so it cannot reach other nodes; rebuild with the feature \
+             (it is on by default) or remove `networking.hostfile`",
+            hostfile.display()
+        )),
+        None => Ok(builder.config(config)),
+    }
 }
 
 /// The thread that turns SIGINT/SIGTERM into an admin `StopRuntime`.
