@@ -1,0 +1,368 @@
+//! Many nodes as real processes: `chimaera runtime start` runtimes on 127.0.0.1, each with
+//! its own shm instance, config and port, joined over gRPC (chimaera-net) by one hostfile.
+//! This test process is a client of node 0 (and looks at the other nodes through their
+//! own instances to see which node ran what). No timing assertions: fault tests check the
+//! typed error, and `within` only catches hangs.
+mod support;
+
+use chimaera::admin_api::{PoolOptions, RuntimeStatus};
+use chimaera::bdev::{BdevClient, BdevParams, BdevType};
+use chimaera::mod_name::{CreateParams, ModNameClient};
+use chimaera::prelude::*;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use support::{wait_until, within, RuntimeProcess};
+
+const SECRET: &str = "net-cluster-test-secret-0123456789";
+
+/// `count` ports free on 127.0.0.1 right now (each bound once by the kernel's choice).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect()
+}
+
+/// The hostfile of a cluster on `ports`, removed when dropped.
+struct Hostfile(PathBuf);
+
+impl Hostfile {
+    fn write(test: &str, ports: &[u16]) -> Hostfile {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("t{}-{test}.hosts", std::process::id()));
+        let text: String = ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}\n"))
+            .collect();
+        std::fs::write(&path, format!("# {test}\n{text}")).unwrap();
+        Hostfile(path)
+    }
+}
+
+impl Drop for Hostfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn node_yaml(hostfile: &Hostfile, node: u32, secret: &str) -> String {
+    format!(
+        "workers:\n  low_latency: 1\n  high_latency: 0\nstop_grace_period_ms: 500\nnetworking:\n  hostfile: {}\n  \
+         node_id: {node}\n  rpc_timeout_ms: 1500\n  secret: {secret}\n",
+        hostfile.0.display()
+    )
+}
+
+/// A cluster of `chimaera runtime start` processes, node 0 first (the others ask it for
+/// the cluster's pools as they start).
+struct Cluster {
+    nodes: Vec<RuntimeProcess>,
+    _hostfile: Hostfile,
+}
+
+impl Cluster {
+    fn start(test: &str, count: u32) -> Cluster {
+        let hostfile = Hostfile::write(test, &free_ports(count as usize));
+        let nodes = (0..count)
+            .map(|node| {
+                RuntimeProcess::start(
+                    &format!("{test}-n{node}"),
+                    &node_yaml(&hostfile, node, SECRET),
+                )
+            })
+            .collect();
+        Cluster {
+            nodes,
+            _hostfile: hostfile,
+        }
+    }
+
+    fn client(&self, node: usize) -> Client {
+        self.nodes[node].client()
+    }
+
+    /// Node `node`'s own status, asked through its own instance.
+    fn status(&self, node: usize) -> RuntimeStatus {
+        AdminClient::attach(&self.client(node), PoolId::ADMIN)
+            .status(PoolQuery::local())
+            .expect("status")
+    }
+
+    /// How many `kCustom` runs node `node` completed for `pool`.
+    fn custom_runs(&self, node: usize, pool: PoolId) -> u64 {
+        self.status(node)
+            .methods
+            .iter()
+            .filter(|method| method.pool == pool && method.name == "kCustom")
+            .map(|method| method.completed)
+            .sum()
+    }
+}
+
+/// A MOD_NAME pool with one container per node, created by a client of node 0.
+fn spread_pool(chi: &Client, name: &str, nodes: u32) -> ModNameClient {
+    ModNameClient::create_with(
+        chi,
+        PoolQuery::local(),
+        name,
+        PoolOptions::containers(nodes),
+        CreateParams::default(),
+    )
+    .expect("pool created across the cluster")
+}
+
+#[test]
+fn tasks_from_a_client_of_node_0_run_on_every_node_and_bdev_data_round_trips() {
+    let cluster = Cluster::start("reach", 3);
+    let chi = cluster.client(0);
+    let pool = spread_pool(&chi, "spread", 3);
+
+    // The pool exists on every node, under one id.
+    for node in 0..3 {
+        let status = cluster.status(node);
+        assert!(
+            status.pools.iter().any(|info| info.id == pool.pool_id()),
+            "node {node} lacks the pool: {:?}",
+            status.pools
+        );
+    }
+
+    // DirectId(k): container k lives on node k, and only node k runs it.
+    for container in 0..3u32 {
+        let text = format!("to container {container}");
+        assert_eq!(
+            pool.custom(PoolQuery::direct_id(container), &text, container)
+                .unwrap(),
+            text
+        );
+        for node in 0..3 {
+            assert_eq!(
+                cluster.custom_runs(node, pool.pool_id()),
+                u64::from(node as u32 <= container),
+                "after DirectId({container}), node {node}"
+            );
+        }
+    }
+
+    // Broadcast: one replica per container, each on its node, every answer back.
+    let replies = pool
+        .async_custom(PoolQuery::broadcast(), "everyone", 7)
+        .unwrap()
+        .wait_all();
+    let mut containers: Vec<ContainerId> = replies.iter().map(|(id, _)| *id).collect();
+    containers.sort_unstable();
+    assert_eq!(containers, [0, 1, 2]);
+    for (container, reply) in replies {
+        assert_eq!(reply.unwrap(), "everyone", "container {container}");
+    }
+    for node in 0..3 {
+        assert_eq!(cluster.custom_runs(node, pool.pool_id()), 2, "node {node}");
+    }
+
+    // A RAM bdev on every node; blocks on the remote ones written through this client's
+    // shared buffers and read back.
+    let params = BdevParams {
+        bdev_type: BdevType::Ram,
+        total_size: 4 << 20,
+        ..BdevParams::default()
+    };
+    let bdev = BdevClient::create_with(
+        &chi,
+        PoolQuery::local(),
+        "ram-everywhere",
+        PoolOptions::containers(3),
+        params,
+    )
+    .unwrap();
+    for container in [1u32, 2] {
+        let query = PoolQuery::direct_id(container);
+        let blocks = bdev.allocate_blocks(query, 16384).unwrap();
+        let pattern: Vec<u8> = (0..16384u32)
+            .map(|i| (i * 31 + container * 7) as u8)
+            .collect();
+        assert_eq!(bdev.write(query, blocks[0], &pattern).unwrap(), 16384);
+        let mut read_back = vec![0u8; 16384];
+        assert_eq!(bdev.read(query, blocks[0], &mut read_back).unwrap(), 16384);
+        assert_eq!(read_back, pattern, "container {container}");
+    }
+}
+
+#[test]
+fn a_killed_node_fails_its_tasks_alone_and_serves_again_after_a_restart() {
+    let mut cluster = Cluster::start("kill", 3);
+    let chi = cluster.client(0);
+    let pool = spread_pool(&chi, "survivor", 3);
+    assert_eq!(pool.custom(PoolQuery::direct_id(1), "up", 0).unwrap(), "up");
+
+    cluster.nodes[1].kill();
+    let dead = pool.clone();
+    let error = within("a task to a killed node", move || {
+        dead.custom(PoolQuery::direct_id(1), "anyone?", 0)
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            TaskError::NodeFailed { node: 1, .. } | TaskError::NodeTimeout { node: 1, .. }
+        ),
+        "{error:?}"
+    );
+    // The others keep serving, a broadcast included (node 1's replica fails alone).
+    for container in [0u32, 2] {
+        assert_eq!(
+            pool.custom(PoolQuery::direct_id(container), "alive", 0)
+                .unwrap(),
+            "alive"
+        );
+    }
+    let fanned = pool.clone();
+    let replies = within("a broadcast with a node down", move || {
+        fanned
+            .async_custom(PoolQuery::broadcast(), "all", 0)
+            .unwrap()
+            .wait_all()
+    });
+    assert_eq!(replies.len(), 3);
+    for (container, reply) in replies {
+        match container {
+            1 => assert!(
+                matches!(
+                    reply,
+                    Err(TaskError::NodeFailed { node: 1, .. }
+                        | TaskError::NodeTimeout { node: 1, .. })
+                ),
+                "{reply:?}"
+            ),
+            _ => assert_eq!(reply.unwrap(), "all", "container {container}"),
+        }
+    }
+
+    // Restarted, node 1 gets the pool from node 0 and serves its container again (the
+    // caller's link to it reconnects with backoff, so the first tries may still fail).
+    cluster.nodes[1].spawn();
+    wait_until("node 1 to serve again", || {
+        pool.custom(PoolQuery::direct_id(1), "back", 0).as_deref() == Ok("back")
+    });
+    assert!(cluster.custom_runs(1, pool.pool_id()) >= 1);
+}
+
+#[test]
+fn a_clean_stop_tells_the_peers_the_node_left() {
+    let mut cluster = Cluster::start("leave", 2);
+    let chi = cluster.client(0);
+    let pool = spread_pool(&chi, "leaving", 2);
+    assert_eq!(pool.custom(PoolQuery::direct_id(1), "hi", 0).unwrap(), "hi");
+
+    let status = cluster.nodes[1]
+        .chimaera(&["runtime", "stop"])
+        .status()
+        .expect("run runtime stop");
+    assert!(status.success());
+    if let Some(mut child) = cluster.nodes[1].child.take() {
+        assert!(child.wait().unwrap().success());
+    }
+    // Node 0 heard it leave: the task fails at once as "left", not by a deadline.
+    let error = pool
+        .custom(PoolQuery::direct_id(1), "gone?", 0)
+        .unwrap_err();
+    match error {
+        TaskError::NodeFailed { node: 1, reason } => {
+            assert!(reason.contains("left"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        pool.custom(PoolQuery::direct_id(0), "still", 0).unwrap(),
+        "still"
+    );
+}
+
+#[test]
+fn a_node_with_the_wrong_secret_is_refused() {
+    let ports = free_ports(2);
+    let hostfile = Hostfile::write("secret", &ports);
+    let node0 = RuntimeProcess::start("secret-n0", &node_yaml(&hostfile, 0, SECRET));
+    let intruder = RuntimeProcess::start(
+        "secret-n1",
+        &node_yaml(&hostfile, 1, "not-the-cluster-secret-at-all-99"),
+    );
+    let pool = spread_pool(&node0.client(), "guarded", 2);
+    // Node 0 refuses the intruder's calls, and the intruder node 0's: no task crosses.
+    let error = pool
+        .custom(PoolQuery::direct_id(1), "secret data", 0)
+        .unwrap_err();
+    match error {
+        TaskError::NodeFailed { node: 1, reason } => {
+            assert!(reason.contains("refused"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let intruder_status = AdminClient::attach(&intruder.client(), PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .unwrap();
+    assert!(
+        intruder_status
+            .pools
+            .iter()
+            .all(|info| info.id != pool.pool_id()),
+        "the intruder got the cluster's pool: {:?}",
+        intruder_status.pools
+    );
+    assert_eq!(
+        pool.custom(PoolQuery::direct_id(0), "mine", 0).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn a_bad_cluster_config_fails_the_start_naming_what_is_wrong() {
+    let (port,) = (free_ports(1)[0],);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let instance = format!("t{}-badnet", std::process::id());
+    let hostfile = dir.join(format!("{instance}.hosts"));
+    let config = dir.join(format!("{instance}.yaml"));
+    let cases = [
+        (
+            format!("127.0.0.1:{port}\nnode[9-2]\n"),
+            format!("node_id: 0\n  secret: {SECRET}"),
+            "line 2",
+        ),
+        (
+            format!("127.0.0.1:{port}\n"),
+            "node_id: 0".to_owned(),
+            "networking.secret",
+        ),
+        (
+            format!("127.0.0.1:{port}\n"),
+            format!("node_id: 5\n  secret: {SECRET}"),
+            "networking.node_id",
+        ),
+    ];
+    for (hosts, networking, expected) in cases {
+        std::fs::write(&hostfile, hosts).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "instance: {instance}\nnetworking:\n  hostfile: {}\n  {networking}\n",
+                hostfile.display()
+            ),
+        )
+        .unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_chimaera"))
+            .args(["runtime", "start"])
+            .env("CHI_SERVER_CONF", &config)
+            .env_remove("CHI_INSTANCE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "started: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "panicked: {stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&hostfile);
+    let _ = std::fs::remove_file(&config);
+}
