@@ -268,3 +268,22 @@ pub(super) fn stop(context: &Context, grace_ms: Option<u64>) -> ExitCode {
     println!("{} runtime `{instance}` stopped", context.binary().name());
     ExitCode::SUCCESS
 }
+
+#[cfg(all(test, not(feature = "net")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_net_feature_a_hostfile_is_refused_naming_the_feature() {
+        let mut config = RuntimeConfig::default();
+        config.networking.hostfile = Some("/etc/chimaera/hosts".into());
+        match with_network(RuntimeBuilder::new(), config) {
+            Err(message) => {
+                assert!(message.contains("`net` cargo feature"), "{message}");
+                assert!(message.contains("/etc/chimaera/hosts"), "{message}");
+            }
+            Ok(_) => panic!("a hostfile was accepted without a network"),
+        }
+        assert!(with_network(RuntimeBuilder::new(), RuntimeConfig::default()).is_ok());
+    }
+}
