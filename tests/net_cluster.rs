@@ -61,12 +61,14 @@ fn node_yaml(hostfile: &Hostfile, node: u32, secret: &str) -> String {
 /// the cluster's pools as they start).
 struct Cluster {
     nodes: Vec<RuntimeProcess>,
+    ports: Vec<u16>,
     _hostfile: Hostfile,
 }
 
 impl Cluster {
     fn start(test: &str, count: u32) -> Cluster {
-        let hostfile = Hostfile::write(test, &free_ports(count as usize));
+        let ports = free_ports(count as usize);
+        let hostfile = Hostfile::write(test, &ports);
         let nodes = (0..count)
             .map(|node| {
                 RuntimeProcess::start(
@@ -77,6 +79,7 @@ impl Cluster {
             .collect();
         Cluster {
             nodes,
+            ports,
             _hostfile: hostfile,
         }
     }
@@ -279,6 +282,55 @@ fn a_clean_stop_tells_the_peers_the_node_left() {
         pool.custom(PoolQuery::direct_id(0), "still", 0).unwrap(),
         "still"
     );
+}
+
+/// `chimaera runtime status --json` of `node`, parsed.
+fn status_json(node: &RuntimeProcess) -> serde_json::Value {
+    let output = node
+        .chimaera(&["runtime", "status", "--json"])
+        .output()
+        .expect("run runtime status");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("valid JSON")
+}
+
+#[test]
+fn runtime_status_lists_the_cluster_nodes_and_their_state() {
+    let cluster = Cluster::start("status", 2);
+    let pool = spread_pool(&cluster.client(0), "seen", 2);
+    assert_eq!(pool.custom(PoolQuery::direct_id(1), "hi", 0).unwrap(), "hi");
+
+    let address = |node: usize| format!("127.0.0.1:{}", cluster.ports[node]);
+    let status = status_json(&cluster.nodes[0]);
+    assert_eq!(status["schema"], 1);
+    assert_eq!(status["node"], 0);
+    assert_eq!(
+        status["nodes"],
+        serde_json::json!([
+            { "id": 0, "address": address(0), "state": "local" },
+            { "id": 1, "address": address(1), "state": "up" },
+        ])
+    );
+    let status = status_json(&cluster.nodes[1]);
+    assert_eq!(status["node"], 1);
+    assert_eq!(status["nodes"][1]["state"], "local");
+
+    let text = cluster.nodes[0]
+        .chimaera(&["runtime", "status"])
+        .output()
+        .expect("run runtime status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("cluster: node 0 of 2 node(s)"), "{text}");
+    assert!(text.contains(&format!("{}  up", address(1))), "{text}");
+
+    // A clean stop of node 1: node 0 shows it left.
+    let stopped = cluster.nodes[1]
+        .chimaera(&["runtime", "stop"])
+        .status()
+        .expect("run runtime stop");
+    assert!(stopped.success());
+    let status = status_json(&cluster.nodes[0]);
+    assert_eq!(status["nodes"][1]["state"], "left", "{status}");
 }
 
 #[test]
