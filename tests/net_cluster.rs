@@ -411,10 +411,34 @@ fn a_bad_cluster_config_fails_the_start_naming_what_is_wrong() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "started: {stderr}");
-        assert_ne!(output.status.code(), Some(101), "panicked: {stderr}");
+        // Exit 2: bad configuration (never a panic's 101).
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
+    // This node's port is taken: the start fails (exit 1), naming the address.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    std::fs::write(&hostfile, format!("127.0.0.1:{taken_port}\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "instance: {instance}\nnetworking:\n  hostfile: {}\n  node_id: 0\n  secret: {SECRET}\n",
+            hostfile.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_chimaera"))
+        .args(["runtime", "start"])
+        .env("CHI_SERVER_CONF", &config)
+        .env_remove("CHI_INSTANCE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{taken_port}")),
+        "{stderr}"
+    );
     let _ = std::fs::remove_file(&hostfile);
     let _ = std::fs::remove_file(&config);
 }

@@ -79,11 +79,8 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
     let metrics_address = config.metrics_prometheus;
     let builder = match with_network(builder, config) {
         Ok(builder) => builder,
-        Err(err) => {
-            return fail(
-                BAD_INPUT,
-                format!("runtime `{instance}` did not start: {err}"),
-            )
+        Err((code, err)) => {
+            return fail(code, format!("runtime `{instance}` did not start: {err}"))
         }
     };
     let runtime = match builder.serve() {
@@ -155,24 +152,40 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `builder` with `config` and the cluster network it describes (none without a hostfile).
+/// `builder` with `config` and the cluster network it describes (none without a hostfile);
+/// else the exit code and why: [`BAD_INPUT`] for the config's fault, [`FAILED`] when the
+/// network could not start (its port taken, no threads).
 #[cfg(feature = "net")]
 fn with_network(
     builder: RuntimeBuilder,
     config: RuntimeConfig,
-) -> Result<RuntimeBuilder, chimaera_net::NetConfigError> {
-    chimaera_net::attach(builder, config)
+) -> Result<RuntimeBuilder, (u8, String)> {
+    use chimaera_net::NetConfigError;
+    chimaera_net::attach(builder, config).map_err(|err| {
+        let code = match err {
+            NetConfigError::Setup { .. } => FAILED,
+            _ => BAD_INPUT,
+        };
+        (code, err.to_string())
+    })
 }
 
-/// `builder` with `config`; a hostfile is refused, this binary having no network.
+/// `builder` with `config`; a hostfile is refused ([`BAD_INPUT`]), this binary having no
+/// network.
 #[cfg(not(feature = "net"))]
-fn with_network(builder: RuntimeBuilder, config: RuntimeConfig) -> Result<RuntimeBuilder, String> {
+fn with_network(
+    builder: RuntimeBuilder,
+    config: RuntimeConfig,
+) -> Result<RuntimeBuilder, (u8, String)> {
     match &config.networking.hostfile {
-        Some(hostfile) => Err(format!(
-            "the config names the hostfile {} but this binary was built without chimaera's \
+        Some(hostfile) => Err((
+            BAD_INPUT,
+            format!(
+                "the config names the hostfile {} but this binary was built without chimaera's \
              `net` cargo feature, so it cannot reach other nodes; rebuild with the feature \
              (it is on by default) or remove `networking.hostfile`",
-            hostfile.display()
+                hostfile.display()
+            ),
         )),
         None => Ok(builder.config(config)),
     }
@@ -278,7 +291,8 @@ mod tests {
         let mut config = RuntimeConfig::default();
         config.networking.hostfile = Some("/etc/chimaera/hosts".into());
         match with_network(RuntimeBuilder::new(), config) {
-            Err(message) => {
+            Err((code, message)) => {
+                assert_eq!(code, BAD_INPUT);
                 assert!(message.contains("`net` cargo feature"), "{message}");
                 assert!(message.contains("/etc/chimaera/hosts"), "{message}");
             }
