@@ -166,6 +166,26 @@ fn tasks_from_a_client_of_node_0_run_on_every_node_and_bdev_data_round_trips() {
         assert_eq!(cluster.custom_runs(node, pool.pool_id()), 2, "node {node}");
     }
 
+    // Range(1, 2): containers 1 and 2, on nodes 1 and 2; DirectHash(h): container h % 3.
+    let replies = pool
+        .async_custom(PoolQuery::range(1, 2), "some", 0)
+        .unwrap()
+        .wait_all();
+    let mut containers: Vec<ContainerId> = replies.iter().map(|(id, _)| *id).collect();
+    containers.sort_unstable();
+    assert_eq!(containers, [1, 2]);
+    assert!(replies
+        .iter()
+        .all(|(_, reply)| reply.as_deref() == Ok("some")));
+    assert_eq!(
+        pool.custom(PoolQuery::direct_hash(5), "hashed", 0).unwrap(),
+        "hashed"
+    );
+    let runs: Vec<u64> = (0..3)
+        .map(|node| cluster.custom_runs(node, pool.pool_id()))
+        .collect();
+    assert_eq!(runs, [2, 3, 4], "Range on nodes 1 and 2, hash 5 on node 2");
+
     // A RAM bdev on every node; blocks on the remote ones written through this client's
     // shared buffers and read back.
     let params = BdevParams {
@@ -192,6 +212,44 @@ fn tasks_from_a_client_of_node_0_run_on_every_node_and_bdev_data_round_trips() {
         assert_eq!(bdev.read(query, blocks[0], &mut read_back).unwrap(), 16384);
         assert_eq!(read_back, pattern, "container {container}");
     }
+}
+
+#[test]
+fn force_net_sends_one_nodes_own_tasks_through_grpc_with_the_same_results() {
+    // A cluster of one node whose tasks all take the network path: SaveIn, a gRPC call
+    // to itself, LoadIn, run, SaveOut back.
+    let hostfile = Hostfile::write("forcenet", &free_ports(1));
+    let yaml = node_yaml(&hostfile, 0, SECRET) + "  force_net: true\n";
+    let node = RuntimeProcess::start("forcenet", &yaml);
+    let chi = node.client();
+    let pool = spread_pool(&chi, "looped", 1);
+    let long = "x".repeat(100_000);
+    assert_eq!(pool.custom(PoolQuery::local(), &long, 3).unwrap(), long);
+    let bdev = BdevClient::create_with(
+        &chi,
+        PoolQuery::local(),
+        "ram-looped",
+        PoolOptions::containers(1),
+        BdevParams {
+            bdev_type: BdevType::Ram,
+            total_size: 4 << 20,
+            ..BdevParams::default()
+        },
+    )
+    .unwrap();
+    let blocks = bdev.allocate_blocks(PoolQuery::local(), 65536).unwrap();
+    let pattern: Vec<u8> = (0..65536u32).map(|i| (i * 13 + 5) as u8).collect();
+    assert_eq!(
+        bdev.write(PoolQuery::local(), blocks[0], &pattern).unwrap(),
+        65536
+    );
+    let mut read_back = vec![0u8; 65536];
+    assert_eq!(
+        bdev.read(PoolQuery::local(), blocks[0], &mut read_back)
+            .unwrap(),
+        65536
+    );
+    assert_eq!(read_back, pattern);
 }
 
 #[test]
