@@ -41,7 +41,8 @@
 //!   ([`admin_api`]: pool options, the status the CLI shows), an instance's files
 //!   ([`instance`]), and the command line ([`cli`]);
 //! * [`rkyv`] and [`serde`], so the derives work without a dependency of your own;
-//!   the chimods enabled by cargo features (`mod_name`, `bdev`).
+//!   the chimods enabled by cargo features (`mod_name`, `bdev`), and the gRPC network
+//!   between runtimes ([`net`], feature `net`).
 //!
 //! [`cli`] is the `chimaera` command line (`runtime start|stop|status|clean`, `pool
 //! list|info|destroy`, `monitor`, `compose`, `modules`, `repo check`, `completions`); a
@@ -102,6 +103,12 @@ pub use chimaera_mod_name as mod_name;
 /// The bdev chimod: file and RAM block devices.
 #[cfg(feature = "bdev")]
 pub use chimaera_bdev as bdev;
+
+/// The gRPC network between runtimes (feature `net`, on by default):
+/// [`net::attach`] makes a runtime built in code the cluster node its config's
+/// `networking:` describes, as `runtime start` does.
+#[cfg(feature = "net")]
+pub use chimaera_net as net;
 
 pub mod cli;
 pub mod guide;

@@ -251,6 +251,9 @@ fn status_json_follows_schema_1_and_leaves_itself_out() {
     assert!(field(tasks, "completed", "u64").as_u64().unwrap() >= 25);
     field(tasks, "periodic", "u64");
     assert_eq!(field(&status, "clients", "u64"), 1, "{status}");
+    // A single node: node 0, no cluster.
+    assert_eq!(field(&status, "node", "u64"), 0);
+    assert!(array(&status, "nodes").is_empty(), "{status}");
     let workers = array(&status, "workers");
     assert_eq!(workers.len(), runtime.config.workers());
     for worker in workers {

@@ -607,6 +607,19 @@ fn save_and_load_round_trip_every_admin_task() {
             per_client_bytes: 4096,
             ..Default::default()
         },
+        node: 1,
+        nodes: vec![
+            admin_api::NodeStatus {
+                node: 0,
+                address: "10.0.0.1:9513".into(),
+                state: chimaera::peer::PeerState::Up,
+            },
+            admin_api::NodeStatus {
+                node: 1,
+                address: "10.0.0.2:9513".into(),
+                state: chimaera::peer::PeerState::Local,
+            },
+        ],
     };
     let outputs = [
         (

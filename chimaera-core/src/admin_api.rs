@@ -6,7 +6,8 @@
 use crate::client::{Client, Pending};
 use crate::codec::{decode, encode, ByRef, StrRef};
 use crate::error::TaskError;
-use crate::ids::{MethodId, PoolId};
+use crate::ids::{MethodId, NodeId, PoolId};
+use crate::peer::PeerState;
 use crate::query::PoolQuery;
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -92,6 +93,23 @@ pub struct RuntimeStatus {
     pub methods: Vec<MethodStatus>,
     /// The clients' shared memory.
     pub shm: ShmStatus,
+    /// This runtime's node id in its cluster (0 for a single node).
+    pub node: NodeId,
+    /// Every node of the cluster, this one included, in id order, as this node sees
+    /// them; empty for a single node (no hostfile).
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of the cluster as the runtime that answers the `Status` sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct NodeStatus {
+    /// Its node id (its line in the hostfile, from 0).
+    pub node: NodeId,
+    /// The address it listens on (`host:port`).
+    pub address: String,
+    /// Its connection's state (`Local` for the node that answers).
+    pub state: PeerState,
 }
 
 /// One container of a pool and its lanes.

@@ -98,8 +98,9 @@ pub enum NetError {
 /// Where a call's answer goes: called exactly once, on a network thread.
 pub type ReplyFn = Box<dyn FnOnce(Result<Vec<u8>, NetError>) + Send>;
 
-/// What a peer's connection looks like from this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a peer's connection looks like from this node (also in the admin `Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 pub enum PeerState {
     /// This node itself.
     Local,

@@ -8,6 +8,10 @@
 //! is reached over one long-lived HTTP/2 connection that every call multiplexes on,
 //! opened on first use and reopened with bounded exponential backoff after a failure.
 //!
+//! [`attach`] (with [`network_from_config`] and [`options_from_config`]) starts the
+//! network a runtime's `networking:` config describes, so a runtime built in code joins
+//! its cluster exactly as `chimaera runtime start` does.
+//!
 //! # Invariants
 //!
 //! The contract of [`chimaera_core::peer`] (one answer per call by its deadline, bounded
@@ -35,6 +39,7 @@
 //! [`NetOptions::verify_peer_address`]), not to its port or its certificate: nodes that
 //! share a host can claim each other's ids.
 
+mod config;
 mod guard;
 mod link;
 mod network;
@@ -42,5 +47,6 @@ mod options;
 mod server;
 mod wire;
 
+pub use config::{attach, network_from_config, options_from_config, NetConfigError};
 pub use network::TonicNetwork;
 pub use options::{NetOptions, NetSetupError, PeerTls};

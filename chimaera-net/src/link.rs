@@ -9,6 +9,10 @@
 //!   `min(backoff_min * 2^(n-1), backoff_max)`; calls in that window fail at once with
 //!   [`NetError::Unreachable`] (or [`NetError::Left`] for a peer that said it left)
 //!   instead of piling up on a dead address.
+//! * **A peer heard from is dialed at once**: an authenticated call from the peer ends
+//!   the backoff window ([`Link::heard_from`]), so a node that failed to reach a peer
+//!   before that peer started does not fail calls to it, now up, for up to
+//!   `backoff_max` (a pool created meanwhile would miss that node for good).
 //! * **A stale failure never drops a fresh channel**: each channel has a generation, and
 //!   a call reports a broken link with the generation it used.
 
@@ -218,6 +222,17 @@ impl Link {
         left
     }
 
+    /// The peer made an authenticated call to this node, so it runs and listens: the next
+    /// call dials it at once instead of failing until the backoff runs out. The failure
+    /// count stays, so a peer that calls in but cannot be dialed still backs off longer
+    /// after each attempt (one attempt at a time, each bounded by the connect timeout).
+    pub(crate) fn heard_from(&self) {
+        let mut state = self.state();
+        if state.channel.is_none() {
+            state.retry_at = None;
+        }
+    }
+
     /// A call on the channel of `generation` succeeded.
     pub(crate) fn succeeded(&self, generation: u64) {
         let mut state = self.state();
@@ -334,5 +349,17 @@ mod tests {
             link.ready_channel(),
             Err(NetError::Left { node: 1 })
         ));
+    }
+
+    #[test]
+    fn a_call_from_the_peer_ends_the_backoff() {
+        let link = link();
+        link.fail(None, "connection refused");
+        assert!(link.ready_channel().is_err());
+        link.heard_from();
+        assert!(matches!(link.ready_channel(), Ok(None)), "may dial now");
+        // The next failure backs off longer than the first: the count was kept.
+        link.fail(None, "connection refused");
+        assert!(backoff_after(&link) > Duration::from_millis(50));
     }
 }

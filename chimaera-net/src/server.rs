@@ -90,6 +90,11 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
             if let Some(connection) = &connection {
                 connection.mark_authenticated();
             }
+            // The peer runs: calls to it need not wait out a backoff from before it
+            // started.
+            if let Some(link) = shared.links.get(from as usize) {
+                link.heard_from();
+            }
             from
         }
         Err(why) => {

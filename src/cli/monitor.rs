@@ -9,7 +9,8 @@
 //! panic hook that restores it too). If the runtime stops, the monitor exits saying so.
 use super::status::{fetch, for_display, human_bytes, human_ns};
 use super::{Context, FAILED};
-use chimaera_core::admin_api::RuntimeStatus;
+use chimaera_core::admin_api::{NodeStatus, RuntimeStatus};
+use chimaera_core::peer::PeerState;
 use chimaera_core::{MethodId, PoolId};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -137,6 +138,35 @@ fn restore_and_fail(context: &Context, message: String) -> ExitCode {
     context.fail(FAILED, message)
 }
 
+/// One line on the cluster (`cluster: node 1 of 4; up 2, down 1`, the states in a fixed
+/// order), or `None` for a single node.
+fn cluster_summary(this_node: u32, nodes: &[NodeStatus]) -> Option<String> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let states = [
+        PeerState::Up,
+        PeerState::Connecting,
+        PeerState::Down,
+        PeerState::Left,
+    ]
+    .iter()
+    .filter_map(|state| {
+        let count = nodes.iter().filter(|node| node.state == *state).count();
+        (count > 0).then(|| format!("{state} {count}"))
+    })
+    .collect::<Vec<_>>();
+    let peers = if states.is_empty() {
+        "no other node".to_owned()
+    } else {
+        states.join(", ")
+    };
+    Some(format!(
+        "cluster: node {this_node} of {}; {peers}",
+        nodes.len()
+    ))
+}
+
 /// Draws `view`, whose names were made [`shown`](super::status::shown) when it was taken.
 fn draw(frame: &mut Frame, binary: &str, view: &View) {
     let status = &view.status;
@@ -146,8 +176,9 @@ fn draw(frame: &mut Frame, binary: &str, view: &View) {
         .iter()
         .filter(|m| m.latency.count + m.in_flight > 0)
         .count();
+    let cluster_line = cluster_summary(status.node, &status.nodes);
     let [header, pools_area, lanes_area, methods_area] = Layout::vertical([
-        Constraint::Length(5),
+        Constraint::Length(5 + u16::from(cluster_line.is_some())),
         Constraint::Length(status.pools.len().min(10) as u16 + 3),
         Constraint::Length(lanes.min(12) as u16 + 3),
         Constraint::Min(methods_run.min(20) as u16 + 3),
@@ -155,7 +186,7 @@ fn draw(frame: &mut Frame, binary: &str, view: &View) {
     .areas(frame.area());
 
     let shm = &status.shm;
-    let summary = vec![
+    let mut summary = vec![
         Line::from(format!(
             "runtime `{}` (pid {}), {} worker(s), {} client(s) attached",
             status.instance,
@@ -176,6 +207,7 @@ fn draw(frame: &mut Frame, binary: &str, view: &View) {
             human_bytes(shm.output_bytes_in_use)
         )),
     ];
+    summary.extend(cluster_line.map(Line::from));
     frame.render_widget(
         Paragraph::new(summary)
             .block(Block::bordered().title(format!(" {binary} monitor (refresh 1 s, q quits) "))),
@@ -282,4 +314,37 @@ fn draw(frame: &mut Frame, binary: &str, view: &View) {
     )
     .block(Block::bordered().title(" methods that ran "));
     frame.render_widget(methods, methods_area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(node: u32, state: PeerState) -> NodeStatus {
+        NodeStatus {
+            node,
+            address: format!("10.0.0.{node}:9513"),
+            state,
+        }
+    }
+
+    #[test]
+    fn the_cluster_line_counts_the_other_nodes_by_state() {
+        assert_eq!(cluster_summary(0, &[]), None);
+        assert_eq!(
+            cluster_summary(0, &[node(0, PeerState::Local)]).as_deref(),
+            Some("cluster: node 0 of 1; no other node")
+        );
+        let nodes = [
+            node(0, PeerState::Down),
+            node(1, PeerState::Local),
+            node(2, PeerState::Up),
+            node(3, PeerState::Up),
+            node(4, PeerState::Left),
+        ];
+        assert_eq!(
+            cluster_summary(1, &nodes).as_deref(),
+            Some("cluster: node 1 of 5; up 2, down 1, left 1")
+        );
+    }
 }

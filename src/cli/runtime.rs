@@ -8,6 +8,12 @@
 //! second signal during that stop exits at once, leaving its lock file and socket to the
 //! next start (which detects and replaces them).
 //!
+//! With `networking.hostfile` set, `start` makes the runtime that node of the cluster:
+//! the network comes from the config through `chimaera_net::attach` (the one mapping
+//! of `networking:` onto the network), or, in a binary built without the `net` feature,
+//! the start is refused naming the feature. A clean stop tells the peers this node
+//! leaves (the runtime shuts its network down as it stops).
+//!
 //! With `metrics.prometheus` set in the config, `start` also serves the runtime's
 //! statistics at `http://ADDRESS/metrics` ([`super::metrics`]) until it stops.
 //!
@@ -71,7 +77,13 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
     let instance = config.instance.clone();
     let grace = config.stop_grace_period;
     let metrics_address = config.metrics_prometheus;
-    let runtime = match builder.config(config).serve() {
+    let builder = match with_network(builder, config) {
+        Ok(builder) => builder,
+        Err((code, err)) => {
+            return fail(code, format!("runtime `{instance}` did not start: {err}"))
+        }
+    };
+    let runtime = match builder.serve() {
         Ok(runtime) => runtime,
         Err(err) => return fail(FAILED, format!("runtime `{instance}` did not start: {err}")),
     };
@@ -138,6 +150,45 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
     stopper.close();
     tracing::info!(%instance, "stopped");
     ExitCode::SUCCESS
+}
+
+/// `builder` with `config` and the cluster network it describes (none without a hostfile);
+/// else the exit code and why: [`BAD_INPUT`] for the config's fault, [`FAILED`] when the
+/// network could not start (its port taken, no threads).
+#[cfg(feature = "net")]
+fn with_network(
+    builder: RuntimeBuilder,
+    config: RuntimeConfig,
+) -> Result<RuntimeBuilder, (u8, String)> {
+    use chimaera_net::NetConfigError;
+    chimaera_net::attach(builder, config).map_err(|err| {
+        let code = match err {
+            NetConfigError::Setup { .. } => FAILED,
+            _ => BAD_INPUT,
+        };
+        (code, err.to_string())
+    })
+}
+
+/// `builder` with `config`; a hostfile is refused ([`BAD_INPUT`]), this binary having no
+/// network.
+#[cfg(not(feature = "net"))]
+fn with_network(
+    builder: RuntimeBuilder,
+    config: RuntimeConfig,
+) -> Result<RuntimeBuilder, (u8, String)> {
+    match &config.networking.hostfile {
+        Some(hostfile) => Err((
+            BAD_INPUT,
+            format!(
+                "the config names the hostfile {} but this binary was built without chimaera's \
+             `net` cargo feature, so it cannot reach other nodes; rebuild with the feature \
+             (it is on by default) or remove `networking.hostfile`",
+                hostfile.display()
+            ),
+        )),
+        None => Ok(builder.config(config)),
+    }
 }
 
 /// The thread that turns SIGINT/SIGTERM into an admin `StopRuntime`.
@@ -229,4 +280,24 @@ pub(super) fn stop(context: &Context, grace_ms: Option<u64>) -> ExitCode {
     }
     println!("{} runtime `{instance}` stopped", context.binary().name());
     ExitCode::SUCCESS
+}
+
+#[cfg(all(test, not(feature = "net")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_net_feature_a_hostfile_is_refused_naming_the_feature() {
+        let mut config = RuntimeConfig::default();
+        config.networking.hostfile = Some("/etc/chimaera/hosts".into());
+        match with_network(RuntimeBuilder::new(), config) {
+            Err((code, message)) => {
+                assert_eq!(code, BAD_INPUT);
+                assert!(message.contains("`net` cargo feature"), "{message}");
+                assert!(message.contains("/etc/chimaera/hosts"), "{message}");
+            }
+            Ok(_) => panic!("a hostfile was accepted without a network"),
+        }
+        assert!(with_network(RuntimeBuilder::new(), RuntimeConfig::default()).is_ok());
+    }
 }

@@ -29,11 +29,18 @@
 //!   "shm": { "serving": bool, "max_clients": u32, "main_size": u64,
 //!            "client_data_size": u64, "runtime_data_size": u64, "per_client_bytes": u64,
 //!            "client_areas_in_use": u32, "committed_bytes": u64,
-//!            "output_bytes_in_use": u64 } }
+//!            "output_bytes_in_use": u64 },
+//!   "node": u32,
+//!   "nodes": [ { "id": u32, "address": str,
+//!                "state": "local" | "up" | "connecting" | "down" | "left" } ] }
 //!
 //! { "schema": 1, "instance": str, "running": false,
 //!   "leftover_files": [ { "path": str, "bytes": u64 } ], "leftover_bytes": u64 }
 //! ```
+//!
+//! `node` is this runtime's node id (0 for a single node), `nodes` every node of its
+//! cluster as this one sees it, itself (`local`) included, in id order; empty without a
+//! hostfile. Both were added within schema 1.
 //!
 //! `tasks.in_flight` and each method's `in_flight` leave the status query out; `clients`
 //! leaves out the client that asked. Latencies are of runs (handler start to result,
@@ -210,6 +217,15 @@ pub(super) struct Running {
     workers: Vec<Worker>,
     pools: Vec<Pool>,
     shm: Shm,
+    node: u32,
+    nodes: Vec<Node>,
+}
+
+#[derive(Serialize)]
+struct Node {
+    id: u32,
+    address: String,
+    state: String,
 }
 
 #[derive(Serialize)]
@@ -372,6 +388,16 @@ impl From<&RuntimeStatus> for Running {
                 committed_bytes: shm.committed_bytes,
                 output_bytes_in_use: shm.output_bytes_in_use,
             },
+            node: status.node,
+            nodes: status
+                .nodes
+                .iter()
+                .map(|node| Node {
+                    id: node.node,
+                    address: node.address.clone(),
+                    state: node.state.to_string(),
+                })
+                .collect(),
         }
     }
 }
@@ -500,6 +526,16 @@ fn print_text(status: &RuntimeStatus) {
     println!("methods that ran:");
     for pool in &status.pools {
         print_methods(status, pool, &format!("  {} ", pool.name));
+    }
+    if !status.nodes.is_empty() {
+        println!(
+            "cluster: node {} of {} node(s)",
+            status.node,
+            status.nodes.len()
+        );
+        for node in &status.nodes {
+            println!("  {:>3}  {}  {}", node.node, node.address, node.state);
+        }
     }
     let shm = &status.shm;
     println!(

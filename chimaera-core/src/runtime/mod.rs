@@ -118,7 +118,7 @@ pub enum StartError {
     AdminPoolId(PoolId),
     /// The config names a hostfile but the runtime was given no network to reach the
     /// other nodes.
-    #[error("the config names the hostfile {} but no network was given; start the runtime with a network (`RuntimeBuilder::network`, e.g. chimaera-net's), or remove `networking.hostfile`", hostfile.display())]
+    #[error("the config names the hostfile {} but no network was given; start the runtime with a network (`RuntimeBuilder::network`, e.g. `chimaera::net::attach`, which needs chimaera's `net` cargo feature), or remove `networking.hostfile`", hostfile.display())]
     NetworkMissing {
         /// The configured hostfile.
         hostfile: std::path::PathBuf,

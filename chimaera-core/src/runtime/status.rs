@@ -11,7 +11,9 @@
 use super::context::{Host, StatusCaller};
 use super::module::LanePriority;
 use super::Shared;
-use crate::admin_api::{ContainerStatus, LaneStatus, MethodStatus, RuntimeStatus, ShmStatus};
+use crate::admin_api::{
+    ContainerStatus, LaneStatus, MethodStatus, NodeStatus, RuntimeStatus, ShmStatus,
+};
 
 impl Shared {
     /// A snapshot of the runtime for the admin `Status` task `caller`, which leaves
@@ -85,6 +87,15 @@ impl Shared {
                 committed_bytes: per_client.saturating_mul(u64::from(areas)),
                 output_bytes_in_use: usage.map_or(0, |usage| usage.output_bytes_in_use),
             },
+            node: Host::node(self),
+            nodes: nodes_in_id_order(Host::peers(self))
+                .into_iter()
+                .map(|peer| NodeStatus {
+                    node: peer.node,
+                    address: peer.address,
+                    state: peer.state,
+                })
+                .collect(),
         }
     }
 
@@ -96,4 +107,10 @@ impl Shared {
             .flat_map(|entry| entry.pool.stats.snapshot(entry.pool.id, None))
             .collect()
     }
+}
+
+/// `peers` sorted by node id (a network lists them in its own order).
+fn nodes_in_id_order(mut peers: Vec<crate::peer::PeerInfo>) -> Vec<crate::peer::PeerInfo> {
+    peers.sort_by_key(|peer| peer.node);
+    peers
 }

@@ -1,0 +1,284 @@
+//! From a runtime's `networking:` config to a running [`TonicNetwork`]: the one place that
+//! maps the config's keys onto [`NetOptions`], used by the `chimaera` command line and by
+//! anyone who builds a runtime in code ([`attach`]).
+//!
+//! # Invariants
+//!
+//! * No hostfile, no network: [`network_from_config`] returns `None` and [`attach`]
+//!   leaves the builder a single node, at no cost.
+//! * With a hostfile, either a network bound to this node's own hostfile address exists,
+//!   or a [`NetConfigError`] says which key is wrong (the hostfile's line, a node id out
+//!   of range, no bindable entry, a missing or unusable secret, a port taken). Nothing
+//!   here panics on a config's or a hostfile's content.
+//! * The mapping: node addresses in hostfile order, each `host:port` (an entry's own port,
+//!   else `networking.port`); this node from [`Membership::from_config`] (explicit
+//!   `node_id`, else the first entry this process can bind); the secret from
+//!   `networking.secret` or `networking.secret_file`; the deadline of the network's own
+//!   calls is `networking.rpc_timeout_ms`, and connecting never takes longer than it.
+
+use crate::{NetOptions, NetSetupError, TonicNetwork};
+use chimaera_core::cluster::{Membership, MembershipError};
+use chimaera_core::config::{ConfigError, RuntimeConfig};
+use chimaera_core::RuntimeBuilder;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a runtime's `networking:` config gives no network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetConfigError {
+    /// The hostfile is unreadable or malformed, or this node is not in it.
+    #[error("cannot take this node's place in the cluster: {0}")]
+    Membership(#[from] MembershipError),
+    /// A hostfile is set but no secret.
+    #[error("`networking.hostfile` is {} but the config has no cluster secret; set `networking.secret` or `networking.secret_file` to the same long random text on every node", hostfile.display())]
+    SecretMissing {
+        /// The configured hostfile.
+        hostfile: PathBuf,
+    },
+    /// The secret could not be read, or its length is out of bounds.
+    #[error("unusable cluster secret: {0}")]
+    Secret(ConfigError),
+    /// The secret has bytes a header cannot carry.
+    #[error("the cluster secret must be visible ASCII (no spaces, control characters or non-ASCII bytes); pick a secret like the output of `openssl rand -hex 32`")]
+    SecretNotVisibleAscii,
+    /// The network could not start (its address, its port, its threads).
+    #[error("cannot start node {node}'s network: {source}")]
+    Setup {
+        /// This node.
+        node: u32,
+        /// What failed.
+        source: NetSetupError,
+    },
+}
+
+/// The network options `config` describes: `None` without `networking.hostfile`.
+pub fn options_from_config(config: &RuntimeConfig) -> Result<Option<NetOptions>, NetConfigError> {
+    let networking = &config.networking;
+    let Some(membership) = Membership::from_config(networking)? else {
+        return Ok(None);
+    };
+    let Some(secret) = &networking.secret else {
+        return Err(NetConfigError::SecretMissing {
+            hostfile: networking.hostfile.clone().unwrap_or_default(),
+        });
+    };
+    let secret = secret.load().map_err(NetConfigError::Secret)?;
+    let secret = String::from_utf8(secret)
+        .ok()
+        .filter(|text| text.bytes().all(|byte| byte.is_ascii_graphic()))
+        .ok_or(NetConfigError::SecretNotVisibleAscii)?;
+    let addresses = membership
+        .hostfile
+        .hosts()
+        .iter()
+        .map(|entry| entry.address(membership.default_port))
+        .collect();
+    let mut options = NetOptions::new(membership.this_node, addresses, secret);
+    options.rpc_timeout = networking.rpc_timeout;
+    options.connect_timeout = options.connect_timeout.min(networking.rpc_timeout);
+    Ok(Some(options))
+}
+
+/// Starts the network `config` describes (bound to this node's hostfile address and
+/// serving): `None` without `networking.hostfile`.
+pub fn network_from_config(config: &RuntimeConfig) -> Result<Option<TonicNetwork>, NetConfigError> {
+    let Some(options) = options_from_config(config)? else {
+        return Ok(None);
+    };
+    let node = options.this_node;
+    let network =
+        TonicNetwork::new(options).map_err(|source| NetConfigError::Setup { node, source })?;
+    tracing::info!(
+        node,
+        address = %network.local_addr(),
+        "cluster network listening"
+    );
+    Ok(Some(network))
+}
+
+/// `builder` with `config` and, when `config` names a hostfile, the [`TonicNetwork`] it
+/// describes: the runtime it starts is that node of the cluster.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use chimaera_core::{Runtime, RuntimeConfig};
+/// let config = RuntimeConfig::from_env()?;
+/// # let builder = Runtime::builder(); // chimaera::builder() in a real binary
+/// let runtime = chimaera_net::attach(builder, config)?.serve()?;
+/// # drop(runtime); Ok(()) }
+/// ```
+pub fn attach(
+    builder: RuntimeBuilder,
+    config: RuntimeConfig,
+) -> Result<RuntimeBuilder, NetConfigError> {
+    let network = network_from_config(&config)?;
+    let builder = builder.config(config);
+    Ok(match network {
+        Some(network) => builder.network(Arc::new(network)),
+        None => builder,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chimaera_core::config::ClusterSecret;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    const SECRET: &str = "a-secret-of-enough-bytes";
+
+    fn config_with_hostfile(text: &str) -> (RuntimeConfig, tempfile_path::TempPath) {
+        let path = tempfile_path::TempPath::new(text);
+        let mut config = RuntimeConfig::default();
+        config.networking.hostfile = Some(path.0.clone());
+        config.networking.secret = Some(ClusterSecret::Inline(SECRET.to_owned()));
+        (config, path)
+    }
+
+    /// A file removed when dropped, without a crate for it.
+    mod tempfile_path {
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        pub(super) struct TempPath(pub(super) PathBuf);
+
+        impl TempPath {
+            pub(super) fn new(text: &str) -> TempPath {
+                static NEXT: AtomicU32 = AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "chimaera-net-config-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&path, text).unwrap();
+                TempPath(path)
+            }
+        }
+
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn no_hostfile_means_no_network() {
+        assert!(options_from_config(&RuntimeConfig::default())
+            .unwrap()
+            .is_none());
+        assert!(network_from_config(&RuntimeConfig::default())
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn the_config_maps_onto_the_options_in_hostfile_order() {
+        let (mut config, _file) = config_with_hostfile("# nodes\n127.0.0.1:7001\nlocalhost\n");
+        config.networking.port = 7100;
+        config.networking.node_id = Some(1);
+        config.networking.rpc_timeout = std::time::Duration::from_millis(300);
+        let options = options_from_config(&config).unwrap().unwrap();
+        assert_eq!(options.this_node, 1);
+        assert_eq!(options.addresses, ["127.0.0.1:7001", "localhost:7100"]);
+        assert_eq!(options.cluster_secret, SECRET);
+        assert_eq!(options.rpc_timeout, std::time::Duration::from_millis(300));
+        assert!(options.connect_timeout <= options.rpc_timeout);
+        assert!(options.listen.is_none(), "listens on its own address");
+        options.validate().unwrap();
+    }
+
+    #[test]
+    fn every_bad_setting_is_a_typed_error() {
+        let (config, _file) = config_with_hostfile("127.0.0.1:7001\nnode[3-1]\n");
+        match options_from_config(&config) {
+            Err(NetConfigError::Membership(MembershipError::Hostfile(err))) => {
+                assert!(err.to_string().contains("line 2"), "{err}")
+            }
+            other => panic!("bad hostfile line accepted: {other:?}"),
+        }
+
+        let (mut config, _file) = config_with_hostfile("127.0.0.1:7001\n");
+        config.networking.node_id = Some(3);
+        assert!(matches!(
+            options_from_config(&config),
+            Err(NetConfigError::Membership(
+                MembershipError::NodeIdOutOfRange { node: 3, nodes: 1 }
+            ))
+        ));
+
+        // Every entry's port is held by someone else: no entry is this node.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let (config, _file) = config_with_hostfile(&format!("127.0.0.1:{port}\n"));
+        assert!(matches!(
+            options_from_config(&config),
+            Err(NetConfigError::Membership(
+                MembershipError::NotInHostfile { .. }
+            ))
+        ));
+        // …and with the node named, the taken port is a setup error, not a panic.
+        let (mut config, _file) = config_with_hostfile(&format!("127.0.0.1:{port}\n"));
+        config.networking.node_id = Some(0);
+        assert!(matches!(
+            network_from_config(&config),
+            Err(NetConfigError::Setup {
+                node: 0,
+                source: NetSetupError::Bind { .. }
+            })
+        ));
+
+        let (mut config, _file) = config_with_hostfile("127.0.0.1:7001\n");
+        config.networking.secret = None;
+        assert!(matches!(
+            options_from_config(&config),
+            Err(NetConfigError::SecretMissing { .. })
+        ));
+
+        let (mut config, _file) = config_with_hostfile("127.0.0.1:7001\n");
+        config.networking.secret = Some(ClusterSecret::File("/nonexistent/secret".into()));
+        assert!(matches!(
+            options_from_config(&config),
+            Err(NetConfigError::Secret(_))
+        ));
+
+        let (mut config, _file) = config_with_hostfile("127.0.0.1:7001\n");
+        let secret_file = tempfile_path::TempPath::new("a secret with spaces in it\n");
+        config.networking.secret = Some(ClusterSecret::File(secret_file.0.clone()));
+        assert!(matches!(
+            options_from_config(&config),
+            Err(NetConfigError::SecretNotVisibleAscii)
+        ));
+        let mut bytes = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&secret_file.0)
+            .unwrap();
+        bytes.write_all(b"\xff\xfe-not-utf8-at-all-here\n").unwrap();
+        assert!(matches!(
+            options_from_config(&config),
+            Err(NetConfigError::SecretNotVisibleAscii)
+        ));
+    }
+
+    #[test]
+    fn attach_starts_a_network_on_this_nodes_own_address() {
+        let port = free_port();
+        let (mut config, _file) = config_with_hostfile(&format!("127.0.0.1:{port}\n"));
+        config.networking.node_id = Some(0);
+        let network = network_from_config(&config).unwrap().unwrap();
+        assert_eq!(
+            network.local_addr(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], port))
+        );
+    }
+}
