@@ -5,7 +5,7 @@
 //! * [`Membership`]: the hostfile plus this node's id, resolved as the original does:
 //!   `networking.node_id` if given, else the first entry whose address (host and port)
 //!   this process can bind now.
-//! * [`frame`]: the runtime's messages between nodes (rkyv archives; task inputs and
+//! * `frame`: the runtime's messages between nodes (rkyv archives; task inputs and
 //!   outputs inside are the generated archives, carried as they are).
 //! * [`memory`]: a [`PeerNetwork`](crate::peer::PeerNetwork) for many nodes in one
 //!   process, with faults (a node down, slow, gone) for tests and simulation.
