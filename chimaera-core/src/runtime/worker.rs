@@ -564,11 +564,20 @@ fn run_inline(
     still_polling
 }
 
+/// Runs `task` inline, or rejects it when the worker shuts down; returns whether the
+/// coroutine still holds the polling role.
+fn dispatch(worker: &WorkerShared, slot: &TaskSlot, task: Task, out: &mut OutputBuffer) -> bool {
+    if worker.shutdown.load(Ordering::Relaxed) {
+        worker.runner.reject(task);
+        return true;
+    }
+    run_inline(&worker.runner, slot, task, out)
+}
+
 /// The polling role: ingest from the source, run batched and queued tasks inline, sleep
 /// when there is nothing to do.
 fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer) -> Polled {
     let idle_rounds_max = worker.idle_rounds;
-    let runner = &worker.runner;
     let source = worker.source.as_deref();
     crate::stats::set_thread_shard(worker.id);
     let mut idle_rounds = 0u32;
@@ -578,9 +587,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
         let ingested = source.map_or(0, |source| source.ingest(worker.id));
         while let Some(task) = worker.next_batched() {
             dispatched += 1;
-            if worker.shutdown.load(Ordering::Relaxed) {
-                runner.reject(task);
-            } else if !run_inline(runner, slot, task, out) {
+            if !dispatch(worker, slot, task, out) {
                 worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
                 return Polled::HandedOn;
             }
@@ -600,9 +607,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                     break;
                 };
                 dispatched += 1;
-                if worker.shutdown.load(Ordering::Relaxed) {
-                    runner.reject(task);
-                } else if !run_inline(runner, slot, task, out) {
+                if !dispatch(worker, slot, task, out) {
                     worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
                     return Polled::HandedOn;
                 }
