@@ -320,13 +320,7 @@ impl WorkerShared {
     /// lane turn it was in and gives the polling role to an idle coroutine (or a new one),
     /// which runs before the waiting task resumes.
     fn hand_polling_on(self: &Arc<Self>) {
-        let lane = self.local().and_then(|mut local| {
-            local.poller = None;
-            local.draining.take()
-        });
-        if let Some(lane) = lane {
-            self.end_turn(lane);
-        }
+        self.drop_polling();
         let idle = lock(&self.idle).pop();
         match idle {
             Some(slot) => {
@@ -336,6 +330,18 @@ impl WorkerShared {
                 }
             }
             None => spawn_worker_coroutine(self),
+        }
+    }
+
+    /// The role holder lets go of the polling role: no coroutine holds it, and the lane
+    /// turn it was in ends (so the next poller sees that lane again).
+    fn drop_polling(&self) {
+        let lane = self.local().and_then(|mut local| {
+            local.poller = None;
+            local.draining.take()
+        });
+        if let Some(lane) = lane {
+            self.end_turn(lane);
         }
     }
 
@@ -498,13 +504,7 @@ fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
                 None => {}
             }
             if was_poller {
-                let lane = worker.local().and_then(|mut local| {
-                    local.poller = None;
-                    local.draining.take()
-                });
-                if let Some(lane) = lane {
-                    worker.end_turn(lane);
-                }
+                worker.drop_polling();
                 spawn_worker_coroutine(&worker);
             }
         }
