@@ -567,6 +567,8 @@ fn run_inline(
 /// Runs `task` inline, or rejects it when the worker shuts down; returns whether the
 /// coroutine still holds the polling role.
 fn dispatch(worker: &WorkerShared, slot: &TaskSlot, task: Task, out: &mut OutputBuffer) -> bool {
+    // Counted before it runs, so a status task running inline sees every task before it.
+    worker.tasks_run.fetch_add(1, Ordering::Relaxed);
     if worker.shutdown.load(Ordering::Relaxed) {
         worker.runner.reject(task);
         return true;
@@ -582,13 +584,12 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
     crate::stats::set_thread_shard(worker.id);
     let mut idle_rounds = 0u32;
     loop {
-        let mut dispatched = 0u64;
+        let mut dispatched = false;
         // Tasks ingested earlier (a poller that handed on may have left some).
         let ingested = source.map_or(0, |source| source.ingest(worker.id));
         while let Some(task) = worker.next_batched() {
-            dispatched += 1;
+            dispatched = true;
             if !dispatch(worker, slot, task, out) {
-                worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
                 return Polled::HandedOn;
             }
         }
@@ -606,9 +607,8 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 let Some(task) = task else {
                     break;
                 };
-                dispatched += 1;
+                dispatched = true;
                 if !dispatch(worker, slot, task, out) {
-                    worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
                     return Polled::HandedOn;
                 }
             }
@@ -617,8 +617,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 worker.end_turn(lane);
             }
         }
-        if dispatched > 0 || ingested > 0 {
-            worker.tasks_run.fetch_add(dispatched, Ordering::Relaxed);
+        if dispatched || ingested > 0 {
             idle_rounds = 0;
             // Let coroutines woken meanwhile (tasks whose waits ended) run; skip the
             // switch when nothing else is ready.
