@@ -1,12 +1,15 @@
 //! The network between chimaera-rs runtimes: [`TonicNetwork`], a
 //! [`PeerNetwork`](chimaera_core::peer::PeerNetwork) on gRPC (tonic, HTTP/2).
 //!
-//! Each node serves one gRPC service with two unary methods: `Call` carries a frame (the
-//! runtime's SaveIn/SaveOut archives, opaque here) and brings back the answer, `Leave`
-//! tells a peer this node stops. Frames are the gRPC message bytes as they are — no
-//! protobuf schema, no protoc at build time (a hand-written codec and service). Each peer
-//! is reached over one long-lived HTTP/2 connection that every call multiplexes on,
-//! opened on first use and reopened with bounded exponential backoff after a failure.
+//! Each node serves one gRPC service with three methods: `Stream`, a long-lived
+//! bidirectional stream per calling peer that carries its frames (the runtime's
+//! SaveIn/SaveOut archives, opaque here) and their answers, each tagged with a call id
+//! (see `stream.rs`); `Call`, a unary call for a frame too large for the stream (so it
+//! holds up no small one); `Leave`, telling a peer this node stops. Frames are message
+//! bytes as they are — no protobuf schema, no protoc at build time (a hand-written codec
+//! and service). Each peer is reached over one long-lived HTTP/2 connection that the
+//! stream and every large call share, opened on first use and reopened with bounded
+//! exponential backoff after a failure.
 //!
 //! [`attach`] (with [`network_from_config`] and [`options_from_config`]) starts the
 //! network a runtime's `networking:` config describes, so a runtime built in code joins
@@ -45,6 +48,7 @@ mod link;
 mod network;
 mod options;
 mod server;
+mod stream;
 mod wire;
 
 pub use config::{attach, network_from_config, options_from_config, NetConfigError};

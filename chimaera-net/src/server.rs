@@ -1,5 +1,5 @@
-//! The receiving side: the hand-written gRPC service every node serves, with its two
-//! methods (`Call`, `Leave`), its authentication, and the hand-off to the runtime's
+//! The receiving side: the hand-written gRPC service every node serves, with its three
+//! methods (`Stream`, `Call`, `Leave`), its authentication, and the hand-off to the runtime's
 //! [`FrameHandler`].
 //!
 //! # Invariants
@@ -23,6 +23,7 @@
 
 use crate::guard::ConnectionInfo;
 use crate::network::Shared;
+use crate::stream::{ServerCodec, StreamMethod, MAX_MESSAGE_BYTES, STREAM_PATH};
 use crate::wire::{
     frame_too_large_status, RawFrameCodec, Reason, CALL_PATH, FROM_NODE, LEAVE_PATH, SECRET,
 };
@@ -73,9 +74,10 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
         })
         .cloned();
     let remote = connection.as_ref().and_then(ConnectionInfo::remote_addr);
-    let is_call = match request.uri().path() {
-        CALL_PATH => true,
-        LEAVE_PATH => false,
+    let method = match request.uri().path() {
+        CALL_PATH => Method::Call,
+        STREAM_PATH => Method::Stream,
+        LEAVE_PATH => Method::Leave,
         other => {
             tracing::warn!(
                 ?remote,
@@ -104,19 +106,39 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
                 .into_http();
         }
     };
-    if is_call {
-        Grpc::new(RawFrameCodec)
-            .max_decoding_message_size(MAX_FRAME_BYTES)
-            .max_encoding_message_size(MAX_FRAME_BYTES)
-            .unary(CallMethod { shared, from }, request)
-            .await
-    } else {
-        Grpc::new(RawFrameCodec)
-            .max_decoding_message_size(0)
-            .max_encoding_message_size(0)
-            .unary(LeaveMethod { shared, from }, request)
-            .await
+    match method {
+        Method::Call => {
+            Grpc::new(RawFrameCodec)
+                .max_decoding_message_size(MAX_FRAME_BYTES)
+                .max_encoding_message_size(MAX_FRAME_BYTES)
+                .unary(CallMethod { shared, from }, request)
+                .await
+        }
+        Method::Stream => {
+            Grpc::new(ServerCodec)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .streaming(StreamMethod { shared, from }, request)
+                .await
+        }
+        Method::Leave => {
+            Grpc::new(RawFrameCodec)
+                .max_decoding_message_size(0)
+                .max_encoding_message_size(0)
+                .unary(LeaveMethod { shared, from }, request)
+                .await
+        }
     }
+}
+
+/// The methods a node serves.
+enum Method {
+    /// One frame as a unary call (frames too large for the call stream).
+    Call,
+    /// The call stream: every other frame (see [`crate::stream`]).
+    Stream,
+    /// A peer's leave notice.
+    Leave,
 }
 
 /// The caller's node id, once its secret matched and (when verified) its connection comes
