@@ -19,6 +19,15 @@
 //! (their own process group, so a Ctrl-C at the terminal does not reach them), their
 //! output going to `node-{i}.log`.
 //!
+//! `status --json` prints `{ "schema": 1, "name": str, "addressing": str, "tls": bool,
+//! "state": path, "nodes": [ { "id": u32, "address": "host:port", "instance": str,
+//! "up": bool, "pid": u32 | null, "pools": n | null, "peers_up": n | null } ] }`, where
+//! `peers_up` counts the other nodes that node saw answer (a peer it has not called yet
+//! counts as not up).
+//!
+//! The global `--config` and `--instance` play no part here: each node's config is the
+//! one `start` writes, and its instance is `{name}-node{i}`.
+//!
 //! # Addresses
 //!
 //! On Linux all of `127.0.0.0/8` is this machine, so node `i` gets `127.0.0.{i+1}`, all on
@@ -323,12 +332,14 @@ fn start_in(
     };
     write_state(state, args, &manifest, &layout)?;
 
-    let deadline_per_node = Duration::from_secs(args.start_timeout_s);
+    let bound = Duration::from_secs(args.start_timeout_s);
     let mut children: Vec<Child> = Vec::new();
-    // Node 0 first: the others ask it for the cluster's pools as they start.
     let mut started = Vec::new();
-    for (batch_start, batch_end) in [(0, 1), (1, records.len())] {
-        for record in records.iter().take(batch_end).skip(batch_start) {
+    // Node 0 first, alone: the others ask it for the cluster's pools as they start. Then
+    // the rest all at once, waited for in order.
+    let (first, rest) = records.split_at(1);
+    for wave in [first, rest] {
+        for record in wave {
             match spawn_node(context, state, record) {
                 Ok(child) => children.push(child),
                 Err(err) => {
@@ -337,9 +348,10 @@ fn start_in(
                 }
             }
         }
-        for record in records.iter().take(batch_end).skip(batch_start) {
+        for record in wave {
+            // Children are pushed in node order: node `i`'s is `children[i]`.
             let child = &mut children[record.id as usize];
-            match wait_serving(record, state, child, deadline_per_node) {
+            match wait_serving(record, state, child, bound) {
                 Ok(status) => started.push(status),
                 Err(why) => {
                     let log = log_tail(state, record);
@@ -1028,4 +1040,68 @@ fn port_free_on_every_alias(nodes: u32) -> Result<u16, String> {
         "found no port free on all of 127.0.0.1-{} in {TRIES} tries; give one with --base-port",
         alias(nodes - 1)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_instances_follow_the_name_and_bad_names_are_refused() {
+        let instances = node_instances("dev", 3).unwrap();
+        let names: Vec<&str> = instances.iter().map(InstanceName::as_str).collect();
+        assert_eq!(names, ["dev-node0", "dev-node1", "dev-node2"]);
+        for bad in ["", "a/b", "../x", "sp ace", "plus+sign", &"x".repeat(41)] {
+            let err = node_instances(bad, 1).unwrap_err();
+            assert!(err.contains("--name"), "{bad:?}: {err}");
+        }
+        assert_eq!(
+            node_instances(&"x".repeat(40), MAX_NODES).unwrap().len(),
+            64
+        );
+    }
+
+    #[test]
+    fn aliases_count_from_127_0_0_1() {
+        assert_eq!(alias(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(alias(63), Ipv4Addr::new(127, 0, 0, 64));
+        assert_eq!(alias(255), Ipv4Addr::new(127, 0, 1, 0));
+    }
+
+    #[test]
+    fn layouts_give_each_node_its_address() {
+        let aliases = Layout::Aliases {
+            port: 7000,
+            nodes: 3,
+            why: "test",
+        };
+        assert_eq!(
+            aliases.addresses(),
+            ["127.0.0.1:7000", "127.0.0.2:7000", "127.0.0.3:7000"]
+        );
+        assert_eq!(aliases.hosts(), ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+        let ports = Layout::ports(3, Some(7000), "test".to_owned()).unwrap();
+        assert_eq!(
+            ports.addresses(),
+            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
+        );
+        assert_eq!(ports.hosts(), ["127.0.0.1"; 3]);
+        let err = Layout::ports(3, Some(65534), "test".to_owned()).unwrap_err();
+        assert!(err.contains("--base-port 65534"), "{err}");
+        let chosen = Layout::ports(4, None, "test".to_owned())
+            .unwrap()
+            .addresses();
+        let mut distinct = chosen.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{chosen:?}");
+    }
+
+    #[test]
+    fn a_secret_is_long_random_hex() {
+        let (one, two) = (random_secret().unwrap(), random_secret().unwrap());
+        assert_eq!(one.len(), 2 * SECRET_BYTES);
+        assert!(one.bytes().all(|byte| byte.is_ascii_hexdigit()));
+        assert_ne!(one, two);
+    }
 }
