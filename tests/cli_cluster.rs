@@ -271,6 +271,62 @@ fn stop_after_a_kill_9_of_one_node_stops_the_rest_and_cleans_up() {
 }
 
 #[test]
+fn stop_kills_a_node_that_does_not_stop() {
+    let (cluster, _) = DevCluster::start("hung", 2, &[]);
+    let pids = cluster.pids();
+    // Node 1 is frozen (SIGSTOP): it cannot answer the stop request, nor stop.
+    let pid = rustix::process::Pid::from_raw(pids[1] as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let stopped = within("cluster stop with a hung node", {
+        let name = cluster.name.clone();
+        move || chimaera(&["cluster", "stop", "--name", &name, "--grace-ms", "0"])
+    });
+    assert!(stopped.status.success(), "{stopped:?}");
+    let stdout = text(&stopped.stdout);
+    assert!(stdout.contains("killed (SIGKILL)"), "{stdout}");
+    for (node, pid) in pids.into_iter().enumerate() {
+        wait_until("the node process to be gone", || process_gone(pid));
+        assert_eq!(instance_files(&cluster.instance(node as u32)).unwrap(), []);
+    }
+    assert!(!cluster.state_dir().exists());
+}
+
+#[test]
+fn a_state_directory_open_to_others_is_refused_not_repaired() {
+    let cluster = DevCluster::named("openmode");
+    checked_user_dir().unwrap();
+    let state = cluster.state_dir();
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = cluster.start_command(1, &[]);
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    let _ = std::fs::remove_dir(&state);
+    assert_eq!(started.status.code(), Some(1), "{started:?}");
+    assert!(text(&started.stderr).contains("mode 755"), "{started:?}");
+    assert_eq!(mode, 0o755, "the mode was changed");
+    assert!(!runtime_alive(&cluster.instance(0)).unwrap());
+}
+
+#[test]
+fn one_command_at_a_time_per_cluster() {
+    let (cluster, _) = DevCluster::start("busy", 1, &[]);
+    // Hold the state directory's lock as a running `cluster start` or `stop` would.
+    let dir = std::fs::File::open(cluster.state_dir()).unwrap();
+    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let refused = cluster.stop();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        text(&refused.stderr).contains("is running; wait for it"),
+        "{refused:?}"
+    );
+    let (ok, _) = cluster.status_json();
+    assert!(ok, "status reads without the lock, and the node still runs");
+    drop(dir);
+    let stopped = cluster.stop();
+    assert!(stopped.status.success(), "{stopped:?}");
+}
+
+#[test]
 fn start_over_a_crashed_cluster_cleans_its_leftovers_and_starts_afresh() {
     let (cluster, _) = DevCluster::start("stale", 1, &[]);
     kill_9(cluster.pids()[0]);

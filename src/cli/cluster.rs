@@ -81,7 +81,10 @@ const MAX_NAME_CHARS: usize = 40;
 const MANIFEST: &str = "cluster.json";
 const SCHEMA: u32 = 1;
 /// How long `stop` waits past the grace period before it kills a node still up.
-const STOP_MARGIN: Duration = Duration::from_secs(10);
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// The deadline of each admin request to a node (past a stop's grace period): a node
+/// that is hung (or SIGSTOPped) cannot hold a `cluster` command.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a killed node may take to be gone (its lock released).
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often the waits look again.
@@ -515,7 +518,9 @@ fn wait_serving(
 
 /// The admin status of the runtime of `config`'s instance.
 fn node_status(config: &RuntimeConfig) -> Result<RuntimeStatus, String> {
-    let client = Client::connect_to(config).map_err(|err| err.to_string())?;
+    let client = Client::connect_to(config)
+        .map_err(|err| err.to_string())?
+        .with_deadline(REQUEST_DEADLINE);
     AdminClient::attach(&client, PoolId::ADMIN)
         .status(PoolQuery::Local)
         .map_err(|err| err.to_string())
@@ -594,11 +599,14 @@ fn stop_nodes(records: &[NodeRecord], grace_ms: u64) -> Vec<Ended> {
             Err(err) => Some(Ended::Stuck(err)),
         })
         .collect();
-    for (record, ended) in records.iter().zip(&ended) {
-        if ended.is_none() {
-            ask_to_stop(record, grace_ms);
+    // All at once: a hung node's request runs out its deadline beside the others'.
+    std::thread::scope(|scope| {
+        for (record, ended) in records.iter().zip(&ended) {
+            if ended.is_none() {
+                scope.spawn(move || ask_to_stop(record, grace_ms));
+            }
         }
-    }
+    });
     let gone = |ended: &mut Vec<Option<Ended>>, bound: Duration, outcome: fn() -> Ended| {
         let deadline = Instant::now() + bound;
         loop {
@@ -650,6 +658,7 @@ fn ask_to_stop(record: &NodeRecord, grace_ms: u64) {
     let Ok(client) = Client::connect_to(&config) else {
         return;
     };
+    let client = client.with_deadline(Duration::from_millis(grace_ms) + REQUEST_DEADLINE);
     match AdminClient::attach(&client, PoolId::ADMIN).stop_runtime(PoolQuery::Local, grace_ms) {
         Ok(()) | Err(TaskError::RuntimeStopped) => {}
         Err(err) => tracing::warn!(node = record.id, "the node refused to stop: {err}"),
@@ -777,6 +786,51 @@ struct NodeView {
     peers_up: Option<usize>,
 }
 
+impl NodeView {
+    fn down(record: &NodeRecord) -> NodeView {
+        NodeView {
+            id: record.id,
+            address: record.address.clone(),
+            instance: record.instance.clone(),
+            up: false,
+            pid: None,
+            pools: None,
+            peers_up: None,
+        }
+    }
+}
+
+/// How `record`'s node answers its admin `Status`, if it is up.
+fn view_of(record: &NodeRecord) -> NodeView {
+    let status = record
+        .instance()
+        .ok()
+        .filter(|instance| matches!(runtime_alive(instance), Ok(true)))
+        .and_then(|instance| {
+            node_status(&RuntimeConfig {
+                instance,
+                ..RuntimeConfig::default()
+            })
+            .ok()
+        });
+    match status {
+        None => NodeView::down(record),
+        Some(status) => NodeView {
+            up: true,
+            pid: Some(status.pid),
+            pools: Some(status.pools.len()),
+            peers_up: Some(
+                status
+                    .nodes
+                    .iter()
+                    .filter(|node| node.state == PeerState::Up)
+                    .count(),
+            ),
+            ..NodeView::down(record)
+        },
+    }
+}
+
 /// `cluster status`.
 fn status(context: &Context, name: &str, json: bool) -> ExitCode {
     let program = context.binary().name();
@@ -803,38 +857,18 @@ fn status(context: &Context, name: &str, json: bool) -> ExitCode {
             )
         }
     };
-    let views: Vec<NodeView> = manifest
-        .nodes
-        .iter()
-        .map(|record| {
-            let status = record
-                .instance()
-                .ok()
-                .filter(|instance| matches!(runtime_alive(instance), Ok(true)))
-                .and_then(|instance| {
-                    node_status(&RuntimeConfig {
-                        instance,
-                        ..RuntimeConfig::default()
-                    })
-                    .ok()
-                });
-            NodeView {
-                id: record.id,
-                address: record.address.clone(),
-                instance: record.instance.clone(),
-                up: status.is_some(),
-                pid: status.as_ref().map(|status| status.pid),
-                pools: status.as_ref().map(|status| status.pools.len()),
-                peers_up: status.as_ref().map(|status| {
-                    status
-                        .nodes
-                        .iter()
-                        .filter(|node| node.state == PeerState::Up)
-                        .count()
-                }),
-            }
-        })
-        .collect();
+    // Asked all at once, each with its deadline: a hung node does not hold the others.
+    let views: Vec<NodeView> = std::thread::scope(|scope| {
+        let asked: Vec<_> = manifest
+            .nodes
+            .iter()
+            .map(|record| (record, scope.spawn(move || view_of(record))))
+            .collect();
+        asked
+            .into_iter()
+            .map(|(record, view)| view.join().unwrap_or_else(|_| NodeView::down(record)))
+            .collect()
+    });
     let up = views.iter().filter(|view| view.up).count();
     if json {
         let document = serde_json::json!({
