@@ -217,3 +217,19 @@ fn unusable_tls_files_fail_the_start_naming_the_key_and_the_path() {
     );
     let _ = std::fs::remove_file(&config);
 }
+
+#[test]
+fn the_example_node_config_parses_and_its_paths_are_relative_to_it() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+    let config = RuntimeConfig::from_file(dir.join("node1.yaml")).expect("the example parses");
+    let net = &config.networking;
+    assert_eq!(net.hostfile.as_deref(), Some(dir.join("hosts").as_path()));
+    assert_eq!(net.node_id, Some(1));
+    let tls = net.tls.as_ref().expect("the example sets tls");
+    assert_eq!(tls.cert, dir.join("pki/node02.crt"));
+    assert_eq!(tls.key, dir.join("pki/node02.key"));
+    assert_eq!(tls.ca, dir.join("pki/ca.crt"));
+    let hosts = chimaera::cluster::hostfile::Hostfile::load(dir.join("hosts"))
+        .expect("the example hostfile parses");
+    assert_eq!(hosts.hosts().len(), 4);
+}
