@@ -270,12 +270,22 @@ fn take_over_stale(context: &Context, state: &StateDir, name: &str) -> Result<()
         }
     };
     if let Some(manifest) = &manifest {
-        let up: Vec<String> = manifest
-            .nodes
-            .iter()
-            .filter(|node| node_alive(node) != Ok(false))
-            .map(|node| node.id.to_string())
-            .collect();
+        let mut up = Vec::new();
+        for node in &manifest.nodes {
+            match node_alive(node) {
+                Ok(false) => {}
+                Ok(true) => up.push(node.id.to_string()),
+                Err(err) => {
+                    return Err(fail(
+                        FAILED,
+                        format!(
+                            "cannot tell whether node {} of cluster `{name}` runs: {err}",
+                            node.id
+                        ),
+                    ))
+                }
+            }
+        }
         if !up.is_empty() {
             return Err(fail(
                 FAILED,
@@ -892,7 +902,7 @@ fn status(context: &Context, name: &str, json: bool) -> ExitCode {
             if manifest.tls { "on" } else { "off" }
         );
         println!(
-            "  node  address                instance              state  pid      pools  peers up"
+            "  node  address                instance              state  pid      pools  peers seen up"
         );
         for view in &views {
             match (view.pid, view.pools, view.peers_up) {
@@ -1030,11 +1040,13 @@ impl Layout {
                 "addresses 127.0.0.1-{} port {port}, one per node ({why})",
                 alias(nodes.saturating_sub(1))
             ),
-            Layout::Ports { ports, why } => format!(
-                "one address 127.0.0.1, ports {}-{} ({why})",
-                ports.first().copied().unwrap_or_default(),
-                ports.last().copied().unwrap_or_default()
-            ),
+            Layout::Ports { ports, why } => {
+                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                format!(
+                    "one address 127.0.0.1, ports {} in node order ({why})",
+                    ports.join(", ")
+                )
+            }
         }
     }
 }
