@@ -51,8 +51,9 @@
 //! * `stop` asks every live node to stop (admin `StopRuntime`), waits for the grace
 //!   period and a margin, kills (SIGKILL) any node still up after that, cleans every
 //!   node's leftover instance files, and removes the state. Liveness comes from each
-//!   instance's liveness lock, the pid to kill from that lock's file, never from a pid
-//!   we remember: a pid reused by another process is never signalled.
+//!   instance's liveness lock, the pid to kill from that lock's file (never from a pid
+//!   we remember), signalled through a pidfd checked against the lock again: a pid
+//!   reused by another process is never signalled.
 mod pki;
 mod state;
 
@@ -676,26 +677,41 @@ fn ask_to_stop(record: &NodeRecord, grace_ms: u64) {
 }
 
 /// SIGKILLs the process holding the node's liveness lock (the pid it wrote there).
+///
+/// Through a pidfd, so a pid reused meanwhile is never signalled: the pidfd is opened
+/// first, and only if afterwards the lock is still held and still names that pid is the
+/// signal sent — to the process the pidfd pins, which is then the holder (or, had it died
+/// in between, no process at all: the signal fails harmlessly).
 fn kill_node(record: &NodeRecord) {
+    use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
     let Ok(instance) = record.instance() else {
         return;
     };
-    // Only while the lock is held: the pid is that of the live holder, not a reused one.
-    if !matches!(runtime_alive(&instance), Ok(true)) {
-        return;
-    }
-    let Some(pid) = runtime_pid(&instance)
-        .and_then(|pid| i32::try_from(pid).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    else {
+    let holder = || {
+        if matches!(runtime_alive(&instance), Ok(true)) {
+            runtime_pid(&instance)
+        } else {
+            None
+        }
+    };
+    let Some(raw) = holder() else {
         return;
     };
+    let Some(pid) = i32::try_from(raw).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) else {
+        return;
+    };
+    if holder() != Some(raw) {
+        return;
+    }
     tracing::warn!(
         node = record.id,
-        pid = pid.as_raw_nonzero().get(),
+        pid = raw,
         "killing a node that did not stop"
     );
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    let _ = pidfd_send_signal(&pidfd, Signal::KILL);
 }
 
 /// The manifest in `state`; `None` if there is none (a start that died before writing it).
