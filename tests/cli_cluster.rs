@@ -425,3 +425,23 @@ fn a_tls_cluster_with_a_throwaway_authority_serves_across_nodes() {
     });
     assert_eq!(remote.unwrap(), "sealed");
 }
+
+#[test]
+fn the_config_and_instance_flags_are_refused_not_dropped() {
+    let cluster = DevCluster::named("flags");
+    for flag in [["--config", "/etc/some.yaml"], ["--instance", "elsewhere"]] {
+        let output = chimaera(&[
+            "cluster",
+            "start",
+            "--nodes",
+            "1",
+            "--name",
+            &cluster.name,
+            flag[0],
+            flag[1],
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        assert!(text(&output.stderr).contains(flag[0]), "{output:?}");
+    }
+    assert!(!cluster.state_dir().exists());
+}

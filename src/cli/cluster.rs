@@ -26,7 +26,9 @@
 //! counts as not up).
 //!
 //! The global `--config` and `--instance` play no part here: each node's config is the
-//! one `start` writes, and its instance is `{name}-node{i}`.
+//! one `start` writes, and its instance is `{name}-node{i}`. Given as flags they are
+//! refused (exit 2) rather than dropped; from the environment (`CHI_SERVER_CONF`,
+//! `CHI_INSTANCE`, a shell's defaults for the other commands) they are ignored.
 //!
 //! # Addresses
 //!
@@ -57,7 +59,7 @@
 mod pki;
 mod state;
 
-use super::{fail, Context, BAD_INPUT, FAILED};
+use super::{fail, Context, Origin, BAD_INPUT, FAILED};
 use crate::admin::AdminClient;
 use chimaera_core::admin_api::RuntimeStatus;
 use chimaera_core::instance::{self, runtime_alive, runtime_pid, InstanceName, RuntimeLockError};
@@ -194,6 +196,29 @@ impl NodeRecord {
 
 /// Runs a `cluster` command.
 pub(super) fn run(context: &Context, command: ClusterCommand) -> ExitCode {
+    // From the environment they are the shell's defaults for other commands; given as
+    // flags here they would be silently dropped, which would mislead.
+    for (flag, origin) in [
+        (
+            "--config",
+            context.config.as_ref().map(|config| config.from),
+        ),
+        (
+            "--instance",
+            context.instance.as_ref().map(|instance| instance.from),
+        ),
+    ] {
+        if matches!(origin, Some(Origin::Flag(_))) {
+            return fail(
+                BAD_INPUT,
+                format!(
+                    "`cluster` commands do not take {flag}: every node gets the config `cluster \
+                     start` writes, its instance is `{{name}}-node{{i}}`; name the cluster with \
+                     --name"
+                ),
+            );
+        }
+    }
     match command {
         ClusterCommand::Start(args) => start(context, args),
         ClusterCommand::Status { name, json } => status(context, &name, json),
