@@ -14,7 +14,14 @@
 //!   else `networking.port`); this node from [`Membership::from_config`] (explicit
 //!   `node_id`, else the first entry this process can bind); the secret from
 //!   `networking.secret` or `networking.secret_file`; the deadline of the network's own
-//!   calls is `networking.rpc_timeout_ms`, and connecting never takes longer than it.
+//!   calls is `networking.rpc_timeout_ms`, and connecting never takes longer than it;
+//!   `networking.tls` (`cert`, `key`, `ca`: PEM files) becomes [`PeerTls`].
+//! * TLS files are checked before anything binds: each must be readable (at most 1 MiB)
+//!   and hold what its key needs (certificates, a private key); this node's certificate
+//!   must chain to the authority for both TLS roles and name this node's hostfile host
+//!   (see the `identity` module), and the key must be the certificate's. Else
+//!   [`NetConfigError::Tls`] names the key, the path and the problem, and `runtime start`
+//!   exits 2 as for any bad config.
 
 use crate::identity::{check_own_certificate, host_name, OwnCertificateProblem};
 use crate::{NetOptions, NetSetupError, PeerTls, TonicNetwork};
@@ -130,7 +137,7 @@ fn load_tls(files: &TlsFiles, own_address: &str) -> Result<PeerTls, NetConfigErr
     let cert_pem = read_tls_file(CERT, &files.cert)?;
     let chain = certificates(CERT, &files.cert, &cert_pem)?;
     let key_pem = read_tls_file(KEY, &files.key)?;
-    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
         tls_error(
             KEY,
             &files.key,
@@ -173,6 +180,28 @@ fn load_tls(files: &TlsFiles, own_address: &str) -> Result<PeerTls, NetConfigErr
             ),
         ),
     })?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|error| {
+        tls_error(
+            KEY,
+            &files.key,
+            format!("holds a key TLS cannot use ({error}); use an ECDSA, Ed25519 or RSA key"),
+        )
+    })?;
+    match rustls::sign::CertifiedKey::new(chain, signing_key).keys_match() {
+        // A key whose public half cannot be told: rustls itself accepts it.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(error) => {
+            return Err(tls_error(
+                KEY,
+                &files.key,
+                format!(
+                    "does not belong to the certificate `{CERT}` ({}) names ({error}); give \
+                     the key the certificate was issued for",
+                    files.cert.display()
+                ),
+            ))
+        }
+    }
     Ok(PeerTls {
         ca_pem,
         cert_pem,
@@ -417,12 +446,12 @@ mod tests {
     #[test]
     fn tls_files_map_onto_peer_tls_and_each_fault_names_its_key_and_path() {
         let (ca, mut nodes) = pki(&["127.0.0.1", "10.9.8.7"]);
-        let (wrong_host_cert, _) = nodes.pop().unwrap();
+        let (wrong_host_cert, other_key) = nodes.pop().unwrap();
         let (cert, key) = nodes.pop().unwrap();
         let (other_ca, _) = pki(&[]);
-        let files = [ca, cert, key, other_ca, wrong_host_cert]
+        let files = [ca, cert, key, other_ca, wrong_host_cert, other_key]
             .map(|text| tempfile_path::TempPath::new(&text));
-        let [ca, cert, key, other_ca, wrong_host_cert] = &files;
+        let [ca, cert, key, other_ca, wrong_host_cert, other_key] = &files;
         let (mut config, _hosts) = config_with_hostfile("127.0.0.1:7001\n");
         config.networking.node_id = Some(0);
         let with_tls = |config: &mut RuntimeConfig, cert: &Path, key: &Path, ca: &Path| {
@@ -440,7 +469,15 @@ mod tests {
         assert_eq!(tls.ca_pem, std::fs::read(&ca.0).unwrap());
 
         let missing = PathBuf::from("/nonexistent/node.crt");
-        let cases: [(&Path, &Path, &Path, &str, &Path, &str); 6] = [
+        let cases: [(&Path, &Path, &Path, &str, &Path, &str); 7] = [
+            (
+                &cert.0,
+                &other_key.0,
+                &ca.0,
+                "networking.tls.key",
+                &other_key.0,
+                "does not belong to the certificate",
+            ),
             (
                 &missing,
                 &key.0,
