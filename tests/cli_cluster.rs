@@ -150,6 +150,19 @@ fn a_three_node_cluster_serves_a_broadcast_shows_its_nodes_and_stops_without_a_t
         "{stdout}"
     );
 
+    // What the start printed reaches node 0, a member of the three-node cluster.
+    let via_env = Command::new(env!("CARGO_BIN_EXE_chimaera"))
+        .args(["runtime", "status"])
+        .env_remove("CHI_SERVER_CONF")
+        .env("CHI_INSTANCE", node0.as_str())
+        .output()
+        .unwrap();
+    assert!(via_env.status.success(), "{via_env:?}");
+    assert!(
+        text(&via_env.stdout).contains("cluster: node 0 of 3 node(s)"),
+        "{via_env:?}"
+    );
+
     // The state: a 0700 directory of ours, a 0600 secret.
     let state = cluster.state_dir();
     let meta = std::fs::symlink_metadata(&state).unwrap();
