@@ -7,8 +7,12 @@
 //! chimaera cluster stop [--name dev] [--grace-ms N]
 //! ```
 //!
+//! The parts: [`state`] (the cluster's directory), [`manifest`] (what it says about the
+//! nodes), [`layout`] (addresses and ports), [`nodes`] (the processes: start, wait,
+//! stop, kill), [`pki`] (`--tls`). This file holds the three commands.
+//!
 //! `start` writes the cluster's state into `{user dir}/cluster+{name}` ([`state`]: `0700`,
-//! nothing followed): `cluster.json` (the manifest: which instance, address, config and
+//! nothing followed): `cluster.json` ([`manifest`]: which instance, address, config and
 //! log each node has), the hostfile `hosts`, a fresh random `secret` (`0600`), one
 //! `node-{i}.yaml` per node (its own shm instance `{name}-node{i}`, node id, hostfile,
 //! secret file and, with `--tls`, its certificate files, all as paths relative to the
@@ -56,23 +60,26 @@
 //!   instance's liveness lock, the pid to kill from that lock's file (never from a pid
 //!   we remember), signalled through a pidfd checked against the lock again: a pid
 //!   reused by another process is never signalled.
+mod layout;
+mod manifest;
+mod nodes;
 mod pki;
 mod state;
 
 use super::{fail, Context, Origin, BAD_INPUT, FAILED};
-use crate::admin::AdminClient;
-use chimaera_core::admin_api::RuntimeStatus;
-use chimaera_core::instance::{self, runtime_alive, runtime_pid, InstanceName, RuntimeLockError};
+use chimaera_core::instance::{runtime_alive, InstanceName};
 use chimaera_core::peer::PeerState;
-use chimaera_core::{Client, PoolId, PoolQuery, RuntimeConfig, TaskError};
-use clap::{Args, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
+use chimaera_core::RuntimeConfig;
+use clap::{Args, Subcommand};
+use layout::{AddressingChoice, Layout};
+use manifest::{Manifest, NodeRecord, MANIFEST, SCHEMA};
+use nodes::{clean_node, node_alive, node_status, spawn_node, stop_nodes, wait_serving, Ended};
+use serde::Serialize;
 use state::{StateDir, StateError};
 use std::fmt::Write as _;
 use std::io::{Read, Write as _};
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, ExitCode};
+use std::time::Duration;
 
 /// The name of a cluster when `--name` is not given.
 const DEFAULT_NAME: &str = "dev";
@@ -80,18 +87,6 @@ const DEFAULT_NAME: &str = "dev";
 const MAX_NODES: u32 = 64;
 /// The longest cluster name: `{name}-node{63}` must stay a valid instance name.
 const MAX_NAME_CHARS: usize = 40;
-/// The manifest's file and its schema number.
-const MANIFEST: &str = "cluster.json";
-const SCHEMA: u32 = 1;
-/// How long `stop` waits past the grace period before it kills a node still up.
-const STOP_MARGIN: Duration = Duration::from_secs(5);
-/// The deadline of each admin request to a node (past a stop's grace period): a node
-/// that is hung (or SIGSTOPped) cannot hold a `cluster` command.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-/// How long a killed node may take to be gone (its lock released).
-const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How often the waits look again.
-const POLL: Duration = Duration::from_millis(25);
 /// Lines of a failed node's log shown with the error.
 const LOG_TAIL_LINES: usize = 15;
 /// Bytes of random cluster secret (written as hex).
@@ -154,44 +149,6 @@ pub(super) struct StartArgs {
     /// How long to wait for each node to answer before giving up.
     #[arg(long, value_name = "S", default_value_t = 60)]
     start_timeout_s: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum AddressingChoice {
-    Auto,
-    Aliases,
-    Ports,
-}
-
-/// What `cluster.json` holds: everything `status` and `stop` need.
-#[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
-    schema: u32,
-    name: String,
-    /// How the addresses were chosen, for `status`.
-    addressing: String,
-    tls: bool,
-    nodes: Vec<NodeRecord>,
-}
-
-/// One node of the manifest.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct NodeRecord {
-    id: u32,
-    instance: String,
-    address: String,
-    /// Its config file, in the state directory.
-    config: String,
-    /// Its log file, in the state directory.
-    log: String,
-}
-
-impl NodeRecord {
-    /// The node's instance name (checked when the manifest is read).
-    fn instance(&self) -> Result<InstanceName, String> {
-        InstanceName::new(&self.instance)
-            .map_err(|err| format!("node {}'s instance `{}`: {err}", self.id, self.instance))
-    }
 }
 
 /// Runs a `cluster` command.
@@ -282,7 +239,7 @@ fn node_instances(name: &str, nodes: u32) -> Result<Vec<InstanceName>, String> {
 /// is up, else cleans what the dead cluster left and empties the state.
 fn take_over_stale(context: &Context, state: &StateDir, name: &str) -> Result<(), ExitCode> {
     let program = context.binary().name();
-    let manifest = match read_manifest(state) {
+    let manifest = match manifest::read(state) {
         Ok(manifest) => manifest,
         Err(err) => {
             return Err(fail(
@@ -497,71 +454,6 @@ fn random_secret() -> Result<String, String> {
     }))
 }
 
-/// Starts `runtime start` of this binary for `record`, detached from the terminal's
-/// process group, its output into its log file.
-fn spawn_node(context: &Context, state: &StateDir, record: &NodeRecord) -> Result<Child, String> {
-    use std::os::unix::process::CommandExt;
-    let program = std::env::current_exe()
-        .map_err(|err| format!("cannot find this program's own path: {err}"))?;
-    let log = state
-        .create_file(&record.log)
-        .map_err(|err| err.to_string())?;
-    let log_too = log
-        .try_clone()
-        .map_err(|err| format!("cannot share the log file: {err}"))?;
-    let mut command = Command::new(program);
-    command
-        .args(["runtime", "start"])
-        .env("CHI_SERVER_CONF", state.path_of(&record.config))
-        .env_remove("CHI_INSTANCE")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_too)
-        .process_group(0);
-    if let Some(log) = &context.log {
-        command.env("RUST_LOG", &log.value);
-    }
-    command.spawn().map_err(|err| err.to_string())
-}
-
-/// Waits until the node of `record` answers the admin `Status`; fails when its process
-/// exits first or `bound` passes.
-fn wait_serving(
-    record: &NodeRecord,
-    state: &StateDir,
-    child: &mut Child,
-    bound: Duration,
-) -> Result<RuntimeStatus, String> {
-    let config = RuntimeConfig::from_file(state.path_of(&record.config))
-        .map_err(|err| format!("its config is unusable: {err}"))?;
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Ok(Some(exit)) = child.try_wait() {
-            return Err(format!("its process exited ({exit}) before it served"));
-        }
-        if let Ok(status) = node_status(&config) {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "it did not answer within {} s (--start-timeout-s)",
-                bound.as_secs()
-            ));
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// The admin status of the runtime of `config`'s instance.
-fn node_status(config: &RuntimeConfig) -> Result<RuntimeStatus, String> {
-    let client = Client::connect_to(config)
-        .map_err(|err| err.to_string())?
-        .with_deadline(REQUEST_DEADLINE);
-    AdminClient::attach(&client, PoolId::ADMIN)
-        .status(PoolQuery::Local)
-        .map_err(|err| err.to_string())
-}
-
 /// After a failed start: stops the nodes that came up, kills the rest of `children`.
 fn abort_start(records: &[NodeRecord], children: &mut [Child]) {
     stop_nodes(records, 0);
@@ -591,178 +483,6 @@ fn log_tail(state: &StateDir, record: &NodeRecord) -> String {
     }
 }
 
-/// The node's liveness (its instance's liveness lock).
-fn node_alive(record: &NodeRecord) -> Result<bool, String> {
-    let instance = record.instance()?;
-    runtime_alive(&instance).map_err(|err| err.to_string())
-}
-
-/// Removes the files a dead node left (its lock file, socket, segments).
-fn clean_node(record: &NodeRecord) -> Result<(), String> {
-    let instance = record.instance()?;
-    match instance::clean(&instance) {
-        Ok(_) => Ok(()),
-        Err(RuntimeLockError::AlreadyRunning { .. }) => Err(format!(
-            "node {} (instance `{instance}`) is still running",
-            record.id
-        )),
-        Err(err) => Err(format!("node {}: {err}", record.id)),
-    }
-}
-
-/// How a node ended under [`stop_nodes`].
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    /// It stopped when asked.
-    Stopped,
-    /// It was not running (crashed or killed before).
-    WasDown,
-    /// It did not stop in time and was killed.
-    Killed,
-    /// It is still up, or its state cannot be told.
-    Stuck(String),
-}
-
-/// Asks every live node of `records` to stop (in-flight tasks get `grace_ms`), waits for
-/// the grace period and [`STOP_MARGIN`], kills any node still up, and cleans every node's
-/// leftover files. Returns how each ended.
-fn stop_nodes(records: &[NodeRecord], grace_ms: u64) -> Vec<Ended> {
-    let mut ended: Vec<Option<Ended>> = records
-        .iter()
-        .map(|record| match node_alive(record) {
-            Ok(true) => None,
-            Ok(false) => Some(Ended::WasDown),
-            Err(err) => Some(Ended::Stuck(err)),
-        })
-        .collect();
-    // All at once: a hung node's request runs out its deadline beside the others'.
-    std::thread::scope(|scope| {
-        for (record, ended) in records.iter().zip(&ended) {
-            if ended.is_none() {
-                scope.spawn(move || ask_to_stop(record, grace_ms));
-            }
-        }
-    });
-    let gone = |ended: &mut Vec<Option<Ended>>, bound: Duration, outcome: fn() -> Ended| {
-        let deadline = Instant::now() + bound;
-        loop {
-            for (record, ended) in records.iter().zip(ended.iter_mut()) {
-                if ended.is_none() && node_alive(record) == Ok(false) {
-                    *ended = Some(outcome());
-                }
-            }
-            if ended.iter().all(Option::is_some) || Instant::now() >= deadline {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-    };
-    gone(
-        &mut ended,
-        Duration::from_millis(grace_ms) + STOP_MARGIN,
-        || Ended::Stopped,
-    );
-    for (record, ended) in records.iter().zip(&ended) {
-        if ended.is_none() {
-            kill_node(record);
-        }
-    }
-    gone(&mut ended, KILL_WAIT, || Ended::Killed);
-    records
-        .iter()
-        .zip(ended)
-        .map(|(record, ended)| {
-            let ended =
-                ended.unwrap_or_else(|| Ended::Stuck("it is still up after SIGKILL".to_owned()));
-            match (&ended, clean_node(record)) {
-                (Ended::Stuck(_), _) | (_, Ok(())) => ended,
-                (_, Err(err)) => Ended::Stuck(format!("its files could not be cleaned: {err}")),
-            }
-        })
-        .collect()
-}
-
-/// Sends the node an admin `StopRuntime`; a node that cannot be asked is killed later.
-fn ask_to_stop(record: &NodeRecord, grace_ms: u64) {
-    let Ok(instance) = record.instance() else {
-        return;
-    };
-    let config = RuntimeConfig {
-        instance,
-        ..RuntimeConfig::default()
-    };
-    let Ok(client) = Client::connect_to(&config) else {
-        return;
-    };
-    let client = client.with_deadline(Duration::from_millis(grace_ms) + REQUEST_DEADLINE);
-    match AdminClient::attach(&client, PoolId::ADMIN).stop_runtime(PoolQuery::Local, grace_ms) {
-        Ok(()) | Err(TaskError::RuntimeStopped) => {}
-        Err(err) => tracing::warn!(node = record.id, "the node refused to stop: {err}"),
-    }
-}
-
-/// SIGKILLs the process holding the node's liveness lock (the pid it wrote there).
-///
-/// Through a pidfd, so a pid reused meanwhile is never signalled: the pidfd is opened
-/// first, and only if afterwards the lock is still held and still names that pid is the
-/// signal sent — to the process the pidfd pins, which is then the holder (or, had it died
-/// in between, no process at all: the signal fails harmlessly).
-fn kill_node(record: &NodeRecord) {
-    use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
-    let Ok(instance) = record.instance() else {
-        return;
-    };
-    let holder = || {
-        if matches!(runtime_alive(&instance), Ok(true)) {
-            runtime_pid(&instance)
-        } else {
-            None
-        }
-    };
-    let Some(raw) = holder() else {
-        return;
-    };
-    let Some(pid) = i32::try_from(raw).ok().and_then(Pid::from_raw) else {
-        return;
-    };
-    let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) else {
-        return;
-    };
-    if holder() != Some(raw) {
-        return;
-    }
-    tracing::warn!(
-        node = record.id,
-        pid = raw,
-        "killing a node that did not stop"
-    );
-    let _ = pidfd_send_signal(&pidfd, Signal::KILL);
-}
-
-/// The manifest in `state`; `None` if there is none (a start that died before writing it).
-fn read_manifest(state: &StateDir) -> Result<Option<Manifest>, String> {
-    let Some(bytes) = state.read_file(MANIFEST).map_err(|err| err.to_string())? else {
-        return Ok(None);
-    };
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|err| {
-        format!(
-            "{} is not a cluster manifest: {err}",
-            state.path_of(MANIFEST).display()
-        )
-    })?;
-    if manifest.schema != SCHEMA {
-        return Err(format!(
-            "{} has schema {}, this program knows {SCHEMA}",
-            state.path_of(MANIFEST).display(),
-            manifest.schema
-        ));
-    }
-    for node in &manifest.nodes {
-        node.instance()?;
-    }
-    Ok(Some(manifest))
-}
-
 /// `cluster stop`.
 fn stop(context: &Context, name: &str, grace_ms: u64) -> ExitCode {
     let state = match StateDir::open_locked(name) {
@@ -778,7 +498,7 @@ fn stop(context: &Context, name: &str, grace_ms: u64) -> ExitCode {
         }
         Err(err) => return fail(FAILED, err),
     };
-    let manifest = match read_manifest(&state) {
+    let manifest = match manifest::read(&state) {
         Ok(manifest) => manifest,
         Err(err) => {
             // Written last, before any node starts: without a readable one, no node of
@@ -889,7 +609,7 @@ fn status(context: &Context, name: &str, json: bool) -> ExitCode {
     let state_path = state::state_path(name);
     let manifest = match StateDir::open_unlocked(name)
         .map_err(|err| err.to_string())
-        .and_then(|state| read_manifest(&state))
+        .and_then(|state| manifest::read(&state))
     {
         Ok(Some(manifest)) => manifest,
         Ok(None) => {
@@ -976,159 +696,6 @@ fn status(context: &Context, name: &str, json: bool) -> ExitCode {
     }
 }
 
-/// Where the nodes listen.
-#[derive(Debug)]
-enum Layout {
-    /// Node `i` on `127.0.0.{i+1}`, all on one port.
-    Aliases {
-        port: u16,
-        nodes: u32,
-        why: &'static str,
-    },
-    /// Every node on `127.0.0.1`, each its own port.
-    Ports { ports: Vec<u16>, why: String },
-}
-
-impl Layout {
-    fn choose(
-        choice: AddressingChoice,
-        nodes: u32,
-        base_port: Option<u16>,
-    ) -> Result<Layout, String> {
-        let aliases = |why| -> Result<Layout, String> {
-            let port = match base_port {
-                Some(port) => port,
-                None => port_free_on_every_alias(nodes)?,
-            };
-            Ok(Layout::Aliases { port, nodes, why })
-        };
-        match choice {
-            AddressingChoice::Aliases => aliases("--addressing aliases"),
-            AddressingChoice::Ports => {
-                Layout::ports(nodes, base_port, "--addressing ports".to_owned())
-            }
-            AddressingChoice::Auto => match alias_probe(nodes) {
-                Ok(()) => aliases("127.0.0.2 and up can be bound"),
-                Err(err) => Layout::ports(
-                    nodes,
-                    base_port,
-                    format!(
-                        "binding 127.0.0.{} failed ({err}); on Linux every 127.x.y.z is this \
-                         machine, elsewhere add loopback aliases to give each node its own address",
-                        nodes.min(2)
-                    ),
-                ),
-            },
-        }
-    }
-
-    fn ports(nodes: u32, base_port: Option<u16>, why: String) -> Result<Layout, String> {
-        let ports = match base_port {
-            Some(base) => (0..nodes)
-                .map(|node| {
-                    u16::try_from(u32::from(base) + node).map_err(|_| {
-                        format!("--base-port {base} leaves no room for {nodes} ports below 65536")
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => {
-                // Held together, so the kernel hands out distinct ports.
-                let listeners = (0..nodes)
-                    .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|err| format!("cannot find free ports on 127.0.0.1: {err}"))?;
-                listeners
-                    .iter()
-                    .map(|listener| listener.local_addr().map(|address| address.port()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|err| format!("cannot find free ports on 127.0.0.1: {err}"))?
-            }
-        };
-        Ok(Layout::Ports { ports, why })
-    }
-
-    /// Each node's host.
-    fn hosts(&self) -> Vec<String> {
-        match self {
-            Layout::Aliases { nodes, .. } => {
-                (0..*nodes).map(|node| alias(node).to_string()).collect()
-            }
-            Layout::Ports { ports, .. } => ports
-                .iter()
-                .map(|_| Ipv4Addr::LOCALHOST.to_string())
-                .collect(),
-        }
-    }
-
-    /// Each node's `host:port`.
-    fn addresses(&self) -> Vec<String> {
-        match self {
-            Layout::Aliases { port, .. } => self
-                .hosts()
-                .iter()
-                .map(|host| format!("{host}:{port}"))
-                .collect(),
-            Layout::Ports { ports, .. } => ports
-                .iter()
-                .map(|port| format!("{}:{port}", Ipv4Addr::LOCALHOST))
-                .collect(),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Layout::Aliases { port, nodes, why } => format!(
-                "addresses 127.0.0.1-{} port {port}, one per node ({why})",
-                alias(nodes.saturating_sub(1))
-            ),
-            Layout::Ports { ports, why } => {
-                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-                format!(
-                    "one address 127.0.0.1, ports {} in node order ({why})",
-                    ports.join(", ")
-                )
-            }
-        }
-    }
-}
-
-/// Node `node`'s loopback alias: `127.0.0.{node+1}`.
-fn alias(node: u32) -> Ipv4Addr {
-    let [_, _, high, low] = (node + 1).to_be_bytes();
-    Ipv4Addr::new(127, 0, high, low)
-}
-
-/// Whether this machine lets a process bind `127.0.0.2` (and so every alias).
-fn alias_probe(nodes: u32) -> Result<(), std::io::Error> {
-    if nodes < 2 {
-        return Ok(());
-    }
-    TcpListener::bind((alias(1), 0)).map(drop)
-}
-
-/// A port the kernel hands out on 127.0.0.1 that every other alias can bind too.
-fn port_free_on_every_alias(nodes: u32) -> Result<u16, String> {
-    const TRIES: usize = 16;
-    for _ in 0..TRIES {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|err| format!("cannot find a free port on 127.0.0.1: {err}"))?;
-        let port = listener
-            .local_addr()
-            .map_err(|err| format!("cannot find a free port on 127.0.0.1: {err}"))?
-            .port();
-        let others: Result<Vec<TcpListener>, _> = (1..nodes)
-            .map(|node| TcpListener::bind((alias(node), port)))
-            .collect();
-        if others.is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(format!(
-        "found no port free on all of 127.0.0.1-{} in {TRIES} tries; give one with --base-port",
-        alias(nodes - 1)
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1146,42 +713,6 @@ mod tests {
             node_instances(&"x".repeat(40), MAX_NODES).unwrap().len(),
             64
         );
-    }
-
-    #[test]
-    fn aliases_count_from_127_0_0_1() {
-        assert_eq!(alias(0), Ipv4Addr::new(127, 0, 0, 1));
-        assert_eq!(alias(63), Ipv4Addr::new(127, 0, 0, 64));
-        assert_eq!(alias(255), Ipv4Addr::new(127, 0, 1, 0));
-    }
-
-    #[test]
-    fn layouts_give_each_node_its_address() {
-        let aliases = Layout::Aliases {
-            port: 7000,
-            nodes: 3,
-            why: "test",
-        };
-        assert_eq!(
-            aliases.addresses(),
-            ["127.0.0.1:7000", "127.0.0.2:7000", "127.0.0.3:7000"]
-        );
-        assert_eq!(aliases.hosts(), ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
-        let ports = Layout::ports(3, Some(7000), "test".to_owned()).unwrap();
-        assert_eq!(
-            ports.addresses(),
-            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
-        );
-        assert_eq!(ports.hosts(), ["127.0.0.1"; 3]);
-        let err = Layout::ports(3, Some(65534), "test".to_owned()).unwrap_err();
-        assert!(err.contains("--base-port 65534"), "{err}");
-        let chosen = Layout::ports(4, None, "test".to_owned())
-            .unwrap()
-            .addresses();
-        let mut distinct = chosen.clone();
-        distinct.sort();
-        distinct.dedup();
-        assert_eq!(distinct.len(), 4, "{chosen:?}");
     }
 
     #[test]
