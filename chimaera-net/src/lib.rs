@@ -36,14 +36,16 @@
 //! # Limits
 //!
 //! With [`PeerTls`] every connection is mutual TLS: only holders of a certificate the
-//! cluster's authority signed get a connection at all. Without it the secret and frames
-//! cross the wire in clear; run such a cluster on a trusted network only. Either way the
-//! node id a caller claims is tied to its host by its source address (see
-//! [`NetOptions::verify_peer_address`]), not to its port or its certificate: nodes that
-//! share a host can claim each other's ids.
+//! cluster's authority signed get a connection at all, and the node id a caller claims
+//! must be backed by its certificate (its subject alternative names include the host of
+//! that node's hostfile entry). Without it the secret and frames cross the wire in clear;
+//! run such a cluster on a trusted network only. The node id a caller claims is also tied
+//! to its host by its source address (see [`NetOptions::verify_peer_address`]). Neither
+//! proves a port: nodes that share a host can claim each other's ids.
 
 mod config;
 mod guard;
+mod identity;
 mod link;
 mod network;
 mod options;

@@ -21,6 +21,7 @@
 //!   owns the runtime, so dropping the network stops its threads.
 
 use crate::guard::Admission;
+use crate::identity::CertifiedHosts;
 use crate::link::{
     error_chain, Link, CONNECTION_WINDOW_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
     STREAM_WINDOW_BYTES,
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     /// The addresses each node's hostfile entry resolves to; empty for a node whose
     /// address is not checked (verification off, or the name did not resolve).
     pub(crate) node_ips: Vec<Vec<IpAddr>>,
+    /// With TLS, each node's host, which a caller's certificate must name.
+    pub(crate) certified_hosts: Option<CertifiedHosts>,
     pub(crate) handler: OnceLock<Arc<dyn FrameHandler>>,
     /// `true` once this network shuts down; the server, every outgoing call and every
     /// incoming call watch it.
@@ -181,6 +184,10 @@ impl TonicNetwork {
             streams: (0..nodes).map(|_| Mutex::new(None)).collect(),
             opening: (0..nodes).map(|_| tokio::sync::Mutex::new(())).collect(),
             node_ips: resolve_node_ips(&options),
+            certified_hosts: options
+                .tls
+                .as_ref()
+                .map(|_| CertifiedHosts::new(&options.addresses)),
             handler: OnceLock::new(),
             shutdown,
             rpc_timeout: options.rpc_timeout,

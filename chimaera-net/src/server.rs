@@ -5,8 +5,9 @@
 //! # Invariants
 //!
 //! * **Authentication comes before the body.** The cluster secret (compared in constant
-//!   time), the caller's node id and (unless turned off) that the connection comes from
-//!   an address of that node are checked on the request's headers; a request that
+//!   time), the caller's node id, (unless turned off) that the connection comes from
+//!   an address of that node and (with TLS) that its certificate names that node's host
+//!   ([`crate::identity`]) are checked on the request's headers; a request that
 //!   fails is answered `unauthenticated`, logged, and its body is never read, so an
 //!   outsider cannot make this node buffer a frame, and nothing of it reaches the handler.
 //! * **Strangers are cut off**: a connection must carry an authenticated call within
@@ -29,6 +30,7 @@ use crate::wire::{
 };
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{Responder, MAX_FRAME_BYTES};
+use rustls_pki_types::CertificateDer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -74,6 +76,9 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
         })
         .cloned();
     let remote = connection.as_ref().and_then(ConnectionInfo::remote_addr);
+    let peer_certificates = extensions
+        .get::<TlsConnectInfo<ConnectionInfo>>()
+        .and_then(TlsConnectInfo::peer_certs);
     let method = match request.uri().path() {
         CALL_PATH => Method::Call,
         STREAM_PATH => Method::Stream,
@@ -87,7 +92,12 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
             return Status::unimplemented(format!("no method {other}")).into_http();
         }
     };
-    let from = match authenticate(&shared, request.headers(), remote) {
+    let from = match authenticate(
+        &shared,
+        request.headers(),
+        remote,
+        peer_certificates.as_deref().map(Vec::as_slice),
+    ) {
         Ok(from) => {
             if let Some(connection) = &connection {
                 connection.mark_authenticated();
@@ -141,12 +151,14 @@ enum Method {
     Leave,
 }
 
-/// The caller's node id, once its secret matched and (when verified) its connection comes
-/// from that node's address; else why it is refused.
+/// The caller's node id, once its secret matched, (when verified) its connection comes
+/// from that node's address and (with TLS) its certificate names that node's host; else
+/// why it is refused.
 fn authenticate(
     shared: &Shared,
     headers: &http::HeaderMap,
     remote: Option<SocketAddr>,
+    peer_certificates: Option<&[CertificateDer<'static>]>,
 ) -> Result<NodeId, &'static str> {
     let secret = headers.get(SECRET).ok_or("it sent no cluster secret")?;
     if !bool::from(secret.as_bytes().ct_eq(shared.secret.as_bytes())) {
@@ -171,6 +183,9 @@ fn authenticate(
         if !expected.contains(&remote) {
             return Err("it connects from another address than its node id's");
         }
+    }
+    if let Some(hosts) = &shared.certified_hosts {
+        hosts.check(from, peer_certificates)?;
     }
     Ok(from)
 }
