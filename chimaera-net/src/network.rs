@@ -31,8 +31,7 @@ use crate::options::{NetOptions, NetSetupError};
 use crate::server::{PeerService, RefusalLog};
 use crate::stream::{CallStream, STREAM_FRAME_MAX};
 use crate::wire::{
-    duration_ms, status_to_net_error, transport_failure, RawFrameCodec, CALL_PATH, FROM_NODE,
-    LEAVE_PATH, SECRET,
+    duration_ms, status_to_net_error, RawFrameCodec, CALL_PATH, FROM_NODE, LEAVE_PATH, SECRET,
 };
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
@@ -411,13 +410,7 @@ impl Shared {
             .max_decoding_message_size(MAX_FRAME_BYTES)
             .max_encoding_message_size(MAX_FRAME_BYTES);
         if let Err(error) = grpc.ready().await {
-            let reason = error_chain(&error);
-            let left = link.fail(Some(generation), &reason);
-            return Err(if left {
-                NetError::Left { node }
-            } else {
-                transport_failure(node, reason)
-            });
+            return Err(link.broken(Some(generation), error_chain(&error)));
         }
         let path = http::uri::PathAndQuery::from_static(path);
         match grpc.unary(request, path, RawFrameCodec).await {
@@ -427,11 +420,7 @@ impl Shared {
             }
             Err(status) => {
                 let failure = status_to_net_error(node, &status, timeout);
-                if failure.peer_left {
-                    link.mark_left();
-                } else if failure.link_broken {
-                    link.fail(Some(generation), status.message());
-                }
+                link.call_failed(generation, &failure, status.message());
                 Err(failure.error)
             }
         }

@@ -392,24 +392,14 @@ pub(crate) async fn open(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     if let Err(error) = grpc.ready().await {
-        let reason = error_chain(&error);
-        let left = link.fail(Some(generation), &reason);
-        return Err(if left {
-            NetError::Left { node }
-        } else {
-            transport_failure(node, reason)
-        });
+        return Err(link.broken(Some(generation), error_chain(&error)));
     }
     let path = http::uri::PathAndQuery::from_static(STREAM_PATH);
     let mut answers = match grpc.streaming(request, path, CallerCodec).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             let failure = status_to_net_error(node, &status, Duration::ZERO);
-            if failure.peer_left {
-                link.mark_left();
-            } else if failure.link_broken {
-                link.fail(Some(generation), status.message());
-            }
+            link.call_failed(generation, &failure, status.message());
             return Err(failure.error);
         }
     };
