@@ -19,7 +19,7 @@ use chimaera_core::bulk::{Buffer, BulkRef};
 use chimaera_core::client::RawPending;
 use chimaera_core::codec::{self, Bytes};
 use chimaera_core::transport::{
-    CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
+    Call, CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
 };
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -109,11 +109,11 @@ impl Transport for Relay {
         route: Route,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<Box<dyn PendingCall>, TaskError> {
+    ) -> Result<Call, TaskError> {
         let raw = self
             .inner
             .submit(route.pool, route.method, route.query, input, schedule)?;
-        Ok(Box::new(RelayedCall(raw)))
+        Ok(Call::new(RelayedCall(raw)))
     }
 
     fn spawn(
