@@ -26,8 +26,9 @@
 //! A completion expects one result per replica (a `Broadcast` has one per container).
 //! Invariants: each replica stores exactly one result, then decrements `remaining` with
 //! `Release`; a waiter that reads `remaining == 0` with `Acquire` sees every result.
-//! A waiter spins briefly, then parks on a [`Blocker`] (which parks a coroutine when
-//! called from one and the thread otherwise); the last replica unparks it. The blocker is
+//! A waiter spins briefly (a thread; yielding its CPU now and then, as the
+//! shared-memory client does), then parks — a coroutine on a [`Blocker`], a thread with
+//! `std::thread::park` (no allocation) — and the last replica unparks it. The waiter is
 //! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
 //! lost. An async caller registers a [`Waker`] the same way instead of a blocker, and
 //! the last replica wakes it: no thread waits for it.
@@ -330,14 +331,35 @@ fn time_left(deadline: Option<Instant>) -> Result<Option<Duration>, ()> {
     }
 }
 
-/// Spins to do before the first park: a thread spins (a reply from a busy runtime comes
-/// sooner than a park and wake-up), a coroutine parks at once (spinning would hold its
-/// worker thread, which may be the very thread that has to run the task waited for).
-fn spins_before_park() -> u32 {
-    if coroutine::is_coroutine() {
-        0
-    } else {
-        SPINS_BEFORE_PARK
+/// A waiter's spinning before it parks, as the shared-memory client spins: a thread
+/// checks up to [`SPINS_BEFORE_PARK`] times (a reply from a busy runtime comes sooner
+/// than a park and wake-up), giving its CPU away every [`YIELD_EVERY`] checks (on a
+/// small machine the worker it waits for may need that CPU); a coroutine parks at once
+/// (spinning would hold its worker thread, which may be the very thread that has to run
+/// the task waited for).
+struct Spin(u32);
+
+impl Spin {
+    fn new() -> Spin {
+        Spin(if coroutine::is_coroutine() {
+            0
+        } else {
+            SPINS_BEFORE_PARK
+        })
+    }
+
+    /// Spins once; `false` once the spinning is over (park now).
+    fn once(&mut self) -> bool {
+        if self.0 == 0 {
+            return false;
+        }
+        self.0 -= 1;
+        if self.0 % YIELD_EVERY == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        true
     }
 }
 
@@ -349,9 +371,11 @@ impl std::fmt::Debug for Completion {
     }
 }
 
-/// Spins before parking: a reply from a busy runtime arrives in well under this many
-/// iterations, and parking costs a context switch.
-const SPINS_BEFORE_PARK: u32 = 4_000;
+/// Checks before parking: a reply from a busy runtime arrives in well under this many,
+/// and parking costs a context switch (the shared-memory client spins as long).
+const SPINS_BEFORE_PARK: u32 = 20_000;
+/// Checks between two yields of the thread while spinning.
+const YIELD_EVERY: u32 = 256;
 
 impl Completion {
     /// A completion expecting `replicas` results.
@@ -409,11 +433,9 @@ impl Completion {
     /// Waits until every replica has delivered or `deadline` passed; returns whether
     /// every replica has delivered.
     pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let mut spins = spins_before_park();
+        let mut spin = Spin::new();
         while !self.is_done() {
-            if spins > 0 {
-                spins -= 1;
-                std::hint::spin_loop();
+            if spin.once() {
                 continue;
             }
             let Ok(timeout) = time_left(deadline) else {
@@ -555,11 +577,9 @@ impl SlotCall {
         let Some(slot) = &self.slot else {
             return true;
         };
-        let mut spins = spins_before_park();
+        let mut spin = Spin::new();
         while !slot.done.load(Ordering::Acquire) {
-            if spins > 0 {
-                spins -= 1;
-                std::hint::spin_loop();
+            if spin.once() {
                 continue;
             }
             let Ok(timeout) = time_left(deadline) else {
@@ -610,14 +630,12 @@ impl SlotCall {
         let Some(slot) = self.slot.take() else {
             return Err(TaskError::NotRun);
         };
-        let result = {
-            let mut answer = lock(&slot.answer);
-            match std::mem::replace(&mut answer.result, Ok(())) {
-                Ok(()) => decode(&answer.output),
-                Err(err) => Err(err),
-            }
+        let mut answer = lock(&slot.answer);
+        let result = match std::mem::replace(&mut answer.result, Ok(())) {
+            Ok(()) => decode(&answer.output),
+            Err(err) => Err(err),
         };
-        release(slot);
+        release(&slot, answer);
         result
     }
 
@@ -628,15 +646,13 @@ impl SlotCall {
         let Some(slot) = self.slot.take() else {
             return vec![(0, Err(TaskError::NotRun))];
         };
-        let results = {
-            let mut answer = lock(&slot.answer);
-            let result = std::mem::replace(&mut answer.result, Ok(()));
-            vec![(
-                answer.container,
-                result.map(|()| aligned_copy(&answer.output)),
-            )]
-        };
-        release(slot);
+        let mut answer = lock(&slot.answer);
+        let result = std::mem::replace(&mut answer.result, Ok(()));
+        let results = vec![(
+            answer.container,
+            result.map(|()| aligned_copy(&answer.output)),
+        )];
+        release(&slot, answer);
         results
     }
 }
@@ -645,26 +661,25 @@ impl Drop for SlotCall {
     /// An unanswered call given up: its late answer is discarded (another generation).
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            release(slot);
+            let answer = lock(&slot.answer);
+            release(&slot, answer);
         }
     }
 }
 
-/// Gives a slot back to the pool in a new generation, so that an answer for the call it
-/// served is discarded.
-fn release(slot: Arc<CallSlot>) {
-    {
-        let mut answer = lock(&slot.answer);
-        answer.generation = answer.generation.wrapping_add(1);
-        answer.result = Ok(());
-        answer.waiter = None;
-        if answer.output.capacity() > SLOT_OUTPUT_KEEP {
-            answer.output = Bytes::new();
-        }
-        slot.done.store(false, Ordering::Relaxed);
+/// Gives a slot back to the pool in a new generation (its lock held as `answer`), so
+/// that an answer for the call it served is discarded.
+fn release(slot: &Arc<CallSlot>, mut answer: std::sync::MutexGuard<'_, Answer>) {
+    answer.generation = answer.generation.wrapping_add(1);
+    answer.result = Ok(());
+    answer.waiter = None;
+    if answer.output.capacity() > SLOT_OUTPUT_KEEP {
+        answer.output = Bytes::new();
     }
+    slot.done.store(false, Ordering::Relaxed);
+    drop(answer);
     // Full: enough are idle; this one is freed once a late task lets go of it.
-    let _ = idle_slots().push(slot);
+    let _ = idle_slots().push(slot.clone());
 }
 
 pub(crate) use crate::sync::lock;
