@@ -354,7 +354,7 @@ impl Spin {
             return false;
         }
         self.0 -= 1;
-        if self.0 % YIELD_EVERY == 0 {
+        if self.0.is_multiple_of(YIELD_EVERY) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
