@@ -27,7 +27,7 @@
 //!   wait never hangs on a dead peer. It can be waited for by a blocked thread (with or
 //!   without a deadline: [`PendingCall::wait_until`]) or polled by an async task
 //!   ([`PendingCall::poll_done`]): the answer itself wakes the task — no thread per call
-//!   and no polling loop (in process the completion wakes it; over shared memory one
+//!   and no polling loop (in process the call slot or completion wakes it; over shared memory one
 //!   reply-watcher thread per connection, started by the first poll, sleeps on the
 //!   connection's reply bell).
 //! * **Abandoning.** Dropping a pending call, or [`abandon`](Call::abandon)ing it
