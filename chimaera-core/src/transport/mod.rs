@@ -27,9 +27,9 @@
 //!   wait never hangs on a dead peer. It can be waited for by a blocked thread (with or
 //!   without a deadline: [`PendingCall::wait_until`]) or polled by an async task
 //!   ([`PendingCall::poll_done`]): the answer itself wakes the task — no thread per call
-//!   and no polling loop (in process the call slot or completion wakes it; over shared memory one
-//!   reply-watcher thread per connection, started by the first poll, sleeps on the
-//!   connection's reply bell).
+//!   and no polling loop (in process the call slot or completion wakes it; over shared
+//!   memory one reply-watcher thread per connection, started by the first poll, sleeps
+//!   on the connection's reply bell).
 //! * **Abandoning.** Dropping a pending call, or [`abandon`](Call::abandon)ing it
 //!   when its deadline passed, discards its late reply; a transport that holds a resource
 //!   per call (a shared-memory slot) frees it without waiting for the handler, which is
