@@ -78,9 +78,10 @@ use crate::runtime::module::{ChiMod, ModuleEntry};
 use crate::runtime::pool::Pool;
 use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolTable};
 use crate::runtime::task::{
-    lock, CallSlot, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskInput,
+    lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskInput,
 };
 use crate::runtime::worker::{Lane, TaskRunner, TaskSource, Worker, WorkerShared};
+use crate::transport::call::CallSlot;
 use crate::transport::shm::handshake::AccessPolicy;
 use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
 use crate::transport::Call;
@@ -437,7 +438,7 @@ impl Shared {
             (Some(call), _) => Some(call),
             // A sink gathers its own results; nobody waits here.
             (None, Some(_)) if has_sink => None,
-            (None, completion) => completion.map(Call::gathered),
+            (None, completion) => completion.map(|completion| Call::new(GatheredCall(completion))),
         };
         Ok((call, cancel))
     }
@@ -900,6 +901,28 @@ impl crate::transport::inproc::LocalRuntime for Shared {
 
     fn accepts(&self, parent: Option<TaskNode>) -> bool {
         Shared::accepts(self, parent)
+    }
+}
+
+/// An in-process call with several replicas: waited on through the completion gathering
+/// them (boxed: such a call allocates its results anyway).
+struct GatheredCall(Arc<Completion>);
+
+impl crate::transport::PendingCall for GatheredCall {
+    fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+
+    fn wait(self: Box<Self>) -> crate::transport::Results {
+        self.0.wait()
+    }
+
+    fn poll_done(&self, waker: &std::task::Waker) -> bool {
+        self.0.poll_done(waker)
+    }
+
+    fn wait_until(&self, deadline: std::time::Instant) -> bool {
+        self.0.wait_until(Some(deadline))
     }
 }
 

@@ -8,20 +8,8 @@
 //! [`ReplySink`], with nothing to gather, or — for the single replica of a call from
 //! this process — into a pooled [`CallSlot`].
 //!
-//! **Call slots** make an in-process call allocate nothing in steady state: a slot holds
-//! the answer (the output copied into the slot's own buffer, which keeps its capacity
-//! from call to call) and the caller's waiter. Slots come from a process-wide pool and go
-//! back to it when the caller is done with the answer, or gives up on it. Each use of a
-//! slot has its own *generation*, which the task's [`SlotReply`] carries; the caller's
-//! [`SlotCall`] is the only handle of its generation, and gives the slot back by bumping the generation
-//! (under the slot's lock), so a task still running for an abandoned call finds another
-//! generation when it answers and its answer is discarded — it never lands in the call
-//! that reuses the slot. The generation is a `u64`: it never wraps in practice. The slot
-//! needs no uniqueness to be reused (a late task may still hold its `Arc`), only that
-//! every read and write of the answer happens under the lock with the generation
-//! checked. A waiter is taken out under the same lock that sets `done`, and woken after
-//! the lock is released, from the taken handle alone: a task never touches the slot
-//! after it answered.
+//! A call slot ([`crate::transport::call`]) takes the one replica of an in-process call:
+//! pooled, so such a call allocates nothing in steady state.
 //!
 //! A completion expects one result per replica (a `Broadcast` has one per container).
 //! Invariants: each replica stores exactly one result, then decrements `remaining` with
@@ -41,7 +29,8 @@
 //! refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
 use crate::codec::{aligned_copy, recycle, Bytes};
-use crate::coroutine::{self, Blocker};
+use crate::transport::call::{time_left, SlotReply, Spin, Waiter};
+use crate::coroutine::Blocker;
 use crate::error::TaskError;
 use crate::ids::ContainerId;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
@@ -51,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-pub use crate::transport::Schedule;
+pub use crate::transport::call::Schedule;
 
 /// One replica of a task, queued on a lane or running on a worker.
 pub struct Task {
@@ -268,101 +257,6 @@ pub struct Completion {
     sink: Option<ReplyTo>,
 }
 
-/// Who waits for a [`Completion`] or a [`CallSlot`]: a parked coroutine, a parked
-/// thread, or an async task.
-enum Waiter {
-    Coroutine(Arc<Blocker>),
-    /// Parked with `std::thread::park`, which allocates nothing per wait (a coroutine
-    /// blocker does); its waits loop on their condition, so a stray unpark is harmless.
-    Thread(std::thread::Thread),
-    Polled(Waker),
-}
-
-impl Waiter {
-    /// The calling coroutine or thread, and what to park it with.
-    fn current() -> Waiter {
-        if coroutine::is_coroutine() {
-            Waiter::Coroutine(Blocker::current())
-        } else {
-            Waiter::Thread(std::thread::current())
-        }
-    }
-
-    /// Parks the caller, the waiter `self` was made for (a spurious return is possible).
-    fn park(&self, timeout: Option<Duration>) {
-        match self {
-            Waiter::Coroutine(blocker) => {
-                let _ = blocker.park(timeout);
-            }
-            Waiter::Thread(_) => match timeout {
-                Some(timeout) => std::thread::park_timeout(timeout),
-                None => std::thread::park(),
-            },
-            Waiter::Polled(_) => {}
-        }
-    }
-
-    fn wake(self) {
-        match self {
-            Waiter::Coroutine(blocker) => blocker.unpark(),
-            Waiter::Thread(thread) => thread.unpark(),
-            Waiter::Polled(waker) => waker.wake(),
-        }
-    }
-
-    /// A handle for the same waiter (parking registers a clone and parks on the original).
-    fn handle(&self) -> Waiter {
-        match self {
-            Waiter::Coroutine(blocker) => Waiter::Coroutine(blocker.clone()),
-            Waiter::Thread(thread) => Waiter::Thread(thread.clone()),
-            Waiter::Polled(waker) => Waiter::Polled(waker.clone()),
-        }
-    }
-}
-
-/// How long a wait may still park before `deadline`; `Err` once it has passed.
-fn time_left(deadline: Option<Instant>) -> Result<Option<Duration>, ()> {
-    match deadline {
-        Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(Some(left)),
-            _ => Err(()),
-        },
-        None => Ok(None),
-    }
-}
-
-/// A waiter's spinning before it parks, as the shared-memory client spins: a thread
-/// checks up to [`SPINS_BEFORE_PARK`] times (a reply from a busy runtime comes sooner
-/// than a park and wake-up), giving its CPU away every [`YIELD_EVERY`] checks (on a
-/// small machine the worker it waits for may need that CPU); a coroutine parks at once
-/// (spinning would hold its worker thread, which may be the very thread that has to run
-/// the task waited for).
-struct Spin(u32);
-
-impl Spin {
-    fn new() -> Spin {
-        Spin(if coroutine::is_coroutine() {
-            0
-        } else {
-            SPINS_BEFORE_PARK
-        })
-    }
-
-    /// Spins once; `false` once the spinning is over (park now).
-    fn once(&mut self) -> bool {
-        if self.0 == 0 {
-            return false;
-        }
-        self.0 -= 1;
-        if self.0.is_multiple_of(YIELD_EVERY) {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-        true
-    }
-}
-
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Completion")
@@ -370,12 +264,6 @@ impl std::fmt::Debug for Completion {
             .finish_non_exhaustive()
     }
 }
-
-/// Checks before parking: a reply from a busy runtime arrives in well under this many,
-/// and parking costs a context switch (the shared-memory client spins as long).
-const SPINS_BEFORE_PARK: u32 = 20_000;
-/// Checks between two yields of the thread while spinning.
-const YIELD_EVERY: u32 = 256;
 
 impl Completion {
     /// A completion expecting `replicas` results.
@@ -464,222 +352,6 @@ impl Completion {
         // so either it finds this waker or this load sees its decrement.
         self.is_done()
     }
-}
-
-/// How many idle call slots are kept for reuse, process-wide.
-const IDLE_CALL_SLOTS: usize = 256;
-/// Output capacity a slot keeps between calls; a larger output buffer is freed.
-const SLOT_OUTPUT_KEEP: usize = 4096;
-
-/// The idle call slots (a bounded lock-free queue).
-fn idle_slots() -> &'static crossbeam_queue::ArrayQueue<Arc<CallSlot>> {
-    static IDLE: std::sync::OnceLock<crossbeam_queue::ArrayQueue<Arc<CallSlot>>> =
-        std::sync::OnceLock::new();
-    IDLE.get_or_init(|| crossbeam_queue::ArrayQueue::new(IDLE_CALL_SLOTS))
-}
-
-/// Where the one replica of an in-process call answers and its caller waits (see the
-/// module docs): pooled, so a call allocates nothing once the pool is warm.
-pub struct CallSlot {
-    /// Set under the lock when the answer of the current generation is in; read without
-    /// it (`Acquire`) by the caller's spin.
-    done: AtomicBool,
-    answer: Mutex<Answer>,
-}
-
-/// A slot's answer and waiter, for one generation at a time.
-struct Answer {
-    generation: u64,
-    container: ContainerId,
-    /// `Ok` with the output in `output`, or the task's error.
-    result: Result<(), TaskError>,
-    output: Bytes,
-    waiter: Option<Waiter>,
-}
-
-impl CallSlot {
-    /// A slot from the pool (or a new one), set up for a new call: the caller's handle
-    /// and the reply its task answers through.
-    pub fn take() -> (SlotCall, SlotReply) {
-        let slot = idle_slots().pop().unwrap_or_else(|| {
-            Arc::new(CallSlot {
-                done: AtomicBool::new(false),
-                answer: Mutex::new(Answer {
-                    generation: 0,
-                    container: 0,
-                    result: Ok(()),
-                    output: Bytes::new(),
-                    waiter: None,
-                }),
-            })
-        });
-        // Given back in a new generation with nothing pending (see `release`).
-        let generation = lock(&slot.answer).generation;
-        let reply = SlotReply {
-            slot: slot.clone(),
-            generation,
-        };
-        let call = SlotCall { slot: Some(slot) };
-        (call, reply)
-    }
-}
-
-/// The task's side of a call slot: answers the generation it was made for.
-pub struct SlotReply {
-    slot: Arc<CallSlot>,
-    generation: u64,
-}
-
-impl SlotReply {
-    /// Stores the answer (the output copied into the slot's reused buffer) and wakes the
-    /// caller, unless the caller gave the slot up meanwhile (another generation).
-    fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
-        let waiter = {
-            let mut answer = lock(&self.slot.answer);
-            if answer.generation != self.generation {
-                return;
-            }
-            answer.container = container;
-            answer.result = match result {
-                Ok(bytes) => {
-                    answer.output.clear();
-                    answer.output.extend_from_slice(bytes);
-                    Ok(())
-                }
-                Err(err) => Err(err),
-            };
-            self.slot.done.store(true, Ordering::Release);
-            answer.waiter.take()
-        };
-        if let Some(waiter) = waiter {
-            waiter.wake();
-        }
-    }
-}
-
-/// The caller's side of a call slot: waits for the answer of its generation, reads it,
-/// and gives the slot back (also when dropped unanswered: the call is abandoned).
-pub struct SlotCall {
-    /// `None` once given back.
-    slot: Option<Arc<CallSlot>>,
-}
-
-impl SlotCall {
-    /// Whether the answer is in.
-    pub fn is_done(&self) -> bool {
-        self.slot
-            .as_ref()
-            .is_none_or(|slot| slot.done.load(Ordering::Acquire))
-    }
-
-    /// Waits until the answer is in or `deadline` passed; returns whether it is in.
-    pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let Some(slot) = &self.slot else {
-            return true;
-        };
-        let mut spin = Spin::new();
-        while !slot.done.load(Ordering::Acquire) {
-            if spin.once() {
-                continue;
-            }
-            let Ok(timeout) = time_left(deadline) else {
-                return slot.done.load(Ordering::Acquire);
-            };
-            let waiter = Waiter::current();
-            {
-                let mut answer = lock(&slot.answer);
-                // `done` is set under this lock: either it is set now, or the task will
-                // find this waiter.
-                if slot.done.load(Ordering::Acquire) {
-                    break;
-                }
-                answer.waiter = Some(waiter.handle());
-            }
-            waiter.park(timeout);
-        }
-        true
-    }
-
-    /// Whether the answer is in; if not, `waker` is woken when it is (replacing the
-    /// waker of an earlier poll).
-    pub fn poll_done(&self, waker: &Waker) -> bool {
-        let Some(slot) = &self.slot else {
-            return true;
-        };
-        if slot.done.load(Ordering::Acquire) {
-            return true;
-        }
-        let mut answer = lock(&slot.answer);
-        if slot.done.load(Ordering::Acquire) {
-            return true;
-        }
-        match &answer.waiter {
-            Some(Waiter::Polled(registered)) if registered.will_wake(waker) => {}
-            _ => answer.waiter = Some(Waiter::Polled(waker.clone())),
-        }
-        false
-    }
-
-    /// Waits for the answer and hands its output to `decode` (or returns the task's
-    /// error); the slot is given back after.
-    pub fn wait_first(
-        mut self,
-        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
-    ) -> Result<(), TaskError> {
-        self.wait_until(None);
-        let Some(slot) = self.slot.take() else {
-            return Err(TaskError::NotRun);
-        };
-        let mut answer = lock(&slot.answer);
-        let result = match std::mem::replace(&mut answer.result, Ok(())) {
-            Ok(()) => decode(&answer.output),
-            Err(err) => Err(err),
-        };
-        release(&slot, answer);
-        result
-    }
-
-    /// Waits for the answer and returns it as the results of a one-replica call (the
-    /// output copied out of the slot).
-    pub fn wait(mut self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
-        self.wait_until(None);
-        let Some(slot) = self.slot.take() else {
-            return vec![(0, Err(TaskError::NotRun))];
-        };
-        let mut answer = lock(&slot.answer);
-        let result = std::mem::replace(&mut answer.result, Ok(()));
-        let results = vec![(
-            answer.container,
-            result.map(|()| aligned_copy(&answer.output)),
-        )];
-        release(&slot, answer);
-        results
-    }
-}
-
-impl Drop for SlotCall {
-    /// An unanswered call given up: its late answer is discarded (another generation).
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            let answer = lock(&slot.answer);
-            release(&slot, answer);
-        }
-    }
-}
-
-/// Gives a slot back to the pool in a new generation (its lock held as `answer`), so
-/// that an answer for the call it served is discarded.
-fn release(slot: &Arc<CallSlot>, mut answer: std::sync::MutexGuard<'_, Answer>) {
-    answer.generation = answer.generation.wrapping_add(1);
-    answer.result = Ok(());
-    answer.waiter = None;
-    if answer.output.capacity() > SLOT_OUTPUT_KEEP {
-        answer.output = Bytes::new();
-    }
-    slot.done.store(false, Ordering::Relaxed);
-    drop(answer);
-    // Full: enough are idle; this one is freed once a late task lets go of it.
-    let _ = idle_slots().push(slot.clone());
 }
 
 pub(crate) use crate::sync::lock;

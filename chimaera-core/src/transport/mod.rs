@@ -41,39 +41,26 @@
 //!   they also end with their pool, their runtime or (for a client process) their client.
 //!
 //! **Calls without allocation.** A submission returns a [`Call`]: an enum over the
-//! pending calls of the transports in this crate (an in-process call's pooled slot, an
-//! in-process call gathering several replicas, a shared-memory call), so the common
-//! calls need no box; a transport written elsewhere hands back any [`PendingCall`]
+//! pending calls of the transports in this crate (an in-process call's pooled slot, see
+//! [`call`], and a shared-memory call), so the common calls need no box; a transport written elsewhere hands back any [`PendingCall`]
 //! boxed ([`Call::new`]).
+pub mod call;
 pub(crate) mod inproc;
 pub mod shm;
 
 use crate::bulk::{Buffer, BufferError, BulkRef, LendState};
 use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
-use crate::ids::{ContainerId, MethodId, PoolId};
+use crate::ids::{MethodId, PoolId};
 use crate::query::PoolQuery;
-use crate::runtime::task::{Completion, SlotCall};
+pub(crate) use crate::transport::call::decode_first;
+use crate::transport::call::SlotCall;
+pub use crate::transport::call::{Results, Schedule};
 use crate::transport::shm::client::ShmCall;
 use std::any::Any;
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::{Duration, Instant};
-
-/// How a task submitted with a client's `spawn_*` method runs.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Schedule {
-    /// Run once; nobody waits for the result, the runtime frees the task when done.
-    FireAndForget,
-    /// Run now and again every `period` after each run ends, until cancelled through
-    /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
-    /// `period` is at most [`MAX_PERIOD`](crate::runtime::header::MAX_PERIOD) (one year); a longer
-    /// one fails with `PeriodTooLong`.
-    Periodic(Duration),
-}
-
-/// Every replica's output bytes (or error), by container.
-pub type Results = Vec<(ContainerId, Result<Bytes, TaskError>)>;
+use std::time::Instant;
 
 /// Which kind of transport a client uses, for display and diagnostics only: behaviour
 /// differs through the [`Transport`] methods, never by matching on this.
@@ -195,8 +182,6 @@ pub struct Call(CallKind);
 enum CallKind {
     /// An in-process call with one replica: its pooled slot.
     Slot(SlotCall),
-    /// An in-process call gathering several replicas.
-    Gathered(Arc<Completion>),
     /// A call over shared memory.
     SharedMemory(ShmCall),
     /// A call of a transport written outside this crate.
@@ -213,10 +198,6 @@ impl Call {
         Call(CallKind::Slot(call))
     }
 
-    pub(crate) fn gathered(completion: Arc<Completion>) -> Call {
-        Call(CallKind::Gathered(completion))
-    }
-
     pub(crate) fn shared_memory(call: ShmCall) -> Call {
         Call(CallKind::SharedMemory(call))
     }
@@ -225,7 +206,6 @@ impl Call {
     pub fn is_done(&self) -> bool {
         match &self.0 {
             CallKind::Slot(call) => call.is_done(),
-            CallKind::Gathered(completion) => completion.is_done(),
             CallKind::SharedMemory(call) => call.is_done(),
             CallKind::Other(call) => call.is_done(),
         }
@@ -235,7 +215,6 @@ impl Call {
     pub fn wait(self) -> Results {
         match self.0 {
             CallKind::Slot(call) => call.wait(),
-            CallKind::Gathered(completion) => completion.wait(),
             CallKind::SharedMemory(call) => call.wait(),
             CallKind::Other(call) => call.wait(),
         }
@@ -245,7 +224,6 @@ impl Call {
     pub fn poll_done(&self, waker: &Waker) -> bool {
         match &self.0 {
             CallKind::Slot(call) => call.poll_done(waker),
-            CallKind::Gathered(completion) => completion.poll_done(waker),
             CallKind::SharedMemory(call) => call.poll_done(waker),
             CallKind::Other(call) => call.poll_done(waker),
         }
@@ -255,7 +233,6 @@ impl Call {
     pub fn wait_until(&self, deadline: Instant) -> bool {
         match &self.0 {
             CallKind::Slot(call) => call.wait_until(Some(deadline)),
-            CallKind::Gathered(completion) => completion.wait_until(Some(deadline)),
             CallKind::SharedMemory(call) => call.wait_until(deadline),
             CallKind::Other(call) => call.wait_until(deadline),
         }
@@ -266,7 +243,6 @@ impl Call {
         match self.0 {
             // Dropping the slot's handle gives the slot back in a new generation.
             CallKind::Slot(call) => drop(call),
-            CallKind::Gathered(_) => {}
             CallKind::SharedMemory(call) => call.abandon(),
             CallKind::Other(call) => call.abandon(),
         }
@@ -280,8 +256,7 @@ impl Call {
     ) -> Result<(), TaskError> {
         match self.0 {
             CallKind::Slot(call) => call.wait_first(decode),
-            CallKind::Gathered(completion) => decode_first(completion.wait(), decode),
-            CallKind::SharedMemory(call) => shm::wait_first(call, decode),
+            CallKind::SharedMemory(call) => call.wait_first(decode),
             CallKind::Other(call) => call.wait_first(decode),
         }
     }
@@ -318,22 +293,6 @@ impl Drop for LendGuard {
 impl std::fmt::Debug for LendGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LendGuard")
-    }
-}
-
-/// The result of a task from its replicas' outputs: the first error (by container)
-/// wins, else the lowest container's output is decoded.
-pub(crate) fn decode_first<T>(
-    results: Results,
-    decode: impl FnOnce(&[u8]) -> Result<T, TaskError>,
-) -> Result<T, TaskError> {
-    let mut first_output = None;
-    for (_, result) in results {
-        first_output.get_or_insert(result?);
-    }
-    match first_output {
-        Some(bytes) => decode(&bytes),
-        None => Err(TaskError::EmptyQuery),
     }
 }
 

@@ -54,12 +54,11 @@ use crate::client::Client;
 use crate::codec::{decode, Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
-use crate::transport::shm::client::{ShmCall, ShmConnection};
+use crate::transport::shm::client::ShmConnection;
 use crate::transport::{
     Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
-use std::cell::Cell;
 use std::sync::Arc;
 
 /// Clients over shared memory.
@@ -212,20 +211,6 @@ impl Transport for SharedMemory {
     fn as_any(&self) -> &dyn Any {
         self
     }
-}
-
-/// Waits for `call` and hands its result to `decode` (see [`Call::wait_first`]).
-pub(crate) fn wait_first(
-    call: ShmCall,
-    decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
-) -> Result<(), TaskError> {
-    // `wait_decoded` takes a `Fn` (it decodes from a stack copy or from the results)
-    // and calls it at most once: hand the `FnMut` over on that call.
-    let decode = Cell::new(Some(decode));
-    call.wait_decoded(&|bytes| match decode.take() {
-        Some(decode) => decode(bytes),
-        None => Err(TaskError::NotRun),
-    })
 }
 
 /// Cancels a periodic task by the id the runtime acknowledged.
