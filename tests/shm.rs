@@ -840,3 +840,50 @@ fn forged_abandon_requests_hurt_only_their_sender() {
     let o = ModNameClient::attach(&other, m.pool_id());
     assert_eq!(o.custom(PoolQuery::local(), "other", 2).unwrap(), "other");
 }
+
+/// The runtime copies a client's input into a recycled buffer (no allocation per task):
+/// a later client's empty, cut or oversized-looking input must be read as exactly its
+/// own bytes, never completed with what an earlier client's task left in that buffer.
+#[test]
+fn an_input_never_shows_bytes_an_earlier_clients_task_left_in_a_reused_buffer() {
+    let runtime = RuntimeProcess::start("recycled", "");
+    let secret = "A-secret-".repeat(40);
+    let pool = {
+        let first = runtime.client();
+        let m = ModNameClient::create(&first, PoolQuery::local(), "p", CreateParams::default())
+            .unwrap();
+        // Enough calls to leave the secret in every buffer the runtime keeps idle.
+        for i in 0..600 {
+            assert_eq!(m.custom(PoolQuery::local(), &secret, i).unwrap(), secret);
+        }
+        m.pool_id()
+    };
+    let second = runtime.client();
+    let connection = second.shm_connection().unwrap().clone();
+    let own = chimaera_core::codec::encode(&(
+        chimaera_core::codec::StrRef(&"b".repeat(360)),
+        chimaera_core::codec::ByRef(&7u32),
+    ))
+    .unwrap();
+    let custom = chimaera::mod_name::mod_name_tasks::CUSTOM;
+    for cut in (0..own.len())
+        .step_by(7)
+        .chain([1, own.len() - 4, own.len() - 1])
+    {
+        let results = connection
+            .submit(pool, custom, PoolQuery::Local, &own[..cut], None)
+            .unwrap()
+            .wait();
+        for (_, result) in results {
+            if let Ok(output) = result {
+                let echoed = String::from_utf8_lossy(&output).into_owned();
+                assert!(
+                    !echoed.contains("A-secret"),
+                    "a {cut}-byte input ran with an earlier client's bytes: {echoed:?}"
+                );
+            }
+        }
+    }
+    let m = ModNameClient::attach(&second, pool);
+    assert_eq!(m.custom(PoolQuery::local(), "after", 0).unwrap(), "after");
+}

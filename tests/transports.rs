@@ -19,7 +19,7 @@ use chimaera_core::bulk::{Buffer, BulkRef};
 use chimaera_core::client::RawPending;
 use chimaera_core::codec::{self, Bytes};
 use chimaera_core::transport::{
-    CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
+    Call, CancelPeriodic, LendGuard, PendingCall, Results, Route, Transport, TransportKind,
 };
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -109,11 +109,11 @@ impl Transport for Relay {
         route: Route,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<Box<dyn PendingCall>, TaskError> {
+    ) -> Result<Call, TaskError> {
         let raw = self
             .inner
             .submit(route.pool, route.method, route.query, input, schedule)?;
-        Ok(Box::new(RelayedCall(raw)))
+        Ok(Call::new(RelayedCall(raw)))
     }
 
     fn spawn(
@@ -277,6 +277,7 @@ over_every_transport!(
     thousands_of_calls_awaited_on_a_tokio_runtime,
     calls_awaited_without_an_executor,
     an_existing_pool_opens_by_name,
+    a_late_answer_never_reaches_a_later_call,
 );
 
 /// The deadline case: over shared memory with a small queue and quota, so that a leaked
@@ -711,6 +712,34 @@ fn dropped_calls_free_their_places_at_once(fixture: Fixture, burst: u64) {
         .collect();
     drop(dropped);
     a_burst_fits(&fixture, burst);
+}
+
+/// A call abandoned past its deadline is answered late while the client goes on calling:
+/// the late answer reaches none of the later calls, though the place it was to go to (an
+/// in-process call slot, a shared-memory slot) serves them meanwhile.
+fn a_late_answer_never_reaches_a_later_call(fixture: Fixture) {
+    const LATE_MS: u64 = 200;
+    let probe = fixture.probe("late", 1);
+    let abandoned = probe
+        .async_nap(PoolQuery::local(), LATE_MS)
+        .unwrap()
+        .wait_timeout(Duration::from_millis(1));
+    assert_eq!(abandoned, Err(TaskError::DeadlineExceeded { waited_ms: 1 }));
+    let calls = within("calls while a late answer comes", move || {
+        // Past the late answer: every call after the abandoned one gets its own.
+        let until = Instant::now() + Duration::from_millis(3 * LATE_MS);
+        let mut calls = 0u64;
+        while Instant::now() < until {
+            assert_eq!(
+                probe.nap(PoolQuery::local(), 0),
+                Ok(0),
+                "call {calls} after the abandoned one"
+            );
+            calls += 1;
+        }
+        calls
+    });
+    assert!(calls > 0);
 }
 
 /// A typed client opens an existing pool by its name alone; a missing name and a pool

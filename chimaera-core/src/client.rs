@@ -41,7 +41,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::transport::{
-    CancelPeriodic, LendGuard, PendingCall, Route, Schedule, Transport, TransportKind,
+    Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -109,7 +109,7 @@ impl Client {
     }
 
     /// The raw handle of a call just submitted, with this client's deadline.
-    fn pending(&self, call: Box<dyn PendingCall>) -> RawPending {
+    fn pending(&self, call: Call) -> RawPending {
         RawPending {
             call,
             deadline: self.deadline.map(Deadline::from_now),
@@ -153,8 +153,8 @@ impl Client {
     }
 
     /// Submits one task whose input `encode` archives: over shared memory into a buffer
-    /// this connection reuses, copied from there into the task's slot (no allocation);
-    /// in process into fresh bytes the task owns.
+    /// this connection reuses, copied from there into the task's slot; in process into a
+    /// recycled buffer the task owns until it is dropped. Neither allocates once warm.
     #[doc(hidden)]
     pub fn submit_with(
         &self,
@@ -237,7 +237,7 @@ impl Deadline {
 
 /// A submitted task's raw results, not yet collected.
 pub struct RawPending {
-    call: Box<dyn PendingCall>,
+    call: Call,
     deadline: Option<Deadline>,
 }
 

@@ -15,6 +15,16 @@
 //!
 //! Reading: [`access`] validates bytes with rkyv's checked access (bytecheck) before any
 //! field is read; the runtime never reads an archive it has not validated.
+//!
+//! **Recycled input buffers.** A task's input bytes are taken with [`recycled_bytes`]
+//! (where the input is made: an in-process client archiving it, the shared-memory server
+//! copying it out of a client's slot) and given back with [`recycle`] when the task is
+//! dropped, so a steady stream of tasks allocates no input. The buffers are the
+//! runtime's own heap memory, never shared memory; a recycled buffer is cleared before
+//! it is handed out again, and every user reads only the bytes written since, so no
+//! input is ever seen by another task. At most [`RECYCLED_BUFFERS`] buffers of at most
+//! [`RECYCLED_CAPACITY`] bytes are kept (a larger one is freed): what a burst leaves
+//! behind is bounded.
 use crate::error::TaskError;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::rancor::{Fallible, Source};
@@ -99,6 +109,13 @@ impl OutputBuffer {
     /// Capacity kept between tasks; a larger buffer is freed once its task is done.
     pub const KEEP: usize = 64 * 1024;
 
+    /// A one-off buffer that archives into `bytes` (cleared first) with rkyv's
+    /// per-thread scratch space: with a recycled buffer ([`recycled_bytes`]) archiving a
+    /// small value allocates nothing.
+    pub fn in_bytes(bytes: Bytes) -> Self {
+        OutputBuffer { bytes, arena: None }
+    }
+
     /// A buffer to reuse for many archives: with room and scratch space of its own.
     pub fn reusable() -> Self {
         OutputBuffer {
@@ -147,6 +164,38 @@ impl OutputBuffer {
             }
         }
     }
+}
+
+/// How many idle input buffers are kept for reuse, process-wide.
+pub const RECYCLED_BUFFERS: usize = 512;
+/// The largest buffer kept for reuse: larger inputs are rare and freed after use.
+pub const RECYCLED_CAPACITY: usize = 4096;
+
+/// The idle input buffers (a bounded lock-free queue: taking and giving back allocate
+/// nothing once it exists).
+fn recycled() -> &'static crossbeam_queue::ArrayQueue<Bytes> {
+    static RECYCLED: std::sync::OnceLock<crossbeam_queue::ArrayQueue<Bytes>> =
+        std::sync::OnceLock::new();
+    RECYCLED.get_or_init(|| crossbeam_queue::ArrayQueue::new(RECYCLED_BUFFERS))
+}
+
+/// An empty buffer for a task's input: a recycled one when one is idle (no allocation),
+/// else a new one with room for a small input.
+pub fn recycled_bytes() -> Bytes {
+    recycled()
+        .pop()
+        .unwrap_or_else(|| Bytes::with_capacity(256))
+}
+
+/// Gives a task's input buffer back for reuse (cleared), unless it is too large to keep
+/// or enough are idle already.
+pub fn recycle(mut bytes: Bytes) {
+    if bytes.capacity() == 0 || bytes.capacity() > RECYCLED_CAPACITY {
+        return;
+    }
+    bytes.clear();
+    // Full: enough are idle; this one is freed.
+    let _ = recycled().push(bytes);
 }
 
 /// An owned copy of archived bytes, aligned so they can be read in place.

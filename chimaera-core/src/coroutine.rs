@@ -16,7 +16,7 @@
 //!   stack or its generator. So thread-locals, `std` locks and other thread-affine values
 //!   are sound to hold across any wait.
 //! * A coroutine is in at most one place that will resume it: the home's run queue (local
-//!   `VecDeque`), the home's *remote* queue (a lock-free queue other threads push to), or
+//!   `VecDeque`), the home's *remote* queue (a [`Fifo`] other threads push to), or
 //!   the [`Blocker`] it is parked on. A blocker's state (`EMPTY`, `NOTIFIED`, `PARKED`)
 //!   moves it out of the blocker exactly once: the executor parks it with a
 //!   `EMPTY → PARKED` compare-exchange *after* the coroutine switched out (so it cannot
@@ -61,7 +61,7 @@
 //! frame of the dead coroutine runs again, so no reference it held is used again.
 //! A fault that is not a coroutine's guard page goes to the previous handler (`std`'s:
 //! a thread's own stack overflow aborts the process, as usual).
-use crossbeam_queue::SegQueue;
+use crate::sync::Fifo;
 use generator::{Generator, Gn};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::{BinaryHeap, VecDeque};
@@ -74,7 +74,7 @@ use std::time::{Duration, Instant};
 
 /// The part of an executor other threads see: where they queue wake-ups.
 struct Home {
-    remote: SegQueue<Arc<Co>>,
+    remote: Fifo<Arc<Co>>,
     sleeping: AtomicBool,
     stopping: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
@@ -674,7 +674,7 @@ impl Executor {
     /// Starts an executor thread.
     pub fn start(options: ExecutorOptions) -> std::io::Result<Executor> {
         let home = Arc::new(Home {
-            remote: SegQueue::new(),
+            remote: Fifo::default(),
             sleeping: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             thread: OnceLock::new(),

@@ -77,10 +77,14 @@ use crate::runtime::module::LanePriority;
 use crate::runtime::module::{ChiMod, ModuleEntry};
 use crate::runtime::pool::Pool;
 use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolTable};
-use crate::runtime::task::{lock, CancelToken, Completion, Origin, Reply, Schedule, Task};
+use crate::runtime::task::{
+    lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskInput,
+};
 use crate::runtime::worker::{Lane, TaskRunner, TaskSource, Worker, WorkerShared};
+use crate::transport::call::CallSlot;
 use crate::transport::shm::handshake::AccessPolicy;
 use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
+use crate::transport::Call;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -128,9 +132,10 @@ pub enum StartError {
     Worker(#[source] std::io::Error),
 }
 
-/// What queuing a task hands back: the completion to wait on (none for fire-and-forget
-/// and periodic tasks) and the cancel flag of a periodic task.
-pub(crate) type Enqueued = (Option<Arc<Completion>>, Option<Arc<CancelToken>>);
+/// What queuing a task hands back: the call to wait on (none for fire-and-forget and
+/// periodic tasks, nor for a call whose results go to a sink) and the cancel flag of a
+/// periodic task.
+pub(crate) type Enqueued = (Option<Call>, Option<Arc<CancelToken>>);
 
 /// What every replica of one task shares, for [`Shared::push_replica`].
 struct Replica<'a> {
@@ -264,6 +269,7 @@ impl Shared {
             bulk,
             local_worker,
         } = origin;
+        let has_sink = sink.is_some();
         if !self.accepts(parent) {
             return Err(TaskError::RuntimeStopped);
         }
@@ -355,16 +361,24 @@ impl Shared {
             },
         }
         .counted_in(parity);
-        // A single replica answering a sink needs no completion to gather results in.
+        // A single replica needs no completion to gather results in: it answers a sink
+        // directly, or a pooled call slot its caller waits on.
         let mut direct = None;
+        let mut call = None;
         let (completion, period, cancel) = match schedule {
             None => {
                 let completion = match sink {
                     Some(sink) if replicas == 1 => {
-                        direct = Some(sink);
+                        direct = Some(Reply::Sink(sink));
                         None
                     }
                     Some(sink) => Some(Completion::with_sink(replicas as u32, sink)),
+                    None if replicas == 1 => {
+                        let (caller, reply) = CallSlot::take();
+                        direct = Some(Reply::Slot(reply));
+                        call = Some(Call::slot(caller));
+                        None
+                    }
                     None => Some(Completion::new(replicas as u32)),
                 };
                 (completion, None, None)
@@ -380,7 +394,7 @@ impl Shared {
             // The frames copy the input's bytes, so they go before the input moves into
             // a local replica.
             let reply = match (direct.take(), &completion) {
-                (Some(sink), _) => remote::RemoteReply::One(Reply::Sink(sink)),
+                (Some(reply), _) => remote::RemoteReply::One(reply),
                 (None, Some(completion)) if replicas == 1 => {
                     remote::RemoteReply::One(Reply::Waiter(completion.clone()))
                 }
@@ -411,17 +425,22 @@ impl Shared {
             local_worker,
         };
         for (container, input) in local_targets.zip(inputs) {
-            let reply = match direct.take() {
-                Some(sink) => Some(Reply::Sink(sink)),
-                None => completion.clone().map(Reply::Waiter),
-            };
+            let reply = direct
+                .take()
+                .or_else(|| completion.clone().map(Reply::Waiter));
             self.push_replica(&replica, container, input, reply);
         }
-        if let Some(sink) = direct {
+        if let Some(reply) = direct {
             // Its one target had no container: answer rather than leave the caller waiting.
-            sink.complete_one(0, Err(TaskError::NotRun));
+            reply.deliver(0, Err(TaskError::NotRun));
         }
-        Ok((completion, cancel))
+        let call = match (call, completion) {
+            (Some(call), _) => Some(call),
+            // A sink gathers its own results; nobody waits here.
+            (None, Some(_)) if has_sink => None,
+            (None, completion) => completion.map(|completion| Call::new(GatheredCall(completion))),
+        };
+        Ok((call, cancel))
     }
 
     /// Queues one replica on `container`'s lane (its `Monitor` picks which); a
@@ -430,9 +449,10 @@ impl Shared {
         &self,
         replica: &Replica<'_>,
         container: ContainerId,
-        input: Bytes,
+        input: impl Into<TaskInput>,
         reply: Option<Reply>,
     ) {
+        let input = input.into();
         let pool = &replica.entry.pool;
         let lanes = replica.entry.lanes(container);
         let (Some(object), false) = (pool.container(container), lanes.is_empty()) else {
@@ -872,10 +892,9 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             query,
         } = route;
         let origin = Origin::default();
-        let (completion, cancel) =
-            self.enqueue(parent, pool, method, query, input, schedule, origin)?;
+        let (call, cancel) = self.enqueue(parent, pool, method, query, input, schedule, origin)?;
         Ok((
-            completion.map(|c| Box::new(LocalCall(c)) as Box<dyn crate::transport::PendingCall>),
+            call,
             cancel.map(|f| Box::new(LocalCancel(f)) as Box<dyn crate::transport::CancelPeriodic>),
         ))
     }
@@ -885,10 +904,11 @@ impl crate::transport::inproc::LocalRuntime for Shared {
     }
 }
 
-/// A call queued in process: waited on through its completion.
-struct LocalCall(Arc<Completion>);
+/// An in-process call with several replicas: waited on through the completion gathering
+/// them (boxed: such a call allocates its results anyway).
+struct GatheredCall(Arc<Completion>);
 
-impl crate::transport::PendingCall for LocalCall {
+impl crate::transport::PendingCall for GatheredCall {
     fn is_done(&self) -> bool {
         self.0.is_done()
     }

@@ -2,16 +2,21 @@
 //!
 //! A [`Task`] is owned by exactly one place at a time: the submitter builds it, a lane
 //! holds it, a worker's coroutine runs it and then drops it (Rust's `Drop` is the
-//! original's `Del`: the input bytes are freed when the task is). Its result goes to its
-//! [`Reply`]: a [`Completion`] shared with the caller through an `Arc`, or — for the
-//! single replica of a call from a client process — straight to that call's
-//! [`ReplySink`], with nothing to gather.
+//! original's `Del`: the input bytes are given back, see [`TaskInput`]). Its result goes
+//! to its [`Reply`]: a [`Completion`] shared with the caller through an `Arc`, or — for
+//! the single replica of a call from a client process — straight to that call's
+//! [`ReplySink`], with nothing to gather, or — for the single replica of a call from
+//! this process — into a pooled [`CallSlot`].
+//!
+//! A call slot ([`crate::transport::call`]) takes the one replica of an in-process call:
+//! pooled, so such a call allocates nothing in steady state.
 //!
 //! A completion expects one result per replica (a `Broadcast` has one per container).
 //! Invariants: each replica stores exactly one result, then decrements `remaining` with
 //! `Release`; a waiter that reads `remaining == 0` with `Acquire` sees every result.
-//! A waiter spins briefly, then parks on a [`Blocker`] (which parks a coroutine when
-//! called from one and the thread otherwise); the last replica unparks it. The blocker is
+//! A waiter spins briefly (a thread; yielding its CPU now and then, as the
+//! shared-memory client does), then parks — a coroutine on a [`Blocker`], a thread with
+//! `std::thread::park` (no allocation) — and the last replica unparks it. The waiter is
 //! registered under the `waiter` lock and `remaining` re-checked after, so no wake-up is
 //! lost. An async caller registers a [`Waker`] the same way instead of a blocker, and
 //! the last replica wakes it: no thread waits for it.
@@ -23,8 +28,9 @@
 //! `Instant` deadlines, which an unbounded duration would overflow): a longer one is
 //! refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
-use crate::codec::{aligned_copy, Bytes};
-use crate::coroutine::{self, Blocker};
+use crate::codec::{aligned_copy, recycle, Bytes};
+use crate::transport::call::{time_left, SlotReply, Spin, Waiter};
+use crate::coroutine::Blocker;
 use crate::error::TaskError;
 use crate::ids::ContainerId;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
@@ -34,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-pub use crate::transport::Schedule;
+pub use crate::transport::call::Schedule;
 
 /// One replica of a task, queued on a lane or running on a worker.
 pub struct Task {
@@ -43,7 +49,7 @@ pub struct Task {
     /// The pool it runs in (held, so a destroyed pool lives until its tasks are done).
     pub pool: Arc<Pool>,
     /// The rkyv archive of the method's input tuple.
-    pub input: Bytes,
+    pub input: TaskInput,
     /// Where the result goes; `None` for fire-and-forget and periodic tasks.
     pub reply: Option<Reply>,
     /// Cancelled to stop a periodic task.
@@ -51,6 +57,30 @@ pub struct Task {
     /// The submitting client's data share, which bulk arguments may reference. A
     /// periodic task holds it only while it runs, never while it sleeps.
     pub bulk: Option<Arc<BulkShare>>,
+}
+
+/// A task's input bytes (the rkyv archive of its input tuple), given back for reuse
+/// ([`crate::codec::recycle`]) when the task is dropped.
+pub struct TaskInput(Bytes);
+
+impl From<Bytes> for TaskInput {
+    fn from(bytes: Bytes) -> Self {
+        TaskInput(bytes)
+    }
+}
+
+impl std::ops::Deref for TaskInput {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for TaskInput {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.0));
+    }
 }
 
 /// What the transport that queues a task attaches to it besides its input.
@@ -124,6 +154,8 @@ pub enum Reply {
     Waiter(Arc<Completion>),
     /// The one replica of a call from outside the process: straight to the sink.
     Sink(ReplyTo),
+    /// The one replica of a call from this process: into the call's pooled slot.
+    Slot(SlotReply),
 }
 
 impl Reply {
@@ -131,6 +163,7 @@ impl Reply {
         match self {
             Reply::Waiter(completion) => completion.deliver(container, result.map(aligned_copy)),
             Reply::Sink(to) => to.complete_one(container, result),
+            Reply::Slot(reply) => reply.deliver(container, result),
         }
     }
 }
@@ -224,21 +257,6 @@ pub struct Completion {
     sink: Option<ReplyTo>,
 }
 
-/// Who waits for a [`Completion`]: a parked coroutine or thread, or an async task.
-enum Waiter {
-    Parked(Arc<Blocker>),
-    Polled(Waker),
-}
-
-impl Waiter {
-    fn wake(self) {
-        match self {
-            Waiter::Parked(blocker) => blocker.unpark(),
-            Waiter::Polled(waker) => waker.wake(),
-        }
-    }
-}
-
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Completion")
@@ -246,10 +264,6 @@ impl std::fmt::Debug for Completion {
             .finish_non_exhaustive()
     }
 }
-
-/// Spins before parking: a reply from a busy runtime arrives in well under this many
-/// iterations, and parking costs a context switch.
-const SPINS_BEFORE_PARK: u32 = 4_000;
 
 impl Completion {
     /// A completion expecting `replicas` results.
@@ -307,34 +321,22 @@ impl Completion {
     /// Waits until every replica has delivered or `deadline` passed; returns whether
     /// every replica has delivered.
     pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        // A coroutine parks at once: spinning would hold its worker thread, which may be
-        // the very thread that has to run the task being waited for.
-        let mut spins = if coroutine::is_coroutine() {
-            SPINS_BEFORE_PARK
-        } else {
-            0
-        };
+        let mut spin = Spin::new();
         while !self.is_done() {
-            if spins < SPINS_BEFORE_PARK {
-                spins += 1;
-                std::hint::spin_loop();
+            if spin.once() {
                 continue;
             }
-            let timeout = match deadline {
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return self.is_done(),
-                },
-                None => None,
+            let Ok(timeout) = time_left(deadline) else {
+                return self.is_done();
             };
-            let blocker = Blocker::current();
-            *lock(&self.waiter) = Some(Waiter::Parked(blocker.clone()));
+            let waiter = Waiter::current();
+            *lock(&self.waiter) = Some(waiter.handle());
             if self.is_done() {
                 break;
             }
             // `deliver` unparks after the last result. A spurious return or a timeout is
             // harmless, the loop re-checks.
-            let _ = blocker.park(timeout);
+            waiter.park(timeout);
         }
         true
     }

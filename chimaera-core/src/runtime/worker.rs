@@ -55,7 +55,7 @@ use crate::codec::OutputBuffer;
 use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, Task};
-use crossbeam_queue::SegQueue;
+use crate::sync::Fifo;
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -97,7 +97,7 @@ pub trait TaskSource: Send + Sync + 'static {
 
 /// A FIFO of tasks for one worker.
 pub struct Lane {
-    queue: SegQueue<Task>,
+    queue: Fifo<Task>,
     scheduled: AtomicBool,
     priority: LanePriority,
     worker: Arc<WorkerShared>,
@@ -158,8 +158,8 @@ impl Lane {
 /// The state of one worker that lanes and its coroutines share.
 pub struct WorkerShared {
     id: usize,
-    ready_low_latency: SegQueue<Arc<Lane>>,
-    ready_high_latency: SegQueue<Arc<Lane>>,
+    ready_low_latency: Fifo<Arc<Lane>>,
+    ready_high_latency: Fifo<Arc<Lane>>,
     sleeping: AtomicBool,
     /// What the coroutine holding the polling role parks on when it sleeps.
     poller: Mutex<Option<Arc<Blocker>>>,
@@ -277,7 +277,7 @@ impl WorkerShared {
     /// A new lane served by this worker.
     pub fn new_lane(self: &Arc<Self>, priority: LanePriority) -> Arc<Lane> {
         Arc::new(Lane {
-            queue: SegQueue::new(),
+            queue: Fifo::default(),
             scheduled: AtomicBool::new(false),
             priority,
             worker: self.clone(),
@@ -414,8 +414,8 @@ impl Worker {
         })?;
         let shared = Arc::new(WorkerShared {
             id,
-            ready_low_latency: SegQueue::new(),
-            ready_high_latency: SegQueue::new(),
+            ready_low_latency: Fifo::default(),
+            ready_high_latency: Fifo::default(),
             sleeping: AtomicBool::new(false),
             poller: Mutex::new(None),
             poller_done: (Mutex::new(false), Condvar::new()),

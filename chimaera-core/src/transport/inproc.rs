@@ -2,27 +2,27 @@
 //! the caller waits on the task's completion.
 //!
 //! It reaches the runtime only through [`LocalRuntime`] (which the runtime implements),
-//! so this file does not depend on `runtime/mod.rs`. Inputs are moved into the task; bulk
+//! so this file does not depend on `runtime/mod.rs`. Inputs are archived into recycled
+//! buffers and moved into the task (which gives them back when dropped); a call with one
+//! replica waits on a pooled call slot (`runtime::task::CallSlot`), so a call allocates
+//! nothing in steady state. Bulk
 //! arguments are always copied (a [`Buffer`] here is heap memory), so the runtime never
 //! holds caller memory and a dropped call need not be waited for. A client made inside
 //! a task carries the parent's [`TaskNode`]: its tasks are subtasks, which the coroutine
 //! locks let through a lock their parent holds, and which a draining runtime still takes.
 use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire};
 use crate::client::Client;
-use crate::codec::{Bytes, SliceRef};
+use crate::codec::{recycled_bytes, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::TaskNode;
 use crate::transport::{
-    CancelPeriodic, LendGuard, PendingCall, Route, Schedule, Transport, TransportKind,
+    Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
 use std::sync::Arc;
 
 /// A queued task: the pending call of a call, the cancel handle of a periodic task.
-pub(crate) type Queued = (
-    Option<Box<dyn PendingCall>>,
-    Option<Box<dyn CancelPeriodic>>,
-);
+pub(crate) type Queued = (Option<Call>, Option<Box<dyn CancelPeriodic>>);
 
 /// What the in-process transport needs from its runtime (which implements it, so this
 /// file does not depend on the runtime's internals).
@@ -76,11 +76,23 @@ impl Transport for InProcess {
         route: Route,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<Box<dyn PendingCall>, TaskError> {
+    ) -> Result<Call, TaskError> {
         let (call, _) = self
             .runtime
             .enqueue_local(self.parent, route, input, schedule)?;
         call.ok_or(TaskError::NotRun)
+    }
+
+    /// Archives the input into a recycled buffer, which the task gives back when it is
+    /// dropped: no allocation once warm.
+    fn submit_with(
+        &self,
+        route: Route,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+    ) -> Result<Call, TaskError> {
+        let mut buffer = OutputBuffer::in_bytes(recycled_bytes());
+        encode(&mut buffer)?;
+        self.submit(route, buffer.into_bytes(), None)
     }
 
     fn spawn(

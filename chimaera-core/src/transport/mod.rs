@@ -22,15 +22,15 @@
 //!   reference, so the peer reads and writes the caller's memory until the call is
 //!   answered. While so, the buffer is marked lent ([`Transport::lend`]): dropping it
 //!   does not give its memory back until the call is over.
-//! * **A pending call** ([`PendingCall`]) is answered exactly once — with the results, or
+//! * **A pending call** ([`Call`]) is answered exactly once — with the results, or
 //!   with the error that ended it (`RuntimeStopped`, `Disowned`) when the peer is gone; a
 //!   wait never hangs on a dead peer. It can be waited for by a blocked thread (with or
 //!   without a deadline: [`PendingCall::wait_until`]) or polled by an async task
 //!   ([`PendingCall::poll_done`]): the answer itself wakes the task — no thread per call
-//!   and no polling loop (in process the completion wakes it; over shared memory one
-//!   reply-watcher thread per connection, started by the first poll, sleeps on the
-//!   connection's reply bell).
-//! * **Abandoning.** Dropping a pending call, or [`abandon`](PendingCall::abandon)ing it
+//!   and no polling loop (in process the call slot or completion wakes it; over shared
+//!   memory one reply-watcher thread per connection, started by the first poll, sleeps
+//!   on the connection's reply bell).
+//! * **Abandoning.** Dropping a pending call, or [`abandon`](Call::abandon)ing it
 //!   when its deadline passed, discards its late reply; a transport that holds a resource
 //!   per call (a shared-memory slot) frees it without waiting for the handler, which is
 //!   not stopped. If [`Transport::borrows_caller_memory`], the typed
@@ -39,33 +39,28 @@
 //!   with the buffers before the borrow ends.
 //! * **Periodic tasks** are stopped through the [`CancelPeriodic`] handle `spawn` gave;
 //!   they also end with their pool, their runtime or (for a client process) their client.
+//!
+//! **Calls without allocation.** A submission returns a [`Call`]: an enum over the
+//! pending calls of the transports in this crate (an in-process call's pooled slot, see
+//! [`call`], and a shared-memory call), so the common calls need no box; a transport written elsewhere hands back any [`PendingCall`]
+//! boxed ([`Call::new`]).
+pub mod call;
 pub(crate) mod inproc;
 pub mod shm;
 
 use crate::bulk::{Buffer, BufferError, BulkRef, LendState};
 use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
-use crate::ids::{ContainerId, MethodId, PoolId};
+use crate::ids::{MethodId, PoolId};
 use crate::query::PoolQuery;
+pub(crate) use crate::transport::call::decode_first;
+use crate::transport::call::SlotCall;
+pub use crate::transport::call::{Results, Schedule};
+use crate::transport::shm::client::ShmCall;
 use std::any::Any;
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::{Duration, Instant};
-
-/// How a task submitted with a client's `spawn_*` method runs.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Schedule {
-    /// Run once; nobody waits for the result, the runtime frees the task when done.
-    FireAndForget,
-    /// Run now and again every `period` after each run ends, until cancelled through
-    /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
-    /// `period` is at most [`MAX_PERIOD`](crate::runtime::header::MAX_PERIOD) (one year); a longer
-    /// one fails with `PeriodTooLong`.
-    Periodic(Duration),
-}
-
-/// Every replica's output bytes (or error), by container.
-pub type Results = Vec<(ContainerId, Result<Bytes, TaskError>)>;
+use std::time::Instant;
 
 /// Which kind of transport a client uses, for display and diagnostics only: behaviour
 /// differs through the [`Transport`] methods, never by matching on this.
@@ -101,7 +96,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
         route: Route,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<Box<dyn PendingCall>, TaskError>;
+    ) -> Result<Call, TaskError>;
 
     /// Queues one call whose input `encode` archives. Transports that copy the input
     /// anyway override this to encode into a reused buffer.
@@ -109,7 +104,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
         &self,
         route: Route,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
-    ) -> Result<Box<dyn PendingCall>, TaskError> {
+    ) -> Result<Call, TaskError> {
         let mut buffer = OutputBuffer::default();
         encode(&mut buffer)?;
         self.submit(route, buffer.into_bytes(), None)
@@ -179,6 +174,100 @@ pub trait PendingCall: Send {
     }
 }
 
+/// A submitted call as a transport hands it back, answered once (see the module docs).
+///
+/// Dropping it abandons the call, as [`abandon`](Self::abandon) does.
+pub struct Call(CallKind);
+
+enum CallKind {
+    /// An in-process call with one replica: its pooled slot.
+    Slot(SlotCall),
+    /// A call over shared memory.
+    SharedMemory(ShmCall),
+    /// A call of a transport written outside this crate.
+    Other(Box<dyn PendingCall>),
+}
+
+impl Call {
+    /// The call `pending` of a transport written outside this crate.
+    pub fn new(pending: impl PendingCall + 'static) -> Call {
+        Call(CallKind::Other(Box::new(pending)))
+    }
+
+    pub(crate) fn slot(call: SlotCall) -> Call {
+        Call(CallKind::Slot(call))
+    }
+
+    pub(crate) fn shared_memory(call: ShmCall) -> Call {
+        Call(CallKind::SharedMemory(call))
+    }
+
+    /// Whether every replica has answered (waiting would not block).
+    pub fn is_done(&self) -> bool {
+        match &self.0 {
+            CallKind::Slot(call) => call.is_done(),
+            CallKind::SharedMemory(call) => call.is_done(),
+            CallKind::Other(call) => call.is_done(),
+        }
+    }
+
+    /// Waits for every replica's result.
+    pub fn wait(self) -> Results {
+        match self.0 {
+            CallKind::Slot(call) => call.wait(),
+            CallKind::SharedMemory(call) => call.wait(),
+            CallKind::Other(call) => call.wait(),
+        }
+    }
+
+    /// See [`PendingCall::poll_done`].
+    pub fn poll_done(&self, waker: &Waker) -> bool {
+        match &self.0 {
+            CallKind::Slot(call) => call.poll_done(waker),
+            CallKind::SharedMemory(call) => call.poll_done(waker),
+            CallKind::Other(call) => call.poll_done(waker),
+        }
+    }
+
+    /// See [`PendingCall::wait_until`].
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        match &self.0 {
+            CallKind::Slot(call) => call.wait_until(Some(deadline)),
+            CallKind::SharedMemory(call) => call.wait_until(deadline),
+            CallKind::Other(call) => call.wait_until(deadline),
+        }
+    }
+
+    /// See [`PendingCall::abandon`].
+    pub fn abandon(self) {
+        match self.0 {
+            // Dropping the slot's handle gives the slot back in a new generation.
+            CallKind::Slot(call) => drop(call),
+            CallKind::SharedMemory(call) => call.abandon(),
+            CallKind::Other(call) => call.abandon(),
+        }
+    }
+
+    /// See [`PendingCall::wait_first`]; no allocation for an in-process call with one
+    /// replica nor for a small output over shared memory.
+    pub fn wait_first(
+        self,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        match self.0 {
+            CallKind::Slot(call) => call.wait_first(decode),
+            CallKind::SharedMemory(call) => call.wait_first(decode),
+            CallKind::Other(call) => call.wait_first(decode),
+        }
+    }
+}
+
+impl From<Box<dyn PendingCall>> for Call {
+    fn from(pending: Box<dyn PendingCall>) -> Call {
+        Call(CallKind::Other(pending))
+    }
+}
+
 /// Stops one periodic task.
 pub trait CancelPeriodic: Send + Sync {
     /// Stops the task after its current run.
@@ -204,22 +293,6 @@ impl Drop for LendGuard {
 impl std::fmt::Debug for LendGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LendGuard")
-    }
-}
-
-/// The result of a task from its replicas' outputs: the first error (by container)
-/// wins, else the lowest container's output is decoded.
-pub(crate) fn decode_first<T>(
-    results: Results,
-    decode: impl FnOnce(&[u8]) -> Result<T, TaskError>,
-) -> Result<T, TaskError> {
-    let mut first_output = None;
-    for (_, result) in results {
-        first_output.get_or_insert(result?);
-    }
-    match first_output {
-        Some(bytes) => decode(&bytes),
-        None => Err(TaskError::EmptyQuery),
     }
 }
 

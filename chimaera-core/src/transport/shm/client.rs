@@ -66,7 +66,7 @@ use crate::shm::naming::{InstanceName, ShmName};
 use crate::shm::ring::Ring;
 use crate::shm::segment::Segment;
 use crate::sync::lock;
-use crate::transport::{decode_first, Schedule};
+use crate::transport::call::{decode_first, Schedule};
 use rustix::event::{PollFd, PollFlags};
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -1077,6 +1077,21 @@ impl ShmCall {
             },
             |results| decode_first(results, decode),
         )
+    }
+
+    /// Waits for the answer and hands it to `decode` once (the first error by container
+    /// wins): the typed clients' way, decoding a small output from the stack.
+    pub fn wait_first(
+        self,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        // `wait_decoded` takes a `Fn` (it decodes from a stack copy or from the results)
+        // and calls it at most once: hand the `FnMut` over on that call.
+        let decode = std::cell::Cell::new(Some(decode));
+        self.wait_decoded(&|bytes| match decode.take() {
+            Some(decode) => decode(bytes),
+            None => Err(TaskError::NotRun),
+        })
     }
 
     /// Waits, then `read`s the answer from the slot — or, when there is no slot to read

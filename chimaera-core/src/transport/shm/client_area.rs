@@ -74,7 +74,7 @@ use super::wire::{
 };
 use crate::admin_api;
 use crate::bulk::BulkShare;
-use crate::codec::{encode, Bytes};
+use crate::codec::{encode, recycled_bytes, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
@@ -686,7 +686,8 @@ impl ClientArea {
                 Some(self.geometry.data_offset() + start)
             }
         };
-        let mut input = Bytes::with_capacity(input_len);
+        // A recycled buffer (the task gives it back when dropped): no allocation per task.
+        let mut input = recycled_bytes();
         input.resize(input_len, 0);
         match source {
             None => view.read_payload(&mut input),

@@ -54,12 +54,11 @@ use crate::client::Client;
 use crate::codec::{decode, Bytes, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
-use crate::transport::shm::client::{ShmCall, ShmConnection};
+use crate::transport::shm::client::ShmConnection;
 use crate::transport::{
-    CancelPeriodic, LendGuard, PendingCall, Results, Route, Schedule, Transport, TransportKind,
+    Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
-use std::cell::Cell;
 use std::sync::Arc;
 
 /// Clients over shared memory.
@@ -132,22 +131,22 @@ impl Transport for SharedMemory {
         route: Route,
         input: Bytes,
         schedule: Option<Schedule>,
-    ) -> Result<Box<dyn PendingCall>, TaskError> {
+    ) -> Result<Call, TaskError> {
         let call =
             self.connection
                 .submit(route.pool, route.method, route.query, &input, schedule)?;
-        Ok(Box::new(call))
+        Ok(Call::shared_memory(call))
     }
 
     fn submit_with(
         &self,
         route: Route,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
-    ) -> Result<Box<dyn PendingCall>, TaskError> {
+    ) -> Result<Call, TaskError> {
         let call = self
             .connection
             .submit_with(route.pool, route.method, route.query, encode)?;
-        Ok(Box::new(call))
+        Ok(Call::shared_memory(call))
     }
 
     fn spawn(
@@ -211,41 +210,6 @@ impl Transport for SharedMemory {
 
     fn as_any(&self) -> &dyn Any {
         self
-    }
-}
-
-impl PendingCall for ShmCall {
-    fn is_done(&self) -> bool {
-        ShmCall::is_done(self)
-    }
-
-    fn wait(self: Box<Self>) -> Results {
-        ShmCall::wait(*self)
-    }
-
-    fn poll_done(&self, waker: &std::task::Waker) -> bool {
-        ShmCall::poll_done(self, waker)
-    }
-
-    fn wait_until(&self, deadline: std::time::Instant) -> bool {
-        ShmCall::wait_until(self, deadline)
-    }
-
-    fn abandon(self: Box<Self>) {
-        ShmCall::abandon(*self);
-    }
-
-    fn wait_first(
-        self: Box<Self>,
-        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
-    ) -> Result<(), TaskError> {
-        // `wait_decoded` takes a `Fn` (it decodes from a stack copy or from the results)
-        // and calls it at most once: hand the `FnMut` over on that call.
-        let decode = Cell::new(Some(decode));
-        ShmCall::wait_decoded(*self, &|bytes| match decode.take() {
-            Some(decode) => decode(bytes),
-            None => Err(TaskError::NotRun),
-        })
     }
 }
 

@@ -35,7 +35,7 @@ use crate::ids::{MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::shm::ring::RingLayout;
 use crate::shm::segment::{AccessError, Segment};
-use crate::transport::Schedule;
+use crate::transport::call::Schedule;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;

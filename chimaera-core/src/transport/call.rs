@@ -1,0 +1,382 @@
+//! What a submitted call is made of below the transports: its schedule, its results,
+//! and the pooled slot an in-process call with one replica is answered in.
+//!
+//! This file sits under every transport and under the runtime's tasks (it imports only
+//! the codec, the coroutine scheduler, errors and ids), so that both the shared-memory
+//! client and the runtime's replies can name what is here without importing each other.
+//!
+//! **Call slots** make an in-process call allocate nothing in steady state: a slot holds
+//! the answer (the output copied into the slot's own buffer, which keeps its capacity
+//! from call to call) and the caller's waiter. Slots come from a process-wide pool and go
+//! back to it when the caller is done with the answer, or gives up on it. Each use of a
+//! slot has its own *generation*, which the task's [`SlotReply`] carries; the caller's
+//! [`SlotCall`] is the only handle of its generation, and gives the slot back by bumping
+//! the generation (under the slot's lock), so a task still running for an abandoned call
+//! finds another generation when it answers and its answer is discarded — it never lands
+//! in the call that reuses the slot. The generation is a `u64`: it never wraps in
+//! practice. The slot needs no uniqueness to be reused (a late task may still hold its
+//! `Arc`), only that every read and write of the answer happens under the lock with the
+//! generation checked. A waiter is taken out under the same lock that sets `done`, and
+//! woken after the lock is released, from the taken handle alone: a task never touches
+//! the slot after it answered.
+//!
+//! **Waiting.** A thread spins first (yielding its CPU now and then, as the
+//! shared-memory client does), then parks with `std::thread::park` (no allocation); a
+//! coroutine parks at once on a [`Blocker`].
+use crate::codec::{aligned_copy, Bytes};
+use crate::coroutine::{self, Blocker};
+use crate::error::TaskError;
+use crate::ids::ContainerId;
+use crate::sync::lock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// How a task submitted with a client's `spawn_*` method runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Schedule {
+    /// Run once; nobody waits for the result, the runtime frees the task when done.
+    FireAndForget,
+    /// Run now and again every `period` after each run ends, until cancelled through
+    /// its [`TaskHandle`](crate::TaskHandle), its pool is destroyed or the runtime stops.
+    /// `period` is at most [`MAX_PERIOD`](crate::runtime::header::MAX_PERIOD) (one year); a longer
+    /// one fails with `PeriodTooLong`.
+    Periodic(Duration),
+}
+
+/// Every replica's output bytes (or error), by container.
+pub type Results = Vec<(ContainerId, Result<Bytes, TaskError>)>;
+
+/// The result of a task from its replicas' outputs: the first error (by container)
+/// wins, else the lowest container's output is decoded.
+pub(crate) fn decode_first<T>(
+    results: Results,
+    decode: impl FnOnce(&[u8]) -> Result<T, TaskError>,
+) -> Result<T, TaskError> {
+    let mut first_output = None;
+    for (_, result) in results {
+        first_output.get_or_insert(result?);
+    }
+    match first_output {
+        Some(bytes) => decode(&bytes),
+        None => Err(TaskError::EmptyQuery),
+    }
+}
+
+/// Who waits for a [`Completion`] or a [`CallSlot`]: a parked coroutine, a parked
+/// thread, or an async task.
+pub(crate) enum Waiter {
+    Coroutine(Arc<Blocker>),
+    /// Parked with `std::thread::park`, which allocates nothing per wait (a coroutine
+    /// blocker does); its waits loop on their condition, so a stray unpark is harmless.
+    Thread(std::thread::Thread),
+    Polled(Waker),
+}
+
+impl Waiter {
+    /// The calling coroutine or thread, and what to park it with.
+    pub(crate) fn current() -> Waiter {
+        if coroutine::is_coroutine() {
+            Waiter::Coroutine(Blocker::current())
+        } else {
+            Waiter::Thread(std::thread::current())
+        }
+    }
+
+    /// Parks the caller, the waiter `self` was made for (a spurious return is possible).
+    pub(crate) fn park(&self, timeout: Option<Duration>) {
+        match self {
+            Waiter::Coroutine(blocker) => {
+                let _ = blocker.park(timeout);
+            }
+            Waiter::Thread(_) => match timeout {
+                Some(timeout) => std::thread::park_timeout(timeout),
+                None => std::thread::park(),
+            },
+            Waiter::Polled(_) => {}
+        }
+    }
+
+    pub(crate) fn wake(self) {
+        match self {
+            Waiter::Coroutine(blocker) => blocker.unpark(),
+            Waiter::Thread(thread) => thread.unpark(),
+            Waiter::Polled(waker) => waker.wake(),
+        }
+    }
+
+    /// A handle for the same waiter (parking registers a clone and parks on the original).
+    pub(crate) fn handle(&self) -> Waiter {
+        match self {
+            Waiter::Coroutine(blocker) => Waiter::Coroutine(blocker.clone()),
+            Waiter::Thread(thread) => Waiter::Thread(thread.clone()),
+            Waiter::Polled(waker) => Waiter::Polled(waker.clone()),
+        }
+    }
+}
+
+/// How long a wait may still park before `deadline`; `Err` once it has passed.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Result<Option<Duration>, ()> {
+    match deadline {
+        Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(()),
+        },
+        None => Ok(None),
+    }
+}
+
+/// A waiter's spinning before it parks, as the shared-memory client spins: a thread
+/// checks up to [`SPINS_BEFORE_PARK`] times (a reply from a busy runtime comes sooner
+/// than a park and wake-up), giving its CPU away every [`YIELD_EVERY`] checks (on a
+/// small machine the worker it waits for may need that CPU); a coroutine parks at once
+/// (spinning would hold its worker thread, which may be the very thread that has to run
+/// the task waited for).
+pub(crate) struct Spin(u32);
+
+impl Spin {
+    pub(crate) fn new() -> Spin {
+        Spin(if coroutine::is_coroutine() {
+            0
+        } else {
+            SPINS_BEFORE_PARK
+        })
+    }
+
+    /// Spins once; `false` once the spinning is over (park now).
+    pub(crate) fn once(&mut self) -> bool {
+        if self.0 == 0 {
+            return false;
+        }
+        self.0 -= 1;
+        if self.0.is_multiple_of(YIELD_EVERY) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        true
+    }
+}
+
+/// Checks before parking: a reply from a busy runtime arrives in well under this many,
+/// and parking costs a context switch (the shared-memory client spins as long).
+const SPINS_BEFORE_PARK: u32 = 20_000;
+/// Checks between two yields of the thread while spinning.
+const YIELD_EVERY: u32 = 256;
+
+/// How many idle call slots are kept for reuse, process-wide.
+const IDLE_CALL_SLOTS: usize = 256;
+/// Output capacity a slot keeps between calls; a larger output buffer is freed.
+const SLOT_OUTPUT_KEEP: usize = 4096;
+
+/// The idle call slots (a bounded lock-free queue).
+fn idle_slots() -> &'static crossbeam_queue::ArrayQueue<Arc<CallSlot>> {
+    static IDLE: std::sync::OnceLock<crossbeam_queue::ArrayQueue<Arc<CallSlot>>> =
+        std::sync::OnceLock::new();
+    IDLE.get_or_init(|| crossbeam_queue::ArrayQueue::new(IDLE_CALL_SLOTS))
+}
+
+/// Where the one replica of an in-process call answers and its caller waits (see the
+/// module docs): pooled, so a call allocates nothing once the pool is warm.
+pub struct CallSlot {
+    /// Set under the lock when the answer of the current generation is in; read without
+    /// it (`Acquire`) by the caller's spin.
+    done: AtomicBool,
+    answer: Mutex<Answer>,
+}
+
+/// A slot's answer and waiter, for one generation at a time.
+struct Answer {
+    generation: u64,
+    container: ContainerId,
+    /// `Ok` with the output in `output`, or the task's error.
+    result: Result<(), TaskError>,
+    output: Bytes,
+    waiter: Option<Waiter>,
+}
+
+impl CallSlot {
+    /// A slot from the pool (or a new one), set up for a new call: the caller's handle
+    /// and the reply its task answers through.
+    pub fn take() -> (SlotCall, SlotReply) {
+        let slot = idle_slots().pop().unwrap_or_else(|| {
+            Arc::new(CallSlot {
+                done: AtomicBool::new(false),
+                answer: Mutex::new(Answer {
+                    generation: 0,
+                    container: 0,
+                    result: Ok(()),
+                    output: Bytes::new(),
+                    waiter: None,
+                }),
+            })
+        });
+        // Given back in a new generation with nothing pending (see `release`).
+        let generation = lock(&slot.answer).generation;
+        let reply = SlotReply {
+            slot: slot.clone(),
+            generation,
+        };
+        let call = SlotCall { slot: Some(slot) };
+        (call, reply)
+    }
+}
+
+/// The task's side of a call slot: answers the generation it was made for.
+pub struct SlotReply {
+    slot: Arc<CallSlot>,
+    generation: u64,
+}
+
+impl SlotReply {
+    /// Stores the answer (the output copied into the slot's reused buffer) and wakes the
+    /// caller, unless the caller gave the slot up meanwhile (another generation).
+    pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
+        let waiter = {
+            let mut answer = lock(&self.slot.answer);
+            if answer.generation != self.generation {
+                return;
+            }
+            answer.container = container;
+            answer.result = match result {
+                Ok(bytes) => {
+                    answer.output.clear();
+                    answer.output.extend_from_slice(bytes);
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            };
+            self.slot.done.store(true, Ordering::Release);
+            answer.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+}
+
+/// The caller's side of a call slot: waits for the answer of its generation, reads it,
+/// and gives the slot back (also when dropped unanswered: the call is abandoned).
+pub struct SlotCall {
+    /// `None` once given back.
+    slot: Option<Arc<CallSlot>>,
+}
+
+impl SlotCall {
+    /// Whether the answer is in.
+    pub fn is_done(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_none_or(|slot| slot.done.load(Ordering::Acquire))
+    }
+
+    /// Waits until the answer is in or `deadline` passed; returns whether it is in.
+    pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let Some(slot) = &self.slot else {
+            return true;
+        };
+        let mut spin = Spin::new();
+        while !slot.done.load(Ordering::Acquire) {
+            if spin.once() {
+                continue;
+            }
+            let Ok(timeout) = time_left(deadline) else {
+                return slot.done.load(Ordering::Acquire);
+            };
+            let waiter = Waiter::current();
+            {
+                let mut answer = lock(&slot.answer);
+                // `done` is set under this lock: either it is set now, or the task will
+                // find this waiter.
+                if slot.done.load(Ordering::Acquire) {
+                    break;
+                }
+                answer.waiter = Some(waiter.handle());
+            }
+            waiter.park(timeout);
+        }
+        true
+    }
+
+    /// Whether the answer is in; if not, `waker` is woken when it is (replacing the
+    /// waker of an earlier poll).
+    pub fn poll_done(&self, waker: &Waker) -> bool {
+        let Some(slot) = &self.slot else {
+            return true;
+        };
+        if slot.done.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut answer = lock(&slot.answer);
+        if slot.done.load(Ordering::Acquire) {
+            return true;
+        }
+        match &answer.waiter {
+            Some(Waiter::Polled(registered)) if registered.will_wake(waker) => {}
+            _ => answer.waiter = Some(Waiter::Polled(waker.clone())),
+        }
+        false
+    }
+
+    /// Waits for the answer and hands its output to `decode` (or returns the task's
+    /// error); the slot is given back after.
+    pub fn wait_first(
+        mut self,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        self.wait_until(None);
+        let Some(slot) = self.slot.take() else {
+            return Err(TaskError::NotRun);
+        };
+        let mut answer = lock(&slot.answer);
+        let result = match std::mem::replace(&mut answer.result, Ok(())) {
+            Ok(()) => decode(&answer.output),
+            Err(err) => Err(err),
+        };
+        release(&slot, answer);
+        result
+    }
+
+    /// Waits for the answer and returns it as the results of a one-replica call (the
+    /// output copied out of the slot).
+    pub fn wait(mut self) -> Vec<(ContainerId, Result<Bytes, TaskError>)> {
+        self.wait_until(None);
+        let Some(slot) = self.slot.take() else {
+            return vec![(0, Err(TaskError::NotRun))];
+        };
+        let mut answer = lock(&slot.answer);
+        let result = std::mem::replace(&mut answer.result, Ok(()));
+        let results = vec![(
+            answer.container,
+            result.map(|()| aligned_copy(&answer.output)),
+        )];
+        release(&slot, answer);
+        results
+    }
+}
+
+impl Drop for SlotCall {
+    /// An unanswered call given up: its late answer is discarded (another generation).
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let answer = lock(&slot.answer);
+            release(&slot, answer);
+        }
+    }
+}
+
+/// Gives a slot back to the pool in a new generation (its lock held as `answer`), so
+/// that an answer for the call it served is discarded.
+fn release(slot: &Arc<CallSlot>, mut answer: std::sync::MutexGuard<'_, Answer>) {
+    answer.generation = answer.generation.wrapping_add(1);
+    answer.result = Ok(());
+    answer.waiter = None;
+    if answer.output.capacity() > SLOT_OUTPUT_KEEP {
+        answer.output = Bytes::new();
+    }
+    slot.done.store(false, Ordering::Relaxed);
+    drop(answer);
+    // Full: enough are idle; this one is freed once a late task lets go of it.
+    let _ = idle_slots().push(slot.clone());
+}
