@@ -318,6 +318,7 @@ fn a_peer_sending_garbage_gets_a_malformed_answer_and_the_node_serves_on() {
         fire_and_forget: false,
         timeout_ms: 1000,
         input: Vec::new(),
+        bulk: Vec::new(),
     }))
     .unwrap();
     let (send, answer) = mpsc::channel();
@@ -525,12 +526,13 @@ fn well_formed_but_hostile_frames_fail_alone_with_typed_errors() {
             fire_and_forget: false,
             timeout_ms: 500,
             input,
+            bulk: Vec::new(),
         })
     };
     let who_am_i = chimaera_core::codec::encode(&()).unwrap().to_vec();
     // Repeated, out-of-pool and other nodes' containers: one result each, in order.
     let answer = ask_node_0(&*hostile, &run(vec![99, 0, 0, 1], 10, 0, who_am_i.clone()));
-    let Answer::Results(results) = answer else {
+    let Answer::Results { results, .. } = answer else {
         panic!("expected results, got {answer:?}");
     };
     let containers: Vec<u32> = results.iter().map(|(c, _)| *c).collect();
@@ -559,7 +561,9 @@ fn well_formed_but_hostile_frames_fail_alone_with_typed_errors() {
         ask_node_0(&*hostile, &run(vec![0], 9999, 0, who_am_i)),
         Answer::Failed(TaskError::UnknownMethod { method: 9999, .. })
     ));
-    let Answer::Results(garbage) = ask_node_0(&*hostile, &run(vec![0], 18, 0, vec![0xee; 40]))
+    let Answer::Results {
+        results: garbage, ..
+    } = ask_node_0(&*hostile, &run(vec![0], 18, 0, vec![0xee; 40]))
     else {
         panic!("expected results");
     };

@@ -120,13 +120,37 @@ pub type BulkRef<'a> = BulkWire<SliceRef<'a, u8>>;
 pub type ArchivedBulk = ArchivedBulkWire<Vec<u8>>;
 
 /// One client's data share (in its memfd), as the runtime maps it, and the
-/// ranges of it that running tasks hold.
+/// ranges of it that running tasks hold — or, on a node a task was sent to, the bulk
+/// ranges that travelled with the task ([`BulkShare::carried`]).
 pub struct BulkShare {
     base: NonNull<u8>,
     len: usize,
+    /// How a reference's offset finds its bytes.
+    layout: ShareLayout,
     claims: Mutex<Vec<Claim>>,
     /// Keeps the mapping alive as long as any task can reach it.
     _mapping: Arc<dyn Send + Sync>,
+}
+
+/// Where the bytes of a [`BulkWire::Shared`] reference lie in a [`BulkShare`].
+enum ShareLayout {
+    /// A client's share, mapped whole: offset `o` is byte `o`; the client may write it
+    /// at any moment, so every copy is atomic.
+    Client,
+    /// Copies of some ranges of a client's share (on another node), one after the
+    /// other in runtime-private memory: a reference must lie inside one of them.
+    Carried(Vec<CarriedRange>),
+}
+
+/// One range of a client's share carried with a task, and where its copy starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CarriedRange {
+    /// Offset in the client's share.
+    offset: u64,
+    /// Length in bytes.
+    len: u64,
+    /// Where the copy starts in the carried bytes.
+    at: usize,
 }
 
 // SAFETY: `base..base + len` is shared memory that lives as long as `_mapping`; every
@@ -161,9 +185,71 @@ impl BulkShare {
         BulkShare {
             base,
             len,
+            layout: ShareLayout::Client,
             claims: Mutex::new(Vec::new()),
             _mapping: mapping,
         }
+    }
+
+    /// The bulk ranges that travelled with a task from another node: `ranges` (offset
+    /// and length in the sending client's share) are copied one after the other in
+    /// `bytes[carried]`, which this share owns from now on. References of the task
+    /// resolve inside these ranges, in private memory (no atomic copies needed).
+    pub(crate) fn carried(
+        mut bytes: Vec<u8>,
+        carried: std::ops::Range<usize>,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Result<BulkShare, TaskError> {
+        let available = carried.end.saturating_sub(carried.start);
+        if carried.end > bytes.len() {
+            return Err(TaskError::malformed(
+                "bulk data",
+                "the carried bytes lie past the end of the frame",
+            ));
+        }
+        let mut table = Vec::new();
+        let mut at = 0usize;
+        for (offset, len) in ranges {
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|len| at.checked_add(len))
+                .filter(|&end| end <= available)
+                .ok_or_else(|| {
+                    TaskError::malformed(
+                        "bulk data",
+                        format!("its ranges announce more than the {available} bytes carried"),
+                    )
+                })?;
+            offset.checked_add(len).ok_or_else(|| {
+                TaskError::malformed("bulk data", format!("the range {offset}+{len} overflows"))
+            })?;
+            table.push(CarriedRange { offset, len, at });
+            at = end;
+        }
+        if at != available {
+            return Err(TaskError::malformed(
+                "bulk data",
+                format!("{available} bytes carried for ranges of {at} bytes"),
+            ));
+        }
+        // SAFETY: `carried` lies inside `bytes` (checked above); the pointer is taken
+        // once, and the vector (moved, its heap block staying put) is reached through
+        // nothing else until it is dropped with the last reference to this share.
+        let base = unsafe { bytes.as_mut_ptr().add(carried.start) };
+        let base = NonNull::new(base).unwrap_or(NonNull::dangling());
+        Ok(BulkShare {
+            base,
+            len: available,
+            layout: ShareLayout::Carried(table),
+            claims: Mutex::new(Vec::new()),
+            _mapping: Arc::new(bytes),
+        })
+    }
+
+    /// Whether the bytes lie in a client's shared memory (views copy atomically) rather
+    /// than in this runtime's memory (carried from another node).
+    fn is_client_memory(&self) -> bool {
+        matches!(self.layout, ShareLayout::Client)
     }
 
     /// The share's length in bytes.
@@ -181,13 +267,29 @@ impl BulkShare {
         let out_of_bounds = || {
             TaskError::malformed(
                 "bulk buffer",
-                format!(
-                    "{offset}+{len} lies outside the client's {}-byte data share",
-                    self.len
-                ),
+                match self.layout {
+                    ShareLayout::Client => format!(
+                        "{offset}+{len} lies outside the client's {}-byte data share",
+                        self.len
+                    ),
+                    ShareLayout::Carried(_) => format!(
+                        "{offset}+{len} lies outside the bulk ranges that came with the task"
+                    ),
+                },
             )
         };
-        let start = usize::try_from(offset).map_err(|_| out_of_bounds())?;
+        let position = match &self.layout {
+            ShareLayout::Client => offset,
+            ShareLayout::Carried(ranges) => {
+                let end = offset.checked_add(len).ok_or_else(out_of_bounds)?;
+                let range = ranges
+                    .iter()
+                    .find(|range| range.offset <= offset && end <= range.offset + range.len)
+                    .ok_or_else(out_of_bounds)?;
+                range.at as u64 + (offset - range.offset)
+            }
+        };
+        let start = usize::try_from(position).map_err(|_| out_of_bounds())?;
         let len = usize::try_from(len).map_err(|_| out_of_bounds())?;
         let end = start
             .checked_add(len)
@@ -279,6 +381,99 @@ impl<'s> Held<'s> {
 
     fn len(&self) -> usize {
         self.claim.end - self.claim.start
+    }
+
+    /// Whether another process may write the bytes (copies must be atomic).
+    fn shared(&self) -> bool {
+        self.share.is_client_memory()
+    }
+
+    /// Copies the whole range into `dst` (of its length).
+    fn load(&self, dst: &mut [u8]) {
+        debug_assert_eq!(dst.len(), self.len());
+        // SAFETY: the claim is in bounds of the mapped share, which the holder keeps
+        // mapped; no task of this runtime writes it while the claim is held, and `dst`
+        // is private memory of its length.
+        unsafe { read_raw(self.ptr(), dst, self.shared()) };
+    }
+
+    /// Copies `src` (of the range's length) over the range, which must be claimed
+    /// exclusively.
+    fn store(&self, src: &[u8]) {
+        debug_assert!(self.claim.exclusive && src.len() == self.len());
+        // SAFETY: the claimed range, exclusively ours, of the mapped share; `src` is a
+        // live private slice of its length, so it cannot alias the range.
+        unsafe { write_raw(self.ptr(), src, self.shared()) };
+    }
+}
+
+/// A claimed range of a share held outside any handler's run: the range a task sent to
+/// another node reads or writes, held (with the share) until that node has answered.
+/// Released when dropped.
+pub(crate) struct HeldRange {
+    share: Arc<BulkShare>,
+    claim: Claim,
+}
+
+impl HeldRange {
+    /// Claims `offset..offset + len` of `share`: exclusively when the handler writes
+    /// it, shared when it only reads it.
+    pub(crate) fn take(
+        share: &Arc<BulkShare>,
+        offset: u64,
+        len: u64,
+        exclusive: bool,
+    ) -> Result<HeldRange, TaskError> {
+        let claim = share.claim(offset, len, exclusive)?;
+        Ok(HeldRange {
+            share: share.clone(),
+            claim,
+        })
+    }
+
+    fn held(&self) -> std::mem::ManuallyDrop<Held<'_>> {
+        // Borrowed for one copy, never dropped: the claim is released by `HeldRange`.
+        std::mem::ManuallyDrop::new(Held {
+            share: &self.share,
+            claim: self.claim,
+        })
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.claim.end - self.claim.start
+    }
+
+    /// Copies the range into `dst`, which has its length (atomically on a client's
+    /// memory).
+    pub(crate) fn copy_to(&self, dst: &mut [u8]) {
+        self.held().load(dst);
+    }
+
+    /// Copies `src` over the range; `false` (nothing written) unless the range is
+    /// claimed exclusively and `src` has its length.
+    pub(crate) fn copy_from(&self, src: &[u8]) -> bool {
+        if !self.claim.exclusive || src.len() != self.len() {
+            return false;
+        }
+        self.held().store(src);
+        true
+    }
+}
+
+impl Drop for HeldRange {
+    fn drop(&mut self) {
+        self.share.release(self.claim);
+    }
+}
+
+impl std::fmt::Debug for HeldRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldRange")
+            .field("start", &self.claim.start)
+            .field("len", &self.len())
+            .field("exclusive", &self.claim.exclusive)
+            .finish()
     }
 }
 
@@ -629,6 +824,21 @@ impl std::fmt::Debug for BulkOut<'_> {
     }
 }
 
+/// Copies `src` into a view's memory at `dst`: atomically when `shared`.
+///
+/// # Safety
+/// `dst..dst + src.len()` must be writable, used by nothing else meanwhile, and not
+/// part of `src`.
+unsafe fn write_raw(dst: *mut u8, src: &[u8], shared: bool) {
+    if shared {
+        // SAFETY: the caller's promise.
+        unsafe { crate::shm::atomic_copy::store(dst, src) };
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+}
+
 /// Copies from a view's memory at `src` into `dst`: atomically when `shared`.
 ///
 /// # Safety
@@ -655,9 +865,7 @@ pub fn copy_in<'a>(
         ArchivedBulkWire::Shared { offset, len } => {
             let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
             let mut copy = vec![0u8; held.len()];
-            // SAFETY: the claim is in bounds of the mapped share, which the task keeps
-            // mapped; no task of this runtime writes it while the claim is held.
-            unsafe { crate::shm::atomic_copy::load(held.ptr(), &mut copy) };
+            held.load(&mut copy);
             Ok(Cow::Owned(copy))
         }
     }
@@ -681,11 +889,16 @@ impl<'a> BulkInArg<'a> {
             }),
             ArchivedBulkWire::Shared { offset, len } => {
                 let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
-                // SAFETY: the claim is in bounds of the mapped share, which outlives
-                // `'a` (the task holds the share); the runtime makes no reference into
-                // shares, and no task writes this range until the claim is released with
-                // `held`, which lives as long as the view can.
-                let view = unsafe { BulkIn::from_raw_shared(held.ptr(), held.len()) };
+                let view = BulkIn {
+                    ptr: held.ptr(),
+                    len: held.len(),
+                    shared: held.shared(),
+                    _bytes: PhantomData,
+                };
+                // The view is sound: the claim is in bounds of the mapped share, which
+                // outlives `'a` (the task holds the share); the runtime makes no
+                // reference into shares, and no task writes this range until the claim
+                // is released with `held`, which lives as long as the view can.
                 Ok(BulkInArg {
                     view,
                     _held: Some(held),
@@ -743,8 +956,7 @@ impl<'a> BulkOutArg<'a> {
                 let held = Held::take(share, offset.to_native(), len.to_native(), true)?;
                 let copy = private_copy.then(|| {
                     let mut copy = vec![0u8; held.len()];
-                    // SAFETY: in bounds of the mapped share; claimed exclusively.
-                    unsafe { crate::shm::atomic_copy::load(held.ptr(), &mut copy) };
+                    held.load(&mut copy);
                     copy
                 });
                 Ok(BulkOutArg(OutBytes::Shared {
@@ -766,10 +978,15 @@ impl<'a> BulkOutArg<'a> {
             OutBytes::Shared {
                 held, copy: None, ..
             } => {
-                // SAFETY: in bounds of the mapped share, which outlives `'a`; the claim
+                // Sound: in bounds of the mapped share, which outlives `'a`; the claim
                 // is exclusive and lives as long as the view can (it borrows `self`),
                 // and the runtime makes no reference into shares.
-                unsafe { BulkOut::from_raw_shared(held.ptr(), held.len()) }
+                BulkOut {
+                    ptr: held.ptr(),
+                    len: held.len(),
+                    shared: held.shared(),
+                    _bytes: PhantomData,
+                }
             }
         }
     }
@@ -794,9 +1011,7 @@ impl<'a> BulkOutArg<'a> {
             OutBytes::Owned(bytes) => BulkWire::Inline(bytes),
             OutBytes::Shared { held, offset, copy } => {
                 if let Some(copy) = copy {
-                    // SAFETY: the claimed range, exclusively ours, of the mapped share;
-                    // `copy` has its length.
-                    unsafe { crate::shm::atomic_copy::store(held.ptr(), &copy) };
+                    held.store(&copy);
                 }
                 BulkWire::Shared {
                     offset,

@@ -6,6 +6,18 @@
 //! and its input — the generated archive of the task's arguments, carried as it is.
 //! Its answer is an [`Answer::Results`]: each container's output archive or error.
 //!
+//! # Envelope and carried bytes
+//!
+//! Every frame and answer is `[archive length: u64 LE][archive][carried bytes]`. The
+//! carried bytes are a task's bulk ranges ([`BulkSegment`]) that lie in the submitting
+//! client's shared memory: one copy of each, in the order of [`RunTask::bulk`], read
+//! straight out of the client's share into the frame; the receiver resolves the task's
+//! references into them in place, never copying them into a second buffer. An answer
+//! carries back the ranges the handler writes, in the order of
+//! [`Answer::Results`]`::written`. Keeping them outside the archive is what spares a copy
+//! on each side: an archive is copied once into aligned memory before it is read, the
+//! carried bytes never are.
+//!
 //! Pools are agreed on by node 0 (the single writer of pool ids): a node asks it with
 //! [`Frame::CreatePool`] / [`Frame::DestroyPool`]; node 0 tells every node with
 //! [`Frame::InstallPool`] / [`Frame::UninstallPool`]; a node that starts late asks it
@@ -14,7 +26,8 @@
 //! # Invariants
 //!
 //! * [`decode_frame`] and [`decode_answer`] never panic: bytes that are not an archive
-//!   of this protocol are a [`TaskError::Malformed`].
+//!   of this protocol (or an envelope whose length points past its end) are a
+//!   [`TaskError::Malformed`].
 //! * Decoding copies the bytes once into aligned memory first, so an archive is read in
 //!   place only from memory this process owns.
 // rkyv's derive emits resolver types whose fields cannot carry docs.
@@ -45,6 +58,20 @@ pub struct RunTask {
     pub timeout_ms: u64,
     /// The archive of the task's inputs.
     pub input: Vec<u8>,
+    /// The ranges of the client's share the input references, whose bytes follow the
+    /// archive (in this order).
+    pub bulk: Vec<BulkSegment>,
+}
+
+/// A range of the submitting client's share that travels with its task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct BulkSegment {
+    /// Offset in the client's share (as the task's reference says).
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// The handler writes it: its bytes come back with the answer.
+    pub writes: bool,
 }
 
 /// A pool every node agrees on: its id and how it was asked for.
@@ -86,7 +113,13 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum Answer {
     /// Results of a [`Frame::Run`], one per container it was for.
-    Results(Vec<(ContainerId, Outcome)>),
+    Results {
+        /// Each container's result.
+        results: Vec<(ContainerId, Outcome)>,
+        /// The written ranges of the task (its [`BulkSegment`]s with `writes`, in
+        /// order), whose bytes follow the archive.
+        written: Vec<BulkSegment>,
+    },
     /// The pool a [`Frame::CreatePool`] got or made.
     Pool(PoolRecord),
     /// Every pool ([`Frame::ListPools`]).
@@ -97,32 +130,117 @@ pub enum Answer {
     Failed(TaskError),
 }
 
-/// Archives a frame.
+/// Bytes of the envelope's length prefix.
+const PREFIX: usize = 8;
+
+/// `value` archived in an envelope followed by `carried` bytes that `fill` writes.
+fn envelope<T>(
+    value: &T,
+    what: &str,
+    carried: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<Vec<u8>, TaskError>
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            CodecError,
+        >,
+    >,
+{
+    let archive =
+        rkyv::to_bytes::<CodecError>(value).map_err(|err| TaskError::malformed(what, err))?;
+    let total = PREFIX
+        .checked_add(archive.len())
+        .and_then(|len| len.checked_add(carried))
+        .ok_or_else(|| TaskError::malformed(what, "too long to address"))?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(total)
+        .map_err(|_| TaskError::OutOfMemory { len: total as u64 })?;
+    bytes.extend_from_slice(&(archive.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&archive);
+    bytes.resize(total, 0);
+    fill(&mut bytes[total - carried..]);
+    Ok(bytes)
+}
+
+/// The archive in an envelope, copied into aligned memory, and where its carried bytes
+/// lie in `bytes`.
+fn open_envelope(
+    bytes: &[u8],
+    what: &str,
+) -> Result<(rkyv::util::AlignedVec, std::ops::Range<usize>), TaskError> {
+    let prefix: [u8; PREFIX] = bytes
+        .get(..PREFIX)
+        .and_then(|prefix| prefix.try_into().ok())
+        .ok_or_else(|| TaskError::malformed(what, "shorter than its length prefix"))?;
+    let end = usize::try_from(u64::from_le_bytes(prefix))
+        .ok()
+        .and_then(|len| PREFIX.checked_add(len))
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| TaskError::malformed(what, "its length prefix points past its end"))?;
+    Ok((aligned_copy(&bytes[PREFIX..end]), end..bytes.len()))
+}
+
+/// Archives a frame that carries no bytes.
 pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, TaskError> {
-    rkyv::to_bytes::<CodecError>(frame)
-        .map(|bytes| bytes.into_vec())
-        .map_err(|err| TaskError::malformed("frame", err))
+    encode_frame_carrying(frame, 0, |_| {})
 }
 
-/// Archives an answer.
+/// Archives a frame followed by `carried` bytes, which `fill` writes (a task's bulk
+/// ranges, see the module docs).
+pub fn encode_frame_carrying(
+    frame: &Frame,
+    carried: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<Vec<u8>, TaskError> {
+    envelope(frame, "frame", carried, fill)
+}
+
+/// Archives an answer that carries no bytes.
 pub fn encode_answer(answer: &Answer) -> Result<Vec<u8>, TaskError> {
-    rkyv::to_bytes::<CodecError>(answer)
-        .map(|bytes| bytes.into_vec())
-        .map_err(|err| TaskError::malformed("answer", err))
+    encode_answer_carrying(answer, 0, |_| {})
 }
 
-/// The frame in `bytes` (validated).
+/// Archives an answer followed by `carried` bytes, which `fill` writes.
+pub fn encode_answer_carrying(
+    answer: &Answer,
+    carried: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<Vec<u8>, TaskError> {
+    envelope(answer, "answer", carried, fill)
+}
+
+/// The frame in `bytes` (validated), ignoring carried bytes.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, TaskError> {
-    let aligned = aligned_copy(bytes);
-    rkyv::from_bytes::<Frame, CodecError>(&aligned)
-        .map_err(|err| TaskError::malformed("frame", err))
+    decode_frame_carrying(bytes).map(|(frame, _)| frame)
 }
 
-/// The answer in `bytes` (validated).
+/// The frame in `bytes` (validated), and where its carried bytes lie in `bytes`.
+pub fn decode_frame_carrying(
+    bytes: &[u8],
+) -> Result<(Frame, std::ops::Range<usize>), TaskError> {
+    let (aligned, carried) = open_envelope(bytes, "frame")?;
+    let frame = rkyv::from_bytes::<Frame, CodecError>(&aligned)
+        .map_err(|err| TaskError::malformed("frame", err))?;
+    Ok((frame, carried))
+}
+
+/// The answer in `bytes` (validated), ignoring carried bytes.
 pub fn decode_answer(bytes: &[u8]) -> Result<Answer, TaskError> {
-    let aligned = aligned_copy(bytes);
-    rkyv::from_bytes::<Answer, CodecError>(&aligned)
-        .map_err(|err| TaskError::malformed("answer", err))
+    decode_answer_carrying(bytes).map(|(answer, _)| answer)
+}
+
+/// The answer in `bytes` (validated), and where its carried bytes lie in `bytes`.
+pub fn decode_answer_carrying(
+    bytes: &[u8],
+) -> Result<(Answer, std::ops::Range<usize>), TaskError> {
+    let (aligned, carried) = open_envelope(bytes, "answer")?;
+    let answer = rkyv::from_bytes::<Answer, CodecError>(&aligned)
+        .map_err(|err| TaskError::malformed("answer", err))?;
+    Ok((answer, carried))
 }
 
 #[cfg(test)]
@@ -140,12 +258,24 @@ mod tests {
             fire_and_forget: false,
             timeout_ms: 2000,
             input: vec![1, 2, 3],
+            bulk: vec![BulkSegment {
+                offset: 4096,
+                len: 3,
+                writes: true,
+            }],
         });
         assert_eq!(decode_frame(&encode_frame(&frame).unwrap()).unwrap(), frame);
-        let answer = Answer::Results(vec![
-            (1, Outcome::Output(vec![7])),
-            (5, Outcome::Failed(TaskError::NotRun)),
-        ]);
+        let bytes = encode_frame_carrying(&frame, 3, |carried| carried.copy_from_slice(b"abc"))
+            .unwrap();
+        let (decoded, carried) = decode_frame_carrying(&bytes).unwrap();
+        assert_eq!((decoded, &bytes[carried]), (frame, &b"abc"[..]));
+        let answer = Answer::Results {
+            results: vec![
+                (1, Outcome::Output(vec![7])),
+                (5, Outcome::Failed(TaskError::NotRun)),
+            ],
+            written: Vec::new(),
+        };
         assert_eq!(
             decode_answer(&encode_answer(&answer).unwrap()).unwrap(),
             answer
@@ -162,6 +292,8 @@ mod tests {
             &[0xab; 64][..],
             &full[..full.len() - 1],
             &bytes[1..],
+            &u64::MAX.to_le_bytes()[..],
+            &[9, 0, 0, 0, 0, 0, 0, 0, 1][..],
         ] {
             assert!(
                 matches!(decode_frame(bad), Err(TaskError::Malformed { .. })),

@@ -328,9 +328,19 @@ impl Shared {
             None => Vec::new(),
         };
         let local_replicas = replicas - remote.len();
-        if let Some(&first) = remote.first() {
-            remote::check_remote_task(&input, schedule, placement.node_of(first))?;
-        }
+        // Claims the client-share ranges the frames carry: a forged or busy range fails
+        // the task here, before anything is queued or sent.
+        let carried = match remote.first() {
+            Some(&first) => remote::check_remote_task(
+                &module,
+                method,
+                &input,
+                bulk.as_ref(),
+                schedule,
+                placement.node_of(first),
+            )?,
+            None => None,
+        };
         let copied = input.len().saturating_mul(local_replicas.saturating_sub(1));
         if copied > MAX_FAN_OUT_COPY_BYTES {
             return Err(TaskError::FanOutTooLarge {
@@ -393,6 +403,7 @@ impl Shared {
                 query,
                 depth: node.depth,
                 input: &input,
+                carried: carried.as_ref(),
             };
             self.send_remote(cluster, &task, placement, remote, cluster.timeout, reply);
         }

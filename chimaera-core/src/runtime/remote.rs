@@ -41,9 +41,11 @@
 //!   [`TaskError::PeriodicAcrossNodes`].
 use super::{Replica, Shared};
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
+use crate::bulk::{ArchivedBulkWire, BulkShare, HeldRange};
 use crate::cluster::frame::{
-    decode_answer, decode_frame, encode_answer, encode_frame, Answer, Frame, Outcome, PoolRecord,
-    RunTask,
+    decode_answer, decode_answer_carrying, decode_frame_carrying, encode_answer,
+    encode_answer_carrying, encode_frame, encode_frame_carrying, Answer, BulkSegment, Frame,
+    Outcome, PoolRecord, RunTask,
 };
 use crate::codec::{aligned_copy, Bytes};
 use crate::config::NetworkingConfig;
@@ -51,6 +53,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::{FrameHandler, NetError, PeerNetwork, Responder, MAX_FRAME_BYTES};
 use crate::query::{Placement, PoolQuery};
+use crate::runtime::module::ModuleEntry;
 use crate::runtime::pool_table::Lookup;
 use crate::runtime::task::{lock, Completion, Reply, ReplyKey, ReplySink, ReplyTo, Schedule};
 use std::collections::{BTreeMap, HashMap};
@@ -114,23 +117,152 @@ impl ClusterNode {
     }
 }
 
-/// Refuses, before anything is queued, a task that cannot go to node `node`.
+/// Refuses, before anything is queued, a task that cannot go to node `node`; claims
+/// and returns the ranges of the client's share its bulk arguments reference, which its
+/// frames carry (see [`CarriedBulk`]).
 pub(super) fn check_remote_task(
+    module: &ModuleEntry,
+    method: MethodId,
     input: &[u8],
+    share: Option<&Arc<BulkShare>>,
     schedule: Option<Schedule>,
     node: NodeId,
-) -> Result<(), TaskError> {
+) -> Result<Option<Arc<CarriedBulk>>, TaskError> {
     if let Some(Schedule::Periodic(_)) = schedule {
         return Err(TaskError::PeriodicAcrossNodes { node });
     }
+    let carried = match share {
+        Some(share) => CarriedBulk::of_input(module, method, input, share)?,
+        None => None,
+    };
+    let carried_len = carried.as_ref().map_or(0, |carried| carried.len);
     let max = MAX_FRAME_BYTES - FRAME_OVERHEAD;
-    if input.len() > max {
+    let len = input.len().saturating_add(carried_len);
+    if len > max {
         return Err(TaskError::FrameTooLarge {
-            len: input.len() as u64,
+            len: len as u64,
             max: max as u64,
         });
     }
-    Ok(())
+    Ok(carried)
+}
+
+/// The bulk ranges a task's frames carry: the ranges of the submitting client's share
+/// (or, on a node that forwards the task, of the ranges carried to it) that its input
+/// references, each claimed — exclusively where the handler writes it — from before
+/// the first frame is built until every frame is answered. So the bytes a frame carries
+/// are what the client's buffers held when the task was sent, no task of this node
+/// writes a range that a remote handler writes meanwhile, and the written bytes coming
+/// back land in ranges nothing else uses.
+pub(super) struct CarriedBulk {
+    /// Every range, in the order the frames carry them.
+    segments: Vec<BulkSegment>,
+    /// The claim on each, in the same order.
+    held: Vec<HeldRange>,
+    /// Their total length in bytes.
+    len: usize,
+}
+
+impl CarriedBulk {
+    /// The ranges `input`'s bulk arguments reference in `share` (`None` when they
+    /// all travel inline). A reference outside the share, or overlapping a range
+    /// another task (or argument) holds for writing, fails here: nothing is sent.
+    fn of_input(
+        module: &ModuleEntry,
+        method: MethodId,
+        input: &[u8],
+        share: &Arc<BulkShare>,
+    ) -> Result<Option<Arc<CarriedBulk>>, TaskError> {
+        let mut segments = Vec::new();
+        (module.visit_bulk)(method, input, &mut |arg, writes| {
+            if let ArchivedBulkWire::Shared { offset, len } = arg {
+                segments.push(BulkSegment {
+                    offset: offset.to_native(),
+                    len: len.to_native(),
+                    writes,
+                });
+            }
+        })?;
+        if segments.is_empty() {
+            return Ok(None);
+        }
+        CarriedBulk::claim(share, segments).map(Some)
+    }
+
+    /// Claims `segments` of `share`.
+    fn claim(share: &Arc<BulkShare>, segments: Vec<BulkSegment>) -> Result<Arc<Self>, TaskError> {
+        let mut held = Vec::with_capacity(segments.len());
+        let mut len = 0usize;
+        for segment in &segments {
+            let range = HeldRange::take(share, segment.offset, segment.len, segment.writes)?;
+            len = len
+                .checked_add(range.len())
+                .ok_or(TaskError::FrameTooLarge {
+                    len: u64::MAX,
+                    max: MAX_FRAME_BYTES as u64,
+                })?;
+            held.push(range);
+        }
+        Ok(Arc::new(CarriedBulk {
+            segments,
+            held,
+            len,
+        }))
+    }
+
+    /// Copies every range, one after the other, into `dst` (of [`Self::len`] bytes).
+    fn copy_to(&self, dst: &mut [u8]) {
+        let mut at = 0;
+        for range in &self.held {
+            let end = at + range.len();
+            range.copy_to(&mut dst[at..end]);
+            at = end;
+        }
+    }
+
+    /// The ranges the handler writes, in order.
+    fn written(&self) -> impl Iterator<Item = (&BulkSegment, &HeldRange)> {
+        self.segments
+            .iter()
+            .zip(&self.held)
+            .filter(|(segment, _)| segment.writes)
+    }
+
+    /// Writes the written ranges an answer of `node` carries (`bytes`) back where they
+    /// came from. All or nothing: an answer whose ranges are not exactly the written
+    /// ones, in order, with their lengths, writes nothing and is an error.
+    fn write_back(
+        &self,
+        node: NodeId,
+        written: &[BulkSegment],
+        bytes: &[u8],
+    ) -> Result<(), TaskError> {
+        let expected: Vec<BulkSegment> = self.written().map(|(segment, _)| *segment).collect();
+        let expected_len: u64 = expected.iter().map(|segment| segment.len).sum();
+        if written != expected.as_slice() || bytes.len() as u64 != expected_len {
+            return Err(TaskError::NodeFailed {
+                node,
+                reason: format!(
+                    "its answer carries {} written bulk range(s) of {} bytes in all where {} of {expected_len} bytes were sent; the caller's buffers were left as they were",
+                    written.len(),
+                    bytes.len(),
+                    expected.len(),
+                ),
+            });
+        }
+        let mut at = 0;
+        for (segment, range) in self.written() {
+            let end = at + segment.len as usize;
+            if !range.copy_from(&bytes[at..end]) {
+                return Err(TaskError::malformed(
+                    "bulk result",
+                    "a written range was not held for writing",
+                ));
+            }
+            at = end;
+        }
+        Ok(())
+    }
 }
 
 /// Where the results of replicas sent to other nodes go.
@@ -175,6 +307,8 @@ pub(super) struct Outgoing<'a> {
     pub(super) query: PoolQuery,
     pub(super) depth: u32,
     pub(super) input: &'a [u8],
+    /// The bulk ranges every frame carries.
+    pub(super) carried: Option<&'a Arc<CarriedBulk>>,
 }
 
 /// The task error for a call to `node` the network could not complete.
@@ -190,12 +324,15 @@ fn node_error(node: NodeId, error: NetError) -> TaskError {
     }
 }
 
-/// Delivers one frame's answer: one result per container in `expected`.
+/// Delivers one frame's answer: writes the bulk ranges it carries back (before anyone
+/// hears of the results), releases the frame's claims, then delivers one result per
+/// container in `expected`.
 fn deliver_answer(
     head: NodeId,
     expected: &[ContainerId],
     answer: Result<Vec<u8>, NetError>,
     mut reply: RemoteReply,
+    carried: Option<Arc<CarriedBulk>>,
 ) {
     let fail_all = |reply: &mut RemoteReply, error: TaskError| {
         for &container in expected {
@@ -206,9 +343,24 @@ fn deliver_answer(
         Ok(bytes) => bytes,
         Err(error) => return fail_all(&mut reply, node_error(head, error)),
     };
-    let results = match decode_answer(&bytes) {
-        Ok(Answer::Results(results)) => results,
-        Ok(Answer::Failed(error)) => return fail_all(&mut reply, error),
+    let results = match decode_answer_carrying(&bytes) {
+        Ok((Answer::Results { results, written }, carried_bytes)) => {
+            let written_back = match &carried {
+                Some(carried) => carried.write_back(head, &written, &bytes[carried_bytes]),
+                None if written.is_empty() && carried_bytes.is_empty() => Ok(()),
+                None => Err(TaskError::NodeFailed {
+                    node: head,
+                    reason: "its answer carries bulk bytes for a task that sent none".to_owned(),
+                }),
+            };
+            // The claims go before the results: whoever they wake may use the ranges.
+            drop(carried);
+            if let Err(error) = written_back {
+                return fail_all(&mut reply, error);
+            }
+            results
+        }
+        Ok((Answer::Failed(error), _)) => return fail_all(&mut reply, error),
         Ok(_) => {
             let error = TaskError::NodeFailed {
                 node: head,
@@ -248,15 +400,52 @@ fn respond_with(responder: Responder, answer: &Answer) {
     responder.respond(bytes);
 }
 
-/// Gathers the results of a task a peer sent and answers it once all are in.
-struct AnswerSink(Mutex<Option<Responder>>);
+/// Gathers the results of a task a peer sent and answers it once all are in, with the
+/// bytes of the bulk ranges its handlers write.
+struct AnswerSink {
+    responder: Mutex<Option<Responder>>,
+    /// The ranges carried with the task, when it has written ones.
+    carried: Option<(Arc<BulkShare>, Vec<BulkSegment>)>,
+}
 
 impl AnswerSink {
     fn send(&self, results: Vec<(ContainerId, Outcome)>) {
-        let responder = lock(&self.0).take();
-        if let Some(responder) = responder {
-            respond_with(responder, &Answer::Results(results));
-        }
+        let Some(responder) = lock(&self.responder).take() else {
+            return;
+        };
+        let Some((share, segments)) = &self.carried else {
+            return respond_with(
+                responder,
+                &Answer::Results {
+                    results,
+                    written: Vec::new(),
+                },
+            );
+        };
+        // Every replica has delivered, so its claims are gone: these reads conflict with
+        // nothing but a runaway handler, which fails the answer rather than race it.
+        let written: Vec<BulkSegment> = segments.iter().filter(|s| s.writes).copied().collect();
+        let held: Result<Vec<HeldRange>, TaskError> = written
+            .iter()
+            .map(|segment| HeldRange::take(share, segment.offset, segment.len, false))
+            .collect();
+        let held = match held {
+            Ok(held) => held,
+            Err(error) => return respond_with(responder, &Answer::Failed(error)),
+        };
+        let len = held.iter().map(HeldRange::len).sum();
+        let answer = Answer::Results { results, written };
+        let bytes = encode_answer_carrying(&answer, len, |dst| {
+            let mut at = 0;
+            for range in &held {
+                let end = at + range.len();
+                range.copy_to(&mut dst[at..end]);
+                at = end;
+            }
+        })
+        .or_else(|error| encode_answer(&Answer::Failed(error)))
+        .unwrap_or_default();
+        responder.respond(bytes);
     }
 }
 
@@ -398,7 +587,7 @@ struct NodeHandler(Weak<Shared>);
 impl FrameHandler for NodeHandler {
     fn handle(&self, from: NodeId, frame: Vec<u8>, respond: Responder) {
         match self.0.upgrade() {
-            Some(shared) => shared.serve_frame(from, &frame, respond),
+            Some(shared) => shared.serve_frame(from, frame, respond),
             None => respond_with(respond, &Answer::Failed(TaskError::RuntimeStopped)),
         }
     }
@@ -451,13 +640,23 @@ impl Shared {
                 fire_and_forget,
                 timeout_ms,
                 input: task.input.to_vec(),
+                bulk: task
+                    .carried
+                    .map_or_else(Vec::new, |carried| carried.segments.clone()),
             });
-            match encode_frame(&frame) {
+            let carried = task.carried.cloned();
+            let carried_len = carried.as_ref().map_or(0, |carried| carried.len);
+            let encoded = encode_frame_carrying(&frame, carried_len, |dst| {
+                if let Some(carried) = &carried {
+                    carried.copy_to(dst);
+                }
+            });
+            match encoded {
                 Ok(bytes) => cluster.net.call(
                     head,
                     bytes,
                     timeout,
-                    Box::new(move |answer| deliver_answer(head, &expected, answer, part)),
+                    Box::new(move |answer| deliver_answer(head, &expected, answer, part, carried)),
                 ),
                 Err(error) => {
                     for &container in &expected {
@@ -469,12 +668,12 @@ impl Shared {
     }
 
     /// One frame from a peer (or from this node under force-net).
-    fn serve_frame(&self, from: NodeId, bytes: &[u8], respond: Responder) {
+    fn serve_frame(&self, from: NodeId, bytes: Vec<u8>, respond: Responder) {
         let Some(cluster) = self.cluster_node() else {
             return respond_with(respond, &Answer::Failed(TaskError::RuntimeStopped));
         };
-        let frame = match decode_frame(bytes) {
-            Ok(frame) => frame,
+        let (frame, carried) = match decode_frame_carrying(&bytes) {
+            Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(from, "a peer sent a malformed frame: {error}");
                 return respond_with(respond, &Answer::Failed(error));
@@ -487,8 +686,18 @@ impl Shared {
                     .to_owned(),
             })
         };
+        if !matches!(frame, Frame::Run(_)) && !carried.is_empty() {
+            tracing::warn!(from, "a peer sent bytes after a frame that carries none");
+            return respond_with(
+                respond,
+                &Answer::Failed(TaskError::malformed(
+                    "frame",
+                    "only a task carries bytes after its archive",
+                )),
+            );
+        }
         match frame {
-            Frame::Run(task) => self.serve_run(cluster, task, respond),
+            Frame::Run(task) => self.serve_run(cluster, task, (bytes, carried), respond),
             Frame::CreatePool(request) if cluster.this_node == 0 => self.cluster_create(
                 cluster,
                 request,
@@ -533,8 +742,16 @@ impl Shared {
     }
 
     /// Runs a task a peer sent on the containers this node holds, forwards the rest
-    /// down the tree, and answers with every container's result.
-    fn serve_run(&self, cluster: &ClusterNode, task: RunTask, respond: Responder) {
+    /// down the tree, and answers with every container's result. `frame` is the frame's
+    /// bytes and where the bulk ranges it carries lie in them: the task's handlers (and
+    /// the frames forwarding it) use them in place.
+    fn serve_run(
+        &self,
+        cluster: &ClusterNode,
+        task: RunTask,
+        frame: (Vec<u8>, std::ops::Range<usize>),
+        respond: Responder,
+    ) {
         let fail = |respond, error| respond_with(respond, &Answer::Failed(error));
         let parent = (task.depth > 0).then(|| TaskNode {
             depth: task.depth - 1,
@@ -575,6 +792,25 @@ impl Shared {
         }
         let placement = pool.placement;
         let count = pool.container_count();
+        let (bytes, carried) = frame;
+        let share = if task.bulk.is_empty() {
+            if !carried.is_empty() {
+                return fail(
+                    respond,
+                    TaskError::malformed("frame", "a task without bulk ranges carries bytes"),
+                );
+            }
+            None
+        } else {
+            let ranges = task
+                .bulk
+                .iter()
+                .map(|segment| (segment.offset, segment.len));
+            match BulkShare::carried(bytes, carried, ranges) {
+                Ok(share) => Some(Arc::new(share)),
+                Err(error) => return fail(respond, error),
+            }
+        };
         let mut containers = task.containers;
         containers.sort_unstable();
         containers.dedup();
@@ -582,11 +818,25 @@ impl Shared {
             .iter()
             .partition(|container| placement.is_local(**container));
         let completion = if task.fire_and_forget {
-            respond_with(respond, &Answer::Results(Vec::new()));
+            respond_with(
+                respond,
+                &Answer::Results {
+                    results: Vec::new(),
+                    written: Vec::new(),
+                },
+            );
             None
         } else {
+            let writes = task.bulk.iter().any(|segment| segment.writes);
+            let sink = AnswerSink {
+                responder: Mutex::new(Some(respond)),
+                carried: share
+                    .clone()
+                    .filter(|_| writes)
+                    .map(|share| (share, task.bulk.clone())),
+            };
             let sink = ReplyTo {
-                sink: Arc::new(AnswerSink(Mutex::new(Some(respond)))),
+                sink: Arc::new(sink),
                 key: ReplyKey([0; 3]),
             };
             Some(Completion::with_sink(containers.len() as u32, sink))
@@ -595,27 +845,44 @@ impl Shared {
             Some(completion) => RemoteReply::Many(completion.clone()),
             None => RemoteReply::Nobody,
         };
+        let forward: Vec<ContainerId> = forward.into_iter().filter(|c| *c < count).collect();
         if !forward.is_empty() {
-            let outgoing = Outgoing {
-                pool: task.pool,
-                method: task.method,
-                query: task.query,
-                depth: task.depth,
-                input: &task.input,
-            };
-            // Three quarters of this node's own deadline: a failure below is reported
-            // (naming the node that failed) before the caller's deadline passes.
-            let timeout = Duration::from_millis(task.timeout_ms.min(3_600_000) / 4 * 3)
-                .max(Duration::from_millis(1));
-            let forward = forward.into_iter().filter(|c| *c < count).collect();
-            self.send_remote(
-                cluster,
-                &outgoing,
-                placement,
-                forward,
-                timeout,
-                reply(&completion),
-            );
+            // The nodes below get the ranges this node was given, claimed like a client's.
+            let carried = share
+                .as_ref()
+                .map(|share| CarriedBulk::claim(share, task.bulk.clone()))
+                .transpose();
+            match carried {
+                Ok(carried) => {
+                    let outgoing = Outgoing {
+                        pool: task.pool,
+                        method: task.method,
+                        query: task.query,
+                        depth: task.depth,
+                        input: &task.input,
+                        carried: carried.as_ref(),
+                    };
+                    // Three quarters of this node's own deadline: a failure below is
+                    // reported (naming the node that failed) before the caller's
+                    // deadline passes.
+                    let timeout = Duration::from_millis(task.timeout_ms.min(3_600_000) / 4 * 3)
+                        .max(Duration::from_millis(1));
+                    self.send_remote(
+                        cluster,
+                        &outgoing,
+                        placement,
+                        forward,
+                        timeout,
+                        reply(&completion),
+                    );
+                }
+                Err(error) => {
+                    let mut reply = reply(&completion);
+                    for container in forward {
+                        reply.part().deliver(container, Err(error.clone()));
+                    }
+                }
+            }
         }
         let mut reply = reply(&completion);
         for &container in &containers {
@@ -650,7 +917,7 @@ impl Shared {
             period: None,
             parity,
             cancel: None,
-            bulk: None,
+            bulk: share.as_ref(),
             local_worker: None,
         };
         let input = aligned_copy(&task.input);
