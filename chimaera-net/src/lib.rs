@@ -1,9 +1,9 @@
 //! The network between chimaera-rs runtimes: [`TonicNetwork`], a
 //! [`PeerNetwork`](chimaera_core::peer::PeerNetwork) on gRPC (tonic, HTTP/2).
 //!
-//! Each node serves one gRPC service with two unary methods: `Call` carries a frame (the
-//! runtime's SaveIn/SaveOut archives, opaque here) and brings back the answer, `Leave`
-//! tells a peer this node stops. Frames are the gRPC message bytes as they are — no
+//! Each node serves one gRPC service with two methods: `Call` streams a frame (the
+//! runtime's SaveIn/SaveOut archives, opaque here) in chunks and streams back the answer
+//! the same way, `Leave` (unary) tells a peer this node stops. Frames are the gRPC message bytes as they are — no
 //! protobuf schema, no protoc at build time (a hand-written codec and service). Each peer
 //! is reached over one long-lived HTTP/2 connection that every call multiplexes on,
 //! opened on first use and reopened with bounded exponential backoff after a failure.
@@ -27,7 +27,10 @@
 //!   or it is closed, and only a bounded number wait for that at once: garbage, stalled
 //!   handshakes and connection floods cost a bounded number of sockets for a bounded time;
 //! * frames over [`MAX_FRAME_BYTES`](chimaera_core::peer::MAX_FRAME_BYTES) are refused
-//!   before they are sent and, by their length prefix, before they are buffered;
+//!   before they are sent and, by their announced length, before they are buffered; a
+//!   frame travels in chunks of at most [`NetOptions::chunk_bytes`] (one gRPC message
+//!   each), so no HTTP/2 message is larger than [`MAX_CHUNK_BYTES`]; a peer that streams
+//!   more than it announced, or less, loses its connection;
 //! * the network runs on its own small tokio runtime; the core runtime stays synchronous.
 //!
 //! # Limits
@@ -50,3 +53,4 @@ mod wire;
 pub use config::{attach, network_from_config, options_from_config, NetConfigError};
 pub use network::TonicNetwork;
 pub use options::{NetOptions, NetSetupError, PeerTls};
+pub use wire::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
