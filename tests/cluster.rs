@@ -389,38 +389,7 @@ fn force_net_gives_the_same_results_as_the_direct_path() {
         .unwrap();
     let net = TestCluster::start(1, node_config(2000, 32, true));
     let via_net = net.client(0);
-    let runs = |chi: &Client| {
-        let probe = ProbeClient::create_with(
-            chi,
-            PoolQuery::local(),
-            "both-ways",
-            PoolOptions::containers(3),
-        )
-        .unwrap();
-        let m = ModNameClient::create(
-            chi,
-            PoolQuery::local(),
-            "both-ways-m",
-            CreateParams::default(),
-        )
-        .unwrap();
-        let mut counter = 5u64;
-        let bumped = probe.bump(PoolQuery::direct_id(1), &mut counter, 7);
-        (
-            m.custom(PoolQuery::local(), "hello ünïcødé", 3),
-            m.wait_test(PoolQuery::local(), 5),
-            probe.where_am_i(PoolQuery::direct_id(2)),
-            probe
-                .async_who_am_i(PoolQuery::broadcast())
-                .unwrap()
-                .wait_all(),
-            probe.checksum(PoolQuery::range(1, 2), &[1, 2, 3, 250]),
-            (bumped, counter),
-            probe
-                .explode(PoolQuery::local(), "same failure")
-                .map_err(|e| e.to_string()),
-        )
-    };
+    let runs = every_kind_of_task;
     net.wire.reset_counters();
     let through_frames = runs(&via_net);
     assert!(
@@ -1073,4 +1042,102 @@ fn a_frame_with_forged_carried_ranges_fails_alone() {
         (7, 1)
     );
     hostile.shutdown();
+}
+
+/// Runs MOD_NAME and probe tasks of every shape (in-out argument, subtasks, broadcast,
+/// range, a failure) through `chi`; their results, printed.
+fn every_kind_of_task(chi: &Client) -> String {
+    let probe = ProbeClient::create_with(
+        chi,
+        PoolQuery::local(),
+        "both-ways",
+        PoolOptions::containers(3),
+    )
+    .unwrap();
+    let m = ModNameClient::create(
+        chi,
+        PoolQuery::local(),
+        "both-ways-m",
+        CreateParams::default(),
+    )
+    .unwrap();
+    let mut counter = 5u64;
+    let bumped = probe.bump(PoolQuery::direct_id(1), &mut counter, 7);
+    format!(
+        "{:?}",
+        (
+            m.custom(PoolQuery::local(), "hello ünïcødé", 3),
+            m.wait_test(PoolQuery::local(), 5),
+            probe.where_am_i(PoolQuery::direct_id(2)),
+            probe
+                .async_who_am_i(PoolQuery::broadcast())
+                .unwrap()
+                .wait_all(),
+            probe.checksum(PoolQuery::range(1, 2), &[1, 2, 3, 250]),
+            (bumped, counter),
+            probe
+                .explode(PoolQuery::local(), "same failure")
+                .map_err(|e| e.to_string()),
+        )
+    )
+}
+
+/// A client of its own takes the network path when it asks (`with_force_net`), in
+/// process and over shared memory, on a node whose config does not force it: its tasks
+/// go out as frames (and nobody else's do), with the same results as the direct path —
+/// bulk data in shared buffers included.
+#[test]
+fn one_client_can_force_the_network_path_with_the_same_results() {
+    let cluster = TestCluster::start_serving("own-force-net", 1, node_config(2000, 32, false));
+    for direct in [cluster.client(0), cluster.shm_client()] {
+        let forced = direct.with_force_net(true);
+        assert!(forced.force_net() && !direct.force_net());
+        cluster.wire.reset_counters();
+        let through_frames = every_kind_of_task(&forced);
+        let sent = cluster.wire.frames_sent(0);
+        assert!(sent >= 6, "force-net sent tasks as frames ({sent} sent)");
+        assert_eq!(through_frames, every_kind_of_task(&direct));
+        assert_eq!(
+            cluster.wire.frames_sent(0),
+            sent,
+            "the direct client sent frames"
+        );
+
+        let bdev = ram_bdev(&direct, "own-force-net", 1);
+        let forced_bdev = BdevClient::attach(&forced, bdev.pool_id());
+        let mut data = direct.allocate_buffer(8192).unwrap();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = pattern_byte(11, i);
+        }
+        let mut back = direct.allocate_buffer(8192).unwrap();
+        let mine = bdev.allocate_blocks(PoolQuery::local(), 8192).unwrap()[0];
+        let theirs = bdev.allocate_blocks(PoolQuery::local(), 8192).unwrap()[0];
+        let sent = cluster.wire.frames_sent(0);
+        assert_eq!(
+            forced_bdev.write(PoolQuery::local(), mine, &data).unwrap(),
+            8192
+        );
+        assert_eq!(bdev.write(PoolQuery::local(), theirs, &data).unwrap(), 8192);
+        for block in [mine, theirs] {
+            back.fill(0);
+            assert_eq!(
+                forced_bdev
+                    .read(PoolQuery::local(), block, &mut back)
+                    .unwrap(),
+                8192
+            );
+            assert!(back[..] == data[..], "forced read back differs");
+            back.fill(0);
+            assert_eq!(
+                bdev.read(PoolQuery::local(), block, &mut back).unwrap(),
+                8192
+            );
+            assert!(back[..] == data[..], "direct read back differs");
+        }
+        assert_eq!(
+            cluster.wire.frames_sent(0),
+            sent + 3,
+            "one frame per forced task"
+        );
+    }
 }

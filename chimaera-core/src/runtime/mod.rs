@@ -263,6 +263,7 @@ impl Shared {
             cancel,
             bulk,
             local_worker,
+            force_net,
         } = origin;
         if !self.accepts(parent) {
             return Err(TaskError::RuntimeStopped);
@@ -314,12 +315,13 @@ impl Shared {
         // A pool spread over nodes (or any cluster pool under force-net) sends the
         // replicas of other nodes' containers as frames; on one node this is `None` and
         // costs nothing more.
+        let force_net = force_net || self.cluster.as_deref().is_some_and(|c| c.force_net);
         let spread = self
             .cluster
             .as_deref()
-            .filter(|cluster| pool.clustered && (placement.nodes > 1 || cluster.force_net));
+            .filter(|_| pool.clustered && (placement.nodes > 1 || force_net));
         let is_remote = |container: &ContainerId| {
-            spread.is_some_and(|cluster| cluster.force_net || !placement.is_local(*container))
+            spread.is_some() && (force_net || !placement.is_local(*container))
         };
 
         let replicas = targets.len();
@@ -881,8 +883,12 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             pool,
             method,
             query,
+            force_net,
         } = route;
-        let origin = Origin::default();
+        let origin = Origin {
+            force_net,
+            ..Origin::default()
+        };
         let (completion, cancel) =
             self.enqueue(parent, pool, method, query, input, schedule, origin)?;
         Ok((
