@@ -56,7 +56,6 @@ use crate::codec::Bytes;
 use crate::codec::SliceRef;
 use crate::error::TaskError;
 use std::alloc::Layout;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -854,20 +853,61 @@ unsafe fn read_raw(src: *const u8, dst: &mut [u8], shared: bool) {
 }
 
 /// A `&[u8]` handler argument: the bytes in runtime-private memory. Inline bytes are
-/// borrowed from the validated input (itself a private copy); a shared reference is
-/// claimed, copied once (atomically), and released.
+/// borrowed from the validated input (itself a private copy); a reference into a
+/// client's share is claimed, copied once (atomically), and released; a reference into
+/// the ranges carried with a task from another node (private memory already) is
+/// borrowed in place, claimed for reading for as long as the handler has it.
 pub fn copy_in<'a>(
-    share: Option<&BulkShare>,
+    share: Option<&'a BulkShare>,
     wire: &'a ArchivedBulk,
-) -> Result<Cow<'a, [u8]>, TaskError> {
+) -> Result<BulkBytes<'a>, TaskError> {
     match wire {
-        ArchivedBulkWire::Inline(bytes) => Ok(Cow::Borrowed(bytes.as_slice())),
+        ArchivedBulkWire::Inline(bytes) => Ok(BulkBytes(BytesOf::Borrowed(bytes.as_slice()))),
         ArchivedBulkWire::Shared { offset, len } => {
             let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
-            let mut copy = vec![0u8; held.len()];
-            held.load(&mut copy);
-            Ok(Cow::Owned(copy))
+            if held.shared() {
+                let mut copy = vec![0u8; held.len()];
+                held.load(&mut copy);
+                return Ok(BulkBytes(BytesOf::Owned(copy)));
+            }
+            Ok(BulkBytes(BytesOf::Carried(held)))
         }
+    }
+}
+
+/// The bytes of a `&[u8]` handler argument, in runtime-private memory (see [`copy_in`]).
+pub struct BulkBytes<'a>(BytesOf<'a>);
+
+enum BytesOf<'a> {
+    /// Inline in the validated input.
+    Borrowed(&'a [u8]),
+    /// Copied out of a client's share.
+    Owned(Vec<u8>),
+    /// In the ranges carried with the task, claimed for reading.
+    Carried(Held<'a>),
+}
+
+impl std::ops::Deref for BulkBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            BytesOf::Borrowed(bytes) => bytes,
+            BytesOf::Owned(bytes) => bytes,
+            // SAFETY: a carried share is this runtime's private memory (no other process
+            // maps it), the claim is in bounds of it and keeps it alive (the task holds
+            // the share), and the claim, held as long as `self`, keeps every writer of
+            // this runtime out of the range while the slice lives.
+            BytesOf::Carried(held) => unsafe { std::slice::from_raw_parts(held.ptr(), held.len()) },
+        }
+    }
+}
+
+impl std::fmt::Debug for BulkBytes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkBytes")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -1450,10 +1490,7 @@ mod tests {
         assert!(!view_arg.view().is_shared());
         view_arg.view().write_at(2, &[7]).unwrap();
         assert_eq!(view_arg.into_wire(), Bulk::Inline(vec![1, 2, 7]));
-        assert!(matches!(
-            copy_in(None, wire).unwrap(),
-            Cow::Borrowed(&[1, 2, 3])
-        ));
+        assert_eq!(&*copy_in(None, wire).unwrap(), &[1, 2, 3]);
     }
 
     #[test]
@@ -1552,6 +1589,66 @@ mod tests {
         );
         drop(second);
         assert_eq!(count(), 2, "never lent: freed at once");
+    }
+
+    /// Ranges carried from another node: references resolve inside them (at their own
+    /// offsets in the sender's share), in private memory, claimed like a client's share;
+    /// carried bytes that do not add up to the ranges are refused.
+    #[test]
+    fn carried_ranges_resolve_references_in_place_and_are_claimed() {
+        let mut frame = b"header".to_vec();
+        frame.extend_from_slice(b"abcdefgh0123");
+        let carried = 6..frame.len();
+        let share = BulkShare::carried(frame, carried, [(4096, 8), (100, 4)]).unwrap();
+        let first = wire(4098, 3);
+        let first = access::<ArchivedBulk>(&first, "input").unwrap();
+        let bytes = copy_in(Some(&share), first).unwrap();
+        assert_eq!(&*bytes, b"cde");
+        let view = BulkInArg::open(Some(&share), first).unwrap();
+        assert!(!view.view().is_shared(), "carried bytes are private memory");
+        assert_eq!(view.view().to_vec(), b"cde");
+        assert!(
+            BulkOutArg::open_view(Some(&share), first).is_err(),
+            "read while a handler holds it"
+        );
+        drop((bytes, view));
+        let second = wire(100, 4);
+        let second = access::<ArchivedBulk>(&second, "input").unwrap();
+        let mut writer = BulkOutArg::open_view(Some(&share), second).unwrap();
+        writer.view().write_at(0, b"WXYZ").unwrap();
+        assert_eq!(
+            writer.into_wire(),
+            Bulk::Shared {
+                offset: 100,
+                len: 4
+            }
+        );
+        let share = Arc::new(share);
+        let held = HeldRange::take(&share, 100, 4, false).unwrap();
+        let mut out = [0u8; 4];
+        held.copy_to(&mut out);
+        assert_eq!(&out, b"WXYZ");
+        assert!(!held.copy_from(b"nope"), "a read claim writes nothing");
+        drop(held);
+        for (offset, len) in [(4095, 2), (4100, 5), (96, 4), (u64::MAX, 1), (0, 0)] {
+            let bytes = wire(offset, len);
+            let reference = access::<ArchivedBulk>(&bytes, "input").unwrap();
+            assert!(
+                matches!(
+                    copy_in(Some(&share), reference),
+                    Err(TaskError::Malformed { .. })
+                ),
+                "{offset}+{len} lies outside the carried ranges"
+            );
+        }
+        for ranges in [vec![(0, 8)], vec![(0, 13)], vec![(u64::MAX, 12)], vec![]] {
+            let frame = vec![0u8; 18];
+            assert!(
+                BulkShare::carried(frame, 6..18, ranges.clone()).is_err(),
+                "{ranges:?} for 12 bytes"
+            );
+        }
+        assert!(BulkShare::carried(vec![0; 4], 2..9, [(0, 7)]).is_err());
     }
 
     #[test]
