@@ -1141,3 +1141,29 @@ fn one_client_can_force_the_network_path_with_the_same_results() {
         );
     }
 }
+
+/// A flush on a node returns once the tasks it sent to other nodes before the flush are
+/// done, not only those it runs itself.
+#[test]
+fn a_flush_waits_for_the_tasks_this_node_sent_to_other_nodes() {
+    let cluster = TestCluster::start(3, node_config(5000, 32, false));
+    let pool = cluster.probe(0, "flush-remote", 3);
+    // Naps long enough that the flush starts while they run.
+    let pending: Vec<_> = [1u32, 2, 1, 2]
+        .iter()
+        .map(|&container| {
+            pool.async_nap(PoolQuery::direct_id(container), 300)
+                .unwrap()
+        })
+        .collect();
+    chimaera::AdminClient::attach(&cluster.client(0), PoolId::ADMIN)
+        .flush(PoolQuery::local())
+        .unwrap();
+    assert!(
+        pending.iter().all(|pending| pending.is_done()),
+        "the flush returned with tasks on other nodes in flight"
+    );
+    for pending in pending {
+        assert_eq!(pending.wait().unwrap(), 300);
+    }
+}

@@ -333,6 +333,50 @@ fn force_net_sends_one_nodes_own_tasks_through_grpc_with_the_same_results() {
     assert!(back[..] == pattern[..]);
 }
 
+/// One client of a node whose config does not force the network asks for it itself
+/// (`Client::with_force_net`): its tasks go through gRPC to its own node, with the same
+/// results as the direct client's, shared buffers included.
+#[test]
+fn one_client_forces_the_network_path_through_grpc_with_the_same_results() {
+    let hostfile = Hostfile::write("ownforce", &free_ports(1));
+    let node = RuntimeProcess::start("ownforce", &node_yaml(&hostfile, 0, SECRET));
+    let direct = node.client();
+    let forced = direct.with_force_net(true);
+    let pool = spread_pool(&direct, "own", 1);
+    let forced_pool = ModNameClient::attach(&forced, pool.pool_id());
+    let long = "y".repeat(50_000);
+    assert_eq!(
+        forced_pool.custom(PoolQuery::local(), &long, 3).unwrap(),
+        pool.custom(PoolQuery::local(), &long, 3).unwrap()
+    );
+    let bdev = BdevClient::create_with(
+        &direct,
+        PoolQuery::local(),
+        "ram-own",
+        PoolOptions::containers(1),
+        BdevParams {
+            bdev_type: BdevType::Ram,
+            total_size: 4 << 20,
+            ..BdevParams::default()
+        },
+    )
+    .unwrap();
+    let forced_bdev = BdevClient::attach(&forced, bdev.pool_id());
+    let mut data = direct.allocate_buffer(65536).unwrap();
+    fill_pattern(&mut data, 77);
+    let mut back = direct.allocate_buffer(65536).unwrap();
+    let q = PoolQuery::local();
+    let blocks = bdev.allocate_blocks(q, 65536).unwrap();
+    assert_eq!(forced_bdev.write(q, blocks[0], &data).unwrap(), 65536);
+    assert_eq!(bdev.read(q, blocks[0], &mut back).unwrap(), 65536);
+    assert!(back[..] == data[..], "written forced, read direct");
+    fill_pattern(&mut data, 78);
+    assert_eq!(bdev.write(q, blocks[0], &data).unwrap(), 65536);
+    back.fill(0);
+    assert_eq!(forced_bdev.read(q, blocks[0], &mut back).unwrap(), 65536);
+    assert!(back[..] == data[..], "written direct, read forced");
+}
+
 #[test]
 fn a_killed_node_fails_its_tasks_alone_and_serves_again_after_a_restart() {
     let mut cluster = Cluster::start("kill", 3);

@@ -32,10 +32,26 @@
 //!   once it holds the last reference;
 //! * inside the runtime no two running tasks (nor two arguments of one task) use
 //!   overlapping ranges of a share when either may write: each range is claimed — for the
-//!   handler's run for views and `&mut [u8]`, for the copy-in only for `&[u8]` —
-//!   exclusively for writers, shared for readers, and a conflicting claim fails that task
-//!   with a clear error. So this process never races with itself on a share, and never
-//!   mixes access sizes on a range being written.
+//!   handler's run for views and `&mut [u8]`, for the copy-in only for `&[u8]` (for the
+//!   handler's run when it borrows carried bytes), until the answer for a task sent to
+//!   another node — exclusively for writers, shared for readers, and a conflicting claim
+//!   fails that task with a clear error. So this process never races with itself on a
+//!   share, and never mixes access sizes on a range being written;
+//! * a carried share resolves a reference only inside one of its ranges, and exists
+//!   only if its ranges add up exactly to the bytes carried.
+//!
+//! **Across nodes** (`runtime::remote`). A task sent to another node carries the ranges of
+//! the client's share its references point at, not the references alone: the origin
+//! claims each range ([`HeldRange`]: exclusively where the handler writes it, shared
+//! where it only reads) from before the frame is built until the answer is in, copies it
+//! (atomically) straight into the frame after its archive, and, when the answer comes,
+//! writes the written ranges back into the client's buffers — all or nothing, checked
+//! against what was sent — before the caller hears of the result. The receiver makes a
+//! [`BulkShare::carried`] of the frame's bytes: the same references (offsets in the
+//! sender's share) resolve inside the carried ranges, in runtime-private memory (views
+//! are not `is_shared`, a `&[u8]` is borrowed in place), claimed exactly as above; what
+//! the handlers wrote goes back in the answer. A node that forwards the task down the
+//! broadcast tree carries the ranges on the same way.
 //!
 //! What no runtime can prevent: the client process writing its buffer while a task in
 //! flight uses it. The handler then sees whichever bytes are there; it reads copies and

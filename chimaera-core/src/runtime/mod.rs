@@ -12,8 +12,9 @@
 //! transport fails what is still queued there), so a client that keeps calling cannot
 //! hold the stop up.
 //!
-//! Accounting: `inflight` counts task replicas submitted and not yet finished, by epoch
-//! (a periodic task counts only while it runs, not while it sleeps between periods); a
+//! Accounting: `inflight` counts task replicas submitted and not yet finished, and frames
+//! sent to other nodes and not yet answered, by epoch (a periodic task counts only while
+//! it runs, not while it sleeps between periods); a
 //! flush waits for the tasks queued before it, a stop for all (see `flush.rs`).
 //!
 //! Bounds on what a client controls: a pool has at most `max_containers_per_pool`
@@ -30,9 +31,13 @@
 //! one node of a cluster. Its pools (but the admin pool, which is each node's own) span
 //! every node, container `c` on node `c % nodes`; `enqueue` queues the replicas of this
 //! node's containers as above and sends the others as frames, whose answers complete
-//! the same completion. Without a network, `cluster` is `None` and nothing of this runs.
-//! A flush or a stop's drain counts the replicas this node runs, not those it sent to
-//! other nodes (each node drains its own).
+//! the same completion. Under force-net (`networking.force_net`, or a client's own
+//! [`Client::with_force_net`] switch, which reaches `enqueue` as `Origin::force_net`)
+//! every replica of a cluster pool goes as a frame, this node's own included. Without a
+//! network, `cluster` is `None` and nothing of this runs.
+//! A flush or a stop's drain counts the replicas this node runs and the frames it sent
+//! to other nodes until they are answered (each by its deadline), so a flush returns
+//! once the tasks this node queued or sent before it are done, wherever they ran.
 pub mod compose;
 pub mod context;
 mod flush;
@@ -406,6 +411,7 @@ impl Shared {
                 depth: node.depth,
                 input: &input,
                 carried: carried.as_ref(),
+                parity,
             };
             self.send_remote(cluster, &task, placement, remote, cluster.timeout, reply);
         }

@@ -28,6 +28,31 @@
 //! the deadline (a forwarding node waits three quarters of its own deadline, so the
 //! failure names the node that failed rather than the one in between).
 //!
+//! # Bulk data
+//!
+//! A bulk argument in the client's shared memory (`BulkWire::Shared`) travels with its
+//! task: [`check_remote_task`] asks the module which arguments are bulk
+//! (`ChiMod::visit_bulk`, generated), claims each referenced range of the client's share
+//! ([`CarriedBulk`]), and every frame of the task carries those ranges after its archive
+//! (see `cluster::frame`). The receiver resolves the task's references into them in
+//! place (`BulkShare::carried`), runs the handlers, and answers with the bytes of the
+//! ranges they write; the sender writes those back into the client's buffers before it
+//! delivers the results, so a `&mut [u8]` or `BulkOut` argument holds the result when the
+//! call completes, as on one node. Copies of the payload, end to end: for data going
+//! out, one (client share → frame); for data coming back, one on the remote (its carried
+//! bytes → answer) and one here (answer → client share) — plus whatever the network's
+//! wire needs (tonic copies a message into its send buffer, and reassembles a frame that
+//! came in several chunks). An inline bulk argument (an in-process client's slice, a
+//! heap slice) is part of the input archive and comes back inline in the output.
+//!
+//! A forged reference (outside the client's share) or one overlapping a range a task of
+//! this node holds for writing fails the task before anything is queued or sent. An
+//! answer whose written ranges do not match what was sent fails the replicas of that
+//! frame with [`TaskError::NodeFailed`], writing nothing. Several replicas writing one
+//! range (a `Broadcast` with a written buffer) conflict on its claim, as replicas running
+//! at once on one node do: replicas on this node fail with `BulkBufferBusy` while
+//! replicas on other nodes hold the range.
+//!
 //! # Invariants
 //!
 //! * Every replica sent to another node is answered exactly once: the network answers
@@ -309,6 +334,9 @@ pub(super) struct Outgoing<'a> {
     pub(super) input: &'a [u8],
     /// The bulk ranges every frame carries.
     pub(super) carried: Option<&'a Arc<CarriedBulk>>,
+    /// The epoch parity the task is counted in: each frame is counted in flight in it
+    /// until answered, so a flush (or a stop's drain) on this node waits for it.
+    pub(super) parity: u8,
 }
 
 /// The task error for a call to `node` the network could not complete.
@@ -652,12 +680,21 @@ impl Shared {
                 }
             });
             match encoded {
-                Ok(bytes) => cluster.net.call(
-                    head,
-                    bytes,
-                    timeout,
-                    Box::new(move |answer| deliver_answer(head, &expected, answer, part, carried)),
-                ),
+                Ok(bytes) => {
+                    self.inflight.started(task.parity);
+                    let (me, parity) = (self.me.clone(), task.parity);
+                    cluster.net.call(
+                        head,
+                        bytes,
+                        timeout,
+                        Box::new(move |answer| {
+                            deliver_answer(head, &expected, answer, part, carried);
+                            if let Some(shared) = me.upgrade() {
+                                shared.inflight.uncount(parity);
+                            }
+                        }),
+                    );
+                }
                 Err(error) => {
                     for &container in &expected {
                         part.deliver(container, Err(error.clone()));
@@ -861,6 +898,7 @@ impl Shared {
                         depth: task.depth,
                         input: &task.input,
                         carried: carried.as_ref(),
+                        parity: self.inflight.parity(),
                     };
                     // Three quarters of this node's own deadline: a failure below is
                     // reported (naming the node that failed) before the caller's
