@@ -8,7 +8,8 @@
 //!
 //! # Envelope and carried bytes
 //!
-//! Every frame and answer is `[archive length: u64 LE][archive][carried bytes]`. The
+//! Every frame and answer is `[archive length: u64 LE, 8 zero bytes][archive][carried
+//! bytes]`, the archive serialized in place (no copy of it when the frame is built). The
 //! carried bytes are a task's bulk ranges ([`BulkSegment`]) that lie in the submitting
 //! client's shared memory: one copy of each, in the order of [`RunTask::bulk`], read
 //! straight out of the client's share into the frame; the receiver resolves the task's
@@ -130,40 +131,80 @@ pub enum Answer {
     Failed(TaskError),
 }
 
-/// Bytes of the envelope's length prefix.
-const PREFIX: usize = 8;
+/// Bytes before the archive: its length (`u64` LE), then zeros up to 16 bytes, so the
+/// archive starts 16-aligned relative to the frame — rkyv lays it out as if at offset 0
+/// of the frame, and the receiver copies it out to aligned memory as it is.
+const PREFIX: usize = 16;
 
-/// `value` archived in an envelope followed by `carried` bytes that `fill` writes.
+/// `value` archived in an envelope followed by `carried` bytes that `fill` writes;
+/// `hint`: about how long the archive is (room is made for it and the carried bytes at
+/// once, so the archive is written in place and never copied).
 fn envelope<T>(
     value: &T,
     what: &str,
+    hint: usize,
     carried: usize,
     fill: impl FnOnce(&mut [u8]),
 ) -> Result<Vec<u8>, TaskError>
 where
     T: for<'a> Serialize<
         rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
+            Vec<u8>,
             rkyv::ser::allocator::ArenaHandle<'a>,
             CodecError,
         >,
     >,
 {
-    let archive =
-        rkyv::to_bytes::<CodecError>(value).map_err(|err| TaskError::malformed(what, err))?;
-    let total = PREFIX
-        .checked_add(archive.len())
+    let too_long = || TaskError::malformed(what, "too long to address");
+    let room = PREFIX
+        .checked_add(hint)
         .and_then(|len| len.checked_add(carried))
-        .ok_or_else(|| TaskError::malformed(what, "too long to address"))?;
+        .ok_or_else(too_long)?;
     let mut bytes = Vec::new();
     bytes
-        .try_reserve_exact(total)
+        .try_reserve_exact(room)
+        .map_err(|_| TaskError::OutOfMemory { len: room as u64 })?;
+    bytes.resize(PREFIX, 0);
+    let mut bytes = rkyv::api::high::to_bytes_in::<_, CodecError>(value, bytes)
+        .map_err(|err| TaskError::malformed(what, err))?;
+    let archive_len = (bytes.len() - PREFIX) as u64;
+    bytes[..8].copy_from_slice(&archive_len.to_le_bytes());
+    let total = bytes.len().checked_add(carried).ok_or_else(too_long)?;
+    bytes
+        .try_reserve_exact(carried)
         .map_err(|_| TaskError::OutOfMemory { len: total as u64 })?;
-    bytes.extend_from_slice(&(archive.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&archive);
     bytes.resize(total, 0);
     fill(&mut bytes[total - carried..]);
     Ok(bytes)
+}
+
+/// About how long the archive of `frame` is.
+fn frame_hint(frame: &Frame) -> usize {
+    match frame {
+        Frame::Run(task) => task
+            .input
+            .len()
+            .saturating_add(task.containers.len() * 4)
+            .saturating_add(task.bulk.len() * 24)
+            .saturating_add(256),
+        _ => 1024,
+    }
+}
+
+/// About how long the archive of `answer` is.
+fn answer_hint(answer: &Answer) -> usize {
+    match answer {
+        Answer::Results { results, written } => results
+            .iter()
+            .map(|(_, outcome)| match outcome {
+                Outcome::Output(output) => output.len() + 32,
+                Outcome::Failed(_) => 256,
+            })
+            .sum::<usize>()
+            .saturating_add(written.len() * 24)
+            .saturating_add(256),
+        _ => 1024,
+    }
 }
 
 /// The archive in an envelope, copied into aligned memory, and where its carried bytes
@@ -172,9 +213,10 @@ fn open_envelope(
     bytes: &[u8],
     what: &str,
 ) -> Result<(rkyv::util::AlignedVec, std::ops::Range<usize>), TaskError> {
-    let prefix: [u8; PREFIX] = bytes
-        .get(..PREFIX)
+    let prefix: [u8; 8] = bytes
+        .get(..8)
         .and_then(|prefix| prefix.try_into().ok())
+        .filter(|_| bytes.len() >= PREFIX)
         .ok_or_else(|| TaskError::malformed(what, "shorter than its length prefix"))?;
     let end = usize::try_from(u64::from_le_bytes(prefix))
         .ok()
@@ -196,7 +238,7 @@ pub fn encode_frame_carrying(
     carried: usize,
     fill: impl FnOnce(&mut [u8]),
 ) -> Result<Vec<u8>, TaskError> {
-    envelope(frame, "frame", carried, fill)
+    envelope(frame, "frame", frame_hint(frame), carried, fill)
 }
 
 /// Archives an answer that carries no bytes.
@@ -210,7 +252,7 @@ pub fn encode_answer_carrying(
     carried: usize,
     fill: impl FnOnce(&mut [u8]),
 ) -> Result<Vec<u8>, TaskError> {
-    envelope(answer, "answer", carried, fill)
+    envelope(answer, "answer", answer_hint(answer), carried, fill)
 }
 
 /// The frame in `bytes` (validated), ignoring carried bytes.
@@ -294,6 +336,8 @@ mod tests {
             &bytes[1..],
             &u64::MAX.to_le_bytes()[..],
             &[9, 0, 0, 0, 0, 0, 0, 0, 1][..],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 1, 2][..],
+            &[0; 16][..],
         ] {
             assert!(
                 matches!(decode_frame(bad), Err(TaskError::Malformed { .. })),
