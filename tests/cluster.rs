@@ -1167,3 +1167,42 @@ fn a_flush_waits_for_the_tasks_this_node_sent_to_other_nodes() {
         assert_eq!(pending.wait().unwrap(), 300);
     }
 }
+
+/// A task whose shared buffers hold more than a task may carry to another node
+/// (`MAX_TASK_BULK_BYTES`) is refused before anything is sent; the limit itself crosses.
+#[test]
+fn more_bulk_than_a_task_may_carry_is_refused_before_sending() {
+    use chimaera::peer::MAX_TASK_BULK_BYTES;
+    let mut config = node_config(20_000, 32, false);
+    config.max_clients = 2;
+    config.shm.client_data_size = 2 * (MAX_TASK_BULK_BYTES + (1 << 20));
+    let cluster = TestCluster::start_serving("bulk-limit", 2, config);
+    let chi = cluster.shm_client();
+    let probe = BulkProbeClient::create_with(
+        &chi,
+        PoolQuery::local(),
+        "limit",
+        PoolOptions::containers(2),
+    )
+    .unwrap();
+    let mut buffer = chi.allocate_buffer(MAX_TASK_BULK_BYTES + 1).unwrap();
+    buffer[MAX_TASK_BULK_BYTES] = 3;
+    let sent = cluster.wire.frames_sent(0);
+    let error = probe
+        .sum_plain(PoolQuery::direct_id(1), &buffer)
+        .unwrap_err();
+    assert_eq!(
+        error,
+        TaskError::FrameTooLarge {
+            len: MAX_TASK_BULK_BYTES as u64 + 1,
+            max: MAX_TASK_BULK_BYTES as u64
+        }
+    );
+    assert_eq!(cluster.wire.frames_sent(0), sent);
+    assert_eq!(
+        probe
+            .sum_plain(PoolQuery::direct_id(1), &buffer[1..])
+            .unwrap(),
+        (3, MAX_TASK_BULK_BYTES as u64)
+    );
+}

@@ -76,7 +76,9 @@ use crate::codec::{aligned_copy, Bytes};
 use crate::config::NetworkingConfig;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
-use crate::peer::{FrameHandler, NetError, PeerNetwork, Responder, MAX_FRAME_BYTES};
+use crate::peer::{
+    FrameHandler, NetError, PeerNetwork, Responder, MAX_FRAME_BYTES, MAX_TASK_BULK_BYTES,
+};
 use crate::query::{Placement, PoolQuery};
 use crate::runtime::module::ModuleEntry;
 use crate::runtime::pool_table::Lookup;
@@ -161,6 +163,12 @@ pub(super) fn check_remote_task(
         None => None,
     };
     let carried_len = carried.as_ref().map_or(0, |carried| carried.len);
+    if carried_len > MAX_TASK_BULK_BYTES {
+        return Err(TaskError::FrameTooLarge {
+            len: carried_len as u64,
+            max: MAX_TASK_BULK_BYTES as u64,
+        });
+    }
     let max = MAX_FRAME_BYTES - FRAME_OVERHEAD;
     let len = input.len().saturating_add(carried_len);
     if len > max {
