@@ -360,6 +360,37 @@ fn node_error(node: NodeId, error: NetError) -> TaskError {
     }
 }
 
+/// The per-container results of an answer of `head` to a task frame, once the bulk
+/// ranges it carries are written back into `carried` (all or nothing); an error for the
+/// whole frame otherwise.
+fn results_of(
+    head: NodeId,
+    answer: Result<Vec<u8>, NetError>,
+    carried: Option<&CarriedBulk>,
+) -> Result<Vec<(ContainerId, Outcome)>, TaskError> {
+    let bytes = answer.map_err(|error| node_error(head, error))?;
+    let failed = |reason: String| TaskError::NodeFailed { node: head, reason };
+    match decode_answer_carrying(&bytes) {
+        Ok((Answer::Results { results, written }, carried_bytes)) => {
+            match carried {
+                Some(carried) => carried.write_back(head, &written, &bytes[carried_bytes])?,
+                None if written.is_empty() && carried_bytes.is_empty() => {}
+                None => {
+                    return Err(failed(
+                        "its answer carries bulk bytes for a task that sent none".to_owned(),
+                    ))
+                }
+            }
+            Ok(results)
+        }
+        Ok((Answer::Failed(error), _)) => Err(error),
+        Ok(_) => Err(failed(
+            "it answered a task with something else than its results".to_owned(),
+        )),
+        Err(error) => Err(failed(error.to_string())),
+    }
+}
+
 /// Delivers one frame's answer: writes the bulk ranges it carries back (before anyone
 /// hears of the results), releases the frame's claims, then delivers one result per
 /// container in `expected`.
@@ -370,46 +401,17 @@ fn deliver_answer(
     mut reply: RemoteReply,
     carried: Option<Arc<CarriedBulk>>,
 ) {
-    let fail_all = |reply: &mut RemoteReply, error: TaskError| {
-        for &container in expected {
-            reply.deliver(container, Err(error.clone()));
-        }
-    };
-    let bytes = match answer {
-        Ok(bytes) => bytes,
-        Err(error) => return fail_all(&mut reply, node_error(head, error)),
-    };
-    let results = match decode_answer_carrying(&bytes) {
-        Ok((Answer::Results { results, written }, carried_bytes)) => {
-            let written_back = match &carried {
-                Some(carried) => carried.write_back(head, &written, &bytes[carried_bytes]),
-                None if written.is_empty() && carried_bytes.is_empty() => Ok(()),
-                None => Err(TaskError::NodeFailed {
-                    node: head,
-                    reason: "its answer carries bulk bytes for a task that sent none".to_owned(),
-                }),
-            };
-            // The claims go before the results: whoever they wake may use the ranges.
-            drop(carried);
-            if let Err(error) = written_back {
-                return fail_all(&mut reply, error);
-            }
-            results
-        }
-        Ok((Answer::Failed(error), _)) => return fail_all(&mut reply, error),
-        Ok(_) => {
-            let error = TaskError::NodeFailed {
-                node: head,
-                reason: "it answered a task with something else than its results".to_owned(),
-            };
-            return fail_all(&mut reply, error);
-        }
+    let results = results_of(head, answer, carried.as_deref());
+    // The claims go before the results, whatever the answer: whoever the results wake
+    // may use the ranges at once.
+    drop(carried);
+    let results = match results {
+        Ok(results) => results,
         Err(error) => {
-            let error = TaskError::NodeFailed {
-                node: head,
-                reason: error.to_string(),
-            };
-            return fail_all(&mut reply, error);
+            for &container in expected {
+                reply.deliver(container, Err(error.clone()));
+            }
+            return;
         }
     };
     let mut by_container: HashMap<ContainerId, Outcome> = results.into_iter().collect();
