@@ -8,6 +8,8 @@
 //! chimaera pool list                   the live pools
 //! chimaera pool info NAME              one pool: containers, lanes, methods and latencies
 //! chimaera pool destroy NAME           destroy a pool (through the admin `DestroyPool` task)
+//! chimaera cluster start [--nodes N]   a local dev cluster of N runtimes, in the background
+//! chimaera cluster status|stop         show its nodes | stop them all and remove its state
 //! chimaera monitor                     a live view of the runtime, refreshed every second
 //! chimaera compose FILE                create the pools FILE lists under `compose:`
 //! chimaera modules                     the modules linked into this binary, with their methods
@@ -91,6 +93,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
+#[cfg(feature = "net")]
+mod cluster;
 mod compose;
 mod metrics;
 mod monitor;
@@ -176,6 +180,11 @@ enum Command {
     /// List, inspect or destroy pools of the running runtime.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Start, inspect or stop a local cluster for development: N runtime processes on this
+    /// machine joined over the network (see `cluster start --help`).
+    #[cfg(feature = "net")]
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// A live view of the running runtime, refreshed every second: pools, lanes and their
     /// queue depths, tasks/s, latencies per method, clients, shared memory. `q` quits.
     Monitor,
@@ -348,6 +357,8 @@ fn main_from<C: Subcommand>(
         Command::Pool(PoolCommand::List) => pool::list(&context),
         Command::Pool(PoolCommand::Info { name }) => pool::info(&context, &name),
         Command::Pool(PoolCommand::Destroy { name }) => pool::destroy(&context, &name),
+        #[cfg(feature = "net")]
+        Command::Cluster(command) => cluster::run(&context, command),
         Command::Monitor => monitor::run(&context),
         Command::Compose { file } => compose::compose_file(&context, &builder, &file),
         Command::Modules => modules(&builder),

@@ -45,7 +45,8 @@
 //!   between runtimes ([`net`], feature `net`).
 //!
 //! [`cli`] is the `chimaera` command line (`runtime start|stop|status|clean`, `pool
-//! list|info|destroy`, `monitor`, `compose`, `modules`, `repo check`, `completions`); a
+//! list|info|destroy`, `cluster start|status|stop`, `monitor`, `compose`, `modules`,
+//! `repo check`, `completions`); a
 //! runtime binary with modules of your own gets it, under its own name, from a one-line
 //! `main`: `chimaera::cli::main_with(chimaera::binary!(), chimaera::builder().module::<MyMod>())`
 //! (and adds commands of its own with [`cli::main_with_commands`]).

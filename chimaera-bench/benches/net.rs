@@ -1,110 +1,301 @@
-//! The network between runtimes, at the link: two `TonicNetwork`s on loopback in this
-//! process (node 0 calls, node 1's handler answers the frame it got), next to a bare
-//! tonic unary echo of the same bytes (a hand-written raw-bytes service on its own
-//! runtime) measured in the same run.
+//! Tasks between runtimes on loopback, next to bare tonic doing the same in the same run.
 //!
-//! * round trip of a 64-byte frame: 31 samples of 2,000 calls, median per call; ours is
-//!   driven from a plain thread (call, then wait for the reply), tonic's from `block_on`;
-//! * pipelined: 100,000 frames with a window of 1,024 in flight;
-//! * bulk: 1 MiB frames, 8 in flight, 256 in all.
+//! Four `chimaera runtime start` processes (this crate's `chimaera` binary, one worker
+//! each) form a cluster on 127.0.0.1 from one hostfile, each with its own shm instance
+//! and port; this process is a shared-memory client of node 0. Next to them, a bare tonic
+//! server with a raw-bytes echo (unary and streaming) on its own two-thread runtime.
+//!
+//! * **rtt**: a sync empty MOD_NAME `custom` task to container 1, which lives on node 1
+//!   (client → node 0 → gRPC → node 1 → back), 31 samples of 300 calls, median per call;
+//!   tonic: a unary echo of a 64-byte message from `block_on`, same sampling;
+//! * **tput**: pipelined remote tasks (100 in flight, for `NET_BENCH_SECS`, default 2 s)
+//!   next to tonic bidirectional streaming of 64-byte messages with the same window;
+//! * **bcast4**: a sync `custom` Broadcast to the 4 containers (one per node, replies
+//!   aggregated), 31 samples of 50 calls, median per call;
+//! * **bulk**: 1 MiB bdev RAM writes to container 1 (node 1), 8 in flight, from a buffer in
+//!   this client's shared memory (`Client::allocate_buffer`), next to tonic client→server
+//!   streaming of 1 MiB messages each acknowledged, 8 in flight.
+//!
+//! Also printed (not in the last line): the link alone — two `TonicNetwork`s in this
+//! process echoing 64-byte frames — to split the runtime's share of the rtt from the
+//! network layer's.
 //!
 //! Run: `cargo bench --manifest-path chimaera-bench/Cargo.toml --bench net`. Last line:
 //! `net: rtt_median_ns=<n> tonic_rtt_median_ns=<n> ratio=<ours/tonic> tasks_per_s=<n>
-//! tonic_tasks_per_s=<n> tput_ratio=<n> bulk_mib_s=<n> tonic_bulk_mib_s=<n> bulk_ratio=<n>`
-//! (issue 9's line without `bcast4_median_ns`, which needs the runtime's routing), then
-//! `plot: <target dir>/bench-plots/net.svg`, the distributions of the 31 samples.
+//! tonic_tasks_per_s=<n> tput_ratio=<n> bcast4_median_ns=<n> bulk_mib_s=<n>
+//! tonic_bulk_mib_s=<n> bulk_ratio=<n>`, then `plot: <target dir>/bench-plots/net.svg`
+//! (the distributions of the rtt samples).
 use bytes::{Buf, BufMut};
+use chimaera::admin_api::PoolOptions;
+use chimaera::bdev::{BdevClient, BdevParams, BdevType};
+use chimaera::config::RuntimeConfig;
+use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::peer::{FrameHandler, PeerNetwork, Responder};
+use chimaera::prelude::*;
 use chimaera_bench::Distribution;
 use chimaera_net::{NetOptions, TonicNetwork};
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tokio_stream::{Stream, StreamExt};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::{BoxFuture, Service};
 use tonic::Status;
 
+const NODES: u32 = 4;
+/// The container the point-to-point measurements address: it lives on node 1.
+const REMOTE: ContainerId = 1;
 const SMALL: usize = 64;
 const BULK: usize = 1 << 20;
+const SAMPLES: usize = 31;
+const RTT_CALLS: u32 = 300;
+const BCAST_CALLS: u32 = 50;
+const WINDOW: usize = 100;
+const BULK_WINDOW: usize = 8;
 const DEADLINE: Duration = Duration::from_secs(30);
-const PATH: &str = "/bench.Echo/Echo";
+const PATIENCE: Duration = Duration::from_secs(30);
+const SECRET: &str = "net-bench-cluster-secret-0123456789";
+const RUNTIME_BIN: &str = env!("CARGO_BIN_EXE_chimaera");
+const UNARY_PATH: &str = "/bench.Echo/Echo";
+const STREAM_PATH: &str = "/bench.Echo/Stream";
+const SINK_PATH: &str = "/bench.Echo/Sink";
 
-type BoxError = Box<dyn std::error::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
 
-fn main() -> Result<(), BoxError> {
-    let (ours, _echo_node) = our_link()?;
+fn main() -> Res<()> {
+    let secs: f64 = std::env::var("NET_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let cluster = Cluster::start()?;
+    let chi = cluster.client(0)?;
     let tonic = BareTonic::start()?;
 
+    let m = ModNameClient::create_with(
+        &chi,
+        PoolQuery::local(),
+        "netbench",
+        PoolOptions::containers(NODES),
+        CreateParams::default(),
+    )?;
+    let remote = PoolQuery::direct_id(REMOTE);
     let small = vec![7u8; SMALL];
-    for _ in 0..5_000 {
-        ours.round_trip(&small)?;
+    for i in 0..2_000 {
+        m.custom(remote, "", i)?;
         tonic.round_trip(&small)?;
     }
-    let mut our_samples = Vec::new();
-    let mut tonic_samples = Vec::new();
-    for _ in 0..31 {
-        let calls = 2_000u32;
+
+    // rtt and bcast4: one sample of each per round, so that a change of the machine's
+    // state during the run hits them alike.
+    let (mut ours, mut theirs, mut bcast) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..SAMPLES {
         let start = Instant::now();
-        for _ in 0..calls {
-            ours.round_trip(&small)?;
+        for i in 0..RTT_CALLS {
+            m.custom(remote, "", i)?;
         }
-        our_samples.push(start.elapsed().as_nanos() as f64 / f64::from(calls));
+        ours.push(per_call(start, RTT_CALLS));
         let start = Instant::now();
-        for _ in 0..calls {
+        for _ in 0..RTT_CALLS {
             tonic.round_trip(&small)?;
         }
-        tonic_samples.push(start.elapsed().as_nanos() as f64 / f64::from(calls));
+        theirs.push(per_call(start, RTT_CALLS));
+        let start = Instant::now();
+        for i in 0..BCAST_CALLS {
+            m.custom(PoolQuery::broadcast(), "", i)?;
+        }
+        bcast.push(per_call(start, BCAST_CALLS));
     }
-    our_samples.sort_by(f64::total_cmp);
-    tonic_samples.sort_by(f64::total_cmp);
-    let (rtt, tonic_rtt) = (our_samples[15], tonic_samples[15]);
+    let (rtt, tonic_rtt, bcast4) = (median(&mut ours), median(&mut theirs), median(&mut bcast));
     println!(
-        "round trip of {SMALL} bytes: ours {rtt:.0} ns, bare tonic {tonic_rtt:.0} ns (medians)"
+        "round trip, empty task to node 1: {rtt:.0} ns; bare tonic unary echo of {SMALL} bytes: \
+         {tonic_rtt:.0} ns; broadcast to {NODES} nodes: {bcast4:.0} ns (medians of {SAMPLES})"
     );
 
-    let calls_per_s = |elapsed: Duration, calls: usize| calls as f64 / elapsed.as_secs_f64();
-    let frames = 100_000;
-    let tasks_per_s = calls_per_s(ours.pipelined(&small, frames, 1024)?, frames);
-    let tonic_tasks_per_s = calls_per_s(tonic.pipelined(&small, frames, 1024)?, frames);
+    let run_for = Duration::from_secs_f64(secs);
+    let tasks_per_s = pipelined_tasks(&m, remote, run_for)?;
+    let tonic_tasks_per_s = tonic.streamed(&small, WINDOW, run_for, STREAM_PATH)?;
     println!(
-        "pipelined: ours {tasks_per_s:.0}/s, bare tonic {tonic_tasks_per_s:.0}/s (window 1024)"
+        "pipelined, window {WINDOW}: ours {tasks_per_s:.0} tasks/s, bare tonic streaming \
+         {tonic_tasks_per_s:.0} messages/s"
     );
 
+    let bulk_mib_s = bulk_writes(&chi, run_for)?;
     let bulk = vec![9u8; BULK];
-    let frames = 256;
-    let mib =
-        |elapsed: Duration| (frames * BULK) as f64 / f64::from(1 << 20) / elapsed.as_secs_f64();
-    let bulk_mib_s = mib(ours.pipelined(&bulk, frames, 8)?);
-    let tonic_bulk_mib_s = mib(tonic.pipelined(&bulk, frames, 8)?);
+    let tonic_bulk_mib_s =
+        tonic.streamed(&bulk, BULK_WINDOW, run_for, SINK_PATH)? * BULK as f64 / f64::from(1 << 20);
     println!(
-        "bulk 1 MiB frames: ours {bulk_mib_s:.0} MiB/s, bare tonic {tonic_bulk_mib_s:.0} MiB/s"
+        "1 MiB writes, window {BULK_WINDOW}: ours {bulk_mib_s:.0} MiB/s (bdev RAM on node 1), \
+         bare tonic streaming {tonic_bulk_mib_s:.0} MiB/s"
+    );
+
+    let (link_rtt, link_tonic_rtt) = link_round_trips(&tonic, &small)?;
+    println!(
+        "link alone: TonicNetwork echo of {SMALL} bytes {link_rtt:.0} ns, bare tonic \
+         {link_tonic_rtt:.0} ns (medians; no runtime, no task)"
     );
 
     println!(
-        "net: rtt_median_ns={rtt:.0} tonic_rtt_median_ns={tonic_rtt:.0} ratio={:.2} tasks_per_s={tasks_per_s:.0} tonic_tasks_per_s={tonic_tasks_per_s:.0} tput_ratio={:.2} bulk_mib_s={bulk_mib_s:.0} tonic_bulk_mib_s={tonic_bulk_mib_s:.0} bulk_ratio={:.2}",
+        "net: rtt_median_ns={rtt:.0} tonic_rtt_median_ns={tonic_rtt:.0} ratio={:.2} \
+         tasks_per_s={tasks_per_s:.0} tonic_tasks_per_s={tonic_tasks_per_s:.0} tput_ratio={:.2} \
+         bcast4_median_ns={bcast4:.0} bulk_mib_s={bulk_mib_s:.0} \
+         tonic_bulk_mib_s={tonic_bulk_mib_s:.0} bulk_ratio={:.2}",
         rtt / tonic_rtt,
         tasks_per_s / tonic_tasks_per_s,
         bulk_mib_s / tonic_bulk_mib_s,
     );
     let plot = chimaera_bench::latency_svg(
         "net",
-        "round trip of a 64-byte frame between two nodes on loopback",
-        "31 samples of 2,000 calls",
+        "round trip to another node on loopback",
+        &format!("{SAMPLES} samples of {RTT_CALLS} calls"),
         &[
             Distribution {
-                label: "chimaera-net (TonicNetwork)",
-                samples_ns: &our_samples,
+                label: "chimaera-rs: empty task, client → node 0 → node 1",
+                samples_ns: &ours,
             },
             Distribution {
-                label: "bare tonic unary echo",
-                samples_ns: &tonic_samples,
+                label: "bare tonic unary echo (64 bytes)",
+                samples_ns: &theirs,
             },
         ],
     )?;
     println!("plot: {}", plot.display());
-    Ok(())
+    drop((m, chi));
+    cluster.stop()
+}
+
+fn per_call(start: Instant, calls: u32) -> f64 {
+    start.elapsed().as_nanos() as f64 / f64::from(calls)
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Async `custom` tasks to `query`, `WINDOW` in flight, waited in order, for `run_for`.
+fn pipelined_tasks(m: &ModNameClient, query: PoolQuery, run_for: Duration) -> Res<f64> {
+    let mut in_flight = VecDeque::with_capacity(WINDOW);
+    let start = Instant::now();
+    let mut completed = 0u64;
+    let mut submitted = 0u32;
+    while start.elapsed() < run_for {
+        for _ in 0..WINDOW {
+            if in_flight.len() == WINDOW {
+                if let Some(pending) = in_flight.pop_front() {
+                    let _: String = Pending::wait(pending)?;
+                    completed += 1;
+                }
+            }
+            in_flight.push_back(m.async_custom(query, "", submitted)?);
+            submitted = submitted.wrapping_add(1);
+        }
+    }
+    for pending in in_flight {
+        pending.wait()?;
+        completed += 1;
+    }
+    Ok(completed as f64 / start.elapsed().as_secs_f64())
+}
+
+/// 1 MiB writes to a RAM bdev whose container 1 lives on node 1, `BULK_WINDOW` in flight,
+/// each from its own 1 MiB slice of one shared buffer; MiB/s.
+fn bulk_writes(chi: &Client, run_for: Duration) -> Res<f64> {
+    let bdev = BdevClient::create_with(
+        chi,
+        PoolQuery::local(),
+        "netbench-ram",
+        PoolOptions::containers(NODES),
+        BdevParams {
+            bdev_type: BdevType::Ram,
+            total_size: (BULK_WINDOW * BULK) as u64 * 2,
+            ..BdevParams::default()
+        },
+    )?;
+    let remote = PoolQuery::direct_id(REMOTE);
+    let blocks = (0..BULK_WINDOW)
+        .map(|_| bdev.allocate_blocks(remote, BULK as u64).map(|b| b[0]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut buffer = chi.allocate_buffer(BULK_WINDOW * BULK)?;
+    buffer.fill(9);
+    let slices: Vec<&[u8]> = buffer.chunks(BULK).collect();
+    let round = |count: usize| -> Res<u64> {
+        let mut in_flight = VecDeque::with_capacity(BULK_WINDOW);
+        let mut written = 0u64;
+        for i in 0..count {
+            if in_flight.len() == BULK_WINDOW {
+                if let Some(pending) = in_flight.pop_front() {
+                    written += Pending::wait(pending)?;
+                }
+            }
+            let slot = i % BULK_WINDOW;
+            in_flight.push_back(bdev.async_write(remote, blocks[slot], slices[slot])?);
+        }
+        for pending in in_flight {
+            written += pending.wait()?;
+        }
+        Ok(written)
+    };
+    round(4 * BULK_WINDOW)?;
+    let start = Instant::now();
+    let mut written = 0u64;
+    while start.elapsed() < run_for {
+        written += round(4 * BULK_WINDOW)?;
+    }
+    Ok(written as f64 / f64::from(1 << 20) / start.elapsed().as_secs_f64())
+}
+
+/// Round trips of `frame` over two `TonicNetwork`s of this process, next to bare tonic.
+fn link_round_trips(tonic: &BareTonic, frame: &[u8]) -> Res<(f64, f64)> {
+    let listeners = [
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+    ];
+    let addresses: Vec<String> = listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|a| a.to_string()))
+        .collect::<Result<_, _>>()?;
+    let [first, second] = listeners;
+    let caller = TonicNetwork::with_listener(NetOptions::new(0, addresses.clone(), SECRET), first)?;
+    let echo = TonicNetwork::with_listener(NetOptions::new(1, addresses, SECRET), second)?;
+    echo.serve(Arc::new(Echo));
+    let round_trip = || -> Res<()> {
+        let (send, receive) = mpsc::channel();
+        caller.call(
+            1,
+            frame.to_vec(),
+            DEADLINE,
+            Box::new(move |answer| {
+                let _ = send.send(answer.map(|a| a.len()).map_err(|e| e.to_string()));
+            }),
+        );
+        receive.recv()??;
+        Ok(())
+    };
+    for _ in 0..2_000 {
+        round_trip()?;
+    }
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..SAMPLES {
+        let start = Instant::now();
+        for _ in 0..RTT_CALLS {
+            round_trip()?;
+        }
+        ours.push(per_call(start, RTT_CALLS));
+        let start = Instant::now();
+        for _ in 0..RTT_CALLS {
+            tonic.round_trip(frame)?;
+        }
+        theirs.push(per_call(start, RTT_CALLS));
+    }
+    caller.shutdown();
+    echo.shutdown();
+    Ok((median(&mut ours), median(&mut theirs)))
 }
 
 /// Answers every frame with itself.
@@ -116,66 +307,185 @@ impl FrameHandler for Echo {
     }
 }
 
-struct OurLink {
-    caller: TonicNetwork,
+// ---------------------------------------------------------------------------------------
+// the cluster
+
+/// `NODES` runtime processes on 127.0.0.1, node 0 started first (the others ask it for
+/// the cluster's pools as they start); stopped cleanly by [`Cluster::stop`], killed and
+/// cleaned up on an early exit.
+struct Cluster {
+    nodes: Vec<RuntimeProcess>,
+    files: Vec<PathBuf>,
 }
 
-fn our_link() -> Result<(OurLink, TonicNetwork), BoxError> {
-    let listeners = [
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-    ];
-    let addresses: Vec<String> = listeners
-        .iter()
-        .map(|listener| listener.local_addr().map(|a| a.to_string()))
-        .collect::<Result<_, _>>()?;
-    let [first, second] = listeners;
-    let caller =
-        TonicNetwork::with_listener(NetOptions::new(0, addresses.clone(), "bench"), first)?;
-    let echo = TonicNetwork::with_listener(NetOptions::new(1, addresses, "bench"), second)?;
-    echo.serve(Arc::new(Echo));
-    Ok((OurLink { caller }, echo))
-}
-
-impl OurLink {
-    fn start(&self, frame: &[u8], done: mpsc::Sender<Result<usize, String>>) {
-        self.caller.call(
-            1,
-            frame.to_vec(),
-            DEADLINE,
-            Box::new(move |answer| {
-                let _ = done.send(answer.map(|a| a.len()).map_err(|e| e.to_string()));
-            }),
-        );
+impl Cluster {
+    fn start() -> Res<Cluster> {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let pid = std::process::id();
+        let listeners: Vec<std::net::TcpListener> = (0..NODES)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()?;
+        let hosts: String = listeners
+            .iter()
+            .map(|listener| listener.local_addr().map(|a| format!("{a}\n")))
+            .collect::<Result<_, _>>()?;
+        drop(listeners);
+        let hostfile = dir.join(format!("netbench-{pid}.hosts"));
+        std::fs::write(&hostfile, hosts)?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            files: vec![hostfile.clone()],
+        };
+        for node in 0..NODES {
+            let config = dir.join(format!("netbench-{pid}-n{node}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "instance: netbench-{pid}-n{node}\nworkers:\n  low_latency: 1\n  \
+                     high_latency: 0\nmax_clients: 4\nshm:\n  client_data_size: 64MiB\n\
+                     networking:\n  hostfile: {}\n  node_id: {node}\n  \
+                     rpc_timeout_ms: 10000\n  secret: {SECRET}\n",
+                    hostfile.display()
+                ),
+            )?;
+            cluster.files.push(config.clone());
+            cluster.nodes.push(RuntimeProcess::start(config)?);
+        }
+        Ok(cluster)
     }
 
-    fn round_trip(&self, frame: &[u8]) -> Result<(), BoxError> {
-        let (send, receive) = mpsc::channel();
-        self.start(frame, send);
-        receive.recv()??;
+    fn client(&self, node: usize) -> Res<Client> {
+        Ok(Client::connect_to(&self.nodes[node].config)?)
+    }
+
+    /// `chimaera runtime stop` on every node, the last first; all must exit 0.
+    fn stop(mut self) -> Res<()> {
+        while let Some(node) = self.nodes.pop() {
+            node.stop()?;
+        }
         Ok(())
     }
+}
 
-    fn pipelined(&self, frame: &[u8], frames: usize, window: usize) -> Result<Duration, BoxError> {
-        let (send, receive) = mpsc::channel();
-        let start = Instant::now();
-        let mut in_flight = 0;
-        for _ in 0..frames {
-            if in_flight == window {
-                receive.recv()??;
-                in_flight -= 1;
-            }
-            self.start(frame, send.clone());
-            in_flight += 1;
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
         }
-        for _ in 0..in_flight {
-            receive.recv()??;
-        }
-        Ok(start.elapsed())
     }
 }
 
-/// Frames as gRPC messages, byte for byte (the same wire as chimaera-net's codec).
+/// One `chimaera runtime start` child; on an early exit SIGTERM, SIGKILL after 5 s, and
+/// its instance files removed.
+struct RuntimeProcess {
+    config: RuntimeConfig,
+    config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl RuntimeProcess {
+    fn start(config_path: PathBuf) -> Res<RuntimeProcess> {
+        let config = RuntimeConfig::from_file(&config_path)?;
+        let mut command = Command::new(RUNTIME_BIN);
+        command
+            .args(["runtime", "start"])
+            .env("CHI_SERVER_CONF", &config_path)
+            .env_remove("CHI_INSTANCE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+        // async-signal-safe; SIGTERM lets the runtime remove its segments if we die.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {RUNTIME_BIN}: {e}"))?;
+        let mut runtime = RuntimeProcess {
+            config,
+            config_path,
+            child: Some(child),
+        };
+        let start = Instant::now();
+        while let Err(error) = Client::connect_to(&runtime.config) {
+            if let Some(child) = runtime.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    runtime.child = None;
+                    return Err(format!("a runtime exited during start-up: {status}").into());
+                }
+            }
+            if start.elapsed() > PATIENCE {
+                return Err(format!("a runtime did not serve within {PATIENCE:?}: {error}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(runtime)
+    }
+
+    fn stop(mut self) -> Res<()> {
+        let stopped = Command::new(RUNTIME_BIN)
+            .args(["runtime", "stop"])
+            .env("CHI_SERVER_CONF", &self.config_path)
+            .env_remove("CHI_INSTANCE")
+            .stdout(Stdio::null())
+            .status()?;
+        let mut child = self.child.take().ok_or("runtime already stopped")?;
+        let deadline = Instant::now() + PATIENCE;
+        let exited = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.child = Some(child);
+                return Err("a runtime did not exit after `runtime stop`".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !stopped.success() || !exited.success() {
+            return Err(format!("runtime stop: {stopped}, runtime: {exited}").into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RuntimeProcess {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill() with a pid we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let instance = self.config.instance.to_string();
+        let (dot, at) = (format!("{instance}."), format!("{instance}@"));
+        if let Ok(entries) = std::fs::read_dir(chimaera::instance::user_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&dot) || name.starts_with(&at) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// bare tonic
+
+/// Messages as gRPC messages, byte for byte (the same wire as chimaera-net's codec).
 #[derive(Clone, Copy, Default)]
 struct RawCodec;
 
@@ -198,9 +508,9 @@ impl Encoder for RawCodec {
     type Item = Vec<u8>;
     type Error = Status;
 
-    fn encode(&mut self, frame: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(frame.len());
-        dst.put_slice(&frame);
+    fn encode(&mut self, message: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(message.len());
+        dst.put_slice(&message);
         Ok(())
     }
 }
@@ -214,18 +524,49 @@ impl Decoder for RawCodec {
     }
 }
 
-/// The bare tonic echo service.
+/// The bare tonic service: `Echo` (unary), `Stream` (each message echoed) and `Sink`
+/// (each message acknowledged with its length, 8 bytes).
 #[derive(Clone)]
 struct EchoService;
 
-struct EchoMethod;
+struct UnaryEcho;
 
-impl tonic::server::UnaryService<Vec<u8>> for EchoMethod {
+impl tonic::server::UnaryService<Vec<u8>> for UnaryEcho {
     type Response = Vec<u8>;
     type Future = BoxFuture<tonic::Response<Vec<u8>>, Status>;
 
     fn call(&mut self, request: tonic::Request<Vec<u8>>) -> Self::Future {
         Box::pin(async move { Ok(tonic::Response::new(request.into_inner())) })
+    }
+}
+
+type MessageStream = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, Status>> + Send>>;
+
+/// Answers each message of the stream as it arrives: with itself, or (`ack`) with its
+/// length.
+struct StreamEcho {
+    ack: bool,
+}
+
+impl tonic::server::StreamingService<Vec<u8>> for StreamEcho {
+    type Response = Vec<u8>;
+    type ResponseStream = MessageStream;
+    type Future = BoxFuture<tonic::Response<MessageStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<Vec<u8>>>) -> Self::Future {
+        let ack = self.ack;
+        Box::pin(async move {
+            let answers = request.into_inner().map(move |message| {
+                message.map(|m| {
+                    if ack {
+                        (m.len() as u64).to_le_bytes().to_vec()
+                    } else {
+                        m
+                    }
+                })
+            });
+            Ok(tonic::Response::new(Box::pin(answers) as MessageStream))
+        })
     }
 }
 
@@ -240,10 +581,12 @@ impl Service<http::Request<tonic::body::Body>> for EchoService {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         Box::pin(async move {
-            Ok(tonic::server::Grpc::new(RawCodec)
-                .max_decoding_message_size(usize::MAX)
-                .unary(EchoMethod, request)
-                .await)
+            let mut grpc = tonic::server::Grpc::new(RawCodec).max_decoding_message_size(usize::MAX);
+            Ok(match request.uri().path() {
+                STREAM_PATH => grpc.streaming(StreamEcho { ack: false }, request).await,
+                SINK_PATH => grpc.streaming(StreamEcho { ack: true }, request).await,
+                _ => grpc.unary(UnaryEcho, request).await,
+            })
         })
     }
 }
@@ -256,7 +599,7 @@ struct BareTonic {
 }
 
 impl BareTonic {
-    fn start() -> Result<BareTonic, BoxError> {
+    fn start() -> Res<BareTonic> {
         let runtime = || {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -288,48 +631,63 @@ impl BareTonic {
         })
     }
 
-    async fn echo(channel: tonic::transport::Channel, frame: Vec<u8>) -> Result<usize, Status> {
-        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-        grpc.ready()
-            .await
-            .map_err(|error| Status::unavailable(error.to_string()))?;
-        let answer = grpc
-            .unary(
-                tonic::Request::new(frame),
-                http::uri::PathAndQuery::from_static(PATH),
+    fn grpc(&self) -> tonic::client::Grpc<tonic::transport::Channel> {
+        tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
+    }
+
+    fn round_trip(&self, message: &[u8]) -> Res<()> {
+        let mut grpc = self.grpc();
+        let message = message.to_vec();
+        self.client_runtime.block_on(async move {
+            grpc.ready().await?;
+            grpc.unary(
+                tonic::Request::new(message),
+                http::uri::PathAndQuery::from_static(UNARY_PATH),
                 RawCodec,
             )
             .await?;
-        Ok(answer.into_inner().len())
+            Ok(())
+        })
     }
 
-    fn round_trip(&self, frame: &[u8]) -> Result<(), BoxError> {
-        self.client_runtime
-            .block_on(BareTonic::echo(self.channel.clone(), frame.to_vec()))?;
-        Ok(())
-    }
-
-    fn pipelined(&self, frame: &[u8], frames: usize, window: usize) -> Result<Duration, BoxError> {
-        let frame = frame.to_vec();
-        let channel = self.channel.clone();
+    /// Messages over one bidirectional stream on `path`, at most `window` unanswered, for
+    /// `run_for`; answers per second.
+    fn streamed(
+        &self,
+        message: &[u8],
+        window: usize,
+        run_for: Duration,
+        path: &'static str,
+    ) -> Res<f64> {
+        let mut grpc = self.grpc();
+        let message = message.to_vec();
         self.client_runtime.block_on(async move {
+            let (send, receive) = tokio::sync::mpsc::channel::<Vec<u8>>(window);
+            grpc.ready().await?;
+            let outgoing = tokio_stream::wrappers::ReceiverStream::new(receive);
+            let call = grpc.streaming(
+                tonic::Request::new(outgoing),
+                http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            );
+            for _ in 0..window {
+                send.send(message.clone()).await?;
+            }
+            let mut answers = call.await?.into_inner();
             let start = Instant::now();
-            let mut in_flight = VecDeque::with_capacity(window);
-            for _ in 0..frames {
-                if in_flight.len() == window {
-                    if let Some(call) = in_flight.pop_front() {
-                        call.await??;
-                    }
+            let mut answered = 0u64;
+            let mut sent = window as u64;
+            while let Some(answer) = answers.message().await? {
+                std::hint::black_box(answer);
+                answered += 1;
+                if start.elapsed() < run_for {
+                    send.send(message.clone()).await?;
+                    sent += 1;
+                } else if answered == sent {
+                    break;
                 }
-                in_flight.push_back(tokio::spawn(BareTonic::echo(
-                    channel.clone(),
-                    frame.clone(),
-                )));
             }
-            for call in in_flight {
-                call.await??;
-            }
-            Ok::<_, BoxError>(start.elapsed())
+            Ok(answered as f64 / start.elapsed().as_secs_f64())
         })
     }
 }

@@ -61,6 +61,12 @@
 //!   force_net: false         # send even this node's own tasks through the network path (tests)
 //!   secret: "long random text" # the cluster secret every node shares (16..=4096 bytes) ...
 //!   secret_file: /etc/chimaera/secret # ... or the file holding it (one of the two, not both)
+//!   tls:                     # mutual TLS between the nodes (absent: plain HTTP/2, secret in clear)
+//!     cert: node2.crt        # this node's certificate chain (PEM); its subject alternative
+//!                            # names must include this node's hostfile host (DNS name or IP)
+//!     key: node2.key         # this node's private key (PEM: PKCS#8, PKCS#1 or SEC1)
+//!     ca: ca.crt             # the authority that signed every node's certificate (PEM); a peer
+//!                            # whose certificate it did not sign gets no connection
 //! compose:                   # pools created at boot, in this order
 //!   - module: bdev           # the chimod's name
 //!     name: ram0             # the pool's unique name
@@ -69,6 +75,11 @@
 //!       bdev_type: ram
 //!       capacity: 1GiB
 //! ```
+//!
+//! Relative paths in a config file (`networking.hostfile`, `networking.secret_file` and
+//! the three `networking.tls` files) are relative to the directory of that file, not to
+//! the working directory of whoever starts the runtime; in YAML text
+//! ([`RuntimeConfig::from_yaml_str`]) they stay as written.
 //!
 //! Each client's share of the three `shm` sizes is its own memory (a memfd, see
 //! `crate::transport::shm::client_area`), fully reserved when it connects: with every client
@@ -184,6 +195,19 @@ pub struct NetworkingConfig {
     pub force_net: bool,
     /// The secret every node of the cluster shares, checked when peers connect.
     pub secret: Option<ClusterSecret>,
+    /// Mutual TLS between the nodes (`networking.tls`); `None`: plain HTTP/2.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a node's mutual TLS (`networking.tls`), read when the network starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This node's certificate chain (`networking.tls.cert`).
+    pub cert: PathBuf,
+    /// This node's private key (`networking.tls.key`).
+    pub key: PathBuf,
+    /// The authority that signs every node's certificate (`networking.tls.ca`).
+    pub ca: PathBuf,
 }
 
 impl Default for NetworkingConfig {
@@ -196,6 +220,30 @@ impl Default for NetworkingConfig {
             rpc_timeout: Duration::from_secs(2),
             force_net: false,
             secret: None,
+            tls: None,
+        }
+    }
+}
+
+impl NetworkingConfig {
+    /// Makes the relative file paths (hostfile, secret file, TLS files) relative to `dir`,
+    /// the directory of the config file that named them.
+    fn resolve_paths_in(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        if let Some(hostfile) = &mut self.hostfile {
+            resolve(hostfile);
+        }
+        if let Some(ClusterSecret::File(secret)) = &mut self.secret {
+            resolve(secret);
+        }
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+            resolve(&mut tls.ca);
         }
     }
 }
@@ -420,7 +468,10 @@ impl RuntimeConfig {
             path: path.to_owned(),
             source,
         })?;
-        let config = Self::parse(&text, &path.display().to_string())?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        if let Some(dir) = path.parent() {
+            config.networking.resolve_paths_in(dir);
+        }
         Ok(RuntimeConfig {
             source: ConfigSource::File(path.to_owned()),
             ..config
@@ -579,6 +630,12 @@ impl RuntimeConfig {
                     format!("is {node} but there is no `networking.hostfile`; a single node is node 0, so name the hostfile or remove node_id"),
                 );
             }
+        }
+        if net.tls.is_some() && net.hostfile.is_none() {
+            return invalid(
+                "networking.tls",
+                "is set but there is no `networking.hostfile`; a single node has no network to secure, so name the hostfile or remove tls".to_owned(),
+            );
         }
         if let Some(ClusterSecret::Inline(secret)) = &net.secret {
             if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&secret.len()) {
@@ -848,7 +905,7 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with the keys port, hostfile, node_id, neighborhood_size, rpc_timeout_ms, force_net, secret and secret_file"
+    expecting = "a mapping with the keys port, hostfile, node_id, neighborhood_size, rpc_timeout_ms, force_net, secret, secret_file and tls"
 )]
 struct FileNetworking {
     port: Option<u16>,
@@ -859,6 +916,18 @@ struct FileNetworking {
     force_net: Option<bool>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys cert, key and ca (paths of PEM files)"
+)]
+struct FileTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1019,6 +1088,11 @@ impl FileConfig {
                 (None, Some(path)) => Some(ClusterSecret::File(path)),
                 (None, None) => None,
             };
+            into.tls = net.tls.map(|tls| TlsFiles {
+                cert: tls.cert,
+                key: tls.key,
+                ca: tls.ca,
+            });
         }
         if let Some(pin) = self.pin_workers {
             config.pin_workers = pin;
@@ -1434,6 +1508,10 @@ compose:
                 "networking.rpc_timeout_ms",
             ),
             ("networking: { node_id: 1 }", "networking.node_id"),
+            (
+                "networking: { tls: { cert: a, key: b, ca: c } }",
+                "networking.tls",
+            ),
             ("networking: { secret: short }", "networking.secret"),
             (
                 "networking: { secret: 0123456789abcdef, secret_file: /x }",
@@ -1447,6 +1525,54 @@ compose:
         let (message, line) = parse_err("networking:\n  prot: 1\n");
         assert!(message.contains("prot"), "{message}");
         assert_eq!(line, Some(2));
+    }
+
+    #[test]
+    fn tls_keys_are_read_and_all_three_are_required() {
+        let config = RuntimeConfig::from_yaml_str(
+            "networking:\n  hostfile: /h\n  tls:\n    cert: /pki/n.crt\n    key: n.key\n    ca: ca.crt\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.networking.tls,
+            Some(TlsFiles {
+                cert: "/pki/n.crt".into(),
+                key: "n.key".into(),
+                ca: "ca.crt".into(),
+            }),
+            "YAML text keeps relative paths as written"
+        );
+        for yaml in [
+            "networking: { hostfile: /h, tls: { cert: a, key: b } }",
+            "networking: { hostfile: /h, tls: { cert: a, key: b, ca: c, crl: d } }",
+        ] {
+            let (message, _) = parse_err(yaml);
+            assert!(message.contains("tls"), "{yaml}: {message}");
+        }
+    }
+
+    #[test]
+    fn relative_networking_paths_are_relative_to_the_config_files_directory() {
+        let dir =
+            std::env::temp_dir().join(format!("chimaera-relative-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.yaml");
+        std::fs::write(
+            &path,
+            "networking:\n  hostfile: hosts\n  secret_file: keys/secret\n  tls: { cert: n.crt, key: /abs/n.key, ca: ../ca.crt }\n",
+        )
+        .unwrap();
+        let net = RuntimeConfig::from_file(&path).unwrap().networking;
+        assert_eq!(net.hostfile, Some(dir.join("hosts")));
+        assert_eq!(
+            net.secret,
+            Some(ClusterSecret::File(dir.join("keys/secret")))
+        );
+        let tls = net.tls.unwrap();
+        assert_eq!(tls.cert, dir.join("n.crt"));
+        assert_eq!(tls.key, PathBuf::from("/abs/n.key"), "absolute paths stay");
+        assert_eq!(tls.ca, dir.join("../ca.crt"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

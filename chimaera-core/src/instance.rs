@@ -41,6 +41,14 @@ pub fn user_dir() -> PathBuf {
     crate::shm::naming::user_dir()
 }
 
+/// The per-user directory ([`user_dir`]), created if missing and verified as the
+/// runtime verifies it (ours, mode `0700` or `0711`, never a link, in a parent no other
+/// user can rename it in): a path safe to open files and directories under, for tools
+/// that keep state next to the instances (`chimaera cluster` keeps its clusters there).
+pub fn checked_user_dir() -> Result<PathBuf, DirError> {
+    Ok(RuntimeDir::for_user()?.path().to_owned())
+}
+
 /// Whether the runtime of `instance` is up (holds its liveness lock). Never blocks.
 /// `Ok(false)` if there is no lock file; an error if something untrustworthy sits at its
 /// name.

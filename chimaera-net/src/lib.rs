@@ -1,12 +1,16 @@
 //! The network between chimaera-rs runtimes: [`TonicNetwork`], a
 //! [`PeerNetwork`](chimaera_core::peer::PeerNetwork) on gRPC (tonic, HTTP/2).
 //!
-//! Each node serves one gRPC service with two methods: `Call` streams a frame (the
-//! runtime's SaveIn/SaveOut archives, opaque here) in chunks and streams back the answer
-//! the same way, `Leave` (unary) tells a peer this node stops. Frames are the gRPC message bytes as they are — no
-//! protobuf schema, no protoc at build time (a hand-written codec and service). Each peer
-//! is reached over one long-lived HTTP/2 connection that every call multiplexes on,
-//! opened on first use and reopened with bounded exponential backoff after a failure.
+//! Each node serves one gRPC service with three methods: `Stream`, a long-lived
+//! bidirectional stream per calling peer that carries its small frames (the runtime's
+//! SaveIn/SaveOut archives, opaque here) and their answers, each tagged with a call id
+//! (see `stream.rs`); `Call`, a call of its own for a frame too large for the stream (so
+//! it holds up no small one), streaming the frame in chunks and the answer back the same
+//! way; `Leave`, telling a peer this node stops. Frames are message bytes as they are —
+//! no protobuf schema, no protoc at build time (a hand-written codec and service). Each
+//! peer is reached over one long-lived HTTP/2 connection that the stream and every large
+//! call share, opened on first use and reopened with bounded exponential backoff after a
+//! failure.
 //!
 //! [`attach`] (with [`network_from_config`] and [`options_from_config`]) starts the
 //! network a runtime's `networking:` config describes, so a runtime built in code joins
@@ -36,18 +40,21 @@
 //! # Limits
 //!
 //! With [`PeerTls`] every connection is mutual TLS: only holders of a certificate the
-//! cluster's authority signed get a connection at all. Without it the secret and frames
-//! cross the wire in clear; run such a cluster on a trusted network only. Either way the
-//! node id a caller claims is tied to its host by its source address (see
-//! [`NetOptions::verify_peer_address`]), not to its port or its certificate: nodes that
-//! share a host can claim each other's ids.
+//! cluster's authority signed get a connection at all, and the node id a caller claims
+//! must be backed by its certificate (its subject alternative names include the host of
+//! that node's hostfile entry). Without it the secret and frames cross the wire in clear;
+//! run such a cluster on a trusted network only. The node id a caller claims is also tied
+//! to its host by its source address (see [`NetOptions::verify_peer_address`]). Neither
+//! proves a port: nodes that share a host can claim each other's ids.
 
 mod config;
 mod guard;
+mod identity;
 mod link;
 mod network;
 mod options;
 mod server;
+mod stream;
 mod wire;
 
 pub use config::{attach, network_from_config, options_from_config, NetConfigError};

@@ -21,12 +21,14 @@
 //!   owns the runtime, so dropping the network stops its threads.
 
 use crate::guard::Admission;
+use crate::identity::CertifiedHosts;
 use crate::link::{
     error_chain, Link, CONNECTION_WINDOW_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
     STREAM_WINDOW_BYTES,
 };
 use crate::options::{NetOptions, NetSetupError};
 use crate::server::{PeerService, RefusalLog};
+use crate::stream::{CallStream, STREAM_FRAME_MAX};
 use crate::wire::{
     announce, announced_len, assemble, chunked, duration_ms, status_to_net_error,
     transport_failure, Assembly, RawFrameCodec, CALL_PATH, FROM_NODE, LEAVE_PATH, MAX_CHUNK_BYTES,
@@ -73,9 +75,15 @@ pub(crate) struct Shared {
     secret_header: AsciiMetadataValue,
     node_header: AsciiMetadataValue,
     pub(crate) links: Vec<Link>,
+    /// Each peer's call stream, once opened (see [`crate::stream`]).
+    streams: Vec<Mutex<Option<Arc<CallStream>>>>,
+    /// Held while a call stream to that peer opens, so only one does at a time.
+    opening: Vec<tokio::sync::Mutex<()>>,
     /// The addresses each node's hostfile entry resolves to; empty for a node whose
     /// address is not checked (verification off, or the name did not resolve).
     pub(crate) node_ips: Vec<Vec<IpAddr>>,
+    /// With TLS, each node's host, which a caller's certificate must name.
+    pub(crate) certified_hosts: Option<CertifiedHosts>,
     pub(crate) handler: OnceLock<Arc<dyn FrameHandler>>,
     /// `true` once this network shuts down; the server, every outgoing call and every
     /// incoming call watch it.
@@ -169,6 +177,7 @@ impl TonicNetwork {
             MetadataValue::try_from(text).map_err(|_| NetSetupError::SecretNotVisibleAscii)
         };
         let (shutdown, _) = watch::channel(false);
+        let nodes = options.nodes() as usize;
         let shared = Arc::new(Shared {
             this_node: options.this_node,
             nodes: options.nodes(),
@@ -176,7 +185,13 @@ impl TonicNetwork {
             secret_header: header(&options.cluster_secret)?,
             node_header: MetadataValue::from(options.this_node),
             links,
+            streams: (0..nodes).map(|_| Mutex::new(None)).collect(),
+            opening: (0..nodes).map(|_| tokio::sync::Mutex::new(())).collect(),
             node_ips: resolve_node_ips(&options),
+            certified_hosts: options
+                .tls
+                .as_ref()
+                .map(|_| CertifiedHosts::new(&options.addresses)),
             handler: OnceLock::new(),
             shutdown,
             rpc_timeout: options.rpc_timeout,
@@ -297,9 +312,10 @@ fn resolve_node_ips(options: &NetOptions) -> Vec<Vec<IpAddr>> {
 }
 
 impl Shared {
-    /// One call to `node`, answered by its deadline or this network's shutdown.
+    /// One call to `node`, answered by its deadline or this network's shutdown: on the
+    /// peer's call stream, or as its own unary call when the frame is large.
     async fn call(
-        &self,
+        self: &Arc<Self>,
         node: NodeId,
         frame: Vec<u8>,
         timeout: Duration,
@@ -314,10 +330,67 @@ impl Shared {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|down| *down) => Err(left),
-            outcome = tokio::time::timeout(timeout, self.exchange(node, frame, timeout)) => {
+            outcome = tokio::time::timeout(timeout, async {
+                if frame.len() <= STREAM_FRAME_MAX {
+                    self.stream_exchange(node, frame, timeout).await
+                } else {
+                    self.exchange(node, frame, timeout).await
+                }
+            }) => {
                 outcome.unwrap_or(Err(NetError::DeadlineExceeded { node, timeout_ms: duration_ms(timeout) }))
             }
         }
+    }
+
+    /// Sends `frame` on the call stream to `node` and waits for its answer (no local
+    /// deadline here).
+    async fn stream_exchange(
+        self: &Arc<Self>,
+        node: NodeId,
+        frame: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, NetError> {
+        let stream = self.call_stream(node).await?;
+        let Some(call) = stream.register() else {
+            return Err(NetError::Unreachable {
+                node,
+                reason: "the call stream closed".to_owned(),
+            });
+        };
+        call.exchange(frame, timeout).await
+    }
+
+    /// The open call stream to `node`, opening one if there is none (one opening at a
+    /// time; the link's backoff applies to the connection beneath).
+    async fn call_stream(self: &Arc<Self>, node: NodeId) -> Result<Arc<CallStream>, NetError> {
+        if let Some(stream) = self.open_stream(node) {
+            return Ok(stream);
+        }
+        let _opening = self.opening[node as usize].lock().await;
+        if let Some(stream) = self.open_stream(node) {
+            return Ok(stream);
+        }
+        let (channel, generation) = self.links[node as usize].channel().await?;
+        let stream = crate::stream::open(self, node, channel, generation).await?;
+        *lock(&self.streams[node as usize]) = Some(Arc::clone(&stream));
+        Ok(stream)
+    }
+
+    fn open_stream(&self, node: NodeId) -> Option<Arc<CallStream>> {
+        lock(&self.streams[node as usize])
+            .as_ref()
+            .filter(|stream| stream.is_open())
+            .cloned()
+    }
+
+    /// Adds the metadata that authenticates this node to a request.
+    pub(crate) fn authenticate<T>(&self, request: &mut tonic::Request<T>) {
+        request
+            .metadata_mut()
+            .insert(FROM_NODE, self.node_header.clone());
+        request
+            .metadata_mut()
+            .insert(SECRET, self.secret_header.clone());
     }
 
     /// Sends `frame` to `node` in chunks and reads its answer's chunks (no local deadline
@@ -409,12 +482,7 @@ impl Shared {
     /// The deadline and the credentials every request carries.
     fn prepare<T>(&self, request: &mut tonic::Request<T>, timeout: Duration) {
         request.set_timeout(timeout);
-        request
-            .metadata_mut()
-            .insert(FROM_NODE, self.node_header.clone());
-        request
-            .metadata_mut()
-            .insert(SECRET, self.secret_header.clone());
+        self.authenticate(request);
     }
 
     /// The channel of `generation` to `node` failed before a call went out.
@@ -425,6 +493,11 @@ impl Shared {
             transport_failure(node, reason.to_owned())
         }
     }
+}
+
+/// Locks a plain value slot (replaced in one step: a panic elsewhere cannot tear it).
+fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A call's [`ReplyFn`] until it is answered; answered [`NetError::Left`] if dropped
@@ -542,6 +615,10 @@ impl PeerNetwork for TonicNetwork {
             .collect();
         self.wait_bounded(notices, rpc_timeout);
         self.shared.shutdown.send_replace(true);
+        // Ends this node's side of every call stream.
+        for stream in &self.shared.streams {
+            lock(stream).take();
+        }
         let server = self
             .server
             .lock()

@@ -1,12 +1,13 @@
-//! The receiving side: the hand-written gRPC service every node serves, with its two
-//! methods (`Call`, `Leave`), its authentication, and the hand-off to the runtime's
+//! The receiving side: the hand-written gRPC service every node serves, with its three
+//! methods (`Stream`, `Call`, `Leave`), its authentication, and the hand-off to the runtime's
 //! [`FrameHandler`].
 //!
 //! # Invariants
 //!
 //! * **Authentication comes before the body.** The cluster secret (compared in constant
-//!   time), the caller's node id and (unless turned off) that the connection comes from
-//!   an address of that node are checked on the request's headers; a request that
+//!   time), the caller's node id, (unless turned off) that the connection comes from
+//!   an address of that node and (with TLS) that its certificate names that node's host
+//!   ([`crate::identity`]) are checked on the request's headers; a request that
 //!   fails is answered `unauthenticated`, logged, and its body is never read, so an
 //!   outsider cannot make this node buffer a frame, and nothing of it reaches the handler.
 //! * **Strangers are cut off**: a connection must carry an authenticated call within
@@ -26,6 +27,7 @@
 
 use crate::guard::ConnectionInfo;
 use crate::network::Shared;
+use crate::stream::{ServerCodec, StreamMethod, MAX_MESSAGE_BYTES, STREAM_PATH};
 use crate::wire::{
     announce, announced_len, assemble, chunked, frame_too_large_status, Assembly, RawFrameCodec,
     Reason, CALL_PATH, FROM_NODE, LEAVE_PATH, MAX_CHUNK_BYTES, SECRET,
@@ -33,6 +35,7 @@ use crate::wire::{
 use bytes::Bytes;
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{Responder, MAX_FRAME_BYTES};
+use rustls_pki_types::CertificateDer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -81,9 +84,13 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
         })
         .cloned();
     let remote = connection.as_ref().and_then(ConnectionInfo::remote_addr);
-    let is_call = match request.uri().path() {
-        CALL_PATH => true,
-        LEAVE_PATH => false,
+    let peer_certificates = extensions
+        .get::<TlsConnectInfo<ConnectionInfo>>()
+        .and_then(TlsConnectInfo::peer_certs);
+    let method = match request.uri().path() {
+        CALL_PATH => Method::Call,
+        STREAM_PATH => Method::Stream,
+        LEAVE_PATH => Method::Leave,
         other => {
             tracing::warn!(
                 ?remote,
@@ -93,7 +100,12 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
             return Status::unimplemented(format!("no method {other}")).into_http();
         }
     };
-    let from = match authenticate(&shared, request.headers(), remote) {
+    let from = match authenticate(
+        &shared,
+        request.headers(),
+        remote,
+        peer_certificates.as_deref().map(Vec::as_slice),
+    ) {
         Ok(from) => {
             if let Some(connection) = &connection {
                 connection.mark_authenticated();
@@ -112,34 +124,56 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
                 .into_http();
         }
     };
-    if is_call {
-        Grpc::new(RawFrameCodec)
-            .max_decoding_message_size(MAX_CHUNK_BYTES)
-            .max_encoding_message_size(MAX_CHUNK_BYTES)
-            .streaming(
-                CallMethod {
-                    shared,
-                    from,
-                    connection,
-                },
-                request,
-            )
-            .await
-    } else {
-        Grpc::new(RawFrameCodec)
-            .max_decoding_message_size(0)
-            .max_encoding_message_size(0)
-            .unary(LeaveMethod { shared, from }, request)
-            .await
+    match method {
+        Method::Call => {
+            Grpc::new(RawFrameCodec)
+                .max_decoding_message_size(MAX_CHUNK_BYTES)
+                .max_encoding_message_size(MAX_CHUNK_BYTES)
+                .streaming(
+                    CallMethod {
+                        shared,
+                        from,
+                        connection,
+                    },
+                    request,
+                )
+                .await
+        }
+        Method::Stream => {
+            Grpc::new(ServerCodec)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .streaming(StreamMethod { shared, from }, request)
+                .await
+        }
+        Method::Leave => {
+            Grpc::new(RawFrameCodec)
+                .max_decoding_message_size(0)
+                .max_encoding_message_size(0)
+                .unary(LeaveMethod { shared, from }, request)
+                .await
+        }
     }
 }
 
-/// The caller's node id, once its secret matched and (when verified) its connection comes
-/// from that node's address; else why it is refused.
+/// The methods a node serves.
+enum Method {
+    /// One frame as a unary call (frames too large for the call stream).
+    Call,
+    /// The call stream: every other frame (see [`crate::stream`]).
+    Stream,
+    /// A peer's leave notice.
+    Leave,
+}
+
+/// The caller's node id, once its secret matched, (when verified) its connection comes
+/// from that node's address and (with TLS) its certificate names that node's host; else
+/// why it is refused.
 fn authenticate(
     shared: &Shared,
     headers: &http::HeaderMap,
     remote: Option<SocketAddr>,
+    peer_certificates: Option<&[CertificateDer<'static>]>,
 ) -> Result<NodeId, &'static str> {
     let secret = headers.get(SECRET).ok_or("it sent no cluster secret")?;
     if !bool::from(secret.as_bytes().ct_eq(shared.secret.as_bytes())) {
@@ -164,6 +198,9 @@ fn authenticate(
         if !expected.contains(&remote) {
             return Err("it connects from another address than its node id's");
         }
+    }
+    if let Some(hosts) = &shared.certified_hosts {
+        hosts.check(from, peer_certificates)?;
     }
     Ok(from)
 }

@@ -560,6 +560,8 @@ fn lying_answerer(listener: TcpListener, announced: u64, sent: usize) {
 
 #[test]
 fn an_answer_streaming_more_or_less_than_announced_is_a_typed_error() {
+    // Large enough to go as a call of its own (small frames share the call stream).
+    let question = vec![5u8; 300 << 10];
     for (announced, sent, says) in [(100, 10, "truncated"), (10, 100, "more than")] {
         let (mut listeners, addresses) = ephemeral_listeners(2);
         lying_answerer(listeners.pop().unwrap(), announced, sent);
@@ -567,7 +569,7 @@ fn an_answer_streaming_more_or_less_than_announced_is_a_typed_error() {
             TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
                 .unwrap();
         network.serve(Node::new(0));
-        match call(&network, 1, b"question", ANSWERED) {
+        match call(&network, 1, &question, ANSWERED) {
             Err(NetError::Malformed { node: 1, reason }) => {
                 assert!(reason.contains(says), "{reason}")
             }
@@ -580,7 +582,7 @@ fn an_answer_streaming_more_or_less_than_announced_is_a_typed_error() {
         TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
             .unwrap();
     assert!(matches!(
-        call(&network, 1, b"question", ANSWERED),
+        call(&network, 1, &question, ANSWERED),
         Err(NetError::FrameTooLarge { len, .. }) if len == MAX_FRAME_BYTES as u64 + 1
     ));
 }
@@ -1069,6 +1071,78 @@ fn lying_length_prefixes_from_an_authenticated_peer_never_reach_the_handler() {
         call(&networks[0], 1, b"alive", ANSWERED),
         Ok(echoed(1, 0, b"alive"))
     );
+}
+
+#[test]
+fn a_broken_call_stream_fails_alone_and_never_reaches_the_handler() {
+    let (networks, handlers) = cluster(2);
+    let address = networks[1].local_addr();
+    let member = [
+        ("chimaera-node", "0".to_owned()),
+        ("chimaera-secret", SECRET.to_owned()),
+    ];
+    // A call message shorter than its 16-byte head (id, timeout): the stream ends with
+    // invalid_argument; nothing reaches the handler.
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Stream",
+        &member,
+        &[&grpc_message(&[1, 2, 3])],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("3"), "expected invalid argument");
+    // A stranger opening a stream is refused on its headers.
+    let stranger = [
+        ("chimaera-node", "0".to_owned()),
+        ("chimaera-secret", "not-the-secret".to_owned()),
+    ];
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Stream",
+        &stranger,
+        &[&grpc_message(&[0; 40])],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("16"), "expected unauthenticated");
+    // A prefix announcing more than the limit.
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Stream",
+        &member,
+        &[&[0, 0xff, 0xff, 0xff, 0xff]],
+        false,
+    );
+    assert_eq!(status.as_deref(), Some("11"), "expected out of range");
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 0);
+    // The real stream between the two nodes is not affected.
+    assert_eq!(
+        call(&networks[0], 1, b"alive", ANSWERED),
+        Ok(echoed(1, 0, b"alive"))
+    );
+}
+
+#[test]
+fn large_and_small_frames_interleave_and_each_gets_its_own_answer() {
+    // Frames over the call stream's limit (256 KiB) travel as their own calls; small
+    // ones on the stream. Mixed and in flight together, every answer matches its call.
+    let (networks, _handlers) = cluster(2);
+    let frames: Vec<Vec<u8>> = (0..24u32)
+        .map(|i| {
+            let len = if i % 3 == 0 {
+                (1 << 20) + i as usize
+            } else {
+                8 + i as usize
+            };
+            (0..len).map(|b| (b as u32 * 7 + i) as u8).collect()
+        })
+        .collect();
+    let pending: Vec<_> = frames
+        .iter()
+        .map(|frame| start_call(&networks[0], 1, frame, ANSWERED))
+        .collect();
+    for (frame, answer) in frames.iter().zip(&pending) {
+        assert_eq!(answer_of(answer), Ok(echoed(1, 0, frame)));
+    }
 }
 
 #[test]

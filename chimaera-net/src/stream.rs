@@ -1,0 +1,586 @@
+//! The call stream: one long-lived bidirectional gRPC stream per peer that carries every
+//! small frame to it and every answer back, each tagged with a call id.
+//!
+//! A unary gRPC call per frame costs a new HTTP/2 stream each time (headers, HPACK, the
+//! authentication metadata, a server task): tens of microseconds per side. On the stream
+//! a frame costs one length-prefixed message. Frames over [`STREAM_FRAME_MAX`] still go
+//! as their own unary call, so a large frame never holds up small ones behind it.
+//!
+//! # Messages
+//!
+//! * call: `id: u64 LE`, `timeout_ms: u64 LE`, then the frame;
+//! * answer: `id: u64 LE`, `kind: u8` ([`AnswerKind`]), `value: u64 LE` (the answer's
+//!   length for [`AnswerKind::TooLarge`], else 0), then the answer frame (empty unless
+//!   [`AnswerKind::Frame`]).
+//!
+//! # Invariants
+//!
+//! * **Authenticated once, at the stream's start**: the stream's headers pass the same
+//!   checks as a unary call's (see [`server`](crate::server)) before any message is read.
+//! * **One answer per call.** The caller registers a call id before sending; the answer
+//!   with that id (or the stream's end, or the caller's deadline, or this network's
+//!   shutdown — whichever is first) removes it, so a late or duplicated answer finds no
+//!   one and is dropped. On the serving side each call's [`Responder`] answers once; its
+//!   drop (or the handler's panic) answers [`AnswerKind::Left`].
+//! * **A broken stream fails its calls, not the node**: a message that does not parse
+//!   ends that stream with `invalid_argument` (the caller sees
+//!   [`NetError::Malformed`] and reconnects); the calls still waiting on it get the
+//!   stream's failure at once instead of waiting for their deadlines.
+//! * **Bounded messages**: both directions decode at most [`MAX_FRAME_BYTES`] plus the
+//!   message head, checked by tonic on the length prefix before buffering.
+
+use crate::link::error_chain;
+use crate::network::Shared;
+use crate::wire::{frame_too_large_status, status_to_net_error, transport_failure, Reason};
+use bytes::{Buf, BufMut};
+use chimaera_core::ids::NodeId;
+use chimaera_core::peer::{NetError, Responder, MAX_FRAME_BYTES};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
+use tonic::codegen::BoxFuture;
+use tonic::Status;
+
+/// The bidirectional stream of calls and answers.
+pub(crate) const STREAM_PATH: &str = "/chimaera.Peer/Stream";
+/// Frames up to this length travel on the stream; longer ones as their own unary call.
+pub(crate) const STREAM_FRAME_MAX: usize = 256 << 10;
+
+const CALL_HEAD: usize = 16;
+const ANSWER_HEAD: usize = 17;
+
+/// A call as it travels.
+pub(crate) struct CallMessage {
+    pub(crate) id: u64,
+    pub(crate) timeout_ms: u64,
+    pub(crate) frame: Vec<u8>,
+}
+
+/// What an answer message says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AnswerKind {
+    /// The handler's answer frame follows.
+    Frame = 0,
+    /// The node is leaving, or its handler dropped the call without answering.
+    Left = 1,
+    /// The node's runtime has not started serving yet.
+    Starting = 2,
+    /// The handler's answer was over [`MAX_FRAME_BYTES`]; `value` is its length.
+    TooLarge = 3,
+}
+
+impl AnswerKind {
+    fn from_byte(byte: u8) -> Option<AnswerKind> {
+        [
+            AnswerKind::Frame,
+            AnswerKind::Left,
+            AnswerKind::Starting,
+            AnswerKind::TooLarge,
+        ]
+        .into_iter()
+        .find(|kind| *kind as u8 == byte)
+    }
+}
+
+/// An answer as it travels.
+pub(crate) struct AnswerMessage {
+    pub(crate) id: u64,
+    pub(crate) kind: AnswerKind,
+    pub(crate) value: u64,
+    pub(crate) frame: Vec<u8>,
+}
+
+impl AnswerMessage {
+    fn refusal(id: u64, kind: AnswerKind, value: u64) -> AnswerMessage {
+        AnswerMessage {
+            id,
+            kind,
+            value,
+            frame: Vec::new(),
+        }
+    }
+
+    /// What the caller of call `self.id` to `node` gets.
+    fn outcome(self, node: NodeId) -> Result<Vec<u8>, NetError> {
+        match self.kind {
+            AnswerKind::Frame => Ok(self.frame),
+            AnswerKind::Left => Err(NetError::Left { node }),
+            AnswerKind::Starting => Err(NetError::Unreachable {
+                node,
+                reason: "its runtime has not started serving yet".to_owned(),
+            }),
+            AnswerKind::TooLarge => Err(NetError::FrameTooLarge {
+                len: self.value,
+                max: MAX_FRAME_BYTES as u64,
+            }),
+        }
+    }
+}
+
+fn malformed(what: &str, len: usize, head: usize) -> Status {
+    Status::invalid_argument(format!(
+        "a {what} message of {len} bytes is shorter than its {head}-byte head"
+    ))
+}
+
+/// The caller's side: encodes calls, decodes answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CallerCodec;
+
+/// The serving side: decodes calls, encodes answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ServerCodec;
+
+impl Codec for CallerCodec {
+    type Encode = CallMessage;
+    type Decode = AnswerMessage;
+    type Encoder = CallerCodec;
+    type Decoder = CallerCodec;
+
+    fn encoder(&mut self) -> CallerCodec {
+        CallerCodec
+    }
+
+    fn decoder(&mut self) -> CallerCodec {
+        CallerCodec
+    }
+}
+
+impl Encoder for CallerCodec {
+    type Item = CallMessage;
+    type Error = Status;
+
+    fn encode(&mut self, call: CallMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(CALL_HEAD + call.frame.len());
+        dst.put_u64_le(call.id);
+        dst.put_u64_le(call.timeout_ms);
+        dst.put_slice(&call.frame);
+        Ok(())
+    }
+}
+
+impl Decoder for CallerCodec {
+    type Item = AnswerMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<AnswerMessage>, Status> {
+        let len = src.remaining();
+        if len < ANSWER_HEAD {
+            return Err(malformed("answer", len, ANSWER_HEAD));
+        }
+        let id = src.get_u64_le();
+        let kind = src.get_u8();
+        let value = src.get_u64_le();
+        let kind = AnswerKind::from_byte(kind)
+            .ok_or_else(|| Status::invalid_argument(format!("an answer of unknown kind {kind}")))?;
+        let frame = Vec::from(src.copy_to_bytes(src.remaining()));
+        Ok(Some(AnswerMessage {
+            id,
+            kind,
+            value,
+            frame,
+        }))
+    }
+}
+
+impl Codec for ServerCodec {
+    type Encode = AnswerMessage;
+    type Decode = CallMessage;
+    type Encoder = ServerCodec;
+    type Decoder = ServerCodec;
+
+    fn encoder(&mut self) -> ServerCodec {
+        ServerCodec
+    }
+
+    fn decoder(&mut self) -> ServerCodec {
+        ServerCodec
+    }
+}
+
+impl Encoder for ServerCodec {
+    type Item = AnswerMessage;
+    type Error = Status;
+
+    fn encode(&mut self, answer: AnswerMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(ANSWER_HEAD + answer.frame.len());
+        dst.put_u64_le(answer.id);
+        dst.put_u8(answer.kind as u8);
+        dst.put_u64_le(answer.value);
+        dst.put_slice(&answer.frame);
+        Ok(())
+    }
+}
+
+impl Decoder for ServerCodec {
+    type Item = CallMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<CallMessage>, Status> {
+        let len = src.remaining();
+        if len < CALL_HEAD {
+            return Err(malformed("call", len, CALL_HEAD));
+        }
+        let id = src.get_u64_le();
+        let timeout_ms = src.get_u64_le();
+        let frame = Vec::from(src.copy_to_bytes(src.remaining()));
+        Ok(Some(CallMessage {
+            id,
+            timeout_ms,
+            frame,
+        }))
+    }
+}
+
+/// The longest message either side decodes.
+pub(crate) const MAX_MESSAGE_BYTES: usize = MAX_FRAME_BYTES + ANSWER_HEAD;
+
+// ---------------------------------------------------------------------------------------
+// caller side
+
+type Waiter = oneshot::Sender<Result<Vec<u8>, NetError>>;
+
+/// One open call stream to a peer.
+pub(crate) struct CallStream {
+    node: NodeId,
+    outgoing: mpsc::UnboundedSender<CallMessage>,
+    waiting: Mutex<Option<HashMap<u64, Waiter>>>,
+    next_id: AtomicU64,
+}
+
+/// A call registered on a stream; forgotten when dropped (its deadline passed, or the
+/// network shut down), so a late answer finds no one.
+pub(crate) struct Registered<'a> {
+    stream: &'a CallStream,
+    id: u64,
+    answer: Option<oneshot::Receiver<Result<Vec<u8>, NetError>>>,
+}
+
+impl Registered<'_> {
+    /// Sends `frame` and waits for its answer (no deadline here: the caller has one).
+    pub(crate) async fn exchange(
+        mut self,
+        frame: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, NetError> {
+        let node = self.stream.node;
+        let Some(answer) = self.answer.take() else {
+            return Err(NetError::Unreachable {
+                node,
+                reason: "the call stream closed".to_owned(),
+            });
+        };
+        let call = CallMessage {
+            id: self.id,
+            timeout_ms: crate::wire::duration_ms(timeout),
+            frame,
+        };
+        if self.stream.outgoing.send(call).is_err() {
+            return Err(NetError::Unreachable {
+                node,
+                reason: "the call stream closed".to_owned(),
+            });
+        }
+        // The sender is dropped unanswered only when the stream closed without saying
+        // why, which `close` never does: it answers every waiter first.
+        answer.await.unwrap_or(Err(NetError::Unreachable {
+            node,
+            reason: "the call stream closed".to_owned(),
+        }))
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(waiting) = self.stream.waiting().as_mut() {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+impl CallStream {
+    fn waiting(&self) -> MutexGuard<'_, Option<HashMap<u64, Waiter>>> {
+        // A map updated in one step at a time: a panic elsewhere cannot leave it torn.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether calls may still go on this stream.
+    pub(crate) fn is_open(&self) -> bool {
+        self.waiting().is_some() && !self.outgoing.is_closed()
+    }
+
+    /// A new call on this stream, or `None` once it closed.
+    pub(crate) fn register(&self) -> Option<Registered<'_>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (send, receive) = oneshot::channel();
+        self.waiting().as_mut()?.insert(id, send);
+        Some(Registered {
+            stream: self,
+            id,
+            answer: Some(receive),
+        })
+    }
+
+    fn deliver(&self, answer: AnswerMessage) {
+        let waiter = self.waiting().as_mut().and_then(|w| w.remove(&answer.id));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(answer.outcome(self.node));
+        }
+    }
+
+    /// Ends the stream: every call still waiting gets `error`.
+    fn close(&self, error: &NetError) {
+        let waiting = self.waiting().take();
+        for (_, waiter) in waiting.into_iter().flatten() {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+}
+
+/// Opens a call stream to `node` on its channel of `generation`, and the task that
+/// delivers its answers.
+pub(crate) async fn open(
+    shared: &Arc<Shared>,
+    node: NodeId,
+    channel: tonic::transport::Channel,
+    generation: u64,
+) -> Result<Arc<CallStream>, NetError> {
+    let link = &shared.links[node as usize];
+    let (outgoing, calls) = mpsc::unbounded_channel();
+    let mut request = tonic::Request::new(UnboundedReceiverStream::new(calls));
+    shared.authenticate(&mut request);
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    if let Err(error) = grpc.ready().await {
+        let reason = error_chain(&error);
+        let left = link.fail(Some(generation), &reason);
+        return Err(if left {
+            NetError::Left { node }
+        } else {
+            transport_failure(node, reason)
+        });
+    }
+    let path = http::uri::PathAndQuery::from_static(STREAM_PATH);
+    let mut answers = match grpc.streaming(request, path, CallerCodec).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let failure = status_to_net_error(node, &status, Duration::ZERO);
+            if failure.peer_left {
+                link.mark_left();
+            } else if failure.link_broken {
+                link.fail(Some(generation), status.message());
+            }
+            return Err(failure.error);
+        }
+    };
+    link.succeeded(generation);
+    let stream = Arc::new(CallStream {
+        node,
+        outgoing,
+        waiting: Mutex::new(Some(HashMap::new())),
+        next_id: AtomicU64::new(0),
+    });
+    let reader = Arc::clone(&stream);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let mut shutdown = shared.shutdown.subscribe();
+        let error = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|down| *down) => {
+                    break NetError::Left { node: shared.this_node };
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(answer)) => reader.deliver(answer),
+                    Ok(None) => {
+                        let reason = "the peer ended the call stream";
+                        shared.links[node as usize].fail(Some(generation), reason);
+                        break transport_failure(node, reason.to_owned());
+                    }
+                    Err(status) => {
+                        let failure = status_to_net_error(node, &status, Duration::ZERO);
+                        let link = &shared.links[node as usize];
+                        if failure.peer_left {
+                            link.mark_left();
+                        } else {
+                            link.fail(Some(generation), status.message());
+                        }
+                        break failure.error;
+                    }
+                }
+            }
+        };
+        tracing::debug!(node, %error, "a call stream ended");
+        reader.close(&error);
+    });
+    Ok(stream)
+}
+
+// ---------------------------------------------------------------------------------------
+// serving side
+
+type AnswerSender = mpsc::UnboundedSender<Result<AnswerMessage, Status>>;
+type AnswerStream = UnboundedReceiverStream<Result<AnswerMessage, Status>>;
+
+/// Serves the call stream of node `from` (authenticated already).
+pub(crate) struct StreamMethod {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) from: NodeId,
+}
+
+impl tonic::server::StreamingService<CallMessage> for StreamMethod {
+    type Response = AnswerMessage;
+    type ResponseStream = AnswerStream;
+    type Future = BoxFuture<tonic::Response<AnswerStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<CallMessage>>) -> Self::Future {
+        let (answers, stream) = mpsc::unbounded_channel();
+        tokio::spawn(serve_calls(
+            Arc::clone(&self.shared),
+            self.from,
+            request.into_inner(),
+            answers,
+        ));
+        Box::pin(async move { Ok(tonic::Response::new(UnboundedReceiverStream::new(stream))) })
+    }
+}
+
+/// Reads `from`'s calls until it ends its side, breaks the stream, or this node shuts
+/// down; each call goes to the handler with a responder that answers on the stream.
+async fn serve_calls(
+    shared: Arc<Shared>,
+    from: NodeId,
+    mut calls: Streaming<CallMessage>,
+    answers: AnswerSender,
+) {
+    let this_node = shared.this_node;
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|down| *down) => {
+                let _ = answers.send(Err(Reason::Left.status(format!(
+                    "node {this_node} is leaving the cluster"
+                ))));
+                return;
+            }
+            call = calls.message() => match call {
+                Ok(Some(call)) => serve_call(&shared, from, call, &answers),
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::warn!(from, %status, "a peer's call stream broke");
+                    let _ = answers.send(Err(status));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn serve_call(shared: &Shared, from: NodeId, call: CallMessage, answers: &AnswerSender) {
+    let id = call.id;
+    if *shared.shutdown.borrow() {
+        let _ = answers.send(Ok(AnswerMessage::refusal(id, AnswerKind::Left, 0)));
+        return;
+    }
+    let Some(handler) = shared.handler.get() else {
+        let _ = answers.send(Ok(AnswerMessage::refusal(id, AnswerKind::Starting, 0)));
+        return;
+    };
+    let slot = AnswerSlot {
+        id,
+        answers: Some(answers.clone()),
+    };
+    let responder = Responder::new(move |answer| slot.answer(answer));
+    if catch_unwind(AssertUnwindSafe(|| {
+        handler.handle(from, call.frame, responder)
+    }))
+    .is_err()
+    {
+        tracing::error!(from, "the frame handler panicked on a peer's frame");
+    }
+}
+
+/// Where one call's answer goes; answers [`AnswerKind::Left`] if dropped unanswered.
+struct AnswerSlot {
+    id: u64,
+    answers: Option<AnswerSender>,
+}
+
+impl AnswerSlot {
+    fn answer(mut self, frame: Vec<u8>) {
+        let Some(answers) = self.answers.take() else {
+            return;
+        };
+        let message = if frame.len() > MAX_FRAME_BYTES {
+            tracing::warn!(
+                len = frame.len(),
+                status = %frame_too_large_status(frame.len()),
+                "an answer over the frame limit was refused"
+            );
+            AnswerMessage::refusal(self.id, AnswerKind::TooLarge, frame.len() as u64)
+        } else {
+            AnswerMessage {
+                id: self.id,
+                kind: AnswerKind::Frame,
+                value: 0,
+                frame,
+            }
+        };
+        // The stream may have ended (the caller went away): nobody to tell.
+        let _ = answers.send(Ok(message));
+    }
+}
+
+impl Drop for AnswerSlot {
+    fn drop(&mut self) {
+        if let Some(answers) = self.answers.take() {
+            let _ = answers.send(Ok(AnswerMessage::refusal(self.id, AnswerKind::Left, 0)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_kinds_round_trip_through_their_byte_and_unknown_ones_do_not_parse() {
+        for kind in [
+            AnswerKind::Frame,
+            AnswerKind::Left,
+            AnswerKind::Starting,
+            AnswerKind::TooLarge,
+        ] {
+            assert_eq!(AnswerKind::from_byte(kind as u8), Some(kind));
+        }
+        assert_eq!(AnswerKind::from_byte(4), None);
+        assert_eq!(AnswerKind::from_byte(255), None);
+    }
+
+    #[test]
+    fn a_refusal_becomes_the_typed_error_naming_the_node() {
+        let too_large = AnswerMessage::refusal(3, AnswerKind::TooLarge, 5 << 30);
+        assert_eq!(
+            too_large.outcome(2),
+            Err(NetError::FrameTooLarge {
+                len: 5 << 30,
+                max: MAX_FRAME_BYTES as u64
+            })
+        );
+        assert_eq!(
+            AnswerMessage::refusal(3, AnswerKind::Left, 0).outcome(2),
+            Err(NetError::Left { node: 2 })
+        );
+        assert!(matches!(
+            AnswerMessage::refusal(3, AnswerKind::Starting, 0).outcome(2),
+            Err(NetError::Unreachable { node: 2, .. })
+        ));
+    }
+}
