@@ -92,6 +92,8 @@ impl FrameHandler for Node {
             panic!("a handler that panics on purpose");
         } else if frame == b"huge" {
             respond.respond(vec![0; MAX_FRAME_BYTES + 1]);
+        } else if frame == b"big" {
+            respond.respond(patterned(BIG_ANSWER, 7));
         } else if frame.starts_with(b"later") {
             let answer = self.answer(from, &frame);
             std::thread::spawn(move || {
@@ -419,6 +421,32 @@ fn large_frames_and_answers_travel_in_chunks_between_nodes_of_different_chunk_si
         }
     }
     assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 10);
+}
+
+/// The length of the answer to `big`: several chunks.
+const BIG_ANSWER: usize = (5 << 20) + 3;
+
+#[test]
+fn a_large_answer_to_a_small_frame_comes_back_in_parts_on_the_call_stream() {
+    // Node 1 answers in 64 KiB parts, node 0 in its default 1 MiB ones.
+    let (networks, _) = cluster_with(2, |node, options| {
+        if node == 1 {
+            options.chunk_bytes = 64 << 10;
+        }
+    });
+    for (from, to) in [(0, 1), (1, 0), (0, 0)] {
+        let answer = call(&networks[from], to, b"big", ANSWERED).unwrap();
+        assert!(
+            answer == patterned(BIG_ANSWER, 7),
+            "from {from} to {to}: {} bytes",
+            answer.len()
+        );
+    }
+    // Small answers on the same stream still come whole, in order with the parts.
+    assert_eq!(
+        call(&networks[0], 1, b"small", ANSWERED),
+        Ok(echoed(1, 0, b"small"))
+    );
 }
 
 #[test]
