@@ -586,6 +586,118 @@ fn lying_answerer(listener: TcpListener, announced: u64, sent: usize) {
     });
 }
 
+/// A fake node 1 speaking raw HTTP/2 that answers every request (the call stream
+/// included), once its first message came, with `messages` (each a gRPC message) and
+/// then ends it.
+fn scripted_answerer(listener: TcpListener, messages: Vec<Vec<u8>>) {
+    std::thread::spawn(move || {
+        block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let messages = messages.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    // `accept` drives the connection: each request is answered apart.
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        tokio::spawn(answer_scripted(request, respond, messages.clone()));
+                    }
+                });
+            }
+        })
+    });
+}
+
+/// Answers `request` with headers at once, then, once its first message came (the
+/// call's id is registered by then), with `messages`, then ends it.
+async fn answer_scripted(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    messages: Vec<Vec<u8>>,
+) {
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut stream) = respond.send_response(response, false) else {
+        return;
+    };
+    let mut body = request.into_body();
+    let _ = body.data().await;
+    for message in &messages {
+        let _ = stream.send_data(Bytes::from(grpc_message(message)), false);
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    let _ = stream.send_trailers(trailers);
+}
+
+/// An answer message of the call stream: call `id`, `kind`, `value`, then `frame`.
+fn stream_answer(id: u64, kind: u8, value: u64, frame: &[u8]) -> Vec<u8> {
+    let mut message = id.to_le_bytes().to_vec();
+    message.push(kind);
+    message.extend_from_slice(&value.to_le_bytes());
+    message.extend_from_slice(frame);
+    message
+}
+
+#[test]
+fn an_answer_in_parts_that_brings_more_or_less_than_announced_is_a_typed_error() {
+    const PART: u8 = 4;
+    const FRAME: u8 = 0;
+    let cases = [
+        (
+            vec![
+                stream_answer(0, PART, 100, &[1; 10]),
+                stream_answer(0, FRAME, 0, &[1; 10]),
+            ],
+            "ended after 20 of the 100",
+        ),
+        (
+            vec![
+                stream_answer(0, PART, 10, &[1; 8]),
+                stream_answer(0, PART, 10, &[1; 8]),
+            ],
+            "more than the 10",
+        ),
+        (
+            vec![stream_answer(0, PART, 10, &[1; 12])],
+            "more than the 10",
+        ),
+    ];
+    for (messages, says) in cases {
+        let (mut listeners, addresses) = ephemeral_listeners(2);
+        scripted_answerer(listeners.pop().unwrap(), messages);
+        let network =
+            TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
+                .unwrap();
+        match call(&network, 1, b"small question", ANSWERED) {
+            Err(NetError::Malformed { node: 1, reason }) => {
+                assert!(reason.contains(says), "{says}: {reason}")
+            }
+            other => panic!("{says}: expected a malformed answer from node 1, got {other:?}"),
+        }
+    }
+    // An announcement over the limit is refused at the first part.
+    let (mut listeners, addresses) = ephemeral_listeners(2);
+    scripted_answerer(
+        listeners.pop().unwrap(),
+        vec![stream_answer(0, PART, MAX_FRAME_BYTES as u64 + 1, &[1; 8])],
+    );
+    let network =
+        TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
+            .unwrap();
+    assert!(matches!(
+        call(&network, 1, b"small question", ANSWERED),
+        Err(NetError::FrameTooLarge { len, .. }) if len == MAX_FRAME_BYTES as u64 + 1
+    ));
+}
+
 #[test]
 fn an_answer_streaming_more_or_less_than_announced_is_a_typed_error() {
     // Large enough to go as a call of its own (small frames share the call stream).
