@@ -17,7 +17,7 @@
 //!   a call reports a broken link with the generation it used.
 
 use crate::options::PeerTls;
-use crate::wire::transport_failure;
+use crate::wire::{transport_failure, CallFailure};
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{NetError, PeerState};
 use std::net::IpAddr;
@@ -145,15 +145,7 @@ impl Link {
                 tracing::debug!(node = self.node, address = %self.address, "connected to peer");
                 Ok((channel, generation))
             }
-            Err(error) => {
-                let reason = error_chain(&error);
-                let left = self.fail(None, &reason);
-                Err(if left {
-                    NetError::Left { node: self.node }
-                } else {
-                    transport_failure(self.node, reason)
-                })
-            }
+            Err(error) => Err(self.broken(None, error_chain(&error))),
         }
     }
 
@@ -220,6 +212,27 @@ impl Link {
         }
         tracing::debug!(node = self.node, address = %self.address, reason, ?wait, "peer link failed");
         left
+    }
+
+    /// A call on the channel of `generation` (or a connection attempt, `None`) could not
+    /// start for `reason`: drops the channel as [`fail`](Self::fail) does, and returns
+    /// the error the caller gets.
+    pub(crate) fn broken(&self, generation: Option<u64>, reason: String) -> NetError {
+        if self.fail(generation, &reason) {
+            NetError::Left { node: self.node }
+        } else {
+            transport_failure(self.node, reason)
+        }
+    }
+
+    /// A call on the channel of `generation` ended with `failure` (from a status whose
+    /// message is `message`): the peer left, or the link broke, or neither.
+    pub(crate) fn call_failed(&self, generation: u64, failure: &CallFailure, message: &str) {
+        if failure.peer_left {
+            self.mark_left();
+        } else if failure.link_broken {
+            self.fail(Some(generation), message);
+        }
     }
 
     /// The peer made an authenticated call to this node, so it runs and listens: the next

@@ -4,12 +4,13 @@
 //! # Invariants
 //!
 //! * **`call` never blocks**: it checks what it can without waiting (node id, frame
-//!   length) and spawns the rest onto the network's runtime; the [`ReplyFn`] always runs
-//!   on a network thread, never inside `call`.
+//!   length); a small frame to a peer whose call stream is open is queued on it right
+//!   there (no task spawned), anything else is spawned onto the network's runtime; the
+//!   [`ReplyFn`] always runs on a network thread, never inside `call`.
 //! * **Exactly one answer per call, by the deadline.** A call's [`ReplyFn`] sits in a
 //!   [`PendingReply`] that is answered once: with the peer's frame, with the typed error
-//!   of its failure, with [`NetError::DeadlineExceeded`] when the local timer fires (the
-//!   peer need not cooperate), or with [`NetError::Left`] when this network shuts down —
+//!   of its failure, with [`NetError::DeadlineExceeded`] when the local timer (or the
+//!   call stream's deadline sweep) fires (the peer need not cooperate), or with [`NetError::Left`] when this network shuts down —
 //!   and, should its task be dropped unpolled (the runtime going away), by its `Drop`.
 //! * **Shutdown is ordered and idempotent**: leave notices to every peer first (those
 //!   that left already excepted; ones that cannot be reached fail fast or time out)
@@ -30,9 +31,8 @@ use crate::options::{NetOptions, NetSetupError};
 use crate::server::{PeerService, RefusalLog};
 use crate::stream::{CallStream, STREAM_FRAME_MAX};
 use crate::wire::{
-    announce, announced_len, assemble, chunked, duration_ms, status_to_net_error,
-    transport_failure, Assembly, RawFrameCodec, CALL_PATH, FROM_NODE, LEAVE_PATH, MAX_CHUNK_BYTES,
-    SECRET,
+    announce, announced_len, assemble, chunked, duration_ms, status_to_net_error, Assembly,
+    RawFrameCodec, CALL_PATH, FROM_NODE, LEAVE_PATH, MAX_CHUNK_BYTES, SECRET,
 };
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
@@ -312,52 +312,57 @@ fn resolve_node_ips(options: &NetOptions) -> Vec<Vec<IpAddr>> {
 }
 
 impl Shared {
-    /// One call to `node`, answered by its deadline or this network's shutdown: on the
-    /// peer's call stream, or as its own unary call when the frame is large.
+    /// One call to `node` that could not go on an open stream at once: a large frame as
+    /// its own unary call, a small one once a stream to `node` is open — answered by its
+    /// deadline or this network's shutdown.
     async fn call(
         self: &Arc<Self>,
         node: NodeId,
         frame: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, NetError> {
+        deadline: std::time::Instant,
+        pending: PendingReply,
+    ) {
         let left = NetError::Left {
             node: self.this_node,
         };
         let mut shutdown = self.shutdown.subscribe();
         if *shutdown.borrow() {
-            return Err(left);
+            return pending.answer(Err(left));
         }
-        tokio::select! {
+        let late = NetError::DeadlineExceeded {
+            node,
+            timeout_ms: duration_ms(timeout),
+        };
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        if frame.len() > STREAM_FRAME_MAX {
+            let outcome = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|down| *down) => Err(left),
+                outcome = tokio::time::timeout(remaining, self.exchange(node, frame, timeout)) => {
+                    outcome.unwrap_or(Err(late))
+                }
+            };
+            return pending.answer(outcome);
+        }
+        let opened = tokio::select! {
             biased;
             _ = shutdown.wait_for(|down| *down) => Err(left),
-            outcome = tokio::time::timeout(timeout, async {
-                if frame.len() <= STREAM_FRAME_MAX {
-                    self.stream_exchange(node, frame, timeout).await
-                } else {
-                    self.exchange(node, frame, timeout).await
-                }
-            }) => {
-                outcome.unwrap_or(Err(NetError::DeadlineExceeded { node, timeout_ms: duration_ms(timeout) }))
+            opened = tokio::time::timeout(remaining, self.call_stream(node)) => {
+                opened.unwrap_or(Err(late))
             }
-        }
-    }
-
-    /// Sends `frame` on the call stream to `node` and waits for its answer (no local
-    /// deadline here).
-    async fn stream_exchange(
-        self: &Arc<Self>,
-        node: NodeId,
-        frame: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, NetError> {
-        let stream = self.call_stream(node).await?;
-        let Some(call) = stream.register() else {
-            return Err(NetError::Unreachable {
-                node,
-                reason: "the call stream closed".to_owned(),
-            });
         };
-        call.exchange(frame, timeout).await
+        match opened {
+            Ok(stream) => {
+                if let Err((_, pending)) = stream.submit(frame, timeout, deadline, pending) {
+                    pending.answer(Err(NetError::Unreachable {
+                        node,
+                        reason: "the call stream closed as the call was sent".to_owned(),
+                    }));
+                }
+            }
+            Err(error) => pending.answer(Err(error)),
+        }
     }
 
     /// The open call stream to `node`, opening one if there is none (one opening at a
@@ -376,7 +381,7 @@ impl Shared {
         Ok(stream)
     }
 
-    fn open_stream(&self, node: NodeId) -> Option<Arc<CallStream>> {
+    pub(crate) fn open_stream(&self, node: NodeId) -> Option<Arc<CallStream>> {
         lock(&self.streams[node as usize])
             .as_ref()
             .filter(|stream| stream.is_open())
@@ -413,7 +418,7 @@ impl Shared {
             .max_decoding_message_size(MAX_CHUNK_BYTES)
             .max_encoding_message_size(MAX_CHUNK_BYTES);
         if let Err(error) = grpc.ready().await {
-            return Err(self.link_failed(node, generation, &error_chain(&error)));
+            return Err(link.broken(Some(generation), error_chain(&error)));
         }
         let path = http::uri::PathAndQuery::from_static(CALL_PATH);
         let answer = match grpc.streaming(request, path, RawFrameCodec).await {
@@ -450,11 +455,7 @@ impl Shared {
             }
             Err(status) => {
                 let failure = status_to_net_error(node, &status, timeout);
-                if failure.peer_left {
-                    link.mark_left();
-                } else if failure.link_broken {
-                    link.fail(Some(generation), status.message());
-                }
+                link.call_failed(generation, &failure, status.message());
                 Err(failure.error)
             }
         }
@@ -470,7 +471,7 @@ impl Shared {
             .max_decoding_message_size(0)
             .max_encoding_message_size(0);
         if let Err(error) = grpc.ready().await {
-            return Err(self.link_failed(node, generation, &error_chain(&error)));
+            return Err(link.broken(Some(generation), error_chain(&error)));
         }
         let path = http::uri::PathAndQuery::from_static(LEAVE_PATH);
         match grpc.unary(request, path, RawFrameCodec).await {
@@ -484,15 +485,6 @@ impl Shared {
         request.set_timeout(timeout);
         self.authenticate(request);
     }
-
-    /// The channel of `generation` to `node` failed before a call went out.
-    fn link_failed(&self, node: NodeId, generation: u64, reason: &str) -> NetError {
-        if self.links[node as usize].fail(Some(generation), reason) {
-            NetError::Left { node }
-        } else {
-            transport_failure(node, reason.to_owned())
-        }
-    }
 }
 
 /// Locks a plain value slot (replaced in one step: a panic elsewhere cannot tear it).
@@ -502,13 +494,13 @@ fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A call's [`ReplyFn`] until it is answered; answered [`NetError::Left`] if dropped
 /// unanswered (its task dropped by the runtime going away).
-struct PendingReply {
+pub(crate) struct PendingReply {
     reply: Option<ReplyFn>,
     this_node: NodeId,
 }
 
 impl PendingReply {
-    fn answer(mut self, outcome: Result<Vec<u8>, NetError>) {
+    pub(crate) fn answer(mut self, outcome: Result<Vec<u8>, NetError>) {
         if let Some(reply) = self.reply.take() {
             reply(outcome);
         }
@@ -566,11 +558,21 @@ impl PeerNetwork for TonicNetwork {
             self.handle.spawn(async move { pending.answer(Err(error)) });
             return;
         }
-        let shared = Arc::clone(&self.shared);
         let timeout = timeout.min(LONGEST_DEADLINE);
+        let deadline = std::time::Instant::now() + timeout;
+        let (frame, pending) = match self.shared.open_stream(node) {
+            // The common case: a small frame on an open stream, sent from this thread.
+            Some(stream) if frame.len() <= STREAM_FRAME_MAX => {
+                match stream.submit(frame, timeout, deadline, pending) {
+                    Ok(()) => return,
+                    Err(returned) => returned,
+                }
+            }
+            _ => (frame, pending),
+        };
+        let shared = Arc::clone(&self.shared);
         self.handle.spawn(async move {
-            let outcome = shared.call(node, frame, timeout).await;
-            pending.answer(outcome);
+            shared.call(node, frame, timeout, deadline, pending).await;
         });
     }
 

@@ -25,9 +25,10 @@
 //! * **Authenticated once, at the stream's start**: the stream's headers pass the same
 //!   checks as a unary call's (see [`server`](crate::server)) before any message is read.
 //! * **One answer per call.** The caller registers a call id before sending; the answer
-//!   with that id (or the stream's end, or the caller's deadline, or this network's
-//!   shutdown — whichever is first) removes it, so a late or duplicated answer finds no
-//!   one and is dropped. On the serving side each call's [`Responder`] answers once; its
+//!   with that id (or the stream's end, or the deadline sweep, or this network's
+//!   shutdown — whichever is first) removes it and runs its reply, so a late or
+//!   duplicated answer finds no one and is dropped. A call is never answered on the
+//!   thread that made it: replies run on the stream's tasks. On the serving side each call's [`Responder`] answers once; its
 //!   drop (or the handler's panic) answers [`AnswerKind::Left`].
 //! * **A broken stream fails its calls, not the node**: a message that does not parse
 //!   ends that stream with `invalid_argument` (the caller sees
@@ -38,9 +39,10 @@
 //!   before buffering; a call's parts add up to at most [`MAX_FRAME_BYTES`].
 
 use crate::link::error_chain;
-use crate::network::Shared;
+use crate::network::{PendingReply, Shared};
 use crate::wire::{
-    frame_too_large_status, status_to_net_error, transport_failure, Reason, MAX_CHUNK_BYTES,
+    duration_ms, frame_too_large_status, status_to_net_error, transport_failure, Reason,
+    MAX_CHUNK_BYTES,
 };
 use bytes::{Buf, BufMut, Bytes};
 use chimaera_core::ids::NodeId;
@@ -49,8 +51,8 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::BoxFuture;
@@ -262,72 +264,38 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + ANSWER_HEAD;
 // ---------------------------------------------------------------------------------------
 // caller side
 
-type Waiter = oneshot::Sender<Result<Vec<u8>, NetError>>;
+/// How often a stream with calls waiting checks their deadlines: a call fails at most
+/// this long after its deadline.
+const DEADLINE_SWEEP: Duration = Duration::from_millis(5);
+
+/// A call sent on a stream, waiting for its answer.
+struct Waiting {
+    reply: PendingReply,
+    deadline: Instant,
+    timeout: Duration,
+}
 
 /// One open call stream to a peer.
+///
+/// A call is registered and sent from the calling thread ([`CallStream::submit`]), with
+/// no task spawned; its [`ReplyFn`](chimaera_core::peer::ReplyFn) runs on the stream's
+/// reader task when the answer comes, on its sweeper task when the deadline passes, or
+/// wherever the stream is closed.
 pub(crate) struct CallStream {
     node: NodeId,
     outgoing: mpsc::UnboundedSender<CallMessage>,
-    waiting: Mutex<Option<HashMap<u64, Waiter>>>,
+    /// `None` once closed: every call that was waiting has been answered.
+    waiting: Mutex<Option<HashMap<u64, Waiting>>>,
     /// Answers coming in parts: the announced length and the parts so far, by call id
-    /// (only for calls still waiting).
+    /// (only for calls still waiting; dropped with their call).
     partial: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+    /// Wakes the sweeper when the first call of a quiet spell is registered.
+    calls_waiting: Notify,
     next_id: AtomicU64,
 }
 
-/// A call registered on a stream; forgotten when dropped (its deadline passed, or the
-/// network shut down), so a late answer finds no one.
-pub(crate) struct Registered<'a> {
-    stream: &'a CallStream,
-    id: u64,
-    answer: Option<oneshot::Receiver<Result<Vec<u8>, NetError>>>,
-}
-
-impl Registered<'_> {
-    /// Sends `frame` and waits for its answer (no deadline here: the caller has one).
-    pub(crate) async fn exchange(
-        mut self,
-        frame: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, NetError> {
-        let node = self.stream.node;
-        let Some(answer) = self.answer.take() else {
-            return Err(NetError::Unreachable {
-                node,
-                reason: "the call stream closed".to_owned(),
-            });
-        };
-        let call = CallMessage {
-            id: self.id,
-            timeout_ms: crate::wire::duration_ms(timeout),
-            frame,
-        };
-        if self.stream.outgoing.send(call).is_err() {
-            return Err(NetError::Unreachable {
-                node,
-                reason: "the call stream closed".to_owned(),
-            });
-        }
-        // The sender is dropped unanswered only when the stream closed without saying
-        // why, which `close` never does: it answers every waiter first.
-        answer.await.unwrap_or(Err(NetError::Unreachable {
-            node,
-            reason: "the call stream closed".to_owned(),
-        }))
-    }
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        if let Some(waiting) = self.stream.waiting().as_mut() {
-            waiting.remove(&self.id);
-        }
-        self.stream.partial().remove(&self.id);
-    }
-}
-
 impl CallStream {
-    fn waiting(&self) -> MutexGuard<'_, Option<HashMap<u64, Waiter>>> {
+    fn waiting(&self) -> MutexGuard<'_, Option<HashMap<u64, Waiting>>> {
         // A map updated in one step at a time: a panic elsewhere cannot leave it torn.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -337,16 +305,46 @@ impl CallStream {
         self.waiting().is_some() && !self.outgoing.is_closed()
     }
 
-    /// A new call on this stream, or `None` once it closed.
-    pub(crate) fn register(&self) -> Option<Registered<'_>> {
+    /// Sends `frame` as a call answered through `reply` by `deadline`; gives both back
+    /// if the stream closed (the caller then opens another).
+    pub(crate) fn submit(
+        &self,
+        frame: Vec<u8>,
+        timeout: Duration,
+        deadline: Instant,
+        reply: PendingReply,
+    ) -> Result<(), (Vec<u8>, PendingReply)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (send, receive) = oneshot::channel();
-        self.waiting().as_mut()?.insert(id, send);
-        Some(Registered {
-            stream: self,
+        {
+            let mut waiting = self.waiting();
+            let Some(map) = waiting.as_mut() else {
+                return Err((frame, reply));
+            };
+            if map.is_empty() {
+                self.calls_waiting.notify_one();
+            }
+            map.insert(
+                id,
+                Waiting {
+                    reply,
+                    deadline,
+                    timeout,
+                },
+            );
+        }
+        let call = CallMessage {
             id,
-            answer: Some(receive),
-        })
+            timeout_ms: duration_ms(timeout),
+            frame,
+        };
+        if let Err(mpsc::error::SendError(call)) = self.outgoing.send(call) {
+            // The request side is gone: take the call back unless `close` answered it.
+            let taken = self.waiting().as_mut().and_then(|map| map.remove(&id));
+            if let Some(waiting) = taken {
+                return Err((call.frame, waiting.reply));
+            }
+        }
+        Ok(())
     }
 
     fn partial(&self) -> MutexGuard<'_, HashMap<u64, (u64, Vec<u8>)>> {
@@ -388,9 +386,10 @@ impl CallStream {
             _ => answer.outcome(self.node),
         };
         self.partial().remove(&id);
-        let waiter = self.waiting().as_mut().and_then(|w| w.remove(&id));
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(outcome);
+        let waiting = self.waiting().as_mut().and_then(|map| map.remove(&id));
+        // A late or duplicated answer finds no one.
+        if let Some(waiting) = waiting {
+            waiting.reply.answer(outcome);
         }
     }
 
@@ -416,6 +415,16 @@ impl CallStream {
         Ok(())
     }
 
+    /// Drops the parts gathered for calls no longer waiting (past their deadline).
+    fn forget_orphan_parts(&self) {
+        let mut partial = self.partial();
+        if partial.is_empty() {
+            return;
+        }
+        let waiting = self.waiting();
+        partial.retain(|id, _| waiting.as_ref().is_some_and(|map| map.contains_key(id)));
+    }
+
     fn malformed(&self, reason: String) -> NetError {
         NetError::Malformed {
             node: self.node,
@@ -423,17 +432,48 @@ impl CallStream {
         }
     }
 
+    /// Answers every call whose deadline passed; `false` once the stream closed.
+    fn expire(&self, now: Instant) -> bool {
+        let expired: Vec<Waiting> = {
+            let mut guard = self.waiting();
+            let Some(map) = guard.as_mut() else {
+                return false;
+            };
+            let ids: Vec<u64> = map
+                .iter()
+                .filter(|(_, waiting)| waiting.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        self.forget_orphan_parts();
+        for waiting in expired {
+            let error = NetError::DeadlineExceeded {
+                node: self.node,
+                timeout_ms: duration_ms(waiting.timeout),
+            };
+            waiting.reply.answer(Err(error));
+        }
+        true
+    }
+
+    fn has_waiting(&self) -> Option<bool> {
+        self.waiting().as_ref().map(|map| !map.is_empty())
+    }
+
     /// Ends the stream: every call still waiting gets `error`.
     fn close(&self, error: &NetError) {
         let waiting = self.waiting().take();
-        for (_, waiter) in waiting.into_iter().flatten() {
-            let _ = waiter.send(Err(error.clone()));
+        for (_, waiting) in waiting.into_iter().flatten() {
+            waiting.reply.answer(Err(error.clone()));
         }
+        // Wakes the sweeper so it sees the stream closed.
+        self.calls_waiting.notify_one();
     }
 }
 
-/// Opens a call stream to `node` on its channel of `generation`, and the task that
-/// delivers its answers.
+/// Opens a call stream to `node` on its channel of `generation`, with the task that
+/// delivers its answers and the one that fails calls past their deadlines.
 pub(crate) async fn open(
     shared: &Arc<Shared>,
     node: NodeId,
@@ -448,24 +488,14 @@ pub(crate) async fn open(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     if let Err(error) = grpc.ready().await {
-        let reason = error_chain(&error);
-        let left = link.fail(Some(generation), &reason);
-        return Err(if left {
-            NetError::Left { node }
-        } else {
-            transport_failure(node, reason)
-        });
+        return Err(link.broken(Some(generation), error_chain(&error)));
     }
     let path = http::uri::PathAndQuery::from_static(STREAM_PATH);
     let mut answers = match grpc.streaming(request, path, CallerCodec).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             let failure = status_to_net_error(node, &status, Duration::ZERO);
-            if failure.peer_left {
-                link.mark_left();
-            } else if failure.link_broken {
-                link.fail(Some(generation), status.message());
-            }
+            link.call_failed(generation, &failure, status.message());
             return Err(failure.error);
         }
     };
@@ -475,7 +505,23 @@ pub(crate) async fn open(
         outgoing,
         waiting: Mutex::new(Some(HashMap::new())),
         partial: Mutex::new(HashMap::new()),
+        calls_waiting: Notify::new(),
         next_id: AtomicU64::new(0),
+    });
+    let sweeper = Arc::clone(&stream);
+    tokio::spawn(async move {
+        loop {
+            match sweeper.has_waiting() {
+                None => return,
+                Some(false) => sweeper.calls_waiting.notified().await,
+                Some(true) => {
+                    tokio::time::sleep(DEADLINE_SWEEP).await;
+                    if !sweeper.expire(Instant::now()) {
+                        return;
+                    }
+                }
+            }
+        }
     });
     let reader = Arc::clone(&stream);
     let shared = Arc::clone(shared);
