@@ -214,6 +214,73 @@ fn tasks_from_a_client_of_node_0_run_on_every_node_and_bdev_data_round_trips() {
     }
 }
 
+/// Fills `bytes` with a pattern that differs per `seed` and per position.
+fn fill_pattern(bytes: &mut [u8], seed: u32) {
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = (i as u32)
+            .wrapping_mul(31)
+            .wrapping_add(seed.wrapping_mul(7)) as u8;
+    }
+}
+
+/// Blocks of RAM bdevs on nodes 1 and 2 written from this client's shared buffers (by
+/// reference: node 0 copies the range into the frame) and read back into another
+/// shared buffer (node 0 writes the returned bytes into it before the call completes).
+#[test]
+fn shared_buffers_of_a_client_of_node_0_move_bdev_blocks_on_other_nodes() {
+    let ports = free_ports(3);
+    let hostfile = Hostfile::write("sharedbulk", &ports);
+    let nodes: Vec<RuntimeProcess> = (0..3)
+        .map(|node| {
+            let yaml = node_yaml(&hostfile, node, SECRET)
+                + "max_clients: 4\nshm:\n  client_data_size: 64MiB\n";
+            RuntimeProcess::start(&format!("sharedbulk-n{node}"), &yaml)
+        })
+        .collect();
+    let chi = nodes[0].client();
+    let bdev = BdevClient::create_with(
+        &chi,
+        PoolQuery::local(),
+        "ram-shared",
+        PoolOptions::containers(3),
+        BdevParams {
+            bdev_type: BdevType::Ram,
+            total_size: 16 << 20,
+            ..BdevParams::default()
+        },
+    )
+    .unwrap();
+    for (container, len) in [(1u32, 4096usize), (2, 100_000), (1, 1 << 20)] {
+        let query = PoolQuery::direct_id(container);
+        let mut data = chi.allocate_buffer(len).unwrap();
+        let mut back = chi.allocate_buffer(len).unwrap();
+        assert!(data.is_shared() && back.is_shared());
+        fill_pattern(&mut data, container + len as u32);
+        // Blocks of at most 128 KiB: each written from, and read into, its part of the
+        // buffers (references at offsets inside them).
+        let blocks = bdev.allocate_blocks(query, len as u64).unwrap();
+        let mut at = 0usize;
+        for block in blocks {
+            let part = (block.size as usize).min(len - at);
+            let range = at..at + part;
+            assert_eq!(
+                bdev.write(query, block, &data[range.clone()]).unwrap(),
+                part as u64
+            );
+            assert_eq!(
+                bdev.read(query, block, &mut back[range]).unwrap(),
+                part as u64
+            );
+            at += part;
+        }
+        assert_eq!(at, len);
+        assert!(
+            back[..] == data[..],
+            "container {container}, {len} bytes: read back differs"
+        );
+    }
+}
+
 #[test]
 fn force_net_sends_one_nodes_own_tasks_through_grpc_with_the_same_results() {
     // A cluster of one node whose tasks all take the network path: SaveIn, a gRPC call
@@ -250,6 +317,64 @@ fn force_net_sends_one_nodes_own_tasks_through_grpc_with_the_same_results() {
         65536
     );
     assert_eq!(read_back, pattern);
+    // The same through shared buffers: by reference into the frame and back.
+    let mut data = chi.allocate_buffer(65536).unwrap();
+    data.copy_from_slice(&pattern);
+    let mut back = chi.allocate_buffer(65536).unwrap();
+    let blocks = bdev.allocate_blocks(PoolQuery::local(), 65536).unwrap();
+    assert_eq!(
+        bdev.write(PoolQuery::local(), blocks[0], &data).unwrap(),
+        65536
+    );
+    assert_eq!(
+        bdev.read(PoolQuery::local(), blocks[0], &mut back).unwrap(),
+        65536
+    );
+    assert!(back[..] == pattern[..]);
+}
+
+/// One client of a node whose config does not force the network asks for it itself
+/// (`Client::with_force_net`): its tasks go through gRPC to its own node, with the same
+/// results as the direct client's, shared buffers included.
+#[test]
+fn one_client_forces_the_network_path_through_grpc_with_the_same_results() {
+    let hostfile = Hostfile::write("ownforce", &free_ports(1));
+    let node = RuntimeProcess::start("ownforce", &node_yaml(&hostfile, 0, SECRET));
+    let direct = node.client();
+    let forced = direct.with_force_net(true);
+    let pool = spread_pool(&direct, "own", 1);
+    let forced_pool = ModNameClient::attach(&forced, pool.pool_id());
+    let long = "y".repeat(50_000);
+    assert_eq!(
+        forced_pool.custom(PoolQuery::local(), &long, 3).unwrap(),
+        pool.custom(PoolQuery::local(), &long, 3).unwrap()
+    );
+    let bdev = BdevClient::create_with(
+        &direct,
+        PoolQuery::local(),
+        "ram-own",
+        PoolOptions::containers(1),
+        BdevParams {
+            bdev_type: BdevType::Ram,
+            total_size: 4 << 20,
+            ..BdevParams::default()
+        },
+    )
+    .unwrap();
+    let forced_bdev = BdevClient::attach(&forced, bdev.pool_id());
+    let mut data = direct.allocate_buffer(65536).unwrap();
+    fill_pattern(&mut data, 77);
+    let mut back = direct.allocate_buffer(65536).unwrap();
+    let q = PoolQuery::local();
+    let blocks = bdev.allocate_blocks(q, 65536).unwrap();
+    assert_eq!(forced_bdev.write(q, blocks[0], &data).unwrap(), 65536);
+    assert_eq!(bdev.read(q, blocks[0], &mut back).unwrap(), 65536);
+    assert!(back[..] == data[..], "written forced, read direct");
+    fill_pattern(&mut data, 78);
+    assert_eq!(bdev.write(q, blocks[0], &data).unwrap(), 65536);
+    back.fill(0);
+    assert_eq!(forced_bdev.read(q, blocks[0], &mut back).unwrap(), 65536);
+    assert!(back[..] == data[..], "written direct, read forced");
 }
 
 #[test]

@@ -32,10 +32,26 @@
 //!   once it holds the last reference;
 //! * inside the runtime no two running tasks (nor two arguments of one task) use
 //!   overlapping ranges of a share when either may write: each range is claimed — for the
-//!   handler's run for views and `&mut [u8]`, for the copy-in only for `&[u8]` —
-//!   exclusively for writers, shared for readers, and a conflicting claim fails that task
-//!   with a clear error. So this process never races with itself on a share, and never
-//!   mixes access sizes on a range being written.
+//!   handler's run for views and `&mut [u8]`, for the copy-in only for `&[u8]` (for the
+//!   handler's run when it borrows carried bytes), until the answer for a task sent to
+//!   another node — exclusively for writers, shared for readers, and a conflicting claim
+//!   fails that task with a clear error. So this process never races with itself on a
+//!   share, and never mixes access sizes on a range being written;
+//! * a carried share resolves a reference only inside one of its ranges, and exists
+//!   only if its ranges add up exactly to the bytes carried.
+//!
+//! **Across nodes** (`runtime::remote`). A task sent to another node carries the ranges of
+//! the client's share its references point at, not the references alone: the origin
+//! claims each range ([`HeldRange`]: exclusively where the handler writes it, shared
+//! where it only reads) from before the frame is built until the answer is in, copies it
+//! (atomically) straight into the frame after its archive, and, when the answer comes,
+//! writes the written ranges back into the client's buffers — all or nothing, checked
+//! against what was sent — before the caller hears of the result. The receiver makes a
+//! [`BulkShare::carried`] of the frame's bytes: the same references (offsets in the
+//! sender's share) resolve inside the carried ranges, in runtime-private memory (views
+//! are not `is_shared`, a `&[u8]` is borrowed in place), claimed exactly as above; what
+//! the handlers wrote goes back in the answer. A node that forwards the task down the
+//! broadcast tree carries the ranges on the same way.
 //!
 //! What no runtime can prevent: the client process writing its buffer while a task in
 //! flight uses it. The handler then sees whichever bytes are there; it reads copies and
@@ -56,7 +72,6 @@ use crate::codec::Bytes;
 use crate::codec::SliceRef;
 use crate::error::TaskError;
 use std::alloc::Layout;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -120,13 +135,37 @@ pub type BulkRef<'a> = BulkWire<SliceRef<'a, u8>>;
 pub type ArchivedBulk = ArchivedBulkWire<Vec<u8>>;
 
 /// One client's data share (in its memfd), as the runtime maps it, and the
-/// ranges of it that running tasks hold.
+/// ranges of it that running tasks hold — or, on a node a task was sent to, the bulk
+/// ranges that travelled with the task ([`BulkShare::carried`]).
 pub struct BulkShare {
     base: NonNull<u8>,
     len: usize,
+    /// How a reference's offset finds its bytes.
+    layout: ShareLayout,
     claims: Mutex<Vec<Claim>>,
     /// Keeps the mapping alive as long as any task can reach it.
     _mapping: Arc<dyn Send + Sync>,
+}
+
+/// Where the bytes of a [`BulkWire::Shared`] reference lie in a [`BulkShare`].
+enum ShareLayout {
+    /// A client's share, mapped whole: offset `o` is byte `o`; the client may write it
+    /// at any moment, so every copy is atomic.
+    Client,
+    /// Copies of some ranges of a client's share (on another node), one after the
+    /// other in runtime-private memory: a reference must lie inside one of them.
+    Carried(Vec<CarriedRange>),
+}
+
+/// One range of a client's share carried with a task, and where its copy starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CarriedRange {
+    /// Offset in the client's share.
+    offset: u64,
+    /// Length in bytes.
+    len: u64,
+    /// Where the copy starts in the carried bytes.
+    at: usize,
 }
 
 // SAFETY: `base..base + len` is shared memory that lives as long as `_mapping`; every
@@ -161,9 +200,71 @@ impl BulkShare {
         BulkShare {
             base,
             len,
+            layout: ShareLayout::Client,
             claims: Mutex::new(Vec::new()),
             _mapping: mapping,
         }
+    }
+
+    /// The bulk ranges that travelled with a task from another node: `ranges` (offset
+    /// and length in the sending client's share) are copied one after the other in
+    /// `bytes[carried]`, which this share owns from now on. References of the task
+    /// resolve inside these ranges, in private memory (no atomic copies needed).
+    pub(crate) fn carried(
+        mut bytes: Vec<u8>,
+        carried: std::ops::Range<usize>,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Result<BulkShare, TaskError> {
+        let available = carried.end.saturating_sub(carried.start);
+        if carried.end > bytes.len() {
+            return Err(TaskError::malformed(
+                "bulk data",
+                "the carried bytes lie past the end of the frame",
+            ));
+        }
+        let mut table = Vec::new();
+        let mut at = 0usize;
+        for (offset, len) in ranges {
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|len| at.checked_add(len))
+                .filter(|&end| end <= available)
+                .ok_or_else(|| {
+                    TaskError::malformed(
+                        "bulk data",
+                        format!("its ranges announce more than the {available} bytes carried"),
+                    )
+                })?;
+            offset.checked_add(len).ok_or_else(|| {
+                TaskError::malformed("bulk data", format!("the range {offset}+{len} overflows"))
+            })?;
+            table.push(CarriedRange { offset, len, at });
+            at = end;
+        }
+        if at != available {
+            return Err(TaskError::malformed(
+                "bulk data",
+                format!("{available} bytes carried for ranges of {at} bytes"),
+            ));
+        }
+        // SAFETY: `carried` lies inside `bytes` (checked above); the pointer is taken
+        // once, and the vector (moved, its heap block staying put) is reached through
+        // nothing else until it is dropped with the last reference to this share.
+        let base = unsafe { bytes.as_mut_ptr().add(carried.start) };
+        let base = NonNull::new(base).unwrap_or(NonNull::dangling());
+        Ok(BulkShare {
+            base,
+            len: available,
+            layout: ShareLayout::Carried(table),
+            claims: Mutex::new(Vec::new()),
+            _mapping: Arc::new(bytes),
+        })
+    }
+
+    /// Whether the bytes lie in a client's shared memory (views copy atomically) rather
+    /// than in this runtime's memory (carried from another node).
+    fn is_client_memory(&self) -> bool {
+        matches!(self.layout, ShareLayout::Client)
     }
 
     /// The share's length in bytes.
@@ -181,13 +282,29 @@ impl BulkShare {
         let out_of_bounds = || {
             TaskError::malformed(
                 "bulk buffer",
-                format!(
-                    "{offset}+{len} lies outside the client's {}-byte data share",
-                    self.len
-                ),
+                match self.layout {
+                    ShareLayout::Client => format!(
+                        "{offset}+{len} lies outside the client's {}-byte data share",
+                        self.len
+                    ),
+                    ShareLayout::Carried(_) => format!(
+                        "{offset}+{len} lies outside the bulk ranges that came with the task"
+                    ),
+                },
             )
         };
-        let start = usize::try_from(offset).map_err(|_| out_of_bounds())?;
+        let position = match &self.layout {
+            ShareLayout::Client => offset,
+            ShareLayout::Carried(ranges) => {
+                let end = offset.checked_add(len).ok_or_else(out_of_bounds)?;
+                let range = ranges
+                    .iter()
+                    .find(|range| range.offset <= offset && end <= range.offset + range.len)
+                    .ok_or_else(out_of_bounds)?;
+                range.at as u64 + (offset - range.offset)
+            }
+        };
+        let start = usize::try_from(position).map_err(|_| out_of_bounds())?;
         let len = usize::try_from(len).map_err(|_| out_of_bounds())?;
         let end = start
             .checked_add(len)
@@ -279,6 +396,99 @@ impl<'s> Held<'s> {
 
     fn len(&self) -> usize {
         self.claim.end - self.claim.start
+    }
+
+    /// Whether another process may write the bytes (copies must be atomic).
+    fn shared(&self) -> bool {
+        self.share.is_client_memory()
+    }
+
+    /// Copies the whole range into `dst` (of its length).
+    fn load(&self, dst: &mut [u8]) {
+        debug_assert_eq!(dst.len(), self.len());
+        // SAFETY: the claim is in bounds of the mapped share, which the holder keeps
+        // mapped; no task of this runtime writes it while the claim is held, and `dst`
+        // is private memory of its length.
+        unsafe { read_raw(self.ptr(), dst, self.shared()) };
+    }
+
+    /// Copies `src` (of the range's length) over the range, which must be claimed
+    /// exclusively.
+    fn store(&self, src: &[u8]) {
+        debug_assert!(self.claim.exclusive && src.len() == self.len());
+        // SAFETY: the claimed range, exclusively ours, of the mapped share; `src` is a
+        // live private slice of its length, so it cannot alias the range.
+        unsafe { write_raw(self.ptr(), src, self.shared()) };
+    }
+}
+
+/// A claimed range of a share held outside any handler's run: the range a task sent to
+/// another node reads or writes, held (with the share) until that node has answered.
+/// Released when dropped.
+pub(crate) struct HeldRange {
+    share: Arc<BulkShare>,
+    claim: Claim,
+}
+
+impl HeldRange {
+    /// Claims `offset..offset + len` of `share`: exclusively when the handler writes
+    /// it, shared when it only reads it.
+    pub(crate) fn take(
+        share: &Arc<BulkShare>,
+        offset: u64,
+        len: u64,
+        exclusive: bool,
+    ) -> Result<HeldRange, TaskError> {
+        let claim = share.claim(offset, len, exclusive)?;
+        Ok(HeldRange {
+            share: share.clone(),
+            claim,
+        })
+    }
+
+    fn held(&self) -> std::mem::ManuallyDrop<Held<'_>> {
+        // Borrowed for one copy, never dropped: the claim is released by `HeldRange`.
+        std::mem::ManuallyDrop::new(Held {
+            share: &self.share,
+            claim: self.claim,
+        })
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.claim.end - self.claim.start
+    }
+
+    /// Copies the range into `dst`, which has its length (atomically on a client's
+    /// memory).
+    pub(crate) fn copy_to(&self, dst: &mut [u8]) {
+        self.held().load(dst);
+    }
+
+    /// Copies `src` over the range; `false` (nothing written) unless the range is
+    /// claimed exclusively and `src` has its length.
+    pub(crate) fn copy_from(&self, src: &[u8]) -> bool {
+        if !self.claim.exclusive || src.len() != self.len() {
+            return false;
+        }
+        self.held().store(src);
+        true
+    }
+}
+
+impl Drop for HeldRange {
+    fn drop(&mut self) {
+        self.share.release(self.claim);
+    }
+}
+
+impl std::fmt::Debug for HeldRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldRange")
+            .field("start", &self.claim.start)
+            .field("len", &self.len())
+            .field("exclusive", &self.claim.exclusive)
+            .finish()
     }
 }
 
@@ -629,6 +839,21 @@ impl std::fmt::Debug for BulkOut<'_> {
     }
 }
 
+/// Copies `src` into a view's memory at `dst`: atomically when `shared`.
+///
+/// # Safety
+/// `dst..dst + src.len()` must be writable, used by nothing else meanwhile, and not
+/// part of `src`.
+unsafe fn write_raw(dst: *mut u8, src: &[u8], shared: bool) {
+    if shared {
+        // SAFETY: the caller's promise.
+        unsafe { crate::shm::atomic_copy::store(dst, src) };
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+}
+
 /// Copies from a view's memory at `src` into `dst`: atomically when `shared`.
 ///
 /// # Safety
@@ -644,22 +869,61 @@ unsafe fn read_raw(src: *const u8, dst: &mut [u8], shared: bool) {
 }
 
 /// A `&[u8]` handler argument: the bytes in runtime-private memory. Inline bytes are
-/// borrowed from the validated input (itself a private copy); a shared reference is
-/// claimed, copied once (atomically), and released.
+/// borrowed from the validated input (itself a private copy); a reference into a
+/// client's share is claimed, copied once (atomically), and released; a reference into
+/// the ranges carried with a task from another node (private memory already) is
+/// borrowed in place, claimed for reading for as long as the handler has it.
 pub fn copy_in<'a>(
-    share: Option<&BulkShare>,
+    share: Option<&'a BulkShare>,
     wire: &'a ArchivedBulk,
-) -> Result<Cow<'a, [u8]>, TaskError> {
+) -> Result<BulkBytes<'a>, TaskError> {
     match wire {
-        ArchivedBulkWire::Inline(bytes) => Ok(Cow::Borrowed(bytes.as_slice())),
+        ArchivedBulkWire::Inline(bytes) => Ok(BulkBytes(BytesOf::Borrowed(bytes.as_slice()))),
         ArchivedBulkWire::Shared { offset, len } => {
             let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
-            let mut copy = vec![0u8; held.len()];
-            // SAFETY: the claim is in bounds of the mapped share, which the task keeps
-            // mapped; no task of this runtime writes it while the claim is held.
-            unsafe { crate::shm::atomic_copy::load(held.ptr(), &mut copy) };
-            Ok(Cow::Owned(copy))
+            if held.shared() {
+                let mut copy = vec![0u8; held.len()];
+                held.load(&mut copy);
+                return Ok(BulkBytes(BytesOf::Owned(copy)));
+            }
+            Ok(BulkBytes(BytesOf::Carried(held)))
         }
+    }
+}
+
+/// The bytes of a `&[u8]` handler argument, in runtime-private memory (see [`copy_in`]).
+pub struct BulkBytes<'a>(BytesOf<'a>);
+
+enum BytesOf<'a> {
+    /// Inline in the validated input.
+    Borrowed(&'a [u8]),
+    /// Copied out of a client's share.
+    Owned(Vec<u8>),
+    /// In the ranges carried with the task, claimed for reading.
+    Carried(Held<'a>),
+}
+
+impl std::ops::Deref for BulkBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            BytesOf::Borrowed(bytes) => bytes,
+            BytesOf::Owned(bytes) => bytes,
+            // SAFETY: a carried share is this runtime's private memory (no other process
+            // maps it), the claim is in bounds of it and keeps it alive (the task holds
+            // the share), and the claim, held as long as `self`, keeps every writer of
+            // this runtime out of the range while the slice lives.
+            BytesOf::Carried(held) => unsafe { std::slice::from_raw_parts(held.ptr(), held.len()) },
+        }
+    }
+}
+
+impl std::fmt::Debug for BulkBytes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkBytes")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -681,11 +945,16 @@ impl<'a> BulkInArg<'a> {
             }),
             ArchivedBulkWire::Shared { offset, len } => {
                 let held = Held::take(share, offset.to_native(), len.to_native(), false)?;
-                // SAFETY: the claim is in bounds of the mapped share, which outlives
-                // `'a` (the task holds the share); the runtime makes no reference into
-                // shares, and no task writes this range until the claim is released with
-                // `held`, which lives as long as the view can.
-                let view = unsafe { BulkIn::from_raw_shared(held.ptr(), held.len()) };
+                let view = BulkIn {
+                    ptr: held.ptr(),
+                    len: held.len(),
+                    shared: held.shared(),
+                    _bytes: PhantomData,
+                };
+                // The view is sound: the claim is in bounds of the mapped share, which
+                // outlives `'a` (the task holds the share); the runtime makes no
+                // reference into shares, and no task writes this range until the claim
+                // is released with `held`, which lives as long as the view can.
                 Ok(BulkInArg {
                     view,
                     _held: Some(held),
@@ -743,8 +1012,7 @@ impl<'a> BulkOutArg<'a> {
                 let held = Held::take(share, offset.to_native(), len.to_native(), true)?;
                 let copy = private_copy.then(|| {
                     let mut copy = vec![0u8; held.len()];
-                    // SAFETY: in bounds of the mapped share; claimed exclusively.
-                    unsafe { crate::shm::atomic_copy::load(held.ptr(), &mut copy) };
+                    held.load(&mut copy);
                     copy
                 });
                 Ok(BulkOutArg(OutBytes::Shared {
@@ -766,10 +1034,15 @@ impl<'a> BulkOutArg<'a> {
             OutBytes::Shared {
                 held, copy: None, ..
             } => {
-                // SAFETY: in bounds of the mapped share, which outlives `'a`; the claim
+                // Sound: in bounds of the mapped share, which outlives `'a`; the claim
                 // is exclusive and lives as long as the view can (it borrows `self`),
                 // and the runtime makes no reference into shares.
-                unsafe { BulkOut::from_raw_shared(held.ptr(), held.len()) }
+                BulkOut {
+                    ptr: held.ptr(),
+                    len: held.len(),
+                    shared: held.shared(),
+                    _bytes: PhantomData,
+                }
             }
         }
     }
@@ -794,9 +1067,7 @@ impl<'a> BulkOutArg<'a> {
             OutBytes::Owned(bytes) => BulkWire::Inline(bytes),
             OutBytes::Shared { held, offset, copy } => {
                 if let Some(copy) = copy {
-                    // SAFETY: the claimed range, exclusively ours, of the mapped share;
-                    // `copy` has its length.
-                    unsafe { crate::shm::atomic_copy::store(held.ptr(), &copy) };
+                    held.store(&copy);
                 }
                 BulkWire::Shared {
                     offset,
@@ -1235,10 +1506,7 @@ mod tests {
         assert!(!view_arg.view().is_shared());
         view_arg.view().write_at(2, &[7]).unwrap();
         assert_eq!(view_arg.into_wire(), Bulk::Inline(vec![1, 2, 7]));
-        assert!(matches!(
-            copy_in(None, wire).unwrap(),
-            Cow::Borrowed(&[1, 2, 3])
-        ));
+        assert_eq!(&*copy_in(None, wire).unwrap(), &[1, 2, 3]);
     }
 
     #[test]
@@ -1337,6 +1605,66 @@ mod tests {
         );
         drop(second);
         assert_eq!(count(), 2, "never lent: freed at once");
+    }
+
+    /// Ranges carried from another node: references resolve inside them (at their own
+    /// offsets in the sender's share), in private memory, claimed like a client's share;
+    /// carried bytes that do not add up to the ranges are refused.
+    #[test]
+    fn carried_ranges_resolve_references_in_place_and_are_claimed() {
+        let mut frame = b"header".to_vec();
+        frame.extend_from_slice(b"abcdefgh0123");
+        let carried = 6..frame.len();
+        let share = BulkShare::carried(frame, carried, [(4096, 8), (100, 4)]).unwrap();
+        let first = wire(4098, 3);
+        let first = access::<ArchivedBulk>(&first, "input").unwrap();
+        let bytes = copy_in(Some(&share), first).unwrap();
+        assert_eq!(&*bytes, b"cde");
+        let view = BulkInArg::open(Some(&share), first).unwrap();
+        assert!(!view.view().is_shared(), "carried bytes are private memory");
+        assert_eq!(view.view().to_vec(), b"cde");
+        assert!(
+            BulkOutArg::open_view(Some(&share), first).is_err(),
+            "read while a handler holds it"
+        );
+        drop((bytes, view));
+        let second = wire(100, 4);
+        let second = access::<ArchivedBulk>(&second, "input").unwrap();
+        let mut writer = BulkOutArg::open_view(Some(&share), second).unwrap();
+        writer.view().write_at(0, b"WXYZ").unwrap();
+        assert_eq!(
+            writer.into_wire(),
+            Bulk::Shared {
+                offset: 100,
+                len: 4
+            }
+        );
+        let share = Arc::new(share);
+        let held = HeldRange::take(&share, 100, 4, false).unwrap();
+        let mut out = [0u8; 4];
+        held.copy_to(&mut out);
+        assert_eq!(&out, b"WXYZ");
+        assert!(!held.copy_from(b"nope"), "a read claim writes nothing");
+        drop(held);
+        for (offset, len) in [(4095, 2), (4100, 5), (96, 4), (u64::MAX, 1), (0, 0)] {
+            let bytes = wire(offset, len);
+            let reference = access::<ArchivedBulk>(&bytes, "input").unwrap();
+            assert!(
+                matches!(
+                    copy_in(Some(&share), reference),
+                    Err(TaskError::Malformed { .. })
+                ),
+                "{offset}+{len} lies outside the carried ranges"
+            );
+        }
+        for ranges in [vec![(0, 8)], vec![(0, 13)], vec![(u64::MAX, 12)], vec![]] {
+            let frame = vec![0u8; 18];
+            assert!(
+                BulkShare::carried(frame, 6..18, ranges.clone()).is_err(),
+                "{ranges:?} for 12 bytes"
+            );
+        }
+        assert!(BulkShare::carried(vec![0; 4], 2..9, [(0, 7)]).is_err());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Client {
     transport: Arc<dyn Transport>,
     /// The deadline every call submitted through this client gets.
     deadline: Option<Duration>,
+    /// Every task takes the network path (see [`Client::with_force_net`]).
+    force_net: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("transport", &self.transport)
             .field("deadline", &self.deadline)
+            .field("force_net", &self.force_net)
             .finish()
     }
 }
@@ -72,6 +75,7 @@ impl Client {
         Client {
             transport,
             deadline: None,
+            force_net: false,
         }
     }
 
@@ -89,8 +93,8 @@ impl Client {
     /// ```
     pub fn with_deadline(&self, deadline: Duration) -> Client {
         Client {
-            transport: self.transport.clone(),
             deadline: Some(deadline),
+            ..self.clone()
         }
     }
 
@@ -98,14 +102,39 @@ impl Client {
     /// waited for until answered (or until the runtime is gone).
     pub fn without_deadline(&self) -> Client {
         Client {
-            transport: self.transport.clone(),
             deadline: None,
+            ..self.clone()
         }
     }
 
     /// The default deadline of calls submitted through this client, if any.
     pub fn deadline(&self) -> Option<Duration> {
         self.deadline
+    }
+
+    /// This client (the same connection) with its own force-net switch: when `on`, every
+    /// task submitted through the returned client takes the network path — SaveIn, the
+    /// cluster's network, LoadIn, run, SaveOut, the network back, LoadOut — even to
+    /// containers of the runtime's own node, as `networking.force_net` does for all
+    /// clients. Results are the same either way; this tests the network path (or
+    /// measures it) without a second node. A runtime that is not a node of a cluster
+    /// (no `networking.hostfile`) has no network path and runs the tasks directly.
+    ///
+    /// ```no_run
+    /// # use chimaera_core::Client;
+    /// let through_the_network = Client::connect()?.with_force_net(true);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_force_net(&self, on: bool) -> Client {
+        Client {
+            force_net: on,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this client's tasks take the network path even when local.
+    pub fn force_net(&self) -> bool {
+        self.force_net
     }
 
     /// The raw handle of a call just submitted, with this client's deadline.
@@ -167,6 +196,7 @@ impl Client {
             pool,
             method,
             query,
+            force_net: self.force_net,
         };
         let call = self.transport.submit_with(route, encode)?;
         Ok(self.pending(call))
@@ -185,6 +215,7 @@ impl Client {
             pool,
             method,
             query,
+            force_net: self.force_net,
         };
         let call = self.transport.submit(route, input, schedule)?;
         Ok(self.pending(call))
@@ -203,6 +234,7 @@ impl Client {
             pool,
             method,
             query,
+            force_net: self.force_net,
         };
         let cancel = self.transport.spawn(route, input, schedule)?;
         Ok(TaskHandle { cancel })

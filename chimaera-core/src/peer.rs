@@ -27,9 +27,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The largest frame a network carries (a task's inputs and bulk data included); a larger
-/// task is refused before it is sent.
-pub const MAX_FRAME_BYTES: usize = 1 << 30;
+/// The most bulk data one task may carry to another node: the bytes of the client-share
+/// ranges its arguments reference, or of its inline bulk arguments.
+pub const MAX_TASK_BULK_BYTES: usize = 64 << 20;
+
+/// The largest frame a network carries: a task's bulk data ([`MAX_TASK_BULK_BYTES`]) and
+/// up to 1 MiB for its other inputs and the frame's header; answers alike. A larger task
+/// is refused before it is sent, a larger frame from a peer before it is buffered.
+/// Bounded so that what a peer can make this node buffer per call stays modest: a
+/// network moves a large frame in chunks (the gRPC one in 1 MiB messages by default),
+/// never as one message.
+pub const MAX_FRAME_BYTES: usize = MAX_TASK_BULK_BYTES + (1 << 20);
 
 /// Why a frame did not reach its node or no answer came back.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -15,7 +15,12 @@
 //! * **Members keep theirs.** The first authenticated call marks the connection
 //!   ([`ConnectionInfo::mark_authenticated`]); from then on the deadline is never polled
 //!   again, so a peer's long-lived channel lives as long as the peer keeps it.
+//! * **A peer that breaks the protocol loses its connection.** Once
+//!   [`ConnectionInfo::cut_off`] (a frame over the limit, more than announced, truncated),
+//!   the connection's next read fails — the reader is woken for it — and hyper closes the
+//!   connection with every call on it.
 
+use atomic_waker::AtomicWaker;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -43,6 +48,10 @@ struct Admitted {
     authenticated: AtomicBool,
     /// The connection's place among those waiting to authenticate, until it does.
     pending: Mutex<Option<OwnedSemaphorePermit>>,
+    /// The peer broke the protocol: reads fail from now on.
+    cut_off: AtomicBool,
+    /// The task reading the connection, woken when it is cut off.
+    reader: AtomicWaker,
 }
 
 /// Admits accepted connections: each must authenticate within `deadline`, and at most
@@ -78,6 +87,8 @@ impl Admission {
             admission: Arc::new(Admitted {
                 authenticated: AtomicBool::new(false),
                 pending: Mutex::new(Some(permit)),
+                cut_off: AtomicBool::new(false),
+                reader: AtomicWaker::new(),
             }),
             deadline: Box::pin(tokio::time::sleep(self.deadline)),
         })
@@ -117,6 +128,12 @@ impl ConnectionInfo {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
     }
+
+    /// The peer broke the protocol on this connection: close it (its next read fails).
+    pub(crate) fn cut_off(&self) {
+        self.admission.cut_off.store(true, Ordering::Release);
+        self.admission.reader.wake();
+    }
 }
 
 impl Connected for GuardedStream {
@@ -137,6 +154,13 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.admission.reader.register(cx.waker());
+        if this.admission.cut_off.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer broke the protocol; its connection is closed",
+            )));
+        }
         if this.expired(cx) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,

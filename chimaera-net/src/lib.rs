@@ -2,14 +2,15 @@
 //! [`PeerNetwork`](chimaera_core::peer::PeerNetwork) on gRPC (tonic, HTTP/2).
 //!
 //! Each node serves one gRPC service with three methods: `Stream`, a long-lived
-//! bidirectional stream per calling peer that carries its frames (the runtime's
+//! bidirectional stream per calling peer that carries its small frames (the runtime's
 //! SaveIn/SaveOut archives, opaque here) and their answers, each tagged with a call id
-//! (see `stream.rs`); `Call`, a unary call for a frame too large for the stream (so it
-//! holds up no small one); `Leave`, telling a peer this node stops. Frames are message
-//! bytes as they are — no protobuf schema, no protoc at build time (a hand-written codec
-//! and service). Each peer is reached over one long-lived HTTP/2 connection that the
-//! stream and every large call share, opened on first use and reopened with bounded
-//! exponential backoff after a failure.
+//! (see `stream.rs`); `Call`, a call of its own for a frame too large for the stream (so
+//! it holds up no small one), streaming the frame in chunks and the answer back the same
+//! way; `Leave`, telling a peer this node stops. Frames are message bytes as they are —
+//! no protobuf schema, no protoc at build time (a hand-written codec and service). Each
+//! peer is reached over one long-lived HTTP/2 connection that the stream and every large
+//! call share, opened on first use and reopened with bounded exponential backoff after a
+//! failure.
 //!
 //! [`attach`] (with [`network_from_config`] and [`options_from_config`]) starts the
 //! network a runtime's `networking:` config describes, so a runtime built in code joins
@@ -30,7 +31,10 @@
 //!   or it is closed, and only a bounded number wait for that at once: garbage, stalled
 //!   handshakes and connection floods cost a bounded number of sockets for a bounded time;
 //! * frames over [`MAX_FRAME_BYTES`](chimaera_core::peer::MAX_FRAME_BYTES) are refused
-//!   before they are sent and, by their length prefix, before they are buffered;
+//!   before they are sent and, by their announced length, before they are buffered; a
+//!   frame travels in chunks of at most [`NetOptions::chunk_bytes`] (one gRPC message
+//!   each), so no HTTP/2 message is larger than [`MAX_CHUNK_BYTES`]; a peer that streams
+//!   more than it announced, or less, loses its connection;
 //! * the network runs on its own small tokio runtime; the core runtime stays synchronous.
 //!
 //! # Limits
@@ -56,3 +60,4 @@ mod wire;
 pub use config::{attach, network_from_config, options_from_config, NetConfigError};
 pub use network::TonicNetwork;
 pub use options::{NetOptions, NetSetupError, PeerTls};
+pub use wire::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};

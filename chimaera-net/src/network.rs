@@ -31,7 +31,8 @@ use crate::options::{NetOptions, NetSetupError};
 use crate::server::{PeerService, RefusalLog};
 use crate::stream::{CallStream, STREAM_FRAME_MAX};
 use crate::wire::{
-    duration_ms, status_to_net_error, RawFrameCodec, CALL_PATH, FROM_NODE, LEAVE_PATH, SECRET,
+    announce, announced_len, assemble, chunked, duration_ms, status_to_net_error, Assembly,
+    RawFrameCodec, CALL_PATH, FROM_NODE, LEAVE_PATH, MAX_CHUNK_BYTES, SECRET,
 };
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
@@ -88,6 +89,9 @@ pub(crate) struct Shared {
     /// incoming call watch it.
     pub(crate) shutdown: watch::Sender<bool>,
     rpc_timeout: Duration,
+    /// The largest gRPC message this node sends: frames and answers travel in chunks of
+    /// at most this many bytes.
+    pub(crate) chunk_bytes: usize,
     pub(crate) refusals: RefusalLog,
 }
 
@@ -191,6 +195,7 @@ impl TonicNetwork {
             handler: OnceLock::new(),
             shutdown,
             rpc_timeout: options.rpc_timeout,
+            chunk_bytes: options.chunk_bytes,
             refusals: RefusalLog::default(),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -334,7 +339,7 @@ impl Shared {
             let outcome = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|down| *down) => Err(left),
-                outcome = tokio::time::timeout(remaining, self.exchange(node, CALL_PATH, frame, timeout)) => {
+                outcome = tokio::time::timeout(remaining, self.exchange(node, frame, timeout)) => {
                     outcome.unwrap_or(Err(late))
                 }
             };
@@ -393,30 +398,60 @@ impl Shared {
             .insert(SECRET, self.secret_header.clone());
     }
 
-    /// Sends `frame` on `path` to `node` and reads its answer (no local deadline here).
+    /// Sends `frame` to `node` in chunks and reads its answer's chunks (no local deadline
+    /// here). An answer that breaks the chunk protocol (over the limit, more or less than
+    /// announced) is [`NetError::Malformed`] (or [`NetError::FrameTooLarge`]), and the
+    /// connection it came on is dropped.
     async fn exchange(
         &self,
         node: NodeId,
-        path: &'static str,
         frame: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, NetError> {
         let link = &self.links[node as usize];
         let (channel, generation) = link.channel().await?;
-        let mut request = tonic::Request::new(frame);
-        request.set_timeout(timeout);
-        self.authenticate(&mut request);
+        let len = frame.len();
+        let mut request = tonic::Request::new(chunked(frame, self.chunk_bytes));
+        self.prepare(&mut request, timeout);
+        announce(request.metadata_mut(), len);
         let mut grpc = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(MAX_FRAME_BYTES)
-            .max_encoding_message_size(MAX_FRAME_BYTES);
+            .max_decoding_message_size(MAX_CHUNK_BYTES)
+            .max_encoding_message_size(MAX_CHUNK_BYTES);
         if let Err(error) = grpc.ready().await {
             return Err(link.broken(Some(generation), error_chain(&error)));
         }
-        let path = http::uri::PathAndQuery::from_static(path);
-        match grpc.unary(request, path, RawFrameCodec).await {
+        let path = http::uri::PathAndQuery::from_static(CALL_PATH);
+        let answer = match grpc.streaming(request, path, RawFrameCodec).await {
+            Ok(response) => {
+                let assembled = match announced_len(response.metadata()) {
+                    Ok(announced) => assemble(&mut response.into_inner(), announced).await,
+                    Err(why) => Err(why),
+                };
+                match assembled {
+                    Ok(answer) => Ok(answer),
+                    Err(Assembly::Status(status)) => Err(status),
+                    Err(why) => {
+                        let error = match why {
+                            Assembly::TooLarge { len } => NetError::FrameTooLarge {
+                                len,
+                                max: MAX_FRAME_BYTES as u64,
+                            },
+                            other => NetError::Malformed {
+                                node,
+                                reason: other.to_string(),
+                            },
+                        };
+                        link.fail(Some(generation), &error.to_string());
+                        return Err(error);
+                    }
+                }
+            }
+            Err(status) => Err(status),
+        };
+        match answer {
             Ok(answer) => {
                 link.succeeded(generation);
-                Ok(answer.into_inner())
+                Ok(answer)
             }
             Err(status) => {
                 let failure = status_to_net_error(node, &status, timeout);
@@ -424,6 +459,31 @@ impl Shared {
                 Err(failure.error)
             }
         }
+    }
+
+    /// Sends the leave notice to `node` (unary, no body).
+    async fn leave_notice(&self, node: NodeId, timeout: Duration) -> Result<(), NetError> {
+        let link = &self.links[node as usize];
+        let (channel, generation) = link.channel().await?;
+        let mut request = tonic::Request::new(bytes::Bytes::new());
+        self.prepare(&mut request, timeout);
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(0)
+            .max_encoding_message_size(0);
+        if let Err(error) = grpc.ready().await {
+            return Err(link.broken(Some(generation), error_chain(&error)));
+        }
+        let path = http::uri::PathAndQuery::from_static(LEAVE_PATH);
+        match grpc.unary(request, path, RawFrameCodec).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status_to_net_error(node, &status, timeout).error),
+        }
+    }
+
+    /// The deadline and the credentials every request carries.
+    fn prepare<T>(&self, request: &mut tonic::Request<T>, timeout: Duration) {
+        request.set_timeout(timeout);
+        self.authenticate(request);
     }
 }
 
@@ -542,7 +602,7 @@ impl PeerNetwork for TonicNetwork {
                 let shared = Arc::clone(&self.shared);
                 let node = link.node;
                 self.handle.spawn(async move {
-                    let notice = shared.exchange(node, LEAVE_PATH, Vec::new(), rpc_timeout);
+                    let notice = shared.leave_notice(node, rpc_timeout);
                     match tokio::time::timeout(rpc_timeout, notice).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(error)) => {

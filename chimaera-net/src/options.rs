@@ -11,6 +11,7 @@
 //!   never to the unspecified address (`0.0.0.0`), which would expose the port on every
 //!   interface of the machine.
 
+use crate::wire::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 use chimaera_core::ids::NodeId;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -53,6 +54,12 @@ pub struct NetOptions {
     /// Mutual TLS between the nodes; `None`: plain HTTP/2 (the secret and frames cross
     /// the wire in clear).
     pub tls: Option<PeerTls>,
+    /// The largest gRPC message this node sends: a frame (or answer) over this many
+    /// bytes travels as a stream of chunks of this size, so no single HTTP/2 message is
+    /// huge. Between [`MIN_CHUNK_BYTES`](crate::MIN_CHUNK_BYTES) and
+    /// [`MAX_CHUNK_BYTES`](crate::MAX_CHUNK_BYTES) (what every node accepts, whatever its
+    /// own setting); 1 MiB by default.
+    pub chunk_bytes: usize,
 }
 
 /// Mutual TLS between the nodes of a cluster, as PEM text (the runtime reads it from the
@@ -102,6 +109,7 @@ impl NetOptions {
             verify_peer_address: true,
             max_pending_connections: 256,
             tls: None,
+            chunk_bytes: 1 << 20,
         }
     }
 
@@ -151,6 +159,11 @@ impl NetOptions {
         }
         if self.max_pending_connections == 0 {
             return Err(NetSetupError::NoPendingConnections);
+        }
+        if !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&self.chunk_bytes) {
+            return Err(NetSetupError::ChunkSize {
+                chunk_bytes: self.chunk_bytes,
+            });
         }
         Ok(())
     }
@@ -240,6 +253,12 @@ pub enum NetSetupError {
     /// Zero threads.
     #[error("the network needs at least one thread")]
     NoThreads,
+    /// The chunk size is outside what every node accepts.
+    #[error("chunk_bytes is {chunk_bytes}; it must lie between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes")]
+    ChunkSize {
+        /// The size given.
+        chunk_bytes: usize,
+    },
     /// No incoming connection could ever be admitted.
     #[error("max_pending_connections must be at least 1, or no peer could ever connect")]
     NoPendingConnections,
@@ -343,6 +362,14 @@ mod tests {
             with(|o| o.max_pending_connections = 0),
             NetSetupError::NoPendingConnections
         ));
+        for chunk_bytes in [0, MIN_CHUNK_BYTES - 1, MAX_CHUNK_BYTES + 1] {
+            let mut options = two_nodes();
+            options.chunk_bytes = chunk_bytes;
+            assert!(matches!(
+                options.validate(),
+                Err(NetSetupError::ChunkSize { chunk_bytes: given }) if given == chunk_bytes
+            ));
+        }
     }
 
     #[test]

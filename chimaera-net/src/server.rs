@@ -14,8 +14,11 @@
 //!   [`NetOptions::connect_timeout`](crate::NetOptions::connect_timeout) or it is closed
 //!   (see [`guard`](crate::guard)).
 //! * **Bounded input.** tonic's decoder refuses a message whose length prefix is over
-//!   [`MAX_FRAME_BYTES`] (over 0 for `Leave`) before buffering it; garbage that is not
-//!   HTTP/2 ends its own connection inside hyper, never the server.
+//!   [`MAX_CHUNK_BYTES`] (over 0 for `Leave`) before buffering it; a `Call` whose
+//!   announced length is over [`MAX_FRAME_BYTES`], or whose chunks bring more than it
+//!   announced (or the limit), or end short of it, is refused, logged, and its connection
+//!   cut off ([`ConnectionInfo::cut_off`]) — nothing of it reaches the handler; garbage
+//!   that is not HTTP/2 ends its own connection inside hyper, never the server.
 //! * **One answer per frame.** The handler's [`Responder`] feeds a oneshot channel: its
 //!   answer, its drop (or a panic of the handler) answered [`Reason::Left`], this node's
 //!   shutdown answered [`Reason::Left`] — whichever comes first. A handler that never
@@ -26,21 +29,26 @@ use crate::guard::ConnectionInfo;
 use crate::network::Shared;
 use crate::stream::{ServerCodec, StreamMethod, MAX_MESSAGE_BYTES, STREAM_PATH};
 use crate::wire::{
-    frame_too_large_status, RawFrameCodec, Reason, CALL_PATH, FROM_NODE, LEAVE_PATH, SECRET,
+    announce, announced_len, assemble, chunked, frame_too_large_status, Assembly, RawFrameCodec,
+    Reason, CALL_PATH, FROM_NODE, LEAVE_PATH, MAX_CHUNK_BYTES, SECRET,
 };
+use bytes::Bytes;
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{Responder, MAX_FRAME_BYTES};
 use rustls_pki_types::CertificateDer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
+use tonic::codec::Streaming;
 use tonic::codegen::{BoxFuture, Service};
-use tonic::server::{Grpc, UnaryService};
+use tonic::server::{Grpc, StreamingService, UnaryService};
 use tonic::transport::server::TlsConnectInfo;
 use tonic::Status;
 
@@ -119,9 +127,16 @@ async fn serve_request(shared: Arc<Shared>, request: http::Request<Body>) -> htt
     match method {
         Method::Call => {
             Grpc::new(RawFrameCodec)
-                .max_decoding_message_size(MAX_FRAME_BYTES)
-                .max_encoding_message_size(MAX_FRAME_BYTES)
-                .unary(CallMethod { shared, from }, request)
+                .max_decoding_message_size(MAX_CHUNK_BYTES)
+                .max_encoding_message_size(MAX_CHUNK_BYTES)
+                .streaming(
+                    CallMethod {
+                        shared,
+                        from,
+                        connection,
+                    },
+                    request,
+                )
                 .await
         }
         Method::Stream => {
@@ -233,21 +248,53 @@ impl RefusalLog {
 struct CallMethod {
     shared: Arc<Shared>,
     from: NodeId,
+    connection: Option<ConnectionInfo>,
 }
 
-impl UnaryService<Vec<u8>> for CallMethod {
-    type Response = Vec<u8>;
-    type Future = BoxFuture<tonic::Response<Vec<u8>>, Status>;
+/// An answer's chunks.
+type AnswerChunks = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
-    fn call(&mut self, request: tonic::Request<Vec<u8>>) -> Self::Future {
+impl StreamingService<Bytes> for CallMethod {
+    type Response = Bytes;
+    type ResponseStream = AnswerChunks;
+    type Future = BoxFuture<tonic::Response<AnswerChunks>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<Bytes>>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         let from = self.from;
+        let connection = self.connection.clone();
         Box::pin(async move {
-            answer_call(&shared, from, request.into_inner())
-                .await
-                .map(tonic::Response::new)
+            let frame = match receive_frame(request).await {
+                Ok(frame) => frame,
+                // The stream failed underneath (a chunk over the limit, the caller gone):
+                // tonic and hyper deal with the stream.
+                Err(Assembly::Status(status)) => return Err(status),
+                Err(why) => {
+                    tracing::warn!(from, %why, "cut off a peer's connection: its frame broke the protocol");
+                    if let Some(connection) = &connection {
+                        connection.cut_off();
+                    }
+                    return Err(match why {
+                        Assembly::TooLarge { len } => frame_too_large_status(len as usize),
+                        other => Status::invalid_argument(other.to_string()),
+                    });
+                }
+            };
+            let answer = answer_call(&shared, from, frame).await?;
+            let len = answer.len();
+            let chunks = chunked(answer, shared.chunk_bytes).map(Ok);
+            let mut response = tonic::Response::new(Box::pin(chunks) as AnswerChunks);
+            announce(response.metadata_mut(), len);
+            Ok(response)
         })
     }
+}
+
+/// The frame a call's chunks carry, bounded by its announcement and the limit.
+async fn receive_frame(request: tonic::Request<Streaming<Bytes>>) -> Result<Vec<u8>, Assembly> {
+    let announced = announced_len(request.metadata())?;
+    let mut chunks = request.into_inner();
+    assemble(&mut chunks, announced).await
 }
 
 async fn answer_call(shared: &Shared, from: NodeId, frame: Vec<u8>) -> Result<Vec<u8>, Status> {
@@ -286,11 +333,11 @@ struct LeaveMethod {
     from: NodeId,
 }
 
-impl UnaryService<Vec<u8>> for LeaveMethod {
-    type Response = Vec<u8>;
-    type Future = BoxFuture<tonic::Response<Vec<u8>>, Status>;
+impl UnaryService<Bytes> for LeaveMethod {
+    type Response = Bytes;
+    type Future = BoxFuture<tonic::Response<Bytes>, Status>;
 
-    fn call(&mut self, _request: tonic::Request<Vec<u8>>) -> Self::Future {
+    fn call(&mut self, _request: tonic::Request<Bytes>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         let from = self.from;
         Box::pin(async move {
@@ -303,7 +350,7 @@ impl UnaryService<Vec<u8>> for LeaveMethod {
                     tracing::error!(from, "the frame handler panicked on a peer's leave notice");
                 }
             }
-            Ok(tonic::Response::new(Vec::new()))
+            Ok(tonic::Response::new(Bytes::new()))
         })
     }
 }

@@ -10,8 +10,15 @@
 //!
 //! * call: `id: u64 LE`, `timeout_ms: u64 LE`, then the frame;
 //! * answer: `id: u64 LE`, `kind: u8` ([`AnswerKind`]), `value: u64 LE` (the answer's
-//!   length for [`AnswerKind::TooLarge`], else 0), then the answer frame (empty unless
-//!   [`AnswerKind::Frame`]).
+//!   whole length for [`AnswerKind::TooLarge`] and [`AnswerKind::Part`], else 0), then the
+//!   answer frame (empty unless [`AnswerKind::Frame`] or [`AnswerKind::Part`]).
+//!
+//! An answer longer than the answering node's
+//! [`chunk_bytes`](crate::NetOptions::chunk_bytes) goes as [`AnswerKind::Part`] messages
+//! of that size, each announcing the whole length, and a last [`AnswerKind::Frame`]
+//! message with the rest: no message on the stream is larger than a chunk (plus its
+//! head), and the caller puts the parts back together, refusing more than announced (or
+//! than the limit) and a last part that leaves it short.
 //!
 //! # Invariants
 //!
@@ -27,15 +34,17 @@
 //!   ends that stream with `invalid_argument` (the caller sees
 //!   [`NetError::Malformed`] and reconnects); the calls still waiting on it get the
 //!   stream's failure at once instead of waiting for their deadlines.
-//! * **Bounded messages**: both directions decode at most [`MAX_FRAME_BYTES`] plus the
-//!   message head, checked by tonic on the length prefix before buffering.
+//! * **Bounded messages**: both directions decode at most a chunk
+//!   ([`MAX_CHUNK_BYTES`]) plus the message head, checked by tonic on the length prefix
+//!   before buffering; a call's parts add up to at most [`MAX_FRAME_BYTES`].
 
 use crate::link::error_chain;
 use crate::network::{PendingReply, Shared};
 use crate::wire::{
     duration_ms, frame_too_large_status, status_to_net_error, transport_failure, Reason,
+    MAX_CHUNK_BYTES,
 };
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{NetError, Responder, MAX_FRAME_BYTES};
 use std::collections::HashMap;
@@ -75,6 +84,9 @@ pub(crate) enum AnswerKind {
     Starting = 2,
     /// The handler's answer was over [`MAX_FRAME_BYTES`]; `value` is its length.
     TooLarge = 3,
+    /// A piece of an answer of `value` bytes; more pieces follow, the last one as
+    /// [`AnswerKind::Frame`].
+    Part = 4,
 }
 
 impl AnswerKind {
@@ -84,6 +96,7 @@ impl AnswerKind {
             AnswerKind::Left,
             AnswerKind::Starting,
             AnswerKind::TooLarge,
+            AnswerKind::Part,
         ]
         .into_iter()
         .find(|kind| *kind as u8 == byte)
@@ -95,7 +108,7 @@ pub(crate) struct AnswerMessage {
     pub(crate) id: u64,
     pub(crate) kind: AnswerKind,
     pub(crate) value: u64,
-    pub(crate) frame: Vec<u8>,
+    pub(crate) frame: Bytes,
 }
 
 impl AnswerMessage {
@@ -104,14 +117,18 @@ impl AnswerMessage {
             id,
             kind,
             value,
-            frame: Vec::new(),
+            frame: Bytes::new(),
         }
     }
 
     /// What the caller of call `self.id` to `node` gets.
     fn outcome(self, node: NodeId) -> Result<Vec<u8>, NetError> {
         match self.kind {
-            AnswerKind::Frame => Ok(self.frame),
+            AnswerKind::Frame => Ok(Vec::from(self.frame)),
+            AnswerKind::Part => Err(NetError::Malformed {
+                node,
+                reason: "a part of an answer came alone".to_owned(),
+            }),
             AnswerKind::Left => Err(NetError::Left { node }),
             AnswerKind::Starting => Err(NetError::Unreachable {
                 node,
@@ -181,7 +198,7 @@ impl Decoder for CallerCodec {
         let value = src.get_u64_le();
         let kind = AnswerKind::from_byte(kind)
             .ok_or_else(|| Status::invalid_argument(format!("an answer of unknown kind {kind}")))?;
-        let frame = Vec::from(src.copy_to_bytes(src.remaining()));
+        let frame = src.copy_to_bytes(src.remaining());
         Ok(Some(AnswerMessage {
             id,
             kind,
@@ -240,8 +257,9 @@ impl Decoder for ServerCodec {
     }
 }
 
-/// The longest message either side decodes.
-pub(crate) const MAX_MESSAGE_BYTES: usize = MAX_FRAME_BYTES + ANSWER_HEAD;
+/// The longest message either side decodes: a chunk and its head (a frame on the stream
+/// is at most [`STREAM_FRAME_MAX`], an answer is cut into chunks).
+pub(crate) const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + ANSWER_HEAD;
 
 // ---------------------------------------------------------------------------------------
 // caller side
@@ -268,6 +286,9 @@ pub(crate) struct CallStream {
     outgoing: mpsc::UnboundedSender<CallMessage>,
     /// `None` once closed: every call that was waiting has been answered.
     waiting: Mutex<Option<HashMap<u64, Waiting>>>,
+    /// Answers coming in parts: the announced length and the parts so far, by call id
+    /// (only for calls still waiting; dropped with their call).
+    partial: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
     /// Wakes the sweeper when the first call of a quiet spell is registered.
     calls_waiting: Notify,
     next_id: AtomicU64,
@@ -326,14 +347,88 @@ impl CallStream {
         Ok(())
     }
 
+    fn partial(&self) -> MutexGuard<'_, HashMap<u64, (u64, Vec<u8>)>> {
+        self.partial.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn deliver(&self, answer: AnswerMessage) {
-        let waiting = self
-            .waiting()
-            .as_mut()
-            .and_then(|map| map.remove(&answer.id));
+        let id = answer.id;
+        let is_waiting = |stream: &Self| {
+            stream
+                .waiting()
+                .as_ref()
+                .is_some_and(|waiting| waiting.contains_key(&id))
+        };
+        let outcome = match answer.kind {
+            AnswerKind::Part => {
+                if !is_waiting(self) {
+                    return;
+                }
+                match self.add_part(id, answer.value, &answer.frame) {
+                    Ok(()) => return,
+                    Err(error) => Err(error),
+                }
+            }
+            AnswerKind::Frame => match self.partial().remove(&id) {
+                Some((announced, mut parts)) => {
+                    parts.extend_from_slice(&answer.frame);
+                    if parts.len() as u64 == announced {
+                        Ok(parts)
+                    } else {
+                        Err(self.malformed(format!(
+                            "its answer in parts ended after {} of the {announced} bytes it announced",
+                            parts.len()
+                        )))
+                    }
+                }
+                None => answer.outcome(self.node),
+            },
+            _ => answer.outcome(self.node),
+        };
+        self.partial().remove(&id);
+        let waiting = self.waiting().as_mut().and_then(|map| map.remove(&id));
         // A late or duplicated answer finds no one.
         if let Some(waiting) = waiting {
-            waiting.reply.answer(answer.outcome(self.node));
+            waiting.reply.answer(outcome);
+        }
+    }
+
+    /// One part of the answer to call `id`, announced as `announced` bytes in all.
+    fn add_part(&self, id: u64, announced: u64, part: &[u8]) -> Result<(), NetError> {
+        if announced > MAX_FRAME_BYTES as u64 {
+            return Err(NetError::FrameTooLarge {
+                len: announced,
+                max: MAX_FRAME_BYTES as u64,
+            });
+        }
+        let mut partial = self.partial();
+        let (expected, parts) = partial.entry(id).or_insert_with(|| (announced, Vec::new()));
+        if *expected != announced || (parts.len() + part.len()) as u64 >= announced {
+            return Err(self.malformed(format!(
+                "its answer in parts brought more than the {expected} bytes it announced"
+            )));
+        }
+        if parts.is_empty() {
+            parts.reserve_exact(announced as usize);
+        }
+        parts.extend_from_slice(part);
+        Ok(())
+    }
+
+    /// Drops the parts gathered for calls no longer waiting (past their deadline).
+    fn forget_orphan_parts(&self) {
+        let mut partial = self.partial();
+        if partial.is_empty() {
+            return;
+        }
+        let waiting = self.waiting();
+        partial.retain(|id, _| waiting.as_ref().is_some_and(|map| map.contains_key(id)));
+    }
+
+    fn malformed(&self, reason: String) -> NetError {
+        NetError::Malformed {
+            node: self.node,
+            reason,
         }
     }
 
@@ -351,6 +446,7 @@ impl CallStream {
                 .collect();
             ids.iter().filter_map(|id| map.remove(id)).collect()
         };
+        self.forget_orphan_parts();
         for waiting in expired {
             let error = NetError::DeadlineExceeded {
                 node: self.node,
@@ -408,6 +504,7 @@ pub(crate) async fn open(
         node,
         outgoing,
         waiting: Mutex::new(Some(HashMap::new())),
+        partial: Mutex::new(HashMap::new()),
         calls_waiting: Notify::new(),
         next_id: AtomicU64::new(0),
     });
@@ -536,6 +633,7 @@ fn serve_call(shared: &Shared, from: NodeId, call: CallMessage, answers: &Answer
     let slot = AnswerSlot {
         id,
         answers: Some(answers.clone()),
+        chunk: shared.chunk_bytes,
     };
     let responder = Responder::new(move |answer| slot.answer(answer));
     if catch_unwind(AssertUnwindSafe(|| {
@@ -551,6 +649,8 @@ fn serve_call(shared: &Shared, from: NodeId, call: CallMessage, answers: &Answer
 struct AnswerSlot {
     id: u64,
     answers: Option<AnswerSender>,
+    /// The longest piece an answer goes in.
+    chunk: usize,
 }
 
 impl AnswerSlot {
@@ -558,23 +658,39 @@ impl AnswerSlot {
         let Some(answers) = self.answers.take() else {
             return;
         };
-        let message = if frame.len() > MAX_FRAME_BYTES {
+        let len = frame.len();
+        if len > MAX_FRAME_BYTES {
             tracing::warn!(
-                len = frame.len(),
-                status = %frame_too_large_status(frame.len()),
+                len,
+                status = %frame_too_large_status(len),
                 "an answer over the frame limit was refused"
             );
-            AnswerMessage::refusal(self.id, AnswerKind::TooLarge, frame.len() as u64)
-        } else {
-            AnswerMessage {
+            let refusal = AnswerMessage::refusal(self.id, AnswerKind::TooLarge, len as u64);
+            let _ = answers.send(Ok(refusal));
+            return;
+        }
+        // Parts of at most a chunk (slices of one buffer), the last one as the frame.
+        let frame = Bytes::from(frame);
+        let chunk = self.chunk.max(1);
+        let mut start = 0;
+        while len - start > chunk {
+            let part = AnswerMessage {
                 id: self.id,
-                kind: AnswerKind::Frame,
-                value: 0,
-                frame,
-            }
+                kind: AnswerKind::Part,
+                value: len as u64,
+                frame: frame.slice(start..start + chunk),
+            };
+            // The stream may have ended (the caller went away): nobody to tell.
+            let _ = answers.send(Ok(part));
+            start += chunk;
+        }
+        let last = AnswerMessage {
+            id: self.id,
+            kind: AnswerKind::Frame,
+            value: 0,
+            frame: frame.slice(start..),
         };
-        // The stream may have ended (the caller went away): nobody to tell.
-        let _ = answers.send(Ok(message));
+        let _ = answers.send(Ok(last));
     }
 }
 
@@ -597,10 +713,11 @@ mod tests {
             AnswerKind::Left,
             AnswerKind::Starting,
             AnswerKind::TooLarge,
+            AnswerKind::Part,
         ] {
             assert_eq!(AnswerKind::from_byte(kind as u8), Some(kind));
         }
-        assert_eq!(AnswerKind::from_byte(4), None);
+        assert_eq!(AnswerKind::from_byte(5), None);
         assert_eq!(AnswerKind::from_byte(255), None);
     }
 

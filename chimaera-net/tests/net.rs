@@ -11,7 +11,7 @@ use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{
     FrameHandler, NetError, PeerNetwork, PeerState, Responder, MAX_FRAME_BYTES,
 };
-use chimaera_net::{NetOptions, PeerTls, TonicNetwork};
+use chimaera_net::{NetOptions, PeerTls, TonicNetwork, MIN_CHUNK_BYTES};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -92,6 +92,8 @@ impl FrameHandler for Node {
             panic!("a handler that panics on purpose");
         } else if frame == b"huge" {
             respond.respond(vec![0; MAX_FRAME_BYTES + 1]);
+        } else if frame == b"big" {
+            respond.respond(patterned(BIG_ANSWER, 7));
         } else if frame.starts_with(b"later") {
             let answer = self.answer(from, &frame);
             std::thread::spawn(move || {
@@ -385,6 +387,344 @@ fn an_oversized_answer_is_refused_by_the_answering_node() {
         call(&networks[0], 1, b"next", ANSWERED),
         Ok(echoed(1, 0, b"next"))
     );
+}
+
+/// `len` bytes of a pattern that differs per `seed` and position.
+fn patterned(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+#[test]
+fn large_frames_and_answers_travel_in_chunks_between_nodes_of_different_chunk_sizes() {
+    // Node 0 sends 4 KiB chunks, node 1 answers in its default 1 MiB ones.
+    let (networks, handlers) = cluster_with(2, |node, options| {
+        if node == 0 {
+            options.chunk_bytes = MIN_CHUNK_BYTES;
+        }
+    });
+    for (len, seed) in [
+        (0, 1),
+        (MIN_CHUNK_BYTES, 2),
+        (MIN_CHUNK_BYTES + 1, 3),
+        (3 << 20, 4),
+        ((5 << 20) + 17, 5),
+    ] {
+        let frame = patterned(len, seed);
+        for (from, to) in [(0, 1), (1, 0), (1, 1)] {
+            let answer = call(&networks[from], to, &frame, ANSWERED).unwrap();
+            assert!(
+                answer == echoed(to, from as NodeId, &frame),
+                "{len} bytes from {from} to {to}"
+            );
+        }
+    }
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 10);
+}
+
+/// The length of the answer to `big`: several chunks.
+const BIG_ANSWER: usize = (5 << 20) + 3;
+
+#[test]
+fn a_large_answer_to_a_small_frame_comes_back_in_parts_on_the_call_stream() {
+    // Node 1 answers in 64 KiB parts, node 0 in its default 1 MiB ones.
+    let (networks, _) = cluster_with(2, |node, options| {
+        if node == 1 {
+            options.chunk_bytes = 64 << 10;
+        }
+    });
+    for (from, to) in [(0, 1), (1, 0), (0, 0)] {
+        let answer = call(&networks[from], to, b"big", ANSWERED).unwrap();
+        assert!(
+            answer == patterned(BIG_ANSWER, 7),
+            "from {from} to {to}: {} bytes",
+            answer.len()
+        );
+    }
+    // Small answers on the same stream still come whole, in order with the parts.
+    assert_eq!(
+        call(&networks[0], 1, b"small", ANSWERED),
+        Ok(echoed(1, 0, b"small"))
+    );
+}
+
+#[test]
+fn a_large_frame_is_many_grpc_messages_on_the_wire_both_ways() {
+    let (networks, handlers) = cluster(2);
+    let address = networks[1].local_addr();
+    let frame = patterned((2 << 20) + 100, 9);
+    let mut headers = authenticated(0);
+    headers.push(("chimaera-frame-len", frame.len().to_string()));
+    // Three messages of at most 1 MiB, as a peer's network sends it.
+    let body: Vec<Vec<u8>> = frame.chunks(1 << 20).map(grpc_message).collect();
+    let body: Vec<&[u8]> = body.iter().map(Vec::as_slice).collect();
+    let (status, messages) = block_on(async {
+        let mut client = raw_connection(address).await;
+        raw_call_messages(&mut client, address, &headers, &body).await
+    });
+    assert_eq!(status.as_deref(), Some("0"));
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 1);
+    assert!(messages.len() >= 3, "{} answer messages", messages.len());
+    assert!(messages.iter().all(|m| m.len() <= 1 << 20));
+    assert!(messages.concat() == echoed(1, 0, &frame));
+}
+
+/// Request metadata: names and values.
+type Headers = Vec<(&'static str, String)>;
+
+/// Credentials of node `node` as metadata.
+fn authenticated(node: NodeId) -> Headers {
+    vec![
+        ("chimaera-node", node.to_string()),
+        ("chimaera-secret", SECRET.to_owned()),
+    ]
+}
+
+#[test]
+fn a_peer_announcing_streaming_more_or_less_than_it_should_loses_its_connection() {
+    let (networks, handlers) = cluster(2);
+    let address = networks[1].local_addr();
+    let announcing = |len: u64| {
+        let mut headers = authenticated(0);
+        headers.push(("chimaera-frame-len", len.to_string()));
+        headers
+    };
+    let half = grpc_message(&[7; 15]);
+    let cases: [(Headers, Vec<&[u8]>, &str); 5] = [
+        // Over the limit: refused on the announcement alone (out of range).
+        (
+            announcing(MAX_FRAME_BYTES as u64 + 1),
+            vec![&half],
+            "announced over the limit",
+        ),
+        (announcing(u64::MAX), vec![&half], "announced 2^64 - 1"),
+        // 30 bytes streamed for 20 announced.
+        (announcing(20), vec![&half, &half], "more than announced"),
+        // 15 bytes, then the end, for 100 announced.
+        (announcing(100), vec![&half], "truncated"),
+        (
+            {
+                let mut headers = authenticated(0);
+                headers.push(("chimaera-frame-len", "many".to_owned()));
+                headers
+            },
+            vec![&half],
+            "an announcement that is no number",
+        ),
+    ];
+    for (headers, body, why) in cases {
+        let (first, second) = block_on(async {
+            let mut client = raw_connection(address).await;
+            let first = raw_call_messages_checked(&mut client, address, &headers, &body).await;
+            // The same connection again, with a good call: it is gone.
+            let good = grpc_message(b"after");
+            let mut good_headers = authenticated(0);
+            good_headers.push(("chimaera-frame-len", "5".to_owned()));
+            let second =
+                raw_call_messages_checked(&mut client, address, &good_headers, &[&good]).await;
+            (first, second)
+        });
+        assert!(
+            matches!(&first, Ok((status, _)) if status.as_deref() != Some("0")) || first.is_err(),
+            "{why}: {first:?}"
+        );
+        assert!(
+            !matches!(&second, Ok((status, _)) if status.as_deref() == Some("0")),
+            "{why}: the connection still carried a call: {second:?}"
+        );
+    }
+    assert_eq!(handlers[1].frames.load(Ordering::SeqCst), 0);
+    // The node serves on, for its peers and on a new connection.
+    assert_eq!(
+        call(&networks[0], 1, b"alive", ANSWERED),
+        Ok(echoed(1, 0, b"alive"))
+    );
+    let status = raw_grpc_call(
+        address,
+        "/chimaera.Peer/Call",
+        &authenticated(0),
+        &[&half],
+        true,
+    );
+    assert_eq!(status.as_deref(), Some("0"));
+}
+
+/// A fake node 1 speaking raw HTTP/2: it answers every call with `answer_len` announced
+/// and `sent` bytes of chunks.
+fn lying_answerer(listener: TcpListener, announced: u64, sent: usize) {
+    std::thread::spawn(move || {
+        block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        drop(request);
+                        let response = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("chimaera-frame-len", announced.to_string())
+                            .body(())
+                            .unwrap();
+                        let Ok(mut stream) = respond.send_response(response, false) else {
+                            continue;
+                        };
+                        let _ = stream.send_data(Bytes::from(grpc_message(&vec![1; sent])), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let _ = stream.send_trailers(trailers);
+                    }
+                });
+            }
+        })
+    });
+}
+
+/// A fake node 1 speaking raw HTTP/2 that answers every request (the call stream
+/// included), once its first message came, with `messages` (each a gRPC message) and
+/// then ends it.
+fn scripted_answerer(listener: TcpListener, messages: Vec<Vec<u8>>) {
+    std::thread::spawn(move || {
+        block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let messages = messages.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    // `accept` drives the connection: each request is answered apart.
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        tokio::spawn(answer_scripted(request, respond, messages.clone()));
+                    }
+                });
+            }
+        })
+    });
+}
+
+/// Answers `request` with headers at once, then, once its first message came (the
+/// call's id is registered by then), with `messages`, then ends it.
+async fn answer_scripted(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    messages: Vec<Vec<u8>>,
+) {
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut stream) = respond.send_response(response, false) else {
+        return;
+    };
+    let mut body = request.into_body();
+    let _ = body.data().await;
+    for message in &messages {
+        let _ = stream.send_data(Bytes::from(grpc_message(message)), false);
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    let _ = stream.send_trailers(trailers);
+}
+
+/// An answer message of the call stream: call `id`, `kind`, `value`, then `frame`.
+fn stream_answer(id: u64, kind: u8, value: u64, frame: &[u8]) -> Vec<u8> {
+    let mut message = id.to_le_bytes().to_vec();
+    message.push(kind);
+    message.extend_from_slice(&value.to_le_bytes());
+    message.extend_from_slice(frame);
+    message
+}
+
+#[test]
+fn an_answer_in_parts_that_brings_more_or_less_than_announced_is_a_typed_error() {
+    const PART: u8 = 4;
+    const FRAME: u8 = 0;
+    let cases = [
+        (
+            vec![
+                stream_answer(0, PART, 100, &[1; 10]),
+                stream_answer(0, FRAME, 0, &[1; 10]),
+            ],
+            "ended after 20 of the 100",
+        ),
+        (
+            vec![
+                stream_answer(0, PART, 10, &[1; 8]),
+                stream_answer(0, PART, 10, &[1; 8]),
+            ],
+            "more than the 10",
+        ),
+        (
+            vec![stream_answer(0, PART, 10, &[1; 12])],
+            "more than the 10",
+        ),
+    ];
+    for (messages, says) in cases {
+        let (mut listeners, addresses) = ephemeral_listeners(2);
+        scripted_answerer(listeners.pop().unwrap(), messages);
+        let network =
+            TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
+                .unwrap();
+        match call(&network, 1, b"small question", ANSWERED) {
+            Err(NetError::Malformed { node: 1, reason }) => {
+                assert!(reason.contains(says), "{says}: {reason}")
+            }
+            other => panic!("{says}: expected a malformed answer from node 1, got {other:?}"),
+        }
+    }
+    // An announcement over the limit is refused at the first part.
+    let (mut listeners, addresses) = ephemeral_listeners(2);
+    scripted_answerer(
+        listeners.pop().unwrap(),
+        vec![stream_answer(0, PART, MAX_FRAME_BYTES as u64 + 1, &[1; 8])],
+    );
+    let network =
+        TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
+            .unwrap();
+    assert!(matches!(
+        call(&network, 1, b"small question", ANSWERED),
+        Err(NetError::FrameTooLarge { len, .. }) if len == MAX_FRAME_BYTES as u64 + 1
+    ));
+}
+
+#[test]
+fn an_answer_streaming_more_or_less_than_announced_is_a_typed_error() {
+    // Large enough to go as a call of its own (small frames share the call stream).
+    let question = vec![5u8; 300 << 10];
+    for (announced, sent, says) in [(100, 10, "truncated"), (10, 100, "more than")] {
+        let (mut listeners, addresses) = ephemeral_listeners(2);
+        lying_answerer(listeners.pop().unwrap(), announced, sent);
+        let network =
+            TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
+                .unwrap();
+        network.serve(Node::new(0));
+        match call(&network, 1, &question, ANSWERED) {
+            Err(NetError::Malformed { node: 1, reason }) => {
+                assert!(reason.contains(says), "{reason}")
+            }
+            other => panic!("expected a malformed answer from node 1, got {other:?}"),
+        }
+    }
+    let (mut listeners, addresses) = ephemeral_listeners(2);
+    lying_answerer(listeners.pop().unwrap(), MAX_FRAME_BYTES as u64 + 1, 1);
+    let network =
+        TonicNetwork::with_listener(options(0, &addresses, SECRET), listeners.pop().unwrap())
+            .unwrap();
+    assert!(matches!(
+        call(&network, 1, &question, ANSWERED),
+        Err(NetError::FrameTooLarge { len, .. }) if len == MAX_FRAME_BYTES as u64 + 1
+    ));
 }
 
 #[test]
@@ -1198,6 +1538,71 @@ async fn raw_connection(address: SocketAddr) -> h2::client::SendRequest<Bytes> {
         let _ = connection.await;
     });
     client
+}
+
+/// One call on `client` with `body` (each item sent as it is, then the end of the
+/// stream): its `grpc-status` and the payloads of the gRPC messages of its answer.
+async fn raw_call_messages(
+    client: &mut h2::client::SendRequest<Bytes>,
+    address: SocketAddr,
+    headers: &[(&str, String)],
+    body: &[&[u8]],
+) -> (Option<String>, Vec<Vec<u8>>) {
+    raw_call_messages_checked(client, address, headers, body)
+        .await
+        .expect("the connection carries the call")
+}
+
+/// [`raw_call_messages`], or the connection's error.
+async fn raw_call_messages_checked(
+    client: &mut h2::client::SendRequest<Bytes>,
+    address: SocketAddr,
+    headers: &[(&str, String)],
+    body: &[&[u8]],
+) -> Result<(Option<String>, Vec<Vec<u8>>), h2::Error> {
+    let mut ready = client.clone().ready().await?;
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}/chimaera.Peer/Call"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let (response, mut stream) = ready.send_request(request.body(()).unwrap(), false)?;
+    *client = ready;
+    for (i, chunk) in body.iter().enumerate() {
+        let _ = stream.send_data(Bytes::copy_from_slice(chunk), i + 1 == body.len());
+    }
+    let response = tokio::time::timeout(HANG, response)
+        .await
+        .expect("the server answers")?;
+    let status_of = |headers: &http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    if let Some(status) = status_of(response.headers()) {
+        return Ok((Some(status), Vec::new()));
+    }
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data?;
+        let _ = body.flow_control().release_capacity(data.len());
+        bytes.extend_from_slice(&data);
+    }
+    let trailers = tokio::time::timeout(HANG, body.trailers())
+        .await
+        .expect("the server ends the answer")?;
+    let mut messages = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        messages.push(rest[5..5 + len].to_vec());
+        rest = &rest[5 + len..];
+    }
+    Ok((trailers.as_ref().and_then(status_of), messages))
 }
 
 /// Two calls on one connection, `pause` apart: the first call's status, and the second's

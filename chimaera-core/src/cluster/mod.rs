@@ -6,7 +6,8 @@
 //!   `networking.node_id` if given, else the first entry whose address (host and port)
 //!   this process can bind now.
 //! * `frame`: the runtime's messages between nodes (rkyv archives; task inputs and
-//!   outputs inside are the generated archives, carried as they are).
+//!   outputs inside are the generated archives, carried as they are; a task's bulk
+//!   ranges from the client's shared memory follow the archive as raw bytes).
 //! * [`memory`]: a [`PeerNetwork`](crate::peer::PeerNetwork) for many nodes in one
 //!   process, with faults (a node down, slow, gone) for tests and simulation.
 //!

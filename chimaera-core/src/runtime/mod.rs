@@ -12,8 +12,9 @@
 //! transport fails what is still queued there), so a client that keeps calling cannot
 //! hold the stop up.
 //!
-//! Accounting: `inflight` counts task replicas submitted and not yet finished, by epoch
-//! (a periodic task counts only while it runs, not while it sleeps between periods); a
+//! Accounting: `inflight` counts task replicas submitted and not yet finished, and frames
+//! sent to other nodes and not yet answered, by epoch (a periodic task counts only while
+//! it runs, not while it sleeps between periods); a
 //! flush waits for the tasks queued before it, a stop for all (see `flush.rs`).
 //!
 //! Bounds on what a client controls: a pool has at most `max_containers_per_pool`
@@ -30,9 +31,13 @@
 //! one node of a cluster. Its pools (but the admin pool, which is each node's own) span
 //! every node, container `c` on node `c % nodes`; `enqueue` queues the replicas of this
 //! node's containers as above and sends the others as frames, whose answers complete
-//! the same completion. Without a network, `cluster` is `None` and nothing of this runs.
-//! A flush or a stop's drain counts the replicas this node runs, not those it sent to
-//! other nodes (each node drains its own).
+//! the same completion. Under force-net (`networking.force_net`, or a client's own
+//! [`Client::with_force_net`] switch, which reaches `enqueue` as `Origin::force_net`)
+//! every replica of a cluster pool goes as a frame, this node's own included. Without a
+//! network, `cluster` is `None` and nothing of this runs.
+//! A flush or a stop's drain counts the replicas this node runs and the frames it sent
+//! to other nodes until they are answered (each by its deadline), so a flush returns
+//! once the tasks this node queued or sent before it are done, wherever they ran.
 pub mod compose;
 pub mod context;
 mod flush;
@@ -268,6 +273,7 @@ impl Shared {
             cancel,
             bulk,
             local_worker,
+            force_net,
         } = origin;
         let has_sink = sink.is_some();
         if !self.accepts(parent) {
@@ -320,12 +326,13 @@ impl Shared {
         // A pool spread over nodes (or any cluster pool under force-net) sends the
         // replicas of other nodes' containers as frames; on one node this is `None` and
         // costs nothing more.
+        let force_net = force_net || self.cluster.as_deref().is_some_and(|c| c.force_net);
         let spread = self
             .cluster
             .as_deref()
-            .filter(|cluster| pool.clustered && (placement.nodes > 1 || cluster.force_net));
+            .filter(|_| pool.clustered && (placement.nodes > 1 || force_net));
         let is_remote = |container: &ContainerId| {
-            spread.is_some_and(|cluster| cluster.force_net || !placement.is_local(*container))
+            spread.is_some() && (force_net || !placement.is_local(*container))
         };
 
         let replicas = targets.len();
@@ -334,9 +341,19 @@ impl Shared {
             None => Vec::new(),
         };
         let local_replicas = replicas - remote.len();
-        if let Some(&first) = remote.first() {
-            remote::check_remote_task(&input, schedule, placement.node_of(first))?;
-        }
+        // Claims the client-share ranges the frames carry: a forged or busy range fails
+        // the task here, before anything is queued or sent.
+        let carried = match remote.first() {
+            Some(&first) => remote::check_remote_task(
+                &module,
+                method,
+                &input,
+                bulk.as_ref(),
+                schedule,
+                placement.node_of(first),
+            )?,
+            None => None,
+        };
         let copied = input.len().saturating_mul(local_replicas.saturating_sub(1));
         if copied > MAX_FAN_OUT_COPY_BYTES {
             return Err(TaskError::FanOutTooLarge {
@@ -407,6 +424,8 @@ impl Shared {
                 query,
                 depth: node.depth,
                 input: &input,
+                carried: carried.as_ref(),
+                parity,
             };
             self.send_remote(cluster, &task, placement, remote, cluster.timeout, reply);
         }
@@ -890,8 +909,12 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             pool,
             method,
             query,
+            force_net,
         } = route;
-        let origin = Origin::default();
+        let origin = Origin {
+            force_net,
+            ..Origin::default()
+        };
         let (call, cancel) = self.enqueue(parent, pool, method, query, input, schedule, origin)?;
         Ok((
             call,

@@ -15,6 +15,7 @@
 //! | `SaveIn` / `LoadIn` | [`ChiMod::save_in`] / [`ChiMod::load_in`] — typed input ⇄ bytes |
 //! | `SaveOut` / `LoadOut` | [`ChiMod::save_out`] / [`ChiMod::load_out`] — typed output ⇄ bytes |
 //! | `NewCopy` | [`ChiMod::new_copy`] — a validated copy of a task's input (one per replica) |
+//! | (none) | [`ChiMod::visit_bulk`] — the bulk arguments of an input, for a task that leaves its node |
 //!
 //! Every entry point that reads bytes validates them first and answers a bad archive or an
 //! unknown method id with a [`TaskError`], never a panic.
@@ -142,7 +143,19 @@ pub trait ChiMod: Sized + Send + Sync + 'static {
     fn load_out(method: MethodId, bytes: &[u8]) -> Result<Self::TaskOut, TaskError>;
     /// `NewCopy`: a validated copy of the input of `method`.
     fn new_copy(method: MethodId, input: &[u8]) -> Result<Bytes, TaskError>;
+    /// Validates the input of `method` and hands `visit` each of its bulk arguments, with
+    /// whether the handler writes it (`&mut [u8]`, `BulkOut`), in argument order: what a
+    /// task sent to another node must carry from its client's share. The default visits
+    /// nothing (a hand-written module whose bulk references cannot leave their node).
+    fn visit_bulk(method: MethodId, input: &[u8], visit: BulkVisitor<'_>) -> Result<(), TaskError> {
+        let _ = (method, input, visit);
+        Ok(())
+    }
 }
+
+/// What [`ChiMod::visit_bulk`] calls for each bulk argument: the archived argument and
+/// whether the handler writes it.
+pub type BulkVisitor<'v> = &'v mut dyn FnMut(&crate::bulk::ArchivedBulk, bool);
 
 /// A container as the runtime holds it: the object-safe part of [`ChiMod`].
 pub trait Container: Send + Sync {
@@ -195,6 +208,8 @@ pub struct ModuleEntry {
     pub dynamic_container: fn(MethodId, &[u8], PoolTopology) -> Option<ContainerId>,
     /// Copies an input for another replica.
     pub new_copy: fn(MethodId, &[u8]) -> Result<Bytes, TaskError>,
+    /// Finds the bulk arguments of an input (see [`ChiMod::visit_bulk`]).
+    pub visit_bulk: fn(MethodId, &[u8], BulkVisitor<'_>) -> Result<(), TaskError>,
     /// Turns YAML create parameters into the archived create input, for modules that
     /// implement [`Composable`](crate::runtime::compose::Composable); `None` for the others.
     pub compose: Option<ComposeInput>,
@@ -208,6 +223,7 @@ impl ModuleEntry {
             create: |ctx, input| Ok(Arc::new(M::create(ctx, input)?) as Arc<dyn Container>),
             dynamic_container: M::dynamic_container_in,
             new_copy: M::new_copy,
+            visit_bulk: M::visit_bulk,
             compose: None,
         }
     }

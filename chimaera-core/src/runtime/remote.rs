@@ -28,6 +28,31 @@
 //! the deadline (a forwarding node waits three quarters of its own deadline, so the
 //! failure names the node that failed rather than the one in between).
 //!
+//! # Bulk data
+//!
+//! A bulk argument in the client's shared memory (`BulkWire::Shared`) travels with its
+//! task: [`check_remote_task`] asks the module which arguments are bulk
+//! (`ChiMod::visit_bulk`, generated), claims each referenced range of the client's share
+//! ([`CarriedBulk`]), and every frame of the task carries those ranges after its archive
+//! (see `cluster::frame`). The receiver resolves the task's references into them in
+//! place (`BulkShare::carried`), runs the handlers, and answers with the bytes of the
+//! ranges they write; the sender writes those back into the client's buffers before it
+//! delivers the results, so a `&mut [u8]` or `BulkOut` argument holds the result when the
+//! call completes, as on one node. Copies of the payload, end to end: for data going
+//! out, one (client share → frame); for data coming back, one on the remote (its carried
+//! bytes → answer) and one here (answer → client share) — plus whatever the network's
+//! wire needs (tonic copies a message into its send buffer, and reassembles a frame that
+//! came in several chunks). An inline bulk argument (an in-process client's slice, a
+//! heap slice) is part of the input archive and comes back inline in the output.
+//!
+//! A forged reference (outside the client's share) or one overlapping a range a task of
+//! this node holds for writing fails the task before anything is queued or sent. An
+//! answer whose written ranges do not match what was sent fails the replicas of that
+//! frame with [`TaskError::NodeFailed`], writing nothing. Several replicas writing one
+//! range (a `Broadcast` with a written buffer) conflict on its claim, as replicas running
+//! at once on one node do: replicas on this node fail with `BulkBufferBusy` while
+//! replicas on other nodes hold the range.
+//!
 //! # Invariants
 //!
 //! * Every replica sent to another node is answered exactly once: the network answers
@@ -41,16 +66,21 @@
 //!   [`TaskError::PeriodicAcrossNodes`].
 use super::{Replica, Shared};
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
+use crate::bulk::{ArchivedBulkWire, BulkShare, HeldRange};
 use crate::cluster::frame::{
-    decode_answer, decode_frame, encode_answer, encode_frame, Answer, Frame, Outcome, PoolRecord,
-    RunTask,
+    decode_answer, decode_answer_carrying, decode_frame_carrying, encode_answer,
+    encode_answer_carrying, encode_frame, encode_frame_carrying, Answer, BulkSegment, Frame,
+    Outcome, PoolRecord, RunTask,
 };
 use crate::codec::{aligned_copy, Bytes};
 use crate::config::NetworkingConfig;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
-use crate::peer::{FrameHandler, NetError, PeerNetwork, Responder, MAX_FRAME_BYTES};
+use crate::peer::{
+    FrameHandler, NetError, PeerNetwork, Responder, MAX_FRAME_BYTES, MAX_TASK_BULK_BYTES,
+};
 use crate::query::{Placement, PoolQuery};
+use crate::runtime::module::ModuleEntry;
 use crate::runtime::pool_table::Lookup;
 use crate::runtime::task::{lock, Completion, Reply, ReplyKey, ReplySink, ReplyTo, Schedule};
 use std::collections::{BTreeMap, HashMap};
@@ -114,23 +144,158 @@ impl ClusterNode {
     }
 }
 
-/// Refuses, before anything is queued, a task that cannot go to node `node`.
+/// Refuses, before anything is queued, a task that cannot go to node `node`; claims
+/// and returns the ranges of the client's share its bulk arguments reference, which its
+/// frames carry (see [`CarriedBulk`]).
 pub(super) fn check_remote_task(
+    module: &ModuleEntry,
+    method: MethodId,
     input: &[u8],
+    share: Option<&Arc<BulkShare>>,
     schedule: Option<Schedule>,
     node: NodeId,
-) -> Result<(), TaskError> {
+) -> Result<Option<Arc<CarriedBulk>>, TaskError> {
     if let Some(Schedule::Periodic(_)) = schedule {
         return Err(TaskError::PeriodicAcrossNodes { node });
     }
-    let max = MAX_FRAME_BYTES - FRAME_OVERHEAD;
-    if input.len() > max {
+    let carried = match share {
+        Some(share) => CarriedBulk::of_input(module, method, input, share)?,
+        None => None,
+    };
+    let carried_len = carried.as_ref().map_or(0, |carried| carried.len);
+    if carried_len > MAX_TASK_BULK_BYTES {
         return Err(TaskError::FrameTooLarge {
-            len: input.len() as u64,
+            len: carried_len as u64,
+            max: MAX_TASK_BULK_BYTES as u64,
+        });
+    }
+    let max = MAX_FRAME_BYTES - FRAME_OVERHEAD;
+    let len = input.len().saturating_add(carried_len);
+    if len > max {
+        return Err(TaskError::FrameTooLarge {
+            len: len as u64,
             max: max as u64,
         });
     }
-    Ok(())
+    Ok(carried)
+}
+
+/// The bulk ranges a task's frames carry: the ranges of the submitting client's share
+/// (or, on a node that forwards the task, of the ranges carried to it) that its input
+/// references, each claimed — exclusively where the handler writes it — from before
+/// the first frame is built until every frame is answered. So the bytes a frame carries
+/// are what the client's buffers held when the task was sent, no task of this node
+/// writes a range that a remote handler writes meanwhile, and the written bytes coming
+/// back land in ranges nothing else uses.
+pub(super) struct CarriedBulk {
+    /// Every range, in the order the frames carry them.
+    segments: Vec<BulkSegment>,
+    /// The claim on each, in the same order.
+    held: Vec<HeldRange>,
+    /// Their total length in bytes.
+    len: usize,
+}
+
+impl CarriedBulk {
+    /// The ranges `input`'s bulk arguments reference in `share` (`None` when they
+    /// all travel inline). A reference outside the share, or overlapping a range
+    /// another task (or argument) holds for writing, fails here: nothing is sent.
+    fn of_input(
+        module: &ModuleEntry,
+        method: MethodId,
+        input: &[u8],
+        share: &Arc<BulkShare>,
+    ) -> Result<Option<Arc<CarriedBulk>>, TaskError> {
+        let mut segments = Vec::new();
+        (module.visit_bulk)(method, input, &mut |arg, writes| {
+            if let ArchivedBulkWire::Shared { offset, len } = arg {
+                segments.push(BulkSegment {
+                    offset: offset.to_native(),
+                    len: len.to_native(),
+                    writes,
+                });
+            }
+        })?;
+        if segments.is_empty() {
+            return Ok(None);
+        }
+        CarriedBulk::claim(share, segments).map(Some)
+    }
+
+    /// Claims `segments` of `share`.
+    fn claim(share: &Arc<BulkShare>, segments: Vec<BulkSegment>) -> Result<Arc<Self>, TaskError> {
+        let mut held = Vec::with_capacity(segments.len());
+        let mut len = 0usize;
+        for segment in &segments {
+            let range = HeldRange::take(share, segment.offset, segment.len, segment.writes)?;
+            len = len
+                .checked_add(range.len())
+                .ok_or(TaskError::FrameTooLarge {
+                    len: u64::MAX,
+                    max: MAX_FRAME_BYTES as u64,
+                })?;
+            held.push(range);
+        }
+        Ok(Arc::new(CarriedBulk {
+            segments,
+            held,
+            len,
+        }))
+    }
+
+    /// Copies every range, one after the other, into `dst` (of [`Self::len`] bytes).
+    fn copy_to(&self, dst: &mut [u8]) {
+        let mut at = 0;
+        for range in &self.held {
+            let end = at + range.len();
+            range.copy_to(&mut dst[at..end]);
+            at = end;
+        }
+    }
+
+    /// The ranges the handler writes, in order.
+    fn written(&self) -> impl Iterator<Item = (&BulkSegment, &HeldRange)> {
+        self.segments
+            .iter()
+            .zip(&self.held)
+            .filter(|(segment, _)| segment.writes)
+    }
+
+    /// Writes the written ranges an answer of `node` carries (`bytes`) back where they
+    /// came from. All or nothing: an answer whose ranges are not exactly the written
+    /// ones, in order, with their lengths, writes nothing and is an error.
+    fn write_back(
+        &self,
+        node: NodeId,
+        written: &[BulkSegment],
+        bytes: &[u8],
+    ) -> Result<(), TaskError> {
+        let expected: Vec<BulkSegment> = self.written().map(|(segment, _)| *segment).collect();
+        let expected_len: u64 = expected.iter().map(|segment| segment.len).sum();
+        if written != expected.as_slice() || bytes.len() as u64 != expected_len {
+            return Err(TaskError::NodeFailed {
+                node,
+                reason: format!(
+                    "its answer carries {} written bulk range(s) of {} bytes in all where {} of {expected_len} bytes were sent; the caller's buffers were left as they were",
+                    written.len(),
+                    bytes.len(),
+                    expected.len(),
+                ),
+            });
+        }
+        let mut at = 0;
+        for (segment, range) in self.written() {
+            let end = at + segment.len as usize;
+            if !range.copy_from(&bytes[at..end]) {
+                return Err(TaskError::malformed(
+                    "bulk result",
+                    "a written range was not held for writing",
+                ));
+            }
+            at = end;
+        }
+        Ok(())
+    }
 }
 
 /// Where the results of replicas sent to other nodes go.
@@ -175,6 +340,11 @@ pub(super) struct Outgoing<'a> {
     pub(super) query: PoolQuery,
     pub(super) depth: u32,
     pub(super) input: &'a [u8],
+    /// The bulk ranges every frame carries.
+    pub(super) carried: Option<&'a Arc<CarriedBulk>>,
+    /// The epoch parity the task is counted in: each frame is counted in flight in it
+    /// until answered, so a flush (or a stop's drain) on this node waits for it.
+    pub(super) parity: u8,
 }
 
 /// The task error for a call to `node` the network could not complete.
@@ -190,38 +360,58 @@ fn node_error(node: NodeId, error: NetError) -> TaskError {
     }
 }
 
-/// Delivers one frame's answer: one result per container in `expected`.
+/// The per-container results of an answer of `head` to a task frame, once the bulk
+/// ranges it carries are written back into `carried` (all or nothing); an error for the
+/// whole frame otherwise.
+fn results_of(
+    head: NodeId,
+    answer: Result<Vec<u8>, NetError>,
+    carried: Option<&CarriedBulk>,
+) -> Result<Vec<(ContainerId, Outcome)>, TaskError> {
+    let bytes = answer.map_err(|error| node_error(head, error))?;
+    let failed = |reason: String| TaskError::NodeFailed { node: head, reason };
+    match decode_answer_carrying(&bytes) {
+        Ok((Answer::Results { results, written }, carried_bytes)) => {
+            match carried {
+                Some(carried) => carried.write_back(head, &written, &bytes[carried_bytes])?,
+                None if written.is_empty() && carried_bytes.is_empty() => {}
+                None => {
+                    return Err(failed(
+                        "its answer carries bulk bytes for a task that sent none".to_owned(),
+                    ))
+                }
+            }
+            Ok(results)
+        }
+        Ok((Answer::Failed(error), _)) => Err(error),
+        Ok(_) => Err(failed(
+            "it answered a task with something else than its results".to_owned(),
+        )),
+        Err(error) => Err(failed(error.to_string())),
+    }
+}
+
+/// Delivers one frame's answer: writes the bulk ranges it carries back (before anyone
+/// hears of the results), releases the frame's claims, then delivers one result per
+/// container in `expected`.
 fn deliver_answer(
     head: NodeId,
     expected: &[ContainerId],
     answer: Result<Vec<u8>, NetError>,
     mut reply: RemoteReply,
+    carried: Option<Arc<CarriedBulk>>,
 ) {
-    let fail_all = |reply: &mut RemoteReply, error: TaskError| {
-        for &container in expected {
-            reply.deliver(container, Err(error.clone()));
-        }
-    };
-    let bytes = match answer {
-        Ok(bytes) => bytes,
-        Err(error) => return fail_all(&mut reply, node_error(head, error)),
-    };
-    let results = match decode_answer(&bytes) {
-        Ok(Answer::Results(results)) => results,
-        Ok(Answer::Failed(error)) => return fail_all(&mut reply, error),
-        Ok(_) => {
-            let error = TaskError::NodeFailed {
-                node: head,
-                reason: "it answered a task with something else than its results".to_owned(),
-            };
-            return fail_all(&mut reply, error);
-        }
+    let results = results_of(head, answer, carried.as_deref());
+    // The claims go before the results, whatever the answer: whoever the results wake
+    // may use the ranges at once.
+    drop(carried);
+    let results = match results {
+        Ok(results) => results,
         Err(error) => {
-            let error = TaskError::NodeFailed {
-                node: head,
-                reason: error.to_string(),
-            };
-            return fail_all(&mut reply, error);
+            for &container in expected {
+                reply.deliver(container, Err(error.clone()));
+            }
+            return;
         }
     };
     let mut by_container: HashMap<ContainerId, Outcome> = results.into_iter().collect();
@@ -248,15 +438,52 @@ fn respond_with(responder: Responder, answer: &Answer) {
     responder.respond(bytes);
 }
 
-/// Gathers the results of a task a peer sent and answers it once all are in.
-struct AnswerSink(Mutex<Option<Responder>>);
+/// Gathers the results of a task a peer sent and answers it once all are in, with the
+/// bytes of the bulk ranges its handlers write.
+struct AnswerSink {
+    responder: Mutex<Option<Responder>>,
+    /// The ranges carried with the task, when it has written ones.
+    carried: Option<(Arc<BulkShare>, Vec<BulkSegment>)>,
+}
 
 impl AnswerSink {
     fn send(&self, results: Vec<(ContainerId, Outcome)>) {
-        let responder = lock(&self.0).take();
-        if let Some(responder) = responder {
-            respond_with(responder, &Answer::Results(results));
-        }
+        let Some(responder) = lock(&self.responder).take() else {
+            return;
+        };
+        let Some((share, segments)) = &self.carried else {
+            return respond_with(
+                responder,
+                &Answer::Results {
+                    results,
+                    written: Vec::new(),
+                },
+            );
+        };
+        // Every replica has delivered, so its claims are gone: these reads conflict with
+        // nothing but a runaway handler, which fails the answer rather than race it.
+        let written: Vec<BulkSegment> = segments.iter().filter(|s| s.writes).copied().collect();
+        let held: Result<Vec<HeldRange>, TaskError> = written
+            .iter()
+            .map(|segment| HeldRange::take(share, segment.offset, segment.len, false))
+            .collect();
+        let held = match held {
+            Ok(held) => held,
+            Err(error) => return respond_with(responder, &Answer::Failed(error)),
+        };
+        let len = held.iter().map(HeldRange::len).sum();
+        let answer = Answer::Results { results, written };
+        let bytes = encode_answer_carrying(&answer, len, |dst| {
+            let mut at = 0;
+            for range in &held {
+                let end = at + range.len();
+                range.copy_to(&mut dst[at..end]);
+                at = end;
+            }
+        })
+        .or_else(|error| encode_answer(&Answer::Failed(error)))
+        .unwrap_or_default();
+        responder.respond(bytes);
     }
 }
 
@@ -398,7 +625,7 @@ struct NodeHandler(Weak<Shared>);
 impl FrameHandler for NodeHandler {
     fn handle(&self, from: NodeId, frame: Vec<u8>, respond: Responder) {
         match self.0.upgrade() {
-            Some(shared) => shared.serve_frame(from, &frame, respond),
+            Some(shared) => shared.serve_frame(from, frame, respond),
             None => respond_with(respond, &Answer::Failed(TaskError::RuntimeStopped)),
         }
     }
@@ -451,14 +678,33 @@ impl Shared {
                 fire_and_forget,
                 timeout_ms,
                 input: task.input.to_vec(),
+                bulk: task
+                    .carried
+                    .map_or_else(Vec::new, |carried| carried.segments.clone()),
             });
-            match encode_frame(&frame) {
-                Ok(bytes) => cluster.net.call(
-                    head,
-                    bytes,
-                    timeout,
-                    Box::new(move |answer| deliver_answer(head, &expected, answer, part)),
-                ),
+            let carried = task.carried.cloned();
+            let carried_len = carried.as_ref().map_or(0, |carried| carried.len);
+            let encoded = encode_frame_carrying(&frame, carried_len, |dst| {
+                if let Some(carried) = &carried {
+                    carried.copy_to(dst);
+                }
+            });
+            match encoded {
+                Ok(bytes) => {
+                    self.inflight.started(task.parity);
+                    let (me, parity) = (self.me.clone(), task.parity);
+                    cluster.net.call(
+                        head,
+                        bytes,
+                        timeout,
+                        Box::new(move |answer| {
+                            deliver_answer(head, &expected, answer, part, carried);
+                            if let Some(shared) = me.upgrade() {
+                                shared.inflight.uncount(parity);
+                            }
+                        }),
+                    );
+                }
                 Err(error) => {
                     for &container in &expected {
                         part.deliver(container, Err(error.clone()));
@@ -469,12 +715,12 @@ impl Shared {
     }
 
     /// One frame from a peer (or from this node under force-net).
-    fn serve_frame(&self, from: NodeId, bytes: &[u8], respond: Responder) {
+    fn serve_frame(&self, from: NodeId, bytes: Vec<u8>, respond: Responder) {
         let Some(cluster) = self.cluster_node() else {
             return respond_with(respond, &Answer::Failed(TaskError::RuntimeStopped));
         };
-        let frame = match decode_frame(bytes) {
-            Ok(frame) => frame,
+        let (frame, carried) = match decode_frame_carrying(&bytes) {
+            Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(from, "a peer sent a malformed frame: {error}");
                 return respond_with(respond, &Answer::Failed(error));
@@ -487,8 +733,18 @@ impl Shared {
                     .to_owned(),
             })
         };
+        if !matches!(frame, Frame::Run(_)) && !carried.is_empty() {
+            tracing::warn!(from, "a peer sent bytes after a frame that carries none");
+            return respond_with(
+                respond,
+                &Answer::Failed(TaskError::malformed(
+                    "frame",
+                    "only a task carries bytes after its archive",
+                )),
+            );
+        }
         match frame {
-            Frame::Run(task) => self.serve_run(cluster, task, respond),
+            Frame::Run(task) => self.serve_run(cluster, task, (bytes, carried), respond),
             Frame::CreatePool(request) if cluster.this_node == 0 => self.cluster_create(
                 cluster,
                 request,
@@ -533,8 +789,16 @@ impl Shared {
     }
 
     /// Runs a task a peer sent on the containers this node holds, forwards the rest
-    /// down the tree, and answers with every container's result.
-    fn serve_run(&self, cluster: &ClusterNode, task: RunTask, respond: Responder) {
+    /// down the tree, and answers with every container's result. `frame` is the frame's
+    /// bytes and where the bulk ranges it carries lie in them: the task's handlers (and
+    /// the frames forwarding it) use them in place.
+    fn serve_run(
+        &self,
+        cluster: &ClusterNode,
+        task: RunTask,
+        frame: (Vec<u8>, std::ops::Range<usize>),
+        respond: Responder,
+    ) {
         let fail = |respond, error| respond_with(respond, &Answer::Failed(error));
         let parent = (task.depth > 0).then(|| TaskNode {
             depth: task.depth - 1,
@@ -575,6 +839,25 @@ impl Shared {
         }
         let placement = pool.placement;
         let count = pool.container_count();
+        let (bytes, carried) = frame;
+        let share = if task.bulk.is_empty() {
+            if !carried.is_empty() {
+                return fail(
+                    respond,
+                    TaskError::malformed("frame", "a task without bulk ranges carries bytes"),
+                );
+            }
+            None
+        } else {
+            let ranges = task
+                .bulk
+                .iter()
+                .map(|segment| (segment.offset, segment.len));
+            match BulkShare::carried(bytes, carried, ranges) {
+                Ok(share) => Some(Arc::new(share)),
+                Err(error) => return fail(respond, error),
+            }
+        };
         let mut containers = task.containers;
         containers.sort_unstable();
         containers.dedup();
@@ -582,11 +865,25 @@ impl Shared {
             .iter()
             .partition(|container| placement.is_local(**container));
         let completion = if task.fire_and_forget {
-            respond_with(respond, &Answer::Results(Vec::new()));
+            respond_with(
+                respond,
+                &Answer::Results {
+                    results: Vec::new(),
+                    written: Vec::new(),
+                },
+            );
             None
         } else {
+            let writes = task.bulk.iter().any(|segment| segment.writes);
+            let sink = AnswerSink {
+                responder: Mutex::new(Some(respond)),
+                carried: share
+                    .clone()
+                    .filter(|_| writes)
+                    .map(|share| (share, task.bulk.clone())),
+            };
             let sink = ReplyTo {
-                sink: Arc::new(AnswerSink(Mutex::new(Some(respond)))),
+                sink: Arc::new(sink),
                 key: ReplyKey([0; 3]),
             };
             Some(Completion::with_sink(containers.len() as u32, sink))
@@ -595,27 +892,45 @@ impl Shared {
             Some(completion) => RemoteReply::Many(completion.clone()),
             None => RemoteReply::Nobody,
         };
+        let forward: Vec<ContainerId> = forward.into_iter().filter(|c| *c < count).collect();
         if !forward.is_empty() {
-            let outgoing = Outgoing {
-                pool: task.pool,
-                method: task.method,
-                query: task.query,
-                depth: task.depth,
-                input: &task.input,
-            };
-            // Three quarters of this node's own deadline: a failure below is reported
-            // (naming the node that failed) before the caller's deadline passes.
-            let timeout = Duration::from_millis(task.timeout_ms.min(3_600_000) / 4 * 3)
-                .max(Duration::from_millis(1));
-            let forward = forward.into_iter().filter(|c| *c < count).collect();
-            self.send_remote(
-                cluster,
-                &outgoing,
-                placement,
-                forward,
-                timeout,
-                reply(&completion),
-            );
+            // The nodes below get the ranges this node was given, claimed like a client's.
+            let carried = share
+                .as_ref()
+                .map(|share| CarriedBulk::claim(share, task.bulk.clone()))
+                .transpose();
+            match carried {
+                Ok(carried) => {
+                    let outgoing = Outgoing {
+                        pool: task.pool,
+                        method: task.method,
+                        query: task.query,
+                        depth: task.depth,
+                        input: &task.input,
+                        carried: carried.as_ref(),
+                        parity: self.inflight.parity(),
+                    };
+                    // Three quarters of this node's own deadline: a failure below is
+                    // reported (naming the node that failed) before the caller's
+                    // deadline passes.
+                    let timeout = Duration::from_millis(task.timeout_ms.min(3_600_000) / 4 * 3)
+                        .max(Duration::from_millis(1));
+                    self.send_remote(
+                        cluster,
+                        &outgoing,
+                        placement,
+                        forward,
+                        timeout,
+                        reply(&completion),
+                    );
+                }
+                Err(error) => {
+                    let mut reply = reply(&completion);
+                    for container in forward {
+                        reply.part().deliver(container, Err(error.clone()));
+                    }
+                }
+            }
         }
         let mut reply = reply(&completion);
         for &container in &containers {
@@ -650,7 +965,7 @@ impl Shared {
             period: None,
             parity,
             cancel: None,
-            bulk: None,
+            bulk: share.as_ref(),
             local_worker: None,
         };
         let input = aligned_copy(&task.input);

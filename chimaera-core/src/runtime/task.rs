@@ -95,6 +95,8 @@ pub struct Origin {
     /// The worker whose poller queues the task (ingesting a client ring): a task for an
     /// idle lane of that worker is handed to a coroutine at once.
     pub local_worker: Option<usize>,
+    /// The client asked for the network path even to this node's containers.
+    pub force_net: bool,
 }
 
 /// Stops a periodic task, waking its replicas if they sleep between runs.

@@ -81,6 +81,10 @@ pub struct Route {
     pub method: MethodId,
     /// Which containers run it.
     pub query: PoolQuery,
+    /// Send it through the network path even to containers of this node (the client's
+    /// force-net switch, [`Client::with_force_net`](crate::Client::with_force_net)); only
+    /// a runtime that is one node of a cluster has a network path, others ignore it.
+    pub force_net: bool,
 }
 
 /// Carries tasks to one runtime and their results back (see the module docs for what an

@@ -146,6 +146,7 @@ pub(crate) fn expand(
     let save_in = exhaustive_match(quote!(*#input), save_in_arms.collect());
     let save_out = exhaustive_match(quote!(*#input), save_out_arms.collect());
     let wire_bounds = crate::expand::wire::bounds(model, names);
+    let visit_bulk = crate::expand::bulk_visit::method(model, names);
 
     quote! {
         // Two tasks with one id are reported by `validate`; do not add a warning on top.
@@ -245,6 +246,8 @@ pub(crate) fn expand(
                 }
                 ::core::result::Result::Ok(#private::aligned_copy(#input))
             }
+
+            #visit_bulk
         }
     }
 }

@@ -5,7 +5,7 @@
 //! * [`user_impl`]: the user's impl block with the `#[task]` attributes removed;
 //! * [`method_table`]: the `foo_tasks` module — method id consts, `METHODS`, wire types;
 //! * [`dispatch`]: `impl ChiMod` — info, create/destroy, run, monitor, dynamic routing,
-//!   save/load, new_copy;
+//!   save/load, new_copy, and [`bulk_visit`]'s `visit_bulk`;
 //! * [`client`]: `FooClient`, the typed client;
 //! * [`compose`]: `impl Composable` for `#[chimod(composable)]`;
 //! * [`wire`]: the derives `#[wire]` adds to a user's argument type;
@@ -16,6 +16,7 @@
 //! `<chimaera or chimaera_core>::__private` ([`Names::private`]) and `::core`/`::std`;
 //! its own locals use mixed-site hygiene so they can never capture or shadow the user's
 //! names (a task argument may well be called `query`).
+pub(crate) mod bulk_visit;
 pub(crate) mod client;
 pub(crate) mod compose;
 pub(crate) mod dispatch;

@@ -67,6 +67,7 @@ use crate::shm::ring::Ring;
 use crate::shm::segment::Segment;
 use crate::sync::lock;
 use crate::transport::call::{decode_first, Schedule};
+use crate::transport::Route;
 use rustix::event::{PollFd, PollFlags};
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -715,9 +716,18 @@ impl ShmConnection {
         query: PoolQuery,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
     ) -> Result<ShmCall, TaskError> {
+        self.submit_routed_with(route(pool, method, query), encode)
+    }
+
+    /// [`submit_with`](Self::submit_with) along `route` (its force-net switch included).
+    pub(crate) fn submit_routed_with(
+        self: &Arc<Self>,
+        route: Route,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+    ) -> Result<ShmCall, TaskError> {
         let mut buffer = lock(&self.encode_buffer);
         encode(&mut buffer)?;
-        let call = self.submit(pool, method, query, buffer.as_slice(), None);
+        let call = self.submit_routed(route, buffer.as_slice(), None);
         buffer.trim();
         call
     }
@@ -731,6 +741,22 @@ impl ShmConnection {
         input: &[u8],
         schedule: Option<Schedule>,
     ) -> Result<ShmCall, TaskError> {
+        self.submit_routed(route(pool, method, query), input, schedule)
+    }
+
+    /// [`submit`](Self::submit) along `route` (its force-net switch included).
+    pub(crate) fn submit_routed(
+        self: &Arc<Self>,
+        route: Route,
+        input: &[u8],
+        schedule: Option<Schedule>,
+    ) -> Result<ShmCall, TaskError> {
+        let Route {
+            pool,
+            method,
+            query,
+            force_net,
+        } = route;
         if let Some(err) = self.failure() {
             return Err(err);
         }
@@ -766,6 +792,7 @@ impl ShmConnection {
             schedule,
             input_len: input.len() as u32,
             input: place,
+            force_net,
         })
         .write(&view);
         set(slot::WAITING, 0);
@@ -843,6 +870,7 @@ impl ShmConnection {
             schedule: None,
             input_len: input.len() as u32,
             input: InputPlace::Slot,
+            force_net: false,
         })
         .write(&view);
         let _ = view.write_payload(&input[..input.len().min(view.payload_len())]);
@@ -1382,5 +1410,15 @@ impl Drop for ShmConnection {
         let _wakers = lock(&self.watch.wakers);
         self.watch.closed.store(true, Ordering::Release);
         self.watch.registered.notify_all();
+    }
+}
+
+/// A route without the force-net switch (the connection's own `submit` entry points).
+fn route(pool: PoolId, method: MethodId, query: PoolQuery) -> Route {
+    Route {
+        pool,
+        method,
+        query,
+        force_net: false,
     }
 }

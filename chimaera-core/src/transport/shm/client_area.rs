@@ -588,6 +588,7 @@ impl ClientArea {
             method,
             query,
             schedule,
+            force_net,
             ..
         } = request;
         if let Err(err) = self.permitted(pool, method) {
@@ -617,6 +618,7 @@ impl ClientArea {
             cancel,
             bulk: Some(self.bulk.clone()),
             local_worker: Some(worker),
+            force_net,
         };
         routing.begin(self, slot_index, method);
         let enqueued = ingress.enqueue(pool, method, query, input, schedule, origin);

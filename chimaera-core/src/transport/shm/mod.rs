@@ -132,9 +132,7 @@ impl Transport for SharedMemory {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<Call, TaskError> {
-        let call =
-            self.connection
-                .submit(route.pool, route.method, route.query, &input, schedule)?;
+        let call = self.connection.submit_routed(route, &input, schedule)?;
         Ok(Call::shared_memory(call))
     }
 
@@ -143,9 +141,7 @@ impl Transport for SharedMemory {
         route: Route,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
     ) -> Result<Call, TaskError> {
-        let call = self
-            .connection
-            .submit_with(route.pool, route.method, route.query, encode)?;
+        let call = self.connection.submit_routed_with(route, encode)?;
         Ok(Call::shared_memory(call))
     }
 
@@ -157,13 +153,9 @@ impl Transport for SharedMemory {
     ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError> {
         // The runtime acknowledges that the task was queued (or says why not); a periodic
         // task's acknowledgement carries its id, to cancel it by.
-        let call = self.connection.submit(
-            route.pool,
-            route.method,
-            route.query,
-            &input,
-            Some(schedule),
-        )?;
+        let call = self
+            .connection
+            .submit_routed(route, &input, Some(schedule))?;
         let mut ack = None;
         for (_, result) in call.wait() {
             ack = Some(result?);

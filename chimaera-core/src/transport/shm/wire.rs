@@ -83,6 +83,9 @@ pub const KIND_FIRE_AND_FORGET: u32 = 1;
 pub const KIND_PERIODIC: u32 = 2;
 /// Cancels the client's periodic task whose id is in `QUERY_B`.
 pub const KIND_CANCEL: u32 = 3;
+/// A flag on the kind word of a task (call, fire-and-forget, periodic): the client asked
+/// for the network path even to the runtime's own containers (its force-net switch).
+pub const KIND_FORCE_NET: u32 = 1 << 31;
 /// Abandons the client's calls in the slots its payload lists (`INPUT_LEN` bytes of
 /// little-endian `u32` slot indices; their deadline passed, or their caller dropped
 /// them): each call still in flight is answered at once with `Cancelled` and its task's
@@ -215,6 +218,9 @@ pub struct TaskRequest {
     pub input_len: u32,
     /// Where the input lies.
     pub input: InputPlace,
+    /// Take the network path even to this node's containers (the kind word's
+    /// [`KIND_FORCE_NET`] flag).
+    pub force_net: bool,
 }
 
 /// What a slot's request line asks for: written by the client with [`write`], read once
@@ -271,7 +277,8 @@ impl SlotRequest {
         set(slot::POOL_MAJOR, task.pool.major);
         set(slot::POOL_MINOR, task.pool.minor);
         set(slot::METHOD, task.method);
-        set(slot::KIND, kind);
+        let force_net = if task.force_net { KIND_FORCE_NET } else { 0 };
+        set(slot::KIND, kind | force_net);
         set(slot::QUERY_TAG, tag);
         set(slot::QUERY_A, a);
         set64(slot::QUERY_B, b);
@@ -293,7 +300,8 @@ impl SlotRequest {
     pub fn read(view: &SlotView) -> Result<SlotRequest, WireError> {
         let load = |field| view.word(field).load(Ordering::Relaxed);
         let load64 = |field| view.word64(field).load(Ordering::Relaxed);
-        let schedule = match load(slot::KIND) {
+        let kind = load(slot::KIND);
+        let schedule = match kind & !KIND_FORCE_NET {
             KIND_CANCEL => {
                 return Ok(SlotRequest::Cancel {
                     periodic: load64(slot::QUERY_B),
@@ -331,6 +339,7 @@ impl SlotRequest {
             schedule,
             input_len: load(slot::INPUT_LEN),
             input,
+            force_net: kind & KIND_FORCE_NET != 0,
         }))
     }
 }
@@ -776,16 +785,19 @@ mod tests {
         for query in queries {
             for schedule in schedules {
                 for input in places {
-                    let request = SlotRequest::Task(TaskRequest {
-                        pool,
-                        method: 42,
-                        query,
-                        schedule,
-                        input_len: 17,
-                        input,
-                    });
-                    request.write(&view);
-                    assert_eq!(SlotRequest::read(&view), Ok(request));
+                    for force_net in [false, true] {
+                        let request = SlotRequest::Task(TaskRequest {
+                            pool,
+                            method: 42,
+                            query,
+                            schedule,
+                            input_len: 17,
+                            input,
+                            force_net,
+                        });
+                        request.write(&view);
+                        assert_eq!(SlotRequest::read(&view), Ok(request));
+                    }
                 }
             }
         }
@@ -832,6 +844,7 @@ mod tests {
             schedule: None,
             input_len: 0,
             input: InputPlace::Slot,
+            force_net: false,
         });
         let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
         let cases: [(&dyn Fn(), WireError); 5] = [
