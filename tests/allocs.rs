@@ -122,16 +122,23 @@ fn no_allocation_per_in_process_empty_task() {
     for _ in 0..WARM_UP {
         empty_task(&m);
     }
-    let allocations = counting(|| {
-        for _ in 0..CALLS {
-            empty_task(&m);
+    // Up to three windows: on a loaded machine a queue can reach a new high-water mark
+    // inside one and grow once (an amortised allocation, not one per task). A window
+    // without any shows the steady state; a per-task allocation fails all three.
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let allocations = counting(|| {
+            for _ in 0..CALLS {
+                empty_task(&m);
+            }
+        });
+        println!("allocations in {CALLS} in-process empty tasks: {allocations}");
+        windows.push(allocations);
+        if allocations == 0 {
+            return;
         }
-    });
-    println!("allocations in {CALLS} in-process empty tasks: {allocations}");
-    assert_eq!(
-        allocations, 0,
-        "{CALLS} in-process empty tasks made {allocations} allocations"
-    );
+    }
+    panic!("every window of {CALLS} in-process empty tasks allocated: {windows:?}");
 }
 
 /// Reads `from` into `line` (a stack buffer) up to a newline; returns the line's length.
