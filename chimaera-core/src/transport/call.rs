@@ -26,12 +26,28 @@
 use crate::codec::{aligned_copy, Bytes};
 use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
-use crate::ids::ContainerId;
+use crate::ids::{ContainerId, MethodId, PoolId};
+use crate::query::PoolQuery;
 use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
+
+/// Where a task goes and how it is run.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    /// The pool.
+    pub pool: PoolId,
+    /// The method of the pool's chimod.
+    pub method: MethodId,
+    /// Which containers run it.
+    pub query: PoolQuery,
+    /// Send it through the network path even to containers of this node (the client's
+    /// force-net switch, [`Client::with_force_net`](crate::Client::with_force_net)); only
+    /// a runtime that is one node of a cluster has a network path, others ignore it.
+    pub force_net: bool,
+}
 
 /// How a task submitted with a client's `spawn_*` method runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

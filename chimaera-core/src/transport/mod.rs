@@ -51,11 +51,9 @@ pub mod shm;
 use crate::bulk::{Buffer, BufferError, BulkRef, LendState};
 use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
-use crate::ids::{MethodId, PoolId};
-use crate::query::PoolQuery;
 pub(crate) use crate::transport::call::decode_first;
 use crate::transport::call::SlotCall;
-pub use crate::transport::call::{Results, Schedule};
+pub use crate::transport::call::{Results, Route, Schedule};
 use crate::transport::shm::client::ShmCall;
 use std::any::Any;
 use std::sync::Arc;
@@ -70,21 +68,6 @@ pub enum TransportKind {
     InProcess,
     /// Tasks go through this process's client area of the runtime's shared memory.
     SharedMemory,
-}
-
-/// Where a task goes and how it is run.
-#[derive(Clone, Copy, Debug)]
-pub struct Route {
-    /// The pool.
-    pub pool: PoolId,
-    /// The method of the pool's chimod.
-    pub method: MethodId,
-    /// Which containers run it.
-    pub query: PoolQuery,
-    /// Send it through the network path even to containers of this node (the client's
-    /// force-net switch, [`Client::with_force_net`](crate::Client::with_force_net)); only
-    /// a runtime that is one node of a cluster has a network path, others ignore it.
-    pub force_net: bool,
 }
 
 /// Carries tasks to one runtime and their results back (see the module docs for what an
