@@ -42,12 +42,12 @@
 //!
 //! **Across nodes** (`runtime::remote`). A task sent to another node carries the ranges of
 //! the client's share its references point at, not the references alone: the origin
-//! claims each range ([`HeldRange`]: exclusively where the handler writes it, shared
+//! claims each range (a `HeldRange`: exclusively where the handler writes it, shared
 //! where it only reads) from before the frame is built until the answer is in, copies it
 //! (atomically) straight into the frame after its archive, and, when the answer comes,
 //! writes the written ranges back into the client's buffers — all or nothing, checked
 //! against what was sent — before the caller hears of the result. The receiver makes a
-//! [`BulkShare::carried`] of the frame's bytes: the same references (offsets in the
+//! carried share (`BulkShare::carried`) of the frame's bytes: the same references (offsets in the
 //! sender's share) resolve inside the carried ranges, in runtime-private memory (views
 //! are not `is_shared`, a `&[u8]` is borrowed in place), claimed exactly as above; what
 //! the handlers wrote goes back in the answer. A node that forwards the task down the
@@ -136,7 +136,7 @@ pub type ArchivedBulk = ArchivedBulkWire<Vec<u8>>;
 
 /// One client's data share (in its memfd), as the runtime maps it, and the
 /// ranges of it that running tasks hold — or, on a node a task was sent to, the bulk
-/// ranges that travelled with the task ([`BulkShare::carried`]).
+/// ranges that travelled with the task (`BulkShare::carried`).
 pub struct BulkShare {
     base: NonNull<u8>,
     len: usize,
