@@ -1023,14 +1023,8 @@ fn a_connection_without_an_authenticated_call_is_closed_after_the_connect_timeou
             "the server kept a stalled connection open"
         ),
     }
-    let member = [
-        ("chimaera-node", "0".to_owned()),
-        ("chimaera-secret", SECRET.to_owned()),
-    ];
-    let stranger = [
-        ("chimaera-node", "0".to_owned()),
-        ("chimaera-secret", "guess".to_owned()),
-    ];
+    let member = credentials("0", SECRET);
+    let stranger = credentials("0", "guess");
     let (first, second) = block_on(async {
         (
             two_calls_apart(address, &stranger, &member, ADMISSION * 3).await,
@@ -1143,10 +1137,7 @@ fn garbage_bytes_and_a_stalled_handshake_do_not_stop_the_server() {
 fn lying_length_prefixes_from_an_authenticated_peer_never_reach_the_handler() {
     let (networks, handlers) = cluster(2);
     let address = networks[1].local_addr();
-    let headers = [
-        ("chimaera-node", "0".to_owned()),
-        ("chimaera-secret", SECRET.to_owned()),
-    ];
+    let headers = credentials("0", SECRET);
     // A prefix announcing 4 GiB, more than the frame limit: refused by its prefix, with
     // the stream still open (nothing is buffered waiting for the rest).
     let status = raw_grpc_call(
@@ -1217,10 +1208,7 @@ fn lying_length_prefixes_from_an_authenticated_peer_never_reach_the_handler() {
 fn a_broken_call_stream_fails_alone_and_never_reaches_the_handler() {
     let (networks, handlers) = cluster(2);
     let address = networks[1].local_addr();
-    let member = [
-        ("chimaera-node", "0".to_owned()),
-        ("chimaera-secret", SECRET.to_owned()),
-    ];
+    let member = credentials("0", SECRET);
     // A call message shorter than its 16-byte head (id, timeout): the stream ends with
     // invalid_argument; nothing reaches the handler.
     let status = raw_grpc_call(
@@ -1232,10 +1220,7 @@ fn a_broken_call_stream_fails_alone_and_never_reaches_the_handler() {
     );
     assert_eq!(status.as_deref(), Some("3"), "expected invalid argument");
     // A stranger opening a stream is refused on its headers.
-    let stranger = [
-        ("chimaera-node", "0".to_owned()),
-        ("chimaera-secret", "not-the-secret".to_owned()),
-    ];
+    let stranger = credentials("0", "not-the-secret");
     let status = raw_grpc_call(
         address,
         "/chimaera.Peer/Stream",
@@ -1495,6 +1480,14 @@ fn peer_child_entry() {
 }
 
 /// `payload` as one uncompressed gRPC message (flag byte, big-endian length, bytes).
+/// The metadata a peer claiming node `node` with `secret` sends.
+fn credentials(node: &str, secret: &str) -> [(&'static str, String); 2] {
+    [
+        ("chimaera-node", node.to_owned()),
+        ("chimaera-secret", secret.to_owned()),
+    ]
+}
+
 fn grpc_message(payload: &[u8]) -> Vec<u8> {
     let mut message = vec![0];
     message.extend_from_slice(&(payload.len() as u32).to_be_bytes());
