@@ -49,7 +49,7 @@ use chimaera_core::ids::NodeId;
 use chimaera_core::peer::{NetError, Responder, MAX_FRAME_BYTES};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -292,6 +292,9 @@ pub(crate) struct CallStream {
     /// Wakes the sweeper when the first call of a quiet spell is registered.
     calls_waiting: Notify,
     next_id: AtomicU64,
+    /// Set by [`close`](Self::close): a lock-free answer to "is it still open" for the
+    /// calling thread's fast path (`submit` still checks the map under its lock).
+    closed: AtomicBool,
 }
 
 impl CallStream {
@@ -302,7 +305,7 @@ impl CallStream {
 
     /// Whether calls may still go on this stream.
     pub(crate) fn is_open(&self) -> bool {
-        self.waiting().is_some() && !self.outgoing.is_closed()
+        !self.closed.load(Ordering::Acquire) && !self.outgoing.is_closed()
     }
 
     /// Sends `frame` as a call answered through `reply` by `deadline`; gives both back
@@ -463,6 +466,7 @@ impl CallStream {
 
     /// Ends the stream: every call still waiting gets `error`.
     fn close(&self, error: &NetError) {
+        self.closed.store(true, Ordering::Release);
         let waiting = self.waiting().take();
         for (_, waiting) in waiting.into_iter().flatten() {
             waiting.reply.answer(Err(error.clone()));
@@ -507,6 +511,7 @@ pub(crate) async fn open(
         partial: Mutex::new(HashMap::new()),
         calls_waiting: Notify::new(),
         next_id: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
     });
     let sweeper = Arc::clone(&stream);
     tokio::spawn(async move {
