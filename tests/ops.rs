@@ -259,6 +259,7 @@ fn status_json_follows_schema_1_and_leaves_itself_out() {
     for worker in workers {
         field(worker, "id", "u64");
         field(worker, "tasks_run", "u64");
+        field(worker, "queued", "u64");
     }
     let pools = array(&status, "pools");
     let pool = pools

@@ -564,10 +564,12 @@ fn save_and_load_round_trip_every_admin_task() {
             WorkerStatus {
                 id: 0,
                 tasks_run: 7,
+                queued: 2,
             },
             WorkerStatus {
                 id: 1,
                 tasks_run: 0,
+                queued: 0,
             },
         ],
         pools: vec![info.clone()],

@@ -64,6 +64,9 @@ pub struct WorkerStatus {
     pub id: u32,
     /// Tasks it has run since start.
     pub tasks_run: u64,
+    /// Tasks waiting in its inbox now: tasks for its idle low-latency lanes, pushed from
+    /// other threads, which no lane's `queued` counts.
+    pub queued: u64,
 }
 
 /// A runtime as the admin's `Status` describes it.

@@ -24,7 +24,7 @@
 //!   client_data_size: 32MiB  # buffers clients allocate (Client::allocate_buffer); each client gets / max_clients
 //!   runtime_data_size: 8MiB  # outputs larger than a slot; each client gets / max_clients (its output-bytes quota)
 //! idle:
-//!   spin_rounds: 2048        # polls an idle worker makes (each a yield to its other coroutines)
+//!   spin_rounds: 2048        # polls an idle worker makes (letting its other coroutines run, if any wait)
 //!   yield_rounds: 16         # more such polls; a worker parks after spin_rounds + yield_rounds empty polls
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them
 //! access:                    # who else may connect (the runtime's own uid always may)

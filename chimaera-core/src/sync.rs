@@ -12,8 +12,19 @@
 //! (`SeqCst`), after the push or pop it reflects, and read `SeqCst`: a pusher that then
 //! reads a flag `SeqCst` and a reader that set that flag `SeqCst` before reading the
 //! length cannot both miss each other (the workers' sleep and lane-turn handshakes).
+//!
+//! [`Inbox`] is a worker's queue of tasks pushed from other threads: a bounded lock-free
+//! ring first, so that a pusher and the worker share no lock word (with one pushing
+//! thread, the ring's tail stays in that thread's cache and its head in the worker's:
+//! only the slots travel), and a [`Fifo`] for what does not fit. It stays FIFO: a push
+//! goes to the ring only while the overflow is empty, so everything in the ring is older
+//! than everything in the overflow, and a pop takes from the ring first. (Two pushes
+//! that overlap in time may land in either order, as with any concurrent queue; one
+//! thread's pushes never overtake each other.) A push ends with a `SeqCst` fence, so the
+//! sleep handshake above holds for it too.
+use crossbeam_queue::ArrayQueue;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks a mutex that guards plain data; a panic while holding it cannot leave the data
@@ -71,6 +82,54 @@ impl<T> Fifo<T> {
     }
 }
 
+/// A multi-producer FIFO that allocates nothing in steady state and shares no lock
+/// between its pushers and its consumer while it holds at most its ring's capacity
+/// (see the module docs).
+pub(crate) struct Inbox<T> {
+    ring: ArrayQueue<T>,
+    overflow: Fifo<T>,
+}
+
+impl<T> Inbox<T> {
+    /// An inbox whose lock-free ring holds `capacity` items (at least one).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Inbox {
+            ring: ArrayQueue::new(capacity.max(1)),
+            overflow: Fifo::default(),
+        }
+    }
+
+    /// Adds `item` at the back, then fences (`SeqCst`).
+    pub(crate) fn push(&self, item: T) {
+        if self.overflow.is_empty() {
+            if let Err(item) = self.ring.push(item) {
+                self.overflow.push(item);
+            }
+        } else {
+            self.overflow.push(item);
+        }
+        fence(Ordering::SeqCst);
+    }
+
+    /// Takes the item at the front; `None` when empty.
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.ring.pop().or_else(|| self.overflow.pop())
+    }
+
+    /// How many items wait (a snapshot).
+    pub(crate) fn len(&self) -> usize {
+        self.ring.len() + self.overflow.len()
+    }
+
+    /// Whether no item waits. Fences first (`SeqCst`): a consumer that announced it
+    /// sleeps then calls this, and a pusher that then reads the announcement, cannot
+    /// both miss each other.
+    pub(crate) fn is_empty(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.ring.is_empty() && self.overflow.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +147,58 @@ mod tests {
             assert_eq!(fifo.pop(), Some(n));
         }
         assert!(fifo.is_empty());
+    }
+
+    #[test]
+    fn an_inbox_stays_in_order_through_its_overflow() {
+        let inbox = Inbox::new(4);
+        // Fill the ring, spill into the overflow, drain part, push more: still in order.
+        for n in 0..10 {
+            inbox.push(n);
+        }
+        assert_eq!(inbox.len(), 10);
+        for n in 0..3 {
+            assert_eq!(inbox.pop(), Some(n));
+        }
+        // The ring has room again, but the overflow holds older items: these queue behind.
+        for n in 10..14 {
+            inbox.push(n);
+        }
+        for n in 3..14 {
+            assert_eq!(inbox.pop(), Some(n));
+        }
+        assert!(inbox.is_empty());
+        assert_eq!(inbox.pop(), None);
+    }
+
+    #[test]
+    fn an_inbox_keeps_each_pushers_order() {
+        let inbox = std::sync::Arc::new(Inbox::new(8));
+        let pushers: Vec<_> = (0..4u64)
+            .map(|pusher| {
+                let inbox = inbox.clone();
+                std::thread::spawn(move || {
+                    for n in 0..10_000u64 {
+                        inbox.push((pusher, n));
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u64; 4];
+        let mut taken = 0;
+        while taken < 40_000 {
+            match inbox.pop() {
+                Some((pusher, n)) => {
+                    assert_eq!(n, next[pusher as usize], "pusher {pusher} overtaken");
+                    next[pusher as usize] += 1;
+                    taken += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        for pusher in pushers {
+            pusher.join().unwrap();
+        }
+        assert!(inbox.is_empty());
     }
 }

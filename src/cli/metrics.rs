@@ -15,6 +15,7 @@
 //! | `chimaera_periodic_tasks` | gauge | periodic task replicas alive |
 //! | `chimaera_clients` | gauge | client processes attached |
 //! | `chimaera_worker_tasks_run_total{worker}` | counter | tasks each worker ran |
+//! | `chimaera_worker_queued{worker}` | gauge | tasks waiting in a worker's inbox (idle low-latency lanes' tasks from other threads) |
 //! | `chimaera_pool_queued{pool}` | gauge | tasks queued on a pool's lanes |
 //! | `chimaera_method_completed_total{pool,method}` | counter | runs that succeeded |
 //! | `chimaera_method_failed_total{pool,method}` | counter | runs that failed |
@@ -160,6 +161,17 @@ pub(super) fn render(runtime: &RuntimeHandle) -> String {
                     w.id, w.tasks_run
                 )
             })
+            .collect(),
+    );
+    section(
+        &mut out,
+        "chimaera_worker_queued",
+        "gauge",
+        "Tasks waiting in a worker's inbox (for its idle low-latency lanes, pushed from other threads).",
+        runtime
+            .workers()
+            .iter()
+            .map(|w| format!("chimaera_worker_queued{{worker=\"{}\"}} {}", w.id, w.queued))
             .collect(),
     );
     let pools = runtime.pools();

@@ -16,7 +16,7 @@
 //! { "schema": 1, "instance": str, "running": true, "pid": u32,
 //!   "tasks": { "in_flight": u64, "completed": u64, "periodic": u64 },
 //!   "clients": u32,
-//!   "workers": [ { "id": u32, "tasks_run": u64 } ],
+//!   "workers": [ { "id": u32, "tasks_run": u64, "queued": u64 } ],
 //!   "pools": [ { "id": str, "name": str, "module": str, "queued": u64,
 //!                "containers": [ { "id": u32,
 //!                                  "lanes": [ { "id": u32, "worker": u32,
@@ -239,6 +239,7 @@ struct Tasks {
 struct Worker {
     id: u32,
     tasks_run: u64,
+    queued: u64,
 }
 
 #[derive(Serialize)]
@@ -370,6 +371,7 @@ impl From<&RuntimeStatus> for Running {
                 .map(|worker| Worker {
                     id: worker.id,
                     tasks_run: worker.tasks_run,
+                    queued: worker.queued,
                 })
                 .collect(),
             pools: status
@@ -519,7 +521,10 @@ fn print_text(status: &RuntimeStatus) {
     );
     println!("workers: {}", status.workers.len());
     for worker in &status.workers {
-        println!("  {:>3}  {} tasks run", worker.id, worker.tasks_run);
+        println!(
+            "  {:>3}  {} tasks run, {} queued in its inbox",
+            worker.id, worker.tasks_run, worker.queued
+        );
     }
     println!("pools: {}", status.pools.len());
     print_pools(status);

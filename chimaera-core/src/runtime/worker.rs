@@ -20,12 +20,24 @@
 //! handler may hold thread-affine `std` values (`stdout().lock()`, a `MutexGuard`, a
 //! thread-local RNG) across its waits.
 //!
+//! **The inbox.** A task pushed from another thread (an in-process client, another
+//! worker, a subtask) for a low-latency lane that is idle (nothing queued, not on the
+//! ready list) goes to its worker's [`Inbox`] instead: one lock-free ring per worker,
+//! which the poller drains before any lane. The lane, its flag and the ready list are not
+//! touched, so a round trip from an in-process client moves only the task's and the
+//! answer's cache lines between the two threads (a lane would add its lock, its flag and
+//! the ready list's lock, each written by both sides). A lane with anything queued
+//! takes the task behind it, and the inbox is FIFO, so a lane still starts its tasks in
+//! arrival order. Tasks in an inbox are counted per worker
+//! ([`WorkerShared::inbox_len`]), not per lane.
+//!
 //! **Batches.** A poller ingesting a task from a client ring for one of its own
 //! low-latency lanes that is idle (empty, not on the ready list) puts it in the worker's
 //! batch ([`Lane::push_from_worker`]), which it runs inline right after the ingest, before
 //! any lane: the same order the lane would give, minus two queue round trips. A lane
-//! with anything queued takes the task behind it, so a lane still starts its tasks in
-//! arrival order. High-latency lanes always queue, so low-latency lanes are served first.
+//! with anything queued, or an inbox holding anything, takes the task behind it, so a
+//! lane still starts its tasks in arrival order. High-latency lanes always queue, so
+//! low-latency lanes are served first.
 //!
 //! **Sleeping.** With nothing ready, a poller yields a few rounds, then announces
 //! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
@@ -55,7 +67,7 @@ use crate::codec::OutputBuffer;
 use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, Task};
-use crate::sync::Fifo;
+use crate::sync::{Fifo, Inbox};
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -104,8 +116,14 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// Queues `task` and makes sure the lane's worker will look at it.
+    /// Queues `task` and makes sure the lane's worker will look at it: in the worker's
+    /// inbox when this is an idle low-latency lane, else in the lane.
     pub fn push(self: &Arc<Self>, task: Task) {
+        if self.is_idle_low_latency() {
+            self.worker.inbox.push(task);
+            self.worker.wake();
+            return;
+        }
         self.queue.push(task);
         if !self.scheduled.swap(true, Ordering::AcqRel) {
             self.worker.make_ready(self.clone());
@@ -120,12 +138,7 @@ impl Lane {
     /// queued behind it, so a lane still starts its tasks in order.
     pub fn push_from_worker(self: &Arc<Self>, task: Task, worker: usize) {
         let shared = &self.worker;
-        if shared.id == worker
-            && self.priority == LanePriority::LowLatency
-            && !self.scheduled.load(Ordering::Acquire)
-            && self.queue.is_empty()
-            && !shared.shutdown.load(Ordering::Relaxed)
-        {
+        if shared.id == worker && self.is_idle_low_latency() && shared.inbox.is_empty() {
             if let Some(mut local) = shared.local() {
                 local.batch.push_back(task);
                 return;
@@ -134,7 +147,17 @@ impl Lane {
         self.push(task);
     }
 
-    /// The number of tasks waiting in this lane.
+    /// A low-latency lane with nothing queued and no turn, of a running worker: a task
+    /// for it may skip the lane (to the inbox or the batch) without overtaking another.
+    fn is_idle_low_latency(&self) -> bool {
+        self.priority == LanePriority::LowLatency
+            && !self.scheduled.load(Ordering::Acquire)
+            && self.queue.is_empty()
+            && !self.worker.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// The number of tasks waiting in this lane (tasks in its worker's inbox are
+    /// counted there: [`WorkerShared::inbox_len`]).
     pub fn len(&self) -> usize {
         self.queue.len()
     }
@@ -160,6 +183,8 @@ pub struct WorkerShared {
     id: usize,
     ready_low_latency: Fifo<Arc<Lane>>,
     ready_high_latency: Fifo<Arc<Lane>>,
+    /// Tasks for idle low-latency lanes pushed from other threads.
+    inbox: Inbox<Task>,
     sleeping: AtomicBool,
     /// What the coroutine holding the polling role parks on when it sleeps.
     poller: Mutex<Option<Arc<Blocker>>>,
@@ -243,6 +268,10 @@ const LANES_PER_ROUND: usize = 16;
 const TASKS_PER_LANE: usize = 32;
 /// Idle rounds between two yields of the worker's thread to the OS scheduler.
 const OS_YIELD_EVERY: u32 = 64;
+/// Inbox tasks run before a poller looks at its source and lanes again.
+const INBOX_PER_ROUND: usize = 64;
+/// Tasks an inbox holds without locking; more wait in its overflow.
+const INBOX_RING: usize = 1024;
 /// Idle coroutines a worker keeps; more end when their task is done.
 const MAX_IDLE_COROUTINES: usize = 1024;
 
@@ -271,7 +300,15 @@ impl WorkerShared {
     }
 
     fn has_ready(&self) -> bool {
-        !self.ready_low_latency.is_empty() || !self.ready_high_latency.is_empty()
+        !self.inbox.is_empty()
+            || !self.ready_low_latency.is_empty()
+            || !self.ready_high_latency.is_empty()
+    }
+
+    /// Tasks waiting in this worker's inbox (tasks for its idle low-latency lanes pushed
+    /// from other threads, see the module docs).
+    pub fn inbox_len(&self) -> usize {
+        self.inbox.len()
     }
 
     /// A new lane served by this worker.
@@ -416,6 +453,7 @@ impl Worker {
             id,
             ready_low_latency: Fifo::default(),
             ready_high_latency: Fifo::default(),
+            inbox: Inbox::new(INBOX_RING),
             sleeping: AtomicBool::new(false),
             poller: Mutex::new(None),
             poller_done: (Mutex::new(false), Condvar::new()),
@@ -593,6 +631,15 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 return Polled::HandedOn;
             }
         }
+        for _ in 0..INBOX_PER_ROUND {
+            let Some(task) = worker.inbox.pop() else {
+                break;
+            };
+            dispatched = true;
+            if !dispatch(worker, slot, task, out) {
+                return Polled::HandedOn;
+            }
+        }
         for _ in 0..LANES_PER_ROUND {
             let Some(lane) = worker.next_ready() else {
                 break;
@@ -636,7 +683,13 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 // a write, say) run now rather than after the spin.
                 std::thread::yield_now();
             }
-            coroutine::yield_now();
+            // A switch that would come straight back costs more than the round itself:
+            // an idle round is the poller's reaction time.
+            if coroutine::others_ready() {
+                coroutine::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
             continue;
         }
         worker.sleeping.store(true, Ordering::SeqCst);
