@@ -20,12 +20,13 @@
 //! **A flush does not wait for itself.** The flushing task and the tasks it is nested
 //! in are in flight and will not finish before it does. Each [`TaskNode`] carries how
 //! many tasks of its chain (itself and its ancestors) are counted in each parity; a
-//! flush takes those out of the counters it drains (`pending`) while it waits, and puts
+//! flush takes those out of the counts it drains while it waits (counting them as finished), and puts
 //! them back after. So a flush never waits for another flush either: two flushes from
 //! two clients, or one nested inside a task another flush waits for, both return.
 //!
-//! Invariants: `pending[p]` is the tasks counted in parity `p` minus the chains of
-//! flushes waiting now; `epoch ∈ {drained, drained + 1}`; `drained` only grows. A task
+//! Invariants: the count of parity `p` (`Σ started[p] − Σ finished[p]` over the
+//! counter shards) is the tasks counted in parity `p` minus the chains of flushes
+//! waiting now; `epoch ∈ {drained, drained + 1}`; `drained` only grows. A task
 //! that read the epoch just before a flush moved it may land in the parity being
 //! drained: the drain then waits for it too (it is bounded: that task runs like any
 //! other). Limits: a flush from a subtask whose parent no longer waits for it (a
@@ -33,22 +34,62 @@
 //! already finished, and may return before up to that many other tasks of the drained
 //! epoch are done.
 use crate::ids::TaskNode;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Counter shards: threads are spread over them, so a client thread that queues tasks
+/// and the worker that finishes them each write their own cache line (one shared
+/// counter is written by both on every task, and its line travels twice per round
+/// trip).
+const SHARDS: usize = 16;
+
+/// One thread's (or a few threads') counts. Every counter only grows, which is what
+/// makes the sum over shards safe to read without a lock (see [`InFlight::pending`]).
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    /// Replicas counted in each parity (and the chains of flushes that are done waiting).
+    started: [AtomicU64; 2],
+    /// Replicas of each parity that delivered their result (and the chains of flushes
+    /// that started waiting).
+    finished: [AtomicU64; 2],
+    /// Replicas (and runs of periodic tasks) finished.
+    completed: AtomicU64,
+}
+
+thread_local! {
+    /// This thread's shard, assigned on first use.
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The shard of the calling thread: threads take shards in turn.
+fn my_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    SHARD.with(|shard| {
+        if shard.get() == usize::MAX {
+            shard.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        shard.get()
+    })
+}
+
 /// Task replicas in flight, by epoch parity, and the flushes waiting on them.
+///
+/// A parity's count is `Σ started − Σ finished` over the shards. A flush takes its own
+/// chain out by counting it as finished while it waits and as started again after, so
+/// both sums only grow and every `finished` step has an earlier `started` step.
 #[derive(Default)]
 pub(crate) struct InFlight {
-    /// Tasks counted in each parity, minus the chains of waiting flushes.
-    pending: [AtomicI64; 2],
-    /// Tasks taken out of `pending` by waiting flushes (so the total stays exact).
-    quiesced: AtomicU64,
-    /// The epoch new tasks are counted in.
-    epoch: AtomicU64,
+    shards: [Shard; SHARDS],
+    /// Tasks taken out by waiting flushes (so the total stays exact).
+    quiesced: CachePadded<AtomicU64>,
+    /// The epoch new tasks are counted in (read on every task, written by flushes only:
+    /// its own line, so counting never invalidates it).
+    epoch: CachePadded<AtomicU64>,
     /// Every epoch below this one has drained.
-    drained: AtomicU64,
-    /// Task replicas (and runs of periodic tasks) finished since start.
-    completed: AtomicU64,
+    drained: CachePadded<AtomicU64>,
 }
 
 impl InFlight {
@@ -57,41 +98,67 @@ impl InFlight {
         (self.epoch.load(Ordering::SeqCst) % 2) as u8
     }
 
+    fn shard(&self) -> &Shard {
+        &self.shards[my_shard()]
+    }
+
     /// One task replica queued, counted in `parity`.
     pub(crate) fn started(&self, parity: u8) {
-        self.pending[usize::from(parity & 1)].fetch_add(1, Ordering::SeqCst);
+        self.shard().started[usize::from(parity & 1)].fetch_add(1, Ordering::SeqCst);
     }
 
     /// One task replica counted in `parity` delivered its result; counted as completed.
     pub(crate) fn finished(&self, parity: u8) {
-        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.count_completed();
         self.uncount(parity);
     }
 
     /// The count part of [`finished`](Self::finished), for callers that count the
     /// completion earlier (before answering the caller).
     pub(crate) fn uncount(&self, parity: u8) {
-        self.pending[usize::from(parity & 1)].fetch_sub(1, Ordering::SeqCst);
+        self.shard().finished[usize::from(parity & 1)].fetch_add(1, Ordering::SeqCst);
     }
 
     /// Counts one completion (see [`uncount`](Self::uncount)).
     pub(crate) fn count_completed(&self) {
-        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.shard().completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sums over the shards, `finished` first, then `started`: each sum only grows, so
+    /// the `finished` sum read is at most the true one at the moment between the two
+    /// passes, and the `started` sum at least; since finishing never runs ahead of
+    /// starting, the difference is at least the true count of that moment (never a
+    /// false zero), and exact when nothing moves.
+    fn counted(&self, parities: &[usize]) -> u64 {
+        let sum = |pick: &dyn Fn(&Shard) -> &[AtomicU64; 2]| -> u64 {
+            self.shards
+                .iter()
+                .flat_map(|shard| parities.iter().map(move |&p| (shard, p)))
+                .map(|(shard, p)| pick(shard)[p].load(Ordering::SeqCst))
+                .fold(0u64, u64::wrapping_add)
+        };
+        let finished = sum(&|shard| &shard.finished);
+        let started = sum(&|shard| &shard.started);
+        started.saturating_sub(finished)
+    }
+
+    /// Tasks counted in `parity`, minus the chains of flushes waiting now.
+    fn pending(&self, parity: usize) -> u64 {
+        self.counted(&[parity])
     }
 
     /// Task replicas in flight now (waiting flushes included).
     pub(crate) fn total(&self) -> u64 {
-        let pending: i64 = self
-            .pending
-            .iter()
-            .map(|count| count.load(Ordering::SeqCst))
-            .sum();
-        (pending.max(0) as u64).saturating_add(self.quiesced.load(Ordering::SeqCst))
+        self.counted(&[0, 1])
+            .saturating_add(self.quiesced.load(Ordering::SeqCst))
     }
 
     /// Task replicas finished since start.
     pub(crate) fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Acquire)
+        self.shards
+            .iter()
+            .map(|shard| shard.completed.load(Ordering::Acquire))
+            .fold(0u64, u64::wrapping_add)
     }
 
     /// Waits until at most `allowed` tasks are in flight, or `deadline` passes; returns
@@ -112,11 +179,13 @@ impl InFlight {
     /// Waits until every task queued before this call is done, except the chain of
     /// `own` (the flushing task and the tasks it is nested in); see the module docs.
     pub(crate) fn flush(&self, own: TaskNode) {
-        let chain = own.chain.map(i64::from);
-        let chain_total = own.chain.iter().map(|&n| u64::from(n)).sum::<u64>();
+        let chain = own.chain.map(u64::from);
+        let chain_total = chain.iter().sum::<u64>();
         self.quiesced.fetch_add(chain_total, Ordering::SeqCst);
-        for (count, mine) in self.pending.iter().zip(chain) {
-            count.fetch_sub(mine, Ordering::SeqCst);
+        // The chain counts as finished while this flush waits (see `InFlight`).
+        let shard = self.shard();
+        for (count, mine) in shard.finished.iter().zip(chain) {
+            count.fetch_add(mine, Ordering::SeqCst);
         }
         let target = self.epoch.load(Ordering::SeqCst);
         let mut pause = Backoff::default();
@@ -131,7 +200,7 @@ impl InFlight {
                 // This flush drains `target`: new tasks go to the other parity now.
                 let parity = (target % 2) as usize;
                 let mut drain_pause = Backoff::default();
-                while self.pending[parity].load(Ordering::SeqCst) > 0 {
+                while self.pending(parity) > 0 {
                     drain_pause.sleep();
                 }
                 self.drained.store(target + 1, Ordering::Release);
@@ -140,7 +209,7 @@ impl InFlight {
                 pause.sleep();
             }
         }
-        for (count, mine) in self.pending.iter().zip(chain) {
+        for (count, mine) in shard.started.iter().zip(chain) {
             count.fetch_add(mine, Ordering::SeqCst);
         }
         self.quiesced.fetch_sub(chain_total, Ordering::SeqCst);
