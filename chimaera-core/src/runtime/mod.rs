@@ -157,6 +157,11 @@ struct Replica<'a> {
 }
 
 /// State shared by the runtime, its workers, contexts and in-process clients.
+///
+/// Aligned to 128 bytes so that, inside its `Arc`, the reference counts (a worker's
+/// runner upgrades its weak reference for every task) sit apart from the fields every
+/// client thread reads.
+#[repr(align(128))]
 pub(crate) struct Shared {
     /// This state's own `Arc` (weak, so it does not keep itself alive): what handles and
     /// in-process clients made from a `&Shared` hold.
@@ -168,7 +173,8 @@ pub(crate) struct Shared {
     workers: Mutex<Vec<Worker>>,
     worker_states: OnceLock<Vec<Arc<WorkerShared>>>,
     next_lane: [AtomicUsize; 2],
-    next_task_id: AtomicU64,
+    /// Written by every thread that queues a task: its own line.
+    next_task_id: crossbeam_utils::CachePadded<AtomicU64>,
     inflight: InFlight,
     /// Cancel tokens of the periodic tasks submitted, with their pools: destroying a
     /// pool or stopping cancels them. Weak, so an ended task's token goes; dead entries
@@ -1019,6 +1025,7 @@ impl Host for Shared {
             .map(|worker| crate::admin_api::WorkerStatus {
                 id: worker.id() as u32,
                 tasks_run: worker.tasks_run(),
+                queued: worker.inbox_len() as u64,
             })
             .collect()
     }
@@ -1199,7 +1206,7 @@ impl RuntimeBuilder {
             workers: Mutex::new(Vec::new()),
             worker_states: OnceLock::new(),
             next_lane: [AtomicUsize::new(0), AtomicUsize::new(0)],
-            next_task_id: AtomicU64::new(1),
+            next_task_id: crossbeam_utils::CachePadded::new(AtomicU64::new(1)),
             inflight: InFlight::default(),
             periodic: Mutex::new(Vec::new()),
             periodic_live: AtomicU64::new(0),

@@ -21,6 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A live pool.
+///
+/// Aligned to 128 bytes so that, inside its `Arc`, the reference counts sit apart from
+/// the fields: every task clones the `Arc` where it is queued and drops it where it ran
+/// (two threads), and that traffic must not evict the fields both threads read.
+#[repr(align(128))]
 pub struct Pool {
     pub(crate) id: PoolId,
     pub(crate) name: String,
