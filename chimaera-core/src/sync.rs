@@ -121,11 +121,10 @@ impl<T> Inbox<T> {
         self.ring.len() + self.overflow.len()
     }
 
-    /// Whether no item waits. Fences first (`SeqCst`): a consumer that announced it
-    /// sleeps then calls this, and a pusher that then reads the announcement, cannot
-    /// both miss each other.
+    /// Whether no item waits. A consumer about to sleep fences (`SeqCst`) between
+    /// announcing it and calling this, so that it and a pusher cannot both miss each
+    /// other.
     pub(crate) fn is_empty(&self) -> bool {
-        fence(Ordering::SeqCst);
         self.ring.is_empty() && self.overflow.is_empty()
     }
 }

@@ -71,7 +71,7 @@ use crate::sync::{Fifo, Inbox};
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Runs one task to completion (delivering its result); implemented by the runtime.
@@ -266,8 +266,10 @@ impl TaskSlot {
 const LANES_PER_ROUND: usize = 16;
 /// Tasks taken from one lane before moving on, so one busy lane cannot starve others.
 const TASKS_PER_LANE: usize = 32;
-/// Idle rounds between two yields of the worker's thread to the OS scheduler.
-const OS_YIELD_EVERY: u32 = 64;
+/// Idle rounds between two yields of the worker's thread to the OS scheduler. An idle
+/// round takes tens of nanoseconds, and a `sched_yield` a microsecond or more: a poller
+/// that yielded every 64 rounds made one on most in-process round trips.
+const OS_YIELD_EVERY: u32 = 1024;
 /// Inbox tasks run before a poller looks at its source and lanes again.
 const INBOX_PER_ROUND: usize = 64;
 /// Tasks an inbox holds without locking; more wait in its overflow.
@@ -299,7 +301,10 @@ impl WorkerShared {
             .or_else(|| self.ready_high_latency.pop())
     }
 
+    /// Whether a task waits in the inbox or a lane is ready; fenced (`SeqCst`) first, for
+    /// the sleep handshake (see the module docs).
     fn has_ready(&self) -> bool {
+        fence(Ordering::SeqCst);
         !self.inbox.is_empty()
             || !self.ready_low_latency.is_empty()
             || !self.ready_high_latency.is_empty()

@@ -28,9 +28,9 @@ use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
-use crate::sync::lock;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -198,22 +198,59 @@ fn idle_slots() -> &'static crossbeam_queue::ArrayQueue<Arc<CallSlot>> {
 
 /// Where the one replica of an in-process call answers and its caller waits (see the
 /// module docs): pooled, so a call allocates nothing once the pool is warm.
+///
+/// Lock-free: one state word holds the generation, the phase of its answer and whether
+/// the caller parked. The answer and the waiter are cells whose use the phases order:
+/// * the caller writes the waiter only while `PARKED` is clear, then sets `PARKED` with a
+///   compare-exchange from `OPEN`; the task reads it only in `WRITING`, and only if it
+///   saw `PARKED` when it entered `WRITING` (which the caller cannot change then);
+/// * the task writes the answer only in `WRITING`, which it enters with a
+///   compare-exchange from `OPEN` of its own generation, and leaves by storing `DONE`
+///   (`Release`); the caller reads the answer only after loading `DONE` (`Acquire`);
+/// * the caller gives the slot back (next generation, `OPEN`) only in `DONE`, or from
+///   `OPEN` with a compare-exchange, which a task entering `WRITING` would make fail; in
+///   `WRITING` it waits for `DONE` (a copy of the output away).
+///
+/// So each cell has one user at a time, and a late task finds another generation (or
+/// not `OPEN`) and leaves the slot alone. The caller and the task share no lock word:
+/// a round trip moves the state's line and the answer's, nothing else.
 pub struct CallSlot {
-    /// Set under the lock when the answer of the current generation is in; read without
-    /// it (`Acquire`) by the caller's spin.
-    done: AtomicBool,
-    answer: Mutex<Answer>,
+    /// `generation << 3 | PARKED? | phase`.
+    state: AtomicU64,
+    answer: UnsafeCell<Answer>,
+    waiter: UnsafeCell<Option<Waiter>>,
 }
 
-/// A slot's answer and waiter, for one generation at a time.
+/// The answer of one generation (see [`CallSlot`] for who may touch it when).
 struct Answer {
-    generation: u64,
     container: ContainerId,
     /// `Ok` with the output in `output`, or the task's error.
     result: Result<(), TaskError>,
     output: Bytes,
-    waiter: Option<Waiter>,
 }
+
+/// Phases of a generation's answer.
+const OPEN: u64 = 0;
+const WRITING: u64 = 1;
+const DONE: u64 = 2;
+const PHASE: u64 = 3;
+/// Set by a caller that parked (its waiter is in the cell).
+const PARKED: u64 = 4;
+const GENERATION_SHIFT: u32 = 3;
+
+fn generation_of(state: u64) -> u64 {
+    state >> GENERATION_SHIFT
+}
+
+fn open_state(generation: u64) -> u64 {
+    generation << GENERATION_SHIFT | OPEN
+}
+
+// SAFETY: the cells are only touched under the phase protocol of `CallSlot` (one user at
+// a time, handed over with `Release`/`Acquire` on `state`), and what they hold is `Send`.
+unsafe impl Sync for CallSlot {}
+// SAFETY: as for `Sync`.
+unsafe impl Send for CallSlot {}
 
 impl CallSlot {
     /// A slot from the pool (or a new one), set up for a new call: the caller's handle
@@ -221,23 +258,25 @@ impl CallSlot {
     pub fn take() -> (SlotCall, SlotReply) {
         let slot = idle_slots().pop().unwrap_or_else(|| {
             Arc::new(CallSlot {
-                done: AtomicBool::new(false),
-                answer: Mutex::new(Answer {
-                    generation: 0,
+                state: AtomicU64::new(open_state(0)),
+                answer: UnsafeCell::new(Answer {
                     container: 0,
                     result: Ok(()),
                     output: Bytes::new(),
-                    waiter: None,
                 }),
+                waiter: UnsafeCell::new(None),
             })
         });
-        // Given back in a new generation with nothing pending (see `release`).
-        let generation = lock(&slot.answer).generation;
+        // Given back `OPEN` in a new generation with empty cells (see `release`).
+        let generation = generation_of(slot.state.load(Ordering::Acquire));
         let reply = SlotReply {
             slot: slot.clone(),
             generation,
         };
-        let call = SlotCall { slot: Some(slot) };
+        let call = SlotCall {
+            slot: Some(slot),
+            generation,
+        };
         (call, reply)
     }
 }
@@ -252,23 +291,46 @@ impl SlotReply {
     /// Stores the answer (the output copied into the slot's reused buffer) and wakes the
     /// caller, unless the caller gave the slot up meanwhile (another generation).
     pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
-        let waiter = {
-            let mut answer = lock(&self.slot.answer);
-            if answer.generation != self.generation {
+        let slot = &self.slot;
+        let mut state = slot.state.load(Ordering::Acquire);
+        loop {
+            if generation_of(state) != self.generation || state & PHASE != OPEN {
                 return;
             }
-            answer.container = container;
-            answer.result = match result {
-                Ok(bytes) => {
-                    answer.output.clear();
-                    answer.output.extend_from_slice(bytes);
-                    Ok(())
-                }
-                Err(err) => Err(err),
-            };
-            self.slot.done.store(true, Ordering::Release);
-            answer.waiter.take()
+            match slot.state.compare_exchange_weak(
+                state,
+                (state & !PHASE) | WRITING,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
+        }
+        // SAFETY: this task moved its generation to `WRITING`: until it stores `DONE`, the
+        // caller neither reads nor resets the answer, nor touches the waiter (see
+        // `CallSlot`), and no other task has this generation.
+        let answer = unsafe { &mut *slot.answer.get() };
+        answer.container = container;
+        answer.result = match result {
+            Ok(bytes) => {
+                answer.output.clear();
+                answer.output.extend_from_slice(bytes);
+                Ok(())
+            }
+            Err(err) => Err(err),
         };
+        let waiter = if state & PARKED != 0 {
+            // SAFETY: `PARKED` was set when this task entered `WRITING`: the caller wrote
+            // the waiter before setting it and leaves the cell alone until `DONE`.
+            unsafe { (*slot.waiter.get()).take() }
+        } else {
+            None
+        };
+        slot.state.store(
+            self.generation << GENERATION_SHIFT | DONE,
+            Ordering::Release,
+        );
         if let Some(waiter) = waiter {
             waiter.wake();
         }
@@ -280,14 +342,13 @@ impl SlotReply {
 pub struct SlotCall {
     /// `None` once given back.
     slot: Option<Arc<CallSlot>>,
+    generation: u64,
 }
 
 impl SlotCall {
     /// Whether the answer is in.
     pub fn is_done(&self) -> bool {
-        self.slot
-            .as_ref()
-            .is_none_or(|slot| slot.done.load(Ordering::Acquire))
+        self.slot.as_ref().is_none_or(|slot| slot.is_done())
     }
 
     /// Waits until the answer is in or `deadline` passed; returns whether it is in.
@@ -296,24 +357,20 @@ impl SlotCall {
             return true;
         };
         let mut spin = Spin::new();
-        while !slot.done.load(Ordering::Acquire) {
+        while !slot.is_done() {
             if spin.once() {
                 continue;
             }
             let Ok(timeout) = time_left(deadline) else {
-                return slot.done.load(Ordering::Acquire);
+                return slot.is_done();
             };
             let waiter = Waiter::current();
-            {
-                let mut answer = lock(&slot.answer);
-                // `done` is set under this lock: either it is set now, or the task will
-                // find this waiter.
-                if slot.done.load(Ordering::Acquire) {
-                    break;
-                }
-                answer.waiter = Some(waiter.handle());
+            if slot.register(&waiter) {
+                waiter.park(timeout);
+            } else if !slot.is_done() {
+                // The task is writing the answer: it is a copy away.
+                std::thread::yield_now();
             }
-            waiter.park(timeout);
         }
         true
     }
@@ -324,16 +381,12 @@ impl SlotCall {
         let Some(slot) = &self.slot else {
             return true;
         };
-        if slot.done.load(Ordering::Acquire) {
+        if slot.is_done() {
             return true;
         }
-        let mut answer = lock(&slot.answer);
-        if slot.done.load(Ordering::Acquire) {
-            return true;
-        }
-        match &answer.waiter {
-            Some(Waiter::Polled(registered)) if registered.will_wake(waker) => {}
-            _ => answer.waiter = Some(Waiter::Polled(waker.clone())),
+        if !slot.register(&Waiter::Polled(waker.clone())) {
+            // Writing: the answer is a copy away; be polled again at once.
+            waker.wake_by_ref();
         }
         false
     }
@@ -348,12 +401,16 @@ impl SlotCall {
         let Some(slot) = self.slot.take() else {
             return Err(TaskError::NotRun);
         };
-        let mut answer = lock(&slot.answer);
-        let result = match std::mem::replace(&mut answer.result, Ok(())) {
-            Ok(()) => decode(&answer.output),
-            Err(err) => Err(err),
+        let result = {
+            // SAFETY: the answer is `DONE` (waited above) and this caller holds its
+            // generation: nobody else touches the answer until `release`.
+            let answer = unsafe { &mut *slot.answer.get() };
+            match std::mem::replace(&mut answer.result, Ok(())) {
+                Ok(()) => decode(&answer.output),
+                Err(err) => Err(err),
+            }
         };
-        release(&slot, answer);
+        release(&slot, self.generation);
         result
     }
 
@@ -364,38 +421,164 @@ impl SlotCall {
         let Some(slot) = self.slot.take() else {
             return vec![(0, Err(TaskError::NotRun))];
         };
-        let mut answer = lock(&slot.answer);
-        let result = std::mem::replace(&mut answer.result, Ok(()));
-        let results = vec![(
-            answer.container,
-            result.map(|()| aligned_copy(&answer.output)),
-        )];
-        release(&slot, answer);
+        let results = {
+            // SAFETY: as in `wait_first`.
+            let answer = unsafe { &mut *slot.answer.get() };
+            let result = std::mem::replace(&mut answer.result, Ok(()));
+            vec![(
+                answer.container,
+                result.map(|()| aligned_copy(&answer.output)),
+            )]
+        };
+        release(&slot, self.generation);
         results
+    }
+}
+
+impl CallSlot {
+    fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PHASE == DONE
+    }
+
+    /// Leaves `waiter` for the task to wake (replacing an earlier one); `false` when the
+    /// answer is being written or in (then nothing is registered). Called by the caller
+    /// of the slot's current generation only.
+    fn register(&self, waiter: &Waiter) -> bool {
+        let mut state = self.state.load(Ordering::Acquire);
+        if state & PARKED != 0 {
+            // Take the earlier waiter back before replacing it: clear `PARKED` (only
+            // while `OPEN`, so no task is reading the cell).
+            match self.state.compare_exchange(
+                state,
+                state & !PARKED,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => state &= !PARKED,
+                Err(_) => return false,
+            }
+        }
+        if state & PHASE != OPEN {
+            return false;
+        }
+        // SAFETY: `PARKED` is clear: no task reads the cell (see `CallSlot`), and only
+        // this caller writes it.
+        unsafe { *self.waiter.get() = Some(waiter.handle()) };
+        self.state
+            .compare_exchange(state, state | PARKED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
 impl Drop for SlotCall {
     /// An unanswered call given up: its late answer is discarded (another generation).
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            let answer = lock(&slot.answer);
-            release(&slot, answer);
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let next = open_state(self.generation.wrapping_add(1));
+        loop {
+            let state = slot.state.load(Ordering::Acquire);
+            match state & PHASE {
+                OPEN => {
+                    // A task entering `WRITING` now makes this fail: then wait for it.
+                    if slot
+                        .state
+                        .compare_exchange(
+                            state,
+                            next | WRITING,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                WRITING => std::thread::yield_now(),
+                _ => break,
+            }
         }
+        release(&slot, self.generation);
     }
 }
 
-/// Gives a slot back to the pool in a new generation (its lock held as `answer`), so
-/// that an answer for the call it served is discarded.
-fn release(slot: &Arc<CallSlot>, mut answer: std::sync::MutexGuard<'_, Answer>) {
-    answer.generation = answer.generation.wrapping_add(1);
-    answer.result = Ok(());
-    answer.waiter = None;
-    if answer.output.capacity() > SLOT_OUTPUT_KEEP {
-        answer.output = Bytes::new();
+/// Gives a slot of `generation` back to the pool in the next generation, its cells
+/// emptied, so that an answer for the call it served is discarded. The slot is `DONE`,
+/// or already moved to the next generation by an abandoning caller (marked `WRITING`,
+/// so no task of either generation enters it): either way only this caller uses it.
+fn release(slot: &Arc<CallSlot>, generation: u64) {
+    {
+        // SAFETY: see above: no task touches the cells in this state.
+        let answer = unsafe { &mut *slot.answer.get() };
+        answer.result = Ok(());
+        answer.output.clear();
+        if answer.output.capacity() > SLOT_OUTPUT_KEEP {
+            answer.output = Bytes::new();
+        }
+        // SAFETY: as above.
+        unsafe { *slot.waiter.get() = None };
     }
-    slot.done.store(false, Ordering::Relaxed);
-    drop(answer);
+    slot.state
+        .store(open_state(generation.wrapping_add(1)), Ordering::Release);
     // Full: enough are idle; this one is freed once a late task lets go of it.
     let _ = idle_slots().push(slot.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls answered from another thread while their callers wait or give up, with
+    /// the late answers of given-up calls delivered just before each live call's own
+    /// answer (the slots recycle within a few calls): every answer read is its own call's.
+    #[test]
+    fn a_slot_never_shows_an_answer_of_another_generation() {
+        let mut late: std::collections::VecDeque<SlotReply> = Default::default();
+        let mut checked = 0;
+        for round in 0..20_000u32 {
+            let (call, reply) = CallSlot::take();
+            if round % 3 == 0 {
+                drop(call);
+                late.push_back(reply);
+                continue;
+            }
+            let stale = if late.len() > 2 {
+                late.pop_front()
+            } else {
+                None
+            };
+            let answer = round.to_le_bytes();
+            let task = std::thread::spawn(move || {
+                if let Some(stale) = stale {
+                    stale.deliver(0, Ok(b"late"));
+                }
+                reply.deliver(0, Ok(&answer));
+            });
+            let output = if round % 3 == 1 {
+                let mut seen = Vec::new();
+                call.wait_first(&mut |bytes| {
+                    seen = bytes.to_vec();
+                    Ok(())
+                })
+                .unwrap();
+                seen
+            } else {
+                call.wait().remove(0).1.unwrap().to_vec()
+            };
+            assert_eq!(output, answer, "round {round} read another call's answer");
+            checked += 1;
+            task.join().unwrap();
+        }
+        assert!(checked > 10_000);
+    }
+
+    #[test]
+    fn an_error_answer_reaches_its_caller() {
+        let (call, reply) = CallSlot::take();
+        reply.deliver(3, Err(TaskError::NotRun));
+        let results = call.wait();
+        assert_eq!(results[0].0, 3);
+        assert!(matches!(results[0].1, Err(TaskError::NotRun)));
+    }
 }
