@@ -163,3 +163,34 @@ fn a_lane_starts_its_tasks_in_order_around_a_waiting_one() {
         }
     });
 }
+
+#[test]
+fn low_latency_lanes_are_served_before_high_latency_ones() {
+    let rt = one_worker();
+    let p = probe(&rt.client(), "priority");
+    // The one worker is kept busy while tasks queue on a high-latency lane (lane 2),
+    // then on a low-latency lane (lane 0): once free, it must start every low-latency
+    // task before any high-latency one, although those came first.
+    let busy = p.async_spin(PoolQuery::local(), 60_000).unwrap();
+    let high: Vec<_> = (0..20)
+        .map(|_| p.async_stamp(PoolQuery::local(), 2).unwrap())
+        .collect();
+    let low: Vec<_> = (0..20)
+        .map(|_| p.async_stamp(PoolQuery::local(), 0).unwrap())
+        .collect();
+    probe::RELEASE_SPIN.store(true, std::sync::atomic::Ordering::SeqCst);
+    within("prioritised stamps", move || {
+        assert!(busy.wait().unwrap(), "the spin was never released");
+        let high: Vec<u64> = high.into_iter().map(|s| s.wait().unwrap()).collect();
+        let low: Vec<u64> = low.into_iter().map(|s| s.wait().unwrap()).collect();
+        let last_low = low.iter().max().unwrap();
+        let first_high = high.iter().min().unwrap();
+        assert!(
+            last_low < first_high,
+            "a high-latency task started before a low-latency one: low {low:?}, high {high:?}"
+        );
+        // Each lane still starts its own tasks in order.
+        assert!(low.windows(2).all(|w| w[0] < w[1]), "{low:?}");
+        assert!(high.windows(2).all(|w| w[0] < w[1]), "{high:?}");
+    });
+}

@@ -10,6 +10,8 @@ pub(crate) static DESTROYED: AtomicU64 = AtomicU64::new(0);
 pub(crate) static GUARD_HELD: AtomicBool = AtomicBool::new(false);
 /// `hold_guard` lets its container's mutex go once this is set.
 pub(crate) static RELEASE_GUARD: AtomicBool = AtomicBool::new(false);
+/// `spin` stops spinning once this is set.
+pub(crate) static RELEASE_SPIN: AtomicBool = AtomicBool::new(false);
 
 #[chimod(
     name = "probe",
@@ -20,6 +22,8 @@ pub(crate) struct Probe {
     container: u32,
     ticks: AtomicU64,
     guard: CoMutex,
+    /// The next number `stamp` hands out.
+    stamps: AtomicU64,
 }
 
 #[chimod(manifest = "chimaera_mod.yaml")]
@@ -30,6 +34,7 @@ impl Probe {
             container: ctx.container_id(),
             ticks: AtomicU64::new(0),
             guard: CoMutex::new(()),
+            stamps: AtomicU64::new(0),
         }
     }
 
@@ -184,9 +189,36 @@ impl Probe {
         let _ = node;
         (ctx.node(), ctx.container_id())
     }
+
+    /// Keeps its worker busy without ever waiting (no hand-off: nothing else runs on
+    /// that worker meanwhile) until [`RELEASE_SPIN`] is set, or `ms` passed; returns
+    /// whether it was released.
+    #[task(method = 29)]
+    fn spin(&self, ms: u64) -> bool {
+        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        while std::time::Instant::now() < until {
+            if RELEASE_SPIN.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    /// The order in which this container started its `stamp` tasks (0, 1, …), on the
+    /// lane `key` picks (`key % 3`: lanes 0 and 1 are low-latency, 2 high-latency).
+    #[task(method = 30, route = stamp_lane)]
+    fn stamp(&self, key: u32) -> u64 {
+        let _ = key;
+        self.stamps.fetch_add(1, Ordering::SeqCst)
+    }
 }
 
 impl Probe {
+    fn stamp_lane(&self, input: &probe_tasks::ArchivedStampIn) -> LaneChoice {
+        LaneChoice::Lane(input.0.to_native())
+    }
+
     fn lane_by_key(&self, input: &probe_tasks::ArchivedLaneOfIn) -> LaneChoice {
         LaneChoice::Lane(input.0.to_native())
     }
