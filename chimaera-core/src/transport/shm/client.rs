@@ -10,10 +10,15 @@
 //! write the task header and the input (in the slot's payload, or in a buffer of the
 //! client's data share when larger), push the slot index, and write the worker's eventfd
 //! only if the runtime page says that worker sleeps. Then wait: spin on the slot state
-//! for a while, then announce `waiting` and sleep on the slot's futex in short timed
-//! waits; each timeout checks the socket, so a dead runtime fails the call with
-//! `RuntimeStopped`, and a runtime that disowned this client fails it with `Disowned`,
-//! within about 100 ms instead of hanging.
+//! for a bounded time (tens of µs: a sync call's answer comes well within it), then
+//! announce `waiting` and sleep on the slot's futex in short timed waits. The bound is
+//! in time, not in spins, and short: a pipelined client whose oldest call waits behind
+//! other clients' tasks sleeps instead of spinning, so on a machine with fewer cores
+//! than clients plus workers, more clients do not take the worker's CPU (the runtime
+//! wakes a sleeper once, with the answer it waits for, and then finds the rest of its
+//! window answered or nearly). The sleeps are timed: each timeout checks the socket,
+//! so a dead runtime fails the call with `RuntimeStopped`, and a runtime that disowned
+//! this client fails it with `Disowned`, within about 100 ms instead of hanging.
 //!
 //! **Async callers** poll instead of sleeping: [`ShmCall::poll_done`] records the task's
 //! waker by slot and sets the slot's `WAITING_WATCHER` bit, then re-checks the slot (the
@@ -78,8 +83,17 @@ use std::time::{Duration, Instant};
 
 /// How long a waiting client sleeps between checks that the runtime is alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
-/// Spins on a slot before sleeping on it: covers a busy runtime's reply time.
-const SPINS_BEFORE_SLEEP: u32 = 20_000;
+/// How long a waiting call spins on its slot before it sleeps there: many times a
+/// sync call's round trip, yet short enough that clients whose calls wait behind other
+/// clients' tasks give the CPU back to the runtime's worker (on a small machine, more
+/// spinning clients would otherwise mean less throughput for all).
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(25);
+/// From this long into the spin, each check yields the CPU once (to a runnable thread
+/// that may be the one we wait for): after a sync call's usual round trip, so a quick
+/// answer costs no system call.
+const YIELD_AFTER: Duration = Duration::from_micros(4);
+/// Spins between two looks at the clock (and at a harvest taking the call's slot).
+const SPINS_PER_CHECK: u32 = 256;
 /// How long the runtime may take to answer the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1167,17 +1181,26 @@ impl ShmConnection {
         let view = self.view(slot_index)?;
         let state = view.word(slot::STATE);
         let released = || lock(&call.slot).is_none();
-        for spin in 0..SPINS_BEFORE_SLEEP {
+        // The clock is read from the first check on, not before: a quick answer costs
+        // no clock read either.
+        let mut spinning_since = None;
+        let mut spin = 0u32;
+        loop {
             if state.load(Ordering::Acquire) == wire::SLOT_DONE {
                 return Ok(true);
             }
-            if spin % 256 == 255 {
+            spin = spin.wrapping_add(1);
+            if spin.is_multiple_of(SPINS_PER_CHECK) {
                 if released() {
                     return Ok(true);
                 }
-                // Give the CPU to a runnable thread that may be the one we wait for
-                // (on a small machine, the runtime's worker or a kernel I/O thread).
-                std::thread::yield_now();
+                let spun = spinning_since.get_or_insert_with(Instant::now).elapsed();
+                if spun >= SPIN_BEFORE_SLEEP {
+                    break;
+                }
+                if spun >= YIELD_AFTER {
+                    std::thread::yield_now();
+                }
             }
             std::hint::spin_loop();
         }
