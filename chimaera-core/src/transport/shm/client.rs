@@ -10,13 +10,14 @@
 //! write the task header and the input (in the slot's payload, or in a buffer of the
 //! client's data share when larger), push the slot index, and write the worker's eventfd
 //! only if the runtime page says that worker sleeps. Then wait: spin on the slot state
-//! for a bounded time (tens of µs: a sync call's answer comes well within it), then
-//! announce `waiting` and sleep on the slot's futex in short timed waits. The bound is
-//! in time, not in spins, and short: a pipelined client whose oldest call waits behind
-//! other clients' tasks sleeps instead of spinning, so on a machine with fewer cores
-//! than clients plus workers, more clients do not take the worker's CPU (the runtime
-//! wakes a sleeper once, with the answer it waits for, and then finds the rest of its
-//! window answered or nearly). The sleeps are timed: each timeout checks the socket,
+//! for a bounded time, then announce `waiting` and sleep on the slot's futex in short
+//! timed waits. The bound is in time, not in spins. The connection's only call in
+//! flight (a sync caller) spins up to 200 µs; a call waited on while others are in
+//! flight (a pipelined window) only 25 µs: a pipelined client whose oldest call waits
+//! behind other clients' tasks sleeps instead of spinning, so on a machine with fewer
+//! cores than clients plus workers, more clients do not take the worker's CPU (the
+//! runtime wakes a sleeper once, with the answer it waits for, and the client then
+//! finds the rest of its window answered or nearly). The sleeps are timed: each timeout checks the socket,
 //! so a dead runtime fails the call with `RuntimeStopped`, and a runtime that disowned
 //! this client fails it with `Disowned`, within about 100 ms instead of hanging.
 //!
@@ -83,11 +84,16 @@ use std::time::{Duration, Instant};
 
 /// How long a waiting client sleeps between checks that the runtime is alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
-/// How long a waiting call spins on its slot before it sleeps there: many times a
-/// sync call's round trip, yet short enough that clients whose calls wait behind other
-/// clients' tasks give the CPU back to the runtime's worker (on a small machine, more
-/// spinning clients would otherwise mean less throughput for all).
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(25);
+/// How long a call waited on while others of the connection are in flight (a pipelined
+/// window) spins on its slot before it sleeps there: many times a round trip, yet short
+/// enough that clients whose calls wait behind other clients' tasks give the CPU back
+/// to the runtime's worker (on a small machine, more spinning clients would otherwise
+/// mean less throughput for all).
+const SPIN_WITH_OTHERS_IN_FLIGHT: Duration = Duration::from_micros(25);
+/// How long the connection's only call in flight spins before it sleeps: a sync caller
+/// waits for nothing else, and a runtime busy for a while (or descheduled on a loaded
+/// machine) should not cost every call a sleep and a wake-up.
+const SPIN_ALONE: Duration = Duration::from_micros(200);
 /// From this long into the spin, each check yields the CPU once (to a runnable thread
 /// that may be the one we wait for): after a sync call's usual round trip, so a quick
 /// answer costs no system call.
@@ -569,6 +575,12 @@ impl ShmConnection {
         drop(abandons);
         // The ring has an entry for every slot, the control slot's included.
         self.queue(control);
+    }
+
+    /// Calls of this connection in flight: call slots not in the free list.
+    fn calls_in_flight(&self) -> usize {
+        let call_slots = self.control_slot.unwrap_or(self.geometry.slots) as usize;
+        call_slots.saturating_sub(lock(&self.free_slots).len())
     }
 
     fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
@@ -1181,9 +1193,9 @@ impl ShmConnection {
         let view = self.view(slot_index)?;
         let state = view.word(slot::STATE);
         let released = || lock(&call.slot).is_none();
-        // The clock is read from the first check on, not before: a quick answer costs
-        // no clock read either.
-        let mut spinning_since = None;
+        // The clock (and how many calls are in flight) is read from the first check on,
+        // not before: a quick answer costs neither.
+        let mut spinning = None;
         let mut spin = 0u32;
         loop {
             if state.load(Ordering::Acquire) == wire::SLOT_DONE {
@@ -1194,8 +1206,15 @@ impl ShmConnection {
                 if released() {
                     return Ok(true);
                 }
-                let spun = spinning_since.get_or_insert_with(Instant::now).elapsed();
-                if spun >= SPIN_BEFORE_SLEEP {
+                let (since, limit) = *spinning.get_or_insert_with(|| {
+                    let limit = match self.calls_in_flight() {
+                        0 | 1 => SPIN_ALONE,
+                        _ => SPIN_WITH_OTHERS_IN_FLIGHT,
+                    };
+                    (Instant::now(), limit)
+                });
+                let spun = since.elapsed();
+                if spun >= limit {
                     break;
                 }
                 if spun >= YIELD_AFTER {
