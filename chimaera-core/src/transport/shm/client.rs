@@ -782,9 +782,7 @@ impl ShmConnection {
             query,
             force_net,
         } = route;
-        if let Some(err) = self.failure() {
-            return Err(err);
-        }
+        // `take_slot` checks the connection's failure first.
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
         let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
