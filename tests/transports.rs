@@ -239,6 +239,46 @@ fn a_route_that_overflows_the_pollers_stack_fails_its_task_and_the_worker_serves
     }
 }
 
+/// A poller pops a client's ring in batches: a route that overflows the poller's stack
+/// in the middle of a batch fails that task alone, and the tasks popped with it after it
+/// are routed by the next poller, not lost with the dead one's stack (their calls would
+/// hang).
+#[test]
+fn the_tasks_popped_in_one_batch_with_an_overflowing_route_are_all_answered() {
+    let config = "workers:\n  low_latency: 1\n  high_latency: 0\ncoroutine_stack_size: 64KiB\n";
+    let launch = Launch {
+        quiet_stderr: true,
+        ..Launch::TEST_BINARY
+    };
+    let process = RuntimeProcess::start_with("route-overflow-batch", config, launch);
+    let chi = process.client();
+    let probe = ProbeClient::create(&chi, PoolQuery::local(), "deep").unwrap();
+    for round in 0..3 {
+        // An idle worker sleeps: the calls below are all in the ring when it wakes, so
+        // it pops them together.
+        std::thread::sleep(Duration::from_millis(50));
+        let results = within("a batch holding an overflowing route", {
+            let probe = probe.clone();
+            move || {
+                // Shallow routes after the deep one: a few KiB of the poller's stack.
+                let depths = std::iter::once(1_000_000).chain((0..40).map(|i| i % 4));
+                let pending: Vec<_> = depths
+                    .map(|depth| probe.async_deep_route(PoolQuery::local(), depth).unwrap())
+                    .collect();
+                pending.into_iter().map(Pending::wait).collect::<Vec<_>>()
+            }
+        });
+        assert!(
+            matches!(results[0], Err(TaskError::StackOverflow { method: 23, .. })),
+            "round {round}: got {:?}",
+            results[0]
+        );
+        let rest: Vec<_> = results[1..].to_vec();
+        let expected: Vec<_> = (0..40).map(|i| Ok(i % 4)).collect();
+        assert_eq!(rest, expected, "round {round}");
+    }
+}
+
 /// Each case, once per transport: `in_process::case`, `shared_memory::case` and
 /// `relayed::case`.
 macro_rules! over_every_transport {

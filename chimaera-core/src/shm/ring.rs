@@ -32,6 +32,12 @@
 //!   it pops; anything else (a newer push, a stale or forged word) sends it to the entry.
 //! * `magic` and `capacity` are written once by [`Ring::init`]; [`Ring::attach`] checks
 //!   them so both sides agree on the layout.
+//! * A [`RingWatch`] lets the consumer ask "does a value wait?" without holding the
+//!   [`Ring`] (which one thread at a time pops from): it compares the producer's `tail`
+//!   (`Acquire`) with the consumer's own count of pops, which the consumer copies into
+//!   the watch after popping ([`Ring::update_watch`]) — its own memory, never the shared
+//!   `head`, so a producer scribbling there cannot hide or invent values. A forged
+//!   `tail` only makes the watch say "yes"; the pop that follows reports it corrupt.
 //!
 //! # Failure modes
 //!
@@ -184,7 +190,52 @@ pub struct Ring {
 // goes, and they are only used to reach atomics, which any thread may access.
 unsafe impl Send for Ring {}
 
+/// The consumer's look at a ring that needs no hold on the [`Ring`]: whether the producer
+/// published values the consumer has not popped (see the module docs). Made by
+/// [`Ring::watch`]; kept current by [`Ring::update_watch`] after each batch of pops.
+#[derive(Debug)]
+pub struct RingWatch {
+    /// Keeps the mapping alive; `tail` points into it.
+    _region: ShmRegion,
+    tail: NonNull<AtomicU32>,
+    /// The consumer's head as of its last [`Ring::update_watch`].
+    popped: AtomicU32,
+}
+
+// SAFETY: `tail` points into the mapping that `region` keeps alive wherever the watch
+// goes, and is only used to reach an atomic, which any thread may access.
+unsafe impl Send for RingWatch {}
+// SAFETY: as above; every field is reached through atomics or shared references.
+unsafe impl Sync for RingWatch {}
+
+impl RingWatch {
+    /// Whether the producer published a value the consumer has not popped (or a tail
+    /// that is not a count at all, which the next pop reports as [`RingCorrupt`]): one
+    /// load of the producer's line, one of the consumer's own word.
+    pub fn has_values(&self) -> bool {
+        // SAFETY: `tail` points at an aligned AtomicU32 inside the mapping that
+        // `self._region` keeps alive (checked by `Ring::locate`).
+        let tail = unsafe { self.tail.as_ref() }.load(Ordering::Acquire);
+        tail != self.popped.load(Ordering::Relaxed)
+    }
+}
+
 impl Ring {
+    /// Consumer: a watch on this ring, current as of now.
+    pub fn watch(&self) -> RingWatch {
+        RingWatch {
+            _region: self.region.clone(),
+            tail: self.tail,
+            popped: AtomicU32::new(self.local_head),
+        }
+    }
+
+    /// Consumer: tells `watch` (made by [`watch`](Self::watch) on this ring) how far the
+    /// consumer has popped.
+    pub fn update_watch(&self, watch: &RingWatch) {
+        watch.popped.store(self.local_head, Ordering::Relaxed);
+    }
+
     /// Lays out an empty ring of `capacity` entries in `region` (the consumer does this,
     /// before any producer attaches) and returns a handle on it.
     pub fn init(region: &ShmRegion, capacity: u32) -> Result<Ring, RingError> {
@@ -284,6 +335,32 @@ impl Ring {
         self.local_head = head.wrapping_add(1);
         self.head().store(self.local_head, Ordering::Release);
         Ok(Some(value))
+    }
+
+    /// Consumer: pops up to `out.len()` values into `out`, oldest first, publishing the
+    /// new head once for all of them; returns how many (0 if the ring is empty), or
+    /// [`RingCorrupt`] if the producer published an impossible tail (nothing is popped).
+    pub fn pop_batch(&mut self, out: &mut [u32]) -> Result<usize, RingCorrupt> {
+        let head = self.local_head;
+        if (self.local_tail.wrapping_sub(head) as usize) < out.len() {
+            self.local_tail = self.tail().load(Ordering::Acquire);
+        }
+        self.check(self.local_tail)?;
+        let count = (self.local_tail.wrapping_sub(head) as usize).min(out.len());
+        if count == 0 {
+            return Ok(0);
+        }
+        let last = self.last().load(Ordering::Relaxed);
+        if count == 1 && self.local_tail == head.wrapping_add(1) && (last >> 32) as u32 == head {
+            out[0] = last as u32;
+        } else {
+            for (value, at) in out[..count].iter_mut().zip(0u32..) {
+                *value = self.entry(head.wrapping_add(at)).load(Ordering::Relaxed);
+            }
+        }
+        self.local_head = head.wrapping_add(count as u32);
+        self.head().store(self.local_head, Ordering::Release);
+        Ok(count)
     }
 
     /// Consumer: how many values wait, as far as the consumer can tell (the producer may
@@ -425,6 +502,66 @@ mod tests {
         }
         let popped: Vec<_> = (11..15).map(|_| consumer.pop().unwrap().unwrap()).collect();
         assert_eq!(popped, [11, 12, 13, 14]);
+    }
+
+    #[test]
+    fn a_watch_sees_pushes_and_pops_and_no_scribbled_head_hides_a_value() {
+        let seg = segment("ringwatch", 4096);
+        let region = seg.region(0, RingLayout::size(4).unwrap()).unwrap();
+        let mut consumer = Ring::init(&region, 4).unwrap();
+        let mut producer = Ring::attach(&region, 4).unwrap();
+        let watch = consumer.watch();
+        assert!(!watch.has_values());
+        producer.push(1).unwrap();
+        assert!(watch.has_values());
+        // The producer rewrites the shared head to match its tail: the watch reads the
+        // consumer's own count, so the value still shows.
+        region.atomic_u32(HEAD).unwrap().store(1, Ordering::Relaxed);
+        assert!(watch.has_values());
+        assert_eq!(consumer.pop(), Ok(Some(1)));
+        consumer.update_watch(&watch);
+        assert!(!watch.has_values());
+        // A forged tail makes the watch say yes; the pop then reports the corruption.
+        region.atomic_u32(TAIL).unwrap().store(77, Ordering::Release);
+        assert!(watch.has_values());
+        assert!(consumer.pop().is_err());
+    }
+
+    #[test]
+    fn a_batch_pop_takes_what_waits_in_order_up_to_its_room() {
+        let seg = segment("ringbatch", 4096);
+        let region = seg.region(0, RingLayout::size(8).unwrap()).unwrap();
+        let mut consumer = Ring::init(&region, 8).unwrap();
+        let mut producer = Ring::attach(&region, 8).unwrap();
+        let mut out = [0u32; 5];
+        assert_eq!(consumer.pop_batch(&mut out), Ok(0));
+        for round in 0..5u32 {
+            for value in 0..7 {
+                producer.push(round * 10 + value).unwrap();
+            }
+            assert_eq!(consumer.pop_batch(&mut out), Ok(5));
+            assert_eq!(out, [0, 1, 2, 3, 4].map(|v| round * 10 + v));
+            assert_eq!(consumer.pop_batch(&mut out), Ok(2));
+            assert_eq!(out[..2], [5, 6].map(|v| round * 10 + v));
+        }
+        // One new value comes from the tail's line; a forged copy there is ignored.
+        producer.push(42).unwrap();
+        assert_eq!(consumer.pop_batch(&mut out), Ok(1));
+        assert_eq!(out[0], 42);
+        producer.push(43).unwrap();
+        region
+            .atomic_u64(LAST)
+            .unwrap()
+            .store(u64::from(99u32) << 32 | 5, Ordering::Relaxed);
+        assert_eq!(consumer.pop_batch(&mut out), Ok(1));
+        assert_eq!(out[0], 43);
+        // The producer may fill the ring again at once: the head was published.
+        for value in 0..8 {
+            producer.push(value).unwrap();
+        }
+        // A tail more than the capacity ahead pops nothing.
+        region.atomic_u32(TAIL).unwrap().store(1000, Ordering::Release);
+        assert!(consumer.pop_batch(&mut out).is_err());
     }
 
     #[test]

@@ -10,10 +10,16 @@
 //! write the task header and the input (in the slot's payload, or in a buffer of the
 //! client's data share when larger), push the slot index, and write the worker's eventfd
 //! only if the runtime page says that worker sleeps. Then wait: spin on the slot state
-//! for a while, then announce `waiting` and sleep on the slot's futex in short timed
-//! waits; each timeout checks the socket, so a dead runtime fails the call with
-//! `RuntimeStopped`, and a runtime that disowned this client fails it with `Disowned`,
-//! within about 100 ms instead of hanging.
+//! for a bounded time, then announce `waiting` and sleep on the slot's futex in short
+//! timed waits. The bound is in time, not in spins. The connection's only call in
+//! flight (a sync caller) spins up to 200 µs; a call waited on while others are in
+//! flight (a pipelined window) only 25 µs: a pipelined client whose oldest call waits
+//! behind other clients' tasks sleeps instead of spinning, so on a machine with fewer
+//! cores than clients plus workers, more clients do not take the worker's CPU (the
+//! runtime wakes a sleeper once, with the answer it waits for, and the client then
+//! finds the rest of its window answered or nearly). The sleeps are timed: each timeout checks the socket,
+//! so a dead runtime fails the call with `RuntimeStopped`, and a runtime that disowned
+//! this client fails it with `Disowned`, within about 100 ms instead of hanging.
 //!
 //! **Async callers** poll instead of sleeping: [`ShmCall::poll_done`] records the task's
 //! waker by slot and sets the slot's `WAITING_WATCHER` bit, then re-checks the slot (the
@@ -78,8 +84,22 @@ use std::time::{Duration, Instant};
 
 /// How long a waiting client sleeps between checks that the runtime is alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
-/// Spins on a slot before sleeping on it: covers a busy runtime's reply time.
-const SPINS_BEFORE_SLEEP: u32 = 20_000;
+/// How long a call waited on while others of the connection are in flight (a pipelined
+/// window) spins on its slot before it sleeps there: many times a round trip, yet short
+/// enough that clients whose calls wait behind other clients' tasks give the CPU back
+/// to the runtime's worker (on a small machine, more spinning clients would otherwise
+/// mean less throughput for all).
+const SPIN_WITH_OTHERS_IN_FLIGHT: Duration = Duration::from_micros(25);
+/// How long the connection's only call in flight spins before it sleeps: a sync caller
+/// waits for nothing else, and a runtime busy for a while (or descheduled on a loaded
+/// machine) should not cost every call a sleep and a wake-up.
+const SPIN_ALONE: Duration = Duration::from_micros(200);
+/// From this long into the spin, each check yields the CPU once (to a runnable thread
+/// that may be the one we wait for): after a sync call's usual round trip, so a quick
+/// answer costs no system call.
+const YIELD_AFTER: Duration = Duration::from_micros(4);
+/// Spins between two looks at the clock (and at a harvest taking the call's slot).
+const SPINS_PER_CHECK: u32 = 256;
 /// How long the runtime may take to answer the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -557,6 +577,12 @@ impl ShmConnection {
         self.queue(control);
     }
 
+    /// Calls of this connection in flight: call slots not in the free list.
+    fn calls_in_flight(&self) -> usize {
+        let call_slots = self.control_slot.unwrap_or(self.geometry.slots) as usize;
+        call_slots.saturating_sub(lock(&self.free_slots).len())
+    }
+
     fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
         // The table keeps the call's state (its `slot` is already `None`) for `hold` to
         // reuse once the call is dropped.
@@ -756,9 +782,7 @@ impl ShmConnection {
             query,
             force_net,
         } = route;
-        if let Some(err) = self.failure() {
-            return Err(err);
-        }
+        // `take_slot` checks the connection's failure first.
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
         let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
@@ -1167,17 +1191,33 @@ impl ShmConnection {
         let view = self.view(slot_index)?;
         let state = view.word(slot::STATE);
         let released = || lock(&call.slot).is_none();
-        for spin in 0..SPINS_BEFORE_SLEEP {
+        // The clock (and how many calls are in flight) is read from the first check on,
+        // not before: a quick answer costs neither.
+        let mut spinning = None;
+        let mut spin = 0u32;
+        loop {
             if state.load(Ordering::Acquire) == wire::SLOT_DONE {
                 return Ok(true);
             }
-            if spin % 256 == 255 {
+            spin = spin.wrapping_add(1);
+            if spin.is_multiple_of(SPINS_PER_CHECK) {
                 if released() {
                     return Ok(true);
                 }
-                // Give the CPU to a runnable thread that may be the one we wait for
-                // (on a small machine, the runtime's worker or a kernel I/O thread).
-                std::thread::yield_now();
+                let (since, limit) = *spinning.get_or_insert_with(|| {
+                    let limit = match self.calls_in_flight() {
+                        0 | 1 => SPIN_ALONE,
+                        _ => SPIN_WITH_OTHERS_IN_FLIGHT,
+                    };
+                    (Instant::now(), limit)
+                });
+                let spun = since.elapsed();
+                if spun >= limit {
+                    break;
+                }
+                if spun >= YIELD_AFTER {
+                    std::thread::yield_now();
+                }
             }
             std::hint::spin_loop();
         }

@@ -29,6 +29,17 @@
 //! The runtime marks a slot idle *before* it publishes `DONE`, so a client that reuses a
 //! slot as soon as it sees its answer is never ignored.
 //!
+//! # Batches
+//!
+//! An ingest pops up to `INGEST_BUDGET` slot indices at once (one hold on the ring, one
+//! head published), then takes them one by one; whether the ring holds anything is
+//! asked of a [`RingWatch`] (no lock) on every poll round. Chimod routing code runs
+//! while a batch is taken and may kill the poller (a stack overflow): the batch's
+//! indices not taken yet are recorded in the worker's [`Routing`], and the next ingest
+//! takes them (they were never accepted, so nothing runs twice). An output-space block
+//! is freed when its slot is accepted again; a count of held blocks spares the accept of
+//! the common small answer the lock on the output space.
+//!
 //! # Abandoned calls
 //!
 //! A `KIND_ABANDON` request lists other slots of the client in its payload: if a listed
@@ -82,22 +93,24 @@ use crate::runtime::task::{lock, CancelToken, Origin, ReplyKey, ReplySink, Reply
 use crate::shm::arena::{Arena, Extent};
 use crate::shm::futex;
 use crate::shm::naming::{InstanceName, ShmName};
-use crate::shm::ring::Ring;
+use crate::shm::ring::{Ring, RingWatch};
 use crate::shm::segment::Segment;
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The client task a worker's poller is routing now (its pool's `Monitor` and
 /// `Dynamic` code runs on the poller's stack), so that a poller killed there by a stack
-/// overflow can fail that task rather than leave its client waiting. Written and read
-/// on the worker's own thread only (the read after the poller died), so relaxed
-/// atomics suffice; they are atomics only to be shareable.
-#[derive(Debug, Default)]
+/// overflow can fail that task rather than leave its client waiting; and the slot
+/// indices popped with it in one batch and not routed yet, so that they are routed
+/// later rather than lost with the poller's stack. Written and read on the worker's own
+/// thread only (the read after the poller died), so relaxed atomics suffice; they are
+/// atomics only to be shareable.
+#[derive(Debug)]
 pub struct Routing {
     /// Whether a task is being routed now.
     active: AtomicBool,
@@ -106,6 +119,27 @@ pub struct Routing {
     area: AtomicUsize,
     slot: AtomicU32,
     method: AtomicU32,
+    /// The area whose batch is being routed (its address, as `area`), 0 between batches.
+    batch_area: AtomicUsize,
+    /// The batch: `batch[next..len]` are popped and not yet routed.
+    batch: [AtomicU32; INGEST_BUDGET],
+    batch_len: AtomicUsize,
+    batch_next: AtomicUsize,
+}
+
+impl Default for Routing {
+    fn default() -> Routing {
+        Routing {
+            active: AtomicBool::new(false),
+            area: AtomicUsize::new(0),
+            slot: AtomicU32::new(0),
+            method: AtomicU32::new(0),
+            batch_area: AtomicUsize::new(0),
+            batch: std::array::from_fn(|_| AtomicU32::new(0)),
+            batch_len: AtomicUsize::new(0),
+            batch_next: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// A task being routed, as [`Routing::take`] returns it.
@@ -130,6 +164,42 @@ impl Routing {
 
     fn end(&self) {
         self.active.store(false, Ordering::Relaxed);
+    }
+
+    /// Records the batch of `area` about to be routed (at most `INGEST_BUDGET` indices).
+    fn begin_batch(&self, area: &ClientArea, batch: &[u32]) {
+        for (kept, &slot_index) in self.batch.iter().zip(batch) {
+            kept.store(slot_index, Ordering::Relaxed);
+        }
+        self.batch_len.store(batch.len(), Ordering::Relaxed);
+        self.batch_next.store(0, Ordering::Relaxed);
+        self.batch_area
+            .store(area as *const ClientArea as usize, Ordering::Relaxed);
+    }
+
+    /// The batch's indices before `next` are routed (or being routed).
+    fn batch_routed_to(&self, next: usize) {
+        self.batch_next.store(next, Ordering::Relaxed);
+    }
+
+    fn end_batch(&self) {
+        self.batch_area.store(0, Ordering::Relaxed);
+    }
+
+    /// The area (its address) and the indices of the batch not routed yet, if a batch
+    /// was being routed, clearing the record.
+    pub fn take_unrouted(&self) -> Option<(usize, Vec<u32>)> {
+        let area = self.batch_area.swap(0, Ordering::Relaxed);
+        if area == 0 {
+            return None;
+        }
+        let len = self.batch_len.load(Ordering::Relaxed).min(INGEST_BUDGET);
+        let next = self.batch_next.load(Ordering::Relaxed).min(len);
+        let rest = self.batch[next..len]
+            .iter()
+            .map(|index| index.load(Ordering::Relaxed))
+            .collect();
+        Some((area, rest))
     }
 
     /// The task being routed, if any, clearing the record.
@@ -214,14 +284,26 @@ pub struct ClientArea {
     memory: Segment,
     geometry: AreaGeometry,
     ring: Mutex<Ring>,
+    /// Whether the ring holds tasks, without taking `ring`: looked at on every poll
+    /// round of the area's worker.
+    ring_watch: RingWatch,
     slots: Box<[AtomicU32]>,
     outputs: Mutex<Outputs>,
+    /// Slots whose output lies in an output-space block (`outputs.blocks` not `None`):
+    /// while 0, accepting a slot frees nothing and skips the `outputs` lock. Raised
+    /// before the answer is published, lowered when the block is freed.
+    output_blocks: AtomicUsize,
     periodic: Mutex<HashMap<u64, Arc<CancelToken>>>,
     bulk: Arc<BulkShare>,
     max_tasks: usize,
     disowned: AtomicBool,
     /// A handle on the client's socket, to hang up on a disowned client.
     socket: Mutex<Option<UnixStream>>,
+    /// Slot indices popped by a poller that died before routing them (see [`Routing`]):
+    /// routed by the next ingest, before the ring. `has_carried` says whether any wait,
+    /// so an ingest looks at the lock only then.
+    carried: Mutex<Vec<u32>>,
+    has_carried: AtomicBool,
     counters: Arc<ServerCounters>,
 }
 
@@ -309,6 +391,7 @@ impl ClientArea {
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )
         .map_err(|e| area_error("eventfd")(e.into()))?;
+        let ring_watch = ring.watch();
         Ok(ClientArea {
             client: spec.client,
             rights: spec.rights,
@@ -318,6 +401,7 @@ impl ClientArea {
             memory,
             geometry,
             ring: Mutex::new(ring),
+            ring_watch,
             slots: (0..geometry.slots)
                 .map(|_| AtomicU32::new(SLOT_IDLE))
                 .collect(),
@@ -325,11 +409,14 @@ impl ClientArea {
                 arena: Arena::new(geometry.output_len),
                 blocks: vec![None; geometry.slots as usize],
             }),
+            output_blocks: AtomicUsize::new(0),
             periodic: Mutex::new(HashMap::new()),
             bulk,
             max_tasks: spec.max_tasks,
             disowned: AtomicBool::new(false),
             socket: Mutex::new(spec.socket),
+            carried: Mutex::new(Vec::new()),
+            has_carried: AtomicBool::new(false),
             counters,
         })
     }
@@ -372,12 +459,11 @@ impl ClientArea {
         lock(&self.outputs).arena.in_use()
     }
 
-    /// Whether the ring has a task (a look at its tail; `true` if busy elsewhere).
+    /// Whether the ring has a task (the producer's tail against the runtime's own count
+    /// of pops: no lock; a forged tail says yes, and the pop then disowns the client),
+    /// or a dead poller left popped tasks to route.
     pub fn has_work(&self) -> bool {
-        self.ring
-            .try_lock()
-            .map(|ring| !ring.is_empty())
-            .unwrap_or(true)
+        self.ring_watch.has_values() || self.has_carried.load(Ordering::Relaxed)
     }
 
     /// Cancels every periodic task of the client (it is gone).
@@ -413,8 +499,8 @@ impl ClientArea {
         }
     }
 
-    /// Takes up to `INGEST_BUDGET` queued tasks into the runtime; returns how many
-    /// indices it popped.
+    /// Takes up to `INGEST_BUDGET` queued tasks into the runtime, popped in one batch
+    /// (one hold on the ring, one head published); returns how many indices it took.
     pub fn ingest(
         self: &Arc<Self>,
         worker: usize,
@@ -425,27 +511,59 @@ impl ClientArea {
             return 0;
         }
         let mut taken = 0;
-        for _ in 0..INGEST_BUDGET {
-            // The ring's lock is held for the pop only, never while a task is routed
-            // (chimod code, which may overflow the poller's stack and leak a guard).
-            let Ok(mut ring) = self.ring.try_lock() else {
-                return taken;
-            };
-            let popped = ring.pop();
-            drop(ring);
-            match popped {
-                Ok(Some(slot_index)) => {
-                    taken += 1;
-                    self.ingest_slot(worker, slot_index, ingress, routing);
-                }
-                Ok(None) => break,
-                Err(corrupt) => {
-                    self.disown(&format!("its ring is corrupt ({corrupt})"));
-                    return taken;
-                }
+        if self.has_carried.load(Ordering::Acquire) {
+            let carried = std::mem::take(&mut *lock(&self.carried));
+            self.has_carried.store(false, Ordering::Release);
+            for batch in carried.chunks(INGEST_BUDGET) {
+                self.route_batch(worker, batch, ingress, routing);
+            }
+            taken += carried.len();
+        }
+        let mut batch = [0u32; INGEST_BUDGET];
+        // The ring's lock is held for the pops only, never while a task is routed
+        // (chimod code, which may overflow the poller's stack and leak a guard).
+        let Ok(mut ring) = self.ring.try_lock() else {
+            return taken;
+        };
+        let popped = ring.pop_batch(&mut batch);
+        ring.update_watch(&self.ring_watch);
+        drop(ring);
+        match popped {
+            Ok(count) => {
+                self.route_batch(worker, &batch[..count], ingress, routing);
+                taken + count
+            }
+            Err(corrupt) => {
+                self.disown(&format!("its ring is corrupt ({corrupt})"));
+                taken
             }
         }
-        taken
+    }
+
+    /// Ingests the popped slot indices `batch` in order, recording in `routing` which
+    /// are not routed yet, in case chimod code kills the poller midway.
+    fn route_batch(
+        self: &Arc<Self>,
+        worker: usize,
+        batch: &[u32],
+        ingress: &dyn Ingress,
+        routing: &Routing,
+    ) {
+        routing.begin_batch(self, batch);
+        for (at, &slot_index) in batch.iter().enumerate() {
+            routing.batch_routed_to(at + 1);
+            self.ingest_slot(worker, slot_index, ingress, routing);
+        }
+        routing.end_batch();
+    }
+
+    /// Keeps slot indices a dead poller popped and never routed, for the next ingest.
+    pub fn carry(&self, unrouted: Vec<u32>) {
+        if unrouted.is_empty() {
+            return;
+        }
+        lock(&self.carried).extend(unrouted);
+        self.has_carried.store(true, Ordering::Release);
     }
 
     /// Answers the call in slot `slot_index` with `err` if it is still in flight (its
@@ -463,12 +581,20 @@ impl ClientArea {
 
     /// Fails every task still queued (the runtime is stopping).
     pub fn fail_queued(&self) {
+        let carried = std::mem::take(&mut *lock(&self.carried));
+        for slot_index in carried {
+            if let Some(generation) = self.accept(slot_index) {
+                self.write_result(slot_index, generation, Err(&TaskError::RuntimeStopped));
+            }
+        }
         let mut ring = lock(&self.ring);
         // At most one pop per slot: a client that keeps pushing (one slot again and
         // again) must not hold the stop here; what it pushes later is answered by the
         // hang-up that ends its session.
         for _ in 0..self.slots.len() {
-            let Ok(Some(slot_index)) = ring.pop() else {
+            let popped = ring.pop();
+            ring.update_watch(&self.ring_watch);
+            let Ok(Some(slot_index)) = popped else {
                 break;
             };
             if let Some(generation) = self.accept(slot_index) {
@@ -509,10 +635,14 @@ impl ClientArea {
             return None;
         }
         // The slot's previous output was read (or abandoned) by the client, which pushed
-        // the slot again.
-        let mut outputs = lock(&self.outputs);
-        if let Some(extent) = outputs.blocks[slot_index as usize].take() {
-            outputs.arena.free(extent);
+        // the slot again. The count was raised before that answer's idle store, which
+        // the `Acquire` load above saw.
+        if self.output_blocks.load(Ordering::Acquire) > 0 {
+            let mut outputs = lock(&self.outputs);
+            if let Some(extent) = outputs.blocks[slot_index as usize].take() {
+                outputs.arena.free(extent);
+                self.output_blocks.fetch_sub(1, Ordering::Release);
+            }
         }
         Some(generation)
     }
@@ -733,9 +863,11 @@ impl ClientArea {
             self.store_output(&view, slot_index, status, bytes);
             // Idle before DONE: a client reusing the slot at once is not ignored.
             state.store(next, Ordering::Release);
+            // SeqCst store, then SeqCst load: the client's `WAITING` announcement (SeqCst,
+            // before it re-reads `STATE`) and this pair cannot both miss each other, with
+            // no fence between them.
             view.word(slot::STATE)
                 .store(wire::SLOT_DONE, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
             // A hostile value costs the client spurious wake-ups, nothing else.
             let waiting = view.word(slot::WAITING).load(Ordering::SeqCst);
             if waiting & wire::WAITING_THREAD != 0 {
@@ -785,8 +917,13 @@ impl ClientArea {
         match written {
             Some(extent) => {
                 let mut outputs = lock(&self.outputs);
-                if let Some(stale) = outputs.blocks[slot_index as usize].replace(extent) {
-                    outputs.arena.free(stale);
+                match outputs.blocks[slot_index as usize].replace(extent) {
+                    Some(stale) => {
+                        outputs.arena.free(stale);
+                    }
+                    None => {
+                        self.output_blocks.fetch_add(1, Ordering::Release);
+                    }
                 }
                 drop(outputs);
                 describe(

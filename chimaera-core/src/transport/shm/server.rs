@@ -17,9 +17,14 @@
 //! reclaim step that could race with a worker: a new client never gets an old area.
 //!
 //! **Ingest.** Each shm-serving worker polls the areas assigned to it (`client %
-//! workers`), from a per-worker list of `Arc<ClientArea>` refreshed only when the table
-//! changes (an epoch), so ingesting takes no lock per task. See [`ClientArea`] for what is
-//! checked per task.
+//! workers`), from a list of `Arc<ClientArea>` cached in its own thread (a thread-local
+//! keyed by server and worker) and rebuilt only when the table changes (an epoch). An
+//! idle round is one `Acquire` load of the epoch and, per area, one of its ring's tail
+//! and one of the runtime's own count of pops: no lock, no reference count, no write.
+//! Only a round that finds work clones the list (one reference count), because chimod
+//! routing code runs while it is used and must not run under the cache's borrow (a
+//! poller killed there would leave it borrowed; a cache found borrowed is bypassed, not
+//! trusted). See [`ClientArea`] for what is checked per task.
 //!
 //! **Waking.** An idle worker sets its sleeping flag in the runtime page (read-only to
 //! clients) before parking; a client that pushes and sees it writes *its own* doorbell
@@ -51,7 +56,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -136,10 +142,30 @@ pub struct ServeAccess {
     pub tasks_in_flight: u32,
 }
 
-/// The areas a worker polls, as of a table epoch.
-struct PollList {
+/// The areas a worker polls.
+type PollList = Arc<[Arc<ClientArea>]>;
+
+/// Identities of servers for the poll caches (a freed server's address may be reused).
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The areas one worker polls, as of a table epoch: one per thread, since a worker's
+/// poll rounds all run on its own thread.
+struct PollCache {
+    server: u64,
+    worker: usize,
     epoch: u32,
-    areas: Arc<[Arc<ClientArea>]>,
+    areas: Option<PollList>,
+}
+
+thread_local! {
+    static POLL_CACHE: RefCell<PollCache> = const {
+        RefCell::new(PollCache {
+            server: 0,
+            worker: 0,
+            epoch: 0,
+            areas: None,
+        })
+    };
 }
 
 /// What a worker's doorbell thread waits on: its clients' doorbells, and its own stop
@@ -190,7 +216,8 @@ pub struct ShmServer {
     draining: Mutex<Vec<Arc<ClientArea>>>,
     /// Bumped whenever `table` changes.
     epoch: AtomicU32,
-    poll_lists: Vec<Mutex<PollList>>,
+    /// This server's key in the workers' poll caches.
+    id: u64,
     /// Per worker: the client task its poller is routing now.
     routing: Vec<Routing>,
     /// Where ingested tasks go (the runtime; weak, as the runtime holds this server).
@@ -284,14 +311,7 @@ impl ShmServer {
             table: Mutex::new((0..sizes.max_clients).map(|_| None).collect()),
             draining: Mutex::new(Vec::new()),
             epoch: AtomicU32::new(0),
-            poll_lists: (0..workers)
-                .map(|_| {
-                    Mutex::new(PollList {
-                        epoch: u32::MAX,
-                        areas: Arc::new([]),
-                    })
-                })
-                .collect(),
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             routing: (0..workers).map(|_| Routing::default()).collect(),
             ingress: OnceLock::new(),
             taking_tasks: AtomicBool::new(true),
@@ -629,21 +649,40 @@ impl ShmServer {
         usage
     }
 
-    /// The areas `worker` polls (rebuilt only when the table changed): a snapshot, so
-    /// no lock is held while their tasks are routed.
-    fn poll_list(&self, worker: usize) -> Arc<[Arc<ClientArea>]> {
-        let mut list = lock(&self.poll_lists[worker]);
+    /// The areas `worker` polls now, read from the table (under its lock).
+    fn build_poll_list(&self, worker: usize) -> PollList {
+        lock(&self.table)
+            .iter()
+            .flatten()
+            .filter(|session| (session.area.client() % self.workers) as usize == worker)
+            .map(|session| session.area.clone())
+            .collect()
+    }
+
+    /// Runs `look` on the areas `worker` polls, from this thread's cache, which is
+    /// rebuilt only when the table's epoch moved. `look` runs under the cache's borrow:
+    /// it must not run chimod code (clone the list to route tasks).
+    fn with_poll_list<R>(&self, worker: usize, look: impl FnOnce(&PollList) -> R) -> R {
+        // Acquire: pairs with the bump that follows each change of the table, so a
+        // rebuild after seeing the new epoch finds the change.
         let epoch = self.epoch.load(Ordering::Acquire);
-        if list.epoch != epoch {
-            list.epoch = epoch;
-            list.areas = lock(&self.table)
-                .iter()
-                .flatten()
-                .filter(|session| (session.area.client() % self.workers) as usize == worker)
-                .map(|session| session.area.clone())
-                .collect();
-        }
-        list.areas.clone()
+        POLL_CACHE.with(|cache| {
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                // Borrowed by a poller that died inside `look`: never trust it again on
+                // this thread; build the list afresh each time (slow, still correct).
+                return look(&self.build_poll_list(worker));
+            };
+            if (cache.server, cache.worker, cache.epoch) != (self.id, worker, epoch) {
+                // The old list goes before the new one is built: areas of gone clients
+                // are unmapped as soon as no task holds them.
+                cache.areas = None;
+                (cache.server, cache.worker, cache.epoch) = (self.id, worker, epoch);
+            }
+            let areas = cache
+                .areas
+                .get_or_insert_with(|| self.build_poll_list(worker));
+            look(areas)
+        })
     }
 
     /// Ends taking tasks from client rings (a stop's grace is over).
@@ -704,14 +743,16 @@ impl TaskSource for ShmServer {
         if worker >= self.workers as usize || !self.taking_tasks.load(Ordering::Acquire) {
             return 0;
         }
-        // One snapshot per round: a cheap look at each ring's tail first.
-        let areas = self.poll_list(worker);
-        if !areas
-            .iter()
-            .any(|area| !area.is_disowned() && area.has_work())
-        {
+        // A look at each ring's tail first; only a round with work takes a snapshot
+        // (chimod routing code runs while it is used).
+        let Some(areas) = self.with_poll_list(worker, |areas| {
+            areas
+                .iter()
+                .any(|area| !area.is_disowned() && area.has_work())
+                .then(|| areas.clone())
+        }) else {
             return 0;
-        }
+        };
         let Some(ingress) = self.ingress.get().and_then(Weak::upgrade) else {
             return 0;
         };
@@ -735,21 +776,29 @@ impl TaskSource for ShmServer {
             return false;
         }
         fence(Ordering::SeqCst);
-        self.poll_list(worker).iter().any(|area| area.has_work())
+        self.with_poll_list(worker, |areas| areas.iter().any(|area| area.has_work()))
     }
 
     fn poller_died(&self, worker: usize) {
-        let Some(routed) = self.routing.get(worker).and_then(Routing::take) else {
+        let Some(routing) = self.routing.get(worker) else {
             return;
         };
-        if let Some(area) = self.area_at(routed.area) {
-            area.fail_in_flight(
-                routed.slot,
-                &TaskError::StackOverflow {
-                    method: routed.method,
-                    stack_size: self.stack_size as u64,
-                },
-            );
+        if let Some(routed) = routing.take() {
+            if let Some(area) = self.area_at(routed.area) {
+                area.fail_in_flight(
+                    routed.slot,
+                    &TaskError::StackOverflow {
+                        method: routed.method,
+                        stack_size: self.stack_size as u64,
+                    },
+                );
+            }
+        }
+        // The rest of its batch was popped, not routed: the next ingest routes it.
+        if let Some((area, unrouted)) = routing.take_unrouted() {
+            if let Some(area) = self.area_at(area) {
+                area.carry(unrouted);
+            }
         }
     }
 }
