@@ -574,7 +574,16 @@ impl ShmServer {
         tracing::debug!(client, uid = peer.uid, pid = peer.pid, "client attached");
         table[client as usize] = Some(Session { area, stream });
         drop(table);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        // The client may have pushed a task already (it was answered above) and seen its
+        // worker awake, while that worker, polling a list without this area, went to
+        // sleep: nobody would ring. So wake the worker after publishing the area. Either
+        // the worker's sleeping flag is seen here (it is woken), or its look at the epoch
+        // after announcing sleep sees this bump (it polls the new area, where the task
+        // is; a task pushed later sees the announcement and rings). `SeqCst` on both.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(ingress) = self.ingress.get().and_then(Weak::upgrade) {
+            ingress.wake_worker(worker as usize);
+        }
     }
 
     /// The client of `client` hung up (or broke the protocol): drop its session.
