@@ -172,6 +172,13 @@ fn low_latency_lanes_are_served_before_high_latency_ones() {
     // then on a low-latency lane (lane 0): once free, it must start every low-latency
     // task before any high-latency one, although those came first.
     let busy = p.async_spin(PoolQuery::local(), 60_000).unwrap();
+    // Only once the worker runs the spin are the others sure to queue behind it (a
+    // worker between its inbox and its lanes could otherwise run the first arrivals).
+    within("the spin to start", || {
+        while !probe::SPIN_STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+    });
     let high: Vec<_> = (0..20)
         .map(|_| p.async_stamp(PoolQuery::local(), 2).unwrap())
         .collect();

@@ -10,6 +10,8 @@ pub(crate) static DESTROYED: AtomicU64 = AtomicU64::new(0);
 pub(crate) static GUARD_HELD: AtomicBool = AtomicBool::new(false);
 /// `hold_guard` lets its container's mutex go once this is set.
 pub(crate) static RELEASE_GUARD: AtomicBool = AtomicBool::new(false);
+/// Set by `spin` once it runs.
+pub(crate) static SPIN_STARTED: AtomicBool = AtomicBool::new(false);
 /// `spin` stops spinning once this is set.
 pub(crate) static RELEASE_SPIN: AtomicBool = AtomicBool::new(false);
 
@@ -192,9 +194,10 @@ impl Probe {
 
     /// Keeps its worker busy without ever waiting (no hand-off: nothing else runs on
     /// that worker meanwhile) until [`RELEASE_SPIN`] is set, or `ms` passed; returns
-    /// whether it was released.
+    /// whether it was released. Sets [`SPIN_STARTED`] first.
     #[task(method = 29)]
     fn spin(&self, ms: u64) -> bool {
+        SPIN_STARTED.store(true, Ordering::SeqCst);
         let until = std::time::Instant::now() + Duration::from_millis(ms);
         while std::time::Instant::now() < until {
             if RELEASE_SPIN.load(Ordering::SeqCst) {
