@@ -29,7 +29,7 @@
 //! refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
 use crate::codec::{aligned_copy, recycle, Bytes};
-use crate::transport::call::{time_left, SlotReply, Spin, Waiter};
+use crate::transport::call::{wait_for, SlotReply, Waiter};
 use crate::coroutine::Blocker;
 use crate::error::TaskError;
 use crate::ids::ContainerId;
@@ -323,24 +323,15 @@ impl Completion {
     /// Waits until every replica has delivered or `deadline` passed; returns whether
     /// every replica has delivered.
     pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let mut spin = Spin::new();
-        while !self.is_done() {
-            if spin.once() {
-                continue;
-            }
-            let Ok(timeout) = time_left(deadline) else {
-                return self.is_done();
-            };
-            let waiter = Waiter::current();
-            *lock(&self.waiter) = Some(waiter.handle());
-            if self.is_done() {
-                break;
-            }
-            // `deliver` unparks after the last result. A spurious return or a timeout is
-            // harmless, the loop re-checks.
-            waiter.park(timeout);
-        }
-        true
+        // `deliver` unparks the registered waiter after the last result.
+        wait_for(
+            deadline,
+            || self.is_done(),
+            |waiter| {
+                *lock(&self.waiter) = Some(waiter.handle());
+                !self.is_done()
+            },
+        )
     }
 
     /// Whether every replica has delivered; if not, `waker` is woken when the last one

@@ -178,6 +178,35 @@ impl Spin {
     }
 }
 
+/// Waits until `is_done`, spinning first (see [`Spin`]), then parking: the wait every
+/// in-process call shares. `register` leaves a handle of the waiter where the answering
+/// side will find it, and says whether to park now; `false` means the answer is about
+/// to land (the thread yields and looks again). Returns whether the answer is in:
+/// `false` only once `deadline` has passed. A spurious wake-up or a timeout is
+/// harmless: the loop looks again.
+pub(crate) fn wait_for(
+    deadline: Option<Instant>,
+    is_done: impl Fn() -> bool,
+    mut register: impl FnMut(&Waiter) -> bool,
+) -> bool {
+    let mut spin = Spin::new();
+    while !is_done() {
+        if spin.once() {
+            continue;
+        }
+        let Ok(timeout) = time_left(deadline) else {
+            return is_done();
+        };
+        let waiter = Waiter::current();
+        if register(&waiter) {
+            waiter.park(timeout);
+        } else if !is_done() {
+            std::thread::yield_now();
+        }
+    }
+    true
+}
+
 /// Checks before parking: a reply from a busy runtime arrives in well under this many,
 /// and parking costs a context switch (the shared-memory client spins as long).
 const SPINS_BEFORE_PARK: u32 = 20_000;
@@ -356,23 +385,8 @@ impl SlotCall {
         let Some(slot) = &self.slot else {
             return true;
         };
-        let mut spin = Spin::new();
-        while !slot.is_done() {
-            if spin.once() {
-                continue;
-            }
-            let Ok(timeout) = time_left(deadline) else {
-                return slot.is_done();
-            };
-            let waiter = Waiter::current();
-            if slot.register(&waiter) {
-                waiter.park(timeout);
-            } else if !slot.is_done() {
-                // The task is writing the answer: it is a copy away.
-                std::thread::yield_now();
-            }
-        }
-        true
+        // `register` refuses while the task writes the answer: it is a copy away.
+        wait_for(deadline, || slot.is_done(), |waiter| slot.register(waiter))
     }
 
     /// Whether the answer is in; if not, `waker` is woken when it is (replacing the
