@@ -887,3 +887,71 @@ fn an_input_never_shows_bytes_an_earlier_clients_task_left_in_a_reused_buffer() 
     let m = ModNameClient::attach(&second, pool);
     assert_eq!(m.custom(PoolQuery::local(), "after", 0).unwrap(), "after");
 }
+
+/// Threads sharing one connection race over its three call slots: sync calls, windows
+/// wider than the slots (a submission harvests answered slots while their waiters spin
+/// or sleep on them), calls dropped unanswered (abandoned) or past their deadline, and
+/// awaited calls. Every call collected gets its own answer, and afterwards no slot is
+/// lost: more sync calls in a row than there are slots, then a full window, answered.
+#[test]
+fn threads_sharing_three_slots_race_harvests_abandons_and_polls_without_loss() {
+    let runtime = RuntimeProcess::start("slotrace", "queue_depth: 4\n");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    within("threads racing over three slots", move || {
+        std::thread::scope(|scope| {
+            for t in 0..4u32 {
+                let m = m.clone();
+                scope.spawn(move || {
+                    let big = format!("{t}{}", "v".repeat(16 * 1024));
+                    for i in 0..150u32 {
+                        let text = format!("{t}-{i}");
+                        let local = PoolQuery::local();
+                        match i % 4 {
+                            0 => assert_eq!(m.custom(local, &text, i).unwrap(), text),
+                            1 => {
+                                let a = m.async_custom(local, &big, i).unwrap();
+                                let b = m.async_custom(local, &text, i).unwrap();
+                                let c = m.async_custom(local, "c", i).unwrap();
+                                let d = m.async_custom(local, "d", i).unwrap();
+                                assert_eq!(c.wait().unwrap(), "c");
+                                assert_eq!(d.wait().unwrap(), "d");
+                                if i % 8 == 1 {
+                                    // Answered by now, and maybe harvested: dropped.
+                                    drop(b);
+                                } else {
+                                    assert_eq!(b.wait().unwrap(), text);
+                                }
+                                assert_eq!(a.wait().unwrap(), big);
+                            }
+                            2 => {
+                                drop(m.async_custom(local, &big, i).unwrap());
+                                let awaited = m.async_custom(local, &text, i).unwrap();
+                                assert_eq!(support::block_on(awaited).unwrap(), text);
+                            }
+                            _ => {
+                                let late = m.async_co_mutex_test(local, i, 2).unwrap();
+                                match late.wait_timeout(Duration::from_micros(300)) {
+                                    Ok(inside) => assert_eq!(inside, 1),
+                                    Err(err) => assert!(
+                                        matches!(err, TaskError::DeadlineExceeded { .. }),
+                                        "{err}"
+                                    ),
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        for i in 0..8 {
+            assert_eq!(m.custom(PoolQuery::local(), "after", i).unwrap(), "after");
+        }
+        let window: Vec<_> = (0..3)
+            .map(|i| m.async_custom(PoolQuery::local(), "window", i).unwrap())
+            .collect();
+        for call in window {
+            assert_eq!(call.wait().unwrap(), "window");
+        }
+    });
+}

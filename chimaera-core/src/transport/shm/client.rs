@@ -21,6 +21,25 @@
 //! so a dead runtime fails the call with `RuntimeStopped`, and a runtime that disowned
 //! this client fails it with `Disowned`, within about 100 ms instead of hanging.
 //!
+//! **Threads share a connection**, and the cost of a call is on every round trip's
+//! critical path, so a call's bookkeeping is lock-free: the free slots are a lock-free
+//! queue plus the slot released last (a sync caller keeps reusing one warm slot), the
+//! input is archived in a buffer of the calling thread's own, and each slot has a
+//! process-private *claim* word (generation and state, see [`SlotClaim`]) instead of a
+//! lock. A sync call takes one lock, the ring's producer lock (the ring has one
+//! producer), uncontended unless threads submit at the same instant. The claim settles
+//! the only race there is: the call's waiter and a harvest (another thread's submission
+//! finding every slot taken) may both see the slot answered; whoever moves the claim
+//! from held to *reading* by compare-exchange alone reads the answer and frees the slot.
+//! A harvest files the results it took by slot and generation, under a lock, in the same
+//! critical section where the claim leaves *reading*; a waiter that lost the race waits
+//! for that (the harvest copies the results, briefly) and takes them from the file. An
+//! abandon sets a flag on the claim by compare-exchange: on a held claim (the slot frees
+//! when answered, as below), or on one being read (the harvest drops the results), or it
+//! finds the claim gone and drops the filed results. The claims never live in the area:
+//! the runtime cannot touch them, and the slot words the client reads there are only
+//! compared (answered or not), never trusted as indices or lengths.
+//!
 //! **Async callers** poll instead of sleeping: [`ShmCall::poll_done`] records the task's
 //! waker by slot and sets the slot's `WAITING_WATCHER` bit, then re-checks the slot (the
 //! runtime publishes `DONE` before it reads `WAITING`, the client sets `WAITING` before
@@ -77,7 +96,9 @@ use rustix::event::{PollFd, PollFlags};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crossbeam_queue::ArrayQueue;
+use std::cell::RefCell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -170,6 +191,132 @@ struct Producer {
     ring: Ring,
 }
 
+/// The call slots no call holds: a lock-free queue, plus the slot released last, which
+/// a submitter takes back first. A connection with one call at a time (a sync caller)
+/// thus reuses one slot, whose lines stay warm, at one atomic swap per take and one
+/// compare-exchange per release. Every free slot index is in exactly one of the two
+/// (a slot index leaves them only through `take`, which hands it to one caller).
+struct FreeSlots {
+    /// The slot released last, or [`NO_SLOT`].
+    recent: AtomicU32,
+    /// The others; room for every call slot, so a push never fails.
+    others: ArrayQueue<u32>,
+}
+
+/// `FreeSlots::recent` when empty (no slot has this index: the count is a `u32`).
+const NO_SLOT: u32 = u32::MAX;
+
+impl FreeSlots {
+    fn new(call_slots: u32) -> FreeSlots {
+        let others = ArrayQueue::new(call_slots.max(1) as usize);
+        for slot_index in 0..call_slots {
+            // Within capacity: the queue has room for every call slot.
+            let _ = others.push(slot_index);
+        }
+        FreeSlots {
+            recent: AtomicU32::new(NO_SLOT),
+            others,
+        }
+    }
+
+    /// A free slot, now the caller's alone.
+    fn take(&self) -> Option<u32> {
+        // A load first: a pipelined window that drained `recent` pays no swap for it.
+        if self.recent.load(Ordering::Relaxed) != NO_SLOT {
+            let slot_index = self.recent.swap(NO_SLOT, Ordering::AcqRel);
+            if slot_index != NO_SLOT {
+                return Some(slot_index);
+            }
+        }
+        self.others.pop()
+    }
+
+    /// Returns `slot_index` (taken with `take`, not yet returned). `SeqCst`, as is the
+    /// queue's push: `take_slot`'s waiters rely on it.
+    fn put(&self, slot_index: u32) {
+        if self
+            .recent
+            .compare_exchange(NO_SLOT, slot_index, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            // Never full: it has room for every call slot, and each index is in at most
+            // one place.
+            let _ = self.others.push(slot_index);
+        }
+    }
+
+    /// How many slots are free (a snapshot).
+    fn len(&self) -> usize {
+        self.others.len() + usize::from(self.recent.load(Ordering::Relaxed) != NO_SLOT)
+    }
+}
+
+/// This client's claim on one slot: process-private bookkeeping (never in the area), so
+/// only this process's threads race on it. `word` packs the slot's *generation*, bumped
+/// by each call that takes the slot (a call knows its claim by it even after a harvest
+/// freed the slot and another call took it), with a state: `CLAIM_FREE` (in the free
+/// list, or taken from it by a submitter that has not published its call yet),
+/// `CLAIM_HELD` (a call waits for its answer) or `CLAIM_READING` (one thread, the call's
+/// waiter or a harvest, won the compare-exchange from `CLAIM_HELD` and alone reads the
+/// answer and frees the slot), plus the `CLAIM_ABANDONED` flag (the call was dropped).
+#[derive(Default)]
+struct SlotClaim {
+    word: AtomicU64,
+    /// The data-share buffer of the held call's input (`input_len` 0: none). Written by
+    /// the submitter before it publishes `CLAIM_HELD` (release), read by the thread that
+    /// took the claim to `CLAIM_READING` (acquire).
+    input_offset: AtomicUsize,
+    input_len: AtomicUsize,
+}
+
+const CLAIM_FREE: u64 = 0;
+const CLAIM_HELD: u64 = 1;
+const CLAIM_READING: u64 = 2;
+const CLAIM_STATE: u64 = 3;
+const CLAIM_ABANDONED: u64 = 4;
+const CLAIM_GENERATION_SHIFT: u32 = 3;
+
+/// The claim word of `generation` in `state`.
+fn claim_word(generation: u64, state: u64) -> u64 {
+    (generation << CLAIM_GENERATION_SHIFT) | state
+}
+
+fn claim_generation(word: u64) -> u64 {
+    word >> CLAIM_GENERATION_SHIFT
+}
+
+impl SlotClaim {
+    /// The held call's input buffer in the data share, if it has one.
+    fn input(&self) -> Option<Extent> {
+        let len = self.input_len.load(Ordering::Relaxed);
+        (len != 0).then(|| Extent {
+            offset: self.input_offset.load(Ordering::Relaxed),
+            len,
+        })
+    }
+}
+
+/// Results a harvest moved out of slot `slot_index` for its call of `generation`.
+struct HarvestedResults {
+    slot_index: u32,
+    generation: u64,
+    results: Results,
+}
+
+/// How a call's waiter finds its answer.
+enum Answer {
+    /// In the slot, which the waiter now reads and frees (its claim is `CLAIM_READING`).
+    InSlot,
+    /// Moved out by a harvest (the slot may already serve another call).
+    Harvested(Results),
+}
+
+thread_local! {
+    /// Where typed clients archive a call's input before it is copied into a slot: one
+    /// per thread, so threads sharing a connection neither wait for nor lock it.
+    static ENCODE_BUFFER: RefCell<OutputBuffer> = RefCell::new(OutputBuffer::reusable());
+}
+
 /// An attached client area.
 pub struct ShmConnection {
     instance: InstanceName,
@@ -180,17 +327,19 @@ pub struct ShmConnection {
     doorbell: OwnedFd,
     socket: UnixStream,
     producer: Mutex<Producer>,
-    free_slots: Mutex<Vec<u32>>,
-    /// The state of the latest call of each slot, indexed by slot (slots are dense, so
-    /// no hashing); it holds the slot while its `slot` field is `Some`.
-    holding: Mutex<Vec<Option<Arc<CallState>>>>,
+    free_slots: FreeSlots,
+    /// This client's claim on each slot, indexed by slot (see [`SlotClaim`]).
+    claims: Box<[SlotClaim]>,
+    /// Results a harvest moved out of answered slots, by slot and generation, until
+    /// their calls collect them (or drop them).
+    harvested: Mutex<Vec<HarvestedResults>>,
+    /// Where a submitter that found no free slot waits (with `slot_freed`).
+    slot_wait: Mutex<()>,
     slot_freed: Condvar,
-    /// Submitters blocked on `slot_freed`; changed under the `free_slots` lock, so a
-    /// release that sees 0 there skips the notify (a futex syscall) safely.
+    /// Submitters waiting on `slot_freed`: a release that sees 0 skips the notify (and
+    /// its lock) safely, as `take_slot` explains.
     slot_waiters: AtomicUsize,
     data: Mutex<Arena>,
-    /// Where typed clients archive inputs before they are copied into a slot.
-    encode_buffer: Mutex<OutputBuffer>,
     /// The runtime is gone (`RuntimeStopped`) or disowned us (`Disowned`).
     dead: Mutex<Option<TaskError>>,
     dead_flag: AtomicBool,
@@ -356,12 +505,13 @@ impl ShmConnection {
             doorbell,
             socket,
             producer: Mutex::new(Producer { ring }),
-            free_slots: Mutex::new((0..call_slots).rev().collect()),
-            holding: Mutex::new(vec![None; geometry.slots as usize]),
+            free_slots: FreeSlots::new(call_slots),
+            claims: (0..geometry.slots).map(|_| SlotClaim::default()).collect(),
+            harvested: Mutex::new(Vec::new()),
+            slot_wait: Mutex::new(()),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
             data: Mutex::new(Arena::new(geometry.data_len)),
-            encode_buffer: Mutex::new(OutputBuffer::reusable()),
             dead: Mutex::new(None),
             dead_flag: AtomicBool::new(false),
             control_slot,
@@ -437,86 +587,195 @@ impl ShmConnection {
     }
 
     fn take_slot(&self) -> Result<u32, TaskError> {
-        let mut free = lock(&self.free_slots);
         loop {
             if let Some(err) = self.failure() {
                 return Err(err);
             }
-            if let Some(slot_index) = free.pop() {
+            if let Some(slot_index) = self.free_slots.take() {
                 return Ok(slot_index);
             }
-            drop(free);
             // Every slot holds a call: move the answered ones' results out of shared
             // memory, so results nobody collected yet do not hold the queue.
             self.harvest();
-            free = lock(&self.free_slots);
-            if !free.is_empty() {
-                continue;
+            if let Some(slot_index) = self.free_slots.take() {
+                return Ok(slot_index);
             }
-            self.slot_waiters.fetch_add(1, Ordering::Relaxed);
+            // Count ourselves, then look once more, all under `slot_wait`: a release
+            // either put its slot before our count (the look finds it: its `SeqCst`
+            // put precedes our fence) or reads the count after it and notifies under
+            // this lock, which we hold until the wait gives it up. The timeout bounds
+            // the wait anyway.
+            let guard = lock(&self.slot_wait);
+            self.slot_waiters.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if let Some(slot_index) = self.free_slots.take() {
+                self.slot_waiters.fetch_sub(1, Ordering::Relaxed);
+                return Ok(slot_index);
+            }
             let (guard, timeout) = self
                 .slot_freed
-                .wait_timeout(free, Duration::from_micros(200))
+                .wait_timeout(guard, Duration::from_micros(200))
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            free = guard;
             self.slot_waiters.fetch_sub(1, Ordering::Relaxed);
-            if timeout.timed_out() && free.is_empty() {
-                drop(free);
+            drop(guard);
+            if timeout.timed_out() {
                 if let Some(err) = self.runtime_gone() {
                     return Err(err);
                 }
-                free = lock(&self.free_slots);
             }
         }
+    }
+
+    /// The slots calls use (all but the control slot).
+    fn call_slots(&self) -> u32 {
+        self.control_slot.unwrap_or(self.geometry.slots)
     }
 
     /// Copies the results of answered calls out of their slots and frees the slots.
     fn harvest(&self) {
         self.send_abandons();
-        let calls: Vec<Arc<CallState>> = lock(&self.holding).iter().flatten().cloned().collect();
-        for call in calls {
-            let mut held = lock(&call.slot);
-            let Some((slot_index, input)) = *held else {
+        for slot_index in 0..self.call_slots() {
+            let Some(claim) = self.claims.get(slot_index as usize) else {
                 continue;
             };
+            let held = claim.word.load(Ordering::Acquire);
+            if held & CLAIM_STATE != CLAIM_HELD {
+                continue;
+            }
             let Ok(view) = self.view(slot_index) else {
                 continue;
             };
             if view.word(slot::STATE).load(Ordering::Acquire) != wire::SLOT_DONE {
                 continue;
             }
-            let abandoned = call.abandoned.load(Ordering::Acquire);
-            if abandoned && !self.forget_abandon(slot_index) {
+            let reading = (held & !CLAIM_STATE) | CLAIM_READING;
+            if claim
+                .word
+                .compare_exchange(held, reading, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                // Its waiter took the answer first, or its call was abandoned since
+                // (then a later harvest frees it).
                 continue;
             }
-            let results = self.read_results(&view);
-            if !abandoned {
-                *lock(&call.harvested) = Some(results);
+            let generation = claim_generation(held);
+            if held & CLAIM_ABANDONED != 0 && !self.forget_abandon(slot_index) {
+                // Still named by the request in the control slot: a later harvest.
+                claim.word.store(held, Ordering::Release);
+                continue;
             }
-            *held = None;
-            drop(held);
+            let results = (held & CLAIM_ABANDONED == 0).then(|| self.read_results(&view));
+            let freed = claim_word(generation, CLAIM_FREE);
+            {
+                // The claim leaves `CLAIM_READING` under this lock, with the results
+                // filed: a call that finds its claim gone takes the lock after and
+                // finds them (see `take_answer`, `abandon`).
+                let mut harvested = lock(&self.harvested);
+                match claim.word.compare_exchange(
+                    reading,
+                    freed,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => harvested.extend(results.map(|results| HarvestedResults {
+                        slot_index,
+                        generation,
+                        results,
+                    })),
+                    // The call was abandoned while we read: its results are dropped.
+                    Err(_) => claim.word.store(freed, Ordering::Release),
+                }
+            }
             // A polled call whose answer was just moved out of its slot: its waker is
             // taken before the slot frees (and may get the next call's waker).
             let waker = self.watch.take(slot_index);
-            self.release_slot(slot_index, input);
+            self.release_slot(slot_index);
             if let Some(waker) = waker {
                 waker.wake();
             }
         }
     }
 
-    /// Gives up on the call in `slot_index` (held by `call`): its answer will be
+    /// Whether the call of `generation` still holds `slot_index`, unanswered or not yet
+    /// taken by a reader.
+    fn holds(&self, slot_index: u32, generation: u64) -> bool {
+        self.claims.get(slot_index as usize).is_some_and(|claim| {
+            claim.word.load(Ordering::Acquire) == claim_word(generation, CLAIM_HELD)
+        })
+    }
+
+    /// Takes the claim of the call of `generation` on `slot_index` to `CLAIM_READING`:
+    /// whether it held it (then the caller reads the answer and frees the slot).
+    fn claim_answer(&self, slot_index: u32, generation: u64) -> bool {
+        self.claims.get(slot_index as usize).is_some_and(|claim| {
+            claim
+                .word
+                .compare_exchange(
+                    claim_word(generation, CLAIM_HELD),
+                    claim_word(generation, CLAIM_READING),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        })
+    }
+
+    /// The answer of the call of `generation` on `slot_index`, which its waiter saw
+    /// answered (or harvested).
+    fn take_answer(&self, slot_index: u32, generation: u64) -> Answer {
+        if self.claim_answer(slot_index, generation) {
+            return Answer::InSlot;
+        }
+        // A harvest took the answer. While it copies the results out (briefly, with no
+        // lock held that we need), the claim stays `CLAIM_READING`.
+        let reading = claim_word(generation, CLAIM_READING);
+        if let Some(claim) = self.claims.get(slot_index as usize) {
+            while claim.word.load(Ordering::Acquire) == reading {
+                std::thread::yield_now();
+            }
+        }
+        let mut harvested = lock(&self.harvested);
+        let filed = harvested
+            .iter()
+            .position(|h| h.slot_index == slot_index && h.generation == generation);
+        Answer::Harvested(match filed {
+            Some(at) => harvested.swap_remove(at).results,
+            None => vec![(0, Err(TaskError::NotRun))],
+        })
+    }
+
+    /// Gives up on the call of `generation` on `slot_index`: its answer will be
     /// discarded, and the runtime is asked to answer it at once. Never blocks.
-    fn abandon(&self, call: &CallState) {
-        let held = lock(&call.slot);
-        call.abandoned.store(true, Ordering::Release);
-        let Some((slot_index, _)) = *held else {
+    fn abandon(&self, slot_index: u32, generation: u64) {
+        let Some(claim) = self.claims.get(slot_index as usize) else {
             return;
         };
+        let mut word = claim.word.load(Ordering::Acquire);
+        loop {
+            if claim_generation(word) != generation || word & CLAIM_STATE == CLAIM_FREE {
+                // A harvest freed the slot and filed the results (before the claim
+                // left `CLAIM_READING`, under the lock taken here): drop them.
+                lock(&self.harvested)
+                    .retain(|h| !(h.slot_index == slot_index && h.generation == generation));
+                return;
+            }
+            match claim.word.compare_exchange_weak(
+                word,
+                word | CLAIM_ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
+        }
+        if word & CLAIM_STATE == CLAIM_READING {
+            // A harvest is reading the answer: it drops it.
+            return;
+        }
         let answered = self
             .view(slot_index)
             .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE);
-        drop(held);
         if answered || self.control_slot.is_none() {
             // Freed by the next harvest (or, with no control slot, once answered).
             return;
@@ -579,14 +838,18 @@ impl ShmConnection {
 
     /// Calls of this connection in flight: call slots not in the free list.
     fn calls_in_flight(&self) -> usize {
-        let call_slots = self.control_slot.unwrap_or(self.geometry.slots) as usize;
-        call_slots.saturating_sub(lock(&self.free_slots).len())
+        (self.call_slots() as usize).saturating_sub(self.free_slots.len())
     }
 
-    fn release_slot(&self, slot_index: u32, input: Option<Extent>) {
-        // The table keeps the call's state (its `slot` is already `None`) for `hold` to
-        // reuse once the call is dropped.
-        if let Some(extent) = input {
+    /// Frees `slot_index`, which the caller alone holds (its claim `CLAIM_READING`, or
+    /// `CLAIM_FREE` and taken from the free list): its input buffer, its words, a stale
+    /// waker, then the claim (generation kept) and the free list.
+    fn release_slot(&self, slot_index: u32) {
+        let Some(claim) = self.claims.get(slot_index as usize) else {
+            return;
+        };
+        if let Some(extent) = claim.input() {
+            claim.input_len.store(0, Ordering::Relaxed);
             self.free_data(extent);
         }
         if let Ok(view) = self.view(slot_index) {
@@ -600,14 +863,18 @@ impl ShmConnection {
                 *waker = None;
             }
         }
-        let mut free = lock(&self.free_slots);
-        free.push(slot_index);
-        // Read under the lock: a submitter that will wait has not looked at the list yet
-        // and will find this slot; one that waits already has counted itself.
-        if self.slot_waiters.load(Ordering::Relaxed) > 0 {
+        let generation = claim_generation(claim.word.load(Ordering::Relaxed));
+        // Before the slot is in the free list: its next taker writes the claim without
+        // a compare-exchange.
+        claim
+            .word
+            .store(claim_word(generation, CLAIM_FREE), Ordering::Release);
+        self.free_slots.put(slot_index);
+        // After the `SeqCst` put: see `take_slot`.
+        if self.slot_waiters.load(Ordering::SeqCst) > 0 {
+            let _waiting = lock(&self.slot_wait);
             self.slot_freed.notify_one();
         }
-        drop(free);
     }
 
     fn view(&self, slot_index: u32) -> Result<SlotView<'_>, TaskError> {
@@ -635,10 +902,10 @@ impl ShmConnection {
             if let Some(extent) = alloc() {
                 return Some(extent);
             }
-            let waiting_on_others = lock(&self.holding)
-                .iter()
-                .flatten()
-                .any(|call| lock(&call.slot).is_some_and(|(_, input)| input.is_some()));
+            let waiting_on_others = self.claims.iter().any(|claim| {
+                claim.word.load(Ordering::Acquire) & CLAIM_STATE != CLAIM_FREE
+                    && claim.input_len.load(Ordering::Relaxed) != 0
+            });
             if !waiting_on_others || self.runtime_gone().is_some() {
                 return None;
             }
@@ -750,11 +1017,22 @@ impl ShmConnection {
         route: Route,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
     ) -> Result<ShmCall, TaskError> {
-        let mut buffer = lock(&self.encode_buffer);
-        encode(&mut buffer)?;
-        let call = self.submit_routed(route, buffer.as_slice(), None);
-        buffer.trim();
-        call
+        let mut submit = |buffer: &mut OutputBuffer| {
+            encode(buffer)?;
+            let call = self.submit_routed(route, buffer.as_slice(), None);
+            buffer.trim();
+            call
+        };
+        ENCODE_BUFFER
+            .try_with(|buffer| match buffer.try_borrow_mut() {
+                Ok(mut buffer) => Some(submit(&mut buffer)),
+                Err(_) => None,
+            })
+            .ok()
+            .flatten()
+            // The thread's buffer is in use (`encode` submitted a call itself) or gone
+            // (the thread is ending): a one-off buffer.
+            .unwrap_or_else(|| submit(&mut OutputBuffer::reusable()))
     }
 
     /// Queues a task; the returned call is waited on with [`ShmCall::wait`].
@@ -793,14 +1071,15 @@ impl ShmConnection {
             InputPlace::Slot
         } else {
             let Some(extent) = self.alloc_data_waiting(input.len()) else {
-                self.release_slot(slot_index, None);
+                self.release_slot(slot_index);
                 return Err(TaskError::InputTooLarge {
                     len: input.len() as u64,
                     share: self.geometry.data_len as u64,
                 });
             };
             if let Err(err) = self.write_data(extent.offset, input) {
-                self.release_slot(slot_index, Some(extent));
+                self.free_data(extent);
+                self.release_slot(slot_index);
                 return Err(TaskError::malformed("input", err));
             }
             input_extent = Some(extent);
@@ -820,12 +1099,14 @@ impl ShmConnection {
         .write(&view);
         set(slot::WAITING, 0);
         set(slot::STATE, wire::SLOT_SUBMITTED);
-        let call = self.hold(slot_index, input_extent);
+        let mut call = self.hold(slot_index, input_extent);
         if !self.queue(slot_index) {
             // Cannot happen while the runtime keeps one ring entry per slot; treat it as a
             // broken runtime rather than lose the task silently.
-            lock(&call.state.slot).take();
-            self.release_slot(slot_index, input_extent);
+            call.finished = true;
+            if self.claim_answer(slot_index, call.generation) {
+                self.release_slot(slot_index);
+            }
             return Err(TaskError::malformed(
                 "submission ring",
                 "full although a slot was free",
@@ -933,34 +1214,31 @@ impl ShmConnection {
         Ok(())
     }
 
-    /// Records that a new call holds `slot_index`.
+    /// Records that a new call holds `slot_index` (just taken from the free list).
     fn hold(self: &Arc<Self>, slot_index: u32, input: Option<Extent>) -> ShmCall {
-        let mut holding = lock(&self.holding);
-        let state = match holding.get(slot_index as usize) {
-            // The slot's previous call is gone (only this table holds its state, and
-            // clones are made under this lock): reuse the state instead of allocating.
-            Some(Some(previous)) if Arc::strong_count(previous) == 1 => {
-                *lock(&previous.slot) = Some((slot_index, input));
-                *lock(&previous.harvested) = None;
-                previous.abandoned.store(false, Ordering::Relaxed);
-                previous.clone()
+        let generation = match self.claims.get(slot_index as usize) {
+            Some(claim) => {
+                let (offset, len) = input.map_or((0, 0), |extent| (extent.offset, extent.len));
+                claim.input_offset.store(offset, Ordering::Relaxed);
+                claim.input_len.store(len, Ordering::Relaxed);
+                // A store, no compare-exchange: the slot came from the free list, and no
+                // other thread changes a `CLAIM_FREE` claim.
+                let generation = claim_generation(claim.word.load(Ordering::Relaxed))
+                    .wrapping_add(1)
+                    & (u64::MAX >> CLAIM_GENERATION_SHIFT);
+                claim
+                    .word
+                    .store(claim_word(generation, CLAIM_HELD), Ordering::Release);
+                generation
             }
-            _ => {
-                let state = Arc::new(CallState {
-                    slot: Mutex::new(Some((slot_index, input))),
-                    harvested: Mutex::new(None),
-                    abandoned: AtomicBool::new(false),
-                });
-                if let Some(held) = holding.get_mut(slot_index as usize) {
-                    *held = Some(state.clone());
-                }
-                state
-            }
+            // Not a slot (`take_slot` only gives slots): the call finds no claim and
+            // fails with `NotRun`.
+            None => 0,
         };
-        drop(holding);
         ShmCall {
             connection: self.clone(),
-            state,
+            slot_index,
+            generation,
             finished: false,
         }
     }
@@ -1021,48 +1299,43 @@ fn decode_error(bytes: &[u8]) -> TaskError {
     decode::<TaskError>(bytes, "error").unwrap_or_else(|e| e)
 }
 
-/// A call's hold on its slot, shared with the connection (which may harvest it).
-struct CallState {
-    /// The slot and the data-share buffer of the input, while held.
-    slot: Mutex<Option<(u32, Option<Extent>)>>,
-    /// Results moved out of the slot by a harvest.
-    harvested: Mutex<Option<Results>>,
-    /// The caller dropped the call: results are discarded.
-    abandoned: AtomicBool,
-}
-
-/// A task submitted over shared memory, not yet answered.
+/// A task submitted over shared memory, not yet answered: its claim on its slot (see
+/// [`SlotClaim`]), known by the slot and the generation.
 pub struct ShmCall {
     connection: Arc<ShmConnection>,
-    state: Arc<CallState>,
+    slot_index: u32,
+    generation: u64,
     finished: bool,
 }
 
 impl ShmCall {
     /// Whether the answer is there.
     pub fn is_done(&self) -> bool {
-        match *lock(&self.state.slot) {
-            Some((slot_index, _)) => self
-                .connection
-                .view(slot_index)
-                .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE),
-            None => true,
+        if !self.connection.holds(self.slot_index, self.generation) {
+            // A harvest took (or takes) the answer.
+            return true;
         }
+        self.connection
+            .view(self.slot_index)
+            .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE)
     }
 
     /// Whether the answer is there (or the runtime is gone); if not, `waker` is woken
     /// when it is, by this connection's reply watcher (started on the first poll).
     pub fn poll_done(&self, waker: &Waker) -> bool {
-        let held = lock(&self.state.slot);
-        let Some((slot_index, _)) = *held else {
-            // A harvest moved the answer out.
+        let connection = &self.connection;
+        let slot_index = self.slot_index;
+        let Ok(view) = connection.view(slot_index) else {
             return true;
         };
-        let Ok(view) = self.connection.view(slot_index) else {
-            return true;
-        };
-        let watch = &self.connection.watch;
+        let watch = &connection.watch;
         let mut wakers = lock(&watch.wakers);
+        // Looked at under the lock: a harvest takes the slot's waker under it after
+        // the claim left this call, so a waker registered while the claim is still the
+        // call's is woken, and none is registered after.
+        if !connection.holds(slot_index, self.generation) {
+            return true;
+        }
         if let Some(registered) = wakers.get_mut(slot_index as usize) {
             match registered {
                 Some(registered) if registered.will_wake(waker) => {}
@@ -1071,17 +1344,19 @@ impl ShmCall {
         }
         let watcher_idle = watch.idle.load(Ordering::Relaxed);
         drop(wakers);
+        // The slot may serve another call by now (a harvest): then the bit costs the
+        // runtime one needless bell, and the claim's check below answers.
         view.word(slot::WAITING)
             .fetch_or(wire::WAITING_WATCHER, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let done = view.word(slot::STATE).load(Ordering::SeqCst) == wire::SLOT_DONE
-            || self.connection.failure().is_some();
-        drop(held);
+        let done = !connection.holds(slot_index, self.generation)
+            || view.word(slot::STATE).load(Ordering::SeqCst) == wire::SLOT_DONE
+            || connection.failure().is_some();
         if !done {
             if watcher_idle {
                 watch.registered.notify_one();
             }
-            ShmConnection::start_watcher(&self.connection);
+            ShmConnection::start_watcher(connection);
         }
         done
     }
@@ -1089,13 +1364,9 @@ impl ShmCall {
     /// Blocks until the answer is there (or the runtime is gone) or `deadline` passed;
     /// returns whether waiting would no longer block.
     pub fn wait_until(&self, deadline: Instant) -> bool {
-        let held = *lock(&self.state.slot);
-        let Some((slot_index, _)) = held else {
-            return true;
-        };
         // An error is a runtime gone: waiting returns it at once.
         self.connection
-            .wait_done(slot_index, &self.state, Some(deadline))
+            .wait_done(self.slot_index, self.generation, Some(deadline))
             .unwrap_or(true)
     }
 
@@ -1103,7 +1374,7 @@ impl ShmCall {
     /// it at once so its slot frees (see the module docs). Never blocks.
     pub fn abandon(mut self) {
         self.finished = true;
-        self.connection.abandon(&self.state);
+        self.connection.abandon(self.slot_index, self.generation);
     }
 
     /// Waits for the answer and returns each replica's result (one for most queries).
@@ -1154,43 +1425,38 @@ impl ShmCall {
         from: impl FnOnce(Results) -> R,
     ) -> R {
         self.finished = true;
-        loop {
-            let held = *lock(&self.state.slot);
-            let Some((slot_index, _)) = held else {
-                let harvested = lock(&self.state.harvested).take();
-                return from(harvested.unwrap_or_else(|| vec![(0, Err(TaskError::NotRun))]));
-            };
-            if let Err(err) = self.connection.wait_done(slot_index, &self.state, None) {
-                // The runtime is gone: the slot will never be answered.
-                return from(vec![(0, Err(err))]);
-            }
-            let mut held = lock(&self.state.slot);
-            if let Some((slot_index, input)) = held.take() {
-                drop(held);
-                let answer = match self.connection.view(slot_index) {
-                    Ok(view) => read(&self.connection, &view),
+        let connection = &self.connection;
+        if let Err(err) = connection.wait_done(self.slot_index, self.generation, None) {
+            // The runtime is gone: the slot will never be answered.
+            return from(vec![(0, Err(err))]);
+        }
+        match connection.take_answer(self.slot_index, self.generation) {
+            Answer::InSlot => {
+                let answer = match connection.view(self.slot_index) {
+                    Ok(view) => read(connection, &view),
                     Err(err) => from(vec![(0, Err(err))]),
                 };
-                self.connection.release_slot(slot_index, input);
-                return answer;
+                connection.release_slot(self.slot_index);
+                answer
             }
+            Answer::Harvested(results) => from(results),
         }
     }
 }
 
 impl ShmConnection {
-    /// Waits until `slot_index` is answered, or `call` no longer holds it (a harvest
-    /// took the answer; the slot may already serve another call), or `deadline` passed:
-    /// `Ok(false)` only then.
+    /// Waits until `slot_index` is answered, or the call of `generation` no longer
+    /// holds it (a harvest took the answer; the slot may already serve another call),
+    /// or `deadline` passed: `Ok(false)` only then.
     fn wait_done(
         &self,
         slot_index: u32,
-        call: &CallState,
+        generation: u64,
         deadline: Option<Instant>,
     ) -> Result<bool, TaskError> {
         let view = self.view(slot_index)?;
         let state = view.word(slot::STATE);
-        let released = || lock(&call.slot).is_none();
+        let released = || !self.holds(slot_index, generation);
         // The clock (and how many calls are in flight) is read from the first check on,
         // not before: a quick answer costs neither.
         let mut spinning = None;
@@ -1438,7 +1704,7 @@ impl Drop for ShmCall {
         if !self.finished {
             // The slot frees when its answer arrives (see `harvest`), which the runtime
             // is asked to send at once.
-            self.connection.abandon(&self.state);
+            self.connection.abandon(self.slot_index, self.generation);
         }
     }
 }
@@ -1459,5 +1725,49 @@ fn route(pool: PoolId, method: MethodId, query: PoolQuery) -> Route {
         method,
         query,
         force_net: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_slots_hand_each_slot_to_one_taker_at_a_time() {
+        let free = FreeSlots::new(3);
+        let taken: Vec<AtomicBool> = (0..3).map(|_| AtomicBool::new(false)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..20_000 {
+                        if let Some(slot_index) = free.take() {
+                            let mine = &taken[slot_index as usize];
+                            assert!(
+                                !mine.swap(true, Ordering::SeqCst),
+                                "slot {slot_index} handed out twice"
+                            );
+                            mine.store(false, Ordering::SeqCst);
+                            free.put(slot_index);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(free.len(), 3);
+        let mut left: Vec<u32> = std::iter::from_fn(|| free.take()).collect();
+        left.sort_unstable();
+        assert_eq!(left, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_claim_keeps_its_generation_apart_from_its_state() {
+        let top = u64::MAX >> CLAIM_GENERATION_SHIFT;
+        for generation in [0, 1, 7, top] {
+            for state in [CLAIM_FREE, CLAIM_HELD, CLAIM_READING] {
+                let word = claim_word(generation, state) | CLAIM_ABANDONED;
+                assert_eq!(claim_generation(word), generation);
+                assert_eq!(word & CLAIM_STATE, state);
+            }
+        }
     }
 }
