@@ -689,7 +689,7 @@ impl ShmConnection {
             // A polled call whose answer was just moved out of its slot: its waker is
             // taken before the slot frees (and may get the next call's waker).
             let waker = self.watch.take(slot_index);
-            self.release_slot(slot_index);
+            self.release_viewed(slot_index, Some(&view));
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -845,6 +845,12 @@ impl ShmConnection {
     /// `CLAIM_FREE` and taken from the free list): its input buffer, its words, a stale
     /// waker, then the claim (generation kept) and the free list.
     fn release_slot(&self, slot_index: u32) {
+        self.release_viewed(slot_index, self.view(slot_index).ok().as_ref());
+    }
+
+    /// [`release_slot`](Self::release_slot) with the slot's view at hand (`None`: the
+    /// slot has none, its words are left).
+    fn release_viewed(&self, slot_index: u32, view: Option<&SlotView>) {
         let Some(claim) = self.claims.get(slot_index as usize) else {
             return;
         };
@@ -852,7 +858,7 @@ impl ShmConnection {
             claim.input_len.store(0, Ordering::Relaxed);
             self.free_data(extent);
         }
-        if let Ok(view) = self.view(slot_index) {
+        if let Some(view) = view {
             view.word(slot::WAITING).store(0, Ordering::Relaxed);
             view.word(slot::STATE)
                 .store(wire::SLOT_FREE, Ordering::Relaxed);
@@ -1366,7 +1372,11 @@ impl ShmCall {
     pub fn wait_until(&self, deadline: Instant) -> bool {
         // An error is a runtime gone: waiting returns it at once.
         self.connection
-            .wait_done(self.slot_index, self.generation, Some(deadline))
+            .view(self.slot_index)
+            .and_then(|view| {
+                self.connection
+                    .wait_done(&view, self.slot_index, self.generation, Some(deadline))
+            })
             .unwrap_or(true)
     }
 
@@ -1426,17 +1436,21 @@ impl ShmCall {
     ) -> R {
         self.finished = true;
         let connection = &self.connection;
-        if let Err(err) = connection.wait_done(self.slot_index, self.generation, None) {
+        // One view for the wait, the read and the release.
+        let waited = connection.view(self.slot_index).and_then(|view| {
+            connection
+                .wait_done(&view, self.slot_index, self.generation, None)
+                .map(|_| view)
+        });
+        let view = match waited {
+            Ok(view) => view,
             // The runtime is gone: the slot will never be answered.
-            return from(vec![(0, Err(err))]);
-        }
+            Err(err) => return from(vec![(0, Err(err))]),
+        };
         match connection.take_answer(self.slot_index, self.generation) {
             Answer::InSlot => {
-                let answer = match connection.view(self.slot_index) {
-                    Ok(view) => read(connection, &view),
-                    Err(err) => from(vec![(0, Err(err))]),
-                };
-                connection.release_slot(self.slot_index);
+                let answer = read(connection, &view);
+                connection.release_viewed(self.slot_index, Some(&view));
                 answer
             }
             Answer::Harvested(results) => from(results),
@@ -1450,11 +1464,11 @@ impl ShmConnection {
     /// or `deadline` passed: `Ok(false)` only then.
     fn wait_done(
         &self,
+        view: &SlotView,
         slot_index: u32,
         generation: u64,
         deadline: Option<Instant>,
     ) -> Result<bool, TaskError> {
-        let view = self.view(slot_index)?;
         let state = view.word(slot::STATE);
         let released = || !self.holds(slot_index, generation);
         // The clock (and how many calls are in flight) is read from the first check on,
