@@ -384,11 +384,11 @@ impl Watch {
         }
     }
 
-    /// Takes the waker of `slot_index`, if its call registered one.
+    /// Takes the waker of `slot_index`, if its call registered one. Always under the
+    /// lock (harvests only, a slow path): a poll registers its waker before its first
+    /// poll starts the watcher, so `started` may still read `false` here although a
+    /// waker waits (and, its slot freed, no watcher would ever find it answered).
     fn take(&self, slot_index: u32) -> Option<Waker> {
-        if !self.started.load(Ordering::Acquire) {
-            return None;
-        }
         lock(&self.wakers)
             .get_mut(slot_index as usize)
             .and_then(Option::take)
