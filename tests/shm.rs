@@ -955,3 +955,62 @@ fn threads_sharing_three_slots_race_harvests_abandons_and_polls_without_loss() {
         }
     });
 }
+
+/// A thread of a client scribbles over its own call's reply before the runtime answers
+/// (an output far outside the area, of every length, or an unknown status): the call
+/// fails with a typed `Malformed` error instead of a panic or a read out of bounds, and
+/// the runtime serves the next client.
+#[test]
+fn a_reply_the_client_forges_for_itself_fails_its_call_with_a_typed_error() {
+    let runtime = RuntimeProcess::start("forgedreply", "");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let connection = chi.shm_connection().unwrap().clone();
+    // `co_mutex_test` holding the lock for a minute: the runtime answers none of these
+    // before the forgery (they queue on the container's lock).
+    let slow = chimaera_core::codec::encode(&(
+        chimaera_core::codec::ByRef(&0u32),
+        chimaera_core::codec::ByRef(&60_000u32),
+    ))
+    .unwrap();
+    let method = chimaera::mod_name::mod_name_tasks::CO_MUTEX_TEST;
+    // The input is the task's (not an input error, which would be `Malformed` too).
+    let quick = chimaera_core::codec::encode(&(
+        chimaera_core::codec::ByRef(&0u32),
+        chimaera_core::codec::ByRef(&1u32),
+    ))
+    .unwrap();
+    let answer = connection
+        .submit(m.pool_id(), method, PoolQuery::Local, &quick, None)
+        .unwrap()
+        .wait();
+    let inside = answer[0].1.as_ref().expect("a well-formed co_mutex_test");
+    assert_eq!(
+        chimaera_core::codec::decode::<u32>(inside, "output").unwrap(),
+        1
+    );
+    let forgeries = [
+        (0, u64::MAX - 3, 8),
+        (0, 0, u32::MAX),
+        (0, 1 << 40, 1),
+        (1, u64::MAX, 200),
+        (99, 0, 4),
+    ];
+    for (status, offset, len) in forgeries {
+        let call = connection
+            .submit(m.pool_id(), method, PoolQuery::Local, &slow, None)
+            .unwrap();
+        call.forge_reply(status, offset, len);
+        let results = within("a call with a forged reply", move || call.wait());
+        assert_eq!(results.len(), 1);
+        assert!(
+            matches!(results[0].1, Err(TaskError::Malformed { .. })),
+            "status {status}, {len} bytes at {offset}: {:?}",
+            results[0].1
+        );
+    }
+    let other = runtime.client();
+    let m =
+        ModNameClient::create(&other, PoolQuery::local(), "q", CreateParams::default()).unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "next", 0).unwrap(), "next");
+}

@@ -1315,6 +1315,24 @@ pub struct ShmCall {
 }
 
 impl ShmCall {
+    /// Marks this call answered with a reply descriptor of `status` (a wire word) and
+    /// `len` bytes at `offset` of the output space, as a faulty thread of this client
+    /// could before the runtime answers. Test support.
+    #[doc(hidden)]
+    pub fn forge_reply(&self, status: u32, offset: u64, len: u32) {
+        let Ok(view) = self.connection.view(self.slot_index) else {
+            return;
+        };
+        view.word(slot::STATUS).store(status, Ordering::Relaxed);
+        view.word(slot::OUTPUT_LEN).store(len, Ordering::Relaxed);
+        view.word(slot::OUTPUT_WHERE)
+            .store(wire::IN_OUTPUT_SPACE, Ordering::Relaxed);
+        view.word64(slot::OUTPUT_OFFSET)
+            .store(offset, Ordering::Relaxed);
+        view.word(slot::STATE)
+            .store(wire::SLOT_DONE, Ordering::Release);
+    }
+
     /// Whether the answer is there.
     pub fn is_done(&self) -> bool {
         if !self.connection.holds(self.slot_index, self.generation) {
