@@ -27,7 +27,9 @@
 //! input is archived in a buffer of the calling thread's own, and each slot has a
 //! process-private *claim* word (generation and state, see [`SlotClaim`]) instead of a
 //! lock. A sync call takes one lock, the ring's producer lock (the ring has one
-//! producer), uncontended unless threads submit at the same instant. The claim settles
+//! producer), uncontended unless threads submit at the same instant (besides the data
+//! share's allocator for an input too large for its slot, and the wakers' lock on
+//! release once a call of the connection was polled). The claim settles
 //! the only race there is: the call's waiter and a harvest (another thread's submission
 //! finding every slot taken) may both see the slot answered; whoever moves the claim
 //! from held to *reading* by compare-exchange alone reads the answer and frees the slot.
