@@ -24,7 +24,11 @@
 //! it is handed out again, and every user reads only the bytes written since, so no
 //! input is ever seen by another task. At most [`RECYCLED_BUFFERS`] buffers of at most
 //! [`RECYCLED_CAPACITY`] bytes are kept (a larger one is freed): what a burst leaves
-//! behind is bounded.
+//! behind is bounded. Each thread keeps up to [`LOCAL_RECYCLED_BUFFERS`] of them in
+//! front of the process-wide queue, so a worker that copies a client's task in and runs
+//! it (the shared-memory path) takes and gives back its buffer without an atomic; what
+//! crosses threads (an in-process caller's input, dropped by a worker) goes through the
+//! queue once the thread's own stack is full.
 use crate::error::TaskError;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::rancor::{Fallible, Source};
@@ -171,6 +175,16 @@ pub const RECYCLED_BUFFERS: usize = 512;
 /// The largest buffer kept for reuse: larger inputs are rare and freed after use.
 pub const RECYCLED_CAPACITY: usize = 4096;
 
+/// How many idle input buffers each thread keeps for itself, before the shared queue.
+pub const LOCAL_RECYCLED_BUFFERS: usize = 32;
+
+thread_local! {
+    /// This thread's idle input buffers (borrowed only inside `recycle` and
+    /// `recycled_bytes`, which never yield, so a coroutine cannot interleave).
+    static LOCAL_RECYCLED: std::cell::RefCell<Vec<Bytes>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The idle input buffers (a bounded lock-free queue: taking and giving back allocate
 /// nothing once it exists).
 fn recycled() -> &'static crossbeam_queue::ArrayQueue<Bytes> {
@@ -182,8 +196,12 @@ fn recycled() -> &'static crossbeam_queue::ArrayQueue<Bytes> {
 /// An empty buffer for a task's input: a recycled one when one is idle (no allocation),
 /// else a new one with room for a small input.
 pub fn recycled_bytes() -> Bytes {
-    recycled()
-        .pop()
+    // `try_with`: a thread being torn down has no stack of its own any more.
+    let local = LOCAL_RECYCLED.try_with(|local| local.borrow_mut().pop());
+    local
+        .ok()
+        .flatten()
+        .or_else(|| recycled().pop())
         .unwrap_or_else(|| Bytes::with_capacity(256))
 }
 
@@ -194,8 +212,21 @@ pub fn recycle(mut bytes: Bytes) {
         return;
     }
     bytes.clear();
-    // Full: enough are idle; this one is freed.
-    let _ = recycled().push(bytes);
+    let overflow = LOCAL_RECYCLED.try_with(|local| {
+        let mut local = local.borrow_mut();
+        if local.len() >= LOCAL_RECYCLED_BUFFERS {
+            return Some(bytes);
+        }
+        // Room for the whole stack at once: pushing never allocates after the first.
+        local.reserve_exact(LOCAL_RECYCLED_BUFFERS);
+        local.push(bytes);
+        None
+    });
+    // A thread being torn down dropped the buffer with the closure (it is freed).
+    if let Some(bytes) = overflow.ok().flatten() {
+        // The queue full: enough are idle; this one is freed.
+        let _ = recycled().push(bytes);
+    }
 }
 
 /// An owned copy of archived bytes, aligned so they can be read in place.

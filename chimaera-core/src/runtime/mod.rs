@@ -156,6 +156,17 @@ struct Replica<'a> {
     local_worker: Option<usize>,
 }
 
+/// The one replica of a task that [`Shared::enqueue_single`] queues.
+struct Single<'a> {
+    entry: &'a PoolEntry,
+    container: ContainerId,
+    parent: Option<TaskNode>,
+    method: MethodId,
+    query: PoolQuery,
+    bulk: Option<&'a Arc<crate::bulk::BulkShare>>,
+    local_worker: Option<usize>,
+}
+
 /// State shared by the runtime, its workers, contexts and in-process clients.
 ///
 /// Aligned to 128 bytes so that, inside its `Arc`, the reference counts (a worker's
@@ -337,6 +348,18 @@ impl Shared {
             .cluster
             .as_deref()
             .filter(|_| pool.clustered && (placement.nodes > 1 || force_net));
+        if spread.is_none() && schedule.is_none() && targets.len() == 1 {
+            let single = Single {
+                entry: &entry,
+                container: targets.start,
+                parent,
+                method,
+                query,
+                bulk: bulk.as_ref(),
+                local_worker,
+            };
+            return Ok((self.enqueue_single(single, input, sink), None));
+        }
         let is_remote = |container: &ContainerId| {
             spread.is_some() && (force_net || !placement.is_local(*container))
         };
@@ -466,6 +489,49 @@ impl Shared {
             (None, completion) => completion.map(|completion| Call::new(GatheredCall(completion))),
         };
         Ok((call, cancel))
+    }
+
+    /// The common task's way in: one replica on this node, run once, answering a sink
+    /// (a client process) or a pooled call slot (a caller in this process). It needs
+    /// none of the gathering, fan-out and network steps of [`enqueue`](Self::enqueue)'s
+    /// general path, and allocates nothing.
+    fn enqueue_single(
+        &self,
+        single: Single<'_>,
+        input: Bytes,
+        sink: Option<task::ReplyTo>,
+    ) -> Option<Call> {
+        let id = self.next_task_id();
+        let parity = self.inflight.parity();
+        let node = match single.parent {
+            Some(parent) => parent.child(),
+            None => TaskNode {
+                root: id,
+                ..TaskNode::default()
+            },
+        }
+        .counted_in(parity);
+        let (reply, call) = match sink {
+            Some(sink) => (Reply::Sink(sink), None),
+            None => {
+                let (caller, reply) = CallSlot::take();
+                (Reply::Slot(reply), Some(Call::slot(caller)))
+            }
+        };
+        let replica = Replica {
+            entry: single.entry,
+            id,
+            method: single.method,
+            query: single.query,
+            node,
+            period: None,
+            parity,
+            cancel: None,
+            bulk: single.bulk,
+            local_worker: single.local_worker,
+        };
+        self.push_replica(&replica, single.container, input, Some(reply));
+        call
     }
 
     /// Queues one replica on `container`'s lane (its `Monitor` picks which); a
