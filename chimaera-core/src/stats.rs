@@ -15,13 +15,19 @@
 //! Each pool owns one [`PoolStats`], made when the pool is made, with one
 //! [`MethodCounters`] per method of its module (sorted by id: found by a binary search
 //! over a handful of entries). Recording a task is two reads of the monotonic clock and
-//! four relaxed `fetch_add`s (started; succeeded or failed; its latency bucket; the
-//! latency sum): no lock, no allocation. Each method's counters are sharded: a worker
-//! thread records into its own shard (`worker % shards`, cache-line aligned), so workers
-//! completing tasks of one method at once do not fight over one cache line; a reader
-//! sums the shards. A pool has as many shards as the runtime has workers, at most
-//! [`MAX_SHARDS`] (about 2 KiB each per method), and threads that are not workers
-//! record into shard 0.
+//! four counter increments (started; succeeded or failed; its latency bucket; the
+//! latency sum): no lock, no allocation. Each method's counters are sharded, each shard
+//! on cache lines of its own, so workers completing tasks of one method at once do not
+//! fight over one line; a reader sums the shards. A pool has one shard per worker of the
+//! runtime, for the first [`MAX_SHARDS`] workers (about 2 KiB each per method), plus
+//! one shared shard for every other thread.
+//!
+//! **A worker's own shard has one writer**: only that worker's thread records into it
+//! (a pool's tasks run on its own runtime's workers, and a worker index is unique within
+//! a runtime), so an increment there is a relaxed load and store, not a locked
+//! read-modify-write. The shared shard (threads that are not workers, workers past
+//! [`MAX_SHARDS`]) uses `fetch_add`. Were the one-writer rule ever broken, counts could
+//! be lost, never memory.
 //!
 //! # Histogram
 //!
@@ -88,14 +94,35 @@ pub const BUCKETS: usize = 252;
 pub const MAX_SHARDS: usize = 8;
 
 thread_local! {
-    /// The shard this thread records into (its worker index; 0 for other threads).
-    static SHARD: Cell<usize> = const { Cell::new(0) };
+    /// The worker index this thread records as (`usize::MAX`: not a worker).
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// Makes this thread record into shard `worker` (modulo the shard count): called once
-/// by each worker thread.
+/// Makes this thread record into worker `worker`'s own shard (the shared one past
+/// [`MAX_SHARDS`]): called by each worker thread, the only writer of that shard.
 pub fn set_thread_shard(worker: usize) {
     SHARD.with(|shard| shard.set(worker));
+}
+
+/// A shard picked for this thread, and whether this thread is its only writer.
+struct ShardRef<'a> {
+    shard: &'a Shard,
+    own: bool,
+}
+
+impl ShardRef<'_> {
+    /// Adds `by` to `counter`: a plain load and store on a shard with one writer.
+    fn add(&self, counter: impl Fn(&Shard) -> &AtomicU64, by: u64) {
+        let counter = counter(self.shard);
+        if self.own {
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(by),
+                Ordering::Relaxed,
+            );
+        } else {
+            counter.fetch_add(by, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One shard of a method's counters, alone on its cache lines.
@@ -132,16 +159,26 @@ impl MethodCounters {
         MethodCounters {
             id: method.id,
             name: method.name,
-            shards: (0..shards.clamp(1, MAX_SHARDS))
+            // The workers' own shards, then the shared one.
+            shards: (0..shards.min(MAX_SHARDS) + 1)
                 .map(|_| Shard::new())
                 .collect(),
         }
     }
 
-    /// This thread's shard.
-    fn shard(&self) -> &Shard {
-        let index = SHARD.with(Cell::get) % self.shards.len();
-        &self.shards[index]
+    /// This thread's shard: its own as a worker, else the shared one (the last).
+    fn shard(&self) -> ShardRef<'_> {
+        let shared = self.shards.len() - 1;
+        match SHARD.with(Cell::get) {
+            worker if worker < shared => ShardRef {
+                shard: &self.shards[worker],
+                own: true,
+            },
+            _ => ShardRef {
+                shard: &self.shards[shared],
+                own: false,
+            },
+        }
     }
 
     /// The sum of one counter over the shards.
@@ -189,8 +226,8 @@ pub struct Timer {
 }
 
 impl PoolStats {
-    /// Counters for every method in `methods`, in `shards` shards (the runtime's worker
-    /// count; at most [`MAX_SHARDS`]).
+    /// Counters for every method in `methods`: one shard for each of `shards` workers
+    /// (the runtime's worker count; at most [`MAX_SHARDS`]) and a shared one.
     pub fn new(methods: &[MethodInfo], shards: usize) -> PoolStats {
         let mut methods: Vec<MethodCounters> = methods
             .iter()
@@ -213,7 +250,7 @@ impl PoolStats {
     pub fn start(&self, method: MethodId) -> Timer {
         let index = self.index(method);
         if let Some(counters) = index.and_then(|i| self.methods.get(i)) {
-            counters.shard().started.fetch_add(1, Ordering::Relaxed);
+            counters.shard().add(|shard| &shard.started, 1);
         }
         Timer {
             index,
@@ -228,21 +265,21 @@ impl PoolStats {
         };
         let nanos = u64::try_from(timer.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let shard = counters.shard();
-        let outcome = if succeeded {
-            &shard.succeeded
+        if succeeded {
+            shard.add(|shard| &shard.succeeded, 1);
         } else {
-            &shard.failed
-        };
-        outcome.fetch_add(1, Ordering::Relaxed);
-        shard.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
-        shard.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
+            shard.add(|shard| &shard.failed, 1);
+        }
+        let bucket = bucket_of(nanos);
+        shard.add(|shard| &shard.buckets[bucket], 1);
+        shard.add(|shard| &shard.latency_sum_ns, nanos);
     }
 
     /// Counts a started task of `method` whose timer was lost (its coroutine died of a
     /// stack overflow) as failed, without a latency.
     pub fn lost(&self, method: MethodId) {
         if let Some(counters) = self.index(method).and_then(|i| self.methods.get(i)) {
-            counters.shard().failed.fetch_add(1, Ordering::Relaxed);
+            counters.shard().add(|shard| &shard.failed, 1);
         }
     }
 
@@ -448,6 +485,7 @@ mod tests {
             .iter()
             .map(|shard| shard.started.load(Ordering::Relaxed))
             .collect();
-        assert_eq!(per_shard, [200, 200, 100, 100]);
+        // Workers 0..4 have their own; 4 and 5 share the last with other threads.
+        assert_eq!(per_shard, [100, 100, 100, 100, 200]);
     }
 }

@@ -195,6 +195,7 @@ pub struct WorkerShared {
     /// Coroutines waiting to be handed the polling role.
     idle: Mutex<Vec<Arc<TaskSlot>>>,
     shutdown: AtomicBool,
+    /// Tasks dispatched; written only by this worker's thread (others read it).
     tasks_run: AtomicU64,
     /// Spawns coroutines on this worker's thread.
     spawner: Spawner,
@@ -611,7 +612,9 @@ fn run_inline(
 /// coroutine still holds the polling role.
 fn dispatch(worker: &WorkerShared, slot: &TaskSlot, task: Task, out: &mut OutputBuffer) -> bool {
     // Counted before it runs, so a status task running inline sees every task before it.
-    worker.tasks_run.fetch_add(1, Ordering::Relaxed);
+    // Only this worker's thread writes the count: a load and a store, no locked add.
+    let run = worker.tasks_run.load(Ordering::Relaxed);
+    worker.tasks_run.store(run.wrapping_add(1), Ordering::Relaxed);
     if worker.shutdown.load(Ordering::Relaxed) {
         worker.runner.reject(task);
         return true;
