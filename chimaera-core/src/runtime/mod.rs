@@ -896,7 +896,11 @@ struct Runner(OnceLock<std::sync::Weak<Shared>>);
 
 impl TaskRunner for Runner {
     fn run(&self, task: &mut Task, out: &mut OutputBuffer) {
-        let _span = crate::coroutine::enter_span(task.span());
+        // A disabled span still costs its making and its scope's drop on every task: skip
+        // both while no subscriber wants DEBUG at all (the macro's own first check).
+        let debug = tracing::Level::DEBUG <= tracing::level_filters::STATIC_MAX_LEVEL
+            && tracing::Level::DEBUG <= tracing::level_filters::LevelFilter::current();
+        let _span = debug.then(|| crate::coroutine::enter_span(task.span()));
         let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
