@@ -42,7 +42,8 @@
 //!   checked whole before any is freed, so it is all-or-nothing too.
 //!
 //! **Costs.** Allocate and free are O(orders · log n) tree operations; the cached path is
-//! O(1) plus one hash-map update. Memory is proportional to the number of live blocks
+//! O(1) plus one hash-map update (a free of one block: one map operation, which checks
+//! and unrecords the block at once). Memory is proportional to the number of live blocks
 //! and free fragments, not to the device size.
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -285,6 +286,26 @@ impl BlockAllocator {
                 remaining: self.free_bytes,
             });
         }
+        if let Split {
+            full: 0,
+            tail: Some(class),
+        } = split
+        {
+            // One block (every request of at most 128 KiB): no loop.
+            let offset = match self.take(class) {
+                Some(offset) => offset,
+                None => {
+                    self.flush_caches();
+                    self.take(class)
+                        .ok_or_else(|| self.roll_back(Vec::new(), requested))?
+                }
+            };
+            return Ok(vec![Block {
+                offset,
+                size: BLOCK_CLASSES[class],
+                block_type: class as u32,
+            }]);
+        }
         // `requested <= free_bytes <= capacity`, so the count fits in memory.
         let mut blocks =
             Vec::with_capacity(split.full as usize + usize::from(split.tail.is_some()));
@@ -314,6 +335,9 @@ impl BlockAllocator {
     /// Frees `blocks`. All or nothing: every block is checked first; if any is invalid,
     /// none is freed.
     pub fn free(&mut self, blocks: &[Block]) -> Result<(), FreeError> {
+        if let [block] = blocks {
+            return self.free_one(block);
+        }
         for block in blocks {
             self.check_allocated(block)?;
         }
@@ -325,16 +349,44 @@ impl BlockAllocator {
             }
         }
         for block in blocks {
-            let class = block.block_type as usize;
             self.allocated.remove(&block.offset);
-            self.free_bytes += block.size;
-            if self.cache[class].len() < CACHE_LIMIT {
-                self.cache[class].push(block.offset);
-            } else {
-                self.release(block.offset, CLASS_ORDER[class]);
-            }
+            self.put_back(block);
         }
         Ok(())
+    }
+
+    /// [`free`](Self::free) of one block (the common case): one map operation, which
+    /// checks and unrecords it at once.
+    fn free_one(&mut self, block: &Block) -> Result<(), FreeError> {
+        let class = self.check_shape(block)?;
+        match self.allocated.remove(&block.offset) {
+            Some(found) if usize::from(found) == class => {
+                self.put_back(block);
+                Ok(())
+            }
+            other => {
+                if let Some(found) = other {
+                    // Another class at that offset: it stays allocated, as it was.
+                    self.allocated.insert(block.offset, found);
+                }
+                Err(FreeError::NotAllocated {
+                    offset: block.offset,
+                    size: block.size,
+                })
+            }
+        }
+    }
+
+    /// Returns a checked, unrecorded block to the free space: its class's cache, or the
+    /// buddy system when the cache is full.
+    fn put_back(&mut self, block: &Block) {
+        let class = block.block_type as usize;
+        self.free_bytes += block.size;
+        if self.cache[class].len() < CACHE_LIMIT {
+            self.cache[class].push(block.offset);
+        } else {
+            self.release(block.offset, CLASS_ORDER[class]);
+        }
     }
 
     /// Moves every cached block into the buddy system, coalescing it.
@@ -348,6 +400,18 @@ impl BlockAllocator {
     }
 
     fn check_allocated(&self, block: &Block) -> Result<(), FreeError> {
+        let class = self.check_shape(block)?;
+        if self.allocated.get(&block.offset) != Some(&(class as u8)) {
+            return Err(FreeError::NotAllocated {
+                offset: block.offset,
+                size: block.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `block` is of a block class and inside the device; its class.
+    fn check_shape(&self, block: &Block) -> Result<usize, FreeError> {
         let class = block.block_type as usize;
         if BLOCK_CLASSES.get(class) != Some(&block.size) {
             return Err(FreeError::NotABlockClass {
@@ -363,13 +427,7 @@ impl BlockAllocator {
                 capacity: self.capacity,
             });
         }
-        if self.allocated.get(&block.offset) != Some(&(class as u8)) {
-            return Err(FreeError::NotAllocated {
-                offset: block.offset,
-                size: block.size,
-            });
-        }
-        Ok(())
+        Ok(class)
     }
 
     /// Takes one free block of `class` and records it as allocated.
@@ -770,6 +828,77 @@ mod tests {
             Err(FreeError::NotAllocated { .. })
         ));
         assert_eq!(alloc.remaining(), remaining - 128 * KIB);
+        alloc.assert_invariants();
+    }
+
+    #[test]
+    fn a_single_block_request_flushes_the_caches_or_fails_changing_nothing() {
+        // 256 KiB filled with 4 KiB blocks, all freed: every one is cached, so a
+        // 128 KiB block exists only once the caches are flushed and coalesced.
+        let mut alloc = BlockAllocator::new(256 * KIB);
+        let blocks: Vec<Block> = (0..64)
+            .flat_map(|_| alloc.allocate(4 * KIB).unwrap())
+            .collect();
+        alloc.free(&blocks).unwrap();
+        let big = alloc.allocate(128 * KIB).unwrap();
+        assert_eq!(sizes(&big), [128 * KIB]);
+        alloc.assert_invariants();
+        // Every other 4 KiB block held: 128 KiB free, but no two free buddies.
+        let mut alloc = BlockAllocator::new(256 * KIB);
+        let blocks: Vec<Block> = (0..64)
+            .flat_map(|_| alloc.allocate(4 * KIB).unwrap())
+            .collect();
+        let freed: Vec<Block> = blocks.iter().step_by(2).copied().collect();
+        alloc.free(&freed).unwrap();
+        let remaining = alloc.remaining();
+        assert_eq!(remaining, 128 * KIB);
+        assert!(matches!(
+            alloc.allocate(100 * KIB),
+            Err(AllocError::Fragmented { remaining: r, .. }) if r == remaining
+        ));
+        assert_eq!(alloc.remaining(), remaining);
+        assert_eq!(alloc.allocated_blocks(), 32);
+        alloc.assert_invariants();
+        assert_eq!(sizes(&alloc.allocate(4 * KIB).unwrap()), [4 * KIB]);
+        alloc.assert_invariants();
+    }
+
+    #[test]
+    fn a_refused_single_free_leaves_the_block_allocated_as_it_was() {
+        let mut alloc = BlockAllocator::new(MIB);
+        let big = alloc.allocate(64 * KIB).unwrap()[0];
+        let small = alloc.allocate(1024).unwrap()[0];
+        let remaining = alloc.remaining();
+        // The offset of a live 64 KiB block, named as each smaller class; then as the
+        // right class with a wrong size; then the 1 KiB block as a 4 KiB one.
+        for (size, block_type) in [(256, 0), (1024, 1), (4 * KIB, 2), (64 * KIB, 2)] {
+            let forged = Block {
+                offset: big.offset,
+                size,
+                block_type,
+            };
+            assert!(alloc.free(&[forged]).is_err(), "{forged:?}");
+        }
+        let forged = Block {
+            size: 4 * KIB,
+            block_type: 2,
+            ..small
+        };
+        assert_eq!(
+            alloc.free(&[forged]),
+            Err(FreeError::NotAllocated {
+                offset: small.offset,
+                size: 4 * KIB
+            })
+        );
+        assert_eq!(alloc.remaining(), remaining);
+        assert_eq!(alloc.allocated_blocks(), 2);
+        alloc.assert_invariants();
+        // Both are still allocated, under their own class, exactly once.
+        alloc.free(&[big]).unwrap();
+        alloc.free(&[small]).unwrap();
+        assert!(alloc.free(&[big]).is_err());
+        assert_eq!(alloc.remaining(), MIB);
         alloc.assert_invariants();
     }
 

@@ -89,7 +89,6 @@ use chimaera_core::{BulkIn, BulkOut, RunContext};
 use chimaera_macros::chimod;
 use short_lock::ShortLock;
 use stats::DeviceStats;
-use std::time::Instant;
 
 /// Parameters of `Create`, sent once per pool (a re-open must pass the same).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -149,6 +148,8 @@ pub struct Bdev {
     device: Box<dyn BlockDevice>,
     allocator: ShortLock<BlockAllocator>,
     stats: DeviceStats,
+    /// The device's capacity (constant), without a call through `device`.
+    capacity: u64,
 }
 
 #[chimod]
@@ -217,10 +218,12 @@ impl Bdev {
 impl Bdev {
     /// A container around an open device, all of it free.
     pub fn with_device(device: Box<dyn BlockDevice>) -> Self {
-        let allocator = BlockAllocator::new(device.capacity());
+        let capacity = device.capacity();
+        let allocator = BlockAllocator::new(capacity);
         let stats = DeviceStats::new(allocator.capacity());
         Bdev {
             device,
+            capacity,
             allocator: ShortLock::new(allocator),
             stats,
         }
@@ -231,69 +234,55 @@ impl Bdev {
         &*self.device
     }
 
-    fn check_block(&self, block: &Block) -> Result<(), BdevError> {
+    /// Checks that `block` lies in the device and that `len` bytes fit in it.
+    fn check_access(&self, block: &Block, len: usize) -> Result<(), BdevError> {
         if block.size > MAX_BLOCK_SIZE {
             return Err(BdevError::BlockTooLarge { block: *block });
         }
-        let capacity = self.device.capacity();
+        let capacity = self.capacity;
         match block.end() {
-            Some(end) if end <= capacity => Ok(()),
-            _ => Err(BdevError::BlockOutsideDevice {
-                block: *block,
-                capacity,
-            }),
+            Some(end) if end <= capacity => {}
+            _ => {
+                return Err(BdevError::BlockOutsideDevice {
+                    block: *block,
+                    capacity,
+                })
+            }
         }
+        if len as u64 > block.size {
+            return Err(BdevError::LongerThanBlock {
+                len: len as u64,
+                block_size: block.size,
+                offset: block.offset,
+            });
+        }
+        Ok(())
     }
 
     /// Writes `data` at the start of `block`, measured; the I/O core of `Write`.
     pub fn write_block(&self, block: &Block, data: BulkIn<'_>) -> Result<u64, BdevError> {
-        let checked = self.check_block(block).and_then(|()| {
-            if data.len() as u64 > block.size {
-                return Err(BdevError::LongerThanBlock {
-                    len: data.len() as u64,
-                    block_size: block.size,
-                    offset: block.offset,
-                });
-            }
-            Ok(())
+        let result = self.check_access(block, data.len()).and_then(|()| {
+            let started = self.stats.start();
+            let written = self.device.write_at(block.offset, data)?;
+            self.stats.record_write_since(written, started);
+            Ok(written)
         });
-        let started = Instant::now();
-        let result = checked.and_then(|()| Ok(self.device.write_at(block.offset, data)?));
-        match result {
-            Ok(written) => self.stats.record_write(written, started.elapsed()),
-            Err(_) => self.stats.record_failed_write(),
+        if result.is_err() {
+            self.stats.record_failed_write();
         }
         result
     }
 
     /// Fills `buf` from the start of `block`, measured; the I/O core of `Read`.
     pub fn read_block(&self, block: &Block, buf: BulkOut<'_>) -> Result<u64, BdevError> {
-        let offset = block.offset;
-        self.measure_read(block, buf.len(), |device| device.read_into(offset, buf))
-    }
-
-    /// Checks that `len` bytes fit `block`, runs `read` and counts it.
-    fn measure_read(
-        &self,
-        block: &Block,
-        len: usize,
-        read: impl FnOnce(&dyn BlockDevice) -> Result<u64, IoError>,
-    ) -> Result<u64, BdevError> {
-        let checked = self.check_block(block).and_then(|()| {
-            if len as u64 > block.size {
-                return Err(BdevError::LongerThanBlock {
-                    len: len as u64,
-                    block_size: block.size,
-                    offset: block.offset,
-                });
-            }
-            Ok(())
+        let result = self.check_access(block, buf.len()).and_then(|()| {
+            let started = self.stats.start();
+            let read = self.device.read_into(block.offset, buf)?;
+            self.stats.record_read_since(read, started);
+            Ok(read)
         });
-        let started = Instant::now();
-        let result = checked.and_then(|()| Ok(read(&*self.device)?));
-        match result {
-            Ok(read) => self.stats.record_read(read, started.elapsed()),
-            Err(_) => self.stats.record_failed_read(),
+        if result.is_err() {
+            self.stats.record_failed_read();
         }
         result
     }

@@ -6,12 +6,38 @@
 //! stored by the chimod after each allocate or free, under the allocator's lock, so a
 //! stats query never takes that lock.
 //!
+//! **Cheap per operation.** Recording an operation must cost little next to a 4 KiB RAM
+//! copy, so:
+//!
+//! * Counters are striped by thread: [`SLOTS`] cache-line-sized slots, each holding every
+//!   counter of both directions. The first `SLOTS - 1` threads that record on any device
+//!   each own one slot index for good (a process-wide thread number) and update their
+//!   slot with a plain `Relaxed` load and store — no read-modify-write instruction, no
+//!   cache line shared with another recording thread. Every later thread records in the
+//!   last slot, shared, with `fetch_add`. A slot index is owned by one thread only, and
+//!   a thread runs one update at a time (a coroutine never yields inside one), so no
+//!   update is ever lost.
+//! * Latency is measured with [`DeviceStats::start`] and [`DeviceStats::record_read_since`]
+//!   / [`record_write_since`](DeviceStats::record_write_since) in *ticks*: the CPU's
+//!   time-stamp counter on x86-64 when it runs at a constant rate (CPUID's invariant-TSC
+//!   flag) and the kernel uses it as its own clock, else nanoseconds read from
+//!   [`Instant`]. Ticks become nanoseconds only in a [`snapshot`](DeviceStats::snapshot),
+//!   at the rate measured over the device's lifetime (ticks against `Instant` since
+//!   creation). A tick count that went backwards (a thread moved to a core whose counter
+//!   lags) counts as 0, never as a huge latency.
+//!
 //! Counters are independent `Relaxed` atomics: a [`snapshot`](DeviceStats::snapshot)
 //! taken while I/O runs may see one counter of an operation updated and not yet the
 //! other; once the operations it should count have completed (their tasks answered),
 //! it sees all of them exactly.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Counter slots per device: `SLOTS - 1` owned by one thread each, the last shared.
+pub const SLOTS: usize = 16;
+const SHARED_SLOT: usize = SLOTS - 1;
 
 /// Figures for one direction (reads or writes), since the device was created.
 #[derive(
@@ -51,54 +77,148 @@ pub struct BdevStats {
     pub elapsed_ns: u64,
 }
 
+/// One direction's counters in a slot.
 #[derive(Debug, Default)]
-struct Direction {
+struct Counters {
     ops: AtomicU64,
     bytes: AtomicU64,
     failed: AtomicU64,
-    busy_ns: AtomicU64,
+    /// Latency of the completed operations, in ticks of the device's [`Clock`].
+    busy_ticks: AtomicU64,
 }
 
-impl Direction {
-    fn record(&self, bytes: u64, latency: Duration) {
-        self.ops.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.busy_ns.fetch_add(nanos, Ordering::Relaxed);
-    }
+/// Every counter of one thread (or of the shared slot): one cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Slot {
+    read: Counters,
+    write: Counters,
+}
 
-    fn snapshot(&self, elapsed: Duration) -> OpStats {
-        let ops = self.ops.load(Ordering::Relaxed);
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        let seconds = elapsed.as_secs_f64();
-        let per_second = |n: u64| {
-            if seconds > 0.0 {
-                n as f64 / seconds
-            } else {
-                0.0
-            }
-        };
-        OpStats {
-            ops,
-            bytes,
-            failed: self.failed.load(Ordering::Relaxed),
-            mean_latency_ns: self
-                .busy_ns
-                .load(Ordering::Relaxed)
-                .checked_div(ops)
-                .unwrap_or(0),
-            bandwidth_bytes_per_sec: per_second(bytes),
-            iops: per_second(ops),
+/// Adds `n` to a counter of the slot `owned` says whether the caller owns.
+fn add(counter: &AtomicU64, n: u64, owned: bool) {
+    if owned {
+        // Only this thread writes the counter (see the module docs), so a load and a
+        // store lose nothing; readers see either value, both whole.
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    } else {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Threads numbered so far (process-wide); a thread's number is its slot index, or the
+/// shared slot from `SHARED_SLOT` on.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's slot index, once it has recorded on some device.
+    static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The calling thread's slot index and whether it owns that slot.
+fn thread_slot() -> (usize, bool) {
+    let slot = THREAD_SLOT.with(|slot| {
+        let index = slot.get();
+        if index != usize::MAX {
+            return index;
+        }
+        let index = THREADS.fetch_add(1, Ordering::Relaxed).min(SHARED_SLOT);
+        slot.set(index);
+        index
+    });
+    (slot, slot < SHARED_SLOT)
+}
+
+/// A moment an operation started, in the ticks of its device's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp(u64);
+
+/// Where ticks come from; see the [module docs](self).
+#[derive(Debug)]
+struct Clock {
+    created: Instant,
+    /// The time-stamp counter at creation, when ticks are the time-stamp counter's;
+    /// `None`: ticks are nanoseconds since `created`.
+    tsc_at_creation: Option<u64>,
+}
+
+impl Clock {
+    fn new(use_tsc: bool) -> Self {
+        let tsc_at_creation = if use_tsc { read_tsc() } else { None };
+        Clock {
+            created: Instant::now(),
+            tsc_at_creation,
         }
     }
+
+    fn now(&self) -> u64 {
+        match self.tsc_at_creation {
+            Some(_) => read_tsc().unwrap_or(0),
+            None => u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// `ticks` in nanoseconds, `elapsed` (since creation) having lasted `ticks_now -
+    /// tsc_at_creation` ticks.
+    fn to_nanos(&self, ticks: u64, elapsed: Duration, ticks_now: u64) -> u64 {
+        match self.tsc_at_creation {
+            None => ticks,
+            Some(at_creation) => {
+                let span = u128::from(ticks_now.saturating_sub(at_creation));
+                if span == 0 {
+                    return 0;
+                }
+                let nanos = u128::from(ticks) * elapsed.as_nanos() / span;
+                u64::try_from(nanos).unwrap_or(u64::MAX)
+            }
+        }
+    }
+}
+
+/// The time-stamp counter, where it is a usable clock (see the module docs).
+fn read_tsc() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if tsc_is_a_clock() {
+        // SAFETY: `rdtsc` reads a counter; it has no memory effects and exists on every
+        // x86-64 CPU.
+        return Some(unsafe { std::arch::x86_64::_rdtsc() });
+    }
+    None
+}
+
+/// Whether the time-stamp counter runs at a constant rate (CPUID 8000_0007h, EDX bit
+/// 8: invariant TSC) and the kernel does not distrust it (Linux: it is the current
+/// clocksource, when that can be read). Decided once per process.
+fn tsc_is_a_clock() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            let invariant =
+                __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0;
+            let kernel_trusts = std::fs::read_to_string(
+                "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+            )
+            .map_or(true, |source| source.trim() == "tsc");
+            invariant && kernel_trusts
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
 }
 
 /// Live counters of one device; see the [module docs](self).
 #[derive(Debug)]
 pub struct DeviceStats {
-    created: Instant,
-    read: Direction,
-    write: Direction,
+    clock: Clock,
+    slots: Box<[Slot]>,
+    /// Latency recorded as durations ([`record_read`](Self::record_read) /
+    /// [`record_write`](Self::record_write)), in nanoseconds: reads, writes.
+    busy_nanos: [AtomicU64; 2],
     remaining: AtomicU64,
     capacity: u64,
 }
@@ -106,33 +226,70 @@ pub struct DeviceStats {
 impl DeviceStats {
     /// Counters of a new device that can allocate `capacity` bytes, all free.
     pub fn new(capacity: u64) -> Self {
+        Self::with_clock(capacity, true)
+    }
+
+    /// As [`new`](Self::new); `use_tsc: false` measures with [`Instant`] even where the
+    /// time-stamp counter is usable.
+    fn with_clock(capacity: u64, use_tsc: bool) -> Self {
         DeviceStats {
-            created: Instant::now(),
-            read: Direction::default(),
-            write: Direction::default(),
+            clock: Clock::new(use_tsc),
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            busy_nanos: Default::default(),
             remaining: AtomicU64::new(capacity),
             capacity,
         }
     }
 
+    /// The moment an operation starts, for `record_*_since`.
+    pub fn start(&self) -> Stamp {
+        Stamp(self.clock.now())
+    }
+
+    /// Counts a completed read of `bytes` that started at `started`.
+    pub fn record_read_since(&self, bytes: u64, started: Stamp) {
+        let ticks = self.clock.now().saturating_sub(started.0);
+        self.record(bytes, ticks, |slot| &slot.read);
+    }
+
+    /// Counts a completed write of `bytes` that started at `started`.
+    pub fn record_write_since(&self, bytes: u64, started: Stamp) {
+        let ticks = self.clock.now().saturating_sub(started.0);
+        self.record(bytes, ticks, |slot| &slot.write);
+    }
+
     /// Counts a completed read of `bytes` that took `latency`.
     pub fn record_read(&self, bytes: u64, latency: Duration) {
-        self.read.record(bytes, latency);
+        self.record(bytes, 0, |slot| &slot.read);
+        self.busy_nanos[0].fetch_add(nanos(latency), Ordering::Relaxed);
     }
 
     /// Counts a completed write of `bytes` that took `latency`.
     pub fn record_write(&self, bytes: u64, latency: Duration) {
-        self.write.record(bytes, latency);
+        self.record(bytes, 0, |slot| &slot.write);
+        self.busy_nanos[1].fetch_add(nanos(latency), Ordering::Relaxed);
     }
 
     /// Counts a failed read.
     pub fn record_failed_read(&self) {
-        self.read.failed.fetch_add(1, Ordering::Relaxed);
+        let (slot, owned) = thread_slot();
+        add(&self.slots[slot].read.failed, 1, owned);
     }
 
     /// Counts a failed write.
     pub fn record_failed_write(&self) {
-        self.write.failed.fetch_add(1, Ordering::Relaxed);
+        let (slot, owned) = thread_slot();
+        add(&self.slots[slot].write.failed, 1, owned);
+    }
+
+    fn record(&self, bytes: u64, ticks: u64, direction: impl Fn(&Slot) -> &Counters) {
+        let (slot, owned) = thread_slot();
+        let counters = direction(&self.slots[slot]);
+        add(&counters.ops, 1, owned);
+        add(&counters.bytes, bytes, owned);
+        if ticks > 0 {
+            add(&counters.busy_ticks, ticks, owned);
+        }
     }
 
     /// Stores the allocator's remaining bytes.
@@ -142,14 +299,57 @@ impl DeviceStats {
 
     /// The figures now.
     pub fn snapshot(&self) -> BdevStats {
-        let elapsed = self.created.elapsed();
+        let ticks_now = self.clock.now();
+        let elapsed = self.clock.created.elapsed();
+        let direction = |pick: fn(&Slot) -> &Counters, busy_nanos: &AtomicU64| {
+            let sum = |field: fn(&Counters) -> &AtomicU64| {
+                self.slots.iter().fold(0u64, |total, slot| {
+                    total.wrapping_add(field(pick(slot)).load(Ordering::Relaxed))
+                })
+            };
+            let busy_ns = self
+                .clock
+                .to_nanos(sum(|c| &c.busy_ticks), elapsed, ticks_now)
+                .saturating_add(busy_nanos.load(Ordering::Relaxed));
+            op_stats(
+                sum(|c| &c.ops),
+                sum(|c| &c.bytes),
+                sum(|c| &c.failed),
+                busy_ns,
+                elapsed,
+            )
+        };
         BdevStats {
-            read: self.read.snapshot(elapsed),
-            write: self.write.snapshot(elapsed),
+            read: direction(|slot| &slot.read, &self.busy_nanos[0]),
+            write: direction(|slot| &slot.write, &self.busy_nanos[1]),
             remaining_bytes: self.remaining.load(Ordering::Relaxed),
             capacity_bytes: self.capacity,
-            elapsed_ns: u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            elapsed_ns: nanos(elapsed),
         }
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One direction's figures from its totals over `elapsed`.
+fn op_stats(ops: u64, bytes: u64, failed: u64, busy_ns: u64, elapsed: Duration) -> OpStats {
+    let seconds = elapsed.as_secs_f64();
+    let per_second = |n: u64| {
+        if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    OpStats {
+        ops,
+        bytes,
+        failed,
+        mean_latency_ns: busy_ns.checked_div(ops).unwrap_or(0),
+        bandwidth_bytes_per_sec: per_second(bytes),
+        iops: per_second(ops),
     }
 }
 
@@ -187,5 +387,60 @@ mod tests {
         assert_eq!(now.capacity_bytes, 1 << 20);
         assert!(now.elapsed_ns > 0);
         assert!(now.write.iops > 0.0 && now.write.bandwidth_bytes_per_sec > now.write.iops);
+    }
+
+    #[test]
+    fn more_threads_than_slots_count_every_operation() {
+        let stats = std::sync::Arc::new(DeviceStats::new(1 << 20));
+        let threads: Vec<_> = (0..2 * SLOTS as u64)
+            .map(|t| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let started = stats.start();
+                        stats.record_write_since(t + 1, started);
+                        stats.record_read_since(1, started);
+                        stats.record_failed_read();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let now = stats.snapshot();
+        let threads = 2 * SLOTS as u64;
+        assert_eq!(now.write.ops, threads * 1000);
+        assert_eq!(now.write.bytes, 1000 * threads * (threads + 1) / 2);
+        assert_eq!(
+            (now.read.ops, now.read.bytes),
+            (threads * 1000, threads * 1000)
+        );
+        assert_eq!((now.read.failed, now.write.failed), (threads * 1000, 0));
+    }
+
+    #[test]
+    fn measured_latency_is_in_nanoseconds_on_either_clock() {
+        for use_tsc in [true, false] {
+            let stats = DeviceStats::with_clock(1 << 20, use_tsc);
+            let started = stats.start();
+            std::thread::sleep(Duration::from_millis(20));
+            stats.record_read_since(4096, started);
+            let later = stats.start();
+            stats.record_read_since(4096, later);
+            let mean = stats.snapshot().read.mean_latency_ns;
+            // (20 ms + ~0) / 2, give or take the clock's calibration.
+            assert!(
+                (9_000_000..500_000_000).contains(&mean),
+                "use_tsc {use_tsc}: mean {mean} ns"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stamp_from_the_future_counts_no_latency() {
+        let stats = DeviceStats::new(1 << 20);
+        stats.record_write_since(10, Stamp(u64::MAX));
+        let now = stats.snapshot();
+        assert_eq!((now.write.ops, now.write.bytes), (1, 10));
+        assert_eq!(now.write.mean_latency_ns, 0);
     }
 }

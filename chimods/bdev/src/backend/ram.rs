@@ -121,6 +121,14 @@ impl PageLocks {
         let pages = last - first + 1;
         let n = PAGE_LOCKS as u64;
         let start = (first % n) as usize;
+        if first == last {
+            // One page (every access to a block of at most 4 KiB): one lock.
+            acquire(&self.locks[start]);
+            return PageGuard {
+                locks: &self.locks,
+                runs: [(start, start + 1), (0, 0)],
+            };
+        }
         let end = (last % n) as usize;
         let runs = if pages >= n {
             [(0, PAGE_LOCKS), (0, 0)]
