@@ -18,13 +18,9 @@
 //!   a thread runs one update at a time (a coroutine never yields inside one), so no
 //!   update is ever lost.
 //! * Latency is measured with [`DeviceStats::start`] and [`DeviceStats::record_read_since`]
-//!   / [`record_write_since`](DeviceStats::record_write_since) in *ticks*: the CPU's
-//!   time-stamp counter on x86-64 when it runs at a constant rate (CPUID's invariant-TSC
-//!   flag) and the kernel uses it as its own clock, else nanoseconds read from
-//!   [`Instant`]. Ticks become nanoseconds only in a [`snapshot`](DeviceStats::snapshot),
-//!   at the rate measured over the device's lifetime (ticks against `Instant` since
-//!   creation). A tick count that went backwards (a thread moved to a core whose counter
-//!   lags) counts as 0, never as a huge latency.
+//!   / [`record_write_since`](DeviceStats::record_write_since) as nanoseconds since the
+//!   device was created (two [`Instant`] reads per operation, the only clock cost). A
+//!   stamp later than the reading that ends it counts as 0, never as a huge latency.
 //!
 //! Counters are independent `Relaxed` atomics: a [`snapshot`](DeviceStats::snapshot)
 //! taken while I/O runs may see one counter of an operation updated and not yet the
@@ -32,7 +28,6 @@
 //! it sees all of them exactly.
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Counter slots per device: `SLOTS - 1` owned by one thread each, the last shared.
@@ -83,8 +78,8 @@ struct Counters {
     ops: AtomicU64,
     bytes: AtomicU64,
     failed: AtomicU64,
-    /// Latency of the completed operations, in ticks of the device's [`Clock`].
-    busy_ticks: AtomicU64,
+    /// Latency of the completed operations, in nanoseconds.
+    busy_ns: AtomicU64,
 }
 
 /// Every counter of one thread (or of the shared slot): one cache line.
@@ -132,83 +127,26 @@ fn thread_slot() -> (usize, bool) {
     (slot, slot < SHARED_SLOT)
 }
 
-/// A moment an operation started, in the ticks of its device's clock.
+/// A moment an operation started, in nanoseconds since its device was created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp(u64);
 
-/// Where ticks come from; see the [module docs](self).
+/// The device's clock: nanoseconds since it was created.
 #[derive(Debug)]
 struct Clock {
     created: Instant,
-    /// The time-stamp counter at creation, when ticks are the time-stamp counter's;
-    /// `None`: ticks are nanoseconds since `created`.
-    tsc_at_creation: Option<u64>,
 }
 
 impl Clock {
-    fn new(use_tsc: bool) -> Self {
-        let tsc_at_creation = if use_tsc { read_tsc() } else { None };
+    fn new() -> Self {
         Clock {
             created: Instant::now(),
-            tsc_at_creation,
         }
     }
 
     fn now(&self) -> u64 {
-        match self.tsc_at_creation {
-            Some(_) => read_tsc().unwrap_or(0),
-            None => u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX),
-        }
+        nanos(self.created.elapsed())
     }
-
-    /// `ticks` in nanoseconds, `elapsed` (since creation) having lasted `ticks_now -
-    /// tsc_at_creation` ticks.
-    fn to_nanos(&self, ticks: u64, elapsed: Duration, ticks_now: u64) -> u64 {
-        match self.tsc_at_creation {
-            None => ticks,
-            Some(at_creation) => {
-                let span = u128::from(ticks_now.saturating_sub(at_creation));
-                if span == 0 {
-                    return 0;
-                }
-                let nanos = u128::from(ticks) * elapsed.as_nanos() / span;
-                u64::try_from(nanos).unwrap_or(u64::MAX)
-            }
-        }
-    }
-}
-
-/// The time-stamp counter, where it is a usable clock (see the module docs).
-fn read_tsc() -> Option<u64> {
-    #[cfg(target_arch = "x86_64")]
-    if tsc_is_a_clock() {
-        // SAFETY: `rdtsc` reads a counter; it has no memory effects and exists on every
-        // x86-64 CPU.
-        return Some(unsafe { std::arch::x86_64::_rdtsc() });
-    }
-    None
-}
-
-/// Whether the time-stamp counter runs at a constant rate (CPUID 8000_0007h, EDX bit
-/// 8: invariant TSC) and the kernel does not distrust it (Linux: it is the current
-/// clocksource, when that can be read). Decided once per process.
-fn tsc_is_a_clock() -> bool {
-    static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::__cpuid;
-            let invariant =
-                __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0;
-            let kernel_trusts = std::fs::read_to_string(
-                "/sys/devices/system/clocksource/clocksource0/current_clocksource",
-            )
-            .map_or(true, |source| source.trim() == "tsc");
-            invariant && kernel_trusts
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    })
 }
 
 /// Live counters of one device; see the [module docs](self).
@@ -226,14 +164,8 @@ pub struct DeviceStats {
 impl DeviceStats {
     /// Counters of a new device that can allocate `capacity` bytes, all free.
     pub fn new(capacity: u64) -> Self {
-        Self::with_clock(capacity, true)
-    }
-
-    /// As [`new`](Self::new); `use_tsc: false` measures with [`Instant`] even where the
-    /// time-stamp counter is usable.
-    fn with_clock(capacity: u64, use_tsc: bool) -> Self {
         DeviceStats {
-            clock: Clock::new(use_tsc),
+            clock: Clock::new(),
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             busy_nanos: Default::default(),
             remaining: AtomicU64::new(capacity),
@@ -248,14 +180,14 @@ impl DeviceStats {
 
     /// Counts a completed read of `bytes` that started at `started`.
     pub fn record_read_since(&self, bytes: u64, started: Stamp) {
-        let ticks = self.clock.now().saturating_sub(started.0);
-        self.record(bytes, ticks, |slot| &slot.read);
+        let latency = self.clock.now().saturating_sub(started.0);
+        self.record(bytes, latency, |slot| &slot.read);
     }
 
     /// Counts a completed write of `bytes` that started at `started`.
     pub fn record_write_since(&self, bytes: u64, started: Stamp) {
-        let ticks = self.clock.now().saturating_sub(started.0);
-        self.record(bytes, ticks, |slot| &slot.write);
+        let latency = self.clock.now().saturating_sub(started.0);
+        self.record(bytes, latency, |slot| &slot.write);
     }
 
     /// Counts a completed read of `bytes` that took `latency`.
@@ -282,13 +214,13 @@ impl DeviceStats {
         add(&self.slots[slot].write.failed, 1, owned);
     }
 
-    fn record(&self, bytes: u64, ticks: u64, direction: impl Fn(&Slot) -> &Counters) {
+    fn record(&self, bytes: u64, busy_ns: u64, direction: impl Fn(&Slot) -> &Counters) {
         let (slot, owned) = thread_slot();
         let counters = direction(&self.slots[slot]);
         add(&counters.ops, 1, owned);
         add(&counters.bytes, bytes, owned);
-        if ticks > 0 {
-            add(&counters.busy_ticks, ticks, owned);
+        if busy_ns > 0 {
+            add(&counters.busy_ns, busy_ns, owned);
         }
     }
 
@@ -299,7 +231,6 @@ impl DeviceStats {
 
     /// The figures now.
     pub fn snapshot(&self) -> BdevStats {
-        let ticks_now = self.clock.now();
         let elapsed = self.clock.created.elapsed();
         let direction = |pick: fn(&Slot) -> &Counters, busy_nanos: &AtomicU64| {
             let sum = |field: fn(&Counters) -> &AtomicU64| {
@@ -307,15 +238,12 @@ impl DeviceStats {
                     total.wrapping_add(field(pick(slot)).load(Ordering::Relaxed))
                 })
             };
-            let busy_ns = self
-                .clock
-                .to_nanos(sum(|c| &c.busy_ticks), elapsed, ticks_now)
-                .saturating_add(busy_nanos.load(Ordering::Relaxed));
+            let busy = sum(|c| &c.busy_ns).saturating_add(busy_nanos.load(Ordering::Relaxed));
             op_stats(
                 sum(|c| &c.ops),
                 sum(|c| &c.bytes),
                 sum(|c| &c.failed),
-                busy_ns,
+                busy,
                 elapsed,
             )
         };
@@ -418,21 +346,16 @@ mod tests {
     }
 
     #[test]
-    fn measured_latency_is_in_nanoseconds_on_either_clock() {
-        for use_tsc in [true, false] {
-            let stats = DeviceStats::with_clock(1 << 20, use_tsc);
-            let started = stats.start();
-            std::thread::sleep(Duration::from_millis(20));
-            stats.record_read_since(4096, started);
-            let later = stats.start();
-            stats.record_read_since(4096, later);
-            let mean = stats.snapshot().read.mean_latency_ns;
-            // (20 ms + ~0) / 2, give or take the clock's calibration.
-            assert!(
-                (9_000_000..500_000_000).contains(&mean),
-                "use_tsc {use_tsc}: mean {mean} ns"
-            );
-        }
+    fn measured_latency_is_in_nanoseconds() {
+        let stats = DeviceStats::new(1 << 20);
+        let started = stats.start();
+        std::thread::sleep(Duration::from_millis(20));
+        stats.record_read_since(4096, started);
+        let later = stats.start();
+        stats.record_read_since(4096, later);
+        let mean = stats.snapshot().read.mean_latency_ns;
+        // (20 ms + ~0) / 2.
+        assert!((10_000_000..500_000_000).contains(&mean), "mean {mean} ns");
     }
 
     #[test]
