@@ -364,6 +364,9 @@ impl Moved {
     }
 }
 
+/// The answers a harvest moved out of one slot, by the generation of their calls.
+type Filed = Vec<(u64, Moved)>;
+
 /// How a call's waiter finds its answer.
 enum Answer {
     /// In the slot, which the waiter now reads and frees (its claim is `CLAIM_READING`).
@@ -395,7 +398,7 @@ pub struct ShmConnection {
     /// (or drop them): by slot (the index), then by generation (a slot may be harvested
     /// again, for its next call, before the previous call collects its answer). The
     /// lists keep their capacity, so a steady pipeline files answers without allocating.
-    harvested: Mutex<Box<[Vec<(u64, Moved)>]>>,
+    harvested: Mutex<Box<[Filed]>>,
     /// Where a submitter that found no free slot waits (with `slot_freed`).
     slot_wait: Mutex<()>,
     slot_freed: Condvar,
