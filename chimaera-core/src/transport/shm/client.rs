@@ -36,9 +36,14 @@
 //! A harvest files the results it took by slot and generation, under a lock (held for
 //! its whole scan), in the same critical section where the claim leaves *reading*; a
 //! waiter that lost the race waits for that (the harvest copies the results, briefly)
-//! and takes them from the file. An answer of at most the reply line's 32 bytes is
-//! filed inline and the per-slot lists keep their capacity, so a pipelined window wider
-//! than the slots (every submission past the slots harvests) allocates nothing for it. An
+//! and takes them from the file. A submission that finds every slot taken harvests
+//! one answered slot (the scan resumes where the last one stopped), not all: in a
+//! window one call wider than the slots, waited in order, the call whose answer was
+//! moved out is then the only one without a slot, and the next harvest comes when it
+//! reaches the front, once per lap of the window (a harvest of every answered slot made
+//! most calls of the window collect from the file). An answer of at most the reply
+//! line's 32 bytes is filed inline and the per-slot lists keep their capacity, so
+//! harvests allocate nothing for the usual small answer. An
 //! abandon sets a flag on the claim by compare-exchange: on a held claim (the slot frees
 //! when answered, as below), or on one being read (the harvest drops the results), or it
 //! finds the claim gone and drops the filed results. The claims never live in the area:
@@ -399,6 +404,9 @@ pub struct ShmConnection {
     /// again, for its next call, before the previous call collects its answer). The
     /// lists keep their capacity, so a steady pipeline files answers without allocating.
     harvested: Mutex<Box<[Filed]>>,
+    /// Where the next harvest starts its scan (a slot index, taken modulo the call
+    /// slots; read and written under the `harvested` lock).
+    harvest_cursor: AtomicU32,
     /// Where a submitter that found no free slot waits (with `slot_freed`).
     slot_wait: Mutex<()>,
     slot_freed: Condvar,
@@ -578,6 +586,7 @@ impl ShmConnection {
             free_slots: FreeSlots::new(call_slots),
             claims: (0..geometry.slots).map(|_| SlotClaim::default()).collect(),
             harvested: Mutex::new((0..geometry.slots).map(|_| Vec::new()).collect()),
+            harvest_cursor: AtomicU32::new(0),
             slot_wait: Mutex::new(()),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
@@ -660,6 +669,18 @@ impl ShmConnection {
 
     #[inline(always)]
     fn take_slot(&self) -> Result<u32, TaskError> {
+        if let Some(err) = self.failure() {
+            return Err(err);
+        }
+        match self.free_slots.take() {
+            Some(slot_index) => Ok(slot_index),
+            None => self.take_slot_waiting(),
+        }
+    }
+
+    /// [`take_slot`](Self::take_slot) once every slot holds a call.
+    #[cold]
+    fn take_slot_waiting(&self) -> Result<u32, TaskError> {
         loop {
             if let Some(err) = self.failure() {
                 return Err(err);
@@ -667,9 +688,13 @@ impl ShmConnection {
             if let Some(slot_index) = self.free_slots.take() {
                 return Ok(slot_index);
             }
-            // Every slot holds a call: move the answered ones' results out of shared
-            // memory, so results nobody collected yet do not hold the queue.
-            self.harvest();
+            // Every slot holds a call: move an answered one's answer out of shared
+            // memory, so answers nobody collected yet do not hold the queue. One is
+            // enough: in a window of calls one wider than the slots, waited in order,
+            // the call whose answer moved out is the only one in the window without a
+            // slot, so this runs once per lap of the window, not once per call (the
+            // others free their slot as they are waited for, for the next submission).
+            self.harvest_up_to(1);
             if let Some(slot_index) = self.free_slots.take() {
                 return Ok(slot_index);
             }
@@ -706,13 +731,26 @@ impl ShmConnection {
 
     /// Copies the results of answered calls out of their slots and frees the slots.
     fn harvest(&self) {
+        self.harvest_up_to(u32::MAX);
+    }
+
+    /// [`harvest`](Self::harvest) until `wanted` slots are freed: the scan starts after
+    /// the slot the last one stopped at, so a harvest for one slot finds the next
+    /// answered one (the calls before it were answered earlier) without rescanning.
+    fn harvest_up_to(&self, wanted: u32) {
         self.send_abandons();
         // One lock for the whole scan (lock order: `harvested`, then `abandons`, `data`,
         // `wakers`, `slot_wait`); the wakers of polled calls whose answers it moved are
         // woken after it is let go (a waker may poll its call at once, which may take it).
         let mut harvested = lock(&self.harvested);
         let mut woken = Vec::new();
-        for slot_index in 0..self.call_slots() {
+        let slots = self.call_slots().max(1);
+        // Under the `harvested` lock, like every use of the cursor; below `slots`, so
+        // the scan visits each slot once.
+        let start = self.harvest_cursor.load(Ordering::Relaxed) % slots;
+        let mut released = 0;
+        for k in 0..slots {
+            let slot_index = (start + k) % slots;
             let Some(claim) = self.claims.get(slot_index as usize) else {
                 continue;
             };
@@ -772,6 +810,12 @@ impl ShmConnection {
                 woken.extend(self.watch.take(slot_index));
             }
             self.release_viewed(slot_index, Some(&view));
+            released += 1;
+            if released >= wanted {
+                self.harvest_cursor
+                    .store((slot_index + 1) % slots, Ordering::Relaxed);
+                break;
+            }
         }
         drop(harvested);
         for waker in woken {
