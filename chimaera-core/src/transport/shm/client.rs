@@ -37,11 +37,12 @@
 //! its whole scan), in the same critical section where the claim leaves *reading*; a
 //! waiter that lost the race waits for that (the harvest copies the results, briefly)
 //! and takes them from the file. A submission that finds every slot taken harvests
-//! one answered slot (the scan resumes where the last one stopped), not all: in a
-//! window one call wider than the slots, waited in order, the call whose answer was
-//! moved out is then the only one without a slot, and the next harvest comes when it
-//! reaches the front, once per lap of the window (a harvest of every answered slot made
-//! most calls of the window collect from the file). An answer of at most the reply
+//! one answered slot, not all: an abandoned call's if there is one, else that of the
+//! answered call pushed last (each claim is stamped under the ring's producer lock). In
+//! a window one call wider than the slots, waited in order, the call whose answer was
+//! moved out is then the only one without a slot, and near the back of the window: the
+//! next harvest comes when it reaches the front, about once per lap of the window (a
+//! harvest of every answered slot made most calls of the window collect from the file). An answer of at most the reply
 //! line's 32 bytes is filed inline and the per-slot lists keep their capacity, so
 //! harvests allocate nothing for the usual small answer. An
 //! abandon sets a flag on the claim by compare-exchange: on a held claim (the slot frees
@@ -199,6 +200,8 @@ pub enum ConnectError {
 
 struct Producer {
     ring: Ring,
+    /// Submissions pushed so far: each call's stamp (see [`SlotClaim`]).
+    pushed: u64,
 }
 
 /// The call slots no call holds: a lock-free queue, plus the slot released last, which
@@ -279,6 +282,10 @@ struct SlotClaim {
     /// took the claim to `CLAIM_READING` (acquire).
     input_offset: AtomicUsize,
     input_len: AtomicUsize,
+    /// When the held call was pushed (the connection's count of pushes, stamped under
+    /// the ring's producer lock): which answered call is the newest, for a harvest
+    /// that frees one slot (a hint only).
+    stamp: AtomicU64,
 }
 
 const CLAIM_FREE: u64 = 0;
@@ -404,9 +411,6 @@ pub struct ShmConnection {
     /// again, for its next call, before the previous call collects its answer). The
     /// lists keep their capacity, so a steady pipeline files answers without allocating.
     harvested: Mutex<Box<[Filed]>>,
-    /// Where the next harvest starts its scan (a slot index, taken modulo the call
-    /// slots; read and written under the `harvested` lock).
-    harvest_cursor: AtomicU32,
     /// Where a submitter that found no free slot waits (with `slot_freed`).
     slot_wait: Mutex<()>,
     slot_freed: Condvar,
@@ -582,11 +586,10 @@ impl ShmConnection {
             page,
             doorbell,
             socket,
-            producer: Mutex::new(Producer { ring }),
+            producer: Mutex::new(Producer { ring, pushed: 0 }),
             free_slots: FreeSlots::new(call_slots),
             claims: (0..geometry.slots).map(|_| SlotClaim::default()).collect(),
             harvested: Mutex::new((0..geometry.slots).map(|_| Vec::new()).collect()),
-            harvest_cursor: AtomicU32::new(0),
             slot_wait: Mutex::new(()),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
@@ -690,10 +693,8 @@ impl ShmConnection {
             }
             // Every slot holds a call: move an answered one's answer out of shared
             // memory, so answers nobody collected yet do not hold the queue. One is
-            // enough: in a window of calls one wider than the slots, waited in order,
-            // the call whose answer moved out is the only one in the window without a
-            // slot, so this runs once per lap of the window, not once per call (the
-            // others free their slot as they are waited for, for the next submission).
+            // enough (see the module docs): in a window of calls one wider than the
+            // slots, waited in order, this runs about once per lap of the window.
             self.harvest_up_to(1);
             if let Some(slot_index) = self.free_slots.take() {
                 return Ok(slot_index);
@@ -734,9 +735,37 @@ impl ShmConnection {
         self.harvest_up_to(u32::MAX);
     }
 
-    /// [`harvest`](Self::harvest) until `wanted` slots are freed: the scan starts after
-    /// the slot the last one stopped at, so a harvest for one slot finds the next
-    /// answered one (the calls before it were answered earlier) without rescanning.
+    /// The slot a harvest for one slot frees best: an abandoned call's, answered (no
+    /// answer to move), else the answered call submitted last (in a window waited in
+    /// order it is waited for last, so it is long before a harvest is needed again).
+    /// A heuristic: the claims and stamps it reads may change meanwhile.
+    fn harvest_first(&self, slots: u32) -> Option<u32> {
+        let mut newest: Option<(u64, u32)> = None;
+        for slot_index in 0..slots {
+            let Some(claim) = self.claims.get(slot_index as usize) else {
+                continue;
+            };
+            let held = claim.word.load(Ordering::Relaxed);
+            if held & CLAIM_STATE != CLAIM_HELD
+                || !self.view(slot_index).is_ok_and(|view| {
+                    view.word(slot::STATE).load(Ordering::Relaxed) == wire::SLOT_DONE
+                })
+            {
+                continue;
+            }
+            if held & CLAIM_ABANDONED != 0 {
+                return Some(slot_index);
+            }
+            let stamp = claim.stamp.load(Ordering::Relaxed);
+            if newest.is_none_or(|(newest, _)| stamp > newest) {
+                newest = Some((stamp, slot_index));
+            }
+        }
+        newest.map(|(_, slot_index)| slot_index)
+    }
+
+    /// [`harvest`](Self::harvest) until `wanted` slots are freed (the best one first
+    /// when it is one, see [`harvest_first`](Self::harvest_first)).
     fn harvest_up_to(&self, wanted: u32) {
         self.send_abandons();
         // One lock for the whole scan (lock order: `harvested`, then `abandons`, `data`,
@@ -744,13 +773,12 @@ impl ShmConnection {
         // woken after it is let go (a waker may poll its call at once, which may take it).
         let mut harvested = lock(&self.harvested);
         let mut woken = Vec::new();
-        let slots = self.call_slots().max(1);
-        // Under the `harvested` lock, like every use of the cursor; below `slots`, so
-        // the scan visits each slot once.
-        let start = self.harvest_cursor.load(Ordering::Relaxed) % slots;
+        let slots = self.call_slots();
+        // For one slot, the best one first: see `harvest_first`. Then every slot in
+        // order (that one again, found no longer held, is skipped).
+        let first = (wanted == 1).then(|| self.harvest_first(slots)).flatten();
         let mut released = 0;
-        for k in 0..slots {
-            let slot_index = (start + k) % slots;
+        for slot_index in first.into_iter().chain(0..slots) {
             let Some(claim) = self.claims.get(slot_index as usize) else {
                 continue;
             };
@@ -812,8 +840,6 @@ impl ShmConnection {
             self.release_viewed(slot_index, Some(&view));
             released += 1;
             if released >= wanted {
-                self.harvest_cursor
-                    .store((slot_index + 1) % slots, Ordering::Relaxed);
                 break;
             }
         }
@@ -1411,7 +1437,14 @@ impl ShmConnection {
     /// Pushes a slot index and rings the worker's doorbell if it sleeps.
     #[inline]
     fn queue(&self, slot_index: u32) -> bool {
-        let pushed = lock(&self.producer).ring.push(slot_index).is_ok();
+        let pushed = {
+            let mut producer = lock(&self.producer);
+            producer.pushed = producer.pushed.wrapping_add(1);
+            if let Some(claim) = self.claims.get(slot_index as usize) {
+                claim.stamp.store(producer.pushed, Ordering::Relaxed);
+            }
+            producer.ring.push(slot_index).is_ok()
+        };
         fence(Ordering::SeqCst);
         if self.page.is_sleeping(self.grant.worker as usize) {
             let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
