@@ -589,7 +589,14 @@ impl ShmConnection {
             producer: Mutex::new(Producer { ring, pushed: 0 }),
             free_slots: FreeSlots::new(call_slots),
             claims: (0..geometry.slots).map(|_| SlotClaim::default()).collect(),
-            harvested: Mutex::new((0..geometry.slots).map(|_| Vec::new()).collect()),
+            // Room for one answer per slot from the start: a harvest that frees one slot
+            // picks whichever fits best, so a steady pipeline reaches slots it has not
+            // used before long after its start (and would allocate there).
+            harvested: Mutex::new(
+                (0..geometry.slots)
+                    .map(|_| Vec::with_capacity(1))
+                    .collect(),
+            ),
             slot_wait: Mutex::new(()),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
