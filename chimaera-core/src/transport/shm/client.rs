@@ -42,9 +42,11 @@
 //! a window one call wider than the slots, waited in order, the call whose answer was
 //! moved out is then the only one without a slot, and near the back of the window: the
 //! next harvest comes when it reaches the front, about once per lap of the window (a
-//! harvest of every answered slot made most calls of the window collect from the file). An answer of at most the reply
-//! line's 32 bytes is filed inline and the per-slot lists keep their capacity, so
-//! harvests allocate nothing for the usual small answer. An
+//! harvest of every answered slot made most calls of the window collect from the file).
+//! Harvests closer together than half the slots' submissions (a window much wider than
+//! the slots) free every answered slot instead: one scan for many calls. An answer of
+//! at most the reply line's 32 bytes is filed inline and the per-slot lists keep their
+//! capacity, so harvests allocate nothing for the usual small answer. An
 //! abandon sets a flag on the claim by compare-exchange: on a held claim (the slot frees
 //! when answered, as below), or on one being read (the harvest drops the results), or it
 //! finds the claim gone and drops the filed results. The claims never live in the area:
@@ -411,6 +413,8 @@ pub struct ShmConnection {
     /// again, for its next call, before the previous call collects its answer). The
     /// lists keep their capacity, so a steady pipeline files answers without allocating.
     harvested: Mutex<Box<[Filed]>>,
+    /// The count of pushes (see [`Producer`]) when a submission last harvested.
+    last_harvest: AtomicU64,
     /// Where a submitter that found no free slot waits (with `slot_freed`).
     slot_wait: Mutex<()>,
     slot_freed: Condvar,
@@ -592,6 +596,7 @@ impl ShmConnection {
             // Room for one answer per slot from the start: a harvest that frees one slot
             // picks whichever fits best, so a steady pipeline reaches slots it has not
             // used before long after its start (and would allocate there).
+            last_harvest: AtomicU64::new(0),
             harvested: Mutex::new(
                 (0..geometry.slots)
                     .map(|_| Vec::with_capacity(1))
@@ -701,8 +706,14 @@ impl ShmConnection {
             // Every slot holds a call: move an answered one's answer out of shared
             // memory, so answers nobody collected yet do not hold the queue. One is
             // enough (see the module docs): in a window of calls one wider than the
-            // slots, waited in order, this runs about once per lap of the window.
-            self.harvest_up_to(1);
+            // slots, waited in order, this runs about once per lap of the window. Had
+            // the last harvest come fewer than half the slots' submissions ago (a
+            // window much wider than the slots), every answered slot is freed: one
+            // scan for many calls.
+            let pushed = lock(&self.producer).pushed;
+            let last = self.last_harvest.swap(pushed, Ordering::Relaxed);
+            let often = pushed.wrapping_sub(last) < u64::from(self.call_slots() / 2);
+            self.harvest_up_to(if often { u32::MAX } else { 1 });
             if let Some(slot_index) = self.free_slots.take() {
                 return Ok(slot_index);
             }
