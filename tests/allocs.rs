@@ -12,7 +12,10 @@
 //!   child to go, the child makes its calls and says it is done, and this process reads
 //!   its count again. Meanwhile this process only reads and writes pipes with stack
 //!   buffers, so what it counts is the runtime's ingest, decode, dispatch and reply. The
-//!   child counts its own side (submit, wait, decode) the same way.
+//!   child counts its own side (submit, wait, decode) the same way; then, counting its
+//!   own side only, as many `async_custom` calls pipelined in a window one wider than
+//!   its call slots (so submissions harvest answered slots, whose answers wait, moved
+//!   out, for their calls).
 //!
 //! The file has its own `main` (`harness = false`): libtest's main thread allocates
 //! while tests run (it checks for tests running over a minute), which would count.
@@ -29,6 +32,7 @@ use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,6 +86,9 @@ static GLOBAL: Counting = Counting;
 const WARM_UP: u64 = 10_000;
 /// Calls counted.
 const CALLS: u64 = 100_000;
+/// Calls a pipelined client keeps in flight: one more than its call slots (the default
+/// `queue_depth`, 256, less the slot that carries abandon requests).
+const WINDOW: usize = 256;
 
 /// The role of the client child.
 const CLIENT: &str = "calls";
@@ -185,6 +192,12 @@ fn no_allocation_per_empty_task_over_shared_memory() {
         .strip_prefix("done ")
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("the child reported {reported:?}"));
+    let len = read_line(&mut from_child, &mut line);
+    let reported = String::from_utf8_lossy(&line[..len]).into_owned();
+    let pipelined_allocations: u64 = reported
+        .strip_prefix("pipelined ")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("the child reported {reported:?}"));
     drop(to_child);
     assert!(child.wait().expect("child exits").success());
     drop(runtime);
@@ -197,6 +210,29 @@ fn no_allocation_per_empty_task_over_shared_memory() {
         (0, 0),
         "{CALLS} empty tasks over shared memory made allocations (runtime, client)"
     );
+    println!(
+        "allocations in {CALLS} empty tasks pipelined {WINDOW} wide over shared memory: client {pipelined_allocations}"
+    );
+    assert_eq!(
+        pipelined_allocations, 0,
+        "{CALLS} empty tasks pipelined wider than the call slots made client allocations"
+    );
+}
+
+/// `calls` empty tasks through `window` (empty, with room for [`WINDOW`]), waited in
+/// order; leaves it empty.
+fn pipelined(m: &ModNameClient, window: &mut VecDeque<Pending<'static, String>>, calls: u64) {
+    for i in 0..calls {
+        if window.len() == WINDOW {
+            if let Some(oldest) = window.pop_front() {
+                assert_eq!(oldest.wait().unwrap(), "");
+            }
+        }
+        window.push_back(m.async_custom(PoolQuery::local(), "", i as u32).unwrap());
+    }
+    for pending in window.drain(..) {
+        assert_eq!(pending.wait().unwrap(), "");
+    }
 }
 
 /// The client child of the shared-memory test: warms up, says so, waits for the go,
@@ -208,6 +244,8 @@ fn client_child() {
     for _ in 0..WARM_UP {
         empty_task(&m);
     }
+    let mut window = VecDeque::with_capacity(WINDOW);
+    pipelined(&m, &mut window, WARM_UP);
     let mut stdout = std::io::stdout();
     writeln!(stdout, "warm").unwrap();
     stdout.flush().unwrap();
@@ -219,6 +257,9 @@ fn client_child() {
         }
     });
     writeln!(stdout, "done {allocations}").unwrap();
+    stdout.flush().unwrap();
+    let allocations = counting(|| pipelined(&m, &mut window, CALLS));
+    writeln!(stdout, "pipelined {allocations}").unwrap();
     stdout.flush().unwrap();
     // Stay attached until the parent has its count.
     let _ = std::io::stdin().read(&mut go);

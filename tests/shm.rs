@@ -956,6 +956,124 @@ fn threads_sharing_three_slots_race_harvests_abandons_and_polls_without_loss() {
     });
 }
 
+/// Replies a thread of the client forges for its own calls, then moved out of their
+/// slots by a harvest (another submission found every slot taken) before the calls are
+/// waited for: each call fails with a typed `Malformed` error, decoded (as typed clients
+/// wait) or raw, whether the forged output is small enough to be moved inline or not.
+#[test]
+fn forged_replies_moved_out_by_a_harvest_fail_their_calls_with_a_typed_error() {
+    let runtime = RuntimeProcess::start("forgedharvest", "queue_depth: 8\n");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let connection = chi.shm_connection().unwrap().clone();
+    let method = chimaera::mod_name::mod_name_tasks::CO_MUTEX_TEST;
+    // The first holds the container's lock for a minute; the others queue behind it, so
+    // the runtime answers none of them before the test is over.
+    let slow = chimaera_core::codec::encode(&(
+        chimaera_core::codec::ByRef(&0u32),
+        chimaera_core::codec::ByRef(&60_000u32),
+    ))
+    .unwrap();
+    let forgeries = [
+        // Small enough to be moved inline: outside the area, an unknown status, and
+        // an error whose bytes are no archived error.
+        (0, u64::MAX - 3, 8),
+        (0, 1 << 40, 1),
+        (99, 0, 4),
+        (1, 0, 24),
+        // Larger than the line: moved as results.
+        (0, 0, u32::MAX),
+        (1, u64::MAX, 200),
+    ];
+    // Seven call slots: the holder and six forged calls take them all.
+    let holder = connection
+        .submit(m.pool_id(), method, PoolQuery::Local, &slow, None)
+        .unwrap();
+    let forged: Vec<_> = forgeries
+        .iter()
+        .map(|&(status, offset, len)| {
+            let call = connection
+                .submit(m.pool_id(), method, PoolQuery::Local, &slow, None)
+                .unwrap();
+            call.forge_reply(status, offset, len);
+            call
+        })
+        .collect();
+    // Every slot is taken: this submission harvests the forged answers before any of
+    // their calls is waited for (its own call is dropped unanswered).
+    {
+        let connection = connection.clone();
+        let pool = m.pool_id();
+        within("a submission that harvests", move || {
+            drop(connection.submit(pool, method, PoolQuery::Local, &slow, None))
+        });
+    }
+    for (k, (call, (status, offset, len))) in forged.into_iter().zip(forgeries).enumerate() {
+        let what = format!("status {status}, {len} bytes at {offset}");
+        let failed = if k % 2 == 0 {
+            within("a harvested forged call, decoded", move || {
+                call.wait_decoded(&|bytes| chimaera_core::codec::decode::<u32>(bytes, "output"))
+            })
+        } else {
+            let results = within("a harvested forged call, raw", move || call.wait());
+            assert_eq!(results.len(), 1, "{what}");
+            results.into_iter().next().unwrap().1.map(|_| 0)
+        };
+        assert!(
+            matches!(failed, Err(TaskError::Malformed { .. })),
+            "{what}: {failed:?}"
+        );
+    }
+    drop(holder);
+    let other = runtime.client();
+    let m =
+        ModNameClient::create(&other, PoolQuery::local(), "q", CreateParams::default()).unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "next", 0).unwrap(), "next");
+}
+
+/// A window of calls wider than the connection's slots, waited in order: submissions
+/// harvest answered slots, and a slot is harvested again for its next call before the
+/// previous one collects its answer. Each call gets its own answer (small outputs moved
+/// inline, large ones as results, errors), through every way of waiting.
+#[test]
+fn a_window_wider_than_the_slots_gets_each_call_its_own_answer() {
+    let runtime = RuntimeProcess::start("widewindow", "queue_depth: 4\n");
+    let chi = runtime.client();
+    let m = ModNameClient::create(&chi, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let connection = chi.shm_connection().unwrap().clone();
+    within("a window wider than the slots", move || {
+        let text = |i: u32| match i % 5 {
+            // Larger than the reply line (and than a slot), then small.
+            0 => format!("{i}{}", "w".repeat(5000)),
+            _ => format!("w{i}"),
+        };
+        let mut window: std::collections::VecDeque<(u32, Pending<'static, String>)> =
+            std::collections::VecDeque::new();
+        for i in 0..400u32 {
+            if window.len() == 9 {
+                let (i, pending) = window.pop_front().unwrap();
+                match i % 3 {
+                    0 => assert_eq!(pending.wait().unwrap(), text(i)),
+                    1 => assert_eq!(support::block_on(pending).unwrap(), text(i)),
+                    _ => drop(pending),
+                }
+            }
+            if i % 7 == 0 {
+                // An unknown method: the runtime answers with an error.
+                let failed = connection
+                    .submit(m.pool_id(), 999, PoolQuery::Local, &[], None)
+                    .unwrap();
+                let err = failed.wait_decoded(&|_| Ok(())).unwrap_err();
+                assert!(matches!(err, TaskError::UnknownMethod { .. }), "{err}");
+            }
+            window.push_back((i, m.async_custom(PoolQuery::local(), &text(i), i).unwrap()));
+        }
+        for (i, pending) in window {
+            assert_eq!(pending.wait().unwrap(), text(i));
+        }
+    });
+}
+
 /// A thread of a client scribbles over its own call's reply before the runtime answers
 /// (an output far outside the area, of every length, or an unknown status): the call
 /// fails with a typed `Malformed` error instead of a panic or a read out of bounds, and

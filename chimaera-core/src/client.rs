@@ -528,7 +528,10 @@ impl<'a, T> Pending<'a, T> {
     /// The call, unless its deadline passes first: then it is abandoned and the error
     /// returned. Calls that lent buffers by reference are never abandoned.
     fn take_in_time(&mut self) -> Result<RawPending, TaskError> {
-        let raw = self.raw.take().ok_or(TaskError::NotRun)?;
+        // Not `ok_or`: the error would be made (and dropped) on every call.
+        let Some(raw) = self.raw.take() else {
+            return Err(TaskError::NotRun);
+        };
         match raw.deadline {
             Some(deadline) if !self.lent.by_reference() && !raw.call.wait_until(deadline.at) => {
                 raw.call.abandon();
@@ -561,7 +564,10 @@ impl<'a, T> Pending<'a, T> {
             value = Some(decode.run(bytes, outs)?);
             Ok(())
         })?;
-        value.ok_or(TaskError::NotRun)
+        match value {
+            Some(value) => Ok(value),
+            None => Err(TaskError::NotRun),
+        }
     }
 
     /// Waits for every replica and returns each one's result, by container.

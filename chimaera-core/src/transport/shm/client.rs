@@ -33,9 +33,20 @@
 //! the only race there is: the call's waiter and a harvest (another thread's submission
 //! finding every slot taken) may both see the slot answered; whoever moves the claim
 //! from held to *reading* by compare-exchange alone reads the answer and frees the slot.
-//! A harvest files the results it took by slot and generation, under a lock, in the same
-//! critical section where the claim leaves *reading*; a waiter that lost the race waits
-//! for that (the harvest copies the results, briefly) and takes them from the file. An
+//! A harvest files the results it took by slot and generation, under a lock (held for
+//! its whole scan), in the same critical section where the claim leaves *reading*; a
+//! waiter that lost the race waits for that (the harvest copies the results, briefly)
+//! and takes them from the file. A submission that finds every slot taken harvests
+//! one answered slot, not all: an abandoned call's if there is one, else that of the
+//! answered call pushed last (each claim is stamped under the ring's producer lock). In
+//! a window one call wider than the slots, waited in order, the call whose answer was
+//! moved out is then the only one without a slot, and near the back of the window: the
+//! next harvest comes when it reaches the front, about once per lap of the window (a
+//! harvest of every answered slot made most calls of the window collect from the file).
+//! Harvests closer together than half the slots' submissions (a window much wider than
+//! the slots) free every answered slot instead: one scan for many calls. An answer of
+//! at most the reply line's 32 bytes is filed inline and the per-slot lists keep their
+//! capacity, so harvests allocate nothing for the usual small answer. An
 //! abandon sets a flag on the claim by compare-exchange: on a held claim (the slot frees
 //! when answered, as below), or on one being read (the harvest drops the results), or it
 //! finds the claim gone and drops the filed results. The claims never live in the area:
@@ -191,6 +202,8 @@ pub enum ConnectError {
 
 struct Producer {
     ring: Ring,
+    /// Submissions pushed so far: each call's stamp (see [`SlotClaim`]).
+    pushed: u64,
 }
 
 /// The call slots no call holds: a lock-free queue, plus the slot released last, which
@@ -222,6 +235,7 @@ impl FreeSlots {
     }
 
     /// A free slot, now the caller's alone.
+    #[inline(always)]
     fn take(&self) -> Option<u32> {
         // A load first: a pipelined window that drained `recent` pays no swap for it.
         if self.recent.load(Ordering::Relaxed) != NO_SLOT {
@@ -235,6 +249,7 @@ impl FreeSlots {
 
     /// Returns `slot_index` (taken with `take`, not yet returned). `SeqCst`, as is the
     /// queue's push: `take_slot`'s waiters rely on it.
+    #[inline(always)]
     fn put(&self, slot_index: u32) {
         if self
             .recent
@@ -269,6 +284,10 @@ struct SlotClaim {
     /// took the claim to `CLAIM_READING` (acquire).
     input_offset: AtomicUsize,
     input_len: AtomicUsize,
+    /// When the held call was pushed (the connection's count of pushes, stamped under
+    /// the ring's producer lock): which answered call is the newest, for a harvest
+    /// that frees one slot (a hint only).
+    stamp: AtomicU64,
 }
 
 const CLAIM_FREE: u64 = 0;
@@ -298,19 +317,76 @@ impl SlotClaim {
     }
 }
 
-/// Results a harvest moved out of slot `slot_index` for its call of `generation`.
-struct HarvestedResults {
-    slot_index: u32,
-    generation: u64,
-    results: Results,
+/// An answer moved out of its slot (by a harvest), or the reason there is none.
+enum Moved {
+    /// An output or error of at most [`MOVED_INLINE`] bytes, copied whole: a harvest
+    /// moves the usual small answer without allocating.
+    Small {
+        /// Whether the bytes are the output (else an archived error).
+        ok: bool,
+        len: usize,
+        bytes: MovedBytes,
+    },
+    /// Any other answer, as every replica's result.
+    Results(Results),
+    /// No answer: the call failed with this.
+    Failed(TaskError),
 }
+
+/// Answers up to this size are moved out of their slot inline (the reply line's room).
+const MOVED_INLINE: usize = slot::INLINE_OUTPUT_LEN;
+
+/// The bytes of a [`Moved::Small`] answer, aligned so rkyv can read them in place.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct MovedBytes([u8; MOVED_INLINE]);
+
+impl Moved {
+    /// Every replica's result.
+    fn into_results(self) -> Results {
+        match self {
+            Moved::Small { ok, len, bytes } => {
+                let bytes = bytes.0.get(..len).unwrap_or_default();
+                vec![(
+                    0,
+                    if ok {
+                        Ok(aligned_copy(bytes))
+                    } else {
+                        Err(decode_error(bytes))
+                    },
+                )]
+            }
+            Moved::Results(results) => results,
+            Moved::Failed(err) => vec![(0, Err(err))],
+        }
+    }
+
+    /// The answer `decode`d (the first error by container wins).
+    fn decode<T>(self, decode: &dyn Fn(&[u8]) -> Result<T, TaskError>) -> Result<T, TaskError> {
+        match self {
+            Moved::Small { ok, len, bytes } => {
+                let bytes = bytes.0.get(..len).unwrap_or_default();
+                if ok {
+                    decode(bytes)
+                } else {
+                    Err(decode_error(bytes))
+                }
+            }
+            Moved::Results(results) => decode_first(results, decode),
+            Moved::Failed(err) => Err(err),
+        }
+    }
+}
+
+/// The answers a harvest moved out of one slot, by the generation of their calls.
+type Filed = Vec<(u64, Moved)>;
 
 /// How a call's waiter finds its answer.
 enum Answer {
     /// In the slot, which the waiter now reads and frees (its claim is `CLAIM_READING`).
     InSlot,
     /// Moved out by a harvest (the slot may already serve another call).
-    Harvested(Results),
+    Harvested(Moved),
 }
 
 thread_local! {
@@ -332,9 +408,13 @@ pub struct ShmConnection {
     free_slots: FreeSlots,
     /// This client's claim on each slot, indexed by slot (see [`SlotClaim`]).
     claims: Box<[SlotClaim]>,
-    /// Results a harvest moved out of answered slots, by slot and generation, until
-    /// their calls collect them (or drop them).
-    harvested: Mutex<Vec<HarvestedResults>>,
+    /// Answers a harvest moved out of answered slots, until their calls collect them
+    /// (or drop them): by slot (the index), then by generation (a slot may be harvested
+    /// again, for its next call, before the previous call collects its answer). The
+    /// lists keep their capacity, so a steady pipeline files answers without allocating.
+    harvested: Mutex<Box<[Filed]>>,
+    /// The count of pushes (see [`Producer`]) when a submission last harvested.
+    last_harvest: AtomicU64,
     /// Where a submitter that found no free slot waits (with `slot_freed`).
     slot_wait: Mutex<()>,
     slot_freed: Condvar,
@@ -373,6 +453,9 @@ struct Watch {
     idle: AtomicBool,
     closed: AtomicBool,
     started: AtomicBool,
+    /// A call of this connection was polled (set before its first look at its claim,
+    /// never cleared): until then a harvest takes no waker, and skips their lock.
+    polled: AtomicBool,
 }
 
 impl Watch {
@@ -383,6 +466,7 @@ impl Watch {
             idle: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            polled: AtomicBool::new(false),
         }
     }
 
@@ -506,10 +590,18 @@ impl ShmConnection {
             page,
             doorbell,
             socket,
-            producer: Mutex::new(Producer { ring }),
+            producer: Mutex::new(Producer { ring, pushed: 0 }),
             free_slots: FreeSlots::new(call_slots),
             claims: (0..geometry.slots).map(|_| SlotClaim::default()).collect(),
-            harvested: Mutex::new(Vec::new()),
+            // Room for one answer per slot from the start: a harvest that frees one slot
+            // picks whichever fits best, so a steady pipeline reaches slots it has not
+            // used before long after its start (and would allocate there).
+            last_harvest: AtomicU64::new(0),
+            harvested: Mutex::new(
+                (0..geometry.slots)
+                    .map(|_| Vec::with_capacity(1))
+                    .collect(),
+            ),
             slot_wait: Mutex::new(()),
             slot_freed: Condvar::new(),
             slot_waiters: AtomicUsize::new(0),
@@ -538,6 +630,7 @@ impl ShmConnection {
         self.grant
     }
 
+    #[inline(always)]
     fn control_state(&self) -> &AtomicU32 {
         // The control line starts the area, whose length was checked at connect.
         self.main
@@ -555,6 +648,7 @@ impl ShmConnection {
 
     /// Why calls fail, if they do: checked on every submission (a flag and the control
     /// word, no syscall).
+    #[inline(always)]
     fn failure(&self) -> Option<TaskError> {
         if self.dead_flag.load(Ordering::Acquire) {
             return lock(&self.dead).clone();
@@ -588,7 +682,20 @@ impl ShmConnection {
         )
     }
 
+    #[inline(always)]
     fn take_slot(&self) -> Result<u32, TaskError> {
+        if let Some(err) = self.failure() {
+            return Err(err);
+        }
+        match self.free_slots.take() {
+            Some(slot_index) => Ok(slot_index),
+            None => self.take_slot_waiting(),
+        }
+    }
+
+    /// [`take_slot`](Self::take_slot) once every slot holds a call.
+    #[cold]
+    fn take_slot_waiting(&self) -> Result<u32, TaskError> {
         loop {
             if let Some(err) = self.failure() {
                 return Err(err);
@@ -596,9 +703,17 @@ impl ShmConnection {
             if let Some(slot_index) = self.free_slots.take() {
                 return Ok(slot_index);
             }
-            // Every slot holds a call: move the answered ones' results out of shared
-            // memory, so results nobody collected yet do not hold the queue.
-            self.harvest();
+            // Every slot holds a call: move an answered one's answer out of shared
+            // memory, so answers nobody collected yet do not hold the queue. One is
+            // enough (see the module docs): in a window of calls one wider than the
+            // slots, waited in order, this runs about once per lap of the window. Had
+            // the last harvest come fewer than half the slots' submissions ago (a
+            // window much wider than the slots), every answered slot is freed: one
+            // scan for many calls.
+            let pushed = lock(&self.producer).pushed;
+            let last = self.last_harvest.swap(pushed, Ordering::Relaxed);
+            let often = pushed.wrapping_sub(last) < u64::from(self.call_slots() / 2);
+            self.harvest_up_to(if often { u32::MAX } else { 1 });
             if let Some(slot_index) = self.free_slots.take() {
                 return Ok(slot_index);
             }
@@ -635,8 +750,53 @@ impl ShmConnection {
 
     /// Copies the results of answered calls out of their slots and frees the slots.
     fn harvest(&self) {
+        self.harvest_up_to(u32::MAX);
+    }
+
+    /// The slot a harvest for one slot frees best: an abandoned call's, answered (no
+    /// answer to move), else the answered call submitted last (in a window waited in
+    /// order it is waited for last, so it is long before a harvest is needed again).
+    /// A heuristic: the claims and stamps it reads may change meanwhile.
+    fn harvest_first(&self, slots: u32) -> Option<u32> {
+        let mut newest: Option<(u64, u32)> = None;
+        for slot_index in 0..slots {
+            let Some(claim) = self.claims.get(slot_index as usize) else {
+                continue;
+            };
+            let held = claim.word.load(Ordering::Relaxed);
+            if held & CLAIM_STATE != CLAIM_HELD
+                || !self.view(slot_index).is_ok_and(|view| {
+                    view.word(slot::STATE).load(Ordering::Relaxed) == wire::SLOT_DONE
+                })
+            {
+                continue;
+            }
+            if held & CLAIM_ABANDONED != 0 {
+                return Some(slot_index);
+            }
+            let stamp = claim.stamp.load(Ordering::Relaxed);
+            if newest.is_none_or(|(newest, _)| stamp > newest) {
+                newest = Some((stamp, slot_index));
+            }
+        }
+        newest.map(|(_, slot_index)| slot_index)
+    }
+
+    /// [`harvest`](Self::harvest) until `wanted` slots are freed (the best one first
+    /// when it is one, see [`harvest_first`](Self::harvest_first)).
+    fn harvest_up_to(&self, wanted: u32) {
         self.send_abandons();
-        for slot_index in 0..self.call_slots() {
+        // One lock for the whole scan (lock order: `harvested`, then `abandons`, `data`,
+        // `wakers`, `slot_wait`); the wakers of polled calls whose answers it moved are
+        // woken after it is let go (a waker may poll its call at once, which may take it).
+        let mut harvested = lock(&self.harvested);
+        let mut woken = Vec::new();
+        let slots = self.call_slots();
+        // For one slot, the best one first: see `harvest_first`. Then every slot in
+        // order (that one again, found no longer held, is skipped).
+        let first = (wanted == 1).then(|| self.harvest_first(slots)).flatten();
+        let mut released = 0;
+        for slot_index in first.into_iter().chain(0..slots) {
             let Some(claim) = self.claims.get(slot_index as usize) else {
                 continue;
             };
@@ -666,35 +826,44 @@ impl ShmConnection {
                 claim.word.store(held, Ordering::Release);
                 continue;
             }
-            let results = (held & CLAIM_ABANDONED == 0).then(|| self.read_results(&view));
+            let moved = (held & CLAIM_ABANDONED == 0).then(|| self.move_answer(&view));
             let freed = claim_word(generation, CLAIM_FREE);
+            // The claim leaves `CLAIM_READING` under the `harvested` lock, with the
+            // answer filed: a call that finds its claim gone takes the lock after and
+            // finds it (see `take_answer`, `abandon`).
+            match claim
+                .word
+                .compare_exchange(reading, freed, Ordering::AcqRel, Ordering::Relaxed)
             {
-                // The claim leaves `CLAIM_READING` under this lock, with the results
-                // filed: a call that finds its claim gone takes the lock after and
-                // finds them (see `take_answer`, `abandon`).
-                let mut harvested = lock(&self.harvested);
-                match claim.word.compare_exchange(
-                    reading,
-                    freed,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => harvested.extend(results.map(|results| HarvestedResults {
-                        slot_index,
-                        generation,
-                        results,
-                    })),
-                    // The call was abandoned while we read: its results are dropped.
-                    Err(_) => claim.word.store(freed, Ordering::Release),
+                Ok(_) => {
+                    if let (Some(moved), Some(filed)) =
+                        (moved, harvested.get_mut(slot_index as usize))
+                    {
+                        filed.push((generation, moved));
+                    }
                 }
+                // The call was abandoned while we read: its answer is dropped.
+                Err(_) => claim.word.store(freed, Ordering::Release),
             }
             // A polled call whose answer was just moved out of its slot: its waker is
-            // taken before the slot frees (and may get the next call's waker).
-            let waker = self.watch.take(slot_index);
-            self.release_viewed(slot_index, Some(&view));
-            if let Some(waker) = waker {
-                waker.wake();
+            // taken before the slot frees (and may get the next call's waker). Only if
+            // a call of this connection was ever polled: `polled` is set (then a fence)
+            // before a poll looks at its claim, and read here after a fence that follows
+            // the claim's move to `CLAIM_READING`, so either that poll saw its claim gone
+            // (and registered nothing) or this sees `polled`.
+            fence(Ordering::SeqCst);
+            if self.watch.polled.load(Ordering::Relaxed) {
+                woken.extend(self.watch.take(slot_index));
             }
+            self.release_viewed(slot_index, Some(&view));
+            released += 1;
+            if released >= wanted {
+                break;
+            }
+        }
+        drop(harvested);
+        for waker in woken {
+            waker.wake();
         }
     }
 
@@ -708,6 +877,7 @@ impl ShmConnection {
 
     /// Takes the claim of the call of `generation` on `slot_index` to `CLAIM_READING`:
     /// whether it held it (then the caller reads the answer and frees the slot).
+    #[inline(always)]
     fn claim_answer(&self, slot_index: u32, generation: u64) -> bool {
         self.claims.get(slot_index as usize).is_some_and(|claim| {
             claim
@@ -724,6 +894,7 @@ impl ShmConnection {
 
     /// The answer of the call of `generation` on `slot_index`, which its waiter saw
     /// answered (or harvested).
+    #[inline(always)]
     fn take_answer(&self, slot_index: u32, generation: u64) -> Answer {
         if self.claim_answer(slot_index, generation) {
             return Answer::InSlot;
@@ -737,12 +908,14 @@ impl ShmConnection {
             }
         }
         let mut harvested = lock(&self.harvested);
-        let filed = harvested
-            .iter()
-            .position(|h| h.slot_index == slot_index && h.generation == generation);
+        let filed = harvested.get_mut(slot_index as usize).and_then(|filed| {
+            let at = filed.iter().position(|(filed, _)| *filed == generation)?;
+            Some(filed.swap_remove(at).1)
+        });
+        // Not `unwrap_or`: the error would be made (and dropped) on every call.
         Answer::Harvested(match filed {
-            Some(at) => harvested.swap_remove(at).results,
-            None => vec![(0, Err(TaskError::NotRun))],
+            Some(moved) => moved,
+            None => Moved::Failed(TaskError::NotRun),
         })
     }
 
@@ -757,8 +930,9 @@ impl ShmConnection {
             if claim_generation(word) != generation || word & CLAIM_STATE == CLAIM_FREE {
                 // A harvest freed the slot and filed the results (before the claim
                 // left `CLAIM_READING`, under the lock taken here): drop them.
-                lock(&self.harvested)
-                    .retain(|h| !(h.slot_index == slot_index && h.generation == generation));
+                if let Some(filed) = lock(&self.harvested).get_mut(slot_index as usize) {
+                    filed.retain(|(filed, _)| *filed != generation);
+                }
                 return;
             }
             match claim.word.compare_exchange_weak(
@@ -852,6 +1026,7 @@ impl ShmConnection {
 
     /// [`release_slot`](Self::release_slot) with the slot's view at hand (`None`: the
     /// slot has none, its words are left).
+    #[inline]
     fn release_viewed(&self, slot_index: u32, view: Option<&SlotView>) {
         let Some(claim) = self.claims.get(slot_index as usize) else {
             return;
@@ -885,6 +1060,7 @@ impl ShmConnection {
         }
     }
 
+    #[inline(always)]
     fn view(&self, slot_index: u32) -> Result<SlotView<'_>, TaskError> {
         SlotView::new(&self.main, &self.geometry, slot_index)
             .map_err(|e| TaskError::malformed("slot", e))
@@ -1277,8 +1453,16 @@ impl ShmConnection {
     }
 
     /// Pushes a slot index and rings the worker's doorbell if it sleeps.
+    #[inline]
     fn queue(&self, slot_index: u32) -> bool {
-        let pushed = lock(&self.producer).ring.push(slot_index).is_ok();
+        let pushed = {
+            let mut producer = lock(&self.producer);
+            producer.pushed = producer.pushed.wrapping_add(1);
+            if let Some(claim) = self.claims.get(slot_index as usize) {
+                claim.stamp.store(producer.pushed, Ordering::Relaxed);
+            }
+            producer.ring.push(slot_index).is_ok()
+        };
         fence(Ordering::SeqCst);
         if self.page.is_sleeping(self.grant.worker as usize) {
             let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
@@ -1355,6 +1539,11 @@ impl ShmCall {
             return true;
         };
         let watch = &connection.watch;
+        // Before the claim is looked at (see `harvest`).
+        if !watch.polled.load(Ordering::Relaxed) {
+            watch.polled.store(true, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
         let mut wakers = lock(&watch.wakers);
         // Looked at under the lock: a harvest takes the slot's waker under it after
         // the claim left this call, so a waker registered while the claim is still the
@@ -1411,7 +1600,7 @@ impl ShmCall {
     pub fn wait(self) -> Results {
         self.wait_with(
             |connection, view| connection.read_results(view),
-            |results| results,
+            Moved::into_results,
         )
     }
 
@@ -1427,7 +1616,7 @@ impl ShmCall {
                     .read_small_output(view, decode)
                     .unwrap_or_else(|| decode_first(connection.read_results(view), decode))
             },
-            |results| decode_first(results, decode),
+            |moved| moved.decode(decode),
         )
     }
 
@@ -1452,7 +1641,7 @@ impl ShmCall {
     fn wait_with<R>(
         mut self,
         read: impl FnOnce(&ShmConnection, &SlotView) -> R,
-        from: impl FnOnce(Results) -> R,
+        from: impl FnOnce(Moved) -> R,
     ) -> R {
         self.finished = true;
         let connection = &self.connection;
@@ -1465,7 +1654,7 @@ impl ShmCall {
         let view = match waited {
             Ok(view) => view,
             // The runtime is gone: the slot will never be answered.
-            Err(err) => return from(vec![(0, Err(err))]),
+            Err(err) => return from(Moved::Failed(err)),
         };
         match connection.take_answer(self.slot_index, self.generation) {
             Answer::InSlot => {
@@ -1473,7 +1662,7 @@ impl ShmCall {
                 connection.release_viewed(self.slot_index, Some(&view));
                 answer
             }
-            Answer::Harvested(results) => from(results),
+            Answer::Harvested(moved) => from(moved),
         }
     }
 }
@@ -1653,16 +1842,31 @@ impl ShmConnection {
         if len > SMALL_OUTPUT || reply.status == ReplyStatus::Replicas {
             return None;
         }
-        let mut buffer = SmallOutput([0; SMALL_OUTPUT]);
-        let bytes = &mut buffer.0[..len];
-        if let Err(err) = self.read_output(view, &reply, bytes) {
-            return Some(Err(err));
+        // The usual answer fits the reply line: a copy the size of the line, not of
+        // the larger buffer, is zeroed first.
+        if len <= MOVED_INLINE {
+            let mut buffer = MovedBytes([0; MOVED_INLINE]);
+            return Some(self.decode_copy(view, &reply, buffer.0.get_mut(..len)?, decode));
         }
-        Some(if reply.status == ReplyStatus::Ok {
-            decode(bytes)
+        let mut buffer = SmallOutput([0; SMALL_OUTPUT]);
+        Some(self.decode_copy(view, &reply, buffer.0.get_mut(..len)?, decode))
+    }
+
+    /// Copies the output `reply` describes into `dst` (of its length), then decodes it
+    /// (an output) or returns the error it archives.
+    fn decode_copy<T>(
+        &self,
+        view: &SlotView,
+        reply: &SlotReply,
+        dst: &mut [u8],
+        decode: &dyn Fn(&[u8]) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
+        self.read_output(view, reply, dst)?;
+        if reply.status == ReplyStatus::Ok {
+            decode(dst)
         } else {
-            Err(decode_error(bytes))
-        })
+            Err(decode_error(dst))
+        }
     }
 
     /// Copies the reply's output bytes, wherever the runtime put them, into `dst`
@@ -1693,6 +1897,30 @@ impl ShmConnection {
                 "the runtime's reply lies outside this client's area",
             )
         })
+    }
+
+    /// The answer in `view`'s slot, moved out of shared memory: a small one inline.
+    fn move_answer(&self, view: &SlotView) -> Moved {
+        let reply = match SlotReply::read(view) {
+            Ok(reply) => reply,
+            Err(err) => return Moved::Failed(TaskError::malformed("output", err)),
+        };
+        let len = reply.len as usize;
+        if len > MOVED_INLINE || reply.status == ReplyStatus::Replicas {
+            return Moved::Results(self.read_results(view));
+        }
+        let mut bytes = MovedBytes([0; MOVED_INLINE]);
+        let Some(dst) = bytes.0.get_mut(..len) else {
+            return Moved::Results(self.read_results(view));
+        };
+        match self.read_output(view, &reply, dst) {
+            Ok(()) => Moved::Small {
+                ok: reply.status == ReplyStatus::Ok,
+                len,
+                bytes,
+            },
+            Err(err) => Moved::Failed(err),
+        }
     }
 
     fn read_results(&self, view: &SlotView) -> Results {
