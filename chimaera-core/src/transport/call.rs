@@ -151,6 +151,17 @@ pub(crate) fn time_left(deadline: Option<Instant>) -> Result<Option<Duration>, (
 /// the task waited for).
 pub(crate) struct Spin(u32);
 
+/// What one turn of a [`Spin`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Spun {
+    /// A spin-loop hint.
+    Hinted,
+    /// Gave the CPU away: on a loaded machine that can take a scheduler slice.
+    Yielded,
+    /// Spinning is over: park.
+    Over,
+}
+
 impl Spin {
     pub(crate) fn new() -> Spin {
         Spin(if coroutine::is_coroutine() {
@@ -160,10 +171,10 @@ impl Spin {
         })
     }
 
-    /// Spins once; `false` once the spinning is over (park now).
-    pub(crate) fn once(&mut self) -> bool {
+    /// Spins once: [`Spun::Over`] once the spinning is over (park now).
+    pub(crate) fn once(&mut self) -> Spun {
         if self.0 == 0 {
-            return false;
+            return Spun::Over;
         }
         self.0 -= 1;
         // Counted from the start, so the first yield comes after a full YIELD_EVERY spins
@@ -171,10 +182,11 @@ impl Spin {
         let spun = SPINS_BEFORE_PARK - self.0;
         if spun.is_multiple_of(YIELD_EVERY) {
             std::thread::yield_now();
+            Spun::Yielded
         } else {
             std::hint::spin_loop();
+            Spun::Hinted
         }
-        true
     }
 }
 
@@ -191,8 +203,13 @@ pub(crate) fn wait_for(
 ) -> bool {
     let mut spin = Spin::new();
     while !is_done() {
-        if spin.once() {
-            continue;
+        match spin.once() {
+            Spun::Hinted => continue,
+            // The deadline holds while spinning too: on a loaded machine a spin's yields
+            // alone can outlast a short wait.
+            Spun::Yielded if time_left(deadline).is_ok() => continue,
+            Spun::Yielded => return is_done(),
+            Spun::Over => {}
         }
         let Ok(timeout) = time_left(deadline) else {
             return is_done();
