@@ -109,7 +109,10 @@ fn add(counter: &AtomicU64, n: u64, owned: bool) {
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// This thread's slot index, once it has recorded on some device.
+    /// This thread's slot index, once it has recorded on some device. Sound with
+    /// coroutines: a slot belongs to an OS thread, and each update (a load and a store)
+    /// runs inside one call that never yields, so two writers never meet on a slot even
+    /// if a coroutine did move threads (DESIGN §7 says it never does).
     static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
@@ -131,32 +134,11 @@ fn thread_slot() -> (usize, bool) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp(u64);
 
-/// The device's clock: nanoseconds since it was created.
-#[derive(Debug)]
-struct Clock {
-    created: Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Clock {
-            created: Instant::now(),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        nanos(self.created.elapsed())
-    }
-}
-
 /// Live counters of one device; see the [module docs](self).
 #[derive(Debug)]
 pub struct DeviceStats {
-    clock: Clock,
+    created: Instant,
     slots: Box<[Slot]>,
-    /// Latency recorded as durations ([`record_read`](Self::record_read) /
-    /// [`record_write`](Self::record_write)), in nanoseconds: reads, writes.
-    busy_nanos: [AtomicU64; 2],
     remaining: AtomicU64,
     capacity: u64,
 }
@@ -165,9 +147,8 @@ impl DeviceStats {
     /// Counters of a new device that can allocate `capacity` bytes, all free.
     pub fn new(capacity: u64) -> Self {
         DeviceStats {
-            clock: Clock::new(),
+            created: Instant::now(),
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
-            busy_nanos: Default::default(),
             remaining: AtomicU64::new(capacity),
             capacity,
         }
@@ -175,31 +156,29 @@ impl DeviceStats {
 
     /// The moment an operation starts, for `record_*_since`.
     pub fn start(&self) -> Stamp {
-        Stamp(self.clock.now())
+        Stamp(self.now())
     }
 
     /// Counts a completed read of `bytes` that started at `started`.
     pub fn record_read_since(&self, bytes: u64, started: Stamp) {
-        let latency = self.clock.now().saturating_sub(started.0);
+        let latency = self.now().saturating_sub(started.0);
         self.record(bytes, latency, |slot| &slot.read);
     }
 
     /// Counts a completed write of `bytes` that started at `started`.
     pub fn record_write_since(&self, bytes: u64, started: Stamp) {
-        let latency = self.clock.now().saturating_sub(started.0);
+        let latency = self.now().saturating_sub(started.0);
         self.record(bytes, latency, |slot| &slot.write);
     }
 
     /// Counts a completed read of `bytes` that took `latency`.
     pub fn record_read(&self, bytes: u64, latency: Duration) {
-        self.record(bytes, 0, |slot| &slot.read);
-        self.busy_nanos[0].fetch_add(nanos(latency), Ordering::Relaxed);
+        self.record(bytes, nanos(latency), |slot| &slot.read);
     }
 
     /// Counts a completed write of `bytes` that took `latency`.
     pub fn record_write(&self, bytes: u64, latency: Duration) {
-        self.record(bytes, 0, |slot| &slot.write);
-        self.busy_nanos[1].fetch_add(nanos(latency), Ordering::Relaxed);
+        self.record(bytes, nanos(latency), |slot| &slot.write);
     }
 
     /// Counts a failed read.
@@ -212,6 +191,11 @@ impl DeviceStats {
     pub fn record_failed_write(&self) {
         let (slot, owned) = thread_slot();
         add(&self.slots[slot].write.failed, 1, owned);
+    }
+
+    /// Nanoseconds since the device was made: what a [`Stamp`] holds.
+    fn now(&self) -> u64 {
+        nanos(self.created.elapsed())
     }
 
     fn record(&self, bytes: u64, busy_ns: u64, direction: impl Fn(&Slot) -> &Counters) {
@@ -231,25 +215,24 @@ impl DeviceStats {
 
     /// The figures now.
     pub fn snapshot(&self) -> BdevStats {
-        let elapsed = self.clock.created.elapsed();
-        let direction = |pick: fn(&Slot) -> &Counters, busy_nanos: &AtomicU64| {
+        let elapsed = self.created.elapsed();
+        let direction = |pick: fn(&Slot) -> &Counters| {
             let sum = |field: fn(&Counters) -> &AtomicU64| {
                 self.slots.iter().fold(0u64, |total, slot| {
                     total.wrapping_add(field(pick(slot)).load(Ordering::Relaxed))
                 })
             };
-            let busy = sum(|c| &c.busy_ns).saturating_add(busy_nanos.load(Ordering::Relaxed));
             op_stats(
                 sum(|c| &c.ops),
                 sum(|c| &c.bytes),
                 sum(|c| &c.failed),
-                busy,
+                sum(|c| &c.busy_ns),
                 elapsed,
             )
         };
         BdevStats {
-            read: direction(|slot| &slot.read, &self.busy_nanos[0]),
-            write: direction(|slot| &slot.write, &self.busy_nanos[1]),
+            read: direction(|slot| &slot.read),
+            write: direction(|slot| &slot.write),
             remaining_bytes: self.remaining.load(Ordering::Relaxed),
             capacity_bytes: self.capacity,
             elapsed_ns: nanos(elapsed),
