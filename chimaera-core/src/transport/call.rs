@@ -2,23 +2,29 @@
 //! and the pooled slot an in-process call with one replica is answered in.
 //!
 //! This file sits under every transport and under the runtime's tasks (it imports only
-//! the codec, the coroutine scheduler, errors and ids), so that both the shared-memory
-//! client and the runtime's replies can name what is here without importing each other.
+//! the codec, the coroutine scheduler, the lock helper, errors and ids), so that both
+//! the shared-memory client and the runtime's replies can name what is here without
+//! importing each other.
 //!
 //! **Call slots** make an in-process call allocate nothing in steady state: a slot holds
-//! the answer (the output copied into the slot's own buffer, which keeps its capacity
-//! from call to call) and the caller's waiter. Slots come from a process-wide pool and go
-//! back to it when the caller is done with the answer, or gives up on it. Each use of a
-//! slot has its own *generation*, which the task's [`SlotReply`] carries; the caller's
-//! [`SlotCall`] is the only handle of its generation, and gives the slot back by bumping
-//! the generation (under the slot's lock), so a task still running for an abandoned call
-//! finds another generation when it answers and its answer is discarded — it never lands
-//! in the call that reuses the slot. The generation is a `u64`: it never wraps in
-//! practice. The slot needs no uniqueness to be reused (a late task may still hold its
-//! `Arc`), only that every read and write of the answer happens under the lock with the
-//! generation checked. A waiter is taken out under the same lock that sets `done`, and
-//! woken after the lock is released, from the taken handle alone: a task never touches
-//! the slot after it answered.
+//! the answer (a small output inline beside the slot's state word, a larger one copied
+//! into the slot's own buffer, which keeps its capacity from call to call) and the
+//! caller's waiter. Each use of a slot has its own *generation*, which the task's
+//! [`SlotReply`] carries; the caller's [`SlotCall`] is the only handle of its generation,
+//! and gives the slot back by moving it to the next generation, so a task still running
+//! for an abandoned call finds another generation when it answers and its answer is
+//! discarded — it never lands in the call that reuses the slot. The generation is a
+//! `u64`: it never wraps in practice. A waiter is taken out when the answer moves to
+//! `WRITING` and woken after `DONE` is stored, from the taken handle alone: a task never
+//! touches the slot after it answered.
+//!
+//! **Slots are never freed.** A slot, once made, lives for the rest of the process: idle
+//! in a lock-free pool of [`IDLE_CALL_SLOTS`], or past that in a spare list (its output
+//! buffer freed). So the reply a task carries is a plain `&'static` reference and a
+//! generation, with no reference count: a count that the caller raises and the worker
+//! lowers would move a cache line between the two threads twice on every call, and it
+//! sat on the very line the caller spins on. What this keeps is bounded by the most
+//! in-process calls ever pending at once (about 200 bytes each once idle).
 //!
 //! **Waiting.** A thread spins first (yielding its CPU now and then, as the
 //! shared-memory client does), then parks with `std::thread::park` (no allocation); a
@@ -28,9 +34,10 @@ use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
+use crate::sync::lock;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -230,17 +237,23 @@ const SPINS_BEFORE_PARK: u32 = 20_000;
 /// Checks between two yields of the thread while spinning.
 const YIELD_EVERY: u32 = 256;
 
-/// How many idle call slots are kept for reuse, process-wide.
-const IDLE_CALL_SLOTS: usize = 256;
-/// Output capacity a slot keeps between calls; a larger output buffer is freed.
+/// How many idle call slots wait in the lock-free pool; more wait in the spare list.
+pub const IDLE_CALL_SLOTS: usize = 256;
+/// Output capacity a pooled slot keeps between calls; a larger output buffer is freed
+/// (and a spare slot keeps none).
 const SLOT_OUTPUT_KEEP: usize = 4096;
+/// Outputs up to this many bytes are answered inline, beside the slot's state word.
+const INLINE_OUTPUT: usize = 48;
 
 /// The idle call slots (a bounded lock-free queue).
-fn idle_slots() -> &'static crossbeam_queue::ArrayQueue<Arc<CallSlot>> {
-    static IDLE: std::sync::OnceLock<crossbeam_queue::ArrayQueue<Arc<CallSlot>>> =
+fn idle_slots() -> &'static crossbeam_queue::ArrayQueue<&'static CallSlot> {
+    static IDLE: std::sync::OnceLock<crossbeam_queue::ArrayQueue<&'static CallSlot>> =
         std::sync::OnceLock::new();
     IDLE.get_or_init(|| crossbeam_queue::ArrayQueue::new(IDLE_CALL_SLOTS))
 }
+
+/// Idle slots past what the pool holds (left by a burst of pending calls).
+static SPARE_SLOTS: Mutex<Vec<&'static CallSlot>> = Mutex::new(Vec::new());
 
 /// Where the one replica of an in-process call answers and its caller waits (see the
 /// module docs): pooled, so a call allocates nothing once the pool is warm.
@@ -258,21 +271,46 @@ fn idle_slots() -> &'static crossbeam_queue::ArrayQueue<Arc<CallSlot>> {
 ///   `WRITING` it waits for `DONE` (a copy of the output away).
 ///
 /// So each cell has one user at a time, and a late task finds another generation (or
-/// not `OPEN`) and leaves the slot alone. The caller and the task share no lock word:
-/// a round trip moves the state's line and the answer's, nothing else.
+/// not `OPEN`) and leaves the slot alone. The caller and the task share no lock word
+/// and no reference count: a round trip with a small output moves the state's line
+/// (which holds that output too), nothing else.
+#[repr(C, align(128))]
 pub struct CallSlot {
     /// `generation << 3 | PARKED? | phase`.
     state: AtomicU64,
+    /// First after the state, so a small answer shares its cache line.
     answer: UnsafeCell<Answer>,
     waiter: UnsafeCell<Option<Waiter>>,
 }
 
 /// The answer of one generation (see [`CallSlot`] for who may touch it when).
+#[repr(C)]
 struct Answer {
+    /// An output of at most [`INLINE_OUTPUT`] bytes (aligned as [`Bytes`] are, so it
+    /// decodes in place).
+    inline: InlineOutput,
+    /// The length of the inline output, or [`IN_BUFFER`] when the output is in `output`.
+    inline_len: u32,
     container: ContainerId,
-    /// `Ok` with the output in `output`, or the task's error.
+    /// `Ok` with the output inline or in `output`, or the task's error.
     result: Result<(), TaskError>,
     output: Bytes,
+}
+
+/// `Answer::inline_len` when the output is in the buffer.
+const IN_BUFFER: u32 = u32::MAX;
+
+#[repr(C, align(16))]
+struct InlineOutput([u8; INLINE_OUTPUT]);
+
+impl Answer {
+    /// The output of an `Ok` answer.
+    fn output(&self) -> &[u8] {
+        match self.inline.0.get(..self.inline_len as usize) {
+            Some(inline) => inline,
+            None => &self.output,
+        }
+    }
 }
 
 /// Phases of a generation's answer.
@@ -302,23 +340,26 @@ impl CallSlot {
     /// A slot from the pool (or a new one), set up for a new call: the caller's handle
     /// and the reply its task answers through.
     pub fn take() -> (SlotCall, SlotReply) {
-        let slot = idle_slots().pop().unwrap_or_else(|| {
-            Arc::new(CallSlot {
-                state: AtomicU64::new(open_state(0)),
-                answer: UnsafeCell::new(Answer {
-                    container: 0,
-                    result: Ok(()),
-                    output: Bytes::new(),
-                }),
-                waiter: UnsafeCell::new(None),
-            })
-        });
+        let slot = idle_slots()
+            .pop()
+            .or_else(|| lock(&SPARE_SLOTS).pop())
+            .unwrap_or_else(|| {
+                // Never freed (see the module docs): the one allocation of a slot's life.
+                Box::leak(Box::new(CallSlot {
+                    state: AtomicU64::new(open_state(0)),
+                    answer: UnsafeCell::new(Answer {
+                        inline: InlineOutput([0; INLINE_OUTPUT]),
+                        inline_len: 0,
+                        container: 0,
+                        result: Ok(()),
+                        output: Bytes::new(),
+                    }),
+                    waiter: UnsafeCell::new(None),
+                }))
+            });
         // Given back `OPEN` in a new generation with empty cells (see `release`).
         let generation = generation_of(slot.state.load(Ordering::Acquire));
-        let reply = SlotReply {
-            slot: slot.clone(),
-            generation,
-        };
+        let reply = SlotReply { slot, generation };
         let call = SlotCall {
             slot: Some(slot),
             generation,
@@ -329,7 +370,7 @@ impl CallSlot {
 
 /// The task's side of a call slot: answers the generation it was made for.
 pub struct SlotReply {
-    slot: Arc<CallSlot>,
+    slot: &'static CallSlot,
     generation: u64,
 }
 
@@ -337,7 +378,7 @@ impl SlotReply {
     /// Stores the answer (the output copied into the slot's reused buffer) and wakes the
     /// caller, unless the caller gave the slot up meanwhile (another generation).
     pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
-        let slot = &self.slot;
+        let slot = self.slot;
         let mut state = slot.state.load(Ordering::Acquire);
         loop {
             if generation_of(state) != self.generation || state & PHASE != OPEN {
@@ -359,9 +400,15 @@ impl SlotReply {
         let answer = unsafe { &mut *slot.answer.get() };
         answer.container = container;
         answer.result = match result {
+            Ok(bytes) if bytes.len() <= INLINE_OUTPUT => {
+                answer.inline.0[..bytes.len()].copy_from_slice(bytes);
+                answer.inline_len = bytes.len() as u32;
+                Ok(())
+            }
             Ok(bytes) => {
                 answer.output.clear();
                 answer.output.extend_from_slice(bytes);
+                answer.inline_len = IN_BUFFER;
                 Ok(())
             }
             Err(err) => Err(err),
@@ -387,7 +434,7 @@ impl SlotReply {
 /// and gives the slot back (also when dropped unanswered: the call is abandoned).
 pub struct SlotCall {
     /// `None` once given back.
-    slot: Option<Arc<CallSlot>>,
+    slot: Option<&'static CallSlot>,
     generation: u64,
 }
 
@@ -399,7 +446,7 @@ impl SlotCall {
 
     /// Waits until the answer is in or `deadline` passed; returns whether it is in.
     pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let Some(slot) = &self.slot else {
+        let Some(slot) = self.slot else {
             return true;
         };
         // `register` refuses while the task writes the answer: it is a copy away.
@@ -409,7 +456,7 @@ impl SlotCall {
     /// Whether the answer is in; if not, `waker` is woken when it is (replacing the
     /// waker of an earlier poll).
     pub fn poll_done(&self, waker: &Waker) -> bool {
-        let Some(slot) = &self.slot else {
+        let Some(slot) = self.slot else {
             return true;
         };
         if slot.is_done() {
@@ -437,11 +484,11 @@ impl SlotCall {
             // generation: nobody else touches the answer until `release`.
             let answer = unsafe { &mut *slot.answer.get() };
             match std::mem::replace(&mut answer.result, Ok(())) {
-                Ok(()) => decode(&answer.output),
+                Ok(()) => decode(answer.output()),
                 Err(err) => Err(err),
             }
         };
-        release(&slot, self.generation);
+        release(slot, self.generation);
         result
     }
 
@@ -458,10 +505,10 @@ impl SlotCall {
             let result = std::mem::replace(&mut answer.result, Ok(()));
             vec![(
                 answer.container,
-                result.map(|()| aligned_copy(&answer.output)),
+                result.map(|()| aligned_copy(answer.output())),
             )]
         };
-        release(&slot, self.generation);
+        release(slot, self.generation);
         results
     }
 }
@@ -530,7 +577,7 @@ impl Drop for SlotCall {
                 _ => break,
             }
         }
-        release(&slot, self.generation);
+        release(slot, self.generation);
     }
 }
 
@@ -538,7 +585,7 @@ impl Drop for SlotCall {
 /// emptied, so that an answer for the call it served is discarded. The slot is `DONE`,
 /// or already moved to the next generation by an abandoning caller (marked `WRITING`,
 /// so no task of either generation enters it): either way only this caller uses it.
-fn release(slot: &Arc<CallSlot>, generation: u64) {
+fn release(slot: &'static CallSlot, generation: u64) {
     {
         // SAFETY: see above: no task touches the cells in this state.
         let answer = unsafe { &mut *slot.answer.get() };
@@ -552,8 +599,15 @@ fn release(slot: &Arc<CallSlot>, generation: u64) {
     }
     slot.state
         .store(open_state(generation.wrapping_add(1)), Ordering::Release);
-    // Full: enough are idle; this one is freed once a late task lets go of it.
-    let _ = idle_slots().push(slot.clone());
+    if let Err(slot) = idle_slots().push(slot) {
+        // The pool is full (a burst of pending calls ended): keep the slot as a spare,
+        // without its buffer. It is `OPEN` in its new generation, so only a late task
+        // of an older generation may look at it, and such a task leaves it alone.
+        // SAFETY: as above: this caller still holds the slot; nobody else touches
+        // its cells until it is taken again.
+        unsafe { (*slot.answer.get()).output = Bytes::new() };
+        lock(&SPARE_SLOTS).push(slot);
+    }
 }
 
 #[cfg(test)]
@@ -602,6 +656,41 @@ mod tests {
             task.join().unwrap();
         }
         assert!(checked > 10_000);
+    }
+
+    /// More calls pending at once than the pool keeps idle (so slots go to the spare
+    /// list and come back from it), answered with outputs on both sides of the inline
+    /// limit: each call reads its own output, whichever way it was kept.
+    #[test]
+    fn a_burst_past_the_pool_answers_small_and_large_outputs_alike() {
+        let output = |call: usize| -> Vec<u8> {
+            let len = [0, 1, INLINE_OUTPUT, INLINE_OUTPUT + 1, 5000][call % 5];
+            (0..len).map(|i| (call + i) as u8).collect()
+        };
+        for _round in 0..3 {
+            let calls: Vec<_> = (0..IDLE_CALL_SLOTS + 50).map(|_| CallSlot::take()).collect();
+            let (callers, replies): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
+            for (call, reply) in replies.into_iter().enumerate() {
+                reply.deliver(call as ContainerId, Ok(&output(call)));
+            }
+            for (call, caller) in callers.into_iter().enumerate() {
+                if call % 2 == 0 {
+                    let mut seen = Vec::new();
+                    caller
+                        .wait_first(&mut |bytes| {
+                            assert_eq!(bytes.as_ptr() as usize % 16, 0, "unaligned output");
+                            seen = bytes.to_vec();
+                            Ok(())
+                        })
+                        .unwrap();
+                    assert_eq!(seen, output(call));
+                } else {
+                    let (container, result) = caller.wait().remove(0);
+                    assert_eq!(container, call as ContainerId);
+                    assert_eq!(result.unwrap().as_slice(), output(call));
+                }
+            }
+        }
     }
 
     #[test]
