@@ -18,17 +18,20 @@
 //!
 //! **Recycled input buffers.** A task's input bytes are taken with [`recycled_bytes`]
 //! (where the input is made: an in-process client archiving it, the shared-memory server
-//! copying it out of a client's slot) and given back with [`recycle`] when the task is
-//! dropped, so a steady stream of tasks allocates no input. The buffers are the
+//! copying it out of a client's slot) and given back with [`recycle`]: at once, by the
+//! same thread, when the input is small enough to travel inside its task
+//! (`runtime::task::TaskInput`), else when the task is dropped. So a steady stream of
+//! tasks allocates no input. The buffers are the
 //! runtime's own heap memory, never shared memory; a recycled buffer is cleared before
 //! it is handed out again, and every user reads only the bytes written since, so no
 //! input is ever seen by another task. At most [`RECYCLED_BUFFERS`] buffers of at most
 //! [`RECYCLED_CAPACITY`] bytes are kept (a larger one is freed): what a burst leaves
 //! behind is bounded. Each thread keeps up to [`LOCAL_RECYCLED_BUFFERS`] of them in
 //! front of the process-wide queue, so a worker that copies a client's task in and runs
-//! it (the shared-memory path) takes and gives back its buffer without an atomic; what
-//! crosses threads (an in-process caller's input, dropped by a worker) goes through the
-//! queue once the thread's own stack is full.
+//! it (the shared-memory path), or an in-process caller whose input is small, takes and
+//! gives back its buffer without an atomic; what crosses threads (a large in-process
+//! input, dropped by a worker) goes through the queue once the thread's own stack is
+//! full.
 use crate::error::TaskError;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::rancor::{Fallible, Source};

@@ -2,7 +2,7 @@
 //!
 //! A [`Task`] is owned by exactly one place at a time: the submitter builds it, a lane
 //! holds it, a worker's coroutine runs it and then drops it (Rust's `Drop` is the
-//! original's `Del`: the input bytes are given back, see [`TaskInput`]). Its result goes
+//! original's `Del`: an input buffer is given back, see [`TaskInput`]). Its result goes
 //! to its [`Reply`]: a [`Completion`] shared with the caller through an `Arc`, or — for
 //! the single replica of a call from a client process — straight to that call's
 //! [`ReplySink`], with nothing to gather, or — for the single replica of a call from
@@ -59,13 +59,38 @@ pub struct Task {
     pub bulk: Option<Arc<BulkShare>>,
 }
 
-/// A task's input bytes (the rkyv archive of its input tuple), given back for reuse
-/// ([`crate::codec::recycle`]) when the task is dropped.
-pub struct TaskInput(Bytes);
+/// Inputs up to this many bytes travel inside their [`Task`] (see [`TaskInput`]).
+pub const INLINE_INPUT: usize = 48;
+
+/// A task's input bytes (the rkyv archive of its input tuple).
+///
+/// A small input (at most [`INLINE_INPUT`] bytes, as most are) is copied into the task
+/// itself when the task is made, and the buffer it was archived in is given back at once
+/// ([`crate::codec::recycle`]), on the thread that filled it: so an in-process caller
+/// reuses its own buffer call after call, and the worker that runs the task reads the
+/// input from the task's own cache lines. A larger input keeps its buffer, given back
+/// when the task is dropped.
+pub struct TaskInput(InputBytes);
+
+enum InputBytes {
+    Inline { len: u8, bytes: InlineInput },
+    Buffer(Bytes),
+}
+
+/// Aligned as [`Bytes`] are, so an inline input is read in place.
+#[repr(C, align(16))]
+struct InlineInput([u8; INLINE_INPUT]);
 
 impl From<Bytes> for TaskInput {
     fn from(bytes: Bytes) -> Self {
-        TaskInput(bytes)
+        if bytes.len() > INLINE_INPUT {
+            return TaskInput(InputBytes::Buffer(bytes));
+        }
+        let mut inline = InlineInput([0; INLINE_INPUT]);
+        inline.0[..bytes.len()].copy_from_slice(&bytes);
+        let len = bytes.len() as u8;
+        recycle(bytes);
+        TaskInput(InputBytes::Inline { len, bytes: inline })
     }
 }
 
@@ -73,13 +98,18 @@ impl std::ops::Deref for TaskInput {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            InputBytes::Inline { len, bytes } => &bytes.0[..usize::from(*len)],
+            InputBytes::Buffer(bytes) => bytes,
+        }
     }
 }
 
 impl Drop for TaskInput {
     fn drop(&mut self) {
-        recycle(std::mem::take(&mut self.0));
+        if let InputBytes::Buffer(bytes) = &mut self.0 {
+            recycle(std::mem::take(bytes));
+        }
     }
 }
 
@@ -348,3 +378,27 @@ impl Completion {
 }
 
 pub(crate) use crate::sync::lock;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs on both sides of the inline limit read back whole and aligned for rkyv,
+    /// also after the task (here, the input) moves.
+    #[test]
+    fn an_input_reads_back_whole_and_aligned_inline_or_not() {
+        for len in [0, 1, 15, INLINE_INPUT - 1, INLINE_INPUT, INLINE_INPUT + 1, 4096] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let input = TaskInput::from(crate::codec::aligned_copy(&bytes));
+            let moved = [input];
+            let [input] = moved;
+            assert_eq!(&*input, &bytes[..], "{len} bytes");
+            assert_eq!(input.as_ptr() as usize % 16, 0, "{len} bytes unaligned");
+            assert_eq!(
+                matches!(input.0, InputBytes::Inline { .. }),
+                len <= INLINE_INPUT,
+                "{len} bytes kept the wrong way"
+            );
+        }
+    }
+}

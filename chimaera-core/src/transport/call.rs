@@ -668,7 +668,9 @@ mod tests {
             (0..len).map(|i| (call + i) as u8).collect()
         };
         for _round in 0..3 {
-            let calls: Vec<_> = (0..IDLE_CALL_SLOTS + 50).map(|_| CallSlot::take()).collect();
+            let calls: Vec<_> = (0..IDLE_CALL_SLOTS + 50)
+                .map(|_| CallSlot::take())
+                .collect();
             let (callers, replies): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
             for (call, reply) in replies.into_iter().enumerate() {
                 reply.deliver(call as ContainerId, Ok(&output(call)));
