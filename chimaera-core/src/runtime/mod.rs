@@ -281,7 +281,7 @@ impl Shared {
         pool_id: PoolId,
         method: MethodId,
         query: PoolQuery,
-        input: Bytes,
+        input: TaskInput,
         schedule: Option<Schedule>,
         origin: Origin,
     ) -> Result<Enqueued, TaskError> {
@@ -458,7 +458,10 @@ impl Shared {
             };
             self.send_remote(cluster, &task, placement, remote, cluster.timeout, reply);
         }
-        let inputs = copies.into_iter().chain(std::iter::once(input));
+        let inputs = copies
+            .into_iter()
+            .map(TaskInput::from)
+            .chain(std::iter::once(input));
         let local_targets = targets.filter(|container| !is_remote(container));
         let replica = Replica {
             entry: &entry,
@@ -498,7 +501,7 @@ impl Shared {
     fn enqueue_single(
         &self,
         single: Single<'_>,
-        input: Bytes,
+        input: TaskInput,
         sink: Option<task::ReplyTo>,
     ) -> Option<Call> {
         let id = self.next_task_id();
@@ -991,6 +994,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             force_net,
             ..Origin::default()
         };
+        let input = TaskInput::from(input);
         let (call, cancel) = self.enqueue(parent, pool, method, query, input, schedule, origin)?;
         Ok((
             call,
@@ -1133,7 +1137,7 @@ impl Ingress for Shared {
         pool: PoolId,
         method: u32,
         query: PoolQuery,
-        input: Bytes,
+        input: TaskInput,
         schedule: Option<Schedule>,
         origin: Origin,
     ) -> Result<(), TaskError> {

@@ -28,7 +28,7 @@
 //! `Instant` deadlines, which an unbounded duration would overflow): a longer one is
 //! refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
-use crate::codec::{aligned_copy, recycle, Bytes};
+use crate::codec::{aligned_copy, recycle, recycled_bytes, Bytes};
 use crate::transport::call::{wait_for, SlotReply, Waiter};
 use crate::coroutine::Blocker;
 use crate::error::TaskError;
@@ -80,6 +80,28 @@ enum InputBytes {
 /// Aligned as [`Bytes`] are, so an inline input is read in place.
 #[repr(C, align(16))]
 struct InlineInput([u8; INLINE_INPUT]);
+
+impl TaskInput {
+    /// An input of `len` bytes, all written by `fill`: inside the task when small (no
+    /// buffer taken at all), else in a recycled buffer.
+    pub fn filled<E>(
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<TaskInput, E> {
+        if len <= INLINE_INPUT {
+            let mut bytes = InlineInput([0; INLINE_INPUT]);
+            fill(&mut bytes.0[..len])?;
+            return Ok(TaskInput(InputBytes::Inline {
+                len: len as u8,
+                bytes,
+            }));
+        }
+        let mut buffer = recycled_bytes();
+        buffer.resize(len, 0);
+        fill(&mut buffer)?;
+        Ok(TaskInput(InputBytes::Buffer(buffer)))
+    }
+}
 
 impl From<Bytes> for TaskInput {
     fn from(bytes: Bytes) -> Self {
@@ -389,16 +411,23 @@ mod tests {
     fn an_input_reads_back_whole_and_aligned_inline_or_not() {
         for len in [0, 1, 15, INLINE_INPUT - 1, INLINE_INPUT, INLINE_INPUT + 1, 4096] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-            let input = TaskInput::from(crate::codec::aligned_copy(&bytes));
-            let moved = [input];
-            let [input] = moved;
-            assert_eq!(&*input, &bytes[..], "{len} bytes");
-            assert_eq!(input.as_ptr() as usize % 16, 0, "{len} bytes unaligned");
-            assert_eq!(
-                matches!(input.0, InputBytes::Inline { .. }),
-                len <= INLINE_INPUT,
-                "{len} bytes kept the wrong way"
-            );
+            let converted = TaskInput::from(crate::codec::aligned_copy(&bytes));
+            let filled = TaskInput::filled(len, |dst| {
+                dst.copy_from_slice(&bytes);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+            for input in [converted, filled] {
+                let moved = [input];
+                let [input] = moved;
+                assert_eq!(&*input, &bytes[..], "{len} bytes");
+                assert_eq!(input.as_ptr() as usize % 16, 0, "{len} bytes unaligned");
+                assert_eq!(
+                    matches!(input.0, InputBytes::Inline { .. }),
+                    len <= INLINE_INPUT,
+                    "{len} bytes kept the wrong way"
+                );
+            }
         }
     }
 }

@@ -85,11 +85,13 @@ use super::wire::{
 };
 use crate::admin_api;
 use crate::bulk::BulkShare;
-use crate::codec::{encode, recycled_bytes, Bytes};
+use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
-use crate::runtime::task::{lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule};
+use crate::runtime::task::{
+    lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule, TaskInput,
+};
 use crate::shm::arena::{Arena, Extent};
 use crate::shm::futex;
 use crate::shm::naming::{InstanceName, ShmName};
@@ -221,7 +223,7 @@ pub trait Ingress: Send + Sync {
         pool: PoolId,
         method: u32,
         query: PoolQuery,
-        input: Bytes,
+        input: TaskInput,
         schedule: Option<Schedule>,
         origin: Origin,
     ) -> Result<(), TaskError>;
@@ -791,7 +793,7 @@ impl ClientArea {
     /// Copies a task's input out of the client's memory (with atomic loads), after its
     /// length was checked against the place it claims to lie in — before anything is
     /// allocated for it, so a forged length costs the runtime nothing.
-    fn read_input(&self, view: &SlotView, request: &TaskRequest) -> Result<Bytes, TaskError> {
+    fn read_input(&self, view: &SlotView, request: &TaskRequest) -> Result<TaskInput, TaskError> {
         let input_len = request.input_len as usize;
         let source = match request.input {
             InputPlace::Slot if input_len <= view.payload_len() => None,
@@ -818,15 +820,15 @@ impl ClientArea {
                 Some(self.geometry.data_offset() + start)
             }
         };
-        // A recycled buffer (the task gives it back when dropped): no allocation per task.
-        let mut input = recycled_bytes();
-        input.resize(input_len, 0);
-        match source {
-            None => view.read_payload(&mut input),
-            Some(at) => read_shared(&self.memory, at, &mut input),
-        }
-        .map_err(|e| TaskError::malformed("input", e))?;
-        Ok(input)
+        // Inside the task when small, else a recycled buffer (the task gives it back when
+        // dropped): no allocation per task.
+        TaskInput::filled(input_len, |input| {
+            match source {
+                None => view.read_payload(input),
+                Some(at) => read_shared(&self.memory, at, input),
+            }
+            .map_err(|e| TaskError::malformed("input", e))
+        })
     }
 
     fn write_result(&self, slot_index: u32, generation: u32, result: Result<&[u8], &TaskError>) {
