@@ -605,8 +605,9 @@ fn run_inline(
         runner.run(task, out);
     }
     let still_polling = coroutine::disarm_handoff();
-    // SAFETY: as above; the run is over, so the task is dropped here.
-    drop(unsafe { (*slot.task.get()).take() });
+    // SAFETY: as above; the run is over, so the task is dropped here, in place (not
+    // moved out first: a task is 224 bytes).
+    unsafe { *slot.task.get() = None };
     still_polling
 }
 
