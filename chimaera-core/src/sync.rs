@@ -14,18 +14,21 @@
 //! length cannot both miss each other (the workers' sleep and lane-turn handshakes).
 //!
 //! [`Inbox`] is a worker's queue of tasks pushed from other threads: a bounded lock-free
-//! ring first, so that a pusher and the worker share no lock word (with one pushing
-//! thread, the ring's tail stays in that thread's cache and its head in the worker's:
-//! only the slots travel), and a [`Fifo`] for what does not fit. It stays FIFO: a push
+//! ring first ([`ring::SlotRing`]), so that a pusher and the worker share no lock word
+//! (with one pushing thread, the ring's tail stays in that thread's cache and its head
+//! in the worker's, and the worker's idle polls read only the next slot: only the slots
+//! travel), and a [`Fifo`] for what does not fit. It stays FIFO: a push
 //! goes to the ring only while the overflow is empty, so everything in the ring is older
 //! than everything in the overflow, and a pop takes from the ring first. (Two pushes
 //! that overlap in time may land in either order, as with any concurrent queue; one
 //! thread's pushes never overtake each other.) A push ends with a `SeqCst` fence, so the
 //! sleep handshake above holds for it too.
-use crossbeam_queue::ArrayQueue;
+use ring::SlotRing;
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+mod ring;
 
 /// Locks a mutex that guards plain data; a panic while holding it cannot leave the data
 /// half-written (every critical section is a single push or take), so poison is ignored.
@@ -86,15 +89,15 @@ impl<T> Fifo<T> {
 /// between its pushers and its consumer while it holds at most its ring's capacity
 /// (see the module docs).
 pub(crate) struct Inbox<T> {
-    ring: ArrayQueue<T>,
+    ring: SlotRing<T>,
     overflow: Fifo<T>,
 }
 
 impl<T> Inbox<T> {
-    /// An inbox whose lock-free ring holds `capacity` items (at least one).
+    /// An inbox whose lock-free ring holds at least `capacity` items.
     pub(crate) fn new(capacity: usize) -> Self {
         Inbox {
-            ring: ArrayQueue::new(capacity.max(1)),
+            ring: SlotRing::new(capacity),
             overflow: Fifo::default(),
         }
     }
