@@ -24,7 +24,7 @@
 //! generation, with no reference count: a count that the caller raises and the worker
 //! lowers would move a cache line between the two threads twice on every call, and it
 //! sat on the very line the caller spins on. What this keeps is bounded by the most
-//! in-process calls ever pending at once (about 200 bytes each once idle).
+//! in-process calls ever pending at once (a few hundred bytes each once idle).
 //!
 //! **Waiting.** A thread spins first (yielding its CPU now and then, as the
 //! shared-memory client does), then parks with `std::thread::park` (no allocation); a
@@ -238,7 +238,7 @@ const SPINS_BEFORE_PARK: u32 = 20_000;
 const YIELD_EVERY: u32 = 256;
 
 /// How many idle call slots wait in the lock-free pool; more wait in the spare list.
-pub const IDLE_CALL_SLOTS: usize = 256;
+const IDLE_CALL_SLOTS: usize = 256;
 /// Output capacity a pooled slot keeps between calls; a larger output buffer is freed
 /// (and a spare slot keeps none).
 const SLOT_OUTPUT_KEEP: usize = 4096;
