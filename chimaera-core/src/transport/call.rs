@@ -19,8 +19,8 @@
 //! touches the slot after it answered.
 //!
 //! **Slots are never freed.** A slot, once made, lives for the rest of the process: idle
-//! in a lock-free pool of [`IDLE_CALL_SLOTS`], or past that in a spare list (its output
-//! buffer freed). So the reply a task carries is a plain `&'static` reference and a
+//! in a lock-free pool of 256, or past that in a spare list (its output buffer freed).
+//! So the reply a task carries is a plain `&'static` reference and a
 //! generation, with no reference count: a count that the caller raises and the worker
 //! lowers would move a cache line between the two threads twice on every call, and it
 //! sat on the very line the caller spins on. What this keeps is bounded by the most
