@@ -61,6 +61,8 @@ pub struct Task {
 
 /// Inputs up to this many bytes travel inside their [`Task`] (see [`TaskInput`]).
 pub const INLINE_INPUT: usize = 48;
+// An inline input's length is kept in a `u8`.
+const _: () = assert!(INLINE_INPUT <= u8::MAX as usize);
 
 /// A task's input bytes (the rkyv archive of its input tuple).
 ///
