@@ -110,11 +110,12 @@ impl From<Bytes> for TaskInput {
         if bytes.len() > INLINE_INPUT {
             return TaskInput(InputBytes::Buffer(bytes));
         }
-        let mut inline = InlineInput([0; INLINE_INPUT]);
-        inline.0[..bytes.len()].copy_from_slice(&bytes);
-        let len = bytes.len() as u8;
+        let Ok(input) = TaskInput::filled(bytes.len(), |dst| {
+            dst.copy_from_slice(&bytes);
+            Ok::<(), std::convert::Infallible>(())
+        });
         recycle(bytes);
-        TaskInput(InputBytes::Inline { len, bytes: inline })
+        input
     }
 }
 
