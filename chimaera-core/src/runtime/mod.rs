@@ -81,7 +81,7 @@ use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::module::LanePriority;
 use crate::runtime::module::{ChiMod, ModuleEntry};
 use crate::runtime::pool::Pool;
-use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolTable};
+use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolMemo, PoolTable};
 use crate::runtime::task::{
     lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskInput,
 };
@@ -152,7 +152,6 @@ struct Replica<'a> {
     period: Option<Duration>,
     parity: u8,
     cancel: Option<&'a Arc<CancelToken>>,
-    bulk: Option<&'a Arc<crate::bulk::BulkShare>>,
     local_worker: Option<usize>,
 }
 
@@ -163,7 +162,8 @@ struct Single<'a> {
     parent: Option<TaskNode>,
     method: MethodId,
     query: PoolQuery,
-    bulk: Option<&'a Arc<crate::bulk::BulkShare>>,
+    /// Moved into the task, not cloned: one reference count step less per task.
+    bulk: Option<Arc<crate::bulk::BulkShare>>,
     local_worker: Option<usize>,
 }
 
@@ -284,6 +284,7 @@ impl Shared {
         input: TaskInput,
         schedule: Option<Schedule>,
         origin: Origin,
+        pools: &mut PoolMemo,
     ) -> Result<Enqueued, TaskError> {
         let Origin {
             reply: sink,
@@ -314,7 +315,7 @@ impl Shared {
             }
         }
         // Not `ok_or`: building (and dropping) the error on every task shows in profiles.
-        let Some(entry) = self.pools.get(pool_id) else {
+        let Some(entry) = self.pools.get_memoized(pool_id, pools) else {
             return Err(TaskError::UnknownPool { pool: pool_id });
         };
         let pool = &entry.pool;
@@ -355,7 +356,7 @@ impl Shared {
                 parent,
                 method,
                 query,
-                bulk: bulk.as_ref(),
+                bulk,
                 local_worker,
             };
             return Ok((self.enqueue_single(single, input, sink), None));
@@ -472,14 +473,13 @@ impl Shared {
             period,
             parity,
             cancel: cancel.as_ref(),
-            bulk: bulk.as_ref(),
             local_worker,
         };
         for (container, input) in local_targets.zip(inputs) {
             let reply = direct
                 .take()
                 .or_else(|| completion.clone().map(Reply::Waiter));
-            self.push_replica(&replica, container, input, reply);
+            self.push_replica(&replica, container, input, reply, bulk.clone());
         }
         if let Some(reply) = direct {
             // Its one target had no container: answer rather than leave the caller waiting.
@@ -530,10 +530,9 @@ impl Shared {
             period: None,
             parity,
             cancel: None,
-            bulk: single.bulk,
             local_worker: single.local_worker,
         };
-        self.push_replica(&replica, single.container, input, Some(reply));
+        self.push_replica(&replica, single.container, input, Some(reply), single.bulk);
         call
     }
 
@@ -545,6 +544,7 @@ impl Shared {
         container: ContainerId,
         input: impl Into<TaskInput>,
         reply: Option<Reply>,
+        bulk: Option<Arc<crate::bulk::BulkShare>>,
     ) {
         let input = input.into();
         let pool = &replica.entry.pool;
@@ -579,7 +579,7 @@ impl Shared {
             input,
             reply,
             cancel: replica.cancel.cloned(),
-            bulk: replica.bulk.cloned(),
+            bulk,
         };
         match replica.local_worker {
             Some(worker) => lane.push_from_worker(task, worker),
@@ -995,7 +995,9 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             ..Origin::default()
         };
         let input = TaskInput::from(input);
-        let (call, cancel) = self.enqueue(parent, pool, method, query, input, schedule, origin)?;
+        let pools = &mut PoolMemo::default();
+        let (call, cancel) =
+            self.enqueue(parent, pool, method, query, input, schedule, origin, pools)?;
         Ok((
             call,
             cancel.map(|f| Box::new(LocalCancel(f)) as Box<dyn crate::transport::CancelPeriodic>),
@@ -1140,8 +1142,12 @@ impl Ingress for Shared {
         input: TaskInput,
         schedule: Option<Schedule>,
         origin: Origin,
+        pools: &mut PoolMemo,
     ) -> Result<(), TaskError> {
-        Shared::enqueue(self, None, pool, method, query, input, schedule, origin).map(|_| ())
+        Shared::enqueue(
+            self, None, pool, method, query, input, schedule, origin, pools,
+        )
+        .map(|_| ())
     }
 
     fn wake_worker(&self, worker: usize) {

@@ -965,7 +965,6 @@ impl Shared {
             period: None,
             parity,
             cancel: None,
-            bulk: share.as_ref(),
             local_worker: None,
         };
         let input = aligned_copy(&task.input);
@@ -983,7 +982,7 @@ impl Shared {
                 }
             };
             let reply = completion.clone().map(Reply::Waiter);
-            self.push_replica(&replica, container, input, reply);
+            self.push_replica(&replica, container, input, reply, share.clone());
         }
     }
 

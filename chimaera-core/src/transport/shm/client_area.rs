@@ -89,6 +89,7 @@ use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::PoolQuery;
+use crate::runtime::pool_table::PoolMemo;
 use crate::runtime::task::{
     lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule, TaskInput,
 };
@@ -226,6 +227,7 @@ pub trait Ingress: Send + Sync {
         input: TaskInput,
         schedule: Option<Schedule>,
         origin: Origin,
+        pools: &mut PoolMemo,
     ) -> Result<(), TaskError>;
 
     /// Unparks worker `worker` if it sleeps.
@@ -552,9 +554,10 @@ impl ClientArea {
         routing: &Routing,
     ) {
         routing.begin_batch(self, batch);
+        let mut pools = PoolMemo::default();
         for (at, &slot_index) in batch.iter().enumerate() {
             routing.batch_routed_to(at + 1);
-            self.ingest_slot(worker, slot_index, ingress, routing);
+            self.ingest_slot(worker, slot_index, ingress, routing, &mut pools);
         }
         routing.end_batch();
     }
@@ -675,6 +678,7 @@ impl ClientArea {
         slot_index: u32,
         ingress: &dyn Ingress,
         routing: &Routing,
+        pools: &mut PoolMemo,
     ) {
         let Some(generation) = self.accept(slot_index) else {
             return;
@@ -753,7 +757,7 @@ impl ClientArea {
             force_net,
         };
         routing.begin(self, slot_index, method);
-        let enqueued = ingress.enqueue(pool, method, query, input, schedule, origin);
+        let enqueued = ingress.enqueue(pool, method, query, input, schedule, origin, pools);
         routing.end();
         match enqueued {
             Ok(()) if acknowledge => {
