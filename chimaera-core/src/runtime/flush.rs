@@ -24,6 +24,18 @@
 //! them back after. So a flush never waits for another flush either: two flushes from
 //! two clients, or one nested inside a task another flush waits for, both return.
 //!
+//! **Shards.** Counts are spread over cache-line shards, and a parity's count is the sum
+//! over them. Each worker of the runtime has a shard of its own, written by its thread
+//! only: a task a worker ingests from a client ring is counted started there, and the
+//! worker that runs a task counts it finished there, each with a load and a `Release`
+//! store — no locked add on the per-task path. Every other thread (an in-process
+//! client, a network thread, a worker of another runtime in the same process) counts
+//! into shared shards with `fetch_add`. A caller names itself a worker
+//! ([`Recorder::Worker`]) only where it knows it runs on that worker's thread: the
+//! worker's own ingest and its task runner. A reader that sees a finish (through the
+//! `Release` store or the `fetch_add`) also sees its start: the start was stored before
+//! the task was handed to the worker that finished it.
+//!
 //! Invariants: the count of parity `p` (`Σ started[p] − Σ finished[p]` over the
 //! counter shards) is the tasks counted in parity `p` minus the chains of flushes
 //! waiting now; `epoch ∈ {drained, drained + 1}`; `drained` only grows. A task
@@ -39,11 +51,24 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Counter shards: threads are spread over them, so a client thread that queues tasks
-/// and the worker that finishes them each write their own cache line (one shared
-/// counter is written by both on every task, and its line travels twice per round
-/// trip).
+/// Shared counter shards: threads that are not this runtime's workers are spread over
+/// them, so a client thread that queues tasks and the worker that finishes them each
+/// write their own cache line (one shared counter is written by both on every task, and
+/// its line travels twice per round trip).
 const SHARDS: usize = 16;
+
+/// Workers with a shard of their own; workers past this count use the shared shards.
+const MAX_OWNED: usize = 64;
+
+/// Who records a count.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Recorder {
+    /// Worker `i` of this runtime, on its own thread: the only writer of its own shard,
+    /// so a count there is a load and a store, not a locked add.
+    Worker(usize),
+    /// Any other thread (or a caller that cannot tell): a shared shard, `fetch_add`.
+    Other,
+}
 
 /// One thread's (or a few threads') counts. Every counter only grows, which is what
 /// makes the sum over shards safe to read without a lock (see [`InFlight::pending`]).
@@ -82,6 +107,8 @@ fn my_shard() -> usize {
 /// both sums only grow and every `finished` step has an earlier `started` step.
 #[derive(Default)]
 pub(crate) struct InFlight {
+    /// `owned[i]`: written by worker `i`'s thread only (see [`Recorder::Worker`]).
+    owned: Box<[Shard]>,
     shards: [Shard; SHARDS],
     /// Tasks taken out by waiting flushes (so the total stays exact).
     quiesced: CachePadded<AtomicU64>,
@@ -98,30 +125,65 @@ impl InFlight {
         (self.epoch.load(Ordering::SeqCst) % 2) as u8
     }
 
+    /// Counts for a runtime of `workers` workers, each with a shard of its own (up to
+    /// [`MAX_OWNED`]).
+    pub(crate) fn with_workers(workers: usize) -> Self {
+        InFlight {
+            owned: (0..workers.min(MAX_OWNED))
+                .map(|_| Shard::default())
+                .collect(),
+            ..InFlight::default()
+        }
+    }
+
     fn shard(&self) -> &Shard {
         &self.shards[my_shard()]
     }
 
+    /// Adds one to the counter `pick` chooses in `by`'s shard.
+    fn add_one(&self, by: Recorder, pick: impl Fn(&Shard) -> &AtomicU64) {
+        match by {
+            Recorder::Worker(worker) if worker < self.owned.len() => {
+                // One writer (see `Recorder::Worker`): nothing to lose between the load
+                // and the store. `Release`, so a reader that sees a task finished here
+                // sees it started too (see `counted`).
+                let counter = pick(&self.owned[worker]);
+                counter.store(
+                    counter.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Release,
+                );
+            }
+            _ => {
+                pick(self.shard()).fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// One task replica queued, counted in `parity`.
-    pub(crate) fn started(&self, parity: u8) {
-        self.shard().started[usize::from(parity & 1)].fetch_add(1, Ordering::SeqCst);
+    pub(crate) fn started(&self, parity: u8, by: Recorder) {
+        self.add_one(by, |shard| &shard.started[usize::from(parity & 1)]);
     }
 
     /// One task replica counted in `parity` delivered its result; counted as completed.
-    pub(crate) fn finished(&self, parity: u8) {
-        self.count_completed();
-        self.uncount(parity);
+    pub(crate) fn finished(&self, parity: u8, by: Recorder) {
+        self.count_completed(by);
+        self.uncount(parity, by);
     }
 
     /// The count part of [`finished`](Self::finished), for callers that count the
     /// completion earlier (before answering the caller).
-    pub(crate) fn uncount(&self, parity: u8) {
-        self.shard().finished[usize::from(parity & 1)].fetch_add(1, Ordering::SeqCst);
+    pub(crate) fn uncount(&self, parity: u8, by: Recorder) {
+        self.add_one(by, |shard| &shard.finished[usize::from(parity & 1)]);
     }
 
     /// Counts one completion (see [`uncount`](Self::uncount)).
-    pub(crate) fn count_completed(&self) {
-        self.shard().completed.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_completed(&self, by: Recorder) {
+        self.add_one(by, |shard| &shard.completed);
+    }
+
+    /// Every shard, the workers' own ones first.
+    fn all_shards(&self) -> impl Iterator<Item = &Shard> {
+        self.owned.iter().chain(&self.shards)
     }
 
     /// Sums over the shards, `finished` first, then `started`: each sum only grows, so
@@ -131,8 +193,7 @@ impl InFlight {
     /// false zero), and exact when nothing moves.
     fn counted(&self, parities: &[usize]) -> u64 {
         let sum = |pick: &dyn Fn(&Shard) -> &[AtomicU64; 2]| -> u64 {
-            self.shards
-                .iter()
+            self.all_shards()
                 .flat_map(|shard| parities.iter().map(move |&p| (shard, p)))
                 .map(|(shard, p)| pick(shard)[p].load(Ordering::SeqCst))
                 .fold(0u64, u64::wrapping_add)
@@ -155,8 +216,7 @@ impl InFlight {
 
     /// Task replicas finished since start.
     pub(crate) fn completed(&self) -> u64 {
-        self.shards
-            .iter()
+        self.all_shards()
             .map(|shard| shard.completed.load(Ordering::Acquire))
             .fold(0u64, u64::wrapping_add)
     }
@@ -250,7 +310,7 @@ mod tests {
     fn a_flush_waits_for_earlier_tasks_only() {
         let counts = Arc::new(InFlight::default());
         let early = counts.parity();
-        counts.started(early);
+        counts.started(early, Recorder::Other);
         let flusher = {
             let counts = counts.clone();
             std::thread::spawn(move || counts.flush(node([0, 0])))
@@ -261,9 +321,9 @@ mod tests {
             std::thread::yield_now();
         }
         for _ in 0..100 {
-            counts.started(counts.parity());
+            counts.started(counts.parity(), Recorder::Other);
         }
-        counts.finished(early);
+        counts.finished(early, Recorder::Other);
         flusher.join().unwrap();
         assert_eq!(counts.total(), 100);
     }
@@ -273,8 +333,8 @@ mod tests {
         let counts = Arc::new(InFlight::default());
         // A parent task and the flush task it waits for, both counted.
         let parity = counts.parity();
-        counts.started(parity);
-        counts.started(parity);
+        counts.started(parity, Recorder::Other);
+        counts.started(parity, Recorder::Other);
         let mut chain = [0, 0];
         chain[usize::from(parity)] = 2;
         let nested = {
@@ -283,7 +343,7 @@ mod tests {
         };
         // A second flush, from a client, counted itself.
         let second_parity = counts.parity();
-        counts.started(second_parity);
+        counts.started(second_parity, Recorder::Other);
         let mut own = [0, 0];
         own[usize::from(second_parity)] = 1;
         counts.flush(node(own));

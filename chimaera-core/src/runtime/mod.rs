@@ -76,7 +76,7 @@ use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerNetwork;
 use crate::query::{Placement, PoolQuery};
 use crate::runtime::context::{Host, RunContext, StatusCaller};
-use crate::runtime::flush::InFlight;
+use crate::runtime::flush::{InFlight, Recorder};
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::module::LanePriority;
 use crate::runtime::module::{ChiMod, ModuleEntry};
@@ -351,7 +351,7 @@ impl Shared {
             .filter(|_| pool.clustered && (placement.nodes > 1 || force_net));
         if spread.is_none() && schedule.is_none() && targets.len() == 1 {
             let single = Single {
-                entry: &entry,
+                entry,
                 container: targets.start,
                 parent,
                 method,
@@ -465,7 +465,7 @@ impl Shared {
             .chain(std::iter::once(input));
         let local_targets = targets.filter(|container| !is_remote(container));
         let replica = Replica {
-            entry: &entry,
+            entry,
             id,
             method,
             query,
@@ -562,7 +562,11 @@ impl Shared {
             .resolve(pool.module.info.lanes)
             .min(lanes.len() - 1);
         let lane = &lanes[lane_index];
-        self.inflight.started(replica.parity);
+        // Ingested by worker `local_worker` itself, on its thread (see `Origin`).
+        let recorder = replica
+            .local_worker
+            .map_or(Recorder::Other, Recorder::Worker);
+        self.inflight.started(replica.parity, recorder);
         let task = Task {
             header: TaskHeader {
                 id: replica.id,
@@ -898,7 +902,8 @@ impl Shared {
 struct Runner(OnceLock<std::sync::Weak<Shared>>);
 
 impl TaskRunner for Runner {
-    fn run(&self, task: &mut Task, out: &mut OutputBuffer) {
+    fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize) {
+        let recorder = Recorder::Worker(worker);
         // A disabled span still costs its making and its scope's drop on every task: skip
         // both while no subscriber wants DEBUG at all (the macro's own first check).
         let debug = tracing::Level::DEBUG <= tracing::level_filters::STATIC_MAX_LEVEL
@@ -916,9 +921,9 @@ impl TaskRunner for Runner {
             // Counted before the caller hears back, so a caller that then asks for the
             // count sees its task in it; in flight until after, so a flush does not
             // return before the result is delivered.
-            shared.inflight.count_completed();
+            shared.inflight.count_completed(recorder);
             task.complete(result.map(|()| out.as_slice()));
-            shared.inflight.uncount(parity);
+            shared.inflight.uncount(parity, recorder);
             out.trim();
             return;
         };
@@ -931,12 +936,12 @@ impl TaskRunner for Runner {
                 tracing::warn!(task = task.header.id, "periodic task failed: {err}");
             }
             out.trim();
-            shared.inflight.finished(task.header.parity);
+            shared.inflight.finished(task.header.parity, recorder);
             if !shared.sleep_between_runs(task, period) {
                 break;
             }
             let parity = shared.inflight.parity();
-            shared.inflight.started(parity);
+            shared.inflight.started(parity, recorder);
             let header = &mut task.header;
             header.node = header.node.recounted(header.parity, parity);
             header.parity = parity;
@@ -959,7 +964,9 @@ impl TaskRunner for Runner {
             stack_size: shared.config.stack_size as u64,
         }));
         // The run counted the task in flight (a periodic one for this run, and as alive).
-        shared.inflight.finished(task.header.parity);
+        shared
+            .inflight
+            .finished(task.header.parity, Recorder::Other);
         task.pool.stats.lost(task.header.method);
         if task.header.period.is_some() {
             shared.periodic_live.fetch_sub(1, Ordering::AcqRel);
@@ -970,7 +977,7 @@ impl TaskRunner for Runner {
         let parity = task.header.parity;
         task.complete(Err(TaskError::RuntimeStopped));
         if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
-            shared.inflight.finished(parity);
+            shared.inflight.finished(parity, Recorder::Other);
         }
     }
 }
@@ -1134,6 +1141,7 @@ impl Host for Shared {
 }
 
 impl Ingress for Shared {
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
         pool: PoolId,
@@ -1287,7 +1295,7 @@ impl RuntimeBuilder {
             worker_states: OnceLock::new(),
             next_lane: [AtomicUsize::new(0), AtomicUsize::new(0)],
             next_task_id: crossbeam_utils::CachePadded::new(AtomicU64::new(1)),
-            inflight: InFlight::default(),
+            inflight: InFlight::with_workers(config.workers()),
             periodic: Mutex::new(Vec::new()),
             periodic_live: AtomicU64::new(0),
             state: AtomicU8::new(RUNNING),

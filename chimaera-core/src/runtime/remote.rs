@@ -80,6 +80,7 @@ use crate::peer::{
     FrameHandler, NetError, PeerNetwork, Responder, MAX_FRAME_BYTES, MAX_TASK_BULK_BYTES,
 };
 use crate::query::{Placement, PoolQuery};
+use crate::runtime::flush::Recorder;
 use crate::runtime::module::ModuleEntry;
 use crate::runtime::pool_table::Lookup;
 use crate::runtime::task::{lock, Completion, Reply, ReplyKey, ReplySink, ReplyTo, Schedule};
@@ -691,7 +692,7 @@ impl Shared {
             });
             match encoded {
                 Ok(bytes) => {
-                    self.inflight.started(task.parity);
+                    self.inflight.started(task.parity, Recorder::Other);
                     let (me, parity) = (self.me.clone(), task.parity);
                     cluster.net.call(
                         head,
@@ -700,7 +701,7 @@ impl Shared {
                         Box::new(move |answer| {
                             deliver_answer(head, &expected, answer, part, carried);
                             if let Some(shared) = me.upgrade() {
-                                shared.inflight.uncount(parity);
+                                shared.inflight.uncount(parity, Recorder::Other);
                             }
                         }),
                     );

@@ -79,8 +79,9 @@ pub trait TaskRunner: Send + Sync + 'static {
     /// Runs `task` on the current task coroutine, archiving its output into `out` (the
     /// coroutine's own buffer, reused from task to task), and delivers its result. The
     /// task stays in the worker's hands (dropped after) so that a run killed by a stack
-    /// overflow can still be failed through [`overflowed`](Self::overflowed).
-    fn run(&self, task: &mut Task, out: &mut OutputBuffer);
+    /// overflow can still be failed through [`overflowed`](Self::overflowed). Called on
+    /// the thread of worker `worker` only.
+    fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize);
     /// Fails `task`, whose handler overflowed its coroutine's stack, and settles what
     /// its run had counted. Called on the worker's thread, once the coroutine is dead.
     fn overflowed(&self, task: Task);
@@ -591,7 +592,7 @@ enum Polled {
 // Inlined, as is `dispatch`, so a task (176 bytes) is not copied again at each call.
 #[inline(always)]
 fn run_inline(
-    runner: &Arc<dyn TaskRunner>,
+    worker: &WorkerShared,
     slot: &TaskSlot,
     task: Task,
     out: &mut OutputBuffer,
@@ -602,7 +603,7 @@ fn run_inline(
     coroutine::arm_handoff();
     // SAFETY: as above; the reference does not outlive the run.
     if let Some(task) = unsafe { (*slot.task.get()).as_mut() } {
-        runner.run(task, out);
+        worker.runner.run(task, out, worker.id);
     }
     let still_polling = coroutine::disarm_handoff();
     // SAFETY: as above; the run is over, so the task is dropped here, in place (not
@@ -623,7 +624,7 @@ fn dispatch(worker: &WorkerShared, slot: &TaskSlot, task: Task, out: &mut Output
         worker.runner.reject(task);
         return true;
     }
-    run_inline(&worker.runner, slot, task, out)
+    run_inline(worker, slot, task, out)
 }
 
 /// The polling role: ingest from the source, run batched and queued tasks inline, sleep

@@ -218,7 +218,9 @@ impl Routing {
 /// What the transport needs from the runtime: queue a task, wake a worker.
 pub trait Ingress: Send + Sync {
     /// Queues a task decoded from a client slot; `origin` carries the reply sink of a
-    /// call, the cancel flag of a periodic task and the client's data share.
+    /// call, the cancel flag of a periodic task and the client's data share; `pools`
+    /// keeps the pool looked up for the rest of the ingest batch.
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
         pool: PoolId,
