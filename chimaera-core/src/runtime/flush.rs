@@ -31,7 +31,7 @@
 //! store — no locked add on the per-task path. Every other thread (an in-process
 //! client, a network thread, a worker of another runtime in the same process) counts
 //! into shared shards with `fetch_add`. A caller names itself a worker
-//! ([`Recorder::Worker`]) only where it knows it runs on that worker's thread: the
+//! ([`ThreadRole::Worker`]) only where it knows it runs on that worker's thread: the
 //! worker's own ingest and its task runner. A reader that sees a finish (through the
 //! `Release` store or the `fetch_add`) also sees its start: the start was stored before
 //! the task was handed to the worker that finished it.
@@ -46,6 +46,7 @@
 //! already finished, and may return before up to that many other tasks of the drained
 //! epoch are done.
 use crate::ids::TaskNode;
+use crate::runtime::worker::ThreadRole;
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -59,16 +60,6 @@ const SHARDS: usize = 16;
 
 /// Workers with a shard of their own; workers past this count use the shared shards.
 const MAX_OWNED: usize = 64;
-
-/// Who records a count.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Recorder {
-    /// Worker `i` of this runtime, on its own thread: the only writer of its own shard,
-    /// so a count there is a load and a store, not a locked add.
-    Worker(usize),
-    /// Any other thread (or a caller that cannot tell): a shared shard, `fetch_add`.
-    Other,
-}
 
 /// One thread's (or a few threads') counts. Every counter only grows, which is what
 /// makes the sum over shards safe to read without a lock (see [`InFlight::pending`]).
@@ -107,7 +98,7 @@ fn my_shard() -> usize {
 /// both sums only grow and every `finished` step has an earlier `started` step.
 #[derive(Default)]
 pub(crate) struct InFlight {
-    /// `owned[i]`: written by worker `i`'s thread only (see [`Recorder::Worker`]).
+    /// `owned[i]`: written by worker `i`'s thread only (see [`ThreadRole::Worker`]).
     owned: Box<[Shard]>,
     shards: [Shard; SHARDS],
     /// Tasks taken out by waiting flushes (so the total stays exact).
@@ -141,10 +132,10 @@ impl InFlight {
     }
 
     /// Adds one to the counter `pick` chooses in `by`'s shard.
-    fn add_one(&self, by: Recorder, pick: impl Fn(&Shard) -> &AtomicU64) {
+    fn add_one(&self, by: ThreadRole, pick: impl Fn(&Shard) -> &AtomicU64) {
         match by {
-            Recorder::Worker(worker) if worker < self.owned.len() => {
-                // One writer (see `Recorder::Worker`): nothing to lose between the load
+            ThreadRole::Worker(worker) if worker < self.owned.len() => {
+                // One writer (see `ThreadRole::Worker`): nothing to lose between the load
                 // and the store. `Release`, so a reader that sees a task finished here
                 // sees it started too (see `counted`).
                 let counter = pick(&self.owned[worker]);
@@ -160,24 +151,24 @@ impl InFlight {
     }
 
     /// One task replica queued, counted in `parity`.
-    pub(crate) fn started(&self, parity: u8, by: Recorder) {
+    pub(crate) fn started(&self, parity: u8, by: ThreadRole) {
         self.add_one(by, |shard| &shard.started[usize::from(parity & 1)]);
     }
 
     /// One task replica counted in `parity` delivered its result; counted as completed.
-    pub(crate) fn finished(&self, parity: u8, by: Recorder) {
+    pub(crate) fn finished(&self, parity: u8, by: ThreadRole) {
         self.count_completed(by);
         self.uncount(parity, by);
     }
 
     /// The count part of [`finished`](Self::finished), for callers that count the
     /// completion earlier (before answering the caller).
-    pub(crate) fn uncount(&self, parity: u8, by: Recorder) {
+    pub(crate) fn uncount(&self, parity: u8, by: ThreadRole) {
         self.add_one(by, |shard| &shard.finished[usize::from(parity & 1)]);
     }
 
     /// Counts one completion (see [`uncount`](Self::uncount)).
-    pub(crate) fn count_completed(&self, by: Recorder) {
+    pub(crate) fn count_completed(&self, by: ThreadRole) {
         self.add_one(by, |shard| &shard.completed);
     }
 
@@ -310,7 +301,7 @@ mod tests {
     fn a_flush_waits_for_earlier_tasks_only() {
         let counts = Arc::new(InFlight::default());
         let early = counts.parity();
-        counts.started(early, Recorder::Other);
+        counts.started(early, ThreadRole::Other);
         let flusher = {
             let counts = counts.clone();
             std::thread::spawn(move || counts.flush(node([0, 0])))
@@ -321,9 +312,9 @@ mod tests {
             std::thread::yield_now();
         }
         for _ in 0..100 {
-            counts.started(counts.parity(), Recorder::Other);
+            counts.started(counts.parity(), ThreadRole::Other);
         }
-        counts.finished(early, Recorder::Other);
+        counts.finished(early, ThreadRole::Other);
         flusher.join().unwrap();
         assert_eq!(counts.total(), 100);
     }
@@ -333,8 +324,8 @@ mod tests {
         let counts = Arc::new(InFlight::default());
         // A parent task and the flush task it waits for, both counted.
         let parity = counts.parity();
-        counts.started(parity, Recorder::Other);
-        counts.started(parity, Recorder::Other);
+        counts.started(parity, ThreadRole::Other);
+        counts.started(parity, ThreadRole::Other);
         let mut chain = [0, 0];
         chain[usize::from(parity)] = 2;
         let nested = {
@@ -343,7 +334,7 @@ mod tests {
         };
         // A second flush, from a client, counted itself.
         let second_parity = counts.parity();
-        counts.started(second_parity, Recorder::Other);
+        counts.started(second_parity, ThreadRole::Other);
         let mut own = [0, 0];
         own[usize::from(second_parity)] = 1;
         counts.flush(node(own));

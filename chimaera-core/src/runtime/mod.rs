@@ -56,6 +56,7 @@ crate::internal_mod! {
 }
 mod remote;
 mod status;
+mod task_ids;
 crate::internal_mod! {
     /// A task in the runtime (unstable, for chimaera's own tests).
     mod task;
@@ -76,7 +77,7 @@ use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerNetwork;
 use crate::query::{Placement, PoolQuery};
 use crate::runtime::context::{Host, RunContext, StatusCaller};
-use crate::runtime::flush::{InFlight, Recorder};
+use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::module::LanePriority;
 use crate::runtime::module::{ChiMod, ModuleEntry};
@@ -85,7 +86,8 @@ use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolMemo, Pool
 use crate::runtime::task::{
     lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskInput,
 };
-use crate::runtime::worker::{Lane, TaskRunner, TaskSource, Worker, WorkerShared};
+use crate::runtime::task_ids::TaskIds;
+use crate::runtime::worker::{Lane, TaskRunner, TaskSource, ThreadRole, Worker, WorkerShared};
 use crate::transport::call::CallSlot;
 use crate::transport::shm::handshake::AccessPolicy;
 use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
@@ -184,8 +186,7 @@ pub(crate) struct Shared {
     workers: Mutex<Vec<Worker>>,
     worker_states: OnceLock<Vec<Arc<WorkerShared>>>,
     next_lane: [AtomicUsize; 2],
-    /// Written by every thread that queues a task: its own line.
-    next_task_id: crossbeam_utils::CachePadded<AtomicU64>,
+    task_ids: TaskIds,
     inflight: InFlight,
     /// Cancel tokens of the periodic tasks submitted, with their pools: destroying a
     /// pool or stopping cancels them. Weak, so an ended task's token goes; dead entries
@@ -229,8 +230,9 @@ impl Shared {
         }
     }
 
-    pub(crate) fn next_task_id(&self) -> u64 {
-        self.next_task_id.fetch_add(1, Ordering::Relaxed)
+    /// A fresh task id, taken on the thread `role` names.
+    pub(crate) fn next_task_id(&self, role: ThreadRole) -> u64 {
+        self.task_ids.take(role)
     }
 
     /// Registers a periodic task's token, so its pool's destruction or a stop cancels
@@ -398,7 +400,7 @@ impl Shared {
             copies.push((module.new_copy)(method, &input)?);
         }
 
-        let id = self.next_task_id();
+        let id = self.next_task_id(ThreadRole::of(local_worker));
         let parity = self.inflight.parity();
         let node = match parent {
             Some(parent) => parent.child(),
@@ -504,7 +506,8 @@ impl Shared {
         input: TaskInput,
         sink: Option<task::ReplyTo>,
     ) -> Option<Call> {
-        let id = self.next_task_id();
+        let role = ThreadRole::of(single.local_worker);
+        let id = self.next_task_id(role);
         let parity = self.inflight.parity();
         let node = match single.parent {
             Some(parent) => parent.child(),
@@ -563,10 +566,8 @@ impl Shared {
             .min(lanes.len() - 1);
         let lane = &lanes[lane_index];
         // Ingested by worker `local_worker` itself, on its thread (see `Origin`).
-        let recorder = replica
-            .local_worker
-            .map_or(Recorder::Other, Recorder::Worker);
-        self.inflight.started(replica.parity, recorder);
+        let role = ThreadRole::of(replica.local_worker);
+        self.inflight.started(replica.parity, role);
         let task = Task {
             header: TaskHeader {
                 id: replica.id,
@@ -903,7 +904,7 @@ struct Runner(OnceLock<std::sync::Weak<Shared>>);
 
 impl TaskRunner for Runner {
     fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize) {
-        let recorder = Recorder::Worker(worker);
+        let role = ThreadRole::Worker(worker);
         // A disabled span still costs its making and its scope's drop on every task: skip
         // both while no subscriber wants DEBUG at all (the macro's own first check).
         let debug = tracing::Level::DEBUG <= tracing::level_filters::STATIC_MAX_LEVEL
@@ -921,9 +922,9 @@ impl TaskRunner for Runner {
             // Counted before the caller hears back, so a caller that then asks for the
             // count sees its task in it; in flight until after, so a flush does not
             // return before the result is delivered.
-            shared.inflight.count_completed(recorder);
+            shared.inflight.count_completed(role);
             task.complete(result.map(|()| out.as_slice()));
-            shared.inflight.uncount(parity, recorder);
+            shared.inflight.uncount(parity, role);
             out.trim();
             return;
         };
@@ -936,12 +937,12 @@ impl TaskRunner for Runner {
                 tracing::warn!(task = task.header.id, "periodic task failed: {err}");
             }
             out.trim();
-            shared.inflight.finished(task.header.parity, recorder);
+            shared.inflight.finished(task.header.parity, role);
             if !shared.sleep_between_runs(task, period) {
                 break;
             }
             let parity = shared.inflight.parity();
-            shared.inflight.started(parity, recorder);
+            shared.inflight.started(parity, role);
             let header = &mut task.header;
             header.node = header.node.recounted(header.parity, parity);
             header.parity = parity;
@@ -966,7 +967,7 @@ impl TaskRunner for Runner {
         // The run counted the task in flight (a periodic one for this run, and as alive).
         shared
             .inflight
-            .finished(task.header.parity, Recorder::Other);
+            .finished(task.header.parity, ThreadRole::Other);
         task.pool.stats.lost(task.header.method);
         if task.header.period.is_some() {
             shared.periodic_live.fetch_sub(1, Ordering::AcqRel);
@@ -977,7 +978,7 @@ impl TaskRunner for Runner {
         let parity = task.header.parity;
         task.complete(Err(TaskError::RuntimeStopped));
         if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
-            shared.inflight.finished(parity, Recorder::Other);
+            shared.inflight.finished(parity, ThreadRole::Other);
         }
     }
 }
@@ -1294,7 +1295,7 @@ impl RuntimeBuilder {
             workers: Mutex::new(Vec::new()),
             worker_states: OnceLock::new(),
             next_lane: [AtomicUsize::new(0), AtomicUsize::new(0)],
-            next_task_id: crossbeam_utils::CachePadded::new(AtomicU64::new(1)),
+            task_ids: TaskIds::new(config.workers()),
             inflight: InFlight::with_workers(config.workers()),
             periodic: Mutex::new(Vec::new()),
             periodic_live: AtomicU64::new(0),

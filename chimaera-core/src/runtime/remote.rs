@@ -80,10 +80,10 @@ use crate::peer::{
     FrameHandler, NetError, PeerNetwork, Responder, MAX_FRAME_BYTES, MAX_TASK_BULK_BYTES,
 };
 use crate::query::{Placement, PoolQuery};
-use crate::runtime::flush::Recorder;
 use crate::runtime::module::ModuleEntry;
 use crate::runtime::pool_table::Lookup;
 use crate::runtime::task::{lock, Completion, Reply, ReplyKey, ReplySink, ReplyTo, Schedule};
+use crate::runtime::worker::ThreadRole;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -692,7 +692,7 @@ impl Shared {
             });
             match encoded {
                 Ok(bytes) => {
-                    self.inflight.started(task.parity, Recorder::Other);
+                    self.inflight.started(task.parity, ThreadRole::Other);
                     let (me, parity) = (self.me.clone(), task.parity);
                     cluster.net.call(
                         head,
@@ -701,7 +701,7 @@ impl Shared {
                         Box::new(move |answer| {
                             deliver_answer(head, &expected, answer, part, carried);
                             if let Some(shared) = me.upgrade() {
-                                shared.inflight.uncount(parity, Recorder::Other);
+                                shared.inflight.uncount(parity, ThreadRole::Other);
                             }
                         }),
                     );
@@ -949,7 +949,7 @@ impl Shared {
         if local.is_empty() {
             return;
         }
-        let id = self.next_task_id();
+        let id = self.next_task_id(ThreadRole::Other);
         let parity = self.inflight.parity();
         let node = TaskNode {
             root: id,

@@ -108,6 +108,25 @@ pub trait TaskSource: Send + Sync + 'static {
     fn poller_died(&self, worker: usize);
 }
 
+/// Which thread a runtime-wide count or id is taken on, for state kept per worker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ThreadRole {
+    /// Worker `i` of this runtime, on its own thread: the only writer of what is kept
+    /// for worker `i`, so an update there is a load and a store, not a locked add. Only
+    /// a caller that knows it runs there says so: the worker's own ingest and its task
+    /// runner.
+    Worker(usize),
+    /// Any other thread, or a caller that cannot tell: shared state, locked adds.
+    Other,
+}
+
+impl ThreadRole {
+    /// Worker `worker`'s thread if given (the caller knows it runs there), else other.
+    pub(crate) fn of(worker: Option<usize>) -> ThreadRole {
+        worker.map_or(ThreadRole::Other, ThreadRole::Worker)
+    }
+}
+
 /// A FIFO of tasks for one worker.
 pub struct Lane {
     queue: Fifo<Task>,
