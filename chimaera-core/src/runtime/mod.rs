@@ -87,7 +87,9 @@ use crate::runtime::task::{
     lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskInput,
 };
 use crate::runtime::task_ids::TaskIds;
-use crate::runtime::worker::{Lane, TaskRunner, TaskSource, ThreadRole, Worker, WorkerShared};
+use crate::runtime::worker::{
+    Held, Lane, TaskRunner, TaskSource, ThreadRole, Worker, WorkerShared,
+};
 use crate::transport::call::CallSlot;
 use crate::transport::shm::handshake::AccessPolicy;
 use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
@@ -172,8 +174,8 @@ struct Single<'a> {
 /// State shared by the runtime, its workers, contexts and in-process clients.
 ///
 /// Aligned to 128 bytes so that, inside its `Arc`, the reference counts (a worker's
-/// runner upgrades its weak reference for every task) sit apart from the fields every
-/// client thread reads.
+/// runner upgrades its weak reference once per polling stretch, see
+/// [`Held`]) sit apart from the fields every client thread reads.
 #[repr(align(128))]
 pub(crate) struct Shared {
     /// This state's own `Arc` (weak, so it does not keep itself alive): what handles and
@@ -592,7 +594,7 @@ impl Shared {
         }
     }
 
-    fn run_once(self: &Arc<Self>, task: &Task, out: &mut OutputBuffer) -> Result<(), TaskError> {
+    fn run_once(&self, task: &Task, out: &mut OutputBuffer) -> Result<(), TaskError> {
         if task.pool.is_destroyed() {
             return Err(TaskError::PoolDestroyed {
                 pool: task.header.pool,
@@ -606,7 +608,7 @@ impl Shared {
                 containers: pool.container_count(),
             });
         };
-        let mut ctx = RunContext::new(task.header, &pool.name, pool.container_count(), &**self)
+        let mut ctx = RunContext::new(task.header, &pool.name, pool.container_count(), self)
             .with_bulk(task.bulk.as_ref());
         catch_unwind(AssertUnwindSafe(|| {
             container.run(&mut ctx, task.header.method, &task.input, out)
@@ -903,14 +905,25 @@ impl Shared {
 struct Runner(OnceLock<std::sync::Weak<Shared>>);
 
 impl TaskRunner for Runner {
-    fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize) {
+    fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize, held: &mut Held) {
         let role = ThreadRole::Worker(worker);
         // A disabled span still costs its making and its scope's drop on every task: skip
         // both while no subscriber wants DEBUG at all (the macro's own first check).
         let debug = tracing::Level::DEBUG <= tracing::level_filters::STATIC_MAX_LEVEL
             && tracing::Level::DEBUG <= tracing::level_filters::LevelFilter::current();
         let _span = debug.then(|| crate::coroutine::enter_span(task.span()));
-        let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+        // Upgraded once per polling stretch, not per task (two locked steps each).
+        if !held.as_deref().is_some_and(|held| held.is::<Shared>()) {
+            *held = self
+                .0
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .map(|shared| shared as Arc<dyn std::any::Any + Send + Sync>);
+        }
+        let Some(shared) = held
+            .as_deref()
+            .and_then(|held| held.downcast_ref::<Shared>())
+        else {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
         };

@@ -80,14 +80,21 @@ pub trait TaskRunner: Send + Sync + 'static {
     /// coroutine's own buffer, reused from task to task), and delivers its result. The
     /// task stays in the worker's hands (dropped after) so that a run killed by a stack
     /// overflow can still be failed through [`overflowed`](Self::overflowed). Called on
-    /// the thread of worker `worker` only.
-    fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize);
+    /// the thread of worker `worker` only. `held` is the runner's to keep what it
+    /// fetched for one task and may reuse for the next ones of the same polling stretch.
+    fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize, held: &mut Held);
     /// Fails `task`, whose handler overflowed its coroutine's stack, and settles what
     /// its run had counted. Called on the worker's thread, once the coroutine is dead.
     fn overflowed(&self, task: Task);
     /// Fails `task` without running it (the runtime is shutting down).
     fn reject(&self, task: Task);
 }
+
+/// What a [`TaskRunner`] keeps while one coroutine holds the polling role (the
+/// runtime's state, fetched once instead of once per task). It is dropped when the
+/// coroutine's polling stretch ends: when a task it ran waited and finished, or at
+/// shutdown.
+pub type Held = Option<Arc<dyn std::any::Any + Send + Sync>>;
 
 /// Where tasks come from besides the lanes: client processes' rings. A worker's poller
 /// polls its source itself on every round.
@@ -615,6 +622,7 @@ fn run_inline(
     slot: &TaskSlot,
     task: Task,
     out: &mut OutputBuffer,
+    held: &mut Held,
 ) -> bool {
     // SAFETY: only this coroutine uses its slot's task while it runs (see `TaskSlot`);
     // the overflow hook reads it only once the coroutine is dead.
@@ -622,7 +630,7 @@ fn run_inline(
     coroutine::arm_handoff();
     // SAFETY: as above; the reference does not outlive the run.
     if let Some(task) = unsafe { (*slot.task.get()).as_mut() } {
-        worker.runner.run(task, out, worker.id);
+        worker.runner.run(task, out, worker.id, held);
     }
     let still_polling = coroutine::disarm_handoff();
     // SAFETY: as above; the run is over, so the task is dropped here, in place (not
@@ -634,7 +642,13 @@ fn run_inline(
 /// Runs `task` inline, or rejects it when the worker shuts down; returns whether the
 /// coroutine still holds the polling role.
 #[inline(always)]
-fn dispatch(worker: &WorkerShared, slot: &TaskSlot, task: Task, out: &mut OutputBuffer) -> bool {
+fn dispatch(
+    worker: &WorkerShared,
+    slot: &TaskSlot,
+    task: Task,
+    out: &mut OutputBuffer,
+    held: &mut Held,
+) -> bool {
     // Counted before it runs, so a status task running inline sees every task before it.
     // Only this worker's thread writes the count: a load and a store, no locked add.
     let run = worker.tasks_run.load(Ordering::Relaxed);
@@ -643,7 +657,7 @@ fn dispatch(worker: &WorkerShared, slot: &TaskSlot, task: Task, out: &mut Output
         worker.runner.reject(task);
         return true;
     }
-    run_inline(worker, slot, task, out)
+    run_inline(worker, slot, task, out, held)
 }
 
 /// The polling role: ingest from the source, run batched and queued tasks inline, sleep
@@ -652,6 +666,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
     let idle_rounds_max = worker.idle_rounds;
     let source = worker.source.as_deref();
     crate::stats::set_thread_shard(worker.id);
+    let held = &mut Held::default();
     let mut idle_rounds = 0u32;
     loop {
         let mut dispatched = false;
@@ -659,7 +674,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
         let ingested = source.map_or(0, |source| source.ingest(worker.id));
         while let Some(task) = worker.next_batched() {
             dispatched = true;
-            if !dispatch(worker, slot, task, out) {
+            if !dispatch(worker, slot, task, out, held) {
                 return Polled::HandedOn;
             }
         }
@@ -668,7 +683,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 break;
             };
             dispatched = true;
-            if !dispatch(worker, slot, task, out) {
+            if !dispatch(worker, slot, task, out, held) {
                 return Polled::HandedOn;
             }
         }
@@ -687,7 +702,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                     break;
                 };
                 dispatched = true;
-                if !dispatch(worker, slot, task, out) {
+                if !dispatch(worker, slot, task, out, held) {
                     return Polled::HandedOn;
                 }
             }
