@@ -613,51 +613,45 @@ enum Polled {
     Finished,
 }
 
-/// Runs `task` inline on the polling coroutine of `slot`; returns whether the coroutine
-/// still holds the polling role (the task never waited).
-// Inlined, as is `dispatch`, so a task (176 bytes) is not copied again at each call.
+/// Takes the next task from `next` straight into the polling coroutine's `slot` and
+/// runs it there inline, or rejects it when the worker shuts down. Returns `None` when
+/// `next` has no task, else whether the coroutine still holds the polling role (the
+/// task never waited).
+///
+/// The task is written into the slot where the queue hands it out and dropped there
+/// after its run: a task is 224 bytes, and every move of it is a copy.
 #[inline(always)]
-fn run_inline(
+fn dispatch_next(
     worker: &WorkerShared,
     slot: &TaskSlot,
-    task: Task,
     out: &mut OutputBuffer,
     held: &mut Held,
-) -> bool {
+    next: impl FnOnce() -> Option<Task>,
+) -> Option<bool> {
+    let cell = slot.task.get();
     // SAFETY: only this coroutine uses its slot's task while it runs (see `TaskSlot`);
-    // the overflow hook reads it only once the coroutine is dead.
-    unsafe { *slot.task.get() = Some(task) };
-    coroutine::arm_handoff();
+    // the overflow hook reads it only once the coroutine is dead. The slot is empty
+    // between runs (emptied below), so the write drops nothing.
+    unsafe { cell.write(next()) };
     // SAFETY: as above; the reference does not outlive the run.
-    if let Some(task) = unsafe { (*slot.task.get()).as_mut() } {
-        worker.runner.run(task, out, worker.id, held);
-    }
-    let still_polling = coroutine::disarm_handoff();
-    // SAFETY: as above; the run is over, so the task is dropped here, in place (not
-    // moved out first: a task is 224 bytes).
-    unsafe { *slot.task.get() = None };
-    still_polling
-}
-
-/// Runs `task` inline, or rejects it when the worker shuts down; returns whether the
-/// coroutine still holds the polling role.
-#[inline(always)]
-fn dispatch(
-    worker: &WorkerShared,
-    slot: &TaskSlot,
-    task: Task,
-    out: &mut OutputBuffer,
-    held: &mut Held,
-) -> bool {
+    let task = unsafe { (*cell).as_mut() }?;
     // Counted before it runs, so a status task running inline sees every task before it.
     // Only this worker's thread writes the count: a load and a store, no locked add.
     let run = worker.tasks_run.load(Ordering::Relaxed);
     worker.tasks_run.store(run.wrapping_add(1), Ordering::Relaxed);
     if worker.shutdown.load(Ordering::Relaxed) {
-        worker.runner.reject(task);
-        return true;
+        // SAFETY: as above.
+        if let Some(task) = unsafe { (*cell).take() } {
+            worker.runner.reject(task);
+        }
+        return Some(true);
     }
-    run_inline(worker, slot, task, out, held)
+    coroutine::arm_handoff();
+    worker.runner.run(task, out, worker.id, held);
+    let still_polling = coroutine::disarm_handoff();
+    // SAFETY: as above; the run is over, so the task is dropped here, in place.
+    unsafe { *cell = None };
+    Some(still_polling)
 }
 
 /// The polling role: ingest from the source, run batched and queued tasks inline, sleep
@@ -672,18 +666,21 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
         let mut dispatched = false;
         // Tasks ingested earlier (a poller that handed on may have left some).
         let ingested = source.map_or(0, |source| source.ingest(worker.id));
-        while let Some(task) = worker.next_batched() {
+        while let Some(still_polling) =
+            dispatch_next(worker, slot, out, held, || worker.next_batched())
+        {
             dispatched = true;
-            if !dispatch(worker, slot, task, out, held) {
+            if !still_polling {
                 return Polled::HandedOn;
             }
         }
         for _ in 0..INBOX_PER_ROUND {
-            let Some(task) = worker.inbox.pop() else {
+            let Some(still_polling) = dispatch_next(worker, slot, out, held, || worker.inbox.pop())
+            else {
                 break;
             };
             dispatched = true;
-            if !dispatch(worker, slot, task, out, held) {
+            if !still_polling {
                 return Polled::HandedOn;
             }
         }
@@ -695,14 +692,16 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 local.draining = Some(lane);
             }
             for _ in 0..TASKS_PER_LANE {
-                let task = worker
-                    .local()
-                    .and_then(|local| local.draining.as_ref().and_then(|lane| lane.queue.pop()));
-                let Some(task) = task else {
+                let next = || {
+                    worker
+                        .local()
+                        .and_then(|local| local.draining.as_ref().and_then(|lane| lane.queue.pop()))
+                };
+                let Some(still_polling) = dispatch_next(worker, slot, out, held, next) else {
                     break;
                 };
                 dispatched = true;
-                if !dispatch(worker, slot, task, out, held) {
+                if !still_polling {
                     return Polled::HandedOn;
                 }
             }
