@@ -257,8 +257,6 @@ const INGEST_BUDGET: usize = 64;
 /// Counters shared by every area of a server.
 #[derive(Debug, Default)]
 pub struct ServerCounters {
-    /// Tasks completed for clients.
-    pub tasks_done: AtomicU64,
     /// Ids of periodic tasks.
     pub next_periodic: AtomicU64,
 }
@@ -887,7 +885,6 @@ impl ClientArea {
         } else {
             state.store(next, Ordering::Release);
         }
-        self.counters.tasks_done.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bumps the control line's reply bell and wakes the client's reply watcher.

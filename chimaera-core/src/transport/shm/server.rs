@@ -738,10 +738,6 @@ impl ShmServer {
         }
     }
 
-    /// Tasks completed for clients.
-    pub fn tasks_done(&self) -> u64 {
-        self.counters.tasks_done.load(Ordering::Relaxed)
-    }
 }
 
 /// Workers poll their clients' rings themselves.
