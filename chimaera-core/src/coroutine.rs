@@ -336,6 +336,20 @@ pub(crate) fn arm_handoff() {
     });
 }
 
+/// Whether the running coroutine is armed (see [`arm_handoff`]) and has not switched
+/// out since: it runs a task inline in its worker's polling role, and goes back to
+/// polling when the task is done.
+pub(crate) fn is_armed() -> bool {
+    LOCAL
+        .try_with(|local| {
+            local.get().is_some_and(|local| {
+                let current = local.current.get();
+                !current.is_null() && local.handoff_owner.get() == current
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// Disarms the running coroutine; returns whether it was still armed, that is, whether it
 /// never switched out since [`arm_handoff`] (so the hook did not run).
 pub(crate) fn disarm_handoff() -> bool {

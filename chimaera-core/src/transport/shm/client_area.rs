@@ -40,6 +40,29 @@
 //! is freed when its slot is accepted again; a count of held blocks spares the accept of
 //! the common small answer the lock on the output space.
 //!
+//! # Waking a sleeping client
+//!
+//! A client waiting for an answer spins, then announces itself in its slot's `WAITING`
+//! word and re-reads `STATE` before it sleeps; the runtime publishes `DONE`, then reads
+//! `WAITING` and wakes the sleeper. Each side needs a store-load fence between its
+//! store and its load, or both could miss each other. On the runtime's side that fence
+//! waits until the slot's line has come back from the client that spins on it: about a
+//! fifth of an empty task's time in the runtime (perf, pipelined calls). So an answer
+//! from a task that the area's own worker (its *owner*) runs inline in its polling role
+//! publishes `DONE` with a plain `Release` store and notes the slot; the poller checks
+//! the noted slots' `WAITING` words after one fence for all of them
+//! ([`ClientArea::wake_waiters`]), at the start of its next poll round and before it
+//! sleeps. That poller is the coroutine that answered: it goes back to polling right
+//! after the task, so a check is never left behind a sleeping poller. A client that
+//! went to sleep just as its answer landed is woken at most one poll round later; a
+//! client spinning sees `DONE` as soon as the store reaches it. Every other answer (a
+//! task that waited and finished on another coroutine, another worker, a network
+//! thread, a stop) does the fence and the check at once. The owner is told by a
+//! thread-local mark its poller sets on every ingest ([`mark_polling`]): a server id
+//! and a worker index, so no thread of another server or worker ever notes a slot of
+//! this area, and by the coroutine's armed hand-off ([`crate::coroutine::is_armed`]),
+//! which says the task runs inline on the poller.
+//!
 //! # Abandoned calls
 //!
 //! A `KIND_ABANDON` request lists other slots of the client in its payload: if a listed
@@ -103,7 +126,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The client task a worker's poller is routing now (its pool's `Monitor` and
@@ -309,6 +333,26 @@ pub struct ClientArea {
     carried: Mutex<Vec<u32>>,
     has_carried: AtomicBool,
     counters: Arc<ServerCounters>,
+    /// The server and worker whose poller owns the area (see the module docs).
+    owner: (u64, usize),
+    /// Slots the owner answered without checking `WAITING` yet, a bit each; written by
+    /// the owner's thread only (plain loads and stores).
+    unchecked: Box<[AtomicU64]>,
+    /// Whether any bit of `unchecked` is set (the owner's thread only).
+    any_unchecked: AtomicBool,
+}
+
+thread_local! {
+    /// The server and worker this thread polls for (set by every ingest), or `(0, 0)`:
+    /// server ids start at 1.
+    static POLLING_AS: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// Marks the calling thread as worker `worker` of server `server`, polling its areas:
+/// the owner of those areas, whose answers defer the `WAITING` check (see the module
+/// docs). Called by the server's ingest, on the worker's own thread.
+pub fn mark_polling(server: u64, worker: usize) {
+    POLLING_AS.with(|mark| mark.set((server, worker)));
 }
 
 impl std::fmt::Debug for ClientArea {
@@ -336,6 +380,8 @@ pub struct AreaSpec<'a> {
     pub max_tasks: usize,
     /// The client's socket (a clone), to hang up on it when disowned.
     pub socket: Option<UnixStream>,
+    /// The server (its id) and the worker whose poller takes the area's tasks.
+    pub owner: (u64, usize),
 }
 
 impl ClientArea {
@@ -422,6 +468,11 @@ impl ClientArea {
             carried: Mutex::new(Vec::new()),
             has_carried: AtomicBool::new(false),
             counters,
+            owner: spec.owner,
+            unchecked: (0..geometry.slots.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            any_unchecked: AtomicBool::new(false),
         })
     }
 
@@ -869,21 +920,75 @@ impl ClientArea {
             self.store_output(&view, slot_index, status, bytes);
             // Idle before DONE: a client reusing the slot at once is not ignored.
             state.store(next, Ordering::Release);
-            // SeqCst store, then SeqCst load: the client's `WAITING` announcement (SeqCst,
-            // before it re-reads `STATE`) and this pair cannot both miss each other, with
-            // no fence between them.
-            view.word(slot::STATE)
-                .store(wire::SLOT_DONE, Ordering::SeqCst);
-            // A hostile value costs the client spurious wake-ups, nothing else.
-            let waiting = view.word(slot::WAITING).load(Ordering::SeqCst);
-            if waiting & wire::WAITING_THREAD != 0 {
-                futex::wake(view.word(slot::STATE), 1);
-            }
-            if waiting & wire::WAITING_WATCHER != 0 {
-                self.ring_reply_bell();
+            if POLLING_AS.with(Cell::get) == self.owner && crate::coroutine::is_armed() {
+                // The owner checks `WAITING` later, after one fence for a batch of
+                // answers (see the module docs).
+                view.word(slot::STATE)
+                    .store(wire::SLOT_DONE, Ordering::Release);
+                self.note_unchecked(slot_index);
+            } else {
+                // SeqCst store, then SeqCst load: the client's `WAITING` announcement
+                // (SeqCst, before it re-reads `STATE`) and this pair cannot both miss
+                // each other, with no fence between them.
+                view.word(slot::STATE)
+                    .store(wire::SLOT_DONE, Ordering::SeqCst);
+                self.wake_if_waiting(&view);
             }
         } else {
             state.store(next, Ordering::Release);
+        }
+    }
+
+    /// Wakes whoever the slot's `WAITING` word says sleeps on the slot's answer. A
+    /// hostile value costs the client spurious wake-ups, nothing else.
+    fn wake_if_waiting(&self, view: &SlotView) {
+        let waiting = view.word(slot::WAITING).load(Ordering::SeqCst);
+        if waiting & wire::WAITING_THREAD != 0 {
+            futex::wake(view.word(slot::STATE), 1);
+        }
+        if waiting & wire::WAITING_WATCHER != 0 {
+            self.ring_reply_bell();
+        }
+    }
+
+    /// Notes that the owner answered `slot_index` without checking `WAITING`. Called on
+    /// the owner's thread only, the one writer of `unchecked`.
+    fn note_unchecked(&self, slot_index: u32) {
+        let Some(word) = self.unchecked.get(slot_index as usize / 64) else {
+            return;
+        };
+        let bit = 1u64 << (slot_index % 64);
+        word.store(word.load(Ordering::Relaxed) | bit, Ordering::Relaxed);
+        self.any_unchecked.store(true, Ordering::Relaxed);
+    }
+
+    /// Checks `WAITING` of every slot the owner answered since the last check, after
+    /// one fence, and wakes the sleepers (see the module docs). Called on the owner's
+    /// thread, at the start of every poll round and before the owner sleeps; a call from
+    /// any other thread does nothing.
+    pub fn wake_waiters(&self) {
+        if !self.any_unchecked.load(Ordering::Relaxed)
+            || POLLING_AS.with(Cell::get) != self.owner
+        {
+            return;
+        }
+        self.any_unchecked.store(false, Ordering::Relaxed);
+        // Orders every `DONE` published before against the `WAITING` loads below, as
+        // the SeqCst pair of an immediate answer does.
+        fence(Ordering::SeqCst);
+        for (index, word) in self.unchecked.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            if bits == 0 {
+                continue;
+            }
+            word.store(0, Ordering::Relaxed);
+            while bits != 0 {
+                let slot_index = index * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index as u32) {
+                    self.wake_if_waiting(&view);
+                }
+            }
         }
     }
 

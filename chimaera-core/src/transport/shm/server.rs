@@ -39,7 +39,7 @@
 //! **Status.** [`usage`] asks the runtime over the socket; the answer comes from the
 //! runtime's private counters, never from memory a client can write.
 pub use super::client_area::Ingress;
-use super::client_area::{AreaSpec, ClientArea, Routing, ServerCounters};
+use super::client_area::{self, AreaSpec, ClientArea, Routing, ServerCounters};
 pub use super::handshake::ShmUsage;
 use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
 use super::runtime_page::RuntimePage;
@@ -521,6 +521,7 @@ impl ShmServer {
                 return;
             }
         };
+        let worker = client % self.workers;
         let spec = AreaSpec {
             instance: &self.instance,
             client,
@@ -529,6 +530,7 @@ impl ShmServer {
             pid: peer.pid,
             max_tasks: self.access.tasks_in_flight as usize,
             socket: stream.try_clone().ok(),
+            owner: (self.id, worker as usize),
         };
         let area = match ClientArea::create(spec, self.counters.clone()) {
             Ok(area) => Arc::new(area),
@@ -539,7 +541,6 @@ impl ShmServer {
                 return;
             }
         };
-        let worker = client % self.workers;
         let grant = Grant {
             client,
             worker,
@@ -745,15 +746,18 @@ impl TaskSource for ShmServer {
     fn ingest(&self, worker: usize) -> usize {
         // Polled on every round of every worker: look at the rings first, and touch the
         // runtime (the upgrade) only when there is work.
-        if worker >= self.workers as usize || !self.taking_tasks.load(Ordering::Acquire) {
+        if worker >= self.workers as usize {
             return 0;
         }
+        // This thread owns the areas of its poll list: their answers wait for the
+        // `WAITING` check done here, once per round (see `client_area`).
+        client_area::mark_polling(self.id, worker);
+        let taking = self.taking_tasks.load(Ordering::Acquire);
         // A look at each ring's tail first; only a round with work takes a snapshot
         // (chimod routing code runs while it is used).
         let Some(areas) = self.with_poll_list(worker, |areas| {
-            areas
-                .iter()
-                .any(|area| !area.is_disowned() && area.has_work())
+            areas.iter().for_each(|area| area.wake_waiters());
+            (taking && areas.iter().any(|area| !area.is_disowned() && area.has_work()))
                 .then(|| areas.clone())
         }) else {
             return 0;
@@ -781,7 +785,11 @@ impl TaskSource for ShmServer {
             return false;
         }
         fence(Ordering::SeqCst);
-        self.with_poll_list(worker, |areas| areas.iter().any(|area| area.has_work()))
+        self.with_poll_list(worker, |areas| {
+            // No answer of this worker's may wait for a check while it sleeps.
+            areas.iter().for_each(|area| area.wake_waiters());
+            areas.iter().any(|area| area.has_work())
+        })
     }
 
     fn poller_died(&self, worker: usize) {
