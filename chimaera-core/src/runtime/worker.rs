@@ -632,7 +632,10 @@ fn dispatch_next(
     // SAFETY: only this coroutine uses its slot's task while it runs (see `TaskSlot`);
     // the overflow hook reads it only once the coroutine is dead. The slot is empty
     // between runs (emptied below), so the write drops nothing.
-    unsafe { cell.write(next()) };
+    unsafe {
+        debug_assert!((*cell).is_none(), "a task left in its coroutine's slot");
+        cell.write(next());
+    }
     // SAFETY: as above; the reference does not outlive the run.
     let task = unsafe { (*cell).as_mut() }?;
     // Counted before it runs, so a status task running inline sees every task before it.
