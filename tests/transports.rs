@@ -239,61 +239,6 @@ fn a_route_that_overflows_the_pollers_stack_fails_its_task_and_the_worker_serves
     }
 }
 
-/// A client asleep on its answer is woken when the handler ran inline on the worker
-/// that polls the client: that worker publishes the answer without a fence and checks
-/// who sleeps on it at its next poll round (`client_area`'s module docs). A busy handler
-/// outlasts the client's spin, so the client sleeps — as a thread (sync call) and as an
-/// awaiting task (its reply watcher) — and must be woken within about a round. A client
-/// asleep also wakes every 100 ms to check the runtime is alive: a missed wake-up shows
-/// as calls late by most of that, so the median lateness is what is checked.
-#[test]
-fn a_client_asleep_on_an_answer_given_inline_is_woken_at_once() {
-    const RUN: Duration = Duration::from_millis(5);
-    let fixture = shared_memory();
-    let probe = fixture.probe("asleep", 1);
-    let median_lateness = |awaited: bool| {
-        let mut late: Vec<Duration> = (0..11)
-            .map(|_| {
-                let start = Instant::now();
-                let released = within("a call to a busy inline handler", {
-                    let probe = probe.clone();
-                    let ms = RUN.as_millis() as u64;
-                    move || match awaited {
-                        false => probe.spin(PoolQuery::local(), ms),
-                        true => block_on(async { probe.async_spin(PoolQuery::local(), ms)?.await }),
-                    }
-                });
-                assert_eq!(released, Ok(false), "awaited: {awaited}");
-                start.elapsed().saturating_sub(RUN)
-            })
-            .collect();
-        late.sort();
-        late[late.len() / 2]
-    };
-    for awaited in [false, true] {
-        let late = median_lateness(awaited);
-        assert!(
-            late < Duration::from_millis(50),
-            "awaited: {awaited}: answers reached the sleeping client {late:?} late (median)"
-        );
-    }
-    // Calls flowing meanwhile from other threads keep being answered too.
-    let threads: Vec<_> = (0..3u64)
-        .map(|t| {
-            let probe = probe.clone();
-            std::thread::spawn(move || {
-                for round in 0..200u64 {
-                    let ms = if round % 50 == 0 { 15 } else { 0 };
-                    assert_eq!(probe.spin(PoolQuery::local(), ms), Ok(false), "{t}/{round}");
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        within("calls beside sleeping ones", move || thread.join()).expect("a caller failed");
-    }
-}
-
 /// A poller pops a client's ring in batches: a route that overflows the poller's stack
 /// in the middle of a batch fails that task alone, and the tasks popped with it after it
 /// are routed by the next poller, not lost with the dead one's stack (their calls would
