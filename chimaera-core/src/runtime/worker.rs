@@ -113,6 +113,9 @@ pub trait TaskSource: Send + Sync + 'static {
     /// Worker `worker`'s poller overflowed its stack inside [`ingest`](Self::ingest): fail
     /// what it was routing. Called on the worker's thread, once the poller is dead.
     fn poller_died(&self, worker: usize);
+    /// Worker `worker`'s poller ran tasks inline in this round (it is about to poll
+    /// again): the source finishes what their answers left to do once per round.
+    fn round_done(&self, worker: usize);
 }
 
 /// Which thread a runtime-wide count or id is taken on, for state kept per worker.
@@ -711,6 +714,11 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
             let lane = worker.local().and_then(|mut local| local.draining.take());
             if let Some(lane) = lane {
                 worker.end_turn(lane);
+            }
+        }
+        if dispatched {
+            if let Some(source) = source {
+                source.round_done(worker.id);
             }
         }
         if dispatched || ingested > 0 {

@@ -51,8 +51,12 @@
 //! from a task that the area's own worker (its *owner*) runs inline in its polling role
 //! publishes `DONE` with a plain `Release` store and notes the slot; the poller checks
 //! the noted slots' `WAITING` words after one fence for all of them
-//! ([`ClientArea::wake_waiters`]), at the start of its next poll round and before it
-//! sleeps. That poller is the coroutine that answered: it goes back to polling right
+//! ([`ClientArea::wake_waiters`]) at the end of the poll round that ran those tasks
+//! (while the slots' lines are still this CPU's: a check later, after the client took
+//! its line back to read the answer and write its next call, costs a miss on the
+//! runtime's path and another on the client's), and again at the start of the next
+//! round and before it sleeps (a poller killed mid-round leaves its notes to the next
+//! one). That poller is the coroutine that answered: it goes back to polling right
 //! after the task, so a check is never left behind a sleeping poller. A client that
 //! went to sleep just as its answer landed is woken at most one poll round later; a
 //! client spinning sees `DONE` as soon as the store reaches it. Every other answer (a
@@ -964,8 +968,8 @@ impl ClientArea {
 
     /// Checks `WAITING` of every slot the owner answered since the last check, after
     /// one fence, and wakes the sleepers (see the module docs). Called on the owner's
-    /// thread, at the start of every poll round and before the owner sleeps; a call from
-    /// any other thread does nothing.
+    /// thread, at the end and the start of every poll round and before the owner sleeps;
+    /// a call from any other thread does nothing.
     pub fn wake_waiters(&self) {
         if !self.any_unchecked.load(Ordering::Relaxed)
             || POLLING_AS.with(Cell::get) != self.owner

@@ -792,6 +792,16 @@ impl TaskSource for ShmServer {
         })
     }
 
+    fn round_done(&self, worker: usize) {
+        if worker < self.workers as usize {
+            // Right after the answers, while their slots' lines are still this CPU's:
+            // one fence and a look at `WAITING` for all of them (see `client_area`).
+            self.with_poll_list(worker, |areas| {
+                areas.iter().for_each(|area| area.wake_waiters());
+            });
+        }
+    }
+
     fn poller_died(&self, worker: usize) {
         let Some(routing) = self.routing.get(worker) else {
             return;
