@@ -25,32 +25,51 @@ fn runtime_child_entry() {
 }
 
 /// A client asleep on its answer is woken when the handler ran inline on the worker
-/// that polls the client: that worker publishes the answer without a fence and checks
-/// who sleeps on it at its next poll round (`client_area`'s module docs). A busy handler
-/// outlasts the client's spin, so the client sleeps — as a thread (sync call) and as an
-/// awaiting task (its reply watcher) — and must be woken within about a round. A client
-/// asleep also wakes every 100 ms to check the runtime is alive: a missed wake-up shows
-/// as calls late by most of that, so the median lateness is what is checked.
+/// that polls the client: that worker checks who sleeps on the round's answers after
+/// the first once, at the end of the round (`client_area`'s module docs). Four calls
+/// to a busy handler (5 ms each, never waiting) are pipelined: the first is taken
+/// alone, the other three in one round while it runs, so the third and fourth answers
+/// take the deferred path. Each busy run outlasts the client's spin, so the client
+/// sleeps on every answer — as a thread, then as an awaiting task (its reply watcher) —
+/// and must be woken within about a round. A missed wake-up shows as calls late by
+/// most of the client's 100 ms liveness tick, so the median lateness is what is
+/// checked.
 #[test]
 fn a_client_asleep_on_an_answer_given_inline_is_woken_at_once() {
     const RUN: Duration = Duration::from_millis(5);
+    const CALLS: u32 = 4;
     let runtime = RuntimeProcess::start_with("asleep", "", Launch::TEST_BINARY);
     let chi = runtime.client();
     let probe = ProbeClient::create(&chi, PoolQuery::local(), "asleep").expect("probe pool");
     let median_lateness = |awaited: bool| {
-        let mut late: Vec<Duration> = (0..11)
+        let mut late: Vec<Duration> = (0..7)
             .map(|_| {
                 let start = Instant::now();
-                let released = within("a call to a busy inline handler", {
+                let released = within("pipelined calls to a busy inline handler", {
                     let probe = probe.clone();
                     let ms = RUN.as_millis() as u64;
-                    move || match awaited {
-                        false => probe.spin(PoolQuery::local(), ms),
-                        true => block_on(async { probe.async_spin(PoolQuery::local(), ms)?.await }),
+                    move || -> Result<Vec<bool>, TaskError> {
+                        let calls = (0..CALLS)
+                            .map(|_| probe.async_spin(PoolQuery::local(), ms))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        match awaited {
+                            false => calls.into_iter().map(|call| call.wait()).collect(),
+                            true => block_on(async {
+                                let mut released = Vec::new();
+                                for call in calls {
+                                    released.push(call.await?);
+                                }
+                                Ok(released)
+                            }),
+                        }
                     }
                 });
-                assert_eq!(released, Ok(false), "awaited: {awaited}");
-                start.elapsed().saturating_sub(RUN)
+                assert_eq!(
+                    released,
+                    Ok(vec![false; CALLS as usize]),
+                    "awaited: {awaited}"
+                );
+                start.elapsed().saturating_sub(RUN * CALLS)
             })
             .collect();
         late.sort();

@@ -48,8 +48,10 @@
 //! store and its load, or both could miss each other. On the runtime's side that fence
 //! waits until the slot's line has come back from the client that spins on it: about a
 //! fifth of an empty task's time in the runtime (perf, pipelined calls). So an answer
-//! from a task that the area's own worker (its *owner*) runs inline in its polling role
-//! publishes `DONE` with a plain `Release` store and notes the slot; the poller checks
+//! from a task that the area's own worker (its *owner*) runs inline in its polling role,
+//! other than the first of the poll round (checked at once: in a sync round trip it is
+//! the round's only one, and deferring its check only moved the cost), publishes `DONE`
+//! with a plain `Release` store and notes the slot; the poller checks
 //! the noted slots' `WAITING` words after one fence for all of them
 //! ([`ClientArea::wake_waiters`]) at the end of the poll round that ran those tasks
 //! (while the slots' lines are still this CPU's: a check later, after the client took
@@ -344,6 +346,10 @@ pub struct ClientArea {
     unchecked: Box<[AtomicU64]>,
     /// Whether any bit of `unchecked` is set (the owner's thread only).
     any_unchecked: AtomicBool,
+    /// Whether the owner answered a call since its last check (the owner's thread
+    /// only): the first answer of a round is checked at once, as in a sync round trip
+    /// that is all the round has.
+    answered_in_round: AtomicBool,
 }
 
 thread_local! {
@@ -477,6 +483,7 @@ impl ClientArea {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             any_unchecked: AtomicBool::new(false),
+            answered_in_round: AtomicBool::new(false),
         })
     }
 
@@ -924,13 +931,17 @@ impl ClientArea {
             self.store_output(&view, slot_index, status, bytes);
             // Idle before DONE: a client reusing the slot at once is not ignored.
             state.store(next, Ordering::Release);
-            if POLLING_AS.with(Cell::get) == self.owner && crate::coroutine::is_armed() {
-                // The owner checks `WAITING` later, after one fence for a batch of
-                // answers (see the module docs).
+            let owner = POLLING_AS.with(Cell::get) == self.owner && crate::coroutine::is_armed();
+            if owner && self.answered_in_round.load(Ordering::Relaxed) {
+                // The owner checks `WAITING` later, after one fence for the round's
+                // answers after its first (see the module docs).
                 view.word(slot::STATE)
                     .store(wire::SLOT_DONE, Ordering::Release);
                 self.note_unchecked(slot_index);
             } else {
+                if owner {
+                    self.answered_in_round.store(true, Ordering::Relaxed);
+                }
                 // SeqCst store, then SeqCst load: the client's `WAITING` announcement
                 // (SeqCst, before it re-reads `STATE`) and this pair cannot both miss
                 // each other, with no fence between them.
@@ -971,9 +982,14 @@ impl ClientArea {
     /// thread, at the end and the start of every poll round and before the owner sleeps;
     /// a call from any other thread does nothing.
     pub fn wake_waiters(&self) {
-        if !self.any_unchecked.load(Ordering::Relaxed)
+        let unchecked = self.any_unchecked.load(Ordering::Relaxed);
+        if !(unchecked || self.answered_in_round.load(Ordering::Relaxed))
             || POLLING_AS.with(Cell::get) != self.owner
         {
+            return;
+        }
+        self.answered_in_round.store(false, Ordering::Relaxed);
+        if !unchecked {
             return;
         }
         self.any_unchecked.store(false, Ordering::Relaxed);
