@@ -145,6 +145,12 @@ pub struct ServeAccess {
 /// The areas a worker polls.
 type PollList = Arc<[Arc<ClientArea>]>;
 
+/// Does the owner's deferred `WAITING` checks of every area of a worker's poll list
+/// (see `client_area`'s "Waking a sleeping client").
+fn wake_sleepers(areas: &PollList) {
+    areas.iter().for_each(|area| area.wake_waiters());
+}
+
 /// Identities of servers for the poll caches (a freed server's address may be reused).
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -749,14 +755,14 @@ impl TaskSource for ShmServer {
         if worker >= self.workers as usize {
             return 0;
         }
-        // This thread owns the areas of its poll list: their answers wait for the
-        // `WAITING` check done here, once per round (see `client_area`).
+        // This thread owns the areas of its poll list (see `client_area`).
         client_area::mark_polling(self.id, worker);
         let taking = self.taking_tasks.load(Ordering::Acquire);
         // A look at each ring's tail first; only a round with work takes a snapshot
         // (chimod routing code runs while it is used).
         let Some(areas) = self.with_poll_list(worker, |areas| {
-            areas.iter().for_each(|area| area.wake_waiters());
+            // Checks a poller killed in the middle of its last round left undone.
+            wake_sleepers(areas);
             (taking && areas.iter().any(|area| !area.is_disowned() && area.has_work()))
                 .then(|| areas.clone())
         }) else {
@@ -787,7 +793,7 @@ impl TaskSource for ShmServer {
         fence(Ordering::SeqCst);
         self.with_poll_list(worker, |areas| {
             // No answer of this worker's may wait for a check while it sleeps.
-            areas.iter().for_each(|area| area.wake_waiters());
+            wake_sleepers(areas);
             areas.iter().any(|area| area.has_work())
         })
     }
@@ -796,9 +802,7 @@ impl TaskSource for ShmServer {
         if worker < self.workers as usize {
             // Right after the answers, while their slots' lines are still this CPU's:
             // one fence and a look at `WAITING` for all of them (see `client_area`).
-            self.with_poll_list(worker, |areas| {
-                areas.iter().for_each(|area| area.wake_waiters());
-            });
+            self.with_poll_list(worker, wake_sleepers);
         }
     }
 
