@@ -1036,6 +1036,7 @@ impl ShmConnection {
             self.free_data(extent);
         }
         if let Some(view) = view {
+            view.prefetch_for_writing();
             view.word(slot::WAITING).store(0, Ordering::Relaxed);
             view.word(slot::STATE)
                 .store(wire::SLOT_FREE, Ordering::Relaxed);
