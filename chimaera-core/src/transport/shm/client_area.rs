@@ -620,13 +620,18 @@ impl ClientArea {
     ) {
         // The slots `PREFETCH_AHEAD` places on are fetched while this one is routed: a
         // slot's lines come from the client's cache, about as long as routing a task
-        // takes, and a whole batch asked at once would fill the CPU's miss buffers.
+        // takes, and a whole batch asked at once would fill the CPU's miss buffers. The
+        // reply lines too, for writing, but the first's: a client waiting for its calls
+        // in order spins on that one, and would only take it back at once.
         let prefetch = |at: usize| {
             if let Some(view) = batch
                 .get(at)
                 .and_then(|&slot| SlotView::new(&self.memory, &self.geometry, slot).ok())
             {
                 view.prefetch_request();
+                if at > 0 {
+                    view.prefetch_reply_for_writing();
+                }
             }
         };
         (0..PREFETCH_AHEAD).for_each(prefetch);

@@ -651,18 +651,32 @@ impl<'a> SlotView<'a> {
     /// (the writes before the ring's tail is pushed must reach this CPU's cache first).
     /// A hint only: it changes no memory.
     pub fn prefetch_for_writing(&self) {
+        self.prefetch_line_for_writing(slot::POOL_MAJOR);
+        if self.payload > 0 {
+            self.prefetch_line_for_writing(SLOT_HEADER);
+        }
+    }
+
+    /// Asks the CPU to take the slot's reply line for writing (see
+    /// [`prefetch_for_writing`](Self::prefetch_for_writing)): the runtime calls it for
+    /// tasks it will answer soon, so the answer's stores do not wait for the line to
+    /// come back from the client's cache (and the locked steps after them with them).
+    pub fn prefetch_reply_for_writing(&self) {
+        self.prefetch_line_for_writing(slot::STATE);
+    }
+
+    /// `PREFETCHW` of the line holding byte `at` of the slot, where the CPU has it.
+    fn prefetch_line_for_writing(&self, at: usize) {
         #[cfg(target_arch = "x86_64")]
-        if has_prefetchw() {
-            let base = self.base.as_ptr();
+        if at < SLOT_HEADER + self.payload && has_prefetchw() {
             // SAFETY: `PREFETCHW` (present: checked above) never faults, writes no
             // memory, touches no register but its operand and no flag, and uses no stack;
-            // both addresses lie in the slot, which `new` checked is in the mapping.
+            // the address lies in the slot (checked above), which `new` checked is in
+            // the mapping.
             unsafe {
                 std::arch::asm!(
-                    "prefetchw [{request}]",
-                    "prefetchw [{payload}]",
-                    request = in(reg) base.add(slot::POOL_MAJOR),
-                    payload = in(reg) base.add(if self.payload > 0 { SLOT_HEADER } else { 0 }),
+                    "prefetchw [{line}]",
+                    line = in(reg) self.base.as_ptr().add(at),
                     options(nostack, preserves_flags, readonly)
                 );
             }
