@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+pub(crate) mod cacheline;
 mod ring;
 
 /// Locks a mutex that guards plain data; a panic while holding it cannot leave the data

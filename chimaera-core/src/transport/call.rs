@@ -379,11 +379,11 @@ impl SlotReply {
     /// caller, unless the caller gave the slot up meanwhile (another generation).
     pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
         let slot = self.slot;
-        let mut state = slot.state.load(Ordering::Acquire);
+        // First tried from the usual state (open, the caller spinning, not parked) with
+        // no load before: the caller's CPU holds the line, and a load would fetch it
+        // shared, then the compare-exchange again, for writing.
+        let mut state = open_state(self.generation);
         loop {
-            if generation_of(state) != self.generation || state & PHASE != OPEN {
-                return;
-            }
             match slot.state.compare_exchange_weak(
                 state,
                 (state & !PHASE) | WRITING,
@@ -392,6 +392,9 @@ impl SlotReply {
             ) {
                 Ok(_) => break,
                 Err(now) => state = now,
+            }
+            if generation_of(state) != self.generation || state & PHASE != OPEN {
+                return;
             }
         }
         // SAFETY: this task moved its generation to `WRITING`: until it stores `DONE`, the

@@ -35,6 +35,7 @@ use crate::ids::{MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::shm::ring::RingLayout;
 use crate::shm::segment::{AccessError, Segment};
+use crate::sync::cacheline;
 use crate::transport::call::Schedule;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -435,17 +436,6 @@ impl SlotReply {
     }
 }
 
-/// Whether this CPU has `PREFETCHW` (CPUID leaf `0x8000_0001`, ECX bit 8), asked once.
-#[cfg(target_arch = "x86_64")]
-fn has_prefetchw() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        // Leaf 0x8000_0000 says which extended leaves exist.
-        use std::arch::x86_64::__cpuid;
-        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
-    })
-}
-
 /// A query as the three words of a slot header.
 fn encode_query(query: PoolQuery) -> (u32, u32, u64) {
     use query_tag::*;
@@ -629,18 +619,9 @@ impl<'a> SlotView<'a> {
     /// cache misses then overlap instead of coming one after another as each task is
     /// read. A hint only; nothing is read into the program.
     pub fn prefetch_request(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let base = self.base.as_ptr();
-            // SAFETY: a prefetch never faults and makes nothing observable; both
-            // addresses lie in the slot, which `new` checked is in the mapping.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(base.add(slot::POOL_MAJOR).cast());
-                if self.payload > 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(base.add(SLOT_HEADER).cast());
-                }
-            }
+        cacheline::prefetch(self.line(slot::POOL_MAJOR));
+        if self.payload > 0 {
+            cacheline::prefetch(self.line(SLOT_HEADER));
         }
     }
 
@@ -651,9 +632,9 @@ impl<'a> SlotView<'a> {
     /// (the writes before the ring's tail is pushed must reach this CPU's cache first).
     /// A hint only: it changes no memory.
     pub fn prefetch_for_writing(&self) {
-        self.prefetch_line_for_writing(slot::POOL_MAJOR);
+        cacheline::prefetch_for_writing(self.line(slot::POOL_MAJOR));
         if self.payload > 0 {
-            self.prefetch_line_for_writing(SLOT_HEADER);
+            cacheline::prefetch_for_writing(self.line(SLOT_HEADER));
         }
     }
 
@@ -662,25 +643,13 @@ impl<'a> SlotView<'a> {
     /// tasks it will answer soon, so the answer's stores do not wait for the line to
     /// come back from the client's cache (and the locked steps after them with them).
     pub fn prefetch_reply_for_writing(&self) {
-        self.prefetch_line_for_writing(slot::STATE);
+        cacheline::prefetch_for_writing(self.line(slot::STATE));
     }
 
-    /// `PREFETCHW` of the line holding byte `at` of the slot, where the CPU has it.
-    fn prefetch_line_for_writing(&self, at: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if at < SLOT_HEADER + self.payload && has_prefetchw() {
-            // SAFETY: `PREFETCHW` (present: checked above) never faults, writes no
-            // memory, touches no register but its operand and no flag, and uses no stack;
-            // the address lies in the slot (checked above), which `new` checked is in
-            // the mapping.
-            unsafe {
-                std::arch::asm!(
-                    "prefetchw [{line}]",
-                    line = in(reg) self.base.as_ptr().add(at),
-                    options(nostack, preserves_flags, readonly)
-                );
-            }
-        }
+    /// The address of byte `at` of the slot, for a cache hint; `at` lies in the slot.
+    fn line(&self, at: usize) -> *const u8 {
+        debug_assert!(at < SLOT_HEADER + self.payload);
+        self.base.as_ptr().wrapping_add(at)
     }
 
     /// A 32-bit word of the slot header (`field` is one of [`slot`]'s offsets).
