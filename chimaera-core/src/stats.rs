@@ -30,12 +30,12 @@
 //! be lost, never memory.
 //!
 //! **The clock** is `quanta`'s: on x86 with an invariant TSC, a read is the time stamp
-//! counter (about 16 ns here, against about 38 ns for `Instant::now` through the vDSO:
-//! two reads a task made the clock about a tenth of an empty task's run), scaled to
-//! nanoseconds only when a latency is recorded; elsewhere it is the OS's monotonic
-//! clock. It is calibrated once, when the first pool's statistics are made (well under a
-//! millisecond). A latency whose end reads before its start (a counter that is not in
-//! step across CPUs) is recorded as 0.
+//! counter (16–30 ns on the development VM, with the host's state, about half of what
+//! `Instant::now` through the vDSO takes there: two reads a task made the clock about a
+//! tenth of an empty task's run), scaled to nanoseconds only when a latency is recorded;
+//! elsewhere it is the OS's monotonic clock. It is calibrated once, when the first pool's
+//! statistics are made (well under a millisecond). A latency whose end reads before its
+//! start (a counter that is not in step across CPUs) is recorded as 0.
 //!
 //! # Histogram
 //!
