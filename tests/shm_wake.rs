@@ -4,16 +4,19 @@
 //! module docs). A real runtime process (this test binary re-run as a child serving the
 //! probe chimod) and real futex sleeps.
 //!
-//! One timing check, on purpose: a client asleep also wakes on its own every 100 ms to
+//! Timing checks, on purpose: a client asleep also wakes on its own every 100 ms to
 //! check the runtime is alive, so a missed wake-up does not hang a call, it makes it
 //! late by most of that tick. So the median lateness of a few calls is checked against
-//! half the tick. The file is its own test binary so that no other test's runtime
-//! competes for the CPUs meanwhile.
+//! half the tick. The file is its own test binary, and its tests run one at a time, so
+//! that no other test's runtime competes for the CPUs meanwhile.
 mod probe;
 mod support;
 
 use chimaera::prelude::*;
+use chimaera_core::transport::shm::client::Scribble;
 use probe::{Probe, ProbeClient};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::{block_on, serve_as_runtime_child, within, Launch, RuntimeProcess};
 
@@ -34,49 +37,75 @@ fn runtime_child_entry() {
 /// and must be woken within about a round. A missed wake-up shows as calls late by
 /// most of the client's 100 ms liveness tick, so the median lateness is what is
 /// checked.
+/// Tests of this file run one at a time: each checks timings against a runtime of its
+/// own, which another test's runtime must not compete with for the CPUs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long a busy handler runs for each call of [`median_lateness`].
+const RUN: Duration = Duration::from_millis(5);
+
+/// Four calls to a busy handler ([`RUN`] each, never waiting), pipelined: the first is
+/// taken alone, the other three in one round while it runs, so the third and fourth
+/// answers take the deferred path. Each busy run outlasts the client's spin, so the
+/// client sleeps on every answer (as a thread, or as an awaiting task: its reply
+/// watcher). Returns the median, over seven batches, of how much later than the runs
+/// the batch was done: a missed wake-up shows as most of the client's 100 ms
+/// liveness tick.
+fn median_lateness(probe: &ProbeClient, awaited: bool) -> Duration {
+    const CALLS: u32 = 4;
+    let mut late: Vec<Duration> = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            let released = within("pipelined calls to a busy inline handler", {
+                let probe = probe.clone();
+                let ms = RUN.as_millis() as u64;
+                move || -> Result<Vec<bool>, TaskError> {
+                    let calls = (0..CALLS)
+                        .map(|_| probe.async_spin(PoolQuery::local(), ms))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    match awaited {
+                        false => calls.into_iter().map(|call| call.wait()).collect(),
+                        true => block_on(async {
+                            let mut released = Vec::new();
+                            for call in calls {
+                                released.push(call.await?);
+                            }
+                            Ok(released)
+                        }),
+                    }
+                }
+            });
+            assert_eq!(
+                released,
+                Ok(vec![false; CALLS as usize]),
+                "awaited: {awaited}"
+            );
+            start.elapsed().saturating_sub(RUN * CALLS)
+        })
+        .collect();
+    late.sort();
+    late[late.len() / 2]
+}
+
+/// A client asleep on its answer is woken when the handler ran inline on the worker
+/// that polls the client: that worker checks who sleeps on the round's answers after
+/// the first once, at the end of the round (`client_area`'s module docs); see
+/// [`median_lateness`]. Once every sleep is over, the client's sleep count is back to 0
+/// (so the runtime skips reading who sleeps again).
 #[test]
 fn a_client_asleep_on_an_answer_given_inline_is_woken_at_once() {
-    const RUN: Duration = Duration::from_millis(5);
-    const CALLS: u32 = 4;
+    let _alone = one_at_a_time();
     let runtime = RuntimeProcess::start_with("asleep", "", Launch::TEST_BINARY);
     let chi = runtime.client();
     let probe = ProbeClient::create(&chi, PoolQuery::local(), "asleep").expect("probe pool");
-    let median_lateness = |awaited: bool| {
-        let mut late: Vec<Duration> = (0..7)
-            .map(|_| {
-                let start = Instant::now();
-                let released = within("pipelined calls to a busy inline handler", {
-                    let probe = probe.clone();
-                    let ms = RUN.as_millis() as u64;
-                    move || -> Result<Vec<bool>, TaskError> {
-                        let calls = (0..CALLS)
-                            .map(|_| probe.async_spin(PoolQuery::local(), ms))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        match awaited {
-                            false => calls.into_iter().map(|call| call.wait()).collect(),
-                            true => block_on(async {
-                                let mut released = Vec::new();
-                                for call in calls {
-                                    released.push(call.await?);
-                                }
-                                Ok(released)
-                            }),
-                        }
-                    }
-                });
-                assert_eq!(
-                    released,
-                    Ok(vec![false; CALLS as usize]),
-                    "awaited: {awaited}"
-                );
-                start.elapsed().saturating_sub(RUN * CALLS)
-            })
-            .collect();
-        late.sort();
-        late[late.len() / 2]
-    };
     for awaited in [false, true] {
-        let late = median_lateness(awaited);
+        let late = median_lateness(&probe, awaited);
         assert!(
             late < Duration::from_millis(50),
             "awaited: {awaited}: answers reached the sleeping client {late:?} late (median)"
@@ -97,4 +126,76 @@ fn a_client_asleep_on_an_answer_given_inline_is_woken_at_once() {
     for thread in threads {
         within("calls beside sleeping ones", move || thread.join()).expect("a caller failed");
     }
+    let connection = chi.shm_connection().expect("an shm client").clone();
+    assert_eq!(
+        connection.sleepers_announced(),
+        0,
+        "sleeps over, the client still announces sleepers"
+    );
+}
+
+/// The sleep count is the client's to write, so a hostile client may forge it; that
+/// must only ever cost the forger its own wake-ups. A client that keeps writing 0 over
+/// its count while its calls sleep gets every answer all the same (at worst a liveness
+/// tick late), the runtime keeps serving it, and another client sleeping on answers
+/// meanwhile is still woken at once. A count forged high (the runtime then reads who
+/// sleeps on every answer, as without the count) wakes the forger's sleeping calls at
+/// once.
+#[test]
+fn a_forged_sleep_count_costs_only_the_forger_its_wake_ups() {
+    let _alone = one_at_a_time();
+    let runtime = RuntimeProcess::start_with("forged-sleepers", "", Launch::TEST_BINARY);
+    let forger = runtime.client();
+    let forger_probe =
+        ProbeClient::create(&forger, PoolQuery::local(), "forged").expect("probe pool");
+    let connection = forger.shm_connection().expect("an shm client").clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let scribbler = std::thread::spawn({
+        let stop = stop.clone();
+        let connection = connection.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                connection.scribble(Scribble::ControlSleepers(0));
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    });
+    for awaited in [false, true] {
+        // Late or not, every answer arrives (`median_lateness` checks each result).
+        let late = median_lateness(&forger_probe, awaited);
+        assert!(
+            late < Duration::from_secs(2),
+            "awaited: {awaited}: the forger's answers came {late:?} late"
+        );
+    }
+    let bystander = runtime.client();
+    let bystander_probe =
+        ProbeClient::create(&bystander, PoolQuery::local(), "bystander").expect("probe pool");
+    for awaited in [false, true] {
+        let late = median_lateness(&bystander_probe, awaited);
+        assert!(
+            late < Duration::from_millis(50),
+            "awaited: {awaited}: a bystander's answers came {late:?} late while another \
+             client forged its sleep count"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    scribbler.join().expect("the scribbler");
+    // Forged high: the runtime reads who sleeps after every answer.
+    connection.scribble(Scribble::ControlSleepers(1 << 30));
+    for awaited in [false, true] {
+        let late = median_lateness(&forger_probe, awaited);
+        assert!(
+            late < Duration::from_millis(50),
+            "awaited: {awaited}: with the count forged high, answers came {late:?} late"
+        );
+    }
+    assert_eq!(forger_probe.spin(PoolQuery::local(), 0), Ok(false));
+    assert_eq!(
+        bystander
+            .shm_connection()
+            .expect("an shm client")
+            .sleepers_announced(),
+        0
+    );
 }

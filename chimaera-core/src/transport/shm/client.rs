@@ -10,8 +10,9 @@
 //! write the task header and the input (in the slot's payload, or in a buffer of the
 //! client's data share when larger), push the slot index, and write the worker's eventfd
 //! only if the runtime page says that worker sleeps. Then wait: spin on the slot state
-//! for a bounded time, then announce `waiting` and sleep on the slot's futex in short
-//! timed waits. The bound is in time, not in spins. The connection's only call in
+//! for a bounded time, then announce `waiting` (the area's sleep count, then the slot's
+//! `WAITING` word: while the count is 0 the runtime reads no `WAITING` word) and sleep
+//! on the slot's futex in short timed waits. The bound is in time, not in spins. The connection's only call in
 //! flight (a sync caller) spins up to 200 µs; a call waited on while others are in
 //! flight (a pipelined window) only 25 µs: a pipelined client whose oldest call waits
 //! behind other clients' tasks sleeps instead of spinning, so on a machine with fewer
@@ -288,6 +289,9 @@ struct SlotClaim {
     /// the ring's producer lock): which answered call is the newest, for a harvest
     /// that frees one slot (a hint only).
     stamp: AtomicU64,
+    /// A poll of the slot's call raised the area's sleep count before it set the slot's
+    /// `WAITING_WATCHER` bit; the slot's release lowers it again.
+    watch_announced: AtomicBool,
 }
 
 const CLAIM_FREE: u64 = 0;
@@ -314,6 +318,24 @@ impl SlotClaim {
             offset: self.input_offset.load(Ordering::Relaxed),
             len,
         })
+    }
+}
+
+/// A thread's announcement, in the area's sleep count, that it may sleep on a slot's
+/// `STATE`: raised (SeqCst) before it sets the slot's `WAITING_THREAD` bit, lowered
+/// when the wait is over, whichever way it ends.
+struct SleepAnnouncement<'a>(&'a AtomicU32);
+
+impl<'a> SleepAnnouncement<'a> {
+    fn raise(sleepers: &'a AtomicU32) -> SleepAnnouncement<'a> {
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        SleepAnnouncement(sleepers)
+    }
+}
+
+impl Drop for SleepAnnouncement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -1041,6 +1063,11 @@ impl ShmConnection {
             view.word(slot::STATE)
                 .store(wire::SLOT_FREE, Ordering::Relaxed);
         }
+        if claim.watch_announced.load(Ordering::Relaxed)
+            && claim.watch_announced.swap(false, Ordering::Relaxed)
+        {
+            self.sleepers().fetch_sub(1, Ordering::Relaxed);
+        }
         if self.watch.started.load(Ordering::Acquire) {
             // The waker of the call that held the slot is stale now.
             if let Some(waker) = lock(&self.watch.wakers).get_mut(slot_index as usize) {
@@ -1336,6 +1363,8 @@ pub enum Scribble {
     RingTail(u32),
     /// The control line's state word.
     ControlState(u32),
+    /// The control line's sleep count.
+    ControlSleepers(u32),
 }
 
 impl ShmConnection {
@@ -1440,6 +1469,7 @@ impl ShmConnection {
             Scribble::RingCapacity(value) => (ring + 8, value),
             Scribble::RingTail(value) => (ring + 128, value),
             Scribble::ControlState(value) => (CONTROL_STATE, value),
+            Scribble::ControlSleepers(value) => (wire::CONTROL_SLEEPERS, value),
         };
         if let Ok(word) = self.main.atomic_u32(offset) {
             word.store(value, Ordering::SeqCst);
@@ -1562,6 +1592,7 @@ impl ShmCall {
         drop(wakers);
         // The slot may serve another call by now (a harvest): then the bit costs the
         // runtime one needless bell, and the claim's check below answers.
+        connection.announce_watched(slot_index);
         view.word(slot::WAITING)
             .fetch_or(wire::WAITING_WATCHER, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -1712,6 +1743,8 @@ impl ShmConnection {
             std::hint::spin_loop();
         }
         let started = Instant::now();
+        // Raised before any `WAITING` bit below, lowered on every way out.
+        let _announced = SleepAnnouncement::raise(self.sleepers());
         loop {
             if released() {
                 return Ok(true);
@@ -1785,6 +1818,30 @@ impl ShmConnection {
         for waker in woken {
             waker.wake();
         }
+    }
+
+    /// The control line's sleep count (see `client_area`'s "Waking a sleeping client").
+    fn sleepers(&self) -> &AtomicU32 {
+        // The control line starts the area, whose length was checked at connect.
+        self.main
+            .atomic_u32(wire::CONTROL_SLEEPERS)
+            .unwrap_or_else(|_| unreachable_word())
+    }
+
+    /// Raises the sleep count for the reply watcher's wait on `slot_index`, once per
+    /// hold of the slot (lowered when the slot is released).
+    fn announce_watched(&self, slot_index: u32) {
+        if let Some(claim) = self.claims.get(slot_index as usize) {
+            if !claim.watch_announced.swap(true, Ordering::Relaxed) {
+                self.sleepers().fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The sleep count as the runtime reads it. Test support.
+    #[doc(hidden)]
+    pub fn sleepers_announced(&self) -> u32 {
+        self.sleepers().load(Ordering::SeqCst)
     }
 
     fn reply_bell(&self) -> &AtomicU32 {

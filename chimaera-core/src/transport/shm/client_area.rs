@@ -69,6 +69,17 @@
 //! this area, and by the coroutine's armed hand-off ([`crate::coroutine::is_armed`]),
 //! which says the task runs inline on the poller.
 //!
+//! Before it sets any `WAITING` bit, the client also raises the control line's sleep
+//! count ([`wire::CONTROL_SLEEPERS`]), and lowers it when that sleep is over (a thread's
+//! wait returned; a slot a watcher waited on was released). The runtime reads the count
+//! where it would read `WAITING` (after the fence, or as the SeqCst pair's load) and
+//! skips the `WAITING` words while it is 0: the same handshake, one word further. A
+//! client that only spins never writes that line, so the runtime reads it from its own
+//! cache, where each deferred `WAITING` read missed (the client had taken the slot's
+//! line back to read its answer and write its next call): a twentieth of an empty
+//! pipelined task's time in the runtime. A forged count only delays or repeats the
+//! wake-ups of the forger's own calls.
+//!
 //! # Abandoned calls
 //!
 //! A `KIND_ABANDON` request lists other slots of the client in its payload: if a listed
@@ -963,16 +974,28 @@ impl ClientArea {
                 if owner {
                     self.answered_in_round.store(true, Ordering::Relaxed);
                 }
-                // SeqCst store, then SeqCst load: the client's `WAITING` announcement
-                // (SeqCst, before it re-reads `STATE`) and this pair cannot both miss
-                // each other, with no fence between them.
+                // SeqCst store, then SeqCst load: the client's announcement (SeqCst,
+                // before it re-reads `STATE`) and this pair cannot both miss each
+                // other, with no fence between them.
                 view.word(slot::STATE)
                     .store(wire::SLOT_DONE, Ordering::SeqCst);
-                self.wake_if_waiting(&view);
+                if self.sleep_announced(Ordering::SeqCst) {
+                    self.wake_if_waiting(&view);
+                }
             }
         } else {
             state.store(next, Ordering::Release);
         }
+    }
+
+    /// Whether the client announced that a call of its may sleep (the control line's
+    /// sleep count is not 0): otherwise no slot's `WAITING` needs reading. Loaded after
+    /// the store of `DONE` and a fence (or as the SeqCst load of a SeqCst pair); a
+    /// hostile value costs that client a late or a spurious wake-up, nothing else.
+    fn sleep_announced(&self, order: Ordering) -> bool {
+        self.memory
+            .atomic_u32(wire::CONTROL_SLEEPERS)
+            .map_or(true, |sleepers| sleepers.load(order) != 0)
     }
 
     /// Wakes whoever the slot's `WAITING` word says sleeps on the slot's answer. A
@@ -1017,12 +1040,18 @@ impl ClientArea {
         // Orders every `DONE` published before against the `WAITING` loads below, as
         // the SeqCst pair of an immediate answer does.
         fence(Ordering::SeqCst);
+        let announced = self.sleep_announced(Ordering::Relaxed);
         for (index, word) in self.unchecked.iter().enumerate() {
             let mut bits = word.load(Ordering::Relaxed);
             if bits == 0 {
                 continue;
             }
             word.store(0, Ordering::Relaxed);
+            // Nobody can sleep on these answers: the notes are settled unread (each
+            // `WAITING` read would miss, the client having taken the slot's line back).
+            if !announced {
+                continue;
+            }
             while bits != 0 {
                 let slot_index = index * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;

@@ -5,7 +5,8 @@
 //! other client maps it, so nothing one client writes can reach another.
 //!
 //! ```text
-//! 0        control line: the area's state and reply bell, runtime-written   128 B
+//! 0        control line: the area's state and reply bell (runtime-written),
+//!          the client's sleep announcements (client-written)                 128 B
 //! 128      submission ring (client → runtime, slot indices)                RingLayout::size(slots)
 //!          task slots                                                      slots × slot_size
 //!          data share (page-aligned): buffers the client allocates         data_len
@@ -21,7 +22,8 @@
 //! write. Each side reaches words through views built from checked offsets.
 //!
 //! Who writes what: the client writes the request line and payload of slots it submits,
-//! the ring's producer line and its data share; the runtime writes everything else. The
+//! the ring's producer line, its data share, and who sleeps (the slots' `WAITING` words
+//! and the control line's sleep announcements); the runtime writes everything else. The
 //! runtime reads the client's words once into locals (atomics, or the atomic word copies of
 //! [`read_shared`]) and validates the copy; it keeps its own truth (which slots are
 //! in flight, which output blocks are whose) in its own memory
@@ -470,6 +472,13 @@ fn decode_query(tag: u32, a: u32, b: u64) -> Result<PoolQuery, WireError> {
 
 /// Offset of the control line's state word (`AREA_*`).
 pub const CONTROL_STATE: usize = 0;
+/// Offset of the control line's sleep announcements: a count the client raises before
+/// it sets any slot's `WAITING` bits and lowers once none it raised it for can sleep
+/// any more (see `client_area`'s "Waking a sleeping client"). While it reads 0 the
+/// runtime skips reading `WAITING` after an answer. Client-written, and written only
+/// around sleeps, so a client that spins never takes this line from the runtime; its
+/// value steers only the waking of that client's own calls.
+pub const CONTROL_SLEEPERS: usize = 4;
 /// Offset of the control line's reply bell: a counter the runtime bumps, then wakes (a
 /// futex), after answering a slot whose `WAITING` has [`WAITING_WATCHER`], and when it
 /// disowns the client. One client thread (its reply watcher) sleeps on it, so async
