@@ -241,8 +241,11 @@ pub struct Timer {
     started: u64,
 }
 
-/// The clock every run latency is read from (see the module docs).
-fn clock() -> &'static quanta::Clock {
+/// The clock every run latency is read from (see the module docs): one per process,
+/// calibrated on first use. Chimods that time their own operations read it too (bdev
+/// does), so a process calibrates one clock, and their figures and the runtime's
+/// statistics come from the same counter.
+pub fn clock() -> &'static quanta::Clock {
     static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
     CLOCK.get_or_init(quanta::Clock::new)
 }

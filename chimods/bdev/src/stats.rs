@@ -19,16 +19,17 @@
 //!   update is ever lost.
 //! * Latency is measured with [`DeviceStats::start`] and [`DeviceStats::record_read_since`]
 //!   / [`record_write_since`](DeviceStats::record_write_since) as nanoseconds since the
-//!   device was created (two reads of `quanta`'s clock per operation, the only clock
-//!   cost: the time stamp counter where it is invariant, about 16 ns a read against
-//!   38 ns for `Instant::now`; calibrated once per process, when the first device is
-//!   made). A stamp later than the reading that ends it counts as 0, never as a huge
+//!   device was created (two reads per operation of the runtime's own clock,
+//!   [`chimaera_core::stats::clock`], the only clock cost: the time stamp counter where
+//!   it is invariant, 16–30 ns a read on the development VM, about half of
+//!   `Instant::now`; calibrated once per process). A stamp later than the reading that ends it counts as 0, never as a huge
 //!   latency.
 //!
 //! Counters are independent `Relaxed` atomics: a [`snapshot`](DeviceStats::snapshot)
 //! taken while I/O runs may see one counter of an operation updated and not yet the
 //! other; once the operations it should count have completed (their tasks answered),
 //! it sees all of them exactly.
+use chimaera_core::stats::clock;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -250,12 +251,6 @@ impl DeviceStats {
             elapsed_ns: nanos(elapsed),
         }
     }
-}
-
-/// The clock operations are timed with (see the module docs).
-fn clock() -> &'static quanta::Clock {
-    static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
-    CLOCK.get_or_init(quanta::Clock::new)
 }
 
 fn nanos(duration: Duration) -> u64 {
