@@ -21,13 +21,15 @@
 //! goes to the ring only while the overflow is empty, so everything in the ring is older
 //! than everything in the overflow, and a pop takes from the ring first. (Two pushes
 //! that overlap in time may land in either order, as with any concurrent queue; one
-//! thread's pushes never overtake each other.) A push ends with a `SeqCst` fence, so the
-//! sleep handshake above holds for it too.
+//! thread's pushes never overtake each other.) A push ends with the light side of an
+//! asymmetric barrier ([`barrier`]), the consumer about to sleep passes the heavy side,
+//! so the sleep handshake above holds for it too, without a store-load fence per push.
 use ring::SlotRing;
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+pub(crate) mod barrier;
 pub(crate) mod cacheline;
 mod ring;
 
@@ -103,7 +105,8 @@ impl<T> Inbox<T> {
         }
     }
 
-    /// Adds `item` at the back, then fences (`SeqCst`).
+    /// Adds `item` at the back, then passes the light side of the sleep handshake's
+    /// barrier ([`barrier::light`]): a consumer about to sleep passes the heavy side.
     pub(crate) fn push(&self, item: T) {
         if self.overflow.is_empty() {
             if let Err(item) = self.ring.push(item) {
@@ -112,7 +115,7 @@ impl<T> Inbox<T> {
         } else {
             self.overflow.push(item);
         }
-        fence(Ordering::SeqCst);
+        barrier::light();
     }
 
     /// Takes the item at the front; `None` when empty.
@@ -125,9 +128,9 @@ impl<T> Inbox<T> {
         self.ring.len() + self.overflow.len()
     }
 
-    /// Whether no item waits. A consumer about to sleep fences (`SeqCst`) between
-    /// announcing it and calling this, so that it and a pusher cannot both miss each
-    /// other.
+    /// Whether no item waits. A consumer about to sleep passes [`barrier::heavy`]
+    /// between announcing it and calling this, so that it and a pusher cannot both miss
+    /// each other.
     pub(crate) fn is_empty(&self) -> bool {
         self.ring.is_empty() && self.overflow.is_empty()
     }

@@ -41,10 +41,14 @@
 //!
 //! **Sleeping.** With nothing ready, a poller yields a few rounds, then announces
 //! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
-//! with `SeqCst` before the final re-check of the ready lists, and read with `SeqCst`
-//! after a push, so either the poller sees the task or the pusher sees the flag. With
-//! the poller parked and no task ready, the executor's thread sleeps in the kernel: an
-//! idle runtime has no polling loop running.
+//! with `SeqCst` before the final re-check of the ready lists and the inbox, and read
+//! after a push, with a barrier between each side's store and load, so either the
+//! poller sees the task or the pusher sees the flag. The inbox's pushers pass only the
+//! light side of an asymmetric barrier and the poller about to sleep the heavy side
+//! ([`crate::sync::barrier`]: a process-wide `membarrier` on Linux), so an in-process
+//! push does not wait for its task's lines to leave its CPU. With the poller parked and
+//! no task ready, the executor's thread sleeps in the kernel: an idle runtime has no
+//! polling loop running.
 //!
 //! **Stack overflow.** The task a coroutine runs sits in its slot (heap), not on the
 //! coroutine's stack, while it runs. A handler that overflows the stack kills its
@@ -67,11 +71,11 @@ use crate::codec::OutputBuffer;
 use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, Task};
-use crate::sync::{Fifo, Inbox};
+use crate::sync::{barrier, Fifo, Inbox};
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Runs one task to completion (delivering its result); implemented by the runtime.
@@ -307,6 +311,9 @@ const INBOX_PER_ROUND: usize = 64;
 const INBOX_RING: usize = 1024;
 /// Idle coroutines a worker keeps; more end when their task is done.
 const MAX_IDLE_COROUTINES: usize = 1024;
+/// How long a poller sleeps when the sleep handshake's barrier was refused (see
+/// [`barrier::heavy`]): a push it missed waits at most this long.
+const UNSURE_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl WorkerShared {
     fn make_ready(&self, lane: Arc<Lane>) {
@@ -332,13 +339,15 @@ impl WorkerShared {
             .or_else(|| self.ready_high_latency.pop())
     }
 
-    /// Whether a task waits in the inbox or a lane is ready; fenced (`SeqCst`) first, for
-    /// the sleep handshake (see the module docs).
-    fn has_ready(&self) -> bool {
-        fence(Ordering::SeqCst);
-        !self.inbox.is_empty()
+    /// Whether a task waits in the inbox or a lane is ready, after the heavy side of the
+    /// sleep handshake's barrier (see the module docs); `None` when that barrier was
+    /// refused, and the poller must not sleep without a timeout.
+    fn has_ready(&self) -> Option<bool> {
+        let handshake = barrier::heavy();
+        let ready = !self.inbox.is_empty()
             || !self.ready_low_latency.is_empty()
-            || !self.ready_high_latency.is_empty()
+            || !self.ready_high_latency.is_empty();
+        handshake.then_some(ready)
     }
 
     /// Tasks waiting in this worker's inbox (tasks for its idle low-latency lanes pushed
@@ -752,13 +761,15 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
         worker.sleeping.store(true, Ordering::SeqCst);
         let set_sleeping = |sleeping| source.is_some_and(|s| s.set_sleeping(worker.id, sleeping));
         let outside_work = set_sleeping(true);
-        if outside_work || worker.has_ready() || worker.shutdown.load(Ordering::SeqCst) {
+        let ready = worker.has_ready();
+        if outside_work || ready == Some(true) || worker.shutdown.load(Ordering::SeqCst) {
             worker.sleeping.store(false, Ordering::SeqCst);
             set_sleeping(false);
             continue;
         }
         if let Some(blocker) = slot.blocker.get() {
-            blocker.park(None);
+            // Without the handshake a push may go unnoticed: look again soon.
+            blocker.park(ready.is_none().then_some(UNSURE_SLEEP));
         }
         set_sleeping(false);
         idle_rounds = 0;
