@@ -22,8 +22,8 @@
 //!   device was created (two reads per operation of the runtime's own clock,
 //!   [`chimaera_core::stats::clock`], the only clock cost: the time stamp counter where
 //!   it is invariant, 16–30 ns a read on the development VM, about half of
-//!   `Instant::now`; calibrated once per process). A stamp later than the reading that ends it counts as 0, never as a huge
-//!   latency.
+//!   `Instant::now`; calibrated once per process). A stamp later than the reading that
+//!   ends it counts as 0, never as a huge latency.
 //!
 //! Counters are independent `Relaxed` atomics: a [`snapshot`](DeviceStats::snapshot)
 //! taken while I/O runs may see one counter of an operation updated and not yet the

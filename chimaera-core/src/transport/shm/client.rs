@@ -6,21 +6,22 @@
 //! producer of the area's ring. The socket stays open: it is this client's liveness to
 //! the runtime, and the runtime's to this client.
 //!
-//! **A call**: take a free slot (the slot is the client's until it consumes the result),
-//! write the task header and the input (in the slot's payload, or in a buffer of the
-//! client's data share when larger), push the slot index, and write the worker's eventfd
-//! only if the runtime page says that worker sleeps. Then wait: spin on the slot state
-//! for a bounded time, then announce `waiting` (the area's sleep count, then the slot's
-//! `WAITING` word: while the count is 0 the runtime reads no `WAITING` word) and sleep
-//! on the slot's futex in short timed waits. The bound is in time, not in spins. The connection's only call in
-//! flight (a sync caller) spins up to 200 µs; a call waited on while others are in
-//! flight (a pipelined window) only 25 µs: a pipelined client whose oldest call waits
-//! behind other clients' tasks sleeps instead of spinning, so on a machine with fewer
-//! cores than clients plus workers, more clients do not take the worker's CPU (the
-//! runtime wakes a sleeper once, with the answer it waits for, and the client then
-//! finds the rest of its window answered or nearly). The sleeps are timed: each timeout checks the socket,
-//! so a dead runtime fails the call with `RuntimeStopped`, and a runtime that disowned
-//! this client fails it with `Disowned`, within about 100 ms instead of hanging.
+//! **A call**: take a free slot (the slot is the client's until it consumes the
+//! result), write the task header and the input (in the slot's payload, or in a buffer
+//! of the client's data share when larger), push the slot index, and write the worker's
+//! eventfd only if the runtime page says that worker sleeps. Then wait: spin on the
+//! slot state for a bounded time, then announce `waiting` (the area's sleep count, then
+//! the slot's `WAITING` word: while the count is 0 the runtime reads no `WAITING` word)
+//! and sleep on the slot's futex in short timed waits. The bound is in time, not in
+//! spins. The connection's only call in flight (a sync caller) spins up to 200 µs; a
+//! call waited on while others are in flight (a pipelined window) only 25 µs: a
+//! pipelined client whose oldest call waits behind other clients' tasks sleeps instead
+//! of spinning, so on a machine with fewer cores than clients plus workers, more
+//! clients do not take the worker's CPU (the runtime wakes a sleeper once, with the
+//! answer it waits for, and the client then finds the rest of its window answered or
+//! nearly). The sleeps are timed: each timeout checks the socket, so a dead runtime
+//! fails the call with `RuntimeStopped`, and a runtime that disowned this client fails
+//! it with `Disowned`, within about 100 ms instead of hanging.
 //!
 //! **Threads share a connection**, and the cost of a call is on every round trip's
 //! critical path, so a call's bookkeeping is lock-free: the free slots are a lock-free
