@@ -760,9 +760,13 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
         }
         worker.sleeping.store(true, Ordering::SeqCst);
         let set_sleeping = |sleeping| source.is_some_and(|s| s.set_sleeping(worker.id, sleeping));
-        let outside_work = set_sleeping(true);
-        let ready = worker.has_ready();
-        if outside_work || ready == Some(true) || worker.shutdown.load(Ordering::SeqCst) {
+        // Work waiting in a client ring: no sleep, so no barrier either.
+        let ready = if set_sleeping(true) {
+            Some(true)
+        } else {
+            worker.has_ready()
+        };
+        if ready == Some(true) || worker.shutdown.load(Ordering::SeqCst) {
             worker.sleeping.store(false, Ordering::SeqCst);
             set_sleeping(false);
             continue;
