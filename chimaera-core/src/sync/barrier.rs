@@ -38,21 +38,37 @@ use std::sync::OnceLock;
 /// Whether the expedited process-wide barrier is registered (decided once).
 fn expedited() -> bool {
     static EXPEDITED: OnceLock<bool> = OnceLock::new();
-    *EXPEDITED.get_or_init(register)
+    *EXPEDITED.get_or_init(os::register)
 }
 
+/// The system's side: Linux's `membarrier`, or nothing to register elsewhere.
 #[cfg(all(target_os = "linux", not(miri)))]
-fn register() -> bool {
+mod os {
     use rustix::thread::{membarrier, membarrier_query, MembarrierCommand};
-    let supported = membarrier_query();
-    supported.contains_command(MembarrierCommand::PrivateExpedited)
-        && supported.contains_command(MembarrierCommand::RegisterPrivateExpedited)
-        && membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok()
+
+    /// Registers this process for expedited barriers, if the kernel offers them.
+    pub(super) fn register() -> bool {
+        let supported = membarrier_query();
+        supported.contains_command(MembarrierCommand::PrivateExpedited)
+            && supported.contains_command(MembarrierCommand::RegisterPrivateExpedited)
+            && membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok()
+    }
+
+    /// A full barrier on every running thread of this process; whether it was done.
+    pub(super) fn barrier() -> bool {
+        membarrier(MembarrierCommand::PrivateExpedited).is_ok()
+    }
 }
 
 #[cfg(not(all(target_os = "linux", not(miri))))]
-fn register() -> bool {
-    false
+mod os {
+    pub(super) fn register() -> bool {
+        false
+    }
+
+    pub(super) fn barrier() -> bool {
+        false
+    }
 }
 
 /// The fast side's barrier, between publishing a task and reading `sleeping`.
@@ -69,18 +85,7 @@ pub(crate) fn light() {
 /// whether the handshake holds (see the module docs).
 pub(crate) fn heavy() -> bool {
     fence(Ordering::SeqCst);
-    if !expedited() {
-        return true;
-    }
-    #[cfg(all(target_os = "linux", not(miri)))]
-    {
-        use rustix::thread::{membarrier, MembarrierCommand};
-        membarrier(MembarrierCommand::PrivateExpedited).is_ok()
-    }
-    #[cfg(not(all(target_os = "linux", not(miri))))]
-    {
-        true
-    }
+    !expedited() || os::barrier()
 }
 
 #[cfg(test)]
