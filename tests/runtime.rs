@@ -659,6 +659,43 @@ fn admin_manifest_ids_match_the_core_protocol() {
     assert_eq!(admin_tasks::STATUS, admin_api::STATUS);
 }
 
+/// Every run is counted, but past a method's first 1,024 runs on a worker only a
+/// sample is timed, one in `metrics.latency_sample` (8 by default); 1 times them all.
+#[test]
+fn run_counts_are_exact_and_latency_is_sampled_as_configured() {
+    let runs = chimaera_core::stats::ALWAYS_TIMED_RUNS + 4_000;
+    for (sample, timed) in [(8, 1_024..=runs / 2), (1, runs..=runs)] {
+        let config = RuntimeConfig {
+            metrics_latency_sample: sample,
+            ..RuntimeConfig::default()
+        };
+        let runtime = chimaera::builder()
+            .config(config)
+            .start()
+            .expect("runtime starts");
+        let chi = runtime.client();
+        let m = mod_name(&chi, "sampled_pool");
+        for i in 0..runs {
+            m.custom(PoolQuery::local(), "x", i as u32).unwrap();
+        }
+        let status = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+            .status(PoolQuery::local())
+            .unwrap();
+        let custom = status
+            .methods
+            .iter()
+            .find(|method| method.pool == m.pool_id() && method.name == "kCustom")
+            .expect("the pool's methods are listed");
+        assert_eq!((custom.completed, custom.in_flight), (runs, 0));
+        assert!(
+            timed.contains(&custom.latency.count),
+            "1 in {sample}: {} of {runs} runs timed",
+            custom.latency.count
+        );
+        runtime.stop();
+    }
+}
+
 #[test]
 fn status_reports_pools_workers_and_task_counts() {
     let runtime = start();

@@ -49,6 +49,9 @@
 //! metrics:
 //!   prometheus: 127.0.0.1:9464 # serve the runtime's statistics in Prometheus text format at
 //!                            # http://ADDRESS/metrics (off when absent; `runtime start` serves it)
+//!   latency_sample: 8        # time one run in this many (1..=65536; 1: every run), past each
+//!                            # method's first 1024 runs on each worker, which are all timed;
+//!                            # run counts stay exact either way (see crate::stats)
 //! networking:                # many nodes (see crate::cluster); without a hostfile: one node, no network
 //!   port: 9513               # the port every node listens on unless its hostfile line names one (1..=65535)
 //!   hostfile: /etc/chimaera/hosts # one host per line: `host`, `host:port`, ranges `node[01-16]`, `#` comments
@@ -163,6 +166,10 @@ pub struct RuntimeConfig {
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
+    /// One run in this many has its latency measured (`metrics.latency_sample`), past
+    /// each method's first runs on each worker, which all are (see [`crate::stats`]); 1
+    /// times every run. Run counts are exact whatever it is.
+    pub metrics_latency_sample: u32,
     /// Many nodes (`networking:`); the default is one node with no network.
     pub networking: NetworkingConfig,
     /// Where this config came from (not a YAML key): the runtime names it in its
@@ -419,6 +426,7 @@ impl Default for RuntimeConfig {
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
             metrics_prometheus: None,
+            metrics_latency_sample: 8,
             networking: NetworkingConfig::default(),
             source: ConfigSource::BuiltInDefaults,
         }
@@ -606,6 +614,15 @@ impl RuntimeConfig {
                 ),
             );
         }
+        if !(1..=MAX_LATENCY_SAMPLE).contains(&self.metrics_latency_sample) {
+            return invalid(
+                "metrics.latency_sample",
+                format!(
+                    "is {}; use 1 (every run) to {MAX_LATENCY_SAMPLE}",
+                    self.metrics_latency_sample
+                ),
+            );
+        }
         let net = &self.networking;
         if net.port == 0 {
             return invalid("networking.port", "is 0; use 1 to 65535".to_owned());
@@ -767,6 +784,7 @@ const MAX_SEGMENT: u64 = TIB;
 const MAX_CONTAINERS: u32 = 65536;
 const MAX_TASK_DEPTH: u32 = 65536;
 const MAX_PERIODIC_TASKS: u32 = 1 << 20;
+const MAX_LATENCY_SAMPLE: u32 = 65536;
 const MAX_NEIGHBORHOOD: u32 = 1024;
 const MAX_RPC_TIMEOUT_MS: u64 = 3_600_000;
 
@@ -930,10 +948,14 @@ struct FileTls {
     ca: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with the key prometheus")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys prometheus and latency_sample"
+)]
 struct FileMetrics {
     prometheus: Option<String>,
+    latency_sample: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1049,7 +1071,11 @@ impl FileConfig {
         if let Some(ms) = self.stop_grace_period_ms {
             config.stop_grace_period = Duration::from_millis(ms);
         }
-        if let Some(address) = self.metrics.and_then(|metrics| metrics.prometheus) {
+        let metrics = self.metrics.unwrap_or_default();
+        if let Some(every) = metrics.latency_sample {
+            config.metrics_latency_sample = every;
+        }
+        if let Some(address) = metrics.prometheus {
             let address = address.parse().map_err(|_| ConfigError::Invalid {
                 origin: origin.to_owned(),
                 key: "metrics.prometheus".to_owned(),
@@ -1460,6 +1486,18 @@ compose:
         let (key, problem) = invalid_key("metrics:\n  prometheus: localhost\n");
         assert_eq!(key, "metrics.prometheus");
         assert!(problem.contains("127.0.0.1:9464"), "{problem}");
+    }
+
+    #[test]
+    fn the_latency_sample_is_one_in_eight_by_default_and_checked() {
+        assert_eq!(RuntimeConfig::default().metrics_latency_sample, 8);
+        let config = RuntimeConfig::from_yaml_str("metrics:\n  latency_sample: 1\n").unwrap();
+        assert_eq!(config.metrics_latency_sample, 1);
+        for bad in ["0", "65537"] {
+            let (key, problem) = invalid_key(&format!("metrics:\n  latency_sample: {bad}\n"));
+            assert_eq!(key, "metrics.latency_sample");
+            assert!(problem.contains("use 1 (every run) to 65536"), "{problem}");
+        }
     }
 
     #[test]

@@ -13,14 +13,25 @@
 //! # Cost on the hot path
 //!
 //! Each pool owns one [`PoolStats`], made when the pool is made, with one
-//! [`MethodCounters`] per method of its module (sorted by id: found by a binary search
-//! over a handful of entries). Recording a task is two reads of the clock and four
-//! counter increments (started; succeeded or failed; its latency bucket; the
-//! latency sum): no lock, no allocation. Each method's counters are sharded, each shard
-//! on cache lines of its own, so workers completing tasks of one method at once do not
-//! fight over one line; a reader sums the shards. A pool has one shard per worker of the
-//! runtime, for the first [`MAX_SHARDS`] workers (about 2 KiB each per method), plus
-//! one shared shard for every other thread.
+//! [`MethodCounters`] per method of its module (found by id through a direct table, or
+//! a binary search for large ids). Recording a task is two or three counter increments
+//! (started; succeeded or failed), plus, for a run whose latency is measured, two reads
+//! of the clock and two more (its latency bucket; the latency sum): no lock, no
+//! allocation. Each method's counters are sharded, each shard on cache lines of its own,
+//! so workers completing tasks of one method at once do not fight over one line; a
+//! reader sums the shards. A pool has one shard per worker of the runtime, for the first
+//! [`MAX_SHARDS`] workers (about 2 KiB each per method), plus one shared shard for every
+//! other thread.
+//!
+//! **Latency is sampled; counts are not.** Every run is counted (started, succeeded,
+//! failed), but past a method's first [`ALWAYS_TIMED_RUNS`] runs on one shard, only one
+//! run in `latency_sample` (the `metrics.latency_sample` config key, 8 by default; 1
+//! times every run) has its latency measured. The two clock reads were half of what the
+//! statistics cost an empty task, about a twelfth of its whole run on the development VM.
+//! Which runs are timed follows a hash of the run's number, so the sample does not
+//! alias with a client's own periodic pattern (every eighth call slow, say). A rare slow
+//! run is therefore seen in `max_ns` only if it was sampled; `LatencySummary::count`
+//! counts the runs measured, and percentiles and the mean are of those.
 //!
 //! **A worker's own shard has one writer**: only that worker's thread records into it
 //! (a pool's tasks run on its own runtime's workers, and a worker index is unique within
@@ -74,7 +85,8 @@ pub struct MethodStatus {
     pub latency: LatencySummary,
 }
 
-/// Count, mean and percentiles of run latencies, in nanoseconds (each within 12.5 %).
+/// Count, mean and percentiles of the run latencies measured (a sample, see the module
+/// docs), in nanoseconds (each within 12.5 %).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct LatencySummary {
@@ -118,16 +130,16 @@ struct ShardRef<'a> {
 }
 
 impl ShardRef<'_> {
-    /// Adds `by` to `counter`: a plain load and store on a shard with one writer.
-    fn add(&self, counter: impl Fn(&Shard) -> &AtomicU64, by: u64) {
+    /// Adds `by` to `counter` and returns its value before: a plain load and store on a
+    /// shard with one writer.
+    fn add(&self, counter: impl Fn(&Shard) -> &AtomicU64, by: u64) -> u64 {
         let counter = counter(self.shard);
         if self.own {
-            counter.store(
-                counter.load(Ordering::Relaxed).wrapping_add(by),
-                Ordering::Relaxed,
-            );
+            let before = counter.load(Ordering::Relaxed);
+            counter.store(before.wrapping_add(by), Ordering::Relaxed);
+            before
         } else {
-            counter.fetch_add(by, Ordering::Relaxed);
+            counter.fetch_add(by, Ordering::Relaxed)
         }
     }
 }
@@ -228,6 +240,20 @@ pub struct PoolStats {
     /// task's counters is one load. Larger ids are found by a binary search, whose
     /// chain of dependent compares showed in profiles of empty tasks.
     direct: Box<[u8]>,
+    /// A run past the first [`ALWAYS_TIMED_RUNS`] is timed when its hashed number is at
+    /// most this.
+    sample_below: u64,
+}
+
+/// Runs of a method on one shard (one worker) that are all timed before sampling starts:
+/// a method called now and then has every run measured.
+pub const ALWAYS_TIMED_RUNS: u64 = 1024;
+
+/// Run number `run` scattered over `u64` (Fibonacci hashing): consecutive runs land far
+/// apart, so a sample taken below a threshold is about evenly spread, without the
+/// aliasing of "every n-th run" against a client's own periodic pattern.
+fn sample_hash(run: u64) -> u64 {
+    run.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Method ids below this are found through [`PoolStats`]'s direct table.
@@ -237,8 +263,8 @@ const DIRECT_IDS: u32 = 256;
 #[must_use = "finish the timer when the task is done"]
 pub struct Timer {
     index: Option<usize>,
-    /// A raw reading of [`clock`].
-    started: u64,
+    /// A raw reading of [`clock`], for a run whose latency is measured.
+    started: Option<u64>,
 }
 
 /// The clock every run latency is read from (see the module docs): one per process,
@@ -252,8 +278,10 @@ pub fn clock() -> &'static quanta::Clock {
 
 impl PoolStats {
     /// Counters for every method in `methods`: one shard for each of `shards` workers
-    /// (the runtime's worker count; at most [`MAX_SHARDS`]) and a shared one.
-    pub fn new(methods: &[MethodInfo], shards: usize) -> PoolStats {
+    /// (the runtime's worker count; at most [`MAX_SHARDS`]) and a shared one. One run in
+    /// `latency_sample` (0 is taken as 1: every run) is timed past each shard's first
+    /// [`ALWAYS_TIMED_RUNS`] of a method.
+    pub fn new(methods: &[MethodInfo], shards: usize, latency_sample: u32) -> PoolStats {
         // Calibrated here, with the pool, rather than in its first task.
         let _ = clock();
         let mut methods: Vec<MethodCounters> = methods
@@ -278,6 +306,7 @@ impl PoolStats {
         PoolStats {
             methods: methods.into_boxed_slice(),
             direct: direct.into_boxed_slice(),
+            sample_below: u64::MAX / u64::from(latency_sample.max(1)),
         }
     }
 
@@ -294,29 +323,29 @@ impl PoolStats {
             .ok()
     }
 
-    /// Counts a task of `method` as started, and starts its clock.
+    /// Counts a task of `method` as started, and starts its clock if this run is one
+    /// whose latency is measured.
     pub fn start(&self, method: MethodId) -> Timer {
         let index = self.index(method);
-        if let Some(counters) = index.and_then(|i| self.methods.get(i)) {
-            counters.shard().add(|shard| &shard.started, 1);
-        }
+        let Some(counters) = index.and_then(|i| self.methods.get(i)) else {
+            return Timer {
+                index,
+                started: None,
+            };
+        };
+        let run = counters.shard().add(|shard| &shard.started, 1);
+        let timed = run < ALWAYS_TIMED_RUNS || sample_hash(run) <= self.sample_below;
         Timer {
             index,
-            started: clock().raw(),
+            started: timed.then(|| clock().raw()),
         }
     }
 
-    /// Counts the task of `timer` as done (`succeeded` or not) and records its latency.
+    /// Counts the task of `timer` as done (`succeeded` or not) and records its latency if
+    /// it was timed.
     pub fn finish(&self, timer: Timer, succeeded: bool) {
         let Some(counters) = timer.index.and_then(|i| self.methods.get(i)) else {
             return;
-        };
-        let clock = clock();
-        let now = clock.raw();
-        let nanos = if now >= timer.started {
-            clock.delta_as_nanos(timer.started, now)
-        } else {
-            0
         };
         let shard = counters.shard();
         if succeeded {
@@ -324,6 +353,16 @@ impl PoolStats {
         } else {
             shard.add(|shard| &shard.failed, 1);
         }
+        let Some(started) = timer.started else {
+            return;
+        };
+        let clock = clock();
+        let now = clock.raw();
+        let nanos = if now >= started {
+            clock.delta_as_nanos(started, now)
+        } else {
+            0
+        };
         let bucket = bucket_of(nanos);
         shard.add(|shard| &shard.buckets[bucket], 1);
         shard.add(|shard| &shard.latency_sum_ns, nanos);
@@ -478,7 +517,7 @@ mod tests {
                 function: "a",
             },
         ];
-        let stats = PoolStats::new(&METHODS, 3);
+        let stats = PoolStats::new(&METHODS, 3, 8);
         let pool = PoolId::new(9, 0);
         let first = stats.start(7);
         let second = stats.start(7);
@@ -535,7 +574,7 @@ mod tests {
                 function: "three",
             },
         ];
-        let stats = PoolStats::new(&METHODS, 1);
+        let stats = PoolStats::new(&METHODS, 1, 8);
         for method in &METHODS {
             let index = stats.index(method.id).expect("a method of the module");
             assert_eq!(stats.methods[index].id, method.id);
@@ -544,10 +583,62 @@ mod tests {
             assert_eq!(stats.index(id), None, "id {id}");
         }
         // Only large ids: no direct table, a binary search.
-        let large = PoolStats::new(&[METHODS[0], METHODS[3]], 1);
+        let large = PoolStats::new(&[METHODS[0], METHODS[3]], 1, 8);
         assert!(large.direct.is_empty());
         assert_eq!(large.index(300).map(|i| large.methods[i].id), Some(300));
         assert_eq!(large.index(3), None);
+    }
+
+    /// Past the first runs, one run in `latency_sample` is timed while every run is
+    /// counted; with 1, every run is timed.
+    #[test]
+    fn latency_is_sampled_past_the_first_runs_and_counts_stay_exact() {
+        static METHODS: [MethodInfo; 1] = [MethodInfo {
+            name: "m",
+            id: 1,
+            function: "m",
+        }];
+        let runs = ALWAYS_TIMED_RUNS + 80_000;
+        for (sample, low, high) in [(8, 9_000, 11_000), (1, 80_000, 80_000)] {
+            let stats = std::sync::Arc::new(PoolStats::new(&METHODS, 1, sample));
+            let recorder = stats.clone();
+            std::thread::spawn(move || {
+                // A worker's own shard, as on the hot path.
+                set_thread_shard(0);
+                for _ in 0..runs {
+                    let timer = recorder.start(1);
+                    recorder.finish(timer, true);
+                }
+            })
+            .join()
+            .unwrap();
+            let method = &stats.snapshot(PoolId::new(1, 0), None)[0];
+            assert_eq!((method.completed, method.in_flight), (runs, 0));
+            let sampled = method.latency.count - ALWAYS_TIMED_RUNS;
+            assert!((low..=high).contains(&sampled), "1 in {sample}: {sampled}");
+        }
+    }
+
+    /// The sampled runs spread evenly over any short period of run numbers: a client
+    /// whose every eighth call is slow has its slow calls sampled as often as the rest.
+    #[test]
+    fn the_sample_does_not_alias_with_a_periodic_pattern() {
+        let below = u64::MAX / 8;
+        for period in [2u64, 3, 4, 8, 16, 64] {
+            let mut per_phase = vec![0u64; period as usize];
+            for run in ALWAYS_TIMED_RUNS..ALWAYS_TIMED_RUNS + 160_000 {
+                if sample_hash(run) <= below {
+                    per_phase[(run % period) as usize] += 1;
+                }
+            }
+            let expected = 20_000 / period;
+            for (phase, count) in per_phase.iter().enumerate() {
+                assert!(
+                    count.abs_diff(expected) <= expected / 10,
+                    "period {period}, phase {phase}: {count} sampled, {expected} expected"
+                );
+            }
+        }
     }
 
     #[test]
@@ -557,7 +648,7 @@ mod tests {
             id: 5,
             function: "m",
         }];
-        let stats = std::sync::Arc::new(PoolStats::new(&METHODS, 4));
+        let stats = std::sync::Arc::new(PoolStats::new(&METHODS, 4, 8));
         let threads: Vec<_> = (0..6)
             .map(|worker| {
                 let stats = stats.clone();

@@ -744,7 +744,11 @@ impl Shared {
             placement,
             clustered,
             destroyed: Default::default(),
-            stats: crate::stats::PoolStats::new(module.info.methods, self.config.workers()),
+            stats: crate::stats::PoolStats::new(
+                module.info.methods,
+                self.config.workers(),
+                self.config.metrics_latency_sample,
+            ),
         });
         match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
             Ok(entry) => {
