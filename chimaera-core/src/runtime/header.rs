@@ -29,8 +29,6 @@ pub struct TaskHeader {
     pub query: PoolQuery,
     /// The group of the task (for coroutine locks) and its nesting depth.
     pub node: TaskNode,
-    /// Re-run every `period` after each run, if set.
-    pub period: Option<Duration>,
     /// The epoch parity the task (or this run of a periodic task) is counted in while in
     /// flight (see `flush.rs`).
     pub(crate) parity: u8,

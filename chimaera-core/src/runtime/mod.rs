@@ -153,9 +153,9 @@ struct Replica<'a> {
     method: MethodId,
     query: PoolQuery,
     node: TaskNode,
-    period: Option<Duration>,
     parity: u8,
-    cancel: Option<&'a Arc<CancelToken>>,
+    /// A periodic task's period and cancel token (each replica gets a box of its own).
+    periodic: Option<(Duration, &'a Arc<CancelToken>)>,
     local_worker: Option<usize>,
 }
 
@@ -474,9 +474,8 @@ impl Shared {
             method,
             query,
             node,
-            period,
             parity,
-            cancel: cancel.as_ref(),
+            periodic: period.zip(cancel.as_ref()),
             local_worker,
         };
         for (container, input) in local_targets.zip(inputs) {
@@ -532,9 +531,8 @@ impl Shared {
             method: single.method,
             query: single.query,
             node,
-            period: None,
             parity,
-            cancel: None,
+            periodic: None,
             local_worker: single.local_worker,
         };
         self.push_replica(&replica, single.container, input, Some(reply), single.bulk);
@@ -579,13 +577,17 @@ impl Shared {
                 lane: lane_index as u32,
                 query: replica.query,
                 node: replica.node,
-                period: replica.period,
                 parity: replica.parity,
             },
             pool: pool.clone(),
             input,
             reply,
-            cancel: replica.cancel.cloned(),
+            periodic: replica.periodic.map(|(period, cancel)| {
+                Box::new(task::Periodic {
+                    period,
+                    cancel: cancel.clone(),
+                })
+            }),
             bulk,
         };
         match replica.local_worker {
@@ -618,9 +620,9 @@ impl Shared {
 
     fn periodic_goes_on(&self, task: &Task) -> bool {
         let cancelled = task
-            .cancel
+            .periodic
             .as_ref()
-            .is_some_and(|token| token.is_cancelled());
+            .is_some_and(|periodic| periodic.cancel.is_cancelled());
         !cancelled && !task.pool.is_destroyed() && self.is_running()
     }
 
@@ -636,7 +638,11 @@ impl Shared {
     /// this task sees the cancel and ends — a reclaimed share is never used.
     fn sleep_between_runs(&self, task: &mut Task, period: Duration) -> bool {
         let share = task.bulk.take().map(|share| Arc::downgrade(&share));
-        let token = task.cancel.clone().unwrap_or_default();
+        let token = task
+            .periodic
+            .as_ref()
+            .map(|periodic| periodic.cancel.clone())
+            .unwrap_or_default();
         if !self.periodic_goes_on(task) || !token.sleep(period) {
             return false;
         }
@@ -719,7 +725,6 @@ impl Shared {
                 lane: 0,
                 query: crate::query::PoolQuery::DirectId(container),
                 node: parent_node,
-                period: None,
                 parity: 0,
             };
             let mut ctx = RunContext::new(header, &request.pool_name, containers, self);
@@ -834,7 +839,6 @@ impl Shared {
                 lane: 0,
                 query: crate::query::PoolQuery::DirectId(index as u32),
                 node: parent.1,
-                period: None,
                 parity: 0,
             };
             let mut ctx = RunContext::new(header, &pool.name, pool.container_count(), self);
@@ -931,7 +935,7 @@ impl TaskRunner for Runner {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
         };
-        let Some(period) = task.header.period else {
+        let Some(period) = task.periodic.as_ref().map(|periodic| periodic.period) else {
             let timer = task.pool.stats.start(task.header.method);
             let result = shared.run_once(task, out);
             task.pool.stats.finish(timer, result.is_ok());
@@ -986,7 +990,7 @@ impl TaskRunner for Runner {
             .inflight
             .finished(task.header.parity, ThreadRole::Other);
         task.pool.stats.lost(task.header.method);
-        if task.header.period.is_some() {
+        if task.periodic.is_some() {
             shared.periodic_live.fetch_sub(1, Ordering::AcqRel);
         }
     }

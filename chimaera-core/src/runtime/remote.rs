@@ -883,10 +883,7 @@ impl Shared {
                     .filter(|_| writes)
                     .map(|share| (share, task.bulk.clone())),
             };
-            let sink = ReplyTo {
-                sink: Arc::new(sink),
-                key: ReplyKey([0; 3]),
-            };
+            let sink = ReplyTo::new(Arc::new(sink), ReplyKey([0; 3]));
             Some(Completion::with_sink(containers.len() as u32, sink))
         };
         let reply = |completion: &Option<Arc<Completion>>| match completion {
@@ -963,9 +960,8 @@ impl Shared {
             method: task.method,
             query: task.query,
             node,
-            period: None,
             parity,
-            cancel: None,
+            periodic: None,
             local_worker: None,
         };
         let input = aligned_copy(&task.input);

@@ -827,10 +827,10 @@ impl ClientArea {
         let mut periodic_id = None;
         let (sink, cancel) = match schedule {
             None => (
-                Some(ReplyTo {
-                    sink: self.clone(),
-                    key: ReplyKey([slot_index, generation, 0]),
-                }),
+                Some(ReplyTo::new(
+                    self.clone(),
+                    ReplyKey([slot_index, generation, 0]),
+                )),
                 None,
             ),
             Some(Schedule::FireAndForget) => (None, None),
