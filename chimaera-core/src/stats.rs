@@ -14,7 +14,7 @@
 //!
 //! Each pool owns one [`PoolStats`], made when the pool is made, with one
 //! [`MethodCounters`] per method of its module (found by id through a direct table, or
-//! a binary search for large ids). Recording a task is two or three counter increments
+//! a binary search for large ids). Recording a task is two counter increments
 //! (started; succeeded or failed), plus, for a run whose latency is measured, two reads
 //! of the clock and two more (its latency bucket; the latency sum): no lock, no
 //! allocation. Each method's counters are sharded, each shard on cache lines of its own,
