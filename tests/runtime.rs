@@ -659,6 +659,50 @@ fn admin_manifest_ids_match_the_core_protocol() {
     assert_eq!(admin_tasks::STATUS, admin_api::STATUS);
 }
 
+/// A pool destroyed after a client process's calls is freed (its containers dropped)
+/// soon after, with nothing else arriving: the worker that ingested the calls keeps the
+/// last pool it looked up across ingest batches, and lets it go when it goes idle.
+#[test]
+fn a_worker_that_ingested_a_pools_calls_does_not_keep_it_once_destroyed() {
+    let instance = format!("t{}-memo", std::process::id());
+    let config = RuntimeConfig {
+        instance: chimaera_core::shm::InstanceName::new(&instance).unwrap(),
+        ..RuntimeConfig::default()
+    };
+    let runtime = chimaera::builder()
+        .config(config.clone())
+        .module::<Probe>()
+        .serve()
+        .expect("runtime serves");
+    let local = runtime.client();
+    let name = format!("memo_pool_{}", std::process::id());
+    let probe = probe_pool(&local, &name, 1);
+    {
+        let over_shm = Client::connect_to(&config).expect("attach over shared memory");
+        let remote = ProbeClient::attach(&over_shm, probe.pool_id());
+        for _ in 0..10 {
+            remote.who_am_i(PoolQuery::local()).unwrap();
+        }
+        // The shared-memory calls' last lookup was this pool; the destroy below goes
+        // in process, so no later ingest replaces it.
+    }
+    probe.destroy_pool().unwrap();
+    drop(probe);
+    let dropped = || {
+        let pools = probe::DROPPED_POOLS.lock().unwrap();
+        pools.contains(&name)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dropped() {
+        assert!(
+            Instant::now() < deadline,
+            "the destroyed pool's container is still alive 10 s later"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runtime.stop();
+}
+
 /// Every run is counted, but past a method's first 1,024 runs on a worker only a
 /// sample is timed, one in `metrics.latency_sample` (8 by default); 1 times them all.
 #[test]

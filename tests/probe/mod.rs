@@ -2,10 +2,14 @@
 //! Used by the runtime tests; its manifest sits next to this file.
 use chimaera::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Containers destroyed so far, across all probe pools of the process.
 pub(crate) static DESTROYED: AtomicU64 = AtomicU64::new(0);
+/// The pools whose containers were dropped (freed, not just destroyed), by name.
+#[allow(dead_code)] // Not every test file that runs probes asks.
+pub(crate) static DROPPED_POOLS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Set by `hold_guard` once it holds its container's mutex.
 pub(crate) static GUARD_HELD: AtomicBool = AtomicBool::new(false);
 /// `hold_guard` lets its container's mutex go once this is set.
@@ -21,6 +25,8 @@ pub(crate) static RELEASE_SPIN: AtomicBool = AtomicBool::new(false);
     lanes(low = 2, high = 1)
 )]
 pub(crate) struct Probe {
+    /// Its pool's name, recorded in [`DROPPED_POOLS`] when the container is dropped.
+    pool: String,
     container: u32,
     ticks: AtomicU64,
     guard: CoMutex,
@@ -33,6 +39,7 @@ impl Probe {
     #[task(method = 0)]
     fn create(ctx: &mut RunContext) -> Self {
         Probe {
+            pool: ctx.pool_name().to_owned(),
             container: ctx.container_id(),
             ticks: AtomicU64::new(0),
             guard: CoMutex::new(()),
@@ -246,5 +253,14 @@ impl Probe {
             }
         }
         LaneChoice::Lane(recurse(input.0.to_native()) % 2)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let mut dropped = DROPPED_POOLS
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        dropped.push(std::mem::take(&mut self.pool));
     }
 }

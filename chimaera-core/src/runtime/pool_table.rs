@@ -15,6 +15,7 @@ use crate::ids::{ContainerId, PoolId};
 use crate::runtime::pool::Pool;
 use crate::runtime::worker::Lane;
 use rustc_hash::FxHashMap;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
@@ -72,18 +73,49 @@ pub struct PoolTable {
     next_major: AtomicU32,
 }
 
-/// The pool an ingest batch looked up last, kept for the batch's next tasks.
+/// The pool an ingest looked up last, kept for its next tasks.
 ///
 /// A lookup in the table takes its read lock and clones the entry's `Arc`: four locked
-/// read-modify-writes, a tenth of an empty task's cost in the runtime. The tasks a
-/// client pushes in one batch mostly go to one pool, so a batch keeps the entry it
-/// found and checks the next task's pool id against it. The memo lives for one batch
-/// only (a few microseconds): a pool destroyed meanwhile is not kept alive by it for
-/// longer than that, and a memoized pool that was destroyed is looked up again (and
-/// not found).
+/// read-modify-writes, a tenth of an empty task's cost in the runtime. The tasks
+/// clients push mostly go to the pools they used just before, so an ingest keeps the
+/// entry it found and checks the next task's pool id against it.
+///
+/// A worker keeps its memo from one ingest batch to the next ([`PoolMemo::of_worker`],
+/// [`PoolMemo::keep_for_worker`]) while it is busy (a sync client's batches hold one
+/// task each, so a memo of one batch saved nothing for them), and lets it go when it goes
+/// idle ([`PoolMemo::release_worker`]). So a destroyed pool is kept alive by a memo only
+/// until its worker's next lookup of another pool, or its next idle spell (a couple of
+/// thousand empty polls): a memoized pool that was destroyed is looked up again, not
+/// found, and dropped. Other callers (an in-process call) use a memo of their own, for
+/// one task.
 #[derive(Default)]
 pub struct PoolMemo {
     last: Option<Arc<PoolEntry>>,
+}
+
+thread_local! {
+    /// A worker thread's memo between its ingest batches. Taken out for a batch and put
+    /// back after it, never borrowed across chimod code: a poller that dies inside a
+    /// batch loses it, nothing more.
+    static WORKER_MEMO: Cell<PoolMemo> = const { Cell::new(PoolMemo { last: None }) };
+}
+
+impl PoolMemo {
+    /// This worker thread's memo, taken out for one ingest batch (empty on any other
+    /// thread, or after an idle spell).
+    pub(crate) fn of_worker() -> PoolMemo {
+        WORKER_MEMO.with(Cell::take)
+    }
+
+    /// Puts the memo back for this worker thread's next batch.
+    pub(crate) fn keep_for_worker(self) {
+        WORKER_MEMO.with(|memo| memo.set(self));
+    }
+
+    /// Drops this worker thread's memo: the worker goes idle.
+    pub(crate) fn release_worker() {
+        drop(WORKER_MEMO.with(Cell::take));
+    }
 }
 
 /// What a get-or-create found.
@@ -119,7 +151,8 @@ impl PoolTable {
             .as_ref()
             .is_some_and(|entry| entry.pool.id == id && !entry.pool.is_destroyed());
         if !hit {
-            memo.last = Some(self.get(id)?);
+            // A miss lets the old entry go too (a destroyed pool's, say).
+            memo.last = self.get(id);
         }
         memo.last.as_ref()
     }

@@ -647,12 +647,13 @@ impl ClientArea {
         };
         (0..PREFETCH_AHEAD).for_each(prefetch);
         routing.begin_batch(self, batch);
-        let mut pools = PoolMemo::default();
+        let mut pools = PoolMemo::of_worker();
         for (at, &slot_index) in batch.iter().enumerate() {
             prefetch(at + PREFETCH_AHEAD);
             routing.batch_routed_to(at + 1);
             self.ingest_slot(worker, slot_index, ingress, routing, &mut pools);
         }
+        pools.keep_for_worker();
         routing.end_batch();
     }
 

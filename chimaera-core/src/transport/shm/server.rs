@@ -790,6 +790,8 @@ impl TaskSource for ShmServer {
         if !sleeping {
             return false;
         }
+        // Idle: a destroyed pool's entry is not held while the worker sleeps.
+        crate::runtime::pool_table::PoolMemo::release_worker();
         fence(Ordering::SeqCst);
         self.with_poll_list(worker, |areas| {
             // No answer of this worker's may wait for a check while it sleeps.
