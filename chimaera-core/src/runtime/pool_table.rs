@@ -83,7 +83,7 @@ pub struct PoolTable {
 /// A worker keeps its memo from one ingest batch to the next ([`PoolMemo::of_worker`],
 /// [`PoolMemo::keep_for_worker`]) while it is busy (a sync client's batches hold one
 /// task each, so a memo of one batch saved nothing for them), and lets it go when it goes
-/// idle ([`PoolMemo::release_worker`]). So a destroyed pool is kept alive by a memo only
+/// idle or stops ([`PoolMemo::release_worker`]). So a destroyed pool is kept alive by a memo only
 /// until its worker's next lookup of another pool, or its next idle spell (a couple of
 /// thousand empty polls): a memoized pool that was destroyed is looked up again, not
 /// found, and dropped. Other callers (an in-process call) use a memo of their own, for
@@ -112,7 +112,7 @@ impl PoolMemo {
         WORKER_MEMO.with(|memo| memo.set(self));
     }
 
-    /// Drops this worker thread's memo: the worker goes idle.
+    /// Drops this worker thread's memo: the worker goes idle, or stops.
     pub(crate) fn release_worker() {
         drop(WORKER_MEMO.with(Cell::take));
     }

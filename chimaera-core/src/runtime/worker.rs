@@ -600,6 +600,9 @@ fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
         loop {
             worker.take_polling(&slot);
             if poll(&worker, &slot, &mut out) == Polled::Finished {
+                // The pool memo goes now, not with the thread's locals (whose destructors
+                // should not run containers' drops).
+                crate::runtime::pool_table::PoolMemo::release_worker();
                 for idle in lock(&worker.idle).drain(..) {
                     if let Some(blocker) = idle.blocker.get() {
                         blocker.unpark();
