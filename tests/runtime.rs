@@ -659,7 +659,7 @@ fn admin_manifest_ids_match_the_core_protocol() {
     assert_eq!(admin_tasks::STATUS, admin_api::STATUS);
 }
 
-/// A pool destroyed after a client process's calls is freed (its containers dropped)
+/// A pool destroyed after calls over shared memory is freed (its containers dropped)
 /// soon after, with nothing else arriving: the worker that ingested the calls keeps the
 /// last pool it looked up across ingest batches, and lets it go when it goes idle.
 #[test]
