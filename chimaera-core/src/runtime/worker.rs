@@ -120,6 +120,10 @@ pub trait TaskSource: Send + Sync + 'static {
     /// Worker `worker`'s poller ran tasks inline in this round (it is about to poll
     /// again): the source finishes what their answers left to do once per round.
     fn round_done(&self, worker: usize);
+    /// Worker `worker` stops polling for good (the runtime stops): the source lets go
+    /// of what it keeps on the worker's thread, before the thread's locals are torn
+    /// down. Called on the worker's thread.
+    fn worker_stopping(&self, worker: usize);
 }
 
 /// Which thread a runtime-wide count or id is taken on, for state kept per worker.
@@ -600,9 +604,6 @@ fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
         loop {
             worker.take_polling(&slot);
             if poll(&worker, &slot, &mut out) == Polled::Finished {
-                // The pool memo goes now, not with the thread's locals (whose destructors
-                // should not run containers' drops).
-                crate::runtime::pool_table::PoolMemo::release_worker();
                 for idle in lock(&worker.idle).drain(..) {
                     if let Some(blocker) = idle.blocker.get() {
                         blocker.unpark();
@@ -743,6 +744,9 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
             continue;
         }
         if worker.shutdown.load(Ordering::SeqCst) {
+            if let Some(source) = source {
+                source.worker_stopping(worker.id);
+            }
             return Polled::Finished;
         }
         if idle_rounds < idle_rounds_max {

@@ -800,6 +800,12 @@ impl TaskSource for ShmServer {
         })
     }
 
+    fn worker_stopping(&self, _worker: usize) {
+        // Here, not in the thread's local destructors, where a destroyed pool's
+        // containers would be dropped.
+        crate::runtime::pool_table::PoolMemo::release_worker();
+    }
+
     fn round_done(&self, worker: usize) {
         if worker < self.workers as usize {
             // Right after the answers, while their slots' lines are still this CPU's:
