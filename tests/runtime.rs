@@ -688,18 +688,9 @@ fn a_worker_that_ingested_a_pools_calls_does_not_keep_it_once_destroyed() {
     }
     probe.destroy_pool().unwrap();
     drop(probe);
-    let dropped = || {
-        let pools = probe::DROPPED_POOLS.lock().unwrap();
-        pools.contains(&name)
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dropped() {
-        assert!(
-            Instant::now() < deadline,
-            "the destroyed pool's container is still alive 10 s later"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the destroyed pool's container to be dropped", || {
+        probe::DROPPED_POOLS.lock().unwrap().contains(&name)
+    });
     runtime.stop();
 }
 
