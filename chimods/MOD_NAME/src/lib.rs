@@ -71,7 +71,6 @@ pub struct Occupancy {
 #[chimod(name = "MOD_NAME")]
 pub struct ModName {
     label: String,
-    custom_calls: AtomicU64,
     mutex: CoMutex<Occupancy>,
     rwlock: CoRwLock<Occupancy>,
 }
@@ -84,7 +83,6 @@ impl ModName {
     fn create(_ctx: &mut RunContext, params: CreateParams) -> Result<Self, TaskError> {
         Ok(ModName {
             label: params.label,
-            custom_calls: AtomicU64::new(0),
             mutex: CoMutex::new(Occupancy::default()),
             rwlock: CoRwLock::new(Occupancy::default()),
         })
@@ -94,7 +92,6 @@ impl ModName {
     #[task(method = 10)]
     fn custom(&self, _ctx: &mut RunContext, data: &str, operation_id: u32) -> String {
         let _ = operation_id;
-        self.custom_calls.fetch_add(1, Ordering::Relaxed);
         data.to_owned()
     }
 
@@ -244,10 +241,5 @@ impl ModName {
     /// The label this container was created with.
     pub fn label(&self) -> &str {
         &self.label
-    }
-
-    /// How many `custom` tasks this container ran.
-    pub fn custom_calls(&self) -> u64 {
-        self.custom_calls.load(Ordering::Relaxed)
     }
 }

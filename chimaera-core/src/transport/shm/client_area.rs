@@ -80,6 +80,30 @@
 //! pipelined task's time in the runtime. A forged count only delays or repeats the
 //! wake-ups of the forger's own calls.
 //!
+//! # Who answers a slot
+//!
+//! An answer first claims its slot in the runtime's truth (in flight in the answer's
+//! generation → `ANSWERING`); an answer that finds anything else is discarded. Of the
+//! answers to one generation of a slot, only the task's own can come from a thread
+//! other than the owner's (it finishes wherever it ran: another worker, a network
+//! thread); the others come from the owner's ingest and poller (`fail_in_flight`: an
+//! abandon request, a routing that killed the poller), and the stop's `fail_queued`
+//! only answers slots it accepts itself, idle ones. So when the owner runs the task
+//! inline, every answer to that generation is on the owner's thread, one after another:
+//! that answer claims the slot with a load and a store, no locked step. Every other
+//! answer claims it with a compare-and-swap, so that a late answer on another thread
+//! and a cancellation on the owner's write one answer only.
+//!
+//! Only two parties take an idle slot in flight: the owner's ingest (on the owner's
+//! thread, one batch after another), with a load and a store, and the stop's
+//! `fail_queued`, with a compare-and-swap. They take different indices (each pops its
+//! own from the ring), unless the client pushed one index twice and the stop pops the
+//! second copy while the owner routes the first: then both may take the slot. The task
+//! still runs once (the stop's copy only answers `RuntimeStopped`), output blocks are
+//! allocated and freed under the outputs' lock either way, and the two answers may
+//! both be written into that slot: a client that pushes a slot twice garbles only its
+//! own call, and only at a stop.
+//!
 //! # Abandoned calls
 //!
 //! A `KIND_ABANDON` request lists other slots of the client in its payload: if a listed
@@ -683,7 +707,7 @@ impl ClientArea {
     pub fn fail_queued(&self) {
         let carried = std::mem::take(&mut *lock(&self.carried));
         for slot_index in carried {
-            if let Some(generation) = self.accept(slot_index) {
+            if let Some(generation) = self.accept(slot_index, false) {
                 self.write_result(slot_index, generation, Err(&TaskError::RuntimeStopped));
             }
         }
@@ -697,7 +721,7 @@ impl ClientArea {
             let Ok(Some(slot_index)) = popped else {
                 break;
             };
-            if let Some(generation) = self.accept(slot_index) {
+            if let Some(generation) = self.accept(slot_index, false) {
                 self.write_result(slot_index, generation, Err(&TaskError::RuntimeStopped));
             }
         }
@@ -705,8 +729,9 @@ impl ClientArea {
 
     /// Moves a popped slot from idle to in flight in the runtime's truth and returns the
     /// generation its answer must carry; `None` for an index out of range or a slot in
-    /// flight (a duplicate push, ignored).
-    fn accept(&self, slot_index: u32) -> Option<u32> {
+    /// flight (a duplicate push, ignored). `by_owner`: called by the owner's ingest,
+    /// which takes the slot with a load and a store (see "Who answers a slot").
+    fn accept(&self, slot_index: u32, by_owner: bool) -> Option<u32> {
         let Some(state) = self.slots.get(slot_index as usize) else {
             tracing::debug!(
                 client = self.client,
@@ -717,16 +742,17 @@ impl ClientArea {
         };
         let idle = state.load(Ordering::Acquire);
         let generation = idle >> PHASE_BITS;
-        if idle & PHASE_MASK != SLOT_IDLE
-            || state
-                .compare_exchange(
-                    idle,
-                    slot_word(generation, SLOT_IN_FLIGHT),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-        {
+        let in_flight = slot_word(generation, SLOT_IN_FLIGHT);
+        let taken = idle & PHASE_MASK == SLOT_IDLE
+            && if by_owner {
+                state.store(in_flight, Ordering::Release);
+                true
+            } else {
+                state
+                    .compare_exchange(idle, in_flight, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            };
+        if !taken {
             tracing::debug!(
                 client = self.client,
                 slot_index,
@@ -775,7 +801,7 @@ impl ClientArea {
         routing: &Routing,
         pools: &mut PoolMemo,
     ) {
-        let Some(generation) = self.accept(slot_index) else {
+        let Some(generation) = self.accept(slot_index, true) else {
             return;
         };
         let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) else {
@@ -948,15 +974,22 @@ impl ClientArea {
         let Some(state) = self.slots.get(slot_index as usize) else {
             return;
         };
-        if state
-            .compare_exchange(
-                slot_word(generation, SLOT_IN_FLIGHT),
-                slot_word(generation, SLOT_ANSWERING),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
+        let in_flight = slot_word(generation, SLOT_IN_FLIGHT);
+        let answering = slot_word(generation, SLOT_ANSWERING);
+        let owner = POLLING_AS.with(Cell::get) == self.owner && crate::coroutine::is_armed();
+        let claimed = if owner {
+            // No other thread answers this generation of the slot (see "Who answers a
+            // slot" in the module docs): a load and a store, no locked step.
+            state.load(Ordering::Acquire) == in_flight && {
+                state.store(answering, Ordering::Relaxed);
+                true
+            }
+        } else {
+            state
+                .compare_exchange(in_flight, answering, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        if !claimed {
             return;
         }
         let next = slot_word(generation.wrapping_add(1), SLOT_IDLE);
@@ -964,7 +997,6 @@ impl ClientArea {
             self.store_output(&view, slot_index, status, bytes);
             // Idle before DONE: a client reusing the slot at once is not ignored.
             state.store(next, Ordering::Release);
-            let owner = POLLING_AS.with(Cell::get) == self.owner && crate::coroutine::is_armed();
             if owner && self.answered_in_round.load(Ordering::Relaxed) {
                 // The owner checks `WAITING` later, after one fence for the round's
                 // answers after its first (see the module docs).
