@@ -316,6 +316,22 @@ fn slot_word(generation: u32, phase: u32) -> u32 {
     (generation << PHASE_BITS) | phase
 }
 
+/// Moves a slot's runtime truth from `from` to `to`, if it is `from`: with a load and a
+/// store when the caller is the only party that may move it now (`alone`, see "Who
+/// answers a slot" in the module docs: no locked step), else with a compare-and-swap.
+fn move_slot(state: &AtomicU32, from: u32, to: u32, alone: bool) -> bool {
+    if alone {
+        state.load(Ordering::Acquire) == from && {
+            state.store(to, Ordering::Release);
+            true
+        }
+    } else {
+        state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
 /// Tasks one ingest call takes from one client before moving to the next.
 const INGEST_BUDGET: usize = 64;
 
@@ -743,16 +759,7 @@ impl ClientArea {
         let idle = state.load(Ordering::Acquire);
         let generation = idle >> PHASE_BITS;
         let in_flight = slot_word(generation, SLOT_IN_FLIGHT);
-        let taken = idle & PHASE_MASK == SLOT_IDLE
-            && if by_owner {
-                state.store(in_flight, Ordering::Release);
-                true
-            } else {
-                state
-                    .compare_exchange(idle, in_flight, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            };
-        if !taken {
+        if idle & PHASE_MASK != SLOT_IDLE || !move_slot(state, idle, in_flight, by_owner) {
             tracing::debug!(
                 client = self.client,
                 slot_index,
@@ -976,20 +983,10 @@ impl ClientArea {
         };
         let in_flight = slot_word(generation, SLOT_IN_FLIGHT);
         let answering = slot_word(generation, SLOT_ANSWERING);
+        // The owner running the task inline is the only one answering this generation
+        // of the slot now (see "Who answers a slot" in the module docs).
         let owner = POLLING_AS.with(Cell::get) == self.owner && crate::coroutine::is_armed();
-        let claimed = if owner {
-            // No other thread answers this generation of the slot (see "Who answers a
-            // slot" in the module docs): a load and a store, no locked step.
-            state.load(Ordering::Acquire) == in_flight && {
-                state.store(answering, Ordering::Relaxed);
-                true
-            }
-        } else {
-            state
-                .compare_exchange(in_flight, answering, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        };
-        if !claimed {
+        if !move_slot(state, in_flight, answering, owner) {
             return;
         }
         let next = slot_word(generation.wrapping_add(1), SLOT_IDLE);
