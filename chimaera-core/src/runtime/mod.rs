@@ -84,7 +84,7 @@ use crate::runtime::module::{ChiMod, ModuleEntry};
 use crate::runtime::pool::Pool;
 use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolMemo, PoolTable};
 use crate::runtime::task::{
-    lock, CancelToken, Completion, Origin, Reply, Schedule, Task, TaskInput,
+    lock, CancelToken, Completion, Origin, Reply, Schedule, Submission, Task, TaskInput,
 };
 use crate::runtime::task_ids::TaskIds;
 use crate::runtime::worker::{
@@ -166,8 +166,6 @@ struct Single<'a> {
     parent: Option<TaskNode>,
     method: MethodId,
     query: PoolQuery,
-    /// Moved into the task, not cloned: one reference count step less per task.
-    bulk: Option<Arc<crate::bulk::BulkShare>>,
     local_worker: Option<usize>,
 }
 
@@ -276,28 +274,31 @@ impl Shared {
 
     /// Queues one task: resolves the query, makes one replica per container (all inputs
     /// exist before any replica is queued), asks each container's `Monitor` for a lane.
-    /// `sink` receives the results instead of a local waiter; `cancel` stops a periodic
-    /// task (a fresh flag is made when `None`).
-    #[allow(clippy::too_many_arguments)]
+    /// The origin's sink receives the results instead of a local waiter; its cancel flag
+    /// stops a periodic task (a fresh flag is made when `None`). What the task takes of
+    /// `submission` (the input, the origin's parts) is left empty there; a task that is
+    /// refused leaves them.
+    ///
+    /// Inlined into its two callers (the in-process and the shared-memory transports),
+    /// so that what it returns stays in registers: the shared-memory side drops it at
+    /// once, and read back from memory right after it was written it stalled (see
+    /// [`Submission`]).
+    #[inline(always)]
     pub(crate) fn enqueue(
         &self,
         parent: Option<TaskNode>,
-        pool_id: PoolId,
-        method: MethodId,
-        query: PoolQuery,
-        input: TaskInput,
-        schedule: Option<Schedule>,
-        origin: Origin,
+        submission: &mut Submission,
         pools: &mut PoolMemo,
     ) -> Result<Enqueued, TaskError> {
-        let Origin {
-            reply: sink,
-            cancel,
-            bulk,
-            local_worker,
-            force_net,
-        } = origin;
-        let has_sink = sink.is_some();
+        // Fields one by one, each loaded as it was stored; the input and the origin's
+        // references are taken only where the task is made.
+        let pool_id = submission.pool;
+        let method = submission.method;
+        let query = submission.query;
+        let schedule = submission.schedule;
+        let local_worker = submission.origin.local_worker;
+        let force_net = submission.origin.force_net;
+        let has_sink = submission.origin.reply.is_some();
         if !self.accepts(parent) {
             return Err(TaskError::RuntimeStopped);
         }
@@ -338,7 +339,7 @@ impl Shared {
                     containers,
                     placement,
                 };
-                (module.dynamic_container)(method, &input, topology)
+                (module.dynamic_container)(method, &submission.input, topology)
             }))
             .ok()
             .flatten(),
@@ -360,11 +361,17 @@ impl Shared {
                 parent,
                 method,
                 query,
-                bulk,
                 local_worker,
             };
-            return Ok((self.enqueue_single(single, input, sink), None));
+            return Ok((self.enqueue_single(single, submission), None));
         }
+        let input = std::mem::take(&mut submission.input);
+        let Origin {
+            reply: sink,
+            cancel,
+            bulk,
+            ..
+        } = std::mem::take(&mut submission.origin);
         let is_remote = |container: &ContainerId| {
             spread.is_some() && (force_net || !placement.is_local(*container))
         };
@@ -478,11 +485,11 @@ impl Shared {
             periodic: period.zip(cancel.as_ref()),
             local_worker,
         };
-        for (container, input) in local_targets.zip(inputs) {
+        for (container, mut input) in local_targets.zip(inputs) {
             let reply = direct
                 .take()
                 .or_else(|| completion.clone().map(Reply::Waiter));
-            self.push_replica(&replica, container, input, reply, bulk.clone());
+            self.push_replica(&replica, container, &mut input, reply, bulk.clone());
         }
         if let Some(reply) = direct {
             // Its one target had no container: answer rather than leave the caller waiting.
@@ -501,12 +508,7 @@ impl Shared {
     /// (a client process) or a pooled call slot (a caller in this process). It needs
     /// none of the gathering, fan-out and network steps of [`enqueue`](Self::enqueue)'s
     /// general path, and allocates nothing.
-    fn enqueue_single(
-        &self,
-        single: Single<'_>,
-        input: TaskInput,
-        sink: Option<task::ReplyTo>,
-    ) -> Option<Call> {
+    fn enqueue_single(&self, single: Single<'_>, submission: &mut Submission) -> Option<Call> {
         let role = ThreadRole::of(single.local_worker);
         let id = self.next_task_id(role);
         let parity = self.inflight.parity();
@@ -518,7 +520,7 @@ impl Shared {
             },
         }
         .counted_in(parity);
-        let (reply, call) = match sink {
+        let (reply, call) = match submission.origin.reply.take() {
             Some(sink) => (Reply::Sink(sink), None),
             None => {
                 let (caller, reply) = CallSlot::take();
@@ -535,21 +537,24 @@ impl Shared {
             periodic: None,
             local_worker: single.local_worker,
         };
-        self.push_replica(&replica, single.container, input, Some(reply), single.bulk);
+        // Moved into the task, not cloned: one reference count step less per task.
+        let bulk = submission.origin.bulk.take();
+        let input = &mut submission.input;
+        self.push_replica(&replica, single.container, input, Some(reply), bulk);
         call
     }
 
-    /// Queues one replica on `container`'s lane (its `Monitor` picks which); a
-    /// container this node does not hold answers `reply` with `NotRun`.
+    /// Queues one replica on `container`'s lane (its `Monitor` picks which), taking
+    /// `input` into it; a container this node does not hold answers `reply` with
+    /// `NotRun`.
     fn push_replica(
         &self,
         replica: &Replica<'_>,
         container: ContainerId,
-        input: impl Into<TaskInput>,
+        input: &mut TaskInput,
         reply: Option<Reply>,
         bulk: Option<Arc<crate::bulk::BulkShare>>,
     ) {
-        let input = input.into();
         let pool = &replica.entry.pool;
         let lanes = replica.entry.lanes(container);
         let (Some(object), false) = (pool.container(container), lanes.is_empty()) else {
@@ -560,7 +565,7 @@ impl Shared {
         };
         let method = replica.method;
         let lane_choice =
-            catch_unwind(AssertUnwindSafe(|| object.monitor(method, &input))).unwrap_or_default();
+            catch_unwind(AssertUnwindSafe(|| object.monitor(method, input))).unwrap_or_default();
         let lane_index = lane_choice
             .resolve(pool.module.info.lanes)
             .min(lanes.len() - 1);
@@ -580,7 +585,7 @@ impl Shared {
                 parity: replica.parity,
             },
             pool: pool.clone(),
-            input,
+            input: std::mem::take(input),
             reply,
             periodic: replica.periodic.map(|(period, cancel)| {
                 Box::new(task::Periodic {
@@ -1019,14 +1024,19 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             query,
             force_net,
         } = route;
-        let origin = Origin {
-            force_net,
-            ..Origin::default()
+        let submission = &mut Submission {
+            pool,
+            method,
+            query,
+            schedule,
+            input: TaskInput::from(input),
+            origin: Origin {
+                force_net,
+                ..Origin::default()
+            },
         };
-        let input = TaskInput::from(input);
         let pools = &mut PoolMemo::default();
-        let (call, cancel) =
-            self.enqueue(parent, pool, method, query, input, schedule, origin, pools)?;
+        let (call, cancel) = self.enqueue(parent, submission, pools)?;
         Ok((
             call,
             cancel.map(|f| Box::new(LocalCancel(f)) as Box<dyn crate::transport::CancelPeriodic>),
@@ -1163,21 +1173,8 @@ impl Host for Shared {
 }
 
 impl Ingress for Shared {
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue(
-        &self,
-        pool: PoolId,
-        method: u32,
-        query: PoolQuery,
-        input: TaskInput,
-        schedule: Option<Schedule>,
-        origin: Origin,
-        pools: &mut PoolMemo,
-    ) -> Result<(), TaskError> {
-        Shared::enqueue(
-            self, None, pool, method, query, input, schedule, origin, pools,
-        )
-        .map(|_| ())
+    fn enqueue(&self, submission: &mut Submission, pools: &mut PoolMemo) -> Result<(), TaskError> {
+        Shared::enqueue(self, None, submission, pools).map(|_| ())
     }
 
     fn wake_worker(&self, worker: usize) {

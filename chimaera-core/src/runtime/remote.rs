@@ -82,7 +82,9 @@ use crate::peer::{
 use crate::query::{Placement, PoolQuery};
 use crate::runtime::module::ModuleEntry;
 use crate::runtime::pool_table::Lookup;
-use crate::runtime::task::{lock, Completion, Reply, ReplyKey, ReplySink, ReplyTo, Schedule};
+use crate::runtime::task::{
+    lock, Completion, Reply, ReplyKey, ReplySink, ReplyTo, Schedule, TaskInput,
+};
 use crate::runtime::worker::ThreadRole;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -979,6 +981,7 @@ impl Shared {
                 }
             };
             let reply = completion.clone().map(Reply::Waiter);
+            let input = &mut TaskInput::from(input);
             self.push_replica(&replica, container, input, reply, share.clone());
         }
     }

@@ -152,10 +152,9 @@ use crate::bulk::BulkShare;
 use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
-use crate::query::PoolQuery;
 use crate::runtime::pool_table::PoolMemo;
 use crate::runtime::task::{
-    lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule, TaskInput,
+    lock, CancelToken, Origin, ReplyKey, ReplySink, ReplyTo, Schedule, Submission, TaskInput,
 };
 use crate::shm::arena::{Arena, Extent};
 use crate::shm::futex;
@@ -282,20 +281,12 @@ impl Routing {
 
 /// What the transport needs from the runtime: queue a task, wake a worker.
 pub trait Ingress: Send + Sync {
-    /// Queues a task decoded from a client slot; `origin` carries the reply sink of a
-    /// call, the cancel flag of a periodic task and the client's data share; `pools`
-    /// keeps the pool looked up for the rest of the ingest batch.
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue(
-        &self,
-        pool: PoolId,
-        method: u32,
-        query: PoolQuery,
-        input: TaskInput,
-        schedule: Option<Schedule>,
-        origin: Origin,
-        pools: &mut PoolMemo,
-    ) -> Result<(), TaskError>;
+    /// Queues a task decoded from a client slot, taking its input and its origin's
+    /// parts (the reply sink of a call, the cancel flag of a periodic task, the
+    /// client's data share) out of `submission`; `pools` keeps the pool looked up for
+    /// the rest of the ingest batch.
+    fn enqueue(&self, submission: &mut Submission, pools: &mut PoolMemo)
+        -> Result<(), TaskError>;
 
     /// Unparks worker `worker` if it sleeps.
     fn wake_worker(&self, worker: usize);
@@ -843,10 +834,6 @@ impl ClientArea {
             self.write_result(slot_index, generation, Err(&err));
             return;
         }
-        let input = match self.read_input(&view, &request) {
-            Ok(input) => input,
-            Err(err) => return self.write_result(slot_index, generation, Err(&err)),
-        };
         let TaskRequest {
             pool,
             method,
@@ -855,6 +842,18 @@ impl ClientArea {
             force_net,
             ..
         } = request;
+        // Filled where the runtime takes it from (see `Submission`).
+        let mut submission = Submission {
+            pool,
+            method,
+            query,
+            schedule,
+            input: TaskInput::default(),
+            origin: Origin::default(),
+        };
+        if let Err(err) = self.read_input(&view, &request, &mut submission.input) {
+            return self.write_result(slot_index, generation, Err(&err));
+        }
         if let Err(err) = self.permitted(pool, method) {
             return self.write_result(slot_index, generation, Err(&err));
         }
@@ -877,7 +876,7 @@ impl ClientArea {
             }
         };
         let acknowledge = sink.is_none();
-        let origin = Origin {
+        submission.origin = Origin {
             reply: sink,
             cancel,
             bulk: Some(self.bulk.clone()),
@@ -885,7 +884,7 @@ impl ClientArea {
             force_net,
         };
         routing.begin(self, slot_index, method);
-        let enqueued = ingress.enqueue(pool, method, query, input, schedule, origin, pools);
+        let enqueued = ingress.enqueue(&mut submission, pools);
         routing.end();
         match enqueued {
             Ok(()) if acknowledge => {
@@ -922,10 +921,15 @@ impl ClientArea {
         })
     }
 
-    /// Copies a task's input out of the client's memory (with atomic loads), after its
-    /// length was checked against the place it claims to lie in — before anything is
-    /// allocated for it, so a forged length costs the runtime nothing.
-    fn read_input(&self, view: &SlotView, request: &TaskRequest) -> Result<TaskInput, TaskError> {
+    /// Copies a task's input out of the client's memory (with atomic loads) into
+    /// `input`, after its length was checked against the place it claims to lie in —
+    /// before anything is allocated for it, so a forged length costs the runtime nothing.
+    fn read_input(
+        &self,
+        view: &SlotView,
+        request: &TaskRequest,
+        input: &mut TaskInput,
+    ) -> Result<(), TaskError> {
         let input_len = request.input_len as usize;
         let source = match request.input {
             InputPlace::Slot if input_len <= view.payload_len() => None,
@@ -954,10 +958,10 @@ impl ClientArea {
         };
         // Inside the task when small, else a recycled buffer (the task gives it back when
         // dropped): no allocation per task.
-        TaskInput::filled(input_len, |input| {
+        input.fill(input_len, |bytes| {
             match source {
-                None => view.read_payload(input),
-                Some(at) => read_shared(&self.memory, at, input),
+                None => view.read_payload(bytes),
+                Some(at) => read_shared(&self.memory, at, bytes),
             }
             .map_err(|e| TaskError::malformed("input", e))
         })
