@@ -564,11 +564,16 @@ impl Shared {
             return;
         };
         let method = replica.method;
-        let lane_choice =
-            catch_unwind(AssertUnwindSafe(|| object.monitor(method, input))).unwrap_or_default();
-        let lane_index = lane_choice
-            .resolve(pool.module.info.lanes)
-            .min(lanes.len() - 1);
+        // Most modules route no task by lane: no call (a `dyn` call returning through
+        // memory, which then stalled the load of its result).
+        let lane_index = if pool.module.lane_hooks {
+            catch_unwind(AssertUnwindSafe(|| object.monitor(method, input)))
+                .unwrap_or_default()
+                .resolve(pool.module.info.lanes)
+                .min(lanes.len() - 1)
+        } else {
+            0
+        };
         let lane = &lanes[lane_index];
         // Ingested by worker `local_worker` itself, on its thread (see `Origin`).
         let role = ThreadRole::of(replica.local_worker);

@@ -121,6 +121,11 @@ pub trait ChiMod: Sized + Send + Sync + 'static {
     ) -> Result<(), TaskError>;
     /// `Monitor(kLocalSchedule)`: the lane a task goes to.
     fn monitor(&self, method: MethodId, input: &[u8]) -> LaneChoice;
+    /// Whether [`monitor`](Self::monitor) may choose a lane other than
+    /// [`LaneChoice::Default`] for some method. `#[chimod]` says `false` when no task has
+    /// a `route` hook, and the runtime then skips the call for every task; a
+    /// hand-written module keeps the default, `true`.
+    const LANE_HOOKS: bool = true;
     /// The container a `PoolQuery::Dynamic` task goes to, if the method has a hook, in a
     /// pool of `containers` containers on one node.
     fn dynamic_container(method: MethodId, input: &[u8], containers: u32) -> Option<ContainerId> {
@@ -213,6 +218,9 @@ pub struct ModuleEntry {
     /// Turns YAML create parameters into the archived create input, for modules that
     /// implement [`Composable`](crate::runtime::compose::Composable); `None` for the others.
     pub compose: Option<ComposeInput>,
+    /// [`ChiMod::LANE_HOOKS`]: whether a task's lane is asked of its container's
+    /// `monitor` (else lane 0, with no call).
+    pub lane_hooks: bool,
 }
 
 impl ModuleEntry {
@@ -225,6 +233,7 @@ impl ModuleEntry {
             new_copy: M::new_copy,
             visit_bulk: M::visit_bulk,
             compose: None,
+            lane_hooks: M::LANE_HOOKS,
         }
     }
 }

@@ -213,6 +213,7 @@ pub struct Origin {
 /// store buffer cannot forward several narrow stores to one wide load), and a value
 /// passed by value is copied again at each call on its way: on the shared-memory path
 /// those copies were a tenth of an empty task's time in the runtime (`perf`).
+#[derive(Default)]
 pub struct Submission {
     /// The pool the task runs in.
     pub pool: PoolId,

@@ -76,6 +76,7 @@ pub(crate) fn expand(
         .iter()
         .filter(|t| !t.is_create() && !t.is_destroy())
         .map(|task| run_arm(names, task, self_ty, &ctx, &input, &out));
+    let lane_hooks = tasks.iter().any(|task| task.route.is_some());
     let monitor_arms = tasks.iter().filter_map(|task| {
         let hook = task.route.as_ref()?;
         let TaskNames { id, archived, .. } = TaskNames::of(task);
@@ -185,6 +186,8 @@ pub(crate) fn expand(
                     _ => { let _ = (#ctx, #input, #out); #unknown }
                 }
             }
+
+            const LANE_HOOKS: bool = #lane_hooks;
 
             fn monitor(&self, #method: #private::MethodId, #input: &[u8]) -> #private::LaneChoice {
                 match #method {

@@ -679,10 +679,13 @@ impl ClientArea {
         (0..PREFETCH_AHEAD).for_each(prefetch);
         routing.begin_batch(self, batch);
         let mut pools = PoolMemo::of_worker();
+        // One for the batch: each task's input is filled into it in place, and a fresh
+        // one per task was made and then copied (see `Submission`).
+        let mut submission = Submission::default();
         for (at, &slot_index) in batch.iter().enumerate() {
             prefetch(at + PREFETCH_AHEAD);
             routing.batch_routed_to(at + 1);
-            self.ingest_slot(worker, slot_index, ingress, routing, &mut pools);
+            self.ingest_slot(worker, slot_index, ingress, routing, &mut submission, &mut pools);
         }
         pools.keep_for_worker();
         routing.end_batch();
@@ -791,12 +794,15 @@ impl ClientArea {
         Ok(())
     }
 
+    /// Takes the task of slot `slot_index` in and queues it through `ingress`, built in
+    /// `submission` (the batch's, whatever an earlier slot left in it is replaced).
     fn ingest_slot(
         self: &Arc<Self>,
         worker: usize,
         slot_index: u32,
         ingress: &dyn Ingress,
         routing: &Routing,
+        submission: &mut Submission,
         pools: &mut PoolMemo,
     ) {
         let Some(generation) = self.accept(slot_index, true) else {
@@ -842,15 +848,11 @@ impl ClientArea {
             force_net,
             ..
         } = request;
-        // Filled where the runtime takes it from (see `Submission`).
-        let mut submission = Submission {
-            pool,
-            method,
-            query,
-            schedule,
-            input: TaskInput::default(),
-            origin: Origin::default(),
-        };
+        submission.pool = pool;
+        submission.method = method;
+        submission.query = query;
+        submission.schedule = schedule;
+        // Filled where the runtime takes it from.
         if let Err(err) = self.read_input(&view, &request, &mut submission.input) {
             return self.write_result(slot_index, generation, Err(&err));
         }
@@ -884,8 +886,13 @@ impl ClientArea {
             force_net,
         };
         routing.begin(self, slot_index, method);
-        let enqueued = ingress.enqueue(&mut submission, pools);
+        let enqueued = ingress.enqueue(submission, pools);
         routing.end();
+        // What a refused task left of its origin goes now: its data share counts
+        // against the quota the next slot is checked against.
+        if enqueued.is_err() {
+            submission.origin = Origin::default();
+        }
         match enqueued {
             Ok(()) if acknowledge => {
                 let ack = match periodic_id {
