@@ -179,7 +179,9 @@ pub fn chimod(args: TokenStream, input: TokenStream) -> TokenStream {
 /// * `route = hook`: picks the lane of each call, before the task runs:
 ///   `fn hook(&self, input: &foo_tasks::ArchivedXIn) -> LaneChoice`, reading the
 ///   archived input in place (default: lane 0). A bare name is a function of the
-///   container (`Self::hook`); a path names any function.
+///   container (`Self::hook`); a path names any function. A module with no `route` hook
+///   on any task gets `ChiMod::LANE_HOOKS = false`, and the runtime queues its tasks on
+///   lane 0 without asking.
 /// * `dynamic = hook`: the container a `PoolQuery::dynamic()` call goes to:
 ///   `fn hook(input: &foo_tasks::ArchivedXIn, containers: u32) -> ContainerId`, or, to
 ///   see which node holds which container,
