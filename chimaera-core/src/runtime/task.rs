@@ -511,6 +511,17 @@ pub(crate) use crate::sync::lock;
 mod tests {
     use super::*;
 
+    /// `input` holds exactly `bytes`, aligned for rkyv, inline exactly when small.
+    fn assert_holds(input: &TaskInput, bytes: &[u8], what: &str) {
+        assert_eq!(&**input, bytes, "{what}");
+        assert_eq!(input.as_ptr() as usize % 16, 0, "{what}: unaligned");
+        assert_eq!(
+            matches!(input.0, InputBytes::Inline { .. }),
+            bytes.len() <= INLINE_INPUT,
+            "{what}: kept the wrong way"
+        );
+    }
+
     /// Inputs on both sides of the inline limit read back whole and aligned for rkyv,
     /// also after the task (here, the input) moves.
     #[test]
@@ -526,13 +537,7 @@ mod tests {
             for input in [converted, filled] {
                 let moved = [input];
                 let [input] = moved;
-                assert_eq!(&*input, &bytes[..], "{len} bytes");
-                assert_eq!(input.as_ptr() as usize % 16, 0, "{len} bytes unaligned");
-                assert_eq!(
-                    matches!(input.0, InputBytes::Inline { .. }),
-                    len <= INLINE_INPUT,
-                    "{len} bytes kept the wrong way"
-                );
+                assert_holds(&input, &bytes, &format!("{len} bytes"));
             }
         }
     }
@@ -552,13 +557,7 @@ mod tests {
                     Ok::<_, ()>(())
                 })
                 .unwrap();
-            assert_eq!(&*input, &bytes[..], "round {round}: {len} bytes");
-            assert_eq!(input.as_ptr() as usize % 16, 0, "{len} bytes unaligned");
-            assert_eq!(
-                matches!(input.0, InputBytes::Inline { .. }),
-                len <= INLINE_INPUT,
-                "{len} bytes kept the wrong way"
-            );
+            assert_holds(&input, &bytes, &format!("round {round}: {len} bytes"));
         }
         for (held, len) in [(300, 7), (5, INLINE_INPUT + 9), (300, INLINE_INPUT + 9)] {
             input
