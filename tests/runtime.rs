@@ -97,8 +97,13 @@ fn unknown_pool_method_and_module_are_typed_errors() {
     );
 
     let input = codec::encode(&(codec::StrRef("x"), codec::ByRef(&0u32))).unwrap();
+    // Refused at submission, or (a call its worker routes) answered with the error.
     let err = chi
         .submit(m.pool_id(), 77, PoolQuery::local(), input, None)
+        .and_then(|call| {
+            let (_, result) = call.wait().into_iter().next().expect("one reply");
+            result
+        })
         .unwrap_err();
     assert_eq!(
         err,

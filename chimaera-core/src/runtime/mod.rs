@@ -84,7 +84,8 @@ use crate::runtime::module::{ChiMod, ModuleEntry};
 use crate::runtime::pool::Pool;
 use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolMemo, PoolTable};
 use crate::runtime::task::{
-    lock, CancelToken, Completion, Origin, Reply, Schedule, Submission, Task, TaskInput,
+    lock, CancelToken, Completion, LocalRequest, Origin, Reply, Schedule, Submission, Task,
+    TaskInput,
 };
 use crate::runtime::task_ids::TaskIds;
 use crate::runtime::worker::{
@@ -223,9 +224,15 @@ impl Shared {
 
     /// Whether a task with this parent may be submitted now.
     pub(crate) fn accepts(&self, parent: Option<TaskNode>) -> bool {
+        self.takes(parent, false)
+    }
+
+    /// Whether a task with this parent is queued now; a draining runtime takes subtasks,
+    /// and tasks `admitted` while it ran (see [`Origin::admitted`]).
+    fn takes(&self, parent: Option<TaskNode>, admitted: bool) -> bool {
         match self.state.load(Ordering::Acquire) {
             RUNNING => true,
-            DRAINING => parent.is_some(),
+            DRAINING => parent.is_some() || admitted,
             _ => false,
         }
     }
@@ -279,10 +286,10 @@ impl Shared {
     /// `submission` (the input, the origin's parts) is left empty there; a task that is
     /// refused leaves them.
     ///
-    /// Inlined into its two callers (the in-process and the shared-memory transports),
-    /// so that what it returns stays in registers: the shared-memory side drops it at
-    /// once, and read back from memory right after it was written it stalled (see
-    /// [`Submission`]).
+    /// Inlined into its callers (an in-process caller that routes its own task, a
+    /// worker routing a posted in-process call, the shared-memory ingest), so that what
+    /// it returns stays in registers: the shared-memory side drops it at once, and read
+    /// back from memory right after it was written it stalled (see [`Submission`]).
     #[inline(always)]
     pub(crate) fn enqueue(
         &self,
@@ -299,7 +306,7 @@ impl Shared {
         let local_worker = submission.origin.local_worker;
         let force_net = submission.origin.force_net;
         let has_sink = submission.origin.reply.is_some();
-        if !self.accepts(parent) {
+        if !self.takes(parent, submission.origin.admitted) {
             return Err(TaskError::RuntimeStopped);
         }
         if let Some(parent) = parent {
@@ -364,6 +371,11 @@ impl Shared {
                 local_worker,
             };
             return Ok((self.enqueue_single(single, submission), None));
+        }
+        if submission.origin.slot.is_some() {
+            // A call routed for an in-process caller is posted only when it has one
+            // replica on this node (see `call_local`); its slot could gather no more.
+            return Err(TaskError::NotRun);
         }
         let input = std::mem::take(&mut submission.input);
         let Origin {
@@ -520,9 +532,12 @@ impl Shared {
             },
         }
         .counted_in(parity);
-        let (reply, call) = match submission.origin.reply.take() {
-            Some(sink) => (Reply::Sink(sink), None),
-            None => {
+        let origin = &mut submission.origin;
+        let (reply, call) = match (origin.reply.take(), origin.slot.take()) {
+            (Some(sink), _) => (Reply::Sink(sink), None),
+            // A routed in-process call: its caller waits on its slot already.
+            (None, Some(slot)) => (Reply::Slot(slot), None),
+            (None, None) => {
                 let (caller, reply) = CallSlot::take();
                 (Reply::Slot(reply), Some(Call::slot(caller)))
             }
@@ -878,6 +893,8 @@ impl Shared {
         }
         // A grace too long for the clock has no end to wait for.
         let deadline = Instant::now().checked_add(grace);
+        // Calls posted while it ran are queued (admitted), so the drain counts them.
+        self.fence_posted(deadline);
         let drained = self.inflight.wait_at_most(own_tasks, deadline);
         if !drained {
             tracing::warn!(
@@ -922,6 +939,22 @@ impl Shared {
 /// The task runner the workers call: runs tasks with access to the shared state.
 struct Runner(OnceLock<std::sync::Weak<Shared>>);
 
+impl Runner {
+    /// The runtime's state, kept in `held`: upgraded once per polling stretch, not per
+    /// task (two locked steps each). `None` once the runtime is gone.
+    fn shared<'h>(&self, held: &'h mut Held) -> Option<&'h Shared> {
+        if !held.as_deref().is_some_and(|held| held.is::<Shared>()) {
+            *held = self
+                .0
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .map(|shared| shared as Arc<dyn std::any::Any + Send + Sync>);
+        }
+        held.as_deref()
+            .and_then(|held| held.downcast_ref::<Shared>())
+    }
+}
+
 impl TaskRunner for Runner {
     fn run(&self, task: &mut Task, out: &mut OutputBuffer, worker: usize, held: &mut Held) {
         let role = ThreadRole::Worker(worker);
@@ -930,18 +963,7 @@ impl TaskRunner for Runner {
         let debug = tracing::Level::DEBUG <= tracing::level_filters::STATIC_MAX_LEVEL
             && tracing::Level::DEBUG <= tracing::level_filters::LevelFilter::current();
         let _span = debug.then(|| crate::coroutine::enter_span(task.span()));
-        // Upgraded once per polling stretch, not per task (two locked steps each).
-        if !held.as_deref().is_some_and(|held| held.is::<Shared>()) {
-            *held = self
-                .0
-                .get()
-                .and_then(std::sync::Weak::upgrade)
-                .map(|shared| shared as Arc<dyn std::any::Any + Send + Sync>);
-        }
-        let Some(shared) = held
-            .as_deref()
-            .and_then(|held| held.downcast_ref::<Shared>())
-        else {
+        let Some(shared) = self.shared(held) else {
             task.complete(Err(TaskError::RuntimeStopped));
             return;
         };
@@ -1005,6 +1027,36 @@ impl TaskRunner for Runner {
         }
     }
 
+    fn route(&self, request: &mut LocalRequest, worker: usize, held: &mut Held) {
+        let Some(shared) = self.shared(held) else {
+            request.fail(TaskError::RuntimeStopped);
+            return;
+        };
+        let submission = &mut Submission::default();
+        request.submit_into(submission, worker);
+        let mut pools = PoolMemo::of_worker();
+        let enqueued = shared.enqueue(request.parent(), submission, &mut pools);
+        pools.keep_for_worker();
+        match enqueued {
+            Ok(_) => request.routed(),
+            // Refused before the task was made: the submission still holds the reply's
+            // second handle, and the request its own.
+            Err(err) => request.fail(err),
+        }
+    }
+
+    fn route_overflowed(&self, mut request: LocalRequest) {
+        let stack_size = self
+            .0
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map_or(0, |shared| shared.config.stack_size as u64);
+        request.fail(TaskError::StackOverflow {
+            method: request.method(),
+            stack_size,
+        });
+    }
+
     fn reject(&self, mut task: Task) {
         let parity = task.header.parity;
         task.complete(Err(TaskError::RuntimeStopped));
@@ -1050,6 +1102,112 @@ impl crate::transport::inproc::LocalRuntime for Shared {
 
     fn accepts(&self, parent: Option<TaskNode>) -> bool {
         Shared::accepts(self, parent)
+    }
+
+    fn call_local(
+        &self,
+        parent: Option<TaskNode>,
+        route: crate::transport::Route,
+        input: Bytes,
+        hint: &crate::transport::inproc::PostHint,
+    ) -> Result<Call, TaskError> {
+        let Some(worker) = self.posting_worker(&route, hint) else {
+            let (call, _) = self.enqueue_local(parent, route, input, None)?;
+            return call.ok_or(TaskError::NotRun);
+        };
+        if !self.accepts(parent) {
+            return Err(TaskError::RuntimeStopped);
+        }
+        let (call, reply) = CallSlot::take();
+        worker.post(LocalRequest::new(
+            route,
+            parent,
+            TaskInput::from(input),
+            reply,
+        ));
+        Ok(Call::slot(call))
+    }
+}
+
+impl Shared {
+    /// The worker an in-process call is posted to, to route it there (see
+    /// `runtime/worker.rs`, "Requests"); `None` when the caller routes it itself as
+    /// before: a query that may have several replicas, a runtime that is one node of a
+    /// cluster, a caller on a worker's thread (a subtask, queued where it runs), or a
+    /// pool this node cannot place the call in (the caller then gets the error at once).
+    ///
+    /// Any worker routes any call correctly; `hint` (one per client) remembers the
+    /// worker of the last pool the client called, so that a call normally reaches the
+    /// worker that runs it. Only a miss looks the pool up: the lane of the container the
+    /// query picks (`Dynamic` counted as `Local`). A pool whose containers' lanes sit on
+    /// several workers may then be routed on one and run on another (one more hop).
+    fn posting_worker(
+        &self,
+        route: &crate::transport::Route,
+        hint: &crate::transport::inproc::PostHint,
+    ) -> Option<&Arc<WorkerShared>> {
+        let one_replica = matches!(
+            route.query,
+            PoolQuery::Local
+                | PoolQuery::DirectId(_)
+                | PoolQuery::DirectHash(_)
+                | PoolQuery::Physical(_)
+                | PoolQuery::Dynamic
+        );
+        if !one_replica || self.cluster.is_some() || worker::on_worker_thread() {
+            return None;
+        }
+        let workers = self.worker_states.get()?;
+        if let Some(worker) = hint.worker_for(route.pool).and_then(|w| workers.get(w)) {
+            return Some(worker);
+        }
+        let entry = self.pools.get(route.pool)?;
+        let query = match route.query {
+            PoolQuery::Dynamic => PoolQuery::Local,
+            query => query,
+        };
+        let pool = &entry.pool;
+        let container = query
+            .resolve(route.pool, pool.container_count(), pool.placement, None)
+            .ok()?
+            .start;
+        let worker = entry.lanes(container).first()?.worker();
+        hint.remember(route.pool, worker);
+        workers.get(worker)
+    }
+
+    /// Waits until every worker has routed the in-process calls posted to it before now
+    /// (so a flush or a stop's drain counts their tasks), or until `deadline`. Each
+    /// worker is sent a request for pool `0.0`, which never exists: it is answered as soon
+    /// as it is routed, and a worker routes its requests in the order they came.
+    fn fence_posted(&self, deadline: Option<Instant>) {
+        let Some(workers) = self.worker_states.get() else {
+            return;
+        };
+        let no_pool = crate::transport::Route {
+            pool: PoolId::new(0, 0),
+            method: 0,
+            query: PoolQuery::Local,
+            force_net: false,
+        };
+        let fences: Vec<_> = workers
+            .iter()
+            .map(|worker| {
+                let (call, reply) = CallSlot::take();
+                worker.post(LocalRequest::new(
+                    no_pool,
+                    None,
+                    TaskInput::default(),
+                    reply,
+                ));
+                call
+            })
+            .collect();
+        for fence in &fences {
+            if !fence.wait_until(deadline) {
+                return;
+            }
+        }
     }
 }
 
@@ -1113,6 +1271,7 @@ impl Host for Shared {
 
     fn flush(&self, caller: TaskNode) -> u64 {
         let before = self.inflight.completed();
+        self.fence_posted(None);
         self.inflight.flush(caller);
         self.inflight.completed().saturating_sub(before)
     }

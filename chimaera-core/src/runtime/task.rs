@@ -11,6 +11,11 @@
 //! A call slot ([`crate::transport::call`]) takes the one replica of an in-process call:
 //! pooled, so such a call allocates nothing in steady state.
 //!
+//! A [`LocalRequest`] is an in-process call on its way to the worker that routes it
+//! (see `runtime/worker.rs`): it holds the call's reply until the task made from it
+//! takes over, and answers `RuntimeStopped` itself if it is dropped unrouted, so no
+//! caller waits forever.
+//!
 //! A completion expects one result per replica (a `Broadcast` has one per container).
 //! Invariants: each replica stores exactly one result, then decrements `remaining` with
 //! `Release`; a waiter that reads `remaining == 0` with `Acquire` sees every result.
@@ -29,10 +34,10 @@
 //! refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
 use crate::codec::{aligned_copy, recycle, recycled_bytes, Bytes};
-use crate::transport::call::{wait_for, SlotReply, Waiter};
+use crate::transport::call::{wait_for, Route, SlotReply, Waiter};
 use crate::coroutine::Blocker;
 use crate::error::TaskError;
-use crate::ids::{ContainerId, MethodId, PoolId};
+use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::query::PoolQuery;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::pool::Pool;
@@ -204,6 +209,95 @@ pub struct Origin {
     pub local_worker: Option<usize>,
     /// The client asked for the network path even to this node's containers.
     pub force_net: bool,
+    /// The pooled call slot an in-process caller waits on, when a worker routes its call
+    /// (a [`LocalRequest`]); a call with neither this nor `reply` gets a fresh slot.
+    pub slot: Option<SlotReply>,
+    /// The caller was admitted (the runtime was running) when it handed the task over:
+    /// a draining runtime still takes it, as it takes a task queued before the stop.
+    pub admitted: bool,
+}
+
+/// An in-process call posted to a worker, which routes it on its own thread as it
+/// routes a client process's task (see `runtime/worker.rs`, "Requests").
+///
+/// Small: the lines it fills are the ones that travel from the caller's core to the
+/// worker's. A small input is copied in by the caller (its buffer recycled on the
+/// caller's thread); the pool, its lanes and the task are touched by the worker only.
+/// The reply stays in the request until routing is over (the submission routed gets a
+/// second handle of the same generation; whichever answers first wins, see
+/// [`SlotReply::duplicate`]), so a route that dies on the poller's stack still answers.
+pub struct LocalRequest {
+    input: TaskInput,
+    route: Route,
+    parent: Option<TaskNode>,
+    /// `None` once routed, or once answered.
+    reply: Option<SlotReply>,
+}
+
+impl LocalRequest {
+    /// A call of `route` with `input`, a subtask of `parent` if any, answered through
+    /// `reply`.
+    pub(crate) fn new(
+        route: Route,
+        parent: Option<TaskNode>,
+        input: TaskInput,
+        reply: SlotReply,
+    ) -> Self {
+        LocalRequest {
+            input,
+            route,
+            parent,
+            reply: Some(reply),
+        }
+    }
+
+    /// The parent task, if any.
+    pub fn parent(&self) -> Option<TaskNode> {
+        self.parent
+    }
+
+    /// The method called (for an error about the request).
+    pub fn method(&self) -> MethodId {
+        self.route.method
+    }
+
+    /// Moves the request into `submission`, a call answered through a second handle of
+    /// the request's reply (the request keeps its own until [`routed`](Self::routed)).
+    pub fn submit_into(&mut self, submission: &mut Submission, worker: usize) {
+        let route = self.route;
+        submission.pool = route.pool;
+        submission.method = route.method;
+        submission.query = route.query;
+        submission.schedule = None;
+        submission.input = std::mem::take(&mut self.input);
+        submission.origin = Origin {
+            local_worker: Some(worker),
+            force_net: route.force_net,
+            slot: self.reply.as_ref().map(SlotReply::duplicate),
+            admitted: true,
+            ..Origin::default()
+        };
+    }
+
+    /// Routing is over: the task made from the request answers (or the submission's
+    /// reply did), so the request's own handle goes unused.
+    pub fn routed(&mut self) {
+        self.reply = None;
+    }
+
+    /// Answers the call with `error` now (unless it was answered already).
+    pub fn fail(&mut self, error: TaskError) {
+        if let Some(reply) = self.reply.take() {
+            reply.deliver(0, Err(error));
+        }
+    }
+}
+
+impl Drop for LocalRequest {
+    /// Dropped unrouted (its worker stopped first): the caller hears so.
+    fn drop(&mut self) {
+        self.fail(TaskError::RuntimeStopped);
+    }
 }
 
 /// A task as a transport hands it to the runtime: its route, its input and its origin.

@@ -375,6 +375,18 @@ pub struct SlotReply {
 }
 
 impl SlotReply {
+    /// A second handle of the same generation. Whichever handle answers first is the
+    /// answer; the other finds the generation no longer `OPEN` (or another generation,
+    /// once the caller gave the slot back) and leaves the slot alone. A routed
+    /// in-process call keeps one to answer with should its route die on the poller's
+    /// stack (see `runtime::task::LocalRequest`).
+    pub(crate) fn duplicate(&self) -> SlotReply {
+        SlotReply {
+            slot: self.slot,
+            generation: self.generation,
+        }
+    }
+
     /// Stores the answer (the output copied into the slot's reused buffer) and wakes the
     /// caller, unless the caller gave the slot up meanwhile (another generation).
     pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {

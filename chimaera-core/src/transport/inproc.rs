@@ -1,5 +1,6 @@
-//! The in-process [`Transport`]: tasks are queued straight on their containers' lanes and
-//! the caller waits on the task's completion.
+//! The in-process [`Transport`]: a call with one replica is posted to the worker that
+//! routes it (and normally runs it), other tasks are queued straight on their
+//! containers' lanes; the caller waits on the call's slot or completion.
 //!
 //! It reaches the runtime only through [`LocalRuntime`] (which the runtime implements),
 //! so this file does not depend on `runtime/mod.rs`. Inputs are archived into recycled
@@ -14,11 +15,13 @@ use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire};
 use crate::client::Client;
 use crate::codec::{recycled_bytes, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
+use crate::ids::PoolId;
 use crate::ids::TaskNode;
 use crate::transport::{
     Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A queued task: the pending call of a call, the cancel handle of a periodic task.
@@ -36,20 +39,68 @@ pub(crate) trait LocalRuntime: Send + Sync {
         schedule: Option<Schedule>,
     ) -> Result<Queued, TaskError>;
 
+    /// Makes a call (no schedule): posted to a worker that routes it when it has one
+    /// replica on this node (`hint` remembers which worker), else queued as
+    /// [`enqueue_local`](Self::enqueue_local) queues it.
+    fn call_local(
+        &self,
+        parent: Option<TaskNode>,
+        route: Route,
+        input: Bytes,
+        hint: &PostHint,
+    ) -> Result<Call, TaskError>;
+
     /// Whether a task with this parent would be accepted now.
     fn accepts(&self, parent: Option<TaskNode>) -> bool;
+}
+
+/// The worker a client's calls to its last pool were posted to, so that the next call
+/// skips the pool lookup (see [`LocalRuntime::call_local`]). Only a hint: any worker
+/// routes any call, so the two words need not be read together.
+#[derive(Debug, Default)]
+pub(crate) struct PostHint {
+    /// `major << 32 | minor` of the pool.
+    pool: AtomicU64,
+    /// The worker's index plus one; 0 while nothing is remembered.
+    worker: AtomicUsize,
+}
+
+impl PostHint {
+    fn key(pool: PoolId) -> u64 {
+        u64::from(pool.major) << 32 | u64::from(pool.minor)
+    }
+
+    /// The worker remembered for `pool`, if any.
+    pub(crate) fn worker_for(&self, pool: PoolId) -> Option<usize> {
+        if self.pool.load(Ordering::Relaxed) != Self::key(pool) {
+            return None;
+        }
+        self.worker.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Remembers `worker` for `pool`.
+    pub(crate) fn remember(&self, pool: PoolId, worker: usize) {
+        self.pool.store(Self::key(pool), Ordering::Relaxed);
+        self.worker
+            .store(worker.saturating_add(1), Ordering::Relaxed);
+    }
 }
 
 /// Queues tasks on a runtime in this process.
 pub(crate) struct InProcess {
     runtime: Arc<dyn LocalRuntime>,
     parent: Option<TaskNode>,
+    hint: PostHint,
 }
 
 impl InProcess {
     /// A transport to `runtime`, whose tasks are subtasks of `parent` if any.
     pub(crate) fn new(runtime: Arc<dyn LocalRuntime>, parent: Option<TaskNode>) -> Self {
-        InProcess { runtime, parent }
+        InProcess {
+            runtime,
+            parent,
+            hint: PostHint::default(),
+        }
     }
 }
 
@@ -77,6 +128,11 @@ impl Transport for InProcess {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<Call, TaskError> {
+        if schedule.is_none() {
+            return self
+                .runtime
+                .call_local(self.parent, route, input, &self.hint);
+        }
         let (call, _) = self
             .runtime
             .enqueue_local(self.parent, route, input, schedule)?;

@@ -884,6 +884,8 @@ impl ClientArea {
             bulk: Some(self.bulk.clone()),
             local_worker: Some(worker),
             force_net,
+            slot: None,
+            admitted: false,
         };
         routing.begin(self, slot_index, method);
         let enqueued = ingress.enqueue(submission, pools);
