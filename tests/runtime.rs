@@ -1072,3 +1072,92 @@ fn max_periodic_tasks_bounds_the_periodic_tasks_alive() {
     first.cancel().unwrap();
     let _third = p.spawn_tick(PoolQuery::local(), hour).unwrap();
 }
+
+/// A runtime with `low_latency` workers and no high-latency one, hosting the probe.
+fn with_workers(low_latency: usize, yaml: &str) -> Runtime {
+    let mut config = RuntimeConfig::from_yaml_str(yaml).unwrap();
+    config.workers_low_latency = low_latency;
+    config.workers_high_latency = 0;
+    chimaera::builder()
+        .module::<Probe>()
+        .config(config)
+        .start()
+        .unwrap()
+}
+
+/// An in-process call is routed by the worker it is posted to. A flush must count the
+/// calls posted before it even when their worker has not routed them yet (it is busy
+/// running a task that never waits) and the flush runs on another worker: else those
+/// calls land in the epoch after the one it drains, and it returns before they ran.
+#[test]
+fn flush_waits_for_calls_posted_before_it_that_are_not_routed_yet() {
+    let rt = with_workers(2, "{}");
+    let chi = rt.client();
+    let p = probe_pool(&chi, "posted_flush", 1);
+    // Keeps the probe's worker busy; the naps wait behind it in its request inbox.
+    let busy = p.async_spin(PoolQuery::local(), 300).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let naps: Vec<_> = (0..10)
+        .map(|_| p.async_nap(PoolQuery::local(), 50).unwrap())
+        .collect();
+    returns("a flush behind unrouted calls", move || {
+        chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+            .flush(PoolQuery::local())
+            .unwrap()
+    });
+    assert!(
+        naps.iter().all(Pending::is_done),
+        "flush returned before the calls posted before it ran"
+    );
+    assert!(!busy.wait().unwrap(), "the spin was released early");
+    for nap in naps {
+        assert_eq!(nap.wait().unwrap(), 50);
+    }
+}
+
+/// A stop runs the in-process calls posted while the runtime ran, although their worker
+/// routes them only once the stop has begun (it was busy); calls after it are refused.
+#[test]
+fn a_stop_runs_the_calls_posted_before_it() {
+    let rt = with_workers(1, "{}");
+    let p = probe_pool(&rt.client(), "posted_stop", 1);
+    let busy = p.async_spin(PoolQuery::local(), 300).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let naps: Vec<_> = (0..10)
+        .map(|_| p.async_nap(PoolQuery::local(), 5).unwrap())
+        .collect();
+    returns("a stop behind unrouted calls", move || rt.stop());
+    assert!(!busy.wait().unwrap(), "the spin was released early");
+    for nap in naps {
+        assert_eq!(
+            nap.wait(),
+            Ok(5),
+            "a call posted before the stop was refused"
+        );
+    }
+    assert_eq!(
+        p.who_am_i(PoolQuery::local()),
+        Err(TaskError::RuntimeStopped)
+    );
+}
+
+/// Chimod routing code (a task's `route` hook) runs on the worker's poller, never on
+/// the in-process caller's thread: a route that overflows the poller's stack fails its
+/// call with a typed error, and a new poller takes over, so the worker — the only one —
+/// serves on.
+#[test]
+fn an_in_process_call_whose_route_overflows_the_pollers_stack_fails_alone() {
+    let rt = with_workers(1, "coroutine_stack_size: 64KiB");
+    let p = probe_pool(&rt.client(), "deep_in_process", 1);
+    for round in 0..3 {
+        let deep = p.clone();
+        let result = returns("a call whose route overflows", move || {
+            deep.deep_route(PoolQuery::local(), 1_000_000)
+        });
+        assert!(
+            matches!(result, Err(TaskError::StackOverflow { method: 23, .. })),
+            "round {round}: got {result:?}"
+        );
+        assert_eq!(p.deep_route(PoolQuery::local(), 3), Ok(3), "round {round}");
+    }
+}

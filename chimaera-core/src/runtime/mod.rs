@@ -943,7 +943,12 @@ impl Runner {
     /// The runtime's state, kept in `held`: upgraded once per polling stretch, not per
     /// task (two locked steps each). `None` once the runtime is gone.
     fn shared<'h>(&self, held: &'h mut Held) -> Option<&'h Shared> {
-        if !held.as_deref().is_some_and(|held| held.is::<Shared>()) {
+        // One type check on the way that hits (a `dyn` call each).
+        if held
+            .as_deref()
+            .and_then(|held| held.downcast_ref::<Shared>())
+            .is_none()
+        {
             *held = self
                 .0
                 .get()
@@ -1032,8 +1037,7 @@ impl TaskRunner for Runner {
             request.fail(TaskError::RuntimeStopped);
             return;
         };
-        let submission = &mut Submission::default();
-        request.submit_into(submission, worker);
+        let submission = &mut request.submission(worker);
         let mut pools = PoolMemo::of_worker();
         let enqueued = shared.enqueue(request.parent(), submission, &mut pools);
         pools.keep_for_worker();

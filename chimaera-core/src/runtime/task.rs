@@ -261,22 +261,27 @@ impl LocalRequest {
         self.route.method
     }
 
-    /// Moves the request into `submission`, a call answered through a second handle of
-    /// the request's reply (the request keeps its own until [`routed`](Self::routed)).
-    pub fn submit_into(&mut self, submission: &mut Submission, worker: usize) {
+    /// The request as a call routed by worker `worker`, taking its input, answered
+    /// through a second handle of its reply (the request keeps its own until
+    /// [`routed`](Self::routed)).
+    pub fn submission(&mut self, worker: usize) -> Submission {
         let route = self.route;
-        submission.pool = route.pool;
-        submission.method = route.method;
-        submission.query = route.query;
-        submission.schedule = None;
-        submission.input = std::mem::take(&mut self.input);
-        submission.origin = Origin {
-            local_worker: Some(worker),
-            force_net: route.force_net,
-            slot: self.reply.as_ref().map(SlotReply::duplicate),
-            admitted: true,
-            ..Origin::default()
-        };
+        Submission {
+            pool: route.pool,
+            method: route.method,
+            query: route.query,
+            schedule: None,
+            input: std::mem::take(&mut self.input),
+            origin: Origin {
+                reply: None,
+                cancel: None,
+                bulk: None,
+                local_worker: Some(worker),
+                force_net: route.force_net,
+                slot: self.reply.as_ref().map(SlotReply::duplicate),
+                admitted: true,
+            },
+        }
     }
 
     /// Routing is over: the task made from the request answers (or the submission's
