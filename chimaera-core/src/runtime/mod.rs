@@ -539,6 +539,7 @@ impl Shared {
             (None, Some(slot)) => (Reply::Slot(slot), None),
             (None, None) => {
                 let (caller, reply) = CallSlot::take();
+                caller.note_made(None);
                 (Reply::Slot(reply), Some(Call::slot(caller)))
             }
         };
@@ -1079,6 +1080,11 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<crate::transport::inproc::Queued, TaskError> {
+        if crate::transport::call::posted_pending() && !worker::on_worker_thread() {
+            // Queued by this thread directly, it must not overtake a call the thread
+            // posted that waits to be routed.
+            self.fence_posted(None);
+        }
         let crate::transport::Route {
             pool,
             method,
@@ -1115,7 +1121,14 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         input: Bytes,
         hint: &crate::transport::inproc::PostHint,
     ) -> Result<Call, TaskError> {
-        let Some(worker) = self.posting_worker(&route, hint) else {
+        // A thread with no call pending routes its own (see `transport::call`, "Which
+        // path a call takes"): posting pays off only for a caller that pipelines. A call
+        // whose routing runs chimod code is always posted: that code never runs on the
+        // caller's stack, where a route that overflows it would kill the caller.
+        let posting = self
+            .posting_worker(&route, hint)
+            .filter(|(_, hooks)| *hooks || !crate::transport::call::caller_may_route());
+        let Some((posting, _)) = posting else {
             let (call, _) = self.enqueue_local(parent, route, input, None)?;
             return call.ok_or(TaskError::NotRun);
         };
@@ -1123,7 +1136,8 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             return Err(TaskError::RuntimeStopped);
         }
         let (call, reply) = CallSlot::take();
-        worker.post(LocalRequest::new(
+        call.note_made(Some((std::ptr::from_ref(self) as usize, posting.id())));
+        posting.post(LocalRequest::new(
             route,
             parent,
             TaskInput::from(input),
@@ -1134,9 +1148,9 @@ impl crate::transport::inproc::LocalRuntime for Shared {
 }
 
 impl Shared {
-    /// The worker an in-process call is posted to, to route it there (see
-    /// `runtime/worker.rs`, "Requests"); `None` when the caller routes it itself as
-    /// before: a query that may have several replicas, a runtime that is one node of a
+    /// The worker an in-process call would be posted to, to route it there (see
+    /// `runtime/worker.rs`, "Requests"), and whether routing it runs chimod code (a
+    /// `route` hook, a `Dynamic` query); `None` when the caller routes it itself: a query that may have several replicas, a runtime that is one node of a
     /// cluster, a caller on a worker's thread (a subtask, queued where it runs), or a
     /// pool this node cannot place the call in (the caller then gets the error at once).
     ///
@@ -1149,7 +1163,7 @@ impl Shared {
         &self,
         route: &crate::transport::Route,
         hint: &crate::transport::inproc::PostHint,
-    ) -> Option<&Arc<WorkerShared>> {
+    ) -> Option<(&Arc<WorkerShared>, bool)> {
         let one_replica = matches!(
             route.query,
             PoolQuery::Local
@@ -1162,8 +1176,11 @@ impl Shared {
             return None;
         }
         let workers = self.worker_states.get()?;
-        if let Some(worker) = hint.worker_for(route.pool).and_then(|w| workers.get(w)) {
-            return Some(worker);
+        let dynamic = route.query == PoolQuery::Dynamic;
+        if let Some(known) = hint.get(route.pool) {
+            if let Some(worker) = workers.get(known.worker) {
+                return Some((worker, known.hooks || dynamic));
+            }
         }
         let entry = self.pools.get(route.pool)?;
         let query = match route.query {
@@ -1176,8 +1193,12 @@ impl Shared {
             .ok()?
             .start;
         let worker = entry.lanes(container).first()?.worker();
-        hint.remember(route.pool, worker);
-        workers.get(worker)
+        let hooks = pool.module.lane_hooks;
+        hint.remember(
+            route.pool,
+            crate::transport::inproc::PoolHint { worker, hooks },
+        );
+        Some((workers.get(worker)?, hooks || dynamic))
     }
 
     /// Waits until every worker has routed the in-process calls posted to it before now
@@ -1198,6 +1219,8 @@ impl Shared {
             .iter()
             .map(|worker| {
                 let (call, reply) = CallSlot::take();
+                // Answered, it also tells this thread its earlier posts there are routed.
+                call.note_made(Some((std::ptr::from_ref(self) as usize, worker.id())));
                 worker.post(LocalRequest::new(
                     no_pool,
                     None,

@@ -29,13 +29,26 @@
 //! **Waiting.** A thread spins first (yielding its CPU now and then, as the
 //! shared-memory client does), then parks with `std::thread::park` (no allocation); a
 //! coroutine parks at once on a [`Blocker`].
+//!
+//! **Which path a call takes.** An in-process call either is routed by its caller and
+//! queued on its lane at once, or is posted for a worker to route (see
+//! `runtime/worker.rs`, "Requests"). Posting moves the routing off the caller (a
+//! pipelining caller makes many more calls per second) but adds a hand-off to the
+//! round trip (a caller that waits for each call before the next is slower). So a thread
+//! posts while it has calls pending, and routes itself when it has none. Either way a
+//! lane must start one thread's calls in the order they were made: a call may be routed
+//! by its caller only once every call the thread posted has been routed. Per thread,
+//! [`ThreadCalls`] keeps the last call posted to each worker: a worker routes its posts
+//! in the order they came, so once that call is answered (answered implies routed), all
+//! the thread posted to that worker were routed. A call given up unanswered proves
+//! nothing: the thread keeps posting until a later post to that worker is answered.
 use crate::codec::{aligned_copy, Bytes};
 use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
 use crate::sync::lock;
-use std::cell::UnsafeCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
@@ -445,6 +458,84 @@ impl SlotReply {
     }
 }
 
+/// Workers whose posted calls a thread can keep track of.
+const TRACKED_WORKERS: usize = 64;
+
+/// The calls one thread made, as far as its next call's path depends on them (see the
+/// module docs, "Which path a call takes").
+struct ThreadCalls {
+    /// The last call it made, either way, and its generation: while it is unanswered the
+    /// thread is pipelining.
+    last: Option<(&'static CallSlot, u64)>,
+    /// The runtime (its address) whose workers `posted` is indexed by.
+    runtime: usize,
+    /// Bit `w`: the last call posted to worker `w` is not answered yet, so calls posted
+    /// to `w` may still wait to be routed.
+    pending: u64,
+    /// For each worker, the slot (its address) and generation of the last call posted.
+    posted: [(usize, u64); TRACKED_WORKERS],
+    /// Tracking was given up (a worker past [`TRACKED_WORKERS`], or calls pending at two
+    /// runtimes at once): the thread posts every call from then on.
+    lost: bool,
+}
+
+thread_local! {
+    static THREAD_CALLS: RefCell<ThreadCalls> = const {
+        RefCell::new(ThreadCalls {
+            last: None,
+            runtime: 0,
+            pending: 0,
+            posted: [(0, 0); TRACKED_WORKERS],
+            lost: false,
+        })
+    };
+}
+
+/// Whether this thread's next in-process call may be routed by the thread itself:
+/// nothing it posted may still wait to be routed (which the call could overtake), and
+/// its last call is answered (it is not pipelining).
+pub(crate) fn caller_may_route() -> bool {
+    THREAD_CALLS
+        .try_with(|calls| {
+            let calls = calls.borrow();
+            !calls.lost
+                && calls.pending == 0
+                && calls.last.is_none_or(|(slot, generation)| {
+                    let state = slot.state.load(Ordering::Relaxed);
+                    generation_of(state) != generation || state & PHASE == DONE
+                })
+        })
+        .unwrap_or(false)
+}
+
+/// Whether a call this thread posted may still wait to be routed: a task the thread
+/// queues itself now could overtake it.
+pub(crate) fn posted_pending() -> bool {
+    THREAD_CALLS
+        .try_with(|calls| {
+            let calls = calls.borrow();
+            calls.lost || calls.pending != 0
+        })
+        .unwrap_or(true)
+}
+
+/// Forgets a posted call that was answered: if it was the last one posted to its worker,
+/// nothing this thread posted there waits to be routed any more.
+fn settle_posted(slot: &'static CallSlot, generation: u64) {
+    let _ = THREAD_CALLS.try_with(|calls| {
+        let mut calls = calls.borrow_mut();
+        let key = (std::ptr::from_ref(slot) as usize, generation);
+        let mut bits = calls.pending;
+        while bits != 0 {
+            let worker = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if calls.posted[worker] == key {
+                calls.pending &= !(1 << worker);
+            }
+        }
+    });
+}
+
 /// The caller's side of a call slot: waits for the answer of its generation, reads it,
 /// and gives the slot back (also when dropped unanswered: the call is abandoned).
 pub struct SlotCall {
@@ -454,6 +545,29 @@ pub struct SlotCall {
 }
 
 impl SlotCall {
+    /// Notes this call as this thread's last one; `posted_to` names the runtime (its
+    /// address) and the worker it was posted to, if it was (see [`caller_may_route`]).
+    pub(crate) fn note_made(&self, posted_to: Option<(usize, usize)>) {
+        let Some(slot) = self.slot else {
+            return;
+        };
+        let generation = self.generation;
+        let _ = THREAD_CALLS.try_with(|calls| {
+            let mut calls = calls.borrow_mut();
+            calls.last = Some((slot, generation));
+            let Some((runtime, worker)) = posted_to else {
+                return;
+            };
+            if calls.pending != 0 && calls.runtime != runtime || worker >= TRACKED_WORKERS {
+                calls.lost = true;
+                return;
+            }
+            calls.runtime = runtime;
+            calls.posted[worker] = (std::ptr::from_ref(slot) as usize, generation);
+            calls.pending |= 1 << worker;
+        });
+    }
+
     /// Whether the answer is in.
     pub fn is_done(&self) -> bool {
         self.slot.as_ref().is_none_or(|slot| slot.is_done())
@@ -503,6 +617,7 @@ impl SlotCall {
                 Err(err) => Err(err),
             }
         };
+        settle_posted(slot, self.generation);
         release(slot, self.generation);
         result
     }
@@ -523,6 +638,7 @@ impl SlotCall {
                 result.map(|()| aligned_copy(answer.output())),
             )]
         };
+        settle_posted(slot, self.generation);
         release(slot, self.generation);
         results
     }
@@ -570,6 +686,8 @@ impl Drop for SlotCall {
             return;
         };
         let next = open_state(self.generation.wrapping_add(1));
+        // Whether the task answered (then it was routed); `false` if given up unanswered.
+        let mut answered = true;
         loop {
             let state = slot.state.load(Ordering::Acquire);
             match state & PHASE {
@@ -585,12 +703,16 @@ impl Drop for SlotCall {
                         )
                         .is_ok()
                     {
+                        answered = false;
                         break;
                     }
                 }
                 WRITING => std::thread::yield_now(),
                 _ => break,
             }
+        }
+        if answered {
+            settle_posted(slot, self.generation);
         }
         release(slot, self.generation);
     }
