@@ -1161,3 +1161,26 @@ fn an_in_process_call_whose_route_overflows_the_pollers_stack_fails_alone() {
         assert_eq!(p.deep_route(PoolQuery::local(), 3), Ok(3), "round {round}");
     }
 }
+
+/// A call that cannot be posted (a broadcast) is queued by its caller: it must still
+/// start after the calls the same thread posted before it, which wait to be routed
+/// (their worker is busy). The caller first waits until they are routed.
+#[test]
+fn a_broadcast_after_posted_calls_starts_after_them() {
+    let rt = with_workers(1, "{}");
+    let p = probe_pool(&rt.client(), "posted_then_broadcast", 1);
+    // One thread makes every call: the order holds per thread.
+    returns("a broadcast behind posted calls", move || {
+        let busy = p.async_spin(PoolQuery::local(), 300).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let ticks: Vec<_> = (0..20)
+            .map(|_| p.async_tick(PoolQuery::local()).unwrap())
+            .collect();
+        let seen = p.ticks(PoolQuery::broadcast());
+        assert_eq!(seen, Ok(20), "the broadcast overtook calls made before it");
+        assert!(!busy.wait().unwrap(), "the spin was released early");
+        for tick in ticks {
+            tick.wait().unwrap();
+        }
+    });
+}

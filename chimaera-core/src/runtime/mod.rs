@@ -538,7 +538,7 @@ impl Shared {
             // A routed in-process call: its caller waits on its slot already.
             (None, Some(slot)) => (Reply::Slot(slot), None),
             (None, None) => {
-                let (caller, reply) = CallSlot::take();
+                let (mut caller, reply) = CallSlot::take();
                 caller.note_made(None);
                 (Reply::Slot(reply), Some(Call::slot(caller)))
             }
@@ -1127,16 +1127,16 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         // caller's stack, where a route that overflows it would kill the caller.
         let posting = self
             .posting_worker(&route, hint)
-            .filter(|(_, hooks)| *hooks || !crate::transport::call::caller_may_route());
-        let Some((posting, _)) = posting else {
+            .filter(|(_, _, hooks)| *hooks || !crate::transport::call::caller_may_route());
+        let Some((posting, worker, _)) = posting else {
             let (call, _) = self.enqueue_local(parent, route, input, None)?;
             return call.ok_or(TaskError::NotRun);
         };
         if !self.accepts(parent) {
             return Err(TaskError::RuntimeStopped);
         }
-        let (call, reply) = CallSlot::take();
-        call.note_made(Some((std::ptr::from_ref(self) as usize, posting.id())));
+        let (mut call, reply) = CallSlot::take();
+        call.note_made(Some((std::ptr::from_ref(self) as usize, worker)));
         posting.post(LocalRequest::new(
             route,
             parent,
@@ -1149,8 +1149,8 @@ impl crate::transport::inproc::LocalRuntime for Shared {
 
 impl Shared {
     /// The worker an in-process call would be posted to, to route it there (see
-    /// `runtime/worker.rs`, "Requests"), and whether routing it runs chimod code (a
-    /// `route` hook, a `Dynamic` query); `None` when the caller routes it itself: a query that may have several replicas, a runtime that is one node of a
+    /// `runtime/worker.rs`, "Requests"), its index, and whether routing it runs chimod
+    /// code (a `route` hook, a `Dynamic` query); `None` when the caller routes it itself: a query that may have several replicas, a runtime that is one node of a
     /// cluster, a caller on a worker's thread (a subtask, queued where it runs), or a
     /// pool this node cannot place the call in (the caller then gets the error at once).
     ///
@@ -1163,7 +1163,7 @@ impl Shared {
         &self,
         route: &crate::transport::Route,
         hint: &crate::transport::inproc::PostHint,
-    ) -> Option<(&Arc<WorkerShared>, bool)> {
+    ) -> Option<(&Arc<WorkerShared>, usize, bool)> {
         let one_replica = matches!(
             route.query,
             PoolQuery::Local
@@ -1179,7 +1179,7 @@ impl Shared {
         let dynamic = route.query == PoolQuery::Dynamic;
         if let Some(known) = hint.get(route.pool) {
             if let Some(worker) = workers.get(known.worker) {
-                return Some((worker, known.hooks || dynamic));
+                return Some((worker, known.worker, known.hooks || dynamic));
             }
         }
         let entry = self.pools.get(route.pool)?;
@@ -1198,7 +1198,7 @@ impl Shared {
             route.pool,
             crate::transport::inproc::PoolHint { worker, hooks },
         );
-        Some((workers.get(worker)?, hooks || dynamic))
+        Some((workers.get(worker)?, worker, hooks || dynamic))
     }
 
     /// Waits until every worker has routed the in-process calls posted to it before now
@@ -1218,7 +1218,7 @@ impl Shared {
         let fences: Vec<_> = workers
             .iter()
             .map(|worker| {
-                let (call, reply) = CallSlot::take();
+                let (mut call, reply) = CallSlot::take();
                 // Answered, it also tells this thread its earlier posts there are routed.
                 call.note_made(Some((std::ptr::from_ref(self) as usize, worker.id())));
                 worker.post(LocalRequest::new(

@@ -89,6 +89,7 @@ use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, LocalRequest, Task};
 use crate::sync::{barrier, Fifo, Inbox};
+use crossbeam_utils::CachePadded;
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -263,8 +264,10 @@ pub struct WorkerShared {
     /// Coroutines waiting to be handed the polling role.
     idle: Mutex<Vec<Arc<TaskSlot>>>,
     shutdown: AtomicBool,
-    /// Tasks dispatched; written only by this worker's thread (others read it).
-    tasks_run: AtomicU64,
+    /// Tasks dispatched; written only by this worker's thread (others read it). On a line
+    /// of its own, as `local` is: both are written on every task, and a pusher reading
+    /// `sleeping` or `shutdown` beside them missed its cache on every call.
+    tasks_run: CachePadded<AtomicU64>,
     /// Spawns coroutines on this worker's thread.
     spawner: Spawner,
     /// Runs the tasks.
@@ -272,7 +275,7 @@ pub struct WorkerShared {
     /// Client rings, when the runtime serves other processes.
     source: Option<Arc<dyn TaskSource>>,
     /// What only the worker's thread touches.
-    local: ThreadConfined,
+    local: CachePadded<ThreadConfined>,
 }
 
 /// The worker's state that only its own thread touches, whichever of its coroutines
@@ -588,11 +591,11 @@ impl Worker {
             idle_rounds,
             idle: Mutex::new(Vec::new()),
             shutdown: AtomicBool::new(false),
-            tasks_run: AtomicU64::new(0),
+            tasks_run: CachePadded::new(AtomicU64::new(0)),
             spawner: executor.spawner(),
             runner,
             source,
-            local: ThreadConfined(RefCell::new(WorkerLocal::default())),
+            local: CachePadded::new(ThreadConfined(RefCell::new(WorkerLocal::default()))),
         });
         let hook_state = shared.clone();
         shared.spawner.spawn_with(

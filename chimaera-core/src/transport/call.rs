@@ -38,7 +38,7 @@
 //! posts while it has calls pending, and routes itself when it has none. Either way a
 //! lane must start one thread's calls in the order they were made: a call may be routed
 //! by its caller only once every call the thread posted has been routed. Per thread,
-//! [`ThreadCalls`] keeps the last call posted to each worker: a worker routes its posts
+//! `ThreadCalls` keeps the last call posted to each worker: a worker routes its posts
 //! in the order they came, so once that call is answered (answered implies routed), all
 //! the thread posted to that worker were routed. A call given up unanswered proves
 //! nothing: the thread keeps posting until a later post to that worker is answered.
@@ -376,6 +376,7 @@ impl CallSlot {
         let call = SlotCall {
             slot: Some(slot),
             generation,
+            counted: false,
         };
         (call, reply)
     }
@@ -464,9 +465,11 @@ const TRACKED_WORKERS: usize = 64;
 /// The calls one thread made, as far as its next call's path depends on them (see the
 /// module docs, "Which path a call takes").
 struct ThreadCalls {
-    /// The last call it made, either way, and its generation: while it is unanswered the
-    /// thread is pipelining.
-    last: Option<(&'static CallSlot, u64)>,
+    /// Calls it made (either way) that it has not waited for or given up yet: while
+    /// there are any, the thread is pipelining. A call waited for on another thread
+    /// stays counted here (the thread then posts: slower for a waiting caller, never
+    /// out of order).
+    outstanding: u32,
     /// The runtime (its address) whose workers `posted` is indexed by.
     runtime: usize,
     /// Bit `w`: the last call posted to worker `w` is not answered yet, so calls posted
@@ -482,7 +485,7 @@ struct ThreadCalls {
 thread_local! {
     static THREAD_CALLS: RefCell<ThreadCalls> = const {
         RefCell::new(ThreadCalls {
-            last: None,
+            outstanding: 0,
             runtime: 0,
             pending: 0,
             posted: [(0, 0); TRACKED_WORKERS],
@@ -493,17 +496,12 @@ thread_local! {
 
 /// Whether this thread's next in-process call may be routed by the thread itself:
 /// nothing it posted may still wait to be routed (which the call could overtake), and
-/// its last call is answered (it is not pipelining).
+/// it has no call outstanding (it is not pipelining).
 pub(crate) fn caller_may_route() -> bool {
     THREAD_CALLS
         .try_with(|calls| {
             let calls = calls.borrow();
-            !calls.lost
-                && calls.pending == 0
-                && calls.last.is_none_or(|(slot, generation)| {
-                    let state = slot.state.load(Ordering::Relaxed);
-                    generation_of(state) != generation || state & PHASE == DONE
-                })
+            !calls.lost && calls.pending == 0 && calls.outstanding == 0
         })
         .unwrap_or(false)
 }
@@ -519,11 +517,16 @@ pub(crate) fn posted_pending() -> bool {
         .unwrap_or(true)
 }
 
-/// Forgets a posted call that was answered: if it was the last one posted to its worker,
-/// nothing this thread posted there waits to be routed any more.
-fn settle_posted(slot: &'static CallSlot, generation: u64) {
+/// Settles a call this thread waited for or gave up (`answered` if its task answered):
+/// one call less outstanding, and if it was the last call posted to its worker and was
+/// answered, nothing this thread posted there waits to be routed any more.
+fn settle(slot: &'static CallSlot, generation: u64, answered: bool) {
     let _ = THREAD_CALLS.try_with(|calls| {
         let mut calls = calls.borrow_mut();
+        calls.outstanding = calls.outstanding.saturating_sub(1);
+        if !answered {
+            return;
+        }
         let key = (std::ptr::from_ref(slot) as usize, generation);
         let mut bits = calls.pending;
         while bits != 0 {
@@ -542,19 +545,23 @@ pub struct SlotCall {
     /// `None` once given back.
     slot: Option<&'static CallSlot>,
     generation: u64,
+    /// Counted as outstanding by the thread that made it ([`SlotCall::note_made`]).
+    counted: bool,
 }
 
 impl SlotCall {
-    /// Notes this call as this thread's last one; `posted_to` names the runtime (its
-    /// address) and the worker it was posted to, if it was (see [`caller_may_route`]).
-    pub(crate) fn note_made(&self, posted_to: Option<(usize, usize)>) {
+    /// Counts this call as outstanding on this thread; `posted_to` names the runtime
+    /// (its address) and the worker it was posted to, if it was (see
+    /// [`caller_may_route`]).
+    pub(crate) fn note_made(&mut self, posted_to: Option<(usize, usize)>) {
         let Some(slot) = self.slot else {
             return;
         };
         let generation = self.generation;
+        self.counted = true;
         let _ = THREAD_CALLS.try_with(|calls| {
             let mut calls = calls.borrow_mut();
-            calls.last = Some((slot, generation));
+            calls.outstanding = calls.outstanding.saturating_add(1);
             let Some((runtime, worker)) = posted_to else {
                 return;
             };
@@ -617,7 +624,9 @@ impl SlotCall {
                 Err(err) => Err(err),
             }
         };
-        settle_posted(slot, self.generation);
+        if self.counted {
+            settle(slot, self.generation, true);
+        }
         release(slot, self.generation);
         result
     }
@@ -638,7 +647,9 @@ impl SlotCall {
                 result.map(|()| aligned_copy(answer.output())),
             )]
         };
-        settle_posted(slot, self.generation);
+        if self.counted {
+            settle(slot, self.generation, true);
+        }
         release(slot, self.generation);
         results
     }
@@ -711,8 +722,8 @@ impl Drop for SlotCall {
                 _ => break,
             }
         }
-        if answered {
-            settle_posted(slot, self.generation);
+        if self.counted {
+            settle(slot, self.generation, answered);
         }
         release(slot, self.generation);
     }
@@ -839,5 +850,99 @@ mod tests {
         let results = call.wait();
         assert_eq!(results[0].0, 3);
         assert!(matches!(results[0].1, Err(TaskError::NotRun)));
+    }
+
+    /// A call made and posted to worker `worker` of runtime `1` (`None`: routed by its
+    /// caller), on this thread.
+    fn made(posted_to: Option<usize>) -> (SlotCall, SlotReply) {
+        let (mut call, reply) = CallSlot::take();
+        call.note_made(posted_to.map(|worker| (1, worker)));
+        (call, reply)
+    }
+
+    fn answer(reply: SlotReply) {
+        reply.deliver(0, Ok(&[]));
+    }
+
+    /// Each case on a fresh thread: the tracking is per thread.
+    fn on_fresh_thread(case: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(case).join().expect("the case passes");
+    }
+
+    #[test]
+    fn a_thread_with_no_call_outstanding_routes_its_own() {
+        on_fresh_thread(|| {
+            assert!(caller_may_route());
+            let (call, reply) = made(None);
+            assert!(!caller_may_route(), "a call outstanding: pipelining");
+            answer(reply);
+            call.wait();
+            assert!(caller_may_route());
+        });
+    }
+
+    #[test]
+    fn posted_calls_hold_the_thread_until_the_last_one_per_worker_is_answered() {
+        on_fresh_thread(|| {
+            let (first, first_reply) = made(Some(0));
+            let (second, second_reply) = made(Some(0));
+            let (other, other_reply) = made(Some(1));
+            answer(first_reply);
+            first.wait();
+            answer(other_reply);
+            other.wait();
+            assert!(
+                !caller_may_route(),
+                "the last post to worker 0 is unanswered: earlier ones may be unrouted"
+            );
+            answer(second_reply);
+            second.wait();
+            assert!(caller_may_route());
+        });
+    }
+
+    #[test]
+    fn a_posted_call_given_up_unanswered_proves_nothing_until_a_later_one_is_answered() {
+        on_fresh_thread(|| {
+            let (abandoned, _reply) = made(Some(0));
+            drop(abandoned);
+            assert!(posted_pending(), "given up: it may still wait to be routed");
+            assert!(!caller_may_route());
+            let (later, later_reply) = made(Some(0));
+            answer(later_reply);
+            later.wait();
+            assert!(!posted_pending());
+            assert!(caller_may_route());
+        });
+    }
+
+    #[test]
+    fn a_call_answered_but_dropped_unread_settles_it() {
+        on_fresh_thread(|| {
+            let (call, reply) = made(Some(2));
+            answer(reply);
+            drop(call);
+            assert!(caller_may_route());
+        });
+    }
+
+    #[test]
+    fn posts_past_the_tracked_workers_or_to_two_runtimes_give_tracking_up() {
+        on_fresh_thread(|| {
+            let (call, reply) = made(Some(TRACKED_WORKERS));
+            answer(reply);
+            call.wait();
+            assert!(posted_pending() && !caller_may_route());
+        });
+        on_fresh_thread(|| {
+            let (first, first_reply) = made(Some(0));
+            let (mut second, second_reply) = CallSlot::take();
+            second.note_made(Some((2, 0)));
+            answer(first_reply);
+            answer(second_reply);
+            first.wait();
+            second.wait();
+            assert!(posted_pending() && !caller_may_route());
+        });
     }
 }
