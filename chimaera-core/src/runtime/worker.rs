@@ -804,7 +804,10 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
         let mut dispatched = false;
         // Tasks ingested earlier (a poller that handed on may have left some).
         let ingested = source.map_or(0, |source| source.ingest(worker.id))
-            + route_requests(worker, slot, held);
+            + match worker.requests.is_empty() {
+                true => 0,
+                false => route_requests(worker, slot, held),
+            };
         while let Some(still_polling) =
             dispatch_next(worker, slot, out, held, || worker.next_batched())
         {
