@@ -895,7 +895,7 @@ impl Shared {
         // A grace too long for the clock has no end to wait for.
         let deadline = Instant::now().checked_add(grace);
         // Calls posted while it ran are queued (admitted), so the drain counts them.
-        self.fence_posted(deadline);
+        self.fence_posted(deadline, u64::MAX);
         let drained = self.inflight.wait_at_most(own_tasks, deadline);
         if !drained {
             tracing::warn!(
@@ -1080,10 +1080,11 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<crate::transport::inproc::Queued, TaskError> {
-        if crate::transport::call::posted_pending() && !worker::on_worker_thread() {
+        let posted = crate::transport::call::posted_pending(std::ptr::from_ref(self) as usize);
+        if posted != 0 && !worker::on_worker_thread() {
             // Queued by this thread directly, it must not overtake a call the thread
             // posted that waits to be routed.
-            self.fence_posted(None);
+            self.fence_posted(None, posted);
         }
         let crate::transport::Route {
             pool,
@@ -1201,12 +1202,13 @@ impl Shared {
         Some((workers.get(worker)?, worker, hooks || dynamic))
     }
 
-    /// Waits until every worker has routed the in-process calls posted to it before now
-    /// (so a flush or a stop's drain counts their tasks), or until `deadline`. Each
-    /// worker is sent a request for pool `0.0`, which never exists: it is answered as soon
-    /// as it is routed, and a worker routes its requests in the order they came.
-    fn fence_posted(&self, deadline: Option<Instant>) {
-        let Some(workers) = self.worker_states.get() else {
+    /// Waits until the workers in `workers` (bit `w` for worker `w`; workers past 63 are
+    /// always in) have routed the in-process calls posted to them before now (so a
+    /// flush or a stop's drain counts their tasks), or until `deadline`. Each is sent a
+    /// request for pool `0.0`, which never exists: it is answered as soon as it is
+    /// routed, and a worker routes its requests in the order they came.
+    fn fence_posted(&self, deadline: Option<Instant>, workers: u64) {
+        let Some(all) = self.worker_states.get() else {
             return;
         };
         let no_pool = crate::transport::Route {
@@ -1215,8 +1217,12 @@ impl Shared {
             query: PoolQuery::Local,
             force_net: false,
         };
-        let fences: Vec<_> = workers
+        let fences: Vec<_> = all
             .iter()
+            .filter(|worker| {
+                1u64.checked_shl(worker.id() as u32)
+                    .is_none_or(|bit| workers & bit != 0)
+            })
             .map(|worker| {
                 let (mut call, reply) = CallSlot::take();
                 // Answered, it also tells this thread its earlier posts there are routed.
@@ -1298,7 +1304,7 @@ impl Host for Shared {
 
     fn flush(&self, caller: TaskNode) -> u64 {
         let before = self.inflight.completed();
-        self.fence_posted(None);
+        self.fence_posted(None, u64::MAX);
         self.inflight.flush(caller);
         self.inflight.completed().saturating_sub(before)
     }

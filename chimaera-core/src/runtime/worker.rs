@@ -31,14 +31,16 @@
 //! arrival order. Tasks in an inbox are counted per worker
 //! ([`WorkerShared::inbox_len`]), not per lane.
 //!
-//! **Requests.** An in-process call (one replica, from a thread that is no worker's) is
-//! not routed by its caller: the caller posts a [`LocalRequest`] (route, input, reply
-//! slot; under three cache lines) to a worker's request inbox, a second lock-free ring,
-//! and the worker's poller routes it on its own thread, as it routes a client process's
-//! task, into its batch when the task is for one of its own idle low-latency lanes. The
-//! pool table, the pool's reference count, the in-flight counts and the task itself
-//! then stay in the worker's cache, and the caller does a third of the work it did when
-//! it routed (pipelined in-process calls: 1.7× the calls per second). Requests are
+//! **Requests.** An in-process call with one replica, from a thread that is no worker's
+//! and has calls outstanding (or whose routing runs chimod code; see
+//! `transport/call.rs`, "Which path a call takes"), is not routed by its caller: the
+//! caller posts a [`LocalRequest`] (route, input, reply slot; under three cache lines)
+//! to a worker's request inbox, a second lock-free ring, and the worker's poller routes
+//! it on its own thread, as it routes a client process's task, into its batch when the
+//! task is for one of its own idle low-latency lanes. The pool table, the pool's
+//! reference count, the in-flight counts and the task itself then stay in the worker's
+//! cache, and the caller does less than half the work it did when it routed (pipelined
+//! in-process calls: 1.4–1.6× the calls per second). Requests are
 //! routed before the batch, the inbox and the lanes of the same round, so the order
 //! they were posted in is the order their tasks reach their lanes. Chimod routing code
 //! runs on the poller's stack, never the caller's; the request being routed sits in the

@@ -506,15 +506,21 @@ pub(crate) fn caller_may_route() -> bool {
         .unwrap_or(false)
 }
 
-/// Whether a call this thread posted may still wait to be routed: a task the thread
-/// queues itself now could overtake it.
-pub(crate) fn posted_pending() -> bool {
+/// The workers of runtime `runtime` (its address) to which this thread posted calls
+/// that may still wait to be routed, as bit `w` for worker `w` (every bit once tracking
+/// was given up); 0 when there are none. A task the thread queues itself now could
+/// overtake those calls; calls posted to another runtime share no lane with it.
+pub(crate) fn posted_pending(runtime: usize) -> u64 {
     THREAD_CALLS
         .try_with(|calls| {
             let calls = calls.borrow();
-            calls.lost || calls.pending != 0
+            match (calls.lost, calls.runtime == runtime) {
+                (true, _) => u64::MAX,
+                (false, true) => calls.pending,
+                (false, false) => 0,
+            }
         })
-        .unwrap_or(true)
+        .unwrap_or(u64::MAX)
 }
 
 /// Settles a call this thread waited for or gave up (`answered` if its task answered):
@@ -864,6 +870,12 @@ mod tests {
         reply.deliver(0, Ok(&[]));
     }
 
+    /// Answers `call` and waits for it, on this thread.
+    fn answer_and_wait(call: SlotCall, reply: SlotReply) {
+        answer(reply);
+        call.wait();
+    }
+
     /// Each case on a fresh thread: the tracking is per thread.
     fn on_fresh_thread(case: impl FnOnce() + Send + 'static) {
         std::thread::spawn(case).join().expect("the case passes");
@@ -875,8 +887,7 @@ mod tests {
             assert!(caller_may_route());
             let (call, reply) = made(None);
             assert!(!caller_may_route(), "a call outstanding: pipelining");
-            answer(reply);
-            call.wait();
+            answer_and_wait(call, reply);
             assert!(caller_may_route());
         });
     }
@@ -887,16 +898,13 @@ mod tests {
             let (first, first_reply) = made(Some(0));
             let (second, second_reply) = made(Some(0));
             let (other, other_reply) = made(Some(1));
-            answer(first_reply);
-            first.wait();
-            answer(other_reply);
-            other.wait();
+            answer_and_wait(first, first_reply);
+            answer_and_wait(other, other_reply);
             assert!(
                 !caller_may_route(),
                 "the last post to worker 0 is unanswered: earlier ones may be unrouted"
             );
-            answer(second_reply);
-            second.wait();
+            answer_and_wait(second, second_reply);
             assert!(caller_may_route());
         });
     }
@@ -906,12 +914,15 @@ mod tests {
         on_fresh_thread(|| {
             let (abandoned, _reply) = made(Some(0));
             drop(abandoned);
-            assert!(posted_pending(), "given up: it may still wait to be routed");
+            assert_eq!(
+                posted_pending(1),
+                1,
+                "given up: it may still wait to be routed"
+            );
             assert!(!caller_may_route());
             let (later, later_reply) = made(Some(0));
-            answer(later_reply);
-            later.wait();
-            assert!(!posted_pending());
+            answer_and_wait(later, later_reply);
+            assert_eq!(posted_pending(1), 0);
             assert!(caller_may_route());
         });
     }
@@ -930,19 +941,16 @@ mod tests {
     fn posts_past_the_tracked_workers_or_to_two_runtimes_give_tracking_up() {
         on_fresh_thread(|| {
             let (call, reply) = made(Some(TRACKED_WORKERS));
-            answer(reply);
-            call.wait();
-            assert!(posted_pending() && !caller_may_route());
+            answer_and_wait(call, reply);
+            assert!(posted_pending(1) == u64::MAX && !caller_may_route());
         });
         on_fresh_thread(|| {
             let (first, first_reply) = made(Some(0));
             let (mut second, second_reply) = CallSlot::take();
             second.note_made(Some((2, 0)));
-            answer(first_reply);
-            answer(second_reply);
-            first.wait();
-            second.wait();
-            assert!(posted_pending() && !caller_may_route());
+            answer_and_wait(first, first_reply);
+            answer_and_wait(second, second_reply);
+            assert!(posted_pending(1) == u64::MAX && !caller_may_route());
         });
     }
 }
