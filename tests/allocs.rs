@@ -129,23 +129,34 @@ fn no_allocation_per_in_process_empty_task() {
     for _ in 0..WARM_UP {
         empty_task(&m);
     }
-    // Up to three windows: on a loaded machine a queue can reach a new high-water mark
-    // inside one and grow once (an amortised allocation, not one per task). A window
-    // without any shows the steady state; a per-task allocation fails all three.
+    // One call at a time: each routed by its caller.
+    some_window_allocates_nothing("in-process empty tasks", || {
+        for _ in 0..CALLS {
+            empty_task(&m);
+        }
+    });
+    // Pipelined: posted to the worker, which routes them.
+    let mut window = VecDeque::with_capacity(WINDOW);
+    pipelined(&m, &mut window, WARM_UP);
+    some_window_allocates_nothing("pipelined in-process empty tasks", || {
+        pipelined(&m, &mut window, CALLS)
+    });
+}
+
+/// Counts `work` in up to three windows: on a loaded machine a queue can reach a new
+/// high-water mark inside one and grow once (an amortised allocation, not one per task).
+/// A window without any shows the steady state; a per-task allocation fails all three.
+fn some_window_allocates_nothing(what: &str, mut work: impl FnMut()) {
     let mut windows = Vec::new();
     for _ in 0..3 {
-        let allocations = counting(|| {
-            for _ in 0..CALLS {
-                empty_task(&m);
-            }
-        });
-        println!("allocations in {CALLS} in-process empty tasks: {allocations}");
+        let allocations = counting(&mut work);
+        println!("allocations in {CALLS} {what}: {allocations}");
         windows.push(allocations);
         if allocations == 0 {
             return;
         }
     }
-    panic!("every window of {CALLS} in-process empty tasks allocated: {windows:?}");
+    panic!("every window of {CALLS} {what} allocated: {windows:?}");
 }
 
 /// Reads `from` into `line` (a stack buffer) up to a newline; returns the line's length.
