@@ -80,6 +80,12 @@ impl PoolQuery {
         PoolQuery::Dynamic
     }
 
+    /// Whether this query selects at most one container, whatever the pool (`Range` and
+    /// `Broadcast` may select several).
+    pub const fn selects_one(self) -> bool {
+        !matches!(self, PoolQuery::Range { .. } | PoolQuery::Broadcast)
+    }
+
     /// The containers this query selects in a pool of `containers` containers placed by
     /// `placement`. `dynamic` is the container a `Dynamic` query resolved to, if any.
     pub fn resolve(
@@ -226,6 +232,21 @@ mod tests {
 
     const P: PoolId = PoolId::new(7, 0);
     const ONE: Placement = Placement::single(0);
+
+    #[test]
+    fn only_range_and_broadcast_may_select_several_containers() {
+        for one in [
+            PoolQuery::local(),
+            PoolQuery::direct_id(3),
+            PoolQuery::direct_hash(7),
+            PoolQuery::physical(0),
+            PoolQuery::dynamic(),
+        ] {
+            assert!(one.selects_one(), "{one:?}");
+        }
+        assert!(!PoolQuery::range(0, 1).selects_one());
+        assert!(!PoolQuery::broadcast().selects_one());
+    }
 
     #[test]
     fn every_mode_resolves_as_documented() {

@@ -1080,7 +1080,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<crate::transport::inproc::Queued, TaskError> {
-        let posted = crate::transport::call::posted_pending(std::ptr::from_ref(self) as usize);
+        let posted = crate::transport::call::posted_pending(self.identity());
         if posted != 0 && !worker::on_worker_thread() {
             // Queued by this thread directly, it must not overtake a call the thread
             // posted that waits to be routed.
@@ -1137,7 +1137,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             return Err(TaskError::RuntimeStopped);
         }
         let (mut call, reply) = CallSlot::take();
-        call.note_made(Some((std::ptr::from_ref(self) as usize, worker)));
+        call.note_made(Some((self.identity(), worker)));
         posting.post(LocalRequest::new(
             route,
             parent,
@@ -1149,11 +1149,18 @@ impl crate::transport::inproc::LocalRuntime for Shared {
 }
 
 impl Shared {
+    /// This runtime's identity for a thread's tracking of the calls it posted (see
+    /// `transport::call`, "Which path a call takes"): its address.
+    fn identity(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// The worker an in-process call would be posted to, to route it there (see
     /// `runtime/worker.rs`, "Requests"), its index, and whether routing it runs chimod
-    /// code (a `route` hook, a `Dynamic` query); `None` when the caller routes it itself: a query that may have several replicas, a runtime that is one node of a
-    /// cluster, a caller on a worker's thread (a subtask, queued where it runs), or a
-    /// pool this node cannot place the call in (the caller then gets the error at once).
+    /// code (a `route` hook, a `Dynamic` query); `None` when the caller routes it itself:
+    /// a query that may have several replicas, a runtime that is one node of a cluster, a
+    /// caller on a worker's thread (a subtask, queued where it runs), or a pool this node
+    /// cannot place the call in (the caller then gets the error at once).
     ///
     /// Any worker routes any call correctly; `hint` (one per client) remembers the
     /// worker of the last pool the client called, so that a call normally reaches the
@@ -1165,15 +1172,7 @@ impl Shared {
         route: &crate::transport::Route,
         hint: &crate::transport::inproc::PostHint,
     ) -> Option<(&Arc<WorkerShared>, usize, bool)> {
-        let one_replica = matches!(
-            route.query,
-            PoolQuery::Local
-                | PoolQuery::DirectId(_)
-                | PoolQuery::DirectHash(_)
-                | PoolQuery::Physical(_)
-                | PoolQuery::Dynamic
-        );
-        if !one_replica || self.cluster.is_some() || worker::on_worker_thread() {
+        if !route.query.selects_one() || self.cluster.is_some() || worker::on_worker_thread() {
             return None;
         }
         let workers = self.worker_states.get()?;
@@ -1226,7 +1225,7 @@ impl Shared {
             .map(|worker| {
                 let (mut call, reply) = CallSlot::take();
                 // Answered, it also tells this thread its earlier posts there are routed.
-                call.note_made(Some((std::ptr::from_ref(self) as usize, worker.id())));
+                call.note_made(Some((self.identity(), worker.id())));
                 worker.post(LocalRequest::new(
                     no_pool,
                     None,
