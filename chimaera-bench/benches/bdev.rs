@@ -9,8 +9,9 @@
 //!   a note, and its figures are 0.
 //! * **RAM device** of 256 MiB: random 4 KiB writes, then reads, at depth 32; the
 //!   physical floor for that (one thread copying random 4 KiB blocks into and out of a
-//!   256 MiB buffer); the original's shape (one client thread, sync: allocate 4 KiB,
-//!   write it, free it = one op).
+//!   256 MiB buffer, mapped and advised for huge pages as the device's is); the
+//!   original's shape (one client thread, sync: allocate 4 KiB, write it, free it = one
+//!   op).
 //!
 //! Writes and reads pass 4 KiB slices of a buffer from `Client::allocate_buffer`, one
 //! slice per call in flight: over shared memory they travel by reference (the device
@@ -291,8 +292,11 @@ fn measure_file(chi: &Client, label: &str, file: &Path, secs: Duration) -> Resul
 
 /// One thread copying random 4 KiB blocks into (write) and out of (read) a 256 MiB
 /// buffer: ops per second, the mean of both directions.
-fn memcpy_floor(secs: Duration) -> Rates {
-    let mut device = vec![0u8; DEVICE_SIZE as usize];
+fn memcpy_floor(secs: Duration) -> Result<Rates> {
+    // The same memory as the RAM device's: an anonymous mapping advised for huge pages.
+    let mut device = memmap2::MmapMut::map_anon(DEVICE_SIZE as usize)?;
+    #[cfg(target_os = "linux")]
+    let _ = device.advise(memmap2::Advice::HugePage);
     // Touch every page first, as the RAM device's buffer is after its warm-up writes.
     device.iter_mut().step_by(4096).for_each(|b| *b = 1);
     let blocks = (DEVICE_SIZE / BLOCK) as usize;
@@ -316,10 +320,10 @@ fn memcpy_floor(secs: Duration) -> Rates {
         }
         ops as f64 / start.elapsed().as_secs_f64()
     };
-    Rates {
+    Ok(Rates {
         write: run(true),
         read: run(false),
-    }
+    })
 }
 
 /// fio on `file` with the bench's flags: ops per second, or `None` if fio is missing
@@ -484,7 +488,7 @@ fn main() -> Result<()> {
     };
 
     let floor = if enabled("floor") {
-        memcpy_floor(secs)
+        memcpy_floor(secs)?
     } else {
         Rates::default()
     };

@@ -21,13 +21,16 @@
 //! * An uncontended 4 KiB access costs one compare-and-swap and one store on a table of
 //!   1 KiB that stays in cache.
 //!
-//! **Memory.** The buffer is allocated zeroed (`alloc_zeroed`, so the kernel backs it
-//! lazily) and fallibly: a size the machine cannot hold is
-//! [`CreateError::OutOfMemory`], not an abort.
+//! **Memory.** The buffer is an anonymous mapping (zeroed, backed lazily by the kernel)
+//! made fallibly: a size the machine cannot hold is [`CreateError::OutOfMemory`], not an
+//! abort. It is advised for transparent huge pages (`MADV_HUGEPAGE`): with 4 KiB pages
+//! every random block access walks the page table of a device that spans tens of
+//! thousands of pages, and the walk plus the copy's exposed store latency cost as much
+//! as the copy (2 MiB pages: +20% writes, +33% reads at depth 32 through the runtime).
+//! The advice is best effort: a kernel with huge pages off serves 4 KiB pages.
 use super::{check_range, BdevType, BlockDevice, CreateError, IoError};
 use chimaera_core::{BulkIn, BulkOut};
-use std::alloc::{self, Layout};
-use std::ptr::NonNull;
+use memmap2::{MmapMut, MmapRaw};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Granularity of the locks: bytes per page.
@@ -37,29 +40,24 @@ pub const PAGE_LOCKS: usize = 1024;
 /// Spins on a held lock before yielding the coroutine.
 const SPINS_BEFORE_YIELD: u32 = 128;
 
-/// The device's memory: a heap allocation reached only through [`Buffer::copy_in`]
-/// and [`Buffer::copy_out`] under page locks.
+/// The device's memory: an anonymous mapping reached only through [`Buffer::copy_in`]
+/// and [`Buffer::copy_out`], whose callers hold the page locks (which is what makes
+/// sharing the buffer between workers sound: `MmapRaw` itself promises nothing about
+/// concurrent access to the bytes).
 struct Buffer {
-    ptr: NonNull<u8>,
-    layout: Layout,
+    /// A raw mapping: it makes no Rust reference to the bytes; unmapped on drop.
+    map: MmapRaw,
 }
 
-// SAFETY: `Buffer` owns its allocation (like a `Box<[u8]>`), and every access through
-// `&Buffer` copies bytes under the page locks of `RamDevice`, which exclude concurrent
-// access to the same bytes (see the module docs).
-unsafe impl Send for Buffer {}
-// SAFETY: as above: shared access copies bytes only under the page locks.
-unsafe impl Sync for Buffer {}
-
 impl Buffer {
+    /// `size` zeroed bytes, or `None` if they cannot be mapped.
     fn zeroed(size: u64) -> Option<Buffer> {
-        let layout = Layout::array::<u8>(usize::try_from(size).ok()?).ok()?;
-        if layout.size() == 0 {
-            return None;
-        }
-        // SAFETY: `layout` has a non-zero size.
-        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })?;
-        Some(Buffer { ptr, layout })
+        let len = usize::try_from(size).ok().filter(|&len| len > 0)?;
+        let map = MmapRaw::from(MmapMut::map_anon(len).ok()?);
+        // Best effort (see the module docs): without huge pages the device still works.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Some(Buffer { map })
     }
 
     /// Copies `data` to byte `offset`.
@@ -71,8 +69,9 @@ impl Buffer {
         // SAFETY: the range lies inside the allocation (caller's contract), which is
         // private to this device, and the page locks make this the only access to those
         // bytes right now, so a short-lived `&mut [u8]` over them is sound.
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), data.len()) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(offset), data.len())
+        };
         // The view copies atomically when its bytes lie in a client's shared memory;
         // the lengths match, so this cannot fail.
         let _ = data.read_at(0, dst);
@@ -84,15 +83,9 @@ impl Buffer {
     /// As for [`copy_in`](Self::copy_in), with `buf.len()` bytes.
     unsafe fn copy_out(&self, offset: usize, buf: &mut BulkOut<'_>) {
         // SAFETY: as in `copy_in`; the device's bytes are only read here.
-        let src = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), buf.len()) };
+        let src =
+            unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(offset), buf.len()) };
         let _ = buf.write_at(0, src);
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` was allocated by the global allocator with `layout`, once.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
 
@@ -262,6 +255,46 @@ mod tests {
     use super::super::tests::Slices;
     use super::*;
     use std::sync::Arc;
+
+    /// The buffer's mapping carries the huge-page advice (`hg` in its `VmFlags`), on a
+    /// kernel that has transparent huge pages at all.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_buffer_is_advised_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("no transparent huge pages in this kernel: nothing to check");
+            return;
+        }
+        let device = RamDevice::new(8 << 20).unwrap();
+        let start = device.buffer.map.as_ptr() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_buffer = false;
+        let mut flags = None;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((from, to)) = range.split_once('-') {
+                    if let (Ok(from), Ok(to)) = (
+                        usize::from_str_radix(from, 16),
+                        usize::from_str_radix(to, 16),
+                    ) {
+                        in_buffer = (from..to).contains(&start);
+                        continue;
+                    }
+                }
+            }
+            if in_buffer {
+                if let Some(found) = line.strip_prefix("VmFlags:") {
+                    flags = Some(found.to_owned());
+                    break;
+                }
+            }
+        }
+        let flags = flags.expect("the buffer's mapping in /proc/self/smaps");
+        assert!(
+            flags.split_whitespace().any(|flag| flag == "hg"),
+            "VmFlags of the buffer: {flags}"
+        );
+    }
 
     #[test]
     fn page_lock_runs_cover_wrapping_and_huge_ranges() {
