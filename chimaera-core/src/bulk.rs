@@ -609,6 +609,21 @@ impl<'a> BulkIn<'a> {
         Ok(())
     }
 
+    /// As [`read_at`](Self::read_at), writing `dst` around the cache (non-temporal
+    /// stores, where the CPU has them) when it is long enough to pay: for a destination
+    /// not read again soon, such as a RAM device's block. A write then neither waits for
+    /// each destination line to be read into the cache nor evicts what the worker uses
+    /// next; the copy ends with a store fence, so its bytes are ordered before the
+    /// caller's next store.
+    pub fn read_at_streaming(&self, offset: usize, dst: &mut [u8]) -> Result<(), BulkRangeError> {
+        check_range(offset, dst.len(), self.len)?;
+        // SAFETY: as in `read_at`: a checked range of a view readable for `'a` (shared
+        // or private: a streaming copy reads either in an `asm!` block, no reference
+        // made), into the caller's own, separate `dst`.
+        unsafe { crate::shm::atomic_copy::load_streaming(self.ptr.add(offset), dst) };
+        Ok(())
+    }
+
     /// The byte at `index`, if there is one.
     pub fn get(&self, index: usize) -> Option<u8> {
         let mut byte = [0u8];

@@ -22,6 +22,14 @@
 //! is the caller's exclusive `&mut [u8]` or a `&[u8]` nobody writes. So a racing peer
 //! can tear a *word* in a long copy (bytes of two writes); nothing relies on words.
 //!
+//! **Streaming.** [`load_streaming`] writes the destination's whole lines with
+//! non-temporal stores (`movntdq`): they go to memory without first reading each line
+//! into the cache, and a copy into memory the program will not read soon (a RAM
+//! device's block) neither waits for those reads nor evicts what the thread uses next.
+//! A store fence ends it, so the copied bytes are ordered before the caller's next
+//! store (the release of a lock that guards them). Its loads are plain loads in an
+//! `asm!` block, sound on shared memory for the reason above.
+//!
 //! Invariants:
 //! * only the shared side is accessed atomically; the private side is ordinary memory
 //!   the caller owns (`&[u8]` / `&mut [u8]`), which no other thread touches meanwhile;
@@ -57,6 +65,50 @@ unsafe fn string_copy(src: *const u8, dst: *mut u8, len: usize) {
             inout("rsi") src => _,
             inout("rdi") dst => _,
             options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// Copies at least this long may stream ([`load_streaming`]); below it the closing
+/// fence costs more than the line reads it saves.
+pub const STREAMING_MIN: usize = 1024;
+
+/// Copies `lines` 64-byte lines from `src` to `dst` with `movdqu` loads and `movntdq`
+/// (non-temporal) stores, then `sfence`.
+///
+/// # Safety
+/// `src..src + 64 * lines` readable, `dst..dst + 64 * lines` writable, not overlapping,
+/// for the call; `dst` 64-byte aligned, `lines > 0`; no Rust reference may exist to
+/// whichever side other threads or processes write.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stream_lines(src: *const u8, dst: *mut u8, lines: usize) {
+    // SAFETY: the caller guarantees both ranges and the alignment `movntdq` needs (16
+    // bytes; 64 so that each line is written whole). SSE2 is part of x86-64. The block
+    // touches no stack; `add`/`dec` change the flags, which `asm!` assumes by default.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "movdqu xmm0, [rsi]",
+            "movdqu xmm1, [rsi + 16]",
+            "movdqu xmm2, [rsi + 32]",
+            "movdqu xmm3, [rsi + 48]",
+            "movntdq [rdi], xmm0",
+            "movntdq [rdi + 16], xmm1",
+            "movntdq [rdi + 32], xmm2",
+            "movntdq [rdi + 48], xmm3",
+            "add rsi, 64",
+            "add rdi, 64",
+            "dec rcx",
+            "jnz 2b",
+            "sfence",
+            inout("rcx") lines => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            out("xmm0") _,
+            out("xmm1") _,
+            out("xmm2") _,
+            out("xmm3") _,
+            options(nostack)
         );
     }
 }
@@ -113,6 +165,36 @@ pub unsafe fn load(src: *const u8, dst: &mut [u8]) {
         // SAFETY: as for the head.
         *byte = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
     }
+}
+
+/// As [`load`], but the whole lines of `dst` are written with non-temporal stores
+/// where the CPU has them (x86-64; elsewhere this is [`load`]), for a destination that
+/// is not read again soon; see the module docs. Copies shorter than [`STREAMING_MIN`]
+/// are a plain [`load`]. `src` may be private memory too (nobody writes it meanwhile).
+///
+/// # Safety
+/// As for [`load`].
+pub unsafe fn load_streaming(src: *const u8, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if dst.len() >= STREAMING_MIN {
+        let head = dst.as_ptr().align_offset(64).min(dst.len());
+        let lines = (dst.len() - head) / 64;
+        let body = head + lines * 64;
+        let (start, rest) = dst.split_at_mut(head);
+        let (middle, tail) = rest.split_at_mut(lines * 64);
+        // SAFETY (all three): `src` is readable for `dst.len()` bytes (the caller's
+        // contract), so for each part at its offset; each part is our own memory,
+        // separate from it. `middle` starts 64-byte aligned (`align_offset`) and holds
+        // `lines` whole lines, at least one (`STREAMING_MIN` exceeds 2 * 64).
+        unsafe {
+            load(src, start);
+            stream_lines(src.add(head), middle.as_mut_ptr(), lines);
+            load(src.add(body), tail);
+        }
+        return;
+    }
+    // SAFETY: the caller's promise, as for `load`.
+    unsafe { load(src, dst) }
 }
 
 /// Copies `src` into shared memory at `dst`.
@@ -210,14 +292,44 @@ mod tests {
         }
     }
 
+    /// Streaming copies of every alignment and of lengths around the line and the
+    /// threshold round-trip, and touch nothing outside their destination.
+    #[test]
+    fn streaming_copies_round_trip() {
+        let source: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+        let lengths = [
+            0,
+            1,
+            STREAMING_MIN - 1,
+            STREAMING_MIN,
+            STREAMING_MIN + 1,
+            STREAMING_MIN + 63,
+            4096,
+            4096 + 65,
+        ];
+        for src_start in [0, 3, 64] {
+            for dst_start in 0..70 {
+                for len in lengths {
+                    let mut dst = vec![0xeeu8; 4096 + 256];
+                    let src = &source[src_start..src_start + len];
+                    // SAFETY: `src` is readable for `len` and separate from `dst`.
+                    unsafe { load_streaming(src.as_ptr(), &mut dst[dst_start..dst_start + len]) };
+                    assert_eq!(&dst[dst_start..dst_start + len], src, "{dst_start} {len}");
+                    assert!(dst[..dst_start].iter().all(|&b| b == 0xee));
+                    assert!(dst[dst_start + len..].iter().all(|&b| b == 0xee));
+                }
+            }
+        }
+    }
+
     /// A writer flipping the shared bytes while another thread copies them: the copy
     /// only ever sees bytes of one pattern or the other, and whole words of one pattern
     /// in a copy short enough for the atomic loop (the test itself has no data race for
     /// Miri or TSan to find: both sides are atomic, or `asm!`).
     #[test]
     fn a_racing_writer_yields_bytes_it_wrote() {
-        // Short: words; long: bytes.
-        for (words, whole_words) in [(4usize, true), (64, false)] {
+        // Short: words; long: bytes; longest: streamed too.
+        for (words, whole_words) in [(4usize, true), (64, false), (512, false)] {
             racing_copy(words, whole_words);
         }
     }
@@ -235,9 +347,13 @@ mod tests {
                 }
             });
             let mut copy = vec![0u8; len];
+            let mut streamed = vec![0u8; len];
             while !writer.is_finished() {
                 // SAFETY: as above.
                 unsafe { load(base as *const u8, &mut copy) };
+                // SAFETY: as above.
+                unsafe { load_streaming(base as *const u8, &mut streamed) };
+                assert!(streamed.iter().all(|&b| b == 0 || b == 0x11 || b == 0x22));
                 assert!(copy.iter().all(|&b| b == 0 || b == 0x11 || b == 0x22));
                 if whole_words {
                     for word in copy.chunks(WORD) {
