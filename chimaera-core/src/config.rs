@@ -39,6 +39,8 @@
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them;
 //!                            # tasks arriving meanwhile fail with RuntimeStopped (subtasks of
 //!                            # running tasks excepted), and the stop ends when it is over
+//!                            # (a handler that never returns is left running: the stop ends
+//!                            # one more grace period, at least 1 s, later)
 //! max_containers_per_pool: 4096 # containers one GetOrCreatePool may ask for (1..=65536);
 //!                            # more fails that task with TooManyContainers, nothing allocated
 //! max_task_depth: 1024       # subtask nesting: a task at this depth cannot submit subtasks
@@ -135,7 +137,9 @@ pub struct RuntimeConfig {
     /// Pin worker threads to cores (off by default: on a small shared machine,
     /// pinning fights the clients for the same cores).
     pub pin_workers: bool,
-    /// How long a stop waits for in-flight tasks before failing them.
+    /// How long a stop waits for in-flight tasks before failing them. A handler still
+    /// running then gets as long again (at least a second) to return; one that never
+    /// does is left on its worker's thread, logged, and the stop ends anyway.
     pub stop_grace_period: Duration,
     /// Task slots (and submission-ring entries) per client: a power of two. Bounds one
     /// client's calls in flight (less one slot, which carries abandon requests);

@@ -204,6 +204,11 @@ pub(crate) struct Shared {
     cluster: Option<Box<remote::ClusterNode>>,
 }
 
+/// How long a stop waits at least for each worker's poller to finish, whatever the
+/// grace period: an idle poller sees the stop within microseconds; only a handler that
+/// has not returned keeps it longer.
+const WORKER_STOP_MIN: Duration = Duration::from_secs(1);
+
 impl Shared {
     /// This state, counted.
     fn this(&self) -> Arc<Shared> {
@@ -881,8 +886,10 @@ impl Shared {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Stops the runtime: drain for up to `grace`, then fail what is left and end.
-    /// `own_tasks` is how many in-flight tasks belong to the caller itself.
+    /// Stops the runtime: drain for up to `grace`, then fail what is left and end,
+    /// within twice `grace` (at least `grace` + [`WORKER_STOP_MIN`]) even if a handler
+    /// never returns (it is left running on its worker's thread). `own_tasks` is how
+    /// many in-flight tasks belong to the caller itself.
     pub(crate) fn stop(&self, grace: Duration, own_tasks: u64) {
         if self
             .state
@@ -913,8 +920,13 @@ impl Shared {
         }
         self.cancel_periodic(None);
         let workers = std::mem::take(&mut *lock(&self.workers));
+        // A handler still running now gets one more grace period (at least
+        // `WORKER_STOP_MIN`, time for an idle poller to see the stop) to return; one
+        // that never does is left on its worker's thread (`Worker::shutdown`): a stop
+        // ends.
+        let workers_deadline = Instant::now().checked_add(grace.max(WORKER_STOP_MIN));
         for worker in workers {
-            worker.shutdown();
+            worker.shutdown(workers_deadline);
         }
         if let Some(server) = self.shm.get() {
             server.shutdown();
@@ -1545,7 +1557,10 @@ impl RuntimeBuilder {
             ) {
                 Ok(worker) => workers.push(worker),
                 Err(err) => {
-                    workers.into_iter().for_each(Worker::shutdown);
+                    // Nothing ran on them yet: each poller finishes at once.
+                    for worker in workers {
+                        worker.shutdown(None);
+                    }
                     if let Some(server) = shared.shm.get() {
                         server.shutdown();
                     }
@@ -1613,7 +1628,10 @@ impl Runtime {
         self.shared.wait_stopped();
     }
 
-    /// Stops the runtime: in-flight tasks get the grace period, then what is left fails.
+    /// Stops the runtime: in-flight tasks get the grace period, then what is left fails;
+    /// a handler that still has not returned after a second grace period (at least a
+    /// second) is left running on its worker's thread (logged), so this returns
+    /// regardless.
     pub fn stop(self) {
         let grace = self.shared.config.stop_grace_period;
         self.shared.stop(grace, 0);

@@ -95,6 +95,7 @@ use crossbeam_utils::CachePadded;
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Instant;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
@@ -555,6 +556,29 @@ impl WorkerShared {
         *lock(done) = true;
         signal.notify_all();
     }
+
+    /// Waits until the poller has finished, or `deadline` (if any) passed: whether it
+    /// finished.
+    fn wait_poller_finished(&self, deadline: Option<Instant>) -> bool {
+        let (done, signal) = &self.poller_done;
+        let mut finished = lock(done);
+        while !*finished {
+            let Some(deadline) = deadline else {
+                finished = signal
+                    .wait(finished)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            finished = signal
+                .wait_timeout(finished, left)
+                .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard);
+        }
+        true
+    }
 }
 
 /// A running worker: its thread, its coroutines and the state they share.
@@ -620,22 +644,49 @@ impl Worker {
     }
 
     /// Tells the poller to finish: it rejects what is still queued, ends the idle
-    /// coroutines and returns. Waits for it, then stops the worker's thread.
-    pub fn shutdown(mut self) {
+    /// coroutines and returns. Waits for it until `deadline` (without one, for as long
+    /// as it takes), then stops the worker's thread; whether the poller finished in time.
+    ///
+    /// A poller still busy at the deadline is running a handler that has not returned
+    /// (one that loops without ever waiting: nothing can preempt it). Its worker is then
+    /// left to finish that handler on its own thread, logged as an error, and a reaper
+    /// thread stops the worker once it does, so a stop never hangs on a chimod's bug.
+    /// Everything the handler uses stays alive meanwhile (the task holds its pool, and
+    /// the poller the runtime's state).
+    pub fn shutdown(mut self, deadline: Option<Instant>) -> bool {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.sleeping.store(true, Ordering::SeqCst);
         self.shared.wake();
-        let (done, signal) = &self.shared.poller_done;
-        let mut finished = lock(done);
-        while !*finished {
-            finished = signal
-                .wait(finished)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        drop(finished);
-        if let Some(executor) = self.executor.take() {
+        let finished = self.shared.wait_poller_finished(deadline);
+        let Some(executor) = self.executor.take() else {
+            return finished;
+        };
+        if finished {
             executor.stop();
+            return true;
         }
+        tracing::error!(
+            worker = self.shared.id,
+            "stop: a handler on this worker has not returned by the end of the grace period; its thread is left to finish it, then stops"
+        );
+        // The executor goes to the reaper, or, should no thread start, is leaked (its
+        // drop would wait for the handler): never dropped here.
+        let executor = Arc::new(std::sync::Mutex::new(Some(executor)));
+        let (shared, reaped) = (self.shared.clone(), executor.clone());
+        let reaper = std::thread::Builder::new()
+            .name(format!("chimaera-reaper-{}", self.shared.id))
+            .spawn(move || {
+                shared.wait_poller_finished(None);
+                if let Some(executor) = lock(&reaped).take() {
+                    executor.stop();
+                }
+            });
+        if reaper.is_err() {
+            if let Some(executor) = lock(&executor).take() {
+                std::mem::forget(executor);
+            }
+        }
+        false
     }
 }
 

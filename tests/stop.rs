@@ -1,0 +1,90 @@
+//! A stop ends even when a handler never returns (runtime/worker.rs, `Worker::shutdown`):
+//! the worker running it is left to finish it on its own thread, everything the handler
+//! uses stays alive, and once it returns a reaper stops that worker. One test in this
+//! binary, so the probe's statics and the process's threads are its own.
+mod probe;
+
+use chimaera::admin_api::PoolOptions;
+use chimaera::prelude::*;
+use probe::{Probe, ProbeClient};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Names of this process's threads that start with `prefix`.
+fn threads_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn a_stop_returns_although_a_handler_never_does() {
+    let config = RuntimeConfig {
+        workers_low_latency: 1,
+        workers_high_latency: 0,
+        stop_grace_period: Duration::from_millis(200),
+        ..RuntimeConfig::default()
+    };
+    let rt = chimaera::builder()
+        .config(config)
+        .module::<Probe>()
+        .start()
+        .expect("runtime starts");
+    let p = ProbeClient::create_with(
+        &rt.client(),
+        PoolQuery::local(),
+        "stuck",
+        PoolOptions::containers(1),
+    )
+    .expect("create probe pool");
+    // Ten minutes of spinning without a wait: as good as never returning.
+    let stuck = p.async_spin(PoolQuery::local(), 600_000).unwrap();
+    let started = Instant::now();
+    while !probe::SPIN_STARTED.load(Ordering::SeqCst) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the spin never started"
+        );
+        std::thread::yield_now();
+    }
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stopping = Instant::now();
+        rt.stop();
+        let _ = sender.send(stopping.elapsed());
+    });
+    let took = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stop hung on a handler that never returns");
+    // Two grace periods (the drain, then the workers), and some slack for a busy machine.
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert!(
+        !threads_named("chimaera-worker").is_empty(),
+        "the worker running the handler was stopped under it"
+    );
+
+    // Released, the handler returns on its worker, which then stops.
+    probe::RELEASE_SPIN.store(true, Ordering::SeqCst);
+    assert!(
+        stuck
+            .wait()
+            .expect("the handler's answer reaches its caller"),
+        "the spin ended by its clock, not by the release"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(threads_named("chimaera-worker").is_empty()
+        && threads_named("chimaera-reaper").is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "threads left after the handler returned: {:?} {:?}",
+            threads_named("chimaera-worker"),
+            threads_named("chimaera-reaper")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
