@@ -1115,6 +1115,33 @@ fn flush_waits_for_calls_posted_before_it_that_are_not_routed_yet() {
     }
 }
 
+/// In-process calls posted to a busy worker, not routed yet, show in its status's
+/// `queued` (no lane counts them yet).
+#[test]
+fn calls_posted_to_a_busy_worker_count_as_queued() {
+    let rt = with_workers(2, "{}");
+    let chi = rt.client();
+    let p = probe_pool(&chi, "posted_queued", 1);
+    let busy = p.async_spin(PoolQuery::local(), 2_000).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let naps: Vec<_> = (0..10)
+        .map(|_| p.async_nap(PoolQuery::local(), 1).unwrap())
+        .collect();
+    let status = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .unwrap();
+    let queued: u64 = status.workers.iter().map(|worker| worker.queued).sum();
+    assert!(
+        queued >= 10,
+        "10 calls wait behind the spin, the workers report {:?}",
+        status.workers
+    );
+    assert!(!busy.wait().unwrap(), "the spin was released early");
+    for nap in naps {
+        assert_eq!(nap.wait().unwrap(), 1);
+    }
+}
+
 /// A stop runs the in-process calls posted while the runtime ran, although their worker
 /// routes them only once the stop has begun (it was busy); calls after it are refused.
 #[test]

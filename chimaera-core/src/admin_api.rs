@@ -64,8 +64,9 @@ pub struct WorkerStatus {
     pub id: u32,
     /// Tasks it has run since start.
     pub tasks_run: u64,
-    /// Tasks waiting in its inbox now: tasks for its idle low-latency lanes, pushed from
-    /// other threads, which no lane's `queued` counts.
+    /// Work waiting for it now that no lane's `queued` counts: tasks in its inbox (for
+    /// its idle low-latency lanes, pushed from other threads) and in-process calls posted
+    /// to it, not routed yet.
     pub queued: u64,
 }
 

@@ -15,7 +15,7 @@
 //! | `chimaera_periodic_tasks` | gauge | periodic task replicas alive |
 //! | `chimaera_clients` | gauge | client processes attached |
 //! | `chimaera_worker_tasks_run_total{worker}` | counter | tasks each worker ran |
-//! | `chimaera_worker_queued{worker}` | gauge | tasks waiting in a worker's inbox (idle low-latency lanes' tasks from other threads) |
+//! | `chimaera_worker_queued{worker}` | gauge | work waiting for a worker that no lane counts: its inbox (idle low-latency lanes' tasks from other threads) and in-process calls posted to it, not routed yet |
 //! | `chimaera_pool_queued{pool}` | gauge | tasks queued on a pool's lanes |
 //! | `chimaera_method_completed_total{pool,method}` | counter | runs that succeeded |
 //! | `chimaera_method_failed_total{pool,method}` | counter | runs that failed |
@@ -167,7 +167,7 @@ pub(super) fn render(runtime: &RuntimeHandle) -> String {
         &mut out,
         "chimaera_worker_queued",
         "gauge",
-        "Tasks waiting in a worker's inbox (for its idle low-latency lanes, pushed from other threads).",
+        "Work waiting for a worker that no lane counts: its inbox (tasks for its idle low-latency lanes from other threads) and in-process calls posted to it, not routed yet.",
         runtime
             .workers()
             .iter()

@@ -522,7 +522,7 @@ fn print_text(status: &RuntimeStatus) {
     println!("workers: {}", status.workers.len());
     for worker in &status.workers {
         println!(
-            "  {:>3}  {} tasks run, {} queued in its inbox",
+            "  {:>3}  {} tasks run, {} waiting in its inbox or posted to it",
             worker.id, worker.tasks_run, worker.queued
         );
     }

@@ -1348,7 +1348,7 @@ impl Host for Shared {
             .map(|worker| crate::admin_api::WorkerStatus {
                 id: worker.id() as u32,
                 tasks_run: worker.tasks_run(),
-                queued: worker.inbox_len() as u64,
+                queued: (worker.inbox_len() + worker.requests_len()) as u64,
             })
             .collect()
     }
