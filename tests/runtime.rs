@@ -1085,6 +1085,21 @@ fn with_workers(low_latency: usize, yaml: &str) -> Runtime {
         .unwrap()
 }
 
+/// Ten naps of `nap_ms` posted behind a `spin` of `spin_ms` on `p`'s one container: the
+/// spin keeps its worker busy, so the naps wait in its request inbox, not routed yet.
+fn naps_behind_a_spin(
+    p: &ProbeClient,
+    spin_ms: u64,
+    nap_ms: u64,
+) -> (Pending<'_, bool>, Vec<Pending<'_, u64>>) {
+    let busy = p.async_spin(PoolQuery::local(), spin_ms).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let naps = (0..10)
+        .map(|_| p.async_nap(PoolQuery::local(), nap_ms).unwrap())
+        .collect();
+    (busy, naps)
+}
+
 /// An in-process call is routed by the worker it is posted to. A flush must count the
 /// calls posted before it even when their worker has not routed them yet (it is busy
 /// running a task that never waits) and the flush runs on another worker: else those
@@ -1094,12 +1109,7 @@ fn flush_waits_for_calls_posted_before_it_that_are_not_routed_yet() {
     let rt = with_workers(2, "{}");
     let chi = rt.client();
     let p = probe_pool(&chi, "posted_flush", 1);
-    // Keeps the probe's worker busy; the naps wait behind it in its request inbox.
-    let busy = p.async_spin(PoolQuery::local(), 300).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let naps: Vec<_> = (0..10)
-        .map(|_| p.async_nap(PoolQuery::local(), 50).unwrap())
-        .collect();
+    let (busy, naps) = naps_behind_a_spin(&p, 300, 50);
     returns("a flush behind unrouted calls", move || {
         chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
             .flush(PoolQuery::local())
@@ -1122,11 +1132,7 @@ fn calls_posted_to_a_busy_worker_count_as_queued() {
     let rt = with_workers(2, "{}");
     let chi = rt.client();
     let p = probe_pool(&chi, "posted_queued", 1);
-    let busy = p.async_spin(PoolQuery::local(), 2_000).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let naps: Vec<_> = (0..10)
-        .map(|_| p.async_nap(PoolQuery::local(), 1).unwrap())
-        .collect();
+    let (busy, naps) = naps_behind_a_spin(&p, 2_000, 1);
     let status = chimaera::AdminClient::attach(&chi, PoolId::ADMIN)
         .status(PoolQuery::local())
         .unwrap();
@@ -1148,11 +1154,7 @@ fn calls_posted_to_a_busy_worker_count_as_queued() {
 fn a_stop_runs_the_calls_posted_before_it() {
     let rt = with_workers(1, "{}");
     let p = probe_pool(&rt.client(), "posted_stop", 1);
-    let busy = p.async_spin(PoolQuery::local(), 300).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let naps: Vec<_> = (0..10)
-        .map(|_| p.async_nap(PoolQuery::local(), 5).unwrap())
-        .collect();
+    let (busy, naps) = naps_behind_a_spin(&p, 300, 5);
     returns("a stop behind unrouted calls", move || rt.stop());
     assert!(!busy.wait().unwrap(), "the spin was released early");
     for nap in naps {
