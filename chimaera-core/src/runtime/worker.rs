@@ -95,9 +95,9 @@ use crossbeam_utils::CachePadded;
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Instant;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
 
 /// Runs one task to completion (delivering its result); implemented by the runtime.
 pub trait TaskRunner: Send + Sync + 'static {
@@ -671,7 +671,7 @@ impl Worker {
         );
         // The executor goes to the reaper, or, should no thread start, is leaked (its
         // drop would wait for the handler): never dropped here.
-        let executor = Arc::new(std::sync::Mutex::new(Some(executor)));
+        let executor = Arc::new(Mutex::new(Some(executor)));
         let (shared, reaped) = (self.shared.clone(), executor.clone());
         let reaper = std::thread::Builder::new()
             .name(format!("chimaera-reaper-{}", self.shared.id))
