@@ -1,4 +1,4 @@
-//! The RAM device: a zeroed heap buffer; reads and writes are one copy made by the
+//! The RAM device: a zeroed anonymous mapping; reads and writes are one copy made by the
 //! calling task itself (no system call, no hand-off to another thread): a plain
 //! `memcpy` for private bytes, word-wise atomic on the side of a caller's view that lies
 //! in a client's shared memory ([`BulkIn`] / [`BulkOut`]).
@@ -90,8 +90,7 @@ impl Buffer {
     /// As for [`copy_in`](Self::copy_in), with `buf.len()` bytes.
     unsafe fn copy_out(&self, offset: usize, buf: &mut BulkOut<'_>) {
         // SAFETY: as in `copy_in`; the device's bytes are only read here.
-        let src =
-            unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(offset), buf.len()) };
+        let src = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset), buf.len()) };
         let _ = buf.write_at(0, src);
     }
 }
