@@ -24,10 +24,14 @@
 //! thread's pushes never overtake each other.) A push ends with the light side of an
 //! asymmetric barrier ([`barrier`]), the consumer about to sleep passes the heavy side,
 //! so the sleep handshake above holds for it too, without a store-load fence per push.
+//!
+//! [`Latch`] is a one-shot event an OS thread blocks on (a runtime stopped, a worker's
+//! poller finished), with an optional deadline: once opened it stays open.
 use ring::SlotRing;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 pub(crate) mod barrier;
 pub(crate) mod cacheline;
@@ -39,6 +43,45 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A one-shot event for OS threads (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct Latch {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Latch {
+    /// Opens the latch and wakes every waiter; later waits return at once.
+    pub(crate) fn open(&self) {
+        *lock(&self.open) = true;
+        self.opened.notify_all();
+    }
+
+    /// Blocks the calling thread until the latch is open or `deadline` (if any) has
+    /// passed: whether it is open.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        let mut open = lock(&self.open);
+        while !*open {
+            let Some(deadline) = deadline else {
+                open = self
+                    .opened
+                    .wait(open)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            open = self
+                .opened
+                .wait_timeout(open, left)
+                .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard);
+        }
+        true
+    }
 }
 
 /// An unbounded FIFO that allocates only when it grows past its largest length so far
@@ -144,6 +187,24 @@ impl<T> Inbox<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A latch opens once for every waiter, before or after; a wait with a deadline
+    /// that passes first says so.
+    #[test]
+    fn a_latch_opens_for_every_waiter() {
+        let latch = std::sync::Arc::new(Latch::default());
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        assert!(!latch.wait(Some(soon)), "opened by nobody");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let latch = latch.clone();
+                std::thread::spawn(move || latch.wait(None))
+            })
+            .collect();
+        latch.open();
+        assert!(waiters.into_iter().all(|waiter| waiter.join().unwrap()));
+        assert!(latch.wait(Some(Instant::now())), "open stays open");
+    }
 
     #[test]
     fn a_fifo_keeps_order_and_counts() {

@@ -91,6 +91,7 @@ use crate::runtime::task_ids::TaskIds;
 use crate::runtime::worker::{
     Held, Lane, TaskRunner, TaskSource, ThreadRole, Worker, WorkerShared,
 };
+use crate::sync::Latch;
 use crate::transport::call::CallSlot;
 use crate::transport::shm::handshake::AccessPolicy;
 use crate::transport::shm::server::{Ingress, ServeAccess, ServeError, ServeSizes, ShmServer};
@@ -98,7 +99,7 @@ use crate::transport::Call;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Bytes of input copies one task may make for its replicas (a `Broadcast` or `Range`
@@ -196,7 +197,7 @@ pub(crate) struct Shared {
     /// Periodic task replicas whose coroutine runs or sleeps between runs now.
     periodic_live: AtomicU64,
     state: AtomicU8,
-    stopped: (Mutex<bool>, Condvar),
+    stopped: Latch,
     /// The shared-memory transport, when the runtime serves other processes.
     shm: OnceLock<Arc<ShmServer>>,
     /// The other nodes, when this runtime is one node of a cluster; `None` for a single
@@ -933,19 +934,11 @@ impl Shared {
         }
         let pools = self.pools.clear();
         drop(pools);
-        let (done, signal) = &self.stopped;
-        *lock(done) = true;
-        signal.notify_all();
+        self.stopped.open();
     }
 
     fn wait_stopped(&self) {
-        let (done, signal) = &self.stopped;
-        let mut stopped = lock(done);
-        while !*stopped {
-            stopped = signal
-                .wait(stopped)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
+        self.stopped.wait(None);
     }
 }
 
@@ -1526,7 +1519,7 @@ impl RuntimeBuilder {
             periodic: Mutex::new(Vec::new()),
             periodic_live: AtomicU64::new(0),
             state: AtomicU8::new(RUNNING),
-            stopped: (Mutex::new(false), Condvar::new()),
+            stopped: Latch::default(),
             shm: OnceLock::new(),
             config,
         });

@@ -90,13 +90,13 @@ use crate::codec::OutputBuffer;
 use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, LocalRequest, Task};
-use crate::sync::{barrier, Fifo, Inbox};
+use crate::sync::{barrier, Fifo, Inbox, Latch};
 use crossbeam_utils::CachePadded;
 use std::cell::{Cell, RefCell, RefMut, UnsafeCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Runs one task to completion (delivering its result); implemented by the runtime.
@@ -261,7 +261,7 @@ pub struct WorkerShared {
     /// What the coroutine holding the polling role parks on when it sleeps.
     poller: Mutex<Option<Arc<Blocker>>>,
     /// Set when the last poller has finished (at shutdown).
-    poller_done: (Mutex<bool>, Condvar),
+    poller_done: Latch,
     /// Idle polls before the poller parks.
     idle_rounds: u32,
     /// Coroutines waiting to be handed the polling role.
@@ -550,35 +550,6 @@ impl WorkerShared {
             }
         }
     }
-
-    fn poller_finished(&self) {
-        let (done, signal) = &self.poller_done;
-        *lock(done) = true;
-        signal.notify_all();
-    }
-
-    /// Waits until the poller has finished, or `deadline` (if any) passed: whether it
-    /// finished.
-    fn wait_poller_finished(&self, deadline: Option<Instant>) -> bool {
-        let (done, signal) = &self.poller_done;
-        let mut finished = lock(done);
-        while !*finished {
-            let Some(deadline) = deadline else {
-                finished = signal
-                    .wait(finished)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                continue;
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            finished = signal
-                .wait_timeout(finished, left)
-                .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard);
-        }
-        true
-    }
 }
 
 /// A running worker: its thread, its coroutines and the state they share.
@@ -613,7 +584,7 @@ impl Worker {
             requests_closed: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             poller: Mutex::new(None),
-            poller_done: (Mutex::new(false), Condvar::new()),
+            poller_done: Latch::default(),
             idle_rounds,
             idle: Mutex::new(Vec::new()),
             shutdown: AtomicBool::new(false),
@@ -657,7 +628,7 @@ impl Worker {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.sleeping.store(true, Ordering::SeqCst);
         self.shared.wake();
-        let finished = self.shared.wait_poller_finished(deadline);
+        let finished = self.shared.poller_done.wait(deadline);
         let Some(executor) = self.executor.take() else {
             return finished;
         };
@@ -676,7 +647,7 @@ impl Worker {
         let reaper = std::thread::Builder::new()
             .name(format!("chimaera-reaper-{}", self.shared.id))
             .spawn(move || {
-                shared.wait_poller_finished(None);
+                shared.poller_done.wait(None);
                 if let Some(executor) = lock(&reaped).take() {
                     executor.stop();
                 }
@@ -754,7 +725,7 @@ fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
                     }
                 }
                 worker.close_requests();
-                worker.poller_finished();
+                worker.poller_done.open();
                 return;
             }
             if !worker.wait_for_polling(&slot) {
