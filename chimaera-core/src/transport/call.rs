@@ -285,43 +285,57 @@ static SPARE_SLOTS: Mutex<Vec<&'static CallSlot>> = Mutex::new(Vec::new());
 ///
 /// So each cell has one user at a time, and a late task finds another generation (or
 /// not `OPEN`) and leaves the slot alone. The caller and the task share no lock word
-/// and no reference count: a round trip with a small output moves the state's line
-/// (which holds that output too), nothing else.
+/// and no reference count: a round trip with a small output moves the state's line,
+/// which holds the whole answer (where it is, its container, the output), nothing
+/// else. An error or a larger output is written on the next line, so only those
+/// answers move it.
 #[repr(C, align(128))]
 pub struct CallSlot {
     /// `generation << 3 | PARKED? | phase`.
     state: AtomicU64,
-    /// First after the state, so a small answer shares its cache line.
+    /// Right after the state: a small answer shares its cache line (see [`Answer`]).
     answer: UnsafeCell<Answer>,
     waiter: UnsafeCell<Option<Waiter>>,
 }
 
 /// The answer of one generation (see [`CallSlot`] for who may touch it when).
+///
+/// Laid out from byte 8 of its slot: `inline_len`, `container` and the inline output
+/// fill the rest of the state's cache line (the output starting at byte 16, aligned as
+/// [`Bytes`] are, so it decodes in place); `error` and `output` begin the next line.
 #[repr(C)]
 struct Answer {
-    /// An output of at most [`INLINE_OUTPUT`] bytes (aligned as [`Bytes`] are, so it
-    /// decodes in place).
-    inline: InlineOutput,
-    /// The length of the inline output, or [`IN_BUFFER`] when the output is in `output`.
+    /// Where the answer is: the length of the inline output, [`IN_BUFFER`] when the
+    /// output is in `output`, [`FAILED`] when the task's error is in `error`.
     inline_len: u32,
     container: ContainerId,
-    /// `Ok` with the output inline or in `output`, or the task's error.
-    result: Result<(), TaskError>,
+    /// An output of at most [`INLINE_OUTPUT`] bytes.
+    inline: [u8; INLINE_OUTPUT],
+    error: Option<TaskError>,
     output: Bytes,
 }
 
 /// `Answer::inline_len` when the output is in the buffer.
 const IN_BUFFER: u32 = u32::MAX;
+/// `Answer::inline_len` when the answer is the error in `Answer::error`.
+const FAILED: u32 = u32::MAX - 1;
 
-#[repr(C, align(16))]
-struct InlineOutput([u8; INLINE_OUTPUT]);
+const _: () = {
+    // The whole small answer on the state's line, its output 16-aligned (the slot is
+    // 128-aligned), and the rest on the next line.
+    let answer = std::mem::offset_of!(CallSlot, answer);
+    assert!(answer == 8);
+    assert!(answer + std::mem::offset_of!(Answer, inline) == 16);
+    assert!(answer + std::mem::offset_of!(Answer, error) == 64);
+};
 
 impl Answer {
-    /// The output of an `Ok` answer.
-    fn output(&self) -> &[u8] {
-        match self.inline.0.get(..self.inline_len as usize) {
-            Some(inline) => inline,
-            None => &self.output,
+    /// The answer read back: the output, or the task's error (taken out).
+    fn take(&mut self) -> Result<&[u8], TaskError> {
+        match self.inline_len {
+            FAILED => Err(self.error.take().unwrap_or(TaskError::NotRun)),
+            IN_BUFFER => Ok(&self.output),
+            len => Ok(self.inline.get(..len as usize).unwrap_or_default()),
         }
     }
 }
@@ -361,10 +375,10 @@ impl CallSlot {
                 Box::leak(Box::new(CallSlot {
                     state: AtomicU64::new(open_state(0)),
                     answer: UnsafeCell::new(Answer {
-                        inline: InlineOutput([0; INLINE_OUTPUT]),
                         inline_len: 0,
                         container: 0,
-                        result: Ok(()),
+                        inline: [0; INLINE_OUTPUT],
+                        error: None,
                         output: Bytes::new(),
                     }),
                     waiter: UnsafeCell::new(None),
@@ -428,19 +442,20 @@ impl SlotReply {
         // `CallSlot`), and no other task has this generation.
         let answer = unsafe { &mut *slot.answer.get() };
         answer.container = container;
-        answer.result = match result {
+        answer.inline_len = match result {
             Ok(bytes) if bytes.len() <= INLINE_OUTPUT => {
-                answer.inline.0[..bytes.len()].copy_from_slice(bytes);
-                answer.inline_len = bytes.len() as u32;
-                Ok(())
+                answer.inline[..bytes.len()].copy_from_slice(bytes);
+                bytes.len() as u32
             }
             Ok(bytes) => {
                 answer.output.clear();
                 answer.output.extend_from_slice(bytes);
-                answer.inline_len = IN_BUFFER;
-                Ok(())
+                IN_BUFFER
             }
-            Err(err) => Err(err),
+            Err(err) => {
+                answer.error = Some(err);
+                FAILED
+            }
         };
         let waiter = if state & PARKED != 0 {
             // SAFETY: `PARKED` was set when this task entered `WRITING`: the caller wrote
@@ -625,10 +640,7 @@ impl SlotCall {
             // SAFETY: the answer is `DONE` (waited above) and this caller holds its
             // generation: nobody else touches the answer until `release`.
             let answer = unsafe { &mut *slot.answer.get() };
-            match std::mem::replace(&mut answer.result, Ok(())) {
-                Ok(()) => decode(answer.output()),
-                Err(err) => Err(err),
-            }
+            answer.take().and_then(decode)
         };
         if self.counted {
             settle(slot, self.generation, true);
@@ -647,11 +659,8 @@ impl SlotCall {
         let results = {
             // SAFETY: as in `wait_first`.
             let answer = unsafe { &mut *slot.answer.get() };
-            let result = std::mem::replace(&mut answer.result, Ok(()));
-            vec![(
-                answer.container,
-                result.map(|()| aligned_copy(answer.output())),
-            )]
+            let container = answer.container;
+            vec![(container, answer.take().map(aligned_copy))]
         };
         if self.counted {
             settle(slot, self.generation, true);
@@ -743,13 +752,23 @@ fn release(slot: &'static CallSlot, generation: u64) {
     {
         // SAFETY: see above: no task touches the cells in this state.
         let answer = unsafe { &mut *slot.answer.get() };
-        answer.result = Ok(());
-        answer.output.clear();
-        if answer.output.capacity() > SLOT_OUTPUT_KEEP {
-            answer.output = Bytes::new();
+        // The answer's second line is touched only if this generation's answer used it.
+        match answer.inline_len {
+            FAILED => answer.error = None,
+            IN_BUFFER => {
+                answer.output.clear();
+                if answer.output.capacity() > SLOT_OUTPUT_KEEP {
+                    answer.output = Bytes::new();
+                }
+            }
+            _ => {}
         }
+        answer.inline_len = 0;
         // SAFETY: as above.
-        unsafe { *slot.waiter.get() = None };
+        let waiter = unsafe { &mut *slot.waiter.get() };
+        if waiter.is_some() {
+            *waiter = None;
+        }
     }
     slot.state
         .store(open_state(generation.wrapping_add(1)), Ordering::Release);
@@ -879,6 +898,39 @@ mod tests {
     /// Each case on a fresh thread: the tracking is per thread.
     fn on_fresh_thread(case: impl FnOnce() + Send + 'static) {
         std::thread::spawn(case).join().expect("the case passes");
+    }
+
+    /// Answers of every kind (small, empty, large, an error, and late answers to given-up
+    /// calls) through the same recycled slots: each caller reads its own answer, so a
+    /// slot keeps nothing of an earlier kind (a small answer after an error or a large
+    /// output included).
+    #[test]
+    fn recycled_slots_answer_each_kind_after_any_other() {
+        let large: Vec<u8> = (0..=255u8).cycle().take(INLINE_OUTPUT * 3).collect();
+        for i in 0..2_000u32 {
+            let (call, reply) = CallSlot::take();
+            let marker = i.to_le_bytes();
+            match i % 5 {
+                0 => reply.deliver(i, Ok(&marker)),
+                1 => reply.deliver(i, Ok(&[])),
+                2 => reply.deliver(i, Ok(&large)),
+                3 => reply.deliver(i, Err(TaskError::TooDeep { depth: i, max: 1 })),
+                _ => {
+                    drop(call);
+                    reply.deliver(i, Ok(&large));
+                    continue;
+                }
+            }
+            let (container, result) = call.wait().pop().expect("one result");
+            assert_eq!(container, i);
+            match (i % 5, result) {
+                (0, Ok(bytes)) => assert_eq!(&bytes[..], &marker[..]),
+                (1, Ok(bytes)) => assert!(bytes.is_empty()),
+                (2, Ok(bytes)) => assert_eq!(&bytes[..], &large[..]),
+                (3, Err(TaskError::TooDeep { depth, max: 1 })) => assert_eq!(depth, i),
+                (kind, result) => panic!("call {i} (kind {kind}) read {result:?}"),
+            }
+        }
     }
 
     #[test]
