@@ -544,8 +544,7 @@ impl Shared {
             // A routed in-process call: its caller waits on its slot already.
             (None, Some(slot)) => (Reply::Slot(slot), None),
             (None, None) => {
-                let (mut caller, reply) = CallSlot::take();
-                caller.note_made(None);
+                let (caller, reply) = CallSlot::take();
                 (Reply::Slot(reply), Some(Call::slot(caller)))
             }
         };
@@ -1127,14 +1126,10 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         input: Bytes,
         hint: &crate::transport::inproc::PostHint,
     ) -> Result<Call, TaskError> {
-        // A thread with no call pending routes its own (see `transport::call`, "Which
-        // path a call takes"): posting pays off only for a caller that pipelines. A call
-        // whose routing runs chimod code is always posted: that code never runs on the
-        // caller's stack, where a route that overflows it would kill the caller.
-        let posting = self
-            .posting_worker(&route, hint)
-            .filter(|(_, _, hooks)| *hooks || !crate::transport::call::caller_may_route());
-        let Some((posting, worker, _)) = posting else {
+        // Posted whenever it can be (see `transport::call`, "Which path a call takes"):
+        // the worker routes it with the pool, its lanes and the task in its own cache,
+        // and chimod routing code never runs on the caller's stack.
+        let Some((posting, worker)) = self.posting_worker(&route, hint) else {
             let (call, _) = self.enqueue_local(parent, route, input, None)?;
             return call.ok_or(TaskError::NotRun);
         };
@@ -1142,7 +1137,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             return Err(TaskError::RuntimeStopped);
         }
         let (mut call, reply) = CallSlot::take();
-        call.note_made(Some((self.identity(), worker)));
+        call.note_posted(self.identity(), worker);
         posting.post(LocalRequest::new(
             route,
             parent,
@@ -1160,9 +1155,9 @@ impl Shared {
         std::ptr::from_ref(self) as usize
     }
 
-    /// The worker an in-process call would be posted to, to route it there (see
-    /// `runtime/worker.rs`, "Requests"), its index, and whether routing it runs chimod
-    /// code (a `route` hook, a `Dynamic` query); `None` when the caller routes it itself:
+    /// The worker an in-process call is posted to, to route it there (see
+    /// `runtime/worker.rs`, "Requests"), and its index; `None` when the caller routes it
+    /// itself:
     /// a query that may have several replicas, a runtime that is one node of a cluster, a
     /// caller on a worker's thread (a subtask, queued where it runs), or a pool this node
     /// cannot place the call in (the caller then gets the error at once).
@@ -1176,15 +1171,14 @@ impl Shared {
         &self,
         route: &crate::transport::Route,
         hint: &crate::transport::inproc::PostHint,
-    ) -> Option<(&Arc<WorkerShared>, usize, bool)> {
+    ) -> Option<(&Arc<WorkerShared>, usize)> {
         if !route.query.selects_one() || self.cluster.is_some() || worker::on_worker_thread() {
             return None;
         }
         let workers = self.worker_states.get()?;
-        let dynamic = route.query == PoolQuery::Dynamic;
         if let Some(known) = hint.get(route.pool) {
-            if let Some(worker) = workers.get(known.worker) {
-                return Some((worker, known.worker, known.hooks || dynamic));
+            if let Some(worker) = workers.get(known) {
+                return Some((worker, known));
             }
         }
         let entry = self.pools.get(route.pool)?;
@@ -1198,12 +1192,8 @@ impl Shared {
             .ok()?
             .start;
         let worker = entry.lanes(container).first()?.worker();
-        let hooks = pool.module.lane_hooks;
-        hint.remember(
-            route.pool,
-            crate::transport::inproc::PoolHint { worker, hooks },
-        );
-        Some((workers.get(worker)?, worker, hooks || dynamic))
+        hint.remember(route.pool, worker);
+        Some((workers.get(worker)?, worker))
     }
 
     /// Waits until the workers in `workers` (bit `w` for worker `w`; workers past 63 are
@@ -1230,7 +1220,7 @@ impl Shared {
             .map(|worker| {
                 let (mut call, reply) = CallSlot::take();
                 // Answered, it also tells this thread its earlier posts there are routed.
-                call.note_made(Some((self.identity(), worker.id())));
+                call.note_posted(self.identity(), worker.id());
                 worker.post(LocalRequest::new(
                     no_pool,
                     None,

@@ -74,6 +74,9 @@ pub struct Task {
 // Pinned where it was measured; 32-bit targets have smaller pointers.
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Task>() == 192);
+// A posted request and its ring word fill three whole cache lines (see `sync/ring.rs`).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<LocalRequest>() == 128);
 
 /// What a periodic task has that others do not, boxed so that every task is smaller.
 pub struct Periodic {
@@ -229,7 +232,9 @@ pub struct Origin {
 pub struct LocalRequest {
     input: TaskInput,
     route: Route,
-    parent: Option<TaskNode>,
+    /// Boxed: a call with a parent (from a client made inside a task, used on a thread
+    /// of its own) is rare, and the request then fits three lines with its ring word.
+    parent: Option<Box<TaskNode>>,
     /// `None` once routed, or once answered.
     reply: Option<SlotReply>,
 }
@@ -246,14 +251,14 @@ impl LocalRequest {
         LocalRequest {
             input,
             route,
-            parent,
+            parent: parent.map(Box::new),
             reply: Some(reply),
         }
     }
 
     /// The parent task, if any.
     pub fn parent(&self) -> Option<TaskNode> {
-        self.parent
+        self.parent.as_deref().copied()
     }
 
     /// The method called (for an error about the request).

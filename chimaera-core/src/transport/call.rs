@@ -30,18 +30,20 @@
 //! shared-memory client does), then parks with `std::thread::park` (no allocation); a
 //! coroutine parks at once on a [`Blocker`].
 //!
-//! **Which path a call takes.** An in-process call either is routed by its caller and
-//! queued on its lane at once, or is posted for a worker to route (see
-//! `runtime/worker.rs`, "Requests"). Posting moves the routing off the caller (a
-//! pipelining caller makes many more calls per second) but adds a hand-off to the
-//! round trip (a caller that waits for each call before the next is slower). So a thread
-//! posts while it has calls pending, and routes itself when it has none. Either way a
-//! lane must start one thread's calls in the order they were made: a call may be routed
-//! by its caller only once every call the thread posted has been routed. Per thread,
-//! `ThreadCalls` keeps the last call posted to each worker: a worker routes its posts
-//! in the order they came, so once that call is answered (answered implies routed), all
-//! the thread posted to that worker were routed. A call given up unanswered proves
-//! nothing: the thread keeps posting until a later post to that worker is answered.
+//! **Which path a call takes.** An in-process call with one replica, from a thread that
+//! is no worker's, is posted for a worker to route (see `runtime/worker.rs`,
+//! "Requests"): the caller hands over three cache lines, and the pool, its lanes and
+//! the task stay in the worker's cache (measured against the caller routing its own
+//! sync calls, this is faster both for a caller that waits for each call and for one
+//! that pipelines). Other tasks (several replicas, fire-and-forget and periodic ones,
+//! subtasks on a worker's thread) are routed by their caller and queued at once. A lane
+//! must still start one thread's tasks in the order they were made: a task may be
+//! queued by its caller only once every call the thread posted has been routed. Per
+//! thread, `ThreadCalls` keeps the last call posted to each worker: a worker routes its
+//! posts in the order they came, so once that call is answered (answered implies
+//! routed), all the thread posted to that worker were routed; otherwise the runtime
+//! first fences those workers (`posted_pending`). A call given up unanswered proves
+//! nothing: the fence stays needed until a later post to that worker is answered.
 use crate::codec::{aligned_copy, Bytes};
 use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
@@ -390,7 +392,7 @@ impl CallSlot {
         let call = SlotCall {
             slot: Some(slot),
             generation,
-            counted: false,
+            posted: false,
         };
         (call, reply)
     }
@@ -477,14 +479,9 @@ impl SlotReply {
 /// Workers whose posted calls a thread can keep track of.
 const TRACKED_WORKERS: usize = 64;
 
-/// The calls one thread made, as far as its next call's path depends on them (see the
-/// module docs, "Which path a call takes").
+/// The calls one thread posted, as far as a task it queues itself must wait for them
+/// (see the module docs, "Which path a call takes").
 struct ThreadCalls {
-    /// Calls it made (either way) that it has not waited for or given up yet: while
-    /// there are any, the thread is pipelining. A call waited for on another thread
-    /// stays counted here (the thread then posts: slower for a waiting caller, never
-    /// out of order).
-    outstanding: u32,
     /// The runtime (its address) whose workers `posted` is indexed by.
     runtime: usize,
     /// Bit `w`: the last call posted to worker `w` is not answered yet, so calls posted
@@ -493,32 +490,20 @@ struct ThreadCalls {
     /// For each worker, the slot (its address) and generation of the last call posted.
     posted: [(usize, u64); TRACKED_WORKERS],
     /// Tracking was given up (a worker past [`TRACKED_WORKERS`], or calls pending at two
-    /// runtimes at once): the thread posts every call from then on.
+    /// runtimes at once): from then on every task the thread queues itself first waits
+    /// for every worker ([`posted_pending`] reports them all).
     lost: bool,
 }
 
 thread_local! {
     static THREAD_CALLS: RefCell<ThreadCalls> = const {
         RefCell::new(ThreadCalls {
-            outstanding: 0,
             runtime: 0,
             pending: 0,
             posted: [(0, 0); TRACKED_WORKERS],
             lost: false,
         })
     };
-}
-
-/// Whether this thread's next in-process call may be routed by the thread itself:
-/// nothing it posted may still wait to be routed (which the call could overtake), and
-/// it has no call outstanding (it is not pipelining).
-pub(crate) fn caller_may_route() -> bool {
-    THREAD_CALLS
-        .try_with(|calls| {
-            let calls = calls.borrow();
-            !calls.lost && calls.pending == 0 && calls.outstanding == 0
-        })
-        .unwrap_or(false)
 }
 
 /// The workers of runtime `runtime` (its address) to which this thread posted calls
@@ -538,16 +523,15 @@ pub(crate) fn posted_pending(runtime: usize) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Settles a call this thread waited for or gave up (`answered` if its task answered):
-/// one call less outstanding, and if it was the last call posted to its worker and was
-/// answered, nothing this thread posted there waits to be routed any more.
+/// Settles a posted call this thread waited for or gave up (`answered` if its task
+/// answered): if it was the last call posted to its worker and was answered, nothing
+/// this thread posted there waits to be routed any more.
 fn settle(slot: &'static CallSlot, generation: u64, answered: bool) {
+    if !answered {
+        return;
+    }
     let _ = THREAD_CALLS.try_with(|calls| {
         let mut calls = calls.borrow_mut();
-        calls.outstanding = calls.outstanding.saturating_sub(1);
-        if !answered {
-            return;
-        }
         let key = (std::ptr::from_ref(slot) as usize, generation);
         let mut bits = calls.pending;
         while bits != 0 {
@@ -566,26 +550,21 @@ pub struct SlotCall {
     /// `None` once given back.
     slot: Option<&'static CallSlot>,
     generation: u64,
-    /// Counted as outstanding by the thread that made it ([`SlotCall::note_made`]).
-    counted: bool,
+    /// Posted, and tracked by the thread that posted it ([`SlotCall::note_posted`]).
+    posted: bool,
 }
 
 impl SlotCall {
-    /// Counts this call as outstanding on this thread; `posted_to` names the runtime
-    /// (its address) and the worker it was posted to, if it was (see
-    /// [`caller_may_route`]).
-    pub(crate) fn note_made(&mut self, posted_to: Option<(usize, usize)>) {
+    /// Tracks this call as posted by this thread to worker `worker` of runtime `runtime`
+    /// (its address), until it is answered (see [`posted_pending`]).
+    pub(crate) fn note_posted(&mut self, runtime: usize, worker: usize) {
         let Some(slot) = self.slot else {
             return;
         };
         let generation = self.generation;
-        self.counted = true;
+        self.posted = true;
         let _ = THREAD_CALLS.try_with(|calls| {
             let mut calls = calls.borrow_mut();
-            calls.outstanding = calls.outstanding.saturating_add(1);
-            let Some((runtime, worker)) = posted_to else {
-                return;
-            };
             if calls.pending != 0 && calls.runtime != runtime || worker >= TRACKED_WORKERS {
                 calls.lost = true;
                 return;
@@ -642,7 +621,7 @@ impl SlotCall {
             let answer = unsafe { &mut *slot.answer.get() };
             answer.take().and_then(decode)
         };
-        if self.counted {
+        if self.posted {
             settle(slot, self.generation, true);
         }
         release(slot, self.generation);
@@ -662,7 +641,7 @@ impl SlotCall {
             let container = answer.container;
             vec![(container, answer.take().map(aligned_copy))]
         };
-        if self.counted {
+        if self.posted {
             settle(slot, self.generation, true);
         }
         release(slot, self.generation);
@@ -737,7 +716,7 @@ impl Drop for SlotCall {
                 _ => break,
             }
         }
-        if self.counted {
+        if self.posted {
             settle(slot, self.generation, answered);
         }
         release(slot, self.generation);
@@ -877,11 +856,10 @@ mod tests {
         assert!(matches!(results[0].1, Err(TaskError::NotRun)));
     }
 
-    /// A call made and posted to worker `worker` of runtime `1` (`None`: routed by its
-    /// caller), on this thread.
-    fn made(posted_to: Option<usize>) -> (SlotCall, SlotReply) {
+    /// A call posted to worker `worker` of runtime `1`, on this thread.
+    fn posted(worker: usize) -> (SlotCall, SlotReply) {
         let (mut call, reply) = CallSlot::take();
-        call.note_made(posted_to.map(|worker| (1, worker)));
+        call.note_posted(1, worker);
         (call, reply)
     }
 
@@ -934,75 +912,66 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_with_no_call_outstanding_routes_its_own() {
-        on_fresh_thread(|| {
-            assert!(caller_may_route());
-            let (call, reply) = made(None);
-            assert!(!caller_may_route(), "a call outstanding: pipelining");
-            answer_and_wait(call, reply);
-            assert!(caller_may_route());
-        });
-    }
-
-    #[test]
     fn posted_calls_hold_the_thread_until_the_last_one_per_worker_is_answered() {
         on_fresh_thread(|| {
-            let (first, first_reply) = made(Some(0));
-            let (second, second_reply) = made(Some(0));
-            let (other, other_reply) = made(Some(1));
+            assert_eq!(posted_pending(1), 0);
+            let (first, first_reply) = posted(0);
+            let (second, second_reply) = posted(0);
+            let (other, other_reply) = posted(1);
+            assert_eq!(posted_pending(1), 0b11);
+            assert_eq!(posted_pending(2), 0, "another runtime shares no lane");
             answer_and_wait(first, first_reply);
             answer_and_wait(other, other_reply);
-            assert!(
-                !caller_may_route(),
+            assert_eq!(
+                posted_pending(1),
+                0b01,
                 "the last post to worker 0 is unanswered: earlier ones may be unrouted"
             );
             answer_and_wait(second, second_reply);
-            assert!(caller_may_route());
+            assert_eq!(posted_pending(1), 0);
         });
     }
 
     #[test]
     fn a_posted_call_given_up_unanswered_proves_nothing_until_a_later_one_is_answered() {
         on_fresh_thread(|| {
-            let (abandoned, _reply) = made(Some(0));
+            let (abandoned, _reply) = posted(0);
             drop(abandoned);
             assert_eq!(
                 posted_pending(1),
                 1,
                 "given up: it may still wait to be routed"
             );
-            assert!(!caller_may_route());
-            let (later, later_reply) = made(Some(0));
+            let (later, later_reply) = posted(0);
             answer_and_wait(later, later_reply);
             assert_eq!(posted_pending(1), 0);
-            assert!(caller_may_route());
         });
     }
 
     #[test]
     fn a_call_answered_but_dropped_unread_settles_it() {
         on_fresh_thread(|| {
-            let (call, reply) = made(Some(2));
+            let (call, reply) = posted(2);
             answer(reply);
             drop(call);
-            assert!(caller_may_route());
+            assert_eq!(posted_pending(1), 0);
         });
     }
 
     #[test]
     fn posts_past_the_tracked_workers_or_to_two_runtimes_give_tracking_up() {
         on_fresh_thread(|| {
-            let (call, reply) = made(Some(TRACKED_WORKERS));
+            let (call, reply) = posted(TRACKED_WORKERS);
             answer_and_wait(call, reply);
-            assert!(posted_pending(1) == u64::MAX && !caller_may_route());
+            assert_eq!(posted_pending(1), u64::MAX);
         });
         on_fresh_thread(|| {
-            let (first, first_reply) = made(Some(0));
+            let (first, first_reply) = posted(0);
             let (mut second, second_reply) = CallSlot::take();
-            second.note_made(Some((2, 0)));
+            second.note_posted(2, 0);
             answer_and_wait(first, first_reply);
             answer_and_wait(second, second_reply);
-            assert!(posted_pending(1) == u64::MAX && !caller_may_route());
+            assert_eq!(posted_pending(1), u64::MAX);
         });
     }
 }

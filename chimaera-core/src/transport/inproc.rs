@@ -54,52 +54,34 @@ pub(crate) trait LocalRuntime: Send + Sync {
     fn accepts(&self, parent: Option<TaskNode>) -> bool;
 }
 
-/// Where a client's calls to the pool it called last go, so that the next call skips
-/// the pool lookup (see [`LocalRuntime::call_local`]): the worker that routes them, and
-/// whether routing them runs chimod code (a `route` hook), which then never runs on the
-/// caller's stack. One word, so a reader never pairs one pool with another's facts.
+/// Which worker a client's calls to the pool it called last are posted to, so that the
+/// next call skips the pool lookup (see [`LocalRuntime::call_local`]). One word, so a
+/// reader never pairs one pool with another's worker.
 #[derive(Debug, Default)]
 pub(crate) struct PostHint(AtomicU64);
 
-/// What a [`PostHint`] remembers of a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PoolHint {
-    /// The worker the pool's calls are posted to.
-    pub(crate) worker: usize,
-    /// Routing the pool's calls runs chimod code.
-    pub(crate) hooks: bool,
-}
-
 impl PostHint {
-    /// `major << 32 | minor << 16 | worker << 1 | hooks` (0 remembers nothing: it would
-    /// name pool `0.0`, which never exists); `None` when the minor or the worker does not
-    /// fit (then each call to that pool looks it up).
-    fn word(pool: PoolId, hint: PoolHint) -> Option<u64> {
+    /// `major << 32 | minor << 16 | worker` (0 remembers nothing: it would name pool
+    /// `0.0`, which never exists); `None` when the minor or the worker does not fit (then
+    /// each call to that pool looks it up).
+    fn word(pool: PoolId, worker: usize) -> Option<u64> {
         let minor = u16::try_from(pool.minor).ok()?;
-        let worker = u16::try_from(hint.worker).ok().filter(|w| *w < 1 << 15)?;
-        Some(
-            u64::from(pool.major) << 32
-                | u64::from(minor) << 16
-                | u64::from(worker) << 1
-                | u64::from(hint.hooks),
-        )
+        let worker = u16::try_from(worker).ok()?;
+        Some(u64::from(pool.major) << 32 | u64::from(minor) << 16 | u64::from(worker))
     }
 
-    /// What is remembered for `pool`, if anything.
-    pub(crate) fn get(&self, pool: PoolId) -> Option<PoolHint> {
+    /// The worker remembered for `pool`, if any.
+    pub(crate) fn get(&self, pool: PoolId) -> Option<usize> {
         let word = self.0.load(Ordering::Relaxed);
         let same_pool = word >> 32 == u64::from(pool.major)
             && (word >> 16) & 0xFFFF == u64::from(pool.minor)
             && word != 0;
-        same_pool.then_some(PoolHint {
-            worker: ((word >> 1) & 0x7FFF) as usize,
-            hooks: word & 1 == 1,
-        })
+        same_pool.then_some((word & 0xFFFF) as usize)
     }
 
-    /// Remembers `hint` for `pool`.
-    pub(crate) fn remember(&self, pool: PoolId, hint: PoolHint) {
-        if let Some(word) = Self::word(pool, hint) {
+    /// Remembers that `pool`'s calls are posted to `worker`.
+    pub(crate) fn remember(&self, pool: PoolId, worker: usize) {
+        if let Some(word) = Self::word(pool, worker) {
             self.0.store(word, Ordering::Relaxed);
         }
     }
