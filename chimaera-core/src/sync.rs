@@ -166,6 +166,12 @@ impl<T> Inbox<T> {
         barrier::light();
     }
 
+    /// Starts fetching the ring slot the next push fills (see
+    /// [`SlotRing::prefetch_next_push`]).
+    pub(crate) fn prefetch_next_push(&self) {
+        self.ring.prefetch_next_push();
+    }
+
     /// Takes the item at the front; `None` when empty.
     pub(crate) fn pop(&self) -> Option<T> {
         self.ring.pop().or_else(|| self.overflow.pop())

@@ -261,6 +261,13 @@ impl LocalRequest {
         self.parent.as_deref().copied()
     }
 
+    /// Starts fetching the reply slot's line for writing (see [`SlotReply::prefetch`]).
+    pub fn prefetch_reply(&self) {
+        if let Some(reply) = &self.reply {
+            reply.prefetch();
+        }
+    }
+
     /// The method called (for an error about the request).
     pub fn method(&self) -> MethodId {
         self.route.method

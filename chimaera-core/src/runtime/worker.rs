@@ -400,8 +400,10 @@ impl WorkerShared {
         handshake.then_some(ready)
     }
 
-    /// Posts an in-process call for this worker's poller to route (see the module docs).
-    pub fn post(&self, request: LocalRequest) {
+    /// Posts an in-process call for this worker's poller to route (see the module docs);
+    /// `more_coming`: the poster pipelines (its last call here is not answered yet), so
+    /// the slot of its next post is fetched now.
+    pub fn post(&self, request: LocalRequest, more_coming: bool) {
         self.requests.push(request);
         self.wake();
         // The push passed the light side of the barrier (`Inbox::push`); a worker that
@@ -409,6 +411,9 @@ impl WorkerShared {
         // that drain sees this request or this load sees the inbox closed.
         if self.requests_closed.load(Ordering::SeqCst) {
             self.drop_requests();
+        }
+        if more_coming {
+            self.requests.prefetch_next_push();
         }
     }
 

@@ -30,6 +30,7 @@
 //!   that push (the sleep handshake of `runtime/worker.rs`). It may report empty while
 //!   an earlier push is still being written; that pusher's own fence then finds the
 //!   sleeper.
+use crate::sync::cacheline;
 use crossbeam_utils::CachePadded;
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
@@ -114,6 +115,20 @@ impl<T> SlotRing<T> {
                 // Another pusher took `position`: look again.
                 _ => position = self.tail.load(Ordering::Relaxed),
             }
+        }
+    }
+
+    /// Starts fetching the slot the next push fills, for writing: the consumer touched it
+    /// last (a lap ago), so that push's stores would otherwise queue behind its transfer,
+    /// and so would every load after them that the store buffer cannot serve (the
+    /// pusher's next steps). For a pusher that pushes again soon: right after a push
+    /// whose item is awaited at once, the fetch competes with that item's own transfer
+    /// (sync in-process calls: 5% slower round trips).
+    pub(crate) fn prefetch_next_push(&self) {
+        let position = self.tail.load(Ordering::Relaxed);
+        let slot = std::ptr::from_ref(self.slot(position)).cast::<u8>();
+        for line in (0..std::mem::size_of::<Slot<T>>()).step_by(64) {
+            cacheline::prefetch_for_writing(slot.wrapping_add(line));
         }
     }
 

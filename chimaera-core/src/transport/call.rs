@@ -405,6 +405,13 @@ pub struct SlotReply {
 }
 
 impl SlotReply {
+    /// Starts fetching the slot's state line (where a small answer goes whole) for
+    /// writing, so that the answer, a routing and a run later, does not wait for the
+    /// caller's core to give the line up (see `sync::cacheline`).
+    pub(crate) fn prefetch(&self) {
+        crate::sync::cacheline::prefetch_for_writing(std::ptr::from_ref(self.slot).cast());
+    }
+
     /// A second handle of the same generation. Whichever handle answers first is the
     /// answer; the other finds the generation no longer `OPEN` (or another generation,
     /// once the caller gave the slot back) and leaves the slot alone. A routed
