@@ -19,7 +19,9 @@
 //! touches the slot after it answered.
 //!
 //! **Slots are never freed.** A slot, once made, lives for the rest of the process: idle
-//! in a lock-free pool of 256, or past that in a spare list (its output buffer freed).
+//! in its last caller's thread's own list (up to 32, no atomic operation to take or give
+//! back), in a lock-free pool of 256, or past that in a spare list (its output buffer
+//! freed); a thread's list goes to the pool when the thread ends.
 //! So the reply a task carries is a plain `&'static` reference and a
 //! generation, with no reference count: a count that the caller raises and the worker
 //! lowers would move a cache line between the two threads twice on every call, and it
@@ -254,11 +256,30 @@ const YIELD_EVERY: u32 = 256;
 
 /// How many idle call slots wait in the lock-free pool; more wait in the spare list.
 const IDLE_CALL_SLOTS: usize = 256;
+/// How many idle call slots a thread keeps for its own next calls.
+const THREAD_IDLE_SLOTS: usize = 32;
 /// Output capacity a pooled slot keeps between calls; a larger output buffer is freed
 /// (and a spare slot keeps none).
 const SLOT_OUTPUT_KEEP: usize = 4096;
 /// Outputs up to this many bytes are answered inline, beside the slot's state word.
 const INLINE_OUTPUT: usize = 48;
+
+/// Idle slots kept by one thread: taken and given back with no atomic read-modify-write
+/// (whose store-buffer drain waited, on every call, for the answer line's transfer back
+/// to the caller). Given to the shared pool when the thread ends.
+struct ThreadSlots(Vec<&'static CallSlot>);
+
+impl Drop for ThreadSlots {
+    fn drop(&mut self) {
+        for slot in self.0.drain(..) {
+            pool_idle(slot);
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_SLOTS: RefCell<ThreadSlots> = const { RefCell::new(ThreadSlots(Vec::new())) };
+}
 
 /// The idle call slots (a bounded lock-free queue).
 fn idle_slots() -> &'static crossbeam_queue::ArrayQueue<&'static CallSlot> {
@@ -369,8 +390,11 @@ impl CallSlot {
     /// A slot from the pool (or a new one), set up for a new call: the caller's handle
     /// and the reply its task answers through.
     pub fn take() -> (SlotCall, SlotReply) {
-        let slot = idle_slots()
-            .pop()
+        let slot = THREAD_SLOTS
+            .try_with(|slots| slots.borrow_mut().0.pop())
+            .ok()
+            .flatten()
+            .or_else(|| idle_slots().pop())
             .or_else(|| lock(&SPARE_SLOTS).pop())
             .unwrap_or_else(|| {
                 // Never freed (see the module docs): the one allocation of a slot's life.
@@ -758,12 +782,32 @@ fn release(slot: &'static CallSlot, generation: u64) {
     }
     slot.state
         .store(open_state(generation.wrapping_add(1)), Ordering::Release);
+    let overflow = THREAD_SLOTS.try_with(|slots| {
+        let slots = &mut slots.borrow_mut().0;
+        if slots.len() >= THREAD_IDLE_SLOTS {
+            return Some(slot);
+        }
+        // Room for all at once: pushing never allocates after the first.
+        slots.reserve_exact(THREAD_IDLE_SLOTS);
+        slots.push(slot);
+        None
+    });
+    // A thread being torn down has no list of its own any more.
+    if let Some(slot) = overflow.unwrap_or(Some(slot)) {
+        pool_idle(slot);
+    }
+}
+
+/// Puts an idle slot (in its new generation, its cells emptied) in the shared pool, or
+/// past it in the spare list.
+fn pool_idle(slot: &'static CallSlot) {
     if let Err(slot) = idle_slots().push(slot) {
         // The pool is full (a burst of pending calls ended): keep the slot as a spare,
         // without its buffer. It is `OPEN` in its new generation, so only a late task
         // of an older generation may look at it, and such a task leaves it alone.
-        // SAFETY: as above: this caller still holds the slot; nobody else touches
-        // its cells until it is taken again.
+        // SAFETY: an idle slot is held by whoever gave it back (`release`, or a list of
+        // them being dropped): `OPEN` in a generation no call has, so a late task
+        // leaves its cells alone, and nobody else touches them until it is taken again.
         unsafe { (*slot.answer.get()).output = Bytes::new() };
         lock(&SPARE_SLOTS).push(slot);
     }
@@ -916,6 +960,32 @@ mod tests {
                 (kind, result) => panic!("call {i} (kind {kind}) read {result:?}"),
             }
         }
+    }
+
+    /// A thread takes back the slots it gave back, most recent first, with no other
+    /// thread in between; past its own list they go to the shared pool.
+    #[test]
+    fn a_thread_reuses_its_own_idle_slots() {
+        on_fresh_thread(|| {
+            let calls: Vec<_> = (0..THREAD_IDLE_SLOTS + 8)
+                .map(|_| CallSlot::take())
+                .collect();
+            let mut given_back = Vec::new();
+            for (call, reply) in calls {
+                given_back.push(std::ptr::from_ref(call.slot.expect("a slot")));
+                answer_and_wait(call, reply);
+            }
+            let kept = THREAD_SLOTS.with(|slots| slots.borrow().0.len());
+            assert_eq!(kept, THREAD_IDLE_SLOTS, "the rest went to the shared pool");
+            let (call, reply) = CallSlot::take();
+            let taken = std::ptr::from_ref(call.slot.expect("a slot"));
+            assert_eq!(
+                taken,
+                given_back[THREAD_IDLE_SLOTS - 1],
+                "the last slot kept comes back first"
+            );
+            answer_and_wait(call, reply);
+        });
     }
 
     #[test]
