@@ -1143,9 +1143,8 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             return Err(TaskError::RuntimeStopped);
         }
         // Pipelining: the thread's last call posted there is not answered yet.
-        let pipelining = 1u64
-            .checked_shl(worker as u32)
-            .is_none_or(|bit| crate::transport::call::posted_pending(self.identity()) & bit != 0);
+        let pending = crate::transport::call::posted_pending(self.identity());
+        let pipelining = crate::transport::call::names_worker(pending, worker);
         let (mut call, reply) = CallSlot::take();
         call.note_posted(self.identity(), worker);
         posting.post(
@@ -1221,10 +1220,7 @@ impl Shared {
         };
         let fences: Vec<_> = all
             .iter()
-            .filter(|worker| {
-                1u64.checked_shl(worker.id() as u32)
-                    .is_none_or(|bit| workers & bit != 0)
-            })
+            .filter(|worker| crate::transport::call::names_worker(workers, worker.id()))
             .map(|worker| {
                 let (mut call, reply) = CallSlot::take();
                 // Answered, it also tells this thread its earlier posts there are routed.

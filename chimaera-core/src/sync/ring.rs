@@ -48,8 +48,8 @@ pub(crate) struct SlotRing<T> {
 }
 
 /// Aligned to a cache line, so that a slot shares no line with its neighbours and an
-/// item moves only the lines it fills (a 144-byte request in a 160-byte slot straddled
-/// three or four). `seq` comes first: the popper that sees it change finds the item's
+/// item moves only the lines it fills (unaligned, the 160-byte slots of the 144-byte
+/// requests posted before straddled three or four lines). `seq` comes first: the popper that sees it change finds the item's
 /// first bytes on the same line.
 #[repr(C, align(64))]
 struct Slot<T> {

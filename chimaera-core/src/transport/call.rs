@@ -554,6 +554,15 @@ pub(crate) fn posted_pending(runtime: usize) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Whether bit `worker` is set in a worker mask of [`posted_pending`] (workers past 63,
+/// which the mask cannot name, always are).
+pub(crate) fn names_worker(workers: u64, worker: usize) -> bool {
+    u32::try_from(worker)
+        .ok()
+        .and_then(|shift| 1u64.checked_shl(shift))
+        .is_none_or(|bit| workers & bit != 0)
+}
+
 /// Settles a posted call this thread waited for or gave up (`answered` if its task
 /// answered): if it was the last call posted to its worker and was answered, nothing
 /// this thread posted there waits to be routed any more.
@@ -986,6 +995,15 @@ mod tests {
             );
             answer_and_wait(call, reply);
         });
+    }
+
+    #[test]
+    fn a_worker_mask_names_its_bits_and_every_worker_past_63() {
+        assert!(names_worker(0b10, 1));
+        assert!(!names_worker(0b10, 0));
+        assert!(!names_worker(0, 63));
+        assert!(names_worker(0, 64));
+        assert!(names_worker(0, usize::MAX));
     }
 
     #[test]
