@@ -1213,3 +1213,31 @@ fn a_broadcast_after_posted_calls_starts_after_them() {
         }
     });
 }
+
+/// Pools given to `RuntimeBuilder::boot_pools` exist as soon as the start returns (a
+/// client process connects only after that), and one that cannot be created fails the
+/// start, naming the pool.
+#[test]
+fn boot_pools_exist_when_the_runtime_starts_and_one_that_fails_fails_the_start() {
+    let compose = |entries: &str| {
+        let config = RuntimeConfig::from_yaml_str(&format!("compose:\n{entries}")).unwrap();
+        let builder = chimaera::builder();
+        let pools = chimaera::compose::prepare(builder.modules(), &config.compose).unwrap();
+        builder.boot_pools(pools)
+    };
+    let runtime =
+        compose("  - module: MOD_NAME\n    name: booted\n    params:\n      label: boot\n")
+            .start()
+            .unwrap();
+    let booted = ModNameClient::open(&runtime.client(), "booted").unwrap();
+    assert_eq!(booted.custom(PoolQuery::local(), "hi", 1).unwrap(), "hi");
+    runtime.stop();
+
+    // `admin` is the admin module's pool: MOD_NAME cannot have it.
+    let failed = compose("  - module: MOD_NAME\n    name: admin\n").start();
+    let Err(err) = failed else {
+        panic!("a boot pool that cannot be created must fail the start");
+    };
+    assert!(matches!(err, chimaera::StartError::Compose(_)), "{err:?}");
+    assert!(err.to_string().contains("`admin`"), "{err}");
+}

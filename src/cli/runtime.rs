@@ -77,6 +77,8 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
     let instance = config.instance.clone();
     let grace = config.stop_grace_period;
     let metrics_address = config.metrics_prometheus;
+    // Created before the runtime says it is ready: a client that connects finds them.
+    let builder = builder.boot_pools(pools);
     let builder = match with_network(builder, config) {
         Ok(builder) => builder,
         Err((code, err)) => {
@@ -88,26 +90,6 @@ pub(super) fn start(context: &Context, builder: RuntimeBuilder) -> ExitCode {
         Err(err) => return fail(FAILED, format!("runtime `{instance}` did not start: {err}")),
     };
     let stopper = StopOnSignal::spawn(signals, runtime.client(), grace);
-
-    let client = runtime.client();
-    for pool in &pools {
-        match pool.create(&client) {
-            Ok(info) => tracing::info!(
-                pool = %info.name, id = %info.id, module = %info.module,
-                containers = info.containers, "composed pool"
-            ),
-            Err(err) => {
-                drop(client);
-                runtime.stop();
-                stopper.close();
-                return fail(
-                    FAILED,
-                    format!("compose at boot failed, runtime stopped: {err}"),
-                );
-            }
-        }
-    }
-    drop(client);
 
     let exporter = match metrics_address {
         None => None,

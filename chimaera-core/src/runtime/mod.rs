@@ -141,6 +141,10 @@ pub enum StartError {
     /// A worker thread could not be started.
     #[error("cannot start a worker thread: {0}; lower `workers` in the configuration or raise the process's thread limit")]
     Worker(#[source] std::io::Error),
+    /// A pool given to [`RuntimeBuilder::boot_pools`] could not be created; the runtime
+    /// was stopped.
+    #[error("compose at boot failed, runtime stopped: {0}")]
+    Compose(#[source] crate::runtime::compose::ComposeError),
 }
 
 /// What queuing a task hands back: the call to wait on (none for fire-and-forget and
@@ -1392,6 +1396,7 @@ pub struct RuntimeBuilder {
     config: RuntimeConfig,
     modules: Vec<ModuleEntry>,
     network: Option<Arc<dyn PeerNetwork>>,
+    boot_pools: Vec<crate::runtime::compose::PreparedPool>,
 }
 
 impl RuntimeBuilder {
@@ -1432,6 +1437,16 @@ impl RuntimeBuilder {
     /// entry of the config, or `chimaera compose FILE`).
     pub fn composable_module<M: crate::runtime::compose::Composable>(self) -> Self {
         self.module_entry(ModuleEntry::composable::<M>())
+    }
+
+    /// Pools the runtime creates (gets or creates, in order) right after its admin pool,
+    /// before it tells client processes it is ready: a client that connects finds them
+    /// (`compose::prepare` makes them from a config's `compose:` entries). If one
+    /// cannot be created, the runtime stops and the start fails with
+    /// [`StartError::Compose`].
+    pub fn boot_pools(mut self, pools: Vec<crate::runtime::compose::PreparedPool>) -> Self {
+        self.boot_pools = pools;
+        self
     }
 
     /// The modules registered so far, in registration order.
@@ -1575,6 +1590,21 @@ impl RuntimeBuilder {
         match admin {
             Ok(info) if info.id == PoolId::ADMIN => {
                 runtime.shared.join_cluster();
+                let client = runtime.client();
+                for pool in &self.boot_pools {
+                    match pool.create(&client) {
+                        Ok(info) => tracing::info!(
+                            pool = %info.name, id = %info.id, module = %info.module,
+                            containers = info.containers, "composed pool"
+                        ),
+                        Err(err) => {
+                            drop(client);
+                            runtime.stop();
+                            return Err(StartError::Compose(err));
+                        }
+                    }
+                }
+                drop(client);
                 if let Some(server) = runtime.shared.shm.get() {
                     server.publish_ready();
                 }
