@@ -35,6 +35,7 @@
 //! profiling.
 use chimaera::bdev::{BdevClient, BdevParams, BdevType, Block};
 use chimaera::prelude::*;
+use chimaera_bench::bdev_load::{allocate_all, write_each, Rng, BLOCK, DEPTH};
 use chimaera_bench::Series;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -44,26 +45,8 @@ use std::time::{Duration, Instant};
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const DEVICE_SIZE: u64 = 256 * MIB;
-const BLOCK: u64 = 4 * KIB;
-const DEPTH: usize = 32;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
-
-/// xorshift64*: random block indices without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn local() -> PoolQuery {
     PoolQuery::local()
@@ -92,47 +75,6 @@ impl std::fmt::Display for Rates {
             self.mean()
         )
     }
-}
-
-/// Every 4 KiB block of the device, allocated one request at a time.
-fn allocate_all(bdev: &BdevClient) -> Result<Vec<Block>> {
-    let mut blocks = Vec::with_capacity((DEVICE_SIZE / BLOCK) as usize);
-    let mut window = VecDeque::with_capacity(DEPTH);
-    for _ in 0..DEVICE_SIZE / BLOCK {
-        if window.len() == DEPTH {
-            let got: Vec<Block> = Pending::wait(window.pop_front().expect("full window"))?;
-            blocks.extend(got);
-        }
-        window.push_back(bdev.async_allocate_blocks(local(), BLOCK)?);
-    }
-    for pending in window {
-        blocks.extend(pending.wait()?);
-    }
-    Ok(blocks)
-}
-
-/// Writes every block of `blocks` once, `DEPTH` in flight, untimed: the RAM device's
-/// memory is faulted in on first touch (zeroed huge pages, or 4 KiB pages where the
-/// kernel has none), as the memcpy floor's is before it is timed, so that the timed
-/// phases compare copies into touched memory on both sides (left out, it cost the
-/// device's write phase about a third of its rate on the development VM).
-fn write_each(bdev: &BdevClient, blocks: &[Block]) -> Result<()> {
-    let mut data = bdev
-        .client()
-        .allocate_buffer(BLOCK as usize * (DEPTH + 1))?;
-    data.fill(0x11);
-    let mut writes = VecDeque::with_capacity(DEPTH);
-    for (i, &block) in blocks.iter().enumerate() {
-        let slice = &data[(i % (DEPTH + 1)) * BLOCK as usize..][..BLOCK as usize];
-        if writes.len() == DEPTH {
-            Pending::wait(writes.pop_front().expect("full window"))?;
-        }
-        writes.push_back(bdev.async_write(local(), block, slice)?);
-    }
-    for pending in writes {
-        pending.wait()?;
-    }
-    Ok(())
 }
 
 /// Sync random writes (`write`) or reads for `secs`: ops per second.
@@ -261,8 +203,10 @@ fn measure(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<Fig
     }
     let mut ram_qd32 = Rates::default();
     if enabled("ram") {
-        let blocks = allocate_all(&ram)?;
-        write_each(&ram, &blocks)?;
+        let blocks = allocate_all(&ram, DEVICE_SIZE)?;
+        // Untimed: the device's memory is faulted in now, as the floor's is (left out,
+        // that cost the write phase about a third of its rate on the development VM).
+        write_each(&ram, blocks.iter().copied())?;
         ram_qd32 = Rates {
             write: run_qd32(&ram, &blocks, true, secs)?,
             read: run_qd32(&ram, &blocks, false, secs)?,
@@ -295,7 +239,7 @@ fn measure_file(chi: &Client, label: &str, file: &Path, secs: Duration) -> Resul
         direct: true,
     };
     let bdev = BdevClient::create(chi, local(), &path, params)?;
-    let blocks = allocate_all(&bdev)?;
+    let blocks = allocate_all(&bdev, DEVICE_SIZE)?;
     let qd1 = Rates {
         write: run_qd1(&bdev, &blocks, true, secs)?,
         read: run_qd1(&bdev, &blocks, false, secs)?,
@@ -324,7 +268,7 @@ fn memcpy_floor(secs: Duration) -> Result<Rates> {
     #[cfg(target_os = "linux")]
     let _ = device.advise(memmap2::Advice::HugePage);
     // Touch every page first, as the RAM device's buffer is before it is timed (see
-    // `write_each`).
+    // `bdev_load::write_each`).
     device.iter_mut().step_by(4096).for_each(|b| *b = 1);
     let blocks = (DEVICE_SIZE / BLOCK) as usize;
     let mut rng = Rng(0x0bad_cafe);

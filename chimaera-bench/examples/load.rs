@@ -17,9 +17,10 @@
 //!
 //! The pools it makes (`load-custom`, `load-ram`) stay in the runtime, so a second run
 //! finds them; the RAM device is destroyed at the end of a `bdev-*` run.
-use chimaera::bdev::{BdevClient, BdevParams, BdevType, Block};
+use chimaera::bdev::{BdevClient, BdevParams, BdevType};
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
+use chimaera_bench::bdev_load::{allocate_all, write_each, Rng, BLOCK};
 use std::collections::VecDeque;
 use std::error::Error;
 use std::process::ExitCode;
@@ -31,9 +32,7 @@ const USAGE: &str = "usage: load <sync|pipelined|bdev-write|bdev-awf> [calls]
   connects to the runtime of CHI_INSTANCE and prints calls_per_s";
 /// Async calls in flight: one less than the default `queue_depth`, as in the `ipc` bench.
 const WINDOW: usize = 255;
-const BLOCK: u64 = 4096;
 const DEVICE: u64 = 256 << 20;
-const DEPTH: usize = 32;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -138,57 +137,18 @@ fn ram_device(chi: &Client) -> Res<BdevClient> {
     )?)
 }
 
-/// xorshift64*: random block indices without a dependency.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
-/// Times `calls` writes of random blocks, [`DEPTH`] in flight; returns the seconds.
+/// Times `calls` writes of random blocks, 32 in flight, after one untimed write
+/// of every block (a fresh device's memory is faulted in on its first writes, which
+/// would dominate a short run); returns the seconds.
 fn bdev_write(chi: &Client, calls: u64) -> Res<f64> {
     let bdev = ram_device(chi)?;
-    let mut blocks: Vec<Block> = Vec::with_capacity((DEVICE / BLOCK) as usize);
-    let mut allocating = VecDeque::with_capacity(DEPTH);
-    for _ in 0..DEVICE / BLOCK {
-        if allocating.len() == DEPTH {
-            if let Some(oldest) = allocating.pop_front() {
-                let got: Vec<Block> = Pending::wait(oldest)?;
-                blocks.extend(got);
-            }
-        }
-        allocating.push_back(bdev.async_allocate_blocks(PoolQuery::local(), BLOCK)?);
-    }
-    for pending in allocating {
-        blocks.extend(pending.wait()?);
-    }
-    let mut data = chi.allocate_buffer(BLOCK as usize * (DEPTH + 1))?;
-    data.fill(0x5a);
-    let write = |picks: &mut dyn Iterator<Item = Block>| -> Res<()> {
-        let mut writes = VecDeque::with_capacity(DEPTH);
-        for (i, block) in picks.enumerate() {
-            // One slice more than the window: no slice is reused while a write reads it.
-            let slice = &data[(i % (DEPTH + 1)) * BLOCK as usize..][..BLOCK as usize];
-            if writes.len() == DEPTH {
-                if let Some(oldest) = writes.pop_front() {
-                    Pending::wait(oldest)?;
-                }
-            }
-            writes.push_back(bdev.async_write(PoolQuery::local(), block, slice)?);
-        }
-        for pending in writes {
-            pending.wait()?;
-        }
-        Ok(())
-    };
-    // Every block once first: a fresh device's memory is faulted in on its first
-    // writes, which would dominate a short run.
-    write(&mut blocks.iter().copied())?;
-    let mut random = 0x1234_5678_u64;
+    let blocks = allocate_all(&bdev, DEVICE)?;
+    write_each(&bdev, blocks.iter().copied())?;
+    let mut random = Rng(0x1234_5678);
     let start = Instant::now();
-    write(
-        &mut (0..calls).map(|_| blocks[(next_random(&mut random) % blocks.len() as u64) as usize]),
+    write_each(
+        &bdev,
+        (0..calls).map(|_| blocks[random.below(blocks.len())]),
     )?;
     let secs = start.elapsed().as_secs_f64();
     bdev.destroy_pool()?;

@@ -7,11 +7,15 @@
 //!   client processes;
 //! * [`workloads_svg`]: one horizontal bar per (workload, party), ops per second.
 //!
+//! [`bdev_load`] holds what the `bdev` bench and the `load` example share.
+//!
 //! Files go to `<target dir>/bench-plots/<bench>.svg`, the target dir being
 //! `CARGO_TARGET_DIR` when set, else `chimaera-bench/target`. plotters runs with its SVG
 //! backend only (text is measured by its naive font metrics, so no font library or
 //! system font is needed): the picture is exactly what the summary line says, drawn; a
 //! plot that cannot be written fails the bench after its figures were printed.
+pub mod bdev_load;
+
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
