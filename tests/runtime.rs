@@ -1191,6 +1191,51 @@ fn an_in_process_call_whose_route_overflows_the_pollers_stack_fails_alone() {
     }
 }
 
+/// In-process calls posted together are routed in one round by the worker's poller: a
+/// route that overflows its stack among them fails that call alone, and the calls
+/// routed before it (the first staged in the dead poller's slot, not started) and after
+/// it all run on the next poller.
+#[test]
+fn posted_calls_routed_with_an_overflowing_route_are_all_answered() {
+    let rt = with_workers(1, "coroutine_stack_size: 64KiB");
+    let p = probe_pool(&rt.client(), "deep_batch_in_process", 1);
+    for (round, deep_at) in [1usize, 0, 10, 1].into_iter().enumerate() {
+        // An idle worker sleeps: the calls below all wait in its request inbox when it
+        // wakes, so it routes them in one round.
+        std::thread::sleep(Duration::from_millis(50));
+        let depths: Vec<u32> = (0..21u32)
+            .map(|i| {
+                if i as usize == deep_at {
+                    1_000_000
+                } else {
+                    i % 4
+                }
+            })
+            .collect();
+        let results = returns("posted calls around an overflowing route", {
+            let p = p.clone();
+            let depths = depths.clone();
+            move || {
+                let pending: Vec<_> = depths
+                    .into_iter()
+                    .map(|depth| p.async_deep_route(PoolQuery::local(), depth).unwrap())
+                    .collect();
+                pending.into_iter().map(Pending::wait).collect::<Vec<_>>()
+            }
+        });
+        for (at, (result, depth)) in results.iter().zip(&depths).enumerate() {
+            if at == deep_at {
+                assert!(
+                    matches!(result, Err(TaskError::StackOverflow { method: 23, .. })),
+                    "round {round}: call {at}: got {result:?}"
+                );
+            } else {
+                assert_eq!(result, &Ok(*depth), "round {round}: call {at}");
+            }
+        }
+    }
+}
+
 /// A call that cannot be posted (a broadcast) is queued by its caller: it must still
 /// start after the calls the same thread posted before it, which wait to be routed
 /// (their worker is busy). The caller first waits until they are routed.

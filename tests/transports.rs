@@ -240,9 +240,11 @@ fn a_route_that_overflows_the_pollers_stack_fails_its_task_and_the_worker_serves
 }
 
 /// A poller pops a client's ring in batches: a route that overflows the poller's stack
-/// in the middle of a batch fails that task alone, and the tasks popped with it after it
-/// are routed by the next poller, not lost with the dead one's stack (their calls would
-/// hang).
+/// in the middle of a batch fails that task alone, and the tasks popped with it are all
+/// run by the next poller: those after it, which the dead one never routed, and those
+/// before it, which it routed but had not run (the first of them staged in its own slot)
+/// — none is lost with the dead poller's stack (their calls would hang) or failed in its
+/// place.
 #[test]
 fn the_tasks_popped_in_one_batch_with_an_overflowing_route_are_all_answered() {
     let config = "workers:\n  low_latency: 1\n  high_latency: 0\ncoroutine_stack_size: 64KiB\n";
@@ -253,29 +255,43 @@ fn the_tasks_popped_in_one_batch_with_an_overflowing_route_are_all_answered() {
     let process = RuntimeProcess::start_with("route-overflow-batch", config, launch);
     let chi = process.client();
     let probe = ProbeClient::create(&chi, PoolQuery::local(), "deep").unwrap();
-    for round in 0..3 {
+    // Where the deep route sits among 41 calls: first, second (right after the staged
+    // task), in the middle.
+    for (round, deep_at) in [0usize, 1, 20, 0, 1].into_iter().enumerate() {
         // An idle worker sleeps: the calls below are all in the ring when it wakes, so
         // it pops them together.
         std::thread::sleep(Duration::from_millis(50));
+        // Shallow routes around the deep one: a few KiB of the poller's stack.
+        let depths: Vec<u32> = (0..41u32)
+            .map(|i| {
+                if i as usize == deep_at {
+                    1_000_000
+                } else {
+                    i % 4
+                }
+            })
+            .collect();
         let results = within("a batch holding an overflowing route", {
             let probe = probe.clone();
+            let depths = depths.clone();
             move || {
-                // Shallow routes after the deep one: a few KiB of the poller's stack.
-                let depths = std::iter::once(1_000_000).chain((0..40).map(|i| i % 4));
                 let pending: Vec<_> = depths
+                    .into_iter()
                     .map(|depth| probe.async_deep_route(PoolQuery::local(), depth).unwrap())
                     .collect();
                 pending.into_iter().map(Pending::wait).collect::<Vec<_>>()
             }
         });
-        assert!(
-            matches!(results[0], Err(TaskError::StackOverflow { method: 23, .. })),
-            "round {round}: got {:?}",
-            results[0]
-        );
-        let rest: Vec<_> = results[1..].to_vec();
-        let expected: Vec<_> = (0..40).map(|i| Ok(i % 4)).collect();
-        assert_eq!(rest, expected, "round {round}");
+        for (at, (result, depth)) in results.iter().zip(&depths).enumerate() {
+            if at == deep_at {
+                assert!(
+                    matches!(result, Err(TaskError::StackOverflow { method: 23, .. })),
+                    "round {round}: call {at}: got {result:?}"
+                );
+            } else {
+                assert_eq!(result, &Ok(*depth), "round {round}: call {at}");
+            }
+        }
     }
 }
 

@@ -56,7 +56,12 @@
 //! any lane: the same order the lane would give, minus two queue round trips. A lane
 //! with anything queued, or an inbox holding anything, takes the task behind it, so a
 //! lane still starts its tasks in arrival order. High-latency lanes always queue, so
-//! low-latency lanes are served first.
+//! low-latency lanes are served first. The first task of a batch is *staged*: written
+//! straight into the polling coroutine's slot, where it runs, rather than moved through
+//! the batch's queue and then into the slot (a task is 224 bytes; a lone call, the
+//! common case of sync clients, then costs one copy instead of three). Should the poller
+//! die while it still routes (chimod routing code overflowing its stack), a staged task
+//! that never started goes back to the front of the batch for the next poller.
 //!
 //! **Sleeping.** With nothing ready, a poller yields a few rounds, then announces
 //! `sleeping` and parks; a push that finds `sleeping` set unparks it. The flag is set
@@ -201,13 +206,20 @@ impl Lane {
     /// from a client ring). When this is a low-latency lane of that worker holding
     /// nothing, and the caller runs on that worker's thread, the task joins the worker's
     /// batch, which its poller runs inline right after the ingest, before any lane —
-    /// skipping the queue and the ready list. With an earlier task still queued, it is
+    /// skipping the queue and the ready list (the batch's first task is staged in the
+    /// poller's own slot, see the module docs). With an earlier task still queued, it is
     /// queued behind it, so a lane still starts its tasks in order.
     pub fn push_from_worker(self: &Arc<Self>, task: Task, worker: usize) {
         let shared = &self.worker;
         if shared.id == worker && self.is_idle_low_latency() && shared.inbox.is_empty() {
             if let Some(mut local) = shared.local() {
-                local.batch.push_back(task);
+                let unstaged = match (local.batch.is_empty(), local.poller.as_deref()) {
+                    (true, Some(poller)) => poller.try_stage(task),
+                    _ => Some(task),
+                };
+                if let Some(task) = unstaged {
+                    local.batch.push_back(task);
+                }
                 return;
             }
         }
@@ -321,24 +333,47 @@ pub(crate) fn on_worker_thread() -> bool {
 /// polling role.
 struct TaskSlot {
     task: UnsafeCell<Option<Task>>,
+    /// `task` holds a staged task (see the module docs): the first of the batch being
+    /// ingested, not started yet.
+    staged: Cell<bool>,
     routing: UnsafeCell<Option<LocalRequest>>,
     blocker: OnceLock<Arc<Blocker>>,
     /// Set by the coroutine that hands this idle one the polling role, before it unparks it.
     called: AtomicBool,
 }
 
-// SAFETY: a slot's `task` and `routing` are only used on its worker's thread: its
-// coroutine fills one before running the task (routing the request) inline and empties
-// it after, and the overflow hook reads them after the coroutine died; coroutines never
-// leave that thread, so these never overlap.
+// SAFETY: a slot's `task`, `staged` and `routing` are only used on its worker's thread:
+// its coroutine fills one before running the task (routing the request) inline and
+// empties it after (the ingest it runs as the poller stages a task there, see
+// `Lane::push_from_worker`), and the overflow hook reads them after the coroutine died;
+// coroutines never leave that thread, so these never overlap.
 unsafe impl Send for TaskSlot {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for TaskSlot {}
 
 impl TaskSlot {
+    /// Writes `task` into this (the polling coroutine's) slot to run there next, if the
+    /// slot is empty; else gives it back (`Some`). Called by the poller's own ingest, on
+    /// its worker's thread (so the slot's coroutine is the running one, between runs).
+    fn try_stage(&self, task: Task) -> Option<Task> {
+        let cell = self.task.get();
+        // SAFETY: on the worker's thread, by the running poller between its runs (see
+        // `TaskSlot`'s `Send`): nothing else uses the cell now, and no reference into it
+        // is alive.
+        unsafe {
+            if (*cell).is_some() {
+                return Some(task);
+            }
+            *cell = Some(task);
+        }
+        self.staged.set(true);
+        None
+    }
+
     fn new() -> Arc<TaskSlot> {
         Arc::new(TaskSlot {
             task: UnsafeCell::new(None),
+            staged: Cell::new(false),
             routing: UnsafeCell::new(None),
             blocker: OnceLock::new(),
             called: AtomicBool::new(false),
@@ -479,6 +514,15 @@ impl WorkerShared {
 
     fn next_batched(&self) -> Option<Task> {
         self.local()?.batch.pop_front()
+    }
+
+    /// Puts a task staged in a dead poller's slot back at the front of the batch, where
+    /// it was (see the module docs).
+    fn requeue_staged(&self, task: Task) {
+        match self.local() {
+            Some(mut local) => local.batch.push_front(task),
+            None => self.runner.reject(task),
+        }
     }
 
     /// Ends the poller's turn on `lane`: clears its flag, and puts it back on the ready
@@ -695,20 +739,28 @@ fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
                 );
                 worker.runner.route_overflowed(request);
             }
-            // SAFETY: as above; the task it ran is still in the slot.
+            // SAFETY: as above; the task it ran (or had staged) is still in the slot.
             let task = unsafe { (*slot.task.get()).take() };
-            match task {
-                Some(task) => worker.runner.overflowed(task),
-                None if was_poller => {
-                    tracing::error!(
-                        worker = worker.id,
-                        "the worker's poller overflowed its stack in a chimod's route; the task fails and a new poller takes over"
-                    );
-                    if let Some(source) = &worker.source {
-                        source.poller_died(worker.id);
-                    }
+            // A staged task never started: the poller died routing the tasks after it.
+            let ran = match task {
+                Some(task) if slot.staged.replace(false) => {
+                    worker.requeue_staged(task);
+                    false
                 }
-                None => {}
+                Some(task) => {
+                    worker.runner.overflowed(task);
+                    true
+                }
+                None => false,
+            };
+            if was_poller && !ran {
+                tracing::error!(
+                    worker = worker.id,
+                    "the worker's poller overflowed its stack in a chimod's route; the task fails and a new poller takes over"
+                );
+                if let Some(source) = &worker.source {
+                    source.poller_died(worker.id);
+                }
             }
             if was_poller {
                 worker.drop_polling();
@@ -771,11 +823,38 @@ fn dispatch_next(
     let cell = slot.task.get();
     // SAFETY: only this coroutine uses its slot's task while it runs (see `TaskSlot`);
     // the overflow hook reads it only once the coroutine is dead. The slot is empty
-    // between runs (emptied below), so the insert drops nothing; the reference does not
-    // outlive the run.
-    let task = unsafe {
+    // between runs (emptied by `run_in_slot`), so the write drops nothing.
+    unsafe {
         debug_assert!((*cell).is_none(), "a task left in its coroutine's slot");
-        (*cell).insert(next)
+        *cell = Some(next);
+    }
+    Some(run_in_slot(worker, slot, out, held))
+}
+
+/// Runs the task its ingest staged in the polling coroutine's `slot` (see the module
+/// docs), as [`dispatch_next`] runs a task; `None` when none is staged.
+#[inline(always)]
+fn dispatch_staged(
+    worker: &WorkerShared,
+    slot: &TaskSlot,
+    out: &mut OutputBuffer,
+    held: &mut Held,
+) -> Option<bool> {
+    slot.staged
+        .replace(false)
+        .then(|| run_in_slot(worker, slot, out, held))
+}
+
+/// Runs the task in the polling coroutine's `slot` inline (or rejects it when the worker
+/// shuts down) and empties the slot; whether the coroutine still holds the polling role.
+#[inline(always)]
+fn run_in_slot(worker: &WorkerShared, slot: &TaskSlot, out: &mut OutputBuffer, held: &mut Held) -> bool {
+    let cell = slot.task.get();
+    // SAFETY: only this coroutine uses its slot's task while it runs (see `TaskSlot`);
+    // the overflow hook reads it only once the coroutine is dead. The reference does not
+    // outlive the run.
+    let Some(task) = (unsafe { (*cell).as_mut() }) else {
+        return true;
     };
     // Counted before it runs, so a status task running inline sees every task before it.
     // Only this worker's thread writes the count: a load and a store, no locked add.
@@ -786,14 +865,14 @@ fn dispatch_next(
         if let Some(task) = unsafe { (*cell).take() } {
             worker.runner.reject(task);
         }
-        return Some(true);
+        return true;
     }
     coroutine::arm_handoff();
     worker.runner.run(task, out, worker.id, held);
     let still_polling = coroutine::disarm_handoff();
     // SAFETY: as above; the run is over, so the task is dropped here, in place.
     unsafe { *cell = None };
-    Some(still_polling)
+    still_polling
 }
 
 /// Routes up to [`INBOX_PER_ROUND`] posted in-process calls, each from the polling
@@ -839,6 +918,13 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 true => 0,
                 false => route_requests(worker, slot, held),
             };
+        // The batch's first task, staged in this coroutine's slot, then the rest.
+        if let Some(still_polling) = dispatch_staged(worker, slot, out, held) {
+            dispatched = true;
+            if !still_polling {
+                return Polled::HandedOn;
+            }
+        }
         while let Some(still_polling) =
             dispatch_next(worker, slot, out, held, || worker.next_batched())
         {
