@@ -512,10 +512,6 @@ impl WorkerShared {
         self.local.0.try_borrow_mut().ok()
     }
 
-    fn next_batched(&self) -> Option<Task> {
-        self.local()?.batch.pop_front()
-    }
-
     /// Puts a task staged in a dead poller's slot back at the front of the batch, where
     /// it was (see the module docs).
     fn requeue_staged(&self, task: Task) {
@@ -831,6 +827,34 @@ fn dispatch_next(
     Some(run_in_slot(worker, slot, out, held))
 }
 
+/// Moves the batch's next task into the polling coroutine's `slot` and runs it there,
+/// as [`dispatch_next`] runs a task; `None` when the batch is empty. The task goes from
+/// the batch into the slot in one copy: nothing is written when the batch is empty.
+#[inline(always)]
+fn dispatch_batched(
+    worker: &WorkerShared,
+    slot: &TaskSlot,
+    out: &mut OutputBuffer,
+    held: &mut Held,
+) -> Option<bool> {
+    {
+        let mut local = worker.local()?;
+        if local.batch.is_empty() {
+            return None;
+        }
+        let cell = slot.task.get();
+        // SAFETY: only this coroutine uses its slot's task while it runs (see
+        // `TaskSlot`); the overflow hook reads it only once the coroutine is dead. The
+        // slot is empty between runs (emptied by `run_in_slot`), so the write drops
+        // nothing.
+        unsafe {
+            debug_assert!((*cell).is_none(), "a task left in its coroutine's slot");
+            cell.write(local.batch.pop_front());
+        }
+    }
+    Some(run_in_slot(worker, slot, out, held))
+}
+
 /// Runs the task its ingest staged in the polling coroutine's `slot` (see the module
 /// docs), as [`dispatch_next`] runs a task; `None` when none is staged.
 #[inline(always)]
@@ -925,9 +949,7 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
                 return Polled::HandedOn;
             }
         }
-        while let Some(still_polling) =
-            dispatch_next(worker, slot, out, held, || worker.next_batched())
-        {
+        while let Some(still_polling) = dispatch_batched(worker, slot, out, held) {
             dispatched = true;
             if !still_polling {
                 return Polled::HandedOn;
