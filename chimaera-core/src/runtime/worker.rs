@@ -905,17 +905,20 @@ fn run_in_slot(worker: &WorkerShared, slot: &TaskSlot, out: &mut OutputBuffer, h
 fn route_requests(worker: &WorkerShared, slot: &TaskSlot, held: &mut Held) -> usize {
     let cell = slot.routing.get();
     let mut routed = 0;
-    while routed < INBOX_PER_ROUND {
-        let Some(request) = worker.requests.pop() else {
-            break;
-        };
+    // Only this poller pops the inbox: a request seen there is still there to pop.
+    while routed < INBOX_PER_ROUND && !worker.requests.is_empty() {
         // SAFETY: only this coroutine uses its slot's request while it routes (see
         // `TaskSlot`); the overflow hook reads it only once the coroutine is dead. The
-        // cell is empty between routes (emptied below), so the insert drops nothing; the
-        // reference does not outlive the route.
+        // cell is empty between routes (emptied below), so the write drops nothing; the
+        // reference does not outlive the route. Popped in place: one copy of the
+        // request from the inbox into the slot.
         let request = unsafe {
             debug_assert!((*cell).is_none(), "a request left in its coroutine's slot");
-            (*cell).insert(request)
+            cell.write(worker.requests.pop());
+            let Some(request) = (*cell).as_mut() else {
+                break;
+            };
+            request
         };
         worker.runner.route(request, worker.id, held);
         // SAFETY: as above; the route is over, so the request (answered, or its answer
