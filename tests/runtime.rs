@@ -1203,36 +1203,13 @@ fn posted_calls_routed_with_an_overflowing_route_are_all_answered() {
         // An idle worker sleeps: the calls below all wait in its request inbox when it
         // wakes, so it routes them in one round.
         std::thread::sleep(Duration::from_millis(50));
-        let depths: Vec<u32> = (0..21u32)
-            .map(|i| {
-                if i as usize == deep_at {
-                    1_000_000
-                } else {
-                    i % 4
-                }
-            })
-            .collect();
+        let depths = probe::depths_with_one_deep(21, deep_at);
         let results = returns("posted calls around an overflowing route", {
             let p = p.clone();
             let depths = depths.clone();
-            move || {
-                let pending: Vec<_> = depths
-                    .into_iter()
-                    .map(|depth| p.async_deep_route(PoolQuery::local(), depth).unwrap())
-                    .collect();
-                pending.into_iter().map(Pending::wait).collect::<Vec<_>>()
-            }
+            move || probe::deep_routes_at_once(&p, &depths)
         });
-        for (at, (result, depth)) in results.iter().zip(&depths).enumerate() {
-            if at == deep_at {
-                assert!(
-                    matches!(result, Err(TaskError::StackOverflow { method: 23, .. })),
-                    "round {round}: call {at}: got {result:?}"
-                );
-            } else {
-                assert_eq!(result, &Ok(*depth), "round {round}: call {at}");
-            }
-        }
+        probe::assert_only_the_deep_route_failed(&results, &depths, deep_at, round);
     }
 }
 

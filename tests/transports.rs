@@ -261,37 +261,13 @@ fn the_tasks_popped_in_one_batch_with_an_overflowing_route_are_all_answered() {
         // An idle worker sleeps: the calls below are all in the ring when it wakes, so
         // it pops them together.
         std::thread::sleep(Duration::from_millis(50));
-        // Shallow routes around the deep one: a few KiB of the poller's stack.
-        let depths: Vec<u32> = (0..41u32)
-            .map(|i| {
-                if i as usize == deep_at {
-                    1_000_000
-                } else {
-                    i % 4
-                }
-            })
-            .collect();
+        let depths = probe::depths_with_one_deep(41, deep_at);
         let results = within("a batch holding an overflowing route", {
             let probe = probe.clone();
             let depths = depths.clone();
-            move || {
-                let pending: Vec<_> = depths
-                    .into_iter()
-                    .map(|depth| probe.async_deep_route(PoolQuery::local(), depth).unwrap())
-                    .collect();
-                pending.into_iter().map(Pending::wait).collect::<Vec<_>>()
-            }
+            move || probe::deep_routes_at_once(&probe, &depths)
         });
-        for (at, (result, depth)) in results.iter().zip(&depths).enumerate() {
-            if at == deep_at {
-                assert!(
-                    matches!(result, Err(TaskError::StackOverflow { method: 23, .. })),
-                    "round {round}: call {at}: got {result:?}"
-                );
-            } else {
-                assert_eq!(result, &Ok(*depth), "round {round}: call {at}");
-            }
-        }
+        probe::assert_only_the_deep_route_failed(&results, &depths, deep_at, round);
     }
 }
 

@@ -264,3 +264,54 @@ impl Drop for Probe {
         dropped.push(std::mem::take(&mut self.pool));
     }
 }
+
+/// A batch of `deep_route` calls whose route overflows a 64 KiB stack at place
+/// `deep_at` only: `len` depths, the others shallow (a few KiB of stack each).
+#[allow(dead_code)] // Used by the test files that overflow a route in a batch.
+pub(crate) fn depths_with_one_deep(len: u32, deep_at: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| {
+            if i as usize == deep_at {
+                1_000_000
+            } else {
+                i % 4
+            }
+        })
+        .collect()
+}
+
+/// Makes the `deep_route` calls of `depths` all at once (so they wait together for the
+/// worker), then waits for each, in order.
+#[allow(dead_code)] // As `depths_with_one_deep`.
+pub(crate) fn deep_routes_at_once(
+    probe: &ProbeClient,
+    depths: &[u32],
+) -> Vec<Result<u32, TaskError>> {
+    let pending: Vec<_> = depths
+        .iter()
+        .map(|&depth| probe.async_deep_route(PoolQuery::local(), depth).unwrap())
+        .collect();
+    pending.into_iter().map(Pending::wait).collect()
+}
+
+/// Asserts that of the answers to `depths` (see `depths_with_one_deep`), the call at
+/// `deep_at` failed with a stack overflow and every other returned its depth.
+#[allow(dead_code)] // As `depths_with_one_deep`.
+pub(crate) fn assert_only_the_deep_route_failed(
+    results: &[Result<u32, TaskError>],
+    depths: &[u32],
+    deep_at: usize,
+    round: usize,
+) {
+    assert_eq!(results.len(), depths.len(), "round {round}");
+    for (at, (result, depth)) in results.iter().zip(depths).enumerate() {
+        if at == deep_at {
+            assert!(
+                matches!(result, Err(TaskError::StackOverflow { method: 23, .. })),
+                "round {round}: call {at}: got {result:?}"
+            );
+        } else {
+            assert_eq!(result, &Ok(*depth), "round {round}: call {at}");
+        }
+    }
+}
