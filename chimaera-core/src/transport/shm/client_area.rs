@@ -329,6 +329,9 @@ const INGEST_BUDGET: usize = 64;
 /// How many slots ahead of the one it routes an ingest fetches (see `route_batch`).
 const PREFETCH_AHEAD: usize = 2;
 
+/// `ClientArea::lone_slot` when the last batch was not a lone task.
+const NO_LONE_SLOT: u32 = u32::MAX;
+
 /// Counters shared by every area of a server.
 #[derive(Debug, Default)]
 pub struct ServerCounters {
@@ -383,6 +386,11 @@ pub struct ClientArea {
     /// so an ingest looks at the lock only then.
     carried: Mutex<Vec<u32>>,
     has_carried: AtomicBool,
+    /// The slot a lone task came in last: a client waiting for each call reuses one
+    /// slot, so an ingest that finds work fetches that slot's request line before it
+    /// pops (see `ingest`). [`NO_LONE_SLOT`] after a batch of several tasks. The
+    /// runtime's own memory, written by the owner's ingest only; a hint, never trusted.
+    lone_slot: AtomicU32,
     counters: Arc<ServerCounters>,
     /// The server and worker whose poller owns the area (see the module docs).
     owner: (u64, usize),
@@ -522,6 +530,7 @@ impl ClientArea {
             socket: Mutex::new(spec.socket),
             carried: Mutex::new(Vec::new()),
             has_carried: AtomicBool::new(false),
+            lone_slot: AtomicU32::new(NO_LONE_SLOT),
             counters,
             owner: spec.owner,
             unchecked: (0..geometry.slots.div_ceil(64))
@@ -621,6 +630,18 @@ impl ClientArea {
         if self.is_disowned() {
             return 0;
         }
+        if self.ring_watch.has_values() {
+            // Most likely the lone task's slot again: its request line travels from the
+            // client's cache while the ring is locked and popped, not after (a hint: a
+            // wrong guess fetches one line for nothing).
+            if let Ok(view) = SlotView::new(
+                &self.memory,
+                &self.geometry,
+                self.lone_slot.load(Ordering::Relaxed),
+            ) {
+                view.prefetch_request();
+            }
+        }
         let mut taken = 0;
         if self.has_carried.load(Ordering::Acquire) {
             let carried = std::mem::take(&mut *lock(&self.carried));
@@ -689,6 +710,11 @@ impl ClientArea {
         }
         pools.keep_for_worker();
         routing.end_batch();
+        let lone = match batch {
+            [slot_index] => *slot_index,
+            _ => NO_LONE_SLOT,
+        };
+        self.lone_slot.store(lone, Ordering::Relaxed);
     }
 
     /// Keeps slot indices a dead poller popped and never routed, for the next ingest.
