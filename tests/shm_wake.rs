@@ -1,5 +1,5 @@
 //! Waking a shared-memory client that sleeps on its answer, when the runtime's polling
-//! worker answered it from a task it ran inline: that worker publishes `DONE` without a
+//! worker answered it from a task it ran inline: that worker publishes its answer without a
 //! fence and checks who sleeps on the slot once per poll round (see `client_area`'s
 //! module docs). A real runtime process (this test binary re-run as a child serving the
 //! probe chimod) and real futex sleeps.
@@ -132,6 +132,13 @@ fn a_client_asleep_on_an_answer_given_inline_is_woken_at_once() {
         0,
         "sleeps over, the client still announces sleepers"
     );
+    // Each call that slept set a `WAITING` bit in its slot; the slot's release cleared it
+    // (a client that only spins never writes its slots' reply lines).
+    assert!(
+        connection.waiting_words().iter().all(|&word| word == 0),
+        "sleeps over, slots still say who waits: {:?}",
+        connection.waiting_words()
+    );
 }
 
 /// The sleep count is the client's to write, so a hostile client may forge it; that
@@ -198,4 +205,83 @@ fn a_forged_sleep_count_costs_only_the_forger_its_wake_ups() {
             .sleepers_announced(),
         0
     );
+}
+
+/// The answer marks and `WAITING` words of a client's slots are in its own area, so a
+/// hostile client may overwrite them at any moment (the runtime only writes the marks,
+/// and only reads `WAITING` to wake). That must only ever garble the forger's own
+/// calls: while a thread of the forger scribbles random words over every slot's mark
+/// and `WAITING` (and announces sleepers, so the runtime reads those words after every
+/// answer), the forger's calls still all return, a sleeping bystander is still woken at
+/// once, and once the scribbling stops the forger is served again.
+#[test]
+fn scribbled_answer_marks_garble_only_the_forgers_calls() {
+    let _alone = one_at_a_time();
+    let runtime = RuntimeProcess::start_with("scribbled-marks", "", Launch::TEST_BINARY);
+    let forger = runtime.client();
+    let forger_probe =
+        ProbeClient::create(&forger, PoolQuery::local(), "forger").expect("probe pool");
+    let connection = forger.shm_connection().expect("an shm client").clone();
+    let slots = connection.waiting_words().len() as u32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scribbler = std::thread::spawn({
+        let stop = stop.clone();
+        let connection = connection.clone();
+        move || {
+            let mut word = 0x9e37_79b9_u32;
+            while !stop.load(Ordering::Relaxed) {
+                for slot in 0..slots {
+                    // xorshift: a different word each time, never equal to the one a call
+                    // waits to see change (but for a 2^-32 chance).
+                    word ^= word << 13;
+                    word ^= word >> 17;
+                    word ^= word << 5;
+                    connection.scribble(Scribble::SlotMark { slot, value: word });
+                    connection.scribble(Scribble::SlotWaiting { slot, value: word });
+                }
+                connection.scribble(Scribble::ControlSleepers(1 << 30));
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    });
+    let forged_calls = std::thread::spawn({
+        let forger_probe = forger_probe.clone();
+        move || {
+            for round in 0..300u64 {
+                // Any result: an answer read early is the forger's own garbling.
+                let _ = forger_probe.spin(PoolQuery::local(), round % 2);
+            }
+        }
+    });
+    let bystander = runtime.client();
+    let bystander_probe =
+        ProbeClient::create(&bystander, PoolQuery::local(), "bystander").expect("probe pool");
+    for awaited in [false, true] {
+        let late = median_lateness(&bystander_probe, awaited);
+        assert!(
+            late < Duration::from_millis(50),
+            "awaited: {awaited}: a bystander's answers came {late:?} late while another \
+             client scribbled over its answer marks"
+        );
+    }
+    within("the forger's calls while it scribbles", move || {
+        forged_calls.join()
+    })
+    .expect("a forged call panicked");
+    stop.store(true, Ordering::Relaxed);
+    scribbler.join().expect("the scribbler");
+    // Every slot may hold one garbled call (read early, its task answered later into
+    // the next call that took the slot): a lap of the slots and more puts them right.
+    let last = within("the forger's calls once it stopped", {
+        let forger_probe = forger_probe.clone();
+        move || {
+            let mut last = Err(TaskError::NotRun);
+            for _ in 0..2 * slots + 8 {
+                last = forger_probe.spin(PoolQuery::local(), 0);
+            }
+            last
+        }
+    });
+    assert_eq!(last, Ok(false), "the forger is served again");
+    assert_eq!(bystander_probe.spin(PoolQuery::local(), 0), Ok(false));
 }

@@ -10,7 +10,10 @@
 //! result), write the task header and the input (in the slot's payload, or in a buffer
 //! of the client's data share when larger), push the slot index, and write the worker's
 //! eventfd only if the runtime page says that worker sleeps. Then wait: spin on the
-//! slot state for a bounded time, then announce `waiting` (the area's sleep count, then
+//! slot's *answer mark* (`STATE`: the runtime writes a new value with each answer, so
+//! the call is answered once it differs from the value read before the call was queued;
+//! the client never writes it, so the slot's reply line is never taken back from the
+//! runtime between answers) for a bounded time, then announce `waiting` (the area's sleep count, then
 //! the slot's `WAITING` word: while the count is 0 the runtime reads no `WAITING` word)
 //! and sleep on the slot's futex in short timed waits. The bound is in time, not in
 //! spins. The connection's only call in flight (a sync caller) spins up to 200 µs; a
@@ -57,8 +60,8 @@
 //!
 //! **Async callers** poll instead of sleeping: [`ShmCall::poll_done`] records the task's
 //! waker by slot and sets the slot's `WAITING_WATCHER` bit, then re-checks the slot (the
-//! runtime publishes `DONE` before it reads `WAITING`, the client sets `WAITING` before
-//! it re-reads `DONE`, both `SeqCst`: one of them sees the other). The first poll starts
+//! runtime publishes the answer before it reads `WAITING`, the client sets `WAITING`
+//! before it re-reads the slot's answer mark, both `SeqCst`: one of them sees the other). The first poll starts
 //! this connection's one *reply watcher* thread. It sleeps on the control line's reply
 //! bell, which the runtime bumps and wakes after answering a slot with that bit set; it
 //! then wakes the wakers of every answered slot. It reads the bell before scanning the
@@ -293,6 +296,14 @@ struct SlotClaim {
     /// A poll of the slot's call raised the area's sleep count before it set the slot's
     /// `WAITING_WATCHER` bit; the slot's release lowers it again.
     watch_announced: AtomicBool,
+    /// The slot's answer mark (its `STATE` word) when the held call was queued: the call
+    /// is answered once the mark differs. Written by the submitter before it publishes
+    /// `CLAIM_HELD` (release).
+    submitted_mark: AtomicU32,
+    /// A bit of the slot's `WAITING` word was set during this hold (stored after the
+    /// bit): the slot's release clears the word. A call that never slept leaves the
+    /// slot's reply line alone.
+    waiting_set: AtomicBool,
 }
 
 const CLAIM_FREE: u64 = 0;
@@ -312,6 +323,23 @@ fn claim_generation(word: u64) -> u64 {
 }
 
 impl SlotClaim {
+    /// Records the slot's answer mark as it is before the call is queued (the runtime
+    /// writes the mark only once it has taken the slot: after the queueing).
+    #[inline(always)]
+    fn mark_submitted(&self, view: &SlotView) {
+        let mark = view.word(slot::STATE).load(Ordering::Relaxed);
+        self.submitted_mark.store(mark, Ordering::Relaxed);
+    }
+
+    /// Whether the runtime answered the held call: the slot's answer mark moved on from
+    /// the one the call was queued with (loaded with `order`). A mark no answer wrote (a
+    /// thread of this process scribbling) only makes the call read its slot early: the
+    /// reply's descriptor is checked before it is used, as every reply's is.
+    #[inline(always)]
+    fn answered(&self, view: &SlotView, order: Ordering) -> bool {
+        view.word(slot::STATE).load(order) != self.submitted_mark.load(Ordering::Relaxed)
+    }
+
     /// The held call's input buffer in the data share, if it has one.
     fn input(&self) -> Option<Extent> {
         let len = self.input_len.load(Ordering::Relaxed);
@@ -788,9 +816,9 @@ impl ShmConnection {
             };
             let held = claim.word.load(Ordering::Relaxed);
             if held & CLAIM_STATE != CLAIM_HELD
-                || !self.view(slot_index).is_ok_and(|view| {
-                    view.word(slot::STATE).load(Ordering::Relaxed) == wire::SLOT_DONE
-                })
+                || !self
+                    .view(slot_index)
+                    .is_ok_and(|view| claim.answered(&view, Ordering::Relaxed))
             {
                 continue;
             }
@@ -830,7 +858,7 @@ impl ShmConnection {
             let Ok(view) = self.view(slot_index) else {
                 continue;
             };
-            if view.word(slot::STATE).load(Ordering::Acquire) != wire::SLOT_DONE {
+            if !claim.answered(&view, Ordering::Acquire) {
                 continue;
             }
             let reading = (held & !CLAIM_STATE) | CLAIM_READING;
@@ -974,7 +1002,7 @@ impl ShmConnection {
         }
         let answered = self
             .view(slot_index)
-            .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE);
+            .is_ok_and(|view| claim.answered(&view, Ordering::Acquire));
         if answered || self.control_slot.is_none() {
             // Freed by the next harvest (or, with no control slot, once answered).
             return;
@@ -1003,9 +1031,12 @@ impl ShmConnection {
         let Ok(view) = self.view(control) else {
             return;
         };
+        let Some(claim) = self.claims.get(control as usize) else {
+            return;
+        };
         let mut abandons = lock(&self.abandons);
         if !abandons.sent.is_empty() {
-            if view.word(slot::STATE).load(Ordering::Acquire) != wire::SLOT_DONE {
+            if !claim.answered(&view, Ordering::Acquire) {
                 return;
             }
             abandons.sent.clear();
@@ -1022,13 +1053,12 @@ impl ShmConnection {
             // when answered.
             return;
         }
-        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
         SlotRequest::Abandon {
             list_len: bytes.len() as u32,
         }
         .write(&view);
-        set(slot::WAITING, 0);
-        set(slot::STATE, wire::SLOT_SUBMITTED);
+        // Only this thread (under the `abandons` lock) reads the control slot's mark.
+        claim.mark_submitted(&view);
         abandons.sent = sent;
         drop(abandons);
         // The ring has an entry for every slot, the control slot's included.
@@ -1060,9 +1090,13 @@ impl ShmConnection {
         }
         if let Some(view) = view {
             view.prefetch_for_writing();
-            view.word(slot::WAITING).store(0, Ordering::Relaxed);
-            view.word(slot::STATE)
-                .store(wire::SLOT_FREE, Ordering::Relaxed);
+            // The reply line is the runtime's to write next: only a call that slept (or
+            // was polled) left a bit there, and clears it.
+            if claim.waiting_set.load(Ordering::Relaxed)
+                && claim.waiting_set.swap(false, Ordering::Relaxed)
+            {
+                view.word(slot::WAITING).store(0, Ordering::Relaxed);
+            }
         }
         if claim.watch_announced.load(Ordering::Relaxed)
             && claim.watch_announced.swap(false, Ordering::Relaxed)
@@ -1276,7 +1310,6 @@ impl ShmConnection {
         // `take_slot` checks the connection's failure first.
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
-        let set = |field, value: u32| view.word(field).store(value, Ordering::Relaxed);
         let mut input_extent = None;
         let place = if input.len() <= view.payload_len() {
             view.write_payload(input)
@@ -1310,9 +1343,7 @@ impl ShmConnection {
             force_net,
         })
         .write(&view);
-        set(slot::WAITING, 0);
-        set(slot::STATE, wire::SLOT_SUBMITTED);
-        let mut call = self.hold(slot_index, input_extent);
+        let mut call = self.hold(slot_index, input_extent, &view);
         if !self.queue(slot_index) {
             // Cannot happen while the runtime keeps one ring entry per slot; treat it as a
             // broken runtime rather than lose the task silently.
@@ -1366,6 +1397,20 @@ pub enum Scribble {
     ControlState(u32),
     /// The control line's sleep count.
     ControlSleepers(u32),
+    /// A slot's answer mark (`STATE`), which only the runtime writes.
+    SlotMark {
+        /// The slot.
+        slot: u32,
+        /// The value written.
+        value: u32,
+    },
+    /// A slot's `WAITING` word.
+    SlotWaiting {
+        /// The slot.
+        slot: u32,
+        /// The value written.
+        value: u32,
+    },
 }
 
 impl ShmConnection {
@@ -1406,9 +1451,7 @@ impl ShmConnection {
             Forgery::Kind(kind) => set(slot::KIND, kind),
             Forgery::InputWhere(location) => set(slot::INPUT_WHERE, location),
         }
-        set(slot::WAITING, 0);
-        set(slot::STATE, wire::SLOT_SUBMITTED);
-        let call = self.hold(slot_index, None);
+        let call = self.hold(slot_index, None, &view);
         self.queue(slot_index);
         Ok(call)
     }
@@ -1418,10 +1461,7 @@ impl ShmConnection {
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
         SlotRequest::Cancel { periodic: id }.write(&view);
-        view.word(slot::WAITING).store(0, Ordering::Relaxed);
-        view.word(slot::STATE)
-            .store(wire::SLOT_SUBMITTED, Ordering::Relaxed);
-        let call = self.hold(slot_index, None);
+        let call = self.hold(slot_index, None, &view);
         self.queue(slot_index);
         for (_, result) in call.wait() {
             result?;
@@ -1429,13 +1469,20 @@ impl ShmConnection {
         Ok(())
     }
 
-    /// Records that a new call holds `slot_index` (just taken from the free list).
-    fn hold(self: &Arc<Self>, slot_index: u32, input: Option<Extent>) -> ShmCall {
+    /// Records that a new call holds `slot_index` (just taken from the free list, its
+    /// request written to `view`, not queued yet).
+    fn hold(
+        self: &Arc<Self>,
+        slot_index: u32,
+        input: Option<Extent>,
+        view: &SlotView,
+    ) -> ShmCall {
         let generation = match self.claims.get(slot_index as usize) {
             Some(claim) => {
                 let (offset, len) = input.map_or((0, 0), |extent| (extent.offset, extent.len));
                 claim.input_offset.store(offset, Ordering::Relaxed);
                 claim.input_len.store(len, Ordering::Relaxed);
+                claim.mark_submitted(view);
                 // A store, no compare-exchange: the slot came from the free list, and no
                 // other thread changes a `CLAIM_FREE` claim.
                 let generation = claim_generation(claim.word.load(Ordering::Relaxed))
@@ -1471,6 +1518,12 @@ impl ShmConnection {
             Scribble::RingTail(value) => (ring + 128, value),
             Scribble::ControlState(value) => (CONTROL_STATE, value),
             Scribble::ControlSleepers(value) => (wire::CONTROL_SLEEPERS, value),
+            Scribble::SlotMark { slot: index, value } => {
+                (self.geometry.slot_offset(index) + slot::STATE, value)
+            }
+            Scribble::SlotWaiting { slot: index, value } => {
+                (self.geometry.slot_offset(index) + slot::WAITING, value)
+            }
         };
         if let Ok(word) = self.main.atomic_u32(offset) {
             word.store(value, Ordering::SeqCst);
@@ -1538,7 +1591,10 @@ impl ShmCall {
     /// could before the runtime answers. Test support.
     #[doc(hidden)]
     pub fn forge_reply(&self, status: u32, offset: u64, len: u32) {
-        let Ok(view) = self.connection.view(self.slot_index) else {
+        let (Ok(view), Some(claim)) = (
+            self.connection.view(self.slot_index),
+            self.connection.claims.get(self.slot_index as usize),
+        ) else {
             return;
         };
         view.word(slot::STATUS).store(status, Ordering::Relaxed);
@@ -1547,8 +1603,9 @@ impl ShmCall {
             .store(wire::IN_OUTPUT_SPACE, Ordering::Relaxed);
         view.word64(slot::OUTPUT_OFFSET)
             .store(offset, Ordering::Relaxed);
+        let mark = claim.submitted_mark.load(Ordering::Relaxed);
         view.word(slot::STATE)
-            .store(wire::SLOT_DONE, Ordering::Release);
+            .store(mark.wrapping_add(1), Ordering::Release);
     }
 
     /// Whether the answer is there.
@@ -1557,9 +1614,14 @@ impl ShmCall {
             // A harvest took (or takes) the answer.
             return true;
         }
-        self.connection
-            .view(self.slot_index)
-            .is_ok_and(|v| v.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE)
+        let connection = &self.connection;
+        match (
+            connection.view(self.slot_index),
+            connection.claims.get(self.slot_index as usize),
+        ) {
+            (Ok(view), Some(claim)) => claim.answered(&view, Ordering::Acquire),
+            _ => false,
+        }
     }
 
     /// Whether the answer is there (or the runtime is gone); if not, `waker` is woken
@@ -1567,7 +1629,10 @@ impl ShmCall {
     pub fn poll_done(&self, waker: &Waker) -> bool {
         let connection = &self.connection;
         let slot_index = self.slot_index;
-        let Ok(view) = connection.view(slot_index) else {
+        let (Ok(view), Some(claim)) = (
+            connection.view(slot_index),
+            connection.claims.get(slot_index as usize),
+        ) else {
             return true;
         };
         let watch = &connection.watch;
@@ -1596,9 +1661,10 @@ impl ShmCall {
         connection.announce_watched(slot_index);
         view.word(slot::WAITING)
             .fetch_or(wire::WAITING_WATCHER, Ordering::SeqCst);
+        claim.waiting_set.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let done = !connection.holds(slot_index, self.generation)
-            || view.word(slot::STATE).load(Ordering::SeqCst) == wire::SLOT_DONE
+            || claim.answered(&view, Ordering::SeqCst)
             || connection.failure().is_some();
         if !done {
             if watcher_idle {
@@ -1711,14 +1777,21 @@ impl ShmConnection {
         generation: u64,
         deadline: Option<Instant>,
     ) -> Result<bool, TaskError> {
+        let Some(claim) = self.claims.get(slot_index as usize) else {
+            // Not a slot: nothing will answer it.
+            return Err(TaskError::NotRun);
+        };
         let state = view.word(slot::STATE);
+        // The call's, unless a harvest took its answer and another call holds the slot
+        // by now: then `released` ends the wait.
+        let submitted = claim.submitted_mark.load(Ordering::Relaxed);
         let released = || !self.holds(slot_index, generation);
         // The clock (and how many calls are in flight) is read from the first check on,
         // not before: a quick answer costs neither.
         let mut spinning = None;
         let mut spin = 0u32;
         loop {
-            if state.load(Ordering::Acquire) == wire::SLOT_DONE {
+            if state.load(Ordering::Acquire) != submitted {
                 return Ok(true);
             }
             spin = spin.wrapping_add(1);
@@ -1759,12 +1832,13 @@ impl ShmConnection {
             };
             view.word(slot::WAITING)
                 .fetch_or(wire::WAITING_THREAD, Ordering::SeqCst);
+            claim.waiting_set.store(true, Ordering::Relaxed);
             fence(Ordering::SeqCst);
-            if state.load(Ordering::SeqCst) == wire::SLOT_DONE || released() {
+            if state.load(Ordering::SeqCst) != submitted || released() {
                 return Ok(true);
             }
-            futex::wait(state, wire::SLOT_SUBMITTED, Some(sleep));
-            if state.load(Ordering::Acquire) == wire::SLOT_DONE {
+            futex::wait(state, submitted, Some(sleep));
+            if state.load(Ordering::Acquire) != submitted {
                 return Ok(true);
             }
             if let Some(err) = self.failure() {
@@ -1808,9 +1882,13 @@ impl ShmConnection {
                 continue;
             }
             let answered = all
-                || self.view(slot_index as u32).is_ok_and(|view| {
-                    view.word(slot::STATE).load(Ordering::Acquire) == wire::SLOT_DONE
-                });
+                || match (
+                    self.view(slot_index as u32),
+                    self.claims.get(slot_index),
+                ) {
+                    (Ok(view), Some(claim)) => claim.answered(&view, Ordering::Acquire),
+                    _ => false,
+                };
             if answered {
                 woken.extend(registered.take());
             }
@@ -1837,6 +1915,17 @@ impl ShmConnection {
                 self.sleepers().fetch_add(1, Ordering::SeqCst);
             }
         }
+    }
+
+    /// Each slot's `WAITING` word, as the runtime reads them. Test support.
+    #[doc(hidden)]
+    pub fn waiting_words(&self) -> Vec<u32> {
+        (0..self.geometry.slots)
+            .map(|index| {
+                self.view(index)
+                    .map_or(0, |view| view.word(slot::WAITING).load(Ordering::SeqCst))
+            })
+            .collect()
     }
 
     /// The sleep count as the runtime reads it. Test support.

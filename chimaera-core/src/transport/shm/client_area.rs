@@ -26,8 +26,10 @@
 //! * the cancel flags of the client's periodic tasks;
 //! * the client's [`Rights`] (uid, admin), fixed from `SO_PEERCRED` at connect.
 //!
-//! The runtime marks a slot idle *before* it publishes `DONE`, so a client that reuses a
-//! slot as soon as it sees its answer is never ignored.
+//! The runtime marks a slot idle *before* it publishes the answer (a new *answer mark* in
+//! the slot's `STATE`: the runtime's truth word of the slot's next generation, see
+//! [`wire::slot::STATE`]), so a client that reuses a slot as soon as it sees its answer
+//! is never ignored. The client never writes `STATE`; the runtime never reads it.
 //!
 //! # Batches
 //!
@@ -43,14 +45,14 @@
 //! # Waking a sleeping client
 //!
 //! A client waiting for an answer spins, then announces itself in its slot's `WAITING`
-//! word and re-reads `STATE` before it sleeps; the runtime publishes `DONE`, then reads
+//! word and re-reads `STATE` before it sleeps; the runtime publishes the mark, then reads
 //! `WAITING` and wakes the sleeper. Each side needs a store-load fence between its
 //! store and its load, or both could miss each other. On the runtime's side that fence
 //! waits until the slot's line has come back from the client that spins on it: about a
 //! fifth of an empty task's time in the runtime (perf, pipelined calls). So an answer
 //! from a task that the area's own worker (its *owner*) runs inline in its polling role,
 //! other than the first of the poll round (checked at once: in a sync round trip it is
-//! the round's only one, and deferring its check only moved the cost), publishes `DONE`
+//! the round's only one, and deferring its check only moved the cost), publishes its mark
 //! with a plain `Release` store and notes the slot; the poller checks
 //! the noted slots' `WAITING` words after one fence for all of them
 //! ([`ClientArea::wake_waiters`]) at the end of the poll round that ran those tasks
@@ -61,7 +63,7 @@
 //! one). That poller is the coroutine that answered: it goes back to polling right
 //! after the task, so a check is never left behind a sleeping poller. A client that
 //! went to sleep just as its answer landed is woken at most one poll round later; a
-//! client spinning sees `DONE` as soon as the store reaches it. Every other answer (a
+//! client spinning sees the mark as soon as the store reaches it. Every other answer (a
 //! task that waited and finished on another coroutine, another worker, a network
 //! thread, a stop) does the fence and the check at once. The owner is told by a
 //! thread-local mark its poller sets on every ingest ([`mark_polling`]): a server id
@@ -1013,7 +1015,8 @@ impl ClientArea {
     }
 
     /// Writes an answer into a slot in flight in `generation`, marks the slot idle (in
-    /// the next generation) in the runtime's truth, then publishes `DONE` and wakes the
+    /// the next generation) in the runtime's truth, then publishes that word as the
+    /// slot's answer mark and wakes the
     /// client if it sleeps. An answer for another generation, or for a slot another
     /// answer is being written to, is discarded: the call was answered already.
     fn write_output(&self, slot_index: u32, generation: u32, status: ReplyStatus, bytes: &[u8]) {
@@ -1031,13 +1034,12 @@ impl ClientArea {
         let next = slot_word(generation.wrapping_add(1), SLOT_IDLE);
         if let Ok(view) = SlotView::new(&self.memory, &self.geometry, slot_index) {
             self.store_output(&view, slot_index, status, bytes);
-            // Idle before DONE: a client reusing the slot at once is not ignored.
+            // Idle before the mark: a client reusing the slot at once is not ignored.
             state.store(next, Ordering::Release);
             if owner && self.answered_in_round.load(Ordering::Relaxed) {
                 // The owner checks `WAITING` later, after one fence for the round's
                 // answers after its first (see the module docs).
-                view.word(slot::STATE)
-                    .store(wire::SLOT_DONE, Ordering::Release);
+                view.word(slot::STATE).store(next, Ordering::Release);
                 self.note_unchecked(slot_index);
             } else {
                 if owner {
@@ -1046,8 +1048,7 @@ impl ClientArea {
                 // SeqCst store, then SeqCst load: the client's announcement (SeqCst,
                 // before it re-reads `STATE`) and this pair cannot both miss each
                 // other, with no fence between them.
-                view.word(slot::STATE)
-                    .store(wire::SLOT_DONE, Ordering::SeqCst);
+                view.word(slot::STATE).store(next, Ordering::SeqCst);
                 if self.sleep_announced(Ordering::SeqCst) {
                     self.wake_if_waiting(&view);
                 }
@@ -1059,7 +1060,7 @@ impl ClientArea {
 
     /// Whether the client announced that a call of its may sleep (the control line's
     /// sleep count is not 0): otherwise no slot's `WAITING` needs reading. Loaded after
-    /// the store of `DONE` and a fence (or as the SeqCst load of a SeqCst pair); a
+    /// the store of the answer mark and a fence (or as the SeqCst load of a SeqCst pair); a
     /// hostile value costs that client a late or a spurious wake-up, nothing else.
     fn sleep_announced(&self, order: Ordering) -> bool {
         self.memory
@@ -1106,7 +1107,7 @@ impl ClientArea {
             return;
         }
         self.any_unchecked.store(false, Ordering::Relaxed);
-        // Orders every `DONE` published before against the `WAITING` loads below, as
+        // Orders every answer mark published before against the `WAITING` loads below, as
         // the SeqCst pair of an immediate answer does.
         fence(Ordering::SeqCst);
         let announced = self.sleep_announced(Ordering::Relaxed);

@@ -55,12 +55,6 @@ pub const AREA_ACTIVE: u32 = 1;
 /// client's calls fail with [`crate::error::TaskError::Disowned`].
 pub const AREA_DISOWNED: u32 = 2;
 
-/// Slot states (the slot's futex word).
-pub const SLOT_FREE: u32 = 0;
-/// The client wrote a task and queued the slot.
-pub const SLOT_SUBMITTED: u32 = 1;
-/// The runtime wrote the result.
-pub const SLOT_DONE: u32 = 2;
 
 /// Output status: the payload is the task's output archive.
 pub const STATUS_OK: u32 = 0;
@@ -110,10 +104,17 @@ pub const WAITING_WATCHER: u32 = 2;
 /// line*, written by the client and read by the runtime, which never reads the first
 /// line when it takes a task.
 pub mod slot {
-    /// Slot state, and the client's futex word.
+    /// The slot's *answer mark*, and the client's futex word: written by the runtime
+    /// alone, a new value with every answer (never the value it replaces; the runtime's
+    /// own count of the slot's answers). A call is answered once the mark differs from
+    /// the one the client read before it queued the call. The client never writes it, so
+    /// between answers the reply line stays in the runtime's cache or shared, never
+    /// taken back for a reset.
     pub const STATE: usize = 0;
     /// Who waits for the answer ([`WAITING_THREAD`](super::WAITING_THREAD),
-    /// [`WAITING_WATCHER`](super::WAITING_WATCHER) bits); 0 when nobody sleeps.
+    /// [`WAITING_WATCHER`](super::WAITING_WATCHER) bits); 0 when nobody sleeps. The
+    /// client sets a bit only before it sleeps (or polls), and clears the word when it
+    /// frees the slot.
     pub const WAITING: usize = 4;
     /// Output status.
     pub const STATUS: usize = 8;
