@@ -202,8 +202,10 @@ pub fn client_socket_path(instance: &InstanceName) -> PathBuf {
 }
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CHIS");
-/// Bumped whenever a frame changes.
-pub const PROTOCOL: u32 = 1;
+/// Bumped whenever a frame or the meaning of a word in the area changes, so a client and
+/// a runtime of different builds refuse each other at the handshake instead of
+/// misreading each other's words. 2: a slot's `STATE` became the runtime's answer mark.
+pub const PROTOCOL: u32 = 2;
 const FRAME: usize = 64;
 /// File descriptors a [`Reply::Attached`] carries: area, runtime page, doorbell.
 const ATTACH_FDS: usize = 3;
@@ -611,6 +613,21 @@ mod tests {
         let mut bad_magic = Request::Attach.encode();
         bad_magic.put32(0, 7);
         assert!(Request::decode(&bad_magic).is_err());
+        // A client or runtime of an earlier protocol (its slots' words mean other things).
+        for version in [PROTOCOL - 1, PROTOCOL + 1] {
+            let mut other = Request::Attach.encode();
+            other.put32(4, version);
+            assert!(matches!(
+                Request::decode(&other),
+                Err(HandshakeError::Malformed("another protocol version"))
+            ));
+            let mut other = Reply::NotReady.encode();
+            other.put32(4, version);
+            assert!(matches!(
+                Reply::decode(&other),
+                Err(HandshakeError::Malformed("another protocol version"))
+            ));
+        }
     }
 
     #[test]
