@@ -202,6 +202,41 @@ impl Client {
         Ok(self.pending(call))
     }
 
+    /// Runs one task start to finish: `encode` archives its input into the buffer it is
+    /// given, and `decode` gets the output bytes (the first error by container wins,
+    /// else the lowest container's output). Past the client's deadline the call is
+    /// abandoned and fails with [`TaskError::DeadlineExceeded`]. The same as
+    /// [`submit_with`](Self::submit_with) then waiting, with no handle made and
+    /// dropped: the generated clients' blocking methods call this when they lend no
+    /// buffer.
+    pub fn call_with(
+        &self,
+        pool: PoolId,
+        method: MethodId,
+        query: PoolQuery,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        let route = Route {
+            pool,
+            method,
+            query,
+            force_net: self.force_net,
+        };
+        let deadline = self.deadline.map(Deadline::from_now);
+        match self
+            .transport
+            .call_with(route, encode, deadline.map(|d| d.at), decode)?
+        {
+            true => Ok(()),
+            // Not `map_or`: the error would be made on every call.
+            false => Err(match deadline {
+                Some(deadline) => deadline.exceeded(),
+                None => TaskError::NotRun,
+            }),
+        }
+    }
+
     /// Submits one task; wait on the returned handle for every replica's output bytes.
     pub fn submit(
         &self,

@@ -97,6 +97,28 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
         self.submit(route, buffer.into_bytes(), None)
     }
 
+    /// Runs one call start to finish on the caller's thread: `encode` archives its input,
+    /// `decode` gets its result (the first error by container wins, as
+    /// [`Call::wait_first`]). Past `deadline` the call is abandoned and this returns
+    /// `Ok(false)`. What a blocking call needs, with no handle: transports whose handle
+    /// costs something per call (a reference counted, a drop) override it.
+    fn call_with(
+        &self,
+        route: Route,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+        deadline: Option<Instant>,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<bool, TaskError> {
+        let call = self.submit_with(route, encode)?;
+        if let Some(deadline) = deadline {
+            if !call.wait_until(deadline) {
+                call.abandon();
+                return Ok(false);
+            }
+        }
+        call.wait_first(decode).map(|()| true)
+    }
+
     /// Queues a fire-and-forget or periodic task once the runtime accepted it; a periodic
     /// task comes with the handle that stops it.
     fn spawn(

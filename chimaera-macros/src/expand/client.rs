@@ -253,15 +253,58 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
             ::core::result::Result::Ok(#value)
         }
     };
-    let forwarded = task.wire_args().map(|arg| {
-        let ident = arg.ident;
-        match &arg.kind {
-            ArgKind::Bulk(_) if arg.kind.is_bulk_out() => quote!(&mut *#ident),
-            ArgKind::InOut(_) => quote!(&*#ident),
-            _ => quote!(#ident),
+    let forwarded: Vec<TokenStream> = task
+        .wire_args()
+        .map(|arg| {
+            let ident = arg.ident;
+            match &arg.kind {
+                ArgKind::Bulk(_) if arg.kind.is_bulk_out() => quote!(&mut *#ident),
+                ArgKind::InOut(_) => quote!(&*#ident),
+                _ => quote!(#ident),
+            }
+        })
+        .collect();
+    let by_reference = wire_tuple(names, task, &quote!(&self.client), BulkForm::ByReference);
+    let sync_body = if !lends {
+        // No buffer lent: the call runs start to finish with no `Pending` made (see
+        // `Client::call_with`); the arguments are taken as the async method takes them.
+        let rebound = task.wire_args().zip(&forwarded).map(|(arg, form)| {
+            let ident = arg.ident;
+            quote!(let #ident = #form;)
+        });
+        let assign = yielded.iter().enumerate().map(|(k, (arg, _, _))| {
+            let ident = arg.ident;
+            let field = Index::from(k + 1);
+            quote!(*#ident = #out.#field;)
+        });
+        let value = if yielded.is_empty() {
+            quote!(#out)
+        } else {
+            quote!({ #(#assign)* #out.0 })
+        };
+        quote! {
+            let #out = {
+                #(#rebound)*
+                let mut #out = ::core::option::Option::None;
+                #private::Client::call_with(
+                    &self.client,
+                    self.pool,
+                    #module::#id,
+                    #query,
+                    &mut |#buffer: &mut #private::OutputBuffer| #private::OutputBuffer::encode(#buffer, &#by_reference),
+                    &mut |#bytes: &[u8]| {
+                        #out = ::core::option::Option::Some((#decode)(#bytes, &mut [])?);
+                        ::core::result::Result::Ok(())
+                    },
+                )?;
+                #out
+            };
+            match #out {
+                ::core::option::Option::Some(#out) => ::core::result::Result::Ok(#value),
+                ::core::option::Option::None => ::core::result::Result::Err(#private::TaskError::NotRun),
+            }
         }
-    });
-    let sync_body = if yielded.is_empty() {
+    } else if yielded.is_empty() {
         quote!(#private::Pending::wait(self.#async_name(#query, #(#forwarded),*)?))
     } else {
         let assign = yielded.iter().enumerate().map(|(k, (arg, _, _))| {
@@ -285,7 +328,6 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
     } else {
         quote!(#private::Lent::nothing())
     };
-    let by_reference = wire_tuple(names, task, &quote!(&self.client), BulkForm::ByReference);
     let spawned = encode(names, task, BulkForm::Inline);
     let docs = task.attrs.iter().filter(|a| a.path().is_ident("doc"));
     let entry = &task.entry;

@@ -1264,11 +1264,41 @@ impl ShmConnection {
         route: Route,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
     ) -> Result<ShmCall, TaskError> {
+        let (slot_index, generation) = self.queue_encoded(route, encode)?;
+        Ok(self.call_of(slot_index, generation))
+    }
+
+    /// Runs a call start to finish on this thread, with no handle (no reference to the
+    /// connection taken, none dropped): `encode` archives its input, `decode` gets its
+    /// result (the first error by container wins). Past `deadline` the call is abandoned
+    /// (as a dropped [`ShmCall`] is) and this returns `Ok(false)`.
+    pub(crate) fn call_routed_with(
+        &self,
+        route: Route,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+        deadline: Option<Instant>,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<bool, TaskError> {
+        let (slot_index, generation) = self.queue_encoded(route, encode)?;
+        let Some(result) = self.collect_first(slot_index, generation, deadline, decode) else {
+            self.abandon(slot_index, generation);
+            return Ok(false);
+        };
+        result.map(|()| true)
+    }
+
+    /// Encodes a call's input with `encode` into this thread's reusable buffer and queues
+    /// it: its slot and claim generation.
+    fn queue_encoded(
+        &self,
+        route: Route,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+    ) -> Result<(u32, u64), TaskError> {
         let mut submit = |buffer: &mut OutputBuffer| {
             encode(buffer)?;
-            let call = self.submit_routed(route, buffer.as_slice(), None);
+            let queued = self.queue_call(route, buffer.as_slice(), None);
             buffer.trim();
-            call
+            queued
         };
         ENCODE_BUFFER
             .try_with(|buffer| match buffer.try_borrow_mut() {
@@ -1301,6 +1331,27 @@ impl ShmConnection {
         input: &[u8],
         schedule: Option<Schedule>,
     ) -> Result<ShmCall, TaskError> {
+        let (slot_index, generation) = self.queue_call(route, input, schedule)?;
+        Ok(self.call_of(slot_index, generation))
+    }
+
+    /// The handle of the call of `generation` this thread just queued in `slot_index`.
+    fn call_of(self: &Arc<Self>, slot_index: u32, generation: u64) -> ShmCall {
+        ShmCall {
+            connection: self.clone(),
+            slot_index,
+            generation,
+            finished: false,
+        }
+    }
+
+    /// Writes a call into a free slot and queues it: the slot and the claim's generation.
+    fn queue_call(
+        &self,
+        route: Route,
+        input: &[u8],
+        schedule: Option<Schedule>,
+    ) -> Result<(u32, u64), TaskError> {
         let Route {
             pool,
             method,
@@ -1343,12 +1394,11 @@ impl ShmConnection {
             force_net,
         })
         .write(&view);
-        let mut call = self.hold(slot_index, input_extent, &view);
+        let generation = self.hold(slot_index, input_extent, &view);
         if !self.queue(slot_index) {
             // Cannot happen while the runtime keeps one ring entry per slot; treat it as a
             // broken runtime rather than lose the task silently.
-            call.finished = true;
-            if self.claim_answer(slot_index, call.generation) {
+            if self.claim_answer(slot_index, generation) {
                 self.release_slot(slot_index);
             }
             return Err(TaskError::malformed(
@@ -1356,7 +1406,7 @@ impl ShmConnection {
                 "full although a slot was free",
             ));
         }
-        Ok(call)
+        Ok((slot_index, generation))
     }
 }
 
@@ -1451,9 +1501,9 @@ impl ShmConnection {
             Forgery::Kind(kind) => set(slot::KIND, kind),
             Forgery::InputWhere(location) => set(slot::INPUT_WHERE, location),
         }
-        let call = self.hold(slot_index, None, &view);
+        let generation = self.hold(slot_index, None, &view);
         self.queue(slot_index);
-        Ok(call)
+        Ok(self.call_of(slot_index, generation))
     }
 
     /// Cancels this client's periodic task `id` (as acknowledged by the runtime).
@@ -1461,8 +1511,9 @@ impl ShmConnection {
         let slot_index = self.take_slot()?;
         let view = self.view(slot_index)?;
         SlotRequest::Cancel { periodic: id }.write(&view);
-        let call = self.hold(slot_index, None, &view);
+        let generation = self.hold(slot_index, None, &view);
         self.queue(slot_index);
+        let call = self.call_of(slot_index, generation);
         for (_, result) in call.wait() {
             result?;
         }
@@ -1470,14 +1521,9 @@ impl ShmConnection {
     }
 
     /// Records that a new call holds `slot_index` (just taken from the free list, its
-    /// request written to `view`, not queued yet).
-    fn hold(
-        self: &Arc<Self>,
-        slot_index: u32,
-        input: Option<Extent>,
-        view: &SlotView,
-    ) -> ShmCall {
-        let generation = match self.claims.get(slot_index as usize) {
+    /// request written to `view`, not queued yet): the claim's new generation.
+    fn hold(&self, slot_index: u32, input: Option<Extent>, view: &SlotView) -> u64 {
+        match self.claims.get(slot_index as usize) {
             Some(claim) => {
                 let (offset, len) = input.map_or((0, 0), |extent| (extent.offset, extent.len));
                 claim.input_offset.store(offset, Ordering::Relaxed);
@@ -1496,12 +1542,6 @@ impl ShmConnection {
             // Not a slot (`take_slot` only gives slots): the call finds no claim and
             // fails with `NotRun`.
             None => 0,
-        };
-        ShmCall {
-            connection: self.clone(),
-            slot_index,
-            generation,
-            finished: false,
         }
     }
 
@@ -1696,20 +1736,59 @@ impl ShmCall {
     }
 
     /// Waits for the answer and returns each replica's result (one for most queries).
-    pub fn wait(self) -> Results {
-        self.wait_with(
-            |connection, view| connection.read_results(view),
-            Moved::into_results,
-        )
+    pub fn wait(mut self) -> Results {
+        self.finished = true;
+        self.connection
+            .wait_slot(
+                self.slot_index,
+                self.generation,
+                None,
+                |connection, view| connection.read_results(view),
+                Moved::into_results,
+            )
+            // No deadline: the wait ends with an answer or with the runtime gone.
+            .unwrap_or_else(|| vec![(0, Err(TaskError::NotRun))])
     }
 
     /// Waits for the answer and decodes it with `decode` (the first error by container wins). A small
     /// output is decoded from a copy on the stack (no allocation).
     pub fn wait_decoded<T>(
-        self,
+        mut self,
         decode: &dyn Fn(&[u8]) -> Result<T, TaskError>,
     ) -> Result<T, TaskError> {
-        self.wait_with(
+        self.finished = true;
+        self.connection
+            .wait_decoded(self.slot_index, self.generation, None, decode)
+            .unwrap_or(Err(TaskError::NotRun))
+    }
+
+    /// Waits for the answer and hands it to `decode` once (the first error by container
+    /// wins): the typed clients' way, decoding a small output from the stack.
+    pub fn wait_first(
+        mut self,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        self.finished = true;
+        self.connection
+            .collect_first(self.slot_index, self.generation, None, decode)
+            .unwrap_or(Err(TaskError::NotRun))
+    }
+}
+
+impl ShmConnection {
+    /// [`ShmCall::wait_decoded`] for the call of `generation` in `slot_index`, or `None`
+    /// once `deadline` passed (the call is still held: abandon it).
+    fn wait_decoded<T>(
+        &self,
+        slot_index: u32,
+        generation: u64,
+        deadline: Option<Instant>,
+        decode: &dyn Fn(&[u8]) -> Result<T, TaskError>,
+    ) -> Option<Result<T, TaskError>> {
+        self.wait_slot(
+            slot_index,
+            generation,
+            deadline,
             |connection, view| {
                 connection
                     .read_small_output(view, decode)
@@ -1719,50 +1798,57 @@ impl ShmCall {
         )
     }
 
-    /// Waits for the answer and hands it to `decode` once (the first error by container
-    /// wins): the typed clients' way, decoding a small output from the stack.
-    pub fn wait_first(
-        self,
+    /// [`ShmCall::wait_first`] for the call of `generation` in `slot_index`, or `None`
+    /// once `deadline` passed (the call is still held: abandon it).
+    fn collect_first(
+        &self,
+        slot_index: u32,
+        generation: u64,
+        deadline: Option<Instant>,
         decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
-    ) -> Result<(), TaskError> {
+    ) -> Option<Result<(), TaskError>> {
         // `wait_decoded` takes a `Fn` (it decodes from a stack copy or from the results)
         // and calls it at most once: hand the `FnMut` over on that call.
         let decode = std::cell::Cell::new(Some(decode));
-        self.wait_decoded(&|bytes| match decode.take() {
-            Some(decode) => decode(bytes),
-            None => Err(TaskError::NotRun),
+        self.wait_decoded(slot_index, generation, deadline, &|bytes| {
+            match decode.take() {
+                Some(decode) => decode(bytes),
+                None => Err(TaskError::NotRun),
+            }
         })
     }
 
-    /// Waits, then `read`s the answer from the slot — or, when there is no slot to read
-    /// (a harvest took the answer, or the runtime is gone), makes the value `from`
-    /// the results at hand.
-    fn wait_with<R>(
-        mut self,
+    /// Waits for the call of `generation` in `slot_index`, then `read`s the answer from
+    /// the slot — or, when there is no slot to read (a harvest took the answer, or the
+    /// runtime is gone), makes the value `from` the results at hand. `None` once
+    /// `deadline` passed (the call is still held: abandon it).
+    fn wait_slot<R>(
+        &self,
+        slot_index: u32,
+        generation: u64,
+        deadline: Option<Instant>,
         read: impl FnOnce(&ShmConnection, &SlotView) -> R,
         from: impl FnOnce(Moved) -> R,
-    ) -> R {
-        self.finished = true;
-        let connection = &self.connection;
+    ) -> Option<R> {
         // One view for the wait, the read and the release.
-        let waited = connection.view(self.slot_index).and_then(|view| {
-            connection
-                .wait_done(&view, self.slot_index, self.generation, None)
-                .map(|_| view)
+        let waited = self.view(slot_index).and_then(|view| {
+            self.wait_done(&view, slot_index, generation, deadline)
+                .map(|answered| (view, answered))
         });
         let view = match waited {
-            Ok(view) => view,
+            Ok((view, true)) => view,
+            Ok((_, false)) => return None,
             // The runtime is gone: the slot will never be answered.
-            Err(err) => return from(Moved::Failed(err)),
+            Err(err) => return Some(from(Moved::Failed(err))),
         };
-        match connection.take_answer(self.slot_index, self.generation) {
+        Some(match self.take_answer(slot_index, generation) {
             Answer::InSlot => {
-                let answer = read(connection, &view);
-                connection.release_viewed(self.slot_index, Some(&view));
+                let answer = read(self, &view);
+                self.release_viewed(slot_index, Some(&view));
                 answer
             }
             Answer::Harvested(moved) => from(moved),
-        }
+        })
     }
 }
 

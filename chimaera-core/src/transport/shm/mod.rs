@@ -145,6 +145,17 @@ impl Transport for SharedMemory {
         Ok(Call::shared_memory(call))
     }
 
+    fn call_with(
+        &self,
+        route: Route,
+        encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+        deadline: Option<std::time::Instant>,
+        decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
+    ) -> Result<bool, TaskError> {
+        self.connection
+            .call_routed_with(route, encode, deadline, decode)
+    }
+
     fn spawn(
         &self,
         route: Route,
