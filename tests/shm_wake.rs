@@ -1,7 +1,7 @@
 //! Waking a shared-memory client that sleeps on its answer, when the runtime's polling
-//! worker answered it from a task it ran inline: that worker publishes its answer without a
-//! fence and checks who sleeps on the slot once per poll round (see `client_area`'s
-//! module docs). A real runtime process (this test binary re-run as a child serving the
+//! worker answered it from a task it ran inline: that worker publishes its answer
+//! without a fence and checks who sleeps on the slot once per poll round (see
+//! `client_area`'s module docs). A real runtime process (this test binary re-run as a child serving the
 //! probe chimod) and real futex sleeps.
 //!
 //! Timing checks, on purpose: a client asleep also wakes on its own every 100 ms to

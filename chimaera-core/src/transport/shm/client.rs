@@ -11,11 +11,11 @@
 //! of the client's data share when larger), push the slot index, and write the worker's
 //! eventfd only if the runtime page says that worker sleeps. Then wait: spin on the
 //! slot's *answer mark* (`STATE`: the runtime writes a new value with each answer, so
-//! the call is answered once it differs from the value read before the call was queued;
-//! the client never writes it, so the slot's reply line is never taken back from the
-//! runtime between answers) for a bounded time, then announce `waiting` (the area's sleep count, then
-//! the slot's `WAITING` word: while the count is 0 the runtime reads no `WAITING` word)
-//! and sleep on the slot's futex in short timed waits. The bound is in time, not in
+//! the call is answered once it differs from the value read before the call was
+//! queued; the client never writes it, so the slot's reply line is never taken back
+//! from the runtime between answers) for a bounded time, then announce `waiting` (the
+//! area's sleep count, then the slot's `WAITING` word: while the count is 0 the runtime
+//! reads no `WAITING` word) and sleep on the slot's futex in short timed waits. The bound is in time, not in
 //! spins. The connection's only call in flight (a sync caller) spins up to 200 µs; a
 //! call waited on while others are in flight (a pipelined window) only 25 µs: a
 //! pipelined client whose oldest call waits behind other clients' tasks sleeps instead
@@ -61,8 +61,8 @@
 //! **Async callers** poll instead of sleeping: [`ShmCall::poll_done`] records the task's
 //! waker by slot and sets the slot's `WAITING_WATCHER` bit, then re-checks the slot (the
 //! runtime publishes the answer before it reads `WAITING`, the client sets `WAITING`
-//! before it re-reads the slot's answer mark, both `SeqCst`: one of them sees the other). The first poll starts
-//! this connection's one *reply watcher* thread. It sleeps on the control line's reply
+//! before it re-reads the slot's answer mark, both `SeqCst`: one of them sees the
+//! other). The first poll starts this connection's one *reply watcher* thread. It sleeps on the control line's reply
 //! bell, which the runtime bumps and wakes after answering a slot with that bit set; it
 //! then wakes the wakers of every answered slot. It reads the bell before scanning the
 //! slots, so a reply posted during the scan makes its next futex wait return at once. It
