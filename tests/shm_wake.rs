@@ -13,7 +13,7 @@ mod probe;
 mod support;
 
 use chimaera::prelude::*;
-use chimaera_core::transport::shm::client::Scribble;
+use chimaera_core::transport::shm::client::{Scribble, ShmConnection};
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +45,59 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A thread of a hostile client writing over words of its own area, every `every`, until
+/// stopped.
+struct Scribbler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Scribbler {
+    fn start(
+        connection: &Arc<ShmConnection>,
+        every: Duration,
+        mut scribble: impl FnMut(&ShmConnection) + Send + 'static,
+    ) -> Scribbler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            let connection = connection.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    scribble(&connection);
+                    std::thread::sleep(every);
+                }
+            }
+        });
+        Scribbler { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the scribbler");
+    }
+}
+
+/// A new client of `runtime`, as its probe pool `name` and its connection.
+fn probe_of_new_client(runtime: &RuntimeProcess, name: &str) -> (ProbeClient, Arc<ShmConnection>) {
+    let chi = runtime.client();
+    let probe = ProbeClient::create(&chi, PoolQuery::local(), name).expect("probe pool");
+    let connection = chi.shm_connection().expect("an shm client").clone();
+    (probe, connection)
+}
+
+/// A client sleeping on its answers is woken at once (median lateness under 50 ms, as a
+/// thread and as an awaiting task) while `meanwhile` happens.
+fn assert_woken_at_once(probe: &ProbeClient, meanwhile: &str) {
+    for awaited in [false, true] {
+        let late = median_lateness(probe, awaited);
+        assert!(
+            late < Duration::from_millis(50),
+            "awaited: {awaited}: a bystander's answers came {late:?} late while {meanwhile}"
+        );
+    }
 }
 
 /// How long a busy handler runs for each call of [`median_lateness`].
@@ -152,20 +205,9 @@ fn a_client_asleep_on_an_answer_given_inline_is_woken_at_once() {
 fn a_forged_sleep_count_costs_only_the_forger_its_wake_ups() {
     let _alone = one_at_a_time();
     let runtime = RuntimeProcess::start_with("forged-sleepers", "", Launch::TEST_BINARY);
-    let forger = runtime.client();
-    let forger_probe =
-        ProbeClient::create(&forger, PoolQuery::local(), "forged").expect("probe pool");
-    let connection = forger.shm_connection().expect("an shm client").clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let scribbler = std::thread::spawn({
-        let stop = stop.clone();
-        let connection = connection.clone();
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                connection.scribble(Scribble::ControlSleepers(0));
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
+    let (forger_probe, connection) = probe_of_new_client(&runtime, "forged");
+    let scribbler = Scribbler::start(&connection, Duration::from_micros(200), |connection| {
+        connection.scribble(Scribble::ControlSleepers(0));
     });
     for awaited in [false, true] {
         // Late or not, every answer arrives (`median_lateness` checks each result).
@@ -175,19 +217,9 @@ fn a_forged_sleep_count_costs_only_the_forger_its_wake_ups() {
             "awaited: {awaited}: the forger's answers came {late:?} late"
         );
     }
-    let bystander = runtime.client();
-    let bystander_probe =
-        ProbeClient::create(&bystander, PoolQuery::local(), "bystander").expect("probe pool");
-    for awaited in [false, true] {
-        let late = median_lateness(&bystander_probe, awaited);
-        assert!(
-            late < Duration::from_millis(50),
-            "awaited: {awaited}: a bystander's answers came {late:?} late while another \
-             client forged its sleep count"
-        );
-    }
-    stop.store(true, Ordering::Relaxed);
-    scribbler.join().expect("the scribbler");
+    let (bystander_probe, bystander) = probe_of_new_client(&runtime, "bystander");
+    assert_woken_at_once(&bystander_probe, "another client forged its sleep count");
+    scribbler.stop();
     // Forged high: the runtime reads who sleeps after every answer.
     connection.scribble(Scribble::ControlSleepers(1 << 30));
     for awaited in [false, true] {
@@ -198,13 +230,7 @@ fn a_forged_sleep_count_costs_only_the_forger_its_wake_ups() {
         );
     }
     assert_eq!(forger_probe.spin(PoolQuery::local(), 0), Ok(false));
-    assert_eq!(
-        bystander
-            .shm_connection()
-            .expect("an shm client")
-            .sleepers_announced(),
-        0
-    );
+    assert_eq!(bystander.sleepers_announced(), 0);
 }
 
 /// The answer marks and `WAITING` words of a client's slots are in its own area, so a
@@ -218,31 +244,20 @@ fn a_forged_sleep_count_costs_only_the_forger_its_wake_ups() {
 fn scribbled_answer_marks_garble_only_the_forgers_calls() {
     let _alone = one_at_a_time();
     let runtime = RuntimeProcess::start_with("scribbled-marks", "", Launch::TEST_BINARY);
-    let forger = runtime.client();
-    let forger_probe =
-        ProbeClient::create(&forger, PoolQuery::local(), "forger").expect("probe pool");
-    let connection = forger.shm_connection().expect("an shm client").clone();
+    let (forger_probe, connection) = probe_of_new_client(&runtime, "forger");
     let slots = connection.waiting_words().len() as u32;
-    let stop = Arc::new(AtomicBool::new(false));
-    let scribbler = std::thread::spawn({
-        let stop = stop.clone();
-        let connection = connection.clone();
-        move || {
-            let mut word = 0x9e37_79b9_u32;
-            while !stop.load(Ordering::Relaxed) {
-                for slot in 0..slots {
-                    // xorshift: a different word each time, never equal to the one a call
-                    // waits to see change (but for a 2^-32 chance).
-                    word ^= word << 13;
-                    word ^= word >> 17;
-                    word ^= word << 5;
-                    connection.scribble(Scribble::SlotMark { slot, value: word });
-                    connection.scribble(Scribble::SlotWaiting { slot, value: word });
-                }
-                connection.scribble(Scribble::ControlSleepers(1 << 30));
-                std::thread::sleep(Duration::from_micros(100));
-            }
+    let mut word = 0x9e37_79b9_u32;
+    let scribbler = Scribbler::start(&connection, Duration::from_micros(100), move |connection| {
+        for slot in 0..slots {
+            // xorshift: a different word each time, never equal to the one a call waits
+            // to see change (but for a 2^-32 chance).
+            word ^= word << 13;
+            word ^= word >> 17;
+            word ^= word << 5;
+            connection.scribble(Scribble::SlotMark { slot, value: word });
+            connection.scribble(Scribble::SlotWaiting { slot, value: word });
         }
+        connection.scribble(Scribble::ControlSleepers(1 << 30));
     });
     let forged_calls = std::thread::spawn({
         let forger_probe = forger_probe.clone();
@@ -253,23 +268,16 @@ fn scribbled_answer_marks_garble_only_the_forgers_calls() {
             }
         }
     });
-    let bystander = runtime.client();
-    let bystander_probe =
-        ProbeClient::create(&bystander, PoolQuery::local(), "bystander").expect("probe pool");
-    for awaited in [false, true] {
-        let late = median_lateness(&bystander_probe, awaited);
-        assert!(
-            late < Duration::from_millis(50),
-            "awaited: {awaited}: a bystander's answers came {late:?} late while another \
-             client scribbled over its answer marks"
-        );
-    }
+    let (bystander_probe, _) = probe_of_new_client(&runtime, "bystander");
+    assert_woken_at_once(
+        &bystander_probe,
+        "another client scribbled over its answer marks",
+    );
     within("the forger's calls while it scribbles", move || {
         forged_calls.join()
     })
     .expect("a forged call panicked");
-    stop.store(true, Ordering::Relaxed);
-    scribbler.join().expect("the scribbler");
+    scribbler.stop();
     // Every slot may hold one garbled call (read early, its task answered later into
     // the next call that took the slot): a lap of the slots and more puts them right.
     let last = within("the forger's calls once it stopped", {
