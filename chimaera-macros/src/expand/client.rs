@@ -265,17 +265,22 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
         })
         .collect();
     let by_reference = wire_tuple(names, task, &quote!(&self.client), BulkForm::ByReference);
+    // The sync method writes the yielded in-out values back through its `&mut` arguments.
+    let assign: Vec<TokenStream> = yielded
+        .iter()
+        .enumerate()
+        .map(|(k, (arg, _, _))| {
+            let ident = arg.ident;
+            let field = Index::from(k + 1);
+            quote!(*#ident = #out.#field;)
+        })
+        .collect();
     let sync_body = if !lends {
         // No buffer lent: the call runs start to finish with no `Pending` made (see
         // `Client::call_with`); the arguments are taken as the async method takes them.
         let rebound = task.wire_args().zip(&forwarded).map(|(arg, form)| {
             let ident = arg.ident;
             quote!(let #ident = #form;)
-        });
-        let assign = yielded.iter().enumerate().map(|(k, (arg, _, _))| {
-            let ident = arg.ident;
-            let field = Index::from(k + 1);
-            quote!(*#ident = #out.#field;)
         });
         let value = if yielded.is_empty() {
             quote!(#out)
@@ -307,11 +312,6 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
     } else if yielded.is_empty() {
         quote!(#private::Pending::wait(self.#async_name(#query, #(#forwarded),*)?))
     } else {
-        let assign = yielded.iter().enumerate().map(|(k, (arg, _, _))| {
-            let ident = arg.ident;
-            let field = Index::from(k + 1);
-            quote!(*#ident = #out.#field;)
-        });
         quote! {
             let #out = #private::Pending::wait(self.#async_name(#query, #(#forwarded),*)?)?;
             #(#assign)*
