@@ -138,6 +138,16 @@ impl Client {
     }
 
     /// The raw handle of a call just submitted, with this client's deadline.
+    /// Where a task of `method` on `pool` goes, with this client's force-net switch.
+    fn route(&self, pool: PoolId, method: MethodId, query: PoolQuery) -> Route {
+        Route {
+            pool,
+            method,
+            query,
+            force_net: self.force_net,
+        }
+    }
+
     fn pending(&self, call: Call) -> RawPending {
         RawPending {
             call,
@@ -192,12 +202,7 @@ impl Client {
         query: PoolQuery,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
     ) -> Result<RawPending, TaskError> {
-        let route = Route {
-            pool,
-            method,
-            query,
-            force_net: self.force_net,
-        };
+        let route = self.route(pool, method, query);
         let call = self.transport.submit_with(route, encode)?;
         Ok(self.pending(call))
     }
@@ -217,12 +222,7 @@ impl Client {
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
         decode: &mut dyn FnMut(&[u8]) -> Result<(), TaskError>,
     ) -> Result<(), TaskError> {
-        let route = Route {
-            pool,
-            method,
-            query,
-            force_net: self.force_net,
-        };
+        let route = self.route(pool, method, query);
         let deadline = self.deadline.map(Deadline::from_now);
         match self
             .transport
@@ -246,12 +246,7 @@ impl Client {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<RawPending, TaskError> {
-        let route = Route {
-            pool,
-            method,
-            query,
-            force_net: self.force_net,
-        };
+        let route = self.route(pool, method, query);
         let call = self.transport.submit(route, input, schedule)?;
         Ok(self.pending(call))
     }
@@ -265,12 +260,7 @@ impl Client {
         schedule: Schedule,
         input: Bytes,
     ) -> Result<TaskHandle, TaskError> {
-        let route = Route {
-            pool,
-            method,
-            query,
-            force_net: self.force_net,
-        };
+        let route = self.route(pool, method, query);
         let cancel = self.transport.spawn(route, input, schedule)?;
         Ok(TaskHandle { cancel })
     }
