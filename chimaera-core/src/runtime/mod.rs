@@ -952,20 +952,16 @@ impl Runner {
     /// The runtime's state, kept in `held`: upgraded once per polling stretch, not per
     /// task (two locked steps each). `None` once the runtime is gone.
     fn shared<'h>(&self, held: &'h mut Held) -> Option<&'h Shared> {
-        // One type check on the way that hits (a `dyn` call each).
-        if held
-            .as_deref()
-            .and_then(|held| held.downcast_ref::<Shared>())
-            .is_none()
-        {
+        // Only this runner fills `held`, so once filled it holds the runtime: the way that
+        // hits makes one type check (a `dyn` call), the one that fills it a second.
+        if held.is_none() {
             *held = self
                 .0
                 .get()
                 .and_then(std::sync::Weak::upgrade)
                 .map(|shared| shared as Arc<dyn std::any::Any + Send + Sync>);
         }
-        held.as_deref()
-            .and_then(|held| held.downcast_ref::<Shared>())
+        held.as_deref()?.downcast_ref::<Shared>()
     }
 }
 
