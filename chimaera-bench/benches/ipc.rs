@@ -9,8 +9,12 @@
 //!   benchmarks do; 31 samples of 20,000 round trips, median;
 //! * (c) the physical floor: this process and a child ping-pong one `AtomicU64` in a
 //!   `/dev/shm` mapping, both spinning; 31 samples of 100,000 round trips, median;
-//! * (d) pipelined throughput: 1, 2, then 4 client processes at once, each keeping a window of
-//!   256 async `custom` tasks in flight (waiting in order) for 1.5 s; the sum of their rates;
+//! * (d) pipelined throughput: 1, 2 and 4 client processes at once, each keeping a window
+//!   of 255 async `custom` tasks in flight (waiting in order) for 1 s; the sum of their
+//!   rates. Measured in 5 rounds, each of the three counts once per round (in an order
+//!   that turns with the round), so that a change in the machine's state hits them alike:
+//!   the medians are reported, and the median of the per-round ratios of 4 clients to 1
+//!   (`tps_ratio_4_1`) says whether more clients cost throughput;
 //! * (e) the runtime's CPU use over 5 s with no traffic (this process still connected), as
 //!   % of one core: the runtime's threads' on-CPU time from `/proc/<pid>/task/*/schedstat`
 //!   (ns resolution; `utime+stime` of `/proc/<pid>/stat` ticks at 10 ms, i.e. 0.2% of 5 s,
@@ -18,7 +22,8 @@
 //!
 //! Run: `cargo bench --manifest-path chimaera-bench/Cargo.toml --bench ipc`. The last
 //! line is `ipc: rtt_median_ns=<n> iceoryx2_rtt_median_ns=<n> floor_rtt_ns=<n> ratio=<ours/iceoryx2>
-//! floor_ratio=<ours/floor> tasks_per_s_1=<n> tasks_per_s_4=<n> idle_cpu_pct=<n>` (one line),
+//! floor_ratio=<ours/floor> tasks_per_s_1=<n> tasks_per_s_4=<n> tps_ratio_4_1=<r> idle_cpu_pct=<n>`
+//! (one line),
 //! followed by `plot: <target dir>/bench-plots/ipc.svg`: the distributions of the three
 //! round trips' samples beside throughput against client processes.
 //!
@@ -79,7 +84,10 @@ const FLOOR_ROUNDS: u64 = 100_000;
 /// because a connection keeps one slot to carry abandon requests (see the client
 /// transport's docs); a window of 256 would wait for that slot on every submission.
 const WINDOW: usize = 255;
-const TPUT_SECS: f64 = 1.5;
+const TPUT_SECS: f64 = 1.0;
+/// Rounds of (d); in each, every client count of `TPUT_CLIENTS` is measured once.
+const TPUT_ROUNDS: usize = 5;
+const TPUT_CLIENTS: [usize; 3] = [1, 2, 4];
 const IDLE: Duration = Duration::from_secs(5);
 /// Any wait for another process to answer gives up after this long.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -171,12 +179,32 @@ fn coordinator() -> Res<()> {
          ours/floor {round_floor_ratio:.2}"
     );
 
-    let tps_1 = throughput(&instance, 1)?;
-    println!("(d) ours, pipelined (window {WINDOW}), 1 client process: {tps_1:.0} tasks/s");
-    let tps_2 = throughput(&instance, 2)?;
-    println!("(d) ours, pipelined (window {WINDOW}), 2 client processes: {tps_2:.0} tasks/s");
-    let tps_4 = throughput(&instance, 4)?;
-    println!("(d) ours, pipelined (window {WINDOW}), 4 client processes: {tps_4:.0} tasks/s");
+    let rates = throughput_rounds(&instance)?;
+    let [tps_1, tps_2, tps_4] = [0, 1, 2].map(|at| {
+        let per_round: Vec<f64> = rates.iter().map(|round| round[at]).collect();
+        percentiles(per_round).0
+    });
+    for (clients, tps) in TPUT_CLIENTS.iter().zip([tps_1, tps_2, tps_4]) {
+        println!(
+            "(d) ours, pipelined (window {WINDOW}), {clients} client process(es): \
+             median {tps:.0} tasks/s over {TPUT_ROUNDS} rounds"
+        );
+    }
+    let tps_ratio_4_1 = percentiles(rates.iter().map(|round| round[2] / round[0]).collect()).0;
+    println!(
+        "    per-round rates (1, 2, 4 clients): {}; median of the per-round ratios \
+         4 clients / 1: {tps_ratio_4_1:.2}",
+        rates
+            .iter()
+            .map(|round| format!(
+                "{:.2}/{:.2}/{:.2} M",
+                round[0] / 1e6,
+                round[1] / 1e6,
+                round[2] / 1e6
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let (idle_pct, idle_tick_pct) = idle_cpu(runtime.pid(), &m)?;
     println!(
@@ -194,7 +222,7 @@ fn coordinator() -> Res<()> {
     println!(
         "ipc: rtt_median_ns={rtt_ns:.0} iceoryx2_rtt_median_ns={iox_ns:.0} floor_rtt_ns={floor_ns:.0} \
          ratio={:.2} floor_ratio={:.2} tasks_per_s_1={tps_1:.0} tasks_per_s_4={tps_4:.0} \
-         idle_cpu_pct={idle_pct:.3}",
+         tps_ratio_4_1={tps_ratio_4_1:.2} idle_cpu_pct={idle_pct:.3}",
         rtt_ns / iox_ns,
         rtt_ns / floor_ns,
     );
@@ -266,6 +294,21 @@ fn sync_sample(m: &ModNameClient) -> Res<f64> {
 
 // ---------------------------------------------------------------------------------------
 // (d) pipelined throughput from client processes
+
+/// (d) in rounds: the rates of 1, 2 and 4 clients (in `TPUT_CLIENTS` order) per round,
+/// each round starting at the next count, so none is always measured first.
+fn throughput_rounds(instance: &str) -> Res<Vec<[f64; 3]>> {
+    let mut rounds = Vec::with_capacity(TPUT_ROUNDS);
+    for round in 0..TPUT_ROUNDS {
+        let mut rates = [0.0; 3];
+        for turn in 0..TPUT_CLIENTS.len() {
+            let at = (round + turn) % TPUT_CLIENTS.len();
+            rates[at] = throughput(instance, TPUT_CLIENTS[at])?;
+        }
+        rounds.push(rates);
+    }
+    Ok(rounds)
+}
 
 fn throughput(instance: &str, clients: usize) -> Res<f64> {
     let mut children = Vec::with_capacity(clients);
