@@ -952,8 +952,8 @@ impl Runner {
     /// The runtime's state, kept in `held`: upgraded once per polling stretch, not per
     /// task (two locked steps each). `None` once the runtime is gone.
     fn shared<'h>(&self, held: &'h mut Held) -> Option<&'h Shared> {
-        // Only this runner fills `held`, so once filled it holds the runtime: the way that
-        // hits makes one type check (a `dyn` call), the one that fills it a second.
+        // Only this runner fills `held`, so once filled it holds the runtime: one type
+        // check (a `dyn` call) per task, none before the fill.
         if held.is_none() {
             *held = self
                 .0
