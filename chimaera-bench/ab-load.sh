@@ -52,22 +52,22 @@ done
 runtime_cpu=${AB_RUNTIME_CPU:-1}
 client_cpu=${AB_CLIENT_CPU:-0}
 
-instance=""
-build=""
-stop_runtime() {
-    if [[ -n $instance ]]; then
-        CHI_INSTANCE=$instance "$build/chimaera" runtime stop >/dev/null 2>&1 || true
-        instance=""
-    fi
-}
-trap stop_runtime EXIT
-
-# One run of build $1: prints its calls per second.
+# One run of build $1: prints its calls per second. Always called in a subshell (`$(run
+# ...)`), whose own exit trap stops its runtime however the run ends.
 run() {
+    # Not `local`: the exit trap runs after the function returned.
     build=$1
     instance="ab-load-$$-$RANDOM"
     CHI_INSTANCE=$instance taskset -c "$runtime_cpu" "$build/chimaera" runtime start \
         >/dev/null 2>&1 &
+    runtime_pid=$!
+    # shellcheck disable=SC2317 # called by the trap
+    stop_runtime() {
+        CHI_INSTANCE=$instance "$build/chimaera" runtime stop >/dev/null 2>&1 ||
+            kill "$runtime_pid" 2>/dev/null || true
+        wait "$runtime_pid" 2>/dev/null || true
+    }
+    trap stop_runtime EXIT
     local waited=0
     until CHI_INSTANCE=$instance "$build/chimaera" runtime status >/dev/null 2>&1; do
         sleep 0.1
@@ -79,8 +79,6 @@ run() {
     done
     local line
     line=$(CHI_INSTANCE=$instance taskset -c "$client_cpu" "$build/load" "$workload" "$calls")
-    stop_runtime
-    wait
     echo "$line" | sed -n 's/.*calls_per_s=\([0-9]*\).*/\1/p'
 }
 
