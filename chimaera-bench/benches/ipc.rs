@@ -180,6 +180,7 @@ fn coordinator() -> Res<()> {
     );
 
     let rates = throughput_rounds(&instance)?;
+    // Positions in `TPUT_CLIENTS` (1, 2 and 4 clients).
     let [tps_1, tps_2, tps_4] = [0, 1, 2].map(|at| {
         let per_round: Vec<f64> = rates.iter().map(|round| round[at]).collect();
         percentiles(per_round).0
@@ -197,10 +198,8 @@ fn coordinator() -> Res<()> {
         rates
             .iter()
             .map(|round| format!(
-                "{:.2}/{:.2}/{:.2} M",
-                round[0] / 1e6,
-                round[1] / 1e6,
-                round[2] / 1e6
+                "{} M",
+                round.map(|rate| format!("{:.2}", rate / 1e6)).join("/")
             ))
             .collect::<Vec<_>>()
             .join(", ")
