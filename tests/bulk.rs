@@ -121,6 +121,43 @@ fn written_buffers_come_back_in_place_or_inline() {
     assert_eq!(heap, pattern(10, 3000));
 }
 
+/// A written byte buffer and another in-out value in one call: the bytes are copied back
+/// from the output archive, the value comes back with the return value. Over shared
+/// memory (a shared buffer and a heap slice) and in process.
+#[test]
+fn a_written_buffer_and_an_in_out_value_come_back_together() {
+    fn check(probe: &BulkProbeClient, mut data: impl AsMut<[u8]>) {
+        let q = PoolQuery::local();
+        let data = data.as_mut();
+        data.copy_from_slice(&pattern(1, data.len()));
+        let before = sum(data);
+        let mut count = 5u64;
+        assert_eq!(probe.fill_counted(q, data, 2, &mut count).unwrap(), before);
+        assert_eq!(
+            (&*data, count),
+            (&pattern(2, data.len())[..], 5 + data.len() as u64)
+        );
+        let pending = probe.async_fill_counted(q, data, 3, &count).unwrap();
+        assert_eq!(
+            pending.wait().unwrap(),
+            (sum(&pattern(2, data.len())), 5 + 2 * data.len() as u64)
+        );
+        assert_eq!(data, &pattern(3, data.len())[..]);
+    }
+    let runtime = start_runtime("counted");
+    let (chi, probe) = runtime.probe();
+    check(&probe, chi.allocate_buffer(4096).unwrap());
+    check(&probe, vec![0u8; 3000]);
+    let in_process = chimaera::builder()
+        .module::<BulkProbe>()
+        .start()
+        .expect("an in-process runtime");
+    let chi = in_process.client();
+    let probe = BulkProbeClient::create(&chi, PoolQuery::local(), "probe").expect("pool");
+    check(&probe, chi.allocate_buffer(4096).unwrap());
+    check(&probe, vec![0u8; 3000]);
+}
+
 /// The reproduction, in the form safe code can still write: a buffer lent to a
 /// call whose handler writes it later, the call's `Pending` dropped, the buffer freed
 /// and a new one allocated. Dropping the `Pending` waits for the call, so the runtime

@@ -13,14 +13,20 @@
 //! * `pipelined`: async `custom` calls, 255 in flight, waited in order (its throughput);
 //! * `bdev-write`: 4 KiB writes to random blocks of a 256 MiB RAM device, 32 in flight,
 //!   from a buffer of the client's data share (the `bdev` bench's RAM writes);
+//! * `bdev-read`: 4 KiB reads of random blocks of the same device, 32 in flight, into
+//!   slices of a buffer of the client's data share (the `bdev` bench's RAM reads);
 //! * `bdev-awf`: allocate 4 KiB, write it, free it, sync (the original's shape).
+//!
+//! With `LOAD_IN_PROCESS=1` the driver starts a runtime of its own with the built-in
+//! defaults and calls it in process instead (its calls take the in-process path: the
+//! figures to hold against a client process's).
 //!
 //! The pools it makes (`load-custom`, `load-ram`) stay in the runtime, so a second run
 //! finds them; the RAM device is destroyed at the end of a `bdev-*` run.
 use chimaera::bdev::{BdevClient, BdevParams, BdevType};
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
-use chimaera_bench::bdev_load::{allocate_all, write_each, Rng, BLOCK};
+use chimaera_bench::bdev_load::{allocate_all, write_each, Rng, BLOCK, DEPTH};
 use std::collections::VecDeque;
 use std::error::Error;
 use std::process::ExitCode;
@@ -28,8 +34,9 @@ use std::time::Instant;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
-const USAGE: &str = "usage: load <sync|pipelined|bdev-write|bdev-awf> [calls]
-  connects to the runtime of CHI_INSTANCE and prints calls_per_s";
+const USAGE: &str = "usage: load <sync|pipelined|bdev-write|bdev-read|bdev-awf> [calls]
+  connects to the runtime of CHI_INSTANCE (or, with LOAD_IN_PROCESS=1, starts one in
+  this process) and prints calls_per_s";
 /// Async calls in flight: one less than the default `queue_depth`, as in the `ipc` bench.
 const WINDOW: usize = 255;
 const DEVICE: u64 = 256 << 20;
@@ -52,16 +59,29 @@ fn main() -> ExitCode {
         "sync" => sync,
         "pipelined" => pipelined,
         "bdev-write" => bdev_write,
+        "bdev-read" => bdev_read,
         "bdev-awf" => bdev_awf,
         other => {
             eprintln!("unknown workload `{other}`\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    match Client::connect()
-        .map_err(Into::into)
-        .and_then(|chi| run(&chi, calls))
-    {
+    let in_process = std::env::var_os("LOAD_IN_PROCESS").is_some_and(|v| v == "1");
+    let measured = if in_process {
+        chimaera::builder()
+            .start()
+            .map_err(Into::into)
+            .and_then(|runtime| {
+                let secs = run(&runtime.client(), calls);
+                runtime.stop();
+                secs
+            })
+    } else {
+        Client::connect()
+            .map_err(Into::into)
+            .and_then(|chi| run(&chi, calls))
+    };
+    match measured {
         Ok(secs) => {
             println!(
                 "{workload} calls={calls} calls_per_s={:.0} ns_per_call={:.1}",
@@ -150,6 +170,39 @@ fn bdev_write(chi: &Client, calls: u64) -> Res<f64> {
         &bdev,
         (0..calls).map(|_| blocks[random.below(blocks.len())]),
     )?;
+    let secs = start.elapsed().as_secs_f64();
+    bdev.destroy_pool()?;
+    Ok(secs)
+}
+
+/// Times `calls` reads of random blocks, 32 in flight, each into its own slice of a
+/// buffer of the client's data share (after the same untimed write of every block as
+/// `bdev-write`); returns the seconds.
+fn bdev_read(chi: &Client, calls: u64) -> Res<f64> {
+    let bdev = ram_device(chi)?;
+    let blocks = allocate_all(&bdev, DEVICE)?;
+    write_each(&bdev, blocks.iter().copied())?;
+    let mut data = chi.allocate_buffer(BLOCK as usize * (DEPTH + 1))?;
+    let mut free: VecDeque<&mut [u8]> = data.chunks_mut(BLOCK as usize).collect();
+    let mut random = Rng(0x8765_4321);
+    let mut reads = VecDeque::with_capacity(DEPTH);
+    let start = Instant::now();
+    for _ in 0..calls {
+        if reads.len() == DEPTH {
+            if let Some(oldest) = reads.pop_front() {
+                let pending: Pending<'_, u64> = oldest;
+                let (got, slices) = pending.wait_and_return_buffers();
+                got?;
+                free.extend(slices);
+            }
+        }
+        let slice = free.pop_front().ok_or("one slice more than the window")?;
+        let block = blocks[random.below(blocks.len())];
+        reads.push_back(bdev.async_read(PoolQuery::local(), block, slice)?);
+    }
+    for pending in reads {
+        pending.wait()?;
+    }
     let secs = start.elapsed().as_secs_f64();
     bdev.destroy_pool()?;
     Ok(secs)

@@ -62,7 +62,7 @@ pub fn bulk_inline(bytes: &[u8]) -> BulkRef<'_> {
 pub fn bulk_write_back_at(
     outs: &mut [&mut [u8]],
     index: usize,
-    out: Bulk,
+    out: &ArchivedBulk,
 ) -> Result<(), TaskError> {
     match outs.get_mut(index) {
         Some(dst) => bulk_write_back(dst, out),

@@ -67,9 +67,7 @@
 //! client's own buffers.
 //!
 //! [`Client::submit`]: crate::Client::submit
-#[cfg(test)]
-use crate::codec::Bytes;
-use crate::codec::SliceRef;
+use crate::codec::{Bytes, SliceRef};
 use crate::error::TaskError;
 use std::alloc::Layout;
 use std::collections::BTreeMap;
@@ -985,20 +983,46 @@ impl<'a> BulkInArg<'a> {
 }
 
 /// A `&mut [u8]` or [`BulkOut`] argument resolved for the handler.
+///
+/// Private bytes (an inline argument's, or a `&mut [u8]` handler's copy of shared ones)
+/// live in a recycled buffer ([`crate::codec::recycled_bytes`]) that goes back for reuse
+/// when the argument is dropped, after its output is archived: a steady stream of
+/// block-sized in-process reads allocates nothing.
 pub struct BulkOutArg<'a>(OutBytes<'a>);
 
 enum OutBytes<'a> {
-    /// Arrived inline: the handler writes this vector, which goes back in the output.
-    Owned(Vec<u8>),
+    /// Arrived inline: the handler writes these bytes, which go back in the output.
+    Owned(Bytes),
     /// Lies in the client's share, claimed exclusively.
     Shared {
         held: Held<'a>,
         /// Offset in the share, echoed in the output.
         offset: u64,
         /// For a `&mut [u8]` handler: the private copy it writes, copied back out when
-        /// the handler is done. `None` for a view, which writes in place.
-        copy: Option<Vec<u8>>,
+        /// the handler is done. `None` for a view, which writes in place (and once the
+        /// copy went back).
+        copy: Option<Bytes>,
     },
+}
+
+impl Drop for BulkOutArg<'_> {
+    fn drop(&mut self) {
+        match &mut self.0 {
+            OutBytes::Owned(bytes) => crate::codec::recycle(std::mem::take(bytes)),
+            OutBytes::Shared { copy, .. } => {
+                if let Some(copy) = copy.take() {
+                    crate::codec::recycle(copy);
+                }
+            }
+        }
+    }
+}
+
+/// A recycled buffer holding a copy of `bytes`.
+fn private_copy_of(bytes: &[u8]) -> Bytes {
+    let mut copy = crate::codec::recycled_bytes();
+    copy.extend_from_slice(bytes);
+    copy
 }
 
 impl<'a> BulkOutArg<'a> {
@@ -1009,7 +1033,7 @@ impl<'a> BulkOutArg<'a> {
     }
 
     /// Resolves `wire` for a `&mut [u8]` handler argument: shared bytes are copied into
-    /// private memory now and back out by [`into_wire`](Self::into_wire).
+    /// private memory now and back out by [`wire`](Self::wire).
     pub fn open_copy(share: Option<&'a BulkShare>, wire: &ArchivedBulk) -> Result<Self, TaskError> {
         Self::open(share, wire, true)
     }
@@ -1020,13 +1044,14 @@ impl<'a> BulkOutArg<'a> {
         private_copy: bool,
     ) -> Result<Self, TaskError> {
         match wire {
-            ArchivedBulkWire::Inline(bytes) => {
-                Ok(BulkOutArg(OutBytes::Owned(bytes.as_slice().to_vec())))
-            }
+            ArchivedBulkWire::Inline(bytes) => Ok(BulkOutArg(OutBytes::Owned(private_copy_of(
+                bytes.as_slice(),
+            )))),
             ArchivedBulkWire::Shared { offset, len } => {
                 let held = Held::take(share, offset.to_native(), len.to_native(), true)?;
                 let copy = private_copy.then(|| {
-                    let mut copy = vec![0u8; held.len()];
+                    let mut copy = crate::codec::recycled_bytes();
+                    copy.resize(held.len(), 0);
                     held.load(&mut copy);
                     copy
                 });
@@ -1075,17 +1100,19 @@ impl<'a> BulkOutArg<'a> {
         }
     }
 
-    /// What goes back in the output: the bytes when they came inline, else only the
-    /// reference, once a private copy has been copied back into the client's buffer.
-    pub fn into_wire(self) -> Bulk {
-        match self.0 {
-            OutBytes::Owned(bytes) => BulkWire::Inline(bytes),
+    /// What goes back in the output, borrowed for archiving (the same layout as
+    /// [`Bulk`]'s): the bytes when they came inline, else only the reference, once a
+    /// private copy has been copied back into the client's buffer (on the first call).
+    pub fn wire(&mut self) -> BulkRef<'_> {
+        match &mut self.0 {
+            OutBytes::Owned(bytes) => BulkWire::Inline(SliceRef(bytes)),
             OutBytes::Shared { held, offset, copy } => {
-                if let Some(copy) = copy {
+                if let Some(copy) = copy.take() {
                     held.store(&copy);
+                    crate::codec::recycle(copy);
                 }
                 BulkWire::Shared {
-                    offset,
+                    offset: *offset,
                     len: held.len() as u64,
                 }
             }
@@ -1100,15 +1127,16 @@ fn no_share() -> TaskError {
     )
 }
 
-/// Copies a `&mut [u8]` argument's output back into the caller's slice: inline bytes
-/// are copied, a shared reference means the runtime wrote the caller's buffer already.
-pub fn write_back(dst: &mut [u8], out: Bulk) -> Result<(), TaskError> {
+/// Copies a `&mut [u8]` argument's output back into the caller's slice, straight from
+/// the validated output archive: inline bytes are copied, a shared reference means the
+/// runtime wrote the caller's buffer already.
+pub fn write_back(dst: &mut [u8], out: &ArchivedBulk) -> Result<(), TaskError> {
     match out {
-        BulkWire::Inline(bytes) if bytes.len() == dst.len() => {
-            dst.copy_from_slice(&bytes);
+        ArchivedBulkWire::Inline(bytes) if bytes.len() == dst.len() => {
+            dst.copy_from_slice(bytes.as_slice());
             Ok(())
         }
-        BulkWire::Inline(bytes) => Err(TaskError::malformed(
+        ArchivedBulkWire::Inline(bytes) => Err(TaskError::malformed(
             "output",
             format!(
                 "a {}-byte in-out buffer came back with {} bytes",
@@ -1116,7 +1144,7 @@ pub fn write_back(dst: &mut [u8], out: Bulk) -> Result<(), TaskError> {
                 bytes.len()
             ),
         )),
-        BulkWire::Shared { .. } => Ok(()),
+        ArchivedBulkWire::Shared { .. } => Ok(()),
     }
 }
 
@@ -1406,6 +1434,14 @@ mod tests {
     use super::*;
     use crate::codec::{access, encode};
 
+    /// The owned form of an output's borrowed bulk argument, to compare.
+    fn owned(wire: BulkRef<'_>) -> Bulk {
+        match wire {
+            BulkWire::Inline(bytes) => BulkWire::Inline(bytes.0.to_vec()),
+            BulkWire::Shared { offset, len } => BulkWire::Shared { offset, len },
+        }
+    }
+
     fn share(len: usize) -> (Vec<u8>, BulkShare) {
         let mut memory = vec![0u8; len];
         let base = NonNull::new(memory.as_mut_ptr()).unwrap();
@@ -1476,8 +1512,8 @@ mod tests {
         let reader = BulkInArg::open(Some(&share), c).unwrap();
         let second_reader = BulkInArg::open(Some(&share), c).unwrap();
         assert_eq!(reader.view().to_vec(), second_reader.view().to_vec());
-        assert_eq!(writer.into_wire(), Bulk::Shared { offset: 0, len: 32 });
-        drop((reader, second_reader));
+        assert_eq!(owned(writer.wire()), Bulk::Shared { offset: 0, len: 32 });
+        drop((writer, reader, second_reader));
         let copied = copy_in(Some(&share), b).unwrap();
         assert_eq!(&copied[..16], &[1; 16]);
         drop(copied);
@@ -1500,7 +1536,8 @@ mod tests {
             BulkInArg::open(Some(&share), whole).is_err(),
             "still claimed"
         );
-        assert_eq!(arg.into_wire(), Bulk::Shared { offset: 8, len: 8 });
+        assert_eq!(owned(arg.wire()), Bulk::Shared { offset: 8, len: 8 });
+        drop(arg);
         let after = copy_in(Some(&share), whole).unwrap();
         assert_eq!(&after[8..16], b"written!");
         assert_eq!(&after[..8], &[0; 8]);
@@ -1512,15 +1549,16 @@ mod tests {
         let wire = access::<ArchivedBulk>(&bytes, "input").unwrap();
         let mut arg = BulkOutArg::open_copy(None, wire).unwrap();
         arg.as_mut_slice()[0] = 9;
-        let out = arg.into_wire();
+        let out = encode(&arg.wire()).unwrap();
+        let out = access::<ArchivedBulk>(&out, "output").unwrap();
         let mut dst = [0u8; 3];
         write_back(&mut dst, out).unwrap();
         assert_eq!(dst, [9, 2, 3]);
-        assert!(write_back(&mut [0u8; 2], Bulk::Inline(vec![1])).is_err());
+        assert!(write_back(&mut [0u8; 2], out).is_err(), "a length mismatch");
         let mut view_arg = BulkOutArg::open_view(None, wire).unwrap();
         assert!(!view_arg.view().is_shared());
         view_arg.view().write_at(2, &[7]).unwrap();
-        assert_eq!(view_arg.into_wire(), Bulk::Inline(vec![1, 2, 7]));
+        assert_eq!(owned(view_arg.wire()), Bulk::Inline(vec![1, 2, 7]));
         assert_eq!(&*copy_in(None, wire).unwrap(), &[1, 2, 3]);
     }
 
@@ -1648,12 +1686,13 @@ mod tests {
         let mut writer = BulkOutArg::open_view(Some(&share), second).unwrap();
         writer.view().write_at(0, b"WXYZ").unwrap();
         assert_eq!(
-            writer.into_wire(),
+            owned(writer.wire()),
             Bulk::Shared {
                 offset: 100,
                 len: 4
             }
         );
+        drop(writer);
         let share = Arc::new(share);
         let held = HeldRange::take(&share, 100, 4, false).unwrap();
         let mut out = [0u8; 4];

@@ -175,8 +175,10 @@ impl OutputBuffer {
 
 /// How many idle input buffers are kept for reuse, process-wide.
 pub const RECYCLED_BUFFERS: usize = 512;
-/// The largest buffer kept for reuse: larger inputs are rare and freed after use.
-pub const RECYCLED_CAPACITY: usize = 4096;
+/// The largest buffer kept for reuse: larger inputs are rare and freed after use. Room
+/// for a 4 KiB block and its archive's framing (an archive that outgrows 4 KiB doubles
+/// its buffer to 8 KiB), so block-sized bulk arguments reuse their buffers too.
+pub const RECYCLED_CAPACITY: usize = 8192;
 
 /// How many idle input buffers each thread keeps for itself, before the shared queue.
 pub const LOCAL_RECYCLED_BUFFERS: usize = 32;

@@ -65,6 +65,15 @@ impl BulkProbe {
         self.finished.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Fills a private copy of `data` with pattern `seed` and adds its length to
+    /// `count`; returns the sum it held before (a byte buffer and another in-out value
+    /// in one output).
+    #[task(method = 16)]
+    fn fill_counted(&self, data: &mut [u8], seed: u8, count: &mut u64) -> u64 {
+        *count += data.len() as u64;
+        self.fill_plain(data, seed)
+    }
+
     /// How many `fill_later` tasks have finished.
     #[task(method = 15)]
     fn finished(&self) -> u64 {

@@ -259,8 +259,9 @@ const IDLE_CALL_SLOTS: usize = 256;
 /// How many idle call slots a thread keeps for its own next calls.
 const THREAD_IDLE_SLOTS: usize = 32;
 /// Output capacity a pooled slot keeps between calls; a larger output buffer is freed
-/// (and a spare slot keeps none).
-const SLOT_OUTPUT_KEEP: usize = 4096;
+/// (and a spare slot keeps none). Room for the archive of a 4 KiB block (a bulk read's
+/// output), as [`crate::codec::RECYCLED_CAPACITY`] has for inputs.
+const SLOT_OUTPUT_KEEP: usize = crate::codec::RECYCLED_CAPACITY;
 /// Outputs up to this many bytes are answered inline, beside the slot's state word.
 const INLINE_OUTPUT: usize = 48;
 

@@ -232,25 +232,49 @@ fn task_methods(names: &Names, task: &Task) -> TokenStream {
         .iter()
         .filter(|(arg, _)| arg.kind.is_bulk_out())
         .enumerate()
-        .map(|(k, (_, field))| quote!(#private::bulk_write_back_at(#outs, #k, #out.#field)?;));
+        .map(|(k, (_, field))| quote!(#private::bulk_write_back_at(#outs, #k, &#out.#field)?;));
     let written_back: Vec<_> = written_back.collect();
-    let ignore_outs = written_back.is_empty().then(|| quote!(let _ = #outs;));
-    let (pending, value) = if yielded.is_empty() {
-        (ret.clone(), quote!(#out.0))
+    let pending = if yielded.is_empty() {
+        ret.clone()
     } else {
         let types = yielded.iter().map(|(_, ty, _)| ty);
-        let fields = yielded.iter().map(|(_, _, field)| field);
-        (
-            quote!((#ret, #(#types),*)),
-            quote!((#out.0, #(#out.#fields),*)),
-        )
+        quote!((#ret, #(#types),*))
     };
-    let decode = quote! {
-        |#bytes: &[u8], #outs: &mut [&mut [u8]]| -> ::core::result::Result<#pending, #private::TaskError> {
-            #ignore_outs
-            let #out = #private::decode::<#module::#output>(#bytes, "output")?;
-            #(#written_back)*
-            ::core::result::Result::Ok(#value)
+    let decode = if written_back.is_empty() {
+        let value = if yielded.is_empty() {
+            quote!(#out.0)
+        } else {
+            let fields = yielded.iter().map(|(_, _, field)| field);
+            quote!((#out.0, #(#out.#fields),*))
+        };
+        quote! {
+            |#bytes: &[u8], #outs: &mut [&mut [u8]]| -> ::core::result::Result<#pending, #private::TaskError> {
+                let _ = #outs;
+                let #out = #private::decode::<#module::#output>(#bytes, "output")?;
+                ::core::result::Result::Ok(#value)
+            }
+        }
+    } else {
+        // Byte buffers are copied into the lent slices straight from the validated
+        // archive (never deserialized into a `Vec` first); the rest is deserialized
+        // field by field.
+        let field_value = |ty: &dyn quote::ToTokens, field: &Index| {
+            let archived = quote!(&#out.#field);
+            quote!(#private::deserialize::<#ty, _>(#archived, "output"))
+        };
+        let ret_value = field_value(&ret, &Index::from(0));
+        let value = if yielded.is_empty() {
+            ret_value
+        } else {
+            let values = yielded.iter().map(|(_, ty, field)| field_value(ty, field));
+            quote!(::core::result::Result::Ok((#ret_value?, #(#values?),*)))
+        };
+        quote! {
+            |#bytes: &[u8], #outs: &mut [&mut [u8]]| -> ::core::result::Result<#pending, #private::TaskError> {
+                let #out = #private::access::<#private::rkyv::Archived<#module::#output>>(#bytes, "output")?;
+                #(#written_back)*
+                #value
+            }
         }
     };
     let forwarded: Vec<TokenStream> = task

@@ -309,7 +309,7 @@ fn run_arm(
         .filter(|(_, a)| a.kind.is_bulk_out())
         .map(|(i, _)| {
             let local = local(&format!("arg{i}"));
-            quote!(let #local = #private::BulkOutArg::into_wire(#local);)
+            quote!(let #local = #private::BulkOutArg::wire(&mut #local);)
         });
     quote! {
         #module::#id => {
