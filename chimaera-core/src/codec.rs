@@ -160,6 +160,13 @@ impl OutputBuffer {
         self.bytes
     }
 
+    /// Exchanges the archive last encoded with `other`'s bytes: a large output handed
+    /// over to where its reader looks for it, without a copy. The buffer then holds
+    /// whatever `other` held (cleared by the next [`encode`](Self::encode)).
+    pub(crate) fn swap_bytes(&mut self, other: &mut Bytes) {
+        std::mem::swap(&mut self.bytes, other);
+    }
+
     /// Lets go of memory a large output made the buffer grow to.
     pub fn trim(&mut self) {
         if self.bytes.capacity() > Self::KEEP {

@@ -989,7 +989,10 @@ impl TaskRunner for Runner {
             // count sees its task in it; in flight until after, so a flush does not
             // return before the result is delivered.
             shared.inflight.count_completed(role);
-            task.complete(result.map(|()| out.as_slice()));
+            match result {
+                Ok(()) => task.complete_with_output(out),
+                Err(err) => task.complete(Err(err)),
+            }
             shared.inflight.uncount(parity, role);
             out.trim();
             return;

@@ -33,7 +33,7 @@
 //! `Instant` deadlines, which an unbounded duration would overflow): a longer one is
 //! refused with `PeriodTooLong` when the task is submitted.
 use crate::bulk::BulkShare;
-use crate::codec::{aligned_copy, recycle, recycled_bytes, Bytes};
+use crate::codec::{aligned_copy, recycle, recycled_bytes, Bytes, OutputBuffer};
 use crate::transport::call::{wait_for, Route, SlotReply, Waiter};
 use crate::coroutine::Blocker;
 use crate::error::TaskError;
@@ -426,6 +426,19 @@ impl Task {
             task = self.header.id,
             container = self.header.container,
         )
+    }
+
+    /// Delivers the output archived in `out` as [`complete`](Self::complete) does; an
+    /// in-process caller's call slot takes a large output's bytes from `out` without a
+    /// copy (`SlotReply::deliver_output`), leaving `out` other bytes to encode into.
+    pub fn complete_with_output(&mut self, out: &mut OutputBuffer) {
+        match self.reply.take() {
+            Some(Reply::Slot(reply)) => reply.deliver_output(self.header.container, out),
+            reply => {
+                self.reply = reply;
+                self.complete(Ok(out.as_slice()));
+            }
+        }
     }
 
     /// Delivers `result` (the archived output) to whoever waits for this task, if anyone.

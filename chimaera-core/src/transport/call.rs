@@ -7,9 +7,10 @@
 //! importing each other.
 //!
 //! **Call slots** make an in-process call allocate nothing in steady state: a slot holds
-//! the answer (a small output inline beside the slot's state word, a larger one copied
-//! into the slot's own buffer, which keeps its capacity from call to call) and the
-//! caller's waiter. Each use of a slot has its own *generation*, which the task's
+//! the answer (a small output inline beside the slot's state word, a larger one in the
+//! slot's own buffer — handed over by the worker that archived it, whose buffer and the
+//! slot's change places, so no copy is made and both keep their capacity from call to
+//! call) and the caller's waiter. Each use of a slot has its own *generation*, which the task's
 //! [`SlotReply`] carries; the caller's [`SlotCall`] is the only handle of its generation,
 //! and gives the slot back by moving it to the next generation, so a task still running
 //! for an abandoned call finds another generation when it answers and its answer is
@@ -26,7 +27,8 @@
 //! generation, with no reference count: a count that the caller raises and the worker
 //! lowers would move a cache line between the two threads twice on every call, and it
 //! sat on the very line the caller spins on. What this keeps is bounded by the most
-//! in-process calls ever pending at once (a few hundred bytes each once idle).
+//! in-process calls ever pending at once (a few hundred bytes each once idle, plus an
+//! output buffer of at most 8 KiB in each pooled slot).
 //!
 //! **Waiting.** A thread spins first (yielding its CPU now and then, as the
 //! shared-memory client does), then parks with `std::thread::park` (no allocation); a
@@ -46,7 +48,7 @@
 //! routed), all the thread posted to that worker were routed; otherwise the runtime
 //! first fences those workers (`posted_pending`). A call given up unanswered proves
 //! nothing: the fence stays needed until a later post to that worker is answered.
-use crate::codec::{aligned_copy, Bytes};
+use crate::codec::{aligned_copy, Bytes, OutputBuffer};
 use crate::coroutine::{self, Blocker};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
@@ -452,6 +454,44 @@ impl SlotReply {
     /// Stores the answer (the output copied into the slot's reused buffer) and wakes the
     /// caller, unless the caller gave the slot up meanwhile (another generation).
     pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
+        self.answer(container, |answer| match result {
+            Ok(bytes) if bytes.len() <= INLINE_OUTPUT => {
+                answer.inline[..bytes.len()].copy_from_slice(bytes);
+                bytes.len() as u32
+            }
+            Ok(bytes) => {
+                answer.output.clear();
+                answer.output.extend_from_slice(bytes);
+                IN_BUFFER
+            }
+            Err(err) => {
+                answer.error = Some(err);
+                FAILED
+            }
+        });
+    }
+
+    /// Stores the output archived in `out` as the answer, as [`deliver`](Self::deliver)
+    /// does, but an output too large for the slot's state line is not copied: `out`'s
+    /// bytes and the slot's buffer change places (the slot's old buffer is `out`'s next
+    /// one). So a block read in process copies its bytes once less on the worker.
+    pub(crate) fn deliver_output(self, container: ContainerId, out: &mut OutputBuffer) {
+        self.answer(container, |answer| {
+            let bytes = out.as_slice();
+            if bytes.len() <= INLINE_OUTPUT {
+                answer.inline[..bytes.len()].copy_from_slice(bytes);
+                bytes.len() as u32
+            } else {
+                out.swap_bytes(&mut answer.output);
+                IN_BUFFER
+            }
+        });
+    }
+
+    /// Moves the slot's generation to `WRITING`, lets `fill` write the answer (returning
+    /// its `inline_len`), publishes it `DONE` and wakes a parked caller; does nothing if
+    /// the caller gave the slot up meanwhile (another generation, or abandoned).
+    fn answer(self, container: ContainerId, fill: impl FnOnce(&mut Answer) -> u32) {
         let slot = self.slot;
         // First tried from the usual state (open, the caller spinning, not parked) with
         // no load before: the caller's CPU holds the line, and a load would fetch it
@@ -476,21 +516,7 @@ impl SlotReply {
         // `CallSlot`), and no other task has this generation.
         let answer = unsafe { &mut *slot.answer.get() };
         answer.container = container;
-        answer.inline_len = match result {
-            Ok(bytes) if bytes.len() <= INLINE_OUTPUT => {
-                answer.inline[..bytes.len()].copy_from_slice(bytes);
-                bytes.len() as u32
-            }
-            Ok(bytes) => {
-                answer.output.clear();
-                answer.output.extend_from_slice(bytes);
-                IN_BUFFER
-            }
-            Err(err) => {
-                answer.error = Some(err);
-                FAILED
-            }
-        };
+        answer.inline_len = fill(answer);
         let waiter = if state & PARKED != 0 {
             // SAFETY: `PARKED` was set when this task entered `WRITING`: the caller wrote
             // the waiter before setting it and leaves the cell alone until `DONE`.
