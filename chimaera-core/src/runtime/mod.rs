@@ -989,10 +989,7 @@ impl TaskRunner for Runner {
             // count sees its task in it; in flight until after, so a flush does not
             // return before the result is delivered.
             shared.inflight.count_completed(role);
-            match result {
-                Ok(()) => task.complete_with_output(out),
-                Err(err) => task.complete(Err(err)),
-            }
+            task.complete_from(result, out);
             shared.inflight.uncount(parity, role);
             out.trim();
             return;

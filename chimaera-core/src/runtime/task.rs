@@ -428,16 +428,20 @@ impl Task {
         )
     }
 
-    /// Delivers the output archived in `out` as [`complete`](Self::complete) does; an
-    /// in-process caller's call slot takes a large output's bytes from `out` without a
-    /// copy (`SlotReply::deliver_output`), leaving `out` other bytes to encode into.
-    pub fn complete_with_output(&mut self, out: &mut OutputBuffer) {
-        match self.reply.take() {
-            Some(Reply::Slot(reply)) => reply.deliver_output(self.header.container, out),
-            reply => {
-                self.reply = reply;
-                self.complete(Ok(out.as_slice()));
+    /// Delivers `result`, the output archived in `out` or the task's error, as
+    /// [`complete`](Self::complete) does; an in-process caller's call slot takes a large
+    /// output's bytes from `out` without a copy (`SlotReply::deliver_output`), leaving
+    /// `out` other bytes to encode into.
+    #[inline]
+    pub fn complete_from(&mut self, result: Result<(), TaskError>, out: &mut OutputBuffer) {
+        match (&self.reply, result) {
+            (Some(Reply::Slot(_)), Ok(())) => {
+                if let Some(Reply::Slot(reply)) = self.reply.take() {
+                    reply.deliver_output(self.header.container, out);
+                }
             }
+            // A client process's reply (the hot path over shared memory) as before.
+            (_, result) => self.complete(result.map(|()| out.as_slice())),
         }
     }
 
