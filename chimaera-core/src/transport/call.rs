@@ -10,12 +10,12 @@
 //! the answer (a small output inline beside the slot's state word, a larger one in the
 //! slot's own buffer — handed over by the worker that archived it, whose buffer and the
 //! slot's change places, so no copy is made and both keep their capacity from call to
-//! call) and the caller's waiter. Each use of a slot has its own *generation*, which the task's
-//! [`SlotReply`] carries; the caller's [`SlotCall`] is the only handle of its generation,
-//! and gives the slot back by moving it to the next generation, so a task still running
-//! for an abandoned call finds another generation when it answers and its answer is
-//! discarded — it never lands in the call that reuses the slot. The generation is a
-//! `u64`: it never wraps in practice. A waiter is taken out when the answer moves to
+//! call) and the caller's waiter. Each use of a slot has its own *generation*, which the
+//! task's [`SlotReply`] carries; the caller's [`SlotCall`] is the only handle of its
+//! generation, and gives the slot back by moving it to the next generation, so a task
+//! still running for an abandoned call finds another generation when it answers and its
+//! answer is discarded — it never lands in the call that reuses the slot. The generation
+//! is a `u64`: it never wraps in practice. A waiter is taken out when the answer moves to
 //! `WRITING` and woken after `DONE` is stored, from the taken handle alone: a task never
 //! touches the slot after it answered.
 //!
@@ -356,6 +356,13 @@ const _: () = {
 };
 
 impl Answer {
+    /// Stores an output of at most [`INLINE_OUTPUT`] bytes on the state's line; returns
+    /// its `inline_len`.
+    fn put_inline(&mut self, bytes: &[u8]) -> u32 {
+        self.inline[..bytes.len()].copy_from_slice(bytes);
+        bytes.len() as u32
+    }
+
     /// The answer read back: the output, or the task's error (taken out).
     fn take(&mut self) -> Result<&[u8], TaskError> {
         match self.inline_len {
@@ -455,10 +462,7 @@ impl SlotReply {
     /// caller, unless the caller gave the slot up meanwhile (another generation).
     pub(crate) fn deliver(self, container: ContainerId, result: Result<&[u8], TaskError>) {
         self.answer(container, |answer| match result {
-            Ok(bytes) if bytes.len() <= INLINE_OUTPUT => {
-                answer.inline[..bytes.len()].copy_from_slice(bytes);
-                bytes.len() as u32
-            }
+            Ok(bytes) if bytes.len() <= INLINE_OUTPUT => answer.put_inline(bytes),
             Ok(bytes) => {
                 answer.output.clear();
                 answer.output.extend_from_slice(bytes);
@@ -479,8 +483,7 @@ impl SlotReply {
         self.answer(container, |answer| {
             let bytes = out.as_slice();
             if bytes.len() <= INLINE_OUTPUT {
-                answer.inline[..bytes.len()].copy_from_slice(bytes);
-                bytes.len() as u32
+                answer.put_inline(bytes)
             } else {
                 out.swap_bytes(&mut answer.output);
                 IN_BUFFER
@@ -895,6 +898,44 @@ mod tests {
             task.join().unwrap();
         }
         assert!(checked > 10_000);
+    }
+
+    /// A worker's output buffer handed to call slots: a large output reaches its caller
+    /// and the buffer that comes back is the slot's old one; a small output is copied
+    /// inline and the buffer stays; a late answer to a given-up call takes nothing.
+    #[test]
+    fn an_output_handed_over_reaches_its_caller_and_a_late_one_takes_nothing() {
+        let mut out = OutputBuffer::reusable();
+        for round in 0..200u32 {
+            let value = vec![round as u8; 100 + round as usize];
+            out.encode(&value).unwrap();
+            let archived = out.as_slice().to_vec();
+            let (call, reply) = CallSlot::take();
+            reply.deliver_output(1, &mut out);
+            let mut seen = Vec::new();
+            call.wait_first(&mut |bytes| {
+                seen = bytes.to_vec();
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, archived, "round {round}");
+            assert_eq!(
+                crate::codec::decode::<Vec<u8>>(&seen, "output").unwrap(),
+                value
+            );
+        }
+        out.encode(&7u8).unwrap();
+        let small = out.as_slice().to_vec();
+        let (call, reply) = CallSlot::take();
+        reply.deliver_output(1, &mut out);
+        assert_eq!(out.as_slice(), &small[..], "a small output is copied, not taken");
+        assert_eq!(&call.wait().remove(0).1.unwrap()[..], &small[..]);
+        out.encode(&vec![9u8; 500]).unwrap();
+        let kept = out.as_slice().to_vec();
+        let (call, reply) = CallSlot::take();
+        drop(call);
+        reply.deliver_output(1, &mut out);
+        assert_eq!(out.as_slice(), &kept[..], "a given-up call's slot takes nothing");
     }
 
     /// More calls pending at once than the pool keeps idle (so slots go to the spare
