@@ -928,14 +928,22 @@ mod tests {
         let small = out.as_slice().to_vec();
         let (call, reply) = CallSlot::take();
         reply.deliver_output(1, &mut out);
-        assert_eq!(out.as_slice(), &small[..], "a small output is copied, not taken");
+        assert_eq!(
+            out.as_slice(),
+            &small[..],
+            "a small output is copied, not taken"
+        );
         assert_eq!(&call.wait().remove(0).1.unwrap()[..], &small[..]);
         out.encode(&vec![9u8; 500]).unwrap();
         let kept = out.as_slice().to_vec();
         let (call, reply) = CallSlot::take();
         drop(call);
         reply.deliver_output(1, &mut out);
-        assert_eq!(out.as_slice(), &kept[..], "a given-up call's slot takes nothing");
+        assert_eq!(
+            out.as_slice(),
+            &kept[..],
+            "a given-up call's slot takes nothing"
+        );
     }
 
     /// More calls pending at once than the pool keeps idle (so slots go to the spare
