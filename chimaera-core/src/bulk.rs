@@ -985,9 +985,9 @@ impl<'a> BulkInArg<'a> {
 /// A `&mut [u8]` or [`BulkOut`] argument resolved for the handler.
 ///
 /// Private bytes (an inline argument's, or a `&mut [u8]` handler's copy of shared ones)
-/// live in a recycled buffer ([`crate::codec::recycled_bytes`]) that goes back for reuse
-/// when the argument is dropped, after its output is archived: a steady stream of
-/// block-sized in-process reads allocates nothing.
+/// live in a recycled input buffer (`codec::recycled_bytes`), given back for reuse when
+/// the argument is dropped, after its output is archived: a steady stream of block-sized
+/// in-process reads allocates nothing.
 pub struct BulkOutArg<'a>(OutBytes<'a>);
 
 enum OutBytes<'a> {
