@@ -29,6 +29,12 @@
 //!   push, so one of them sees the other; a busy executor costs the waker no system call.
 //! * Timers (sleeps, parks with a timeout) are the home thread's own heap; the thread
 //!   sleeps until the next deadline, so an idle executor runs no polling loop.
+//! * I/O a coroutine issues with [`submit_io`] goes on the executor's own `io_uring`
+//!   ([`crate::io_ring`]), which the loop looks at between coroutines while operations
+//!   are in flight. With operations in flight the thread sleeps in the ring rather than
+//!   on its futex (`sleeping` says which: [`ON_FUTEX`] or [`IN_RING`]), and a waker
+//!   then writes the ring's bell instead of unparking the thread. The executor does not
+//!   stop before its operations completed: their buffers are borrowed until then.
 //!
 //! **Spans.** A task's `tracing` span must be entered exactly while that task runs, but
 //! a coroutine switches out in the middle of it (a wait) and the thread runs others
@@ -61,7 +67,9 @@
 //! frame of the dead coroutine runs again, so no reference it held is used again.
 //! A fault that is not a coroutine's guard page goes to the previous handler (`std`'s:
 //! a thread's own stack overflow aborts the process, as usual).
+use crate::io_ring::WorkerRing;
 use crate::sync::Fifo;
+use std::os::fd::OwnedFd;
 use generator::{Generator, Gn};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::{BinaryHeap, VecDeque};
@@ -75,10 +83,21 @@ use std::time::{Duration, Instant};
 /// The part of an executor other threads see: where they queue wake-ups.
 struct Home {
     remote: Fifo<Arc<Co>>,
-    sleeping: AtomicBool,
+    /// How the thread sleeps, if it does: [`AWAKE`], [`ON_FUTEX`] or [`IN_RING`].
+    sleeping: AtomicU8,
     stopping: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
+    /// The eventfd that ends a sleep in the executor's `io_uring` (made with the ring).
+    bell: OnceLock<OwnedFd>,
 }
+
+/// The executor's thread runs.
+const AWAKE: u8 = 0;
+/// The thread sleeps on its futex (`std::thread::park`).
+const ON_FUTEX: u8 = 1;
+/// The thread sleeps in its `io_uring`, which operations are in flight on: its bell
+/// wakes it ([`crate::io_ring`]).
+const IN_RING: u8 = 2;
 
 impl Home {
     /// Queues `co` to run on this home's thread. `co` must have been taken out of
@@ -97,10 +116,27 @@ impl Home {
     }
 
     fn wake_thread(&self) {
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
-            if let Some(thread) = self.thread.get() {
-                thread.unpark();
-            }
+        if self.sleeping.load(Ordering::SeqCst) == AWAKE {
+            return;
+        }
+        match self.sleeping.swap(AWAKE, Ordering::SeqCst) {
+            ON_FUTEX => self.unpark_thread(),
+            IN_RING => self.ring_bell(),
+            _ => {}
+        }
+    }
+
+    fn unpark_thread(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    fn ring_bell(&self) {
+        if let Some(bell) = self.bell.get() {
+            // An eventfd write fails only if the count would overflow, which wake-ups
+            // cannot make it do; the count need not be exact, only non-zero.
+            let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
         }
     }
 }
@@ -176,6 +212,8 @@ struct Local {
     handoff_owner: Cell<*const Co>,
     /// What an armed coroutine runs before it switches out (set once per executor).
     handoff_hook: RefCell<Option<Rc<dyn Fn()>>>,
+    /// The executor's `io_uring`, once a coroutine asked for it.
+    io: WorkerRing,
 }
 
 thread_local! {
@@ -192,6 +230,81 @@ fn running() -> Option<(Rc<Local>, *const Co)> {
         })
         .ok()
         .flatten()
+}
+
+/// Where an operation issued on the executor's ring completes: on its caller's stack,
+/// touched only by this thread (the caller, and the executor while the caller is
+/// parked). Its address is the operation's tag.
+struct IoSlot {
+    /// The completion's `res`: bytes transferred, or `-errno`.
+    result: Cell<i32>,
+    done: Cell<bool>,
+    blocker: Arc<Blocker>,
+}
+
+/// Hands one completion of the executor's ring to the caller waiting for it.
+fn io_completed(tag: u64, result: i32) {
+    // SAFETY: every tag the ring hands out is the address of an `IoSlot` whose caller
+    // is parked (or about to park) until `done` is set, on this thread (`submit_io`):
+    // it is alive, and only shared references to it exist.
+    let slot = unsafe { &*(tag as *const IoSlot) };
+    let blocker = slot.blocker.clone();
+    slot.result.set(result);
+    slot.done.set(true);
+    // The slot may be gone once its caller runs; only our clone is used.
+    blocker.unpark();
+}
+
+/// Runs `entry` on the `io_uring` of the worker the calling coroutine runs on, parking
+/// the coroutine until it completes: the completion's result (bytes transferred, for a
+/// read or write) or the error it reports. `entry`'s `user_data` is replaced. See
+/// [`crate::wait`] for why: the worker's own thread issues the operation and takes its
+/// completion, so no other thread wakes for it.
+///
+/// Returns `None`, having issued nothing, when there is no such ring: the caller is not a
+/// coroutine, `io_uring` cannot be used here (a kernel before 6.1, disabled, or refused
+/// by a seccomp filter), or the ring carries 255 operations already. The caller then
+/// takes another path (an I/O thread of its own, say).
+///
+/// # Safety
+/// Every buffer `entry` points to must stay valid, and for the kernel's writes unaliased,
+/// until this returns (it returns only after the kernel completed the entry).
+pub unsafe fn submit_io(entry: &io_uring::squeue::Entry) -> Option<std::io::Result<u32>> {
+    let (local, _) = running()?;
+    let home = &local.home;
+    if home.bell.get().is_none() {
+        // Only this thread sets it.
+        match rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) {
+            Ok(bell) => {
+                let _ = home.bell.set(bell);
+            }
+            Err(err) => {
+                tracing::debug!("no eventfd for a worker's io_uring ({err})");
+                return None;
+            }
+        }
+    }
+    let slot = IoSlot {
+        result: Cell::new(0),
+        done: Cell::new(false),
+        blocker: Blocker::current(),
+    };
+    // SAFETY: the caller keeps the entry's buffers valid until we return; the slot is
+    // ours, and we return only once `done` is set, by the completion.
+    if !unsafe { local.io.issue(home.bell.get()?, entry, &slot as *const IoSlot as u64) } {
+        return None;
+    }
+    drop(local);
+    while !slot.done.get() {
+        // A spurious or early return looks again.
+        let _ = slot.blocker.park(None);
+    }
+    let result = slot.result.get();
+    Some(if result < 0 {
+        Err(std::io::Error::from_raw_os_error(-result))
+    } else {
+        Ok(result as u32)
+    })
 }
 
 /// Whether the caller runs on a coroutine (and so must park, not block, to wait).
@@ -689,9 +802,10 @@ impl Executor {
     pub fn start(options: ExecutorOptions) -> std::io::Result<Executor> {
         let home = Arc::new(Home {
             remote: Fifo::default(),
-            sleeping: AtomicBool::new(false),
+            sleeping: AtomicU8::new(AWAKE),
             stopping: AtomicBool::new(false),
             thread: OnceLock::new(),
+            bell: OnceLock::new(),
         });
         let thread_home = home.clone();
         let cpu = options.cpu;
@@ -764,8 +878,9 @@ impl Executor {
 
     fn stop_thread(&mut self) {
         self.home.stopping.store(true, Ordering::Release);
-        self.home.sleeping.store(true, Ordering::SeqCst);
-        self.home.wake_thread();
+        // Whichever way it sleeps (a push is not involved, so no handshake applies).
+        self.home.unpark_thread();
+        self.home.ring_bell();
         if let Some(thread) = self.thread.take() {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
@@ -841,6 +956,7 @@ fn run_executor(home: Arc<Home>) {
         request: Cell::new(None),
         handoff_owner: Cell::new(std::ptr::null()),
         handoff_hook: RefCell::new(None),
+        io: WorkerRing::default(),
     });
     LOCAL.with(|cell| {
         let _ = cell.set(local.clone());
@@ -851,13 +967,20 @@ fn run_executor(home: Arc<Home>) {
         }
         let stopping = home.stopping.load(Ordering::Acquire);
         fire_timers(&local, stopping);
+        local.io.reap(&mut io_completed);
         let next = local.run.borrow_mut().pop_front();
         if let Some(co) = next {
             resume(&local, co);
             continue;
         }
         if stopping {
-            break;
+            if local.io.in_flight() == 0 {
+                break;
+            }
+            // Operations in flight borrow their callers' buffers: see them end.
+            local.io.cancel_all();
+            local.io.wait(Some(STOP_WAIT), &mut io_completed);
+            continue;
         }
         idle(&local);
     }
@@ -886,25 +1009,33 @@ fn fire_timers(local: &Local, all: bool) {
     }
 }
 
-/// Sleeps the thread until a wake-up from another thread or the next deadline.
+/// How long a stopping executor waits in its ring between looks at it.
+const STOP_WAIT: Duration = Duration::from_millis(10);
+
+/// Sleeps the thread until a wake-up from another thread, the next deadline or, with
+/// operations in flight on its `io_uring`, a completion.
 fn idle(local: &Local) {
     let home = &local.home;
-    home.sleeping.store(true, Ordering::SeqCst);
+    let in_ring = local.io.in_flight() > 0;
+    home.sleeping
+        .store(if in_ring { IN_RING } else { ON_FUTEX }, Ordering::SeqCst);
     if !home.remote.is_empty() || home.stopping.load(Ordering::SeqCst) {
-        home.sleeping.store(false, Ordering::SeqCst);
+        home.sleeping.store(AWAKE, Ordering::SeqCst);
         return;
     }
-    let next_deadline = local.timers.borrow().peek().map(|timer| timer.deadline);
-    match next_deadline {
+    let now = Instant::now();
+    let timeout = local
+        .timers
+        .borrow()
+        .peek()
+        .map(|timer| timer.deadline.saturating_duration_since(now));
+    match timeout {
+        Some(timeout) if timeout.is_zero() => {}
+        _ if in_ring => local.io.wait(timeout, &mut io_completed),
         None => std::thread::park(),
-        Some(deadline) => {
-            let now = Instant::now();
-            if deadline > now {
-                std::thread::park_timeout(deadline - now);
-            }
-        }
+        Some(timeout) => std::thread::park_timeout(timeout),
     }
-    home.sleeping.store(false, Ordering::SeqCst);
+    home.sleeping.store(AWAKE, Ordering::SeqCst);
 }
 
 /// Runs `co` until it switches out, then files it where its request says.

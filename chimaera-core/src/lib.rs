@@ -86,6 +86,7 @@ internal_mod! {
 pub mod error;
 pub mod ids;
 pub mod instance;
+mod io_ring;
 pub mod lock;
 pub mod peer;
 pub mod query;
@@ -110,8 +111,16 @@ pub mod wait {
     //! (a plain thread) each of these blocks, sleeps or returns at once, as documented.
     //! A span of your own entered with [`enter_span`] is current exactly while the task
     //! runs, across its waits, like the runtime's own `task` span.
+    //!
+    //! A handler doing file or device I/O can hand an `io_uring` entry to
+    //! [`submit_io`]: the worker it runs on issues it on a ring of its own and resumes
+    //! the task on completion, with no other thread in between (bdev's file device does
+    //! so). Where that is not possible it returns `None` and the handler takes its own
+    //! path.
 
-    pub use crate::coroutine::{enter_span, is_coroutine, sleep, yield_now, Blocker, SpanScope};
+    pub use crate::coroutine::{
+        enter_span, is_coroutine, sleep, submit_io, yield_now, Blocker, SpanScope,
+    };
 }
 
 #[doc(hidden)]

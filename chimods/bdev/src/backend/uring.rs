@@ -1,5 +1,5 @@
-//! An `io_uring` queue: file I/O submitted by parked tasks, issued and completed by one
-//! I/O thread per device.
+//! An `io_uring` queue: file I/O submitted by parked tasks, issued and completed on the
+//! worker's own ring, or else by one I/O thread per device.
 //!
 //! **Path of one operation** ([`UringQueue::read_exact_at`],
 //! [`write_all_at`](UringQueue::write_all_at), [`sync_data`](UringQueue::sync_data)):
@@ -7,22 +7,28 @@
 //! 1. The caller takes a permit ([`UringQueue::permit`]) of a coroutine-aware counting
 //!    semaphore: at most `depth` operations in flight; waiting for one parks the
 //!    coroutine.
-//! 2. It puts a submission entry on the ring (a few stores under a short lock; no system
-//!    call) and, only if the I/O thread is asleep, rings its doorbell (an `eventfd`
-//!    write, which never blocks). Then it parks its coroutine (a
+//! 2. A task on a worker issues the operation on **its worker's ring**
+//!    ([`chimaera_core::wait::submit_io`]): one `io_uring_enter`, then the coroutine parks and
+//!    the worker runs other tasks; the worker's own thread takes the completion and
+//!    resumes the task, so no other thread wakes for it. The rest of this list is the
+//!    path of callers without one (a plain thread, a kernel without the ring flags the
+//!    worker ring needs): the device's own ring and I/O thread.
+//! 3. The caller puts a submission entry on the device's ring (a few stores under a
+//!    short lock; no system call) and, only if the I/O thread is asleep, rings its
+//!    doorbell (an `eventfd` write, which never blocks). Then it parks its coroutine (a
 //!    [`Blocker`]; a plain thread parks), and the worker runs other tasks.
-//! 3. The queue's **I/O thread** loops on one `io_uring_enter(to_submit, GETEVENTS)`:
+//! 4. The queue's **I/O thread** loops on one `io_uring_enter(to_submit, GETEVENTS)`:
 //!    it hands every queued entry to the kernel and sleeps until a completion arrives —
 //!    an I/O, or the doorbell (a read of the `eventfd` it keeps armed on the ring). It
 //!    stores each I/O's result in the caller's slot and unparks the caller, which
 //!    resumes on its own worker's thread (the blocker queues it there and wakes that
 //!    thread only if it sleeps).
 //!
-//! Why the I/O thread issues the entries, not the tasks: the kernel completes an
-//! `io_uring` request in the context of the thread that submitted it (it interrupts that
-//! thread to post the completion). Submitting from the I/O thread keeps that work — and
-//! those interruptions — off the runtime's workers, and lets one system call issue a
-//! whole batch under load, as fio does.
+//! Why the device's ring is issued by its I/O thread, not by the tasks: the kernel
+//! completes an `io_uring` request in the context of the thread that submitted it (it
+//! interrupts that thread to post the completion), which a worker's own ring avoids
+//! only by asking for completions itself (`DEFER_TASKRUN`, which allows one submitting
+//! thread per ring).
 //!
 //! No allocation per operation besides the blocker's `Arc`; the caller's slot lives on
 //! its own stack.
@@ -391,6 +397,10 @@ impl UringQueue {
     /// Every buffer `entry` points to must stay valid (and, for reads, unaliased) for the
     /// whole call; this function returns only after the kernel has completed the entry.
     unsafe fn submit_wait(&self, entry: squeue::Entry) -> io::Result<i32> {
+        // SAFETY: the caller's contract is the worker ring's.
+        if let Some(result) = unsafe { chimaera_core::wait::submit_io(&entry) } {
+            return result.map(|done| done as i32);
+        }
         let slot = Slot {
             result: AtomicI32::new(0),
             done: AtomicBool::new(false),
