@@ -479,13 +479,17 @@ pub(crate) fn disarm_handoff() -> bool {
 }
 
 /// Whether [`yield_now`] would let something else run: another coroutine is queued on
-/// this executor, a wake-up from another thread waits, or a timer is due. Lets a busy
-/// polling coroutine skip a switch that would come straight back to it.
+/// this executor, a wake-up from another thread waits, an I/O completion waits to be
+/// handed out, or a timer is due. Lets a busy polling coroutine skip a switch that would
+/// come straight back to it.
 pub(crate) fn others_ready() -> bool {
     let Some((local, _)) = running() else {
         return false;
     };
-    if !local.run.borrow().is_empty() || !local.home.remote.is_empty() {
+    if !local.run.borrow().is_empty()
+        || !local.home.remote.is_empty()
+        || local.io.completions_waiting()
+    {
         return true;
     }
     let next_deadline = local.timers.borrow().peek().map(|timer| timer.deadline);

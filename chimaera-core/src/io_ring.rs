@@ -95,6 +95,21 @@ impl WorkerRing {
         self.in_flight.get()
     }
 
+    /// Whether a completion waits to be handed out (the kernel flagged one to run, or
+    /// one is in the queue): a busy poller then lets the executor take it.
+    pub(crate) fn completions_waiting(&self) -> bool {
+        if self.in_flight.get() == 0 {
+            return false;
+        }
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return false;
+        };
+        let State::Ready(ring) = &mut *state else {
+            return false;
+        };
+        ring.ring.submission().taskrun() || !ring.ring.completion().is_empty()
+    }
+
     /// Issues what waits to be issued and hands every completion there is to its caller.
     /// Called by the executor between coroutines; costs a borrow and a few loads when
     /// nothing completed.
