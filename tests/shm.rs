@@ -103,6 +103,42 @@ fn client_child_entry() {
                 drop(pending);
             }
         }
+        (Some("bdev-victim"), _, _) => {
+            // Keep 32 O_DIRECT writes and reads of the file device in flight, all on
+            // buffers of this client's data share (the kernel reads and writes them in
+            // place), until killed.
+            use chimaera::bdev::{BdevClient, BdevParams};
+            let path = std::env::var("CHI_TEST_BDEV").expect("device path");
+            let params = BdevParams {
+                total_size: 16 << 20,
+                direct: true,
+                ..BdevParams::default()
+            };
+            let bdev = BdevClient::create(&chi, PoolQuery::local(), &path, params).unwrap();
+            let blocks: Vec<_> = (0..64)
+                .map(|_| bdev.allocate_blocks(PoolQuery::local(), 4096).unwrap()[0])
+                .collect();
+            let mut share = chi.allocate_buffer(64 * 4096).unwrap();
+            share.fill(0x5a);
+            let mut ready = false;
+            loop {
+                let (writes, reads) = share.split_at_mut(32 * 4096);
+                let mut pending = Vec::new();
+                for (slice, block) in writes.chunks(4096).zip(&blocks[..32]) {
+                    pending.push(bdev.async_write(PoolQuery::local(), *block, slice).unwrap());
+                }
+                let mut read_pending = Vec::new();
+                for (slice, block) in reads.chunks_mut(4096).zip(&blocks[32..]) {
+                    read_pending.push(bdev.async_read(PoolQuery::local(), *block, slice).unwrap());
+                }
+                if !ready {
+                    println!("bdev victim ready");
+                    ready = true;
+                }
+                drop(pending);
+                drop(read_pending);
+            }
+        }
         (Some("bdev"), Some(id), Some(count)) => {
             use chimaera::bdev::{BdevClient, BdevParams};
             let path = std::env::var("CHI_TEST_BDEV").expect("device path");
@@ -491,6 +527,56 @@ fn four_client_processes_check_their_own_blocks_on_a_file_device() {
     for child in &mut children {
         assert!(child.wait().unwrap().success(), "a bdev client failed");
     }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_client_killed_with_file_io_in_flight_harms_nobody_and_the_runtime_stops() {
+    // The kernel reads and writes a client's shared buffers in place while its I/O is
+    // in flight on a worker's ring: killed meanwhile, the client's memory must stay
+    // mapped until the kernel is done, other clients keep their device, and the
+    // runtime, asked to stop, waits for what is in flight and exits.
+    use chimaera::bdev::{BdevClient, BdevParams};
+    let mut runtime = RuntimeProcess::start("bdevkill", "");
+    let path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", runtime.instance()));
+    let _ = std::fs::remove_file(&path);
+    let path_text = path.to_str().unwrap().to_owned();
+    for round in 0..3 {
+        let mut victim = runtime.client_child_with("bdev-victim", &[("CHI_TEST_BDEV", &path_text)]);
+        wait_for_line(&mut victim, "bdev victim ready");
+        std::thread::sleep(Duration::from_millis(50 + 30 * round));
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+    }
+    let chi = runtime.client();
+    let params = BdevParams {
+        total_size: 16 << 20,
+        direct: true,
+        ..BdevParams::default()
+    };
+    let bdev = BdevClient::create(&chi, PoolQuery::local(), &path_text, params).unwrap();
+    let block = bdev.allocate_blocks(PoolQuery::local(), 4096).unwrap()[0];
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut data = chi.allocate_buffer(4096).unwrap();
+    data.copy_from_slice(&pattern);
+    assert_eq!(bdev.write(PoolQuery::local(), block, &data).unwrap(), 4096);
+    data.fill(0);
+    assert_eq!(
+        bdev.read(PoolQuery::local(), block, &mut data).unwrap(),
+        4096
+    );
+    assert_eq!(&data[..], &pattern[..]);
+    drop(data);
+    drop(chi);
+    let status = runtime
+        .chimaera(&["runtime", "stop"])
+        .status()
+        .expect("run runtime stop");
+    assert!(status.success());
+    let mut child = runtime.child.take().expect("the runtime runs");
+    let exited = within("the runtime to exit", move || child.wait().unwrap());
+    assert!(exited.success(), "{exited:?}");
     let _ = std::fs::remove_file(&path);
 }
 
