@@ -1,5 +1,5 @@
 //! bdev benchmark: the file and RAM devices through the runtime, against fio and a bare
-//! memory copy, in one run (about 45 s once built).
+//! memory copy, in one run (about a minute once built).
 //!
 //! * **File device**, a 256 MiB file under `target/` opened with `O_DIRECT` (filled with
 //!   data first, so reads really read): random 4 KiB writes, then reads, of blocks
@@ -7,6 +7,11 @@
 //!   calls), each against fio on the same file with the same flags (`--direct=1
 //!   --bs=4k`, `psync` at depth 1, `io_uring` at depth 32, same duration). fio missing:
 //!   a note, and its figures are 0.
+//!   The disk's own rate drifts a lot on a shared host (fio at depth 32 moved between
+//!   23 K and 68 K ops/s within one hour on the development VM), so the client-process
+//!   run then alternates with fio at depth 32 for three more rounds of 1 s per
+//!   direction, fio first in one round and last in the next; `ratio_qd32` is the median
+//!   of those rounds' ratios, each of two neighbouring measurements.
 //! * **RAM device** of 256 MiB: random 4 KiB writes, then reads, at depth 32, after one
 //!   untimed write of every block (so its memory is faulted in, as the floor's is); the
 //!   physical floor for that (one thread copying random 4 KiB blocks into and out of a
@@ -179,16 +184,24 @@ fn run_alloc_write_free(bdev: &BdevClient, secs: Duration) -> Result<f64> {
 struct Figures {
     qd1: Rates,
     qd32: Rates,
+    /// The median ratio to fio at depth 32 of the alternating rounds, if run.
+    paired_qd32: Option<f64>,
     ram_qd32: Rates,
     ram_awf: f64,
 }
 
 /// Every runtime measurement through `chi`; the file device is the file at `file`.
-fn measure(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<Figures> {
-    let (qd1, qd32) = if enabled("file") {
-        measure_file(chi, label, file, secs)?
+fn measure(
+    chi: &Client,
+    label: &str,
+    file: &Path,
+    secs: Duration,
+    paired: bool,
+) -> Result<Figures> {
+    let (qd1, qd32, paired_qd32) = if enabled("file") {
+        measure_file(chi, label, file, secs, paired)?
     } else {
-        (Rates::default(), Rates::default())
+        (Rates::default(), Rates::default(), None)
     };
     let ram_params = BdevParams {
         bdev_type: BdevType::Ram,
@@ -217,6 +230,7 @@ fn measure(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<Fig
     Ok(Figures {
         qd1,
         qd32,
+        paired_qd32,
         ram_qd32,
         ram_awf,
     })
@@ -228,8 +242,20 @@ fn enabled(part: &str) -> bool {
     std::env::var("BDEV_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p == part))
 }
 
-/// The file device at depth 1 and 32: (qd1, qd32).
-fn measure_file(chi: &Client, label: &str, file: &Path, secs: Duration) -> Result<(Rates, Rates)> {
+/// Rounds in which the file device and fio alternate at depth 32 (see the module docs).
+const PAIRED_ROUNDS: usize = 3;
+/// Seconds per direction of a paired round (fio's `--runtime` counts whole seconds).
+const PAIRED_SECS: Duration = Duration::from_secs(1);
+
+/// The file device at depth 1 and 32, and (when `paired` and fio is there) the median
+/// ratio to fio of the alternating rounds: (qd1, qd32, paired ratio).
+fn measure_file(
+    chi: &Client,
+    label: &str,
+    file: &Path,
+    secs: Duration,
+    paired: bool,
+) -> Result<(Rates, Rates, Option<f64>)> {
     let path = file.to_string_lossy().into_owned();
     let params = BdevParams {
         bdev_type: BdevType::File,
@@ -256,8 +282,59 @@ fn measure_file(chi: &Client, label: &str, file: &Path, secs: Duration) -> Resul
         read: run_qd32(&bdev, &blocks, false, secs)?,
     };
     println!("[{label}] file O_DIRECT qd32: {qd32}");
+    let paired = if paired && enabled("fio") && fio_available() {
+        paired_qd32(&bdev, &blocks, label, file)?
+    } else {
+        None
+    };
     bdev.destroy_pool()?;
-    Ok((qd1, qd32))
+    Ok((qd1, qd32, paired))
+}
+
+/// [`PAIRED_ROUNDS`] rounds of the device and fio at depth 32, in turn: the median of
+/// the rounds' ratios (ours / fio, each the mean of write and read), `None` if fio
+/// failed.
+fn paired_qd32(
+    bdev: &BdevClient,
+    blocks: &[Block],
+    label: &str,
+    file: &Path,
+) -> Result<Option<f64>> {
+    let mut ratios = Vec::with_capacity(PAIRED_ROUNDS);
+    for round in 0..PAIRED_ROUNDS {
+        let run_fio = || -> Option<Rates> {
+            Some(Rates {
+                write: fio(file, DEPTH, true, PAIRED_SECS)?,
+                read: fio(file, DEPTH, false, PAIRED_SECS)?,
+            })
+        };
+        let run_ours = || -> Result<Rates> {
+            Ok(Rates {
+                write: run_qd32(bdev, blocks, true, PAIRED_SECS)?,
+                read: run_qd32(bdev, blocks, false, PAIRED_SECS)?,
+            })
+        };
+        // Whichever goes first alternates, so a steady drift favours neither.
+        let (theirs, ours) = if round % 2 == 0 {
+            let theirs = run_fio();
+            (theirs, run_ours()?)
+        } else {
+            let ours = run_ours()?;
+            (run_fio(), ours)
+        };
+        let Some(theirs) = theirs.filter(|rates| rates.mean() > 0.0) else {
+            return Ok(None);
+        };
+        let ratio = ours.mean() / theirs.mean();
+        println!(
+            "[{label}] paired qd32 round {round}: ours {:.0}  fio {:.0}  ratio {ratio:.2}",
+            ours.mean(),
+            theirs.mean()
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    Ok(ratios.get(ratios.len() / 2).copied())
 }
 
 /// One thread copying random 4 KiB blocks into (write) and out of (read) a 256 MiB
@@ -466,7 +543,16 @@ fn main() -> Result<()> {
     println!("[floor] memcpy of random 4 KiB blocks in 256 MiB: {floor}");
 
     let runtime = chimaera::builder().start()?;
-    let in_process = measure(&runtime.client(), "in-process", &file, secs)?;
+    // The alternating rounds with fio run for the figures of the last line only: the
+    // client process's, unless there is none (then an in-process run of its own).
+    let remote_planned = enabled("remote");
+    let in_process = measure(
+        &runtime.client(),
+        "in-process",
+        &file,
+        secs,
+        !remote_planned,
+    )?;
     runtime.stop();
 
     let instance = format!("bdev-bench-{}", std::process::id());
@@ -475,7 +561,7 @@ fn main() -> Result<()> {
     } else {
         match RuntimeProcess::start(&instance) {
             Ok((process, chi)) => {
-                let figures = measure(&chi, "client process", &file, secs);
+                let figures = measure(&chi, "client process", &file, secs, true);
                 drop(chi);
                 drop(process);
                 match figures {
@@ -506,7 +592,9 @@ fn main() -> Result<()> {
         fio_qd1.mean(),
         shown.qd32.mean(),
         fio_qd32.mean(),
-        ratio(shown.qd32.mean(), fio_qd32.mean()),
+        shown
+            .paired_qd32
+            .unwrap_or_else(|| ratio(shown.qd32.mean(), fio_qd32.mean())),
         shown.ram_qd32.mean(),
         floor.mean(),
         ratio(shown.ram_qd32.mean(), floor.mean()),
