@@ -488,7 +488,7 @@ pub(crate) fn others_ready() -> bool {
     };
     if !local.run.borrow().is_empty()
         || !local.home.remote.is_empty()
-        || local.io.completions_waiting()
+        || local.io.work_waiting()
     {
         return true;
     }
@@ -971,7 +971,10 @@ fn run_executor(home: Arc<Home>) {
         }
         let stopping = home.stopping.load(Ordering::Acquire);
         fire_timers(&local, stopping);
-        local.io.reap(&mut io_completed);
+        // Entries wait to be issued in a batch while coroutines are ready to run (each
+        // may add one); see `crate::io_ring`.
+        let nothing_ready = local.run.borrow().is_empty();
+        local.io.reap(nothing_ready, &mut io_completed);
         let next = local.run.borrow_mut().pop_front();
         if let Some(co) = next {
             resume(&local, co);
@@ -1092,7 +1095,12 @@ fn resume(local: &Local, co: Arc<Co>) {
                 let blocker = unsafe { &*blocker };
                 blocker.settle_park(local, co);
             }
-            Some(Request::Yield) | None => local.run.borrow_mut().push_back(co),
+            Some(Request::Yield) | None => {
+                // A coroutine that yields (an idle poller, a long handler) lets the
+                // entries pushed meanwhile go to the kernel now.
+                local.io.issue_waiting();
+                local.run.borrow_mut().push_back(co);
+            }
         },
     }
 }

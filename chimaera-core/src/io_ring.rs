@@ -7,11 +7,16 @@
 //! the worker and completing there leaves one: the completion's.
 //!
 //! **Path of one operation** (`coroutine::submit_io`). The coroutine puts its entry on the
-//! ring of its executor (made on first use, on that thread), issues it with one
-//! `io_uring_enter` and parks. While operations are in flight, the executor looks at the
-//! ring between coroutines (a few loads of ring memory; a system call only when the
-//! kernel flags completions to run or an entry waits to be issued), and an idle executor
-//! sleeps in `io_uring_enter` rather than on its futex, so a completion itself wakes it.
+//! ring of its executor (made on first use, on that thread) and parks. Entries are
+//! issued in batches, one `io_uring_enter` for all of them (and one plug of the block
+//! layer: one doorbell to a virtual disk rather than one per entry): when the executor
+//! runs out of ready coroutines, when a coroutine yields (an idle poller does at once,
+//! see `coroutine::others_ready`), after [`ISSUE_AFTER_ROUNDS`] turns of the executor's
+//! loop, or once [`ISSUE_BATCH`] entries wait. While operations are in flight, the
+//! executor looks at the ring between coroutines (a few loads of ring memory; a system
+//! call only when the kernel flags completions to run or entries are to be issued), and
+//! an idle executor sleeps in `io_uring_enter` rather than on its futex, so a completion
+//! itself wakes it.
 //! Each completion is handed to the executor (its tag: the address of the caller's
 //! slot), which fills the slot and unparks the caller, on this thread. This module knows
 //! the ring, not the coroutines: the executor drives it.
@@ -23,9 +28,12 @@
 //! * An entry's buffers and slot stay valid until its completion: the caller loops on
 //!   its slot's `done` flag and a coroutine is never cancelled; the executor does not
 //!   stop, nor drop the ring, while operations are in flight.
-//! * An entry pushed is issued by this thread's next `io_uring_enter`; should one ever
-//!   fail for good, the ring is marked broken and never entered again, so the kernel
-//!   never sees an entry whose caller was told to go another way.
+//! * An entry pushed is issued by this thread's next `io_uring_enter`, which comes within
+//!   [`ISSUE_AFTER_ROUNDS`] turns of the loop, or before the executor sleeps. Should one
+//!   ever fail for good (it cannot with a valid ring), the ring is marked broken and
+//!   never entered again: the kernel never sees an entry whose caller was told to go
+//!   another way, and the callers of entries already pushed wait for good (their
+//!   buffers stay borrowed, which is sound).
 //! * Other threads wake an executor asleep in its ring by writing its *bell*, an eventfd
 //!   a read is kept armed on; the executor's sleep word says which way it sleeps
 //!   (see `coroutine::Home::wake_thread`).
@@ -51,6 +59,10 @@ pub(crate) const MAX_IN_FLIGHT: usize = ENTRIES as usize - 1;
 /// Errors of `io_uring_enter` after which the queued entries are still issued by the next
 /// one: interrupted, timed out, or short of kernel resources.
 const TRANSIENT: [Errno; 4] = [Errno::INTR, Errno::TIME, Errno::AGAIN, Errno::BUSY];
+/// Entries waiting to be issued that make the next push issue them at once.
+const ISSUE_BATCH: u32 = 16;
+/// Turns of the executor's loop an entry may wait before it is issued.
+const ISSUE_AFTER_ROUNDS: u32 = 8;
 /// Completions handled per look at the completion queue.
 const BATCH: usize = 32;
 
@@ -67,6 +79,10 @@ pub(crate) struct WorkerRing {
     in_flight: Cell<usize>,
     /// Whether the operations in flight were asked to end (the executor stops).
     cancelled: Cell<bool>,
+    /// Entries pushed and not yet issued.
+    unissued: Cell<u32>,
+    /// Turns of the executor's loop since the oldest of them was pushed.
+    unissued_rounds: Cell<u32>,
 }
 
 #[derive(Default)]
@@ -95,11 +111,15 @@ impl WorkerRing {
         self.in_flight.get()
     }
 
-    /// Whether a completion waits to be handed out (the kernel flagged one to run, or
-    /// one is in the queue): a busy poller then lets the executor take it.
-    pub(crate) fn completions_waiting(&self) -> bool {
+    /// Whether the executor has ring work to do: entries to issue, or a completion to
+    /// hand out (the kernel flagged one to run, or one is in the queue). A busy poller
+    /// then lets the executor have a turn.
+    pub(crate) fn work_waiting(&self) -> bool {
         if self.in_flight.get() == 0 {
             return false;
+        }
+        if self.unissued.get() > 0 {
+            return true;
         }
         let Ok(mut state) = self.state.try_borrow_mut() else {
             return false;
@@ -110,28 +130,54 @@ impl WorkerRing {
         ring.ring.submission().taskrun() || !ring.ring.completion().is_empty()
     }
 
-    /// Issues what waits to be issued and hands every completion there is to its caller.
-    /// Called by the executor between coroutines; costs a borrow and a few loads when
-    /// nothing completed.
-    pub(crate) fn reap(&self, completed: Completed<'_>) {
+    /// Hands every completion there is to `completed`, issuing the waiting entries too
+    /// if `issue` or they waited [`ISSUE_AFTER_ROUNDS`] turns. Called by the executor
+    /// on every turn of its loop; costs a borrow and a few loads when nothing completed.
+    pub(crate) fn reap(&self, issue: bool, completed: Completed<'_>) {
         if self.in_flight.get() == 0 {
             return;
+        }
+        let mut issue = issue;
+        if self.unissued.get() > 0 {
+            let rounds = self.unissued_rounds.get() + 1;
+            self.unissued_rounds.set(rounds);
+            issue |= rounds >= ISSUE_AFTER_ROUNDS;
         }
         let mut state = self.state.borrow_mut();
         let State::Ready(ring) = &mut *state else {
             return;
         };
         let needs_enter = {
-            let mut sq = ring.ring.submission();
-            sq.sync();
-            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+            let sq = ring.ring.submission();
+            (issue && !sq.is_empty()) || sq.taskrun() || sq.cq_overflow()
         };
-        if needs_enter && !ring.enter(0, None) {
+        if needs_enter && !self.enter(ring, 0, None) {
             state.break_ring();
             return;
         }
         drop(state);
         self.complete_ready(completed);
+    }
+
+    /// Issues the entries waiting to be issued (a coroutine yields: see the module docs).
+    pub(crate) fn issue_waiting(&self) {
+        if self.unissued.get() == 0 {
+            return;
+        }
+        let mut state = self.state.borrow_mut();
+        let State::Ready(ring) = &mut *state else {
+            return;
+        };
+        if !self.enter(ring, 0, None) {
+            state.break_ring();
+        }
+    }
+
+    /// `ring.enter`, which issues every entry pushed: the count of waiting ones restarts.
+    fn enter(&self, ring: &mut Ring, want: usize, timeout: Option<Duration>) -> bool {
+        self.unissued.set(0);
+        self.unissued_rounds.set(0);
+        ring.enter(want, timeout)
     }
 
     /// Sleeps until a completion, a ring of the bell or `timeout`, then hands out the
@@ -146,7 +192,7 @@ impl WorkerRing {
             return;
         }
         let ready = !ring.ring.completion().is_empty();
-        if !ring.enter(usize::from(!ready), timeout) {
+        if !self.enter(ring, usize::from(!ready), timeout) {
             state.break_ring();
             return;
         }
@@ -169,12 +215,12 @@ impl WorkerRing {
             .user_data(CANCEL);
         // SAFETY: a cancellation points to no buffer.
         while unsafe { ring.ring.submission().push(&cancel) }.is_err() {
-            if !ring.enter(0, None) {
+            if !self.enter(ring, 0, None) {
                 state.break_ring();
                 return;
             }
         }
-        if !ring.enter(0, None) {
+        if !self.enter(ring, 0, None) {
             state.break_ring();
         }
     }
@@ -217,9 +263,10 @@ impl WorkerRing {
         }
     }
 
-    /// Issues `entry` tagged `tag` (never 0 or 1: the address of an aligned slot), the
-    /// ring made on first use with `bell` as its bell. `false` if nothing was issued: no
-    /// ring here, or `MAX_IN_FLIGHT` operations in flight already.
+    /// Puts `entry` tagged `tag` (never 0 or 1: the address of an aligned slot) on the
+    /// ring, made on first use with `bell` as its bell, to be issued with the next batch
+    /// (see the module docs). `false` if it was not taken: no ring here, or
+    /// `MAX_IN_FLIGHT` operations in flight already.
     ///
     /// # Safety
     /// Every buffer `entry` points to, and whatever `tag` names, must stay valid (and for
@@ -237,18 +284,17 @@ impl WorkerRing {
         // SAFETY: the caller keeps the entry's buffers valid until its completion.
         while unsafe { ring.ring.submission().push(&entry) }.is_err() {
             // Full of entries not yet issued (the bell's read among them): issue them.
-            if !ring.enter(0, None) {
+            if !self.enter(ring, 0, None) {
                 state.break_ring();
                 return false;
             }
         }
-        if !ring.enter(0, None) {
-            // Broken: never entered again, so the entry is never issued (see the
-            // module invariants); its caller goes its own way.
-            state.break_ring();
-            return false;
-        }
         self.in_flight.set(self.in_flight.get() + 1);
+        self.unissued.set(self.unissued.get() + 1);
+        if self.unissued.get() >= ISSUE_BATCH && !self.enter(ring, 0, None) {
+            // Broken (see the module invariants): never entered again.
+            state.break_ring();
+        }
         true
     }
 
@@ -380,6 +426,7 @@ impl Drop for Ring {
 mod tests {
     use super::*;
     use crate::coroutine::{submit_io, Blocker, Executor, ExecutorOptions};
+    use std::sync::Arc;
 
     fn executor(name: &str) -> Executor {
         Executor::start(ExecutorOptions {
@@ -514,6 +561,70 @@ mod tests {
             result.unwrap_err().raw_os_error(),
             Some(Errno::CANCELED.raw_os_error())
         );
+        drop((reader, writer));
+    }
+
+    #[test]
+    fn an_entry_is_issued_while_other_coroutines_keep_the_executor_busy() {
+        // A writes a pipe (done as soon as issued); B and C then wake each other 10,000
+        // times without ever yielding, so the executor always has a coroutine ready.
+        // Entries wait for a batch only a few turns of the loop: A is done long before.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Mutex;
+        if !rings_work_here() {
+            return;
+        }
+        let (reader, writer) = std::io::pipe().unwrap();
+        let home = executor("io-ring-busy");
+        let writer_fd = writer.as_raw_fd();
+        let a_done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let b_slot: Arc<Mutex<Option<Arc<Blocker>>>> = Arc::default();
+        let c_slot: Arc<Mutex<Option<Arc<Blocker>>>> = Arc::default();
+        let a = {
+            let a_done = a_done.clone();
+            home.spawn(move || {
+                let word = [1u8; 8];
+                let write = opcode::Write::new(types::Fd(writer_fd), word.as_ptr(), 8).build();
+                // SAFETY: `word` outlives the call.
+                let written = unsafe { submit_io(&write) };
+                a_done.store(true, Ordering::SeqCst);
+                written.map(|r| r.unwrap())
+            })
+        };
+        let b = {
+            let (a_done, stop) = (a_done.clone(), stop.clone());
+            let (b_slot, c_slot) = (b_slot.clone(), c_slot.clone());
+            home.spawn(move || {
+                let me = Blocker::current();
+                *b_slot.lock().unwrap() = Some(me.clone());
+                me.park(None); // until C runs
+                let c = c_slot.lock().unwrap().clone().unwrap();
+                for _ in 0..10_000 {
+                    c.unpark();
+                    me.park(None);
+                }
+                let seen = a_done.load(Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+                c.unpark();
+                seen
+            })
+        };
+        let c = home.spawn(move || {
+            let me = Blocker::current();
+            *c_slot.lock().unwrap() = Some(me.clone());
+            let b = b_slot.lock().unwrap().clone().unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                b.unpark();
+                me.park(None);
+            }
+        });
+        assert!(
+            b.join().unwrap(),
+            "the write waited for the busy coroutines"
+        );
+        c.join().unwrap();
+        assert_eq!(a.join().unwrap(), Some(8));
         drop((reader, writer));
     }
 
