@@ -106,9 +106,14 @@ struct Ring {
 }
 
 impl WorkerRing {
-    /// Operations in flight on this executor's ring.
+    /// Operations in flight on this executor's ring, which the executor waits for: none
+    /// once the ring broke (its operations never complete; their callers wait for
+    /// good, see the module invariants).
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.get()
+        match self.state.try_borrow().as_deref() {
+            Ok(State::Ready(_)) => self.in_flight.get(),
+            _ => 0,
+        }
     }
 
     /// Whether the executor has ring work to do: entries to issue, or a completion to
@@ -118,16 +123,15 @@ impl WorkerRing {
         if self.in_flight.get() == 0 {
             return false;
         }
-        if self.unissued.get() > 0 {
-            return true;
-        }
         let Ok(mut state) = self.state.try_borrow_mut() else {
             return false;
         };
         let State::Ready(ring) = &mut *state else {
             return false;
         };
-        ring.ring.submission().taskrun() || !ring.ring.completion().is_empty()
+        self.unissued.get() > 0
+            || ring.ring.submission().taskrun()
+            || !ring.ring.completion().is_empty()
     }
 
     /// Hands every completion there is to `completed`, issuing the waiting entries too
