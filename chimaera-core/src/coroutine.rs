@@ -87,8 +87,9 @@ struct Home {
     sleeping: AtomicU8,
     stopping: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
-    /// The eventfd that ends a sleep in the executor's `io_uring` (made with the ring).
-    bell: OnceLock<OwnedFd>,
+    /// The eventfd that ends a sleep in the executor's `io_uring`; made with the
+    /// executor, so whoever reaches `Home` finds it (`None`: no eventfd, so no ring).
+    bell: Option<OwnedFd>,
 }
 
 /// The executor's thread runs.
@@ -133,7 +134,7 @@ impl Home {
     }
 
     fn ring_bell(&self) {
-        if let Some(bell) = self.bell.get() {
+        if let Some(bell) = &self.bell {
             // An eventfd write fails only if the count would overflow, which wake-ups
             // cannot make it do; the count need not be exact, only non-zero.
             let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
@@ -271,19 +272,7 @@ fn io_completed(tag: u64, result: i32) {
 /// until this returns (it returns only after the kernel completed the entry).
 pub unsafe fn submit_io(entry: &io_uring::squeue::Entry) -> Option<std::io::Result<u32>> {
     let (local, _) = running()?;
-    let home = &local.home;
-    if home.bell.get().is_none() {
-        // Only this thread sets it.
-        match rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) {
-            Ok(bell) => {
-                let _ = home.bell.set(bell);
-            }
-            Err(err) => {
-                tracing::debug!("no eventfd for a worker's io_uring ({err})");
-                return None;
-            }
-        }
-    }
+    let bell = local.home.bell.as_ref()?;
     let slot = IoSlot {
         result: Cell::new(0),
         done: Cell::new(false),
@@ -291,7 +280,7 @@ pub unsafe fn submit_io(entry: &io_uring::squeue::Entry) -> Option<std::io::Resu
     };
     // SAFETY: the caller keeps the entry's buffers valid until we return; the slot is
     // ours, and we return only once `done` is set, by the completion.
-    if !unsafe { local.io.issue(home.bell.get()?, entry, &slot as *const IoSlot as u64) } {
+    if !unsafe { local.io.issue(bell, entry, &slot as *const IoSlot as u64) } {
         return None;
     }
     drop(local);
@@ -809,7 +798,13 @@ impl Executor {
             sleeping: AtomicU8::new(AWAKE),
             stopping: AtomicBool::new(false),
             thread: OnceLock::new(),
-            bell: OnceLock::new(),
+            bell: match rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) {
+                Ok(bell) => Some(bell),
+                Err(err) => {
+                    tracing::debug!("no eventfd for an executor's io_uring ({err})");
+                    None
+                }
+            },
         });
         let thread_home = home.clone();
         let cpu = options.cpu;
@@ -882,7 +877,8 @@ impl Executor {
 
     fn stop_thread(&mut self) {
         self.home.stopping.store(true, Ordering::Release);
-        // Whichever way it sleeps (a push is not involved, so no handshake applies).
+        // Whichever way it sleeps, with no handshake: an unpark token and a non-zero
+        // bell both outlast a sleep that begins after them.
         self.home.unpark_thread();
         self.home.ring_bell();
         if let Some(thread) = self.thread.take() {
