@@ -969,8 +969,10 @@ fn run_executor(home: Arc<Home>) {
         fire_timers(&local, stopping);
         // Entries wait to be issued in a batch while coroutines are ready to run (each
         // may add one); see `crate::io_ring`.
-        let nothing_ready = local.run.borrow().is_empty();
-        local.io.reap(nothing_ready, &mut io_completed);
+        if local.io.any_issued() {
+            let nothing_ready = local.run.borrow().is_empty();
+            local.io.reap(nothing_ready, &mut io_completed);
+        }
         let next = local.run.borrow_mut().pop_front();
         if let Some(co) = next {
             resume(&local, co);

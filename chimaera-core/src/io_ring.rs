@@ -116,6 +116,12 @@ impl WorkerRing {
         }
     }
 
+    /// Whether any operation was issued and not yet handed out: a `Cell` read, for the
+    /// executor's loop to skip the ring (and its look at the run queue) when none was.
+    pub(crate) fn any_issued(&self) -> bool {
+        self.in_flight.get() > 0
+    }
+
     /// Whether the executor has ring work to do: entries to issue, or a completion to
     /// hand out (the kernel flagged one to run, or one is in the queue). A busy poller
     /// then lets the executor have a turn.
