@@ -29,7 +29,7 @@
 //!
 //! # Processes
 //!
-//! The bench executable plays every part: run with `CHI_IPC_BENCH_ROLE` set it becomes a
+//! The bench executable plays every part: run with `CHI_BENCH_ROLE` set it becomes a
 //! child (`iox-server`, `floor-echo`, `tput-client`); without it, the coordinator. Children
 //! get `PR_SET_PDEATHSIG` and also poll their parent's pid, so none outlives the
 //! coordinator; the coordinator holds each child in a guard that kills and reaps it on
@@ -53,26 +53,23 @@
 //! (no guard ran) is removed by the next run, for pids that no longer exist.
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
+use chimaera_bench::child::{
+    self, check_parent, die_with_parent, say, wait_for_go, wait_timeout, ChildProc, PATIENCE,
+};
 use chimaera_bench::Distribution;
 use iceoryx2::prelude::*;
 use std::collections::VecDeque;
 use std::error::Error;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
-/// Selects a child role; unset in the coordinator.
-const ROLE_ENV: &str = "CHI_IPC_BENCH_ROLE";
-/// The coordinator's pid, so a child can tell it has been orphaned.
-const PARENT_ENV: &str = "CHI_IPC_BENCH_PARENT";
 /// `floor-echo`: the path of the mapping; `iox-server`: the service name.
 const TARGET_ENV: &str = "CHI_IPC_BENCH_TARGET";
 
@@ -89,8 +86,6 @@ const TPUT_SECS: f64 = 1.0;
 const TPUT_ROUNDS: usize = 5;
 const TPUT_CLIENTS: [usize; 3] = [1, 2, 4];
 const IDLE: Duration = Duration::from_secs(5);
-/// Any wait for another process to answer gives up after this long.
-const PATIENCE: Duration = Duration::from_secs(20);
 /// Request (b) or cell value (c) that ends a sample: the peer answers it (with
 /// `PAUSE + 1`, i.e. 0) and blocks on its stdin until the next sample.
 const PAUSE: u64 = u64::MAX;
@@ -101,12 +96,12 @@ const WARM: u64 = 2_000;
 const GAP: Duration = Duration::from_millis(10);
 
 fn main() -> Res<()> {
-    match std::env::var(ROLE_ENV).as_deref() {
-        Ok("iox-server") => iox_server(),
-        Ok("floor-echo") => floor_echo(),
-        Ok("tput-client") => tput_client(),
-        Ok(other) => Err(format!("unknown {ROLE_ENV}={other}").into()),
-        Err(_) => coordinator(),
+    match child::role().as_deref() {
+        Some("iox-server") => iox_server(),
+        Some("floor-echo") => floor_echo(),
+        Some("tput-client") => tput_client(),
+        Some(other) => Err(format!("unknown {}={other}", child::ROLE_ENV).into()),
+        None => coordinator(),
     }
 }
 
@@ -312,7 +307,7 @@ fn throughput_rounds(instance: &str) -> Res<Vec<[f64; 3]>> {
 fn throughput(instance: &str, clients: usize) -> Res<f64> {
     let mut children = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let mut cmd = child_command("tput-client")?;
+        let mut cmd = child::command("tput-client")?;
         cmd.env("CHI_INSTANCE", instance);
         children.push(ChildProc::spawn(cmd, "tput-client")?);
     }
@@ -450,7 +445,7 @@ impl IoxFiles {
 
     /// In the `iox-server` child: the coordinator's files, not removed on drop.
     fn from_env() -> Res<Self> {
-        Ok(Self::for_pid(std::env::var(PARENT_ENV)?.parse()?, false))
+        Ok(Self::for_pid(child::parent_pid()?, false))
     }
 
     fn node(&self) -> Res<Node<ipc::Service>> {
@@ -528,7 +523,7 @@ struct IoxPeer {
 
 impl IoxPeer {
     fn start(files: &IoxFiles, service_name: &str) -> Res<Self> {
-        let mut cmd = child_command("iox-server")?;
+        let mut cmd = child::command("iox-server")?;
         cmd.env(TARGET_ENV, service_name);
         let mut server = ChildProc::spawn(cmd, "iox-server")?;
         server.expect_line("ready")?;
@@ -632,18 +627,6 @@ fn iox_server() -> Res<()> {
     Ok(())
 }
 
-/// In a peer child: blocks for the next line on stdin; true on `go`, false at its end.
-fn wait_for_go() -> Res<bool> {
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line)? == 0 {
-        return Ok(false);
-    }
-    match line.trim() {
-        "go" => Ok(true),
-        other => Err(format!("expected `go`, got `{other}`").into()),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // (c) the cache-line floor
 
@@ -706,7 +689,7 @@ impl FloorPeer {
     fn start(path: &Path) -> Res<Self> {
         let map = map_cell(path, true)?;
         let file = ShmFile(path.to_owned());
-        let mut cmd = child_command("floor-echo")?;
+        let mut cmd = child::command("floor-echo")?;
         cmd.env(TARGET_ENV, path);
         let mut echo = ChildProc::spawn(cmd, "floor-echo")?;
         echo.expect_line("ready")?;
@@ -775,131 +758,6 @@ fn floor_echo() -> Res<()> {
 
 // ---------------------------------------------------------------------------------------
 // processes
-
-/// The bench executable re-invoked in `role`.
-fn child_command(role: &str) -> Res<Command> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.env(ROLE_ENV, role)
-        .env(PARENT_ENV, std::process::id().to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    Ok(cmd)
-}
-
-/// In a child: be killed when the coordinator dies, and fail at once if it already has.
-fn die_with_parent() -> Res<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    check_parent()
-}
-
-fn check_parent() -> Res<()> {
-    let parent: u32 = std::env::var(PARENT_ENV)?.parse()?;
-    if std::os::unix::process::parent_id() != parent {
-        return Err("the coordinator is gone".into());
-    }
-    Ok(())
-}
-
-/// In a child: one line to the coordinator.
-fn say(line: &str) -> Res<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()?;
-    Ok(())
-}
-
-/// A child process of the bench, killed and reaped on drop unless it `finish`ed.
-struct ChildProc {
-    role: &'static str,
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl ChildProc {
-    fn spawn(mut cmd: Command, role: &'static str) -> Res<Self> {
-        let mut child = cmd.spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().ok_or("no child stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(ChildProc {
-            role,
-            child: Some(child),
-            stdin,
-            lines,
-        })
-    }
-
-    /// Waits for the child's next line, which must start with `word`.
-    fn expect_line(&mut self, word: &str) -> Res<String> {
-        match self.lines.recv_timeout(PATIENCE) {
-            Ok(line) if line.split_whitespace().next() == Some(word) => Ok(line),
-            Ok(line) => Err(format!("{} said `{line}`, expected `{word}`", self.role).into()),
-            Err(_) => {
-                let status = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
-                Err(format!("{} did not say `{word}` (exit: {status:?})", self.role).into())
-            }
-        }
-    }
-
-    fn send_line(&mut self, line: &str) -> Res<()> {
-        let stdin = self.stdin.as_mut().ok_or("no child stdin")?;
-        writeln!(stdin, "{line}")?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Waits for the child to exit by itself; it must exit 0.
-    fn finish(mut self) -> Res<()> {
-        drop(self.stdin.take());
-        let mut child = self.child.take().ok_or("child already finished")?;
-        let status = wait_timeout(&mut child, PATIENCE)?;
-        match status {
-            Some(s) if s.success() => Ok(()),
-            Some(s) => Err(format!("{} exited with {s}", self.role).into()),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!("{} did not exit within {PATIENCE:?}", self.role).into())
-            }
-        }
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Res<Option<ExitStatus>> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if start.elapsed() > limit {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// The `chimaera runtime start` child serving `instance`; see its `Drop` for an early exit.
 struct RuntimeProcess {
@@ -996,7 +854,7 @@ impl Drop for RuntimeProcess {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            for file in instance_files(&self.instance) {
+            for file in chimaera_bench::instance_files(&self.instance) {
                 let _ = std::fs::remove_file(file);
             }
         }
@@ -1016,7 +874,7 @@ fn check_residue(instance: &str, floor: &Path, iox: &IoxFiles) -> Res<()> {
         .filter(|f| !f.to_string_lossy().ends_with(".global_mgmt"))
         .collect();
     iox.remove();
-    left.extend(instance_files(instance));
+    left.extend(chimaera_bench::instance_files(instance));
     if floor.exists() {
         left.push(floor.to_owned());
     }
@@ -1076,21 +934,4 @@ fn remove_stale_runs() {
             }
         }
     }
-}
-
-/// The runtime instance's files in the user directory (`/dev/shm/chimaera-{user}`):
-/// `{instance}.lock`, `{instance}.sock` and `{instance}@…`.
-fn instance_files(instance: &str) -> Vec<PathBuf> {
-    let (dot, at) = (format!("{instance}."), format!("{instance}@"));
-    let Ok(entries) = std::fs::read_dir(chimaera::instance::user_dir()) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            name.starts_with(&dot) || name.starts_with(&at)
-        })
-        .map(|entry| entry.path())
-        .collect()
 }

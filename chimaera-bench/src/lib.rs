@@ -7,7 +7,8 @@
 //!   client processes;
 //! * [`workloads_svg`]: one horizontal bar per (workload, party), ops per second.
 //!
-//! [`bdev_load`] holds what the `bdev` bench and the `load` example share.
+//! [`bdev_load`] holds what the `bdev` bench and the `load` example share, [`child`] the
+//! benches' child processes, [`instance_files`] the check that a runtime left nothing.
 //!
 //! Files go to `<target dir>/bench-plots/<bench>.svg`, the target dir being
 //! `CARGO_TARGET_DIR` when set, else `chimaera-bench/target`. plotters runs with its SVG
@@ -15,6 +16,25 @@
 //! system font is needed): the picture is exactly what the summary line says, drawn; a
 //! plot that cannot be written fails the bench after its figures were printed.
 pub mod bdev_load;
+pub mod child;
+
+/// The files of runtime `instance` in the runtime directory (`/dev/shm/chimaera-{user}`):
+/// `{instance}.lock`, `{instance}.sock` and `{instance}@…`. A bench that started a runtime
+/// fails if any is left once it stopped.
+pub fn instance_files(instance: &str) -> Vec<PathBuf> {
+    let (dot, at) = (format!("{instance}."), format!("{instance}@"));
+    let Ok(entries) = std::fs::read_dir(chimaera::instance::user_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with(&dot) || name.starts_with(&at)
+        })
+        .map(|entry| entry.path())
+        .collect()
+}
 
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
