@@ -41,7 +41,7 @@
 use chimaera::bdev::{BdevClient, BdevParams, BdevType, Block};
 use chimaera::prelude::*;
 use chimaera_bench::bdev_load::{allocate_all, write_each, Rng, BLOCK, DEPTH};
-use chimaera_bench::Series;
+use chimaera_bench::{Percentiles, Series};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -333,8 +333,7 @@ fn paired_qd32(
         );
         ratios.push(ratio);
     }
-    ratios.sort_by(f64::total_cmp);
-    Ok(ratios.get(ratios.len() / 2).copied())
+    Ok((!ratios.is_empty()).then(|| Percentiles::median_of(&ratios)))
 }
 
 /// One thread copying random 4 KiB blocks into (write) and out of (read) a 256 MiB

@@ -30,7 +30,7 @@ use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::RuntimeConfig;
 use chimaera_bench::child::{self, die_with_parent, say, wait_for_go, ChildProc};
-use chimaera_bench::Distribution;
+use chimaera_bench::{Distribution, Percentiles};
 use std::collections::VecDeque;
 use std::error::Error;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,11 +104,13 @@ fn coordinator() -> Res<()> {
 
     let column = |i: usize| rounds.iter().map(|r| r[i]).collect::<Vec<f64>>();
     let (inproc, ipc, floor) = (column(0), column(1), column(2));
-    let (p10, median, p90) = percentiles(&inproc);
-    let ipc_median = percentiles(&ipc).1;
-    let floor_median = percentiles(&floor).1;
-    let ipc_ratio = percentiles(&rounds.iter().map(|r| r[0] / r[1]).collect::<Vec<_>>()).1;
-    let floor_ratio = percentiles(&rounds.iter().map(|r| r[0] / r[2]).collect::<Vec<_>>()).1;
+    let Percentiles { p10, median, p90 } = Percentiles::of(&inproc);
+    let ipc_median = Percentiles::median_of(&ipc);
+    let floor_median = Percentiles::median_of(&floor);
+    let per_round = |of: usize| {
+        Percentiles::median_of(&rounds.iter().map(|r| r[0] / r[of]).collect::<Vec<_>>())
+    };
+    let (ipc_ratio, floor_ratio) = (per_round(1), per_round(2));
     println!("(a) in process, sync round trip: median {median:.0} ns (p10 {p10:.0}, p90 {p90:.0})");
     println!("(b) from a client process to the same runtime: median {ipc_median:.0} ns");
     println!("(c) floor, two threads ping-pong one cache line: median {floor_median:.0} ns");
@@ -150,14 +152,6 @@ fn coordinator() -> Res<()> {
     )?;
     println!("plot: {}", plot.display());
     Ok(())
-}
-
-/// The 10th, 50th and 90th percentiles of `samples` (nearest rank).
-fn percentiles(samples: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    (at(0.1), at(0.5), at(0.9))
 }
 
 /// One sample of (a) or (b): ns per sync call over `RTT_CALLS` calls, after `SAMPLE_WARM`

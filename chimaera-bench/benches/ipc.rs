@@ -56,7 +56,7 @@ use chimaera::prelude::*;
 use chimaera_bench::child::{
     self, check_parent, die_with_parent, say, wait_for_go, wait_timeout, ChildProc, PATIENCE,
 };
-use chimaera_bench::Distribution;
+use chimaera_bench::{Distribution, Percentiles};
 use iceoryx2::prelude::*;
 use std::collections::VecDeque;
 use std::error::Error;
@@ -149,21 +149,39 @@ fn coordinator() -> Res<()> {
     floor.finish()?;
     iox.finish()?;
     let per_round = |peer: &[f64]| -> f64 {
-        percentiles(ours_ns.iter().zip(peer).map(|(a, b)| a / b).collect()).0
+        Percentiles::median_of(
+            &ours_ns
+                .iter()
+                .zip(peer)
+                .map(|(a, b)| a / b)
+                .collect::<Vec<_>>(),
+        )
     };
     let (round_ratio, round_floor_ratio) = (per_round(&iox_ns), per_round(&floor_ns));
     let samples = (ours_ns.clone(), iox_ns.clone(), floor_ns.clone());
-    let (floor_ns, floor_p10, floor_p90) = percentiles(floor_ns);
+    let Percentiles {
+        p10: floor_p10,
+        median: floor_ns,
+        p90: floor_p90,
+    } = Percentiles::of(&floor_ns);
     println!(
         "(c) floor, cache-line ping-pong: median {floor_ns:.0} ns per round trip \
          (p10 {floor_p10:.0}, p90 {floor_p90:.0})"
     );
-    let (iox_ns, iox_p10, iox_p90) = percentiles(iox_ns);
+    let Percentiles {
+        p10: iox_p10,
+        median: iox_ns,
+        p90: iox_p90,
+    } = Percentiles::of(&iox_ns);
     println!(
         "(b) iceoryx2 request-response: median {iox_ns:.0} ns per round trip \
          (p10 {iox_p10:.0}, p90 {iox_p90:.0})"
     );
-    let (rtt_ns, rtt_p10, rtt_p90) = percentiles(ours_ns);
+    let Percentiles {
+        p10: rtt_p10,
+        median: rtt_ns,
+        p90: rtt_p90,
+    } = Percentiles::of(&ours_ns);
     println!(
         "(a) ours, sync empty task: median {rtt_ns:.0} ns per round trip \
          (p10 {rtt_p10:.0}, p90 {rtt_p90:.0})"
@@ -178,7 +196,7 @@ fn coordinator() -> Res<()> {
     // Positions in `TPUT_CLIENTS` (1, 2 and 4 clients).
     let [tps_1, tps_2, tps_4] = [0, 1, 2].map(|at| {
         let per_round: Vec<f64> = rates.iter().map(|round| round[at]).collect();
-        percentiles(per_round).0
+        Percentiles::median_of(&per_round)
     });
     for (clients, tps) in TPUT_CLIENTS.iter().zip([tps_1, tps_2, tps_4]) {
         println!(
@@ -186,7 +204,12 @@ fn coordinator() -> Res<()> {
              median {tps:.0} tasks/s over {TPUT_ROUNDS} rounds"
         );
     }
-    let tps_ratio_4_1 = percentiles(rates.iter().map(|round| round[2] / round[0]).collect()).0;
+    let tps_ratio_4_1 = Percentiles::median_of(
+        &rates
+            .iter()
+            .map(|round| round[2] / round[0])
+            .collect::<Vec<_>>(),
+    );
     println!(
         "    per-round rates (1, 2, 4 clients): {}; median of the per-round ratios \
          4 clients / 1: {tps_ratio_4_1:.2}",
@@ -243,13 +266,6 @@ fn coordinator() -> Res<()> {
     )?;
     println!("plot: {}", plot.display());
     Ok(())
-}
-
-/// Median, 10th and 90th percentile of per-round-trip times.
-fn percentiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.1), at(0.9))
 }
 
 // ---------------------------------------------------------------------------------------

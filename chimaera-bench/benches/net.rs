@@ -34,7 +34,7 @@ use chimaera::config::RuntimeConfig;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::peer::{FrameHandler, PeerNetwork, Responder};
 use chimaera::prelude::*;
-use chimaera_bench::Distribution;
+use chimaera_bench::{Distribution, Percentiles};
 use chimaera_net::{NetOptions, TonicNetwork};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -115,7 +115,11 @@ fn main() -> Res<()> {
         }
         bcast.push(per_call(start, BCAST_CALLS));
     }
-    let (rtt, tonic_rtt, bcast4) = (median(&mut ours), median(&mut theirs), median(&mut bcast));
+    let (rtt, tonic_rtt, bcast4) = (
+        Percentiles::median_of(&ours),
+        Percentiles::median_of(&theirs),
+        Percentiles::median_of(&bcast),
+    );
     println!(
         "round trip, empty task to node 1: {rtt:.0} ns; bare tonic unary echo of {SMALL} bytes: \
          {tonic_rtt:.0} ns; broadcast to {NODES} nodes: {bcast4:.0} ns (medians of {SAMPLES})"
@@ -175,11 +179,6 @@ fn main() -> Res<()> {
 
 fn per_call(start: Instant, calls: u32) -> f64 {
     start.elapsed().as_nanos() as f64 / f64::from(calls)
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 /// Async `custom` tasks to `query`, `WINDOW` in flight, waited in order, for `run_for`.
@@ -304,7 +303,10 @@ fn link_round_trips(tonic: &BareTonic, frame: &[u8]) -> Res<(f64, f64)> {
     }
     caller.shutdown();
     echo.shutdown();
-    Ok((median(&mut ours), median(&mut theirs)))
+    Ok((
+        Percentiles::median_of(&ours),
+        Percentiles::median_of(&theirs),
+    ))
 }
 
 /// Answers every frame with itself.

@@ -8,7 +8,8 @@
 //! * [`workloads_svg`]: one horizontal bar per (workload, party), ops per second.
 //!
 //! [`bdev_load`] holds what the `bdev` bench and the `load` example share, [`child`] the
-//! benches' child processes, [`instance_files`] the check that a runtime left nothing.
+//! benches' child processes, [`instance_files`] the check that a runtime left nothing,
+//! [`Percentiles`] how every bench sums up its samples.
 //!
 //! Files go to `<target dir>/bench-plots/<bench>.svg`, the target dir being
 //! `CARGO_TARGET_DIR` when set, else `chimaera-bench/target`. plotters runs with its SVG
@@ -40,6 +41,40 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
+
+/// The median and the 10th and 90th percentiles of a set of samples (nearest rank on the
+/// sorted samples; NaN for none).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Percentiles {
+    pub p10: f64,
+    pub median: f64,
+    pub p90: f64,
+}
+
+impl Percentiles {
+    /// Those of `samples`, in any order.
+    pub fn of(samples: &[f64]) -> Percentiles {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let last = sorted.len().saturating_sub(1) as f64;
+            sorted
+                .get((last * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Percentiles {
+            p10: at(0.1),
+            median: at(0.5),
+            p90: at(0.9),
+        }
+    }
+
+    /// The median of `samples`.
+    pub fn median_of(samples: &[f64]) -> f64 {
+        Percentiles::of(samples).median
+    }
+}
 
 /// Why a picture could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +269,7 @@ fn draw_cdf<DB: DrawingBackend>(
             .label(format!(
                 "{} (median {:.0} ns)",
                 party.label,
-                median(&sorted)
+                Percentiles::median_of(&sorted)
             ))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
     }
@@ -320,11 +355,6 @@ fn render(
         })
 }
 
-/// Median of sorted samples.
-fn median(sorted: &[f64]) -> f64 {
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// `1234567.0` → `1.23 M`: axis labels a reader takes in at a glance.
 fn si(value: f64) -> String {
     match value.abs() {
@@ -337,6 +367,15 @@ fn si(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_ranks_of_the_sorted_samples() {
+        let samples: Vec<f64> = (0..31).rev().map(f64::from).collect();
+        let p = Percentiles::of(&samples);
+        assert_eq!((p.p10, p.median, p.p90), (3.0, 15.0, 27.0));
+        assert_eq!(Percentiles::median_of(&[5.0, 1.0, 3.0]), 3.0);
+        assert!(Percentiles::median_of(&[]).is_nan());
+    }
 
     fn svg(path: &Path) -> String {
         let text = std::fs::read_to_string(path).expect("the picture was written");
