@@ -94,7 +94,8 @@ pub struct OutputBuffer {
     /// Own scratch space, or `None` to borrow rkyv's shared one (a one-off buffer).
     arena: Option<rkyv::ser::allocator::Arena>,
     /// rkyv's shared-pointer table, cleared and kept between archives of a reusable
-    /// buffer (making and dropping one per archive showed in profiles).
+    /// buffer (making and dropping one per archive showed in profiles); see
+    /// [`Self::SHARING_KEEP`].
     sharing: Share,
 }
 
@@ -120,6 +121,9 @@ impl std::fmt::Debug for OutputBuffer {
 impl OutputBuffer {
     /// Capacity kept between tasks; a larger buffer is freed once its task is done.
     pub const KEEP: usize = 64 * 1024;
+    /// Archives up to this long keep rkyv's shared-pointer table for the next one
+    /// (cleared); a longer one's table, which may have grown with it, is dropped.
+    const SHARING_KEEP: usize = 1024;
 
     /// A one-off buffer that archives into `bytes` (cleared first) with rkyv's
     /// per-thread scratch space: with a recycled buffer ([`recycled_bytes`]) archiving a
@@ -157,8 +161,12 @@ impl OutputBuffer {
                 let mut serializer = Serializer::new(bytes, arena.acquire(), sharing);
                 let done = rkyv::api::serialize_using::<_, CodecError>(value, &mut serializer);
                 let (bytes, _, mut sharing) = serializer.into_raw_parts();
-                sharing.clear();
-                self.sharing = sharing;
+                // A table has at most an entry for every 4 bytes archived (a relative
+                // pointer each): one filled by a large archive is let go, not kept.
+                if bytes.len() <= Self::SHARING_KEEP {
+                    sharing.clear();
+                    self.sharing = sharing;
+                }
                 done.map(|_| bytes)
             }
             None => rkyv::api::high::to_bytes_in::<_, CodecError>(value, bytes),
@@ -365,13 +373,16 @@ mod tests {
         // Each round's `Arc` is freed before the next is made, so its address comes
         // back: a sharing table kept uncleared would point the next archive at a
         // position in the previous one.
+        // Every third archive is past `SHARING_KEEP`, so its table is dropped.
         let mut out = OutputBuffer::reusable();
-        for round in 0..8 {
-            let text = Arc::new(format!("round {round}: longer than an inline string"));
+        for round in 0..9 {
+            let pad = if round % 3 == 2 { 2000 } else { 0 };
+            let expected = format!("round {round}: longer than an inline string{}", ".".repeat(pad));
+            let text = Arc::new(expected.clone());
             out.encode(&(text.clone(), text)).unwrap();
             let (first, second): (Arc<String>, Arc<String>) =
                 decode(out.as_slice(), "output").unwrap();
-            assert_eq!(*first, format!("round {round}: longer than an inline string"));
+            assert_eq!(*first, expected);
             assert!(Arc::ptr_eq(&first, &second), "shared within one archive");
         }
     }
