@@ -275,7 +275,10 @@ pub fn aligned_copy(bytes: &[u8]) -> Bytes {
 
 /// Validates `bytes` as an archived `T` and returns a reference into them.
 ///
-/// `what` names the bytes in the error (`"input"`, `"output"`).
+/// `what` names the bytes in the error (`"input"`, `"output"`). Always inlined: when
+/// the generated dispatch called it out of line, each task ran about 30 more
+/// instructions (callgrind).
+#[inline(always)]
 pub fn access<'b, T>(bytes: &'b [u8], what: &str) -> Result<&'b T, TaskError>
 where
     T: Portable + for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, CodecError>>,
