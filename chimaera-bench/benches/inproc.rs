@@ -173,7 +173,14 @@ fn floor_sample() -> f64 {
     let cell = AtomicU64::new(0);
     let total = FLOOR_WARM + FLOOR_ROUNDS;
     let spin_for = |want: u64| {
+        let mut spins = 0u32;
         while cell.load(Ordering::Acquire) != want {
+            spins = spins.wrapping_add(1);
+            // Should the scheduler put both threads on one CPU, a yield now and then
+            // lets the other run instead of waiting out a time slice per round trip.
+            if spins.is_multiple_of(1 << 10) {
+                std::thread::yield_now();
+            }
             std::hint::spin_loop();
         }
     };
