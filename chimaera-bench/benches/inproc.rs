@@ -30,7 +30,7 @@ use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use chimaera::RuntimeConfig;
 use chimaera_bench::child::{self, die_with_parent, say, wait_for_go, ChildProc};
-use chimaera_bench::{Distribution, Percentiles};
+use chimaera_bench::{sync_sample, Distribution, Percentiles};
 use std::collections::VecDeque;
 use std::error::Error;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +85,7 @@ fn coordinator() -> Res<()> {
             let which = (round + turn) % 3;
             std::thread::sleep(GAP);
             sample[which] = match which {
-                0 => sync_sample(&m)?,
+                0 => sync_sample(&m, SAMPLE_WARM, RTT_CALLS)?,
                 1 => {
                     peer.send_line("go")?;
                     let line = peer.expect_line("sample")?;
@@ -154,19 +154,6 @@ fn coordinator() -> Res<()> {
     Ok(())
 }
 
-/// One sample of (a) or (b): ns per sync call over `RTT_CALLS` calls, after `SAMPLE_WARM`
-/// untimed ones (the worker slept through the pause before).
-fn sync_sample(m: &ModNameClient) -> Res<f64> {
-    for i in 0..SAMPLE_WARM {
-        m.custom(PoolQuery::local(), "", i)?;
-    }
-    let start = Instant::now();
-    for i in 0..RTT_CALLS {
-        m.custom(PoolQuery::local(), "", i)?;
-    }
-    Ok(start.elapsed().as_nanos() as f64 / f64::from(RTT_CALLS))
-}
-
 /// One sample of (c): ns per round trip of one cache line between this thread and a peer
 /// thread, both spinning.
 fn floor_sample() -> f64 {
@@ -232,7 +219,10 @@ fn shm_client() -> Res<()> {
     }
     say("ready")?;
     while wait_for_go()? {
-        say(&format!("sample {}", sync_sample(&m)?))?;
+        say(&format!(
+            "sample {}",
+            sync_sample(&m, SAMPLE_WARM, RTT_CALLS)?
+        ))?;
     }
     Ok(())
 }

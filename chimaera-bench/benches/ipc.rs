@@ -56,7 +56,7 @@ use chimaera::prelude::*;
 use chimaera_bench::child::{
     self, check_parent, die_with_parent, say, wait_for_go, wait_timeout, ChildProc, PATIENCE,
 };
-use chimaera_bench::{Distribution, Percentiles};
+use chimaera_bench::{sync_sample, Distribution, Percentiles};
 use iceoryx2::prelude::*;
 use std::collections::VecDeque;
 use std::error::Error;
@@ -144,7 +144,7 @@ fn coordinator() -> Res<()> {
         std::thread::sleep(GAP);
         iox_ns.push(iox.sample(IOX_CALLS)?);
         std::thread::sleep(GAP);
-        ours_ns.push(sync_sample(&m)?);
+        ours_ns.push(sync_sample(&m, WARM as u32, RTT_CALLS)?);
     }
     floor.finish()?;
     iox.finish()?;
@@ -287,19 +287,6 @@ fn connect_with_patience(runtime: &RuntimeProcess) -> Res<Client> {
             }
         }
     }
-}
-
-/// One sample: ns per sync `custom` round trip over `RTT_CALLS` calls, after `WARM` more.
-fn sync_sample(m: &ModNameClient) -> Res<f64> {
-    for i in 0..WARM as u32 {
-        m.custom(PoolQuery::local(), "", i)?;
-    }
-    let start = Instant::now();
-    for i in 0..RTT_CALLS {
-        let out = m.custom(PoolQuery::local(), "", i)?;
-        debug_assert!(out.is_empty());
-    }
-    Ok(start.elapsed().as_nanos() as f64 / f64::from(RTT_CALLS))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
 //!
 //! [`bdev_load`] holds what the `bdev` bench and the `load` example share, [`child`] the
 //! benches' child processes, [`instance_files`] the check that a runtime left nothing,
-//! [`Percentiles`] how every bench sums up its samples.
+//! [`Percentiles`] how every bench sums up its samples, [`sync_sample`] a round-trip
+//! sample of the `ipc` and `inproc` benches.
 //!
 //! Files go to `<target dir>/bench-plots/<bench>.svg`, the target dir being
 //! `CARGO_TARGET_DIR` when set, else `chimaera-bench/target`. plotters runs with its SVG
@@ -41,6 +42,25 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
+
+/// One round-trip sample of the `ipc` and `inproc` benches: `warm` untimed sync calls of
+/// an empty MOD_NAME `custom` task, then `calls` timed ones; ns per timed call.
+pub fn sync_sample(
+    m: &chimaera::mod_name::ModNameClient,
+    warm: u32,
+    calls: u32,
+) -> Result<f64, chimaera::TaskError> {
+    use chimaera::PoolQuery;
+    for i in 0..warm {
+        m.custom(PoolQuery::local(), "", i)?;
+    }
+    let start = std::time::Instant::now();
+    for i in 0..calls {
+        let out = m.custom(PoolQuery::local(), "", i)?;
+        debug_assert!(out.is_empty());
+    }
+    Ok(start.elapsed().as_nanos() as f64 / f64::from(calls))
+}
 
 /// The median and the 10th and 90th percentiles of a set of samples (nearest rank on the
 /// sorted samples; NaN for none).
