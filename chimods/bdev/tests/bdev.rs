@@ -537,3 +537,54 @@ fn a_destroyed_device_refuses_io() {
     bdev.destroy_pool().unwrap();
     assert!(bdev.write(local(), block, b"late").is_err());
 }
+
+/// Threads of this process named `name` (as `/proc` shows them).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// Whether a coroutine here gets an `io_uring` of its worker's own (kernel 6.1 and up,
+/// `io_uring` allowed).
+fn workers_have_rings() -> bool {
+    use chimaera_core::coroutine::{Executor, ExecutorOptions};
+    let executor = Executor::start(ExecutorOptions {
+        name: "ring-probe".into(),
+        stack_size: 64 * 1024,
+        cpu: None,
+    })
+    .unwrap();
+    executor
+        .spawn(|| {
+            let nop = io_uring::opcode::Nop::new().build();
+            // SAFETY: a no-op points to no buffer.
+            unsafe { chimaera_core::wait::submit_io(&nop) }.is_some()
+        })
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn a_file_device_served_by_workers_keeps_no_io_thread_of_its_own() {
+    if !workers_have_rings() {
+        println!("note: no worker rings on this kernel; file I/O takes the device's thread");
+        return;
+    }
+    let rt = start();
+    let dir = TempDir::new("no-io-thread");
+    let bdev = BdevClient::create(
+        &rt.client(),
+        local(),
+        &dir.file("dev"),
+        file_params(4 * MIB, false),
+    )
+    .unwrap();
+    round_trip(&bdev);
+    bdev.sync(local()).unwrap();
+    // Every operation went through a worker's own ring: the device started no ring and
+    // no I/O thread for callers without one (other tests here only use workers too).
+    assert_eq!(threads_named("bdev-uring"), 0);
+}

@@ -4,7 +4,7 @@
 //! **Engines** ([`IoEngine`]). Reads, writes and syncs go through an `io_uring`
 //! ([`UringQueue`]: the task submits on its worker's own ring and parks, and the worker
 //! resumes it on completion; callers off a worker use the device's ring and its I/O
-//! thread) where the kernel allows one, else through an [`IoPool`] of I/O threads
+//! thread, started on the first such call) where the kernel allows one, else through an [`IoPool`] of I/O threads
 //! that run `pread`/`pwrite` for parked tasks. [`IoEngine::Auto`] (the default) picks
 //! `io_uring` and falls back to the threads when it cannot be set up; the environment
 //! variable `CHIMAERA_BDEV_IO=threads` forces the threads (for comparisons). Either way

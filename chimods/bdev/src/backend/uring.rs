@@ -1,5 +1,5 @@
 //! An `io_uring` queue: file I/O submitted by parked tasks, issued and completed on the
-//! worker's own ring, or else by one I/O thread per device.
+//! worker's own ring, or else by one I/O thread per device, started when first needed.
 //!
 //! **Path of one operation** ([`UringQueue::read_exact_at`],
 //! [`write_all_at`](UringQueue::write_all_at), [`sync_data`](UringQueue::sync_data)):
@@ -12,7 +12,10 @@
 //!    the worker runs other tasks; the worker's own thread takes the completion and
 //!    resumes the task, so no other thread wakes for it. The rest of this list is the
 //!    path of callers without one (a plain thread, a kernel without the ring flags the
-//!    worker ring needs): the device's own ring and I/O thread.
+//!    worker ring needs): the device's own ring and I/O thread. These are started by
+//!    the first such caller (the others that come meanwhile park until they are there),
+//!    so a device used only by tasks on workers keeps no idle thread and no ring; a
+//!    start that fails fails the operation that tried it, and the next one tries again.
 //! 3. The caller puts a submission entry on the device's ring (a few stores under a
 //!    short lock; no system call) and, only if the I/O thread is asleep, rings its
 //!    doorbell (an `eventfd` write, which never blocks). Then it parks its coroutine (a
@@ -45,8 +48,9 @@
 //! have left.
 //!
 //! **Shutdown.** Dropping the queue (no operation can be in flight then: each borrows
-//! the queue until it completes) queues a no-op with a reserved tag; the I/O thread then
-//! completes its doorbell read, waits for it, and exits; the queue joins it.
+//! the queue until it completes) queues a no-op with a reserved tag on the device's ring,
+//! if it was started; the I/O thread then completes its doorbell read, waits for it,
+//! and exits; the queue joins it.
 //!
 //! [`probe`] tells whether `io_uring` can be used here at all (it may be compiled out of
 //! the kernel, disabled by `kernel.io_uring_disabled`, or refused by a seccomp filter).
@@ -203,18 +207,49 @@ impl Shared {
     }
 }
 
-/// A ring, its I/O thread and its depth bound; see the [module docs](self).
+/// The depth bound, and the device's own ring and I/O thread once a caller without a
+/// worker ring needed them; see the [module docs](self).
 pub struct UringQueue {
-    shared: Arc<Shared>,
     permits: Permits,
     depth: usize,
+    /// Submission entries of the device's own ring.
+    entries: u32,
+    /// The I/O thread's name.
+    thread_name: String,
+    /// The device's own ring and I/O thread, once started (set once, by the caller that
+    /// started them).
+    fallback: OnceLock<Fallback>,
+    /// Who starts the fallback ring: never held across a park.
+    starting: ShortLock<Start>,
+    /// Starts tried, for the tests.
+    #[cfg(test)]
+    starts: std::sync::atomic::AtomicU32,
+}
+
+/// The device's own ring and the I/O thread that issues it.
+struct Fallback {
+    shared: Arc<Shared>,
     io_thread: Option<JoinHandle<()>>,
 }
 
+/// Where the start of the fallback ring stands (see [`UringQueue::fallback`]).
+enum Start {
+    /// Not started (or the last try failed: the next caller tries again).
+    Idle,
+    /// A caller is starting it; these callers wait for it.
+    Starting(Vec<Arc<Blocker>>),
+}
+
 impl UringQueue {
-    /// A ring for at most `depth` operations in flight (`depth` 0 counts as 1), with its
-    /// I/O thread named `name`.
+    /// A depth bound of `depth` operations in flight (`depth` 0 counts as 1) for a device
+    /// whose I/O thread, if one is ever needed, is named `name`-uring.
+    ///
+    /// Nothing is started here: tasks on a runtime worker issue their I/O on the worker's
+    /// own ring. The device's own ring and I/O thread start on the first operation of a
+    /// caller without one (a plain thread, or a kernel without the flags the worker ring
+    /// needs). Fails if `io_uring` cannot be used in this process at all ([`probe`]).
     pub fn new(name: &str, depth: u32) -> io::Result<Self> {
+        probe().map_err(io::Error::other)?;
         let depth = depth.max(1) as usize;
         // Room for the doorbell read and the shutdown no-op too; completions have twice
         // the room.
@@ -222,16 +257,82 @@ impl UringQueue {
             .unwrap_or(u32::MAX)
             .next_power_of_two()
             .min(32_768);
-        // The I/O thread creates the ring itself, so the kernel ties the ring to that
-        // thread alone: it never signals a runtime worker about it (it interrupts the
-        // tasks registered with a ring when the ring is torn down, for instance).
+        Ok(UringQueue {
+            permits: Permits::new(depth.min(entries as usize - 2)),
+            depth,
+            entries,
+            thread_name: format!("{name}-uring"),
+            fallback: OnceLock::new(),
+            starting: ShortLock::new(Start::Idle),
+            #[cfg(test)]
+            starts: Default::default(),
+        })
+    }
+
+    /// Whether the device's own ring and I/O thread were started.
+    pub fn fallback_started(&self) -> bool {
+        self.fallback.get().is_some()
+    }
+
+    /// The device's own ring, started by the first caller that needs it; the others
+    /// that need it meanwhile park until it is there. A failed start fails the operation
+    /// that tried it; the callers that waited for it try again.
+    fn fallback(&self) -> io::Result<&Shared> {
+        loop {
+            if let Some(fallback) = self.fallback.get() {
+                return Ok(&fallback.shared);
+            }
+            let waiting = {
+                let mut start = self.starting.lock();
+                // Set before `starting` went back to idle: look again under the lock.
+                if let Some(fallback) = self.fallback.get() {
+                    return Ok(&fallback.shared);
+                }
+                match &mut *start {
+                    Start::Starting(waiters) => {
+                        let blocker = Blocker::current();
+                        waiters.push(blocker.clone());
+                        Some(blocker)
+                    }
+                    Start::Idle => {
+                        *start = Start::Starting(Vec::new());
+                        None
+                    }
+                }
+            };
+            if let Some(blocker) = waiting {
+                // Woken when the start is over (a wake-up before the park is kept).
+                let _ = blocker.park(None);
+                continue;
+            }
+            let started = self.start_fallback().map(|fallback| {
+                // Only this caller sets it (`starting` says `Starting` meanwhile): it is empty.
+                let _ = self.fallback.set(fallback);
+            });
+            let waiters = match std::mem::replace(&mut *self.starting.lock(), Start::Idle) {
+                Start::Starting(waiters) => waiters,
+                Start::Idle => Vec::new(),
+            };
+            waiters.iter().for_each(|waiter| waiter.unpark());
+            started?;
+        }
+    }
+
+    /// Starts the device's own I/O thread, which makes the ring itself, so the kernel ties
+    /// the ring to that thread alone: it never signals a runtime worker about it (it
+    /// interrupts the tasks registered with a ring when the ring is torn down, for
+    /// instance). Parks the calling coroutine (a thread blocks) for the ring's setup.
+    fn start_fallback(&self) -> io::Result<Fallback> {
+        #[cfg(test)]
+        self.starts.fetch_add(1, Ordering::Relaxed);
         let setup = Arc::new(Setup {
             ring: std::sync::Mutex::new(None),
             blocker: Blocker::current(),
         });
         let thread_setup = setup.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("{name}-uring"))
+        let entries = self.entries;
+        let io_thread = std::thread::Builder::new()
+            .name(self.thread_name.clone())
             .stack_size(IO_THREAD_STACK)
             .spawn(move || {
                 let made = Shared::new(entries).map(Arc::new);
@@ -240,22 +341,17 @@ impl UringQueue {
                 if let Some(shared) = serving {
                     serve(&shared);
                 }
-            });
-        let io_thread = spawned?;
-        // Parks the calling coroutine (a thread blocks) for the ring's setup.
-        let shared = match setup.wait() {
-            Ok(shared) => shared,
+            })?;
+        match setup.wait() {
+            Ok(shared) => Ok(Fallback {
+                shared,
+                io_thread: Some(io_thread),
+            }),
             Err(err) => {
                 let _ = io_thread.join();
-                return Err(err);
+                Err(err)
             }
-        };
-        Ok(UringQueue {
-            shared,
-            permits: Permits::new(depth.min(entries as usize - 2)),
-            depth,
-            io_thread: Some(io_thread),
-        })
+        }
     }
 
     /// The bound on operations in flight.
@@ -406,9 +502,10 @@ impl UringQueue {
             done: AtomicBool::new(false),
             blocker: Blocker::current(),
         };
+        let shared = self.fallback()?;
         let entry = entry.user_data(&slot as *const Slot as u64);
-        self.shared.push(&entry);
-        self.shared.ring_doorbell();
+        shared.push(&entry);
+        shared.ring_doorbell();
         while !slot.done.load(Ordering::Acquire) {
             // A spurious or early return re-checks the flag.
             let _ = slot.blocker.park(None);
@@ -422,7 +519,7 @@ impl UringQueue {
     }
 }
 
-impl Drop for UringQueue {
+impl Drop for Fallback {
     fn drop(&mut self) {
         let stop = opcode::Nop::new().build().user_data(SHUTDOWN);
         self.shared.push(&stop);
@@ -437,6 +534,7 @@ impl std::fmt::Debug for UringQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringQueue")
             .field("depth", &self.depth)
+            .field("fallback_started", &self.fallback_started())
             .finish_non_exhaustive()
     }
 }
@@ -678,5 +776,125 @@ mod tests {
                 Err(thread) => thread.join().unwrap(),
             }
         }
+    }
+
+    /// The threads of this process named `name` (as `/proc` shows them: 15 bytes at most).
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[test]
+    fn tasks_on_an_executor_with_a_ring_start_no_io_thread() {
+        let Some(queue) = queue(4) else { return };
+        let queue = Arc::new(queue);
+        let dir = super::super::tests::TempDir::new("uring-lazy");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.file("f"))
+            .unwrap();
+        let fd = file.as_raw_fd();
+        let runs: Vec<_> = (0..8u8)
+            .map(|i| {
+                let queue = queue.clone();
+                crate::test_executor::spawn(move || {
+                    // Whether this executor has a ring of its own (a kernel before 6.1
+                    // has none, and the device's ring is then the way).
+                    let nop = opcode::Nop::new().build();
+                    // SAFETY: a no-op points to no buffer.
+                    let has_ring = unsafe { chimaera_core::wait::submit_io(&nop) }.is_some();
+                    let data = [i; 512];
+                    let permit = queue.permit();
+                    queue
+                        .write_all_at(&permit, fd, BulkIn::from(&data[..]), u64::from(i) * 512)
+                        .unwrap();
+                    let mut back = [0u8; 512];
+                    let back_view = BulkOut::from(&mut back[..]);
+                    queue
+                        .read_exact_at(&permit, fd, back_view, u64::from(i) * 512)
+                        .unwrap();
+                    assert_eq!(back, data);
+                    queue.sync_data(&permit, fd).unwrap();
+                    has_ring
+                })
+            })
+            .collect();
+        let rings: Vec<bool> = runs.into_iter().map(|run| run.join().unwrap()).collect();
+        if rings.contains(&false) {
+            println!("note: an executor has no ring of its own here; test skipped");
+            return;
+        }
+        assert!(
+            !queue.fallback_started(),
+            "tasks with a worker ring started the device's I/O thread"
+        );
+    }
+
+    #[test]
+    fn threads_racing_for_the_first_operation_start_one_io_thread() {
+        let Some(queue) = queue(4) else { return };
+        // Named for this test alone: the thread count below sees the whole process.
+        let queue = Arc::new(UringQueue::new("race", queue.depth() as u32).unwrap());
+        let dir = super::super::tests::TempDir::new("uring-race");
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.file("f"))
+                .unwrap(),
+        );
+        assert!(!queue.fallback_started());
+        assert_eq!(
+            threads_named("race-uring"),
+            0,
+            "started before any operation"
+        );
+        let go = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (queue, file, go) = (queue.clone(), file.clone(), go.clone());
+                std::thread::spawn(move || {
+                    let data = [i; 512];
+                    go.wait();
+                    let permit = queue.permit();
+                    let at = u64::from(i) * 512;
+                    let fd = file.as_raw_fd();
+                    queue
+                        .write_all_at(&permit, fd, BulkIn::from(&data[..]), at)
+                        .unwrap();
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert!(queue.fallback_started());
+        assert_eq!(
+            queue.starts.load(Ordering::Relaxed),
+            1,
+            "started more than once"
+        );
+        assert_eq!(
+            threads_named("race-uring"),
+            1,
+            "one I/O thread for the device"
+        );
+        let bytes = std::fs::read(dir.file("f")).unwrap();
+        for (i, chunk) in bytes.chunks(512).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8), "chunk {i}");
+        }
+        // The last handle goes: the I/O thread is stopped and joined.
+        drop(Arc::into_inner(queue).expect("the threads are done"));
+        assert_eq!(
+            threads_named("race-uring"),
+            0,
+            "the I/O thread outlived its queue"
+        );
     }
 }
