@@ -12,8 +12,17 @@
 //! waiting for it parks the coroutine) and gives it back when its closure is done.
 //! Threads are started on demand, one more whenever a closure is queued while none is
 //! idle, up to `depth`; so a device kept at depth 32 has 32 system calls in flight (what
-//! `O_DIRECT` needs to keep a disk busy) and an idle device has at most the threads its
-//! busiest moment needed. Threads end when the pool is dropped.
+//! `O_DIRECT` needs to keep a disk busy). A thread that waits [`IDLE_EXIT`] for a job
+//! ends, so an idle device keeps no thread (most devices use the pool only to open
+//! their file: their reads and writes go through `io_uring`). Threads end when the pool
+//! is dropped.
+//!
+//! **No job is stranded by a thread that ends.** A caller that saw an idle thread sends
+//! its job; a thread whose wait ran out uncounts itself, then looks at the queue once
+//! more. After sending, the caller looks at the thread count and starts a thread if
+//! there is none. Both sides put a `SeqCst` fence between their write and their read,
+//! so at least one sees the other: the ending thread takes the job, or the caller
+//! starts a thread for it.
 //!
 //! **Borrowed data, soundly.** [`IoPool::run`] lets the closure borrow the caller's
 //! data (the caller's buffer goes to the kernel as it is: no copy), like
@@ -29,11 +38,15 @@ use crate::permits::Permits;
 use chimaera_core::wait::Blocker;
 use crossbeam_channel as mpmc;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Stack of an I/O thread: closures only make system calls and copy into heap buffers.
 const IO_THREAD_STACK: usize = 256 * 1024;
+
+/// How long an I/O thread waits for a job before it ends.
+pub const IDLE_EXIT: Duration = Duration::from_secs(5);
 
 /// Why a closure did not run to completion.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +145,12 @@ pub struct IoPool {
     permits: Permits,
     depth: usize,
     name: String,
+    /// How long a thread waits for a job before it ends ([`IDLE_EXIT`]).
+    idle_exit: Duration,
+    /// A pause between finding a thread and sending the job, for the tests of the race
+    /// with a thread that ends.
+    #[cfg(test)]
+    pause_before_send: Duration,
 }
 
 /// Gives a permit back when dropped, so a caller unwinding still returns it.
@@ -147,6 +166,11 @@ impl IoPool {
     /// A pool named `name` (thread names) with at most `depth` closures in flight
     /// (`depth` 0 counts as 1). Starts no thread yet.
     pub fn new(name: &str, depth: u32) -> Self {
+        Self::with_idle_exit(name, depth, IDLE_EXIT)
+    }
+
+    /// As [`new`](Self::new), with threads that end after waiting `idle_exit` for a job.
+    pub fn with_idle_exit(name: &str, depth: u32, idle_exit: Duration) -> Self {
         let depth = depth.max(1) as usize;
         let (jobs, queue) = mpmc::unbounded();
         IoPool {
@@ -159,6 +183,9 @@ impl IoPool {
             permits: Permits::new(depth),
             depth,
             name: name.to_owned(),
+            idle_exit,
+            #[cfg(test)]
+            pause_before_send: Duration::ZERO,
         }
     }
 
@@ -167,7 +194,7 @@ impl IoPool {
         self.depth
     }
 
-    /// I/O threads started so far.
+    /// I/O threads running now.
     pub fn threads(&self) -> usize {
         self.counters.threads.load(Ordering::Relaxed)
     }
@@ -200,8 +227,24 @@ impl IoPool {
         // `done` too. So no borrow outlives 'env.
         let job: Box<dyn Job + 'static> =
             unsafe { std::mem::transmute::<Box<dyn Job + 'env>, Box<dyn Job + 'static>>(job) };
+        #[cfg(test)]
+        std::thread::sleep(self.pause_before_send);
         if let Err(unsent) = self.jobs.send(job) {
             drop(unsent);
+        }
+        // A thread counted as idle above may have ended meanwhile without seeing the job
+        // (see the module docs): then no thread is left to take it.
+        fence(Ordering::SeqCst);
+        if self.counters.threads.load(Ordering::SeqCst) == 0 {
+            // No thread runs and none can start: every queued job (this one among them)
+            // would wait for the pool's drop. Fail them now (a dropped job fails its
+            // caller with `JobFailed`).
+            if let Err(err) = self.ensure_thread() {
+                tracing::warn!("{err}; failing the queued I/O jobs");
+                while let Ok(job) = self.queue.try_recv() {
+                    drop(job);
+                }
+            }
         }
         while !slot.done.load(Ordering::Acquire) {
             // A spurious or early return re-checks the flag.
@@ -230,10 +273,11 @@ impl IoPool {
         }
         let queue = self.queue.clone();
         let thread_counters = counters.clone();
+        let idle_exit = self.idle_exit;
         let spawned = std::thread::Builder::new()
             .name(format!("{}-io-{started}", self.name))
             .stack_size(IO_THREAD_STACK)
-            .spawn(move || serve(queue, thread_counters));
+            .spawn(move || serve(queue, thread_counters, idle_exit));
         match spawned {
             Ok(_) => Ok(()),
             Err(err) => {
@@ -259,20 +303,37 @@ impl std::fmt::Debug for IoPool {
     }
 }
 
-/// An I/O thread: runs jobs until every sender is gone.
-fn serve(queue: mpmc::Receiver<Box<dyn Job>>, counters: Arc<Counters>) {
+/// An I/O thread: runs jobs until every sender is gone or it waited `idle_exit` for one.
+fn serve(queue: mpmc::Receiver<Box<dyn Job>>, counters: Arc<Counters>, idle_exit: Duration) {
     let mut scratch = Scratch::default();
     loop {
-        counters.idle.fetch_add(1, Ordering::AcqRel);
-        let job = queue.recv();
-        counters.idle.fetch_sub(1, Ordering::AcqRel);
-        let Ok(job) = job else { break };
+        counters.idle.fetch_add(1, Ordering::SeqCst);
+        let waited = queue.recv_timeout(idle_exit);
+        counters.idle.fetch_sub(1, Ordering::SeqCst);
+        let job = match waited {
+            Ok(job) => job,
+            Err(mpmc::RecvTimeoutError::Disconnected) => break,
+            Err(mpmc::RecvTimeoutError::Timeout) => {
+                counters.threads.fetch_sub(1, Ordering::SeqCst);
+                // A caller that saw this thread idle may have sent a job since the wait
+                // ended: take it and serve on, or that caller sees the count lowered and
+                // starts a thread (see the module docs).
+                fence(Ordering::SeqCst);
+                match queue.try_recv() {
+                    Ok(job) => {
+                        counters.threads.fetch_add(1, Ordering::SeqCst);
+                        job
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
         // A panicking job has filled its slot with a failure while unwinding.
         if catch_unwind(AssertUnwindSafe(|| job.run(&mut scratch))).is_err() {
             scratch = Scratch::default();
         }
     }
-    counters.threads.fetch_sub(1, Ordering::AcqRel);
+    counters.threads.fetch_sub(1, Ordering::SeqCst);
 }
 
 #[cfg(test)]
@@ -355,6 +416,83 @@ mod tests {
             .collect();
         for (i, handle) in handles.into_iter().enumerate() {
             assert_eq!(handle.join().unwrap(), 4 * i as u64);
+        }
+    }
+
+    #[test]
+    fn an_idle_thread_ends_and_the_next_call_starts_one() {
+        let pool = IoPool::with_idle_exit("test", 4, Duration::from_millis(20));
+        assert_eq!(pool.run(|_| 1).unwrap(), 1);
+        assert_eq!(pool.threads(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.threads() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle thread never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(pool.run(|_| 2).unwrap(), 2);
+        assert_eq!(pool.threads(), 1);
+    }
+
+    #[test]
+    fn a_thread_that_ends_after_a_caller_counted_on_it_strands_no_job() {
+        let mut pool = IoPool::with_idle_exit("test", 2, Duration::from_millis(50));
+        assert_eq!(pool.run(|_| 1).unwrap(), 1);
+        // The thread is idle now, and ends 50 ms later: after this caller found it idle
+        // and before its job is sent.
+        std::thread::sleep(Duration::from_millis(10));
+        pool.pause_before_send = Duration::from_millis(150);
+        let pool = Arc::new(pool);
+        let (done, finished) = std::sync::mpsc::channel();
+        let caller = pool.clone();
+        std::thread::spawn(move || done.send(caller.run(|_| 2)).unwrap());
+        let answer = finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the job was stranded: no thread took it");
+        assert_eq!(answer.unwrap(), 2);
+    }
+
+    #[test]
+    fn threads_ending_while_callers_come_strand_no_job() {
+        // Threads that end after 1 ms idle, callers that pause about that long between
+        // calls: jobs keep arriving just as threads give up. A stranded job hangs its
+        // caller; the watchdog below turns that into a failure.
+        let pool = Arc::new(IoPool::with_idle_exit("test", 2, Duration::from_millis(1)));
+        let (done, finished) = std::sync::mpsc::channel();
+        for caller in 0..6u64 {
+            let (pool, done) = (pool.clone(), done.clone());
+            std::thread::spawn(move || {
+                for call in 0..300u64 {
+                    assert_eq!(pool.run(|_| caller * call).unwrap(), caller * call);
+                    let pause = (caller * 7 + call * 13) % 3;
+                    std::thread::sleep(Duration::from_micros(500 * pause));
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..6 {
+            finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a caller hung: its job was stranded");
+        }
+    }
+
+    #[test]
+    fn coroutines_find_a_thread_after_the_pool_went_idle() {
+        let pool = Arc::new(IoPool::with_idle_exit("test", 2, Duration::from_millis(1)));
+        for round in 0..20u64 {
+            let handles: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let pool = pool.clone();
+                    crate::test_executor::spawn(move || pool.run(move |_| round + i).unwrap())
+                })
+                .collect();
+            for (i, handle) in handles.into_iter().enumerate() {
+                assert_eq!(handle.join().unwrap(), round + i as u64);
+            }
+            std::thread::sleep(Duration::from_millis(3));
         }
     }
 }
