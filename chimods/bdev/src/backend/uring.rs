@@ -655,41 +655,45 @@ mod tests {
         }
     }
 
+    /// An empty file `f`, readable and writable, in a directory of its own (`test`).
+    fn empty_file(test: &str) -> (super::super::tests::TempDir, std::fs::File) {
+        let dir = super::super::tests::TempDir::new(test);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.file("f"))
+            .unwrap();
+        (dir, file)
+    }
+
+    /// Writes 512 bytes of `i` at block `i` of `fd` and reads them back.
+    fn write_and_read_back(queue: &UringQueue, fd: RawFd, i: u8) {
+        let data = [i; 512];
+        let at = u64::from(i) * 512;
+        let permit = queue.permit();
+        queue
+            .write_all_at(&permit, fd, BulkIn::from(&data[..]), at)
+            .unwrap();
+        let mut back = [0u8; 512];
+        queue
+            .read_exact_at(&permit, fd, BulkOut::from(&mut back[..]), at)
+            .unwrap();
+        assert_eq!(back, data);
+    }
+
     #[test]
     fn threads_and_coroutines_write_and_read_through_the_ring() {
         let Some(queue) = queue(4) else { return };
         let queue = Arc::new(queue);
-        let dir = super::super::tests::TempDir::new("uring-queue");
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dir.file("f"))
-                .unwrap(),
-        );
+        let (dir, file) = empty_file("uring-queue");
+        let file = Arc::new(file);
         let fd = file.as_raw_fd();
         let coroutines: Vec<_> = (0..16u8)
             .map(|i| {
                 let queue = queue.clone();
-                crate::test_executor::spawn(move || {
-                    let data = [i; 512];
-                    let permit = queue.permit();
-                    queue
-                        .write_all_at(&permit, fd, BulkIn::from(&data[..]), u64::from(i) * 512)
-                        .unwrap();
-                    let mut back = [0u8; 512];
-                    queue
-                        .read_exact_at(
-                            &permit,
-                            fd,
-                            BulkOut::from(&mut back[..]),
-                            u64::from(i) * 512,
-                        )
-                        .unwrap();
-                    assert_eq!(back, data);
-                })
+                crate::test_executor::spawn(move || write_and_read_back(&queue, fd, i))
             })
             .collect();
         let threads: Vec<_> = (16..20u8)
@@ -732,14 +736,7 @@ mod tests {
         // I/O thread: a lost entry or wake-up hangs here.
         let Some(queue) = queue(8) else { return };
         let queue = Arc::new(queue);
-        let dir = super::super::tests::TempDir::new("uring-stress");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.file("f"))
-            .unwrap();
+        let (_dir, file) = empty_file("uring-stress");
         file.set_len(64 * 4096).unwrap();
         let fd = file.as_raw_fd();
         let callers: Vec<_> = (0..64u64)
@@ -791,14 +788,7 @@ mod tests {
     fn tasks_on_an_executor_with_a_ring_start_no_io_thread() {
         let Some(queue) = queue(4) else { return };
         let queue = Arc::new(queue);
-        let dir = super::super::tests::TempDir::new("uring-lazy");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.file("f"))
-            .unwrap();
+        let (_dir, file) = empty_file("uring-lazy");
         let fd = file.as_raw_fd();
         let runs: Vec<_> = (0..8u8)
             .map(|i| {
@@ -809,18 +799,8 @@ mod tests {
                     let nop = opcode::Nop::new().build();
                     // SAFETY: a no-op points to no buffer.
                     let has_ring = unsafe { chimaera_core::wait::submit_io(&nop) }.is_some();
-                    let data = [i; 512];
-                    let permit = queue.permit();
-                    queue
-                        .write_all_at(&permit, fd, BulkIn::from(&data[..]), u64::from(i) * 512)
-                        .unwrap();
-                    let mut back = [0u8; 512];
-                    let back_view = BulkOut::from(&mut back[..]);
-                    queue
-                        .read_exact_at(&permit, fd, back_view, u64::from(i) * 512)
-                        .unwrap();
-                    assert_eq!(back, data);
-                    queue.sync_data(&permit, fd).unwrap();
+                    write_and_read_back(&queue, fd, i);
+                    queue.sync_data(&queue.permit(), fd).unwrap();
                     has_ring
                 })
             })
@@ -841,16 +821,8 @@ mod tests {
         let Some(queue) = queue(4) else { return };
         // Named for this test alone: the thread count below sees the whole process.
         let queue = Arc::new(UringQueue::new("race", queue.depth() as u32).unwrap());
-        let dir = super::super::tests::TempDir::new("uring-race");
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dir.file("f"))
-                .unwrap(),
-        );
+        let (dir, file) = empty_file("uring-race");
+        let file = Arc::new(file);
         assert!(!queue.fallback_started());
         assert_eq!(
             threads_named("race-uring"),
