@@ -212,32 +212,38 @@ impl FileDevice {
             return Err(CreateError::BadIoDepth);
         }
         let pool = IoPool::new("bdev", options.io_depth);
-        let (file, capacity) =
-            pool.run(|_| open_sized(path, &options))
-                .map_err(|err| CreateError::NoIoThread {
-                    path: path.to_owned(),
-                    source: io::Error::other(err),
-                })??;
         let forced_threads = std::env::var(ENGINE_ENV).is_ok_and(|v| v == "threads");
-        let uring = match options.engine {
-            IoEngine::Threads => None,
-            IoEngine::Auto if forced_threads => None,
-            IoEngine::Auto | IoEngine::Uring => {
-                match UringQueue::new("bdev", options.io_depth).map_err(|e| e.to_string()) {
-                    Ok(queue) => Some(queue),
-                    Err(reason) if options.engine == IoEngine::Auto => {
-                        tracing::info!(
-                            "io_uring unavailable ({reason}); `{path}` uses I/O threads"
-                        );
-                        None
-                    }
-                    Err(reason) => {
-                        return Err(CreateError::UringUnavailable {
-                            path: path.to_owned(),
-                            reason,
-                        })
-                    }
+        let may_use_uring = match options.engine {
+            IoEngine::Threads => false,
+            IoEngine::Auto => !forced_threads,
+            IoEngine::Uring => true,
+        };
+        let (file, capacity) = pool
+            .run(|_| {
+                // Whether `io_uring` works here is found once per process, by making a
+                // ring on a thread: here, so a worker never waits for it (`UringQueue::new`
+                // below then reads the answer).
+                if may_use_uring {
+                    let _ = super::uring::probe();
                 }
+                open_sized(path, &options)
+            })
+            .map_err(|err| CreateError::NoIoThread {
+                path: path.to_owned(),
+                source: io::Error::other(err),
+            })??;
+        let uring = match may_use_uring.then(|| UringQueue::new("bdev", options.io_depth)) {
+            None => None,
+            Some(Ok(queue)) => Some(queue),
+            Some(Err(reason)) if options.engine == IoEngine::Auto => {
+                tracing::info!("io_uring unavailable ({reason}); `{path}` uses I/O threads");
+                None
+            }
+            Some(Err(reason)) => {
+                return Err(CreateError::UringUnavailable {
+                    path: path.to_owned(),
+                    reason: reason.to_string(),
+                })
             }
         };
         Ok(FileDevice {

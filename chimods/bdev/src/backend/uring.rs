@@ -247,7 +247,9 @@ impl UringQueue {
     /// Nothing is started here: tasks on a runtime worker issue their I/O on the worker's
     /// own ring. The device's own ring and I/O thread start on the first operation of a
     /// caller without one (a plain thread, or a kernel without the flags the worker ring
-    /// needs). Fails if `io_uring` cannot be used in this process at all ([`probe`]).
+    /// needs). Fails if `io_uring` cannot be used in this process at all ([`probe`]; the
+    /// first probe of a process blocks its caller while a thread makes a test ring, so
+    /// [`FileDevice::open`](super::file::FileDevice::open) probes on its I/O thread first).
     pub fn new(name: &str, depth: u32) -> io::Result<Self> {
         probe().map_err(io::Error::other)?;
         let depth = depth.max(1) as usize;
