@@ -4,13 +4,14 @@
 //! **Engines** ([`IoEngine`]). Reads, writes and syncs go through an `io_uring`
 //! ([`UringQueue`]: the task submits on its worker's own ring and parks, and the worker
 //! resumes it on completion; callers off a worker use the device's ring and its I/O
-//! thread, started on the first such call) where the kernel allows one, else through an [`IoPool`] of I/O threads
-//! that run `pread`/`pwrite` for parked tasks. [`IoEngine::Auto`] (the default) picks
-//! `io_uring` and falls back to the threads when it cannot be set up; the environment
-//! variable `CHIMAERA_BDEV_IO=threads` forces the threads (for comparisons). Either way
-//! at most `io_depth` operations are in flight per device. The I/O thread pool is there
-//! in both cases for what `io_uring` does not do here: opening and sizing the file, and
-//! the read-modify-write of partly covered `O_DIRECT` sectors (below).
+//! thread, started on the first such call) where the kernel allows one, else through
+//! an [`IoPool`] of I/O threads that run `pread`/`pwrite` for parked tasks.
+//! [`IoEngine::Auto`] (the default) picks `io_uring` and falls back to the threads when
+//! it cannot be set up; the environment variable `CHIMAERA_BDEV_IO=threads` forces the
+//! threads (for comparisons). Either way at most `io_depth` operations are in flight
+//! per device. The I/O thread pool is there in both cases for what `io_uring` does not
+//! do here: opening and sizing the file, and the read-modify-write of partly covered
+//! `O_DIRECT` sectors (below); its threads end when idle, so an idle device keeps none.
 //!
 //! **Opening** (done on an I/O thread): the pool name is the path. A missing parent
 //! directory, a directory, or an empty path is [`CreateError::BadPath`]. With
