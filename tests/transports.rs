@@ -310,6 +310,7 @@ over_every_transport!(
     calls_awaited_without_an_executor,
     an_existing_pool_opens_by_name,
     a_late_answer_never_reaches_a_later_call,
+    inputs_of_every_size_arrive_whole_also_archived_inside_another_call,
 );
 
 /// The deadline case: over shared memory with a small queue and quota, so that a leaked
@@ -386,6 +387,50 @@ fn echo_and_in_out_arguments(fixture: Fixture) {
     for (i, call) in pending.into_iter().enumerate() {
         assert_eq!(call.wait().unwrap(), i as u64 % 2);
     }
+}
+
+/// Inputs on both sides of every size a transport treats apart (kept in the task, in a
+/// buffer, in a slot, in the data share) arrive whole, also with calls of all sizes in
+/// flight at once; and a call made while another call's input is being archived (on the
+/// same thread, whose archiving buffer is then in use) goes through, as does the outer
+/// call after it.
+fn inputs_of_every_size_arrive_whole_also_archived_inside_another_call(fixture: Fixture) {
+    let p = fixture.probe("sizes", 1);
+    let q = PoolQuery::local();
+    let sizes: Vec<usize> = (0..=96).chain([255, 256, 4095, 4096, 70_000]).collect();
+    for &len in &sizes {
+        let data = pattern(len as u8, len);
+        assert_eq!(p.checksum(q, &data).unwrap(), sum(&data), "{len} bytes");
+    }
+    let inputs: Vec<Vec<u8>> = sizes.iter().map(|&len| pattern(7, len)).collect();
+    let pending: Vec<_> = inputs
+        .iter()
+        .map(|data| p.async_checksum(q, data).unwrap())
+        .collect();
+    for (call, data) in pending.into_iter().zip(&inputs) {
+        assert_eq!(
+            call.wait().unwrap(),
+            sum(data),
+            "{} bytes in flight",
+            data.len()
+        );
+    }
+    let nested_input = pattern(9, 40);
+    let mut nested = None;
+    let raw = fixture
+        .chi
+        .submit_with(p.pool_id(), 14, q, &mut |buffer| {
+            nested = Some(p.checksum(q, &nested_input));
+            buffer.encode(&(3u64,))
+        })
+        .expect("the outer call is submitted");
+    assert_eq!(
+        nested.expect("archived").unwrap(),
+        sum(&nested_input),
+        "the call made while archiving"
+    );
+    let outer = raw.wait().pop().expect("one replica").1.unwrap();
+    assert_eq!(codec::decode::<u64>(&outer, "nap output").unwrap(), 3);
 }
 
 fn bulk_arguments_through_plain_slices_and_views(fixture: Fixture) {

@@ -191,9 +191,10 @@ impl Client {
         self.transport.bulk_ref(bytes)
     }
 
-    /// Submits one task whose input `encode` archives: over shared memory into a buffer
-    /// this connection reuses, copied from there into the task's slot; in process into a
-    /// recycled buffer the task owns until it is dropped. Neither allocates once warm.
+    /// Submits one task whose input `encode` archives into a buffer the calling thread
+    /// reuses: over shared memory copied from there into the task's slot; in process
+    /// copied into the task when small, else handed to the task with the buffer's bytes
+    /// (the task gives them back when dropped). Neither allocates once warm.
     #[doc(hidden)]
     pub fn submit_with(
         &self,

@@ -70,7 +70,7 @@ pub use context::RuntimeHandle;
 
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
 use crate::client::Client;
-use crate::codec::{aligned_copy, Bytes, OutputBuffer};
+use crate::codec::{aligned_copy, OutputBuffer};
 use crate::config::RuntimeConfig;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
@@ -1087,7 +1087,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         &self,
         parent: Option<TaskNode>,
         route: crate::transport::Route,
-        input: Bytes,
+        input: TaskInput,
         schedule: Option<Schedule>,
     ) -> Result<crate::transport::inproc::Queued, TaskError> {
         let posted = crate::transport::call::posted_pending(self.identity());
@@ -1107,7 +1107,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             method,
             query,
             schedule,
-            input: TaskInput::from(input),
+            input,
             origin: Origin {
                 force_net,
                 ..Origin::default()
@@ -1129,7 +1129,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         &self,
         parent: Option<TaskNode>,
         route: crate::transport::Route,
-        input: Bytes,
+        input: TaskInput,
         hint: &crate::transport::inproc::PostHint,
     ) -> Result<Call, TaskError> {
         // Posted whenever it can be (see `transport::call`, "Which path a call takes"):
@@ -1147,10 +1147,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
         let pipelining = crate::transport::call::names_worker(pending, worker);
         let (mut call, reply) = CallSlot::take();
         call.note_posted(self.identity(), worker);
-        posting.post(
-            LocalRequest::new(route, parent, TaskInput::from(input), reply),
-            pipelining,
-        );
+        posting.post(LocalRequest::new(route, parent, input, reply), pipelining);
         Ok(Call::slot(call))
     }
 }

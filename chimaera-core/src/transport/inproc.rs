@@ -3,24 +3,28 @@
 //! containers' lanes; the caller waits on the call's slot or completion.
 //!
 //! It reaches the runtime only through [`LocalRuntime`] (which the runtime implements),
-//! so this file does not depend on `runtime/mod.rs`. Inputs are archived into recycled
-//! buffers and moved into the task (which gives them back when dropped); a call with one
-//! replica waits on a pooled call slot (`runtime::task::CallSlot`), so a call allocates
-//! nothing in steady state. Bulk
+//! so this file does not depend on `runtime/mod.rs`. Inputs are archived into the calling
+//! thread's own reusable buffer (with rkyv's scratch space and shared-pointer table kept
+//! from call to call) and made the task's input there: a small one copied into the task
+//! itself, a larger one handed over with the buffer's bytes (the task gives them back
+//! when dropped). A call with one replica waits on a pooled call slot
+//! (`runtime::task::CallSlot`), so a call allocates nothing in steady state. Bulk
 //! arguments are always copied (a [`Buffer`] here is heap memory), so the runtime never
 //! holds caller memory and a dropped call need not be waited for. A client made inside
 //! a task carries the parent's [`TaskNode`]: its tasks are subtasks, which the coroutine
 //! locks let through a lock their parent holds, and which a draining runtime still takes.
 use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire};
 use crate::client::Client;
-use crate::codec::{recycled_bytes, Bytes, OutputBuffer, SliceRef};
+use crate::codec::{recycle, recycled_bytes, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::PoolId;
 use crate::ids::TaskNode;
+use crate::runtime::task::{TaskInput, INLINE_INPUT};
 use crate::transport::{
     Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
 };
 use std::any::Any;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -35,7 +39,7 @@ pub(crate) trait LocalRuntime: Send + Sync {
         &self,
         parent: Option<TaskNode>,
         route: Route,
-        input: Bytes,
+        input: TaskInput,
         schedule: Option<Schedule>,
     ) -> Result<Queued, TaskError>;
 
@@ -46,7 +50,7 @@ pub(crate) trait LocalRuntime: Send + Sync {
         &self,
         parent: Option<TaskNode>,
         route: Route,
-        input: Bytes,
+        input: TaskInput,
         hint: &PostHint,
     ) -> Result<Call, TaskError>;
 
@@ -105,6 +109,59 @@ impl InProcess {
     }
 }
 
+impl InProcess {
+    fn submit_input(
+        &self,
+        route: Route,
+        input: TaskInput,
+        schedule: Option<Schedule>,
+    ) -> Result<Call, TaskError> {
+        if schedule.is_none() {
+            return self
+                .runtime
+                .call_local(self.parent, route, input, &self.hint);
+        }
+        let (call, _) = self
+            .runtime
+            .enqueue_local(self.parent, route, input, schedule)?;
+        call.ok_or(TaskError::NotRun)
+    }
+}
+
+thread_local! {
+    /// The buffer this thread archives its in-process calls' inputs in, call after call.
+    static INPUT_BUFFER: RefCell<OutputBuffer> = RefCell::new(OutputBuffer::reusable());
+}
+
+/// Archives an input with `encode` in `buffer` and makes it a task's input: a small
+/// archive is copied into the input itself, a larger one keeps the bytes it was archived
+/// in (the buffer takes recycled ones in their place): never a second copy of a large
+/// input.
+fn archive_input(
+    buffer: &mut OutputBuffer,
+    encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
+) -> Result<TaskInput, TaskError> {
+    if let Err(err) = encode(buffer) {
+        // It may have grown before it failed.
+        buffer.trim();
+        return Err(err);
+    }
+    let archive = buffer.as_slice();
+    if archive.len() <= INLINE_INPUT {
+        let Ok(input) = TaskInput::filled(archive.len(), |dst| {
+            dst.copy_from_slice(archive);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        // Nothing to trim: only a large archive (or a failed one) grows the buffer, and
+        // it is trimmed right after that one.
+        return Ok(input);
+    }
+    let mut bytes = recycled_bytes();
+    buffer.swap_bytes(&mut bytes);
+    buffer.trim();
+    Ok(TaskInput::from(bytes))
+}
+
 /// A client of `runtime` in this process, whose tasks are subtasks of `parent` if any.
 pub(crate) fn client(runtime: Arc<dyn LocalRuntime>, parent: Option<TaskNode>) -> Client {
     Client::with_transport(Arc::new(InProcess::new(runtime, parent)))
@@ -129,27 +186,32 @@ impl Transport for InProcess {
         input: Bytes,
         schedule: Option<Schedule>,
     ) -> Result<Call, TaskError> {
-        if schedule.is_none() {
-            return self
-                .runtime
-                .call_local(self.parent, route, input, &self.hint);
-        }
-        let (call, _) = self
-            .runtime
-            .enqueue_local(self.parent, route, input, schedule)?;
-        call.ok_or(TaskError::NotRun)
+        self.submit_input(route, TaskInput::from(input), schedule)
     }
 
-    /// Archives the input into a recycled buffer, which the task gives back when it is
-    /// dropped: no allocation once warm.
+    /// Archives the input in this thread's reusable buffer (see the module docs): no
+    /// allocation once warm, and no buffer taken and given back per call.
     fn submit_with(
         &self,
         route: Route,
         encode: &mut dyn FnMut(&mut OutputBuffer) -> Result<(), TaskError>,
     ) -> Result<Call, TaskError> {
-        let mut buffer = OutputBuffer::in_bytes(recycled_bytes());
-        encode(&mut buffer)?;
-        self.submit(route, buffer.into_bytes(), None)
+        let input = INPUT_BUFFER
+            .try_with(|buffer| match buffer.try_borrow_mut() {
+                Ok(mut buffer) => Some(archive_input(&mut buffer, encode)),
+                // In use further up this thread's stack (an input whose archiving calls
+                // the runtime): a buffer of this call's own, below.
+                Err(_) => None,
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                let mut buffer = OutputBuffer::in_bytes(recycled_bytes());
+                let input = archive_input(&mut buffer, encode);
+                recycle(buffer.into_bytes());
+                input
+            })?;
+        self.submit_input(route, input, None)
     }
 
     fn spawn(
@@ -158,9 +220,12 @@ impl Transport for InProcess {
         input: Bytes,
         schedule: Schedule,
     ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError> {
-        let (_, cancel) = self
-            .runtime
-            .enqueue_local(self.parent, route, input, Some(schedule))?;
+        let (_, cancel) = self.runtime.enqueue_local(
+            self.parent,
+            route,
+            TaskInput::from(input),
+            Some(schedule),
+        )?;
         Ok(cancel)
     }
 
