@@ -10,7 +10,9 @@
 #             natively (pinned to CPU 0, the runtime's worker threads may run anywhere);
 #             client: the client process under callgrind, the runtime natively;
 #             inproc: one process under callgrind, calling a runtime of its own
-#             in process (LOAD_IN_PROCESS=1)
+#             in process (LOAD_IN_PROCESS=1); not with sync or bdev-awf, whose
+#             caller spins on each answer while callgrind runs one thread at a
+#             time (about 200 calls/s): profile pipelined in process
 #       CALLS: calls of the timed part (default 100000; the load driver adds a warm-up)
 #       MIN: list functions of at least MIN instructions per task (default 20)
 #       DIR: where `chimaera` and `load` are (default: this crate's release build:
@@ -27,7 +29,8 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
+    # The comment block above, without its marks.
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
     exit 2
 }
 
@@ -46,6 +49,10 @@ shift $((OPTIND - 1))
 [[ $# -eq 1 ]] || usage
 workload=$1
 case $side in runtime | client | inproc) ;; *) usage ;; esac
+if [[ $side == inproc && ($workload == sync || $workload == bdev-awf) ]]; then
+    echo "count-instructions: in process, $workload crawls under callgrind (see -h); try pipelined" >&2
+    exit 2
+fi
 [[ $calls =~ ^[1-9][0-9]*$ && $min =~ ^[0-9]+$ ]] || usage
 for tool in valgrind callgrind_annotate; do
     command -v "$tool" >/dev/null || { echo "count-instructions: $tool is missing (apt-get install valgrind)" >&2; exit 2; }
