@@ -27,7 +27,7 @@
 # (`callgrind_annotate --inclusive=yes FILE` for the rest). Inlined functions appear
 # under their callers. Callgrind counts each step of a `rep movsb` (the shared-memory
 # copies of 128 bytes and more) as an instruction, one per byte: a 4 KiB copy into a
-# client's share shows as about 4,100 instructions where the CPU spends about 100 ns.
+# client's share shows as about 4,100 instructions where the CPU moves whole lines.
 # Needs valgrind (callgrind_annotate comes with it).
 set -euo pipefail
 
