@@ -24,6 +24,8 @@ usage() {
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=runtime-process.sh
+source "$here/runtime-process.sh"
 
 if [[ ${1:-} == save ]]; then
     [[ $# -eq 2 ]] || usage
@@ -57,28 +59,11 @@ client_cpu=${AB_CLIENT_CPU:-0}
 run() {
     # Not `local`: the exit trap runs after the function returned.
     build=$1
-    instance="ab-load-$$-$RANDOM"
-    CHI_INSTANCE=$instance taskset -c "$runtime_cpu" "$build/chimaera" runtime start \
-        >/dev/null 2>&1 &
-    runtime_pid=$!
-    # shellcheck disable=SC2317 # called by the trap
-    stop_runtime() {
-        CHI_INSTANCE=$instance "$build/chimaera" runtime stop >/dev/null 2>&1 ||
-            kill "$runtime_pid" 2>/dev/null || true
-        wait "$runtime_pid" 2>/dev/null || true
-    }
-    trap stop_runtime EXIT
-    local waited=0
-    until CHI_INSTANCE=$instance "$build/chimaera" runtime status >/dev/null 2>&1; do
-        sleep 0.1
-        waited=$((waited + 1))
-        if ((waited > 200)); then
-            echo "ab-load: the runtime of $build did not come up" >&2
-            exit 1
-        fi
-    done
+    export CHI_INSTANCE="ab-load-$$-$RANDOM"
+    trap 'runtime_stop "$build"' EXIT
+    runtime_start "$build" 20 taskset -c "$runtime_cpu"
     local line
-    line=$(CHI_INSTANCE=$instance taskset -c "$client_cpu" "$build/load" "$workload" "$calls")
+    line=$(taskset -c "$client_cpu" "$build/load" "$workload" "$calls")
     echo "$line" | sed -n 's/.*calls_per_s=\([0-9]*\).*/\1/p'
 }
 

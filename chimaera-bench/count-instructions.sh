@@ -38,6 +38,8 @@ usage() {
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=runtime-process.sh
+source "$here/runtime-process.sh"
 side=runtime calls=100000 min=20 build="$here/target/release"
 while getopts "s:n:m:b:h" opt; do
     case $opt in
@@ -67,51 +69,22 @@ for bin in "$build/chimaera" "$load"; do
 done
 
 out=$(mktemp --tmpdir "count-instructions-$workload-$side.XXXXXX")
-instance="count-instructions-$$-$RANDOM"
-export CHI_INSTANCE=$instance
+export CHI_INSTANCE="count-instructions-$$-$RANDOM"
 callgrind=(valgrind --tool=callgrind --callgrind-out-file="$out")
 
-runtime_pid=
-# shellcheck disable=SC2317 # called by the trap
-stop_runtime() {
-    if [[ -n $runtime_pid ]]; then
-        "$build/chimaera" runtime stop >/dev/null 2>&1 || kill "$runtime_pid" 2>/dev/null || true
-        wait "$runtime_pid" 2>/dev/null || true
-        runtime_pid=
-    fi
-}
-trap stop_runtime EXIT
-
-# Starts the runtime (under callgrind when $1 is `callgrind`) and waits until it serves.
-start_runtime() {
-    if [[ $1 == callgrind ]]; then
-        "${callgrind[@]}" "$build/chimaera" runtime start >/dev/null 2>&1 &
-    else
-        "$build/chimaera" runtime start >/dev/null 2>&1 &
-    fi
-    runtime_pid=$!
-    local waited=0
-    # Under callgrind the runtime takes many seconds to come up.
-    until "$build/chimaera" runtime status >/dev/null 2>&1; do
-        sleep 0.2
-        waited=$((waited + 1))
-        if ((waited > 600)); then
-            echo "count-instructions: the runtime did not come up" >&2
-            exit 1
-        fi
-    done
-}
-
+trap 'runtime_stop "$build"' EXIT
+# Under callgrind the runtime takes many seconds to come up.
+wait_secs=120
 case $side in
     runtime)
-        start_runtime callgrind
+        runtime_start "$build" "$wait_secs" "${callgrind[@]}"
         taskset -c 0 "$load" "$workload" "$calls" >&2
-        stop_runtime
+        runtime_stop "$build"
         ;;
     client)
-        start_runtime native
+        runtime_start "$build" "$wait_secs"
         { taskset -c 0 "${callgrind[@]}" "$load" "$workload" "$calls" 2>/dev/null; } >&2
-        stop_runtime
+        runtime_stop "$build"
         ;;
     inproc)
         { LOAD_IN_PROCESS=1 "${callgrind[@]}" "$load" "$workload" "$calls" 2>/dev/null; } >&2

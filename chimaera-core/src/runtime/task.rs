@@ -165,15 +165,23 @@ impl Default for TaskInput {
     }
 }
 
+impl TaskInput {
+    /// A copy of `bytes`: inside the task when small, else in a recycled buffer.
+    pub fn copied(bytes: &[u8]) -> TaskInput {
+        let Ok(input) = TaskInput::filled(bytes.len(), |dst| {
+            dst.copy_from_slice(bytes);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        input
+    }
+}
+
 impl From<Bytes> for TaskInput {
     fn from(bytes: Bytes) -> Self {
         if bytes.len() > INLINE_INPUT {
             return TaskInput(InputBytes::Buffer(bytes));
         }
-        let Ok(input) = TaskInput::filled(bytes.len(), |dst| {
-            dst.copy_from_slice(&bytes);
-            Ok::<(), std::convert::Infallible>(())
-        });
+        let input = TaskInput::copied(&bytes);
         recycle(bytes);
         input
     }

@@ -15,7 +15,7 @@
 //! locks let through a lock their parent holds, and which a draining runtime still takes.
 use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire};
 use crate::client::Client;
-use crate::codec::{recycle, recycled_bytes, Bytes, OutputBuffer, SliceRef};
+use crate::codec::{recycled_bytes, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::PoolId;
 use crate::ids::TaskNode;
@@ -107,9 +107,8 @@ impl InProcess {
             hint: PostHint::default(),
         }
     }
-}
 
-impl InProcess {
+    /// Queues a task whose input is made: a call (no schedule) as `call_local` takes it.
     fn submit_input(
         &self,
         route: Route,
@@ -148,13 +147,9 @@ fn archive_input(
     }
     let archive = buffer.as_slice();
     if archive.len() <= INLINE_INPUT {
-        let Ok(input) = TaskInput::filled(archive.len(), |dst| {
-            dst.copy_from_slice(archive);
-            Ok::<(), std::convert::Infallible>(())
-        });
         // Nothing to trim: only a large archive (or a failed one) grows the buffer, and
         // it is trimmed right after that one.
-        return Ok(input);
+        return Ok(TaskInput::copied(archive));
     }
     let mut bytes = recycled_bytes();
     buffer.swap_bytes(&mut bytes);
@@ -205,12 +200,7 @@ impl Transport for InProcess {
             })
             .ok()
             .flatten()
-            .unwrap_or_else(|| {
-                let mut buffer = OutputBuffer::in_bytes(recycled_bytes());
-                let input = archive_input(&mut buffer, encode);
-                recycle(buffer.into_bytes());
-                input
-            })?;
+            .unwrap_or_else(|| archive_input(&mut OutputBuffer::reusable(), encode))?;
         self.submit_input(route, input, None)
     }
 
