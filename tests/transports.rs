@@ -311,6 +311,7 @@ over_every_transport!(
     an_existing_pool_opens_by_name,
     a_late_answer_never_reaches_a_later_call,
     inputs_of_every_size_arrive_whole_also_archived_inside_another_call,
+    the_first_done_of_several_calls_is_found_while_the_others_wait,
 );
 
 /// The deadline case: over shared memory with a small queue and quota, so that a leaked
@@ -362,6 +363,98 @@ mod deadlines {
     fn dropped_shared_memory() {
         super::dropped_calls_free_their_places_at_once(super::shared_memory_with(ROOMY), BURST);
     }
+}
+
+/// `Pending::first_done` over calls that finish out of order: it finds an answered call
+/// behind one that naps, sleeps (woken by the answer, not by a timer) when none is ready,
+/// counts a call past its deadline as ready, and every call it passed over is still
+/// waited for normally afterwards.
+fn the_first_done_of_several_calls_is_found_while_the_others_wait(fixture: Fixture) {
+    let p = fixture.probe("first-done", 1);
+    within("first_done over calls answered out of order", move || {
+        let local = PoolQuery::local;
+        assert_eq!(Pending::<u64>::first_done(&[]), None);
+
+        let started = Instant::now();
+        let mut window = vec![
+            p.async_nap(local(), 1_500).unwrap(),
+            p.async_nap(local(), 0).unwrap(),
+        ];
+        assert_eq!(Pending::first_done(&window), Some(1));
+        assert!(
+            started.elapsed() < Duration::from_millis(1_000),
+            "waited for the napping call: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(window.remove(1).wait(), Ok(0));
+
+        // None ready: it sleeps until the shorter nap answers, long before the longer one.
+        window.push(p.async_nap(local(), 200).unwrap());
+        let asleep = Instant::now();
+        assert_eq!(Pending::first_done(&window), Some(1));
+        let slept = asleep.elapsed();
+        assert!(
+            slept >= Duration::from_millis(150) && started.elapsed() < Duration::from_millis(1_400),
+            "woken after {slept:?}, {:?} from the start",
+            started.elapsed()
+        );
+        assert_eq!(window.remove(1).wait(), Ok(200));
+        // The call it registered a waker on is waited for the ordinary way.
+        assert_eq!(window.remove(0).wait(), Ok(1_500));
+        assert!(started.elapsed() >= Duration::from_millis(1_500));
+
+        // A call past its deadline is ready: its `wait` fails at once.
+        let hurried = p.with_deadline(Duration::from_millis(100));
+        let window = vec![
+            p.async_nap(local(), 1_000).unwrap(),
+            hurried.async_nap(local(), 1_000).unwrap(),
+        ];
+        let asleep = Instant::now();
+        assert_eq!(Pending::first_done(&window), Some(1));
+        assert!(
+            asleep.elapsed() < Duration::from_millis(900),
+            "the deadline did not wake it: {:?}",
+            asleep.elapsed()
+        );
+        let mut window = window.into_iter();
+        let (patient, late) = (window.next().unwrap(), window.next().unwrap());
+        assert_eq!(
+            late.wait(),
+            Err(TaskError::DeadlineExceeded { waited_ms: 100 })
+        );
+        assert_eq!(patient.wait(), Ok(1_000));
+    });
+}
+
+/// `Pending::first_done` asleep on calls that will never be answered (their runtime
+/// process is killed with SIGKILL mid-call) returns: waiting on a call whose runtime is
+/// gone returns at once, with the error.
+#[test]
+fn first_done_wakes_when_the_runtime_process_is_killed() {
+    let mut fixture = shared_memory();
+    let p = fixture.probe("first-done-kill", 1);
+    let window = vec![
+        p.async_nap(PoolQuery::local(), u64::MAX).unwrap(),
+        p.async_nap(PoolQuery::local(), u64::MAX).unwrap(),
+    ];
+    let waiting = std::thread::spawn(move || {
+        let ready = Pending::first_done(&window);
+        (
+            ready,
+            window.into_iter().map(Pending::wait).collect::<Vec<_>>(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let Host::Process(process) = &mut fixture.host else {
+        unreachable!("a shared-memory fixture has a runtime process")
+    };
+    process.kill();
+    let (ready, results) = within("first_done after the kill", move || waiting.join().unwrap());
+    assert_eq!(ready, Some(0));
+    assert!(
+        results.iter().all(Result::is_err),
+        "calls of a killed runtime answered: {results:?}"
+    );
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {

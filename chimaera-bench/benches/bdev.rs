@@ -4,9 +4,9 @@
 //! * **File device**, a 256 MiB file under `target/` opened with `O_DIRECT` (filled with
 //!   data first, so reads really read): random 4 KiB writes, then reads, of blocks
 //!   allocated on the device, at queue depth 1 (sync calls) and 32 (a window of 32 async
-//!   calls), each against fio on the same file with the same flags (`--direct=1
-//!   --bs=4k`, `psync` at depth 1, `io_uring` at depth 32, same duration). fio missing:
-//!   a note, and its figures are 0.
+//!   calls, reaped as they complete), each against fio on the same file with the same
+//!   flags (`--direct=1 --bs=4k`, `psync` at depth 1, `io_uring` at depth 32, same
+//!   duration). fio missing: a note, and its figures are 0.
 //!   The disk's own rate drifts a lot on a shared host (fio at depth 32 moved between
 //!   23 K and 68 K ops/s within one hour on the development VM), so the client-process
 //!   run then alternates with fio at depth 32 for three more rounds of 1 s per
@@ -106,6 +106,9 @@ fn run_qd1(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> 
 }
 
 /// Random writes or reads with `DEPTH` async calls in flight for `secs`: ops per second.
+/// Calls are reaped in the order they complete (`Pending::first_done`), each replaced at
+/// once, as fio's `io_uring` engine reaps its completions: the window stays full (reaped
+/// oldest first, one slow disk read held every answer behind it back).
 fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) -> Result<f64> {
     // One 4 KiB slice of a shared buffer per call in flight (reads into one range at
     // once would be refused: the runtime never lends a range to two writers).
@@ -118,17 +121,18 @@ fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) ->
     let mut ops = 0u64;
     if write {
         let mut next_slice = 0usize;
-        let mut writes = VecDeque::with_capacity(DEPTH);
+        let mut writes = Vec::with_capacity(DEPTH);
         while start.elapsed() < secs {
             for _ in 0..64 {
                 let block = blocks[rng.below(blocks.len())];
                 next_slice = (next_slice + 1) % (DEPTH + 1);
                 let slice = &data[next_slice * BLOCK as usize..][..BLOCK as usize];
                 if writes.len() == DEPTH {
-                    Pending::wait(writes.pop_front().expect("full window"))?;
+                    let ready = Pending::first_done(&writes).expect("full window");
+                    Pending::wait(writes.remove(ready))?;
                     ops += 1;
                 }
-                writes.push_back(bdev.async_write(local(), block, slice)?);
+                writes.push(bdev.async_write(local(), block, slice)?);
             }
         }
         for pending in writes {
@@ -139,19 +143,20 @@ fn run_qd32(bdev: &BdevClient, blocks: &[Block], write: bool, secs: Duration) ->
         // A read borrows its slice mutably until it completes (the runtime fills it in
         // place), then hands it back for the next read.
         let mut free: VecDeque<&mut [u8]> = data.chunks_mut(BLOCK as usize).collect();
-        let mut reads = VecDeque::with_capacity(DEPTH);
+        let mut reads = Vec::with_capacity(DEPTH);
         while start.elapsed() < secs {
             for _ in 0..64 {
                 let block = blocks[rng.below(blocks.len())];
                 if reads.len() == DEPTH {
-                    let pending: Pending<'_, u64> = reads.pop_front().expect("full window");
+                    let ready = Pending::first_done(&reads).expect("full window");
+                    let pending: Pending<'_, u64> = reads.remove(ready);
                     let (got, slices) = pending.wait_and_return_buffers();
                     debug_assert_eq!(got?, BLOCK);
                     free.extend(slices);
                     ops += 1;
                 }
                 let slice = free.pop_front().expect("one slice more than the window");
-                reads.push_back(bdev.async_read(local(), block, slice)?);
+                reads.push(bdev.async_read(local(), block, slice)?);
             }
         }
         for pending in reads {

@@ -18,7 +18,9 @@
 //! **Waiting.** A [`Pending`] is waited for by a blocked thread ([`Pending::wait`]) or
 //! awaited: it is a [`Future`] (tokio or any other executor, or none — `wait` stays),
 //! woken by the answer itself; submitting does not block except while every slot of a
-//! shared-memory connection is taken (backpressure).
+//! shared-memory connection is taken (backpressure). A thread keeping a window of
+//! calls in flight reaps them as they complete with [`Pending::first_done`] (the index
+//! of a ready call among several), so one slow call does not hold back the others.
 //!
 //! **Deadlines.** A client may carry a default deadline ([`Client::with_deadline`]; none
 //! by default) that every call submitted through it gets; [`Pending::wait_timeout`]
@@ -46,7 +48,7 @@ use crate::transport::{
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// A connection to a runtime, cheap to clone.
@@ -596,6 +598,87 @@ impl<'a, T> Pending<'a, T> {
         }
     }
 
+    /// Blocks until one of `pendings` is *ready* — answered, its runtime gone, or past
+    /// its deadline (unless it lent buffers by reference, see [`wait_timeout`](Self::wait_timeout))
+    /// — so that its [`wait`](Self::wait) returns at once, and returns its index: the
+    /// lowest ready one, so a window kept oldest first is reaped in order when several
+    /// are ready. `None` for an empty slice.
+    ///
+    /// This keeps a window of calls full, reaping them in the order they complete, as
+    /// `fio` does at a queue depth: waiting on the oldest call instead lets one slow call
+    /// (a disk read the device served late) hold back the answers behind it, and the
+    /// window runs emptier than its size.
+    ///
+    /// ```no_run
+    /// # use chimaera_core::{Pending, TaskError};
+    /// # fn start_next() -> Result<Pending<'static, u64>, TaskError> { unimplemented!() }
+    /// # fn demo(mut window: Vec<Pending<'static, u64>>) -> Result<(), TaskError> {
+    /// // `window` holds the calls in flight, oldest first.
+    /// while let Some(ready) = Pending::first_done(&window) {
+    ///     let result = window.remove(ready).wait()?;
+    ///     # let _ = result;
+    ///     window.push(start_next()?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// It looks at the calls for 25 µs (an answer often comes that soon), then sleeps until one of them is answered, woken the way an awaited `Pending` is.
+    pub fn first_done(pendings: &[Self]) -> Option<usize> {
+        if pendings.is_empty() {
+            return None;
+        }
+        let spin_until = Instant::now() + FIRST_DONE_SPIN;
+        loop {
+            let now = Instant::now();
+            if let Some(ready) = pendings.iter().position(|pending| pending.ready_at(now)) {
+                return Some(ready);
+            }
+            if now >= spin_until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        loop {
+            let mut wake_by: Option<Instant> = None;
+            for (index, pending) in pendings.iter().enumerate() {
+                let Some(raw) = &pending.raw else {
+                    return Some(index);
+                };
+                // Registers the waker unless the call is answered (or its runtime gone).
+                if raw.poll_done(&waker) {
+                    return Some(index);
+                }
+                if let Some(at) = pending.gives_up_at() {
+                    if at <= Instant::now() {
+                        return Some(index);
+                    }
+                    wake_by = Some(wake_by.map_or(at, |earlier| earlier.min(at)));
+                }
+            }
+            // A wake-up (or a spurious return) looks at every call again.
+            match wake_by {
+                Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
+                None => std::thread::park(),
+            }
+        }
+    }
+
+    /// Whether [`wait`](Self::wait) would return at once, looked at `now`.
+    fn ready_at(&self, now: Instant) -> bool {
+        match &self.raw {
+            None => true,
+            Some(raw) => raw.is_done() || self.gives_up_at().is_some_and(|at| at <= now),
+        }
+    }
+
+    /// When `wait` gives the call up: its deadline, unless it lent buffers by reference
+    /// (then it waits for the answer whatever the deadline).
+    fn gives_up_at(&self) -> Option<Instant> {
+        let deadline = self.raw.as_ref()?.deadline?;
+        (!self.lent.by_reference()).then_some(deadline.at)
+    }
+
     /// Waits for every replica and returns each one's result, by container.
     /// Past the call's deadline, its one result is [`TaskError::DeadlineExceeded`].
     pub fn wait_all(mut self) -> Vec<(ContainerId, Result<T, TaskError>)> {
@@ -611,6 +694,23 @@ impl<'a, T> Pending<'a, T> {
                 (container, result.and_then(|bytes| decode.run(&bytes, outs)))
             })
             .collect()
+    }
+}
+
+/// How long [`Pending::first_done`] looks at its calls before it sleeps: about as long as
+/// a call of a window spins on its own answer before it sleeps (a few round trips).
+const FIRST_DONE_SPIN: Duration = Duration::from_micros(25);
+
+/// Wakes the thread that made it: [`Pending::first_done`]'s sleep.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 
