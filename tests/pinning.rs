@@ -195,63 +195,6 @@ fn a_stack_overflow_over_shared_memory_fails_its_task_and_releases_what_it_held(
     runtime.stop();
 }
 
-/// The resident memory of a process, from `/proc/<pid>/status`, in KiB.
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
-/// A client that makes a handler overflow its stack again and again (here 300 times)
-/// does not grow the runtime process: each dead stack's pages go back to the kernel.
-/// Before, every overflow kept its whole stack resident (about 259 KiB for the default
-/// 256 KiB stack): 300 overflows grew the runtime by some 76 MiB, and a client looping
-/// on them ended it through the OOM killer.
-#[test]
-fn repeated_stack_overflows_do_not_grow_the_runtime() {
-    const OVERFLOWS: u64 = 300;
-    let mut runtime = RuntimeProcess::start_with(
-        "overflow-rss",
-        "workers:\n  low_latency: 1\n  high_latency: 0\ncoroutine_stack_size: 256KiB\n",
-        QUIET,
-    );
-    let pid = runtime.child.as_ref().unwrap().id();
-    let chi = runtime.client();
-    let m = ModNameClient::create(
-        &chi,
-        PoolQuery::local(),
-        "overflows",
-        CreateParams::default(),
-    )
-    .unwrap();
-    let overflow = |count: u64| {
-        let m = m.clone();
-        within("overflowing calls", move || {
-            for _ in 0..count {
-                let result = m.overflow_test(PoolQuery::local(), &mut [0u8; 16], false, 0, true);
-                assert!(is_overflow(&result), "got {result:?}");
-            }
-        })
-    };
-    // Warm-up: the pools, buffers and first replacement coroutines are made.
-    overflow(20);
-    let before = resident_kib(pid);
-    overflow(OVERFLOWS);
-    let grown = resident_kib(pid).saturating_sub(before);
-    assert!(
-        grown < OVERFLOWS * 32,
-        "{OVERFLOWS} overflows grew the runtime by {grown} KiB ({} KiB each)",
-        grown / OVERFLOWS
-    );
-    assert_eq!(m.custom(PoolQuery::local(), "served", 0).unwrap(), "served");
-    drop(chi);
-    runtime.stop();
-}
-
 #[test]
 fn a_stack_overflow_in_process_fails_its_task_and_the_runtime_stops_cleanly() {
     let (config, config_path) = write_config("inproc", CONFIG);

@@ -55,11 +55,9 @@
 //! coroutine registered for what it holds (`hold`: coroutine locks, bulk claims),
 //! exits and drops its spans, runs the coroutine's overflow hook (the worker fails the task with
 //! [`TaskError::StackOverflow`](crate::TaskError::StackOverflow) and settles its
-//! accounting), and leaks the stack, never resuming or unmapping it, but gives its pages
-//! back to the kernel (`crate::dead_stack`: the range stays mapped, its memory is
-//! freed), so repeated overflows do not grow the process. What else lived on that stack
-//! (a `std` lock guard, a heap value owned by a local) is leaked: its destructor never
-//! runs.
+//! accounting), and leaks the stack, never resuming or freeing it. What else lived on
+//! that stack (a `std` lock guard, a heap value owned by a local) is leaked too: its
+//! destructor never runs.
 //!
 //! Why that switch is sound: the handler runs on the thread's alternate signal stack
 //! (`std` gives every thread it spawns one; executors are `std` threads), unblocks the
@@ -183,17 +181,11 @@ struct Co {
     on_overflow: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     held: UnsafeCell<Vec<Release>>,
     spans: UnsafeCell<Vec<tracing::Span>>,
-    /// An address on this coroutine's stack, taken when it started (0 before): where a
-    /// stack that died of an overflow is found to give its pages back (`dead_stack`).
-    stack_mark: Cell<usize>,
-    /// The size its stack was asked for.
-    stack_bytes: usize,
 }
 
-// SAFETY: `body`, `on_overflow`, `held`, `spans` and `stack_mark` are only touched on the
-// home thread: by the executor while the coroutine is switched out, and by the coroutine
-// itself while it runs (on that thread). Other threads only hold the `Arc` to queue it
-// on `home`.
+// SAFETY: `body`, `on_overflow`, `held` and `spans` are only touched on the home thread: by the
+// executor while the coroutine is switched out, and by the coroutine itself while it
+// runs (on that thread). Other threads only hold the `Arc` to queue it on `home`.
 unsafe impl Send for Co {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for Co {}
@@ -927,21 +919,13 @@ fn spawn_on(
     body: impl FnOnce() + Send + 'static,
     on_overflow: Box<dyn FnOnce() + Send>,
 ) {
-    let generator = Gn::<()>::new_opt(stack_words, move || {
-        if let Some((_, co)) = running() {
-            // SAFETY: `co` is this coroutine, running on its home thread.
-            unsafe { (*co).stack_mark.set(crate::dead_stack::mark()) };
-        }
-        body()
-    });
+    let generator = Gn::<()>::new_opt(stack_words, body);
     let co = Arc::new(Co {
         home: home.clone(),
         body: UnsafeCell::new(Some(generator)),
         on_overflow: UnsafeCell::new(Some(on_overflow)),
         held: UnsafeCell::new(Vec::new()),
         spans: UnsafeCell::new(Vec::new()),
-        stack_mark: Cell::new(0),
-        stack_bytes: stack_words * std::mem::size_of::<usize>(),
     });
     home.schedule(co);
 }
@@ -1144,14 +1128,6 @@ fn overflowed(co: &Arc<Co>, body: &mut Option<Generator<'static, (), ()>>) {
     // SAFETY: as above.
     if let Some(hook) = unsafe { (*co.on_overflow.get()).take() } {
         hook();
-    }
-    // Last: the release actions above may read data on the dead stack.
-    let mark = co.stack_mark.get();
-    if mark != 0 {
-        match crate::dead_stack::release(mark, co.stack_bytes) {
-            Ok(bytes) => tracing::debug!(bytes, "gave back the pages of an overflowed stack"),
-            Err(err) => tracing::warn!("an overflowed coroutine's stack stays resident: {err}"),
-        }
     }
 }
 

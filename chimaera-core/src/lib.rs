@@ -78,7 +78,6 @@ internal_mod! {
     mod codec;
 }
 pub mod config;
-mod dead_stack;
 internal_mod! {
     /// The per-worker coroutine executor (unstable, for chimaera's own tests); the waits a
     /// task may use are in [`wait`].
