@@ -13,7 +13,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
-use support::{wait_for_line, wait_until, within, RuntimeProcess, ROLE};
+use support::{wait_for_line, wait_until, within, Launch, RuntimeProcess, ROLE};
 
 /// The entry point of client children; only runs when a test starts it.
 #[test]
@@ -36,6 +36,39 @@ fn client_child_entry() {
     let chi = Client::connect().expect("child connects");
     let m = ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default())
         .expect("child opens the pool");
+    if role == "overflower" {
+        // Runs as uid 65534, listed in `access.uids`, with `quotas.stack_overflows: 3`.
+        let overflow =
+            |m: &ModNameClient| m.overflow_test(PoolQuery::local(), &mut [0u8; 16], false, 0, true);
+        for round in 0..3 {
+            let result = overflow(&m);
+            assert!(
+                matches!(result, Err(TaskError::StackOverflow { method: 31, .. })),
+                "overflow {round}: {result:?}"
+            );
+        }
+        let spent = |result: Result<String, TaskError>| match result {
+            Err(TaskError::QuotaExceeded {
+                what,
+                limit: 3,
+                config_key,
+            }) => {
+                assert_eq!(
+                    (what.as_str(), config_key.as_str()),
+                    ("stack overflows", "quotas.stack_overflows")
+                );
+            }
+            other => panic!("expected the overflow quota, got {other:?}"),
+        };
+        spent(overflow(&m).map(|len| len.to_string()));
+        spent(m.custom(PoolQuery::local(), "after", 0));
+        // The quota is the uid's: a new connection finds it spent.
+        let again = Client::connect().expect("the child connects again");
+        let m = ModNameClient::attach(&again, m.pool_id());
+        spent(m.custom(PoolQuery::local(), "reconnected", 0));
+        println!("overflow quota checks done");
+        return;
+    }
     if role == "granted" {
         // Runs as uid 65534, listed in `access.uids` but not in `access.admin_uids`.
         assert_eq!(m.custom(PoolQuery::local(), "hi", 0).unwrap(), "hi");
@@ -824,6 +857,35 @@ fn only_listed_uids_connect_and_only_admins_administer() {
     let chi = open.client();
     let admin = AdminClient::attach(&chi, PoolId::ADMIN);
     admin.flush(PoolQuery::local()).unwrap();
+}
+
+/// A uid without admin rights may make handlers overflow their stacks only
+/// `quotas.stack_overflows` times (each leaves its dead stack behind for good): then its
+/// tasks fail with `QuotaExceeded`, on every connection of that uid, while the runtime's
+/// owner is served (and not counted).
+#[test]
+fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
+    let runtime = RuntimeProcess::start_with(
+        "overflow-quota",
+        "access:\n  uids: [65534]\nquotas:\n  stack_overflows: 3\ncoroutine_stack_size: 64KiB\n",
+        Launch {
+            quiet_stderr: true,
+            ..Launch::CHIMAERA
+        },
+    );
+    let mut overflower = client_child_as_nobody(&runtime, "overflower");
+    wait_for_line(&mut overflower, "overflow quota checks done");
+    assert!(overflower.wait().unwrap().success());
+    let chi = runtime.client();
+    let m = ModNameClient::open(&chi, "shared").unwrap();
+    for _ in 0..4 {
+        let result = m.overflow_test(PoolQuery::local(), &mut [0u8; 16], false, 0, true);
+        assert!(
+            matches!(result, Err(TaskError::StackOverflow { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(m.custom(PoolQuery::local(), "owner", 0).unwrap(), "owner");
 }
 
 #[test]

@@ -141,8 +141,52 @@ pub struct BulkShare {
     /// How a reference's offset finds its bytes.
     layout: ShareLayout,
     claims: Mutex<Vec<Claim>>,
+    /// The stack-overflow quota of the client's uid, if it has one: every task of a
+    /// client process carries its share, so a task that overflows is counted through it.
+    overflow_quota: Option<Arc<OverflowQuota>>,
     /// Keeps the mapping alive as long as any task can reach it.
     _mapping: Arc<dyn Send + Sync>,
+}
+
+/// How many handler stack overflows the tasks of one uid may still cause
+/// (`quotas.stack_overflows`), shared by every client process of that uid for the
+/// runtime's life: counted when a task of theirs overflows, looked at when they submit.
+/// A stack that overflowed cannot be unwound, so it is kept (memory and mappings) for
+/// good; the quota bounds what one user can make the runtime keep.
+#[derive(Debug)]
+pub(crate) struct OverflowQuota {
+    used: std::sync::atomic::AtomicU32,
+    limit: u32,
+}
+
+impl OverflowQuota {
+    /// A quota of `limit` overflows, none used.
+    pub(crate) fn new(limit: u32) -> OverflowQuota {
+        OverflowQuota {
+            used: std::sync::atomic::AtomicU32::new(0),
+            limit,
+        }
+    }
+
+    /// Counts one overflow.
+    pub(crate) fn count(&self) {
+        // Saturating: a count that wrapped would hand the quota back.
+        let _ = self.used.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |used| used.checked_add(1),
+        );
+    }
+
+    /// Whether the quota is used up (the uid's tasks are refused).
+    pub(crate) fn spent(&self) -> bool {
+        self.used.load(std::sync::atomic::Ordering::Relaxed) >= self.limit
+    }
+
+    /// The quota.
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit
+    }
 }
 
 /// Where the bytes of a [`BulkWire::Shared`] reference lie in a [`BulkShare`].
@@ -200,7 +244,21 @@ impl BulkShare {
             len,
             layout: ShareLayout::Client,
             claims: Mutex::new(Vec::new()),
+            overflow_quota: None,
             _mapping: mapping,
+        }
+    }
+
+    /// Counts the stack overflows of this client's tasks against `quota`.
+    pub(crate) fn with_overflow_quota(mut self, quota: Option<Arc<OverflowQuota>>) -> Self {
+        self.overflow_quota = quota;
+        self
+    }
+
+    /// Counts a stack overflow of one of this client's tasks against its uid's quota.
+    pub(crate) fn count_overflow(&self) {
+        if let Some(quota) = &self.overflow_quota {
+            quota.count();
         }
     }
 
@@ -255,6 +313,8 @@ impl BulkShare {
             len: available,
             layout: ShareLayout::Carried(table),
             claims: Mutex::new(Vec::new()),
+            // Counted on the node the client is attached to, if anywhere.
+            overflow_quota: None,
             _mapping: Arc::new(bytes),
         })
     }

@@ -36,6 +36,11 @@
 //!                            # and periodic ones included (1..=1048576); over it a task fails
 //!                            # with QuotaExceeded. A client's output bytes are bounded by its
 //!                            # output space: shm.runtime_data_size / max_clients
+//!   stack_overflows: 64      # handler stack overflows the tasks of one uid other than the
+//!                            # runtime's own and its admin_uids may cause in the runtime's
+//!                            # life (1..=1048576); past it that uid's tasks fail with
+//!                            # QuotaExceeded. Each overflow keeps its dead coroutine stack
+//!                            # (coroutine_stack_size of memory, two memory mappings) for good
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them;
 //!                            # tasks arriving meanwhile fail with RuntimeStopped (subtasks of
 //!                            # running tasks excepted), and the stop ends when it is over
@@ -167,6 +172,13 @@ pub struct RuntimeConfig {
     pub access: AccessConfig,
     /// Tasks one client may have in flight (`quotas.tasks_in_flight`).
     pub client_tasks_in_flight: u32,
+    /// Stack overflows the tasks of one uid without admin rights may cause in the
+    /// runtime's life (`quotas.stack_overflows`); past it, that uid's tasks are refused.
+    /// A stack that overflowed cannot be unwound and is kept, memory and mappings, for
+    /// good: unbounded, a client calling a handler that recurses on its input would grow
+    /// the runtime until the kernel's limit of mappings per process (about 32,000
+    /// overflows) stopped it.
+    pub client_stack_overflows: u32,
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
@@ -358,14 +370,17 @@ pub struct AccessConfig {
 const MAX_ACCESS_ENTRIES: usize = 1024;
 /// Largest `quotas.tasks_in_flight`.
 const MAX_TASKS_IN_FLIGHT: u32 = 1 << 20;
+/// Largest `quotas.stack_overflows`.
+const MAX_STACK_OVERFLOWS: u32 = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with the key tasks_in_flight"
+    expecting = "a mapping with the keys tasks_in_flight and stack_overflows"
 )]
 struct FileQuotas {
     tasks_in_flight: Option<u32>,
+    stack_overflows: Option<u32>,
 }
 // --- end of the `isolation` addition ---
 
@@ -429,6 +444,7 @@ impl Default for RuntimeConfig {
             compose: Vec::new(),
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
+            client_stack_overflows: 64,
             metrics_prometheus: None,
             metrics_latency_sample: 8,
             networking: NetworkingConfig::default(),
@@ -591,6 +607,15 @@ impl RuntimeConfig {
                 format!(
                     "is {}; use 1 to {MAX_TASKS_IN_FLIGHT}",
                     self.client_tasks_in_flight
+                ),
+            );
+        }
+        if !(1..=MAX_STACK_OVERFLOWS).contains(&self.client_stack_overflows) {
+            return invalid(
+                "quotas.stack_overflows",
+                format!(
+                    "is {}; use 1 to {MAX_STACK_OVERFLOWS}",
+                    self.client_stack_overflows
                 ),
             );
         }
@@ -1061,8 +1086,13 @@ impl FileConfig {
         if let Some(access) = self.access {
             config.access = access;
         }
-        if let Some(tasks) = self.quotas.and_then(|quotas| quotas.tasks_in_flight) {
-            config.client_tasks_in_flight = tasks;
+        if let Some(quotas) = self.quotas {
+            if let Some(tasks) = quotas.tasks_in_flight {
+                config.client_tasks_in_flight = tasks;
+            }
+            if let Some(overflows) = quotas.stack_overflows {
+                config.client_stack_overflows = overflows;
+            }
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {
@@ -1337,7 +1367,7 @@ compose:
     #[test]
     fn access_and_quota_keys_are_read_and_checked() {
         let config = RuntimeConfig::from_yaml_str(
-            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8 }\n",
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5 }\n",
         )
         .unwrap();
         assert_eq!(
@@ -1349,14 +1379,21 @@ compose:
             }
         );
         assert_eq!(config.client_tasks_in_flight, 8);
+        assert_eq!(config.client_stack_overflows, 5);
         let defaults = RuntimeConfig::default();
         assert_eq!(defaults.access, AccessConfig::default());
         assert_eq!(defaults.client_tasks_in_flight, 1024);
+        assert_eq!(defaults.client_stack_overflows, 64);
         for (yaml, key) in [
             ("quotas: { tasks_in_flight: 0 }", "quotas.tasks_in_flight"),
             (
                 "quotas: { tasks_in_flight: 2000000 }",
                 "quotas.tasks_in_flight",
+            ),
+            ("quotas: { stack_overflows: 0 }", "quotas.stack_overflows"),
+            (
+                "quotas: { stack_overflows: 2000000 }",
+                "quotas.stack_overflows",
             ),
             ("access: { uids: [4294967295] }", "access.uids"),
             ("access: { admin_uids: [4294967295] }", "access.admin_uids"),

@@ -1026,6 +1026,10 @@ impl TaskRunner for Runner {
             method = task.header.method,
             "a handler overflowed its coroutine stack; its task fails"
         );
+        // Against the submitting client's quota: the dead stack is kept for good.
+        if let Some(share) = &task.bulk {
+            share.count_overflow();
+        }
         task.complete(Err(TaskError::StackOverflow {
             method: task.header.method,
             stack_size: shared.config.stack_size as u64,
@@ -1500,6 +1504,7 @@ impl RuntimeBuilder {
                     admin_uids: config.access.admin_uids.clone(),
                 },
                 tasks_in_flight: config.client_tasks_in_flight,
+                stack_overflows: config.client_stack_overflows,
             };
             Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {

@@ -124,6 +124,14 @@
 //!   [`TaskError::QuotaExceeded`].
 //! * Output bytes: outputs larger than a slot go to the area's own output space, whose
 //!   size is the quota; when it is full the task fails with `QuotaExceeded`.
+//! * Stack overflows (config key `quotas.stack_overflows`), per uid without admin
+//!   rights, for the runtime's life: a handler (or a route) that overflows its
+//!   coroutine's stack leaves that stack behind for good (it cannot be unwound, and
+//!   values pinned on it must stay valid), so the tasks of one uid may cause only so
+//!   many; the count lives with the server, shared by every area of the uid (a client
+//!   that reconnects finds it as it was), and is reached through the data share every
+//!   task carries. Past it, the uid's tasks fail with `QuotaExceeded`. Admins are not
+//!   counted: they may stop the runtime anyway.
 //!
 //! # Admin methods
 //!
@@ -150,7 +158,7 @@ use super::wire::{
     SlotRequest, SlotView, TaskRequest, CONTROL_STATE,
 };
 use crate::admin_api;
-use crate::bulk::BulkShare;
+use crate::bulk::{BulkShare, OverflowQuota};
 use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
@@ -380,6 +388,8 @@ pub struct ClientArea {
     periodic: Mutex<HashMap<u64, Arc<CancelToken>>>,
     bulk: Arc<BulkShare>,
     max_tasks: usize,
+    /// The stack-overflow quota of the client's uid (also in `bulk`, where tasks count it).
+    overflow_quota: Option<Arc<OverflowQuota>>,
     disowned: AtomicBool,
     /// A handle on the client's socket, to hang up on a disowned client.
     socket: Mutex<Option<UnixStream>>,
@@ -443,6 +453,8 @@ pub struct AreaSpec<'a> {
     pub pid: i32,
     /// Quota of tasks in flight.
     pub max_tasks: usize,
+    /// The stack-overflow quota of the client's uid (`None`: an admin, unlimited).
+    pub(crate) overflow_quota: Option<Arc<OverflowQuota>>,
     /// The client's socket (a clone), to hang up on it when disowned.
     pub socket: Option<UnixStream>,
     /// The server (its id) and the worker whose poller takes the area's tasks.
@@ -496,7 +508,8 @@ impl ClientArea {
         // SAFETY: `range_ptr` proved the data share inside the read-write mapping, which
         // lives while `mapping` (a handle on it) does; this area's share is the only
         // `BulkShare` over it (each area has its own memfd).
-        let bulk = Arc::new(unsafe { BulkShare::new(share, geometry.data_len, mapping) });
+        let bulk = unsafe { BulkShare::new(share, geometry.data_len, mapping) };
+        let bulk = Arc::new(bulk.with_overflow_quota(spec.overflow_quota.clone()));
         memory
             .atomic_u32(CONTROL_STATE)
             .map_err(|e| AreaError(e.to_string()))?
@@ -528,6 +541,7 @@ impl ClientArea {
             periodic: Mutex::new(HashMap::new()),
             bulk,
             max_tasks: spec.max_tasks,
+            overflow_quota: spec.overflow_quota,
             disowned: AtomicBool::new(false),
             socket: Mutex::new(spec.socket),
             carried: Mutex::new(Vec::new()),
@@ -741,6 +755,12 @@ impl ClientArea {
         }
     }
 
+    /// Counts a stack overflow of this client's task (its route, on the poller's stack)
+    /// against its uid's quota.
+    pub fn count_overflow(&self) {
+        self.bulk.count_overflow();
+    }
+
     /// Fails every task still queued (the runtime is stopping).
     pub fn fail_queued(&self) {
         let carried = std::mem::take(&mut *lock(&self.carried));
@@ -864,6 +884,15 @@ impl ClientArea {
                 what: "tasks in flight".into(),
                 limit: self.max_tasks as u64,
                 config_key: "quotas.tasks_in_flight".into(),
+            };
+            self.write_result(slot_index, generation, Err(&err));
+            return;
+        }
+        if let Some(quota) = self.overflow_quota.as_ref().filter(|quota| quota.spent()) {
+            let err = TaskError::QuotaExceeded {
+                what: "stack overflows".into(),
+                limit: u64::from(quota.limit()),
+                config_key: "quotas.stack_overflows".into(),
             };
             self.write_result(slot_index, generation, Err(&err));
             return;

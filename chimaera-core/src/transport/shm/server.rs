@@ -44,6 +44,7 @@ pub use super::handshake::ShmUsage;
 use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
 use super::runtime_page::RuntimePage;
 use super::wire::{self, AreaGeometry};
+use crate::bulk::OverflowQuota;
 use crate::error::TaskError;
 use crate::runtime::task::lock;
 use crate::runtime::worker::TaskSource;
@@ -57,6 +58,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -140,6 +142,9 @@ pub struct ServeAccess {
     /// Quota: task replicas in flight per client (fire-and-forget and periodic
     /// included).
     pub tasks_in_flight: u32,
+    /// Quota: handler stack overflows per uid without admin rights, for the runtime's
+    /// life (`quotas.stack_overflows`).
+    pub stack_overflows: u32,
 }
 
 /// The areas a worker polls.
@@ -235,6 +240,9 @@ pub struct ShmServer {
     /// The task coroutines' stack size (reported when a route overflows the poller's).
     stack_size: usize,
     counters: Arc<ServerCounters>,
+    /// The stack-overflow quotas of the uids without admin rights that attached, kept
+    /// for the runtime's life: a client that reconnects finds its uid's quota as it was.
+    overflow_quotas: Mutex<HashMap<u32, Arc<OverflowQuota>>>,
     ready: AtomicBool,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -323,6 +331,7 @@ impl ShmServer {
             taking_tasks: AtomicBool::new(true),
             stack_size: sizes.stack_size,
             counters: Arc::new(ServerCounters::default()),
+            overflow_quotas: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
@@ -535,6 +544,13 @@ impl ShmServer {
             rights,
             pid: peer.pid,
             max_tasks: self.access.tasks_in_flight as usize,
+            // An admin may stop the runtime anyway: nothing to bound.
+            overflow_quota: (!rights.admin).then(|| {
+                lock(&self.overflow_quotas)
+                    .entry(rights.uid)
+                    .or_insert_with(|| Arc::new(OverflowQuota::new(self.access.stack_overflows)))
+                    .clone()
+            }),
             socket: stream.try_clone().ok(),
             owner: (self.id, worker as usize),
         };
@@ -820,6 +836,8 @@ impl TaskSource for ShmServer {
         };
         if let Some(routed) = routing.take() {
             if let Some(area) = self.area_at(routed.area) {
+                // Its route overflowed the poller's stack, which is kept for good.
+                area.count_overflow();
                 area.fail_in_flight(
                     routed.slot,
                     &TaskError::StackOverflow {
