@@ -312,6 +312,7 @@ over_every_transport!(
     a_late_answer_never_reaches_a_later_call,
     inputs_of_every_size_arrive_whole_also_archived_inside_another_call,
     the_first_done_of_several_calls_is_found_while_the_others_wait,
+    first_done_on_a_coroutine_parks_the_coroutine_not_its_thread,
 );
 
 /// The deadline case: over shared memory with a small queue and quota, so that a leaked
@@ -424,6 +425,37 @@ fn the_first_done_of_several_calls_is_found_while_the_others_wait(fixture: Fixtu
         );
         assert_eq!(patient.wait(), Ok(1_000));
     });
+}
+
+/// `Pending::first_done` called by a coroutine (as a handler would) parks that coroutine,
+/// not its thread: another coroutine of the same executor runs meanwhile.
+fn first_done_on_a_coroutine_parks_the_coroutine_not_its_thread(fixture: Fixture) {
+    use chimaera_core::coroutine::{Executor, ExecutorOptions};
+    let p = fixture.probe("first-done-coroutine", 1);
+    let executor = Executor::start(ExecutorOptions {
+        name: "first-done".into(),
+        stack_size: 256 * 1024,
+        cpu: None,
+    })
+    .expect("an executor");
+    let started = Instant::now();
+    let waiting = executor.spawn(move || {
+        let window = vec![p.async_nap(PoolQuery::local(), 300).unwrap()];
+        let ready = Pending::first_done(&window);
+        let answered = Instant::now();
+        (ready, window.into_iter().next().unwrap().wait(), answered)
+    });
+    let meanwhile = executor.spawn(Instant::now);
+    let ran = within("the other coroutine", move || meanwhile.join().unwrap());
+    let (ready, napped, answered) =
+        within("first_done on a coroutine", move || waiting.join().unwrap());
+    assert_eq!((ready, napped), (Some(0), Ok(300)));
+    assert!(
+        ran < answered && ran.duration_since(started) < Duration::from_millis(250),
+        "the other coroutine ran {:?} after the start, the answer came {:?} after",
+        ran.duration_since(started),
+        answered.duration_since(started)
+    );
 }
 
 /// `Pending::first_done` asleep on calls that will never be answered (their runtime

@@ -42,6 +42,7 @@ use crate::codec::{Bytes, OutputBuffer};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId};
 use crate::query::PoolQuery;
+use crate::transport::call::Waiter;
 use crate::transport::{
     Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
 };
@@ -622,23 +623,29 @@ impl<'a, T> Pending<'a, T> {
     /// # Ok(()) }
     /// ```
     ///
-    /// It looks at the calls for 25 µs (an answer often comes that soon), then sleeps until one of them is answered, woken the way an awaited `Pending` is.
+    /// A thread looks at the calls for 25 µs (an answer often comes that soon), then
+    /// sleeps until one of them is answered, woken the way an awaited `Pending` is. A
+    /// handler (a coroutine) parks at once, leaving its worker to other tasks, as its
+    /// `wait` does.
     pub fn first_done(pendings: &[Self]) -> Option<usize> {
         if pendings.is_empty() {
             return None;
         }
+        // A coroutine does not spin: it would hold the worker that may have to run the
+        // very calls it waits for.
         let spin_until = Instant::now() + FIRST_DONE_SPIN;
         loop {
             let now = Instant::now();
             if let Some(ready) = pendings.iter().position(|pending| pending.ready_at(now)) {
                 return Some(ready);
             }
-            if now >= spin_until {
+            if now >= spin_until || crate::coroutine::is_coroutine() {
                 break;
             }
             std::hint::spin_loop();
         }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let waiter = Waiter::current();
+        let waker = Waker::from(Arc::new(WakeWaiter(waiter.handle())));
         loop {
             let mut wake_by: Option<Instant> = None;
             for (index, pending) in pendings.iter().enumerate() {
@@ -657,10 +664,7 @@ impl<'a, T> Pending<'a, T> {
                 }
             }
             // A wake-up (or a spurious return) looks at every call again.
-            match wake_by {
-                Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
-                None => std::thread::park(),
-            }
+            waiter.park(wake_by.map(|at| at.saturating_duration_since(Instant::now())));
         }
     }
 
@@ -701,16 +705,16 @@ impl<'a, T> Pending<'a, T> {
 /// a call of a window spins on its own answer before it sleeps (a few round trips).
 const FIRST_DONE_SPIN: Duration = Duration::from_micros(25);
 
-/// Wakes the thread that made it: [`Pending::first_done`]'s sleep.
-struct Unpark(std::thread::Thread);
+/// Wakes the thread or coroutine that made it: [`Pending::first_done`]'s sleep.
+struct WakeWaiter(Waiter);
 
-impl std::task::Wake for Unpark {
+impl std::task::Wake for WakeWaiter {
     fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        self.0.handle().wake();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
+        self.0.handle().wake();
     }
 }
 
