@@ -125,6 +125,7 @@ impl TaskInput {
     /// Makes this the input of `len` bytes that `fill` writes, in place: a transport
     /// fills the input where it waits to be taken into its task (see [`Submission`]).
     /// If `fill` fails, the input is left empty.
+    #[inline]
     pub fn fill<E>(
         &mut self,
         len: usize,

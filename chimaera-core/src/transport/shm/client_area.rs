@@ -889,13 +889,7 @@ impl ClientArea {
             return;
         }
         if let Some(quota) = self.overflow_quota.as_ref().filter(|quota| quota.spent()) {
-            let err = TaskError::QuotaExceeded {
-                what: "stack overflows".into(),
-                limit: u64::from(quota.limit()),
-                config_key: "quotas.stack_overflows".into(),
-            };
-            self.write_result(slot_index, generation, Err(&err));
-            return;
+            return self.refuse_past_overflow_quota(slot_index, generation, quota);
         }
         let TaskRequest {
             pool,
@@ -968,6 +962,19 @@ impl ClientArea {
                 self.write_result(slot_index, generation, Err(&err));
             }
         }
+    }
+
+    /// Answers a task of a uid whose stack-overflow quota is used up. Out of line: the
+    /// ingest's common path stays small enough to be inlined whole.
+    #[cold]
+    #[inline(never)]
+    fn refuse_past_overflow_quota(&self, slot_index: u32, generation: u32, quota: &OverflowQuota) {
+        let err = TaskError::QuotaExceeded {
+            what: "stack overflows".into(),
+            limit: u64::from(quota.limit()),
+            config_key: "quotas.stack_overflows".into(),
+        };
+        self.write_result(slot_index, generation, Err(&err));
     }
 
     /// Refuses admin methods to a client without admin rights.

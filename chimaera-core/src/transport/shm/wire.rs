@@ -301,6 +301,7 @@ impl SlotRequest {
     /// is valid; lengths and offsets are left to the caller to check against the place
     /// they claim (the client may rewrite the words at any moment: only this copy
     /// counts).
+    #[inline]
     pub fn read(view: &SlotView) -> Result<SlotRequest, WireError> {
         let load = |field| view.word(field).load(Ordering::Relaxed);
         let load64 = |field| view.word64(field).load(Ordering::Relaxed);
