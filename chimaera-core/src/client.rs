@@ -600,10 +600,10 @@ impl<'a, T> Pending<'a, T> {
     }
 
     /// Blocks until one of `pendings` is *ready* — answered, its runtime gone, or past
-    /// its deadline (unless it lent buffers by reference, see [`wait_timeout`](Self::wait_timeout))
-    /// — so that its [`wait`](Self::wait) returns at once, and returns its index: the
-    /// lowest ready one, so a window kept oldest first is reaped in order when several
-    /// are ready. `None` for an empty slice.
+    /// its deadline (unless it lent buffers by reference: see
+    /// [`wait_timeout`](Self::wait_timeout)) — so that its [`wait`](Self::wait) returns
+    /// at once, and returns its index: the lowest ready one, so a window kept oldest
+    /// first is reaped in order when several are ready. `None` for an empty slice.
     ///
     /// This keeps a window of calls full, reaping them in the order they complete, as
     /// `fio` does at a queue depth: waiting on the oldest call instead lets one slow call
@@ -612,8 +612,10 @@ impl<'a, T> Pending<'a, T> {
     ///
     /// ```no_run
     /// # use chimaera_core::{Pending, TaskError};
-    /// # fn start_next() -> Result<Pending<'static, u64>, TaskError> { unimplemented!() }
-    /// # fn demo(mut window: Vec<Pending<'static, u64>>) -> Result<(), TaskError> {
+    /// # fn demo(
+    /// #     mut window: Vec<Pending<'static, u64>>,
+    /// #     mut start_next: impl FnMut() -> Result<Pending<'static, u64>, TaskError>,
+    /// # ) -> Result<(), TaskError> {
     /// // `window` holds the calls in flight, oldest first.
     /// while let Some(ready) = Pending::first_done(&window) {
     ///     let result = window.remove(ready).wait()?;
