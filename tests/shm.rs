@@ -929,6 +929,64 @@ fn a_client_over_its_quotas_fails_alone() {
     assert_eq!(g.custom(PoolQuery::local(), "again", 3).unwrap(), "again");
 }
 
+/// Tasks that wait keep a coroutine each, and the runtime holds at most `max_coroutines`:
+/// past it a worker fails its tasks with `NoCoroutine` (every call answered, no hang, a
+/// second client's too) and, once the waiting tasks are done, serves again.
+#[test]
+fn a_crowd_of_waiting_tasks_past_max_coroutines_is_refused_then_served() {
+    const MAX: u64 = 24;
+    let runtime = RuntimeProcess::start_with(
+        "coroutine-crowd",
+        "max_coroutines: 24\nworkers:\n  low_latency: 1\n  high_latency: 0\n",
+        Launch {
+            quiet_stderr: true,
+            ..Launch::CHIMAERA
+        },
+    );
+    let crowd = runtime.client();
+    let other = runtime.client();
+    let c =
+        ModNameClient::create(&crowd, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    let o =
+        ModNameClient::create(&other, PoolQuery::local(), "p", CreateParams::default()).unwrap();
+    // Each holds the container's lock 20 ms: all but the first wait for it, a coroutine
+    // each.
+    let calls: Vec<_> = (0..120)
+        .map(|id| c.async_co_mutex_test(PoolQuery::local(), id, 20).unwrap())
+        .collect();
+    // Submitted after all of them, on the same lane: answered after each was started
+    // or refused. The worker has no coroutine to spare: refused.
+    let refused = within("the other client's call", move || {
+        o.custom(PoolQuery::local(), "other", 1)
+    });
+    assert!(
+        matches!(refused, Err(TaskError::NoCoroutine { max: MAX, .. })),
+        "{refused:?}"
+    );
+    let answers = within("the crowd's calls", move || {
+        calls
+            .into_iter()
+            .map(|call| call.wait())
+            .collect::<Vec<_>>()
+    });
+    let ran = answers
+        .iter()
+        .filter(|answer| matches!(answer, Ok(1)))
+        .count();
+    let no_coroutine = answers
+        .iter()
+        .filter(|answer| matches!(answer, Err(TaskError::NoCoroutine { max: MAX, .. })))
+        .count();
+    assert_eq!(ran + no_coroutine, answers.len(), "{answers:?}");
+    assert!(ran >= 1 && ran < MAX as usize, "{ran} ran");
+    // The waiting tasks are done: their coroutines are spare again.
+    let again = ModNameClient::open(&crowd, "p").unwrap();
+    assert_eq!(
+        again.custom(PoolQuery::local(), "again", 2).unwrap(),
+        "again"
+    );
+}
+
 #[test]
 fn a_pool_composed_at_boot_opens_by_name() {
     let runtime = RuntimeProcess::start(

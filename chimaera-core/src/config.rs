@@ -52,6 +52,13 @@
 //!                            # (1..=65536); a deeper one fails with TooDeep
 //! max_periodic_tasks: 4096   # periodic tasks alive at once, all clients together
 //!                            # (1..=1048576); one more fails with TooManyPeriodicTasks
+//! max_coroutines: 28000      # task coroutines alive at once, all workers together: every
+//!                            # task that waits keeps one (a coroutine_stack_size stack and
+//!                            # two memory mappings) until done, and a stack overflow leaks
+//!                            # its own for good. With none to spare a worker fails its tasks
+//!                            # with NoCoroutine until a waiting task finishes. Absent: what
+//!                            # the kernel's vm.max_map_count leaves room for (28,669 for its
+//!                            # default 65,530); at least 2 per worker + 1, at most 16777216
 //! pin_workers: false         # pin worker threads to cores
 //! metrics:
 //!   prometheus: 127.0.0.1:9464 # serve the runtime's statistics in Prometheus text format at
@@ -166,6 +173,15 @@ pub struct RuntimeConfig {
     /// Periodic tasks alive at once (each keeps a coroutine between runs): one more is
     /// refused with [`TaskError::TooManyPeriodicTasks`](crate::TaskError::TooManyPeriodicTasks).
     pub max_periodic_tasks: u32,
+    /// Task coroutines alive at once, all workers together (`max_coroutines`); `None`:
+    /// what the kernel's mapping limit leaves room for ([`Self::coroutine_budget`]). Each
+    /// task that waits keeps its coroutine, a stack of `stack_size` bytes that is two
+    /// memory mappings, until it is done (an overflowed one, for good); a process that
+    /// reaches the kernel's `vm.max_map_count` can no longer map memory at all and
+    /// aborts. A worker with no coroutine to spare fails its tasks with
+    /// [`TaskError::NoCoroutine`](crate::TaskError::NoCoroutine) until one of its
+    /// waiting tasks finishes.
+    pub max_coroutines: Option<u32>,
     /// Pools created at boot, in order.
     pub compose: Vec<PoolSpec>,
     /// Who besides the runtime's own uid may connect and administer (`access:`).
@@ -441,6 +457,7 @@ impl Default for RuntimeConfig {
             max_containers_per_pool: 4096,
             max_task_depth: 1024,
             max_periodic_tasks: 4096,
+            max_coroutines: None,
             compose: Vec::new(),
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
@@ -457,6 +474,33 @@ impl RuntimeConfig {
     /// Total number of workers.
     pub fn workers(&self) -> usize {
         self.workers_low_latency.max(1) + self.workers_high_latency
+    }
+
+    /// How many task coroutines may live at once: `max_coroutines`, or when it is
+    /// absent, what the kernel's `vm.max_map_count` (read now; 65,530 if unreadable)
+    /// leaves room for: two mappings per stack, after a reserve of an eighth of the
+    /// limit (at least 1,024) for everything else the process maps (its heap, code,
+    /// threads, shared memory). Never below what the workers need to poll.
+    pub fn coroutine_budget(&self) -> usize {
+        let least = self.least_coroutines() as usize;
+        if let Some(max) = self.max_coroutines {
+            return (max as usize).max(least);
+        }
+        let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(65_530);
+        let reserve = (maps / 8).max(1_024);
+        (maps.saturating_sub(reserve) / 2).max(least)
+    }
+
+    /// The fewest coroutines the workers can run with: a poller and a spare each, and
+    /// one more to start with.
+    fn least_coroutines(&self) -> u32 {
+        u32::try_from(self.workers())
+            .unwrap_or(u32::MAX)
+            .saturating_mul(2)
+            .saturating_add(1)
     }
 
     /// The config from the file in `CHI_SERVER_CONF` (defaults if unset or empty), with
@@ -643,6 +687,17 @@ impl RuntimeConfig {
                 ),
             );
         }
+        if let Some(max) = self.max_coroutines {
+            let least = self.least_coroutines();
+            if !(least..=MAX_COROUTINES).contains(&max) {
+                return invalid(
+                    "max_coroutines",
+                    format!(
+                        "is {max}; use {least} (two per worker and one: a poller and a spare each) to {MAX_COROUTINES}"
+                    ),
+                );
+            }
+        }
         if !(1..=MAX_LATENCY_SAMPLE).contains(&self.metrics_latency_sample) {
             return invalid(
                 "metrics.latency_sample",
@@ -813,6 +868,8 @@ const MAX_SEGMENT: u64 = TIB;
 const MAX_CONTAINERS: u32 = 65536;
 const MAX_TASK_DEPTH: u32 = 65536;
 const MAX_PERIODIC_TASKS: u32 = 1 << 20;
+/// Largest `max_coroutines`.
+const MAX_COROUTINES: u32 = 1 << 24;
 const MAX_LATENCY_SAMPLE: u32 = 65536;
 const MAX_NEIGHBORHOOD: u32 = 1024;
 const MAX_RPC_TIMEOUT_MS: u64 = 3_600_000;
@@ -942,6 +999,7 @@ struct FileConfig {
     max_containers_per_pool: Option<u32>,
     max_task_depth: Option<u32>,
     max_periodic_tasks: Option<u32>,
+    max_coroutines: Option<u32>,
     compose: Option<Vec<FilePool>>,
     access: Option<AccessConfig>,
     quotas: Option<FileQuotas>,
@@ -1166,6 +1224,9 @@ impl FileConfig {
         if let Some(max) = self.max_periodic_tasks {
             config.max_periodic_tasks = max;
         }
+        if let Some(max) = self.max_coroutines {
+            config.max_coroutines = Some(max);
+        }
         if let Some(pools) = self.compose {
             config.compose = pools
                 .into_iter()
@@ -1205,6 +1266,7 @@ pin_workers: true
 max_containers_per_pool: 16
 max_task_depth: 50
 max_periodic_tasks: 7
+max_coroutines: 100
 compose:
   - module: chimaera_bdev
     name: ram0
@@ -1231,6 +1293,9 @@ compose:
         // Deep enough for MOD_NAME's wait_test at depth 1000 (tests/runtime.rs).
         assert_eq!(config.max_task_depth, 1024);
         assert_eq!(config.max_periodic_tasks, 4096);
+        // Absent: what the kernel's mapping limit leaves room for (28,669 at its default).
+        assert_eq!(config.max_coroutines, None);
+        assert!(config.coroutine_budget() >= 2 * config.workers() + 1);
         assert!(config.compose.is_empty());
         let total =
             config.shm.main_size + config.shm.client_data_size + config.shm.runtime_data_size;
@@ -1278,6 +1343,8 @@ compose:
         assert_eq!(config.max_containers_per_pool, 16);
         assert_eq!(config.max_task_depth, 50);
         assert_eq!(config.max_periodic_tasks, 7);
+        assert_eq!(config.max_coroutines, Some(100));
+        assert_eq!(config.coroutine_budget(), 100);
         assert_eq!(config.compose.len(), 2);
         let ram = &config.compose[0];
         assert_eq!(
@@ -1438,6 +1505,9 @@ compose:
             ("max_task_depth: 65537", "max_task_depth"),
             ("max_periodic_tasks: 0", "max_periodic_tasks"),
             ("max_periodic_tasks: 1048577", "max_periodic_tasks"),
+            // Two workers by default: a poller and a spare each, and one to start with.
+            ("max_coroutines: 4", "max_coroutines"),
+            ("max_coroutines: 16777217", "max_coroutines"),
             (
                 "max_containers_per_pool: 4\ncompose: [{ module: m, name: a, containers: 5 }]",
                 "compose[0].containers",

@@ -67,6 +67,15 @@
 //! frame of the dead coroutine runs again, so no reference it held is used again.
 //! A fault that is not a coroutine's guard page goes to the previous handler (`std`'s:
 //! a thread's own stack overflow aborts the process, as usual).
+//!
+//! **Stack budget.** Every coroutine's stack is a memory mapping of its own (two: the
+//! stack and its guard page), and the kernel caps a process's mappings
+//! (`vm.max_map_count`, 65,530 by default); at that cap not only stacks but the heap's
+//! own mappings fail, and the process aborts. So the executors of one runtime share a
+//! [`StackBudget`]: a coroutine is made only while fewer than its `max` stacks live
+//! ([`Spawner::spawn_with`] fails otherwise, as it does when the kernel refuses the
+//! mapping), and a stack is counted until it is freed. A stack leaked by an overflow (or
+//! by a coroutine parked forever) stays counted: its mapping stays too.
 use crate::io_ring::WorkerRing;
 use crate::sync::Fifo;
 use std::os::fd::OwnedFd;
@@ -76,7 +85,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -177,7 +186,7 @@ impl Release {
 /// module docs).
 struct Co {
     home: Arc<Home>,
-    body: UnsafeCell<Option<Generator<'static, (), ()>>>,
+    body: UnsafeCell<Option<Body>>,
     on_overflow: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     held: UnsafeCell<Vec<Release>>,
     spans: UnsafeCell<Vec<tracing::Span>>,
@@ -200,6 +209,81 @@ impl Drop for Co {
             }
         }
     }
+}
+
+/// A coroutine's generator, counted in its [`StackBudget`] until dropped. Leaking it
+/// (`mem::forget`, as a dead or abandoned coroutine's is) leaves it counted, as its stack
+/// stays mapped.
+struct Body {
+    generator: Generator<'static, (), ()>,
+    budget: Arc<StackBudget>,
+}
+
+impl std::ops::Deref for Body {
+    type Target = Generator<'static, (), ()>;
+    fn deref(&self) -> &Self::Target {
+        &self.generator
+    }
+}
+
+impl std::ops::DerefMut for Body {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.generator
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.budget.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many coroutine stacks the executors sharing it may have alive (see the module
+/// docs).
+#[derive(Debug)]
+pub struct StackBudget {
+    live: AtomicUsize,
+    max: usize,
+}
+
+impl StackBudget {
+    /// A budget of `max` stacks (at least one).
+    pub fn new(max: usize) -> Arc<StackBudget> {
+        Arc::new(StackBudget {
+            live: AtomicUsize::new(0),
+            max: max.max(1),
+        })
+    }
+
+    /// Stacks alive now (leaked ones included).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// The most stacks alive at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Counts one more stack, if the budget has room for it.
+    fn take_one(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
+                (live < self.max).then_some(live + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Why no coroutine was made: the budget is spent, or the kernel refused the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoStack {
+    /// Stacks alive when it failed.
+    pub live: usize,
+    /// The budget's `max`.
+    pub max: usize,
+    /// The kernel refused the mapping (with room left in the budget).
+    pub refused: bool,
 }
 
 /// The executor state only its own thread touches.
@@ -726,6 +810,9 @@ pub enum JoinError {
     /// The executor stopped before the coroutine ended.
     #[error("the executor stopped before the coroutine ended")]
     Stopped,
+    /// No coroutine was made: its stack budget was spent, or the kernel refused a stack.
+    #[error("no coroutine stack ({} alive, at most {}{})", .0.live, .0.max, if .0.refused { "; the kernel refused another" } else { "" })]
+    NoStack(NoStack),
 }
 
 struct JoinState<T> {
@@ -776,6 +863,7 @@ impl<T> JoinHandle<T> {
 pub struct Executor {
     home: Arc<Home>,
     stack_words: usize,
+    budget: Arc<StackBudget>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -793,6 +881,15 @@ pub struct ExecutorOptions {
 impl Executor {
     /// Starts an executor thread.
     pub fn start(options: ExecutorOptions) -> std::io::Result<Executor> {
+        Executor::start_with_budget(options, StackBudget::new(usize::MAX))
+    }
+
+    /// Starts an executor thread whose coroutine stacks count in `budget`, which other
+    /// executors may share (see the module docs).
+    pub fn start_with_budget(
+        options: ExecutorOptions,
+        budget: Arc<StackBudget>,
+    ) -> std::io::Result<Executor> {
         let home = Arc::new(Home {
             remote: Fifo::default(),
             sleeping: AtomicU8::new(AWAKE),
@@ -820,6 +917,7 @@ impl Executor {
         Ok(Executor {
             home,
             stack_words: stack_words(options.stack_size),
+            budget,
             thread: Some(thread),
         })
     }
@@ -846,18 +944,10 @@ impl Executor {
                 state.finish(result);
             }
         };
-        self.spawn_with(body, on_overflow);
+        if let Err(err) = self.spawner().spawn_with(body, on_overflow) {
+            state.finish(Err(JoinError::NoStack(err)));
+        }
         JoinHandle { state }
-    }
-
-    /// Runs `body` as a coroutine on this executor's thread; `on_overflow` runs there
-    /// instead if it overflows its stack. `body` must not unwind.
-    pub(crate) fn spawn_with(
-        &self,
-        body: impl FnOnce() + Send + 'static,
-        on_overflow: impl FnOnce() + Send + 'static,
-    ) {
-        spawn_on(&self.home, self.stack_words, body, Box::new(on_overflow));
     }
 
     /// A handle that spawns onto this executor (from its own coroutines, say).
@@ -865,6 +955,7 @@ impl Executor {
         Spawner {
             home: self.home.clone(),
             stack_words: self.stack_words,
+            budget: self.budget.clone(),
         }
     }
 
@@ -900,29 +991,51 @@ impl Drop for Executor {
 pub(crate) struct Spawner {
     home: Arc<Home>,
     stack_words: usize,
+    budget: Arc<StackBudget>,
 }
 
 impl Spawner {
-    /// As [`Executor::spawn_with`].
+    /// The stack budget its coroutines count in.
+    pub(crate) fn budget(&self) -> &StackBudget {
+        &self.budget
+    }
+
+    /// Runs `body` as a coroutine on the executor's thread; `on_overflow` runs there
+    /// instead if it overflows its stack. `body` must not unwind. Fails, dropping both,
+    /// when the budget has no room for another stack or the kernel refuses one.
     pub(crate) fn spawn_with(
         &self,
         body: impl FnOnce() + Send + 'static,
         on_overflow: impl FnOnce() + Send + 'static,
-    ) {
-        spawn_on(&self.home, self.stack_words, body, Box::new(on_overflow));
+    ) -> Result<(), NoStack> {
+        let no_stack = |refused| NoStack {
+            live: self.budget.live(),
+            max: self.budget.max,
+            refused,
+        };
+        if !self.budget.take_one() {
+            return Err(no_stack(false));
+        }
+        // `generator` panics when the kernel refuses the stack's mapping, before it
+        // made anything else.
+        let made = catch_unwind(AssertUnwindSafe(|| Gn::<()>::new_opt(self.stack_words, body)));
+        let Ok(generator) = made else {
+            self.budget.live.fetch_sub(1, Ordering::Relaxed);
+            return Err(no_stack(true));
+        };
+        let body = Body {
+            generator,
+            budget: self.budget.clone(),
+        };
+        spawn_on(&self.home, body, Box::new(on_overflow));
+        Ok(())
     }
 }
 
-fn spawn_on(
-    home: &Arc<Home>,
-    stack_words: usize,
-    body: impl FnOnce() + Send + 'static,
-    on_overflow: Box<dyn FnOnce() + Send>,
-) {
-    let generator = Gn::<()>::new_opt(stack_words, body);
+fn spawn_on(home: &Arc<Home>, body: Body, on_overflow: Box<dyn FnOnce() + Send>) {
     let co = Arc::new(Co {
         home: home.clone(),
-        body: UnsafeCell::new(Some(generator)),
+        body: UnsafeCell::new(Some(body)),
         on_overflow: UnsafeCell::new(Some(on_overflow)),
         held: UnsafeCell::new(Vec::new()),
         spans: UnsafeCell::new(Vec::new()),
@@ -1105,7 +1218,7 @@ fn resume(local: &Local, co: Arc<Co>) {
 
 /// A coroutine died on its guard page: release what it registered, run its overflow
 /// hook, and leak its stack (see the module docs).
-fn overflowed(co: &Arc<Co>, body: &mut Option<Generator<'static, (), ()>>) {
+fn overflowed(co: &Arc<Co>, body: &mut Option<Body>) {
     if let Some(generator) = body.take() {
         std::mem::forget(generator);
     }
@@ -1225,6 +1338,76 @@ mod tests {
         assert_eq!(home.spawn(move || made_here.park(None)).join(), Ok(false));
         let made_there = home.spawn(Blocker::current).join().unwrap();
         assert!(!made_there.park(None));
+    }
+
+    #[test]
+    fn the_stack_budget_bounds_live_coroutines_and_keeps_leaked_stacks_counted() {
+        #[inline(never)]
+        fn recurse(depth: u64) -> u64 {
+            let mut frame = [0u8; 1024];
+            frame[(depth % 1024) as usize] = depth as u8;
+            std::hint::black_box(&mut frame);
+            recurse(depth + 1) + u64::from(frame[0])
+        }
+        // A coroutine's stack is freed just after its value is handed over.
+        let live_becomes = |budget: &StackBudget, live: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while budget.live() != live && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(budget.live(), live);
+        };
+        let budget = StackBudget::new(2);
+        let home = Executor::start_with_budget(
+            ExecutorOptions {
+                name: "budget".to_owned(),
+                stack_size: 64 * 1024,
+                cpu: None,
+            },
+            budget.clone(),
+        )
+        .expect("start an executor");
+        // Two parked coroutines spend the budget: a third is refused, not made.
+        let gates: Vec<_> = (0..2).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let parked: Vec<_> = gates
+            .iter()
+            .map(|gate| {
+                let gate = gate.clone();
+                home.spawn(move || {
+                    while !gate.load(Ordering::SeqCst) {
+                        sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        assert_eq!(budget.live(), 2);
+        let refused = home.spawn(|| 1).join();
+        assert_eq!(
+            refused,
+            Err(JoinError::NoStack(NoStack {
+                live: 2,
+                max: 2,
+                refused: false
+            }))
+        );
+        // One ends: its stack is freed and counted out, so another can be made.
+        gates[0].store(true, Ordering::SeqCst);
+        let mut parked = parked.into_iter();
+        assert_eq!(parked.next().map(JoinHandle::join), Some(Ok(())));
+        live_becomes(&budget, 1);
+        assert_eq!(home.spawn(|| 7).join(), Ok(7));
+        live_becomes(&budget, 1);
+        // One overflows: its stack is leaked, and stays counted for good.
+        assert_eq!(
+            home.spawn(|| recurse(0)).join(),
+            Err(JoinError::StackOverflow)
+        );
+        live_becomes(&budget, 2);
+        assert!(matches!(home.spawn(|| 1).join(), Err(JoinError::NoStack(_))));
+        gates[1].store(true, Ordering::SeqCst);
+        assert_eq!(parked.next().map(JoinHandle::join), Some(Ok(())));
+        live_becomes(&budget, 1);
+        assert_eq!(home.spawn(|| 8).join(), Ok(8));
     }
 
     #[test]

@@ -314,6 +314,18 @@ pub enum TaskError {
         /// The limit.
         max: u64,
     },
+    /// The task was not run: its worker had no coroutine to spare for it. Every task
+    /// that waits (a lock, a subtask, a sleep, I/O) keeps a coroutine and its stack until
+    /// it is done, and the runtime bounds how many live at once; the worker refuses tasks
+    /// until one of its waiting tasks finishes, and then runs them again.
+    #[error("the task was not run: its worker has no coroutine to spare ({live} alive in this runtime, at most {max}: config key `max_coroutines`, bounded by the kernel's vm.max_map_count); every waiting task holds one, and stack overflows leak theirs: retry once waiting tasks finish, or raise the limit")]
+    NoCoroutine {
+        /// Coroutines alive in the runtime when it was refused (stacks leaked by
+        /// overflows included).
+        live: u64,
+        /// The runtime's `max_coroutines`.
+        max: u64,
+    },
 }
 
 impl TaskError {

@@ -818,6 +818,7 @@ impl Shared {
             workers_low_latency = config.workers_low_latency.max(1),
             workers_high_latency = config.workers_high_latency,
             coroutine_stack_bytes = config.stack_size,
+            max_coroutines = config.coroutine_budget(),
             modules = %modules.join(", "),
             serving_clients = self.shm.get().is_some(),
             "runtime started"
@@ -1076,9 +1077,13 @@ impl TaskRunner for Runner {
         });
     }
 
-    fn reject(&self, mut task: Task) {
+    fn refuse(&self, mut task: Task, error: TaskError) {
         let parity = task.header.parity;
-        task.complete(Err(TaskError::RuntimeStopped));
+        if task.periodic.is_some() && error != TaskError::RuntimeStopped {
+            // Nobody waits for its answer: say it here.
+            tracing::error!(task = task.header.id, "a periodic task ends unrun: {error}");
+        }
+        task.complete(Err(error));
         if let Some(shared) = self.0.get().and_then(std::sync::Weak::upgrade) {
             shared.inflight.finished(parity, ThreadRole::Other);
         }
@@ -1543,11 +1548,15 @@ impl RuntimeBuilder {
             .map(|server| server.clone() as Arc<dyn TaskSource>);
         let idle_rounds = shared.config.idle.spin_rounds + shared.config.idle.yield_rounds;
         let mut workers = Vec::with_capacity(shared.config.workers());
+        let stack_budget = crate::coroutine::StackBudget::new(shared.config.coroutine_budget());
         for id in 0..shared.config.workers() {
             let cpu = shared.config.pin_workers.then_some(id);
             match Worker::start(
                 id,
-                shared.config.stack_size,
+                worker::WorkerStacks {
+                    size: shared.config.stack_size,
+                    budget: stack_budget.clone(),
+                },
                 idle_rounds,
                 cpu,
                 runner.clone(),

@@ -74,11 +74,28 @@
 //! no task ready, the executor's thread sleeps in the kernel: an idle runtime has no
 //! polling loop running.
 //!
+//! **Spare coroutines.** A hand-off happens inside a handler's wait, which cannot fail,
+//! so the coroutine it needs must exist before the task starts: a poller keeps one idle
+//! coroutine, the *spare*, from the moment it takes the role (making one if none is
+//! idle), and only the hand-off that ends its turn uses it up. Coroutines come out of the
+//! runtime's stack budget (`max_coroutines`, see [`crate::coroutine`]): every waiting
+//! task keeps one, and a stack overflow leaks one for good. A poller that cannot make a
+//! spare (budget spent, or the kernel refused the stack) *refuses*: it fails each task it
+//! would run with [`TaskError::NoCoroutine`](crate::TaskError::NoCoroutine) instead of
+//! running it (answered at once; a task that never waits is refused too, as nobody can
+//! know beforehand that it will not), and looks for a spare again every round: the
+//! coroutine of a waiting task that finishes becomes one, and the worker runs tasks
+//! again. Tasks already waiting are not disturbed. So a crowd of waiting tasks, or of
+//! overflows, costs new tasks a clear error, never the worker: unbounded, the process
+//! ran into the kernel's limit of memory mappings, where it hung or aborted.
+//!
 //! **Stack overflow.** The task a coroutine runs sits in its slot (heap), not on the
 //! coroutine's stack, while it runs. A handler that overflows the stack kills its
 //! coroutine (see [`crate::coroutine`]); the slot's task is then failed through
 //! [`TaskRunner::overflowed`], which answers the caller and settles the accounting, and
-//! if that coroutine held the polling role a fresh one takes it.
+//! if that coroutine held the polling role the spare takes it. Should no coroutine be
+//! left to take it (a route overflowing while the poller refuses), the next task of the
+//! worker that finishes waiting takes it instead of idling.
 //!
 //! **Thread confinement.** The batch, the lane in turn and the role holder live in one
 //! `RefCell` that only the worker's own thread reaches: every access compares a
@@ -92,7 +109,7 @@
 //! Workers know how to run a task only through the [`TaskRunner`] they are given; they
 //! know nothing of pools or modules.
 use crate::codec::OutputBuffer;
-use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, Spawner};
+use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, NoStack, Spawner, StackBudget};
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, LocalRequest, Task};
 use crate::sync::{barrier, Fifo, Inbox, Latch};
@@ -116,8 +133,9 @@ pub trait TaskRunner: Send + Sync + 'static {
     /// Fails `task`, whose handler overflowed its coroutine's stack, and settles what
     /// its run had counted. Called on the worker's thread, once the coroutine is dead.
     fn overflowed(&self, task: Task);
-    /// Fails `task` without running it (the runtime is shutting down).
-    fn reject(&self, task: Task);
+    /// Fails `task` with `error` without running it (the runtime is shutting down, or
+    /// its worker has no coroutine to spare, see the module docs).
+    fn refuse(&self, task: Task, error: crate::TaskError);
     /// Routes the in-process call `request` (see the module docs) into a task, or
     /// answers it with the error that stops it. Called by worker `worker`'s poller, on
     /// its thread; chimod routing code runs inside, on the poller's stack. When it
@@ -279,6 +297,12 @@ pub struct WorkerShared {
     /// Coroutines waiting to be handed the polling role.
     idle: Mutex<Vec<Arc<TaskSlot>>>,
     shutdown: AtomicBool,
+    /// No idle coroutine is left, and none could be made: the poller refuses tasks
+    /// instead of running them (see the module docs, "Spare coroutines").
+    refusing: AtomicBool,
+    /// No coroutine could take the polling role: the next one that finishes its task
+    /// takes it.
+    orphaned: AtomicBool,
     /// Tasks dispatched; written only by this worker's thread (others read it). On a line
     /// of its own, as `local` is: both are written on every task, and a pusher reading
     /// `sleeping` or `shutdown` beside them missed its cache on every call.
@@ -395,6 +419,9 @@ const INBOX_PER_ROUND: usize = 64;
 const INBOX_RING: usize = 1024;
 /// Idle coroutines a worker keeps; more end when their task is done.
 const MAX_IDLE_COROUTINES: usize = 1024;
+/// How long a poller without a spare coroutine waits before it asks the kernel for a
+/// stack again, after the kernel refused one.
+const SPARE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 /// How long a poller sleeps when the sleep handshake's barrier was refused (see
 /// [`barrier::heavy`]): a push it missed waits at most this long.
 const UNSURE_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
@@ -517,7 +544,7 @@ impl WorkerShared {
     fn requeue_staged(&self, task: Task) {
         match self.local() {
             Some(mut local) => local.batch.push_front(task),
-            None => self.runner.reject(task),
+            None => self.runner.refuse(task, crate::TaskError::RuntimeStopped),
         }
     }
 
@@ -535,16 +562,87 @@ impl WorkerShared {
     /// which runs before the waiting task resumes.
     fn hand_polling_on(self: &Arc<Self>) {
         self.drop_polling();
+        self.pass_polling_on();
+    }
+
+    /// Gives the polling role, which nobody holds, to an idle coroutine: the spare kept
+    /// for this, or a new one. If none can be made, the next coroutine of this worker
+    /// that finishes its task takes it.
+    fn pass_polling_on(self: &Arc<Self>) {
         let idle = lock(&self.idle).pop();
-        match idle {
-            Some(slot) => {
-                slot.called.store(true, Ordering::Relaxed);
-                if let Some(blocker) = slot.blocker.get() {
-                    blocker.unpark();
-                }
+        if let Some(slot) = idle {
+            slot.called.store(true, Ordering::Relaxed);
+            if let Some(blocker) = slot.blocker.get() {
+                blocker.unpark();
             }
-            None => spawn_worker_coroutine(self),
+            return;
         }
+        if let Err(no_stack) = spawn_worker_coroutine(self, Start::Polling) {
+            self.orphaned.store(true, Ordering::SeqCst);
+            tracing::error!(
+                worker = self.id,
+                live = no_stack.live,
+                max = no_stack.max,
+                kernel_refused = no_stack.refused,
+                "no coroutine can take this worker's polling role; it polls again when one of its waiting tasks finishes"
+            );
+        }
+    }
+
+    /// Keeps an idle coroutine ready to take the polling role should a task the poller
+    /// runs inline wait, making one if none is idle; the poller refuses tasks while it
+    /// has none (see the module docs). A stack the kernel refused is asked for again at
+    /// most every [`SPARE_RETRY`] (`retry_at`); one the budget refused, on every round.
+    fn keep_spare(self: &Arc<Self>, retry_at: &mut Option<Instant>) {
+        let has_spare = !lock(&self.idle).is_empty()
+            || match retry_at {
+                Some(at) if Instant::now() < *at => false,
+                _ => match spawn_worker_coroutine(self, Start::Idle) {
+                    Ok(()) => true,
+                    Err(no_stack) => {
+                        *retry_at = no_stack.refused.then(|| Instant::now() + SPARE_RETRY);
+                        if !self.refusing.load(Ordering::Relaxed) {
+                            tracing::warn!(
+                                worker = self.id,
+                                live = no_stack.live,
+                                max = no_stack.max,
+                                kernel_refused = no_stack.refused,
+                                "no coroutine to spare: this worker refuses its tasks until one of its waiting tasks finishes (config key max_coroutines)"
+                            );
+                        }
+                        false
+                    }
+                },
+            };
+        if has_spare {
+            *retry_at = None;
+            if self.refusing.swap(false, Ordering::Relaxed) {
+                tracing::info!(worker = self.id, "a coroutine is spare again: this worker runs its tasks again");
+            }
+        } else {
+            self.refusing.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Fails `task` unrun: the worker stops, or has no spare coroutine.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, task: Task) {
+        let error = if self.shutdown.load(Ordering::Relaxed) {
+            crate::TaskError::RuntimeStopped
+        } else {
+            let budget = self.spawner.budget();
+            crate::TaskError::NoCoroutine {
+                live: budget.live() as u64,
+                max: budget.max() as u64,
+            }
+        };
+        self.runner.refuse(task, error);
+    }
+
+    /// Whether the poller refuses tasks for want of a spare coroutine.
+    fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// The role holder lets go of the polling role: no coroutine holds it, and the lane
@@ -576,22 +674,35 @@ impl WorkerShared {
     /// Parks an idle coroutine until it is handed the polling role (`true`) or the
     /// worker shuts down, or the idle pool is full (`false`: the coroutine ends).
     fn wait_for_polling(&self, slot: &Arc<TaskSlot>) -> bool {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return false;
+        }
+        // Nobody polls (no coroutine could be made to): this one does.
+        if self.orphaned.swap(false, Ordering::SeqCst) {
+            return true;
+        }
         {
             let mut idle = lock(&self.idle);
-            if idle.len() >= MAX_IDLE_COROUTINES || self.shutdown.load(Ordering::SeqCst) {
+            if idle.len() >= MAX_IDLE_COROUTINES {
                 return false;
             }
             idle.push(slot.clone());
         }
+        self.await_polling(slot)
+    }
+
+    /// Parks a coroutine listed as idle until it is handed the polling role (`true`) or
+    /// the worker shuts down (`false`).
+    fn await_polling(&self, slot: &TaskSlot) -> bool {
         loop {
-            if let Some(blocker) = slot.blocker.get() {
-                blocker.park(None);
-            }
             if slot.called.swap(false, Ordering::Relaxed) {
                 return true;
             }
             if self.shutdown.load(Ordering::SeqCst) {
                 return false;
+            }
+            if let Some(blocker) = slot.blocker.get() {
+                blocker.park(None);
             }
         }
     }
@@ -609,17 +720,20 @@ impl Worker {
     /// `idle_rounds` times (yielding to other coroutines in between) before it parks.
     pub fn start(
         id: usize,
-        stack_size: usize,
+        stacks: WorkerStacks,
         idle_rounds: u32,
         cpu: Option<usize>,
         runner: Arc<dyn TaskRunner>,
         source: Option<Arc<dyn TaskSource>>,
     ) -> std::io::Result<Worker> {
-        let executor = Executor::start(ExecutorOptions {
-            name: format!("chimaera-worker-{id}"),
-            stack_size,
-            cpu,
-        })?;
+        let executor = Executor::start_with_budget(
+            ExecutorOptions {
+                name: format!("chimaera-worker-{id}"),
+                stack_size: stacks.size,
+                cpu,
+            },
+            stacks.budget,
+        )?;
         let shared = Arc::new(WorkerShared {
             id,
             ready_low_latency: Fifo::default(),
@@ -633,6 +747,8 @@ impl Worker {
             idle_rounds,
             idle: Mutex::new(Vec::new()),
             shutdown: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            orphaned: AtomicBool::new(false),
             tasks_run: CachePadded::new(AtomicU64::new(0)),
             spawner: executor.spawner(),
             runner,
@@ -640,14 +756,22 @@ impl Worker {
             local: CachePadded::new(ThreadConfined(RefCell::new(WorkerLocal::default()))),
         });
         let hook_state = shared.clone();
-        shared.spawner.spawn_with(
-            move || {
-                let worker = hook_state.clone();
-                coroutine::set_handoff_hook(Rc::new(move || worker.hand_polling_on()));
-                spawn_worker_coroutine(&hook_state);
-            },
-            || {},
-        );
+        shared
+            .spawner
+            .spawn_with(
+                move || {
+                    let worker = hook_state.clone();
+                    coroutine::set_handoff_hook(Rc::new(move || worker.hand_polling_on()));
+                    hook_state.pass_polling_on();
+                },
+                || {},
+            )
+            .map_err(|no_stack| {
+                std::io::Error::other(format!(
+                    "no coroutine stack for worker {id}: {}",
+                    crate::coroutine::JoinError::NoStack(no_stack)
+                ))
+            })?;
         Ok(Worker {
             shared,
             executor: Some(executor),
@@ -718,7 +842,7 @@ impl Worker {
 /// `Monitor` and `Dynamic` code runs there), the source fails what it was routing
 /// ([`TaskSource::poller_died`]). If it held the polling role, a new coroutine takes it.
 /// What lived on the dead stack is leaked.
-fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
+fn spawn_worker_coroutine(worker: &Arc<WorkerShared>, start: Start) -> Result<(), NoStack> {
     let slot = TaskSlot::new();
     let on_overflow = {
         let slot = slot.clone();
@@ -760,15 +884,19 @@ fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
             }
             if was_poller {
                 worker.drop_polling();
-                spawn_worker_coroutine(&worker);
+                worker.pass_polling_on();
             }
         }
     };
     let body_worker = worker.clone();
+    let body_slot = slot.clone();
     let body = move || {
-        let worker = body_worker;
+        let (worker, slot) = (body_worker, body_slot);
         let _ = slot.blocker.set(Blocker::current());
         let mut out = OutputBuffer::reusable();
+        if start == Start::Idle && !worker.await_polling(&slot) {
+            return;
+        }
         loop {
             worker.take_polling(&slot);
             if poll(&worker, &slot, &mut out) == Polled::Finished {
@@ -786,7 +914,30 @@ fn spawn_worker_coroutine(worker: &Arc<WorkerShared>) {
             }
         }
     };
-    worker.spawner.spawn_with(body, on_overflow);
+    worker.spawner.spawn_with(body, on_overflow)?;
+    if start == Start::Idle {
+        // Listed before it first runs: a hand-off may pick it at once.
+        lock(&worker.idle).push(slot);
+    }
+    Ok(())
+}
+
+/// What a new worker coroutine does first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Takes the polling role.
+    Polling,
+    /// Idles, as the spare, until handed the role.
+    Idle,
+}
+
+/// The coroutine stacks of a worker: their size and the budget the runtime's workers
+/// share (see [`crate::coroutine`]).
+pub struct WorkerStacks {
+    /// Bytes per stack.
+    pub size: usize,
+    /// The stacks all the runtime's workers may have alive.
+    pub(crate) budget: Arc<StackBudget>,
 }
 
 /// How a coroutine's turn as the poller ended.
@@ -884,10 +1035,10 @@ fn run_in_slot(worker: &WorkerShared, slot: &TaskSlot, out: &mut OutputBuffer, h
     // Only this worker's thread writes the count: a load and a store, no locked add.
     let run = worker.tasks_run.load(Ordering::Relaxed);
     worker.tasks_run.store(run.wrapping_add(1), Ordering::Relaxed);
-    if worker.shutdown.load(Ordering::Relaxed) {
+    if worker.shutdown.load(Ordering::Relaxed) || worker.is_refusing() {
         // SAFETY: as above.
         if let Some(task) = unsafe { (*cell).take() } {
-            worker.runner.reject(task);
+            worker.refuse(task);
         }
         return true;
     }
@@ -937,7 +1088,12 @@ fn poll(worker: &Arc<WorkerShared>, slot: &Arc<TaskSlot>, out: &mut OutputBuffer
     crate::stats::set_thread_shard(worker.id);
     let held = &mut Held::default();
     let mut idle_rounds = 0u32;
+    let mut spare_retry = None;
+    worker.keep_spare(&mut spare_retry);
     loop {
+        if worker.is_refusing() {
+            worker.keep_spare(&mut spare_retry);
+        }
         let mut dispatched = false;
         // Tasks ingested earlier (a poller that handed on may have left some).
         let ingested = source.map_or(0, |source| source.ingest(worker.id))
