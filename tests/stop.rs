@@ -1,28 +1,21 @@
 //! A stop ends even when a handler never returns (runtime/worker.rs, `Worker::shutdown`):
 //! the worker running it is left to finish it on its own thread, everything the handler
-//! uses stays alive, and once it returns a reaper stops that worker. One test in this
-//! binary, so the probe's statics and the process's threads are its own.
+//! uses stays alive, and once it returns a reaper stops that worker. The tests of this
+//! binary run one at a time (`ONE_AT_A_TIME`): they count the process's worker threads.
 mod probe;
 
 use chimaera::admin_api::PoolOptions;
 use chimaera::prelude::*;
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Names of this process's threads that start with `prefix`.
-fn threads_named(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .expect("/proc/self/task")
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| name.starts_with(prefix))
-        .collect()
-}
+/// Held by each test: they count this process's threads.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-#[test]
-fn a_stop_returns_although_a_handler_never_does() {
+/// A runtime with one worker and a 200 ms grace period, and a probe pool on it.
+fn runtime_and_probe(pool: &str) -> (Runtime, ProbeClient) {
     let config = RuntimeConfig {
         workers_low_latency: 1,
         workers_high_latency: 0,
@@ -37,10 +30,58 @@ fn a_stop_returns_although_a_handler_never_does() {
     let p = ProbeClient::create_with(
         &rt.client(),
         PoolQuery::local(),
-        "stuck",
+        pool,
         PoolOptions::containers(1),
     )
     .expect("create probe pool");
+    (rt, p)
+}
+
+/// Stops `rt` on a thread of its own; how long the stop took, failing if it hangs.
+fn stop_within_30_s(rt: Runtime) -> Duration {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stopping = Instant::now();
+        rt.stop();
+        let _ = sender.send(stopping.elapsed());
+    });
+    receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stop hung on a handler that never returns")
+}
+
+/// Waits until this process has no worker or reaper thread left.
+fn workers_gone() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(threads_named("chimaera-worker").is_empty()
+        && threads_named("chimaera-reaper").is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "threads left after the handler returned: {:?} {:?}",
+            threads_named("chimaera-worker"),
+            threads_named("chimaera-reaper")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Names of this process's threads that start with `prefix`.
+fn threads_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn a_stop_returns_although_a_handler_never_does() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (rt, p) = runtime_and_probe("stuck");
     // Ten minutes of spinning without a wait: as good as never returning.
     let stuck = p.async_spin(PoolQuery::local(), 600_000).unwrap();
     let started = Instant::now();
@@ -51,15 +92,7 @@ fn a_stop_returns_although_a_handler_never_does() {
         );
         std::thread::yield_now();
     }
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let stopping = Instant::now();
-        rt.stop();
-        let _ = sender.send(stopping.elapsed());
-    });
-    let took = receiver
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the stop hung on a handler that never returns");
+    let took = stop_within_30_s(rt);
     // Two grace periods (the drain, then the workers), and some slack for a busy machine.
     assert!(took < Duration::from_secs(10), "the stop took {took:?}");
     assert!(
@@ -75,16 +108,41 @@ fn a_stop_returns_although_a_handler_never_does() {
             .expect("the handler's answer reaches its caller"),
         "the spin ended by its clock, not by the release"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(threads_named("chimaera-worker").is_empty()
-        && threads_named("chimaera-reaper").is_empty())
-    {
+    workers_gone();
+}
+
+/// A handler that waits in a loop (its sleeps return at once once the worker stops) on
+/// a coroutine of its own, while the poller finished: the worker's thread never runs
+/// out of ready coroutines, and the stop, which joined it, hung.
+#[test]
+fn a_stop_returns_although_a_waiting_handler_loops_forever() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (rt, p) = runtime_and_probe("looping");
+    // Loops on 1 ms sleeps until `RELEASE_GUARD` is set: its first sleep hands the
+    // polling role on, so the poller is free to finish at the stop.
+    let looping = p.async_hold_guard(PoolQuery::local()).unwrap();
+    let started = Instant::now();
+    while !probe::GUARD_HELD.load(Ordering::SeqCst) {
         assert!(
-            Instant::now() < deadline,
-            "threads left after the handler returned: {:?} {:?}",
-            threads_named("chimaera-worker"),
-            threads_named("chimaera-reaper")
+            started.elapsed() < Duration::from_secs(30),
+            "the loop never started"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::yield_now();
     }
+    let took = stop_within_30_s(rt);
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert!(
+        !threads_named("chimaera-worker").is_empty(),
+        "the worker running the handler was stopped under it"
+    );
+    // Released, the handler returns on its worker, which then stops.
+    probe::RELEASE_GUARD.store(true, Ordering::SeqCst);
+    let answer = looping.wait();
+    assert!(
+        matches!(answer, Ok(()) | Err(TaskError::RuntimeStopped)),
+        "{answer:?}"
+    );
+    workers_gone();
 }

@@ -966,6 +966,26 @@ impl Executor {
         self.stop_thread();
     }
 
+    /// Stops the thread as [`stop`](Self::stop) does, but waits for it only until
+    /// `deadline`: gives the executor back, still stopping, if its thread runs on then. A
+    /// coroutine that is always ready keeps it running: one that loops on waits (which
+    /// return at once while the executor stops) never lets it run out of work.
+    pub fn stop_by(mut self, deadline: Instant) -> Result<(), Executor> {
+        self.home.stopping.store(true, Ordering::Release);
+        self.home.unpark_thread();
+        self.home.ring_bell();
+        loop {
+            if self.thread.as_ref().is_none_or(|thread| thread.is_finished()) {
+                self.stop_thread();
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn stop_thread(&mut self) {
         self.home.stopping.store(true, Ordering::Release);
         // Whichever way it sleeps, with no handshake: an unpark token and a non-zero
@@ -1347,6 +1367,9 @@ mod tests {
             let mut frame = [0u8; 1024];
             frame[(depth % 1024) as usize] = depth as u8;
             std::hint::black_box(&mut frame);
+            if depth == u64::MAX {
+                return 0;
+            }
             recurse(depth + 1) + u64::from(frame[0])
         }
         // A coroutine's stack is freed just after its value is handed over.

@@ -785,12 +785,15 @@ impl Worker {
 
     /// Tells the poller to finish: it rejects what is still queued, ends the idle
     /// coroutines and returns. Waits for it until `deadline` (without one, for as long
-    /// as it takes), then stops the worker's thread; whether the poller finished in time.
+    /// as it takes), then stops the worker's thread (again until `deadline`); whether
+    /// both happened in time.
     ///
     /// A poller still busy at the deadline is running a handler that has not returned
-    /// (one that loops without ever waiting: nothing can preempt it). Its worker is then
-    /// left to finish that handler on its own thread, logged as an error, and a reaper
-    /// thread stops the worker once it does, so a stop never hangs on a chimod's bug.
+    /// (one that loops without ever waiting: nothing can preempt it); a thread still
+    /// running once its poller finished runs a waiting handler that loops on its waits
+    /// (they return at once while the worker stops). Its worker is then left to finish
+    /// that handler on its own thread, logged as an error, and a reaper thread stops the
+    /// worker once it does, so a stop never hangs on a chimod's bug.
     /// Everything the handler uses stays alive meanwhile (the task holds its pool, and
     /// the poller the runtime's state).
     pub fn shutdown(mut self, deadline: Option<Instant>) -> bool {
@@ -801,10 +804,19 @@ impl Worker {
         let Some(executor) = self.executor.take() else {
             return finished;
         };
-        if finished {
-            executor.stop();
-            return true;
-        }
+        // The poller finished; a waiting task that loops on its waits (each returning at
+        // once now) may still keep the thread busy.
+        let executor = match (finished, deadline) {
+            (true, None) => {
+                executor.stop();
+                return true;
+            }
+            (true, Some(deadline)) => match executor.stop_by(deadline) {
+                Ok(()) => return true,
+                Err(executor) => executor,
+            },
+            (false, _) => executor,
+        };
         tracing::error!(
             worker = self.shared.id,
             "stop: a handler on this worker has not returned by the end of the grace period; its thread is left to finish it, then stops"
