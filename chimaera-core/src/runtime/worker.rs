@@ -300,6 +300,8 @@ pub struct WorkerShared {
     /// No idle coroutine is left, and none could be made: the poller refuses tasks
     /// instead of running them (see the module docs, "Spare coroutines").
     refusing: AtomicBool,
+    /// When the worker last said it refuses tasks.
+    refusing_logged_at: Mutex<Option<Instant>>,
     /// No coroutine could take the polling role: the next one that finishes its task
     /// takes it.
     orphaned: AtomicBool,
@@ -422,6 +424,8 @@ const MAX_IDLE_COROUTINES: usize = 1024;
 /// How long a poller without a spare coroutine waits before it asks the kernel for a
 /// stack again, after the kernel refused one.
 const SPARE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often at most a worker logs that it refuses tasks for want of a coroutine.
+const REFUSING_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a poller sleeps when the sleep handshake's barrier was refused (see
 /// [`barrier::heavy`]): a push it missed waits at most this long.
 const UNSURE_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
@@ -602,13 +606,7 @@ impl WorkerShared {
                     Err(no_stack) => {
                         *retry_at = no_stack.refused.then(|| Instant::now() + SPARE_RETRY);
                         if !self.refusing.load(Ordering::Relaxed) {
-                            tracing::warn!(
-                                worker = self.id,
-                                live = no_stack.live,
-                                max = no_stack.max,
-                                kernel_refused = no_stack.refused,
-                                "no coroutine to spare: this worker refuses its tasks until one of its waiting tasks finishes (config key max_coroutines)"
-                            );
+                            self.log_refusing(no_stack);
                         }
                         false
                     }
@@ -617,11 +615,30 @@ impl WorkerShared {
         if has_spare {
             *retry_at = None;
             if self.refusing.swap(false, Ordering::Relaxed) {
-                tracing::info!(worker = self.id, "a coroutine is spare again: this worker runs its tasks again");
+                tracing::debug!(worker = self.id, "a coroutine is spare again: this worker runs its tasks again");
             }
         } else {
             self.refusing.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Says that the worker starts refusing tasks: at most once per
+    /// [`REFUSING_LOG_EVERY`], as a worker at the edge of its budget flips between
+    /// refusing and running with every waiting task that ends.
+    #[cold]
+    fn log_refusing(&self, no_stack: NoStack) {
+        let mut logged_at = lock(&self.refusing_logged_at);
+        if logged_at.is_some_and(|at| at.elapsed() < REFUSING_LOG_EVERY) {
+            return;
+        }
+        *logged_at = Some(Instant::now());
+        tracing::warn!(
+            worker = self.id,
+            live = no_stack.live,
+            max = no_stack.max,
+            kernel_refused = no_stack.refused,
+            "no coroutine to spare: this worker fails its tasks with NoCoroutine until one of its waiting tasks finishes (config key max_coroutines; said at most every 10 s)"
+        );
     }
 
     /// Fails `task` unrun: the worker stops, or has no spare coroutine.
@@ -748,6 +765,7 @@ impl Worker {
             idle: Mutex::new(Vec::new()),
             shutdown: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
+            refusing_logged_at: Mutex::new(None),
             orphaned: AtomicBool::new(false),
             tasks_run: CachePadded::new(AtomicU64::new(0)),
             spawner: executor.spawner(),
