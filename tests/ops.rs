@@ -250,6 +250,13 @@ fn status_json_follows_schema_1_and_leaves_itself_out() {
     assert_eq!(field(tasks, "in_flight", "u64"), 0, "{status}");
     assert!(field(tasks, "completed", "u64").as_u64().unwrap() >= 25);
     field(tasks, "periodic", "u64");
+    // A poller and a spare per worker, and the stack the overflow leaked for good.
+    let coroutines = field(&status, "coroutines", "object");
+    let live = field(coroutines, "live", "u64").as_u64().unwrap();
+    let max = field(coroutines, "max", "u64").as_u64().unwrap();
+    let workers = runtime.config.workers() as u64;
+    assert!(live > 2 * workers && live < max, "{coroutines}");
+    assert_eq!(max, runtime.config.coroutine_budget() as u64);
     assert_eq!(field(&status, "clients", "u64"), 1, "{status}");
     // A single node: node 0, no cluster.
     assert_eq!(field(&status, "node", "u64"), 0);
@@ -620,6 +627,19 @@ fn the_prometheus_endpoint_serves_the_counters() {
         .parse()
         .unwrap();
     assert!(completed >= 7, "{body}");
+    let gauge = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    let (live, max) = (
+        gauge("chimaera_coroutines"),
+        gauge("chimaera_coroutines_max"),
+    );
+    assert!(live >= 2 && live < max, "{body}");
+    assert_eq!(max, runtime.config.coroutine_budget() as u64, "{body}");
     let (status, _) = http_get(port, "/other");
     assert!(status.contains("404"), "{status}");
 }

@@ -589,6 +589,7 @@ fn save_and_load_round_trip_every_admin_task() {
         completed: 99,
         clients: 3,
         periodic: 2,
+        coroutines: admin_api::CoroutineStatus { live: 6, max: 100 },
         containers: vec![admin_api::ContainerStatus {
             pool: PoolId::new(4, 0),
             container: 0,

@@ -97,6 +97,8 @@ pub struct RuntimeStatus {
     pub methods: Vec<MethodStatus>,
     /// The clients' shared memory.
     pub shm: ShmStatus,
+    /// Task coroutines alive, against the runtime's `max_coroutines`.
+    pub coroutines: CoroutineStatus,
     /// This runtime's node id in its cluster (0 for a single node).
     pub node: NodeId,
     /// Every node of the cluster, this one included, in id order, as this node sees
@@ -138,6 +140,19 @@ pub struct LaneStatus {
     pub high_latency: bool,
     /// Tasks queued on it when this was taken.
     pub queued: u64,
+}
+
+/// Task coroutines: how many live, and how many may (`max_coroutines`). Every waiting
+/// task keeps one; each worker keeps one polling and one spare; a stack overflow leaks
+/// one for good. At `max` a worker fails its tasks with
+/// [`TaskError::NoCoroutine`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct CoroutineStatus {
+    /// Coroutines alive now (stacks leaked by overflows included).
+    pub live: u64,
+    /// The most that may live at once.
+    pub max: u64,
 }
 
 /// The clients' shared memory: the configured sizes and what attached clients hold.

@@ -140,6 +140,21 @@ pub(super) fn render(runtime: &RuntimeHandle) -> String {
             runtime.periodic_tasks()
         )],
     );
+    let coroutines = runtime.coroutines();
+    section(
+        &mut out,
+        "chimaera_coroutines",
+        "gauge",
+        "Task coroutines alive: waiting tasks, each worker's poller and spare, stacks leaked by overflows.",
+        vec![format!("chimaera_coroutines {}", coroutines.live)],
+    );
+    section(
+        &mut out,
+        "chimaera_coroutines_max",
+        "gauge",
+        "The most task coroutines that may be alive (max_coroutines); at it workers refuse tasks with NoCoroutine.",
+        vec![format!("chimaera_coroutines_max {}", coroutines.max)],
+    );
     section(
         &mut out,
         "chimaera_clients",

@@ -15,6 +15,7 @@
 //! ```text
 //! { "schema": 1, "instance": str, "running": true, "pid": u32,
 //!   "tasks": { "in_flight": u64, "completed": u64, "periodic": u64 },
+//!   "coroutines": { "live": u64, "max": u64 },
 //!   "clients": u32,
 //!   "workers": [ { "id": u32, "tasks_run": u64, "queued": u64 } ],
 //!   "pools": [ { "id": str, "name": str, "module": str, "queued": u64,
@@ -40,7 +41,9 @@
 //!
 //! `node` is this runtime's node id (0 for a single node), `nodes` every node of its
 //! cluster as this one sees it, itself (`local`) included, in id order; empty without a
-//! hostfile. Both were added within schema 1.
+//! hostfile. Both were added within schema 1, as was `coroutines`: the task coroutines
+//! alive (waiting tasks, each worker's poller and spare, stacks leaked by overflows)
+//! against `max_coroutines`, at which workers refuse tasks with `NoCoroutine`.
 //!
 //! `tasks.in_flight` and each method's `in_flight` leave the status query out; `clients`
 //! leaves out the client that asked. Latencies are of runs (handler start to result,
@@ -213,6 +216,7 @@ pub(super) struct Running {
     running: bool,
     pid: u32,
     tasks: Tasks,
+    coroutines: Coroutines,
     clients: u32,
     workers: Vec<Worker>,
     pools: Vec<Pool>,
@@ -233,6 +237,12 @@ struct Tasks {
     in_flight: u64,
     completed: u64,
     periodic: u64,
+}
+
+#[derive(Serialize)]
+struct Coroutines {
+    live: u64,
+    max: u64,
 }
 
 #[derive(Serialize)]
@@ -363,6 +373,10 @@ impl From<&RuntimeStatus> for Running {
                 in_flight: status.inflight,
                 completed: status.completed,
                 periodic: status.periodic,
+            },
+            coroutines: Coroutines {
+                live: status.coroutines.live,
+                max: status.coroutines.max,
             },
             clients: status.clients,
             workers: status
@@ -518,6 +532,10 @@ fn print_text(status: &RuntimeStatus) {
     println!(
         "tasks: {} in flight, {} completed, {} periodic; clients attached: {}",
         status.inflight, status.completed, status.periodic, status.clients
+    );
+    println!(
+        "coroutines: {} alive of at most {} (max_coroutines: waiting tasks, a poller and a spare per worker, stacks leaked by overflows)",
+        status.coroutines.live, status.coroutines.max
     );
     println!("workers: {}", status.workers.len());
     for worker in &status.workers {

@@ -48,6 +48,8 @@ pub(crate) trait Host: Send + Sync {
     fn completed(&self) -> u64;
     /// Periodic task replicas alive now.
     fn periodic_tasks(&self) -> u64;
+    /// Task coroutines alive now, and the most that may be.
+    fn coroutines(&self) -> crate::admin_api::CoroutineStatus;
     /// Every live pool.
     fn pools(&self) -> Vec<PoolInfo>;
     /// Whether the runtime still accepts tasks from clients.
@@ -265,6 +267,12 @@ impl RuntimeHandle {
     /// Periodic task replicas alive now: running, or sleeping until their next run.
     pub fn periodic_tasks(&self) -> u64 {
         self.host.periodic_tasks()
+    }
+
+    /// Task coroutines alive now (waiting tasks, each worker's poller and spare, stacks
+    /// leaked by overflows), and the most that may be (`max_coroutines`).
+    pub fn coroutines(&self) -> crate::admin_api::CoroutineStatus {
+        self.host.coroutines()
     }
 
     /// Every live pool.

@@ -200,6 +200,8 @@ pub(crate) struct Shared {
     periodic: Mutex<Vec<(PoolId, Weak<CancelToken>)>>,
     /// Periodic task replicas whose coroutine runs or sleeps between runs now.
     periodic_live: AtomicU64,
+    /// The task coroutines the workers may have alive (`max_coroutines`).
+    stack_budget: Arc<crate::coroutine::StackBudget>,
     state: AtomicU8,
     stopped: Latch,
     /// The shared-memory transport, when the runtime serves other processes.
@@ -818,7 +820,7 @@ impl Shared {
             workers_low_latency = config.workers_low_latency.max(1),
             workers_high_latency = config.workers_high_latency,
             coroutine_stack_bytes = config.stack_size,
-            max_coroutines = config.coroutine_budget(),
+            max_coroutines = self.stack_budget.max(),
             modules = %modules.join(", "),
             serving_clients = self.shm.get().is_some(),
             "runtime started"
@@ -1323,6 +1325,13 @@ impl Host for Shared {
         self.periodic_live.load(Ordering::Acquire)
     }
 
+    fn coroutines(&self) -> crate::admin_api::CoroutineStatus {
+        crate::admin_api::CoroutineStatus {
+            live: self.stack_budget.live() as u64,
+            max: self.stack_budget.max() as u64,
+        }
+    }
+
     fn pools(&self) -> Vec<PoolInfo> {
         self.pools.list().iter().map(|entry| entry.info()).collect()
     }
@@ -1528,6 +1537,7 @@ impl RuntimeBuilder {
             inflight: InFlight::with_workers(config.workers()),
             periodic: Mutex::new(Vec::new()),
             periodic_live: AtomicU64::new(0),
+            stack_budget: crate::coroutine::StackBudget::new(config.coroutine_budget()),
             state: AtomicU8::new(RUNNING),
             stopped: Latch::default(),
             shm: OnceLock::new(),
@@ -1548,14 +1558,13 @@ impl RuntimeBuilder {
             .map(|server| server.clone() as Arc<dyn TaskSource>);
         let idle_rounds = shared.config.idle.spin_rounds + shared.config.idle.yield_rounds;
         let mut workers = Vec::with_capacity(shared.config.workers());
-        let stack_budget = crate::coroutine::StackBudget::new(shared.config.coroutine_budget());
         for id in 0..shared.config.workers() {
             let cpu = shared.config.pin_workers.then_some(id);
             match Worker::start(
                 id,
                 worker::WorkerStacks {
                     size: shared.config.stack_size,
-                    budget: stack_budget.clone(),
+                    budget: shared.stack_budget.clone(),
                 },
                 idle_rounds,
                 cpu,

@@ -74,6 +74,7 @@ impl Shared {
             completed: Host::completed(self),
             clients: Host::clients(self).saturating_sub(u32::from(from_shm_client)),
             periodic: Host::periodic_tasks(self),
+            coroutines: Host::coroutines(self),
             containers,
             methods,
             shm: ShmStatus {
