@@ -7,13 +7,14 @@
 //! Each test has a runtime of its own with one worker and a small budget; every wait is
 //! bounded by `within`, which fails the test rather than hang it. No timing assertions.
 mod probe;
+mod support;
 
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use probe::{Probe, ProbeClient};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::time::Duration;
+use support::within;
 
 /// A runtime with one worker and room for `max_coroutines` coroutines.
 fn one_worker(max_coroutines: u32) -> Runtime {
@@ -28,17 +29,6 @@ fn one_worker(max_coroutines: u32) -> Runtime {
         .module::<Probe>()
         .start()
         .expect("runtime starts")
-}
-
-/// Runs `call` on a thread and fails the test if it has not returned within a minute.
-fn within<T: Send + 'static>(what: &str, call: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(call());
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{what}: no answer within a minute (the worker hangs?)"))
 }
 
 fn is_no_coroutine(result: &Result<impl Sized, TaskError>, max: u64) -> bool {

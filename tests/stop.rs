@@ -7,7 +7,7 @@ mod probe;
 use chimaera::admin_api::PoolOptions;
 use chimaera::prelude::*;
 use probe::{Probe, ProbeClient};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,17 +37,33 @@ fn runtime_and_probe(pool: &str) -> (Runtime, ProbeClient) {
     (rt, p)
 }
 
-/// Stops `rt` on a thread of its own; how long the stop took, failing if it hangs.
-fn stop_within_30_s(rt: Runtime) -> Duration {
+/// Waits until the probe sets `flag`, failing with `never` after 30 s.
+fn wait_for(flag: &AtomicBool, never: &str) {
+    let started = Instant::now();
+    while !flag.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < Duration::from_secs(30), "{never}");
+        std::thread::yield_now();
+    }
+}
+
+/// Stops `rt` on a thread of its own: the stop must end within two grace periods (the
+/// drain, then the workers) and some slack for a busy machine, leaving the worker that
+/// runs the stuck handler alive.
+fn stops_leaving_its_worker(rt: Runtime) {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let stopping = Instant::now();
         rt.stop();
         let _ = sender.send(stopping.elapsed());
     });
-    receiver
+    let took = receiver
         .recv_timeout(Duration::from_secs(30))
-        .expect("the stop hung on a handler that never returns")
+        .expect("the stop hung on a handler that never returns");
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert!(
+        !threads_named("chimaera-worker").is_empty(),
+        "the worker running the handler was stopped under it"
+    );
 }
 
 /// Waits until this process has no worker or reaper thread left.
@@ -84,21 +100,8 @@ fn a_stop_returns_although_a_handler_never_does() {
     let (rt, p) = runtime_and_probe("stuck");
     // Ten minutes of spinning without a wait: as good as never returning.
     let stuck = p.async_spin(PoolQuery::local(), 600_000).unwrap();
-    let started = Instant::now();
-    while !probe::SPIN_STARTED.load(Ordering::SeqCst) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the spin never started"
-        );
-        std::thread::yield_now();
-    }
-    let took = stop_within_30_s(rt);
-    // Two grace periods (the drain, then the workers), and some slack for a busy machine.
-    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
-    assert!(
-        !threads_named("chimaera-worker").is_empty(),
-        "the worker running the handler was stopped under it"
-    );
+    wait_for(&probe::SPIN_STARTED, "the spin never started");
+    stops_leaving_its_worker(rt);
 
     // Released, the handler returns on its worker, which then stops.
     probe::RELEASE_SPIN.store(true, Ordering::SeqCst);
@@ -123,20 +126,8 @@ fn a_stop_returns_although_a_waiting_handler_loops_forever() {
     // Loops on 1 ms sleeps until `RELEASE_GUARD` is set: its first sleep hands the
     // polling role on, so the poller is free to finish at the stop.
     let looping = p.async_hold_guard(PoolQuery::local()).unwrap();
-    let started = Instant::now();
-    while !probe::GUARD_HELD.load(Ordering::SeqCst) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the loop never started"
-        );
-        std::thread::yield_now();
-    }
-    let took = stop_within_30_s(rt);
-    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
-    assert!(
-        !threads_named("chimaera-worker").is_empty(),
-        "the worker running the handler was stopped under it"
-    );
+    wait_for(&probe::GUARD_HELD, "the loop never started");
+    stops_leaving_its_worker(rt);
     // Released, the handler returns on its worker, which then stops.
     probe::RELEASE_GUARD.store(true, Ordering::SeqCst);
     let answer = looping.wait();

@@ -1270,6 +1270,18 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::atomic::AtomicUsize;
 
+    /// Recurses in 512-byte frames until the stack overflows.
+    #[inline(never)]
+    fn deeper(depth: u64) -> u64 {
+        let mut frame = [0u8; 512];
+        frame[(depth % 512) as usize] = depth as u8;
+        std::hint::black_box(&mut frame);
+        if depth == u64::MAX {
+            return 0;
+        }
+        deeper(depth + 1) + u64::from(frame[0])
+    }
+
     fn executor(name: &str) -> Executor {
         Executor::start(ExecutorOptions {
             name: name.to_owned(),
@@ -1362,16 +1374,6 @@ mod tests {
 
     #[test]
     fn the_stack_budget_bounds_live_coroutines_and_keeps_leaked_stacks_counted() {
-        #[inline(never)]
-        fn recurse(depth: u64) -> u64 {
-            let mut frame = [0u8; 1024];
-            frame[(depth % 1024) as usize] = depth as u8;
-            std::hint::black_box(&mut frame);
-            if depth == u64::MAX {
-                return 0;
-            }
-            recurse(depth + 1) + u64::from(frame[0])
-        }
         // A coroutine's stack is freed just after its value is handed over.
         let live_becomes = |budget: &StackBudget, live: usize| {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -1422,7 +1424,7 @@ mod tests {
         live_becomes(&budget, 1);
         // One overflows: its stack is leaked, and stays counted for good.
         assert_eq!(
-            home.spawn(|| recurse(0)).join(),
+            home.spawn(|| deeper(0)).join(),
             Err(JoinError::StackOverflow)
         );
         live_becomes(&budget, 2);
@@ -1435,16 +1437,6 @@ mod tests {
 
     #[test]
     fn an_overflowing_coroutine_fails_and_releases_what_it_registered() {
-        #[inline(never)]
-        fn deeper(depth: u64) -> u64 {
-            let mut frame = [0u8; 512];
-            frame[(depth % 512) as usize] = depth as u8;
-            std::hint::black_box(&mut frame);
-            if depth == u64::MAX {
-                return 0;
-            }
-            deeper(depth + 1) + u64::from(frame[0])
-        }
         static RELEASED: AtomicUsize = AtomicUsize::new(0);
         unsafe fn count(_: *const (), words: [u64; 3]) {
             RELEASED.fetch_add(words[0] as usize, Ordering::SeqCst);
@@ -1572,16 +1564,6 @@ mod tests {
 
     #[test]
     fn an_overflowing_coroutine_exits_and_closes_its_spans() {
-        #[inline(never)]
-        fn deeper(depth: u64) -> u64 {
-            let mut frame = [0u8; 512];
-            frame[(depth % 512) as usize] = depth as u8;
-            std::hint::black_box(&mut frame);
-            if depth == u64::MAX {
-                return 0;
-            }
-            deeper(depth + 1) + u64::from(frame[0])
-        }
         let spans = SpanLog::default();
         let home = executor("span-overflow");
         let inside = spans.clone();
