@@ -275,6 +275,16 @@ impl StackBudget {
     }
 }
 
+impl std::fmt::Display for NoStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} alive, at most {}", self.live, self.max)?;
+        if self.refused {
+            f.write_str("; the kernel refused another")?;
+        }
+        Ok(())
+    }
+}
+
 /// Why no coroutine was made: the budget is spent, or the kernel refused the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoStack {
@@ -811,7 +821,7 @@ pub enum JoinError {
     #[error("the executor stopped before the coroutine ended")]
     Stopped,
     /// No coroutine was made: its stack budget was spent, or the kernel refused a stack.
-    #[error("no coroutine stack ({} alive, at most {}{})", .0.live, .0.max, if .0.refused { "; the kernel refused another" } else { "" })]
+    #[error("no coroutine stack ({0})")]
     NoStack(NoStack),
 }
 
@@ -971,9 +981,7 @@ impl Executor {
     /// coroutine that is always ready keeps it running: one that loops on waits (which
     /// return at once while the executor stops) never lets it run out of work.
     pub fn stop_by(mut self, deadline: Instant) -> Result<(), Executor> {
-        self.home.stopping.store(true, Ordering::Release);
-        self.home.unpark_thread();
-        self.home.ring_bell();
+        self.signal_stop();
         loop {
             if self.thread.as_ref().is_none_or(|thread| thread.is_finished()) {
                 self.stop_thread();
@@ -986,12 +994,17 @@ impl Executor {
         }
     }
 
-    fn stop_thread(&mut self) {
+    /// Tells the thread to stop once no coroutine is ready, and wakes it.
+    fn signal_stop(&self) {
         self.home.stopping.store(true, Ordering::Release);
         // Whichever way it sleeps, with no handshake: an unpark token and a non-zero
         // bell both outlast a sleep that begins after them.
         self.home.unpark_thread();
         self.home.ring_bell();
+    }
+
+    fn stop_thread(&mut self) {
+        self.signal_stop();
         if let Some(thread) = self.thread.take() {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();

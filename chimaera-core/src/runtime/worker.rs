@@ -585,9 +585,7 @@ impl WorkerShared {
             self.orphaned.store(true, Ordering::SeqCst);
             tracing::error!(
                 worker = self.id,
-                live = no_stack.live,
-                max = no_stack.max,
-                kernel_refused = no_stack.refused,
+                stacks = %no_stack,
                 "no coroutine can take this worker's polling role; it polls again when one of its waiting tasks finishes"
             );
         }
@@ -598,28 +596,30 @@ impl WorkerShared {
     /// has none (see the module docs). A stack the kernel refused is asked for again at
     /// most every [`SPARE_RETRY`] (`retry_at`); one the budget refused, on every round.
     fn keep_spare(self: &Arc<Self>, retry_at: &mut Option<Instant>) {
-        let has_spare = !lock(&self.idle).is_empty()
-            || match retry_at {
-                Some(at) if Instant::now() < *at => false,
-                _ => match spawn_worker_coroutine(self, Start::Idle) {
-                    Ok(()) => true,
-                    Err(no_stack) => {
-                        *retry_at = no_stack.refused.then(|| Instant::now() + SPARE_RETRY);
-                        if !self.refusing.load(Ordering::Relaxed) {
-                            self.log_refusing(no_stack);
-                        }
-                        false
-                    }
-                },
-            };
-        if has_spare {
-            *retry_at = None;
+        if !lock(&self.idle).is_empty() || self.make_spare(retry_at) {
             if self.refusing.swap(false, Ordering::Relaxed) {
                 tracing::debug!(worker = self.id, "a coroutine is spare again: this worker runs its tasks again");
             }
         } else {
             self.refusing.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Makes an idle coroutine, unless the kernel refused one less than
+    /// [`SPARE_RETRY`] ago; whether it did.
+    fn make_spare(self: &Arc<Self>, retry_at: &mut Option<Instant>) -> bool {
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
+        let Err(no_stack) = spawn_worker_coroutine(self, Start::Idle) else {
+            *retry_at = None;
+            return true;
+        };
+        *retry_at = no_stack.refused.then(|| Instant::now() + SPARE_RETRY);
+        if !self.refusing.load(Ordering::Relaxed) {
+            self.log_refusing(no_stack);
+        }
+        false
     }
 
     /// Says that the worker starts refusing tasks: at most once per
@@ -634,9 +634,7 @@ impl WorkerShared {
         *logged_at = Some(Instant::now());
         tracing::warn!(
             worker = self.id,
-            live = no_stack.live,
-            max = no_stack.max,
-            kernel_refused = no_stack.refused,
+            stacks = %no_stack,
             "no coroutine to spare: this worker fails its tasks with NoCoroutine until one of its waiting tasks finishes (config key max_coroutines; said at most every 10 s)"
         );
     }
@@ -785,10 +783,7 @@ impl Worker {
                 || {},
             )
             .map_err(|no_stack| {
-                std::io::Error::other(format!(
-                    "no coroutine stack for worker {id}: {}",
-                    crate::coroutine::JoinError::NoStack(no_stack)
-                ))
+                std::io::Error::other(format!("no coroutine stack for worker {id}: {no_stack}"))
             })?;
         Ok(Worker {
             shared,
