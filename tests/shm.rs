@@ -251,9 +251,12 @@ fn a_killed_client_disturbs_no_one_and_is_reclaimed() {
     )
     .unwrap();
     assert_eq!(m.custom(PoolQuery::local(), "warm", 0).unwrap(), "warm");
-    // Only this observer is attached (the readiness probe's area is reclaimed too).
+    // Only this observer is attached (the readiness probe's area is reclaimed too),
+    // and its call is over: a task counts in flight until it is dropped, just after its
+    // answer is written, so the answer can arrive a moment before the count drops.
     wait_until("a settled baseline", || {
-        runtime.usage().client_areas_in_use == 1
+        let usage = runtime.usage();
+        usage.client_areas_in_use == 1 && usage.tasks_in_flight == 0
     });
     let baseline = runtime.usage();
     assert_eq!(baseline.tasks_in_flight, 0);
