@@ -69,6 +69,10 @@ fn client_child_entry() {
         println!("overflow quota checks done");
         return;
     }
+    if role == "waiter" {
+        waiting_quota_child(&m);
+        return;
+    }
     if role == "granted" {
         // Runs as uid 65534, listed in `access.uids` but not in `access.admin_uids`.
         assert_eq!(m.custom(PoolQuery::local(), "hi", 0).unwrap(), "hi");
@@ -889,6 +893,81 @@ fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
         );
     }
     assert_eq!(m.custom(PoolQuery::local(), "owner", 0).unwrap(), "owner");
+}
+
+/// The `QuotaExceeded` of `quotas.waiting_tasks: 8`.
+fn is_waiting_quota<T>(result: &Result<T, TaskError>) -> bool {
+    matches!(result, Err(TaskError::QuotaExceeded { limit: 8, config_key, .. }) if config_key == "quotas.waiting_tasks")
+}
+
+/// The child of `a_uid_at_its_waiting_quota_is_refused_and_the_owner_served`: runs as uid
+/// 65534 against a runtime with one worker and `quotas.waiting_tasks: 8`.
+fn waiting_quota_child(m: &ModNameClient) {
+    // Twenty calls over two connections that each hold the container's lock 300 ms: all
+    // but the first wait for it, a coroutine each, and the uid may have 8 waiting.
+    let second = Client::connect().expect("the child connects again");
+    let m2 = ModNameClient::attach(&second, m.pool_id());
+    let mut calls: Vec<_> = (0..20)
+        .map(|id| {
+            let m = if id % 2 == 0 { m } else { &m2 };
+            m.async_co_mutex_test(PoolQuery::local(), id, 300).unwrap()
+        })
+        .collect();
+    // A refused call is answered at once, long before the first holder lets go.
+    let mut answers = Vec::new();
+    while let Some(done) = Pending::first_done(&calls) {
+        let answer = calls.swap_remove(done).wait();
+        let refused = is_waiting_quota(&answer);
+        answers.push(answer);
+        if refused {
+            break;
+        }
+    }
+    println!("at quota");
+    answers.extend(calls.into_iter().map(Pending::wait));
+    let ran = answers.iter().filter(|answer| answer.is_ok()).count();
+    let refused = answers
+        .iter()
+        .filter(|answer| is_waiting_quota(answer))
+        .count();
+    assert_eq!(ran + refused, 20, "{answers:?}");
+    // Tasks already running when the count is read may still wait, one per worker.
+    assert!((1..=9).contains(&ran), "{ran} ran: {answers:?}");
+    // A chain of subtasks each waiting on the next counts against the uid too: the
+    // ninth level is refused, and the refusal comes back up the chain.
+    let chain = m.wait_test(PoolQuery::local(), 30);
+    assert!(is_waiting_quota(&chain), "{chain:?}");
+    // Every count came back: a chain within the quota runs.
+    assert_eq!(m.wait_test(PoolQuery::local(), 6), Ok(6));
+}
+
+/// A uid without admin rights may have only `quotas.waiting_tasks` tasks waiting at once
+/// (each keeps a coroutine), over all its connections and counting the subtasks of its
+/// tasks: past it its new tasks fail with `QuotaExceeded`, while the runtime's owner is
+/// served (and not counted) — one user cannot take every coroutine from the others.
+#[test]
+fn a_uid_at_its_waiting_quota_is_refused_and_the_owner_served() {
+    let runtime = RuntimeProcess::start_with(
+        "waiting-quota",
+        "access:\n  uids: [65534]\nquotas:\n  waiting_tasks: 8\nworkers:\n  low_latency: 1\n  high_latency: 0\n",
+        Launch {
+            quiet_stderr: true,
+            ..Launch::CHIMAERA
+        },
+    );
+    let mut waiter = client_child_as_nobody(&runtime, "waiter");
+    wait_for_line(&mut waiter, "at quota");
+    // While the uid's waiting tasks hold the lock, the owner's chain of 30 waiting
+    // subtasks runs.
+    let chi = runtime.client();
+    let m = ModNameClient::open(&chi, "shared").unwrap();
+    assert_eq!(
+        within("the owner's chain", move || m
+            .wait_test(PoolQuery::local(), 30)),
+        Ok(30)
+    );
+    let status = within("the child", move || waiter.wait().unwrap());
+    assert!(status.success(), "the child's checks failed: {status}");
 }
 
 #[test]

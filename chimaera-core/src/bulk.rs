@@ -69,6 +69,7 @@
 //! [`Client::submit`]: crate::Client::submit
 use crate::codec::{Bytes, SliceRef};
 use crate::error::TaskError;
+use crate::quota::UidQuotas;
 use std::alloc::Layout;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -141,52 +142,13 @@ pub struct BulkShare {
     /// How a reference's offset finds its bytes.
     layout: ShareLayout,
     claims: Mutex<Vec<Claim>>,
-    /// The stack-overflow quota of the client's uid, if it has one: every task of a
-    /// client process carries its share, so a task that overflows is counted through it.
-    overflow_quota: Option<Arc<OverflowQuota>>,
+    /// The per-uid quotas of the client's uid, if it has them (see `crate::quota`):
+    /// every task of a client process carries its share, and its subtasks a share made
+    /// for them ([`BulkShare::for_subtasks`]), so what a task holds or overflows is
+    /// counted through it.
+    quotas: Option<Arc<UidQuotas>>,
     /// Keeps the mapping alive as long as any task can reach it.
     _mapping: Arc<dyn Send + Sync>,
-}
-
-/// How many handler stack overflows the tasks of one uid may still cause
-/// (`quotas.stack_overflows`), shared by every client process of that uid for the
-/// runtime's life: counted when a task of theirs overflows, looked at when they submit.
-/// A stack that overflowed cannot be unwound, so it is kept (memory and mappings) for
-/// good; the quota bounds what one user can make the runtime keep.
-#[derive(Debug)]
-pub(crate) struct OverflowQuota {
-    used: std::sync::atomic::AtomicU32,
-    limit: u32,
-}
-
-impl OverflowQuota {
-    /// A quota of `limit` overflows, none used.
-    pub(crate) fn new(limit: u32) -> OverflowQuota {
-        OverflowQuota {
-            used: std::sync::atomic::AtomicU32::new(0),
-            limit,
-        }
-    }
-
-    /// Counts one overflow.
-    pub(crate) fn count(&self) {
-        // Saturating: a count that wrapped would hand the quota back.
-        let _ = self.used.fetch_update(
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-            |used| used.checked_add(1),
-        );
-    }
-
-    /// Whether the quota is used up (the uid's tasks are refused).
-    pub(crate) fn spent(&self) -> bool {
-        self.used.load(std::sync::atomic::Ordering::Relaxed) >= self.limit
-    }
-
-    /// The quota.
-    pub(crate) fn limit(&self) -> u32 {
-        self.limit
-    }
 }
 
 /// Where the bytes of a [`BulkWire::Shared`] reference lie in a [`BulkShare`].
@@ -244,22 +206,52 @@ impl BulkShare {
             len,
             layout: ShareLayout::Client,
             claims: Mutex::new(Vec::new()),
-            overflow_quota: None,
+            quotas: None,
             _mapping: mapping,
         }
     }
 
-    /// Counts the stack overflows of this client's tasks against `quota`.
-    pub(crate) fn with_overflow_quota(mut self, quota: Option<Arc<OverflowQuota>>) -> Self {
-        self.overflow_quota = quota;
+    /// Counts what this client's tasks hold and overflow against `quotas`.
+    pub(crate) fn with_quotas(mut self, quotas: Option<Arc<UidQuotas>>) -> Self {
+        self.quotas = quotas;
         self
+    }
+
+    /// The per-uid quotas of the client's uid, if it has them.
+    #[inline]
+    pub(crate) fn quotas(&self) -> Option<&Arc<UidQuotas>> {
+        self.quotas.as_ref()
     }
 
     /// Counts a stack overflow of one of this client's tasks against its uid's quota.
     pub(crate) fn count_overflow(&self) {
-        if let Some(quota) = &self.overflow_quota {
-            quota.count();
+        if let Some(quotas) = &self.quotas {
+            quotas.count_overflow();
         }
+    }
+
+    /// What the subtasks of a task holding this share carry, so that they are counted
+    /// against the same uid's quotas: `None` for a share without quotas; else a share of
+    /// no bytes (a subtask, made inside the runtime, passes its bulk arguments inline,
+    /// and none can reference the client's memory) with the same quotas — this share
+    /// itself when it is already one. It is not the client's share, so subtasks do not
+    /// count against the client's tasks in flight, and a client made for subtasks that
+    /// a module keeps does not keep the client's memory mapped.
+    pub(crate) fn for_subtasks(self: &Arc<Self>) -> Option<Arc<BulkShare>> {
+        let quotas = self.quotas.as_ref()?;
+        if self.len == 0
+            && matches!(&self.layout, ShareLayout::Carried(ranges) if ranges.is_empty())
+        {
+            return Some(self.clone());
+        }
+        Some(Arc::new(BulkShare {
+            base: NonNull::dangling(),
+            len: 0,
+            layout: ShareLayout::Carried(Vec::new()),
+            claims: Mutex::new(Vec::new()),
+            quotas: Some(quotas.clone()),
+            _mapping: Arc::new(()),
+        }))
     }
 
     /// The bulk ranges that travelled with a task from another node: `ranges` (offset
@@ -314,14 +306,14 @@ impl BulkShare {
             layout: ShareLayout::Carried(table),
             claims: Mutex::new(Vec::new()),
             // Counted on the node the client is attached to, if anywhere.
-            overflow_quota: None,
+            quotas: None,
             _mapping: Arc::new(bytes),
         })
     }
 
     /// Whether the bytes lie in a client's shared memory (views copy atomically) rather
     /// than in this runtime's memory (carried from another node).
-    fn is_client_memory(&self) -> bool {
+    pub(crate) fn is_client_memory(&self) -> bool {
         matches!(self.layout, ShareLayout::Client)
     }
 

@@ -41,6 +41,11 @@
 //!                            # life (1..=1048576); past it that uid's tasks fail with
 //!                            # QuotaExceeded. Each overflow keeps its dead coroutine stack
 //!                            # (coroutine_stack_size of memory, two memory mappings) for good
+//!   waiting_tasks: 7000      # tasks of one such uid (subtasks of its tasks included) that
+//!                            # may wait at once, each keeping a coroutine (1..=16777216);
+//!                            # while that many wait, its new tasks fail with QuotaExceeded.
+//!                            # Absent: a quarter of max_coroutines, so no one uid can take
+//!                            # every coroutine from the others
 //! stop_grace_period_ms: 5000 # how long a stop waits for in-flight tasks before failing them;
 //!                            # tasks arriving meanwhile fail with RuntimeStopped (subtasks of
 //!                            # running tasks excepted), and the stop ends when it is over
@@ -195,6 +200,14 @@ pub struct RuntimeConfig {
     /// the runtime until the kernel's limit of mappings per process (about 32,000
     /// overflows) stopped it.
     pub client_stack_overflows: u32,
+    /// Tasks of one uid without admin rights (subtasks of its tasks included) that may
+    /// wait at once (`quotas.waiting_tasks`), each keeping a coroutine; while that many
+    /// wait, the uid's new tasks fail with
+    /// [`TaskError::QuotaExceeded`](crate::TaskError::QuotaExceeded). `None`: a quarter
+    /// of the coroutine budget ([`Self::waiting_quota`]), so that one uid, whatever
+    /// connections it opens, cannot take every coroutine and leave the others only
+    /// [`TaskError::NoCoroutine`](crate::TaskError::NoCoroutine).
+    pub client_waiting_tasks: Option<u32>,
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
@@ -388,15 +401,18 @@ const MAX_ACCESS_ENTRIES: usize = 1024;
 const MAX_TASKS_IN_FLIGHT: u32 = 1 << 20;
 /// Largest `quotas.stack_overflows`.
 const MAX_STACK_OVERFLOWS: u32 = 1 << 20;
+/// Largest `quotas.waiting_tasks` (as `max_coroutines`).
+const MAX_WAITING_TASKS: u32 = MAX_COROUTINES;
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with the keys tasks_in_flight and stack_overflows"
+    expecting = "a mapping with the keys tasks_in_flight, stack_overflows and waiting_tasks"
 )]
 struct FileQuotas {
     tasks_in_flight: Option<u32>,
     stack_overflows: Option<u32>,
+    waiting_tasks: Option<u32>,
 }
 // --- end of the `isolation` addition ---
 
@@ -462,6 +478,7 @@ impl Default for RuntimeConfig {
             access: AccessConfig::default(),
             client_tasks_in_flight: 1024,
             client_stack_overflows: 64,
+            client_waiting_tasks: None,
             metrics_prometheus: None,
             metrics_latency_sample: 8,
             networking: NetworkingConfig::default(),
@@ -492,6 +509,15 @@ impl RuntimeConfig {
             .unwrap_or(65_530);
         let reserve = (maps / 8).max(1_024);
         (maps.saturating_sub(reserve) / 2).max(least)
+    }
+
+    /// How many tasks of one uid without admin rights may wait at once, in a runtime
+    /// whose coroutine budget is `coroutines` ([`Self::coroutine_budget`]):
+    /// `quotas.waiting_tasks`, or when it is absent a quarter of the budget (at least
+    /// one).
+    pub fn waiting_quota(&self, coroutines: usize) -> u32 {
+        self.client_waiting_tasks
+            .unwrap_or_else(|| u32::try_from(coroutines / 4).unwrap_or(u32::MAX).max(1))
     }
 
     /// The fewest coroutines the workers can run with: a poller and a spare each, and
@@ -662,6 +688,14 @@ impl RuntimeConfig {
                     self.client_stack_overflows
                 ),
             );
+        }
+        if let Some(waiting) = self.client_waiting_tasks {
+            if !(1..=MAX_WAITING_TASKS).contains(&waiting) {
+                return invalid(
+                    "quotas.waiting_tasks",
+                    format!("is {waiting}; use 1 to {MAX_WAITING_TASKS}"),
+                );
+            }
         }
         if !(1..=MAX_CONTAINERS).contains(&self.max_containers_per_pool) {
             return invalid(
@@ -1151,6 +1185,9 @@ impl FileConfig {
             if let Some(overflows) = quotas.stack_overflows {
                 config.client_stack_overflows = overflows;
             }
+            if let Some(waiting) = quotas.waiting_tasks {
+                config.client_waiting_tasks = Some(waiting);
+            }
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {
@@ -1434,7 +1471,7 @@ compose:
     #[test]
     fn access_and_quota_keys_are_read_and_checked() {
         let config = RuntimeConfig::from_yaml_str(
-            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5 }\n",
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6 }\n",
         )
         .unwrap();
         assert_eq!(
@@ -1447,7 +1484,13 @@ compose:
         );
         assert_eq!(config.client_tasks_in_flight, 8);
         assert_eq!(config.client_stack_overflows, 5);
+        assert_eq!(config.client_waiting_tasks, Some(6));
+        assert_eq!(config.waiting_quota(1000), 6);
         let defaults = RuntimeConfig::default();
+        assert_eq!(defaults.client_waiting_tasks, None);
+        // A quarter of the coroutine budget, at least one.
+        assert_eq!(defaults.waiting_quota(28_669), 7_167);
+        assert_eq!(defaults.waiting_quota(3), 1);
         assert_eq!(defaults.access, AccessConfig::default());
         assert_eq!(defaults.client_tasks_in_flight, 1024);
         assert_eq!(defaults.client_stack_overflows, 64);
@@ -1461,6 +1504,11 @@ compose:
             (
                 "quotas: { stack_overflows: 2000000 }",
                 "quotas.stack_overflows",
+            ),
+            ("quotas: { waiting_tasks: 0 }", "quotas.waiting_tasks"),
+            (
+                "quotas: { waiting_tasks: 16777217 }",
+                "quotas.waiting_tasks",
             ),
             ("access: { uids: [4294967295] }", "access.uids"),
             ("access: { admin_uids: [4294967295] }", "access.admin_uids"),

@@ -90,6 +90,7 @@ mod io_ring;
 pub mod lock;
 pub mod peer;
 pub mod query;
+mod quota;
 pub mod runtime;
 internal_mod! {
     /// Shared-memory building blocks (unstable, for chimaera's own tests).

@@ -17,6 +17,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerInfo;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
+use crate::runtime::parent::Parent;
 use crate::shm::InstanceName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ pub(crate) trait Host: Send + Sync {
     /// The host itself, counted (for handles and clients that outlive a borrow).
     fn me(&self) -> Arc<dyn Host>;
     /// A client in this process whose tasks are subtasks of `parent` if any.
-    fn client(&self, parent: Option<TaskNode>) -> Client;
+    fn client(&self, parent: Option<Parent>) -> Client;
     /// Gets or creates a pool; its containers' create tasks are children of `parent`
     /// (a task id and its node).
     fn get_or_create_pool(
@@ -175,7 +176,10 @@ impl<'t> RunContext<'t> {
     /// A client whose tasks are subtasks of this one: same TaskNode group, one level
     /// deeper. Waiting on them parks this task's coroutine, not the worker.
     pub fn client(&self) -> Client {
-        self.host.client(Some(self.header.node))
+        self.host.client(Some(Parent {
+            node: self.header.node,
+            charge: self.bulk.and_then(BulkShare::for_subtasks),
+        }))
     }
 
     /// Parks this task for `duration`, at most [`MAX_PERIOD`] (a year; longer sleeps

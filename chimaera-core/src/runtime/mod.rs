@@ -46,6 +46,7 @@ crate::internal_mod! {
     mod header;
 }
 pub mod module;
+pub(crate) mod parent;
 crate::internal_mod! {
     /// A pool and its containers (unstable, for chimaera's own tests).
     mod pool;
@@ -81,6 +82,7 @@ use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::module::LanePriority;
 use crate::runtime::module::{ChiMod, ModuleEntry};
+use crate::runtime::parent::Parent;
 use crate::runtime::pool::Pool;
 use crate::runtime::pool_table::{check_reopen, Lookup, PoolEntry, PoolMemo, PoolTable};
 use crate::runtime::task::{
@@ -674,7 +676,12 @@ impl Shared {
     /// counting references: either the transport sees this reference and waits, or
     /// this task sees the cancel and ends — a reclaimed share is never used.
     fn sleep_between_runs(&self, task: &mut Task, period: Duration) -> bool {
-        let share = task.bulk.take().map(|share| Arc::downgrade(&share));
+        // Only a client's memory is let go of: a subtask's share (see
+        // `BulkShare::for_subtasks`) holds none, and nothing else may keep it alive.
+        let share = task
+            .bulk
+            .take_if(|share| share.is_client_memory())
+            .map(|share| Arc::downgrade(&share));
         let token = task
             .periodic
             .as_ref()
@@ -835,6 +842,7 @@ impl Shared {
                 main_bytes = shm.main_size,
                 runtime_data_bytes = shm.runtime_data_size,
                 queue_depth = config.queue_depth,
+                waiting_tasks_per_uid = config.waiting_quota(self.stack_budget.max()),
                 "shared memory sized"
             );
         }
@@ -1096,7 +1104,7 @@ impl TaskRunner for Runner {
 impl crate::transport::inproc::LocalRuntime for Shared {
     fn enqueue_local(
         &self,
-        parent: Option<TaskNode>,
+        parent: Option<&Parent>,
         route: crate::transport::Route,
         input: TaskInput,
         schedule: Option<Schedule>,
@@ -1121,10 +1129,12 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             input,
             origin: Origin {
                 force_net,
+                bulk: parent.and_then(Parent::charge),
                 ..Origin::default()
             },
         };
         let pools = &mut PoolMemo::default();
+        let parent = parent.map(|parent| parent.node);
         let (call, cancel) = self.enqueue(parent, submission, pools)?;
         Ok((
             call,
@@ -1138,7 +1148,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
 
     fn call_local(
         &self,
-        parent: Option<TaskNode>,
+        parent: Option<&Parent>,
         route: crate::transport::Route,
         input: TaskInput,
         hint: &crate::transport::inproc::PostHint,
@@ -1150,7 +1160,7 @@ impl crate::transport::inproc::LocalRuntime for Shared {
             let (call, _) = self.enqueue_local(parent, route, input, None)?;
             return call.ok_or(TaskError::NotRun);
         };
-        if !self.accepts(parent) {
+        if !self.accepts(parent.map(|parent| parent.node)) {
             return Err(TaskError::RuntimeStopped);
         }
         // Pipelining: the thread's last call posted there is not answered yet.
@@ -1286,7 +1296,7 @@ impl Host for Shared {
         self.this()
     }
 
-    fn client(&self, parent: Option<TaskNode>) -> Client {
+    fn client(&self, parent: Option<Parent>) -> Client {
         crate::transport::inproc::client(self.this(), parent)
     }
 
@@ -1499,6 +1509,7 @@ impl RuntimeBuilder {
             .network
             .map(|net| Box::new(remote::ClusterNode::new(net, &config.networking)));
         let node = cluster.as_ref().map_or(0, |cluster| cluster.this_node);
+        let coroutines = config.coroutine_budget();
         let server = if serve {
             let sizes = ServeSizes {
                 main: config.shm.main_size,
@@ -1509,7 +1520,7 @@ impl RuntimeBuilder {
                 workers: config.workers_low_latency.max(1) as u32,
                 stack_size: config.stack_size,
             };
-            // isolation: who may connect, and each client's quota of tasks in flight.
+            // isolation: who may connect, and what each client and each uid may hold.
             let access = ServeAccess {
                 policy: AccessPolicy {
                     owner: rustix::process::geteuid().as_raw(),
@@ -1519,6 +1530,7 @@ impl RuntimeBuilder {
                 },
                 tasks_in_flight: config.client_tasks_in_flight,
                 stack_overflows: config.client_stack_overflows,
+                waiting_tasks: config.waiting_quota(coroutines),
             };
             Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {
@@ -1537,7 +1549,7 @@ impl RuntimeBuilder {
             inflight: InFlight::with_workers(config.workers()),
             periodic: Mutex::new(Vec::new()),
             periodic_live: AtomicU64::new(0),
-            stack_budget: crate::coroutine::StackBudget::new(config.coroutine_budget()),
+            stack_budget: crate::coroutine::StackBudget::new(coroutines),
             state: AtomicU8::new(RUNNING),
             stopped: Latch::default(),
             shm: OnceLock::new(),

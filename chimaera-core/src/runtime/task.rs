@@ -40,6 +40,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, PoolId, TaskNode};
 use crate::query::PoolQuery;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
+use crate::runtime::parent::Parent;
 use crate::runtime::pool::Pool;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,7 +244,7 @@ pub struct LocalRequest {
     route: Route,
     /// Boxed: a call with a parent (from a client made inside a task, used on a thread
     /// of its own) is rare, and the request then fits three lines with its ring word.
-    parent: Option<Box<TaskNode>>,
+    parent: Option<Box<Parent>>,
     /// `None` once routed, or once answered.
     reply: Option<SlotReply>,
 }
@@ -253,21 +254,21 @@ impl LocalRequest {
     /// `reply`.
     pub(crate) fn new(
         route: Route,
-        parent: Option<TaskNode>,
+        parent: Option<&Parent>,
         input: TaskInput,
         reply: SlotReply,
     ) -> Self {
         LocalRequest {
             input,
             route,
-            parent: parent.map(Box::new),
+            parent: parent.map(|parent| Box::new(parent.clone())),
             reply: Some(reply),
         }
     }
 
     /// The parent task, if any.
     pub fn parent(&self) -> Option<TaskNode> {
-        self.parent.as_deref().copied()
+        self.parent.as_deref().map(|parent| parent.node)
     }
 
     /// Starts fetching the reply slot's line for writing (see [`SlotReply::prefetch`]).
@@ -296,7 +297,7 @@ impl LocalRequest {
             origin: Origin {
                 reply: None,
                 cancel: None,
-                bulk: None,
+                bulk: self.parent.as_deref().and_then(Parent::charge),
                 local_worker: Some(worker),
                 force_net: route.force_net,
                 slot: self.reply.as_ref().map(SlotReply::duplicate),

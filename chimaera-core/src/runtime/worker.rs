@@ -108,8 +108,10 @@
 //!
 //! Workers know how to run a task only through the [`TaskRunner`] they are given; they
 //! know nothing of pools or modules.
+use crate::bulk::BulkShare;
 use crate::codec::OutputBuffer;
 use crate::coroutine::{self, Blocker, Executor, ExecutorOptions, NoStack, Spawner, StackBudget};
+use crate::quota::UidQuotas;
 use crate::runtime::module::LanePriority;
 use crate::runtime::task::{lock, LocalRequest, Task};
 use crate::sync::{barrier, Fifo, Inbox, Latch};
@@ -366,9 +368,17 @@ struct TaskSlot {
     blocker: OnceLock<Arc<Blocker>>,
     /// Set by the coroutine that hands this idle one the polling role, before it unparks it.
     called: AtomicBool,
+    /// The per-uid quotas of a task run here (see `crate::quota`), kept from run to run:
+    /// replaced only when a task of another uid comes, so that most runs count nothing.
+    quotas: UnsafeCell<Option<Arc<UidQuotas>>>,
+    /// `quotas` are the running task's.
+    charged: Cell<bool>,
+    /// The running task waited and is counted in `quotas` as waiting.
+    counted: Cell<bool>,
 }
 
-// SAFETY: a slot's `task`, `staged` and `routing` are only used on its worker's thread:
+// SAFETY: a slot's `task`, `staged`, `routing`, `quotas`, `charged` and `counted` are
+// only used on its worker's thread:
 // its coroutine fills one before running the task (routing the request) inline and
 // empties it after (the ingest it runs as the poller stages a task there, see
 // `Lane::push_from_worker`), and the overflow hook reads them after the coroutine died;
@@ -403,7 +413,51 @@ impl TaskSlot {
             routing: UnsafeCell::new(None),
             blocker: OnceLock::new(),
             called: AtomicBool::new(false),
+            quotas: UnsafeCell::new(None),
+            charged: Cell::new(false),
+            counted: Cell::new(false),
         })
+    }
+
+    /// Makes `quotas` those of the task about to run here (`None`: a task not counted per
+    /// uid). Called by the slot's coroutine before the run.
+    #[inline]
+    fn charge(&self, quotas: Option<&Arc<UidQuotas>>) {
+        let Some(quotas) = quotas else {
+            self.charged.set(false);
+            return;
+        };
+        // SAFETY: on the worker's thread, by the slot's own coroutine (see `TaskSlot`'s
+        // `Send`); no reference into the cell outlives this function or `count_waiting`.
+        let kept = unsafe { &mut *self.quotas.get() };
+        if !kept.as_ref().is_some_and(|kept| Arc::ptr_eq(kept, quotas)) {
+            *kept = Some(quotas.clone());
+        }
+        self.charged.set(true);
+    }
+
+    /// The task running here is about to wait (its coroutine hands the polling role
+    /// on): counts it against its uid's quota of waiting tasks, if it has one.
+    fn count_waiting(&self) {
+        if !self.charged.get() || self.counted.replace(true) {
+            return;
+        }
+        // SAFETY: as in `charge`: called by the slot's coroutine, on its worker's thread.
+        if let Some(quotas) = unsafe { (*self.quotas.get()).as_ref() } {
+            quotas.start_waiting();
+        }
+    }
+
+    /// The run of the task here ended: uncounts it if it was counted as waiting.
+    #[inline]
+    fn run_ended(&self) {
+        if !self.counted.replace(false) {
+            return;
+        }
+        // SAFETY: as in `charge`.
+        if let Some(quotas) = unsafe { (*self.quotas.get()).as_ref() } {
+            quotas.stop_waiting();
+        }
     }
 }
 
@@ -565,6 +619,10 @@ impl WorkerShared {
     /// lane turn it was in and gives the polling role to an idle coroutine (or a new one),
     /// which runs before the waiting task resumes.
     fn hand_polling_on(self: &Arc<Self>) {
+        let poller = self.local().and_then(|local| local.poller.clone());
+        if let Some(slot) = poller {
+            slot.count_waiting();
+        }
         self.drop_polling();
         self.pass_polling_on();
     }
@@ -1067,12 +1125,38 @@ fn run_in_slot(worker: &WorkerShared, slot: &TaskSlot, out: &mut OutputBuffer, h
         }
         return true;
     }
+    let quotas = task.bulk.as_deref().and_then(BulkShare::quotas);
+    if quotas.is_some_and(|quotas| quotas.waiting_full()) {
+        refuse_past_waiting_quota(worker, cell);
+        return true;
+    }
+    slot.charge(quotas);
     coroutine::arm_handoff();
     worker.runner.run(task, out, worker.id, held);
     let still_polling = coroutine::disarm_handoff();
+    if !still_polling {
+        slot.run_ended();
+    }
     // SAFETY: as above; the run is over, so the task is dropped here, in place.
     unsafe { *cell = None };
     still_polling
+}
+
+/// Fails the task in `cell` unrun: its uid has its quota of tasks waiting (see
+/// `crate::quota`). Out of line: the common path of [`run_in_slot`] stays small.
+#[cold]
+#[inline(never)]
+fn refuse_past_waiting_quota(worker: &WorkerShared, cell: *mut Option<Task>) {
+    // SAFETY: `cell` is the running coroutine's slot (see `run_in_slot`), and no
+    // reference into it is alive.
+    let Some(task) = (unsafe { (*cell).take() }) else {
+        return;
+    };
+    let error = match task.bulk.as_deref().and_then(BulkShare::quotas) {
+        Some(quotas) => quotas.waiting_error(),
+        None => return worker.refuse(task),
+    };
+    worker.runner.refuse(task, error);
 }
 
 /// Routes up to [`INBOX_PER_ROUND`] posted in-process calls, each from the polling

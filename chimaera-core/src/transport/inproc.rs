@@ -12,13 +12,16 @@
 //! arguments are always copied (a [`Buffer`] here is heap memory), so the runtime never
 //! holds caller memory and a dropped call need not be waited for. A client made inside
 //! a task carries the parent's [`TaskNode`]: its tasks are subtasks, which the coroutine
-//! locks let through a lock their parent holds, and which a draining runtime still takes.
+//! locks let through a lock their parent holds, and which a draining runtime still takes;
+//! they also carry what counts them against the quotas of the uid whose task made them
+//! (see `crate::quota`).
 use crate::bulk::{Buffer, BufferError, BulkRef, BulkWire};
 use crate::client::Client;
 use crate::codec::{recycled_bytes, Bytes, OutputBuffer, SliceRef};
 use crate::error::TaskError;
 use crate::ids::PoolId;
 use crate::ids::TaskNode;
+use crate::runtime::parent::Parent;
 use crate::runtime::task::{TaskInput, INLINE_INPUT};
 use crate::transport::{
     Call, CancelPeriodic, LendGuard, Route, Schedule, Transport, TransportKind,
@@ -37,7 +40,7 @@ pub(crate) trait LocalRuntime: Send + Sync {
     /// Queues one task (a subtask of `parent` if any).
     fn enqueue_local(
         &self,
-        parent: Option<TaskNode>,
+        parent: Option<&Parent>,
         route: Route,
         input: TaskInput,
         schedule: Option<Schedule>,
@@ -48,7 +51,7 @@ pub(crate) trait LocalRuntime: Send + Sync {
     /// [`enqueue_local`](Self::enqueue_local) queues it.
     fn call_local(
         &self,
-        parent: Option<TaskNode>,
+        parent: Option<&Parent>,
         route: Route,
         input: TaskInput,
         hint: &PostHint,
@@ -94,13 +97,13 @@ impl PostHint {
 /// Queues tasks on a runtime in this process.
 pub(crate) struct InProcess {
     runtime: Arc<dyn LocalRuntime>,
-    parent: Option<TaskNode>,
+    parent: Option<Parent>,
     hint: PostHint,
 }
 
 impl InProcess {
     /// A transport to `runtime`, whose tasks are subtasks of `parent` if any.
-    pub(crate) fn new(runtime: Arc<dyn LocalRuntime>, parent: Option<TaskNode>) -> Self {
+    pub(crate) fn new(runtime: Arc<dyn LocalRuntime>, parent: Option<Parent>) -> Self {
         InProcess {
             runtime,
             parent,
@@ -118,11 +121,11 @@ impl InProcess {
         if schedule.is_none() {
             return self
                 .runtime
-                .call_local(self.parent, route, input, &self.hint);
+                .call_local(self.parent.as_ref(), route, input, &self.hint);
         }
         let (call, _) = self
             .runtime
-            .enqueue_local(self.parent, route, input, schedule)?;
+            .enqueue_local(self.parent.as_ref(), route, input, schedule)?;
         call.ok_or(TaskError::NotRun)
     }
 }
@@ -158,7 +161,7 @@ fn archive_input(
 }
 
 /// A client of `runtime` in this process, whose tasks are subtasks of `parent` if any.
-pub(crate) fn client(runtime: Arc<dyn LocalRuntime>, parent: Option<TaskNode>) -> Client {
+pub(crate) fn client(runtime: Arc<dyn LocalRuntime>, parent: Option<Parent>) -> Client {
     Client::with_transport(Arc::new(InProcess::new(runtime, parent)))
 }
 
@@ -211,7 +214,7 @@ impl Transport for InProcess {
         schedule: Schedule,
     ) -> Result<Option<Box<dyn CancelPeriodic>>, TaskError> {
         let (_, cancel) = self.runtime.enqueue_local(
-            self.parent,
+            self.parent.as_ref(),
             route,
             TaskInput::from(input),
             Some(schedule),
@@ -236,7 +239,8 @@ impl Transport for InProcess {
     }
 
     fn peer_gone(&self) -> Option<TaskError> {
-        (!self.runtime.accepts(self.parent)).then_some(TaskError::RuntimeStopped)
+        let parent = self.parent.as_ref().map(|parent| parent.node);
+        (!self.runtime.accepts(parent)).then_some(TaskError::RuntimeStopped)
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -124,14 +124,15 @@
 //!   [`TaskError::QuotaExceeded`].
 //! * Output bytes: outputs larger than a slot go to the area's own output space, whose
 //!   size is the quota; when it is full the task fails with `QuotaExceeded`.
-//! * Stack overflows (config key `quotas.stack_overflows`), per uid without admin
-//!   rights, for the runtime's life: a handler (or a route) that overflows its
-//!   coroutine's stack leaves that stack behind for good (it cannot be unwound, and
-//!   values pinned on it must stay valid), so the tasks of one uid may cause only so
-//!   many; the count lives with the server, shared by every area of the uid (a client
-//!   that reconnects finds it as it was), and is reached through the data share every
-//!   task carries. Past it, the uid's tasks fail with `QuotaExceeded`. Admins are not
-//!   counted: they may stop the runtime anyway.
+//! * Per uid without admin rights (see `crate::quota`), shared by every area of the uid
+//!   for the runtime's life (a client that reconnects finds its counts as they were) and
+//!   reached through the data share every task carries (its subtasks carry one made for
+//!   them): stack overflows (config key `quotas.stack_overflows`; a handler or a route
+//!   that overflows its coroutine's stack leaves that stack behind for good, as it
+//!   cannot be unwound and values pinned on it must stay valid), refused here past the
+//!   quota; and tasks waiting at once (`quotas.waiting_tasks`; each keeps a coroutine),
+//!   refused by the worker about to run one. Either fails with `QuotaExceeded`. Admins
+//!   are not counted: they may stop the runtime anyway.
 //!
 //! # Admin methods
 //!
@@ -158,7 +159,8 @@ use super::wire::{
     SlotRequest, SlotView, TaskRequest, CONTROL_STATE,
 };
 use crate::admin_api;
-use crate::bulk::{BulkShare, OverflowQuota};
+use crate::bulk::BulkShare;
+use crate::quota::UidQuotas;
 use crate::codec::{encode, Bytes};
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
@@ -388,8 +390,8 @@ pub struct ClientArea {
     periodic: Mutex<HashMap<u64, Arc<CancelToken>>>,
     bulk: Arc<BulkShare>,
     max_tasks: usize,
-    /// The stack-overflow quota of the client's uid (also in `bulk`, where tasks count it).
-    overflow_quota: Option<Arc<OverflowQuota>>,
+    /// The per-uid quotas of the client's uid (also in `bulk`, where tasks count them).
+    uid_quotas: Option<Arc<UidQuotas>>,
     disowned: AtomicBool,
     /// A handle on the client's socket, to hang up on a disowned client.
     socket: Mutex<Option<UnixStream>>,
@@ -453,8 +455,8 @@ pub struct AreaSpec<'a> {
     pub pid: i32,
     /// Quota of tasks in flight.
     pub max_tasks: usize,
-    /// The stack-overflow quota of the client's uid (`None`: an admin, unlimited).
-    pub(crate) overflow_quota: Option<Arc<OverflowQuota>>,
+    /// The per-uid quotas of the client's uid (`None`: an admin, unlimited).
+    pub(crate) uid_quotas: Option<Arc<UidQuotas>>,
     /// The client's socket (a clone), to hang up on it when disowned.
     pub socket: Option<UnixStream>,
     /// The server (its id) and the worker whose poller takes the area's tasks.
@@ -509,7 +511,7 @@ impl ClientArea {
         // lives while `mapping` (a handle on it) does; this area's share is the only
         // `BulkShare` over it (each area has its own memfd).
         let bulk = unsafe { BulkShare::new(share, geometry.data_len, mapping) };
-        let bulk = Arc::new(bulk.with_overflow_quota(spec.overflow_quota.clone()));
+        let bulk = Arc::new(bulk.with_quotas(spec.uid_quotas.clone()));
         memory
             .atomic_u32(CONTROL_STATE)
             .map_err(|e| AreaError(e.to_string()))?
@@ -541,7 +543,7 @@ impl ClientArea {
             periodic: Mutex::new(HashMap::new()),
             bulk,
             max_tasks: spec.max_tasks,
-            overflow_quota: spec.overflow_quota,
+            uid_quotas: spec.uid_quotas,
             disowned: AtomicBool::new(false),
             socket: Mutex::new(spec.socket),
             carried: Mutex::new(Vec::new()),
@@ -888,8 +890,8 @@ impl ClientArea {
             self.write_result(slot_index, generation, Err(&err));
             return;
         }
-        if let Some(quota) = self.overflow_quota.as_ref().filter(|quota| quota.spent()) {
-            return self.refuse_past_overflow_quota(slot_index, generation, quota);
+        if let Some(quotas) = self.uid_quotas.as_ref().filter(|q| q.overflows_spent()) {
+            return self.refuse_past_overflow_quota(slot_index, generation, quotas);
         }
         let TaskRequest {
             pool,
@@ -968,13 +970,8 @@ impl ClientArea {
     /// ingest's common path stays small enough to be inlined whole.
     #[cold]
     #[inline(never)]
-    fn refuse_past_overflow_quota(&self, slot_index: u32, generation: u32, quota: &OverflowQuota) {
-        let err = TaskError::QuotaExceeded {
-            what: "stack overflows".into(),
-            limit: u64::from(quota.limit()),
-            config_key: "quotas.stack_overflows".into(),
-        };
-        self.write_result(slot_index, generation, Err(&err));
+    fn refuse_past_overflow_quota(&self, slot_index: u32, generation: u32, quotas: &UidQuotas) {
+        self.write_result(slot_index, generation, Err(&quotas.overflow_error()));
     }
 
     /// Refuses admin methods to a client without admin rights.

@@ -44,7 +44,7 @@ pub use super::handshake::ShmUsage;
 use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
 use super::runtime_page::RuntimePage;
 use super::wire::{self, AreaGeometry};
-use crate::bulk::OverflowQuota;
+use crate::quota::{UidLimits, UidQuotas};
 use crate::error::TaskError;
 use crate::runtime::task::lock;
 use crate::runtime::worker::TaskSource;
@@ -145,6 +145,9 @@ pub struct ServeAccess {
     /// Quota: handler stack overflows per uid without admin rights, for the runtime's
     /// life (`quotas.stack_overflows`).
     pub stack_overflows: u32,
+    /// Quota: tasks of one uid without admin rights waiting at once, each keeping a
+    /// coroutine (`quotas.waiting_tasks`, resolved).
+    pub waiting_tasks: u32,
 }
 
 /// The areas a worker polls.
@@ -242,7 +245,7 @@ pub struct ShmServer {
     counters: Arc<ServerCounters>,
     /// The stack-overflow quotas of the uids without admin rights that attached, kept
     /// for the runtime's life: a client that reconnects finds its uid's quota as it was.
-    overflow_quotas: Mutex<HashMap<u32, Arc<OverflowQuota>>>,
+    uid_quotas: Mutex<HashMap<u32, Arc<UidQuotas>>>,
     ready: AtomicBool,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -331,7 +334,7 @@ impl ShmServer {
             taking_tasks: AtomicBool::new(true),
             stack_size: sizes.stack_size,
             counters: Arc::new(ServerCounters::default()),
-            overflow_quotas: Mutex::new(HashMap::new()),
+            uid_quotas: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
@@ -545,10 +548,14 @@ impl ShmServer {
             pid: peer.pid,
             max_tasks: self.access.tasks_in_flight as usize,
             // An admin may stop the runtime anyway: nothing to bound.
-            overflow_quota: (!rights.admin).then(|| {
-                lock(&self.overflow_quotas)
+            uid_quotas: (!rights.admin).then(|| {
+                let limits = UidLimits {
+                    stack_overflows: self.access.stack_overflows,
+                    waiting_tasks: self.access.waiting_tasks,
+                };
+                lock(&self.uid_quotas)
                     .entry(rights.uid)
-                    .or_insert_with(|| Arc::new(OverflowQuota::new(self.access.stack_overflows)))
+                    .or_insert_with(|| Arc::new(UidQuotas::new(rights.uid, limits)))
                     .clone()
             }),
             socket: stream.try_clone().ok(),

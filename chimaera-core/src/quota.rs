@@ -1,0 +1,217 @@
+//! What the tasks of one uid may hold of a runtime, over all its connections.
+//!
+//! Client processes are untrusted, and one user may open many connections (up to
+//! `max_clients`), each with its own per-connection quotas (tasks in flight, output
+//! bytes; see `transport/shm/client_area.rs`). Some resources must be bounded per user
+//! instead, or a user with many connections — or one task with a deep chain of subtasks —
+//! takes them all. [`UidQuotas`] holds those bounds for one uid without admin rights
+//! (admins may stop the runtime anyway: they are not counted). The shared-memory server
+//! keeps one per uid for the runtime's life, so a client that reconnects finds its counts
+//! as it left them; every task of the uid reaches it through the data share it carries
+//! (`BulkShare::quotas`), and so do its subtasks (`BulkShare::for_subtasks`).
+//!
+//! * **Stack overflows** (`quotas.stack_overflows`): a handler that overflows its
+//!   coroutine's stack leaves that stack behind for good (it cannot be unwound), so the
+//!   uid may cause only so many; past them its tasks are refused at the door.
+//! * **Waiting tasks** (`quotas.waiting_tasks`): a task whose handler waits keeps a
+//!   coroutine (a stack: two memory mappings) until it ends, and a runtime has at most
+//!   `max_coroutines` of them. The worker counts a task when it first waits (when its
+//!   coroutine hands the polling role on) and uncounts it when that run ends; it refuses
+//!   to start a task of a uid whose count is at its quota, with
+//!   [`TaskError::QuotaExceeded`]. A task already running when the count was read may
+//!   still wait, at most one per worker, so the count stays below the quota plus the
+//!   number of workers.
+//!
+//! Invariants: counts saturate (never wrap, never go below zero); a run is counted as
+//! waiting at most once, and uncounted exactly once, by the worker that runs it, when
+//! the run ends; a coroutine that dies of a stack overflow while its task is counted
+//! stays counted, as its stack stays alive (and counted in `max_coroutines`).
+use crate::error::TaskError;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often at most the refusals of one uid's tasks for its waiting quota are logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The per-uid quotas of one uid without admin rights (see the module docs).
+#[derive(Debug)]
+pub(crate) struct UidQuotas {
+    uid: u32,
+    overflows: AtomicU32,
+    max_overflows: u32,
+    waiting: AtomicU32,
+    max_waiting: u32,
+    /// When a refusal for the waiting quota was last logged.
+    refusal_logged_at: Mutex<Option<Instant>>,
+}
+
+/// The per-uid limits a runtime applies (from its config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UidLimits {
+    /// `quotas.stack_overflows`.
+    pub(crate) stack_overflows: u32,
+    /// `quotas.waiting_tasks`, resolved.
+    pub(crate) waiting_tasks: u32,
+}
+
+impl UidQuotas {
+    /// The quotas of `uid`, nothing used.
+    pub(crate) fn new(uid: u32, limits: UidLimits) -> UidQuotas {
+        UidQuotas {
+            uid,
+            overflows: AtomicU32::new(0),
+            max_overflows: limits.stack_overflows,
+            waiting: AtomicU32::new(0),
+            max_waiting: limits.waiting_tasks,
+            refusal_logged_at: Mutex::new(None),
+        }
+    }
+
+    /// Counts one stack overflow of the uid's tasks.
+    pub(crate) fn count_overflow(&self) {
+        saturating_add(&self.overflows);
+    }
+
+    /// Whether the uid's stack-overflow quota is used up (its tasks are refused).
+    pub(crate) fn overflows_spent(&self) -> bool {
+        self.overflows.load(Ordering::Relaxed) >= self.max_overflows
+    }
+
+    /// The error a task of a uid past its stack-overflow quota fails with.
+    #[cold]
+    pub(crate) fn overflow_error(&self) -> TaskError {
+        TaskError::QuotaExceeded {
+            what: "stack overflows".into(),
+            limit: u64::from(self.max_overflows),
+            config_key: "quotas.stack_overflows".into(),
+        }
+    }
+
+    /// Whether the uid has as many tasks waiting as its quota allows: a worker refuses
+    /// to start another of its tasks. One relaxed load: the bound is approximate by
+    /// design (see the module docs).
+    #[inline]
+    pub(crate) fn waiting_full(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) >= self.max_waiting
+    }
+
+    /// Counts one more task of the uid waiting (its handler keeps a coroutine).
+    pub(crate) fn start_waiting(&self) {
+        saturating_add(&self.waiting);
+    }
+
+    /// Uncounts a task counted by [`start_waiting`](Self::start_waiting): its run ended.
+    pub(crate) fn stop_waiting(&self) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Tasks of the uid waiting now.
+    pub(crate) fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The error a task refused for the uid's waiting quota fails with; says so in the
+    /// log at most every [`REFUSAL_LOG_EVERY`] for the uid.
+    #[cold]
+    pub(crate) fn waiting_error(&self) -> TaskError {
+        let log = {
+            // A poisoned lock still holds a time: logging is all it guards.
+            let mut logged_at = self
+                .refusal_logged_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let due = logged_at.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY);
+            if due {
+                *logged_at = Some(Instant::now());
+            }
+            due
+        };
+        if log {
+            tracing::warn!(
+                uid = self.uid,
+                waiting = self.waiting(),
+                max = self.max_waiting,
+                "a uid has its quota of waiting tasks: its new tasks fail with QuotaExceeded until some end (config key quotas.waiting_tasks; said at most every 10 s per uid)"
+            );
+        }
+        TaskError::QuotaExceeded {
+            what: "waiting tasks".into(),
+            limit: u64::from(self.max_waiting),
+            config_key: "quotas.waiting_tasks".into(),
+        }
+    }
+}
+
+/// Adds one to `count` unless it is at `u32::MAX`: a count that wrapped would hand the
+/// quota back.
+fn saturating_add(count: &AtomicU32) {
+    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quotas(stack_overflows: u32, waiting_tasks: u32) -> UidQuotas {
+        UidQuotas::new(
+            1001,
+            UidLimits {
+                stack_overflows,
+                waiting_tasks,
+            },
+        )
+    }
+
+    #[test]
+    fn the_waiting_quota_fills_and_empties() {
+        let quotas = quotas(1, 2);
+        assert!(!quotas.waiting_full());
+        quotas.start_waiting();
+        assert!(!quotas.waiting_full());
+        quotas.start_waiting();
+        assert!(quotas.waiting_full());
+        assert_eq!(quotas.waiting(), 2);
+        quotas.stop_waiting();
+        assert!(!quotas.waiting_full());
+        quotas.stop_waiting();
+        // Never below zero, even if uncounted once too often.
+        quotas.stop_waiting();
+        assert_eq!(quotas.waiting(), 0);
+        assert_eq!(
+            quotas.waiting_error(),
+            TaskError::QuotaExceeded {
+                what: "waiting tasks".into(),
+                limit: 2,
+                config_key: "quotas.waiting_tasks".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        let quotas = quotas(3, u32::MAX);
+        quotas.waiting.store(u32::MAX, Ordering::Relaxed);
+        quotas.start_waiting();
+        assert_eq!(quotas.waiting(), u32::MAX);
+        assert!(quotas.waiting_full());
+        quotas.overflows.store(u32::MAX, Ordering::Relaxed);
+        quotas.count_overflow();
+        assert!(quotas.overflows_spent());
+    }
+
+    #[test]
+    fn the_overflow_quota_is_spent_at_its_limit() {
+        let quotas = quotas(2, 8);
+        quotas.count_overflow();
+        assert!(!quotas.overflows_spent());
+        quotas.count_overflow();
+        assert!(quotas.overflows_spent());
+        assert!(matches!(
+            quotas.overflow_error(),
+            TaskError::QuotaExceeded { limit: 2, .. }
+        ));
+    }
+}
