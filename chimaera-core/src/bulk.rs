@@ -250,7 +250,8 @@ impl BulkShare {
             layout: ShareLayout::Carried(Vec::new()),
             claims: Mutex::new(Vec::new()),
             quotas: Some(quotas.clone()),
-            _mapping: Arc::new(()),
+            // No memory to keep mapped; any `Arc` will do, and this one is at hand.
+            _mapping: quotas.clone(),
         }))
     }
 

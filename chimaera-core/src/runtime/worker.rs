@@ -619,8 +619,7 @@ impl WorkerShared {
     /// lane turn it was in and gives the polling role to an idle coroutine (or a new one),
     /// which runs before the waiting task resumes.
     fn hand_polling_on(self: &Arc<Self>) {
-        let poller = self.local().and_then(|local| local.poller.clone());
-        if let Some(slot) = poller {
+        if let Some(slot) = self.local().as_ref().and_then(|local| local.poller.as_ref()) {
             slot.count_waiting();
         }
         self.drop_polling();
