@@ -69,6 +69,10 @@ fn client_child_entry() {
         println!("overflow quota checks done");
         return;
     }
+    if role == "connector" {
+        connections_quota_child(chi);
+        return;
+    }
     if role == "waiter" {
         waiting_quota_child(&m);
         return;
@@ -893,6 +897,59 @@ fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
         );
     }
     assert_eq!(m.custom(PoolQuery::local(), "owner", 0).unwrap(), "owner");
+}
+
+/// The child of `a_uid_at_its_connection_quota_is_refused_and_others_connect`: runs as
+/// uid 65534 with `quotas.connections: 2`, `chi` its first connection.
+fn connections_quota_child(chi: Client) {
+    let second = Client::connect().expect("a second connection is within the quota");
+    match Client::connect() {
+        Err(chimaera::ConnectError::TooManyConnections {
+            uid: 65534,
+            limit: 2,
+            ..
+        }) => {}
+        Err(other) => panic!("expected TooManyConnections, got {other}"),
+        Ok(_) => panic!("a third connection was served past the uid's quota of 2"),
+    }
+    println!("at quota");
+    // Both connections still work.
+    let pools = [&chi, &second].map(|chi| ModNameClient::open(chi, "shared").unwrap());
+    for (n, m) in pools.iter().enumerate() {
+        assert_eq!(
+            m.custom(PoolQuery::local(), "mine", n as u32).unwrap(),
+            "mine"
+        );
+    }
+    // One leaves: its place is the uid's again.
+    drop(pools);
+    drop(second);
+    let again = Client::connect().expect("a connection in place of one that left");
+    let m = ModNameClient::open(&again, "shared").unwrap();
+    assert_eq!(m.custom(PoolQuery::local(), "again", 0).unwrap(), "again");
+}
+
+/// A uid without admin rights may have only `quotas.connections` client processes
+/// attached at once: one more is refused with `TooManyConnections` (naming the uid and
+/// the quota), while the owner still connects — one user cannot take every connection.
+#[test]
+fn a_uid_at_its_connection_quota_is_refused_and_others_connect() {
+    let runtime = RuntimeProcess::start(
+        "connection-quota",
+        "access:\n  uids: [65534]\nmax_clients: 8\nquotas:\n  connections: 2\n",
+    );
+    let mut connector = client_child_as_nobody(&runtime, "connector");
+    wait_for_line(&mut connector, "at quota");
+    let owners: Vec<Client> = (0..3).map(|_| runtime.client()).collect();
+    for (n, chi) in owners.iter().enumerate() {
+        let m = ModNameClient::open(chi, "shared").unwrap();
+        assert_eq!(
+            m.custom(PoolQuery::local(), "owner", n as u32).unwrap(),
+            "owner"
+        );
+    }
+    let status = within("the child", move || connector.wait().unwrap());
+    assert!(status.success(), "the child's checks failed: {status}");
 }
 
 /// The `QuotaExceeded` of `quotas.waiting_tasks: 8`.

@@ -41,6 +41,10 @@
 //!                            # life (1..=1048576); past it that uid's tasks fail with
 //!                            # QuotaExceeded. Each overflow keeps its dead coroutine stack
 //!                            # (coroutine_stack_size of memory, two memory mappings) for good
+//!   connections: 48          # client processes of one such uid attached at once
+//!                            # (1..=4096); one more is refused (ConnectError::
+//!                            # TooManyConnections). Absent: three quarters of max_clients,
+//!                            # so no one uid can take every connection from the others
 //!   waiting_tasks: 7000      # tasks of one such uid (subtasks of its tasks included) that
 //!                            # may wait at once, each keeping a coroutine (1..=16777216);
 //!                            # while that many wait, its new tasks fail with QuotaExceeded.
@@ -208,6 +212,12 @@ pub struct RuntimeConfig {
     /// connections it opens, cannot take every coroutine and leave the others only
     /// [`TaskError::NoCoroutine`](crate::TaskError::NoCoroutine).
     pub client_waiting_tasks: Option<u32>,
+    /// Client processes of one uid without admin rights attached at once
+    /// (`quotas.connections`), those whose tasks still finish after they left included;
+    /// one more is refused. `None`: three quarters of `max_clients`
+    /// ([`Self::connections_quota`]), so that one uid cannot take every connection and
+    /// leave the others refused.
+    pub client_connections: Option<u32>,
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
@@ -407,12 +417,13 @@ const MAX_WAITING_TASKS: u32 = MAX_COROUTINES;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with the keys tasks_in_flight, stack_overflows and waiting_tasks"
+    expecting = "a mapping with the keys tasks_in_flight, stack_overflows, waiting_tasks and connections"
 )]
 struct FileQuotas {
     tasks_in_flight: Option<u32>,
     stack_overflows: Option<u32>,
     waiting_tasks: Option<u32>,
+    connections: Option<u32>,
 }
 // --- end of the `isolation` addition ---
 
@@ -479,6 +490,7 @@ impl Default for RuntimeConfig {
             client_tasks_in_flight: 1024,
             client_stack_overflows: 64,
             client_waiting_tasks: None,
+            client_connections: None,
             metrics_prometheus: None,
             metrics_latency_sample: 8,
             networking: NetworkingConfig::default(),
@@ -518,6 +530,14 @@ impl RuntimeConfig {
     pub fn waiting_quota(&self, coroutines: usize) -> u32 {
         self.client_waiting_tasks
             .unwrap_or_else(|| u32::try_from(coroutines / 4).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// How many client processes of one uid without admin rights may be attached at
+    /// once: `quotas.connections`, or when it is absent three quarters of `max_clients`
+    /// (at least one).
+    pub fn connections_quota(&self) -> u32 {
+        self.client_connections
+            .unwrap_or_else(|| (self.max_clients - self.max_clients / 4).max(1))
     }
 
     /// The fewest coroutines the workers can run with: a poller and a spare each, and
@@ -694,6 +714,14 @@ impl RuntimeConfig {
                 return invalid(
                     "quotas.waiting_tasks",
                     format!("is {waiting}; use 1 to {MAX_WAITING_TASKS}"),
+                );
+            }
+        }
+        if let Some(connections) = self.client_connections {
+            if !(1..=MAX_CLIENTS).contains(&connections) {
+                return invalid(
+                    "quotas.connections",
+                    format!("is {connections}; use 1 to {MAX_CLIENTS}"),
                 );
             }
         }
@@ -1188,6 +1216,9 @@ impl FileConfig {
             if let Some(waiting) = quotas.waiting_tasks {
                 config.client_waiting_tasks = Some(waiting);
             }
+            if let Some(connections) = quotas.connections {
+                config.client_connections = Some(connections);
+            }
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {
@@ -1471,7 +1502,7 @@ compose:
     #[test]
     fn access_and_quota_keys_are_read_and_checked() {
         let config = RuntimeConfig::from_yaml_str(
-            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6 }\n",
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6, connections: 3 }\n",
         )
         .unwrap();
         assert_eq!(
@@ -1491,6 +1522,14 @@ compose:
         // A quarter of the coroutine budget, at least one.
         assert_eq!(defaults.waiting_quota(28_669), 7_167);
         assert_eq!(defaults.waiting_quota(3), 1);
+        assert_eq!(config.connections_quota(), 3);
+        // Three quarters of max_clients, at least one.
+        assert_eq!(defaults.connections_quota(), 48);
+        let one = RuntimeConfig {
+            max_clients: 1,
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(one.connections_quota(), 1);
         assert_eq!(defaults.access, AccessConfig::default());
         assert_eq!(defaults.client_tasks_in_flight, 1024);
         assert_eq!(defaults.client_stack_overflows, 64);
@@ -1506,6 +1545,8 @@ compose:
                 "quotas.stack_overflows",
             ),
             ("quotas: { waiting_tasks: 0 }", "quotas.waiting_tasks"),
+            ("quotas: { connections: 0 }", "quotas.connections"),
+            ("quotas: { connections: 4097 }", "quotas.connections"),
             (
                 "quotas: { waiting_tasks: 16777217 }",
                 "quotas.waiting_tasks",

@@ -8,7 +8,9 @@
 //! (admins may stop the runtime anyway: they are not counted). The shared-memory server
 //! keeps one per uid for the runtime's life, so a client that reconnects finds its counts
 //! as it left them; every task of the uid reaches it through the data share it carries
-//! (`BulkShare::quotas`), and so do its subtasks (`BulkShare::for_subtasks`).
+//! (`BulkShare::quotas`), and so do its subtasks (`BulkShare::for_subtasks`). (The
+//! uid's connections, `quotas.connections`, the server counts itself, from the areas it
+//! serves.)
 //!
 //! * **Stack overflows** (`quotas.stack_overflows`): a handler that overflows its
 //!   coroutine's stack leaves that stack behind for good (it cannot be unwound), so the

@@ -1531,6 +1531,7 @@ impl RuntimeBuilder {
                 tasks_in_flight: config.client_tasks_in_flight,
                 stack_overflows: config.client_stack_overflows,
                 waiting_tasks: config.waiting_quota(coroutines),
+                connections: config.connections_quota(),
             };
             Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {

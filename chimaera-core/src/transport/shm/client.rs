@@ -162,6 +162,16 @@ pub enum ConnectError {
         /// Its client areas.
         max_clients: u32,
     },
+    /// This user has as many connections to the runtime as its quota allows.
+    #[error("uid {uid} has all the {limit} connections its quota allows to instance `{instance}`; close some (a client process needs one), or ask the runtime's owner to raise quotas.connections")]
+    TooManyConnections {
+        /// The instance.
+        instance: String,
+        /// This process's uid, as the runtime saw it.
+        uid: u32,
+        /// The uid's quota of connections.
+        limit: u32,
+    },
     /// The runtime does not serve this user.
     #[error("the runtime of instance `{instance}` refuses uid {uid} (gid {gid}); ask its owner to list the uid or gid under `access:` in the runtime's config")]
     PermissionDenied {
@@ -597,6 +607,13 @@ impl ShmConnection {
                 return Err(ConnectError::Full {
                     instance: instance.to_string(),
                     max_clients,
+                })
+            }
+            Reply::UidFull { uid, limit } => {
+                return Err(ConnectError::TooManyConnections {
+                    instance: instance.to_string(),
+                    uid,
+                    limit,
                 })
             }
             Reply::NotReady => {

@@ -574,6 +574,11 @@ impl ClientArea {
         self.client
     }
 
+    /// The client's rights (its uid, and whether it administers).
+    pub fn rights(&self) -> Rights {
+        self.rights
+    }
+
     /// The client's pid.
     pub fn pid(&self) -> i32 {
         self.pid

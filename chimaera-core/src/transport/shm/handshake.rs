@@ -11,7 +11,8 @@
 //!   stays open for the client's whole life: its hang-up is how the runtime learns the
 //!   client is gone (even after SIGKILL), and the runtime's hang-up is how the client
 //!   learns the runtime is gone or disowned it.
-//! * [`Reply::Denied`], [`Reply::Full`], [`Reply::NotReady`]: typed refusals. A peer
+//! * [`Reply::Denied`], [`Reply::Full`], [`Reply::UidFull`] (the uid has its quota of
+//!   connections), [`Reply::NotReady`]: typed refusals. A peer
 //!   the policy refuses is answered `Denied` before its request is even read, so it
 //!   cannot hold the runtime's sessions thread for the handshake timeout.
 //! * [`Reply::Usage`] answers [`Request::Usage`] (`chimaera runtime status`, tests) from
@@ -259,6 +260,14 @@ pub enum Reply {
         /// The configured maximum.
         max_clients: u32,
     },
+    /// The peer's uid has as many connections as its quota allows
+    /// (`quotas.connections`).
+    UidFull {
+        /// The peer's uid.
+        uid: u32,
+        /// Its quota of connections.
+        limit: u32,
+    },
     /// The runtime is starting or stopping.
     NotReady,
     /// Answer to [`Request::Usage`].
@@ -324,6 +333,7 @@ mod tag {
     pub(super) const FULL: u32 = 12;
     pub(super) const NOT_READY: u32 = 13;
     pub(super) const USAGE_REPLY: u32 = 14;
+    pub(super) const UID_FULL: u32 = 15;
 }
 
 impl Request {
@@ -360,6 +370,12 @@ impl Reply {
                 let mut w = Words::new(tag::DENIED);
                 w.put32(12, uid);
                 w.put32(16, gid);
+                w
+            }
+            Reply::UidFull { uid, limit } => {
+                let mut w = Words::new(tag::UID_FULL);
+                w.put32(12, uid);
+                w.put32(16, limit);
                 w
             }
             Reply::Full { max_clients } => {
@@ -406,6 +422,10 @@ impl Reply {
             },
             tag::FULL => Reply::Full {
                 max_clients: words.get32(12),
+            },
+            tag::UID_FULL => Reply::UidFull {
+                uid: words.get32(12),
+                limit: words.get32(16),
             },
             tag::NOT_READY => Reply::NotReady,
             tag::USAGE_REPLY => Reply::Usage(ShmUsage {
@@ -593,6 +613,10 @@ mod tests {
                 gid: 65534,
             },
             Reply::Full { max_clients: 64 },
+            Reply::UidFull {
+                uid: 65534,
+                limit: 48,
+            },
             Reply::NotReady,
             Reply::Usage(ShmUsage {
                 client_areas_in_use: 2,

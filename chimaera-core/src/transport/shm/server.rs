@@ -148,6 +148,9 @@ pub struct ServeAccess {
     /// Quota: tasks of one uid without admin rights waiting at once, each keeping a
     /// coroutine (`quotas.waiting_tasks`, resolved).
     pub waiting_tasks: u32,
+    /// Quota: client processes of one uid without admin rights attached at once,
+    /// draining ones included (`quotas.connections`, resolved).
+    pub connections: u32,
 }
 
 /// The areas a worker polls.
@@ -506,6 +509,26 @@ impl ShmServer {
         }
     }
 
+    /// How many areas, attached or draining, serve uid `uid`.
+    fn areas_of(&self, table: &[Option<Session>], uid: u32) -> usize {
+        let attached = table
+            .iter()
+            .flatten()
+            .filter(|session| session.area.rights().uid == uid)
+            .count();
+        let draining = lock(&self.draining)
+            .iter()
+            .filter(|area| area.rights().uid == uid)
+            .count();
+        attached + draining
+    }
+
+    /// Whether a client with `rights` may attach now as far as its uid's quota of
+    /// connections goes (an admin is not counted).
+    fn uid_may_attach(&self, table: &[Option<Session>], rights: handshake::Rights) -> bool {
+        rights.admin || self.areas_of(table, rights.uid) < self.access.connections as usize
+    }
+
     /// A free area index, if the clients attached and draining leave one.
     fn free_index(&self, table: &[Option<Session>]) -> Option<u32> {
         let draining = lock(&self.draining).len();
@@ -515,7 +538,11 @@ impl ShmServer {
     }
 
     fn attach(&self, stream: UnixStream, peer: handshake::PeerCred, rights: handshake::Rights) {
-        if self.free_index(&lock(&self.table)).is_none() {
+        let refused = {
+            let table = lock(&self.table);
+            self.free_index(&table).is_none() || !self.uid_may_attach(&table, rights)
+        };
+        if refused {
             // Before refusing: a client that just left (perhaps this one, reconnecting)
             // may not have been noticed yet.
             let now = rustix::event::Timespec {
@@ -525,6 +552,21 @@ impl ShmServer {
             self.poll_sessions(Some(&now));
         }
         let mut table = lock(&self.table);
+        if !self.uid_may_attach(&table, rights) {
+            drop(table);
+            tracing::info!(
+                uid = rights.uid,
+                pid = peer.pid,
+                limit = self.access.connections,
+                "refused a client: its uid has its quota of connections (config key quotas.connections)"
+            );
+            let reply = Reply::UidFull {
+                uid: rights.uid,
+                limit: self.access.connections,
+            };
+            let _ = handshake::answer(&stream, &reply, None);
+            return;
+        }
         let client = match self.free_index(&table) {
             Some(client) => client,
             None => {
