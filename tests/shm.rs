@@ -69,6 +69,10 @@ fn client_child_entry() {
         println!("overflow quota checks done");
         return;
     }
+    if role == "periodic" {
+        periodic_quota_child(&m);
+        return;
+    }
     if role == "connector" {
         connections_quota_child(chi);
         return;
@@ -897,6 +901,59 @@ fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
         );
     }
     assert_eq!(m.custom(PoolQuery::local(), "owner", 0).unwrap(), "owner");
+}
+
+/// The child of `a_uid_at_its_periodic_quota_is_refused_and_the_owner_served`: runs as
+/// uid 65534 with `quotas.periodic_tasks: 3`.
+fn periodic_quota_child(m: &ModNameClient) {
+    let hourly = Schedule::Periodic(Duration::from_secs(3600));
+    let second = Client::connect().expect("the child connects again");
+    let m2 = ModNameClient::attach(&second, m.pool_id());
+    let first = m.spawn_custom(PoolQuery::local(), hourly, "a", 0).unwrap();
+    let _others = [
+        m.spawn_custom(PoolQuery::local(), hourly, "b", 0).unwrap(),
+        m2.spawn_custom(PoolQuery::local(), hourly, "c", 0).unwrap(),
+    ];
+    // The quota is the uid's, over both connections.
+    let over = m2.spawn_custom(PoolQuery::local(), hourly, "d", 0);
+    assert!(
+        matches!(&over, Err(TaskError::QuotaExceeded { what, limit: 3, config_key }) if what == "periodic tasks" && config_key == "quotas.periodic_tasks"),
+        "{over:?}"
+    );
+    // Other tasks still run.
+    assert_eq!(m.custom(PoolQuery::local(), "x", 1).unwrap(), "x");
+    println!("at quota");
+    // A cancelled one makes room.
+    first.cancel().unwrap();
+    let _again = m2.spawn_custom(PoolQuery::local(), hourly, "e", 0).unwrap();
+}
+
+/// A uid without admin rights may have only `quotas.periodic_tasks` periodic tasks alive
+/// at once, over all its connections (each keeps a coroutine between runs, and the
+/// runtime keeps at most `max_periodic_tasks`): one more fails with `QuotaExceeded`,
+/// while the owner's are accepted.
+#[test]
+fn a_uid_at_its_periodic_quota_is_refused_and_the_owner_served() {
+    let runtime = RuntimeProcess::start(
+        "periodic-quota",
+        "access:\n  uids: [65534]\nquotas:\n  periodic_tasks: 3\n",
+    );
+    let mut spawner = client_child_as_nobody(&runtime, "periodic");
+    wait_for_line(&mut spawner, "at quota");
+    let chi = runtime.client();
+    let m = ModNameClient::open(&chi, "shared").unwrap();
+    let hourly = Schedule::Periodic(Duration::from_secs(3600));
+    let owned: Vec<_> = (0..4)
+        .map(|n| {
+            m.spawn_custom(PoolQuery::local(), hourly, "owner", n)
+                .unwrap()
+        })
+        .collect();
+    let status = within("the child", move || spawner.wait().unwrap());
+    assert!(status.success(), "the child's checks failed: {status}");
+    for handle in owned {
+        handle.cancel().unwrap();
+    }
 }
 
 /// The child of `a_uid_at_its_connection_quota_is_refused_and_others_connect`: runs as

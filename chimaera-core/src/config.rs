@@ -45,6 +45,9 @@
 //!                            # (1..=4096); one more is refused (ConnectError::
 //!                            # TooManyConnections). Absent: three quarters of max_clients,
 //!                            # so no one uid can take every connection from the others
+//!   periodic_tasks: 1024     # periodic tasks of one such uid alive at once (1..=1048576);
+//!                            # one more fails with QuotaExceeded. Absent: a quarter of
+//!                            # max_periodic_tasks
 //!   waiting_tasks: 7000      # tasks of one such uid (subtasks of its tasks included) that
 //!                            # may wait at once, each keeping a coroutine (1..=16777216);
 //!                            # while that many wait, its new tasks fail with QuotaExceeded.
@@ -218,6 +221,12 @@ pub struct RuntimeConfig {
     /// ([`Self::connections_quota`]), so that one uid cannot take every connection and
     /// leave the others refused.
     pub client_connections: Option<u32>,
+    /// Periodic tasks of one uid without admin rights (subtasks of its tasks included)
+    /// alive at once (`quotas.periodic_tasks`); one more fails with
+    /// [`TaskError::QuotaExceeded`](crate::TaskError::QuotaExceeded). `None`: a quarter
+    /// of `max_periodic_tasks` ([`Self::periodic_quota`]), so that one uid cannot take
+    /// them all.
+    pub client_periodic_tasks: Option<u32>,
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
@@ -417,13 +426,14 @@ const MAX_WAITING_TASKS: u32 = MAX_COROUTINES;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with the keys tasks_in_flight, stack_overflows, waiting_tasks and connections"
+    expecting = "a mapping with the keys tasks_in_flight, stack_overflows, waiting_tasks, connections and periodic_tasks"
 )]
 struct FileQuotas {
     tasks_in_flight: Option<u32>,
     stack_overflows: Option<u32>,
     waiting_tasks: Option<u32>,
     connections: Option<u32>,
+    periodic_tasks: Option<u32>,
 }
 // --- end of the `isolation` addition ---
 
@@ -491,6 +501,7 @@ impl Default for RuntimeConfig {
             client_stack_overflows: 64,
             client_waiting_tasks: None,
             client_connections: None,
+            client_periodic_tasks: None,
             metrics_prometheus: None,
             metrics_latency_sample: 8,
             networking: NetworkingConfig::default(),
@@ -538,6 +549,14 @@ impl RuntimeConfig {
     pub fn connections_quota(&self) -> u32 {
         self.client_connections
             .unwrap_or_else(|| (self.max_clients - self.max_clients / 4).max(1))
+    }
+
+    /// How many periodic tasks of one uid without admin rights may be alive at once:
+    /// `quotas.periodic_tasks`, or when it is absent a quarter of `max_periodic_tasks`
+    /// (at least one).
+    pub fn periodic_quota(&self) -> u32 {
+        self.client_periodic_tasks
+            .unwrap_or_else(|| (self.max_periodic_tasks / 4).max(1))
     }
 
     /// The fewest coroutines the workers can run with: a poller and a spare each, and
@@ -722,6 +741,14 @@ impl RuntimeConfig {
                 return invalid(
                     "quotas.connections",
                     format!("is {connections}; use 1 to {MAX_CLIENTS}"),
+                );
+            }
+        }
+        if let Some(periodic) = self.client_periodic_tasks {
+            if !(1..=MAX_PERIODIC_TASKS).contains(&periodic) {
+                return invalid(
+                    "quotas.periodic_tasks",
+                    format!("is {periodic}; use 1 to {MAX_PERIODIC_TASKS}"),
                 );
             }
         }
@@ -1219,6 +1246,9 @@ impl FileConfig {
             if let Some(connections) = quotas.connections {
                 config.client_connections = Some(connections);
             }
+            if let Some(periodic) = quotas.periodic_tasks {
+                config.client_periodic_tasks = Some(periodic);
+            }
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {
@@ -1502,7 +1532,7 @@ compose:
     #[test]
     fn access_and_quota_keys_are_read_and_checked() {
         let config = RuntimeConfig::from_yaml_str(
-            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6, connections: 3 }\n",
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6, connections: 3, periodic_tasks: 2 }\n",
         )
         .unwrap();
         assert_eq!(
@@ -1530,6 +1560,9 @@ compose:
             ..RuntimeConfig::default()
         };
         assert_eq!(one.connections_quota(), 1);
+        assert_eq!(config.periodic_quota(), 2);
+        // A quarter of max_periodic_tasks, at least one.
+        assert_eq!(defaults.periodic_quota(), 1024);
         assert_eq!(defaults.access, AccessConfig::default());
         assert_eq!(defaults.client_tasks_in_flight, 1024);
         assert_eq!(defaults.client_stack_overflows, 64);
@@ -1546,6 +1579,11 @@ compose:
             ),
             ("quotas: { waiting_tasks: 0 }", "quotas.waiting_tasks"),
             ("quotas: { connections: 0 }", "quotas.connections"),
+            ("quotas: { periodic_tasks: 0 }", "quotas.periodic_tasks"),
+            (
+                "quotas: { periodic_tasks: 1048577 }",
+                "quotas.periodic_tasks",
+            ),
             ("quotas: { connections: 4097 }", "quotas.connections"),
             (
                 "quotas: { waiting_tasks: 16777217 }",

@@ -15,6 +15,10 @@
 //! * **Stack overflows** (`quotas.stack_overflows`): a handler that overflows its
 //!   coroutine's stack leaves that stack behind for good (it cannot be unwound), so the
 //!   uid may cause only so many; past them its tasks are refused at the door.
+//! * **Periodic tasks** (`quotas.periodic_tasks`): each keeps a coroutine between its
+//!   runs, and a runtime has at most `max_periodic_tasks` of them; the runtime's registry
+//!   of periodic tasks notes whose each is, and refuses one more of a uid that has its
+//!   quota alive.
 //! * **Waiting tasks** (`quotas.waiting_tasks`): a task whose handler waits keeps a
 //!   coroutine (a stack: two memory mappings) until it ends, and a runtime has at most
 //!   `max_coroutines` of them. The worker counts a task when it first waits (when its
@@ -44,6 +48,7 @@ pub(crate) struct UidQuotas {
     max_overflows: u32,
     waiting: AtomicU32,
     max_waiting: u32,
+    max_periodic: u32,
     /// When a refusal for the waiting quota was last logged.
     refusal_logged_at: Mutex<Option<Instant>>,
 }
@@ -55,6 +60,8 @@ pub(crate) struct UidLimits {
     pub(crate) stack_overflows: u32,
     /// `quotas.waiting_tasks`, resolved.
     pub(crate) waiting_tasks: u32,
+    /// `quotas.periodic_tasks`, resolved.
+    pub(crate) periodic_tasks: u32,
 }
 
 impl UidQuotas {
@@ -66,6 +73,7 @@ impl UidQuotas {
             max_overflows: limits.stack_overflows,
             waiting: AtomicU32::new(0),
             max_waiting: limits.waiting_tasks,
+            max_periodic: limits.periodic_tasks,
             refusal_logged_at: Mutex::new(None),
         }
     }
@@ -87,6 +95,21 @@ impl UidQuotas {
             what: "stack overflows".into(),
             limit: u64::from(self.max_overflows),
             config_key: "quotas.stack_overflows".into(),
+        }
+    }
+
+    /// How many periodic tasks of the uid may be alive at once.
+    pub(crate) fn max_periodic(&self) -> u32 {
+        self.max_periodic
+    }
+
+    /// The error a periodic task of a uid that has its quota of them alive fails with.
+    #[cold]
+    pub(crate) fn periodic_error(&self) -> TaskError {
+        TaskError::QuotaExceeded {
+            what: "periodic tasks".into(),
+            limit: u64::from(self.max_periodic),
+            config_key: "quotas.periodic_tasks".into(),
         }
     }
 
@@ -163,6 +186,7 @@ mod tests {
             UidLimits {
                 stack_overflows,
                 waiting_tasks,
+                periodic_tasks: 4,
             },
         )
     }

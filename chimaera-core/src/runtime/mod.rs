@@ -70,6 +70,7 @@ crate::internal_mod! {
 pub use context::RuntimeHandle;
 
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
+use crate::bulk::BulkShare;
 use crate::client::Client;
 use crate::codec::{aligned_copy, OutputBuffer};
 use crate::config::RuntimeConfig;
@@ -77,6 +78,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerNetwork;
 use crate::query::{Placement, PoolQuery};
+use crate::quota::UidQuotas;
 use crate::runtime::context::{Host, RunContext, StatusCaller};
 use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
@@ -177,6 +179,16 @@ struct Single<'a> {
     local_worker: Option<usize>,
 }
 
+/// A periodic task in the runtime's registry.
+struct PeriodicEntry {
+    /// Its pool: destroying the pool cancels it.
+    pool: PoolId,
+    /// Cancels it; dead once the task ended.
+    token: Weak<CancelToken>,
+    /// The per-uid quotas it counts against (`quotas.periodic_tasks`), if any.
+    quotas: Option<Arc<UidQuotas>>,
+}
+
 /// State shared by the runtime, its workers, contexts and in-process clients.
 ///
 /// Aligned to 128 bytes so that, inside its `Arc`, the reference counts (a worker's
@@ -199,7 +211,7 @@ pub(crate) struct Shared {
     /// Cancel tokens of the periodic tasks submitted, with their pools: destroying a
     /// pool or stopping cancels them. Weak, so an ended task's token goes; dead entries
     /// are pruned when a periodic task is added.
-    periodic: Mutex<Vec<(PoolId, Weak<CancelToken>)>>,
+    periodic: Mutex<Vec<PeriodicEntry>>,
     /// Periodic task replicas whose coroutine runs or sleeps between runs now.
     periodic_live: AtomicU64,
     /// The task coroutines the workers may have alive (`max_coroutines`).
@@ -257,15 +269,44 @@ impl Shared {
     }
 
     /// Registers a periodic task's token, so its pool's destruction or a stop cancels
-    /// it; refuses it when `max_periodic_tasks` are alive already.
-    fn register_periodic(&self, pool: PoolId, token: &Arc<CancelToken>) -> Result<(), TaskError> {
+    /// it; refuses it when `max_periodic_tasks` are alive already, or when the uid whose
+    /// `quotas` it counts against has its quota of them alive.
+    fn register_periodic(
+        &self,
+        pool: PoolId,
+        token: &Arc<CancelToken>,
+        quotas: Option<&Arc<UidQuotas>>,
+    ) -> Result<(), TaskError> {
         let mut periodic = lock(&self.periodic);
-        periodic.retain(|(_, token)| token.upgrade().is_some_and(|token| !token.is_cancelled()));
+        periodic.retain(|entry| {
+            entry
+                .token
+                .upgrade()
+                .is_some_and(|token| !token.is_cancelled())
+        });
         let max = self.config.max_periodic_tasks;
         if periodic.len() >= max as usize {
             return Err(TaskError::TooManyPeriodicTasks { max });
         }
-        periodic.push((pool, Arc::downgrade(token)));
+        if let Some(quotas) = quotas {
+            let of_uid = periodic
+                .iter()
+                .filter(|entry| {
+                    entry
+                        .quotas
+                        .as_ref()
+                        .is_some_and(|q| Arc::ptr_eq(q, quotas))
+                })
+                .count();
+            if of_uid >= quotas.max_periodic() as usize {
+                return Err(quotas.periodic_error());
+            }
+        }
+        periodic.push(PeriodicEntry {
+            pool,
+            token: Arc::downgrade(token),
+            quotas: quotas.cloned(),
+        });
         Ok(())
     }
 
@@ -273,8 +314,8 @@ impl Shared {
     fn cancel_periodic(&self, pool: Option<PoolId>) {
         let tokens: Vec<_> = lock(&self.periodic)
             .iter()
-            .filter(|(of, _)| pool.is_none_or(|pool| pool == *of))
-            .filter_map(|(_, token)| token.upgrade())
+            .filter(|entry| pool.is_none_or(|pool| pool == entry.pool))
+            .filter_map(|entry| entry.token.upgrade())
             .collect();
         for token in tokens {
             token.cancel();
@@ -470,7 +511,8 @@ impl Shared {
             Some(Schedule::FireAndForget) => (None, None, None),
             Some(Schedule::Periodic(period)) => {
                 let token = cancel.unwrap_or_else(CancelToken::new);
-                self.register_periodic(pool_id, &token)?;
+                let quotas = bulk.as_deref().and_then(BulkShare::quotas);
+                self.register_periodic(pool_id, &token, quotas)?;
                 (None, Some(period), Some(token))
             }
         };
@@ -1532,6 +1574,7 @@ impl RuntimeBuilder {
                 stack_overflows: config.client_stack_overflows,
                 waiting_tasks: config.waiting_quota(coroutines),
                 connections: config.connections_quota(),
+                periodic_tasks: config.periodic_quota(),
             };
             Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {

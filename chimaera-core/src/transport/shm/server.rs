@@ -148,6 +148,9 @@ pub struct ServeAccess {
     /// Quota: tasks of one uid without admin rights waiting at once, each keeping a
     /// coroutine (`quotas.waiting_tasks`, resolved).
     pub waiting_tasks: u32,
+    /// Quota: periodic tasks of one uid without admin rights alive at once
+    /// (`quotas.periodic_tasks`, resolved).
+    pub periodic_tasks: u32,
     /// Quota: client processes of one uid without admin rights attached at once,
     /// draining ones included (`quotas.connections`, resolved).
     pub connections: u32,
@@ -594,6 +597,7 @@ impl ShmServer {
                 let limits = UidLimits {
                     stack_overflows: self.access.stack_overflows,
                     waiting_tasks: self.access.waiting_tasks,
+                    periodic_tasks: self.access.periodic_tasks,
                 };
                 lock(&self.uid_quotas)
                     .entry(rights.uid)
