@@ -69,6 +69,10 @@ fn client_child_entry() {
         println!("overflow quota checks done");
         return;
     }
+    if role == "pools" {
+        containers_quota_child(&chi);
+        return;
+    }
     if role == "periodic" {
         periodic_quota_child(&m);
         return;
@@ -901,6 +905,68 @@ fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
         );
     }
     assert_eq!(m.custom(PoolQuery::local(), "owner", 0).unwrap(), "owner");
+}
+
+/// The child of `a_uid_at_its_container_quota_is_refused_until_a_pool_goes`: runs as uid
+/// 65534 with `quotas.containers: 10`.
+fn containers_quota_child(chi: &Client) {
+    let create = |name: &str, containers: u32| {
+        ModNameClient::create_with(
+            chi,
+            PoolQuery::local(),
+            name,
+            PoolOptions::containers(containers),
+            CreateParams::default(),
+        )
+        .map(|_| ())
+    };
+    create("q-a", 4).unwrap();
+    create("q-b", 4).unwrap();
+    let over = create("q-c", 4);
+    assert!(
+        matches!(&over, Err(TaskError::QuotaExceeded { what, limit: 10, config_key }) if what == "pool containers" && config_key == "quotas.containers"),
+        "{over:?}"
+    );
+    // What is left of the quota still serves; opening an existing pool takes nothing.
+    create("q-d", 2).unwrap();
+    create("q-a", 4).unwrap();
+    assert!(create("q-e", 1).is_err());
+    println!("at quota");
+    // The owner destroys `q-a`: its four containers are the uid's again.
+    wait_until("room after a pool is destroyed", || {
+        create("q-e", 4).is_ok()
+    });
+}
+
+/// A uid without admin rights, which cannot destroy pools, may have pools of only
+/// `quotas.containers` containers alive (each keeps its state and lanes): a pool past
+/// it fails with `QuotaExceeded`, re-opening a pool costs nothing, the owner's pools are
+/// not counted, and a destroyed pool gives its containers back.
+#[test]
+fn a_uid_at_its_container_quota_is_refused_until_a_pool_goes() {
+    let runtime = RuntimeProcess::start(
+        "container-quota",
+        "access:\n  uids: [65534]\nquotas:\n  containers: 10\n",
+    );
+    // The owner's (not counted): the child only opens it.
+    let chi = runtime.client();
+    ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
+    let mut creator = client_child_as_nobody(&runtime, "pools");
+    wait_for_line(&mut creator, "at quota");
+    ModNameClient::create_with(
+        &chi,
+        PoolQuery::local(),
+        "q-owner",
+        PoolOptions::containers(64),
+        CreateParams::default(),
+    )
+    .unwrap();
+    let a = ModNameClient::open(&chi, "q-a").unwrap();
+    AdminClient::attach(&chi, PoolId::ADMIN)
+        .destroy_pool(PoolQuery::local(), a.pool_id())
+        .unwrap();
+    let status = within("the child", move || creator.wait().unwrap());
+    assert!(status.success(), "the child's checks failed: {status}");
 }
 
 /// The child of `a_uid_at_its_periodic_quota_is_refused_and_the_owner_served`: runs as

@@ -45,6 +45,9 @@
 //!                            # (1..=4096); one more is refused (ConnectError::
 //!                            # TooManyConnections). Absent: three quarters of max_clients,
 //!                            # so no one uid can take every connection from the others
+//!   containers: 16384        # containers of the pools one such uid created, alive at once
+//!                            # (1..=16777216; it cannot destroy pools); a pool past it
+//!                            # fails with QuotaExceeded
 //!   periodic_tasks: 1024     # periodic tasks of one such uid alive at once (1..=1048576);
 //!                            # one more fails with QuotaExceeded. Absent: a quarter of
 //!                            # max_periodic_tasks
@@ -227,6 +230,12 @@ pub struct RuntimeConfig {
     /// of `max_periodic_tasks` ([`Self::periodic_quota`]), so that one uid cannot take
     /// them all.
     pub client_periodic_tasks: Option<u32>,
+    /// Containers of the pools one uid without admin rights created that are not
+    /// destroyed (`quotas.containers`): such a uid cannot destroy pools, and each
+    /// container keeps its state and lanes, so unbounded a client could grow the runtime
+    /// by a megabyte and more per request until the kernel killed it. A pool past it
+    /// fails with [`TaskError::QuotaExceeded`](crate::TaskError::QuotaExceeded).
+    pub client_containers: u32,
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
@@ -420,13 +429,15 @@ const MAX_ACCESS_ENTRIES: usize = 1024;
 const MAX_TASKS_IN_FLIGHT: u32 = 1 << 20;
 /// Largest `quotas.stack_overflows`.
 const MAX_STACK_OVERFLOWS: u32 = 1 << 20;
+/// Largest `quotas.containers`.
+const MAX_CLIENT_CONTAINERS: u32 = 1 << 24;
 /// Largest `quotas.waiting_tasks` (as `max_coroutines`).
 const MAX_WAITING_TASKS: u32 = MAX_COROUTINES;
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with the keys tasks_in_flight, stack_overflows, waiting_tasks, connections and periodic_tasks"
+    expecting = "a mapping with the keys tasks_in_flight, stack_overflows, waiting_tasks, connections, periodic_tasks and containers"
 )]
 struct FileQuotas {
     tasks_in_flight: Option<u32>,
@@ -434,6 +445,7 @@ struct FileQuotas {
     waiting_tasks: Option<u32>,
     connections: Option<u32>,
     periodic_tasks: Option<u32>,
+    containers: Option<u32>,
 }
 // --- end of the `isolation` addition ---
 
@@ -502,6 +514,7 @@ impl Default for RuntimeConfig {
             client_waiting_tasks: None,
             client_connections: None,
             client_periodic_tasks: None,
+            client_containers: 16_384,
             metrics_prometheus: None,
             metrics_latency_sample: 8,
             networking: NetworkingConfig::default(),
@@ -751,6 +764,15 @@ impl RuntimeConfig {
                     format!("is {periodic}; use 1 to {MAX_PERIODIC_TASKS}"),
                 );
             }
+        }
+        if !(1..=MAX_CLIENT_CONTAINERS).contains(&self.client_containers) {
+            return invalid(
+                "quotas.containers",
+                format!(
+                    "is {}; use 1 to {MAX_CLIENT_CONTAINERS}",
+                    self.client_containers
+                ),
+            );
         }
         if !(1..=MAX_CONTAINERS).contains(&self.max_containers_per_pool) {
             return invalid(
@@ -1249,6 +1271,9 @@ impl FileConfig {
             if let Some(periodic) = quotas.periodic_tasks {
                 config.client_periodic_tasks = Some(periodic);
             }
+            if let Some(containers) = quotas.containers {
+                config.client_containers = containers;
+            }
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {
@@ -1532,7 +1557,7 @@ compose:
     #[test]
     fn access_and_quota_keys_are_read_and_checked() {
         let config = RuntimeConfig::from_yaml_str(
-            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6, connections: 3, periodic_tasks: 2 }\n",
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6, connections: 3, periodic_tasks: 2, containers: 9 }\n",
         )
         .unwrap();
         assert_eq!(
@@ -1563,6 +1588,8 @@ compose:
         assert_eq!(config.periodic_quota(), 2);
         // A quarter of max_periodic_tasks, at least one.
         assert_eq!(defaults.periodic_quota(), 1024);
+        assert_eq!(config.client_containers, 9);
+        assert_eq!(defaults.client_containers, 16_384);
         assert_eq!(defaults.access, AccessConfig::default());
         assert_eq!(defaults.client_tasks_in_flight, 1024);
         assert_eq!(defaults.client_stack_overflows, 64);
@@ -1580,6 +1607,8 @@ compose:
             ("quotas: { waiting_tasks: 0 }", "quotas.waiting_tasks"),
             ("quotas: { connections: 0 }", "quotas.connections"),
             ("quotas: { periodic_tasks: 0 }", "quotas.periodic_tasks"),
+            ("quotas: { containers: 0 }", "quotas.containers"),
+            ("quotas: { containers: 16777217 }", "quotas.containers"),
             (
                 "quotas: { periodic_tasks: 1048577 }",
                 "quotas.periodic_tasks",

@@ -15,6 +15,10 @@
 //! * **Stack overflows** (`quotas.stack_overflows`): a handler that overflows its
 //!   coroutine's stack leaves that stack behind for good (it cannot be unwound), so the
 //!   uid may cause only so many; past them its tasks are refused at the door.
+//! * **Pool containers** (`quotas.containers`): a pool's containers (their state and
+//!   lanes) stay until an admin destroys the pool, which a uid without admin rights
+//!   cannot; pools it creates may hold only so many containers at once. A new pool
+//!   takes a [`ContainerReservation`], which it keeps until it is destroyed (or dropped).
 //! * **Periodic tasks** (`quotas.periodic_tasks`): each keeps a coroutine between its
 //!   runs, and a runtime has at most `max_periodic_tasks` of them; the runtime's registry
 //!   of periodic tasks notes whose each is, and refuses one more of a uid that has its
@@ -34,7 +38,7 @@
 //! stays counted, as its stack stays alive (and counted in `max_coroutines`).
 use crate::error::TaskError;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How often at most the refusals of one uid's tasks for its waiting quota are logged.
@@ -49,6 +53,8 @@ pub(crate) struct UidQuotas {
     waiting: AtomicU32,
     max_waiting: u32,
     max_periodic: u32,
+    containers: AtomicU32,
+    max_containers: u32,
     /// When a refusal for the waiting quota was last logged.
     refusal_logged_at: Mutex<Option<Instant>>,
 }
@@ -62,6 +68,8 @@ pub(crate) struct UidLimits {
     pub(crate) waiting_tasks: u32,
     /// `quotas.periodic_tasks`, resolved.
     pub(crate) periodic_tasks: u32,
+    /// `quotas.containers`.
+    pub(crate) containers: u32,
 }
 
 impl UidQuotas {
@@ -74,6 +82,8 @@ impl UidQuotas {
             waiting: AtomicU32::new(0),
             max_waiting: limits.waiting_tasks,
             max_periodic: limits.periodic_tasks,
+            containers: AtomicU32::new(0),
+            max_containers: limits.containers,
             refusal_logged_at: Mutex::new(None),
         }
     }
@@ -96,6 +106,36 @@ impl UidQuotas {
             limit: u64::from(self.max_overflows),
             config_key: "quotas.stack_overflows".into(),
         }
+    }
+
+    /// Reserves `containers` of the uid's quota for a pool it creates, or says why not.
+    pub(crate) fn reserve_containers(
+        self: &Arc<Self>,
+        containers: u32,
+    ) -> Result<ContainerReservation, TaskError> {
+        let max = self.max_containers;
+        let reserved = self
+            .containers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(containers).filter(|&total| total <= max)
+            });
+        match reserved {
+            Ok(_) => Ok(ContainerReservation {
+                quotas: self.clone(),
+                containers,
+            }),
+            Err(_) => Err(TaskError::QuotaExceeded {
+                what: "pool containers".into(),
+                limit: u64::from(max),
+                config_key: "quotas.containers".into(),
+            }),
+        }
+    }
+
+    /// Containers of pools the uid created that are not destroyed.
+    #[cfg(test)]
+    fn containers(&self) -> u32 {
+        self.containers.load(Ordering::Relaxed)
     }
 
     /// How many periodic tasks of the uid may be alive at once.
@@ -170,6 +210,26 @@ impl UidQuotas {
     }
 }
 
+/// Containers of a uid's quota that one of its pools holds; given back when dropped
+/// (the pool destroyed).
+#[derive(Debug)]
+pub(crate) struct ContainerReservation {
+    quotas: Arc<UidQuotas>,
+    containers: u32,
+}
+
+impl Drop for ContainerReservation {
+    fn drop(&mut self) {
+        let containers = self.containers;
+        let _ = self
+            .quotas
+            .containers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(containers))
+            });
+    }
+}
+
 /// Adds one to `count` unless it is at `u32::MAX`: a count that wrapped would hand the
 /// quota back.
 fn saturating_add(count: &AtomicU32) {
@@ -187,6 +247,7 @@ mod tests {
                 stack_overflows,
                 waiting_tasks,
                 periodic_tasks: 4,
+                containers: 10,
             },
         )
     }
@@ -226,6 +287,25 @@ mod tests {
         quotas.overflows.store(u32::MAX, Ordering::Relaxed);
         quotas.count_overflow();
         assert!(quotas.overflows_spent());
+    }
+
+    #[test]
+    fn container_reservations_stay_within_the_quota_and_come_back() {
+        let quotas = Arc::new(quotas(1, 1));
+        let first = quotas.reserve_containers(6).unwrap();
+        let refused = quotas.reserve_containers(5).unwrap_err();
+        assert!(
+            matches!(&refused, TaskError::QuotaExceeded { limit: 10, config_key, .. } if config_key == "quotas.containers"),
+            "{refused:?}"
+        );
+        let second = quotas.reserve_containers(4).unwrap();
+        assert_eq!(quotas.containers(), 10);
+        // No overflow past u32::MAX either.
+        assert!(quotas.reserve_containers(u32::MAX).is_err());
+        drop(first);
+        assert_eq!(quotas.containers(), 4);
+        drop(second);
+        assert_eq!(quotas.containers(), 0);
     }
 
     #[test]

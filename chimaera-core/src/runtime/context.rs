@@ -16,6 +16,7 @@ use crate::client::Client;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerInfo;
+use crate::quota::UidQuotas;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::parent::Parent;
 use crate::shm::InstanceName;
@@ -35,6 +36,7 @@ pub(crate) trait Host: Send + Sync {
         &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
+        quotas: Option<&Arc<UidQuotas>>,
     ) -> Result<PoolInfo, TaskError>;
     /// Destroys a pool; its containers' destroy tasks are children of `parent`.
     fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError>;
@@ -216,14 +218,16 @@ impl RuntimeHandle {
     }
 
     /// Gets the pool named in `request`, or creates it (its containers are built by the
-    /// module's `create` task, run from `ctx`'s task).
+    /// module's `create` task, run from `ctx`'s task). A pool created for a client
+    /// process's task counts against its uid's `quotas.containers`.
     pub fn get_or_create_pool(
         &self,
         ctx: &RunContext,
         request: &CreatePoolRequest,
     ) -> Result<PoolInfo, TaskError> {
+        let quotas = ctx.bulk.and_then(|share| share.quotas());
         self.host
-            .get_or_create_pool((ctx.task_id(), ctx.task_node()), request)
+            .get_or_create_pool((ctx.task_id(), ctx.task_node()), request, quotas)
     }
 
     /// Destroys a pool.

@@ -78,7 +78,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerNetwork;
 use crate::query::{Placement, PoolQuery};
-use crate::quota::UidQuotas;
+use crate::quota::{ContainerReservation, UidQuotas};
 use crate::runtime::context::{Host, RunContext, StatusCaller};
 use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
@@ -749,6 +749,7 @@ impl Shared {
         &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
+        quotas: Option<&Arc<UidQuotas>>,
     ) -> Result<PoolInfo, TaskError> {
         let containers = request.containers.max(1);
         let max = self.config.max_containers_per_pool;
@@ -766,12 +767,18 @@ impl Shared {
         if let Some(cluster) = self.cluster.as_deref().filter(|_| !is_admin) {
             return self.cluster_get_or_create(cluster, request);
         }
+        // Held by the pool until it is destroyed (a cluster's pools, built by node 0 on
+        // every node, are not counted: see `quota.rs`).
+        let reservation = quotas
+            .map(|quotas| quotas.reserve_containers(containers))
+            .transpose()?;
         let id = if is_admin {
             PoolId::ADMIN
         } else {
             self.pools.fresh_id()
         };
-        self.build_pool(parent, request, id, Placement::single(self.node), false)
+        let placement = Placement::single(self.node);
+        self.build_pool(parent, request, id, placement, false, reservation)
     }
 
     /// Builds this node's containers of pool `id` as `request` describes and publishes
@@ -783,6 +790,7 @@ impl Shared {
         id: PoolId,
         placement: Placement,
         clustered: bool,
+        reservation: Option<ContainerReservation>,
     ) -> Result<PoolInfo, TaskError> {
         let (parent_task, parent_node) = parent;
         let containers = request.containers.max(1);
@@ -840,6 +848,7 @@ impl Shared {
                 self.config.workers(),
                 self.config.metrics_latency_sample,
             ),
+            reservation: Mutex::new(reservation),
         });
         match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
             Ok(entry) => {
@@ -1346,8 +1355,9 @@ impl Host for Shared {
         &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
+        quotas: Option<&Arc<UidQuotas>>,
     ) -> Result<PoolInfo, TaskError> {
-        Shared::get_or_create_pool(self, parent, request)
+        Shared::get_or_create_pool(self, parent, request, quotas)
     }
 
     fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError> {
@@ -1575,6 +1585,7 @@ impl RuntimeBuilder {
                 waiting_tasks: config.waiting_quota(coroutines),
                 connections: config.connections_quota(),
                 periodic_tasks: config.periodic_quota(),
+                containers: config.client_containers,
             };
             Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {
@@ -1658,7 +1669,7 @@ impl RuntimeBuilder {
         };
         let admin = runtime
             .shared
-            .get_or_create_pool((0, TaskNode::default()), &bootstrap);
+            .get_or_create_pool((0, TaskNode::default()), &bootstrap, None);
         match admin {
             Ok(info) if info.id == PoolId::ADMIN => {
                 runtime.shared.join_cluster();

@@ -15,10 +15,11 @@
 //! the others are `None` here and run on their nodes.
 use crate::ids::{ContainerId, PoolId};
 use crate::query::Placement;
+use crate::quota::ContainerReservation;
 use crate::runtime::module::{Container, ModuleEntry};
 use crate::stats::PoolStats;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A live pool.
 ///
@@ -41,6 +42,9 @@ pub struct Pool {
     pub(crate) destroyed: AtomicBool,
     /// Its tasks' counters and latencies, per method.
     pub(crate) stats: PoolStats,
+    /// The containers it holds of the quota of the uid that created it, if that uid has
+    /// one (`quotas.containers`): given back when the pool is destroyed.
+    pub(crate) reservation: Mutex<Option<ContainerReservation>>,
 }
 
 impl Pool {

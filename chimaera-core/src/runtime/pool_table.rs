@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// A published pool and its containers' lanes.
 pub struct PoolEntry {
@@ -200,6 +200,10 @@ impl PoolTable {
         let entry = tables.by_id.remove(&id)?;
         tables.by_name.remove(&entry.pool.name);
         entry.pool.destroyed.store(true, Ordering::Release);
+        // Its containers are the creator's again: they go with the pool's last
+        // reference, moments from now (a worker's memo may hold one a while).
+        let reservation = entry.pool.reservation.lock();
+        reservation.unwrap_or_else(PoisonError::into_inner).take();
         Some(entry)
     }
 

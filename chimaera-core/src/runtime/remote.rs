@@ -1070,6 +1070,7 @@ impl Shared {
             record.id,
             cluster.placement(),
             true,
+            None,
         )
     }
 

@@ -151,6 +151,9 @@ pub struct ServeAccess {
     /// Quota: periodic tasks of one uid without admin rights alive at once
     /// (`quotas.periodic_tasks`, resolved).
     pub periodic_tasks: u32,
+    /// Quota: containers of the pools one uid without admin rights created, alive
+    /// (`quotas.containers`).
+    pub containers: u32,
     /// Quota: client processes of one uid without admin rights attached at once,
     /// draining ones included (`quotas.connections`, resolved).
     pub connections: u32,
@@ -598,6 +601,7 @@ impl ShmServer {
                     stack_overflows: self.access.stack_overflows,
                     waiting_tasks: self.access.waiting_tasks,
                     periodic_tasks: self.access.periodic_tasks,
+                    containers: self.access.containers,
                 };
                 lock(&self.uid_quotas)
                     .entry(rights.uid)
