@@ -69,6 +69,11 @@ fn client_child_entry() {
         println!("overflow quota checks done");
         return;
     }
+    #[cfg(feature = "bdev")]
+    if role == "devices" {
+        file_device_child(&chi);
+        return;
+    }
     if role == "pools" {
         containers_quota_child(&chi);
         return;
@@ -905,6 +910,83 @@ fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
         );
     }
     assert_eq!(m.custom(PoolQuery::local(), "owner", 0).unwrap(), "owner");
+}
+
+/// The child of `a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path`: runs
+/// as uid 65534; `CHILD_PATH` names a file it must not get the runtime to create, and
+/// `CHILD_OWNED` a file device the owner made (its pool name, which is its path).
+#[cfg(feature = "bdev")]
+fn file_device_child(chi: &Client) {
+    use chimaera::bdev::{BdevClient, BdevParams, BdevType};
+    let path = std::env::var("CHILD_PATH").expect("CHILD_PATH");
+    let file = BdevParams {
+        bdev_type: BdevType::File,
+        total_size: 1 << 20,
+        ..BdevParams::default()
+    };
+    let err = BdevClient::create(chi, PoolQuery::local(), &path, file).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("uid 65534 may not create the file device"),
+        "{message}"
+    );
+    // A RAM device is its own memory: allowed.
+    let ram = BdevParams {
+        bdev_type: BdevType::Ram,
+        total_size: 1 << 20,
+        ..BdevParams::default()
+    };
+    BdevClient::create(chi, PoolQuery::local(), "child-ram", ram).unwrap();
+    // The owner's file device opens by name and serves.
+    let owned = std::env::var("CHILD_OWNED").expect("CHILD_OWNED");
+    let owned = BdevClient::create(chi, PoolQuery::local(), &owned, file).unwrap();
+    let block = owned.allocate_blocks(PoolQuery::local(), 4096).unwrap()[0];
+    assert_eq!(
+        owned
+            .write(PoolQuery::local(), block, &[7u8; 4096])
+            .unwrap(),
+        4096
+    );
+    println!("file device checks done");
+}
+
+/// A client process of a uid without admin rights cannot have the runtime create a
+/// file device: the pool name is a path the runtime would open, size and write with its
+/// own rights (any file the runtime's user may write). It is refused, nothing is
+/// created, and it may still use a file device the owner made.
+#[cfg(feature = "bdev")]
+#[test]
+fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
+    use chimaera::bdev::{BdevClient, BdevParams, BdevType};
+    let runtime = RuntimeProcess::start("file-device", "access:\n  uids: [65534]\n");
+    let dir = std::env::temp_dir().join(format!("chimaera-file-device-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("owner-only");
+    let owned = dir.join("owned-device");
+    let chi = runtime.client();
+    ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
+    let file = BdevParams {
+        bdev_type: BdevType::File,
+        total_size: 1 << 20,
+        ..BdevParams::default()
+    };
+    let owned_name = owned.to_str().unwrap();
+    BdevClient::create(&chi, PoolQuery::local(), owned_name, file).unwrap();
+    use std::os::unix::process::CommandExt;
+    let mut child = runtime
+        .client_child_command("devices")
+        .env("CHI_RUNTIME_USER", chimaera_core::shm::naming::user_tag())
+        .env("CHILD_PATH", &target)
+        .env("CHILD_OWNED", owned_name)
+        .stdout(Stdio::piped())
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .expect("spawn the child as nobody");
+    wait_for_line(&mut child, "file device checks done");
+    assert!(child.wait().unwrap().success());
+    assert!(!target.exists(), "the runtime created {}", target.display());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The child of `a_uid_at_its_container_quota_is_refused_until_a_pool_goes`: runs as uid

@@ -88,6 +88,11 @@ impl UidQuotas {
         }
     }
 
+    /// The uid these quotas are of.
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
+    }
+
     /// Counts one stack overflow of the uid's tasks.
     pub(crate) fn count_overflow(&self) {
         saturating_add(&self.overflows);

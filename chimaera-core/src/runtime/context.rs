@@ -16,7 +16,6 @@ use crate::client::Client;
 use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerInfo;
-use crate::quota::UidQuotas;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::parent::Parent;
 use crate::shm::InstanceName;
@@ -36,7 +35,7 @@ pub(crate) trait Host: Send + Sync {
         &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
-        quotas: Option<&Arc<UidQuotas>>,
+        caller: Option<&Arc<BulkShare>>,
     ) -> Result<PoolInfo, TaskError>;
     /// Destroys a pool; its containers' destroy tasks are children of `parent`.
     fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError>;
@@ -130,6 +129,21 @@ impl<'t> RunContext<'t> {
         self.bulk.map(|share| &**share)
     }
 
+    /// The uid this task runs for when it is not trusted with the runtime's own rights:
+    /// `Some(uid)` for a task of a client process whose uid is neither the runtime's
+    /// owner nor one of `access.admin_uids` (and for the subtasks of such a task);
+    /// `None` for the runtime's own work, in-process callers and trusted clients.
+    ///
+    /// The runtime runs every handler with its own rights. A module that acts on the
+    /// system on a caller's behalf — opens a path the caller named, say — must refuse an
+    /// unprivileged caller what that uid could not do itself (bdev refuses it file
+    /// devices: the pool name would be a path the runtime opens for it).
+    pub fn unprivileged_caller(&self) -> Option<u32> {
+        self.bulk
+            .and_then(|share| share.quotas())
+            .map(|quotas| quotas.uid())
+    }
+
     /// The pool this task runs in.
     pub fn pool_id(&self) -> PoolId {
         self.header.pool
@@ -218,16 +232,17 @@ impl RuntimeHandle {
     }
 
     /// Gets the pool named in `request`, or creates it (its containers are built by the
-    /// module's `create` task, run from `ctx`'s task). A pool created for a client
-    /// process's task counts against its uid's `quotas.containers`.
+    /// module's `create` task, run from `ctx`'s task, for the same caller: see
+    /// [`RunContext::unprivileged_caller`]). A pool created for an unprivileged caller
+    /// counts against its uid's `quotas.containers`; in a cluster such a caller may only
+    /// open pools (the other nodes could not tell who asked).
     pub fn get_or_create_pool(
         &self,
         ctx: &RunContext,
         request: &CreatePoolRequest,
     ) -> Result<PoolInfo, TaskError> {
-        let quotas = ctx.bulk.and_then(|share| share.quotas());
         self.host
-            .get_or_create_pool((ctx.task_id(), ctx.task_node()), request, quotas)
+            .get_or_create_pool((ctx.task_id(), ctx.task_node()), request, ctx.bulk)
     }
 
     /// Destroys a pool.

@@ -179,6 +179,15 @@ struct Single<'a> {
     local_worker: Option<usize>,
 }
 
+/// Who a pool being built is for: its containers' create tasks run for `caller` (see
+/// `RunContext::unprivileged_caller`), and it keeps `reservation` of that caller's
+/// `quotas.containers` until it is destroyed. Default: the runtime itself.
+#[derive(Default)]
+pub(crate) struct PoolOwner<'a> {
+    caller: Option<&'a Arc<BulkShare>>,
+    reservation: Option<ContainerReservation>,
+}
+
 /// A periodic task in the runtime's registry.
 struct PeriodicEntry {
     /// Its pool: destroying the pool cancels it.
@@ -749,7 +758,7 @@ impl Shared {
         &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
-        quotas: Option<&Arc<UidQuotas>>,
+        caller: Option<&Arc<BulkShare>>,
     ) -> Result<PoolInfo, TaskError> {
         let containers = request.containers.max(1);
         let max = self.config.max_containers_per_pool;
@@ -764,21 +773,39 @@ impl Shared {
             return Ok(entry.info());
         }
         let is_admin = request.module == "admin" && request.pool_name == "admin";
+        let quotas = caller.and_then(|share| share.quotas());
         if let Some(cluster) = self.cluster.as_deref().filter(|_| !is_admin) {
+            if let Some(quotas) = quotas {
+                // The other nodes build their containers without knowing who asked, so
+                // they could neither count them nor let modules refuse an unprivileged
+                // caller (a file device's path, say): only trusted callers create.
+                return Err(TaskError::PermissionDenied {
+                    action: format!(
+                        "create the pool `{}` in a cluster (open pools an admin made)",
+                        request.pool_name
+                    ),
+                    uid: quotas.uid(),
+                });
+            }
             return self.cluster_get_or_create(cluster, request);
         }
-        // Held by the pool until it is destroyed (a cluster's pools, built by node 0 on
-        // every node, are not counted: see `quota.rs`).
+        // Held by the pool until it is destroyed.
         let reservation = quotas
             .map(|quotas| quotas.reserve_containers(containers))
             .transpose()?;
+        // The containers' create tasks run for the same caller, as subtasks.
+        let caller = caller.and_then(BulkShare::for_subtasks);
         let id = if is_admin {
             PoolId::ADMIN
         } else {
             self.pools.fresh_id()
         };
         let placement = Placement::single(self.node);
-        self.build_pool(parent, request, id, placement, false, reservation)
+        let owner = PoolOwner {
+            caller: caller.as_ref(),
+            reservation,
+        };
+        self.build_pool(parent, request, id, placement, false, owner)
     }
 
     /// Builds this node's containers of pool `id` as `request` describes and publishes
@@ -790,7 +817,7 @@ impl Shared {
         id: PoolId,
         placement: Placement,
         clustered: bool,
-        reservation: Option<ContainerReservation>,
+        owner: PoolOwner<'_>,
     ) -> Result<PoolInfo, TaskError> {
         let (parent_task, parent_node) = parent;
         let containers = request.containers.max(1);
@@ -821,7 +848,8 @@ impl Shared {
                 node: parent_node,
                 parity: 0,
             };
-            let mut ctx = RunContext::new(header, &request.pool_name, containers, self);
+            let mut ctx = RunContext::new(header, &request.pool_name, containers, self)
+                .with_bulk(owner.caller);
             let object = catch_unwind(AssertUnwindSafe(|| (module.create)(&mut ctx, &params)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)))?;
             objects.push(Some(object));
@@ -848,7 +876,7 @@ impl Shared {
                 self.config.workers(),
                 self.config.metrics_latency_sample,
             ),
-            reservation: Mutex::new(reservation),
+            reservation: Mutex::new(owner.reservation),
         });
         match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
             Ok(entry) => {
@@ -1355,9 +1383,9 @@ impl Host for Shared {
         &self,
         parent: (u64, TaskNode),
         request: &CreatePoolRequest,
-        quotas: Option<&Arc<UidQuotas>>,
+        caller: Option<&Arc<BulkShare>>,
     ) -> Result<PoolInfo, TaskError> {
-        Shared::get_or_create_pool(self, parent, request, quotas)
+        Shared::get_or_create_pool(self, parent, request, caller)
     }
 
     fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError> {

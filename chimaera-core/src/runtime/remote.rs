@@ -1070,7 +1070,7 @@ impl Shared {
             record.id,
             cluster.placement(),
             true,
-            None,
+            super::PoolOwner::default(),
         )
     }
 

@@ -5,6 +5,10 @@
 //! for measured statistics — all as tasks, so a device is shared by every client of the
 //! runtime, and file I/O never blocks a runtime worker.
 //!
+//! The runtime opens a file device with its own rights, so only trusted callers create
+//! one: a client process of a uid that is neither the runtime's owner nor an admin uid
+//! gets [`CreateError::FileNotPermitted`] (it may open, by name, one its owner made).
+//!
 //! ```no_run
 //! use chimaera_bdev::{BdevClient, BdevParams, BdevType};
 //! use chimaera_core::{Client, PoolQuery};
@@ -157,6 +161,13 @@ impl Bdev {
     /// `kCreate`: opens the device (a file's calls run on its I/O thread).
     #[task(method = 0)]
     fn create(ctx: &mut RunContext, params: BdevParams) -> Result<Self, BdevError> {
+        if let (BdevType::File, Some(uid)) = (params.bdev_type, ctx.unprivileged_caller()) {
+            return Err(CreateError::FileNotPermitted {
+                path: ctx.pool_name().to_owned(),
+                uid,
+            }
+            .into());
+        }
         Ok(Bdev::with_device(open_device(ctx.pool_name(), &params)?))
     }
 

@@ -99,6 +99,15 @@ pub enum CreateError {
         /// The alignment it was rounded to.
         alignment: u32,
     },
+    /// A client without admin rights asked for a file device: the runtime would open
+    /// (create, size, write) a path of its choosing with the runtime's own rights.
+    #[error("uid {uid} may not create the file device `{path}`: the runtime would open that path with its own rights; ask the runtime's owner (or an admin uid) to create the pool, then open it by name")]
+    FileNotPermitted {
+        /// The path (the pool name).
+        path: String,
+        /// The client's uid.
+        uid: u32,
+    },
     /// The pool name is not a usable file path.
     #[error("bad path `{path}`: {reason}")]
     BadPath {
