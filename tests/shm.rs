@@ -930,13 +930,20 @@ fn file_device_child(chi: &Client) {
         message.contains("uid 65534 may not create the file device"),
         "{message}"
     );
-    // A RAM device is its own memory: allowed.
-    let ram = BdevParams {
+    // RAM devices are allowed, as far as the uid's `quotas.memory` (3 MiB) goes.
+    let ram = |size: u64| BdevParams {
         bdev_type: BdevType::Ram,
-        total_size: 1 << 20,
+        total_size: size,
         ..BdevParams::default()
     };
-    BdevClient::create(chi, PoolQuery::local(), "child-ram", ram).unwrap();
+    BdevClient::create(chi, PoolQuery::local(), "child-ram", ram(1 << 20)).unwrap();
+    let over = BdevClient::create(chi, PoolQuery::local(), "child-ram-big", ram(4 << 20));
+    let message = over.unwrap_err().to_string();
+    assert!(
+        message.contains("RAM device of 4194304 bytes") && message.contains("quotas.memory"),
+        "{message}"
+    );
+    BdevClient::create(chi, PoolQuery::local(), "child-ram-rest", ram(2 << 20)).unwrap();
     // The owner's file device opens by name and serves.
     let owned = std::env::var("CHILD_OWNED").expect("CHILD_OWNED");
     let owned = BdevClient::create(chi, PoolQuery::local(), &owned, file).unwrap();
@@ -953,12 +960,16 @@ fn file_device_child(chi: &Client) {
 /// A client process of a uid without admin rights cannot have the runtime create a
 /// file device: the pool name is a path the runtime would open, size and write with its
 /// own rights (any file the runtime's user may write). It is refused, nothing is
-/// created, and it may still use a file device the owner made.
+/// created, and it may still use a file device the owner made. Its RAM devices are
+/// bounded by `quotas.memory`.
 #[cfg(feature = "bdev")]
 #[test]
 fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
     use chimaera::bdev::{BdevClient, BdevParams, BdevType};
-    let runtime = RuntimeProcess::start("file-device", "access:\n  uids: [65534]\n");
+    let runtime = RuntimeProcess::start(
+        "file-device",
+        "access:\n  uids: [65534]\nquotas:\n  memory: 3MiB\n",
+    );
     let dir = std::env::temp_dir().join(format!("chimaera-file-device-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let target = dir.join("owner-only");

@@ -48,6 +48,9 @@
 //!   containers: 16384        # containers of the pools one such uid created, alive at once
 //!                            # (1..=16777216; it cannot destroy pools); a pool past it
 //!                            # fails with QuotaExceeded
+//!   memory: 4GiB             # memory modules hold for one such uid (a RAM bdev's size, say;
+//!                            # up to 1024TiB); past it the module's create fails with
+//!                            # QuotaExceeded
 //!   periodic_tasks: 1024     # periodic tasks of one such uid alive at once (1..=1048576);
 //!                            # one more fails with QuotaExceeded. Absent: a quarter of
 //!                            # max_periodic_tasks
@@ -236,6 +239,12 @@ pub struct RuntimeConfig {
     /// by a megabyte and more per request until the kernel killed it. A pool past it
     /// fails with [`TaskError::QuotaExceeded`](crate::TaskError::QuotaExceeded).
     pub client_containers: u32,
+    /// Bytes of memory modules hold on behalf of one uid without admin rights
+    /// (`quotas.memory`; see
+    /// [`RunContext::reserve_memory`](crate::runtime::context::RunContext::reserve_memory)):
+    /// a RAM block device, say, which such a caller could otherwise make as large as the
+    /// machine's memory.
+    pub client_memory: u64,
     /// Where `chimaera runtime start` serves the runtime's statistics in Prometheus text
     /// format (`metrics.prometheus`); `None` (the default): nowhere.
     pub metrics_prometheus: Option<std::net::SocketAddr>,
@@ -429,6 +438,8 @@ const MAX_ACCESS_ENTRIES: usize = 1024;
 const MAX_TASKS_IN_FLIGHT: u32 = 1 << 20;
 /// Largest `quotas.stack_overflows`.
 const MAX_STACK_OVERFLOWS: u32 = 1 << 20;
+/// Largest `quotas.memory`.
+const MAX_CLIENT_MEMORY: u64 = 1 << 50;
 /// Largest `quotas.containers`.
 const MAX_CLIENT_CONTAINERS: u32 = 1 << 24;
 /// Largest `quotas.waiting_tasks` (as `max_coroutines`).
@@ -437,7 +448,7 @@ const MAX_WAITING_TASKS: u32 = MAX_COROUTINES;
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with the keys tasks_in_flight, stack_overflows, waiting_tasks, connections, periodic_tasks and containers"
+    expecting = "a mapping with the keys tasks_in_flight, stack_overflows, waiting_tasks, connections, periodic_tasks, containers and memory"
 )]
 struct FileQuotas {
     tasks_in_flight: Option<u32>,
@@ -446,6 +457,7 @@ struct FileQuotas {
     connections: Option<u32>,
     periodic_tasks: Option<u32>,
     containers: Option<u32>,
+    memory: Option<Size>,
 }
 // --- end of the `isolation` addition ---
 
@@ -515,6 +527,7 @@ impl Default for RuntimeConfig {
             client_connections: None,
             client_periodic_tasks: None,
             client_containers: 16_384,
+            client_memory: 4 << 30,
             metrics_prometheus: None,
             metrics_latency_sample: 8,
             networking: NetworkingConfig::default(),
@@ -764,6 +777,15 @@ impl RuntimeConfig {
                     format!("is {periodic}; use 1 to {MAX_PERIODIC_TASKS}"),
                 );
             }
+        }
+        if !(1..=MAX_CLIENT_MEMORY).contains(&self.client_memory) {
+            return invalid(
+                "quotas.memory",
+                format!(
+                    "is {} bytes; use 1 byte to {MAX_CLIENT_MEMORY} (1 PiB)",
+                    self.client_memory
+                ),
+            );
         }
         if !(1..=MAX_CLIENT_CONTAINERS).contains(&self.client_containers) {
             return invalid(
@@ -1274,6 +1296,9 @@ impl FileConfig {
             if let Some(containers) = quotas.containers {
                 config.client_containers = containers;
             }
+            if let Some(Size(memory)) = quotas.memory {
+                config.client_memory = memory;
+            }
         }
         if let Some(idle) = self.idle {
             if let Some(spin) = idle.spin_rounds {
@@ -1557,7 +1582,7 @@ compose:
     #[test]
     fn access_and_quota_keys_are_read_and_checked() {
         let config = RuntimeConfig::from_yaml_str(
-            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6, connections: 3, periodic_tasks: 2, containers: 9 }\n",
+            "access: { uids: [1001], gids: [100], admin_uids: [1002] }\nquotas: { tasks_in_flight: 8, stack_overflows: 5, waiting_tasks: 6, connections: 3, periodic_tasks: 2, containers: 9, memory: 1MiB }\n",
         )
         .unwrap();
         assert_eq!(
@@ -1590,6 +1615,8 @@ compose:
         assert_eq!(defaults.periodic_quota(), 1024);
         assert_eq!(config.client_containers, 9);
         assert_eq!(defaults.client_containers, 16_384);
+        assert_eq!(config.client_memory, 1 << 20);
+        assert_eq!(defaults.client_memory, 4 << 30);
         assert_eq!(defaults.access, AccessConfig::default());
         assert_eq!(defaults.client_tasks_in_flight, 1024);
         assert_eq!(defaults.client_stack_overflows, 64);
@@ -1608,6 +1635,8 @@ compose:
             ("quotas: { connections: 0 }", "quotas.connections"),
             ("quotas: { periodic_tasks: 0 }", "quotas.periodic_tasks"),
             ("quotas: { containers: 0 }", "quotas.containers"),
+            ("quotas: { memory: 0 }", "quotas.memory"),
+            ("quotas: { memory: 2048TiB }", "quotas.memory"),
             ("quotas: { containers: 16777217 }", "quotas.containers"),
             (
                 "quotas: { periodic_tasks: 1048577 }",

@@ -91,6 +91,7 @@ pub mod lock;
 pub mod peer;
 pub mod query;
 mod quota;
+pub use quota::MemoryReservation;
 pub mod runtime;
 internal_mod! {
     /// Shared-memory building blocks (unstable, for chimaera's own tests).

@@ -19,6 +19,11 @@
 //!   lanes) stay until an admin destroys the pool, which a uid without admin rights
 //!   cannot; pools it creates may hold only so many containers at once. A new pool
 //!   takes a [`ContainerReservation`], which it keeps until it is destroyed (or dropped).
+//! * **Module memory** (`quotas.memory`): memory a module allocates on the uid's behalf
+//!   and keeps (a RAM block device, say) is reserved first
+//!   ([`RunContext::reserve_memory`](crate::runtime::context::RunContext::reserve_memory));
+//!   the module keeps the [`MemoryReservation`] with what it allocated, and dropping it
+//!   gives the bytes back.
 //! * **Periodic tasks** (`quotas.periodic_tasks`): each keeps a coroutine between its
 //!   runs, and a runtime has at most `max_periodic_tasks` of them; the runtime's registry
 //!   of periodic tasks notes whose each is, and refuses one more of a uid that has its
@@ -37,7 +42,7 @@
 //! the run ends; a coroutine that dies of a stack overflow while its task is counted
 //! stays counted, as its stack stays alive (and counted in `max_coroutines`).
 use crate::error::TaskError;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -55,6 +60,8 @@ pub(crate) struct UidQuotas {
     max_periodic: u32,
     containers: AtomicU32,
     max_containers: u32,
+    memory: AtomicU64,
+    max_memory: u64,
     /// When a refusal for the waiting quota was last logged.
     refusal_logged_at: Mutex<Option<Instant>>,
 }
@@ -70,6 +77,8 @@ pub(crate) struct UidLimits {
     pub(crate) periodic_tasks: u32,
     /// `quotas.containers`.
     pub(crate) containers: u32,
+    /// `quotas.memory`, in bytes.
+    pub(crate) memory: u64,
 }
 
 impl UidQuotas {
@@ -84,6 +93,8 @@ impl UidQuotas {
             max_periodic: limits.periodic_tasks,
             containers: AtomicU32::new(0),
             max_containers: limits.containers,
+            memory: AtomicU64::new(0),
+            max_memory: limits.memory,
             refusal_logged_at: Mutex::new(None),
         }
     }
@@ -141,6 +152,27 @@ impl UidQuotas {
     #[cfg(test)]
     fn containers(&self) -> u32 {
         self.containers.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `bytes` of the uid's module memory, or says why not.
+    pub(crate) fn reserve_memory(
+        self: &Arc<Self>,
+        bytes: u64,
+    ) -> Result<MemoryReservation, TaskError> {
+        let max = self.max_memory;
+        let reserved = self
+            .memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= max)
+            });
+        match reserved {
+            Ok(_) => Ok(MemoryReservation(Some((self.clone(), bytes)))),
+            Err(_) => Err(TaskError::QuotaExceeded {
+                what: "bytes of memory held by modules".into(),
+                limit: max,
+                config_key: "quotas.memory".into(),
+            }),
+        }
     }
 
     /// How many periodic tasks of the uid may be alive at once.
@@ -215,6 +247,32 @@ impl UidQuotas {
     }
 }
 
+/// Bytes of an unprivileged caller's `quotas.memory` that a module holds for it (see
+/// [`RunContext::reserve_memory`](crate::runtime::context::RunContext::reserve_memory)):
+/// keep it with what was allocated; dropped, the bytes are the caller's again. Empty
+/// (counting nothing) for a trusted caller.
+#[derive(Debug, Default)]
+pub struct MemoryReservation(Option<(Arc<UidQuotas>, u64)>);
+
+impl MemoryReservation {
+    /// The bytes reserved (0 for a trusted caller, who is not counted).
+    pub fn bytes(&self) -> u64 {
+        self.0.as_ref().map_or(0, |(_, bytes)| *bytes)
+    }
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        if let Some((quotas, bytes)) = self.0.take() {
+            let _ = quotas
+                .memory
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    Some(used.saturating_sub(bytes))
+                });
+        }
+    }
+}
+
 /// Containers of a uid's quota that one of its pools holds; given back when dropped
 /// (the pool destroyed).
 #[derive(Debug)]
@@ -253,6 +311,7 @@ mod tests {
                 waiting_tasks,
                 periodic_tasks: 4,
                 containers: 10,
+                memory: 1000,
             },
         )
     }
@@ -311,6 +370,25 @@ mod tests {
         assert_eq!(quotas.containers(), 4);
         drop(second);
         assert_eq!(quotas.containers(), 0);
+    }
+
+    #[test]
+    fn memory_reservations_stay_within_the_quota_and_come_back() {
+        let quotas = Arc::new(quotas(1, 1));
+        let first = quotas.reserve_memory(600).unwrap();
+        assert_eq!(first.bytes(), 600);
+        let refused = quotas.reserve_memory(401).unwrap_err();
+        assert!(
+            matches!(&refused, TaskError::QuotaExceeded { limit: 1000, config_key, .. } if config_key == "quotas.memory"),
+            "{refused:?}"
+        );
+        assert!(quotas.reserve_memory(u64::MAX).is_err());
+        let second = quotas.reserve_memory(400).unwrap();
+        drop(first);
+        let third = quotas.reserve_memory(600).unwrap();
+        drop((second, third));
+        assert_eq!(quotas.memory.load(Ordering::Relaxed), 0);
+        assert_eq!(MemoryReservation::default().bytes(), 0);
     }
 
     #[test]

@@ -144,6 +144,19 @@ impl<'t> RunContext<'t> {
             .map(|quotas| quotas.uid())
     }
 
+    /// Reserves `bytes` of the caller's `quotas.memory` for memory a module allocates on
+    /// its behalf and keeps (a RAM block device, a cache): keep the reservation with that
+    /// memory, and drop it with it. Only an unprivileged caller (see
+    /// [`unprivileged_caller`](Self::unprivileged_caller)) is counted; for anyone else
+    /// the reservation is empty and never fails. Past the quota it fails with
+    /// [`TaskError::QuotaExceeded`]: allocate nothing then.
+    pub fn reserve_memory(&self, bytes: u64) -> Result<crate::MemoryReservation, TaskError> {
+        match self.bulk.and_then(|share| share.quotas()) {
+            Some(quotas) => quotas.reserve_memory(bytes),
+            None => Ok(crate::MemoryReservation::default()),
+        }
+    }
+
     /// The pool this task runs in.
     pub fn pool_id(&self) -> PoolId {
         self.header.pool

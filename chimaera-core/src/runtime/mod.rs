@@ -1614,6 +1614,7 @@ impl RuntimeBuilder {
                 connections: config.connections_quota(),
                 periodic_tasks: config.periodic_quota(),
                 containers: config.client_containers,
+                memory: config.client_memory,
             };
             Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {

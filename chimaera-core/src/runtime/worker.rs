@@ -89,6 +89,13 @@
 //! overflows, costs new tasks a clear error, never the worker: unbounded, the process
 //! ran into the kernel's limit of memory mappings, where it hung or aborted.
 //!
+//! **Waiting tasks per uid.** So that one user cannot hold every coroutine, a task of a
+//! uid with quotas (see `crate::quota`, `quotas.waiting_tasks`) is counted when its
+//! run hands the polling role on (it waits, keeping its coroutine) and uncounted when
+//! that run ends; the slot keeps the uid's quotas from run to run, so a run counts
+//! nothing more than a compare. A task whose uid has its quota waiting is refused
+//! before it starts, with `QuotaExceeded`.
+//!
 //! **Stack overflow.** The task a coroutine runs sits in its slot (heap), not on the
 //! coroutine's stack, while it runs. A handler that overflows the stack kills its
 //! coroutine (see [`crate::coroutine`]); the slot's task is then failed through

@@ -7,7 +7,9 @@
 //!
 //! The runtime opens a file device with its own rights, so only trusted callers create
 //! one: a client process of a uid that is neither the runtime's owner nor an admin uid
-//! gets [`CreateError::FileNotPermitted`] (it may open, by name, one its owner made).
+//! gets [`CreateError::FileNotPermitted`] (it may open, by name, one its owner made),
+//! and such a caller's RAM devices count against its uid's `quotas.memory`
+//! ([`CreateError::RamQuota`] past it).
 //!
 //! ```no_run
 //! use chimaera_bdev::{BdevClient, BdevParams, BdevType};
@@ -89,7 +91,7 @@ pub use error::BdevError;
 pub use stats::{BdevStats, OpStats};
 
 use backend::{FileDevice, FileOptions, RamDevice};
-use chimaera_core::{BulkIn, BulkOut, RunContext};
+use chimaera_core::{BulkIn, BulkOut, MemoryReservation, RunContext};
 use chimaera_macros::chimod;
 use short_lock::ShortLock;
 use stats::DeviceStats;
@@ -154,6 +156,8 @@ pub struct Bdev {
     stats: DeviceStats,
     /// The device's capacity (constant), without a call through `device`.
     capacity: u64,
+    /// What a RAM device holds of its creator's `quotas.memory` (empty otherwise).
+    memory: MemoryReservation,
 }
 
 #[chimod]
@@ -168,7 +172,21 @@ impl Bdev {
             }
             .into());
         }
-        Ok(Bdev::with_device(open_device(ctx.pool_name(), &params)?))
+        // A RAM device's memory is the caller's: counted against an unprivileged one's
+        // `quotas.memory` for as long as the device lives.
+        let memory = match params.bdev_type {
+            BdevType::Ram => {
+                ctx.reserve_memory(params.total_size)
+                    .map_err(|source| CreateError::RamQuota {
+                        size: params.total_size,
+                        source,
+                    })?
+            }
+            BdevType::File => MemoryReservation::default(),
+        };
+        let mut bdev = Bdev::with_device(open_device(ctx.pool_name(), &params)?);
+        bdev.memory = memory;
+        Ok(bdev)
     }
 
     /// `kDestroy`: makes written data durable and closes the device.
@@ -237,6 +255,7 @@ impl Bdev {
             capacity,
             allocator: ShortLock::new(allocator),
             stats,
+            memory: MemoryReservation::default(),
         }
     }
 

@@ -154,6 +154,9 @@ pub struct ServeAccess {
     /// Quota: containers of the pools one uid without admin rights created, alive
     /// (`quotas.containers`).
     pub containers: u32,
+    /// Quota: bytes of memory modules hold for one uid without admin rights
+    /// (`quotas.memory`).
+    pub memory: u64,
     /// Quota: client processes of one uid without admin rights attached at once,
     /// draining ones included (`quotas.connections`, resolved).
     pub connections: u32,
@@ -602,6 +605,7 @@ impl ShmServer {
                     waiting_tasks: self.access.waiting_tasks,
                     periodic_tasks: self.access.periodic_tasks,
                     containers: self.access.containers,
+                    memory: self.access.memory,
                 };
                 lock(&self.uid_quotas)
                     .entry(rights.uid)

@@ -108,6 +108,14 @@ pub enum CreateError {
         /// The client's uid.
         uid: u32,
     },
+    /// A RAM device larger than what its unprivileged caller may have modules hold.
+    #[error("a RAM device of {size} bytes: {source}")]
+    RamQuota {
+        /// The size asked for.
+        size: u64,
+        /// The quota's error (`quotas.memory`).
+        source: chimaera_core::TaskError,
+    },
     /// The pool name is not a usable file path.
     #[error("bad path `{path}`: {reason}")]
     BadPath {
