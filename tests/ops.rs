@@ -8,13 +8,11 @@ mod support;
 use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use support::{wait_until, RuntimeProcess};
+use support::{free_port, http_get, wait_until, RuntimeProcess};
 
 fn text(output: &Output) -> String {
     format!(
@@ -258,6 +256,9 @@ fn status_json_follows_schema_1_and_leaves_itself_out() {
     assert!(live > 2 * workers && live < max, "{coroutines}");
     assert_eq!(max, runtime.config.coroutine_budget() as u64);
     assert_eq!(field(&status, "clients", "u64"), 1, "{status}");
+    // Only the owner connected: no uid with quotas.
+    let uids = field(&status, "uids", "array").as_array().unwrap();
+    assert!(uids.is_empty(), "{status}");
     // A single node: node 0, no cluster.
     assert_eq!(field(&status, "node", "u64"), 0);
     assert!(array(&status, "nodes").is_empty(), "{status}");
@@ -569,31 +570,6 @@ fn runtime_clean_neither_follows_a_link_nor_removes_a_file_it_does_not_own() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     std::fs::remove_file(&socket).unwrap();
     std::fs::remove_file(&target).unwrap();
-}
-
-/// A local TCP port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` from `127.0.0.1:port`: the status line and the body.
-fn http_get(port: u16, path: &str) -> (String, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
 }
 
 #[test]

@@ -590,6 +590,15 @@ fn save_and_load_round_trip_every_admin_task() {
         clients: 3,
         periodic: 2,
         coroutines: admin_api::CoroutineStatus { live: 6, max: 100 },
+        uids: vec![admin_api::UidStatus {
+            uid: 65534,
+            connections: admin_api::QuotaUse { used: 2, max: 48 },
+            memory_bytes: admin_api::QuotaUse {
+                used: 1 << 20,
+                max: 4 << 30,
+            },
+            ..admin_api::UidStatus::default()
+        }],
         containers: vec![admin_api::ContainerStatus {
             pool: PoolId::new(4, 0),
             container: 0,

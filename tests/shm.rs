@@ -13,7 +13,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
-use support::{wait_for_line, wait_until, within, Launch, RuntimeProcess, ROLE};
+use support::{
+    free_port, http_get, wait_for_line, wait_until, within, Launch, RuntimeProcess, ROLE,
+};
 
 /// The entry point of client children; only runs when a test starts it.
 #[test]
@@ -1034,18 +1036,40 @@ fn containers_quota_child(chi: &Client) {
 /// A uid without admin rights, which cannot destroy pools, may have pools of only
 /// `quotas.containers` containers alive (each keeps its state and lanes): a pool past
 /// it fails with `QuotaExceeded`, re-opening a pool costs nothing, the owner's pools are
-/// not counted, and a destroyed pool gives its containers back.
+/// not counted, and a destroyed pool gives its containers back. The owner sees the uid's
+/// use in the status and in Prometheus.
 #[test]
 fn a_uid_at_its_container_quota_is_refused_until_a_pool_goes() {
+    let port = free_port();
     let runtime = RuntimeProcess::start(
         "container-quota",
-        "access:\n  uids: [65534]\nquotas:\n  containers: 10\n",
+        &format!("access:\n  uids: [65534]\nquotas:\n  containers: 10\nmetrics:\n  prometheus: 127.0.0.1:{port}\n"),
     );
     // The owner's (not counted): the child only opens it.
     let chi = runtime.client();
     ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
     let mut creator = client_child_as_nobody(&runtime, "pools");
     wait_for_line(&mut creator, "at quota");
+    // The owner sees the uid at its quota (and is not listed itself).
+    let status = AdminClient::attach(&chi, PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .unwrap();
+    let [nobody] = status.uids.as_slice() else {
+        panic!("{:?}", status.uids);
+    };
+    assert_eq!(
+        (nobody.uid, nobody.containers.used, nobody.containers.max),
+        (65534, 10, 10)
+    );
+    assert_eq!(nobody.connections.used, 1);
+    let (_, metrics) = http_get(port, "/metrics");
+    for wanted in [
+        "chimaera_uid_quota_used{uid=\"65534\",quota=\"containers\"} 10\n",
+        "chimaera_uid_quota_max{uid=\"65534\",quota=\"containers\"} 10\n",
+        "chimaera_uid_quota_used{uid=\"65534\",quota=\"connections\"} 1\n",
+    ] {
+        assert!(metrics.contains(wanted), "no {wanted:?} in:\n{metrics}");
+    }
     ModNameClient::create_with(
         &chi,
         PoolQuery::local(),
@@ -1128,6 +1152,15 @@ fn connections_quota_child(chi: Client) {
         Err(other) => panic!("expected TooManyConnections, got {other}"),
         Ok(_) => panic!("a third connection was served past the uid's quota of 2"),
     }
+    // The uid sees itself at its quota in the runtime's status (and no other uid).
+    let status = AdminClient::attach(&chi, PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .unwrap();
+    let [me] = status.uids.as_slice() else {
+        panic!("{:?}", status.uids);
+    };
+    assert_eq!(me.uid, 65534);
+    assert_eq!((me.connections.used, me.connections.max), (2, 2));
     println!("at quota");
     // Both connections still work.
     let pools = [&chi, &second].map(|chi| ModNameClient::open(chi, "shared").unwrap());
@@ -1157,6 +1190,7 @@ fn a_uid_at_its_connection_quota_is_refused_and_others_connect() {
     let mut connector = client_child_as_nobody(&runtime, "connector");
     wait_for_line(&mut connector, "at quota");
     let owners: Vec<Client> = (0..3).map(|_| runtime.client()).collect();
+
     for (n, chi) in owners.iter().enumerate() {
         let m = ModNameClient::open(chi, "shared").unwrap();
         assert_eq!(

@@ -99,6 +99,9 @@ pub struct RuntimeStatus {
     pub shm: ShmStatus,
     /// Task coroutines alive, against the runtime's `max_coroutines`.
     pub coroutines: CoroutineStatus,
+    /// What each uid without admin rights that connected since the start holds against
+    /// its quotas (the `quotas:` config keys), in uid order.
+    pub uids: Vec<UidStatus>,
     /// This runtime's node id in its cluster (0 for a single node).
     pub node: NodeId,
     /// Every node of the cluster, this one included, in id order, as this node sees
@@ -152,6 +155,41 @@ pub struct CoroutineStatus {
     /// Coroutines alive now (stacks leaked by overflows included).
     pub live: u64,
     /// The most that may live at once.
+    pub max: u64,
+}
+
+/// What one uid without admin rights holds against its quotas, over all its
+/// connections (see the `quotas:` config keys); past one, that uid's requests fail with
+/// [`TaskError::QuotaExceeded`] or
+/// [`ConnectError::TooManyConnections`](crate::ConnectError::TooManyConnections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct UidStatus {
+    /// The uid.
+    pub uid: u32,
+    /// Client processes attached, and those gone whose tasks still finish
+    /// (`quotas.connections`).
+    pub connections: QuotaUse,
+    /// Tasks waiting, each keeping a coroutine (`quotas.waiting_tasks`).
+    pub waiting_tasks: QuotaUse,
+    /// Periodic tasks alive (`quotas.periodic_tasks`).
+    pub periodic_tasks: QuotaUse,
+    /// Containers of the pools it created that are not destroyed (`quotas.containers`).
+    pub containers: QuotaUse,
+    /// Bytes of memory modules hold for it (`quotas.memory`).
+    pub memory_bytes: QuotaUse,
+    /// Handler stack overflows its tasks caused since the start
+    /// (`quotas.stack_overflows`).
+    pub stack_overflows: QuotaUse,
+}
+
+/// How much of one quota is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct QuotaUse {
+    /// Used now.
+    pub used: u64,
+    /// The quota.
     pub max: u64,
 }
 

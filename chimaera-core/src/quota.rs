@@ -99,6 +99,41 @@ impl UidQuotas {
         }
     }
 
+    /// What the uid holds against these quotas; `connections` and `periodic_tasks`,
+    /// counted elsewhere, are given.
+    pub(crate) fn status(
+        &self,
+        connections: crate::admin_api::QuotaUse,
+        periodic_tasks: u64,
+    ) -> crate::admin_api::UidStatus {
+        use crate::admin_api::QuotaUse;
+        let load = |count: &AtomicU32| u64::from(count.load(Ordering::Relaxed));
+        crate::admin_api::UidStatus {
+            uid: self.uid,
+            connections,
+            waiting_tasks: QuotaUse {
+                used: load(&self.waiting),
+                max: u64::from(self.max_waiting),
+            },
+            periodic_tasks: QuotaUse {
+                used: periodic_tasks,
+                max: u64::from(self.max_periodic),
+            },
+            containers: QuotaUse {
+                used: load(&self.containers),
+                max: u64::from(self.max_containers),
+            },
+            memory_bytes: QuotaUse {
+                used: self.memory.load(Ordering::Relaxed),
+                max: self.max_memory,
+            },
+            stack_overflows: QuotaUse {
+                used: load(&self.overflows),
+                max: u64::from(self.max_overflows),
+            },
+        }
+    }
+
     /// The uid these quotas are of.
     pub(crate) fn uid(&self) -> u32 {
         self.uid

@@ -155,6 +155,43 @@ pub(super) fn render(runtime: &RuntimeHandle) -> String {
         "The most task coroutines that may be alive (max_coroutines); at it workers refuse tasks with NoCoroutine.",
         vec![format!("chimaera_coroutines_max {}", coroutines.max)],
     );
+    let uids = runtime.uids();
+    let quota_lines = |max: bool| -> Vec<String> {
+        let name = if max { "max" } else { "used" };
+        uids.iter()
+            .flat_map(|uid| {
+                [
+                    ("connections", uid.connections),
+                    ("waiting_tasks", uid.waiting_tasks),
+                    ("periodic_tasks", uid.periodic_tasks),
+                    ("containers", uid.containers),
+                    ("memory_bytes", uid.memory_bytes),
+                    ("stack_overflows", uid.stack_overflows),
+                ]
+                .map(|(quota, usage)| {
+                    let value = if max { usage.max } else { usage.used };
+                    format!(
+                        "chimaera_uid_quota_{name}{{uid=\"{}\",quota=\"{quota}\"}} {value}",
+                        uid.uid
+                    )
+                })
+            })
+            .collect()
+    };
+    section(
+        &mut out,
+        "chimaera_uid_quota_used",
+        "gauge",
+        "What a uid without admin rights holds against each of its quotas (config keys quotas.*).",
+        quota_lines(false),
+    );
+    section(
+        &mut out,
+        "chimaera_uid_quota_max",
+        "gauge",
+        "Each quota of a uid without admin rights; past one its requests fail with QuotaExceeded.",
+        quota_lines(true),
+    );
     section(
         &mut out,
         "chimaera_clients",

@@ -17,6 +17,9 @@
 //!   "tasks": { "in_flight": u64, "completed": u64, "periodic": u64 },
 //!   "coroutines": { "live": u64, "max": u64 },
 //!   "clients": u32,
+//!   "uids": [ { "uid": u32, "connections": Q, "waiting_tasks": Q, "periodic_tasks": Q,
+//!               "containers": Q, "memory_bytes": Q, "stack_overflows": Q } ],
+//!     (Q: { "used": u64, "max": u64 })
 //!   "workers": [ { "id": u32, "tasks_run": u64, "queued": u64 } ],
 //!   "pools": [ { "id": str, "name": str, "module": str, "queued": u64,
 //!                "containers": [ { "id": u32,
@@ -43,7 +46,10 @@
 //! cluster as this one sees it, itself (`local`) included, in id order; empty without a
 //! hostfile. Both were added within schema 1, as was `coroutines`: the task coroutines
 //! alive (waiting tasks, each worker's poller and spare, stacks leaked by overflows)
-//! against `max_coroutines`, at which workers refuse tasks with `NoCoroutine`.
+//! against `max_coroutines`, at which workers refuse tasks with `NoCoroutine`; and
+//! `uids`: each uid without admin rights that connected since the start, with what it
+//! holds against each of its `quotas:` (past one its requests fail with
+//! `QuotaExceeded`), in uid order.
 //!
 //! `tasks.in_flight` and each method's `in_flight` leave the status query out; `clients`
 //! leaves out the client that asked. Latencies are of runs (handler start to result,
@@ -218,6 +224,7 @@ pub(super) struct Running {
     tasks: Tasks,
     coroutines: Coroutines,
     clients: u32,
+    uids: Vec<Uid>,
     workers: Vec<Worker>,
     pools: Vec<Pool>,
     shm: Shm,
@@ -237,6 +244,33 @@ struct Tasks {
     in_flight: u64,
     completed: u64,
     periodic: u64,
+}
+
+/// What one uid holds against its quotas.
+#[derive(Serialize)]
+struct Uid {
+    uid: u32,
+    connections: QuotaUse,
+    waiting_tasks: QuotaUse,
+    periodic_tasks: QuotaUse,
+    containers: QuotaUse,
+    memory_bytes: QuotaUse,
+    stack_overflows: QuotaUse,
+}
+
+#[derive(Serialize)]
+struct QuotaUse {
+    used: u64,
+    max: u64,
+}
+
+impl From<chimaera_core::admin_api::QuotaUse> for QuotaUse {
+    fn from(usage: chimaera_core::admin_api::QuotaUse) -> QuotaUse {
+        QuotaUse {
+            used: usage.used,
+            max: usage.max,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -379,6 +413,19 @@ impl From<&RuntimeStatus> for Running {
                 max: status.coroutines.max,
             },
             clients: status.clients,
+            uids: status
+                .uids
+                .iter()
+                .map(|uid| Uid {
+                    uid: uid.uid,
+                    connections: uid.connections.into(),
+                    waiting_tasks: uid.waiting_tasks.into(),
+                    periodic_tasks: uid.periodic_tasks.into(),
+                    containers: uid.containers.into(),
+                    memory_bytes: uid.memory_bytes.into(),
+                    stack_overflows: uid.stack_overflows.into(),
+                })
+                .collect(),
             workers: status
                 .workers
                 .iter()
@@ -537,6 +584,27 @@ fn print_text(status: &RuntimeStatus) {
         "coroutines: {} alive of at most {} (max_coroutines: waiting tasks, a poller and a spare per worker, stacks leaked by overflows)",
         status.coroutines.live, status.coroutines.max
     );
+    if !status.uids.is_empty() {
+        println!("uids without admin rights (used/quota, config keys quotas.*):");
+    }
+    for uid in &status.uids {
+        println!(
+            "  uid {}: connections {}/{}, waiting_tasks {}/{}, periodic_tasks {}/{}, containers {}/{}, memory {}/{}, stack_overflows {}/{}",
+            uid.uid,
+            uid.connections.used,
+            uid.connections.max,
+            uid.waiting_tasks.used,
+            uid.waiting_tasks.max,
+            uid.periodic_tasks.used,
+            uid.periodic_tasks.max,
+            uid.containers.used,
+            uid.containers.max,
+            human_bytes(uid.memory_bytes.used),
+            human_bytes(uid.memory_bytes.max),
+            uid.stack_overflows.used,
+            uid.stack_overflows.max,
+        );
+    }
     println!("workers: {}", status.workers.len());
     for worker in &status.workers {
         println!(

@@ -52,6 +52,8 @@ pub(crate) trait Host: Send + Sync {
     fn periodic_tasks(&self) -> u64;
     /// Task coroutines alive now, and the most that may be.
     fn coroutines(&self) -> crate::admin_api::CoroutineStatus;
+    /// What each uid with quotas holds against them, in uid order.
+    fn uids(&self) -> Vec<crate::admin_api::UidStatus>;
     /// Every live pool.
     fn pools(&self) -> Vec<PoolInfo>;
     /// Whether the runtime still accepts tasks from clients.
@@ -311,6 +313,12 @@ impl RuntimeHandle {
         self.host.coroutines()
     }
 
+    /// What each uid without admin rights that connected since the start holds against
+    /// its quotas (the `quotas:` config keys), in uid order.
+    pub fn uids(&self) -> Vec<crate::admin_api::UidStatus> {
+        self.host.uids()
+    }
+
     /// Every live pool.
     pub fn pools(&self) -> Vec<PoolInfo> {
         self.host.pools()
@@ -339,12 +347,20 @@ impl RuntimeHandle {
     /// A snapshot of the runtime for the admin `Status` task running in `ctx`, which
     /// leaves itself out: its own task is not in flight, and the client that sent it
     /// over shared memory (and its client area) is not counted among the attached ones.
+    ///
+    /// An unprivileged caller (see [`RunContext::unprivileged_caller`]) sees its own uid
+    /// alone among `uids`: which users use the runtime, and how much, is for admins.
     pub fn status(&self, ctx: &RunContext) -> RuntimeStatus {
-        self.host.status(StatusCaller {
+        let mut status = self.host.status(StatusCaller {
             pool: ctx.pool_id(),
             method: ctx.method(),
-            from_shm_client: ctx.bulk_share().is_some(),
-        })
+            // A client process's own share (a subtask's holds no memory).
+            from_shm_client: ctx.bulk_share().is_some_and(BulkShare::is_client_memory),
+        });
+        if let Some(uid) = ctx.unprivileged_caller() {
+            status.uids.retain(|status| status.uid == uid);
+        }
+        status
     }
 
     /// This runtime's node in its cluster (0 for a single runtime).

@@ -1422,6 +1422,10 @@ impl Host for Shared {
         }
     }
 
+    fn uids(&self) -> Vec<crate::admin_api::UidStatus> {
+        self.uid_statuses()
+    }
+
     fn pools(&self) -> Vec<PoolInfo> {
         self.pools.list().iter().map(|entry| entry.info()).collect()
     }

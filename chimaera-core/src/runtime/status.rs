@@ -12,8 +12,10 @@ use super::context::{Host, StatusCaller};
 use super::module::LanePriority;
 use super::Shared;
 use crate::admin_api::{
-    ContainerStatus, LaneStatus, MethodStatus, NodeStatus, RuntimeStatus, ShmStatus,
+    ContainerStatus, LaneStatus, MethodStatus, NodeStatus, RuntimeStatus, ShmStatus, UidStatus,
 };
+use crate::runtime::task::lock;
+use std::sync::Arc;
 
 impl Shared {
     /// A snapshot of the runtime for the admin `Status` task `caller`, which leaves
@@ -75,6 +77,7 @@ impl Shared {
             clients: Host::clients(self).saturating_sub(u32::from(from_shm_client)),
             periodic: Host::periodic_tasks(self),
             coroutines: Host::coroutines(self),
+            uids: self.uid_statuses(),
             containers,
             methods,
             shm: ShmStatus {
@@ -98,6 +101,35 @@ impl Shared {
                 })
                 .collect(),
         }
+    }
+
+    /// What each uid with quotas holds against them (see `crate::quota`), in uid order.
+    pub(crate) fn uid_statuses(&self) -> Vec<UidStatus> {
+        let Some(server) = self.shm_server() else {
+            return Vec::new();
+        };
+        let uids = server.uid_quotas();
+        let periodic = lock(&self.periodic);
+        uids.iter()
+            .map(|(quotas, connections)| {
+                let alive = periodic
+                    .iter()
+                    .filter(|entry| {
+                        entry
+                            .quotas
+                            .as_ref()
+                            .is_some_and(|q| Arc::ptr_eq(q, quotas))
+                    })
+                    .filter(|entry| {
+                        entry
+                            .token
+                            .upgrade()
+                            .is_some_and(|token| !token.is_cancelled())
+                    })
+                    .count();
+                quotas.status(*connections, alive as u64)
+            })
+            .collect()
     }
 
     /// Every pool's per-method counters (for exporters; nothing left out).

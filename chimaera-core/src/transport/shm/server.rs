@@ -532,6 +532,25 @@ impl ShmServer {
         attached + draining
     }
 
+    /// Every uid with quotas that connected since the start, with its quotas and its
+    /// connections (attached or draining), in uid order.
+    pub(crate) fn uid_quotas(&self) -> Vec<(Arc<UidQuotas>, crate::admin_api::QuotaUse)> {
+        let quotas: Vec<_> = lock(&self.uid_quotas).values().cloned().collect();
+        let table = lock(&self.table);
+        let mut all: Vec<_> = quotas
+            .into_iter()
+            .map(|quotas| {
+                let connections = crate::admin_api::QuotaUse {
+                    used: self.areas_of(&table, quotas.uid()) as u64,
+                    max: u64::from(self.access.connections),
+                };
+                (quotas, connections)
+            })
+            .collect();
+        all.sort_by_key(|(quotas, _)| quotas.uid());
+        all
+    }
+
     /// Whether a client with `rights` may attach now as far as its uid's quota of
     /// connections goes (an admin is not counted).
     fn uid_may_attach(&self, table: &[Option<Session>], rights: handshake::Rights) -> bool {
