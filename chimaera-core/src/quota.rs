@@ -58,7 +58,7 @@ pub(crate) struct UidQuotas {
     waiting: AtomicU32,
     max_waiting: u32,
     max_periodic: u32,
-    containers: AtomicU32,
+    containers: AtomicU64,
     max_containers: u32,
     memory: AtomicU64,
     max_memory: u64,
@@ -91,7 +91,7 @@ impl UidQuotas {
             waiting: AtomicU32::new(0),
             max_waiting: limits.waiting_tasks,
             max_periodic: limits.periodic_tasks,
-            containers: AtomicU32::new(0),
+            containers: AtomicU64::new(0),
             max_containers: limits.containers,
             memory: AtomicU64::new(0),
             max_memory: limits.memory,
@@ -120,7 +120,7 @@ impl UidQuotas {
                 max: u64::from(self.max_periodic),
             },
             containers: QuotaUse {
-                used: load(&self.containers),
+                used: self.containers.load(Ordering::Relaxed),
                 max: u64::from(self.max_containers),
             },
             memory_bytes: QuotaUse {
@@ -164,28 +164,23 @@ impl UidQuotas {
         self: &Arc<Self>,
         containers: u32,
     ) -> Result<ContainerReservation, TaskError> {
-        let max = self.max_containers;
-        let reserved = self
-            .containers
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(containers).filter(|&total| total <= max)
-            });
-        match reserved {
-            Ok(_) => Ok(ContainerReservation {
-                quotas: self.clone(),
-                containers,
-            }),
-            Err(_) => Err(TaskError::QuotaExceeded {
+        let max = u64::from(self.max_containers);
+        if !reserve(&self.containers, u64::from(containers), max) {
+            return Err(TaskError::QuotaExceeded {
                 what: "pool containers".into(),
-                limit: u64::from(max),
+                limit: max,
                 config_key: "quotas.containers".into(),
-            }),
+            });
         }
+        Ok(ContainerReservation {
+            quotas: self.clone(),
+            containers,
+        })
     }
 
     /// Containers of pools the uid created that are not destroyed.
     #[cfg(test)]
-    fn containers(&self) -> u32 {
+    fn containers(&self) -> u64 {
         self.containers.load(Ordering::Relaxed)
     }
 
@@ -194,20 +189,14 @@ impl UidQuotas {
         self: &Arc<Self>,
         bytes: u64,
     ) -> Result<MemoryReservation, TaskError> {
-        let max = self.max_memory;
-        let reserved = self
-            .memory
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(bytes).filter(|&total| total <= max)
-            });
-        match reserved {
-            Ok(_) => Ok(MemoryReservation(Some((self.clone(), bytes)))),
-            Err(_) => Err(TaskError::QuotaExceeded {
+        if !reserve(&self.memory, bytes, self.max_memory) {
+            return Err(TaskError::QuotaExceeded {
                 what: "bytes of memory held by modules".into(),
-                limit: max,
+                limit: self.max_memory,
                 config_key: "quotas.memory".into(),
-            }),
+            });
         }
+        Ok(MemoryReservation(Some((self.clone(), bytes))))
     }
 
     /// How many periodic tasks of the uid may be alive at once.
@@ -299,11 +288,7 @@ impl MemoryReservation {
 impl Drop for MemoryReservation {
     fn drop(&mut self) {
         if let Some((quotas, bytes)) = self.0.take() {
-            let _ = quotas
-                .memory
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                    Some(used.saturating_sub(bytes))
-                });
+            release(&quotas.memory, bytes);
         }
     }
 }
@@ -318,14 +303,23 @@ pub(crate) struct ContainerReservation {
 
 impl Drop for ContainerReservation {
     fn drop(&mut self) {
-        let containers = self.containers;
-        let _ = self
-            .quotas
-            .containers
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                Some(used.saturating_sub(containers))
-            });
+        release(&self.quotas.containers, u64::from(self.containers));
     }
+}
+
+/// Adds `amount` to `used` if the total stays within `max`; whether it did.
+fn reserve(used: &AtomicU64, amount: u64, max: u64) -> bool {
+    used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+        used.checked_add(amount).filter(|&total| total <= max)
+    })
+    .is_ok()
+}
+
+/// Takes `amount` back from `used` (never below zero).
+fn release(used: &AtomicU64, amount: u64) {
+    let _ = used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+        Some(used.saturating_sub(amount))
+    });
 }
 
 /// Adds one to `count` unless it is at `u32::MAX`: a count that wrapped would hand the

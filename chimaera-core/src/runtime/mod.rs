@@ -198,6 +198,29 @@ struct PeriodicEntry {
     quotas: Option<Arc<UidQuotas>>,
 }
 
+impl PeriodicEntry {
+    /// Whether its task is alive and not cancelled.
+    fn is_alive(&self) -> bool {
+        self.token
+            .upgrade()
+            .is_some_and(|token| !token.is_cancelled())
+    }
+
+    /// How many of `entries` are alive and count against `quotas`.
+    fn alive_of(entries: &[PeriodicEntry], quotas: &Arc<UidQuotas>) -> usize {
+        entries
+            .iter()
+            .filter(|entry| {
+                entry
+                    .quotas
+                    .as_ref()
+                    .is_some_and(|q| Arc::ptr_eq(q, quotas))
+            })
+            .filter(|entry| entry.is_alive())
+            .count()
+    }
+}
+
 /// State shared by the runtime, its workers, contexts and in-process clients.
 ///
 /// Aligned to 128 bytes so that, inside its `Arc`, the reference counts (a worker's
@@ -287,27 +310,13 @@ impl Shared {
         quotas: Option<&Arc<UidQuotas>>,
     ) -> Result<(), TaskError> {
         let mut periodic = lock(&self.periodic);
-        periodic.retain(|entry| {
-            entry
-                .token
-                .upgrade()
-                .is_some_and(|token| !token.is_cancelled())
-        });
+        periodic.retain(PeriodicEntry::is_alive);
         let max = self.config.max_periodic_tasks;
         if periodic.len() >= max as usize {
             return Err(TaskError::TooManyPeriodicTasks { max });
         }
         if let Some(quotas) = quotas {
-            let of_uid = periodic
-                .iter()
-                .filter(|entry| {
-                    entry
-                        .quotas
-                        .as_ref()
-                        .is_some_and(|q| Arc::ptr_eq(q, quotas))
-                })
-                .count();
-            if of_uid >= quotas.max_periodic() as usize {
+            if PeriodicEntry::alive_of(&periodic, quotas) >= quotas.max_periodic() as usize {
                 return Err(quotas.periodic_error());
             }
         }

@@ -15,7 +15,6 @@ use crate::admin_api::{
     ContainerStatus, LaneStatus, MethodStatus, NodeStatus, RuntimeStatus, ShmStatus, UidStatus,
 };
 use crate::runtime::task::lock;
-use std::sync::Arc;
 
 impl Shared {
     /// A snapshot of the runtime for the admin `Status` task `caller`, which leaves
@@ -112,21 +111,7 @@ impl Shared {
         let periodic = lock(&self.periodic);
         uids.iter()
             .map(|(quotas, connections)| {
-                let alive = periodic
-                    .iter()
-                    .filter(|entry| {
-                        entry
-                            .quotas
-                            .as_ref()
-                            .is_some_and(|q| Arc::ptr_eq(q, quotas))
-                    })
-                    .filter(|entry| {
-                        entry
-                            .token
-                            .upgrade()
-                            .is_some_and(|token| !token.is_cancelled())
-                    })
-                    .count();
+                let alive = super::PeriodicEntry::alive_of(&periodic, quotas);
                 quotas.status(*connections, alive as u64)
             })
             .collect()
