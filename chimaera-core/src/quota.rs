@@ -66,6 +66,16 @@ pub(crate) struct UidQuotas {
     refusal_logged_at: Mutex<Option<Instant>>,
 }
 
+/// What one uid holds against its quotas: `(used, max)` pairs (see [`UidQuotas::usage`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UidUsage {
+    pub(crate) waiting_tasks: (u64, u64),
+    pub(crate) max_periodic_tasks: u64,
+    pub(crate) containers: (u64, u64),
+    pub(crate) memory_bytes: (u64, u64),
+    pub(crate) stack_overflows: (u64, u64),
+}
+
 /// The per-uid limits a runtime applies (from its config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct UidLimits {
@@ -99,38 +109,19 @@ impl UidQuotas {
         }
     }
 
-    /// What the uid holds against these quotas; `connections` and `periodic_tasks`,
-    /// counted elsewhere, are given.
-    pub(crate) fn status(
-        &self,
-        connections: crate::admin_api::QuotaUse,
-        periodic_tasks: u64,
-    ) -> crate::admin_api::UidStatus {
-        use crate::admin_api::QuotaUse;
+    /// What the uid holds against these quotas now (connections and periodic tasks are
+    /// counted by their owners: only their quotas are here).
+    pub(crate) fn usage(&self) -> UidUsage {
         let load = |count: &AtomicU32| u64::from(count.load(Ordering::Relaxed));
-        crate::admin_api::UidStatus {
-            uid: self.uid,
-            connections,
-            waiting_tasks: QuotaUse {
-                used: load(&self.waiting),
-                max: u64::from(self.max_waiting),
-            },
-            periodic_tasks: QuotaUse {
-                used: periodic_tasks,
-                max: u64::from(self.max_periodic),
-            },
-            containers: QuotaUse {
-                used: self.containers.load(Ordering::Relaxed),
-                max: u64::from(self.max_containers),
-            },
-            memory_bytes: QuotaUse {
-                used: self.memory.load(Ordering::Relaxed),
-                max: self.max_memory,
-            },
-            stack_overflows: QuotaUse {
-                used: load(&self.overflows),
-                max: u64::from(self.max_overflows),
-            },
+        UidUsage {
+            waiting_tasks: (load(&self.waiting), u64::from(self.max_waiting)),
+            max_periodic_tasks: u64::from(self.max_periodic),
+            containers: (
+                self.containers.load(Ordering::Relaxed),
+                u64::from(self.max_containers),
+            ),
+            memory_bytes: (self.memory.load(Ordering::Relaxed), self.max_memory),
+            stack_overflows: (load(&self.overflows), u64::from(self.max_overflows)),
         }
     }
 

@@ -12,7 +12,8 @@ use super::context::{Host, StatusCaller};
 use super::module::LanePriority;
 use super::Shared;
 use crate::admin_api::{
-    ContainerStatus, LaneStatus, MethodStatus, NodeStatus, RuntimeStatus, ShmStatus, UidStatus,
+    ContainerStatus, LaneStatus, MethodStatus, NodeStatus, QuotaUse, RuntimeStatus, ShmStatus,
+    UidStatus,
 };
 use crate::runtime::task::lock;
 
@@ -112,7 +113,17 @@ impl Shared {
         uids.iter()
             .map(|(quotas, connections)| {
                 let alive = super::PeriodicEntry::alive_of(&periodic, quotas);
-                quotas.status(*connections, alive as u64)
+                let usage = quotas.usage();
+                let quota = |(used, max): (u64, u64)| QuotaUse { used, max };
+                UidStatus {
+                    uid: quotas.uid(),
+                    connections: *connections,
+                    waiting_tasks: quota(usage.waiting_tasks),
+                    periodic_tasks: quota((alive as u64, usage.max_periodic_tasks)),
+                    containers: quota(usage.containers),
+                    memory_bytes: quota(usage.memory_bytes),
+                    stack_overflows: quota(usage.stack_overflows),
+                }
             })
             .collect()
     }
