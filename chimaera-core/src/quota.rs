@@ -40,7 +40,9 @@
 //! Invariants: counts saturate (never wrap, never go below zero); a run is counted as
 //! waiting at most once, and uncounted exactly once, by the worker that runs it, when
 //! the run ends; a coroutine that dies of a stack overflow while its task is counted
-//! stays counted, as its stack stays alive (and counted in `max_coroutines`).
+//! stays counted, as its stack stays alive (and counted in `max_coroutines`); a
+//! reservation (containers, memory) is taken whole or not at all, never past its quota,
+//! and given back exactly once, when it is dropped.
 use crate::error::TaskError;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
