@@ -364,6 +364,7 @@ fn a_peer_sending_garbage_gets_a_malformed_answer_and_the_node_serves_on() {
         timeout_ms: 1000,
         input: Vec::new(),
         bulk: Vec::new(),
+        caller: None,
     }))
     .unwrap();
     let (send, answer) = mpsc::channel();
@@ -541,6 +542,7 @@ fn well_formed_but_hostile_frames_fail_alone_with_typed_errors() {
             timeout_ms: 500,
             input,
             bulk: Vec::new(),
+            caller: None,
         })
     };
     let who_am_i = chimaera_core::codec::encode(&()).unwrap().to_vec();
@@ -966,6 +968,7 @@ fn a_frame_with_forged_carried_ranges_fails_alone() {
                 .unwrap()
                 .to_vec(),
             bulk,
+            caller: None,
         });
         let bytes =
             encode_frame_carrying(&frame, carried.len(), |dst| dst.copy_from_slice(carried))

@@ -12,7 +12,7 @@ use chimaera::prelude::*;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use support::{wait_until, within, RuntimeProcess};
+use support::{wait_for_line, wait_until, within, RuntimeProcess, ROLE};
 
 const SECRET: &str = "net-cluster-test-secret-0123456789";
 
@@ -67,13 +67,18 @@ struct Cluster {
 
 impl Cluster {
     fn start(test: &str, count: u32) -> Cluster {
+        Cluster::start_with(test, count, "")
+    }
+
+    /// A cluster whose nodes' configs all end with `extra_yaml` (top-level keys).
+    fn start_with(test: &str, count: u32, extra_yaml: &str) -> Cluster {
         let ports = free_ports(count as usize);
         let hostfile = Hostfile::write(test, &ports);
         let nodes = (0..count)
             .map(|node| {
                 RuntimeProcess::start(
                     &format!("{test}-n{node}"),
-                    &node_yaml(&hostfile, node, SECRET),
+                    &(node_yaml(&hostfile, node, SECRET) + extra_yaml),
                 )
             })
             .collect();
@@ -104,6 +109,89 @@ impl Cluster {
             .map(|method| method.completed)
             .sum()
     }
+}
+
+/// The client children of the tests below, run as uid 65534 (listed in `access.uids`,
+/// not an admin) against one node. Only runs when a test starts it.
+#[test]
+#[ignore = "entry point of the client child process, started by the tests in this file"]
+fn client_child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let chi = Client::connect().expect("the child connects");
+    match role.as_str() {
+        "unprivileged" => creates_no_pool_child(&chi),
+        "overflower" => overflows_on_node_1_child(&chi),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// The child of `a_client_without_admin_rights_opens_cluster_pools_but_creates_none`.
+fn creates_no_pool_child(chi: &Client) {
+    // Creating is refused, spread over the nodes or not: the other nodes would build
+    // their containers without knowing who asked, so they could neither count them in
+    // the uid's quotas nor let a module refuse it (a bdev file device's path, say).
+    for containers in [2, 1] {
+        let created = ModNameClient::create_with(
+            chi,
+            PoolQuery::local(),
+            "mine",
+            PoolOptions::containers(containers),
+            CreateParams::default(),
+        );
+        match created {
+            Err(TaskError::PermissionDenied { action, uid: 65534 }) => {
+                assert!(
+                    action.contains("create the pool `mine` in a cluster"),
+                    "{action}"
+                );
+            }
+            other => panic!("expected PermissionDenied, got {:?}", other.map(|_| ())),
+        }
+    }
+    // The owner's pool opens by name, and its containers on both nodes serve the uid.
+    let owned = spread_pool(chi, "owned", 2);
+    for container in 0..2u32 {
+        let text = format!("nobody to container {container}");
+        assert_eq!(
+            owned.custom(PoolQuery::direct_id(container), &text, container),
+            Ok(text)
+        );
+    }
+    println!("cluster checks done");
+}
+
+/// The child of `a_client_without_admin_rights_is_counted_on_the_node_that_runs_its_task`
+/// (`quotas.stack_overflows: 2`), a client of node 0.
+fn overflows_on_node_1_child(chi: &Client) {
+    let owned = spread_pool(chi, "owned", 2);
+    let on_node_1 = PoolQuery::direct_id(1);
+    for round in 0..2 {
+        let result = owned.overflow_test(on_node_1, &mut [0u8; 16], false, 0, true);
+        assert!(
+            matches!(result, Err(TaskError::StackOverflow { method: 31, .. })),
+            "overflow {round}: {result:?}"
+        );
+    }
+    // Node 1 counted both against the uid: it refuses its tasks now, overflowing or not.
+    let spent = |result: Result<String, TaskError>| match result {
+        Err(TaskError::QuotaExceeded {
+            limit: 2,
+            config_key,
+            ..
+        }) => assert_eq!(config_key, "quotas.stack_overflows"),
+        other => panic!("expected the overflow quota, got {other:?}"),
+    };
+    let third = owned.overflow_test(on_node_1, &mut [0u8; 16], false, 0, true);
+    spent(third.map(|len| len.to_string()));
+    spent(owned.custom(on_node_1, "after", 1));
+    // Node 0, where no task of the uid overflowed, still serves it.
+    assert_eq!(
+        owned.custom(PoolQuery::direct_id(0), "on node 0", 0),
+        Ok("on node 0".to_owned())
+    );
+    println!("overflow checks done");
 }
 
 /// A MOD_NAME pool with one container per node, created by a client of node 0.
@@ -624,4 +712,64 @@ fn a_bad_cluster_config_fails_the_start_naming_what_is_wrong() {
     );
     let _ = std::fs::remove_file(&hostfile);
     let _ = std::fs::remove_file(&config);
+}
+
+/// A client without admin rights may use a cluster's pools but not create one, through
+/// either node: the refusal is a typed error, nothing is built on any node, and the
+/// pool the owner made serves it on both nodes.
+#[test]
+fn a_client_without_admin_rights_opens_cluster_pools_but_creates_none() {
+    let cluster = Cluster::start_with("unprivileged", 2, "access:\n  uids: [65534]\n");
+    let owned = spread_pool(&cluster.client(0), "owned", 2);
+    for node in 0..2 {
+        let mut child = cluster.nodes[node].client_child_as_nobody("unprivileged", &[]);
+        wait_for_line(&mut child, "cluster checks done");
+        assert!(child.wait().unwrap().success(), "the child of node {node}");
+    }
+    for node in 0..2 {
+        let pools = cluster.status(node).pools;
+        let names: Vec<&str> = pools.iter().map(|info| info.name.as_str()).collect();
+        assert!(!names.contains(&"mine"), "node {node} built it: {names:?}");
+        assert_eq!(
+            cluster.custom_runs(node, owned.pool_id()),
+            2,
+            "node {node} ran one call of each child"
+        );
+    }
+}
+
+/// The tasks a client without admin rights sends to another node's container run there
+/// for its uid: that node counts them against its own quotas of the uid (here its stack
+/// overflows, after which it refuses the uid's tasks) and lists the uid in its status.
+/// Before, they ran there as if for a trusted caller: counted nowhere, so a uid could
+/// leave any number of dead stacks on every node but its own.
+#[test]
+fn a_client_without_admin_rights_is_counted_on_the_node_that_runs_its_task() {
+    let cluster = Cluster::start_with(
+        "uid-across",
+        2,
+        "access:\n  uids: [65534]\nquotas:\n  stack_overflows: 2\ncoroutine_stack_size: 64KiB\n",
+    );
+    let chi = cluster.client(0);
+    let owned = spread_pool(&chi, "owned", 2);
+    let mut child = cluster.nodes[0].client_child_as_nobody("overflower", &[]);
+    wait_for_line(&mut child, "overflow checks done");
+    assert!(child.wait().unwrap().success());
+    let overflows = |node: usize| {
+        cluster
+            .status(node)
+            .uids
+            .iter()
+            .find(|uid| uid.uid == 65534)
+            .map(|uid| uid.stack_overflows.used)
+    };
+    assert_eq!(overflows(1), Some(2), "node 1 counts the uid's overflows");
+    assert_eq!(overflows(0), Some(0), "node 0 ran none of them");
+    // The owner is not limited by the uid's quota on either node.
+    for container in 0..2u32 {
+        assert_eq!(
+            owned.custom(PoolQuery::direct_id(container), "owner", container),
+            Ok("owner".to_owned())
+        );
+    }
 }

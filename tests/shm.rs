@@ -11,7 +11,7 @@ use chimaera::prelude::*;
 use chimaera_core::transport::shm::client::{Forgery, Scribble};
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 use support::{
     free_port, http_get, wait_for_line, wait_until, within, Launch, RuntimeProcess, ROLE,
@@ -667,20 +667,6 @@ fn synced_data_survives_a_killed_runtime() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Runs this test binary as a client child with `role`, as uid and gid 65534 (`nobody`):
-/// the test runs as root in CI, which may drop privileges.
-fn client_child_as_nobody(runtime: &RuntimeProcess, role: &str) -> Child {
-    use std::os::unix::process::CommandExt;
-    runtime
-        .client_child_command(role)
-        .env("CHI_RUNTIME_USER", chimaera_core::shm::naming::user_tag())
-        .stdout(Stdio::piped())
-        .uid(65534)
-        .gid(65534)
-        .spawn()
-        .expect("spawn a client child as nobody")
-}
-
 #[test]
 fn no_client_can_reach_another_clients_memory() {
     let runtime = RuntimeProcess::start("private", "");
@@ -871,12 +857,12 @@ fn a_client_the_runtime_disowns_gets_a_typed_error_not_a_hang() {
 #[test]
 fn only_listed_uids_connect_and_only_admins_administer() {
     let closed = RuntimeProcess::start("closed", "");
-    let mut refused = client_child_as_nobody(&closed, "refused");
+    let mut refused = closed.client_child_as_nobody("refused", &[]);
     wait_for_line(&mut refused, "refused as expected");
     assert!(refused.wait().unwrap().success());
 
     let open = RuntimeProcess::start("granted", "access:\n  uids: [65534]\n");
-    let mut granted = client_child_as_nobody(&open, "granted");
+    let mut granted = open.client_child_as_nobody("granted", &[]);
     wait_for_line(&mut granted, "granted checks done");
     assert!(granted.wait().unwrap().success());
     // The owner still administers a runtime that served the refused calls.
@@ -899,7 +885,7 @@ fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
             ..Launch::CHIMAERA
         },
     );
-    let mut overflower = client_child_as_nobody(&runtime, "overflower");
+    let mut overflower = runtime.client_child_as_nobody("overflower", &[]);
     wait_for_line(&mut overflower, "overflow quota checks done");
     assert!(overflower.wait().unwrap().success());
     let chi = runtime.client();
@@ -985,17 +971,9 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
     };
     let owned_name = owned.to_str().unwrap();
     BdevClient::create(&chi, PoolQuery::local(), owned_name, file).unwrap();
-    use std::os::unix::process::CommandExt;
-    let mut child = runtime
-        .client_child_command("devices")
-        .env("CHI_RUNTIME_USER", chimaera_core::shm::naming::user_tag())
-        .env("CHILD_PATH", &target)
-        .env("CHILD_OWNED", owned_name)
-        .stdout(Stdio::piped())
-        .uid(65534)
-        .gid(65534)
-        .spawn()
-        .expect("spawn the child as nobody");
+    let target_name = target.to_str().unwrap();
+    let env = [("CHILD_PATH", target_name), ("CHILD_OWNED", owned_name)];
+    let mut child = runtime.client_child_as_nobody("devices", &env);
     wait_for_line(&mut child, "file device checks done");
     assert!(child.wait().unwrap().success());
     assert!(!target.exists(), "the runtime created {}", target.display());
@@ -1048,7 +1026,7 @@ fn a_uid_at_its_container_quota_is_refused_until_a_pool_goes() {
     // The owner's (not counted): the child only opens it.
     let chi = runtime.client();
     ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
-    let mut creator = client_child_as_nobody(&runtime, "pools");
+    let mut creator = runtime.client_child_as_nobody("pools", &[]);
     wait_for_line(&mut creator, "at quota");
     // The owner sees the uid at its quota (and is not listed itself).
     let status = AdminClient::attach(&chi, PoolId::ADMIN)
@@ -1121,7 +1099,7 @@ fn a_uid_at_its_periodic_quota_is_refused_and_the_owner_served() {
         "periodic-quota",
         "access:\n  uids: [65534]\nquotas:\n  periodic_tasks: 3\n",
     );
-    let mut spawner = client_child_as_nobody(&runtime, "periodic");
+    let mut spawner = runtime.client_child_as_nobody("periodic", &[]);
     wait_for_line(&mut spawner, "at quota");
     let chi = runtime.client();
     let m = ModNameClient::open(&chi, "shared").unwrap();
@@ -1187,7 +1165,7 @@ fn a_uid_at_its_connection_quota_is_refused_and_others_connect() {
         "connection-quota",
         "access:\n  uids: [65534]\nmax_clients: 8\nquotas:\n  connections: 2\n",
     );
-    let mut connector = client_child_as_nobody(&runtime, "connector");
+    let mut connector = runtime.client_child_as_nobody("connector", &[]);
     wait_for_line(&mut connector, "at quota");
     let owners: Vec<Client> = (0..3).map(|_| runtime.client()).collect();
 
@@ -1262,7 +1240,7 @@ fn a_uid_at_its_waiting_quota_is_refused_and_the_owner_served() {
             ..Launch::CHIMAERA
         },
     );
-    let mut waiter = client_child_as_nobody(&runtime, "waiter");
+    let mut waiter = runtime.client_child_as_nobody("waiter", &[]);
     wait_for_line(&mut waiter, "at quota");
     // While the uid's waiting tasks hold the lock, the owner's chain of 30 waiting
     // subtasks runs.

@@ -244,15 +244,22 @@ impl BulkShare {
         {
             return Some(self.clone());
         }
-        Some(Arc::new(BulkShare {
+        Some(BulkShare::for_uid(quotas.clone()))
+    }
+
+    /// A share of no bytes that carries `quotas`: what a task runs with that runs for a
+    /// uid without admin rights and references no memory (a subtask of such a task, or
+    /// a task a peer node sent for such a uid with no bulk range).
+    pub(crate) fn for_uid(quotas: Arc<UidQuotas>) -> Arc<BulkShare> {
+        Arc::new(BulkShare {
             base: NonNull::dangling(),
             len: 0,
             layout: ShareLayout::Carried(Vec::new()),
             claims: Mutex::new(Vec::new()),
             quotas: Some(quotas.clone()),
             // No memory to keep mapped; any `Arc` will do, and this one is at hand.
-            _mapping: quotas.clone(),
-        }))
+            _mapping: quotas,
+        })
     }
 
     /// The bulk ranges that travelled with a task from another node: `ranges` (offset

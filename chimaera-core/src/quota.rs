@@ -5,12 +5,14 @@
 //! bytes; see `transport/shm/client_area.rs`). Some resources must be bounded per user
 //! instead, or a user with many connections — or one task with a deep chain of subtasks —
 //! takes them all. [`UidQuotas`] holds those bounds for one uid without admin rights
-//! (admins may stop the runtime anyway: they are not counted). The shared-memory server
-//! keeps one per uid for the runtime's life, so a client that reconnects finds its counts
-//! as it left them; every task of the uid reaches it through the data share it carries
-//! (`BulkShare::quotas`), and so do its subtasks (`BulkShare::for_subtasks`). (The
-//! uid's connections, `quotas.connections`, the server counts itself, from the areas it
-//! serves.)
+//! (admins may stop the runtime anyway: they are not counted). The runtime keeps one per
+//! uid for its life ([`UidTable`]), so a client that reconnects finds its counts as it
+//! left them; every task of the uid reaches it through the data share it carries
+//! (`BulkShare::quotas`), and so do its subtasks (`BulkShare::for_subtasks`) and the
+//! tasks other nodes of a cluster run for it (a task sent to a peer names the uid it runs
+//! for, and the peer counts it against its own table's quotas of that uid). (The uid's
+//! connections, `quotas.connections`, the shared-memory server counts itself, from the
+//! areas it serves.)
 //!
 //! * **Stack overflows** (`quotas.stack_overflows`): a handler that overflows its
 //!   coroutine's stack leaves that stack behind for good (it cannot be unwound), so the
@@ -44,6 +46,7 @@
 //! reservation (containers, memory) is taken whole or not at all, never past its quota,
 //! and given back exactly once, when it is dropped.
 use crate::error::TaskError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -264,6 +267,44 @@ impl UidQuotas {
     }
 }
 
+/// The quotas of every uid without admin rights that tasks ran for, one [`UidQuotas`]
+/// per uid, kept for the runtime's life: a client that reconnects finds its uid's counts
+/// as it left them, and a task a peer node sends for such a uid counts against the same
+/// quotas as the uid's own clients of this node.
+#[derive(Debug)]
+pub(crate) struct UidTable {
+    limits: UidLimits,
+    quotas: Mutex<HashMap<u32, Arc<UidQuotas>>>,
+}
+
+impl UidTable {
+    /// A table that gives each uid `limits`.
+    pub(crate) fn new(limits: UidLimits) -> UidTable {
+        UidTable {
+            limits,
+            quotas: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The quotas of `uid`, made on first use.
+    pub(crate) fn of(&self, uid: u32) -> Arc<UidQuotas> {
+        // A poisoned lock still holds whole entries: an insert is its only write.
+        let mut quotas = self.quotas.lock().unwrap_or_else(PoisonError::into_inner);
+        quotas
+            .entry(uid)
+            .or_insert_with(|| Arc::new(UidQuotas::new(uid, self.limits)))
+            .clone()
+    }
+
+    /// Every uid's quotas made so far, in uid order.
+    pub(crate) fn all(&self) -> Vec<Arc<UidQuotas>> {
+        let quotas = self.quotas.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = quotas.values().cloned().collect();
+        all.sort_by_key(|quotas| quotas.uid());
+        all
+    }
+}
+
 /// Bytes of an unprivileged caller's `quotas.memory` that a module holds for it (see
 /// [`RunContext::reserve_memory`](crate::runtime::context::RunContext::reserve_memory)):
 /// keep it with what was allocated; dropped, the bytes are the caller's again. Empty
@@ -424,5 +465,25 @@ mod tests {
             quotas.overflow_error(),
             TaskError::QuotaExceeded { limit: 2, .. }
         ));
+    }
+
+    #[test]
+    fn a_table_keeps_one_quota_per_uid_and_lists_them_in_uid_order() {
+        let table = UidTable::new(UidLimits {
+            stack_overflows: 1,
+            waiting_tasks: 2,
+            periodic_tasks: 3,
+            containers: 4,
+            memory: 5,
+        });
+        let later = table.of(2000);
+        later.count_overflow();
+        table.of(1000);
+        // The same uid gets the same counts back (a client that reconnects, a peer's task).
+        assert!(table.of(2000).overflows_spent());
+        assert!(Arc::ptr_eq(&later, &table.of(2000)));
+        let uids: Vec<u32> = table.all().iter().map(|quotas| quotas.uid()).collect();
+        assert_eq!(uids, [1000, 2000]);
+        assert_eq!(table.of(1000).usage().containers, (0, 4));
     }
 }

@@ -222,6 +222,17 @@ impl Probe {
         let _ = key;
         self.stamps.fetch_add(1, Ordering::SeqCst)
     }
+
+    /// Starts a `tick` of this container every `period_ms`, as a periodic subtask: it
+    /// runs for this task's caller (an unprivileged client's `quotas.periodic_tasks`
+    /// counts it) and is not cancelled with it; it ends with its pool.
+    #[task(method = 31)]
+    fn start_ticking(&self, ctx: &mut RunContext, period_ms: u64) -> Result<(), TaskError> {
+        let me = ProbeClient::attach(&ctx.client(), ctx.pool_id());
+        let period = Schedule::Periodic(Duration::from_millis(period_ms));
+        me.spawn_tick(PoolQuery::direct_id(self.container), period)?;
+        Ok(())
+    }
 }
 
 impl Probe {

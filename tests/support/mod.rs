@@ -209,6 +209,22 @@ impl RuntimeProcess {
             .spawn()
             .expect("spawn a client child")
     }
+
+    /// Runs a client child playing `role` as uid and gid 65534 (`nobody`), with extra
+    /// environment variables `env`, its stdout piped: the tests run as root (the
+    /// runtime's owner) and drop privileges for a client without admin rights, which
+    /// the runtime's config must list (`access: uids: [65534]`) to serve it.
+    pub(crate) fn client_child_as_nobody(&self, role: &str, env: &[(&str, &str)]) -> Child {
+        use std::os::unix::process::CommandExt;
+        self.client_child_command(role)
+            .env("CHI_RUNTIME_USER", chimaera_core::shm::naming::user_tag())
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .expect("spawn a client child as nobody")
+    }
 }
 
 impl Drop for RuntimeProcess {

@@ -62,6 +62,10 @@ pub struct RunTask {
     /// The ranges of the client's share the input references, whose bytes follow the
     /// archive (in this order).
     pub bulk: Vec<BulkSegment>,
+    /// The uid without admin rights the task runs for (its client's, or its parent
+    /// task's), whose quotas it counts against on the receiving node too and whom its
+    /// handlers see as their caller; `None` for a trusted caller.
+    pub caller: Option<u32>,
 }
 
 /// A range of the submitting client's share that travels with its task.
@@ -305,6 +309,7 @@ mod tests {
                 len: 3,
                 writes: true,
             }],
+            caller: Some(65534),
         });
         assert_eq!(decode_frame(&encode_frame(&frame).unwrap()).unwrap(), frame);
         let bytes = encode_frame_carrying(&frame, 3, |carried| carried.copy_from_slice(b"abc"))

@@ -133,8 +133,9 @@ impl<'t> RunContext<'t> {
 
     /// The uid this task runs for when it is not trusted with the runtime's own rights:
     /// `Some(uid)` for a task of a client process whose uid is neither the runtime's
-    /// owner nor one of `access.admin_uids` (and for the subtasks of such a task);
-    /// `None` for the runtime's own work, in-process callers and trusted clients.
+    /// owner nor one of `access.admin_uids` (and for the subtasks of such a task, and
+    /// on any node of a cluster such a task or subtask was sent to); `None` for the
+    /// runtime's own work, in-process callers and trusted clients.
     ///
     /// The runtime runs every handler with its own rights. A module that acts on the
     /// system on a caller's behalf — opens a path the caller named, say — must refuse an

@@ -78,7 +78,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerNetwork;
 use crate::query::{Placement, PoolQuery};
-use crate::quota::{ContainerReservation, UidQuotas};
+use crate::quota::{ContainerReservation, UidLimits, UidQuotas, UidTable};
 use crate::runtime::context::{Host, RunContext, StatusCaller};
 use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
@@ -246,6 +246,8 @@ pub(crate) struct Shared {
     periodic: Mutex<Vec<PeriodicEntry>>,
     /// Periodic task replicas whose coroutine runs or sleeps between runs now.
     periodic_live: AtomicU64,
+    /// The per-uid quotas of the uids without admin rights that tasks ran for.
+    uids: Arc<UidTable>,
     /// The task coroutines the workers may have alive (`max_coroutines`).
     stack_budget: Arc<crate::coroutine::StackBudget>,
     state: AtomicU8,
@@ -552,6 +554,10 @@ impl Shared {
                 depth: node.depth,
                 input: &input,
                 carried: carried.as_ref(),
+                caller: bulk
+                    .as_deref()
+                    .and_then(BulkShare::quotas)
+                    .map(|quotas| quotas.uid()),
                 parity,
             };
             self.send_remote(cluster, &task, placement, remote, cluster.timeout, reply);
@@ -1603,6 +1609,13 @@ impl RuntimeBuilder {
             .map(|net| Box::new(remote::ClusterNode::new(net, &config.networking)));
         let node = cluster.as_ref().map_or(0, |cluster| cluster.this_node);
         let coroutines = config.coroutine_budget();
+        let uids = Arc::new(UidTable::new(UidLimits {
+            stack_overflows: config.client_stack_overflows,
+            waiting_tasks: config.waiting_quota(coroutines),
+            periodic_tasks: config.periodic_quota(),
+            containers: config.client_containers,
+            memory: config.client_memory,
+        }));
         let server = if serve {
             let sizes = ServeSizes {
                 main: config.shm.main_size,
@@ -1622,12 +1635,8 @@ impl RuntimeBuilder {
                     admin_uids: config.access.admin_uids.clone(),
                 },
                 tasks_in_flight: config.client_tasks_in_flight,
-                stack_overflows: config.client_stack_overflows,
-                waiting_tasks: config.waiting_quota(coroutines),
+                uids: uids.clone(),
                 connections: config.connections_quota(),
-                periodic_tasks: config.periodic_quota(),
-                containers: config.client_containers,
-                memory: config.client_memory,
             };
             Some(ShmServer::create(&config.instance, sizes, access)?)
         } else {
@@ -1646,6 +1655,7 @@ impl RuntimeBuilder {
             inflight: InFlight::with_workers(config.workers()),
             periodic: Mutex::new(Vec::new()),
             periodic_live: AtomicU64::new(0),
+            uids,
             stack_budget: crate::coroutine::StackBudget::new(coroutines),
             state: AtomicU8::new(RUNNING),
             stopped: Latch::default(),

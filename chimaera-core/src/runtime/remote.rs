@@ -64,6 +64,11 @@
 //!   answers to its own clients only.
 //! * Periodic tasks are not sent to other nodes (their cancel handle is local):
 //!   [`TaskError::PeriodicAcrossNodes`].
+//! * A task that runs for a uid without admin rights (see `crate::quota`) runs for it
+//!   on every node: its frame names the uid ([`RunTask::caller`]), and the receiving
+//!   node counts it against its own quotas of that uid (refusing it past the uid's stack
+//!   overflows) and gives its handlers that caller. The frame comes from an
+//!   authenticated peer, which is trusted to name the uid its own client has.
 use super::{Replica, Shared};
 use crate::admin_api::{CreatePoolRequest, PoolInfo};
 use crate::bulk::{ArchivedBulkWire, BulkShare, HeldRange};
@@ -345,6 +350,8 @@ pub(super) struct Outgoing<'a> {
     pub(super) input: &'a [u8],
     /// The bulk ranges every frame carries.
     pub(super) carried: Option<&'a Arc<CarriedBulk>>,
+    /// The uid without admin rights the task runs for (see [`RunTask::caller`]).
+    pub(super) caller: Option<u32>,
     /// The epoch parity the task is counted in: each frame is counted in flight in it
     /// until answered, so a flush (or a stop's drain) on this node waits for it.
     pub(super) parity: u8,
@@ -684,6 +691,7 @@ impl Shared {
                 bulk: task
                     .carried
                     .map_or_else(Vec::new, |carried| carried.segments.clone()),
+                caller: task.caller,
             });
             let carried = task.carried.cloned();
             let carried_len = carried.as_ref().map_or(0, |carried| carried.len);
@@ -842,6 +850,14 @@ impl Shared {
         }
         let placement = pool.placement;
         let count = pool.container_count();
+        // A task the sending node runs for a uid without admin rights runs for it here
+        // too: counted against this node's quotas of the uid (refused at once past its
+        // stack overflows, as its own clients' tasks are), and seen by the handlers as
+        // their caller.
+        let quotas = task.caller.map(|uid| self.uids.of(uid));
+        if let Some(quotas) = quotas.as_ref().filter(|quotas| quotas.overflows_spent()) {
+            return fail(respond, quotas.overflow_error());
+        }
         let (bytes, carried) = frame;
         let share = if task.bulk.is_empty() {
             if !carried.is_empty() {
@@ -850,14 +866,14 @@ impl Shared {
                     TaskError::malformed("frame", "a task without bulk ranges carries bytes"),
                 );
             }
-            None
+            quotas.map(BulkShare::for_uid)
         } else {
             let ranges = task
                 .bulk
                 .iter()
                 .map(|segment| (segment.offset, segment.len));
             match BulkShare::carried(bytes, carried, ranges) {
-                Ok(share) => Some(Arc::new(share)),
+                Ok(share) => Some(Arc::new(share.with_quotas(quotas))),
                 Err(error) => return fail(respond, error),
             }
         };
@@ -908,6 +924,7 @@ impl Shared {
                         depth: task.depth,
                         input: &task.input,
                         carried: carried.as_ref(),
+                        caller: task.caller,
                         parity: self.inflight.parity(),
                     };
                     // Three quarters of this node's own deadline: a failure below is

@@ -105,10 +105,20 @@ impl Shared {
 
     /// What each uid with quotas holds against them (see `crate::quota`), in uid order.
     pub(crate) fn uid_statuses(&self) -> Vec<UidStatus> {
-        let Some(server) = self.shm_server() else {
-            return Vec::new();
-        };
-        let uids = server.uid_quotas();
+        // Connections first: the server's table lock is never taken inside `periodic`'s.
+        let server = self.shm_server();
+        let uids: Vec<_> = self
+            .uids
+            .all()
+            .into_iter()
+            .map(|quotas| {
+                // A node serving no client process has none (and takes none).
+                let connections = server
+                    .map(|server| server.connections_of(quotas.uid()))
+                    .unwrap_or_default();
+                (quotas, connections)
+            })
+            .collect();
         let periodic = lock(&self.periodic);
         uids.iter()
             .map(|(quotas, connections)| {

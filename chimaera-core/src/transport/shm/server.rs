@@ -44,7 +44,7 @@ pub use super::handshake::ShmUsage;
 use super::handshake::{self, AccessPolicy, AttachFds, Grant, Reply, Request};
 use super::runtime_page::RuntimePage;
 use super::wire::{self, AreaGeometry};
-use crate::quota::{UidLimits, UidQuotas};
+use crate::quota::UidTable;
 use crate::error::TaskError;
 use crate::runtime::task::lock;
 use crate::runtime::worker::TaskSource;
@@ -58,7 +58,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -142,21 +141,9 @@ pub struct ServeAccess {
     /// Quota: task replicas in flight per client (fire-and-forget and periodic
     /// included).
     pub tasks_in_flight: u32,
-    /// Quota: handler stack overflows per uid without admin rights, for the runtime's
-    /// life (`quotas.stack_overflows`).
-    pub stack_overflows: u32,
-    /// Quota: tasks of one uid without admin rights waiting at once, each keeping a
-    /// coroutine (`quotas.waiting_tasks`, resolved).
-    pub waiting_tasks: u32,
-    /// Quota: periodic tasks of one uid without admin rights alive at once
-    /// (`quotas.periodic_tasks`, resolved).
-    pub periodic_tasks: u32,
-    /// Quota: containers of the pools one uid without admin rights created, alive
-    /// (`quotas.containers`).
-    pub containers: u32,
-    /// Quota: bytes of memory modules hold for one uid without admin rights
-    /// (`quotas.memory`).
-    pub memory: u64,
+    /// The per-uid quotas (`quotas.*`) of the uids without admin rights, shared with the
+    /// runtime (the tasks peers send for such a uid count against them too).
+    pub(crate) uids: Arc<UidTable>,
     /// Quota: client processes of one uid without admin rights attached at once,
     /// draining ones included (`quotas.connections`, resolved).
     pub connections: u32,
@@ -255,9 +242,6 @@ pub struct ShmServer {
     /// The task coroutines' stack size (reported when a route overflows the poller's).
     stack_size: usize,
     counters: Arc<ServerCounters>,
-    /// The stack-overflow quotas of the uids without admin rights that attached, kept
-    /// for the runtime's life: a client that reconnects finds its uid's quota as it was.
-    uid_quotas: Mutex<HashMap<u32, Arc<UidQuotas>>>,
     ready: AtomicBool,
     stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -346,7 +330,6 @@ impl ShmServer {
             taking_tasks: AtomicBool::new(true),
             stack_size: sizes.stack_size,
             counters: Arc::new(ServerCounters::default()),
-            uid_quotas: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
@@ -532,23 +515,13 @@ impl ShmServer {
         attached + draining
     }
 
-    /// Every uid with quotas that connected since the start, with its quotas and its
-    /// connections (attached or draining), in uid order.
-    pub(crate) fn uid_quotas(&self) -> Vec<(Arc<UidQuotas>, crate::admin_api::QuotaUse)> {
-        let quotas: Vec<_> = lock(&self.uid_quotas).values().cloned().collect();
+    /// The connections (attached or draining) of uid `uid`, and their quota.
+    pub(crate) fn connections_of(&self, uid: u32) -> crate::admin_api::QuotaUse {
         let table = lock(&self.table);
-        let mut all: Vec<_> = quotas
-            .into_iter()
-            .map(|quotas| {
-                let connections = crate::admin_api::QuotaUse {
-                    used: self.areas_of(&table, quotas.uid()) as u64,
-                    max: u64::from(self.access.connections),
-                };
-                (quotas, connections)
-            })
-            .collect();
-        all.sort_by_key(|(quotas, _)| quotas.uid());
-        all
+        crate::admin_api::QuotaUse {
+            used: self.areas_of(&table, uid) as u64,
+            max: u64::from(self.access.connections),
+        }
     }
 
     /// Whether a client with `rights` may attach now as far as its uid's quota of
@@ -618,19 +591,7 @@ impl ShmServer {
             pid: peer.pid,
             max_tasks: self.access.tasks_in_flight as usize,
             // An admin may stop the runtime anyway: nothing to bound.
-            uid_quotas: (!rights.admin).then(|| {
-                let limits = UidLimits {
-                    stack_overflows: self.access.stack_overflows,
-                    waiting_tasks: self.access.waiting_tasks,
-                    periodic_tasks: self.access.periodic_tasks,
-                    containers: self.access.containers,
-                    memory: self.access.memory,
-                };
-                lock(&self.uid_quotas)
-                    .entry(rights.uid)
-                    .or_insert_with(|| Arc::new(UidQuotas::new(rights.uid, limits)))
-                    .clone()
-            }),
+            uid_quotas: (!rights.admin).then(|| self.access.uids.of(rights.uid)),
             socket: stream.try_clone().ok(),
             owner: (self.id, worker as usize),
         };
