@@ -92,6 +92,10 @@ fn client_child_entry() {
         waiting_quota_child(&m);
         return;
     }
+    if role == "private-owner" || role == "private-intruder" {
+        private_pool_child(&chi, &role);
+        return;
+    }
     if role == "granted" {
         // Runs as uid 65534, listed in `access.uids` but not in `access.admin_uids`.
         assert_eq!(m.custom(PoolQuery::local(), "hi", 0).unwrap(), "hi");
@@ -108,7 +112,7 @@ fn client_child_entry() {
         denied(admin.flush(PoolQuery::local()).map(|_| ()), "Flush");
         denied(
             admin.destroy_pool(PoolQuery::local(), m.pool_id()),
-            "DestroyPool",
+            "DestroyPool on a pool it did not create",
         );
         denied(admin.stop_runtime(PoolQuery::local(), 0), "StopRuntime");
         assert_eq!(m.custom(PoolQuery::local(), "still", 1).unwrap(), "still");
@@ -862,11 +866,13 @@ fn only_listed_uids_connect_and_only_admins_administer() {
     assert!(refused.wait().unwrap().success());
 
     let open = RuntimeProcess::start("granted", "access:\n  uids: [65534]\n");
+    // The owner's pool, which every allowed uid may use but only admins destroy.
+    let chi = open.client();
+    ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
     let mut granted = open.client_child_as_nobody("granted", &[]);
     wait_for_line(&mut granted, "granted checks done");
     assert!(granted.wait().unwrap().success());
     // The owner still administers a runtime that served the refused calls.
-    let chi = open.client();
     let admin = AdminClient::attach(&chi, PoolId::ADMIN);
     admin.flush(PoolQuery::local()).unwrap();
 }
@@ -978,6 +984,120 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
     assert!(child.wait().unwrap().success());
     assert!(!target.exists(), "the runtime created {}", target.display());
     std::fs::remove_dir_all(&dir).unwrap();
+    // The child's RAM devices hold 3 MiB of its quota until they are destroyed.
+    let admin = AdminClient::attach(&chi, PoolId::ADMIN);
+    let memory = || {
+        let status = admin.status(PoolQuery::local()).unwrap();
+        let [nobody] = status.uids.as_slice() else {
+            panic!("{:?}", status.uids);
+        };
+        nobody.memory_bytes.used
+    };
+    assert_eq!(memory(), 3 << 20);
+    // The child's pool is private to it: the owner opens it explicitly (an admin may).
+    let device = BdevClient::open(&chi, "child-ram-rest").unwrap();
+    admin
+        .destroy_pool(PoolQuery::local(), device.pool_id())
+        .unwrap();
+    wait_until(
+        "the destroyed device's memory to be the uid's again",
+        || memory() == 1 << 20,
+    );
+}
+
+/// The children of `a_pool_a_uid_without_admin_rights_creates_is_its_own`: the
+/// `private-owner` (uid 65534) creates the pool `mine` and uses it; the
+/// `private-intruder` (uid 65533, also listed in `access.uids`) is refused it by name
+/// and by id.
+fn private_pool_child(chi: &Client, role: &str) {
+    let create = || ModNameClient::create(chi, PoolQuery::local(), "mine", CreateParams::default());
+    if role == "private-owner" {
+        let mine = create().unwrap();
+        assert_eq!(mine.custom(PoolQuery::local(), "mine", 0).unwrap(), "mine");
+        // Its own pool opens again by name.
+        assert_eq!(create().unwrap().pool_id(), mine.pool_id());
+        // It may destroy a pool of its own, and only that.
+        let admin = AdminClient::attach(chi, PoolId::ADMIN);
+        let scratch =
+            ModNameClient::create(chi, PoolQuery::local(), "scratch", CreateParams::default())
+                .unwrap();
+        admin
+            .destroy_pool(PoolQuery::local(), scratch.pool_id())
+            .unwrap();
+        assert!(matches!(
+            scratch.custom(PoolQuery::local(), "gone", 0),
+            Err(TaskError::UnknownPool { .. } | TaskError::PoolDestroyed { .. })
+        ));
+        let shared = ModNameClient::open(chi, "shared").unwrap();
+        assert!(matches!(
+            admin.destroy_pool(PoolQuery::local(), shared.pool_id()),
+            Err(TaskError::PermissionDenied { uid: 65534, .. })
+        ));
+        println!("made");
+        return;
+    }
+    let private = |what: &str, err: TaskError| match err {
+        TaskError::PrivatePool { name, owner: 65534 } => assert_eq!(name, "mine", "{what}"),
+        other => panic!("{what}: expected PrivatePool, got {other:?}"),
+    };
+    private("create", create().map(|_| ()).unwrap_err());
+    let admin = AdminClient::attach(chi, PoolId::ADMIN);
+    // Looking the name up is allowed (it tells no more than the error), running its
+    // tasks is not: not from this client, and not as subtasks of this uid's tasks.
+    let found = ModNameClient::open(chi, "mine").expect("the lookup");
+    private(
+        "a call",
+        found.custom(PoolQuery::local(), "in", 0).unwrap_err(),
+    );
+    private(
+        "a call in a window",
+        found
+            .async_custom(PoolQuery::local(), "in", 1)
+            .unwrap()
+            .wait()
+            .unwrap_err(),
+    );
+    // Nor may it destroy the pool.
+    assert!(matches!(
+        admin.destroy_pool(PoolQuery::local(), found.pool_id()),
+        Err(TaskError::PermissionDenied { uid: 65533, .. })
+    ));
+    println!("refused");
+}
+
+/// A pool a uid without admin rights creates is private to it: another such uid can
+/// neither get it by name nor run its tasks (so it cannot read what the first uid keeps
+/// there), and a trusted caller's `GetOrCreatePool` of the name is refused rather than
+/// handed the uid's pool (a name squatted before the owner's program asked for it);
+/// admins may still open it explicitly, use it and destroy it.
+#[test]
+fn a_pool_a_uid_without_admin_rights_creates_is_its_own() {
+    let runtime = RuntimeProcess::start("private-pool", "access:\n  uids: [65534, 65533]\n");
+    let chi = runtime.client();
+    ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
+    let mut owner = runtime.client_child_as(65534, "private-owner", &[]);
+    wait_for_line(&mut owner, "made");
+    assert!(owner.wait().unwrap().success());
+    let mut intruder = runtime.client_child_as(65533, "private-intruder", &[]);
+    wait_for_line(&mut intruder, "refused");
+    assert!(intruder.wait().unwrap().success());
+
+    let squatted = ModNameClient::create(&chi, PoolQuery::local(), "mine", CreateParams::default());
+    assert!(
+        matches!(&squatted, Err(TaskError::PrivatePool { owner: 65534, .. })),
+        "{:?}",
+        squatted.map(|_| ())
+    );
+    let mine = ModNameClient::open(&chi, "mine").unwrap();
+    assert_eq!(
+        mine.custom(PoolQuery::local(), "admin", 0).unwrap(),
+        "admin"
+    );
+    AdminClient::attach(&chi, PoolId::ADMIN)
+        .destroy_pool(PoolQuery::local(), mine.pool_id())
+        .unwrap();
+    // Destroyed, the name is free for anyone, and a trusted caller's pool is shared.
+    ModNameClient::create(&chi, PoolQuery::local(), "mine", CreateParams::default()).unwrap();
 }
 
 /// The child of `a_uid_at_its_container_quota_is_refused_until_a_pool_goes`: runs as uid

@@ -30,7 +30,7 @@
 //! access:                    # who else may connect (the runtime's own uid always may)
 //!   uids: [1001]             # further uids (each 0..=4294967294; at most 1024 per list)
 //!   gids: [100]              # primary gids (as SO_PEERCRED reports them)
-//!   admin_uids: [1002]       # uids that may also StopRuntime, DestroyPool, Flush
+//!   admin_uids: [1002]       # uids that may also StopRuntime, Flush, DestroyPool of any pool
 //! quotas:
 //!   tasks_in_flight: 1024    # tasks one client may have running or queued, fire-and-forget
 //!                            # and periodic ones included (1..=1048576); over it a task fails

@@ -326,6 +326,17 @@ pub enum TaskError {
         /// The runtime's `max_coroutines`.
         max: u64,
     },
+    /// The pool was created by a uid without admin rights and is that uid's: only it
+    /// and admins may run its tasks, and no other caller gets it by name from
+    /// `GetOrCreatePool` (which would otherwise hand a name someone took first to
+    /// whoever asks for it next).
+    #[error("pool `{name}` is private to uid {owner}, which created it without admin rights: only that uid and admins may use it. Use a pool of another name, or have the runtime's owner or an admin uid create pools meant to be shared (an admin may destroy this one)")]
+    PrivatePool {
+        /// The pool's name.
+        name: String,
+        /// The uid that created it.
+        owner: u32,
+    },
 }
 
 impl TaskError {

@@ -215,15 +215,22 @@ impl RuntimeProcess {
     /// runtime's owner) and drop privileges for a client without admin rights, which
     /// the runtime's config must list (`access: uids: [65534]`) to serve it.
     pub(crate) fn client_child_as_nobody(&self, role: &str, env: &[(&str, &str)]) -> Child {
+        self.client_child_as(65534, role, env)
+    }
+
+    /// Runs a client child playing `role` as uid and gid `uid` (see
+    /// [`client_child_as_nobody`](Self::client_child_as_nobody)); the uid need not have
+    /// an account.
+    pub(crate) fn client_child_as(&self, uid: u32, role: &str, env: &[(&str, &str)]) -> Child {
         use std::os::unix::process::CommandExt;
         self.client_child_command(role)
             .env("CHI_RUNTIME_USER", chimaera_core::shm::naming::user_tag())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .uid(65534)
-            .gid(65534)
+            .uid(uid)
+            .gid(uid)
             .spawn()
-            .expect("spawn a client child as nobody")
+            .expect("spawn a client child as another uid")
     }
 }
 

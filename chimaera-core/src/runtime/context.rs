@@ -38,7 +38,12 @@ pub(crate) trait Host: Send + Sync {
         caller: Option<&Arc<BulkShare>>,
     ) -> Result<PoolInfo, TaskError>;
     /// Destroys a pool; its containers' destroy tasks are children of `parent`.
-    fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError>;
+    fn destroy_pool(
+        &self,
+        parent: (u64, TaskNode),
+        pool: PoolId,
+        caller: Option<u32>,
+    ) -> Result<(), TaskError>;
     /// Stops the runtime (blocking), not waiting for `own_tasks` of the caller's.
     fn stop(&self, grace: Duration, own_tasks: u64);
     /// Waits for the tasks in flight now, but `caller`'s own; returns how many tasks
@@ -261,10 +266,13 @@ impl RuntimeHandle {
             .get_or_create_pool((ctx.task_id(), ctx.task_node()), request, ctx.bulk)
     }
 
-    /// Destroys a pool.
+    /// Destroys a pool. A task that runs for a uid without admin rights (see
+    /// [`RunContext::unprivileged_caller`]) may destroy only the pools that uid created:
+    /// others fail with [`TaskError::PermissionDenied`].
     pub fn destroy_pool(&self, ctx: &RunContext, pool: PoolId) -> Result<(), TaskError> {
+        let parent = (ctx.task_id(), ctx.task_node());
         self.host
-            .destroy_pool((ctx.task_id(), ctx.task_node()), pool)
+            .destroy_pool(parent, pool, ctx.unprivileged_caller())
     }
 
     /// Starts a clean stop on another thread and returns at once; in-flight tasks get

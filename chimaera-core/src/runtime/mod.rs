@@ -413,6 +413,14 @@ impl Shared {
                 method,
             });
         }
+        if pool.private_to.is_some() {
+            let caller = submission
+                .origin
+                .bulk
+                .as_deref()
+                .and_then(BulkShare::quotas);
+            pool.check_caller(caller.map(|quotas| quotas.uid()))?;
+        }
         let containers = pool.container_count();
         let placement = pool.placement;
         let dynamic = match query {
@@ -783,12 +791,19 @@ impl Shared {
                 max,
             });
         }
+        let quotas = caller.and_then(|share| share.quotas());
+        let caller_uid = quotas.map(|quotas| quotas.uid());
         if let Lookup::Existing(entry) = self.pools.by_name(&request.pool_name) {
-            check_reopen(&entry.pool, &request.module, containers, &request.params)?;
+            check_reopen(
+                &entry.pool,
+                &request.module,
+                containers,
+                &request.params,
+                caller_uid,
+            )?;
             return Ok(entry.info());
         }
         let is_admin = request.module == "admin" && request.pool_name == "admin";
-        let quotas = caller.and_then(|share| share.quotas());
         if let Some(cluster) = self.cluster.as_deref().filter(|_| !is_admin) {
             if let Some(quotas) = quotas {
                 // The other nodes build their containers without knowing who asked, so
@@ -836,6 +851,11 @@ impl Shared {
     ) -> Result<PoolInfo, TaskError> {
         let (parent_task, parent_node) = parent;
         let containers = request.containers.max(1);
+        // A uid without admin rights creates pools of its own.
+        let caller_uid = owner
+            .caller
+            .and_then(|share| share.quotas())
+            .map(|quotas| quotas.uid());
         let module =
             *self
                 .modules
@@ -892,6 +912,7 @@ impl Shared {
                 self.config.metrics_latency_sample,
             ),
             reservation: Mutex::new(owner.reservation),
+            private_to: caller_uid,
         });
         match self.pools.publish(Arc::new(PoolEntry { pool, lanes })) {
             Ok(entry) => {
@@ -902,7 +923,13 @@ impl Shared {
                 Ok(entry.info())
             }
             Err(existing) => {
-                check_reopen(&existing.pool, &request.module, containers, &request.params)?;
+                check_reopen(
+                    &existing.pool,
+                    &request.module,
+                    containers,
+                    &request.params,
+                    caller_uid,
+                )?;
                 Ok(existing.info())
             }
         }
@@ -946,13 +973,29 @@ impl Shared {
     /// `PoolDestroyed`, running ones finish, each container's `kDestroy` runs as a child
     /// of `parent` (a task id and its node). A cluster's pool goes on every node,
     /// through node 0.
+    ///
+    /// `caller`, a uid without admin rights, may destroy only a pool it created (which
+    /// is private to it, and never a cluster's).
     pub(crate) fn destroy_pool(
         &self,
         parent: (u64, TaskNode),
         id: PoolId,
+        caller: Option<u32>,
     ) -> Result<(), TaskError> {
         if id == PoolId::ADMIN {
             return Err(TaskError::AdminPoolIndestructible);
+        }
+        if let Some(uid) = caller {
+            let created = self
+                .pools
+                .get(id)
+                .is_some_and(|entry| entry.pool.private_to == Some(uid));
+            if !created {
+                return Err(TaskError::PermissionDenied {
+                    action: "DestroyPool on a pool it did not create".into(),
+                    uid,
+                });
+            }
         }
         if let Some(cluster) = self.cluster.as_deref() {
             return self.cluster_destroy(cluster, id);
@@ -1403,8 +1446,13 @@ impl Host for Shared {
         Shared::get_or_create_pool(self, parent, request, caller)
     }
 
-    fn destroy_pool(&self, parent: (u64, TaskNode), pool: PoolId) -> Result<(), TaskError> {
-        Shared::destroy_pool(self, parent, pool)
+    fn destroy_pool(
+        &self,
+        parent: (u64, TaskNode),
+        pool: PoolId,
+        caller: Option<u32>,
+    ) -> Result<(), TaskError> {
+        Shared::destroy_pool(self, parent, pool, caller)
     }
 
     fn stop(&self, grace: Duration, own_tasks: u64) {

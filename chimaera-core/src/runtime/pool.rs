@@ -13,6 +13,12 @@
 //! In a cluster a pool spans the nodes ([`Placement`]): every node holds the pool with
 //! the same id, name and container count, but builds only the containers placed on it;
 //! the others are `None` here and run on their nodes.
+//!
+//! A pool a uid without admin rights creates is private to that uid (`private_to`):
+//! tasks of other such uids fail with [`TaskError::PrivatePool`] (checked where a task
+//! is queued, and where `GetOrCreatePool` finds the name taken); the runtime's own work,
+//! its owner and admin uids use every pool.
+use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::Placement;
 use crate::quota::ContainerReservation;
@@ -45,6 +51,10 @@ pub struct Pool {
     /// The containers it holds of the quota of the uid that created it, if that uid has
     /// one (`quotas.containers`): given back when the pool is destroyed.
     pub(crate) reservation: Mutex<Option<ContainerReservation>>,
+    /// The uid without admin rights that created it, to which it is private (see
+    /// [`Pool::check_caller`]); `None` for a pool the runtime, its owner or an admin
+    /// made, which every allowed uid may use.
+    pub(crate) private_to: Option<u32>,
 }
 
 impl Pool {
@@ -66,6 +76,25 @@ impl Pool {
     /// Whether the pool was destroyed.
     pub fn is_destroyed(&self) -> bool {
         self.destroyed.load(Ordering::Acquire)
+    }
+
+    /// Refuses a task of `caller` (a uid without admin rights, `None` for a trusted
+    /// caller) if the pool is private to another uid. Trusted callers use any pool.
+    #[inline]
+    pub(crate) fn check_caller(&self, caller: Option<u32>) -> Result<(), TaskError> {
+        match (self.private_to, caller) {
+            (Some(owner), Some(uid)) if uid != owner => Err(self.private_error(owner)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error a caller the pool is not open to gets.
+    #[cold]
+    pub(crate) fn private_error(&self, owner: u32) -> TaskError {
+        TaskError::PrivatePool {
+            name: self.name.clone(),
+            owner,
+        }
     }
 
     pub(crate) fn container(&self, id: ContainerId) -> Option<&Arc<dyn Container>> {

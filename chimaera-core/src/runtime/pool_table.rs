@@ -225,13 +225,21 @@ impl PoolTable {
     }
 }
 
-/// Checks that a re-opened pool matches what the caller asks for.
+/// Checks that a re-opened pool matches what the caller asks for, and is open to
+/// `caller` (a uid without admin rights, `None` for a trusted caller).
 pub(crate) fn check_reopen(
     pool: &Pool,
     module: &str,
     containers: u32,
     params: &[u8],
+    caller: Option<u32>,
 ) -> Result<(), TaskError> {
+    // A name a uid without admin rights took is its own: any other caller, trusted ones
+    // included, is told so rather than handed that uid's pool (whose owner could read
+    // what they then write to it).
+    if let Some(owner) = pool.private_to.filter(|&owner| caller != Some(owner)) {
+        return Err(pool.private_error(owner));
+    }
     let mismatch = |what: &str| TaskError::PoolMismatch {
         name: pool.name.clone(),
         what: what.to_owned(),

@@ -5,8 +5,8 @@
 //!
 //! | id | task | does |
 //! |---|---|---|
-//! | 10 | `get_or_create_pool` | returns the pool of that name, creating it (and its containers, through the module's `create`) if absent; a re-open with another module, container count or create parameters is an error |
-//! | 11 | `destroy_pool` | removes a pool: tasks still queued for it fail with `PoolDestroyed`, running ones finish, each container's `kDestroy` runs |
+//! | 10 | `get_or_create_pool` | returns the pool of that name, creating it (and its containers, through the module's `create`) if absent; a re-open with another module, container count or create parameters is an error, and so is one of a pool private to another uid (see `TaskError::PrivatePool`) |
+//! | 11 | `destroy_pool` | removes a pool: tasks still queued for it fail with `PoolDestroyed`, running ones finish, each container's `kDestroy` runs; a client of a uid without admin rights may destroy only the pools it created |
 //! | 12 | `stop_runtime` | a clean stop: in-flight tasks get `grace_period_ms` to finish, what is left fails with `RuntimeStopped`, the runtime ends (the original aborted) |
 //! | 13 | `flush` | returns when every task in flight when it started is done (tasks submitted meanwhile, the caller's own and other flushes are not waited for), with the number of tasks completed meanwhile |
 //! | 16 | `status` | the runtime's pid, instance, workers and their task counts, pools with their containers and lanes, tasks in flight and completed, per-method counters and latencies, attached clients, live periodic tasks, shared memory (the status task and its client left out) |

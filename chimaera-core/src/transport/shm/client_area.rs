@@ -136,10 +136,12 @@
 //!
 //! # Admin methods
 //!
-//! StopRuntime, DestroyPool and Flush of the admin pool are refused here, at the only
-//! door through which another process's tasks enter, with [`TaskError::PermissionDenied`]
-//! unless the client's rights say admin. Tasks that modules (code linked into the
-//! runtime, trusted) send on their own are not checked.
+//! StopRuntime and Flush of the admin pool are refused here, at the only door through
+//! which another process's tasks enter, with [`TaskError::PermissionDenied`] unless the
+//! client's rights say admin. Tasks that modules (code linked into the runtime, trusted)
+//! send on their own are not checked. DestroyPool goes through: the runtime lets a uid
+//! without admin rights destroy the pools it created, and refuses it the others (the
+//! task runs for that uid, see `RuntimeHandle::destroy_pool`).
 //!
 //! # Disowning
 //!
@@ -986,7 +988,6 @@ impl ClientArea {
         }
         let action = match method {
             admin_api::STOP_RUNTIME => "StopRuntime",
-            admin_api::DESTROY_POOL => "DestroyPool",
             admin_api::FLUSH => "Flush",
             _ => return Ok(()),
         };

@@ -27,9 +27,9 @@
 //!
 //! The runtime's own effective uid may always connect; further uids and primary gids
 //! (the gid `SO_PEERCRED` reports) may if the config's `access:` lists them. Admin
-//! methods (StopRuntime, DestroyPool, Flush) need the owner uid or a uid in
-//! `access.admin_uids`; the runtime checks that per task from the rights fixed here
-//! ([`Rights`]), never from anything in shared memory.
+//! methods (StopRuntime, Flush, and DestroyPool on a pool the uid did not create) need
+//! the owner uid or a uid in `access.admin_uids`; the runtime checks that per task from
+//! the rights fixed here ([`Rights`]), never from anything in shared memory.
 //!
 //! Connecting needs write permission on the socket file and search permission on the
 //! directories above it. The socket is created with mode `0666`: the file mode is not
