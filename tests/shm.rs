@@ -1011,13 +1011,18 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
 /// and by id.
 fn private_pool_child(chi: &Client, role: &str) {
     let create = || ModNameClient::create(chi, PoolQuery::local(), "mine", CreateParams::default());
+    let admin = AdminClient::attach(chi, PoolId::ADMIN);
+    let pools_seen = || -> Vec<String> {
+        let status = admin.status(PoolQuery::local()).unwrap();
+        status.pools.into_iter().map(|info| info.name).collect()
+    };
     if role == "private-owner" {
         let mine = create().unwrap();
         assert_eq!(mine.custom(PoolQuery::local(), "mine", 0).unwrap(), "mine");
         // Its own pool opens again by name.
         assert_eq!(create().unwrap().pool_id(), mine.pool_id());
+        assert!(pools_seen().contains(&"mine".to_owned()));
         // It may destroy a pool of its own, and only that.
-        let admin = AdminClient::attach(chi, PoolId::ADMIN);
         let scratch =
             ModNameClient::create(chi, PoolQuery::local(), "scratch", CreateParams::default())
                 .unwrap();
@@ -1041,7 +1046,12 @@ fn private_pool_child(chi: &Client, role: &str) {
         other => panic!("{what}: expected PrivatePool, got {other:?}"),
     };
     private("create", create().map(|_| ()).unwrap_err());
-    let admin = AdminClient::attach(chi, PoolId::ADMIN);
+    // Its status shows the shared pools, not the other uid's.
+    let seen = pools_seen();
+    assert!(
+        seen.contains(&"shared".to_owned()) && !seen.contains(&"mine".to_owned()),
+        "{seen:?}"
+    );
     // Looking the name up is allowed (it tells no more than the error), running its
     // tasks is not: not from this client, and not as subtasks of this uid's tasks.
     let found = ModNameClient::open(chi, "mine").expect("the lookup");

@@ -88,6 +88,9 @@ pub(crate) struct StatusCaller {
     pub(crate) method: MethodId,
     /// Whether it came from a client process (whose client and area are left out).
     pub(crate) from_shm_client: bool,
+    /// The uid without admin rights it runs for, if any: it sees its own uid alone
+    /// among the uids, and no pool private to another uid.
+    pub(crate) unprivileged: Option<u32>,
 }
 
 /// What a running task knows about itself and can do with the runtime.
@@ -358,18 +361,16 @@ impl RuntimeHandle {
     /// over shared memory (and its client area) is not counted among the attached ones.
     ///
     /// An unprivileged caller (see [`RunContext::unprivileged_caller`]) sees its own uid
-    /// alone among `uids`: which users use the runtime, and how much, is for admins.
+    /// alone among `uids` (which users use the runtime, and how much, is for admins),
+    /// and no pool private to another uid (nor its containers and methods).
     pub fn status(&self, ctx: &RunContext) -> RuntimeStatus {
-        let mut status = self.host.status(StatusCaller {
+        self.host.status(StatusCaller {
             pool: ctx.pool_id(),
             method: ctx.method(),
             // A client process's own share (a subtask's holds no memory).
             from_shm_client: ctx.bulk_share().is_some_and(BulkShare::is_client_memory),
-        });
-        if let Some(uid) = ctx.unprivileged_caller() {
-            status.uids.retain(|status| status.uid == uid);
-        }
-        status
+            unprivileged: ctx.unprivileged_caller(),
+        })
     }
 
     /// This runtime's node in its cluster (0 for a single runtime).

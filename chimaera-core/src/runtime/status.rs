@@ -7,7 +7,8 @@
 //! disagree by the tasks that moved meanwhile (never by more). The `Status` task leaves
 //! itself out: its own task is not counted in flight (in the total or in its method's
 //! count), and when it came from a client over shared memory, that client and its
-//! client area are not counted as attached.
+//! client area are not counted as attached. A caller without admin rights sees its own
+//! uid alone among the uids and no pool private to another uid.
 use super::context::{Host, StatusCaller};
 use super::module::LanePriority;
 use super::Shared;
@@ -25,8 +26,14 @@ impl Shared {
             pool: own_pool,
             method: own_method,
             from_shm_client,
+            unprivileged,
         } = caller;
-        let entries = self.pools.list();
+        let mut entries = self.pools.list();
+        entries.retain(|entry| entry.pool.check_caller(unprivileged).is_ok());
+        let mut uids = self.uid_statuses();
+        if let Some(uid) = unprivileged {
+            uids.retain(|status| status.uid == uid);
+        }
         let mut containers = Vec::new();
         let mut methods = Vec::new();
         for entry in &entries {
@@ -77,7 +84,7 @@ impl Shared {
             clients: Host::clients(self).saturating_sub(u32::from(from_shm_client)),
             periodic: Host::periodic_tasks(self),
             coroutines: Host::coroutines(self),
-            uids: self.uid_statuses(),
+            uids,
             containers,
             methods,
             shm: ShmStatus {
