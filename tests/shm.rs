@@ -1053,7 +1053,7 @@ fn private_pool_child(chi: &Client, role: &str) {
         "{seen:?}"
     );
     // Looking the name up is allowed (it tells no more than the error), running its
-    // tasks is not: not from this client, and not as subtasks of this uid's tasks.
+    // tasks is not (nor through subtasks: `tests/unprivileged.rs`).
     let found = ModNameClient::open(chi, "mine").expect("the lookup");
     private(
         "a call",

@@ -2,7 +2,8 @@
 //! periodic subtask runs for the same uid (counted in its `quotas.periodic_tasks`), keeps
 //! running from one period to the next, references none of the client's memory (the
 //! client's area is reclaimed when it leaves while the subtask goes on), and ends with
-//! its pool.
+//! its pool; any subtask runs for its task's uid, so a pool private to another uid stays
+//! out of reach through a shared pool's handler.
 //!
 //! Real parts: a runtime process (this test binary re-run as a child serving the probe
 //! chimod) and a client child process run as uid 65534 (`nobody`), listed in the
@@ -22,17 +23,40 @@ fn runtime_child_entry() {
     serve_as_runtime_child(|builder| builder.module::<Probe>());
 }
 
-/// The client child (uid 65534, `quotas.periodic_tasks: 2`): starts two ticking
-/// subtasks, then a third past its quota. Only runs when a test starts it.
+/// The client children of the tests below. Only runs when a test starts it.
 #[test]
 #[ignore = "entry point of the client child process, started by the tests in this file"]
 fn client_child_entry() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
     };
-    assert_eq!(role, "ticker");
     let chi = Client::connect().expect("the child connects");
     let probe = ProbeClient::create(&chi, PoolQuery::local(), "ticks").expect("opens the pool");
+    match role.as_str() {
+        "ticker" => ticker_child(&probe),
+        "private-maker" => {
+            let mine = ProbeClient::create(&chi, PoolQuery::local(), "private").unwrap();
+            // Its own tasks' subtasks reach its own pool.
+            probe.tick_pool(PoolQuery::local(), "private").unwrap();
+            assert_eq!(mine.ticks(PoolQuery::local()).unwrap(), 1);
+            println!("made");
+        }
+        "relayer" => {
+            // A subtask runs for the uid of the task that made it: no way around
+            // another uid's private pool through a shared pool's handler.
+            match probe.tick_pool(PoolQuery::local(), "private") {
+                Err(TaskError::PrivatePool { name, owner: 65534 }) => assert_eq!(name, "private"),
+                other => panic!("expected PrivatePool, got {other:?}"),
+            }
+            println!("refused");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// The `ticker` child (uid 65534, `quotas.periodic_tasks: 2`): starts two ticking
+/// subtasks, then a third past its quota.
+fn ticker_child(probe: &ProbeClient) {
     for _ in 0..2 {
         probe.start_ticking(PoolQuery::local(), 2).unwrap();
     }
@@ -97,4 +121,30 @@ fn a_periodic_subtask_runs_for_its_uid_outlives_the_client_and_ends_with_its_poo
     wait_until("no periodic task to be alive", || {
         admin.status(PoolQuery::local()).unwrap().periodic == 0
     });
+}
+
+/// A subtask runs for the uid of the task that made it: a uid without admin rights
+/// cannot reach a pool private to another uid through a shared pool's handler (the
+/// handler's subtask is refused as a call of its own would be), while the owner of the
+/// private pool reaches it that way.
+#[test]
+fn a_subtask_reaches_a_private_pool_only_for_its_owner() {
+    let runtime = RuntimeProcess::start_with(
+        "private-subtask",
+        "access:\n  uids: [65534, 65533]\n",
+        Launch::TEST_BINARY,
+    );
+    let chi = runtime.client();
+    ProbeClient::create(&chi, PoolQuery::local(), "ticks").unwrap();
+    let mut maker = runtime.client_child_as(65534, "private-maker", &[]);
+    wait_for_line(&mut maker, "made");
+    assert!(maker.wait().unwrap().success());
+    let mut relayer = runtime.client_child_as(65533, "relayer", &[]);
+    wait_for_line(&mut relayer, "refused");
+    assert!(relayer.wait().unwrap().success());
+    // The owner's task may tick it (trusted callers use every pool).
+    let shared = ProbeClient::open(&chi, "ticks").unwrap();
+    shared.tick_pool(PoolQuery::local(), "private").unwrap();
+    let private = ProbeClient::open(&chi, "private").unwrap();
+    assert_eq!(private.ticks(PoolQuery::local()).unwrap(), 2);
 }

@@ -233,6 +233,15 @@ impl Probe {
         me.spawn_tick(PoolQuery::direct_id(self.container), period)?;
         Ok(())
     }
+
+    /// Ticks the probe pool named `pool` (container 0), as a subtask: it runs for this
+    /// task's caller.
+    #[task(method = 32)]
+    fn tick_pool(&self, ctx: &mut RunContext, pool: &str) -> Result<(), TaskError> {
+        let other = ProbeClient::open(&ctx.client(), pool)
+            .map_err(|err| TaskError::failed(err.to_string()))?;
+        other.tick(PoolQuery::direct_id(0))
+    }
 }
 
 impl Probe {
