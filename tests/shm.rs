@@ -92,6 +92,10 @@ fn client_child_entry() {
         waiting_quota_child(&m);
         return;
     }
+    if role == "names" {
+        pool_names_child(&chi);
+        return;
+    }
     if role == "private-owner" || role == "private-intruder" {
         private_pool_child(&chi, &role);
         return;
@@ -924,7 +928,8 @@ fn file_device_child(chi: &Client) {
         message.contains("uid 65534 may not create the file device"),
         "{message}"
     );
-    // RAM devices are allowed, as far as the uid's `quotas.memory` (3 MiB) goes.
+    // RAM devices are allowed, as far as the uid's `quotas.memory` (3 MiB and 4 KiB)
+    // goes.
     let ram = |size: u64| BdevParams {
         bdev_type: BdevType::Ram,
         total_size: size,
@@ -962,7 +967,8 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
     use chimaera::bdev::{BdevClient, BdevParams, BdevType};
     let runtime = RuntimeProcess::start(
         "file-device",
-        "access:\n  uids: [65534]\nquotas:\n  memory: 3MiB\n",
+        // 3 MiB for devices, and room for what their pools keep of names and parameters.
+        "access:\n  uids: [65534]\nquotas:\n  memory: 3148800\n",
     );
     let dir = std::env::temp_dir().join(format!("chimaera-file-device-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -993,7 +999,9 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
         };
         nobody.memory_bytes.used
     };
-    assert_eq!(memory(), 3 << 20);
+    // Their sizes, and the few bytes of their pools' names and parameters.
+    let held = memory();
+    assert!((3 << 20..(3 << 20) + 4096).contains(&held), "{held}");
     // The child's pool is private to it: the owner opens it explicitly (an admin may).
     let device = BdevClient::open(&chi, "child-ram-rest").unwrap();
     admin
@@ -1001,8 +1009,80 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
         .unwrap();
     wait_until(
         "the destroyed device's memory to be the uid's again",
-        || memory() == 1 << 20,
+        || memory() <= held - (2 << 20),
     );
+}
+
+/// The child of `what_a_pool_keeps_of_its_name_and_parameters_is_bounded` (uid 65534,
+/// `quotas.memory: 10000`).
+fn pool_names_child(chi: &Client) {
+    let create =
+        |name: &str| ModNameClient::create(chi, PoolQuery::local(), name, CreateParams::default());
+    let too_long = create(&"n".repeat(4097)).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(
+            too_long,
+            TaskError::PoolNameTooLong {
+                len: 4097,
+                max: 4096
+            }
+        ),
+        "{too_long:?}"
+    );
+    // Each pool keeps its name and parameters: 4,000-byte names spend the quota fast.
+    let name = |c: char| c.to_string().repeat(4000);
+    let first = create(&name('a')).unwrap();
+    create(&name('b')).unwrap();
+    let over = create(&name('c')).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&over, TaskError::QuotaExceeded { config_key, .. } if config_key == "quotas.memory"),
+        "{over:?}"
+    );
+    // A pool of its own it may destroy, which gives the bytes back.
+    AdminClient::attach(chi, PoolId::ADMIN)
+        .destroy_pool(PoolQuery::local(), first.pool_id())
+        .unwrap();
+    wait_until("room after its pool is destroyed", || {
+        create(&name('c')).is_ok()
+    });
+    println!("names checked");
+}
+
+/// A pool keeps its name and create parameters for its life: names are bounded for
+/// everyone, and the bytes count against the `quotas.memory` of a uid without admin
+/// rights (else 16,384 pools of long names, as many as `quotas.containers` allows, held
+/// gigabytes for good).
+#[test]
+fn what_a_pool_keeps_of_its_name_and_parameters_is_bounded() {
+    let runtime = RuntimeProcess::start(
+        "pool-names",
+        "access:\n  uids: [65534]\nquotas:\n  memory: 10000\n",
+    );
+    let chi = runtime.client();
+    ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
+    let mut child = runtime.client_child_as_nobody("names", &[]);
+    wait_for_line(&mut child, "names checked");
+    assert!(child.wait().unwrap().success());
+    // The owner's names are bounded too, and its pools count against nothing.
+    let too_long = ModNameClient::create(
+        &chi,
+        PoolQuery::local(),
+        &"o".repeat(5000),
+        CreateParams::default(),
+    );
+    assert!(matches!(
+        too_long,
+        Err(TaskError::PoolNameTooLong { len: 5000, .. })
+    ));
+    for c in ['x', 'y', 'z'] {
+        ModNameClient::create(
+            &chi,
+            PoolQuery::local(),
+            &c.to_string().repeat(4000),
+            CreateParams::default(),
+        )
+        .unwrap();
+    }
 }
 
 /// The children of `a_pool_a_uid_without_admin_rights_creates_is_its_own`: the
@@ -1141,11 +1221,11 @@ fn containers_quota_child(chi: &Client) {
     });
 }
 
-/// A uid without admin rights, which cannot destroy pools, may have pools of only
-/// `quotas.containers` containers alive (each keeps its state and lanes): a pool past
-/// it fails with `QuotaExceeded`, re-opening a pool costs nothing, the owner's pools are
-/// not counted, and a destroyed pool gives its containers back. The owner sees the uid's
-/// use in the status and in Prometheus.
+/// A uid without admin rights may have pools of only `quotas.containers` containers
+/// alive (each keeps its state and lanes): a pool past it fails with `QuotaExceeded`,
+/// re-opening a pool costs nothing, the owner's pools are not counted, and a destroyed
+/// pool gives its containers back. The owner sees the uid's use in the status and in
+/// Prometheus.
 #[test]
 fn a_uid_at_its_container_quota_is_refused_until_a_pool_goes() {
     let port = free_port();

@@ -46,11 +46,11 @@
 //!                            # TooManyConnections). Absent: three quarters of max_clients,
 //!                            # so no one uid can take every connection from the others
 //!   containers: 16384        # containers of the pools one such uid created, alive at once
-//!                            # (1..=16777216; it cannot destroy pools); a pool past it
+//!                            # (1..=16777216; it may destroy only its own); a pool past it
 //!                            # fails with QuotaExceeded
-//!   memory: 4GiB             # memory modules hold for one such uid (a RAM bdev's size, say;
-//!                            # up to 1024TiB); past it the module's create fails with
-//!                            # QuotaExceeded
+//!   memory: 4GiB             # memory modules hold for one such uid (a RAM bdev's size, say),
+//!                            # and the names and create parameters of its pools (up to
+//!                            # 1024TiB); past it the create fails with QuotaExceeded
 //!   periodic_tasks: 1024     # periodic tasks of one such uid alive at once (1..=1048576);
 //!                            # one more fails with QuotaExceeded. Absent: a quarter of
 //!                            # max_periodic_tasks

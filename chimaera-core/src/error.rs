@@ -326,6 +326,14 @@ pub enum TaskError {
         /// The runtime's `max_coroutines`.
         max: u64,
     },
+    /// A pool name longer than the runtime keeps (`MAX_POOL_NAME_LEN`).
+    #[error("a pool name of {len} bytes was refused; pool names are at most {max} bytes")]
+    PoolNameTooLong {
+        /// The name's length in bytes.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The pool was created by a uid without admin rights and is that uid's: only it
     /// and admins may run its tasks, and no other caller gets it by name from
     /// `GetOrCreatePool` (which would otherwise hand a name someone took first to

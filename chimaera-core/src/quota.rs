@@ -18,9 +18,11 @@
 //!   coroutine's stack leaves that stack behind for good (it cannot be unwound), so the
 //!   uid may cause only so many; past them its tasks are refused at the door.
 //! * **Pool containers** (`quotas.containers`): a pool's containers (their state and
-//!   lanes) stay until an admin destroys the pool, which a uid without admin rights
-//!   cannot; pools it creates may hold only so many containers at once. A new pool
-//!   takes a [`ContainerReservation`], which it keeps until it is destroyed (or dropped).
+//!   lanes) stay until the pool is destroyed (by an admin, or by the uid, which may
+//!   destroy the pools it created); pools it creates may hold only so many containers at
+//!   once. A new pool takes a [`PoolReservation`] (its containers, and the bytes of its
+//!   name and create parameters from `quotas.memory`), which it keeps until it is
+//!   destroyed (or dropped).
 //! * **Module memory** (`quotas.memory`): memory a module allocates on the uid's behalf
 //!   and keeps (a RAM block device, say) is reserved first
 //!   ([`RunContext::reserve_memory`](crate::runtime::context::RunContext::reserve_memory));
@@ -324,6 +326,32 @@ impl Drop for MemoryReservation {
         if let Some((quotas, bytes)) = self.0.take() {
             release(&quotas.memory, bytes);
         }
+    }
+}
+
+/// What a pool a uid created holds of its quotas until the pool is destroyed (dropped):
+/// its containers (`quotas.containers`) and the bytes of its name and create parameters,
+/// which the runtime keeps with it (`quotas.memory`).
+#[derive(Debug)]
+pub(crate) struct PoolReservation {
+    _containers: ContainerReservation,
+    _memory: MemoryReservation,
+}
+
+impl UidQuotas {
+    /// Reserves what a pool of `containers` that keeps `kept_bytes` holds of the uid's
+    /// quotas, or says why not (taking nothing).
+    pub(crate) fn reserve_pool(
+        self: &Arc<Self>,
+        containers: u32,
+        kept_bytes: u64,
+    ) -> Result<PoolReservation, TaskError> {
+        let containers = self.reserve_containers(containers)?;
+        let memory = self.reserve_memory(kept_bytes)?;
+        Ok(PoolReservation {
+            _containers: containers,
+            _memory: memory,
+        })
     }
 }
 

@@ -78,7 +78,7 @@ use crate::error::TaskError;
 use crate::ids::{ContainerId, MethodId, NodeId, PoolId, TaskNode};
 use crate::peer::PeerNetwork;
 use crate::query::{Placement, PoolQuery};
-use crate::quota::{ContainerReservation, UidLimits, UidQuotas, UidTable};
+use crate::quota::{PoolReservation, UidLimits, UidQuotas, UidTable};
 use crate::runtime::context::{Host, RunContext, StatusCaller};
 use crate::runtime::flush::InFlight;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
@@ -181,11 +181,11 @@ struct Single<'a> {
 
 /// Who a pool being built is for: its containers' create tasks run for `caller` (see
 /// `RunContext::unprivileged_caller`), and it keeps `reservation` of that caller's
-/// `quotas.containers` until it is destroyed. Default: the runtime itself.
+/// quotas until it is destroyed. Default: the runtime itself.
 #[derive(Default)]
 pub(crate) struct PoolOwner<'a> {
     caller: Option<&'a Arc<BulkShare>>,
-    reservation: Option<ContainerReservation>,
+    reservation: Option<PoolReservation>,
 }
 
 /// A periodic task in the runtime's registry.
@@ -791,6 +791,7 @@ impl Shared {
                 max,
             });
         }
+        check_pool_name(&request.pool_name)?;
         let quotas = caller.and_then(|share| share.quotas());
         let caller_uid = quotas.map(|quotas| quotas.uid());
         if let Lookup::Existing(entry) = self.pools.by_name(&request.pool_name) {
@@ -819,9 +820,11 @@ impl Shared {
             }
             return self.cluster_get_or_create(cluster, request);
         }
-        // Held by the pool until it is destroyed.
+        // Held by the pool until it is destroyed: its containers, and the bytes of the
+        // name and create parameters it keeps.
+        let kept_bytes = (request.pool_name.len() + request.params.len()) as u64;
         let reservation = quotas
-            .map(|quotas| quotas.reserve_containers(containers))
+            .map(|quotas| quotas.reserve_pool(containers, kept_bytes))
             .transpose()?;
         // The containers' create tasks run for the same caller, as subtasks.
         let caller = caller.and_then(BulkShare::for_subtasks);
@@ -851,6 +854,7 @@ impl Shared {
     ) -> Result<PoolInfo, TaskError> {
         let (parent_task, parent_node) = parent;
         let containers = request.containers.max(1);
+        check_pool_name(&request.pool_name)?;
         // A uid without admin rights creates pools of its own.
         let caller_uid = owner
             .caller
@@ -1547,6 +1551,21 @@ impl Ingress for Shared {
             state.wake();
         }
     }
+}
+
+/// The longest pool name, in bytes (a file device's name is its path: `PATH_MAX`).
+pub const MAX_POOL_NAME_LEN: usize = 4096;
+
+/// Refuses a pool name longer than [`MAX_POOL_NAME_LEN`]: every pool keeps its name (twice,
+/// with the table's index) for its life.
+fn check_pool_name(name: &str) -> Result<(), TaskError> {
+    if name.len() > MAX_POOL_NAME_LEN {
+        return Err(TaskError::PoolNameTooLong {
+            len: name.len() as u64,
+            max: MAX_POOL_NAME_LEN as u64,
+        });
+    }
+    Ok(())
 }
 
 fn panic_error(panic: Box<dyn std::any::Any + Send>) -> TaskError {

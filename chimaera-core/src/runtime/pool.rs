@@ -21,7 +21,7 @@
 use crate::error::TaskError;
 use crate::ids::{ContainerId, PoolId};
 use crate::query::Placement;
-use crate::quota::ContainerReservation;
+use crate::quota::PoolReservation;
 use crate::runtime::module::{Container, ModuleEntry};
 use crate::stats::PoolStats;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,9 +48,9 @@ pub struct Pool {
     pub(crate) destroyed: AtomicBool,
     /// Its tasks' counters and latencies, per method.
     pub(crate) stats: PoolStats,
-    /// The containers it holds of the quota of the uid that created it, if that uid has
-    /// one (`quotas.containers`): given back when the pool is destroyed.
-    pub(crate) reservation: Mutex<Option<ContainerReservation>>,
+    /// What it holds of the quotas of the uid that created it, if that uid has them
+    /// (`quotas.containers`, `quotas.memory`): given back when the pool is destroyed.
+    pub(crate) reservation: Mutex<Option<PoolReservation>>,
     /// The uid without admin rights that created it, to which it is private (see
     /// [`Pool::check_caller`]); `None` for a pool the runtime, its owner or an admin
     /// made, which every allowed uid may use.
