@@ -92,6 +92,10 @@ fn client_child_entry() {
         waiting_quota_child(&m);
         return;
     }
+    if role == "hoarder" {
+        input_hoarder_child(&chi, &m);
+        return;
+    }
     if role == "names" {
         pool_names_child(&chi);
         return;
@@ -928,7 +932,7 @@ fn file_device_child(chi: &Client) {
         message.contains("uid 65534 may not create the file device"),
         "{message}"
     );
-    // RAM devices are allowed, as far as the uid's `quotas.memory` (3 MiB and 4 KiB)
+    // RAM devices are allowed, as far as the uid's `quotas.memory` (3 MiB and 16 KiB)
     // goes.
     let ram = |size: u64| BdevParams {
         bdev_type: BdevType::Ram,
@@ -967,8 +971,9 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
     use chimaera::bdev::{BdevClient, BdevParams, BdevType};
     let runtime = RuntimeProcess::start(
         "file-device",
-        // 3 MiB for devices, and room for what their pools keep of names and parameters.
-        "access:\n  uids: [65534]\nquotas:\n  memory: 3148800\n",
+        // 3 MiB for devices, and room for what their pools keep of names and parameters
+        // and for the inputs of its calls (a 4 KiB write).
+        "access:\n  uids: [65534]\nquotas:\n  memory: 3162112\n",
     );
     let dir = std::env::temp_dir().join(format!("chimaera-file-device-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1013,8 +1018,86 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
     );
 }
 
+/// The child of `the_inputs_a_uid_has_queued_count_against_its_memory_quota` (uid 65534,
+/// `quotas.memory: 2MiB`): points 64 tasks at one 128 KiB input in its data share, which
+/// the runtime copies for each; they wait on one lock, each holding its copy.
+fn input_hoarder_child(chi: &Client, m: &ModNameClient) {
+    use chimaera_core::__private::{bulk_inline, encode, ByRef};
+    let buffer = vec![7u8; 128 << 10];
+    let tuple = (
+        bulk_inline(&buffer),
+        ByRef(&true),
+        ByRef(&50u32),
+        ByRef(&false),
+    );
+    let input = encode(&tuple).unwrap();
+    let connection = chi.shm_connection().unwrap().clone();
+    connection.scribble_data(0, &input);
+    let forgery = Forgery::InputInClientData {
+        offset: 0,
+        len: input.len() as u32,
+    };
+    let method = chimaera::mod_name::mod_name_tasks::OVERFLOW_TEST;
+    let calls: Vec<_> = (0..64)
+        .map(|_| {
+            connection
+                .submit_forged(m.pool_id(), method, &[], forgery)
+                .unwrap()
+        })
+        .collect();
+    let (mut ran, mut refused) = (0, 0);
+    for call in calls {
+        match &call.wait()[0].1 {
+            Ok(_) => ran += 1,
+            Err(TaskError::QuotaExceeded { config_key, .. }) if config_key == "quotas.memory" => {
+                refused += 1
+            }
+            // It ran; its 128 KiB answer (the buffer written back) waited for room in
+            // the client's output space, which this child does not read in time.
+            Err(TaskError::QuotaExceeded { config_key, .. })
+                if config_key.starts_with("shm.runtime_data_size") =>
+            {
+                ran += 1
+            }
+            other => panic!("expected a run or the memory quota, got {other:?}"),
+        }
+    }
+    // 2 MiB holds at most 16 of the 128 KiB copies at once.
+    assert!(ran >= 1 && refused >= 40, "ran {ran}, refused {refused}");
+    println!("hoarded: ran {ran}, refused {refused}");
+}
+
+/// A task's input is copied out of the client's memory and kept until the task ends, so
+/// a client pointing many tasks that wait at one large region of its data share (its
+/// allocator is its own) made the runtime hold a copy each: up to `tasks_in_flight`
+/// (1,024) times the share, per connection. The copies a uid without admin rights has
+/// alive count against its `quotas.memory`; past it a task fails alone.
+#[test]
+fn the_inputs_a_uid_has_queued_count_against_its_memory_quota() {
+    let runtime = RuntimeProcess::start(
+        "input-hoard",
+        "access:\n  uids: [65534]\nquotas:\n  memory: 2MiB\n",
+    );
+    let chi = runtime.client();
+    let m =
+        ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
+    let mut child = runtime.client_child_as_nobody("hoarder", &[]);
+    wait_for_line(&mut child, "hoarded");
+    assert!(child.wait().unwrap().success());
+    // Every copy was given back with its task.
+    let status = AdminClient::attach(&chi, PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .unwrap();
+    let [nobody] = status.uids.as_slice() else {
+        panic!("{:?}", status.uids);
+    };
+    assert_eq!(nobody.memory_bytes.used, 0);
+    assert_eq!(m.custom(PoolQuery::local(), "after", 0).unwrap(), "after");
+}
+
 /// The child of `what_a_pool_keeps_of_its_name_and_parameters_is_bounded` (uid 65534,
-/// `quotas.memory: 10000`).
+/// `quotas.memory: 14000`: two pools of 4,000-byte names and the input of a third
+/// create, not three).
 fn pool_names_child(chi: &Client) {
     let create =
         |name: &str| ModNameClient::create(chi, PoolQuery::local(), name, CreateParams::default());
@@ -1056,7 +1139,7 @@ fn pool_names_child(chi: &Client) {
 fn what_a_pool_keeps_of_its_name_and_parameters_is_bounded() {
     let runtime = RuntimeProcess::start(
         "pool-names",
-        "access:\n  uids: [65534]\nquotas:\n  memory: 10000\n",
+        "access:\n  uids: [65534]\nquotas:\n  memory: 14000\n",
     );
     let chi = runtime.client();
     ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();

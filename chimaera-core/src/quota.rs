@@ -27,7 +27,9 @@
 //!   and keeps (a RAM block device, say) is reserved first
 //!   ([`RunContext::reserve_memory`](crate::runtime::context::RunContext::reserve_memory));
 //!   the module keeps the [`MemoryReservation`] with what it allocated, and dropping it
-//!   gives the bytes back.
+//!   gives the bytes back. The runtime counts there too what it keeps for the uid: the
+//!   names and create parameters of its pools, and each task input it copied out of a
+//!   client's memory (inputs of more than `INLINE_INPUT` bytes), until the task ends.
 //! * **Periodic tasks** (`quotas.periodic_tasks`): each keeps a coroutine between its
 //!   runs, and a runtime has at most `max_periodic_tasks` of them; the runtime's registry
 //!   of periodic tasks notes whose each is, and refuses one more of a uid that has its
@@ -189,7 +191,7 @@ impl UidQuotas {
     ) -> Result<MemoryReservation, TaskError> {
         if !reserve(&self.memory, bytes, self.max_memory) {
             return Err(TaskError::QuotaExceeded {
-                what: "bytes of memory held by modules".into(),
+                what: "bytes of memory held for it (module allocations, pool names and parameters, task inputs)".into(),
                 limit: self.max_memory,
                 config_key: "quotas.memory".into(),
             });

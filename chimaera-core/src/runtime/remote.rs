@@ -997,9 +997,16 @@ impl Shared {
                     }
                 }
             };
+            let mut input = TaskInput::from(input);
+            // Its copy counts against the uid's memory here too, as on the client's node.
+            if let Some(quotas) = share.as_ref().and_then(|share| share.quotas()) {
+                if let Err(error) = input.charge(quotas) {
+                    reply.part().deliver(container, Err(error));
+                    continue;
+                }
+            }
             let reply = completion.clone().map(Reply::Waiter);
-            let input = &mut TaskInput::from(input);
-            self.push_replica(&replica, container, input, reply, share.clone());
+            self.push_replica(&replica, container, &mut input, reply, share.clone());
         }
     }
 

@@ -42,6 +42,7 @@ use crate::query::PoolQuery;
 use crate::runtime::header::{TaskHeader, MAX_PERIOD};
 use crate::runtime::parent::Parent;
 use crate::runtime::pool::Pool;
+use crate::quota::{MemoryReservation, UidQuotas};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
@@ -99,12 +100,14 @@ const _: () = assert!(INLINE_INPUT <= u8::MAX as usize);
 /// ([`crate::codec::recycle`]), on the thread that filled it: so an in-process caller
 /// reuses its own buffer call after call, and the worker that runs the task reads the
 /// input from the task's own cache lines. A larger input keeps its buffer, given back
-/// when the task is dropped.
+/// when the task is dropped; a client of a uid without admin rights has that buffer
+/// counted against its `quotas.memory` meanwhile ([`TaskInput::charge`]).
 pub struct TaskInput(InputBytes);
 
 enum InputBytes {
     Inline { len: u8, bytes: InlineInput },
-    Buffer(Bytes),
+    /// The buffer, and what it holds of its client's uid's `quotas.memory`.
+    Buffer(Bytes, MemoryReservation),
 }
 
 /// Aligned as [`Bytes`] are, so an inline input is read in place.
@@ -137,7 +140,7 @@ impl TaskInput {
             buffer.resize(len, 0);
             let filled = fill(&mut buffer);
             *self = match filled {
-                Ok(()) => TaskInput(InputBytes::Buffer(buffer)),
+                Ok(()) => TaskInput(InputBytes::Buffer(buffer, MemoryReservation::default())),
                 Err(_) => {
                     recycle(buffer);
                     TaskInput::default()
@@ -145,7 +148,7 @@ impl TaskInput {
             };
             return filled;
         }
-        if let InputBytes::Buffer(_) = self.0 {
+        if let InputBytes::Buffer(..) = self.0 {
             *self = TaskInput::default();
         }
         if let InputBytes::Inline { len: kept, bytes } = &mut self.0 {
@@ -168,6 +171,22 @@ impl Default for TaskInput {
 }
 
 impl TaskInput {
+    /// Counts a buffered input against `quotas` (its client's uid's `quotas.memory`)
+    /// until it is dropped, or fails with `QuotaExceeded` past the quota: the runtime
+    /// copies each input out of the client's memory, and a client that points many
+    /// waiting tasks at one large region of its data share would otherwise have it hold
+    /// a copy each. An input inside the task counts nothing (`quotas.tasks_in_flight`
+    /// bounds those).
+    pub(crate) fn charge(&mut self, quotas: &Arc<UidQuotas>) -> Result<(), TaskError> {
+        if let InputBytes::Buffer(bytes, reservation) = &mut self.0 {
+            if reservation.bytes() == 0 {
+                // Its length: a recycled buffer's spare room is the recycler's, bounded.
+                *reservation = quotas.reserve_memory(bytes.len() as u64)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A copy of `bytes`: inside the task when small, else in a recycled buffer.
     pub fn copied(bytes: &[u8]) -> TaskInput {
         let Ok(input) = TaskInput::filled(bytes.len(), |dst| {
@@ -181,7 +200,7 @@ impl TaskInput {
 impl From<Bytes> for TaskInput {
     fn from(bytes: Bytes) -> Self {
         if bytes.len() > INLINE_INPUT {
-            return TaskInput(InputBytes::Buffer(bytes));
+            return TaskInput(InputBytes::Buffer(bytes, MemoryReservation::default()));
         }
         let input = TaskInput::copied(&bytes);
         recycle(bytes);
@@ -195,14 +214,14 @@ impl std::ops::Deref for TaskInput {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             InputBytes::Inline { len, bytes } => &bytes.0[..usize::from(*len)],
-            InputBytes::Buffer(bytes) => bytes,
+            InputBytes::Buffer(bytes, _) => bytes,
         }
     }
 }
 
 impl Drop for TaskInput {
     fn drop(&mut self) {
-        if let InputBytes::Buffer(bytes) = &mut self.0 {
+        if let InputBytes::Buffer(bytes, _) = &mut self.0 {
             recycle(std::mem::take(bytes));
         }
     }

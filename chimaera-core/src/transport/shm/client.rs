@@ -1588,6 +1588,13 @@ impl ShmConnection {
         let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
     }
 
+    /// Writes `bytes` at `offset` of this client's data share, whatever its allocator
+    /// holds there (a hostile client points many tasks at one region). Test support.
+    #[doc(hidden)]
+    pub fn scribble_data(&self, offset: usize, bytes: &[u8]) {
+        let _ = self.write_data(offset, bytes);
+    }
+
     /// Queues a slot index the runtime must reject (out of range). Test support.
     #[doc(hidden)]
     pub fn queue_raw_index(&self, index: u32) {

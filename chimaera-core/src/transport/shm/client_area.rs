@@ -1040,7 +1040,11 @@ impl ClientArea {
                 Some(at) => read_shared(&self.memory, at, bytes),
             }
             .map_err(|e| TaskError::malformed("input", e))
-        })
+        })?;
+        match &self.uid_quotas {
+            Some(quotas) => input.charge(quotas),
+            None => Ok(()),
+        }
     }
 
     fn write_result(&self, slot_index: u32, generation: u32, result: Result<&[u8], &TaskError>) {
