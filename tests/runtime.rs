@@ -568,6 +568,7 @@ fn save_and_load_round_trip_every_admin_task() {
         module: "MOD_NAME".into(),
         containers: 3,
         queued: 0,
+        private_to: Some(1001),
     };
     let status = RuntimeStatus {
         pid: 42,

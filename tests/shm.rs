@@ -1255,6 +1255,19 @@ fn a_pool_a_uid_without_admin_rights_creates_is_its_own() {
     wait_for_line(&mut intruder, "refused");
     assert!(intruder.wait().unwrap().success());
 
+    // The owner's status says whose each pool is.
+    let pools = AdminClient::attach(&chi, PoolId::ADMIN)
+        .status(PoolQuery::local())
+        .unwrap()
+        .pools;
+    let private_to = |name: &str| {
+        let pool = pools.iter().find(|pool| pool.name == name).unwrap();
+        pool.private_to
+    };
+    assert_eq!(
+        (private_to("mine"), private_to("shared")),
+        (Some(65534), None)
+    );
     let squatted = ModNameClient::create(&chi, PoolQuery::local(), "mine", CreateParams::default());
     assert!(
         matches!(&squatted, Err(TaskError::PrivatePool { owner: 65534, .. })),

@@ -54,6 +54,10 @@ pub struct PoolInfo {
     pub containers: u32,
     /// Tasks queued on its lanes when this was taken.
     pub queued: u64,
+    /// The uid without admin rights that created it and to which it is private
+    /// ([`TaskError::PrivatePool`] for other such uids); `None` for a pool every allowed
+    /// uid may use (made by the runtime, its owner or an admin uid).
+    pub private_to: Option<u32>,
 }
 
 /// One worker as the admin's `Status` describes it.

@@ -67,8 +67,12 @@ pub(super) fn info(context: &Context, name: &str) -> ExitCode {
         module: shown(&found.module),
         ..found
     };
+    let private = pool
+        .private_to
+        .map(|uid| format!(", private to uid {uid}"))
+        .unwrap_or_default();
     println!(
-        "pool `{}` ({}): module {}, {} container(s), {} queued",
+        "pool `{}` ({}): module {}, {} container(s), {} queued{private}",
         pool.name, pool.id, pool.module, pool.containers, pool.queued
     );
     for container in status.containers.iter().filter(|c| c.pool == pool.id) {

@@ -22,6 +22,7 @@
 //!     (Q: { "used": u64, "max": u64 })
 //!   "workers": [ { "id": u32, "tasks_run": u64, "queued": u64 } ],
 //!   "pools": [ { "id": str, "name": str, "module": str, "queued": u64,
+//!                "private_to": u32 | null,
 //!                "containers": [ { "id": u32,
 //!                                  "lanes": [ { "id": u32, "worker": u32,
 //!                                               "priority": "low_latency" | "high_latency",
@@ -292,6 +293,8 @@ struct Pool {
     name: String,
     module: String,
     queued: u64,
+    /// The uid without admin rights it is private to.
+    private_to: Option<u32>,
     containers: Vec<Container>,
     methods: Vec<Method>,
 }
@@ -351,6 +354,7 @@ impl Running {
             name: info.name.clone(),
             module: info.module.clone(),
             queued: info.queued,
+            private_to: info.private_to,
             containers: status
                 .containers
                 .iter()
@@ -547,8 +551,12 @@ pub(super) fn print_pools(status: &RuntimeStatus) {
         width(|pool| pool.module.clone()),
     );
     for pool in &status.pools {
+        let private = pool
+            .private_to
+            .map(|uid| format!(", private to uid {uid}"))
+            .unwrap_or_default();
         println!(
-            "  {:>ids$}  {:<names$}  {:<modules$}  {} container(s), {} queued",
+            "  {:>ids$}  {:<names$}  {:<modules$}  {} container(s), {} queued{private}",
             pool.id.to_string(),
             pool.name,
             pool.module,

@@ -54,6 +54,7 @@ impl PoolEntry {
             module: pool.module_name().to_owned(),
             containers: pool.container_count(),
             queued: self.queued() as u64,
+            private_to: pool.private_to,
         }
     }
 }
