@@ -11,7 +11,7 @@ use chimaera_core::codec;
 use chimaera_core::transport::shm::client::Forgery;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use support::{wait_for_line, wait_until, Launch, RuntimeProcess, HANG, ROLE};
+use support::{wait_for_line, wait_until, Launch, RuntimeProcess, HANG};
 
 impl RuntimeProcess {
     fn client_areas_in_use(&self) -> u32 {
@@ -43,10 +43,9 @@ fn exited(child: &mut Child, what: &str) -> ExitStatus {
 #[test]
 #[ignore = "entry point of client child processes, started by the tests in this file"]
 fn client_child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some((role, chi)) = support::client_child() else {
         return;
     };
-    let chi = Client::connect().expect("child connects");
     let m = ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default())
         .expect("child opens the pool");
     match role.as_str() {

@@ -12,7 +12,7 @@ use chimaera::prelude::*;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use support::{wait_for_line, wait_until, within, RuntimeProcess, ROLE};
+use support::{wait_for_line, wait_until, within, RuntimeProcess};
 
 const SECRET: &str = "net-cluster-test-secret-0123456789";
 
@@ -116,10 +116,9 @@ impl Cluster {
 #[test]
 #[ignore = "entry point of the client child process, started by the tests in this file"]
 fn client_child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some((role, chi)) = support::client_child() else {
         return;
     };
-    let chi = Client::connect().expect("the child connects");
     match role.as_str() {
         "unprivileged" => creates_no_pool_child(&chi),
         "overflower" => overflows_on_node_1_child(&chi),

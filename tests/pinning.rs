@@ -10,7 +10,7 @@ use chimaera::mod_name::{CreateParams, ModNameClient};
 use chimaera::prelude::*;
 use std::collections::{HashSet, VecDeque};
 use std::process::{Child, Stdio};
-use support::{within, write_config, Launch, RuntimeProcess, ROLE};
+use support::{within, write_config, Launch, RuntimeProcess};
 
 /// Containers of the affinity pool: spread over every worker.
 const CONTAINERS: u32 = 6;
@@ -80,10 +80,9 @@ fn affinity_calls(m: &ModNameClient, count: u32) -> HashSet<u64> {
 #[test]
 #[ignore = "entry point of client child processes, started by the tests in this file"]
 fn client_child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some((role, chi)) = support::client_child() else {
         return;
     };
-    let chi = Client::connect().expect("child connects");
     let m = affinity_pool(&chi);
     let count: u32 = role
         .strip_prefix("affinity:")

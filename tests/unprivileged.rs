@@ -14,7 +14,7 @@ mod support;
 use chimaera::admin_api::{QuotaUse, UidStatus};
 use chimaera::prelude::*;
 use probe::{Probe, ProbeClient};
-use support::{serve_as_runtime_child, wait_for_line, wait_until, Launch, RuntimeProcess, ROLE};
+use support::{serve_as_runtime_child, wait_for_line, wait_until, Launch, RuntimeProcess};
 
 /// The runtime child: serves the probe until killed. Only runs when a test starts it.
 #[test]
@@ -27,10 +27,9 @@ fn runtime_child_entry() {
 #[test]
 #[ignore = "entry point of the client child process, started by the tests in this file"]
 fn client_child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some((role, chi)) = support::client_child() else {
         return;
     };
-    let chi = Client::connect().expect("the child connects");
     let probe = ProbeClient::create(&chi, PoolQuery::local(), "ticks").expect("opens the pool");
     match role.as_str() {
         "ticker" => ticker_child(&probe),

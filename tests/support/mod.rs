@@ -278,6 +278,15 @@ pub(crate) fn wait_for_line(child: &mut Child, wanted: &str) {
     panic!("child exited before printing {wanted:?}");
 }
 
+/// In a client child's entry (an ignored test the parent test re-runs): the role the
+/// child plays and its client of the runtime; `None` when the entry runs as an ordinary
+/// test (no role set), which then does nothing.
+pub(crate) fn client_child() -> Option<(String, Client)> {
+    let role = std::env::var(ROLE).ok()?;
+    let chi = Client::connect().expect("the child connects");
+    Some((role, chi))
+}
+
 /// Polls `done` until it holds; fails the test after [`HANG`].
 pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + HANG;
