@@ -1062,8 +1062,11 @@ fn input_hoarder_child(chi: &Client, m: &ModNameClient) {
             other => panic!("expected a run or the memory quota, got {other:?}"),
         }
     }
-    // 2 MiB holds at most 16 of the 128 KiB copies at once.
-    assert!(ran >= 1 && refused >= 40, "ran {ran}, refused {refused}");
+    // 2 MiB holds at most 16 of the 128 KiB copies at once; the 64 arrive within
+    // milliseconds and each accepted one keeps its copy for 50 ms or more. (A bound well
+    // below 48 refusals, so a slow host does not fail it; without the quota there are
+    // none.)
+    assert!(ran >= 1 && refused >= 16, "ran {ran}, refused {refused}");
     println!("hoarded: ran {ran}, refused {refused}");
 }
 
