@@ -12,7 +12,7 @@ use chimaera::prelude::*;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use support::{wait_for_line, wait_until, within, RuntimeProcess};
+use support::{wait_for_success, wait_until, within, RuntimeProcess};
 
 const SECRET: &str = "net-cluster-test-secret-0123456789";
 
@@ -721,9 +721,10 @@ fn a_client_without_admin_rights_opens_cluster_pools_but_creates_none() {
     let cluster = Cluster::start_with("unprivileged", 2, "access:\n  uids: [65534]\n");
     let owned = spread_pool(&cluster.client(0), "owned", 2);
     for node in 0..2 {
-        let mut child = cluster.nodes[node].client_child_as_nobody("unprivileged", &[]);
-        wait_for_line(&mut child, "cluster checks done");
-        assert!(child.wait().unwrap().success(), "the child of node {node}");
+        wait_for_success(
+            cluster.nodes[node].client_child_as_nobody("unprivileged", &[]),
+            "cluster checks done",
+        );
     }
     for node in 0..2 {
         let pools = cluster.status(node).pools;
@@ -751,9 +752,10 @@ fn a_client_without_admin_rights_is_counted_on_the_node_that_runs_its_task() {
     );
     let chi = cluster.client(0);
     let owned = spread_pool(&chi, "owned", 2);
-    let mut child = cluster.nodes[0].client_child_as_nobody("overflower", &[]);
-    wait_for_line(&mut child, "overflow checks done");
-    assert!(child.wait().unwrap().success());
+    wait_for_success(
+        cluster.nodes[0].client_child_as_nobody("overflower", &[]),
+        "overflow checks done",
+    );
     let overflows = |node: usize| {
         cluster
             .status(node)

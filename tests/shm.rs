@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 use support::{
-    free_port, http_get, wait_for_line, wait_until, within, Launch, RuntimeProcess, ROLE,
+    free_port, http_get, wait_for_line, wait_for_success, wait_until, within, Launch,
+    RuntimeProcess, ROLE,
 };
 
 /// The entry point of client children; only runs when a test starts it.
@@ -869,17 +870,19 @@ fn a_client_the_runtime_disowns_gets_a_typed_error_not_a_hang() {
 #[test]
 fn only_listed_uids_connect_and_only_admins_administer() {
     let closed = RuntimeProcess::start("closed", "");
-    let mut refused = closed.client_child_as_nobody("refused", &[]);
-    wait_for_line(&mut refused, "refused as expected");
-    assert!(refused.wait().unwrap().success());
+    wait_for_success(
+        closed.client_child_as_nobody("refused", &[]),
+        "refused as expected",
+    );
 
     let open = RuntimeProcess::start("granted", "access:\n  uids: [65534]\n");
     // The owner's pool, which every allowed uid may use but only admins destroy.
     let chi = open.client();
     ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
-    let mut granted = open.client_child_as_nobody("granted", &[]);
-    wait_for_line(&mut granted, "granted checks done");
-    assert!(granted.wait().unwrap().success());
+    wait_for_success(
+        open.client_child_as_nobody("granted", &[]),
+        "granted checks done",
+    );
     // The owner still administers a runtime that served the refused calls.
     let admin = AdminClient::attach(&chi, PoolId::ADMIN);
     admin.flush(PoolQuery::local()).unwrap();
@@ -899,9 +902,10 @@ fn a_uid_past_its_stack_overflow_quota_is_refused_and_the_owner_served() {
             ..Launch::CHIMAERA
         },
     );
-    let mut overflower = runtime.client_child_as_nobody("overflower", &[]);
-    wait_for_line(&mut overflower, "overflow quota checks done");
-    assert!(overflower.wait().unwrap().success());
+    wait_for_success(
+        runtime.client_child_as_nobody("overflower", &[]),
+        "overflow quota checks done",
+    );
     let chi = runtime.client();
     let m = ModNameClient::open(&chi, "shared").unwrap();
     for _ in 0..4 {
@@ -990,9 +994,10 @@ fn a_uid_without_admin_rights_cannot_make_the_runtime_open_a_path() {
     BdevClient::create(&chi, PoolQuery::local(), owned_name, file).unwrap();
     let target_name = target.to_str().unwrap();
     let env = [("CHILD_PATH", target_name), ("CHILD_OWNED", owned_name)];
-    let mut child = runtime.client_child_as_nobody("devices", &env);
-    wait_for_line(&mut child, "file device checks done");
-    assert!(child.wait().unwrap().success());
+    wait_for_success(
+        runtime.client_child_as_nobody("devices", &env),
+        "file device checks done",
+    );
     assert!(!target.exists(), "the runtime created {}", target.display());
     std::fs::remove_dir_all(&dir).unwrap();
     // The child's RAM devices hold 3 MiB of its quota until they are destroyed.
@@ -1084,9 +1089,7 @@ fn the_inputs_a_uid_has_queued_count_against_its_memory_quota() {
     let chi = runtime.client();
     let m =
         ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
-    let mut child = runtime.client_child_as_nobody("hoarder", &[]);
-    wait_for_line(&mut child, "hoarded");
-    assert!(child.wait().unwrap().success());
+    wait_for_success(runtime.client_child_as_nobody("hoarder", &[]), "hoarded");
     // Every copy was given back with its task.
     let status = AdminClient::attach(&chi, PoolId::ADMIN)
         .status(PoolQuery::local())
@@ -1146,9 +1149,10 @@ fn what_a_pool_keeps_of_its_name_and_parameters_is_bounded() {
     );
     let chi = runtime.client();
     ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
-    let mut child = runtime.client_child_as_nobody("names", &[]);
-    wait_for_line(&mut child, "names checked");
-    assert!(child.wait().unwrap().success());
+    wait_for_success(
+        runtime.client_child_as_nobody("names", &[]),
+        "names checked",
+    );
     // The owner's names are bounded too, and its pools count against nothing.
     let too_long = ModNameClient::create(
         &chi,
@@ -1251,12 +1255,11 @@ fn a_pool_a_uid_without_admin_rights_creates_is_its_own() {
     let runtime = RuntimeProcess::start("private-pool", "access:\n  uids: [65534, 65533]\n");
     let chi = runtime.client();
     ModNameClient::create(&chi, PoolQuery::local(), "shared", CreateParams::default()).unwrap();
-    let mut owner = runtime.client_child_as(65534, "private-owner", &[]);
-    wait_for_line(&mut owner, "made");
-    assert!(owner.wait().unwrap().success());
-    let mut intruder = runtime.client_child_as(65533, "private-intruder", &[]);
-    wait_for_line(&mut intruder, "refused");
-    assert!(intruder.wait().unwrap().success());
+    wait_for_success(runtime.client_child_as(65534, "private-owner", &[]), "made");
+    wait_for_success(
+        runtime.client_child_as(65533, "private-intruder", &[]),
+        "refused",
+    );
 
     // The owner's status says whose each pool is.
     let pools = AdminClient::attach(&chi, PoolId::ADMIN)

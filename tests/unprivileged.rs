@@ -14,7 +14,7 @@ mod support;
 use chimaera::admin_api::{QuotaUse, UidStatus};
 use chimaera::prelude::*;
 use probe::{Probe, ProbeClient};
-use support::{serve_as_runtime_child, wait_for_line, wait_until, Launch, RuntimeProcess};
+use support::{serve_as_runtime_child, wait_for_success, wait_until, Launch, RuntimeProcess};
 
 /// The runtime child: serves the probe until killed. Only runs when a test starts it.
 #[test]
@@ -90,9 +90,7 @@ fn a_periodic_subtask_runs_for_its_uid_outlives_the_client_and_ends_with_its_poo
     let chi = runtime.client();
     let admin = AdminClient::attach(&chi, PoolId::ADMIN);
     let probe = ProbeClient::create(&chi, PoolQuery::local(), "ticks").unwrap();
-    let mut child = runtime.client_child_as_nobody("ticker", &[]);
-    wait_for_line(&mut child, "ticking");
-    assert!(child.wait().unwrap().success());
+    wait_for_success(runtime.client_child_as_nobody("ticker", &[]), "ticking");
 
     // Both subtasks tick on, run after run: a subtask's share (its caller's quotas, no
     // memory) is kept while it sleeps between runs; before, it was held weakly there
@@ -135,12 +133,8 @@ fn a_subtask_reaches_a_private_pool_only_for_its_owner() {
     );
     let chi = runtime.client();
     ProbeClient::create(&chi, PoolQuery::local(), "ticks").unwrap();
-    let mut maker = runtime.client_child_as(65534, "private-maker", &[]);
-    wait_for_line(&mut maker, "made");
-    assert!(maker.wait().unwrap().success());
-    let mut relayer = runtime.client_child_as(65533, "relayer", &[]);
-    wait_for_line(&mut relayer, "refused");
-    assert!(relayer.wait().unwrap().success());
+    wait_for_success(runtime.client_child_as(65534, "private-maker", &[]), "made");
+    wait_for_success(runtime.client_child_as(65533, "relayer", &[]), "refused");
     // The owner's task may tick it (trusted callers use every pool).
     let shared = ProbeClient::open(&chi, "ticks").unwrap();
     shared.tick_pool(PoolQuery::local(), "private").unwrap();

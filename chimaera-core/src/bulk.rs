@@ -223,6 +223,13 @@ impl BulkShare {
         self.quotas.as_ref()
     }
 
+    /// The uid without admin rights the tasks holding this share run for (the one its
+    /// quotas are of); `None` for a trusted caller's.
+    #[inline]
+    pub(crate) fn unprivileged_uid(&self) -> Option<u32> {
+        self.quotas.as_ref().map(|quotas| quotas.uid())
+    }
+
     /// Counts a stack overflow of one of this client's tasks against its uid's quota.
     pub(crate) fn count_overflow(&self) {
         if let Some(quotas) = &self.quotas {

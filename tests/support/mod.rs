@@ -287,6 +287,17 @@ pub(crate) fn client_child() -> Option<(String, Client)> {
     Some((role, chi))
 }
 
+/// Waits for `child` to print a line containing `wanted` (see [`wait_for_line`]), then
+/// to exit successfully: a child whose checks all passed.
+pub(crate) fn wait_for_success(mut child: Child, wanted: &str) {
+    wait_for_line(&mut child, wanted);
+    let status = child.wait().expect("wait for the child");
+    assert!(
+        status.success(),
+        "the child printed {wanted:?}, then exited with {status}"
+    );
+}
+
 /// Polls `done` until it holds; fails the test after [`HANG`].
 pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + HANG;

@@ -150,9 +150,7 @@ impl<'t> RunContext<'t> {
     /// unprivileged caller what that uid could not do itself (bdev refuses it file
     /// devices: the pool name would be a path the runtime opens for it).
     pub fn unprivileged_caller(&self) -> Option<u32> {
-        self.bulk
-            .and_then(|share| share.quotas())
-            .map(|quotas| quotas.uid())
+        self.bulk.and_then(|share| share.unprivileged_uid())
     }
 
     /// Reserves `bytes` of the caller's `quotas.memory` for memory a module allocates on

@@ -414,12 +414,8 @@ impl Shared {
             });
         }
         if pool.private_to.is_some() {
-            let caller = submission
-                .origin
-                .bulk
-                .as_deref()
-                .and_then(BulkShare::quotas);
-            pool.check_caller(caller.map(|quotas| quotas.uid()))?;
+            let caller = submission.origin.bulk.as_deref();
+            pool.check_caller(caller.and_then(BulkShare::unprivileged_uid))?;
         }
         let containers = pool.container_count();
         let placement = pool.placement;
@@ -562,10 +558,7 @@ impl Shared {
                 depth: node.depth,
                 input: &input,
                 carried: carried.as_ref(),
-                caller: bulk
-                    .as_deref()
-                    .and_then(BulkShare::quotas)
-                    .map(|quotas| quotas.uid()),
+                caller: bulk.as_deref().and_then(BulkShare::unprivileged_uid),
                 parity,
             };
             self.send_remote(cluster, &task, placement, remote, cluster.timeout, reply);
@@ -793,7 +786,7 @@ impl Shared {
         }
         check_pool_name(&request.pool_name)?;
         let quotas = caller.and_then(|share| share.quotas());
-        let caller_uid = quotas.map(|quotas| quotas.uid());
+        let caller_uid = caller.and_then(|share| share.unprivileged_uid());
         if let Lookup::Existing(entry) = self.pools.by_name(&request.pool_name) {
             check_reopen(
                 &entry.pool,
@@ -856,10 +849,7 @@ impl Shared {
         let containers = request.containers.max(1);
         check_pool_name(&request.pool_name)?;
         // A uid without admin rights creates pools of its own.
-        let caller_uid = owner
-            .caller
-            .and_then(|share| share.quotas())
-            .map(|quotas| quotas.uid());
+        let caller_uid = owner.caller.and_then(|share| share.unprivileged_uid());
         let module =
             *self
                 .modules
